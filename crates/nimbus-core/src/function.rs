@@ -1,0 +1,111 @@
+//! What a function is once its manifest entry has been validated and its code stored.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How instances of a function are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Node.js with nimbus's bundled Runtime API bootstrap.
+    Node,
+    /// CPython with nimbus's bundled Runtime API bootstrap.
+    Python,
+    /// Any executable `bootstrap` in the code directory that speaks the Lambda Runtime API.
+    Provided,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 3] = [RuntimeKind::Node, RuntimeKind::Python, RuntimeKind::Provided];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Node => "node",
+            RuntimeKind::Python => "python",
+            RuntimeKind::Provided => "provided",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RuntimeKind> {
+        RuntimeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A validated function definition (the manifest entry, with defaults applied). It is stored in
+/// deployment records as JSON, so new fields must have serde defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub runtime: RuntimeKind,
+    pub handler: String,
+    /// Code directory relative to the app root, as written in the manifest.
+    pub code: String,
+    pub memory_mb: u32,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    pub env: BTreeMap<String, String>,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    #[serde(with = "duration_ms")]
+    pub keep_alive: Duration,
+    /// Requests allowed to wait for an instance when all are busy at `max_instances`.
+    pub max_queued: u32,
+    /// How long a request may wait for an instance before it is throttled (429).
+    #[serde(with = "duration_ms")]
+    pub queue_timeout: Duration,
+}
+
+/// One deployed, immutable version of a function: its spec plus the content-addressed code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionVersion {
+    pub spec: FunctionSpec,
+    /// The deployment version this function belongs to ("1", "2", …).
+    pub version: String,
+    /// Content digest of the code directory (hex sha256).
+    pub code_digest: String,
+    /// Where the immutable code lives on disk (inside the artifact store).
+    pub code_path: PathBuf,
+}
+
+impl FunctionVersion {
+    /// Identity of the runnable unit: two versions with the same key can share instances
+    /// (same code, same configuration), which lets a redeploy keep unchanged functions warm.
+    pub fn pool_key(&self) -> String {
+        let spec = serde_json::to_string(&self.spec).unwrap_or_default();
+        format!("{}:{}:{}", self.spec.name, self.code_digest, fnv1a(spec.as_bytes()))
+    }
+
+    pub fn arn(&self) -> String {
+        format!("arn:aws:lambda:{}:{}:function:{}", REGION, ACCOUNT_ID, self.spec.name)
+    }
+}
+
+pub type SharedFunctionVersion = Arc<FunctionVersion>;
+
+/// The region and account nimbus reports wherever the Lambda contracts need one.
+pub const REGION: &str = "us-east-1";
+pub const ACCOUNT_ID: &str = "000000000000";
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    // A cheap stable hash for the pool key; collisions only cost a missed instance reuse.
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+pub mod duration_ms {
+    //! Durations are stored as integer milliseconds.
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

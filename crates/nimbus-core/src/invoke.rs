@@ -1,0 +1,87 @@
+//! One invocation: what goes into an instance and what comes out.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// What started an invocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Http,
+    Invoke,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Invoke => "invoke",
+        }
+    }
+}
+
+/// A request to run a function once.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub request_id: String,
+    /// The event JSON handed to the runtime.
+    pub payload: Bytes,
+    /// When the function's own time runs out (set when an instance is assigned, so queue wait
+    /// does not eat into the function's timeout).
+    pub timeout: Duration,
+    pub trace_id: String,
+    /// `X-Amz-Client-Context` as the caller sent it (base64 JSON), passed through decoded.
+    pub client_context: Option<String>,
+    pub trigger: Trigger,
+    pub received_at: Instant,
+    pub received_wall: SystemTime,
+}
+
+/// How a function error was raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FunctionErrorKind {
+    /// The runtime reported the error as handled (Node `callback(err)`).
+    Handled,
+    /// An exception, crash, or timeout.
+    Unhandled,
+}
+
+impl FunctionErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionErrorKind::Handled => "Handled",
+            FunctionErrorKind::Unhandled => "Unhandled",
+        }
+    }
+}
+
+/// What the function produced.
+#[derive(Clone, Debug)]
+pub enum InvokeOutcome {
+    /// The response payload the runtime posted.
+    Success(Bytes),
+    /// The runtime posted an error: `body` is the `{errorMessage, errorType, stackTrace}` JSON.
+    FunctionError { kind: FunctionErrorKind, error_type: String, error_message: String, body: Bytes },
+}
+
+/// The cold-start breakdown of an invocation that had to start its instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ColdStart {
+    /// Spawn until the runtime asked for its first event (runtime + handler module init).
+    pub init: Duration,
+}
+
+/// Everything known about a finished invocation.
+#[derive(Clone, Debug)]
+pub struct InvokeResult {
+    pub outcome: InvokeOutcome,
+    /// The handler's own time: event handed out → response received.
+    pub duration: Duration,
+    pub cold: Option<ColdStart>,
+    pub max_memory_mb: u32,
+    /// This invocation's log (START … REPORT), bounded.
+    pub log: String,
+    pub instance_id: String,
+}

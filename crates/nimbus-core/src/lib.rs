@@ -1,0 +1,14 @@
+//! Domain types and the seam traits of nimbus. No I/O lives here: the gateway, scheduler,
+//! runtimes and stores all speak these types, and the binary wires concrete implementations
+//! together.
+
+pub mod error;
+pub mod function;
+pub mod invoke;
+pub mod policy;
+pub mod runtime;
+
+pub use error::{DispatchError, ErrorSource};
+pub use function::{FunctionSpec, FunctionVersion, RuntimeKind};
+pub use invoke::{ColdStart, FunctionErrorKind, Invocation, InvokeOutcome, InvokeResult, Trigger};
+pub use runtime::{Dispatch, Instance, InstanceError, InstanceState, Runtime, StartError};

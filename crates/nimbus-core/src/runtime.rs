@@ -1,0 +1,83 @@
+//! The seams between the scheduler and whatever runs code.
+//!
+//! Lifecycle of an instance, driven by the scheduler's pool for one function version:
+//! 1. `Runtime::start` is called when the pool decides it needs one more instance (a request is
+//!    waiting and no instance is idle, or `min_instances` is not met). It returns once the
+//!    instance is ready for its first invocation (for process runtimes: the runtime has asked
+//!    for its first event), or with the init failure.
+//! 2. `Instance::invoke` is called once per invocation, never concurrently on one instance
+//!    (the pool hands an instance to one request at a time). It returns the outcome or an
+//!    `InstanceError`; after an error `state()` tells whether the instance can be reused.
+//! 3. `Instance::shutdown` is called exactly once when the pool reclaims the instance (idle
+//!    past keep-alive, a newer deployment, server shutdown) or after it died. It must leave no
+//!    process, file descriptor or temp file behind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::function::FunctionVersion;
+use crate::invoke::{Invocation, InvokeResult};
+use crate::DispatchError;
+
+/// Makes instances of one runtime kind.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Start a new instance of `function` and wait until it is ready or failed.
+    async fn start(&self, function: Arc<FunctionVersion>, instance_id: String) -> Result<Box<dyn Instance>, StartError>;
+}
+
+/// Whether an instance can take another invocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    Ready,
+    Dead,
+}
+
+/// A running copy of one function version.
+#[async_trait]
+pub trait Instance: Send + 'static {
+    fn id(&self) -> &str;
+    /// The OS process id, for process runtimes.
+    fn pid(&self) -> Option<u32>;
+    /// Time from start to ready (reported as `Init Duration` on the first invocation).
+    fn init_duration(&self) -> Duration;
+    /// Output the instance wrote while initialising (prepended to the first invocation's log).
+    fn take_init_log(&mut self) -> String;
+    fn state(&self) -> InstanceState;
+    /// Run one invocation to completion. `InvokeResult::cold` is left `None`: the pool fills it.
+    async fn invoke(&mut self, invocation: Invocation) -> Result<InvokeResult, InstanceError>;
+    /// Stop the instance and release everything it holds.
+    async fn shutdown(self: Box<Self>);
+}
+
+/// Why an instance could not be started.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StartError {
+    /// The function's own code failed during init (import error, crash, init timeout).
+    #[error("{error_type}: {message}")]
+    InitFailed { error_type: String, message: String, log: String },
+    /// nimbus could not start it (spawn failed, no interpreter, …).
+    #[error("{0}")]
+    Platform(String),
+}
+
+/// Why an invocation on an instance failed without a function outcome.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("timed out after {timeout:?}")]
+    Timeout { timeout: Duration, log: String },
+    #[error("runtime exited: {detail}")]
+    Crashed { detail: String, log: String },
+    #[error("response of {size} bytes above the {limit}-byte limit")]
+    ResponseTooLarge { size: usize, limit: usize, log: String },
+    #[error("{0}")]
+    Platform(String),
+}
+
+/// What the gateway and (later) triggers call to run a function version.
+#[async_trait]
+pub trait Dispatch: Send + Sync + 'static {
+    async fn invoke(&self, function: Arc<FunctionVersion>, invocation: Invocation) -> Result<InvokeResult, DispatchError>;
+}

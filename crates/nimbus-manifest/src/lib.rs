@@ -1,0 +1,126 @@
+//! `nimbus.toml`: parse, then validate into a resolved [`Manifest`] the rest of nimbus takes.
+//!
+//! Validation walks the spanned TOML tree by hand instead of deriving `Deserialize`, because
+//! serde stops at the first problem while a user wants every problem at once, each with its
+//! line, column and field path (`nimbus.toml:7:11: functions.hello.timeout: …`).
+
+mod check;
+mod diag;
+mod files;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub use diag::{Diagnostic, Diagnostics};
+use nimbus_core::FunctionSpec;
+
+/// The file name nimbus looks for in an app directory.
+pub const MANIFEST_FILE: &str = "nimbus.toml";
+
+/// A validated app description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: String,
+    /// Keyed by function name.
+    pub functions: BTreeMap<String, FunctionSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Which HTTP methods a route accepts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Methods {
+    Any,
+    List(Vec<String>),
+}
+
+impl Methods {
+    pub fn allows(&self, method: &str) -> bool {
+        match self {
+            Methods::Any => true,
+            Methods::List(list) => list.iter().any(|m| m == method) || (method == "HEAD" && list.iter().any(|m| m == "GET")),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Methods::Any => "ANY".to_owned(),
+            Methods::List(list) => list.join(","),
+        }
+    }
+}
+
+/// A validated route.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteSpec {
+    pub methods: Methods,
+    /// The path as written: `/items/{id}`, `/static/*`.
+    pub path: String,
+    /// Lower-cased host without port, when the route is host-specific.
+    pub host: Option<String>,
+    pub function: String,
+}
+
+impl RouteSpec {
+    /// The path in `matchit` syntax: `{param}` stays, a trailing `/*` becomes `/{*proxy}`.
+    pub fn matcher_path(&self) -> String {
+        match self.path.strip_suffix("/*") {
+            Some(prefix) => format!("{prefix}/{{*proxy}}"),
+            None => self.path.clone(),
+        }
+    }
+
+    /// The API Gateway route key, e.g. `GET /items/{id}` or `ANY /static/{proxy+}`.
+    pub fn route_key(&self) -> String {
+        let path = match self.path.strip_suffix("/*") {
+            Some(prefix) => format!("{prefix}/{{proxy+}}"),
+            None => self.path.clone(),
+        };
+        format!("{} {}", self.methods.describe(), path)
+    }
+}
+
+/// Defaults applied to keys a function does not set.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const MEMORY_MB: u32 = 128;
+    pub const TIMEOUT: Duration = Duration::from_secs(3);
+    pub const MAX_INSTANCES: u32 = 10;
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(600);
+    pub const MAX_QUEUED: u32 = 1000;
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// Parse and validate manifest text. `file` is only used in messages.
+pub fn parse(source: &str, file: &str) -> Result<Manifest, Diagnostics> {
+    check::manifest(source, file)
+}
+
+/// Read `APP_DIR/nimbus.toml`, validate it, and check that the code it names exists.
+pub fn load(app_dir: &Path) -> Result<Manifest, Diagnostics> {
+    let path = app_dir.join(MANIFEST_FILE);
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(&path).map_err(|e| {
+        Diagnostics::single(Diagnostic::file(
+            &file,
+            format!("cannot read the manifest ({e}); run nimbus in an app directory that has a nimbus.toml, or pass the directory"),
+        ))
+    })?;
+    let (manifest, locations) = check::manifest_with_locations(&source, &file)?;
+    let problems = files::check(&manifest, &locations, app_dir, &source, &file);
+    if problems.is_empty() {
+        Ok(manifest)
+    } else {
+        Err(Diagnostics::new(problems))
+    }
+}
+
+/// Parse a duration the way the manifest writes them: "250ms", "10s", "5m", "1h".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests;
