@@ -85,3 +85,60 @@ pub struct InvokeResult {
     pub log: String,
     pub instance_id: String,
 }
+
+/// How an invocation ended, as recorded and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationStatus {
+    Success,
+    FunctionError,
+    Timeout,
+    Crashed,
+    InitError,
+    Throttled,
+    PlatformError,
+}
+
+impl InvocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationStatus::Success => "success",
+            InvocationStatus::FunctionError => "function_error",
+            InvocationStatus::Timeout => "timeout",
+            InvocationStatus::Crashed => "crashed",
+            InvocationStatus::InitError => "init_error",
+            InvocationStatus::Throttled => "throttled",
+            InvocationStatus::PlatformError => "platform_error",
+        }
+    }
+}
+
+/// One row of the invocation history (and its log).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    pub request_id: String,
+    pub function: String,
+    pub version: String,
+    pub trigger: Trigger,
+    /// Wall-clock start, ms since the epoch.
+    pub start_ms: u64,
+    pub duration_ms: f64,
+    pub billed_ms: u64,
+    pub memory_mb: u32,
+    pub max_memory_mb: u32,
+    pub cold: bool,
+    pub init_ms: Option<f64>,
+    pub queue_ms: f64,
+    pub status: InvocationStatus,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub instance_id: Option<String>,
+    #[serde(skip)]
+    pub log: String,
+}
+
+/// Where finished invocations go (the store's background writer). Called on the hot path, so
+/// implementations must not block: queue the record and return.
+pub trait Recorder: Send + Sync + 'static {
+    fn record(&self, record: InvocationRecord);
+}

@@ -9,6 +9,8 @@ pub mod policy;
 pub mod runtime;
 
 pub use error::{DispatchError, ErrorSource};
-pub use function::{FunctionSpec, FunctionVersion, RuntimeKind};
-pub use invoke::{ColdStart, FunctionErrorKind, Invocation, InvokeOutcome, InvokeResult, Trigger};
+pub use function::{FunctionSpec, FunctionVersion, RuntimeKind, ACCOUNT_ID, REGION};
+pub use invoke::{
+    ColdStart, FunctionErrorKind, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome, InvokeResult, Recorder, Trigger,
+};
 pub use runtime::{Dispatch, Instance, InstanceError, InstanceState, Runtime, StartError};

@@ -1,0 +1,148 @@
+//! Process runtimes: `node`, `python` and `provided` functions run as OS processes that speak
+//! the AWS Lambda Runtime API to nimbus.
+//!
+//! Each instance gets its own Runtime API endpoint (a listener on `127.0.0.1:0`), so identity
+//! comes from the connection, never from anything the runtime says, and the official runtime
+//! clients work unmodified (they only read `AWS_LAMBDA_RUNTIME_API`). The process starts with a
+//! cleared environment (the inherited one can cost tens of ms per start: NODE_EXTRA_CA_CERTS,
+//! pyenv shims), in its own process group so timeouts and shutdown kill everything it spawned,
+//! with PR_SET_PDEATHSIG so it dies with nimbus even on `kill -9`.
+
+mod api;
+mod instance;
+mod logs;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_core::{FunctionVersion, Instance, Runtime, RuntimeKind, StartError};
+
+pub use instance::ProcessInstance;
+
+/// The Node.js bootstrap nimbus ships (Runtime API client + handler loader).
+pub const NODE_BOOTSTRAP: &str = include_str!("../bootstrap/node/bootstrap.js");
+/// The Python bootstrap nimbus ships.
+pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstrap/python/bootstrap.py");
+
+/// Limits every process instance runs under.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest response a runtime may post (Lambda: 6 MB).
+    pub max_response_bytes: usize,
+    /// How long a runtime may take from spawn to its first `/next`.
+    pub init_timeout: Duration,
+    /// Per-invocation log bound; output beyond it is dropped with a marker.
+    pub max_log_bytes: usize,
+    /// Grace between SIGTERM and SIGKILL at shutdown.
+    pub stop_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_response_bytes: 6 * 1024 * 1024,
+            init_timeout: Duration::from_secs(10),
+            max_log_bytes: 256 * 1024,
+            stop_grace: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Makes process instances.
+pub struct ProcessRuntime {
+    pub(crate) node: Option<PathBuf>,
+    pub(crate) python: Option<PathBuf>,
+    pub(crate) runtime_dir: PathBuf,
+    pub(crate) scratch_dir: PathBuf,
+    pub(crate) limits: Limits,
+}
+
+impl ProcessRuntime {
+    /// Write the bundled bootstraps under `data_dir/runtime` and find the real interpreters
+    /// (resolving pyenv/nvm shims once here, so instances start the interpreter directly).
+    pub fn new(data_dir: &Path, limits: Limits) -> std::io::Result<Self> {
+        let runtime_dir = data_dir.join("runtime");
+        for (sub, file, text) in [("node", "bootstrap.js", NODE_BOOTSTRAP), ("python", "bootstrap.py", PYTHON_BOOTSTRAP)] {
+            let dir = runtime_dir.join(sub);
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join(file);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+                let tmp = dir.join(format!(".{file}.tmp"));
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, &path)?;
+            }
+        }
+        let scratch_dir = data_dir.join("instances");
+        // Temp dirs of instances from a previous run are garbage by now.
+        let _ = std::fs::remove_dir_all(&scratch_dir);
+        std::fs::create_dir_all(&scratch_dir)?;
+        Ok(ProcessRuntime {
+            node: resolve_interpreter("NIMBUS_NODE", "node", &["-p", "process.execPath"]),
+            python: resolve_interpreter("NIMBUS_PYTHON", "python3", &["-c", "import sys; print(sys.executable)"]),
+            runtime_dir,
+            scratch_dir,
+            limits,
+        })
+    }
+
+    /// The interpreter paths found at start-up, for diagnostics.
+    pub fn interpreters(&self) -> (Option<&Path>, Option<&Path>) {
+        (self.node.as_deref(), self.python.as_deref())
+    }
+
+    /// The command line that starts an instance of `f`.
+    pub(crate) fn command_for(&self, f: &FunctionVersion) -> Result<(PathBuf, Vec<String>), StartError> {
+        let missing = |what: &str, var: &str| {
+            StartError::Platform(format!(
+                "no {what} interpreter was found on PATH when nimbus started; install it or set {var} to its path, then restart nimbus"
+            ))
+        };
+        match f.spec.runtime {
+            RuntimeKind::Node => {
+                let node = self.node.clone().ok_or_else(|| missing("node", "NIMBUS_NODE"))?;
+                Ok((node, vec![self.runtime_dir.join("node/bootstrap.js").display().to_string()]))
+            }
+            RuntimeKind::Python => {
+                let python = self.python.clone().ok_or_else(|| missing("python3", "NIMBUS_PYTHON"))?;
+                // -S skips site-packages: pyenv's .pth files cost ~35 ms per start (FIELD-NOTES).
+                // Like Lambda, dependencies are vendored into the code directory.
+                Ok((python, vec!["-S".into(), self.runtime_dir.join("python/bootstrap.py").display().to_string()]))
+            }
+            RuntimeKind::Provided => Ok((f.code_path.join("bootstrap"), Vec::new())),
+        }
+    }
+
+    /// PATH for instances: the resolved interpreters first, then the system directories.
+    pub(crate) fn instance_path(&self) -> String {
+        let mut dirs: Vec<String> = Vec::new();
+        for p in [&self.python, &self.node].into_iter().flatten() {
+            if let Some(d) = p.parent() {
+                let d = d.display().to_string();
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        dirs.extend(["/usr/local/bin", "/usr/bin", "/bin"].map(String::from));
+        dirs.join(":")
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn start(&self, function: Arc<FunctionVersion>, instance_id: String) -> Result<Box<dyn Instance>, StartError> {
+        let instance = ProcessInstance::start(self, function, instance_id).await?;
+        Ok(Box::new(instance))
+    }
+}
+
+fn resolve_interpreter(env_var: &str, program: &str, args: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Some(PathBuf::from(p));
+    }
+    let out = std::process::Command::new(program).args(args).stdin(std::process::Stdio::null()).output().ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
+}

@@ -1,0 +1,198 @@
+//! The scheduler: one pool of instances per function version, and the `Dispatch` the gateway
+//! calls.
+//!
+//! # Pools
+//! A pool owns the instances of one function version (keyed by code digest + configuration,
+//! so a redeploy that leaves a function unchanged keeps its warm instances). Its state is a
+//! handful of counters and two queues under one mutex, never held across an await:
+//! - `idle`: ready instances, used last-in-first-out so the warmest one serves next and the
+//!   coldest ages out;
+//! - `waiters`: requests waiting for an instance, first-in-first-out, each with a oneshot;
+//! - `busy` / `starting` counts.
+//!
+//! Admission ([`nimbus_core::policy::admit`]) decides per request: use an idle instance, start
+//! one more (only while fewer are starting than are waiting: *coalescing*, so a burst of 200
+//! requests to a cold function with `max_instances = 4` starts 4), wait, or throttle (queue
+//! full). A started or released instance is offered to the first live waiter, else goes idle.
+//! Waiting is bounded by `queue_timeout`, then the request gets `Throttled` (429).
+//!
+//! An instance is handed out in a [`Lease`]; dropping the lease returns the instance, so no
+//! path (error, panic, cancelled request) can leak one. Invocations run in their own task, so a
+//! client that disconnects does not abandon an instance half-way through an invocation.
+//!
+//! Housekeeping runs per pool on a timer and applies [`nimbus_core::policy::keep_alive`]:
+//! reclaim instances idle past `keep_alive`, keep `min_instances` started.
+//!
+//! Deliberately not done here: per-instance concurrency above 1 (process runtimes are one
+//! invocation at a time, as in Lambda), cross-node placement.
+
+mod pool;
+mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use nimbus_core::{
+    DispatchError, Dispatch, FunctionVersion, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome, InvokeResult,
+    Recorder, Runtime, RuntimeKind,
+};
+
+pub use pool::{InstanceInfo, Pool, PoolStatus};
+
+/// Runtimes registered by kind; pools by function-version key. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Scheduler(Arc<Inner>);
+
+pub struct Inner {
+    runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    recorder: Arc<dyn Recorder>,
+}
+
+impl std::ops::Deref for Scheduler {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Scheduler {
+    pub fn new(runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>, recorder: Arc<dyn Recorder>) -> Self {
+        Scheduler(Arc::new(Inner { runtimes, pools: Mutex::new(HashMap::new()), recorder }))
+    }
+}
+
+impl Inner {
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool for `function`, created (and its `min_instances` started) on first use.
+    pub fn pool(&self, function: &Arc<FunctionVersion>) -> Result<Arc<Pool>, DispatchError> {
+        let key = function.pool_key();
+        if let Some(p) = self.pools().get(&key) {
+            return Ok(p.clone());
+        }
+        let runtime = self
+            .runtimes
+            .get(&function.spec.runtime)
+            .cloned()
+            .ok_or_else(|| DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str())))?;
+        let mut pools = self.pools();
+        let pool = pools.entry(key).or_insert_with(|| Pool::new(function.clone(), runtime)).clone();
+        Ok(pool)
+    }
+
+    /// Make sure pools exist for a newly deployed set of functions (starting `min_instances`),
+    /// and retire pools that are no longer deployed: their idle instances stop now, busy ones
+    /// when their invocation ends (in-flight requests finish on the version they started on).
+    pub fn deploy(&self, functions: &[Arc<FunctionVersion>]) {
+        let keep: HashSet<String> = functions.iter().map(|f| f.pool_key()).collect();
+        for f in functions {
+            if let Err(e) = self.pool(f) {
+                tracing::error!(function = %f.spec.name, "cannot create pool: {e}");
+            }
+        }
+        let retired: Vec<Arc<Pool>> = {
+            let mut pools = self.pools();
+            let gone: Vec<String> = pools.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+            gone.into_iter().filter_map(|k| pools.remove(&k)).collect()
+        };
+        for p in retired {
+            p.retire();
+        }
+    }
+
+    /// Status of every pool, for the management API.
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let mut list: Vec<PoolStatus> = self.pools().values().map(|p| p.status()).collect();
+        list.sort_by(|a, b| (&a.function, &a.version).cmp(&(&b.function, &b.version)));
+        list
+    }
+
+    /// Stop everything: retire all pools and wait (bounded) for their instances to stop.
+    pub async fn shutdown(&self, within: std::time::Duration) {
+        let pools: Vec<Arc<Pool>> = self.pools().drain().map(|(_, p)| p).collect();
+        for p in &pools {
+            p.retire();
+        }
+        let deadline = Instant::now() + within;
+        for p in &pools {
+            p.wait_empty(deadline).await;
+        }
+    }
+
+    async fn run(self: Arc<Inner>, function: Arc<FunctionVersion>, inv: Invocation) -> Result<InvokeResult, DispatchError> {
+        let pool = self.pool(&function)?;
+        let queued = Instant::now();
+        let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let request_id = inv.request_id.clone();
+        let trigger = inv.trigger;
+        let mut lease = match pool.acquire().await {
+            Ok(l) => l,
+            Err(e) => {
+                let log = report::failed_start_log(&function, &request_id, &e);
+                let err = match e {
+                    pool::AcquireError::Dispatch(d) => d,
+                    pool::AcquireError::Init { error_type, message, log: init_log } => {
+                        DispatchError::InitFailed { name: function.spec.name.clone(), error_type, message, log: format!("{init_log}{log}") }
+                    }
+                };
+                self.recorder.record(report::record_for_error(&function, &request_id, trigger, start_ms, queued.elapsed(), &err, None));
+                return Err(err);
+            }
+        };
+        let queue_wait = queued.elapsed();
+        let (cold, init_log) = lease.begin();
+        let result = lease.instance().invoke(inv).await;
+        drop(lease);
+        match result {
+            Ok(mut r) => {
+                r.cold = cold;
+                r.log = report::invocation_log(&function, &request_id, &init_log, &r);
+                let mut rec = report::record_for_result(&function, &request_id, trigger, start_ms, queue_wait, &r);
+                rec.log = r.log.clone();
+                self.recorder.record(rec);
+                Ok(r)
+            }
+            Err(e) => {
+                let err = report::instance_error(&function, &request_id, &init_log, cold, e);
+                self.recorder.record(report::record_for_error(&function, &request_id, trigger, start_ms, queue_wait, &err, cold));
+                Err(err)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Dispatch for Scheduler {
+    async fn invoke(&self, function: Arc<FunctionVersion>, invocation: Invocation) -> Result<InvokeResult, DispatchError> {
+        // Its own task: a caller that goes away does not cancel an invocation half-way, and a
+        // panic inside one invocation becomes a platform error instead of taking others down.
+        match tokio::spawn(self.0.clone().run(function, invocation)).await {
+            Ok(r) => r,
+            Err(e) => Err(DispatchError::Platform(format!("the invocation task failed: {e}"))),
+        }
+    }
+}
+
+/// Status a finished invocation is recorded with.
+pub fn status_of(result: &Result<InvokeResult, DispatchError>) -> InvocationStatus {
+    match result {
+        Ok(r) => match r.outcome {
+            InvokeOutcome::Success(_) => InvocationStatus::Success,
+            InvokeOutcome::FunctionError { .. } => InvocationStatus::FunctionError,
+        },
+        Err(e) => report::status_for_error(e),
+    }
+}
+
+/// A recorder that drops everything (tests, benchmarks of the bare path).
+pub struct NullRecorder;
+
+impl Recorder for NullRecorder {
+    fn record(&self, _record: InvocationRecord) {}
+}

@@ -1,0 +1,373 @@
+//! One function version's instances. See the crate docs for the design.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nimbus_core::policy::{self, Admission, PoolCounts, ScaleDecision};
+use nimbus_core::{ColdStart, DispatchError, FunctionVersion, Instance, InstanceState, Runtime, StartError};
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+
+/// An instance and how many invocations it has served (0 = its next one is a cold start).
+struct Slot {
+    instance: Box<dyn Instance>,
+    served: u64,
+}
+
+struct Idle {
+    slot: Slot,
+    since: Instant,
+}
+
+enum Grant {
+    Instance(Slot),
+    InitFailed(StartError),
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<Idle>,
+    busy: HashMap<String, Option<u32>>,
+    starting: u32,
+    waiters: VecDeque<Waiter>,
+    retired: bool,
+}
+
+impl State {
+    fn counts(&self) -> PoolCounts {
+        PoolCounts {
+            idle: self.idle.len() as u32,
+            busy: self.busy.len() as u32,
+            starting: self.starting,
+            waiting: self.waiters.len() as u32,
+        }
+    }
+}
+
+/// Why no instance could be had.
+pub(crate) enum AcquireError {
+    Dispatch(DispatchError),
+    Init { error_type: String, message: String, log: String },
+}
+
+pub struct Pool {
+    function: Arc<FunctionVersion>,
+    runtime: Arc<dyn Runtime>,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    cold_starts: AtomicU64,
+    /// Signalled whenever the pool may have become empty (for shutdown).
+    changed: Notify,
+}
+
+/// One instance as the management API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub state: &'static str,
+}
+
+/// A pool as the management API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolStatus {
+    pub function: String,
+    pub version: String,
+    pub idle: u32,
+    pub busy: u32,
+    pub starting: u32,
+    pub waiting: u32,
+    pub cold_starts: u64,
+    pub instances: Vec<InstanceInfo>,
+}
+
+impl Pool {
+    pub(crate) fn new(function: Arc<FunctionVersion>, runtime: Arc<dyn Runtime>) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            function,
+            runtime,
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            cold_starts: AtomicU64::new(0),
+            changed: Notify::new(),
+        });
+        pool.housekeep();
+        tokio::spawn(housekeeping(Arc::downgrade(&pool)));
+        pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
+        let spec = &self.function.spec;
+        let (mut rx, waiter_id) = {
+            let mut st = self.lock();
+            if st.retired {
+                return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
+            }
+            match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
+                Admission::UseIdle => {
+                    if let Some(idle) = st.idle.pop() {
+                        st.busy.insert(idle.slot.instance.id().to_owned(), idle.slot.instance.pid());
+                        return Ok(Lease { pool: self.clone(), slot: Some(idle.slot) });
+                    }
+                    return Err(AcquireError::Dispatch(DispatchError::Platform("idle instance vanished".into())));
+                }
+                Admission::Throttle => return Err(AcquireError::Dispatch(self.throttled())),
+                Admission::StartAndWait => self.start_one(&mut st),
+                Admission::Wait => {}
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            st.waiters.push_back(Waiter { id, tx });
+            (rx, id)
+        };
+        let grant = match tokio::time::timeout(spec.queue_timeout, &mut rx).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(_)) => return Err(AcquireError::Dispatch(DispatchError::Platform("the pool went away".into()))),
+            Err(_) => {
+                let mut st = self.lock();
+                if let Some(pos) = st.waiters.iter().position(|w| w.id == waiter_id) {
+                    st.waiters.remove(pos);
+                    return Err(AcquireError::Dispatch(self.throttled()));
+                }
+                drop(st);
+                // Not in the queue any more: a grant was sent under the lock just before.
+                match rx.try_recv() {
+                    Ok(g) => g,
+                    Err(_) => return Err(AcquireError::Dispatch(DispatchError::Platform("lost an instance grant".into()))),
+                }
+            }
+        };
+        match grant {
+            Grant::Instance(slot) => Ok(Lease { pool: self.clone(), slot: Some(slot) }),
+            Grant::InitFailed(StartError::InitFailed { error_type, message, log }) => {
+                Err(AcquireError::Init { error_type, message, log })
+            }
+            Grant::InitFailed(StartError::Platform(msg)) => Err(AcquireError::Dispatch(DispatchError::Platform(msg))),
+        }
+    }
+
+    fn throttled(&self) -> DispatchError {
+        let spec = &self.function.spec;
+        DispatchError::Throttled {
+            name: spec.name.clone(),
+            max_instances: spec.max_instances,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
+    /// Start one instance in the background; the caller holds the lock and has counted nothing.
+    fn start_one(self: &Arc<Self>, st: &mut State) {
+        st.starting += 1;
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
+        let pool = self.clone();
+        let id = format!("{:016x}", rand_u64());
+        tokio::spawn(async move {
+            let result = pool.runtime.start(pool.function.clone(), id).await;
+            let mut st = pool.lock();
+            st.starting = st.starting.saturating_sub(1);
+            match result {
+                Ok(instance) => pool.offer(&mut st, Slot { instance, served: 0 }),
+                Err(e) => {
+                    tracing::warn!(function = %pool.function.spec.name, "instance failed to start: {e}");
+                    // Fail the waiters this start was meant for: those that the instances still
+                    // starting or busy cannot serve (at least one), so a broken function answers
+                    // every caller at once instead of retrying init for each.
+                    let others = st.starting + st.busy.len() as u32;
+                    let fail = (st.waiters.len() as u32).saturating_sub(others).max(1);
+                    for _ in 0..fail {
+                        let Some(w) = st.waiters.pop_front() else { break };
+                        let _ = w.tx.send(Grant::InitFailed(e.clone()));
+                    }
+                    pool.changed.notify_waiters();
+                }
+            }
+        });
+    }
+
+    /// Hand a ready instance to the first live waiter, or park it idle.
+    fn offer(self: &Arc<Self>, st: &mut State, mut slot: Slot) {
+        while let Some(w) = st.waiters.pop_front() {
+            let id = slot.instance.id().to_owned();
+            let pid = slot.instance.pid();
+            st.busy.insert(id.clone(), pid);
+            match w.tx.send(Grant::Instance(slot)) {
+                Ok(()) => return,
+                Err(Grant::Instance(back)) => {
+                    st.busy.remove(&id);
+                    slot = back;
+                }
+                Err(Grant::InitFailed(_)) => return,
+            }
+        }
+        if st.retired {
+            tokio::spawn(slot.instance.shutdown());
+            self.changed.notify_waiters();
+        } else {
+            st.idle.push(Idle { slot, since: Instant::now() });
+        }
+    }
+
+    fn release(self: &Arc<Self>, slot: Slot) {
+        let mut st = self.lock();
+        st.busy.remove(slot.instance.id());
+        if slot.instance.state() == InstanceState::Dead {
+            tokio::spawn(slot.instance.shutdown());
+            // Requests queued behind the dead instance need a replacement.
+            let spec = &self.function.spec;
+            if !st.retired && st.starting < st.waiters.len() as u32 && st.counts().instances() < spec.max_instances {
+                self.start_one(&mut st);
+            }
+            self.changed.notify_waiters();
+        } else {
+            self.offer(&mut st, slot);
+        }
+    }
+
+    /// Apply the keep-alive policy once.
+    fn housekeep(self: &Arc<Self>) {
+        let spec = &self.function.spec;
+        let mut st = self.lock();
+        if st.retired {
+            return;
+        }
+        let now = Instant::now();
+        let ages: Vec<Duration> = st.idle.iter().map(|i| now.duration_since(i.since)).collect();
+        match policy::keep_alive(st.counts(), &ages, spec.keep_alive, spec.min_instances) {
+            ScaleDecision::Hold => {}
+            ScaleDecision::StartWarm(n) => {
+                for _ in 0..n {
+                    self.start_one(&mut st);
+                }
+            }
+            ScaleDecision::Reclaim(n) => {
+                // `idle` is used LIFO, so the front holds the longest idle.
+                let n = (n as usize).min(st.idle.len());
+                for idle in st.idle.drain(..n) {
+                    tracing::debug!(function = %spec.name, instance = idle.slot.instance.id(), "reclaiming idle instance");
+                    tokio::spawn(idle.slot.instance.shutdown());
+                }
+            }
+        }
+    }
+
+    /// Stop taking work: idle instances stop now, busy ones when released.
+    pub(crate) fn retire(&self) {
+        let idle = {
+            let mut st = self.lock();
+            st.retired = true;
+            std::mem::take(&mut st.idle)
+        };
+        for i in idle {
+            tokio::spawn(i.slot.instance.shutdown());
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) async fn wait_empty(&self, deadline: Instant) {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let st = self.lock();
+                if st.busy.is_empty() && st.starting == 0 && st.idle.is_empty() {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let st = self.lock();
+        let c = st.counts();
+        let mut instances: Vec<InstanceInfo> = st
+            .idle
+            .iter()
+            .map(|i| InstanceInfo { id: i.slot.instance.id().to_owned(), pid: i.slot.instance.pid(), state: "idle" })
+            .collect();
+        instances.extend(st.busy.iter().map(|(id, pid)| InstanceInfo { id: id.clone(), pid: *pid, state: "busy" }));
+        PoolStatus {
+            function: self.function.spec.name.clone(),
+            version: self.function.version.clone(),
+            idle: c.idle,
+            busy: c.busy,
+            starting: c.starting,
+            waiting: c.waiting,
+            cold_starts: self.cold_starts.load(Ordering::Relaxed),
+            instances,
+        }
+    }
+}
+
+async fn housekeeping(pool: std::sync::Weak<Pool>) {
+    let tick = match pool.upgrade() {
+        Some(p) => (p.function.spec.keep_alive / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(p) = pool.upgrade() else { return };
+        if p.lock().retired {
+            return;
+        }
+        p.housekeep();
+    }
+}
+
+/// An instance on loan to one invocation; dropping it gives the instance back.
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    slot: Option<Slot>,
+}
+
+impl Lease {
+    /// Mark the start of an invocation: returns the cold-start info and init output when this is
+    /// the instance's first invocation.
+    pub(crate) fn begin(&mut self) -> (Option<ColdStart>, String) {
+        let Some(slot) = self.slot.as_mut() else { return (None, String::new()) };
+        slot.served += 1;
+        if slot.served == 1 {
+            (Some(ColdStart { init: slot.instance.init_duration() }), slot.instance.take_init_log())
+        } else {
+            (None, String::new())
+        }
+    }
+
+    pub(crate) fn instance(&mut self) -> &mut dyn Instance {
+        match self.slot.as_mut() {
+            Some(s) => s.instance.as_mut(),
+            None => unreachable_instance(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_instance() -> ! {
+    // A lease holds its slot until dropped; `instance()` cannot run after drop.
+    panic!("lease without an instance")
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.pool.release(slot);
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}

@@ -1,0 +1,180 @@
+//! Invocation records and logs: written in batches by a background thread, read by the
+//! management API.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use nimbus_core::{InvocationRecord, Recorder};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use crate::{open_connection, Result};
+
+/// Records waiting for the writer; beyond this the request path drops records (counted) rather
+/// than block or grow without bound.
+const QUEUE: usize = 65_536;
+const BATCH: usize = 1_000;
+
+/// The `Recorder` backed by SQLite. Dropping the last clone flushes and stops the thread.
+pub struct RecordWriter {
+    tx: Mutex<Option<SyncSender<InvocationRecord>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RecordWriter {
+    pub(crate) fn start(db: &Path) -> Result<RecordWriter> {
+        let conn = open_connection(db)?;
+        // Records are history, not acknowledged work: NORMAL is durable across process crashes
+        // and only risks the last transactions on power loss.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let thread = std::thread::Builder::new().name("nimbus-records".into()).spawn(move || write_loop(conn, rx))?;
+        Ok(RecordWriter { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), dropped: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// Records dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Write everything queued and stop the writer.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Recorder for RecordWriter {
+    fn record(&self, record: InvocationRecord) {
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = guard.as_ref() else { return };
+        if let Err(TrySendError::Full(_)) = tx.try_send(record) {
+            if self.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                tracing::warn!("invocation record writer is behind; dropping records");
+            }
+        }
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = write_batch(&mut conn, &batch) {
+            tracing::error!("cannot write {} invocation records: {e}", batch.len());
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO invocations(request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb,
+             max_memory_mb, cold, init_ms, queue_ms, status, error_type, error_message, instance_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        let mut log = tx.prepare_cached("INSERT INTO logs(function, request_id, ts_ms, text) VALUES (?1, ?2, ?3, ?4)")?;
+        for r in batch {
+            ins.execute(params![
+                r.request_id,
+                r.function,
+                r.version,
+                r.trigger.as_str(),
+                r.start_ms,
+                r.duration_ms,
+                r.billed_ms,
+                r.memory_mb,
+                r.max_memory_mb,
+                r.cold,
+                r.init_ms,
+                r.queue_ms,
+                r.status.as_str(),
+                r.error_type,
+                r.error_message,
+                r.instance_id,
+            ])?;
+            if !r.log.is_empty() {
+                log.execute(params![r.function, r.request_id, r.start_ms, r.log])?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Filters for listing invocations.
+#[derive(Clone, Debug, Default)]
+pub struct InvocationQuery {
+    pub function: Option<String>,
+    pub request_id: Option<String>,
+    pub limit: u32,
+}
+
+pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<serde_json::Value>> {
+    let mut stmt = conn.prepare(
+        "SELECT request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb, max_memory_mb, cold,
+                init_ms, queue_ms, status, error_type, error_message, instance_id
+         FROM invocations
+         WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR request_id = ?2)
+         ORDER BY start_ms DESC, rowid DESC LIMIT ?3",
+    )?;
+    let rows = stmt
+        .query_map(params![q.function, q.request_id, q.limit.max(1)], |r| {
+            Ok(serde_json::json!({
+                "requestId": r.get::<_, String>(0)?,
+                "function": r.get::<_, String>(1)?,
+                "version": r.get::<_, String>(2)?,
+                "trigger": r.get::<_, String>(3)?,
+                "startMs": r.get::<_, i64>(4)?,
+                "durationMs": r.get::<_, f64>(5)?,
+                "billedMs": r.get::<_, i64>(6)?,
+                "memoryMb": r.get::<_, i64>(7)?,
+                "maxMemoryMb": r.get::<_, i64>(8)?,
+                "cold": r.get::<_, bool>(9)?,
+                "initMs": r.get::<_, Option<f64>>(10)?,
+                "queueMs": r.get::<_, f64>(11)?,
+                "status": r.get::<_, String>(12)?,
+                "errorType": r.get::<_, Option<String>>(13)?,
+                "errorMessage": r.get::<_, Option<String>>(14)?,
+                "instanceId": r.get::<_, Option<String>>(15)?,
+            }))
+        })?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// One invocation's log.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogEntry {
+    pub seq: u64,
+    #[serde(rename = "requestId")]
+    pub request_id: String,
+    #[serde(rename = "tsMs")]
+    pub ts_ms: u64,
+    pub text: String,
+}
+
+pub(crate) fn query_logs(conn: &Connection, function: &str, after: u64, request_id: Option<&str>, limit: u32) -> Result<Vec<LogEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, request_id, ts_ms, text FROM logs
+         WHERE function = ?1 AND seq > ?2 AND (?3 IS NULL OR request_id = ?3)
+         ORDER BY seq LIMIT ?4",
+    )?;
+    let rows = stmt
+        .query_map(params![function, after, request_id, limit.max(1)], |r| {
+            Ok(LogEntry { seq: r.get(0)?, request_id: r.get(1)?, ts_ms: r.get(2)?, text: r.get(3)? })
+        })?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
