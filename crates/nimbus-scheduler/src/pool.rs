@@ -77,6 +77,7 @@ pub struct InstanceInfo {
 
 /// A pool as the management API shows it.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PoolStatus {
     pub function: String,
     pub version: String,

@@ -49,7 +49,14 @@ fn wrap(f: &FunctionVersion, id: &str, init_log: &str, body: &str, extra: &str, 
 
 pub(crate) fn invocation_log(f: &FunctionVersion, id: &str, init_log: &str, r: &InvokeResult) -> String {
     let report = report_line(f, id, r.duration, r.max_memory_mb, r.cold);
-    wrap(f, id, init_log, &r.log, "", &report)
+    // The platform logs function errors itself, so every runtime's log shows them the same way.
+    let extra = match &r.outcome {
+        InvokeOutcome::FunctionError { kind, error_type, error_message, .. } => {
+            format!("[ERROR] {id} {} {error_type}: {error_message}\n", kind.as_str())
+        }
+        InvokeOutcome::Success(_) => String::new(),
+    };
+    wrap(f, id, init_log, &r.log, &extra, &report)
 }
 
 pub(crate) fn failed_start_log(f: &FunctionVersion, id: &str, e: &AcquireError) -> String {

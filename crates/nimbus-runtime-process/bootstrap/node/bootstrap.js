@@ -1,0 +1,345 @@
+'use strict';
+// nimbus bootstrap for runtime = "node" (Node.js 20, no dependencies).
+//
+// Speaks the AWS Lambda Runtime API (2018-06-01) to nimbus over a keep-alive
+// HTTP/1.1 connection on loopback:
+//   load the handler named by _HANDLER once (CommonJS or ES module), then loop:
+//   GET /runtime/invocation/next -> run the handler -> POST .../response or .../error.
+// Handler output (console.log etc.) goes to stdout/stderr unmodified; on Linux
+// writes to pipes and files are synchronous, so everything the handler printed
+// is in the pipe before the result is posted.
+//
+// Start-up matters (cold starts): only `http` and `path` are loaded eagerly;
+// `url` is loaded only for ES modules.
+
+const http = require('http');
+const path = require('path');
+const fs = require('fs'); // already loaded by Node's own start-up; used for existsSync
+
+const env = process.env;
+const API = env.AWS_LAMBDA_RUNTIME_API || '127.0.0.1:9001';
+const BASE = '/2018-06-01/runtime';
+
+let apiHost;
+let apiPort;
+{
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(API) || /^([^:]+):(\d+)$/.exec(API);
+  if (m) {
+    apiHost = m[1];
+    apiPort = Number(m[2]);
+  } else {
+    apiHost = API;
+    apiPort = 80;
+  }
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+
+// ---------------------------------------------------------------------------
+// HTTP client
+
+function request(method, urlPath, body, headers, retried) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { agent, host: apiHost, port: apiPort, method, path: urlPath, headers },
+      (res) => {
+        let data = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => {
+          data += c;
+        });
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: data }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', (e) => {
+      // The server may have closed an idle keep-alive socket: retry once on a fresh one.
+      if (!retried && req.reusedSocket && (e.code === 'ECONNRESET' || e.code === 'EPIPE')) {
+        resolve(request(method, urlPath, body, headers, true));
+      } else {
+        reject(e);
+      }
+    });
+    if (body === undefined) req.end();
+    else req.end(body);
+  });
+}
+
+function post(urlPath, body, errorType) {
+  const headers = {
+    'Content-Type': 'application/json',
+    'Content-Length': Buffer.byteLength(body),
+  };
+  if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
+  return request('POST', urlPath, body, headers);
+}
+
+function headerSafe(s) {
+  return String(s).replace(/[^\x20-\x7e]/g, '') || 'Unhandled';
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+function errorPayload(e) {
+  if (e instanceof Error || (e !== null && typeof e === 'object' && 'message' in e)) {
+    let stack = [];
+    try {
+      if (typeof e.stack === 'string') stack = e.stack.split('\n');
+    } catch (_) {
+      /* ignore */
+    }
+    let type;
+    try {
+      type = e.name || (e.constructor && e.constructor.name) || 'Error';
+    } catch (_) {
+      type = 'Error';
+    }
+    return { errorMessage: safeString(e.message), errorType: String(type), stackTrace: stack };
+  }
+  return { errorMessage: safeString(e), errorType: typeof e, stackTrace: [] };
+}
+
+function safeString(v) {
+  try {
+    return String(v);
+  } catch (_) {
+    return '[unprintable]';
+  }
+}
+
+function errorBody(payload) {
+  try {
+    return JSON.stringify(payload);
+  } catch (_) {
+    return JSON.stringify({ errorMessage: 'unserializable error', errorType: payload.errorType, stackTrace: [] });
+  }
+}
+
+function printError(prefix, e) {
+  let text;
+  try {
+    text = e instanceof Error && typeof e.stack === 'string' ? e.stack : safeString(e);
+  } catch (_) {
+    text = '[unprintable error]';
+  }
+  process.stderr.write(prefix + text + '\n');
+}
+
+function fatal(e) {
+  printError('nimbus bootstrap: ', e);
+  process.exit(1);
+}
+
+// ---------------------------------------------------------------------------
+// Init: load the handler
+
+async function initError(type, e) {
+  const orig = errorPayload(e);
+  const payload = {
+    errorMessage: orig.errorType + ': ' + orig.errorMessage,
+    errorType: type,
+    stackTrace: orig.stackTrace,
+  };
+  process.stderr.write(type + ': ' + payload.errorMessage + '\n');
+  if (orig.stackTrace.length) process.stderr.write(orig.stackTrace.join('\n') + '\n');
+  try {
+    await post(BASE + '/init/error', errorBody(payload), type);
+  } catch (pe) {
+    printError('nimbus bootstrap: could not report init error: ', pe);
+  }
+  process.exit(1);
+}
+
+function importFile(file) {
+  const { pathToFileURL } = require('url');
+  return import(pathToFileURL(file).href);
+}
+
+async function loadModule(base) {
+  if (fs.existsSync(base + '.js')) {
+    try {
+      return require(base + '.js');
+    } catch (e) {
+      if (e && e.code === 'ERR_REQUIRE_ESM') return importFile(base + '.js');
+      throw e;
+    }
+  }
+  if (fs.existsSync(base + '.mjs')) return importFile(base + '.mjs');
+  if (fs.existsSync(base + '.cjs')) return require(base + '.cjs');
+  // Let Node resolve it (directory with index.js / package.json main, .json, ...)
+  // or produce the usual "Cannot find module" error.
+  try {
+    return require(base);
+  } catch (e) {
+    if (e && e.code === 'ERR_REQUIRE_ESM') return importFile(require.resolve(base));
+    throw e;
+  }
+}
+
+async function loadHandler() {
+  const spec = env._HANDLER || '';
+  const root = env.LAMBDA_TASK_ROOT || process.cwd();
+  const slash = spec.lastIndexOf('/');
+  const dir = spec.slice(0, slash + 1);
+  const rest = spec.slice(slash + 1);
+  const dot = rest.indexOf('.');
+  if (dot <= 0 || dot === rest.length - 1) {
+    await initError('Runtime.MalformedHandlerName', new Error(`Bad handler '${spec}': expected 'file.export'`));
+  }
+  const modName = rest.slice(0, dot);
+  const exportPath = rest.slice(dot + 1);
+  let mod;
+  try {
+    mod = await loadModule(path.resolve(root, dir, modName));
+  } catch (e) {
+    await initError('Runtime.ImportModuleError', e);
+  }
+  let fn = mod;
+  for (const part of exportPath.split('.')) fn = fn == null ? undefined : fn[part];
+  if (fn === undefined || fn === null) {
+    await initError('Runtime.HandlerNotFound', new Error(`${spec} is undefined or not exported`));
+  }
+  if (typeof fn !== 'function') {
+    await initError('Runtime.HandlerNotFound', new Error(`${spec} is not a function`));
+  }
+  return fn;
+}
+
+// ---------------------------------------------------------------------------
+// Invocations
+
+let current = null; // { id, done }
+let dying = false;
+
+function onFatal(e) {
+  if (dying) return;
+  dying = true;
+  printError('Uncaught exception: ', e);
+  const inv = current;
+  if (inv && !inv.done) {
+    inv.done = true;
+    post(BASE + '/invocation/' + inv.id + '/error', errorBody(errorPayload(e)), 'Unhandled').then(
+      () => process.exit(1),
+      () => process.exit(1),
+    );
+  } else {
+    process.exit(1);
+  }
+}
+process.on('uncaughtException', onFatal);
+process.on('unhandledRejection', onFatal);
+
+function parseJsonHeader(v) {
+  if (v === undefined || v === '') return undefined;
+  try {
+    return JSON.parse(v);
+  } catch (_) {
+    return undefined;
+  }
+}
+
+function runHandler(fn, event, ctx) {
+  return new Promise((resolve) => {
+    let settled = false;
+    const finish = (kind, value) => {
+      if (settled) return;
+      settled = true;
+      resolve([kind, value]);
+    };
+    const callback = (err, result) => {
+      if (err !== undefined && err !== null) finish('Handled', err);
+      else finish('ok', result);
+    };
+    ctx.done = callback;
+    ctx.succeed = (result) => finish('ok', result);
+    ctx.fail = (err) => finish('Handled', err);
+    let ret;
+    try {
+      ret = fn(event, ctx, callback);
+    } catch (e) {
+      finish('Unhandled', e);
+      return;
+    }
+    if (ret !== null && (typeof ret === 'object' || typeof ret === 'function') && typeof ret.then === 'function') {
+      ret.then(
+        (r) => finish('ok', r),
+        (e) => finish('Unhandled', e),
+      );
+    } else if (fn.length < 3) {
+      // A plain synchronous handler: its return value is the result.
+      finish('ok', ret);
+    }
+    // otherwise: callback style, wait for callback()/context.done()
+  });
+}
+
+async function invoke(fn, next) {
+  const h = next.headers;
+  const id = h['lambda-runtime-aws-request-id'];
+  const inv = { id, done: false };
+  current = inv;
+  const trace = h['lambda-runtime-trace-id'];
+  if (trace) env._X_AMZN_TRACE_ID = trace;
+  else delete env._X_AMZN_TRACE_ID;
+  const deadline = Number(h['lambda-runtime-deadline-ms']) || 0;
+  const ctx = {
+    awsRequestId: id,
+    functionName: env.AWS_LAMBDA_FUNCTION_NAME,
+    functionVersion: env.AWS_LAMBDA_FUNCTION_VERSION,
+    memoryLimitInMB: env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE,
+    invokedFunctionArn: h['lambda-runtime-invoked-function-arn'],
+    logGroupName: env.AWS_LAMBDA_LOG_GROUP_NAME,
+    logStreamName: env.AWS_LAMBDA_LOG_STREAM_NAME,
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+    clientContext: parseJsonHeader(h['lambda-runtime-client-context']),
+    identity: parseJsonHeader(h['lambda-runtime-cognito-identity']),
+    callbackWaitsForEmptyEventLoop: true, // accepted but not honoured: nimbus responds on callback
+  };
+  const base = BASE + '/invocation/' + id;
+
+  let kind;
+  let value;
+  let event;
+  try {
+    event = next.body === '' ? null : JSON.parse(next.body);
+  } catch (e) {
+    kind = 'Unhandled';
+    value = e;
+  }
+  if (kind === undefined) [kind, value] = await runHandler(fn, event, ctx);
+  if (inv.done) return; // an uncaught exception already answered this request
+  let body;
+  if (kind === 'ok') {
+    try {
+      body = JSON.stringify(value);
+      if (body === undefined) body = 'null';
+    } catch (e) {
+      kind = 'Unhandled';
+      value = e;
+      const p = errorPayload(e);
+      p.errorType = 'Runtime.ResponseSerializationError';
+      p.errorMessage = 'Unable to serialize the response: ' + p.errorMessage;
+      body = errorBody(p);
+    }
+  } else {
+    body = errorBody(errorPayload(value));
+  }
+  inv.done = true;
+  current = null;
+  if (kind === 'ok') await post(base + '/response', body);
+  else await post(base + '/error', body, kind);
+}
+
+async function main() {
+  const fn = await loadHandler();
+  for (;;) {
+    const next = await request('GET', BASE + '/invocation/next');
+    if (next.status !== 200) {
+      throw new Error(`GET /runtime/invocation/next answered ${next.status}: ${next.body}`);
+    }
+    await invoke(fn, next);
+  }
+}
+
+main().catch(fatal);

@@ -1,0 +1,469 @@
+"""nimbus bootstrap for runtime = "python" (Python 3.11+, standard library only).
+
+Run by nimbus as ``python3 -S bootstrap.py`` with PYTHONUNBUFFERED=1.
+
+Speaks the AWS Lambda Runtime API (2018-06-01) to nimbus over one keep-alive
+HTTP/1.1 connection on loopback: import the handler named by _HANDLER once, then
+loop GET /runtime/invocation/next -> call handler -> POST .../response or .../error.
+
+Cold start matters, so this file deliberately avoids heavy imports:
+  * HTTP is spoken over the C ``_socket`` module directly (``http.client`` pulls
+    in email, ssl, urllib, re, ... and costs tens of milliseconds);
+  * JSON uses the C accelerator ``_json`` directly (``json`` imports ``re``),
+    falling back to the ``json`` module if that is unavailable;
+  * ``traceback`` is imported only when an error has to be reported.
+"""
+
+import os
+import sys
+import time
+import _socket
+
+# ---------------------------------------------------------------------------
+# JSON (C accelerator, no `re`)
+
+try:
+    import _json
+
+    class _DecodeContext:
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+        parse_constant = {
+            "-Infinity": float("-inf"),
+            "Infinity": float("inf"),
+            "NaN": float("nan"),
+        }.__getitem__
+        memo = {}
+
+    _scan_once = _json.make_scanner(_DecodeContext())
+    _encode_str = _json.encode_basestring_ascii
+    _make_encoder = _json.make_encoder
+
+    def _json_default(o):
+        if type(o).__name__ == "Decimal":
+            return int(o) if o == o.to_integral_value() else float(o)
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+    def json_loads(s):
+        s = s.strip(" \t\n\r")
+        try:
+            obj, end = _scan_once(s, 0)
+        except StopIteration as e:
+            raise ValueError(f"invalid JSON at char {e.value}") from None
+        if end != len(s):
+            raise ValueError(f"extra data at char {end}")
+        return obj
+
+    def json_dumps(o):
+        if type(o) is str:
+            return _encode_str(o)
+        enc = _make_encoder({}, _json_default, _encode_str, None, ":", ",", False, False, True)
+        return "".join(enc(o, 0))
+
+    # self-check (the _json signatures are CPython internals)
+    if json_loads(' {"a":[1,2.5,"\\u00e9",null,true]} ') != {"a": [1, 2.5, "\u00e9", None, True]}:
+        raise ImportError("unexpected _json behaviour")
+    if json_dumps({"a": [1, None, "\u00e9"]}) != '{"a":[1,null,"\\u00e9"]}':
+        raise ImportError("unexpected _json behaviour")
+except Exception:  # pragma: no cover - fallback for other interpreters
+    import json as _json_mod
+
+    json_loads = _json_mod.loads
+
+    def json_dumps(o):
+        return _json_mod.dumps(o, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------
+# HTTP/1.1 client over one keep-alive socket
+
+
+class RuntimeApiError(Exception):
+    pass
+
+
+class Connection:
+    def __init__(self, address):
+        if address.startswith("["):
+            host, _, port = address[1:].partition("]:")
+        else:
+            host, _, port = address.rpartition(":")
+            if not host:
+                host, port = port, "80"
+        self.host = host
+        self.port = int(port)
+        self.sock = None
+        self.buf = b""
+        self.used = False
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.buf = b""
+        self.used = False
+
+    def _connect(self):
+        # bytes host: a str host would make getaddrinfo import the idna codec (and `re`)
+        family, socktype, proto, _, addr = _socket.getaddrinfo(
+            self.host.encode("ascii", "ignore"), self.port, 0, _socket.SOCK_STREAM
+        )[0]
+        s = _socket.socket(family, socktype, proto)
+        try:
+            s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            s.connect(addr)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+        self.buf = b""
+        self.used = False
+
+    def request(self, method, path, body=b"", headers=None):
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if headers:
+            for k, v in headers.items():
+                head += f"{k}: {v}\r\n"
+        if method != "GET" or body:
+            head += f"Content-Length: {len(body)}\r\n"
+        data = head.encode("latin-1") + b"\r\n" + body
+        for attempt in (0, 1):
+            if self.sock is None:
+                self._connect()
+            reused = self.used
+            try:
+                self.sock.sendall(data)
+                return self._read_response()
+            except (OSError, RuntimeApiError) as e:
+                got_nothing = getattr(e, "got_nothing", isinstance(e, OSError))
+                self.close()
+                # a reused keep-alive socket the server had closed: retry once
+                if attempt == 0 and reused and got_nothing:
+                    continue
+                raise
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            err = RuntimeApiError("connection closed by the Runtime API")
+            err.got_nothing = not self.buf and not getattr(self, "_in_response", False)
+            raise err
+        self.buf += chunk
+
+    def _read_response(self):
+        self._in_response = False
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i >= 0:
+                break
+            self._fill()
+            self._in_response = True
+        self._in_response = True
+        head = self.buf[:i].decode("latin-1")
+        self.buf = self.buf[i + 4 :]
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ", 2)
+        status = int(parts[1])
+        version = parts[0]
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            body = self._read_chunked()
+        elif "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buf) < n:
+                self._fill()
+            body, self.buf = self.buf[:n], self.buf[n:]
+        else:
+            while True:
+                try:
+                    self._fill()
+                except RuntimeApiError:
+                    break
+            body = self.buf
+            self.close()
+            return status, headers, body
+        conn_hdr = headers.get("connection", "").lower()
+        if conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive"):
+            self.close()
+        else:
+            self.used = True
+        return status, headers, body
+
+    def _read_chunked(self):
+        out = []
+        while True:
+            while b"\r\n" not in self.buf:
+                self._fill()
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                # trailers
+                while True:
+                    while b"\r\n" not in self.buf:
+                        self._fill()
+                    line, self.buf = self.buf.split(b"\r\n", 1)
+                    if not line:
+                        return b"".join(out)
+            while len(self.buf) < size + 2:
+                self._fill()
+            out.append(self.buf[:size])
+            self.buf = self.buf[size + 2 :]
+
+
+# ---------------------------------------------------------------------------
+# Context objects
+
+
+class Client:
+    __slots__ = ("installation_id", "app_title", "app_version_name", "app_version_code", "app_package_name")
+
+    def __init__(self, d):
+        self.installation_id = d.get("installation_id")
+        self.app_title = d.get("app_title")
+        self.app_version_name = d.get("app_version_name")
+        self.app_version_code = d.get("app_version_code")
+        self.app_package_name = d.get("app_package_name")
+
+
+class ClientContext:
+    __slots__ = ("client", "custom", "env")
+
+    def __init__(self, d):
+        c = d.get("client")
+        self.client = Client(c) if isinstance(c, dict) else None
+        self.custom = d.get("custom")
+        self.env = d.get("env")
+
+
+class CognitoIdentity:
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self, d):
+        self.cognito_identity_id = d.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = d.get("cognitoIdentityPoolId")
+
+
+def _parse_json_header(v):
+    if not v:
+        return None
+    try:
+        d = json_loads(v)
+    except Exception:
+        return None
+    return d if isinstance(d, dict) else None
+
+
+class LambdaContext:
+    def __init__(self, request_id, deadline_ms, arn, client_context, identity):
+        env = os.environ
+        self.aws_request_id = request_id
+        self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME")
+        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION")
+        try:
+            self.memory_limit_in_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "0"))
+        except ValueError:
+            self.memory_limit_in_mb = 0
+        self.invoked_function_arn = arn
+        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME")
+        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        self._deadline_ms = deadline_ms
+        cc = _parse_json_header(client_context)
+        self.client_context = ClientContext(cc) if cc is not None else None
+        ident = _parse_json_header(identity)
+        self.identity = CognitoIdentity(ident) if ident is not None else CognitoIdentity({})
+
+    def get_remaining_time_in_millis(self):
+        return max(0, self._deadline_ms - time.time_ns() // 1_000_000)
+
+    def log(self, msg):
+        sys.stdout.write(str(msg))
+        sys.stdout.flush()
+
+    def __repr__(self):
+        return (
+            f"LambdaContext([aws_request_id={self.aws_request_id},"
+            f"function_name={self.function_name},function_version={self.function_version},"
+            f"invoked_function_arn={self.invoked_function_arn}])"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+def _stack_lines(tb):
+    import traceback
+
+    # same shape as AWS's Python runtime: one traceback.format_list() entry per frame
+    return traceback.format_list(traceback.extract_tb(tb))
+
+
+def _error_body(error_type, message, stack):
+    try:
+        return json_dumps({"errorMessage": message, "errorType": error_type, "stackTrace": stack}).encode()
+    except Exception:
+        return json_dumps({"errorMessage": repr(message), "errorType": str(error_type), "stackTrace": []}).encode()
+
+
+def _safe_str(e):
+    try:
+        return str(e)
+    except Exception:
+        return "<unprintable %s>" % type(e).__name__
+
+
+def _flush():
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:
+            pass
+
+
+def _print_exception(prefix, e):
+    try:
+        import traceback
+
+        sys.stderr.write(prefix + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    except Exception:
+        sys.stderr.write(prefix + _safe_str(e) + "\n")
+    _flush()
+
+
+def _header_safe(s):
+    s = "".join(ch for ch in str(s) if " " <= ch <= "~")
+    return s or "Unhandled"
+
+
+# ---------------------------------------------------------------------------
+# Init
+
+
+BASE = "/2018-06-01/runtime"
+
+
+def _init_error(conn, error_type, message, tb):
+    stack = _stack_lines(tb) if tb is not None else []
+    sys.stderr.write(f"[ERROR] {error_type}: {message}\n")
+    if stack:
+        sys.stderr.write("Traceback (most recent call last):\n" + "".join(stack))
+    _flush()
+    try:
+        conn.request(
+            "POST",
+            BASE + "/init/error",
+            _error_body(error_type, message, stack),
+            {"Content-Type": "application/json", "Lambda-Runtime-Function-Error-Type": error_type},
+        )
+    except Exception as e:
+        sys.stderr.write(f"nimbus bootstrap: could not report init error: {e}\n")
+        _flush()
+    os._exit(1)
+
+
+def load_handler(conn, spec):
+    modname, dot, fname = spec.rpartition(".")
+    if not dot or not modname or not fname:
+        _init_error(conn, "Runtime.MalformedHandlerName", f"Bad handler '{spec}': expected 'module.function'", None)
+    modname = modname.replace("/", ".")
+    try:
+        __import__(modname)
+        mod = sys.modules[modname]
+    except (Exception, SystemExit) as e:
+        _init_error(
+            conn,
+            "Runtime.ImportModuleError",
+            f"Unable to import module '{modname}': {type(e).__name__}: {_safe_str(e)}",
+            e.__traceback__,
+        )
+    fn = getattr(mod, fname, None)
+    if fn is None:
+        _init_error(conn, "Runtime.HandlerNotFound", f"Handler '{fname}' missing on module '{modname}'", None)
+    if not callable(fn):
+        _init_error(conn, "Runtime.HandlerNotFound", f"Handler '{fname}' on module '{modname}' is not callable", None)
+    return fn
+
+
+# ---------------------------------------------------------------------------
+# Main loop
+
+
+def main():
+    env = os.environ
+    task_root = env.get("LAMBDA_TASK_ROOT") or os.getcwd()
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and sys.path[0] and os.path.abspath(sys.path[0]) == here:
+        del sys.path[0]  # don't let user modules be shadowed by (or shadow) the bootstrap dir
+    sys.path.insert(0, task_root)
+
+    conn = Connection(env.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"))
+    handler = load_handler(conn, env.get("_HANDLER", ""))
+
+    json_headers = {"Content-Type": "application/json"}
+    err_headers = {"Content-Type": "application/json", "Lambda-Runtime-Function-Error-Type": "Unhandled"}
+
+    while True:
+        status, h, body = conn.request("GET", BASE + "/invocation/next")
+        if status != 200:
+            raise RuntimeApiError(f"GET /runtime/invocation/next answered {status}: {body[:200]!r}")
+        rid = h.get("lambda-runtime-aws-request-id", "")
+        trace = h.get("lambda-runtime-trace-id")
+        if trace:
+            env["_X_AMZN_TRACE_ID"] = trace
+        else:
+            env.pop("_X_AMZN_TRACE_ID", None)
+        try:
+            deadline = int(h.get("lambda-runtime-deadline-ms") or 0)
+        except ValueError:
+            deadline = 0
+        ctx = LambdaContext(
+            rid,
+            deadline,
+            h.get("lambda-runtime-invoked-function-arn"),
+            h.get("lambda-runtime-client-context"),
+            h.get("lambda-runtime-cognito-identity"),
+        )
+        base = BASE + "/invocation/" + rid
+        try:
+            event = json_loads(body.decode("utf-8")) if body else None
+            result = handler(event, ctx)
+        except Exception as e:
+            err = _error_body(type(e).__name__, _safe_str(e), _stack_lines(e.__traceback__))
+            _flush()
+            conn.request("POST", base + "/error", err, err_headers)
+            continue
+        try:
+            payload = json_dumps(result).encode("utf-8")
+        except Exception as e:
+            err = _error_body(
+                "Runtime.ResponseSerializationError",
+                f"Unable to marshal response: {_safe_str(e)}",
+                _stack_lines(e.__traceback__),
+            )
+            _flush()
+            conn.request("POST", base + "/error", err, err_headers)
+            continue
+        _flush()
+        conn.request("POST", base + "/response", payload, json_headers)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        _flush()
+        os._exit(130)
+    except Exception as e:
+        _print_exception("nimbus bootstrap: ", e)
+        os._exit(1)

@@ -1,0 +1,196 @@
+//! Client commands: thin wrappers over the management API and the Invoke API.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::Remote;
+
+fn here() -> PathBuf {
+    PathBuf::from(".")
+}
+
+pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
+    if !app_dir.join(nimbus_manifest::MANIFEST_FILE).is_file() {
+        bail!("{} has no nimbus.toml; pass the app directory", app_dir.display());
+    }
+    let client = Client::new(&remote, &app_dir)?;
+    let archive = tokio::task::spawn_blocking({
+        let dir = app_dir.clone();
+        move || archive(&dir)
+    })
+    .await??;
+    let size = archive.len();
+    let r = client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await?;
+    let v = r.json().unwrap_or_default();
+    if r.status.is_success() {
+        println!("deployed {} version {} ({} functions, {} KiB uploaded)", str_of(&v, "app"), v["version"], v["functions"].as_array().map_or(0, Vec::len), size / 1024);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(errors) = v.get("errors").and_then(Value::as_array) {
+        eprintln!("{} problem{} in the app manifest; nothing was deployed:", errors.len(), if errors.len() == 1 { "" } else { "s" });
+        for e in errors {
+            eprintln!("  {}", e.as_str().unwrap_or_default());
+        }
+        return Ok(ExitCode::from(2));
+    }
+    bail!("deploy failed: {} ({})", r.error_text(), r.status)
+}
+
+/// The app directory as a tar archive, without nimbus's own state or VCS metadata.
+fn archive(dir: &Path) -> Result<Bytes> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(true);
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == ".nimbus" || name == ".git" {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            builder.append_dir_all(&name, &path)?;
+        } else {
+            builder.append_path_with_name(&path, &name)?;
+        }
+    }
+    Ok(Bytes::from(builder.into_inner()?))
+}
+
+pub async fn rollback(to: Option<u64>, remote: Remote) -> Result<ExitCode> {
+    let client = Client::new(&remote, &here())?;
+    let body = serde_json::json!({ "version": to }).to_string();
+    let r = client.call(Method::POST, "/v1/rollback", Bytes::from(body), &[("content-type", "application/json".into())]).await?;
+    if !r.status.is_success() {
+        bail!("rollback failed: {}", r.error_text());
+    }
+    let v = r.json()?;
+    println!("live is now version {} of {}", v["version"], str_of(&v, "app"));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn ls(remote: Remote) -> Result<ExitCode> {
+    let client = Client::new(&remote, &here())?;
+    let app = client.get_json("/v1/app").await?;
+    let functions = client.get_json("/v1/functions").await?;
+    println!("app {}  live version {}", str_of(&app, "app"), app["live"]);
+    println!("\nDEPLOYMENTS");
+    for d in app["deployments"].as_array().into_iter().flatten() {
+        let live = if d["live"].as_bool() == Some(true) { "  (live)" } else { "" };
+        println!("  {:>4}  {}{live}", d["version"], d["functions"].as_array().map(|f| f.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+    }
+    println!("\nFUNCTIONS");
+    println!("  {:<20} {:<9} {:>7} {:>8} {:>5} {:>5}  ROUTES", "NAME", "RUNTIME", "MEMORY", "TIMEOUT", "IDLE", "BUSY");
+    for f in functions.as_array().into_iter().flatten() {
+        let (idle, busy) = f["pools"].as_array().into_iter().flatten().fold((0, 0), |(i, b), p| (i + p["idle"].as_u64().unwrap_or(0), b + p["busy"].as_u64().unwrap_or(0)));
+        let routes = f["routes"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+        println!(
+            "  {:<20} {:<9} {:>5}MB {:>7}ms {idle:>5} {busy:>5}  {routes}",
+            str_of(f, "name"),
+            str_of(f, "runtime"),
+            f["memoryMb"],
+            f["timeoutMs"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn invoke(name: String, data: Option<String>, file: Option<PathBuf>, qualifier: Option<String>, remote: Remote) -> Result<ExitCode> {
+    let client = Client::new(&remote, &here())?;
+    let payload = match (data, file) {
+        (Some(d), _) => d,
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+        (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+        (None, None) => "{}".to_owned(),
+    };
+    if let Err(e) = serde_json::from_str::<Value>(&payload) {
+        bail!("the event must be JSON: {e}");
+    }
+    let mut path = format!("/2015-03-31/functions/{name}/invocations");
+    if let Some(q) = qualifier {
+        path.push_str(&format!("?Qualifier={q}"));
+    }
+    let r = client.call(Method::POST, &path, Bytes::from(payload), &[("x-amz-log-type", "Tail".into())]).await?;
+    if let Some(log) = r.headers.get("x-amz-log-result").and_then(|v| v.to_str().ok()) {
+        if let Ok(text) = base64::engine::general_purpose::STANDARD.decode(log) {
+            let _ = std::io::stderr().write_all(&text);
+        }
+    }
+    if !r.status.is_success() {
+        bail!("{} ({})", r.error_text(), r.status);
+    }
+    let mut out = std::io::stdout();
+    out.write_all(&r.body)?;
+    out.write_all(b"\n")?;
+    if r.headers.contains_key("x-amz-function-error") {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn logs(name: String, follow: bool, request_id: Option<String>, remote: Remote) -> Result<ExitCode> {
+    let client = Client::new(&remote, &here())?;
+    let mut after = 0u64;
+    loop {
+        let mut path = format!("/v1/functions/{name}/logs?after={after}");
+        if let Some(id) = &request_id {
+            path.push_str(&format!("&requestId={id}"));
+        }
+        let v = client.get_json(&path).await?;
+        let mut out = std::io::stdout().lock();
+        for e in v["entries"].as_array().into_iter().flatten() {
+            out.write_all(e["text"].as_str().unwrap_or_default().as_bytes())?;
+        }
+        out.flush()?;
+        drop(out);
+        after = v["next"].as_u64().unwrap_or(after);
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+pub async fn invocations(function: Option<String>, limit: u32, remote: Remote) -> Result<ExitCode> {
+    let client = Client::new(&remote, &here())?;
+    let mut path = format!("/v1/invocations?limit={limit}");
+    if let Some(f) = &function {
+        path.push_str(&format!("&function={f}"));
+    }
+    let v = client.get_json(&path).await?;
+    println!("{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9}", "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "INIT");
+    for r in v.as_array().into_iter().flatten() {
+        let init = r["initMs"].as_f64().map(|i| format!("{i:.1}ms")).unwrap_or_default();
+        println!(
+            "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>8.2}ms {:>5} {:>9}",
+            str_of(r, "requestId"),
+            str_of(r, "function"),
+            str_of(r, "version"),
+            str_of(r, "trigger"),
+            str_of(r, "status"),
+            r["durationMs"].as_f64().unwrap_or(0.0),
+            if r["cold"].as_bool() == Some(true) { "yes" } else { "" },
+            init
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}

@@ -1,0 +1,126 @@
+//! `nimbus up`: wire the embedded store, the process runtimes, the scheduler and the gateway,
+//! deploy the app, serve, and shut down cleanly on Ctrl-C / SIGTERM.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use nimbus_core::{Recorder, Runtime, RuntimeKind};
+use nimbus_gateway::{ControlPlane, DeployError, Gateway, GatewayConfig};
+use nimbus_runtime_process::{Limits, ProcessRuntime};
+use nimbus_scheduler::Scheduler;
+use nimbus_store_sqlite::Store;
+
+/// File names under the data dir that client commands read.
+pub const TOKEN_FILE: &str = "admin.token";
+pub const URL_FILE: &str = "server.url";
+
+pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, drain: Duration) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let app_dir = app_dir.canonicalize().with_context(|| format!("app directory {} does not exist", app_dir.display()))?;
+    let addr: SocketAddr = listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
+    let data_dir = data_dir.unwrap_or_else(|| app_dir.join(".nimbus"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+
+    let store = Store::open(&data_dir).context("cannot open the embedded store")?;
+    let recorder = Arc::new(store.record_writer().context("cannot start the record writer")?);
+    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(&data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
+    // Runtimes are registered by kind; the wasm runtime joins here.
+    let runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>> = RuntimeKind::ALL.into_iter().map(|k| (k, process.clone())).collect();
+    let scheduler = Scheduler::new(runtimes, recorder.clone() as Arc<dyn Recorder>);
+    let control = ControlPlane::load(store, scheduler.clone(), &data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    match control.deploy_dir(&app_dir, true).await {
+        Ok(d) if d.changed => tracing::info!(app = %d.app, version = d.version, "deployed"),
+        Ok(d) => tracing::info!(app = %d.app, version = d.version, "app unchanged since the last start; serving the live deployment"),
+        Err(DeployError::Invalid(diags)) => {
+            eprint!("{diags}");
+            eprintln!("nothing was deployed; fix the manifest and run `nimbus up` again");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => bail!("deploy failed: {e}"),
+    }
+
+    let token = admin_token(&data_dir)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}; is another server using it? pass --listen"))?;
+    let local = listener.local_addr()?;
+    let url = format!("http://{local}");
+    write_private(&data_dir.join(URL_FILE), &url)?;
+    let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
+    let gateway = Gateway::new(control.clone(), scheduler.clone(), config, &token);
+
+    print_banner(&control, &url, &data_dir);
+    nimbus_gateway::serve(listener, gateway, shutdown_signal(), drain).await;
+
+    tracing::info!("stopping instances");
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    recorder.close();
+    let _ = std::fs::remove_file(data_dir.join(URL_FILE));
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path) {
+    let snap = control.snapshot();
+    let Some(live) = &snap.live else { return };
+    println!("nimbus: app {} version {} listening on {url}", live.app, live.version);
+    for r in live.router.routes() {
+        let host = r.host.as_ref().map(|h| format!(" (Host: {h})")).unwrap_or_default();
+        println!("  {:<7} {url}{}{host} -> {}", r.methods.describe(), r.path, r.function);
+    }
+    let mut names: Vec<&String> = live.functions.keys().collect();
+    names.sort();
+    for n in names {
+        println!("  invoke  {url}/2015-03-31/functions/{n}/invocations");
+    }
+    println!("  admin token in {}", data_dir.join(TOKEN_FILE).display());
+}
+
+/// Reuse the token in DATA_DIR/admin.token, or create one (mode 0600).
+fn admin_token(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_owned();
+        if t.len() >= 32 {
+            return Ok(t);
+        }
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
