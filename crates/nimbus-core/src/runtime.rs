@@ -70,6 +70,10 @@ pub enum InstanceError {
     Timeout { timeout: Duration, log: String },
     #[error("runtime exited: {detail}")]
     Crashed { detail: String, log: String },
+    /// The instance died before the runtime picked the event up: the function never ran, so
+    /// the invocation may be retried on another instance.
+    #[error("the instance stopped before the invocation started: {detail}")]
+    Lost { detail: String },
     #[error("response of {size} bytes above the {limit}-byte limit")]
     ResponseTooLarge { size: usize, limit: usize, log: String },
     #[error("{0}")]

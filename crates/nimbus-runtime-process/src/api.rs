@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     /// Set once the runtime first asks for work: init is over.
     pub ready: watch::Sender<bool>,
     pub init_error: watch::Sender<Option<InitError>>,
+    /// Set when the runtime takes the current event from `/next`.
+    pub picked_up: std::sync::atomic::AtomicBool,
     pub max_response: usize,
 }
 
@@ -113,6 +115,7 @@ async fn next(shared: &Shared) -> Response<Full<Bytes>> {
     let Some(ev) = rx.recv().await else {
         return json(StatusCode::GONE, "InstanceStopping", "this instance is being stopped");
     };
+    shared.picked_up.store(true, std::sync::atomic::Ordering::Release);
     let mut resp = Response::new(Full::new(ev.payload));
     let h = resp.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/json"));

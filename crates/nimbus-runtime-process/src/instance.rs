@@ -68,6 +68,7 @@ impl ProcessInstance {
             pending: StdMutex::new(None),
             ready: watch::channel(false).0,
             init_error: watch::channel(None).0,
+            picked_up: std::sync::atomic::AtomicBool::new(false),
             max_response: rt.limits.max_response_bytes,
         });
         let mut ready_rx = shared.ready.subscribe();
@@ -271,6 +272,7 @@ impl Instance for ProcessInstance {
             client_context: inv.client_context.clone(),
         };
         let started = Instant::now();
+        self.shared.picked_up.store(false, std::sync::atomic::Ordering::Release);
         if self.next_tx.send(event).await.is_err() {
             self.dead = true;
             self.clear_pending();
@@ -301,6 +303,10 @@ impl Instance for ProcessInstance {
                     Completion::Response(body) => InvokeOutcome::Success(body),
                     Completion::Error { error_type, body } => function_error(error_type, body),
                     Completion::TooLarge { size } => {
+                        // The runtime's state after a refused response is unknown (awslambdaric
+                        // exits): retire the instance rather than hand it to the next caller.
+                        self.dead = true;
+                        self.kill();
                         return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
                     }
                 };
@@ -310,6 +316,9 @@ impl Instance for ProcessInstance {
                 self.dead = true;
                 self.clear_pending();
                 self.kill();
+                if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
+                    return Err(InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") });
+                }
                 let log = self.logs.drain().await;
                 Err(InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log })
             }

@@ -145,10 +145,31 @@ impl Inner {
                 return Err(err);
             }
         };
-        let queue_wait = queued.elapsed();
-        let (cold, init_log) = lease.begin();
-        let result = lease.instance().invoke(inv).await;
+        let mut queue_wait = queued.elapsed();
+        let (mut cold, mut init_log) = lease.begin();
+        let mut result = lease.instance().invoke(inv.clone()).await;
         drop(lease);
+        if let Err(nimbus_core::InstanceError::Lost { detail }) = &result {
+            // The function never ran: one more try on another instance is safe.
+            tracing::debug!(function = %function.spec.name, "retrying an invocation whose instance was lost: {detail}");
+            match pool.acquire().await {
+                Ok(mut again) => {
+                    queue_wait = queued.elapsed();
+                    (cold, init_log) = again.begin();
+                    result = again.instance().invoke(inv).await;
+                }
+                Err(e) => {
+                    let err = match e {
+                        pool::AcquireError::Dispatch(d) => d,
+                        pool::AcquireError::Init { error_type, message, log } => {
+                            DispatchError::InitFailed { name: function.spec.name.clone(), error_type, message, log }
+                        }
+                    };
+                    self.recorder.record(report::record_for_error(&function, &request_id, trigger, start_ms, queued.elapsed(), &err, None));
+                    return Err(err);
+                }
+            }
+        }
         match result {
             Ok(mut r) => {
                 r.cold = cold;

@@ -115,6 +115,7 @@ impl Pool {
             if st.retired {
                 return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
             }
+            purge_dead(&mut st);
             match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
                 Admission::UseIdle => {
                     if let Some(idle) = st.idle.pop() {
@@ -242,6 +243,7 @@ impl Pool {
         if st.retired {
             return;
         }
+        purge_dead(&mut st);
         let now = Instant::now();
         let ages: Vec<Duration> = st.idle.iter().map(|i| now.duration_since(i.since)).collect();
         match policy::keep_alive(st.counts(), &ages, spec.keep_alive, spec.min_instances) {
@@ -309,6 +311,19 @@ impl Pool {
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
             instances,
         }
+    }
+}
+
+/// Remove instances that died while idle, so nobody is handed one.
+fn purge_dead(st: &mut State) {
+    if st.idle.iter().all(|i| i.slot.instance.state() == InstanceState::Ready) {
+        return;
+    }
+    let (alive, dead): (Vec<Idle>, Vec<Idle>) =
+        std::mem::take(&mut st.idle).into_iter().partition(|i| i.slot.instance.state() == InstanceState::Ready);
+    st.idle = alive;
+    for d in dead {
+        tokio::spawn(d.slot.instance.shutdown());
     }
 }
 

@@ -84,6 +84,7 @@ pub(crate) fn instance_error(f: &FunctionVersion, id: &str, init_log: &str, cold
         }
         InstanceError::ResponseTooLarge { size, limit, .. } => DispatchError::ResponseTooLarge { name, size, limit },
         InstanceError::Platform(msg) => DispatchError::Platform(msg),
+        InstanceError::Lost { detail } => DispatchError::Platform(format!("no instance could run the invocation: {detail}")),
     }
 }
 

@@ -1,0 +1,334 @@
+//! Black-box test harness: builds app directories from the shared fixtures and runs the real
+//! `nimbus` binary on 127.0.0.1:0.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(rel)
+}
+
+/// Where `scripts/test-deps.sh` installs awslambdaric and boto3.
+pub fn test_pythonpath() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIMBUS_TEST_PYTHONPATH") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/nimbus/py")
+}
+
+/// The `lambda_runtime` fixture binary, built with the workspace (`cargo build --workspace`).
+pub fn rust_fixture_binary() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_nimbus"));
+    let bin = exe.parent().unwrap().join("lambda-rust-hello");
+    assert!(bin.is_file(), "{} is missing: build the workspace first (`cargo build --workspace`, which scripts/test.sh does)", bin.display());
+    bin
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == "__pycache__" {
+            continue;
+        }
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The conformance runtimes: (function name, manifest lines).
+pub const RUNTIMES: &[&str] = &["node", "python", "ric", "rust"];
+
+/// An app directory under construction.
+pub struct App {
+    pub dir: tempfile::TempDir,
+    toml: String,
+}
+
+impl App {
+    pub fn new(name: &str) -> App {
+        App { dir: tempfile::tempdir().unwrap(), toml: format!("name = \"{name}\"\n") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Add a conformance function of `runtime` (node, python, ric, rust) called `name`, with
+    /// extra manifest lines.
+    pub fn conformance(mut self, runtime: &str, name: &str, extra: &str) -> App {
+        let code = self.path().join("functions").join(name);
+        let (rt, handler) = match runtime {
+            "node" => {
+                copy_dir(&fixture("conformance/node"), &code);
+                ("node", "index.handler")
+            }
+            "python" => {
+                copy_dir(&fixture("conformance/python"), &code);
+                ("python", "handler.handler")
+            }
+            "ric" => {
+                copy_dir(&fixture("conformance/awslambdaric"), &code);
+                ("provided", "handler.handler")
+            }
+            "rust" => {
+                std::fs::create_dir_all(&code).unwrap();
+                std::fs::copy(rust_fixture_binary(), code.join("bootstrap")).unwrap();
+                ("provided", "")
+            }
+            other => panic!("unknown runtime {other}"),
+        };
+        let mut env = format!("GREETING = \"hi\"");
+        if runtime == "ric" {
+            env.push_str(&format!(", PYTHONPATH = \"{}\"", test_pythonpath().display()));
+        }
+        self.toml.push_str(&format!(
+            "\n[functions.{name}]\nruntime = \"{rt}\"\nhandler = \"{handler}\"\nenv = {{ {env} }}\n{extra}\n"
+        ));
+        self
+    }
+
+    pub fn raw(mut self, toml: &str) -> App {
+        self.toml.push_str(toml);
+        self.toml.push('\n');
+        self
+    }
+
+    pub fn route(self, method: &str, path: &str, function: &str) -> App {
+        self.raw(&format!("[[routes]]\nmethod = \"{method}\"\npath = \"{path}\"\nfunction = \"{function}\""))
+    }
+
+    pub fn write_file(&self, rel: &str, text: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn finish(self) -> App {
+        std::fs::write(self.path().join("nimbus.toml"), &self.toml).unwrap();
+        self
+    }
+}
+
+/// A running `nimbus up`.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub stdout_rest: std::sync::mpsc::Receiver<String>,
+}
+
+pub fn nimbus_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nimbus"))
+}
+
+impl Server {
+    pub fn start(app: &Path) -> Server {
+        Server::start_with(app, &app.join(".nimbus"), &[])
+    }
+
+    /// Start `nimbus up` and wait for its "listening on" line.
+    pub fn start_with(app: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(nimbus_bin());
+        cmd.arg("up").arg(app).arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir).arg("--drain").arg("10s");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("NIMBUS_LOG", "warn");
+        // A variable the functions must not see: instances start from a cleared environment.
+        cmd.env("NIMBUS_TEST_LEAK", "leaked");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(i) = line.find("listening on ") {
+                        break line[i + "listening on ".len()..].trim().to_owned();
+                    }
+                }
+                Err(_) => {
+                    let status = child.try_wait().unwrap();
+                    panic!("nimbus up did not start (exit: {status:?})");
+                }
+            }
+        };
+        let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
+        Server { child, url, token, data_dir: data_dir.to_owned(), stdout_rest: rx }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM and wait for the exit status (bounded).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.pid(), libc::SIGTERM);
+        wait_child(&mut self.child, Duration::from_secs(20))
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    }
+
+    pub async fn invoke(&self, function: &str, event: &Value) -> Invoked {
+        self.invoke_with(function, event, &[]).await
+    }
+
+    pub async fn invoke_with(&self, function: &str, event: &Value, headers: &[(&str, &str)]) -> Invoked {
+        let mut req = self.client().post(format!("{}/2015-03-31/functions/{function}/invocations", self.url)).body(event.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let started = Instant::now();
+        let resp = req.send().await.unwrap();
+        Invoked::from(resp, started).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client().get(format!("{}{path}", self.url)).send().await.unwrap()
+    }
+
+    pub async fn admin(&self, path: &str) -> Value {
+        let r = self.client().get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// The pids of every instance the server reports.
+    pub async fn instance_pids(&self) -> Vec<i32> {
+        let fns = self.admin("/v1/functions").await;
+        let mut pids = vec![];
+        for f in fns.as_array().unwrap() {
+            for p in f["pools"].as_array().unwrap() {
+                for i in p["instances"].as_array().unwrap() {
+                    if let Some(pid) = i["pid"].as_i64() {
+                        pids.push(pid as i32);
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    /// Poll the management API until `check` holds (bounded; the server's own state is the signal).
+    pub async fn wait_for(&self, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.admin("/v1/functions").await;
+            if check(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last state: {v:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Run a CLI client command against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(nimbus_bin()).args(args).arg("--server").arg(&self.url).arg("--token").arg(&self.token).output().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            unsafe_kill(self.pid(), libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn wait_child(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[allow(unsafe_code)]
+pub fn unsafe_kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we own.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Wait (bounded) until none of `pids` is alive.
+pub async fn wait_gone(pids: &[i32], within: Duration) {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|p| process_alive(*p)) {
+        assert!(Instant::now() < deadline, "processes still alive: {:?}", pids.iter().filter(|p| process_alive(**p)).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An Invoke API answer.
+pub struct Invoked {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub raw: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Invoked {
+    async fn from(resp: reqwest::Response, started: Instant) -> Invoked {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let raw = resp.bytes().await.unwrap().to_vec();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Invoked { status, headers, body, raw, elapsed: started.elapsed() }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn function_error(&self) -> Option<&str> {
+        self.header("x-amz-function-error")
+    }
+
+    pub fn log(&self) -> String {
+        use base64::Engine as _;
+        let b64 = self.header("x-amz-log-result").unwrap_or_default();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    }
+}
