@@ -140,10 +140,15 @@ impl ControlPlane {
     /// the live deployment is served as it is (so a restart neither creates a version nor undoes
     /// a rollback or a `nimbus deploy` made since).
     pub async fn deploy_dir(&self, app_dir: &Path, from_up: bool) -> Result<Deployed, DeployError> {
+        let shown = app_dir.join(nimbus_manifest::MANIFEST_FILE).display().to_string();
+        self.deploy(app_dir, shown, from_up).await
+    }
+
+    async fn deploy(&self, app_dir: &Path, shown_as: String, from_up: bool) -> Result<Deployed, DeployError> {
         let _guard = self.lock.lock().await;
         let dir = app_dir.to_owned();
         let store = self.store.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&store, &dir))
+        let prepared = tokio::task::spawn_blocking(move || prepare(&store, &dir, &shown_as))
             .await
             .map_err(|e| DeployError::Failed(format!("deploy task failed: {e}")))??;
         let (app, digest, stored) = prepared;
@@ -179,7 +184,7 @@ impl ControlPlane {
         .await
         .map_err(|e| DeployError::Failed(e.to_string()))?
         .map_err(|e| DeployError::BadRequest(format!("the upload is not a valid tar archive of an app directory: {e}")))?;
-        self.deploy_dir(dir.path(), false).await
+        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false).await
     }
 
     /// Point `live` at `version`, or at the deployment before the live one.
@@ -224,8 +229,8 @@ impl ControlPlane {
 }
 
 /// Validate and store code: returns the app name, the content digest and the stored body.
-fn prepare(store: &Store, app_dir: &Path) -> Result<(String, String, StoredDeployment), DeployError> {
-    let manifest = nimbus_manifest::load(app_dir).map_err(DeployError::Invalid)?;
+fn prepare(store: &Store, app_dir: &Path, shown_as: &str) -> Result<(String, String, StoredDeployment), DeployError> {
+    let manifest = nimbus_manifest::load_as(app_dir, shown_as).map_err(DeployError::Invalid)?;
     let source = std::fs::read(app_dir.join(nimbus_manifest::MANIFEST_FILE)).map_err(|e| DeployError::Failed(e.to_string()))?;
     let mut h = Sha256::new();
     h.update(&source);

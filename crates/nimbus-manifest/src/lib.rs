@@ -100,16 +100,21 @@ pub fn parse(source: &str, file: &str) -> Result<Manifest, Diagnostics> {
 
 /// Read `APP_DIR/nimbus.toml`, validate it, and check that the code it names exists.
 pub fn load(app_dir: &Path) -> Result<Manifest, Diagnostics> {
+    load_as(app_dir, &app_dir.join(MANIFEST_FILE).display().to_string())
+}
+
+/// Like [`load`], naming the file `file` in messages (an uploaded app is shown as the user's
+/// `nimbus.toml`, not the server's copy of it).
+pub fn load_as(app_dir: &Path, file: &str) -> Result<Manifest, Diagnostics> {
     let path = app_dir.join(MANIFEST_FILE);
-    let file = path.display().to_string();
     let source = std::fs::read_to_string(&path).map_err(|e| {
         Diagnostics::single(Diagnostic::file(
-            &file,
+            file,
             format!("cannot read the manifest ({e}); run nimbus in an app directory that has a nimbus.toml, or pass the directory"),
         ))
     })?;
-    let (manifest, locations) = check::manifest_with_locations(&source, &file)?;
-    let problems = files::check(&manifest, &locations, app_dir, &source, &file);
+    let (manifest, locations) = check::manifest_with_locations(&source, file)?;
+    let problems = files::check(&manifest, &locations, app_dir, &source, file);
     if problems.is_empty() {
         Ok(manifest)
     } else {

@@ -10,10 +10,12 @@ use nimbus_core::{ColdStart, DispatchError, FunctionVersion, Instance, InstanceS
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
-/// An instance and how many invocations it has served (0 = its next one is a cold start).
+/// An instance, and whether its next invocation is a cold start: true only while it goes
+/// straight from start to the request that waited for it. An instance parked idle first
+/// (pre-warmed for `min_instances`, or its requester gave up) serves warm.
 struct Slot {
     instance: Box<dyn Instance>,
-    served: u64,
+    cold: bool,
 }
 
 struct Idle {
@@ -179,7 +181,7 @@ impl Pool {
             let mut st = pool.lock();
             st.starting = st.starting.saturating_sub(1);
             match result {
-                Ok(instance) => pool.offer(&mut st, Slot { instance, served: 0 }),
+                Ok(instance) => pool.offer(&mut st, Slot { instance, cold: true }),
                 Err(e) => {
                     tracing::warn!(function = %pool.function.spec.name, "instance failed to start: {e}");
                     // Fail the waiters this start was meant for: those that the instances still
@@ -216,6 +218,7 @@ impl Pool {
             tokio::spawn(slot.instance.shutdown());
             self.changed.notify_waiters();
         } else {
+            slot.cold = false;
             st.idle.push(Idle { slot, since: Instant::now() });
         }
     }
@@ -349,16 +352,12 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// Mark the start of an invocation: returns the cold-start info and init output when this is
-    /// the instance's first invocation.
+    /// Mark the start of an invocation: returns the cold-start info when the caller waited for
+    /// this instance to start, and any output the instance wrote while initialising.
     pub(crate) fn begin(&mut self) -> (Option<ColdStart>, String) {
         let Some(slot) = self.slot.as_mut() else { return (None, String::new()) };
-        slot.served += 1;
-        if slot.served == 1 {
-            (Some(ColdStart { init: slot.instance.init_duration() }), slot.instance.take_init_log())
-        } else {
-            (None, String::new())
-        }
+        let cold = std::mem::replace(&mut slot.cold, false).then(|| ColdStart { init: slot.instance.init_duration() });
+        (cold, slot.instance.take_init_log())
     }
 
     pub(crate) fn instance(&mut self) -> &mut dyn Instance {

@@ -1,0 +1,485 @@
+//! Black-box tests of what the core platform promises: pools (coalescing, cap and queue,
+//! keep-alive, min_instances), failures (init, crash, timeout), the Invoke API contract,
+//! deploy / rollback / restart, shutdown, and the examples.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{process_alive, wait_gone, App, Server};
+use serde_json::{json, Value};
+
+fn pools_of<'a>(functions: &'a Value, name: &str) -> Vec<&'a Value> {
+    functions.as_array().unwrap().iter().filter(|f| f["name"] == name).flat_map(|f| f["pools"].as_array().unwrap()).collect()
+}
+
+fn count(functions: &Value, name: &str, field: &str) -> u64 {
+    pools_of(functions, name).iter().map(|p| p[field].as_u64().unwrap()).sum()
+}
+
+/// Wait (bounded) until `path` exists: the function writes it when it starts running.
+async fn wait_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_burst_to_a_cold_function_starts_at_most_max_instances_and_all_succeed() {
+    let app = App::new("burst").conformance("node", "f", "max_instances = 4\ntimeout = \"10s\"").finish();
+    let server = Server::start(app.path());
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let client = server.client();
+        let url = format!("{}/2015-03-31/functions/f/invocations", server.url);
+        tasks.push(tokio::spawn(async move {
+            let r = client.post(url).body(r#"{"op":"counter"}"#).send().await.unwrap();
+            let err = r.headers().get("x-amz-function-error").is_some();
+            (r.status().as_u16(), err, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut pids = HashSet::new();
+    for t in tasks {
+        let (status, function_error, body) = t.await.unwrap();
+        assert_eq!((status, function_error), (200, false), "{body}");
+        pids.insert(body["pid"].as_i64().unwrap());
+    }
+    assert!(pids.len() <= 4, "{} instances served the burst", pids.len());
+    let functions = server.admin("/v1/functions").await;
+    let cold = count(&functions, "f", "coldStarts");
+    assert!((1..=4).contains(&cold), "{cold} cold starts");
+}
+
+#[tokio::test]
+async fn at_the_cap_with_a_full_queue_callers_get_429_with_retry_after() {
+    let app = App::new("cap").conformance("python", "f", "max_instances = 1\nmax_queued = 0\ntimeout = \"10s\"").route("GET", "/f", "f").finish();
+    let server = Server::start(app.path());
+    let marker = app.path().join("started");
+    let slow = {
+        let server_url = server.url.clone();
+        let marker = marker.display().to_string();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{server_url}/2015-03-31/functions/f/invocations"))
+                .body(json!({"op": "sleep", "ms": 1500, "marker": marker}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    wait_file(&marker).await;
+    let throttled = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(throttled.status, 429);
+    assert_eq!(throttled.header("x-amzn-errortype"), Some("TooManyRequestsException"));
+    assert_eq!(throttled.body["__type"], "TooManyRequestsException");
+    assert!(throttled.header("retry-after").is_some());
+    let route = server.get("/f").await;
+    assert_eq!(route.status(), 429);
+    assert!(route.headers().get("retry-after").is_some());
+    assert_eq!(slow.await.unwrap(), 200, "the request in flight is unaffected");
+}
+
+#[tokio::test]
+async fn a_queued_request_waits_at_most_queue_timeout() {
+    let app = App::new("queue").conformance("python", "f", "max_instances = 1\nqueue_timeout = \"300ms\"\ntimeout = \"10s\"").finish();
+    let server = Server::start(app.path());
+    let marker = app.path().join("started");
+    let url = server.url.clone();
+    let m = marker.display().to_string();
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new().post(format!("{url}/2015-03-31/functions/f/invocations")).body(json!({"op": "sleep", "ms": 2000, "marker": m}).to_string()).send().await.unwrap().status()
+    });
+    wait_file(&marker).await;
+    let queued = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(queued.status, 429);
+    assert!(queued.elapsed >= Duration::from_millis(290) && queued.elapsed < Duration::from_millis(1500), "waited {:?}", queued.elapsed);
+    assert_eq!(slow.await.unwrap(), 200);
+    // When the instance frees up within the queue timeout, the queued request is served.
+    let ok = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn idle_instances_are_reclaimed_after_keep_alive() {
+    let app = App::new("reclaim").conformance("node", "f", "keep_alive = \"300ms\"\ntimeout = \"5s\"").finish();
+    let server = Server::start(app.path());
+    let r = server.invoke("f", &json!({"op": "counter"})).await;
+    let pid = r.body["pid"].as_i64().unwrap() as i32;
+    assert!(process_alive(pid));
+    server.wait_for("the idle instance to be reclaimed", Duration::from_secs(10), |f| count(f, "f", "idle") == 0 && count(f, "f", "busy") == 0).await;
+    wait_gone(&[pid], Duration::from_secs(5)).await;
+    // The next request starts a new instance.
+    let again = server.invoke_with("f", &json!({"op": "counter"}), &[("x-amz-log-type", "Tail")]).await;
+    assert_eq!(again.body["count"], 1);
+    assert!(again.log().contains("Init Duration"));
+}
+
+#[tokio::test]
+async fn min_instances_are_started_at_deploy_and_kept_warm() {
+    let app = App::new("warm").conformance("python", "f", "min_instances = 1\nkeep_alive = \"200ms\"\ntimeout = \"5s\"").finish();
+    let server = Server::start(app.path());
+    let before = server.wait_for("min_instances to start", Duration::from_secs(10), |f| count(f, "f", "idle") == 1).await;
+    let pid = pools_of(&before, "f")[0]["instances"][0]["pid"].as_i64().unwrap();
+    // Let several keep-alive periods pass: the minimum is not reclaimed.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let after = server.admin("/v1/functions").await;
+    assert_eq!(count(&after, "f", "idle"), 1);
+    assert_eq!(pools_of(&after, "f")[0]["instances"][0]["pid"].as_i64().unwrap(), pid);
+    let r = server.invoke_with("f", &json!({"op": "counter"}), &[("x-amz-log-type", "Tail")]).await;
+    assert_eq!(r.body["pid"].as_i64().unwrap(), pid);
+    assert!(!r.log().contains("Init Duration"), "the first request was served warm:\n{}", r.log());
+}
+
+#[tokio::test]
+async fn init_failures_reach_the_caller_and_the_logs() {
+    let app = App::new("initfail")
+        .conformance("node", "n", "env = { FAIL_INIT = \"1\" }\ntimeout = \"5s\"")
+        .conformance("python", "p", "env = { FAIL_INIT = \"1\" }\ntimeout = \"5s\"")
+        .route("GET", "/n", "n")
+        .finish();
+    // `conformance` already wrote an env table: replace it for these functions.
+    let manifest = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
+    let fixed = manifest.replace("env = { GREETING = \"hi\" }\nenv = { FAIL_INIT = \"1\" }", "env = { GREETING = \"hi\", FAIL_INIT = \"1\" }");
+    std::fs::write(app.path().join("nimbus.toml"), fixed).unwrap();
+    let server = Server::start(app.path());
+    for f in ["n", "p"] {
+        let r = server.invoke_with(f, &json!({"op": "echo"}), &[("x-amz-log-type", "Tail")]).await;
+        assert_eq!(r.status, 200, "{f}");
+        assert_eq!(r.function_error(), Some("Unhandled"), "{f}");
+        assert!(r.body["errorMessage"].as_str().unwrap().contains("init failed on purpose"), "{f}: {}", r.body);
+        assert!(r.body["errorType"].as_str().unwrap().starts_with("Runtime."), "{f}: {}", r.body);
+        assert!(r.log().contains("init failed on purpose"), "{f}: {}", r.log());
+    }
+    let route = server.get("/n").await;
+    assert_eq!(route.status(), 502);
+    // The failure is recorded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let recs = server.admin("/v1/invocations?function=p").await;
+        if recs.as_array().unwrap().iter().any(|r| r["status"] == "init_error") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no init_error record: {recs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn route_failures_map_to_502_504_404_405() {
+    let app = App::new("routes").conformance("node", "f", "timeout = \"500ms\"").route("GET", "/f/{x}", "f").finish();
+    let server = Server::start(app.path());
+    let crash = Instant::now();
+    let r = server.get("/f/1?op=crash").await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-nimbus-error"], "function");
+    assert!(crash.elapsed() < Duration::from_secs(1), "crash took {:?}", crash.elapsed());
+    assert_eq!(server.get("/f/1?op=counter").await.status(), 200, "the crashed instance was replaced");
+    let r = server.get("/f/1?op=sleep&ms=3000").await;
+    assert_eq!(r.status(), 504);
+    let r = server.get("/nothing").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["message"], "Not Found");
+    let r = server.client().delete(format!("{}/f/1", server.url)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+    assert_eq!(r.json::<Value>().await.unwrap()["message"], "Method Not Allowed");
+}
+
+#[tokio::test]
+async fn the_invoke_api_follows_the_lambda_contract() {
+    let app = App::new("invoke").conformance("python", "f", "timeout = \"5s\"").finish();
+    let server = Server::start(app.path());
+    let missing = server.invoke("nope", &json!({})).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("x-amzn-errortype"), Some("ResourceNotFoundException"));
+    assert!(missing.body["message"].as_str().unwrap().contains("function:nope"));
+
+    let dry = server.invoke_with("f", &json!({}), &[("x-amz-invocation-type", "DryRun")]).await;
+    assert_eq!(dry.status, 204);
+
+    let big = server.client().post(format!("{}/2015-03-31/functions/f/invocations", server.url)).body(vec![b' '; 6 * 1024 * 1024 + 1]).send().await.unwrap();
+    assert_eq!(big.status(), 413);
+    assert_eq!(big.headers()["x-amzn-errortype"], "RequestTooLargeException");
+
+    let bad = server.client().post(format!("{}/2015-03-31/functions/f/invocations", server.url)).body("{not json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.headers()["x-amzn-errortype"], "InvalidRequestContentException");
+
+    let unknown_version = server.client().post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=9", server.url)).body("{}").send().await.unwrap();
+    assert_eq!(unknown_version.status(), 404);
+
+    let arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Af";
+    let by_arn = server.invoke(arn, &json!({"op": "echo"})).await;
+    assert_eq!((by_arn.status, by_arn.body["functionName"].as_str()), (200, Some("f")));
+    let qualified = server.client().post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=1", server.url)).body(r#"{"op":"echo"}"#).send().await.unwrap();
+    assert_eq!(qualified.status(), 200);
+    assert_eq!(qualified.headers()["x-amz-executed-version"], "1");
+
+    let empty = server.client().post(format!("{}/2015-03-31/functions/f/invocations", server.url)).send().await.unwrap();
+    assert_eq!(empty.status(), 200, "an empty payload is the event {{}}");
+}
+
+#[tokio::test]
+async fn boto3_invokes_through_the_lambda_api() {
+    let app = App::new("boto").conformance("python", "f", "timeout = \"5s\"").finish();
+    let server = Server::start(app.path());
+    let script = r#"
+import base64, json, sys
+import boto3
+from botocore.config import Config
+c = boto3.client("lambda", endpoint_url=sys.argv[1], region_name="us-east-1",
+                 aws_access_key_id="x", aws_secret_access_key="x",
+                 config=Config(retries={"max_attempts": 1}))
+out = {}
+r = c.invoke(FunctionName="f", Payload=json.dumps({"op": "echo", "n": 1}), LogType="Tail")
+out["ok"] = {"status": r["StatusCode"], "version": r.get("ExecutedVersion"), "error": r.get("FunctionError"),
+             "payload": json.loads(r["Payload"].read()), "log": base64.b64decode(r["LogResult"]).decode()}
+r = c.invoke(FunctionName="f", Payload=json.dumps({"op": "error", "message": "bad"}))
+out["err"] = {"status": r["StatusCode"], "error": r.get("FunctionError"), "payload": json.loads(r["Payload"].read())}
+r = c.invoke(FunctionName="f", InvocationType="DryRun")
+out["dry"] = r["StatusCode"]
+try:
+    c.invoke(FunctionName="missing", Payload=b"{}")
+    out["missing"] = "no error"
+except c.exceptions.ResourceNotFoundException as e:
+    out["missing"] = "ResourceNotFoundException"
+print(json.dumps(out))
+"#;
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&server.url)
+        .env("PYTHONPATH", common::test_pythonpath())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "boto3 script failed (run scripts/test-deps.sh to install boto3):\n{}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["ok"]["status"], 200);
+    assert_eq!(out["ok"]["version"], "1");
+    assert_eq!(out["ok"]["error"], Value::Null);
+    assert_eq!(out["ok"]["payload"]["event"]["n"], 1);
+    assert!(out["ok"]["log"].as_str().unwrap().contains("REPORT RequestId"));
+    assert_eq!(out["err"]["error"], "Unhandled");
+    assert_eq!(out["err"]["payload"]["errorMessage"], "bad");
+    assert_eq!(out["dry"], 204);
+    assert_eq!(out["missing"], "ResourceNotFoundException");
+}
+
+fn set_greeting(app: &Path, greeting: &str) {
+    let path = app.join("nimbus.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("GREETING = \"").unwrap() + "GREETING = \"".len();
+    let end = start + text[start..].find('"').unwrap();
+    std::fs::write(&path, format!("{}{greeting}{}", &text[..start], &text[end..])).unwrap();
+}
+
+async fn greeting(server: &Server, qualifier: Option<&str>) -> (String, String) {
+    let q = qualifier.map(|q| format!("?Qualifier={q}")).unwrap_or_default();
+    let r = server.client().post(format!("{}/2015-03-31/functions/f/invocations{q}", server.url)).body(r#"{"op":"env","names":["GREETING"]}"#).send().await.unwrap();
+    let version = r.headers()["x-amz-executed-version"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    (body["GREETING"].as_str().unwrap_or_default().to_owned(), version)
+}
+
+#[tokio::test]
+async fn deploy_rollback_and_qualifiers_through_the_cli() {
+    let app = App::new("deploys").conformance("python", "f", "timeout = \"10s\"").route("GET", "/f", "f").finish();
+    let server = Server::start(app.path());
+    assert_eq!(greeting(&server, None).await, ("hi".into(), "1".into()));
+
+    set_greeting(app.path(), "two");
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("version 2"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(greeting(&server, None).await, ("two".into(), "2".into()));
+    assert_eq!(greeting(&server, Some("1")).await, ("hi".into(), "1".into()), "old versions stay invocable");
+
+    // A broken manifest is refused whole, with its location, and nothing changes.
+    std::fs::write(app.path().join("nimbus.toml"), std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap() + "\n[functions.g]\nruntime = \"cobol\"\nmemory_mb = 1\n").unwrap();
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("  nimbus.toml:") && stderr.contains("functions.g.runtime: unknown runtime \"cobol\""), "{stderr}");
+    assert!(stderr.contains("functions.g.memory_mb: must be between 64 and 10240"), "every problem is reported: {stderr}");
+    assert!(!stderr.contains("uploads"), "messages name the user's file, not the server's copy: {stderr}");
+    assert_eq!(greeting(&server, None).await, ("two".into(), "2".into()));
+
+    let out = server.cli(&["rollback"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(greeting(&server, None).await, ("hi".into(), "1".into()));
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health["version"], 1);
+
+    let out = server.cli(&["ls"]);
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(ls.contains("(live)") && ls.contains("python") && ls.contains("GET /f"), "{ls}");
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_on_the_version_they_started_on() {
+    let app = App::new("inflight").conformance("python", "f", "timeout = \"10s\"").finish();
+    let server = Server::start(app.path());
+    let marker = app.path().join("started");
+    let url = server.url.clone();
+    let m = marker.display().to_string();
+    let slow = tokio::spawn(async move {
+        let r = reqwest::Client::new().post(format!("{url}/2015-03-31/functions/f/invocations")).body(json!({"op": "sleep", "ms": 1000, "marker": m}).to_string()).send().await.unwrap();
+        let version = r.headers()["x-amz-executed-version"].to_str().unwrap().to_owned();
+        (r.status().as_u16(), version, r.headers().get("x-amz-function-error").is_some(), r.json::<Value>().await.unwrap())
+    });
+    wait_file(&marker).await;
+    set_greeting(app.path(), "two");
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(greeting(&server, None).await, ("two".into(), "2".into()), "new requests see the new version at once");
+    let (status, version, failed, body) = slow.await.unwrap();
+    assert_eq!((status, version.as_str(), failed), (200, "1", false), "{body}");
+    assert_eq!(body["slept"], 1000);
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_last_deployment_without_redeploying() {
+    let app = App::new("restart").conformance("node", "f", "timeout = \"5s\"").finish();
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(app.path(), data.path(), &[]);
+    assert_eq!(greeting(&server, None).await.1, "1");
+    assert!(server.stop().success());
+
+    let mut server = Server::start_with(app.path(), data.path(), &[]);
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health["version"], 1, "unchanged app: no new version");
+    assert_eq!(server.admin("/v1/deployments").await.as_array().unwrap().len(), 1);
+    assert_eq!(greeting(&server, None).await, ("hi".into(), "1".into()));
+    assert!(server.stop().success());
+
+    set_greeting(app.path(), "changed");
+    let server = Server::start_with(app.path(), data.path(), &[]);
+    assert_eq!(greeting(&server, None).await, ("changed".into(), "2".into()), "a changed app is deployed at start");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests_and_leaves_no_processes() {
+    let app = App::new("shutdown").conformance("node", "f", "timeout = \"10s\"").conformance("python", "g", "timeout = \"10s\"").finish();
+    let mut server = Server::start(app.path());
+    server.invoke("g", &json!({"op": "echo"})).await;
+    let marker = app.path().join("started");
+    let url = server.url.clone();
+    let m = marker.display().to_string();
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new().post(format!("{url}/2015-03-31/functions/f/invocations")).body(json!({"op": "sleep", "ms": 800, "marker": m}).to_string()).send().await.unwrap().json::<Value>().await.unwrap()
+    });
+    wait_file(&marker).await;
+    let pids = server.instance_pids().await;
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(slow.await.unwrap()["slept"], 800, "the in-flight request finished");
+    wait_gone(&pids, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn kill_9_of_nimbus_leaves_no_orphan_instances() {
+    let app = App::new("orphans").conformance("python", "f", "timeout = \"5s\"").conformance("rust", "r", "timeout = \"5s\"").finish();
+    let mut server = Server::start(app.path());
+    server.invoke("f", &json!({"op": "echo"})).await;
+    server.invoke("r", &json!({"op": "echo"})).await;
+    let pids = server.instance_pids().await;
+    assert_eq!(pids.len(), 2);
+    common::unsafe_kill(server.pid(), libc::SIGKILL);
+    let _ = server.child.wait();
+    wait_gone(&pids, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_management_api_needs_the_token() {
+    let app = App::new("auth").conformance("python", "f", "").finish();
+    let server = Server::start(app.path());
+    let none = server.get("/v1/functions").await;
+    assert_eq!(none.status(), 401);
+    let wrong = server.client().get(format!("{}/v1/functions", server.url)).bearer_auth("not-the-token").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(server.data_dir.join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn cli_invoke_logs_and_invocations() {
+    let app = App::new("cli").conformance("node", "f", "timeout = \"5s\"").finish();
+    let server = Server::start(app.path());
+    let out = server.cli(&["invoke", "f", "--data", r#"{"op":"log","lines":["from-the-cli"]}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"logged":1}"#);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from-the-cli"));
+    let out = server.cli(&["invoke", "f", "--data", r#"{"op":"error"}"#]);
+    assert_eq!(out.status.code(), Some(1), "a function error fails the command");
+    let out = server.cli(&["invoke", "f", "--data", "{oops"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the event must be JSON"));
+
+    // Records and logs are written by a background writer: poll (bounded) until they land.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = server.cli(&["logs", "f"]);
+        let text = String::from_utf8_lossy(&logs.stdout).into_owned();
+        if text.contains("from-the-cli") && text.contains("[ERROR]") {
+            assert!(text.contains("START RequestId:") && text.contains("REPORT RequestId:"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs never showed the invocation:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = server.cli(&["invocations", "--function", "f"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("success") && text.contains("function_error"), "{text}");
+}
+
+#[tokio::test]
+async fn an_invalid_manifest_stops_up_with_every_problem() {
+    let app = App::new("broken")
+        .raw("[functions.a]\nruntime = \"node\"\nhandler = \"index.handler\"\ntimeout = \"soon\"\n\n[[routes]]\npath = \"/a\"\nfunction = \"b\"")
+        .finish();
+    std::fs::create_dir_all(app.path().join("functions/a")).unwrap();
+    std::fs::write(app.path().join("functions/a/index.js"), "").unwrap();
+    let out = std::process::Command::new(common::nimbus_bin()).arg("up").arg(app.path()).arg("--listen").arg("127.0.0.1:0").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&app.path().display().to_string(), "APP");
+    let expected = "2 problems in the app manifest:\n  APP/nimbus.toml:5:11: functions.a.timeout: \"soon\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\"\n  APP/nimbus.toml:9:12: routes[0].function: no function named \"b\"; declared functions: a\nnothing was deployed; fix the manifest and run `nimbus up` again\n";
+    assert_eq!(stderr, expected);
+}
+
+#[tokio::test]
+async fn the_examples_run() {
+    let root = common::repo_root();
+    let data = tempfile::tempdir().unwrap();
+    let hello = Server::start_with(&root.join("examples/hello"), data.path(), &[]);
+    let r: Value = hello.get("/hello/world").await.json().await.unwrap();
+    assert_eq!(r["message"], "Hello, world!");
+    let r = hello.get("/py/hello/ada").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("ada"));
+    drop(hello);
+
+    let data = tempfile::tempdir().unwrap();
+    let api = Server::start_with(&root.join("examples/api"), data.path(), &[]);
+    let c = api.client();
+    let created = c.post(format!("{}/items", api.url)).body(r#"{"name":"pen"}"#).header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let got: Value = c.get(format!("{}/items/{id}", api.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["name"], "pen");
+    let put = c.put(format!("{}/items/{id}", api.url)).body(r#"{"name":"ink"}"#).header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    let list: Value = c.get(format!("{}/items", api.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"][0]["name"], "ink");
+    assert_eq!(c.delete(format!("{}/items/{id}", api.url)).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{}/items/{id}", api.url)).send().await.unwrap().status(), 404);
+    let bad = c.post(format!("{}/items", api.url)).body("{oops").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
