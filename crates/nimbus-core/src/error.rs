@@ -28,7 +28,9 @@ pub enum DispatchError {
     NotFound { name: String },
     #[error("function {name} has no version {qualifier}")]
     QualifierNotFound { name: String, qualifier: String },
-    #[error("function {name} is at its concurrency limit ({max_instances} instances busy, queue full or wait exceeded)")]
+    #[error(
+        "function {name} is at its concurrency limit ({max_instances} instances busy, queue full or wait exceeded)"
+    )]
     Throttled { name: String, max_instances: u32, retry_after: Duration },
     #[error("function {name} timed out after {:.2} seconds", timeout.as_secs_f64())]
     Timeout { name: String, timeout: Duration, log: String },
@@ -81,7 +83,9 @@ impl DispatchError {
     /// The invocation log, when the failure happened while the function ran.
     pub fn log(&self) -> &str {
         match self {
-            DispatchError::Timeout { log, .. } | DispatchError::Crashed { log, .. } | DispatchError::InitFailed { log, .. } => log,
+            DispatchError::Timeout { log, .. }
+            | DispatchError::Crashed { log, .. }
+            | DispatchError::InitFailed { log, .. } => log,
             _ => "",
         }
     }

@@ -11,6 +11,7 @@ pub mod runtime;
 pub use error::{DispatchError, ErrorSource};
 pub use function::{FunctionSpec, FunctionVersion, RuntimeKind, ACCOUNT_ID, REGION};
 pub use invoke::{
-    ColdStart, FunctionErrorKind, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome, InvokeResult, Recorder, Trigger,
+    ColdStart, FunctionErrorKind, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome, InvokeResult,
+    Recorder, Trigger,
 };
 pub use runtime::{Dispatch, Instance, InstanceError, InstanceState, Runtime, StartError};

@@ -60,7 +60,12 @@ pub enum ScaleDecision {
 /// Fixed keep-alive: reclaim instances idle longer than `keep_alive`, never going below
 /// `min_instances`; start instances when below `min_instances`. `idle_ages` are the idle times of
 /// the idle instances.
-pub fn keep_alive(counts: PoolCounts, idle_ages: &[Duration], keep_alive: Duration, min_instances: u32) -> ScaleDecision {
+pub fn keep_alive(
+    counts: PoolCounts,
+    idle_ages: &[Duration],
+    keep_alive: Duration,
+    min_instances: u32,
+) -> ScaleDecision {
     let total = counts.instances();
     if total < min_instances {
         return ScaleDecision::StartWarm(min_instances - total);

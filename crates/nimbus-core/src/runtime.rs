@@ -25,7 +25,8 @@ use crate::DispatchError;
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Start a new instance of `function` and wait until it is ready or failed.
-    async fn start(&self, function: Arc<FunctionVersion>, instance_id: String) -> Result<Box<dyn Instance>, StartError>;
+    async fn start(&self, function: Arc<FunctionVersion>, instance_id: String)
+        -> Result<Box<dyn Instance>, StartError>;
 }
 
 /// Whether an instance can take another invocation.
@@ -83,5 +84,9 @@ pub enum InstanceError {
 /// What the gateway and (later) triggers call to run a function version.
 #[async_trait]
 pub trait Dispatch: Send + Sync + 'static {
-    async fn invoke(&self, function: Arc<FunctionVersion>, invocation: Invocation) -> Result<InvokeResult, DispatchError>;
+    async fn invoke(
+        &self,
+        function: Arc<FunctionVersion>,
+        invocation: Invocation,
+    ) -> Result<InvokeResult, DispatchError>;
 }

@@ -93,7 +93,13 @@ impl ControlPlane {
     pub fn load(store: Store, scheduler: Scheduler, data_dir: &Path) -> Result<Arc<ControlPlane>, DeployError> {
         let uploads = data_dir.join("uploads");
         let _ = std::fs::remove_dir_all(&uploads);
-        let cp = Arc::new(ControlPlane { store, scheduler, snapshot: ArcSwap::from_pointee(Snapshot::default()), uploads, lock: tokio::sync::Mutex::new(()) });
+        let cp = Arc::new(ControlPlane {
+            store,
+            scheduler,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            uploads,
+            lock: tokio::sync::Mutex::new(()),
+        });
         let mut versions = HashMap::new();
         for row in cp.store.deployments()? {
             let view = cp.view(&row)?;
@@ -123,7 +129,13 @@ impl ControlPlane {
                 (fv.spec.name.clone(), Arc::new(fv))
             })
             .collect();
-        Ok(DeploymentView { version: row.version, app: row.app.clone(), created_ms: row.created_ms, functions, router: Router::new(stored.routes) })
+        Ok(DeploymentView {
+            version: row.version,
+            app: row.app.clone(),
+            created_ms: row.created_ms,
+            functions,
+            router: Router::new(stored.routes),
+        })
     }
 
     /// The current snapshot (one atomic load; the request path calls this).
@@ -173,7 +185,10 @@ impl ControlPlane {
     /// Deploy an app uploaded as a tar archive (what `nimbus deploy` sends).
     pub async fn deploy_tar(&self, archive: bytes::Bytes) -> Result<Deployed, DeployError> {
         std::fs::create_dir_all(&self.uploads).map_err(|e| DeployError::Failed(e.to_string()))?;
-        let dir = tempfile::Builder::new().prefix("upload-").tempdir_in(&self.uploads).map_err(|e| DeployError::Failed(e.to_string()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(&self.uploads)
+            .map_err(|e| DeployError::Failed(e.to_string()))?;
         let target = dir.path().to_owned();
         tokio::task::spawn_blocking(move || {
             let mut ar = tar::Archive::new(std::io::Cursor::new(archive));
@@ -183,7 +198,9 @@ impl ControlPlane {
         })
         .await
         .map_err(|e| DeployError::Failed(e.to_string()))?
-        .map_err(|e| DeployError::BadRequest(format!("the upload is not a valid tar archive of an app directory: {e}")))?;
+        .map_err(|e| {
+            DeployError::BadRequest(format!("the upload is not a valid tar archive of an app directory: {e}"))
+        })?;
         self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false).await
     }
 
@@ -197,14 +214,14 @@ impl ControlPlane {
             None => {
                 let mut older: Vec<u64> = snap.versions.keys().copied().filter(|v| Some(*v) < current).collect();
                 older.sort_unstable();
-                older.pop().ok_or_else(|| DeployError::BadRequest("there is no earlier deployment to roll back to".into()))?
+                older
+                    .pop()
+                    .ok_or_else(|| DeployError::BadRequest("there is no earlier deployment to roll back to".into()))?
             }
         };
-        let view = snap
-            .versions
-            .get(&target)
-            .cloned()
-            .ok_or_else(|| DeployError::BadRequest(format!("there is no deployment {target}; `nimbus ls` lists them")))?;
+        let view = snap.versions.get(&target).cloned().ok_or_else(|| {
+            DeployError::BadRequest(format!("there is no deployment {target}; `nimbus ls` lists them"))
+        })?;
         drop(snap);
         self.store.set_alias(LIVE, target)?;
         self.activate(view.clone(), None);
@@ -224,14 +241,21 @@ impl ControlPlane {
     fn describe(&self, view: &DeploymentView, changed: bool) -> Deployed {
         let mut functions: Vec<String> = view.functions.keys().cloned().collect();
         functions.sort();
-        Deployed { version: view.version, app: view.app.clone(), changed, functions, routes: view.router.routes().to_vec() }
+        Deployed {
+            version: view.version,
+            app: view.app.clone(),
+            changed,
+            functions,
+            routes: view.router.routes().to_vec(),
+        }
     }
 }
 
 /// Validate and store code: returns the app name, the content digest and the stored body.
 fn prepare(store: &Store, app_dir: &Path, shown_as: &str) -> Result<(String, String, StoredDeployment), DeployError> {
     let manifest = nimbus_manifest::load_as(app_dir, shown_as).map_err(DeployError::Invalid)?;
-    let source = std::fs::read(app_dir.join(nimbus_manifest::MANIFEST_FILE)).map_err(|e| DeployError::Failed(e.to_string()))?;
+    let source =
+        std::fs::read(app_dir.join(nimbus_manifest::MANIFEST_FILE)).map_err(|e| DeployError::Failed(e.to_string()))?;
     let mut h = Sha256::new();
     h.update(&source);
     let mut functions = Vec::new();

@@ -47,17 +47,23 @@ pub fn build_event(r: &HttpRequest<'_>) -> Value {
             cookies.extend(value.split(';').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()));
             continue;
         }
-        headers.entry(name.as_str().to_owned()).and_modify(|v| {
-            v.push(',');
-            v.push_str(&value);
-        }).or_insert(value);
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
     }
     let mut query: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in form_urlencoded(r.raw_query) {
-        query.entry(k).and_modify(|e| {
-            e.push(',');
-            e.push_str(&v);
-        }).or_insert(v);
+        query
+            .entry(k)
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
     }
     let content_type = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let (body, is_b64) = if r.body.is_empty() {
@@ -111,7 +117,8 @@ pub fn build_event(r: &HttpRequest<'_>) -> Value {
             obj.insert("queryStringParameters".into(), json!(query));
         }
         if !r.params.is_empty() {
-            let params: Map<String, Value> = r.params.iter().map(|(k, v)| (k.clone(), Value::String(percent_decode(v)))).collect();
+            let params: Map<String, Value> =
+                r.params.iter().map(|(k, v)| (k.clone(), Value::String(percent_decode(v)))).collect();
             obj.insert("pathParameters".into(), Value::Object(params));
         }
         if !body.is_null() {
@@ -150,12 +157,17 @@ pub fn build_response(payload: &Bytes) -> Result<Response<Full<Bytes>>, String> 
         .and_then(|s| s.as_u64().or_else(|| s.as_str().and_then(|s| s.parse().ok())))
         .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| format!("statusCode {} is not an HTTP status", obj.get("statusCode").cloned().unwrap_or_default()))?;
+        .ok_or_else(|| {
+            format!("statusCode {} is not an HTTP status", obj.get("statusCode").cloned().unwrap_or_default())
+        })?;
     let body = match obj.get("body") {
         None | Some(Value::Null) => Bytes::new(),
         Some(Value::String(s)) => {
             if obj.get("isBase64Encoded").and_then(Value::as_bool).unwrap_or(false) {
-                Bytes::from(B64.decode(s.as_bytes()).map_err(|e| format!("body is marked isBase64Encoded but is not base64: {e}"))?)
+                Bytes::from(
+                    B64.decode(s.as_bytes())
+                        .map_err(|e| format!("body is marked isBase64Encoded but is not base64: {e}"))?,
+                )
             } else {
                 Bytes::from(s.clone())
             }
@@ -212,7 +224,10 @@ mod tests {
         assert_eq!(structured.headers().get_all("set-cookie").iter().count(), 2);
         assert_eq!(body(structured).await, "hi");
 
-        let binary = build_response(&Bytes::from(json!({"statusCode": 200, "isBase64Encoded": true, "body": "AAEC/f7/"}).to_string())).unwrap();
+        let binary = build_response(&Bytes::from(
+            json!({"statusCode": 200, "isBase64Encoded": true, "body": "AAEC/f7/"}).to_string(),
+        ))
+        .unwrap();
         assert_eq!(body(binary).await.as_ref(), &[0, 1, 2, 253, 254, 255]);
 
         let string = build_response(&Bytes::from_static(b"\"hello\"")).unwrap();
@@ -225,7 +240,13 @@ mod tests {
     fn query_strings_join_repeated_values() {
         assert_eq!(
             form_urlencoded("a=1&b=x%20y&a=2&c=+&flag"),
-            vec![("a".into(), "1".into()), ("b".into(), "x y".into()), ("a".into(), "2".into()), ("c".into(), " ".into()), ("flag".into(), "".into())]
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("a".into(), "2".into()),
+                ("c".into(), " ".into()),
+                ("flag".into(), "".into())
+            ]
         );
     }
 }

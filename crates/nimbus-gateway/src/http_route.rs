@@ -46,7 +46,12 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
         return error(StatusCode::SERVICE_UNAVAILABLE, ErrorSource::Platform, "No deployment is live yet", request_id);
     };
     drop(snapshot);
-    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned).or_else(|| req.uri().host().map(str::to_owned));
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().host().map(str::to_owned));
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let (route, params) = match live.router.find(host.as_deref(), &method, &path) {
@@ -59,16 +64,32 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
         RouteMatch::NotFound => return error(StatusCode::NOT_FOUND, ErrorSource::Client, "Not Found", request_id),
     };
     let Some(function) = live.functions.get(&route.function).cloned() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, ErrorSource::Platform, "Route points at a missing function", request_id);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorSource::Platform,
+            "Route points at a missing function",
+            request_id,
+        );
     };
     let received_at = Instant::now();
     let received_wall = SystemTime::now();
     let (parts, body) = req.into_parts();
     let body = match gw.read_body(body).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return error(StatusCode::PAYLOAD_TOO_LARGE, ErrorSource::Client, "Request body is too large", request_id),
-        Err(BodyError::TimedOut) => return error(StatusCode::REQUEST_TIMEOUT, ErrorSource::Client, "Request body was not received in time", request_id),
-        Err(BodyError::Broken) => return error(StatusCode::BAD_REQUEST, ErrorSource::Client, "Request body could not be read", request_id),
+        Err(BodyError::TooLarge) => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, ErrorSource::Client, "Request body is too large", request_id)
+        }
+        Err(BodyError::TimedOut) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorSource::Client,
+                "Request body was not received in time",
+                request_id,
+            )
+        }
+        Err(BodyError::Broken) => {
+            return error(StatusCode::BAD_REQUEST, ErrorSource::Client, "Request body could not be read", request_id)
+        }
     };
     let now = chrono::Utc::now();
     let time = now.format("%d/%b/%Y:%H:%M:%S %z").to_string();
@@ -88,7 +109,12 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
     });
     let payload = Bytes::from(event.to_string());
     if payload.len() > gw.config.max_payload {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, ErrorSource::Client, "Request is too large once encoded as an event", request_id);
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorSource::Client,
+            "Request is too large once encoded as an event",
+            request_id,
+        );
     }
     let invocation = Invocation {
         request_id: request_id.to_owned(),
@@ -108,10 +134,17 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
                 Ok(resp) => resp,
                 Err(msg) => {
                     tracing::warn!(function = %function.spec.name, request_id, "invalid response: {msg}");
-                    error(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Invalid response from the function", request_id)
+                    error(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorSource::Function,
+                        "Invalid response from the function",
+                        request_id,
+                    )
                 }
             },
-            InvokeOutcome::FunctionError { .. } => error(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Internal Server Error", request_id),
+            InvokeOutcome::FunctionError { .. } => {
+                error(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Internal Server Error", request_id)
+            }
         },
         Err(e) => dispatch_error(&e, request_id),
     };
@@ -136,8 +169,12 @@ fn dispatch_error(e: &DispatchError, request_id: &str) -> Resp {
             set_header(&mut r, "retry-after", "1");
             r
         }
-        DispatchError::PayloadTooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, source, "Request is too large", request_id),
-        DispatchError::NotFound { .. } | DispatchError::QualifierNotFound { .. } => error(StatusCode::NOT_FOUND, source, "Not Found", request_id),
+        DispatchError::PayloadTooLarge { .. } => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, source, "Request is too large", request_id)
+        }
+        DispatchError::NotFound { .. } | DispatchError::QualifierNotFound { .. } => {
+            error(StatusCode::NOT_FOUND, source, "Not Found", request_id)
+        }
         DispatchError::Platform(msg) => {
             tracing::error!(request_id, "platform error: {msg}");
             error(StatusCode::INTERNAL_SERVER_ERROR, source, "Internal Server Error", request_id)
@@ -152,4 +189,3 @@ pub(crate) fn trace_id() -> String {
     let rand = uuid::Uuid::new_v4().simple().to_string();
     format!("Root=1-{secs:08x}-{};Sampled=0", rand.get(..24).unwrap_or(&rand))
 }
-

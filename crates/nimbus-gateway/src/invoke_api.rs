@@ -67,24 +67,47 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
 
 async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp {
     let path = req.uri().path().to_owned();
-    let Some(raw_name) = path.strip_prefix("/2015-03-31/functions/").and_then(|r| r.strip_suffix("/invocations")) else {
-        return aws_error(StatusCode::NOT_FOUND, "UnknownOperationException", &format!("unknown operation {path}"), request_id);
+    let Some(raw_name) = path.strip_prefix("/2015-03-31/functions/").and_then(|r| r.strip_suffix("/invocations"))
+    else {
+        return aws_error(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            &format!("unknown operation {path}"),
+            request_id,
+        );
     };
     if req.method() != http::Method::POST {
         return aws_error(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "Invoke takes POST", request_id);
     }
     if !gw.config.invoke_open && !gw.authorized(&req) {
-        return aws_error(StatusCode::FORBIDDEN, "AccessDeniedException", "the Invoke API needs `Authorization: Bearer <token>` when nimbus listens beyond loopback", request_id);
+        return aws_error(
+            StatusCode::FORBIDDEN,
+            "AccessDeniedException",
+            "the Invoke API needs `Authorization: Bearer <token>` when nimbus listens beyond loopback",
+            request_id,
+        );
     }
     let Some((name, name_qualifier)) = parse_function_name(raw_name) else {
-        return aws_error(StatusCode::BAD_REQUEST, "InvalidParameterValueException", &format!("{raw_name:?} is not a function name or ARN"), request_id);
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValueException",
+            &format!("{raw_name:?} is not a function name or ARN"),
+            request_id,
+        );
     };
     let query_qualifier = req.uri().query().and_then(|q| {
-        q.split('&').find_map(|p| p.strip_prefix("Qualifier=")).map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+        q.split('&')
+            .find_map(|p| p.strip_prefix("Qualifier="))
+            .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
     });
     let qualifier = match (name_qualifier, query_qualifier) {
         (Some(a), Some(b)) if a != b => {
-            return aws_error(StatusCode::BAD_REQUEST, "InvalidParameterValueException", "the qualifier in the function name and the Qualifier parameter differ", request_id)
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                "the qualifier in the function name and the Qualifier parameter differ",
+                request_id,
+            )
         }
         (a, b) => a.or(b),
     };
@@ -95,7 +118,14 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         None => None,
         Some(b64) => match B64.decode(b64.as_bytes()).ok().and_then(|b| String::from_utf8(b).ok()) {
             Some(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => Some(text),
-            _ => return aws_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", "X-Amz-Client-Context must be base64-encoded JSON", request_id),
+            _ => {
+                return aws_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidRequestContentException",
+                    "X-Amz-Client-Context must be base64-encoded JSON",
+                    request_id,
+                )
+            }
         },
     };
 
@@ -110,7 +140,12 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         q.map_or(base.clone(), |q| format!("{base}:{q}"))
     };
     let Some(function) = view.as_ref().and_then(|v| v.functions.get(&name).cloned()) else {
-        return aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &format!("Function not found: {}", arn(qualifier.as_deref())), request_id);
+        return aws_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            &format!("Function not found: {}", arn(qualifier.as_deref())),
+            request_id,
+        );
     };
 
     match invocation_type.as_str() {
@@ -122,10 +157,20 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
             return r;
         }
         "Event" => {
-            return aws_error(StatusCode::BAD_REQUEST, "InvalidParameterValueException", "InvocationType Event (async) is not supported by this version of nimbus yet; use RequestResponse", request_id)
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                "InvocationType Event (async) is not supported by this version of nimbus yet; use RequestResponse",
+                request_id,
+            )
         }
         other => {
-            return aws_error(StatusCode::BAD_REQUEST, "InvalidParameterValueException", &format!("InvocationType {other:?} is not one of RequestResponse, Event, DryRun"), request_id)
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                &format!("InvocationType {other:?} is not one of RequestResponse, Event, DryRun"),
+                request_id,
+            )
         }
     }
 
@@ -135,13 +180,40 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Bytes::from_static(b"{}"),
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
-            return aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", &format!("Request must be smaller than {} bytes for the InvokeFunction operation", gw.config.max_payload), request_id)
+            return aws_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                &format!(
+                    "Request must be smaller than {} bytes for the InvokeFunction operation",
+                    gw.config.max_payload
+                ),
+                request_id,
+            )
         }
-        Err(BodyError::TimedOut) => return aws_error(StatusCode::REQUEST_TIMEOUT, "RequestTimeoutException", "the payload was not received in time", request_id),
-        Err(BodyError::Broken) => return aws_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", "the payload could not be read", request_id),
+        Err(BodyError::TimedOut) => {
+            return aws_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException",
+                "the payload was not received in time",
+                request_id,
+            )
+        }
+        Err(BodyError::Broken) => {
+            return aws_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                "the payload could not be read",
+                request_id,
+            )
+        }
     };
     if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
-        return aws_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", "Could not parse request body into json: the payload must be a JSON document", request_id);
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            "Could not parse request body into json: the payload must be a JSON document",
+            request_id,
+        );
     }
 
     let invocation = Invocation {
@@ -187,9 +259,14 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
 
 fn error_response(e: &DispatchError, request_id: &str) -> Resp {
     match e {
-        DispatchError::Timeout { .. } | DispatchError::Crashed { .. } | DispatchError::InitFailed { .. } | DispatchError::ResponseTooLarge { .. } => {
+        DispatchError::Timeout { .. }
+        | DispatchError::Crashed { .. }
+        | DispatchError::InitFailed { .. }
+        | DispatchError::ResponseTooLarge { .. } => {
             let message = match e {
-                DispatchError::Timeout { timeout, .. } => format!("{request_id} Task timed out after {:.2} seconds", timeout.as_secs_f64()),
+                DispatchError::Timeout { timeout, .. } => {
+                    format!("{request_id} Task timed out after {:.2} seconds", timeout.as_secs_f64())
+                }
                 DispatchError::Crashed { detail, .. } => format!("RequestId: {request_id} Error: {detail}"),
                 DispatchError::InitFailed { message, .. } => message.clone(),
                 other => other.to_string(),
@@ -203,16 +280,28 @@ fn error_response(e: &DispatchError, request_id: &str) -> Resp {
             r
         }
         DispatchError::Throttled { retry_after, .. } => {
-            let mut r = aws_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", "Rate Exceeded.", request_id);
+            let mut r =
+                aws_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", "Rate Exceeded.", request_id);
             set_header(&mut r, "retry-after", &retry_after.as_secs().max(1).to_string());
             r
         }
-        DispatchError::ShuttingDown { .. } => aws_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", &e.to_string(), request_id),
-        DispatchError::NotFound { .. } | DispatchError::QualifierNotFound { .. } => aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &e.to_string(), request_id),
-        DispatchError::PayloadTooLarge { .. } => aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", &e.to_string(), request_id),
+        DispatchError::ShuttingDown { .. } => {
+            aws_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", &e.to_string(), request_id)
+        }
+        DispatchError::NotFound { .. } | DispatchError::QualifierNotFound { .. } => {
+            aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &e.to_string(), request_id)
+        }
+        DispatchError::PayloadTooLarge { .. } => {
+            aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", &e.to_string(), request_id)
+        }
         DispatchError::Platform(msg) => {
             tracing::error!(request_id, "platform error: {msg}");
-            aws_error(StatusCode::INTERNAL_SERVER_ERROR, "ServiceException", "nimbus failed to run the invocation; see the server log", request_id)
+            aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "nimbus failed to run the invocation; see the server log",
+                request_id,
+            )
         }
     }
 }

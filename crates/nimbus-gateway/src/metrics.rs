@@ -29,7 +29,11 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP nimbus_invocations_total Invocations by function, status and trigger.\n# TYPE nimbus_invocations_total counter\n");
         for ((f, s, t), n) in self.invocations.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "nimbus_invocations_total{{function=\"{}\",status=\"{s}\",trigger=\"{t}\"}} {n}", escape(f));
+            let _ = writeln!(
+                out,
+                "nimbus_invocations_total{{function=\"{}\",status=\"{s}\",trigger=\"{t}\"}} {n}",
+                escape(f)
+            );
         }
         out.push_str("# HELP nimbus_gateway_requests_total HTTP requests by kind and status code.\n# TYPE nimbus_gateway_requests_total counter\n");
         for ((k, s), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -37,17 +41,38 @@ impl Metrics {
         }
         out.push_str("# HELP nimbus_cold_starts_total Instances started, by function version.\n# TYPE nimbus_cold_starts_total counter\n");
         for p in pools {
-            let _ = writeln!(out, "nimbus_cold_starts_total{{function=\"{}\",version=\"{}\"}} {}", escape(&p.function), p.version, p.cold_starts);
+            let _ = writeln!(
+                out,
+                "nimbus_cold_starts_total{{function=\"{}\",version=\"{}\"}} {}",
+                escape(&p.function),
+                p.version,
+                p.cold_starts
+            );
         }
-        out.push_str("# HELP nimbus_instances Instances by function version and state.\n# TYPE nimbus_instances gauge\n");
+        out.push_str(
+            "# HELP nimbus_instances Instances by function version and state.\n# TYPE nimbus_instances gauge\n",
+        );
         for p in pools {
             for (state, n) in [("idle", p.idle), ("busy", p.busy), ("starting", p.starting)] {
-                let _ = writeln!(out, "nimbus_instances{{function=\"{}\",version=\"{}\",state=\"{state}\"}} {n}", escape(&p.function), p.version);
+                let _ = writeln!(
+                    out,
+                    "nimbus_instances{{function=\"{}\",version=\"{}\",state=\"{state}\"}} {n}",
+                    escape(&p.function),
+                    p.version
+                );
             }
         }
-        out.push_str("# HELP nimbus_queued_requests Requests waiting for an instance.\n# TYPE nimbus_queued_requests gauge\n");
+        out.push_str(
+            "# HELP nimbus_queued_requests Requests waiting for an instance.\n# TYPE nimbus_queued_requests gauge\n",
+        );
         for p in pools {
-            let _ = writeln!(out, "nimbus_queued_requests{{function=\"{}\",version=\"{}\"}} {}", escape(&p.function), p.version, p.waiting);
+            let _ = writeln!(
+                out,
+                "nimbus_queued_requests{{function=\"{}\",version=\"{}\"}} {}",
+                escape(&p.function),
+                p.version,
+                p.waiting
+            );
         }
         out
     }

@@ -35,7 +35,10 @@ fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
     if !gw.authorized(&req) {
-        return err(StatusCode::UNAUTHORIZED, "the management API needs `Authorization: Bearer <token>`; the token is in DATA_DIR/admin.token");
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "the management API needs `Authorization: Bearer <token>`; the token is in DATA_DIR/admin.token",
+        );
     }
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(2).collect();
@@ -78,7 +81,10 @@ fn deployments_json(gw: &Gateway) -> Value {
 fn app(gw: &Gateway) -> Resp {
     let snap = gw.control.snapshot();
     let live = snap.live.as_ref();
-    json(StatusCode::OK, &json!({"app": live.map(|l| l.app.clone()), "live": live.map(|l| l.version), "deployments": deployments_json(gw)}))
+    json(
+        StatusCode::OK,
+        &json!({"app": live.map(|l| l.app.clone()), "live": live.map(|l| l.version), "deployments": deployments_json(gw)}),
+    )
 }
 
 fn deployments(gw: &Gateway) -> Resp {
@@ -99,7 +105,9 @@ fn deploy_error(e: DeployError) -> Resp {
 async fn deploy(gw: &Gateway, req: Request<Incoming>) -> Resp {
     let body = match gw.read_body(req.into_body()).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return err(StatusCode::PAYLOAD_TOO_LARGE, "the app archive is above the upload limit"),
+        Err(BodyError::TooLarge) => {
+            return err(StatusCode::PAYLOAD_TOO_LARGE, "the app archive is above the upload limit")
+        }
         Err(_) => return err(StatusCode::BAD_REQUEST, "the app archive could not be read"),
     };
     match gw.control.deploy_tar(body).await {
@@ -119,7 +127,9 @@ async fn rollback(gw: &Gateway, req: Request<Incoming>) -> Resp {
                 Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
                 Some(_) => return err(StatusCode::BAD_REQUEST, "`version` must be a deployment number"),
             },
-            Err(e) => return err(StatusCode::BAD_REQUEST, &format!("the body must be JSON like {{\"version\": 3}}: {e}")),
+            Err(e) => {
+                return err(StatusCode::BAD_REQUEST, &format!("the body must be JSON like {{\"version\": 3}}: {e}"))
+            }
         }
     };
     match gw.control.rollback(version).await {
@@ -139,7 +149,8 @@ fn functions(gw: &Gateway) -> Resp {
         .filter_map(|n| live.functions.get(n))
         .map(|f| {
             let s = &f.spec;
-            let routes: Vec<String> = live.router.routes().iter().filter(|r| r.function == s.name).map(|r| r.route_key()).collect();
+            let routes: Vec<String> =
+                live.router.routes().iter().filter(|r| r.function == s.name).map(|r| r.route_key()).collect();
             let pools: Vec<&nimbus_scheduler::PoolStatus> = pools.iter().filter(|p| p.function == s.name).collect();
             json!({
                 "name": s.name, "runtime": s.runtime, "handler": s.handler, "version": f.version,
@@ -171,11 +182,18 @@ fn logs(gw: &Gateway, req: &Request<Incoming>, name: &str) -> Resp {
 
 fn invocations(gw: &Gateway, req: &Request<Incoming>, id: Option<String>) -> Resp {
     let single = id.is_some();
-    let q = InvocationQuery { function: query_param(req, "function"), request_id: id.or_else(|| query_param(req, "requestId")), limit: limit(req, 100) };
+    let q = InvocationQuery {
+        function: query_param(req, "function"),
+        request_id: id.or_else(|| query_param(req, "requestId")),
+        limit: limit(req, 100),
+    };
     match gw.control.store().invocations(&q) {
         Ok(rows) if single => match rows.into_iter().next() {
             Some(r) => json(StatusCode::OK, &r),
-            None => err(StatusCode::NOT_FOUND, "no invocation with that id (records are written within a moment of the invocation ending)"),
+            None => err(
+                StatusCode::NOT_FOUND,
+                "no invocation with that id (records are written within a moment of the invocation ending)",
+            ),
         },
         Ok(rows) => json(StatusCode::OK, &Value::Array(rows)),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

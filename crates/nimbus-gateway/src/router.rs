@@ -48,7 +48,8 @@ impl Router {
     pub fn find(&self, host: Option<&str>, method: &str, path: &str) -> RouteMatch<'_> {
         let mut allow: Vec<String> = Vec::new();
         let host = host.map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
-        let candidates = host.as_ref().and_then(|h| self.by_host.get(h)).into_iter().chain(std::iter::once(&self.any_host));
+        let candidates =
+            host.as_ref().and_then(|h| self.by_host.get(h)).into_iter().chain(std::iter::once(&self.any_host));
         for router in candidates {
             let Ok(m) = router.at(path) else { continue };
             for &i in m.value {
@@ -75,12 +76,19 @@ mod tests {
 
     fn r(methods: &[&str], path: &str, host: Option<&str>, function: &str) -> RouteSpec {
         RouteSpec {
-            methods: if methods.is_empty() { Methods::Any } else { Methods::List(methods.iter().map(|m| m.to_string()).collect()) },
+            methods: if methods.is_empty() {
+                Methods::Any
+            } else {
+                Methods::List(methods.iter().map(|m| m.to_string()).collect())
+            },
             path: path.into(),
             host: host.map(Into::into),
             function: function.into(),
         }
     }
+
+    /// (host, method, path, Ok((function, params)) or Err(status))
+    type RouteCase = (Option<&'static str>, &'static str, &'static str, Result<(&'static str, &'static [(&'static str, &'static str)]), &'static str>);
 
     #[test]
     fn matching_table() {
@@ -92,7 +100,7 @@ mod tests {
             r(&[], "/static/*", None, "static"),
             r(&["GET"], "/items", Some("api.example.com"), "api-list"),
         ]);
-        let cases: &[(Option<&str>, &str, &str, Result<(&str, &[(&str, &str)]), &str>)] = &[
+        let cases: &[RouteCase] = &[
             (None, "GET", "/items", Ok(("list", &[]))),
             (None, "POST", "/items", Ok(("create", &[]))),
             (None, "GET", "/items/42", Ok(("get", &[("id", "42")]))),
@@ -111,7 +119,9 @@ mod tests {
                 RouteMatch::MethodNotAllowed { .. } => Err("405"),
                 RouteMatch::NotFound => Err("404"),
             };
-            let want = want.map(|(f, p)| (f.to_string(), p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()));
+            let want = want.map(|(f, p)| {
+                (f.to_string(), p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+            });
             assert_eq!(got, want, "{host:?} {method} {path}");
         }
     }

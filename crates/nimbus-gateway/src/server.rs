@@ -61,14 +61,30 @@ pub(crate) enum BodyError {
 }
 
 impl Gateway {
-    pub fn new(control: Arc<ControlPlane>, scheduler: Scheduler, config: GatewayConfig, admin_token: &str) -> Arc<Gateway> {
-        Arc::new(Gateway { control, scheduler, config, metrics: Metrics::default(), token_sha256: Sha256::digest(admin_token.as_bytes()).into() })
+    pub fn new(
+        control: Arc<ControlPlane>,
+        scheduler: Scheduler,
+        config: GatewayConfig,
+        admin_token: &str,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            control,
+            scheduler,
+            config,
+            metrics: Metrics::default(),
+            token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+        })
     }
 
     /// Whether the request carries the admin token as `Authorization: Bearer …`. Compares
     /// digests, so the comparison time says nothing about the token.
     pub(crate) fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
+        let Some(token) = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
             return false;
         };
         let got: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
@@ -76,7 +92,9 @@ impl Gateway {
     }
 
     pub(crate) async fn read_body(&self, body: Incoming) -> Result<Bytes, BodyError> {
-        match tokio::time::timeout(self.config.body_timeout, Limited::new(body, self.config.max_payload).collect()).await {
+        match tokio::time::timeout(self.config.body_timeout, Limited::new(body, self.config.max_payload).collect())
+            .await
+        {
             Err(_) => Err(BodyError::TimedOut),
             Ok(Ok(b)) => Ok(b.to_bytes()),
             Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge),
@@ -107,7 +125,10 @@ impl Gateway {
     fn health(&self) -> Resp {
         match &self.control.snapshot().live {
             Some(live) => json(StatusCode::OK, &json!({"status": "ok", "app": live.app, "version": live.version})),
-            None => json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "starting", "message": "no deployment is live yet"})),
+            None => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "starting", "message": "no deployment is live yet"}),
+            ),
         }
     }
 }
@@ -117,7 +138,11 @@ impl Gateway {
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>, drain: Duration) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(gateway.config.header_timeout).keep_alive(true).max_buf_size(64 * 1024);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(gateway.config.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -122,11 +122,19 @@ impl Ctx<'_> {
         match crate::parse_duration(&text) {
             Some(d) if d >= lo && d <= hi => Some(d),
             Some(_) => {
-                self.err(v.span(), field, format!("\"{text}\" is out of range; use a duration between {} and {}", fmt_d(lo), fmt_d(hi)));
+                self.err(
+                    v.span(),
+                    field,
+                    format!("\"{text}\" is out of range; use a duration between {} and {}", fmt_d(lo), fmt_d(hi)),
+                );
                 None
             }
             None => {
-                self.err(v.span(), field, format!("\"{text}\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\""));
+                self.err(
+                    v.span(),
+                    field,
+                    format!("\"{text}\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\""),
+                );
                 None
             }
         }
@@ -155,7 +163,11 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         Some(v) => cx.string(v, "name").filter(|n| {
             let ok = valid_name(n);
             if !ok {
-                cx.err(v.span(), "name", format!("\"{n}\" is not a valid app name; use 1-64 letters, digits, '-' or '_'"));
+                cx.err(
+                    v.span(),
+                    "name",
+                    format!("\"{n}\" is not a valid app name; use 1-64 letters, digits, '-' or '_'"),
+                );
             }
             ok
         }),
@@ -174,7 +186,11 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
                     let fname: &str = key.get_ref().as_ref();
                     let field = format!("functions.{fname}");
                     if !valid_name(fname) {
-                        cx.err(key.span(), &field, format!("\"{fname}\" is not a valid function name; use 1-64 letters, digits, '-' or '_'"));
+                        cx.err(
+                            key.span(),
+                            &field,
+                            format!("\"{fname}\" is not a valid function name; use 1-64 letters, digits, '-' or '_'"),
+                        );
                         continue;
                     }
                     if let Some((spec, loc)) = function(&mut cx, fname, fv, &field) {
@@ -183,7 +199,11 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
                     }
                 }
             }
-            other => cx.err(v.span(), "functions", format!("expected a table of functions (`[functions.NAME]`), found {}", other.type_str())),
+            other => cx.err(
+                v.span(),
+                "functions",
+                format!("expected a table of functions (`[functions.NAME]`), found {}", other.type_str()),
+            ),
         },
         None => cx.err(0..0, "functions", "the app has no functions; add a `[functions.NAME]` table"),
     }
@@ -198,7 +218,11 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
                     }
                 }
             }
-            other => cx.err(v.span(), "routes", format!("expected an array of tables (`[[routes]]`), found {}", other.type_str())),
+            other => cx.err(
+                v.span(),
+                "routes",
+                format!("expected an array of tables (`[[routes]]`), found {}", other.type_str()),
+            ),
         }
     }
     route_conflicts(&mut cx, &routes);
@@ -214,7 +238,8 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     if !cx.errors.is_empty() {
         return Err(Diagnostics::new(cx.errors));
     }
-    let manifest = Manifest { name: name.unwrap_or_default(), functions, routes: routes.into_iter().map(|(r, _)| r).collect() };
+    let manifest =
+        Manifest { name: name.unwrap_or_default(), functions, routes: routes.into_iter().map(|(r, _)| r).collect() };
     Ok((manifest, locations))
 }
 
@@ -253,7 +278,11 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
             if let (Some(h), Some(rt)) = (&h, runtime) {
                 if rt != RuntimeKind::Provided && !valid_handler(h) {
                     let example = if rt == RuntimeKind::Node { "index.handler" } else { "app.handler" };
-                    cx.err(hv.span(), &f("handler"), format!("\"{h}\" is not a handler; write it as FILE.EXPORT, e.g. \"{example}\""));
+                    cx.err(
+                        hv.span(),
+                        &f("handler"),
+                        format!("\"{h}\" is not a handler; write it as FILE.EXPORT, e.g. \"{example}\""),
+                    );
                 }
             }
             h
@@ -272,9 +301,14 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
         Some(cv) => {
             loc.code = Some(cv.span().start);
             cx.string(cv, &f("code")).filter(|c| {
-                let ok = !c.is_empty() && !std::path::Path::new(c).is_absolute() && !c.split(['/', '\\']).any(|p| p == "..");
+                let ok =
+                    !c.is_empty() && !std::path::Path::new(c).is_absolute() && !c.split(['/', '\\']).any(|p| p == "..");
                 if !ok {
-                    cx.err(cv.span(), &f("code"), format!("\"{c}\" must be a directory inside the app, relative to nimbus.toml, without \"..\""));
+                    cx.err(
+                        cv.span(),
+                        &f("code"),
+                        format!("\"{c}\" must be a directory inside the app, relative to nimbus.toml, without \"..\""),
+                    );
                 }
                 ok
             })
@@ -282,7 +316,11 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
         None => Some(format!("functions/{name}")),
     };
     if let Some(cv) = t.get("component") {
-        cx.err(cv.span(), &f("component"), "`component` is for wasm functions, which this version of nimbus does not run yet; remove it");
+        cx.err(
+            cv.span(),
+            &f("component"),
+            "`component` is for wasm functions, which this version of nimbus does not run yet; remove it",
+        );
     }
 
     let memory_mb = t.get("memory_mb").map_or(Some(defaults::MEMORY_MB), |mv| cx.u32(mv, &f("memory_mb"), 64, 10_240));
@@ -290,17 +328,23 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
         cx.duration(tv, &f("timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
     let min_instances = t.get("min_instances").map_or(Some(0), |mv| cx.u32(mv, &f("min_instances"), 0, 1000));
-    let max_instances = t.get("max_instances").map_or(Some(defaults::MAX_INSTANCES), |mv| cx.u32(mv, &f("max_instances"), 1, 1000));
+    let max_instances =
+        t.get("max_instances").map_or(Some(defaults::MAX_INSTANCES), |mv| cx.u32(mv, &f("max_instances"), 1, 1000));
     if let (Some(min), Some(max)) = (min_instances, max_instances) {
         if min > max {
             let span = t.get("min_instances").map_or(v.span(), |s| s.span());
-            cx.err(span, &f("min_instances"), format!("min_instances ({min}) is above max_instances ({max}); lower it or raise max_instances"));
+            cx.err(
+                span,
+                &f("min_instances"),
+                format!("min_instances ({min}) is above max_instances ({max}); lower it or raise max_instances"),
+            );
         }
     }
     let keep_alive = t.get("keep_alive").map_or(Some(defaults::KEEP_ALIVE), |kv| {
         cx.duration(kv, &f("keep_alive"), Duration::from_millis(100), Duration::from_secs(24 * 3600))
     });
-    let max_queued = t.get("max_queued").map_or(Some(defaults::MAX_QUEUED), |mv| cx.u32(mv, &f("max_queued"), 0, 100_000));
+    let max_queued =
+        t.get("max_queued").map_or(Some(defaults::MAX_QUEUED), |mv| cx.u32(mv, &f("max_queued"), 0, 100_000));
     let queue_timeout = t.get("queue_timeout").map_or(Some(defaults::QUEUE_TIMEOUT), |qv| {
         cx.duration(qv, &f("queue_timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
@@ -323,7 +367,11 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
         if let Some(x) = t.get(key) {
             if let Some(s) = cx.string(x, &f(key)) {
                 if s != "dlq" && s.strip_prefix("function:").is_none_or(|n| !valid_name(n)) {
-                    cx.err(x.span(), &f(key), format!("\"{s}\" is not a destination; use \"function:NAME\" or \"dlq\""));
+                    cx.err(
+                        x.span(),
+                        &f(key),
+                        format!("\"{s}\" is not a destination; use \"function:NAME\" or \"dlq\""),
+                    );
                 }
             }
         }
@@ -342,7 +390,11 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
                         continue;
                     }
                     if RESERVED_ENV.contains(&key) {
-                        cx.err(k.span(), &kf, format!("{key} is set by nimbus for every instance and cannot be overridden; remove it"));
+                        cx.err(
+                            k.span(),
+                            &kf,
+                            format!("{key} is set by nimbus for every instance and cannot be overridden; remove it"),
+                        );
                         continue;
                     }
                     let text = match val.get_ref() {
@@ -362,7 +414,11 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
                 env
             }
             other => {
-                cx.err(ev.span(), &f("env"), format!("expected a table like `env = {{ KEY = \"value\" }}`, found {}", other.type_str()));
+                cx.err(
+                    ev.span(),
+                    &f("env"),
+                    format!("expected a table like `env = {{ KEY = \"value\" }}`, found {}", other.type_str()),
+                );
                 BTreeMap::new()
             }
         },
@@ -404,9 +460,15 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
         Some(mv) => {
             let raw: Vec<(String, Range<usize>)> = match mv.get_ref() {
                 DeValue::String(s) => vec![(s.to_string(), mv.span())],
-                DeValue::Array(list) => list.iter().filter_map(|x| cx.string(x, &f("method")).map(|s| (s, x.span()))).collect(),
+                DeValue::Array(list) => {
+                    list.iter().filter_map(|x| cx.string(x, &f("method")).map(|s| (s, x.span()))).collect()
+                }
                 other => {
-                    cx.err(mv.span(), &f("method"), format!("expected a method, \"*\" or a list of methods, found {}", other.type_str()));
+                    cx.err(
+                        mv.span(),
+                        &f("method"),
+                        format!("expected a method, \"*\" or a list of methods, found {}", other.type_str()),
+                    );
                     Vec::new()
                 }
             };
@@ -421,7 +483,11 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
                             list.push(up);
                         }
                     } else {
-                        cx.err(span, &f("method"), format!("\"{m}\" is not an HTTP method; use one of {}, or \"*\"", METHODS.join(", ")));
+                        cx.err(
+                            span,
+                            &f("method"),
+                            format!("\"{m}\" is not an HTTP method; use one of {}, or \"*\"", METHODS.join(", ")),
+                        );
                     }
                 }
                 (!list.is_empty()).then_some(Methods::List(list))
@@ -446,7 +512,11 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
     let host = t.get("host").and_then(|hv| {
         let h = cx.string(hv, &f("host"))?.to_ascii_lowercase();
         if h.is_empty() || h.contains(['/', ':', ' ']) {
-            cx.err(hv.span(), &f("host"), format!("\"{h}\" is not a host name; write it without scheme or port, e.g. \"api.example.com\""));
+            cx.err(
+                hv.span(),
+                &f("host"),
+                format!("\"{h}\" is not a host name; write it without scheme or port, e.g. \"api.example.com\""),
+            );
             return None;
         }
         Some(h)
@@ -460,7 +530,11 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
                     .and_then(|f| f.get_ref().as_table())
                     .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect())
                     .unwrap_or_default();
-                let hint = if known.is_empty() { "declare it with [functions.NAME]".to_owned() } else { format!("declared functions: {}", known.join(", ")) };
+                let hint = if known.is_empty() {
+                    "declare it with [functions.NAME]".to_owned()
+                } else {
+                    format!("declared functions: {}", known.join(", "))
+                };
                 cx.err(fv.span(), &f("function"), format!("no function named \"{name}\"; {hint}"));
             }
             exists
@@ -509,7 +583,11 @@ fn route_conflicts(cx: &mut Ctx<'_>, routes: &[(RouteSpec, Range<usize>)]) {
         seen.entry(key.clone()).or_default().push(i);
         let router = routers.entry(r.host.clone()).or_default();
         if let Err(e) = router.insert(key.1.clone(), i) {
-            cx.err(span.clone(), &field, format!("path \"{}\" conflicts with another route ({e}); make the paths distinguishable", r.path));
+            cx.err(
+                span.clone(),
+                &field,
+                format!("path \"{}\" conflicts with another route ({e}); make the paths distinguishable", r.path),
+            );
         }
     }
 }
@@ -547,7 +625,9 @@ fn check_path(p: &str) -> Result<(), String> {
                 return Err(format!("\"{p}\": parameter \"{name}\" must be letters, digits or '_'"));
             }
             if name == "proxy" {
-                return Err(format!("\"{p}\": \"proxy\" is the name of the trailing wildcard; choose another parameter name"));
+                return Err(format!(
+                    "\"{p}\": \"proxy\" is the name of the trailing wildcard; choose another parameter name"
+                ));
             }
             if params.contains(&name) {
                 return Err(format!("\"{p}\": parameter \"{name}\" appears twice"));
@@ -566,12 +646,17 @@ fn valid_name(s: &str) -> bool {
 
 fn valid_env_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn valid_handler(h: &str) -> bool {
     match h.rsplit_once('.') {
-        Some((file, export)) => !file.is_empty() && !export.is_empty() && export.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$'),
+        Some((file, export)) => {
+            !file.is_empty()
+                && !export.is_empty()
+                && export.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        }
         None => false,
     }
 }

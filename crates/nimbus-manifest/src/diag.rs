@@ -43,7 +43,7 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
     pub fn new(mut list: Vec<Diagnostic>) -> Self {
-        list.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        list.sort_by_key(|d| (d.line, d.column));
         Diagnostics(list)
     }
 
@@ -69,6 +69,7 @@ fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.chars().count(), |i| before.get(i + 1..).map_or(0, |s| s.chars().count())) + 1;
+    let column =
+        before.rfind('\n').map_or(before.chars().count(), |i| before.get(i + 1..).map_or(0, |s| s.chars().count())) + 1;
     (line, column)
 }

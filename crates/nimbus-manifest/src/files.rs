@@ -7,7 +7,13 @@ use nimbus_core::RuntimeKind;
 use crate::check::Locations;
 use crate::{Diagnostic, Manifest};
 
-pub(crate) fn check(manifest: &Manifest, locations: &Locations, app_dir: &Path, src: &str, file: &str) -> Vec<Diagnostic> {
+pub(crate) fn check(
+    manifest: &Manifest,
+    locations: &Locations,
+    app_dir: &Path,
+    src: &str,
+    file: &str,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (name, f) in &manifest.functions {
         let loc = locations.functions.get(name).cloned().unwrap_or_default();
@@ -19,7 +25,10 @@ pub(crate) fn check(manifest: &Manifest, locations: &Locations, app_dir: &Path, 
                 src,
                 code_at,
                 &format!("functions.{name}.code"),
-                format!("code directory \"{}\" does not exist; create it or point `code` at the function's directory", f.code),
+                format!(
+                    "code directory \"{}\" does not exist; create it or point `code` at the function's directory",
+                    f.code
+                ),
             ));
             continue;
         }
@@ -30,19 +39,30 @@ pub(crate) fn check(manifest: &Manifest, locations: &Locations, app_dir: &Path, 
                 let module = f.handler.rsplit_once('.').map_or("", |(m, _)| m);
                 let found = ["js", "mjs", "cjs"].iter().any(|ext| code_dir.join(format!("{module}.{ext}")).is_file());
                 if !found {
-                    out.push(Diagnostic::at(file, src, handler_at, &field, format!(
-                        "handler \"{}\" needs {module}.js, {module}.mjs or {module}.cjs in \"{}\"; none exists",
-                        f.handler, f.code
-                    )));
+                    out.push(Diagnostic::at(
+                        file,
+                        src,
+                        handler_at,
+                        &field,
+                        format!(
+                            "handler \"{}\" needs {module}.js, {module}.mjs or {module}.cjs in \"{}\"; none exists",
+                            f.handler, f.code
+                        ),
+                    ));
                 }
             }
             RuntimeKind::Python => {
                 let module = f.handler.rsplit_once('.').map_or("", |(m, _)| m).replace('.', "/");
-                if !code_dir.join(format!("{module}.py")).is_file() && !code_dir.join(&module).join("__init__.py").is_file() {
-                    out.push(Diagnostic::at(file, src, handler_at, &field, format!(
-                        "handler \"{}\" needs {module}.py in \"{}\"; it does not exist",
-                        f.handler, f.code
-                    )));
+                if !code_dir.join(format!("{module}.py")).is_file()
+                    && !code_dir.join(&module).join("__init__.py").is_file()
+                {
+                    out.push(Diagnostic::at(
+                        file,
+                        src,
+                        handler_at,
+                        &field,
+                        format!("handler \"{}\" needs {module}.py in \"{}\"; it does not exist", f.handler, f.code),
+                    ));
                 }
             }
             RuntimeKind::Provided => {

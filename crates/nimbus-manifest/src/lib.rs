@@ -39,7 +39,9 @@ impl Methods {
     pub fn allows(&self, method: &str) -> bool {
         match self {
             Methods::Any => true,
-            Methods::List(list) => list.iter().any(|m| m == method) || (method == "HEAD" && list.iter().any(|m| m == "GET")),
+            Methods::List(list) => {
+                list.iter().any(|m| m == method) || (method == "HEAD" && list.iter().any(|m| m == "GET"))
+            }
         }
     }
 

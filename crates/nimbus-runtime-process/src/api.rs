@@ -71,7 +71,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, shared.clone()));
-            let _ = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -96,7 +99,11 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             }
             _ => json(StatusCode::NOT_FOUND, "UnknownAPI", &format!("unknown Runtime API path {path}")),
         },
-        _ => json(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &format!("{} is not allowed on {path}", req_method_name(&path))),
+        _ => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("{} is not allowed on {path}", req_method_name(&path)),
+        ),
     };
     Ok(resp)
 }
@@ -151,7 +158,8 @@ async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Respon
     if !is_pending(shared, &id) {
         return invalid_id(&id);
     }
-    let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let body = Limited::new(req.into_body(), shared.max_response).collect().await;
     let completion = match body {
         Ok(b) => Completion::Response(b.to_bytes()),

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nimbus_core::{
-    FunctionErrorKind, FunctionVersion, Instance, InstanceError, InstanceState, Invocation, InvokeOutcome, InvokeResult,
-    RuntimeKind, StartError, REGION,
+    FunctionErrorKind, FunctionVersion, Instance, InstanceError, InstanceState, Invocation, InvokeOutcome,
+    InvokeResult, RuntimeKind, StartError, REGION,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -57,10 +57,15 @@ fn platform(context: &str) -> impl Fn(std::io::Error) -> StartError + '_ {
 }
 
 impl ProcessInstance {
-    pub(crate) async fn start(rt: &ProcessRuntime, function: Arc<FunctionVersion>, id: String) -> Result<Self, StartError> {
+    pub(crate) async fn start(
+        rt: &ProcessRuntime,
+        function: Arc<FunctionVersion>,
+        id: String,
+    ) -> Result<Self, StartError> {
         let began = Instant::now();
         let (program, args) = rt.command_for(&function)?;
-        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(platform("cannot bind the Runtime API listener"))?;
+        let listener =
+            TcpListener::bind("127.0.0.1:0").await.map_err(platform("cannot bind the Runtime API listener"))?;
         let api_addr = listener.local_addr().map_err(platform("cannot read the Runtime API address"))?;
         let (next_tx, next_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
@@ -102,7 +107,10 @@ impl ProcessInstance {
                 return Err(if function.spec.runtime == RuntimeKind::Provided {
                     StartError::InitFailed {
                         error_type: "Runtime.InvalidEntrypoint".into(),
-                        message: format!("cannot execute {}: {e}; it must be an executable (with a #! line if it is a script)", program.display()),
+                        message: format!(
+                            "cannot execute {}: {e}; it must be an executable (with a #! line if it is a script)",
+                            program.display()
+                        ),
                         log: String::new(),
                     }
                 } else {
@@ -380,7 +388,13 @@ fn function_error(header_type: Option<String>, body: bytes::Bytes) -> InvokeOutc
     InvokeOutcome::FunctionError { kind, error_type, error_message, body }
 }
 
-fn environment(rt: &ProcessRuntime, f: &FunctionVersion, id: &str, api: &str, scratch: &std::path::Path) -> Vec<(String, String)> {
+fn environment(
+    rt: &ProcessRuntime,
+    f: &FunctionVersion,
+    id: &str,
+    api: &str,
+    scratch: &std::path::Path,
+) -> Vec<(String, String)> {
     let spec = &f.spec;
     let date = chrono_free_date();
     let mut env: Vec<(String, String)> = vec![
@@ -433,7 +447,9 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => format!("signal {sig} ({})", Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown")),
+        (None, Some(sig)) => {
+            format!("signal {sig} ({})", Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown"))
+        }
         _ => status.to_string(),
     }
 }

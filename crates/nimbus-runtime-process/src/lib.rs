@@ -64,7 +64,9 @@ impl ProcessRuntime {
     /// (resolving pyenv/nvm shims once here, so instances start the interpreter directly).
     pub fn new(data_dir: &Path, limits: Limits) -> std::io::Result<Self> {
         let runtime_dir = data_dir.join("runtime");
-        for (sub, file, text) in [("node", "bootstrap.js", NODE_BOOTSTRAP), ("python", "bootstrap.py", PYTHON_BOOTSTRAP)] {
+        for (sub, file, text) in
+            [("node", "bootstrap.js", NODE_BOOTSTRAP), ("python", "bootstrap.py", PYTHON_BOOTSTRAP)]
+        {
             let dir = runtime_dir.join(sub);
             std::fs::create_dir_all(&dir)?;
             let path = dir.join(file);
@@ -132,7 +134,11 @@ impl ProcessRuntime {
 
 #[async_trait]
 impl Runtime for ProcessRuntime {
-    async fn start(&self, function: Arc<FunctionVersion>, instance_id: String) -> Result<Box<dyn Instance>, StartError> {
+    async fn start(
+        &self,
+        function: Arc<FunctionVersion>,
+        instance_id: String,
+    ) -> Result<Box<dyn Instance>, StartError> {
         let instance = ProcessInstance::start(self, function, instance_id).await?;
         Ok(Box::new(instance))
     }

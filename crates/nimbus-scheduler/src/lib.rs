@@ -35,8 +35,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nimbus_core::{
-    DispatchError, Dispatch, FunctionVersion, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome, InvokeResult,
-    Recorder, Runtime, RuntimeKind,
+    Dispatch, DispatchError, FunctionVersion, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome,
+    InvokeResult, Recorder, Runtime, RuntimeKind,
 };
 
 pub use pool::{InstanceInfo, Pool, PoolStatus};
@@ -65,7 +65,6 @@ impl Scheduler {
 }
 
 impl Inner {
-
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -76,11 +75,9 @@ impl Inner {
         if let Some(p) = self.pools().get(&key) {
             return Ok(p.clone());
         }
-        let runtime = self
-            .runtimes
-            .get(&function.spec.runtime)
-            .cloned()
-            .ok_or_else(|| DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str())))?;
+        let runtime = self.runtimes.get(&function.spec.runtime).cloned().ok_or_else(|| {
+            DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str()))
+        })?;
         let mut pools = self.pools();
         let pool = pools.entry(key).or_insert_with(|| Pool::new(function.clone(), runtime)).clone();
         Ok(pool)
@@ -125,7 +122,11 @@ impl Inner {
         }
     }
 
-    async fn run(self: Arc<Inner>, function: Arc<FunctionVersion>, inv: Invocation) -> Result<InvokeResult, DispatchError> {
+    async fn run(
+        self: Arc<Inner>,
+        function: Arc<FunctionVersion>,
+        inv: Invocation,
+    ) -> Result<InvokeResult, DispatchError> {
         let pool = self.pool(&function)?;
         let queued = Instant::now();
         let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
@@ -137,11 +138,22 @@ impl Inner {
                 let log = report::failed_start_log(&function, &request_id, &e);
                 let err = match e {
                     pool::AcquireError::Dispatch(d) => d,
-                    pool::AcquireError::Init { error_type, message, log: init_log } => {
-                        DispatchError::InitFailed { name: function.spec.name.clone(), error_type, message, log: format!("{init_log}{log}") }
-                    }
+                    pool::AcquireError::Init { error_type, message, log: init_log } => DispatchError::InitFailed {
+                        name: function.spec.name.clone(),
+                        error_type,
+                        message,
+                        log: format!("{init_log}{log}"),
+                    },
                 };
-                self.recorder.record(report::record_for_error(&function, &request_id, trigger, start_ms, queued.elapsed(), &err, None));
+                self.recorder.record(report::record_for_error(
+                    &function,
+                    &request_id,
+                    trigger,
+                    start_ms,
+                    queued.elapsed(),
+                    &err,
+                    None,
+                ));
                 return Err(err);
             }
         };
@@ -165,7 +177,15 @@ impl Inner {
                             DispatchError::InitFailed { name: function.spec.name.clone(), error_type, message, log }
                         }
                     };
-                    self.recorder.record(report::record_for_error(&function, &request_id, trigger, start_ms, queued.elapsed(), &err, None));
+                    self.recorder.record(report::record_for_error(
+                        &function,
+                        &request_id,
+                        trigger,
+                        start_ms,
+                        queued.elapsed(),
+                        &err,
+                        None,
+                    ));
                     return Err(err);
                 }
             }
@@ -181,7 +201,15 @@ impl Inner {
             }
             Err(e) => {
                 let err = report::instance_error(&function, &request_id, &init_log, cold, e);
-                self.recorder.record(report::record_for_error(&function, &request_id, trigger, start_ms, queue_wait, &err, cold));
+                self.recorder.record(report::record_for_error(
+                    &function,
+                    &request_id,
+                    trigger,
+                    start_ms,
+                    queue_wait,
+                    &err,
+                    cold,
+                ));
                 Err(err)
             }
         }
@@ -190,7 +218,11 @@ impl Inner {
 
 #[async_trait]
 impl Dispatch for Scheduler {
-    async fn invoke(&self, function: Arc<FunctionVersion>, invocation: Invocation) -> Result<InvokeResult, DispatchError> {
+    async fn invoke(
+        &self,
+        function: Arc<FunctionVersion>,
+        invocation: Invocation,
+    ) -> Result<InvokeResult, DispatchError> {
         // Its own task: a caller that goes away does not cancel an invocation half-way, and a
         // panic inside one invocation becomes a platform error instead of taking others down.
         match tokio::spawn(self.0.clone().run(function, invocation)).await {

@@ -148,7 +148,9 @@ impl Pool {
                 // Not in the queue any more: a grant was sent under the lock just before.
                 match rx.try_recv() {
                     Ok(g) => g,
-                    Err(_) => return Err(AcquireError::Dispatch(DispatchError::Platform("lost an instance grant".into()))),
+                    Err(_) => {
+                        return Err(AcquireError::Dispatch(DispatchError::Platform("lost an instance grant".into())))
+                    }
                 }
             }
         };

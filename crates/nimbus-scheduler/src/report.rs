@@ -69,7 +69,13 @@ pub(crate) fn failed_start_log(f: &FunctionVersion, id: &str, e: &AcquireError) 
     }
 }
 
-pub(crate) fn instance_error(f: &FunctionVersion, id: &str, init_log: &str, cold: Option<ColdStart>, e: InstanceError) -> DispatchError {
+pub(crate) fn instance_error(
+    f: &FunctionVersion,
+    id: &str,
+    init_log: &str,
+    cold: Option<ColdStart>,
+    e: InstanceError,
+) -> DispatchError {
     let name = f.spec.name.clone();
     match e {
         InstanceError::Timeout { timeout, log } => {
@@ -84,7 +90,9 @@ pub(crate) fn instance_error(f: &FunctionVersion, id: &str, init_log: &str, cold
         }
         InstanceError::ResponseTooLarge { size, limit, .. } => DispatchError::ResponseTooLarge { name, size, limit },
         InstanceError::Platform(msg) => DispatchError::Platform(msg),
-        InstanceError::Lost { detail } => DispatchError::Platform(format!("no instance could run the invocation: {detail}")),
+        InstanceError::Lost { detail } => {
+            DispatchError::Platform(format!("no instance could run the invocation: {detail}"))
+        }
     }
 }
 
@@ -121,7 +129,14 @@ fn base(f: &FunctionVersion, id: &str, trigger: Trigger, start_ms: u64, queue: D
     }
 }
 
-pub(crate) fn record_for_result(f: &FunctionVersion, id: &str, trigger: Trigger, start_ms: u64, queue: Duration, r: &InvokeResult) -> InvocationRecord {
+pub(crate) fn record_for_result(
+    f: &FunctionVersion,
+    id: &str,
+    trigger: Trigger,
+    start_ms: u64,
+    queue: Duration,
+    r: &InvokeResult,
+) -> InvocationRecord {
     let mut rec = base(f, id, trigger, start_ms, queue);
     rec.duration_ms = ms(r.duration);
     rec.billed_ms = billed(r.duration);

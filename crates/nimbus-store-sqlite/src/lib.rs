@@ -108,7 +108,11 @@ impl Store {
         let db_path = data_dir.join("nimbus.db");
         let conn = open_connection(&db_path)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), db_path, artifacts: ArtifactStore::open(&data_dir.join("artifacts"))? })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            db_path,
+            artifacts: ArtifactStore::open(&data_dir.join("artifacts"))?,
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -125,7 +129,10 @@ impl Store {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.conn().execute("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])?;
+        self.conn().execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
         Ok(())
     }
 
@@ -134,7 +141,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let created_ms = now_ms();
-        tx.execute("INSERT INTO deployments(app, digest, created_ms, body) VALUES (?1, ?2, ?3, ?4)", params![app, digest, created_ms, body])?;
+        tx.execute(
+            "INSERT INTO deployments(app, digest, created_ms, body) VALUES (?1, ?2, ?3, ?4)",
+            params![app, digest, created_ms, body],
+        )?;
         let version = tx.last_insert_rowid() as u64;
         tx.execute(
             "INSERT INTO aliases(name, version) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET version = excluded.version",
@@ -147,14 +157,19 @@ impl Store {
     pub fn deployment(&self, version: u64) -> Result<Option<DeploymentRow>> {
         Ok(self
             .conn()
-            .query_row("SELECT version, app, digest, created_ms, body FROM deployments WHERE version = ?1", [version], row_to_deployment)
+            .query_row(
+                "SELECT version, app, digest, created_ms, body FROM deployments WHERE version = ?1",
+                [version],
+                row_to_deployment,
+            )
             .optional()?)
     }
 
     /// All deployments, newest first (without bodies' parsing).
     pub fn deployments(&self) -> Result<Vec<DeploymentRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT version, app, digest, created_ms, body FROM deployments ORDER BY version DESC")?;
+        let mut stmt =
+            conn.prepare("SELECT version, app, digest, created_ms, body FROM deployments ORDER BY version DESC")?;
         let rows = stmt.query_map([], row_to_deployment)?.collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(rows)
     }

@@ -33,7 +33,11 @@ impl RecordWriter {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (tx, rx) = sync_channel(QUEUE);
         let thread = std::thread::Builder::new().name("nimbus-records".into()).spawn(move || write_loop(conn, rx))?;
-        Ok(RecordWriter { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), dropped: Arc::new(AtomicU64::new(0)) })
+        Ok(RecordWriter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// Records dropped because the writer fell behind.
@@ -55,7 +59,7 @@ impl Recorder for RecordWriter {
         let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = guard.as_ref() else { return };
         if let Err(TrySendError::Full(_)) = tx.try_send(record) {
-            if self.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+            if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                 tracing::warn!("invocation record writer is behind; dropping records");
             }
         }
@@ -85,7 +89,8 @@ fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::R
              max_memory_mb, cold, init_ms, queue_ms, status, error_type, error_message, instance_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
-        let mut log = tx.prepare_cached("INSERT INTO logs(function, request_id, ts_ms, text) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut log =
+            tx.prepare_cached("INSERT INTO logs(function, request_id, ts_ms, text) VALUES (?1, ?2, ?3, ?4)")?;
         for r in batch {
             ins.execute(params![
                 r.request_id,
@@ -165,7 +170,13 @@ pub struct LogEntry {
     pub text: String,
 }
 
-pub(crate) fn query_logs(conn: &Connection, function: &str, after: u64, request_id: Option<&str>, limit: u32) -> Result<Vec<LogEntry>> {
+pub(crate) fn query_logs(
+    conn: &Connection,
+    function: &str,
+    after: u64,
+    request_id: Option<&str>,
+    limit: u32,
+) -> Result<Vec<LogEntry>> {
     let mut stmt = conn.prepare(
         "SELECT seq, request_id, ts_ms, text FROM logs
          WHERE function = ?1 AND seq > ?2 AND (?3 IS NULL OR request_id = ?3)

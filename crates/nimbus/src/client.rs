@@ -26,13 +26,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Result<serde_json::Value> {
-        serde_json::from_slice(&self.body).with_context(|| format!("the server answered {} with a body that is not JSON", self.status))
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("the server answered {} with a body that is not JSON", self.status))
     }
 
     /// The server's error message, for a failed call.
     pub fn error_text(&self) -> String {
         match self.json() {
-            Ok(v) => v.get("error").or_else(|| v.get("message")).and_then(|m| m.as_str()).map_or_else(|| v.to_string(), str::to_owned),
+            Ok(v) => v
+                .get("error")
+                .or_else(|| v.get("message"))
+                .and_then(|m| m.as_str())
+                .map_or_else(|| v.to_string(), str::to_owned),
             Err(_) => String::from_utf8_lossy(&self.body).into_owned(),
         }
     }
@@ -51,19 +56,28 @@ impl Client {
             anyhow!("no server to talk to: pass --server URL (or set NIMBUS_SERVER), or run this inside an app directory with a running `nimbus up`")
         })?;
         let token = remote.token.clone().or_else(|| read_trimmed(&data_dir.join(TOKEN_FILE))).ok_or_else(|| {
-            anyhow!("no admin token: pass --token (or set NIMBUS_TOKEN); `nimbus up` writes it to DATA_DIR/{TOKEN_FILE}")
+            anyhow!(
+                "no admin token: pass --token (or set NIMBUS_TOKEN); `nimbus up` writes it to DATA_DIR/{TOKEN_FILE}"
+            )
         })?;
         let http = HyperClient::builder(TokioExecutor::new()).build_http();
         Ok(Client { base: base.trim_end_matches('/').to_owned(), token, http })
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Bytes, headers: &[(&str, String)]) -> Result<Reply> {
-        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base)).header("authorization", format!("Bearer {}", self.token));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token));
         for (k, v) in headers {
             req = req.header(*k, v);
         }
         let req = req.body(Full::new(body)).context("cannot build the request")?;
-        let resp = self.http.request(req).await.with_context(|| format!("cannot reach nimbus at {}; is `nimbus up` running?", self.base))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .with_context(|| format!("cannot reach nimbus at {}; is `nimbus up` running?", self.base))?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.context("the server closed the connection mid-response")?.to_bytes();
         Ok(Reply { status: parts.status, headers: parts.headers, body })

@@ -1,5 +1,9 @@
 //! Client commands: thin wrappers over the management API and the Invoke API.
 
+// These commands format JSON answers; `serde_json::Value["key"]` yields Null for a missing key
+// and never panics, which is the behaviour wanted for printing.
+#![allow(clippy::indexing_slicing)]
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,14 +33,25 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
     })
     .await??;
     let size = archive.len();
-    let r = client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await?;
+    let r =
+        client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await?;
     let v = r.json().unwrap_or_default();
     if r.status.is_success() {
-        println!("deployed {} version {} ({} functions, {} KiB uploaded)", str_of(&v, "app"), v["version"], v["functions"].as_array().map_or(0, Vec::len), size / 1024);
+        println!(
+            "deployed {} version {} ({} functions, {} KiB uploaded)",
+            str_of(&v, "app"),
+            v["version"],
+            v["functions"].as_array().map_or(0, Vec::len),
+            size / 1024
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(errors) = v.get("errors").and_then(Value::as_array) {
-        eprintln!("{} problem{} in the app manifest; nothing was deployed:", errors.len(), if errors.len() == 1 { "" } else { "s" });
+        eprintln!(
+            "{} problem{} in the app manifest; nothing was deployed:",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        );
         for e in errors {
             eprintln!("  {}", e.as_str().unwrap_or_default());
         }
@@ -68,7 +83,9 @@ fn archive(dir: &Path) -> Result<Bytes> {
 pub async fn rollback(to: Option<u64>, remote: Remote) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
     let body = serde_json::json!({ "version": to }).to_string();
-    let r = client.call(Method::POST, "/v1/rollback", Bytes::from(body), &[("content-type", "application/json".into())]).await?;
+    let r = client
+        .call(Method::POST, "/v1/rollback", Bytes::from(body), &[("content-type", "application/json".into())])
+        .await?;
     if !r.status.is_success() {
         bail!("rollback failed: {}", r.error_text());
     }
@@ -85,13 +102,27 @@ pub async fn ls(remote: Remote) -> Result<ExitCode> {
     println!("\nDEPLOYMENTS");
     for d in app["deployments"].as_array().into_iter().flatten() {
         let live = if d["live"].as_bool() == Some(true) { "  (live)" } else { "" };
-        println!("  {:>4}  {}{live}", d["version"], d["functions"].as_array().map(|f| f.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+        println!(
+            "  {:>4}  {}{live}",
+            d["version"],
+            d["functions"]
+                .as_array()
+                .map(|f| f.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
     }
     println!("\nFUNCTIONS");
     println!("  {:<20} {:<9} {:>7} {:>8} {:>5} {:>5}  ROUTES", "NAME", "RUNTIME", "MEMORY", "TIMEOUT", "IDLE", "BUSY");
     for f in functions.as_array().into_iter().flatten() {
-        let (idle, busy) = f["pools"].as_array().into_iter().flatten().fold((0, 0), |(i, b), p| (i + p["idle"].as_u64().unwrap_or(0), b + p["busy"].as_u64().unwrap_or(0)));
-        let routes = f["routes"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+        let (idle, busy) = f["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .fold((0, 0), |(i, b), p| (i + p["idle"].as_u64().unwrap_or(0), b + p["busy"].as_u64().unwrap_or(0)));
+        let routes = f["routes"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
         println!(
             "  {:<20} {:<9} {:>5}MB {:>7}ms {idle:>5} {busy:>5}  {routes}",
             str_of(f, "name"),
@@ -103,7 +134,13 @@ pub async fn ls(remote: Remote) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn invoke(name: String, data: Option<String>, file: Option<PathBuf>, qualifier: Option<String>, remote: Remote) -> Result<ExitCode> {
+pub async fn invoke(
+    name: String,
+    data: Option<String>,
+    file: Option<PathBuf>,
+    qualifier: Option<String>,
+    remote: Remote,
+) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
     let payload = match (data, file) {
         (Some(d), _) => d,
@@ -173,7 +210,10 @@ pub async fn invocations(function: Option<String>, limit: u32, remote: Remote) -
         path.push_str(&format!("&function={f}"));
     }
     let v = client.get_json(&path).await?;
-    println!("{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9}", "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "INIT");
+    println!(
+        "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9}",
+        "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "INIT"
+    );
     for r in v.as_array().into_iter().flatten() {
         let init = r["initMs"].as_f64().map(|i| format!("{i:.1}ms")).unwrap_or_default();
         println!(

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "nimbus", version, about = "A self-hosted serverless platform: functions on demand behind an HTTP gateway")]
+#[command(
+    name = "nimbus",
+    version,
+    about = "A self-hosted serverless platform: functions on demand behind an HTTP gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -119,8 +123,12 @@ fn main() -> std::process::ExitCode {
             Command::Deploy { app_dir, remote } => commands::deploy(app_dir, remote).await,
             Command::Rollback { to, remote } => commands::rollback(to, remote).await,
             Command::Ls { remote } => commands::ls(remote).await,
-            Command::Invoke { name, data, file, qualifier, remote } => commands::invoke(name, data, file, qualifier, remote).await,
-            Command::Logs { name, follow, request_id, remote } => commands::logs(name, follow, request_id, remote).await,
+            Command::Invoke { name, data, file, qualifier, remote } => {
+                commands::invoke(name, data, file, qualifier, remote).await
+            }
+            Command::Logs { name, follow, request_id, remote } => {
+                commands::logs(name, follow, request_id, remote).await
+            }
             Command::Invocations { function, limit, remote } => commands::invocations(function, limit, remote).await,
         }
     });

@@ -24,22 +24,28 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let app_dir = app_dir.canonicalize().with_context(|| format!("app directory {} does not exist", app_dir.display()))?;
-    let addr: SocketAddr = listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
+    let app_dir =
+        app_dir.canonicalize().with_context(|| format!("app directory {} does not exist", app_dir.display()))?;
+    let addr: SocketAddr =
+        listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
     let data_dir = data_dir.unwrap_or_else(|| app_dir.join(".nimbus"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
 
     let store = Store::open(&data_dir).context("cannot open the embedded store")?;
     let recorder = Arc::new(store.record_writer().context("cannot start the record writer")?);
-    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(&data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
+    let process: Arc<dyn Runtime> =
+        Arc::new(ProcessRuntime::new(&data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
     // Runtimes are registered by kind; the wasm runtime joins here.
-    let runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>> = RuntimeKind::ALL.into_iter().map(|k| (k, process.clone())).collect();
+    let runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>> =
+        RuntimeKind::ALL.into_iter().map(|k| (k, process.clone())).collect();
     let scheduler = Scheduler::new(runtimes, recorder.clone() as Arc<dyn Recorder>);
     let control = ControlPlane::load(store, scheduler.clone(), &data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     match control.deploy_dir(&app_dir, true).await {
         Ok(d) if d.changed => tracing::info!(app = %d.app, version = d.version, "deployed"),
-        Ok(d) => tracing::info!(app = %d.app, version = d.version, "app unchanged since the last start; serving the live deployment"),
+        Ok(d) => {
+            tracing::info!(app = %d.app, version = d.version, "app unchanged since the last start; serving the live deployment")
+        }
         Err(DeployError::Invalid(diags)) => {
             eprint!("{diags}");
             eprintln!("nothing was deployed; fix the manifest and run `nimbus up` again");
@@ -49,7 +55,9 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
     }
 
     let token = admin_token(&data_dir)?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}; is another server using it? pass --listen"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another server using it? pass --listen"))?;
     let local = listener.local_addr()?;
     let url = format!("http://{local}");
     write_private(&data_dir.join(URL_FILE), &url)?;

@@ -18,7 +18,12 @@ use serde_json::{json, Value};
 
 enum Input {
     Invoke(Value),
-    Http { method: &'static str, path: &'static str, headers: &'static [(&'static str, &'static str)], body: Option<(&'static str, &'static [u8])> },
+    Http {
+        method: &'static str,
+        path: &'static str,
+        headers: &'static [(&'static str, &'static str)],
+        body: Option<(&'static str, &'static [u8])>,
+    },
 }
 
 struct Case {
@@ -82,8 +87,15 @@ fn table(function: &str) -> Vec<Case> {
             log_has: &["START RequestId: ", "END RequestId: ", "Init Duration: "],
             ..Case::invoke("echo, cold", json!({"op": "echo"}))
         },
-        Case { json: vec![("/count", json!(1))], log_lacks: &["Init Duration"], ..Case::invoke("counter on the warm instance", json!({"op": "counter"})) },
-        Case { json: vec![("/count", json!(2))], ..Case::invoke("module state survives between invocations", json!({"op": "counter"})) },
+        Case {
+            json: vec![("/count", json!(1))],
+            log_lacks: &["Init Duration"],
+            ..Case::invoke("counter on the warm instance", json!({"op": "counter"}))
+        },
+        Case {
+            json: vec![("/count", json!(2))],
+            ..Case::invoke("module state survives between invocations", json!({"op": "counter"}))
+        },
         Case {
             json: vec![
                 ("/AWS_LAMBDA_FUNCTION_NAME", json!(function)),
@@ -106,8 +118,18 @@ fn table(function: &str) -> Vec<Case> {
         },
         Case {
             json: vec![("/logged", json!(2))],
-            log_has: &["\nalpha\n", "\nbeta\n", "\ngamma\n", "START RequestId: ", "END RequestId: ", "REPORT RequestId: "],
-            ..Case::invoke("stdout and stderr land in the invocation's log", json!({"op": "log", "lines": ["alpha", "beta"], "errLines": ["gamma"]}))
+            log_has: &[
+                "\nalpha\n",
+                "\nbeta\n",
+                "\ngamma\n",
+                "START RequestId: ",
+                "END RequestId: ",
+                "REPORT RequestId: ",
+            ],
+            ..Case::invoke(
+                "stdout and stderr land in the invocation's log",
+                json!({"op": "log", "lines": ["alpha", "beta"], "errLines": ["gamma"]}),
+            )
         },
         Case {
             function_error: Some("Unhandled"),
@@ -140,12 +162,20 @@ fn table(function: &str) -> Vec<Case> {
             within: Some(Duration::from_millis(2500)),
             ..Case::invoke("past its timeout the function is killed", json!({"op": "sleep", "ms": 5000}))
         },
-        Case { json: vec![("/event/op", json!("echo"))], ..Case::invoke("a new instance serves after a timeout", json!({"op": "echo"})) },
+        Case {
+            json: vec![("/event/op", json!("echo"))],
+            ..Case::invoke("a new instance serves after a timeout", json!({"op": "echo"}))
+        },
         Case {
             input: Input::Http {
                 method: "GET",
                 path: "/fn/items/42%20x?op=http-echo&a=1&a=2&sp=x+y",
-                headers: &[("cookie", "c1=1; c2=2"), ("x-multi", "one"), ("x-multi", "two"), ("user-agent", "conformance/1")],
+                headers: &[
+                    ("cookie", "c1=1; c2=2"),
+                    ("x-multi", "one"),
+                    ("x-multi", "two"),
+                    ("user-agent", "conformance/1"),
+                ],
                 body: None,
             },
             headers: &[("x-conformance", "yes"), ("content-type", "application/json")],
@@ -172,12 +202,26 @@ fn table(function: &str) -> Vec<Case> {
             ..Case::http("an HTTP request becomes an API Gateway v2 event", "GET", "")
         },
         Case {
-            input: Input::Http { method: "POST", path: "/fn/upload?op=http-echo", headers: &[], body: Some(("application/octet-stream", &[0, 159, 146, 150])) },
-            json: vec![("/isBase64Encoded", json!(true)), ("/body", json!("AJ+Slg==")), ("/requestContext/http/method", json!("POST"))],
+            input: Input::Http {
+                method: "POST",
+                path: "/fn/upload?op=http-echo",
+                headers: &[],
+                body: Some(("application/octet-stream", &[0, 159, 146, 150])),
+            },
+            json: vec![
+                ("/isBase64Encoded", json!(true)),
+                ("/body", json!("AJ+Slg==")),
+                ("/requestContext/http/method", json!("POST")),
+            ],
             ..Case::http("a binary body arrives base64-encoded", "POST", "")
         },
         Case {
-            input: Input::Http { method: "PUT", path: "/fn/text?op=http-echo", headers: &[], body: Some(("application/json", br#"{"k":"v"}"#)) },
+            input: Input::Http {
+                method: "PUT",
+                path: "/fn/text?op=http-echo",
+                headers: &[],
+                body: Some(("application/json", br#"{"k":"v"}"#)),
+            },
             json: vec![("/isBase64Encoded", json!(false)), ("/body", json!(r#"{"k":"v"}"#))],
             ..Case::http("a text body arrives as text", "PUT", "")
         },
@@ -224,7 +268,10 @@ fn matches(expected: &Value, got: Option<&Value>, request_id: Option<&str>) -> b
 
 async fn run(runtime: &str) {
     let function = format!("conf-{runtime}");
-    let app = App::new("conformance").conformance(runtime, &function, "timeout = \"1s\"").route("*", "/fn/*", &function).finish();
+    let app = App::new("conformance")
+        .conformance(runtime, &function, "timeout = \"1s\"")
+        .route("*", "/fn/*", &function)
+        .finish();
     let server = Server::start(app.path());
     let client = server.client();
     let mut failures = Vec::new();
@@ -234,7 +281,13 @@ async fn run(runtime: &str) {
             Input::Invoke(event) => {
                 let r = server.invoke_with(&function, event, &[("x-amz-log-type", "Tail")]).await;
                 if r.function_error() != case.function_error {
-                    failures.push(format!("{}: X-Amz-Function-Error {:?}, expected {:?}; body {}", case.name, r.function_error(), case.function_error, r.body));
+                    failures.push(format!(
+                        "{}: X-Amz-Function-Error {:?}, expected {:?}; body {}",
+                        case.name,
+                        r.function_error(),
+                        case.function_error,
+                        r.body
+                    ));
                 }
                 let log = r.log();
                 for want in case.log_has {
@@ -264,9 +317,15 @@ async fn run(runtime: &str) {
             }
         };
         let elapsed = started.elapsed();
-        let request_id = headers.get("x-amzn-requestid").or(headers.get("x-nimbus-request-id")).and_then(|v| v.to_str().ok());
+        let request_id =
+            headers.get("x-amzn-requestid").or(headers.get("x-nimbus-request-id")).and_then(|v| v.to_str().ok());
         if status != case.status {
-            failures.push(format!("{}: status {status}, expected {}; body {}", case.name, case.status, String::from_utf8_lossy(&raw)));
+            failures.push(format!(
+                "{}: status {status}, expected {}; body {}",
+                case.name,
+                case.status,
+                String::from_utf8_lossy(&raw)
+            ));
             continue;
         }
         for (name, value) in case.headers {

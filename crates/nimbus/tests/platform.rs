@@ -13,7 +13,13 @@ use common::{process_alive, wait_gone, App, Server};
 use serde_json::{json, Value};
 
 fn pools_of<'a>(functions: &'a Value, name: &str) -> Vec<&'a Value> {
-    functions.as_array().unwrap().iter().filter(|f| f["name"] == name).flat_map(|f| f["pools"].as_array().unwrap()).collect()
+    functions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["name"] == name)
+        .flat_map(|f| f["pools"].as_array().unwrap())
+        .collect()
 }
 
 fn count(functions: &Value, name: &str, field: &str) -> u64 {
@@ -57,7 +63,10 @@ async fn a_burst_to_a_cold_function_starts_at_most_max_instances_and_all_succeed
 
 #[tokio::test]
 async fn at_the_cap_with_a_full_queue_callers_get_429_with_retry_after() {
-    let app = App::new("cap").conformance("python", "f", "max_instances = 1\nmax_queued = 0\ntimeout = \"10s\"").route("GET", "/f", "f").finish();
+    let app = App::new("cap")
+        .conformance("python", "f", "max_instances = 1\nmax_queued = 0\ntimeout = \"10s\"")
+        .route("GET", "/f", "f")
+        .finish();
     let server = Server::start(app.path());
     let marker = app.path().join("started");
     let slow = {
@@ -87,18 +96,30 @@ async fn at_the_cap_with_a_full_queue_callers_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_queued_request_waits_at_most_queue_timeout() {
-    let app = App::new("queue").conformance("python", "f", "max_instances = 1\nqueue_timeout = \"300ms\"\ntimeout = \"10s\"").finish();
+    let app = App::new("queue")
+        .conformance("python", "f", "max_instances = 1\nqueue_timeout = \"300ms\"\ntimeout = \"10s\"")
+        .finish();
     let server = Server::start(app.path());
     let marker = app.path().join("started");
     let url = server.url.clone();
     let m = marker.display().to_string();
     let slow = tokio::spawn(async move {
-        reqwest::Client::new().post(format!("{url}/2015-03-31/functions/f/invocations")).body(json!({"op": "sleep", "ms": 2000, "marker": m}).to_string()).send().await.unwrap().status()
+        reqwest::Client::new()
+            .post(format!("{url}/2015-03-31/functions/f/invocations"))
+            .body(json!({"op": "sleep", "ms": 2000, "marker": m}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
     });
     wait_file(&marker).await;
     let queued = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(queued.status, 429);
-    assert!(queued.elapsed >= Duration::from_millis(290) && queued.elapsed < Duration::from_millis(1500), "waited {:?}", queued.elapsed);
+    assert!(
+        queued.elapsed >= Duration::from_millis(290) && queued.elapsed < Duration::from_millis(1500),
+        "waited {:?}",
+        queued.elapsed
+    );
     assert_eq!(slow.await.unwrap(), 200);
     // When the instance frees up within the queue timeout, the queued request is served.
     let ok = server.invoke("f", &json!({"op": "echo"})).await;
@@ -112,7 +133,11 @@ async fn idle_instances_are_reclaimed_after_keep_alive() {
     let r = server.invoke("f", &json!({"op": "counter"})).await;
     let pid = r.body["pid"].as_i64().unwrap() as i32;
     assert!(process_alive(pid));
-    server.wait_for("the idle instance to be reclaimed", Duration::from_secs(10), |f| count(f, "f", "idle") == 0 && count(f, "f", "busy") == 0).await;
+    server
+        .wait_for("the idle instance to be reclaimed", Duration::from_secs(10), |f| {
+            count(f, "f", "idle") == 0 && count(f, "f", "busy") == 0
+        })
+        .await;
     wait_gone(&[pid], Duration::from_secs(5)).await;
     // The next request starts a new instance.
     let again = server.invoke_with("f", &json!({"op": "counter"}), &[("x-amz-log-type", "Tail")]).await;
@@ -122,9 +147,12 @@ async fn idle_instances_are_reclaimed_after_keep_alive() {
 
 #[tokio::test]
 async fn min_instances_are_started_at_deploy_and_kept_warm() {
-    let app = App::new("warm").conformance("python", "f", "min_instances = 1\nkeep_alive = \"200ms\"\ntimeout = \"5s\"").finish();
+    let app = App::new("warm")
+        .conformance("python", "f", "min_instances = 1\nkeep_alive = \"200ms\"\ntimeout = \"5s\"")
+        .finish();
     let server = Server::start(app.path());
-    let before = server.wait_for("min_instances to start", Duration::from_secs(10), |f| count(f, "f", "idle") == 1).await;
+    let before =
+        server.wait_for("min_instances to start", Duration::from_secs(10), |f| count(f, "f", "idle") == 1).await;
     let pid = pools_of(&before, "f")[0]["instances"][0]["pid"].as_i64().unwrap();
     // Let several keep-alive periods pass: the minimum is not reclaimed.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -145,7 +173,10 @@ async fn init_failures_reach_the_caller_and_the_logs() {
         .finish();
     // `conformance` already wrote an env table: replace it for these functions.
     let manifest = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
-    let fixed = manifest.replace("env = { GREETING = \"hi\" }\nenv = { FAIL_INIT = \"1\" }", "env = { GREETING = \"hi\", FAIL_INIT = \"1\" }");
+    let fixed = manifest.replace(
+        "env = { GREETING = \"hi\" }\nenv = { FAIL_INIT = \"1\" }",
+        "env = { GREETING = \"hi\", FAIL_INIT = \"1\" }",
+    );
     std::fs::write(app.path().join("nimbus.toml"), fixed).unwrap();
     let server = Server::start(app.path());
     for f in ["n", "p"] {
@@ -203,25 +234,50 @@ async fn the_invoke_api_follows_the_lambda_contract() {
     let dry = server.invoke_with("f", &json!({}), &[("x-amz-invocation-type", "DryRun")]).await;
     assert_eq!(dry.status, 204);
 
-    let big = server.client().post(format!("{}/2015-03-31/functions/f/invocations", server.url)).body(vec![b' '; 6 * 1024 * 1024 + 1]).send().await.unwrap();
+    let big = server
+        .client()
+        .post(format!("{}/2015-03-31/functions/f/invocations", server.url))
+        .body(vec![b' '; 6 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(big.status(), 413);
     assert_eq!(big.headers()["x-amzn-errortype"], "RequestTooLargeException");
 
-    let bad = server.client().post(format!("{}/2015-03-31/functions/f/invocations", server.url)).body("{not json").send().await.unwrap();
+    let bad = server
+        .client()
+        .post(format!("{}/2015-03-31/functions/f/invocations", server.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.headers()["x-amzn-errortype"], "InvalidRequestContentException");
 
-    let unknown_version = server.client().post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=9", server.url)).body("{}").send().await.unwrap();
+    let unknown_version = server
+        .client()
+        .post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=9", server.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown_version.status(), 404);
 
     let arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Af";
     let by_arn = server.invoke(arn, &json!({"op": "echo"})).await;
     assert_eq!((by_arn.status, by_arn.body["functionName"].as_str()), (200, Some("f")));
-    let qualified = server.client().post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=1", server.url)).body(r#"{"op":"echo"}"#).send().await.unwrap();
+    let qualified = server
+        .client()
+        .post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=1", server.url))
+        .body(r#"{"op":"echo"}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(qualified.status(), 200);
     assert_eq!(qualified.headers()["x-amz-executed-version"], "1");
 
-    let empty = server.client().post(format!("{}/2015-03-31/functions/f/invocations", server.url)).send().await.unwrap();
+    let empty =
+        server.client().post(format!("{}/2015-03-31/functions/f/invocations", server.url)).send().await.unwrap();
     assert_eq!(empty.status(), 200, "an empty payload is the event {{}}");
 }
 
@@ -258,7 +314,11 @@ print(json.dumps(out))
         .env("PYTHONPATH", common::test_pythonpath())
         .output()
         .unwrap();
-    assert!(output.status.success(), "boto3 script failed (run scripts/test-deps.sh to install boto3):\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "boto3 script failed (run scripts/test-deps.sh to install boto3):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let out: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(out["ok"]["status"], 200);
     assert_eq!(out["ok"]["version"], "1");
@@ -281,7 +341,13 @@ fn set_greeting(app: &Path, greeting: &str) {
 
 async fn greeting(server: &Server, qualifier: Option<&str>) -> (String, String) {
     let q = qualifier.map(|q| format!("?Qualifier={q}")).unwrap_or_default();
-    let r = server.client().post(format!("{}/2015-03-31/functions/f/invocations{q}", server.url)).body(r#"{"op":"env","names":["GREETING"]}"#).send().await.unwrap();
+    let r = server
+        .client()
+        .post(format!("{}/2015-03-31/functions/f/invocations{q}", server.url))
+        .body(r#"{"op":"env","names":["GREETING"]}"#)
+        .send()
+        .await
+        .unwrap();
     let version = r.headers()["x-amz-executed-version"].to_str().unwrap().to_owned();
     let body: Value = r.json().await.unwrap();
     (body["GREETING"].as_str().unwrap_or_default().to_owned(), version)
@@ -301,12 +367,23 @@ async fn deploy_rollback_and_qualifiers_through_the_cli() {
     assert_eq!(greeting(&server, Some("1")).await, ("hi".into(), "1".into()), "old versions stay invocable");
 
     // A broken manifest is refused whole, with its location, and nothing changes.
-    std::fs::write(app.path().join("nimbus.toml"), std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap() + "\n[functions.g]\nruntime = \"cobol\"\nmemory_mb = 1\n").unwrap();
+    std::fs::write(
+        app.path().join("nimbus.toml"),
+        std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap()
+            + "\n[functions.g]\nruntime = \"cobol\"\nmemory_mb = 1\n",
+    )
+    .unwrap();
     let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("  nimbus.toml:") && stderr.contains("functions.g.runtime: unknown runtime \"cobol\""), "{stderr}");
-    assert!(stderr.contains("functions.g.memory_mb: must be between 64 and 10240"), "every problem is reported: {stderr}");
+    assert!(
+        stderr.contains("  nimbus.toml:") && stderr.contains("functions.g.runtime: unknown runtime \"cobol\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("functions.g.memory_mb: must be between 64 and 10240"),
+        "every problem is reported: {stderr}"
+    );
     assert!(!stderr.contains("uploads"), "messages name the user's file, not the server's copy: {stderr}");
     assert_eq!(greeting(&server, None).await, ("two".into(), "2".into()));
 
@@ -329,9 +406,19 @@ async fn in_flight_requests_finish_on_the_version_they_started_on() {
     let url = server.url.clone();
     let m = marker.display().to_string();
     let slow = tokio::spawn(async move {
-        let r = reqwest::Client::new().post(format!("{url}/2015-03-31/functions/f/invocations")).body(json!({"op": "sleep", "ms": 1000, "marker": m}).to_string()).send().await.unwrap();
+        let r = reqwest::Client::new()
+            .post(format!("{url}/2015-03-31/functions/f/invocations"))
+            .body(json!({"op": "sleep", "ms": 1000, "marker": m}).to_string())
+            .send()
+            .await
+            .unwrap();
         let version = r.headers()["x-amz-executed-version"].to_str().unwrap().to_owned();
-        (r.status().as_u16(), version, r.headers().get("x-amz-function-error").is_some(), r.json::<Value>().await.unwrap())
+        (
+            r.status().as_u16(),
+            version,
+            r.headers().get("x-amz-function-error").is_some(),
+            r.json::<Value>().await.unwrap(),
+        )
     });
     wait_file(&marker).await;
     set_greeting(app.path(), "two");
@@ -365,14 +452,25 @@ async fn a_restart_serves_the_last_deployment_without_redeploying() {
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests_and_leaves_no_processes() {
-    let app = App::new("shutdown").conformance("node", "f", "timeout = \"10s\"").conformance("python", "g", "timeout = \"10s\"").finish();
+    let app = App::new("shutdown")
+        .conformance("node", "f", "timeout = \"10s\"")
+        .conformance("python", "g", "timeout = \"10s\"")
+        .finish();
     let mut server = Server::start(app.path());
     server.invoke("g", &json!({"op": "echo"})).await;
     let marker = app.path().join("started");
     let url = server.url.clone();
     let m = marker.display().to_string();
     let slow = tokio::spawn(async move {
-        reqwest::Client::new().post(format!("{url}/2015-03-31/functions/f/invocations")).body(json!({"op": "sleep", "ms": 800, "marker": m}).to_string()).send().await.unwrap().json::<Value>().await.unwrap()
+        reqwest::Client::new()
+            .post(format!("{url}/2015-03-31/functions/f/invocations"))
+            .body(json!({"op": "sleep", "ms": 800, "marker": m}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
     });
     wait_file(&marker).await;
     let pids = server.instance_pids().await;
@@ -385,7 +483,10 @@ async fn shutdown_finishes_in_flight_requests_and_leaves_no_processes() {
 
 #[tokio::test]
 async fn kill_9_of_nimbus_leaves_no_orphan_instances() {
-    let app = App::new("orphans").conformance("python", "f", "timeout = \"5s\"").conformance("rust", "r", "timeout = \"5s\"").finish();
+    let app = App::new("orphans")
+        .conformance("python", "f", "timeout = \"5s\"")
+        .conformance("rust", "r", "timeout = \"5s\"")
+        .finish();
     let mut server = Server::start(app.path());
     server.invoke("f", &json!({"op": "echo"})).await;
     server.invoke("r", &json!({"op": "echo"})).await;
@@ -402,7 +503,8 @@ async fn the_management_api_needs_the_token() {
     let server = Server::start(app.path());
     let none = server.get("/v1/functions").await;
     assert_eq!(none.status(), 401);
-    let wrong = server.client().get(format!("{}/v1/functions", server.url)).bearer_auth("not-the-token").send().await.unwrap();
+    let wrong =
+        server.client().get(format!("{}/v1/functions", server.url)).bearer_auth("not-the-token").send().await.unwrap();
     assert_eq!(wrong.status(), 401);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(server.data_dir.join("admin.token")).unwrap().permissions().mode();
@@ -447,7 +549,13 @@ async fn an_invalid_manifest_stops_up_with_every_problem() {
         .finish();
     std::fs::create_dir_all(app.path().join("functions/a")).unwrap();
     std::fs::write(app.path().join("functions/a/index.js"), "").unwrap();
-    let out = std::process::Command::new(common::nimbus_bin()).arg("up").arg(app.path()).arg("--listen").arg("127.0.0.1:0").output().unwrap();
+    let out = std::process::Command::new(common::nimbus_bin())
+        .arg("up")
+        .arg(app.path())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&app.path().display().to_string(), "APP");
     let expected = "2 problems in the app manifest:\n  APP/nimbus.toml:5:11: functions.a.timeout: \"soon\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\"\n  APP/nimbus.toml:9:12: routes[0].function: no function named \"b\"; declared functions: a\nnothing was deployed; fix the manifest and run `nimbus up` again\n";
@@ -469,17 +577,35 @@ async fn the_examples_run() {
     let data = tempfile::tempdir().unwrap();
     let api = Server::start_with(&root.join("examples/api"), data.path(), &[]);
     let c = api.client();
-    let created = c.post(format!("{}/items", api.url)).body(r#"{"name":"pen"}"#).header("content-type", "application/json").send().await.unwrap();
+    let created = c
+        .post(format!("{}/items", api.url))
+        .body(r#"{"name":"pen"}"#)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
     let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let got: Value = c.get(format!("{}/items/{id}", api.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(got["name"], "pen");
-    let put = c.put(format!("{}/items/{id}", api.url)).body(r#"{"name":"ink"}"#).header("content-type", "application/json").send().await.unwrap();
+    let put = c
+        .put(format!("{}/items/{id}", api.url))
+        .body(r#"{"name":"ink"}"#)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 200);
     let list: Value = c.get(format!("{}/items", api.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["items"][0]["name"], "ink");
     assert_eq!(c.delete(format!("{}/items/{id}", api.url)).send().await.unwrap().status(), 200);
     assert_eq!(c.get(format!("{}/items/{id}", api.url)).send().await.unwrap().status(), 404);
-    let bad = c.post(format!("{}/items", api.url)).body("{oops").header("content-type", "application/json").send().await.unwrap();
+    let bad = c
+        .post(format!("{}/items", api.url))
+        .body("{oops")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
 }

@@ -30,7 +30,11 @@ pub fn test_pythonpath() -> PathBuf {
 pub fn rust_fixture_binary() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_nimbus"));
     let bin = exe.parent().unwrap().join("lambda-rust-hello");
-    assert!(bin.is_file(), "{} is missing: build the workspace first (`cargo build --workspace`, which scripts/test.sh does)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, which scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -92,7 +96,7 @@ impl App {
             }
             other => panic!("unknown runtime {other}"),
         };
-        let mut env = format!("GREETING = \"hi\"");
+        let mut env = String::from("GREETING = \"hi\"");
         if runtime == "ric" {
             env.push_str(&format!(", PYTHONPATH = \"{}\"", test_pythonpath().display()));
         }
@@ -145,7 +149,14 @@ impl Server {
     /// Start `nimbus up` and wait for its "listening on" line.
     pub fn start_with(app: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(nimbus_bin());
-        cmd.arg("up").arg(app).arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir).arg("--drain").arg("10s");
+        cmd.arg("up")
+            .arg(app)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--drain")
+            .arg("10s");
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("NIMBUS_LOG", "warn");
         // A variable the functions must not see: instances start from a cleared environment.
         cmd.env("NIMBUS_TEST_LEAK", "leaked");
@@ -201,7 +212,10 @@ impl Server {
     }
 
     pub async fn invoke_with(&self, function: &str, event: &Value, headers: &[(&str, &str)]) -> Invoked {
-        let mut req = self.client().post(format!("{}/2015-03-31/functions/{function}/invocations", self.url)).body(event.to_string());
+        let mut req = self
+            .client()
+            .post(format!("{}/2015-03-31/functions/{function}/invocations", self.url))
+            .body(event.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -251,7 +265,14 @@ impl Server {
 
     /// Run a CLI client command against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(nimbus_bin()).args(args).arg("--server").arg(&self.url).arg("--token").arg(&self.token).output().unwrap()
+        Command::new(nimbus_bin())
+            .args(args)
+            .arg("--server")
+            .arg(&self.url)
+            .arg("--token")
+            .arg(&self.token)
+            .output()
+            .unwrap()
     }
 }
 
@@ -295,7 +316,11 @@ pub fn process_alive(pid: i32) -> bool {
 pub async fn wait_gone(pids: &[i32], within: Duration) {
     let deadline = Instant::now() + within;
     while pids.iter().any(|p| process_alive(*p)) {
-        assert!(Instant::now() < deadline, "processes still alive: {:?}", pids.iter().filter(|p| process_alive(**p)).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "processes still alive: {:?}",
+            pids.iter().filter(|p| process_alive(**p)).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
