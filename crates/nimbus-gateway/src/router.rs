@@ -88,7 +88,12 @@ mod tests {
     }
 
     /// (host, method, path, Ok((function, params)) or Err(status))
-    type RouteCase = (Option<&'static str>, &'static str, &'static str, Result<(&'static str, &'static [(&'static str, &'static str)]), &'static str>);
+    type RouteCase = (
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+        Result<(&'static str, &'static [(&'static str, &'static str)]), &'static str>,
+    );
 
     #[test]
     fn matching_table() {
