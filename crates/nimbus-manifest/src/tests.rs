@@ -94,6 +94,7 @@ fn table_of_single_problems() {
         ("timeout = \"20m\"\n", "functions.f.timeout: \"20m\" is out of range"),
         ("env = { AWS_LAMBDA_RUNTIME_API = \"x\" }\n", "AWS_LAMBDA_RUNTIME_API is set by nimbus"),
         ("env = { \"1BAD\" = \"x\" }\n", "not a valid environment variable name"),
+        ("env = { AWS_REGION = \"eu-west-1\" }\n", "AWS_REGION is set by nimbus"),
         ("max_instances = 0\n", "functions.f.max_instances: must be between 1 and 1000"),
         ("on_failure = \"sqs:x\"\n", "is not a destination"),
         ("max_retry_attempts = 11\n", "must be between 0 and 10"),
