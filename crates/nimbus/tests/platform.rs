@@ -609,3 +609,35 @@ async fn the_examples_run() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn beyond_loopback_the_invoke_api_needs_credentials() {
+    let app = App::new("exposed").conformance("python", "f", "").finish();
+    // Bound on all interfaces; the test still only talks to 127.0.0.1.
+    let server = Server::start_listening(app.path(), &app.path().join(".nimbus"), &[], "0.0.0.0:0");
+    let anonymous = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(anonymous.status, 403);
+    assert_eq!(anonymous.header("x-amzn-errortype"), Some("AccessDeniedException"));
+    let token = format!("Bearer {}", server.token);
+    let authorized = server.invoke_with("f", &json!({"op": "echo"}), &[("authorization", &token)]).await;
+    assert_eq!(authorized.status, 200);
+}
+
+#[tokio::test]
+async fn metrics_count_invocations_by_function_status_and_trigger() {
+    let app = App::new("metrics").conformance("node", "f", "").route("GET", "/f", "f").finish();
+    let server = Server::start(app.path());
+    server.invoke("f", &json!({"op": "echo"})).await;
+    server.invoke("f", &json!({"op": "error"})).await;
+    assert_eq!(server.get("/f?op=bare").await.status(), 200);
+    let text = server.get("/metrics").await.text().await.unwrap();
+    for line in [
+        "nimbus_invocations_total{function=\"f\",status=\"success\",trigger=\"invoke\"} 1",
+        "nimbus_invocations_total{function=\"f\",status=\"function_error\",trigger=\"invoke\"} 1",
+        "nimbus_invocations_total{function=\"f\",status=\"success\",trigger=\"http\"} 1",
+        "nimbus_cold_starts_total{function=\"f\",version=\"1\"} 1",
+        "nimbus_instances{function=\"f\",version=\"1\",state=\"idle\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+}

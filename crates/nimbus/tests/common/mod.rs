@@ -148,15 +148,13 @@ impl Server {
 
     /// Start `nimbus up` and wait for its "listening on" line.
     pub fn start_with(app: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_listening(app, data_dir, env, "127.0.0.1:0")
+    }
+
+    /// Start on `listen`; the URL the tests use always points at loopback.
+    pub fn start_listening(app: &Path, data_dir: &Path, env: &[(&str, &str)], listen: &str) -> Server {
         let mut cmd = Command::new(nimbus_bin());
-        cmd.arg("up")
-            .arg(app)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--drain")
-            .arg("10s");
+        cmd.arg("up").arg(app).arg("--listen").arg(listen).arg("--data-dir").arg(data_dir).arg("--drain").arg("10s");
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("NIMBUS_LOG", "warn");
         // A variable the functions must not see: instances start from a cleared environment.
         cmd.env("NIMBUS_TEST_LEAK", "leaked");
@@ -180,7 +178,7 @@ impl Server {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(i) = line.find("listening on ") {
-                        break line[i + "listening on ".len()..].trim().to_owned();
+                        break line[i + "listening on ".len()..].trim().replace("0.0.0.0", "127.0.0.1");
                     }
                 }
                 Err(_) => {
