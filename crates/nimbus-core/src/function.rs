@@ -69,14 +69,19 @@ pub struct FunctionVersion {
     pub code_digest: String,
     /// Where the immutable code lives on disk (inside the artifact store).
     pub code_path: PathBuf,
+    /// Cache of [`FunctionVersion::pool_key`] (computed once; read on every invocation).
+    #[serde(skip)]
+    pub key_cache: std::sync::OnceLock<String>,
 }
 
 impl FunctionVersion {
     /// Identity of the runnable unit: two versions with the same key can share instances
     /// (same code, same configuration), which lets a redeploy keep unchanged functions warm.
-    pub fn pool_key(&self) -> String {
-        let spec = serde_json::to_string(&self.spec).unwrap_or_default();
-        format!("{}:{}:{}", self.spec.name, self.code_digest, fnv1a(spec.as_bytes()))
+    pub fn pool_key(&self) -> &str {
+        self.key_cache.get_or_init(|| {
+            let spec = serde_json::to_string(&self.spec).unwrap_or_default();
+            format!("{}:{}:{}", self.spec.name, self.code_digest, fnv1a(spec.as_bytes()))
+        })
     }
 
     pub fn arn(&self) -> String {

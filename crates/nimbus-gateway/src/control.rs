@@ -125,6 +125,7 @@ impl ControlPlane {
                     spec: f.spec,
                     version: row.version.to_string(),
                     code_digest: f.code_digest,
+                    key_cache: Default::default(),
                 };
                 (fv.spec.name.clone(), Arc::new(fv))
             })

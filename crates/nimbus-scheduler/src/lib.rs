@@ -72,14 +72,14 @@ impl Inner {
     /// The pool for `function`, created (and its `min_instances` started) on first use.
     pub fn pool(&self, function: &Arc<FunctionVersion>) -> Result<Arc<Pool>, DispatchError> {
         let key = function.pool_key();
-        if let Some(p) = self.pools().get(&key) {
+        if let Some(p) = self.pools().get(key) {
             return Ok(p.clone());
         }
         let runtime = self.runtimes.get(&function.spec.runtime).cloned().ok_or_else(|| {
             DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str()))
         })?;
         let mut pools = self.pools();
-        let pool = pools.entry(key).or_insert_with(|| Pool::new(function.clone(), runtime)).clone();
+        let pool = pools.entry(key.to_owned()).or_insert_with(|| Pool::new(function.clone(), runtime)).clone();
         Ok(pool)
     }
 
@@ -87,7 +87,7 @@ impl Inner {
     /// and retire pools that are no longer deployed: their idle instances stop now, busy ones
     /// when their invocation ends (in-flight requests finish on the version they started on).
     pub fn deploy(&self, functions: &[Arc<FunctionVersion>]) {
-        let keep: HashSet<String> = functions.iter().map(|f| f.pool_key()).collect();
+        let keep: HashSet<&str> = functions.iter().map(|f| f.pool_key()).collect();
         for f in functions {
             if let Err(e) = self.pool(f) {
                 tracing::error!(function = %f.spec.name, "cannot create pool: {e}");
@@ -95,7 +95,7 @@ impl Inner {
         }
         let retired: Vec<Arc<Pool>> = {
             let mut pools = self.pools();
-            let gone: Vec<String> = pools.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+            let gone: Vec<String> = pools.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
             gone.into_iter().filter_map(|k| pools.remove(&k)).collect()
         };
         for p in retired {
