@@ -103,10 +103,14 @@ fn deploy_error(e: DeployError) -> Resp {
 }
 
 async fn deploy(gw: &Gateway, req: Request<Incoming>) -> Resp {
-    let body = match gw.read_body(req.into_body()).await {
+    let body = match gw.read_body_up_to(req.into_body(), gw.config.max_upload).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
-            return err(StatusCode::PAYLOAD_TOO_LARGE, "the app archive is above the upload limit")
+            let mib = gw.config.max_upload / (1024 * 1024);
+            return err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the app archive is above the {mib} MiB upload limit; leave build output and caches out of the app directory"),
+            );
         }
         Err(_) => return err(StatusCode::BAD_REQUEST, "the app archive could not be read"),
     };

@@ -27,6 +27,8 @@ use crate::util::{json, Resp};
 pub struct GatewayConfig {
     /// Largest request body / invoke payload (Lambda: 6 MB).
     pub max_payload: usize,
+    /// Largest app archive `POST /v1/deployments` accepts (an app with its node_modules).
+    pub max_upload: usize,
     /// Time allowed to send the request headers, and then the body.
     pub header_timeout: Duration,
     pub body_timeout: Duration,
@@ -38,6 +40,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             max_payload: 6 * 1024 * 1024,
+            max_upload: 256 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             invoke_open: true,
@@ -92,9 +95,11 @@ impl Gateway {
     }
 
     pub(crate) async fn read_body(&self, body: Incoming) -> Result<Bytes, BodyError> {
-        match tokio::time::timeout(self.config.body_timeout, Limited::new(body, self.config.max_payload).collect())
-            .await
-        {
+        self.read_body_up_to(body, self.config.max_payload).await
+    }
+
+    pub(crate) async fn read_body_up_to(&self, body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+        match tokio::time::timeout(self.config.body_timeout, Limited::new(body, limit).collect()).await {
             Err(_) => Err(BodyError::TimedOut),
             Ok(Ok(b)) => Ok(b.to_bytes()),
             Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge),

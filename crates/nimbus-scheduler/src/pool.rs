@@ -40,6 +40,9 @@ struct State {
     starting: u32,
     waiters: VecDeque<Waiter>,
     retired: bool,
+    /// When the last instance start failed: pre-warming backs off for a while after it, so a
+    /// function whose init always fails is not restarted on every housekeeping tick.
+    start_failed_at: Option<Instant>,
 }
 
 impl State {
@@ -185,6 +188,7 @@ impl Pool {
             match result {
                 Ok(instance) => pool.offer(&mut st, Slot { instance, cold: true }),
                 Err(e) => {
+                    st.start_failed_at = Some(Instant::now());
                     tracing::warn!(function = %pool.function.spec.name, "instance failed to start: {e}");
                     // Fail the waiters this start was meant for: those that the instances still
                     // starting or busy cannot serve (at least one), so a broken function answers
@@ -254,6 +258,9 @@ impl Pool {
         match policy::keep_alive(st.counts(), &ages, spec.keep_alive, spec.min_instances) {
             ScaleDecision::Hold => {}
             ScaleDecision::StartWarm(n) => {
+                if st.start_failed_at.is_some_and(|t| now.duration_since(t) < WARM_RETRY_AFTER_FAILURE) {
+                    return;
+                }
                 for _ in 0..n {
                     self.start_one(&mut st);
                 }
@@ -318,6 +325,10 @@ impl Pool {
         }
     }
 }
+
+/// How long pre-warming (`min_instances`) waits after a failed start before trying again.
+/// Requests still start instances at once: they report the init error to their caller.
+const WARM_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 /// Remove instances that died while idle, so nobody is handed one.
 fn purge_dead(st: &mut State) {

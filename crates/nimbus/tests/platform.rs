@@ -641,3 +641,61 @@ async fn metrics_count_invocations_by_function_status_and_trigger() {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn node_callback_handlers_report_handled_errors() {
+    let app = App::new("callbacks").conformance("node", "cb", "").finish();
+    let manifest = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
+    std::fs::write(app.path().join("nimbus.toml"), manifest.replace("index.handler", "index.callbackHandler")).unwrap();
+    let server = Server::start(app.path());
+    let ok = server.invoke("cb", &json!({"op": "counter"})).await;
+    assert_eq!((ok.status, ok.function_error(), ok.body["count"].as_i64()), (200, None, Some(1)));
+    let handled = server.invoke("cb", &json!({"op": "handled-error", "message": "via callback"})).await;
+    assert_eq!(handled.function_error(), Some("Handled"));
+    assert_eq!(handled.body["errorMessage"], "via callback");
+    let thrown = server.invoke("cb", &json!({"op": "error"})).await;
+    assert_eq!(thrown.function_error(), Some("Unhandled"));
+}
+
+#[tokio::test]
+async fn deploy_uploads_may_be_larger_than_an_invoke_payload() {
+    let app = App::new("bigapp").conformance("python", "f", "").finish();
+    let server = Server::start(app.path());
+    // 8 MiB of incompressible vendored "dependencies": above the 6 MB invoke limit.
+    let mut blob = vec![0u8; 8 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in blob.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(app.path().join("functions/f/vendored.bin"), &blob).unwrap();
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(greeting(&server, None).await.1, "2");
+}
+
+#[tokio::test]
+async fn a_prewarmed_function_whose_init_fails_is_not_restarted_in_a_loop() {
+    let app = App::new("crashloop").conformance("python", "f", "min_instances = 1\nkeep_alive = \"200ms\"").finish();
+    let manifest = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
+    std::fs::write(
+        app.path().join("nimbus.toml"),
+        manifest.replace("GREETING = \"hi\"", "GREETING = \"hi\", FAIL_INIT = \"1\""),
+    )
+    .unwrap();
+    let server = Server::start(app.path());
+    server
+        .wait_for("the first pre-warm attempt", Duration::from_secs(10), |f| {
+            count(f, "f", "coldStarts") >= 1 && count(f, "f", "starting") == 0
+        })
+        .await;
+    // Housekeeping ticks every 50 ms here; over this window an unbounded retry would start ~10.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let functions = server.admin("/v1/functions").await;
+    assert_eq!(count(&functions, "f", "coldStarts"), 1);
+    // A request still tries (and reports the init error to its caller).
+    let r = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(r.function_error(), Some("Unhandled"));
+}
