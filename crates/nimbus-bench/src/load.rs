@@ -1,0 +1,279 @@
+//! Load generation against 127.0.0.1 with a keep-alive hyper client: sequential latency and
+//! fixed-duration throughput at a given concurrency, every loop bounded in time and count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::{StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::fixture::BODY;
+
+pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// A request taking longer than this is an error (a cold start takes tens of ms).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn client() -> HttpClient {
+    let mut conn = HttpConnector::new();
+    // Small request/response pairs: Nagle + delayed ACK would add up to 40 ms.
+    conn.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build(conn)
+}
+
+pub fn uri(s: &str) -> Result<Uri> {
+    s.parse().with_context(|| format!("{s:?} is not a URL"))
+}
+
+async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result<(StatusCode, Bytes)> {
+    let mut req = hyper::Request::get(uri.clone());
+    if let Some(t) = bearer {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::new())?;
+    let fut = async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, body))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("GET {uri} took over {REQUEST_TIMEOUT:?}"))?
+}
+
+/// GET `uri` and check the answer is the hello handler's.
+pub async fn hello(client: &HttpClient, uri: &Uri) -> Result<()> {
+    let (status, body) = get(client, uri, None).await?;
+    if status != StatusCode::OK || body != BODY.as_bytes() {
+        bail!("GET {uri} answered {status} {:?}, not 200 {BODY:?}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
+}
+
+pub async fn get_json(client: &HttpClient, uri: &Uri, bearer: &str) -> Result<Value> {
+    let (status, body) = get(client, uri, Some(bearer)).await?;
+    if status != StatusCode::OK {
+        bail!("GET {uri} answered {status} {:?}", String::from_utf8_lossy(&body));
+    }
+    serde_json::from_slice(&body).with_context(|| format!("GET {uri} did not answer JSON"))
+}
+
+/// Latency of one request in µs (the request must succeed).
+pub async fn timed_hello(client: &HttpClient, uri: &Uri) -> Result<f64> {
+    let t = Instant::now();
+    hello(client, uri).await?;
+    Ok(t.elapsed().as_secs_f64() * 1e6)
+}
+
+/// `warmup` unrecorded then `n` recorded sequential requests over one keep-alive connection.
+pub async fn sequential(uri: &Uri, warmup: usize, n: usize) -> Result<Vec<f64>> {
+    let client = client();
+    for _ in 0..warmup {
+        hello(&client, uri).await?;
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        lat.push(timed_hello(&client, uri).await?);
+    }
+    Ok(lat)
+}
+
+/// One throughput measurement.
+pub struct Throughput {
+    pub concurrency: usize,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub secs: f64,
+    pub latencies_us: Vec<f64>,
+    /// Busy CPU of the whole machine (client included) per successful request, from /proc/stat.
+    pub machine_cpu_us_per_req: Option<f64>,
+    /// CPU per request of the server process, of its child processes (nimbus's instances) and
+    /// of this load generator, from /proc/PID/stat.
+    pub cpu_split: Option<CpuSplit>,
+}
+
+#[derive(Clone, Copy)]
+pub struct CpuSplit {
+    pub server_us: f64,
+    pub children_us: f64,
+    pub client_us: f64,
+}
+
+/// utime + stime ticks of (the server, its live children, this process).
+fn process_ticks(server: u32) -> Option<(u64, u64, u64)> {
+    let server_ticks = ticks(server)?;
+    let mut children = 0;
+    for task in std::fs::read_dir(format!("/proc/{server}/task")).ok()?.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children += list.split_whitespace().filter_map(|p| p.parse().ok()).filter_map(ticks).sum::<u64>();
+    }
+    Some((server_ticks, children, ticks(std::process::id())?))
+}
+
+fn ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+impl Throughput {
+    pub fn rps(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ok as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+struct Worker {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<f64>,
+}
+
+async fn phase(
+    client: &HttpClient,
+    uri: &Uri,
+    concurrency: usize,
+    dur: Duration,
+    max: u64,
+) -> Result<(Vec<Worker>, f64)> {
+    let started = Instant::now();
+    let deadline = started + dur;
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (client, uri, issued) = (client.clone(), uri.clone(), issued.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut w = Worker { ok: 0, errors: 0, first_error: None, latencies_us: Vec::new() };
+            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
+                match timed_hello(&client, &uri).await {
+                    Ok(us) => {
+                        w.ok += 1;
+                        w.latencies_us.push(us);
+                    }
+                    Err(e) => {
+                        w.errors += 1;
+                        w.first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            w
+        }));
+    }
+    let mut workers = Vec::with_capacity(concurrency);
+    for t in tasks {
+        workers.push(t.await.context("a load task failed")?);
+    }
+    Ok((workers, started.elapsed().as_secs_f64()))
+}
+
+/// Requests/s at `concurrency` for `dur` (at most `max` requests), after an unrecorded
+/// warm-up of `warmup` at the same concurrency that opens the connections (and, for nimbus,
+/// starts every instance the pool allows).
+pub async fn throughput(
+    uri: &Uri,
+    server_pid: Option<u32>,
+    concurrency: usize,
+    warmup: Duration,
+    dur: Duration,
+    max: u64,
+) -> Result<Throughput> {
+    let client = client();
+    phase(&client, uri, concurrency, warmup, max).await?;
+    let cpu0 = busy_jiffies();
+    let split0 = server_pid.and_then(process_ticks);
+    let (workers, secs) = phase(&client, uri, concurrency, dur, max).await?;
+    let cpu1 = busy_jiffies();
+    let split1 = server_pid.and_then(process_ticks);
+    let mut t = Throughput {
+        concurrency,
+        ok: 0,
+        errors: 0,
+        first_error: None,
+        secs,
+        latencies_us: Vec::new(),
+        machine_cpu_us_per_req: None,
+        cpu_split: None,
+    };
+    for w in workers {
+        t.ok += w.ok;
+        t.errors += w.errors;
+        if t.first_error.is_none() {
+            t.first_error = w.first_error;
+        }
+        t.latencies_us.extend(w.latencies_us);
+    }
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        if t.ok > 0 {
+            // USER_HZ is 100 on Linux: one jiffy is 10 ms = 10,000 µs.
+            t.machine_cpu_us_per_req = Some(b.saturating_sub(a) as f64 * 10_000.0 / t.ok as f64);
+        }
+    }
+    if let (Some(a), Some(b)) = (split0, split1) {
+        if t.ok > 0 {
+            let per = |x: u64, y: u64| y.saturating_sub(x) as f64 * 10_000.0 / t.ok as f64;
+            t.cpu_split =
+                Some(CpuSplit { server_us: per(a.0, b.0), children_us: per(a.1, b.1), client_us: per(a.2, b.2) });
+        }
+    }
+    Ok(t)
+}
+
+/// Non-idle jiffies of all CPUs since boot (first line of /proc/stat).
+fn busy_jiffies() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some(total.saturating_sub(idle))
+}
+
+/// Summary statistics of a sample.
+pub struct Stats {
+    pub n: usize,
+    pub min: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+pub fn stats(sample: &[f64]) -> Stats {
+    let mut s = sample.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    // Nearest-rank percentile.
+    let pct = |p: f64| -> f64 {
+        let rank = ((p / 100.0) * n as f64).ceil() as usize;
+        s.get(rank.saturating_sub(1)).copied().unwrap_or(f64::NAN)
+    };
+    Stats {
+        n,
+        min: s.first().copied().unwrap_or(f64::NAN),
+        p50: pct(50.0),
+        p99: pct(99.0),
+        max: s.last().copied().unwrap_or(f64::NAN),
+        mean: if n == 0 { f64::NAN } else { s.iter().sum::<f64>() / n as f64 },
+    }
+}
+
+impl Stats {
+    pub fn json(&self) -> Value {
+        serde_json::json!({"n": self.n, "min": self.min, "p50": self.p50, "p99": self.p99, "max": self.max, "mean": self.mean})
+    }
+}

@@ -1,0 +1,340 @@
+//! Turning measurements into the printed table (absolute figures, ratios nimbus / bare, the
+//! DESIGN.md §5 targets) and the JSON document written to `--out`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::fixture::Lang;
+use crate::load::{stats, Throughput};
+use crate::procs::Interpreters;
+use crate::{ConfigResult, RunResult, Settings, System};
+
+/// DESIGN.md §5: node/python cold start ≤ 10 ms over the bare interpreter's own start-up.
+pub const COLD_TARGET_MS: f64 = 10.0;
+/// DESIGN.md §5: process warm overhead per invocation ≤ 150 µs over the handler.
+pub const OVERHEAD_TARGET_US: f64 = 150.0;
+
+fn config(run: &RunResult, system: System, lang: Lang) -> Option<&ConfigResult> {
+    run.configs.iter().find(|c| c.system == system && c.lang == lang)
+}
+
+fn startup(run: &RunResult, lang: Lang) -> f64 {
+    run.startup_ms.iter().find(|(l, _)| *l == lang).map_or(f64::NAN, |(_, v)| stats(v).p50)
+}
+
+fn tput(c: &ConfigResult, concurrency: usize) -> Option<&Throughput> {
+    c.tput.iter().find(|t| t.concurrency == concurrency)
+}
+
+fn startup_cmd(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Node => "node -e 0",
+        Lang::Python => "python3 -S -c pass",
+    }
+}
+
+/// The figures the targets and ratios are computed from, for one language in one run.
+struct Derived {
+    cold_nimbus: f64,
+    cold_bare: f64,
+    startup: f64,
+    warm_nimbus: f64,
+    warm_bare: f64,
+    rps: Vec<(usize, f64, f64)>,
+}
+
+impl Derived {
+    fn of(run: &RunResult, lang: Lang, s: &Settings) -> Option<Derived> {
+        let n = config(run, System::Nimbus, lang)?;
+        let b = config(run, System::Bare, lang)?;
+        let rps = s
+            .concurrency
+            .iter()
+            .map(|&c| (c, tput(n, c).map_or(f64::NAN, Throughput::rps), tput(b, c).map_or(f64::NAN, Throughput::rps)))
+            .collect();
+        Some(Derived {
+            cold_nimbus: stats(&n.cold_ms).p50,
+            cold_bare: stats(&b.cold_ms).p50,
+            startup: startup(run, lang),
+            warm_nimbus: stats(&n.warm_us).p50,
+            warm_bare: stats(&b.warm_us).p50,
+            rps,
+        })
+    }
+    fn cold_over_startup(&self) -> f64 {
+        self.cold_nimbus - self.startup
+    }
+    fn overhead(&self) -> f64 {
+        self.warm_nimbus - self.warm_bare
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+pub fn table(s: &Settings, runs: &[RunResult]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\nnimbus-bench process ({} run, {} run(s) interleaved; client: one tokio thread, keep-alive hyper, 127.0.0.1)",
+        if s.quick { "quick" } else { "full" },
+        s.runs
+    );
+    let _ = writeln!(
+        o,
+        "  nimbus: GET route -> API Gateway v2 event -> Runtime API instance; throughput function max_instances = 2"
+    );
+    let _ = writeln!(
+        o,
+        "  bare:   ONE process: node http.createServer / python3 -S (_socket + epoll), calling the same handler file"
+    );
+    let _ = writeln!(
+        o,
+        "  cold: nimbus = first request to {} never-run functions; bare = spawn -> first response, {} times; warm: {} sequential after {}; throughput: {:.2} s per concurrency",
+        s.cold,
+        s.cold,
+        s.warm,
+        s.warmup,
+        s.tput_duration.as_secs_f64()
+    );
+    for r in runs {
+        let parts: Vec<String> =
+            Lang::ALL.iter().map(|&l| format!("`{}` {:.1} ms", startup_cmd(l), startup(r, l))).collect();
+        let _ = writeln!(
+            o,
+            "  interpreter start-up (spawn -> exit, p50 of {}), run {}: {}",
+            s.startup,
+            r.run,
+            parts.join(", ")
+        );
+    }
+    let _ = writeln!(o);
+    let mut head = format!(
+        "{:<4}{:<15}{:>26}{:>12}{:>12}",
+        "run", "config", "cold p50 [min-max] ms", "warm p50 µs", "warm p99 µs"
+    );
+    for c in s.concurrency {
+        let _ = write!(head, "{:>13}{:>11}{:>10}", format!("c={c} req/s"), "p99 ms", "CPU µs/r");
+    }
+    let _ = writeln!(o, "{head}  errors");
+    for r in runs {
+        for c in &r.configs {
+            let cold = stats(&c.cold_ms);
+            let warm = stats(&c.warm_us);
+            let mut line = format!(
+                "{:<4}{:<15}{:>26}{:>12.0}{:>12.0}",
+                r.run,
+                format!("{} {}", c.system.as_str(), c.lang.as_str()),
+                format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max),
+                warm.p50,
+                warm.p99
+            );
+            let mut errors = 0;
+            for &conc in &s.concurrency {
+                match tput(c, conc) {
+                    Some(t) => {
+                        errors += t.errors;
+                        let cpu = t.machine_cpu_us_per_req.map_or("-".to_owned(), |v| format!("{v:.0}"));
+                        let _ = write!(line, "{:>13.0}{:>11.2}{:>10}", t.rps(), stats(&t.latencies_us).p99 / 1e3, cpu);
+                    }
+                    None => {
+                        let _ = write!(line, "{:>13}{:>11}{:>10}", "-", "-", "-");
+                    }
+                }
+            }
+            let _ = writeln!(o, "{line}  {errors}");
+        }
+    }
+    let _ = writeln!(o, "  (CPU µs/r = busy CPU of the whole machine per request, load generator included)");
+
+    let _ = writeln!(
+        o,
+        "\nCPU µs per request at c={}: server process / its children (nimbus instances) / load generator",
+        s.concurrency.last().copied().unwrap_or(1)
+    );
+    for r in runs {
+        for c in &r.configs {
+            let split = s.concurrency.last().and_then(|&conc| tput(c, conc)).and_then(|t| t.cpu_split);
+            if let Some(x) = split {
+                let _ = writeln!(
+                    o,
+                    "  run {} {:<15}{:>8.0} /{:>6.0} /{:>6.0}",
+                    r.run,
+                    format!("{} {}", c.system.as_str(), c.lang.as_str()),
+                    x.server_us,
+                    x.children_us,
+                    x.client_us
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(o, "\nratios nimbus / bare (one column per run)");
+    let mut head = format!("{:<8}{:>20}{:>20}", "lang", "cold p50", "warm p50");
+    for c in s.concurrency {
+        let _ = write!(head, "{:>20}", format!("c={c} req/s"));
+    }
+    let _ = writeln!(o, "{head}");
+    for lang in Lang::ALL {
+        let ds: Vec<Derived> = runs.iter().filter_map(|r| Derived::of(r, lang, s)).collect();
+        let col =
+            |f: &dyn Fn(&Derived) -> f64| ds.iter().map(|d| format!("{:.2}", f(d))).collect::<Vec<_>>().join(" | ");
+        let mut line = format!(
+            "{:<8}{:>20}{:>20}",
+            lang.as_str(),
+            col(&|d| d.cold_nimbus / d.cold_bare),
+            col(&|d| d.warm_nimbus / d.warm_bare)
+        );
+        for (i, _) in s.concurrency.iter().enumerate() {
+            let _ = write!(line, "{:>20}", col(&|d| d.rps.get(i).map_or(f64::NAN, |(_, n, b)| n / b)));
+        }
+        let _ = writeln!(o, "{line}");
+    }
+
+    let _ = writeln!(o, "\ntargets (DESIGN.md §5)");
+    for lang in Lang::ALL {
+        for d in runs.iter().filter_map(|r| Derived::of(r, lang, s).map(|d| (r.run, d))) {
+            let (run, d) = d;
+            let _ = writeln!(
+                o,
+                "  run {run} {:<7} cold start: nimbus p50 {:.1} ms vs `{}` {:.1} ms = {:+.1} ms (target <= +{COLD_TARGET_MS:.0} ms): {}",
+                lang.as_str(),
+                d.cold_nimbus,
+                startup_cmd(lang),
+                d.startup,
+                d.cold_over_startup(),
+                verdict(d.cold_over_startup() <= COLD_TARGET_MS)
+            );
+            let _ = writeln!(
+                o,
+                "  run {run} {:<7} warm overhead: nimbus p50 {:.0} µs - bare p50 {:.0} µs = {:.0} µs (target <= {OVERHEAD_TARGET_US:.0} µs): {}",
+                lang.as_str(),
+                d.warm_nimbus,
+                d.warm_bare,
+                d.overhead(),
+                verdict(d.overhead() <= OVERHEAD_TARGET_US)
+            );
+        }
+    }
+    o
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// What the machine is and how busy it was.
+pub fn machine() -> Value {
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()));
+    let mem_kib = read("/proc/meminfo").lines().find_map(|l| {
+        l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok())
+    });
+    json!({
+        "nproc": std::thread::available_parallelism().map(usize::from).ok(),
+        "cpuModel": model,
+        "memTotalMiB": mem_kib.map(|k| k / 1024),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "loadavg": read("/proc/loadavg").trim(),
+    })
+}
+
+fn tput_json(t: &Throughput) -> Value {
+    json!({
+        "concurrency": t.concurrency, "ok": t.ok, "errors": t.errors, "firstError": t.first_error,
+        "secs": t.secs, "requestsPerSec": t.rps(), "latencyUs": stats(&t.latencies_us).json(),
+        "machineCpuUsPerRequest": t.machine_cpu_us_per_req,
+        "cpuUsPerRequest": t.cpu_split.map(|c| json!({"server": c.server_us, "serverChildren": c.children_us, "loadGenerator": c.client_us})),
+    })
+}
+
+pub fn json(
+    s: &Settings,
+    runs: &[RunResult],
+    interps: &Interpreters,
+    nimbus: &Path,
+    before: Value,
+    after: Value,
+) -> Value {
+    let runs_json: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            let configs: Vec<Value> = r
+                .configs
+                .iter()
+                .map(|c| {
+                    json!({
+                        "system": c.system.as_str(), "lang": c.lang.as_str(),
+                        "coldStartMs": stats(&c.cold_ms).json(), "coldStartSamplesMs": c.cold_ms,
+                        "warmLatencyUs": stats(&c.warm_us).json(),
+                        "throughput": c.tput.iter().map(tput_json).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let mut per_lang = serde_json::Map::new();
+            let mut startup_json = serde_json::Map::new();
+            for lang in Lang::ALL {
+                if let Some((_, v)) = r.startup_ms.iter().find(|(l, _)| *l == lang) {
+                    startup_json.insert(
+                        lang.as_str().into(),
+                        json!({"command": startup_cmd(lang), "ms": stats(v).json(), "samplesMs": v}),
+                    );
+                }
+                if let Some(d) = Derived::of(r, lang, s) {
+                    let rps: Vec<Value> = d
+                        .rps
+                        .iter()
+                        .map(|(c, n, b)| json!({"concurrency": c, "nimbusRps": n, "bareRps": b, "ratio": n / b}))
+                        .collect();
+                    per_lang.insert(
+                        lang.as_str().into(),
+                        json!({
+                            "ratios": {
+                                "coldStartP50": d.cold_nimbus / d.cold_bare,
+                                "warmP50": d.warm_nimbus / d.warm_bare,
+                                "throughput": rps,
+                            },
+                            "targets": {
+                                "coldStart": {
+                                    "nimbusP50Ms": d.cold_nimbus, "interpreterStartupP50Ms": d.startup,
+                                    "overMs": d.cold_over_startup(), "targetOverMs": COLD_TARGET_MS,
+                                    "met": d.cold_over_startup() <= COLD_TARGET_MS,
+                                },
+                                "warmOverhead": {
+                                    "nimbusP50Us": d.warm_nimbus, "bareP50Us": d.warm_bare,
+                                    "overheadUs": d.overhead(), "targetUs": OVERHEAD_TARGET_US,
+                                    "met": d.overhead() <= OVERHEAD_TARGET_US,
+                                },
+                            },
+                        }),
+                    );
+                }
+            }
+            json!({"run": r.run, "interpreterStartup": startup_json, "configs": configs, "comparison": per_lang})
+        })
+        .collect();
+    json!({
+        "benchmark": "process",
+        "notes": [
+            "nimbus: GET route -> API Gateway v2 event -> node/python instance over the Lambda Runtime API",
+            "bare: one interpreter process (node http.createServer; python3 -S with _socket + epoll) calling the same handler file",
+            "nimbus throughput function has max_instances = 2; the latency and cold functions max_instances = 1",
+            "client: one tokio thread with a keep-alive hyper client; all traffic on 127.0.0.1",
+            "machineCpuUsPerRequest: busy CPU of the whole machine (load generator included) per request",
+        ],
+        "settings": s.json(),
+        "machine": {"before": before, "after": after},
+        "nimbusBinary": nimbus.display().to_string(),
+        "interpreters": {"node": interps.node.display().to_string(), "python": interps.python.display().to_string()},
+        "runs": runs_json,
+    })
+}
