@@ -186,6 +186,6 @@ fn dispatch_error(e: &DispatchError, request_id: &str) -> Resp {
 /// copy into `_X_AMZN_TRACE_ID`.
 pub(crate) fn trace_id() -> String {
     let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("Root=1-{secs:08x}-{};Sampled=0", rand.get(..24).unwrap_or(&rand))
+    let [a, b]: [u64; 2] = rand::random();
+    format!("Root=1-{secs:08x}-{:08x}{:016x};Sampled=0", a as u32, b)
 }

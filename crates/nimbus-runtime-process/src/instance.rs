@@ -48,6 +48,8 @@ pub struct ProcessInstance {
     stop_grace: Duration,
     max_response: usize,
     last_max_memory_mb: u32,
+    /// `/proc/PID/status`, for the peak resident set (Max Memory Used).
+    proc_status: Option<std::fs::File>,
     dead: bool,
     stopped: bool,
 }
@@ -153,6 +155,7 @@ impl ProcessInstance {
             stop_grace: rt.limits.stop_grace,
             max_response: rt.limits.max_response_bytes,
             last_max_memory_mb: 0,
+            proc_status: std::fs::File::open(format!("/proc/{pid}/status")).ok(),
             dead: false,
             stopped: false,
         };
@@ -191,12 +194,12 @@ impl ProcessInstance {
         if let Some((error_type, message)) = failure {
             instance.kill();
             instance.wait_exit(Duration::from_secs(1)).await;
-            let log = instance.logs.drain().await;
+            let log = instance.logs.drain();
             instance.dead = true;
             Box::new(instance).shutdown().await;
             return Err(StartError::InitFailed { error_type, message, log });
         }
-        instance.init_log = instance.logs.drain().await;
+        instance.init_log = instance.logs.drain();
         Ok(instance)
     }
 
@@ -221,7 +224,7 @@ impl ProcessInstance {
     }
 
     fn read_max_memory(&mut self) -> u32 {
-        if let Some(mb) = peak_rss_mb(self.pid) {
+        if let Some(mb) = self.proc_status.as_ref().and_then(peak_rss_mb) {
             self.last_max_memory_mb = mb;
         }
         self.last_max_memory_mb
@@ -306,7 +309,7 @@ impl Instance for ProcessInstance {
         let max_memory_mb = self.read_max_memory();
         match ended {
             Ended::Done(completion) => {
-                let log = self.logs.drain().await;
+                let log = self.logs.drain();
                 let outcome = match completion {
                     Completion::Response(body) => InvokeOutcome::Success(body),
                     Completion::Error { error_type, body } => function_error(error_type, body),
@@ -327,7 +330,7 @@ impl Instance for ProcessInstance {
                 if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
                     return Err(InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") });
                 }
-                let log = self.logs.drain().await;
+                let log = self.logs.drain();
                 Err(InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log })
             }
             Ended::TimedOut => {
@@ -335,7 +338,7 @@ impl Instance for ProcessInstance {
                 self.clear_pending();
                 self.kill();
                 self.wait_exit(Duration::from_secs(1)).await;
-                let log = self.logs.drain().await;
+                let log = self.logs.drain();
                 Err(InstanceError::Timeout { timeout: inv.timeout, log })
             }
         }
@@ -455,9 +458,14 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 }
 
 /// Peak resident set of a process in MB (`VmHWM`), the figure Lambda reports as Max Memory Used.
-fn peak_rss_mb(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// `status` is `/proc/PID/status`, kept open: procfs regenerates the file on every read at
+/// offset 0, and reusing the descriptor saves open, statx and close on every invocation.
+fn peak_rss_mb(status: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    let n = status.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     u32::try_from(kb.div_ceil(1024)).ok()
 }

@@ -9,30 +9,104 @@
 //! the next invocation's log, as Lambda puts init output before the first START.
 
 use std::io::ErrorKind;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
-/// Handle the instance keeps to collect output.
+/// Handle the instance keeps to collect output. The invoking task drains the pipes itself
+/// (no hand-off to another task on the hot path); a background task keeps reading while an
+/// invocation runs, so a chatty function never blocks on a full pipe.
 pub(crate) struct LogTap {
-    drain_tx: mpsc::Sender<oneshot::Sender<String>>,
+    inner: Arc<Inner>,
+    reader: JoinHandle<()>,
+}
+
+struct Inner {
+    pipes: [pipe::Receiver; 2],
+    state: Mutex<State>,
+}
+
+struct State {
+    collected: Collected,
+    open: [bool; 2],
+    buf: Vec<u8>,
 }
 
 impl LogTap {
-    /// Start the reader over the two pipe read ends.
+    /// Start the background reader over the two pipe read ends (stdout, stderr).
     pub(crate) fn spawn(stdout: pipe::Receiver, stderr: pipe::Receiver, max_bytes: usize) -> LogTap {
-        let (drain_tx, drain_rx) = mpsc::channel(1);
-        tokio::spawn(read_loop(stdout, stderr, drain_rx, max_bytes));
-        LogTap { drain_tx }
+        let inner = Arc::new(Inner {
+            pipes: [stdout, stderr],
+            state: Mutex::new(State {
+                collected: Collected { text: String::new(), partial: [Vec::new(), Vec::new()], dropped: 0, max_bytes },
+                open: [true, true],
+                buf: vec![0u8; 64 * 1024],
+            }),
+        });
+        let reader = tokio::spawn(read_loop(inner.clone()));
+        LogTap { inner, reader }
     }
 
     /// Everything written since the last drain, complete lines and any trailing partial line.
-    pub(crate) async fn drain(&self) -> String {
-        let (tx, rx) = oneshot::channel();
-        if self.drain_tx.send(tx).await.is_err() {
-            return String::new();
+    pub(crate) fn drain(&self) -> String {
+        let mut st = self.inner.lock();
+        for stream in 0..2 {
+            self.inner.read_available(&mut st, stream);
         }
-        rx.await.unwrap_or_default()
+        st.collected.take()
+    }
+}
+
+impl Drop for LogTap {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read `stream` until it would block; marks it closed at end of file or on error.
+    fn read_available(&self, st: &mut State, stream: usize) {
+        let (Some(rx), Some(true)) = (self.pipes.get(stream), st.open.get(stream).copied()) else { return };
+        let State { collected, open, buf } = st;
+        loop {
+            match rx.try_read(buf) {
+                Ok(0) => break close(open, stream),
+                Ok(n) => collected.feed(stream, buf.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break close(open, stream),
+            }
+        }
+    }
+}
+
+fn close(open: &mut [bool; 2], stream: usize) {
+    if let Some(o) = open.get_mut(stream) {
+        *o = false;
+    }
+}
+
+async fn read_loop(inner: Arc<Inner>) {
+    let [stdout, stderr] = &inner.pipes;
+    loop {
+        let [out_open, err_open] = inner.lock().open;
+        if !out_open && !err_open {
+            return;
+        }
+        let stream = tokio::select! {
+            r = stdout.readable(), if out_open => r.map(|_| 0),
+            r = stderr.readable(), if err_open => r.map(|_| 1),
+        };
+        let mut st = inner.lock();
+        match stream {
+            Ok(i) => inner.read_available(&mut st, i),
+            Err(_) => st.open = [false, false],
+        }
     }
 }
 
@@ -88,45 +162,5 @@ impl Collected {
             self.dropped = 0;
         }
         text
-    }
-}
-
-async fn read_loop(
-    stdout: pipe::Receiver,
-    stderr: pipe::Receiver,
-    mut drain_rx: mpsc::Receiver<oneshot::Sender<String>>,
-    max_bytes: usize,
-) {
-    let mut out = Collected { text: String::new(), partial: [Vec::new(), Vec::new()], dropped: 0, max_bytes };
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut out_open, mut err_open) = (true, true);
-    loop {
-        tokio::select! {
-            r = stdout.readable(), if out_open => {
-                if r.is_err() || !read_available(&stdout, 0, &mut buf, &mut out) { out_open = false; }
-            }
-            r = stderr.readable(), if err_open => {
-                if r.is_err() || !read_available(&stderr, 1, &mut buf, &mut out) { err_open = false; }
-            }
-            req = drain_rx.recv() => {
-                let Some(reply) = req else { return };
-                if out_open && !read_available(&stdout, 0, &mut buf, &mut out) { out_open = false; }
-                if err_open && !read_available(&stderr, 1, &mut buf, &mut out) { err_open = false; }
-                let _ = reply.send(out.take());
-            }
-        }
-    }
-}
-
-/// Read until the pipe would block. Returns false at end of file or on error.
-fn read_available(rx: &pipe::Receiver, stream: usize, buf: &mut [u8], out: &mut Collected) -> bool {
-    loop {
-        match rx.try_read(buf) {
-            Ok(0) => return false,
-            Ok(n) => out.feed(stream, buf.get(..n).unwrap_or_default()),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return false,
-        }
     }
 }
