@@ -3,9 +3,10 @@
 //! Attribution must be exact even though output and the runtime's `/response` travel on
 //! different channels. Runtimes write to the pipes synchronously before they post the response
 //! (Node on Linux does; Python is run unbuffered), so when a response arrives every byte of the
-//! invocation's output is already in the pipe buffers. The invocation then asks the reader to
-//! *drain*: read both pipes until they would block, and hand back everything collected. No
-//! sleeps, no guessing. Output written between invocations (or during init) is kept and goes to
+//! invocation's output is already in the pipe buffers. The invoking task then *drains*: reads
+//! both pipes until they would block and takes everything collected. No sleeps, no guessing.
+//! A background task reads whenever the pipes are readable, into the same buffer, so a chatty
+//! function never blocks on a full pipe mid-invocation. Output written between invocations (or during init) is kept and goes to
 //! the next invocation's log, as Lambda puts init output before the first START.
 
 use std::io::ErrorKind;
