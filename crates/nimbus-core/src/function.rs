@@ -57,6 +57,58 @@ pub struct FunctionSpec {
     /// How long a request may wait for an instance before it is throttled (429).
     #[serde(with = "duration_ms")]
     pub queue_timeout: Duration,
+    /// What happens to async invocations of this function.
+    #[serde(default)]
+    pub async_policy: AsyncPolicy,
+}
+
+/// Where the outcome of an async invocation is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    /// Invoke this function asynchronously with an envelope describing the outcome.
+    Function(String),
+    /// Keep the event in the dead-letter store.
+    Dlq,
+}
+
+impl Destination {
+    pub fn parse(s: &str) -> Option<Destination> {
+        if s == "dlq" {
+            return Some(Destination::Dlq);
+        }
+        s.strip_prefix("function:").filter(|n| !n.is_empty()).map(|n| Destination::Function(n.to_owned()))
+    }
+}
+
+/// Retry and destination settings for async invocations (DESIGN.md §7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncPolicy {
+    /// Retries after a function error (handled, unhandled, timeout, crash): 0-10.
+    pub max_retry_attempts: u32,
+    /// First retry delay; doubles each time, with jitter.
+    #[serde(with = "duration_ms")]
+    pub retry_backoff: Duration,
+    #[serde(with = "duration_ms")]
+    pub retry_backoff_max: Duration,
+    /// An event older than this is dead-lettered instead of run again.
+    #[serde(with = "duration_ms")]
+    pub max_event_age: Duration,
+    pub on_success: Option<Destination>,
+    pub on_failure: Option<Destination>,
+}
+
+impl Default for AsyncPolicy {
+    fn default() -> Self {
+        AsyncPolicy {
+            max_retry_attempts: 2,
+            retry_backoff: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(300),
+            max_event_age: Duration::from_secs(6 * 3600),
+            on_success: None,
+            on_failure: Some(Destination::Dlq),
+        }
+    }
 }
 
 /// One deployed, immutable version of a function: its spec plus the content-addressed code.

@@ -9,7 +9,7 @@ pub mod policy;
 pub mod runtime;
 
 pub use error::{DispatchError, ErrorSource};
-pub use function::{FunctionSpec, FunctionVersion, RuntimeKind, ACCOUNT_ID, REGION};
+pub use function::{AsyncPolicy, Destination, FunctionSpec, FunctionVersion, RuntimeKind, ACCOUNT_ID, REGION};
 pub use invoke::{
     ColdStart, FunctionErrorKind, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome, InvokeResult,
     Recorder, Trigger,

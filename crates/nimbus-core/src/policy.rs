@@ -79,6 +79,65 @@ pub fn keep_alive(
     }
 }
 
+/// Why an async attempt did not succeed, as the retry policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// The function ran and failed: an error it raised, a timeout, a crash mid-invocation.
+    Function,
+    /// The function did not run: init failure, no capacity, platform error.
+    Platform,
+    /// Every instance was busy at `max_instances`: waiting, not failing.
+    Throttled,
+}
+
+/// What to do with an async event after an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RetryDecision {
+    /// Run it again after this delay.
+    RetryAfter(Duration),
+    /// Give up: retries exhausted.
+    RetriesExhausted,
+    /// Give up: the event is older than `max_event_age`.
+    EventAgeExceeded,
+}
+
+/// The delay before retry number `n` (1-based): `base * 2^(n-1)`, capped at `max`, scaled by a
+/// jitter factor in [0.5, 1.0] (`jitter` in [0, 1) comes from the caller, so this stays pure).
+pub fn backoff(base: Duration, max: Duration, n: u32, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(30)));
+    exp.min(max).mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// The async retry policy. `function_errors` counts failed runs of the function including
+/// this one; `platform_failures` counts attempts that never ran it (including this one);
+/// `age` is the time since the event was accepted.
+pub fn retry(
+    failure: AttemptFailure,
+    function_errors: u32,
+    platform_failures: u32,
+    age: Duration,
+    policy: &crate::AsyncPolicy,
+    jitter: f64,
+) -> RetryDecision {
+    let delay = match failure {
+        AttemptFailure::Function => {
+            if function_errors > policy.max_retry_attempts {
+                return RetryDecision::RetriesExhausted;
+            }
+            backoff(policy.retry_backoff, policy.retry_backoff_max, function_errors, jitter)
+        }
+        AttemptFailure::Platform => backoff(policy.retry_backoff, policy.retry_backoff_max, platform_failures, jitter),
+        // Throttling is not a failure: wait a short, growing while for capacity.
+        AttemptFailure::Throttled => {
+            backoff(Duration::from_millis(50), Duration::from_secs(5), platform_failures.min(8), jitter)
+        }
+    };
+    if age + delay > policy.max_event_age {
+        return RetryDecision::EventAgeExceeded;
+    }
+    RetryDecision::RetryAfter(delay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +188,47 @@ mod tests {
             }
         }
         assert_eq!(starts, 4);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_cap() {
+        let s = Duration::from_secs;
+        // (n, jitter, expected)
+        for (n, jitter, want) in [
+            (1, 1.0, s(1)),
+            (1, 0.0, Duration::from_millis(500)),
+            (2, 1.0, s(2)),
+            (3, 1.0, s(4)),
+            (4, 0.5, s(6)),
+            (10, 1.0, s(300)),
+            (40, 1.0, s(300)),
+        ] {
+            assert_eq!(backoff(s(1), s(300), n, jitter), want, "n={n} jitter={jitter}");
+        }
+    }
+
+    #[test]
+    fn retry_policy_table() {
+        let s = Duration::from_secs;
+        let policy = crate::AsyncPolicy { max_retry_attempts: 2, ..crate::AsyncPolicy::default() };
+        use AttemptFailure::*;
+        use RetryDecision::*;
+        // (failure, function errors incl. this one, platform failures incl. this one, age, expected)
+        let table = [
+            (Function, 1, 0, s(0), RetryAfter(s(1))),
+            (Function, 2, 0, s(5), RetryAfter(s(2))),
+            (Function, 3, 0, s(9), RetriesExhausted),
+            (Platform, 0, 1, s(0), RetryAfter(s(1))),
+            (Platform, 0, 12, s(3600), RetryAfter(s(300))),
+            (Platform, 0, 12, s(6 * 3600 - 100), EventAgeExceeded),
+            (Throttled, 0, 1, s(0), RetryAfter(Duration::from_millis(50))),
+            (Function, 1, 0, s(6 * 3600), EventAgeExceeded),
+        ];
+        for (failure, fe, pf, age, want) in table {
+            assert_eq!(retry(failure, fe, pf, age, &policy, 1.0), want, "{failure:?} fe={fe} pf={pf} age={age:?}");
+        }
+        let none = crate::AsyncPolicy { max_retry_attempts: 0, ..policy };
+        assert_eq!(retry(Function, 1, 0, s(0), &none, 0.3), RetriesExhausted);
     }
 
     #[test]

@@ -84,6 +84,7 @@ mod tests {
             path: path.into(),
             host: host.map(Into::into),
             function: function.into(),
+            is_async: false,
         }
     }
 

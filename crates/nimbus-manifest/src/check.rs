@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
-use nimbus_core::{FunctionSpec, RuntimeKind};
+use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -65,18 +65,18 @@ const RESERVED_ENV: &[&str] = &[
     "AWS_DEFAULT_REGION",
 ];
 
-struct Ctx<'s> {
+pub(crate) struct Ctx<'s> {
     file: &'s str,
     src: &'s str,
     errors: Vec<Diagnostic>,
 }
 
 impl Ctx<'_> {
-    fn err(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
         self.errors.push(Diagnostic::at(self.file, self.src, span.start, field, message.into()));
     }
 
-    fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], prefix: &str, what: &str) {
+    pub(crate) fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], prefix: &str, what: &str) {
         for (key, _) in table.iter() {
             let k: &str = key.get_ref().as_ref();
             if !known.contains(&k) {
@@ -90,7 +90,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn string(&mut self, v: &Value<'_>, field: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, v: &Value<'_>, field: &str) -> Option<String> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             other => {
@@ -121,7 +121,7 @@ impl Ctx<'_> {
         self.int(v, field, i64::from(lo), i64::from(hi)).and_then(|n| u32::try_from(n).ok())
     }
 
-    fn duration(&mut self, v: &Value<'_>, field: &str, lo: Duration, hi: Duration) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, v: &Value<'_>, field: &str, lo: Duration, hi: Duration) -> Option<Duration> {
         let text = self.string(v, field)?;
         match crate::parse_duration(&text) {
             Some(d) if d >= lo && d <= hi => Some(d),
@@ -183,6 +183,7 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
 
     let mut locations = Locations::default();
     let mut functions = BTreeMap::new();
+    let mut destinations: Vec<DestinationRef> = Vec::new();
     match root.get("functions") {
         Some(v) => match v.get_ref() {
             DeValue::Table(table) => {
@@ -197,7 +198,7 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
                         );
                         continue;
                     }
-                    if let Some((spec, loc)) = function(&mut cx, fname, fv, &field) {
+                    if let Some((spec, loc)) = function(&mut cx, fname, fv, &field, &mut destinations) {
                         functions.insert(fname.to_owned(), spec);
                         locations.functions.insert(fname.to_owned(), loc);
                     }
@@ -231,23 +232,59 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     }
     route_conflicts(&mut cx, &routes);
 
+    let declared =
+        |name: &str| root.get("functions").and_then(|f| f.get_ref().as_table()).is_some_and(|t| t.get(name).is_some());
+    for (name, span, field) in destinations {
+        if !declared(&name) {
+            cx.err(
+                span,
+                &field,
+                format!("no function named \"{name}\" to send the outcome to; declare it with [functions.{name}]"),
+            );
+        }
+    }
+
+    let mut schedules = Vec::new();
     if let Some(v) = root.get("schedules") {
-        cx.err(
-            v.span(),
-            "schedules",
-            "cron schedules are not supported by this version of nimbus yet (they arrive with async invocations); remove the [[schedules]] tables",
-        );
+        match v.get_ref() {
+            DeValue::Array(list) => {
+                for (i, sv) in list.iter().enumerate() {
+                    if let Some(s) = crate::schedule::check(&mut cx, sv, &format!("schedules[{i}]"), &declared) {
+                        schedules.push(s);
+                    }
+                }
+            }
+            other => cx.err(
+                v.span(),
+                "schedules",
+                format!("expected an array of tables (`[[schedules]]`), found {}", other.type_str()),
+            ),
+        }
     }
 
     if !cx.errors.is_empty() {
         return Err(Diagnostics::new(cx.errors));
     }
-    let manifest =
-        Manifest { name: name.unwrap_or_default(), functions, routes: routes.into_iter().map(|(r, _)| r).collect() };
+    let manifest = Manifest {
+        name: name.unwrap_or_default(),
+        functions,
+        routes: routes.into_iter().map(|(r, _)| r).collect(),
+        schedules,
+    };
     Ok((manifest, locations))
 }
 
-fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<(FunctionSpec, FunctionLocations)> {
+/// A destination function named by `on_success`/`on_failure`: (name, span, field), checked once
+/// all functions are known.
+type DestinationRef = (String, Range<usize>, String);
+
+fn function(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    v: &Value<'_>,
+    field: &str,
+    destinations: &mut Vec<DestinationRef>,
+) -> Option<(FunctionSpec, FunctionLocations)> {
     let DeValue::Table(t) = v.get_ref() else {
         cx.err(v.span(), field, format!("expected a table (`[{field}]`), found {}", v.get_ref().type_str()));
         return None;
@@ -353,30 +390,43 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
         cx.duration(qv, &f("queue_timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
 
-    // Async keys (DESIGN.md §7): validated now so a manifest written for async invocations is
-    // either accepted or told exactly what is wrong.
-    if let Some(x) = t.get("max_retry_attempts") {
-        cx.int(x, &f("max_retry_attempts"), 0, 10);
+    // Async invocations (DESIGN.md §7).
+    let mut async_policy = AsyncPolicy::default();
+    if let Some(n) = t.get("max_retry_attempts").and_then(|x| cx.u32(x, &f("max_retry_attempts"), 0, 10)) {
+        async_policy.max_retry_attempts = n;
     }
     for (key, lo, hi) in [
         ("retry_backoff", Duration::from_millis(1), Duration::from_secs(3600)),
         ("retry_backoff_max", Duration::from_millis(1), Duration::from_secs(24 * 3600)),
         ("max_event_age", Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600)),
     ] {
-        if let Some(x) = t.get(key) {
-            cx.duration(x, &f(key), lo, hi);
+        if let Some(d) = t.get(key).and_then(|x| cx.duration(x, &f(key), lo, hi)) {
+            match key {
+                "retry_backoff" => async_policy.retry_backoff = d,
+                "retry_backoff_max" => async_policy.retry_backoff_max = d,
+                _ => async_policy.max_event_age = d,
+            }
         }
     }
     for key in ["on_success", "on_failure"] {
-        if let Some(x) = t.get(key) {
-            if let Some(s) = cx.string(x, &f(key)) {
-                if s != "dlq" && s.strip_prefix("function:").is_none_or(|n| !valid_name(n)) {
-                    cx.err(
-                        x.span(),
-                        &f(key),
-                        format!("\"{s}\" is not a destination; use \"function:NAME\" or \"dlq\""),
-                    );
+        let Some(x) = t.get(key) else { continue };
+        let Some(s) = cx.string(x, &f(key)) else { continue };
+        match Destination::parse(&s) {
+            Some(Destination::Function(n)) if !valid_name(&n) => {
+                cx.err(x.span(), &f(key), format!("\"{n}\" is not a function name"));
+            }
+            Some(d) => {
+                if let Destination::Function(n) = &d {
+                    destinations.push((n.clone(), x.span(), f(key)));
                 }
+                if key == "on_success" {
+                    async_policy.on_success = Some(d);
+                } else {
+                    async_policy.on_failure = Some(d);
+                }
+            }
+            None => {
+                cx.err(x.span(), &f(key), format!("\"{s}\" is not a destination; use \"function:NAME\" or \"dlq\""));
             }
         }
     }
@@ -445,6 +495,7 @@ fn function(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>, field: &str) -> Option<
             keep_alive: keep_alive?,
             max_queued: max_queued?,
             queue_timeout: queue_timeout?,
+            async_policy,
         },
         loc,
     ))
@@ -549,16 +600,21 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
         }
     };
 
-    if let Some(av) = t.get("async") {
-        if let DeValue::Boolean(true) = av.get_ref() {
-            cx.err(av.span(), &f("async"), "async routes need async invocations, which this version of nimbus does not run yet; remove `async = true`");
-        }
-    }
+    let is_async = match t.get("async") {
+        None => false,
+        Some(av) => match av.get_ref() {
+            DeValue::Boolean(b) => *b,
+            other => {
+                cx.err(av.span(), &f("async"), format!("expected true or false, found {}", other.type_str()));
+                false
+            }
+        },
+    };
 
     if cx.errors.len() > before {
         return None;
     }
-    Some(RouteSpec { methods: methods?, path: path?, host, function: function? })
+    Some(RouteSpec { methods: methods?, path: path?, host, function: function?, is_async })
 }
 
 /// Two routes conflict when the router could not tell them apart, or when they share a path and
@@ -644,7 +700,7 @@ fn check_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 

@@ -7,6 +7,7 @@
 mod check;
 mod diag;
 mod files;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +26,7 @@ pub struct Manifest {
     /// Keyed by function name.
     pub functions: BTreeMap<String, FunctionSpec>,
     pub routes: Vec<RouteSpec>,
+    pub schedules: Vec<schedule::ScheduleSpec>,
 }
 
 /// Which HTTP methods a route accepts.
@@ -62,6 +64,9 @@ pub struct RouteSpec {
     /// Lower-cased host without port, when the route is host-specific.
     pub host: Option<String>,
     pub function: String,
+    /// Answer 202 at once and run the function through the durable queue.
+    #[serde(default)]
+    pub is_async: bool,
 }
 
 impl RouteSpec {

@@ -102,10 +102,17 @@ fn table_of_single_problems() {
         ("component = \"x.wasm\"\n", "`component` is for wasm functions"),
         ("[[routes]]\npath = \"/a/{x}/{x}\"\nfunction = \"f\"\n", "parameter \"x\" appears twice"),
         ("[[routes]]\npath = \"/a/*/b\"\nfunction = \"f\"\n", "'*' is only allowed as the last segment"),
-        ("[[routes]]\npath = \"/a\"\nfunction = \"f\"\nasync = true\n", "async routes need async invocations"),
+        ("[[routes]]\npath = \"/a\"\nfunction = \"f\"\nasync = 1\n", "routes[0].async: expected true or false"),
         ("[[routes]]\npath = \"/a\"\nfunction = \"f\"\n[[routes]]\nmethod = \"GET\"\npath = \"/a\"\nfunction = \"f\"\n", "is already routed by the route at line 5"),
         ("[[routes]]\npath = \"/a/{x}\"\nfunction = \"f\"\n[[routes]]\npath = \"/a/{y}\"\nfunction = \"f\"\n", "conflicts with another route"),
-        ("[[schedules]]\nfunction = \"f\"\ncron = \"* * * * *\"\n", "cron schedules are not supported"),
+        ("[[schedules]]\nfunction = \"f\"\ncron = \"61 * * * *\"\n", "schedules[0].cron: \"61 * * * *\" is not a cron expression"),
+        ("[[schedules]]\nfunction = \"f\"\ncron = \"* * * *\"\n", "is not a cron expression"),
+        ("[[schedules]]\nfunction = \"f\"\nrate = \"5 fortnights\"\n", "schedules[0].rate: \"5 fortnights\" is not a rate"),
+        ("[[schedules]]\nfunction = \"f\"\ncron = \"* * * * *\"\nrate = \"1 minute\"\n", "either `cron` or `rate`, not both"),
+        ("[[schedules]]\nfunction = \"f\"\ncron = \"* * * * *\"\ntimezone = \"Mars/Olympus\"\n", "is not an IANA time zone"),
+        ("[[schedules]]\nfunction = \"nope\"\nrate = \"1 minute\"\n", "schedules[0].function: no function named \"nope\""),
+        ("[[schedules]]\nfunction = \"f\"\n", "a schedule needs `cron"),
+        ("on_success = \"function:ghost\"\n", "functions.f.on_success: no function named \"ghost\" to send the outcome to"),
         ("[oops\n", "TOML syntax error"),
     ];
     for (extra, want) in cases {
@@ -143,4 +150,50 @@ fn load_checks_the_code_exists() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path().join("p/bootstrap"), std::fs::Permissions::from_mode(0o755)).unwrap();
     assert!(load(dir.path()).is_ok());
+}
+
+#[test]
+fn async_settings_and_schedules_resolve() {
+    let src = r#"
+name = "jobs"
+[functions.work]
+runtime = "python"
+handler = "app.handler"
+max_retry_attempts = 5
+retry_backoff = "250ms"
+retry_backoff_max = "10s"
+max_event_age = "2m"
+on_success = "function:audit"
+on_failure = "dlq"
+[functions.audit]
+runtime = "node"
+handler = "index.handler"
+[[routes]]
+method = "POST"
+path = "/jobs"
+function = "work"
+async = true
+[[schedules]]
+function = "work"
+cron = "0 2 * * *"
+timezone = "Asia/Shanghai"
+[[schedules]]
+function = "audit"
+rate = "rate(5 minutes)"
+catch_up = "none"
+"#;
+    let m = parse(src, "nimbus.toml").unwrap();
+    let p = &m.functions["work"].async_policy;
+    assert_eq!(p.max_retry_attempts, 5);
+    assert_eq!(p.retry_backoff, Duration::from_millis(250));
+    assert_eq!(p.max_event_age, Duration::from_secs(120));
+    assert_eq!(p.on_success, Some(nimbus_core::Destination::Function("audit".into())));
+    assert_eq!(p.on_failure, Some(nimbus_core::Destination::Dlq));
+    assert_eq!(m.functions["audit"].async_policy, nimbus_core::AsyncPolicy::default());
+    assert!(m.routes[0].is_async);
+    assert_eq!(m.schedules.len(), 2);
+    assert_eq!(m.schedules[0].when, schedule::When::Cron("0 2 * * *".into()));
+    assert_eq!(m.schedules[0].timezone, "Asia/Shanghai");
+    assert_eq!(m.schedules[1].when, schedule::When::Rate(Duration::from_secs(300)));
+    assert_eq!(m.schedules[1].catch_up, schedule::CatchUp::None);
 }
