@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub enum Trigger {
     Http,
     Invoke,
+    /// An async event from the durable queue (Invoke API `Event`, async routes, destinations).
+    Event,
+    /// A `[[schedules]]` fire.
+    Schedule,
 }
 
 impl Trigger {
@@ -18,6 +22,8 @@ impl Trigger {
         match self {
             Trigger::Http => "http",
             Trigger::Invoke => "invoke",
+            Trigger::Event => "event",
+            Trigger::Schedule => "schedule",
         }
     }
 }

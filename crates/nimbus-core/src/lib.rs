@@ -6,6 +6,7 @@ pub mod error;
 pub mod function;
 pub mod invoke;
 pub mod policy;
+pub mod queue;
 pub mod runtime;
 
 pub use error::{DispatchError, ErrorSource};

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use nimbus_core::{FunctionSpec, FunctionVersion};
+use nimbus_manifest::schedule::ScheduleSpec;
 use nimbus_manifest::{Diagnostics, RouteSpec};
 use nimbus_scheduler::Scheduler;
 use nimbus_store_sqlite::{DeploymentRow, Store};
@@ -32,6 +33,7 @@ pub struct DeploymentView {
     pub created_ms: u64,
     pub functions: HashMap<String, Arc<FunctionVersion>>,
     pub router: Router,
+    pub schedules: Vec<ScheduleSpec>,
 }
 
 /// Everything the request path needs, swapped atomically on deploy and rollback.
@@ -51,6 +53,8 @@ struct StoredFunction {
 struct StoredDeployment {
     functions: Vec<StoredFunction>,
     routes: Vec<RouteSpec>,
+    #[serde(default)]
+    schedules: Vec<ScheduleSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +140,7 @@ impl ControlPlane {
             created_ms: row.created_ms,
             functions,
             router: Router::new(stored.routes),
+            schedules: stored.schedules,
         })
     }
 
@@ -270,5 +275,21 @@ fn prepare(store: &Store, app_dir: &Path, shown_as: &str) -> Result<(String, Str
         functions.push(StoredFunction { spec: spec.clone(), code_digest });
     }
     let digest = hex::encode(h.finalize());
-    Ok((manifest.name, digest, StoredDeployment { functions, routes: manifest.routes }))
+    Ok((manifest.name, digest, StoredDeployment { functions, routes: manifest.routes, schedules: manifest.schedules }))
+}
+
+/// The async engine runs what is live (or the version an event pinned) and the live schedules.
+impl nimbus_queue::Resolver for ControlPlane {
+    fn function(&self, name: &str, qualifier: Option<&str>) -> Option<Arc<FunctionVersion>> {
+        let snap = self.snapshot();
+        let view = match qualifier {
+            None => snap.live.clone(),
+            Some(q) => q.parse::<u64>().ok().and_then(|v| snap.versions.get(&v).cloned()),
+        };
+        view.and_then(|v| v.functions.get(name).cloned())
+    }
+
+    fn schedules(&self) -> Vec<ScheduleSpec> {
+        self.snapshot().live.as_ref().map(|l| l.schedules.clone()).unwrap_or_default()
+    }
 }

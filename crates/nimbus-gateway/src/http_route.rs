@@ -30,7 +30,9 @@ use crate::util::{json, new_request_id, set_header, Resp};
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> Resp {
     let request_id = new_request_id();
     let mut resp = route(gw, req, remote, &request_id).await;
-    set_header(&mut resp, "x-nimbus-request-id", &request_id);
+    if !resp.headers().contains_key("x-nimbus-request-id") {
+        set_header(&mut resp, "x-nimbus-request-id", &request_id);
+    }
     resp
 }
 
@@ -115,6 +117,44 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
             "Request is too large once encoded as an event",
             request_id,
         );
+    }
+    if route.is_async {
+        let idempotency_key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let req = nimbus_queue::AcceptRequest {
+            function: function.spec.name.clone(),
+            qualifier: None,
+            payload,
+            source: "http",
+            idempotency_key,
+        };
+        return match gw.queue.accept(req).await {
+            Ok(accepted) => {
+                let mut r = json(StatusCode::ACCEPTED, &json!({"requestId": accepted.id, "status": "queued"}));
+                set_header(&mut r, "x-nimbus-request-id", &accepted.id);
+                r
+            }
+            Err(nimbus_queue::AcceptError::TooLarge { .. }) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorSource::Client,
+                "Request is too large for an async invocation",
+                request_id,
+            ),
+            Err(nimbus_queue::AcceptError::Full { .. }) => {
+                let mut r =
+                    error(StatusCode::TOO_MANY_REQUESTS, ErrorSource::Platform, "The async queue is full", request_id);
+                set_header(&mut r, "retry-after", "1");
+                r
+            }
+            Err(nimbus_queue::AcceptError::Storage(msg)) => {
+                tracing::error!(request_id, "async accept failed: {msg}");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorSource::Platform,
+                    "The request could not be stored",
+                    request_id,
+                )
+            }
+        };
     }
     let invocation = Invocation {
         request_id: request_id.to_owned(),

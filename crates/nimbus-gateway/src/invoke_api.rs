@@ -61,7 +61,10 @@ fn parse_function_name(raw: &str) -> Option<(String, Option<String>)> {
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
     let request_id = new_request_id();
     let mut resp = invoke(gw, req, &request_id).await;
-    set_header(&mut resp, "x-amzn-requestid", &request_id);
+    // An async accept answers with the queued event's id (the earlier one for a duplicate).
+    if !resp.headers().contains_key("x-amzn-requestid") {
+        set_header(&mut resp, "x-amzn-requestid", &request_id);
+    }
     resp
 }
 
@@ -156,14 +159,7 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
             set_header(&mut r, "x-amz-executed-version", &function.version);
             return r;
         }
-        "Event" => {
-            return aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidParameterValueException",
-                "InvocationType Event (async) is not supported by this version of nimbus yet; use RequestResponse",
-                request_id,
-            )
-        }
+        "Event" => {}
         other => {
             return aws_error(
                 StatusCode::BAD_REQUEST,
@@ -174,6 +170,7 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         }
     }
 
+    let idempotency_key = header("idempotency-key").or_else(|| idempotency_from_context(client_context.as_deref()));
     let received_at = Instant::now();
     let received_wall = SystemTime::now();
     let payload = match gw.read_body(req.into_body()).await {
@@ -216,6 +213,11 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         );
     }
 
+    if invocation_type == "Event" {
+        let pinned = qualifier.as_deref().filter(|q| q.parse::<u64>().is_ok()).map(str::to_owned);
+        return accept_async(gw, &function, pinned, payload, idempotency_key, request_id).await;
+    }
+
     let invocation = Invocation {
         request_id: request_id.to_owned(),
         payload,
@@ -255,6 +257,66 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         set_header(&mut resp, "x-amz-log-result", &B64.encode(tail(&log, LOG_TAIL)));
     }
     resp
+}
+
+/// `X-Amz-Client-Context` may carry `{"custom": {"idempotencyKey": "…"}}`.
+fn idempotency_from_context(context: Option<&str>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(context?).ok()?;
+    let custom = v.get("custom").or_else(|| v.get("Custom"))?;
+    custom.get("idempotencyKey").or_else(|| custom.get("idempotency_key"))?.as_str().map(str::to_owned)
+}
+
+/// `Event`: store durably, then 202 with the request id.
+async fn accept_async(
+    gw: &Gateway,
+    function: &nimbus_core::FunctionVersion,
+    qualifier: Option<String>,
+    payload: Bytes,
+    idempotency_key: Option<String>,
+    request_id: &str,
+) -> Resp {
+    let req = nimbus_queue::AcceptRequest {
+        function: function.spec.name.clone(),
+        qualifier,
+        payload,
+        source: "invoke",
+        idempotency_key,
+    };
+    match gw.queue.accept(req).await {
+        Ok(accepted) => {
+            let mut r = json(StatusCode::ACCEPTED, &json!(null));
+            *r.body_mut() = Bytes::new().into();
+            // The queued event's id is the request id (the same id again for a duplicate).
+            set_header(&mut r, "x-amzn-requestid", &accepted.id);
+            set_header(&mut r, "x-amz-executed-version", &function.version);
+            r
+        }
+        Err(e) => async_accept_error(&e, request_id),
+    }
+}
+
+/// How a refused async accept is answered on the Invoke API.
+pub(crate) fn async_accept_error(e: &nimbus_queue::AcceptError, request_id: &str) -> Resp {
+    match e {
+        nimbus_queue::AcceptError::TooLarge { .. } => {
+            aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", &e.to_string(), request_id)
+        }
+        nimbus_queue::AcceptError::Full { .. } => {
+            let mut r =
+                aws_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", &e.to_string(), request_id);
+            set_header(&mut r, "retry-after", "1");
+            r
+        }
+        nimbus_queue::AcceptError::Storage(msg) => {
+            tracing::error!(request_id, "async accept failed: {msg}");
+            aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                "the event could not be stored; it was not accepted",
+                request_id,
+            )
+        }
+    }
 }
 
 fn error_response(e: &DispatchError, request_id: &str) -> Resp {

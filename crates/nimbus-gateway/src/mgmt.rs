@@ -10,6 +10,12 @@
 //! | `GET /v1/functions` | functions of the live deployment with their instances |
 //! | `GET /v1/functions/{name}/logs?after=SEQ&requestId=ID&limit=N` | invocation logs, oldest first |
 //! | `GET /v1/invocations?function=F&requestId=ID&limit=N` | invocation records, newest first |
+//! | `GET /v1/invocations?status=S&function=F` | async events by status (queued, running, succeeded, failed, dead-lettered) |
+//! | `GET /v1/invocations/{id}` | an async event (status, attempts, result or error), else the invocation record |
+//! | `GET /v1/dlq`, `GET /v1/dlq/{id}` | the dead-letter store |
+//! | `POST /v1/dlq/redrive` | `{"ids": [...]}` or `{"all": true}` back to the queue |
+//! | `POST /v1/dlq/purge` | delete dead-lettered events (`{"function": "f"}` to narrow) |
+//! | `GET /v1/queue` | unfinished async events |
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -53,11 +59,30 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
             let name = (*name).to_owned();
             logs(gw, &req, &name)
         }
+        (Method::GET, ["invocations"]) if query_param(&req, "status").is_some() => events(gw, &req, None).await,
         (Method::GET, ["invocations"]) => invocations(gw, &req, None),
         (Method::GET, ["invocations", id]) => {
             let id = (*id).to_owned();
-            invocations(gw, &req, Some(id))
+            match gw.queue.store().get(&id).await {
+                Ok(Some(ev)) => json(StatusCode::OK, &json!(ev)),
+                Ok(None) => invocations(gw, &req, Some(id)),
+                Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
         }
+        (Method::GET, ["dlq"]) => events(gw, &req, Some("dead-lettered")).await,
+        (Method::GET, ["dlq", id]) => {
+            let id = (*id).to_owned();
+            match gw.queue.store().get(&id).await {
+                Ok(Some(ev)) if ev.status == "dead-lettered" => json(StatusCode::OK, &json!(ev)),
+                Ok(_) => {
+                    err(StatusCode::NOT_FOUND, &format!("no dead-lettered event {id}; `nimbus dlq ls` lists them"))
+                }
+                Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        (Method::POST, ["dlq", "redrive"]) => redrive(gw, req).await,
+        (Method::POST, ["dlq", "purge"]) => purge(gw, req).await,
+        (Method::GET, ["queue"]) => json(StatusCode::OK, &json!({"depth": gw.queue.depth()})),
         _ => err(StatusCode::NOT_FOUND, &format!("no management endpoint {} {path}", req.method())),
     }
 }
@@ -200,6 +225,68 @@ fn invocations(gw: &Gateway, req: &Request<Incoming>, id: Option<String>) -> Res
             ),
         },
         Ok(rows) => json(StatusCode::OK, &Value::Array(rows)),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+const EVENT_STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "dead-lettered"];
+
+async fn events(gw: &Gateway, req: &Request<Incoming>, status: Option<&str>) -> Resp {
+    let wanted = query_param(req, "status");
+    let status = status.or(wanted.as_deref());
+    if let Some(s) = status {
+        if !EVENT_STATUSES.contains(&s) {
+            return err(StatusCode::BAD_REQUEST, &format!("status {s:?} is not one of {}", EVENT_STATUSES.join(", ")));
+        }
+    }
+    let function = query_param(req, "function");
+    match gw.queue.store().list(status, function.as_deref(), limit(req, 100)).await {
+        Ok(list) => json(StatusCode::OK, &json!(list)),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn json_body(gw: &Gateway, req: Request<Incoming>) -> Result<Value, Resp> {
+    let body =
+        gw.read_body(req.into_body()).await.map_err(|_| err(StatusCode::BAD_REQUEST, "the body could not be read"))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, &format!("the body must be JSON: {e}")))
+}
+
+/// `{"ids": [...]}` or `{"all": true, "function": "f"?}`.
+async fn redrive(gw: &Gateway, req: Request<Incoming>) -> Resp {
+    let body = match json_body(gw, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ids: Vec<String> = body
+        .get("ids")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let all = body.get("all").and_then(Value::as_bool).unwrap_or(false);
+    if ids.is_empty() && !all {
+        return err(StatusCode::BAD_REQUEST, "name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}");
+    }
+    let function = body.get("function").and_then(Value::as_str);
+    match gw.queue.store().redrive(&ids, function, nimbus_queue::now_ms()).await {
+        Ok(n) => {
+            gw.queue.queued(n);
+            json(StatusCode::OK, &json!({"redriven": n}))
+        }
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn purge(gw: &Gateway, req: Request<Incoming>) -> Resp {
+    let body = match json_body(gw, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match gw.queue.store().purge(body.get("function").and_then(Value::as_str)).await {
+        Ok(n) => json(StatusCode::OK, &json!({"purged": n})),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

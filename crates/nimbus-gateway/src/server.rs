@@ -53,6 +53,8 @@ pub struct Gateway {
     pub(crate) scheduler: Scheduler,
     pub(crate) config: GatewayConfig,
     pub(crate) metrics: Metrics,
+    /// The async engine (durable queue, retries, dead letters, cron).
+    pub(crate) queue: Arc<nimbus_queue::Engine>,
     token_sha256: [u8; 32],
 }
 
@@ -67,6 +69,7 @@ impl Gateway {
     pub fn new(
         control: Arc<ControlPlane>,
         scheduler: Scheduler,
+        queue: Arc<nimbus_queue::Engine>,
         config: GatewayConfig,
         admin_token: &str,
     ) -> Arc<Gateway> {
@@ -75,6 +78,7 @@ impl Gateway {
             scheduler,
             config,
             metrics: Metrics::default(),
+            queue,
             token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
         })
     }

@@ -5,6 +5,7 @@
 //! reads an in-memory snapshot and hands records to the writer through a bounded channel.
 
 mod artifacts;
+mod queue;
 mod records;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 pub use artifacts::{digest_dir, ArtifactStore};
+pub use queue::QueueDb;
 pub use records::{InvocationQuery, LogEntry, RecordWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,11 @@ impl Store {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open the durable async queue (see [`QueueDb::open`] for `unsafe_ack`).
+    pub fn queue(&self, unsafe_ack: bool) -> Result<QueueDb> {
+        QueueDb::open(&self.db_path, unsafe_ack)
     }
 
     /// Start the background writer for invocation records and logs.

@@ -139,6 +139,8 @@ pub async fn invoke(
     data: Option<String>,
     file: Option<PathBuf>,
     qualifier: Option<String>,
+    is_async: bool,
+    idempotency_key: Option<String>,
     remote: Remote,
 ) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
@@ -158,6 +160,20 @@ pub async fn invoke(
     let mut path = format!("/2015-03-31/functions/{name}/invocations");
     if let Some(q) = qualifier {
         path.push_str(&format!("?Qualifier={q}"));
+    }
+    if is_async {
+        let mut headers = vec![("x-amz-invocation-type", "Event".to_owned())];
+        if let Some(key) = idempotency_key {
+            headers.push(("idempotency-key", key));
+        }
+        let r = client.call(Method::POST, &path, Bytes::from(payload), &headers).await?;
+        if r.status != http::StatusCode::ACCEPTED {
+            bail!("{} ({})", r.error_text(), r.status);
+        }
+        let id = r.headers.get("x-amzn-requestid").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        println!("{id}");
+        eprintln!("queued; `nimbus invocations --status queued` or GET /v1/invocations/{id} shows its progress");
+        return Ok(ExitCode::SUCCESS);
     }
     let r = client.call(Method::POST, &path, Bytes::from(payload), &[("x-amz-log-type", "Tail".into())]).await?;
     if let Some(log) = r.headers.get("x-amz-log-result").and_then(|v| v.to_str().ok()) {
@@ -203,11 +219,21 @@ pub async fn logs(name: String, follow: bool, request_id: Option<String>, remote
     }
 }
 
-pub async fn invocations(function: Option<String>, limit: u32, remote: Remote) -> Result<ExitCode> {
+pub async fn invocations(
+    function: Option<String>,
+    status: Option<String>,
+    limit: u32,
+    remote: Remote,
+) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
     let mut path = format!("/v1/invocations?limit={limit}");
     if let Some(f) = &function {
         path.push_str(&format!("&function={f}"));
+    }
+    if let Some(s) = &status {
+        path.push_str(&format!("&status={s}"));
+        print_events(&client.get_json(&path).await?);
+        return Ok(ExitCode::SUCCESS);
     }
     let v = client.get_json(&path).await?;
     println!(
@@ -227,6 +253,63 @@ pub async fn invocations(function: Option<String>, limit: u32, remote: Remote) -
             if r["cold"].as_bool() == Some(true) { "yes" } else { "" },
             init
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_events(list: &Value) {
+    println!(
+        "{:<36}  {:<16} {:<13} {:>8}  {:<11} LAST ERROR",
+        "REQUEST ID", "FUNCTION", "STATUS", "ATTEMPTS", "SOURCE"
+    );
+    for e in list.as_array().into_iter().flatten() {
+        let error = match (e["lastErrorType"].as_str(), e["lastError"].as_str()) {
+            (Some(t), Some(m)) => format!("{t}: {m}"),
+            (Some(t), None) => t.to_owned(),
+            _ => String::new(),
+        };
+        println!(
+            "{:<36}  {:<16} {:<13} {:>8}  {:<11} {error}",
+            str_of(e, "requestId"),
+            str_of(e, "function"),
+            str_of(e, "status"),
+            e["attempts"],
+            str_of(e, "source")
+        );
+    }
+}
+
+pub async fn dlq(action: crate::DlqAction, remote: Remote) -> Result<ExitCode> {
+    use crate::DlqAction;
+    let client = Client::new(&remote, &here())?;
+    match action {
+        DlqAction::Ls { function } => {
+            let path = function.map_or("/v1/dlq".to_owned(), |f| format!("/v1/dlq?function={f}"));
+            print_events(&client.get_json(&path).await?);
+        }
+        DlqAction::Show { id } => {
+            let v = client.get_json(&format!("/v1/dlq/{id}")).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        DlqAction::Redrive { ids, all, function } => {
+            if ids.is_empty() && !all {
+                bail!("name the events to redrive (IDs from `nimbus dlq ls`), or pass --all");
+            }
+            let body = serde_json::json!({"ids": ids, "all": all, "function": function});
+            let r = client.call(Method::POST, "/v1/dlq/redrive", Bytes::from(body.to_string()), &[]).await?;
+            if !r.status.is_success() {
+                bail!("redrive failed: {}", r.error_text());
+            }
+            println!("{} event(s) back in the queue", r.json()?["redriven"]);
+        }
+        DlqAction::Purge { function } => {
+            let body = serde_json::json!({ "function": function });
+            let r = client.call(Method::POST, "/v1/dlq/purge", Bytes::from(body.to_string()), &[]).await?;
+            if !r.status.is_success() {
+                bail!("purge failed: {}", r.error_text());
+            }
+            println!("{} dead-lettered event(s) deleted", r.json()?["purged"]);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

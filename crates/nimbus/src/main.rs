@@ -78,6 +78,12 @@ enum Command {
         /// A version number or alias.
         #[arg(long)]
         qualifier: Option<String>,
+        /// Queue the event (answered at once with its request id) instead of waiting.
+        #[arg(long = "async")]
+        is_async: bool,
+        /// With --async: the same key within an hour returns the same request id and runs once.
+        #[arg(long, requires = "is_async")]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -93,14 +99,49 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// List recent invocations.
+    /// Inspect and redrive the dead-letter store.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List recent invocations (or async events, with --status).
     Invocations {
         #[arg(long)]
         function: Option<String>,
+        /// queued, running, succeeded, failed or dead-lettered: list async events.
+        #[arg(long)]
+        status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DlqAction {
+    /// List dead-lettered events.
+    Ls {
+        #[arg(long)]
+        function: Option<String>,
+    },
+    /// Show one event: payload, attempts, last error.
+    Show { id: String },
+    /// Put events back in the queue.
+    Redrive {
+        ids: Vec<String>,
+        /// Every dead-lettered event (of --function, if given).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[arg(long)]
+        function: Option<String>,
+    },
+    /// Delete dead-lettered events.
+    Purge {
+        #[arg(long)]
+        function: Option<String>,
     },
 }
 
@@ -123,13 +164,16 @@ fn main() -> std::process::ExitCode {
             Command::Deploy { app_dir, remote } => commands::deploy(app_dir, remote).await,
             Command::Rollback { to, remote } => commands::rollback(to, remote).await,
             Command::Ls { remote } => commands::ls(remote).await,
-            Command::Invoke { name, data, file, qualifier, remote } => {
-                commands::invoke(name, data, file, qualifier, remote).await
+            Command::Invoke { name, data, file, qualifier, is_async, idempotency_key, remote } => {
+                commands::invoke(name, data, file, qualifier, is_async, idempotency_key, remote).await
             }
+            Command::Dlq { action, remote } => commands::dlq(action, remote).await,
             Command::Logs { name, follow, request_id, remote } => {
                 commands::logs(name, follow, request_id, remote).await
             }
-            Command::Invocations { function, limit, remote } => commands::invocations(function, limit, remote).await,
+            Command::Invocations { function, status, limit, remote } => {
+                commands::invocations(function, status, limit, remote).await
+            }
         }
     });
     match result {

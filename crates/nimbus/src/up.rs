@@ -54,6 +54,23 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
         Err(e) => bail!("deploy failed: {e}"),
     }
 
+    // NIMBUS_UNSAFE_ASYNC_ACK is for the fault test only: it proves the test detects lost events.
+    let unsafe_ack = std::env::var("NIMBUS_UNSAFE_ASYNC_ACK").is_ok_and(|v| v == "1");
+    if unsafe_ack {
+        tracing::warn!(
+            "NIMBUS_UNSAFE_ASYNC_ACK=1: async events are acknowledged before they are stored and CAN BE LOST"
+        );
+    }
+    let queue = Arc::new(control.store().queue(unsafe_ack).context("cannot open the async queue")?);
+    let engine = nimbus_queue::Engine::start(
+        queue.clone(),
+        Arc::new(scheduler.clone()),
+        control.clone(),
+        nimbus_queue::AsyncConfig::default(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the async engine: {e}"))?;
+
     let token = admin_token(&data_dir)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -62,13 +79,17 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
     let url = format!("http://{local}");
     write_private(&data_dir.join(URL_FILE), &url)?;
     let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
-    let gateway = Gateway::new(control.clone(), scheduler.clone(), config, &token);
+    let gateway = Gateway::new(control.clone(), scheduler.clone(), engine.clone(), config, &token);
 
     print_banner(&control, &url, &data_dir);
     nimbus_gateway::serve(listener, gateway, shutdown_signal(), drain).await;
 
-    tracing::info!("stopping instances");
+    tracing::info!("stopping async work and instances");
+    // Running async events get a moment to finish; any still running are queued again at the
+    // next start.
+    engine.shutdown(Duration::from_secs(5)).await;
     scheduler.shutdown(Duration::from_secs(5)).await;
+    queue.close();
     recorder.close();
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");

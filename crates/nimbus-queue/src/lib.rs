@@ -1,0 +1,500 @@
+//! Async invocations and cron triggers.
+//!
+//! # The engine
+//! `accept` puts an event on the durable [`QueueStore`] and returns only once it is stored
+//! (the caller then answers 202). A worker loop claims due events, as many as the in-flight
+//! budget allows, and runs each through the same [`Dispatch`] (pools, `max_instances`) as
+//! synchronous calls. The outcome goes through the pure retry policy
+//! ([`nimbus_core::policy::retry`]):
+//! - success: the event is `succeeded`; `on_success = "function:X"` enqueues an envelope for X;
+//! - function error (raised, timeout, crash): retried after exponential backoff with jitter, up
+//!   to `max_retry_attempts`;
+//! - platform error (init failure, no capacity): retried with backoff until `max_event_age`;
+//! - throttled: requeued after a short wait, not counted as a failure;
+//! - given up: `on_failure` decides: the dead-letter store (default) or an envelope to a function.
+//!
+//! On start, events left `running` by a crash go back to the queue (at-least-once). At
+//! shutdown the loop stops claiming and waits (bounded) for running events; any still running
+//! are recovered at the next start.
+//!
+//! # Cron
+//! Each schedule has a stable key. Every fire is an event whose id is derived from the key and
+//! the slot, inserted only if absent, and the schedule's latest slot is stored with it in one
+//! transaction: a restart never fires a slot twice. A schedule seen for the first time starts
+//! from now; slots missed while nimbus was down fire once (the latest) unless `catch_up = "none"`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use nimbus_core::policy::{self, AttemptFailure, RetryDecision};
+use nimbus_core::queue::{Accepted, AttemptRecord, ClaimedEvent, Finish, NewEvent, QueueError, QueueStore};
+use nimbus_core::{Destination, Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
+use nimbus_manifest::schedule::{CatchUp, ScheduleSpec};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, Semaphore};
+
+/// What the engine needs from the control plane: the live functions and schedules.
+pub trait Resolver: Send + Sync + 'static {
+    /// The function version to run: `qualifier` pins a deployment version, None is live.
+    fn function(&self, name: &str, qualifier: Option<&str>) -> Option<Arc<FunctionVersion>>;
+    fn schedules(&self) -> Vec<ScheduleSpec>;
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct AsyncConfig {
+    /// Unfinished events allowed in the queue before accepts get 429.
+    pub max_depth: u64,
+    /// Largest async payload (Lambda: 256 KB).
+    pub max_payload: usize,
+    pub idempotency_window: Duration,
+    /// Async invocations running at once (each still subject to its function's max_instances).
+    pub max_in_flight: usize,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            max_depth: 1_000_000,
+            max_payload: 256 * 1024,
+            idempotency_window: Duration::from_secs(3600),
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// Why an accept was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the async payload is {size} bytes, above the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("the queue holds {depth} unfinished events, its limit; retry later")]
+    Full { depth: u64 },
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// A request to run a function asynchronously.
+pub struct AcceptRequest {
+    pub function: String,
+    pub qualifier: Option<String>,
+    pub payload: Bytes,
+    pub source: &'static str,
+    pub idempotency_key: Option<String>,
+}
+
+pub struct Engine {
+    store: Arc<dyn QueueStore>,
+    dispatch: Arc<dyn Dispatch>,
+    resolver: Arc<dyn Resolver>,
+    config: AsyncConfig,
+    wake: Notify,
+    depth: AtomicU64,
+    in_flight: Arc<Semaphore>,
+    stopping: AtomicBool,
+    stopped: Notify,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// A time-ordered (v7) UUID from the userspace RNG.
+pub fn new_id() -> String {
+    uuid::Builder::from_unix_timestamp_millis(now_ms().max(0) as u64, &rand::random()).into_uuid().to_string()
+}
+
+/// A UUID-shaped id derived from a schedule key and slot: the same slot always gets the same id.
+pub fn slot_id(key: &str, slot_ms: i64) -> String {
+    let digest = Sha256::digest(format!("{key}#{slot_ms}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
+impl Engine {
+    /// Recover events left running, then start the worker and cron loops.
+    pub async fn start(
+        store: Arc<dyn QueueStore>,
+        dispatch: Arc<dyn Dispatch>,
+        resolver: Arc<dyn Resolver>,
+        config: AsyncConfig,
+    ) -> Result<Arc<Engine>, QueueError> {
+        let recovered = store.recover().await?;
+        if recovered > 0 {
+            tracing::info!(recovered, "async events that were running when nimbus stopped are queued again");
+        }
+        let depth = store.depth().await?;
+        let engine = Arc::new(Engine {
+            store,
+            dispatch,
+            resolver,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+            wake: Notify::new(),
+            depth: AtomicU64::new(depth),
+            stopping: AtomicBool::new(false),
+            stopped: Notify::new(),
+        });
+        tokio::spawn(engine.clone().work());
+        tokio::spawn(engine.clone().cron());
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Arc<dyn QueueStore> {
+        &self.store
+    }
+
+    /// Unfinished events (approximate between restarts; exact at start).
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Store an event durably; Ok means it is on stable storage.
+    pub async fn accept(&self, req: AcceptRequest) -> Result<Accepted, AcceptError> {
+        if req.payload.len() > self.config.max_payload {
+            return Err(AcceptError::TooLarge { size: req.payload.len(), limit: self.config.max_payload });
+        }
+        let depth = self.depth();
+        if depth >= self.config.max_depth {
+            return Err(AcceptError::Full { depth });
+        }
+        let now = now_ms();
+        let event = NewEvent {
+            id: new_id(),
+            function: req.function,
+            qualifier: req.qualifier,
+            payload: req.payload,
+            source: req.source.to_owned(),
+            idempotency_key: req.idempotency_key,
+            now_ms: now,
+            run_at_ms: now,
+        };
+        let window = self.config.idempotency_window.as_millis() as i64;
+        let accepted = self.store.accept(event, window).await.map_err(|e| AcceptError::Storage(e.to_string()))?;
+        if !accepted.duplicate {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+        Ok(accepted)
+    }
+
+    /// Tell the engine that events were queued behind its back (redrive).
+    pub fn queued(&self, n: u64) {
+        self.depth.fetch_add(n, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Stop claiming and wait (bounded) for running events to finish.
+    pub async fn shutdown(&self, within: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+        let all = self.config.max_in_flight as u32;
+        let _ = tokio::time::timeout(within, self.in_flight.acquire_many(all)).await;
+        self.stopped.notify_waiters();
+    }
+
+    async fn work(self: Arc<Self>) {
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let free = self.in_flight.available_permits() as u32;
+            if free == 0 {
+                // Wait for a running event to finish.
+                if let Ok(p) = self.in_flight.clone().acquire_owned().await {
+                    drop(p);
+                }
+                continue;
+            }
+            let claimed = match self.store.claim(now_ms(), free).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("cannot claim async events: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let wait = match self.store.next_due().await {
+                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(1, 1000) as u64),
+                    _ => Duration::from_secs(1),
+                };
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.stopped.notified() => return,
+                }
+                continue;
+            }
+            for ev in claimed {
+                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { break };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.execute(ev).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    async fn execute(self: &Arc<Self>, ev: ClaimedEvent) {
+        let started = now_ms();
+        let Some(function) = self.resolver.function(&ev.function, ev.qualifier.as_deref()) else {
+            let reason = format!("function {} is not in the live deployment", ev.function);
+            let attempt = AttemptRecord {
+                n: ev.attempts,
+                started_ms: started,
+                duration_ms: 0.0,
+                outcome: "not_found".into(),
+                error_type: Some("ResourceNotFoundException".into()),
+                error_message: Some(reason.clone()),
+            };
+            self.finish(&ev, attempt, Finish::Failed { reason, dead_letter: true }, true).await;
+            return;
+        };
+        let invocation = Invocation {
+            request_id: ev.id.clone(),
+            payload: ev.payload.clone(),
+            timeout: function.spec.timeout,
+            trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started / 1000, rand::random::<u128>() >> 32),
+            client_context: None,
+            trigger: if ev.source == "schedule" { Trigger::Schedule } else { Trigger::Event },
+            received_at: std::time::Instant::now(),
+            received_wall: SystemTime::now(),
+        };
+        let result = self.dispatch.invoke(function.clone(), invocation).await;
+        let duration_ms = (now_ms() - started) as f64;
+        let policy = &function.spec.async_policy;
+        let (failure, error_type, message, response) = match &result {
+            Ok(r) => match &r.outcome {
+                InvokeOutcome::Success(body) => (None, None, None, Some(body.clone())),
+                InvokeOutcome::FunctionError { error_type, error_message, body, .. } => (
+                    Some(AttemptFailure::Function),
+                    Some(error_type.clone()),
+                    Some(error_message.clone()),
+                    Some(body.clone()),
+                ),
+            },
+            Err(e) => {
+                let kind = match e {
+                    DispatchError::Timeout { .. }
+                    | DispatchError::Crashed { .. }
+                    | DispatchError::ResponseTooLarge { .. } => AttemptFailure::Function,
+                    DispatchError::Throttled { .. } => AttemptFailure::Throttled,
+                    _ => AttemptFailure::Platform,
+                };
+                let error_type = match e {
+                    DispatchError::InitFailed { error_type, .. } => error_type.clone(),
+                    other => other.lambda_error_type().to_owned(),
+                };
+                (Some(kind), Some(error_type), Some(e.to_string()), None)
+            }
+        };
+        let outcome = match failure {
+            None => "success",
+            Some(AttemptFailure::Function) => "function_error",
+            Some(AttemptFailure::Platform) => "platform_error",
+            Some(AttemptFailure::Throttled) => "throttled",
+        };
+        let attempt = AttemptRecord {
+            n: ev.attempts,
+            started_ms: started,
+            duration_ms,
+            outcome: outcome.into(),
+            error_type,
+            error_message: message,
+        };
+        let Some(failure) = failure else {
+            let body = response.unwrap_or_default();
+            if let Some(Destination::Function(target)) = &policy.on_success {
+                self.send(target, &ev, &function, "Success", Some(&body), None).await;
+            }
+            self.finish(&ev, attempt, Finish::Succeeded { response: body }, true).await;
+            return;
+        };
+        let function_errors = ev.function_errors + u32::from(failure == AttemptFailure::Function);
+        let platform_failures = ev.platform_failures + u32::from(failure != AttemptFailure::Function);
+        let age = Duration::from_millis((now_ms() - ev.accepted_ms).max(0) as u64);
+        let decision = policy::retry(failure, function_errors, platform_failures, age, policy, rand::random::<f64>());
+        let condition = match decision {
+            RetryDecision::RetryAfter(delay) => {
+                let finish = Finish::Retry {
+                    run_at_ms: now_ms() + delay.as_millis() as i64,
+                    function_error: failure == AttemptFailure::Function,
+                    platform_failure: failure != AttemptFailure::Function,
+                };
+                self.finish(&ev, attempt, finish, false).await;
+                self.wake.notify_one();
+                return;
+            }
+            RetryDecision::RetriesExhausted => "RetriesExhausted",
+            RetryDecision::EventAgeExceeded => "EventAgeExceeded",
+        };
+        let reason = match condition {
+            "RetriesExhausted" => {
+                format!("failed {function_errors} time(s); max_retry_attempts is {}", policy.max_retry_attempts)
+            }
+            _ => format!("older than max_event_age ({:?})", policy.max_event_age),
+        };
+        let dead_letter = match &policy.on_failure {
+            Some(Destination::Function(target)) => {
+                let error = json!({"errorType": attempt.error_type, "errorMessage": attempt.error_message});
+                self.send(target, &ev, &function, condition, response.as_ref(), Some(error)).await;
+                false
+            }
+            _ => true,
+        };
+        self.finish(&ev, attempt, Finish::Failed { reason, dead_letter }, true).await;
+    }
+
+    async fn finish(&self, ev: &ClaimedEvent, attempt: AttemptRecord, finish: Finish, terminal: bool) {
+        // A failed write leaves the event `running`; it is recovered (run again) at the next start.
+        if let Err(e) = self.store.finish(&ev.id, attempt, finish, now_ms()).await {
+            tracing::error!(id = %ev.id, "cannot record the outcome of an async event: {e}");
+            return;
+        }
+        if terminal {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Enqueue a destination envelope, in the shape Lambda destinations use.
+    async fn send(
+        &self,
+        target: &str,
+        ev: &ClaimedEvent,
+        function: &FunctionVersion,
+        condition: &str,
+        response: Option<&Bytes>,
+        error: Option<Value>,
+    ) {
+        let parse = |b: &[u8]| {
+            serde_json::from_slice::<Value>(b)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned()))
+        };
+        let mut response_context = json!({"statusCode": 200, "executedVersion": function.version});
+        if error.is_some() {
+            response_context["functionError"] = json!("Unhandled");
+        }
+        let envelope = json!({
+            "version": "1.0",
+            "timestamp": chrono::Utc::now().to_rfc3339(),
+            "requestContext": {
+                "requestId": ev.id,
+                "functionArn": format!("{}:{}", function.arn(), function.version),
+                "condition": condition,
+                "approximateInvokeCount": ev.attempts,
+            },
+            "requestPayload": parse(&ev.payload),
+            "responseContext": response_context,
+            "responsePayload": match (response, &error) {
+                (Some(b), _) if !b.is_empty() => parse(b),
+                (_, Some(e)) => e.clone(),
+                _ => Value::Null,
+            },
+        });
+        let req = AcceptRequest {
+            function: target.to_owned(),
+            qualifier: None,
+            payload: Bytes::from(envelope.to_string()),
+            source: "destination",
+            idempotency_key: None,
+        };
+        if let Err(e) = self.accept(req).await {
+            tracing::error!(id = %ev.id, target, "cannot send the outcome to its destination: {e}");
+        }
+    }
+
+    async fn cron(self: Arc<Self>) {
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = now_ms();
+            let mut next_wake = now + 1000;
+            for s in self.resolver.schedules() {
+                match self.tick(&s, now).await {
+                    Ok(Some(next)) => next_wake = next_wake.min(next),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(schedule = %s.key(), "schedule failed: {e}"),
+                }
+            }
+            let wait = Duration::from_millis((next_wake - now_ms()).clamp(1, 1000) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopped.notified() => return,
+            }
+        }
+    }
+
+    /// Fire `s` if a slot is due; returns when its next slot is.
+    async fn tick(&self, s: &ScheduleSpec, now: i64) -> Result<Option<i64>, QueueError> {
+        let key = s.key();
+        let Some(last) = self.store.last_slot(&key).await? else {
+            // First sight of this schedule: start from now, do not fire the past.
+            self.store.skip_to(&key, now).await?;
+            return Ok(s.next_slot_after(now));
+        };
+        if let Some(slot) = s.latest_slot_between(last, now) {
+            // A slot more than a few seconds old was missed while nimbus was down.
+            let missed = now - slot > 5_000;
+            if missed && s.catch_up == CatchUp::None {
+                self.store.skip_to(&key, slot).await?;
+            } else {
+                self.fire(s, &key, slot).await?;
+            }
+        }
+        Ok(s.next_slot_after(now))
+    }
+
+    async fn fire(&self, s: &ScheduleSpec, key: &str, slot: i64) -> Result<(), QueueError> {
+        let id = slot_id(key, slot);
+        let time = ScheduleSpec::slot_time(slot);
+        // The EventBridge scheduled-event shape, as Lambda handlers expect it.
+        let payload = json!({
+            "version": "0",
+            "id": id,
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": nimbus_core::ACCOUNT_ID,
+            "time": time,
+            "region": nimbus_core::REGION,
+            "resources": [format!("arn:aws:events:{}:{}:rule/{key}", nimbus_core::REGION, nimbus_core::ACCOUNT_ID)],
+            "detail": {},
+        });
+        let now = now_ms();
+        let event = NewEvent {
+            id,
+            function: s.function.clone(),
+            qualifier: None,
+            payload: Bytes::from(payload.to_string()),
+            source: "schedule".into(),
+            idempotency_key: None,
+            now_ms: now,
+            run_at_ms: now,
+        };
+        if self.store.fire_slot(key, slot, event).await? {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ids_are_deterministic_uuids() {
+        let a = slot_id("report@cron(0 2 * * *)@UTC", 1_795_318_400_000);
+        assert_eq!(a, slot_id("report@cron(0 2 * * *)@UTC", 1_795_318_400_000));
+        assert_ne!(a, slot_id("report@cron(0 2 * * *)@UTC", 1_795_404_800_000));
+        assert_eq!(a.len(), 36);
+        assert!(uuid::Uuid::parse_str(&a).is_ok());
+    }
+}

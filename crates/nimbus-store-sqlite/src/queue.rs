@@ -1,0 +1,404 @@
+//! The durable async queue on SQLite, with group commit.
+//!
+//! Every write goes to one writer thread. It takes the first operation, then everything else
+//! already waiting, applies them all in one transaction (a savepoint each, so one failing
+//! operation does not undo its neighbours), commits with `synchronous=FULL` (WAL + fsync), and
+//! only then replies. An accept is therefore acknowledged only once it is on stable storage,
+//! and under load one fsync covers many accepts. Reads use their own connection.
+
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_core::queue::{Accepted, AttemptRecord, ClaimedEvent, EventView, Finish, NewEvent, QueueError, QueueStore};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::oneshot;
+
+use crate::open_connection;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    qualifier TEXT,
+    payload BLOB NOT NULL,
+    source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    function_errors INTEGER NOT NULL DEFAULT 0,
+    platform_failures INTEGER NOT NULL DEFAULT 0,
+    accepted_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    next_run_ms INTEGER NOT NULL,
+    idempotency_key TEXT,
+    last_error_type TEXT,
+    last_error TEXT,
+    reason TEXT,
+    result BLOB,
+    history TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS events_due ON events(status, next_run_ms);
+CREATE INDEX IF NOT EXISTS events_idem ON events(function, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS schedule_state (key TEXT PRIMARY KEY, last_slot_ms INTEGER NOT NULL);
+";
+
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+enum Op {
+    Accept(NewEvent, i64, Reply<Accepted>),
+    Claim(i64, u32, Reply<Vec<ClaimedEvent>>),
+    Finish(String, AttemptRecord, Finish, i64, Reply<()>),
+    Recover(Reply<u64>),
+    Redrive(Vec<String>, Option<String>, i64, Reply<u64>),
+    Purge(Option<String>, Reply<u64>),
+    Fire(String, i64, NewEvent, Reply<bool>),
+    Skip(String, i64, Reply<()>),
+}
+
+/// The embedded queue store.
+pub struct QueueDb {
+    tx: Mutex<Option<Sender<Op>>>,
+    read: Arc<Mutex<Connection>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl QueueDb {
+    /// Open the queue in the store's database. `unsafe_ack` acknowledges accepts before they
+    /// are committed and commits lazily: it exists only so the fault test can prove it detects
+    /// lost events; never use it.
+    pub fn open(db: &Path, unsafe_ack: bool) -> crate::Result<QueueDb> {
+        let conn = open_connection(db)?;
+        conn.execute_batch(SCHEMA)?;
+        let read = open_connection(db)?;
+        let (tx, rx) = channel();
+        let thread =
+            std::thread::Builder::new().name("nimbus-queue".into()).spawn(move || write_loop(conn, rx, unsafe_ack))?;
+        Ok(QueueDb { tx: Mutex::new(Some(tx)), read: Arc::new(Mutex::new(read)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Commit what is pending and stop the writer.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = guard.as_ref().ok_or_else(|| QueueError::Storage("the queue is closed".into()))?;
+            tx.send(make(reply)).map_err(|_| QueueError::Storage("the queue writer stopped".into()))?;
+        }
+        rx.await.map_err(|_| QueueError::Storage("the queue writer stopped".into()))?.map_err(QueueError::Storage)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, QueueError> {
+        let conn = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|e| QueueError::Storage(e.to_string()))
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: Receiver<Op>, unsafe_ack: bool) {
+    while let Ok(first) = rx.recv() {
+        if unsafe_ack {
+            // Test-only: pretend to be fast by acknowledging first and committing later.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+        let mut ops = vec![first];
+        while ops.len() < 10_000 {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies: Vec<Box<dyn FnOnce(bool)>> = Vec::with_capacity(ops.len());
+        let result = (|| -> rusqlite::Result<()> {
+            let mut tx = conn.transaction()?;
+            for op in ops {
+                replies.push(apply(&mut tx, op));
+            }
+            tx.commit()
+        })();
+        let committed = match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("queue commit failed: {e}");
+                false
+            }
+        };
+        for reply in replies {
+            reply(committed);
+        }
+    }
+}
+
+/// Apply one operation inside the batch's transaction; returns how to answer once the batch's
+/// fate is known (an answer is only "ok" if the commit succeeded).
+fn apply(tx: &mut Transaction<'_>, op: Op) -> Box<dyn FnOnce(bool)> {
+    fn run<T: Send + 'static>(
+        tx: &mut Transaction<'_>,
+        reply: Reply<T>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Box<dyn FnOnce(bool)> {
+        let outcome = match tx.savepoint() {
+            Ok(mut sp) => match f(&sp) {
+                Ok(v) => sp.commit().map(|()| v),
+                Err(e) => {
+                    let _ = sp.rollback();
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        Box::new(move |committed| {
+            let answer = match outcome {
+                Ok(v) if committed => Ok(v),
+                Ok(_) => Err("the queue could not commit".to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = reply.send(answer);
+        })
+    }
+    match op {
+        Op::Accept(ev, window, reply) => run(tx, reply, |tx| accept(tx, &ev, window)),
+        Op::Claim(now, limit, reply) => run(tx, reply, |tx| claim(tx, now, limit)),
+        Op::Finish(id, attempt, finish, now, reply) => {
+            run(tx, reply, |tx| finish_event(tx, &id, &attempt, &finish, now))
+        }
+        Op::Recover(reply) => run(tx, reply, |tx| {
+            Ok(tx.execute("UPDATE events SET status = 'queued' WHERE status = 'running'", [])? as u64)
+        }),
+        Op::Redrive(ids, function, now, reply) => run(tx, reply, |tx| {
+            let sql = "UPDATE events SET status = 'queued', next_run_ms = ?1, updated_ms = ?1, attempts = 0,
+                       function_errors = 0, platform_failures = 0, accepted_ms = ?1, reason = NULL
+                       WHERE status = 'dead'";
+            if ids.is_empty() {
+                Ok(tx.execute(&format!("{sql} AND (?2 IS NULL OR function = ?2)"), params![now, function])? as u64)
+            } else {
+                let mut n = 0;
+                for id in &ids {
+                    n += tx.execute(&format!("{sql} AND id = ?2"), params![now, id])? as u64;
+                }
+                Ok(n)
+            }
+        }),
+        Op::Purge(function, reply) => run(tx, reply, |tx| {
+            Ok(tx.execute(
+                "DELETE FROM events WHERE status = 'dead' AND (?1 IS NULL OR function = ?1)",
+                params![function],
+            )? as u64)
+        }),
+        Op::Fire(key, slot, ev, reply) => run(tx, reply, |tx| {
+            let fired = insert(tx, &ev, "INSERT OR IGNORE")? == 1;
+            tx.execute(
+                "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
+                params![key, slot],
+            )?;
+            Ok(fired)
+        }),
+        Op::Skip(key, slot, reply) => run(tx, reply, |tx| {
+            tx.execute(
+                "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
+                params![key, slot],
+            )?;
+            Ok(())
+        }),
+    }
+}
+
+fn insert(tx: &Connection, ev: &NewEvent, verb: &str) -> rusqlite::Result<usize> {
+    tx.execute(
+        &format!(
+            "{verb} INTO events(id, function, qualifier, payload, source, status, accepted_ms, updated_ms, next_run_ms, idempotency_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7, ?8)"
+        ),
+        params![ev.id, ev.function, ev.qualifier, ev.payload.as_ref(), ev.source, ev.now_ms, ev.run_at_ms, ev.idempotency_key],
+    )
+}
+
+fn accept(tx: &Connection, ev: &NewEvent, window_ms: i64) -> rusqlite::Result<Accepted> {
+    if let Some(key) = &ev.idempotency_key {
+        let earlier: Option<String> = tx
+            .query_row(
+                "SELECT id FROM events WHERE function = ?1 AND idempotency_key = ?2 AND accepted_ms > ?3
+                 ORDER BY accepted_ms DESC LIMIT 1",
+                params![ev.function, key, ev.now_ms - window_ms],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = earlier {
+            return Ok(Accepted { id, duplicate: true });
+        }
+    }
+    insert(tx, ev, "INSERT")?;
+    Ok(Accepted { id: ev.id.clone(), duplicate: false })
+}
+
+fn claim(tx: &Connection, now: i64, limit: u32) -> rusqlite::Result<Vec<ClaimedEvent>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, function, qualifier, payload, source, accepted_ms, attempts, function_errors, platform_failures
+         FROM events WHERE status = 'queued' AND next_run_ms <= ?1 ORDER BY next_run_ms LIMIT ?2",
+    )?;
+    let claimed = stmt
+        .query_map(params![now, limit], |r| {
+            Ok(ClaimedEvent {
+                id: r.get(0)?,
+                function: r.get(1)?,
+                qualifier: r.get(2)?,
+                payload: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                source: r.get(4)?,
+                accepted_ms: r.get(5)?,
+                attempts: r.get::<_, u32>(6)? + 1,
+                function_errors: r.get(7)?,
+                platform_failures: r.get(8)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut upd = tx.prepare_cached(
+        "UPDATE events SET status = 'running', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
+    )?;
+    for c in &claimed {
+        upd.execute(params![c.id, now])?;
+    }
+    Ok(claimed)
+}
+
+fn finish_event(tx: &Connection, id: &str, attempt: &AttemptRecord, finish: &Finish, now: i64) -> rusqlite::Result<()> {
+    let history: String = tx.query_row("SELECT history FROM events WHERE id = ?1", [id], |r| r.get(0))?;
+    let mut list: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap_or_default();
+    list.push(serde_json::to_value(attempt).unwrap_or_default());
+    let history = serde_json::Value::Array(list).to_string();
+    let (err_type, err) = (&attempt.error_type, &attempt.error_message);
+    match finish {
+        Finish::Succeeded { response } => tx.execute(
+            "UPDATE events SET status = 'succeeded', result = ?2, updated_ms = ?3, history = ?4 WHERE id = ?1",
+            params![id, response.as_ref(), now, history],
+        ),
+        Finish::Retry { run_at_ms, function_error, platform_failure } => tx.execute(
+            "UPDATE events SET status = 'queued', next_run_ms = ?2, updated_ms = ?3, history = ?4,
+             function_errors = function_errors + ?5, platform_failures = platform_failures + ?6,
+             last_error_type = ?7, last_error = ?8 WHERE id = ?1",
+            params![id, run_at_ms, now, history, i64::from(*function_error), i64::from(*platform_failure), err_type, err],
+        ),
+        Finish::Failed { reason, dead_letter } => tx.execute(
+            "UPDATE events SET status = ?2, reason = ?3, updated_ms = ?4, history = ?5, last_error_type = ?6, last_error = ?7
+             WHERE id = ?1",
+            params![id, if *dead_letter { "dead" } else { "failed" }, reason, now, history, err_type, err],
+        ),
+    }?;
+    Ok(())
+}
+
+const VIEW_COLUMNS: &str = "id, function, qualifier, source, status, attempts, accepted_ms, updated_ms, next_run_ms,
+    last_error_type, last_error, reason, payload, result, history";
+
+fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
+    let status: String = r.get(4)?;
+    let json = |b: Option<Vec<u8>>| {
+        b.map(|b| {
+            serde_json::from_slice(&b)
+                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&b).into_owned()))
+        })
+    };
+    Ok(EventView {
+        request_id: r.get(0)?,
+        function: r.get(1)?,
+        qualifier: r.get(2)?,
+        source: r.get(3)?,
+        next_run_ms: (status == "queued").then(|| r.get(8)).transpose()?,
+        status: if status == "dead" { "dead-lettered".to_owned() } else { status },
+        attempts: r.get(5)?,
+        accepted_ms: r.get(6)?,
+        updated_ms: r.get(7)?,
+        last_error_type: r.get(9)?,
+        last_error: r.get(10)?,
+        reason: r.get(11)?,
+        payload: json(r.get(12)?).unwrap_or_default(),
+        result: json(r.get(13)?),
+        history: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
+    })
+}
+
+#[async_trait]
+impl QueueStore for QueueDb {
+    async fn accept(&self, event: NewEvent, window_ms: i64) -> Result<Accepted, QueueError> {
+        self.call(|r| Op::Accept(event, window_ms, r)).await
+    }
+
+    async fn claim(&self, now_ms: i64, limit: u32) -> Result<Vec<ClaimedEvent>, QueueError> {
+        self.call(|r| Op::Claim(now_ms, limit, r)).await
+    }
+
+    async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: i64) -> Result<(), QueueError> {
+        let id = id.to_owned();
+        self.call(|r| Op::Finish(id, attempt, finish, now_ms, r)).await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>, QueueError> {
+        self.read(|c| c.query_row("SELECT min(next_run_ms) FROM events WHERE status = 'queued'", [], |r| r.get(0)))
+    }
+
+    async fn recover(&self) -> Result<u64, QueueError> {
+        self.call(Op::Recover).await
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM events WHERE status IN ('queued', 'running')", [], |r| r.get(0))
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<EventView>, QueueError> {
+        self.read(|c| c.query_row(&format!("SELECT {VIEW_COLUMNS} FROM events WHERE id = ?1"), [id], view).optional())
+    }
+
+    async fn list(
+        &self,
+        status: Option<&str>,
+        function: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventView>, QueueError> {
+        let status = status.map(|s| if s == "dead-lettered" { "dead" } else { s });
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VIEW_COLUMNS} FROM events WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR function = ?2)
+                 ORDER BY accepted_ms DESC, id DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![status, function, limit.max(1)], view)?.collect();
+            rows
+        })
+    }
+
+    async fn redrive(&self, ids: &[String], function: Option<&str>, now_ms: i64) -> Result<u64, QueueError> {
+        let (ids, function) = (ids.to_vec(), function.map(str::to_owned));
+        self.call(|r| Op::Redrive(ids, function, now_ms, r)).await
+    }
+
+    async fn purge(&self, function: Option<&str>) -> Result<u64, QueueError> {
+        let function = function.map(str::to_owned);
+        self.call(|r| Op::Purge(function, r)).await
+    }
+
+    async fn fire_slot(&self, schedule_key: &str, slot_ms: i64, event: NewEvent) -> Result<bool, QueueError> {
+        let key = schedule_key.to_owned();
+        self.call(|r| Op::Fire(key, slot_ms, event, r)).await
+    }
+
+    async fn last_slot(&self, schedule_key: &str) -> Result<Option<i64>, QueueError> {
+        self.read(|c| {
+            c.query_row("SELECT last_slot_ms FROM schedule_state WHERE key = ?1", [schedule_key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    async fn skip_to(&self, schedule_key: &str, slot_ms: i64) -> Result<(), QueueError> {
+        let key = schedule_key.to_owned();
+        self.call(|r| Op::Skip(key, slot_ms, r)).await
+    }
+}
