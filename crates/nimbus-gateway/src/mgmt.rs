@@ -82,7 +82,9 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
         }
         (Method::POST, ["dlq", "redrive"]) => redrive(gw, req).await,
         (Method::POST, ["dlq", "purge"]) => purge(gw, req).await,
-        (Method::GET, ["queue"]) => json(StatusCode::OK, &json!({"depth": gw.queue.depth()})),
+        (Method::GET, ["queue"]) => {
+            json(StatusCode::OK, &json!({"depth": gw.queue.depth(), "recoveredAtStart": gw.queue.recovered()}))
+        }
         _ => err(StatusCode::NOT_FOUND, &format!("no management endpoint {} {path}", req.method())),
     }
 }

@@ -96,6 +96,7 @@ pub struct Engine {
     in_flight: Arc<Semaphore>,
     stopping: AtomicBool,
     stopped: Notify,
+    recovered: u64,
 }
 
 pub fn now_ms() -> i64 {
@@ -138,6 +139,7 @@ impl Engine {
             depth: AtomicU64::new(depth),
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
+            recovered,
         });
         tokio::spawn(engine.clone().work());
         tokio::spawn(engine.clone().cron());
@@ -146,6 +148,11 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn QueueStore> {
         &self.store
+    }
+
+    /// Events that were running when the previous process stopped, queued again at start.
+    pub fn recovered(&self) -> u64 {
+        self.recovered
     }
 
     /// Unfinished events (approximate between restarts; exact at start).
@@ -352,10 +359,15 @@ impl Engine {
     }
 
     async fn finish(&self, ev: &ClaimedEvent, attempt: AttemptRecord, finish: Finish, terminal: bool) {
-        // A failed write leaves the event `running`; it is recovered (run again) at the next start.
-        if let Err(e) = self.store.finish(&ev.id, attempt, finish, now_ms()).await {
-            tracing::error!(id = %ev.id, "cannot record the outcome of an async event: {e}");
-            return;
+        let mut tries = 0;
+        while let Err(e) = self.store.finish(&ev.id, attempt.clone(), finish.clone(), now_ms()).await {
+            tries += 1;
+            if tries == 5 {
+                // The event stays `running` and is run again after the next start.
+                tracing::error!(id = %ev.id, "cannot record the outcome of an async event: {e}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50 << tries)).await;
         }
         if terminal {
             self.depth.fetch_sub(1, Ordering::Relaxed);

@@ -121,9 +121,11 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Open the durable async queue (see [`QueueDb::open`] for `unsafe_ack`).
+    /// Open the durable async queue (see [`QueueDb::open`] for `unsafe_ack`). It lives in its
+    /// own database file: its fsyncs never wait behind record writes, and no other writer
+    /// contends for its lock.
     pub fn queue(&self, unsafe_ack: bool) -> Result<QueueDb> {
-        QueueDb::open(&self.db_path, unsafe_ack)
+        QueueDb::open(&self.db_path.with_file_name("queue.db"), unsafe_ack)
     }
 
     /// Start the background writer for invocation records and logs.

@@ -102,13 +102,31 @@ impl QueueDb {
     }
 }
 
+/// Test-only (`unsafe_ack`): acknowledge an accept on receipt, before it is stored.
+fn ack_early(op: Op) -> Op {
+    match op {
+        Op::Accept(ev, window, reply) => {
+            let _ = reply.send(Ok(Accepted { id: ev.id.clone(), duplicate: false }));
+            Op::Accept(ev, window, oneshot::channel().0)
+        }
+        other => other,
+    }
+}
+
 fn write_loop(mut conn: Connection, rx: Receiver<Op>, unsafe_ack: bool) {
     while let Ok(first) = rx.recv() {
-        if unsafe_ack {
-            // Test-only: pretend to be fast by acknowledging first and committing later.
-            std::thread::sleep(std::time::Duration::from_secs(2));
-        }
         let mut ops = vec![first];
+        if unsafe_ack {
+            // Test-only: acknowledge now, commit seconds later, as a careless queue would.
+            ops = ops.into_iter().map(ack_early).collect();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(op) => ops.push(ack_early(op)),
+                    Err(_) => break,
+                }
+            }
+        }
         while ops.len() < 10_000 {
             match rx.try_recv() {
                 Ok(op) => ops.push(op),
@@ -117,7 +135,9 @@ fn write_loop(mut conn: Connection, rx: Receiver<Op>, unsafe_ack: bool) {
         }
         let mut replies: Vec<Box<dyn FnOnce(bool)>> = Vec::with_capacity(ops.len());
         let result = (|| -> rusqlite::Result<()> {
-            let mut tx = conn.transaction()?;
+            // IMMEDIATE: take the write lock up front (waiting for it), so a read-then-write
+            // operation can never fail on a snapshot another connection made stale.
+            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for op in ops {
                 replies.push(apply(&mut tx, op));
             }
