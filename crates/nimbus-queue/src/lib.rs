@@ -390,7 +390,9 @@ impl Engine {
         };
         let mut response_context = json!({"statusCode": 200, "executedVersion": function.version});
         if error.is_some() {
-            response_context["functionError"] = json!("Unhandled");
+            if let Some(obj) = response_context.as_object_mut() {
+                obj.insert("functionError".into(), json!("Unhandled"));
+            }
         }
         let envelope = json!({
             "version": "1.0",

@@ -62,14 +62,14 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
         );
     }
     let queue = Arc::new(control.store().queue(unsafe_ack).context("cannot open the async queue")?);
-    let engine = nimbus_queue::Engine::start(
-        queue.clone(),
-        Arc::new(scheduler.clone()),
-        control.clone(),
-        nimbus_queue::AsyncConfig::default(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot start the async engine: {e}"))?;
+    let mut async_config = nimbus_queue::AsyncConfig::default();
+    if let Ok(v) = std::env::var("NIMBUS_ASYNC_MAX_DEPTH") {
+        async_config.max_depth =
+            v.parse().with_context(|| format!("NIMBUS_ASYNC_MAX_DEPTH={v:?} is not a number of events"))?;
+    }
+    let engine = nimbus_queue::Engine::start(queue.clone(), Arc::new(scheduler.clone()), control.clone(), async_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the async engine: {e}"))?;
 
     let token = admin_token(&data_dir)?;
     let listener = tokio::net::TcpListener::bind(addr)

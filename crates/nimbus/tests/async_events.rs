@@ -20,6 +20,9 @@ def handler(event, context):
     fd = os.open(os.environ["RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, (line + "\n").encode())
     os.close(fd)
+    if event.get("sleep"):
+        import time
+        time.sleep(event["sleep"])
     if event.get("fail"):
         raise ValueError("asked to fail")
     return {"n": event.get("n")}
@@ -393,4 +396,49 @@ async fn the_fault_test_detects_loss_when_accepts_are_not_durable() {
         stored < 1000 && distinct < 1000,
         "the non-durable run lost nothing ({stored} stored, {distinct} run): the fault test could not fail"
     );
+}
+
+#[tokio::test]
+async fn redrive_all_requeues_every_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let app = appender(App::new("redrive-all"), "f", &log, "max_retry_attempts = 0").finish();
+    let server = Server::start(app.path());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(accept(&server, "f", &json!({"n": n, "fail": true}), &[]).await);
+    }
+    for id in &ids {
+        wait_event(&server, id, Duration::from_secs(10), |v| v["status"] == "dead-lettered").await;
+    }
+    let out = server.cli(&["dlq", "redrive", "--all"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 event(s) back in the queue"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for id in &ids {
+        let ev = wait_event(&server, id, Duration::from_secs(10), |v| {
+            v["status"] == "dead-lettered" && v["history"].as_array().unwrap().len() == 2
+        })
+        .await;
+        assert_eq!(ev["attempts"], 1);
+    }
+    assert_eq!(runs(&log).len(), 6);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_with_429_until_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let app = appender(App::new("full"), "f", &log, "").finish();
+    let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[("NIMBUS_ASYNC_MAX_DEPTH", "1")]);
+    // The first event runs for 1.5 s: until it finishes the queue is at its limit of 1.
+    let first = accept(&server, "f", &json!({"n": 1, "sleep": 1.5}), &[]).await;
+    let over = server.invoke_with("f", &json!({"n": 2}), &[("x-amz-invocation-type", "Event")]).await;
+    assert_eq!(over.status, 429, "{}", String::from_utf8_lossy(&over.raw));
+    assert_eq!(over.header("x-amzn-errortype"), Some("TooManyRequestsException"));
+    assert!(over.header("retry-after").is_some());
+    wait_event(&server, &first, Duration::from_secs(10), |v| v["status"] == "succeeded").await;
+    accept(&server, "f", &json!({"n": 2}), &[]).await;
 }
