@@ -64,7 +64,37 @@ impl Scheduler {
     }
 }
 
+/// What one invocation needs to record a failure to get an instance.
+struct Attempt<'a> {
+    function: &'a FunctionVersion,
+    request_id: &'a str,
+    trigger: nimbus_core::Trigger,
+    start_ms: u64,
+    queued: Instant,
+}
+
 impl Inner {
+    /// Take an instance from `pool`, or record why none could be had and say so.
+    async fn lease(&self, pool: &Arc<Pool>, a: &Attempt<'_>) -> Result<pool::Lease, DispatchError> {
+        let e = match pool.acquire().await {
+            Ok(lease) => return Ok(lease),
+            Err(e) => e,
+        };
+        let log = report::failed_start_log(a.function, a.request_id, &e);
+        let err = match e {
+            pool::AcquireError::Dispatch(d) => d,
+            pool::AcquireError::Init { error_type, message, log: init_log } => DispatchError::InitFailed {
+                name: a.function.spec.name.clone(),
+                error_type,
+                message,
+                log: format!("{init_log}{log}"),
+            },
+        };
+        let rec =
+            report::record_for_error(a.function, a.request_id, a.trigger, a.start_ms, a.queued.elapsed(), &err, None);
+        self.recorder.record(rec);
+        Err(err)
+    }
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -132,31 +162,8 @@ impl Inner {
         let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let request_id = inv.request_id.clone();
         let trigger = inv.trigger;
-        let mut lease = match pool.acquire().await {
-            Ok(l) => l,
-            Err(e) => {
-                let log = report::failed_start_log(&function, &request_id, &e);
-                let err = match e {
-                    pool::AcquireError::Dispatch(d) => d,
-                    pool::AcquireError::Init { error_type, message, log: init_log } => DispatchError::InitFailed {
-                        name: function.spec.name.clone(),
-                        error_type,
-                        message,
-                        log: format!("{init_log}{log}"),
-                    },
-                };
-                self.recorder.record(report::record_for_error(
-                    &function,
-                    &request_id,
-                    trigger,
-                    start_ms,
-                    queued.elapsed(),
-                    &err,
-                    None,
-                ));
-                return Err(err);
-            }
-        };
+        let ctx = Attempt { function: &function, request_id: &request_id, trigger, start_ms, queued };
+        let mut lease = self.lease(&pool, &ctx).await?;
         let mut queue_wait = queued.elapsed();
         let (mut cold, mut init_log) = lease.begin();
         let mut result = lease.instance().invoke(inv.clone()).await;
@@ -164,31 +171,10 @@ impl Inner {
         if let Err(nimbus_core::InstanceError::Lost { detail }) = &result {
             // The function never ran: one more try on another instance is safe.
             tracing::debug!(function = %function.spec.name, "retrying an invocation whose instance was lost: {detail}");
-            match pool.acquire().await {
-                Ok(mut again) => {
-                    queue_wait = queued.elapsed();
-                    (cold, init_log) = again.begin();
-                    result = again.instance().invoke(inv).await;
-                }
-                Err(e) => {
-                    let err = match e {
-                        pool::AcquireError::Dispatch(d) => d,
-                        pool::AcquireError::Init { error_type, message, log } => {
-                            DispatchError::InitFailed { name: function.spec.name.clone(), error_type, message, log }
-                        }
-                    };
-                    self.recorder.record(report::record_for_error(
-                        &function,
-                        &request_id,
-                        trigger,
-                        start_ms,
-                        queued.elapsed(),
-                        &err,
-                        None,
-                    ));
-                    return Err(err);
-                }
-            }
+            let mut again = self.lease(&pool, &ctx).await?;
+            queue_wait = queued.elapsed();
+            (cold, init_log) = again.begin();
+            result = again.instance().invoke(inv).await;
         }
         match result {
             Ok(mut r) => {

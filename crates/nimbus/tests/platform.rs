@@ -26,15 +26,6 @@ fn count(functions: &Value, name: &str, field: &str) -> u64 {
     pools_of(functions, name).iter().map(|p| p[field].as_u64().unwrap()).sum()
 }
 
-/// Wait (bounded) until `path` exists: the function writes it when it starts running.
-async fn wait_file(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_burst_to_a_cold_function_starts_at_most_max_instances_and_all_succeed() {
     let app = App::new("burst").conformance("node", "f", "max_instances = 4\ntimeout = \"10s\"").finish();
@@ -69,20 +60,7 @@ async fn at_the_cap_with_a_full_queue_callers_get_429_with_retry_after() {
         .finish();
     let server = Server::start(app.path());
     let marker = app.path().join("started");
-    let slow = {
-        let server_url = server.url.clone();
-        let marker = marker.display().to_string();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("{server_url}/2015-03-31/functions/f/invocations"))
-                .body(json!({"op": "sleep", "ms": 1500, "marker": marker}).to_string())
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
-    wait_file(&marker).await;
+    let slow = server.start_sleeping("f", 1500, &marker).await;
     let throttled = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(throttled.status, 429);
     assert_eq!(throttled.header("x-amzn-errortype"), Some("TooManyRequestsException"));
@@ -91,7 +69,7 @@ async fn at_the_cap_with_a_full_queue_callers_get_429_with_retry_after() {
     let route = server.get("/f").await;
     assert_eq!(route.status(), 429);
     assert!(route.headers().get("retry-after").is_some());
-    assert_eq!(slow.await.unwrap(), 200, "the request in flight is unaffected");
+    assert_eq!(slow.await.unwrap().status, 200, "the request in flight is unaffected");
 }
 
 #[tokio::test]
@@ -101,18 +79,7 @@ async fn a_queued_request_waits_at_most_queue_timeout() {
         .finish();
     let server = Server::start(app.path());
     let marker = app.path().join("started");
-    let url = server.url.clone();
-    let m = marker.display().to_string();
-    let slow = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/2015-03-31/functions/f/invocations"))
-            .body(json!({"op": "sleep", "ms": 2000, "marker": m}).to_string())
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    wait_file(&marker).await;
+    let slow = server.start_sleeping("f", 2000, &marker).await;
     let queued = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(queued.status, 429);
     assert!(
@@ -120,7 +87,7 @@ async fn a_queued_request_waits_at_most_queue_timeout() {
         "waited {:?}",
         queued.elapsed
     );
-    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(slow.await.unwrap().status, 200);
     // When the instance frees up within the queue timeout, the queued request is served.
     let ok = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(ok.status, 200);
@@ -234,45 +201,21 @@ async fn the_invoke_api_follows_the_lambda_contract() {
     let dry = server.invoke_with("f", &json!({}), &[("x-amz-invocation-type", "DryRun")]).await;
     assert_eq!(dry.status, 204);
 
-    let big = server
-        .client()
-        .post(format!("{}/2015-03-31/functions/f/invocations", server.url))
-        .body(vec![b' '; 6 * 1024 * 1024 + 1])
-        .send()
-        .await
-        .unwrap();
+    let big = server.invoke_raw("f", vec![b' '; 6 * 1024 * 1024 + 1]).await;
     assert_eq!(big.status(), 413);
     assert_eq!(big.headers()["x-amzn-errortype"], "RequestTooLargeException");
 
-    let bad = server
-        .client()
-        .post(format!("{}/2015-03-31/functions/f/invocations", server.url))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let bad = server.invoke_raw("f", "{not json").await;
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.headers()["x-amzn-errortype"], "InvalidRequestContentException");
 
-    let unknown_version = server
-        .client()
-        .post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=9", server.url))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let unknown_version = server.invoke_raw("f?Qualifier=9", "{}").await;
     assert_eq!(unknown_version.status(), 404);
 
     let arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Af";
     let by_arn = server.invoke(arn, &json!({"op": "echo"})).await;
     assert_eq!((by_arn.status, by_arn.body["functionName"].as_str()), (200, Some("f")));
-    let qualified = server
-        .client()
-        .post(format!("{}/2015-03-31/functions/f/invocations?Qualifier=1", server.url))
-        .body(r#"{"op":"echo"}"#)
-        .send()
-        .await
-        .unwrap();
+    let qualified = server.invoke_raw("f?Qualifier=1", r#"{"op":"echo"}"#).await;
     assert_eq!(qualified.status(), 200);
     assert_eq!(qualified.headers()["x-amz-executed-version"], "1");
 
@@ -341,13 +284,7 @@ fn set_greeting(app: &Path, greeting: &str) {
 
 async fn greeting(server: &Server, qualifier: Option<&str>) -> (String, String) {
     let q = qualifier.map(|q| format!("?Qualifier={q}")).unwrap_or_default();
-    let r = server
-        .client()
-        .post(format!("{}/2015-03-31/functions/f/invocations{q}", server.url))
-        .body(r#"{"op":"env","names":["GREETING"]}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = server.invoke_raw(&format!("f{q}"), r#"{"op":"env","names":["GREETING"]}"#).await;
     let version = r.headers()["x-amz-executed-version"].to_str().unwrap().to_owned();
     let body: Value = r.json().await.unwrap();
     (body["GREETING"].as_str().unwrap_or_default().to_owned(), version)
@@ -403,30 +340,19 @@ async fn in_flight_requests_finish_on_the_version_they_started_on() {
     let app = App::new("inflight").conformance("python", "f", "timeout = \"10s\"").finish();
     let server = Server::start(app.path());
     let marker = app.path().join("started");
-    let url = server.url.clone();
-    let m = marker.display().to_string();
-    let slow = tokio::spawn(async move {
-        let r = reqwest::Client::new()
-            .post(format!("{url}/2015-03-31/functions/f/invocations"))
-            .body(json!({"op": "sleep", "ms": 1000, "marker": m}).to_string())
-            .send()
-            .await
-            .unwrap();
-        let version = r.headers()["x-amz-executed-version"].to_str().unwrap().to_owned();
-        (
-            r.status().as_u16(),
-            version,
-            r.headers().get("x-amz-function-error").is_some(),
-            r.json::<Value>().await.unwrap(),
-        )
-    });
-    wait_file(&marker).await;
+    let slow = server.start_sleeping("f", 1000, &marker).await;
     set_greeting(app.path(), "two");
     let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
     assert!(out.status.success());
     assert_eq!(greeting(&server, None).await, ("two".into(), "2".into()), "new requests see the new version at once");
-    let (status, version, failed, body) = slow.await.unwrap();
-    assert_eq!((status, version.as_str(), failed), (200, "1", false), "{body}");
+    let slow = slow.await.unwrap();
+    assert_eq!(
+        (slow.status, slow.header("x-amz-executed-version"), slow.function_error()),
+        (200, Some("1"), None),
+        "{}",
+        slow.body
+    );
+    let body = slow.body;
     assert_eq!(body["slept"], 1000);
 }
 
@@ -459,25 +385,12 @@ async fn shutdown_finishes_in_flight_requests_and_leaves_no_processes() {
     let mut server = Server::start(app.path());
     server.invoke("g", &json!({"op": "echo"})).await;
     let marker = app.path().join("started");
-    let url = server.url.clone();
-    let m = marker.display().to_string();
-    let slow = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/2015-03-31/functions/f/invocations"))
-            .body(json!({"op": "sleep", "ms": 800, "marker": m}).to_string())
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
-    wait_file(&marker).await;
+    let slow = server.start_sleeping("f", 800, &marker).await;
     let pids = server.instance_pids().await;
     assert_eq!(pids.len(), 2, "{pids:?}");
     let status = server.stop();
     assert!(status.success(), "{status:?}");
-    assert_eq!(slow.await.unwrap()["slept"], 800, "the in-flight request finished");
+    assert_eq!(slow.await.unwrap().body["slept"], 800, "the in-flight request finished");
     wait_gone(&pids, Duration::from_secs(5)).await;
 }
 

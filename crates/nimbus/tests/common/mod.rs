@@ -222,6 +222,35 @@ impl Server {
         Invoked::from(resp, started).await
     }
 
+    /// Invoke `function` with the conformance `sleep` op in the background; returns once the
+    /// function is running (it writes `marker` before sleeping). The handle yields the answer.
+    pub async fn start_sleeping(&self, function: &str, ms: u64, marker: &Path) -> tokio::task::JoinHandle<Invoked> {
+        let url = format!("{}/2015-03-31/functions/{function}/invocations", self.url);
+        let body = serde_json::json!({"op": "sleep", "ms": ms, "marker": marker.display().to_string()}).to_string();
+        let client = self.client();
+        let handle = tokio::spawn(async move {
+            let started = Instant::now();
+            Invoked::from(client.post(url).body(body).send().await.unwrap(), started).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !marker.exists() {
+            assert!(Instant::now() < deadline, "{} never appeared: the function did not start", marker.display());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        handle
+    }
+
+    /// POST a raw body to the Invoke API; `function` may carry a query (`"f?Qualifier=1"`).
+    pub async fn invoke_raw(&self, function: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        let (name, query) = function.split_once('?').map_or((function, String::new()), |(n, q)| (n, format!("?{q}")));
+        self.client()
+            .post(format!("{}/2015-03-31/functions/{name}/invocations{query}", self.url))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client().get(format!("{}{path}", self.url)).send().await.unwrap()
     }
