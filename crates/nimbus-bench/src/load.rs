@@ -1,6 +1,7 @@
 //! Load generation against 127.0.0.1 with a keep-alive hyper client: sequential latency and
 //! fixed-duration throughput at a given concurrency, every loop bounded in time and count.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use crate::fixture::BODY;
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// A request taking longer than this is an error (a cold start takes tens of ms).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn client() -> HttpClient {
     let mut conn = HttpConnector::new();
@@ -109,7 +110,7 @@ pub struct CpuSplit {
 }
 
 /// utime + stime ticks of (the server, its live children, this process).
-fn process_ticks(server: u32) -> Option<(u64, u64, u64)> {
+pub fn process_ticks(server: u32) -> Option<(u64, u64, u64)> {
     let server_ticks = ticks(server)?;
     let mut children = 0;
     for task in std::fs::read_dir(format!("/proc/{server}/task")).ok()?.flatten() {
@@ -144,26 +145,29 @@ struct Worker {
     latencies_us: Vec<f64>,
 }
 
-async fn phase(
-    client: &HttpClient,
-    uri: &Uri,
-    concurrency: usize,
-    dur: Duration,
-    max: u64,
-) -> Result<(Vec<Worker>, f64)> {
+async fn phase<F, Fut>(op: &F, concurrency: usize, dur: Duration, max: u64) -> Result<(Vec<Worker>, f64)>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
     let started = Instant::now();
     let deadline = started + dur;
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (client, uri, issued) = (client.clone(), uri.clone(), issued.clone());
+        let (op, issued) = (op.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
             let mut w = Worker { ok: 0, errors: 0, first_error: None, latencies_us: Vec::new() };
-            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
-                match timed_hello(&client, &uri).await {
-                    Ok(us) => {
+            while Instant::now() < deadline {
+                let i = issued.fetch_add(1, Ordering::Relaxed);
+                if i >= max {
+                    break;
+                }
+                let t = Instant::now();
+                match op(i).await {
+                    Ok(()) => {
                         w.ok += 1;
-                        w.latencies_us.push(us);
+                        w.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
                     }
                     Err(e) => {
                         w.errors += 1;
@@ -193,10 +197,35 @@ pub async fn throughput(
     max: u64,
 ) -> Result<Throughput> {
     let client = client();
-    phase(&client, uri, concurrency, warmup, max).await?;
+    let uri = uri.clone();
+    let op = move |_| {
+        let (client, uri) = (client.clone(), uri.clone());
+        async move { hello(&client, &uri).await }
+    };
+    throughput_of(op, server_pid, concurrency, warmup, dur, max).await
+}
+
+/// Operations/s of `op(i)` (`i` numbers the operations of a phase from 0) at `concurrency`
+/// for `dur` (at most `max` operations) after an unrecorded warm-up of `warmup`, with the
+/// latency of every successful operation and the CPU spent per operation.
+pub async fn throughput_of<F, Fut>(
+    op: F,
+    server_pid: Option<u32>,
+    concurrency: usize,
+    warmup: Duration,
+    dur: Duration,
+    max: u64,
+) -> Result<Throughput>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    if !warmup.is_zero() {
+        phase(&op, concurrency, warmup, max).await?;
+    }
     let cpu0 = busy_jiffies();
     let split0 = server_pid.and_then(process_ticks);
-    let (workers, secs) = phase(&client, uri, concurrency, dur, max).await?;
+    let (workers, secs) = phase(&op, concurrency, dur, max).await?;
     let cpu1 = busy_jiffies();
     let split1 = server_pid.and_then(process_ticks);
     let mut t = Throughput {
@@ -234,7 +263,7 @@ pub async fn throughput(
 }
 
 /// Non-idle jiffies of all CPUs since boot (first line of /proc/stat).
-fn busy_jiffies() -> Option<u64> {
+pub fn busy_jiffies() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
     let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();

@@ -1,7 +1,9 @@
 //! nimbus-bench: nimbus measured side by side with bare reference servers in one run, reported
 //! as absolute figures and ratios (DESIGN.md §5). `nimbus-bench process` covers the process
-//! runtimes (node, python): cold start, warm latency and throughput.
+//! runtimes (node, python): cold start, warm latency and throughput. `nimbus-bench async` covers
+//! async invocations: durable accepts/s, end-to-end events/s, and the sync Invoke API beside them.
 
+mod asyncq;
 mod fixture;
 mod load;
 mod procs;
@@ -30,6 +32,29 @@ enum Command {
     /// Node and Python through nimbus vs bare `node`/`python3` HTTP servers calling the same
     /// handler: cold start, warm latency, throughput.
     Process(ProcessArgs),
+    /// Async invocations (Invoke API `Event`) of a no-op python function: durable accepts/s at
+    /// concurrency 1/16/64, end-to-end events/s, the sync Invoke API for reference, and dd's
+    /// synchronous-write latency.
+    Async(AsyncArgs),
+}
+
+#[derive(Args)]
+pub struct AsyncArgs {
+    /// Fractions of a second per phase and 500 end-to-end events (a smoke test).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "target/bench/async.json")]
+    pub out: PathBuf,
+    /// How many times to run every configuration (each run: a fresh nimbus and data dir).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub runs: u64,
+    /// The nimbus binary (default: `nimbus` next to this executable).
+    #[arg(long)]
+    pub nimbus: Option<PathBuf>,
+    /// Keep the temp dir (app, data dirs, logs) after the run.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Args)]
@@ -160,6 +185,7 @@ fn run() -> Result<()> {
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the tokio runtime")?;
     match cli.command {
         Command::Process(args) => rt.block_on(process(args)),
+        Command::Async(args) => rt.block_on(asyncq::run(args)),
     }
 }
 

@@ -63,6 +63,11 @@ impl Interpreters {
     }
 }
 
+/// Python alone, resolved like `Interpreters::resolve` does.
+pub fn python() -> Result<PathBuf> {
+    resolve("NIMBUS_PYTHON", "python3", &["-c", "import sys;print(sys.executable)"])
+}
+
 fn resolve(env_var: &str, program: &str, args: &[&str]) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(env_var) {
         return Ok(PathBuf::from(p));
@@ -135,16 +140,22 @@ pub struct Nimbus {
 
 impl Nimbus {
     pub async fn start(bin: &Path, fx: &Fixture, interps: &Interpreters) -> Result<Nimbus> {
-        let log = fx.root.join("nimbus.log");
+        // The same interpreters as the bare side, whatever PATH says.
+        let env = [("NIMBUS_NODE", interps.node.as_path()), ("NIMBUS_PYTHON", interps.python.as_path())];
+        Nimbus::launch(bin, &fx.app, &fx.data, &fx.root.join("nimbus.log"), &env).await
+    }
+
+    /// `nimbus up APP --listen 127.0.0.1:0 --data-dir DATA` with `env` added, stderr to `log`;
+    /// returns once it prints `listening on URL`.
+    pub async fn launch(bin: &Path, app: &Path, data: &Path, log: &Path, env: &[(&str, &Path)]) -> Result<Nimbus> {
+        let log = log.to_owned();
         let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(bin)
             .arg("up")
-            .arg(&fx.app)
+            .arg(app)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&fx.data)
-            // The same interpreters as the bare side, whatever PATH says.
-            .env("NIMBUS_NODE", &interps.node)
-            .env("NIMBUS_PYTHON", &interps.python)
+            .arg(data)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -171,7 +182,7 @@ impl Nimbus {
         };
         // Keep draining stdout so nimbus never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let token_path = fx.data.join("admin.token");
+        let token_path = data.join("admin.token");
         let token = std::fs::read_to_string(&token_path)
             .with_context(|| format!("cannot read {}", token_path.display()))?
             .trim()
