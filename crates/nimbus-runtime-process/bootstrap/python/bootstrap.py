@@ -1,6 +1,7 @@
 """nimbus bootstrap for runtime = "python" (Python 3.11+, standard library only).
 
-Run by nimbus as ``python3 -S bootstrap.py`` with PYTHONUNBUFFERED=1.
+Run by nimbus as ``python3 -S bootstrap.pyc`` (compiled from this file once per nimbus start;
+the source is the fallback) with PYTHONUNBUFFERED=1.
 
 Speaks the AWS Lambda Runtime API (2018-06-01) to nimbus over one keep-alive
 HTTP/1.1 connection on loopback: import the handler named by _HANDLER once, then
