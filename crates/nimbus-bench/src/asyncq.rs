@@ -455,20 +455,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
         "acceptTarget": ACCEPT_TARGET,
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
     });
-    if let Some(dir) = args.out.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!("\nresults written to {}", args.out.display());
-    if args.keep {
-        println!("temp dir kept: {}", root.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&root);
-    }
-    Ok(())
+    crate::report::save(&args.out, &doc, &root, args.keep)
 }
 
 /// Machine CPU per operation not charged to nimbus, its instances or the load generator

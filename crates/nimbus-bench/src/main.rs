@@ -216,20 +216,7 @@ async fn process(args: ProcessArgs) -> Result<()> {
     let machine_after = report::machine();
     let doc = report::json(&s, &runs, &interps, &nimbus_bin, machine_before, machine_after);
     print!("{}", report::table(&s, &runs));
-    if let Some(dir) = args.out.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!("\nresults written to {}", args.out.display());
-    if args.keep {
-        println!("temp dir kept: {}", root.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&root);
-    }
-    Ok(())
+    report::save(&args.out, &doc, &root, args.keep)
 }
 
 async fn measure(

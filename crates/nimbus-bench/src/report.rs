@@ -338,3 +338,22 @@ pub fn json(
         "runs": runs_json,
     })
 }
+
+/// Write the JSON results to `out` and remove the temp dir `root` unless `keep`.
+pub fn save(out: &std::path::Path, doc: &serde_json::Value, root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Some(dir) = out.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+    }
+    std::fs::write(out, serde_json::to_string_pretty(doc)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("\nresults written to {}", out.display());
+    if keep {
+        println!("temp dir kept: {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(root);
+    }
+    Ok(())
+}

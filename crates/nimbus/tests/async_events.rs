@@ -247,15 +247,7 @@ c = boto3.client("lambda", endpoint_url=sys.argv[1], region_name="us-east-1", aw
 r = c.invoke(FunctionName="f", InvocationType="Event", Payload=json.dumps({"n": 5}))
 print(json.dumps({"status": r["StatusCode"], "id": r["ResponseMetadata"]["RequestId"]}))
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&server.url)
-        .env("PYTHONPATH", common::test_pythonpath())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::run_python_json(script, &[&server.url]);
     assert_eq!(v["status"], 202);
     wait_event(&server, v["id"].as_str().unwrap(), Duration::from_secs(10), |e| e["status"] == "succeeded").await;
 }

@@ -250,19 +250,7 @@ except c.exceptions.ResourceNotFoundException as e:
     out["missing"] = "ResourceNotFoundException"
 print(json.dumps(out))
 "#;
-    let output = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&server.url)
-        .env("PYTHONPATH", common::test_pythonpath())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "boto3 script failed (run scripts/test-deps.sh to install boto3):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let out = common::run_python_json(script, &[&server.url]);
     assert_eq!(out["ok"]["status"], 200);
     assert_eq!(out["ok"]["version"], "1");
     assert_eq!(out["ok"]["error"], Value::Null);

@@ -331,6 +331,19 @@ pub fn unsafe_kill(pid: i32, sig: i32) {
     }
 }
 
+/// Run a Python script (with boto3 and awslambdaric on its path) with `args`; returns its stdout
+/// parsed as JSON.
+pub fn run_python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out =
+        Command::new("python3").arg("-c").arg(script).args(args).env("PYTHONPATH", test_pythonpath()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "python script failed (scripts/test-deps.sh installs boto3 and awslambdaric):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn process_alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
