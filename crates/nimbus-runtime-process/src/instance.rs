@@ -399,7 +399,7 @@ fn environment(
     scratch: &std::path::Path,
 ) -> Vec<(String, String)> {
     let spec = &f.spec;
-    let date = chrono_free_date();
+    let date = chrono::Utc::now().format("%Y/%m/%d");
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), rt.instance_path()),
         ("LANG".into(), "C.UTF-8".into()),
@@ -428,22 +428,6 @@ fn environment(
         ("AWS_DEFAULT_REGION".into(), REGION.into()),
     ]);
     env
-}
-
-/// `YYYY/MM/DD` for log stream names (civil date from days since the epoch; Howard Hinnant's
-/// algorithm — a date crate for one format string is not worth the dependency here).
-fn chrono_free_date() -> String {
-    let days = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64 / 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}/{m:02}/{d:02}")
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
