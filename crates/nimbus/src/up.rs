@@ -102,12 +102,20 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path) {
     println!("nimbus: app {} version {} listening on {url}", live.app, live.version);
     for r in live.router.routes() {
         let host = r.host.as_ref().map(|h| format!(" (Host: {h})")).unwrap_or_default();
-        println!("  {:<7} {url}{}{host} -> {}", r.methods.describe(), r.path, r.function);
+        let mode = if r.is_async { " (async: 202, runs from the queue)" } else { "" };
+        println!("  {:<7} {url}{}{host} -> {}{mode}", r.methods.describe(), r.path, r.function);
     }
     let mut names: Vec<&String> = live.functions.keys().collect();
     names.sort();
     for n in names {
         println!("  invoke  {url}/2015-03-31/functions/{n}/invocations");
+    }
+    for sched in &live.schedules {
+        let when = match &sched.when {
+            nimbus_manifest::schedule::When::Cron(c) => format!("cron {c}"),
+            nimbus_manifest::schedule::When::Rate(d) => format!("every {}", humantime::format_duration(*d)),
+        };
+        println!("  cron    {when} ({}) -> {}", sched.timezone, sched.function);
     }
     println!("  admin token in {}", data_dir.join(TOKEN_FILE).display());
 }
