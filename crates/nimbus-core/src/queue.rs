@@ -115,8 +115,18 @@ pub enum QueueError {
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {
     async fn accept(&self, event: NewEvent, idempotency_window_ms: i64) -> Result<Accepted, QueueError>;
-    /// Mark up to `limit` due events `running` and return them.
-    async fn claim(&self, now_ms: i64, limit: u32) -> Result<Vec<ClaimedEvent>, QueueError>;
+    /// Mark up to `limit` due events `running` and return them, oldest first, at most
+    /// `shares[function]` of a function (`default_share` for a function not in `shares`; a share
+    /// of 0 skips the function).
+    async fn claim(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        shares: &std::collections::HashMap<String, u32>,
+        default_share: u32,
+    ) -> Result<Vec<ClaimedEvent>, QueueError>;
+    /// Put a claimed event back, as if it had not been claimed (no attempt is counted).
+    async fn release(&self, id: &str, run_at_ms: i64) -> Result<(), QueueError>;
     /// Record an attempt and move the event on.
     async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: i64) -> Result<(), QueueError>;
     /// The earliest `next_run_ms` among queued events.

@@ -97,7 +97,18 @@ pub struct Engine {
     stopping: AtomicBool,
     stopped: Notify,
     recovered: u64,
+    /// Per function: (events running, share of the in-flight budget). A function gets at most
+    /// max(2 × max_instances, MIN_SHARE) in flight, so a backlog in one cannot starve the others.
+    running: std::sync::Mutex<std::collections::HashMap<String, (u32, u32)>>,
 }
+
+/// A function's share of the in-flight budget is twice its `max_instances`, but at least this:
+/// claimed events wait in the pool in memory, and a share of 4 (max_instances = 2) cost one
+/// queue round trip per event, cutting end-to-end throughput from ~6,000 to ~1,300 events/s
+/// (nimbus-bench async). 32 keeps claims amortised and a backlog still short of the budget.
+const MIN_SHARE: u32 = 32;
+/// How many events of a function with none running one claim may take.
+const DEFAULT_SHARE: u32 = MIN_SHARE;
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
@@ -140,6 +151,7 @@ impl Engine {
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
             recovered,
+            running: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         tokio::spawn(engine.clone().work());
         tokio::spawn(engine.clone().cron());
@@ -217,7 +229,7 @@ impl Engine {
                 }
                 continue;
             }
-            let claimed = match self.store.claim(now_ms(), free).await {
+            let claimed = match self.store.claim(now_ms(), free, &self.shares(), DEFAULT_SHARE).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("cannot claim async events: {e}");
@@ -238,12 +250,57 @@ impl Engine {
                 continue;
             }
             for ev in claimed {
-                let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { break };
+                let permit = self.in_flight.clone().try_acquire_owned();
+                let Some(permit) = permit.ok().filter(|_| self.reserve(&ev)) else {
+                    // Over its function's share (or out of budget): back to the queue, uncounted.
+                    if let Err(e) = self.store.release(&ev.id, now_ms()).await {
+                        tracing::error!(id = %ev.id, "cannot return an async event to the queue: {e}");
+                    }
+                    continue;
+                };
                 let me = self.clone();
                 tokio::spawn(async move {
+                    let function = ev.function.clone();
                     me.execute(ev).await;
+                    me.unreserve(&function);
                     drop(permit);
+                    me.wake.notify_one();
                 });
+            }
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u32, u32)>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What each function with events running may still take (0: skip it in the next claim).
+    fn shares(&self) -> std::collections::HashMap<String, u32> {
+        self.running().iter().map(|(f, (n, cap))| (f.clone(), cap.saturating_sub(*n))).collect()
+    }
+
+    /// Count `ev` against its function's share; false when the share is used up.
+    fn reserve(&self, ev: &ClaimedEvent) -> bool {
+        let cap = self
+            .resolver
+            .function(&ev.function, ev.qualifier.as_deref())
+            .map_or(1, |f| f.spec.max_instances.saturating_mul(2).max(MIN_SHARE));
+        let mut running = self.running();
+        let entry = running.entry(ev.function.clone()).or_insert((0, cap));
+        entry.1 = cap;
+        if entry.0 >= cap {
+            return false;
+        }
+        entry.0 += 1;
+        true
+    }
+
+    fn unreserve(&self, function: &str) {
+        let mut running = self.running();
+        if let Some(entry) = running.get_mut(function) {
+            entry.0 = entry.0.saturating_sub(1);
+            if entry.0 == 0 {
+                running.remove(function);
             }
         }
     }

@@ -48,7 +48,8 @@ type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum Op {
     Accept(NewEvent, i64, Reply<Accepted>),
-    Claim(i64, u32, Reply<Vec<ClaimedEvent>>),
+    Claim(i64, u32, std::collections::HashMap<String, u32>, u32, Reply<Vec<ClaimedEvent>>),
+    Release(String, i64, Reply<()>),
     Finish(String, AttemptRecord, Finish, i64, Reply<()>),
     Recover(Reply<u64>),
     Redrive(Vec<String>, Option<String>, i64, Reply<u64>),
@@ -185,7 +186,17 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Box<dyn FnOnce(bool)> {
     }
     match op {
         Op::Accept(ev, window, reply) => run(tx, reply, |tx| accept(tx, &ev, window)),
-        Op::Claim(now, limit, reply) => run(tx, reply, |tx| claim(tx, now, limit)),
+        Op::Claim(now, limit, shares, default_share, reply) => {
+            run(tx, reply, |tx| claim(tx, now, limit, &shares, default_share))
+        }
+        Op::Release(id, run_at, reply) => run(tx, reply, |tx| {
+            tx.execute(
+                "UPDATE events SET status = 'queued', attempts = attempts - 1, next_run_ms = ?2
+                 WHERE id = ?1 AND status = 'running'",
+                params![id, run_at],
+            )?;
+            Ok(())
+        }),
         Op::Finish(id, attempt, finish, now, reply) => {
             run(tx, reply, |tx| finish_event(tx, &id, &attempt, &finish, now))
         }
@@ -260,13 +271,38 @@ fn accept(tx: &Connection, ev: &NewEvent, window_ms: i64) -> rusqlite::Result<Ac
     Ok(Accepted { id: ev.id.clone(), duplicate: false })
 }
 
-fn claim(tx: &Connection, now: i64, limit: u32) -> rusqlite::Result<Vec<ClaimedEvent>> {
+/// Events a claim looks at: bounds the work of one claim however deep the backlog is. One claim
+/// never takes more than the in-flight budget (256), and saturated functions are filtered out
+/// before the window, so a window of that size sees every function that can take work.
+const CLAIM_WINDOW: u32 = 256;
+
+fn claim(
+    tx: &Connection,
+    now: i64,
+    limit: u32,
+    shares: &std::collections::HashMap<String, u32>,
+    default_share: u32,
+) -> rusqlite::Result<Vec<ClaimedEvent>> {
+    // Shares travel as one JSON object, so one cached statement serves any set of functions.
+    // Functions with a share of 0 are filtered before the window, so a saturated function's
+    // backlog never hides other functions' events.
+    let skip: Vec<&String> = shares.iter().filter(|(_, s)| **s == 0).map(|(f, _)| f).collect();
+    let skip = serde_json::to_string(&skip).unwrap_or_else(|_| "[]".to_owned());
+    let shares = serde_json::to_string(shares).unwrap_or_else(|_| "{}".to_owned());
     let mut stmt = tx.prepare_cached(
-        "SELECT id, function, qualifier, payload, source, accepted_ms, attempts, function_errors, platform_failures
-         FROM events WHERE status = 'queued' AND next_run_ms <= ?1 ORDER BY next_run_ms LIMIT ?2",
+        "SELECT e.id, e.function, e.qualifier, e.payload, e.source, e.accepted_ms, e.attempts, e.function_errors,
+                e.platform_failures
+         FROM (
+           SELECT id, function, next_run_ms, ROW_NUMBER() OVER (PARTITION BY function ORDER BY next_run_ms) AS rn
+           FROM (SELECT id, function, next_run_ms FROM events
+                 WHERE status = 'queued' AND next_run_ms <= ?1 AND function NOT IN (SELECT value FROM json_each(?3))
+                 ORDER BY next_run_ms LIMIT ?6)
+         ) AS c JOIN events AS e ON e.id = c.id
+         WHERE c.rn <= coalesce(json_extract(?4, '$.\"' || c.function || '\"'), ?5)
+         ORDER BY c.next_run_ms LIMIT ?2",
     )?;
     let claimed = stmt
-        .query_map(params![now, limit], |r| {
+        .query_map(params![now, limit, skip, shares, default_share, CLAIM_WINDOW], |r| {
             Ok(ClaimedEvent {
                 id: r.get(0)?,
                 function: r.get(1)?,
@@ -351,8 +387,20 @@ impl QueueStore for QueueDb {
         self.call(|r| Op::Accept(event, window_ms, r)).await
     }
 
-    async fn claim(&self, now_ms: i64, limit: u32) -> Result<Vec<ClaimedEvent>, QueueError> {
-        self.call(|r| Op::Claim(now_ms, limit, r)).await
+    async fn claim(
+        &self,
+        now_ms: i64,
+        limit: u32,
+        shares: &std::collections::HashMap<String, u32>,
+        default_share: u32,
+    ) -> Result<Vec<ClaimedEvent>, QueueError> {
+        let shares = shares.clone();
+        self.call(|r| Op::Claim(now_ms, limit, shares, default_share, r)).await
+    }
+
+    async fn release(&self, id: &str, run_at_ms: i64) -> Result<(), QueueError> {
+        let id = id.to_owned();
+        self.call(|r| Op::Release(id, run_at_ms, r)).await
     }
 
     async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: i64) -> Result<(), QueueError> {

@@ -434,3 +434,39 @@ async fn a_full_queue_refuses_with_429_until_it_drains() {
     wait_event(&server, &first, Duration::from_secs(10), |v| v["status"] == "succeeded").await;
     accept(&server, "f", &json!({"n": 2}), &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_in_one_function_does_not_starve_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slow_log, fast_log) = (dir.path().join("slow.log"), dir.path().join("fast.log"));
+    let app = appender(App::new("fair"), "slow", &slow_log, "max_instances = 1");
+    let app = appender(app, "fast", &fast_log, "max_instances = 1").finish();
+    let server = Server::start(app.path());
+    // More slow events than the engine's whole in-flight budget (256), each taking a second.
+    let client = server.client();
+    let url = format!("{}/2015-03-31/functions/slow/invocations", server.url);
+    let calls = (0..300).map(|n| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .post(url)
+                .header("x-amz-invocation-type", "Event")
+                .body(format!(r#"{{"n":{n},"sleep":1}}"#))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    for status in futures_join(calls).await {
+        assert_eq!(status, 202);
+    }
+    let fast = accept(&server, "fast", &json!({"n": 1}), &[]).await;
+    let started = Instant::now();
+    wait_event(&server, &fast, Duration::from_secs(30), |v| v["status"] == "succeeded").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the fast function waited {:?} behind the slow backlog",
+        started.elapsed()
+    );
+}
