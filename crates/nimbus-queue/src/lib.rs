@@ -105,8 +105,10 @@ pub struct Engine {
 /// A function's share of the in-flight budget is twice its `max_instances`, but at least this:
 /// claimed events wait in the pool in memory, and a share of 4 (max_instances = 2) cost one
 /// queue round trip per event, cutting end-to-end throughput from ~6,000 to ~1,300 events/s
-/// (nimbus-bench async). 32 keeps claims amortised and a backlog still short of the budget.
-const MIN_SHARE: u32 = 32;
+/// (nimbus-bench async). With 32, claims still competed with accepts in the queue's writer
+/// (~10,000 accepts/s at c=64); 64 measured 12,233 / 14,913 accepts/s and 5,059 / 4,820
+/// events/s end to end, and is a quarter of the budget, so a backlog still cannot starve others.
+const MIN_SHARE: u32 = 64;
 /// How many events of a function with none running one claim may take.
 const DEFAULT_SHARE: u32 = MIN_SHARE;
 
