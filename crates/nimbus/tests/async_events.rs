@@ -48,6 +48,24 @@ async fn accept(server: &Server, function: &str, event: &Value, headers: &[(&str
     r.header("x-amzn-requestid").unwrap().to_owned()
 }
 
+/// Queue `events` as Event invocations of `function`, `concurrency` at a time; every one must be
+/// answered 202.
+async fn accept_all(server: &Server, function: &str, events: Vec<Value>, concurrency: usize) {
+    let client = server.client();
+    let url = format!("{}/2015-03-31/functions/{function}/invocations", server.url);
+    for chunk in events.chunks(concurrency) {
+        let calls = chunk.iter().map(|event| {
+            let (client, url, body) = (client.clone(), url.clone(), event.to_string());
+            async move {
+                client.post(url).header("x-amz-invocation-type", "Event").body(body).send().await.unwrap().status()
+            }
+        });
+        for status in futures_join(calls).await {
+            assert_eq!(status, 202);
+        }
+    }
+}
+
 /// Poll the event until `done` holds (bounded).
 async fn wait_event(server: &Server, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + within;
@@ -303,31 +321,7 @@ async fn kill_and_recover(unsafe_ack: bool) -> (usize, usize, u64, usize) {
     let app = appender(App::new("fault"), "f", &log, "max_instances = 2").finish();
     let env: &[(&str, &str)] = if unsafe_ack { &[("NIMBUS_UNSAFE_ASYNC_ACK", "1")] } else { &[] };
     let mut server = Server::start_with(app.path(), data.path(), env);
-    let total = 1000;
-    let client = server.client();
-    let url = format!("{}/2015-03-31/functions/f/invocations", server.url);
-    let mut accepted = 0;
-    for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
-        let calls = chunk.iter().map(|n| {
-            let (client, url) = (client.clone(), url.clone());
-            let n = *n;
-            async move {
-                client
-                    .post(url)
-                    .header("x-amz-invocation-type", "Event")
-                    .body(format!(r#"{{"n":{n}}}"#))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            }
-        });
-        for status in futures_join(calls).await {
-            assert_eq!(status, 202);
-            accepted += 1;
-        }
-    }
-    assert_eq!(accepted, total);
+    accept_all(&server, "f", (0..1000).map(|n| json!({"n": n})).collect(), 50).await;
     if !unsafe_ack {
         // Kill while events are running, not before.
         wait_until("some events to run", Duration::from_secs(30), || runs(&log).len() >= 50).await;
@@ -443,24 +437,7 @@ async fn a_backlog_in_one_function_does_not_starve_another() {
     let app = appender(app, "fast", &fast_log, "max_instances = 1").finish();
     let server = Server::start(app.path());
     // More slow events than the engine's whole in-flight budget (256), each taking a second.
-    let client = server.client();
-    let url = format!("{}/2015-03-31/functions/slow/invocations", server.url);
-    let calls = (0..300).map(|n| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            client
-                .post(url)
-                .header("x-amz-invocation-type", "Event")
-                .body(format!(r#"{{"n":{n},"sleep":1}}"#))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
-    for status in futures_join(calls).await {
-        assert_eq!(status, 202);
-    }
+    accept_all(&server, "slow", (0..300).map(|n| json!({"n": n, "sleep": 1})).collect(), 300).await;
     let fast = accept(&server, "fast", &json!({"n": 1}), &[]).await;
     let started = Instant::now();
     wait_event(&server, &fast, Duration::from_secs(30), |v| v["status"] == "succeeded").await;
