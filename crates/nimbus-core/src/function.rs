@@ -17,16 +17,20 @@ pub enum RuntimeKind {
     Python,
     /// Any executable `bootstrap` in the code directory that speaks the Lambda Runtime API.
     Provided,
+    /// A WebAssembly component for the `wasi:http/proxy` world, run in-process with wasmtime.
+    Wasm,
 }
 
 impl RuntimeKind {
-    pub const ALL: [RuntimeKind; 3] = [RuntimeKind::Node, RuntimeKind::Python, RuntimeKind::Provided];
+    pub const ALL: [RuntimeKind; 4] =
+        [RuntimeKind::Node, RuntimeKind::Python, RuntimeKind::Provided, RuntimeKind::Wasm];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Node => "node",
             RuntimeKind::Python => "python",
             RuntimeKind::Provided => "provided",
+            RuntimeKind::Wasm => "wasm",
         }
     }
 
@@ -60,6 +64,24 @@ pub struct FunctionSpec {
     /// What happens to async invocations of this function.
     #[serde(default)]
     pub async_policy: AsyncPolicy,
+    /// Settings only `runtime = "wasm"` uses.
+    #[serde(default)]
+    pub wasm: WasmOptions,
+}
+
+/// How a wasm component runs (DESIGN.md §7 `component`, plus the wasm-only keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WasmOptions {
+    /// The component file, relative to the code directory.
+    pub component: String,
+    /// Keep an initialised instance for later requests instead of a fresh one per request.
+    pub instance_reuse: bool,
+    /// CPU time a request may use (time spent running guest code), in the style of edge
+    /// platforms; `None` = only `timeout` applies.
+    pub cpu_ms: Option<u32>,
+    /// Origins outbound HTTP may reach: `scheme://host[:port]`, with `*` for any scheme, any
+    /// port, or a leading `*.` for subdomains.
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// Where the outcome of an async invocation is sent.

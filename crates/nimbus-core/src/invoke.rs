@@ -43,6 +43,27 @@ pub struct Invocation {
     pub trigger: Trigger,
     pub received_at: Instant,
     pub received_wall: SystemTime,
+    /// Set when the invocation is an HTTP request for a runtime that takes HTTP natively (wasm
+    /// components): `payload` is then the request body, not an event.
+    pub http: Option<std::sync::Arc<HttpRequestHead>>,
+}
+
+/// The head of an HTTP request passed through to a runtime unchanged.
+#[derive(Clone, Debug)]
+pub struct HttpRequestHead {
+    pub method: http::Method,
+    /// Path and query, as the client sent them.
+    pub uri: http::Uri,
+    /// `host[:port]` the client addressed.
+    pub authority: String,
+    pub headers: http::HeaderMap,
+}
+
+/// The head of an HTTP response a runtime produced natively; the body is the success payload.
+#[derive(Clone, Debug)]
+pub struct HttpResponseHead {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
 }
 
 /// How a function error was raised.
@@ -90,6 +111,8 @@ pub struct InvokeResult {
     /// This invocation's log (START … REPORT), bounded.
     pub log: String,
     pub instance_id: String,
+    /// Set when the runtime answered in HTTP terms (wasm components).
+    pub http: Option<HttpResponseHead>,
 }
 
 /// How an invocation ended, as recorded and counted.

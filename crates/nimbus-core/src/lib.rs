@@ -5,14 +5,17 @@
 pub mod error;
 pub mod function;
 pub mod invoke;
+pub mod outbound;
 pub mod policy;
 pub mod queue;
 pub mod runtime;
 
 pub use error::{DispatchError, ErrorSource};
-pub use function::{AsyncPolicy, Destination, FunctionSpec, FunctionVersion, RuntimeKind, ACCOUNT_ID, REGION};
+pub use function::{
+    AsyncPolicy, Destination, FunctionSpec, FunctionVersion, RuntimeKind, WasmOptions, ACCOUNT_ID, REGION,
+};
 pub use invoke::{
-    ColdStart, FunctionErrorKind, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome, InvokeResult,
-    Recorder, Trigger,
+    ColdStart, FunctionErrorKind, HttpRequestHead, HttpResponseHead, Invocation, InvocationRecord, InvocationStatus,
+    InvokeOutcome, InvokeResult, Recorder, Trigger,
 };
 pub use runtime::{Dispatch, Instance, InstanceError, InstanceState, Runtime, StartError};

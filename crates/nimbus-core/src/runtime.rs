@@ -24,6 +24,12 @@ use crate::DispatchError;
 /// Makes instances of one runtime kind.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
+    /// Get a new function version ready to start before its deployment goes live (the wasm
+    /// runtime compiles the component ahead of time here). An error refuses the deployment.
+    async fn prepare(&self, _function: &FunctionVersion) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Start a new instance of `function` and wait until it is ready or failed.
     async fn start(&self, function: Arc<FunctionVersion>, instance_id: String)
         -> Result<Box<dyn Instance>, StartError>;

@@ -144,6 +144,18 @@ impl ControlPlane {
         })
     }
 
+    /// Load what the live deployment needs (compiled wasm components) so that its first
+    /// requests after a restart do not wait for it. Failures are logged; requests retry.
+    pub async fn warm(&self) {
+        let live = self.snapshot().live.clone();
+        if let Some(l) = live {
+            let functions: Vec<Arc<FunctionVersion>> = l.functions.values().cloned().collect();
+            if let Err(e) = self.scheduler.prepare(&functions).await {
+                tracing::warn!("cannot prepare the live deployment: {e}");
+            }
+        }
+    }
+
     /// The current snapshot (one atomic load; the request path calls this).
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
@@ -178,6 +190,22 @@ impl ControlPlane {
                 }
             }
         }
+        // Compile what needs compiling before anything is recorded: a component that does not
+        // load refuses the whole deployment.
+        let pending: Vec<Arc<FunctionVersion>> = stored
+            .functions
+            .iter()
+            .map(|f| {
+                Arc::new(FunctionVersion {
+                    code_path: self.store.artifacts.path(&f.code_digest),
+                    spec: f.spec.clone(),
+                    version: String::new(),
+                    code_digest: f.code_digest.clone(),
+                    key_cache: Default::default(),
+                })
+            })
+            .collect();
+        self.scheduler.prepare(&pending).await.map_err(DeployError::BadRequest)?;
         let body = serde_json::to_string(&stored).map_err(|e| DeployError::Failed(e.to_string()))?;
         let row = self.store.add_deployment(&app, &digest, &body, LIVE)?;
         if from_up {

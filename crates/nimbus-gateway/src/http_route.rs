@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | function returned | from its response | – |
 //! | function error (handled or unhandled) | 502 | function |
+//! | wasm trap, or CPU or memory limit hit | 500 | function |
 //! | invalid function response | 502 | function |
 //! | timeout | 504 | function |
 //! | runtime crashed / init failed | 502 | function |
@@ -19,7 +20,14 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use nimbus_core::{Dispatch, DispatchError, ErrorSource, Invocation, InvokeOutcome, Trigger};
+use std::sync::Arc;
+
+use http::Response;
+use http_body_util::Full;
+use nimbus_core::{
+    Dispatch, DispatchError, ErrorSource, FunctionVersion, HttpRequestHead, Invocation, InvokeOutcome, RuntimeKind,
+    Trigger,
+};
 use serde_json::json;
 
 use crate::event::{build_event, build_response, HttpRequest};
@@ -93,6 +101,30 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
             return error(StatusCode::BAD_REQUEST, ErrorSource::Client, "Request body could not be read", request_id)
         }
     };
+    // A wasm component takes the request itself (wasi:http); other runtimes take an event.
+    let native = function.spec.runtime == RuntimeKind::Wasm && !route.is_async;
+    if native {
+        let mut headers = parts.headers;
+        forwarded(&mut headers, remote);
+        let head = HttpRequestHead {
+            method: parts.method,
+            uri: parts.uri,
+            authority: host.unwrap_or_else(|| "localhost".to_owned()),
+            headers,
+        };
+        let invocation = Invocation {
+            request_id: request_id.to_owned(),
+            payload: body,
+            timeout: function.spec.timeout,
+            trace_id: trace_id(),
+            client_context: None,
+            trigger: Trigger::Http,
+            received_at,
+            received_wall,
+            http: Some(Arc::new(head)),
+        };
+        return respond(gw, &function, invocation, request_id).await;
+    }
     let now = chrono::Utc::now();
     let time = now.format("%d/%b/%Y:%H:%M:%S %z").to_string();
     let event = build_event(&HttpRequest {
@@ -165,12 +197,23 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
         trigger: Trigger::Http,
         received_at,
         received_wall,
+        http: None,
     };
+    respond(gw, &function, invocation, request_id).await
+}
+
+async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invocation, request_id: &str) -> Resp {
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
     gw.metrics.invocation(&function.spec.name, nimbus_scheduler::status_of(&result), "http");
     let mut resp = match result {
-        Ok(r) => match r.outcome {
-            InvokeOutcome::Success(out) => match build_response(&out) {
+        Ok(r) => match (r.outcome, r.http) {
+            (InvokeOutcome::Success(out), Some(head)) => {
+                let mut resp = Response::new(Full::new(out));
+                *resp.status_mut() = head.status;
+                *resp.headers_mut() = head.headers;
+                resp
+            }
+            (InvokeOutcome::Success(out), None) => match build_response(&out) {
                 Ok(resp) => resp,
                 Err(msg) => {
                     tracing::warn!(function = %function.spec.name, request_id, "invalid response: {msg}");
@@ -182,7 +225,11 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
                     )
                 }
             },
-            InvokeOutcome::FunctionError { .. } => {
+            // A component that trapped is the server failing, as `wasmtime serve` and Workers say.
+            (InvokeOutcome::FunctionError { .. }, _) if function.spec.runtime == RuntimeKind::Wasm => {
+                error(StatusCode::INTERNAL_SERVER_ERROR, ErrorSource::Function, "Internal Server Error", request_id)
+            }
+            (InvokeOutcome::FunctionError { .. }, _) => {
                 error(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Internal Server Error", request_id)
             }
         },
@@ -190,6 +237,19 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
     };
     set_header(&mut resp, "x-nimbus-version", &function.version);
     resp
+}
+
+/// Tell the component who called (it sees the request as it arrived, plus these).
+fn forwarded(headers: &mut http::HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
 }
 
 fn dispatch_error(e: &DispatchError, request_id: &str) -> Resp {

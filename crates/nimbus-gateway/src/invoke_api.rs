@@ -227,6 +227,7 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         trigger: Trigger::Invoke,
         received_at,
         received_wall,
+        http: None,
     };
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
     gw.metrics.invocation(&function.spec.name, nimbus_scheduler::status_of(&result), "invoke");

@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
-use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind};
+use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind, WasmOptions};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::{defaults, Diagnostic, Diagnostics, Manifest, Methods, RouteSpec};
 
-type Value<'i> = Spanned<DeValue<'i>>;
+pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Where things were written, for the file checks that run after validation.
 #[derive(Default)]
@@ -23,6 +23,7 @@ pub(crate) struct FunctionLocations {
     pub table: usize,
     pub code: Option<usize>,
     pub handler: Option<usize>,
+    pub component: Option<usize>,
 }
 
 const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules"];
@@ -45,7 +46,12 @@ const FUNCTION_KEYS: &[&str] = &[
     "max_event_age",
     "on_success",
     "on_failure",
+    "instance_reuse",
+    "cpu_ms",
+    "allowed_outbound_hosts",
 ];
+/// Keys only wasm functions take.
+const WASM_KEYS: &[&str] = &["component", "instance_reuse", "cpu_ms", "allowed_outbound_hosts"];
 const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async"];
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Environment names the platform sets itself; a function may not override them.
@@ -117,7 +123,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn u32(&mut self, v: &Value<'_>, field: &str, lo: u32, hi: u32) -> Option<u32> {
+    pub(crate) fn u32(&mut self, v: &Value<'_>, field: &str, lo: u32, hi: u32) -> Option<u32> {
         self.int(v, field, i64::from(lo), i64::from(hi)).and_then(|n| u32::try_from(n).ok())
     }
 
@@ -297,22 +303,34 @@ fn function(
     let runtime = match t.get("runtime") {
         Some(rv) => cx.string(rv, &f("runtime")).and_then(|s| match RuntimeKind::parse(&s) {
             Some(k) => Some(k),
-            None if s == "wasm" => {
-                cx.err(rv.span(), &f("runtime"), "the wasm runtime is not available in this version of nimbus yet; use \"node\", \"python\" or \"provided\"");
-                None
-            }
             None => {
-                cx.err(rv.span(), &f("runtime"), format!("unknown runtime \"{s}\"; use \"node\", \"python\" or \"provided\""));
+                cx.err(
+                    rv.span(),
+                    &f("runtime"),
+                    format!("unknown runtime \"{s}\"; use \"node\", \"python\", \"provided\" or \"wasm\""),
+                );
                 None
             }
         }),
         None => {
-            cx.err(v.span(), &f("runtime"), "missing; add `runtime = \"node\"` (or \"python\", \"provided\")");
+            cx.err(
+                v.span(),
+                &f("runtime"),
+                "missing; add `runtime = \"node\"` (or \"python\", \"provided\", \"wasm\")",
+            );
             None
         }
     };
 
     let handler = match t.get("handler") {
+        Some(hv) if runtime == Some(RuntimeKind::Wasm) => {
+            cx.err(
+                hv.span(),
+                &f("handler"),
+                "a wasm function has no handler (nimbus calls the component's wasi:http/incoming-handler export); remove it and name the file with `component`",
+            );
+            None
+        }
         Some(hv) => {
             loc.handler = Some(hv.span().start);
             let h = cx.string(hv, &f("handler"));
@@ -329,7 +347,7 @@ fn function(
             h
         }
         None => match runtime {
-            Some(RuntimeKind::Provided) | None => Some(String::new()),
+            Some(RuntimeKind::Provided | RuntimeKind::Wasm) | None => Some(String::new()),
             Some(rt) => {
                 let example = if rt == RuntimeKind::Node { "index.handler" } else { "app.handler" };
                 cx.err(v.span(), &f("handler"), format!("missing; add `handler = \"{example}\"`"));
@@ -356,15 +374,28 @@ fn function(
         }
         None => Some(format!("functions/{name}")),
     };
-    if let Some(cv) = t.get("component") {
-        cx.err(
-            cv.span(),
-            &f("component"),
-            "`component` is for wasm functions, which this version of nimbus does not run yet; remove it",
-        );
-    }
+    let wasm = if runtime == Some(RuntimeKind::Wasm) {
+        crate::wasm::options(cx, t, field, &mut loc)
+    } else {
+        if runtime.is_some() {
+            for key in WASM_KEYS {
+                if let Some(kv) = t.get(*key) {
+                    cx.err(
+                        kv.span(),
+                        &f(key),
+                        format!("`{key}` is only for `runtime = \"wasm\"` functions; remove it"),
+                    );
+                }
+            }
+        }
+        Some(WasmOptions::default())
+    };
 
-    let memory_mb = t.get("memory_mb").map_or(Some(defaults::MEMORY_MB), |mv| cx.u32(mv, &f("memory_mb"), 64, 10_240));
+    // A wasm32 component cannot address more than 4 GiB.
+    // A wasm32 component cannot address more than 4 GiB; its memory can be as small as needed.
+    let (min_memory, max_memory) = if runtime == Some(RuntimeKind::Wasm) { (1, 4096) } else { (64, 10_240) };
+    let memory_mb =
+        t.get("memory_mb").map_or(Some(defaults::MEMORY_MB), |mv| cx.u32(mv, &f("memory_mb"), min_memory, max_memory));
     let timeout = t.get("timeout").map_or(Some(defaults::TIMEOUT), |tv| {
         cx.duration(tv, &f("timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
@@ -496,6 +527,7 @@ fn function(
             max_queued: max_queued?,
             queue_timeout: queue_timeout?,
             async_policy,
+            wasm: wasm?,
         },
         loc,
     ))

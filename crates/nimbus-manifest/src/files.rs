@@ -8,14 +8,14 @@ use crate::check::Locations;
 use crate::{Diagnostic, Manifest};
 
 pub(crate) fn check(
-    manifest: &Manifest,
+    manifest: &mut Manifest,
     locations: &Locations,
     app_dir: &Path,
     src: &str,
     file: &str,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    for (name, f) in &manifest.functions {
+    for (name, f) in manifest.functions.iter_mut() {
         let loc = locations.functions.get(name).cloned().unwrap_or_default();
         let code_dir = app_dir.join(&f.code);
         let code_at = loc.code.unwrap_or(loc.table);
@@ -65,6 +65,15 @@ pub(crate) fn check(
                     ));
                 }
             }
+            RuntimeKind::Wasm => {
+                let at = loc.component.unwrap_or(loc.table);
+                match component(&code_dir, &f.wasm.component, &f.code) {
+                    Ok(c) => f.wasm.component = c,
+                    Err(msg) => {
+                        out.push(Diagnostic::at(file, src, at, &format!("functions.{name}.component"), msg));
+                    }
+                }
+            }
             RuntimeKind::Provided => {
                 let bootstrap = code_dir.join("bootstrap");
                 if !is_executable(&bootstrap) {
@@ -77,6 +86,54 @@ pub(crate) fn check(
         }
     }
     out
+}
+
+/// The component file of a wasm function: the one named, or the only `.wasm` file in the code
+/// directory. It must be a component (the binary format of WASIp2), not a core module.
+fn component(code_dir: &Path, named: &str, code: &str) -> Result<String, String> {
+    let name = if named.is_empty() {
+        let mut found: Vec<String> = std::fs::read_dir(code_dir)
+            .map_err(|e| format!("cannot list \"{code}\": {e}"))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".wasm"))
+            .collect();
+        found.sort();
+        match found.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(format!(
+                    "no .wasm file in \"{code}\"; build the component into it or set `component = \"FILE.wasm\"`"
+                ))
+            }
+            many => {
+                return Err(format!(
+                    "\"{code}\" has several .wasm files ({}); say which with `component = \"FILE.wasm\"`",
+                    many.join(", ")
+                ))
+            }
+        }
+    } else {
+        named.to_owned()
+    };
+    let path = code_dir.join(&name);
+    let mut head = [0u8; 8];
+    let read = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    if let Err(e) = read {
+        return Err(if e.kind() == std::io::ErrorKind::NotFound {
+            format!("component \"{name}\" does not exist in \"{code}\"; build it there or fix `component`")
+        } else {
+            format!("cannot read component \"{name}\" in \"{code}\": {e}")
+        });
+    }
+    match head {
+        // The component binary format: magic, then version 0x0d and layer 1.
+        [0, b'a', b's', b'm', 0x0d, 0, 1, 0] => Ok(name),
+        [0, b'a', b's', b'm', 1, 0, 0, 0] => Err(format!(
+            "\"{name}\" is a core WebAssembly module, not a component; build for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
+        )),
+        _ => Err(format!("\"{name}\" is not a WebAssembly component (wrong magic bytes)")),
+    }
 }
 
 fn is_executable(path: &Path) -> bool {

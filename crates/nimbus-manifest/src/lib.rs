@@ -8,6 +8,7 @@ mod check;
 mod diag;
 mod files;
 pub mod schedule;
+mod wasm;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -120,8 +121,8 @@ pub fn load_as(app_dir: &Path, file: &str) -> Result<Manifest, Diagnostics> {
             format!("cannot read the manifest ({e}); run nimbus in an app directory that has a nimbus.toml, or pass the directory"),
         ))
     })?;
-    let (manifest, locations) = check::manifest_with_locations(&source, file)?;
-    let problems = files::check(&manifest, &locations, app_dir, &source, file);
+    let (mut manifest, locations) = check::manifest_with_locations(&source, file)?;
+    let problems = files::check(&mut manifest, &locations, app_dir, &source, file);
     if problems.is_empty() {
         Ok(manifest)
     } else {

@@ -75,9 +75,9 @@ function = "nope"
     let got = errors(src);
     let want = [
         "nimbus.toml:2:1: colour: unknown key `colour`; the top level takes: name, functions, routes, schedules",
-        "nimbus.toml:5:11: functions.hello.runtime: unknown runtime \"nodejs\"; use \"node\", \"python\" or \"provided\"",
+        "nimbus.toml:5:11: functions.hello.runtime: unknown runtime \"nodejs\"; use \"node\", \"python\", \"provided\" or \"wasm\"",
         "nimbus.toml:7:11: functions.hello.timeout: \"10x\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\"",
-        "nimbus.toml:8:1: functions.hello.memroy_mb: unknown key `memroy_mb` (did you mean `memory_mb`?); a function takes: runtime, handler, code, component, memory_mb, timeout, env, min_instances, max_instances, keep_alive, max_queued, queue_timeout, max_retry_attempts, retry_backoff, retry_backoff_max, max_event_age, on_success, on_failure",
+        "nimbus.toml:8:1: functions.hello.memroy_mb: unknown key `memroy_mb` (did you mean `memory_mb`?); a function takes: runtime, handler, code, component, memory_mb, timeout, env, min_instances, max_instances, keep_alive, max_queued, queue_timeout, max_retry_attempts, retry_backoff, retry_backoff_max, max_event_age, on_success, on_failure, instance_reuse, cpu_ms, allowed_outbound_hosts",
         "nimbus.toml:9:17: functions.hello.min_instances: min_instances (5) is above max_instances (2); lower it or raise max_instances",
         "nimbus.toml:13:10: routes[0].method: \"FETCH\" is not an HTTP method; use one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, or \"*\"",
         "nimbus.toml:14:8: routes[0].path: \"hello\" must start with '/'",
@@ -99,7 +99,9 @@ fn table_of_single_problems() {
         ("on_failure = \"sqs:x\"\n", "is not a destination"),
         ("max_retry_attempts = 11\n", "must be between 0 and 10"),
         ("code = \"../elsewhere\"\n", "must be a directory inside the app"),
-        ("component = \"x.wasm\"\n", "`component` is for wasm functions"),
+        ("component = \"x.wasm\"\n", "`component` is only for `runtime = \"wasm\"` functions"),
+        ("instance_reuse = true\n", "functions.f.instance_reuse: `instance_reuse` is only for"),
+        ("allowed_outbound_hosts = []\n", "`allowed_outbound_hosts` is only for"),
         ("[[routes]]\npath = \"/a/{x}/{x}\"\nfunction = \"f\"\n", "parameter \"x\" appears twice"),
         ("[[routes]]\npath = \"/a/*/b\"\nfunction = \"f\"\n", "'*' is only allowed as the last segment"),
         ("[[routes]]\npath = \"/a\"\nfunction = \"f\"\nasync = 1\n", "routes[0].async: expected true or false"),
@@ -196,4 +198,48 @@ catch_up = "none"
     assert_eq!(m.schedules[0].timezone, "Asia/Shanghai");
     assert_eq!(m.schedules[1].when, schedule::When::Rate(Duration::from_secs(300)));
     assert_eq!(m.schedules[1].catch_up, schedule::CatchUp::None);
+}
+
+#[test]
+fn wasm_functions_take_their_own_keys() {
+    let src = r#"
+name = "edge"
+[functions.geo]
+runtime = "wasm"
+component = "geo.wasm"
+memory_mb = 16
+instance_reuse = true
+cpu_ms = 50
+allowed_outbound_hosts = ["https://api.example.com", "http://127.0.0.1:*"]
+"#;
+    let m = parse(src, "nimbus.toml").unwrap();
+    let geo = &m.functions["geo"];
+    assert_eq!(geo.runtime, nimbus_core::RuntimeKind::Wasm);
+    assert_eq!(geo.memory_mb, 16);
+    assert_eq!(
+        geo.wasm,
+        nimbus_core::WasmOptions {
+            component: "geo.wasm".into(),
+            instance_reuse: true,
+            cpu_ms: Some(50),
+            allowed_outbound_hosts: vec!["https://api.example.com".into(), "http://127.0.0.1:*".into()],
+        }
+    );
+
+    let base = "name = \"a\"\n[functions.f]\nruntime = \"wasm\"\ncomponent = \"f.wasm\"\n";
+    let cases: &[(&str, &str)] = &[
+        ("handler = \"index.handler\"\n", "functions.f.handler: a wasm function has no handler"),
+        ("memory_mb = 5000\n", "functions.f.memory_mb: must be between 1 and 4096"),
+        ("cpu_ms = 0\n", "functions.f.cpu_ms: must be between 1 and 900000"),
+        ("instance_reuse = \"yes\"\n", "functions.f.instance_reuse: expected true or false"),
+        ("allowed_outbound_hosts = \"https://x.com\"\n", "expected a list like"),
+        ("allowed_outbound_hosts = [\"x.com\"]\n", "functions.f.allowed_outbound_hosts[0]: \"x.com\" has no scheme"),
+        ("allowed_outbound_hosts = [\"https://x.com/api\"]\n", "only an origin"),
+    ];
+    for (extra, want) in cases {
+        let got = errors(&format!("{base}{extra}")).join("\n");
+        assert!(got.contains(want), "for {extra:?}: expected {want:?} in:\n{got}");
+    }
+    let got = errors("name = \"a\"\n[functions.f]\nruntime = \"wasm\"\ncomponent = \"../x.wasm\"\n").join("\n");
+    assert!(got.contains("must be a file inside the code directory"), "{got}");
 }

@@ -331,6 +331,7 @@ impl Engine {
             trigger: if ev.source == "schedule" { Trigger::Schedule } else { Trigger::Event },
             received_at: std::time::Instant::now(),
             received_wall: SystemTime::now(),
+            http: None,
         };
         let result = self.dispatch.invoke(function.clone(), invocation).await;
         let duration_ms = (now_ms() - started) as f64;

@@ -321,7 +321,15 @@ impl Instance for ProcessInstance {
                         return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
                     }
                 };
-                Ok(InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone() })
+                Ok(InvokeResult {
+                    outcome,
+                    duration,
+                    cold: None,
+                    max_memory_mb,
+                    log,
+                    instance_id: self.id.clone(),
+                    http: None,
+                })
             }
             Ended::Crashed(status) => {
                 self.dead = true;

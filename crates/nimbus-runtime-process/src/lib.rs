@@ -118,6 +118,9 @@ impl ProcessRuntime {
                 Ok((python, vec!["-S".into(), self.python_entry.display().to_string()]))
             }
             RuntimeKind::Provided => Ok((f.code_path.join("bootstrap"), Vec::new())),
+            RuntimeKind::Wasm => {
+                Err(StartError::Platform("wasm functions run in the wasm runtime, not as processes".into()))
+            }
         }
     }
 

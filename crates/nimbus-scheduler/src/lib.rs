@@ -113,6 +113,19 @@ impl Inner {
         Ok(pool)
     }
 
+    /// Get every function of a deployment ready to start before it goes live (wasm components
+    /// are compiled here); the first failure is returned and the deployment must be refused.
+    pub async fn prepare(&self, functions: &[Arc<FunctionVersion>]) -> Result<(), String> {
+        for f in functions {
+            let runtime = self
+                .runtimes
+                .get(&f.spec.runtime)
+                .ok_or_else(|| format!("no runtime registered for {}", f.spec.runtime.as_str()))?;
+            runtime.prepare(f).await.map_err(|e| format!("function {}: {e}", f.spec.name))?;
+        }
+        Ok(())
+    }
+
     /// Make sure pools exist for a newly deployed set of functions (starting `min_instances`),
     /// and retire pools that are no longer deployed: their idle instances stop now, busy ones
     /// when their invocation ends (in-flight requests finish on the version they started on).

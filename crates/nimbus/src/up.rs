@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use nimbus_core::{Recorder, Runtime, RuntimeKind};
 use nimbus_gateway::{ControlPlane, DeployError, Gateway, GatewayConfig};
 use nimbus_runtime_process::{Limits, ProcessRuntime};
+use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
 use nimbus_store_sqlite::Store;
 
@@ -35,12 +36,24 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
     let recorder = Arc::new(store.record_writer().context("cannot start the record writer")?);
     let process: Arc<dyn Runtime> =
         Arc::new(ProcessRuntime::new(&data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
-    // Runtimes are registered by kind; the wasm runtime joins here.
-    let runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>> =
-        RuntimeKind::ALL.into_iter().map(|k| (k, process.clone())).collect();
+    // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
+    let wasm_cache = std::env::var_os("NIMBUS_WASM_CACHE").map_or_else(|| data_dir.join("wasm-cache"), PathBuf::from);
+    let wasm: Arc<dyn Runtime> = Arc::new(
+        WasmRuntime::new(nimbus_runtime_wasm::Settings::new(wasm_cache))
+            .map_err(|e| anyhow::anyhow!("cannot prepare the wasm runtime: {e}"))?,
+    );
+    let runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>> = RuntimeKind::ALL
+        .into_iter()
+        .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
+        .collect();
     let scheduler = Scheduler::new(runtimes, recorder.clone() as Arc<dyn Recorder>);
     let control = ControlPlane::load(store, scheduler.clone(), &data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    // The live deployment's components load in the background while the app is checked.
+    tokio::spawn({
+        let control = control.clone();
+        async move { control.warm().await }
+    });
     match control.deploy_dir(&app_dir, true).await {
         Ok(d) if d.changed => tracing::info!(app = %d.app, version = d.version, "deployed"),
         Ok(d) => {

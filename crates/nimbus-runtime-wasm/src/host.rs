@@ -1,0 +1,285 @@
+//! What a wasm store holds: WASI and WASI HTTP state, the invocation log, the memory limiter,
+//! the CPU meter and the outbound HTTP policy.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use nimbus_core::outbound::OutboundPattern;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// The `T` of every `Store<T>` the wasm runtime makes.
+pub(crate) struct Host {
+    pub table: ResourceTable,
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub outbound: Outbound,
+    pub limiter: Limiter,
+    pub cpu: Arc<CpuMeter>,
+    /// `cpu_ms` in nanoseconds.
+    pub cpu_limit_ns: Option<u64>,
+    /// Set by the epoch callback when it stopped the guest for using too much CPU.
+    pub cpu_exceeded: bool,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+/// The instance's stdout and stderr, interleaved as written, bounded per invocation.
+#[derive(Clone)]
+pub(crate) struct LogPipe {
+    inner: Arc<Mutex<LogBuf>>,
+}
+
+struct LogBuf {
+    text: Vec<u8>,
+    dropped: usize,
+    max_bytes: usize,
+}
+
+impl LogPipe {
+    pub fn new(max_bytes: usize) -> LogPipe {
+        LogPipe { inner: Arc::new(Mutex::new(LogBuf { text: Vec::new(), dropped: 0, max_bytes })) }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut LogBuf) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn write(&self, bytes: &[u8]) {
+        self.with(|b| {
+            let room = b.max_bytes.saturating_sub(b.text.len());
+            let keep = bytes.len().min(room);
+            b.text.extend_from_slice(bytes.get(..keep).unwrap_or_default());
+            b.dropped += bytes.len() - keep;
+        });
+    }
+
+    /// A line from nimbus itself (a denied request, a refused memory growth).
+    pub fn note(&self, line: &str) {
+        self.with(|b| {
+            if !b.text.is_empty() && !b.text.ends_with(b"\n") {
+                b.text.push(b'\n');
+            }
+            // Platform lines are never dropped: they explain the outcome.
+            b.text.extend_from_slice(format!("[nimbus] {line}\n").as_bytes());
+        });
+    }
+
+    /// Everything written since the last drain, with a marker when some was dropped.
+    pub fn drain(&self) -> String {
+        self.with(|b| {
+            let mut text = String::from_utf8_lossy(&std::mem::take(&mut b.text)).into_owned();
+            if b.dropped > 0 {
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&format!("[nimbus: log truncated, {} bytes dropped]\n", b.dropped));
+                b.dropped = 0;
+            }
+            text
+        })
+    }
+}
+
+impl IsTerminal for LogPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for LogPipe {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LogPipe {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        LogPipe::write(self, &bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Always writable: past the bound, output is counted and dropped, never an error.
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LogPipe {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        LogPipe::write(&self, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Caps the store's linear memories at `memory_mb` and remembers the peak.
+pub(crate) struct Limiter {
+    pub max_bytes: usize,
+    /// Sum of the current sizes of all linear memories in the store.
+    pub total: usize,
+    pub peak: usize,
+    /// Set when a growth was refused (the guest then usually traps).
+    pub refused: Option<usize>,
+    pub log: LogPipe,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.total - current.min(self.total) + desired;
+        if total > self.max_bytes {
+            self.refused = Some(total);
+            self.log.note(&format!(
+                "memory growth to {} MB refused: above memory_mb = {}",
+                total.div_ceil(1 << 20),
+                self.max_bytes >> 20
+            ));
+            return Ok(false);
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Tables past this are refused (the pooling allocator's slots are sized for it).
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// CPU time of the current request: the time spent inside polls of the guest call (guest code
+/// and synchronous host calls), not time waiting on timers or I/O.
+#[derive(Default)]
+pub(crate) struct CpuMeter {
+    /// Nanoseconds of finished polls.
+    used_ns: AtomicU64,
+    /// When the poll in progress started (ns since `origin`), 0 when none is.
+    poll_start_ns: AtomicU64,
+    origin: std::sync::OnceLock<Instant>,
+}
+
+impl CpuMeter {
+    fn now_ns(&self) -> u64 {
+        let origin = self.origin.get_or_init(Instant::now);
+        u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+    }
+
+    pub fn reset(&self) {
+        self.used_ns.store(0, Ordering::Relaxed);
+        self.poll_start_ns.store(0, Ordering::Relaxed);
+    }
+
+    pub fn poll_started(&self) {
+        self.poll_start_ns.store(self.now_ns(), Ordering::Relaxed);
+    }
+
+    pub fn poll_ended(&self) {
+        let start = self.poll_start_ns.swap(0, Ordering::Relaxed);
+        if start != 0 {
+            self.used_ns.fetch_add(self.now_ns().saturating_sub(start), Ordering::Relaxed);
+        }
+    }
+
+    /// CPU time used so far, including the poll in progress.
+    pub fn used_ns(&self) -> u64 {
+        let start = self.poll_start_ns.load(Ordering::Relaxed);
+        let running = if start == 0 { 0 } else { self.now_ns().saturating_sub(start) };
+        self.used_ns.load(Ordering::Relaxed) + running
+    }
+}
+
+/// A future that charges the time spent polling it to a [`CpuMeter`].
+pub(crate) struct Metered<'a, F> {
+    pub inner: Pin<Box<F>>,
+    pub meter: &'a CpuMeter,
+}
+
+impl<F: std::future::Future> std::future::Future for Metered<'_, F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.meter.poll_started();
+        let r = self.inner.as_mut().poll(cx);
+        self.meter.poll_ended();
+        r
+    }
+}
+
+/// The outbound HTTP policy: only origins matching `allowed_outbound_hosts` are reachable.
+pub(crate) struct Outbound {
+    pub allowed: Arc<Vec<OutboundPattern>>,
+    pub log: LogPipe,
+}
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let uri = request.uri();
+        let scheme = uri.scheme_str().unwrap_or("https").to_owned();
+        let host = uri.host().unwrap_or_default().to_owned();
+        let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
+        if !self.allowed.iter().any(|p| p.allows(&scheme, &host, port)) {
+            let origin = format!("{scheme}://{host}:{port}");
+            self.log.note(&format!(
+                "outbound HTTP to {origin} denied: it is not in allowed_outbound_hosts; add \"{origin}\" to the function in nimbus.toml"
+            ));
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+            ))
+        })
+    }
+}

@@ -1,0 +1,457 @@
+//! One wasm instance as the scheduler sees it: a slot in the function's pool that runs one
+//! request at a time, on a fresh wasm instance per request or on a kept one
+//! (`instance_reuse`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use nimbus_core::outbound::OutboundPattern;
+use nimbus_core::{
+    FunctionErrorKind, FunctionVersion, HttpResponseHead, Instance, InstanceError, InstanceState, Invocation,
+    InvokeOutcome, InvokeResult, StartError, REGION,
+};
+use serde_json::json;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::Proxy;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+use crate::host::{CpuMeter, Host, Limiter, LogPipe, Metered, Outbound};
+use crate::{Inner, Loaded};
+
+type Response = hyper::Response<HyperOutgoingBody>;
+
+pub(crate) struct WasmInstance {
+    parts: Parts,
+    id: String,
+    init_duration: Duration,
+    /// The instance kept for the next request (`instance_reuse`), or the one made at start.
+    ready: Option<(Store<Host>, Proxy)>,
+    dead: bool,
+}
+
+/// What every request of the instance shares (all `Sync`, unlike a `Store`).
+struct Parts {
+    rt: Arc<Inner>,
+    loaded: Arc<Loaded>,
+    function: Arc<FunctionVersion>,
+    log: LogPipe,
+    env: Arc<Vec<(String, String)>>,
+    allowed: Arc<Vec<OutboundPattern>>,
+}
+
+/// How a request ended, before it becomes an `InvokeResult`.
+enum Ended {
+    Response {
+        head: HttpResponseHead,
+        body: Bytes,
+    },
+    /// The guest trapped, ran out of CPU or memory, or answered with an error code.
+    Failed {
+        error_type: &'static str,
+        message: String,
+    },
+    TooLarge {
+        size: usize,
+    },
+}
+
+impl WasmInstance {
+    pub(crate) async fn start(
+        rt: Arc<Inner>,
+        loaded: Arc<Loaded>,
+        function: Arc<FunctionVersion>,
+        id: String,
+        started: Instant,
+    ) -> Result<WasmInstance, StartError> {
+        let spec = &function.spec;
+        let mut env: Vec<(String, String)> = vec![
+            ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
+            ("AWS_LAMBDA_FUNCTION_VERSION".into(), function.version.clone()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), spec.memory_mb.to_string()),
+            ("AWS_REGION".into(), REGION.into()),
+            ("AWS_DEFAULT_REGION".into(), REGION.into()),
+        ];
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let allowed = spec.wasm.allowed_outbound_hosts.iter().filter_map(|p| OutboundPattern::parse(p).ok()).collect();
+        let parts = Parts {
+            log: LogPipe::new(rt.settings.max_log_bytes),
+            rt: rt.clone(),
+            loaded,
+            function,
+            env: Arc::new(env),
+            allowed: Arc::new(allowed),
+        };
+        // Instantiate once now: it proves the component starts (memory_mb large enough, its
+        // init succeeds) and serves the first request.
+        let _running = rt.ticker.running();
+        let ready = match tokio::time::timeout(parts.function.spec.timeout, parts.instantiate()).await {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(message)) => {
+                let log = parts.log.drain();
+                return Err(StartError::InitFailed { error_type: "Runtime.InitError".into(), message, log });
+            }
+            Err(_) => {
+                let log = parts.log.drain();
+                return Err(StartError::InitFailed {
+                    error_type: "Runtime.InitTimeout".into(),
+                    message: format!("instantiation did not finish within {:?}", parts.function.spec.timeout),
+                    log,
+                });
+            }
+        };
+        Ok(WasmInstance { parts, id, init_duration: started.elapsed(), ready: Some(ready), dead: false })
+    }
+}
+
+impl Parts {
+    fn new_store(&self) -> Store<Host> {
+        let spec = &self.function.spec;
+        let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.envs(&self.env).stdout(self.log.clone()).stderr(self.log.clone());
+        let host = Host {
+            table: wasmtime::component::ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            outbound: Outbound { allowed: self.allowed.clone(), log: self.log.clone() },
+            limiter: Limiter {
+                max_bytes: (spec.memory_mb as usize) << 20,
+                total: 0,
+                peak: 0,
+                refused: None,
+                log: self.log.clone(),
+            },
+            cpu: Arc::new(CpuMeter::default()),
+            cpu_limit_ns: spec.wasm.cpu_ms.map(|ms| u64::from(ms) * 1_000_000),
+            cpu_exceeded: false,
+        };
+        let mut store = Store::new(&self.rt.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        store.epoch_deadline_callback(|mut ctx| {
+            let h = ctx.data_mut();
+            if let Some(limit) = h.cpu_limit_ns {
+                if h.cpu.used_ns() > limit {
+                    h.cpu_exceeded = true;
+                    return Ok(UpdateDeadline::Interrupt);
+                }
+            }
+            // Yield at every tick so the request's timeout (a tokio timer) can fire even while
+            // the guest computes, and other requests on this thread get their turn.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    async fn instantiate(&self) -> Result<(Store<Host>, Proxy), String> {
+        let mut store = self.new_store();
+        store.set_epoch_deadline(1);
+        match self.loaded.pre.instantiate_async(&mut store).await {
+            Ok(proxy) => Ok((store, proxy)),
+            Err(e) => Err(match store.data().limiter.refused {
+                Some(bytes) => format!(
+                    "the component needs {} MB of memory to start, above memory_mb = {}; raise memory_mb",
+                    bytes.div_ceil(1 << 20),
+                    self.function.spec.memory_mb
+                ),
+                None => format!("instantiation failed: {e:#}"),
+            }),
+        }
+    }
+
+    /// Run one request on `store` until the response body is complete.
+    async fn run(&self, store: &mut Store<Host>, proxy: &Proxy, inv: &Invocation) -> Result<Ended, String> {
+        let request = to_http(inv);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (req, out) = {
+            let mut view = store.data_mut().http();
+            let req = view.new_incoming_request(Scheme::Http, request).map_err(|e| format!("{e:#}"))?;
+            let out = view.new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;
+            (req, out)
+        };
+        let cpu = store.data().cpu.clone();
+        cpu.reset();
+        {
+            let h = store.data_mut();
+            h.limiter.refused = None;
+            h.cpu_exceeded = false;
+        }
+        store.set_epoch_deadline(1);
+        let handler = proxy.wasi_http_incoming_handler();
+        let call = Metered { inner: Box::pin(handler.call_handle(&mut *store, req, out)), meter: &cpu };
+        let ended = drive(call, rx, self.rt.settings.max_response_bytes).await;
+        Ok(match ended {
+            Driven::Response(head, body) => Ended::Response { head, body },
+            Driven::TooLarge(size) => Ended::TooLarge { size },
+            Driven::ErrorCode(code) => Ended::Failed {
+                error_type: "Runtime.ResponseError",
+                message: format!("the component answered with an error instead of a response: {code:?}"),
+            },
+            Driven::NoResponse => Ended::Failed {
+                error_type: "Runtime.NoResponse",
+                message: "the component returned without setting a response (response-outparam.set)".into(),
+            },
+            Driven::Trap(e) => {
+                let h = store.data();
+                if h.cpu_exceeded {
+                    let ms = self.function.spec.wasm.cpu_ms.unwrap_or_default();
+                    self.log.note(&format!("CPU time limit exceeded: cpu_ms = {ms}"));
+                    Ended::Failed {
+                        error_type: "Runtime.CpuLimitExceeded",
+                        message: format!("the request used more than {ms} ms of CPU time (cpu_ms = {ms})"),
+                    }
+                } else if let Some(bytes) = h.limiter.refused {
+                    self.log.note(&format!("{e:?}"));
+                    Ended::Failed {
+                        error_type: "Runtime.OutOfMemory",
+                        message: format!(
+                            "the component ran out of memory: it asked for {} MB, memory_mb = {}",
+                            bytes.div_ceil(1 << 20),
+                            self.function.spec.memory_mb
+                        ),
+                    }
+                } else {
+                    // The full error (with the wasm backtrace) goes to the log; the caller gets
+                    // the trap itself.
+                    self.log.note(&format!("{e:?}"));
+                    Ended::Failed { error_type: "Runtime.WasmTrap", message: trap_message(&e) }
+                }
+            }
+        })
+    }
+}
+
+/// The short message of a trap: its root cause ("wasm trap: wasm `unreachable` instruction
+/// executed"), without the backtrace.
+fn trap_message(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    }
+}
+
+/// The request the component sees: the HTTP request as the client sent it, or, for an event
+/// (Invoke API, async queue, schedule), `POST /` with the payload as a JSON body.
+fn to_http(inv: &Invocation) -> hyper::Request<http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>> {
+    let body = Full::new(inv.payload.clone()).map_err(|never| match never {}).boxed_unsync();
+    let mut req = hyper::Request::new(body);
+    match &inv.http {
+        Some(h) => {
+            *req.method_mut() = h.method.clone();
+            let uri = format!("http://{}{}", h.authority, h.uri.path_and_query().map_or("/", |p| p.as_str()));
+            *req.uri_mut() = uri.parse().unwrap_or_else(|_| h.uri.clone());
+            *req.headers_mut() = h.headers.clone();
+        }
+        None => {
+            *req.method_mut() = http::Method::POST;
+            *req.uri_mut() = http::Uri::from_static("http://localhost/");
+            req.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        }
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&inv.request_id) {
+        req.headers_mut().insert("x-nimbus-request-id", v);
+    }
+    req
+}
+
+enum Driven {
+    Response(HttpResponseHead, Bytes),
+    TooLarge(usize),
+    ErrorCode(ErrorCode),
+    NoResponse,
+    Trap(wasmtime::Error),
+}
+
+/// Run the guest's `handle` and, concurrently, take its response and collect the body (the
+/// guest writes the body through a bounded pipe, so both must make progress together).
+async fn drive<F>(call: F, rx: tokio::sync::oneshot::Receiver<Result<Response, ErrorCode>>, limit: usize) -> Driven
+where
+    F: std::future::Future<Output = wasmtime::Result<()>>,
+{
+    tokio::pin!(call);
+    tokio::pin!(rx);
+    let mut returned = false;
+    let response = tokio::select! {
+        r = &mut rx => r,
+        c = &mut call => {
+            if let Err(e) = c {
+                return Driven::Trap(e);
+            }
+            returned = true;
+            match rx.try_recv() {
+                Ok(r) => Ok(r),
+                Err(_) => return Driven::NoResponse,
+            }
+        }
+    };
+    let response = match response {
+        Ok(Ok(r)) => r,
+        Ok(Err(code)) => return Driven::ErrorCode(code),
+        // The outparam was dropped unset: the call's result says why.
+        Err(_) => {
+            return match if returned { Ok(()) } else { call.await } {
+                Ok(()) => Driven::NoResponse,
+                Err(e) => Driven::Trap(e),
+            }
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let collect = collect(body, limit);
+    tokio::pin!(collect);
+    let body = loop {
+        tokio::select! {
+            b = &mut collect => break b,
+            c = &mut call, if !returned => {
+                if let Err(e) = c {
+                    return Driven::Trap(e);
+                }
+                returned = true;
+            }
+        }
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(Collected::TooLarge(n)) => return Driven::TooLarge(n),
+        Err(Collected::Broken(msg)) => {
+            if !returned {
+                if let Err(e) = call.await {
+                    return Driven::Trap(e);
+                }
+            }
+            return Driven::Trap(wasmtime::Error::msg(format!("the response body failed: {msg}")));
+        }
+    };
+    if !returned {
+        if let Err(e) = call.await {
+            return Driven::Trap(e);
+        }
+    }
+    Driven::Response(HttpResponseHead { status: parts.status, headers: parts.headers }, body)
+}
+
+enum Collected {
+    TooLarge(usize),
+    Broken(String),
+}
+
+async fn collect(mut body: HyperOutgoingBody, limit: usize) -> Result<Bytes, Collected> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Collected::Broken(format!("{e:?}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(Collected::TooLarge(buf.len() + data.len()));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn error_body(error_type: &str, message: &str) -> Bytes {
+    Bytes::from(json!({"errorMessage": message, "errorType": error_type, "stackTrace": []}).to_string())
+}
+
+#[async_trait]
+impl Instance for WasmInstance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn init_duration(&self) -> Duration {
+        self.init_duration
+    }
+
+    fn take_init_log(&mut self) -> String {
+        self.parts.log.drain()
+    }
+
+    fn state(&self) -> InstanceState {
+        if self.dead {
+            InstanceState::Dead
+        } else {
+            InstanceState::Ready
+        }
+    }
+
+    async fn invoke(&mut self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
+        let rt = self.parts.rt.clone();
+        let _running = rt.ticker.running();
+        let started = Instant::now();
+        let timeout = inv.timeout;
+        let reuse = self.parts.function.spec.wasm.instance_reuse;
+        let parts = &self.parts;
+        let ready = self.ready.take();
+        let work = async move {
+            let (mut store, proxy) = match ready {
+                Some(r) => r,
+                None => parts.instantiate().await.map_err(InstanceError::Platform)?,
+            };
+            let ended = parts.run(&mut store, &proxy, &inv).await.map_err(InstanceError::Platform)?;
+            let peak = store.data().limiter.peak;
+            Ok::<_, InstanceError>((ended, peak, store, proxy))
+        };
+        let (ended, peak, store, proxy) = match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                // The guest was stopped at its next epoch tick; its store is gone with the future.
+                if reuse {
+                    self.dead = true;
+                }
+                return Err(InstanceError::Timeout { timeout, log: self.parts.log.drain() });
+            }
+        };
+        let duration = started.elapsed();
+        let max_memory_mb = u32::try_from(peak.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        let (outcome, http) = match ended {
+            Ended::Response { head, body } => {
+                if reuse {
+                    self.ready = Some((store, proxy));
+                }
+                (InvokeOutcome::Success(body), Some(head))
+            }
+            Ended::Failed { error_type, message } => {
+                // A trapped instance cannot be entered again.
+                if reuse {
+                    self.dead = true;
+                }
+                let body = error_body(error_type, &message);
+                let outcome = InvokeOutcome::FunctionError {
+                    kind: FunctionErrorKind::Unhandled,
+                    error_type: error_type.to_owned(),
+                    error_message: message,
+                    body,
+                };
+                (outcome, None)
+            }
+            Ended::TooLarge { size } => {
+                if reuse {
+                    self.dead = true;
+                }
+                let limit = self.parts.rt.settings.max_response_bytes;
+                return Err(InstanceError::ResponseTooLarge { size, limit, log: self.parts.log.drain() });
+            }
+        };
+        Ok(InvokeResult {
+            outcome,
+            duration,
+            cold: None,
+            max_memory_mb,
+            log: self.parts.log.drain(),
+            instance_id: self.id.clone(),
+            http,
+        })
+    }
+
+    async fn shutdown(self: Box<Self>) {
+        // Dropping the store returns its slot to the pool; nothing else is held.
+    }
+}
