@@ -1,7 +1,9 @@
 //! The conformance table: the same cases, in the same order, against every process runtime —
 //! nimbus's Node and Python bootstraps, and the official clients `awslambdaric` (PyPI) and
-//! `lambda_runtime` (crates.io) running unmodified as `provided` functions. The wasm runtime
-//! joins this table later.
+//! `lambda_runtime` (crates.io) running unmodified as `provided` functions — and the wasm runtime,
+//! whose contract is HTTP (wasi:http) rather than Lambda events: its table asks the same
+//! questions (cold start, state, environment, logs, errors, size and time limits, request and
+//! response shape) of a `wasi:http/proxy` component.
 //!
 //! A case is data: an input (an Invoke API event or an HTTP request to the function's route)
 //! and the expected status, headers, JSON fields (by pointer), log lines and latency bound.
@@ -253,6 +255,138 @@ fn table(function: &str) -> Vec<Case> {
     ]
 }
 
+/// The wasm runtime's table (the guest is tests/fixtures/wasm/guest-rust): events from the Invoke
+/// API arrive as `POST /` with the payload as body; HTTP requests arrive as they were sent.
+fn wasm_table(function: &str) -> Vec<Case> {
+    vec![
+        Case {
+            json: vec![
+                ("/method", json!("POST")),
+                ("/path", json!("/")),
+                ("/body", json!(r#"{"op":"echo"}"#)),
+                ("/headers/content-type", json!("application/json")),
+                ("/headers/x-nimbus-request-id", json!("$request-id")),
+            ],
+            log_has: &["START RequestId: ", "END RequestId: ", "Init Duration: "],
+            ..Case::invoke("an event is POST / with the payload as body, cold", json!({"op": "echo"}))
+        },
+        Case {
+            json: vec![("", json!(1))],
+            log_lacks: &["Init Duration"],
+            ..Case::invoke("count on the warm instance", json!({"op": "count"}))
+        },
+        Case {
+            json: vec![("", json!(1))],
+            ..Case::invoke("a fresh wasm instance per request: no state leaks", json!({"op": "count"}))
+        },
+        Case {
+            json: vec![
+                ("/AWS_LAMBDA_FUNCTION_NAME", json!(function)),
+                ("/AWS_LAMBDA_FUNCTION_VERSION", json!("1")),
+                ("/AWS_LAMBDA_FUNCTION_MEMORY_SIZE", json!("128")),
+                ("/AWS_REGION", json!("us-east-1")),
+                ("/GREETING", json!("hi")),
+                ("/NIMBUS_TEST_LEAK", Value::Null),
+                ("/PATH", Value::Null),
+            ],
+            ..Case::invoke("standard environment, manifest env, nothing inherited", json!({"op": "env"}))
+        },
+        Case {
+            json: vec![],
+            raw_body: Some(b"logged"),
+            log_has: &[
+                "\nhello on stdout\n",
+                "\nhello on stderr\n",
+                "\n{\"level\":\"info\",\"msg\":\"structured\"}\n",
+                "REPORT RequestId: ",
+            ],
+            ..Case::invoke("stdout and stderr land in the invocation's log", json!({"op": "log"}))
+        },
+        Case {
+            function_error: Some("Unhandled"),
+            json: vec![("/errorType", json!("Runtime.WasmTrap")), ("/errorMessage", json!("$nonempty"))],
+            log_has: &["boom: the guest gave up", "unreachable", "END RequestId: "],
+            ..Case::invoke("a trap is an Unhandled error with the trap in the log", json!({"op": "trap"}))
+        },
+        Case {
+            json: vec![("/method", json!("POST"))],
+            ..Case::invoke("the server serves on after a trap", json!({"op": "echo"}))
+        },
+        Case {
+            function_error: Some("Unhandled"),
+            json: vec![("/errorType", json!("Function.ResponseSizeTooLarge"))],
+            log_has: &[],
+            ..Case::invoke("a response above 6 MB is refused", json!({"op": "big", "n": 7_000_000}))
+        },
+        Case {
+            function_error: Some("Unhandled"),
+            json: vec![("/errorType", json!("Sandbox.Timedout")), ("/errorMessage", json!("$nonempty"))],
+            log_has: &["Task timed out after 1.00 seconds"],
+            within: Some(Duration::from_millis(1500)),
+            ..Case::invoke("a runaway loop is stopped at the timeout", json!({"op": "loop"}))
+        },
+        Case {
+            function_error: Some("Unhandled"),
+            json: vec![("/errorType", json!("Runtime.OutOfMemory")), ("/errorMessage", json!("$nonempty"))],
+            log_has: &["memory growth to", "above memory_mb = 128"],
+            ..Case::invoke("a memory bomb hits memory_mb, not the host", json!({"op": "bomb"}))
+        },
+        Case {
+            json: vec![("/method", json!("POST"))],
+            ..Case::invoke("a new instance serves after a timeout and a memory bomb", json!({"op": "echo"}))
+        },
+        Case {
+            input: Input::Http {
+                method: "GET",
+                path: "/fn/items/42%20x?a=1&a=2&sp=x+y",
+                headers: &[
+                    ("cookie", "c1=1; c2=2"),
+                    ("x-multi", "one"),
+                    ("x-multi", "two"),
+                    ("user-agent", "conformance/1"),
+                ],
+                body: None,
+            },
+            headers: &[("content-type", "application/json")],
+            json: vec![
+                ("/method", json!("GET")),
+                ("/path", json!("/fn/items/42%20x?a=1&a=2&sp=x+y")),
+                ("/authority", json!("$nonempty")),
+                ("/headers/cookie", json!("c1=1; c2=2")),
+                ("/headers/x-multi", json!("one,two")),
+                ("/headers/user-agent", json!("conformance/1")),
+                ("/headers/x-forwarded-for", json!("127.0.0.1")),
+                ("/headers/x-nimbus-request-id", json!("$request-id")),
+            ],
+            ..Case::http("an HTTP request reaches the component as it was sent", "GET", "")
+        },
+        Case {
+            input: Input::Http {
+                method: "POST",
+                path: "/fn/raw",
+                headers: &[],
+                body: Some(("application/octet-stream", &[0, 159, 146, 150])),
+            },
+            headers: &[("content-type", "application/octet-stream")],
+            raw_body: Some(&[0, 159, 146, 150]),
+            ..Case::http("a binary body passes through byte for byte", "POST", "")
+        },
+        Case {
+            input: Input::Http { method: "GET", path: "/fn/status?code=418", headers: &[], body: None },
+            status: 418,
+            headers: &[("x-custom", "yes")],
+            raw_body: Some(b"status 418"),
+            ..Case::http("the component's response head is the HTTP response head", "GET", "")
+        },
+        Case {
+            input: Input::Http { method: "GET", path: "/fn/trap", headers: &[], body: None },
+            status: 500,
+            headers: &[("x-nimbus-error", "function")],
+            ..Case::http("a trap on a route is a 500", "GET", "")
+        },
+    ]
+}
+
 fn matches(expected: &Value, got: Option<&Value>, request_id: Option<&str>) -> bool {
     match expected.as_str() {
         Some("$nonempty") => got.and_then(Value::as_str).is_some_and(|s| !s.is_empty()),
@@ -268,6 +402,7 @@ fn matches(expected: &Value, got: Option<&Value>, request_id: Option<&str>) -> b
 
 async fn run(runtime: &str) {
     let function = format!("conf-{runtime}");
+    let cases = if runtime == "wasm" { wasm_table(&function) } else { table(&function) };
     let app = App::new("conformance")
         .conformance(runtime, &function, "timeout = \"1s\"")
         .route("*", "/fn/*", &function)
@@ -275,7 +410,7 @@ async fn run(runtime: &str) {
     let server = Server::start(app.path());
     let client = server.client();
     let mut failures = Vec::new();
-    for case in table(&function) {
+    for case in cases {
         let started = Instant::now();
         let (status, headers, raw) = match &case.input {
             Input::Invoke(event) => {
@@ -334,7 +469,9 @@ async fn run(runtime: &str) {
                 failures.push(format!("{}: header {name} = {got:?}, expected {value:?}", case.name));
             }
         }
-        if case.name.contains("API Gateway v2") && headers.get_all("set-cookie").iter().count() != 2 {
+        if (case.name.contains("API Gateway v2") || case.name.contains("response head"))
+            && headers.get_all("set-cookie").iter().count() != 2
+        {
             failures.push(format!("{}: expected two Set-Cookie headers", case.name));
         }
         if let Some(want) = case.raw_body {
@@ -377,4 +514,9 @@ async fn conformance_awslambdaric() {
 #[tokio::test]
 async fn conformance_lambda_runtime_crate() {
     run("rust").await;
+}
+
+#[tokio::test]
+async fn conformance_wasm() {
+    run("wasm").await;
 }

@@ -94,15 +94,19 @@ impl App {
                 std::fs::copy(rust_fixture_binary(), code.join("bootstrap")).unwrap();
                 ("provided", "")
             }
+            "wasm" => {
+                std::fs::create_dir_all(&code).unwrap();
+                std::fs::copy(fixture("wasm/conformance.wasm"), code.join("conformance.wasm")).unwrap();
+                ("wasm", "")
+            }
             other => panic!("unknown runtime {other}"),
         };
         let mut env = String::from("GREETING = \"hi\"");
         if runtime == "ric" {
             env.push_str(&format!(", PYTHONPATH = \"{}\"", test_pythonpath().display()));
         }
-        self.toml.push_str(&format!(
-            "\n[functions.{name}]\nruntime = \"{rt}\"\nhandler = \"{handler}\"\nenv = {{ {env} }}\n{extra}\n"
-        ));
+        let handler = if rt == "wasm" { String::new() } else { format!("handler = \"{handler}\"\n") };
+        self.toml.push_str(&format!("\n[functions.{name}]\nruntime = \"{rt}\"\n{handler}env = {{ {env} }}\n{extra}\n"));
         self
     }
 
