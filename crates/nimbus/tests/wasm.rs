@@ -1,0 +1,223 @@
+//! Black-box tests of the wasm runtime beyond the conformance table: instance reuse, the CPU
+//! limit, the outbound allow-list, the instance cap, the compile cache across restarts, refused
+//! deployments, async events, and the examples.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{fixture, repo_root, App, Server};
+use serde_json::{json, Value};
+
+/// An app with the conformance guest as function `f` on `/fn/*`.
+fn guest_app(name: &str, extra: &str) -> App {
+    App::new(name).conformance("wasm", "f", extra).route("*", "/fn/*", "f").finish()
+}
+
+/// The invocation records of `function`, once at least `n` exist (records are written by a
+/// background writer within moments of each invocation).
+async fn records(server: &Server, function: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = server.admin(&format!("/v1/invocations?function={function}&limit=1000")).await;
+        let rows = v.as_array().cloned().unwrap_or_default();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "only {} of {n} records appeared: {v:#}", rows.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get_text(server: &Server, path: &str) -> (u16, String) {
+    let r = server.get(path).await;
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn instance_reuse_keeps_state_and_a_trap_replaces_the_instance() {
+    let app = guest_app("reuse", "instance_reuse = true");
+    let server = Server::start(app.path());
+    for want in ["1", "2", "3"] {
+        assert_eq!(get_text(&server, "/fn/count").await, (200, want.to_owned()));
+    }
+    assert_eq!(get_text(&server, "/fn/trap").await.0, 500);
+    // The trapped instance cannot be entered again: a new one starts, with fresh state.
+    assert_eq!(get_text(&server, "/fn/count").await, (200, "1".to_owned()));
+    let rows = records(&server, "f", 5).await;
+    let cold = rows.iter().filter(|r| r["cold"] == json!(true)).count();
+    assert_eq!(cold, 2, "one cold start, then one after the trap: {rows:#?}");
+}
+
+#[tokio::test]
+async fn cpu_ms_limits_cpu_time_not_waiting() {
+    let app = guest_app("cpu", "cpu_ms = 50\ntimeout = \"5s\"");
+    let server = Server::start(app.path());
+    // 200 ms of waiting is fine under a 50 ms CPU budget…
+    assert_eq!(get_text(&server, "/fn/sleep?ms=200").await, (200, "slept 200 ms".to_owned()));
+    // …200 ms of computing is not.
+    let started = Instant::now();
+    assert_eq!(get_text(&server, "/fn/burn?ms=200").await.0, 500);
+    assert!(started.elapsed() < Duration::from_millis(190), "the burn was not cut short: {:?}", started.elapsed());
+    let rows = records(&server, "f", 2).await;
+    let burn = rows.iter().find(|r| r["status"] == json!("function_error")).expect("a failed record");
+    assert_eq!(burn["errorType"], json!("Runtime.CpuLimitExceeded"), "{burn:#}");
+    assert_eq!(get_text(&server, "/fn/hello").await, (200, "Hello from wasm".to_owned()));
+}
+
+/// A one-line HTTP server on 127.0.0.1:0 answering every request with `body`.
+fn upstream(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(100) {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn outbound_http_reaches_only_allowed_hosts() {
+    let allowed = upstream("from upstream");
+    let denied = upstream("should never be read");
+    let app = guest_app("outbound", &format!("allowed_outbound_hosts = [\"http://127.0.0.1:{allowed}\"]"));
+    let server = Server::start(app.path());
+    let ok = get_text(&server, &format!("/fn/fetch?url=http://127.0.0.1:{allowed}/x")).await;
+    assert_eq!(ok, (200, "200 from upstream".to_owned()));
+    let no = server.get(&format!("/fn/fetch?url=http://127.0.0.1:{denied}/x")).await;
+    let id = no.headers()["x-nimbus-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        (no.status().as_u16(), no.text().await.unwrap()),
+        (502, "fetch failed: ErrorCode::HttpRequestDenied".into())
+    );
+    // The log is stored with the record, moments after the response.
+    records(&server, "f", 2).await;
+    let log = server.cli(&["logs", "f", "--request-id", &id]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains(&format!("outbound HTTP to http://127.0.0.1:{denied} denied"))
+            && log.contains("allowed_outbound_hosts"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn max_instances_caps_concurrent_wasm_instances() {
+    let app = guest_app("cap", "max_instances = 2\nmax_queued = 100\nqueue_timeout = \"10s\"");
+    let server = Server::start(app.path());
+    let client = server.client();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let c = client.clone();
+            let url = format!("{}/fn/sleep?ms=100", server.url);
+            tokio::spawn(async move { c.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    let rows = records(&server, "f", 20).await;
+    let instances: std::collections::HashSet<&str> = rows.iter().filter_map(|r| r["instanceId"].as_str()).collect();
+    assert!(!instances.is_empty() && instances.len() <= 2, "{} instances served 20 requests", instances.len());
+}
+
+#[tokio::test]
+async fn a_restart_loads_the_compiled_component_instead_of_compiling_it() {
+    let app = guest_app("cache", "");
+    let data = app.path().join(".nimbus");
+    let mut server = Server::start(app.path());
+    assert_eq!(get_text(&server, "/fn/hello").await.0, 200);
+    let cache = data.join("wasm-cache");
+    let compiled = |dir: &std::path::Path| -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .map(|p| {
+                let m = std::fs::metadata(&p).unwrap().modified().unwrap();
+                (p, m)
+            })
+            .collect()
+    };
+    let before = compiled(&cache);
+    assert_eq!(before.len(), 1, "one compiled artefact: {before:?}");
+    assert!(server.stop().success());
+    let server = Server::start(app.path());
+    assert_eq!(get_text(&server, "/fn/hello").await.0, 200);
+    assert_eq!(compiled(&cache), before, "the restart rewrote or added compiled artefacts");
+}
+
+#[tokio::test]
+async fn a_component_that_does_not_load_refuses_the_deploy_and_nothing_changes() {
+    let app = guest_app("refuse", "");
+    let server = Server::start(app.path());
+    assert_eq!(get_text(&server, "/fn/hello").await.0, 200);
+    let wasm = app.path().join("functions/f/conformance.wasm");
+
+    // The component binary header, then garbage: only the compiler can tell.
+    std::fs::write(&wasm, [0, b'a', b's', b'm', 0x0d, 0, 1, 0, 0xff, 0xff, 0xff]).unwrap();
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("conformance.wasm is not a valid component"), "{err}");
+
+    // A core module (not a component) is named as such by the manifest check.
+    std::fs::write(&wasm, [0, b'a', b's', b'm', 1, 0, 0, 0]).unwrap();
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is a core WebAssembly module, not a component"), "{err}");
+
+    let live = server.admin("/v1/app").await;
+    assert_eq!(live["live"], json!(1), "{live:#}");
+    assert_eq!(get_text(&server, "/fn/hello").await, (200, "Hello from wasm".to_owned()));
+}
+
+#[tokio::test]
+async fn memory_mb_below_what_the_component_needs_is_an_init_error() {
+    let app = guest_app("tiny", "memory_mb = 1");
+    let server = Server::start(app.path());
+    let r = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(r.function_error(), Some("Unhandled"), "{:?}", r.body);
+    let msg = r.body["errorMessage"].as_str().unwrap_or_default();
+    assert!(msg.contains("above memory_mb = 1; raise memory_mb"), "{msg}");
+}
+
+#[tokio::test]
+async fn async_events_run_wasm_functions() {
+    let app = guest_app("async", "");
+    let server = Server::start(app.path());
+    let r = server
+        .client()
+        .post(format!("{}/2015-03-31/functions/f/invocations", server.url))
+        .header("x-amz-invocation-type", "Event")
+        .body(json!({"op": "count"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let rows = records(&server, "f", 1).await;
+    assert_eq!((&rows[0]["trigger"], &rows[0]["status"]), (&json!("event"), &json!("success")), "{rows:#?}");
+}
+
+#[tokio::test]
+async fn the_wasm_hello_example_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&repo_root().join("examples/wasm-hello"), dir.path(), &[]);
+    let r = server.get("/hello/nimbus").await;
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"message": "Hello, nimbus!", "runtime": "wasm"}));
+    assert!(fixture("wasm/conformance.wasm").is_file());
+}
