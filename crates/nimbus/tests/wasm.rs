@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{fixture, repo_root, App, Server};
+use common::{fixture, repo_root, run_python_json, App, Server};
 use serde_json::{json, Value};
 
 /// An app with the conformance guest as function `f` on `/fn/*`.
@@ -67,21 +67,45 @@ async fn cpu_ms_limits_cpu_time_not_waiting() {
     assert_eq!(get_text(&server, "/fn/hello").await, (200, "Hello from wasm".to_owned()));
 }
 
-/// A one-line HTTP server on 127.0.0.1:0 answering every request with `body`.
+/// A one-line HTTP server on 127.0.0.1:0 answering every request with `body`, or with the
+/// request's own head when `body` is empty.
 fn upstream(body: &'static str) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in listener.incoming().take(100) {
             let Ok(mut conn) = conn else { break };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = [0u8; 4096];
             let mut got = Vec::new();
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let head_end = loop {
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break got.len(),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            };
+            // Read the request body too (a sized one, or chunks up to the last), so that closing
+            // the connection does not reset it under the client.
+            let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+            let sized = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let chunked = head.contains("transfer-encoding: chunked");
+            let complete = |got: &[u8]| match sized {
+                Some(n) => got.len() >= head_end + n,
+                None => !chunked || got.ends_with(b"0\r\n\r\n"),
+            };
+            while !complete(&got) {
                 match conn.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => got.extend_from_slice(&buf[..n]),
                 }
             }
+            let body = if body.is_empty() { head } else { body.to_owned() };
             let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
             let _ = conn.write_all(reply.as_bytes());
         }
@@ -220,4 +244,98 @@ async fn the_wasm_hello_example_serves() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body, json!({"message": "Hello, nimbus!", "runtime": "wasm"}));
     assert!(fixture("wasm/conformance.wasm").is_file());
+}
+
+/// Large components (the JS and Python examples) compile once per machine: the tests share one
+/// compile cache (keyed by component hash and engine settings, so sharing is safe).
+fn shared_cache() -> (&'static str, String) {
+    ("NIMBUS_WASM_CACHE", format!("{}/wasm-cache", env!("CARGO_TARGET_TMPDIR")))
+}
+
+/// A copy of an example app, with `edit` applied to its manifest.
+fn example_copy(name: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = repo_root().join("examples").join(name);
+    for entry in ["nimbus.toml", "functions"] {
+        let from = src.join(entry);
+        let to = dir.path().join(entry);
+        if from.is_dir() {
+            copy_tree(&from, &to);
+        } else {
+            std::fs::write(&to, edit(std::fs::read_to_string(&from).unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_javascript_edge_example_personalises_by_country() {
+    let app = example_copy("wasm-edge-js", |t| t);
+    let (k, v) = shared_cache();
+    let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[(k, &v)]);
+    let client = server.client();
+    let de: Value =
+        client.get(format!("{}/", server.url)).header("x-country", "DE").send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (&de["country"], &de["currency"]["code"], &de["greeting"]),
+        (&json!("DE"), &json!("EUR"), &json!("Hallo!")),
+        "{de:#}"
+    );
+    let jp =
+        client.get(format!("{}/shop", server.url)).header("accept-language", "ja-JP,ja;q=0.9").send().await.unwrap();
+    assert!(jp.headers()["vary"].to_str().unwrap().contains("accept-language"));
+    let jp: Value = jp.json().await.unwrap();
+    assert_eq!(
+        (&jp["country"], &jp["currency"]["code"], &jp["path"]),
+        (&json!("JP"), &json!("JPY"), &json!("/shop")),
+        "{jp:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_python_jwt_example_rejects_bad_tokens_and_forwards_good_ones() {
+    let origin = upstream("");
+    let app = example_copy("wasm-jwt-py", |t| t.replace("127.0.0.1:9000", &format!("127.0.0.1:{origin}")));
+    let (k, v) = shared_cache();
+    let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[(k, &v)]);
+    let token = |secret: &str, exp_in: i64| -> String {
+        let script = r#"
+import base64, hashlib, hmac, json, sys, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+p = b(json.dumps({"sub": "alice", "exp": int(time.time()) + int(sys.argv[2])}).encode())
+s = b(hmac.new(sys.argv[1].encode(), f"{h}.{p}".encode(), hashlib.sha256).digest())
+print(json.dumps(f"{h}.{p}.{s}"))
+"#;
+        run_python_json(script, &[secret, &exp_in.to_string()]).as_str().unwrap().to_owned()
+    };
+    let client = server.client();
+    let call = |auth: Option<String>| {
+        let mut req = client.get(format!("{}/orders/7", server.url));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let none = call(None).await.unwrap();
+    assert_eq!(none.status().as_u16(), 401);
+    assert!(none.headers().contains_key("www-authenticate"));
+    assert_eq!(call(Some(token("wrong-secret", 60))).await.unwrap().status().as_u16(), 401);
+    assert_eq!(call(Some(token("change-me", -60))).await.unwrap().status().as_u16(), 401, "an expired token");
+    let ok = call(Some(token("change-me", 60))).await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let seen = ok.text().await.unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("get /orders/7 ") && seen.contains("x-jwt-sub: alice"), "the origin saw:\n{seen}");
 }

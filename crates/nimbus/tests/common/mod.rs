@@ -176,7 +176,8 @@ impl Server {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: a deploy may compile a large wasm component first (about 10 s on 2 cores).
+        let deadline = Instant::now() + Duration::from_secs(120);
         let url = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
