@@ -33,7 +33,21 @@ pub fn uri(s: &str) -> Result<Uri> {
     s.parse().with_context(|| format!("{s:?} is not a URL"))
 }
 
-async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result<(StatusCode, Bytes)> {
+/// The answer a load request must get: 200, this body and (if given) this content-type.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub body: Bytes,
+    pub content_type: Option<&'static str>,
+}
+
+impl Expect {
+    /// The process bench's hello handler (`BODY`, any content-type).
+    pub fn hello() -> Expect {
+        Expect { body: Bytes::from_static(BODY.as_bytes()), content_type: None }
+    }
+}
+
+async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result<(StatusCode, Option<String>, Bytes)> {
     let mut req = hyper::Request::get(uri.clone());
     if let Some(t) = bearer {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
@@ -42,25 +56,41 @@ async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result<(St
     let fut = async {
         let resp = client.request(req).await?;
         let status = resp.status();
+        let content_type =
+            resp.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok::<_, anyhow::Error>((status, body))
+        Ok::<_, anyhow::Error>((status, content_type, body))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, fut)
         .await
         .with_context(|| format!("GET {uri} took over {REQUEST_TIMEOUT:?}"))?
 }
 
-/// GET `uri` and check the answer is the hello handler's.
-pub async fn hello(client: &HttpClient, uri: &Uri) -> Result<()> {
-    let (status, body) = get(client, uri, None).await?;
-    if status != StatusCode::OK || body != BODY.as_bytes() {
-        bail!("GET {uri} answered {status} {:?}, not 200 {BODY:?}", String::from_utf8_lossy(&body));
+/// GET `uri` and check the answer is `expect`.
+pub async fn fetch(client: &HttpClient, uri: &Uri, expect: &Expect) -> Result<()> {
+    let (status, content_type, body) = get(client, uri, None).await?;
+    if status != StatusCode::OK || body != expect.body {
+        bail!(
+            "GET {uri} answered {status} {:?}, not 200 {:?}",
+            String::from_utf8_lossy(&body),
+            String::from_utf8_lossy(&expect.body)
+        );
+    }
+    if let Some(want) = expect.content_type {
+        if content_type.as_deref() != Some(want) {
+            bail!("GET {uri} answered content-type {content_type:?}, not {want:?}");
+        }
     }
     Ok(())
 }
 
+/// GET `uri` and check the answer is the hello handler's.
+pub async fn hello(client: &HttpClient, uri: &Uri) -> Result<()> {
+    fetch(client, uri, &Expect::hello()).await
+}
+
 pub async fn get_json(client: &HttpClient, uri: &Uri, bearer: &str) -> Result<Value> {
-    let (status, body) = get(client, uri, Some(bearer)).await?;
+    let (status, _, body) = get(client, uri, Some(bearer)).await?;
     if status != StatusCode::OK {
         bail!("GET {uri} answered {status} {:?}", String::from_utf8_lossy(&body));
     }
@@ -69,8 +99,13 @@ pub async fn get_json(client: &HttpClient, uri: &Uri, bearer: &str) -> Result<Va
 
 /// Latency of one request in µs (the request must succeed).
 pub async fn timed_hello(client: &HttpClient, uri: &Uri) -> Result<f64> {
+    timed(client, uri, &Expect::hello()).await
+}
+
+/// Latency of one request answered `expect`, in µs.
+pub async fn timed(client: &HttpClient, uri: &Uri, expect: &Expect) -> Result<f64> {
     let t = Instant::now();
-    hello(client, uri).await?;
+    fetch(client, uri, expect).await?;
     Ok(t.elapsed().as_secs_f64() * 1e6)
 }
 
@@ -196,11 +231,24 @@ pub async fn throughput(
     dur: Duration,
     max: u64,
 ) -> Result<Throughput> {
+    throughput_expect(uri, &Expect::hello(), server_pid, concurrency, warmup, dur, max).await
+}
+
+/// `throughput` where every answer must be `expect`.
+pub async fn throughput_expect(
+    uri: &Uri,
+    expect: &Expect,
+    server_pid: Option<u32>,
+    concurrency: usize,
+    warmup: Duration,
+    dur: Duration,
+    max: u64,
+) -> Result<Throughput> {
     let client = client();
-    let uri = uri.clone();
+    let (uri, expect) = (uri.clone(), Arc::new(expect.clone()));
     let op = move |_| {
-        let (client, uri) = (client.clone(), uri.clone());
-        async move { hello(&client, &uri).await }
+        let (client, uri, expect) = (client.clone(), uri.clone(), expect.clone());
+        async move { fetch(&client, &uri, &expect).await }
     };
     throughput_of(op, server_pid, concurrency, warmup, dur, max).await
 }
@@ -278,6 +326,7 @@ pub struct Stats {
     pub min: f64,
     pub p50: f64,
     pub p99: f64,
+    pub p999: f64,
     pub max: f64,
     pub mean: f64,
 }
@@ -296,6 +345,7 @@ pub fn stats(sample: &[f64]) -> Stats {
         min: s.first().copied().unwrap_or(f64::NAN),
         p50: pct(50.0),
         p99: pct(99.0),
+        p999: pct(99.9),
         max: s.last().copied().unwrap_or(f64::NAN),
         mean: if n == 0 { f64::NAN } else { s.iter().sum::<f64>() / n as f64 },
     }
@@ -303,6 +353,6 @@ pub fn stats(sample: &[f64]) -> Stats {
 
 impl Stats {
     pub fn json(&self) -> Value {
-        serde_json::json!({"n": self.n, "min": self.min, "p50": self.p50, "p99": self.p99, "max": self.max, "mean": self.mean})
+        serde_json::json!({"n": self.n, "min": self.min, "p50": self.p50, "p99": self.p99, "p999": self.p999, "max": self.max, "mean": self.mean})
     }
 }

@@ -248,7 +248,7 @@ pub fn machine() -> Value {
     })
 }
 
-fn tput_json(t: &Throughput) -> Value {
+pub(crate) fn tput_json(t: &Throughput) -> Value {
     json!({
         "concurrency": t.concurrency, "ok": t.ok, "errors": t.errors, "firstError": t.first_error,
         "secs": t.secs, "requestsPerSec": t.rps(), "latencyUs": stats(&t.latencies_us).json(),

@@ -41,6 +41,9 @@ impl WasiHttpView for Host {
     }
 }
 
+/// How far past the log bound nimbus's own lines may go.
+const NOTE_SLACK: usize = 16 * 1024;
+
 /// The instance's stdout and stderr, interleaved as written, bounded per invocation.
 #[derive(Clone)]
 pub(crate) struct LogPipe {
@@ -77,8 +80,14 @@ impl LogPipe {
             if !b.text.is_empty() && !b.text.ends_with(b"\n") {
                 b.text.push(b'\n');
             }
-            // Platform lines are never dropped: they explain the outcome.
-            b.text.extend_from_slice(format!("[nimbus] {line}\n").as_bytes());
+            // Platform lines explain the outcome, so they may go past the bound, by a little: a
+            // guest looping on denied requests must not grow the log without end.
+            let line = format!("[nimbus] {line}\n");
+            if b.text.len() + line.len() <= b.max_bytes + NOTE_SLACK {
+                b.text.extend_from_slice(line.as_bytes());
+            } else {
+                b.dropped += line.len();
+            }
         });
     }
 
@@ -281,5 +290,34 @@ impl WasiHttpHooks for Outbound {
                 Box::new(io) as Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CpuMeter, LogPipe};
+
+    #[test]
+    fn the_log_is_bounded_and_says_what_it_dropped() {
+        let log = LogPipe::new(10);
+        log.write(b"0123456789abcdef");
+        log.note("denied");
+        assert_eq!(log.drain(), "0123456789\n[nimbus] denied\n[nimbus: log truncated, 6 bytes dropped]\n");
+        assert_eq!(log.drain(), "", "a drain empties the log");
+        log.write(b"next\n");
+        assert_eq!(log.drain(), "next\n", "the bound applies per invocation");
+    }
+
+    #[test]
+    fn the_cpu_meter_counts_only_time_inside_polls() {
+        let m = CpuMeter::default();
+        m.poll_started();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        m.poll_ended();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let used = m.used_ns();
+        assert!((20_000_000..40_000_000).contains(&used), "{used} ns");
+        m.reset();
+        assert_eq!(m.used_ns(), 0);
     }
 }
