@@ -2,12 +2,16 @@
 //! as absolute figures and ratios (DESIGN.md §5). `nimbus-bench process` covers the process
 //! runtimes (node, python): cold start, warm latency and throughput. `nimbus-bench async` covers
 //! async invocations: durable accepts/s, end-to-end events/s, and the sync Invoke API beside them.
+//! `nimbus-bench wasm` covers `runtime = "wasm"` against `wasmtime serve` and a bare hyper server:
+//! cold first request, platform overhead, throughput, RSS.
 
 mod asyncq;
+mod bare_hyper;
 mod fixture;
 mod load;
 mod procs;
 mod report;
+mod wasm;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,6 +40,13 @@ enum Command {
     /// concurrency 1/16/64, end-to-end events/s, the sync Invoke API for reference, and dd's
     /// synchronous-write latency.
     Async(AsyncArgs),
+    /// WebAssembly components: nimbus `runtime = "wasm"` (fresh instance per request and
+    /// `instance_reuse`) vs `wasmtime serve` on the same component and a bare hyper hello-world
+    /// server: cold first request, platform overhead over the handler, throughput, RSS.
+    Wasm(wasm::WasmArgs),
+    /// The bare hyper reference server of `wasm` (run by the bench itself).
+    #[command(hide = true)]
+    BareHyper(bare_hyper::BareHyperArgs),
 }
 
 #[derive(Args)]
@@ -186,6 +197,9 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Process(args) => rt.block_on(process(args)),
         Command::Async(args) => rt.block_on(asyncq::run(args)),
+        Command::Wasm(args) => rt.block_on(wasm::run(args)),
+        // The reference server builds its own multi-thread runtime; this one stays idle.
+        Command::BareHyper(args) => bare_hyper::serve(args),
     }
 }
 
