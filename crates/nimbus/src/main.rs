@@ -4,6 +4,12 @@ mod client;
 mod commands;
 mod up;
 
+// mimalloc instead of glibc malloc: the request path allocates many small, short-lived buffers
+// (headers, log lines, records), and glibc's free/consolidate showed as ~8 % of nimbus's CPU
+// under load (perf, BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
