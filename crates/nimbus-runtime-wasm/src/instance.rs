@@ -387,6 +387,7 @@ impl Instance for WasmInstance {
         let started = Instant::now();
         let timeout = inv.timeout;
         let reuse = self.parts.function.spec.wasm.instance_reuse;
+        let inv_is_event = inv.http.is_none();
         let parts = &self.parts;
         let ready = self.ready.take();
         let work = async move {
@@ -416,7 +417,20 @@ impl Instance for WasmInstance {
                 if reuse {
                     self.ready = Some((store, proxy));
                 }
-                (InvokeOutcome::Success(body), Some(head))
+                if inv_is_event && head.status.is_server_error() {
+                    // An event has no HTTP caller: a 5xx answer is the function failing, so
+                    // async retries and `on_failure` apply.
+                    let message = format!("the component answered {}", head.status);
+                    let outcome = InvokeOutcome::FunctionError {
+                        kind: FunctionErrorKind::Handled,
+                        error_type: "Function.HttpServerError".into(),
+                        error_message: message,
+                        body,
+                    };
+                    (outcome, Some(head))
+                } else {
+                    (InvokeOutcome::Success(body), Some(head))
+                }
             }
             Ended::Failed { error_type, message } => {
                 // A trapped instance cannot be entered again.

@@ -313,6 +313,15 @@ fn wasm_table(function: &str) -> Vec<Case> {
             ..Case::invoke("the server serves on after a trap", json!({"op": "echo"}))
         },
         Case {
+            function_error: Some("Handled"),
+            raw_body: Some(b"status 503"),
+            log_has: &["Function.HttpServerError: the component answered 503 Service Unavailable"],
+            ..Case::invoke(
+                "an event answered with a 5xx is a Handled function error",
+                json!({"op": "status", "code": 503}),
+            )
+        },
+        Case {
             function_error: Some("Unhandled"),
             json: vec![("/errorType", json!("Function.ResponseSizeTooLarge"))],
             log_has: &[],
