@@ -112,18 +112,7 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
             authority: host.unwrap_or_else(|| "localhost".to_owned()),
             headers,
         };
-        let invocation = Invocation {
-            request_id: request_id.to_owned(),
-            payload: body,
-            timeout: function.spec.timeout,
-            trace_id: trace_id(),
-            client_context: None,
-            trigger: Trigger::Http,
-            received_at,
-            received_wall,
-            http: Some(Arc::new(head)),
-        };
-        return respond(gw, &function, invocation, request_id).await;
+        return respond(gw, &function, request_id, body, Some(head), (received_at, received_wall)).await;
     }
     let now = chrono::Utc::now();
     let time = now.format("%d/%b/%Y:%H:%M:%S %z").to_string();
@@ -188,6 +177,18 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
             }
         };
     }
+    respond(gw, &function, request_id, payload, None, (received_at, received_wall)).await
+}
+
+/// Run the function synchronously and map the outcome to HTTP (the table at the top).
+async fn respond(
+    gw: &Gateway,
+    function: &Arc<FunctionVersion>,
+    request_id: &str,
+    payload: Bytes,
+    http: Option<HttpRequestHead>,
+    (received_at, received_wall): (Instant, SystemTime),
+) -> Resp {
     let invocation = Invocation {
         request_id: request_id.to_owned(),
         payload,
@@ -197,12 +198,8 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
         trigger: Trigger::Http,
         received_at,
         received_wall,
-        http: None,
+        http: http.map(Arc::new),
     };
-    respond(gw, &function, invocation, request_id).await
-}
-
-async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invocation, request_id: &str) -> Resp {
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
     gw.metrics.invocation(&function.spec.name, nimbus_scheduler::status_of(&result), "http");
     let mut resp = match result {
