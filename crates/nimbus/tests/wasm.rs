@@ -184,7 +184,8 @@ async fn a_restart_loads_the_compiled_component_instead_of_compiling_it() {
     };
     let before = compiled(&cache);
     assert_eq!(before.len(), 1, "one compiled artefact: {before:?}");
-    assert!(server.stop().success());
+    let status = server.stop();
+    assert!(status.success(), "nimbus did not stop cleanly: {status:?}");
     let server = Server::start(app.path());
     assert_eq!(get_text(&server, "/fn/hello").await.0, 200);
     assert_eq!(compiled(&cache), before, "the restart rewrote or added compiled artefacts");
