@@ -44,6 +44,14 @@ struct Parts {
     allowed: Arc<Vec<OutboundPattern>>,
 }
 
+/// Why no wasm instance could be made.
+enum Instantiate {
+    /// Every slot of the pooling allocator is taken: nimbus's capacity, not the function's fault.
+    NoSlot(String),
+    /// The component's own start failed (too little memory, a trap in its start function).
+    Failed(String),
+}
+
 /// How a request ended, before it becomes an `InvokeResult`.
 enum Ended {
     Response {
@@ -91,7 +99,8 @@ impl WasmInstance {
         let _running = rt.ticker.running();
         let ready = match tokio::time::timeout(parts.function.spec.timeout, parts.instantiate()).await {
             Ok(Ok(ready)) => ready,
-            Ok(Err(message)) => {
+            Ok(Err(Instantiate::NoSlot(message))) => return Err(StartError::Platform(message)),
+            Ok(Err(Instantiate::Failed(message))) => {
                 let log = parts.log.drain();
                 return Err(StartError::InitFailed { error_type: "Runtime.InitError".into(), message, log });
             }
@@ -146,19 +155,25 @@ impl Parts {
         store
     }
 
-    async fn instantiate(&self) -> Result<(Store<Host>, Proxy), String> {
+    async fn instantiate(&self) -> Result<(Store<Host>, Proxy), Instantiate> {
         let mut store = self.new_store();
         store.set_epoch_deadline(1);
         match self.loaded.pre.instantiate_async(&mut store).await {
             Ok(proxy) => Ok((store, proxy)),
-            Err(e) => Err(match store.data().limiter.refused {
+            Err(e) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                Err(Instantiate::NoSlot(format!(
+                    "all wasm instance slots are in use ({e}); raise NIMBUS_WASM_INSTANCES (now {}) or lower max_instances",
+                    self.rt.settings.pool_instances
+                )))
+            }
+            Err(e) => Err(Instantiate::Failed(match store.data().limiter.refused {
                 Some(bytes) => format!(
                     "the component needs {} MB of memory to start, above memory_mb = {}; raise memory_mb",
                     bytes.div_ceil(1 << 20),
                     self.function.spec.memory_mb
                 ),
                 None => format!("instantiation failed: {e:#}"),
-            }),
+            })),
         }
     }
 
@@ -393,7 +408,9 @@ impl Instance for WasmInstance {
         let work = async move {
             let (mut store, proxy) = match ready {
                 Some(r) => r,
-                None => parts.instantiate().await.map_err(InstanceError::Platform)?,
+                None => parts.instantiate().await.map_err(|e| match e {
+                    Instantiate::NoSlot(m) | Instantiate::Failed(m) => InstanceError::Platform(m),
+                })?,
             };
             let ended = parts.run(&mut store, &proxy, &inv).await.map_err(InstanceError::Platform)?;
             let peak = store.data().limiter.peak;

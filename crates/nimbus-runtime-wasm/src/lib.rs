@@ -50,7 +50,8 @@ pub struct Settings {
     pub max_log_bytes: usize,
     /// Largest response body (the Invoke API's 6 MB limit applies to all runtimes).
     pub max_response_bytes: usize,
-    /// Instances the pooling allocator preallocates slots for (across all functions).
+    /// Wasm instances alive at once across all functions (the pooling allocator's slots; each
+    /// idle or busy instance slot of a pool holds one). `NIMBUS_WASM_INSTANCES`.
     pub pool_instances: u32,
 }
 

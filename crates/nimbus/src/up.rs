@@ -38,10 +38,14 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
         Arc::new(ProcessRuntime::new(&data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
     // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
     let wasm_cache = std::env::var_os("NIMBUS_WASM_CACHE").map_or_else(|| data_dir.join("wasm-cache"), PathBuf::from);
-    let wasm: Arc<dyn Runtime> = Arc::new(
-        WasmRuntime::new(nimbus_runtime_wasm::Settings::new(wasm_cache))
-            .map_err(|e| anyhow::anyhow!("cannot prepare the wasm runtime: {e}"))?,
-    );
+    let mut wasm_settings = nimbus_runtime_wasm::Settings::new(wasm_cache);
+    if let Ok(v) = std::env::var("NIMBUS_WASM_INSTANCES") {
+        wasm_settings.pool_instances = v.parse().ok().filter(|n| (1..=100_000).contains(n)).with_context(|| {
+            format!("NIMBUS_WASM_INSTANCES={v:?} is not a number of wasm instances between 1 and 100000")
+        })?;
+    }
+    let wasm: Arc<dyn Runtime> =
+        Arc::new(WasmRuntime::new(wasm_settings).map_err(|e| anyhow::anyhow!("cannot prepare the wasm runtime: {e}"))?);
     let runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>> = RuntimeKind::ALL
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))

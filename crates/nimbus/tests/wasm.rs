@@ -346,3 +346,42 @@ print(json.dumps(f"{h}.{p}.{s}"))
     let seen = ok.text().await.unwrap().to_ascii_lowercase();
     assert!(seen.starts_with("get /orders/7 ") && seen.contains("x-jwt-sub: alice"), "the origin saw:\n{seen}");
 }
+
+#[tokio::test]
+async fn past_nimbus_wasm_instances_requests_fail_as_platform_errors_that_say_what_to_raise() {
+    let app = guest_app("slots", "max_instances = 4\ntimeout = \"5s\"");
+    let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[("NIMBUS_WASM_INSTANCES", "2")]);
+    let client = server.client();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let c = client.clone();
+            let url = format!("{}/fn/sleep?ms=500", server.url);
+            tokio::spawn(async move {
+                let r = c.get(url).send().await.unwrap();
+                let source = r.headers().get("x-nimbus-error").map(|v| v.to_str().unwrap().to_owned());
+                (r.status().as_u16(), source)
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for c in calls {
+        got.push(c.await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got.iter().filter(|(s, _)| *s == 200).count(), 2, "{got:?}");
+    assert!(
+        got.iter().filter(|(s, _)| *s != 200).all(|(s, src)| *s == 500 && src.as_deref() == Some("platform")),
+        "{got:?}"
+    );
+    let rows = records(&server, "f", 4).await;
+    let failed: Vec<&Value> = rows.iter().filter(|r| r["status"] == json!("platform_error")).collect();
+    assert!(
+        !failed.is_empty()
+            && failed
+                .iter()
+                .all(|r| r["errorMessage"].as_str().unwrap_or_default().contains("raise NIMBUS_WASM_INSTANCES")),
+        "{rows:#?}"
+    );
+    // The slots come back: the next request is served.
+    assert_eq!(get_text(&server, "/fn/hello").await, (200, "Hello from wasm".to_owned()));
+}
