@@ -402,6 +402,7 @@ fn dd(dir: &Path) -> Result<Dd> {
 }
 
 pub async fn run(args: AsyncArgs) -> Result<()> {
+    let args = args.common;
     let s = AsyncSettings::new(args.quick, usize::try_from(args.runs)?);
     let nimbus_bin = procs::locate_nimbus(args.nimbus.clone())?;
     let python = procs::python()?;
@@ -455,7 +456,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
         "acceptTarget": ACCEPT_TARGET,
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
     });
-    crate::report::save(&args.out, &doc, &root, args.keep)
+    crate::report::save(&args.out("async"), &doc, &root, args.keep)
 }
 
 /// Machine CPU per operation not charged to nimbus, its instances or the load generator

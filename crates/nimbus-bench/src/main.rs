@@ -49,15 +49,16 @@ enum Command {
     BareHyper(bare_hyper::BareHyperArgs),
 }
 
+/// What every benchmark takes.
 #[derive(Args)]
-pub struct AsyncArgs {
-    /// Fractions of a second per phase and 500 end-to-end events (a smoke test).
+pub struct Common {
+    /// A smoke run: a few seconds in all, small samples.
     #[arg(long)]
     pub quick: bool,
-    /// Where to write the results as JSON.
-    #[arg(long, default_value = "target/bench/async.json")]
-    pub out: PathBuf,
-    /// How many times to run every configuration (each run: a fresh nimbus and data dir).
+    /// Where to write the results as JSON (default: target/bench/BENCHMARK.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// How many times to run every configuration (interleaved; each run starts every server anew).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
     pub runs: u64,
     /// The nimbus binary (default: `nimbus` next to this executable).
@@ -68,23 +69,22 @@ pub struct AsyncArgs {
     pub keep: bool,
 }
 
+impl Common {
+    pub fn out(&self, benchmark: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(format!("target/bench/{benchmark}.json")))
+    }
+}
+
+#[derive(Args)]
+pub struct AsyncArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
 #[derive(Args)]
 struct ProcessArgs {
-    /// A few hundred requests per configuration, a few seconds in all (a smoke test).
-    #[arg(long)]
-    quick: bool,
-    /// Where to write the results as JSON.
-    #[arg(long, default_value = "target/bench/process.json")]
-    out: PathBuf,
-    /// How many times to run every configuration (interleaved).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
-    runs: u64,
-    /// The nimbus binary (default: `nimbus` next to this executable).
-    #[arg(long)]
-    nimbus: Option<PathBuf>,
-    /// Keep the temp dir (app, data dir, logs) after the run.
-    #[arg(long)]
-    keep: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 /// How much of everything to do.
@@ -204,6 +204,7 @@ fn run() -> Result<()> {
 }
 
 async fn process(args: ProcessArgs) -> Result<()> {
+    let args = args.common;
     let s = Settings::new(args.quick, usize::try_from(args.runs)?);
     let nimbus_bin = procs::locate_nimbus(args.nimbus.clone())?;
     let interps = Interpreters::resolve()?;
@@ -230,7 +231,7 @@ async fn process(args: ProcessArgs) -> Result<()> {
     let machine_after = report::machine();
     let doc = report::json(&s, &runs, &interps, &nimbus_bin, machine_before, machine_after);
     print!("{}", report::table(&s, &runs));
-    report::save(&args.out, &doc, &root, args.keep)
+    report::save(&args.out("process"), &doc, &root, args.keep)
 }
 
 async fn measure(

@@ -58,21 +58,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Args)]
 pub struct WasmArgs {
-    /// A few hundred requests per configuration, a few seconds in all (a smoke test).
-    #[arg(long)]
-    pub quick: bool,
-    /// Where to write the results as JSON.
-    #[arg(long, default_value = "target/bench/wasm.json")]
-    pub out: PathBuf,
-    /// How many times to run every configuration (interleaved; each run starts every server anew).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
-    pub runs: u64,
-    /// The nimbus binary (default: `nimbus` next to this executable).
-    #[arg(long)]
-    pub nimbus: Option<PathBuf>,
-    /// Keep the temp dir (app, data dirs, logs) after the run.
-    #[arg(long)]
-    pub keep: bool,
+    #[command(flatten)]
+    pub common: crate::Common,
     /// The wasi:http/proxy component (default: examples/wasm-hello/functions/hello/hello.wasm).
     #[arg(long)]
     pub component: Option<PathBuf>,
@@ -593,8 +580,8 @@ fn default_component() -> PathBuf {
 }
 
 pub async fn run(args: WasmArgs) -> Result<()> {
-    let s = Settings::new(args.quick, usize::try_from(args.runs)?);
-    let nimbus_bin = procs::locate_nimbus(args.nimbus.clone())?;
+    let s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
+    let nimbus_bin = procs::locate_nimbus(args.common.nimbus.clone())?;
     let component = args.component.clone().unwrap_or_else(default_component);
     let component = component
         .canonicalize()
@@ -673,7 +660,7 @@ pub async fn run(args: WasmArgs) -> Result<()> {
         },
         "runs": runs.iter().map(|r| run_json(&s, r)).collect::<Vec<_>>(),
     });
-    crate::report::save(&args.out, &doc, &root, args.keep)
+    crate::report::save(&args.common.out("wasm"), &doc, &root, args.common.keep)
 }
 
 fn top(s: &Settings) -> usize {
