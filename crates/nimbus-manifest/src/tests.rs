@@ -86,6 +86,14 @@ function = "nope"
     assert_eq!(got, want, "\n{}", got.join("\n"));
 }
 
+/// Each `(extra, want)`: the manifest `base` + `extra` is refused with a message containing `want`.
+fn each_problem(base: &str, cases: &[(&str, &str)]) {
+    for (extra, want) in cases {
+        let got = errors(&format!("{base}{extra}")).join("\n");
+        assert!(got.contains(want), "for {extra:?}: expected {want:?} in:\n{got}");
+    }
+}
+
 #[test]
 fn table_of_single_problems() {
     let base = "name = \"a\"\n[functions.f]\nruntime = \"node\"\nhandler = \"index.handler\"\n";
@@ -117,10 +125,7 @@ fn table_of_single_problems() {
         ("on_success = \"function:ghost\"\n", "functions.f.on_success: no function named \"ghost\" to send the outcome to"),
         ("[oops\n", "TOML syntax error"),
     ];
-    for (extra, want) in cases {
-        let got = errors(&format!("{base}{extra}")).join("\n");
-        assert!(got.contains(want), "for {extra:?}: expected {want:?} in:\n{got}");
-    }
+    each_problem(base, cases);
     // different methods on the same path are fine
     let ok = format!("{base}[[routes]]\nmethod = \"GET\"\npath = \"/a\"\nfunction = \"f\"\n[[routes]]\nmethod = \"POST\"\npath = \"/a\"\nfunction = \"f\"\n");
     assert!(parse(&ok, "nimbus.toml").is_ok());
@@ -236,10 +241,7 @@ allowed_outbound_hosts = ["https://api.example.com", "http://127.0.0.1:*"]
         ("allowed_outbound_hosts = [\"x.com\"]\n", "functions.f.allowed_outbound_hosts[0]: \"x.com\" has no scheme"),
         ("allowed_outbound_hosts = [\"https://x.com/api\"]\n", "only an origin"),
     ];
-    for (extra, want) in cases {
-        let got = errors(&format!("{base}{extra}")).join("\n");
-        assert!(got.contains(want), "for {extra:?}: expected {want:?} in:\n{got}");
-    }
+    each_problem(base, cases);
     let got = errors("name = \"a\"\n[functions.f]\nruntime = \"wasm\"\ncomponent = \"../x.wasm\"\n").join("\n");
     assert!(got.contains("must be a file inside the code directory"), "{got}");
 }

@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{fixture, repo_root, run_python_json, App, Server};
+use common::{repo_root, run_python_json, App, Server};
 use serde_json::{json, Value};
 
 /// An app with the conformance guest as function `f` on `/fn/*`.
@@ -250,7 +250,6 @@ async fn the_wasm_hello_example_serves() {
     assert_eq!(r.headers()["content-type"], "application/json");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body, json!({"message": "Hello, nimbus!", "runtime": "wasm"}));
-    assert!(fixture("wasm/conformance.wasm").is_file());
 }
 
 /// Large components (the JS and Python examples) compile once per machine: the tests share one
