@@ -5,6 +5,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// Largest request or response payload, for every runtime (Lambda's synchronous limit).
+pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+
+/// Largest log one invocation keeps, for every runtime; the rest is counted and dropped.
+pub const MAX_LOG_BYTES: usize = 256 * 1024;
+
 /// What started an invocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

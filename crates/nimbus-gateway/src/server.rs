@@ -39,7 +39,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            max_payload: 6 * 1024 * 1024,
+            max_payload: nimbus_core::invoke::MAX_PAYLOAD_BYTES,
             max_upload: 256 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),

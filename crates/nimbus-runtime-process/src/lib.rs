@@ -42,9 +42,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_response_bytes: 6 * 1024 * 1024,
+            max_response_bytes: nimbus_core::invoke::MAX_PAYLOAD_BYTES,
             init_timeout: Duration::from_secs(10),
-            max_log_bytes: 256 * 1024,
+            max_log_bytes: nimbus_core::invoke::MAX_LOG_BYTES,
             stop_grace: Duration::from_millis(500),
         }
     }

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use nimbus_core::invoke::{MAX_LOG_BYTES, MAX_PAYLOAD_BYTES};
 use nimbus_core::{FunctionVersion, Instance, Runtime, StartError};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
@@ -57,7 +58,12 @@ pub struct Settings {
 
 impl Settings {
     pub fn new(cache_dir: PathBuf) -> Settings {
-        Settings { cache_dir, max_log_bytes: 256 * 1024, max_response_bytes: 6 * 1024 * 1024, pool_instances: 1000 }
+        Settings {
+            cache_dir,
+            max_log_bytes: MAX_LOG_BYTES,
+            max_response_bytes: MAX_PAYLOAD_BYTES,
+            pool_instances: 1000,
+        }
     }
 }
 
