@@ -102,8 +102,19 @@ pub enum InvokeOutcome {
 /// The cold-start breakdown of an invocation that had to start its instance.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ColdStart {
-    /// Spawn until the runtime asked for its first event (runtime + handler module init).
+    /// Start until the instance was ready for its first event: `instance_start` plus the
+    /// runtime's own init (interpreter, runtime client, handler module). The `Init Duration`.
     pub init: Duration,
+    /// The part of `init` nimbus spent creating the instance before any function code ran
+    /// (process: listener, pipes and `spawn`; wasm: instantiating the component).
+    pub instance_start: Duration,
+}
+
+impl ColdStart {
+    /// The runtime's own init: `init` minus `instance_start`.
+    pub fn runtime_init(&self) -> Duration {
+        self.init.saturating_sub(self.instance_start)
+    }
 }
 
 /// Everything known about a finished invocation.
@@ -162,7 +173,11 @@ pub struct InvocationRecord {
     pub memory_mb: u32,
     pub max_memory_mb: u32,
     pub cold: bool,
+    /// On a cold start: the whole start (`Init Duration`), and its two phases.
     pub init_ms: Option<f64>,
+    pub instance_start_ms: Option<f64>,
+    pub runtime_init_ms: Option<f64>,
+    /// Waiting for an instance, not counting the start of the instance this invocation got.
     pub queue_ms: f64,
     pub status: InvocationStatus,
     pub error_type: Option<String>,
@@ -176,4 +191,25 @@ pub struct InvocationRecord {
 /// implementations must not block: queue the record and return.
 pub trait Recorder: Send + Sync + 'static {
     fn record(&self, record: InvocationRecord);
+}
+
+/// Something that looks at every finished invocation before it is stored (metrics, traces).
+/// Called on the hot path: count, or queue, and return.
+pub trait Observer: Send + Sync + 'static {
+    fn observe(&self, record: &InvocationRecord);
+}
+
+/// A recorder that shows each record to its observers, then hands it to `store`.
+pub struct Observed {
+    pub observers: Vec<std::sync::Arc<dyn Observer>>,
+    pub store: std::sync::Arc<dyn Recorder>,
+}
+
+impl Recorder for Observed {
+    fn record(&self, record: InvocationRecord) {
+        for o in &self.observers {
+            o.observe(&record);
+        }
+        self.store.record(record);
+    }
 }

@@ -16,6 +16,6 @@ pub use function::{
 };
 pub use invoke::{
     ColdStart, FunctionErrorKind, HttpRequestHead, HttpResponseHead, Invocation, InvocationRecord, InvocationStatus,
-    InvokeOutcome, InvokeResult, Recorder, Trigger,
+    InvokeOutcome, InvokeResult, Observed, Observer, Recorder, Trigger,
 };
 pub use runtime::{Dispatch, Instance, InstanceError, InstanceState, Runtime, StartError};

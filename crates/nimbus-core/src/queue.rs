@@ -102,6 +102,17 @@ pub struct EventView {
     pub history: Vec<AttemptRecord>,
 }
 
+/// One function's events by state, for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub function: String,
+    pub queued: u64,
+    pub running: u64,
+    pub dead_lettered: u64,
+    /// When the oldest queued event was accepted.
+    pub oldest_queued_ms: Option<i64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("the queue holds {depth} events, its limit; retry later")]
@@ -135,6 +146,8 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn recover(&self) -> Result<u64, QueueError>;
     /// Events not yet finished (queued or running).
     async fn depth(&self) -> Result<u64, QueueError>;
+    /// Counts for `/metrics`, per function.
+    async fn stats(&self) -> Result<Vec<QueueStats>, QueueError>;
     async fn get(&self, id: &str) -> Result<Option<EventView>, QueueError>;
     async fn list(
         &self,

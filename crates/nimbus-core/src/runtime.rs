@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::function::FunctionVersion;
-use crate::invoke::{Invocation, InvokeResult};
+use crate::invoke::{ColdStart, Invocation, InvokeResult};
 use crate::DispatchError;
 
 /// Makes instances of one runtime kind.
@@ -48,8 +48,9 @@ pub trait Instance: Send + 'static {
     fn id(&self) -> &str;
     /// The OS process id, for process runtimes.
     fn pid(&self) -> Option<u32>;
-    /// Time from start to ready (reported as `Init Duration` on the first invocation).
-    fn init_duration(&self) -> Duration;
+    /// How long the start took, by phase (reported as `Init Duration` and in the record of the
+    /// first invocation).
+    fn cold_start(&self) -> ColdStart;
     /// Output the instance wrote while initialising (prepended to the first invocation's log).
     fn take_init_log(&mut self) -> String;
     fn state(&self) -> InstanceState;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use nimbus_core::{FunctionSpec, FunctionVersion};
 use nimbus_manifest::schedule::ScheduleSpec;
-use nimbus_manifest::{Diagnostics, RouteSpec};
+use nimbus_manifest::{Diagnostics, Pricing, RouteSpec};
 use nimbus_scheduler::Scheduler;
 use nimbus_store_sqlite::{DeploymentRow, Store};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ pub struct DeploymentView {
     pub functions: HashMap<String, Arc<FunctionVersion>>,
     pub router: Router,
     pub schedules: Vec<ScheduleSpec>,
+    pub pricing: Pricing,
 }
 
 /// Everything the request path needs, swapped atomically on deploy and rollback.
@@ -55,6 +56,8 @@ struct StoredDeployment {
     routes: Vec<RouteSpec>,
     #[serde(default)]
     schedules: Vec<ScheduleSpec>,
+    #[serde(default)]
+    pricing: Pricing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,7 @@ impl ControlPlane {
             functions,
             router: Router::new(stored.routes),
             schedules: stored.schedules,
+            pricing: stored.pricing,
         })
     }
 
@@ -303,7 +307,16 @@ fn prepare(store: &Store, app_dir: &Path, shown_as: &str) -> Result<(String, Str
         functions.push(StoredFunction { spec: spec.clone(), code_digest });
     }
     let digest = hex::encode(h.finalize());
-    Ok((manifest.name, digest, StoredDeployment { functions, routes: manifest.routes, schedules: manifest.schedules }))
+    Ok((
+        manifest.name,
+        digest,
+        StoredDeployment {
+            functions,
+            routes: manifest.routes,
+            schedules: manifest.schedules,
+            pricing: manifest.pricing,
+        },
+    ))
 }
 
 /// The async engine runs what is live (or the version an event pinned) and the live schedules.

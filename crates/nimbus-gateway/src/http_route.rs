@@ -201,7 +201,6 @@ async fn respond(
         http: http.map(Arc::new),
     };
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
-    gw.metrics.invocation(&function.spec.name, nimbus_scheduler::status_of(&result), "http");
     let mut resp = match result {
         Ok(r) => match (r.outcome, r.http) {
             (InvokeOutcome::Success(out), Some(head)) => {

@@ -230,7 +230,6 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp 
         http: None,
     };
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
-    gw.metrics.invocation(&function.spec.name, nimbus_scheduler::status_of(&result), "invoke");
     let (mut resp, log) = match result {
         Ok(r) => {
             let resp = match &r.outcome {

@@ -6,11 +6,12 @@ pub mod control;
 pub mod event;
 mod http_route;
 mod invoke_api;
-mod metrics;
+pub mod metrics;
 mod mgmt;
 pub mod router;
 mod server;
+mod usage;
 mod util;
 
 pub use control::{ControlPlane, DeployError, Deployed};
-pub use server::{serve, Gateway, GatewayConfig};
+pub use server::{serve, Gateway, GatewayConfig, Telemetry};

@@ -1,83 +1,242 @@
-//! Counters for `/metrics` (Prometheus text exposition). Deliberately small for now: the
-//! observability issue extends it with histograms and per-phase cold-start figures.
+//! `/metrics`: OpenMetrics text (which Prometheus scrapes natively), built with the Prometheus
+//! project's own client library.
+//!
+//! Two kinds of figures:
+//! - counted as invocations finish ([`Observer`]: every record of every trigger, retries
+//!   included) and as the gateway answers: invocations, throttles, duration / init / queue-wait
+//!   histograms, gateway requests;
+//! - read at scrape time from their owners: instances by state, concurrency in use and its limit,
+//!   requests waiting for an instance, instances started (from the pools); the async queue's
+//!   depth, oldest age and dead-letter store (from the queue store); retries and dead-letters
+//!   (from the async engine).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use nimbus_core::InvocationStatus;
+use nimbus_core::queue::QueueStats;
+use nimbus_core::{InvocationRecord, InvocationStatus, Observer};
 use nimbus_scheduler::PoolStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-#[derive(Default)]
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    function: String,
+    status: &'static str,
+    trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    function: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    function: String,
+    version: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    kind: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    function: String,
+    outcome: &'static str,
+}
+
+type Hist = Family<FunctionLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    ])
+}
+
+fn init_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
+/// Everything `/metrics` reports. Cheap to share: the families are reference-counted.
 pub struct Metrics {
-    invocations: Mutex<BTreeMap<(String, &'static str, &'static str), u64>>,
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    enabled: AtomicBool,
+    invocations: Family<InvocationLabels, Counter>,
+    throttles: Family<FunctionLabels, Counter>,
+    duration: Hist,
+    init: Hist,
+    queue_wait: Hist,
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            enabled: AtomicBool::new(true),
+            invocations: Family::default(),
+            throttles: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            init: Family::new_with_constructor(init_histogram),
+            queue_wait: Family::new_with_constructor(duration_histogram),
+            requests: Family::default(),
+        }
+    }
+}
+
+/// What `/metrics` reads from the rest of nimbus at scrape time.
+pub struct Scrape<'a> {
+    pub pools: &'a [PoolStatus],
+    pub queue: &'a [QueueStats],
+    /// (function, outcome, count) from the async engine.
+    pub outcomes: &'a [(String, &'static str, u64)],
+    pub records_dropped: u64,
+    pub now_ms: i64,
+}
+
+impl Observer for Metrics {
+    fn observe(&self, r: &InvocationRecord) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let f = FunctionLabels { function: r.function.clone() };
+        self.invocations
+            .get_or_create(&InvocationLabels {
+                function: r.function.clone(),
+                status: r.status.as_str(),
+                trigger: r.trigger.as_str(),
+            })
+            .inc();
+        match r.status {
+            InvocationStatus::Throttled => {
+                self.throttles.get_or_create(&f).inc();
+            }
+            InvocationStatus::PlatformError => {}
+            _ => {
+                self.duration.get_or_create(&f).observe(r.duration_ms / 1000.0);
+                self.queue_wait.get_or_create(&f).observe(r.queue_ms / 1000.0);
+            }
+        }
+        if let Some(init) = r.init_ms {
+            self.init.get_or_create(&f).observe(init / 1000.0);
+        }
+    }
 }
 
 impl Metrics {
-    pub fn invocation(&self, function: &str, status: InvocationStatus, trigger: &'static str) {
-        let mut m = self.invocations.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((function.to_owned(), status.as_str(), trigger)).or_default() += 1;
+    /// Stop counting (the recording-overhead benchmark's "off" side).
+    pub fn disable(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
     }
 
-    pub fn request(&self, kind: &'static str, status: u16) {
-        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((kind, status)).or_default() += 1;
+    pub(crate) fn request(&self, kind: &'static str, code: u16) {
+        if self.enabled.load(Ordering::Relaxed) {
+            self.requests.get_or_create(&RequestLabels { kind, code }).inc();
+        }
     }
 
-    pub fn render(&self, pools: &[PoolStatus]) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP nimbus_invocations_total Invocations by function, status and trigger.\n# TYPE nimbus_invocations_total counter\n");
-        for ((f, s, t), n) in self.invocations.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "nimbus_invocations_total{{function=\"{}\",status=\"{s}\",trigger=\"{t}\"}} {n}",
-                escape(f)
-            );
-        }
-        out.push_str("# HELP nimbus_gateway_requests_total HTTP requests by kind and status code.\n# TYPE nimbus_gateway_requests_total counter\n");
-        for ((k, s), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "nimbus_gateway_requests_total{{kind=\"{k}\",code=\"{s}\"}} {n}");
-        }
-        out.push_str("# HELP nimbus_cold_starts_total Instances started, by function version.\n# TYPE nimbus_cold_starts_total counter\n");
-        for p in pools {
-            let _ = writeln!(
-                out,
-                "nimbus_cold_starts_total{{function=\"{}\",version=\"{}\"}} {}",
-                escape(&p.function),
-                p.version,
-                p.cold_starts
-            );
-        }
-        out.push_str(
-            "# HELP nimbus_instances Instances by function version and state.\n# TYPE nimbus_instances gauge\n",
+    /// The exposition text.
+    pub fn render(&self, s: &Scrape<'_>) -> String {
+        let mut reg = Registry::with_prefix("nimbus");
+        reg.register(
+            "invocations",
+            "Finished invocations by function, status and trigger (sync, async, schedule; every retry)",
+            self.invocations.clone(),
         );
-        for p in pools {
+        reg.register("throttles", "Invocations refused with 429: max_instances reached and the wait queue full or timed out", self.throttles.clone());
+        reg.register_with_unit(
+            "invocation_duration",
+            "Handler duration of invocations that ran",
+            prometheus_client::registry::Unit::Seconds,
+            self.duration.clone(),
+        );
+        reg.register_with_unit(
+            "init_duration",
+            "Instance start to ready on cold starts (Init Duration); its count is the cold-started invocations",
+            prometheus_client::registry::Unit::Seconds,
+            self.init.clone(),
+        );
+        reg.register_with_unit(
+            "queue_wait",
+            "Time invocations waited for an instance, not counting the start of their own instance",
+            prometheus_client::registry::Unit::Seconds,
+            self.queue_wait.clone(),
+        );
+        reg.register("gateway_requests", "HTTP requests by kind and status code", self.requests.clone());
+
+        let cold_starts = Family::<VersionLabels, Counter>::default();
+        let instances = Family::<StateLabels, Gauge>::default();
+        let waiting = Family::<VersionLabels, Gauge>::default();
+        let concurrency = Family::<FunctionLabels, Gauge>::default();
+        let limit = Family::<FunctionLabels, Gauge>::default();
+        for p in s.pools {
+            let v = VersionLabels { function: p.function.clone(), version: p.version.clone() };
+            cold_starts.get_or_create(&v).inc_by(p.cold_starts);
             for (state, n) in [("idle", p.idle), ("busy", p.busy), ("starting", p.starting)] {
-                let _ = writeln!(
-                    out,
-                    "nimbus_instances{{function=\"{}\",version=\"{}\",state=\"{state}\"}} {n}",
-                    escape(&p.function),
-                    p.version
-                );
+                let l = StateLabels { function: p.function.clone(), version: p.version.clone(), state };
+                instances.get_or_create(&l).set(i64::from(n));
             }
+            waiting.get_or_create(&v).set(i64::from(p.waiting));
+            let f = FunctionLabels { function: p.function.clone() };
+            concurrency.get_or_create(&f).inc_by(i64::from(p.busy));
+            limit.get_or_create(&f).set(i64::from(p.max_instances));
         }
-        out.push_str(
-            "# HELP nimbus_queued_requests Requests waiting for an instance.\n# TYPE nimbus_queued_requests gauge\n",
+        reg.register("cold_starts", "Instances started (cold starts), by function version", cold_starts);
+        reg.register("instances", "Instances by function version and state", instances);
+        reg.register("queued_requests", "Requests waiting for an instance", waiting);
+        reg.register("concurrency", "Invocations running now (busy instances)", concurrency);
+        reg.register("concurrency_limit", "max_instances of the live version", limit);
+
+        let depth = Family::<FunctionLabels, Gauge>::default();
+        let oldest = Family::<FunctionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let dlq = Family::<FunctionLabels, Gauge>::default();
+        for q in s.queue {
+            let f = FunctionLabels { function: q.function.clone() };
+            depth.get_or_create(&f).set((q.queued + q.running) as i64);
+            dlq.get_or_create(&f).set(q.dead_lettered as i64);
+            let age = q.oldest_queued_ms.map_or(0.0, |t| (s.now_ms - t).max(0) as f64 / 1000.0);
+            oldest.get_or_create(&f).set(age);
+        }
+        reg.register("async_queue_depth", "Async events accepted and not yet finished (queued or running)", depth);
+        reg.register_with_unit(
+            "async_oldest_age",
+            "Age of the oldest queued async event",
+            prometheus_client::registry::Unit::Seconds,
+            oldest,
         );
-        for p in pools {
-            let _ = writeln!(
-                out,
-                "nimbus_queued_requests{{function=\"{}\",version=\"{}\"}} {}",
-                escape(&p.function),
-                p.version,
-                p.waiting
-            );
+        reg.register("dlq_events", "Events in the dead-letter store", dlq);
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        for (function, outcome, n) in s.outcomes {
+            outcomes.get_or_create(&OutcomeLabels { function: function.clone(), outcome: *outcome }).inc_by(*n);
+        }
+        reg.register(
+            "async_outcomes",
+            "Async events retried, dead-lettered or sent to an on_failure function, since start",
+            outcomes,
+        );
+        let dropped: Counter = Counter::default();
+        dropped.inc_by(s.records_dropped);
+        reg.register("records_dropped", "Invocation records dropped because the record writer fell behind", dropped);
+
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+            tracing::error!("cannot encode /metrics: {e}");
         }
         out
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -16,6 +16,7 @@
 //! | `POST /v1/dlq/redrive` | `{"ids": [...]}` or `{"all": true}` back to the queue |
 //! | `POST /v1/dlq/purge` | delete dead-lettered events (`{"function": "f"}` to narrow) |
 //! | `GET /v1/queue` | unfinished async events |
+//! | `GET /v1/usage?since=24h&granularity=hour\|day&servers=N&serverPerHour=P` | requests, GB-seconds and cost per function, and the always-on comparison |
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -85,7 +86,20 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
         (Method::GET, ["queue"]) => {
             json(StatusCode::OK, &json!({"depth": gw.queue.depth(), "recoveredAtStart": gw.queue.recovered()}))
         }
+        (Method::GET, ["usage"]) => usage(gw, &req),
         _ => err(StatusCode::NOT_FOUND, &format!("no management endpoint {} {path}", req.method())),
+    }
+}
+
+fn usage(gw: &Gateway, req: &Request<Incoming>) -> Resp {
+    let pricing = gw.control.snapshot().live.as_ref().map(|l| l.pricing.clone()).unwrap_or_default();
+    let q = match crate::usage::parse_query(|k| query_param(req, k), crate::util::now_ms(), pricing) {
+        Ok(q) => q,
+        Err(e) => return err(StatusCode::BAD_REQUEST, &e),
+    };
+    match gw.control.store().usage(q.since_ms) {
+        Ok(rows) => json(StatusCode::OK, &crate::usage::report(&q, &rows)),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

@@ -48,11 +48,20 @@ impl Default for GatewayConfig {
     }
 }
 
+/// What the gateway reports at `/metrics` besides what it counts itself.
+pub struct Telemetry {
+    /// Shared with the scheduler's recorder, which feeds it every finished invocation.
+    pub metrics: Arc<Metrics>,
+    /// The record writer's count of records it had to drop.
+    pub records_dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
 pub struct Gateway {
     pub(crate) control: Arc<ControlPlane>,
     pub(crate) scheduler: Scheduler,
     pub(crate) config: GatewayConfig,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
+    records_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The async engine (durable queue, retries, dead letters, cron).
     pub(crate) queue: Arc<nimbus_queue::Engine>,
     token_sha256: [u8; 32],
@@ -72,12 +81,14 @@ impl Gateway {
         queue: Arc<nimbus_queue::Engine>,
         config: GatewayConfig,
         admin_token: &str,
+        telemetry: Telemetry,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
             control,
             scheduler,
             config,
-            metrics: Metrics::default(),
+            metrics: telemetry.metrics,
+            records_dropped: telemetry.records_dropped,
             queue,
             token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
         })
@@ -116,10 +127,7 @@ impl Gateway {
         let (kind, resp) = if path == "/healthz" {
             ("health", self.health())
         } else if path == "/metrics" {
-            let mut r = json(StatusCode::OK, &json!(null));
-            *r.body_mut() = self.metrics.render(&self.scheduler.status()).into();
-            crate::util::set_header(&mut r, "content-type", "text/plain; version=0.0.4");
-            ("metrics", r)
+            ("metrics", self.metrics_page().await)
         } else if path.starts_with("/v1/") || path == "/v1" {
             ("management", crate::mgmt::handle(&self, req).await)
         } else if path.starts_with("/2015-03-31/functions/") {
@@ -129,6 +137,27 @@ impl Gateway {
         };
         self.metrics.request(kind, resp.status().as_u16());
         resp
+    }
+
+    async fn metrics_page(&self) -> Resp {
+        let queue = match self.queue.store().stats().await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!("/metrics: cannot read the async queue's counts: {e}");
+                Vec::new()
+            }
+        };
+        let text = self.metrics.render(&crate::metrics::Scrape {
+            pools: &self.scheduler.status(),
+            queue: &queue,
+            outcomes: &self.queue.outcomes(),
+            records_dropped: self.records_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            now_ms: nimbus_queue::now_ms(),
+        });
+        let mut r = json(StatusCode::OK, &json!(null));
+        *r.body_mut() = text.into();
+        crate::util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);
+        r
     }
 
     fn health(&self) -> Resp {

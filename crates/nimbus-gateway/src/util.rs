@@ -41,3 +41,8 @@ pub fn new_request_id() -> String {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid().to_string()
 }
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}

@@ -26,7 +26,7 @@ pub(crate) struct FunctionLocations {
     pub component: Option<usize>,
 }
 
-const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules"];
+const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
 const FUNCTION_KEYS: &[&str] = &[
     "runtime",
     "handler",
@@ -268,10 +268,16 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         }
     }
 
+    let pricing = match root.get("pricing") {
+        Some(v) => crate::pricing::check(&mut cx, v).unwrap_or_default(),
+        None => crate::Pricing::default(),
+    };
+
     if !cx.errors.is_empty() {
         return Err(Diagnostics::new(cx.errors));
     }
     let manifest = Manifest {
+        pricing,
         name: name.unwrap_or_default(),
         functions,
         routes: routes.into_iter().map(|(r, _)| r).collect(),

@@ -7,6 +7,7 @@
 mod check;
 mod diag;
 mod files;
+mod pricing;
 pub mod schedule;
 mod wasm;
 
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Diagnostics};
+pub use pricing::Pricing;
 use nimbus_core::FunctionSpec;
 
 /// The file name nimbus looks for in an app directory.
@@ -28,6 +30,7 @@ pub struct Manifest {
     pub functions: BTreeMap<String, FunctionSpec>,
     pub routes: Vec<RouteSpec>,
     pub schedules: Vec<schedule::ScheduleSpec>,
+    pub pricing: Pricing,
 }
 
 /// Which HTTP methods a route accepts.

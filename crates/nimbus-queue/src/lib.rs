@@ -100,6 +100,9 @@ pub struct Engine {
     /// Per function: (events running, share of the in-flight budget). A function gets at most
     /// max(2 × max_instances, MIN_SHARE) in flight, so a backlog in one cannot starve the others.
     running: std::sync::Mutex<std::collections::HashMap<String, (u32, u32)>>,
+    /// Per function and outcome ("retried", "dead_lettered", "sent_on_failure"): how many
+    /// events took it since start, for `/metrics`.
+    outcomes: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
 }
 
 /// A function's share of the in-flight budget is twice its `max_instances`, but at least this:
@@ -154,6 +157,7 @@ impl Engine {
             stopped: Notify::new(),
             recovered,
             running: std::sync::Mutex::new(std::collections::HashMap::new()),
+            outcomes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         });
         tokio::spawn(engine.clone().work());
         tokio::spawn(engine.clone().cron());
@@ -167,6 +171,17 @@ impl Engine {
     /// Events that were running when the previous process stopped, queued again at start.
     pub fn recovered(&self) -> u64 {
         self.recovered
+    }
+
+    /// Retries and dead-letters per function since start: (function, outcome, count).
+    pub fn outcomes(&self) -> Vec<(String, &'static str, u64)> {
+        let m = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|((f, o), n)| (f.clone(), *o, *n)).collect()
+    }
+
+    fn count(&self, function: &str, outcome: &'static str) {
+        let mut m = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((function.to_owned(), outcome)).or_default() += 1;
     }
 
     /// Unfinished events (approximate between restarts; exact at start).
@@ -320,6 +335,7 @@ impl Engine {
                 error_message: Some(reason.clone()),
             };
             self.finish(&ev, attempt, Finish::Failed { reason, dead_letter: true }, true).await;
+            self.count(&ev.function, "dead_lettered");
             return;
         };
         let invocation = Invocation {
@@ -395,6 +411,7 @@ impl Engine {
                     platform_failure: failure != AttemptFailure::Function,
                 };
                 self.finish(&ev, attempt, finish, false).await;
+                self.count(&ev.function, "retried");
                 self.wake.notify_one();
                 return;
             }
@@ -416,6 +433,7 @@ impl Engine {
             _ => true,
         };
         self.finish(&ev, attempt, Finish::Failed { reason, dead_letter }, true).await;
+        self.count(&ev.function, if dead_letter { "dead_lettered" } else { "sent_on_failure" });
     }
 
     async fn finish(&self, ev: &ClaimedEvent, attempt: AttemptRecord, finish: Finish, terminal: bool) {

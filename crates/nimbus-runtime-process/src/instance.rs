@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nimbus_core::{
-    FunctionErrorKind, FunctionVersion, Instance, InstanceError, InstanceState, Invocation, InvokeOutcome,
+    ColdStart, FunctionErrorKind, FunctionVersion, Instance, InstanceError, InstanceState, Invocation, InvokeOutcome,
     InvokeResult, RuntimeKind, StartError, REGION,
 };
 use nix::sys::signal::{killpg, Signal};
@@ -37,7 +37,7 @@ pub struct ProcessInstance {
     id: String,
     function: Arc<FunctionVersion>,
     pid: u32,
-    init_duration: Duration,
+    cold_start: ColdStart,
     init_log: String,
     next_tx: mpsc::Sender<NextEvent>,
     shared: Arc<Shared>,
@@ -120,6 +120,7 @@ impl ProcessInstance {
                 });
             }
         };
+        let spawned_after = began.elapsed();
         let pid = child.id().unwrap_or(0);
         let receiver = |fd: std::io::PipeReader| pipe::Receiver::from_owned_fd(OwnedFd::from(fd));
         let logs = match (receiver(out_r), receiver(err_r)) {
@@ -144,7 +145,7 @@ impl ProcessInstance {
             id,
             function,
             pid,
-            init_duration: Duration::ZERO,
+            cold_start: ColdStart { init: Duration::ZERO, instance_start: spawned_after },
             init_log: String::new(),
             next_tx,
             shared,
@@ -174,7 +175,7 @@ impl ProcessInstance {
             e = exit_rx.wait_for(Option::is_some) => Init::Exited(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
             _ = tokio::time::sleep(rt.limits.init_timeout) => Init::TimedOut,
         };
-        instance.init_duration = began.elapsed();
+        instance.cold_start.init = began.elapsed();
         let failure = match init {
             Init::Ready => None,
             Init::Reported => Some(reported_init_error(&instance.shared)),
@@ -250,8 +251,8 @@ impl Instance for ProcessInstance {
         Some(self.pid)
     }
 
-    fn init_duration(&self) -> Duration {
-        self.init_duration
+    fn cold_start(&self) -> ColdStart {
+        self.cold_start
     }
 
     fn take_init_log(&mut self) -> String {

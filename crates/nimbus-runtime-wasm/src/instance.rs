@@ -3,14 +3,14 @@
 //! (`instance_reuse`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use nimbus_core::outbound::OutboundPattern;
 use nimbus_core::{
-    FunctionErrorKind, FunctionVersion, HttpResponseHead, Instance, InstanceError, InstanceState, Invocation,
+    ColdStart, FunctionErrorKind, FunctionVersion, HttpResponseHead, Instance, InstanceError, InstanceState, Invocation,
     InvokeOutcome, InvokeResult, StartError, REGION,
 };
 use serde_json::json;
@@ -28,7 +28,7 @@ type Response = hyper::Response<HyperOutgoingBody>;
 pub(crate) struct WasmInstance {
     parts: Parts,
     id: String,
-    init_duration: Duration,
+    cold_start: ColdStart,
     /// The instance kept for the next request (`instance_reuse`), or the one made at start.
     ready: Option<(Store<Host>, Proxy)>,
     dead: bool,
@@ -113,7 +113,11 @@ impl WasmInstance {
                 });
             }
         };
-        Ok(WasmInstance { parts, id, init_duration: started.elapsed(), ready: Some(ready), dead: false })
+        // Instantiating is the whole start: a component has no init phase of its own after it
+        // (componentize-js/py run theirs at build time), so it all counts as instance start.
+        let took = started.elapsed();
+        let cold_start = ColdStart { init: took, instance_start: took };
+        Ok(WasmInstance { parts, id, cold_start, ready: Some(ready), dead: false })
     }
 }
 
@@ -380,8 +384,8 @@ impl Instance for WasmInstance {
         None
     }
 
-    fn init_duration(&self) -> Duration {
-        self.init_duration
+    fn cold_start(&self) -> ColdStart {
+        self.cold_start
     }
 
     fn take_init_log(&mut self) -> String {

@@ -90,6 +90,8 @@ pub struct PoolStatus {
     pub busy: u32,
     pub starting: u32,
     pub waiting: u32,
+    /// The function's `max_instances` (its concurrency limit).
+    pub max_instances: u32,
     pub cold_starts: u64,
     pub instances: Vec<InstanceInfo>,
 }
@@ -320,6 +322,7 @@ impl Pool {
             busy: c.busy,
             starting: c.starting,
             waiting: c.waiting,
+            max_instances: self.function.spec.max_instances,
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
             instances,
         }
@@ -369,7 +372,7 @@ impl Lease {
     /// this instance to start, and any output the instance wrote while initialising.
     pub(crate) fn begin(&mut self) -> (Option<ColdStart>, String) {
         let Some(slot) = self.slot.as_mut() else { return (None, String::new()) };
-        let cold = std::mem::replace(&mut slot.cold, false).then(|| ColdStart { init: slot.instance.init_duration() });
+        let cold = std::mem::replace(&mut slot.cold, false).then(|| slot.instance.cold_start());
         (cold, slot.instance.take_init_log())
     }
 

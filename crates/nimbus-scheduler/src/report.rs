@@ -120,6 +120,8 @@ fn base(f: &FunctionVersion, id: &str, trigger: Trigger, start_ms: u64, queue: D
         max_memory_mb: 0,
         cold: false,
         init_ms: None,
+        instance_start_ms: None,
+        runtime_init_ms: None,
         queue_ms: ms(queue),
         status: InvocationStatus::Success,
         error_type: None,
@@ -127,6 +129,17 @@ fn base(f: &FunctionVersion, id: &str, trigger: Trigger, start_ms: u64, queue: D
         instance_id: None,
         log: String::new(),
     }
+}
+
+/// The cold-start breakdown; the wait for an instance no longer counts the start of the
+/// instance this invocation got, so queue wait + instance start + runtime init + handler add up.
+fn set_cold(rec: &mut InvocationRecord, cold: Option<ColdStart>, queue: Duration) {
+    let Some(c) = cold else { return };
+    rec.cold = true;
+    rec.init_ms = Some(ms(c.init));
+    rec.instance_start_ms = Some(ms(c.instance_start));
+    rec.runtime_init_ms = Some(ms(c.runtime_init()));
+    rec.queue_ms = ms(queue.saturating_sub(c.init));
 }
 
 pub(crate) fn record_for_result(
@@ -141,8 +154,7 @@ pub(crate) fn record_for_result(
     rec.duration_ms = ms(r.duration);
     rec.billed_ms = billed(r.duration);
     rec.max_memory_mb = r.max_memory_mb;
-    rec.cold = r.cold.is_some();
-    rec.init_ms = r.cold.map(|c| ms(c.init));
+    set_cold(&mut rec, r.cold, queue);
     rec.instance_id = Some(r.instance_id.clone());
     if let InvokeOutcome::FunctionError { error_type, error_message, .. } = &r.outcome {
         rec.status = InvocationStatus::FunctionError;
@@ -163,8 +175,8 @@ pub(crate) fn record_for_error(
 ) -> InvocationRecord {
     let mut rec = base(f, id, trigger, start_ms, queue);
     rec.status = status_for_error(e);
-    rec.cold = cold.is_some() || matches!(e, DispatchError::InitFailed { .. });
-    rec.init_ms = cold.map(|c| ms(c.init));
+    set_cold(&mut rec, cold, queue);
+    rec.cold |= matches!(e, DispatchError::InitFailed { .. });
     if let DispatchError::Timeout { timeout, .. } = e {
         rec.duration_ms = ms(*timeout);
         rec.billed_ms = billed(*timeout);

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 pub use artifacts::{digest_dir, ArtifactStore};
 pub use queue::QueueDb;
-pub use records::{InvocationQuery, LogEntry, RecordWriter};
+pub use records::{InvocationQuery, LogEntry, RecordWriter, UsageRow, USAGE_RETENTION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,7 +88,32 @@ CREATE TABLE IF NOT EXISTS logs (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs(function, seq);
+CREATE INDEX IF NOT EXISTS logs_by_time ON logs(ts_ms);
+CREATE INDEX IF NOT EXISTS invocations_by_time ON invocations(start_ms);
+CREATE TABLE IF NOT EXISTS usage (
+    function TEXT NOT NULL,
+    hour_ms INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    mb_ms INTEGER NOT NULL,
+    PRIMARY KEY (function, hour_ms)
+) WITHOUT ROWID;
 ";
+
+/// Columns added to `invocations` after its first release, added to older databases on open.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("instance_start_ms", "REAL"), ("runtime_init_ms", "REAL")];
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('invocations')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<std::result::Result<_, _>>()?;
+    for (name, ty) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE invocations ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    Ok(())
+}
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
@@ -110,6 +135,7 @@ impl Store {
         let db_path = data_dir.join("nimbus.db");
         let conn = open_connection(&db_path)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             db_path,
@@ -128,9 +154,15 @@ impl Store {
         QueueDb::open(&self.db_path.with_file_name("queue.db"), unsafe_ack)
     }
 
-    /// Start the background writer for invocation records and logs.
-    pub fn record_writer(&self) -> Result<RecordWriter> {
-        RecordWriter::start(&self.db_path)
+    /// Start the background writer for invocation records and logs; it deletes records and
+    /// logs older than `retention` (hourly usage is kept for [`USAGE_RETENTION`]).
+    pub fn record_writer(&self, retention: std::time::Duration) -> Result<RecordWriter> {
+        RecordWriter::start(&self.db_path, retention)
+    }
+
+    /// Requests and GB-seconds per function per hour since `since_ms` (inclusive hour).
+    pub fn usage(&self, since_ms: u64) -> Result<Vec<UsageRow>> {
+        records::query_usage(&self.conn(), since_ms)
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<String>> {

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use nimbus_core::queue::{Accepted, AttemptRecord, ClaimedEvent, EventView, Finish, NewEvent, QueueError, QueueStore};
+use nimbus_core::queue::{
+    Accepted, AttemptRecord, ClaimedEvent, EventView, Finish, NewEvent, QueueError, QueueStats, QueueStore,
+};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 
@@ -419,6 +421,26 @@ impl QueueStore for QueueDb {
     async fn depth(&self) -> Result<u64, QueueError> {
         self.read(|c| {
             c.query_row("SELECT count(*) FROM events WHERE status IN ('queued', 'running')", [], |r| r.get(0))
+        })
+    }
+
+    async fn stats(&self) -> Result<Vec<QueueStats>, QueueError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT function, sum(status = 'queued'), sum(status = 'running'), sum(status = 'dead-lettered'),
+                        min(CASE WHEN status = 'queued' THEN accepted_ms END)
+                 FROM events WHERE status IN ('queued', 'running', 'dead-lettered') GROUP BY function ORDER BY function",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(QueueStats {
+                    function: r.get(0)?,
+                    queued: r.get(1)?,
+                    running: r.get(2)?,
+                    dead_lettered: r.get(3)?,
+                    oldest_queued_ms: r.get(4)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 

@@ -3,11 +3,12 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use nimbus_core::{InvocationRecord, Recorder};
+use nimbus_core::{InvocationRecord, InvocationStatus, Recorder};
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
@@ -21,7 +22,7 @@ const BATCH: usize = 1_000;
 /// per invocation cost a quarter of nimbus's CPU at 2,600 invocations/s (perf); records become
 /// visible within this window. The channel holds 65,536 records: enough for a window at
 /// 3 million invocations/s.
-const WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
+const WINDOW: Duration = Duration::from_millis(20);
 
 /// The `Recorder` backed by SQLite. Dropping the last clone flushes and stops the thread.
 pub struct RecordWriter {
@@ -31,13 +32,15 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    pub(crate) fn start(db: &Path) -> Result<RecordWriter> {
+    pub(crate) fn start(db: &Path, retention: Duration) -> Result<RecordWriter> {
         let conn = open_connection(db)?;
         // Records are history, not acknowledged work: NORMAL is durable across process crashes
         // and only risks the last transactions on power loss.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (tx, rx) = sync_channel(QUEUE);
-        let thread = std::thread::Builder::new().name("nimbus-records".into()).spawn(move || write_loop(conn, rx))?;
+        let thread = std::thread::Builder::new()
+            .name("nimbus-records".into())
+            .spawn(move || write_loop(conn, rx, retention))?;
         Ok(RecordWriter {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -45,9 +48,9 @@ impl RecordWriter {
         })
     }
 
-    /// Records dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// Records dropped because the writer fell behind (a live counter).
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
     }
 
     /// Write everything queued and stop the writer.
@@ -71,8 +74,26 @@ impl Recorder for RecordWriter {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>) {
-    while let Ok(first) = rx.recv() {
+/// Hourly usage outlives the records it sums: it is what `nimbus usage` reads.
+pub const USAGE_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
+const HOUR_MS: u64 = 3_600_000;
+
+fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: Duration) {
+    // Prune at start, then every minute (more often for short retentions, so they hold).
+    let every = (retention / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    let mut pruned = Instant::now();
+    prune(&conn, retention);
+    loop {
+        let first = match rx.recv_timeout(every.saturating_sub(pruned.elapsed())) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if pruned.elapsed() >= every {
+            prune(&conn, retention);
+            pruned = Instant::now();
+        }
+        let Some(first) = first else { continue };
         // Sleep through the window instead of waiting on the channel: a sender only pays for a
         // wake-up (a futex call) when the writer is parked in `recv`, so this is one wake-up per
         // batch rather than one per record.
@@ -90,14 +111,41 @@ fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>) {
     }
 }
 
+/// Delete records and logs older than `retention`, and usage older than [`USAGE_RETENTION`].
+fn prune(conn: &Connection, retention: Duration) {
+    let now = crate::now_ms();
+    let cutoff = now.saturating_sub(retention.as_millis() as u64);
+    let usage_cutoff = now.saturating_sub(USAGE_RETENTION.as_millis() as u64);
+    let r = conn
+        .execute("DELETE FROM invocations WHERE start_ms < ?1", [cutoff])
+        .and_then(|_| conn.execute("DELETE FROM logs WHERE ts_ms < ?1", [cutoff]))
+        .and_then(|_| conn.execute("DELETE FROM usage WHERE hour_ms < ?1", [usage_cutoff]));
+    if let Err(e) = r {
+        tracing::error!("cannot delete invocation records older than the retention: {e}");
+    }
+}
+
+/// Whether an invocation counts as a billable request: everything that reached the function
+/// (errors and timeouts included, as Lambda bills them); not throttles or nimbus's own errors.
+fn billable(status: InvocationStatus) -> bool {
+    !matches!(status, InvocationStatus::Throttled | InvocationStatus::PlatformError)
+}
+
 fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut ins = tx.prepare_cached(
             "INSERT INTO invocations(request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb,
-             max_memory_mb, cold, init_ms, queue_ms, status, error_type, error_message, instance_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             max_memory_mb, cold, init_ms, queue_ms, status, error_type, error_message, instance_id,
+             instance_start_ms, runtime_init_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?;
+        let mut usage = tx.prepare_cached(
+            "INSERT INTO usage(function, hour_ms, requests, mb_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(function, hour_ms) DO UPDATE SET requests = requests + excluded.requests,
+             mb_ms = mb_ms + excluded.mb_ms",
+        )?;
+        let mut hours: std::collections::BTreeMap<(&str, u64), (u64, u64)> = std::collections::BTreeMap::new();
         let mut log =
             tx.prepare_cached("INSERT INTO logs(function, request_id, ts_ms, text) VALUES (?1, ?2, ?3, ?4)")?;
         for r in batch {
@@ -118,10 +166,20 @@ fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::R
                 r.error_type,
                 r.error_message,
                 r.instance_id,
+                r.instance_start_ms,
+                r.runtime_init_ms,
             ])?;
+            if billable(r.status) {
+                let h = hours.entry((r.function.as_str(), r.start_ms - r.start_ms % HOUR_MS)).or_default();
+                h.0 += 1;
+                h.1 += r.billed_ms * u64::from(r.memory_mb);
+            }
             if !r.log.is_empty() {
                 log.execute(params![r.function, r.request_id, r.start_ms, r.log])?;
             }
+        }
+        for ((function, hour), (requests, mb_ms)) in hours {
+            usage.execute(params![function, hour, requests, mb_ms])?;
         }
     }
     tx.commit()
@@ -138,7 +196,7 @@ pub struct InvocationQuery {
 pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<serde_json::Value>> {
     let mut stmt = conn.prepare(
         "SELECT request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb, max_memory_mb, cold,
-                init_ms, queue_ms, status, error_type, error_message, instance_id
+                init_ms, queue_ms, status, error_type, error_message, instance_id, instance_start_ms, runtime_init_ms
          FROM invocations
          WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR request_id = ?2)
          ORDER BY start_ms DESC, rowid DESC LIMIT ?3",
@@ -162,7 +220,32 @@ pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Resul
                 "errorType": r.get::<_, Option<String>>(13)?,
                 "errorMessage": r.get::<_, Option<String>>(14)?,
                 "instanceId": r.get::<_, Option<String>>(15)?,
+                "instanceStartMs": r.get::<_, Option<f64>>(16)?,
+                "runtimeInitMs": r.get::<_, Option<f64>>(17)?,
+                "handlerMs": r.get::<_, f64>(5)?,
             }))
+        })?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Billable requests and memory × billed time of one function in one hour.
+#[derive(Clone, Debug, Serialize)]
+pub struct UsageRow {
+    pub function: String,
+    pub hour_ms: u64,
+    pub requests: u64,
+    /// MB × billed milliseconds; GB-seconds = mb_ms / 1024 / 1000.
+    pub mb_ms: u64,
+}
+
+pub(crate) fn query_usage(conn: &Connection, since_ms: u64) -> Result<Vec<UsageRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT function, hour_ms, requests, mb_ms FROM usage WHERE hour_ms >= ?1 ORDER BY hour_ms, function",
+    )?;
+    let rows = stmt
+        .query_map([since_ms - since_ms % HOUR_MS], |r| {
+            Ok(UsageRow { function: r.get(0)?, hour_ms: r.get(1)?, requests: r.get(2)?, mb_ms: r.get(3)? })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(rows)

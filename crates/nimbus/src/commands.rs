@@ -193,7 +193,13 @@ pub async fn invoke(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn logs(name: String, follow: bool, request_id: Option<String>, remote: Remote) -> Result<ExitCode> {
+pub async fn logs(
+    name: String,
+    follow: bool,
+    request_id: Option<String>,
+    json: bool,
+    remote: Remote,
+) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
     let mut after = 0u64;
     loop {
@@ -204,7 +210,14 @@ pub async fn logs(name: String, follow: bool, request_id: Option<String>, remote
         let v = client.get_json(&path).await?;
         let mut out = std::io::stdout().lock();
         for e in v["entries"].as_array().into_iter().flatten() {
-            out.write_all(e["text"].as_str().unwrap_or_default().as_bytes())?;
+            let text = e["text"].as_str().unwrap_or_default();
+            if json {
+                for line in text.lines() {
+                    writeln!(out, "{}", log_line_json(&name, e, line))?;
+                }
+            } else {
+                out.write_all(text.as_bytes())?;
+            }
         }
         out.flush()?;
         drop(out);
@@ -219,10 +232,34 @@ pub async fn logs(name: String, follow: bool, request_id: Option<String>, remote
     }
 }
 
+/// One log line as a JSON object: a line the function wrote as a JSON object keeps its fields
+/// (and gains `requestId`, `function` and `timestamp` where it has none); any other line becomes
+/// `{"message": line, …}`.
+fn log_line_json(function: &str, entry: &Value, line: &str) -> Value {
+    let mut obj = match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(fields)) => fields,
+        _ => {
+            let mut m = serde_json::Map::new();
+            m.insert("message".into(), Value::String(line.to_owned()));
+            m
+        }
+    };
+    let ts = chrono::DateTime::from_timestamp_millis(entry["tsMs"].as_i64().unwrap_or(0)).unwrap_or_default();
+    for (k, v) in [
+        ("timestamp", Value::String(ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+        ("function", Value::String(function.to_owned())),
+        ("requestId", entry["requestId"].clone()),
+    ] {
+        obj.entry(k).or_insert(v);
+    }
+    Value::Object(obj)
+}
+
 pub async fn invocations(
     function: Option<String>,
     status: Option<String>,
     limit: u32,
+    json: bool,
     remote: Remote,
 ) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
@@ -236,14 +273,18 @@ pub async fn invocations(
         return Ok(ExitCode::SUCCESS);
     }
     let v = client.get_json(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
-        "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9}",
-        "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "INIT"
+        "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9} {:>9} {:>9}",
+        "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "QUEUE", "START", "INIT"
     );
+    let ms = |r: &Value, key: &str| r[key].as_f64().map(|i| format!("{i:.1}ms")).unwrap_or_default();
     for r in v.as_array().into_iter().flatten() {
-        let init = r["initMs"].as_f64().map(|i| format!("{i:.1}ms")).unwrap_or_default();
         println!(
-            "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>8.2}ms {:>5} {:>9}",
+            "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>8.2}ms {:>5} {:>9} {:>9} {:>9}",
             str_of(r, "requestId"),
             str_of(r, "function"),
             str_of(r, "version"),
@@ -251,10 +292,100 @@ pub async fn invocations(
             str_of(r, "status"),
             r["durationMs"].as_f64().unwrap_or(0.0),
             if r["cold"].as_bool() == Some(true) { "yes" } else { "" },
-            init
+            ms(r, "queueMs"),
+            ms(r, "instanceStartMs"),
+            ms(r, "runtimeInitMs"),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `nimbus usage`: requests, GB-seconds and cost per function since `since`, and what
+/// always-on servers would have cost over the same period.
+pub async fn usage(args: crate::UsageArgs) -> Result<ExitCode> {
+    let client = Client::new(&args.remote, &here())?;
+    let mut path = format!("/v1/usage?since={}&granularity={}", enc(&args.since), enc(&args.granularity));
+    if let Some(n) = args.servers {
+        path.push_str(&format!("&servers={n}"));
+    }
+    if let Some(p) = args.server_price {
+        path.push_str(&format!("&serverPerHour={p}"));
+    }
+    let v = client.get_json(&path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", usage_table(&v));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn usage_table(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let cur = v["prices"]["currency"].as_str().unwrap_or("USD");
+    let money = |x: &Value| format!("{:.6}", x.as_f64().unwrap_or(0.0));
+    let since = chrono::DateTime::from_timestamp_millis(v["sinceMs"].as_i64().unwrap_or(0)).unwrap_or_default();
+    let until = chrono::DateTime::from_timestamp_millis(v["untilMs"].as_i64().unwrap_or(0)).unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "usage from {} to {} UTC ({:.1} h)\n",
+        since.format("%Y-%m-%d %H:%M"),
+        until.format("%Y-%m-%d %H:%M"),
+        v["alwaysOn"]["hours"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(out, "{:<24} {:>12} {:>14} {:>14}", "FUNCTION", "REQUESTS", "GB-SECONDS", format!("COST ({cur})"));
+    for f in v["functions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>12} {:>14.3} {:>14}",
+            str_of(f, "function"),
+            f["requests"].as_u64().unwrap_or(0),
+            f["gbSeconds"].as_f64().unwrap_or(0.0),
+            money(&f["cost"])
+        );
+    }
+    let t = &v["total"];
+    let _ = writeln!(
+        out,
+        "{:<24} {:>12} {:>14.3} {:>14}\n",
+        "total",
+        t["requests"].as_u64().unwrap_or(0),
+        t["gbSeconds"].as_f64().unwrap_or(0.0),
+        money(&t["cost"])
+    );
+    let p = &v["prices"];
+    let _ = writeln!(
+        out,
+        "priced at {cur} {} per million requests and {cur} {} per GB-second ([pricing] in nimbus.toml)",
+        p["perMillionRequests"], p["perGbSecond"]
+    );
+    let a = &v["alwaysOn"];
+    let serverless = t["cost"].as_f64().unwrap_or(0.0);
+    let always = a["cost"].as_f64().unwrap_or(0.0);
+    let _ = writeln!(
+        out,
+        "always-on: {} server(s) at {cur} {}/h for the same {:.1} h would cost {cur} {}",
+        a["servers"],
+        a["serverPerHour"],
+        a["hours"].as_f64().unwrap_or(0.0),
+        money(&a["cost"])
+    );
+    let verdict = if always > 0.0 && serverless <= always {
+        let pct = serverless / always * 100.0;
+        let pct = if pct >= 0.1 { format!("{pct:.1}%") } else { format!("{pct:.2e}%") };
+        format!("pay-per-use costs {pct} of always-on ({cur} {:.4} less)", always - serverless)
+    } else if always > 0.0 {
+        format!("pay-per-use costs {:.1}x always-on: at this load, servers are cheaper", serverless / always)
+    } else {
+        "no always-on cost to compare with".to_owned()
+    };
+    let _ = writeln!(out, "{verdict}");
+    out
 }
 
 fn print_events(list: &Value) {

@@ -39,20 +39,7 @@ pub struct Remote {
 #[derive(Subcommand)]
 enum Command {
     /// Serve an app with embedded storage (deploys APP_DIR first unless it is unchanged).
-    Up {
-        /// The app directory (holds nimbus.toml).
-        #[arg(default_value = ".")]
-        app_dir: PathBuf,
-        /// Address to listen on; port 0 picks a free one.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
-        /// Where nimbus keeps its state [default: APP_DIR/.nimbus]
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// How long in-flight requests may take to finish at shutdown.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        drain: std::time::Duration,
-    },
+    Up(up::UpArgs),
     /// Deploy an app to a running server as a new immutable version.
     Deploy {
         #[arg(default_value = ".")]
@@ -102,6 +89,9 @@ enum Command {
         /// Only this invocation.
         #[arg(long)]
         request_id: Option<String>,
+        /// One JSON object per line; lines the function wrote as JSON keep their fields.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -121,9 +111,35 @@ enum Command {
         status: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Print the records as JSON (every field, the cold-start breakdown included).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: Remote,
     },
+    /// Requests, GB-seconds and cost per function, and what always-on servers would cost.
+    Usage(UsageArgs),
+}
+
+#[derive(clap::Args)]
+pub struct UsageArgs {
+    /// How far back: a duration ("24h", "30d"), a date ("2026-11-01") or an RFC 3339 time.
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// Group the JSON buckets by "hour" or "day".
+    #[arg(long, default_value = "hour", value_parser = ["hour", "day"])]
+    granularity: String,
+    /// Always-on servers to compare with [default: [pricing].servers, 2].
+    #[arg(long)]
+    servers: Option<u32>,
+    /// Price of one always-on server per hour [default: [pricing].server_per_hour, 0.0416].
+    #[arg(long)]
+    server_price: Option<f64>,
+    /// Print the API's JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 #[derive(Subcommand)]
@@ -151,7 +167,7 @@ pub enum DlqAction {
     },
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write durations like \"250ms\", \"10s\" or \"5m\""))
 }
 
@@ -166,7 +182,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up { app_dir, listen, data_dir, drain } => up::run(app_dir, listen, data_dir, drain).await,
+            Command::Up(args) => up::run(args).await,
             Command::Deploy { app_dir, remote } => commands::deploy(app_dir, remote).await,
             Command::Rollback { to, remote } => commands::rollback(to, remote).await,
             Command::Ls { remote } => commands::ls(remote).await,
@@ -174,11 +190,12 @@ fn main() -> std::process::ExitCode {
                 commands::invoke(name, data, file, qualifier, is_async, idempotency_key, remote).await
             }
             Command::Dlq { action, remote } => commands::dlq(action, remote).await,
-            Command::Logs { name, follow, request_id, remote } => {
-                commands::logs(name, follow, request_id, remote).await
+            Command::Logs { name, follow, request_id, json, remote } => {
+                commands::logs(name, follow, request_id, json, remote).await
             }
-            Command::Invocations { function, status, limit, remote } => {
-                commands::invocations(function, status, limit, remote).await
+            Command::Usage(args) => commands::usage(args).await,
+            Command::Invocations { function, status, limit, json, remote } => {
+                commands::invocations(function, status, limit, json, remote).await
             }
         }
     });

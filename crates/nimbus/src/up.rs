@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nimbus_core::{Recorder, Runtime, RuntimeKind};
-use nimbus_gateway::{ControlPlane, DeployError, Gateway, GatewayConfig};
+use nimbus_core::{Observed, Observer, Recorder, Runtime, RuntimeKind};
+use nimbus_gateway::{ControlPlane, DeployError, Gateway, GatewayConfig, Telemetry};
 use nimbus_runtime_process::{Limits, ProcessRuntime};
 use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
@@ -20,7 +20,36 @@ use nimbus_store_sqlite::Store;
 pub const TOKEN_FILE: &str = "admin.token";
 pub const URL_FILE: &str = "server.url";
 
-pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, drain: Duration) -> Result<ExitCode> {
+/// `nimbus up`'s flags.
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// The app directory (holds nimbus.toml).
+    #[arg(default_value = ".")]
+    app_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Where nimbus keeps its state [default: APP_DIR/.nimbus]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    drain: Duration,
+    /// How long invocation records and logs are kept (hourly usage is kept for 400 days).
+    #[arg(long, default_value = "7d", value_parser = parse_retention)]
+    retention: Duration,
+}
+
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let d = crate::parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err("keep records for at least 1s".into());
+    }
+    Ok(d)
+}
+
+pub async fn run(args: UpArgs) -> Result<ExitCode> {
+    let UpArgs { app_dir, listen, data_dir, drain, retention } = args;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -33,7 +62,17 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
 
     let store = Store::open(&data_dir).context("cannot open the embedded store")?;
-    let recorder = Arc::new(store.record_writer().context("cannot start the record writer")?);
+    let records = Arc::new(store.record_writer(retention).context("cannot start the record writer")?);
+    let metrics = Arc::new(nimbus_gateway::metrics::Metrics::default());
+    // NIMBUS_RECORDING=off exists to measure what recording costs (nimbus-bench observe).
+    let recording = std::env::var("NIMBUS_RECORDING").map_or(true, |v| v != "off");
+    let recorder: Arc<dyn Recorder> = if recording {
+        Arc::new(Observed { observers: vec![metrics.clone() as Arc<dyn Observer>], store: records.clone() })
+    } else {
+        tracing::warn!("NIMBUS_RECORDING=off: no invocation records, logs or invocation metrics are kept");
+        metrics.disable();
+        Arc::new(nimbus_scheduler::NullRecorder)
+    };
     let process: Arc<dyn Runtime> =
         Arc::new(ProcessRuntime::new(&data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
     // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
@@ -50,7 +89,7 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
         .collect();
-    let scheduler = Scheduler::new(runtimes, recorder.clone() as Arc<dyn Recorder>);
+    let scheduler = Scheduler::new(runtimes, recorder);
     let control = ControlPlane::load(store, scheduler.clone(), &data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The live deployment's components load in the background while the app is checked.
@@ -96,7 +135,8 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
     let url = format!("http://{local}");
     write_private(&data_dir.join(URL_FILE), &url)?;
     let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
-    let gateway = Gateway::new(control.clone(), scheduler.clone(), engine.clone(), config, &token);
+    let telemetry = Telemetry { metrics, records_dropped: records.dropped() };
+    let gateway = Gateway::new(control.clone(), scheduler.clone(), engine.clone(), config, &token, telemetry);
 
     print_banner(&control, &url, &data_dir);
     nimbus_gateway::serve(listener, gateway, shutdown_signal(), drain).await;
@@ -107,7 +147,7 @@ pub async fn run(app_dir: PathBuf, listen: String, data_dir: Option<PathBuf>, dr
     engine.shutdown(Duration::from_secs(5)).await;
     scheduler.shutdown(Duration::from_secs(5)).await;
     queue.close();
-    recorder.close();
+    records.close();
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
