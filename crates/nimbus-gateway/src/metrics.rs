@@ -158,7 +158,11 @@ impl Metrics {
             "Finished invocations by function, status and trigger (sync, async, schedule; every retry)",
             self.invocations.clone(),
         );
-        reg.register("throttles", "Invocations refused with 429: max_instances reached and the wait queue full or timed out", self.throttles.clone());
+        reg.register(
+            "throttles",
+            "Invocations refused with 429: max_instances reached and the wait queue full or timed out",
+            self.throttles.clone(),
+        );
         reg.register_with_unit(
             "invocation_duration",
             "Handler duration of invocations that ran",
@@ -205,6 +209,13 @@ impl Metrics {
         let depth = Family::<FunctionLabels, Gauge>::default();
         let oldest = Family::<FunctionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let dlq = Family::<FunctionLabels, Gauge>::default();
+        // Every deployed function has a row, zero while it has no events.
+        for p in s.pools {
+            let f = FunctionLabels { function: p.function.clone() };
+            drop(depth.get_or_create(&f));
+            drop(dlq.get_or_create(&f));
+            drop(oldest.get_or_create(&f));
+        }
         for q in s.queue {
             let f = FunctionLabels { function: q.function.clone() };
             depth.get_or_create(&f).set((q.queued + q.running) as i64);
@@ -222,7 +233,7 @@ impl Metrics {
         reg.register("dlq_events", "Events in the dead-letter store", dlq);
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         for (function, outcome, n) in s.outcomes {
-            outcomes.get_or_create(&OutcomeLabels { function: function.clone(), outcome: *outcome }).inc_by(*n);
+            outcomes.get_or_create(&OutcomeLabels { function: function.clone(), outcome }).inc_by(*n);
         }
         reg.register(
             "async_outcomes",

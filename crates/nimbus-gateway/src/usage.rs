@@ -132,10 +132,7 @@ mod tests {
         let now = 10 * DAY_MS;
         let q = parse_query(|k| (k == "since").then(|| "2d".to_owned()), now, Pricing::default()).unwrap();
         // 2,000,000 requests of 512 MB × 100 ms = 100,000 GB-s in the window, one row before it.
-        let rows = [
-            row("a", now - HOUR_MS, 2_000_000, 512 * 100 * 2_000_000),
-            row("b", now - 3 * DAY_MS, 7, 7),
-        ];
+        let rows = [row("a", now - HOUR_MS, 2_000_000, 512 * 100 * 2_000_000), row("b", now - 3 * DAY_MS, 7, 7)];
         let v = report(&q, &rows);
         assert_eq!(v["total"]["requests"], 2_000_000);
         let gbs = v["total"]["gbSeconds"].as_f64().unwrap();

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Diagnostics};
-pub use pricing::Pricing;
 use nimbus_core::FunctionSpec;
+pub use pricing::Pricing;
 
 /// The file name nimbus looks for in an app directory.
 pub const MANIFEST_FILE: &str = "nimbus.toml";

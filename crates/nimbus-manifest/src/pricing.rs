@@ -48,7 +48,11 @@ pub(crate) fn check(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<Pricing> {
         match cx.string(cv, "pricing.currency") {
             Some(c) if (1..=8).contains(&c.len()) && c.chars().all(|ch| ch.is_ascii_alphanumeric()) => p.currency = c,
             Some(c) => {
-                cx.err(cv.span(), "pricing.currency", format!("\"{c}\" is not a currency label; use a code like \"USD\""));
+                cx.err(
+                    cv.span(),
+                    "pricing.currency",
+                    format!("\"{c}\" is not a currency label; use a code like \"USD\""),
+                );
                 ok = false;
             }
             None => ok = false,

@@ -245,3 +245,29 @@ allowed_outbound_hosts = ["https://api.example.com", "http://127.0.0.1:*"]
     let got = errors("name = \"a\"\n[functions.f]\nruntime = \"wasm\"\ncomponent = \"../x.wasm\"\n").join("\n");
     assert!(got.contains("must be a file inside the code directory"), "{got}");
 }
+
+#[test]
+fn pricing_defaults_and_overrides() {
+    let m = parse(GOOD, "nimbus.toml").unwrap();
+    assert_eq!(m.pricing, Pricing::default());
+    assert_eq!(m.pricing.per_million_requests, 0.20);
+    let src =
+        format!("{GOOD}\n[pricing]\ncurrency = \"EUR\"\nper_gb_second = 0.00001\nservers = 3\nserver_per_hour = 1");
+    let p = parse(&src, "nimbus.toml").unwrap().pricing;
+    assert_eq!((p.currency.as_str(), p.per_gb_second, p.servers, p.server_per_hour), ("EUR", 0.00001, 3, 1.0));
+    assert_eq!(p.per_million_requests, 0.20, "keys not given keep their defaults");
+}
+
+#[test]
+fn pricing_problems_are_named() {
+    each_problem(
+        &format!("{GOOD}\n[pricing]\n"),
+        &[
+            ("per_gb_second = -1", "pricing.per_gb_second: must be a price of 0 or more"),
+            ("per_million_requests = \"cheap\"", "pricing.per_million_requests: expected a number, found string"),
+            ("servers = 0", "pricing.servers: must be between 1 and 100000"),
+            ("currency = \"US dollars\"", "is not a currency label"),
+            ("server_price = 1", "unknown key"),
+        ],
+    );
+}

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use nimbus_core::outbound::OutboundPattern;
 use nimbus_core::{
-    ColdStart, FunctionErrorKind, FunctionVersion, HttpResponseHead, Instance, InstanceError, InstanceState, Invocation,
-    InvokeOutcome, InvokeResult, StartError, REGION,
+    ColdStart, FunctionErrorKind, FunctionVersion, HttpResponseHead, Instance, InstanceError, InstanceState,
+    Invocation, InvokeOutcome, InvokeResult, StartError, REGION,
 };
 use serde_json::json;
 use wasmtime::{Store, UpdateDeadline};

@@ -427,9 +427,9 @@ impl QueueStore for QueueDb {
     async fn stats(&self) -> Result<Vec<QueueStats>, QueueError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT function, sum(status = 'queued'), sum(status = 'running'), sum(status = 'dead-lettered'),
+                "SELECT function, sum(status = 'queued'), sum(status = 'running'), sum(status = 'dead'),
                         min(CASE WHEN status = 'queued' THEN accepted_ms END)
-                 FROM events WHERE status IN ('queued', 'running', 'dead-lettered') GROUP BY function ORDER BY function",
+                 FROM events WHERE status IN ('queued', 'running', 'dead') GROUP BY function ORDER BY function",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(QueueStats {

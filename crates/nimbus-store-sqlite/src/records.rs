@@ -38,9 +38,8 @@ impl RecordWriter {
         // and only risks the last transactions on power loss.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (tx, rx) = sync_channel(QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("nimbus-records".into())
-            .spawn(move || write_loop(conn, rx, retention))?;
+        let thread =
+            std::thread::Builder::new().name("nimbus-records".into()).spawn(move || write_loop(conn, rx, retention))?;
         Ok(RecordWriter {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),

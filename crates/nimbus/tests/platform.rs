@@ -525,25 +525,6 @@ async fn beyond_loopback_the_invoke_api_needs_credentials() {
 }
 
 #[tokio::test]
-async fn metrics_count_invocations_by_function_status_and_trigger() {
-    let app = App::new("metrics").conformance("node", "f", "").route("GET", "/f", "f").finish();
-    let server = Server::start(app.path());
-    server.invoke("f", &json!({"op": "echo"})).await;
-    server.invoke("f", &json!({"op": "error"})).await;
-    assert_eq!(server.get("/f?op=bare").await.status(), 200);
-    let text = server.get("/metrics").await.text().await.unwrap();
-    for line in [
-        "nimbus_invocations_total{function=\"f\",status=\"success\",trigger=\"invoke\"} 1",
-        "nimbus_invocations_total{function=\"f\",status=\"function_error\",trigger=\"invoke\"} 1",
-        "nimbus_invocations_total{function=\"f\",status=\"success\",trigger=\"http\"} 1",
-        "nimbus_cold_starts_total{function=\"f\",version=\"1\"} 1",
-        "nimbus_instances{function=\"f\",version=\"1\",state=\"idle\"} 1",
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
-    }
-}
-
-#[tokio::test]
 async fn node_callback_handlers_report_handled_errors() {
     let app = App::new("callbacks").conformance("node", "cb", "").finish();
     let manifest = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();

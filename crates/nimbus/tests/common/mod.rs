@@ -155,10 +155,20 @@ impl Server {
         Server::start_listening(app, data_dir, env, "127.0.0.1:0")
     }
 
+    /// Start with extra `nimbus up` flags.
+    pub fn start_args(app: &Path, data_dir: &Path, args: &[&str]) -> Server {
+        Server::launch(app, data_dir, &[], "127.0.0.1:0", args)
+    }
+
     /// Start on `listen`; the URL the tests use always points at loopback.
     pub fn start_listening(app: &Path, data_dir: &Path, env: &[(&str, &str)], listen: &str) -> Server {
+        Server::launch(app, data_dir, env, listen, &[])
+    }
+
+    fn launch(app: &Path, data_dir: &Path, env: &[(&str, &str)], listen: &str, args: &[&str]) -> Server {
         let mut cmd = Command::new(nimbus_bin());
         cmd.arg("up").arg(app).arg("--listen").arg(listen).arg("--data-dir").arg(data_dir).arg("--drain").arg("10s");
+        cmd.args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("NIMBUS_LOG", "warn");
         // A variable the functions must not see: instances start from a cleared environment.
         cmd.env("NIMBUS_TEST_LEAK", "leaked");
