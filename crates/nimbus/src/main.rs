@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod traces;
 mod up;
 
 // mimalloc instead of glibc malloc: the request path allocates many small, short-lived buffers

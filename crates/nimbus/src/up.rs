@@ -38,6 +38,10 @@ pub struct UpArgs {
     /// How long invocation records and logs are kept (hourly usage is kept for 400 days).
     #[arg(long, default_value = "7d", value_parser = parse_retention)]
     retention: Duration,
+    /// Export a trace per invocation to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318);
+    /// OTEL_EXPORTER_OTLP_ENDPOINT does the same. Off by default.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 fn parse_retention(s: &str) -> Result<Duration, String> {
@@ -49,7 +53,7 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
-    let UpArgs { app_dir, listen, data_dir, drain, retention } = args;
+    let UpArgs { app_dir, listen, data_dir, drain, retention, otlp_endpoint } = args;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -66,8 +70,11 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let metrics = Arc::new(nimbus_gateway::metrics::Metrics::default());
     // NIMBUS_RECORDING=off exists to measure what recording costs (nimbus-bench observe).
     let recording = std::env::var("NIMBUS_RECORDING").map_or(true, |v| v != "off");
+    let traces = crate::traces::Traces::start(otlp_endpoint.as_deref())?.map(Arc::new);
     let recorder: Arc<dyn Recorder> = if recording {
-        Arc::new(Observed { observers: vec![metrics.clone() as Arc<dyn Observer>], store: records.clone() })
+        let mut observers = vec![metrics.clone() as Arc<dyn Observer>];
+        observers.extend(traces.clone().map(|t| t as Arc<dyn Observer>));
+        Arc::new(Observed { observers, store: records.clone() })
     } else {
         tracing::warn!("NIMBUS_RECORDING=off: no invocation records, logs or invocation metrics are kept");
         metrics.disable();
@@ -148,6 +155,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     scheduler.shutdown(Duration::from_secs(5)).await;
     queue.close();
     records.close();
+    if let Some(t) = traces {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

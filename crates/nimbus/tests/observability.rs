@@ -348,3 +348,135 @@ async fn logs_filter_by_request_id_keep_json_fields_and_follow_across_instances(
     let _ = tail.kill();
     let _ = tail.wait();
 }
+
+/// A minimal OTLP/HTTP trace receiver: decodes each export with the OpenTelemetry protobuf
+/// definitions and passes its spans on, with the resource's service.name.
+async fn otlp_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, OtlpSpan)>) {
+    use http_body_util::BodyExt;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    assert_eq!(req.uri().path(), "/v1/traces");
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let export = ExportTraceServiceRequest::decode(body).unwrap();
+                    for rs in export.resource_spans {
+                        let service = rs
+                            .resource
+                            .iter()
+                            .flat_map(|r| r.attributes.iter())
+                            .find(|a| a.key == "service.name")
+                            .map(|a| format!("{:?}", a.value))
+                            .unwrap_or_default();
+                        for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                            let _ = tx.send((service.clone(), span));
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::new(),
+                    )))
+                }
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+type OtlpSpan = opentelemetry_proto::tonic::trace::v1::Span;
+
+fn attr(span: &OtlpSpan, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()?.value.as_ref()).map(|v| match v {
+        Value::StringValue(s) => s.clone(),
+        Value::BoolValue(b) => b.to_string(),
+        Value::IntValue(i) => i.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test]
+async fn traces_export_a_span_per_invocation_with_its_cold_start_phases_over_otlp() {
+    let app = App::new("traces").conformance("python", "f", "").finish();
+    let bad = Command::new(common::nimbus_bin())
+        .args(["up", app.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--otlp-endpoint", "ftp://collector"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("not an http:// or https:// URL"), "{err}");
+
+    let (url, mut spans) = otlp_receiver().await;
+    let data = app.path().join(".nimbus");
+    let server = Server::launch(
+        app.path(),
+        &data,
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+        "127.0.0.1:0",
+        &["--otlp-endpoint", &url],
+    );
+    let cold = server.invoke("f", &json!({"op": "echo"})).await;
+    let warm = server.invoke("f", &json!({"op": "error", "message": "traced"})).await;
+    let ids =
+        [cold.header("x-amzn-requestid").unwrap().to_owned(), warm.header("x-amzn-requestid").unwrap().to_owned()];
+
+    let mut got: Vec<(String, OtlpSpan)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got.iter().filter(|(_, s)| s.name == "invoke f").count() < 2 || got.len() < 8 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, spans.recv()).await {
+            Ok(Some(s)) => got.push(s),
+            _ => panic!("spans received so far: {:#?}", got.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()),
+        }
+    }
+    assert!(got.iter().all(|(service, _)| service.contains("nimbus")), "service.name: {:?}", got[0].0);
+    let root = |id: &str| {
+        got.iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == "invoke f" && attr(s, "faas.invocation_id").as_deref() == Some(id))
+            .unwrap()
+    };
+    let children = |root: &OtlpSpan| {
+        let mut c: Vec<&OtlpSpan> = got
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.parent_span_id == root.span_id && s.trace_id == root.trace_id)
+            .collect();
+        c.sort_by_key(|s| s.start_time_unix_nano);
+        c
+    };
+
+    let c = root(&ids[0]);
+    assert_eq!(attr(c, "faas.coldstart").as_deref(), Some("true"));
+    assert_eq!(attr(c, "faas.trigger").as_deref(), Some("other"));
+    assert_eq!(attr(c, "nimbus.status").as_deref(), Some("success"));
+    let phases = children(c);
+    let names: Vec<&str> = phases.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["queue wait", "instance start", "runtime init", "handler"]);
+    // The phases follow each other inside the invocation's span.
+    assert_eq!(phases[0].start_time_unix_nano, c.start_time_unix_nano);
+    for w in phases.windows(2) {
+        assert_eq!(w[0].end_time_unix_nano, w[1].start_time_unix_nano, "{} then {}", w[0].name, w[1].name);
+    }
+    assert_eq!(phases[3].end_time_unix_nano, c.end_time_unix_nano);
+    assert!(phases[2].end_time_unix_nano - phases[2].start_time_unix_nano > 1_000_000, "python's init takes over 1 ms");
+
+    let w = root(&ids[1]);
+    assert_eq!(attr(w, "faas.coldstart").as_deref(), Some("false"));
+    let names: Vec<String> = children(w).iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names, ["queue wait", "handler"]);
+    let status = w.status.as_ref().unwrap();
+    assert_eq!(status.code, 2, "error status: {status:?}");
+    assert!(status.message.contains("traced"), "{status:?}");
+    assert_eq!(attr(w, "error.type").as_deref(), Some("ValueError"));
+}

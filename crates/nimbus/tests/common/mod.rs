@@ -165,7 +165,7 @@ impl Server {
         Server::launch(app, data_dir, env, listen, &[])
     }
 
-    fn launch(app: &Path, data_dir: &Path, env: &[(&str, &str)], listen: &str, args: &[&str]) -> Server {
+    pub fn launch(app: &Path, data_dir: &Path, env: &[(&str, &str)], listen: &str, args: &[&str]) -> Server {
         let mut cmd = Command::new(nimbus_bin());
         cmd.arg("up").arg(app).arg("--listen").arg(listen).arg("--data-dir").arg(data_dir).arg("--drain").arg("10s");
         cmd.args(args);
