@@ -27,14 +27,20 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
         bail!("{} has no nimbus.toml; pass the app directory", app_dir.display());
     }
     let client = Client::new(&remote, &app_dir)?;
+    let progress = crate::progress::spinner(format!("packing {}", app_dir.display()));
     let archive = tokio::task::spawn_blocking({
         let dir = app_dir.clone();
         move || archive(&dir)
     })
     .await??;
     let size = archive.len();
+    // The server answers once the deployment is checked, stored and its wasm components are
+    // compiled ahead of time; the upload itself is the first part of that wait.
+    progress.set_message(format!("uploading {} KiB, then checking, storing and compiling ahead of time", size / 1024));
     let r =
-        client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await?;
+        client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await;
+    progress.finish_and_clear();
+    let r = r?;
     let v = r.json().unwrap_or_default();
     if r.status.is_success() {
         println!(

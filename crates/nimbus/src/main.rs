@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod progress;
 mod traces;
 mod up;
 

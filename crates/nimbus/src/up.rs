@@ -104,7 +104,13 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         let control = control.clone();
         async move { control.warm().await }
     });
-    match control.deploy_dir(&app_dir, true).await {
+    let progress = crate::progress::spinner(format!(
+        "deploying {} (checking, storing code, compiling wasm components ahead of time)",
+        app_dir.display()
+    ));
+    let deployed = control.deploy_dir(&app_dir, true).await;
+    progress.finish_and_clear();
+    match deployed {
         Ok(d) if d.changed => tracing::info!(app = %d.app, version = d.version, "deployed"),
         Ok(d) => {
             tracing::info!(app = %d.app, version = d.version, "app unchanged since the last start; serving the live deployment")

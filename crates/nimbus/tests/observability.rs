@@ -480,3 +480,27 @@ async fn traces_export_a_span_per_invocation_with_its_cold_start_phases_over_otl
     assert!(status.message.contains("traced"), "{status:?}");
     assert_eq!(attr(w, "error.type").as_deref(), Some("ValueError"));
 }
+
+#[tokio::test]
+async fn progress_shows_on_a_terminal_and_stays_quiet_when_output_is_piped() {
+    let app = App::new("progress").conformance("node", "f", "").finish();
+    let server = Server::start(app.path());
+    std::fs::write(app.path().join("functions/f/extra.txt"), "a change, so the deploy is a new version").unwrap();
+    let path = app.path().to_str().unwrap();
+    let piped = server.cli(&["deploy", path]);
+    let (out, err) = (String::from_utf8(piped.stdout).unwrap(), String::from_utf8(piped.stderr).unwrap());
+    assert!(piped.status.success(), "{err}");
+    assert!(out.starts_with("deployed progress version 2"), "{out}");
+    assert!(err.is_empty(), "nothing but the result when not a terminal: {err:?}");
+    assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
+
+    // On a terminal (util-linux `script` gives the command a pty) the spinner is drawn.
+    std::fs::write(app.path().join("functions/f/extra.txt"), "another change").unwrap();
+    let cmd =
+        format!("{} deploy {path} --server {} --token {}", common::nimbus_bin().display(), server.url, server.token);
+    let tty = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("uploading") && shown.contains('\u{1b}'), "no progress drawn on a terminal: {shown:?}");
+    assert!(shown.contains("deployed progress version 3"), "{shown:?}");
+}
