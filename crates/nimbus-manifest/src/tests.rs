@@ -74,7 +74,7 @@ function = "nope"
 "#;
     let got = errors(src);
     let want = [
-        "nimbus.toml:2:1: colour: unknown key `colour`; the top level takes: name, functions, routes, schedules",
+        "nimbus.toml:2:1: colour: unknown key `colour`; the top level takes: name, functions, routes, schedules, pricing",
         "nimbus.toml:5:11: functions.hello.runtime: unknown runtime \"nodejs\"; use \"node\", \"python\", \"provided\" or \"wasm\"",
         "nimbus.toml:7:11: functions.hello.timeout: \"10x\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\"",
         "nimbus.toml:8:1: functions.hello.memroy_mb: unknown key `memroy_mb` (did you mean `memory_mb`?); a function takes: runtime, handler, code, component, memory_mb, timeout, env, min_instances, max_instances, keep_alive, max_queued, queue_timeout, max_retry_attempts, retry_backoff, retry_backoff_max, max_event_age, on_success, on_failure, instance_reuse, cpu_ms, allowed_outbound_hosts",
