@@ -67,9 +67,12 @@ else
   log "workerd, serverless 3.40.0, serverless-offline 13.9.0: installing into $npm_dir (~1 min)"
   mkdir -p "$npm_dir"
   cp "$peers/npm/package.json" "$peers/npm/package-lock.json" "$npm_dir/"
-  # `npm ci` installs exactly the lock. workerd ships its binary in a platform package
-  # (@cloudflare/workerd-linux-64), so no install script has to download anything.
-  npm ci --prefix "$npm_dir" --no-audit --no-fund --loglevel=error >&2
+  # `npm install` from the lock, not `npm ci`: npm 11 leaves workerd's optional platform
+  # packages for other systems out of the lock, and `npm ci` then refuses it as out of sync;
+  # `npm install` installs the locked versions all the same (as scripts/build-wasm-fixtures.sh).
+  # workerd ships its binary in a platform package (@cloudflare/workerd-linux-64), so no
+  # install script has to download anything.
+  npm install --prefix "$npm_dir" --no-audit --no-fund --loglevel=error >&2
   echo "$want" >"$npm_dir/.lock.sha256"
 fi
 
