@@ -5,8 +5,10 @@
 #           examples/wasm-hello/functions/hello/hello.wasm    examples/wasm-hello/hello-rs
 #   js      examples/wasm-edge-js/functions/geo/geo.wasm      componentize-js 0.23.0 (npm)
 #   python  examples/wasm-jwt-py/functions/auth/auth.wasm     componentize-py 0.25.1 (PyPI)
+#   bench-js  crates/nimbus-bench/guests/hello-js/hello.wasm  componentize-js (the JS hello of `nimbus-bench all`)
+#   bench-py  crates/nimbus-bench/guests/hello-py/hello.wasm  componentize-py (the Python hello of `nimbus-bench all`)
 #
-# Usage: scripts/build-wasm-fixtures.sh [rust] [js] [python]     (no argument: all of them)
+# Usage: scripts/build-wasm-fixtures.sh [rust] [js] [python] [bench-js] [bench-py]   (no argument: all of them)
 #
 # Tools are installed once, pinned, into ${NIMBUS_TOOLS:-$HOME/.cache/nimbus/wasm-tools}
 # (npm packages from tests/fixtures/wasm/tools/package-lock.json, componentize-py with
@@ -29,18 +31,18 @@ die() { log "$*"; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is required: $2"; }
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 parts=("$@")
 if [[ ${#parts[@]} -eq 0 ]]; then
-  parts=(rust js python)
+  parts=(rust js python bench-js bench-py)
 fi
 for part in "${parts[@]}"; do
   case "$part" in
-    rust | js | python) ;;
+    rust | js | python | bench-js | bench-py) ;;
     -h | --help) usage; exit 0 ;;
-    *) usage >&2; die "unknown part '$part': choose among rust, js, python" ;;
+    *) usage >&2; die "unknown part '$part': choose among rust, js, python, bench-js, bench-py" ;;
   esac
 done
 
@@ -187,8 +189,32 @@ build_python() {
   install_component "$work/auth.wasm" "$app/functions/auth/auth.wasm" python "$start"
 }
 
+# --- the hello components of `nimbus-bench all` -------------------------------------
+
+build_bench_js() {
+  install_npm_tools
+  local dir="$root/crates/nimbus-bench/guests/hello-js" start
+  start="$(now)"
+  wit_0_2_10 "$work/bench-js-wit"
+  cp "$dir"/wit/*.wit "$work/bench-js-wit/"
+  "$tools/npm/node_modules/.bin/componentize-js" "$dir/hello.js" \
+    --wit "$work/bench-js-wit" --world-name hello -o "$work/bench-hello-js.wasm" >&2
+  install_component "$work/bench-hello-js.wasm" "$dir/hello.wasm" bench-js "$start"
+}
+
+build_bench_py() {
+  install_componentize_py
+  local dir="$root/crates/nimbus-bench/guests/hello-py" start
+  start="$(now)"
+  mkdir -p "$work/bench-py-src"
+  cp "$dir/app.py" "$work/bench-py-src/"
+  componentize_py -d "$wit" -w wasi:http/proxy@0.2.12 \
+    componentize app -p "$work/bench-py-src" -o "$work/bench-hello-py.wasm" >&2
+  install_component "$work/bench-hello-py.wasm" "$dir/hello.wasm" bench-py "$start"
+}
+
 # check_component needs jco, which the js part installs; a python-only run on a machine
 # without it skips the check rather than installing 150 npm packages for it.
 for part in "${parts[@]}"; do
-  "build_$part"
+  "build_${part//-/_}"
 done

@@ -19,8 +19,14 @@ cargo nextest run --workspace --locked --no-fail-fast "$@"
 # rot. Timing targets are reported, never asserted here; a failed or wrong answer fails the run.
 bench_out="$CARGO_TARGET_DIR/bench-smoke"
 mkdir -p "$bench_out"
-for bench in process wasm; do
-  if ! cargo run -q --locked -p nimbus-bench -- "$bench" --quick --runs 1 \
+# `all` measures two configurations and the burst; the peers are listed (as not installed when
+# they are missing) but not run; the block and the plots go to the smoke dir, not the repo.
+for bench in process wasm all; do
+  extra=()
+  if [[ "$bench" == all ]]; then
+    extra=(--only bare-hyper,nimbus-wasm --markdown "$bench_out/all.md" --plots "$bench_out/plots")
+  fi
+  if ! cargo run -q --locked -p nimbus-bench -- "$bench" --quick --runs 1 "${extra[@]}" \
     --nimbus "$CARGO_TARGET_DIR/debug/nimbus" --out "$bench_out/$bench.json" >"$bench_out/$bench.txt" 2>&1; then
     cat "$bench_out/$bench.txt"
     echo "scripts/test.sh: the $bench benchmark smoke run failed (output above)" >&2

@@ -47,7 +47,8 @@ impl Expect {
     }
 }
 
-async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result<(StatusCode, Option<String>, Bytes)> {
+/// GET `uri` (with a bearer token if given): status, content-type, body.
+pub async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result<(StatusCode, Option<String>, Bytes)> {
     let mut req = hyper::Request::get(uri.clone());
     if let Some(t) = bearer {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
@@ -66,22 +67,29 @@ async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result<(St
         .with_context(|| format!("GET {uri} took over {REQUEST_TIMEOUT:?}"))?
 }
 
-/// GET `uri` and check the answer is `expect`.
-pub async fn fetch(client: &HttpClient, uri: &Uri, expect: &Expect) -> Result<()> {
-    let (status, content_type, body) = get(client, uri, None).await?;
-    if status != StatusCode::OK || body != expect.body {
+/// Is this answer to `uri` the one `expect` wants? The content-type is compared as a media type
+/// (parameters such as `; charset=utf-8` are ignored).
+pub fn check(uri: &Uri, expect: &Expect, status: StatusCode, content_type: Option<&str>, body: &Bytes) -> Result<()> {
+    if status != StatusCode::OK || *body != expect.body {
         bail!(
             "GET {uri} answered {status} {:?}, not 200 {:?}",
-            String::from_utf8_lossy(&body),
+            String::from_utf8_lossy(body),
             String::from_utf8_lossy(&expect.body)
         );
     }
     if let Some(want) = expect.content_type {
-        if content_type.as_deref() != Some(want) {
+        let media = content_type.and_then(|c| c.split(';').next()).map(str::trim);
+        if !media.is_some_and(|m| m.eq_ignore_ascii_case(want)) {
             bail!("GET {uri} answered content-type {content_type:?}, not {want:?}");
         }
     }
     Ok(())
+}
+
+/// GET `uri` and check the answer is `expect`.
+pub async fn fetch(client: &HttpClient, uri: &Uri, expect: &Expect) -> Result<()> {
+    let (status, content_type, body) = get(client, uri, None).await?;
+    check(uri, expect, status, content_type.as_deref(), &body)
 }
 
 /// GET `uri` and check the answer is the hello handler's.
@@ -132,7 +140,7 @@ pub struct Throughput {
     pub latencies_us: Vec<f64>,
     /// Busy CPU of the whole machine (client included) per successful request, from /proc/stat.
     pub machine_cpu_us_per_req: Option<f64>,
-    /// CPU per request of the server process, of its child processes (nimbus's instances) and
+    /// CPU per request of the server process, of its descendants (nimbus's instances) and
     /// of this load generator, from /proc/PID/stat.
     pub cpu_split: Option<CpuSplit>,
 }
@@ -144,23 +152,11 @@ pub struct CpuSplit {
     pub client_us: f64,
 }
 
-/// utime + stime ticks of (the server, its live children, this process).
+/// utime + stime ticks of (the server, all its live descendants, this process).
 pub fn process_ticks(server: u32) -> Option<(u64, u64, u64)> {
-    let server_ticks = ticks(server)?;
-    let mut children = 0;
-    for task in std::fs::read_dir(format!("/proc/{server}/task")).ok()?.flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        children += list.split_whitespace().filter_map(|p| p.parse().ok()).filter_map(ticks).sum::<u64>();
-    }
-    Some((server_ticks, children, ticks(std::process::id())?))
-}
-
-fn ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    let server_ticks = crate::tree::ticks(server)?;
+    let children = crate::tree::descendants(server).into_iter().filter_map(crate::tree::ticks).sum();
+    Some((server_ticks, children, crate::tree::ticks(std::process::id())?))
 }
 
 impl Throughput {

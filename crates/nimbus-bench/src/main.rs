@@ -3,14 +3,23 @@
 //! runtimes (node, python): cold start, warm latency and throughput. `nimbus-bench async` covers
 //! async invocations: durable accepts/s, end-to-end events/s, and the sync Invoke API beside them.
 //! `nimbus-bench wasm` covers `runtime = "wasm"` against `wasmtime serve` and a bare hyper server:
-//! cold first request, platform overhead, throughput, RSS.
+//! cold first request, platform overhead, throughput, RSS. `nimbus-bench all` runs nimbus, its
+//! peers (wasmtime serve, workerd, serverless-offline, cargo-lambda) and the limit (bare hyper,
+//! nginx) side by side and writes the BENCHMARKS.md section and plots; `nimbus-bench burst` is
+//! its burst scenario alone.
 
+mod all;
+mod allreport;
 mod asyncq;
 mod bare_hyper;
+mod burst;
 mod fixture;
 mod load;
+mod plots;
 mod procs;
 mod report;
+mod servers;
+mod tree;
 mod wasm;
 
 use std::path::PathBuf;
@@ -44,6 +53,15 @@ enum Command {
     /// `instance_reuse`) vs `wasmtime serve` on the same component and a bare hyper hello-world
     /// server: cold first request, platform overhead over the handler, throughput, RSS.
     Wasm(wasm::WasmArgs),
+    /// Everything side by side: bare hyper and nginx (the limit), nimbus (wasm Rust fresh and
+    /// reuse, wasm JS and Python, node and python processes), and the peers (wasmtime serve,
+    /// workerd, serverless-offline, cargo-lambda watch); then the burst scenario. Writes JSON,
+    /// the BENCHMARKS.md section and PNG plots. Peers come from scripts/bench-tools.sh; a
+    /// missing one is reported as not installed.
+    All(all::AllArgs),
+    /// 1,000 requests at once to nimbus functions with no warm instance and max_instances = 8:
+    /// cold starts (must be ≤ 8), errors (must be 0), latency.
+    Burst(burst::BurstArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -198,6 +216,8 @@ fn run() -> Result<()> {
         Command::Process(args) => rt.block_on(process(args)),
         Command::Async(args) => rt.block_on(asyncq::run(args)),
         Command::Wasm(args) => rt.block_on(wasm::run(args)),
+        Command::All(args) => rt.block_on(all::run(args)),
+        Command::Burst(args) => rt.block_on(burst::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

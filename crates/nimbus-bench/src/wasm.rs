@@ -43,7 +43,7 @@ pub const P99_TARGET_MS: f64 = 5.0;
 /// Concurrent requests nimbus may run per function: above the highest concurrency, so the load
 /// is never queued by the cap.
 const MAX_INSTANCES: u32 = 64;
-const WASMTIME_VERSION: &str = "48.0.8";
+pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
 const MISSING_WASMTIME: &str = "wasmtime serve: not installed — run scripts/bench-tools.sh";
 /// The path every configuration except nimbus reuse is asked for.
 const HELLO_PATH: &str = "/hello/bench";
@@ -277,7 +277,7 @@ async fn start_bare_hyper(root: &Path, run: usize) -> Result<Server> {
 }
 
 /// Where the wasmtime CLI is, or why not.
-fn find_wasmtime(explicit: Option<PathBuf>) -> Result<std::result::Result<PathBuf, String>> {
+pub(crate) fn find_wasmtime(explicit: Option<PathBuf>) -> Result<std::result::Result<PathBuf, String>> {
     if let Some(p) = explicit {
         if !p.is_file() {
             bail!("--wasmtime {}: no such file", p.display());
@@ -297,7 +297,7 @@ fn find_wasmtime(explicit: Option<PathBuf>) -> Result<std::result::Result<PathBu
 }
 
 /// `wasmtime --version`, e.g. "wasmtime 48.0.8".
-fn wasmtime_version(bin: &Path) -> Result<String> {
+pub(crate) fn wasmtime_version(bin: &Path) -> Result<String> {
     let out = std::process::Command::new(bin)
         .arg("--version")
         .stdin(Stdio::null())
@@ -575,7 +575,7 @@ async fn measure_run(x: &Setup<'_>, run: usize) -> Result<RunResult> {
     Ok(RunResult { run, configs })
 }
 
-fn default_component() -> PathBuf {
+pub(crate) fn default_component() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wasm-hello/functions/hello/hello.wasm")
 }
 
