@@ -15,6 +15,7 @@ mod bare_hyper;
 mod burst;
 mod fixture;
 mod load;
+mod observe;
 mod plots;
 mod procs;
 mod report;
@@ -62,6 +63,9 @@ enum Command {
     /// 1,000 requests at once to nimbus functions with no warm instance and max_instances = 8:
     /// cold starts (must be ≤ 8), errors (must be 0), latency.
     Burst(burst::BurstArgs),
+    /// What recording costs: the wasm hello through nimbus as shipped (records, logs, metrics)
+    /// and with NIMBUS_RECORDING=off, interleaved, same load.
+    Observe(observe::ObserveArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -122,7 +126,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn new(quick: bool, runs: usize) -> Settings {
+    pub(crate) fn new(quick: bool, runs: usize) -> Settings {
         if quick {
             Settings {
                 quick,
@@ -218,6 +222,7 @@ fn run() -> Result<()> {
         Command::Wasm(args) => rt.block_on(wasm::run(args)),
         Command::All(args) => rt.block_on(all::run(args)),
         Command::Burst(args) => rt.block_on(burst::run(args)),
+        Command::Observe(args) => rt.block_on(observe::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

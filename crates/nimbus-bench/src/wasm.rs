@@ -46,9 +46,9 @@ const MAX_INSTANCES: u32 = 64;
 pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
 const MISSING_WASMTIME: &str = "wasmtime serve: not installed — run scripts/bench-tools.sh";
 /// The path every configuration except nimbus reuse is asked for.
-const HELLO_PATH: &str = "/hello/bench";
+pub(crate) const HELLO_PATH: &str = "/hello/bench";
 /// nimbus reuse's route: another function, so another path (same body length: "reuse").
-const REUSE_PATH: &str = "/reuse";
+pub(crate) const REUSE_PATH: &str = "/reuse";
 /// Pause after the warm-up (nimbus commits invocation records within 20 ms; every
 /// configuration pauses the same).
 const SETTLE: Duration = Duration::from_millis(250);
@@ -133,7 +133,7 @@ impl Config {
 }
 
 /// What a correct answer to `path` is: the component's greeting as JSON.
-fn expect(path: &str) -> Expect {
+pub(crate) fn expect(path: &str) -> Expect {
     Expect { body: greeting(path).into(), content_type: Some("application/json") }
 }
 
@@ -354,7 +354,7 @@ async fn start_wasmtime(bin: &Path, component: &Path, reuse: bool, root: &Path, 
 
 /// The app: the hello component as `hello` (fresh instances), `hello-reuse` and `cold` never-run
 /// functions, all the same component.
-fn write_app(root: &Path, component: &Path, cold: usize) -> Result<PathBuf> {
+pub(crate) fn write_app(root: &Path, component: &Path, cold: usize) -> Result<PathBuf> {
     let app = root.join("app");
     let code = app.join("functions/hello");
     std::fs::create_dir_all(&code).with_context(|| format!("cannot create {}", code.display()))?;
