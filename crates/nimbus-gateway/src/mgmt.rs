@@ -16,6 +16,7 @@
 //! | `POST /v1/dlq/redrive` | `{"ids": [...]}` or `{"all": true}` back to the queue |
 //! | `POST /v1/dlq/purge` | delete dead-lettered events (`{"function": "f"}` to narrow) |
 //! | `GET /v1/queue` | unfinished async events |
+//! | `GET /v1/stats?function=F&window=1h&buckets=60` | time series for the dashboard's charts (`dashboard.rs`) |
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -55,6 +56,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
         (Method::POST, ["deployments"]) => deploy(gw, req).await,
         (Method::POST, ["rollback"]) => rollback(gw, req).await,
         (Method::GET, ["functions"]) => functions(gw),
+        (Method::GET, ["stats"]) => crate::dashboard::stats(gw, &req).await,
         (Method::GET, ["functions", name, "logs"]) => {
             let name = (*name).to_owned();
             logs(gw, &req, &name)
