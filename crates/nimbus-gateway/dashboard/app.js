@@ -83,7 +83,8 @@
   }
   function fmtMoney(n, currency) {
     if (n === null || n === undefined) return '–';
-    const digits = n !== 0 && Math.abs(n) < 0.01 ? 6 : 2;
+    // Cents for ordinary amounts; three significant digits for per-request sized ones.
+    const digits = n !== 0 && Math.abs(n) < 0.01 ? Math.min(10, 2 - Math.floor(Math.log10(Math.abs(n)))) : 2;
     try {
       return new Intl.NumberFormat('en-US', { style: 'currency', currency: currency || 'USD', minimumFractionDigits: digits, maximumFractionDigits: digits }).format(n);
     } catch (_) {
@@ -129,7 +130,8 @@
   // chart({title, buckets, series: [{key, label}], kind: 'bar'|'line', format, max}) draws one
   // series per key over the buckets' startMs. Each drawn value is a `.pt` element.
   function chart(spec) {
-    const W = 560, H = 190, L = 48, R = 10, T = 10, B = 24;
+    const [W, H, L] = spec.wide ? [1120, 220, 84] : [400, 200, 50];
+    const R = 8, T = 10, B = 22;
     const buckets = spec.buckets || [];
     const n = buckets.length;
     const values = [];
@@ -202,7 +204,7 @@
   }
 
   const countFmt = (v, axis) => (axis && v !== Math.round(v) ? '' : fmtInt(v));
-  const msFmt = (v) => fmtMs(v);
+  const msFmt = (v) => (v === 0 ? '0' : fmtMs(v));
   const pctFmt = (v) => `${Math.round(v * 100)}%`;
 
   function functionCharts(stats, id) {
@@ -344,7 +346,7 @@
       head(name, h('span', { class: 'muted' }, 'function'), h('span', { class: 'spacer' }), picker),
       tiles,
       functionCharts(stats),
-      h('div', { class: 'grid' }, config,
+      h('div', { class: 'split' }, config,
         h('div', { class: 'card' }, h('h2', {}, 'Recent invocations'), invocationTable(recent, false))),
     ];
   }
@@ -359,7 +361,7 @@
       h('thead', {}, h('tr', {}, h('th', {}, 'Started'), withFunction ? h('th', {}, 'Function') : null, h('th', {}, 'Status'),
         h('th', { class: 'num' }, 'Duration'), h('th', {}, ''), h('th', {}, 'Trigger'), h('th', {}, 'Request id'))),
       h('tbody', {}, rows.map((r) => h('tr', { class: 'clickable', 'data-request-id': r.requestId, onclick: () => go(`/invocations/${encodeURIComponent(r.requestId)}`) },
-        h('td', {}, fmtTime(r.startMs)),
+        h('td', { class: 'nowrap', title: fmtTime(r.startMs) }, withFunction ? fmtTime(r.startMs) : fmtTime(r.startMs).slice(11)),
         withFunction ? h('td', {}, r.function) : null,
         h('td', {}, statusBadge(r.status)),
         h('td', { class: 'num' }, fmtMs(r.durationMs)),
@@ -382,8 +384,36 @@
     ];
   }
 
-  // Cold-start phases in the order they happen; any that the record carries is drawn.
-  const PHASES = [['queueMs', 'queue wait'], ['instanceStartMs', 'instance start'], ['runtimeInitMs', 'runtime init'], ['initMs', 'init'], ['handlerMs', 'handler']];
+  // The cold-start breakdown, in the order the phases happen. Records that carry the phases
+  // (instanceStartMs, runtimeInitMs, handlerMs) are drawn from them; older records from their
+  // init time and duration. The queue wait overlaps the start (a cold request waits for its
+  // instance), so it is listed, not stacked.
+  const PHASES = [['instanceStartMs', 'instance start'], ['runtimeInitMs', 'runtime init'], ['handlerMs', 'handler']];
+
+  function phasesOf(r) {
+    const present = PHASES.filter(([k]) => typeof r[k] === 'number');
+    if (present.length) return present.map(([k, label]) => [label, r[k]]);
+    const out = [];
+    if (typeof r.initMs === 'number') out.push(['init', r.initMs]);
+    out.push(['handler', r.durationMs]);
+    return out;
+  }
+
+  function breakdown(r) {
+    const phases = phasesOf(r);
+    const total = phases.reduce((a, [, v]) => a + v, 0) || 1;
+    const extra = [];
+    if (typeof r.queueMs === 'number') extra.push(['queue wait', r.queueMs]);
+    if (typeof r.initMs === 'number' && !phases.some(([l]) => l === 'init')) extra.push(['init (total)', r.initMs]);
+    return h('div', { id: 'cold-breakdown', class: 'breakdown' }, h('h2', {}, r.cold ? 'Cold start' : 'Timing'),
+      h('div', { class: 'phases' }, phases.map(([label, v], i) => {
+        const span = h('span', { class: `phase-${i}`, title: `${label}: ${fmtMs(v)}` });
+        span.style.width = `${(100 * v) / total}%`;
+        return span;
+      })),
+      h('dl', { class: 'kv' }, phases.map(([label, v], i) => kv(h('span', {}, h('i', { class: `swatch phase-${i}` }), label), fmtMs(v))),
+        extra.map(([label, v]) => kv(label, fmtMs(v)))));
+  }
 
   async function pageInvocation(id) {
     const [records, single] = await Promise.all([
@@ -399,17 +429,6 @@
     if (event) out.push(eventCard(event));
     const fn = (records[0] && records[0].function) || (event && event.function);
     for (const r of records.slice().reverse()) {
-      const phases = PHASES.filter(([k]) => typeof r[k] === 'number' && !(k === 'initMs' && (typeof r.runtimeInitMs === 'number')));
-      const total = phases.reduce((a, [k]) => a + r[k], 0) || 1;
-      const breakdown = r.cold || phases.some(([k]) => k !== 'queueMs')
-        ? h('div', { id: 'cold-breakdown' }, h('h2', {}, r.cold ? 'Cold start' : 'Timing'),
-          h('div', { class: 'phases' }, phases.map(([k, label], i) => {
-            const span = h('span', { class: `phase-${i}`, title: `${label}: ${fmtMs(r[k])}` });
-            span.style.width = `${(100 * r[k]) / total}%`;
-            return span;
-          })),
-          h('dl', { class: 'kv' }, phases.map(([k, label]) => kv(label, fmtMs(r[k])))))
-        : null;
       out.push(h('div', { class: 'card record', 'data-request-id': r.requestId },
         h('div', { class: 'chart-head' }, h('h2', {}, `${r.function} · v${r.version}`), statusBadge(r.status)),
         h('dl', { class: 'kv' },
@@ -419,7 +438,7 @@
           r.errorType ? kv('Error type', r.errorType) : null,
           r.errorMessage ? kv('Error', h('span', { id: 'error-message' }, r.errorMessage)) : null,
           kv('Instance', h('span', { class: 'mono' }, r.instanceId || '–'))),
-        breakdown));
+        r.cold || PHASES.some(([k]) => typeof r[k] === 'number') ? breakdown(r) : null));
     }
     if (fn) {
       const logs = await api(`/functions/${encodeURIComponent(fn)}/logs?requestId=${encodeURIComponent(id)}&limit=100`);
@@ -560,7 +579,7 @@
         tile('Cost', fmtMoney(total.cost, cur), '', 'tile-cost'),
         always ? tile('Always-on cost', fmtMoney(always.cost, cur)) : null),
       comparison,
-      series.length ? chart({ id: 'cost', title: 'Cost over time', kind: 'bar', buckets: series, format: (v) => fmtMoney(v, cur), series: [{ key: 'cost', label: 'cost' }] }) : null,
+      series.length ? chart({ id: 'cost', title: 'Cost over time', kind: 'bar', wide: true, buckets: series, format: (v) => fmtMoney(v, cur), series: [{ key: 'cost', label: 'cost' }] }) : null,
       h('div', { class: 'card' }, h('h2', {}, 'By function'),
         fns.length ? h('table', { id: 'usage-functions' },
           h('thead', {}, h('tr', {}, ['Function', 'Requests', 'GB-seconds', 'Request cost', 'Compute cost', 'Cost'].map((c, i) => h('th', { class: i ? 'num' : null }, c)))),
