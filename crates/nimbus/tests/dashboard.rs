@@ -227,6 +227,39 @@ async fn the_dashboard_shows_real_traffic_in_a_real_browser() {
         "document.querySelector('#usage-unavailable, #tile-requests') !== null",
         "the usage page (or its not-available note)",
     );
+    // And it draws the usage API's documented shape (served here by the page's own fetch, so
+    // this holds whether or not this server has the endpoint).
+    let usage = json!({
+        "sinceMs": 0, "untilMs": 86_400_000,
+        "prices": {"currency": "USD", "perMillionRequests": 0.2, "perGbSecond": 0.0000166667, "serverPerHour": 0.05, "servers": 2},
+        "functions": [{"function": "work", "requests": 1234, "gbSeconds": 5.5, "requestCost": 0.0002468, "computeCost": 0.0000917, "cost": 0.0003385}],
+        "buckets": [{"startMs": 0, "function": "work", "requests": 1000, "gbSeconds": 5.0, "cost": 0.0003},
+                    {"startMs": 3_600_000, "function": "work", "requests": 234, "gbSeconds": 0.5, "cost": 0.0000385}],
+        "total": {"requests": 1234, "gbSeconds": 5.5, "cost": 0.0003385},
+        "alwaysOn": {"servers": 2, "serverPerHour": 0.05, "hours": 24, "cost": 2.4}
+    });
+    let stub = format!(
+        "(() => {{ const real = window.fetch; window.fetch = (url, o) => String(url).startsWith('/v1/usage') \
+         ? Promise.resolve(new Response({body}, {{status: 200, headers: {{'content-type': 'application/json'}}}})) \
+         : real(url, o); document.querySelector('a[data-nav=\"deployments\"]').click(); \
+         document.querySelector('a[data-nav=\"usage\"]').click(); return true; }})()",
+        body = serde_json::to_string(&usage.to_string()).unwrap()
+    );
+    assert_eq!(eval(&tab, &stub), Value::Bool(true));
+    wait_true(&tab, "document.querySelector('#tile-requests') !== null", "the usage tiles");
+    assert_eq!(eval(&tab, "document.querySelector('#tile-requests .v').textContent"), json!("1,234"));
+    assert_eq!(eval(&tab, "document.querySelector('#tile-cost .v').textContent"), json!("$0.000339"));
+    let always = eval(&tab, "document.querySelector('#always-on').textContent");
+    assert!(always.as_str().unwrap().contains("$2.40"), "{always}");
+    assert!(
+        eval(&tab, "Number(document.querySelector('svg[data-chart=\"cost\"]').dataset.points)").as_f64().unwrap()
+            >= 2.0
+    );
+    if let Some(dir) = std::env::var_os("NIMBUS_SCREENSHOT_PAGES").map(PathBuf::from) {
+        let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("usage-contract.png"), png).unwrap();
+    }
 
     // Logging out ends the session: the pages and the API refuse the old cookie.
     tab.find_element("#logout").unwrap().click().unwrap();
@@ -412,6 +445,10 @@ async fn screenshot() {
         if wave.is_multiple_of(5) {
             let _ = server.invoke("hello-node", &json!(null)).await; // no path parameters: the handler throws
         }
+        if wave == 3 {
+            // An async event that fails every retry, for the dead-letter store.
+            let _ = server.invoke_with("hello-python", &json!(null), &[("x-amz-invocation-type", "Event")]).await;
+        }
         tokio::time::sleep(Duration::from_millis(300 + (wave * 37) % 400)).await;
     }
 
@@ -425,6 +462,26 @@ async fn screenshot() {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, png).unwrap();
     eprintln!("wrote {}", out.display());
+
+    // Every other page too, when asked (for looking at them while working on the dashboard).
+    if let Some(dir) = std::env::var_os("NIMBUS_SCREENSHOT_PAGES").map(PathBuf::from) {
+        let cold = server.admin("/v1/invocations?function=hello-node&limit=1000").await;
+        let cold = cold.as_array().unwrap().iter().rev().find(|r| r["cold"] == true).unwrap()["requestId"].clone();
+        let pages = [
+            ("deployments", "/".to_owned()),
+            ("functions", "/functions".to_owned()),
+            ("invocations", "/invocations".to_owned()),
+            ("invocation", format!("/invocations/{}", cold.as_str().unwrap())),
+            ("async", "/async".to_owned()),
+            ("usage", "/usage".to_owned()),
+        ];
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, path) in pages {
+            open(&tab, &server, &path);
+            let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true).unwrap();
+            std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+        }
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {
