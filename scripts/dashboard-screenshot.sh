@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Write docs/dashboard.png: start nimbus on examples/hello, send it real traffic for a while
-# (NIMBUS_SCREENSHOT_TRAFFIC_SECS, default 75), sign in to the dashboard in headless Chromium
+# (NIMBUS_SCREENSHOT_TRAFFIC_SECS, default 120), sign in to the dashboard in headless Chromium
 # and photograph a function's page. Runs the ignored `screenshot` test in
 # crates/nimbus/tests/dashboard.rs, so it uses the same browser driver as the dashboard tests.
 #   scripts/dashboard-screenshot.sh [OUT.png]

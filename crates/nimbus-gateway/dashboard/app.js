@@ -152,8 +152,10 @@
       root.appendChild(svg('text', { class: 'axis-label', x: L - 6, y: y + 3, 'text-anchor': 'end' }, spec.format(v, true)));
     }
     if (n > 0) {
-      for (const i of [0, Math.floor(n / 2), n - 1]) {
-        root.appendChild(svg('text', { class: 'axis-label', x: xOf(i), y: H - 6, 'text-anchor': 'middle' }, fmtClock(x0 + step * i, span)));
+      // Bucket start times at the left edge, the middle and the right edge (anchored inwards).
+      const ticks = [[0, 'start', L], [Math.floor(n / 2), 'middle', null], [n - 1, 'end', W - R]];
+      for (const [i, anchor, x] of n > 2 ? ticks : ticks.slice(0, 1)) {
+        root.appendChild(svg('text', { class: 'axis-label', x: x === null ? xOf(i) : x, y: H - 6, 'text-anchor': anchor }, fmtClock(x0 + step * i, span)));
       }
     }
     let points = 0;

@@ -58,7 +58,7 @@ fn eval(tab: &Tab, expr: &str) -> Value {
 
 /// Poll `expr` in the page until it is true (bounded); the page's own state is the signal.
 fn wait_true(tab: &Tab, expr: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if eval(tab, expr) == Value::Bool(true) {
             return;
@@ -156,7 +156,7 @@ async fn the_dashboard_shows_real_traffic_in_a_real_browser() {
 
     let browser = browser();
     let tab = browser.new_tab().unwrap();
-    tab.set_default_timeout(Duration::from_secs(15));
+    tab.set_default_timeout(Duration::from_secs(30));
 
     // Not signed in: the login page. A wrong token is refused with a clear message.
     tab.navigate_to(&format!("{}/dashboard/functions", server.url)).unwrap();
@@ -413,14 +413,14 @@ async fn stats_match_the_invocations_made() {
 
 /// Writes `docs/dashboard.png` (or `NIMBUS_SCREENSHOT_OUT`) from `examples/hello` under real
 /// traffic; `scripts/dashboard-screenshot.sh` runs it. `NIMBUS_SCREENSHOT_TRAFFIC_SECS` sets how
-/// long traffic runs before the picture (default 75 s: enough buckets for the 5-minute charts).
+/// long traffic runs before the picture (default 120 s: two fifths of the 5-minute charts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes docs/dashboard.png; run by scripts/dashboard-screenshot.sh"]
 async fn screenshot() {
     let out = std::env::var_os("NIMBUS_SCREENSHOT_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::repo_root().join("docs/dashboard.png"));
-    let secs: u64 = std::env::var("NIMBUS_SCREENSHOT_TRAFFIC_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(75);
+    let secs: u64 = std::env::var("NIMBUS_SCREENSHOT_TRAFFIC_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("hello");
     copy_tree(&common::repo_root().join("examples/hello"), &app);
