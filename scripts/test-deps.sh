@@ -2,6 +2,7 @@
 # Install what the test suite needs, idempotently, into a cache outside the clone:
 #   - awslambdaric and boto3 (PyPI) for the official-runtime-client and AWS SDK tests, and
 #     prometheus_client, whose OpenMetrics parser reads /metrics in the tests;
+#   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
 #   - checks for node, python3 and cargo-nextest.
 # Re-running it is cheap: nothing is installed twice.
 set -euo pipefail
@@ -19,6 +20,17 @@ if ! PYTHONPATH="$py" python3 -c "import awslambdaric, boto3, prometheus_client"
   echo "test-deps: installing awslambdaric, boto3 and prometheus_client into $py" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$py" \
     "awslambdaric>=2.0" "boto3>=1.34" "prometheus_client>=0.20"
+fi
+
+# The dashboard tests drive a real headless browser. CI runs as root on Debian.
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${NIMBUS_CHROMIUM:-}" ]; then
+  echo "test-deps: installing chromium (apt) for the dashboard tests" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "test-deps: chromium is required: sudo apt-get install chromium (or set NIMBUS_CHROMIUM)" >&2
+    exit 1
+  fi
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

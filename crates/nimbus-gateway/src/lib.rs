@@ -3,6 +3,7 @@
 //! the deployment snapshot those read.
 
 pub mod control;
+mod dashboard;
 pub mod event;
 mod http_route;
 mod invoke_api;

@@ -17,6 +17,7 @@
 //! | `POST /v1/dlq/purge` | delete dead-lettered events (`{"function": "f"}` to narrow) |
 //! | `GET /v1/queue` | unfinished async events |
 //! | `GET /v1/usage?since=24h&granularity=hour\|day&servers=N&serverPerHour=P` | requests, GB-seconds and cost per function, and the always-on comparison |
+//! | `GET /v1/stats?function=F&window=1h&buckets=60` | time series for the dashboard's charts (`dashboard.rs`) |
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -56,6 +57,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
         (Method::POST, ["deployments"]) => deploy(gw, req).await,
         (Method::POST, ["rollback"]) => rollback(gw, req).await,
         (Method::GET, ["functions"]) => functions(gw),
+        (Method::GET, ["stats"]) => crate::dashboard::stats(gw, &req).await,
         (Method::GET, ["functions", name, "logs"]) => {
             let name = (*name).to_owned();
             logs(gw, &req, &name)

@@ -65,6 +65,8 @@ pub struct Gateway {
     /// The async engine (durable queue, retries, dead letters, cron).
     pub(crate) queue: Arc<nimbus_queue::Engine>,
     token_sha256: [u8; 32],
+    /// Signed-in dashboard sessions.
+    pub(crate) sessions: crate::dashboard::Sessions,
 }
 
 /// Why a request body could not be read.
@@ -91,20 +93,24 @@ impl Gateway {
             records_dropped: telemetry.records_dropped,
             queue,
             token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+            sessions: Default::default(),
         })
     }
 
-    /// Whether the request carries the admin token as `Authorization: Bearer …`. Compares
-    /// digests, so the comparison time says nothing about the token.
+    /// Whether the request carries the admin token as `Authorization: Bearer …`, or a dashboard
+    /// session cookie (see `dashboard.rs`).
     pub(crate) fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = req
+        let bearer = req
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
+            .and_then(|v| v.strip_prefix("Bearer "));
+        bearer.is_some_and(|t| self.token_matches(t)) || crate::dashboard::has_session(self, req.headers())
+    }
+
+    /// Whether `token` is the admin token. Compares digests, so the comparison time says
+    /// nothing about the token.
+    pub(crate) fn token_matches(&self, token: &str) -> bool {
         let got: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         got.iter().zip(self.token_sha256.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
@@ -130,6 +136,8 @@ impl Gateway {
             ("metrics", self.metrics_page().await)
         } else if path.starts_with("/v1/") || path == "/v1" {
             ("management", crate::mgmt::handle(&self, req).await)
+        } else if path == "/dashboard" || path.starts_with("/dashboard/") {
+            ("dashboard", crate::dashboard::handle(&self, req).await)
         } else if path.starts_with("/2015-03-31/functions/") {
             ("invoke", crate::invoke_api::handle(&self, req).await)
         } else {

@@ -7,6 +7,7 @@
 mod artifacts;
 mod queue;
 mod records;
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +19,7 @@ use serde::Serialize;
 pub use artifacts::{digest_dir, ArtifactStore};
 pub use queue::QueueDb;
 pub use records::{InvocationQuery, LogEntry, RecordWriter, UsageRow, USAGE_RETENTION};
+pub use stats::{percentile, Stats, StatsBucket, StatsQuery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
