@@ -171,9 +171,9 @@ fn relative(path: &Path, from: &Path) -> String {
 fn machine_line(m: &Value) -> String {
     let get = |k: &str| m.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
     format!(
-        "{} vCPU {} , {} MiB RAM, kernel {}",
+        "{} vCPU {}, {} MiB RAM, kernel {}",
         get("nproc"),
-        get("cpuModel").trim_matches('"'),
+        get("cpuModel").trim_matches('"').trim(),
         get("memTotalMiB"),
         get("kernel")
     )
@@ -438,7 +438,7 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
         o,
         "### How to rerun\n\n```sh\nscripts/bench-tools.sh                                  # the peers, once (~25 min the first time)\n\
          cargo build --release -p nimbus -p nimbus-bench\n\
-         cargo run --release -p nimbus-bench -- all             # about 15 minutes; JSON in target/bench/all.json\n\
+         cargo run --release -p nimbus-bench -- all             # about 10 minutes; JSON in target/bench/all.json\n\
          cargo run --release -p nimbus-bench -- all --quick --only bare-hyper,nimbus-wasm   # smoke, seconds\n\
          cargo run --release -p nimbus-bench -- burst           # the burst scenario alone\n```\n\n\
          A full run rewrites this block in BENCHMARKS.md and the plots in docs/bench/; `--quick` writes to \
@@ -452,20 +452,24 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
 /// `## ` heading (or appended, or as a new file).
 pub fn write_markdown(path: &Path, block: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
+    let block = block.trim();
+    // One blank line on each side of the block, however often it is replaced.
+    let join = |before: &str, after: &str| -> String {
+        let (before, after) = (before.trim_end(), after.trim_start());
+        match (before.is_empty(), after.is_empty()) {
+            (true, true) => format!("{block}\n"),
+            (true, false) => format!("{block}\n\n{after}"),
+            (false, true) => format!("{before}\n\n{block}\n"),
+            (false, false) => format!("{before}\n\n{block}\n\n{after}"),
+        }
+    };
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if e > b => {
-            let after = old.get(e + END.len()..).unwrap_or_default().trim_start_matches('\n');
-            format!("{}{}\n{}", old.get(..b).unwrap_or_default(), block.trim_end(), after)
+            join(old.get(..b).unwrap_or_default(), old.get(e + END.len()..).unwrap_or_default())
         }
         _ => match old.find("\n## ") {
-            Some(i) => format!(
-                "{}\n{}\n{}",
-                old.get(..=i).unwrap_or_default(),
-                block.trim_end(),
-                old.get(i + 1..).unwrap_or_default()
-            ),
-            None if old.is_empty() => block.to_owned(),
-            None => format!("{}\n\n{block}", old.trim_end()),
+            Some(i) => join(old.get(..=i).unwrap_or_default(), old.get(i + 1..).unwrap_or_default()),
+            None => join(&old, ""),
         },
     };
     if let Some(dir) = path.parent() {
@@ -566,4 +570,47 @@ pub fn json(r: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -
         "burstError": r.burst_error,
         "plots": match plots { Ok(f) => json!(f.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()), Err(e) => json!({"error": e}) },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_even_and_odd_samples() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn numbers_get_thousands_separators() {
+        assert_eq!(num(1234567.4), "1,234,567");
+        assert_eq!(num(999.0), "999");
+        assert_eq!(num(f64::NAN), "–");
+    }
+
+    #[test]
+    fn the_block_is_inserted_before_the_first_section_then_replaced_in_place() {
+        let path = std::env::temp_dir().join(format!("nimbus-bench-md-{}.md", std::process::id()));
+        std::fs::write(&path, "# Benchmarks\n\nIntro.\n\n## How to run\n\nText.\n").unwrap();
+        let block = |x: &str| format!("{BEGIN}\n## All\n\n{x}\n{END}\n");
+        write_markdown(&path, &block("first")).unwrap();
+        let once = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(once, format!("# Benchmarks\n\nIntro.\n\n{}\n## How to run\n\nText.\n", block("first")));
+        write_markdown(&path, &block("second")).unwrap();
+        let twice = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(twice, once.replace("first", "second"));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn plot_links_are_relative_to_the_markdown_file() {
+        assert_eq!(relative(Path::new("/r/docs/bench/a.png"), Path::new("/r/BENCHMARKS.md")), "docs/bench/a.png");
+        assert_eq!(
+            relative(Path::new("/r/target/bench/plots/a.png"), Path::new("/r/target/bench/all.md")),
+            "plots/a.png"
+        );
+        assert_eq!(relative(Path::new("/r/x/../docs/a.png"), Path::new("/r/sub/B.md")), "../docs/a.png");
+    }
 }
