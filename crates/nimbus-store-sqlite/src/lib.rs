@@ -90,8 +90,8 @@ CREATE TABLE IF NOT EXISTS logs (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs(function, seq);
-CREATE INDEX IF NOT EXISTS logs_by_time ON logs(ts_ms);
-CREATE INDEX IF NOT EXISTS invocations_by_time ON invocations(start_ms);
+DROP INDEX IF EXISTS logs_by_time;
+DROP INDEX IF EXISTS invocations_by_time;
 CREATE TABLE IF NOT EXISTS usage (
     function TEXT NOT NULL,
     hour_ms INTEGER NOT NULL,

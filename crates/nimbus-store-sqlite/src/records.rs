@@ -110,15 +110,43 @@ fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: D
     }
 }
 
+/// Rows one pruning step looks at, from the oldest.
+const PRUNE_WINDOW: u32 = 10_000;
+
 /// Delete records and logs older than `retention`, and usage older than [`USAGE_RETENTION`].
+///
+/// Rows are appended as invocations finish, so the oldest are at the front in rowid order: each
+/// step looks at the first `PRUNE_WINDOW` rows only and deletes those past retention, until a
+/// step deletes nothing. No index on the time columns is needed (they cost the writer a
+/// measurable share of its CPU per invocation), and a prune never scans the whole table.
 fn prune(conn: &Connection, retention: Duration) {
     let now = crate::now_ms();
     let cutoff = now.saturating_sub(retention.as_millis() as u64);
     let usage_cutoff = now.saturating_sub(USAGE_RETENTION.as_millis() as u64);
-    let r = conn
-        .execute("DELETE FROM invocations WHERE start_ms < ?1", [cutoff])
-        .and_then(|_| conn.execute("DELETE FROM logs WHERE ts_ms < ?1", [cutoff]))
-        .and_then(|_| conn.execute("DELETE FROM usage WHERE hour_ms < ?1", [usage_cutoff]));
+    let step = |table: &str, time: &str| -> rusqlite::Result<usize> {
+        conn.execute(
+            &format!(
+                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM
+                   (SELECT rowid, {time} AS t FROM {table} ORDER BY rowid LIMIT {PRUNE_WINDOW}) WHERE t < ?1)"
+            ),
+            [cutoff],
+        )
+    };
+    let mut r = Ok(());
+    for (table, time) in [("invocations", "start_ms"), ("logs", "ts_ms")] {
+        // Bounded: at most 100 windows (a million rows) per prune; the rest waits for the next.
+        for _ in 0..100 {
+            match step(table, time) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    let r = r.and_then(|()| conn.execute("DELETE FROM usage WHERE hour_ms < ?1", [usage_cutoff]).map(drop));
     if let Err(e) = r {
         tracing::error!("cannot delete invocation records older than the retention: {e}");
     }
