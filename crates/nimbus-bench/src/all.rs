@@ -893,8 +893,10 @@ pub async fn run(args: AllArgs) -> Result<()> {
     }
 
     let mut runs = Vec::new();
+    let measured = Cfg::ALL.iter().filter(|c| !skip.iter().any(|(k, _)| k == *c)).count();
+    let progress = crate::progress::Progress::new((s.runs * measured) as u64);
     for run in 1..=s.runs {
-        eprintln!("run {run}/{}", s.runs);
+        progress.line(&format!("run {run}/{}", s.runs));
         let mut results = Vec::new();
         for cfg in Cfg::ALL {
             if let Some((_, o)) = skip.iter().find(|(c, _)| *c == cfg) {
@@ -906,18 +908,20 @@ pub async fn run(args: AllArgs) -> Result<()> {
                 results.push((cfg, copy));
                 continue;
             }
-            eprintln!("  {}", cfg.key());
+            progress.step(&format!("  {}", cfg.key()));
             let outcome = match measure(&x, cfg, run).await {
                 Ok(m) => Outcome::Measured(m),
                 Err(e) => {
-                    eprintln!("  {} FAILED: {e:#}", cfg.key());
+                    progress.line(&format!("  {} FAILED: {e:#}", cfg.key()));
                     Outcome::Failed(format!("{e:#}"))
                 }
             };
+            progress.done_one();
             results.push((cfg, outcome));
         }
         runs.push(RunAll { run, results });
     }
+    progress.finish();
 
     let (burst, burst_error) = if s.burst {
         eprintln!("burst");

@@ -18,6 +18,7 @@ mod load;
 mod observe;
 mod plots;
 mod procs;
+mod progress;
 mod report;
 mod servers;
 mod tree;
