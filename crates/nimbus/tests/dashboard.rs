@@ -95,20 +95,6 @@ fn app() -> App {
         .finish()
 }
 
-/// Wait (bounded) until the records hold `n` invocations of `function`.
-async fn records(server: &Server, function: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = server.admin(&format!("/v1/invocations?function={function}&limit=1000")).await;
-        let rows = rows.as_array().unwrap().clone();
-        if rows.len() >= n {
-            return rows;
-        }
-        assert!(Instant::now() < deadline, "{function}: {} of {n} records written", rows.len());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn event(server: &Server, id: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -145,7 +131,7 @@ async fn the_dashboard_shows_real_traffic_in_a_real_browser() {
     assert_eq!(failed.function_error(), Some("Unhandled"));
     let dead = accept(&server, "jobs", &json!({"op": "error", "message": "dead letter me"})).await;
     event(&server, &dead, |v| v["status"] == "dead-lettered").await;
-    records(&server, "work", 5).await;
+    server.records("work", 5).await;
 
     // A second deployment, to roll back from.
     let toml = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
@@ -365,8 +351,8 @@ async fn stats_match_the_invocations_made() {
         assert!(server.invoke("work", &json!({"op": "error"})).await.function_error().is_some());
     }
     assert_eq!(server.invoke("jobs", &json!({"op": "echo"})).await.status, 200);
-    let rows = records(&server, "work", 10).await;
-    records(&server, "jobs", 1).await;
+    let rows = server.records("work", 10).await;
+    server.records("jobs", 1).await;
 
     let stats = server.admin("/v1/stats?function=work&window=1h&buckets=60").await;
     let mut durations: Vec<f64> = rows.iter().map(|r| r["durationMs"].as_f64().unwrap()).collect();

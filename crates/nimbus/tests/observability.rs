@@ -208,10 +208,7 @@ async fn records_and_logs_past_retention_are_deleted_but_usage_stays() {
     let server = Server::start_args(app.path(), &data, &["--retention", "2s"]);
     let r = server.invoke("f", &json!({"op": "log", "lines": ["kept for a while"]})).await;
     assert_eq!(r.status, 200);
-    wait_until("the record", Duration::from_secs(5), async || {
-        server.admin("/v1/invocations?function=f").await.as_array().unwrap().len() == 1
-    })
-    .await;
+    server.records("f", 1).await;
     wait_until("the record to pass retention", Duration::from_secs(15), async || {
         server.admin("/v1/invocations?function=f").await.as_array().unwrap().is_empty()
     })

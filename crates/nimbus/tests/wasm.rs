@@ -16,21 +16,6 @@ fn guest_app(name: &str, extra: &str) -> App {
     App::new(name).conformance("wasm", "f", extra).route("*", "/fn/*", "f").finish()
 }
 
-/// The invocation records of `function`, once at least `n` exist (records are written by a
-/// background writer within moments of each invocation).
-async fn records(server: &Server, function: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = server.admin(&format!("/v1/invocations?function={function}&limit=1000")).await;
-        let rows = v.as_array().cloned().unwrap_or_default();
-        if rows.len() >= n {
-            return rows;
-        }
-        assert!(Instant::now() < deadline, "only {} of {n} records appeared: {v:#}", rows.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn get_text(server: &Server, path: &str) -> (u16, String) {
     let r = server.get(path).await;
     (r.status().as_u16(), r.text().await.unwrap())
@@ -46,7 +31,7 @@ async fn instance_reuse_keeps_state_and_a_trap_replaces_the_instance() {
     assert_eq!(get_text(&server, "/fn/trap").await.0, 500);
     // The trapped instance cannot be entered again: a new one starts, with fresh state.
     assert_eq!(get_text(&server, "/fn/count").await, (200, "1".to_owned()));
-    let rows = records(&server, "f", 5).await;
+    let rows = server.records("f", 5).await;
     let cold = rows.iter().filter(|r| r["cold"] == json!(true)).count();
     assert_eq!(cold, 2, "one cold start, then one after the trap: {rows:#?}");
 }
@@ -61,7 +46,7 @@ async fn cpu_ms_limits_cpu_time_not_waiting() {
     let started = Instant::now();
     assert_eq!(get_text(&server, "/fn/burn?ms=200").await.0, 500);
     assert!(started.elapsed() < Duration::from_millis(190), "the burn was not cut short: {:?}", started.elapsed());
-    let rows = records(&server, "f", 2).await;
+    let rows = server.records("f", 2).await;
     let burn = rows.iter().find(|r| r["status"] == json!("function_error")).expect("a failed record");
     assert_eq!(burn["errorType"], json!("Runtime.CpuLimitExceeded"), "{burn:#}");
     assert_eq!(get_text(&server, "/fn/hello").await, (200, "Hello from wasm".to_owned()));
@@ -128,7 +113,7 @@ async fn outbound_http_reaches_only_allowed_hosts() {
         (502, "fetch failed: ErrorCode::HttpRequestDenied".into())
     );
     // The log is stored with the record, moments after the response.
-    records(&server, "f", 2).await;
+    server.records("f", 2).await;
     let log = server.cli(&["logs", "f", "--request-id", &id]);
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(
@@ -157,7 +142,7 @@ async fn a_burst_of_1000_to_a_cold_function_starts_at_most_max_instances_and_all
         *statuses.entry(c.await.unwrap()).or_insert(0) += 1;
     }
     assert_eq!(statuses, std::collections::BTreeMap::from([(200, 1000)]), "statuses of the burst");
-    let rows = records(&server, "f", 1000).await;
+    let rows = server.records("f", 1000).await;
     let instances: std::collections::HashSet<&str> = rows.iter().filter_map(|r| r["instanceId"].as_str()).collect();
     let cold = rows.iter().filter(|r| r["cold"] == json!(true)).count();
     assert!((1..=8).contains(&instances.len()), "{} instances served the burst", instances.len());
@@ -238,7 +223,7 @@ async fn async_events_run_wasm_functions() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    let rows = records(&server, "f", 1).await;
+    let rows = server.records("f", 1).await;
     assert_eq!((&rows[0]["trigger"], &rows[0]["status"]), (&json!("event"), &json!("success")), "{rows:#?}");
 }
 
@@ -372,7 +357,7 @@ async fn past_nimbus_wasm_instances_requests_fail_as_platform_errors_that_say_wh
         got.iter().filter(|(s, _)| *s != 200).all(|(s, src)| *s == 500 && src.as_deref() == Some("platform")),
         "{got:?}"
     );
-    let rows = records(&server, "f", 4).await;
+    let rows = server.records("f", 4).await;
     let failed: Vec<&Value> = rows.iter().filter(|r| r["status"] == json!("platform_error")).collect();
     assert!(
         !failed.is_empty()

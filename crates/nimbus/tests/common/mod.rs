@@ -305,6 +305,21 @@ impl Server {
         }
     }
 
+    /// The invocation records of `function`, once at least `n` exist (records are written by a
+    /// background writer within moments of each invocation).
+    pub async fn records(&self, function: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.admin(&format!("/v1/invocations?function={function}&limit=1000")).await;
+            let rows = v.as_array().cloned().unwrap_or_default();
+            if rows.len() >= n {
+                return rows;
+            }
+            assert!(Instant::now() < deadline, "{function}: only {} of {n} records appeared: {v:#}", rows.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Run a CLI client command against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(nimbus_bin())
