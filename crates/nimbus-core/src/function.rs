@@ -5,11 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 /// How instances of a function are made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RuntimeKind {
     /// Node.js with nimbus's bundled Runtime API bootstrap.
     Node,
@@ -39,9 +36,9 @@ impl RuntimeKind {
     }
 }
 
-/// A validated function definition (the manifest entry, with defaults applied). It is stored in
-/// deployment records as JSON, so new fields must have serde defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A validated function definition (the manifest entry, with defaults applied). Deployments
+/// store it in their own versioned format (nimbus-control's `stored`), never as this type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FunctionSpec {
     pub name: String,
     pub runtime: RuntimeKind,
@@ -49,28 +46,23 @@ pub struct FunctionSpec {
     /// Code directory relative to the app root, as written in the manifest.
     pub code: String,
     pub memory_mb: u32,
-    #[serde(with = "duration_ms")]
     pub timeout: Duration,
     pub env: BTreeMap<String, String>,
     pub min_instances: u32,
     pub max_instances: u32,
-    #[serde(with = "duration_ms")]
     pub keep_alive: Duration,
     /// Requests allowed to wait for an instance when all are busy at `max_instances`.
     pub max_queued: u32,
     /// How long a request may wait for an instance before it is throttled (429).
-    #[serde(with = "duration_ms")]
     pub queue_timeout: Duration,
     /// What happens to async invocations of this function.
-    #[serde(default)]
     pub async_policy: AsyncPolicy,
     /// Settings only `runtime = "wasm"` uses.
-    #[serde(default)]
     pub wasm: WasmOptions,
 }
 
 /// How a wasm component runs (DESIGN.md §7 `component`, plus the wasm-only keys).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WasmOptions {
     /// The component file, relative to the code directory.
     pub component: String,
@@ -85,8 +77,7 @@ pub struct WasmOptions {
 }
 
 /// Where the outcome of an async invocation is sent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// Invoke this function asynchronously with an envelope describing the outcome.
     Function(String),
@@ -104,17 +95,14 @@ impl Destination {
 }
 
 /// Retry and destination settings for async invocations (DESIGN.md §7).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AsyncPolicy {
     /// Retries after a function error (handled, unhandled, timeout, crash): 0-10.
     pub max_retry_attempts: u32,
     /// First retry delay; doubles each time, with jitter.
-    #[serde(with = "duration_ms")]
     pub retry_backoff: Duration,
-    #[serde(with = "duration_ms")]
     pub retry_backoff_max: Duration,
     /// An event older than this is dead-lettered instead of run again.
-    #[serde(with = "duration_ms")]
     pub max_event_age: Duration,
     pub on_success: Option<Destination>,
     pub on_failure: Option<Destination>,
@@ -134,7 +122,7 @@ impl Default for AsyncPolicy {
 }
 
 /// One deployed, immutable version of a function: its spec plus the content-addressed code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FunctionVersion {
     pub spec: FunctionSpec,
     /// The deployment version this function belongs to ("1", "2", …).
@@ -144,7 +132,6 @@ pub struct FunctionVersion {
     /// Where the immutable code lives on disk (inside the artifact store).
     pub code_path: PathBuf,
     /// Cache of [`FunctionVersion::pool_key`] (computed once; read on every invocation).
-    #[serde(skip)]
     pub key_cache: std::sync::OnceLock<String>,
 }
 
@@ -153,13 +140,16 @@ impl FunctionVersion {
     /// (same code, same configuration), which lets a redeploy keep unchanged functions warm.
     pub fn pool_key(&self) -> &str {
         self.key_cache.get_or_init(|| {
-            let spec = serde_json::to_string(&self.spec).unwrap_or_default();
-            format!("{}:{}:{}", self.spec.name, self.code_digest, fnv1a(spec.as_bytes()))
+            // SipHash with fixed keys: the same spec gives the same key for the life of the
+            // process, which is as long as pools live. A collision only costs a missed reuse.
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&self.spec, &mut h);
+            format!("{}:{}:{:016x}", self.spec.name, self.code_digest, std::hash::Hasher::finish(&h))
         })
     }
 
     pub fn arn(&self) -> String {
-        format!("arn:aws:lambda:{}:{}:function:{}", REGION, ACCOUNT_ID, self.spec.name)
+        arn(&self.spec.name, None)
     }
 }
 
@@ -169,9 +159,13 @@ pub type SharedFunctionVersion = Arc<FunctionVersion>;
 pub const REGION: &str = "us-east-1";
 pub const ACCOUNT_ID: &str = "000000000000";
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    // A cheap stable hash for the pool key; collisions only cost a missed instance reuse.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+/// The Lambda ARN of a function, with its qualifier (version or alias) when given:
+/// `arn:aws:lambda:us-east-1:000000000000:function:NAME[:QUALIFIER]`.
+pub fn arn(name: &str, qualifier: Option<&str>) -> String {
+    match qualifier {
+        Some(q) => format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}:{q}"),
+        None => format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"),
+    }
 }
 
 pub mod duration_ms {

@@ -32,6 +32,10 @@ impl Trigger {
             Trigger::Schedule => "schedule",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Trigger> {
+        [Trigger::Http, Trigger::Invoke, Trigger::Event, Trigger::Schedule].into_iter().find(|t| t.as_str() == s)
+    }
 }
 
 /// A request to run a function once.
@@ -52,6 +56,23 @@ pub struct Invocation {
     /// Set when the invocation is an HTTP request for a runtime that takes HTTP natively (wasm
     /// components): `payload` is then the request body, not an event.
     pub http: Option<std::sync::Arc<HttpRequestHead>>,
+}
+
+impl Invocation {
+    /// An invocation received now, with a fresh trace id, no client context and no HTTP head.
+    pub fn new(request_id: String, payload: Bytes, trigger: Trigger, timeout: Duration) -> Invocation {
+        Invocation {
+            request_id,
+            payload,
+            timeout,
+            trace_id: crate::ids::new_trace_id(),
+            client_context: None,
+            trigger,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            http: None,
+        }
+    }
 }
 
 /// The head of an HTTP request passed through to a runtime unchanged.
@@ -156,6 +177,20 @@ impl InvocationStatus {
             InvocationStatus::Throttled => "throttled",
             InvocationStatus::PlatformError => "platform_error",
         }
+    }
+
+    pub const ALL: [InvocationStatus; 7] = [
+        InvocationStatus::Success,
+        InvocationStatus::FunctionError,
+        InvocationStatus::Timeout,
+        InvocationStatus::Crashed,
+        InvocationStatus::InitError,
+        InvocationStatus::Throttled,
+        InvocationStatus::PlatformError,
+    ];
+
+    pub fn parse(s: &str) -> Option<InvocationStatus> {
+        InvocationStatus::ALL.into_iter().find(|t| t.as_str() == s)
     }
 }
 

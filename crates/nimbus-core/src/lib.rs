@@ -4,10 +4,13 @@
 
 pub mod error;
 pub mod function;
+pub mod history;
+pub mod ids;
 pub mod invoke;
 pub mod outbound;
 pub mod policy;
 pub mod queue;
+pub mod registry;
 pub mod runtime;
 
 pub use error::{DispatchError, ErrorSource};
@@ -18,4 +21,8 @@ pub use invoke::{
     ColdStart, FunctionErrorKind, HttpRequestHead, HttpResponseHead, Invocation, InvocationRecord, InvocationStatus,
     InvokeOutcome, InvokeResult, Observed, Observer, Recorder, Trigger,
 };
-pub use runtime::{Dispatch, Instance, InstanceError, InstanceState, Runtime, StartError};
+pub use history::{History, HistoryError};
+pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
+pub use runtime::{
+    Dispatch, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError, Runtime, StartError,
+};

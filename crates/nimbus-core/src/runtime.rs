@@ -26,13 +26,74 @@ use crate::DispatchError;
 pub trait Runtime: Send + Sync + 'static {
     /// Get a new function version ready to start before its deployment goes live (the wasm
     /// runtime compiles the component ahead of time here). An error refuses the deployment.
-    async fn prepare(&self, _function: &FunctionVersion) -> Result<(), String> {
+    async fn prepare(&self, _function: &FunctionVersion) -> Result<(), PrepareError> {
         Ok(())
     }
 
     /// Start a new instance of `function` and wait until it is ready or failed.
     async fn start(&self, function: Arc<FunctionVersion>, instance_id: String)
         -> Result<Box<dyn Instance>, StartError>;
+}
+
+/// Why a function version cannot be got ready (see [`Runtime::prepare`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The function's code cannot run as deployed (a component that does not compile or lacks
+    /// the export its runtime needs): the deployment is refused and the user must fix the code.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// nimbus could not get it ready (a cache it could not write, a task that failed).
+    #[error("{message}")]
+    Platform {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// No runtime of this kind is registered with the scheduler.
+    #[error("no runtime is registered for {}", .0.as_str())]
+    NoRuntime(crate::RuntimeKind),
+}
+
+impl PrepareError {
+    /// A problem with the function's code, for the user to fix.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        PrepareError::Invalid { message: message.into(), source: None }
+    }
+
+    /// A failure of nimbus's own, keeping its cause.
+    pub fn platform(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        PrepareError::Platform { message: message.into(), source: Some(Box::new(source)) }
+    }
+
+    /// Whether the deployment's code is at fault (else nimbus is).
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, PrepareError::Invalid { .. })
+    }
+}
+
+/// A function of a deployment that could not be got ready.
+#[derive(Debug, thiserror::Error)]
+#[error("function {function}: {source}")]
+pub struct FunctionPrepareError {
+    pub function: String,
+    #[source]
+    pub source: PrepareError,
+}
+
+/// What the control plane tells the instance pools about deployments (the scheduler implements
+/// it). Lifecycle: `prepare` is called for every function of a deployment before it is
+/// recorded (and for the live deployment once after a restart, to warm compile caches); an
+/// error refuses the deployment. `deploy` is called with the functions of the deployment that
+/// just became live (deploy, rollback, start): pools for new versions start `min_instances`,
+/// pools no longer live are retired once their in-flight invocations end.
+#[async_trait]
+pub trait Pools: Send + Sync + 'static {
+    async fn prepare(&self, functions: &[Arc<FunctionVersion>]) -> Result<(), FunctionPrepareError>;
+    fn deploy(&self, live: &[Arc<FunctionVersion>]);
 }
 
 /// Whether an instance can take another invocation.

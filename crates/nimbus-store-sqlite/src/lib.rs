@@ -11,15 +11,16 @@ mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
+use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, Stats, StatsQuery, UsageRow};
+use nimbus_core::{DeploymentRecord, History, HistoryError, InvocationRecord, NewDeployment, Registry, RegistryError};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 
 pub use artifacts::{digest_dir, ArtifactStore};
 pub use queue::QueueDb;
-pub use records::{InvocationQuery, LogEntry, RecordWriter, UsageRow, USAGE_RETENTION};
-pub use stats::{percentile, Stats, StatsBucket, StatsQuery};
+pub use records::{RecordWriter, USAGE_RETENTION};
+pub use stats::percentile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,17 +33,6 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// A stored deployment: its number and the JSON body the deployer wrote.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeploymentRow {
-    pub version: u64,
-    pub app: String,
-    pub digest: String,
-    pub created_ms: u64,
-    #[serde(skip)]
-    pub body: String,
-}
 
 /// The SQLite registry.
 #[derive(Clone)]
@@ -59,7 +49,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     app TEXT NOT NULL,
     digest TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    format_version INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS aliases (name TEXT PRIMARY KEY, version INTEGER NOT NULL REFERENCES deployments(version));
 CREATE TABLE IF NOT EXISTS invocations (
@@ -101,17 +92,23 @@ CREATE TABLE IF NOT EXISTS usage (
 ) WITHOUT ROWID;
 ";
 
-/// Columns added to `invocations` after its first release, added to older databases on open.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("instance_start_ms", "REAL"), ("runtime_init_ms", "REAL")];
+/// Columns added after a table's first release, added to older databases on open:
+/// (table, column, type and default).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("invocations", "instance_start_ms", "REAL"),
+    ("invocations", "runtime_init_ms", "REAL"),
+    // Rows written before deployment bodies were versioned are format 0.
+    ("deployments", "format_version", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 fn migrate(conn: &Connection) -> Result<()> {
-    let have: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('invocations')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<std::result::Result<_, _>>()?;
-    for (name, ty) in ADDED_COLUMNS {
+    for (table, name, ty) in ADDED_COLUMNS {
+        let have: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
         if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!("ALTER TABLE invocations ADD COLUMN {name} {ty}"))?;
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {ty}"))?;
         }
     }
     Ok(())
@@ -124,10 +121,6 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 impl Store {
@@ -162,9 +155,15 @@ impl Store {
         RecordWriter::start(&self.db_path, retention)
     }
 
-    /// Requests and GB-seconds per function per hour since `since_ms` (inclusive hour).
-    pub fn usage(&self, since_ms: u64) -> Result<Vec<UsageRow>> {
-        records::query_usage(&self.conn(), since_ms)
+    /// Run `f` on a clone of the store on tokio's blocking pool: SQLite calls block.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> std::result::Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Other(format!("a store task failed: {e}")))?
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -180,47 +179,53 @@ impl Store {
     }
 
     /// Record a new deployment and point `alias` at it, in one transaction.
-    pub fn add_deployment(&self, app: &str, digest: &str, body: &str, alias: &str) -> Result<DeploymentRow> {
+    pub fn add_deployment(&self, d: &NewDeployment<'_>, alias: &str) -> Result<DeploymentRecord> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let created_ms = now_ms();
+        let created_ms = nimbus_core::ids::now_ms();
         tx.execute(
-            "INSERT INTO deployments(app, digest, created_ms, body) VALUES (?1, ?2, ?3, ?4)",
-            params![app, digest, created_ms, body],
+            "INSERT INTO deployments(app, digest, created_ms, body, format_version) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![d.app, d.digest, created_ms, d.body, d.format_version],
         )?;
-        let version = tx.last_insert_rowid() as u64;
+        let version = u64::try_from(tx.last_insert_rowid()).unwrap_or_default();
         tx.execute(
             "INSERT INTO aliases(name, version) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET version = excluded.version",
             params![alias, version],
         )?;
         tx.commit()?;
-        Ok(DeploymentRow { version, app: app.to_owned(), digest: digest.to_owned(), created_ms, body: body.to_owned() })
+        Ok(DeploymentRecord {
+            version,
+            app: d.app.to_owned(),
+            digest: d.digest.to_owned(),
+            created_ms,
+            format_version: d.format_version,
+            body: d.body.to_owned(),
+        })
     }
 
-    pub fn deployment(&self, version: u64) -> Result<Option<DeploymentRow>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT version, app, digest, created_ms, body FROM deployments WHERE version = ?1",
-                [version],
-                row_to_deployment,
-            )
-            .optional()?)
-    }
-
-    /// All deployments, newest first (without bodies' parsing).
-    pub fn deployments(&self) -> Result<Vec<DeploymentRow>> {
+    /// All deployments, oldest first.
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT version, app, digest, created_ms, body FROM deployments ORDER BY version DESC")?;
+        let mut stmt = conn.prepare(
+            "SELECT version, app, digest, created_ms, body, format_version FROM deployments ORDER BY version",
+        )?;
         let rows = stmt.query_map([], row_to_deployment)?.collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    fn deployment_exists(&self, version: u64) -> Result<bool> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM deployments WHERE version = ?1", [version], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     pub fn alias(&self, name: &str) -> Result<Option<u64>> {
         Ok(self.conn().query_row("SELECT version FROM aliases WHERE name = ?1", [name], |r| r.get(0)).optional()?)
     }
 
+    /// Point an alias at a stored version (the foreign key refuses a version that is not).
     pub fn set_alias(&self, name: &str, version: u64) -> Result<()> {
         self.conn().execute(
             "INSERT INTO aliases(name, version) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET version = excluded.version",
@@ -228,40 +233,152 @@ impl Store {
         )?;
         Ok(())
     }
+}
 
-    /// Invocation records, newest first.
-    pub fn invocations(&self, q: &InvocationQuery) -> Result<Vec<serde_json::Value>> {
-        records::query_invocations(&self.conn(), q)
+fn registry_error(action: &'static str) -> impl FnOnce(StoreError) -> RegistryError {
+    move |e| RegistryError::backend(action, e)
+}
+
+#[async_trait]
+impl Registry for Store {
+    async fn deployments(&self) -> std::result::Result<Vec<DeploymentRecord>, RegistryError> {
+        self.blocking(Store::deployments).await.map_err(registry_error("read the deployments"))
     }
 
-    /// Log entries of `function` after sequence number `after`, oldest first.
-    pub fn logs(&self, function: &str, after: u64, request_id: Option<&str>, limit: u32) -> Result<Vec<LogEntry>> {
-        records::query_logs(&self.conn(), function, after, request_id, limit)
+    async fn add_deployment(
+        &self,
+        d: NewDeployment<'_>,
+        alias: &str,
+    ) -> std::result::Result<DeploymentRecord, RegistryError> {
+        let (app, digest, body, format_version) =
+            (d.app.to_owned(), d.digest.to_owned(), d.body.to_owned(), d.format_version);
+        let alias = alias.to_owned();
+        self.blocking(move |s| {
+            s.add_deployment(&NewDeployment { app: &app, digest: &digest, format_version, body: &body }, &alias)
+        })
+        .await
+        .map_err(registry_error("record the deployment"))
+    }
+
+    async fn alias(&self, name: &str) -> std::result::Result<Option<u64>, RegistryError> {
+        let name = name.to_owned();
+        self.blocking(move |s| s.alias(&name)).await.map_err(registry_error("read an alias"))
+    }
+
+    async fn set_alias(&self, name: &str, version: u64) -> std::result::Result<(), RegistryError> {
+        if self.blocking(move |s| s.deployment_exists(version)).await.map_err(registry_error("read a deployment"))? {
+            let name = name.to_owned();
+            self.blocking(move |s| s.set_alias(&name, version)).await.map_err(registry_error("move an alias"))
+        } else {
+            Err(RegistryError::NoSuchVersion(version))
+        }
+    }
+
+    async fn meta(&self, key: &str) -> std::result::Result<Option<String>, RegistryError> {
+        let key = key.to_owned();
+        self.blocking(move |s| s.get_meta(&key)).await.map_err(registry_error("read a setting"))
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> std::result::Result<(), RegistryError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.blocking(move |s| s.set_meta(&key, &value)).await.map_err(registry_error("write a setting"))
+    }
+
+    async fn put_artifact(&self, dir: &Path) -> std::result::Result<String, RegistryError> {
+        let owned = dir.to_owned();
+        self.blocking(move |s| s.artifacts.put_dir(&owned).map(|(digest, _)| digest))
+            .await
+            .map_err(|e| RegistryError::Artifact { dir: dir.to_owned(), source: Box::new(e) })
+    }
+
+    fn artifact_path(&self, digest: &str) -> PathBuf {
+        self.artifacts.path(digest)
     }
 }
 
-fn row_to_deployment(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
-    Ok(DeploymentRow { version: r.get(0)?, app: r.get(1)?, digest: r.get(2)?, created_ms: r.get(3)?, body: r.get(4)? })
+#[async_trait]
+impl History for Store {
+    async fn invocations(&self, q: &InvocationQuery) -> std::result::Result<Vec<InvocationRecord>, HistoryError> {
+        let q = q.clone();
+        self.blocking(move |s| records::query_invocations(&s.conn(), &q))
+            .await
+            .map_err(|e| HistoryError::new("invocation records", e))
+    }
+
+    async fn logs(&self, q: &LogQuery) -> std::result::Result<Vec<LogEntry>, HistoryError> {
+        let q = q.clone();
+        self.blocking(move |s| records::query_logs(&s.conn(), &q)).await.map_err(|e| HistoryError::new("logs", e))
+    }
+
+    async fn usage(&self, since_ms: u64) -> std::result::Result<Vec<UsageRow>, HistoryError> {
+        self.blocking(move |s| records::query_usage(&s.conn(), since_ms))
+            .await
+            .map_err(|e| HistoryError::new("usage", e))
+    }
+
+    async fn stats(&self, q: &StatsQuery) -> std::result::Result<Stats, HistoryError> {
+        let q = q.clone();
+        self.blocking(move |s| s.read_stats(&q)).await.map_err(|e| HistoryError::new("invocation statistics", e))
+    }
+}
+
+fn row_to_deployment(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRecord> {
+    Ok(DeploymentRecord {
+        version: r.get(0)?,
+        app: r.get(1)?,
+        digest: r.get(2)?,
+        created_ms: r.get(3)?,
+        body: r.get(4)?,
+        format_version: r.get(5)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn deployments_and_aliases_survive_reopen() {
+    fn new(digest: &'static str, body: &'static str) -> NewDeployment<'static> {
+        NewDeployment { app: "app", digest, format_version: 1, body }
+    }
+
+    #[tokio::test]
+    async fn deployments_and_aliases_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            let a = s.add_deployment("app", "d1", "{}", "live").unwrap();
-            let b = s.add_deployment("app", "d2", "{\"x\":1}", "live").unwrap();
+            let a = Registry::add_deployment(&s, new("d1", "{}"), "live").await.unwrap();
+            let b = Registry::add_deployment(&s, new("d2", "{\"x\":1}"), "live").await.unwrap();
             assert_eq!((a.version, b.version), (1, 2));
-            s.set_alias("live", 1).unwrap();
+            Registry::set_alias(&s, "live", 1).await.unwrap();
+            let e = Registry::set_alias(&s, "live", 3).await.unwrap_err();
+            assert!(matches!(e, RegistryError::NoSuchVersion(3)), "{e}");
         }
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.alias("live").unwrap(), Some(1));
-        assert_eq!(s.deployment(2).unwrap().unwrap().body, "{\"x\":1}");
-        assert_eq!(s.deployments().unwrap().len(), 2);
+        assert_eq!(Registry::alias(&s, "live").await.unwrap(), Some(1));
+        let all = Registry::deployments(&s).await.unwrap();
+        assert_eq!(all.iter().map(|d| d.version).collect::<Vec<_>>(), [1, 2], "oldest first");
+        assert_eq!((all[1].body.as_str(), all[1].format_version), ("{\"x\":1}", 1));
+    }
+
+    /// A registry made before deployment bodies were versioned gains the column on open, and
+    /// its rows read as format 0.
+    #[test]
+    fn old_registries_gain_the_format_version_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("nimbus.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE deployments (version INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL,
+                 digest TEXT NOT NULL, created_ms INTEGER NOT NULL, body TEXT NOT NULL);
+                 INSERT INTO deployments(app, digest, created_ms, body) VALUES ('old', 'd', 5, '{}');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let rows = s.deployments().unwrap();
+        assert_eq!((rows[0].app.as_str(), rows[0].format_version), ("old", 0));
+        s.add_deployment(&new("d2", "{}"), "live").unwrap();
+        assert_eq!(s.deployments().unwrap()[1].format_version, 1);
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nimbus_core::{InvocationRecord, InvocationStatus, Recorder};
+use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, UsageRow};
+use nimbus_core::{InvocationRecord, InvocationStatus, Recorder, Trigger};
 use rusqlite::{params, Connection};
-use serde::Serialize;
 
 use crate::{open_connection, Result};
 
@@ -120,7 +120,7 @@ const PRUNE_WINDOW: u32 = 10_000;
 /// step deletes nothing. No index on the time columns is needed (they cost the writer a
 /// measurable share of its CPU per invocation), and a prune never scans the whole table.
 fn prune(conn: &Connection, retention: Duration) {
-    let now = crate::now_ms();
+    let now = nimbus_core::ids::now_ms();
     let cutoff = now.saturating_sub(retention.as_millis() as u64);
     let usage_cutoff = now.saturating_sub(USAGE_RETENTION.as_millis() as u64);
     let step = |table: &str, time: &str| -> rusqlite::Result<usize> {
@@ -212,15 +212,9 @@ fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::R
     tx.commit()
 }
 
-/// Filters for listing invocations.
-#[derive(Clone, Debug, Default)]
-pub struct InvocationQuery {
-    pub function: Option<String>,
-    pub request_id: Option<String>,
-    pub limit: u32,
-}
-
-pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<serde_json::Value>> {
+/// Invocation records, newest first. A trigger or status this release does not know (a newer
+/// nimbus wrote it) is an error naming it, not a guess.
+pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
     let mut stmt = conn.prepare(
         "SELECT request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb, max_memory_mb, cold,
                 init_ms, queue_ms, status, error_type, error_message, instance_id, instance_start_ms, runtime_init_ms
@@ -230,40 +224,42 @@ pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Resul
     )?;
     let rows = stmt
         .query_map(params![q.function, q.request_id, q.limit.max(1)], |r| {
-            Ok(serde_json::json!({
-                "requestId": r.get::<_, String>(0)?,
-                "function": r.get::<_, String>(1)?,
-                "version": r.get::<_, String>(2)?,
-                "trigger": r.get::<_, String>(3)?,
-                "startMs": r.get::<_, i64>(4)?,
-                "durationMs": r.get::<_, f64>(5)?,
-                "billedMs": r.get::<_, i64>(6)?,
-                "memoryMb": r.get::<_, i64>(7)?,
-                "maxMemoryMb": r.get::<_, i64>(8)?,
-                "cold": r.get::<_, bool>(9)?,
-                "initMs": r.get::<_, Option<f64>>(10)?,
-                "queueMs": r.get::<_, f64>(11)?,
-                "status": r.get::<_, String>(12)?,
-                "errorType": r.get::<_, Option<String>>(13)?,
-                "errorMessage": r.get::<_, Option<String>>(14)?,
-                "instanceId": r.get::<_, Option<String>>(15)?,
-                "instanceStartMs": r.get::<_, Option<f64>>(16)?,
-                "runtimeInitMs": r.get::<_, Option<f64>>(17)?,
-                "handlerMs": r.get::<_, f64>(5)?,
-            }))
+            Ok(InvocationRecord {
+                request_id: r.get(0)?,
+                function: r.get(1)?,
+                version: r.get(2)?,
+                trigger: parsed(r, 3, Trigger::parse)?,
+                start_ms: r.get(4)?,
+                duration_ms: r.get(5)?,
+                billed_ms: r.get(6)?,
+                memory_mb: r.get(7)?,
+                max_memory_mb: r.get(8)?,
+                cold: r.get(9)?,
+                init_ms: r.get(10)?,
+                queue_ms: r.get(11)?,
+                status: parsed(r, 12, InvocationStatus::parse)?,
+                error_type: r.get(13)?,
+                error_message: r.get(14)?,
+                instance_id: r.get(15)?,
+                instance_start_ms: r.get(16)?,
+                runtime_init_ms: r.get(17)?,
+                log: String::new(),
+            })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 
-/// Billable requests and memory × billed time of one function in one hour.
-#[derive(Clone, Debug, Serialize)]
-pub struct UsageRow {
-    pub function: String,
-    pub hour_ms: u64,
-    pub requests: u64,
-    /// MB × billed milliseconds; GB-seconds = mb_ms / 1024 / 1000.
-    pub mb_ms: u64,
+/// Column `i` as text, parsed by `parse`; an unknown value is a conversion error naming it.
+fn parsed<T>(r: &rusqlite::Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown value {text:?} (written by a newer nimbus?)").into(),
+        )
+    })
 }
 
 pub(crate) fn query_usage(conn: &Connection, since_ms: u64) -> Result<Vec<UsageRow>> {
@@ -278,31 +274,14 @@ pub(crate) fn query_usage(conn: &Connection, since_ms: u64) -> Result<Vec<UsageR
     Ok(rows)
 }
 
-/// One invocation's log.
-#[derive(Clone, Debug, Serialize)]
-pub struct LogEntry {
-    pub seq: u64,
-    #[serde(rename = "requestId")]
-    pub request_id: String,
-    #[serde(rename = "tsMs")]
-    pub ts_ms: u64,
-    pub text: String,
-}
-
-pub(crate) fn query_logs(
-    conn: &Connection,
-    function: &str,
-    after: u64,
-    request_id: Option<&str>,
-    limit: u32,
-) -> Result<Vec<LogEntry>> {
+pub(crate) fn query_logs(conn: &Connection, q: &LogQuery) -> Result<Vec<LogEntry>> {
     let mut stmt = conn.prepare(
         "SELECT seq, request_id, ts_ms, text FROM logs
          WHERE function = ?1 AND seq > ?2 AND (?3 IS NULL OR request_id = ?3)
          ORDER BY seq LIMIT ?4",
     )?;
     let rows = stmt
-        .query_map(params![function, after, request_id, limit.max(1)], |r| {
+        .query_map(params![q.function, q.after, q.request_id, q.limit.max(1)], |r| {
             Ok(LogEntry { seq: r.get(0)?, request_id: r.get(1)?, ts_ms: r.get(2)?, text: r.get(3)? })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;

@@ -7,51 +7,10 @@
 //! function is a few hundred milliseconds of reading; the dashboard asks for it on demand, never
 //! the request path.
 
+use nimbus_core::history::{Stats, StatsBucket, StatsQuery};
 use rusqlite::params;
-use serde::Serialize;
 
 use crate::{Result, Store};
-
-/// What to aggregate: records that started in `[since_ms, since_ms + buckets × bucket_ms)`.
-#[derive(Clone, Debug)]
-pub struct StatsQuery {
-    /// One function, or every function when `None`.
-    pub function: Option<String>,
-    pub since_ms: u64,
-    pub bucket_ms: u64,
-    pub buckets: u32,
-}
-
-/// One bucket of the series (or the whole window, for the total).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatsBucket {
-    pub start_ms: u64,
-    pub invocations: u64,
-    /// Invocations whose status is not `success` (function errors, timeouts, crashes, init
-    /// errors, throttles, platform errors).
-    pub errors: u64,
-    pub throttled: u64,
-    pub cold: u64,
-    /// `cold / invocations`, or `None` for an empty bucket.
-    pub cold_rate: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub avg_ms: Option<f64>,
-    pub max_ms: Option<f64>,
-}
-
-/// The series and its total.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Stats {
-    pub function: Option<String>,
-    pub since_ms: u64,
-    pub until_ms: u64,
-    pub bucket_ms: u64,
-    pub buckets: Vec<StatsBucket>,
-    pub total: StatsBucket,
-}
 
 /// The value at percentile `p` (0–100) of `sorted` by nearest rank: the smallest value with at
 /// least `p` % of the values at or below it.
@@ -106,7 +65,7 @@ impl Acc {
 
 impl Store {
     /// The time series for `q`, oldest bucket first; every bucket is present, empty or not.
-    pub fn stats(&self, q: &StatsQuery) -> Result<Stats> {
+    pub(crate) fn read_stats(&self, q: &StatsQuery) -> Result<Stats> {
         let bucket_ms = q.bucket_ms.max(1);
         let until_ms = q.since_ms.saturating_add(bucket_ms.saturating_mul(u64::from(q.buckets)));
         let mut accs: Vec<Acc> = (0..q.buckets).map(|_| Acc::default()).collect();
@@ -188,7 +147,7 @@ mod tests {
         insert(&store, "f", t0 - 1, 1.0, "success", false); // before it
 
         let q = StatsQuery { function: Some("f".into()), since_ms: t0, bucket_ms: 1_000, buckets: 3 };
-        let s = store.stats(&q).unwrap();
+        let s = store.read_stats(&q).unwrap();
         assert_eq!(s.until_ms, t0 + 3_000);
         assert_eq!(s.buckets.len(), 3);
         let b0 = &s.buckets[0];
@@ -200,7 +159,7 @@ mod tests {
         assert_eq!(s.buckets[2], StatsBucket { start_ms: t0 + 2_000, ..StatsBucket::default() });
         assert_eq!((s.total.invocations, s.total.errors, s.total.cold), (4, 2, 1));
 
-        let all = store.stats(&StatsQuery { function: None, ..q }).unwrap();
+        let all = store.read_stats(&StatsQuery { function: None, ..q }).unwrap();
         assert_eq!((all.total.invocations, all.total.cold), (5, 2));
     }
 }

@@ -1,0 +1,400 @@
+//! The management API's wire format (`/v1`): every request and response body, defined once.
+//! The server (nimbus-gateway's `mgmt.rs`) builds these from its domain types and the CLI
+//! (`nimbus` client commands) reads them, so the two cannot drift apart. Field names are the
+//! JSON names clients (the CLI, the dashboard, scripts) rely on: camelCase, except where a
+//! field's documented name says otherwise. Adding a field is compatible; renaming one is not.
+//!
+//! | method and path | request | response |
+//! |---|---|---|
+//! | `GET /v1/app` | – | [`AppInfo`] |
+//! | `POST /v1/deployments` | a tar of the app directory | 201 [`Deployed`], 400 [`ErrorBody`] with `errors` |
+//! | `GET /v1/deployments` | – | [`DeploymentSummary`]s, newest first |
+//! | `POST /v1/rollback` | [`RollbackRequest`] | [`Deployed`] |
+//! | `GET /v1/functions` | – | [`FunctionInfo`]s |
+//! | `GET /v1/functions/{name}/logs?after=&requestId=&limit=` | – | [`LogPage`] |
+//! | `GET /v1/invocations?function=&requestId=&limit=` | – | [`Invocation`]s, newest first |
+//! | `GET /v1/invocations?status=S&function=&limit=` | – | [`Event`]s |
+//! | `GET /v1/invocations/{id}` | – | an [`Event`] (async), else an [`Invocation`] |
+//! | `GET /v1/dlq`, `GET /v1/dlq/{id}` | – | [`Event`]s, an [`Event`] |
+//! | `POST /v1/dlq/redrive` | [`RedriveRequest`] | [`Redriven`] |
+//! | `POST /v1/dlq/purge` | [`PurgeRequest`] | [`Purged`] |
+//! | `GET /v1/queue` | – | [`QueueInfo`] |
+//! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] |
+//! | `GET /v1/stats?function=&window=&buckets=&until=` | – | [`StatsReport`] |
+//!
+//! Every error is an [`ErrorBody`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Any failed call: `error` is a sentence for a person; a refused manifest also lists each
+/// problem in `errors`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
+/// `GET /v1/app`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub app: Option<String>,
+    pub live: Option<u64>,
+    pub deployments: Vec<DeploymentSummary>,
+}
+
+/// One stored deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSummary {
+    pub version: u64,
+    pub app: String,
+    pub created_ms: u64,
+    pub live: bool,
+    /// Sorted.
+    pub functions: Vec<String>,
+}
+
+/// The answer to a deploy or rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub version: u64,
+    pub app: String,
+    /// False when nothing changed.
+    pub changed: bool,
+    pub functions: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+/// A route of a deployment (its fields keep the names the manifest uses).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub methods: Methods,
+    pub path: String,
+    pub host: Option<String>,
+    pub function: String,
+    pub is_async: bool,
+}
+
+/// `"any"`, or `{"list": ["GET", …]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Methods {
+    Any,
+    List(Vec<String>),
+}
+
+/// `POST /v1/rollback`: a version, or none for the one before live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// A function of the live deployment, with its instance pools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionInfo {
+    pub name: String,
+    /// "node" | "python" | "provided" | "wasm"
+    pub runtime: String,
+    pub handler: String,
+    pub version: String,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub keep_alive_ms: u64,
+    pub code_digest: String,
+    /// Route keys, e.g. `GET /hello/{name}`.
+    pub routes: Vec<String>,
+    pub pools: Vec<Pool>,
+}
+
+/// The instances of one function version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pool {
+    pub function: String,
+    pub version: String,
+    pub idle: u32,
+    pub busy: u32,
+    pub starting: u32,
+    pub waiting: u32,
+    pub max_instances: u32,
+    pub cold_starts: u64,
+    pub instances: Vec<InstanceInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub state: InstanceState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    Idle,
+    Busy,
+}
+
+/// `GET /v1/functions/{name}/logs`: entries oldest first; `next` is the `after` for the next page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    pub next: u64,
+}
+
+/// One invocation's log text (START … REPORT).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    pub seq: u64,
+    pub request_id: String,
+    pub ts_ms: u64,
+    pub text: String,
+}
+
+/// One invocation record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Invocation {
+    pub request_id: String,
+    pub function: String,
+    pub version: String,
+    /// http | invoke | event | schedule
+    pub trigger: String,
+    pub start_ms: u64,
+    pub duration_ms: f64,
+    pub billed_ms: u64,
+    pub memory_mb: u32,
+    pub max_memory_mb: u32,
+    pub cold: bool,
+    /// On a cold start: the whole start (`Init Duration`) and its two phases.
+    pub init_ms: Option<f64>,
+    pub instance_start_ms: Option<f64>,
+    pub runtime_init_ms: Option<f64>,
+    pub queue_ms: f64,
+    /// The handler's own time (the same as `durationMs`).
+    pub handler_ms: f64,
+    /// success | function_error | timeout | crashed | init_error | throttled | platform_error
+    pub status: String,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub instance_id: Option<String>,
+}
+
+/// An async event: where it is in its lifecycle, and every attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub request_id: String,
+    pub function: String,
+    pub qualifier: Option<String>,
+    /// invoke | http | schedule | destination
+    pub source: String,
+    /// queued | running | succeeded | failed | dead-lettered
+    pub status: String,
+    pub attempts: u32,
+    pub accepted_ms: i64,
+    pub updated_ms: i64,
+    pub next_run_ms: Option<i64>,
+    pub last_error_type: Option<String>,
+    pub last_error: Option<String>,
+    pub reason: Option<String>,
+    pub payload: Value,
+    pub result: Option<Value>,
+    pub history: Vec<Attempt>,
+}
+
+/// One attempt of an async event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub n: u32,
+    pub started_ms: i64,
+    pub duration_ms: f64,
+    /// success | function_error | platform_error | throttled | not_found
+    pub outcome: String,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// `POST /v1/dlq/redrive`: the events named, or all (of one function) with `all`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedriveRequest {
+    #[serde(default)]
+    pub ids: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub function: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redriven {
+    pub redriven: u64,
+}
+
+/// `POST /v1/dlq/purge`: every dead-lettered event, or one function's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRequest {
+    #[serde(default)]
+    pub function: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    pub purged: u64,
+}
+
+/// `GET /v1/queue`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueInfo {
+    /// Unfinished async events.
+    pub depth: u64,
+    /// Events that were running when nimbus last stopped, queued again at start.
+    pub recovered_at_start: u64,
+}
+
+/// `GET /v1/usage`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    pub since_ms: u64,
+    pub until_ms: u64,
+    /// "hour" | "day"
+    pub granularity: String,
+    pub prices: Prices,
+    pub functions: Vec<FunctionUsage>,
+    pub buckets: Vec<UsageBucket>,
+    pub total: UsageTotal,
+    pub always_on: AlwaysOn,
+}
+
+/// What usage is priced at (the live deployment's `[pricing]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Prices {
+    pub currency: String,
+    pub per_million_requests: f64,
+    pub per_gb_second: f64,
+    pub server_per_hour: f64,
+    pub servers: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionUsage {
+    pub function: String,
+    pub requests: u64,
+    pub gb_seconds: f64,
+    pub request_cost: f64,
+    pub compute_cost: f64,
+    pub cost: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageBucket {
+    pub start_ms: u64,
+    pub function: String,
+    pub requests: u64,
+    pub gb_seconds: f64,
+    pub cost: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotal {
+    pub requests: u64,
+    pub gb_seconds: f64,
+    pub cost: f64,
+}
+
+/// What always-on servers would have cost over the same period.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlwaysOn {
+    pub servers: u32,
+    pub server_per_hour: f64,
+    pub hours: f64,
+    pub cost: f64,
+}
+
+/// `GET /v1/stats`: per time bucket, and over the whole window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsReport {
+    pub function: Option<String>,
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub bucket_ms: u64,
+    pub buckets: Vec<StatsBucket>,
+    pub total: StatsBucket,
+    /// The window as asked for ("1h").
+    pub window: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsBucket {
+    pub start_ms: u64,
+    pub invocations: u64,
+    pub errors: u64,
+    pub throttled: u64,
+    pub cold: u64,
+    pub cold_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub avg_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON names clients rely on, pinned: a rename here breaks the CLI of an older
+    /// release, the dashboard and users' scripts.
+    #[test]
+    fn field_names_are_the_documented_ones() {
+        let d = Deployed {
+            version: 3,
+            app: "shop".into(),
+            changed: true,
+            functions: vec!["a".into()],
+            routes: vec![Route {
+                methods: Methods::List(vec!["GET".into()]),
+                path: "/a".into(),
+                host: None,
+                function: "a".into(),
+                is_async: false,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"version":3,"app":"shop","changed":true,"functions":["a"],"routes":[{"methods":{"list":["GET"]},"path":"/a","host":null,"function":"a","is_async":false}]}"#
+        );
+        let q = QueueInfo { depth: 1, recovered_at_start: 2 };
+        assert_eq!(serde_json::to_string(&q).unwrap(), r#"{"depth":1,"recoveredAtStart":2}"#);
+        let e = ErrorBody { error: "x".into(), errors: None };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"error":"x"}"#);
+        let i = InstanceInfo { id: "i".into(), pid: Some(7), state: InstanceState::Busy };
+        assert_eq!(serde_json::to_string(&i).unwrap(), r#"{"id":"i","pid":7,"state":"busy"}"#);
+    }
+
+    #[test]
+    fn request_bodies_take_what_older_clients_send() {
+        let r: RollbackRequest = serde_json::from_str(r#"{"version":null}"#).unwrap();
+        assert_eq!(r.version, None);
+        let r: RedriveRequest = serde_json::from_str(r#"{"ids":["a"],"all":false,"function":null}"#).unwrap();
+        assert_eq!(r.ids, ["a"]);
+        let p: PurgeRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(p.function, None);
+    }
+}

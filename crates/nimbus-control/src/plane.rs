@@ -1,0 +1,342 @@
+//! The control plane: deployments in, an in-memory snapshot out.
+//!
+//! A deploy validates the whole manifest, stores each function's code as an artifact, asks the
+//! pools to get every function ready (wasm components compile here), records the deployment and
+//! moves the `live` alias in one registry operation, then swaps the snapshot the request path
+//! reads (one atomic pointer store). Any failure before the registry write leaves nothing
+//! visible: artifacts are content-addressed and unreferenced ones are harmless. In-flight
+//! requests keep the `Arc`s of the version they started on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_core::{FunctionPrepareError, FunctionVersion, NewDeployment, Pools, Registry, RegistryError};
+use nimbus_manifest::schedule::ScheduleSpec;
+use nimbus_manifest::{Diagnostics, Manifest, RouteSpec};
+use sha2::{Digest, Sha256};
+
+use crate::router::Router;
+use crate::snapshot::{DeploymentView, Snapshot, LIVE};
+use crate::stored::{self, DeploymentContent, FormatError};
+
+/// Meta key: digest of what `nimbus up` last deployed from its app directory.
+const UP_DIGEST: &str = "up_digest";
+
+/// Why a deploy or rollback did not happen. Nothing live changed in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The manifest has problems (every one of them, with its location).
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    /// A function's code cannot be got ready (e.g. a component that does not compile).
+    #[error("{0}")]
+    Refused(#[source] FunctionPrepareError),
+    #[error("the upload is not a valid tar archive of an app directory: {0}")]
+    BadArchive(#[source] std::io::Error),
+    #[error("there is no earlier deployment to roll back to")]
+    NothingToRollBack,
+    #[error("there is no deployment {0}; `nimbus ls` lists them")]
+    NoSuchVersion(u64),
+    #[error("cannot store the code of {function}: {source}")]
+    Code {
+        function: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("deployment {version} in the registry is unreadable: {source}")]
+    Unreadable {
+        version: u64,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the deployment could not be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("the deploy task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl DeployError {
+    /// Whether the caller's input is at fault (a 4xx), rather than nimbus (a 5xx).
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            DeployError::Invalid(_)
+            | DeployError::BadArchive(_)
+            | DeployError::NothingToRollBack
+            | DeployError::NoSuchVersion(_) => true,
+            DeployError::Refused(e) => e.source.is_invalid(),
+            _ => false,
+        }
+    }
+}
+
+/// The result of a deploy or rollback.
+#[derive(Clone, Debug)]
+pub struct Deployed {
+    pub version: u64,
+    pub app: String,
+    /// False when nothing changed (the same content as live, or a rollback to the live version).
+    pub changed: bool,
+    /// Sorted.
+    pub functions: Vec<String>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// What the HTTP layer asks of the control plane. Implemented by [`ControlPlane`]; the gateway
+/// holds it as a trait object, so it never names the registry behind it.
+#[async_trait]
+pub trait Control: Send + Sync + 'static {
+    /// The current snapshot: one atomic load, called on every request.
+    fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>>;
+    /// Deploy an app uploaded as a tar archive (`POST /v1/deployments`).
+    async fn deploy_tar(&self, archive: Bytes) -> Result<Deployed, DeployError>;
+    /// Point `live` at `version`, or at the deployment before the live one.
+    async fn rollback(&self, version: Option<u64>) -> Result<Deployed, DeployError>;
+}
+
+pub struct ControlPlane {
+    registry: Arc<dyn Registry>,
+    pools: Arc<dyn Pools>,
+    snapshot: ArcSwap<Snapshot>,
+    uploads: PathBuf,
+    /// One deploy or rollback at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl ControlPlane {
+    /// Load every stored deployment and serve the `live` one. Uploads are unpacked under
+    /// `work_dir/uploads` (emptied here: what is left there is from a crash).
+    pub async fn load(
+        registry: Arc<dyn Registry>,
+        pools: Arc<dyn Pools>,
+        work_dir: &Path,
+    ) -> Result<Arc<ControlPlane>, DeployError> {
+        let uploads = work_dir.join("uploads");
+        let _ = std::fs::remove_dir_all(&uploads);
+        let mut versions = HashMap::new();
+        for record in registry.deployments().await? {
+            let content = stored::decode(record.format_version, &record.body)
+                .map_err(|source| DeployError::Unreadable { version: record.version, source })?;
+            let view = view(registry.as_ref(), record.version, record.app, record.created_ms, content);
+            versions.insert(view.version, Arc::new(view));
+        }
+        let live = registry.alias(LIVE).await?.and_then(|v| versions.get(&v).cloned());
+        if let Some(l) = &live {
+            pools.deploy(&l.functions.values().cloned().collect::<Vec<_>>());
+        }
+        Ok(Arc::new(ControlPlane {
+            registry,
+            pools,
+            snapshot: ArcSwap::from_pointee(Snapshot { live, versions }),
+            uploads,
+            lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Load what the live deployment needs (compiled wasm components) so that its first
+    /// requests after a restart do not wait for it. Failures are logged; requests retry.
+    pub async fn warm(&self) {
+        let live = self.snapshot.load().live.clone();
+        if let Some(l) = live {
+            let functions: Vec<Arc<FunctionVersion>> = l.functions.values().cloned().collect();
+            if let Err(e) = self.pools.prepare(&functions).await {
+                tracing::warn!("cannot prepare the live deployment: {e}");
+            }
+        }
+    }
+
+    /// The async engine runs what is live, or the version an event pinned.
+    pub fn function(&self, name: &str, qualifier: Option<&str>) -> Option<Arc<FunctionVersion>> {
+        self.snapshot.load().function(name, qualifier)
+    }
+
+    /// The live deployment's schedules.
+    pub fn schedules(&self) -> Vec<ScheduleSpec> {
+        self.snapshot.load().live.as_ref().map(|l| l.schedules.clone()).unwrap_or_default()
+    }
+
+    /// Deploy the app in `app_dir`. `from_up` is the deploy `nimbus up` does at start: when the
+    /// directory holds exactly what the previous `nimbus up` deployed, nothing is deployed and
+    /// the live deployment is served as it is (so a restart neither creates a version nor undoes
+    /// a rollback or a `nimbus deploy` made since).
+    pub async fn deploy_dir(&self, app_dir: &Path, from_up: bool) -> Result<Deployed, DeployError> {
+        let shown = app_dir.join(nimbus_manifest::MANIFEST_FILE).display().to_string();
+        self.deploy(app_dir, shown, from_up).await
+    }
+
+    async fn deploy(&self, app_dir: &Path, shown_as: String, from_up: bool) -> Result<Deployed, DeployError> {
+        let _guard = self.lock.lock().await;
+        let dir = app_dir.to_owned();
+        let (manifest, source) = tokio::task::spawn_blocking(move || load_manifest(&dir, &shown_as)).await??;
+        let (app, digest, content) = self.store_code(app_dir, manifest, &source).await?;
+        let live = self.snapshot.load().live.clone();
+        if let Some(live) = live.filter(|_| from_up) {
+            if self.registry.meta(UP_DIGEST).await?.as_deref() == Some(digest.as_str()) {
+                return Ok(describe(&live, false));
+            }
+        }
+        // Get every function ready before anything is recorded: a component that does not
+        // compile refuses the whole deployment.
+        let pending: Vec<Arc<FunctionVersion>> = content
+            .functions
+            .iter()
+            .map(|(spec, code_digest)| Arc::new(function_version(self.registry.as_ref(), spec, "", code_digest)))
+            .collect();
+        self.pools.prepare(&pending).await.map_err(DeployError::Refused)?;
+        let body = stored::encode(&content).map_err(DeployError::Encode)?;
+        let new = NewDeployment { app: &app, digest: &digest, format_version: stored::FORMAT_VERSION, body: &body };
+        let record = self.registry.add_deployment(new, LIVE).await?;
+        if from_up {
+            self.registry.set_meta(UP_DIGEST, &digest).await?;
+        }
+        let view = Arc::new(view(self.registry.as_ref(), record.version, app, record.created_ms, content));
+        self.activate(view.clone(), Some(view.clone()));
+        Ok(describe(&view, true))
+    }
+
+    /// Store each function's code; returns the app name, the app's content digest (manifest
+    /// text, function names and code digests) and the content to record.
+    async fn store_code(
+        &self,
+        app_dir: &Path,
+        manifest: Manifest,
+        source: &[u8],
+    ) -> Result<(String, String, DeploymentContent), DeployError> {
+        let mut h = Sha256::new();
+        h.update(source);
+        let mut functions = Vec::new();
+        for (name, spec) in manifest.functions {
+            let code_digest = self
+                .registry
+                .put_artifact(&app_dir.join(&spec.code))
+                .await
+                .map_err(|source| DeployError::Code { function: name.clone(), source })?;
+            h.update(name.as_bytes());
+            h.update(code_digest.as_bytes());
+            functions.push((spec, code_digest));
+        }
+        let content = DeploymentContent {
+            functions,
+            routes: manifest.routes,
+            schedules: manifest.schedules,
+            pricing: manifest.pricing,
+        };
+        Ok((manifest.name, hex::encode(h.finalize()), content))
+    }
+
+    fn activate(&self, live: Arc<DeploymentView>, new_version: Option<Arc<DeploymentView>>) {
+        self.pools.deploy(&live.functions.values().cloned().collect::<Vec<_>>());
+        let old = self.snapshot.load_full();
+        let mut versions = old.versions.clone();
+        if let Some(v) = new_version {
+            versions.insert(v.version, v);
+        }
+        self.snapshot.store(Arc::new(Snapshot { live: Some(live), versions }));
+    }
+}
+
+#[async_trait]
+impl Control for ControlPlane {
+    fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    async fn deploy_tar(&self, archive: Bytes) -> Result<Deployed, DeployError> {
+        let io = |context| move |source| DeployError::Io { context, source };
+        std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(&self.uploads)
+            .map_err(io("cannot create an upload directory"))?;
+        let target = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut ar = tar::Archive::new(std::io::Cursor::new(archive));
+            ar.set_preserve_permissions(true);
+            // `unpack` refuses entries that escape the target directory.
+            ar.unpack(&target)
+        })
+        .await?
+        .map_err(DeployError::BadArchive)?;
+        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false).await
+    }
+
+    async fn rollback(&self, version: Option<u64>) -> Result<Deployed, DeployError> {
+        let _guard = self.lock.lock().await;
+        let snap = self.snapshot.load_full();
+        let current = snap.live.as_ref().map(|l| l.version);
+        let target = match version {
+            Some(v) => v,
+            None => {
+                snap.versions.keys().copied().filter(|v| Some(*v) < current).max().ok_or(DeployError::NothingToRollBack)?
+            }
+        };
+        let view = snap.versions.get(&target).cloned().ok_or(DeployError::NoSuchVersion(target))?;
+        self.registry.set_alias(LIVE, target).await?;
+        self.activate(view.clone(), None);
+        Ok(describe(&view, Some(target) != current))
+    }
+}
+
+/// Read and validate the manifest (every problem at once) and return it with its source text.
+fn load_manifest(app_dir: &Path, shown_as: &str) -> Result<(Manifest, Vec<u8>), DeployError> {
+    let manifest = nimbus_manifest::load_as(app_dir, shown_as).map_err(DeployError::Invalid)?;
+    let source = std::fs::read(app_dir.join(nimbus_manifest::MANIFEST_FILE))
+        .map_err(|source| DeployError::Io { context: "cannot read the manifest", source })?;
+    Ok((manifest, source))
+}
+
+fn function_version(
+    registry: &dyn Registry,
+    spec: &nimbus_core::FunctionSpec,
+    version: &str,
+    code_digest: &str,
+) -> FunctionVersion {
+    FunctionVersion {
+        code_path: registry.artifact_path(code_digest),
+        spec: spec.clone(),
+        version: version.to_owned(),
+        code_digest: code_digest.to_owned(),
+        key_cache: Default::default(),
+    }
+}
+
+fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: DeploymentContent) -> DeploymentView {
+    let version_text = version.to_string();
+    let functions = c
+        .functions
+        .iter()
+        .map(|(spec, digest)| {
+            (spec.name.clone(), Arc::new(function_version(registry, spec, &version_text, digest)))
+        })
+        .collect();
+    DeploymentView {
+        version,
+        app,
+        created_ms,
+        functions,
+        router: Router::new(c.routes),
+        schedules: c.schedules,
+        pricing: c.pricing,
+    }
+}
+
+fn describe(view: &DeploymentView, changed: bool) -> Deployed {
+    Deployed {
+        version: view.version,
+        app: view.app.clone(),
+        changed,
+        functions: view.function_names().into_iter().map(str::to_owned).collect(),
+        routes: view.router.routes().to_vec(),
+    }
+}

@@ -1,0 +1,484 @@
+//! The stored deployment format: what the registry keeps for each deployment, apart from the
+//! domain types so that renaming a field of `FunctionSpec` or `RouteSpec` cannot silently
+//! break an existing data dir.
+//!
+//! Every format is a set of plain structs frozen at the release that introduced it, converted
+//! to and from the domain types here and only here. The registry row carries the format's
+//! number ([`FORMAT_VERSION`]); a reader accepts every format it knows and refuses a newer one
+//! with a message that says to upgrade nimbus.
+//!
+//! | format | written by | shape |
+//! |---|---|---|
+//! | 0 | nimbus 0.1 before formats were numbered | the same JSON as format 1 |
+//! | 1 | nimbus since the registry seam | [`StoredDeploymentV1`] |
+//!
+//! Format 1 was defined as exactly the JSON that release 0.1 wrote (serialized domain types),
+//! so rows written before the numbering (format 0) read through the same structs. A change to
+//! the shape is a new `StoredDeploymentV2` with a conversion from V1, never an edit of V1.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind, WasmOptions};
+use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
+use nimbus_manifest::{Methods, Pricing, RouteSpec};
+use serde::{Deserialize, Serialize};
+
+/// The format this release writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A deployment as stored in format 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredDeploymentV1 {
+    pub functions: Vec<StoredFunctionV1>,
+    pub routes: Vec<StoredRouteV1>,
+    #[serde(default)]
+    pub schedules: Vec<StoredScheduleV1>,
+    #[serde(default)]
+    pub pricing: Option<StoredPricingV1>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredFunctionV1 {
+    pub spec: StoredSpecV1,
+    pub code_digest: String,
+}
+
+/// Durations are integer milliseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredSpecV1 {
+    pub name: String,
+    /// "node" | "python" | "provided" | "wasm"
+    pub runtime: String,
+    pub handler: String,
+    pub code: String,
+    pub memory_mb: u32,
+    pub timeout: u64,
+    pub env: BTreeMap<String, String>,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub keep_alive: u64,
+    pub max_queued: u32,
+    pub queue_timeout: u64,
+    #[serde(default)]
+    pub async_policy: Option<StoredAsyncPolicyV1>,
+    #[serde(default)]
+    pub wasm: Option<StoredWasmV1>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredAsyncPolicyV1 {
+    pub max_retry_attempts: u32,
+    pub retry_backoff: u64,
+    pub retry_backoff_max: u64,
+    pub max_event_age: u64,
+    pub on_success: Option<StoredDestinationV1>,
+    pub on_failure: Option<StoredDestinationV1>,
+}
+
+/// `{"function": "NAME"}` or `"dlq"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredDestinationV1 {
+    Function(String),
+    Dlq,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredWasmV1 {
+    pub component: String,
+    pub instance_reuse: bool,
+    pub cpu_ms: Option<u32>,
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRouteV1 {
+    pub methods: StoredMethodsV1,
+    pub path: String,
+    pub host: Option<String>,
+    pub function: String,
+    #[serde(default)]
+    pub is_async: bool,
+}
+
+/// `"any"` or `{"list": ["GET", …]}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredMethodsV1 {
+    Any,
+    List(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredScheduleV1 {
+    pub function: String,
+    pub when: StoredWhenV1,
+    pub timezone: String,
+    /// "latest" | "none"
+    pub catch_up: String,
+}
+
+/// `{"cron": "EXPR"}` or `{"rate": MILLISECONDS}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredWhenV1 {
+    Cron(String),
+    Rate(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredPricingV1 {
+    pub currency: String,
+    pub per_million_requests: f64,
+    pub per_gb_second: f64,
+    pub server_per_hour: f64,
+    pub servers: u32,
+}
+
+/// A deployment's content in domain terms (what a deploy writes and a load reads back).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentContent {
+    /// (spec, code digest) per function.
+    pub functions: Vec<(FunctionSpec, String)>,
+    pub routes: Vec<RouteSpec>,
+    pub schedules: Vec<ScheduleSpec>,
+    pub pricing: Pricing,
+}
+
+/// Why a stored body cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error(
+        "it is in storage format {0}, newer than this nimbus reads (up to {FORMAT_VERSION}); upgrade nimbus to serve this data dir"
+    )]
+    TooNew(u32),
+    #[error("it is not valid format-{version} JSON: {source}")]
+    Json {
+        version: u32,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Value(String),
+}
+
+/// Encode in the current format.
+pub fn encode(content: &DeploymentContent) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&StoredDeploymentV1::from(content))
+}
+
+/// Decode a body of any known format.
+pub fn decode(format_version: u32, body: &str) -> Result<DeploymentContent, FormatError> {
+    match format_version {
+        0 | 1 => {
+            let v1: StoredDeploymentV1 =
+                serde_json::from_str(body).map_err(|source| FormatError::Json { version: format_version, source })?;
+            DeploymentContent::try_from(v1)
+        }
+        newer => Err(FormatError::TooNew(newer)),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&DeploymentContent> for StoredDeploymentV1 {
+    fn from(c: &DeploymentContent) -> Self {
+        StoredDeploymentV1 {
+            functions: c
+                .functions
+                .iter()
+                .map(|(spec, digest)| StoredFunctionV1 { spec: spec.into(), code_digest: digest.clone() })
+                .collect(),
+            routes: c.routes.iter().map(Into::into).collect(),
+            schedules: c.schedules.iter().map(Into::into).collect(),
+            pricing: Some((&c.pricing).into()),
+        }
+    }
+}
+
+impl TryFrom<StoredDeploymentV1> for DeploymentContent {
+    type Error = FormatError;
+    fn try_from(v: StoredDeploymentV1) -> Result<Self, FormatError> {
+        let functions = v
+            .functions
+            .into_iter()
+            .map(|f| Ok((FunctionSpec::try_from(f.spec)?, f.code_digest)))
+            .collect::<Result<_, FormatError>>()?;
+        let schedules = v.schedules.into_iter().map(ScheduleSpec::try_from).collect::<Result<_, _>>()?;
+        Ok(DeploymentContent {
+            functions,
+            routes: v.routes.into_iter().map(Into::into).collect(),
+            schedules,
+            pricing: v.pricing.map(Into::into).unwrap_or_default(),
+        })
+    }
+}
+
+impl From<&FunctionSpec> for StoredSpecV1 {
+    fn from(s: &FunctionSpec) -> Self {
+        StoredSpecV1 {
+            name: s.name.clone(),
+            runtime: s.runtime.as_str().to_owned(),
+            handler: s.handler.clone(),
+            code: s.code.clone(),
+            memory_mb: s.memory_mb,
+            timeout: ms(s.timeout),
+            env: s.env.clone(),
+            min_instances: s.min_instances,
+            max_instances: s.max_instances,
+            keep_alive: ms(s.keep_alive),
+            max_queued: s.max_queued,
+            queue_timeout: ms(s.queue_timeout),
+            async_policy: Some((&s.async_policy).into()),
+            wasm: Some((&s.wasm).into()),
+        }
+    }
+}
+
+impl TryFrom<StoredSpecV1> for FunctionSpec {
+    type Error = FormatError;
+    fn try_from(s: StoredSpecV1) -> Result<Self, FormatError> {
+        let runtime = RuntimeKind::parse(&s.runtime)
+            .ok_or_else(|| FormatError::Value(format!("function {} has an unknown runtime {:?}", s.name, s.runtime)))?;
+        Ok(FunctionSpec {
+            name: s.name,
+            runtime,
+            handler: s.handler,
+            code: s.code,
+            memory_mb: s.memory_mb,
+            timeout: Duration::from_millis(s.timeout),
+            env: s.env,
+            min_instances: s.min_instances,
+            max_instances: s.max_instances,
+            keep_alive: Duration::from_millis(s.keep_alive),
+            max_queued: s.max_queued,
+            queue_timeout: Duration::from_millis(s.queue_timeout),
+            async_policy: s.async_policy.map(Into::into).unwrap_or_default(),
+            wasm: s.wasm.map(Into::into).unwrap_or_default(),
+        })
+    }
+}
+
+impl From<&AsyncPolicy> for StoredAsyncPolicyV1 {
+    fn from(p: &AsyncPolicy) -> Self {
+        StoredAsyncPolicyV1 {
+            max_retry_attempts: p.max_retry_attempts,
+            retry_backoff: ms(p.retry_backoff),
+            retry_backoff_max: ms(p.retry_backoff_max),
+            max_event_age: ms(p.max_event_age),
+            on_success: p.on_success.as_ref().map(Into::into),
+            on_failure: p.on_failure.as_ref().map(Into::into),
+        }
+    }
+}
+
+impl From<StoredAsyncPolicyV1> for AsyncPolicy {
+    fn from(p: StoredAsyncPolicyV1) -> Self {
+        AsyncPolicy {
+            max_retry_attempts: p.max_retry_attempts,
+            retry_backoff: Duration::from_millis(p.retry_backoff),
+            retry_backoff_max: Duration::from_millis(p.retry_backoff_max),
+            max_event_age: Duration::from_millis(p.max_event_age),
+            on_success: p.on_success.map(Into::into),
+            on_failure: p.on_failure.map(Into::into),
+        }
+    }
+}
+
+impl From<&Destination> for StoredDestinationV1 {
+    fn from(d: &Destination) -> Self {
+        match d {
+            Destination::Function(f) => StoredDestinationV1::Function(f.clone()),
+            Destination::Dlq => StoredDestinationV1::Dlq,
+        }
+    }
+}
+
+impl From<StoredDestinationV1> for Destination {
+    fn from(d: StoredDestinationV1) -> Self {
+        match d {
+            StoredDestinationV1::Function(f) => Destination::Function(f),
+            StoredDestinationV1::Dlq => Destination::Dlq,
+        }
+    }
+}
+
+impl From<&WasmOptions> for StoredWasmV1 {
+    fn from(w: &WasmOptions) -> Self {
+        StoredWasmV1 {
+            component: w.component.clone(),
+            instance_reuse: w.instance_reuse,
+            cpu_ms: w.cpu_ms,
+            allowed_outbound_hosts: w.allowed_outbound_hosts.clone(),
+        }
+    }
+}
+
+impl From<StoredWasmV1> for WasmOptions {
+    fn from(w: StoredWasmV1) -> Self {
+        WasmOptions {
+            component: w.component,
+            instance_reuse: w.instance_reuse,
+            cpu_ms: w.cpu_ms,
+            allowed_outbound_hosts: w.allowed_outbound_hosts,
+        }
+    }
+}
+
+impl From<&RouteSpec> for StoredRouteV1 {
+    fn from(r: &RouteSpec) -> Self {
+        StoredRouteV1 {
+            methods: match &r.methods {
+                Methods::Any => StoredMethodsV1::Any,
+                Methods::List(l) => StoredMethodsV1::List(l.clone()),
+            },
+            path: r.path.clone(),
+            host: r.host.clone(),
+            function: r.function.clone(),
+            is_async: r.is_async,
+        }
+    }
+}
+
+impl From<StoredRouteV1> for RouteSpec {
+    fn from(r: StoredRouteV1) -> Self {
+        RouteSpec {
+            methods: match r.methods {
+                StoredMethodsV1::Any => Methods::Any,
+                StoredMethodsV1::List(l) => Methods::List(l),
+            },
+            path: r.path,
+            host: r.host,
+            function: r.function,
+            is_async: r.is_async,
+        }
+    }
+}
+
+impl From<&ScheduleSpec> for StoredScheduleV1 {
+    fn from(s: &ScheduleSpec) -> Self {
+        StoredScheduleV1 {
+            function: s.function.clone(),
+            when: match &s.when {
+                When::Cron(c) => StoredWhenV1::Cron(c.clone()),
+                When::Rate(d) => StoredWhenV1::Rate(ms(*d)),
+            },
+            timezone: s.timezone.clone(),
+            catch_up: match s.catch_up {
+                CatchUp::Latest => "latest",
+                CatchUp::None => "none",
+            }
+            .to_owned(),
+        }
+    }
+}
+
+impl TryFrom<StoredScheduleV1> for ScheduleSpec {
+    type Error = FormatError;
+    fn try_from(s: StoredScheduleV1) -> Result<Self, FormatError> {
+        let catch_up = match s.catch_up.as_str() {
+            "latest" => CatchUp::Latest,
+            "none" => CatchUp::None,
+            other => {
+                return Err(FormatError::Value(format!(
+                    "the schedule of {} has an unknown catch_up {other:?}",
+                    s.function
+                )))
+            }
+        };
+        Ok(ScheduleSpec {
+            function: s.function,
+            when: match s.when {
+                StoredWhenV1::Cron(c) => When::Cron(c),
+                StoredWhenV1::Rate(ms) => When::Rate(Duration::from_millis(ms)),
+            },
+            timezone: s.timezone,
+            catch_up,
+        })
+    }
+}
+
+impl From<&Pricing> for StoredPricingV1 {
+    fn from(p: &Pricing) -> Self {
+        StoredPricingV1 {
+            currency: p.currency.clone(),
+            per_million_requests: p.per_million_requests,
+            per_gb_second: p.per_gb_second,
+            server_per_hour: p.server_per_hour,
+            servers: p.servers,
+        }
+    }
+}
+
+impl From<StoredPricingV1> for Pricing {
+    fn from(p: StoredPricingV1) -> Self {
+        Pricing {
+            currency: p.currency,
+            per_million_requests: p.per_million_requests,
+            per_gb_second: p.per_gb_second,
+            server_per_hour: p.server_per_hour,
+            servers: p.servers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body exactly as nimbus 0.1 wrote it (format 0), before `async_policy`, `wasm`,
+    /// `schedules` and `pricing` existed in some rows: every later key has a default.
+    const OLDEST: &str = r#"{"functions":[{"spec":{"name":"hello","runtime":"node","handler":"index.handler","code":"functions/hello","memory_mb":128,"timeout":3000,"env":{"A":"1"},"min_instances":0,"max_instances":10,"keep_alive":600000,"max_queued":1000,"queue_timeout":10000},"code_digest":"ab"}],"routes":[{"methods":{"list":["GET"]},"path":"/hello/{name}","host":null,"function":"hello"}]}"#;
+
+    /// A format-0 body with every key 0.1 ever wrote.
+    const FULL: &str = r#"{"functions":[{"spec":{"name":"report","runtime":"wasm","handler":"","code":"w","memory_mb":64,"timeout":1500,"env":{},"min_instances":1,"max_instances":2,"keep_alive":1000,"max_queued":5,"queue_timeout":250,"async_policy":{"max_retry_attempts":1,"retry_backoff":100,"retry_backoff_max":400,"max_event_age":60000,"on_success":{"function":"audit"},"on_failure":"dlq"},"wasm":{"component":"a.wasm","instance_reuse":true,"cpu_ms":50,"allowed_outbound_hosts":["https://*.example.com"]}},"code_digest":"cd"}],"routes":[{"methods":"any","path":"/r/*","host":"api.example.com","function":"report","is_async":true}],"schedules":[{"function":"report","when":{"rate":300000},"timezone":"UTC","catch_up":"none"},{"function":"report","when":{"cron":"0 2 * * *"},"timezone":"Asia/Shanghai","catch_up":"latest"}],"pricing":{"currency":"EUR","perMillionRequests":1.0,"perGbSecond":2.0,"serverPerHour":3.0,"servers":4}}"#;
+
+    #[test]
+    fn format_0_bodies_read_with_defaults_for_what_they_lack() {
+        let c = decode(0, OLDEST).unwrap();
+        let (spec, digest) = &c.functions[0];
+        assert_eq!((spec.name.as_str(), spec.runtime, digest.as_str()), ("hello", RuntimeKind::Node, "ab"));
+        assert_eq!(spec.timeout, Duration::from_secs(3));
+        assert_eq!(spec.async_policy, AsyncPolicy::default());
+        assert_eq!(spec.wasm, WasmOptions::default());
+        assert_eq!(c.routes[0].methods, Methods::List(vec!["GET".into()]));
+        assert!(!c.routes[0].is_async);
+        assert!(c.schedules.is_empty());
+        assert_eq!(c.pricing, Pricing::default());
+    }
+
+    #[test]
+    fn every_key_round_trips_through_the_current_format() {
+        let c = decode(0, FULL).unwrap();
+        let spec = &c.functions[0].0;
+        assert_eq!(spec.async_policy.on_success, Some(Destination::Function("audit".into())));
+        assert_eq!(spec.async_policy.retry_backoff_max, Duration::from_millis(400));
+        assert_eq!(spec.wasm.cpu_ms, Some(50));
+        assert_eq!(c.routes[0].methods, Methods::Any);
+        assert_eq!(c.schedules[0].when, When::Rate(Duration::from_secs(300)));
+        assert_eq!(c.schedules[0].catch_up, CatchUp::None);
+        assert_eq!(c.pricing.currency, "EUR");
+        // Written in format 1 it reads back identical, and its JSON is format 0's JSON: the
+        // formats are the same shape.
+        let body = encode(&c).unwrap();
+        assert_eq!(decode(FORMAT_VERSION, &body).unwrap(), c);
+        let written: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let original: serde_json::Value = serde_json::from_str(FULL).unwrap();
+        assert_eq!(written, original);
+    }
+
+    #[test]
+    fn unreadable_bodies_say_why() {
+        let e = decode(2, "{}").unwrap_err().to_string();
+        assert!(e.contains("storage format 2") && e.contains("upgrade nimbus"), "{e}");
+        let e = decode(1, "{").unwrap_err().to_string();
+        assert!(e.contains("not valid format-1 JSON"), "{e}");
+        let bad = OLDEST.replace("\"node\"", "\"cobol\"");
+        let e = decode(1, &bad).unwrap_err().to_string();
+        assert!(e.contains("unknown runtime \"cobol\""), "{e}");
+    }
+}

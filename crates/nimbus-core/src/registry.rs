@@ -1,0 +1,97 @@
+//! The registry seam: deployments, aliases, small settings and code artifacts, as the control
+//! plane keeps them. The embedded backend is SQLite plus content-addressed directories
+//! (nimbus-store-sqlite); a cluster backend (NATS JetStream KV and Object Store) implements the
+//! same trait, so the control plane and the HTTP layer never name a backend.
+//!
+//! Lifecycle: the composition root opens one registry at start and hands it to the control
+//! plane, which is its only caller. `deployments` is read once at start (and by a cluster node
+//! when another node deploys); `add_deployment` and `set_alias` are called once per deploy or
+//! rollback, under the control plane's deploy lock; `put_artifact` once per function per deploy
+//! (cheap when the content is already stored); `artifact_path` whenever a function version is
+//! built from a record. None of them is ever called on the request path: the request path reads
+//! the control plane's in-memory snapshot.
+//!
+//! The registry does not interpret a deployment's body: the control plane owns that format and
+//! says which version of it a body is in (`format_version`), so a backend is a versioned
+//! key-value store and a change to the domain types never silently changes what is stored.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+/// A stored deployment: its number, what the control plane wrote, and the format it wrote in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentRecord {
+    /// Deployment version: 1, 2, … in the order they were added.
+    pub version: u64,
+    pub app: String,
+    /// Content digest of the app (manifest and code), hex.
+    pub digest: String,
+    pub created_ms: u64,
+    /// Which format `body` is in (the control plane's stored-deployment format). Bodies written
+    /// before formats were versioned read as 0.
+    pub format_version: u32,
+    pub body: String,
+}
+
+/// A deployment to add.
+#[derive(Clone, Debug)]
+pub struct NewDeployment<'a> {
+    pub app: &'a str,
+    pub digest: &'a str,
+    pub format_version: u32,
+    pub body: &'a str,
+}
+
+/// Why the registry could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The backend failed (database error, disk full, connection lost).
+    #[error("the registry failed to {action}: {source}")]
+    Backend {
+        action: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A code directory could not be read or stored.
+    #[error("cannot store the code in {}: {source}", dir.display())]
+    Artifact {
+        dir: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// An alias names a version that is not stored.
+    #[error("there is no deployment {0}")]
+    NoSuchVersion(u64),
+}
+
+impl RegistryError {
+    /// Wrap a backend error with what was being done.
+    pub fn backend(action: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        RegistryError::Backend { action, source: Box::new(source) }
+    }
+}
+
+/// Durable control-plane state. See the module docs for who calls what, and when.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Every stored deployment, oldest first.
+    async fn deployments(&self) -> Result<Vec<DeploymentRecord>, RegistryError>;
+    /// Store a new deployment (numbered after the newest) and point `alias` at it, atomically:
+    /// after a crash either both happened or neither.
+    async fn add_deployment(&self, deployment: NewDeployment<'_>, alias: &str)
+        -> Result<DeploymentRecord, RegistryError>;
+    /// The version an alias points at.
+    async fn alias(&self, name: &str) -> Result<Option<u64>, RegistryError>;
+    /// Point an alias at a stored version.
+    async fn set_alias(&self, name: &str, version: u64) -> Result<(), RegistryError>;
+    /// A small setting kept with the registry (e.g. what `nimbus up` deployed last).
+    async fn meta(&self, key: &str) -> Result<Option<String>, RegistryError>;
+    async fn set_meta(&self, key: &str, value: &str) -> Result<(), RegistryError>;
+    /// Store an immutable copy of a code directory, addressed by its content; returns the
+    /// digest. Storing the same content again is cheap and returns the same digest.
+    async fn put_artifact(&self, dir: &Path) -> Result<String, RegistryError>;
+    /// Where the code with `digest` can be read on this node (a local directory; a cluster
+    /// backend fetches and verifies it first).
+    fn artifact_path(&self, digest: &str) -> PathBuf;
+}
