@@ -427,7 +427,7 @@ fn function(
         cx.duration(qv, &f("queue_timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
 
-    // Async invocations (DESIGN.md §7).
+    // Async invocations: retries, event age and destinations (docs/manifest.md, `[functions.NAME]`).
     let mut async_policy = AsyncPolicy::default();
     if let Some(n) = t.get("max_retry_attempts").and_then(|x| cx.u32(x, &f("max_retry_attempts"), 0, 10)) {
         async_policy.max_retry_attempts = n;
