@@ -6,25 +6,9 @@ use std::time::Duration;
 
 use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind, WasmOptions};
 use toml::de::{DeTable, DeValue};
-use toml::Spanned;
 
+use crate::ctx::{Ctx, FunctionLocations, Locations, Value};
 use crate::{defaults, Diagnostic, Diagnostics, Manifest, Methods, RouteSpec};
-
-pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
-
-/// Where things were written, for the file checks that run after validation.
-#[derive(Default)]
-pub(crate) struct Locations {
-    pub functions: HashMap<String, FunctionLocations>,
-}
-
-#[derive(Default, Clone)]
-pub(crate) struct FunctionLocations {
-    pub table: usize,
-    pub code: Option<usize>,
-    pub handler: Option<usize>,
-    pub component: Option<usize>,
-}
 
 const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
 const FUNCTION_KEYS: &[&str] = &[
@@ -71,92 +55,12 @@ const RESERVED_ENV: &[&str] = &[
     "AWS_DEFAULT_REGION",
 ];
 
-pub(crate) struct Ctx<'s> {
-    file: &'s str,
-    src: &'s str,
-    errors: Vec<Diagnostic>,
-}
-
-impl Ctx<'_> {
-    pub(crate) fn err(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
-        self.errors.push(Diagnostic::at(self.file, self.src, span.start, field, message.into()));
-    }
-
-    pub(crate) fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], prefix: &str, what: &str) {
-        for (key, _) in table.iter() {
-            let k: &str = key.get_ref().as_ref();
-            if !known.contains(&k) {
-                let hint = closest(k, known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
-                self.err(
-                    key.span(),
-                    &join(prefix, k),
-                    format!("unknown key `{k}`{hint}; {what} takes: {}", known.join(", ")),
-                );
-            }
-        }
-    }
-
-    pub(crate) fn string(&mut self, v: &Value<'_>, field: &str) -> Option<String> {
-        match v.get_ref() {
-            DeValue::String(s) => Some(s.to_string()),
-            other => {
-                self.err(v.span(), field, format!("expected a string, found {}", other.type_str()));
-                None
-            }
-        }
-    }
-
-    fn int(&mut self, v: &Value<'_>, field: &str, lo: i64, hi: i64) -> Option<i64> {
-        let parsed = match v.get_ref() {
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
-            other => {
-                self.err(v.span(), field, format!("expected an integer, found {}", other.type_str()));
-                return None;
-            }
-        };
-        match parsed {
-            Some(n) if (lo..=hi).contains(&n) => Some(n),
-            _ => {
-                self.err(v.span(), field, format!("must be between {lo} and {hi}"));
-                None
-            }
-        }
-    }
-
-    pub(crate) fn u32(&mut self, v: &Value<'_>, field: &str, lo: u32, hi: u32) -> Option<u32> {
-        self.int(v, field, i64::from(lo), i64::from(hi)).and_then(|n| u32::try_from(n).ok())
-    }
-
-    pub(crate) fn duration(&mut self, v: &Value<'_>, field: &str, lo: Duration, hi: Duration) -> Option<Duration> {
-        let text = self.string(v, field)?;
-        match crate::parse_duration(&text) {
-            Some(d) if d >= lo && d <= hi => Some(d),
-            Some(_) => {
-                self.err(
-                    v.span(),
-                    field,
-                    format!("\"{text}\" is out of range; use a duration between {} and {}", fmt_d(lo), fmt_d(hi)),
-                );
-                None
-            }
-            None => {
-                self.err(
-                    v.span(),
-                    field,
-                    format!("\"{text}\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\""),
-                );
-                None
-            }
-        }
-    }
-}
-
 pub(crate) fn manifest(src: &str, file: &str) -> Result<Manifest, Diagnostics> {
     manifest_with_locations(src, file).map(|(m, _)| m)
 }
 
 pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest, Locations), Diagnostics> {
-    let mut cx = Ctx { file, src, errors: Vec::new() };
+    let mut cx = Ctx::new(file, src);
     let (root, parse_errors) = DeTable::parse_recoverable(src);
     if !parse_errors.is_empty() {
         for e in parse_errors {
@@ -164,7 +68,7 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
             let msg = e.message().trim().replace('\n', " ");
             cx.err(start..start, "", format!("TOML syntax error: {msg}; fix the syntax and try again"));
         }
-        return Err(Diagnostics::new(cx.errors));
+        return Err(Diagnostics::new(cx.into_errors()));
     }
     let root = root.get_ref();
     cx.unknown_keys(root, TOP_KEYS, "", "the top level");
@@ -273,8 +177,8 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         None => crate::Pricing::default(),
     };
 
-    if !cx.errors.is_empty() {
-        return Err(Diagnostics::new(cx.errors));
+    if cx.error_count() > 0 {
+        return Err(Diagnostics::new(cx.into_errors()));
     }
     let manifest = Manifest {
         pricing,
@@ -301,7 +205,7 @@ fn function(
         cx.err(v.span(), field, format!("expected a table (`[{field}]`), found {}", v.get_ref().type_str()));
         return None;
     };
-    let before = cx.errors.len();
+    let before = cx.error_count();
     cx.unknown_keys(t, FUNCTION_KEYS, field, "a function");
     let f = |k: &str| format!("{field}.{k}");
     let mut loc = FunctionLocations { table: v.span().start, ..Default::default() };
@@ -515,7 +419,7 @@ fn function(
         },
     };
 
-    if cx.errors.len() > before {
+    if cx.error_count() > before {
         return None;
     }
     Some((
@@ -544,7 +448,7 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
         cx.err(v.span(), field, format!("expected a table (`[[routes]]`), found {}", v.get_ref().type_str()));
         return None;
     };
-    let before = cx.errors.len();
+    let before = cx.error_count();
     cx.unknown_keys(t, ROUTE_KEYS, field, "a route");
     let f = |k: &str| format!("{field}.{k}");
 
@@ -649,7 +553,7 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
         },
     };
 
-    if cx.errors.len() > before {
+    if cx.error_count() > before {
         return None;
     }
     Some(RouteSpec { methods: methods?, path: path?, host, function: function?, is_async })
@@ -671,7 +575,7 @@ fn route_conflicts(cx: &mut Ctx<'_>, routes: &[(RouteSpec, Range<usize>)]) {
                     (Methods::List(a), Methods::List(b)) => a.iter().any(|m| b.contains(m)),
                 };
                 if overlap {
-                    let (line, _) = line_of(cx.src, other_span.start);
+                    let (line, _) = line_of(cx.src(), other_span.start);
                     cx.err(span.clone(), &field, format!("{} {} is already routed by the route at line {line}; remove one or give them different methods", r.methods.describe(), r.path));
                 }
             }
@@ -757,41 +661,4 @@ fn valid_handler(h: &str) -> bool {
         }
         None => false,
     }
-}
-
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
-fn fmt_d(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// The known key nearest to a misspelt one, if it is close enough to be a typo.
-fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    known.iter().map(|k| (edit_distance(key, k), *k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row.first().copied().unwrap_or(0);
-        if let Some(first) = row.first_mut() {
-            *first = i + 1;
-        }
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row.get(j + 1).copied().unwrap_or(0);
-            let best = if ca == *cb { prev } else { 1 + prev.min(cur).min(row.get(j).copied().unwrap_or(0)) };
-            if let Some(slot) = row.get_mut(j + 1) {
-                *slot = best;
-            }
-            prev = cur;
-        }
-    }
-    row.last().copied().unwrap_or(0)
 }

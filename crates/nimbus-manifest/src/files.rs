@@ -4,7 +4,7 @@ use std::path::Path;
 
 use nimbus_core::RuntimeKind;
 
-use crate::check::Locations;
+use crate::ctx::Locations;
 use crate::{Diagnostic, Manifest};
 
 pub(crate) fn check(

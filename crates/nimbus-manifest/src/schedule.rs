@@ -10,9 +10,8 @@ use chrono_tz::Tz;
 use croner::Cron;
 use serde::{Deserialize, Serialize};
 use toml::de::DeValue;
-use toml::Spanned;
 
-use crate::check::Ctx;
+use crate::ctx::{Ctx, Value};
 
 /// When a schedule fires.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +123,7 @@ fn parse_rate(s: &str) -> Option<Duration> {
 
 pub(crate) fn check(
     cx: &mut Ctx<'_>,
-    v: &Spanned<DeValue<'_>>,
+    v: &Value<'_>,
     field: &str,
     declared: &dyn Fn(&str) -> bool,
 ) -> Option<ScheduleSpec> {

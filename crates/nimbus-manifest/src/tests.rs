@@ -1,6 +1,8 @@
 //! Resolution tests: valid manifests in, resolved values and defaults out. The tables of
 //! "this manifest is refused with these messages" are golden files in `tests/ui/`.
 
+use std::time::Duration;
+
 use super::*;
 
 const GOOD: &str = r#"

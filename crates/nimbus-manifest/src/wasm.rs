@@ -4,7 +4,7 @@ use nimbus_core::outbound::OutboundPattern;
 use nimbus_core::WasmOptions;
 use toml::de::{DeTable, DeValue};
 
-use crate::check::{Ctx, FunctionLocations};
+use crate::ctx::{Ctx, FunctionLocations};
 
 pub(crate) fn options(
     cx: &mut Ctx<'_>,
