@@ -6,25 +6,10 @@ use std::time::Duration;
 
 use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind, WasmOptions};
 use toml::de::{DeTable, DeValue};
-use toml::Spanned;
 
-use crate::{defaults, Diagnostic, Diagnostics, Manifest, Methods, RouteSpec};
-
-pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
-
-/// Where things were written, for the file checks that run after validation.
-#[derive(Default)]
-pub(crate) struct Locations {
-    pub functions: HashMap<String, FunctionLocations>,
-}
-
-#[derive(Default, Clone)]
-pub(crate) struct FunctionLocations {
-    pub table: usize,
-    pub code: Option<usize>,
-    pub handler: Option<usize>,
-    pub component: Option<usize>,
-}
+use crate::ctx::{Ctx, FunctionLocations, Locations, Value};
+use crate::schedule::ScheduleSpec;
+use crate::{defaults, pricing, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing, RouteSpec};
 
 const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
 const FUNCTION_KEYS: &[&str] = &[
@@ -71,105 +56,54 @@ const RESERVED_ENV: &[&str] = &[
     "AWS_DEFAULT_REGION",
 ];
 
-pub(crate) struct Ctx<'s> {
-    file: &'s str,
-    src: &'s str,
-    errors: Vec<Diagnostic>,
-}
-
-impl Ctx<'_> {
-    pub(crate) fn err(&mut self, span: Range<usize>, field: &str, message: impl Into<String>) {
-        self.errors.push(Diagnostic::at(self.file, self.src, span.start, field, message.into()));
-    }
-
-    pub(crate) fn unknown_keys(&mut self, table: &DeTable<'_>, known: &[&str], prefix: &str, what: &str) {
-        for (key, _) in table.iter() {
-            let k: &str = key.get_ref().as_ref();
-            if !known.contains(&k) {
-                let hint = closest(k, known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
-                self.err(
-                    key.span(),
-                    &join(prefix, k),
-                    format!("unknown key `{k}`{hint}; {what} takes: {}", known.join(", ")),
-                );
-            }
-        }
-    }
-
-    pub(crate) fn string(&mut self, v: &Value<'_>, field: &str) -> Option<String> {
-        match v.get_ref() {
-            DeValue::String(s) => Some(s.to_string()),
-            other => {
-                self.err(v.span(), field, format!("expected a string, found {}", other.type_str()));
-                None
-            }
-        }
-    }
-
-    fn int(&mut self, v: &Value<'_>, field: &str, lo: i64, hi: i64) -> Option<i64> {
-        let parsed = match v.get_ref() {
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
-            other => {
-                self.err(v.span(), field, format!("expected an integer, found {}", other.type_str()));
-                return None;
-            }
-        };
-        match parsed {
-            Some(n) if (lo..=hi).contains(&n) => Some(n),
-            _ => {
-                self.err(v.span(), field, format!("must be between {lo} and {hi}"));
-                None
-            }
-        }
-    }
-
-    pub(crate) fn u32(&mut self, v: &Value<'_>, field: &str, lo: u32, hi: u32) -> Option<u32> {
-        self.int(v, field, i64::from(lo), i64::from(hi)).and_then(|n| u32::try_from(n).ok())
-    }
-
-    pub(crate) fn duration(&mut self, v: &Value<'_>, field: &str, lo: Duration, hi: Duration) -> Option<Duration> {
-        let text = self.string(v, field)?;
-        match crate::parse_duration(&text) {
-            Some(d) if d >= lo && d <= hi => Some(d),
-            Some(_) => {
-                self.err(
-                    v.span(),
-                    field,
-                    format!("\"{text}\" is out of range; use a duration between {} and {}", fmt_d(lo), fmt_d(hi)),
-                );
-                None
-            }
-            None => {
-                self.err(
-                    v.span(),
-                    field,
-                    format!("\"{text}\" is not a duration; write it like \"250ms\", \"10s\", \"5m\" or \"1h\""),
-                );
-                None
-            }
-        }
-    }
-}
-
 pub(crate) fn manifest(src: &str, file: &str) -> Result<Manifest, Diagnostics> {
     manifest_with_locations(src, file).map(|(m, _)| m)
 }
 
+/// Parse, then check each part of the file in turn. The order of the parts is the order in
+/// which problems at the same position are listed, so keep it.
 pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest, Locations), Diagnostics> {
-    let mut cx = Ctx { file, src, errors: Vec::new() };
+    let mut cx = Ctx::new(file, src);
     let (root, parse_errors) = DeTable::parse_recoverable(src);
     if !parse_errors.is_empty() {
+        // Nothing else is checked: a broken file gives spans and keys that would mislead.
         for e in parse_errors {
             let start = e.span().map_or(0, |s| s.start);
             let msg = e.message().trim().replace('\n', " ");
             cx.err(start..start, "", format!("TOML syntax error: {msg}; fix the syntax and try again"));
         }
-        return Err(Diagnostics::new(cx.errors));
+        return Err(Diagnostics::new(cx.into_errors()));
     }
     let root = root.get_ref();
     cx.unknown_keys(root, TOP_KEYS, "", "the top level");
 
-    let name = match root.get("name") {
+    let name = app_name(&mut cx, root);
+    let functions = functions(&mut cx, root);
+    let routes = routes(&mut cx, root);
+    route_conflicts(&mut cx, &routes);
+    let declared = |name: &str| is_declared(root, name);
+    destinations_exist(&mut cx, functions.destinations, &declared);
+    let schedules = schedules(&mut cx, root, &declared);
+    let pricing = match root.get("pricing") {
+        Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
+        None => Pricing::default(),
+    };
+
+    if cx.error_count() > 0 {
+        return Err(Diagnostics::new(cx.into_errors()));
+    }
+    let manifest = Manifest {
+        pricing,
+        name: name.unwrap_or_default(),
+        functions: functions.specs,
+        routes: routes.into_iter().map(|(r, _)| r).collect(),
+        schedules,
+    };
+    Ok((manifest, functions.locations))
+}
+
+fn app_name(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Option<String> {
+    match root.get("name") {
         Some(v) => cx.string(v, "name").filter(|n| {
             let ok = valid_name(n);
             if !ok {
@@ -185,61 +119,79 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
             cx.err(0..0, "name", "missing; add `name = \"my-app\"` at the top of the file");
             None
         }
-    };
-
-    let mut locations = Locations::default();
-    let mut functions = BTreeMap::new();
-    let mut destinations: Vec<DestinationRef> = Vec::new();
-    match root.get("functions") {
-        Some(v) => match v.get_ref() {
-            DeValue::Table(table) => {
-                for (key, fv) in table.iter() {
-                    let fname: &str = key.get_ref().as_ref();
-                    let field = format!("functions.{fname}");
-                    if !valid_name(fname) {
-                        cx.err(
-                            key.span(),
-                            &field,
-                            format!("\"{fname}\" is not a valid function name; use 1-64 letters, digits, '-' or '_'"),
-                        );
-                        continue;
-                    }
-                    if let Some((spec, loc)) = function(&mut cx, fname, fv, &field, &mut destinations) {
-                        functions.insert(fname.to_owned(), spec);
-                        locations.functions.insert(fname.to_owned(), loc);
-                    }
-                }
-            }
-            other => cx.err(
-                v.span(),
-                "functions",
-                format!("expected a table of functions (`[functions.NAME]`), found {}", other.type_str()),
-            ),
-        },
-        None => cx.err(0..0, "functions", "the app has no functions; add a `[functions.NAME]` table"),
     }
+}
 
-    let mut routes = Vec::new();
-    if let Some(v) = root.get("routes") {
-        match v.get_ref() {
-            DeValue::Array(list) => {
-                for (i, rv) in list.iter().enumerate() {
-                    if let Some(r) = route(&mut cx, rv, &format!("routes[{i}]"), root.get("functions")) {
-                        routes.push((r, rv.span()));
-                    }
-                }
-            }
-            other => cx.err(
-                v.span(),
-                "routes",
-                format!("expected an array of tables (`[[routes]]`), found {}", other.type_str()),
-            ),
+/// Whether `[functions.NAME]` is written, valid or not: a reference to a function whose table has
+/// problems of its own is not a second problem.
+fn is_declared(root: &DeTable<'_>, name: &str) -> bool {
+    root.get("functions").and_then(|f| f.get_ref().as_table()).is_some_and(|t| t.get(name).is_some())
+}
+
+/// The valid functions, where their keys were written, and the destinations they name.
+struct Functions {
+    specs: BTreeMap<String, FunctionSpec>,
+    locations: Locations,
+    destinations: Vec<DestinationRef>,
+}
+
+fn functions(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Functions {
+    let mut out = Functions { specs: BTreeMap::new(), locations: Locations::default(), destinations: Vec::new() };
+    let Some(v) = root.get("functions") else {
+        cx.err(0..0, "functions", "the app has no functions; add a `[functions.NAME]` table");
+        return out;
+    };
+    let DeValue::Table(table) = v.get_ref() else {
+        cx.err(
+            v.span(),
+            "functions",
+            format!("expected a table of functions (`[functions.NAME]`), found {}", v.get_ref().type_str()),
+        );
+        return out;
+    };
+    for (key, fv) in table.iter() {
+        let fname: &str = key.get_ref().as_ref();
+        let field = format!("functions.{fname}");
+        if !valid_name(fname) {
+            cx.err(
+                key.span(),
+                &field,
+                format!("\"{fname}\" is not a valid function name; use 1-64 letters, digits, '-' or '_'"),
+            );
+            continue;
+        }
+        if let Some((spec, loc)) = function(cx, fname, fv, &field, &mut out.destinations) {
+            out.specs.insert(fname.to_owned(), spec);
+            out.locations.functions.insert(fname.to_owned(), loc);
         }
     }
-    route_conflicts(&mut cx, &routes);
+    out
+}
 
-    let declared =
-        |name: &str| root.get("functions").and_then(|f| f.get_ref().as_table()).is_some_and(|t| t.get(name).is_some());
+/// The valid routes, each with its span so conflicts can point at it.
+fn routes(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Vec<(RouteSpec, Range<usize>)> {
+    let mut routes = Vec::new();
+    let Some(v) = root.get("routes") else { return routes };
+    match v.get_ref() {
+        DeValue::Array(list) => {
+            for (i, rv) in list.iter().enumerate() {
+                if let Some(r) = route(cx, rv, &format!("routes[{i}]"), root.get("functions")) {
+                    routes.push((r, rv.span()));
+                }
+            }
+        }
+        other => cx.err(
+            v.span(),
+            "routes",
+            format!("expected an array of tables (`[[routes]]`), found {}", other.type_str()),
+        ),
+    }
+    routes
+}
+
+/// `on_success`/`on_failure` may name a function declared after the one that names it, so
+/// they are checked once every function has been read.
+fn destinations_exist(cx: &mut Ctx<'_>, destinations: Vec<DestinationRef>, declared: &dyn Fn(&str) -> bool) {
     for (name, span, field) in destinations {
         if !declared(&name) {
             cx.err(
@@ -249,46 +201,50 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
             );
         }
     }
+}
 
+fn schedules(cx: &mut Ctx<'_>, root: &DeTable<'_>, declared: &dyn Fn(&str) -> bool) -> Vec<ScheduleSpec> {
     let mut schedules = Vec::new();
-    if let Some(v) = root.get("schedules") {
-        match v.get_ref() {
-            DeValue::Array(list) => {
-                for (i, sv) in list.iter().enumerate() {
-                    if let Some(s) = crate::schedule::check(&mut cx, sv, &format!("schedules[{i}]"), &declared) {
-                        schedules.push(s);
-                    }
+    let Some(v) = root.get("schedules") else { return schedules };
+    match v.get_ref() {
+        DeValue::Array(list) => {
+            for (i, sv) in list.iter().enumerate() {
+                if let Some(s) = schedule::check(cx, sv, &format!("schedules[{i}]"), declared) {
+                    schedules.push(s);
                 }
             }
-            other => cx.err(
-                v.span(),
-                "schedules",
-                format!("expected an array of tables (`[[schedules]]`), found {}", other.type_str()),
-            ),
         }
+        other => cx.err(
+            v.span(),
+            "schedules",
+            format!("expected an array of tables (`[[schedules]]`), found {}", other.type_str()),
+        ),
     }
-
-    let pricing = match root.get("pricing") {
-        Some(v) => crate::pricing::check(&mut cx, v).unwrap_or_default(),
-        None => crate::Pricing::default(),
-    };
-
-    if !cx.errors.is_empty() {
-        return Err(Diagnostics::new(cx.errors));
-    }
-    let manifest = Manifest {
-        pricing,
-        name: name.unwrap_or_default(),
-        functions,
-        routes: routes.into_iter().map(|(r, _)| r).collect(),
-        schedules,
-    };
-    Ok((manifest, locations))
+    schedules
 }
 
 /// A destination function named by `on_success`/`on_failure`: (name, span, field), checked once
 /// all functions are known.
 type DestinationRef = (String, Range<usize>, String);
+
+/// One table being read (a function's or a route's): its keys, its own span for problems about
+/// a missing key, and its field path.
+struct Keys<'a, 'i> {
+    t: &'a DeTable<'i>,
+    v: &'a Value<'i>,
+    field: &'a str,
+}
+
+impl<'a, 'i> Keys<'a, 'i> {
+    fn get(&self, key: &str) -> Option<&'a Value<'i>> {
+        self.t.get(key)
+    }
+
+    /// The field path of one key, e.g. `functions.hello.timeout`.
+    fn f(&self, key: &str) -> String {
+        format!("{}.{key}", self.field)
+    }
+}
 
 fn function(
     cx: &mut Ctx<'_>,
@@ -301,52 +257,93 @@ fn function(
         cx.err(v.span(), field, format!("expected a table (`[{field}]`), found {}", v.get_ref().type_str()));
         return None;
     };
-    let before = cx.errors.len();
+    let before = cx.error_count();
     cx.unknown_keys(t, FUNCTION_KEYS, field, "a function");
-    let f = |k: &str| format!("{field}.{k}");
+    let k = Keys { t, v, field };
     let mut loc = FunctionLocations { table: v.span().start, ..Default::default() };
 
-    let runtime = match t.get("runtime") {
-        Some(rv) => cx.string(rv, &f("runtime")).and_then(|s| match RuntimeKind::parse(&s) {
-            Some(k) => Some(k),
-            None => {
-                cx.err(
-                    rv.span(),
-                    &f("runtime"),
-                    format!("unknown runtime \"{s}\"; use \"node\", \"python\", \"provided\" or \"wasm\""),
-                );
-                None
-            }
-        }),
-        None => {
-            cx.err(
-                v.span(),
-                &f("runtime"),
-                "missing; add `runtime = \"node\"` (or \"python\", \"provided\", \"wasm\")",
-            );
-            None
-        }
-    };
+    // Every group is read even after a problem, so that all problems are reported at once.
+    let runtime = runtime(cx, &k);
+    let handler = handler(cx, &k, runtime, &mut loc);
+    let code = code(cx, &k, name, &mut loc);
+    let wasm = wasm_keys(cx, &k, runtime, &mut loc);
+    let limits = limits(cx, &k, runtime);
+    let scaling = scaling(cx, &k);
+    let async_policy = async_policy(cx, &k, destinations);
+    let env = env(cx, &k);
 
-    let handler = match t.get("handler") {
+    if cx.error_count() > before {
+        return None;
+    }
+    let (memory_mb, timeout) = limits?;
+    let Scaling { min_instances, max_instances, keep_alive, max_queued, queue_timeout } = scaling?;
+    let spec = FunctionSpec {
+        name: name.to_owned(),
+        runtime: runtime?,
+        handler: handler?,
+        code: code?,
+        memory_mb,
+        timeout,
+        env,
+        min_instances,
+        max_instances,
+        keep_alive,
+        max_queued,
+        queue_timeout,
+        async_policy,
+        wasm: wasm?,
+    };
+    Some((spec, loc))
+}
+
+fn runtime(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<RuntimeKind> {
+    let Some(rv) = k.get("runtime") else {
+        cx.err(
+            k.v.span(),
+            &k.f("runtime"),
+            "missing; add `runtime = \"node\"` (or \"python\", \"provided\", \"wasm\")",
+        );
+        return None;
+    };
+    let s = cx.string(rv, &k.f("runtime"))?;
+    let kind = RuntimeKind::parse(&s);
+    if kind.is_none() {
+        cx.err(
+            rv.span(),
+            &k.f("runtime"),
+            format!("unknown runtime \"{s}\"; use \"node\", \"python\", \"provided\" or \"wasm\""),
+        );
+    }
+    kind
+}
+
+/// The entry point: `FILE.EXPORT` for node and python, optional for provided, refused for wasm.
+/// With an unknown runtime only the type is checked, since the right shape is not known.
+fn handler(
+    cx: &mut Ctx<'_>,
+    k: &Keys<'_, '_>,
+    runtime: Option<RuntimeKind>,
+    loc: &mut FunctionLocations,
+) -> Option<String> {
+    let example = |rt: RuntimeKind| if rt == RuntimeKind::Node { "index.handler" } else { "app.handler" };
+    match k.get("handler") {
         Some(hv) if runtime == Some(RuntimeKind::Wasm) => {
             cx.err(
                 hv.span(),
-                &f("handler"),
+                &k.f("handler"),
                 "a wasm function has no handler (nimbus calls the component's wasi:http/incoming-handler export); remove it and name the file with `component`",
             );
             None
         }
         Some(hv) => {
             loc.handler = Some(hv.span().start);
-            let h = cx.string(hv, &f("handler"));
+            let h = cx.string(hv, &k.f("handler"));
             if let (Some(h), Some(rt)) = (&h, runtime) {
                 if rt != RuntimeKind::Provided && !valid_handler(h) {
-                    let example = if rt == RuntimeKind::Node { "index.handler" } else { "app.handler" };
                     cx.err(
                         hv.span(),
-                        &f("handler"),
-                        format!("\"{h}\" is not a handler; write it as FILE.EXPORT, e.g. \"{example}\""),
+                        &k.f("handler"),
+                        format!("\"{h}\" is not a handler; write it as FILE.EXPORT, e.g. \"{}\"", example(rt)),
                     );
                 }
             }
@@ -355,188 +352,211 @@ fn function(
         None => match runtime {
             Some(RuntimeKind::Provided | RuntimeKind::Wasm) | None => Some(String::new()),
             Some(rt) => {
-                let example = if rt == RuntimeKind::Node { "index.handler" } else { "app.handler" };
-                cx.err(v.span(), &f("handler"), format!("missing; add `handler = \"{example}\"`"));
+                cx.err(k.v.span(), &k.f("handler"), format!("missing; add `handler = \"{}\"`", example(rt)));
                 None
             }
         },
-    };
+    }
+}
 
-    let code = match t.get("code") {
-        Some(cv) => {
-            loc.code = Some(cv.span().start);
-            cx.string(cv, &f("code")).filter(|c| {
-                let ok =
-                    !c.is_empty() && !std::path::Path::new(c).is_absolute() && !c.split(['/', '\\']).any(|p| p == "..");
-                if !ok {
-                    cx.err(
-                        cv.span(),
-                        &f("code"),
-                        format!("\"{c}\" must be a directory inside the app, relative to nimbus.toml, without \"..\""),
-                    );
-                }
-                ok
-            })
+/// The code directory, relative to the app; it must stay inside it, since the app directory is
+/// what gets uploaded and copied.
+fn code(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, name: &str, loc: &mut FunctionLocations) -> Option<String> {
+    let Some(cv) = k.get("code") else { return Some(format!("functions/{name}")) };
+    loc.code = Some(cv.span().start);
+    cx.string(cv, &k.f("code")).filter(|c| {
+        let ok = !c.is_empty() && !std::path::Path::new(c).is_absolute() && !c.split(['/', '\\']).any(|p| p == "..");
+        if !ok {
+            cx.err(
+                cv.span(),
+                &k.f("code"),
+                format!("\"{c}\" must be a directory inside the app, relative to nimbus.toml, without \"..\""),
+            );
         }
-        None => Some(format!("functions/{name}")),
-    };
-    let wasm = if runtime == Some(RuntimeKind::Wasm) {
-        crate::wasm::options(cx, t, field, &mut loc)
-    } else {
-        if runtime.is_some() {
-            for key in WASM_KEYS {
-                if let Some(kv) = t.get(*key) {
-                    cx.err(
-                        kv.span(),
-                        &f(key),
-                        format!("`{key}` is only for `runtime = \"wasm\"` functions; remove it"),
-                    );
-                }
+        ok
+    })
+}
+
+/// The wasm-only keys: read for a wasm function, refused for the others. With an unknown runtime
+/// they are left alone, since it is not known whether they belong.
+fn wasm_keys(
+    cx: &mut Ctx<'_>,
+    k: &Keys<'_, '_>,
+    runtime: Option<RuntimeKind>,
+    loc: &mut FunctionLocations,
+) -> Option<WasmOptions> {
+    if runtime == Some(RuntimeKind::Wasm) {
+        return wasm::options(cx, k.t, k.field, loc);
+    }
+    if runtime.is_some() {
+        for key in WASM_KEYS {
+            if let Some(kv) = k.get(key) {
+                cx.err(kv.span(), &k.f(key), format!("`{key}` is only for `runtime = \"wasm\"` functions; remove it"));
             }
         }
-        Some(WasmOptions::default())
-    };
+    }
+    Some(WasmOptions::default())
+}
 
-    // A wasm32 component cannot address more than 4 GiB.
+/// `memory_mb` and `timeout`: what one invocation may use.
+fn limits(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> Option<(u32, Duration)> {
     // A wasm32 component cannot address more than 4 GiB; its memory can be as small as needed.
     let (min_memory, max_memory) = if runtime == Some(RuntimeKind::Wasm) { (1, 4096) } else { (64, 10_240) };
-    let memory_mb =
-        t.get("memory_mb").map_or(Some(defaults::MEMORY_MB), |mv| cx.u32(mv, &f("memory_mb"), min_memory, max_memory));
-    let timeout = t.get("timeout").map_or(Some(defaults::TIMEOUT), |tv| {
-        cx.duration(tv, &f("timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
+    let memory_mb = k
+        .get("memory_mb")
+        .map_or(Some(defaults::MEMORY_MB), |mv| cx.u32(mv, &k.f("memory_mb"), min_memory, max_memory));
+    let timeout = k.get("timeout").map_or(Some(defaults::TIMEOUT), |tv| {
+        cx.duration(tv, &k.f("timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
-    let min_instances = t.get("min_instances").map_or(Some(0), |mv| cx.u32(mv, &f("min_instances"), 0, 1000));
+    Some((memory_mb?, timeout?))
+}
+
+/// How many instances a function may have, how long idle ones live, and how requests wait.
+struct Scaling {
+    min_instances: u32,
+    max_instances: u32,
+    keep_alive: Duration,
+    max_queued: u32,
+    queue_timeout: Duration,
+}
+
+fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Scaling> {
+    let min_instances = k.get("min_instances").map_or(Some(0), |mv| cx.u32(mv, &k.f("min_instances"), 0, 1000));
     let max_instances =
-        t.get("max_instances").map_or(Some(defaults::MAX_INSTANCES), |mv| cx.u32(mv, &f("max_instances"), 1, 1000));
+        k.get("max_instances").map_or(Some(defaults::MAX_INSTANCES), |mv| cx.u32(mv, &k.f("max_instances"), 1, 1000));
     if let (Some(min), Some(max)) = (min_instances, max_instances) {
         if min > max {
-            let span = t.get("min_instances").map_or(v.span(), |s| s.span());
+            let span = k.get("min_instances").map_or(k.v.span(), |s| s.span());
             cx.err(
                 span,
-                &f("min_instances"),
+                &k.f("min_instances"),
                 format!("min_instances ({min}) is above max_instances ({max}); lower it or raise max_instances"),
             );
         }
     }
-    let keep_alive = t.get("keep_alive").map_or(Some(defaults::KEEP_ALIVE), |kv| {
-        cx.duration(kv, &f("keep_alive"), Duration::from_millis(100), Duration::from_secs(24 * 3600))
+    let keep_alive = k.get("keep_alive").map_or(Some(defaults::KEEP_ALIVE), |kv| {
+        cx.duration(kv, &k.f("keep_alive"), Duration::from_millis(100), Duration::from_secs(24 * 3600))
     });
     let max_queued =
-        t.get("max_queued").map_or(Some(defaults::MAX_QUEUED), |mv| cx.u32(mv, &f("max_queued"), 0, 100_000));
-    let queue_timeout = t.get("queue_timeout").map_or(Some(defaults::QUEUE_TIMEOUT), |qv| {
-        cx.duration(qv, &f("queue_timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
+        k.get("max_queued").map_or(Some(defaults::MAX_QUEUED), |mv| cx.u32(mv, &k.f("max_queued"), 0, 100_000));
+    let queue_timeout = k.get("queue_timeout").map_or(Some(defaults::QUEUE_TIMEOUT), |qv| {
+        cx.duration(qv, &k.f("queue_timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
+    Some(Scaling {
+        min_instances: min_instances?,
+        max_instances: max_instances?,
+        keep_alive: keep_alive?,
+        max_queued: max_queued?,
+        queue_timeout: queue_timeout?,
+    })
+}
 
-    // Async invocations (DESIGN.md §7).
-    let mut async_policy = AsyncPolicy::default();
-    if let Some(n) = t.get("max_retry_attempts").and_then(|x| cx.u32(x, &f("max_retry_attempts"), 0, 10)) {
-        async_policy.max_retry_attempts = n;
+/// Async invocations: retries, event age and destinations (docs/manifest.md, `[functions.NAME]`).
+/// A key with a problem keeps its default; the problem itself refuses the function.
+fn async_policy(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, destinations: &mut Vec<DestinationRef>) -> AsyncPolicy {
+    let mut policy = AsyncPolicy::default();
+    if let Some(n) = k.get("max_retry_attempts").and_then(|x| cx.u32(x, &k.f("max_retry_attempts"), 0, 10)) {
+        policy.max_retry_attempts = n;
     }
     for (key, lo, hi) in [
         ("retry_backoff", Duration::from_millis(1), Duration::from_secs(3600)),
         ("retry_backoff_max", Duration::from_millis(1), Duration::from_secs(24 * 3600)),
         ("max_event_age", Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600)),
     ] {
-        if let Some(d) = t.get(key).and_then(|x| cx.duration(x, &f(key), lo, hi)) {
+        if let Some(d) = k.get(key).and_then(|x| cx.duration(x, &k.f(key), lo, hi)) {
             match key {
-                "retry_backoff" => async_policy.retry_backoff = d,
-                "retry_backoff_max" => async_policy.retry_backoff_max = d,
-                _ => async_policy.max_event_age = d,
+                "retry_backoff" => policy.retry_backoff = d,
+                "retry_backoff_max" => policy.retry_backoff_max = d,
+                _ => policy.max_event_age = d,
             }
         }
     }
+    // Only a destination that is written replaces the default (on_failure defaults to the DLQ).
     for key in ["on_success", "on_failure"] {
-        let Some(x) = t.get(key) else { continue };
-        let Some(s) = cx.string(x, &f(key)) else { continue };
-        match Destination::parse(&s) {
-            Some(Destination::Function(n)) if !valid_name(&n) => {
-                cx.err(x.span(), &f(key), format!("\"{n}\" is not a function name"));
-            }
-            Some(d) => {
-                if let Destination::Function(n) = &d {
-                    destinations.push((n.clone(), x.span(), f(key)));
-                }
-                if key == "on_success" {
-                    async_policy.on_success = Some(d);
-                } else {
-                    async_policy.on_failure = Some(d);
-                }
-            }
-            None => {
-                cx.err(x.span(), &f(key), format!("\"{s}\" is not a destination; use \"function:NAME\" or \"dlq\""));
+        if let Some(d) = destination(cx, k, key, destinations) {
+            if key == "on_success" {
+                policy.on_success = Some(d);
+            } else {
+                policy.on_failure = Some(d);
             }
         }
     }
+    policy
+}
 
-    let env = match t.get("env") {
-        None => BTreeMap::new(),
-        Some(ev) => match ev.get_ref() {
-            DeValue::Table(et) => {
-                let mut env = BTreeMap::new();
-                for (k, val) in et.iter() {
-                    let key: &str = k.get_ref().as_ref();
-                    let kf = format!("{}.{key}", f("env"));
-                    if !valid_env_name(key) {
-                        cx.err(k.span(), &kf, format!("\"{key}\" is not a valid environment variable name; use letters, digits and '_', not starting with a digit"));
-                        continue;
-                    }
-                    if RESERVED_ENV.contains(&key) {
-                        cx.err(
-                            k.span(),
-                            &kf,
-                            format!("{key} is set by nimbus for every instance and cannot be overridden; remove it"),
-                        );
-                        continue;
-                    }
-                    let text = match val.get_ref() {
-                        DeValue::String(s) => Some(s.to_string()),
-                        DeValue::Integer(i) => Some(i.as_str().to_owned()),
-                        DeValue::Float(x) => Some(x.as_str().to_owned()),
-                        DeValue::Boolean(b) => Some(b.to_string()),
-                        other => {
-                            cx.err(val.span(), &kf, format!("expected a string, found {}", other.type_str()));
-                            None
-                        }
-                    };
-                    if let Some(text) = text {
-                        env.insert(key.to_owned(), text);
-                    }
-                }
-                env
+/// `on_success` or `on_failure`. A named function is remembered in `destinations` and checked
+/// once all functions are known.
+fn destination(
+    cx: &mut Ctx<'_>,
+    k: &Keys<'_, '_>,
+    key: &str,
+    destinations: &mut Vec<DestinationRef>,
+) -> Option<Destination> {
+    let x = k.get(key)?;
+    let s = cx.string(x, &k.f(key))?;
+    match Destination::parse(&s) {
+        Some(Destination::Function(n)) if !valid_name(&n) => {
+            cx.err(x.span(), &k.f(key), format!("\"{n}\" is not a function name"));
+            None
+        }
+        Some(d) => {
+            if let Destination::Function(n) = &d {
+                destinations.push((n.clone(), x.span(), k.f(key)));
             }
-            other => {
-                cx.err(
-                    ev.span(),
-                    &f("env"),
-                    format!("expected a table like `env = {{ KEY = \"value\" }}`, found {}", other.type_str()),
-                );
-                BTreeMap::new()
-            }
-        },
-    };
-
-    if cx.errors.len() > before {
-        return None;
+            Some(d)
+        }
+        None => {
+            cx.err(x.span(), &k.f(key), format!("\"{s}\" is not a destination; use \"function:NAME\" or \"dlq\""));
+            None
+        }
     }
-    Some((
-        FunctionSpec {
-            name: name.to_owned(),
-            runtime: runtime?,
-            handler: handler?,
-            code: code?,
-            memory_mb: memory_mb?,
-            timeout: timeout?,
-            env,
-            min_instances: min_instances?,
-            max_instances: max_instances?,
-            keep_alive: keep_alive?,
-            max_queued: max_queued?,
-            queue_timeout: queue_timeout?,
-            async_policy,
-            wasm: wasm?,
-        },
-        loc,
-    ))
+}
+
+fn env(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let Some(ev) = k.get("env") else { return env };
+    let DeValue::Table(et) = ev.get_ref() else {
+        cx.err(
+            ev.span(),
+            &k.f("env"),
+            format!("expected a table like `env = {{ KEY = \"value\" }}`, found {}", ev.get_ref().type_str()),
+        );
+        return env;
+    };
+    for (name, val) in et.iter() {
+        let key: &str = name.get_ref().as_ref();
+        let kf = format!("{}.{key}", k.f("env"));
+        if !valid_env_name(key) {
+            cx.err(name.span(), &kf, format!("\"{key}\" is not a valid environment variable name; use letters, digits and '_', not starting with a digit"));
+            continue;
+        }
+        if RESERVED_ENV.contains(&key) {
+            cx.err(
+                name.span(),
+                &kf,
+                format!("{key} is set by nimbus for every instance and cannot be overridden; remove it"),
+            );
+            continue;
+        }
+        if let Some(text) = env_value(cx, val, &kf) {
+            env.insert(key.to_owned(), text);
+        }
+    }
+    env
+}
+
+/// Environment values are text; numbers and booleans are taken as written, so `N = 3` is "3".
+fn env_value(cx: &mut Ctx<'_>, val: &Value<'_>, field: &str) -> Option<String> {
+    match val.get_ref() {
+        DeValue::String(s) => Some(s.to_string()),
+        DeValue::Integer(i) => Some(i.as_str().to_owned()),
+        DeValue::Float(x) => Some(x.as_str().to_owned()),
+        DeValue::Boolean(b) => Some(b.to_string()),
+        other => {
+            cx.err(val.span(), field, format!("expected a string, found {}", other.type_str()));
+            None
+        }
+    }
 }
 
 fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<'_>>) -> Option<RouteSpec> {
@@ -544,115 +564,123 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
         cx.err(v.span(), field, format!("expected a table (`[[routes]]`), found {}", v.get_ref().type_str()));
         return None;
     };
-    let before = cx.errors.len();
+    let before = cx.error_count();
     cx.unknown_keys(t, ROUTE_KEYS, field, "a route");
-    let f = |k: &str| format!("{field}.{k}");
+    let k = Keys { t, v, field };
 
-    let methods = match t.get("method") {
-        None => Some(Methods::Any),
-        Some(mv) => {
-            let raw: Vec<(String, Range<usize>)> = match mv.get_ref() {
-                DeValue::String(s) => vec![(s.to_string(), mv.span())],
-                DeValue::Array(list) => {
-                    list.iter().filter_map(|x| cx.string(x, &f("method")).map(|s| (s, x.span()))).collect()
-                }
-                other => {
-                    cx.err(
-                        mv.span(),
-                        &f("method"),
-                        format!("expected a method, \"*\" or a list of methods, found {}", other.type_str()),
-                    );
-                    Vec::new()
-                }
-            };
-            if raw.iter().any(|(m, _)| m == "*" || m.eq_ignore_ascii_case("ANY")) {
-                Some(Methods::Any)
-            } else {
-                let mut list = Vec::new();
-                for (m, span) in raw {
-                    let up = m.to_ascii_uppercase();
-                    if METHODS.contains(&up.as_str()) {
-                        if !list.contains(&up) {
-                            list.push(up);
-                        }
-                    } else {
-                        cx.err(
-                            span,
-                            &f("method"),
-                            format!("\"{m}\" is not an HTTP method; use one of {}, or \"*\"", METHODS.join(", ")),
-                        );
-                    }
-                }
-                (!list.is_empty()).then_some(Methods::List(list))
-            }
-        }
-    };
+    // Every key is read even after a problem, so that all problems are reported at once.
+    let methods = methods(cx, &k);
+    let path = path(cx, &k);
+    let host = host(cx, &k);
+    let function = function_ref(cx, &k, functions);
+    let is_async = is_async(cx, &k);
 
-    let path = match t.get("path") {
-        Some(pv) => cx.string(pv, &f("path")).filter(|p| match check_path(p) {
-            Ok(()) => true,
-            Err(msg) => {
-                cx.err(pv.span(), &f("path"), msg);
-                false
-            }
-        }),
-        None => {
-            cx.err(v.span(), &f("path"), "missing; add `path = \"/hello\"`");
-            None
-        }
-    };
-
-    let host = t.get("host").and_then(|hv| {
-        let h = cx.string(hv, &f("host"))?.to_ascii_lowercase();
-        if h.is_empty() || h.contains(['/', ':', ' ']) {
-            cx.err(
-                hv.span(),
-                &f("host"),
-                format!("\"{h}\" is not a host name; write it without scheme or port, e.g. \"api.example.com\""),
-            );
-            return None;
-        }
-        Some(h)
-    });
-
-    let function = match t.get("function") {
-        Some(fv) => cx.string(fv, &f("function")).filter(|name| {
-            let exists = functions.and_then(|f| f.get_ref().as_table()).is_some_and(|t| t.get(name.as_str()).is_some());
-            if !exists {
-                let known: Vec<String> = functions
-                    .and_then(|f| f.get_ref().as_table())
-                    .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect())
-                    .unwrap_or_default();
-                let hint = if known.is_empty() {
-                    "declare it with [functions.NAME]".to_owned()
-                } else {
-                    format!("declared functions: {}", known.join(", "))
-                };
-                cx.err(fv.span(), &f("function"), format!("no function named \"{name}\"; {hint}"));
-            }
-            exists
-        }),
-        None => {
-            cx.err(v.span(), &f("function"), "missing; add `function = \"NAME\"`");
-            None
-        }
-    };
-
-    let is_async = match t.get("async") {
-        None => false,
-        Some(av) => match av.get_ref() {
-            DeValue::Boolean(b) => *b,
-            other => {
-                cx.err(av.span(), &f("async"), format!("expected true or false, found {}", other.type_str()));
-                false
-            }
-        },
-    };
-
-    if cx.errors.len() > before {
+    if cx.error_count() > before {
         return None;
     }
     Some(RouteSpec { methods: methods?, path: path?, host, function: function?, is_async })
+}
+
+/// `method`: one method, a list, or "*"/"ANY" (also the default). Methods are upper-cased and
+/// deduplicated; `None` when none of the listed methods is valid.
+fn methods(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Methods> {
+    let Some(mv) = k.get("method") else { return Some(Methods::Any) };
+    let raw: Vec<(String, Range<usize>)> = match mv.get_ref() {
+        DeValue::String(s) => vec![(s.to_string(), mv.span())],
+        DeValue::Array(list) => {
+            list.iter().filter_map(|x| cx.string(x, &k.f("method")).map(|s| (s, x.span()))).collect()
+        }
+        other => {
+            cx.err(
+                mv.span(),
+                &k.f("method"),
+                format!("expected a method, \"*\" or a list of methods, found {}", other.type_str()),
+            );
+            Vec::new()
+        }
+    };
+    if raw.iter().any(|(m, _)| m == "*" || m.eq_ignore_ascii_case("ANY")) {
+        return Some(Methods::Any);
+    }
+    let mut list = Vec::new();
+    for (m, span) in raw {
+        let up = m.to_ascii_uppercase();
+        if METHODS.contains(&up.as_str()) {
+            if !list.contains(&up) {
+                list.push(up);
+            }
+        } else {
+            cx.err(
+                span,
+                &k.f("method"),
+                format!("\"{m}\" is not an HTTP method; use one of {}, or \"*\"", METHODS.join(", ")),
+            );
+        }
+    }
+    (!list.is_empty()).then_some(Methods::List(list))
+}
+
+fn path(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<String> {
+    let Some(pv) = k.get("path") else {
+        cx.err(k.v.span(), &k.f("path"), "missing; add `path = \"/hello\"`");
+        return None;
+    };
+    cx.string(pv, &k.f("path")).filter(|p| match check_path(p) {
+        Ok(()) => true,
+        Err(msg) => {
+            cx.err(pv.span(), &k.f("path"), msg);
+            false
+        }
+    })
+}
+
+/// `host`, lower-cased, since host names match case-insensitively.
+fn host(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<String> {
+    let hv = k.get("host")?;
+    let h = cx.string(hv, &k.f("host"))?.to_ascii_lowercase();
+    if h.is_empty() || h.contains(['/', ':', ' ']) {
+        cx.err(
+            hv.span(),
+            &k.f("host"),
+            format!("\"{h}\" is not a host name; write it without scheme or port, e.g. \"api.example.com\""),
+        );
+        return None;
+    }
+    Some(h)
+}
+
+/// The route's `function`, which must be declared; the message lists the declared ones.
+fn function_ref(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, functions: Option<&Value<'_>>) -> Option<String> {
+    let Some(fv) = k.get("function") else {
+        cx.err(k.v.span(), &k.f("function"), "missing; add `function = \"NAME\"`");
+        return None;
+    };
+    let declared = functions.and_then(|f| f.get_ref().as_table());
+    cx.string(fv, &k.f("function")).filter(|name| {
+        let exists = declared.is_some_and(|t| t.get(name.as_str()).is_some());
+        if !exists {
+            let known: Vec<String> =
+                declared.map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect()).unwrap_or_default();
+            let hint = if known.is_empty() {
+                "declare it with [functions.NAME]".to_owned()
+            } else {
+                format!("declared functions: {}", known.join(", "))
+            };
+            cx.err(fv.span(), &k.f("function"), format!("no function named \"{name}\"; {hint}"));
+        }
+        exists
+    })
+}
+
+fn is_async(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> bool {
+    let Some(av) = k.get("async") else { return false };
+    match av.get_ref() {
+        DeValue::Boolean(b) => *b,
+        other => {
+            cx.err(av.span(), &k.f("async"), format!("expected true or false, found {}", other.type_str()));
+            false
+        }
+    }
 }
 
 /// Two routes conflict when the router could not tell them apart, or when they share a path and
@@ -671,7 +699,7 @@ fn route_conflicts(cx: &mut Ctx<'_>, routes: &[(RouteSpec, Range<usize>)]) {
                     (Methods::List(a), Methods::List(b)) => a.iter().any(|m| b.contains(m)),
                 };
                 if overlap {
-                    let (line, _) = line_of(cx.src, other_span.start);
+                    let (line, _) = line_of(cx.src(), other_span.start);
                     cx.err(span.clone(), &field, format!("{} {} is already routed by the route at line {line}; remove one or give them different methods", r.methods.describe(), r.path));
                 }
             }
@@ -757,41 +785,4 @@ fn valid_handler(h: &str) -> bool {
         }
         None => false,
     }
-}
-
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
-fn fmt_d(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// The known key nearest to a misspelt one, if it is close enough to be a typo.
-fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    known.iter().map(|k| (edit_distance(key, k), *k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row.first().copied().unwrap_or(0);
-        if let Some(first) = row.first_mut() {
-            *first = i + 1;
-        }
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row.get(j + 1).copied().unwrap_or(0);
-            let best = if ca == *cb { prev } else { 1 + prev.min(cur).min(row.get(j).copied().unwrap_or(0)) };
-            if let Some(slot) = row.get_mut(j + 1) {
-                *slot = best;
-            }
-            prev = cur;
-        }
-    }
-    row.last().copied().unwrap_or(0)
 }

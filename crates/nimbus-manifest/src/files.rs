@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use nimbus_core::RuntimeKind;
+use nimbus_core::{FunctionSpec, RuntimeKind};
 
-use crate::check::Locations;
+use crate::ctx::{FunctionLocations, Locations};
 use crate::{Diagnostic, Manifest};
 
 pub(crate) fn check(
@@ -17,75 +17,76 @@ pub(crate) fn check(
     let mut out = Vec::new();
     for (name, f) in manifest.functions.iter_mut() {
         let loc = locations.functions.get(name).cloned().unwrap_or_default();
-        let code_dir = app_dir.join(&f.code);
-        let code_at = loc.code.unwrap_or(loc.table);
-        if !code_dir.is_dir() {
-            out.push(Diagnostic::at(
-                file,
-                src,
-                code_at,
-                &format!("functions.{name}.code"),
-                format!(
-                    "code directory \"{}\" does not exist; create it or point `code` at the function's directory",
-                    f.code
-                ),
-            ));
-            continue;
-        }
-        let handler_at = loc.handler.unwrap_or(loc.table);
-        let field = format!("functions.{name}.handler");
-        match f.runtime {
-            RuntimeKind::Node => {
-                let module = f.handler.rsplit_once('.').map_or("", |(m, _)| m);
-                let found = ["js", "mjs", "cjs"].iter().any(|ext| code_dir.join(format!("{module}.{ext}")).is_file());
-                if !found {
-                    out.push(Diagnostic::at(
-                        file,
-                        src,
-                        handler_at,
-                        &field,
-                        format!(
-                            "handler \"{}\" needs {module}.js, {module}.mjs or {module}.cjs in \"{}\"; none exists",
-                            f.handler, f.code
-                        ),
-                    ));
-                }
-            }
-            RuntimeKind::Python => {
-                let module = f.handler.rsplit_once('.').map_or("", |(m, _)| m).replace('.', "/");
-                if !code_dir.join(format!("{module}.py")).is_file()
-                    && !code_dir.join(&module).join("__init__.py").is_file()
-                {
-                    out.push(Diagnostic::at(
-                        file,
-                        src,
-                        handler_at,
-                        &field,
-                        format!("handler \"{}\" needs {module}.py in \"{}\"; it does not exist", f.handler, f.code),
-                    ));
-                }
-            }
-            RuntimeKind::Wasm => {
-                let at = loc.component.unwrap_or(loc.table);
-                match component(&code_dir, &f.wasm.component, &f.code) {
-                    Ok(c) => f.wasm.component = c,
-                    Err(msg) => {
-                        out.push(Diagnostic::at(file, src, at, &format!("functions.{name}.component"), msg));
-                    }
-                }
-            }
-            RuntimeKind::Provided => {
-                let bootstrap = code_dir.join("bootstrap");
-                if !is_executable(&bootstrap) {
-                    out.push(Diagnostic::at(file, src, code_at, &format!("functions.{name}.code"), format!(
-                        "a provided function needs an executable file named \"bootstrap\" in \"{}\"; add one (chmod +x) that speaks the Lambda Runtime API",
-                        f.code
-                    )));
-                }
-            }
+        if let Some(p) = function_files(f, &loc, app_dir) {
+            out.push(Diagnostic::at(file, src, p.at, &format!("functions.{name}.{}", p.key), p.message));
         }
     }
     out
+}
+
+/// A missing or unfit file: where to point, which key of the function to name, and what to do.
+struct Problem {
+    at: usize,
+    key: &'static str,
+    message: String,
+}
+
+/// The code directory first, since nothing inside it can be checked without it; then what the
+/// runtime needs in it. A wasm function's component name is filled in when it was left out.
+fn function_files(f: &mut FunctionSpec, loc: &FunctionLocations, app_dir: &Path) -> Option<Problem> {
+    let code_dir = app_dir.join(&f.code);
+    let code_at = loc.code.unwrap_or(loc.table);
+    if !code_dir.is_dir() {
+        let message = format!(
+            "code directory \"{}\" does not exist; create it or point `code` at the function's directory",
+            f.code
+        );
+        return Some(Problem { at: code_at, key: "code", message });
+    }
+    let handler_at = loc.handler.unwrap_or(loc.table);
+    match f.runtime {
+        RuntimeKind::Node => node_handler(f, &code_dir).map(|message| Problem { at: handler_at, key: "handler", message }),
+        RuntimeKind::Python => {
+            python_handler(f, &code_dir).map(|message| Problem { at: handler_at, key: "handler", message })
+        }
+        RuntimeKind::Wasm => {
+            let at = loc.component.unwrap_or(loc.table);
+            match component(&code_dir, &f.wasm.component, &f.code) {
+                Ok(c) => {
+                    f.wasm.component = c;
+                    None
+                }
+                Err(message) => Some(Problem { at, key: "component", message }),
+            }
+        }
+        RuntimeKind::Provided => (!is_executable(&code_dir.join("bootstrap"))).then(|| Problem {
+            at: code_at,
+            key: "code",
+            message: format!(
+                "a provided function needs an executable file named \"bootstrap\" in \"{}\"; add one (chmod +x) that speaks the Lambda Runtime API",
+                f.code
+            ),
+        }),
+    }
+}
+
+/// Node resolves `index.handler` to index.js, index.mjs or index.cjs.
+fn node_handler(f: &FunctionSpec, code_dir: &Path) -> Option<String> {
+    let module = f.handler.rsplit_once('.').map_or("", |(m, _)| m);
+    let found = ["js", "mjs", "cjs"].iter().any(|ext| code_dir.join(format!("{module}.{ext}")).is_file());
+    (!found).then(|| {
+        format!(
+            "handler \"{}\" needs {module}.js, {module}.mjs or {module}.cjs in \"{}\"; none exists",
+            f.handler, f.code
+        )
+    })
+}
+
+/// Python resolves `pkg.app.handler` to pkg/app.py or the package pkg/app/__init__.py.
+fn python_handler(f: &FunctionSpec, code_dir: &Path) -> Option<String> {
+    let module = f.handler.rsplit_once('.').map_or("", |(m, _)| m).replace('.', "/");
+    let found = code_dir.join(format!("{module}.py")).is_file() || code_dir.join(&module).join("__init__.py").is_file();
+    (!found).then(|| format!("handler \"{}\" needs {module}.py in \"{}\"; it does not exist", f.handler, f.code))
 }
 
 /// The component file of a wasm function: the one named, or the only `.wasm` file in the code

@@ -5,6 +5,7 @@
 //! line, column and field path (`nimbus.toml:7:11: functions.hello.timeout: …`).
 
 mod check;
+mod ctx;
 mod diag;
 mod files;
 mod pricing;
@@ -13,8 +14,8 @@ mod wasm;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
+pub use ctx::parse_duration;
 pub use diag::{Diagnostic, Diagnostics};
 use nimbus_core::FunctionSpec;
 pub use pricing::Pricing;
@@ -131,11 +132,6 @@ pub fn load_as(app_dir: &Path, file: &str) -> Result<Manifest, Diagnostics> {
     } else {
         Err(Diagnostics::new(problems))
     }
-}
-
-/// Parse a duration the way the manifest writes them: "250ms", "10s", "5m", "1h".
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    humantime::parse_duration(s.trim()).ok()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use toml::de::DeValue;
 
-use crate::check::{Ctx, Value};
+use crate::ctx::{Ctx, Value};
 
 /// Prices for usage and the always-on comparison.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

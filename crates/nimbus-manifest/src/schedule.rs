@@ -9,10 +9,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use serde::{Deserialize, Serialize};
-use toml::de::DeValue;
-use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
-use crate::check::Ctx;
+use crate::ctx::{Ctx, Value};
 
 /// When a schedule fires.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +123,7 @@ fn parse_rate(s: &str) -> Option<Duration> {
 
 pub(crate) fn check(
     cx: &mut Ctx<'_>,
-    v: &Spanned<DeValue<'_>>,
+    v: &Value<'_>,
     field: &str,
     declared: &dyn Fn(&str) -> bool,
 ) -> Option<ScheduleSpec> {
@@ -132,49 +131,53 @@ pub(crate) fn check(
         cx.err(v.span(), field, format!("expected a table (`[[schedules]]`), found {}", v.get_ref().type_str()));
         return None;
     };
-    let f = |k: &str| format!("{field}.{k}");
     cx.unknown_keys(t, KEYS, field, "a schedule");
-    let function = match t.get("function") {
-        Some(fv) => cx.string(fv, &f("function")).filter(|n| {
-            let ok = declared(n);
-            if !ok {
-                cx.err(
-                    fv.span(),
-                    &f("function"),
-                    format!("no function named \"{n}\"; declare it with [functions.{n}]"),
-                );
-            }
-            ok
-        }),
-        None => {
-            cx.err(v.span(), &f("function"), "missing; add `function = \"NAME\"`");
-            None
-        }
+    // Every key is read even after a problem, so that all problems are reported at once.
+    let function = function(cx, t, v, field, declared);
+    let when = when(cx, t, v, field);
+    let timezone = timezone(cx, t, field);
+    let catch_up = catch_up(cx, t, field);
+    Some(ScheduleSpec { function: function?, when: when?, timezone: timezone?, catch_up: catch_up? })
+}
+
+fn function(
+    cx: &mut Ctx<'_>,
+    t: &DeTable<'_>,
+    v: &Value<'_>,
+    field: &str,
+    declared: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    let f = format!("{field}.function");
+    let Some(fv) = t.get("function") else {
+        cx.err(v.span(), &f, "missing; add `function = \"NAME\"`");
+        return None;
     };
-    let when = match (t.get("cron"), t.get("rate")) {
+    cx.string(fv, &f).filter(|n| {
+        let ok = declared(n);
+        if !ok {
+            cx.err(fv.span(), &f, format!("no function named \"{n}\"; declare it with [functions.{n}]"));
+        }
+        ok
+    })
+}
+
+/// Exactly one of `cron` and `rate`.
+fn when(cx: &mut Ctx<'_>, t: &DeTable<'_>, v: &Value<'_>, field: &str) -> Option<When> {
+    let f = |k: &str| format!("{field}.{k}");
+    match (t.get("cron"), t.get("rate")) {
         (Some(_), Some(rv)) => {
             cx.err(rv.span(), &f("rate"), "a schedule takes either `cron` or `rate`, not both; remove one");
             None
         }
-        (Some(cv), None) => cx.string(cv, &f("cron")).and_then(|expr| {
-            let mut c = Cron::new(&expr);
-            c.with_seconds_optional();
-            match c.parse() {
-                Ok(_) if (5..=6).contains(&expr.split_whitespace().count()) => Some(When::Cron(expr)),
-                Ok(_) => {
-                    cx.err(cv.span(), &f("cron"), format!("\"{expr}\" must have 5 fields (minute hour day month weekday) or 6 (with seconds first)"));
-                    None
-                }
-                Err(e) => {
-                    cx.err(cv.span(), &f("cron"), format!("\"{expr}\" is not a cron expression ({e}); write it like \"0 2 * * *\" or \"*/10 * * * * *\""));
-                    None
-                }
-            }
-        }),
+        (Some(cv), None) => cron(cx, cv, &f("cron")),
         (None, Some(rv)) => cx.string(rv, &f("rate")).and_then(|r| match parse_rate(&r) {
             Some(d) => Some(When::Rate(d)),
             None => {
-                cx.err(rv.span(), &f("rate"), format!("\"{r}\" is not a rate; write it like \"5 minutes\", \"1 hour\" or \"30 seconds\""));
+                cx.err(
+                    rv.span(),
+                    &f("rate"),
+                    format!("\"{r}\" is not a rate; write it like \"5 minutes\", \"1 hour\" or \"30 seconds\""),
+                );
                 None
             }
         }),
@@ -182,38 +185,64 @@ pub(crate) fn check(
             cx.err(v.span(), field, "a schedule needs `cron = \"0 2 * * *\"` or `rate = \"5 minutes\"`");
             None
         }
-    };
-    let timezone = match t.get("timezone") {
-        None => Some("UTC".to_owned()),
-        Some(zv) => cx.string(zv, &f("timezone")).filter(|z| {
-            let ok = Tz::from_str(z).is_ok();
-            if !ok {
-                cx.err(
-                    zv.span(),
-                    &f("timezone"),
-                    format!("\"{z}\" is not an IANA time zone; write it like \"UTC\" or \"Asia/Shanghai\""),
-                );
-            }
-            ok
-        }),
-    };
-    let catch_up = match t.get("catch_up") {
-        None => Some(CatchUp::Latest),
-        Some(cv) => match cx.string(cv, &f("catch_up")).as_deref() {
-            Some("latest") => Some(CatchUp::Latest),
-            Some("none") => Some(CatchUp::None),
-            Some(other) => {
-                cx.err(
-                    cv.span(),
-                    &f("catch_up"),
-                    format!("\"{other}\" is not a catch-up policy; use \"latest\" or \"none\""),
-                );
-                None
-            }
-            None => None,
-        },
-    };
-    Some(ScheduleSpec { function: function?, when: when?, timezone: timezone?, catch_up: catch_up? })
+    }
+}
+
+/// A cron expression of 5 fields, or 6 with seconds first. croner also takes other counts, so
+/// the count is checked here.
+fn cron(cx: &mut Ctx<'_>, cv: &Value<'_>, field: &str) -> Option<When> {
+    let expr = cx.string(cv, field)?;
+    let mut c = Cron::new(&expr);
+    c.with_seconds_optional();
+    match c.parse() {
+        Ok(_) if (5..=6).contains(&expr.split_whitespace().count()) => Some(When::Cron(expr)),
+        Ok(_) => {
+            cx.err(
+                cv.span(),
+                field,
+                format!("\"{expr}\" must have 5 fields (minute hour day month weekday) or 6 (with seconds first)"),
+            );
+            None
+        }
+        Err(e) => {
+            cx.err(
+                cv.span(),
+                field,
+                format!("\"{expr}\" is not a cron expression ({e}); write it like \"0 2 * * *\" or \"*/10 * * * * *\""),
+            );
+            None
+        }
+    }
+}
+
+fn timezone(cx: &mut Ctx<'_>, t: &DeTable<'_>, field: &str) -> Option<String> {
+    let f = format!("{field}.timezone");
+    let Some(zv) = t.get("timezone") else { return Some("UTC".to_owned()) };
+    cx.string(zv, &f).filter(|z| {
+        let ok = Tz::from_str(z).is_ok();
+        if !ok {
+            cx.err(
+                zv.span(),
+                &f,
+                format!("\"{z}\" is not an IANA time zone; write it like \"UTC\" or \"Asia/Shanghai\""),
+            );
+        }
+        ok
+    })
+}
+
+fn catch_up(cx: &mut Ctx<'_>, t: &DeTable<'_>, field: &str) -> Option<CatchUp> {
+    let f = format!("{field}.catch_up");
+    let Some(cv) = t.get("catch_up") else { return Some(CatchUp::Latest) };
+    match cx.string(cv, &f).as_deref() {
+        Some("latest") => Some(CatchUp::Latest),
+        Some("none") => Some(CatchUp::None),
+        Some(other) => {
+            cx.err(cv.span(), &f, format!("\"{other}\" is not a catch-up policy; use \"latest\" or \"none\""));
+            None
+        }
+        None => None,
+    }
 }
 
 #[cfg(test)]

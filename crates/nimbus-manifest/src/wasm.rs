@@ -4,7 +4,7 @@ use nimbus_core::outbound::OutboundPattern;
 use nimbus_core::WasmOptions;
 use toml::de::{DeTable, DeValue};
 
-use crate::check::{Ctx, FunctionLocations};
+use crate::ctx::{Ctx, FunctionLocations, Value};
 
 pub(crate) fn options(
     cx: &mut Ctx<'_>,
@@ -13,26 +13,13 @@ pub(crate) fn options(
     loc: &mut FunctionLocations,
 ) -> Option<WasmOptions> {
     let f = |k: &str| format!("{field}.{k}");
+    // Every key is read even after a problem, so that all problems are reported at once.
     let mut ok = true;
     let mut opts = WasmOptions::default();
     if let Some(cv) = t.get("component") {
         loc.component = Some(cv.span().start);
-        match cx.string(cv, &f("component")) {
-            Some(c)
-                if !c.is_empty()
-                    && !std::path::Path::new(&c).is_absolute()
-                    && !c.split(['/', '\\']).any(|p| p == "..") =>
-            {
-                opts.component = c
-            }
-            Some(c) => {
-                cx.err(
-                    cv.span(),
-                    &f("component"),
-                    format!("\"{c}\" must be a file inside the code directory, relative to it, without \"..\""),
-                );
-                ok = false;
-            }
+        match component(cx, cv, &f("component")) {
+            Some(c) => opts.component = c,
             None => ok = false,
         }
     }
@@ -52,32 +39,53 @@ pub(crate) fn options(
         }
     }
     if let Some(hv) = t.get("allowed_outbound_hosts") {
-        match hv.get_ref() {
-            DeValue::Array(list) => {
-                for (i, item) in list.iter().enumerate() {
-                    let field = format!("{}[{i}]", f("allowed_outbound_hosts"));
-                    let Some(s) = cx.string(item, &field) else {
-                        ok = false;
-                        continue;
-                    };
-                    match OutboundPattern::parse(&s) {
-                        Ok(_) => opts.allowed_outbound_hosts.push(s),
-                        Err(e) => {
-                            cx.err(item.span(), &field, e);
-                            ok = false;
-                        }
-                    }
-                }
-            }
-            other => {
-                cx.err(
-                    hv.span(),
-                    &f("allowed_outbound_hosts"),
-                    format!("expected a list like [\"https://api.example.com\"], found {}", other.type_str()),
-                );
+        match allowed_outbound_hosts(cx, hv, &f("allowed_outbound_hosts")) {
+            Some(hosts) => opts.allowed_outbound_hosts = hosts,
+            None => ok = false,
+        }
+    }
+    ok.then_some(opts)
+}
+
+/// The component file, relative to the code directory and inside it.
+fn component(cx: &mut Ctx<'_>, cv: &Value<'_>, field: &str) -> Option<String> {
+    let c = cx.string(cv, field)?;
+    if !c.is_empty() && !std::path::Path::new(&c).is_absolute() && !c.split(['/', '\\']).any(|p| p == "..") {
+        return Some(c);
+    }
+    cx.err(
+        cv.span(),
+        field,
+        format!("\"{c}\" must be a file inside the code directory, relative to it, without \"..\""),
+    );
+    None
+}
+
+/// Every pattern is checked, so that all bad ones are reported at once; `None` if any is bad.
+fn allowed_outbound_hosts(cx: &mut Ctx<'_>, hv: &Value<'_>, field: &str) -> Option<Vec<String>> {
+    let DeValue::Array(list) = hv.get_ref() else {
+        cx.err(
+            hv.span(),
+            field,
+            format!("expected a list like [\"https://api.example.com\"], found {}", hv.get_ref().type_str()),
+        );
+        return None;
+    };
+    let mut ok = true;
+    let mut hosts = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let Some(s) = cx.string(item, &field) else {
+            ok = false;
+            continue;
+        };
+        match OutboundPattern::parse(&s) {
+            Ok(_) => hosts.push(s),
+            Err(e) => {
+                cx.err(item.span(), &field, e);
                 ok = false;
             }
         }
     }
-    ok.then_some(opts)
+    ok.then_some(hosts)
 }
