@@ -167,18 +167,3 @@ pub fn arn(name: &str, qualifier: Option<&str>) -> String {
         None => format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"),
     }
 }
-
-pub mod duration_ms {
-    //! Durations are stored as integer milliseconds.
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis().try_into().unwrap_or(u64::MAX))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}

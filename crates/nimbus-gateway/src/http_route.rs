@@ -15,224 +15,291 @@
 //! | nimbus failure | 500 / 503 | platform |
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
-
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use hyper::body::Incoming;
 use std::sync::Arc;
 
-use http::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper::body::Incoming;
+use nimbus_control::{DeploymentView, RouteMatch};
 use nimbus_core::{
     Dispatch, DispatchError, ErrorSource, FunctionVersion, HttpRequestHead, Invocation, InvokeOutcome, RuntimeKind,
     Trigger,
 };
+use nimbus_manifest::RouteSpec;
 use serde_json::json;
 
+use crate::context::{BodyError, Gateway};
 use crate::event::{build_event, build_response, HttpRequest};
-use crate::router::RouteMatch;
-use crate::server::{BodyError, Gateway};
-use crate::util::{json, new_request_id, set_header, Resp};
+use crate::util::{json, set_header, Resp};
+
+/// A request answered by the gateway instead of the function: the status, who is at fault
+/// (`x-nimbus-error`) and a short message (the JSON body).
+#[derive(Debug)]
+pub(crate) struct RouteError {
+    status: StatusCode,
+    source: ErrorSource,
+    message: &'static str,
+    /// Extra headers: `allow` on 405, `retry-after` on 429 and 503.
+    header: Option<(&'static str, String)>,
+}
+
+impl RouteError {
+    fn new(status: StatusCode, source: ErrorSource, message: &'static str) -> Self {
+        RouteError { status, source, message, header: None }
+    }
+
+    fn with(mut self, name: &'static str, value: String) -> Self {
+        self.header = Some((name, value));
+        self
+    }
+
+    fn into_response(self, request_id: &str) -> Resp {
+        let mut r = json(self.status, &json!({"message": self.message, "requestId": request_id}));
+        set_header(&mut r, "x-nimbus-error", self.source.as_str());
+        if let Some((name, value)) = &self.header {
+            set_header(&mut r, name, value);
+        }
+        r
+    }
+}
+
+impl From<BodyError> for RouteError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => {
+                RouteError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorSource::Client, "Request body is too large")
+            }
+            BodyError::TimedOut => RouteError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorSource::Client,
+                "Request body was not received in time",
+            ),
+            BodyError::Broken => {
+                RouteError::new(StatusCode::BAD_REQUEST, ErrorSource::Client, "Request body could not be read")
+            }
+        }
+    }
+}
+
+impl From<&DispatchError> for RouteError {
+    fn from(e: &DispatchError) -> Self {
+        let source = e.source_of();
+        let error = |status, message| RouteError::new(status, source, message);
+        match e {
+            DispatchError::Timeout { .. } => error(StatusCode::GATEWAY_TIMEOUT, "Function timed out"),
+            DispatchError::Crashed { .. }
+            | DispatchError::InitFailed { .. }
+            | DispatchError::ResponseTooLarge { .. } => error(StatusCode::BAD_GATEWAY, "Internal Server Error"),
+            DispatchError::Throttled { retry_after, .. } => error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+                .with("retry-after", retry_after.as_secs().max(1).to_string()),
+            DispatchError::ShuttingDown { .. } => {
+                error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").with("retry-after", "1".into())
+            }
+            DispatchError::PayloadTooLarge { .. } => error(StatusCode::PAYLOAD_TOO_LARGE, "Request is too large"),
+            DispatchError::NotFound { .. } | DispatchError::QualifierNotFound { .. } => {
+                error(StatusCode::NOT_FOUND, "Not Found")
+            }
+            DispatchError::Platform(msg) => {
+                tracing::error!("platform error: {msg}");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+            }
+        }
+    }
+}
+
+impl From<nimbus_queue::AcceptError> for RouteError {
+    fn from(e: nimbus_queue::AcceptError) -> Self {
+        match e {
+            nimbus_queue::AcceptError::TooLarge { .. } => RouteError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorSource::Client,
+                "Request is too large for an async invocation",
+            ),
+            nimbus_queue::AcceptError::Full { .. } => {
+                RouteError::new(StatusCode::TOO_MANY_REQUESTS, ErrorSource::Platform, "The async queue is full")
+                    .with("retry-after", "1".into())
+            }
+            nimbus_queue::AcceptError::Storage(msg) => {
+                tracing::error!("async accept failed: {msg}");
+                RouteError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorSource::Platform,
+                    "The request could not be stored",
+                )
+            }
+        }
+    }
+}
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> Resp {
-    let request_id = new_request_id();
-    let mut resp = route(gw, req, remote, &request_id).await;
+    let request_id = nimbus_core::ids::new_request_id();
+    let mut resp = route(gw, req, remote, &request_id).await.unwrap_or_else(|e| e.into_response(&request_id));
     if !resp.headers().contains_key("x-nimbus-request-id") {
         set_header(&mut resp, "x-nimbus-request-id", &request_id);
     }
     resp
 }
 
-fn error(status: StatusCode, source: ErrorSource, message: &str, request_id: &str) -> Resp {
-    let mut r = json(status, &json!({"message": message, "requestId": request_id}));
-    set_header(&mut r, "x-nimbus-error", source.as_str());
-    r
-}
-
-async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request_id: &str) -> Resp {
-    let snapshot = gw.control.snapshot();
-    let Some(live) = snapshot.live.clone() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorSource::Platform, "No deployment is live yet", request_id);
-    };
-    drop(snapshot);
+async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request_id: &str) -> Result<Resp, RouteError> {
+    let live = gw.control.snapshot().live.clone().ok_or(RouteError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorSource::Platform,
+        "No deployment is live yet",
+    ))?;
     let host = req
         .headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().host().map(str::to_owned));
-    let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
-    let (route, params) = match live.router.find(host.as_deref(), &method, &path) {
-        RouteMatch::Found { route, params } => (route.clone(), params),
-        RouteMatch::MethodNotAllowed { allow } => {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, ErrorSource::Client, "Method Not Allowed", request_id);
-            set_header(&mut r, "allow", &allow);
-            return r;
-        }
-        RouteMatch::NotFound => return error(StatusCode::NOT_FOUND, ErrorSource::Client, "Not Found", request_id),
-    };
-    let Some(function) = live.functions.get(&route.function).cloned() else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorSource::Platform,
-            "Route points at a missing function",
-            request_id,
-        );
-    };
-    let received_at = Instant::now();
-    let received_wall = SystemTime::now();
+    let (route, params) = find(&live, host.as_deref(), req.method().as_str(), req.uri().path())?;
+    let function = live.functions.get(&route.function).cloned().ok_or(RouteError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorSource::Platform,
+        "Route points at a missing function",
+    ))?;
+    let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
     let (parts, body) = req.into_parts();
-    let body = match gw.read_body(body).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, ErrorSource::Client, "Request body is too large", request_id)
-        }
-        Err(BodyError::TimedOut) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                ErrorSource::Client,
-                "Request body was not received in time",
-                request_id,
-            )
-        }
-        Err(BodyError::Broken) => {
-            return error(StatusCode::BAD_REQUEST, ErrorSource::Client, "Request body could not be read", request_id)
-        }
-    };
+    let body = gw.read_body(body).await?;
     // A wasm component takes the request itself (wasi:http); other runtimes take an event.
-    let native = function.spec.runtime == RuntimeKind::Wasm && !route.is_async;
-    if native {
-        let mut headers = parts.headers;
-        forwarded(&mut headers, remote);
-        let head = HttpRequestHead {
-            method: parts.method,
-            uri: parts.uri,
-            authority: host.unwrap_or_else(|| "localhost".to_owned()),
-            headers,
-        };
-        return respond(gw, &function, request_id, body, Some(head), (received_at, received_wall)).await;
+    if function.spec.runtime == RuntimeKind::Wasm && !route.is_async {
+        let head = native_head(parts, host, remote);
+        let invocation = Invocation { payload: body, http: Some(Arc::new(head)), ..received };
+        return Ok(respond(gw, &function, invocation).await);
     }
+    let payload = event_payload(gw, &parts, &body, remote, request_id, &route, &params)?;
+    if route.is_async {
+        return accept_async(gw, &function, &parts, payload).await;
+    }
+    Ok(respond(gw, &function, Invocation { payload, ..received }).await)
+}
+
+fn find(
+    live: &DeploymentView,
+    host: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<(RouteSpec, Vec<(String, String)>), RouteError> {
+    match live.router.find(host, method, path) {
+        RouteMatch::Found { route, params } => Ok((route.clone(), params)),
+        RouteMatch::MethodNotAllowed { allow } => {
+            Err(RouteError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorSource::Client, "Method Not Allowed")
+                .with("allow", allow))
+        }
+        RouteMatch::NotFound => Err(RouteError::new(StatusCode::NOT_FOUND, ErrorSource::Client, "Not Found")),
+    }
+}
+
+/// The request head as a wasm component sees it: as it arrived, plus `x-forwarded-*`.
+fn native_head(parts: Parts, host: Option<String>, remote: SocketAddr) -> HttpRequestHead {
+    let mut headers = parts.headers;
+    forwarded(&mut headers, remote);
+    HttpRequestHead {
+        method: parts.method,
+        uri: parts.uri,
+        authority: host.unwrap_or_else(|| "localhost".to_owned()),
+        headers,
+    }
+}
+
+/// The API Gateway v2 event for a process runtime, within the payload limit.
+fn event_payload(
+    gw: &Gateway,
+    parts: &Parts,
+    body: &Bytes,
+    remote: SocketAddr,
+    request_id: &str,
+    route: &RouteSpec,
+    params: &[(String, String)],
+) -> Result<Bytes, RouteError> {
     let now = chrono::Utc::now();
     let time = now.format("%d/%b/%Y:%H:%M:%S %z").to_string();
     let event = build_event(&HttpRequest {
-        method: &method,
-        path: &path,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
         raw_query: parts.uri.query().unwrap_or_default(),
         version: parts.version,
         headers: &parts.headers,
-        body: &body,
+        body,
         remote,
         request_id,
-        route: &route,
-        params: &params,
+        route,
+        params,
         now_ms: now.timestamp_millis(),
         time: &time,
     });
     let payload = Bytes::from(event.to_string());
     if payload.len() > gw.config.max_payload {
-        return error(
+        return Err(RouteError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorSource::Client,
             "Request is too large once encoded as an event",
-            request_id,
-        );
+        ));
     }
-    if route.is_async {
-        let idempotency_key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let req = nimbus_queue::AcceptRequest {
-            function: function.spec.name.clone(),
-            qualifier: None,
-            payload,
-            source: "http",
-            idempotency_key,
-        };
-        return match gw.queue.accept(req).await {
-            Ok(accepted) => {
-                let mut r = json(StatusCode::ACCEPTED, &json!({"requestId": accepted.id, "status": "queued"}));
-                set_header(&mut r, "x-nimbus-request-id", &accepted.id);
-                r
-            }
-            Err(nimbus_queue::AcceptError::TooLarge { .. }) => error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorSource::Client,
-                "Request is too large for an async invocation",
-                request_id,
-            ),
-            Err(nimbus_queue::AcceptError::Full { .. }) => {
-                let mut r =
-                    error(StatusCode::TOO_MANY_REQUESTS, ErrorSource::Platform, "The async queue is full", request_id);
-                set_header(&mut r, "retry-after", "1");
-                r
-            }
-            Err(nimbus_queue::AcceptError::Storage(msg)) => {
-                tracing::error!(request_id, "async accept failed: {msg}");
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorSource::Platform,
-                    "The request could not be stored",
-                    request_id,
-                )
-            }
-        };
-    }
-    respond(gw, &function, request_id, payload, None, (received_at, received_wall)).await
+    Ok(payload)
+}
+
+/// `async = true`: store the event durably, answer 202 with its id.
+async fn accept_async(
+    gw: &Gateway,
+    function: &FunctionVersion,
+    parts: &Parts,
+    payload: Bytes,
+) -> Result<Resp, RouteError> {
+    let idempotency_key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let req = nimbus_queue::AcceptRequest {
+        function: function.spec.name.clone(),
+        qualifier: None,
+        payload,
+        source: "http",
+        idempotency_key,
+    };
+    let accepted = gw.queue.accept(req).await?;
+    let mut r = json(StatusCode::ACCEPTED, &json!({"requestId": accepted.id, "status": "queued"}));
+    set_header(&mut r, "x-nimbus-request-id", &accepted.id);
+    Ok(r)
 }
 
 /// Run the function synchronously and map the outcome to HTTP (the table at the top).
-async fn respond(
-    gw: &Gateway,
-    function: &Arc<FunctionVersion>,
-    request_id: &str,
-    payload: Bytes,
-    http: Option<HttpRequestHead>,
-    (received_at, received_wall): (Instant, SystemTime),
-) -> Resp {
-    let invocation = Invocation {
-        request_id: request_id.to_owned(),
-        payload,
-        timeout: function.spec.timeout,
-        trace_id: trace_id(),
-        client_context: None,
-        trigger: Trigger::Http,
-        received_at,
-        received_wall,
-        http: http.map(Arc::new),
-    };
+async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invocation) -> Resp {
+    let request_id = invocation.request_id.clone();
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
     let mut resp = match result {
-        Ok(r) => match (r.outcome, r.http) {
-            (InvokeOutcome::Success(out), Some(head)) => {
-                let mut resp = Response::new(Full::new(out));
-                *resp.status_mut() = head.status;
-                *resp.headers_mut() = head.headers;
-                resp
-            }
-            (InvokeOutcome::Success(out), None) => match build_response(&out) {
-                Ok(resp) => resp,
-                Err(msg) => {
-                    tracing::warn!(function = %function.spec.name, request_id, "invalid response: {msg}");
-                    error(
-                        StatusCode::BAD_GATEWAY,
-                        ErrorSource::Function,
-                        "Invalid response from the function",
-                        request_id,
-                    )
-                }
-            },
-            // A component that trapped is the server failing, as `wasmtime serve` and Workers say.
-            (InvokeOutcome::FunctionError { .. }, _) if function.spec.runtime == RuntimeKind::Wasm => {
-                error(StatusCode::INTERNAL_SERVER_ERROR, ErrorSource::Function, "Internal Server Error", request_id)
-            }
-            (InvokeOutcome::FunctionError { .. }, _) => {
-                error(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Internal Server Error", request_id)
-            }
-        },
-        Err(e) => dispatch_error(&e, request_id),
-    };
+        Ok(r) => outcome_response(function, &request_id, r.outcome, r.http),
+        Err(e) => Err(RouteError::from(&e)),
+    }
+    .unwrap_or_else(|e| e.into_response(&request_id));
     set_header(&mut resp, "x-nimbus-version", &function.version);
     resp
+}
+
+fn outcome_response(
+    function: &FunctionVersion,
+    request_id: &str,
+    outcome: InvokeOutcome,
+    head: Option<nimbus_core::HttpResponseHead>,
+) -> Result<Resp, RouteError> {
+    match (outcome, head) {
+        (InvokeOutcome::Success(out), Some(head)) => {
+            let mut resp = Response::new(Full::new(out));
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = head.headers;
+            Ok(resp)
+        }
+        (InvokeOutcome::Success(out), None) => build_response(&out).map_err(|msg| {
+            tracing::warn!(function = %function.spec.name, request_id, "invalid response: {msg}");
+            RouteError::new(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Invalid response from the function")
+        }),
+        // A component that trapped is the server failing, as `wasmtime serve` and Workers say.
+        (InvokeOutcome::FunctionError { .. }, _) if function.spec.runtime == RuntimeKind::Wasm => Err(
+            RouteError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorSource::Function, "Internal Server Error"),
+        ),
+        (InvokeOutcome::FunctionError { .. }, _) => {
+            Err(RouteError::new(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Internal Server Error"))
+        }
+    }
 }
 
 /// Tell the component who called (it sees the request as it arrived, plus these).
@@ -246,42 +313,4 @@ fn forwarded(headers: &mut http::HeaderMap, remote: SocketAddr) {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
-}
-
-fn dispatch_error(e: &DispatchError, request_id: &str) -> Resp {
-    let source = e.source_of();
-    match e {
-        DispatchError::Timeout { .. } => error(StatusCode::GATEWAY_TIMEOUT, source, "Function timed out", request_id),
-        DispatchError::Crashed { .. } | DispatchError::InitFailed { .. } | DispatchError::ResponseTooLarge { .. } => {
-            error(StatusCode::BAD_GATEWAY, source, "Internal Server Error", request_id)
-        }
-        DispatchError::Throttled { retry_after, .. } => {
-            let mut r = error(StatusCode::TOO_MANY_REQUESTS, source, "Too Many Requests", request_id);
-            set_header(&mut r, "retry-after", &retry_after.as_secs().max(1).to_string());
-            r
-        }
-        DispatchError::ShuttingDown { .. } => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, source, "Service Unavailable", request_id);
-            set_header(&mut r, "retry-after", "1");
-            r
-        }
-        DispatchError::PayloadTooLarge { .. } => {
-            error(StatusCode::PAYLOAD_TOO_LARGE, source, "Request is too large", request_id)
-        }
-        DispatchError::NotFound { .. } | DispatchError::QualifierNotFound { .. } => {
-            error(StatusCode::NOT_FOUND, source, "Not Found", request_id)
-        }
-        DispatchError::Platform(msg) => {
-            tracing::error!(request_id, "platform error: {msg}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, source, "Internal Server Error", request_id)
-        }
-    }
-}
-
-/// An X-Ray style trace id (`Root=1-<epoch hex>-<96 random bits>`), which the runtime clients
-/// copy into `_X_AMZN_TRACE_ID`.
-pub(crate) fn trace_id() -> String {
-    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    let [a, b]: [u64; 2] = rand::random();
-    format!("Root=1-{secs:08x}-{:08x}{:016x};Sampled=0", a as u32, b)
 }

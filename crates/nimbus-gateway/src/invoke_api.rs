@@ -13,29 +13,230 @@
 //! | platform failure | 500 | `ServiceException` |
 //!
 //! Errors carry `X-Amzn-ErrorType` and a body with `__type` and `message`, which is where
-//! botocore reads them from.
-
-use std::time::{Instant, SystemTime};
+//! botocore reads them from. Every refusal is an [`AwsError`]; handlers return it with `?`.
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
-use nimbus_core::{Dispatch, DispatchError, Invocation, InvokeOutcome, Trigger};
+use nimbus_core::{Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
 use serde_json::json;
 
-use crate::server::{BodyError, Gateway};
-use crate::util::{json, new_request_id, set_header, tail, Resp};
+use crate::context::{BodyError, Gateway};
+use crate::util::{json, query_param, raw, set_header, tail, Resp};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// `X-Amz-Log-Result` carries the last 4 KB of the invocation's log.
 const LOG_TAIL: usize = 4096;
 
-fn aws_error(status: StatusCode, error_type: &str, message: &str, request_id: &str) -> Resp {
-    let mut r = json(status, &json!({"__type": error_type, "message": message, "Type": "User"}));
-    set_header(&mut r, "x-amzn-errortype", error_type);
-    set_header(&mut r, "x-amzn-requestid", request_id);
-    r
+/// A request the Invoke API refuses, in Lambda's terms.
+#[derive(Debug)]
+pub(crate) struct AwsError {
+    status: StatusCode,
+    error_type: &'static str,
+    message: String,
+    /// Seconds, for throttling.
+    retry_after: Option<u64>,
+}
+
+impl AwsError {
+    fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        AwsError { status, error_type, message: message.into(), retry_after: None }
+    }
+
+    fn invalid_parameter(message: impl Into<String>) -> Self {
+        AwsError::new(StatusCode::BAD_REQUEST, "InvalidParameterValueException", message)
+    }
+
+    fn invalid_content(message: impl Into<String>) -> Self {
+        AwsError::new(StatusCode::BAD_REQUEST, "InvalidRequestContentException", message)
+    }
+
+    fn into_response(self, request_id: &str) -> Resp {
+        let mut r = json(self.status, &json!({"__type": self.error_type, "message": self.message, "Type": "User"}));
+        set_header(&mut r, "x-amzn-errortype", self.error_type);
+        set_header(&mut r, "x-amzn-requestid", request_id);
+        if let Some(s) = self.retry_after {
+            set_header(&mut r, "retry-after", &s.to_string());
+        }
+        r
+    }
+}
+
+impl AwsError {
+    /// A payload that could not be read; `limit` is the payload limit in force.
+    fn body(e: BodyError, limit: usize) -> Self {
+        match e {
+            BodyError::TooLarge => AwsError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                format!("Request must be smaller than {limit} bytes for the InvokeFunction operation"),
+            ),
+            BodyError::TimedOut => AwsError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException",
+                "the payload was not received in time",
+            ),
+            BodyError::Broken => AwsError::invalid_content("the payload could not be read"),
+        }
+    }
+}
+
+impl From<nimbus_queue::AcceptError> for AwsError {
+    fn from(e: nimbus_queue::AcceptError) -> Self {
+        match e {
+            nimbus_queue::AcceptError::TooLarge { .. } => {
+                AwsError::new(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", e.to_string())
+            }
+            nimbus_queue::AcceptError::Full { .. } => AwsError {
+                retry_after: Some(1),
+                ..AwsError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", e.to_string())
+            },
+            nimbus_queue::AcceptError::Storage(msg) => {
+                tracing::error!("async accept failed: {msg}");
+                AwsError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ServiceException",
+                    "the event could not be stored; it was not accepted",
+                )
+            }
+        }
+    }
+}
+
+/// `X-Amz-Invocation-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InvocationType {
+    RequestResponse,
+    Event,
+    DryRun,
+}
+
+/// What the caller asked for, read from the path, query and headers.
+struct Call {
+    name: String,
+    qualifier: Option<String>,
+    invocation_type: InvocationType,
+    log_tail: bool,
+    client_context: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
+    let request_id = nimbus_core::ids::new_request_id();
+    let mut resp = invoke(gw, req, &request_id).await.unwrap_or_else(|e| e.into_response(&request_id));
+    // An async accept answers with the queued event's id (the earlier one for a duplicate).
+    if !resp.headers().contains_key("x-amzn-requestid") {
+        set_header(&mut resp, "x-amzn-requestid", &request_id);
+    }
+    resp
+}
+
+async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Result<Resp, AwsError> {
+    let path = req.uri().path();
+    let raw_name = path
+        .strip_prefix("/2015-03-31/functions/")
+        .and_then(|r| r.strip_suffix("/invocations"))
+        .ok_or_else(|| {
+            AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
+        })?;
+    if req.method() != http::Method::POST {
+        return Err(AwsError::new(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "Invoke takes POST"));
+    }
+    if !gw.config.invoke_open && !gw.authorized(&req) {
+        return Err(AwsError::new(
+            StatusCode::FORBIDDEN,
+            "AccessDeniedException",
+            "the Invoke API needs `Authorization: Bearer <token>` when nimbus listens beyond loopback",
+        ));
+    }
+    let call = parse_call(raw_name, req.uri().query(), req.headers())?;
+    let function = gw.control.snapshot().function(&call.name, call.qualifier.as_deref()).ok_or_else(|| {
+        AwsError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            format!("Function not found: {}", nimbus_core::function::arn(&call.name, call.qualifier.as_deref())),
+        )
+    })?;
+    if call.invocation_type == InvocationType::DryRun {
+        let mut r = raw(StatusCode::NO_CONTENT, Bytes::new());
+        set_header(&mut r, "x-amz-executed-version", &function.version);
+        return Ok(r);
+    }
+    let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Invoke, function.spec.timeout);
+    let payload = read_payload(gw, req.into_body()).await?;
+    if call.invocation_type == InvocationType::Event {
+        return accept_async(gw, &function, call, payload).await;
+    }
+    let log_tail = call.log_tail;
+    let invocation = Invocation { payload, client_context: call.client_context, ..received };
+    let (mut resp, log) = match gw.scheduler.invoke(function.clone(), invocation).await {
+        Ok(r) => (function_response(&r.outcome), r.log),
+        Err(e) => (dispatch_failure(&e, request_id)?, e.log().to_owned()),
+    };
+    set_header(&mut resp, "x-amz-executed-version", &function.version);
+    if log_tail && !log.is_empty() {
+        set_header(&mut resp, "x-amz-log-result", &B64.encode(tail(&log, LOG_TAIL)));
+    }
+    Ok(resp)
+}
+
+/// The function name and qualifier from the path and query, and the `X-Amz-*` headers.
+fn parse_call(raw_name: &str, query: Option<&str>, headers: &HeaderMap) -> Result<Call, AwsError> {
+    let (name, name_qualifier) = parse_function_name(raw_name)
+        .ok_or_else(|| AwsError::invalid_parameter(format!("{raw_name:?} is not a function name or ARN")))?;
+    let qualifier = match (name_qualifier, query_param(query, "Qualifier")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(AwsError::invalid_parameter(
+                "the qualifier in the function name and the Qualifier parameter differ",
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let invocation_type = match header("x-amz-invocation-type").as_deref() {
+        None | Some("RequestResponse") => InvocationType::RequestResponse,
+        Some("Event") => InvocationType::Event,
+        Some("DryRun") => InvocationType::DryRun,
+        Some(other) => {
+            return Err(AwsError::invalid_parameter(format!(
+                "InvocationType {other:?} is not one of RequestResponse, Event, DryRun"
+            )))
+        }
+    };
+    let client_context = header("x-amz-client-context").map(|b64| decode_client_context(&b64)).transpose()?;
+    let idempotency_key = header("idempotency-key").or_else(|| idempotency_from_context(client_context.as_deref()));
+    Ok(Call {
+        name,
+        qualifier,
+        invocation_type,
+        log_tail: header("x-amz-log-type").is_some_and(|v| v == "Tail"),
+        client_context,
+        idempotency_key,
+    })
+}
+
+/// `X-Amz-Client-Context` is base64-encoded JSON; the function gets the JSON text.
+fn decode_client_context(b64: &str) -> Result<String, AwsError> {
+    B64.decode(b64.as_bytes())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+        .ok_or_else(|| AwsError::invalid_content("X-Amz-Client-Context must be base64-encoded JSON"))
+}
+
+/// The JSON payload (`{}` when empty).
+async fn read_payload(gw: &Gateway, body: Incoming) -> Result<Bytes, AwsError> {
+    let payload = gw.read_body(body).await.map_err(|e| AwsError::body(e, gw.config.max_payload))?;
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Bytes::from_static(b"{}"));
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+        return Err(AwsError::invalid_content(
+            "Could not parse request body into json: the payload must be a JSON document",
+        ));
+    }
+    Ok(payload)
 }
 
 /// `name`, `name:qualifier`, or an ARN `arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`.
@@ -58,207 +259,6 @@ fn parse_function_name(raw: &str) -> Option<(String, Option<String>)> {
     (!name.is_empty()).then_some((name, qualifier))
 }
 
-pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
-    let request_id = new_request_id();
-    let mut resp = invoke(gw, req, &request_id).await;
-    // An async accept answers with the queued event's id (the earlier one for a duplicate).
-    if !resp.headers().contains_key("x-amzn-requestid") {
-        set_header(&mut resp, "x-amzn-requestid", &request_id);
-    }
-    resp
-}
-
-async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resp {
-    let path = req.uri().path().to_owned();
-    let Some(raw_name) = path.strip_prefix("/2015-03-31/functions/").and_then(|r| r.strip_suffix("/invocations"))
-    else {
-        return aws_error(
-            StatusCode::NOT_FOUND,
-            "UnknownOperationException",
-            &format!("unknown operation {path}"),
-            request_id,
-        );
-    };
-    if req.method() != http::Method::POST {
-        return aws_error(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "Invoke takes POST", request_id);
-    }
-    if !gw.config.invoke_open && !gw.authorized(&req) {
-        return aws_error(
-            StatusCode::FORBIDDEN,
-            "AccessDeniedException",
-            "the Invoke API needs `Authorization: Bearer <token>` when nimbus listens beyond loopback",
-            request_id,
-        );
-    }
-    let Some((name, name_qualifier)) = parse_function_name(raw_name) else {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            &format!("{raw_name:?} is not a function name or ARN"),
-            request_id,
-        );
-    };
-    let query_qualifier = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("Qualifier="))
-            .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
-    });
-    let qualifier = match (name_qualifier, query_qualifier) {
-        (Some(a), Some(b)) if a != b => {
-            return aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidParameterValueException",
-                "the qualifier in the function name and the Qualifier parameter differ",
-                request_id,
-            )
-        }
-        (a, b) => a.or(b),
-    };
-    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let invocation_type = header("x-amz-invocation-type").unwrap_or_else(|| "RequestResponse".into());
-    let log_tail = header("x-amz-log-type").is_some_and(|v| v == "Tail");
-    let client_context = match header("x-amz-client-context") {
-        None => None,
-        Some(b64) => match B64.decode(b64.as_bytes()).ok().and_then(|b| String::from_utf8(b).ok()) {
-            Some(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => Some(text),
-            _ => {
-                return aws_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidRequestContentException",
-                    "X-Amz-Client-Context must be base64-encoded JSON",
-                    request_id,
-                )
-            }
-        },
-    };
-
-    let snapshot = gw.control.snapshot();
-    let view = match qualifier.as_deref() {
-        None | Some("$LATEST") | Some(crate::control::LIVE) => snapshot.live.clone(),
-        Some(q) => q.parse::<u64>().ok().and_then(|v| snapshot.versions.get(&v).cloned()),
-    };
-    drop(snapshot);
-    let arn = |q: Option<&str>| {
-        let base = format!("arn:aws:lambda:{}:{}:function:{name}", nimbus_core::REGION, nimbus_core::ACCOUNT_ID);
-        q.map_or(base.clone(), |q| format!("{base}:{q}"))
-    };
-    let Some(function) = view.as_ref().and_then(|v| v.functions.get(&name).cloned()) else {
-        return aws_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            &format!("Function not found: {}", arn(qualifier.as_deref())),
-            request_id,
-        );
-    };
-
-    match invocation_type.as_str() {
-        "RequestResponse" => {}
-        "DryRun" => {
-            let mut r = json(StatusCode::NO_CONTENT, &json!(null));
-            *r.body_mut() = Bytes::new().into();
-            set_header(&mut r, "x-amz-executed-version", &function.version);
-            return r;
-        }
-        "Event" => {}
-        other => {
-            return aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidParameterValueException",
-                &format!("InvocationType {other:?} is not one of RequestResponse, Event, DryRun"),
-                request_id,
-            )
-        }
-    }
-
-    let idempotency_key = header("idempotency-key").or_else(|| idempotency_from_context(client_context.as_deref()));
-    let received_at = Instant::now();
-    let received_wall = SystemTime::now();
-    let payload = match gw.read_body(req.into_body()).await {
-        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Bytes::from_static(b"{}"),
-        Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return aws_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeException",
-                &format!(
-                    "Request must be smaller than {} bytes for the InvokeFunction operation",
-                    gw.config.max_payload
-                ),
-                request_id,
-            )
-        }
-        Err(BodyError::TimedOut) => {
-            return aws_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "RequestTimeoutException",
-                "the payload was not received in time",
-                request_id,
-            )
-        }
-        Err(BodyError::Broken) => {
-            return aws_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestContentException",
-                "the payload could not be read",
-                request_id,
-            )
-        }
-    };
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestContentException",
-            "Could not parse request body into json: the payload must be a JSON document",
-            request_id,
-        );
-    }
-
-    if invocation_type == "Event" {
-        let pinned = qualifier.as_deref().filter(|q| q.parse::<u64>().is_ok()).map(str::to_owned);
-        return accept_async(gw, &function, pinned, payload, idempotency_key, request_id).await;
-    }
-
-    let invocation = Invocation {
-        request_id: request_id.to_owned(),
-        payload,
-        timeout: function.spec.timeout,
-        trace_id: crate::http_route::trace_id(),
-        client_context,
-        trigger: Trigger::Invoke,
-        received_at,
-        received_wall,
-        http: None,
-    };
-    let result = gw.scheduler.invoke(function.clone(), invocation).await;
-    let (mut resp, log) = match result {
-        Ok(r) => {
-            let resp = match &r.outcome {
-                InvokeOutcome::Success(body) => {
-                    let mut resp = json(StatusCode::OK, &json!(null));
-                    *resp.body_mut() = body.clone().into();
-                    resp
-                }
-                InvokeOutcome::FunctionError { kind, body, .. } => {
-                    let mut resp = json(StatusCode::OK, &json!(null));
-                    *resp.body_mut() = body.clone().into();
-                    set_header(&mut resp, "x-amz-function-error", kind.as_str());
-                    resp
-                }
-            };
-            (resp, r.log)
-        }
-        Err(e) => {
-            let log = e.log().to_owned();
-            (error_response(&e, request_id), log)
-        }
-    };
-    set_header(&mut resp, "x-amz-executed-version", &function.version);
-    if log_tail && !log.is_empty() {
-        set_header(&mut resp, "x-amz-log-result", &B64.encode(tail(&log, LOG_TAIL)));
-    }
-    resp
-}
-
 /// `X-Amz-Client-Context` may carry `{"custom": {"idempotencyKey": "…"}}`.
 fn idempotency_from_context(context: Option<&str>) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(context?).ok()?;
@@ -266,103 +266,77 @@ fn idempotency_from_context(context: Option<&str>) -> Option<String> {
     custom.get("idempotencyKey").or_else(|| custom.get("idempotency_key"))?.as_str().map(str::to_owned)
 }
 
-/// `Event`: store durably, then 202 with the request id.
-async fn accept_async(
-    gw: &Gateway,
-    function: &nimbus_core::FunctionVersion,
-    qualifier: Option<String>,
-    payload: Bytes,
-    idempotency_key: Option<String>,
-    request_id: &str,
-) -> Resp {
+/// `Event`: store durably, then 202 with the queued event's id as the request id.
+async fn accept_async(gw: &Gateway, function: &FunctionVersion, call: Call, payload: Bytes) -> Result<Resp, AwsError> {
+    // A numeric qualifier pins the version; an alias runs whatever it points at when it runs.
+    let pinned = call.qualifier.filter(|q| q.parse::<u64>().is_ok());
     let req = nimbus_queue::AcceptRequest {
         function: function.spec.name.clone(),
-        qualifier,
+        qualifier: pinned,
         payload,
         source: "invoke",
-        idempotency_key,
+        idempotency_key: call.idempotency_key,
     };
-    match gw.queue.accept(req).await {
-        Ok(accepted) => {
-            let mut r = json(StatusCode::ACCEPTED, &json!(null));
-            *r.body_mut() = Bytes::new().into();
-            // The queued event's id is the request id (the same id again for a duplicate).
-            set_header(&mut r, "x-amzn-requestid", &accepted.id);
-            set_header(&mut r, "x-amz-executed-version", &function.version);
-            r
-        }
-        Err(e) => async_accept_error(&e, request_id),
-    }
+    let accepted = gw.queue.accept(req).await?;
+    let mut r = raw(StatusCode::ACCEPTED, Bytes::new());
+    set_header(&mut r, "x-amzn-requestid", &accepted.id);
+    set_header(&mut r, "x-amz-executed-version", &function.version);
+    Ok(r)
 }
 
-/// How a refused async accept is answered on the Invoke API.
-pub(crate) fn async_accept_error(e: &nimbus_queue::AcceptError, request_id: &str) -> Resp {
-    match e {
-        nimbus_queue::AcceptError::TooLarge { .. } => {
-            aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", &e.to_string(), request_id)
-        }
-        nimbus_queue::AcceptError::Full { .. } => {
-            let mut r =
-                aws_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", &e.to_string(), request_id);
-            set_header(&mut r, "retry-after", "1");
-            r
-        }
-        nimbus_queue::AcceptError::Storage(msg) => {
-            tracing::error!(request_id, "async accept failed: {msg}");
-            aws_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ServiceException",
-                "the event could not be stored; it was not accepted",
-                request_id,
-            )
+/// 200 with what the function answered; a function error says how it was raised.
+fn function_response(outcome: &InvokeOutcome) -> Resp {
+    match outcome {
+        InvokeOutcome::Success(body) => raw(StatusCode::OK, body.clone()),
+        InvokeOutcome::FunctionError { kind, body, .. } => {
+            let mut resp = raw(StatusCode::OK, body.clone());
+            set_header(&mut resp, "x-amz-function-error", kind.as_str());
+            resp
         }
     }
 }
 
-fn error_response(e: &DispatchError, request_id: &str) -> Resp {
+/// A dispatch that produced no function outcome: the function's own failures (timeout, crash,
+/// init error, oversized response) are answered as Lambda answers them, 200 with
+/// `X-Amz-Function-Error: Unhandled`; the rest are refusals.
+fn dispatch_failure(e: &DispatchError, request_id: &str) -> Result<Resp, AwsError> {
+    let (error_type, message) = match e {
+        DispatchError::Timeout { timeout, .. } => {
+            (e.lambda_error_type(), format!("{request_id} Task timed out after {:.2} seconds", timeout.as_secs_f64()))
+        }
+        DispatchError::Crashed { detail, .. } => {
+            (e.lambda_error_type(), format!("RequestId: {request_id} Error: {detail}"))
+        }
+        DispatchError::InitFailed { error_type, message, .. } => (error_type.as_str(), message.clone()),
+        DispatchError::ResponseTooLarge { .. } => (e.lambda_error_type(), e.to_string()),
+        _ => return Err(refusal(e)),
+    };
+    let mut r = json(StatusCode::OK, &json!({"errorMessage": message, "errorType": error_type}));
+    set_header(&mut r, "x-amz-function-error", "Unhandled");
+    Ok(r)
+}
+
+fn refusal(e: &DispatchError) -> AwsError {
     match e {
-        DispatchError::Timeout { .. }
-        | DispatchError::Crashed { .. }
-        | DispatchError::InitFailed { .. }
-        | DispatchError::ResponseTooLarge { .. } => {
-            let message = match e {
-                DispatchError::Timeout { timeout, .. } => {
-                    format!("{request_id} Task timed out after {:.2} seconds", timeout.as_secs_f64())
-                }
-                DispatchError::Crashed { detail, .. } => format!("RequestId: {request_id} Error: {detail}"),
-                DispatchError::InitFailed { message, .. } => message.clone(),
-                other => other.to_string(),
-            };
-            let error_type = match e {
-                DispatchError::InitFailed { error_type, .. } => error_type.as_str(),
-                other => other.lambda_error_type(),
-            };
-            let mut r = json(StatusCode::OK, &json!({"errorMessage": message, "errorType": error_type}));
-            set_header(&mut r, "x-amz-function-error", "Unhandled");
-            r
-        }
-        DispatchError::Throttled { retry_after, .. } => {
-            let mut r =
-                aws_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", "Rate Exceeded.", request_id);
-            set_header(&mut r, "retry-after", &retry_after.as_secs().max(1).to_string());
-            r
-        }
+        DispatchError::Throttled { retry_after, .. } => AwsError {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            ..AwsError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException", "Rate Exceeded.")
+        },
         DispatchError::ShuttingDown { .. } => {
-            aws_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", &e.to_string(), request_id)
+            AwsError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", e.to_string())
         }
         DispatchError::NotFound { .. } | DispatchError::QualifierNotFound { .. } => {
-            aws_error(StatusCode::NOT_FOUND, "ResourceNotFoundException", &e.to_string(), request_id)
+            AwsError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", e.to_string())
         }
         DispatchError::PayloadTooLarge { .. } => {
-            aws_error(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", &e.to_string(), request_id)
+            AwsError::new(StatusCode::PAYLOAD_TOO_LARGE, "RequestTooLargeException", e.to_string())
         }
-        DispatchError::Platform(msg) => {
-            tracing::error!(request_id, "platform error: {msg}");
-            aws_error(
+        other => {
+            tracing::error!("platform error: {other}");
+            AwsError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ServiceException",
                 "nimbus failed to run the invocation; see the server log",
-                request_id,
             )
         }
     }
@@ -370,7 +344,7 @@ fn error_response(e: &DispatchError, request_id: &str) -> Resp {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_function_name;
+    use super::*;
 
     #[test]
     fn function_names_arns_and_qualifiers() {
@@ -387,5 +361,41 @@ mod tests {
             let want = want.map(|(n, q)| (n.to_string(), q.map(str::to_string)));
             assert_eq!(got, want, "{raw}");
         }
+    }
+
+    /// Each refusal's status and Lambda error type, as botocore reads them.
+    #[test]
+    fn refusals_follow_the_lambda_table() {
+        let name = "f".to_owned();
+        let cases = [
+            (
+                DispatchError::Throttled {
+                    name: name.clone(),
+                    max_instances: 1,
+                    retry_after: std::time::Duration::from_secs(2),
+                },
+                429,
+                "TooManyRequestsException",
+            ),
+            (DispatchError::ShuttingDown { name: name.clone() }, 503, "ServiceException"),
+            (DispatchError::NotFound { name: name.clone() }, 404, "ResourceNotFoundException"),
+            (DispatchError::PayloadTooLarge { size: 2, limit: 1 }, 413, "RequestTooLargeException"),
+            (DispatchError::Platform("x".into()), 500, "ServiceException"),
+        ];
+        for (e, status, error_type) in cases {
+            let r = dispatch_failure(&e, "rid").unwrap_err().into_response("rid");
+            assert_eq!(r.status().as_u16(), status, "{e}");
+            assert_eq!(r.headers()["x-amzn-errortype"], error_type, "{e}");
+        }
+        let throttled = DispatchError::Throttled { name, max_instances: 1, retry_after: Default::default() };
+        let r = dispatch_failure(&throttled, "rid").unwrap_err().into_response("rid");
+        assert_eq!(r.headers()["retry-after"], "1", "at least a second");
+        let timeout = DispatchError::Timeout {
+            name: "f".into(),
+            timeout: std::time::Duration::from_millis(1500),
+            log: String::new(),
+        };
+        let r = dispatch_failure(&timeout, "rid").unwrap();
+        assert_eq!((r.status().as_u16(), r.headers()["x-amz-function-error"].to_str().unwrap()), (200, "Unhandled"));
     }
 }

@@ -1,18 +1,26 @@
 //! HTTP ingress: function routes (API Gateway v2 events), the Lambda Invoke API, the
-//! management API under `/v1`, `/healthz` and `/metrics`; plus the control plane that swaps
-//! the deployment snapshot those read.
+//! management API under `/v1`, the dashboard, `/healthz` and `/metrics`. It reads the control
+//! plane's snapshot and never a store.
+//!
+//! Module order (every import points down this list): `server` (accept loop, first split by
+//! path) → the handlers, one per wire format (`http_route`, `invoke_api`, `mgmt`, `dashboard`)
+//! → their helpers (`event`, `usage`, `stats`, `metrics`) → `context` (the shared [`Gateway`])
+//! → `session`, `config`, `util`.
 
-pub mod control;
+mod config;
+mod context;
 mod dashboard;
 pub mod event;
 mod http_route;
 mod invoke_api;
 pub mod metrics;
 mod mgmt;
-pub mod router;
 mod server;
+mod session;
+mod stats;
 mod usage;
 mod util;
 
-pub use control::{ControlPlane, DeployError, Deployed};
-pub use server::{serve, Gateway, GatewayConfig, Telemetry};
+pub use config::GatewayConfig;
+pub use context::{Gateway, Parts, Telemetry};
+pub use server::serve;

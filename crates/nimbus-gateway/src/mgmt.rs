@@ -1,310 +1,386 @@
-//! The management API under `/v1` (JSON, `Authorization: Bearer <admin token>`). This module
-//! owns its wire format; `nimbus` CLI commands are thin clients of it.
-//!
-//! | method and path | what |
-//! |---|---|
-//! | `GET /v1/app` | app name, live version, deployments |
-//! | `POST /v1/deployments` | deploy a tar of an app directory → 201 `{version, …}` / 400 `{errors}` |
-//! | `GET /v1/deployments` | deployments, newest first |
-//! | `POST /v1/rollback` | `{"version": N}` or `{}` for the previous one |
-//! | `GET /v1/functions` | functions of the live deployment with their instances |
-//! | `GET /v1/functions/{name}/logs?after=SEQ&requestId=ID&limit=N` | invocation logs, oldest first |
-//! | `GET /v1/invocations?function=F&requestId=ID&limit=N` | invocation records, newest first |
-//! | `GET /v1/invocations?status=S&function=F` | async events by status (queued, running, succeeded, failed, dead-lettered) |
-//! | `GET /v1/invocations/{id}` | an async event (status, attempts, result or error), else the invocation record |
-//! | `GET /v1/dlq`, `GET /v1/dlq/{id}` | the dead-letter store |
-//! | `POST /v1/dlq/redrive` | `{"ids": [...]}` or `{"all": true}` back to the queue |
-//! | `POST /v1/dlq/purge` | delete dead-lettered events (`{"function": "f"}` to narrow) |
-//! | `GET /v1/queue` | unfinished async events |
-//! | `GET /v1/usage?since=24h&granularity=hour\|day&servers=N&serverPerHour=P` | requests, GB-seconds and cost per function, and the always-on comparison |
-//! | `GET /v1/stats?function=F&window=1h&buckets=60` | time series for the dashboard's charts (`dashboard.rs`) |
+//! The management API under `/v1` (JSON, `Authorization: Bearer <admin token>` or a dashboard
+//! session). Its request and response bodies are the types of `nimbus-api` (which lists every
+//! endpoint); this module converts nimbus's domain types into them and maps failures to
+//! statuses in one place ([`ApiError`]).
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
-use nimbus_store_sqlite::InvocationQuery;
-use serde_json::{json, Value};
+use nimbus_api as api;
+use nimbus_control::{DeployError, Deployed};
+use nimbus_core::history::{InvocationQuery, LogQuery};
+use nimbus_core::queue::{EventView, QueueError};
+use nimbus_core::{HistoryError, InvocationRecord};
+use serde::de::DeserializeOwned;
 
-use crate::control::DeployError;
-use crate::server::{BodyError, Gateway};
-use crate::util::{json, Resp};
+use crate::context::{BodyError, Gateway};
+use crate::util::{json, query_param, Resp};
 
-fn err(status: StatusCode, message: &str) -> Resp {
-    json(status, &json!({"error": message}))
+/// A failed management call: its status and the [`api::ErrorBody`] sent back.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: api::ErrorBody,
 }
 
-fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
-    req.uri().query().and_then(|q| {
-        q.split('&').find_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (k == key).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
-        })
-    })
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError { status, body: api::ErrorBody { error: error.into(), errors: None } }
+    }
+
+    fn bad_request(error: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, error)
+    }
+
+    fn internal(error: &impl std::fmt::Display) -> Self {
+        tracing::error!("management API: {error}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+
+    pub(crate) fn into_response(self) -> Resp {
+        json(self.status, &self.body)
+    }
 }
+
+impl From<HistoryError> for ApiError {
+    fn from(e: HistoryError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Invalid(d) => ApiError {
+                status: StatusCode::BAD_REQUEST,
+                body: api::ErrorBody {
+                    error: d.to_string().trim_end().to_owned(),
+                    errors: Some(d.0.iter().map(ToString::to_string).collect()),
+                },
+            },
+            e if e.is_client_error() => ApiError::bad_request(e.to_string()),
+            e => ApiError::internal(&e),
+        }
+    }
+}
+
+type Answer = Result<Resp, ApiError>;
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
     if !gw.authorized(&req) {
-        return err(
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "the management API needs `Authorization: Bearer <token>`; the token is in DATA_DIR/admin.token",
-        );
+        )
+        .into_response();
     }
+    route(gw, req).await.unwrap_or_else(ApiError::into_response)
+}
+
+async fn route(gw: &Gateway, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     let method = req.method().clone();
+    let q = |key: &str| query_param(req.uri().query(), key);
     match (method, segments.as_slice()) {
-        (Method::GET, ["app"]) => app(gw),
-        (Method::GET, ["deployments"]) => deployments(gw),
+        (Method::GET, ["app"]) => Ok(json(StatusCode::OK, &app(gw))),
+        (Method::GET, ["deployments"]) => Ok(json(StatusCode::OK, &deployments(gw))),
         (Method::POST, ["deployments"]) => deploy(gw, req).await,
         (Method::POST, ["rollback"]) => rollback(gw, req).await,
-        (Method::GET, ["functions"]) => functions(gw),
-        (Method::GET, ["stats"]) => crate::dashboard::stats(gw, &req).await,
-        (Method::GET, ["functions", name, "logs"]) => {
-            let name = (*name).to_owned();
-            logs(gw, &req, &name)
-        }
-        (Method::GET, ["invocations"]) if query_param(&req, "status").is_some() => events(gw, &req, None).await,
-        (Method::GET, ["invocations"]) => invocations(gw, &req, None),
-        (Method::GET, ["invocations", id]) => {
-            let id = (*id).to_owned();
-            match gw.queue.store().get(&id).await {
-                Ok(Some(ev)) => json(StatusCode::OK, &json!(ev)),
-                Ok(None) => invocations(gw, &req, Some(id)),
-                Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            }
-        }
-        (Method::GET, ["dlq"]) => events(gw, &req, Some("dead-lettered")).await,
-        (Method::GET, ["dlq", id]) => {
-            let id = (*id).to_owned();
-            match gw.queue.store().get(&id).await {
-                Ok(Some(ev)) if ev.status == "dead-lettered" => json(StatusCode::OK, &json!(ev)),
-                Ok(_) => {
-                    err(StatusCode::NOT_FOUND, &format!("no dead-lettered event {id}; `nimbus dlq ls` lists them"))
-                }
-                Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            }
-        }
+        (Method::GET, ["functions"]) => Ok(json(StatusCode::OK, &functions(gw))),
+        (Method::GET, ["stats"]) => stats(gw, req.uri().query()).await,
+        (Method::GET, ["functions", name, "logs"]) => logs(gw, name, &q).await,
+        (Method::GET, ["invocations"]) if q("status").is_some() => events(gw, None, &q).await,
+        (Method::GET, ["invocations"]) => invocations(gw, &q).await,
+        (Method::GET, ["invocations", id]) => invocation(gw, id).await,
+        (Method::GET, ["dlq"]) => events(gw, Some("dead-lettered"), &q).await,
+        (Method::GET, ["dlq", id]) => dead_letter(gw, id).await,
         (Method::POST, ["dlq", "redrive"]) => redrive(gw, req).await,
         (Method::POST, ["dlq", "purge"]) => purge(gw, req).await,
         (Method::GET, ["queue"]) => {
-            json(StatusCode::OK, &json!({"depth": gw.queue.depth(), "recoveredAtStart": gw.queue.recovered()}))
+            let info = api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() };
+            Ok(json(StatusCode::OK, &info))
         }
-        (Method::GET, ["usage"]) => usage(gw, &req),
-        _ => err(StatusCode::NOT_FOUND, &format!("no management endpoint {} {path}", req.method())),
+        (Method::GET, ["usage"]) => usage(gw, &q).await,
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no management endpoint {} {path}", req.method()))),
     }
 }
 
-fn usage(gw: &Gateway, req: &Request<Incoming>) -> Resp {
-    let pricing = gw.control.snapshot().live.as_ref().map(|l| l.pricing.clone()).unwrap_or_default();
-    let q = match crate::usage::parse_query(|k| query_param(req, k), crate::util::now_ms(), pricing) {
-        Ok(q) => q,
-        Err(e) => return err(StatusCode::BAD_REQUEST, &e),
-    };
-    match gw.control.store().usage(q.since_ms) {
-        Ok(rows) => json(StatusCode::OK, &crate::usage::report(&q, &rows)),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
+fn limit(q: &impl Fn(&str) -> Option<String>, default: u32) -> u32 {
+    q("limit").and_then(|l| l.parse().ok()).unwrap_or(default).clamp(1, 10_000)
 }
 
-fn deployments_json(gw: &Gateway) -> Value {
+/// The request body as `T`; an empty body is `T::default()`.
+async fn body<T: DeserializeOwned + Default>(gw: &Gateway, req: Request<Incoming>, example: &str) -> Result<T, ApiError> {
+    let bytes =
+        gw.read_body(req.into_body()).await.map_err(|_| ApiError::bad_request("the body could not be read"))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body must be JSON like {example}: {e}")))
+}
+
+fn deployments(gw: &Gateway) -> Vec<api::DeploymentSummary> {
     let snap = gw.control.snapshot();
     let live = snap.live.as_ref().map(|l| l.version);
-    let mut list: Vec<Value> = snap
+    let mut list: Vec<api::DeploymentSummary> = snap
         .versions
         .values()
-        .map(|v| {
-            let mut fns: Vec<&String> = v.functions.keys().collect();
-            fns.sort();
-            json!({"version": v.version, "app": v.app, "createdMs": v.created_ms, "live": Some(v.version) == live, "functions": fns})
+        .map(|v| api::DeploymentSummary {
+            version: v.version,
+            app: v.app.clone(),
+            created_ms: v.created_ms,
+            live: Some(v.version) == live,
+            functions: v.function_names().into_iter().map(str::to_owned).collect(),
         })
         .collect();
-    list.sort_by_key(|v| std::cmp::Reverse(v.get("version").and_then(Value::as_u64)));
-    Value::Array(list)
+    list.sort_by_key(|d| std::cmp::Reverse(d.version));
+    list
 }
 
-fn app(gw: &Gateway) -> Resp {
-    let snap = gw.control.snapshot();
-    let live = snap.live.as_ref();
-    json(
-        StatusCode::OK,
-        &json!({"app": live.map(|l| l.app.clone()), "live": live.map(|l| l.version), "deployments": deployments_json(gw)}),
-    )
-}
-
-fn deployments(gw: &Gateway) -> Resp {
-    json(StatusCode::OK, &deployments_json(gw))
-}
-
-fn deploy_error(e: DeployError) -> Resp {
-    match e {
-        DeployError::Invalid(d) => json(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": d.to_string().trim_end(), "errors": d.0.iter().map(ToString::to_string).collect::<Vec<_>>()}),
-        ),
-        DeployError::BadRequest(m) => err(StatusCode::BAD_REQUEST, &m),
-        DeployError::Failed(m) => err(StatusCode::INTERNAL_SERVER_ERROR, &m),
+fn app(gw: &Gateway) -> api::AppInfo {
+    let live = gw.control.snapshot().live.clone();
+    api::AppInfo {
+        app: live.as_ref().map(|l| l.app.clone()),
+        live: live.as_ref().map(|l| l.version),
+        deployments: deployments(gw),
     }
 }
 
-async fn deploy(gw: &Gateway, req: Request<Incoming>) -> Resp {
-    let body = match gw.read_body_up_to(req.into_body(), gw.config.max_upload).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            let mib = gw.config.max_upload / (1024 * 1024);
-            return err(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the app archive is above the {mib} MiB upload limit; leave build output and caches out of the app directory"),
-            );
-        }
-        Err(_) => return err(StatusCode::BAD_REQUEST, "the app archive could not be read"),
-    };
-    match gw.control.deploy_tar(body).await {
-        Ok(d) => json(StatusCode::CREATED, &json!(d)),
-        Err(e) => deploy_error(e),
-    }
-}
-
-async fn rollback(gw: &Gateway, req: Request<Incoming>) -> Resp {
-    let body = gw.read_body(req.into_body()).await.unwrap_or_default();
-    let version = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => match v.get("version") {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-                Some(_) => return err(StatusCode::BAD_REQUEST, "`version` must be a deployment number"),
+fn deployed(d: Deployed) -> api::Deployed {
+    let routes = d
+        .routes
+        .into_iter()
+        .map(|r| api::Route {
+            methods: match r.methods {
+                nimbus_manifest::Methods::Any => api::Methods::Any,
+                nimbus_manifest::Methods::List(l) => api::Methods::List(l),
             },
-            Err(e) => {
-                return err(StatusCode::BAD_REQUEST, &format!("the body must be JSON like {{\"version\": 3}}: {e}"))
-            }
-        }
-    };
-    match gw.control.rollback(version).await {
-        Ok(d) => json(StatusCode::OK, &json!(d)),
-        Err(e) => deploy_error(e),
-    }
+            path: r.path,
+            host: r.host,
+            function: r.function,
+            is_async: r.is_async,
+        })
+        .collect();
+    api::Deployed { version: d.version, app: d.app, changed: d.changed, functions: d.functions, routes }
 }
 
-fn functions(gw: &Gateway) -> Resp {
-    let snap = gw.control.snapshot();
-    let Some(live) = snap.live.clone() else { return json(StatusCode::OK, &json!([])) };
+async fn deploy(gw: &Gateway, req: Request<Incoming>) -> Answer {
+    let archive = gw.read_body_up_to(req.into_body(), gw.config.max_upload).await.map_err(|e| match e {
+        BodyError::TooLarge => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the app archive is above the {} MiB upload limit; leave build output and caches out of the app directory",
+                gw.config.max_upload / (1024 * 1024)
+            ),
+        ),
+        _ => ApiError::bad_request("the app archive could not be read"),
+    })?;
+    let d = gw.control.deploy_tar(archive).await?;
+    Ok(json(StatusCode::CREATED, &deployed(d)))
+}
+
+async fn rollback(gw: &Gateway, req: Request<Incoming>) -> Answer {
+    let r: api::RollbackRequest = body(gw, req, "{\"version\": 3}").await?;
+    let d = gw.control.rollback(r.version).await?;
+    Ok(json(StatusCode::OK, &deployed(d)))
+}
+
+fn functions(gw: &Gateway) -> Vec<api::FunctionInfo> {
+    let Some(live) = gw.control.snapshot().live.clone() else { return Vec::new() };
     let pools = gw.scheduler.status();
-    let mut names: Vec<&String> = live.functions.keys().collect();
-    names.sort();
-    let list: Vec<Value> = names
+    live.function_names()
         .into_iter()
         .filter_map(|n| live.functions.get(n))
         .map(|f| {
             let s = &f.spec;
-            let routes: Vec<String> =
-                live.router.routes().iter().filter(|r| r.function == s.name).map(|r| r.route_key()).collect();
-            let pools: Vec<&nimbus_scheduler::PoolStatus> = pools.iter().filter(|p| p.function == s.name).collect();
-            json!({
-                "name": s.name, "runtime": s.runtime, "handler": s.handler, "version": f.version,
-                "memoryMb": s.memory_mb, "timeoutMs": s.timeout.as_millis() as u64,
-                "minInstances": s.min_instances, "maxInstances": s.max_instances,
-                "keepAliveMs": s.keep_alive.as_millis() as u64, "codeDigest": f.code_digest,
-                "routes": routes, "pools": pools,
-            })
+            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            api::FunctionInfo {
+                name: s.name.clone(),
+                runtime: s.runtime.as_str().to_owned(),
+                handler: s.handler.clone(),
+                version: f.version.clone(),
+                memory_mb: s.memory_mb,
+                timeout_ms: ms(s.timeout),
+                min_instances: s.min_instances,
+                max_instances: s.max_instances,
+                keep_alive_ms: ms(s.keep_alive),
+                code_digest: f.code_digest.clone(),
+                routes: live.router.routes().iter().filter(|r| r.function == s.name).map(|r| r.route_key()).collect(),
+                pools: pools.iter().filter(|p| p.function == s.name).map(pool).collect(),
+            }
         })
-        .collect();
-    json(StatusCode::OK, &Value::Array(list))
+        .collect()
 }
 
-fn limit(req: &Request<Incoming>, default: u32) -> u32 {
-    query_param(req, "limit").and_then(|l| l.parse().ok()).unwrap_or(default).clamp(1, 10_000)
-}
-
-fn logs(gw: &Gateway, req: &Request<Incoming>, name: &str) -> Resp {
-    let after = query_param(req, "after").and_then(|a| a.parse().ok()).unwrap_or(0);
-    let request_id = query_param(req, "requestId");
-    match gw.control.store().logs(name, after, request_id.as_deref(), limit(req, 1000)) {
-        Ok(entries) => {
-            let next = entries.last().map_or(after, |e| e.seq);
-            json(StatusCode::OK, &json!({"entries": entries, "next": next}))
-        }
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
+    api::Pool {
+        function: p.function.clone(),
+        version: p.version.clone(),
+        idle: p.idle,
+        busy: p.busy,
+        starting: p.starting,
+        waiting: p.waiting,
+        max_instances: p.max_instances,
+        cold_starts: p.cold_starts,
+        instances: p
+            .instances
+            .iter()
+            .map(|i| api::InstanceInfo {
+                id: i.id.clone(),
+                pid: i.pid,
+                state: if i.state == "busy" { api::InstanceState::Busy } else { api::InstanceState::Idle },
+            })
+            .collect(),
     }
 }
 
-fn invocations(gw: &Gateway, req: &Request<Incoming>, id: Option<String>) -> Resp {
-    let single = id.is_some();
-    let q = InvocationQuery {
-        function: query_param(req, "function"),
-        request_id: id.or_else(|| query_param(req, "requestId")),
-        limit: limit(req, 100),
-    };
-    match gw.control.store().invocations(&q) {
-        Ok(rows) if single => match rows.into_iter().next() {
-            Some(r) => json(StatusCode::OK, &r),
-            None => err(
-                StatusCode::NOT_FOUND,
-                "no invocation with that id (records are written within a moment of the invocation ending)",
-            ),
-        },
-        Ok(rows) => json(StatusCode::OK, &Value::Array(rows)),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+async fn logs(gw: &Gateway, name: &str, q: &impl Fn(&str) -> Option<String>) -> Answer {
+    let after = q("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let query = LogQuery { function: name.to_owned(), after, request_id: q("requestId"), limit: limit(q, 1000) };
+    let entries: Vec<api::LogEntry> = gw
+        .history
+        .logs(&query)
+        .await?
+        .into_iter()
+        .map(|e| api::LogEntry { seq: e.seq, request_id: e.request_id, ts_ms: e.ts_ms, text: e.text })
+        .collect();
+    let next = entries.last().map_or(after, |e| e.seq);
+    Ok(json(StatusCode::OK, &api::LogPage { entries, next }))
+}
+
+fn invocation_view(r: InvocationRecord) -> api::Invocation {
+    api::Invocation {
+        handler_ms: r.duration_ms,
+        request_id: r.request_id,
+        function: r.function,
+        version: r.version,
+        trigger: r.trigger.as_str().to_owned(),
+        start_ms: r.start_ms,
+        duration_ms: r.duration_ms,
+        billed_ms: r.billed_ms,
+        memory_mb: r.memory_mb,
+        max_memory_mb: r.max_memory_mb,
+        cold: r.cold,
+        init_ms: r.init_ms,
+        instance_start_ms: r.instance_start_ms,
+        runtime_init_ms: r.runtime_init_ms,
+        queue_ms: r.queue_ms,
+        status: r.status.as_str().to_owned(),
+        error_type: r.error_type,
+        error_message: r.error_message,
+        instance_id: r.instance_id,
+    }
+}
+
+async fn invocations(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
+    let query = InvocationQuery { function: q("function"), request_id: q("requestId"), limit: limit(q, 100) };
+    let rows: Vec<api::Invocation> = gw.history.invocations(&query).await?.into_iter().map(invocation_view).collect();
+    Ok(json(StatusCode::OK, &rows))
+}
+
+/// An async event by id, else the invocation record with that request id.
+async fn invocation(gw: &Gateway, id: &str) -> Answer {
+    if let Some(ev) = gw.queue.store().get(id).await? {
+        return Ok(json(StatusCode::OK, &event(ev)));
+    }
+    let query = InvocationQuery { function: None, request_id: Some(id.to_owned()), limit: 1 };
+    match gw.history.invocations(&query).await?.into_iter().next() {
+        Some(r) => Ok(json(StatusCode::OK, &invocation_view(r))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no invocation with that id (records are written within a moment of the invocation ending)",
+        )),
+    }
+}
+
+fn event(ev: EventView) -> api::Event {
+    api::Event {
+        request_id: ev.request_id,
+        function: ev.function,
+        qualifier: ev.qualifier,
+        source: ev.source,
+        status: ev.status,
+        attempts: ev.attempts,
+        accepted_ms: ev.accepted_ms,
+        updated_ms: ev.updated_ms,
+        next_run_ms: ev.next_run_ms,
+        last_error_type: ev.last_error_type,
+        last_error: ev.last_error,
+        reason: ev.reason,
+        payload: ev.payload,
+        result: ev.result,
+        history: ev
+            .history
+            .into_iter()
+            .map(|a| api::Attempt {
+                n: a.n,
+                started_ms: a.started_ms,
+                duration_ms: a.duration_ms,
+                outcome: a.outcome,
+                error_type: a.error_type,
+                error_message: a.error_message,
+            })
+            .collect(),
+    }
+}
+
+async fn dead_letter(gw: &Gateway, id: &str) -> Answer {
+    match gw.queue.store().get(id).await? {
+        Some(ev) if ev.status == "dead-lettered" => Ok(json(StatusCode::OK, &event(ev))),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no dead-lettered event {id}; `nimbus dlq ls` lists them"))),
     }
 }
 
 const EVENT_STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "dead-lettered"];
 
-async fn events(gw: &Gateway, req: &Request<Incoming>, status: Option<&str>) -> Resp {
-    let wanted = query_param(req, "status");
+async fn events(gw: &Gateway, status: Option<&str>, q: &impl Fn(&str) -> Option<String>) -> Answer {
+    let wanted = q("status");
     let status = status.or(wanted.as_deref());
-    if let Some(s) = status {
-        if !EVENT_STATUSES.contains(&s) {
-            return err(StatusCode::BAD_REQUEST, &format!("status {s:?} is not one of {}", EVENT_STATUSES.join(", ")));
-        }
+    if let Some(s) = status.filter(|s| !EVENT_STATUSES.contains(s)) {
+        return Err(ApiError::bad_request(format!("status {s:?} is not one of {}", EVENT_STATUSES.join(", "))));
     }
-    let function = query_param(req, "function");
-    match gw.queue.store().list(status, function.as_deref(), limit(req, 100)).await {
-        Ok(list) => json(StatusCode::OK, &json!(list)),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
+    let function = q("function");
+    let list = gw.queue.store().list(status, function.as_deref(), limit(q, 100)).await?;
+    Ok(json(StatusCode::OK, &list.into_iter().map(event).collect::<Vec<_>>()))
 }
 
-async fn json_body(gw: &Gateway, req: Request<Incoming>) -> Result<Value, Resp> {
-    let body =
-        gw.read_body(req.into_body()).await.map_err(|_| err(StatusCode::BAD_REQUEST, "the body could not be read"))?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
+async fn redrive(gw: &Gateway, req: Request<Incoming>) -> Answer {
+    let r: api::RedriveRequest = body(gw, req, "{\"ids\": [\"…\"]} or {\"all\": true}").await?;
+    if r.ids.is_empty() && !r.all {
+        return Err(ApiError::bad_request(
+            "name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}",
+        ));
     }
-    serde_json::from_slice(&body).map_err(|e| err(StatusCode::BAD_REQUEST, &format!("the body must be JSON: {e}")))
+    let n = gw.queue.store().redrive(&r.ids, r.function.as_deref(), nimbus_queue::now_ms()).await?;
+    gw.queue.queued(n);
+    Ok(json(StatusCode::OK, &api::Redriven { redriven: n }))
 }
 
-/// `{"ids": [...]}` or `{"all": true, "function": "f"?}`.
-async fn redrive(gw: &Gateway, req: Request<Incoming>) -> Resp {
-    let body = match json_body(gw, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
+async fn purge(gw: &Gateway, req: Request<Incoming>) -> Answer {
+    let r: api::PurgeRequest = body(gw, req, "{\"function\": \"f\"}").await?;
+    let n = gw.queue.store().purge(r.function.as_deref()).await?;
+    Ok(json(StatusCode::OK, &api::Purged { purged: n }))
+}
+
+async fn usage(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
+    let pricing = gw.control.snapshot().live.as_ref().map(|l| l.pricing.clone()).unwrap_or_default();
+    let query = crate::usage::parse_query(q, nimbus_core::ids::now_ms(), pricing).map_err(ApiError::bad_request)?;
+    let rows = gw.history.usage(query.since_ms).await?;
+    Ok(json(StatusCode::OK, &crate::usage::report(&query, &rows)))
+}
+
+async fn stats(gw: &Gateway, query: Option<&str>) -> Answer {
+    let (q, window) = {
+        let snapshot = gw.control.snapshot();
+        crate::stats::stats_query(query, &|f| snapshot.knows_function(f)).map_err(ApiError::bad_request)?
     };
-    let ids: Vec<String> = body
-        .get("ids")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    let all = body.get("all").and_then(Value::as_bool).unwrap_or(false);
-    if ids.is_empty() && !all {
-        return err(StatusCode::BAD_REQUEST, "name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}");
-    }
-    let function = body.get("function").and_then(Value::as_str);
-    match gw.queue.store().redrive(&ids, function, nimbus_queue::now_ms()).await {
-        Ok(n) => {
-            gw.queue.queued(n);
-            json(StatusCode::OK, &json!({"redriven": n}))
-        }
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-}
-
-async fn purge(gw: &Gateway, req: Request<Incoming>) -> Resp {
-    let body = match json_body(gw, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match gw.queue.store().purge(body.get("function").and_then(Value::as_str)).await {
-        Ok(n) => json(StatusCode::OK, &json!({"purged": n})),
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
+    let stats = gw.history.stats(&q).await?;
+    Ok(json(StatusCode::OK, &crate::stats::report(stats, window)))
 }

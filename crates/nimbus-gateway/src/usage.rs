@@ -1,9 +1,11 @@
 //! `GET /v1/usage`: requests and GB-seconds per function per hour (or day), priced with the live
 //! deployment's `[pricing]`, beside what always-on servers would have cost over the same period.
 
+use nimbus_api::{AlwaysOn, FunctionUsage, Prices, UsageBucket, UsageReport, UsageTotal};
+use nimbus_core::history::UsageRow;
 use nimbus_manifest::Pricing;
-use nimbus_store_sqlite::UsageRow;
-use serde_json::{json, Value};
+
+use std::collections::BTreeMap;
 
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
@@ -72,11 +74,22 @@ fn cost(p: &Pricing, requests: u64, gbs: f64) -> (f64, f64) {
     (requests as f64 / 1e6 * p.per_million_requests, gbs * p.per_gb_second)
 }
 
-/// The response body.
-pub(crate) fn report(q: &UsageQuery, rows: &[UsageRow]) -> Value {
-    let p = &q.pricing;
-    let mut per_fn: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-    let mut buckets: std::collections::BTreeMap<(u64, &str), (u64, u64)> = Default::default();
+fn prices(p: &Pricing) -> Prices {
+    Prices {
+        currency: p.currency.clone(),
+        per_million_requests: p.per_million_requests,
+        per_gb_second: p.per_gb_second,
+        server_per_hour: p.server_per_hour,
+        servers: p.servers,
+    }
+}
+
+/// Sum `rows` in the window per function and per (bucket, function).
+type Sums<'a> = (BTreeMap<&'a str, (u64, u64)>, BTreeMap<(u64, &'a str), (u64, u64)>);
+
+fn sums<'a>(q: &UsageQuery, rows: &'a [UsageRow]) -> Sums<'a> {
+    let mut per_fn: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut buckets: BTreeMap<(u64, &str), (u64, u64)> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.hour_ms + HOUR_MS > q.since_ms && r.hour_ms <= q.until_ms) {
         let f = per_fn.entry(&r.function).or_default();
         f.0 += r.requests;
@@ -85,38 +98,51 @@ pub(crate) fn report(q: &UsageQuery, rows: &[UsageRow]) -> Value {
         b.0 += r.requests;
         b.1 += r.mb_ms;
     }
-    let (mut total_req, mut total_gbs, mut total_cost) = (0u64, 0f64, 0f64);
-    let functions: Vec<Value> = per_fn
+    (per_fn, buckets)
+}
+
+/// The response body.
+pub(crate) fn report(q: &UsageQuery, rows: &[UsageRow]) -> UsageReport {
+    let p = &q.pricing;
+    let (per_fn, buckets) = sums(q, rows);
+    let functions: Vec<FunctionUsage> = per_fn
         .iter()
         .map(|(name, &(requests, mb_ms))| {
-            let gbs = gb_seconds(mb_ms);
-            let (rc, cc) = cost(p, requests, gbs);
-            total_req += requests;
-            total_gbs += gbs;
-            total_cost += rc + cc;
-            json!({"function": name, "requests": requests, "gbSeconds": gbs, "requestCost": rc, "computeCost": cc, "cost": rc + cc})
+            let gb_seconds = gb_seconds(mb_ms);
+            let (request_cost, compute_cost) = cost(p, requests, gb_seconds);
+            let cost = request_cost + compute_cost;
+            FunctionUsage { function: (*name).to_owned(), requests, gb_seconds, request_cost, compute_cost, cost }
         })
         .collect();
-    let buckets: Vec<Value> = buckets
+    let total = UsageTotal {
+        requests: functions.iter().map(|f| f.requests).sum(),
+        gb_seconds: functions.iter().map(|f| f.gb_seconds).sum(),
+        cost: functions.iter().map(|f| f.cost).sum(),
+    };
+    let buckets = buckets
         .iter()
         .map(|((start, name), &(requests, mb_ms))| {
-            let gbs = gb_seconds(mb_ms);
-            let (rc, cc) = cost(p, requests, gbs);
-            json!({"startMs": start, "function": name, "requests": requests, "gbSeconds": gbs, "cost": rc + cc})
+            let gb_seconds = gb_seconds(mb_ms);
+            let (rc, cc) = cost(p, requests, gb_seconds);
+            UsageBucket { start_ms: *start, function: (*name).to_owned(), requests, gb_seconds, cost: rc + cc }
         })
         .collect();
     let hours = q.until_ms.saturating_sub(q.since_ms) as f64 / HOUR_MS as f64;
-    let always_on = f64::from(p.servers) * p.server_per_hour * hours;
-    json!({
-        "sinceMs": q.since_ms,
-        "untilMs": q.until_ms,
-        "granularity": if q.bucket_ms == DAY_MS { "day" } else { "hour" },
-        "prices": p,
-        "functions": functions,
-        "buckets": buckets,
-        "total": {"requests": total_req, "gbSeconds": total_gbs, "cost": total_cost},
-        "alwaysOn": {"servers": p.servers, "serverPerHour": p.server_per_hour, "hours": hours, "cost": always_on},
-    })
+    UsageReport {
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        granularity: if q.bucket_ms == DAY_MS { "day" } else { "hour" }.to_owned(),
+        prices: prices(p),
+        functions,
+        buckets,
+        total,
+        always_on: AlwaysOn {
+            servers: p.servers,
+            server_per_hour: p.server_per_hour,
+            hours,
+            cost: f64::from(p.servers) * p.server_per_hour * hours,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -134,15 +160,14 @@ mod tests {
         // 2,000,000 requests of 512 MB × 100 ms = 100,000 GB-s in the window, one row before it.
         let rows = [row("a", now - HOUR_MS, 2_000_000, 512 * 100 * 2_000_000), row("b", now - 3 * DAY_MS, 7, 7)];
         let v = report(&q, &rows);
-        assert_eq!(v["total"]["requests"], 2_000_000);
-        let gbs = v["total"]["gbSeconds"].as_f64().unwrap();
-        assert!((gbs - 100_000.0).abs() < 1e-6, "{gbs}");
-        let f = &v["functions"][0];
-        assert!((f["requestCost"].as_f64().unwrap() - 0.40).abs() < 1e-9);
-        assert!((f["computeCost"].as_f64().unwrap() - 1.66667).abs() < 1e-4);
+        assert_eq!(v.total.requests, 2_000_000);
+        assert!((v.total.gb_seconds - 100_000.0).abs() < 1e-6, "{}", v.total.gb_seconds);
+        let f = &v.functions[0];
+        assert!((f.request_cost - 0.40).abs() < 1e-9);
+        assert!((f.compute_cost - 1.66667).abs() < 1e-4);
         // 2 servers × $0.0416 × 48 h
-        assert!((v["alwaysOn"]["cost"].as_f64().unwrap() - 3.9936).abs() < 1e-9);
-        assert_eq!(v["functions"].as_array().unwrap().len(), 1, "rows before `since` are left out");
+        assert!((v.always_on.cost - 3.9936).abs() < 1e-9);
+        assert_eq!(v.functions.len(), 1, "rows before `since` are left out");
     }
 
     #[test]
@@ -157,8 +182,8 @@ mod tests {
         assert_eq!(q.since_ms, 4 * DAY_MS);
         let rows = [row("a", 5 * DAY_MS, 1, 1024), row("a", 5 * DAY_MS + HOUR_MS, 2, 1024)];
         let v = report(&q, &rows);
-        assert_eq!(v["buckets"].as_array().unwrap().len(), 1);
-        assert_eq!(v["buckets"][0]["requests"], 3);
+        assert_eq!(v.buckets.len(), 1);
+        assert_eq!(v.buckets[0].requests, 3);
 
         for (key, value, needle) in [
             ("since", "yesterday", "is not a duration"),

@@ -3,14 +3,27 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use serde_json::Value;
+use serde::Serialize;
 
 pub type Resp = Response<Full<Bytes>>;
 
-pub fn json(status: StatusCode, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+/// A JSON response. A value that cannot be serialized (never for the API's own types) becomes
+/// a 500 that says so rather than a panic.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Resp {
+    let (status, text) = match serde_json::to_vec(body) {
+        Ok(t) => (status, t),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{{\"error\":\"cannot encode the answer: {e}\"}}").into()),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A response with `body` as it is and no content type.
+pub fn raw(status: StatusCode, body: Bytes) -> Resp {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
     r
 }
 
@@ -32,17 +45,10 @@ pub fn tail(s: &str, max: usize) -> &str {
     s.get(start..).unwrap_or_default()
 }
 
-/// A time-ordered (v7) UUID. Time order keeps the records' request-id index appending to one
-/// page instead of touching a random page per invocation (v4 ids cost ~5 page writes and ~2.6
-/// page reads per record). The random part comes from the thread-local userspace RNG:
-/// `Uuid::new_v4` asks the kernel (`getrandom`) on every call.
-pub fn new_request_id() -> String {
-    let millis =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid().to_string()
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+/// The percent-decoded value of `key` in a query string.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (k == key).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
 }

@@ -35,8 +35,7 @@ pub struct Manifest {
 }
 
 /// Which HTTP methods a route accepts.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Methods {
     Any,
     List(Vec<String>),
@@ -61,7 +60,7 @@ impl Methods {
 }
 
 /// A validated route.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteSpec {
     pub methods: Methods,
     /// The path as written: `/items/{id}`, `/static/*`.
@@ -70,7 +69,6 @@ pub struct RouteSpec {
     pub host: Option<String>,
     pub function: String,
     /// Answer 202 at once and run the function through the durable queue.
-    #[serde(default)]
     pub is_async: bool,
 }
 

@@ -7,8 +7,7 @@ use toml::de::DeValue;
 use crate::ctx::{Ctx, Value};
 
 /// Prices for usage and the always-on comparison.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Pricing {
     /// A label for the figures ("USD").
     pub currency: String,

@@ -8,23 +8,19 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
 use crate::ctx::{Ctx, Value};
 
 /// When a schedule fires.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum When {
     Cron(String),
-    #[serde(with = "nimbus_core::function::duration_ms")]
     Rate(Duration),
 }
 
 /// What to do about slots missed while nimbus was not running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CatchUp {
     /// Run the latest missed slot once (the default).
     Latest,
@@ -32,7 +28,7 @@ pub enum CatchUp {
     None,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScheduleSpec {
     pub function: String,
     pub when: When,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nimbus_core::invoke::{MAX_LOG_BYTES, MAX_PAYLOAD_BYTES};
-use nimbus_core::{FunctionVersion, Instance, Runtime, StartError};
+use nimbus_core::{FunctionVersion, Instance, PrepareError, Runtime, StartError};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -245,8 +245,8 @@ fn deserialize(engine: &Engine, path: &Path) -> Option<Component> {
 
 #[async_trait]
 impl Runtime for WasmRuntime {
-    async fn prepare(&self, function: &FunctionVersion) -> Result<(), String> {
-        self.inner.load(function).await.map(|_| ())
+    async fn prepare(&self, function: &FunctionVersion) -> Result<(), PrepareError> {
+        self.inner.load(function).await.map(|_| ()).map_err(PrepareError::invalid)
     }
 
     async fn start(

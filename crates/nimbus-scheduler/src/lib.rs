@@ -35,8 +35,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use nimbus_core::{
-    Dispatch, DispatchError, FunctionVersion, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome,
-    InvokeResult, Recorder, Runtime, RuntimeKind,
+    Dispatch, DispatchError, FunctionPrepareError, FunctionVersion, Invocation, InvocationRecord, InvocationStatus,
+    InvokeOutcome, InvokeResult, Pools, PrepareError, Recorder, Runtime, RuntimeKind,
 };
 
 pub use pool::{InstanceInfo, Pool, PoolStatus};
@@ -115,13 +115,11 @@ impl Inner {
 
     /// Get every function of a deployment ready to start before it goes live (wasm components
     /// are compiled here); the first failure is returned and the deployment must be refused.
-    pub async fn prepare(&self, functions: &[Arc<FunctionVersion>]) -> Result<(), String> {
+    pub async fn prepare(&self, functions: &[Arc<FunctionVersion>]) -> Result<(), FunctionPrepareError> {
         for f in functions {
-            let runtime = self
-                .runtimes
-                .get(&f.spec.runtime)
-                .ok_or_else(|| format!("no runtime registered for {}", f.spec.runtime.as_str()))?;
-            runtime.prepare(f).await.map_err(|e| format!("function {}: {e}", f.spec.name))?;
+            let failed = |source| FunctionPrepareError { function: f.spec.name.clone(), source };
+            let runtime = self.runtimes.get(&f.spec.runtime).ok_or_else(|| failed(PrepareError::NoRuntime(f.spec.runtime)))?;
+            runtime.prepare(f).await.map_err(failed)?;
         }
         Ok(())
     }
@@ -228,6 +226,18 @@ impl Dispatch for Scheduler {
             Ok(r) => r,
             Err(e) => Err(DispatchError::Platform(format!("the invocation task failed: {e}"))),
         }
+    }
+}
+
+/// The control plane prepares deployments and tells the pools which versions are live.
+#[async_trait]
+impl Pools for Scheduler {
+    async fn prepare(&self, functions: &[Arc<FunctionVersion>]) -> Result<(), FunctionPrepareError> {
+        Inner::prepare(self, functions).await
+    }
+
+    fn deploy(&self, live: &[Arc<FunctionVersion>]) {
+        Inner::deploy(self, live);
     }
 }
 

@@ -8,6 +8,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
 
 use crate::up::{TOKEN_FILE, URL_FILE};
 use crate::Remote;
@@ -25,20 +26,27 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(&self) -> Result<serde_json::Value> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("the server answered {} with a body that is not JSON", self.status))
+    /// The body as the API type `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "the server answered {} with a body this nimbus does not understand (is the server a different version?)",
+                self.status
+            )
+        })
     }
 
-    /// The server's error message, for a failed call.
+    /// The server's error message, for a failed call: the management API's `error`, the Invoke
+    /// API's `message`, or the body as text.
     pub fn error_text(&self) -> String {
-        match self.json() {
-            Ok(v) => v
-                .get("error")
-                .or_else(|| v.get("message"))
-                .and_then(|m| m.as_str())
-                .map_or_else(|| v.to_string(), str::to_owned),
-            Err(_) => String::from_utf8_lossy(&self.body).into_owned(),
+        #[derive(serde::Deserialize)]
+        struct AnyError {
+            error: Option<String>,
+            message: Option<String>,
+        }
+        match serde_json::from_slice::<AnyError>(&self.body) {
+            Ok(AnyError { error: Some(m), .. } | AnyError { message: Some(m), .. }) => m,
+            _ => String::from_utf8_lossy(&self.body).into_owned(),
         }
     }
 }
@@ -83,11 +91,22 @@ impl Client {
         Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
 
-    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+    /// `GET path`, answered as the API type `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let r = self.call(Method::GET, path, Bytes::new(), &[]).await?;
         if !r.status.is_success() {
             bail!("{} ({})", r.error_text(), r.status);
         }
-        r.json()
+        r.parse()
+    }
+
+    /// `POST path` with a JSON body, answered as `T`; a failure is `what failed: <server's error>`.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize, what: &str) -> Result<T> {
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        let r = self.call(Method::POST, path, body, &[("content-type", "application/json".into())]).await?;
+        if !r.status.is_success() {
+            bail!("{what}: {}", r.error_text());
+        }
+        r.parse()
     }
 }

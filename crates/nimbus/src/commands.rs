@@ -1,8 +1,5 @@
-//! Client commands: thin wrappers over the management API and the Invoke API.
-
-// These commands format JSON answers; `serde_json::Value["key"]` yields Null for a missing key
-// and never panics, which is the behaviour wanted for printing.
-#![allow(clippy::indexing_slicing)]
+//! Client commands: thin wrappers over the management API (its types are `nimbus-api`'s) and
+//! the Invoke API.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::Method;
+use nimbus_api as api;
 use serde_json::Value;
 
 use crate::client::Client;
@@ -41,25 +39,19 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
         client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await;
     progress.finish_and_clear();
     let r = r?;
-    let v = r.json().unwrap_or_default();
     if r.status.is_success() {
-        println!(
-            "deployed {} version {} ({} functions, {} KiB uploaded)",
-            str_of(&v, "app"),
-            v["version"],
-            v["functions"].as_array().map_or(0, Vec::len),
-            size / 1024
-        );
+        let d: api::Deployed = r.parse()?;
+        println!("deployed {} version {} ({} functions, {} KiB uploaded)", d.app, d.version, d.functions.len(), size / 1024);
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(errors) = v.get("errors").and_then(Value::as_array) {
+    if let Ok(api::ErrorBody { errors: Some(errors), .. }) = r.parse::<api::ErrorBody>() {
         eprintln!(
             "{} problem{} in the app manifest; nothing was deployed:",
             errors.len(),
             if errors.len() == 1 { "" } else { "s" }
         );
         for e in errors {
-            eprintln!("  {}", e.as_str().unwrap_or_default());
+            eprintln!("  {e}");
         }
         return Ok(ExitCode::from(2));
     }
@@ -88,56 +80,52 @@ fn archive(dir: &Path) -> Result<Bytes> {
 
 pub async fn rollback(to: Option<u64>, remote: Remote) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
-    let body = serde_json::json!({ "version": to }).to_string();
-    let r = client
-        .call(Method::POST, "/v1/rollback", Bytes::from(body), &[("content-type", "application/json".into())])
-        .await?;
-    if !r.status.is_success() {
-        bail!("rollback failed: {}", r.error_text());
-    }
-    let v = r.json()?;
-    println!("live is now version {} of {}", v["version"], str_of(&v, "app"));
+    let d: api::Deployed =
+        client.post("/v1/rollback", &api::RollbackRequest { version: to }, "rollback failed").await?;
+    println!("live is now version {} of {}", d.version, d.app);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn ls(remote: Remote) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
-    let app = client.get_json("/v1/app").await?;
-    let functions = client.get_json("/v1/functions").await?;
-    println!("app {}  live version {}", str_of(&app, "app"), app["live"]);
-    println!("\nDEPLOYMENTS");
-    for d in app["deployments"].as_array().into_iter().flatten() {
-        let live = if d["live"].as_bool() == Some(true) { "  (live)" } else { "" };
-        println!(
-            "  {:>4}  {}{live}",
-            d["version"],
-            d["functions"]
-                .as_array()
-                .map(|f| f.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default()
-        );
-    }
-    println!("\nFUNCTIONS");
-    println!("  {:<20} {:<9} {:>7} {:>8} {:>5} {:>5}  ROUTES", "NAME", "RUNTIME", "MEMORY", "TIMEOUT", "IDLE", "BUSY");
-    for f in functions.as_array().into_iter().flatten() {
-        let (idle, busy) = f["pools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .fold((0, 0), |(i, b), p| (i + p["idle"].as_u64().unwrap_or(0), b + p["busy"].as_u64().unwrap_or(0)));
-        let routes = f["routes"]
-            .as_array()
-            .map(|r| r.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default();
-        println!(
-            "  {:<20} {:<9} {:>5}MB {:>7}ms {idle:>5} {busy:>5}  {routes}",
-            str_of(f, "name"),
-            str_of(f, "runtime"),
-            f["memoryMb"],
-            f["timeoutMs"]
-        );
-    }
+    let app: api::AppInfo = client.get("/v1/app").await?;
+    let functions: Vec<api::FunctionInfo> = client.get("/v1/functions").await?;
+    print!("{}", ls_text(&app, &functions));
     Ok(ExitCode::SUCCESS)
+}
+
+fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_owned(), |v| v.to_string())
+}
+
+fn ls_text(app: &api::AppInfo, functions: &[api::FunctionInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "app {}  live version {}", app.app.as_deref().unwrap_or_default(), or_null(app.live));
+    let _ = writeln!(out, "\nDEPLOYMENTS");
+    for d in &app.deployments {
+        let live = if d.live { "  (live)" } else { "" };
+        let _ = writeln!(out, "  {:>4}  {}{live}", d.version, d.functions.join(", "));
+    }
+    let _ = writeln!(out, "\nFUNCTIONS");
+    let _ = writeln!(
+        out,
+        "  {:<20} {:<9} {:>7} {:>8} {:>5} {:>5}  ROUTES",
+        "NAME", "RUNTIME", "MEMORY", "TIMEOUT", "IDLE", "BUSY"
+    );
+    for f in functions {
+        let (idle, busy) = f.pools.iter().fold((0, 0), |(i, b), p| (i + p.idle, b + p.busy));
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<9} {:>5}MB {:>7}ms {idle:>5} {busy:>5}  {}",
+            f.name,
+            f.runtime,
+            f.memory_mb,
+            f.timeout_ms,
+            f.routes.join(", ")
+        );
+    }
+    out
 }
 
 pub async fn invoke(
@@ -209,25 +197,24 @@ pub async fn logs(
     let client = Client::new(&remote, &here())?;
     let mut after = 0u64;
     loop {
-        let mut path = format!("/v1/functions/{name}/logs?after={after}");
+        let mut path = format!("/v1/functions/{}/logs?after={after}", enc(&name));
         if let Some(id) = &request_id {
-            path.push_str(&format!("&requestId={id}"));
+            path.push_str(&format!("&requestId={}", enc(id)));
         }
-        let v = client.get_json(&path).await?;
+        let page: api::LogPage = client.get(&path).await?;
         let mut out = std::io::stdout().lock();
-        for e in v["entries"].as_array().into_iter().flatten() {
-            let text = e["text"].as_str().unwrap_or_default();
+        for e in &page.entries {
             if json {
-                for line in text.lines() {
+                for line in e.text.lines() {
                     writeln!(out, "{}", log_line_json(&name, e, line))?;
                 }
             } else {
-                out.write_all(text.as_bytes())?;
+                out.write_all(e.text.as_bytes())?;
             }
         }
         out.flush()?;
         drop(out);
-        after = v["next"].as_u64().unwrap_or(after);
+        after = page.next;
         if !follow {
             return Ok(ExitCode::SUCCESS);
         }
@@ -241,7 +228,7 @@ pub async fn logs(
 /// One log line as a JSON object: a line the function wrote as a JSON object keeps its fields
 /// (and gains `requestId`, `function` and `timestamp` where it has none); any other line becomes
 /// `{"message": line, …}`.
-fn log_line_json(function: &str, entry: &Value, line: &str) -> Value {
+fn log_line_json(function: &str, entry: &api::LogEntry, line: &str) -> Value {
     let mut obj = match serde_json::from_str::<Value>(line) {
         Ok(Value::Object(fields)) => fields,
         _ => {
@@ -250,11 +237,11 @@ fn log_line_json(function: &str, entry: &Value, line: &str) -> Value {
             m
         }
     };
-    let ts = chrono::DateTime::from_timestamp_millis(entry["tsMs"].as_i64().unwrap_or(0)).unwrap_or_default();
+    let ts = chrono::DateTime::from_timestamp_millis(i64::try_from(entry.ts_ms).unwrap_or(0)).unwrap_or_default();
     for (k, v) in [
         ("timestamp", Value::String(ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
         ("function", Value::String(function.to_owned())),
-        ("requestId", entry["requestId"].clone()),
+        ("requestId", Value::String(entry.request_id.clone())),
     ] {
         obj.entry(k).or_insert(v);
     }
@@ -271,39 +258,48 @@ pub async fn invocations(
     let client = Client::new(&remote, &here())?;
     let mut path = format!("/v1/invocations?limit={limit}");
     if let Some(f) = &function {
-        path.push_str(&format!("&function={f}"));
+        path.push_str(&format!("&function={}", enc(f)));
     }
     if let Some(s) = &status {
-        path.push_str(&format!("&status={s}"));
-        print_events(&client.get_json(&path).await?);
+        path.push_str(&format!("&status={}", enc(s)));
+        print!("{}", events_table(&client.get::<Vec<api::Event>>(&path).await?));
         return Ok(ExitCode::SUCCESS);
     }
-    let v = client.get_json(&path).await?;
+    let records: Vec<api::Invocation> = client.get(&path).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    print!("{}", invocations_table(&records));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn invocations_table(records: &[api::Invocation]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9} {:>9} {:>9}",
         "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "QUEUE", "START", "INIT"
     );
-    let ms = |r: &Value, key: &str| r[key].as_f64().map(|i| format!("{i:.1}ms")).unwrap_or_default();
-    for r in v.as_array().into_iter().flatten() {
-        println!(
+    let ms = |v: Option<f64>| v.map(|i| format!("{i:.1}ms")).unwrap_or_default();
+    for r in records {
+        let _ = writeln!(
+            out,
             "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>8.2}ms {:>5} {:>9} {:>9} {:>9}",
-            str_of(r, "requestId"),
-            str_of(r, "function"),
-            str_of(r, "version"),
-            str_of(r, "trigger"),
-            str_of(r, "status"),
-            r["durationMs"].as_f64().unwrap_or(0.0),
-            if r["cold"].as_bool() == Some(true) { "yes" } else { "" },
-            ms(r, "queueMs"),
-            ms(r, "instanceStartMs"),
-            ms(r, "runtimeInitMs"),
+            r.request_id,
+            r.function,
+            r.version,
+            r.trigger,
+            r.status,
+            r.duration_ms,
+            if r.cold { "yes" } else { "" },
+            ms(Some(r.queue_ms)),
+            ms(r.instance_start_ms),
+            ms(r.runtime_init_ms),
         );
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 /// `nimbus usage`: requests, GB-seconds and cost per function since `since`, and what
@@ -317,12 +313,12 @@ pub async fn usage(args: crate::UsageArgs) -> Result<ExitCode> {
     if let Some(p) = args.server_price {
         path.push_str(&format!("&serverPerHour={p}"));
     }
-    let v = client.get_json(&path).await?;
+    let report: api::UsageReport = client.get(&path).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", usage_table(&v));
+    print!("{}", usage_table(&report));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -330,58 +326,52 @@ fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn usage_table(v: &Value) -> String {
+fn usage_table(v: &api::UsageReport) -> String {
     use std::fmt::Write as _;
-    let cur = v["prices"]["currency"].as_str().unwrap_or("USD");
-    let money = |x: &Value| format!("{:.6}", x.as_f64().unwrap_or(0.0));
-    let since = chrono::DateTime::from_timestamp_millis(v["sinceMs"].as_i64().unwrap_or(0)).unwrap_or_default();
-    let until = chrono::DateTime::from_timestamp_millis(v["untilMs"].as_i64().unwrap_or(0)).unwrap_or_default();
+    let cur = &v.prices.currency;
+    let money = |x: f64| format!("{x:.6}");
+    let time = |ms: u64| chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(0)).unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(
         out,
         "usage from {} to {} UTC ({:.1} h)\n",
-        since.format("%Y-%m-%d %H:%M"),
-        until.format("%Y-%m-%d %H:%M"),
-        v["alwaysOn"]["hours"].as_f64().unwrap_or(0.0)
+        time(v.since_ms).format("%Y-%m-%d %H:%M"),
+        time(v.until_ms).format("%Y-%m-%d %H:%M"),
+        v.always_on.hours
     );
     let _ = writeln!(out, "{:<24} {:>12} {:>14} {:>14}", "FUNCTION", "REQUESTS", "GB-SECONDS", format!("COST ({cur})"));
-    for f in v["functions"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "{:<24} {:>12} {:>14.3} {:>14}",
-            str_of(f, "function"),
-            f["requests"].as_u64().unwrap_or(0),
-            f["gbSeconds"].as_f64().unwrap_or(0.0),
-            money(&f["cost"])
-        );
+    for f in &v.functions {
+        let _ = writeln!(out, "{:<24} {:>12} {:>14.3} {:>14}", f.function, f.requests, f.gb_seconds, money(f.cost));
     }
-    let t = &v["total"];
-    let _ = writeln!(
-        out,
-        "{:<24} {:>12} {:>14.3} {:>14}\n",
-        "total",
-        t["requests"].as_u64().unwrap_or(0),
-        t["gbSeconds"].as_f64().unwrap_or(0.0),
-        money(&t["cost"])
-    );
-    let p = &v["prices"];
+    let t = &v.total;
+    let _ = writeln!(out, "{:<24} {:>12} {:>14.3} {:>14}\n", "total", t.requests, t.gb_seconds, money(t.cost));
+    let p = &v.prices;
     let _ = writeln!(
         out,
         "priced at {cur} {} per million requests and {cur} {} per GB-second ([pricing] in nimbus.toml)",
-        p["perMillionRequests"], p["perGbSecond"]
+        json_number(p.per_million_requests),
+        json_number(p.per_gb_second)
     );
-    let a = &v["alwaysOn"];
-    let serverless = t["cost"].as_f64().unwrap_or(0.0);
-    let always = a["cost"].as_f64().unwrap_or(0.0);
+    let a = &v.always_on;
     let _ = writeln!(
         out,
         "always-on: {} server(s) at {cur} {}/h for the same {:.1} h would cost {cur} {}",
-        a["servers"],
-        a["serverPerHour"],
-        a["hours"].as_f64().unwrap_or(0.0),
-        money(&a["cost"])
+        a.servers,
+        json_number(a.server_per_hour),
+        a.hours,
+        money(a.cost)
     );
-    let verdict = if always > 0.0 && serverless <= always {
+    let _ = writeln!(out, "{}", verdict(cur, t.cost, a.cost));
+    out
+}
+
+/// A number as JSON writes it (`0.2`, `1.0`), as the table always showed prices.
+fn json_number(x: f64) -> String {
+    Value::from(x).to_string()
+}
+
+fn verdict(cur: &str, serverless: f64, always: f64) -> String {
+    if always > 0.0 && serverless <= always {
         let pct = serverless / always * 100.0;
         let pct = if pct >= 0.1 { format!("{pct:.1}%") } else { format!("{pct:.2e}%") };
         format!("pay-per-use costs {pct} of always-on ({cur} {:.4} less)", always - serverless)
@@ -389,31 +379,30 @@ fn usage_table(v: &Value) -> String {
         format!("pay-per-use costs {:.1}x always-on: at this load, servers are cheaper", serverless / always)
     } else {
         "no always-on cost to compare with".to_owned()
-    };
-    let _ = writeln!(out, "{verdict}");
-    out
+    }
 }
 
-fn print_events(list: &Value) {
-    println!(
+fn events_table(list: &[api::Event]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<36}  {:<16} {:<13} {:>8}  {:<11} LAST ERROR",
         "REQUEST ID", "FUNCTION", "STATUS", "ATTEMPTS", "SOURCE"
     );
-    for e in list.as_array().into_iter().flatten() {
-        let error = match (e["lastErrorType"].as_str(), e["lastError"].as_str()) {
+    for e in list {
+        let error = match (&e.last_error_type, &e.last_error) {
             (Some(t), Some(m)) => format!("{t}: {m}"),
-            (Some(t), None) => t.to_owned(),
+            (Some(t), None) => t.clone(),
             _ => String::new(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<36}  {:<16} {:<13} {:>8}  {:<11} {error}",
-            str_of(e, "requestId"),
-            str_of(e, "function"),
-            str_of(e, "status"),
-            e["attempts"],
-            str_of(e, "source")
+            e.request_id, e.function, e.status, e.attempts, e.source
         );
     }
+    out
 }
 
 pub async fn dlq(action: crate::DlqAction, remote: Remote) -> Result<ExitCode> {
@@ -421,36 +410,26 @@ pub async fn dlq(action: crate::DlqAction, remote: Remote) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
     match action {
         DlqAction::Ls { function } => {
-            let path = function.map_or("/v1/dlq".to_owned(), |f| format!("/v1/dlq?function={f}"));
-            print_events(&client.get_json(&path).await?);
+            let path = function.map_or("/v1/dlq".to_owned(), |f| format!("/v1/dlq?function={}", enc(&f)));
+            print!("{}", events_table(&client.get::<Vec<api::Event>>(&path).await?));
         }
         DlqAction::Show { id } => {
-            let v = client.get_json(&format!("/v1/dlq/{id}")).await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let event: api::Event = client.get(&format!("/v1/dlq/{}", enc(&id))).await?;
+            println!("{}", serde_json::to_string_pretty(&event)?);
         }
         DlqAction::Redrive { ids, all, function } => {
             if ids.is_empty() && !all {
                 bail!("name the events to redrive (IDs from `nimbus dlq ls`), or pass --all");
             }
-            let body = serde_json::json!({"ids": ids, "all": all, "function": function});
-            let r = client.call(Method::POST, "/v1/dlq/redrive", Bytes::from(body.to_string()), &[]).await?;
-            if !r.status.is_success() {
-                bail!("redrive failed: {}", r.error_text());
-            }
-            println!("{} event(s) back in the queue", r.json()?["redriven"]);
+            let body = api::RedriveRequest { ids, all, function };
+            let r: api::Redriven = client.post("/v1/dlq/redrive", &body, "redrive failed").await?;
+            println!("{} event(s) back in the queue", r.redriven);
         }
         DlqAction::Purge { function } => {
-            let body = serde_json::json!({ "function": function });
-            let r = client.call(Method::POST, "/v1/dlq/purge", Bytes::from(body.to_string()), &[]).await?;
-            if !r.status.is_success() {
-                bail!("purge failed: {}", r.error_text());
-            }
-            println!("{} dead-lettered event(s) deleted", r.json()?["purged"]);
+            let r: api::Purged =
+                client.post("/v1/dlq/purge", &api::PurgeRequest { function }, "purge failed").await?;
+            println!("{} dead-lettered event(s) deleted", r.purged);
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or_default()
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nimbus_core::{Observed, Observer, Recorder, Runtime, RuntimeKind};
-use nimbus_gateway::{ControlPlane, DeployError, Gateway, GatewayConfig, Telemetry};
+use nimbus_control::{ControlPlane, DeployError};
+use nimbus_core::{History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind};
+use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry};
 use nimbus_runtime_process::{Limits, ProcessRuntime};
 use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
@@ -97,7 +98,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
         .collect();
     let scheduler = Scheduler::new(runtimes, recorder);
-    let control = ControlPlane::load(store, scheduler.clone(), &data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry: Arc<dyn Registry> = Arc::new(store.clone());
+    let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
+    let control = ControlPlane::load(registry, pools, &data_dir).await.context("cannot load the deployments")?;
 
     // The live deployment's components load in the background while the app is checked.
     tokio::spawn({
@@ -130,13 +133,14 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             "NIMBUS_UNSAFE_ASYNC_ACK=1: async events are acknowledged before they are stored and CAN BE LOST"
         );
     }
-    let queue = Arc::new(control.store().queue(unsafe_ack).context("cannot open the async queue")?);
+    let queue = Arc::new(store.queue(unsafe_ack).context("cannot open the async queue")?);
     let mut async_config = nimbus_queue::AsyncConfig::default();
     if let Ok(v) = std::env::var("NIMBUS_ASYNC_MAX_DEPTH") {
         async_config.max_depth =
             v.parse().with_context(|| format!("NIMBUS_ASYNC_MAX_DEPTH={v:?} is not a number of events"))?;
     }
-    let engine = nimbus_queue::Engine::start(queue.clone(), Arc::new(scheduler.clone()), control.clone(), async_config)
+    let resolver = Arc::new(Resolver(control.clone()));
+    let engine = nimbus_queue::Engine::start(queue.clone(), Arc::new(scheduler.clone()), resolver, async_config)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the async engine: {e}"))?;
 
@@ -148,8 +152,15 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let url = format!("http://{local}");
     write_private(&data_dir.join(URL_FILE), &url)?;
     let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
-    let telemetry = Telemetry { metrics, records_dropped: records.dropped() };
-    let gateway = Gateway::new(control.clone(), scheduler.clone(), engine.clone(), config, &token, telemetry);
+    let history: Arc<dyn History> = Arc::new(store);
+    let parts = Parts {
+        control: control.clone(),
+        history,
+        scheduler: scheduler.clone(),
+        queue: engine.clone(),
+        telemetry: Telemetry { metrics, records_dropped: records.dropped() },
+    };
+    let gateway = Gateway::new(parts, config, &token);
 
     print_banner(&control, &url, &data_dir);
     nimbus_gateway::serve(listener, gateway, shutdown_signal(), drain).await;
@@ -169,8 +180,21 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The async engine finds functions and schedules in the control plane's snapshot.
+struct Resolver(Arc<ControlPlane>);
+
+impl nimbus_queue::Resolver for Resolver {
+    fn function(&self, name: &str, qualifier: Option<&str>) -> Option<Arc<nimbus_core::FunctionVersion>> {
+        self.0.function(name, qualifier)
+    }
+
+    fn schedules(&self) -> Vec<nimbus_manifest::schedule::ScheduleSpec> {
+        self.0.schedules()
+    }
+}
+
 fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path) {
-    let snap = control.snapshot();
+    let snap = nimbus_control::Control::snapshot(control);
     let Some(live) = &snap.live else { return };
     println!("nimbus: app {} version {} listening on {url}", live.app, live.version);
     for r in live.router.routes() {
