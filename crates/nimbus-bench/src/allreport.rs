@@ -576,6 +576,146 @@ pub fn json(r: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -
 mod tests {
     use super::*;
 
+    use crate::all::AllSettings;
+    use crate::burst::BurstResult;
+    use crate::golden::{self, throughput};
+
+    /// One run of a few configurations: measured, measured with wrong answers, missing, failed.
+    fn run_all(run: usize) -> RunAll {
+        let k = run as f64;
+        let measured = |rps: u64, p50_us: f64, cold: bool| {
+            Outcome::Measured(Measured {
+                start_ms: vec![10.0 * k, 12.0, 14.5],
+                cold_first_ms: if cold { vec![0.3, 0.4 + 0.1 * k] } else { Vec::new() },
+                rss_idle_kib: Some(20_480),
+                procs_idle: 1,
+                rss_load_kib: Some(30_720 + 1024 * run as u64),
+                procs_load: 2,
+                tput: vec![
+                    throughput(1, rps / 4, p50_us, 40.0),
+                    throughput(32, rps + 1000 * run as u64, p50_us * 8.0, 20.0),
+                ],
+            })
+        };
+        let mut wrong = match measured(3_000, 900.0, false) {
+            Outcome::Measured(m) => m,
+            _ => unreachable!(),
+        };
+        if let Some(t) = wrong.tput.first_mut() {
+            t.errors = 3;
+            t.first_error = Some("GET /hello/bench answered 500".into());
+        }
+        RunAll {
+            run,
+            results: vec![
+                (Cfg::BareHyper, measured(80_000, 100.0, false)),
+                (Cfg::Nginx, Outcome::Missing("nginx not installed: run scripts/bench-tools.sh".into())),
+                (Cfg::NimbusWasm, measured(20_000, 300.0, true)),
+                (Cfg::NimbusWasmReuse, measured(30_000, 200.0, true)),
+                (Cfg::NimbusWasmJs, Outcome::Missing("not selected (--only)".into())),
+                (Cfg::NimbusWasmPy, Outcome::Missing("not selected (--only)".into())),
+                (Cfg::NimbusNode, measured(6_000, 500.0, true)),
+                (Cfg::NimbusPython, Outcome::Measured(wrong)),
+                (Cfg::WasmtimeServe, measured(7_000, 400.0, false)),
+                (Cfg::WasmtimeServeReuse, measured(33_000, 150.0, false)),
+                (Cfg::Workerd, Outcome::Failed("did not start\nsecond line".into())),
+                (Cfg::ServerlessOffline, measured(4_000, 700.0, false)),
+                (Cfg::CargoLambda, measured(1_500, 1500.0, false)),
+            ],
+        }
+    }
+
+    fn burst(function: &str, runtime: &'static str, cold: u64, errors: usize) -> BurstResult {
+        BurstResult {
+            function: function.into(),
+            runtime,
+            requests: 1000,
+            ok: 1000 - errors,
+            errors,
+            first_error: (errors > 0).then(|| "timed out".to_owned()),
+            latencies_ms: (1..=100).map(f64::from).collect(),
+            wall_ms: 151.0,
+            cold_starts_pool: cold,
+            records: 1000,
+            cold_records: cold as usize,
+        }
+    }
+
+    fn results(quick: bool) -> AllResults {
+        AllResults {
+            settings: AllSettings::new(quick, 2, !quick),
+            selected: Cfg::ALL.to_vec(),
+            runs: vec![run_all(1), run_all(2)],
+            burst: if quick {
+                Vec::new()
+            } else {
+                vec![burst("burst-wasm", "wasm", 8, 0), burst("burst-node", "node", 9, 2)]
+            },
+            burst_error: None,
+            machine_before: json!({"nproc": 2, "cpuModel": "Test CPU", "memTotalMiB": 2048, "kernel": "6.1", "loadavg": "0.50 0.40 0.30 1/100 42"}),
+            machine_after: json!({"nproc": 2, "cpuModel": "Test CPU", "memTotalMiB": 2048, "kernel": "6.1", "loadavg": "0.75 0.40 0.30 1/100 42"}),
+            versions: vec![("wasmtime", "wasmtime 48.0.8".into()), ("nginx", "not installed".into())],
+            first_deploy: vec![(Cfg::NimbusWasm, 812.4)],
+            nimbus: PathBuf::from("/opt/nimbus/bin/nimbus"),
+            command: "all".into(),
+            started: "2026-01-02 03:04 UTC".into(),
+        }
+    }
+
+    /// The markdown with the nimbus version (git HEAD, different at every commit) masked.
+    fn rendered(r: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -> String {
+        markdown(r, Path::new("/repo/BENCHMARKS.md"), plots).replace(&nimbus_version(&r.nimbus), "NIMBUS VERSION")
+    }
+
+    #[test]
+    fn the_full_report_is_pinned() {
+        let r = results(false);
+        let plots = Ok(vec![PathBuf::from("/repo/docs/bench/all-throughput.png")]);
+        golden::check("all-full.md", &rendered(&r, &plots));
+        // One run is enough to pin the JSON's shape and keeps the file short.
+        let mut r = r;
+        r.runs.truncate(1);
+        let mut doc = json(&r, &plots);
+        shorten_cdfs(&mut doc);
+        golden::check("all-full.json", &serde_json::to_string_pretty(&doc).unwrap());
+    }
+
+    /// Every `latencyCdfMs` (101 points each, pinned by `cdf_points` itself) replaced by its
+    /// first and last point, so the pinned JSON stays readable.
+    fn shorten_cdfs(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    match x.as_array() {
+                        Some(a) if k == "latencyCdfMs" => *x = json!([a.first(), a.last(), a.len()]),
+                        _ => shorten_cdfs(x),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(shorten_cdfs),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn cdf_points_are_evenly_spaced_quantiles_in_ms() {
+        let v: Vec<f64> = (1..=5).map(|i| f64::from(i) * 1000.0).collect();
+        assert_eq!(cdf_points(&v, 4), vec![[1.0, 0.0], [2.0, 0.25], [3.0, 0.5], [4.0, 0.75], [5.0, 1.0]]);
+        assert!(cdf_points(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn the_quick_report_with_a_failed_burst_and_no_plots_is_pinned() {
+        let mut r = results(true);
+        r.settings.burst = true;
+        r.burst_error = Some("nimbus did not start\nlog".into());
+        r.first_deploy.clear();
+        golden::check("all-quick.md", &rendered(&r, &Err("no font".into())));
+        let mut r = results(true);
+        r.settings.burst = false;
+        golden::check("all-no-burst.md", &rendered(&r, &Ok(Vec::new())));
+    }
+
     #[test]
     fn median_of_even_and_odd_samples() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);

@@ -626,3 +626,51 @@ fn run_json(r: &RunResult) -> Value {
         "acceptTargetMet": best.map(|b| b >= ACCEPT_TARGET),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::{self, throughput};
+
+    fn runs() -> Vec<RunResult> {
+        (1..=2)
+            .map(|run| {
+                let accepts = ACCEPT_CONCURRENCY
+                    .iter()
+                    .map(|&c| Accepts {
+                        tput: throughput(
+                            c,
+                            if run == 1 { 1_500 * c as u64 } else { 100 * c as u64 },
+                            600.0 * c as f64,
+                            100.0,
+                        ),
+                        depth_after: 100 * c as u64,
+                        drain_secs: 0.05 * c as f64,
+                    })
+                    .collect();
+                let mut sync = throughput(SYNC_CONCURRENCY, 6_000, 2_500.0, 270.0);
+                if run == 2 {
+                    sync.errors = 1;
+                    sync.first_error = Some("took over 30s".into());
+                    sync.cpu_split = None;
+                }
+                RunResult {
+                    run,
+                    instances: 2,
+                    e2e: EndToEnd { events: 5_000, accept_secs: 0.33, total_secs: 1.15, succeeded: 5_000 },
+                    sync,
+                    accepts,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_async_table_and_json_are_pinned() {
+        let fsync = Dd { writes: 1000, secs: 0.191, line: "4096000 bytes copied, 0.191 s, 21.4 MB/s".into() };
+        let text = table(&AsyncSettings::new(false, 2), &runs(), &fsync, Path::new("/tmp/bench"));
+        golden::check("async-table.txt", &text);
+        let doc: Vec<Value> = runs().iter().map(run_json).collect();
+        golden::check("async-runs.json", &serde_json::to_string_pretty(&doc).unwrap());
+    }
+}

@@ -14,6 +14,8 @@ mod asyncq;
 mod bare_hyper;
 mod burst;
 mod fixture;
+#[cfg(test)]
+mod golden;
 mod load;
 mod observe;
 mod plots;

@@ -357,3 +357,66 @@ pub fn save(out: &std::path::Path, doc: &serde_json::Value, root: &std::path::Pa
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::golden::{self, throughput};
+
+    fn config(system: System, lang: Lang, cold_ms: f64, warm_us: f64, rps: u64) -> ConfigResult {
+        ConfigResult {
+            system,
+            lang,
+            cold_ms: vec![cold_ms, cold_ms * 1.2, cold_ms * 0.9],
+            warm_us: (0..50).map(|i| warm_us + f64::from(i)).collect(),
+            tput: vec![throughput(1, rps / 5, warm_us, 300.0), throughput(32, rps, warm_us * 10.0, 150.0)],
+        }
+    }
+
+    fn runs() -> Vec<RunResult> {
+        (1..=2)
+            .map(|run| {
+                let k = run as f64;
+                let mut configs = vec![
+                    config(System::Nimbus, Lang::Node, 30.0 + k, 300.0 + 10.0 * k, 6_000),
+                    config(System::Bare, Lang::Node, 28.0, 110.0, 50_000),
+                    config(System::Nimbus, Lang::Python, 14.0 * k, 250.0, 7_000),
+                    config(System::Bare, Lang::Python, 11.0, 100.0, 90_000),
+                ];
+                if let Some(t) = configs.get_mut(2).and_then(|c| c.tput.last_mut()) {
+                    t.cpu_split = None;
+                    t.machine_cpu_us_per_req = None;
+                }
+                if run == 2 {
+                    configs.truncate(3);
+                }
+                RunResult {
+                    run,
+                    startup_ms: vec![(Lang::Node, vec![25.0, 26.0 + k]), (Lang::Python, vec![10.0, 11.0])],
+                    configs,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_process_table_is_pinned() {
+        golden::check("process-table.txt", &table(&Settings::new(false, 2), &runs()));
+    }
+
+    #[test]
+    fn the_process_json_is_pinned() {
+        let interps = Interpreters { node: PathBuf::from("/usr/bin/node"), python: PathBuf::from("/usr/bin/python3") };
+        let doc = json(
+            &Settings::new(true, 2),
+            &runs(),
+            &interps,
+            Path::new("/opt/nimbus"),
+            json!({"loadavg": "0.1"}),
+            json!({"loadavg": "0.2"}),
+        );
+        golden::check("process.json", &serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+}

@@ -946,3 +946,59 @@ fn run_json(s: &Settings, r: &RunResult) -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::{self, throughput};
+
+    fn measured(config: Config, warm_us: f64, rps: u64, nimbus: bool) -> Measured {
+        Measured {
+            config,
+            start_ms: 350.0,
+            rss_idle: Some(Rss { rss_kib: 46_080, hwm_kib: 47_000 }),
+            rss_loaded: if nimbus { Some(Rss { rss_kib: 57_344, hwm_kib: 59_000 }) } else { None },
+            warm_us: (0..100).map(|i| warm_us + f64::from(i)).collect(),
+            tput: vec![throughput(1, rps / 4, warm_us, 200.0), throughput(32, rps, warm_us * 12.0, 100.0)],
+            handler_ms: if nimbus { vec![0.05, 0.06, 0.04] } else { Vec::new() },
+            cold_us: if config == Config::NimbusFresh { vec![230.0, 250.0, 700.0] } else { Vec::new() },
+        }
+    }
+
+    fn runs(with_wasmtime: bool) -> Vec<RunResult> {
+        (1..=2)
+            .map(|run| {
+                let mut configs = vec![measured(Config::BareHyper, 25.0, 80_000, false)];
+                if with_wasmtime {
+                    configs.push(measured(Config::WasmtimeFresh, 230.0, 7_000, false));
+                    configs.push(measured(Config::WasmtimeReuse, 150.0, 30_000, false));
+                }
+                configs.push(measured(Config::NimbusFresh, 190.0 + run as f64, 15_000, true));
+                configs.push(measured(Config::NimbusReuse, 110.0, 40_000 + 1000 * run as u64, true));
+                if let Some(t) = configs.get_mut(1).and_then(|m| m.tput.first_mut()) {
+                    t.errors = 2;
+                    t.first_error = Some("connection reset".into());
+                }
+                RunResult { run, configs }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_wasm_table_is_pinned() {
+        let s = Settings::new(false, 2);
+        let component = Path::new("/repo/hello.wasm");
+        let wasmtime = Ok(PathBuf::from("/tools/bin/wasmtime"));
+        golden::check("wasm-table.txt", &table(&s, &runs(true), component, 55_000, &wasmtime, Some("wasmtime 48.0.8")));
+        let missing = Err(MISSING_WASMTIME.to_owned());
+        golden::check("wasm-table-no-wasmtime.txt", &table(&s, &runs(false), component, 55_000, &missing, None));
+    }
+
+    #[test]
+    fn the_wasm_run_json_is_pinned() {
+        let s = Settings::new(true, 2);
+        let runs = runs(true);
+        let doc: Vec<Value> = runs.iter().map(|r| run_json(&s, r)).collect();
+        golden::check("wasm-runs.json", &serde_json::to_string_pretty(&doc).unwrap());
+    }
+}
