@@ -25,18 +25,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hyper::body::Bytes;
 use tokio::process::Command;
 
-use crate::load::{self, Expect, Throughput};
+use crate::load::{self, Expect};
+use crate::model::{
+    expect, AllResults, AllSettings, Cfg, Kind, Measured, Outcome, RunAll, BODY, CONTENT_TYPE, HELLO_PATH,
+};
 use crate::procs::Interpreters;
 use crate::servers::{self, Launch, Ready, Server};
 
-/// What every configuration answers (the Rust hello component's greeting for /hello/bench).
-pub const BODY: &str = r#"{"message":"Hello, bench!","runtime":"wasm"}"#;
-pub const CONTENT_TYPE: &str = "application/json";
-/// The path every configuration is asked for (cargo-lambda: under its function URL prefix).
-pub const HELLO_PATH: &str = "/hello/bench";
 /// nimbus wasm functions may run this many instances: above the highest concurrency.
 const WASM_MAX_INSTANCES: u32 = 64;
 /// nimbus node/python: one instance per core, as in `nimbus-bench process`.
@@ -50,7 +47,7 @@ const SERVERLESS_OFFLINE_VERSION: &str = "13.9.0";
 #[derive(Args)]
 pub struct AllArgs {
     #[command(flatten)]
-    pub common: crate::Common,
+    pub common: crate::common::Common,
     /// Only these configurations (comma-separated keys, e.g. `bare-hyper,nimbus-wasm`); the
     /// others are still listed with their install status. Default: all of them.
     #[arg(long, value_delimiter = ',')]
@@ -70,221 +67,6 @@ pub struct AllArgs {
     /// The wasmtime CLI (default: $NIMBUS_BENCH_TOOLS/bin/wasmtime, else `wasmtime` on PATH).
     #[arg(long)]
     pub wasmtime: Option<PathBuf>,
-}
-
-/// Which side of the comparison a configuration is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Limit,
-    Nimbus,
-    Peer,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Limit => "limit",
-            Kind::Nimbus => "nimbus",
-            Kind::Peer => "peer",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cfg {
-    BareHyper,
-    Nginx,
-    NimbusWasm,
-    NimbusWasmReuse,
-    NimbusWasmJs,
-    NimbusWasmPy,
-    NimbusNode,
-    NimbusPython,
-    WasmtimeServe,
-    WasmtimeServeReuse,
-    Workerd,
-    ServerlessOffline,
-    CargoLambda,
-}
-
-impl Cfg {
-    pub const ALL: [Cfg; 13] = [
-        Cfg::BareHyper,
-        Cfg::Nginx,
-        Cfg::NimbusWasm,
-        Cfg::NimbusWasmReuse,
-        Cfg::NimbusWasmJs,
-        Cfg::NimbusWasmPy,
-        Cfg::NimbusNode,
-        Cfg::NimbusPython,
-        Cfg::WasmtimeServe,
-        Cfg::WasmtimeServeReuse,
-        Cfg::Workerd,
-        Cfg::ServerlessOffline,
-        Cfg::CargoLambda,
-    ];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Cfg::BareHyper => "bare-hyper",
-            Cfg::Nginx => "nginx",
-            Cfg::NimbusWasm => "nimbus-wasm",
-            Cfg::NimbusWasmReuse => "nimbus-wasm-reuse",
-            Cfg::NimbusWasmJs => "nimbus-wasm-js",
-            Cfg::NimbusWasmPy => "nimbus-wasm-py",
-            Cfg::NimbusNode => "nimbus-node",
-            Cfg::NimbusPython => "nimbus-python",
-            Cfg::WasmtimeServe => "wasmtime-serve",
-            Cfg::WasmtimeServeReuse => "wasmtime-serve-reuse",
-            Cfg::Workerd => "workerd",
-            Cfg::ServerlessOffline => "serverless-offline",
-            Cfg::CargoLambda => "cargo-lambda",
-        }
-    }
-
-    pub fn kind(self) -> Kind {
-        match self {
-            Cfg::BareHyper | Cfg::Nginx => Kind::Limit,
-            Cfg::NimbusWasm
-            | Cfg::NimbusWasmReuse
-            | Cfg::NimbusWasmJs
-            | Cfg::NimbusWasmPy
-            | Cfg::NimbusNode
-            | Cfg::NimbusPython => Kind::Nimbus,
-            _ => Kind::Peer,
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            Cfg::BareHyper => "hyper 1.x HTTP/1.1 on a multi-thread tokio runtime, fixed body (`nimbus-bench bare-hyper`)",
-            Cfg::Nginx => "nginx (apt nginx-light), `worker_processes auto`, `return 200` of the fixed body, access log off",
-            Cfg::NimbusWasm => "Rust wasi:http component (examples/wasm-hello), a fresh instance per request",
-            Cfg::NimbusWasmReuse => "the same component with `instance_reuse = true`",
-            Cfg::NimbusWasmJs => "JS component (componentize-js, guests/hello-js), `instance_reuse = true`",
-            Cfg::NimbusWasmPy => "Python component (componentize-py, guests/hello-py), `instance_reuse = true`",
-            Cfg::NimbusNode => "Node handler over the Lambda Runtime API, max_instances = 2",
-            Cfg::NimbusPython => "Python handler over the Lambda Runtime API, max_instances = 2",
-            Cfg::WasmtimeServe => {
-                "`wasmtime serve -S cli` 48.0.8 on the Rust component: a fresh instance per request (compiles the component at every start)"
-            }
-            Cfg::WasmtimeServeReuse => "`wasmtime serve` with `--max-instance-reuse-count 1000000`",
-            Cfg::Workerd => "workerd (npm) with an ES-module Worker returning the body",
-            Cfg::ServerlessOffline => "serverless 3.40.0 + serverless-offline 13.9.0 `--useInProcess`, the Node handler",
-            Cfg::CargoLambda => "`cargo lambda watch` 1.9.2, a lambda_runtime hello (peers/lambda-hello), function URL",
-        }
-    }
-
-    fn path(self) -> &'static str {
-        match self {
-            Cfg::CargoLambda => "/lambda-url/lambda-hello/hello/bench",
-            _ => HELLO_PATH,
-        }
-    }
-
-    pub fn from_key(key: &str) -> Option<Cfg> {
-        Cfg::ALL.into_iter().find(|c| c.key() == key)
-    }
-}
-
-fn expect() -> Expect {
-    Expect { body: Bytes::from_static(BODY.as_bytes()), content_type: Some(CONTENT_TYPE) }
-}
-
-/// How much of everything to do.
-pub struct AllSettings {
-    pub quick: bool,
-    pub runs: usize,
-    /// Cold starts (spawn → first good answer) per configuration and run.
-    pub starts: usize,
-    /// nimbus: never-invoked functions asked once each, per run.
-    pub cold: usize,
-    pub concurrency: [usize; 2],
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub max_requests: u64,
-    pub burst: bool,
-}
-
-impl AllSettings {
-    pub fn new(quick: bool, runs: usize, burst: bool) -> AllSettings {
-        if quick {
-            AllSettings {
-                quick,
-                runs,
-                starts: 1,
-                cold: 2,
-                concurrency: [1, 32],
-                warmup: Duration::from_millis(50),
-                duration: Duration::from_millis(250),
-                max_requests: 20_000,
-                burst,
-            }
-        } else {
-            AllSettings {
-                quick,
-                runs,
-                starts: 5,
-                cold: 10,
-                concurrency: [1, 32],
-                warmup: Duration::from_millis(500),
-                duration: Duration::from_secs(5),
-                max_requests: 2_000_000,
-                burst,
-            }
-        }
-    }
-
-    pub fn top(&self) -> usize {
-        self.concurrency.iter().copied().max().unwrap_or(1)
-    }
-}
-
-/// Everything measured for one configuration in one run.
-pub struct Measured {
-    /// Spawn → first good answer, ms, one per start.
-    pub start_ms: Vec<f64>,
-    /// nimbus: the first request to each never-invoked function, ms.
-    pub cold_first_ms: Vec<f64>,
-    /// Tree RSS after the first answer and a 250 ms pause, KiB; and the number of processes.
-    pub rss_idle_kib: Option<u64>,
-    pub procs_idle: usize,
-    /// Peak tree RSS sampled during the highest-concurrency phase, KiB.
-    pub rss_load_kib: Option<u64>,
-    pub procs_load: usize,
-    pub tput: Vec<Throughput>,
-}
-
-impl Measured {
-    pub fn tput(&self, concurrency: usize) -> Option<&Throughput> {
-        self.tput.iter().find(|t| t.concurrency == concurrency)
-    }
-
-    pub fn errors(&self) -> u64 {
-        self.tput.iter().map(|t| t.errors).sum()
-    }
-}
-
-pub enum Outcome {
-    Measured(Measured),
-    /// Not installed (or not selected): why, and how to get it.
-    Missing(String),
-    /// Installed, but it did not start or did not answer correctly.
-    Failed(String),
-}
-
-pub struct RunAll {
-    pub run: usize,
-    pub results: Vec<(Cfg, Outcome)>,
-}
-
-impl RunAll {
-    pub fn measured(&self, c: Cfg) -> Option<&Measured> {
-        self.results.iter().find(|(k, _)| *k == c).and_then(|(_, o)| match o {
-            Outcome::Measured(m) => Some(m),
-            _ => None,
-        })
-    }
 }
 
 /// Where the peers are (scripts/bench-tools.sh puts them in one directory).
@@ -693,7 +475,7 @@ async fn cold_first_requests(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize)
     let before = load::get_json(&client, &functions, token).await?;
     for &i in &ids {
         let name = format!("cold-{i}");
-        if crate::pool_counts(&before, &name)?.0 != 0 {
+        if crate::common::pool_counts(&before, &name)?.0 != 0 {
             bail!("{name} already has an instance, so its first request would not be a cold start");
         }
     }
@@ -706,7 +488,7 @@ async fn cold_first_requests(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize)
     let after = load::get_json(&client, &functions, token).await?;
     for &i in &ids {
         let name = format!("cold-{i}");
-        let (_, cold) = crate::pool_counts(&after, &name)?;
+        let (_, cold) = crate::common::pool_counts(&after, &name)?;
         if cold != 1 {
             bail!("{name} counted {cold} cold starts for one request; expected exactly 1");
         }
@@ -806,23 +588,6 @@ fn selected(args: &AllArgs) -> Result<Vec<Cfg>> {
     Ok(out)
 }
 
-/// Everything `all` produced, for the report.
-pub struct AllResults {
-    pub settings: AllSettings,
-    pub selected: Vec<Cfg>,
-    pub runs: Vec<RunAll>,
-    pub burst: Vec<crate::burst::BurstResult>,
-    pub burst_error: Option<String>,
-    pub machine_before: serde_json::Value,
-    pub machine_after: serde_json::Value,
-    pub versions: Vec<(&'static str, String)>,
-    /// nimbus wasm: `nimbus up` → first good answer with an empty compile cache, ms.
-    pub first_deploy: Vec<(Cfg, f64)>,
-    pub nimbus: PathBuf,
-    pub command: String,
-    pub started: String,
-}
-
 pub async fn run(args: AllArgs) -> Result<()> {
     let s = AllSettings::new(args.common.quick, usize::try_from(args.common.runs)?, !args.no_burst);
     let chosen = selected(&args)?;
@@ -833,7 +598,7 @@ pub async fn run(args: AllArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("nimbus-bench-all-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let started = crate::allreport::utc_now();
-    let machine_before = crate::report::machine();
+    let machine_before = crate::output::machine();
     eprintln!("nimbus-bench all: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
     let x = Ctx { s: &s, root: root.clone(), nimbus: nimbus.clone(), interps, tools: &tools, repo: repo_root() };
 
@@ -943,7 +708,7 @@ pub async fn run(args: AllArgs) -> Result<()> {
         burst,
         burst_error,
         machine_before,
-        machine_after: crate::report::machine(),
+        machine_after: crate::output::machine(),
         versions: tools.versions(),
         first_deploy,
         nimbus,
@@ -964,7 +729,7 @@ pub async fn run(args: AllArgs) -> Result<()> {
     crate::allreport::write_markdown(&markdown, &block)?;
     println!("markdown written to {}", markdown.display());
     let doc = crate::allreport::json(&results, &plots);
-    crate::report::save(&args.common.out("all"), &doc, &root, args.common.keep)?;
+    crate::output::save(&args.common.out("all"), &doc, &root, args.common.keep)?;
 
     // A wrong answer or a server that did not start fails the command, after the report.
     let mut failures = Vec::new();

@@ -26,9 +26,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use crate::common::{pool_counts, Common};
 use crate::load::{self, stats, Throughput, REQUEST_TIMEOUT};
+use crate::output;
 use crate::procs::{self, Nimbus};
-use crate::AsyncArgs;
+
+#[derive(clap::Args)]
+pub struct AsyncArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
 
 /// The function every phase invokes.
 const FUNCTION: &str = "noop";
@@ -336,7 +343,7 @@ async fn measure_run(s: &AsyncSettings, nimbus: &Nimbus, run: usize) -> Result<R
     // Start both instances (unrecorded synchronous calls), so no phase pays for a cold start.
     let warm = Duration::from_millis(500).max(s.warmup);
     invocations(&ep.invoke, Kind::Sync, pid, SYNC_CONCURRENCY, Duration::ZERO, warm, s.max).await?;
-    let (instances, _) = crate::pool_counts(&load::get_json(&mgmt, &ep.functions, &nimbus.token).await?, FUNCTION)?;
+    let (instances, _) = pool_counts(&load::get_json(&mgmt, &ep.functions, &nimbus.token).await?, FUNCTION)?;
 
     eprintln!("  end to end: {} events", s.e2e_events);
     let e2e = end_to_end(s, nimbus, &ep).await.context("end to end")?;
@@ -410,7 +417,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("nimbus-bench-async-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let app = write_app(&root)?;
-    let machine_before = crate::report::machine();
+    let machine_before = output::machine();
     eprintln!("nimbus-bench async: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
     eprintln!("  nimbus {}\n  python {}", nimbus_bin.display(), python.display());
     let fsync = dd(&root)?;
@@ -435,7 +442,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
             }
         }
     }
-    let machine_after = crate::report::machine();
+    let machine_after = output::machine();
     print!("{}", table(&s, &runs, &fsync, &root));
     let doc = json!({
         "benchmark": "async",
@@ -456,7 +463,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
         "acceptTarget": ACCEPT_TARGET,
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
     });
-    crate::report::save(&args.out("async"), &doc, &root, args.keep)
+    output::save(&args.out("async"), &doc, &root, args.keep)
 }
 
 /// Machine CPU per operation not charged to nimbus, its instances or the load generator

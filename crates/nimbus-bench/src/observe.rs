@@ -11,10 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::common::{Common, Settings};
 use crate::load::{self, stats};
 use crate::procs::{self, Nimbus};
 use crate::wasm::{expect, write_app, HELLO_PATH, REUSE_PATH};
-use crate::{Common, Settings};
 
 /// The target (issue 5): recording and metrics cost under 5 % of warm throughput.
 pub const OVERHEAD_TARGET_PCT: f64 = 5.0;
@@ -130,10 +130,10 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         "benchmark": "observe",
         "settings": {"quick": s.quick, "runs": s.runs, "warm": s.warm, "concurrency": 32,
                      "throughputSecs": s.tput_duration.as_secs_f64()},
-        "machine": crate::report::machine(),
+        "machine": crate::output::machine(),
         "rows": rows,
         "meanThroughputCostPct": mean,
         "targetPct": OVERHEAD_TARGET_PCT,
     });
-    crate::report::save(&args.common.out("observe"), &doc, &root, args.common.keep)
+    crate::output::save(&args.common.out("observe"), &doc, &root, args.common.keep)
 }

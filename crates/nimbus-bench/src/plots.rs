@@ -8,8 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::all::{AllResults, Cfg, Kind};
-use crate::allreport::median;
+use crate::model::{median, AllResults, Cfg, Kind};
 
 const FONT_CANDIDATES: [&str; 5] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

@@ -1,15 +1,50 @@
-//! Turning measurements into the printed table (absolute figures, ratios nimbus / bare, the
-//! DESIGN.md §5 targets) and the JSON document written to `--out`.
+//! What `nimbus-bench process` measured (`RunResult`, `ConfigResult`) and its report: the printed
+//! table (absolute figures, ratios nimbus / bare, the DESIGN.md §5 targets) and the JSON document
+//! written to `--out`. The results live here, below the runner (`process`), so that the runner
+//! imports its report and not the other way round.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::common::Settings;
 use crate::fixture::Lang;
 use crate::load::{stats, Throughput};
+use crate::output::tput_json;
 use crate::procs::Interpreters;
-use crate::{ConfigResult, RunResult, Settings, System};
+
+/// Which side of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Nimbus,
+    Bare,
+}
+
+impl System {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            System::Nimbus => "nimbus",
+            System::Bare => "bare",
+        }
+    }
+}
+
+/// Everything measured for one configuration in one run.
+pub struct ConfigResult {
+    pub system: System,
+    pub lang: Lang,
+    pub cold_ms: Vec<f64>,
+    pub warm_us: Vec<f64>,
+    pub tput: Vec<Throughput>,
+}
+
+pub struct RunResult {
+    pub run: usize,
+    /// Bare interpreter spawn → exit (`node -e 0`, `python3 -S -c pass`), ms.
+    pub startup_ms: Vec<(Lang, Vec<f64>)>,
+    pub configs: Vec<ConfigResult>,
+}
 
 /// DESIGN.md §5: node/python cold start ≤ 10 ms over the bare interpreter's own start-up.
 pub const COLD_TARGET_MS: f64 = 10.0;
@@ -226,37 +261,6 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
     o
 }
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// What the machine is and how busy it was.
-pub fn machine() -> Value {
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()));
-    let mem_kib = read("/proc/meminfo").lines().find_map(|l| {
-        l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok())
-    });
-    json!({
-        "nproc": std::thread::available_parallelism().map(usize::from).ok(),
-        "cpuModel": model,
-        "memTotalMiB": mem_kib.map(|k| k / 1024),
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "loadavg": read("/proc/loadavg").trim(),
-    })
-}
-
-pub(crate) fn tput_json(t: &Throughput) -> Value {
-    json!({
-        "concurrency": t.concurrency, "ok": t.ok, "errors": t.errors, "firstError": t.first_error,
-        "secs": t.secs, "requestsPerSec": t.rps(), "latencyUs": stats(&t.latencies_us).json(),
-        "machineCpuUsPerRequest": t.machine_cpu_us_per_req,
-        "cpuUsPerRequest": t.cpu_split.map(|c| json!({"server": c.server_us, "serverChildren": c.children_us, "loadGenerator": c.client_us})),
-    })
-}
-
 pub fn json(
     s: &Settings,
     runs: &[RunResult],
@@ -337,25 +341,6 @@ pub fn json(
         "interpreters": {"node": interps.node.display().to_string(), "python": interps.python.display().to_string()},
         "runs": runs_json,
     })
-}
-
-/// Write the JSON results to `out` and remove the temp dir `root` unless `keep`.
-pub fn save(out: &std::path::Path, doc: &serde_json::Value, root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    if let Some(dir) = out.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-    }
-    std::fs::write(out, serde_json::to_string_pretty(doc)?)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    println!("\nresults written to {}", out.display());
-    if keep {
-        println!("temp dir kept: {}", root.display());
-    } else {
-        let _ = std::fs::remove_dir_all(root);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -25,9 +25,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::bare_hyper::greeting;
+use crate::common::Settings;
 use crate::load::{self, stats, Expect, HttpClient, Throughput};
 use crate::procs::{self, Nimbus};
-use crate::Settings;
 
 /// DESIGN.md §5: wasm cold start ≤ 1 ms added over a warm request, p50.
 pub const COLD_ADDED_TARGET_MS: f64 = 1.0;
@@ -59,7 +59,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Args)]
 pub struct WasmArgs {
     #[command(flatten)]
-    pub common: crate::Common,
+    pub common: crate::common::Common,
     /// The wasi:http/proxy component (default: examples/wasm-hello/functions/hello/hello.wasm).
     #[arg(long)]
     pub component: Option<PathBuf>,
@@ -487,7 +487,7 @@ async fn cold_starts(s: &Settings, nimbus: &Nimbus, client: &HttpClient) -> Resu
     let before = load::get_json(client, &functions, &nimbus.token).await?;
     for i in 0..s.cold {
         let name = cold_function(i);
-        if crate::pool_counts(&before, &name)?.0 != 0 {
+        if crate::common::pool_counts(&before, &name)?.0 != 0 {
             bail!("{name} already has an instance, so its first request would not be a cold start");
         }
     }
@@ -499,7 +499,7 @@ async fn cold_starts(s: &Settings, nimbus: &Nimbus, client: &HttpClient) -> Resu
     let after = load::get_json(client, &functions, &nimbus.token).await?;
     for i in 0..s.cold {
         let name = cold_function(i);
-        let (_, cold) = crate::pool_counts(&after, &name)?;
+        let (_, cold) = crate::common::pool_counts(&after, &name)?;
         if cold != 1 {
             bail!("{name} counted {cold} cold starts for one request; expected exactly 1");
         }
@@ -596,7 +596,7 @@ pub async fn run(args: WasmArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("nimbus-bench-wasm-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let app = write_app(&root, &component, s.cold)?;
-    let machine_before = crate::report::machine();
+    let machine_before = crate::output::machine();
     eprintln!("nimbus-bench wasm: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
     eprintln!("  nimbus    {}\n  component {}", nimbus_bin.display(), component.display());
     match (&wasmtime, &wasmtime_version) {
@@ -624,7 +624,7 @@ pub async fn run(args: WasmArgs) -> Result<()> {
             }
         }
     }
-    let machine_after = crate::report::machine();
+    let machine_after = crate::output::machine();
     let wasmtime_json = match (&wasmtime, &wasmtime_version) {
         (Ok(bin), Some(v)) => json!({"path": bin.display().to_string(), "version": v}),
         (Err(why), _) => json!({"missing": why}),
@@ -660,7 +660,7 @@ pub async fn run(args: WasmArgs) -> Result<()> {
         },
         "runs": runs.iter().map(|r| run_json(&s, r)).collect::<Vec<_>>(),
     });
-    crate::report::save(&args.common.out("wasm"), &doc, &root, args.common.keep)
+    crate::output::save(&args.common.out("wasm"), &doc, &root, args.common.keep)
 }
 
 fn top(s: &Settings) -> usize {
@@ -894,7 +894,7 @@ fn measured_json(m: &Measured) -> Value {
         "warmLatencyUs": stats(&m.warm_us).json(),
         "handlerDurationMs": (m.config.is_nimbus() && !m.handler_ms.is_empty()).then(|| stats(&m.handler_ms).json()),
         "coldFirstRequestUs": (!m.cold_us.is_empty()).then(|| json!({"stats": stats(&m.cold_us).json(), "samples": m.cold_us})),
-        "throughput": m.tput.iter().map(crate::report::tput_json).collect::<Vec<_>>(),
+        "throughput": m.tput.iter().map(crate::output::tput_json).collect::<Vec<_>>(),
     })
 }
 
