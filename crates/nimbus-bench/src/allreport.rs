@@ -189,12 +189,29 @@ fn nimbus_version(nimbus: &Path) -> String {
 
 /// The generated section, markers included.
 pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<PathBuf>, String>) -> String {
-    let s = &r.settings;
-    let runs = &r.runs;
-    let (c1, ctop) = (s.concurrency.first().copied().unwrap_or(1), s.top());
     let mut o = String::new();
     let _ = writeln!(o, "{BEGIN}");
     let _ = writeln!(o, "## Side by side: nimbus, its peers and the limit (`nimbus-bench all`)\n");
+    intro(&mut o, r);
+    results(&mut o, r);
+    ratios(&mut o, r);
+    burst(&mut o, r);
+    targets(&mut o, r);
+    plot_links(&mut o, md_path, plots);
+    rerun(&mut o);
+    let _ = writeln!(o, "{END}");
+    o
+}
+
+/// The lowest and the highest concurrency measured.
+fn concurrencies(r: &AllResults) -> (usize, usize) {
+    (r.settings.concurrency.first().copied().unwrap_or(1), r.settings.top())
+}
+
+/// When, where and how the run was made, and the peers' versions.
+fn intro(o: &mut String, r: &AllResults) {
+    let s = &r.settings;
+    let (c1, ctop) = concurrencies(r);
     let _ = writeln!(
         o,
         "{} run ({} run(s), interleaved) started {} with `nimbus-bench {}`, on {}; load average {} at the start, {} at the end; {}.",
@@ -229,7 +246,12 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
     );
     let _ =
         writeln!(o, "\nPeers: {}.", r.versions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
+}
 
+/// The results table, a row per configuration, and the note on the first deploys.
+fn results(o: &mut String, r: &AllResults) {
+    let runs = &r.runs;
+    let (c1, ctop) = concurrencies(r);
     let _ = writeln!(o, "\n### Results (median over runs; c={ctop} req/s of each run in brackets)\n");
     let _ = writeln!(
         o,
@@ -242,44 +264,8 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
             let _ = writeln!(o, "| {} | {} | {st} | | | | | | | |", cfg.key(), cfg.describe());
             continue;
         }
-        let lat = |c: usize| -> String {
-            let v: Vec<f64> = runs
-                .iter()
-                .filter_map(|run| run.measured(cfg)?.tput(c))
-                .flat_map(|t| t.latencies_us.iter().copied())
-                .collect();
-            let l = stats(&v);
-            format!("{} / {} / {}", ms(l.p50 / 1e3), ms(l.p99 / 1e3), ms(l.p999 / 1e3))
-        };
-        let each = per_run(runs, cfg, |m| rps(m, ctop)).iter().map(|v| num(*v)).collect::<Vec<_>>().join(" \\| ");
-        let starts = stats(&all_samples(runs, cfg, |m| &m.start_ms));
-        let cold = all_samples(runs, cfg, |m| &m.cold_first_ms);
-        let rss_idle = median(&per_run(runs, cfg, |m| m.rss_idle_kib.map(|k| k as f64)));
-        let rss_load = median(&per_run(runs, cfg, |m| m.rss_load_kib.map(|k| k as f64)));
-        let cpu = |f: fn(&crate::load::CpuSplit) -> f64| {
-            median(&per_run(runs, cfg, |m| m.tput(ctop).and_then(|t| t.cpu_split).map(|x| f(&x))))
-        };
-        let note = if st == "measured" { String::new() } else { format!(" ({st})") };
-        let _ = writeln!(
-            o,
-            "| **{}**{note} | {} | {} | {} | {} [{each}] | {} | {} [{}–{}] | {} | {} / {} | {} + {} |",
-            cfg.key(),
-            cfg.describe(),
-            num(median_rps(runs, cfg, c1).unwrap_or(f64::NAN)),
-            lat(c1),
-            num(median_rps(runs, cfg, ctop).unwrap_or(f64::NAN)),
-            lat(ctop),
-            ms(starts.p50),
-            ms(starts.min),
-            ms(starts.max),
-            if cold.is_empty() { "–".into() } else { ms(stats(&cold).p50) },
-            mib(rss_idle.is_finite().then_some(rss_idle as u64)),
-            mib(rss_load.is_finite().then_some(rss_load as u64)),
-            num(cpu(|x| x.server_us + x.children_us)),
-            num(cpu(|x| x.client_us)),
-        );
+        let _ = writeln!(o, "{}", result_row(runs, cfg, &st, c1, ctop));
     }
-
     if !r.first_deploy.is_empty() {
         let _ = writeln!(
             o,
@@ -288,7 +274,50 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
             r.first_deploy.iter().map(|(c, v)| format!("{} {} ms", c.key(), num(*v))).collect::<Vec<_>>().join(", ")
         );
     }
+}
 
+/// p50 / p99 / p999 in ms over every request of every run of `cfg` at concurrency `c`.
+fn latencies(runs: &[RunAll], cfg: Cfg, c: usize) -> String {
+    let v: Vec<f64> =
+        runs.iter().filter_map(|run| run.measured(cfg)?.tput(c)).flat_map(|t| t.latencies_us.iter().copied()).collect();
+    let l = stats(&v);
+    format!("{} / {} / {}", ms(l.p50 / 1e3), ms(l.p99 / 1e3), ms(l.p999 / 1e3))
+}
+
+/// The results row of a configuration measured in at least one run (`st`: its status).
+fn result_row(runs: &[RunAll], cfg: Cfg, st: &str, c1: usize, ctop: usize) -> String {
+    let each = per_run(runs, cfg, |m| rps(m, ctop)).iter().map(|v| num(*v)).collect::<Vec<_>>().join(" \\| ");
+    let starts = stats(&all_samples(runs, cfg, |m| &m.start_ms));
+    let cold = all_samples(runs, cfg, |m| &m.cold_first_ms);
+    let rss_idle = median(&per_run(runs, cfg, |m| m.rss_idle_kib.map(|k| k as f64)));
+    let rss_load = median(&per_run(runs, cfg, |m| m.rss_load_kib.map(|k| k as f64)));
+    let cpu = |f: fn(&crate::load::CpuSplit) -> f64| {
+        median(&per_run(runs, cfg, |m| m.tput(ctop).and_then(|t| t.cpu_split).map(|x| f(&x))))
+    };
+    let note = if st == "measured" { String::new() } else { format!(" ({st})") };
+    format!(
+        "| **{}**{note} | {} | {} | {} | {} [{each}] | {} | {} [{}–{}] | {} | {} / {} | {} + {} |",
+        cfg.key(),
+        cfg.describe(),
+        num(median_rps(runs, cfg, c1).unwrap_or(f64::NAN)),
+        latencies(runs, cfg, c1),
+        num(median_rps(runs, cfg, ctop).unwrap_or(f64::NAN)),
+        latencies(runs, cfg, ctop),
+        ms(starts.p50),
+        ms(starts.min),
+        ms(starts.max),
+        if cold.is_empty() { "–".into() } else { ms(stats(&cold).p50) },
+        mib(rss_idle.is_finite().then_some(rss_idle as u64)),
+        mib(rss_load.is_finite().then_some(rss_load as u64)),
+        num(cpu(|x| x.server_us + x.children_us)),
+        num(cpu(|x| x.client_us)),
+    )
+}
+
+/// Every nimbus configuration's req/s over every other configuration's.
+fn ratios(o: &mut String, r: &AllResults) {
+    let runs = &r.runs;
+    let (c1, ctop) = concurrencies(r);
     let bases: Vec<Cfg> = Cfg::ALL.into_iter().filter(|c| c.kind() != Kind::Nimbus).collect();
     let _ = writeln!(
         o,
@@ -308,45 +337,65 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
         }
         let _ = writeln!(o, "{row}");
     }
+}
 
+/// The burst scenario: a row per function, or why there is none.
+fn burst(o: &mut String, r: &AllResults) {
     let _ = writeln!(
         o,
         "\n### Burst: {} requests at once to a function with no warm instance, `max_instances = {}`\n",
         REQUESTS, MAX_INSTANCES
     );
-    if !s.burst {
+    if !r.settings.burst {
         let _ = writeln!(o, "Not run (`--no-burst`).");
-    } else if let Some(e) = &r.burst_error {
-        let _ = writeln!(o, "**FAILED**: {}", first_line(e));
-    } else {
-        let _ = writeln!(o, "| function | cold starts (pool / records) | errors | p50 ms | p99 ms | max ms | all answered in ms | target: ≤ {} cold starts, 0 errors |", MAX_INSTANCES);
-        let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
-        for b in &r.burst {
-            let l = stats(&b.latencies_ms);
-            let _ = writeln!(
-                o,
-                "| {} ({}) | {} / {} | {} | {} | {} | {} | {} | {} |",
-                b.function,
-                b.runtime,
-                b.cold_starts_pool,
-                b.cold_records,
-                b.errors,
-                ms(l.p50),
-                ms(l.p99),
-                ms(l.max),
-                num(b.wall_ms),
-                b.problem().map_or("**met**".into(), |p| format!("**missed**: {p}"))
-            );
-        }
+        return;
     }
+    if let Some(e) = &r.burst_error {
+        let _ = writeln!(o, "**FAILED**: {}", first_line(e));
+        return;
+    }
+    let _ = writeln!(o, "| function | cold starts (pool / records) | errors | p50 ms | p99 ms | max ms | all answered in ms | target: ≤ {} cold starts, 0 errors |", MAX_INSTANCES);
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
+    for b in &r.burst {
+        let l = stats(&b.latencies_ms);
+        let _ = writeln!(
+            o,
+            "| {} ({}) | {} / {} | {} | {} | {} | {} | {} | {} |",
+            b.function,
+            b.runtime,
+            b.cold_starts_pool,
+            b.cold_records,
+            b.errors,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max),
+            num(b.wall_ms),
+            b.problem().map_or("**met**".into(), |p| format!("**missed**: {p}"))
+        );
+    }
+}
 
-    let _ = writeln!(o, "\n### Targets (DESIGN.md §5, issue 6)\n");
-    let _ = writeln!(o, "| target | measured (median over runs) | met? |\n|---|---|---|");
-    let verdict = |ok: Option<bool>| match ok {
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
         Some(true) => "**yes**",
         Some(false) => "**no**",
         None => "not measured",
-    };
+    }
+}
+
+/// The targets table: wasm, process and burst rows.
+fn targets(o: &mut String, r: &AllResults) {
+    let _ = writeln!(o, "\n### Targets (DESIGN.md §5, issue 6)\n");
+    let _ = writeln!(o, "| target | measured (median over runs) | met? |\n|---|---|---|");
+    wasm_targets(o, r);
+    process_targets(o, r);
+    burst_targets(o, r);
+}
+
+/// Fresh instances against the wasm peers, reuse against bare hyper, the cold first request.
+fn wasm_targets(o: &mut String, r: &AllResults) {
+    let runs = &r.runs;
+    let (c1, ctop) = concurrencies(r);
     for peer in [Cfg::WasmtimeServe, Cfg::Workerd] {
         let v = ratio(runs, Cfg::NimbusWasm, peer, ctop);
         let _ = writeln!(
@@ -365,6 +414,17 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
         v.map_or("–".into(), |v| format!("{:.0}", v * 100.0)),
         verdict(v.map(|v| v >= REUSE_VS_BARE_TARGET))
     );
+    let added = cold_added_ms(runs, c1);
+    let _ = writeln!(
+        o,
+        "| wasm cold first request ≤ {COLD_ADDED_TARGET_MS} ms added over a warm c={c1} request (p50) | {} ms | {} |",
+        added.map_or("–".into(), |a| format!("{a:.3}")),
+        verdict(added.map(|a| a <= COLD_ADDED_TARGET_MS))
+    );
+}
+
+/// Median over runs of nimbus wasm's cold first request p50 − its warm c=`c1` p50, ms.
+fn cold_added_ms(runs: &[RunAll], c1: usize) -> Option<f64> {
     let cold_added: Vec<f64> = runs
         .iter()
         .filter_map(|run| {
@@ -373,16 +433,15 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
             (!m.cold_first_ms.is_empty()).then(|| stats(&m.cold_first_ms).p50 - warm)
         })
         .collect();
-    let added = (!cold_added.is_empty()).then(|| median(&cold_added));
-    let _ = writeln!(
-        o,
-        "| wasm cold first request ≤ {COLD_ADDED_TARGET_MS} ms added over a warm c={c1} request (p50) | {} ms | {} |",
-        added.map_or("–".into(), |a| format!("{a:.3}")),
-        verdict(added.map(|a| a <= COLD_ADDED_TARGET_MS))
-    );
+    (!cold_added.is_empty()).then(|| median(&cold_added))
+}
+
+/// nimbus node and python against the process peers.
+fn process_targets(o: &mut String, r: &AllResults) {
+    let (_, ctop) = concurrencies(r);
     for cfg in [Cfg::NimbusNode, Cfg::NimbusPython] {
         for peer in [Cfg::CargoLambda, Cfg::ServerlessOffline] {
-            let v = ratio(runs, cfg, peer, ctop);
+            let v = ratio(&r.runs, cfg, peer, ctop);
             let _ = writeln!(
                 o,
                 "| {} ≥ {PROCESS_VS_PEERS_TARGET}× {} at c={ctop} | {}× | {} |",
@@ -393,21 +452,28 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
             );
         }
     }
-    if s.burst {
-        for b in &r.burst {
-            let _ = writeln!(
-                o,
-                "| burst {}: ≤ {} cold starts, 0 errors | {} cold, {} errors, p99 {} ms | {} |",
-                b.function,
-                MAX_INSTANCES,
-                b.cold_starts_pool.max(b.cold_records as u64),
-                b.errors,
-                ms(stats(&b.latencies_ms).p99),
-                verdict(Some(b.problem().is_none()))
-            );
-        }
-    }
+}
 
+fn burst_targets(o: &mut String, r: &AllResults) {
+    if !r.settings.burst {
+        return;
+    }
+    for b in &r.burst {
+        let _ = writeln!(
+            o,
+            "| burst {}: ≤ {} cold starts, 0 errors | {} cold, {} errors, p99 {} ms | {} |",
+            b.function,
+            MAX_INSTANCES,
+            b.cold_starts_pool.max(b.cold_records as u64),
+            b.errors,
+            ms(stats(&b.latencies_ms).p99),
+            verdict(Some(b.problem().is_none()))
+        );
+    }
+}
+
+/// The plots as images linked relative to the markdown file, or why there are none.
+fn plot_links(o: &mut String, md_path: &Path, plots: &std::result::Result<Vec<PathBuf>, String>) {
     let _ = writeln!(o, "\n### Plots\n");
     match plots {
         Ok(files) if !files.is_empty() => {
@@ -423,6 +489,9 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
             let _ = writeln!(o, "Not written: {e}");
         }
     }
+}
+
+fn rerun(o: &mut String) {
     let _ = writeln!(
         o,
         "### How to rerun\n\n```sh\nscripts/bench-tools.sh                                  # the peers, once (~25 min the first time)\n\
@@ -433,8 +502,6 @@ pub fn markdown(r: &AllResults, md_path: &Path, plots: &std::result::Result<Vec<
          A full run rewrites this block in BENCHMARKS.md and the plots in docs/bench/; `--quick` writes to \
          target/bench/ unless `--markdown`/`--plots` say otherwise."
     );
-    let _ = writeln!(o, "{END}");
-    o
 }
 
 /// Put `block` into `path`: between the markers if the file has them, else before its first
@@ -500,11 +567,9 @@ fn measured_json(m: &Measured) -> Value {
     })
 }
 
-pub fn json(r: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -> Value {
-    let s = &r.settings;
-    let runs: Vec<Value> = r
-        .runs
-        .iter()
+/// Each run's outcome per configuration.
+fn runs_json(runs: &[RunAll]) -> Vec<Value> {
+    runs.iter()
         .map(|run| {
             let configs: Vec<Value> = run
                 .results
@@ -519,14 +584,19 @@ pub fn json(r: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -
                 .collect();
             json!({"run": run.run, "configs": configs})
         })
-        .collect();
+        .collect()
+}
+
+/// Per nimbus configuration and other configuration, the median ratio at each concurrency.
+fn ratios_json(r: &AllResults) -> serde_json::Map<String, Value> {
     let mut ratios = serde_json::Map::new();
     for cfg in Cfg::ALL.into_iter().filter(|c| c.kind() == Kind::Nimbus) {
         let mut per = serde_json::Map::new();
         for b in Cfg::ALL.into_iter().filter(|c| c.kind() != Kind::Nimbus) {
             per.insert(
                 b.key().into(),
-                json!(s
+                json!(r
+                    .settings
                     .concurrency
                     .iter()
                     .map(|&c| json!({"concurrency": c, "ratio": ratio(&r.runs, cfg, b, c)}))
@@ -535,6 +605,13 @@ pub fn json(r: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -
         }
         ratios.insert(cfg.key().into(), Value::Object(per));
     }
+    ratios
+}
+
+pub fn json(r: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -> Value {
+    let s = &r.settings;
+    let runs = runs_json(&r.runs);
+    let ratios = ratios_json(r);
     json!({
         "benchmark": "all",
         "started": r.started,
