@@ -550,13 +550,16 @@ async fn measure_nimbus(s: &Settings, bin: &Path, app: &Path, root: &Path, run: 
     result
 }
 
+/// What every run works with.
 struct Setup<'a> {
     s: &'a Settings,
     root: &'a Path,
     app: &'a Path,
     component: &'a Path,
+    component_bytes: u64,
     nimbus: &'a Path,
     wasmtime: &'a std::result::Result<PathBuf, String>,
+    wasmtime_version: Option<&'a str>,
 }
 
 async fn measure_run(x: &Setup<'_>, run: usize) -> Result<RunResult> {
@@ -597,9 +600,29 @@ pub async fn run(args: WasmArgs) -> Result<()> {
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let app = write_app(&root, &component, s.cold)?;
     let machine_before = crate::output::machine();
-    eprintln!("nimbus-bench wasm: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
-    eprintln!("  nimbus    {}\n  component {}", nimbus_bin.display(), component.display());
-    match (&wasmtime, &wasmtime_version) {
+    let setup = Setup {
+        s: &s,
+        root: &root,
+        app: &app,
+        component: &component,
+        component_bytes,
+        nimbus: &nimbus_bin,
+        wasmtime: &wasmtime,
+        wasmtime_version: wasmtime_version.as_deref(),
+    };
+    announce(&setup);
+    let runs = measure_runs(&setup).await?;
+    let machine_after = crate::output::machine();
+    print!("{}", table(&s, &runs, &component, component_bytes, &wasmtime, wasmtime_version.as_deref()));
+    let doc = doc(&setup, &runs, machine_before, machine_after);
+    crate::output::save(&args.common.out("wasm"), &doc, &root, args.common.keep)
+}
+
+/// What is measured where, on stderr before the runs.
+fn announce(x: &Setup<'_>) {
+    eprintln!("nimbus-bench wasm: {} in {}", if x.s.quick { "quick run" } else { "full run" }, x.root.display());
+    eprintln!("  nimbus    {}\n  component {}", x.nimbus.display(), x.component.display());
+    match (x.wasmtime, x.wasmtime_version) {
         (Ok(bin), Some(v)) => {
             eprintln!("  wasmtime  {} ({v})", bin.display());
             if !v.contains(WASMTIME_VERSION) {
@@ -610,28 +633,33 @@ pub async fn run(args: WasmArgs) -> Result<()> {
         }
         _ => eprintln!("  {MISSING_WASMTIME}"),
     }
+}
 
-    let setup =
-        Setup { s: &s, root: &root, app: &app, component: &component, nimbus: &nimbus_bin, wasmtime: &wasmtime };
+/// Every run; the first that fails ends them all (the temp dir is kept for its logs).
+async fn measure_runs(x: &Setup<'_>) -> Result<Vec<RunResult>> {
     let mut runs = Vec::new();
-    for run in 1..=s.runs {
-        eprintln!("run {run}/{}", s.runs);
-        match measure_run(&setup, run).await {
+    for run in 1..=x.s.runs {
+        eprintln!("run {run}/{}", x.s.runs);
+        match measure_run(x, run).await {
             Ok(r) => runs.push(r),
             Err(e) => {
-                eprintln!("temp dir kept: {}", root.display());
+                eprintln!("temp dir kept: {}", x.root.display());
                 return Err(e.context(format!("run {run}")));
             }
         }
     }
-    let machine_after = crate::output::machine();
-    let wasmtime_json = match (&wasmtime, &wasmtime_version) {
+    Ok(runs)
+}
+
+/// The JSON document of the whole benchmark.
+fn doc(x: &Setup<'_>, runs: &[RunResult], machine_before: Value, machine_after: Value) -> Value {
+    let s = x.s;
+    let wasmtime_json = match (x.wasmtime, x.wasmtime_version) {
         (Ok(bin), Some(v)) => json!({"path": bin.display().to_string(), "version": v}),
         (Err(why), _) => json!({"missing": why}),
         (Ok(bin), None) => json!({"path": bin.display().to_string()}),
     };
-    print!("{}", table(&s, &runs, &component, component_bytes, &wasmtime, wasmtime_version.as_deref()));
-    let doc = json!({
+    json!({
         "benchmark": "wasm",
         "notes": [
             "every answer is checked: 200, content-type application/json, the component's greeting for the path",
@@ -650,17 +678,16 @@ pub async fn run(args: WasmArgs) -> Result<()> {
         },
         "configs": Config::ALL.iter().map(|c| json!({"config": c.key(), "label": c.label(), "description": c.describe(), "path": c.path()})).collect::<Vec<_>>(),
         "machine": {"before": machine_before, "after": machine_after},
-        "nimbusBinary": nimbus_bin.display().to_string(),
-        "component": {"path": component.display().to_string(), "bytes": component_bytes},
+        "nimbusBinary": x.nimbus.display().to_string(),
+        "component": {"path": x.component.display().to_string(), "bytes": x.component_bytes},
         "wasmtime": wasmtime_json,
         "targets": {
             "coldAddedMs": COLD_ADDED_TARGET_MS, "overheadUs": OVERHEAD_TARGET_US,
             "freshVsWasmtimeServe": FRESH_VS_WASMTIME_TARGET, "reuseVsBareHyper": REUSE_VS_BARE_TARGET,
             "p99Ms": P99_TARGET_MS,
         },
-        "runs": runs.iter().map(|r| run_json(&s, r)).collect::<Vec<_>>(),
-    });
-    crate::output::save(&args.common.out("wasm"), &doc, &root, args.common.keep)
+        "runs": runs.iter().map(|r| run_json(s, r)).collect::<Vec<_>>(),
+    })
 }
 
 fn top(s: &Settings) -> usize {
@@ -693,7 +720,23 @@ fn table(
     wasmtime_version: Option<&str>,
 ) -> String {
     let mut o = String::new();
-    let c_max = top(s);
+    table_intro(&mut o, s, component, component_bytes, wasmtime, wasmtime_version);
+    measurements(&mut o, s, runs);
+    nimbus_lines(&mut o, runs);
+    ratio_lines(&mut o, s, runs);
+    target_lines(&mut o, s, runs);
+    o
+}
+
+/// What was measured, with what, and how much.
+fn table_intro(
+    o: &mut String,
+    s: &Settings,
+    component: &Path,
+    component_bytes: u64,
+    wasmtime: &std::result::Result<PathBuf, String>,
+    wasmtime_version: Option<&str>,
+) {
     let _ = writeln!(
         o,
         "\nnimbus-bench wasm ({} run, {} run(s) interleaved; client: one tokio thread, keep-alive hyper, 127.0.0.1)",
@@ -722,6 +765,11 @@ fn table(
         s.tput_max,
         s.cold
     );
+}
+
+/// A line per run and configuration: warm latency, throughput per concurrency, CPU, RSS, errors.
+fn measurements(o: &mut String, s: &Settings, runs: &[RunResult]) {
+    let c_max = top(s);
     let _ = writeln!(o);
     let mut head = format!("{:<4}{:<16}{:>9}{:>9}", "run", "config", "warm p50", "p99 µs");
     for c in s.concurrency {
@@ -731,31 +779,7 @@ fn table(
     let _ = writeln!(o, "{head}  errors");
     for r in runs {
         for m in &r.configs {
-            let warm = stats(&m.warm_us);
-            let mut line = format!("{:<4}{:<16}{:>9.0}{:>9.0}", r.run, m.config.label(), warm.p50, warm.p99);
-            let mut errors = 0;
-            for c in s.concurrency {
-                match tput(m, c) {
-                    Some(t) => {
-                        errors += t.errors;
-                        let l = stats(&t.latencies_us);
-                        let _ = write!(
-                            line,
-                            "{:>12.0}{:>22}",
-                            t.rps(),
-                            format!("{:.2}/{:.2}/{:.2}", l.p50 / 1e3, l.p99 / 1e3, l.p999 / 1e3)
-                        );
-                    }
-                    None => {
-                        let _ = write!(line, "{:>12}{:>22}", "-", "-");
-                    }
-                }
-            }
-            let cpu = tput(m, c_max)
-                .and_then(|t| t.cpu_split)
-                .map_or("-".to_owned(), |x| format!("{:.0} + client {:.0}", x.server_us + x.children_us, x.client_us));
-            let _ = write!(line, "{cpu:>22}{:>18}", format!("{} / {}", mib(m.rss_idle), mib(m.rss_loaded)));
-            let _ = writeln!(o, "{line}  {errors}");
+            let _ = writeln!(o, "{}", measurement(s, r.run, m));
             for t in &m.tput {
                 if let Some(e) = &t.first_error {
                     let _ = writeln!(o, "      c={} first error: {e}", t.concurrency);
@@ -767,7 +791,39 @@ fn table(
         o,
         "  (CPU: the server process per request + the load generator per request; nimbus reuse RSS: the same process after both nimbus configurations)"
     );
+}
 
+/// The line of one configuration in run `run`, errors summed over its phases last.
+fn measurement(s: &Settings, run: usize, m: &Measured) -> String {
+    let warm = stats(&m.warm_us);
+    let mut line = format!("{:<4}{:<16}{:>9.0}{:>9.0}", run, m.config.label(), warm.p50, warm.p99);
+    let mut errors = 0;
+    for c in s.concurrency {
+        match tput(m, c) {
+            Some(t) => {
+                errors += t.errors;
+                let l = stats(&t.latencies_us);
+                let _ = write!(
+                    line,
+                    "{:>12.0}{:>22}",
+                    t.rps(),
+                    format!("{:.2}/{:.2}/{:.2}", l.p50 / 1e3, l.p99 / 1e3, l.p999 / 1e3)
+                );
+            }
+            None => {
+                let _ = write!(line, "{:>12}{:>22}", "-", "-");
+            }
+        }
+    }
+    let cpu = tput(m, top(s))
+        .and_then(|t| t.cpu_split)
+        .map_or("-".to_owned(), |x| format!("{:.0} + client {:.0}", x.server_us + x.children_us, x.client_us));
+    let _ = write!(line, "{cpu:>22}{:>18}", format!("{} / {}", mib(m.rss_idle), mib(m.rss_loaded)));
+    format!("{line}  {errors}")
+}
+
+/// nimbus per run: the cold first request, the handler time and the platform overhead.
+fn nimbus_lines(o: &mut String, runs: &[RunResult]) {
     let _ = writeln!(o, "\nnimbus: cold first request, handler time, platform overhead");
     for r in runs {
         if let Some(m) = r.get(Config::NimbusFresh) {
@@ -798,7 +854,10 @@ fn table(
             );
         }
     }
+}
 
+/// Every configuration's req/s over bare hyper's and over `wasmtime serve`'s, a column per run.
+fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o, "\nratios of req/s (one column per run)");
     let mut head = format!("{:<16}", "config");
     for c in s.concurrency {
@@ -817,69 +876,79 @@ fn table(
         }
         let _ = writeln!(o, "{line}");
     }
+}
 
+/// Each target, per run: met, or missed and by how much.
+fn target_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o, "\ntargets (DESIGN.md §5)");
     for r in runs {
-        let n = r.run;
-        let added = cold_added_ms(r);
-        let _ = writeln!(
-            o,
-            "  run {n} cold added (cold p50 - warm p50) {} ms (target <= {COLD_ADDED_TARGET_MS} ms): {}",
-            opt(added, 2),
-            verdict(
-                added.map(|a| a <= COLD_ADDED_TARGET_MS),
-                format!("{} ms", opt(added.map(|a| a - COLD_ADDED_TARGET_MS), 2))
-            )
-        );
-        for c in [Config::NimbusFresh, Config::NimbusReuse] {
-            let ov = overhead_us(r, c);
-            let _ = writeln!(
-                o,
-                "  run {n} platform overhead, {} {} µs (target <= {OVERHEAD_TARGET_US:.0} µs): {}",
-                c.label(),
-                opt(ov, 0),
-                verdict(
-                    ov.map(|v| v <= OVERHEAD_TARGET_US),
-                    format!("{} µs", opt(ov.map(|v| v - OVERHEAD_TARGET_US), 0))
-                )
-            );
-        }
-        let fresh = ratio(r, Config::NimbusFresh, Config::WasmtimeFresh, c_max);
-        let _ = writeln!(
-            o,
-            "  run {n} fresh instances, nimbus / wasmtime serve at c={c_max}: {}x (target > {FRESH_VS_WASMTIME_TARGET}x): {}",
-            opt(fresh, 2),
-            if r.get(Config::WasmtimeFresh).is_none() {
-                MISSING_WASMTIME.to_owned()
-            } else {
-                verdict(
-                    fresh.map(|f| f > FRESH_VS_WASMTIME_TARGET),
-                    format!("{}x", opt(fresh.map(|f| FRESH_VS_WASMTIME_TARGET - f), 2)),
-                )
-            }
-        );
-        let reuse = ratio(r, Config::NimbusReuse, Config::BareHyper, c_max);
-        let _ = writeln!(
-            o,
-            "  run {n} instance reuse, nimbus reuse / bare hyper at c={c_max}: {} (target >= {REUSE_VS_BARE_TARGET:.2}): {}",
-            opt(reuse, 2),
-            verdict(
-                reuse.map(|f| f >= REUSE_VS_BARE_TARGET),
-                format!("{} of bare hyper's req/s", opt(reuse.map(|f| REUSE_VS_BARE_TARGET - f), 2))
-            )
-        );
-        for c in [Config::NimbusFresh, Config::NimbusReuse] {
-            let p99 = p99_ms(r, c, c_max);
-            let _ = writeln!(
-                o,
-                "  run {n} p99 at c={c_max}, {} {} ms (target < {P99_TARGET_MS:.0} ms): {}",
-                c.label(),
-                opt(p99, 2),
-                verdict(p99.map(|p| p < P99_TARGET_MS), format!("{} ms", opt(p99.map(|p| p - P99_TARGET_MS), 2)))
-            );
-        }
+        latency_targets(o, r);
+        throughput_targets(o, r, top(s));
     }
-    o
+}
+
+/// The cold first request and the platform overhead of run `r`.
+fn latency_targets(o: &mut String, r: &RunResult) {
+    let n = r.run;
+    let added = cold_added_ms(r);
+    let _ = writeln!(
+        o,
+        "  run {n} cold added (cold p50 - warm p50) {} ms (target <= {COLD_ADDED_TARGET_MS} ms): {}",
+        opt(added, 2),
+        verdict(
+            added.map(|a| a <= COLD_ADDED_TARGET_MS),
+            format!("{} ms", opt(added.map(|a| a - COLD_ADDED_TARGET_MS), 2))
+        )
+    );
+    for c in [Config::NimbusFresh, Config::NimbusReuse] {
+        let ov = overhead_us(r, c);
+        let _ = writeln!(
+            o,
+            "  run {n} platform overhead, {} {} µs (target <= {OVERHEAD_TARGET_US:.0} µs): {}",
+            c.label(),
+            opt(ov, 0),
+            verdict(ov.map(|v| v <= OVERHEAD_TARGET_US), format!("{} µs", opt(ov.map(|v| v - OVERHEAD_TARGET_US), 0)))
+        );
+    }
+}
+
+/// The throughput ratios and the p99 of run `r` at concurrency `c_max`.
+fn throughput_targets(o: &mut String, r: &RunResult, c_max: usize) {
+    let n = r.run;
+    let fresh = ratio(r, Config::NimbusFresh, Config::WasmtimeFresh, c_max);
+    let _ = writeln!(
+        o,
+        "  run {n} fresh instances, nimbus / wasmtime serve at c={c_max}: {}x (target > {FRESH_VS_WASMTIME_TARGET}x): {}",
+        opt(fresh, 2),
+        if r.get(Config::WasmtimeFresh).is_none() {
+            MISSING_WASMTIME.to_owned()
+        } else {
+            verdict(
+                fresh.map(|f| f > FRESH_VS_WASMTIME_TARGET),
+                format!("{}x", opt(fresh.map(|f| FRESH_VS_WASMTIME_TARGET - f), 2)),
+            )
+        }
+    );
+    let reuse = ratio(r, Config::NimbusReuse, Config::BareHyper, c_max);
+    let _ = writeln!(
+        o,
+        "  run {n} instance reuse, nimbus reuse / bare hyper at c={c_max}: {} (target >= {REUSE_VS_BARE_TARGET:.2}): {}",
+        opt(reuse, 2),
+        verdict(
+            reuse.map(|f| f >= REUSE_VS_BARE_TARGET),
+            format!("{} of bare hyper's req/s", opt(reuse.map(|f| REUSE_VS_BARE_TARGET - f), 2))
+        )
+    );
+    for c in [Config::NimbusFresh, Config::NimbusReuse] {
+        let p99 = p99_ms(r, c, c_max);
+        let _ = writeln!(
+            o,
+            "  run {n} p99 at c={c_max}, {} {} ms (target < {P99_TARGET_MS:.0} ms): {}",
+            c.label(),
+            opt(p99, 2),
+            verdict(p99.map(|p| p < P99_TARGET_MS), format!("{} ms", opt(p99.map(|p| p - P99_TARGET_MS), 2)))
+        );
+    }
 }
 
 fn measured_json(m: &Measured) -> Value {
