@@ -116,6 +116,16 @@ fn verdict(ok: bool) -> &'static str {
 
 pub fn table(s: &Settings, runs: &[RunResult]) -> String {
     let mut o = String::new();
+    table_intro(&mut o, s, runs);
+    measurements(&mut o, s, runs);
+    cpu_split(&mut o, s, runs);
+    ratio_lines(&mut o, s, runs);
+    target_lines(&mut o, s, runs);
+    o
+}
+
+/// What was measured and how, and the bare interpreters' own start-up per run.
+fn table_intro(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(
         o,
         "\nnimbus-bench process ({} run, {} run(s) interleaved; client: one tokio thread, keep-alive hyper, 127.0.0.1)",
@@ -150,6 +160,10 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
             parts.join(", ")
         );
     }
+}
+
+/// A line per run and configuration: cold start, warm latency, throughput per concurrency, errors.
+fn measurements(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o);
     let mut head = format!(
         "{:<4}{:<15}{:>26}{:>12}{:>12}",
@@ -161,34 +175,42 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
     let _ = writeln!(o, "{head}  errors");
     for r in runs {
         for c in &r.configs {
-            let cold = stats(&c.cold_ms);
-            let warm = stats(&c.warm_us);
-            let mut line = format!(
-                "{:<4}{:<15}{:>26}{:>12.0}{:>12.0}",
-                r.run,
-                format!("{} {}", c.system.as_str(), c.lang.as_str()),
-                format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max),
-                warm.p50,
-                warm.p99
-            );
-            let mut errors = 0;
-            for &conc in &s.concurrency {
-                match tput(c, conc) {
-                    Some(t) => {
-                        errors += t.errors;
-                        let cpu = t.machine_cpu_us_per_req.map_or("-".to_owned(), |v| format!("{v:.0}"));
-                        let _ = write!(line, "{:>13.0}{:>11.2}{:>10}", t.rps(), stats(&t.latencies_us).p99 / 1e3, cpu);
-                    }
-                    None => {
-                        let _ = write!(line, "{:>13}{:>11}{:>10}", "-", "-", "-");
-                    }
-                }
-            }
-            let _ = writeln!(o, "{line}  {errors}");
+            let _ = writeln!(o, "{}", measurement(s, r.run, c));
         }
     }
     let _ = writeln!(o, "  (CPU µs/r = busy CPU of the whole machine per request, load generator included)");
+}
 
+/// The line of one configuration in run `run`, errors summed over its phases last.
+fn measurement(s: &Settings, run: usize, c: &ConfigResult) -> String {
+    let cold = stats(&c.cold_ms);
+    let warm = stats(&c.warm_us);
+    let mut line = format!(
+        "{:<4}{:<15}{:>26}{:>12.0}{:>12.0}",
+        run,
+        format!("{} {}", c.system.as_str(), c.lang.as_str()),
+        format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max),
+        warm.p50,
+        warm.p99
+    );
+    let mut errors = 0;
+    for &conc in &s.concurrency {
+        match tput(c, conc) {
+            Some(t) => {
+                errors += t.errors;
+                let cpu = t.machine_cpu_us_per_req.map_or("-".to_owned(), |v| format!("{v:.0}"));
+                let _ = write!(line, "{:>13.0}{:>11.2}{:>10}", t.rps(), stats(&t.latencies_us).p99 / 1e3, cpu);
+            }
+            None => {
+                let _ = write!(line, "{:>13}{:>11}{:>10}", "-", "-", "-");
+            }
+        }
+    }
+    format!("{line}  {errors}")
+}
+
+/// CPU per request at the highest concurrency, split by process.
+fn cpu_split(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(
         o,
         "\nCPU µs per request at c={}: server process / its children (nimbus instances) / load generator",
@@ -210,7 +232,10 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
             }
         }
     }
+}
 
+/// nimbus / bare per language: cold start, warm latency and req/s, a column per run.
+fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o, "\nratios nimbus / bare (one column per run)");
     let mut head = format!("{:<8}{:>20}{:>20}", "lang", "cold p50", "warm p50");
     for c in s.concurrency {
@@ -232,7 +257,10 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
         }
         let _ = writeln!(o, "{line}");
     }
+}
 
+/// Cold start and warm overhead against their targets, per language and run.
+fn target_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o, "\ntargets (DESIGN.md §5)");
     for lang in Lang::ALL {
         for d in runs.iter().filter_map(|r| Derived::of(r, lang, s).map(|d| (r.run, d))) {
@@ -258,7 +286,6 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
             );
         }
     }
-    o
 }
 
 pub fn json(
@@ -269,63 +296,7 @@ pub fn json(
     before: Value,
     after: Value,
 ) -> Value {
-    let runs_json: Vec<Value> = runs
-        .iter()
-        .map(|r| {
-            let configs: Vec<Value> = r
-                .configs
-                .iter()
-                .map(|c| {
-                    json!({
-                        "system": c.system.as_str(), "lang": c.lang.as_str(),
-                        "coldStartMs": stats(&c.cold_ms).json(), "coldStartSamplesMs": c.cold_ms,
-                        "warmLatencyUs": stats(&c.warm_us).json(),
-                        "throughput": c.tput.iter().map(tput_json).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            let mut per_lang = serde_json::Map::new();
-            let mut startup_json = serde_json::Map::new();
-            for lang in Lang::ALL {
-                if let Some((_, v)) = r.startup_ms.iter().find(|(l, _)| *l == lang) {
-                    startup_json.insert(
-                        lang.as_str().into(),
-                        json!({"command": startup_cmd(lang), "ms": stats(v).json(), "samplesMs": v}),
-                    );
-                }
-                if let Some(d) = Derived::of(r, lang, s) {
-                    let rps: Vec<Value> = d
-                        .rps
-                        .iter()
-                        .map(|(c, n, b)| json!({"concurrency": c, "nimbusRps": n, "bareRps": b, "ratio": n / b}))
-                        .collect();
-                    per_lang.insert(
-                        lang.as_str().into(),
-                        json!({
-                            "ratios": {
-                                "coldStartP50": d.cold_nimbus / d.cold_bare,
-                                "warmP50": d.warm_nimbus / d.warm_bare,
-                                "throughput": rps,
-                            },
-                            "targets": {
-                                "coldStart": {
-                                    "nimbusP50Ms": d.cold_nimbus, "interpreterStartupP50Ms": d.startup,
-                                    "overMs": d.cold_over_startup(), "targetOverMs": COLD_TARGET_MS,
-                                    "met": d.cold_over_startup() <= COLD_TARGET_MS,
-                                },
-                                "warmOverhead": {
-                                    "nimbusP50Us": d.warm_nimbus, "bareP50Us": d.warm_bare,
-                                    "overheadUs": d.overhead(), "targetUs": OVERHEAD_TARGET_US,
-                                    "met": d.overhead() <= OVERHEAD_TARGET_US,
-                                },
-                            },
-                        }),
-                    );
-                }
-            }
-            json!({"run": r.run, "interpreterStartup": startup_json, "configs": configs, "comparison": per_lang})
-        })
-        .collect();
+    let runs_json: Vec<Value> = runs.iter().map(|r| run_json(s, r)).collect();
     json!({
         "benchmark": "process",
         "notes": [
@@ -340,6 +311,61 @@ pub fn json(
         "nimbusBinary": nimbus.display().to_string(),
         "interpreters": {"node": interps.node.display().to_string(), "python": interps.python.display().to_string()},
         "runs": runs_json,
+    })
+}
+
+/// One run: the interpreters' start-up, every configuration, and nimbus against bare per language.
+fn run_json(s: &Settings, r: &RunResult) -> Value {
+    let configs: Vec<Value> = r
+        .configs
+        .iter()
+        .map(|c| {
+            json!({
+                "system": c.system.as_str(), "lang": c.lang.as_str(),
+                "coldStartMs": stats(&c.cold_ms).json(), "coldStartSamplesMs": c.cold_ms,
+                "warmLatencyUs": stats(&c.warm_us).json(),
+                "throughput": c.tput.iter().map(tput_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut per_lang = serde_json::Map::new();
+    let mut startup_json = serde_json::Map::new();
+    for lang in Lang::ALL {
+        if let Some((_, v)) = r.startup_ms.iter().find(|(l, _)| *l == lang) {
+            startup_json.insert(
+                lang.as_str().into(),
+                json!({"command": startup_cmd(lang), "ms": stats(v).json(), "samplesMs": v}),
+            );
+        }
+        if let Some(d) = Derived::of(r, lang, s) {
+            per_lang.insert(lang.as_str().into(), comparison_json(&d));
+        }
+    }
+    json!({"run": r.run, "interpreterStartup": startup_json, "configs": configs, "comparison": per_lang})
+}
+
+/// nimbus against bare for one language in one run: the ratios and the targets.
+fn comparison_json(d: &Derived) -> Value {
+    let rps: Vec<Value> =
+        d.rps.iter().map(|(c, n, b)| json!({"concurrency": c, "nimbusRps": n, "bareRps": b, "ratio": n / b})).collect();
+    json!({
+        "ratios": {
+            "coldStartP50": d.cold_nimbus / d.cold_bare,
+            "warmP50": d.warm_nimbus / d.warm_bare,
+            "throughput": rps,
+        },
+        "targets": {
+            "coldStart": {
+                "nimbusP50Ms": d.cold_nimbus, "interpreterStartupP50Ms": d.startup,
+                "overMs": d.cold_over_startup(), "targetOverMs": COLD_TARGET_MS,
+                "met": d.cold_over_startup() <= COLD_TARGET_MS,
+            },
+            "warmOverhead": {
+                "nimbusP50Us": d.warm_nimbus, "bareP50Us": d.warm_bare,
+                "overheadUs": d.overhead(), "targetUs": OVERHEAD_TARGET_US,
+                "met": d.overhead() <= OVERHEAD_TARGET_US,
+            },
+        },
     })
 }
 
