@@ -487,6 +487,15 @@ fn cpu(t: &Throughput) -> String {
 
 fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> String {
     let mut o = String::new();
+    table_intro(&mut o, s, fsync, root);
+    phases(&mut o, runs);
+    end_to_end_lines(&mut o, runs);
+    target_lines(&mut o, runs);
+    o
+}
+
+/// What was measured and how, and the disk's synchronous-write time.
+fn table_intro(o: &mut String, s: &AsyncSettings, fsync: &Dd, root: &Path) {
     let _ = writeln!(
         o,
         "\nnimbus-bench async ({} run, {} run(s) interleaved, fresh nimbus + data dir each; client: one tokio thread, keep-alive hyper, 127.0.0.1)",
@@ -510,6 +519,10 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
         fsync.secs,
         fsync.per_write_us()
     );
+}
+
+/// A line per run and phase (the accepts at each concurrency, then the sync reference).
+fn phases(o: &mut String, runs: &[RunResult]) {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -530,27 +543,34 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
             r.accepts.iter().map(|a| (format!("accept c={}", a.tput.concurrency), &a.tput, Some(a))).collect();
         rows.push((format!("sync c={SYNC_CONCURRENCY}"), &r.sync, None));
         for (name, t, a) in rows {
-            let lat = stats(&t.latencies_us);
-            let _ = writeln!(
-                o,
-                "{:<4}{:<16}{:>10.0}{:>9.2}{:>9.2}{:>37}{:>8}{:>12}{:>9}{:>12}",
-                r.run,
-                name,
-                t.rps(),
-                lat.p50 / 1e3,
-                lat.p99 / 1e3,
-                cpu(t),
-                t.errors,
-                a.map_or("-".to_owned(), |a| a.depth_after.to_string()),
-                a.map_or("-".to_owned(), |a| format!("{:.2}", a.drain_secs)),
-                a.map_or("-".to_owned(), |a| format!("{:.0}", a.drain_rate())),
-            );
+            let _ = writeln!(o, "{}", phase(r.run, &name, t, a));
             if let Some(e) = &t.first_error {
                 let _ = writeln!(o, "      first error: {e}");
             }
         }
     }
     let _ = writeln!(o, "  (CPU other = machine busy CPU not charged to nimbus, its instances or the client: high = a busy machine)\n  (left queued = unfinished events right after the phase; drain s = from then until depth 0, polled every 50 ms)");
+}
+
+/// The line of one phase; `a` is what an accept phase left queued (none for the sync phase).
+fn phase(run: usize, name: &str, t: &Throughput, a: Option<&Accepts>) -> String {
+    let lat = stats(&t.latencies_us);
+    format!(
+        "{:<4}{:<16}{:>10.0}{:>9.2}{:>9.2}{:>37}{:>8}{:>12}{:>9}{:>12}",
+        run,
+        name,
+        t.rps(),
+        lat.p50 / 1e3,
+        lat.p99 / 1e3,
+        cpu(t),
+        t.errors,
+        a.map_or("-".to_owned(), |a| a.depth_after.to_string()),
+        a.map_or("-".to_owned(), |a| format!("{:.2}", a.drain_secs)),
+        a.map_or("-".to_owned(), |a| format!("{:.0}", a.drain_rate())),
+    )
+}
+
+fn end_to_end_lines(o: &mut String, runs: &[RunResult]) {
     let _ =
         writeln!(o, "\nend to end (accept at c={E2E_CONCURRENCY} as fast as possible, first accept -> queue depth 0)");
     for r in runs {
@@ -568,6 +588,10 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
             r.instances
         );
     }
+}
+
+/// The best accept rate against its target, and what accepts and events cost against sync calls.
+fn target_lines(o: &mut String, runs: &[RunResult]) {
     let _ = writeln!(o, "\ntargets (DESIGN.md §5) and costs");
     for r in runs {
         if let Some(best) = r.best_accepts() {
@@ -593,7 +617,6 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
             );
         }
     }
-    o
 }
 
 fn tput_json(t: &Throughput) -> Value {
