@@ -1,5 +1,5 @@
 //! `nimbus-bench all`: nimbus, the peers a user would pick instead, and the physical limit,
-//! side by side in one run with identical load settings (issue 6, DESIGN.md §5).
+//! side by side in one run with identical load settings (judged by BENCHMARKS.md § Targets).
 //!
 //! Every configuration is its own server process (tree), answers `GET` with the same 44-byte
 //! JSON body (`BODY`), and is measured the same way, one after another, the whole list repeated

@@ -18,7 +18,7 @@ pub const END: &str = "<!-- nimbus-bench all: end -->";
 /// The hand-written section of BENCHMARKS.md that the block stays below.
 const TARGETS: &str = "## Targets\n";
 
-/// DESIGN.md §5 / issue 6 targets checked here.
+/// The targets checked here (BENCHMARKS.md § Targets).
 const REUSE_VS_BARE_TARGET: f64 = 0.5;
 const PROCESS_VS_PEERS_TARGET: f64 = 3.0;
 const COLD_ADDED_TARGET_MS: f64 = 1.0;
@@ -387,7 +387,7 @@ fn verdict(ok: Option<bool>) -> &'static str {
 
 /// The targets table: wasm, process and burst rows.
 fn targets(o: &mut String, r: &AllResults) {
-    let _ = writeln!(o, "\n### Targets (DESIGN.md §5, issue 6)\n");
+    let _ = writeln!(o, "\n### Targets (BENCHMARKS.md § Targets)\n");
     let _ = writeln!(o, "| target | measured (median over runs) | met? |\n|---|---|---|");
     wasm_targets(o, r);
     process_targets(o, r);

@@ -40,7 +40,7 @@ pub struct AsyncArgs {
 /// The function every phase invokes.
 const FUNCTION: &str = "noop";
 const MAX_INSTANCES: u32 = 2;
-/// DESIGN.md §5: durable accepts/s on one node.
+/// BENCHMARKS.md § Targets: durable accepts/s on one node.
 pub const ACCEPT_TARGET: f64 = 10_000.0;
 const ACCEPT_CONCURRENCY: [usize; 3] = [1, 16, 64];
 const SYNC_CONCURRENCY: usize = 16;
@@ -592,7 +592,7 @@ fn end_to_end_lines(o: &mut String, runs: &[RunResult]) {
 
 /// The best accept rate against its target, and what accepts and events cost against sync calls.
 fn target_lines(o: &mut String, runs: &[RunResult]) {
-    let _ = writeln!(o, "\ntargets (DESIGN.md §5) and costs");
+    let _ = writeln!(o, "\ntargets (BENCHMARKS.md § Targets) and costs");
     for r in runs {
         if let Some(best) = r.best_accepts() {
             let rps = best.tput.rps();

@@ -1,5 +1,5 @@
-//! The burst scenario (DESIGN.md §5, issue 6): 1,000 requests at once to a deployed function that
-//! has no warm instance and `max_instances = 8`. Every request must succeed, and the pool may
+//! The burst scenario (BENCHMARKS.md § Targets): 1,000 requests at once to a deployed function
+//! that has no warm instance and `max_instances = 8`. Every request must succeed, and the pool may
 //! start at most 8 instances: the rest wait for one instead of each starting its own (no
 //! thundering herd). Cold starts are read back two ways: the pool's counter in
 //! `GET /v1/functions` and the `cold` flag of the function's invocation records

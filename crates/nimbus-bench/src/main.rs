@@ -1,12 +1,12 @@
 //! nimbus-bench: nimbus measured side by side with bare reference servers in one run, reported
-//! as absolute figures and ratios (DESIGN.md §5). `nimbus-bench process` covers the process
-//! runtimes (node, python): cold start, warm latency and throughput. `nimbus-bench async` covers
-//! async invocations: durable accepts/s, end-to-end events/s, and the sync Invoke API beside them.
-//! `nimbus-bench wasm` covers `runtime = "wasm"` against `wasmtime serve` and a bare hyper server:
-//! cold first request, platform overhead, throughput, RSS. `nimbus-bench all` runs nimbus, its
-//! peers (wasmtime serve, workerd, serverless-offline, cargo-lambda) and the limit (bare hyper,
-//! nginx) side by side and writes the BENCHMARKS.md section and plots; `nimbus-bench burst` is
-//! its burst scenario alone.
+//! as absolute figures and ratios and judged by BENCHMARKS.md § Targets. `nimbus-bench process`
+//! covers the process runtimes (node, python): cold start, warm latency and throughput.
+//! `nimbus-bench async` covers async invocations: durable accepts/s, end-to-end events/s, and the
+//! sync Invoke API beside them. `nimbus-bench wasm` covers `runtime = "wasm"` against `wasmtime
+//! serve` and a bare hyper server: cold first request, platform overhead, throughput, RSS.
+//! `nimbus-bench all` runs nimbus, its peers (wasmtime serve, workerd, serverless-offline,
+//! cargo-lambda) and the limit (bare hyper, nginx) side by side and writes the BENCHMARKS.md
+//! section and plots; `nimbus-bench burst` is its burst scenario alone.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):

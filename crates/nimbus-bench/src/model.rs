@@ -273,7 +273,7 @@ pub struct BurstResult {
 }
 
 impl BurstResult {
-    /// What is wrong with this burst, if anything (DESIGN.md §5: ≤ max_instances cold starts, 0 errors).
+    /// What is wrong with this burst, if anything (BENCHMARKS.md § Targets: ≤ max_instances cold starts, 0 errors).
     pub fn problem(&self) -> Option<String> {
         if self.errors > 0 {
             return Some(format!(

@@ -1,6 +1,6 @@
 //! What `nimbus-bench process` measured (`RunResult`, `ConfigResult`) and its report: the printed
-//! table (absolute figures, ratios nimbus / bare, the DESIGN.md §5 targets) and the JSON document
-//! written to `--out`. The results live here, below the runner (`process`), so that the runner
+//! table (absolute figures, ratios nimbus / bare, the targets of BENCHMARKS.md § Targets) and the
+//! JSON document written to `--out`. The results live here, below the runner (`process`), so that the runner
 //! imports its report and not the other way round.
 
 use std::fmt::Write as _;
@@ -46,9 +46,9 @@ pub struct RunResult {
     pub configs: Vec<ConfigResult>,
 }
 
-/// DESIGN.md §5: node/python cold start ≤ 10 ms over the bare interpreter's own start-up.
+/// BENCHMARKS.md § Targets: node/python cold start ≤ 10 ms over the bare interpreter's own start-up.
 pub const COLD_TARGET_MS: f64 = 10.0;
-/// DESIGN.md §5: process warm overhead per invocation ≤ 150 µs over the handler.
+/// BENCHMARKS.md § Targets: process warm overhead per invocation ≤ 150 µs over the handler.
 pub const OVERHEAD_TARGET_US: f64 = 150.0;
 
 fn config(run: &RunResult, system: System, lang: Lang) -> Option<&ConfigResult> {
@@ -261,7 +261,7 @@ fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
 
 /// Cold start and warm overhead against their targets, per language and run.
 fn target_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
-    let _ = writeln!(o, "\ntargets (DESIGN.md §5)");
+    let _ = writeln!(o, "\ntargets (BENCHMARKS.md § Targets)");
     for lang in Lang::ALL {
         for d in runs.iter().filter_map(|r| Derived::of(r, lang, s).map(|d| (r.run, d))) {
             let (run, d) = d;

@@ -29,13 +29,13 @@ use crate::common::Settings;
 use crate::load::{self, stats, Expect, HttpClient, Throughput};
 use crate::procs::{self, Nimbus};
 
-/// DESIGN.md §5: wasm cold start ≤ 1 ms added over a warm request, p50.
+/// BENCHMARKS.md § Targets: wasm cold start ≤ 1 ms added over a warm request, p50.
 pub const COLD_ADDED_TARGET_MS: f64 = 1.0;
-/// DESIGN.md §5: wasm warm platform overhead ≤ 50 µs per request over the handler.
+/// BENCHMARKS.md § Targets: wasm warm platform overhead ≤ 50 µs per request over the handler.
 pub const OVERHEAD_TARGET_US: f64 = 50.0;
 /// DESIGN.md §5: fresh-instance throughput > 2× `wasmtime serve` (fresh).
 pub const FRESH_VS_WASMTIME_TARGET: f64 = 2.0;
-/// DESIGN.md §5: with instance reuse ≥ 50 % of a bare hyper hello-world server.
+/// BENCHMARKS.md § Targets: with instance reuse ≥ 50 % of a bare hyper hello-world server.
 pub const REUSE_VS_BARE_TARGET: f64 = 0.5;
 /// DESIGN.md §5: p99 < 5 ms (through the gateway, at the highest concurrency measured).
 pub const P99_TARGET_MS: f64 = 5.0;
@@ -880,7 +880,7 @@ fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
 
 /// Each target, per run: met, or missed and by how much.
 fn target_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
-    let _ = writeln!(o, "\ntargets (DESIGN.md §5)");
+    let _ = writeln!(o, "\ntargets (BENCHMARKS.md § Targets)");
     for r in runs {
         latency_targets(o, r);
         throughput_targets(o, r, top(s));
