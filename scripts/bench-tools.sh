@@ -15,9 +15,10 @@
 #                         into lambda-target/ so that `cargo lambda watch` starts without compiling
 #   nginx-light, wrk      apt-get (system packages; nginx is never started as a service by the bench)
 #
-# wasmtime is pinned to 48.0.8: 49.x needs rustc 1.96 and 50.x needs 1.97 (FIELD-NOTES.md), and
-# the bench compares it with the wasmtime 48 that nimbus embeds. serverless-offline 14 needs
-# Serverless Framework v4, which requires an account login: v3 + offline 13 work offline.
+# wasmtime is pinned to 48.0.8: 49.x needs rustc 1.96 and 50.x needs 1.97, while this toolchain
+# is 1.95 (rust-version in Cargo.toml), and the bench compares it with the wasmtime 48 that nimbus
+# embeds. serverless-offline 14 needs Serverless Framework v4, which requires an account login:
+# v3 + offline 13 work offline.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,5 +1,5 @@
 //! `nimbus-bench all`: nimbus, the peers a user would pick instead, and the physical limit,
-//! side by side in one run with identical load settings (issue 6, DESIGN.md §5).
+//! side by side in one run with identical load settings (judged by BENCHMARKS.md § Targets).
 //!
 //! Every configuration is its own server process (tree), answers `GET` with the same 44-byte
 //! JSON body (`BODY`), and is measured the same way, one after another, the whole list repeated
@@ -25,18 +25,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hyper::body::Bytes;
 use tokio::process::Command;
 
-use crate::load::{self, Expect, Throughput};
+use crate::load::{self, Expect};
+use crate::model::{
+    expect, AllResults, AllSettings, Cfg, Kind, Measured, Outcome, RunAll, BODY, CONTENT_TYPE, HELLO_PATH,
+};
 use crate::procs::Interpreters;
 use crate::servers::{self, Launch, Ready, Server};
 
-/// What every configuration answers (the Rust hello component's greeting for /hello/bench).
-pub const BODY: &str = r#"{"message":"Hello, bench!","runtime":"wasm"}"#;
-pub const CONTENT_TYPE: &str = "application/json";
-/// The path every configuration is asked for (cargo-lambda: under its function URL prefix).
-pub const HELLO_PATH: &str = "/hello/bench";
 /// nimbus wasm functions may run this many instances: above the highest concurrency.
 const WASM_MAX_INSTANCES: u32 = 64;
 /// nimbus node/python: one instance per core, as in `nimbus-bench process`.
@@ -50,7 +47,7 @@ const SERVERLESS_OFFLINE_VERSION: &str = "13.9.0";
 #[derive(Args)]
 pub struct AllArgs {
     #[command(flatten)]
-    pub common: crate::Common,
+    pub common: crate::common::Common,
     /// Only these configurations (comma-separated keys, e.g. `bare-hyper,nimbus-wasm`); the
     /// others are still listed with their install status. Default: all of them.
     #[arg(long, value_delimiter = ',')]
@@ -70,221 +67,6 @@ pub struct AllArgs {
     /// The wasmtime CLI (default: $NIMBUS_BENCH_TOOLS/bin/wasmtime, else `wasmtime` on PATH).
     #[arg(long)]
     pub wasmtime: Option<PathBuf>,
-}
-
-/// Which side of the comparison a configuration is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Limit,
-    Nimbus,
-    Peer,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Limit => "limit",
-            Kind::Nimbus => "nimbus",
-            Kind::Peer => "peer",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cfg {
-    BareHyper,
-    Nginx,
-    NimbusWasm,
-    NimbusWasmReuse,
-    NimbusWasmJs,
-    NimbusWasmPy,
-    NimbusNode,
-    NimbusPython,
-    WasmtimeServe,
-    WasmtimeServeReuse,
-    Workerd,
-    ServerlessOffline,
-    CargoLambda,
-}
-
-impl Cfg {
-    pub const ALL: [Cfg; 13] = [
-        Cfg::BareHyper,
-        Cfg::Nginx,
-        Cfg::NimbusWasm,
-        Cfg::NimbusWasmReuse,
-        Cfg::NimbusWasmJs,
-        Cfg::NimbusWasmPy,
-        Cfg::NimbusNode,
-        Cfg::NimbusPython,
-        Cfg::WasmtimeServe,
-        Cfg::WasmtimeServeReuse,
-        Cfg::Workerd,
-        Cfg::ServerlessOffline,
-        Cfg::CargoLambda,
-    ];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Cfg::BareHyper => "bare-hyper",
-            Cfg::Nginx => "nginx",
-            Cfg::NimbusWasm => "nimbus-wasm",
-            Cfg::NimbusWasmReuse => "nimbus-wasm-reuse",
-            Cfg::NimbusWasmJs => "nimbus-wasm-js",
-            Cfg::NimbusWasmPy => "nimbus-wasm-py",
-            Cfg::NimbusNode => "nimbus-node",
-            Cfg::NimbusPython => "nimbus-python",
-            Cfg::WasmtimeServe => "wasmtime-serve",
-            Cfg::WasmtimeServeReuse => "wasmtime-serve-reuse",
-            Cfg::Workerd => "workerd",
-            Cfg::ServerlessOffline => "serverless-offline",
-            Cfg::CargoLambda => "cargo-lambda",
-        }
-    }
-
-    pub fn kind(self) -> Kind {
-        match self {
-            Cfg::BareHyper | Cfg::Nginx => Kind::Limit,
-            Cfg::NimbusWasm
-            | Cfg::NimbusWasmReuse
-            | Cfg::NimbusWasmJs
-            | Cfg::NimbusWasmPy
-            | Cfg::NimbusNode
-            | Cfg::NimbusPython => Kind::Nimbus,
-            _ => Kind::Peer,
-        }
-    }
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            Cfg::BareHyper => "hyper 1.x HTTP/1.1 on a multi-thread tokio runtime, fixed body (`nimbus-bench bare-hyper`)",
-            Cfg::Nginx => "nginx (apt nginx-light), `worker_processes auto`, `return 200` of the fixed body, access log off",
-            Cfg::NimbusWasm => "Rust wasi:http component (examples/wasm-hello), a fresh instance per request",
-            Cfg::NimbusWasmReuse => "the same component with `instance_reuse = true`",
-            Cfg::NimbusWasmJs => "JS component (componentize-js, guests/hello-js), `instance_reuse = true`",
-            Cfg::NimbusWasmPy => "Python component (componentize-py, guests/hello-py), `instance_reuse = true`",
-            Cfg::NimbusNode => "Node handler over the Lambda Runtime API, max_instances = 2",
-            Cfg::NimbusPython => "Python handler over the Lambda Runtime API, max_instances = 2",
-            Cfg::WasmtimeServe => {
-                "`wasmtime serve -S cli` 48.0.8 on the Rust component: a fresh instance per request (compiles the component at every start)"
-            }
-            Cfg::WasmtimeServeReuse => "`wasmtime serve` with `--max-instance-reuse-count 1000000`",
-            Cfg::Workerd => "workerd (npm) with an ES-module Worker returning the body",
-            Cfg::ServerlessOffline => "serverless 3.40.0 + serverless-offline 13.9.0 `--useInProcess`, the Node handler",
-            Cfg::CargoLambda => "`cargo lambda watch` 1.9.2, a lambda_runtime hello (peers/lambda-hello), function URL",
-        }
-    }
-
-    fn path(self) -> &'static str {
-        match self {
-            Cfg::CargoLambda => "/lambda-url/lambda-hello/hello/bench",
-            _ => HELLO_PATH,
-        }
-    }
-
-    pub fn from_key(key: &str) -> Option<Cfg> {
-        Cfg::ALL.into_iter().find(|c| c.key() == key)
-    }
-}
-
-fn expect() -> Expect {
-    Expect { body: Bytes::from_static(BODY.as_bytes()), content_type: Some(CONTENT_TYPE) }
-}
-
-/// How much of everything to do.
-pub struct AllSettings {
-    pub quick: bool,
-    pub runs: usize,
-    /// Cold starts (spawn → first good answer) per configuration and run.
-    pub starts: usize,
-    /// nimbus: never-invoked functions asked once each, per run.
-    pub cold: usize,
-    pub concurrency: [usize; 2],
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub max_requests: u64,
-    pub burst: bool,
-}
-
-impl AllSettings {
-    pub fn new(quick: bool, runs: usize, burst: bool) -> AllSettings {
-        if quick {
-            AllSettings {
-                quick,
-                runs,
-                starts: 1,
-                cold: 2,
-                concurrency: [1, 32],
-                warmup: Duration::from_millis(50),
-                duration: Duration::from_millis(250),
-                max_requests: 20_000,
-                burst,
-            }
-        } else {
-            AllSettings {
-                quick,
-                runs,
-                starts: 5,
-                cold: 10,
-                concurrency: [1, 32],
-                warmup: Duration::from_millis(500),
-                duration: Duration::from_secs(5),
-                max_requests: 2_000_000,
-                burst,
-            }
-        }
-    }
-
-    pub fn top(&self) -> usize {
-        self.concurrency.iter().copied().max().unwrap_or(1)
-    }
-}
-
-/// Everything measured for one configuration in one run.
-pub struct Measured {
-    /// Spawn → first good answer, ms, one per start.
-    pub start_ms: Vec<f64>,
-    /// nimbus: the first request to each never-invoked function, ms.
-    pub cold_first_ms: Vec<f64>,
-    /// Tree RSS after the first answer and a 250 ms pause, KiB; and the number of processes.
-    pub rss_idle_kib: Option<u64>,
-    pub procs_idle: usize,
-    /// Peak tree RSS sampled during the highest-concurrency phase, KiB.
-    pub rss_load_kib: Option<u64>,
-    pub procs_load: usize,
-    pub tput: Vec<Throughput>,
-}
-
-impl Measured {
-    pub fn tput(&self, concurrency: usize) -> Option<&Throughput> {
-        self.tput.iter().find(|t| t.concurrency == concurrency)
-    }
-
-    pub fn errors(&self) -> u64 {
-        self.tput.iter().map(|t| t.errors).sum()
-    }
-}
-
-pub enum Outcome {
-    Measured(Measured),
-    /// Not installed (or not selected): why, and how to get it.
-    Missing(String),
-    /// Installed, but it did not start or did not answer correctly.
-    Failed(String),
-}
-
-pub struct RunAll {
-    pub run: usize,
-    pub results: Vec<(Cfg, Outcome)>,
-}
-
-impl RunAll {
-    pub fn measured(&self, c: Cfg) -> Option<&Measured> {
-        self.results.iter().find(|(k, _)| *k == c).and_then(|(_, o)| match o {
-            Outcome::Measured(m) => Some(m),
-            _ => None,
-        })
-    }
 }
 
 /// Where the peers are (scripts/bench-tools.sh puts them in one directory).
@@ -579,106 +361,136 @@ fn launch(x: &Ctx<'_>, cfg: Cfg, n: &str) -> Result<Launch> {
     let mut graceful = None;
     let mut timeout = START_TIMEOUT;
     let (cmd, ready) = match cfg {
-        Cfg::BareHyper => {
-            let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
-            let port_file = dir.join("port");
-            let mut c = Command::new(exe);
-            c.arg("bare-hyper").arg("--port-file").arg(&port_file);
-            (c, Ready::PortFile(port_file))
-        }
-        Cfg::Nginx => {
-            let bin = x.tools.nginx.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let port = servers::free_port()?;
-            for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-                std::fs::create_dir_all(dir.join("tmp").join(t))?;
-            }
-            let conf = dir.join("nginx.conf");
-            put(&conf, &nginx_conf(&dir, port))?;
-            let mut c = Command::new(bin);
-            c.arg("-p").arg(&dir).arg("-c").arg(&conf).arg("-e").arg(dir.join("error.log"));
-            (c, Ready::Port(port))
-        }
-        Cfg::WasmtimeServe | Cfg::WasmtimeServeReuse => {
-            let bin = x.tools.wasmtime.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut c = Command::new(bin);
-            c.arg("serve").args(["-S", "cli"]);
-            if cfg == Cfg::WasmtimeServeReuse {
-                c.args(["--max-instance-reuse-count", "1000000", "--idle-instance-timeout", "600s"]);
-            }
-            c.args(["--addr", "127.0.0.1:0"]).arg(crate::wasm::default_component());
-            (c, Ready::StderrUrl("Serving HTTP on "))
-        }
-        Cfg::Workerd => {
-            let bin = x.tools.workerd.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            put(&dir.join("worker.js"), WORKER_JS)?;
-            put(&dir.join("config.capnp"), WORKERD_CAPNP)?;
-            let port = servers::free_port()?;
-            let mut c = Command::new(bin);
-            c.arg("serve").arg("config.capnp").arg("--socket-addr").arg(format!("http=127.0.0.1:{port}"));
-            c.current_dir(&dir);
-            (c, Ready::Port(port))
-        }
-        Cfg::ServerlessOffline => {
-            let sls = x.tools.serverless.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let node = x.interps.as_ref().map(|i| i.node.clone()).context("node is not installed")?;
-            put(&dir.join("index.js"), NODE_HANDLER)?;
-            put(&dir.join("serverless.yml"), SERVERLESS_YML)?;
-            let modules = x.tools.dir.join("npm/node_modules");
-            let link = dir.join("node_modules");
-            if !link.exists() {
-                std::os::unix::fs::symlink(&modules, &link)
-                    .with_context(|| format!("cannot link {} to {}", link.display(), modules.display()))?;
-            }
-            let (port, lambda_port) = (servers::free_port()?, servers::free_port()?);
-            let mut c = Command::new(node);
-            c.arg(sls)
-                .args(["offline", "start", "--useInProcess", "--noPrependStageInUrl", "--host", "127.0.0.1"])
-                .arg("--httpPort")
-                .arg(port.to_string())
-                .arg("--lambdaPort")
-                .arg(lambda_port.to_string())
-                .current_dir(&dir)
-                .env("HOME", &home)
-                .env("SLS_TELEMETRY_DISABLED", "1")
-                .env("SLS_NOTIFICATIONS_MODE", "off")
-                .env("SLS_DEPRECATION_DISABLE", "*")
-                .env("AWS_ACCESS_KEY_ID", "AKIDBENCHDUMMY")
-                .env("AWS_SECRET_ACCESS_KEY", "bench-dummy-secret")
-                .env("AWS_REGION", "us-east-1");
-            (c, Ready::Port(port))
-        }
+        Cfg::BareHyper => bare_hyper_cmd(&dir)?,
+        Cfg::Nginx => nginx_cmd(x, &dir)?,
+        Cfg::WasmtimeServe | Cfg::WasmtimeServeReuse => wasmtime_cmd(x, cfg)?,
+        Cfg::Workerd => workerd_cmd(x, &dir)?,
+        Cfg::ServerlessOffline => serverless_cmd(x, &dir, &home)?,
         Cfg::CargoLambda => {
-            let bin = x.tools.cargo_lambda.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let port = servers::free_port()?;
-            let mut c = Command::new(bin);
-            c.args(["lambda", "watch", "-A", "127.0.0.1", "-P"])
-                .arg(port.to_string())
-                .current_dir(x.repo.join("crates/nimbus-bench/peers/lambda-hello"))
-                .env("CARGO_TARGET_DIR", x.tools.dir.join("lambda-target"));
             if n == "prepare" {
                 timeout = CARGO_LAMBDA_PREPARE_TIMEOUT;
             }
-            (c, Ready::Port(port))
+            cargo_lambda_cmd(x)?
         }
         nimbus => {
-            let app = write_nimbus_app(x, nimbus)?;
-            let mut c = Command::new(&x.nimbus);
-            c.arg("up")
-                .arg(&app)
-                .args(["--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(dir.join("data"))
-                .env("NIMBUS_LOG", "warn")
-                // Compiled components are cached across starts (prepared once before the runs,
-                // like cargo-lambda's build): a start measures deploying, not compiling.
-                .env("NIMBUS_WASM_CACHE", x.root.join("wasm-cache"));
-            if let Some(i) = &x.interps {
-                c.env("NIMBUS_NODE", &i.node).env("NIMBUS_PYTHON", &i.python);
-            }
             graceful = Some(Duration::from_secs(10));
-            (c, Ready::StdoutUrl("listening on "))
+            nimbus_cmd(x, nimbus, &dir)?
         }
     };
     Ok(Launch { cmd, ready, path: cfg.path().to_owned(), expect: Some(expect()), log, timeout, graceful })
+}
+
+/// A peer's binary, or why it is not installed.
+fn tool(t: &std::result::Result<PathBuf, String>) -> Result<&PathBuf> {
+    t.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// This executable as `nimbus-bench bare-hyper`, which writes its port into DIR/port.
+fn bare_hyper_cmd(dir: &Path) -> Result<(Command, Ready)> {
+    let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
+    let port_file = dir.join("port");
+    let mut c = Command::new(exe);
+    c.arg("bare-hyper").arg("--port-file").arg(&port_file);
+    Ok((c, Ready::PortFile(port_file)))
+}
+
+/// nginx in the foreground with its config, temp dirs and logs in `dir`.
+fn nginx_cmd(x: &Ctx<'_>, dir: &Path) -> Result<(Command, Ready)> {
+    let bin = tool(&x.tools.nginx)?;
+    let port = servers::free_port()?;
+    for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join("tmp").join(t))?;
+    }
+    let conf = dir.join("nginx.conf");
+    put(&conf, &nginx_conf(dir, port))?;
+    let mut c = Command::new(bin);
+    c.arg("-p").arg(dir).arg("-c").arg(&conf).arg("-e").arg(dir.join("error.log"));
+    Ok((c, Ready::Port(port)))
+}
+
+/// `wasmtime serve` on the Rust component, with instance reuse for `WasmtimeServeReuse`.
+fn wasmtime_cmd(x: &Ctx<'_>, cfg: Cfg) -> Result<(Command, Ready)> {
+    let bin = tool(&x.tools.wasmtime)?;
+    let mut c = Command::new(bin);
+    c.arg("serve").args(["-S", "cli"]);
+    if cfg == Cfg::WasmtimeServeReuse {
+        c.args(["--max-instance-reuse-count", "1000000", "--idle-instance-timeout", "600s"]);
+    }
+    c.args(["--addr", "127.0.0.1:0"]).arg(crate::wasm::default_component());
+    Ok((c, Ready::StderrUrl("Serving HTTP on ")))
+}
+
+/// workerd serving the hello Worker, its config written into `dir`.
+fn workerd_cmd(x: &Ctx<'_>, dir: &Path) -> Result<(Command, Ready)> {
+    let bin = tool(&x.tools.workerd)?;
+    put(&dir.join("worker.js"), WORKER_JS)?;
+    put(&dir.join("config.capnp"), WORKERD_CAPNP)?;
+    let port = servers::free_port()?;
+    let mut c = Command::new(bin);
+    c.arg("serve").arg("config.capnp").arg("--socket-addr").arg(format!("http=127.0.0.1:{port}"));
+    c.current_dir(dir);
+    Ok((c, Ready::Port(port)))
+}
+
+/// `serverless offline` on the Node hello in `dir`, with dummy AWS credentials and no telemetry.
+fn serverless_cmd(x: &Ctx<'_>, dir: &Path, home: &Path) -> Result<(Command, Ready)> {
+    let sls = tool(&x.tools.serverless)?;
+    let node = x.interps.as_ref().map(|i| i.node.clone()).context("node is not installed")?;
+    put(&dir.join("index.js"), NODE_HANDLER)?;
+    put(&dir.join("serverless.yml"), SERVERLESS_YML)?;
+    let modules = x.tools.dir.join("npm/node_modules");
+    let link = dir.join("node_modules");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&modules, &link)
+            .with_context(|| format!("cannot link {} to {}", link.display(), modules.display()))?;
+    }
+    let (port, lambda_port) = (servers::free_port()?, servers::free_port()?);
+    let mut c = Command::new(node);
+    c.arg(sls)
+        .args(["offline", "start", "--useInProcess", "--noPrependStageInUrl", "--host", "127.0.0.1"])
+        .arg("--httpPort")
+        .arg(port.to_string())
+        .arg("--lambdaPort")
+        .arg(lambda_port.to_string())
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("SLS_TELEMETRY_DISABLED", "1")
+        .env("SLS_NOTIFICATIONS_MODE", "off")
+        .env("SLS_DEPRECATION_DISABLE", "*")
+        .env("AWS_ACCESS_KEY_ID", "AKIDBENCHDUMMY")
+        .env("AWS_SECRET_ACCESS_KEY", "bench-dummy-secret")
+        .env("AWS_REGION", "us-east-1");
+    Ok((c, Ready::Port(port)))
+}
+
+/// `cargo lambda watch` on peers/lambda-hello, built into the tools dir.
+fn cargo_lambda_cmd(x: &Ctx<'_>) -> Result<(Command, Ready)> {
+    let bin = tool(&x.tools.cargo_lambda)?;
+    let port = servers::free_port()?;
+    let mut c = Command::new(bin);
+    c.args(["lambda", "watch", "-A", "127.0.0.1", "-P"])
+        .arg(port.to_string())
+        .current_dir(x.repo.join("crates/nimbus-bench/peers/lambda-hello"))
+        .env("CARGO_TARGET_DIR", x.tools.dir.join("lambda-target"));
+    Ok((c, Ready::Port(port)))
+}
+
+/// `nimbus up` on the app of `cfg` with a fresh data dir in `dir`.
+fn nimbus_cmd(x: &Ctx<'_>, cfg: Cfg, dir: &Path) -> Result<(Command, Ready)> {
+    let app = write_nimbus_app(x, cfg)?;
+    let mut c = Command::new(&x.nimbus);
+    c.arg("up")
+        .arg(&app)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("NIMBUS_LOG", "warn")
+        // Compiled components are cached across starts (prepared once before the runs,
+        // like cargo-lambda's build): a start measures deploying, not compiling.
+        .env("NIMBUS_WASM_CACHE", x.root.join("wasm-cache"));
+    if let Some(i) = &x.interps {
+        c.env("NIMBUS_NODE", &i.node).env("NIMBUS_PYTHON", &i.python);
+    }
+    Ok((c, Ready::StdoutUrl("listening on ")))
 }
 
 /// nimbus: the first request to each never-invoked function of this run, checked through
@@ -693,7 +505,7 @@ async fn cold_first_requests(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize)
     let before = load::get_json(&client, &functions, token).await?;
     for &i in &ids {
         let name = format!("cold-{i}");
-        if crate::pool_counts(&before, &name)?.0 != 0 {
+        if crate::common::pool_counts(&before, &name)?.0 != 0 {
             bail!("{name} already has an instance, so its first request would not be a cold start");
         }
     }
@@ -706,7 +518,7 @@ async fn cold_first_requests(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize)
     let after = load::get_json(&client, &functions, token).await?;
     for &i in &ids {
         let name = format!("cold-{i}");
-        let (_, cold) = crate::pool_counts(&after, &name)?;
+        let (_, cold) = crate::common::pool_counts(&after, &name)?;
         if cold != 1 {
             bail!("{name} counted {cold} cold starts for one request; expected exactly 1");
         }
@@ -806,23 +618,6 @@ fn selected(args: &AllArgs) -> Result<Vec<Cfg>> {
     Ok(out)
 }
 
-/// Everything `all` produced, for the report.
-pub struct AllResults {
-    pub settings: AllSettings,
-    pub selected: Vec<Cfg>,
-    pub runs: Vec<RunAll>,
-    pub burst: Vec<crate::burst::BurstResult>,
-    pub burst_error: Option<String>,
-    pub machine_before: serde_json::Value,
-    pub machine_after: serde_json::Value,
-    pub versions: Vec<(&'static str, String)>,
-    /// nimbus wasm: `nimbus up` → first good answer with an empty compile cache, ms.
-    pub first_deploy: Vec<(Cfg, f64)>,
-    pub nimbus: PathBuf,
-    pub command: String,
-    pub started: String,
-}
-
 pub async fn run(args: AllArgs) -> Result<()> {
     let s = AllSettings::new(args.common.quick, usize::try_from(args.common.runs)?, !args.no_burst);
     let chosen = selected(&args)?;
@@ -833,40 +628,79 @@ pub async fn run(args: AllArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("nimbus-bench-all-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let started = crate::allreport::utc_now();
-    let machine_before = crate::report::machine();
+    let machine_before = crate::output::machine();
     eprintln!("nimbus-bench all: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
     let x = Ctx { s: &s, root: root.clone(), nimbus: nimbus.clone(), interps, tools: &tools, repo: repo_root() };
 
-    // Why each configuration cannot run, decided once: not selected, not installed, or (for
-    // cargo-lambda) its function did not build.
+    let mut skip = unavailable(&x, &chosen);
+    prepare_cargo_lambda(&x, &chosen, &mut skip).await;
+    let first_deploy = first_deploys(&x, &chosen, &mut skip).await;
+    let runs = measure_runs(&x, &skip).await;
+    let (burst, burst_error) = burst(&x).await;
+
+    let results = AllResults {
+        settings: s,
+        selected: chosen,
+        runs,
+        burst,
+        burst_error,
+        machine_before,
+        machine_after: crate::output::machine(),
+        versions: tools.versions(),
+        first_deploy,
+        nimbus,
+        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        started,
+    };
+    let plots = write_reports(&args, &results, &root)?;
+
+    // A wrong answer or a server that did not start fails the command, after the report.
+    let failures = failures(&results, &plots);
+    if !failures.is_empty() {
+        bail!("{} problem(s):\n  {}", failures.len(), failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Why each configuration cannot run, decided once: not selected, or not installed.
+fn unavailable(x: &Ctx<'_>, chosen: &[Cfg]) -> Vec<(Cfg, Outcome)> {
     let mut skip: Vec<(Cfg, Outcome)> = Vec::new();
     for cfg in Cfg::ALL {
         if !chosen.contains(&cfg) {
-            let why = match tools.missing(cfg) {
+            let why = match x.tools.missing(cfg) {
                 Some(m) => format!("not selected (--only); {m}"),
                 None => "not selected (--only)".to_owned(),
             };
             skip.push((cfg, Outcome::Missing(why)));
-        } else if let Some(m) = tools.missing(cfg) {
+        } else if let Some(m) = x.tools.missing(cfg) {
             eprintln!("  {}: {m}", cfg.key());
             skip.push((cfg, Outcome::Missing(m)));
         } else if matches!(cfg, Cfg::NimbusNode | Cfg::NimbusPython | Cfg::ServerlessOffline) && x.interps.is_none() {
             skip.push((cfg, Outcome::Missing("node or python3 is not installed".into())));
         }
     }
-    if chosen.contains(&Cfg::CargoLambda) && tools.missing(Cfg::CargoLambda).is_none() {
-        // The first `cargo lambda watch` builds the function (minutes, once); not a cold start.
-        eprintln!("  cargo-lambda: preparing (builds the function the first time)");
-        match launch(&x, Cfg::CargoLambda, "prepare") {
-            Ok(l) => match servers::start(l).await {
-                Ok(server) => server.stop().await,
-                Err(e) => skip.push((Cfg::CargoLambda, Outcome::Failed(format!("{e:#}")))),
-            },
-            Err(e) => skip.push((Cfg::CargoLambda, Outcome::Failed(format!("{e:#}")))),
-        }
-    }
+    skip
+}
 
-    // Each wasm component is compiled once (cache empty), before the runs: its first deploy.
+/// The first `cargo lambda watch` builds the function (minutes, once): not a cold start, so it
+/// happens before the runs; if it fails, cargo-lambda is skipped as failed.
+async fn prepare_cargo_lambda(x: &Ctx<'_>, chosen: &[Cfg], skip: &mut Vec<(Cfg, Outcome)>) {
+    if !chosen.contains(&Cfg::CargoLambda) || x.tools.missing(Cfg::CargoLambda).is_some() {
+        return;
+    }
+    eprintln!("  cargo-lambda: preparing (builds the function the first time)");
+    match launch(x, Cfg::CargoLambda, "prepare") {
+        Ok(l) => match servers::start(l).await {
+            Ok(server) => server.stop().await,
+            Err(e) => skip.push((Cfg::CargoLambda, Outcome::Failed(format!("{e:#}")))),
+        },
+        Err(e) => skip.push((Cfg::CargoLambda, Outcome::Failed(format!("{e:#}")))),
+    }
+}
+
+/// Each wasm component is compiled once (cache empty), before the runs: its first deploy, ms.
+/// A configuration whose first deploy fails is skipped as failed.
+async fn first_deploys(x: &Ctx<'_>, chosen: &[Cfg], skip: &mut Vec<(Cfg, Outcome)>) -> Vec<(Cfg, f64)> {
     let mut first_deploy: Vec<(Cfg, f64)> = Vec::new();
     let mut compiled = Vec::new();
     for cfg in [Cfg::NimbusWasm, Cfg::NimbusWasmReuse, Cfg::NimbusWasmJs, Cfg::NimbusWasmPy] {
@@ -880,7 +714,7 @@ pub async fn run(args: AllArgs) -> Result<()> {
         }
         compiled.push(component);
         eprintln!("  {}: first deploy (compiles the component into the cache)", cfg.key());
-        match launch(&x, cfg, "prepare") {
+        match launch(x, cfg, "prepare") {
             Ok(l) => match servers::start(l).await {
                 Ok(server) => {
                     first_deploy.push((cfg, server.start_ms));
@@ -891,7 +725,12 @@ pub async fn run(args: AllArgs) -> Result<()> {
             Err(e) => skip.push((cfg, Outcome::Failed(format!("{e:#}")))),
         }
     }
+    first_deploy
+}
 
+/// Every run over every configuration (skipped ones keep their reason in each run).
+async fn measure_runs(x: &Ctx<'_>, skip: &[(Cfg, Outcome)]) -> Vec<RunAll> {
+    let s = x.s;
     let mut runs = Vec::new();
     let measured = Cfg::ALL.iter().filter(|c| !skip.iter().any(|(k, _)| k == *c)).count();
     let progress = crate::progress::Progress::new((s.runs * measured) as u64);
@@ -909,7 +748,7 @@ pub async fn run(args: AllArgs) -> Result<()> {
                 continue;
             }
             progress.step(&format!("  {}", cfg.key()));
-            let outcome = match measure(&x, cfg, run).await {
+            let outcome = match measure(x, cfg, run).await {
                 Ok(m) => Outcome::Measured(m),
                 Err(e) => {
                     progress.line(&format!("  {} FAILED: {e:#}", cfg.key()));
@@ -922,34 +761,31 @@ pub async fn run(args: AllArgs) -> Result<()> {
         runs.push(RunAll { run, results });
     }
     progress.finish();
+    runs
+}
 
-    let (burst, burst_error) = if s.burst {
-        eprintln!("burst");
-        match crate::burst::scenarios(&nimbus, &root, x.interps.as_ref(), s.quick).await {
-            Ok(b) => (b, None),
-            Err(e) => {
-                eprintln!("  burst FAILED: {e:#}");
-                (Vec::new(), Some(format!("{e:#}")))
-            }
+/// The burst scenario, unless `--no-burst`: its results, or why it failed.
+async fn burst(x: &Ctx<'_>) -> (Vec<crate::model::BurstResult>, Option<String>) {
+    if !x.s.burst {
+        return (Vec::new(), None);
+    }
+    eprintln!("burst");
+    match crate::burst::scenarios(&x.nimbus, &x.root, x.interps.as_ref(), x.s.quick).await {
+        Ok(b) => (b, None),
+        Err(e) => {
+            eprintln!("  burst FAILED: {e:#}");
+            (Vec::new(), Some(format!("{e:#}")))
         }
-    } else {
-        (Vec::new(), None)
-    };
+    }
+}
 
-    let results = AllResults {
-        settings: s,
-        selected: chosen,
-        runs,
-        burst,
-        burst_error,
-        machine_before,
-        machine_after: crate::report::machine(),
-        versions: tools.versions(),
-        first_deploy,
-        nimbus,
-        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        started,
-    };
+/// The plots, the markdown block (printed and written) and the JSON document; the plots
+/// written, or why none were.
+fn write_reports(
+    args: &AllArgs,
+    results: &AllResults,
+    root: &Path,
+) -> Result<std::result::Result<Vec<PathBuf>, String>> {
     let repo = repo_root();
     let (md_default, plots_default) = if results.settings.quick {
         (PathBuf::from("target/bench/all.md"), PathBuf::from("target/bench/plots"))
@@ -958,15 +794,19 @@ pub async fn run(args: AllArgs) -> Result<()> {
     };
     let markdown = args.markdown.clone().unwrap_or(md_default);
     let plots_dir = args.plots.clone().unwrap_or(plots_default);
-    let plots = crate::plots::write_all(&results, &plots_dir, results.settings.quick);
-    let block = crate::allreport::markdown(&results, &markdown, &plots);
+    let plots = crate::plots::write_all(results, &plots_dir, results.settings.quick);
+    let block = crate::allreport::markdown(results, &markdown, &plots);
     print!("{block}");
     crate::allreport::write_markdown(&markdown, &block)?;
     println!("markdown written to {}", markdown.display());
-    let doc = crate::allreport::json(&results, &plots);
-    crate::report::save(&args.common.out("all"), &doc, &root, args.common.keep)?;
+    let doc = crate::allreport::json(results, &plots);
+    crate::output::save(&args.common.out("all"), &doc, root, args.common.keep)?;
+    Ok(plots)
+}
 
-    // A wrong answer or a server that did not start fails the command, after the report.
+/// What makes the command fail: a configuration that failed or answered wrongly, a burst that
+/// failed or missed its target, and (on a full run) plots that could not be written.
+fn failures(results: &AllResults, plots: &std::result::Result<Vec<PathBuf>, String>) -> Vec<String> {
     let mut failures = Vec::new();
     for r in &results.runs {
         for (cfg, o) in &r.results {
@@ -993,13 +833,37 @@ pub async fn run(args: AllArgs) -> Result<()> {
             failures.push(format!("burst {}: {problem}", b.function));
         }
     }
-    if let Err(e) = &plots {
+    if let Err(e) = plots {
         if !results.settings.quick {
             failures.push(format!("plots: {e}"));
         }
     }
-    if !failures.is_empty() {
-        bail!("{} problem(s):\n  {}", failures.len(), failures.join("\n  "));
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::results;
+
+    #[test]
+    fn wrong_answers_failed_configs_missed_bursts_and_missing_plots_fail_the_command() {
+        let r = results(false);
+        let no_plots = Err("no font".to_owned());
+        assert_eq!(
+            failures(&r, &no_plots),
+            [
+                "run 1: nimbus-python answered 3 requests wrongly: GET /hello/bench answered 500",
+                "run 1: workerd failed: did not start\nsecond line",
+                "run 2: nimbus-python answered 3 requests wrongly: GET /hello/bench answered 500",
+                "run 2: workerd failed: did not start\nsecond line",
+                "burst burst-node: 2 of 1000 requests failed (first: timed out)",
+                "plots: no font",
+            ]
+        );
+        // A quick run may go without plots (no font installed is not a failure there).
+        let mut quick = results(true);
+        quick.runs.clear();
+        assert!(failures(&quick, &no_plots).is_empty());
     }
-    Ok(())
 }

@@ -26,14 +26,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use crate::common::{pool_counts, Common};
 use crate::load::{self, stats, Throughput, REQUEST_TIMEOUT};
+use crate::output;
 use crate::procs::{self, Nimbus};
-use crate::AsyncArgs;
+
+#[derive(clap::Args)]
+pub struct AsyncArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
 
 /// The function every phase invokes.
 const FUNCTION: &str = "noop";
 const MAX_INSTANCES: u32 = 2;
-/// DESIGN.md §5: durable accepts/s on one node.
+/// BENCHMARKS.md § Targets: durable accepts/s on one node.
 pub const ACCEPT_TARGET: f64 = 10_000.0;
 const ACCEPT_CONCURRENCY: [usize; 3] = [1, 16, 64];
 const SYNC_CONCURRENCY: usize = 16;
@@ -336,7 +343,7 @@ async fn measure_run(s: &AsyncSettings, nimbus: &Nimbus, run: usize) -> Result<R
     // Start both instances (unrecorded synchronous calls), so no phase pays for a cold start.
     let warm = Duration::from_millis(500).max(s.warmup);
     invocations(&ep.invoke, Kind::Sync, pid, SYNC_CONCURRENCY, Duration::ZERO, warm, s.max).await?;
-    let (instances, _) = crate::pool_counts(&load::get_json(&mgmt, &ep.functions, &nimbus.token).await?, FUNCTION)?;
+    let (instances, _) = pool_counts(&load::get_json(&mgmt, &ep.functions, &nimbus.token).await?, FUNCTION)?;
 
     eprintln!("  end to end: {} events", s.e2e_events);
     let e2e = end_to_end(s, nimbus, &ep).await.context("end to end")?;
@@ -410,7 +417,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
     let root = std::env::temp_dir().join(format!("nimbus-bench-async-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let app = write_app(&root)?;
-    let machine_before = crate::report::machine();
+    let machine_before = output::machine();
     eprintln!("nimbus-bench async: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
     eprintln!("  nimbus {}\n  python {}", nimbus_bin.display(), python.display());
     let fsync = dd(&root)?;
@@ -435,7 +442,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
             }
         }
     }
-    let machine_after = crate::report::machine();
+    let machine_after = output::machine();
     print!("{}", table(&s, &runs, &fsync, &root));
     let doc = json!({
         "benchmark": "async",
@@ -456,7 +463,7 @@ pub async fn run(args: AsyncArgs) -> Result<()> {
         "acceptTarget": ACCEPT_TARGET,
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
     });
-    crate::report::save(&args.out("async"), &doc, &root, args.keep)
+    output::save(&args.out("async"), &doc, &root, args.keep)
 }
 
 /// Machine CPU per operation not charged to nimbus, its instances or the load generator
@@ -480,6 +487,15 @@ fn cpu(t: &Throughput) -> String {
 
 fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> String {
     let mut o = String::new();
+    table_intro(&mut o, s, fsync, root);
+    phases(&mut o, runs);
+    end_to_end_lines(&mut o, runs);
+    target_lines(&mut o, runs);
+    o
+}
+
+/// What was measured and how, and the disk's synchronous-write time.
+fn table_intro(o: &mut String, s: &AsyncSettings, fsync: &Dd, root: &Path) {
     let _ = writeln!(
         o,
         "\nnimbus-bench async ({} run, {} run(s) interleaved, fresh nimbus + data dir each; client: one tokio thread, keep-alive hyper, 127.0.0.1)",
@@ -503,6 +519,10 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
         fsync.secs,
         fsync.per_write_us()
     );
+}
+
+/// A line per run and phase (the accepts at each concurrency, then the sync reference).
+fn phases(o: &mut String, runs: &[RunResult]) {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -523,27 +543,34 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
             r.accepts.iter().map(|a| (format!("accept c={}", a.tput.concurrency), &a.tput, Some(a))).collect();
         rows.push((format!("sync c={SYNC_CONCURRENCY}"), &r.sync, None));
         for (name, t, a) in rows {
-            let lat = stats(&t.latencies_us);
-            let _ = writeln!(
-                o,
-                "{:<4}{:<16}{:>10.0}{:>9.2}{:>9.2}{:>37}{:>8}{:>12}{:>9}{:>12}",
-                r.run,
-                name,
-                t.rps(),
-                lat.p50 / 1e3,
-                lat.p99 / 1e3,
-                cpu(t),
-                t.errors,
-                a.map_or("-".to_owned(), |a| a.depth_after.to_string()),
-                a.map_or("-".to_owned(), |a| format!("{:.2}", a.drain_secs)),
-                a.map_or("-".to_owned(), |a| format!("{:.0}", a.drain_rate())),
-            );
+            let _ = writeln!(o, "{}", phase(r.run, &name, t, a));
             if let Some(e) = &t.first_error {
                 let _ = writeln!(o, "      first error: {e}");
             }
         }
     }
     let _ = writeln!(o, "  (CPU other = machine busy CPU not charged to nimbus, its instances or the client: high = a busy machine)\n  (left queued = unfinished events right after the phase; drain s = from then until depth 0, polled every 50 ms)");
+}
+
+/// The line of one phase; `a` is what an accept phase left queued (none for the sync phase).
+fn phase(run: usize, name: &str, t: &Throughput, a: Option<&Accepts>) -> String {
+    let lat = stats(&t.latencies_us);
+    format!(
+        "{:<4}{:<16}{:>10.0}{:>9.2}{:>9.2}{:>37}{:>8}{:>12}{:>9}{:>12}",
+        run,
+        name,
+        t.rps(),
+        lat.p50 / 1e3,
+        lat.p99 / 1e3,
+        cpu(t),
+        t.errors,
+        a.map_or("-".to_owned(), |a| a.depth_after.to_string()),
+        a.map_or("-".to_owned(), |a| format!("{:.2}", a.drain_secs)),
+        a.map_or("-".to_owned(), |a| format!("{:.0}", a.drain_rate())),
+    )
+}
+
+fn end_to_end_lines(o: &mut String, runs: &[RunResult]) {
     let _ =
         writeln!(o, "\nend to end (accept at c={E2E_CONCURRENCY} as fast as possible, first accept -> queue depth 0)");
     for r in runs {
@@ -561,7 +588,11 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
             r.instances
         );
     }
-    let _ = writeln!(o, "\ntargets (DESIGN.md §5) and costs");
+}
+
+/// The best accept rate against its target, and what accepts and events cost against sync calls.
+fn target_lines(o: &mut String, runs: &[RunResult]) {
+    let _ = writeln!(o, "\ntargets (BENCHMARKS.md § Targets) and costs");
     for r in runs {
         if let Some(best) = r.best_accepts() {
             let rps = best.tput.rps();
@@ -586,7 +617,6 @@ fn table(s: &AsyncSettings, runs: &[RunResult], fsync: &Dd, root: &Path) -> Stri
             );
         }
     }
-    o
 }
 
 fn tput_json(t: &Throughput) -> Value {
@@ -625,4 +655,52 @@ fn run_json(r: &RunResult) -> Value {
         "bestAcceptsPerSec": best,
         "acceptTargetMet": best.map(|b| b >= ACCEPT_TARGET),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden::{self, throughput};
+
+    fn runs() -> Vec<RunResult> {
+        (1..=2)
+            .map(|run| {
+                let accepts = ACCEPT_CONCURRENCY
+                    .iter()
+                    .map(|&c| Accepts {
+                        tput: throughput(
+                            c,
+                            if run == 1 { 1_500 * c as u64 } else { 100 * c as u64 },
+                            600.0 * c as f64,
+                            100.0,
+                        ),
+                        depth_after: 100 * c as u64,
+                        drain_secs: 0.05 * c as f64,
+                    })
+                    .collect();
+                let mut sync = throughput(SYNC_CONCURRENCY, 6_000, 2_500.0, 270.0);
+                if run == 2 {
+                    sync.errors = 1;
+                    sync.first_error = Some("took over 30s".into());
+                    sync.cpu_split = None;
+                }
+                RunResult {
+                    run,
+                    instances: 2,
+                    e2e: EndToEnd { events: 5_000, accept_secs: 0.33, total_secs: 1.15, succeeded: 5_000 },
+                    sync,
+                    accepts,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_async_table_and_json_are_pinned() {
+        let fsync = Dd { writes: 1000, secs: 0.191, line: "4096000 bytes copied, 0.191 s, 21.4 MB/s".into() };
+        let text = table(&AsyncSettings::new(false, 2), &runs(), &fsync, Path::new("/tmp/bench"));
+        golden::check("async-table.txt", &text);
+        let doc: Vec<Value> = runs().iter().map(run_json).collect();
+        golden::check("async-runs.json", &serde_json::to_string_pretty(&doc).unwrap());
+    }
 }

@@ -1,5 +1,5 @@
-//! The burst scenario (DESIGN.md §5, issue 6): 1,000 requests at once to a deployed function that
-//! has no warm instance and `max_instances = 8`. Every request must succeed, and the pool may
+//! The burst scenario (BENCHMARKS.md § Targets): 1,000 requests at once to a deployed function
+//! that has no warm instance and `max_instances = 8`. Every request must succeed, and the pool may
 //! start at most 8 instances: the rest wait for one instead of each starting its own (no
 //! thundering herd). Cold starts are read back two ways: the pool's counter in
 //! `GET /v1/functions` and the `cold` flag of the function's invocation records
@@ -16,71 +16,18 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::load::{self, stats, Expect};
+use crate::load::{self, stats};
+use crate::model::{expect, BurstResult, MAX_INSTANCES, REQUESTS};
 use crate::procs::Interpreters;
 use crate::servers::{self, Launch, Ready};
 
-pub const REQUESTS: usize = 1000;
-pub const MAX_INSTANCES: u32 = 8;
 /// How long the invocation records of the burst may take to be committed.
 const RECORDS_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Args)]
 pub struct BurstArgs {
     #[command(flatten)]
-    pub common: crate::Common,
-}
-
-/// One burst against one function.
-pub struct BurstResult {
-    pub function: String,
-    pub runtime: &'static str,
-    pub requests: usize,
-    pub ok: usize,
-    pub errors: usize,
-    pub first_error: Option<String>,
-    pub latencies_ms: Vec<f64>,
-    pub wall_ms: f64,
-    /// The pool's cold-start counter (`GET /v1/functions`).
-    pub cold_starts_pool: u64,
-    /// Invocation records of the function, and how many say `cold`.
-    pub records: usize,
-    pub cold_records: usize,
-}
-
-impl BurstResult {
-    /// What is wrong with this burst, if anything (DESIGN.md §5: ≤ max_instances cold starts, 0 errors).
-    pub fn problem(&self) -> Option<String> {
-        if self.errors > 0 {
-            return Some(format!(
-                "{} of {} requests failed (first: {})",
-                self.errors,
-                self.requests,
-                self.first_error.as_deref().unwrap_or("?")
-            ));
-        }
-        if self.cold_starts_pool > u64::from(MAX_INSTANCES) || self.cold_records > MAX_INSTANCES as usize {
-            return Some(format!(
-                "{} cold starts (pool) / {} cold invocation records, more than max_instances = {MAX_INSTANCES}",
-                self.cold_starts_pool, self.cold_records
-            ));
-        }
-        if self.records != self.requests {
-            return Some(format!("{} invocation records for {} requests", self.records, self.requests));
-        }
-        None
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "function": self.function, "runtime": self.runtime, "requests": self.requests,
-            "concurrency": self.requests, "maxInstances": MAX_INSTANCES,
-            "ok": self.ok, "errors": self.errors, "firstError": self.first_error,
-            "latencyMs": stats(&self.latencies_ms).json(), "wallMs": self.wall_ms,
-            "coldStartsPool": self.cold_starts_pool, "records": self.records, "coldRecords": self.cold_records,
-            "met": self.problem().is_none(), "problem": self.problem(),
-        })
-    }
+    pub common: crate::common::Common,
 }
 
 const NODE_HANDLER: &str = r#"// nimbus-bench burst: the Node hello.
@@ -118,10 +65,7 @@ fn write_app(root: &Path, node: bool) -> Result<std::path::PathBuf> {
 async fn fire(base: &str, path: &str) -> Result<(Vec<f64>, usize, Option<String>, f64)> {
     let client = load::client();
     let uri = load::uri(&format!("{base}{path}"))?;
-    let exp = Expect {
-        body: hyper::body::Bytes::from_static(crate::all::BODY.as_bytes()),
-        content_type: Some(crate::all::CONTENT_TYPE),
-    };
+    let exp = expect();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS));
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(REQUESTS);
@@ -211,14 +155,14 @@ async fn run_on(server: &servers::Server, dir: &Path, node: bool) -> Result<Vec<
     let mut out = Vec::new();
     for (function, runtime, path) in targets {
         let before = load::get_json(&client, &functions, token).await?;
-        let (instances, cold) = crate::pool_counts(&before, function)?;
+        let (instances, cold) = crate::common::pool_counts(&before, function)?;
         if instances != 0 || cold != 0 {
             bail!("{function} already has {instances} instance(s) / {cold} cold start(s) before the burst");
         }
         eprintln!("  {function}: {REQUESTS} requests at once, max_instances = {MAX_INSTANCES}");
         let (latencies_ms, errors, first_error, wall_ms) = fire(&server.base, path).await?;
         let after = load::get_json(&client, &functions, token).await?;
-        let (_, cold_starts_pool) = crate::pool_counts(&after, function)?;
+        let (_, cold_starts_pool) = crate::common::pool_counts(&after, function)?;
         let (records, cold_records) = records(&server.base, token, function, REQUESTS).await?;
         out.push(BurstResult {
             function: function.to_owned(),
@@ -274,10 +218,10 @@ pub async fn run(args: BurstArgs) -> Result<()> {
     print!("{text}");
     let doc = json!({
         "benchmark": "burst",
-        "machine": crate::report::machine(),
+        "machine": crate::output::machine(),
         "runs": all.iter().map(|(run, r)| json!({"run": run, "bursts": r.iter().map(BurstResult::json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     });
-    crate::report::save(&args.common.out("burst"), &doc, &root, args.common.keep)?;
+    crate::output::save(&args.common.out("burst"), &doc, &root, args.common.keep)?;
     let problems: Vec<String> = all
         .iter()
         .flat_map(|(_, r)| r.iter().filter_map(|b| b.problem().map(|p| format!("{}: {p}", b.function))))

@@ -11,13 +11,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
+use crate::common::{Common, Settings};
 use crate::load::{self, stats};
 use crate::procs::{self, Nimbus};
 use crate::wasm::{expect, write_app, HELLO_PATH, REUSE_PATH};
-use crate::{Common, Settings};
 
-/// The target (issue 5): recording and metrics cost under 5 % of warm throughput.
-pub const OVERHEAD_TARGET_PCT: f64 = 5.0;
+/// BENCHMARKS.md § Targets: recording (records, logs, metrics) costs ≤ 3 % of peak throughput
+/// at c=32.
+pub const OVERHEAD_TARGET_PCT: f64 = 3.0;
 
 #[derive(Args)]
 pub struct ObserveArgs {
@@ -123,17 +124,17 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     let costs: Vec<f64> = rows.iter().filter_map(|r| r["throughputCostPct"].as_f64()).collect();
     let mean = costs.iter().sum::<f64>() / costs.len().max(1) as f64;
     println!(
-        "\nmean throughput cost {mean:+.1} % (target < {OVERHEAD_TARGET_PCT} %: {})",
-        if mean < OVERHEAD_TARGET_PCT { "met" } else { "missed" }
+        "\nmean throughput cost {mean:+.1} % (target <= {OVERHEAD_TARGET_PCT} %: {})",
+        if mean <= OVERHEAD_TARGET_PCT { "met" } else { "missed" }
     );
     let doc: Value = json!({
         "benchmark": "observe",
         "settings": {"quick": s.quick, "runs": s.runs, "warm": s.warm, "concurrency": 32,
                      "throughputSecs": s.tput_duration.as_secs_f64()},
-        "machine": crate::report::machine(),
+        "machine": crate::output::machine(),
         "rows": rows,
         "meanThroughputCostPct": mean,
         "targetPct": OVERHEAD_TARGET_PCT,
     });
-    crate::report::save(&args.common.out("observe"), &doc, &root, args.common.keep)
+    crate::output::save(&args.common.out("observe"), &doc, &root, args.common.keep)
 }

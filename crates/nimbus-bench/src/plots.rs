@@ -8,8 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::all::{AllResults, Cfg, Kind};
-use crate::allreport::median;
+use crate::model::{median, AllResults, Cfg, Kind};
 
 const FONT_CANDIDATES: [&str; 5] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -98,6 +97,15 @@ fn n_i32(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// Per configuration, the req/s of each run at concurrency `c`.
+fn rps_samples(r: &AllResults, cfgs: &[Cfg], c: usize) -> Vec<Vec<f64>> {
+    cfgs.iter()
+        .map(|&cfg| {
+            r.runs.iter().filter_map(|run| run.measured(cfg)?.tput(c).map(crate::load::Throughput::rps)).collect()
+        })
+        .collect()
+}
+
 /// Horizontal bars of req/s (median over runs, a dot per run), one panel per concurrency.
 fn throughput(r: &AllResults, file: &Path) -> Result<()> {
     let cfgs = measured_cfgs(r);
@@ -115,12 +123,7 @@ fn throughput(r: &AllResults, file: &Path) -> Result<()> {
     ))?;
     let panels = body.split_evenly((1, r.settings.concurrency.len()));
     for (panel, &c) in panels.iter().zip(r.settings.concurrency.iter()) {
-        let per: Vec<Vec<f64>> = cfgs
-            .iter()
-            .map(|&cfg| {
-                r.runs.iter().filter_map(|run| run.measured(cfg)?.tput(c).map(crate::load::Throughput::rps)).collect()
-            })
-            .collect();
+        let per = rps_samples(r, &cfgs, c);
         let max = per.iter().flatten().copied().fold(10.0_f64, f64::max) * 1.5;
         let mut chart = p(ChartBuilder::on(panel)
             .caption(format!("concurrency {c}"), (FONT, 18))

@@ -257,37 +257,8 @@ impl Bare {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let t0 = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("cannot start {}", interps.get(lang).display()))?;
-        let stream = loop {
-            match std::net::TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(_) => {
-                    if let Some(status) = child.try_wait()? {
-                        bail!("the bare {} server exited ({status}) before answering:\n{}", lang.as_str(), tail(&log));
-                    }
-                    if t0.elapsed() > Duration::from_secs(20) {
-                        bail!("the bare {} server did not listen within 20 s:\n{}", lang.as_str(), tail(&log));
-                    }
-                    // Blocking on purpose: nothing else runs during a cold start and tokio's
-                    // timers have 1 ms resolution.
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            }
-        };
-        stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
-        let stream = tokio::net::TcpStream::from_std(stream)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
-        let req =
-            hyper::Request::get("/").header(hyper::header::HOST, format!("127.0.0.1:{port}")).body(Empty::new())?;
-        let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
-            .await
-            .context("the bare server accepted but did not answer within 20 s")??;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        let first_response_ms = t0.elapsed().as_secs_f64() * 1e3;
-        drop(sender);
-        conn.abort();
+        let stream = connect_when_listening(&mut child, addr, lang, &log, t0)?;
+        let (status, body, first_response_ms) = first_answer(stream, port, t0).await?;
         if status != hyper::StatusCode::OK || body != BODY.as_bytes() {
             bail!(
                 "the bare {} server answered {status} {:?}, not 200 {BODY:?}",
@@ -306,4 +277,50 @@ impl Bare {
         self.child.kill().await?;
         Ok(())
     }
+}
+
+/// A connection to `addr` once the bare server `child` (spawned at `t0`) listens there.
+fn connect_when_listening(
+    child: &mut Child,
+    addr: std::net::SocketAddr,
+    lang: Lang,
+    log: &Path,
+    t0: Instant,
+) -> Result<std::net::TcpStream> {
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(_) => {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the bare {} server exited ({status}) before answering:\n{}", lang.as_str(), tail(log));
+                }
+                if t0.elapsed() > Duration::from_secs(20) {
+                    bail!("the bare {} server did not listen within 20 s:\n{}", lang.as_str(), tail(log));
+                }
+                // Blocking on purpose: nothing else runs during a cold start and tokio's
+                // timers have 1 ms resolution.
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+}
+
+/// `GET /` over `stream` (HTTP/1.1, closed afterwards): the status, the body, and the ms from
+/// `t0` (the spawn) until the body was read.
+async fn first_answer(stream: std::net::TcpStream, port: u16, t0: Instant) -> Result<(hyper::StatusCode, Bytes, f64)> {
+    stream.set_nonblocking(true)?;
+    stream.set_nodelay(true)?;
+    let stream = tokio::net::TcpStream::from_std(stream)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get("/").header(hyper::header::HOST, format!("127.0.0.1:{port}")).body(Empty::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+        .await
+        .context("the bare server accepted but did not answer within 20 s")??;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let first_response_ms = t0.elapsed().as_secs_f64() * 1e3;
+    drop(sender);
+    conn.abort();
+    Ok((status, body, first_response_ms))
 }

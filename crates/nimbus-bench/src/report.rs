@@ -1,19 +1,54 @@
-//! Turning measurements into the printed table (absolute figures, ratios nimbus / bare, the
-//! DESIGN.md §5 targets) and the JSON document written to `--out`.
+//! What `nimbus-bench process` measured (`RunResult`, `ConfigResult`) and its report: the printed
+//! table (absolute figures, ratios nimbus / bare, the targets of BENCHMARKS.md § Targets) and the
+//! JSON document written to `--out`. The results live here, below the runner (`process`), so that the runner
+//! imports its report and not the other way round.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::common::Settings;
 use crate::fixture::Lang;
 use crate::load::{stats, Throughput};
+use crate::output::tput_json;
 use crate::procs::Interpreters;
-use crate::{ConfigResult, RunResult, Settings, System};
 
-/// DESIGN.md §5: node/python cold start ≤ 10 ms over the bare interpreter's own start-up.
+/// Which side of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Nimbus,
+    Bare,
+}
+
+impl System {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            System::Nimbus => "nimbus",
+            System::Bare => "bare",
+        }
+    }
+}
+
+/// Everything measured for one configuration in one run.
+pub struct ConfigResult {
+    pub system: System,
+    pub lang: Lang,
+    pub cold_ms: Vec<f64>,
+    pub warm_us: Vec<f64>,
+    pub tput: Vec<Throughput>,
+}
+
+pub struct RunResult {
+    pub run: usize,
+    /// Bare interpreter spawn → exit (`node -e 0`, `python3 -S -c pass`), ms.
+    pub startup_ms: Vec<(Lang, Vec<f64>)>,
+    pub configs: Vec<ConfigResult>,
+}
+
+/// BENCHMARKS.md § Targets: node/python cold start ≤ 10 ms over the bare interpreter's own start-up.
 pub const COLD_TARGET_MS: f64 = 10.0;
-/// DESIGN.md §5: process warm overhead per invocation ≤ 150 µs over the handler.
+/// BENCHMARKS.md § Targets: process warm overhead per invocation ≤ 150 µs over the handler.
 pub const OVERHEAD_TARGET_US: f64 = 150.0;
 
 fn config(run: &RunResult, system: System, lang: Lang) -> Option<&ConfigResult> {
@@ -81,6 +116,16 @@ fn verdict(ok: bool) -> &'static str {
 
 pub fn table(s: &Settings, runs: &[RunResult]) -> String {
     let mut o = String::new();
+    table_intro(&mut o, s, runs);
+    measurements(&mut o, s, runs);
+    cpu_split(&mut o, s, runs);
+    ratio_lines(&mut o, s, runs);
+    target_lines(&mut o, s, runs);
+    o
+}
+
+/// What was measured and how, and the bare interpreters' own start-up per run.
+fn table_intro(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(
         o,
         "\nnimbus-bench process ({} run, {} run(s) interleaved; client: one tokio thread, keep-alive hyper, 127.0.0.1)",
@@ -115,6 +160,10 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
             parts.join(", ")
         );
     }
+}
+
+/// A line per run and configuration: cold start, warm latency, throughput per concurrency, errors.
+fn measurements(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o);
     let mut head = format!(
         "{:<4}{:<15}{:>26}{:>12}{:>12}",
@@ -126,34 +175,42 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
     let _ = writeln!(o, "{head}  errors");
     for r in runs {
         for c in &r.configs {
-            let cold = stats(&c.cold_ms);
-            let warm = stats(&c.warm_us);
-            let mut line = format!(
-                "{:<4}{:<15}{:>26}{:>12.0}{:>12.0}",
-                r.run,
-                format!("{} {}", c.system.as_str(), c.lang.as_str()),
-                format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max),
-                warm.p50,
-                warm.p99
-            );
-            let mut errors = 0;
-            for &conc in &s.concurrency {
-                match tput(c, conc) {
-                    Some(t) => {
-                        errors += t.errors;
-                        let cpu = t.machine_cpu_us_per_req.map_or("-".to_owned(), |v| format!("{v:.0}"));
-                        let _ = write!(line, "{:>13.0}{:>11.2}{:>10}", t.rps(), stats(&t.latencies_us).p99 / 1e3, cpu);
-                    }
-                    None => {
-                        let _ = write!(line, "{:>13}{:>11}{:>10}", "-", "-", "-");
-                    }
-                }
-            }
-            let _ = writeln!(o, "{line}  {errors}");
+            let _ = writeln!(o, "{}", measurement(s, r.run, c));
         }
     }
     let _ = writeln!(o, "  (CPU µs/r = busy CPU of the whole machine per request, load generator included)");
+}
 
+/// The line of one configuration in run `run`, errors summed over its phases last.
+fn measurement(s: &Settings, run: usize, c: &ConfigResult) -> String {
+    let cold = stats(&c.cold_ms);
+    let warm = stats(&c.warm_us);
+    let mut line = format!(
+        "{:<4}{:<15}{:>26}{:>12.0}{:>12.0}",
+        run,
+        format!("{} {}", c.system.as_str(), c.lang.as_str()),
+        format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max),
+        warm.p50,
+        warm.p99
+    );
+    let mut errors = 0;
+    for &conc in &s.concurrency {
+        match tput(c, conc) {
+            Some(t) => {
+                errors += t.errors;
+                let cpu = t.machine_cpu_us_per_req.map_or("-".to_owned(), |v| format!("{v:.0}"));
+                let _ = write!(line, "{:>13.0}{:>11.2}{:>10}", t.rps(), stats(&t.latencies_us).p99 / 1e3, cpu);
+            }
+            None => {
+                let _ = write!(line, "{:>13}{:>11}{:>10}", "-", "-", "-");
+            }
+        }
+    }
+    format!("{line}  {errors}")
+}
+
+/// CPU per request at the highest concurrency, split by process.
+fn cpu_split(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(
         o,
         "\nCPU µs per request at c={}: server process / its children (nimbus instances) / load generator",
@@ -175,7 +232,10 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
             }
         }
     }
+}
 
+/// nimbus / bare per language: cold start, warm latency and req/s, a column per run.
+fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o, "\nratios nimbus / bare (one column per run)");
     let mut head = format!("{:<8}{:>20}{:>20}", "lang", "cold p50", "warm p50");
     for c in s.concurrency {
@@ -197,8 +257,11 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
         }
         let _ = writeln!(o, "{line}");
     }
+}
 
-    let _ = writeln!(o, "\ntargets (DESIGN.md §5)");
+/// Cold start and warm overhead against their targets, per language and run.
+fn target_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
+    let _ = writeln!(o, "\ntargets (BENCHMARKS.md § Targets)");
     for lang in Lang::ALL {
         for d in runs.iter().filter_map(|r| Derived::of(r, lang, s).map(|d| (r.run, d))) {
             let (run, d) = d;
@@ -223,38 +286,6 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
             );
         }
     }
-    o
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// What the machine is and how busy it was.
-pub fn machine() -> Value {
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()));
-    let mem_kib = read("/proc/meminfo").lines().find_map(|l| {
-        l.strip_prefix("MemTotal:").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok())
-    });
-    json!({
-        "nproc": std::thread::available_parallelism().map(usize::from).ok(),
-        "cpuModel": model,
-        "memTotalMiB": mem_kib.map(|k| k / 1024),
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "loadavg": read("/proc/loadavg").trim(),
-    })
-}
-
-pub(crate) fn tput_json(t: &Throughput) -> Value {
-    json!({
-        "concurrency": t.concurrency, "ok": t.ok, "errors": t.errors, "firstError": t.first_error,
-        "secs": t.secs, "requestsPerSec": t.rps(), "latencyUs": stats(&t.latencies_us).json(),
-        "machineCpuUsPerRequest": t.machine_cpu_us_per_req,
-        "cpuUsPerRequest": t.cpu_split.map(|c| json!({"server": c.server_us, "serverChildren": c.children_us, "loadGenerator": c.client_us})),
-    })
 }
 
 pub fn json(
@@ -265,63 +296,7 @@ pub fn json(
     before: Value,
     after: Value,
 ) -> Value {
-    let runs_json: Vec<Value> = runs
-        .iter()
-        .map(|r| {
-            let configs: Vec<Value> = r
-                .configs
-                .iter()
-                .map(|c| {
-                    json!({
-                        "system": c.system.as_str(), "lang": c.lang.as_str(),
-                        "coldStartMs": stats(&c.cold_ms).json(), "coldStartSamplesMs": c.cold_ms,
-                        "warmLatencyUs": stats(&c.warm_us).json(),
-                        "throughput": c.tput.iter().map(tput_json).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            let mut per_lang = serde_json::Map::new();
-            let mut startup_json = serde_json::Map::new();
-            for lang in Lang::ALL {
-                if let Some((_, v)) = r.startup_ms.iter().find(|(l, _)| *l == lang) {
-                    startup_json.insert(
-                        lang.as_str().into(),
-                        json!({"command": startup_cmd(lang), "ms": stats(v).json(), "samplesMs": v}),
-                    );
-                }
-                if let Some(d) = Derived::of(r, lang, s) {
-                    let rps: Vec<Value> = d
-                        .rps
-                        .iter()
-                        .map(|(c, n, b)| json!({"concurrency": c, "nimbusRps": n, "bareRps": b, "ratio": n / b}))
-                        .collect();
-                    per_lang.insert(
-                        lang.as_str().into(),
-                        json!({
-                            "ratios": {
-                                "coldStartP50": d.cold_nimbus / d.cold_bare,
-                                "warmP50": d.warm_nimbus / d.warm_bare,
-                                "throughput": rps,
-                            },
-                            "targets": {
-                                "coldStart": {
-                                    "nimbusP50Ms": d.cold_nimbus, "interpreterStartupP50Ms": d.startup,
-                                    "overMs": d.cold_over_startup(), "targetOverMs": COLD_TARGET_MS,
-                                    "met": d.cold_over_startup() <= COLD_TARGET_MS,
-                                },
-                                "warmOverhead": {
-                                    "nimbusP50Us": d.warm_nimbus, "bareP50Us": d.warm_bare,
-                                    "overheadUs": d.overhead(), "targetUs": OVERHEAD_TARGET_US,
-                                    "met": d.overhead() <= OVERHEAD_TARGET_US,
-                                },
-                            },
-                        }),
-                    );
-                }
-            }
-            json!({"run": r.run, "interpreterStartup": startup_json, "configs": configs, "comparison": per_lang})
-        })
-        .collect();
+    let runs_json: Vec<Value> = runs.iter().map(|r| run_json(s, r)).collect();
     json!({
         "benchmark": "process",
         "notes": [
@@ -339,21 +314,120 @@ pub fn json(
     })
 }
 
-/// Write the JSON results to `out` and remove the temp dir `root` unless `keep`.
-pub fn save(out: &std::path::Path, doc: &serde_json::Value, root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    if let Some(dir) = out.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// One run: the interpreters' start-up, every configuration, and nimbus against bare per language.
+fn run_json(s: &Settings, r: &RunResult) -> Value {
+    let configs: Vec<Value> = r
+        .configs
+        .iter()
+        .map(|c| {
+            json!({
+                "system": c.system.as_str(), "lang": c.lang.as_str(),
+                "coldStartMs": stats(&c.cold_ms).json(), "coldStartSamplesMs": c.cold_ms,
+                "warmLatencyUs": stats(&c.warm_us).json(),
+                "throughput": c.tput.iter().map(tput_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut per_lang = serde_json::Map::new();
+    let mut startup_json = serde_json::Map::new();
+    for lang in Lang::ALL {
+        if let Some((_, v)) = r.startup_ms.iter().find(|(l, _)| *l == lang) {
+            startup_json.insert(
+                lang.as_str().into(),
+                json!({"command": startup_cmd(lang), "ms": stats(v).json(), "samplesMs": v}),
+            );
+        }
+        if let Some(d) = Derived::of(r, lang, s) {
+            per_lang.insert(lang.as_str().into(), comparison_json(&d));
         }
     }
-    std::fs::write(out, serde_json::to_string_pretty(doc)?)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    println!("\nresults written to {}", out.display());
-    if keep {
-        println!("temp dir kept: {}", root.display());
-    } else {
-        let _ = std::fs::remove_dir_all(root);
+    json!({"run": r.run, "interpreterStartup": startup_json, "configs": configs, "comparison": per_lang})
+}
+
+/// nimbus against bare for one language in one run: the ratios and the targets.
+fn comparison_json(d: &Derived) -> Value {
+    let rps: Vec<Value> =
+        d.rps.iter().map(|(c, n, b)| json!({"concurrency": c, "nimbusRps": n, "bareRps": b, "ratio": n / b})).collect();
+    json!({
+        "ratios": {
+            "coldStartP50": d.cold_nimbus / d.cold_bare,
+            "warmP50": d.warm_nimbus / d.warm_bare,
+            "throughput": rps,
+        },
+        "targets": {
+            "coldStart": {
+                "nimbusP50Ms": d.cold_nimbus, "interpreterStartupP50Ms": d.startup,
+                "overMs": d.cold_over_startup(), "targetOverMs": COLD_TARGET_MS,
+                "met": d.cold_over_startup() <= COLD_TARGET_MS,
+            },
+            "warmOverhead": {
+                "nimbusP50Us": d.warm_nimbus, "bareP50Us": d.warm_bare,
+                "overheadUs": d.overhead(), "targetUs": OVERHEAD_TARGET_US,
+                "met": d.overhead() <= OVERHEAD_TARGET_US,
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::golden::{self, throughput};
+
+    fn config(system: System, lang: Lang, cold_ms: f64, warm_us: f64, rps: u64) -> ConfigResult {
+        ConfigResult {
+            system,
+            lang,
+            cold_ms: vec![cold_ms, cold_ms * 1.2, cold_ms * 0.9],
+            warm_us: (0..50).map(|i| warm_us + f64::from(i)).collect(),
+            tput: vec![throughput(1, rps / 5, warm_us, 300.0), throughput(32, rps, warm_us * 10.0, 150.0)],
+        }
     }
-    Ok(())
+
+    fn runs() -> Vec<RunResult> {
+        (1..=2)
+            .map(|run| {
+                let k = run as f64;
+                let mut configs = vec![
+                    config(System::Nimbus, Lang::Node, 30.0 + k, 300.0 + 10.0 * k, 6_000),
+                    config(System::Bare, Lang::Node, 28.0, 110.0, 50_000),
+                    config(System::Nimbus, Lang::Python, 14.0 * k, 250.0, 7_000),
+                    config(System::Bare, Lang::Python, 11.0, 100.0, 90_000),
+                ];
+                if let Some(t) = configs.get_mut(2).and_then(|c| c.tput.last_mut()) {
+                    t.cpu_split = None;
+                    t.machine_cpu_us_per_req = None;
+                }
+                if run == 2 {
+                    configs.truncate(3);
+                }
+                RunResult {
+                    run,
+                    startup_ms: vec![(Lang::Node, vec![25.0, 26.0 + k]), (Lang::Python, vec![10.0, 11.0])],
+                    configs,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_process_table_is_pinned() {
+        golden::check("process-table.txt", &table(&Settings::new(false, 2), &runs()));
+    }
+
+    #[test]
+    fn the_process_json_is_pinned() {
+        let interps = Interpreters { node: PathBuf::from("/usr/bin/node"), python: PathBuf::from("/usr/bin/python3") };
+        let doc = json(
+            &Settings::new(true, 2),
+            &runs(),
+            &interps,
+            Path::new("/opt/nimbus"),
+            json!({"loadavg": "0.1"}),
+            json!({"loadavg": "0.2"}),
+        );
+        golden::check("process.json", &serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
 }

@@ -140,7 +140,16 @@ pub async fn start(mut l: Launch) -> Result<Server> {
     let mut child = l.cmd.spawn().with_context(|| format!("cannot start {program}"))?;
     let guard = TreeGuard::new(child.id());
     let deadline = t0 + l.timeout;
-    let base = match &l.ready {
+    let base = base_url(&l, &mut child, &program, deadline).await?;
+    let url = format!("{base}{}", l.path);
+    answered(&l, &mut child, &program, &url, deadline).await?;
+    let start_ms = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(Server { guard, child, base, url, start_ms, log: l.log, graceful: l.graceful })
+}
+
+/// Where the spawned `child` listens, learnt the way `l.ready` says.
+async fn base_url(l: &Launch, child: &mut Child, program: &str, deadline: Instant) -> Result<String> {
+    Ok(match &l.ready {
         Ready::Port(p) => format!("http://127.0.0.1:{p}"),
         Ready::PortFile(f) => loop {
             if let Some(p) = std::fs::read_to_string(f).ok().and_then(|t| t.trim().parse::<u16>().ok()) {
@@ -170,18 +179,22 @@ pub async fn start(mut l: Launch) -> Result<Server> {
                 Err(_) => bail!("{program} did not print `{marker}URL` within {:?}:\n{}", l.timeout, tail(&l.log)),
             }
         }
-    };
-    let url = format!("{base}{}", l.path);
-    let uri = load::uri(&url)?;
+    })
+}
+
+/// Ask `url` every millisecond until `child` answers it correctly (`l.expect`), exits, answers
+/// wrongly, or `deadline` passes.
+async fn answered(l: &Launch, child: &mut Child, program: &str, url: &str, deadline: Instant) -> Result<()> {
+    let uri = load::uri(url)?;
     let client = load::client();
     loop {
         // Not listening yet, or not ready (any status but 200): try again. A 200 with the
         // wrong answer is a wrong answer: fail now.
         let last_error = match load::get(&client, &uri, None).await {
             Ok((status, ct, body)) if status == hyper::StatusCode::OK => match &l.expect {
-                None => break,
+                None => return Ok(()),
                 Some(e) => match load::check(&uri, e, status, ct.as_deref(), &body) {
-                    Ok(()) => break,
+                    Ok(()) => return Ok(()),
                     Err(e) => bail!("{program} answered wrongly: {e:#}"),
                 },
             },
@@ -200,6 +213,4 @@ pub async fn start(mut l: Launch) -> Result<Server> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let start_ms = t0.elapsed().as_secs_f64() * 1e3;
-    Ok(Server { guard, child, base, url, start_ms, log: l.log, graceful: l.graceful })
 }

@@ -1,0 +1,155 @@
+//! `nimbus-bench process`: the process runtimes (node, python) through nimbus against bare
+//! `node`/`python3` HTTP servers calling the same handler: cold start, warm latency and
+//! throughput. The results and their report are in `report`.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::common::{pool_counts, Common, Settings};
+use crate::fixture::{self, Fixture, Lang};
+use crate::load::{self, HttpClient};
+use crate::output;
+use crate::procs::{self, Bare, Interpreters, Nimbus};
+use crate::report::{self, ConfigResult, RunResult, System};
+
+#[derive(Args)]
+pub struct ProcessArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub async fn run(args: ProcessArgs) -> Result<()> {
+    let args = args.common;
+    let s = Settings::new(args.quick, usize::try_from(args.runs)?);
+    let nimbus_bin = procs::locate_nimbus(args.nimbus.clone())?;
+    let interps = Interpreters::resolve()?;
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let root = std::env::temp_dir().join(format!("nimbus-bench-{}-{stamp}", std::process::id()));
+    let fx = fixture::write(&root, s.cold * s.runs)?;
+    let machine_before = output::machine();
+    eprintln!("nimbus-bench process: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
+    eprintln!(
+        "  nimbus {}\n  node   {}\n  python {}",
+        nimbus_bin.display(),
+        interps.node.display(),
+        interps.python.display()
+    );
+
+    let result = measure(&s, &nimbus_bin, &fx, &interps).await;
+    let runs = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("logs kept in {}", root.display());
+            return Err(e);
+        }
+    };
+    let machine_after = output::machine();
+    let doc = report::json(&s, &runs, &interps, &nimbus_bin, machine_before, machine_after);
+    print!("{}", report::table(&s, &runs));
+    output::save(&args.out("process"), &doc, &root, args.keep)
+}
+
+async fn measure(s: &Settings, nimbus_bin: &Path, fx: &Fixture, interps: &Interpreters) -> Result<Vec<RunResult>> {
+    let nimbus = Nimbus::start(nimbus_bin, fx, interps).await?;
+    let out = measure_runs(s, &nimbus, fx, interps).await;
+    if out.is_err() {
+        eprintln!("nimbus log tail ({}):\n{}", nimbus.log.display(), procs::tail(&nimbus.log));
+    }
+    nimbus.stop().await?;
+    out
+}
+
+async fn measure_runs(s: &Settings, nimbus: &Nimbus, fx: &Fixture, interps: &Interpreters) -> Result<Vec<RunResult>> {
+    let home = fx.root.join("home");
+    std::fs::create_dir_all(&home)?;
+    let env = interps.env(&home);
+    let mut runs = Vec::new();
+    for run in 0..s.runs {
+        eprintln!("run {}/{}", run + 1, s.runs);
+        let startup_ms = vec![
+            (Lang::Node, procs::interpreter_startup(&interps.node, &["-e", "0"], &env, s.startup)?),
+            (Lang::Python, procs::interpreter_startup(&interps.python, &["-S", "-c", "pass"], &env, s.startup)?),
+        ];
+        let mut configs = Vec::new();
+        for lang in Lang::ALL {
+            eprintln!("  nimbus {}", lang.as_str());
+            configs.push(
+                measure_nimbus(s, nimbus, lang, run)
+                    .await
+                    .with_context(|| format!("nimbus {} (run {})", lang.as_str(), run + 1))?,
+            );
+            eprintln!("  bare {}", lang.as_str());
+            configs.push(
+                measure_bare(s, fx, interps, lang)
+                    .await
+                    .with_context(|| format!("bare {} (run {})", lang.as_str(), run + 1))?,
+            );
+        }
+        runs.push(RunResult { run: run + 1, startup_ms, configs });
+    }
+    Ok(runs)
+}
+
+async fn measure_nimbus(s: &Settings, nimbus: &Nimbus, lang: Lang, run: usize) -> Result<ConfigResult> {
+    let client: HttpClient = load::client();
+    let base = &nimbus.url;
+    let mgmt = load::uri(&format!("{base}/v1/functions"))?;
+    let cold_ids: Vec<usize> = (run * s.cold..(run + 1) * s.cold).collect();
+
+    // Cold start: the first request to a deployed, never-run function (checked both ways).
+    let before = load::get_json(&client, &mgmt, &nimbus.token).await?;
+    for &i in &cold_ids {
+        let name = fixture::cold_function(lang, i);
+        if pool_counts(&before, &name)?.0 != 0 {
+            bail!("{name} already has an instance, so its first request would not be a cold start");
+        }
+    }
+    let mut cold_ms = Vec::with_capacity(s.cold);
+    for &i in &cold_ids {
+        let u = load::uri(&format!("{base}{}", fixture::cold_route(lang, i)))?;
+        cold_ms.push(load::timed_hello(&client, &u).await? / 1e3);
+    }
+    let after = load::get_json(&client, &mgmt, &nimbus.token).await?;
+    for &i in &cold_ids {
+        let name = fixture::cold_function(lang, i);
+        let (_, cold) = pool_counts(&after, &name)?;
+        if cold != 1 {
+            bail!("{name} counted {cold} cold starts for one request; expected exactly 1");
+        }
+    }
+
+    let warm_us =
+        load::sequential(&load::uri(&format!("{base}{}", fixture::hello_route(lang)))?, s.warmup, s.warm).await?;
+    let tput_uri = load::uri(&format!("{base}{}", fixture::tput_route(lang)))?;
+    let mut tput = Vec::new();
+    for c in s.concurrency {
+        tput.push(load::throughput(&tput_uri, nimbus.pid(), c, s.tput_warmup, s.tput_duration, s.tput_max).await?);
+    }
+    Ok(ConfigResult { system: System::Nimbus, lang, cold_ms, warm_us, tput })
+}
+
+async fn measure_bare(s: &Settings, fx: &Fixture, interps: &Interpreters, lang: Lang) -> Result<ConfigResult> {
+    let mut cold_ms = Vec::with_capacity(s.cold);
+    for _ in 0..s.cold {
+        let server = Bare::start(lang, fx, interps).await?;
+        cold_ms.push(server.first_response_ms);
+        server.stop().await?;
+    }
+    let server = Bare::start(lang, fx, interps).await?;
+    let u = load::uri(&server.url)?;
+    let measured = async {
+        let warm_us = load::sequential(&u, s.warmup, s.warm).await?;
+        let mut tput = Vec::new();
+        for c in s.concurrency {
+            tput.push(load::throughput(&u, server.pid(), c, s.tput_warmup, s.tput_duration, s.tput_max).await?);
+        }
+        Ok::<_, anyhow::Error>((warm_us, tput))
+    }
+    .await;
+    server.stop().await?;
+    let (warm_us, tput) = measured?;
+    Ok(ConfigResult { system: System::Bare, lang, cold_ms, warm_us, tput })
+}
