@@ -31,9 +31,11 @@ mod report;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use tokio::time::Instant;
+
 use nimbus_core::{
     Dispatch, DispatchError, FunctionVersion, Invocation, InvocationRecord, InvocationStatus, InvokeOutcome,
     InvokeResult, Recorder, Runtime, RuntimeKind,

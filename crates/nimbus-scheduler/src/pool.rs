@@ -3,12 +3,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nimbus_core::policy::{self, Admission, PoolCounts, ScaleDecision};
 use nimbus_core::{ColdStart, DispatchError, FunctionVersion, Instance, InstanceState, Runtime, StartError};
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
+// tokio's clock, not std's: the same in production, and tests can pause and advance it to
+// check keep-alive and queue timeouts deterministically.
+use tokio::time::Instant;
 
 /// An instance, and whether its next invocation is a cold start: true only while it goes
 /// straight from start to the request that waited for it. An instance parked idle first
@@ -31,6 +34,13 @@ enum Grant {
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<Grant>,
+}
+
+/// What admission gave a request.
+enum Admitted {
+    Now(Lease),
+    /// Queued as waiter `u64`; the grant comes through the receiver.
+    Queued(oneshot::Receiver<Grant>, u64),
 }
 
 #[derive(Default)]
@@ -116,56 +126,66 @@ impl Pool {
     }
 
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
-        let spec = &self.function.spec;
-        let (mut rx, waiter_id) = {
-            let mut st = self.lock();
-            if st.retired {
-                return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
-            }
-            purge_dead(&mut st);
-            match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
-                Admission::UseIdle => {
-                    if let Some(idle) = st.idle.pop() {
-                        st.busy.insert(idle.slot.instance.id().to_owned(), idle.slot.instance.pid());
-                        return Ok(Lease { pool: self.clone(), slot: Some(idle.slot) });
-                    }
-                    return Err(AcquireError::Dispatch(DispatchError::Platform("idle instance vanished".into())));
-                }
-                Admission::Throttle => return Err(AcquireError::Dispatch(self.throttled())),
-                Admission::StartAndWait => self.start_one(&mut st),
-                Admission::Wait => {}
-            }
-            let (tx, rx) = oneshot::channel();
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            st.waiters.push_back(Waiter { id, tx });
-            (rx, id)
+        let (rx, waiter_id) = match self.admit()? {
+            Admitted::Now(lease) => return Ok(lease),
+            Admitted::Queued(rx, waiter_id) => (rx, waiter_id),
         };
-        let grant = match tokio::time::timeout(spec.queue_timeout, &mut rx).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(_)) => return Err(AcquireError::Dispatch(DispatchError::Platform("the pool went away".into()))),
-            Err(_) => {
-                let mut st = self.lock();
-                if let Some(pos) = st.waiters.iter().position(|w| w.id == waiter_id) {
-                    st.waiters.remove(pos);
-                    return Err(AcquireError::Dispatch(self.throttled()));
-                }
-                drop(st);
-                // Not in the queue any more: a grant was sent under the lock just before.
-                match rx.try_recv() {
-                    Ok(g) => g,
-                    Err(_) => {
-                        return Err(AcquireError::Dispatch(DispatchError::Platform("lost an instance grant".into())))
-                    }
-                }
-            }
-        };
-        match grant {
+        match self.wait(rx, waiter_id).await? {
             Grant::Instance(slot) => Ok(Lease { pool: self.clone(), slot: Some(slot) }),
             Grant::InitFailed(StartError::InitFailed { error_type, message, log }) => {
                 Err(AcquireError::Init { error_type, message, log })
             }
             Grant::InitFailed(StartError::Platform(msg)) => Err(AcquireError::Dispatch(DispatchError::Platform(msg))),
         }
+    }
+
+    /// Apply admission under the lock: an idle instance now, or a place in the queue (starting
+    /// one more instance first when the policy says so), or a refusal.
+    fn admit(self: &Arc<Self>) -> Result<Admitted, AcquireError> {
+        let spec = &self.function.spec;
+        let mut st = self.lock();
+        if st.retired {
+            return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
+        }
+        purge_dead(&mut st);
+        match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
+            Admission::UseIdle => {
+                if let Some(idle) = st.idle.pop() {
+                    st.busy.insert(idle.slot.instance.id().to_owned(), idle.slot.instance.pid());
+                    return Ok(Admitted::Now(Lease { pool: self.clone(), slot: Some(idle.slot) }));
+                }
+                return Err(AcquireError::Dispatch(DispatchError::Platform("idle instance vanished".into())));
+            }
+            Admission::Throttle => return Err(AcquireError::Dispatch(self.throttled())),
+            Admission::StartAndWait => self.start_one(&mut st),
+            Admission::Wait => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        st.waiters.push_back(Waiter { id, tx });
+        Ok(Admitted::Queued(rx, id))
+    }
+
+    /// Wait in the queue for a grant, at most `queue_timeout`.
+    async fn wait(&self, mut rx: oneshot::Receiver<Grant>, waiter_id: u64) -> Result<Grant, AcquireError> {
+        match tokio::time::timeout(self.function.spec.queue_timeout, &mut rx).await {
+            Ok(Ok(g)) => Ok(g),
+            Ok(Err(_)) => Err(AcquireError::Dispatch(DispatchError::Platform("the pool went away".into()))),
+            Err(_) => self.give_up(waiter_id, rx),
+        }
+    }
+
+    /// The queue wait timed out. Leave the queue, unless a grant was sent under the lock after
+    /// the timer fired (another thread released an instance meanwhile): then it must be taken,
+    /// or the instance would be dropped with the receiver, counted busy for ever.
+    fn give_up(&self, waiter_id: u64, mut rx: oneshot::Receiver<Grant>) -> Result<Grant, AcquireError> {
+        let mut st = self.lock();
+        if let Some(pos) = st.waiters.iter().position(|w| w.id == waiter_id) {
+            st.waiters.remove(pos);
+            return Err(AcquireError::Dispatch(self.throttled()));
+        }
+        drop(st);
+        rx.try_recv().map_err(|_| AcquireError::Dispatch(DispatchError::Platform("lost an instance grant".into())))
     }
 
     fn throttled(&self) -> DispatchError {
@@ -300,7 +320,7 @@ impl Pool {
                     return;
                 }
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return;
             }
         }
@@ -400,5 +420,6 @@ impl Drop for Lease {
 
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
+    RandomState::new().hash_one(std::time::Instant::now())
 }
+
