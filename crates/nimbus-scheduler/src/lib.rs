@@ -26,8 +26,12 @@
 //! Deliberately not done here: per-instance concurrency above 1 (process runtimes are one
 //! invocation at a time, as in Lambda), cross-node placement.
 
+#[cfg(test)]
+mod fake;
 mod pool;
 mod report;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -423,3 +423,61 @@ fn rand_u64() -> u64 {
     RandomState::new().hash_one(std::time::Instant::now())
 }
 
+#[cfg(test)]
+mod tests {
+    //! The two orders in which a queue timeout and a grant can meet. On tokio's current-thread
+    //! test runtime the grant can never slip in between the timer firing and `give_up` taking
+    //! the lock (it can on the multi-threaded runtime), so these call the steps in each order.
+
+    use super::*;
+    use crate::fake::{function, Fake};
+
+    fn pool(fake: Fake) -> (Arc<Pool>, Arc<crate::fake::Counters>) {
+        let (runtime, counters) = fake.runtime();
+        (Pool::new(function("race", |s| s.max_instances = 1), runtime), counters)
+    }
+
+    fn queue(pool: &Arc<Pool>) -> (oneshot::Receiver<Grant>, u64) {
+        match pool.admit() {
+            Ok(Admitted::Queued(rx, id)) => (rx, id),
+            _ => panic!("expected to queue"),
+        }
+    }
+
+    async fn lease(pool: &Arc<Pool>) -> Lease {
+        match pool.acquire().await {
+            Ok(lease) => lease,
+            Err(_) => panic!("expected an instance"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_sent_just_before_the_waiter_gives_up_is_taken_not_lost() {
+        let (pool, counters) = pool(Fake::default());
+        let busy = lease(&pool).await;
+        let (rx, waiter) = queue(&pool);
+        // The instance is released to the waiter (grant sent, waiter out of the queue) …
+        drop(busy);
+        // … and only then does the waiter act on its expired timer.
+        let grant = pool.give_up(waiter, rx);
+        let Ok(Grant::Instance(slot)) = grant else { panic!("the grant must be taken") };
+        let st = pool.status();
+        assert_eq!((st.idle, st.busy, st.waiting), (0, 1, 0), "the waiter owns the instance");
+        drop(Lease { pool: pool.clone(), slot: Some(slot) });
+        assert_eq!((pool.status().idle, pool.status().busy), (1, 0));
+        assert_eq!(counters.leaked(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gave_up_leaves_the_queue_and_the_instance_goes_idle() {
+        let (pool, counters) = pool(Fake::default());
+        let busy = lease(&pool).await;
+        let (rx, waiter) = queue(&pool);
+        assert!(matches!(pool.give_up(waiter, rx), Err(AcquireError::Dispatch(DispatchError::Throttled { .. }))));
+        assert_eq!(pool.status().waiting, 0, "a waiter that gave up no longer counts as waiting");
+        drop(busy);
+        let st = pool.status();
+        assert_eq!((st.idle, st.busy, st.waiting), (1, 0, 0));
+        assert_eq!(counters.leaked(), 0);
+    }
+}
