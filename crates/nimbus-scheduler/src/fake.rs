@@ -1,7 +1,7 @@
 //! A scripted `Runtime` for the scheduler's unit tests, and helpers to build what they need.
 //!
-//! Starts take `start_delay` (on tokio's clock, so a paused test clock makes them exact) and
-//! fail with `init_error` when one is set. What an invocation does is chosen by its payload:
+//! Starts take `start_delay` (on tokio's clock, so a paused test clock makes them exact; a
+//! function's env `START_DELAY_MS` overrides it) and fail with `init_error` when one is set. What an invocation does is chosen by its payload:
 //! `ok` (or anything unlisted) answers after `invoke_time`; `crash` dies after `invoke_time`
 //! (state `Dead`, `InstanceError::Crashed`); `fail` returns a function error; `timeout`,
 //! `too-large`, `platform`, `lost` (`lost-late`: after `invoke_time`; `lost-once`: only the
@@ -190,10 +190,11 @@ async fn reach(counter: &watch::Sender<u32>, n: u32, what: &str) {
 
 #[async_trait]
 impl Runtime for FakeRuntime {
-    async fn start(&self, _f: Arc<FunctionVersion>, id: String) -> Result<Box<dyn Instance>, StartError> {
+    async fn start(&self, f: Arc<FunctionVersion>, id: String) -> Result<Box<dyn Instance>, StartError> {
         self.counters.starts.send_modify(|n| *n += 1);
-        if !self.fake.start_delay.is_zero() {
-            tokio::time::sleep(self.fake.start_delay).await;
+        let delay = f.spec.env.get("START_DELAY_MS").map_or(self.fake.start_delay, |v| ms(v.parse().unwrap()));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         if let Some(e) = &self.fake.init_error {
             return Err(e.clone());

@@ -34,7 +34,7 @@ mod report;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -54,6 +54,9 @@ pub struct Scheduler(Arc<Inner>);
 pub struct Inner {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Pools a redeploy retired. Whatever still runs in one (an invocation, an instance starting
+    /// or stopping) holds it, so the live ones are those server shutdown must still wait for.
+    retired: Mutex<Vec<Weak<Pool>>>,
     recorder: Arc<dyn Recorder>,
 }
 
@@ -66,7 +69,12 @@ impl std::ops::Deref for Scheduler {
 
 impl Scheduler {
     pub fn new(runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>, recorder: Arc<dyn Recorder>) -> Self {
-        Scheduler(Arc::new(Inner { runtimes, pools: Mutex::new(HashMap::new()), recorder }))
+        Scheduler(Arc::new(Inner {
+            runtimes,
+            pools: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
+            recorder,
+        }))
     }
 }
 
@@ -147,8 +155,11 @@ impl Inner {
             let gone: Vec<String> = pools.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
             gone.into_iter().filter_map(|k| pools.remove(&k)).collect()
         };
+        let mut old = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        old.retain(|w| w.strong_count() > 0);
         for p in retired {
             p.retire();
+            old.push(Arc::downgrade(&p));
         }
     }
 
@@ -159,12 +170,15 @@ impl Inner {
         list
     }
 
-    /// Stop everything: retire all pools and wait (bounded) for their instances to stop.
+    /// Stop everything: retire all pools and wait (bounded) for their instances to stop, those
+    /// of pools retired by earlier deploys included.
     pub async fn shutdown(&self, within: std::time::Duration) {
-        let pools: Vec<Arc<Pool>> = self.pools().drain().map(|(_, p)| p).collect();
+        let mut pools: Vec<Arc<Pool>> = self.pools().drain().map(|(_, p)| p).collect();
         for p in &pools {
             p.retire();
         }
+        let old = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        pools.extend(old.iter().filter_map(Weak::upgrade));
         let deadline = Instant::now() + within;
         for p in &pools {
             p.wait_empty(deadline).await;

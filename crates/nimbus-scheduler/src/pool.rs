@@ -48,6 +48,9 @@ struct State {
     idle: Vec<Idle>,
     busy: HashMap<String, Option<u32>>,
     starting: u32,
+    /// Instances handed to `shutdown` that have not finished it: server shutdown waits for
+    /// these too, or a runtime's stop (a process's SIGTERM grace) would be cut short.
+    stopping: u32,
     waiters: VecDeque<Waiter>,
     retired: bool,
     /// When the last instance start failed: pre-warming backs off for a while after it, so a
@@ -147,7 +150,7 @@ impl Pool {
         if st.retired {
             return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
         }
-        purge_dead(&mut st);
+        self.purge_dead(&mut st);
         match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
             Admission::UseIdle => {
                 if let Some(idle) = st.idle.pop() {
@@ -243,8 +246,7 @@ impl Pool {
             }
         }
         if st.retired {
-            tokio::spawn(slot.instance.shutdown());
-            self.changed.notify_waiters();
+            self.stop(st, slot.instance);
         } else {
             slot.cold = false;
             st.idle.push(Idle { slot, since: Instant::now() });
@@ -255,7 +257,7 @@ impl Pool {
         let mut st = self.lock();
         st.busy.remove(slot.instance.id());
         if slot.instance.state() == InstanceState::Dead {
-            tokio::spawn(slot.instance.shutdown());
+            self.stop(&mut st, slot.instance);
             // Requests queued behind the dead instance need a replacement.
             let spec = &self.function.spec;
             if !st.retired && st.starting < st.waiters.len() as u32 && st.counts().instances() < spec.max_instances {
@@ -274,7 +276,7 @@ impl Pool {
         if st.retired {
             return;
         }
-        purge_dead(&mut st);
+        self.purge_dead(&mut st);
         let now = Instant::now();
         let ages: Vec<Duration> = st.idle.iter().map(|i| now.duration_since(i.since)).collect();
         match policy::keep_alive(st.counts(), &ages, spec.keep_alive, spec.min_instances) {
@@ -290,25 +292,48 @@ impl Pool {
             ScaleDecision::Reclaim(n) => {
                 // `idle` is used LIFO, so the front holds the longest idle.
                 let n = (n as usize).min(st.idle.len());
-                for idle in st.idle.drain(..n) {
+                let reclaimed: Vec<Idle> = st.idle.drain(..n).collect();
+                for idle in reclaimed {
                     tracing::debug!(function = %spec.name, instance = idle.slot.instance.id(), "reclaiming idle instance");
-                    tokio::spawn(idle.slot.instance.shutdown());
+                    self.stop(&mut st, idle.slot.instance);
                 }
             }
         }
     }
 
     /// Stop taking work: idle instances stop now, busy ones when released.
-    pub(crate) fn retire(&self) {
-        let idle = {
-            let mut st = self.lock();
-            st.retired = true;
-            std::mem::take(&mut st.idle)
-        };
-        for i in idle {
-            tokio::spawn(i.slot.instance.shutdown());
+    pub(crate) fn retire(self: &Arc<Self>) {
+        let mut st = self.lock();
+        st.retired = true;
+        for i in std::mem::take(&mut st.idle) {
+            self.stop(&mut st, i.slot.instance);
         }
         self.changed.notify_waiters();
+    }
+
+    /// Shut `instance` down in the background, counted in `stopping` until it has finished.
+    fn stop(self: &Arc<Self>, st: &mut State, instance: Box<dyn Instance>) {
+        st.stopping += 1;
+        let pool = self.clone();
+        tokio::spawn(async move {
+            instance.shutdown().await;
+            let mut st = pool.lock();
+            st.stopping = st.stopping.saturating_sub(1);
+            pool.changed.notify_waiters();
+        });
+    }
+
+    /// Remove instances that died while idle, so nobody is handed one.
+    fn purge_dead(self: &Arc<Self>, st: &mut State) {
+        if st.idle.iter().all(|i| i.slot.instance.state() == InstanceState::Ready) {
+            return;
+        }
+        let (alive, dead): (Vec<Idle>, Vec<Idle>) =
+            std::mem::take(&mut st.idle).into_iter().partition(|i| i.slot.instance.state() == InstanceState::Ready);
+        st.idle = alive;
+        for d in dead {
+            self.stop(st, d.slot.instance);
+        }
     }
 
     pub(crate) async fn wait_empty(&self, deadline: Instant) {
@@ -316,7 +341,7 @@ impl Pool {
             let notified = self.changed.notified();
             {
                 let st = self.lock();
-                if st.busy.is_empty() && st.starting == 0 && st.idle.is_empty() {
+                if st.busy.is_empty() && st.starting == 0 && st.idle.is_empty() && st.stopping == 0 {
                     return;
                 }
             }
@@ -352,19 +377,6 @@ impl Pool {
 /// How long pre-warming (`min_instances`) waits after a failed start before trying again.
 /// Requests still start instances at once: they report the init error to their caller.
 const WARM_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
-
-/// Remove instances that died while idle, so nobody is handed one.
-fn purge_dead(st: &mut State) {
-    if st.idle.iter().all(|i| i.slot.instance.state() == InstanceState::Ready) {
-        return;
-    }
-    let (alive, dead): (Vec<Idle>, Vec<Idle>) =
-        std::mem::take(&mut st.idle).into_iter().partition(|i| i.slot.instance.state() == InstanceState::Ready);
-    st.idle = alive;
-    for d in dead {
-        tokio::spawn(d.slot.instance.shutdown());
-    }
-}
 
 async fn housekeeping(pool: std::sync::Weak<Pool>) {
     let tick = match pool.upgrade() {

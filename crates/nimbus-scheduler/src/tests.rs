@@ -285,3 +285,56 @@ async fn an_invocation_lost_before_it_ran_is_retried_on_a_new_instance() {
     h.counters.wait_shutdowns(1).await;
     assert_eq!(h.counters.shutdowns_of(&ids[0]), 1, "the lost instance is stopped");
 }
+
+/// Server shutdown while instances are still starting, one in a pool that a redeploy retired
+/// before: each is stopped when it arrives (its waiters are served or told the pool is shutting
+/// down), and `Scheduler::shutdown` returns only once every instance has finished its shutdown,
+/// well within its bound.
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_instances_start_stops_them_when_they_arrive_and_waits_for_it() {
+    let h = harness(Fake { start_delay: secs(1), invoke_time: ms(100), shutdown_time: ms(500), ..Fake::default() });
+    let busy = function("busy", |s| s.max_instances = 1);
+    // Its start outlasts everything else here, so shutdown must wait for this pool too.
+    let warm = function("warm", |s| {
+        s.min_instances = 1;
+        s.env.insert("START_DELAY_MS".into(), "3000".into());
+    });
+    h.scheduler.deploy(&[busy.clone(), warm.clone()]);
+    // A redeploy without `warm` retires its pool while its pre-warmed instance starts.
+    h.scheduler.deploy(std::slice::from_ref(&busy));
+    let pool = h.scheduler.pool(&busy).unwrap();
+    let calls: Vec<_> = (0..2).map(|i| h.call(&busy, &format!("r{i}"), "ok")).collect();
+    h.counters.wait_starts(2).await;
+    while pool.status().waiting < 2 {
+        tokio::task::yield_now().await;
+    }
+    let began = Instant::now();
+    h.scheduler.shutdown(secs(10)).await;
+    assert!(began.elapsed() < secs(10), "returned when the instances had stopped, not at the bound");
+    assert_eq!(h.counters.ready(), 2, "the two starts in flight completed");
+    assert_eq!(h.counters.shutdowns(), 2, "both instances were shut down before shutdown returned");
+    assert_eq!(h.counters.leaked(), 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) | Err(DispatchError::ShuttingDown { .. }) => {}
+            Err(e) => panic!("a waiter of a retired pool got {e}"),
+        }
+    }
+    assert!(matches!(
+        pool.acquire().await,
+        Err(crate::pool::AcquireError::Dispatch(DispatchError::ShuttingDown { .. }))
+    ));
+}
+
+/// An idle instance is handed to `shutdown` at once; server shutdown still waits for it to
+/// finish (a process runtime's SIGTERM grace), not just for the pool to be empty.
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_idle_instances_to_finish_stopping() {
+    let h = harness(Fake { shutdown_time: ms(500), ..Fake::default() });
+    let f = function("f", |_| {});
+    h.call(&f, "r", "ok").await.unwrap().expect("served");
+    let began = Instant::now();
+    h.scheduler.shutdown(secs(10)).await;
+    assert_eq!(h.counters.shutdowns(), 1);
+    assert_eq!(began.elapsed(), ms(500));
+}
