@@ -213,6 +213,8 @@ async fn every_invocation_outcome_is_recorded_exactly_once() {
         ("platform", PlatformError),
         // Lost twice: retried once on a new instance, then failed; still one record.
         ("lost", PlatformError),
+        // The invocation's task panics: the caller gets a platform error, and so does the history.
+        ("panic", PlatformError),
     ];
     for (payload, want) in table {
         let h = harness(Fake::default());
@@ -266,6 +268,16 @@ async fn every_failure_to_get_an_instance_is_recorded_exactly_once() {
     assert!(matches!(lost.await.unwrap(), Err(DispatchError::ShuttingDown { .. })));
     assert_eq!(h.records.of("lost").iter().map(|r| r.status).collect::<Vec<_>>(), [PlatformError]);
     shutdown.await.unwrap();
+    // After server shutdown: refused, recorded, and no new pool starts instances.
+    let late = h.call(&f, "late", "ok").await.unwrap();
+    assert!(matches!(late, Err(DispatchError::ShuttingDown { .. })));
+    assert_eq!(h.records.of("late").iter().map(|r| r.status).collect::<Vec<_>>(), [PlatformError]);
+    assert_eq!(h.counters.starts(), 1);
+    assert!(h.scheduler.status().is_empty());
+    // No runtime for the function's kind.
+    let wasm = function("wasm", |s| s.runtime = RuntimeKind::Wasm);
+    assert!(matches!(h.call(&wasm, "wasm", "ok").await.unwrap(), Err(DispatchError::Platform(_))));
+    assert_eq!(h.records.of("wasm").iter().map(|r| r.status).collect::<Vec<_>>(), [PlatformError]);
 }
 
 /// An instance that died before its runtime took the event never ran the function: the
