@@ -46,7 +46,7 @@ use nimbus_core::{
     InvokeResult, Recorder, Runtime, RuntimeKind,
 };
 
-pub use pool::{InstanceInfo, Pool, PoolStatus};
+pub use pool::{InstanceInfo, InstanceStatus, Pool, PoolStatus};
 
 /// Runtimes registered by kind; pools by function-version key. Cheap to clone (shared).
 #[derive(Clone)]

@@ -90,7 +90,16 @@ pub struct Pool {
 pub struct InstanceInfo {
     pub id: String,
     pub pid: Option<u32>,
-    pub state: &'static str,
+    pub state: InstanceStatus,
+}
+
+/// Whether an instance is waiting for work or running an invocation. Serialised in lowercase
+/// (`"idle"`, `"busy"`), as the management API has always shown it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Idle,
+    Busy,
 }
 
 /// A pool as the management API shows it.
@@ -357,9 +366,17 @@ impl Pool {
         let mut instances: Vec<InstanceInfo> = st
             .idle
             .iter()
-            .map(|i| InstanceInfo { id: i.slot.instance.id().to_owned(), pid: i.slot.instance.pid(), state: "idle" })
+            .map(|i| InstanceInfo {
+                id: i.slot.instance.id().to_owned(),
+                pid: i.slot.instance.pid(),
+                state: InstanceStatus::Idle,
+            })
             .collect();
-        instances.extend(st.busy.iter().map(|(id, pid)| InstanceInfo { id: id.clone(), pid: *pid, state: "busy" }));
+        instances.extend(st.busy.iter().map(|(id, pid)| InstanceInfo {
+            id: id.clone(),
+            pid: *pid,
+            state: InstanceStatus::Busy,
+        }));
         PoolStatus {
             function: self.function.spec.name.clone(),
             version: self.function.version.clone(),
@@ -478,6 +495,15 @@ mod tests {
         drop(Lease { pool: pool.clone(), slot: Some(slot) });
         assert_eq!((pool.status().idle, pool.status().busy), (1, 0));
         assert_eq!(counters.leaked(), 0);
+    }
+
+    /// The management API's JSON for an instance is what it was when `state` was a string.
+    #[test]
+    fn instance_info_serialises_state_in_lowercase() {
+        let info = |state| InstanceInfo { id: "abc".into(), pid: Some(7), state };
+        let json = |i| serde_json::to_string(&i).unwrap();
+        assert_eq!(json(info(InstanceStatus::Idle)), r#"{"id":"abc","pid":7,"state":"idle"}"#);
+        assert_eq!(json(info(InstanceStatus::Busy)), r#"{"id":"abc","pid":7,"state":"busy"}"#);
     }
 
     #[tokio::test(start_paused = true)]
