@@ -104,6 +104,13 @@ struct Spawned {
     stderr: std::io::PipeReader,
 }
 
+/// How an invocation ended.
+enum Ended {
+    Done(Completion),
+    Crashed(String),
+    TimedOut,
+}
+
 /// How init ended.
 enum Init {
     Ready,
@@ -198,6 +205,88 @@ impl ProcessInstance {
                 format!("the runtime did not ask for its first event within {timeout:?} of starting"),
             )),
         }
+    }
+
+    /// Make `inv` the pending invocation and queue its event for the runtime's `/next`.
+    /// Returns where the completion will arrive, and when the handler's time started.
+    async fn hand_over(&mut self, inv: &Invocation) -> Result<(oneshot::Receiver<Completion>, Instant), InstanceError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx });
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let event = NextEvent {
+            request_id: inv.request_id.clone(),
+            payload: inv.payload.clone(),
+            deadline_ms: now_ms + inv.timeout.as_millis(),
+            arn: self.function.arn(),
+            trace_id: inv.trace_id.clone(),
+            client_context: inv.client_context.clone(),
+        };
+        let started = Instant::now();
+        self.shared.picked_up.store(false, std::sync::atomic::Ordering::Release);
+        if self.next_tx.send(event).await.is_err() {
+            self.dead = true;
+            self.clear_pending();
+            return Err(InstanceError::Platform("the instance's Runtime API is gone".into()));
+        }
+        Ok((reply_rx, started))
+    }
+
+    /// Whichever comes first: the runtime's answer, the process's exit, or the timeout.
+    async fn wait_end(&self, reply_rx: oneshot::Receiver<Completion>, timeout: Duration) -> Ended {
+        let mut exit_rx = self.exit_rx.clone();
+        tokio::select! {
+            biased;
+            c = reply_rx => match c {
+                Ok(c) => Ended::Done(c),
+                Err(_) => Ended::Crashed("the invocation was abandoned".into()),
+            },
+            e = exit_rx.wait_for(Option::is_some) => Ended::Crashed(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
+            _ = tokio::time::sleep(timeout) => Ended::TimedOut,
+        }
+    }
+
+    fn completed(
+        &mut self,
+        completion: Completion,
+        duration: Duration,
+        max_memory_mb: u32,
+    ) -> Result<InvokeResult, InstanceError> {
+        let log = self.logs.drain();
+        let outcome = match completion {
+            Completion::Response(body) => InvokeOutcome::Success(body),
+            Completion::Error { error_type, body } => function_error(error_type, body),
+            Completion::TooLarge { size } => {
+                // The runtime's state after a refused response is unknown (awslambdaric
+                // exits): retire the instance rather than hand it to the next caller.
+                self.dead = true;
+                self.kill();
+                return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
+            }
+        };
+        Ok(InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone(), http: None })
+    }
+
+    /// The process exited mid-invocation: before the runtime took the event the function never
+    /// ran (`Lost`, safe to retry elsewhere), after it the invocation crashed.
+    fn crashed(&mut self, status: String) -> InstanceError {
+        self.dead = true;
+        self.clear_pending();
+        self.kill();
+        if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
+            return InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") };
+        }
+        let log = self.logs.drain();
+        InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log }
+    }
+
+    async fn timed_out(&mut self, timeout: Duration) -> InstanceError {
+        self.dead = true;
+        self.clear_pending();
+        self.kill();
+        self.wait_exit(Duration::from_secs(1)).await;
+        let log = self.logs.drain();
+        InstanceError::Timeout { timeout, log }
     }
 
     fn kill(&self) {
@@ -352,85 +441,14 @@ impl Instance for ProcessInstance {
         if self.state() == InstanceState::Dead {
             return Err(InstanceError::Platform("the instance is no longer running".into()));
         }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx });
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-        let event = NextEvent {
-            request_id: inv.request_id.clone(),
-            payload: inv.payload.clone(),
-            deadline_ms: now_ms + inv.timeout.as_millis(),
-            arn: self.function.arn(),
-            trace_id: inv.trace_id.clone(),
-            client_context: inv.client_context.clone(),
-        };
-        let started = Instant::now();
-        self.shared.picked_up.store(false, std::sync::atomic::Ordering::Release);
-        if self.next_tx.send(event).await.is_err() {
-            self.dead = true;
-            self.clear_pending();
-            return Err(InstanceError::Platform("the instance's Runtime API is gone".into()));
-        }
-
-        enum Ended {
-            Done(Completion),
-            Crashed(String),
-            TimedOut,
-        }
-        let mut exit_rx = self.exit_rx.clone();
-        let ended = tokio::select! {
-            biased;
-            c = reply_rx => match c {
-                Ok(c) => Ended::Done(c),
-                Err(_) => Ended::Crashed("the invocation was abandoned".into()),
-            },
-            e = exit_rx.wait_for(Option::is_some) => Ended::Crashed(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
-            _ = tokio::time::sleep(inv.timeout) => Ended::TimedOut,
-        };
+        let (reply_rx, started) = self.hand_over(&inv).await?;
+        let ended = self.wait_end(reply_rx, inv.timeout).await;
         let duration = started.elapsed();
         let max_memory_mb = self.read_max_memory();
         match ended {
-            Ended::Done(completion) => {
-                let log = self.logs.drain();
-                let outcome = match completion {
-                    Completion::Response(body) => InvokeOutcome::Success(body),
-                    Completion::Error { error_type, body } => function_error(error_type, body),
-                    Completion::TooLarge { size } => {
-                        // The runtime's state after a refused response is unknown (awslambdaric
-                        // exits): retire the instance rather than hand it to the next caller.
-                        self.dead = true;
-                        self.kill();
-                        return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
-                    }
-                };
-                Ok(InvokeResult {
-                    outcome,
-                    duration,
-                    cold: None,
-                    max_memory_mb,
-                    log,
-                    instance_id: self.id.clone(),
-                    http: None,
-                })
-            }
-            Ended::Crashed(status) => {
-                self.dead = true;
-                self.clear_pending();
-                self.kill();
-                if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
-                    return Err(InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") });
-                }
-                let log = self.logs.drain();
-                Err(InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log })
-            }
-            Ended::TimedOut => {
-                self.dead = true;
-                self.clear_pending();
-                self.kill();
-                self.wait_exit(Duration::from_secs(1)).await;
-                let log = self.logs.drain();
-                Err(InstanceError::Timeout { timeout: inv.timeout, log })
-            }
+            Ended::Done(completion) => self.completed(completion, duration, max_memory_mb),
+            Ended::Crashed(status) => Err(self.crashed(status)),
+            Ended::TimedOut => Err(self.timed_out(inv.timeout).await),
         }
     }
 
@@ -740,6 +758,82 @@ mod tests {
         task.abort();
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// A `provided` runtime in Python's standard library (Debian's /usr/bin/python3; the
+    /// instance PATH holds only the system directories): echoes events, and crashes, sleeps
+    /// or reports an error when the event says so.
+    const ECHO_RUNTIME: &str = r#"#!/usr/bin/python3 -S
+import os, sys, time, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+while True:
+    with urllib.request.urlopen(api + "next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = r.read().decode()
+    print("handling " + event, flush=True)
+    if event == "crash":
+        sys.exit(3)
+    if event == "sleep":
+        time.sleep(30)
+    if event == "error":
+        body, url = b'{"errorType":"Boom","errorMessage":"no"}', api + rid + "/error"
+    else:
+        body, url = ("echo:" + event).encode(), api + rid + "/response"
+    urllib.request.urlopen(urllib.request.Request(url, data=body)).read()
+"#;
+
+    fn event(payload: &'static str, timeout: Duration) -> Invocation {
+        Invocation {
+            request_id: format!("req-{payload}"),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            timeout,
+            trace_id: String::new(),
+            client_context: None,
+            trigger: nimbus_core::Trigger::Invoke,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            http: None,
+        }
+    }
+
+    async fn echo_instance(rt: &ProcessRuntime, code: &Path, id: &str) -> ProcessInstance {
+        match ProcessInstance::start(rt, provided(code, &[]), id.into()).await {
+            Ok(i) => i,
+            Err(e) => panic!("the echo runtime must start: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn invocations_answer_fail_crash_and_time_out_as_the_runtime_does() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let bootstrap = data.path().join("bootstrap");
+        std::fs::write(&bootstrap, ECHO_RUNTIME).unwrap();
+        std::fs::set_permissions(&bootstrap, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let secs = Duration::from_secs;
+        let mut i = echo_instance(&rt, data.path(), "e1").await;
+        let r = i.invoke(event("a", secs(10))).await.unwrap();
+        assert!(matches!(&r.outcome, InvokeOutcome::Success(b) if b.as_ref() == b"echo:a"));
+        assert_eq!(r.log, "handling a\n", "the invocation's own output");
+        let r = i.invoke(event("error", secs(10))).await.unwrap();
+        assert!(matches!(&r.outcome, InvokeOutcome::FunctionError { error_type, .. } if error_type == "Boom"));
+        match i.invoke(event("crash", secs(10))).await {
+            Err(InstanceError::Crashed { detail, log }) => {
+                assert_eq!(detail, "Runtime exited with error: exit status 3");
+                assert_eq!(log, "handling crash\n");
+            }
+            other => panic!("expected a crash, got {:?}", other.map(|r| r.outcome)),
+        }
+        assert_eq!(i.state(), InstanceState::Dead);
+        Box::new(i).shutdown().await;
+        let mut i = echo_instance(&rt, data.path(), "e2").await;
+        match i.invoke(event("sleep", Duration::from_millis(300))).await {
+            Err(InstanceError::Timeout { log, .. }) => assert_eq!(log, "handling sleep\n"),
+            other => panic!("expected a timeout, got {:?}", other.map(|r| r.outcome)),
+        }
+        assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
+        Box::new(i).shutdown().await;
+        assert_eq!(scratch_entries(&rt), 0, "shutdown removed both temp dirs");
     }
 
     #[test]
