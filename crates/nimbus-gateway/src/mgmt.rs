@@ -235,7 +235,10 @@ fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
             .map(|i| api::InstanceInfo {
                 id: i.id.clone(),
                 pid: i.pid,
-                state: if i.state == "busy" { api::InstanceState::Busy } else { api::InstanceState::Idle },
+                state: match i.state {
+                    nimbus_scheduler::InstanceStatus::Busy => api::InstanceState::Busy,
+                    nimbus_scheduler::InstanceStatus::Idle => api::InstanceState::Idle,
+                },
             })
             .collect(),
     }

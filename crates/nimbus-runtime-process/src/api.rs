@@ -215,3 +215,172 @@ fn json(status: StatusCode, error_type: &str, message: &str) -> Response<Full<By
     r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Runtime API as a runtime client sees it: real HTTP/1.1 requests to a served listener.
+
+    use http_body_util::BodyExt;
+    use hyper::header::HeaderMap;
+
+    use super::*;
+
+    struct Api {
+        addr: String,
+        shared: Arc<Shared>,
+        next_tx: mpsc::Sender<NextEvent>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Api {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    async fn api(max_response: usize) -> Api {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (next_tx, next_rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            next_rx: Mutex::new(next_rx),
+            pending: StdMutex::new(None),
+            ready: watch::channel(false).0,
+            init_error: watch::channel(None).0,
+            picked_up: std::sync::atomic::AtomicBool::new(false),
+            max_response,
+        });
+        let server = tokio::spawn(serve(listener, shared.clone()));
+        Api { addr, shared, next_tx, server }
+    }
+
+    impl Api {
+        async fn send(
+            &self,
+            method: Method,
+            path: &str,
+            headers: &[(&str, &str)],
+            body: &str,
+        ) -> (StatusCode, HeaderMap, String) {
+            let stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let mut req = Request::builder().method(method).uri(path).header("host", &self.addr);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let resp = sender.send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let body = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+            (parts.status, parts.headers, body)
+        }
+
+        /// Make `id` the invocation in progress; the receiver gets its completion.
+        fn pending(&self, id: &str) -> oneshot::Receiver<Completion> {
+            let (reply, rx) = oneshot::channel();
+            *self.shared.pending.lock().unwrap() = Some(Pending { request_id: id.into(), reply });
+            rx
+        }
+    }
+
+    fn path(rest: &str) -> String {
+        format!("{PREFIX}{rest}")
+    }
+
+    #[tokio::test]
+    async fn next_hands_out_the_event_with_the_lambda_headers_and_marks_init_over() {
+        let api = api(1024).await;
+        api.next_tx
+            .send(NextEvent {
+                request_id: "r1".into(),
+                payload: Bytes::from_static(b"{\"k\":1}"),
+                deadline_ms: 1234,
+                arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
+                trace_id: "Root=1-abc".into(),
+                client_context: Some("ctx".into()),
+            })
+            .await
+            .unwrap();
+        let (status, headers, body) = api.send(Method::GET, &path("invocation/next"), &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "{\"k\":1}");
+        let h = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(h("lambda-runtime-aws-request-id"), Some("r1"));
+        assert_eq!(h("lambda-runtime-deadline-ms"), Some("1234"));
+        assert_eq!(h("lambda-runtime-invoked-function-arn"), Some("arn:aws:lambda:us-east-1:000000000000:function:f"));
+        assert_eq!(h("lambda-runtime-trace-id"), Some("Root=1-abc"));
+        assert_eq!(h("lambda-runtime-client-context"), Some("ctx"));
+        assert!(*api.shared.ready.borrow(), "the first /next ends init");
+        assert!(api.shared.picked_up.load(std::sync::atomic::Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn a_response_is_taken_only_for_the_invocation_in_progress() {
+        let api = api(1024).await;
+        let mut rx = api.pending("r1");
+        let (status, _, body) = api.send(Method::POST, &path("invocation/old/response"), &[], "late").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("InvalidRequestID"), "{body}");
+        assert!(rx.try_recv().is_err(), "a late response to another invocation is refused");
+        let (status, _, _) = api.send(Method::POST, &path("invocation/r1/response"), &[], "42").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(matches!(rx.await.unwrap(), Completion::Response(b) if b.as_ref() == b"42"));
+        let (status, _, _) = api.send(Method::POST, &path("invocation/r1/response"), &[], "again").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "one completion per invocation");
+    }
+
+    #[tokio::test]
+    async fn an_error_carries_the_runtimes_error_type() {
+        let api = api(1024).await;
+        let rx = api.pending("r1");
+        let error_type = [("lambda-runtime-function-error-type", "Unhandled")];
+        let doc = r#"{"errorType":"Boom","errorMessage":"no"}"#;
+        let (status, _, _) = api.send(Method::POST, &path("invocation/r1/error"), &error_type, doc).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        match rx.await.unwrap() {
+            Completion::Error { error_type, body } => {
+                assert_eq!(error_type.as_deref(), Some("Unhandled"));
+                assert_eq!(body.as_ref(), doc.as_bytes());
+            }
+            _ => panic!("expected an error completion"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_above_the_limit_is_refused_and_reported_too_large() {
+        let api = api(10).await;
+        let rx = api.pending("r1");
+        let (status, _, body) =
+            api.send(Method::POST, &path("invocation/r1/response"), &[], "twenty bytes of data").await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("RequestEntityTooLarge"), "{body}");
+        assert!(matches!(rx.await.unwrap(), Completion::TooLarge { size: 20 }));
+    }
+
+    #[tokio::test]
+    async fn an_init_error_is_kept_for_the_start_to_report() {
+        let api = api(1024).await;
+        let headers = [("lambda-runtime-function-error-type", "Runtime.ImportModuleError")];
+        let (status, _, _) = api.send(Method::POST, &path("init/error"), &headers, "{}").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let reported = api.shared.init_error.borrow().clone().unwrap();
+        assert_eq!(reported.error_type, "Runtime.ImportModuleError");
+        assert_eq!(reported.body.as_ref(), b"{}");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_wrong_methods_are_refused() {
+        let api = api(1024).await;
+        for (method, p, want, error) in [
+            (Method::GET, "/2015-03-31/functions".to_owned(), StatusCode::NOT_FOUND, "UnknownAPI"),
+            (Method::POST, path("invocation/next"), StatusCode::NOT_FOUND, "UnknownAPI"),
+            (Method::POST, path("invocation/r1/other"), StatusCode::NOT_FOUND, "UnknownAPI"),
+            (Method::GET, path("invocation/r1/response"), StatusCode::METHOD_NOT_ALLOWED, "only POST"),
+            (Method::PUT, path("invocation/next"), StatusCode::METHOD_NOT_ALLOWED, "only GET"),
+        ] {
+            let (status, _, body) = api.send(method.clone(), &p, &[], "").await;
+            assert_eq!(status, want, "{method} {p}");
+            assert!(body.contains(error), "{method} {p}: {body}");
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //!   worker, which lives as long as the process).
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::api::{self, Completion, NextEvent, Pending, Shared};
 use crate::logs::LogTap;
@@ -43,7 +43,7 @@ pub struct ProcessInstance {
     shared: Arc<Shared>,
     exit_rx: watch::Receiver<Option<String>>,
     logs: LogTap,
-    server: JoinHandle<()>,
+    server: AbortHandle,
     scratch: PathBuf,
     stop_grace: Duration,
     max_response: usize,
@@ -58,6 +58,67 @@ fn platform(context: &str) -> impl Fn(std::io::Error) -> StartError + '_ {
     move |e| StartError::Platform(format!("{context}: {e}"))
 }
 
+/// What a start has made that must not outlive a failed start: the Runtime API task, the temp
+/// dir and, once spawned, the runtime's process group. Dropped while armed it removes all of
+/// them, so every early return of `start` cleans up; once the instance owns them (its own
+/// `Drop` and `shutdown` clean up from there), `disarm` stands it down.
+struct StartGuard {
+    server: AbortHandle,
+    scratch: PathBuf,
+    /// The runtime's pid, which is also its process group (it is spawned as group leader).
+    group: Option<u32>,
+    armed: bool,
+}
+
+impl StartGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Never killpg(0): that would signal nimbus's own process group.
+        if let Some(pid) = self.group.filter(|p| *p > 0) {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        self.server.abort();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// An instance's Runtime API endpoint, served before its process starts.
+struct Endpoint {
+    addr: String,
+    shared: Arc<Shared>,
+    next_tx: mpsc::Sender<NextEvent>,
+}
+
+/// The runtime process just spawned, with the read ends of its stdout and stderr.
+struct Spawned {
+    child: tokio::process::Child,
+    stdout: std::io::PipeReader,
+    stderr: std::io::PipeReader,
+}
+
+/// How an invocation ended.
+enum Ended {
+    Done(Completion),
+    Crashed(String),
+    TimedOut,
+}
+
+/// How init ended.
+enum Init {
+    Ready,
+    Reported,
+    Exited(String),
+    TimedOut,
+}
+
 impl ProcessInstance {
     pub(crate) async fn start(
         rt: &ProcessRuntime,
@@ -65,94 +126,28 @@ impl ProcessInstance {
         id: String,
     ) -> Result<Self, StartError> {
         let began = Instant::now();
-        let (program, args) = rt.command_for(&function)?;
-        let listener =
-            TcpListener::bind("127.0.0.1:0").await.map_err(platform("cannot bind the Runtime API listener"))?;
-        let api_addr = listener.local_addr().map_err(platform("cannot read the Runtime API address"))?;
-        let (next_tx, next_rx) = mpsc::channel(1);
-        let shared = Arc::new(Shared {
-            next_rx: Mutex::new(next_rx),
-            pending: StdMutex::new(None),
-            ready: watch::channel(false).0,
-            init_error: watch::channel(None).0,
-            picked_up: std::sync::atomic::AtomicBool::new(false),
-            max_response: rt.limits.max_response_bytes,
-        });
-        let mut ready_rx = shared.ready.subscribe();
-        let mut init_rx = shared.init_error.subscribe();
-        let server = tokio::spawn(api::serve(listener, shared.clone()));
-
-        let scratch = rt.scratch_dir.join(&id);
-        std::fs::create_dir_all(&scratch).map_err(platform("cannot create the instance temp dir"))?;
-        let (out_r, out_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
-        let (err_r, err_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
-
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&args)
-            .env_clear()
-            .envs(environment(rt, &function, &id, &api_addr.to_string(), &scratch))
-            .current_dir(&function.code_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w))
-            .process_group(0)
-            .kill_on_drop(true);
-        set_parent_death_signal(&mut cmd);
-        let spawned = cmd.spawn();
-        // The Command holds the pipes' write ends; drop it so end-of-file reaches the reader.
-        drop(cmd);
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                server.abort();
-                let _ = std::fs::remove_dir_all(&scratch);
-                return Err(if function.spec.runtime == RuntimeKind::Provided {
-                    StartError::InitFailed {
-                        error_type: "Runtime.InvalidEntrypoint".into(),
-                        message: format!(
-                            "cannot execute {}: {e}; it must be an executable (with a #! line if it is a script)",
-                            program.display()
-                        ),
-                        log: String::new(),
-                    }
-                } else {
-                    StartError::Platform(format!("cannot start {}: {e}", program.display()))
-                });
-            }
-        };
+        let command = rt.command_for(&function)?;
+        let (endpoint, server) = serve_api(rt).await?;
+        let mut guard =
+            StartGuard { server: server.abort_handle(), scratch: rt.scratch_dir.join(&id), group: None, armed: true };
+        std::fs::create_dir_all(&guard.scratch).map_err(platform("cannot create the instance temp dir"))?;
+        let spawned = spawn_runtime(rt, &function, &id, &command, &endpoint.addr, &guard.scratch)?;
         let spawned_after = began.elapsed();
-        let pid = child.id().unwrap_or(0);
-        let receiver = |fd: std::io::PipeReader| pipe::Receiver::from_owned_fd(OwnedFd::from(fd));
-        let logs = match (receiver(out_r), receiver(err_r)) {
-            (Ok(o), Ok(e)) => LogTap::spawn(o, e, rt.limits.max_log_bytes),
-            (Err(e), _) | (_, Err(e)) => {
-                let _ = child.start_kill();
-                server.abort();
-                return Err(StartError::Platform(format!("cannot read the runtime's output: {e}")));
-            }
-        };
-        let (exit_tx, exit_rx) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let text = match status {
-                Ok(s) => describe_exit(s),
-                Err(e) => format!("wait failed: {e}"),
-            };
-            let _ = exit_tx.send(Some(text));
-        });
-
-        let mut instance = ProcessInstance {
+        let pid = spawned.child.id().unwrap_or(0);
+        guard.group = Some(pid);
+        let logs = tap_logs(spawned.stdout, spawned.stderr, rt.limits.max_log_bytes)?;
+        let instance = ProcessInstance {
             id,
             function,
             pid,
             cold_start: ColdStart { init: Duration::ZERO, instance_start: spawned_after },
             init_log: String::new(),
-            next_tx,
-            shared,
-            exit_rx,
+            next_tx: endpoint.next_tx,
+            shared: endpoint.shared,
+            exit_rx: watch_exit(spawned.child),
             logs,
-            server,
-            scratch,
+            server: guard.server.clone(),
+            scratch: guard.scratch.clone(),
             stop_grace: rt.limits.stop_grace,
             max_response: rt.limits.max_response_bytes,
             last_max_memory_mb: 0,
@@ -160,48 +155,138 @@ impl ProcessInstance {
             dead: false,
             stopped: false,
         };
+        guard.disarm();
+        instance.finish_init(began, rt.limits.init_timeout).await
+    }
 
-        let mut exit_rx = instance.exit_rx.clone();
-        enum Init {
-            Ready,
-            Reported,
-            Exited(String),
-            TimedOut,
-        }
-        let init = tokio::select! {
+    /// Wait for the runtime's first `/next`; on any other outcome stop it and report why.
+    async fn finish_init(mut self, began: Instant, timeout: Duration) -> Result<Self, StartError> {
+        let init = self.wait_init(timeout).await;
+        self.cold_start.init = began.elapsed();
+        let Some((error_type, message)) = self.init_failure(init, timeout) else {
+            self.init_log = self.logs.drain();
+            return Ok(self);
+        };
+        self.kill();
+        self.wait_exit(Duration::from_secs(1)).await;
+        let log = self.logs.drain();
+        self.dead = true;
+        Box::new(self).shutdown().await;
+        Err(StartError::InitFailed { error_type, message, log })
+    }
+
+    async fn wait_init(&self, timeout: Duration) -> Init {
+        // A watch's `wait_for` looks at the current value first: subscribing after the process
+        // started misses nothing.
+        let mut ready_rx = self.shared.ready.subscribe();
+        let mut init_rx = self.shared.init_error.subscribe();
+        let mut exit_rx = self.exit_rx.clone();
+        tokio::select! {
             biased;
             _ = init_rx.wait_for(Option::is_some) => Init::Reported,
             r = ready_rx.wait_for(|r| *r) => if r.is_ok() { Init::Ready } else { Init::Exited("the Runtime API stopped".into()) },
             e = exit_rx.wait_for(Option::is_some) => Init::Exited(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
-            _ = tokio::time::sleep(rt.limits.init_timeout) => Init::TimedOut,
-        };
-        instance.cold_start.init = began.elapsed();
-        let failure = match init {
+            _ = tokio::time::sleep(timeout) => Init::TimedOut,
+        }
+    }
+
+    /// The Lambda error type and message of a failed init; `None` when the runtime is ready.
+    fn init_failure(&self, init: Init, timeout: Duration) -> Option<(String, String)> {
+        match init {
             Init::Ready => None,
-            Init::Reported => Some(reported_init_error(&instance.shared)),
+            Init::Reported => Some(reported_init_error(&self.shared)),
+            // A runtime that posts /init/error then exits: prefer its own report.
+            Init::Exited(_) if self.shared.init_error.borrow().is_some() => Some(reported_init_error(&self.shared)),
             Init::Exited(status) => {
-                // A runtime that posts /init/error then exits: prefer its own report.
-                if instance.shared.init_error.borrow().is_some() {
-                    Some(reported_init_error(&instance.shared))
-                } else {
-                    Some(("Runtime.ExitError".to_owned(), format!("the runtime exited during init ({status})")))
-                }
+                Some(("Runtime.ExitError".to_owned(), format!("the runtime exited during init ({status})")))
             }
             Init::TimedOut => Some((
                 "Runtime.InitTimeout".to_owned(),
-                format!("the runtime did not ask for its first event within {:?} of starting", rt.limits.init_timeout),
+                format!("the runtime did not ask for its first event within {timeout:?} of starting"),
             )),
-        };
-        if let Some((error_type, message)) = failure {
-            instance.kill();
-            instance.wait_exit(Duration::from_secs(1)).await;
-            let log = instance.logs.drain();
-            instance.dead = true;
-            Box::new(instance).shutdown().await;
-            return Err(StartError::InitFailed { error_type, message, log });
         }
-        instance.init_log = instance.logs.drain();
-        Ok(instance)
+    }
+
+    /// Make `inv` the pending invocation and queue its event for the runtime's `/next`.
+    /// Returns where the completion will arrive, and when the handler's time started.
+    async fn hand_over(&mut self, inv: &Invocation) -> Result<(oneshot::Receiver<Completion>, Instant), InstanceError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx });
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let event = NextEvent {
+            request_id: inv.request_id.clone(),
+            payload: inv.payload.clone(),
+            deadline_ms: now_ms + inv.timeout.as_millis(),
+            arn: self.function.arn(),
+            trace_id: inv.trace_id.clone(),
+            client_context: inv.client_context.clone(),
+        };
+        let started = Instant::now();
+        self.shared.picked_up.store(false, std::sync::atomic::Ordering::Release);
+        if self.next_tx.send(event).await.is_err() {
+            self.dead = true;
+            self.clear_pending();
+            return Err(InstanceError::Platform("the instance's Runtime API is gone".into()));
+        }
+        Ok((reply_rx, started))
+    }
+
+    /// Whichever comes first: the runtime's answer, the process's exit, or the timeout.
+    async fn wait_end(&self, reply_rx: oneshot::Receiver<Completion>, timeout: Duration) -> Ended {
+        let mut exit_rx = self.exit_rx.clone();
+        tokio::select! {
+            biased;
+            c = reply_rx => match c {
+                Ok(c) => Ended::Done(c),
+                Err(_) => Ended::Crashed("the invocation was abandoned".into()),
+            },
+            e = exit_rx.wait_for(Option::is_some) => Ended::Crashed(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
+            _ = tokio::time::sleep(timeout) => Ended::TimedOut,
+        }
+    }
+
+    fn completed(
+        &mut self,
+        completion: Completion,
+        duration: Duration,
+        max_memory_mb: u32,
+    ) -> Result<InvokeResult, InstanceError> {
+        let log = self.logs.drain();
+        let outcome = match completion {
+            Completion::Response(body) => InvokeOutcome::Success(body),
+            Completion::Error { error_type, body } => function_error(error_type, body),
+            Completion::TooLarge { size } => {
+                // The runtime's state after a refused response is unknown (awslambdaric
+                // exits): retire the instance rather than hand it to the next caller.
+                self.dead = true;
+                self.kill();
+                return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
+            }
+        };
+        Ok(InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone(), http: None })
+    }
+
+    /// The process exited mid-invocation: before the runtime took the event the function never
+    /// ran (`Lost`, safe to retry elsewhere), after it the invocation crashed.
+    fn crashed(&mut self, status: String) -> InstanceError {
+        self.dead = true;
+        self.clear_pending();
+        self.kill();
+        if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
+            return InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") };
+        }
+        let log = self.logs.drain();
+        InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log }
+    }
+
+    async fn timed_out(&mut self, timeout: Duration) -> InstanceError {
+        self.dead = true;
+        self.clear_pending();
+        self.kill();
+        self.wait_exit(Duration::from_secs(1)).await;
+        let log = self.logs.drain();
+        InstanceError::Timeout { timeout, log }
     }
 
     fn kill(&self) {
@@ -241,6 +326,91 @@ fn reported_init_error(shared: &Shared) -> (String, String) {
     (error_type, message)
 }
 
+/// Bind the instance's Runtime API on a fresh loopback port and serve it.
+async fn serve_api(rt: &ProcessRuntime) -> Result<(Endpoint, JoinHandle<()>), StartError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(platform("cannot bind the Runtime API listener"))?;
+    let addr = listener.local_addr().map_err(platform("cannot read the Runtime API address"))?;
+    let (next_tx, next_rx) = mpsc::channel(1);
+    let shared = Arc::new(Shared {
+        next_rx: Mutex::new(next_rx),
+        pending: StdMutex::new(None),
+        ready: watch::channel(false).0,
+        init_error: watch::channel(None).0,
+        picked_up: std::sync::atomic::AtomicBool::new(false),
+        max_response: rt.limits.max_response_bytes,
+    });
+    let server = tokio::spawn(api::serve(listener, shared.clone()));
+    Ok((Endpoint { addr: addr.to_string(), shared, next_tx }, server))
+}
+
+/// Spawn the runtime: cleared environment, its own process group, output on two pipes.
+fn spawn_runtime(
+    rt: &ProcessRuntime,
+    function: &FunctionVersion,
+    id: &str,
+    (program, args): &(PathBuf, Vec<String>),
+    api: &str,
+    scratch: &Path,
+) -> Result<Spawned, StartError> {
+    let (stdout, out_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
+    let (stderr, err_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(environment(rt, function, id, api, scratch))
+        .current_dir(&function.code_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .process_group(0)
+        .kill_on_drop(true);
+    set_parent_death_signal(&mut cmd);
+    let spawned = cmd.spawn();
+    // The Command holds the pipes' write ends; drop it so end-of-file reaches the reader.
+    drop(cmd);
+    let child = spawned.map_err(|e| spawn_error(function, program, e))?;
+    Ok(Spawned { child, stdout, stderr })
+}
+
+/// A `provided` bootstrap that cannot be executed is the function's fault (Lambda's
+/// `Runtime.InvalidEntrypoint`); a missing interpreter of nimbus's is the platform's.
+fn spawn_error(function: &FunctionVersion, program: &Path, e: std::io::Error) -> StartError {
+    if function.spec.runtime == RuntimeKind::Provided {
+        StartError::InitFailed {
+            error_type: "Runtime.InvalidEntrypoint".into(),
+            message: format!(
+                "cannot execute {}: {e}; it must be an executable (with a #! line if it is a script)",
+                program.display()
+            ),
+            log: String::new(),
+        }
+    } else {
+        StartError::Platform(format!("cannot start {}: {e}", program.display()))
+    }
+}
+
+/// Collect the runtime's output from the read ends of its pipes.
+fn tap_logs(stdout: std::io::PipeReader, stderr: std::io::PipeReader, max: usize) -> Result<LogTap, StartError> {
+    let receiver = |fd: std::io::PipeReader| pipe::Receiver::from_owned_fd(OwnedFd::from(fd));
+    match (receiver(stdout), receiver(stderr)) {
+        (Ok(o), Ok(e)) => Ok(LogTap::spawn(o, e, max)),
+        (Err(e), _) | (_, Err(e)) => Err(StartError::Platform(format!("cannot read the runtime's output: {e}"))),
+    }
+}
+
+/// Publish the process's exit, described, as soon as it happens; the task owns the child.
+fn watch_exit(mut child: tokio::process::Child) -> watch::Receiver<Option<String>> {
+    let (exit_tx, exit_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let text = match child.wait().await {
+            Ok(s) => describe_exit(s),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        let _ = exit_tx.send(Some(text));
+    });
+    exit_rx
+}
+
 #[async_trait]
 impl Instance for ProcessInstance {
     fn id(&self) -> &str {
@@ -271,85 +441,14 @@ impl Instance for ProcessInstance {
         if self.state() == InstanceState::Dead {
             return Err(InstanceError::Platform("the instance is no longer running".into()));
         }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx });
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-        let event = NextEvent {
-            request_id: inv.request_id.clone(),
-            payload: inv.payload.clone(),
-            deadline_ms: now_ms + inv.timeout.as_millis(),
-            arn: self.function.arn(),
-            trace_id: inv.trace_id.clone(),
-            client_context: inv.client_context.clone(),
-        };
-        let started = Instant::now();
-        self.shared.picked_up.store(false, std::sync::atomic::Ordering::Release);
-        if self.next_tx.send(event).await.is_err() {
-            self.dead = true;
-            self.clear_pending();
-            return Err(InstanceError::Platform("the instance's Runtime API is gone".into()));
-        }
-
-        enum Ended {
-            Done(Completion),
-            Crashed(String),
-            TimedOut,
-        }
-        let mut exit_rx = self.exit_rx.clone();
-        let ended = tokio::select! {
-            biased;
-            c = reply_rx => match c {
-                Ok(c) => Ended::Done(c),
-                Err(_) => Ended::Crashed("the invocation was abandoned".into()),
-            },
-            e = exit_rx.wait_for(Option::is_some) => Ended::Crashed(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
-            _ = tokio::time::sleep(inv.timeout) => Ended::TimedOut,
-        };
+        let (reply_rx, started) = self.hand_over(&inv).await?;
+        let ended = self.wait_end(reply_rx, inv.timeout).await;
         let duration = started.elapsed();
         let max_memory_mb = self.read_max_memory();
         match ended {
-            Ended::Done(completion) => {
-                let log = self.logs.drain();
-                let outcome = match completion {
-                    Completion::Response(body) => InvokeOutcome::Success(body),
-                    Completion::Error { error_type, body } => function_error(error_type, body),
-                    Completion::TooLarge { size } => {
-                        // The runtime's state after a refused response is unknown (awslambdaric
-                        // exits): retire the instance rather than hand it to the next caller.
-                        self.dead = true;
-                        self.kill();
-                        return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
-                    }
-                };
-                Ok(InvokeResult {
-                    outcome,
-                    duration,
-                    cold: None,
-                    max_memory_mb,
-                    log,
-                    instance_id: self.id.clone(),
-                    http: None,
-                })
-            }
-            Ended::Crashed(status) => {
-                self.dead = true;
-                self.clear_pending();
-                self.kill();
-                if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
-                    return Err(InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") });
-                }
-                let log = self.logs.drain();
-                Err(InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log })
-            }
-            Ended::TimedOut => {
-                self.dead = true;
-                self.clear_pending();
-                self.kill();
-                self.wait_exit(Duration::from_secs(1)).await;
-                let log = self.logs.drain();
-                Err(InstanceError::Timeout { timeout: inv.timeout, log })
-            }
+            Ended::Done(completion) => self.completed(completion, duration, max_memory_mb),
+            Ended::Crashed(status) => Err(self.crashed(status)),
+            Ended::TimedOut => Err(self.timed_out(inv.timeout).await),
         }
     }
 
@@ -473,5 +572,276 @@ fn set_parent_death_signal(cmd: &mut tokio::process::Command) {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    use super::*;
+    use crate::Limits;
+
+    /// A runtime on a temp data dir, without looking for node or python (tests use `provided`).
+    fn runtime(data: &Path) -> ProcessRuntime {
+        ProcessRuntime {
+            node: None,
+            python: None,
+            python_entry: data.join("runtime/python/bootstrap.py"),
+            runtime_dir: data.join("runtime"),
+            scratch_dir: data.join("instances"),
+            limits: Limits { init_timeout: Duration::from_secs(10), ..Limits::default() },
+        }
+    }
+
+    fn provided(code: &Path, env: &[(&str, &str)]) -> Arc<FunctionVersion> {
+        let spec = nimbus_core::FunctionSpec {
+            name: "fn".into(),
+            runtime: RuntimeKind::Provided,
+            handler: "handler.run".into(),
+            code: ".".into(),
+            memory_mb: 256,
+            timeout: Duration::from_secs(3),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            min_instances: 0,
+            max_instances: 1,
+            keep_alive: Duration::from_secs(60),
+            max_queued: 0,
+            queue_timeout: Duration::from_secs(1),
+            async_policy: Default::default(),
+            wasm: Default::default(),
+        };
+        Arc::new(FunctionVersion {
+            spec,
+            version: "7".into(),
+            code_digest: "d".into(),
+            code_path: code.to_owned(),
+            key_cache: Default::default(),
+        })
+    }
+
+    fn scratch_entries(rt: &ProcessRuntime) -> usize {
+        std::fs::read_dir(&rt.scratch_dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    fn tasks() -> usize {
+        tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    }
+
+    /// Assert the tasks a start spawned are all gone (an aborted task goes at its next poll, so
+    /// the runtime gets a few turns first).
+    async fn assert_no_tasks_left(before: usize) {
+        for _ in 0..100 {
+            if tasks() == before {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(tasks(), before, "a task the failed start spawned is still alive");
+    }
+
+    #[test]
+    fn environment_has_the_lambda_contract_and_the_users_variables() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        // A user value for a platform name loses: the platform's entry comes later and wins.
+        let f = provided(data.path(), &[("GREETING", "hi"), ("AWS_LAMBDA_RUNTIME_API", "evil:1")]);
+        let list = environment(&rt, &f, "inst1", "127.0.0.1:9001", Path::new("/tmp/scratch"));
+        let env: HashMap<String, String> = list.into_iter().collect();
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), Some("127.0.0.1:9001"));
+        assert_eq!(get("_HANDLER"), Some("handler.run"));
+        assert_eq!(get("LAMBDA_TASK_ROOT"), Some(data.path().to_str().unwrap()));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_NAME"), Some("fn"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_VERSION"), Some("7"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), Some("256"));
+        assert_eq!(get("AWS_LAMBDA_LOG_GROUP_NAME"), Some("/aws/lambda/fn"));
+        assert!(get("AWS_LAMBDA_LOG_STREAM_NAME").unwrap().ends_with("/[7]inst1"));
+        assert_eq!(get("AWS_REGION"), Some(REGION));
+        assert_eq!(get("HOME"), Some("/tmp/scratch"));
+        assert_eq!(get("TMPDIR"), Some("/tmp/scratch"));
+        assert_eq!(get("GREETING"), Some("hi"));
+        assert_eq!(get("PATH"), Some("/usr/local/bin:/usr/bin:/bin"));
+    }
+
+    /// The bootstrap is `env` itself: it prints the environment it got and exits, which ends
+    /// init with the output as the init log.
+    #[tokio::test]
+    async fn a_runtime_sees_only_the_environment_nimbus_gives_it() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        std::os::unix::fs::symlink("/usr/bin/env", data.path().join("bootstrap")).unwrap();
+        let f = provided(data.path(), &[("GREETING", "hi")]);
+        let before = tasks();
+        let Err(StartError::InitFailed { error_type, log, .. }) =
+            ProcessInstance::start(&rt, f.clone(), "i1".into()).await
+        else {
+            panic!("env exits, so init must fail");
+        };
+        assert_eq!(error_type, "Runtime.ExitError");
+        let seen: HashSet<&str> = log.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+        let given = environment(&rt, &f, "i1", "127.0.0.1:1", Path::new("/"));
+        let given: HashSet<&str> = given.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(seen, given, "exactly the variables nimbus sets: {log}");
+        assert_eq!(scratch_entries(&rt), 0, "the failed start removed its temp dir");
+        assert_no_tasks_left(before).await;
+    }
+
+    #[tokio::test]
+    async fn a_bootstrap_that_cannot_be_executed_fails_init_and_leaves_no_temp_dir() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        std::fs::write(data.path().join("bootstrap"), "echo no exec bit\n").unwrap();
+        let before = tasks();
+        match ProcessInstance::start(&rt, provided(data.path(), &[]), "i2".into()).await {
+            Err(StartError::InitFailed { error_type, .. }) => assert_eq!(error_type, "Runtime.InvalidEntrypoint"),
+            Err(e) => panic!("expected InvalidEntrypoint, got {e}"),
+            Ok(_) => panic!("a file without the exec bit cannot start"),
+        }
+        assert_eq!(scratch_entries(&rt), 0);
+        assert_no_tasks_left(before).await;
+    }
+
+    /// The temp dir cannot be made (a file stands where the instances' dir should be): the
+    /// Runtime API server already started must not be left running.
+    #[tokio::test]
+    async fn a_start_that_cannot_make_its_temp_dir_leaves_no_server_behind() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        std::fs::write(&rt.scratch_dir, "not a directory").unwrap();
+        std::fs::write(data.path().join("bootstrap"), "").unwrap();
+        let before = tasks();
+        match ProcessInstance::start(&rt, provided(data.path(), &[]), "i5".into()).await {
+            Err(StartError::Platform(message)) => assert!(message.contains("temp dir"), "{message}"),
+            Err(e) => panic!("expected a platform error, got {e}"),
+            Ok(_) => panic!("cannot start without a temp dir"),
+        }
+        assert_no_tasks_left(before).await;
+    }
+
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_start_guard_undoes_a_failed_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("i3");
+        std::fs::create_dir(&scratch).unwrap();
+        let task = tokio::spawn(std::future::pending::<()>());
+        let mut child = sleeper();
+        let guard =
+            StartGuard { server: task.abort_handle(), scratch: scratch.clone(), group: Some(child.id()), armed: true };
+        drop(guard);
+        let stopped = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert!(stopped.is_ok_and(|r| r.is_err_and(|e| e.is_cancelled())), "the Runtime API task is stopped");
+        assert!(!scratch.exists(), "the temp dir is removed");
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL), "the process group is killed");
+    }
+
+    #[tokio::test]
+    async fn a_disarmed_start_guard_leaves_everything_to_the_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("i4");
+        std::fs::create_dir(&scratch).unwrap();
+        let task = tokio::spawn(std::future::pending::<()>());
+        let mut child = sleeper();
+        let mut guard =
+            StartGuard { server: task.abort_handle(), scratch: scratch.clone(), group: Some(child.id()), armed: true };
+        guard.disarm();
+        drop(guard);
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        assert!(scratch.exists());
+        assert!(child.try_wait().unwrap().is_none(), "the runtime keeps running");
+        task.abort();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A `provided` runtime in Python's standard library (Debian's /usr/bin/python3; the
+    /// instance PATH holds only the system directories): echoes events, and crashes, sleeps
+    /// or reports an error when the event says so.
+    const ECHO_RUNTIME: &str = r#"#!/usr/bin/python3 -S
+import os, sys, time, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+while True:
+    with urllib.request.urlopen(api + "next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = r.read().decode()
+    print("handling " + event, flush=True)
+    if event == "crash":
+        sys.exit(3)
+    if event == "sleep":
+        time.sleep(30)
+    if event == "error":
+        body, url = b'{"errorType":"Boom","errorMessage":"no"}', api + rid + "/error"
+    else:
+        body, url = ("echo:" + event).encode(), api + rid + "/response"
+    urllib.request.urlopen(urllib.request.Request(url, data=body)).read()
+"#;
+
+    fn event(payload: &'static str, timeout: Duration) -> Invocation {
+        Invocation {
+            request_id: format!("req-{payload}"),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            timeout,
+            trace_id: String::new(),
+            client_context: None,
+            trigger: nimbus_core::Trigger::Invoke,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            http: None,
+        }
+    }
+
+    async fn echo_instance(rt: &ProcessRuntime, code: &Path, id: &str) -> ProcessInstance {
+        match ProcessInstance::start(rt, provided(code, &[]), id.into()).await {
+            Ok(i) => i,
+            Err(e) => panic!("the echo runtime must start: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn invocations_answer_fail_crash_and_time_out_as_the_runtime_does() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let bootstrap = data.path().join("bootstrap");
+        std::fs::write(&bootstrap, ECHO_RUNTIME).unwrap();
+        std::fs::set_permissions(&bootstrap, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let secs = Duration::from_secs;
+        let mut i = echo_instance(&rt, data.path(), "e1").await;
+        let r = i.invoke(event("a", secs(10))).await.unwrap();
+        assert!(matches!(&r.outcome, InvokeOutcome::Success(b) if b.as_ref() == b"echo:a"));
+        assert_eq!(r.log, "handling a\n", "the invocation's own output");
+        let r = i.invoke(event("error", secs(10))).await.unwrap();
+        assert!(matches!(&r.outcome, InvokeOutcome::FunctionError { error_type, .. } if error_type == "Boom"));
+        match i.invoke(event("crash", secs(10))).await {
+            Err(InstanceError::Crashed { detail, log }) => {
+                assert_eq!(detail, "Runtime exited with error: exit status 3");
+                assert_eq!(log, "handling crash\n");
+            }
+            other => panic!("expected a crash, got {:?}", other.map(|r| r.outcome)),
+        }
+        assert_eq!(i.state(), InstanceState::Dead);
+        Box::new(i).shutdown().await;
+        let mut i = echo_instance(&rt, data.path(), "e2").await;
+        match i.invoke(event("sleep", Duration::from_millis(300))).await {
+            Err(InstanceError::Timeout { log, .. }) => assert_eq!(log, "handling sleep\n"),
+            other => panic!("expected a timeout, got {:?}", other.map(|r| r.outcome)),
+        }
+        assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
+        Box::new(i).shutdown().await;
+        assert_eq!(scratch_entries(&rt), 0, "shutdown removed both temp dirs");
+    }
+
+    #[test]
+    fn exits_are_described_by_code_or_signal() {
+        let status = |raw| std::process::ExitStatus::from_raw(raw);
+        assert_eq!(describe_exit(status(0)), "exit status 0");
+        assert_eq!(describe_exit(status(3 << 8)), "exit status 3");
+        assert_eq!(describe_exit(status(libc::SIGKILL)), "signal 9 (SIGKILL)");
+        assert_eq!(describe_exit(status(libc::SIGSEGV)), "signal 11 (SIGSEGV)");
     }
 }

@@ -2,6 +2,7 @@
 //! request at a time, on a fresh wasm instance per request or on a kept one
 //! (`instance_reuse`).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,6 +120,64 @@ impl WasmInstance {
         let cold_start = ColdStart { init: took, instance_start: took };
         Ok(WasmInstance { parts, id, cold_start, ready: Some(ready), dead: false })
     }
+
+    /// A kept instance (`instance_reuse`) whose request did not end normally cannot serve
+    /// another: a trapped or interrupted instance cannot be entered again.
+    fn retire_if_reused(&mut self) {
+        if self.parts.function.spec.wasm.instance_reuse {
+            self.dead = true;
+        }
+    }
+
+    /// What the caller gets for how the request ended. The instance is kept for the next
+    /// request (`instance_reuse`) only after a normal answer.
+    fn outcome(
+        &mut self,
+        ended: Ended,
+        is_event: bool,
+        kept: (Store<Host>, Proxy),
+    ) -> Result<(InvokeOutcome, Option<HttpResponseHead>), InstanceError> {
+        match ended {
+            Ended::Response { head, body } => {
+                if self.parts.function.spec.wasm.instance_reuse {
+                    self.ready = Some(kept);
+                }
+                Ok(response_outcome(head, body, is_event))
+            }
+            Ended::Failed { error_type, message } => {
+                self.retire_if_reused();
+                let body = error_body(error_type, &message);
+                let outcome = InvokeOutcome::FunctionError {
+                    kind: FunctionErrorKind::Unhandled,
+                    error_type: error_type.to_owned(),
+                    error_message: message,
+                    body,
+                };
+                Ok((outcome, None))
+            }
+            Ended::TooLarge { size } => {
+                self.retire_if_reused();
+                let limit = self.parts.rt.settings.max_response_bytes;
+                Err(InstanceError::ResponseTooLarge { size, limit, log: self.parts.log.drain() })
+            }
+        }
+    }
+}
+
+/// An answer as the caller sees it. An event has no HTTP caller: a 5xx answer is the function
+/// failing, so async retries and `on_failure` apply.
+fn response_outcome(head: HttpResponseHead, body: Bytes, is_event: bool) -> (InvokeOutcome, Option<HttpResponseHead>) {
+    if is_event && head.status.is_server_error() {
+        let outcome = InvokeOutcome::FunctionError {
+            kind: FunctionErrorKind::Handled,
+            error_type: "Function.HttpServerError".into(),
+            error_message: format!("the component answered {}", head.status),
+            body,
+        };
+        (outcome, Some(head))
+    } else {
+        (InvokeOutcome::Success(body), Some(head))
+    }
 }
 
 impl Parts {
@@ -213,33 +272,51 @@ impl Parts {
                 error_type: "Runtime.NoResponse",
                 message: "the component returned without setting a response (response-outparam.set)".into(),
             },
-            Driven::Trap(e) => {
-                let h = store.data();
-                if h.cpu_exceeded {
-                    let ms = self.function.spec.wasm.cpu_ms.unwrap_or_default();
-                    self.log.note(&format!("CPU time limit exceeded: cpu_ms = {ms}"));
-                    Ended::Failed {
-                        error_type: "Runtime.CpuLimitExceeded",
-                        message: format!("the request used more than {ms} ms of CPU time (cpu_ms = {ms})"),
-                    }
-                } else if let Some(bytes) = h.limiter.refused {
-                    self.log.note(&format!("{e:?}"));
-                    Ended::Failed {
-                        error_type: "Runtime.OutOfMemory",
-                        message: format!(
-                            "the component ran out of memory: it asked for {} MB, memory_mb = {}",
-                            bytes.div_ceil(1 << 20),
-                            self.function.spec.memory_mb
-                        ),
-                    }
-                } else {
-                    // The full error (with the wasm backtrace) goes to the log; the caller gets
-                    // the trap itself.
-                    self.log.note(&format!("{e:?}"));
-                    Ended::Failed { error_type: "Runtime.WasmTrap", message: trap_message(&e) }
-                }
-            }
+            Driven::Trap(e) => self.trapped(store.data(), &e),
         })
+    }
+
+    /// Why the guest stopped: over its CPU time, out of memory, or a trap of its own.
+    fn trapped(&self, h: &Host, e: &wasmtime::Error) -> Ended {
+        if h.cpu_exceeded {
+            let ms = self.function.spec.wasm.cpu_ms.unwrap_or_default();
+            self.log.note(&format!("CPU time limit exceeded: cpu_ms = {ms}"));
+            return Ended::Failed {
+                error_type: "Runtime.CpuLimitExceeded",
+                message: format!("the request used more than {ms} ms of CPU time (cpu_ms = {ms})"),
+            };
+        }
+        // The full error (with the wasm backtrace) goes to the log; the caller gets the cause.
+        self.log.note(&format!("{e:?}"));
+        match h.limiter.refused {
+            Some(bytes) => Ended::Failed {
+                error_type: "Runtime.OutOfMemory",
+                message: format!(
+                    "the component ran out of memory: it asked for {} MB, memory_mb = {}",
+                    bytes.div_ceil(1 << 20),
+                    self.function.spec.memory_mb
+                ),
+            },
+            None => Ended::Failed { error_type: "Runtime.WasmTrap", message: trap_message(e) },
+        }
+    }
+
+    /// Run `inv` on the kept instance, or on a new one, and take the instance back with the
+    /// result (for `instance_reuse`) and the memory peak.
+    async fn serve(
+        &self,
+        ready: Option<(Store<Host>, Proxy)>,
+        inv: &Invocation,
+    ) -> Result<(Ended, usize, (Store<Host>, Proxy)), InstanceError> {
+        let (mut store, proxy) = match ready {
+            Some(r) => r,
+            None => self.instantiate().await.map_err(|e| match e {
+                Instantiate::NoSlot(m) | Instantiate::Failed(m) => InstanceError::Platform(m),
+            })?,
+        };
+        let ended = self.run(&mut store, &proxy, inv).await.map_err(InstanceError::Platform)?;
+        let peak = store.data().limiter.peak;
+        Ok((ended, peak, (store, proxy)))
     }
 }
 
@@ -291,32 +368,52 @@ where
     F: std::future::Future<Output = wasmtime::Result<()>>,
 {
     tokio::pin!(call);
-    tokio::pin!(rx);
+    match first_response(call.as_mut(), rx).await {
+        Ok((response, returned)) => finish(call, returned, response, limit).await,
+        Err(driven) => driven,
+    }
+}
+
+/// Run the guest until it sets its response; also says whether `handle` has returned by then.
+/// Without a response: how the call ended instead.
+async fn first_response<F>(
+    mut call: Pin<&mut F>,
+    mut rx: tokio::sync::oneshot::Receiver<Result<Response, ErrorCode>>,
+) -> Result<(Response, bool), Driven>
+where
+    F: std::future::Future<Output = wasmtime::Result<()>>,
+{
     let mut returned = false;
     let response = tokio::select! {
         r = &mut rx => r,
         c = &mut call => {
             if let Err(e) = c {
-                return Driven::Trap(e);
+                return Err(Driven::Trap(e));
             }
             returned = true;
             match rx.try_recv() {
                 Ok(r) => Ok(r),
-                Err(_) => return Driven::NoResponse,
+                Err(_) => return Err(Driven::NoResponse),
             }
         }
     };
-    let response = match response {
-        Ok(Ok(r)) => r,
-        Ok(Err(code)) => return Driven::ErrorCode(code),
+    match response {
+        Ok(Ok(r)) => Ok((r, returned)),
+        Ok(Err(code)) => Err(Driven::ErrorCode(code)),
         // The outparam was dropped unset: the call's result says why.
-        Err(_) => {
-            return match if returned { Ok(()) } else { call.await } {
-                Ok(()) => Driven::NoResponse,
-                Err(e) => Driven::Trap(e),
-            }
-        }
-    };
+        Err(_) => Err(match if returned { Ok(()) } else { call.await } {
+            Ok(()) => Driven::NoResponse,
+            Err(e) => Driven::Trap(e),
+        }),
+    }
+}
+
+/// Collect the response body while the guest, unless it has returned, keeps running; then let
+/// it return. A trap at any point wins over the body.
+async fn finish<F>(mut call: Pin<&mut F>, mut returned: bool, response: Response, limit: usize) -> Driven
+where
+    F: std::future::Future<Output = wasmtime::Result<()>>,
+{
     let (parts, body) = response.into_parts();
     let collect = collect(body, limit);
     tokio::pin!(collect);
@@ -405,76 +502,19 @@ impl Instance for WasmInstance {
         let _running = rt.ticker.running();
         let started = Instant::now();
         let timeout = inv.timeout;
-        let reuse = self.parts.function.spec.wasm.instance_reuse;
-        let inv_is_event = inv.http.is_none();
-        let parts = &self.parts;
         let ready = self.ready.take();
-        let work = async move {
-            let (mut store, proxy) = match ready {
-                Some(r) => r,
-                None => parts.instantiate().await.map_err(|e| match e {
-                    Instantiate::NoSlot(m) | Instantiate::Failed(m) => InstanceError::Platform(m),
-                })?,
-            };
-            let ended = parts.run(&mut store, &proxy, &inv).await.map_err(InstanceError::Platform)?;
-            let peak = store.data().limiter.peak;
-            Ok::<_, InstanceError>((ended, peak, store, proxy))
-        };
-        let (ended, peak, store, proxy) = match tokio::time::timeout(timeout, work).await {
+        let (ended, peak, kept) = match tokio::time::timeout(timeout, self.parts.serve(ready, &inv)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 // The guest was stopped at its next epoch tick; its store is gone with the future.
-                if reuse {
-                    self.dead = true;
-                }
+                self.retire_if_reused();
                 return Err(InstanceError::Timeout { timeout, log: self.parts.log.drain() });
             }
         };
         let duration = started.elapsed();
         let max_memory_mb = u32::try_from(peak.div_ceil(1 << 20)).unwrap_or(u32::MAX);
-        let (outcome, http) = match ended {
-            Ended::Response { head, body } => {
-                if reuse {
-                    self.ready = Some((store, proxy));
-                }
-                if inv_is_event && head.status.is_server_error() {
-                    // An event has no HTTP caller: a 5xx answer is the function failing, so
-                    // async retries and `on_failure` apply.
-                    let message = format!("the component answered {}", head.status);
-                    let outcome = InvokeOutcome::FunctionError {
-                        kind: FunctionErrorKind::Handled,
-                        error_type: "Function.HttpServerError".into(),
-                        error_message: message,
-                        body,
-                    };
-                    (outcome, Some(head))
-                } else {
-                    (InvokeOutcome::Success(body), Some(head))
-                }
-            }
-            Ended::Failed { error_type, message } => {
-                // A trapped instance cannot be entered again.
-                if reuse {
-                    self.dead = true;
-                }
-                let body = error_body(error_type, &message);
-                let outcome = InvokeOutcome::FunctionError {
-                    kind: FunctionErrorKind::Unhandled,
-                    error_type: error_type.to_owned(),
-                    error_message: message,
-                    body,
-                };
-                (outcome, None)
-            }
-            Ended::TooLarge { size } => {
-                if reuse {
-                    self.dead = true;
-                }
-                let limit = self.parts.rt.settings.max_response_bytes;
-                return Err(InstanceError::ResponseTooLarge { size, limit, log: self.parts.log.drain() });
-            }
-        };
+        let (outcome, http) = self.outcome(ended, inv.http.is_none(), kept)?;
         Ok(InvokeResult {
             outcome,
             duration,

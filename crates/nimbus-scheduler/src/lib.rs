@@ -26,20 +26,27 @@
 //! Deliberately not done here: per-instance concurrency above 1 (process runtimes are one
 //! invocation at a time, as in Lambda), cross-node placement.
 
+#[cfg(test)]
+mod fake;
 mod pool;
 mod report;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use tokio::time::Instant;
+
 use nimbus_core::{
-    Dispatch, DispatchError, FunctionPrepareError, FunctionVersion, Invocation, InvocationRecord, InvocationStatus,
-    InvokeOutcome, InvokeResult, Pools, PrepareError, Recorder, Runtime, RuntimeKind,
+    ColdStart, Dispatch, DispatchError, FunctionPrepareError, FunctionVersion, Invocation, InvocationRecord,
+    InvocationStatus, InvokeOutcome, InvokeResult, Pools, PrepareError, Recorder, Runtime, RuntimeKind,
 };
 
-pub use pool::{InstanceInfo, Pool, PoolStatus};
+pub use pool::{InstanceInfo, InstanceStatus, Pool, PoolStatus};
 
 /// Runtimes registered by kind; pools by function-version key. Cheap to clone (shared).
 #[derive(Clone)]
@@ -48,6 +55,11 @@ pub struct Scheduler(Arc<Inner>);
 pub struct Inner {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Pools a redeploy retired. Whatever still runs in one (an invocation, an instance starting
+    /// or stopping) holds it, so the live ones are those server shutdown must still wait for.
+    retired: Mutex<Vec<Weak<Pool>>>,
+    /// Set by `shutdown`: no pool is created after it, so nothing starts that nobody will stop.
+    stopped: AtomicBool,
     recorder: Arc<dyn Recorder>,
 }
 
@@ -60,27 +72,53 @@ impl std::ops::Deref for Scheduler {
 
 impl Scheduler {
     pub fn new(runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>, recorder: Arc<dyn Recorder>) -> Self {
-        Scheduler(Arc::new(Inner { runtimes, pools: Mutex::new(HashMap::new()), recorder }))
+        Scheduler(Arc::new(Inner {
+            runtimes,
+            pools: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+            recorder,
+        }))
     }
 }
 
-/// What one invocation needs to record a failure to get an instance.
-struct Attempt<'a> {
-    function: &'a FunctionVersion,
-    request_id: &'a str,
+/// What the record of one invocation needs besides its outcome.
+#[derive(Clone)]
+struct Attempt {
+    function: Arc<FunctionVersion>,
+    request_id: String,
     trigger: nimbus_core::Trigger,
     start_ms: u64,
     queued: Instant,
 }
 
+impl Attempt {
+    fn new(function: Arc<FunctionVersion>, inv: &Invocation) -> Attempt {
+        Attempt {
+            function,
+            request_id: inv.request_id.clone(),
+            trigger: inv.trigger,
+            start_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+            queued: Instant::now(),
+        }
+    }
+}
+
 impl Inner {
+    /// Record that `a` failed with `err` (its one record) and hand the error back.
+    fn failed(&self, a: &Attempt, queue: Duration, err: DispatchError, cold: Option<ColdStart>) -> DispatchError {
+        let rec = report::record_for_error(&a.function, &a.request_id, a.trigger, a.start_ms, queue, &err, cold);
+        self.recorder.record(rec);
+        err
+    }
+
     /// Take an instance from `pool`, or record why none could be had and say so.
-    async fn lease(&self, pool: &Arc<Pool>, a: &Attempt<'_>) -> Result<pool::Lease, DispatchError> {
+    async fn lease(&self, pool: &Arc<Pool>, a: &Attempt) -> Result<pool::Lease, DispatchError> {
         let e = match pool.acquire().await {
             Ok(lease) => return Ok(lease),
             Err(e) => e,
         };
-        let log = report::failed_start_log(a.function, a.request_id, &e);
+        let log = report::failed_start_log(&a.function, &a.request_id, &e);
         let err = match e {
             pool::AcquireError::Dispatch(d) => d,
             pool::AcquireError::Init { error_type, message, log: init_log } => DispatchError::InitFailed {
@@ -90,10 +128,7 @@ impl Inner {
                 log: format!("{init_log}{log}"),
             },
         };
-        let rec =
-            report::record_for_error(a.function, a.request_id, a.trigger, a.start_ms, a.queued.elapsed(), &err, None);
-        self.recorder.record(rec);
-        Err(err)
+        Err(self.failed(a, a.queued.elapsed(), err, None))
     }
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
@@ -109,6 +144,10 @@ impl Inner {
             DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str()))
         })?;
         let mut pools = self.pools();
+        // Checked under the lock `shutdown` drains the pools with: no pool is created after it.
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(DispatchError::ShuttingDown { name: function.spec.name.clone() });
+        }
         let pool = pools.entry(key.to_owned()).or_insert_with(|| Pool::new(function.clone(), runtime)).clone();
         Ok(pool)
     }
@@ -139,8 +178,11 @@ impl Inner {
             let gone: Vec<String> = pools.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
             gone.into_iter().filter_map(|k| pools.remove(&k)).collect()
         };
+        let mut old = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        old.retain(|w| w.strong_count() > 0);
         for p in retired {
             p.retire();
+            old.push(Arc::downgrade(&p));
         }
     }
 
@@ -151,63 +193,53 @@ impl Inner {
         list
     }
 
-    /// Stop everything: retire all pools and wait (bounded) for their instances to stop.
-    pub async fn shutdown(&self, within: std::time::Duration) {
-        let pools: Vec<Arc<Pool>> = self.pools().drain().map(|(_, p)| p).collect();
+    /// Stop everything: retire all pools and wait (bounded) for their instances to stop, those
+    /// of pools retired by earlier deploys included. Invocations after it get `ShuttingDown`.
+    pub async fn shutdown(&self, within: Duration) {
+        let mut pools: Vec<Arc<Pool>> = {
+            let mut map = self.pools();
+            self.stopped.store(true, Ordering::Relaxed);
+            map.drain().map(|(_, p)| p).collect()
+        };
         for p in &pools {
             p.retire();
         }
+        let old = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        pools.extend(old.iter().filter_map(Weak::upgrade));
         let deadline = Instant::now() + within;
         for p in &pools {
             p.wait_empty(deadline).await;
         }
     }
 
-    async fn run(
-        self: Arc<Inner>,
-        function: Arc<FunctionVersion>,
-        inv: Invocation,
-    ) -> Result<InvokeResult, DispatchError> {
-        let pool = self.pool(&function)?;
-        let queued = Instant::now();
-        let start_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let request_id = inv.request_id.clone();
-        let trigger = inv.trigger;
-        let ctx = Attempt { function: &function, request_id: &request_id, trigger, start_ms, queued };
-        let mut lease = self.lease(&pool, &ctx).await?;
-        let mut queue_wait = queued.elapsed();
+    async fn run(self: Arc<Inner>, a: Attempt, inv: Invocation) -> Result<InvokeResult, DispatchError> {
+        let pool = self.pool(&a.function).map_err(|e| self.failed(&a, a.queued.elapsed(), e, None))?;
+        let mut lease = self.lease(&pool, &a).await?;
+        let mut queue_wait = a.queued.elapsed();
         let (mut cold, mut init_log) = lease.begin();
         let mut result = lease.instance().invoke(inv.clone()).await;
         drop(lease);
         if let Err(nimbus_core::InstanceError::Lost { detail }) = &result {
             // The function never ran: one more try on another instance is safe.
-            tracing::debug!(function = %function.spec.name, "retrying an invocation whose instance was lost: {detail}");
-            let mut again = self.lease(&pool, &ctx).await?;
-            queue_wait = queued.elapsed();
+            tracing::debug!(function = %a.function.spec.name, "retrying an invocation whose instance was lost: {detail}");
+            let mut again = self.lease(&pool, &a).await?;
+            queue_wait = a.queued.elapsed();
             (cold, init_log) = again.begin();
             result = again.instance().invoke(inv).await;
         }
+        let f = &a.function;
         match result {
             Ok(mut r) => {
                 r.cold = cold;
-                r.log = report::invocation_log(&function, &request_id, &init_log, &r);
-                let mut rec = report::record_for_result(&function, &request_id, trigger, start_ms, queue_wait, &r);
+                r.log = report::invocation_log(f, &a.request_id, &init_log, &r);
+                let mut rec = report::record_for_result(f, &a.request_id, a.trigger, a.start_ms, queue_wait, &r);
                 rec.log = r.log.clone();
                 self.recorder.record(rec);
                 Ok(r)
             }
             Err(e) => {
-                let err = report::instance_error(&function, &request_id, &init_log, cold, e);
-                self.recorder.record(report::record_for_error(
-                    &function,
-                    &request_id,
-                    trigger,
-                    start_ms,
-                    queue_wait,
-                    &err,
-                    cold,
-                ));
-                Err(err)
+                let err = report::instance_error(f, &a.request_id, &init_log, cold, e);
+                Err(self.failed(&a, queue_wait, err, cold))
             }
         }
     }
@@ -222,9 +254,14 @@ impl Dispatch for Scheduler {
     ) -> Result<InvokeResult, DispatchError> {
         // Its own task: a caller that goes away does not cancel an invocation half-way, and a
         // panic inside one invocation becomes a platform error instead of taking others down.
-        match tokio::spawn(self.0.clone().run(function, invocation)).await {
+        // A panicking task records nothing itself, so its record is made here.
+        let attempt = Attempt::new(function, &invocation);
+        match tokio::spawn(self.0.clone().run(attempt.clone(), invocation)).await {
             Ok(r) => r,
-            Err(e) => Err(DispatchError::Platform(format!("the invocation task failed: {e}"))),
+            Err(e) => {
+                let err = DispatchError::Platform(format!("the invocation task failed: {e}"));
+                Err(self.failed(&attempt, attempt.queued.elapsed(), err, None))
+            }
         }
     }
 }

@@ -3,12 +3,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nimbus_core::policy::{self, Admission, PoolCounts, ScaleDecision};
 use nimbus_core::{ColdStart, DispatchError, FunctionVersion, Instance, InstanceState, Runtime, StartError};
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
+// tokio's clock, not std's: the same in production, and tests can pause and advance it to
+// check keep-alive and queue timeouts deterministically.
+use tokio::time::Instant;
 
 /// An instance, and whether its next invocation is a cold start: true only while it goes
 /// straight from start to the request that waited for it. An instance parked idle first
@@ -33,11 +36,21 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
 }
 
+/// What admission gave a request.
+enum Admitted {
+    Now(Lease),
+    /// Queued as waiter `u64`; the grant comes through the receiver.
+    Queued(oneshot::Receiver<Grant>, u64),
+}
+
 #[derive(Default)]
 struct State {
     idle: Vec<Idle>,
     busy: HashMap<String, Option<u32>>,
     starting: u32,
+    /// Instances handed to `shutdown` that have not finished it: server shutdown waits for
+    /// these too, or a runtime's stop (a process's SIGTERM grace) would be cut short.
+    stopping: u32,
     waiters: VecDeque<Waiter>,
     retired: bool,
     /// When the last instance start failed: pre-warming backs off for a while after it, so a
@@ -77,7 +90,16 @@ pub struct Pool {
 pub struct InstanceInfo {
     pub id: String,
     pub pid: Option<u32>,
-    pub state: &'static str,
+    pub state: InstanceStatus,
+}
+
+/// Whether an instance is waiting for work or running an invocation. Serialised in lowercase
+/// (`"idle"`, `"busy"`), as the management API has always shown it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Idle,
+    Busy,
 }
 
 /// A pool as the management API shows it.
@@ -116,56 +138,66 @@ impl Pool {
     }
 
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
-        let spec = &self.function.spec;
-        let (mut rx, waiter_id) = {
-            let mut st = self.lock();
-            if st.retired {
-                return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
-            }
-            purge_dead(&mut st);
-            match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
-                Admission::UseIdle => {
-                    if let Some(idle) = st.idle.pop() {
-                        st.busy.insert(idle.slot.instance.id().to_owned(), idle.slot.instance.pid());
-                        return Ok(Lease { pool: self.clone(), slot: Some(idle.slot) });
-                    }
-                    return Err(AcquireError::Dispatch(DispatchError::Platform("idle instance vanished".into())));
-                }
-                Admission::Throttle => return Err(AcquireError::Dispatch(self.throttled())),
-                Admission::StartAndWait => self.start_one(&mut st),
-                Admission::Wait => {}
-            }
-            let (tx, rx) = oneshot::channel();
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            st.waiters.push_back(Waiter { id, tx });
-            (rx, id)
+        let (rx, waiter_id) = match self.admit()? {
+            Admitted::Now(lease) => return Ok(lease),
+            Admitted::Queued(rx, waiter_id) => (rx, waiter_id),
         };
-        let grant = match tokio::time::timeout(spec.queue_timeout, &mut rx).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(_)) => return Err(AcquireError::Dispatch(DispatchError::Platform("the pool went away".into()))),
-            Err(_) => {
-                let mut st = self.lock();
-                if let Some(pos) = st.waiters.iter().position(|w| w.id == waiter_id) {
-                    st.waiters.remove(pos);
-                    return Err(AcquireError::Dispatch(self.throttled()));
-                }
-                drop(st);
-                // Not in the queue any more: a grant was sent under the lock just before.
-                match rx.try_recv() {
-                    Ok(g) => g,
-                    Err(_) => {
-                        return Err(AcquireError::Dispatch(DispatchError::Platform("lost an instance grant".into())))
-                    }
-                }
-            }
-        };
-        match grant {
+        match self.wait(rx, waiter_id).await? {
             Grant::Instance(slot) => Ok(Lease { pool: self.clone(), slot: Some(slot) }),
             Grant::InitFailed(StartError::InitFailed { error_type, message, log }) => {
                 Err(AcquireError::Init { error_type, message, log })
             }
             Grant::InitFailed(StartError::Platform(msg)) => Err(AcquireError::Dispatch(DispatchError::Platform(msg))),
         }
+    }
+
+    /// Apply admission under the lock: an idle instance now, or a place in the queue (starting
+    /// one more instance first when the policy says so), or a refusal.
+    fn admit(self: &Arc<Self>) -> Result<Admitted, AcquireError> {
+        let spec = &self.function.spec;
+        let mut st = self.lock();
+        if st.retired {
+            return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
+        }
+        self.purge_dead(&mut st);
+        match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
+            Admission::UseIdle => {
+                if let Some(idle) = st.idle.pop() {
+                    st.busy.insert(idle.slot.instance.id().to_owned(), idle.slot.instance.pid());
+                    return Ok(Admitted::Now(Lease { pool: self.clone(), slot: Some(idle.slot) }));
+                }
+                return Err(AcquireError::Dispatch(DispatchError::Platform("idle instance vanished".into())));
+            }
+            Admission::Throttle => return Err(AcquireError::Dispatch(self.throttled())),
+            Admission::StartAndWait => self.start_one(&mut st),
+            Admission::Wait => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        st.waiters.push_back(Waiter { id, tx });
+        Ok(Admitted::Queued(rx, id))
+    }
+
+    /// Wait in the queue for a grant, at most `queue_timeout`.
+    async fn wait(&self, mut rx: oneshot::Receiver<Grant>, waiter_id: u64) -> Result<Grant, AcquireError> {
+        match tokio::time::timeout(self.function.spec.queue_timeout, &mut rx).await {
+            Ok(Ok(g)) => Ok(g),
+            Ok(Err(_)) => Err(AcquireError::Dispatch(DispatchError::Platform("the pool went away".into()))),
+            Err(_) => self.give_up(waiter_id, rx),
+        }
+    }
+
+    /// The queue wait timed out. Leave the queue, unless a grant was sent under the lock after
+    /// the timer fired (another thread released an instance meanwhile): then it must be taken,
+    /// or the instance would be dropped with the receiver, counted busy for ever.
+    fn give_up(&self, waiter_id: u64, mut rx: oneshot::Receiver<Grant>) -> Result<Grant, AcquireError> {
+        let mut st = self.lock();
+        if let Some(pos) = st.waiters.iter().position(|w| w.id == waiter_id) {
+            st.waiters.remove(pos);
+            return Err(AcquireError::Dispatch(self.throttled()));
+        }
+        drop(st);
+        rx.try_recv().map_err(|_| AcquireError::Dispatch(DispatchError::Platform("lost an instance grant".into())))
     }
 
     fn throttled(&self) -> DispatchError {
@@ -223,8 +255,7 @@ impl Pool {
             }
         }
         if st.retired {
-            tokio::spawn(slot.instance.shutdown());
-            self.changed.notify_waiters();
+            self.stop(st, slot.instance);
         } else {
             slot.cold = false;
             st.idle.push(Idle { slot, since: Instant::now() });
@@ -235,7 +266,7 @@ impl Pool {
         let mut st = self.lock();
         st.busy.remove(slot.instance.id());
         if slot.instance.state() == InstanceState::Dead {
-            tokio::spawn(slot.instance.shutdown());
+            self.stop(&mut st, slot.instance);
             // Requests queued behind the dead instance need a replacement.
             let spec = &self.function.spec;
             if !st.retired && st.starting < st.waiters.len() as u32 && st.counts().instances() < spec.max_instances {
@@ -254,7 +285,7 @@ impl Pool {
         if st.retired {
             return;
         }
-        purge_dead(&mut st);
+        self.purge_dead(&mut st);
         let now = Instant::now();
         let ages: Vec<Duration> = st.idle.iter().map(|i| now.duration_since(i.since)).collect();
         match policy::keep_alive(st.counts(), &ages, spec.keep_alive, spec.min_instances) {
@@ -270,25 +301,48 @@ impl Pool {
             ScaleDecision::Reclaim(n) => {
                 // `idle` is used LIFO, so the front holds the longest idle.
                 let n = (n as usize).min(st.idle.len());
-                for idle in st.idle.drain(..n) {
+                let reclaimed: Vec<Idle> = st.idle.drain(..n).collect();
+                for idle in reclaimed {
                     tracing::debug!(function = %spec.name, instance = idle.slot.instance.id(), "reclaiming idle instance");
-                    tokio::spawn(idle.slot.instance.shutdown());
+                    self.stop(&mut st, idle.slot.instance);
                 }
             }
         }
     }
 
     /// Stop taking work: idle instances stop now, busy ones when released.
-    pub(crate) fn retire(&self) {
-        let idle = {
-            let mut st = self.lock();
-            st.retired = true;
-            std::mem::take(&mut st.idle)
-        };
-        for i in idle {
-            tokio::spawn(i.slot.instance.shutdown());
+    pub(crate) fn retire(self: &Arc<Self>) {
+        let mut st = self.lock();
+        st.retired = true;
+        for i in std::mem::take(&mut st.idle) {
+            self.stop(&mut st, i.slot.instance);
         }
         self.changed.notify_waiters();
+    }
+
+    /// Shut `instance` down in the background, counted in `stopping` until it has finished.
+    fn stop(self: &Arc<Self>, st: &mut State, instance: Box<dyn Instance>) {
+        st.stopping += 1;
+        let pool = self.clone();
+        tokio::spawn(async move {
+            instance.shutdown().await;
+            let mut st = pool.lock();
+            st.stopping = st.stopping.saturating_sub(1);
+            pool.changed.notify_waiters();
+        });
+    }
+
+    /// Remove instances that died while idle, so nobody is handed one.
+    fn purge_dead(self: &Arc<Self>, st: &mut State) {
+        if st.idle.iter().all(|i| i.slot.instance.state() == InstanceState::Ready) {
+            return;
+        }
+        let (alive, dead): (Vec<Idle>, Vec<Idle>) =
+            std::mem::take(&mut st.idle).into_iter().partition(|i| i.slot.instance.state() == InstanceState::Ready);
+        st.idle = alive;
+        for d in dead {
+            self.stop(st, d.slot.instance);
+        }
     }
 
     pub(crate) async fn wait_empty(&self, deadline: Instant) {
@@ -296,11 +350,11 @@ impl Pool {
             let notified = self.changed.notified();
             {
                 let st = self.lock();
-                if st.busy.is_empty() && st.starting == 0 && st.idle.is_empty() {
+                if st.busy.is_empty() && st.starting == 0 && st.idle.is_empty() && st.stopping == 0 {
                     return;
                 }
             }
-            if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return;
             }
         }
@@ -312,9 +366,17 @@ impl Pool {
         let mut instances: Vec<InstanceInfo> = st
             .idle
             .iter()
-            .map(|i| InstanceInfo { id: i.slot.instance.id().to_owned(), pid: i.slot.instance.pid(), state: "idle" })
+            .map(|i| InstanceInfo {
+                id: i.slot.instance.id().to_owned(),
+                pid: i.slot.instance.pid(),
+                state: InstanceStatus::Idle,
+            })
             .collect();
-        instances.extend(st.busy.iter().map(|(id, pid)| InstanceInfo { id: id.clone(), pid: *pid, state: "busy" }));
+        instances.extend(st.busy.iter().map(|(id, pid)| InstanceInfo {
+            id: id.clone(),
+            pid: *pid,
+            state: InstanceStatus::Busy,
+        }));
         PoolStatus {
             function: self.function.spec.name.clone(),
             version: self.function.version.clone(),
@@ -332,19 +394,6 @@ impl Pool {
 /// How long pre-warming (`min_instances`) waits after a failed start before trying again.
 /// Requests still start instances at once: they report the init error to their caller.
 const WARM_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
-
-/// Remove instances that died while idle, so nobody is handed one.
-fn purge_dead(st: &mut State) {
-    if st.idle.iter().all(|i| i.slot.instance.state() == InstanceState::Ready) {
-        return;
-    }
-    let (alive, dead): (Vec<Idle>, Vec<Idle>) =
-        std::mem::take(&mut st.idle).into_iter().partition(|i| i.slot.instance.state() == InstanceState::Ready);
-    st.idle = alive;
-    for d in dead {
-        tokio::spawn(d.slot.instance.shutdown());
-    }
-}
 
 async fn housekeeping(pool: std::sync::Weak<Pool>) {
     let tick = match pool.upgrade() {
@@ -400,5 +449,73 @@ impl Drop for Lease {
 
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
+    RandomState::new().hash_one(std::time::Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The two orders in which a queue timeout and a grant can meet. On tokio's current-thread
+    //! test runtime the grant can never slip in between the timer firing and `give_up` taking
+    //! the lock (it can on the multi-threaded runtime), so these call the steps in each order.
+
+    use super::*;
+    use crate::fake::{function, Fake};
+
+    fn pool(fake: Fake) -> (Arc<Pool>, Arc<crate::fake::Counters>) {
+        let (runtime, counters) = fake.runtime();
+        (Pool::new(function("race", |s| s.max_instances = 1), runtime), counters)
+    }
+
+    fn queue(pool: &Arc<Pool>) -> (oneshot::Receiver<Grant>, u64) {
+        match pool.admit() {
+            Ok(Admitted::Queued(rx, id)) => (rx, id),
+            _ => panic!("expected to queue"),
+        }
+    }
+
+    async fn lease(pool: &Arc<Pool>) -> Lease {
+        match pool.acquire().await {
+            Ok(lease) => lease,
+            Err(_) => panic!("expected an instance"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_sent_just_before_the_waiter_gives_up_is_taken_not_lost() {
+        let (pool, counters) = pool(Fake::default());
+        let busy = lease(&pool).await;
+        let (rx, waiter) = queue(&pool);
+        // The instance is released to the waiter (grant sent, waiter out of the queue) …
+        drop(busy);
+        // … and only then does the waiter act on its expired timer.
+        let grant = pool.give_up(waiter, rx);
+        let Ok(Grant::Instance(slot)) = grant else { panic!("the grant must be taken") };
+        let st = pool.status();
+        assert_eq!((st.idle, st.busy, st.waiting), (0, 1, 0), "the waiter owns the instance");
+        drop(Lease { pool: pool.clone(), slot: Some(slot) });
+        assert_eq!((pool.status().idle, pool.status().busy), (1, 0));
+        assert_eq!(counters.leaked(), 0);
+    }
+
+    /// The management API's JSON for an instance is what it was when `state` was a string.
+    #[test]
+    fn instance_info_serialises_state_in_lowercase() {
+        let info = |state| InstanceInfo { id: "abc".into(), pid: Some(7), state };
+        let json = |i| serde_json::to_string(&i).unwrap();
+        assert_eq!(json(info(InstanceStatus::Idle)), r#"{"id":"abc","pid":7,"state":"idle"}"#);
+        assert_eq!(json(info(InstanceStatus::Busy)), r#"{"id":"abc","pid":7,"state":"busy"}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gave_up_leaves_the_queue_and_the_instance_goes_idle() {
+        let (pool, counters) = pool(Fake::default());
+        let busy = lease(&pool).await;
+        let (rx, waiter) = queue(&pool);
+        assert!(matches!(pool.give_up(waiter, rx), Err(AcquireError::Dispatch(DispatchError::Throttled { .. }))));
+        assert_eq!(pool.status().waiting, 0, "a waiter that gave up no longer counts as waiting");
+        drop(busy);
+        let st = pool.status();
+        assert_eq!((st.idle, st.busy, st.waiting), (1, 0, 0));
+        assert_eq!(counters.leaked(), 0);
+    }
 }
