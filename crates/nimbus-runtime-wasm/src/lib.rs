@@ -15,8 +15,11 @@
 //! `cpu_ms` are enforced with epoch interruption (a ticker thread advances the epoch every
 //! [`TICK`] while requests run; the guest yields at each tick so timers can fire).
 
+mod error;
 mod host;
 mod instance;
+
+pub use error::WasmError;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -91,9 +94,9 @@ pub(crate) struct Loaded {
 }
 
 impl WasmRuntime {
-    pub fn new(settings: Settings) -> Result<WasmRuntime, String> {
+    pub fn new(settings: Settings) -> Result<WasmRuntime, WasmError> {
         std::fs::create_dir_all(&settings.cache_dir)
-            .map_err(|e| format!("cannot create the wasm cache {}: {e}", settings.cache_dir.display()))?;
+            .map_err(|source| WasmError::CacheDir { dir: settings.cache_dir.clone(), source })?;
         let engine = match Engine::new(&config(Some(&settings))) {
             Ok(e) => e,
             Err(e) => {
@@ -101,16 +104,16 @@ impl WasmRuntime {
                 tracing::warn!(
                     "the pooling allocator is unavailable ({e:#}); wasm instances will be allocated on demand"
                 );
-                Engine::new(&config(None)).map_err(|e| format!("cannot create the wasm engine: {e:#}"))?
+                Engine::new(&config(None)).map_err(|e| WasmError::Engine(format!("{e:#}")))?
             }
         };
         let mut linker = Linker::new(&engine);
         // The whole WASIp2 command world as well as wasi:http, like `wasmtime serve -S cli`:
         // components from std toolchains import wasi:cli/environment and friends. Files and
         // sockets stay closed (no preopens, no socket permissions).
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("cannot link WASI: {e:#}"))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| format!("cannot link WASI HTTP: {e:#}"))?;
+        let link = |what| move |e: wasmtime::Error| WasmError::Link { what, detail: format!("{e:#}") };
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link("WASI"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link("WASI HTTP"))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());
@@ -167,7 +170,7 @@ impl Inner {
     }
 
     /// The loaded component of `f`: from memory, else from the compile cache, else compiled.
-    async fn load(self: &Arc<Self>, f: &FunctionVersion) -> Result<Arc<Loaded>, String> {
+    async fn load(self: &Arc<Self>, f: &FunctionVersion) -> Result<Arc<Loaded>, WasmError> {
         if let Some(l) = self.cached(f) {
             return Ok(l);
         }
@@ -180,14 +183,16 @@ impl Inner {
         let shown = f.spec.wasm.component.clone();
         let loaded = tokio::task::spawn_blocking(move || me.load_blocking(&path, &shown))
             .await
-            .map_err(|e| format!("the compile task failed: {e}"))??;
+            .map_err(WasmError::Task)??;
         let loaded = Arc::new(loaded);
         self.loaded.lock().unwrap_or_else(PoisonError::into_inner).insert(Self::key(f), loaded.clone());
         Ok(loaded)
     }
 
-    fn load_blocking(&self, path: &Path, shown: &str) -> Result<Loaded, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    fn load_blocking(&self, path: &Path, shown: &str) -> Result<Loaded, WasmError> {
+        let named = |detail| (shown.to_owned(), detail);
+        let bytes =
+            std::fs::read(path).map_err(|source| WasmError::Read { component: shown.to_owned(), source })?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let cached = self.settings.cache_dir.join(format!("{digest}-{}.cwasm", self.engine_key));
         let component = match deserialize(&self.engine, &cached) {
@@ -202,24 +207,27 @@ impl Inner {
                 let compiled = self
                     .engine
                     .precompile_component(&bytes)
-                    .map_err(|e| format!("{shown} is not a valid component: {e:#}"))?;
+                    .map_err(|e| {
+                        let (component, detail) = named(format!("{e:#}"));
+                        WasmError::NotAComponent { component, detail }
+                    })?;
                 tracing::info!(component = shown, "compiled in {:.0?}", started.elapsed());
                 // Write then rename, so a crash never leaves a torn artefact under the final name.
                 let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
                 std::fs::write(&tmp, &compiled)
                     .and_then(|()| std::fs::rename(&tmp, &cached))
-                    .map_err(|e| format!("cannot write the compiled component to {}: {e}", cached.display()))?;
+                    .map_err(|source| WasmError::CacheWrite { path: cached.clone(), source })?;
                 deserialize(&self.engine, &cached)
-                    .ok_or_else(|| format!("the compiled {shown} could not be loaded back from {}", cached.display()))?
+                    .ok_or_else(|| WasmError::Reload { component: shown.to_owned(), path: cached.clone() })?
             }
         };
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            format!(
-                "{shown} needs imports nimbus does not provide (it runs wasi:http/proxy and WASIp2 components): {e:#}"
-            )
+            let (component, detail) = named(format!("{e:#}"));
+            WasmError::Imports { component, detail }
         })?;
         let pre = ProxyPre::new(pre).map_err(|e| {
-            format!("{shown} does not export wasi:http/incoming-handler (the wasi:http/proxy world): {e:#}")
+            let (component, detail) = named(format!("{e:#}"));
+            WasmError::NoHandler { component, detail }
         })?;
         Ok(Loaded { pre })
     }
@@ -246,7 +254,7 @@ fn deserialize(engine: &Engine, path: &Path) -> Option<Component> {
 #[async_trait]
 impl Runtime for WasmRuntime {
     async fn prepare(&self, function: &FunctionVersion) -> Result<(), PrepareError> {
-        self.inner.load(function).await.map(|_| ()).map_err(PrepareError::invalid)
+        self.inner.load(function).await.map(|_| ()).map_err(PrepareError::from)
     }
 
     async fn start(
@@ -255,7 +263,7 @@ impl Runtime for WasmRuntime {
         instance_id: String,
     ) -> Result<Box<dyn Instance>, StartError> {
         let started = Instant::now();
-        let loaded = self.inner.load(&function).await.map_err(StartError::Platform)?;
+        let loaded = self.inner.load(&function).await.map_err(|e| StartError::Platform(e.to_string()))?;
         let instance =
             instance::WasmInstance::start(self.inner.clone(), loaded, function, instance_id, started).await?;
         Ok(Box::new(instance))

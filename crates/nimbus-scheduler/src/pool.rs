@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use nimbus_core::policy::{self, Admission, PoolCounts, ScaleDecision};
 use nimbus_core::{ColdStart, DispatchError, FunctionVersion, Instance, InstanceState, Runtime, StartError};
-use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 // tokio's clock, not std's: the same in production, and tests can pause and advance it to
 // check keep-alive and queue timeouts deterministically.
@@ -86,7 +85,7 @@ pub struct Pool {
 }
 
 /// One instance as the management API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct InstanceInfo {
     pub id: String,
     pub pid: Option<u32>,
@@ -95,16 +94,14 @@ pub struct InstanceInfo {
 
 /// Whether an instance is waiting for work or running an invocation. Serialised in lowercase
 /// (`"idle"`, `"busy"`), as the management API has always shown it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstanceStatus {
     Idle,
     Busy,
 }
 
 /// A pool as the management API shows it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
 pub struct PoolStatus {
     pub function: String,
     pub version: String,
@@ -495,15 +492,6 @@ mod tests {
         drop(Lease { pool: pool.clone(), slot: Some(slot) });
         assert_eq!((pool.status().idle, pool.status().busy), (1, 0));
         assert_eq!(counters.leaked(), 0);
-    }
-
-    /// The management API's JSON for an instance is what it was when `state` was a string.
-    #[test]
-    fn instance_info_serialises_state_in_lowercase() {
-        let info = |state| InstanceInfo { id: "abc".into(), pid: Some(7), state };
-        let json = |i| serde_json::to_string(&i).unwrap();
-        assert_eq!(json(info(InstanceStatus::Idle)), r#"{"id":"abc","pid":7,"state":"idle"}"#);
-        assert_eq!(json(info(InstanceStatus::Busy)), r#"{"id":"abc","pid":7,"state":"busy"}"#);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,8 @@ use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry};
 use nimbus_runtime_process::{Limits, ProcessRuntime};
 use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
-use nimbus_store_sqlite::Store;
+use nimbus_gateway::metrics::Metrics;
+use nimbus_store_sqlite::{RecordWriter, Store};
 
 /// File names under the data dir that client commands read.
 pub const TOKEN_FILE: &str = "admin.token";
@@ -54,35 +55,144 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
-    let UpArgs { app_dir, listen, data_dir, drain, retention, otlp_endpoint } = args;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let app_dir =
-        app_dir.canonicalize().with_context(|| format!("app directory {} does not exist", app_dir.display()))?;
-    let addr: SocketAddr =
-        listen.parse().with_context(|| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
-    let data_dir = data_dir.unwrap_or_else(|| app_dir.join(".nimbus"));
+        args.app_dir.canonicalize().with_context(|| format!("app directory {} does not exist", args.app_dir.display()))?;
+    let addr: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:8080", args.listen))?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| app_dir.join(".nimbus"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
 
-    let store = Store::open(&data_dir).context("cannot open the embedded store")?;
-    let records = Arc::new(store.record_writer(retention).context("cannot start the record writer")?);
-    let metrics = Arc::new(nimbus_gateway::metrics::Metrics::default());
+    let mut node = Node::start(&data_dir, &args).await?;
+    if let Some(refused) = deploy_app(&node.control, &app_dir).await? {
+        return Ok(refused);
+    }
+    let engine = node.start_async().await?;
+    let token = admin_token(&data_dir)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; is another server using it? pass --listen"))?;
+    let local = listener.local_addr()?;
+    let url = format!("http://{local}");
+    write_private(&data_dir.join(URL_FILE), &url)?;
+    let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
+    let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
+
+    print_banner(&node.control, &url, &data_dir);
+    nimbus_gateway::serve(listener, gateway, shutdown_signal(), args.drain).await;
+    node.stop(&engine).await;
+    let _ = std::fs::remove_file(data_dir.join(URL_FILE));
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything `nimbus up` runs, wired: the only place concrete stores and runtimes are named.
+struct Node {
+    store: Store,
+    records: Arc<RecordWriter>,
+    metrics: Arc<Metrics>,
+    traces: Option<Arc<crate::traces::Traces>>,
+    scheduler: Scheduler,
+    control: Arc<ControlPlane>,
+    queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
+}
+
+impl Node {
+    /// Open the store, start the record writer and the runtimes, load the deployments.
+    async fn start(data_dir: &Path, args: &UpArgs) -> Result<Node> {
+        let store = Store::open(data_dir).context("cannot open the embedded store")?;
+        let records = Arc::new(store.record_writer(args.retention).context("cannot start the record writer")?);
+        let metrics = Arc::new(Metrics::default());
+        let traces = crate::traces::Traces::start(args.otlp_endpoint.as_deref())?.map(Arc::new);
+        let recorder = recorder(&metrics, traces.as_ref(), &records);
+        let scheduler = Scheduler::new(runtimes(data_dir)?, recorder);
+        let registry: Arc<dyn Registry> = Arc::new(store.clone());
+        let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
+        let control = ControlPlane::load(registry, pools, data_dir).await.context("cannot load the deployments")?;
+        // The live deployment's components load in the background while the app is checked.
+        tokio::spawn({
+            let control = control.clone();
+            async move { control.warm().await }
+        });
+        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None })
+    }
+
+    /// Open the durable queue and start the async engine (workers and cron).
+    async fn start_async(&mut self) -> Result<Arc<nimbus_queue::Engine>> {
+        // NIMBUS_UNSAFE_ASYNC_ACK is for the fault test only: it proves the test detects lost events.
+        let unsafe_ack = std::env::var("NIMBUS_UNSAFE_ASYNC_ACK").is_ok_and(|v| v == "1");
+        if unsafe_ack {
+            tracing::warn!(
+                "NIMBUS_UNSAFE_ASYNC_ACK=1: async events are acknowledged before they are stored and CAN BE LOST"
+            );
+        }
+        let queue = Arc::new(self.store.queue(unsafe_ack).context("cannot open the async queue")?);
+        let mut config = nimbus_queue::AsyncConfig::default();
+        if let Ok(v) = std::env::var("NIMBUS_ASYNC_MAX_DEPTH") {
+            config.max_depth =
+                v.parse().with_context(|| format!("NIMBUS_ASYNC_MAX_DEPTH={v:?} is not a number of events"))?;
+        }
+        self.queue = Some(queue.clone());
+        let resolver = Arc::new(Resolver(self.control.clone()));
+        nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
+            .await
+            .context("cannot start the async engine")
+    }
+
+    fn gateway_parts(&self, engine: Arc<nimbus_queue::Engine>) -> Parts {
+        let history: Arc<dyn History> = Arc::new(self.store.clone());
+        Parts {
+            control: self.control.clone(),
+            history,
+            scheduler: self.scheduler.clone(),
+            queue: engine,
+            telemetry: Telemetry { metrics: self.metrics.clone(), records_dropped: self.records.dropped() },
+        }
+    }
+
+    /// Stop async work and instances, then flush and close storage.
+    async fn stop(self, engine: &nimbus_queue::Engine) {
+        tracing::info!("stopping async work and instances");
+        // Running async events get a moment to finish; any still running are queued again at the
+        // next start.
+        engine.shutdown(Duration::from_secs(5)).await;
+        self.scheduler.shutdown(Duration::from_secs(5)).await;
+        if let Some(q) = &self.queue {
+            q.close();
+        }
+        self.records.close();
+        if let Some(t) = self.traces {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
+    }
+}
+
+/// What every finished invocation goes through: the observers (metrics, traces), then the store.
+fn recorder(
+    metrics: &Arc<Metrics>,
+    traces: Option<&Arc<crate::traces::Traces>>,
+    records: &Arc<RecordWriter>,
+) -> Arc<dyn Recorder> {
     // NIMBUS_RECORDING=off exists to measure what recording costs (nimbus-bench observe).
-    let recording = std::env::var("NIMBUS_RECORDING").map_or(true, |v| v != "off");
-    let traces = crate::traces::Traces::start(otlp_endpoint.as_deref())?.map(Arc::new);
-    let recorder: Arc<dyn Recorder> = if recording {
-        let mut observers = vec![metrics.clone() as Arc<dyn Observer>];
-        observers.extend(traces.clone().map(|t| t as Arc<dyn Observer>));
-        Arc::new(Observed { observers, store: records.clone() })
-    } else {
+    if std::env::var("NIMBUS_RECORDING").is_ok_and(|v| v == "off") {
         tracing::warn!("NIMBUS_RECORDING=off: no invocation records, logs or invocation metrics are kept");
         metrics.disable();
-        Arc::new(nimbus_scheduler::NullRecorder)
-    };
+        return Arc::new(nimbus_scheduler::NullRecorder);
+    }
+    let mut observers = vec![metrics.clone() as Arc<dyn Observer>];
+    observers.extend(traces.map(|t| t.clone() as Arc<dyn Observer>));
+    Arc::new(Observed { observers, store: records.clone() })
+}
+
+/// The runtimes by kind: one process runtime for node, python and provided; the wasm runtime.
+fn runtimes(data_dir: &Path) -> Result<HashMap<RuntimeKind, Arc<dyn Runtime>>> {
     let process: Arc<dyn Runtime> =
-        Arc::new(ProcessRuntime::new(&data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
+        Arc::new(ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
     // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
     let wasm_cache = std::env::var_os("NIMBUS_WASM_CACHE").map_or_else(|| data_dir.join("wasm-cache"), PathBuf::from);
     let mut wasm_settings = nimbus_runtime_wasm::Settings::new(wasm_cache);
@@ -92,26 +202,21 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         })?;
     }
     let wasm: Arc<dyn Runtime> =
-        Arc::new(WasmRuntime::new(wasm_settings).map_err(|e| anyhow::anyhow!("cannot prepare the wasm runtime: {e}"))?);
-    let runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>> = RuntimeKind::ALL
+        Arc::new(WasmRuntime::new(wasm_settings).context("cannot prepare the wasm runtime")?);
+    Ok(RuntimeKind::ALL
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
-        .collect();
-    let scheduler = Scheduler::new(runtimes, recorder);
-    let registry: Arc<dyn Registry> = Arc::new(store.clone());
-    let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
-    let control = ControlPlane::load(registry, pools, &data_dir).await.context("cannot load the deployments")?;
+        .collect())
+}
 
-    // The live deployment's components load in the background while the app is checked.
-    tokio::spawn({
-        let control = control.clone();
-        async move { control.warm().await }
-    });
+/// Deploy the app directory unless it is what the last `nimbus up` deployed. `Some(code)` when
+/// the manifest was refused: every problem is printed, and nimbus exits with that code.
+async fn deploy_app(control: &ControlPlane, app_dir: &Path) -> Result<Option<ExitCode>> {
     let progress = crate::progress::spinner(format!(
         "deploying {} (checking, storing code, compiling wasm components ahead of time)",
         app_dir.display()
     ));
-    let deployed = control.deploy_dir(&app_dir, true).await;
+    let deployed = control.deploy_dir(app_dir, true).await;
     progress.finish_and_clear();
     match deployed {
         Ok(d) if d.changed => tracing::info!(app = %d.app, version = d.version, "deployed"),
@@ -121,63 +226,11 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         Err(DeployError::Invalid(diags)) => {
             eprint!("{diags}");
             eprintln!("nothing was deployed; fix the manifest and run `nimbus up` again");
-            return Ok(ExitCode::from(2));
+            return Ok(Some(ExitCode::from(2)));
         }
         Err(e) => bail!("deploy failed: {e}"),
     }
-
-    // NIMBUS_UNSAFE_ASYNC_ACK is for the fault test only: it proves the test detects lost events.
-    let unsafe_ack = std::env::var("NIMBUS_UNSAFE_ASYNC_ACK").is_ok_and(|v| v == "1");
-    if unsafe_ack {
-        tracing::warn!(
-            "NIMBUS_UNSAFE_ASYNC_ACK=1: async events are acknowledged before they are stored and CAN BE LOST"
-        );
-    }
-    let queue = Arc::new(store.queue(unsafe_ack).context("cannot open the async queue")?);
-    let mut async_config = nimbus_queue::AsyncConfig::default();
-    if let Ok(v) = std::env::var("NIMBUS_ASYNC_MAX_DEPTH") {
-        async_config.max_depth =
-            v.parse().with_context(|| format!("NIMBUS_ASYNC_MAX_DEPTH={v:?} is not a number of events"))?;
-    }
-    let resolver = Arc::new(Resolver(control.clone()));
-    let engine = nimbus_queue::Engine::start(queue.clone(), Arc::new(scheduler.clone()), resolver, async_config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the async engine: {e}"))?;
-
-    let token = admin_token(&data_dir)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; is another server using it? pass --listen"))?;
-    let local = listener.local_addr()?;
-    let url = format!("http://{local}");
-    write_private(&data_dir.join(URL_FILE), &url)?;
-    let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
-    let history: Arc<dyn History> = Arc::new(store);
-    let parts = Parts {
-        control: control.clone(),
-        history,
-        scheduler: scheduler.clone(),
-        queue: engine.clone(),
-        telemetry: Telemetry { metrics, records_dropped: records.dropped() },
-    };
-    let gateway = Gateway::new(parts, config, &token);
-
-    print_banner(&control, &url, &data_dir);
-    nimbus_gateway::serve(listener, gateway, shutdown_signal(), drain).await;
-
-    tracing::info!("stopping async work and instances");
-    // Running async events get a moment to finish; any still running are queued again at the
-    // next start.
-    engine.shutdown(Duration::from_secs(5)).await;
-    scheduler.shutdown(Duration::from_secs(5)).await;
-    queue.close();
-    records.close();
-    if let Some(t) = traces {
-        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
-    }
-    let _ = std::fs::remove_file(data_dir.join(URL_FILE));
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(None)
 }
 
 /// The async engine finds functions and schedules in the control plane's snapshot.
