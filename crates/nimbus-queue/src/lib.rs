@@ -363,13 +363,7 @@ impl Engine {
                 ),
             },
             Err(e) => {
-                let kind = match e {
-                    DispatchError::Timeout { .. }
-                    | DispatchError::Crashed { .. }
-                    | DispatchError::ResponseTooLarge { .. } => AttemptFailure::Function,
-                    DispatchError::Throttled { .. } => AttemptFailure::Throttled,
-                    _ => AttemptFailure::Platform,
-                };
+                let kind = e.attempt_failure();
                 let error_type = match e {
                     DispatchError::InitFailed { error_type, .. } => error_type.clone(),
                     other => other.lambda_error_type().to_owned(),
