@@ -145,7 +145,7 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
             function: function.spec.name.clone(),
             qualifier: None,
             payload,
-            source: "http",
+            source: nimbus_core::queue::EventSource::Http,
             idempotency_key,
         };
         return match gw.queue.accept(req).await {

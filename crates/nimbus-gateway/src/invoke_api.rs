@@ -279,7 +279,7 @@ async fn accept_async(
         function: function.spec.name.clone(),
         qualifier,
         payload,
-        source: "invoke",
+        source: nimbus_core::queue::EventSource::Invoke,
         idempotency_key,
     };
     match gw.queue.accept(req).await {

@@ -21,6 +21,7 @@
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
+use nimbus_core::queue::EventStatus;
 use nimbus_store_sqlite::InvocationQuery;
 use serde_json::{json, Value};
 
@@ -76,7 +77,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
         (Method::GET, ["dlq", id]) => {
             let id = (*id).to_owned();
             match gw.queue.store().get(&id).await {
-                Ok(Some(ev)) if ev.status == "dead-lettered" => json(StatusCode::OK, &json!(ev)),
+                Ok(Some(ev)) if ev.status == EventStatus::DeadLettered => json(StatusCode::OK, &json!(ev)),
                 Ok(_) => {
                     err(StatusCode::NOT_FOUND, &format!("no dead-lettered event {id}; `nimbus dlq ls` lists them"))
                 }
@@ -247,16 +248,15 @@ fn invocations(gw: &Gateway, req: &Request<Incoming>, id: Option<String>) -> Res
     }
 }
 
-const EVENT_STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "dead-lettered"];
-
 async fn events(gw: &Gateway, req: &Request<Incoming>, status: Option<&str>) -> Resp {
     let wanted = query_param(req, "status");
-    let status = status.or(wanted.as_deref());
-    if let Some(s) = status {
-        if !EVENT_STATUSES.contains(&s) {
-            return err(StatusCode::BAD_REQUEST, &format!("status {s:?} is not one of {}", EVENT_STATUSES.join(", ")));
+    let status = match status.or(wanted.as_deref()).map(|s| EventStatus::parse(s).ok_or(s)).transpose() {
+        Ok(status) => status,
+        Err(s) => {
+            let all = EventStatus::ALL.map(EventStatus::as_str).join(", ");
+            return err(StatusCode::BAD_REQUEST, &format!("status {s:?} is not one of {all}"));
         }
-    }
+    };
     let function = query_param(req, "function");
     match gw.queue.store().list(status, function.as_deref(), limit(req, 100)).await {
         Ok(list) => json(StatusCode::OK, &json!(list)),

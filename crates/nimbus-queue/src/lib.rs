@@ -28,9 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use nimbus_core::policy::{self, AttemptFailure, RetryDecision};
-use nimbus_core::queue::{Accepted, AttemptRecord, ClaimedEvent, Finish, NewEvent, QueueError, QueueStore};
-use nimbus_core::{Destination, Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
+use nimbus_core::policy::{self, AttemptFailure, Condition, GiveUp, RetryDecision};
+use nimbus_core::queue::{
+    Accepted, AttemptOutcome, AttemptRecord, ClaimedEvent, EventSource, Finish, NewEvent, QueueError, QueueStore,
+};
+use nimbus_core::{Destination, Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome};
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -82,7 +84,7 @@ pub struct AcceptRequest {
     pub function: String,
     pub qualifier: Option<String>,
     pub payload: Bytes,
-    pub source: &'static str,
+    pub source: EventSource,
     pub idempotency_key: Option<String>,
 }
 
@@ -204,7 +206,7 @@ impl Engine {
             function: req.function,
             qualifier: req.qualifier,
             payload: req.payload,
-            source: req.source.to_owned(),
+            source: req.source,
             idempotency_key: req.idempotency_key,
             now_ms: now,
             run_at_ms: now,
@@ -330,7 +332,7 @@ impl Engine {
                 n: ev.attempts,
                 started_ms: started,
                 duration_ms: 0.0,
-                outcome: "not_found".into(),
+                outcome: AttemptOutcome::NotFound,
                 error_type: Some("ResourceNotFoundException".into()),
                 error_message: Some(reason.clone()),
             };
@@ -344,7 +346,7 @@ impl Engine {
             timeout: function.spec.timeout,
             trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started / 1000, rand::random::<u128>() >> 32),
             client_context: None,
-            trigger: if ev.source == "schedule" { Trigger::Schedule } else { Trigger::Event },
+            trigger: ev.source.trigger(),
             received_at: std::time::Instant::now(),
             received_wall: SystemTime::now(),
             http: None,
@@ -371,57 +373,46 @@ impl Engine {
                 (Some(kind), Some(error_type), Some(e.to_string()), None)
             }
         };
-        let outcome = match failure {
-            None => "success",
-            Some(AttemptFailure::Function) => "function_error",
-            Some(AttemptFailure::Platform) => "platform_error",
-            Some(AttemptFailure::Throttled) => "throttled",
-        };
         let attempt = AttemptRecord {
             n: ev.attempts,
             started_ms: started,
             duration_ms,
-            outcome: outcome.into(),
+            outcome: failure.map_or(AttemptOutcome::Success, AttemptOutcome::from),
             error_type,
             error_message: message,
         };
         let Some(failure) = failure else {
             let body = response.unwrap_or_default();
             if let Some(Destination::Function(target)) = &policy.on_success {
-                self.send(target, &ev, &function, "Success", Some(&body), None).await;
+                self.send(target, &ev, &function, Condition::Success, Some(&body), None).await;
             }
             self.finish(&ev, attempt, Finish::Succeeded { response: body }, true).await;
             return;
         };
-        let function_errors = ev.function_errors + u32::from(failure == AttemptFailure::Function);
-        let platform_failures = ev.platform_failures + u32::from(failure != AttemptFailure::Function);
+        let function_errors = ev.function_errors + u32::from(failure.is_function_error());
+        let platform_failures = ev.platform_failures + u32::from(!failure.is_function_error());
         let age = Duration::from_millis((now_ms() - ev.accepted_ms).max(0) as u64);
         let decision = policy::retry(failure, function_errors, platform_failures, age, policy, rand::random::<f64>());
-        let condition = match decision {
+        let give_up = match decision {
             RetryDecision::RetryAfter(delay) => {
-                let finish = Finish::Retry {
-                    run_at_ms: now_ms() + delay.as_millis() as i64,
-                    function_error: failure == AttemptFailure::Function,
-                    platform_failure: failure != AttemptFailure::Function,
-                };
+                let finish = Finish::Retry { run_at_ms: now_ms() + delay.as_millis() as i64, failure };
                 self.finish(&ev, attempt, finish, false).await;
                 self.count(&ev.function, "retried");
                 self.wake.notify_one();
                 return;
             }
-            RetryDecision::RetriesExhausted => "RetriesExhausted",
-            RetryDecision::EventAgeExceeded => "EventAgeExceeded",
+            RetryDecision::GiveUp(give_up) => give_up,
         };
-        let reason = match condition {
-            "RetriesExhausted" => {
+        let reason = match give_up {
+            GiveUp::RetriesExhausted => {
                 format!("failed {function_errors} time(s); max_retry_attempts is {}", policy.max_retry_attempts)
             }
-            _ => format!("older than max_event_age ({:?})", policy.max_event_age),
+            GiveUp::EventAgeExceeded => format!("older than max_event_age ({:?})", policy.max_event_age),
         };
         let dead_letter = match &policy.on_failure {
             Some(Destination::Function(target)) => {
                 let error = json!({"errorType": attempt.error_type, "errorMessage": attempt.error_message});
-                self.send(target, &ev, &function, condition, response.as_ref(), Some(error)).await;
+                self.send(target, &ev, &function, give_up.into(), response.as_ref(), Some(error)).await;
                 false
             }
             _ => true,
@@ -452,7 +443,7 @@ impl Engine {
         target: &str,
         ev: &ClaimedEvent,
         function: &FunctionVersion,
-        condition: &str,
+        condition: Condition,
         response: Option<&Bytes>,
         error: Option<Value>,
     ) {
@@ -487,7 +478,7 @@ impl Engine {
             function: target.to_owned(),
             qualifier: None,
             payload: Bytes::from(envelope.to_string()),
-            source: "destination",
+            source: EventSource::Destination,
             idempotency_key: None,
         };
         if let Err(e) = self.accept(req).await {
@@ -558,7 +549,7 @@ impl Engine {
             function: s.function.clone(),
             qualifier: None,
             payload: Bytes::from(payload.to_string()),
-            source: "schedule".into(),
+            source: EventSource::Schedule,
             idempotency_key: None,
             now_ms: now,
             run_at_ms: now,

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::queue::{
-    Accepted, AttemptRecord, ClaimedEvent, EventView, Finish, NewEvent, QueueError, QueueStats, QueueStore,
+    Accepted, AttemptRecord, ClaimedEvent, EventSource, EventStatus, EventView, Finish, NewEvent, QueueError,
+    QueueStats, QueueStore,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
@@ -251,7 +252,16 @@ fn insert(tx: &Connection, ev: &NewEvent, verb: &str) -> rusqlite::Result<usize>
             "{verb} INTO events(id, function, qualifier, payload, source, status, accepted_ms, updated_ms, next_run_ms, idempotency_key)
              VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7, ?8)"
         ),
-        params![ev.id, ev.function, ev.qualifier, ev.payload.as_ref(), ev.source, ev.now_ms, ev.run_at_ms, ev.idempotency_key],
+        params![
+            ev.id,
+            ev.function,
+            ev.qualifier,
+            ev.payload.as_ref(),
+            ev.source.as_str(),
+            ev.now_ms,
+            ev.run_at_ms,
+            ev.idempotency_key
+        ],
     )
 }
 
@@ -310,7 +320,7 @@ fn claim(
                 function: r.get(1)?,
                 qualifier: r.get(2)?,
                 payload: Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                source: r.get(4)?,
+                source: parsed(r, 4, "event source", EventSource::parse)?,
                 accepted_ms: r.get(5)?,
                 attempts: r.get::<_, u32>(6)? + 1,
                 function_errors: r.get(7)?,
@@ -338,26 +348,71 @@ fn finish_event(tx: &Connection, id: &str, attempt: &AttemptRecord, finish: &Fin
             "UPDATE events SET status = 'succeeded', result = ?2, updated_ms = ?3, history = ?4 WHERE id = ?1",
             params![id, response.as_ref(), now, history],
         ),
-        Finish::Retry { run_at_ms, function_error, platform_failure } => tx.execute(
+        Finish::Retry { run_at_ms, failure } => tx.execute(
             "UPDATE events SET status = 'queued', next_run_ms = ?2, updated_ms = ?3, history = ?4,
              function_errors = function_errors + ?5, platform_failures = platform_failures + ?6,
              last_error_type = ?7, last_error = ?8 WHERE id = ?1",
-            params![id, run_at_ms, now, history, i64::from(*function_error), i64::from(*platform_failure), err_type, err],
+            params![
+                id,
+                run_at_ms,
+                now,
+                history,
+                i64::from(failure.is_function_error()),
+                i64::from(!failure.is_function_error()),
+                err_type,
+                err
+            ],
         ),
         Finish::Failed { reason, dead_letter } => tx.execute(
             "UPDATE events SET status = ?2, reason = ?3, updated_ms = ?4, history = ?5, last_error_type = ?6, last_error = ?7
              WHERE id = ?1",
-            params![id, if *dead_letter { "dead" } else { "failed" }, reason, now, history, err_type, err],
+            params![
+                id,
+                status_column(if *dead_letter { EventStatus::DeadLettered } else { EventStatus::Failed }),
+                reason,
+                now,
+                history,
+                err_type,
+                err
+            ],
         ),
     }?;
     Ok(())
+}
+
+/// How the `status` column spells a status: dead-lettered events have always been stored as
+/// `dead`, every other status as on the wire.
+fn status_column(status: EventStatus) -> &'static str {
+    match status {
+        EventStatus::DeadLettered => "dead",
+        other => other.as_str(),
+    }
+}
+
+fn status_from_column(column: &str) -> Option<EventStatus> {
+    match column {
+        "dead" => Some(EventStatus::DeadLettered),
+        "dead-lettered" => None,
+        other => EventStatus::parse(other),
+    }
+}
+
+/// Column `idx` read through `parse`. A value this version does not know (written by a newer
+/// nimbus, or damaged) is an error naming it, never a panic or a silent default.
+fn parsed<T>(r: &rusqlite::Row<'_>, idx: usize, what: &str, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    parse(&text).ok_or_else(|| unreadable(idx, format!("unknown {what} {text:?} in the queue database")))
+}
+
+fn unreadable(idx: usize, message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, message.into())
 }
 
 const VIEW_COLUMNS: &str = "id, function, qualifier, source, status, attempts, accepted_ms, updated_ms, next_run_ms,
     last_error_type, last_error, reason, payload, result, history";
 
 fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
-    let status: String = r.get(4)?;
+    let status = parsed(r, 4, "event status", status_from_column)?;
     let json = |b: Option<Vec<u8>>| {
         b.map(|b| {
             serde_json::from_slice(&b)
@@ -368,9 +423,9 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
         request_id: r.get(0)?,
         function: r.get(1)?,
         qualifier: r.get(2)?,
-        source: r.get(3)?,
-        next_run_ms: (status == "queued").then(|| r.get(8)).transpose()?,
-        status: if status == "dead" { "dead-lettered".to_owned() } else { status },
+        source: parsed(r, 3, "event source", EventSource::parse)?,
+        next_run_ms: (status == EventStatus::Queued).then(|| r.get(8)).transpose()?,
+        status,
         attempts: r.get(5)?,
         accepted_ms: r.get(6)?,
         updated_ms: r.get(7)?,
@@ -379,7 +434,8 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
         reason: r.get(11)?,
         payload: json(r.get(12)?).unwrap_or_default(),
         result: json(r.get(13)?),
-        history: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
+        history: serde_json::from_str(&r.get::<_, String>(14)?)
+            .map_err(|e| unreadable(14, format!("unreadable attempt history in the queue database: {e}")))?,
     })
 }
 
@@ -450,11 +506,11 @@ impl QueueStore for QueueDb {
 
     async fn list(
         &self,
-        status: Option<&str>,
+        status: Option<EventStatus>,
         function: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EventView>, QueueError> {
-        let status = status.map(|s| if s == "dead-lettered" { "dead" } else { s });
+        let status = status.map(status_column);
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {VIEW_COLUMNS} FROM events WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR function = ?2)
