@@ -548,3 +548,154 @@ impl QueueStore for QueueDb {
         self.call(|r| Op::Skip(key, slot_ms, r)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use nimbus_core::policy::AttemptFailure;
+    use nimbus_core::queue::AttemptOutcome;
+
+    use super::*;
+
+    fn event(id: &str, source: EventSource) -> NewEvent {
+        NewEvent {
+            id: id.to_owned(),
+            function: "f".to_owned(),
+            qualifier: None,
+            payload: Bytes::from_static(br#"{"n":1}"#),
+            source,
+            idempotency_key: None,
+            now_ms: 1_000,
+            run_at_ms: 1_000,
+        }
+    }
+
+    fn attempt(outcome: AttemptOutcome) -> AttemptRecord {
+        let error = (outcome != AttemptOutcome::Success).then(|| "E".to_owned());
+        AttemptRecord {
+            n: 1,
+            started_ms: 1_000,
+            duration_ms: 2.0,
+            outcome,
+            error_type: error.clone(),
+            error_message: error,
+        }
+    }
+
+    async fn ids(q: &QueueDb, status: EventStatus) -> Vec<String> {
+        let mut ids: Vec<String> =
+            q.list(Some(status), None, 100).await.unwrap().into_iter().map(|v| v.request_id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Every source, status and attempt outcome written through the store reads back the same,
+    /// from the columns and JSON that older versions wrote, so existing queue.db files keep working.
+    #[tokio::test]
+    async fn events_round_trip_through_queue_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let q = QueueDb::open(&path, false).unwrap();
+        let sources = [
+            ("a", EventSource::Invoke),
+            ("b", EventSource::Http),
+            ("c", EventSource::Schedule),
+            ("d", EventSource::Destination),
+            ("e", EventSource::Invoke),
+            ("f", EventSource::Http),
+        ];
+        for (id, source) in sources {
+            q.accept(event(id, source), 60_000).await.unwrap();
+        }
+        let claimed = q.claim(1_000, 10, &HashMap::new(), 64).await.unwrap();
+        let got: Vec<(&str, EventSource)> = claimed.iter().map(|c| (c.id.as_str(), c.source)).collect();
+        assert_eq!(got, sources);
+
+        let retry = |failure| Finish::Retry { run_at_ms: 5_000, failure };
+        let outcomes = [
+            ("a", AttemptOutcome::Success),
+            ("b", AttemptOutcome::FunctionError),
+            ("c", AttemptOutcome::Throttled),
+            ("d", AttemptOutcome::PlatformError),
+            ("e", AttemptOutcome::NotFound),
+        ];
+        let finishes = [
+            Finish::Succeeded { response: Bytes::from_static(b"{\"ok\":true}") },
+            retry(AttemptFailure::Function),
+            retry(AttemptFailure::Throttled),
+            Finish::Failed { reason: "old".into(), dead_letter: true },
+            Finish::Failed { reason: "gone".into(), dead_letter: false },
+        ];
+        for ((id, outcome), finish) in outcomes.into_iter().zip(finishes) {
+            q.finish(id, attempt(outcome), finish, 2_000).await.unwrap();
+        }
+        // "f" stays claimed: running.
+        q.close();
+
+        let q = QueueDb::open(&path, false).unwrap();
+        assert_eq!(ids(&q, EventStatus::Succeeded).await, ["a"]);
+        assert_eq!(ids(&q, EventStatus::Queued).await, ["b", "c"]);
+        assert_eq!(ids(&q, EventStatus::DeadLettered).await, ["d"]);
+        assert_eq!(ids(&q, EventStatus::Failed).await, ["e"]);
+        assert_eq!(ids(&q, EventStatus::Running).await, ["f"]);
+        for (id, outcome) in outcomes {
+            let view = q.get(id).await.unwrap().unwrap();
+            let outcomes: Vec<AttemptOutcome> = view.history.iter().map(|h| h.outcome).collect();
+            assert_eq!(outcomes, [outcome], "{id}");
+        }
+        let d = q.get("d").await.unwrap().unwrap();
+        assert_eq!((d.source, d.status), (EventSource::Destination, EventStatus::DeadLettered));
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["status"], "dead-lettered");
+        assert_eq!(json["source"], "destination");
+        assert_eq!(json["history"][0]["outcome"], "platform_error");
+
+        // The retry's failure kind decides which counter grew.
+        let again = q.claim(5_000, 10, &HashMap::new(), 64).await.unwrap();
+        let counts: Vec<(&str, u32, u32)> =
+            again.iter().map(|c| (c.id.as_str(), c.function_errors, c.platform_failures)).collect();
+        assert_eq!(counts, [("b", 1, 0), ("c", 0, 1)]);
+        q.close();
+
+        // The spellings on disk are the ones earlier versions wrote and read.
+        let raw = Connection::open(&path).unwrap();
+        let row = |id: &str| -> (String, String, String) {
+            raw.query_row("SELECT source, status, history FROM events WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap()
+        };
+        let (source, status, history) = row("d");
+        assert_eq!((source.as_str(), status.as_str()), ("destination", "dead"));
+        assert!(history.contains(r#""outcome":"platform_error""#), "{history}");
+        assert_eq!(row("e").1, "failed");
+        assert!(row("b").2.contains(r#""outcome":"function_error""#));
+    }
+
+    #[tokio::test]
+    async fn unknown_strings_in_queue_db_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let q = QueueDb::open(&path, false).unwrap();
+        q.accept(event("x", EventSource::Invoke), 60_000).await.unwrap();
+        let raw = open_connection(&path).unwrap();
+        let set = |sql: &str| raw.execute(sql, []).unwrap();
+        fn error_of<T>(r: Result<T, QueueError>) -> String {
+            r.err().expect("an error").to_string()
+        }
+
+        set("UPDATE events SET source = 'carrier-pigeon'");
+        assert!(error_of(q.get("x").await).contains("carrier-pigeon"));
+        assert!(error_of(q.claim(1_000, 10, &HashMap::new(), 64).await).contains("carrier-pigeon"));
+
+        set("UPDATE events SET source = 'invoke', status = 'exploded'");
+        assert!(error_of(q.get("x").await).contains("exploded"));
+        assert!(error_of(q.list(None, None, 10).await).contains("exploded"));
+
+        set(r#"UPDATE events SET status = 'queued',
+               history = '[{"n":1,"startedMs":0,"durationMs":0.0,"outcome":"bogus","errorType":null,"errorMessage":null}]'"#);
+        assert!(error_of(q.get("x").await).contains("bogus"));
+        q.close();
+    }
+}
