@@ -163,87 +163,100 @@ fn write_loop(mut conn: Connection, rx: Receiver<Op>, unsafe_ack: bool) {
 /// Apply one operation inside the batch's transaction; returns how to answer once the batch's
 /// fate is known (an answer is only "ok" if the commit succeeded).
 fn apply(tx: &mut Transaction<'_>, op: Op) -> Box<dyn FnOnce(bool)> {
-    fn run<T: Send + 'static>(
-        tx: &mut Transaction<'_>,
-        reply: Reply<T>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Box<dyn FnOnce(bool)> {
-        let outcome = match tx.savepoint() {
-            Ok(mut sp) => match f(&sp) {
-                Ok(v) => sp.commit().map(|()| v),
-                Err(e) => {
-                    let _ = sp.rollback();
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e),
-        };
-        Box::new(move |committed| {
-            let answer = match outcome {
-                Ok(v) if committed => Ok(v),
-                Ok(_) => Err("the queue could not commit".to_owned()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = reply.send(answer);
-        })
-    }
     match op {
-        Op::Accept(ev, window, reply) => run(tx, reply, |tx| accept(tx, &ev, window)),
+        Op::Accept(ev, window, reply) => in_savepoint(tx, reply, |tx| accept(tx, &ev, window)),
         Op::Claim(now, limit, shares, default_share, reply) => {
-            run(tx, reply, |tx| claim(tx, now, limit, &shares, default_share))
+            in_savepoint(tx, reply, |tx| claim(tx, now, limit, &shares, default_share))
         }
-        Op::Release(id, run_at, reply) => run(tx, reply, |tx| {
-            tx.execute(
-                "UPDATE events SET status = 'queued', attempts = attempts - 1, next_run_ms = ?2
-                 WHERE id = ?1 AND status = 'running'",
-                params![id, run_at],
-            )?;
-            Ok(())
-        }),
+        Op::Release(id, run_at, reply) => in_savepoint(tx, reply, |tx| release(tx, &id, run_at)),
         Op::Finish(id, attempt, finish, now, reply) => {
-            run(tx, reply, |tx| finish_event(tx, &id, &attempt, &finish, now))
+            in_savepoint(tx, reply, |tx| finish_event(tx, &id, &attempt, &finish, now))
         }
-        Op::Recover(reply) => run(tx, reply, |tx| {
-            Ok(tx.execute("UPDATE events SET status = 'queued' WHERE status = 'running'", [])? as u64)
-        }),
-        Op::Redrive(ids, function, now, reply) => run(tx, reply, |tx| {
-            let sql = "UPDATE events SET status = 'queued', next_run_ms = ?1, updated_ms = ?1, attempts = 0,
-                       function_errors = 0, platform_failures = 0, accepted_ms = ?1, reason = NULL
-                       WHERE status = 'dead'";
-            if ids.is_empty() {
-                Ok(tx.execute(&format!("{sql} AND (?2 IS NULL OR function = ?2)"), params![now, function])? as u64)
-            } else {
-                let mut n = 0;
-                for id in &ids {
-                    n += tx.execute(&format!("{sql} AND id = ?2"), params![now, id])? as u64;
-                }
-                Ok(n)
-            }
-        }),
-        Op::Purge(function, reply) => run(tx, reply, |tx| {
-            Ok(tx.execute(
-                "DELETE FROM events WHERE status = 'dead' AND (?1 IS NULL OR function = ?1)",
-                params![function],
-            )? as u64)
-        }),
-        Op::Fire(key, slot, ev, reply) => run(tx, reply, |tx| {
-            let fired = insert(tx, &ev, "INSERT OR IGNORE")? == 1;
-            tx.execute(
-                "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
-                params![key, slot],
-            )?;
-            Ok(fired)
-        }),
-        Op::Skip(key, slot, reply) => run(tx, reply, |tx| {
-            tx.execute(
-                "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
-                params![key, slot],
-            )?;
-            Ok(())
-        }),
+        Op::Recover(reply) => in_savepoint(tx, reply, recover),
+        Op::Redrive(ids, function, now, reply) => {
+            in_savepoint(tx, reply, |tx| redrive(tx, &ids, function.as_deref(), now))
+        }
+        Op::Purge(function, reply) => in_savepoint(tx, reply, |tx| purge(tx, function.as_deref())),
+        Op::Fire(key, slot, ev, reply) => in_savepoint(tx, reply, |tx| fire_slot(tx, &key, slot, &ev)),
+        Op::Skip(key, slot, reply) => in_savepoint(tx, reply, |tx| remember_slot(tx, &key, slot)),
     }
+}
+
+/// Run `f` in its own savepoint, so that its failure undoes only its own writes, and answer
+/// `reply` once the batch's commit is known.
+fn in_savepoint<T: Send + 'static>(
+    tx: &mut Transaction<'_>,
+    reply: Reply<T>,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Box<dyn FnOnce(bool)> {
+    let outcome = match tx.savepoint() {
+        Ok(mut sp) => match f(&sp) {
+            Ok(v) => sp.commit().map(|()| v),
+            Err(e) => {
+                let _ = sp.rollback();
+                Err(e)
+            }
+        },
+        Err(e) => Err(e),
+    };
+    Box::new(move |committed| {
+        let answer = match outcome {
+            Ok(v) if committed => Ok(v),
+            Ok(_) => Err("the queue could not commit".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = reply.send(answer);
+    })
+}
+
+fn release(tx: &Connection, id: &str, run_at: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE events SET status = 'queued', attempts = attempts - 1, next_run_ms = ?2
+         WHERE id = ?1 AND status = 'running'",
+        params![id, run_at],
+    )?;
+    Ok(())
+}
+
+fn recover(tx: &Connection) -> rusqlite::Result<u64> {
+    Ok(tx.execute("UPDATE events SET status = 'queued' WHERE status = 'running'", [])? as u64)
+}
+
+fn redrive(tx: &Connection, ids: &[String], function: Option<&str>, now: i64) -> rusqlite::Result<u64> {
+    let sql = "UPDATE events SET status = 'queued', next_run_ms = ?1, updated_ms = ?1, attempts = 0,
+               function_errors = 0, platform_failures = 0, accepted_ms = ?1, reason = NULL
+               WHERE status = 'dead'";
+    if ids.is_empty() {
+        return Ok(tx.execute(&format!("{sql} AND (?2 IS NULL OR function = ?2)"), params![now, function])? as u64);
+    }
+    let mut n = 0;
+    for id in ids {
+        n += tx.execute(&format!("{sql} AND id = ?2"), params![now, id])? as u64;
+    }
+    Ok(n)
+}
+
+fn purge(tx: &Connection, function: Option<&str>) -> rusqlite::Result<u64> {
+    Ok(tx.execute("DELETE FROM events WHERE status = 'dead' AND (?1 IS NULL OR function = ?1)", params![function])?
+        as u64)
+}
+
+/// Insert a schedule's event unless its slot fired before (the id is derived from the slot),
+/// and remember the slot, in one savepoint.
+fn fire_slot(tx: &Connection, key: &str, slot: i64, ev: &NewEvent) -> rusqlite::Result<bool> {
+    let fired = insert(tx, ev, "INSERT OR IGNORE")? == 1;
+    remember_slot(tx, key, slot)?;
+    Ok(fired)
+}
+
+/// Record `slot` as the schedule's latest unless a later one is already recorded.
+fn remember_slot(tx: &Connection, key: &str, slot: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
+        params![key, slot],
+    )?;
+    Ok(())
 }
 
 fn insert(tx: &Connection, ev: &NewEvent, verb: &str) -> rusqlite::Result<usize> {
