@@ -32,7 +32,7 @@ use nimbus_core::policy::{self, AttemptFailure, Condition, GiveUp, RetryDecision
 use nimbus_core::queue::{
     Accepted, AttemptOutcome, AttemptRecord, ClaimedEvent, EventSource, Finish, NewEvent, QueueError, QueueStore,
 };
-use nimbus_core::{Destination, Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome};
+use nimbus_core::{Destination, Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, InvokeResult};
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -132,6 +132,71 @@ pub fn slot_id(key: &str, slot_ms: i64) -> String {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
     uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
+/// The invocation for one attempt of `ev`.
+fn invocation(ev: &ClaimedEvent, function: &FunctionVersion, started_ms: i64) -> Invocation {
+    Invocation {
+        request_id: ev.id.clone(),
+        payload: ev.payload.clone(),
+        timeout: function.spec.timeout,
+        trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started_ms / 1000, rand::random::<u128>() >> 32),
+        client_context: None,
+        trigger: ev.source.trigger(),
+        received_at: std::time::Instant::now(),
+        received_wall: SystemTime::now(),
+        http: None,
+    }
+}
+
+/// How one attempt ended, before the retry policy looks at it.
+enum Ran {
+    Succeeded {
+        response: Bytes,
+    },
+    Failed {
+        failure: AttemptFailure,
+        error_type: String,
+        message: String,
+        /// The function's error body, when it ran far enough to post one.
+        response: Option<Bytes>,
+    },
+}
+
+impl From<Result<InvokeResult, DispatchError>> for Ran {
+    fn from(result: Result<InvokeResult, DispatchError>) -> Ran {
+        match result {
+            Ok(r) => match r.outcome {
+                InvokeOutcome::Success(response) => Ran::Succeeded { response },
+                InvokeOutcome::FunctionError { error_type, error_message, body, .. } => Ran::Failed {
+                    failure: AttemptFailure::Function,
+                    error_type,
+                    message: error_message,
+                    response: Some(body),
+                },
+            },
+            Err(e) => {
+                let error_type = match &e {
+                    // The function's own error type (e.g. a syntax error in the handler module).
+                    DispatchError::InitFailed { error_type, .. } => error_type.clone(),
+                    other => other.lambda_error_type().to_owned(),
+                };
+                Ran::Failed { failure: e.attempt_failure(), error_type, message: e.to_string(), response: None }
+            }
+        }
+    }
+}
+
+impl Ran {
+    fn record(&self, n: u32, started_ms: i64, duration_ms: f64) -> AttemptRecord {
+        let (outcome, error_type, error_message) = match self {
+            Ran::Succeeded { .. } => (AttemptOutcome::Success, None, None),
+            Ran::Failed { failure, error_type, message, .. } => {
+                ((*failure).into(), Some(error_type.clone()), Some(message.clone()))
+            }
+        };
+        AttemptRecord { n, started_ms, duration_ms, outcome, error_type, error_message }
+    }
 }
 
 impl Engine {
@@ -324,79 +389,59 @@ impl Engine {
         }
     }
 
+    /// Run one claimed event and move it on: succeeded, retried, or given up.
     async fn execute(self: &Arc<Self>, ev: ClaimedEvent) {
         let started = now_ms();
         let Some(function) = self.resolver.function(&ev.function, ev.qualifier.as_deref()) else {
-            let reason = format!("function {} is not in the live deployment", ev.function);
-            let attempt = AttemptRecord {
-                n: ev.attempts,
-                started_ms: started,
-                duration_ms: 0.0,
-                outcome: AttemptOutcome::NotFound,
-                error_type: Some("ResourceNotFoundException".into()),
-                error_message: Some(reason.clone()),
-            };
-            self.finish(&ev, attempt, Finish::Failed { reason, dead_letter: true }, true).await;
-            self.count(&ev.function, "dead_lettered");
-            return;
+            return self.not_found(&ev, started).await;
         };
-        let invocation = Invocation {
-            request_id: ev.id.clone(),
-            payload: ev.payload.clone(),
-            timeout: function.spec.timeout,
-            trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started / 1000, rand::random::<u128>() >> 32),
-            client_context: None,
-            trigger: ev.source.trigger(),
-            received_at: std::time::Instant::now(),
-            received_wall: SystemTime::now(),
-            http: None,
-        };
-        let result = self.dispatch.invoke(function.clone(), invocation).await;
-        let duration_ms = (now_ms() - started) as f64;
-        let policy = &function.spec.async_policy;
-        let (failure, error_type, message, response) = match &result {
-            Ok(r) => match &r.outcome {
-                InvokeOutcome::Success(body) => (None, None, None, Some(body.clone())),
-                InvokeOutcome::FunctionError { error_type, error_message, body, .. } => (
-                    Some(AttemptFailure::Function),
-                    Some(error_type.clone()),
-                    Some(error_message.clone()),
-                    Some(body.clone()),
-                ),
-            },
-            Err(e) => {
-                let kind = e.attempt_failure();
-                let error_type = match e {
-                    DispatchError::InitFailed { error_type, .. } => error_type.clone(),
-                    other => other.lambda_error_type().to_owned(),
-                };
-                (Some(kind), Some(error_type), Some(e.to_string()), None)
-            }
-        };
+        let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function, started)).await);
+        let attempt = ran.record(ev.attempts, started, (now_ms() - started) as f64);
+        match ran {
+            Ran::Succeeded { response } => self.succeeded(&ev, &function, attempt, response).await,
+            Ran::Failed { failure, response, .. } => self.failed(&ev, &function, attempt, failure, response).await,
+        }
+    }
+
+    /// The function is not in the live deployment: retrying cannot help.
+    async fn not_found(&self, ev: &ClaimedEvent, started: i64) {
+        let reason = format!("function {} is not in the live deployment", ev.function);
         let attempt = AttemptRecord {
             n: ev.attempts,
             started_ms: started,
-            duration_ms,
-            outcome: failure.map_or(AttemptOutcome::Success, AttemptOutcome::from),
-            error_type,
-            error_message: message,
+            duration_ms: 0.0,
+            outcome: AttemptOutcome::NotFound,
+            error_type: Some("ResourceNotFoundException".into()),
+            error_message: Some(reason.clone()),
         };
-        let Some(failure) = failure else {
-            let body = response.unwrap_or_default();
-            if let Some(Destination::Function(target)) = &policy.on_success {
-                self.send(target, &ev, &function, Condition::Success, Some(&body), None).await;
-            }
-            self.finish(&ev, attempt, Finish::Succeeded { response: body }, true).await;
-            return;
-        };
+        self.finish(ev, attempt, Finish::Failed { reason, dead_letter: true }, true).await;
+        self.count(&ev.function, "dead_lettered");
+    }
+
+    async fn succeeded(&self, ev: &ClaimedEvent, function: &FunctionVersion, attempt: AttemptRecord, body: Bytes) {
+        if let Some(Destination::Function(target)) = &function.spec.async_policy.on_success {
+            self.send(target, ev, function, Condition::Success, Some(&body), None).await;
+        }
+        self.finish(ev, attempt, Finish::Succeeded { response: body }, true).await;
+    }
+
+    /// Ask the retry policy, then retry the event or give up on it.
+    async fn failed(
+        &self,
+        ev: &ClaimedEvent,
+        function: &FunctionVersion,
+        attempt: AttemptRecord,
+        failure: AttemptFailure,
+        response: Option<Bytes>,
+    ) {
+        let policy = &function.spec.async_policy;
         let function_errors = ev.function_errors + u32::from(failure.is_function_error());
         let platform_failures = ev.platform_failures + u32::from(!failure.is_function_error());
         let age = Duration::from_millis((now_ms() - ev.accepted_ms).max(0) as u64);
-        let decision = policy::retry(failure, function_errors, platform_failures, age, policy, rand::random::<f64>());
-        let give_up = match decision {
+        let give_up = match policy::retry(failure, function_errors, platform_failures, age, policy, rand::random()) {
             RetryDecision::RetryAfter(delay) => {
                 let finish = Finish::Retry { run_at_ms: now_ms() + delay.as_millis() as i64, failure };
-                self.finish(&ev, attempt, finish, false).await;
+                self.finish(ev, attempt, finish, false).await;
                 self.count(&ev.function, "retried");
                 self.wake.notify_one();
                 return;
@@ -409,15 +454,28 @@ impl Engine {
             }
             GiveUp::EventAgeExceeded => format!("older than max_event_age ({:?})", policy.max_event_age),
         };
-        let dead_letter = match &policy.on_failure {
+        self.give_up(ev, function, attempt, give_up, reason, response).await;
+    }
+
+    /// `on_failure` decides: an envelope to a function, or the dead-letter store (the default).
+    async fn give_up(
+        &self,
+        ev: &ClaimedEvent,
+        function: &FunctionVersion,
+        attempt: AttemptRecord,
+        give_up: GiveUp,
+        reason: String,
+        response: Option<Bytes>,
+    ) {
+        let dead_letter = match &function.spec.async_policy.on_failure {
             Some(Destination::Function(target)) => {
                 let error = json!({"errorType": attempt.error_type, "errorMessage": attempt.error_message});
-                self.send(target, &ev, &function, give_up.into(), response.as_ref(), Some(error)).await;
+                self.send(target, ev, function, give_up.into(), response.as_ref(), Some(error)).await;
                 false
             }
-            _ => true,
+            Some(Destination::Dlq) | None => true,
         };
-        self.finish(&ev, attempt, Finish::Failed { reason, dead_letter }, true).await;
+        self.finish(ev, attempt, Finish::Failed { reason, dead_letter }, true).await;
         self.count(&ev.function, if dead_letter { "dead_lettered" } else { "sent_on_failure" });
     }
 
