@@ -99,6 +99,7 @@ pub struct Engine {
     stopping: AtomicBool,
     stopped: Notify,
     recovered: u64,
+    clock: Clock,
     /// Per function: (events running, share of the in-flight budget). A function gets at most
     /// max(2 × max_instances, MIN_SHARE) in flight, so a backlog in one cannot starve the others.
     running: std::sync::Mutex<std::collections::HashMap<String, (u32, u32)>>,
@@ -116,6 +117,11 @@ pub struct Engine {
 const MIN_SHARE: u32 = 64;
 /// How many events of a function with none running one claim may take.
 const DEFAULT_SHARE: u32 = MIN_SHARE;
+
+/// Where the engine reads the time, in Unix milliseconds: the wall clock ([`now_ms`]) in
+/// production. The engine's tests read tokio's clock instead, so that a paused runtime decides
+/// when backoffs end and events fall due.
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
@@ -207,6 +213,16 @@ impl Engine {
         resolver: Arc<dyn Resolver>,
         config: AsyncConfig,
     ) -> Result<Arc<Engine>, QueueError> {
+        Engine::start_with_clock(store, dispatch, resolver, config, Arc::new(now_ms)).await
+    }
+
+    async fn start_with_clock(
+        store: Arc<dyn QueueStore>,
+        dispatch: Arc<dyn Dispatch>,
+        resolver: Arc<dyn Resolver>,
+        config: AsyncConfig,
+        clock: Clock,
+    ) -> Result<Arc<Engine>, QueueError> {
         let recovered = store.recover().await?;
         if recovered > 0 {
             tracing::info!(recovered, "async events that were running when nimbus stopped are queued again");
@@ -223,12 +239,17 @@ impl Engine {
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
             recovered,
+            clock,
             running: std::sync::Mutex::new(std::collections::HashMap::new()),
             outcomes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         });
         tokio::spawn(engine.clone().work());
         tokio::spawn(engine.clone().cron());
         Ok(engine)
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
     }
 
     pub fn store(&self) -> &Arc<dyn QueueStore> {
@@ -265,7 +286,7 @@ impl Engine {
         if depth >= self.config.max_depth {
             return Err(AcceptError::Full { depth });
         }
-        let now = now_ms();
+        let now = self.now();
         let event = NewEvent {
             id: new_id(),
             function: req.function,
@@ -313,7 +334,7 @@ impl Engine {
                 }
                 continue;
             }
-            let claimed = match self.store.claim(now_ms(), free, &self.shares(), DEFAULT_SHARE).await {
+            let claimed = match self.store.claim(self.now(), free, &self.shares(), DEFAULT_SHARE).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("cannot claim async events: {e}");
@@ -323,7 +344,7 @@ impl Engine {
             };
             if claimed.is_empty() {
                 let wait = match self.store.next_due().await {
-                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(1, 1000) as u64),
+                    Ok(Some(due)) => Duration::from_millis((due - self.now()).clamp(1, 1000) as u64),
                     _ => Duration::from_secs(1),
                 };
                 tokio::select! {
@@ -337,7 +358,7 @@ impl Engine {
                 let permit = self.in_flight.clone().try_acquire_owned();
                 let Some(permit) = permit.ok().filter(|_| self.reserve(&ev)) else {
                     // Over its function's share (or out of budget): back to the queue, uncounted.
-                    if let Err(e) = self.store.release(&ev.id, now_ms()).await {
+                    if let Err(e) = self.store.release(&ev.id, self.now()).await {
                         tracing::error!(id = %ev.id, "cannot return an async event to the queue: {e}");
                     }
                     continue;
@@ -391,12 +412,12 @@ impl Engine {
 
     /// Run one claimed event and move it on: succeeded, retried, or given up.
     async fn execute(self: &Arc<Self>, ev: ClaimedEvent) {
-        let started = now_ms();
+        let started = self.now();
         let Some(function) = self.resolver.function(&ev.function, ev.qualifier.as_deref()) else {
             return self.not_found(&ev, started).await;
         };
         let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function, started)).await);
-        let attempt = ran.record(ev.attempts, started, (now_ms() - started) as f64);
+        let attempt = ran.record(ev.attempts, started, (self.now() - started) as f64);
         match ran {
             Ran::Succeeded { response } => self.succeeded(&ev, &function, attempt, response).await,
             Ran::Failed { failure, response, .. } => self.failed(&ev, &function, attempt, failure, response).await,
@@ -437,10 +458,10 @@ impl Engine {
         let policy = &function.spec.async_policy;
         let function_errors = ev.function_errors + u32::from(failure.is_function_error());
         let platform_failures = ev.platform_failures + u32::from(!failure.is_function_error());
-        let age = Duration::from_millis((now_ms() - ev.accepted_ms).max(0) as u64);
+        let age = Duration::from_millis((self.now() - ev.accepted_ms).max(0) as u64);
         let give_up = match policy::retry(failure, function_errors, platform_failures, age, policy, rand::random()) {
             RetryDecision::RetryAfter(delay) => {
-                let finish = Finish::Retry { run_at_ms: now_ms() + delay.as_millis() as i64, failure };
+                let finish = Finish::Retry { run_at_ms: self.now() + delay.as_millis() as i64, failure };
                 self.finish(ev, attempt, finish, false).await;
                 self.count(&ev.function, "retried");
                 self.wake.notify_one();
@@ -481,7 +502,7 @@ impl Engine {
 
     async fn finish(&self, ev: &ClaimedEvent, attempt: AttemptRecord, finish: Finish, terminal: bool) {
         let mut tries = 0;
-        while let Err(e) = self.store.finish(&ev.id, attempt.clone(), finish.clone(), now_ms()).await {
+        while let Err(e) = self.store.finish(&ev.id, attempt.clone(), finish.clone(), self.now()).await {
             tries += 1;
             if tries == 5 {
                 // The event stays `running` and is run again after the next start.
@@ -549,7 +570,7 @@ impl Engine {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let now = now_ms();
+            let now = self.now();
             let mut next_wake = now + 1000;
             for s in self.resolver.schedules() {
                 match self.tick(&s, now).await {
@@ -558,7 +579,7 @@ impl Engine {
                     Err(e) => tracing::error!(schedule = %s.key(), "schedule failed: {e}"),
                 }
             }
-            let wait = Duration::from_millis((next_wake - now_ms()).clamp(1, 1000) as u64);
+            let wait = Duration::from_millis((next_wake - self.now()).clamp(1, 1000) as u64);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.stopped.notified() => return,
@@ -601,7 +622,7 @@ impl Engine {
             "resources": [format!("arn:aws:events:{}:{}:rule/{key}", nimbus_core::REGION, nimbus_core::ACCOUNT_ID)],
             "detail": {},
         });
-        let now = now_ms();
+        let now = self.now();
         let event = NewEvent {
             id,
             function: s.function.clone(),
