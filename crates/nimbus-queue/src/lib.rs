@@ -642,6 +642,11 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod fakes;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
