@@ -277,9 +277,13 @@ impl Control for ControlPlane {
         let current = snap.live.as_ref().map(|l| l.version);
         let target = match version {
             Some(v) => v,
-            None => {
-                snap.versions.keys().copied().filter(|v| Some(*v) < current).max().ok_or(DeployError::NothingToRollBack)?
-            }
+            None => snap
+                .versions
+                .keys()
+                .copied()
+                .filter(|v| Some(*v) < current)
+                .max()
+                .ok_or(DeployError::NothingToRollBack)?,
         };
         let view = snap.versions.get(&target).cloned().ok_or(DeployError::NoSuchVersion(target))?;
         self.registry.set_alias(LIVE, target).await?;
@@ -316,9 +320,7 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
     let functions = c
         .functions
         .iter()
-        .map(|(spec, digest)| {
-            (spec.name.clone(), Arc::new(function_version(registry, spec, &version_text, digest)))
-        })
+        .map(|(spec, digest)| (spec.name.clone(), Arc::new(function_version(registry, spec, &version_text, digest))))
         .collect();
     DeploymentView {
         version,

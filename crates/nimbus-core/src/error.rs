@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::policy::AttemptFailure;
+
 /// Who is responsible for a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorSource {
@@ -64,6 +66,25 @@ impl DispatchError {
         }
     }
 
+    /// How the async retry policy counts this failure. Unlike [`DispatchError::source_of`], an
+    /// init failure is a platform failure here: the handler never ran, so it is retried until
+    /// `max_event_age` rather than against `max_retry_attempts`. Every variant is listed so that
+    /// a new one has to be classified here.
+    pub fn attempt_failure(&self) -> AttemptFailure {
+        match self {
+            DispatchError::Timeout { .. } | DispatchError::Crashed { .. } | DispatchError::ResponseTooLarge { .. } => {
+                AttemptFailure::Function
+            }
+            DispatchError::Throttled { .. } => AttemptFailure::Throttled,
+            DispatchError::NotFound { .. }
+            | DispatchError::QualifierNotFound { .. }
+            | DispatchError::InitFailed { .. }
+            | DispatchError::PayloadTooLarge { .. }
+            | DispatchError::ShuttingDown { .. }
+            | DispatchError::Platform(_) => AttemptFailure::Platform,
+        }
+    }
+
     /// Whether the caller may safely retry: true only when the function never started running.
     pub fn retry_safe(&self) -> bool {
         matches!(self, DispatchError::Throttled { .. } | DispatchError::ShuttingDown { .. })
@@ -87,6 +108,41 @@ impl DispatchError {
             | DispatchError::Crashed { log, .. }
             | DispatchError::InitFailed { log, .. } => log,
             _ => "",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_failure_table() {
+        let name = || "f".to_owned();
+        let log = String::new;
+        let table = [
+            (
+                DispatchError::Timeout { name: name(), timeout: Duration::from_secs(3), log: log() },
+                AttemptFailure::Function,
+            ),
+            (DispatchError::Crashed { name: name(), detail: "exit 1".into(), log: log() }, AttemptFailure::Function),
+            (DispatchError::ResponseTooLarge { name: name(), size: 7, limit: 6 }, AttemptFailure::Function),
+            (
+                DispatchError::Throttled { name: name(), max_instances: 2, retry_after: Duration::from_secs(1) },
+                AttemptFailure::Throttled,
+            ),
+            (
+                DispatchError::InitFailed { name: name(), error_type: "E".into(), message: "m".into(), log: log() },
+                AttemptFailure::Platform,
+            ),
+            (DispatchError::NotFound { name: name() }, AttemptFailure::Platform),
+            (DispatchError::QualifierNotFound { name: name(), qualifier: "9".into() }, AttemptFailure::Platform),
+            (DispatchError::PayloadTooLarge { size: 7, limit: 6 }, AttemptFailure::Platform),
+            (DispatchError::ShuttingDown { name: name() }, AttemptFailure::Platform),
+            (DispatchError::Platform("spawn failed".into()), AttemptFailure::Platform),
+        ];
+        for (error, want) in table {
+            assert_eq!(error.attempt_failure(), want, "{error:?}");
         }
     }
 }

@@ -61,7 +61,7 @@ pub struct FunctionSpec {
     pub wasm: WasmOptions,
 }
 
-/// How a wasm component runs (DESIGN.md §7 `component`, plus the wasm-only keys).
+/// How a wasm component runs (`component` and the wasm-only keys of docs/manifest.md).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WasmOptions {
     /// The component file, relative to the code directory.
@@ -94,7 +94,7 @@ impl Destination {
     }
 }
 
-/// Retry and destination settings for async invocations (DESIGN.md §7).
+/// Retry and destination settings for async invocations (docs/manifest.md, async keys).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AsyncPolicy {
     /// Retries after a function error (handled, unhandled, timeout, crash): 0-10.

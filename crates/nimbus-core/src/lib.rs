@@ -17,11 +17,11 @@ pub use error::{DispatchError, ErrorSource};
 pub use function::{
     AsyncPolicy, Destination, FunctionSpec, FunctionVersion, RuntimeKind, WasmOptions, ACCOUNT_ID, REGION,
 };
+pub use history::{History, HistoryError};
 pub use invoke::{
     ColdStart, FunctionErrorKind, HttpRequestHead, HttpResponseHead, Invocation, InvocationRecord, InvocationStatus,
     InvokeOutcome, InvokeResult, Observed, Observer, Recorder, Trigger,
 };
-pub use history::{History, HistoryError};
 pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
 pub use runtime::{
     Dispatch, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError, Runtime, StartError,

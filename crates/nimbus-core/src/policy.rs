@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 /// A snapshot of one pool's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolCounts {
@@ -90,15 +92,48 @@ pub enum AttemptFailure {
     Throttled,
 }
 
+impl AttemptFailure {
+    /// Whether this failure counts against `max_retry_attempts` (the event's `function_errors`).
+    /// Every other failure, throttling included, grows `platform_failures` instead, which only
+    /// lengthens the next platform or throttle backoff.
+    pub fn is_function_error(self) -> bool {
+        self == AttemptFailure::Function
+    }
+}
+
 /// What to do with an async event after an attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RetryDecision {
     /// Run it again after this delay.
     RetryAfter(Duration),
-    /// Give up: retries exhausted.
+    /// Stop retrying; `on_failure` decides where the event goes.
+    GiveUp(GiveUp),
+}
+
+/// Why the retry policy stopped retrying an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The function failed more than `max_retry_attempts` times after the first attempt.
     RetriesExhausted,
-    /// Give up: the event is older than `max_event_age`.
+    /// Another retry would run after the event is `max_event_age` old.
     EventAgeExceeded,
+}
+
+/// The `condition` of a destination envelope: why the outcome was sent (Lambda's spellings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Condition {
+    Success,
+    RetriesExhausted,
+    EventAgeExceeded,
+}
+
+impl From<GiveUp> for Condition {
+    fn from(give_up: GiveUp) -> Condition {
+        match give_up {
+            GiveUp::RetriesExhausted => Condition::RetriesExhausted,
+            GiveUp::EventAgeExceeded => Condition::EventAgeExceeded,
+        }
+    }
 }
 
 /// The delay before retry number `n` (1-based): `base * 2^(n-1)`, capped at `max`, scaled by a
@@ -122,7 +157,7 @@ pub fn retry(
     let delay = match failure {
         AttemptFailure::Function => {
             if function_errors > policy.max_retry_attempts {
-                return RetryDecision::RetriesExhausted;
+                return RetryDecision::GiveUp(GiveUp::RetriesExhausted);
             }
             backoff(policy.retry_backoff, policy.retry_backoff_max, function_errors, jitter)
         }
@@ -133,7 +168,7 @@ pub fn retry(
         }
     };
     if age + delay > policy.max_event_age {
-        return RetryDecision::EventAgeExceeded;
+        return RetryDecision::GiveUp(GiveUp::EventAgeExceeded);
     }
     RetryDecision::RetryAfter(delay)
 }
@@ -212,23 +247,38 @@ mod tests {
         let s = Duration::from_secs;
         let policy = crate::AsyncPolicy { max_retry_attempts: 2, ..crate::AsyncPolicy::default() };
         use AttemptFailure::*;
-        use RetryDecision::*;
+        use RetryDecision::RetryAfter;
+        let exhausted = RetryDecision::GiveUp(GiveUp::RetriesExhausted);
+        let too_old = RetryDecision::GiveUp(GiveUp::EventAgeExceeded);
         // (failure, function errors incl. this one, platform failures incl. this one, age, expected)
         let table = [
             (Function, 1, 0, s(0), RetryAfter(s(1))),
             (Function, 2, 0, s(5), RetryAfter(s(2))),
-            (Function, 3, 0, s(9), RetriesExhausted),
+            (Function, 3, 0, s(9), exhausted),
             (Platform, 0, 1, s(0), RetryAfter(s(1))),
             (Platform, 0, 12, s(3600), RetryAfter(s(300))),
-            (Platform, 0, 12, s(6 * 3600 - 100), EventAgeExceeded),
+            (Platform, 0, 12, s(6 * 3600 - 100), too_old),
             (Throttled, 0, 1, s(0), RetryAfter(Duration::from_millis(50))),
-            (Function, 1, 0, s(6 * 3600), EventAgeExceeded),
+            (Function, 1, 0, s(6 * 3600), too_old),
         ];
         for (failure, fe, pf, age, want) in table {
             assert_eq!(retry(failure, fe, pf, age, &policy, 1.0), want, "{failure:?} fe={fe} pf={pf} age={age:?}");
         }
         let none = crate::AsyncPolicy { max_retry_attempts: 0, ..policy };
-        assert_eq!(retry(Function, 1, 0, s(0), &none, 0.3), RetriesExhausted);
+        assert_eq!(retry(Function, 1, 0, s(0), &none, 0.3), exhausted);
+    }
+
+    #[test]
+    fn conditions_are_spelled_as_lambda_does() {
+        // The envelope's `requestContext.condition`: destination handlers match on these.
+        let table = [
+            (Condition::Success, "Success"),
+            (Condition::from(GiveUp::RetriesExhausted), "RetriesExhausted"),
+            (Condition::from(GiveUp::EventAgeExceeded), "EventAgeExceeded"),
+        ];
+        for (condition, want) in table {
+            assert_eq!(serde_json::to_value(condition).unwrap(), serde_json::json!(want));
+        }
     }
 
     #[test]

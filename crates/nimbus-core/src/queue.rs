@@ -9,6 +9,138 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::AttemptFailure;
+use crate::Trigger;
+
+// The strings below are stored in `queue.db` and shown by the management API and in destination
+// envelopes: changing one breaks existing databases and clients.
+
+/// What put an event in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// The Invoke API with `InvocationType: Event`.
+    Invoke,
+    /// An HTTP route marked async.
+    Http,
+    /// A `[[schedules]]` fire.
+    Schedule,
+    /// The outcome envelope of another event (`on_success` / `on_failure`).
+    Destination,
+}
+
+impl EventSource {
+    pub const ALL: [EventSource; 4] =
+        [EventSource::Invoke, EventSource::Http, EventSource::Schedule, EventSource::Destination];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Invoke => "invoke",
+            EventSource::Http => "http",
+            EventSource::Schedule => "schedule",
+            EventSource::Destination => "destination",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventSource> {
+        EventSource::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The trigger the invocation is recorded with: schedules are told apart, every other
+    /// source is an async event.
+    pub fn trigger(self) -> Trigger {
+        match self {
+            EventSource::Schedule => Trigger::Schedule,
+            EventSource::Invoke | EventSource::Http | EventSource::Destination => Trigger::Event,
+        }
+    }
+}
+
+/// Where an event is in its lifecycle, as status queries show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// Waiting to run (first time or retry).
+    Queued,
+    Running,
+    Succeeded,
+    /// Given up on and sent to its `on_failure` function instead of the dead-letter store.
+    Failed,
+    /// Given up on and kept in the dead-letter store (redrive queues it again).
+    #[serde(rename = "dead-lettered")]
+    DeadLettered,
+}
+
+impl EventStatus {
+    pub const ALL: [EventStatus; 5] = [
+        EventStatus::Queued,
+        EventStatus::Running,
+        EventStatus::Succeeded,
+        EventStatus::Failed,
+        EventStatus::DeadLettered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Queued => "queued",
+            EventStatus::Running => "running",
+            EventStatus::Succeeded => "succeeded",
+            EventStatus::Failed => "failed",
+            EventStatus::DeadLettered => "dead-lettered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventStatus> {
+        EventStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// How one attempt ended, as recorded in an event's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Success,
+    FunctionError,
+    PlatformError,
+    Throttled,
+    /// The function was not in the live deployment when the event ran.
+    NotFound,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::FunctionError,
+        AttemptOutcome::PlatformError,
+        AttemptOutcome::Throttled,
+        AttemptOutcome::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::FunctionError => "function_error",
+            AttemptOutcome::PlatformError => "platform_error",
+            AttemptOutcome::Throttled => "throttled",
+            AttemptOutcome::NotFound => "not_found",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttemptOutcome> {
+        AttemptOutcome::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl From<AttemptFailure> for AttemptOutcome {
+    fn from(failure: AttemptFailure) -> AttemptOutcome {
+        match failure {
+            AttemptFailure::Function => AttemptOutcome::FunctionError,
+            AttemptFailure::Platform => AttemptOutcome::PlatformError,
+            AttemptFailure::Throttled => AttemptOutcome::Throttled,
+        }
+    }
+}
+
 /// An event to accept.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
@@ -18,8 +150,7 @@ pub struct NewEvent {
     /// A version number to pin, or None for whatever is live when it runs.
     pub qualifier: Option<String>,
     pub payload: Bytes,
-    /// invoke | http | schedule | destination
-    pub source: String,
+    pub source: EventSource,
     pub idempotency_key: Option<String>,
     pub now_ms: i64,
     /// Runs no earlier than this (now for a fresh event).
@@ -41,7 +172,7 @@ pub struct ClaimedEvent {
     pub function: String,
     pub qualifier: Option<String>,
     pub payload: Bytes,
-    pub source: String,
+    pub source: EventSource,
     pub accepted_ms: i64,
     /// Attempts including this one.
     pub attempts: u32,
@@ -56,7 +187,7 @@ pub struct AttemptRecord {
     pub n: u32,
     pub started_ms: i64,
     pub duration_ms: f64,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub error_type: Option<String>,
     pub error_message: Option<String>,
 }
@@ -67,11 +198,11 @@ pub enum Finish {
     Succeeded {
         response: Bytes,
     },
-    /// Run again at `run_at_ms`. `function_error` / `platform_failure` say which counter grows.
+    /// Run again at `run_at_ms`. `failure` says which counter grows (see
+    /// [`AttemptFailure::is_function_error`]).
     Retry {
         run_at_ms: i64,
-        function_error: bool,
-        platform_failure: bool,
+        failure: AttemptFailure,
     },
     /// Dead-lettered (or failed, when `on_failure` sent it elsewhere).
     Failed {
@@ -87,9 +218,8 @@ pub struct EventView {
     pub request_id: String,
     pub function: String,
     pub qualifier: Option<String>,
-    pub source: String,
-    /// queued | running | succeeded | failed | dead-lettered
-    pub status: String,
+    pub source: EventSource,
+    pub status: EventStatus,
     pub attempts: u32,
     pub accepted_ms: i64,
     pub updated_ms: i64,
@@ -151,7 +281,7 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<Option<EventView>, QueueError>;
     async fn list(
         &self,
-        status: Option<&str>,
+        status: Option<EventStatus>,
         function: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EventView>, QueueError>;
@@ -166,4 +296,69 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn last_slot(&self, schedule_key: &str) -> Result<Option<i64>, QueueError>;
     /// Remember `slot_ms` as handled without firing (first sight of a schedule, or catch-up "none").
     async fn skip_to(&self, schedule_key: &str, slot_ms: i64) -> Result<(), QueueError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spellings stored in `queue.db` and shown to clients, pinned: `as_str`, `parse` and
+    /// serde must all agree with them.
+    #[test]
+    fn wire_strings_are_stable() {
+        fn check<T>(table: &[(T, &str)], as_str: fn(T) -> &'static str, parse: fn(&str) -> Option<T>)
+        where
+            T: Copy + PartialEq + std::fmt::Debug + Serialize + serde::de::DeserializeOwned,
+        {
+            for &(v, s) in table {
+                assert_eq!(as_str(v), s);
+                assert_eq!(parse(s), Some(v));
+                assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(s));
+                assert_eq!(serde_json::from_value::<T>(serde_json::json!(s)).unwrap(), v);
+            }
+        }
+        use AttemptOutcome as O;
+        use EventSource as S;
+        use EventStatus as T;
+        let sources =
+            [(S::Invoke, "invoke"), (S::Http, "http"), (S::Schedule, "schedule"), (S::Destination, "destination")];
+        check(&sources, S::as_str, S::parse);
+        assert_eq!(sources.len(), S::ALL.len());
+        let statuses = [
+            (T::Queued, "queued"),
+            (T::Running, "running"),
+            (T::Succeeded, "succeeded"),
+            (T::Failed, "failed"),
+            (T::DeadLettered, "dead-lettered"),
+        ];
+        check(&statuses, T::as_str, T::parse);
+        assert_eq!(statuses.len(), T::ALL.len());
+        let outcomes = [
+            (O::Success, "success"),
+            (O::FunctionError, "function_error"),
+            (O::PlatformError, "platform_error"),
+            (O::Throttled, "throttled"),
+            (O::NotFound, "not_found"),
+        ];
+        check(&outcomes, O::as_str, O::parse);
+        assert_eq!(outcomes.len(), O::ALL.len());
+        assert_eq!(S::parse("Invoke"), None);
+        assert_eq!(T::parse("dead"), None, "`dead` is the storage spelling, not the wire one");
+    }
+
+    #[test]
+    fn an_attempt_record_serializes_as_before() {
+        let record = AttemptRecord {
+            n: 2,
+            started_ms: 10,
+            duration_ms: 1.5,
+            outcome: AttemptOutcome::FunctionError,
+            error_type: Some("Error".into()),
+            error_message: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            r#"{"n":2,"startedMs":10,"durationMs":1.5,"outcome":"function_error","errorType":"Error","errorMessage":null}"#
+        );
+    }
 }

@@ -79,8 +79,11 @@ pub trait Registry: Send + Sync + 'static {
     async fn deployments(&self) -> Result<Vec<DeploymentRecord>, RegistryError>;
     /// Store a new deployment (numbered after the newest) and point `alias` at it, atomically:
     /// after a crash either both happened or neither.
-    async fn add_deployment(&self, deployment: NewDeployment<'_>, alias: &str)
-        -> Result<DeploymentRecord, RegistryError>;
+    async fn add_deployment(
+        &self,
+        deployment: NewDeployment<'_>,
+        alias: &str,
+    ) -> Result<DeploymentRecord, RegistryError>;
     /// The version an alias points at.
     async fn alias(&self, name: &str) -> Result<Option<u64>, RegistryError>;
     /// Point an alias at a stored version.

@@ -13,9 +13,9 @@ use nimbus_core::History;
 use nimbus_scheduler::Scheduler;
 use sha2::{Digest, Sha256};
 
+use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::session::Sessions;
-use crate::config::GatewayConfig;
 
 /// What `/metrics` reports besides what the gateway counts itself.
 pub struct Telemetry {

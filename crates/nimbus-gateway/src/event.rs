@@ -38,75 +38,18 @@ fn is_text(content_type: Option<&str>) -> bool {
         || ["json", "xml", "javascript", "x-www-form-urlencoded", "graphql", "yaml"].iter().any(|t| ct.contains(t))
 }
 
+/// The API Gateway HTTP API v2 event (function URL payload) for a request.
 pub fn build_event(r: &HttpRequest<'_>) -> Value {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    let mut cookies: Vec<String> = Vec::new();
-    for (name, value) in r.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        if name == http::header::COOKIE {
-            cookies.extend(value.split(';').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()));
-            continue;
-        }
-        headers
-            .entry(name.as_str().to_owned())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
-    }
-    let mut query: BTreeMap<String, String> = BTreeMap::new();
-    for (k, v) in form_urlencoded(r.raw_query) {
-        query
-            .entry(k)
-            .and_modify(|e| {
-                e.push(',');
-                e.push_str(&v);
-            })
-            .or_insert(v);
-    }
-    let content_type = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let (body, is_b64) = if r.body.is_empty() {
-        (Value::Null, false)
-    } else if is_text(content_type) {
-        match std::str::from_utf8(r.body) {
-            Ok(s) => (Value::String(s.to_owned()), false),
-            Err(_) => (Value::String(B64.encode(r.body)), true),
-        }
-    } else {
-        (Value::String(B64.encode(r.body)), true)
-    };
-    let protocol = match r.version {
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        _ => "HTTP/1.1",
-    };
-    let host = headers.get("host").cloned().unwrap_or_default();
-    let route_key = r.route.route_key();
+    let (headers, cookies) = headers_and_cookies(r.headers);
+    let query = joined(form_urlencoded(r.raw_query));
+    let (body, is_b64) = event_body(r);
     let mut event = json!({
         "version": "2.0",
-        "routeKey": route_key,
+        "routeKey": r.route.route_key(),
         "rawPath": r.path,
         "rawQueryString": r.raw_query,
+        "requestContext": request_context(r, headers.get("host").map(String::as_str).unwrap_or_default()),
         "headers": headers,
-        "requestContext": {
-            "accountId": nimbus_core::ACCOUNT_ID,
-            "apiId": "nimbus",
-            "domainName": host,
-            "domainPrefix": host.split('.').next().unwrap_or_default(),
-            "http": {
-                "method": r.method,
-                "path": r.path,
-                "protocol": protocol,
-                "sourceIp": r.remote.ip().to_string(),
-                "userAgent": r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
-            },
-            "requestId": r.request_id,
-            "routeKey": route_key,
-            "stage": "$default",
-            "time": r.time,
-            "timeEpoch": r.now_ms,
-        },
         "isBase64Encoded": is_b64,
     });
     if let Some(obj) = event.as_object_mut() {
@@ -126,6 +69,77 @@ pub fn build_event(r: &HttpRequest<'_>) -> Value {
         }
     }
     event
+}
+
+/// Headers by lower-case name (repeated ones joined with commas, as API Gateway does), and the
+/// cookies split out of `Cookie`.
+fn headers_and_cookies(map: &HeaderMap) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut cookies: Vec<String> = Vec::new();
+    let mut pairs = Vec::new();
+    for (name, value) in map {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        if name == http::header::COOKIE {
+            cookies.extend(value.split(';').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()));
+        } else {
+            pairs.push((name.as_str().to_owned(), value));
+        }
+    }
+    (joined(pairs), cookies)
+}
+
+/// Pairs by key, values of a repeated key joined with commas.
+fn joined(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in pairs {
+        out.entry(k)
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    out
+}
+
+/// The body as text, or base64 for binary content; `Null` when empty.
+fn event_body(r: &HttpRequest<'_>) -> (Value, bool) {
+    let content_type = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if r.body.is_empty() {
+        (Value::Null, false)
+    } else if is_text(content_type) {
+        match std::str::from_utf8(r.body) {
+            Ok(s) => (Value::String(s.to_owned()), false),
+            Err(_) => (Value::String(B64.encode(r.body)), true),
+        }
+    } else {
+        (Value::String(B64.encode(r.body)), true)
+    }
+}
+
+fn request_context(r: &HttpRequest<'_>, host: &str) -> Value {
+    let protocol = match r.version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        _ => "HTTP/1.1",
+    };
+    json!({
+        "accountId": nimbus_core::ACCOUNT_ID,
+        "apiId": "nimbus",
+        "domainName": host,
+        "domainPrefix": host.split('.').next().unwrap_or_default(),
+        "http": {
+            "method": r.method,
+            "path": r.path,
+            "protocol": protocol,
+            "sourceIp": r.remote.ip().to_string(),
+            "userAgent": r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+        },
+        "requestId": r.request_id,
+        "routeKey": r.route.route_key(),
+        "stage": "$default",
+        "time": r.time,
+        "timeEpoch": r.now_ms,
+    })
 }
 
 fn percent_decode(s: &str) -> String {

@@ -23,6 +23,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use nimbus_control::{DeploymentView, RouteMatch};
+use nimbus_core::queue::EventSource;
 use nimbus_core::{
     Dispatch, DispatchError, ErrorSource, FunctionVersion, HttpRequestHead, Invocation, InvokeOutcome, RuntimeKind,
     Trigger,
@@ -253,7 +254,7 @@ async fn accept_async(
         function: function.spec.name.clone(),
         qualifier: None,
         payload,
-        source: "http",
+        source: EventSource::Http,
         idempotency_key,
     };
     let accepted = gw.queue.accept(req).await?;
@@ -293,9 +294,9 @@ fn outcome_response(
             RouteError::new(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Invalid response from the function")
         }),
         // A component that trapped is the server failing, as `wasmtime serve` and Workers say.
-        (InvokeOutcome::FunctionError { .. }, _) if function.spec.runtime == RuntimeKind::Wasm => Err(
-            RouteError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorSource::Function, "Internal Server Error"),
-        ),
+        (InvokeOutcome::FunctionError { .. }, _) if function.spec.runtime == RuntimeKind::Wasm => {
+            Err(RouteError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorSource::Function, "Internal Server Error"))
+        }
         (InvokeOutcome::FunctionError { .. }, _) => {
             Err(RouteError::new(StatusCode::BAD_GATEWAY, ErrorSource::Function, "Internal Server Error"))
         }

@@ -19,6 +19,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
+use nimbus_core::queue::EventSource;
 use nimbus_core::{Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
 use serde_json::json;
 
@@ -134,10 +135,8 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
 
 async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Result<Resp, AwsError> {
     let path = req.uri().path();
-    let raw_name = path
-        .strip_prefix("/2015-03-31/functions/")
-        .and_then(|r| r.strip_suffix("/invocations"))
-        .ok_or_else(|| {
+    let raw_name =
+        path.strip_prefix("/2015-03-31/functions/").and_then(|r| r.strip_suffix("/invocations")).ok_or_else(|| {
             AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
         })?;
     if req.method() != http::Method::POST {
@@ -274,7 +273,7 @@ async fn accept_async(gw: &Gateway, function: &FunctionVersion, call: Call, payl
         function: function.spec.name.clone(),
         qualifier: pinned,
         payload,
-        source: "invoke",
+        source: EventSource::Invoke,
         idempotency_key: call.idempotency_key,
     };
     let accepted = gw.queue.accept(req).await?;

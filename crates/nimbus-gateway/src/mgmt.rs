@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use nimbus_api as api;
 use nimbus_control::{DeployError, Deployed};
 use nimbus_core::history::{InvocationQuery, LogQuery};
-use nimbus_core::queue::{EventView, QueueError};
+use nimbus_core::queue::{EventStatus, EventView, QueueError};
 use nimbus_core::{HistoryError, InvocationRecord};
 use serde::de::DeserializeOwned;
 
@@ -84,7 +84,12 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
 
 async fn route(gw: &Gateway, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let segments: Vec<&str> = path.split('/').skip(2).collect();
+    let decoded: Vec<String> = path
+        .split('/')
+        .skip(2)
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();
     let q = |key: &str| query_param(req.uri().query(), key);
     match (method, segments.as_slice()) {
@@ -98,7 +103,7 @@ async fn route(gw: &Gateway, req: Request<Incoming>) -> Answer {
         (Method::GET, ["invocations"]) if q("status").is_some() => events(gw, None, &q).await,
         (Method::GET, ["invocations"]) => invocations(gw, &q).await,
         (Method::GET, ["invocations", id]) => invocation(gw, id).await,
-        (Method::GET, ["dlq"]) => events(gw, Some("dead-lettered"), &q).await,
+        (Method::GET, ["dlq"]) => events(gw, Some(EventStatus::DeadLettered), &q).await,
         (Method::GET, ["dlq", id]) => dead_letter(gw, id).await,
         (Method::POST, ["dlq", "redrive"]) => redrive(gw, req).await,
         (Method::POST, ["dlq", "purge"]) => purge(gw, req).await,
@@ -116,9 +121,12 @@ fn limit(q: &impl Fn(&str) -> Option<String>, default: u32) -> u32 {
 }
 
 /// The request body as `T`; an empty body is `T::default()`.
-async fn body<T: DeserializeOwned + Default>(gw: &Gateway, req: Request<Incoming>, example: &str) -> Result<T, ApiError> {
-    let bytes =
-        gw.read_body(req.into_body()).await.map_err(|_| ApiError::bad_request("the body could not be read"))?;
+async fn body<T: DeserializeOwned + Default>(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    example: &str,
+) -> Result<T, ApiError> {
+    let bytes = gw.read_body(req.into_body()).await.map_err(|_| ApiError::bad_request("the body could not be read"))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -308,8 +316,8 @@ fn event(ev: EventView) -> api::Event {
         request_id: ev.request_id,
         function: ev.function,
         qualifier: ev.qualifier,
-        source: ev.source,
-        status: ev.status,
+        source: ev.source.as_str().to_owned(),
+        status: ev.status.as_str().to_owned(),
         attempts: ev.attempts,
         accepted_ms: ev.accepted_ms,
         updated_ms: ev.updated_ms,
@@ -326,7 +334,7 @@ fn event(ev: EventView) -> api::Event {
                 n: a.n,
                 started_ms: a.started_ms,
                 duration_ms: a.duration_ms,
-                outcome: a.outcome,
+                outcome: a.outcome.as_str().to_owned(),
                 error_type: a.error_type,
                 error_message: a.error_message,
             })
@@ -336,19 +344,23 @@ fn event(ev: EventView) -> api::Event {
 
 async fn dead_letter(gw: &Gateway, id: &str) -> Answer {
     match gw.queue.store().get(id).await? {
-        Some(ev) if ev.status == "dead-lettered" => Ok(json(StatusCode::OK, &event(ev))),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no dead-lettered event {id}; `nimbus dlq ls` lists them"))),
+        Some(ev) if ev.status == EventStatus::DeadLettered => Ok(json(StatusCode::OK, &event(ev))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no dead-lettered event {id}; `nimbus dlq ls` lists them"),
+        )),
     }
 }
 
-const EVENT_STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "dead-lettered"];
-
-async fn events(gw: &Gateway, status: Option<&str>, q: &impl Fn(&str) -> Option<String>) -> Answer {
-    let wanted = q("status");
-    let status = status.or(wanted.as_deref());
-    if let Some(s) = status.filter(|s| !EVENT_STATUSES.contains(s)) {
-        return Err(ApiError::bad_request(format!("status {s:?} is not one of {}", EVENT_STATUSES.join(", "))));
-    }
+async fn events(gw: &Gateway, status: Option<EventStatus>, q: &impl Fn(&str) -> Option<String>) -> Answer {
+    let status = match (status, q("status")) {
+        (Some(s), _) => Some(s),
+        (None, None) => None,
+        (None, Some(s)) => Some(EventStatus::parse(&s).ok_or_else(|| {
+            let all = EventStatus::ALL.map(EventStatus::as_str).join(", ");
+            ApiError::bad_request(format!("status {s:?} is not one of {all}"))
+        })?),
+    };
     let function = q("function");
     let list = gw.queue.store().list(status, function.as_deref(), limit(q, 100)).await?;
     Ok(json(StatusCode::OK, &list.into_iter().map(event).collect::<Vec<_>>()))
@@ -357,9 +369,7 @@ async fn events(gw: &Gateway, status: Option<&str>, q: &impl Fn(&str) -> Option<
 async fn redrive(gw: &Gateway, req: Request<Incoming>) -> Answer {
     let r: api::RedriveRequest = body(gw, req, "{\"ids\": [\"…\"]} or {\"all\": true}").await?;
     if r.ids.is_empty() && !r.all {
-        return Err(ApiError::bad_request(
-            "name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}",
-        ));
+        return Err(ApiError::bad_request("name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}"));
     }
     let n = gw.queue.store().redrive(&r.ids, r.function.as_deref(), nimbus_queue::now_ms()).await?;
     gw.queue.queued(n);

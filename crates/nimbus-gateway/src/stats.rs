@@ -31,10 +31,7 @@ const MIN_BUCKET_MS: u64 = 1_000;
 /// The query of `GET /v1/stats`, checked: bucket boundaries fall on multiples of the bucket
 /// width (so a chart refreshed a moment later shows the same buckets), the last bucket holds
 /// `until` (default: now).
-pub(crate) fn stats_query(
-    query: Option<&str>,
-    known: &dyn Fn(&str) -> bool,
-) -> Result<(StatsQuery, String), String> {
+pub(crate) fn stats_query(query: Option<&str>, known: &dyn Fn(&str) -> bool) -> Result<(StatsQuery, String), String> {
     let mut params: HashMap<String, String> = HashMap::new();
     for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -12,7 +12,9 @@ pub type Resp = Response<Full<Bytes>>;
 pub fn json(status: StatusCode, body: &impl Serialize) -> Resp {
     let (status, text) = match serde_json::to_vec(body) {
         Ok(t) => (status, t),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{{\"error\":\"cannot encode the answer: {e}\"}}").into()),
+        Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{{\"error\":\"cannot encode the answer: {e}\"}}").into())
+        }
     };
     let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;

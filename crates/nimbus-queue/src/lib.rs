@@ -28,9 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use nimbus_core::policy::{self, AttemptFailure, RetryDecision};
-use nimbus_core::queue::{Accepted, AttemptRecord, ClaimedEvent, Finish, NewEvent, QueueError, QueueStore};
-use nimbus_core::{Destination, Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
+use nimbus_core::policy::{self, AttemptFailure, Condition, GiveUp, RetryDecision};
+use nimbus_core::queue::{
+    Accepted, AttemptOutcome, AttemptRecord, ClaimedEvent, EventSource, Finish, NewEvent, QueueError, QueueStore,
+};
+use nimbus_core::{Destination, Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, InvokeResult};
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -82,7 +84,7 @@ pub struct AcceptRequest {
     pub function: String,
     pub qualifier: Option<String>,
     pub payload: Bytes,
-    pub source: &'static str,
+    pub source: EventSource,
     pub idempotency_key: Option<String>,
 }
 
@@ -97,6 +99,7 @@ pub struct Engine {
     stopping: AtomicBool,
     stopped: Notify,
     recovered: u64,
+    clock: Clock,
     /// Per function: (events running, share of the in-flight budget). A function gets at most
     /// max(2 × max_instances, MIN_SHARE) in flight, so a backlog in one cannot starve the others.
     running: std::sync::Mutex<std::collections::HashMap<String, (u32, u32)>>,
@@ -115,6 +118,11 @@ const MIN_SHARE: u32 = 64;
 /// How many events of a function with none running one claim may take.
 const DEFAULT_SHARE: u32 = MIN_SHARE;
 
+/// Where the engine reads the time, in Unix milliseconds: the wall clock ([`now_ms`]) in
+/// production. The engine's tests read tokio's clock instead, so that a paused runtime decides
+/// when backoffs end and events fall due.
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
@@ -132,6 +140,71 @@ pub fn slot_id(key: &str, slot_ms: i64) -> String {
     uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
+/// The invocation for one attempt of `ev`.
+fn invocation(ev: &ClaimedEvent, function: &FunctionVersion, started_ms: i64) -> Invocation {
+    Invocation {
+        request_id: ev.id.clone(),
+        payload: ev.payload.clone(),
+        timeout: function.spec.timeout,
+        trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started_ms / 1000, rand::random::<u128>() >> 32),
+        client_context: None,
+        trigger: ev.source.trigger(),
+        received_at: std::time::Instant::now(),
+        received_wall: SystemTime::now(),
+        http: None,
+    }
+}
+
+/// How one attempt ended, before the retry policy looks at it.
+enum Ran {
+    Succeeded {
+        response: Bytes,
+    },
+    Failed {
+        failure: AttemptFailure,
+        error_type: String,
+        message: String,
+        /// The function's error body, when it ran far enough to post one.
+        response: Option<Bytes>,
+    },
+}
+
+impl From<Result<InvokeResult, DispatchError>> for Ran {
+    fn from(result: Result<InvokeResult, DispatchError>) -> Ran {
+        match result {
+            Ok(r) => match r.outcome {
+                InvokeOutcome::Success(response) => Ran::Succeeded { response },
+                InvokeOutcome::FunctionError { error_type, error_message, body, .. } => Ran::Failed {
+                    failure: AttemptFailure::Function,
+                    error_type,
+                    message: error_message,
+                    response: Some(body),
+                },
+            },
+            Err(e) => {
+                let error_type = match &e {
+                    // The function's own error type (e.g. a syntax error in the handler module).
+                    DispatchError::InitFailed { error_type, .. } => error_type.clone(),
+                    other => other.lambda_error_type().to_owned(),
+                };
+                Ran::Failed { failure: e.attempt_failure(), error_type, message: e.to_string(), response: None }
+            }
+        }
+    }
+}
+
+impl Ran {
+    fn record(&self, n: u32, started_ms: i64, duration_ms: f64) -> AttemptRecord {
+        let (outcome, error_type, error_message) = match self {
+            Ran::Succeeded { .. } => (AttemptOutcome::Success, None, None),
+            Ran::Failed { failure, error_type, message, .. } => {
+                ((*failure).into(), Some(error_type.clone()), Some(message.clone()))
+            }
+        };
+        AttemptRecord { n, started_ms, duration_ms, outcome, error_type, error_message }
+    }
+}
+
 impl Engine {
     /// Recover events left running, then start the worker and cron loops.
     pub async fn start(
@@ -139,6 +212,16 @@ impl Engine {
         dispatch: Arc<dyn Dispatch>,
         resolver: Arc<dyn Resolver>,
         config: AsyncConfig,
+    ) -> Result<Arc<Engine>, QueueError> {
+        Engine::start_with_clock(store, dispatch, resolver, config, Arc::new(now_ms)).await
+    }
+
+    async fn start_with_clock(
+        store: Arc<dyn QueueStore>,
+        dispatch: Arc<dyn Dispatch>,
+        resolver: Arc<dyn Resolver>,
+        config: AsyncConfig,
+        clock: Clock,
     ) -> Result<Arc<Engine>, QueueError> {
         let recovered = store.recover().await?;
         if recovered > 0 {
@@ -156,12 +239,17 @@ impl Engine {
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
             recovered,
+            clock,
             running: std::sync::Mutex::new(std::collections::HashMap::new()),
             outcomes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         });
         tokio::spawn(engine.clone().work());
         tokio::spawn(engine.clone().cron());
         Ok(engine)
+    }
+
+    fn now(&self) -> i64 {
+        (self.clock)()
     }
 
     pub fn store(&self) -> &Arc<dyn QueueStore> {
@@ -198,13 +286,13 @@ impl Engine {
         if depth >= self.config.max_depth {
             return Err(AcceptError::Full { depth });
         }
-        let now = now_ms();
+        let now = self.now();
         let event = NewEvent {
             id: new_id(),
             function: req.function,
             qualifier: req.qualifier,
             payload: req.payload,
-            source: req.source.to_owned(),
+            source: req.source,
             idempotency_key: req.idempotency_key,
             now_ms: now,
             run_at_ms: now,
@@ -246,7 +334,7 @@ impl Engine {
                 }
                 continue;
             }
-            let claimed = match self.store.claim(now_ms(), free, &self.shares(), DEFAULT_SHARE).await {
+            let claimed = match self.store.claim(self.now(), free, &self.shares(), DEFAULT_SHARE).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("cannot claim async events: {e}");
@@ -256,7 +344,7 @@ impl Engine {
             };
             if claimed.is_empty() {
                 let wait = match self.store.next_due().await {
-                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).clamp(1, 1000) as u64),
+                    Ok(Some(due)) => Duration::from_millis((due - self.now()).clamp(1, 1000) as u64),
                     _ => Duration::from_secs(1),
                 };
                 tokio::select! {
@@ -270,7 +358,7 @@ impl Engine {
                 let permit = self.in_flight.clone().try_acquire_owned();
                 let Some(permit) = permit.ok().filter(|_| self.reserve(&ev)) else {
                     // Over its function's share (or out of budget): back to the queue, uncounted.
-                    if let Err(e) = self.store.release(&ev.id, now_ms()).await {
+                    if let Err(e) = self.store.release(&ev.id, self.now()).await {
                         tracing::error!(id = %ev.id, "cannot return an async event to the queue: {e}");
                     }
                     continue;
@@ -322,123 +410,99 @@ impl Engine {
         }
     }
 
+    /// Run one claimed event and move it on: succeeded, retried, or given up.
     async fn execute(self: &Arc<Self>, ev: ClaimedEvent) {
-        let started = now_ms();
+        let started = self.now();
         let Some(function) = self.resolver.function(&ev.function, ev.qualifier.as_deref()) else {
-            let reason = format!("function {} is not in the live deployment", ev.function);
-            let attempt = AttemptRecord {
-                n: ev.attempts,
-                started_ms: started,
-                duration_ms: 0.0,
-                outcome: "not_found".into(),
-                error_type: Some("ResourceNotFoundException".into()),
-                error_message: Some(reason.clone()),
-            };
-            self.finish(&ev, attempt, Finish::Failed { reason, dead_letter: true }, true).await;
-            self.count(&ev.function, "dead_lettered");
-            return;
+            return self.not_found(&ev, started).await;
         };
-        let invocation = Invocation {
-            request_id: ev.id.clone(),
-            payload: ev.payload.clone(),
-            timeout: function.spec.timeout,
-            trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started / 1000, rand::random::<u128>() >> 32),
-            client_context: None,
-            trigger: if ev.source == "schedule" { Trigger::Schedule } else { Trigger::Event },
-            received_at: std::time::Instant::now(),
-            received_wall: SystemTime::now(),
-            http: None,
-        };
-        let result = self.dispatch.invoke(function.clone(), invocation).await;
-        let duration_ms = (now_ms() - started) as f64;
-        let policy = &function.spec.async_policy;
-        let (failure, error_type, message, response) = match &result {
-            Ok(r) => match &r.outcome {
-                InvokeOutcome::Success(body) => (None, None, None, Some(body.clone())),
-                InvokeOutcome::FunctionError { error_type, error_message, body, .. } => (
-                    Some(AttemptFailure::Function),
-                    Some(error_type.clone()),
-                    Some(error_message.clone()),
-                    Some(body.clone()),
-                ),
-            },
-            Err(e) => {
-                let kind = match e {
-                    DispatchError::Timeout { .. }
-                    | DispatchError::Crashed { .. }
-                    | DispatchError::ResponseTooLarge { .. } => AttemptFailure::Function,
-                    DispatchError::Throttled { .. } => AttemptFailure::Throttled,
-                    _ => AttemptFailure::Platform,
-                };
-                let error_type = match e {
-                    DispatchError::InitFailed { error_type, .. } => error_type.clone(),
-                    other => other.lambda_error_type().to_owned(),
-                };
-                (Some(kind), Some(error_type), Some(e.to_string()), None)
-            }
-        };
-        let outcome = match failure {
-            None => "success",
-            Some(AttemptFailure::Function) => "function_error",
-            Some(AttemptFailure::Platform) => "platform_error",
-            Some(AttemptFailure::Throttled) => "throttled",
-        };
+        let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function, started)).await);
+        let attempt = ran.record(ev.attempts, started, (self.now() - started) as f64);
+        match ran {
+            Ran::Succeeded { response } => self.succeeded(&ev, &function, attempt, response).await,
+            Ran::Failed { failure, response, .. } => self.failed(&ev, &function, attempt, failure, response).await,
+        }
+    }
+
+    /// The function is not in the live deployment: retrying cannot help.
+    async fn not_found(&self, ev: &ClaimedEvent, started: i64) {
+        let reason = format!("function {} is not in the live deployment", ev.function);
         let attempt = AttemptRecord {
             n: ev.attempts,
             started_ms: started,
-            duration_ms,
-            outcome: outcome.into(),
-            error_type,
-            error_message: message,
+            duration_ms: 0.0,
+            outcome: AttemptOutcome::NotFound,
+            error_type: Some("ResourceNotFoundException".into()),
+            error_message: Some(reason.clone()),
         };
-        let Some(failure) = failure else {
-            let body = response.unwrap_or_default();
-            if let Some(Destination::Function(target)) = &policy.on_success {
-                self.send(target, &ev, &function, "Success", Some(&body), None).await;
-            }
-            self.finish(&ev, attempt, Finish::Succeeded { response: body }, true).await;
-            return;
-        };
-        let function_errors = ev.function_errors + u32::from(failure == AttemptFailure::Function);
-        let platform_failures = ev.platform_failures + u32::from(failure != AttemptFailure::Function);
-        let age = Duration::from_millis((now_ms() - ev.accepted_ms).max(0) as u64);
-        let decision = policy::retry(failure, function_errors, platform_failures, age, policy, rand::random::<f64>());
-        let condition = match decision {
+        self.finish(ev, attempt, Finish::Failed { reason, dead_letter: true }, true).await;
+        self.count(&ev.function, "dead_lettered");
+    }
+
+    async fn succeeded(&self, ev: &ClaimedEvent, function: &FunctionVersion, attempt: AttemptRecord, body: Bytes) {
+        if let Some(Destination::Function(target)) = &function.spec.async_policy.on_success {
+            self.send(target, ev, function, Condition::Success, Some(&body), None).await;
+        }
+        self.finish(ev, attempt, Finish::Succeeded { response: body }, true).await;
+    }
+
+    /// Ask the retry policy, then retry the event or give up on it.
+    async fn failed(
+        &self,
+        ev: &ClaimedEvent,
+        function: &FunctionVersion,
+        attempt: AttemptRecord,
+        failure: AttemptFailure,
+        response: Option<Bytes>,
+    ) {
+        let policy = &function.spec.async_policy;
+        let function_errors = ev.function_errors + u32::from(failure.is_function_error());
+        let platform_failures = ev.platform_failures + u32::from(!failure.is_function_error());
+        let age = Duration::from_millis((self.now() - ev.accepted_ms).max(0) as u64);
+        let give_up = match policy::retry(failure, function_errors, platform_failures, age, policy, rand::random()) {
             RetryDecision::RetryAfter(delay) => {
-                let finish = Finish::Retry {
-                    run_at_ms: now_ms() + delay.as_millis() as i64,
-                    function_error: failure == AttemptFailure::Function,
-                    platform_failure: failure != AttemptFailure::Function,
-                };
-                self.finish(&ev, attempt, finish, false).await;
+                let finish = Finish::Retry { run_at_ms: self.now() + delay.as_millis() as i64, failure };
+                self.finish(ev, attempt, finish, false).await;
                 self.count(&ev.function, "retried");
                 self.wake.notify_one();
                 return;
             }
-            RetryDecision::RetriesExhausted => "RetriesExhausted",
-            RetryDecision::EventAgeExceeded => "EventAgeExceeded",
+            RetryDecision::GiveUp(give_up) => give_up,
         };
-        let reason = match condition {
-            "RetriesExhausted" => {
+        let reason = match give_up {
+            GiveUp::RetriesExhausted => {
                 format!("failed {function_errors} time(s); max_retry_attempts is {}", policy.max_retry_attempts)
             }
-            _ => format!("older than max_event_age ({:?})", policy.max_event_age),
+            GiveUp::EventAgeExceeded => format!("older than max_event_age ({:?})", policy.max_event_age),
         };
-        let dead_letter = match &policy.on_failure {
+        self.give_up(ev, function, attempt, give_up, reason, response).await;
+    }
+
+    /// `on_failure` decides: an envelope to a function, or the dead-letter store (the default).
+    async fn give_up(
+        &self,
+        ev: &ClaimedEvent,
+        function: &FunctionVersion,
+        attempt: AttemptRecord,
+        give_up: GiveUp,
+        reason: String,
+        response: Option<Bytes>,
+    ) {
+        let dead_letter = match &function.spec.async_policy.on_failure {
             Some(Destination::Function(target)) => {
                 let error = json!({"errorType": attempt.error_type, "errorMessage": attempt.error_message});
-                self.send(target, &ev, &function, condition, response.as_ref(), Some(error)).await;
+                self.send(target, ev, function, give_up.into(), response.as_ref(), Some(error)).await;
                 false
             }
-            _ => true,
+            Some(Destination::Dlq) | None => true,
         };
-        self.finish(&ev, attempt, Finish::Failed { reason, dead_letter }, true).await;
+        self.finish(ev, attempt, Finish::Failed { reason, dead_letter }, true).await;
         self.count(&ev.function, if dead_letter { "dead_lettered" } else { "sent_on_failure" });
     }
 
     async fn finish(&self, ev: &ClaimedEvent, attempt: AttemptRecord, finish: Finish, terminal: bool) {
         let mut tries = 0;
-        while let Err(e) = self.store.finish(&ev.id, attempt.clone(), finish.clone(), now_ms()).await {
+        while let Err(e) = self.store.finish(&ev.id, attempt.clone(), finish.clone(), self.now()).await {
             tries += 1;
             if tries == 5 {
                 // The event stays `running` and is run again after the next start.
@@ -458,7 +522,7 @@ impl Engine {
         target: &str,
         ev: &ClaimedEvent,
         function: &FunctionVersion,
-        condition: &str,
+        condition: Condition,
         response: Option<&Bytes>,
         error: Option<Value>,
     ) {
@@ -493,7 +557,7 @@ impl Engine {
             function: target.to_owned(),
             qualifier: None,
             payload: Bytes::from(envelope.to_string()),
-            source: "destination",
+            source: EventSource::Destination,
             idempotency_key: None,
         };
         if let Err(e) = self.accept(req).await {
@@ -506,7 +570,7 @@ impl Engine {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let now = now_ms();
+            let now = self.now();
             let mut next_wake = now + 1000;
             for s in self.resolver.schedules() {
                 match self.tick(&s, now).await {
@@ -515,7 +579,7 @@ impl Engine {
                     Err(e) => tracing::error!(schedule = %s.key(), "schedule failed: {e}"),
                 }
             }
-            let wait = Duration::from_millis((next_wake - now_ms()).clamp(1, 1000) as u64);
+            let wait = Duration::from_millis((next_wake - self.now()).clamp(1, 1000) as u64);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.stopped.notified() => return,
@@ -558,13 +622,13 @@ impl Engine {
             "resources": [format!("arn:aws:events:{}:{}:rule/{key}", nimbus_core::REGION, nimbus_core::ACCOUNT_ID)],
             "detail": {},
         });
-        let now = now_ms();
+        let now = self.now();
         let event = NewEvent {
             id,
             function: s.function.clone(),
             qualifier: None,
             payload: Bytes::from(payload.to_string()),
-            source: "schedule".into(),
+            source: EventSource::Schedule,
             idempotency_key: None,
             now_ms: now,
             run_at_ms: now,
@@ -576,6 +640,11 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod fakes;
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,9 @@ pub enum WasmError {
     },
     #[error("{component} is not a valid component: {detail}")]
     NotAComponent { component: String, detail: String },
-    #[error("{component} needs imports nimbus does not provide (it runs wasi:http/proxy and WASIp2 components): {detail}")]
+    #[error(
+        "{component} needs imports nimbus does not provide (it runs wasi:http/proxy and WASIp2 components): {detail}"
+    )]
     Imports { component: String, detail: String },
     #[error("{component} does not export wasi:http/incoming-handler (the wasi:http/proxy world): {detail}")]
     NoHandler { component: String, detail: String },

@@ -181,9 +181,8 @@ impl Inner {
         let me = self.clone();
         let path = f.code_path.join(&f.spec.wasm.component);
         let shown = f.spec.wasm.component.clone();
-        let loaded = tokio::task::spawn_blocking(move || me.load_blocking(&path, &shown))
-            .await
-            .map_err(WasmError::Task)??;
+        let loaded =
+            tokio::task::spawn_blocking(move || me.load_blocking(&path, &shown)).await.map_err(WasmError::Task)??;
         let loaded = Arc::new(loaded);
         self.loaded.lock().unwrap_or_else(PoisonError::into_inner).insert(Self::key(f), loaded.clone());
         Ok(loaded)
@@ -191,8 +190,7 @@ impl Inner {
 
     fn load_blocking(&self, path: &Path, shown: &str) -> Result<Loaded, WasmError> {
         let named = |detail| (shown.to_owned(), detail);
-        let bytes =
-            std::fs::read(path).map_err(|source| WasmError::Read { component: shown.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| WasmError::Read { component: shown.to_owned(), source })?;
         let digest = hex::encode(Sha256::digest(&bytes));
         let cached = self.settings.cache_dir.join(format!("{digest}-{}.cwasm", self.engine_key));
         let component = match deserialize(&self.engine, &cached) {
@@ -204,13 +202,10 @@ impl Inner {
                     self.settings.cache_dir.display()
                 );
                 let started = Instant::now();
-                let compiled = self
-                    .engine
-                    .precompile_component(&bytes)
-                    .map_err(|e| {
-                        let (component, detail) = named(format!("{e:#}"));
-                        WasmError::NotAComponent { component, detail }
-                    })?;
+                let compiled = self.engine.precompile_component(&bytes).map_err(|e| {
+                    let (component, detail) = named(format!("{e:#}"));
+                    WasmError::NotAComponent { component, detail }
+                })?;
                 tracing::info!(component = shown, "compiled in {:.0?}", started.elapsed());
                 // Write then rename, so a crash never leaves a torn artefact under the final name.
                 let tmp = cached.with_extension(format!("tmp{}", std::process::id()));

@@ -157,7 +157,8 @@ impl Inner {
     pub async fn prepare(&self, functions: &[Arc<FunctionVersion>]) -> Result<(), FunctionPrepareError> {
         for f in functions {
             let failed = |source| FunctionPrepareError { function: f.spec.name.clone(), source };
-            let runtime = self.runtimes.get(&f.spec.runtime).ok_or_else(|| failed(PrepareError::NoRuntime(f.spec.runtime)))?;
+            let runtime =
+                self.runtimes.get(&f.spec.runtime).ok_or_else(|| failed(PrepareError::NoRuntime(f.spec.runtime)))?;
             runtime.prepare(f).await.map_err(failed)?;
         }
         Ok(())

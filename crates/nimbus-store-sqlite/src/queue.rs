@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::queue::{
-    Accepted, AttemptRecord, ClaimedEvent, EventView, Finish, NewEvent, QueueError, QueueStats, QueueStore,
+    Accepted, AttemptRecord, ClaimedEvent, EventSource, EventStatus, EventView, Finish, NewEvent, QueueError,
+    QueueStats, QueueStore,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
@@ -162,87 +163,100 @@ fn write_loop(mut conn: Connection, rx: Receiver<Op>, unsafe_ack: bool) {
 /// Apply one operation inside the batch's transaction; returns how to answer once the batch's
 /// fate is known (an answer is only "ok" if the commit succeeded).
 fn apply(tx: &mut Transaction<'_>, op: Op) -> Box<dyn FnOnce(bool)> {
-    fn run<T: Send + 'static>(
-        tx: &mut Transaction<'_>,
-        reply: Reply<T>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Box<dyn FnOnce(bool)> {
-        let outcome = match tx.savepoint() {
-            Ok(mut sp) => match f(&sp) {
-                Ok(v) => sp.commit().map(|()| v),
-                Err(e) => {
-                    let _ = sp.rollback();
-                    Err(e)
-                }
-            },
-            Err(e) => Err(e),
-        };
-        Box::new(move |committed| {
-            let answer = match outcome {
-                Ok(v) if committed => Ok(v),
-                Ok(_) => Err("the queue could not commit".to_owned()),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = reply.send(answer);
-        })
-    }
     match op {
-        Op::Accept(ev, window, reply) => run(tx, reply, |tx| accept(tx, &ev, window)),
+        Op::Accept(ev, window, reply) => in_savepoint(tx, reply, |tx| accept(tx, &ev, window)),
         Op::Claim(now, limit, shares, default_share, reply) => {
-            run(tx, reply, |tx| claim(tx, now, limit, &shares, default_share))
+            in_savepoint(tx, reply, |tx| claim(tx, now, limit, &shares, default_share))
         }
-        Op::Release(id, run_at, reply) => run(tx, reply, |tx| {
-            tx.execute(
-                "UPDATE events SET status = 'queued', attempts = attempts - 1, next_run_ms = ?2
-                 WHERE id = ?1 AND status = 'running'",
-                params![id, run_at],
-            )?;
-            Ok(())
-        }),
+        Op::Release(id, run_at, reply) => in_savepoint(tx, reply, |tx| release(tx, &id, run_at)),
         Op::Finish(id, attempt, finish, now, reply) => {
-            run(tx, reply, |tx| finish_event(tx, &id, &attempt, &finish, now))
+            in_savepoint(tx, reply, |tx| finish_event(tx, &id, &attempt, &finish, now))
         }
-        Op::Recover(reply) => run(tx, reply, |tx| {
-            Ok(tx.execute("UPDATE events SET status = 'queued' WHERE status = 'running'", [])? as u64)
-        }),
-        Op::Redrive(ids, function, now, reply) => run(tx, reply, |tx| {
-            let sql = "UPDATE events SET status = 'queued', next_run_ms = ?1, updated_ms = ?1, attempts = 0,
-                       function_errors = 0, platform_failures = 0, accepted_ms = ?1, reason = NULL
-                       WHERE status = 'dead'";
-            if ids.is_empty() {
-                Ok(tx.execute(&format!("{sql} AND (?2 IS NULL OR function = ?2)"), params![now, function])? as u64)
-            } else {
-                let mut n = 0;
-                for id in &ids {
-                    n += tx.execute(&format!("{sql} AND id = ?2"), params![now, id])? as u64;
-                }
-                Ok(n)
-            }
-        }),
-        Op::Purge(function, reply) => run(tx, reply, |tx| {
-            Ok(tx.execute(
-                "DELETE FROM events WHERE status = 'dead' AND (?1 IS NULL OR function = ?1)",
-                params![function],
-            )? as u64)
-        }),
-        Op::Fire(key, slot, ev, reply) => run(tx, reply, |tx| {
-            let fired = insert(tx, &ev, "INSERT OR IGNORE")? == 1;
-            tx.execute(
-                "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
-                params![key, slot],
-            )?;
-            Ok(fired)
-        }),
-        Op::Skip(key, slot, reply) => run(tx, reply, |tx| {
-            tx.execute(
-                "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
-                params![key, slot],
-            )?;
-            Ok(())
-        }),
+        Op::Recover(reply) => in_savepoint(tx, reply, recover),
+        Op::Redrive(ids, function, now, reply) => {
+            in_savepoint(tx, reply, |tx| redrive(tx, &ids, function.as_deref(), now))
+        }
+        Op::Purge(function, reply) => in_savepoint(tx, reply, |tx| purge(tx, function.as_deref())),
+        Op::Fire(key, slot, ev, reply) => in_savepoint(tx, reply, |tx| fire_slot(tx, &key, slot, &ev)),
+        Op::Skip(key, slot, reply) => in_savepoint(tx, reply, |tx| remember_slot(tx, &key, slot)),
     }
+}
+
+/// Run `f` in its own savepoint, so that its failure undoes only its own writes, and answer
+/// `reply` once the batch's commit is known.
+fn in_savepoint<T: Send + 'static>(
+    tx: &mut Transaction<'_>,
+    reply: Reply<T>,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Box<dyn FnOnce(bool)> {
+    let outcome = match tx.savepoint() {
+        Ok(mut sp) => match f(&sp) {
+            Ok(v) => sp.commit().map(|()| v),
+            Err(e) => {
+                let _ = sp.rollback();
+                Err(e)
+            }
+        },
+        Err(e) => Err(e),
+    };
+    Box::new(move |committed| {
+        let answer = match outcome {
+            Ok(v) if committed => Ok(v),
+            Ok(_) => Err("the queue could not commit".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = reply.send(answer);
+    })
+}
+
+fn release(tx: &Connection, id: &str, run_at: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE events SET status = 'queued', attempts = attempts - 1, next_run_ms = ?2
+         WHERE id = ?1 AND status = 'running'",
+        params![id, run_at],
+    )?;
+    Ok(())
+}
+
+fn recover(tx: &Connection) -> rusqlite::Result<u64> {
+    Ok(tx.execute("UPDATE events SET status = 'queued' WHERE status = 'running'", [])? as u64)
+}
+
+fn redrive(tx: &Connection, ids: &[String], function: Option<&str>, now: i64) -> rusqlite::Result<u64> {
+    let sql = "UPDATE events SET status = 'queued', next_run_ms = ?1, updated_ms = ?1, attempts = 0,
+               function_errors = 0, platform_failures = 0, accepted_ms = ?1, reason = NULL
+               WHERE status = 'dead'";
+    if ids.is_empty() {
+        return Ok(tx.execute(&format!("{sql} AND (?2 IS NULL OR function = ?2)"), params![now, function])? as u64);
+    }
+    let mut n = 0;
+    for id in ids {
+        n += tx.execute(&format!("{sql} AND id = ?2"), params![now, id])? as u64;
+    }
+    Ok(n)
+}
+
+fn purge(tx: &Connection, function: Option<&str>) -> rusqlite::Result<u64> {
+    Ok(tx.execute("DELETE FROM events WHERE status = 'dead' AND (?1 IS NULL OR function = ?1)", params![function])?
+        as u64)
+}
+
+/// Insert a schedule's event unless its slot fired before (the id is derived from the slot),
+/// and remember the slot, in one savepoint.
+fn fire_slot(tx: &Connection, key: &str, slot: i64, ev: &NewEvent) -> rusqlite::Result<bool> {
+    let fired = insert(tx, ev, "INSERT OR IGNORE")? == 1;
+    remember_slot(tx, key, slot)?;
+    Ok(fired)
+}
+
+/// Record `slot` as the schedule's latest unless a later one is already recorded.
+fn remember_slot(tx: &Connection, key: &str, slot: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
+        params![key, slot],
+    )?;
+    Ok(())
 }
 
 fn insert(tx: &Connection, ev: &NewEvent, verb: &str) -> rusqlite::Result<usize> {
@@ -251,7 +265,16 @@ fn insert(tx: &Connection, ev: &NewEvent, verb: &str) -> rusqlite::Result<usize>
             "{verb} INTO events(id, function, qualifier, payload, source, status, accepted_ms, updated_ms, next_run_ms, idempotency_key)
              VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6, ?7, ?8)"
         ),
-        params![ev.id, ev.function, ev.qualifier, ev.payload.as_ref(), ev.source, ev.now_ms, ev.run_at_ms, ev.idempotency_key],
+        params![
+            ev.id,
+            ev.function,
+            ev.qualifier,
+            ev.payload.as_ref(),
+            ev.source.as_str(),
+            ev.now_ms,
+            ev.run_at_ms,
+            ev.idempotency_key
+        ],
     )
 }
 
@@ -310,7 +333,7 @@ fn claim(
                 function: r.get(1)?,
                 qualifier: r.get(2)?,
                 payload: Bytes::from(r.get::<_, Vec<u8>>(3)?),
-                source: r.get(4)?,
+                source: parsed(r, 4, "event source", EventSource::parse)?,
                 accepted_ms: r.get(5)?,
                 attempts: r.get::<_, u32>(6)? + 1,
                 function_errors: r.get(7)?,
@@ -338,26 +361,71 @@ fn finish_event(tx: &Connection, id: &str, attempt: &AttemptRecord, finish: &Fin
             "UPDATE events SET status = 'succeeded', result = ?2, updated_ms = ?3, history = ?4 WHERE id = ?1",
             params![id, response.as_ref(), now, history],
         ),
-        Finish::Retry { run_at_ms, function_error, platform_failure } => tx.execute(
+        Finish::Retry { run_at_ms, failure } => tx.execute(
             "UPDATE events SET status = 'queued', next_run_ms = ?2, updated_ms = ?3, history = ?4,
              function_errors = function_errors + ?5, platform_failures = platform_failures + ?6,
              last_error_type = ?7, last_error = ?8 WHERE id = ?1",
-            params![id, run_at_ms, now, history, i64::from(*function_error), i64::from(*platform_failure), err_type, err],
+            params![
+                id,
+                run_at_ms,
+                now,
+                history,
+                i64::from(failure.is_function_error()),
+                i64::from(!failure.is_function_error()),
+                err_type,
+                err
+            ],
         ),
         Finish::Failed { reason, dead_letter } => tx.execute(
             "UPDATE events SET status = ?2, reason = ?3, updated_ms = ?4, history = ?5, last_error_type = ?6, last_error = ?7
              WHERE id = ?1",
-            params![id, if *dead_letter { "dead" } else { "failed" }, reason, now, history, err_type, err],
+            params![
+                id,
+                status_column(if *dead_letter { EventStatus::DeadLettered } else { EventStatus::Failed }),
+                reason,
+                now,
+                history,
+                err_type,
+                err
+            ],
         ),
     }?;
     Ok(())
+}
+
+/// How the `status` column spells a status: dead-lettered events have always been stored as
+/// `dead`, every other status as on the wire.
+fn status_column(status: EventStatus) -> &'static str {
+    match status {
+        EventStatus::DeadLettered => "dead",
+        other => other.as_str(),
+    }
+}
+
+fn status_from_column(column: &str) -> Option<EventStatus> {
+    match column {
+        "dead" => Some(EventStatus::DeadLettered),
+        "dead-lettered" => None,
+        other => EventStatus::parse(other),
+    }
+}
+
+/// Column `idx` read through `parse`. A value this version does not know (written by a newer
+/// nimbus, or damaged) is an error naming it, never a panic or a silent default.
+fn parsed<T>(r: &rusqlite::Row<'_>, idx: usize, what: &str, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    parse(&text).ok_or_else(|| unreadable(idx, format!("unknown {what} {text:?} in the queue database")))
+}
+
+fn unreadable(idx: usize, message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, message.into())
 }
 
 const VIEW_COLUMNS: &str = "id, function, qualifier, source, status, attempts, accepted_ms, updated_ms, next_run_ms,
     last_error_type, last_error, reason, payload, result, history";
 
 fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
-    let status: String = r.get(4)?;
+    let status = parsed(r, 4, "event status", status_from_column)?;
     let json = |b: Option<Vec<u8>>| {
         b.map(|b| {
             serde_json::from_slice(&b)
@@ -368,9 +436,9 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
         request_id: r.get(0)?,
         function: r.get(1)?,
         qualifier: r.get(2)?,
-        source: r.get(3)?,
-        next_run_ms: (status == "queued").then(|| r.get(8)).transpose()?,
-        status: if status == "dead" { "dead-lettered".to_owned() } else { status },
+        source: parsed(r, 3, "event source", EventSource::parse)?,
+        next_run_ms: (status == EventStatus::Queued).then(|| r.get(8)).transpose()?,
+        status,
         attempts: r.get(5)?,
         accepted_ms: r.get(6)?,
         updated_ms: r.get(7)?,
@@ -379,7 +447,8 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
         reason: r.get(11)?,
         payload: json(r.get(12)?).unwrap_or_default(),
         result: json(r.get(13)?),
-        history: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
+        history: serde_json::from_str(&r.get::<_, String>(14)?)
+            .map_err(|e| unreadable(14, format!("unreadable attempt history in the queue database: {e}")))?,
     })
 }
 
@@ -450,11 +519,11 @@ impl QueueStore for QueueDb {
 
     async fn list(
         &self,
-        status: Option<&str>,
+        status: Option<EventStatus>,
         function: Option<&str>,
         limit: u32,
     ) -> Result<Vec<EventView>, QueueError> {
-        let status = status.map(|s| if s == "dead-lettered" { "dead" } else { s });
+        let status = status.map(status_column);
         self.read(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {VIEW_COLUMNS} FROM events WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR function = ?2)
@@ -490,5 +559,156 @@ impl QueueStore for QueueDb {
     async fn skip_to(&self, schedule_key: &str, slot_ms: i64) -> Result<(), QueueError> {
         let key = schedule_key.to_owned();
         self.call(|r| Op::Skip(key, slot_ms, r)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use nimbus_core::policy::AttemptFailure;
+    use nimbus_core::queue::AttemptOutcome;
+
+    use super::*;
+
+    fn event(id: &str, source: EventSource) -> NewEvent {
+        NewEvent {
+            id: id.to_owned(),
+            function: "f".to_owned(),
+            qualifier: None,
+            payload: Bytes::from_static(br#"{"n":1}"#),
+            source,
+            idempotency_key: None,
+            now_ms: 1_000,
+            run_at_ms: 1_000,
+        }
+    }
+
+    fn attempt(outcome: AttemptOutcome) -> AttemptRecord {
+        let error = (outcome != AttemptOutcome::Success).then(|| "E".to_owned());
+        AttemptRecord {
+            n: 1,
+            started_ms: 1_000,
+            duration_ms: 2.0,
+            outcome,
+            error_type: error.clone(),
+            error_message: error,
+        }
+    }
+
+    async fn ids(q: &QueueDb, status: EventStatus) -> Vec<String> {
+        let mut ids: Vec<String> =
+            q.list(Some(status), None, 100).await.unwrap().into_iter().map(|v| v.request_id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Every source, status and attempt outcome written through the store reads back the same,
+    /// from the columns and JSON that older versions wrote, so existing queue.db files keep working.
+    #[tokio::test]
+    async fn events_round_trip_through_queue_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let q = QueueDb::open(&path, false).unwrap();
+        let sources = [
+            ("a", EventSource::Invoke),
+            ("b", EventSource::Http),
+            ("c", EventSource::Schedule),
+            ("d", EventSource::Destination),
+            ("e", EventSource::Invoke),
+            ("f", EventSource::Http),
+        ];
+        for (id, source) in sources {
+            q.accept(event(id, source), 60_000).await.unwrap();
+        }
+        let claimed = q.claim(1_000, 10, &HashMap::new(), 64).await.unwrap();
+        let got: Vec<(&str, EventSource)> = claimed.iter().map(|c| (c.id.as_str(), c.source)).collect();
+        assert_eq!(got, sources);
+
+        let retry = |failure| Finish::Retry { run_at_ms: 5_000, failure };
+        let outcomes = [
+            ("a", AttemptOutcome::Success),
+            ("b", AttemptOutcome::FunctionError),
+            ("c", AttemptOutcome::Throttled),
+            ("d", AttemptOutcome::PlatformError),
+            ("e", AttemptOutcome::NotFound),
+        ];
+        let finishes = [
+            Finish::Succeeded { response: Bytes::from_static(b"{\"ok\":true}") },
+            retry(AttemptFailure::Function),
+            retry(AttemptFailure::Throttled),
+            Finish::Failed { reason: "old".into(), dead_letter: true },
+            Finish::Failed { reason: "gone".into(), dead_letter: false },
+        ];
+        for ((id, outcome), finish) in outcomes.into_iter().zip(finishes) {
+            q.finish(id, attempt(outcome), finish, 2_000).await.unwrap();
+        }
+        // "f" stays claimed: running.
+        q.close();
+
+        let q = QueueDb::open(&path, false).unwrap();
+        assert_eq!(ids(&q, EventStatus::Succeeded).await, ["a"]);
+        assert_eq!(ids(&q, EventStatus::Queued).await, ["b", "c"]);
+        assert_eq!(ids(&q, EventStatus::DeadLettered).await, ["d"]);
+        assert_eq!(ids(&q, EventStatus::Failed).await, ["e"]);
+        assert_eq!(ids(&q, EventStatus::Running).await, ["f"]);
+        for (id, outcome) in outcomes {
+            let view = q.get(id).await.unwrap().unwrap();
+            let outcomes: Vec<AttemptOutcome> = view.history.iter().map(|h| h.outcome).collect();
+            assert_eq!(outcomes, [outcome], "{id}");
+        }
+        let d = q.get("d").await.unwrap().unwrap();
+        assert_eq!((d.source, d.status), (EventSource::Destination, EventStatus::DeadLettered));
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["status"], "dead-lettered");
+        assert_eq!(json["source"], "destination");
+        assert_eq!(json["history"][0]["outcome"], "platform_error");
+
+        // The retry's failure kind decides which counter grew.
+        let again = q.claim(5_000, 10, &HashMap::new(), 64).await.unwrap();
+        let counts: Vec<(&str, u32, u32)> =
+            again.iter().map(|c| (c.id.as_str(), c.function_errors, c.platform_failures)).collect();
+        assert_eq!(counts, [("b", 1, 0), ("c", 0, 1)]);
+        q.close();
+
+        // The spellings on disk are the ones earlier versions wrote and read.
+        let raw = Connection::open(&path).unwrap();
+        let row = |id: &str| -> (String, String, String) {
+            raw.query_row("SELECT source, status, history FROM events WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap()
+        };
+        let (source, status, history) = row("d");
+        assert_eq!((source.as_str(), status.as_str()), ("destination", "dead"));
+        assert!(history.contains(r#""outcome":"platform_error""#), "{history}");
+        assert_eq!(row("e").1, "failed");
+        assert!(row("b").2.contains(r#""outcome":"function_error""#));
+    }
+
+    #[tokio::test]
+    async fn unknown_strings_in_queue_db_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let q = QueueDb::open(&path, false).unwrap();
+        q.accept(event("x", EventSource::Invoke), 60_000).await.unwrap();
+        let raw = open_connection(&path).unwrap();
+        let set = |sql: &str| raw.execute(sql, []).unwrap();
+        fn error_of<T>(r: Result<T, QueueError>) -> String {
+            r.err().expect("an error").to_string()
+        }
+
+        set("UPDATE events SET source = 'carrier-pigeon'");
+        assert!(error_of(q.get("x").await).contains("carrier-pigeon"));
+        assert!(error_of(q.claim(1_000, 10, &HashMap::new(), 64).await).contains("carrier-pigeon"));
+
+        set("UPDATE events SET source = 'invoke', status = 'exploded'");
+        assert!(error_of(q.get("x").await).contains("exploded"));
+        assert!(error_of(q.list(None, None, 10).await).contains("exploded"));
+
+        set(r#"UPDATE events SET status = 'queued',
+               history = '[{"n":1,"startedMs":0,"durationMs":0.0,"outcome":"bogus","errorType":null,"errorMessage":null}]'"#);
+        assert!(error_of(q.get("x").await).contains("bogus"));
+        q.close();
     }
 }

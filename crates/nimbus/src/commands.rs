@@ -41,7 +41,13 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
     let r = r?;
     if r.status.is_success() {
         let d: api::Deployed = r.parse()?;
-        println!("deployed {} version {} ({} functions, {} KiB uploaded)", d.app, d.version, d.functions.len(), size / 1024);
+        println!(
+            "deployed {} version {} ({} functions, {} KiB uploaded)",
+            d.app,
+            d.version,
+            d.functions.len(),
+            size / 1024
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if let Ok(api::ErrorBody { errors: Some(errors), .. }) = r.parse::<api::ErrorBody>() {
@@ -322,8 +328,12 @@ pub async fn usage(args: crate::UsageArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `s` as a path segment or query value: everything but RFC 3986's unreserved characters
+/// percent-encoded.
 fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    const UNRESERVED: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 fn usage_table(v: &api::UsageReport) -> String {
@@ -426,8 +436,7 @@ pub async fn dlq(action: crate::DlqAction, remote: Remote) -> Result<ExitCode> {
             println!("{} event(s) back in the queue", r.redriven);
         }
         DlqAction::Purge { function } => {
-            let r: api::Purged =
-                client.post("/v1/dlq/purge", &api::PurgeRequest { function }, "purge failed").await?;
+            let r: api::Purged = client.post("/v1/dlq/purge", &api::PurgeRequest { function }, "purge failed").await?;
             println!("{} dead-lettered event(s) deleted", r.purged);
         }
     }

@@ -11,11 +11,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nimbus_control::{ControlPlane, DeployError};
 use nimbus_core::{History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind};
+use nimbus_gateway::metrics::Metrics;
 use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry};
 use nimbus_runtime_process::{Limits, ProcessRuntime};
 use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
-use nimbus_gateway::metrics::Metrics;
 use nimbus_store_sqlite::{RecordWriter, Store};
 
 /// File names under the data dir that client commands read.
@@ -59,8 +59,10 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let app_dir =
-        args.app_dir.canonicalize().with_context(|| format!("app directory {} does not exist", args.app_dir.display()))?;
+    let app_dir = args
+        .app_dir
+        .canonicalize()
+        .with_context(|| format!("app directory {} does not exist", args.app_dir.display()))?;
     let addr: SocketAddr = args
         .listen
         .parse()
@@ -201,8 +203,7 @@ fn runtimes(data_dir: &Path) -> Result<HashMap<RuntimeKind, Arc<dyn Runtime>>> {
             format!("NIMBUS_WASM_INSTANCES={v:?} is not a number of wasm instances between 1 and 100000")
         })?;
     }
-    let wasm: Arc<dyn Runtime> =
-        Arc::new(WasmRuntime::new(wasm_settings).context("cannot prepare the wasm runtime")?);
+    let wasm: Arc<dyn Runtime> = Arc::new(WasmRuntime::new(wasm_settings).context("cannot prepare the wasm runtime")?);
     Ok(RuntimeKind::ALL
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))

@@ -149,7 +149,12 @@ async fn function_errors_are_retried_then_dead_lettered_and_can_be_redriven() {
     let ls = server.cli(&["dlq", "ls"]);
     assert!(String::from_utf8_lossy(&ls.stdout).contains(&id), "{}", String::from_utf8_lossy(&ls.stdout));
     let show = server.cli(&["dlq", "show", &id]);
-    assert!(String::from_utf8_lossy(&show.stdout).contains("asked to fail"));
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("asked to fail"),
+        "{}{}",
+        String::from_utf8_lossy(&show.stdout),
+        String::from_utf8_lossy(&show.stderr)
+    );
 
     let redrive = server.cli(&["dlq", "redrive", &id]);
     assert!(redrive.status.success(), "{}", String::from_utf8_lossy(&redrive.stderr));

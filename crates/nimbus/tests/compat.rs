@@ -3,6 +3,7 @@
 //! two deployments of its app (live = 2, greeting "Howdy"; version 1 says "Hello"), invocation
 //! records of every trigger, a succeeded and a dead-lettered async event, and the schedule's
 //! state. Its deployment rows predate the versioned storage format (they read as format 0).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 

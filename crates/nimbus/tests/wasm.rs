@@ -123,7 +123,7 @@ async fn outbound_http_reaches_only_allowed_hosts() {
     );
 }
 
-/// DESIGN.md §5's burst: 1,000 concurrent requests to a cold function with `max_instances = 8`
+/// The burst target (BENCHMARKS.md, Targets): 1,000 concurrent requests to a cold function with `max_instances = 8`
 /// cause at most 8 cold starts and no errors.
 #[tokio::test]
 async fn a_burst_of_1000_to_a_cold_function_starts_at_most_max_instances_and_all_succeed() {
