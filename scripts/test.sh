@@ -1,17 +1,49 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: install test dependencies, check
-# formatting and lints, build the workspace (the tests run the real binaries), run every test,
-# then the benchmark harness in smoke mode.
+# formatting, lints, docs, dependency hygiene and licenses, build the workspace (the tests run
+# the real binaries), run every test, then the benchmark harness in smoke mode.
+#
+#   scripts/test.sh          everything (what .ci/run runs)
+#   scripts/test.sh --fast   the inner loop: fmt, clippy and the unit tests (every crate's own
+#                            tests, the manifest UI tests and the tidy rules) — no Node, Python,
+#                            Chromium or black-box tests of the binary
+# Any other arguments go to `cargo nextest run` (e.g. a test filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+fast=0
+if [[ "${1:-}" == "--fast" ]]; then
+  fast=1
+  shift
+fi
+
 # wasmtime and friends are heavy: keep build artefacts outside the clone so later runs reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nimbus/target}"
-export NIMBUS_TEST_PYTHONPATH="${NIMBUS_TEST_PYTHONPATH:-${NIMBUS_CACHE:-$HOME/.cache/nimbus}/py}"
+cache="${NIMBUS_CACHE:-$HOME/.cache/nimbus}"
+export NIMBUS_TEST_PYTHONPATH="${NIMBUS_TEST_PYTHONPATH:-$cache/py}"
+export PATH="$cache/tools/bin:$PATH"
+
+if [[ $fast == 1 ]]; then
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+  # The black-box tests are the `nimbus` package's test targets; everything else is fast.
+  exec cargo nextest run --workspace --locked --no-fail-fast -E 'not (package(nimbus) & kind(test))' "$@"
+fi
 
 scripts/test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+# Dependencies declared but not used (cargo-shear reads the code, so it needs no build).
+cargo shear
+# Licenses, banned crates and sources. Not advisories: they need a network fetch of the RustSec
+# database that CI cannot make (deny.toml says so).
+deny_log="$CARGO_TARGET_DIR/cargo-deny.log"
+if ! cargo deny --offline --locked check licenses bans sources >"$deny_log" 2>&1; then
+  cat "$deny_log"
+  echo "scripts/test.sh: cargo deny found a problem (output above)" >&2
+  exit 1
+fi
 cargo build --workspace --all-targets --locked
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 

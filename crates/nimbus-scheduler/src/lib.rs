@@ -16,7 +16,7 @@
 //! full). A started or released instance is offered to the first live waiter, else goes idle.
 //! Waiting is bounded by `queue_timeout`, then the request gets `Throttled` (429).
 //!
-//! An instance is handed out in a [`Lease`]; dropping the lease returns the instance, so no
+//! An instance is handed out in a `Lease`; dropping the lease returns the instance, so no
 //! path (error, panic, cancelled request) can leak one. Invocations run in their own task, so a
 //! client that disconnects does not abandon an instance half-way through an invocation.
 //!

@@ -131,11 +131,10 @@ pub struct UsageArgs {
     /// Group the JSON buckets by "hour" or "day".
     #[arg(long, default_value = "hour", value_parser = ["hour", "day"])]
     granularity: String,
-    /// Always-on servers to compare with [default: [pricing].servers, 2].
-    #[arg(long)]
+    // The help text is an attribute, not a doc comment: rustdoc would read `[pricing]` as a link.
+    #[arg(long, help = "Always-on servers to compare with [default: [pricing].servers, 2]")]
     servers: Option<u32>,
-    /// Price of one always-on server per hour [default: [pricing].server_per_hour, 0.0416].
-    #[arg(long)]
+    #[arg(long, help = "Price of one always-on server per hour [default: [pricing].server_per_hour, 0.0416]")]
     server_price: Option<f64>,
     /// Print the API's JSON instead of the table.
     #[arg(long)]
