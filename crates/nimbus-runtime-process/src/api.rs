@@ -61,10 +61,34 @@ pub(crate) struct Shared {
     pub max_response: usize,
 }
 
+impl Shared {
+    /// The state of a fresh instance, and the sender that hands it events.
+    pub(crate) fn new(max_response: usize) -> (Arc<Shared>, mpsc::Sender<NextEvent>) {
+        let (next_tx, next_rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            next_rx: Mutex::new(next_rx),
+            pending: StdMutex::new(None),
+            ready: watch::channel(false).0,
+            init_error: watch::channel(None).0,
+            picked_up: std::sync::atomic::AtomicBool::new(false),
+            max_response,
+        });
+        (shared, next_tx)
+    }
+}
+
 /// Serve the Runtime API on `listener` until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning a core.
+                tracing::warn!("the Runtime API could not accept a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         // Small request/response pairs on a keep-alive connection: Nagle plus delayed ACK would
         // add up to 40 ms per invocation.
         let _ = stream.set_nodelay(true);
@@ -241,15 +265,7 @@ mod tests {
     async fn api(max_response: usize) -> Api {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (next_tx, next_rx) = mpsc::channel(1);
-        let shared = Arc::new(Shared {
-            next_rx: Mutex::new(next_rx),
-            pending: StdMutex::new(None),
-            ready: watch::channel(false).0,
-            init_error: watch::channel(None).0,
-            picked_up: std::sync::atomic::AtomicBool::new(false),
-            max_response,
-        });
+        let (shared, next_tx) = Shared::new(max_response);
         let server = tokio::spawn(serve(listener, shared.clone()));
         Api { addr, shared, next_tx, server }
     }

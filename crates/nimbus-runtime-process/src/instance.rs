@@ -14,7 +14,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -26,7 +26,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::api::{self, Completion, NextEvent, Pending, Shared};
@@ -330,15 +330,7 @@ fn reported_init_error(shared: &Shared) -> (String, String) {
 async fn serve_api(rt: &ProcessRuntime) -> Result<(Endpoint, JoinHandle<()>), StartError> {
     let listener = TcpListener::bind("127.0.0.1:0").await.map_err(platform("cannot bind the Runtime API listener"))?;
     let addr = listener.local_addr().map_err(platform("cannot read the Runtime API address"))?;
-    let (next_tx, next_rx) = mpsc::channel(1);
-    let shared = Arc::new(Shared {
-        next_rx: Mutex::new(next_rx),
-        pending: StdMutex::new(None),
-        ready: watch::channel(false).0,
-        init_error: watch::channel(None).0,
-        picked_up: std::sync::atomic::AtomicBool::new(false),
-        max_response: rt.limits.max_response_bytes,
-    });
+    let (shared, next_tx) = Shared::new(rt.limits.max_response_bytes);
     let server = tokio::spawn(api::serve(listener, shared.clone()));
     Ok((Endpoint { addr: addr.to_string(), shared, next_tx }, server))
 }
