@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use nimbus_core::ids::new_request_id;
 use nimbus_core::policy::{self, AttemptFailure, Condition, GiveUp, RetryDecision};
 use nimbus_core::queue::{
     Accepted, AttemptOutcome, AttemptRecord, ClaimedEvent, EventSource, Finish, NewEvent, QueueError, QueueStore,
@@ -127,11 +128,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
 }
 
-/// A time-ordered (v7) UUID from the userspace RNG.
-pub fn new_id() -> String {
-    uuid::Builder::from_unix_timestamp_millis(now_ms().max(0) as u64, &rand::random()).into_uuid().to_string()
-}
-
 /// A UUID-shaped id derived from a schedule key and slot: the same slot always gets the same id.
 pub fn slot_id(key: &str, slot_ms: i64) -> String {
     let digest = Sha256::digest(format!("{key}#{slot_ms}").as_bytes());
@@ -140,19 +136,11 @@ pub fn slot_id(key: &str, slot_ms: i64) -> String {
     uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
-/// The invocation for one attempt of `ev`.
-fn invocation(ev: &ClaimedEvent, function: &FunctionVersion, started_ms: i64) -> Invocation {
-    Invocation {
-        request_id: ev.id.clone(),
-        payload: ev.payload.clone(),
-        timeout: function.spec.timeout,
-        trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started_ms / 1000, rand::random::<u128>() >> 32),
-        client_context: None,
-        trigger: ev.source.trigger(),
-        received_at: std::time::Instant::now(),
-        received_wall: SystemTime::now(),
-        http: None,
-    }
+/// The invocation for one attempt of `ev`, with a fresh trace id for each attempt. Nothing
+/// differs from [`Invocation::new`]: a queued event keeps no client context, and an async HTTP
+/// route queues its request as an event, not as an HTTP head.
+fn invocation(ev: &ClaimedEvent, function: &FunctionVersion) -> Invocation {
+    Invocation::new(ev.id.clone(), ev.payload.clone(), ev.source.trigger(), function.spec.timeout)
 }
 
 /// How one attempt ended, before the retry policy looks at it.
@@ -288,7 +276,7 @@ impl Engine {
         }
         let now = self.now();
         let event = NewEvent {
-            id: new_id(),
+            id: new_request_id(),
             function: req.function,
             qualifier: req.qualifier,
             payload: req.payload,
@@ -416,7 +404,7 @@ impl Engine {
         let Some(function) = self.resolver.function(&ev.function, ev.qualifier.as_deref()) else {
             return self.not_found(&ev, started).await;
         };
-        let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function, started)).await);
+        let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function)).await);
         let attempt = ran.record(ev.attempts, started, (self.now() - started) as f64);
         match ran {
             Ran::Succeeded { response } => self.succeeded(&ev, &function, attempt, response).await,
