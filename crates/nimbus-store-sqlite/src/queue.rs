@@ -686,6 +686,92 @@ mod tests {
         assert!(row("b").2.contains(r#""outcome":"function_error""#));
     }
 
+    /// Rows as an earlier nimbus wrote them (the timestamps of a 0.1 data dir, attempt history
+    /// JSON with `startedMs`, a schedule's last slot) read, claim, dedupe, finish and redrive
+    /// through the store unchanged: the column values are the contract, not the Rust types.
+    #[tokio::test]
+    async fn rows_written_by_earlier_versions_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(SCHEMA).unwrap();
+        raw.execute_batch(
+            r#"INSERT INTO events(id, function, qualifier, payload, source, status, attempts, function_errors,
+                   platform_failures, accepted_ms, updated_ms, next_run_ms, idempotency_key, last_error_type,
+                   last_error, reason, result, history)
+               VALUES ('retry', 'f', NULL, X'7B7D', 'http', 'queued', 1, 1, 0, 1796007244567, 1796007244834,
+                   1796007304834, 'order-7', 'ValueError', 'asked to fail', NULL, NULL,
+                   '[{"durationMs":184.0,"errorMessage":"asked to fail","errorType":"ValueError","n":1,"outcome":"function_error","startedMs":1796007244583}]'),
+                      ('dead', 'g', NULL, X'7B7D', 'invoke', 'dead', 1, 1, 0, 1796007244658, 1796007244858,
+                   1796007244658, NULL, 'ValueError', 'asked to fail', 'failed 1 time(s)', NULL,
+                   '[{"durationMs":184.0,"errorMessage":"asked to fail","errorType":"ValueError","n":1,"outcome":"function_error","startedMs":1796007244674}]');
+               INSERT INTO schedule_state(key, last_slot_ms) VALUES ('g@rate(3600000ms)@UTC', 1796007243884);"#,
+        )
+        .unwrap();
+        drop(raw);
+        let q = QueueDb::open(&path, false).unwrap();
+
+        let retry = q.get("retry").await.unwrap().unwrap();
+        assert_eq!(
+            (retry.accepted_ms, retry.updated_ms, retry.next_run_ms),
+            (1796007244567, 1796007244834, Some(1796007304834))
+        );
+        assert_eq!((retry.history[0].n, retry.history[0].started_ms), (1, 1796007244583));
+        assert_eq!(retry.history[0].outcome, AttemptOutcome::FunctionError);
+        let dead = q.get("dead").await.unwrap().unwrap();
+        assert_eq!(
+            (dead.status, dead.next_run_ms, dead.history[0].started_ms),
+            (EventStatus::DeadLettered, None, 1796007244674)
+        );
+        let stats = q.stats().await.unwrap();
+        assert_eq!(
+            stats
+                .iter()
+                .map(|s| (s.function.as_str(), s.queued, s.dead_lettered, s.oldest_queued_ms))
+                .collect::<Vec<_>>(),
+            [("f", 1, 0, Some(1796007244567)), ("g", 0, 1, None)]
+        );
+        assert_eq!(q.next_due().await.unwrap(), Some(1796007304834));
+        assert_eq!(q.last_slot("g@rate(3600000ms)@UTC").await.unwrap(), Some(1796007243884));
+
+        // The old row's idempotency key dedupes within its window (accepted_ms + 60 s).
+        let again = |id: &str, at| NewEvent {
+            idempotency_key: Some("order-7".into()),
+            now_ms: at,
+            run_at_ms: at,
+            ..event(id, EventSource::Http)
+        };
+        let dup = Accepted { id: "retry".into(), duplicate: true };
+        assert_eq!(q.accept(again("early", 1796007304566), 60_000).await.unwrap(), dup);
+
+        // Not due a millisecond early; due on time, with its counters.
+        assert!(q.claim(1796007304833, 10, &HashMap::new(), 64).await.unwrap().is_empty());
+        let claimed = q.claim(1796007304834, 10, &HashMap::new(), 64).await.unwrap();
+        let got: Vec<_> =
+            claimed.iter().map(|c| (c.id.as_str(), c.accepted_ms, c.attempts, c.function_errors)).collect();
+        assert_eq!(got, [("retry", 1796007244567, 2, 1)]);
+        let second = AttemptRecord { n: 2, started_ms: 1796007304840, ..attempt(AttemptOutcome::Success) };
+        q.finish("retry", second, Finish::Succeeded { response: Bytes::from_static(b"null") }, 1796007304900)
+            .await
+            .unwrap();
+        let history = q.get("retry").await.unwrap().unwrap().history;
+        assert_eq!(
+            history.iter().map(|a| (a.n, a.started_ms)).collect::<Vec<_>>(),
+            [(1, 1796007244583), (2, 1796007304840)]
+        );
+
+        assert_eq!(q.redrive(&[], None, 1796007400000).await.unwrap(), 1);
+        let redriven = q.get("dead").await.unwrap().unwrap();
+        assert_eq!(
+            (redriven.status, redriven.accepted_ms, redriven.next_run_ms),
+            (EventStatus::Queued, 1796007400000, Some(1796007400000))
+        );
+        // Once the window has passed, the same key is a new event.
+        let fresh = Accepted { id: "late".into(), duplicate: false };
+        assert_eq!(q.accept(again("late", 1796007304567), 60_000).await.unwrap(), fresh);
+        q.close();
+    }
+
     #[tokio::test]
     async fn unknown_strings_in_queue_db_are_errors_naming_them() {
         let dir = tempfile::tempdir().unwrap();
