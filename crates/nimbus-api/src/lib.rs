@@ -199,9 +199,9 @@ pub struct Event {
     /// queued | running | succeeded | failed | dead-lettered
     pub status: String,
     pub attempts: u32,
-    pub accepted_ms: i64,
-    pub updated_ms: i64,
-    pub next_run_ms: Option<i64>,
+    pub accepted_ms: u64,
+    pub updated_ms: u64,
+    pub next_run_ms: Option<u64>,
     pub last_error_type: Option<String>,
     pub last_error: Option<String>,
     pub reason: Option<String>,
@@ -215,7 +215,7 @@ pub struct Event {
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub n: u32,
-    pub started_ms: i64,
+    pub started_ms: u64,
     pub duration_ms: f64,
     /// success | function_error | platform_error | throttled | not_found
     pub outcome: String,

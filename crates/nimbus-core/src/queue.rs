@@ -4,6 +4,9 @@
 //! Event lifecycle: `queued` → (claimed) `running` → `succeeded` | `queued` again (retry, with
 //! `next_run_ms` in the future) | `dead` (the dead-letter store; redrive puts it back to
 //! `queued`). On start, `running` events go back to `queued`: delivery is at-least-once.
+//!
+//! Every `*_ms` time here is wall-clock milliseconds since the Unix epoch, as
+//! [`crate::ids::now_ms`] reads them.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -152,9 +155,9 @@ pub struct NewEvent {
     pub payload: Bytes,
     pub source: EventSource,
     pub idempotency_key: Option<String>,
-    pub now_ms: i64,
+    pub now_ms: u64,
     /// Runs no earlier than this (now for a fresh event).
-    pub run_at_ms: i64,
+    pub run_at_ms: u64,
 }
 
 /// What accepting returned.
@@ -173,7 +176,7 @@ pub struct ClaimedEvent {
     pub qualifier: Option<String>,
     pub payload: Bytes,
     pub source: EventSource,
-    pub accepted_ms: i64,
+    pub accepted_ms: u64,
     /// Attempts including this one.
     pub attempts: u32,
     pub function_errors: u32,
@@ -185,7 +188,7 @@ pub struct ClaimedEvent {
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
     pub n: u32,
-    pub started_ms: i64,
+    pub started_ms: u64,
     pub duration_ms: f64,
     pub outcome: AttemptOutcome,
     pub error_type: Option<String>,
@@ -201,7 +204,7 @@ pub enum Finish {
     /// Run again at `run_at_ms`. `failure` says which counter grows (see
     /// [`AttemptFailure::is_function_error`]).
     Retry {
-        run_at_ms: i64,
+        run_at_ms: u64,
         failure: AttemptFailure,
     },
     /// Dead-lettered (or failed, when `on_failure` sent it elsewhere).
@@ -221,9 +224,9 @@ pub struct EventView {
     pub source: EventSource,
     pub status: EventStatus,
     pub attempts: u32,
-    pub accepted_ms: i64,
-    pub updated_ms: i64,
-    pub next_run_ms: Option<i64>,
+    pub accepted_ms: u64,
+    pub updated_ms: u64,
+    pub next_run_ms: Option<u64>,
     pub last_error_type: Option<String>,
     pub last_error: Option<String>,
     pub reason: Option<String>,
@@ -240,7 +243,7 @@ pub struct QueueStats {
     pub running: u64,
     pub dead_lettered: u64,
     /// When the oldest queued event was accepted.
-    pub oldest_queued_ms: Option<i64>,
+    pub oldest_queued_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,23 +258,23 @@ pub enum QueueError {
 /// management API; `accept` returns only once the event is on stable storage.
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {
-    async fn accept(&self, event: NewEvent, idempotency_window_ms: i64) -> Result<Accepted, QueueError>;
+    async fn accept(&self, event: NewEvent, idempotency_window_ms: u64) -> Result<Accepted, QueueError>;
     /// Mark up to `limit` due events `running` and return them, oldest first, at most
     /// `shares[function]` of a function (`default_share` for a function not in `shares`; a share
     /// of 0 skips the function).
     async fn claim(
         &self,
-        now_ms: i64,
+        now_ms: u64,
         limit: u32,
         shares: &std::collections::HashMap<String, u32>,
         default_share: u32,
     ) -> Result<Vec<ClaimedEvent>, QueueError>;
     /// Put a claimed event back, as if it had not been claimed (no attempt is counted).
-    async fn release(&self, id: &str, run_at_ms: i64) -> Result<(), QueueError>;
+    async fn release(&self, id: &str, run_at_ms: u64) -> Result<(), QueueError>;
     /// Record an attempt and move the event on.
-    async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: i64) -> Result<(), QueueError>;
+    async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: u64) -> Result<(), QueueError>;
     /// The earliest `next_run_ms` among queued events.
-    async fn next_due(&self) -> Result<Option<i64>, QueueError>;
+    async fn next_due(&self) -> Result<Option<u64>, QueueError>;
     /// Put events that were `running` when the process died back in the queue; returns how many.
     async fn recover(&self) -> Result<u64, QueueError>;
     /// Events not yet finished (queued or running).
@@ -286,16 +289,16 @@ pub trait QueueStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<EventView>, QueueError>;
     /// Dead-lettered events back to the queue (all when `ids` is empty); returns how many.
-    async fn redrive(&self, ids: &[String], function: Option<&str>, now_ms: i64) -> Result<u64, QueueError>;
+    async fn redrive(&self, ids: &[String], function: Option<&str>, now_ms: u64) -> Result<u64, QueueError>;
     /// Delete dead-lettered events; returns how many.
     async fn purge(&self, function: Option<&str>) -> Result<u64, QueueError>;
     /// Enqueue a schedule's event for `slot_ms` unless that slot was fired before; remembers
     /// the slot as the schedule's latest. Returns whether it fired.
-    async fn fire_slot(&self, schedule_key: &str, slot_ms: i64, event: NewEvent) -> Result<bool, QueueError>;
+    async fn fire_slot(&self, schedule_key: &str, slot_ms: u64, event: NewEvent) -> Result<bool, QueueError>;
     /// The latest slot fired for a schedule.
-    async fn last_slot(&self, schedule_key: &str) -> Result<Option<i64>, QueueError>;
+    async fn last_slot(&self, schedule_key: &str) -> Result<Option<u64>, QueueError>;
     /// Remember `slot_ms` as handled without firing (first sight of a schedule, or catch-up "none").
-    async fn skip_to(&self, schedule_key: &str, slot_ms: i64) -> Result<(), QueueError>;
+    async fn skip_to(&self, schedule_key: &str, slot_ms: u64) -> Result<(), QueueError>;
 }
 
 #[cfg(test)]
@@ -360,5 +363,9 @@ mod tests {
             serde_json::to_string(&record).unwrap(),
             r#"{"n":2,"startedMs":10,"durationMs":1.5,"outcome":"function_error","errorType":"Error","errorMessage":null}"#
         );
+        // As stored in queue.db's history column by earlier versions (keys sorted, a real time).
+        let stored = r#"{"durationMs":184.0,"errorMessage":"asked to fail","errorType":"ValueError","n":1,"outcome":"function_error","startedMs":1796007244674}"#;
+        let read: AttemptRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!((read.n, read.started_ms, read.outcome), (1, 1_796_007_244_674, AttemptOutcome::FunctionError));
     }
 }

@@ -106,7 +106,7 @@ pub struct Scrape<'a> {
     /// (function, outcome, count) from the async engine.
     pub outcomes: &'a [(String, &'static str, u64)],
     pub records_dropped: u64,
-    pub now_ms: i64,
+    pub now_ms: u64,
 }
 
 impl Observer for Metrics {
@@ -220,7 +220,8 @@ impl Metrics {
             let f = FunctionLabels { function: q.function.clone() };
             depth.get_or_create(&f).set((q.queued + q.running) as i64);
             dlq.get_or_create(&f).set(q.dead_lettered as i64);
-            let age = q.oldest_queued_ms.map_or(0.0, |t| (s.now_ms - t).max(0) as f64 / 1000.0);
+            // An event accepted "after" now (the clock stepped back) is 0 s old.
+            let age = q.oldest_queued_ms.map_or(0.0, |t| s.now_ms.saturating_sub(t) as f64 / 1000.0);
             oldest.get_or_create(&f).set(age);
         }
         reg.register("async_queue_depth", "Async events accepted and not yet finished (queued or running)", depth);

@@ -371,7 +371,7 @@ async fn redrive(gw: &Gateway, req: Request<Incoming>) -> Answer {
     if r.ids.is_empty() && !r.all {
         return Err(ApiError::bad_request("name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}"));
     }
-    let n = gw.queue.store().redrive(&r.ids, r.function.as_deref(), nimbus_queue::now_ms()).await?;
+    let n = gw.queue.store().redrive(&r.ids, r.function.as_deref(), nimbus_core::ids::now_ms()).await?;
     gw.queue.queued(n);
     Ok(json(StatusCode::OK, &api::Redriven { redriven: n }))
 }

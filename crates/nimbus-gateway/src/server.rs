@@ -50,7 +50,7 @@ impl Gateway {
             queue: &queue,
             outcomes: &self.queue.outcomes(),
             records_dropped: self.records_dropped.load(std::sync::atomic::Ordering::Relaxed),
-            now_ms: nimbus_queue::now_ms(),
+            now_ms: nimbus_core::ids::now_ms(),
         });
         let mut r = raw(StatusCode::OK, text.into());
         crate::util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);

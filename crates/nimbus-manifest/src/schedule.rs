@@ -57,27 +57,28 @@ impl ScheduleSpec {
         c.parse().ok()
     }
 
-    /// The first slot strictly after `after_ms`.
-    pub fn next_slot_after(&self, after_ms: i64) -> Option<i64> {
+    /// The first slot strictly after `after_ms`; None past the end of time (chrono's, or u64's).
+    pub fn next_slot_after(&self, after_ms: u64) -> Option<u64> {
         match &self.when {
             When::Rate(d) => {
-                let every = i64::try_from(d.as_millis()).ok()?.max(1);
-                Some((after_ms.div_euclid(every) + 1) * every)
+                let every = u64::try_from(d.as_millis()).ok()?.max(1);
+                (after_ms / every).checked_add(1)?.checked_mul(every)
             }
             When::Cron(_) => {
-                let tz = self.tz();
-                let after = tz.timestamp_millis_opt(after_ms).single()?;
-                self.cron()?.find_next_occurrence(&after, false).ok().map(|t| t.timestamp_millis())
+                // chrono counts milliseconds in i64: convert at its boundary, never with `as`.
+                let after = self.tz().timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
+                let next = self.cron()?.find_next_occurrence(&after, false).ok()?;
+                u64::try_from(next.timestamp_millis()).ok()
             }
         }
     }
 
     /// The latest slot in (`after_ms`, `until_ms`], if any. Bounded: gives up after 1,000,000
     /// slots (a per-second cron missed for 11 days).
-    pub fn latest_slot_between(&self, after_ms: i64, until_ms: i64) -> Option<i64> {
+    pub fn latest_slot_between(&self, after_ms: u64, until_ms: u64) -> Option<u64> {
         if let When::Rate(d) = &self.when {
-            let every = i64::try_from(d.as_millis()).ok()?.max(1);
-            let last = until_ms.div_euclid(every) * every;
+            let every = u64::try_from(d.as_millis()).ok()?.max(1);
+            let last = until_ms / every * every;
             return (last > after_ms).then_some(last);
         }
         let mut latest = None;
@@ -95,8 +96,9 @@ impl ScheduleSpec {
     }
 
     /// RFC 3339 time of a slot, for the scheduled event's `time`.
-    pub fn slot_time(slot_ms: i64) -> String {
-        Utc.timestamp_millis_opt(slot_ms).single().map(|t: DateTime<Utc>| t.to_rfc3339()).unwrap_or_default()
+    pub fn slot_time(slot_ms: u64) -> String {
+        let slot = i64::try_from(slot_ms).ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+        slot.map(|t: DateTime<Utc>| t.to_rfc3339()).unwrap_or_default()
     }
 }
 
@@ -249,8 +251,8 @@ mod tests {
         ScheduleSpec { function: "f".into(), when, timezone: tz.into(), catch_up: CatchUp::Latest }
     }
 
-    fn ms(rfc: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc).unwrap().timestamp_millis()
+    fn ms(rfc: &str) -> u64 {
+        u64::try_from(DateTime::parse_from_rfc3339(rfc).unwrap().timestamp_millis()).unwrap()
     }
 
     #[test]
@@ -291,5 +293,19 @@ mod tests {
             Some(ms("2026-11-22T00:10:00Z"))
         );
         assert_eq!(rate.next_slot_after(ms("2026-11-22T00:10:00Z")), Some(ms("2026-11-22T00:15:00Z")));
+    }
+
+    #[test]
+    fn slots_at_the_ends_of_time() {
+        let rate = spec(When::Rate(Duration::from_secs(300)), "UTC");
+        let cron = spec(When::Cron("0 * * * *".into()), "UTC");
+        assert_eq!(rate.next_slot_after(0), Some(300_000));
+        assert_eq!(cron.next_slot_after(0), Some(3_600_000));
+        assert_eq!(rate.latest_slot_between(0, 299_999), None);
+        assert_eq!(ScheduleSpec::slot_time(0), "1970-01-01T00:00:00+00:00");
+        // Past what u64 or chrono can count: no slot, never a panic or a wrapped time.
+        assert_eq!(rate.next_slot_after(u64::MAX), None);
+        assert_eq!(cron.next_slot_after(u64::MAX), None);
+        assert_eq!(ScheduleSpec::slot_time(u64::MAX), "");
     }
 }

@@ -17,7 +17,7 @@ use crate::{AcceptRequest, AsyncConfig, Clock, Engine};
 /// The engine's clock in these tests: a plausible Unix time that moves with tokio's (paused) clock.
 fn paused_clock() -> Clock {
     let start = Instant::now();
-    Arc::new(move || 1_750_000_000_000 + start.elapsed().as_millis() as i64)
+    Arc::new(move || 1_750_000_000_000 + u64::try_from(start.elapsed().as_millis()).unwrap())
 }
 
 struct Harness {
@@ -226,8 +226,8 @@ async fn platform_errors_retry_until_max_event_age_then_give_up_with_event_age_e
     // More attempts than max_retry_attempts allows a function error, all within max_event_age.
     assert!(ev.attempts > 3, "{} attempts", ev.attempts);
     assert!(outcomes(ev).iter().all(|o| *o == AttemptOutcome::PlatformError));
-    let last = ev.history.last().unwrap().started_ms - ev.event.now_ms;
-    assert!(last <= age.as_millis() as i64, "the last attempt ran {last} ms after accept");
+    let last = ev.history.last().unwrap().started_ms.checked_sub(ev.event.now_ms).expect("started after accept");
+    assert!(u128::from(last) <= age.as_millis(), "the last attempt ran {last} ms after accept");
 
     assert_eq!(events.get(&sent).status, EventStatus::Failed);
     let envelopes = h.envelopes("sink");

@@ -38,7 +38,7 @@ pub struct Stored {
     pub attempts: u32,
     pub function_errors: u32,
     pub platform_failures: u32,
-    pub next_run_ms: i64,
+    pub next_run_ms: u64,
     pub history: Vec<AttemptRecord>,
     pub reason: Option<String>,
     pub result: Option<Bytes>,
@@ -72,7 +72,7 @@ impl Stored {
 pub struct Events {
     by_id: HashMap<String, Stored>,
     next_seq: u64,
-    slots: HashMap<String, i64>,
+    slots: HashMap<String, u64>,
 }
 
 impl Events {
@@ -115,19 +115,20 @@ impl Events {
         true
     }
 
-    fn duplicate_of(&self, event: &NewEvent, window_ms: i64) -> Option<String> {
+    fn duplicate_of(&self, event: &NewEvent, window_ms: u64) -> Option<String> {
         let key = event.idempotency_key.as_ref()?;
         self.by_id
             .values()
             .filter(|e| e.event.function == event.function && e.event.idempotency_key.as_ref() == Some(key))
-            .filter(|e| e.event.now_ms > event.now_ms - window_ms)
+            // As the SQLite store: no cutoff when the window reaches back before the epoch.
+            .filter(|e| event.now_ms.checked_sub(window_ms).is_none_or(|cutoff| e.event.now_ms > cutoff))
             .max_by_key(|e| (e.event.now_ms, e.seq))
             .map(|e| e.event.id.clone())
     }
 
     /// The ids a claim takes, in the SQLite store's order: the window of earliest due events of
     /// unsaturated functions, at most `share` per function, at most `limit` in all.
-    fn claimable(&self, now: i64, limit: u32, shares: &HashMap<String, u32>, default_share: u32) -> Vec<String> {
+    fn claimable(&self, now: u64, limit: u32, shares: &HashMap<String, u32>, default_share: u32) -> Vec<String> {
         let skip: HashSet<&String> = shares.iter().filter(|(_, s)| **s == 0).map(|(f, _)| f).collect();
         let mut due: Vec<&Stored> = self
             .by_id
@@ -220,7 +221,7 @@ async fn round_trip() {
 
 #[async_trait]
 impl QueueStore for FakeStore {
-    async fn accept(&self, event: NewEvent, window_ms: i64) -> Result<Accepted, QueueError> {
+    async fn accept(&self, event: NewEvent, window_ms: u64) -> Result<Accepted, QueueError> {
         round_trip().await;
         self.write(|s| {
             if let Some(id) = s.duplicate_of(&event, window_ms) {
@@ -236,7 +237,7 @@ impl QueueStore for FakeStore {
 
     async fn claim(
         &self,
-        now_ms: i64,
+        now_ms: u64,
         limit: u32,
         shares: &HashMap<String, u32>,
         default_share: u32,
@@ -248,7 +249,7 @@ impl QueueStore for FakeStore {
         })
     }
 
-    async fn release(&self, id: &str, run_at_ms: i64) -> Result<(), QueueError> {
+    async fn release(&self, id: &str, run_at_ms: u64) -> Result<(), QueueError> {
         round_trip().await;
         self.write(|s| {
             if let Some(e) = s.by_id.get_mut(id).filter(|e| e.status == EventStatus::Running) {
@@ -260,7 +261,7 @@ impl QueueStore for FakeStore {
         })
     }
 
-    async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, _now_ms: i64) -> Result<(), QueueError> {
+    async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, _now_ms: u64) -> Result<(), QueueError> {
         round_trip().await;
         self.write(|s| {
             let e = s.by_id.get_mut(id).ok_or_else(|| QueueError::Storage(format!("no event {id}")))?;
@@ -287,7 +288,7 @@ impl QueueStore for FakeStore {
         })
     }
 
-    async fn next_due(&self) -> Result<Option<i64>, QueueError> {
+    async fn next_due(&self) -> Result<Option<u64>, QueueError> {
         round_trip().await;
         let s = self.events();
         Ok(s.by_id.values().filter(|e| e.status == EventStatus::Queued).map(|e| e.next_run_ms).min())
@@ -349,7 +350,7 @@ impl QueueStore for FakeStore {
         Ok(found.into_iter().take(limit.max(1) as usize).map(Stored::view).collect())
     }
 
-    async fn redrive(&self, ids: &[String], function: Option<&str>, now_ms: i64) -> Result<u64, QueueError> {
+    async fn redrive(&self, ids: &[String], function: Option<&str>, now_ms: u64) -> Result<u64, QueueError> {
         round_trip().await;
         self.write(|s| {
             let chosen = |e: &Stored| {
@@ -382,7 +383,7 @@ impl QueueStore for FakeStore {
         })
     }
 
-    async fn fire_slot(&self, schedule_key: &str, slot_ms: i64, event: NewEvent) -> Result<bool, QueueError> {
+    async fn fire_slot(&self, schedule_key: &str, slot_ms: u64, event: NewEvent) -> Result<bool, QueueError> {
         round_trip().await;
         self.write(|s| {
             let fired = s.insert(event, EventStatus::Queued);
@@ -392,12 +393,12 @@ impl QueueStore for FakeStore {
         })
     }
 
-    async fn last_slot(&self, schedule_key: &str) -> Result<Option<i64>, QueueError> {
+    async fn last_slot(&self, schedule_key: &str) -> Result<Option<u64>, QueueError> {
         round_trip().await;
         Ok(self.events().slots.get(schedule_key).copied())
     }
 
-    async fn skip_to(&self, schedule_key: &str, slot_ms: i64) -> Result<(), QueueError> {
+    async fn skip_to(&self, schedule_key: &str, slot_ms: u64) -> Result<(), QueueError> {
         round_trip().await;
         self.write(|s| {
             let last = s.slots.entry(schedule_key.to_owned()).or_insert(slot_ms);

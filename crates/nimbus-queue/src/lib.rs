@@ -25,9 +25,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
+use nimbus_core::ids::{new_request_id, now_ms};
 use nimbus_core::policy::{self, AttemptFailure, Condition, GiveUp, RetryDecision};
 use nimbus_core::queue::{
     Accepted, AttemptOutcome, AttemptRecord, ClaimedEvent, EventSource, Finish, NewEvent, QueueError, QueueStore,
@@ -121,38 +122,21 @@ const DEFAULT_SHARE: u32 = MIN_SHARE;
 /// Where the engine reads the time, in Unix milliseconds: the wall clock ([`now_ms`]) in
 /// production. The engine's tests read tokio's clock instead, so that a paused runtime decides
 /// when backoffs end and events fall due.
-type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
-
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
-}
-
-/// A time-ordered (v7) UUID from the userspace RNG.
-pub fn new_id() -> String {
-    uuid::Builder::from_unix_timestamp_millis(now_ms().max(0) as u64, &rand::random()).into_uuid().to_string()
-}
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// A UUID-shaped id derived from a schedule key and slot: the same slot always gets the same id.
-pub fn slot_id(key: &str, slot_ms: i64) -> String {
+pub fn slot_id(key: &str, slot_ms: u64) -> String {
     let digest = Sha256::digest(format!("{key}#{slot_ms}").as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
     uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
-/// The invocation for one attempt of `ev`.
-fn invocation(ev: &ClaimedEvent, function: &FunctionVersion, started_ms: i64) -> Invocation {
-    Invocation {
-        request_id: ev.id.clone(),
-        payload: ev.payload.clone(),
-        timeout: function.spec.timeout,
-        trace_id: format!("Root=1-{:08x}-{:024x};Sampled=0", started_ms / 1000, rand::random::<u128>() >> 32),
-        client_context: None,
-        trigger: ev.source.trigger(),
-        received_at: std::time::Instant::now(),
-        received_wall: SystemTime::now(),
-        http: None,
-    }
+/// The invocation for one attempt of `ev`, with a fresh trace id for each attempt. Nothing
+/// differs from [`Invocation::new`]: a queued event keeps no client context, and an async HTTP
+/// route queues its request as an event, not as an HTTP head.
+fn invocation(ev: &ClaimedEvent, function: &FunctionVersion) -> Invocation {
+    Invocation::new(ev.id.clone(), ev.payload.clone(), ev.source.trigger(), function.spec.timeout)
 }
 
 /// How one attempt ended, before the retry policy looks at it.
@@ -194,7 +178,7 @@ impl From<Result<InvokeResult, DispatchError>> for Ran {
 }
 
 impl Ran {
-    fn record(&self, n: u32, started_ms: i64, duration_ms: f64) -> AttemptRecord {
+    fn record(&self, n: u32, started_ms: u64, duration_ms: f64) -> AttemptRecord {
         let (outcome, error_type, error_message) = match self {
             Ran::Succeeded { .. } => (AttemptOutcome::Success, None, None),
             Ran::Failed { failure, error_type, message, .. } => {
@@ -248,7 +232,7 @@ impl Engine {
         Ok(engine)
     }
 
-    fn now(&self) -> i64 {
+    fn now(&self) -> u64 {
         (self.clock)()
     }
 
@@ -288,7 +272,7 @@ impl Engine {
         }
         let now = self.now();
         let event = NewEvent {
-            id: new_id(),
+            id: new_request_id(),
             function: req.function,
             qualifier: req.qualifier,
             payload: req.payload,
@@ -297,7 +281,7 @@ impl Engine {
             now_ms: now,
             run_at_ms: now,
         };
-        let window = self.config.idempotency_window.as_millis() as i64;
+        let window = u64::try_from(self.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
         let accepted = self.store.accept(event, window).await.map_err(|e| AcceptError::Storage(e.to_string()))?;
         if !accepted.duplicate {
             self.depth.fetch_add(1, Ordering::Relaxed);
@@ -344,7 +328,8 @@ impl Engine {
             };
             if claimed.is_empty() {
                 let wait = match self.store.next_due().await {
-                    Ok(Some(due)) => Duration::from_millis((due - self.now()).clamp(1, 1000) as u64),
+                    // `due` may be past already (0 left): look again in 1 ms.
+                    Ok(Some(due)) => Duration::from_millis(due.saturating_sub(self.now()).clamp(1, 1000)),
                     _ => Duration::from_secs(1),
                 };
                 tokio::select! {
@@ -416,8 +401,8 @@ impl Engine {
         let Some(function) = self.resolver.function(&ev.function, ev.qualifier.as_deref()) else {
             return self.not_found(&ev, started).await;
         };
-        let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function, started)).await);
-        let attempt = ran.record(ev.attempts, started, (self.now() - started) as f64);
+        let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function)).await);
+        let attempt = ran.record(ev.attempts, started, self.now().saturating_sub(started) as f64);
         match ran {
             Ran::Succeeded { response } => self.succeeded(&ev, &function, attempt, response).await,
             Ran::Failed { failure, response, .. } => self.failed(&ev, &function, attempt, failure, response).await,
@@ -425,7 +410,7 @@ impl Engine {
     }
 
     /// The function is not in the live deployment: retrying cannot help.
-    async fn not_found(&self, ev: &ClaimedEvent, started: i64) {
+    async fn not_found(&self, ev: &ClaimedEvent, started: u64) {
         let reason = format!("function {} is not in the live deployment", ev.function);
         let attempt = AttemptRecord {
             n: ev.attempts,
@@ -458,10 +443,11 @@ impl Engine {
         let policy = &function.spec.async_policy;
         let function_errors = ev.function_errors + u32::from(failure.is_function_error());
         let platform_failures = ev.platform_failures + u32::from(!failure.is_function_error());
-        let age = Duration::from_millis((self.now() - ev.accepted_ms).max(0) as u64);
+        let age = Duration::from_millis(self.now().saturating_sub(ev.accepted_ms));
         let give_up = match policy::retry(failure, function_errors, platform_failures, age, policy, rand::random()) {
             RetryDecision::RetryAfter(delay) => {
-                let finish = Finish::Retry { run_at_ms: self.now() + delay.as_millis() as i64, failure };
+                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                let finish = Finish::Retry { run_at_ms: self.now().saturating_add(delay_ms), failure };
                 self.finish(ev, attempt, finish, false).await;
                 self.count(&ev.function, "retried");
                 self.wake.notify_one();
@@ -571,7 +557,7 @@ impl Engine {
                 return;
             }
             let now = self.now();
-            let mut next_wake = now + 1000;
+            let mut next_wake = now.saturating_add(1000);
             for s in self.resolver.schedules() {
                 match self.tick(&s, now).await {
                     Ok(Some(next)) => next_wake = next_wake.min(next),
@@ -579,7 +565,7 @@ impl Engine {
                     Err(e) => tracing::error!(schedule = %s.key(), "schedule failed: {e}"),
                 }
             }
-            let wait = Duration::from_millis((next_wake - self.now()).clamp(1, 1000) as u64);
+            let wait = Duration::from_millis(next_wake.saturating_sub(self.now()).clamp(1, 1000));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.stopped.notified() => return,
@@ -588,7 +574,7 @@ impl Engine {
     }
 
     /// Fire `s` if a slot is due; returns when its next slot is.
-    async fn tick(&self, s: &ScheduleSpec, now: i64) -> Result<Option<i64>, QueueError> {
+    async fn tick(&self, s: &ScheduleSpec, now: u64) -> Result<Option<u64>, QueueError> {
         let key = s.key();
         let Some(last) = self.store.last_slot(&key).await? else {
             // First sight of this schedule: start from now, do not fire the past.
@@ -597,7 +583,7 @@ impl Engine {
         };
         if let Some(slot) = s.latest_slot_between(last, now) {
             // A slot more than a few seconds old was missed while nimbus was down.
-            let missed = now - slot > 5_000;
+            let missed = now.saturating_sub(slot) > 5_000;
             if missed && s.catch_up == CatchUp::None {
                 self.store.skip_to(&key, slot).await?;
             } else {
@@ -607,7 +593,7 @@ impl Engine {
         Ok(s.next_slot_after(now))
     }
 
-    async fn fire(&self, s: &ScheduleSpec, key: &str, slot: i64) -> Result<(), QueueError> {
+    async fn fire(&self, s: &ScheduleSpec, key: &str, slot: u64) -> Result<(), QueueError> {
         let id = slot_id(key, slot);
         let time = ScheduleSpec::slot_time(slot);
         // The EventBridge scheduled-event shape, as Lambda handlers expect it.
@@ -654,7 +640,9 @@ mod tests {
     fn slot_ids_are_deterministic_uuids() {
         let a = slot_id("report@cron(0 2 * * *)@UTC", 1_795_318_400_000);
         assert_eq!(a, slot_id("report@cron(0 2 * * *)@UTC", 1_795_318_400_000));
-        assert_ne!(a, slot_id("report@cron(0 2 * * *)@UTC", 1_795_404_800_000));
+        assert_ne!(a, slot_id("report@cron(0 2 * * *)@UTC", 1_795_318_400_001));
+        // Stored in queue.db: a slot fired before an upgrade keeps its id, so it never fires twice.
+        assert_eq!(a, "6c34a4df-6947-83f8-b997-c8ffe1c5280e");
         assert_eq!(a.len(), 36);
         assert!(uuid::Uuid::parse_str(&a).is_ok());
     }

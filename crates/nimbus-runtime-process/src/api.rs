@@ -24,7 +24,8 @@ const MAX_ERROR_BODY: usize = 1024 * 1024;
 pub(crate) struct NextEvent {
     pub request_id: String,
     pub payload: Bytes,
-    pub deadline_ms: u128,
+    /// Wall-clock Unix milliseconds (`Lambda-Runtime-Deadline-Ms`).
+    pub deadline_ms: u64,
     pub arn: String,
     pub trace_id: String,
     pub client_context: Option<String>,

@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nimbus_core::{
@@ -213,11 +213,11 @@ impl ProcessInstance {
         let (reply_tx, reply_rx) = oneshot::channel();
         *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx });
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        let timeout_ms = u64::try_from(inv.timeout.as_millis()).unwrap_or(u64::MAX);
         let event = NextEvent {
             request_id: inv.request_id.clone(),
             payload: inv.payload.clone(),
-            deadline_ms: now_ms + inv.timeout.as_millis(),
+            deadline_ms: nimbus_core::ids::now_ms().saturating_add(timeout_ms),
             arn: self.function.arn(),
             trace_id: inv.trace_id.clone(),
             client_context: inv.client_context.clone(),
@@ -571,6 +571,7 @@ fn set_parent_death_signal(cmd: &mut tokio::process::Command) {
 mod tests {
     use std::collections::{BTreeMap, HashMap, HashSet};
     use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::time::SystemTime;
 
     use super::*;
     use crate::Limits;

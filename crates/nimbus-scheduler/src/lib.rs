@@ -36,7 +36,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
@@ -98,7 +98,7 @@ impl Attempt {
             function,
             request_id: inv.request_id.clone(),
             trigger: inv.trigger,
-            start_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+            start_ms: nimbus_core::ids::now_ms(),
             queued: Instant::now(),
         }
     }

@@ -21,6 +21,8 @@ use tokio::sync::oneshot;
 
 use crate::open_connection;
 
+/// The `*_ms` columns hold Unix milliseconds, read and written as u64 (rusqlite's `fallible_uint`:
+/// a value SQLite's INTEGER cannot hold, or a negative one read back, is an error, never wrapped).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -50,15 +52,15 @@ CREATE TABLE IF NOT EXISTS schedule_state (key TEXT PRIMARY KEY, last_slot_ms IN
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 enum Op {
-    Accept(NewEvent, i64, Reply<Accepted>),
-    Claim(i64, u32, std::collections::HashMap<String, u32>, u32, Reply<Vec<ClaimedEvent>>),
-    Release(String, i64, Reply<()>),
-    Finish(String, AttemptRecord, Finish, i64, Reply<()>),
+    Accept(NewEvent, u64, Reply<Accepted>),
+    Claim(u64, u32, std::collections::HashMap<String, u32>, u32, Reply<Vec<ClaimedEvent>>),
+    Release(String, u64, Reply<()>),
+    Finish(String, AttemptRecord, Finish, u64, Reply<()>),
     Recover(Reply<u64>),
-    Redrive(Vec<String>, Option<String>, i64, Reply<u64>),
+    Redrive(Vec<String>, Option<String>, u64, Reply<u64>),
     Purge(Option<String>, Reply<u64>),
-    Fire(String, i64, NewEvent, Reply<bool>),
-    Skip(String, i64, Reply<()>),
+    Fire(String, u64, NewEvent, Reply<bool>),
+    Skip(String, u64, Reply<()>),
 }
 
 /// The embedded queue store.
@@ -209,7 +211,7 @@ fn in_savepoint<T: Send + 'static>(
     })
 }
 
-fn release(tx: &Connection, id: &str, run_at: i64) -> rusqlite::Result<()> {
+fn release(tx: &Connection, id: &str, run_at: u64) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE events SET status = 'queued', attempts = attempts - 1, next_run_ms = ?2
          WHERE id = ?1 AND status = 'running'",
@@ -222,7 +224,7 @@ fn recover(tx: &Connection) -> rusqlite::Result<u64> {
     Ok(tx.execute("UPDATE events SET status = 'queued' WHERE status = 'running'", [])? as u64)
 }
 
-fn redrive(tx: &Connection, ids: &[String], function: Option<&str>, now: i64) -> rusqlite::Result<u64> {
+fn redrive(tx: &Connection, ids: &[String], function: Option<&str>, now: u64) -> rusqlite::Result<u64> {
     let sql = "UPDATE events SET status = 'queued', next_run_ms = ?1, updated_ms = ?1, attempts = 0,
                function_errors = 0, platform_failures = 0, accepted_ms = ?1, reason = NULL
                WHERE status = 'dead'";
@@ -243,14 +245,14 @@ fn purge(tx: &Connection, function: Option<&str>) -> rusqlite::Result<u64> {
 
 /// Insert a schedule's event unless its slot fired before (the id is derived from the slot),
 /// and remember the slot, in one savepoint.
-fn fire_slot(tx: &Connection, key: &str, slot: i64, ev: &NewEvent) -> rusqlite::Result<bool> {
+fn fire_slot(tx: &Connection, key: &str, slot: u64, ev: &NewEvent) -> rusqlite::Result<bool> {
     let fired = insert(tx, ev, "INSERT OR IGNORE")? == 1;
     remember_slot(tx, key, slot)?;
     Ok(fired)
 }
 
 /// Record `slot` as the schedule's latest unless a later one is already recorded.
-fn remember_slot(tx: &Connection, key: &str, slot: i64) -> rusqlite::Result<()> {
+fn remember_slot(tx: &Connection, key: &str, slot: u64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO schedule_state(key, last_slot_ms) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET last_slot_ms = max(last_slot_ms, excluded.last_slot_ms)",
@@ -278,13 +280,17 @@ fn insert(tx: &Connection, ev: &NewEvent, verb: &str) -> rusqlite::Result<usize>
     )
 }
 
-fn accept(tx: &Connection, ev: &NewEvent, window_ms: i64) -> rusqlite::Result<Accepted> {
+fn accept(tx: &Connection, ev: &NewEvent, window_ms: u64) -> rusqlite::Result<Accepted> {
     if let Some(key) = &ev.idempotency_key {
+        // Events accepted after the cutoff count; with no cutoff (the window reaches back before
+        // the epoch) every earlier event does.
+        let cutoff = ev.now_ms.checked_sub(window_ms);
         let earlier: Option<String> = tx
             .query_row(
-                "SELECT id FROM events WHERE function = ?1 AND idempotency_key = ?2 AND accepted_ms > ?3
+                "SELECT id FROM events WHERE function = ?1 AND idempotency_key = ?2
+                 AND (?3 IS NULL OR accepted_ms > ?3)
                  ORDER BY accepted_ms DESC LIMIT 1",
-                params![ev.function, key, ev.now_ms - window_ms],
+                params![ev.function, key, cutoff],
                 |r| r.get(0),
             )
             .optional()?;
@@ -303,7 +309,7 @@ const CLAIM_WINDOW: u32 = 256;
 
 fn claim(
     tx: &Connection,
-    now: i64,
+    now: u64,
     limit: u32,
     shares: &std::collections::HashMap<String, u32>,
     default_share: u32,
@@ -350,7 +356,7 @@ fn claim(
     Ok(claimed)
 }
 
-fn finish_event(tx: &Connection, id: &str, attempt: &AttemptRecord, finish: &Finish, now: i64) -> rusqlite::Result<()> {
+fn finish_event(tx: &Connection, id: &str, attempt: &AttemptRecord, finish: &Finish, now: u64) -> rusqlite::Result<()> {
     let history: String = tx.query_row("SELECT history FROM events WHERE id = ?1", [id], |r| r.get(0))?;
     let mut list: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap_or_default();
     list.push(serde_json::to_value(attempt).unwrap_or_default());
@@ -454,13 +460,13 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventView> {
 
 #[async_trait]
 impl QueueStore for QueueDb {
-    async fn accept(&self, event: NewEvent, window_ms: i64) -> Result<Accepted, QueueError> {
+    async fn accept(&self, event: NewEvent, window_ms: u64) -> Result<Accepted, QueueError> {
         self.call(|r| Op::Accept(event, window_ms, r)).await
     }
 
     async fn claim(
         &self,
-        now_ms: i64,
+        now_ms: u64,
         limit: u32,
         shares: &std::collections::HashMap<String, u32>,
         default_share: u32,
@@ -469,17 +475,17 @@ impl QueueStore for QueueDb {
         self.call(|r| Op::Claim(now_ms, limit, shares, default_share, r)).await
     }
 
-    async fn release(&self, id: &str, run_at_ms: i64) -> Result<(), QueueError> {
+    async fn release(&self, id: &str, run_at_ms: u64) -> Result<(), QueueError> {
         let id = id.to_owned();
         self.call(|r| Op::Release(id, run_at_ms, r)).await
     }
 
-    async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: i64) -> Result<(), QueueError> {
+    async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: u64) -> Result<(), QueueError> {
         let id = id.to_owned();
         self.call(|r| Op::Finish(id, attempt, finish, now_ms, r)).await
     }
 
-    async fn next_due(&self) -> Result<Option<i64>, QueueError> {
+    async fn next_due(&self) -> Result<Option<u64>, QueueError> {
         self.read(|c| c.query_row("SELECT min(next_run_ms) FROM events WHERE status = 'queued'", [], |r| r.get(0)))
     }
 
@@ -534,7 +540,7 @@ impl QueueStore for QueueDb {
         })
     }
 
-    async fn redrive(&self, ids: &[String], function: Option<&str>, now_ms: i64) -> Result<u64, QueueError> {
+    async fn redrive(&self, ids: &[String], function: Option<&str>, now_ms: u64) -> Result<u64, QueueError> {
         let (ids, function) = (ids.to_vec(), function.map(str::to_owned));
         self.call(|r| Op::Redrive(ids, function, now_ms, r)).await
     }
@@ -544,19 +550,19 @@ impl QueueStore for QueueDb {
         self.call(|r| Op::Purge(function, r)).await
     }
 
-    async fn fire_slot(&self, schedule_key: &str, slot_ms: i64, event: NewEvent) -> Result<bool, QueueError> {
+    async fn fire_slot(&self, schedule_key: &str, slot_ms: u64, event: NewEvent) -> Result<bool, QueueError> {
         let key = schedule_key.to_owned();
         self.call(|r| Op::Fire(key, slot_ms, event, r)).await
     }
 
-    async fn last_slot(&self, schedule_key: &str) -> Result<Option<i64>, QueueError> {
+    async fn last_slot(&self, schedule_key: &str) -> Result<Option<u64>, QueueError> {
         self.read(|c| {
             c.query_row("SELECT last_slot_ms FROM schedule_state WHERE key = ?1", [schedule_key], |r| r.get(0))
                 .optional()
         })
     }
 
-    async fn skip_to(&self, schedule_key: &str, slot_ms: i64) -> Result<(), QueueError> {
+    async fn skip_to(&self, schedule_key: &str, slot_ms: u64) -> Result<(), QueueError> {
         let key = schedule_key.to_owned();
         self.call(|r| Op::Skip(key, slot_ms, r)).await
     }
@@ -684,6 +690,92 @@ mod tests {
         assert!(history.contains(r#""outcome":"platform_error""#), "{history}");
         assert_eq!(row("e").1, "failed");
         assert!(row("b").2.contains(r#""outcome":"function_error""#));
+    }
+
+    /// Rows as an earlier nimbus wrote them (the timestamps of a 0.1 data dir, attempt history
+    /// JSON with `startedMs`, a schedule's last slot) read, claim, dedupe, finish and redrive
+    /// through the store unchanged: the column values are the contract, not the Rust types.
+    #[tokio::test]
+    async fn rows_written_by_earlier_versions_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(SCHEMA).unwrap();
+        raw.execute_batch(
+            r#"INSERT INTO events(id, function, qualifier, payload, source, status, attempts, function_errors,
+                   platform_failures, accepted_ms, updated_ms, next_run_ms, idempotency_key, last_error_type,
+                   last_error, reason, result, history)
+               VALUES ('retry', 'f', NULL, X'7B7D', 'http', 'queued', 1, 1, 0, 1796007244567, 1796007244834,
+                   1796007304834, 'order-7', 'ValueError', 'asked to fail', NULL, NULL,
+                   '[{"durationMs":184.0,"errorMessage":"asked to fail","errorType":"ValueError","n":1,"outcome":"function_error","startedMs":1796007244583}]'),
+                      ('dead', 'g', NULL, X'7B7D', 'invoke', 'dead', 1, 1, 0, 1796007244658, 1796007244858,
+                   1796007244658, NULL, 'ValueError', 'asked to fail', 'failed 1 time(s)', NULL,
+                   '[{"durationMs":184.0,"errorMessage":"asked to fail","errorType":"ValueError","n":1,"outcome":"function_error","startedMs":1796007244674}]');
+               INSERT INTO schedule_state(key, last_slot_ms) VALUES ('g@rate(3600000ms)@UTC', 1796007243884);"#,
+        )
+        .unwrap();
+        drop(raw);
+        let q = QueueDb::open(&path, false).unwrap();
+
+        let retry = q.get("retry").await.unwrap().unwrap();
+        assert_eq!(
+            (retry.accepted_ms, retry.updated_ms, retry.next_run_ms),
+            (1796007244567, 1796007244834, Some(1796007304834))
+        );
+        assert_eq!((retry.history[0].n, retry.history[0].started_ms), (1, 1796007244583));
+        assert_eq!(retry.history[0].outcome, AttemptOutcome::FunctionError);
+        let dead = q.get("dead").await.unwrap().unwrap();
+        assert_eq!(
+            (dead.status, dead.next_run_ms, dead.history[0].started_ms),
+            (EventStatus::DeadLettered, None, 1796007244674)
+        );
+        let stats = q.stats().await.unwrap();
+        assert_eq!(
+            stats
+                .iter()
+                .map(|s| (s.function.as_str(), s.queued, s.dead_lettered, s.oldest_queued_ms))
+                .collect::<Vec<_>>(),
+            [("f", 1, 0, Some(1796007244567)), ("g", 0, 1, None)]
+        );
+        assert_eq!(q.next_due().await.unwrap(), Some(1796007304834));
+        assert_eq!(q.last_slot("g@rate(3600000ms)@UTC").await.unwrap(), Some(1796007243884));
+
+        // The old row's idempotency key dedupes within its window (accepted_ms + 60 s).
+        let again = |id: &str, at| NewEvent {
+            idempotency_key: Some("order-7".into()),
+            now_ms: at,
+            run_at_ms: at,
+            ..event(id, EventSource::Http)
+        };
+        let dup = Accepted { id: "retry".into(), duplicate: true };
+        assert_eq!(q.accept(again("early", 1796007304566), 60_000).await.unwrap(), dup);
+
+        // Not due a millisecond early; due on time, with its counters.
+        assert!(q.claim(1796007304833, 10, &HashMap::new(), 64).await.unwrap().is_empty());
+        let claimed = q.claim(1796007304834, 10, &HashMap::new(), 64).await.unwrap();
+        let got: Vec<_> =
+            claimed.iter().map(|c| (c.id.as_str(), c.accepted_ms, c.attempts, c.function_errors)).collect();
+        assert_eq!(got, [("retry", 1796007244567, 2, 1)]);
+        let second = AttemptRecord { n: 2, started_ms: 1796007304840, ..attempt(AttemptOutcome::Success) };
+        q.finish("retry", second, Finish::Succeeded { response: Bytes::from_static(b"null") }, 1796007304900)
+            .await
+            .unwrap();
+        let history = q.get("retry").await.unwrap().unwrap().history;
+        assert_eq!(
+            history.iter().map(|a| (a.n, a.started_ms)).collect::<Vec<_>>(),
+            [(1, 1796007244583), (2, 1796007304840)]
+        );
+
+        assert_eq!(q.redrive(&[], None, 1796007400000).await.unwrap(), 1);
+        let redriven = q.get("dead").await.unwrap().unwrap();
+        assert_eq!(
+            (redriven.status, redriven.accepted_ms, redriven.next_run_ms),
+            (EventStatus::Queued, 1796007400000, Some(1796007400000))
+        );
+        // Once the window has passed, the same key is a new event.
+        let fresh = Accepted { id: "late".into(), duplicate: false };
+        assert_eq!(q.accept(again("late", 1796007304567), 60_000).await.unwrap(), fresh);
+        q.close();
     }
 
     #[tokio::test]
