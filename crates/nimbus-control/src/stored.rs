@@ -11,10 +11,12 @@
 //! |---|---|---|
 //! | 0 | nimbus 0.1 before formats were numbered | the same JSON as format 1 |
 //! | 1 | nimbus since the registry seam | [`StoredDeploymentV1`] |
+//! | 2 | nimbus since the sandbox | [`StoredDeploymentV2`]: V1 plus each function's `ephemeral_storage_mb` and `grants` |
 //!
 //! Format 1 was defined as exactly the JSON that release 0.1 wrote (serialized domain types),
 //! so rows written before the numbering (format 0) read through the same structs. A change to
-//! the shape is a new `StoredDeploymentV2` with a conversion from V1, never an edit of V1.
+//! the shape is a new `StoredDeploymentVn` with a conversion from the one before, never an edit
+//! of an old one: older formats are read by converting them up.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,7 +27,7 @@ use nimbus_manifest::{Methods, Pricing, RouteSpec};
 use serde::{Deserialize, Serialize};
 
 /// The format this release writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A deployment as stored in format 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,6 +139,56 @@ pub struct StoredPricingV1 {
     pub servers: u32,
 }
 
+/// A deployment as stored in format 2: format 1 with two more function keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredDeploymentV2 {
+    pub functions: Vec<StoredFunctionV2>,
+    pub routes: Vec<StoredRouteV1>,
+    pub schedules: Vec<StoredScheduleV1>,
+    pub pricing: StoredPricingV1,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredFunctionV2 {
+    /// Format 1's function, whose `wasm.allowed_outbound_hosts` is left empty: format 2 keeps
+    /// the allow-list at the function level, for every runtime.
+    pub spec: StoredSpecV1,
+    /// `None`: the runtime's default (nothing for wasm, public hosts for processes).
+    pub allowed_outbound_hosts: Option<Vec<String>>,
+    pub ephemeral_storage_mb: u32,
+    pub grants: StoredGrantsV2,
+    pub code_digest: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredGrantsV2 {
+    pub functions: Vec<String>,
+}
+
+/// Format 1 read into format 2: the keys it lacks take their defaults.
+impl From<StoredDeploymentV1> for StoredDeploymentV2 {
+    fn from(v: StoredDeploymentV1) -> Self {
+        StoredDeploymentV2 {
+            functions: v
+                .functions
+                .into_iter()
+                .map(|f| StoredFunctionV2 {
+                    // Format 1 only had wasm's list, which a wasm function always had.
+                    allowed_outbound_hosts: (f.spec.runtime == "wasm")
+                        .then(|| f.spec.wasm.as_ref().map(|w| w.allowed_outbound_hosts.clone()).unwrap_or_default()),
+                    spec: f.spec,
+                    ephemeral_storage_mb: nimbus_core::function::DEFAULT_EPHEMERAL_STORAGE_MB,
+                    grants: StoredGrantsV2::default(),
+                    code_digest: f.code_digest,
+                })
+                .collect(),
+            routes: v.routes,
+            schedules: v.schedules,
+            pricing: v.pricing.unwrap_or_else(|| (&Pricing::default()).into()),
+        }
+    }
+}
+
 /// A deployment's content in domain terms (what a deploy writes and a load reads back).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentContent {
@@ -166,54 +218,65 @@ pub enum FormatError {
 
 /// Encode in the current format.
 pub fn encode(content: &DeploymentContent) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&StoredDeploymentV1::from(content))
+    serde_json::to_string(&StoredDeploymentV2::from(content))
 }
 
 /// Decode a body of any known format.
 pub fn decode(format_version: u32, body: &str) -> Result<DeploymentContent, FormatError> {
-    match format_version {
-        0 | 1 => {
-            let v1: StoredDeploymentV1 =
-                serde_json::from_str(body).map_err(|source| FormatError::Json { version: format_version, source })?;
-            DeploymentContent::try_from(v1)
-        }
-        newer => Err(FormatError::TooNew(newer)),
-    }
+    let json = |source| FormatError::Json { version: format_version, source };
+    let v2: StoredDeploymentV2 = match format_version {
+        0 | 1 => serde_json::from_str::<StoredDeploymentV1>(body).map_err(json)?.into(),
+        2 => serde_json::from_str(body).map_err(json)?,
+        newer => return Err(FormatError::TooNew(newer)),
+    };
+    DeploymentContent::try_from(v2)
 }
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl From<&DeploymentContent> for StoredDeploymentV1 {
+impl From<&DeploymentContent> for StoredDeploymentV2 {
     fn from(c: &DeploymentContent) -> Self {
-        StoredDeploymentV1 {
+        StoredDeploymentV2 {
             functions: c
                 .functions
                 .iter()
-                .map(|(spec, digest)| StoredFunctionV1 { spec: spec.into(), code_digest: digest.clone() })
+                .map(|(spec, digest)| StoredFunctionV2 {
+                    spec: spec.into(),
+                    allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
+                    ephemeral_storage_mb: spec.ephemeral_storage_mb,
+                    grants: StoredGrantsV2 { functions: spec.grants.functions.clone() },
+                    code_digest: digest.clone(),
+                })
                 .collect(),
             routes: c.routes.iter().map(Into::into).collect(),
             schedules: c.schedules.iter().map(Into::into).collect(),
-            pricing: Some((&c.pricing).into()),
+            pricing: (&c.pricing).into(),
         }
     }
 }
 
-impl TryFrom<StoredDeploymentV1> for DeploymentContent {
+impl TryFrom<StoredDeploymentV2> for DeploymentContent {
     type Error = FormatError;
-    fn try_from(v: StoredDeploymentV1) -> Result<Self, FormatError> {
+    fn try_from(v: StoredDeploymentV2) -> Result<Self, FormatError> {
         let functions = v
             .functions
             .into_iter()
-            .map(|f| Ok((FunctionSpec::try_from(f.spec)?, f.code_digest)))
+            .map(|f| {
+                let mut spec = FunctionSpec::try_from(f.spec)?;
+                spec.allowed_outbound_hosts = f.allowed_outbound_hosts;
+                spec.ephemeral_storage_mb = f.ephemeral_storage_mb;
+                spec.grants = nimbus_core::Grants { functions: f.grants.functions };
+                Ok((spec, f.code_digest))
+            })
             .collect::<Result<_, FormatError>>()?;
         let schedules = v.schedules.into_iter().map(ScheduleSpec::try_from).collect::<Result<_, _>>()?;
         Ok(DeploymentContent {
             functions,
             routes: v.routes.into_iter().map(Into::into).collect(),
             schedules,
-            pricing: v.pricing.map(Into::into).unwrap_or_default(),
+            pricing: v.pricing.into(),
         })
     }
 }
@@ -259,6 +322,10 @@ impl TryFrom<StoredSpecV1> for FunctionSpec {
             queue_timeout: Duration::from_millis(s.queue_timeout),
             async_policy: s.async_policy.map(Into::into).unwrap_or_default(),
             wasm: s.wasm.map(Into::into).unwrap_or_default(),
+            // Format 2 sets these from its own fields.
+            allowed_outbound_hosts: None,
+            ephemeral_storage_mb: nimbus_core::function::DEFAULT_EPHEMERAL_STORAGE_MB,
+            grants: nimbus_core::Grants::default(),
         })
     }
 }
@@ -313,7 +380,7 @@ impl From<&WasmOptions> for StoredWasmV1 {
             component: w.component.clone(),
             instance_reuse: w.instance_reuse,
             cpu_ms: w.cpu_ms,
-            allowed_outbound_hosts: w.allowed_outbound_hosts.clone(),
+            allowed_outbound_hosts: Vec::new(),
         }
     }
 }
@@ -324,7 +391,6 @@ impl From<StoredWasmV1> for WasmOptions {
             component: w.component,
             instance_reuse: w.instance_reuse,
             cpu_ms: w.cpu_ms,
-            allowed_outbound_hosts: w.allowed_outbound_hosts,
         }
     }
 }
@@ -458,23 +524,33 @@ mod tests {
         assert_eq!(spec.async_policy.on_success, Some(Destination::Function("audit".into())));
         assert_eq!(spec.async_policy.retry_backoff_max, Duration::from_millis(400));
         assert_eq!(spec.wasm.cpu_ms, Some(50));
+        assert_eq!(spec.allowed_outbound_hosts, Some(vec!["https://*.example.com".to_owned()]));
         assert_eq!(c.routes[0].methods, Methods::Any);
         assert_eq!(c.schedules[0].when, When::Rate(Duration::from_secs(300)));
         assert_eq!(c.schedules[0].catch_up, CatchUp::None);
         assert_eq!(c.pricing.currency, "EUR");
-        // Written in format 1 it reads back identical, and its JSON is format 0's JSON: the
-        // formats are the same shape.
+        assert_eq!(spec.ephemeral_storage_mb, 512, "format 0 predates ephemeral_storage_mb");
+        // Written in the current format it reads back identical.
         let body = encode(&c).unwrap();
         assert_eq!(decode(FORMAT_VERSION, &body).unwrap(), c);
-        let written: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let original: serde_json::Value = serde_json::from_str(FULL).unwrap();
-        assert_eq!(written, original);
+        // Format 1 is format 0's JSON: a format-1 row is read the same way.
+        assert_eq!(decode(1, FULL).unwrap(), c);
+    }
+
+    #[test]
+    fn format_2_keeps_the_sandbox_keys() {
+        let mut c = decode(0, OLDEST).unwrap();
+        c.functions[0].0.ephemeral_storage_mb = 2048;
+        c.functions[0].0.grants.functions = vec!["audit".into()];
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"ephemeral_storage_mb\":2048") && body.contains("\"grants\":{\"functions\":[\"audit\"]}"));
+        assert_eq!(decode(2, &body).unwrap(), c);
     }
 
     #[test]
     fn unreadable_bodies_say_why() {
-        let e = decode(2, "{}").unwrap_err().to_string();
-        assert!(e.contains("storage format 2") && e.contains("upgrade nimbus"), "{e}");
+        let e = decode(3, "{}").unwrap_err().to_string();
+        assert!(e.contains("storage format 3") && e.contains("upgrade nimbus"), "{e}");
         let e = decode(1, "{").unwrap_err().to_string();
         assert!(e.contains("not valid format-1 JSON"), "{e}");
         let bad = OLDEST.replace("\"node\"", "\"cobol\"");

@@ -59,6 +59,32 @@ pub struct FunctionSpec {
     pub async_policy: AsyncPolicy,
     /// Settings only `runtime = "wasm"` uses.
     pub wasm: WasmOptions,
+    /// Origins outbound traffic may reach: `scheme://host[:port]`, with `*` for any scheme, any
+    /// port, or a leading `*.` for subdomains. `None` is the runtime's default: nothing for wasm,
+    /// any public host for process runtimes.
+    pub allowed_outbound_hosts: Option<Vec<String>>,
+    /// Size of a process instance's private `/tmp`, in MB (512–10,240, as on Lambda).
+    pub ephemeral_storage_mb: u32,
+    /// What the function may use of nimbus beyond its own code.
+    pub grants: Grants,
+}
+
+/// The default `ephemeral_storage_mb` (Lambda's).
+pub const DEFAULT_EPHEMERAL_STORAGE_MB: u32 = 512;
+
+/// What a function may reach of nimbus (`[functions.F.grants]`); everything else is refused
+/// with `AccessDeniedException`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Grants {
+    /// Functions it may invoke through the Invoke API, by name.
+    pub functions: Vec<String>,
+}
+
+impl Grants {
+    /// Whether the function may invoke `name`.
+    pub fn may_invoke(&self, name: &str) -> bool {
+        self.functions.iter().any(|f| f == name)
+    }
 }
 
 /// How a wasm component runs (`component` and the wasm-only keys of docs/manifest.md).
@@ -71,9 +97,6 @@ pub struct WasmOptions {
     /// CPU time a request may use (time spent running guest code), in the style of edge
     /// platforms; `None` = only `timeout` applies.
     pub cpu_ms: Option<u32>,
-    /// Origins outbound HTTP may reach: `scheme://host[:port]`, with `*` for any scheme, any
-    /// port, or a leading `*.` for subdomains.
-    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// Where the outcome of an async invocation is sent.

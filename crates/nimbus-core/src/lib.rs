@@ -15,7 +15,7 @@ pub mod runtime;
 
 pub use error::{DispatchError, ErrorSource};
 pub use function::{
-    AsyncPolicy, Destination, FunctionSpec, FunctionVersion, RuntimeKind, WasmOptions, ACCOUNT_ID, REGION,
+    AsyncPolicy, Destination, FunctionSpec, FunctionVersion, Grants, RuntimeKind, WasmOptions, ACCOUNT_ID, REGION,
 };
 pub use history::{History, HistoryError};
 pub use invoke::{
@@ -24,5 +24,5 @@ pub use invoke::{
 };
 pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
 pub use runtime::{
-    Dispatch, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError, Runtime, StartError,
+    Dispatch, FunctionCalls, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError, Runtime, StartError,
 };

@@ -149,6 +149,16 @@ pub enum InstanceError {
     Platform(String),
 }
 
+/// Calls a function makes to nimbus from inside its instance (the Invoke API today; storage and
+/// queues later), answered within the caller's grants. The process runtime serves them on the
+/// instance's own endpoint, so the caller is known from the connection, never from anything it
+/// claims. Implemented by the gateway; called once per such request, concurrently.
+#[async_trait]
+pub trait FunctionCalls: Send + Sync + 'static {
+    async fn call(&self, caller: Arc<FunctionVersion>, request: http::Request<bytes::Bytes>)
+        -> http::Response<bytes::Bytes>;
+}
+
 /// What the gateway and (later) triggers call to run a function version.
 #[async_trait]
 pub trait Dispatch: Send + Sync + 'static {

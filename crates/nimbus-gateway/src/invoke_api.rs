@@ -16,6 +16,8 @@
 //! botocore reads them from. Every refusal is an [`AwsError`]; handlers return it with `?`.
 
 use base64::Engine as _;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
@@ -38,11 +40,13 @@ pub(crate) struct AwsError {
     message: String,
     /// Seconds, for throttling.
     retry_after: Option<u64>,
+    /// For a call a function was not granted: what it tried, for the instance's log.
+    denied: Option<String>,
 }
 
 impl AwsError {
     fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
-        AwsError { status, error_type, message: message.into(), retry_after: None }
+        AwsError { status, error_type, message: message.into(), retry_after: None, denied: None }
     }
 
     fn invalid_parameter(message: impl Into<String>) -> Self {
@@ -59,6 +63,9 @@ impl AwsError {
         set_header(&mut r, "x-amzn-requestid", request_id);
         if let Some(s) = self.retry_after {
             set_header(&mut r, "retry-after", &s.to_string());
+        }
+        if let Some(d) = &self.denied {
+            set_header(&mut r, "x-nimbus-denied", d);
         }
         r
     }
@@ -134,11 +141,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
 }
 
 async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Result<Resp, AwsError> {
-    let path = req.uri().path();
-    let raw_name =
-        path.strip_prefix("/2015-03-31/functions/").and_then(|r| r.strip_suffix("/invocations")).ok_or_else(|| {
-            AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
-        })?;
+    let raw_name = raw_function_name(req.uri().path())?;
     if req.method() != http::Method::POST {
         return Err(AwsError::new(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "Invoke takes POST"));
     }
@@ -150,28 +153,101 @@ async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Resul
         ));
     }
     let call = parse_call(raw_name, req.uri().query(), req.headers())?;
-    let function = gw.control.snapshot().function(&call.name, call.qualifier.as_deref()).ok_or_else(|| {
+    let function = resolve(gw, &call)?;
+    if call.invocation_type == InvocationType::DryRun {
+        return Ok(dry_run(&function));
+    }
+    let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Invoke, function.spec.timeout);
+    let payload = read_payload(gw, req.into_body()).await?;
+    run(gw, function, call, payload, received).await
+}
+
+/// An Invoke API call a function made from inside its instance: the same contract, allowed only
+/// for the functions its grants name (`[functions.F.grants] functions = [...]`).
+pub(crate) async fn from_function(gw: &Gateway, caller: &FunctionVersion, req: http::Request<Bytes>) -> Resp {
+    let request_id = nimbus_core::ids::new_request_id();
+    let answer = async {
+        let raw_name = raw_function_name(req.uri().path())?;
+        if req.method() != http::Method::POST {
+            return Err(AwsError::new(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "Invoke takes POST"));
+        }
+        let call = parse_call(raw_name, req.uri().query(), req.headers())?;
+        if !caller.spec.grants.may_invoke(&call.name) {
+            return Err(not_granted(caller, &call.name));
+        }
+        let function = resolve(gw, &call)?;
+        if call.invocation_type == InvocationType::DryRun {
+            return Ok(dry_run(&function));
+        }
+        let received = Invocation::new(request_id.clone(), Bytes::new(), Trigger::Invoke, function.spec.timeout);
+        let payload = json_payload(req.into_body())?;
+        run(gw, function, call, payload, received).await
+    }
+    .await;
+    let mut resp = answer.unwrap_or_else(|e| e.into_response(&request_id));
+    if !resp.headers().contains_key("x-amzn-requestid") {
+        set_header(&mut resp, "x-amzn-requestid", &request_id);
+    }
+    resp
+}
+
+/// The refusal of an ungranted call; `x-nimbus-denied` tells the instance what to log.
+fn not_granted(caller: &FunctionVersion, target: &str) -> AwsError {
+    let who = &caller.spec.name;
+    tracing::warn!(function = %who, target, "refused an Invoke API call the function's grants do not allow");
+    AwsError {
+        denied: Some(format!("invoking {target}")),
+        ..AwsError::new(
+            StatusCode::FORBIDDEN,
+            "AccessDeniedException",
+            format!(
+                "function {who} may not invoke {target}; grant it in nimbus.toml: [functions.{who}.grants] functions = [\"{target}\"]"
+            ),
+        )
+    }
+}
+
+/// `NAME` from `/2015-03-31/functions/NAME/invocations`.
+fn raw_function_name(path: &str) -> Result<&str, AwsError> {
+    path.strip_prefix("/2015-03-31/functions/").and_then(|r| r.strip_suffix("/invocations")).ok_or_else(|| {
+        AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
+    })
+}
+
+/// The function version the call names.
+fn resolve(gw: &Gateway, call: &Call) -> Result<Arc<FunctionVersion>, AwsError> {
+    gw.control.snapshot().function(&call.name, call.qualifier.as_deref()).ok_or_else(|| {
         AwsError::new(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
             format!("Function not found: {}", nimbus_core::function::arn(&call.name, call.qualifier.as_deref())),
         )
-    })?;
-    if call.invocation_type == InvocationType::DryRun {
-        let mut r = raw(StatusCode::NO_CONTENT, Bytes::new());
-        set_header(&mut r, "x-amz-executed-version", &function.version);
-        return Ok(r);
-    }
-    let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Invoke, function.spec.timeout);
-    let payload = read_payload(gw, req.into_body()).await?;
+    })
+}
+
+fn dry_run(function: &FunctionVersion) -> Resp {
+    let mut r = raw(StatusCode::NO_CONTENT, Bytes::new());
+    set_header(&mut r, "x-amz-executed-version", &function.version);
+    r
+}
+
+/// Run the call: queue it (`Event`) or invoke and answer as Lambda does.
+async fn run(
+    gw: &Gateway,
+    function: Arc<FunctionVersion>,
+    call: Call,
+    payload: Bytes,
+    received: Invocation,
+) -> Result<Resp, AwsError> {
     if call.invocation_type == InvocationType::Event {
         return accept_async(gw, &function, call, payload).await;
     }
+    let request_id = received.request_id.clone();
     let log_tail = call.log_tail;
     let invocation = Invocation { payload, client_context: call.client_context, ..received };
     let (mut resp, log) = match gw.scheduler.invoke(function.clone(), invocation).await {
         Ok(r) => (function_response(&r.outcome), r.log),
-        Err(e) => (dispatch_failure(&e, request_id)?, e.log().to_owned()),
+        Err(e) => (dispatch_failure(&e, &request_id)?, e.log().to_owned()),
     };
     set_header(&mut resp, "x-amz-executed-version", &function.version);
     if log_tail && !log.is_empty() {
@@ -226,7 +302,11 @@ fn decode_client_context(b64: &str) -> Result<String, AwsError> {
 
 /// The JSON payload (`{}` when empty).
 async fn read_payload(gw: &Gateway, body: Incoming) -> Result<Bytes, AwsError> {
-    let payload = gw.read_body(body).await.map_err(|e| AwsError::body(e, gw.config.max_payload))?;
+    json_payload(gw.read_body(body).await.map_err(|e| AwsError::body(e, gw.config.max_payload))?)
+}
+
+/// The payload if it is a JSON document (`{}` when empty).
+fn json_payload(payload: Bytes) -> Result<Bytes, AwsError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }

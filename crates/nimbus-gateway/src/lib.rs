@@ -7,6 +7,7 @@
 //! → their helpers (`event`, `usage`, `stats`, `metrics`) → `context` (the shared [`Gateway`])
 //! → `session`, `config`, `util`.
 
+mod calls;
 mod config;
 mod context;
 mod dashboard;
@@ -21,6 +22,7 @@ mod stats;
 mod usage;
 mod util;
 
+pub use calls::Calls;
 pub use config::GatewayConfig;
 pub use context::{Gateway, Parts, Telemetry};
 pub use server::serve;

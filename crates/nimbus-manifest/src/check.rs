@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::ctx::{Ctx, FunctionLocations, Locations, Value};
 use crate::schedule::ScheduleSpec;
-use crate::{defaults, pricing, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing, RouteSpec};
+use crate::{defaults, grants, pricing, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing, RouteSpec};
 
 const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
 const FUNCTION_KEYS: &[&str] = &[
@@ -34,9 +34,11 @@ const FUNCTION_KEYS: &[&str] = &[
     "instance_reuse",
     "cpu_ms",
     "allowed_outbound_hosts",
+    "ephemeral_storage_mb",
+    "grants",
 ];
 /// Keys only wasm functions take.
-const WASM_KEYS: &[&str] = &["component", "instance_reuse", "cpu_ms", "allowed_outbound_hosts"];
+const WASM_KEYS: &[&str] = &["component", "instance_reuse", "cpu_ms"];
 const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async"];
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Environment names the platform sets itself; a function may not override them.
@@ -82,7 +84,8 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     let routes = routes(&mut cx, root);
     route_conflicts(&mut cx, &routes);
     let declared = |name: &str| is_declared(root, name);
-    destinations_exist(&mut cx, functions.destinations, &declared);
+    destinations_exist(&mut cx, functions.refs.destinations, &declared);
+    grants_exist(&mut cx, functions.refs.grants, &declared);
     let schedules = schedules(&mut cx, root, &declared);
     let pricing = match root.get("pricing") {
         Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
@@ -128,15 +131,22 @@ fn is_declared(root: &DeTable<'_>, name: &str) -> bool {
     root.get("functions").and_then(|f| f.get_ref().as_table()).is_some_and(|t| t.get(name).is_some())
 }
 
-/// The valid functions, where their keys were written, and the destinations they name.
+/// Functions a function names (destinations, grants), checked once every function is read.
+#[derive(Default)]
+struct NameRefs {
+    destinations: Vec<DestinationRef>,
+    grants: Vec<DestinationRef>,
+}
+
+/// The valid functions, where their keys were written, and the functions they name.
 struct Functions {
     specs: BTreeMap<String, FunctionSpec>,
     locations: Locations,
-    destinations: Vec<DestinationRef>,
+    refs: NameRefs,
 }
 
 fn functions(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Functions {
-    let mut out = Functions { specs: BTreeMap::new(), locations: Locations::default(), destinations: Vec::new() };
+    let mut out = Functions { specs: BTreeMap::new(), locations: Locations::default(), refs: NameRefs::default() };
     let Some(v) = root.get("functions") else {
         cx.err(0..0, "functions", "the app has no functions; add a `[functions.NAME]` table");
         return out;
@@ -160,7 +170,7 @@ fn functions(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Functions {
             );
             continue;
         }
-        if let Some((spec, loc)) = function(cx, fname, fv, &field, &mut out.destinations) {
+        if let Some((spec, loc)) = function(cx, fname, fv, &field, &mut out.refs) {
             out.specs.insert(fname.to_owned(), spec);
             out.locations.functions.insert(fname.to_owned(), loc);
         }
@@ -199,6 +209,15 @@ fn destinations_exist(cx: &mut Ctx<'_>, destinations: Vec<DestinationRef>, decla
                 &field,
                 format!("no function named \"{name}\" to send the outcome to; declare it with [functions.{name}]"),
             );
+        }
+    }
+}
+
+/// A grant may name a function declared after the one that has it.
+fn grants_exist(cx: &mut Ctx<'_>, grants: Vec<DestinationRef>, declared: &dyn Fn(&str) -> bool) {
+    for (name, span, field) in grants {
+        if !declared(&name) {
+            cx.err(span, &field, format!("no function named \"{name}\" to grant; declare it with [functions.{name}]"));
         }
     }
 }
@@ -251,7 +270,7 @@ fn function(
     name: &str,
     v: &Value<'_>,
     field: &str,
-    destinations: &mut Vec<DestinationRef>,
+    refs: &mut NameRefs,
 ) -> Option<(FunctionSpec, FunctionLocations)> {
     let DeValue::Table(t) = v.get_ref() else {
         cx.err(v.span(), field, format!("expected a table (`[{field}]`), found {}", v.get_ref().type_str()));
@@ -269,8 +288,18 @@ fn function(
     let wasm = wasm_keys(cx, &k, runtime, &mut loc);
     let limits = limits(cx, &k, runtime);
     let scaling = scaling(cx, &k);
-    let async_policy = async_policy(cx, &k, destinations);
+    let async_policy = async_policy(cx, &k, &mut refs.destinations);
     let env = env(cx, &k);
+    let ephemeral_storage_mb = ephemeral_storage(cx, &k, runtime);
+    let allowed_outbound_hosts = match k.get("allowed_outbound_hosts") {
+        None => Some(None),
+        Some(hv) => wasm::allowed_outbound_hosts(cx, hv, &k.f("allowed_outbound_hosts")).map(Some),
+    };
+    let grants = k.get("grants").map_or(Some(Default::default()), |gv| {
+        let (grants, names) = grants::check(cx, gv, &k.f("grants"));
+        refs.grants.extend(names);
+        grants
+    });
 
     if cx.error_count() > before {
         return None;
@@ -292,6 +321,9 @@ fn function(
         queue_timeout,
         async_policy,
         wasm: wasm?,
+        allowed_outbound_hosts: allowed_outbound_hosts?,
+        ephemeral_storage_mb: ephemeral_storage_mb?,
+        grants: grants?,
     };
     Some((spec, loc))
 }
@@ -409,6 +441,22 @@ fn limits(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> O
         cx.duration(tv, &k.f("timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
     Some((memory_mb?, timeout?))
+}
+
+/// The size of a process instance's `/tmp` (wasm functions have no file system to size).
+fn ephemeral_storage(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> Option<u32> {
+    let Some(ev) = k.get("ephemeral_storage_mb") else {
+        return Some(nimbus_core::function::DEFAULT_EPHEMERAL_STORAGE_MB);
+    };
+    if runtime == Some(RuntimeKind::Wasm) {
+        cx.err(
+            ev.span(),
+            &k.f("ephemeral_storage_mb"),
+            "wasm functions have no /tmp to size (no file system is opened to them); remove the key",
+        );
+        return None;
+    }
+    cx.u32(ev, &k.f("ephemeral_storage_mb"), 512, 10_240)
 }
 
 /// How many instances a function may have, how long idle ones live, and how requests wait.

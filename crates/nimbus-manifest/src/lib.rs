@@ -8,6 +8,7 @@ mod check;
 mod ctx;
 mod diag;
 mod files;
+mod grants;
 mod pricing;
 pub mod schedule;
 mod wasm;

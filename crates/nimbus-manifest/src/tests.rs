@@ -121,9 +121,29 @@ allowed_outbound_hosts = ["https://api.example.com", "http://127.0.0.1:*"]
             component: "geo.wasm".into(),
             instance_reuse: true,
             cpu_ms: Some(50),
-            allowed_outbound_hosts: vec!["https://api.example.com".into(), "http://127.0.0.1:*".into()],
         }
     );
+    assert_eq!(
+        geo.allowed_outbound_hosts,
+        Some(vec!["https://api.example.com".into(), "http://127.0.0.1:*".into()])
+    );
+}
+
+#[test]
+fn process_functions_take_allowed_outbound_hosts_and_default_to_none() {
+    let src = r#"
+name = "api"
+[functions.a]
+runtime = "python"
+handler = "h.handler"
+allowed_outbound_hosts = ["https://api.example.com"]
+[functions.b]
+runtime = "node"
+handler = "index.handler"
+"#;
+    let m = parse(src, "nimbus.toml").unwrap();
+    assert_eq!(m.functions["a"].allowed_outbound_hosts, Some(vec!["https://api.example.com".into()]));
+    assert_eq!(m.functions["b"].allowed_outbound_hosts, None, "unset: the runtime's default applies");
 }
 
 #[test]

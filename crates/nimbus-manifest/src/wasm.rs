@@ -1,4 +1,5 @@
-//! The keys only `runtime = "wasm"` functions take.
+//! The keys only `runtime = "wasm"` functions take, and the outbound allow-list (which wasm
+//! introduced and process runtimes now share).
 
 use nimbus_core::outbound::OutboundPattern;
 use nimbus_core::WasmOptions;
@@ -38,12 +39,6 @@ pub(crate) fn options(
             None => ok = false,
         }
     }
-    if let Some(hv) = t.get("allowed_outbound_hosts") {
-        match allowed_outbound_hosts(cx, hv, &f("allowed_outbound_hosts")) {
-            Some(hosts) => opts.allowed_outbound_hosts = hosts,
-            None => ok = false,
-        }
-    }
     ok.then_some(opts)
 }
 
@@ -62,7 +57,8 @@ fn component(cx: &mut Ctx<'_>, cv: &Value<'_>, field: &str) -> Option<String> {
 }
 
 /// Every pattern is checked, so that all bad ones are reported at once; `None` if any is bad.
-fn allowed_outbound_hosts(cx: &mut Ctx<'_>, hv: &Value<'_>, field: &str) -> Option<Vec<String>> {
+/// `allowed_outbound_hosts` (any runtime): `scheme://host[:port]` patterns.
+pub(crate) fn allowed_outbound_hosts(cx: &mut Ctx<'_>, hv: &Value<'_>, field: &str) -> Option<Vec<String>> {
     let DeValue::Array(list) = hv.get_ref() else {
         cx.err(
             hv.span(),

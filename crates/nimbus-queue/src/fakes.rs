@@ -549,6 +549,9 @@ pub fn version(name: &str, max_instances: u32, policy: AsyncPolicy) -> Arc<Funct
         queue_timeout: Duration::from_secs(1),
         async_policy: policy,
         wasm: Default::default(),
+        allowed_outbound_hosts: None,
+        ephemeral_storage_mb: 512,
+        grants: Default::default(),
     };
     Arc::new(FunctionVersion {
         spec,

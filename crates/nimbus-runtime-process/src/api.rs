@@ -1,6 +1,7 @@
 //! The AWS Lambda Runtime API (2018-06-01) served to one instance.
 //!
-//! One listener per instance on `127.0.0.1:0`. The runtime long-polls `/invocation/next`; the
+//! One endpoint per instance: a listener on `127.0.0.1:0`, or, in the sandbox, a Unix socket
+//! the sandbox's init forwards `127.0.0.1:9001` to. The runtime long-polls `/invocation/next`; the
 //! instance hands events in through a channel and gets completions back through the pending
 //! slot. Request ids are checked, so a late response to an abandoned invocation is refused.
 
@@ -60,11 +61,16 @@ pub(crate) struct Shared {
     /// Set when the runtime takes the current event from `/next`.
     pub picked_up: std::sync::atomic::AtomicBool,
     pub max_response: usize,
+    /// Function calls and egress; `None` in tests of the Runtime API alone.
+    pub services: Option<crate::services::Services>,
 }
 
 impl Shared {
     /// The state of a fresh instance, and the sender that hands it events.
-    pub(crate) fn new(max_response: usize) -> (Arc<Shared>, mpsc::Sender<NextEvent>) {
+    pub(crate) fn new(
+        max_response: usize,
+        services: Option<crate::services::Services>,
+    ) -> (Arc<Shared>, mpsc::Sender<NextEvent>) {
         let (next_tx, next_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             next_rx: Mutex::new(next_rx),
@@ -73,38 +79,67 @@ impl Shared {
             init_error: watch::channel(None).0,
             picked_up: std::sync::atomic::AtomicBool::new(false),
             max_response,
+            services,
         });
         (shared, next_tx)
     }
 }
 
+/// Where an instance's endpoint listens.
+pub(crate) enum Listener {
+    /// `127.0.0.1:0`, for instances outside a sandbox.
+    Tcp(TcpListener),
+    /// The socket bind-mounted into the instance's sandbox.
+    Unix(tokio::net::UnixListener),
+}
+
 /// Serve the Runtime API on `listener` until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: Listener, shared: Arc<Shared>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning a core.
-                tracing::warn!("the Runtime API could not accept a connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(stream, _)| {
+                // Small request/response pairs on a keep-alive connection: Nagle plus delayed
+                // ACK would add up to 40 ms per invocation.
+                let _ = stream.set_nodelay(true);
+                serve_connection(stream, shared.clone())
+            }),
+            Listener::Unix(l) => l.accept().await.map(|(stream, _)| serve_connection(stream, shared.clone())),
         };
-        // Small request/response pairs on a keep-alive connection: Nagle plus delayed ACK would
-        // add up to 40 ms per invocation.
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, shared.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        if let Err(e) = accepted {
+            // EMFILE and friends: back off instead of spinning a core.
+            tracing::warn!("the Runtime API could not accept a connection: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
+fn serve_connection<IO>(io: IO, shared: Arc<Shared>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = service_fn(move |req| handle(req, shared.clone()));
+        // Upgrades: the egress proxy's CONNECT takes the connection over.
+        let _ = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
+            .await;
+    });
+}
+
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(services) = &shared.services {
+        if req.method() == Method::CONNECT {
+            return Ok(crate::services::connect(req, services).await);
+        }
+        if req.uri().scheme().is_some() {
+            return Ok(crate::services::forward(req, services).await);
+        }
+        if req.uri().path().starts_with("/2015-03-31/") {
+            return Ok(crate::services::call(req, services).await);
+        }
+    }
     let path = req.uri().path().to_owned();
     let Some(rest) = path.strip_prefix(PREFIX) else {
         return Ok(json(StatusCode::NOT_FOUND, "UnknownAPI", &format!("unknown Runtime API path {path}")));
@@ -266,8 +301,8 @@ mod tests {
     async fn api(max_response: usize) -> Api {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (shared, next_tx) = Shared::new(max_response);
-        let server = tokio::spawn(serve(listener, shared.clone()));
+        let (shared, next_tx) = Shared::new(max_response, None);
+        let server = tokio::spawn(serve(Listener::Tcp(listener), shared.clone()));
         Api { addr, shared, next_tx, server }
     }
 

@@ -31,12 +31,15 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::api::{self, Completion, NextEvent, Pending, Shared};
 use crate::logs::LogTap;
-use crate::ProcessRuntime;
+use crate::{sandbox, ProcessRuntime};
 
 pub struct ProcessInstance {
     id: String,
     function: Arc<FunctionVersion>,
+    /// The process nimbus spawned: the runtime itself, or bwrap when sandboxed (its process
+    /// group; killing it takes the whole sandbox with it).
     pid: u32,
+    sandboxed: bool,
     cold_start: ColdStart,
     init_log: String,
     next_tx: mpsc::Sender<NextEvent>,
@@ -48,7 +51,8 @@ pub struct ProcessInstance {
     stop_grace: Duration,
     max_response: usize,
     last_max_memory_mb: u32,
-    /// `/proc/PID/status`, for the peak resident set (Max Memory Used).
+    /// `/proc/PID/status` of the runtime process, for the peak resident set (Max Memory Used);
+    /// opened once the runtime is ready (inside a sandbox it is bwrap's grandchild).
     proc_status: Option<std::fs::File>,
     dead: bool,
     stopped: bool,
@@ -127,10 +131,16 @@ impl ProcessInstance {
     ) -> Result<Self, StartError> {
         let began = Instant::now();
         let command = rt.command_for(&function)?;
-        let (endpoint, server) = serve_api(rt).await?;
-        let mut guard =
-            StartGuard { server: server.abort_handle(), scratch: rt.scratch_dir.join(&id), group: None, armed: true };
-        std::fs::create_dir_all(&guard.scratch).map_err(platform("cannot create the instance temp dir"))?;
+        let scratch = rt.scratch_dir.join(&id);
+        std::fs::create_dir_all(&scratch).map_err(platform("cannot create the instance temp dir"))?;
+        let (endpoint, server) = match serve_api(rt, &function, &scratch).await {
+            Ok(served) => served,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(e);
+            }
+        };
+        let mut guard = StartGuard { server: server.abort_handle(), scratch, group: None, armed: true };
         let spawned = spawn_runtime(rt, &function, &id, &command, &endpoint.addr, &guard.scratch)?;
         let spawned_after = began.elapsed();
         let pid = spawned.child.id().unwrap_or(0);
@@ -140,6 +150,7 @@ impl ProcessInstance {
             id,
             function,
             pid,
+            sandboxed: rt.sandbox.is_some(),
             cold_start: ColdStart { init: Duration::ZERO, instance_start: spawned_after },
             init_log: String::new(),
             next_tx: endpoint.next_tx,
@@ -151,7 +162,7 @@ impl ProcessInstance {
             stop_grace: rt.limits.stop_grace,
             max_response: rt.limits.max_response_bytes,
             last_max_memory_mb: 0,
-            proc_status: std::fs::File::open(format!("/proc/{pid}/status")).ok(),
+            proc_status: None,
             dead: false,
             stopped: false,
         };
@@ -164,12 +175,14 @@ impl ProcessInstance {
         let init = self.wait_init(timeout).await;
         self.cold_start.init = began.elapsed();
         let Some((error_type, message)) = self.init_failure(init, timeout) else {
-            self.init_log = self.logs.drain();
+            self.init_log = self.drain_log();
+            let runtime = if self.sandboxed { runtime_pid(self.pid) } else { Some(self.pid) };
+            self.proc_status = runtime.and_then(|p| std::fs::File::open(format!("/proc/{p}/status")).ok());
             return Ok(self);
         };
         self.kill();
         self.wait_exit(Duration::from_secs(1)).await;
-        let log = self.logs.drain();
+        let log = self.drain_log();
         self.dead = true;
         Box::new(self).shutdown().await;
         Err(StartError::InitFailed { error_type, message, log })
@@ -252,7 +265,7 @@ impl ProcessInstance {
         duration: Duration,
         max_memory_mb: u32,
     ) -> Result<InvokeResult, InstanceError> {
-        let log = self.logs.drain();
+        let log = self.drain_log();
         let outcome = match completion {
             Completion::Response(body) => InvokeOutcome::Success(body),
             Completion::Error { error_type, body } => function_error(error_type, body),
@@ -276,7 +289,7 @@ impl ProcessInstance {
         if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
             return InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") };
         }
-        let log = self.logs.drain();
+        let log = self.drain_log();
         InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log }
     }
 
@@ -285,7 +298,7 @@ impl ProcessInstance {
         self.clear_pending();
         self.kill();
         self.wait_exit(Duration::from_secs(1)).await;
-        let log = self.logs.drain();
+        let log = self.drain_log();
         InstanceError::Timeout { timeout, log }
     }
 
@@ -303,6 +316,17 @@ impl ProcessInstance {
         let mut rx = self.exit_rx.clone();
         let exited = tokio::time::timeout(within, rx.wait_for(Option::is_some)).await.is_ok();
         exited
+    }
+
+    /// The runtime's output since the last drain, then nimbus's own notes about it (calls it
+    /// was refused), so they read in the invocation's log.
+    fn drain_log(&self) -> String {
+        let mut log = self.logs.drain();
+        for note in self.shared.services.as_ref().map(|s| s.take_notes()).unwrap_or_default() {
+            log.push_str(&note);
+            log.push('\n');
+        }
+        log
     }
 
     fn clear_pending(&self) {
@@ -326,13 +350,49 @@ fn reported_init_error(shared: &Shared) -> (String, String) {
     (error_type, message)
 }
 
-/// Bind the instance's Runtime API on a fresh loopback port and serve it.
-async fn serve_api(rt: &ProcessRuntime) -> Result<(Endpoint, JoinHandle<()>), StartError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(platform("cannot bind the Runtime API listener"))?;
-    let addr = listener.local_addr().map_err(platform("cannot read the Runtime API address"))?;
-    let (shared, next_tx) = Shared::new(rt.limits.max_response_bytes);
+/// Serve the instance's endpoint: on a fresh loopback port, or, sandboxed, on a Unix socket in
+/// the instance's directory (which the sandbox mounts at `/run/nimbus`).
+async fn serve_api(
+    rt: &ProcessRuntime,
+    function: &Arc<FunctionVersion>,
+    scratch: &Path,
+) -> Result<(Endpoint, JoinHandle<()>), StartError> {
+    let (listener, addr) = if rt.sandbox.is_some() {
+        let path = scratch.join(sandbox::SOCKET_NAME);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(platform("cannot bind the instance's socket"))?;
+        // The sandbox user is not the socket's owner; connecting needs write permission.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(platform("cannot open the instance's socket to the sandbox user"))?;
+        (api::Listener::Unix(listener), sandbox::INSIDE_API.to_owned())
+    } else {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").await.map_err(platform("cannot bind the Runtime API listener"))?;
+        let addr = listener.local_addr().map_err(platform("cannot read the Runtime API address"))?;
+        (api::Listener::Tcp(listener), addr.to_string())
+    };
+    let services = crate::services::Services {
+        caller: function.clone(),
+        calls: rt.calls.clone(),
+        egress: rt.sandbox.is_some().then(|| {
+            function.spec.allowed_outbound_hosts.as_ref().map(|list| {
+                list.iter().filter_map(|p| nimbus_core::outbound::OutboundPattern::parse(p).ok()).collect()
+            })
+        }),
+        notes: Default::default(),
+    };
+    let (shared, next_tx) = Shared::new(rt.limits.max_response_bytes, Some(services));
     let server = tokio::spawn(api::serve(listener, shared.clone()));
-    Ok((Endpoint { addr: addr.to_string(), shared, next_tx }, server))
+    Ok((Endpoint { addr, shared, next_tx }, server))
+}
+
+/// The runtime's pid inside a sandbox: bwrap (`pid`) → the sandbox's PID 1 → nimbus's init →
+/// the runtime, each the first child of the one before.
+fn runtime_pid(pid: u32) -> Option<u32> {
+    let first_child = |p: u32| -> Option<u32> {
+        let text = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    };
+    first_child(pid).and_then(first_child).and_then(first_child)
 }
 
 /// Spawn the runtime: cleared environment, its own process group, output on two pipes.
@@ -346,11 +406,26 @@ fn spawn_runtime(
 ) -> Result<Spawned, StartError> {
     let (stdout, out_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
     let (stderr, err_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
+    let mut cmd = match &rt.sandbox {
+        Some(sandbox) => {
+            let spec = sandbox::InstanceSpec {
+                code: &function.code_path,
+                runtime_dir: &rt.runtime_dir,
+                socket_dir: scratch,
+                tmp_mb: function.spec.ephemeral_storage_mb,
+                program: &program.display().to_string(),
+                args,
+            };
+            sandbox.command(&spec).map_err(platform("cannot prepare the sandbox"))?
+        }
+        None => {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args).current_dir(&function.code_path);
+            cmd
+        }
+    };
+    cmd.env_clear()
         .envs(environment(rt, function, id, api, scratch))
-        .current_dir(&function.code_path)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
@@ -500,23 +575,38 @@ fn environment(
 ) -> Vec<(String, String)> {
     let spec = &f.spec;
     let date = chrono::Utc::now().format("%Y/%m/%d");
+    // Paths as the runtime sees them: inside the sandbox, Lambda's.
+    let (task_root, runtime_dir, tmp) = if rt.sandbox.is_some() {
+        (sandbox::TASK_ROOT.to_owned(), sandbox::RUNTIME_DIR.to_owned(), "/tmp".to_owned())
+    } else {
+        (f.code_path.display().to_string(), rt.runtime_dir.display().to_string(), scratch.display().to_string())
+    };
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), rt.instance_path()),
         ("LANG".into(), "C.UTF-8".into()),
         ("TZ".into(), "UTC".into()),
-        ("HOME".into(), scratch.display().to_string()),
-        ("TMPDIR".into(), scratch.display().to_string()),
+        ("HOME".into(), tmp.clone()),
+        ("TMPDIR".into(), tmp),
         ("PYTHONUNBUFFERED".into(), "1".into()),
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
     ];
+    if rt.sandbox.is_some() {
+        // The sandbox's only way out is nimbus's egress proxy on the instance's endpoint.
+        let proxy = format!("http://{api}");
+        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push((var.into(), proxy.clone()));
+        }
+        env.push(("NO_PROXY".into(), "127.0.0.1,localhost".into()));
+        env.push(("no_proxy".into(), "127.0.0.1,localhost".into()));
+    }
     // The user's env comes before the platform's, so it can change PATH or LANG but never the
     // Runtime API contract (the manifest validator also rejects those names).
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend([
         ("AWS_LAMBDA_RUNTIME_API".into(), api.to_owned()),
         ("_HANDLER".into(), spec.handler.clone()),
-        ("LAMBDA_TASK_ROOT".into(), f.code_path.display().to_string()),
-        ("LAMBDA_RUNTIME_DIR".into(), rt.runtime_dir.join(spec.runtime.as_str()).display().to_string()),
+        ("LAMBDA_TASK_ROOT".into(), task_root),
+        ("LAMBDA_RUNTIME_DIR".into(), runtime_dir),
         ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
         ("AWS_LAMBDA_FUNCTION_VERSION".into(), f.version.clone()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), spec.memory_mb.to_string()),
@@ -526,6 +616,12 @@ fn environment(
         ("AWS_EXECUTION_ENV".into(), format!("nimbus_{}", spec.runtime.as_str())),
         ("AWS_REGION".into(), REGION.into()),
         ("AWS_DEFAULT_REGION".into(), REGION.into()),
+        // The SDKs reach nimbus (the Invoke API, within the function's grants) through the
+        // instance's own endpoint, which knows the caller from the connection. They insist on
+        // credentials to sign with; these are the instance's own and name nothing else.
+        ("AWS_ENDPOINT_URL".into(), format!("http://{api}")),
+        ("AWS_ACCESS_KEY_ID".into(), format!("NIMBUS{}", id.to_ascii_uppercase())),
+        ("AWS_SECRET_ACCESS_KEY".into(), id.to_owned()),
     ]);
     env
 }
@@ -585,6 +681,8 @@ mod tests {
             runtime_dir: data.join("runtime"),
             scratch_dir: data.join("instances"),
             limits: Limits { init_timeout: Duration::from_secs(10), ..Limits::default() },
+            sandbox: None,
+            calls: Default::default(),
         }
     }
 
@@ -604,6 +702,9 @@ mod tests {
             queue_timeout: Duration::from_secs(1),
             async_policy: Default::default(),
             wasm: Default::default(),
+            allowed_outbound_hosts: None,
+            ephemeral_storage_mb: 512,
+            grants: Default::default(),
         };
         Arc::new(FunctionVersion {
             spec,

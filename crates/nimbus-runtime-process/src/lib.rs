@@ -9,8 +9,11 @@
 //! with PR_SET_PDEATHSIG so it dies with nimbus even on `kill -9`.
 
 mod api;
+mod egress;
 mod instance;
 mod logs;
+pub mod sandbox;
+mod services;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use async_trait::async_trait;
 use nimbus_core::{FunctionVersion, Instance, Runtime, RuntimeKind, StartError};
 
 pub use instance::ProcessInstance;
+pub use sandbox::{Sandbox, SandboxUnavailable};
+pub use services::CallsSlot;
 
 /// The Node.js bootstrap nimbus ships (Runtime API client + handler loader).
 pub const NODE_BOOTSTRAP: &str = include_str!("../bootstrap/node/bootstrap.js");
@@ -59,6 +64,10 @@ pub struct ProcessRuntime {
     pub(crate) runtime_dir: PathBuf,
     pub(crate) scratch_dir: PathBuf,
     pub(crate) limits: Limits,
+    /// How instances are isolated; `None` runs them unsandboxed (`--insecure-no-sandbox`).
+    pub(crate) sandbox: Option<Arc<Sandbox>>,
+    /// The gateway's answer to calls functions make (set once the gateway exists).
+    pub(crate) calls: CallsSlot,
 }
 
 impl ProcessRuntime {
@@ -91,7 +100,36 @@ impl ProcessRuntime {
             runtime_dir,
             scratch_dir,
             limits,
+            sandbox: None,
+            calls: CallsSlot::default(),
         })
+    }
+
+    /// Where to set the gateway's [`nimbus_core::FunctionCalls`] once it is built.
+    pub fn calls_slot(&self) -> CallsSlot {
+        self.calls.clone()
+    }
+
+    /// Run every instance in `sandbox` (see [`sandbox`]).
+    pub fn sandboxed(mut self, sandbox: Arc<Sandbox>) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// Where the interpreters nimbus found are installed, when that is outside `/usr` (pyenv,
+    /// nvm): the sandbox must show them to the runtime. Found without starting a runtime.
+    pub fn interpreter_roots(&self) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for exe in [&self.python, &self.node].into_iter().flatten() {
+            let exe = exe.canonicalize().unwrap_or_else(|_| exe.clone());
+            // `PREFIX/bin/python3.11` → PREFIX, which holds the standard library and libpython.
+            if let Some(root) = exe.parent().and_then(Path::parent) {
+                if !root.starts_with("/usr") && root != Path::new("/") && !roots.iter().any(|r| root.starts_with(r)) {
+                    roots.push(root.to_owned());
+                }
+            }
+        }
+        roots
     }
 
     /// The interpreter paths found at start-up, for diagnostics.
@@ -99,8 +137,27 @@ impl ProcessRuntime {
         (self.node.as_deref(), self.python.as_deref())
     }
 
-    /// The command line that starts an instance of `f`.
+    /// The command line that starts an instance of `f`, with paths as the runtime sees them
+    /// (inside the sandbox: the code at `/var/task`, the bootstraps at `/var/runtime`).
     pub(crate) fn command_for(&self, f: &FunctionVersion) -> Result<(PathBuf, Vec<String>), StartError> {
+        let (program, args) = self.host_command_for(f)?;
+        if self.sandbox.is_none() {
+            return Ok((program, args));
+        }
+        let inside = |p: &Path| {
+            if let Ok(rest) = p.strip_prefix(&f.code_path) {
+                Path::new(sandbox::TASK_ROOT).join(rest)
+            } else if let Ok(rest) = p.strip_prefix(&self.runtime_dir) {
+                Path::new(sandbox::RUNTIME_DIR).join(rest)
+            } else {
+                p.to_owned()
+            }
+        };
+        let args = args.iter().map(|a| inside(Path::new(a)).display().to_string()).collect();
+        Ok((inside(&program), args))
+    }
+
+    fn host_command_for(&self, f: &FunctionVersion) -> Result<(PathBuf, Vec<String>), StartError> {
         let missing = |what: &str, var: &str| {
             StartError::Platform(format!(
                 "no {what} interpreter was found on PATH when nimbus started; install it or set {var} to its path, then restart nimbus"

@@ -47,6 +47,9 @@ pub(crate) fn function(name: &str, tweak: impl FnOnce(&mut FunctionSpec)) -> Arc
         queue_timeout: secs(60),
         async_policy: Default::default(),
         wasm: Default::default(),
+        allowed_outbound_hosts: None,
+        ephemeral_storage_mb: 512,
+        grants: Default::default(),
     };
     tweak(&mut spec);
     Arc::new(FunctionVersion {

@@ -53,6 +53,14 @@ pub fn digest_dir(dir: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The mode of a copied code file: readable by everyone (a sandboxed function runs as another
+/// user than nimbus), executable by everyone when the source was executable by anyone — as
+/// Lambda expects of deployment packages. The digest already covers the executable bit only.
+fn code_mode(entry: &walkdir::DirEntry) -> std::io::Result<u32> {
+    let mode = entry.metadata().map_err(std::io::Error::other)?.permissions().mode();
+    Ok(if mode & 0o111 != 0 { 0o755 } else { 0o644 })
+}
+
 impl ArtifactStore {
     pub fn open(root: &Path) -> Result<ArtifactStore> {
         std::fs::create_dir_all(root)?;
@@ -84,8 +92,10 @@ impl ArtifactStore {
             let target = tmp.join(rel);
             if entry.file_type().is_dir() {
                 std::fs::create_dir_all(&target)?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
             } else if entry.file_type().is_file() {
                 std::fs::copy(entry.path(), &target)?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(code_mode(&entry)?))?;
             }
         }
         std::fs::create_dir_all(&tmp)?;

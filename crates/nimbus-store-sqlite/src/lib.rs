@@ -381,6 +381,25 @@ mod tests {
         assert_eq!(s.deployments().unwrap()[1].format_version, 1);
     }
 
+    /// A sandboxed function runs as another user than nimbus: its code must be readable by
+    /// everyone, whatever modes the files had (0600 from an editor, 0700 scripts).
+    #[test]
+    fn artifacts_are_readable_by_the_sandbox_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let code = dir.path().join("code");
+        std::fs::create_dir_all(code.join("private")).unwrap();
+        std::fs::write(code.join("private/secret.py"), "x").unwrap();
+        std::fs::write(code.join("bootstrap"), "#!/bin/sh").unwrap();
+        std::fs::set_permissions(code.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(code.join("private/secret.py"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(code.join("bootstrap"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let s = Store::open(&dir.path().join("data")).unwrap();
+        let (_, p) = s.artifacts.put_dir(&code).unwrap();
+        let mode = |rel: &str| std::fs::metadata(p.join(rel)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("private"), mode("private/secret.py"), mode("bootstrap")), (0o755, 0o644, 0o755));
+    }
+
     #[test]
     fn artifacts_are_content_addressed() {
         let dir = tempfile::tempdir().unwrap();

@@ -173,6 +173,12 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Inside a process instance's sandbox this binary is the init (see nimbus-runtime-process's
+    // `sandbox` module): no CLI parsing, no async runtime, no logging set-up.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == nimbus_runtime_process::sandbox::init::SUBCOMMAND) {
+        return nimbus_runtime_process::sandbox::init::main(args.get(2..).unwrap_or_default());
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -13,7 +13,7 @@ use nimbus_control::{ControlPlane, DeployError};
 use nimbus_core::{History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind};
 use nimbus_gateway::metrics::Metrics;
 use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry};
-use nimbus_runtime_process::{Limits, ProcessRuntime};
+use nimbus_runtime_process::{Limits, ProcessRuntime, Sandbox};
 use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
 use nimbus_store_sqlite::{RecordWriter, Store};
@@ -44,6 +44,11 @@ pub struct UpArgs {
     /// OTEL_EXPORTER_OTLP_ENDPOINT does the same. Off by default.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Run node, python and provided functions WITHOUT a sandbox: they can then read the data
+    /// dir (the admin token), other functions' code and the host. Only for machines that
+    /// cannot run bubblewrap, with code you trust.
+    #[arg(long)]
+    insecure_no_sandbox: bool,
 }
 
 fn parse_retention(s: &str) -> Result<Duration, String> {
@@ -84,6 +89,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     write_private(&data_dir.join(URL_FILE), &url)?;
     let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
+    // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
+    let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
     print_banner(&node.control, &url, &data_dir);
     nimbus_gateway::serve(listener, gateway, shutdown_signal(), args.drain).await;
@@ -102,6 +109,8 @@ struct Node {
     scheduler: Scheduler,
     control: Arc<ControlPlane>,
     queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
+    /// Where the gateway's answer to functions' own calls goes once the gateway exists.
+    calls: nimbus_runtime_process::CallsSlot,
 }
 
 impl Node {
@@ -112,7 +121,8 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let traces = crate::traces::Traces::start(args.otlp_endpoint.as_deref())?.map(Arc::new);
         let recorder = recorder(&metrics, traces.as_ref(), &records);
-        let scheduler = Scheduler::new(runtimes(data_dir)?, recorder);
+        let (runtimes, calls) = runtimes(data_dir, args.insecure_no_sandbox)?;
+        let scheduler = Scheduler::new(runtimes, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
         let control = ControlPlane::load(registry, pools, data_dir).await.context("cannot load the deployments")?;
@@ -121,7 +131,7 @@ impl Node {
             let control = control.clone();
             async move { control.warm().await }
         });
-        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None })
+        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls })
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -191,10 +201,16 @@ fn recorder(
     Arc::new(Observed { observers, store: records.clone() })
 }
 
-/// The runtimes by kind: one process runtime for node, python and provided; the wasm runtime.
-fn runtimes(data_dir: &Path) -> Result<HashMap<RuntimeKind, Arc<dyn Runtime>>> {
-    let process: Arc<dyn Runtime> =
-        Arc::new(ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?);
+/// The runtimes by kind (one process runtime for node, python and provided; the wasm runtime),
+/// and where the process runtime takes the gateway's answer to functions' calls.
+fn runtimes(
+    data_dir: &Path,
+    insecure_no_sandbox: bool,
+) -> Result<(HashMap<RuntimeKind, Arc<dyn Runtime>>, nimbus_runtime_process::CallsSlot)> {
+    let process = ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?;
+    let process = sandboxed(process, data_dir, insecure_no_sandbox)?;
+    let calls = process.calls_slot();
+    let process: Arc<dyn Runtime> = Arc::new(process);
     // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
     let wasm_cache = std::env::var_os("NIMBUS_WASM_CACHE").map_or_else(|| data_dir.join("wasm-cache"), PathBuf::from);
     let mut wasm_settings = nimbus_runtime_wasm::Settings::new(wasm_cache);
@@ -204,10 +220,44 @@ fn runtimes(data_dir: &Path) -> Result<HashMap<RuntimeKind, Arc<dyn Runtime>>> {
         })?;
     }
     let wasm: Arc<dyn Runtime> = Arc::new(WasmRuntime::new(wasm_settings).context("cannot prepare the wasm runtime")?);
-    Ok(RuntimeKind::ALL
+    let by_kind = RuntimeKind::ALL
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
-        .collect())
+        .collect();
+    Ok((by_kind, calls))
+}
+
+/// Put process instances in a sandbox, or refuse to start when the machine cannot make one;
+/// `--insecure-no-sandbox` runs them unsandboxed, loudly.
+fn sandboxed(process: ProcessRuntime, data_dir: &Path, insecure: bool) -> Result<ProcessRuntime> {
+    if insecure {
+        tracing::warn!(
+            "--insecure-no-sandbox: node, python and provided functions run WITHOUT a sandbox and can read {} (the admin token), other functions' code and the host",
+            data_dir.display()
+        );
+        return Ok(process);
+    }
+    match Sandbox::detect(&data_dir.join("runtime/sandbox"), process.interpreter_roots()) {
+        Ok(sandbox) => {
+            if let Some(dir) = sandbox.shared_dir() {
+                tracing::warn!(
+                    "NIMBUS_SANDBOX_SHARED_DIR: every function can read and write {} (meant for tests and local development)",
+                    dir.display()
+                );
+            }
+            tracing::info!(
+                uid = sandbox.host_uid(),
+                privileged = sandbox.privileged(),
+                "process functions run sandboxed (bubblewrap: own namespaces, read-only root, seccomp)"
+            );
+            Ok(process.sandboxed(Arc::new(sandbox)))
+        }
+        Err(e) => bail!(
+            "cannot sandbox node, python and provided functions: {e}.\n\
+             nimbus does not run other people's code unsandboxed by default; fix the above, or pass \
+             --insecure-no-sandbox to run functions without isolation (they could then read the admin token)"
+        ),
+    }
 }
 
 /// Deploy the app directory unless it is what the last `nimbus up` deployed. `Some(code)` when

@@ -96,7 +96,7 @@ async fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> boo
 
 #[tokio::test]
 async fn an_event_is_accepted_with_202_then_runs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let app = appender(App::new("events"), "f", &log, "").finish();
     let server = Server::start(app.path());
@@ -129,7 +129,7 @@ async fn an_event_is_accepted_with_202_then_runs() {
 
 #[tokio::test]
 async fn function_errors_are_retried_then_dead_lettered_and_can_be_redriven() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let app = appender(App::new("retries"), "f", &log, "max_retry_attempts = 2\nretry_backoff = \"20ms\"").finish();
     let server = Server::start(app.path());
@@ -174,7 +174,7 @@ async fn function_errors_are_retried_then_dead_lettered_and_can_be_redriven() {
 
 #[tokio::test]
 async fn destinations_receive_lambda_style_envelopes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let (work_log, audit_log) = (dir.path().join("work.log"), dir.path().join("audit.log"));
     let app = App::new("dest");
     let app = appender(
@@ -208,7 +208,7 @@ async fn destinations_receive_lambda_style_envelopes() {
 
 #[tokio::test]
 async fn an_idempotency_key_returns_the_same_request_id_and_runs_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let app = appender(App::new("idem"), "f", &log, "").finish();
     let server = Server::start(app.path());
@@ -230,7 +230,7 @@ async fn an_idempotency_key_returns_the_same_request_id_and_runs_once() {
 
 #[tokio::test]
 async fn async_routes_answer_202_and_throttled_events_wait() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let app = appender(App::new("jobs"), "f", &log, "max_instances = 1").route("POST", "/jobs", "f").finish();
     let manifest = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
@@ -260,7 +260,7 @@ async fn async_routes_answer_202_and_throttled_events_wait() {
 
 #[tokio::test]
 async fn boto3_invokes_asynchronously() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let app = appender(App::new("boto-async"), "f", &log, "").finish();
     let server = Server::start(app.path());
@@ -277,7 +277,7 @@ print(json.dumps({"status": r["StatusCode"], "id": r["ResponseMetadata"]["Reques
 
 #[tokio::test]
 async fn cron_slots_fire_once_each_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let data = tempfile::tempdir().unwrap();
     // Every second (six fields: seconds first), in a non-UTC zone.
@@ -320,7 +320,7 @@ fn chrono_secs(rfc3339: &str) -> i64 {
 /// The fault test: 1,000 accepted events, kill -9 mid-flight, restart. Returns
 /// (distinct events run, duplicate runs, events recovered at start, events stored).
 async fn kill_and_recover(unsafe_ack: bool) -> (usize, usize, u64, usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let data = tempfile::tempdir().unwrap();
     let app = appender(App::new("fault"), "f", &log, "max_instances = 2").finish();
@@ -391,7 +391,7 @@ async fn the_fault_test_detects_loss_when_accepts_are_not_durable() {
 
 #[tokio::test]
 async fn redrive_all_requeues_every_dead_letter() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let app = appender(App::new("redrive-all"), "f", &log, "max_retry_attempts = 0").finish();
     let server = Server::start(app.path());
@@ -420,7 +420,7 @@ async fn redrive_all_requeues_every_dead_letter() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_with_429_until_it_drains() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let log = dir.path().join("runs.log");
     let app = appender(App::new("full"), "f", &log, "").finish();
     let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[("NIMBUS_ASYNC_MAX_DEPTH", "1")]);
@@ -436,7 +436,7 @@ async fn a_full_queue_refuses_with_429_until_it_drains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_in_one_function_does_not_starve_another() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::shared_tempdir();
     let (slow_log, fast_log) = (dir.path().join("slow.log"), dir.path().join("fast.log"));
     let app = appender(App::new("fair"), "slow", &slow_log, "max_instances = 1");
     let app = appender(app, "fast", &fast_log, "max_instances = 1").finish();

@@ -87,6 +87,9 @@ impl App {
             }
             "ric" => {
                 copy_dir(&fixture("conformance/awslambdaric"), &code);
+                // As on Lambda, a function bundles its dependencies: the runtime client and its
+                // own dependencies are copied into the code (the sandbox shows nothing else).
+                vendor_python(&code, &["awslambdaric", "simplejson", "snapshot_restore_py.py", "runtime_client"]);
                 ("provided", "handler.handler")
             }
             "rust" => {
@@ -101,10 +104,7 @@ impl App {
             }
             other => panic!("unknown runtime {other}"),
         };
-        let mut env = String::from("GREETING = \"hi\"");
-        if runtime == "ric" {
-            env.push_str(&format!(", PYTHONPATH = \"{}\"", test_pythonpath().display()));
-        }
+        let env = String::from("GREETING = \"hi\"");
         let handler = if rt == "wasm" { String::new() } else { format!("handler = \"{handler}\"\n") };
         self.toml.push_str(&format!("\n[functions.{name}]\nruntime = \"{rt}\"\n{handler}env = {{ {env} }}\n{extra}\n"));
         self
@@ -130,6 +130,41 @@ impl App {
         std::fs::write(self.path().join("nimbus.toml"), &self.toml).unwrap();
         self
     }
+}
+
+/// Copy the named packages (directories, modules, or extension modules by prefix) from the
+/// test Python path into `code`, as a function would vendor them.
+pub fn vendor_python(code: &Path, names: &[&str]) {
+    let from = test_pythonpath();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !names.iter().any(|n| name == *n || (name.starts_with(n) && name.ends_with(".so"))) {
+            continue;
+        }
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &code.join(&name));
+        } else {
+            std::fs::copy(entry.path(), code.join(&name)).unwrap();
+        }
+    }
+    assert!(code.join("awslambdaric").is_dir() || !names.contains(&"awslambdaric"), "awslambdaric is not in {}", from.display());
+}
+
+/// The directory every test sandbox shares read-write (`NIMBUS_SANDBOX_SHARED_DIR`): functions
+/// write markers and logs for the tests there. Nothing else of the host is visible to them.
+pub fn shared_root() -> PathBuf {
+    let root = std::env::temp_dir().join("nimbus-test-shared");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    root
+}
+
+/// A temp dir inside [`shared_root`] that a sandboxed function (another uid) can write to.
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(shared_root()).unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    dir
 }
 
 /// A running `nimbus up`.
@@ -172,6 +207,7 @@ impl Server {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("NIMBUS_LOG", "warn");
         // A variable the functions must not see: instances start from a cleared environment.
         cmd.env("NIMBUS_TEST_LEAK", "leaked");
+        cmd.env("NIMBUS_SANDBOX_SHARED_DIR", shared_root());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -238,14 +274,19 @@ impl Server {
     }
 
     /// Invoke `function` with the conformance `sleep` op in the background; returns once the
-    /// function is running (it writes `marker` before sleeping). The handle yields the answer.
+    /// function is running (it writes a marker named like `marker` into a directory shared with
+    /// the sandbox before sleeping). The handle yields the answer.
     pub async fn start_sleeping(&self, function: &str, ms: u64, marker: &Path) -> tokio::task::JoinHandle<Invoked> {
+        let dir = shared_tempdir();
+        let marker = dir.path().join(marker.file_name().unwrap_or_default());
         let url = format!("{}/2015-03-31/functions/{function}/invocations", self.url);
         let body = serde_json::json!({"op": "sleep", "ms": ms, "marker": marker.display().to_string()}).to_string();
         let client = self.client();
         let handle = tokio::spawn(async move {
             let started = Instant::now();
-            Invoked::from(client.post(url).body(body).send().await.unwrap(), started).await
+            let answer = Invoked::from(client.post(url).body(body).send().await.unwrap(), started).await;
+            drop(dir);
+            answer
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while !marker.exists() {

@@ -1,0 +1,34 @@
+//! The calls functions make to nimbus from inside their instances ([`nimbus_core::FunctionCalls`]):
+//! today the Invoke API, answered within the caller's grants. The process runtime hands them
+//! over from each instance's own endpoint with the caller's identity.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use nimbus_core::{FunctionCalls, FunctionVersion};
+
+use crate::context::Gateway;
+
+/// The gateway's answer to function calls; give it to the process runtime once built.
+pub struct Calls(pub Arc<Gateway>);
+
+#[async_trait]
+impl FunctionCalls for Calls {
+    async fn call(&self, caller: Arc<FunctionVersion>, request: http::Request<Bytes>) -> http::Response<Bytes> {
+        let resp = if request.uri().path().starts_with("/2015-03-31/functions/") {
+            crate::invoke_api::from_function(&self.0, &caller, request).await
+        } else {
+            crate::util::json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"__type": "UnknownOperationException", "message": "unknown operation"}),
+            )
+        };
+        let (parts, body) = resp.into_parts();
+        // A `Full` body is one chunk, ready at once.
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        http::Response::from_parts(parts, body)
+    }
+}

@@ -1,0 +1,134 @@
+//! What an instance's endpoint serves besides the Runtime API: the function's calls to nimbus
+//! (the Invoke API, answered by the gateway within the caller's grants through
+//! [`nimbus_core::FunctionCalls`]) and the egress proxy of sandboxed instances ([`crate::egress`]).
+//! The caller is the instance the endpoint belongs to: nothing it sends can claim otherwise.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use nimbus_core::outbound::OutboundPattern;
+use nimbus_core::{FunctionCalls, FunctionVersion};
+
+use crate::egress;
+
+/// Where the gateway's answer to function calls is set once it exists (it is built after the
+/// runtimes it calls into).
+pub type CallsSlot = Arc<OnceLock<Arc<dyn FunctionCalls>>>;
+
+/// Largest request body a function may send to nimbus (the Invoke API's payload limit).
+const MAX_CALL_BODY: usize = nimbus_core::invoke::MAX_PAYLOAD_BYTES;
+/// Largest plain-HTTP response the egress proxy buffers (HTTPS goes through CONNECT, unbuffered).
+const MAX_PROXIED_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// The instance's identity and what it may do, for the requests that are not Runtime API calls.
+pub(crate) struct Services {
+    pub caller: Arc<FunctionVersion>,
+    pub calls: CallsSlot,
+    /// `Some` when egress goes through this endpoint (sandboxed instances); the allow-list is
+    /// `allowed_outbound_hosts`, parsed (`None` inside: any public host).
+    pub egress: Option<Option<Vec<OutboundPattern>>>,
+    /// Lines for the invocation's log (refused calls), taken when the log is drained.
+    pub notes: std::sync::Mutex<Vec<String>>,
+}
+
+impl Services {
+    pub(crate) fn note(&self, line: String) {
+        tracing::warn!(function = %self.caller.spec.name, "{line}");
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).push(format!("nimbus: {line}"));
+    }
+
+    pub(crate) fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// A call to nimbus's API (`/2015-03-31/…`): handed to the gateway with the caller's identity.
+pub(crate) async fn call(req: Request<Incoming>, services: &Services) -> Response<Full<Bytes>> {
+    let Some(calls) = services.calls.get().cloned() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "nimbus is still starting; retry".into());
+    };
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_CALL_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is above {MAX_CALL_BODY} bytes")),
+    };
+    let answer = calls.call(services.caller.clone(), Request::from_parts(parts, body)).await;
+    if answer.status() == StatusCode::FORBIDDEN {
+        let target = answer.headers().get("x-nimbus-denied").and_then(|v| v.to_str().ok()).unwrap_or("a call");
+        services.note(format!("{target} refused: AccessDeniedException"));
+    }
+    answer.map(Full::new)
+}
+
+/// `CONNECT host:port`: check the policy, connect, answer 200 and splice the two connections.
+pub(crate) async fn connect(req: Request<Incoming>, services: &Services) -> Response<Full<Bytes>> {
+    let Some(allowed) = &services.egress else {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "this endpoint is not a proxy".into());
+    };
+    let authority = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+    let Some((host, port)) = egress::split_authority(&authority) else {
+        return text(StatusCode::BAD_REQUEST, format!("CONNECT needs host:port, got {authority:?}"));
+    };
+    let scheme = if port == 80 { "http" } else { "https" };
+    let upstream = match egress::connect(scheme, &host, port, allowed.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            services.note(e.clone());
+            return text(StatusCode::FORBIDDEN, e);
+        }
+    };
+    tokio::spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let mut client = TokioIo::new(upgraded);
+            let mut upstream = upstream;
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+    });
+    Response::new(Full::new(Bytes::new()))
+}
+
+/// `GET http://host/path` (absolute form): check the policy, forward, buffer the answer.
+pub(crate) async fn forward(req: Request<Incoming>, services: &Services) -> Response<Full<Bytes>> {
+    let Some(allowed) = &services.egress else {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "this endpoint is not a proxy".into());
+    };
+    let uri = req.uri().clone();
+    let (Some(host), Some("http")) = (uri.host().map(str::to_ascii_lowercase), uri.scheme_str()) else {
+        return text(StatusCode::BAD_REQUEST, format!("only http:// URLs are forwarded (use CONNECT for https): {uri}"));
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    let upstream = match egress::connect("http", &host, port, allowed.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            services.note(e.clone());
+            return text(StatusCode::FORBIDDEN, e);
+        }
+    };
+    match send(upstream, req).await {
+        Ok(r) => r,
+        Err(e) => text(StatusCode::BAD_GATEWAY, format!("the request to {host}:{port} failed: {e}")),
+    }
+}
+
+async fn send(upstream: tokio::net::TcpStream, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, String> {
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    // Origin form upstream: the path and query only.
+    parts.uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).parse().map_err(|e| format!("{e}"))?;
+    let resp = sender.send_request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, MAX_PROXIED_RESPONSE).collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
