@@ -21,6 +21,7 @@
 //! | `GET /v1/queue` | – | [`QueueInfo`] |
 //! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] |
 //! | `GET /v1/stats?function=&window=&buckets=&until=` | – | [`StatsReport`] |
+//! | `GET /v1/info` | – | [`Info`] |
 //!
 //! Every error is an [`ErrorBody`].
 
@@ -324,6 +325,29 @@ pub struct AlwaysOn {
     pub server_per_hour: f64,
     pub hours: f64,
     pub cost: f64,
+}
+
+/// `GET /v1/info`: what this nimbus is and how it isolates functions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub version: String,
+    pub sandbox: SandboxInfo,
+    /// How `memory_mb` is held for process runtimes (e.g. "cgroup-v1", "cgroup-v2", "rlimit").
+    pub memory_limits: String,
+    /// Things an operator should know (e.g. that functions run unsandboxed).
+    pub warnings: Vec<String>,
+}
+
+/// How process functions are isolated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxInfo {
+    /// False only with `--insecure-no-sandbox`.
+    pub enabled: bool,
+    /// "privileged" (nimbus is root; no user namespace) | "user-namespace" (rootless) | "off".
+    pub mode: String,
+    /// The host uid functions run as (`None` when unsandboxed: nimbus's own).
+    pub host_uid: Option<u32>,
 }
 
 /// `GET /v1/stats`: per time bucket, and over the whole window.

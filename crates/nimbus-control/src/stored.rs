@@ -387,11 +387,7 @@ impl From<&WasmOptions> for StoredWasmV1 {
 
 impl From<StoredWasmV1> for WasmOptions {
     fn from(w: StoredWasmV1) -> Self {
-        WasmOptions {
-            component: w.component,
-            instance_reuse: w.instance_reuse,
-            cpu_ms: w.cpu_ms,
-        }
+        WasmOptions { component: w.component, instance_reuse: w.instance_reuse, cpu_ms: w.cpu_ms }
     }
 }
 
@@ -543,7 +539,9 @@ mod tests {
         c.functions[0].0.ephemeral_storage_mb = 2048;
         c.functions[0].0.grants.functions = vec!["audit".into()];
         let body = encode(&c).unwrap();
-        assert!(body.contains("\"ephemeral_storage_mb\":2048") && body.contains("\"grants\":{\"functions\":[\"audit\"]}"));
+        assert!(
+            body.contains("\"ephemeral_storage_mb\":2048") && body.contains("\"grants\":{\"functions\":[\"audit\"]}")
+        );
         assert_eq!(decode(2, &body).unwrap(), c);
     }
 

@@ -24,5 +24,6 @@ pub use invoke::{
 };
 pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
 pub use runtime::{
-    Dispatch, FunctionCalls, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError, Runtime, StartError,
+    Dispatch, FunctionCalls, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError,
+    Runtime, StartError,
 };

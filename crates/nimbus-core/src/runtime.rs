@@ -155,8 +155,11 @@ pub enum InstanceError {
 /// claims. Implemented by the gateway; called once per such request, concurrently.
 #[async_trait]
 pub trait FunctionCalls: Send + Sync + 'static {
-    async fn call(&self, caller: Arc<FunctionVersion>, request: http::Request<bytes::Bytes>)
-        -> http::Response<bytes::Bytes>;
+    async fn call(
+        &self,
+        caller: Arc<FunctionVersion>,
+        request: http::Request<bytes::Bytes>,
+    ) -> http::Response<bytes::Bytes>;
 }
 
 /// What the gateway and (later) triggers call to run a function version.

@@ -14,6 +14,8 @@ pub struct GatewayConfig {
     pub body_timeout: Duration,
     /// Whether the Invoke API works without a token (true when listening on loopback only).
     pub invoke_open: bool,
+    /// What `GET /v1/info` answers; its warnings also show on `/healthz`.
+    pub info: nimbus_api::Info,
 }
 
 impl Default for GatewayConfig {
@@ -24,6 +26,12 @@ impl Default for GatewayConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             invoke_open: true,
+            info: nimbus_api::Info {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                sandbox: nimbus_api::SandboxInfo { enabled: false, mode: "off".into(), host_uid: None },
+                memory_limits: "none".into(),
+                warnings: Vec::new(),
+            },
         }
     }
 }

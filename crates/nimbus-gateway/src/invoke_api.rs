@@ -169,7 +169,11 @@ pub(crate) async fn from_function(gw: &Gateway, caller: &FunctionVersion, req: h
     let answer = async {
         let raw_name = raw_function_name(req.uri().path())?;
         if req.method() != http::Method::POST {
-            return Err(AwsError::new(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "Invoke takes POST"));
+            return Err(AwsError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UnknownOperationException",
+                "Invoke takes POST",
+            ));
         }
         let call = parse_call(raw_name, req.uri().query(), req.headers())?;
         if !caller.spec.grants.may_invoke(&call.name) {

@@ -112,6 +112,7 @@ async fn route(gw: &Gateway, req: Request<Incoming>) -> Answer {
             Ok(json(StatusCode::OK, &info))
         }
         (Method::GET, ["usage"]) => usage(gw, &q).await,
+        (Method::GET, ["info"]) => Ok(json(StatusCode::OK, &gw.config.info)),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no management endpoint {} {path}", req.method()))),
     }
 }

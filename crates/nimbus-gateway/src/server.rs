@@ -59,7 +59,15 @@ impl Gateway {
 
     fn health(&self) -> Resp {
         match &self.control.snapshot().live {
-            Some(live) => json(StatusCode::OK, &json!({"status": "ok", "app": live.app, "version": live.version})),
+            Some(live) => {
+                let warnings = &self.config.info.warnings;
+                let body = if warnings.is_empty() {
+                    json!({"status": "ok", "app": live.app, "version": live.version})
+                } else {
+                    json!({"status": "ok", "app": live.app, "version": live.version, "warnings": warnings})
+                };
+                json(StatusCode::OK, &body)
+            }
             None => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "starting", "message": "no deployment is live yet"}),

@@ -9,7 +9,9 @@ use toml::de::{DeTable, DeValue};
 
 use crate::ctx::{Ctx, FunctionLocations, Locations, Value};
 use crate::schedule::ScheduleSpec;
-use crate::{defaults, grants, pricing, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing, RouteSpec};
+use crate::{
+    defaults, grants, pricing, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing, RouteSpec,
+};
 
 const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
 const FUNCTION_KEYS: &[&str] = &[

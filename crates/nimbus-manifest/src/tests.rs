@@ -117,16 +117,9 @@ allowed_outbound_hosts = ["https://api.example.com", "http://127.0.0.1:*"]
     assert_eq!(geo.memory_mb, 16);
     assert_eq!(
         geo.wasm,
-        nimbus_core::WasmOptions {
-            component: "geo.wasm".into(),
-            instance_reuse: true,
-            cpu_ms: Some(50),
-        }
+        nimbus_core::WasmOptions { component: "geo.wasm".into(), instance_reuse: true, cpu_ms: Some(50) }
     );
-    assert_eq!(
-        geo.allowed_outbound_hosts,
-        Some(vec!["https://api.example.com".into(), "http://127.0.0.1:*".into()])
-    );
+    assert_eq!(geo.allowed_outbound_hosts, Some(vec!["https://api.example.com".into(), "http://127.0.0.1:*".into()]));
 }
 
 #[test]

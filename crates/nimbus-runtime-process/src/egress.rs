@@ -74,8 +74,11 @@ pub(crate) fn decide(
 ) -> Result<Vec<SocketAddr>, Denied> {
     if let Some(patterns) = allowed {
         if !patterns.iter().any(|p| p.allows(scheme, host, port)) {
-            let origin =
-                if (scheme, port) == ("https", 443) || (scheme, port) == ("http", 80) { format!("{scheme}://{host}") } else { format!("{scheme}://{host}:{port}") };
+            let origin = if (scheme, port) == ("https", 443) || (scheme, port) == ("http", 80) {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}:{port}")
+            };
             return Err(Denied::NotAllowed { origin });
         }
     }
@@ -131,7 +134,16 @@ mod tests {
     fn the_host_itself_is_never_a_destination() {
         let public = addrs(&["93.184.216.34:443"]);
         assert_eq!(decide("https", "example.com", 443, &public, None), Ok(public.clone()));
-        for local in ["127.0.0.1:8080", "127.3.4.5:1", "[::1]:80", "0.0.0.0:80", "169.254.169.254:80", "[fe80::1]:80", "[::ffff:127.0.0.1]:80", "224.0.0.1:9"] {
+        for local in [
+            "127.0.0.1:8080",
+            "127.3.4.5:1",
+            "[::1]:80",
+            "0.0.0.0:80",
+            "169.254.169.254:80",
+            "[fe80::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "224.0.0.1:9",
+        ] {
             let got = decide("http", "evil.example", 80, &addrs(&[local]), None);
             assert!(matches!(got, Err(Denied::Local { .. })), "{local}: {got:?}");
         }

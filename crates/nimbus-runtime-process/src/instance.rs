@@ -370,16 +370,17 @@ async fn serve_api(
         let addr = listener.local_addr().map_err(platform("cannot read the Runtime API address"))?;
         (api::Listener::Tcp(listener), addr.to_string())
     };
-    let services = crate::services::Services {
-        caller: function.clone(),
-        calls: rt.calls.clone(),
-        egress: rt.sandbox.is_some().then(|| {
-            function.spec.allowed_outbound_hosts.as_ref().map(|list| {
-                list.iter().filter_map(|p| nimbus_core::outbound::OutboundPattern::parse(p).ok()).collect()
-            })
-        }),
-        notes: Default::default(),
-    };
+    let services =
+        crate::services::Services {
+            caller: function.clone(),
+            calls: rt.calls.clone(),
+            egress: rt.sandbox.is_some().then(|| {
+                function.spec.allowed_outbound_hosts.as_ref().map(|list| {
+                    list.iter().filter_map(|p| nimbus_core::outbound::OutboundPattern::parse(p).ok()).collect()
+                })
+            }),
+            notes: Default::default(),
+        };
     let (shared, next_tx) = Shared::new(rt.limits.max_response_bytes, Some(services));
     let server = tokio::spawn(api::serve(listener, shared.clone()));
     Ok((Endpoint { addr, shared, next_tx }, server))

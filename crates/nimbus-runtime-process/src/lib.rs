@@ -105,6 +105,11 @@ impl ProcessRuntime {
         })
     }
 
+    /// The sandbox instances run in (`None`: unsandboxed).
+    pub fn sandbox(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox.clone()
+    }
+
     /// Where to set the gateway's [`nimbus_core::FunctionCalls`] once it is built.
     pub fn calls_slot(&self) -> CallsSlot {
         self.calls.clone()

@@ -104,7 +104,10 @@ pub(crate) async fn forward(req: Request<Incoming>, services: &Services) -> Resp
     };
     let uri = req.uri().clone();
     let (Some(host), Some("http")) = (uri.host().map(str::to_ascii_lowercase), uri.scheme_str()) else {
-        return text(StatusCode::BAD_REQUEST, format!("only http:// URLs are forwarded (use CONNECT for https): {uri}"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("only http:// URLs are forwarded (use CONNECT for https): {uri}"),
+        );
     };
     let port = uri.port_u16().unwrap_or(80);
     let upstream = match egress::connect("http", &host, port, allowed.as_deref()).await {

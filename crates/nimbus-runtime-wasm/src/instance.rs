@@ -86,7 +86,8 @@ impl WasmInstance {
             ("AWS_DEFAULT_REGION".into(), REGION.into()),
         ];
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let allowed = spec.allowed_outbound_hosts.iter().flatten().filter_map(|p| OutboundPattern::parse(p).ok()).collect();
+        let allowed =
+            spec.allowed_outbound_hosts.iter().flatten().filter_map(|p| OutboundPattern::parse(p).ok()).collect();
         let parts = Parts {
             log: LogPipe::new(rt.settings.max_log_bytes),
             rt: rt.clone(),

@@ -87,7 +87,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let url = format!("http://{local}");
     write_private(&data_dir.join(URL_FILE), &url)?;
-    let config = GatewayConfig { invoke_open: local.ip().is_loopback(), ..GatewayConfig::default() };
+    let config =
+        GatewayConfig { invoke_open: local.ip().is_loopback(), info: node.info.clone(), ..GatewayConfig::default() };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
@@ -111,6 +112,8 @@ struct Node {
     queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
     /// Where the gateway's answer to functions' own calls goes once the gateway exists.
     calls: nimbus_runtime_process::CallsSlot,
+    /// What `GET /v1/info` says about this node.
+    info: nimbus_api::Info,
 }
 
 impl Node {
@@ -121,8 +124,8 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let traces = crate::traces::Traces::start(args.otlp_endpoint.as_deref())?.map(Arc::new);
         let recorder = recorder(&metrics, traces.as_ref(), &records);
-        let (runtimes, calls) = runtimes(data_dir, args.insecure_no_sandbox)?;
-        let scheduler = Scheduler::new(runtimes, recorder);
+        let Runtimes { by_kind, calls, sandbox } = runtimes(data_dir, args.insecure_no_sandbox)?;
+        let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
         let control = ControlPlane::load(registry, pools, data_dir).await.context("cannot load the deployments")?;
@@ -131,7 +134,8 @@ impl Node {
             let control = control.clone();
             async move { control.warm().await }
         });
-        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls })
+        let info = info(sandbox.as_deref());
+        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls, info })
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -201,15 +205,20 @@ fn recorder(
     Arc::new(Observed { observers, store: records.clone() })
 }
 
-/// The runtimes by kind (one process runtime for node, python and provided; the wasm runtime),
-/// and where the process runtime takes the gateway's answer to functions' calls.
-fn runtimes(
-    data_dir: &Path,
-    insecure_no_sandbox: bool,
-) -> Result<(HashMap<RuntimeKind, Arc<dyn Runtime>>, nimbus_runtime_process::CallsSlot)> {
+/// The runtimes, and what the composition root needs of the process runtime besides.
+struct Runtimes {
+    by_kind: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+    /// Where the gateway's answer to functions' calls goes once the gateway exists.
+    calls: nimbus_runtime_process::CallsSlot,
+    /// The process instances' sandbox (`None`: unsandboxed).
+    sandbox: Option<Arc<Sandbox>>,
+}
+
+/// The runtimes by kind: one process runtime for node, python and provided; the wasm runtime.
+fn runtimes(data_dir: &Path, insecure_no_sandbox: bool) -> Result<Runtimes> {
     let process = ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?;
     let process = sandboxed(process, data_dir, insecure_no_sandbox)?;
-    let calls = process.calls_slot();
+    let (calls, sandbox) = (process.calls_slot(), process.sandbox());
     let process: Arc<dyn Runtime> = Arc::new(process);
     // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
     let wasm_cache = std::env::var_os("NIMBUS_WASM_CACHE").map_or_else(|| data_dir.join("wasm-cache"), PathBuf::from);
@@ -224,7 +233,7 @@ fn runtimes(
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
         .collect();
-    Ok((by_kind, calls))
+    Ok(Runtimes { by_kind, calls, sandbox })
 }
 
 /// Put process instances in a sandbox, or refuse to start when the machine cannot make one;
@@ -258,6 +267,28 @@ fn sandboxed(process: ProcessRuntime, data_dir: &Path, insecure: bool) -> Result
              --insecure-no-sandbox to run functions without isolation (they could then read the admin token)"
         ),
     }
+}
+
+/// What `GET /v1/info` says: the version and how functions are isolated.
+fn info(sandbox: Option<&Sandbox>) -> nimbus_api::Info {
+    let (sandbox, warnings) = match sandbox {
+        Some(s) => (
+            nimbus_api::SandboxInfo {
+                enabled: true,
+                mode: if s.privileged() { "privileged" } else { "user-namespace" }.into(),
+                host_uid: Some(s.host_uid()),
+            },
+            s.shared_dir()
+                .map(|d| format!("NIMBUS_SANDBOX_SHARED_DIR: every function can read and write {}", d.display()))
+                .into_iter()
+                .collect(),
+        ),
+        None => (
+            nimbus_api::SandboxInfo { enabled: false, mode: "off".into(), host_uid: None },
+            vec!["process functions run WITHOUT a sandbox (--insecure-no-sandbox): they can read the data dir and the host".into()],
+        ),
+    };
+    nimbus_api::Info { version: env!("CARGO_PKG_VERSION").into(), sandbox, memory_limits: "none".into(), warnings }
 }
 
 /// Deploy the app directory unless it is what the last `nimbus up` deployed. `Some(code)` when

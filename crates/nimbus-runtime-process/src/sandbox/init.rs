@@ -24,7 +24,13 @@ pub const SUBCOMMAND: &str = "__sandbox-init";
 enum Plan {
     /// Only check that the sandbox works (used by `nimbus up` at start).
     Probe,
-    Run { drop_to: Option<u32>, listen: String, socket: String, program: OsString, args: Vec<OsString> },
+    Run {
+        drop_to: Option<u32>,
+        listen: String,
+        socket: String,
+        program: OsString,
+        args: Vec<OsString>,
+    },
 }
 
 fn parse(args: &[OsString]) -> Result<Plan, String> {
@@ -157,7 +163,8 @@ mod tests {
     #[test]
     fn arguments_parse_or_say_what_is_wrong() {
         assert_eq!(parse(&os(&["--probe"])), Ok(Plan::Probe));
-        let plan = parse(&os(&["--drop-to", "65534", "--listen", "127.0.0.1:9001", "--socket", "/s", "--", "node", "a"]));
+        let plan =
+            parse(&os(&["--drop-to", "65534", "--listen", "127.0.0.1:9001", "--socket", "/s", "--", "node", "a"]));
         assert_eq!(
             plan,
             Ok(Plan::Run {

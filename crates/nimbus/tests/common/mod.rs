@@ -38,7 +38,7 @@ pub fn rust_fixture_binary() -> PathBuf {
     bin
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -148,7 +148,11 @@ pub fn vendor_python(code: &Path, names: &[&str]) {
             std::fs::copy(entry.path(), code.join(&name)).unwrap();
         }
     }
-    assert!(code.join("awslambdaric").is_dir() || !names.contains(&"awslambdaric"), "awslambdaric is not in {}", from.display());
+    assert!(
+        code.join("awslambdaric").is_dir() || !names.contains(&"awslambdaric"),
+        "awslambdaric is not in {}",
+        from.display()
+    );
 }
 
 /// The directory every test sandbox shares read-write (`NIMBUS_SANDBOX_SHARED_DIR`): functions
@@ -204,12 +208,22 @@ impl Server {
         let mut cmd = Command::new(nimbus_bin());
         cmd.arg("up").arg(app).arg("--listen").arg(listen).arg("--data-dir").arg(data_dir).arg("--drain").arg("10s");
         cmd.args(args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env("NIMBUS_LOG", "warn");
-        // A variable the functions must not see: instances start from a cleared environment.
-        cmd.env("NIMBUS_TEST_LEAK", "leaked");
-        cmd.env("NIMBUS_SANDBOX_SHARED_DIR", shared_root());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        Server::spawn(cmd, data_dir)
+    }
+
+    /// Run a prepared `nimbus up` command and wait for its "listening on" line.
+    pub fn spawn(mut cmd: Command, data_dir: &Path) -> Server {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if cmd.get_envs().all(|(k, _)| k != "NIMBUS_LOG") {
+            cmd.env("NIMBUS_LOG", "warn");
+        }
+        // A variable the functions must not see: instances start from a cleared environment.
+        cmd.env("NIMBUS_TEST_LEAK", "leaked");
+        if cmd.get_envs().all(|(k, _)| k != "NIMBUS_SANDBOX_SHARED_DIR") {
+            cmd.env("NIMBUS_SANDBOX_SHARED_DIR", shared_root());
         }
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
