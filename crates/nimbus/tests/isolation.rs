@@ -28,7 +28,7 @@ fn hostile_app() -> App {
     copy_dir(&fixture("hostile"), &app.path().join("functions/hostile"));
     copy_dir(&fixture("conformance/node"), &app.path().join("functions/neighbour"));
     app.raw(
-        "[functions.hostile]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = 30\n\
+        "[functions.hostile]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\n\
          [functions.hostile.grants]\nfunctions = [\"friend\"]\n",
     )
     .raw(&format!(
@@ -96,6 +96,7 @@ async fn contain(server: &Server) {
         let r = server.invoke_with("hostile", &event, &[("x-amz-log-type", "Tail")]).await;
         assert_eq!(r.status, 200, "{what}: {}", String::from_utf8_lossy(&r.raw));
         assert_eq!(r.body["contained"], true, "{what} was NOT contained: {}", r.body["detail"]);
+        eprintln!("{what}: {}", r.body["detail"]);
         let log = r.log();
         assert!(log.contains(&format!("hostile: {op} -> contained")), "{what}: the attempt is not in the log:\n{log}");
         assert!(process_alive(server.pid()), "{what}: nimbus died");
