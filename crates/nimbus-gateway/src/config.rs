@@ -1,5 +1,6 @@
 //! Gateway settings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Gateway settings.
@@ -12,11 +13,29 @@ pub struct GatewayConfig {
     /// Time allowed to send the request headers, and then the body.
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body (408 past it).
+    pub body_idle_timeout: Duration,
+    /// Largest request head (request line and header fields, in bytes; for HTTP/2 the header
+    /// list size) and most header fields in one request (431 past either).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Most connections open at once; past it new connections are refused (see `server.rs`).
+    pub max_connections: usize,
     /// Whether the Invoke API works without a token (true when listening on loopback only).
     pub invoke_open: bool,
     /// What `GET /v1/info` answers; its warnings also show on `/healthz`.
     pub info: nimbus_api::Info,
+    /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate, or plain HTTP/1.1 when `None`
+    /// (see [`crate::tls`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// The request head limits' defaults: 64 KiB (the gateway's read buffer before the limit had a
+/// name) and 100 fields (Apache's `LimitRequestFields`, hyper's default).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// The smallest `max_header_bytes` that makes sense: below it ordinary browser requests fail.
+pub const MIN_MAX_HEADER_BYTES: usize = 1024;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -25,6 +44,10 @@ impl Default for GatewayConfig {
             max_upload: 256 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(10),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_connections: 10_000,
             invoke_open: true,
             info: nimbus_api::Info {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -32,6 +55,7 @@ impl Default for GatewayConfig {
                 memory_limits: "none".into(),
                 warnings: Vec::new(),
             },
+            tls: None,
         }
     }
 }

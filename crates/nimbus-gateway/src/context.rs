@@ -2,9 +2,10 @@
 //! the admin-token check, and bounded body reading. Handlers import from here; nothing here
 //! imports a handler.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -14,7 +15,7 @@ use nimbus_scheduler::Scheduler;
 use sha2::{Digest, Sha256};
 
 use crate::config::GatewayConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::session::Sessions;
 
 /// What `/metrics` reports besides what the gateway counts itself.
@@ -40,12 +41,15 @@ pub struct Gateway {
     token_sha256: [u8; 32],
     /// Signed-in dashboard sessions.
     pub(crate) sessions: Sessions,
+    /// Connections open now (`server.rs` holds it under `config.max_connections`).
+    pub(crate) connections: AtomicUsize,
 }
 
 /// Why a request body could not be read.
 #[derive(Debug)]
 pub(crate) enum BodyError {
     TooLarge,
+    /// Not complete within the body timeout, or a pause longer than the idle timeout (408).
     TimedOut,
     Broken,
 }
@@ -71,6 +75,7 @@ impl Gateway {
             queue: parts.queue,
             token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
             sessions: Sessions::default(),
+            connections: AtomicUsize::new(0),
         })
     }
 
@@ -92,17 +97,93 @@ impl Gateway {
         got.iter().zip(self.token_sha256.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
-    /// The body, up to the payload limit, within the body timeout.
+    /// The body, up to the payload limit, within the body timeouts.
     pub(crate) async fn read_body(&self, body: Incoming) -> Result<Bytes, BodyError> {
         self.read_body_up_to(body, self.config.max_payload).await
     }
 
+    /// The body, up to `limit` bytes, complete within the body timeout and with no pause
+    /// between two pieces longer than the idle timeout. A body that stops is dropped unread,
+    /// and hyper then closes an HTTP/1.1 connection after the answer.
     pub(crate) async fn read_body_up_to(&self, body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-        match tokio::time::timeout(self.config.body_timeout, Limited::new(body, limit).collect()).await {
-            Err(_) => Err(BodyError::TimedOut),
-            Ok(Ok(b)) => Ok(b.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge),
-            Ok(Err(_)) => Err(BodyError::Broken),
+        use hyper::body::Body as _;
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
         }
+        let idle = self.config.body_idle_timeout;
+        let read = async {
+            let mut body = Limited::new(body, limit);
+            let mut pieces = Pieces::default();
+            loop {
+                let frame = match tokio::time::timeout(idle, body.frame()).await {
+                    Err(_) => {
+                        self.metrics.refused(Refusal::BodyIdle);
+                        return Err(BodyError::TimedOut);
+                    }
+                    Ok(None) => return Ok(pieces.into_bytes()),
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(Some(Err(e))) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                        return Err(BodyError::TooLarge)
+                    }
+                    Ok(Some(Err(_))) => return Err(BodyError::Broken),
+                };
+                if let Ok(data) = frame.into_data() {
+                    pieces.push(data);
+                }
+            }
+        };
+        match tokio::time::timeout(self.config.body_timeout, read).await {
+            Ok(read) => read,
+            Err(_) => {
+                self.metrics.refused(Refusal::BodyTimeout);
+                Err(BodyError::TimedOut)
+            }
+        }
+    }
+}
+
+/// A body's pieces: the first kept as it came (most bodies are one piece), later ones copied
+/// after it.
+#[derive(Default)]
+struct Pieces {
+    first: Bytes,
+    rest: Option<BytesMut>,
+}
+
+impl Pieces {
+    fn push(&mut self, data: Bytes) {
+        match &mut self.rest {
+            Some(rest) => rest.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut rest = BytesMut::with_capacity(self.first.len() + data.len());
+                rest.extend_from_slice(&self.first);
+                rest.extend_from_slice(&data);
+                self.rest = Some(rest);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.rest.map_or(self.first, BytesMut::freeze)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pieces;
+
+    #[test]
+    fn pieces_join_in_order() {
+        let mut p = Pieces::default();
+        assert!(p.into_bytes().is_empty());
+        p = Pieces::default();
+        p.push("ab".into());
+        assert_eq!(p.into_bytes(), "ab");
+        p = Pieces::default();
+        for s in ["ab", "", "cd", "e"] {
+            p.push(s.into());
+        }
+        assert_eq!(p.into_bytes(), "abcde");
     }
 }

@@ -83,9 +83,11 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Resp {
     page(status, LOGIN_HTML.replace("{{error}}", &error))
 }
 
-/// `Set-Cookie` for a session; `Secure` when a TLS-terminating proxy says the page was HTTPS.
-fn session_cookie_header(headers: &HeaderMap, value: &str, max_age_s: u64) -> String {
-    let https = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+/// `Set-Cookie` for a session; `Secure` when nimbus serves HTTPS itself or a TLS-terminating
+/// proxy says the page was HTTPS.
+fn session_cookie_header(gw: &Gateway, headers: &HeaderMap, value: &str, max_age_s: u64) -> String {
+    let https =
+        gw.config.tls.is_some() || headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
     let secure = if https { "; Secure" } else { "" };
     format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_s}{secure}")
 }
@@ -121,7 +123,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
                 gw.sessions.remove(id);
             }
             let mut r = redirect("/dashboard/login");
-            crate::util::set_header(&mut r, "set-cookie", &session_cookie_header(req.headers(), "", 0));
+            crate::util::set_header(&mut r, "set-cookie", &session_cookie_header(gw, req.headers(), "", 0));
             r
         }
         (Method::GET | Method::HEAD, _) => {
@@ -164,7 +166,7 @@ async fn login(gw: &Gateway, req: Request<Incoming>) -> Resp {
     }
     let id = gw.sessions.create();
     let mut r = redirect("/dashboard/");
-    crate::util::set_header(&mut r, "set-cookie", &session_cookie_header(&headers, &id, SESSION_TTL.as_secs()));
+    crate::util::set_header(&mut r, "set-cookie", &session_cookie_header(gw, &headers, &id, SESSION_TTL.as_secs()));
     r
 }
 

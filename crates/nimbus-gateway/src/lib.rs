@@ -5,7 +5,8 @@
 //! Module order (every import points down this list): `server` (accept loop, first split by
 //! path) → the handlers, one per wire format (`http_route`, `invoke_api`, `mgmt`, `dashboard`)
 //! → their helpers (`event`, `usage`, `stats`, `metrics`) → `context` (the shared [`Gateway`])
-//! → `session`, `config`, `util`.
+//! → `session`, `config`, `util`. `tls` (certificates and keys for HTTPS) stands apart: `nimbus
+//! up` builds the server configuration with it and hands it over in [`GatewayConfig`].
 
 mod calls;
 mod config;
@@ -19,10 +20,11 @@ mod mgmt;
 mod server;
 mod session;
 mod stats;
+pub mod tls;
 mod usage;
 mod util;
 
 pub use calls::Calls;
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES};
 pub use context::{Gateway, Parts, Telemetry};
 pub use server::serve;

@@ -8,7 +8,7 @@
 //! - read at scrape time from their owners: instances by state, concurrency in use and its limit,
 //!   requests waiting for an instance, instances started (from the pools); the async queue's
 //!   depth, oldest age and dead-letter store (from the queue store); retries and dead-letters
-//!   (from the async engine).
+//!   (from the async engine); the connections open now (from the gateway).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -57,6 +57,38 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+/// What the gateway refused at one of its limits, before a handler saw the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A connection over `max_connections`: 503 with `Retry-After` on plain HTTP, closed on TLS.
+    Connections,
+    /// A request head over `max_header_bytes` or with more than `max_headers` fields: 431.
+    Headers,
+    /// A pause between two pieces of a request body over `body_idle_timeout`: 408.
+    BodyIdle,
+    /// A request body not complete within `body_timeout`: 408.
+    BodyTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [Refusal::Connections, Refusal::Headers, Refusal::BodyIdle, Refusal::BodyTimeout];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Connections => "connections",
+            Refusal::Headers => "headers",
+            Refusal::BodyIdle => "body_idle",
+            Refusal::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     function: String,
     outcome: &'static str,
@@ -83,6 +115,7 @@ pub struct Metrics {
     init: Hist,
     queue_wait: Hist,
     requests: Family<RequestLabels, Counter>,
+    refused: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,8 +128,18 @@ impl Default for Metrics {
             init: Family::new_with_constructor(init_histogram),
             queue_wait: Family::new_with_constructor(duration_histogram),
             requests: Family::default(),
+            refused: refused_family(),
         }
     }
+}
+
+/// Every reason has a row from the start, zero until something is refused.
+fn refused_family() -> Family<RefusalLabels, Counter> {
+    let f = Family::<RefusalLabels, Counter>::default();
+    for r in Refusal::ALL {
+        drop(f.get_or_create(&RefusalLabels { reason: r.as_str() }));
+    }
+    f
 }
 
 /// What `/metrics` reads from the rest of nimbus at scrape time.
@@ -107,6 +150,8 @@ pub struct Scrape<'a> {
     pub outcomes: &'a [(String, &'static str, u64)],
     pub records_dropped: u64,
     pub now_ms: u64,
+    /// Connections the gateway has open.
+    pub connections: u64,
 }
 
 impl Observer for Metrics {
@@ -150,6 +195,12 @@ impl Metrics {
         }
     }
 
+    /// Count a refusal. Always counted, even with recording off: refusals are rare and are what
+    /// an operator looks for when clients complain.
+    pub(crate) fn refused(&self, r: Refusal) {
+        self.refused.get_or_create(&RefusalLabels { reason: r.as_str() }).inc();
+    }
+
     /// The exposition text.
     pub fn render(&self, s: &Scrape<'_>) -> String {
         let mut reg = Registry::with_prefix("nimbus");
@@ -182,6 +233,14 @@ impl Metrics {
             self.queue_wait.clone(),
         );
         reg.register("gateway_requests", "HTTP requests by kind and status code", self.requests.clone());
+        reg.register(
+            "gateway_refused",
+            "Connections and requests refused at a gateway limit, by reason (connections: 503 or closed; headers: 431; body_idle, body_timeout: 408)",
+            self.refused.clone(),
+        );
+        let open: Gauge = Gauge::default();
+        open.set(i64::try_from(s.connections).unwrap_or(i64::MAX));
+        reg.register("gateway_connections", "Connections open now (limit: nimbus up --max-connections)", open);
 
         let cold_starts = Family::<VersionLabels, Counter>::default();
         let instances = Family::<StateLabels, Gauge>::default();

@@ -31,6 +31,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error)
     }
 
+    /// A body that stopped arriving or took too long (see `Gateway::read_body_up_to`).
+    fn timed_out() -> Self {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request body was not received in time")
+    }
+
     fn internal(error: &impl std::fmt::Display) -> Self {
         tracing::error!("management API: {error}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
@@ -127,7 +132,10 @@ async fn body<T: DeserializeOwned + Default>(
     req: Request<Incoming>,
     example: &str,
 ) -> Result<T, ApiError> {
-    let bytes = gw.read_body(req.into_body()).await.map_err(|_| ApiError::bad_request("the body could not be read"))?;
+    let bytes = gw.read_body(req.into_body()).await.map_err(|e| match e {
+        BodyError::TimedOut => ApiError::timed_out(),
+        _ => ApiError::bad_request("the body could not be read"),
+    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -189,7 +197,8 @@ async fn deploy(gw: &Gateway, req: Request<Incoming>) -> Answer {
                 gw.config.max_upload / (1024 * 1024)
             ),
         ),
-        _ => ApiError::bad_request("the app archive could not be read"),
+        BodyError::TimedOut => ApiError::timed_out(),
+        BodyError::Broken => ApiError::bad_request("the app archive could not be read"),
     })?;
     let d = gw.control.deploy_tar(archive).await?;
     Ok(json(StatusCode::CREATED, &deployed(d)))

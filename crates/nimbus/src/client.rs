@@ -13,10 +13,12 @@ use serde::de::DeserializeOwned;
 use crate::up::{TOKEN_FILE, URL_FILE};
 use crate::Remote;
 
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
 pub struct Client {
     base: String,
     token: String,
-    http: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    http: HyperClient<Connector, Full<Bytes>>,
 }
 
 pub struct Reply {
@@ -51,15 +53,27 @@ impl Reply {
     }
 }
 
+/// HTTP, and HTTPS trusting what `crate::tls::client_config` says. `--ca-cert` is only read
+/// for an https server.
+fn connector(base: &str, remote: &Remote, dev_cert: Option<&Path>) -> Result<Connector> {
+    let tls = if base.starts_with("https://") {
+        crate::tls::client_config(remote.ca_cert.as_deref(), dev_cert)?
+    } else {
+        crate::tls::client_config(None, None)?
+    };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build())
+}
+
 fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
 impl Client {
     /// Flags and env first, then the `.nimbus` directory of `app_dir` (a running `nimbus up`
-    /// writes its URL and token there).
+    /// writes its URL and token there, and its development certificate when it made one).
     pub fn new(remote: &Remote, app_dir: &Path) -> Result<Client> {
         let data_dir: PathBuf = app_dir.join(".nimbus");
+        let found = remote.server.is_none();
         let base = remote.server.clone().or_else(|| read_trimmed(&data_dir.join(URL_FILE))).ok_or_else(|| {
             anyhow!("no server to talk to: pass --server URL (or set NIMBUS_SERVER), or run this inside an app directory with a running `nimbus up`")
         })?;
@@ -68,7 +82,8 @@ impl Client {
                 "no admin token: pass --token (or set NIMBUS_TOKEN); `nimbus up` writes it to DATA_DIR/{TOKEN_FILE}"
             )
         })?;
-        let http = HyperClient::builder(TokioExecutor::new()).build_http();
+        let dev_cert = Some(data_dir.join(crate::tls::CERT_FILE)).filter(|p| found && p.is_file());
+        let http = HyperClient::builder(TokioExecutor::new()).build(connector(&base, remote, dev_cert.as_deref())?);
         Ok(Client { base: base.trim_end_matches('/').to_owned(), token, http })
     }
 
@@ -81,11 +96,15 @@ impl Client {
             req = req.header(*k, v);
         }
         let req = req.body(Full::new(body)).context("cannot build the request")?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .with_context(|| format!("cannot reach nimbus at {}; is `nimbus up` running?", self.base))?;
+        let resp = self.http.request(req).await.map_err(|e| {
+            let hint = if crate::tls::is_tls_error(&e) {
+                "no TLS connection could be made; if it has a self-signed certificate, pass --ca-cert PATH \
+                 (or set NIMBUS_CA_CERT; `nimbus up --tls-self-signed` writes DATA_DIR/tls/cert.pem)"
+            } else {
+                "is `nimbus up` running?"
+            };
+            anyhow::Error::new(e).context(format!("cannot reach nimbus at {}; {hint}", self.base))
+        })?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.context("the server closed the connection mid-response")?.to_bytes();
         Ok(Reply { status: parts.status, headers: parts.headers, body })

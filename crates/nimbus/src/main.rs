@@ -3,6 +3,7 @@
 mod client;
 mod commands;
 mod progress;
+mod tls;
 mod traces;
 mod up;
 
@@ -36,6 +37,10 @@ pub struct Remote {
     /// Admin token [default: from .nimbus/admin.token]
     #[arg(long, env = "NIMBUS_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// For an https server: trust only the CA certificates in this PEM file [default: the
+    /// public web's roots, and .nimbus/tls/cert.pem when the server is found through .nimbus]
+    #[arg(long, env = "NIMBUS_CA_CERT", global = true, value_name = "PATH")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

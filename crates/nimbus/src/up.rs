@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use nimbus_control::{ControlPlane, DeployError};
 use nimbus_core::{History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind};
 use nimbus_gateway::metrics::Metrics;
-use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry};
+use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES};
 use nimbus_runtime_process::{Limits, ProcessRuntime, Sandbox};
 use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
@@ -49,6 +49,56 @@ pub struct UpArgs {
     /// cannot run bubblewrap, with code you trust.
     #[arg(long)]
     insecure_no_sandbox: bool,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this PEM certificate chain, leaf first.
+    #[arg(long, value_name = "PATH", requires = "tls_key", help_heading = "HTTPS")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "tls_cert", help_heading = "HTTPS")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a development certificate for localhost, 127.0.0.1 and ::1, made in
+    /// DATA_DIR/tls/ (cert.pem; key.pem, mode 0600) and reused until it is about to expire.
+    /// Clients must trust DATA_DIR/tls/cert.pem; the CLI does when it finds the server
+    /// through the data dir.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"], help_heading = "HTTPS")]
+    tls_self_signed: bool,
+    /// Largest request head (request line and header fields, bytes; on HTTP/2 the header list
+    /// size); a larger one is answered 431.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = parse_header_bytes, help_heading = "Limits")]
+    max_header_bytes: usize,
+    /// Most header fields in one request; more are answered 431.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_HEADERS, value_parser = parse_max_headers, help_heading = "Limits")]
+    max_headers: usize,
+    /// Longest pause between two pieces of a request body; past it the request is answered 408
+    /// and the connection closed. The whole body must arrive within 30s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_idle_timeout, help_heading = "Limits")]
+    body_idle_timeout: Duration,
+    /// Most connections open at once; past it a new connection is answered 503 with
+    /// Retry-After and closed (over HTTPS: closed).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    max_connections: u32,
+}
+
+fn parse_header_bytes(s: &str) -> Result<usize, String> {
+    let min = nimbus_gateway::MIN_MAX_HEADER_BYTES;
+    match s.parse::<usize>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!("write a number of bytes, at least {min}")),
+    }
+}
+
+fn parse_max_headers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err("write a number of header fields between 1 and 10000".into()),
+    }
+}
+
+fn parse_idle_timeout(s: &str) -> Result<Duration, String> {
+    let d = crate::parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err("allow at least 100ms between pieces of a body".into());
+    }
+    Ok(d)
 }
 
 fn parse_retention(s: &str) -> Result<Duration, String> {
@@ -74,6 +124,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:8080", args.listen))?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| app_dir.join(".nimbus"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    // Before anything starts: a certificate that cannot serve stops nimbus here.
+    let tls = crate::tls::server(args.serving(), &data_dir)?;
 
     let mut node = Node::start(&data_dir, &args).await?;
     if let Some(refused) = deploy_app(&node.control, &app_dir).await? {
@@ -85,10 +137,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {addr}; is another server using it? pass --listen"))?;
     let local = listener.local_addr()?;
-    let url = format!("http://{local}");
+    let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
     write_private(&data_dir.join(URL_FILE), &url)?;
-    let config =
-        GatewayConfig { invoke_open: local.ip().is_loopback(), info: node.info.clone(), ..GatewayConfig::default() };
+    let config = GatewayConfig { info: node.info.clone(), ..args.gateway_config(local, tls) };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
@@ -99,6 +150,28 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+impl UpArgs {
+    fn serving(&self) -> crate::tls::Serving<'_> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::Serving::Files { cert, key },
+            _ if self.tls_self_signed => crate::tls::Serving::SelfSigned,
+            _ => crate::tls::Serving::Plain,
+        }
+    }
+
+    fn gateway_config(&self, local: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> GatewayConfig {
+        GatewayConfig {
+            invoke_open: local.ip().is_loopback(),
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            body_idle_timeout: self.body_idle_timeout,
+            max_connections: self.max_connections as usize,
+            tls,
+            ..GatewayConfig::default()
+        }
+    }
 }
 
 /// Everything `nimbus up` runs, wired: the only place concrete stores and runtimes are named.
@@ -366,11 +439,25 @@ fn admin_token(data_dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
+/// Write a file only its owner can read (mode 0600), whole or not at all.
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
+    write_file(path, text, 0o600)
+}
+
+/// Write a file with `mode`, through a temporary file renamed into place.
+pub(crate) fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    // A leftover temporary file would keep its old mode.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
