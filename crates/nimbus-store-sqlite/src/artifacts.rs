@@ -6,13 +6,11 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nimbus_core::registry::ARTIFACT_SKIP as SKIP;
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
 
 use crate::{Result, StoreError};
-
-/// Directories never part of an artifact: nimbus state, VCS metadata, bytecode caches.
-const SKIP: &[&str] = &[".nimbus", ".git", "__pycache__"];
 
 #[derive(Clone)]
 pub struct ArtifactStore {
