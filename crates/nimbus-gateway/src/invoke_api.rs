@@ -227,6 +227,11 @@ fn decode_client_context(b64: &str) -> Result<String, AwsError> {
 /// The JSON payload (`{}` when empty).
 async fn read_payload(gw: &Gateway, body: Incoming) -> Result<Bytes, AwsError> {
     let payload = gw.read_body(body).await.map_err(|e| AwsError::body(e, gw.config.max_payload))?;
+    check_payload(payload)
+}
+
+/// A payload must be a JSON document; an empty (or blank) one is `{}`.
+fn check_payload(payload: Bytes) -> Result<Bytes, AwsError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -340,6 +345,9 @@ fn refusal(e: &DispatchError) -> AwsError {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod props;
 
 #[cfg(test)]
 mod tests {
