@@ -130,8 +130,12 @@ fn header(kind: EntryType, size: u64, mode: u32) -> Header {
     h
 }
 
-/// Append the benign items with the Builder's own API (long names become GNU long-name entries).
-fn append(b: &mut Builder<Vec<u8>>, items: &[Item]) {
+/// Append the benign items with the Builder's own API (long names become GNU long-name
+/// entries), or as `tar -C APP -cf - .` writes them: every path under `./`.
+fn append(b: &mut Builder<Vec<u8>>, items: &[Item], dot: bool) {
+    if dot {
+        return append_dotted(b, items);
+    }
     for item in items {
         match item {
             Item::Dir(p) => b.append_data(&mut header(EntryType::Directory, 0, 0o755), p, std::io::empty()).unwrap(),
@@ -149,8 +153,27 @@ fn append(b: &mut Builder<Vec<u8>>, items: &[Item]) {
     }
 }
 
+fn append_dotted(b: &mut Builder<Vec<u8>>, items: &[Item]) {
+    for item in items {
+        let (kind, path, link, data, mode) = match item {
+            Item::Dir(p) => (EntryType::Directory, p, "", &[][..], 0o755),
+            Item::File { path, data, exec } => {
+                (EntryType::Regular, path, "", &data[..], if *exec { 0o755 } else { 0o644 })
+            }
+            Item::Symlink { path, target } => (EntryType::Symlink, path, target.as_str(), &[][..], 0o777),
+            Item::HardLink { path, target } => (EntryType::Link, path, target.as_str(), &[][..], 0o644),
+        };
+        let link = if kind == EntryType::Link { format!("./{link}") } else { link.to_owned() };
+        append_raw_mode(b, kind, format!("./{path}").as_bytes(), link.as_bytes(), data, mode);
+    }
+}
+
 /// An entry written byte for byte, as a hostile client would: no checks on the path or link.
 fn append_raw(b: &mut Builder<Vec<u8>>, kind: EntryType, path: &[u8], link: &[u8], data: &[u8]) {
+    append_raw_mode(b, kind, path, link, data, 0o644);
+}
+
+fn append_raw_mode(b: &mut Builder<Vec<u8>>, kind: EntryType, path: &[u8], link: &[u8], data: &[u8], mode: u32) {
     for (long, bytes) in [(EntryType::GNULongName, path), (EntryType::GNULongLink, link)] {
         if bytes.len() >= 100 {
             let mut h = header(long, bytes.len() as u64 + 1, 0o644);
@@ -159,7 +182,7 @@ fn append_raw(b: &mut Builder<Vec<u8>>, kind: EntryType, path: &[u8], link: &[u8
             b.append(&h, &[bytes, &[0]].concat()[..]).unwrap();
         }
     }
-    let mut h = header(kind, data.len() as u64, 0o644);
+    let mut h = header(kind, data.len() as u64, mode);
     let n = path.len().min(99);
     h.as_old_mut().name[..n].copy_from_slice(&path[..n]);
     let n = link.len().min(99);
@@ -282,14 +305,17 @@ fn expected(items: &[Item]) -> BTreeMap<String, String> {
     out
 }
 
-fn archive(items: &[Item], hostile: Option<(usize, &Hostile, &Place)>) -> Vec<u8> {
+fn archive(items: &[Item], hostile: Option<(usize, &Hostile, &Place)>, dot: bool) -> Vec<u8> {
     let mut b = Builder::new(Vec::new());
+    if dot {
+        append_raw_mode(&mut b, EntryType::Directory, b"./", b"", b"", 0o755);
+    }
     let at = hostile.map_or(usize::MAX, |(i, _, _)| i % (items.len() + 1));
     for (i, item) in items.iter().enumerate() {
         if i == at {
             hostile.unwrap().1.append(&mut b, hostile.unwrap().2);
         }
-        append(&mut b, std::slice::from_ref(item));
+        append(&mut b, std::slice::from_ref(item), dot);
     }
     if at == items.len() {
         hostile.unwrap().1.append(&mut b, hostile.unwrap().2);
@@ -417,10 +443,10 @@ proptest! {
     /// A benign tree unpacks exactly: every file byte for byte with its executable bit, every
     /// symlink with its target, hard links as their file, and nothing else.
     #[test]
-    fn benign_trees_unpack_byte_for_byte(raw in raw_tree()) {
+    fn benign_trees_unpack_byte_for_byte(raw in raw_tree(), dot in any::<bool>()) {
         let items = model(&raw);
         let place = Place::new();
-        let result = place.unpack(&archive(&items, None));
+        let result = place.unpack(&archive(&items, None, dot));
         prop_assert!(result.is_ok(), "{:?}", result);
         prop_assert_eq!(on_disk(&place.target), expected(&items));
     }
@@ -431,7 +457,7 @@ proptest! {
     fn hostile_entries_are_refused_by_name(raw in raw_tree(), bad in hostile(), at in any::<usize>()) {
         let items = model(&raw);
         let place = Place::new();
-        match place.unpack(&archive(&items, Some((at, &bad, &place)))) {
+        match place.unpack(&archive(&items, Some((at, &bad, &place)), false)) {
             Err(UploadError::Refused { entry, reason }) => {
                 prop_assert!(bad.refused_as(&entry, &reason), "{:?}: refused {:?} for {:?}", bad, entry, reason);
                 let message = UploadError::Refused { entry: entry.clone(), reason }.to_string();
@@ -451,7 +477,7 @@ proptest! {
     ) {
         let items = model(&raw);
         let place = Place::new();
-        let mut bytes = archive(&items, bad.as_ref().map(|b| (0, b, &place)));
+        let mut bytes = archive(&items, bad.as_ref().map(|b| (0, b, &place)), false);
         for (at, byte) in edits {
             let i = at % bytes.len();
             bytes[i] = byte;
