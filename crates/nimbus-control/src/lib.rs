@@ -2,15 +2,17 @@
 //! immutable deployment and the in-memory [`Snapshot`] the request path reads; rolls back by
 //! moving the `live` alias.
 //!
-//! It owns the stored deployment format ([`stored`]) and the route table ([`router`]). It
-//! talks to storage only through the [`nimbus_core::Registry`] trait and to the instance pools
-//! only through [`nimbus_core::Pools`]; the HTTP layer talks to it through [`Control`]. It
-//! never names a concrete store, runtime or HTTP server.
+//! It owns the stored deployment format ([`stored`]), the route table ([`router`]) and the rules
+//! an uploaded archive must keep ([`upload`]). It talks to storage only through the
+//! [`nimbus_core::Registry`] trait and to the instance pools only through
+//! [`nimbus_core::Pools`]; the HTTP layer talks to it through [`Control`]. It never names a
+//! concrete store, runtime or HTTP server.
 
 mod plane;
 pub mod router;
 mod snapshot;
 pub mod stored;
+pub mod upload;
 
 pub use plane::{Control, ControlPlane, DeployError, Deployed};
 pub use router::{RouteMatch, Router};

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::router::Router;
 use crate::snapshot::{DeploymentView, Snapshot, LIVE};
 use crate::stored::{self, DeploymentContent, FormatError};
+use crate::upload::{self, UploadError};
 
 /// Meta key: digest of what `nimbus up` last deployed from its app directory.
 const UP_DIGEST: &str = "up_digest";
@@ -35,8 +36,9 @@ pub enum DeployError {
     /// A function's code cannot be got ready (e.g. a component that does not compile).
     #[error("{0}")]
     Refused(#[source] FunctionPrepareError),
-    #[error("the upload is not a valid tar archive of an app directory: {0}")]
-    BadArchive(#[source] std::io::Error),
+    /// The uploaded archive is malformed or breaks the upload rules ([`crate::upload`]).
+    #[error(transparent)]
+    Upload(#[from] UploadError),
     #[error("there is no earlier deployment to roll back to")]
     NothingToRollBack,
     #[error("there is no deployment {0}; `nimbus ls` lists them")]
@@ -72,7 +74,7 @@ impl DeployError {
     pub fn is_client_error(&self) -> bool {
         match self {
             DeployError::Invalid(_)
-            | DeployError::BadArchive(_)
+            | DeployError::Upload(_)
             | DeployError::NothingToRollBack
             | DeployError::NoSuchVersion(_) => true,
             DeployError::Refused(e) => e.source.is_invalid(),
@@ -260,14 +262,7 @@ impl Control for ControlPlane {
             .tempdir_in(&self.uploads)
             .map_err(io("cannot create an upload directory"))?;
         let target = dir.path().to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut ar = tar::Archive::new(std::io::Cursor::new(archive));
-            ar.set_preserve_permissions(true);
-            // `unpack` refuses entries that escape the target directory.
-            ar.unpack(&target)
-        })
-        .await?
-        .map_err(DeployError::BadArchive)?;
+        tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
         self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false).await
     }
 

@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+/// Directories never part of a code artifact, at any depth: nimbus state, VCS metadata,
+/// bytecode caches. The manifest's checks skip them too.
+pub const ARTIFACT_SKIP: &[&str] = &[".nimbus", ".git", "__pycache__"];
+
 /// A stored deployment: its number, what the control plane wrote, and the format it wrote in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeploymentRecord {

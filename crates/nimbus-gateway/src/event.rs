@@ -215,6 +215,9 @@ pub fn build_response(payload: &Bytes) -> Result<Response<Full<Bytes>>, String> 
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;

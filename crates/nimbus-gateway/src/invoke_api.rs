@@ -309,7 +309,7 @@ async fn read_payload(gw: &Gateway, body: Incoming) -> Result<Bytes, AwsError> {
     json_payload(gw.read_body(body).await.map_err(|e| AwsError::body(e, gw.config.max_payload))?)
 }
 
-/// The payload if it is a JSON document (`{}` when empty).
+/// A payload must be a JSON document; an empty (or blank) one is `{}`.
 fn json_payload(payload: Bytes) -> Result<Bytes, AwsError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
@@ -424,6 +424,9 @@ fn refusal(e: &DispatchError) -> AwsError {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod props;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use nimbus_core::registry::ARTIFACT_SKIP;
 use nimbus_core::{FunctionSpec, RuntimeKind};
 
 use crate::ctx::{FunctionLocations, Locations};
@@ -43,6 +44,9 @@ fn function_files(f: &mut FunctionSpec, loc: &FunctionLocations, app_dir: &Path)
         );
         return Some(Problem { at: code_at, key: "code", message });
     }
+    if let Some(message) = link_out_of(&code_dir, &f.code) {
+        return Some(Problem { at: code_at, key: "code", message });
+    }
     let handler_at = loc.handler.unwrap_or(loc.table);
     match f.runtime {
         RuntimeKind::Node => node_handler(f, &code_dir).map(|message| Problem { at: handler_at, key: "handler", message }),
@@ -68,6 +72,32 @@ fn function_files(f: &mut FunctionSpec, loc: &FunctionLocations, app_dir: &Path)
             ),
         }),
     }
+}
+
+/// The first link in the code directory that leads out of it (or to nothing). The code is
+/// stored as a copy of that directory with links inside it copied as what they point at; a
+/// link out of it would copy a file of the host into the function, so it is refused, here with
+/// its location, and again by the artifact store.
+fn link_out_of(code_dir: &Path, code: &str) -> Option<String> {
+    let root = code_dir.canonicalize().ok()?;
+    let skipped = |e: &walkdir::DirEntry| e.depth() > 0 && ARTIFACT_SKIP.iter().any(|s| e.file_name() == *s);
+    let walk = walkdir::WalkDir::new(code_dir).sort_by_file_name().into_iter().filter_entry(|e| !skipped(e));
+    for e in walk.filter_map(Result::ok).filter(|e| e.depth() > 0 && e.path_is_symlink()) {
+        let parent = e.path().parent().and_then(|p| p.canonicalize().ok()).unwrap_or_default();
+        let why = match e.path().canonicalize() {
+            // Copying a directory that contains the link would never end.
+            Ok(real) if parent.starts_with(&real) => "a directory that contains it",
+            Ok(real) if real.starts_with(&root) => continue,
+            Ok(_) => "outside it",
+            Err(_) => "which does not exist (or loops)",
+        };
+        let rel = e.path().strip_prefix(code_dir).unwrap_or(e.path()).display().to_string();
+        let target = std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default();
+        return Some(format!(
+            "code directory \"{code}\" has a link \"{rel}\" to \"{target}\", {why}; nimbus stores only what is inside a function's code directory, so copy what it needs in (links that stay inside are fine)"
+        ));
+    }
+    None
 }
 
 /// Node resolves `index.handler` to index.js, index.mjs or index.cjs.

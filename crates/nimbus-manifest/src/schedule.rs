@@ -64,27 +64,23 @@ impl ScheduleSpec {
                 let every = u64::try_from(d.as_millis()).ok()?.max(1);
                 (after_ms / every).checked_add(1)?.checked_mul(every)
             }
-            When::Cron(_) => {
-                // chrono counts milliseconds in i64: convert at its boundary, never with `as`.
-                let after = self.tz().timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
-                let next = self.cron()?.find_next_occurrence(&after, false).ok()?;
-                u64::try_from(next.timestamp_millis()).ok()
-            }
+            When::Cron(_) => next_cron(&self.cron()?, self.tz(), after_ms),
         }
     }
 
     /// The latest slot in (`after_ms`, `until_ms`], if any. Bounded: gives up after 1,000,000
-    /// slots (a per-second cron missed for 11 days).
+    /// slots (a per-second cron missed for 11 days). The expression is parsed once, not per slot.
     pub fn latest_slot_between(&self, after_ms: u64, until_ms: u64) -> Option<u64> {
         if let When::Rate(d) = &self.when {
             let every = u64::try_from(d.as_millis()).ok()?.max(1);
             let last = until_ms / every * every;
             return (last > after_ms).then_some(last);
         }
+        let (cron, tz) = (self.cron()?, self.tz());
         let mut latest = None;
         let mut at = after_ms;
         for _ in 0..1_000_000 {
-            match self.next_slot_after(at) {
+            match next_cron(&cron, tz, at) {
                 Some(s) if s <= until_ms => {
                     latest = Some(s);
                     at = s;
@@ -100,6 +96,14 @@ impl ScheduleSpec {
         let slot = i64::try_from(slot_ms).ok().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
         slot.map(|t: DateTime<Utc>| t.to_rfc3339()).unwrap_or_default()
     }
+}
+
+/// The first slot of `cron` in `tz` strictly after `after_ms`.
+fn next_cron(cron: &Cron, tz: Tz, after_ms: u64) -> Option<u64> {
+    // chrono counts milliseconds in i64: convert at its boundary, never with `as`.
+    let after = tz.timestamp_millis_opt(i64::try_from(after_ms).ok()?).single()?;
+    let next = cron.find_next_occurrence(&after, false).ok()?;
+    u64::try_from(next.timestamp_millis()).ok()
 }
 
 const KEYS: &[&str] = &["function", "cron", "rate", "timezone", "catch_up"];
@@ -193,8 +197,7 @@ fn cron(cx: &mut Ctx<'_>, cv: &Value<'_>, field: &str) -> Option<When> {
     let mut c = Cron::new(&expr);
     c.with_seconds_optional();
     match c.parse() {
-        Ok(_) if (5..=6).contains(&expr.split_whitespace().count()) => Some(When::Cron(expr)),
-        Ok(_) => {
+        Ok(_) if !(5..=6).contains(&expr.split_whitespace().count()) => {
             cx.err(
                 cv.span(),
                 field,
@@ -202,6 +205,23 @@ fn cron(cx: &mut Ctx<'_>, cv: &Value<'_>, field: &str) -> Option<When> {
             );
             None
         }
+        // Fields that no date satisfies: refused here, since croner searches years for the
+        // next slot before giving up, every time the trigger loop asks. Cron has no year
+        // field, so whether it ever fires does not depend on the day this is checked.
+        Ok(c)
+            if Utc
+                .timestamp_opt(946_684_800, 0)
+                .single()
+                .is_some_and(|y2k| c.find_next_occurrence(&y2k, false).is_err()) =>
+        {
+            cx.err(
+                cv.span(),
+                field,
+                format!("\"{expr}\" never fires: no date matches all of its fields; check the day, month and weekday"),
+            );
+            None
+        }
+        Ok(_) => Some(When::Cron(expr)),
         Err(e) => {
             cx.err(
                 cv.span(),

@@ -150,3 +150,37 @@ fn pricing_defaults_and_overrides() {
     assert_eq!((p.currency.as_str(), p.per_gb_second, p.servers, p.server_per_hour), ("EUR", 0.00001, 3, 1.0));
     assert_eq!(p.per_million_requests, 0.20, "keys not given keep their defaults");
 }
+
+/// A link in a code directory may point anywhere inside it; one that leads out of it (or to
+/// nothing) is a problem at the function's `code`, naming the link.
+#[test]
+fn links_out_of_a_code_directory_are_refused() {
+    use std::os::unix::fs::symlink;
+    let src = "name = \"app\"\n[functions.f]\nruntime = \"node\"\nhandler = \"index.handler\"\n";
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("lib.js", "index.js", None),
+        ("sub", "./", Some("\"sub\" to \"./\", a directory that contains it")),
+        (".git/hooks", "/etc", None),
+        ("secret", "../../outside/token", Some("\"secret\" to \"../../outside/token\", outside it")),
+        ("abs", "/etc/hostname", Some("\"abs\" to \"/etc/hostname\", outside it")),
+        ("gone", "missing.js", Some("\"gone\" to \"missing.js\", which does not exist")),
+    ];
+    for (link, target, want) in cases {
+        let app = tempfile::tempdir().unwrap();
+        std::fs::write(app.path().join(MANIFEST_FILE), src).unwrap();
+        let code = app.path().join("functions/f");
+        std::fs::create_dir_all(code.join(".git")).unwrap();
+        std::fs::create_dir_all(app.path().join("outside")).unwrap();
+        std::fs::write(app.path().join("outside/token"), "t").unwrap();
+        std::fs::write(code.join("index.js"), "").unwrap();
+        symlink(target, code.join(link)).unwrap();
+        let got = load_as(app.path(), MANIFEST_FILE).map(|_| ()).map_err(|d| d.to_string());
+        match want {
+            None => assert_eq!(got, Ok(()), "{link} -> {target}"),
+            Some(w) => {
+                let e = got.unwrap_err();
+                assert!(e.contains("nimbus.toml:2:1: functions.f.code: code directory") && e.contains(w), "{e}");
+            }
+        }
+    }
+}

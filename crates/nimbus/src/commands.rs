@@ -64,10 +64,13 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
     bail!("deploy failed: {} ({})", r.error_text(), r.status)
 }
 
-/// The app directory as a tar archive, without nimbus's own state or VCS metadata.
+/// The app directory as a tar archive, without nimbus's own state or VCS metadata. Symlinks
+/// travel as symlinks, so the server applies the same rules to them as `nimbus up` does (a link
+/// out of a function's code directory is refused, naming it) instead of this client quietly
+/// uploading whatever file of this machine a link points at.
 fn archive(dir: &Path) -> Result<Bytes> {
     let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(true);
+    builder.follow_symlinks(false);
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let entry = entry?;
         let name = entry.file_name();
@@ -75,7 +78,7 @@ fn archive(dir: &Path) -> Result<Bytes> {
             continue;
         }
         let path = entry.path();
-        if path.is_dir() {
+        if entry.file_type()?.is_dir() {
             builder.append_dir_all(&name, &path)?;
         } else {
             builder.append_path_with_name(&path, &name)?;

@@ -581,3 +581,50 @@ async fn a_prewarmed_function_whose_init_fails_is_not_restarted_in_a_loop() {
     let r = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(r.function_error(), Some("Unhandled"));
 }
+
+/// An upload cannot link a file of the host into a function. `nimbus deploy` sends links as
+/// links, and the server refuses one that leaves the app, naming it (here: the data dir's
+/// admin.token); a raw archive with a `..` link is refused the same way; nothing is deployed.
+/// A link that stays inside the code directory deploys, stored as the file it points at.
+#[tokio::test]
+async fn uploads_cannot_link_host_files_into_a_function() {
+    let app = App::new("links").conformance("python", "f", "").finish();
+    let server = Server::start(app.path());
+    let secret = app.path().join("functions/f/secret");
+    std::os::unix::fs::symlink(server.data_dir.join("admin.token"), &secret).unwrap();
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("entry \"functions/f/secret\" is a symlink to") && stderr.contains("outside the app directory"),
+        "{stderr}"
+    );
+
+    let mut b = tar::Builder::new(Vec::new());
+    for name in ["nimbus.toml", "functions/f/handler.py"] {
+        b.append_path_with_name(app.path().join(name), name).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "functions/f/secret", "../../../../../admin.token").unwrap();
+    let r = server
+        .client()
+        .post(format!("{}/v1/deployments", server.url))
+        .bearer_auth(&server.token)
+        .body(b.into_inner().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("functions/f/secret") && body.contains("outside the app directory"), "{body}");
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert_eq!(health["version"], 1, "nothing was deployed");
+
+    std::fs::remove_file(&secret).unwrap();
+    std::os::unix::fs::symlink("handler.py", app.path().join("functions/f/alias.py")).unwrap();
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(greeting(&server, None).await.1, "2");
+}
