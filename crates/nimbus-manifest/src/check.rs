@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
-use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind, WasmOptions};
+use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, Grants, RuntimeKind, WasmOptions};
 use toml::de::{DeTable, DeValue};
 
 use crate::ctx::{Ctx, FunctionLocations, Locations, Value};
@@ -293,15 +293,8 @@ fn function(
     let async_policy = async_policy(cx, &k, &mut refs.destinations);
     let env = env(cx, &k);
     let ephemeral_storage_mb = ephemeral_storage(cx, &k, runtime);
-    let allowed_outbound_hosts = match k.get("allowed_outbound_hosts") {
-        None => Some(None),
-        Some(hv) => wasm::allowed_outbound_hosts(cx, hv, &k.f("allowed_outbound_hosts")).map(Some),
-    };
-    let grants = k.get("grants").map_or(Some(Default::default()), |gv| {
-        let (grants, names) = grants::check(cx, gv, &k.f("grants"));
-        refs.grants.extend(names);
-        grants
-    });
+    let allowed_outbound_hosts = outbound_hosts(cx, &k);
+    let grants = grants_of(cx, &k, refs);
 
     if cx.error_count() > before {
         return None;
@@ -328,6 +321,23 @@ fn function(
         grants: grants?,
     };
     Some((spec, loc))
+}
+
+/// `allowed_outbound_hosts` (every runtime): `Some(None)` when absent, `None` on a problem.
+fn outbound_hosts(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Option<Vec<String>>> {
+    match k.get("allowed_outbound_hosts") {
+        None => Some(None),
+        Some(hv) => wasm::allowed_outbound_hosts(cx, hv, &k.f("allowed_outbound_hosts")).map(Some),
+    }
+}
+
+/// `[functions.F.grants]`; the names it grants are checked against the app's functions later.
+fn grants_of(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, refs: &mut NameRefs) -> Option<Grants> {
+    k.get("grants").map_or(Some(Grants::default()), |gv| {
+        let (grants, names) = grants::check(cx, gv, &k.f("grants"));
+        refs.grants.extend(names);
+        grants
+    })
 }
 
 fn runtime(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<RuntimeKind> {

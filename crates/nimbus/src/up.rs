@@ -144,7 +144,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
-    print_banner(&node.control, &url, &data_dir);
+    print_banner(&node.control, &url, &data_dir, &node.info);
     nimbus_gateway::serve(listener, gateway, shutdown_signal(), args.drain).await;
     node.stop(&engine).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
@@ -327,11 +327,6 @@ fn sandboxed(process: ProcessRuntime, data_dir: &Path, insecure: bool) -> Result
                     dir.display()
                 );
             }
-            tracing::info!(
-                uid = sandbox.host_uid(),
-                privileged = sandbox.privileged(),
-                "process functions run sandboxed (bubblewrap: own namespaces, read-only root, seccomp)"
-            );
             Ok(process.sandboxed(Arc::new(sandbox)))
         }
         Err(e) => bail!(
@@ -401,7 +396,7 @@ impl nimbus_queue::Resolver for Resolver {
     }
 }
 
-fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path) {
+fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path, info: &nimbus_api::Info) {
     let snap = nimbus_control::Control::snapshot(control);
     let Some(live) = &snap.live else { return };
     println!("nimbus: app {} version {} listening on {url}", live.app, live.version);
@@ -423,6 +418,14 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path) {
         println!("  cron    {when} ({}) -> {}", sched.timezone, sched.function);
     }
     println!("  admin token in {}", data_dir.join(TOKEN_FILE).display());
+    let sandbox = &info.sandbox;
+    match sandbox.host_uid {
+        Some(uid) if sandbox.enabled => println!(
+            "  process functions run sandboxed (bubblewrap {}: own namespaces, read-only root, seccomp) as host uid {uid}",
+            sandbox.mode
+        ),
+        _ => println!("  process functions run WITHOUT a sandbox (--insecure-no-sandbox)"),
+    }
 }
 
 /// Reuse the token in DATA_DIR/admin.token, or create one (mode 0600).

@@ -219,3 +219,48 @@ fn chown_tree(dir: &Path, uid: u32) {
         }
     }
 }
+
+/// Without a sandbox nimbus refuses to start, saying what is missing; `--insecure-no-sandbox`
+/// starts it, loudly: on `/healthz`, in `GET /v1/info` and in the banner.
+#[tokio::test]
+async fn never_silently_unsandboxed() {
+    let app = App::new("plain").conformance("python", "f", "").finish();
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(nimbus_bin())
+        .arg("up")
+        .arg(app.path())
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("NIMBUS_BWRAP", "/nonexistent/bwrap")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nimbus started without a sandbox: {stderr}");
+    assert!(stderr.contains("cannot sandbox node, python and provided functions"), "{stderr}");
+    assert!(stderr.contains("--insecure-no-sandbox"), "the way out is not named: {stderr}");
+
+    let server = Server::start_args(app.path(), data.path(), &["--insecure-no-sandbox"]);
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    let warnings = health["warnings"].as_array().unwrap_or_else(|| panic!("no warnings on /healthz: {health}"));
+    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("WITHOUT a sandbox")), "{health}");
+    let info = server.admin("/v1/info").await;
+    assert_eq!(info["sandbox"]["enabled"], false, "{info}");
+    let r = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(r.status, 200);
+}
+
+/// Sandboxed, `/healthz` carries no warning beyond the test's shared directory and
+/// `GET /v1/info` says how.
+#[tokio::test]
+async fn info_says_how_functions_are_isolated() {
+    let app = App::new("plain").conformance("python", "f", "").finish();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(app.path(), data.path(), &[("NIMBUS_SANDBOX_SHARED_DIR", "")]);
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert!(health.get("warnings").is_none(), "{health}");
+    let info = server.admin("/v1/info").await;
+    assert_eq!(info["sandbox"]["enabled"], true, "{info}");
+    let expected_mode = if is_root() { "privileged" } else { "user-namespace" };
+    assert_eq!(info["sandbox"]["mode"], expected_mode, "{info}");
+    assert_ne!(info["sandbox"]["hostUid"], 0, "{info}");
+}

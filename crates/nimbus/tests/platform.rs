@@ -97,15 +97,17 @@ async fn a_queued_request_waits_at_most_queue_timeout() {
 async fn idle_instances_are_reclaimed_after_keep_alive() {
     let app = App::new("reclaim").conformance("node", "f", "keep_alive = \"300ms\"\ntimeout = \"5s\"").finish();
     let server = Server::start(app.path());
-    let r = server.invoke("f", &json!({"op": "counter"})).await;
-    let pid = r.body["pid"].as_i64().unwrap() as i32;
-    assert!(process_alive(pid));
+    server.invoke("f", &json!({"op": "counter"})).await;
+    // The instance as the host sees it (inside its PID namespace the runtime has another pid).
+    let pids = server.instance_pids().await;
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert!(process_alive(pids[0]));
     server
         .wait_for("the idle instance to be reclaimed", Duration::from_secs(10), |f| {
             count(f, "f", "idle") == 0 && count(f, "f", "busy") == 0
         })
         .await;
-    wait_gone(&[pid], Duration::from_secs(5)).await;
+    wait_gone(&pids, Duration::from_secs(5)).await;
     // The next request starts a new instance.
     let again = server.invoke_with("f", &json!({"op": "counter"}), &[("x-amz-log-type", "Tail")]).await;
     assert_eq!(again.body["count"], 1);
@@ -127,8 +129,11 @@ async fn min_instances_are_started_at_deploy_and_kept_warm() {
     assert_eq!(count(&after, "f", "idle"), 1);
     assert_eq!(pools_of(&after, "f")[0]["instances"][0]["pid"].as_i64().unwrap(), pid);
     let r = server.invoke_with("f", &json!({"op": "counter"}), &[("x-amz-log-type", "Tail")]).await;
-    assert_eq!(r.body["pid"].as_i64().unwrap(), pid);
+    assert_eq!(r.body["count"], 1, "{}", r.body);
     assert!(!r.log().contains("Init Duration"), "the first request was served warm:\n{}", r.log());
+    let served = server.admin("/v1/functions").await;
+    assert_eq!(count(&served, "f", "coldStarts"), 1, "the warm instance served it");
+    assert_eq!(pools_of(&served, "f")[0]["instances"][0]["pid"].as_i64().unwrap(), pid);
 }
 
 #[tokio::test]

@@ -240,11 +240,13 @@ impl Sandbox {
         a.dirs(RUNTIME_DIR).ro(spec.runtime_dir, RUNTIME_DIR);
         a.dirs(SOCKET_DIR).flag("--bind").path(spec.socket_dir).path(SOCKET_DIR);
         a.dirs("/opt/nimbus").ro(&self.init, INIT_PATH);
+        let tmp_bytes = u64::from(spec.tmp_mb.max(1)) * 1024 * 1024;
+        a.flag("--perms").flag("1777").flag("--size").flag(&tmp_bytes.to_string()).flag("--tmpfs").flag("/tmp");
+        a.1.insert(PathBuf::from("/tmp"));
+        // After /tmp: a shared directory under /tmp (as the tests' is) stays visible.
         if let Some(shared) = &self.shared {
             a.dirs(shared).flag("--bind").path(shared).path(shared);
         }
-        let tmp_bytes = u64::from(spec.tmp_mb.max(1)) * 1024 * 1024;
-        a.flag("--perms").flag("1777").flag("--size").flag(&tmp_bytes.to_string()).flag("--tmpfs").flag("/tmp");
         a.flag("--chdir").flag(TASK_ROOT);
         a.flag("--seccomp").flag(&SECCOMP_FD.to_string());
         // The command: the init, then the runtime.
