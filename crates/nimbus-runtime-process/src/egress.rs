@@ -63,13 +63,28 @@ fn is_local(ip: IpAddr) -> bool {
     }
 }
 
+/// The addresses of the host's own interfaces: a service bound to `0.0.0.0` listens on each, so
+/// they are as much the host's own as loopback.
+fn host_addrs() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    interfaces
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect()
+}
+
 /// The addresses a connection to `host:port` (reached as `scheme`) may use, in order, or why it
-/// may not be made. `resolved` are the name's addresses.
+/// may not be made. `resolved` are the name's addresses; `host_addrs` the host's interfaces'.
 pub(crate) fn decide(
     scheme: &str,
     host: &str,
     port: u16,
     resolved: &[SocketAddr],
+    host_addrs: &[IpAddr],
     allowed: Option<&[OutboundPattern]>,
 ) -> Result<Vec<SocketAddr>, Denied> {
     if let Some(patterns) = allowed {
@@ -86,7 +101,7 @@ pub(crate) fn decide(
         return Err(Denied::Unresolved { host: host.to_owned() });
     }
     // One local address among the answers refuses the name: a resolver must not be a way in.
-    if let Some(local) = resolved.iter().find(|a| is_local(a.ip())) {
+    if let Some(local) = resolved.iter().find(|a| is_local(a.ip()) || host_addrs.contains(&a.ip())) {
         return Err(Denied::Local { host: host.to_owned(), addr: local.ip() });
     }
     Ok(resolved.to_vec())
@@ -103,7 +118,7 @@ pub(crate) async fn connect(
         Ok(addrs) => addrs.collect(),
         Err(_) => Vec::new(),
     };
-    let addrs = decide(scheme, host, port, &resolved, allowed).map_err(|d| d.to_string())?;
+    let addrs = decide(scheme, host, port, &resolved, &host_addrs(), allowed).map_err(|d| d.to_string())?;
     let mut last = String::from("no address to try");
     for addr in addrs {
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
@@ -133,7 +148,7 @@ mod tests {
     #[test]
     fn the_host_itself_is_never_a_destination() {
         let public = addrs(&["93.184.216.34:443"]);
-        assert_eq!(decide("https", "example.com", 443, &public, None), Ok(public.clone()));
+        assert_eq!(decide("https", "example.com", 443, &public, &[], None), Ok(public.clone()));
         for local in [
             "127.0.0.1:8080",
             "127.3.4.5:1",
@@ -144,24 +159,34 @@ mod tests {
             "[::ffff:127.0.0.1]:80",
             "224.0.0.1:9",
         ] {
-            let got = decide("http", "evil.example", 80, &addrs(&[local]), None);
+            let got = decide("http", "evil.example", 80, &addrs(&[local]), &[], None);
             assert!(matches!(got, Err(Denied::Local { .. })), "{local}: {got:?}");
         }
         // A name answering with a public and a loopback address is refused as a whole.
         let mixed = addrs(&["93.184.216.34:80", "127.0.0.1:80"]);
-        assert!(matches!(decide("http", "rebind.example", 80, &mixed, None), Err(Denied::Local { .. })));
-        assert!(matches!(decide("http", "nx.example", 80, &[], None), Err(Denied::Unresolved { .. })));
+        assert!(matches!(decide("http", "rebind.example", 80, &mixed, &[], None), Err(Denied::Local { .. })));
+        assert!(matches!(decide("http", "nx.example", 80, &[], &[], None), Err(Denied::Unresolved { .. })));
+        // The host's own interface addresses (where 0.0.0.0 listeners answer) are refused too.
+        let lan = addrs(&["10.1.2.3:22"]);
+        assert!(decide("http", "other.lan", 22, &lan, &[], None).is_ok());
+        let own: Vec<IpAddr> = vec!["10.1.2.3".parse().unwrap()];
+        assert!(matches!(decide("http", "me.lan", 22, &lan, &own, None), Err(Denied::Local { .. })));
+    }
+
+    #[test]
+    fn the_hosts_interfaces_are_listed() {
+        assert!(host_addrs().iter().any(IpAddr::is_loopback), "{:?}", host_addrs());
     }
 
     #[test]
     fn allowed_outbound_hosts_narrows_and_the_refusal_says_what_to_add() {
         let allowed = [OutboundPattern::parse("https://api.example.com").unwrap()];
         let public = addrs(&["93.184.216.34:443"]);
-        assert!(decide("https", "api.example.com", 443, &public, Some(&allowed)).is_ok());
-        let e = decide("https", "other.example.com", 443, &public, Some(&allowed)).unwrap_err();
+        assert!(decide("https", "api.example.com", 443, &public, &[], Some(&allowed)).is_ok());
+        let e = decide("https", "other.example.com", 443, &public, &[], Some(&allowed)).unwrap_err();
         assert_eq!(e, Denied::NotAllowed { origin: "https://other.example.com".into() });
         assert!(e.to_string().contains("add \"https://other.example.com\""), "{e}");
-        let e = decide("https", "api.example.com", 8443, &public, Some(&allowed)).unwrap_err();
+        let e = decide("https", "api.example.com", 8443, &public, &[], Some(&allowed)).unwrap_err();
         assert_eq!(e, Denied::NotAllowed { origin: "https://api.example.com:8443".into() });
     }
 
