@@ -1,6 +1,7 @@
 //! `nimbus-bench process`: the process runtimes (node, python) through nimbus against bare
 //! `node`/`python3` HTTP servers calling the same handler: cold start, warm latency and
-//! throughput. The results and their report are in `report`.
+//! throughput; and nimbus sandboxed against nimbus `--insecure-no-sandbox` (what the sandbox
+//! costs). The results and their report are in `report`.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -53,16 +54,26 @@ pub async fn run(args: ProcessArgs) -> Result<()> {
 }
 
 async fn measure(s: &Settings, nimbus_bin: &Path, fx: &Fixture, interps: &Interpreters) -> Result<Vec<RunResult>> {
-    let nimbus = Nimbus::start(nimbus_bin, fx, interps).await?;
-    let out = measure_runs(s, &nimbus, fx, interps).await;
+    let sandboxed = Nimbus::start(nimbus_bin, fx, interps, true).await?;
+    let plain = Nimbus::start(nimbus_bin, fx, interps, false).await?;
+    let out = measure_runs(s, [&sandboxed, &plain], fx, interps).await;
     if out.is_err() {
-        eprintln!("nimbus log tail ({}):\n{}", nimbus.log.display(), procs::tail(&nimbus.log));
+        for n in [&sandboxed, &plain] {
+            eprintln!("nimbus log tail ({}):\n{}", n.log.display(), procs::tail(&n.log));
+        }
     }
-    nimbus.stop().await?;
+    sandboxed.stop().await?;
+    plain.stop().await?;
     out
 }
 
-async fn measure_runs(s: &Settings, nimbus: &Nimbus, fx: &Fixture, interps: &Interpreters) -> Result<Vec<RunResult>> {
+/// Every run: per language, nimbus sandboxed, nimbus `--insecure-no-sandbox`, then bare.
+async fn measure_runs(
+    s: &Settings,
+    nimbus: [&Nimbus; 2],
+    fx: &Fixture,
+    interps: &Interpreters,
+) -> Result<Vec<RunResult>> {
     let home = fx.root.join("home");
     std::fs::create_dir_all(&home)?;
     let env = interps.env(&home);
@@ -75,12 +86,14 @@ async fn measure_runs(s: &Settings, nimbus: &Nimbus, fx: &Fixture, interps: &Int
         ];
         let mut configs = Vec::new();
         for lang in Lang::ALL {
-            eprintln!("  nimbus {}", lang.as_str());
-            configs.push(
-                measure_nimbus(s, nimbus, lang, run)
-                    .await
-                    .with_context(|| format!("nimbus {} (run {})", lang.as_str(), run + 1))?,
-            );
+            for (n, system) in nimbus.into_iter().zip([System::Nimbus, System::Unsandboxed]) {
+                eprintln!("  {} {}", system.as_str(), lang.as_str());
+                configs.push(
+                    measure_nimbus(s, n, system, lang, run)
+                        .await
+                        .with_context(|| format!("{} {} (run {})", system.as_str(), lang.as_str(), run + 1))?,
+                );
+            }
             eprintln!("  bare {}", lang.as_str());
             configs.push(
                 measure_bare(s, fx, interps, lang)
@@ -93,7 +106,7 @@ async fn measure_runs(s: &Settings, nimbus: &Nimbus, fx: &Fixture, interps: &Int
     Ok(runs)
 }
 
-async fn measure_nimbus(s: &Settings, nimbus: &Nimbus, lang: Lang, run: usize) -> Result<ConfigResult> {
+async fn measure_nimbus(s: &Settings, nimbus: &Nimbus, system: System, lang: Lang, run: usize) -> Result<ConfigResult> {
     let client: HttpClient = load::client();
     let base = &nimbus.url;
     let mgmt = load::uri(&format!("{base}/v1/functions"))?;
@@ -128,7 +141,7 @@ async fn measure_nimbus(s: &Settings, nimbus: &Nimbus, lang: Lang, run: usize) -
     for c in s.concurrency {
         tput.push(load::throughput(&tput_uri, nimbus.pid(), c, s.tput_warmup, s.tput_duration, s.tput_max).await?);
     }
-    Ok(ConfigResult { system: System::Nimbus, lang, cold_ms, warm_us, tput })
+    Ok(ConfigResult { system, lang, cold_ms, warm_us, tput })
 }
 
 async fn measure_bare(s: &Settings, fx: &Fixture, interps: &Interpreters, lang: Lang) -> Result<ConfigResult> {

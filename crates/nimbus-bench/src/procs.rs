@@ -139,15 +139,34 @@ pub struct Nimbus {
 }
 
 impl Nimbus {
-    pub async fn start(bin: &Path, fx: &Fixture, interps: &Interpreters) -> Result<Nimbus> {
+    /// nimbus on the fixture app, sandboxed or (`--insecure-no-sandbox`) not, each with its own
+    /// data dir and log.
+    pub async fn start(bin: &Path, fx: &Fixture, interps: &Interpreters, sandboxed: bool) -> Result<Nimbus> {
         // The same interpreters as the bare side, whatever PATH says.
         let env = [("NIMBUS_NODE", interps.node.as_path()), ("NIMBUS_PYTHON", interps.python.as_path())];
-        Nimbus::launch(bin, &fx.app, &fx.data, &fx.root.join("nimbus.log"), &env).await
+        let (data, log, args): (_, _, &[&str]) = if sandboxed {
+            (fx.data.clone(), fx.root.join("nimbus.log"), &[])
+        } else {
+            (fx.root.join("data-nosbx"), fx.root.join("nimbus-nosbx.log"), &["--insecure-no-sandbox"])
+        };
+        Nimbus::launch_with(bin, &fx.app, &data, &log, &env, args).await
     }
 
     /// `nimbus up APP --listen 127.0.0.1:0 --data-dir DATA` with `env` added, stderr to `log`;
     /// returns once it prints `listening on URL`.
     pub async fn launch(bin: &Path, app: &Path, data: &Path, log: &Path, env: &[(&str, &Path)]) -> Result<Nimbus> {
+        Nimbus::launch_with(bin, app, data, log, env, &[]).await
+    }
+
+    /// [`Nimbus::launch`] with more `nimbus up` arguments.
+    pub async fn launch_with(
+        bin: &Path,
+        app: &Path,
+        data: &Path,
+        log: &Path,
+        env: &[(&str, &Path)],
+        args: &[&str],
+    ) -> Result<Nimbus> {
         let log = log.to_owned();
         let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(bin)
@@ -155,6 +174,7 @@ impl Nimbus {
             .arg(app)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

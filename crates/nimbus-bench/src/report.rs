@@ -18,6 +18,8 @@ use crate::procs::Interpreters;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
     Nimbus,
+    /// nimbus with `--insecure-no-sandbox`: what the sandbox costs.
+    Unsandboxed,
     Bare,
 }
 
@@ -25,6 +27,7 @@ impl System {
     pub fn as_str(self) -> &'static str {
         match self {
             System::Nimbus => "nimbus",
+            System::Unsandboxed => "nimbus-nosbx",
             System::Bare => "bare",
         }
     }
@@ -50,6 +53,10 @@ pub struct RunResult {
 pub const COLD_TARGET_MS: f64 = 10.0;
 /// BENCHMARKS.md § Targets: process warm overhead per invocation ≤ 150 µs over the handler.
 pub const OVERHEAD_TARGET_US: f64 = 150.0;
+/// BENCHMARKS.md § Targets: the sandbox adds ≤ 5 ms to a cold start…
+pub const SANDBOX_COLD_TARGET_MS: f64 = 5.0;
+/// …and keeps warm throughput within 5 % of the unsandboxed one.
+pub const SANDBOX_TPUT_TARGET: f64 = 0.95;
 
 fn config(run: &RunResult, system: System, lang: Lang) -> Option<&ConfigResult> {
     run.configs.iter().find(|c| c.system == system && c.lang == lang)
@@ -121,6 +128,7 @@ pub fn table(s: &Settings, runs: &[RunResult]) -> String {
     cpu_split(&mut o, s, runs);
     ratio_lines(&mut o, s, runs);
     target_lines(&mut o, s, runs);
+    sandbox_lines(&mut o, s, runs);
     o
 }
 
@@ -166,7 +174,7 @@ fn table_intro(o: &mut String, s: &Settings, runs: &[RunResult]) {
 fn measurements(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o);
     let mut head = format!(
-        "{:<4}{:<15}{:>26}{:>12}{:>12}",
+        "{:<4}{:<20}{:>26}{:>12}{:>12}",
         "run", "config", "cold p50 [min-max] ms", "warm p50 µs", "warm p99 µs"
     );
     for c in s.concurrency {
@@ -186,7 +194,7 @@ fn measurement(s: &Settings, run: usize, c: &ConfigResult) -> String {
     let cold = stats(&c.cold_ms);
     let warm = stats(&c.warm_us);
     let mut line = format!(
-        "{:<4}{:<15}{:>26}{:>12.0}{:>12.0}",
+        "{:<4}{:<20}{:>26}{:>12.0}{:>12.0}",
         run,
         format!("{} {}", c.system.as_str(), c.lang.as_str()),
         format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max),
@@ -222,7 +230,7 @@ fn cpu_split(o: &mut String, s: &Settings, runs: &[RunResult]) {
             if let Some(x) = split {
                 let _ = writeln!(
                     o,
-                    "  run {} {:<15}{:>8.0} /{:>6.0} /{:>6.0}",
+                    "  run {} {:<20}{:>8.0} /{:>6.0} /{:>6.0}",
                     r.run,
                     format!("{} {}", c.system.as_str(), c.lang.as_str()),
                     x.server_us,
@@ -338,10 +346,99 @@ fn run_json(s: &Settings, r: &RunResult) -> Value {
             );
         }
         if let Some(d) = Derived::of(r, lang, s) {
-            per_lang.insert(lang.as_str().into(), comparison_json(&d));
+            let mut comparison = comparison_json(&d);
+            if let (Some(c), Some(obj)) = (SandboxCost::of(r, lang, s), comparison.as_object_mut()) {
+                obj.insert("sandboxCost".into(), c.json());
+            }
+            per_lang.insert(lang.as_str().into(), comparison);
         }
     }
     json!({"run": r.run, "interpreterStartup": startup_json, "configs": configs, "comparison": per_lang})
+}
+
+/// What the sandbox costs one language in one run: nimbus against nimbus
+/// `--insecure-no-sandbox`.
+struct SandboxCost {
+    cold: f64,
+    cold_plain: f64,
+    warm: f64,
+    warm_plain: f64,
+    /// (concurrency, sandboxed req/s, unsandboxed req/s)
+    rps: Vec<(usize, f64, f64)>,
+}
+
+impl SandboxCost {
+    fn of(run: &RunResult, lang: Lang, s: &Settings) -> Option<SandboxCost> {
+        let n = config(run, System::Nimbus, lang)?;
+        let u = config(run, System::Unsandboxed, lang)?;
+        let rps = s
+            .concurrency
+            .iter()
+            .map(|&c| (c, tput(n, c).map_or(f64::NAN, Throughput::rps), tput(u, c).map_or(f64::NAN, Throughput::rps)))
+            .collect();
+        Some(SandboxCost {
+            cold: stats(&n.cold_ms).p50,
+            cold_plain: stats(&u.cold_ms).p50,
+            warm: stats(&n.warm_us).p50,
+            warm_plain: stats(&u.warm_us).p50,
+            rps,
+        })
+    }
+    fn cold_added(&self) -> f64 {
+        self.cold - self.cold_plain
+    }
+    /// The worst sandboxed/unsandboxed throughput ratio over the concurrencies.
+    fn worst_tput(&self) -> f64 {
+        self.rps.iter().map(|(_, n, u)| n / u).fold(f64::INFINITY, f64::min)
+    }
+    fn json(&self) -> Value {
+        let rps: Vec<Value> = self
+            .rps
+            .iter()
+            .map(|(c, n, u)| json!({"concurrency": c, "sandboxedRps": n, "unsandboxedRps": u, "ratio": n / u}))
+            .collect();
+        json!({
+            "coldStart": {"sandboxedP50Ms": self.cold, "unsandboxedP50Ms": self.cold_plain,
+                "addedMs": self.cold_added(), "targetAddedMs": SANDBOX_COLD_TARGET_MS,
+                "met": self.cold_added() <= SANDBOX_COLD_TARGET_MS},
+            "warm": {"sandboxedP50Us": self.warm, "unsandboxedP50Us": self.warm_plain},
+            "throughput": rps,
+            "throughputTarget": {"worstRatio": self.worst_tput(), "targetRatio": SANDBOX_TPUT_TARGET,
+                "met": self.worst_tput() >= SANDBOX_TPUT_TARGET},
+        })
+    }
+}
+
+/// The sandbox's cost against its targets, per language and run.
+fn sandbox_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
+    let _ = writeln!(
+        o,
+        "
+sandbox cost: nimbus vs nimbus --insecure-no-sandbox (BENCHMARKS.md § Targets)"
+    );
+    for lang in Lang::ALL {
+        for (run, c) in runs.iter().filter_map(|r| SandboxCost::of(r, lang, s).map(|c| (r.run, c))) {
+            let _ = writeln!(
+                o,
+                "  run {run} {:<7} cold start: sandboxed p50 {:.1} ms vs unsandboxed {:.1} ms = {:+.1} ms (target <= +{SANDBOX_COLD_TARGET_MS:.0} ms): {}",
+                lang.as_str(),
+                c.cold,
+                c.cold_plain,
+                c.cold_added(),
+                verdict(c.cold_added() <= SANDBOX_COLD_TARGET_MS)
+            );
+            let ratios: Vec<String> = c.rps.iter().map(|(conc, n, u)| format!("c={conc} {:.2}", n / u)).collect();
+            let _ = writeln!(
+                o,
+                "  run {run} {:<7} warm: p50 {:.0} vs {:.0} µs; req/s sandboxed/unsandboxed {} (target >= {SANDBOX_TPUT_TARGET:.2}): {}",
+                lang.as_str(),
+                c.warm,
+                c.warm_plain,
+                ratios.join(", "),
+                verdict(c.worst_tput() >= SANDBOX_TPUT_TARGET)
+            );
+        }
+    }
 }
 
 /// nimbus against bare for one language in one run: the ratios and the targets.
@@ -403,6 +500,14 @@ mod tests {
                 if run == 2 {
                     configs.truncate(3);
                 }
+                // The sandbox's cost: node in both runs (run 1 within the targets, run 2 not).
+                configs.push(config(
+                    System::Unsandboxed,
+                    Lang::Node,
+                    32.0 - 2.0 * k * k,
+                    290.0,
+                    5_600 + 600 * run as u64,
+                ));
                 RunResult {
                     run,
                     startup_ms: vec![(Lang::Node, vec![25.0, 26.0 + k]), (Lang::Python, vec![10.0, 11.0])],

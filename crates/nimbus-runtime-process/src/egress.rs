@@ -70,9 +70,7 @@ fn host_addrs() -> Vec<IpAddr> {
     interfaces
         .filter_map(|i| i.address)
         .filter_map(|a| {
-            a.as_sockaddr_in()
-                .map(|s| IpAddr::V4(s.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+            a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
         })
         .collect()
 }
