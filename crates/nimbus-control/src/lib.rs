@@ -2,7 +2,8 @@
 //! immutable deployment and the in-memory [`Snapshot`] the request path reads; rolls back by
 //! moving the `live` alias.
 //!
-//! It owns the stored deployment format ([`stored`]) and the route table ([`router`]). It
+//! It owns the stored deployment format ([`stored`]), the route table ([`router`]) and the
+//! in-memory set of API tokens the request path checks credentials against ([`tokens`]). It
 //! talks to storage only through the [`nimbus_core::Registry`] trait and to the instance pools
 //! only through [`nimbus_core::Pools`]; the HTTP layer talks to it through [`Control`]. It
 //! never names a concrete store, runtime or HTTP server.
@@ -11,7 +12,9 @@ mod plane;
 pub mod router;
 mod snapshot;
 pub mod stored;
+pub mod tokens;
 
 pub use plane::{Control, ControlPlane, DeployError, Deployed};
 pub use router::{RouteMatch, Router};
 pub use snapshot::{DeploymentView, Snapshot, LIVE};
+pub use tokens::{CreatedToken, LiveToken, TokenError, TokenSpec};

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use nimbus_core::{FunctionPrepareError, FunctionVersion, NewDeployment, Pools, Registry, RegistryError};
+use nimbus_core::{
+    FunctionPrepareError, FunctionVersion, NewDeployment, Pools, Registry, RegistryError, TokenDigest, TokenRecord,
+};
 use nimbus_manifest::schedule::ScheduleSpec;
 use nimbus_manifest::{Diagnostics, Manifest, RouteSpec};
 use sha2::{Digest, Sha256};
@@ -22,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::router::Router;
 use crate::snapshot::{DeploymentView, Snapshot, LIVE};
 use crate::stored::{self, DeploymentContent, FormatError};
+use crate::tokens::{CreatedToken, LiveToken, TokenError, TokenSet, TokenSpec};
 
 /// Meta key: digest of what `nimbus up` last deployed from its app directory.
 const UP_DIGEST: &str = "up_digest";
@@ -103,6 +106,15 @@ pub trait Control: Send + Sync + 'static {
     async fn deploy_tar(&self, archive: Bytes) -> Result<Deployed, DeployError>;
     /// Point `live` at `version`, or at the deployment before the live one.
     async fn rollback(&self, version: Option<u64>) -> Result<Deployed, DeployError>;
+    /// The unrevoked token whose secret has `digest` (an expired one too: the caller compares
+    /// the expiry with its clock). A lookup in memory, made on every authenticated request.
+    fn token(&self, digest: &TokenDigest) -> Option<Arc<LiveToken>>;
+    /// Every unrevoked token, oldest first, from memory.
+    fn tokens(&self) -> Vec<Arc<LiveToken>>;
+    /// Check and create a token: stored (its digest), then added to the in-memory set.
+    async fn create_token(&self, spec: TokenSpec) -> Result<CreatedToken, TokenError>;
+    /// Revoke a token: stored, then removed from the in-memory set, so it stops working at once.
+    async fn revoke_token(&self, id: &str) -> Result<TokenRecord, TokenError>;
 }
 
 pub struct ControlPlane {
@@ -112,6 +124,10 @@ pub struct ControlPlane {
     uploads: PathBuf,
     /// One deploy or rollback at a time.
     lock: tokio::sync::Mutex<()>,
+    /// The unrevoked API tokens, as the request path checks them.
+    tokens: ArcSwap<TokenSet>,
+    /// One token creation or revocation at a time (each replaces the whole set).
+    token_lock: tokio::sync::Mutex<()>,
 }
 
 impl ControlPlane {
@@ -132,6 +148,7 @@ impl ControlPlane {
             versions.insert(view.version, Arc::new(view));
         }
         let live = registry.alias(LIVE).await?.and_then(|v| versions.get(&v).cloned());
+        let tokens = TokenSet::from_records(registry.tokens().await?);
         if let Some(l) = &live {
             pools.deploy(&l.functions.values().cloned().collect::<Vec<_>>());
         }
@@ -141,6 +158,8 @@ impl ControlPlane {
             snapshot: ArcSwap::from_pointee(Snapshot { live, versions }),
             uploads,
             lock: tokio::sync::Mutex::new(()),
+            tokens: ArcSwap::from_pointee(tokens),
+            token_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -289,6 +308,33 @@ impl Control for ControlPlane {
         self.registry.set_alias(LIVE, target).await?;
         self.activate(view.clone(), None);
         Ok(describe(&view, Some(target) != current))
+    }
+
+    fn token(&self, digest: &TokenDigest) -> Option<Arc<LiveToken>> {
+        self.tokens.load().get(digest).cloned()
+    }
+
+    fn tokens(&self) -> Vec<Arc<LiveToken>> {
+        self.tokens.load().list()
+    }
+
+    async fn create_token(&self, spec: TokenSpec) -> Result<CreatedToken, TokenError> {
+        let _guard = self.token_lock.lock().await;
+        let snap = self.snapshot.load_full();
+        let (record, secret, warnings) =
+            crate::tokens::mint(spec, nimbus_core::ids::now_ms(), &|f| snap.knows_function(f))?;
+        self.registry.add_token(&record).await?;
+        let token = Arc::new(LiveToken::new(record));
+        self.tokens.store(Arc::new(self.tokens.load().with(token.clone())));
+        Ok(CreatedToken { token, secret, warnings })
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<TokenRecord, TokenError> {
+        let _guard = self.token_lock.lock().await;
+        let revoked = self.registry.revoke_token(id, nimbus_core::ids::now_ms()).await?;
+        let record = revoked.ok_or_else(|| TokenError::NoSuchToken(id.to_owned()))?;
+        self.tokens.store(Arc::new(self.tokens.load().without(id)));
+        Ok(record)
     }
 }
 
