@@ -25,7 +25,7 @@
 //! | `GET /v1/tokens` | – | [`TokenInfo`]s, oldest first (never a secret) | admin |
 //! | `DELETE /v1/tokens/{id}` | – | the revoked [`TokenInfo`] | admin |
 //! | `GET /v1/audit?since=&limit=&action=` | – | [`AuditEntry`]s, newest first | admin |
-//! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, not `/v1`) | the event | Lambda's answer | invoke |
+//! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, beside /v1) | the event | Lambda's answer | invoke |
 //!
 //! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
 //! token from `POST /v1/tokens` — or the dashboard's session cookie (admin). Scopes: `admin`

@@ -61,7 +61,7 @@ pub const TOKEN_ID_PREFIX: &str = "tok_";
 ///
 /// Equality runs in constant time, so a lookup keyed by digests (a `HashMap`) does not reveal
 /// through its timing how much of a stored digest a guess matched.
-#[derive(Clone, Copy, Hash)]
+#[derive(Clone, Copy)]
 pub struct TokenDigest([u8; 32]);
 
 impl TokenDigest {
@@ -86,6 +86,14 @@ impl PartialEq for TokenDigest {
 }
 
 impl Eq for TokenDigest {}
+
+// By hand beside the constant-time `PartialEq`: equal digests have equal bytes, so hashing the
+// bytes agrees with it.
+impl std::hash::Hash for TokenDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl fmt::Debug for TokenDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,7 +12,8 @@ pub struct GatewayConfig {
     /// Time allowed to send the request headers, and then the body.
     pub header_timeout: Duration,
     pub body_timeout: Duration,
-    /// Whether the Invoke API works without a token (true when listening on loopback only).
+    /// Whether the Invoke API works without a token (`nimbus up` sets it when it listens on
+    /// loopback only, unless `--invoke-auth token`).
     pub invoke_open: bool,
 }
 

@@ -4,17 +4,21 @@
 //!
 //! Module order (every import points down this list): `server` (accept loop, first split by
 //! path) → the handlers, one per wire format (`http_route`, `invoke_api`, `mgmt`, `dashboard`)
-//! → their helpers (`event`, `usage`, `stats`, `metrics`) → `context` (the shared [`Gateway`])
-//! → `session`, `config`, `util`.
+//! → their helpers (`event`, `usage`, `stats`, `metrics`, `credentials`) → `context` (the
+//! shared [`Gateway`]: who a request is, and what the audit log hears) → `scopes` (which scope
+//! each endpoint needs), `audit`, `session`, `config`, `util`.
 
+mod audit;
 mod config;
 mod context;
+mod credentials;
 mod dashboard;
 pub mod event;
 mod http_route;
 mod invoke_api;
 pub mod metrics;
 mod mgmt;
+mod scopes;
 mod server;
 mod session;
 mod stats;
