@@ -31,10 +31,11 @@
 //! token from `POST /v1/tokens` — or the dashboard's session cookie (admin). Scopes: `admin`
 //! may do everything; `deploy` what `deploy` and `read` rows allow; `read` the `read` rows;
 //! `invoke` only the Invoke API (only the functions the token names, when it names any). The
-//! Invoke API needs no credential when nimbus listens on loopback only. No credential, or an
-//! unknown, revoked or expired one, is a 401 (the Invoke API answers 403
-//! `AccessDeniedException`, as Lambda does); a credential whose scope does not allow the call
-//! is a 403 whose `error` names the scope needed. The gateway's endpoint table
+//! Invoke API needs no credential when nimbus listens on loopback only (unless `nimbus up
+//! --invoke-auth token`). No credential, or an unknown, revoked or expired one, is a 401 (with
+//! no credential at all the Invoke API answers 403 `AccessDeniedException`, as Lambda does); a
+//! credential whose scope does not allow the call is a 403 whose `error` names the scope
+//! needed. The gateway's endpoint table
 //! (`nimbus-gateway/src/scopes.rs`) is the source of this column, and a test holds the two
 //! together.
 //!
