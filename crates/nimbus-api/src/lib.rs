@@ -16,8 +16,8 @@
 //! | `GET /v1/invocations?status=S&function=&limit=` | – | [`Event`]s | read |
 //! | `GET /v1/invocations/{id}` | – | an [`Event`] (async), else an [`Invocation`] | read |
 //! | `GET /v1/dlq`, `GET /v1/dlq/{id}` | – | [`Event`]s, an [`Event`] | read |
-//! | `POST /v1/dlq/redrive` | [`RedriveRequest`] | [`Redriven`] | deploy |
-//! | `POST /v1/dlq/purge` | [`PurgeRequest`] | [`Purged`] | deploy |
+//! | `POST /v1/dlq/redrive` | [`RedriveRequest`] | [`Redriven`] | admin |
+//! | `POST /v1/dlq/purge` | [`PurgeRequest`] | [`Purged`] | admin |
 //! | `GET /v1/queue` | – | [`QueueInfo`] | read |
 //! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] | read |
 //! | `GET /v1/stats?function=&window=&buckets=&until=` | – | [`StatsReport`] | read |

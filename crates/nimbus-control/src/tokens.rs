@@ -127,7 +127,8 @@ pub fn mint(
     let scope = spec.scope;
     if !spec.functions.is_empty() && scope != Scope::Invoke {
         return invalid(format!(
-            "only invoke tokens can be limited to functions; a {scope} token reaches no function through the Invoke API"
+            "only invoke tokens can be limited to functions; a {scope} token acts on the whole app \
+             (leave out the functions, or ask for scope invoke)"
         ));
     }
     if spec.functions.len() > MAX_FUNCTIONS {

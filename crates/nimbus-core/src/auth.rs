@@ -6,9 +6,9 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-/// What a credential may do. `Admin` may do everything (token management and the audit log
-/// included); `Deploy` deploys, rolls back, redrives and purges dead letters, and reads what
-/// `Read` reads; `Read` reads the management API (not the tokens, not the audit log); `Invoke`
+/// What a credential may do. `Admin` may do everything (token management, the audit log and
+/// the dead-letter store's redrive and purge included); `Deploy` deploys and rolls back, and
+/// reads what `Read` reads; `Read` reads the management API (not the tokens, not the audit log); `Invoke`
 /// calls the Invoke API only, and only the functions its token names when it names any. The
 /// gateway's endpoint table says which scope each endpoint needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

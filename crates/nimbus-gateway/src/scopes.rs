@@ -4,8 +4,10 @@
 //! below holds the two together).
 //!
 //! The rule the rows follow: `read` for every `GET` under `/v1` but the tokens and the audit
-//! log; `deploy` for what changes what runs (deploy, rollback, redrive, purge); `admin` for
-//! credentials and the audit log (it shows who did what); `invoke` for the Invoke API.
+//! log; `deploy` for what changes the code that runs (deploy, rollback); `admin` for
+//! credentials, the audit log (it shows who did what, from where) and what re-runs or destroys
+//! events (dead-letter redrive and purge: operator decisions about data, not releases);
+//! `invoke` for the Invoke API.
 
 use nimbus_core::Scope;
 
@@ -46,8 +48,8 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("GET", "/v1/invocations/{id}", Endpoint::Invocation, Scope::Read),
     ("GET", "/v1/dlq", Endpoint::Dlq, Scope::Read),
     ("GET", "/v1/dlq/{id}", Endpoint::DeadLetter, Scope::Read),
-    ("POST", "/v1/dlq/redrive", Endpoint::Redrive, Scope::Deploy),
-    ("POST", "/v1/dlq/purge", Endpoint::Purge, Scope::Deploy),
+    ("POST", "/v1/dlq/redrive", Endpoint::Redrive, Scope::Admin),
+    ("POST", "/v1/dlq/purge", Endpoint::Purge, Scope::Admin),
     ("GET", "/v1/queue", Endpoint::Queue, Scope::Read),
     ("GET", "/v1/usage", Endpoint::Usage, Scope::Read),
     ("GET", "/v1/stats", Endpoint::Stats, Scope::Read),
@@ -116,8 +118,8 @@ mod tests {
             ("GET", "/v1/functions/hello/logs", Some((Endpoint::Logs, Scope::Read, Some("hello")))),
             ("GET", "/v1/invocations/abc", Some((Endpoint::Invocation, Scope::Read, Some("abc")))),
             ("GET", "/v1/dlq/redrive", Some((Endpoint::DeadLetter, Scope::Read, Some("redrive")))),
-            ("POST", "/v1/dlq/redrive", Some((Endpoint::Redrive, Scope::Deploy, None))),
-            ("POST", "/v1/dlq/purge", Some((Endpoint::Purge, Scope::Deploy, None))),
+            ("POST", "/v1/dlq/redrive", Some((Endpoint::Redrive, Scope::Admin, None))),
+            ("POST", "/v1/dlq/purge", Some((Endpoint::Purge, Scope::Admin, None))),
             ("GET", "/v1/tokens", Some((Endpoint::Tokens, Scope::Admin, None))),
             ("DELETE", "/v1/tokens/tok_1", Some((Endpoint::RevokeToken, Scope::Admin, Some("tok_1")))),
             ("GET", "/v1/audit", Some((Endpoint::Audit, Scope::Admin, None))),
@@ -139,9 +141,10 @@ mod tests {
     #[test]
     fn the_table_follows_the_rule() {
         for (method, path, endpoint, scope) in ENDPOINTS {
-            let credentials = path.starts_with("/v1/tokens") || path.starts_with("/v1/audit");
+            let admin_only = ["/v1/tokens", "/v1/audit", "/v1/dlq/redrive", "/v1/dlq/purge"];
+            let admin = admin_only.iter().any(|p| path.starts_with(p));
             let want = match (*method, path.starts_with("/v1/")) {
-                (_, true) if credentials => Scope::Admin,
+                (_, true) if admin => Scope::Admin,
                 ("GET", true) => Scope::Read,
                 (_, true) => Scope::Deploy,
                 (_, false) => Scope::Invoke,

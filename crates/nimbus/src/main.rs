@@ -138,7 +138,8 @@ enum Command {
 pub enum TokenAction {
     /// Create a token and print its secret (shown only this once; nimbus keeps only its hash).
     Create {
-        /// admin: everything; deploy: deploy, rollback, redrive, purge and read; read: every GET
+        /// admin: everything (tokens, audit, dead-letter redrive and purge too); deploy: deploy,
+        /// rollback and read; read: every GET
         /// under /v1 but tokens and the audit log; invoke: the Invoke API only.
         #[arg(long, value_parser = ["admin", "deploy", "invoke", "read"])]
         scope: String,

@@ -99,8 +99,8 @@ const TABLE: &[(&str, &str, &str, [u16; 8])] = &[
     ("GET",    "/v1/stats",                                 "",                      [200, 200, 200, 200, 200, 403, 401, 401]),
     ("POST",   "/v1/deployments",                           "not a tar",             [400, 400, 400, 400, 403, 403, 401, 401]),
     ("POST",   "/v1/rollback",                              r#"{"version":1}"#,      [200, 200, 200, 200, 403, 403, 401, 401]),
-    ("POST",   "/v1/dlq/redrive",                           r#"{"ids":["nope"]}"#,   [200, 200, 200, 200, 403, 403, 401, 401]),
-    ("POST",   "/v1/dlq/purge",                             r#"{"function":"none"}"#, [200, 200, 200, 200, 403, 403, 401, 401]),
+    ("POST",   "/v1/dlq/redrive",                           r#"{"ids":["nope"]}"#,   [200, 200, 200, 403, 403, 403, 401, 401]),
+    ("POST",   "/v1/dlq/purge",                             r#"{"function":"none"}"#, [200, 200, 200, 403, 403, 403, 401, 401]),
     ("GET",    "/v1/tokens",                                "",                      [200, 200, 200, 403, 403, 403, 401, 401]),
     ("POST",   "/v1/tokens",                                r#"{"scope":"nope"}"#,   [400, 400, 400, 403, 403, 403, 401, 401]),
     ("DELETE", "/v1/tokens/tok_nope",                       "",                      [404, 404, 404, 403, 403, 403, 401, 401]),
@@ -388,6 +388,7 @@ async fn the_audit_log_names_who_did_what_and_survives_a_restart() {
     let server = start_exposed(&app);
     let (ci, ci_id, _) = create(&server, &["--scope", "deploy", "--name", "ci"]);
     let (reader, _, _) = create(&server, &["--scope", "read", "--name", "dashboards"]);
+    let (ops, _, _) = create(&server, &["--scope", "admin", "--name", "ops"]);
 
     // A deploy and a rollback by `ci`, from a copy of the app (the served dir stays as it is).
     let v2 = App::new("audited").conformance("python", "f", "memory_mb = 256").conformance("python", "g", "").finish();
@@ -395,10 +396,13 @@ async fn the_audit_log_names_who_did_what_and_survives_a_restart() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = server.cli_as(&ci, &["rollback"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = server.cli_as(&ci, &["dlq", "redrive", "--all"]);
+    // Redrive and purge are the admin's (an admin token named "ops").
+    let out = server.cli_as(&ops, &["dlq", "redrive", "--all"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = server.cli_as(&ci, &["dlq", "purge", "--function", "f"]);
+    let out = server.cli_as(&ops, &["dlq", "purge", "--function", "f"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli_as(&ci, &["dlq", "purge"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token with scope admin"), "{out:?}");
     // A refused deploy is recorded with its error.
     let (status, _) = call(&server, &Cred::Bearer(ci.clone()), "POST", "/v1/deployments", "not a tar").await;
     assert_eq!(status, 400);
@@ -422,8 +426,9 @@ async fn the_audit_log_names_who_did_what_and_survives_a_restart() {
         ("token.create", "admin.token", "ok", &*format!("{ci_id} (scope deploy, name \"ci\"")),
         ("deploy", "ci", "ok", "version 2 of audited"),
         ("rollback", "ci", "ok", "version 1 of audited"),
-        ("dlq.redrive", "ci", "ok", "all dead letters (0 redriven)"),
-        ("dlq.purge", "ci", "ok", "all dead letters of f (0 purged)"),
+        ("dlq.redrive", "ops", "ok", "all dead letters (0 redriven)"),
+        ("dlq.purge", "ops", "ok", "all dead letters of f (0 purged)"),
+        ("auth.denied", "ci", "error", "POST /v1/dlq/purge"),
         ("deploy", "ci", "error", "an uploaded app"),
         ("auth.failed", "unknown token", "error", "GET /v1/app"),
         ("auth.failed", "unknown token", "error", "dashboard login"),
