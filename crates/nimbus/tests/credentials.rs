@@ -492,3 +492,44 @@ async fn a_flood_of_refused_credentials_is_coalesced() {
     );
     assert!(failed.len() as u64 <= seconds, "{} entries for {flood} refusals over {seconds} s", failed.len());
 }
+
+/// `DATA_DIR/admin.token` is the bootstrap credential, as before tokens existed: the file's
+/// content is an admin credential on /v1 and the Invoke API,
+/// the CLI finds it in `./.nimbus` with no flags, and a restart keeps it.
+#[tokio::test]
+async fn admin_token_stays_the_bootstrap_credential() {
+    let app = app("bootstrap");
+    let server = start_exposed(&app);
+    let path = app.path().join(".nimbus").join("admin.token");
+    let file = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(file.trim(), server.token);
+    let as_written = Cred::Bearer(file.trim().to_owned());
+    for (method, path, body, want) in [
+        ("GET", "/v1/tokens", "", 200),
+        ("GET", "/v1/audit", "", 200),
+        ("POST", "/2015-03-31/functions/g/invocations", r#"{"op":"echo"}"#, 200),
+    ] {
+        assert_eq!(call(&server, &as_written, method, path, body).await.0, want, "{method} {path}");
+    }
+
+    // The CLI in the app directory, no --server, no --token: it reads ./.nimbus.
+    let out = std::process::Command::new(common::nimbus_bin())
+        .args(["token", "create", "--scope", "read", "--name", "from-the-app-dir"])
+        .current_dir(app.path())
+        .env_remove("NIMBUS_SERVER")
+        .env_remove("NIMBUS_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audit = audit_until(&server, "the token created with admin.token", |e| {
+        has(e, "token.create", "admin.token", "ok", "from-the-app-dir")
+    })
+    .await;
+    assert!(audit.iter().all(|e| e["tokenId"].is_null()), "admin.token is no token id: {audit:#?}");
+
+    let mut server = server;
+    server.stop();
+    let server = start_exposed(&app);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), file, "a restart keeps admin.token");
+    assert_eq!(call(&server, &as_written, "GET", "/v1/tokens", "").await.0, 200);
+}
