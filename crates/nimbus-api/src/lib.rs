@@ -30,7 +30,8 @@
 //! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
 //! token from `POST /v1/tokens` — or the dashboard's session cookie (admin). Scopes: `admin`
 //! may do everything; `deploy` what `deploy` and `read` rows allow; `read` the `read` rows;
-//! `invoke` only the Invoke API (only the functions the token names, when it names any). The
+//! `invoke` only the Invoke API (only the functions the token names, when it names any; a
+//! deploy token that names functions may deploy or roll back only changes to them). The
 //! Invoke API needs no credential when nimbus listens on loopback only (unless `nimbus up
 //! --invoke-auth token`). No credential, or an unknown, revoked or expired one, is a 401 (with
 //! no credential at all the Invoke API answers 403 `AccessDeniedException`, as Lambda does); a
@@ -373,7 +374,8 @@ pub struct StatsBucket {
 }
 
 /// `POST /v1/tokens`: the new token's `scope` (admin, deploy, invoke or read), for an invoke
-/// token optionally the `functions` it may invoke (none: every function), when it expires
+/// token optionally the `functions` it may invoke and for a deploy token the `functions` its
+/// deploys and rollbacks may change (none: every function), when it expires
 /// (`expiresIn`, a duration like "30d", or `expires`, an RFC 3339 time; neither: never), and a
 /// `name` saying whose or what for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,7 +412,8 @@ pub struct TokenInfo {
     pub name: Option<String>,
     /// admin | deploy | invoke | read
     pub scope: String,
-    /// Invoke tokens: the functions it may invoke (empty: every function).
+    /// Invoke tokens: the functions it may invoke; deploy tokens: the functions a deploy or
+    /// rollback may change, nothing else changing (empty: no limit).
     pub functions: Vec<String>,
     pub created_ms: u64,
     pub expires_ms: Option<u64>,

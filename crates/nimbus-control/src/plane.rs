@@ -44,6 +44,10 @@ pub enum DeployError {
     NothingToRollBack,
     #[error("there is no deployment {0}; `nimbus ls` lists them")]
     NoSuchVersion(u64),
+    /// The caller may change only some functions (a deploy token limited to them), and this
+    /// deploy or rollback changes more; the message says what.
+    #[error("{0}")]
+    OutsideFunctions(String),
     #[error("cannot store the code of {function}: {source}")]
     Code {
         function: String,
@@ -77,7 +81,8 @@ impl DeployError {
             DeployError::Invalid(_)
             | DeployError::BadArchive(_)
             | DeployError::NothingToRollBack
-            | DeployError::NoSuchVersion(_) => true,
+            | DeployError::NoSuchVersion(_)
+            | DeployError::OutsideFunctions(_) => true,
             DeployError::Refused(e) => e.source.is_invalid(),
             _ => false,
         }
@@ -102,10 +107,12 @@ pub struct Deployed {
 pub trait Control: Send + Sync + 'static {
     /// The current snapshot: one atomic load, called on every request.
     fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>>;
-    /// Deploy an app uploaded as a tar archive (`POST /v1/deployments`).
-    async fn deploy_tar(&self, archive: Bytes) -> Result<Deployed, DeployError>;
-    /// Point `live` at `version`, or at the deployment before the live one.
-    async fn rollback(&self, version: Option<u64>) -> Result<Deployed, DeployError>;
+    /// Deploy an app uploaded as a tar archive (`POST /v1/deployments`). `only`: the functions
+    /// the caller may change (a deploy token limited to them), or `None` for any change.
+    async fn deploy_tar(&self, archive: Bytes, only: Option<&[String]>) -> Result<Deployed, DeployError>;
+    /// Point `live` at `version`, or at the deployment before the live one; `only` as for
+    /// [`Control::deploy_tar`].
+    async fn rollback(&self, version: Option<u64>, only: Option<&[String]>) -> Result<Deployed, DeployError>;
     /// The unrevoked token whose secret has `digest` (an expired one too: the caller compares
     /// the expiry with its clock). A lookup in memory, made on every authenticated request.
     fn token(&self, digest: &TokenDigest) -> Option<Arc<LiveToken>>;
@@ -191,10 +198,16 @@ impl ControlPlane {
     /// a rollback or a `nimbus deploy` made since).
     pub async fn deploy_dir(&self, app_dir: &Path, from_up: bool) -> Result<Deployed, DeployError> {
         let shown = app_dir.join(nimbus_manifest::MANIFEST_FILE).display().to_string();
-        self.deploy(app_dir, shown, from_up).await
+        self.deploy(app_dir, shown, from_up, None).await
     }
 
-    async fn deploy(&self, app_dir: &Path, shown_as: String, from_up: bool) -> Result<Deployed, DeployError> {
+    async fn deploy(
+        &self,
+        app_dir: &Path,
+        shown_as: String,
+        from_up: bool,
+        only: Option<&[String]>,
+    ) -> Result<Deployed, DeployError> {
         let _guard = self.lock.lock().await;
         let dir = app_dir.to_owned();
         let (manifest, source) = tokio::task::spawn_blocking(move || load_manifest(&dir, &shown_as)).await??;
@@ -204,6 +217,10 @@ impl ControlPlane {
             if self.registry.meta(UP_DIGEST).await?.as_deref() == Some(digest.as_str()) {
                 return Ok(describe(&live, false));
             }
+        }
+        if let Some(only) = only {
+            let next = view(self.registry.as_ref(), 0, app.clone(), 0, content.clone());
+            within(self.snapshot.load().live.as_deref(), &next, only)?;
         }
         // Get every function ready before anything is recorded: a component that does not
         // compile refuses the whole deployment.
@@ -271,7 +288,7 @@ impl Control for ControlPlane {
         self.snapshot.load()
     }
 
-    async fn deploy_tar(&self, archive: Bytes) -> Result<Deployed, DeployError> {
+    async fn deploy_tar(&self, archive: Bytes, only: Option<&[String]>) -> Result<Deployed, DeployError> {
         let io = |context| move |source| DeployError::Io { context, source };
         std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
         let dir = tempfile::Builder::new()
@@ -287,10 +304,10 @@ impl Control for ControlPlane {
         })
         .await?
         .map_err(DeployError::BadArchive)?;
-        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false).await
+        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only).await
     }
 
-    async fn rollback(&self, version: Option<u64>) -> Result<Deployed, DeployError> {
+    async fn rollback(&self, version: Option<u64>, only: Option<&[String]>) -> Result<Deployed, DeployError> {
         let _guard = self.lock.lock().await;
         let snap = self.snapshot.load_full();
         let current = snap.live.as_ref().map(|l| l.version);
@@ -305,6 +322,9 @@ impl Control for ControlPlane {
                 .ok_or(DeployError::NothingToRollBack)?,
         };
         let view = snap.versions.get(&target).cloned().ok_or(DeployError::NoSuchVersion(target))?;
+        if let Some(only) = only {
+            within(snap.live.as_deref(), &view, only)?;
+        }
         self.registry.set_alias(LIVE, target).await?;
         self.activate(view.clone(), None);
         Ok(describe(&view, Some(target) != current))
@@ -376,6 +396,37 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         router: Router::new(c.routes),
         schedules: c.schedules,
         pricing: c.pricing,
+    }
+}
+
+/// Refuse to make `next` live when it changes more than the functions in `only` (see
+/// [`DeploymentView::changes_outside`]), saying what else it changes.
+fn within(live: Option<&DeploymentView>, next: &DeploymentView, only: &[String]) -> Result<(), DeployError> {
+    let allowed = only.join(", ");
+    let Some(live) = live else {
+        return Err(DeployError::OutsideFunctions(format!(
+            "this token may change only {allowed}, and nothing is deployed yet: the first deployment needs a \
+             deploy token without functions (or an admin token)"
+        )));
+    };
+    let outside = live.changes_outside(next, only);
+    if outside.is_empty() {
+        return Ok(());
+    }
+    Err(DeployError::OutsideFunctions(format!(
+        "this token may change only {allowed}; {} would also change {}. Change those with a deploy token \
+         that may (or an admin token)",
+        next_name(next),
+        outside.join(", ")
+    )))
+}
+
+/// How a refusal names the deployment it refused: a new upload has no version yet.
+fn next_name(next: &DeploymentView) -> String {
+    if next.version == 0 {
+        "the upload".to_owned()
+    } else {
+        format!("rolling back to version {}", next.version)
     }
 }
 

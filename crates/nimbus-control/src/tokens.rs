@@ -125,10 +125,10 @@ pub fn mint(
 ) -> Result<(TokenRecord, String, Vec<String>), TokenError> {
     let invalid = |m: String| Err(TokenError::Invalid(m));
     let scope = spec.scope;
-    if !spec.functions.is_empty() && scope != Scope::Invoke {
+    if !spec.functions.is_empty() && !matches!(scope, Scope::Invoke | Scope::Deploy) {
         return invalid(format!(
-            "only invoke tokens can be limited to functions; a {scope} token acts on the whole app \
-             (leave out the functions, or ask for scope invoke)"
+            "only invoke and deploy tokens can be limited to functions; a {scope} token acts on the whole app \
+             (leave out the functions, or ask for scope invoke or deploy)"
         ));
     }
     if spec.functions.len() > MAX_FUNCTIONS {
@@ -181,7 +181,9 @@ mod tests {
             Err(TokenError::Invalid(m)) => m,
             other => panic!("expected a refusal, got {:?}", other.map(|(r, _, _)| r)),
         };
-        assert!(err(spec(Scope::Read, &["a"])).contains("only invoke tokens"));
+        assert!(err(spec(Scope::Read, &["a"])).contains("only invoke and deploy tokens"));
+        assert!(err(spec(Scope::Admin, &["a"])).contains("only invoke and deploy tokens"));
+        assert!(mint(spec(Scope::Deploy, &["a"]), 100, &known).is_ok());
         assert!(err(spec(Scope::Invoke, &[" a"])).contains("not a function name"));
         assert!(err(TokenSpec { expires_ms: Some(100), ..spec(Scope::Admin, &[]) }).contains("in the past"));
         assert!(err(TokenSpec { name: Some("a\nb".into()), ..spec(Scope::Admin, &[]) }).contains("one line"));

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 /// What a credential may do. `Admin` may do everything (token management, the audit log and
 /// the dead-letter store's redrive and purge included); `Deploy` deploys and rolls back, and
-/// reads what `Read` reads; `Read` reads the management API (not the tokens, not the audit log); `Invoke`
+/// reads what `Read` reads (and, when its token names functions, may change only those); `Read` reads the management API (not the tokens, not the audit log); `Invoke`
 /// calls the Invoke API only, and only the functions its token names when it names any. The
 /// gateway's endpoint table says which scope each endpoint needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,7 +127,8 @@ pub struct TokenRecord {
     /// A note saying whose or what for ("ci", "alice's laptop").
     pub name: Option<String>,
     pub scope: Scope,
-    /// For `Invoke` tokens: the functions it may invoke (empty: every function).
+    /// For `Invoke` tokens: the functions it may invoke; for `Deploy` tokens: the functions a
+    /// deploy or rollback may change (nothing else may change). Empty: no limit.
     pub functions: Vec<String>,
     pub digest: TokenDigest,
     pub created_ms: u64,

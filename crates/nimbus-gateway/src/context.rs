@@ -90,7 +90,7 @@ impl Credential {
         }
     }
 
-    /// Whether its function list (invoke tokens) lets it invoke `function`.
+    /// Whether its function list lets it invoke `function` (only invoke tokens get that far).
     pub(crate) fn may_invoke(&self, function: &str) -> bool {
         match self {
             Credential::Token(t) => t.record.may_invoke(function),
@@ -98,7 +98,8 @@ impl Credential {
         }
     }
 
-    /// The functions it is limited to (empty: none named).
+    /// The functions it is limited to (empty: none named): what an invoke token may invoke, or
+    /// what a deploy token's deploys and rollbacks may change.
     pub(crate) fn functions(&self) -> &[String] {
         match self {
             Credential::Token(t) => &t.record.functions,

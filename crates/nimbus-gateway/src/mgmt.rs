@@ -86,6 +86,7 @@ impl From<DeployError> for ApiError {
                     errors: Some(d.0.iter().map(ToString::to_string).collect()),
                 },
             },
+            e @ DeployError::OutsideFunctions(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
             e if e.is_client_error() => ApiError::bad_request(e.to_string()),
             e => ApiError::internal(&e),
         }
@@ -102,6 +103,11 @@ struct Caller<'a> {
 }
 
 impl Caller<'_> {
+    /// The functions a deploy or rollback may change: a deploy token's list, when it has one.
+    fn limit(&self) -> Option<&[String]> {
+        Some(self.who.functions()).filter(|f| !f.is_empty())
+    }
+
     /// Record an action and how it ended.
     async fn audit<T>(&self, action: AuditAction, target: String, result: &Result<T, ApiError>) {
         let outcome = result.as_ref().map(drop).map_err(|e| e.body.error.clone());
@@ -242,7 +248,7 @@ fn deployed(d: Deployed) -> api::Deployed {
 }
 
 async fn deploy(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
-    let result = deploy_archive(c.gw, req).await;
+    let result = deploy_archive(c.gw, req, c.limit()).await;
     let target = match &result {
         Ok(d) if d.changed => format!("version {} of {}", d.version, d.app),
         Ok(d) => format!("version {} of {} (unchanged)", d.version, d.app),
@@ -252,7 +258,7 @@ async fn deploy(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
     Ok(json(StatusCode::CREATED, &deployed(result?)))
 }
 
-async fn deploy_archive(gw: &Gateway, req: Request<Incoming>) -> Result<Deployed, ApiError> {
+async fn deploy_archive(gw: &Gateway, req: Request<Incoming>, only: Option<&[String]>) -> Result<Deployed, ApiError> {
     let archive = gw.read_body_up_to(req.into_body(), gw.config.max_upload).await.map_err(|e| match e {
         BodyError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -263,14 +269,14 @@ async fn deploy_archive(gw: &Gateway, req: Request<Incoming>) -> Result<Deployed
         ),
         _ => ApiError::bad_request("the app archive could not be read"),
     })?;
-    Ok(gw.control.deploy_tar(archive).await?)
+    Ok(gw.control.deploy_tar(archive, only).await?)
 }
 
 async fn rollback(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
     let r: Result<api::RollbackRequest, ApiError> = body(c.gw, req, "{\"version\": 3}").await;
     let asked = r.as_ref().ok().and_then(|r| r.version);
     let result = match r {
-        Ok(r) => c.gw.control.rollback(r.version).await.map_err(ApiError::from),
+        Ok(r) => c.gw.control.rollback(r.version, c.limit()).await.map_err(ApiError::from),
         Err(e) => Err(e),
     };
     let target = match (&result, asked) {

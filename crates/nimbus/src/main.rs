@@ -143,7 +143,9 @@ pub enum TokenAction {
         /// under /v1 but tokens and the audit log; invoke: the Invoke API only.
         #[arg(long, value_parser = ["admin", "deploy", "invoke", "read"])]
         scope: String,
-        /// With --scope invoke: a function the token may invoke (repeat for more) [default: all]
+        /// With --scope invoke: a function the token may invoke; with --scope deploy: a function
+        /// its deploys and rollbacks may change, nothing else changing (repeat for more)
+        /// [default: all]
         #[arg(long = "function", value_name = "NAME")]
         functions: Vec<String>,
         /// When it stops working: a duration ("30d", "12h") or an RFC 3339 time [default: never]

@@ -1,7 +1,7 @@
 //! Scoped API tokens and the audit log, through the real binary: what each scope may call (one
-//! table of endpoints), invoke tokens held to their functions, expiry and revocation taking
-//! effect without a restart, secrets shown once and never stored, and an audit log that names
-//! who did what from where, bounds floods of refused credentials, and survives a restart.
+//! table of endpoints), invoke and deploy tokens held to their functions, expiry and revocation
+//! taking effect without a restart, secrets shown once and never stored, and an audit log that
+//! names who did what from where, bounds floods of refused credentials, and survives a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
@@ -215,6 +215,46 @@ async fn invoke_tokens_are_held_to_their_functions() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("may invoke only f"));
 }
 
+/// A deploy token limited to functions may deploy and roll back changes to those functions
+/// only: anything else the deployment would change (another function, routes, the app's name)
+/// refuses it with a 403 that says what.
+#[tokio::test]
+async fn deploy_tokens_are_held_to_their_functions() {
+    let app = app("teams");
+    let server = start_exposed(&app);
+    let (f_team, _, v) = create(&server, &["--scope", "deploy", "--function", "f", "--name", "f-team"]);
+    assert_eq!(v["token"]["functions"], json!(["f"]));
+    let f_changed =
+        App::new("teams").conformance("python", "f", "memory_mb = 256").conformance("python", "g", "").finish();
+    let g_changed =
+        App::new("teams").conformance("python", "f", "").conformance("python", "g", "memory_mb = 256").finish();
+    let deploy = |token: &str, app: &App| server.cli_as(token, &["deploy", app.path().to_str().unwrap()]);
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let out = deploy(&f_team, &f_changed);
+    assert!(out.status.success(), "a change to f alone: {}", stderr(&out));
+    assert_eq!(server.admin("/v1/app").await["live"], 2);
+    let out = deploy(&f_team, &g_changed);
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(said.contains("may change only f") && said.contains("would also change function g"), "{said}");
+    let (status, answer) = call(&server, &Cred::Bearer(f_team.clone()), "POST", "/v1/rollback", "{}").await;
+    assert_eq!(status, 200, "back to version 1 changes f alone: {answer}");
+    assert_eq!(answer["version"], 1);
+
+    // The admin ships a change to g; going back from it would undo that, which f-team may not.
+    let out = deploy(&server.token, &g_changed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (status, answer) = call(&server, &Cred::Bearer(f_team.clone()), "POST", "/v1/rollback", "{}").await;
+    assert_eq!(status, 403, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("rolling back to version 2 would also change function g"), "{error}");
+    assert_eq!(server.admin("/v1/app").await["live"], 3, "nothing moved");
+    let entries =
+        audit_until(&server, "the refused rollback", |e| has(e, "rollback", "f-team", "error", "version")).await;
+    assert!(has(&entries, "deploy", "f-team", "error", "an uploaded app"), "{entries:#?}");
+}
+
 #[tokio::test]
 async fn expired_tokens_stop_working_without_a_restart() {
     let app = app("expiry");
@@ -341,7 +381,7 @@ async fn bad_token_requests_are_refused_clearly() {
     fails(&["--scope", "write"], "possible values: admin, deploy, invoke, read");
     fails(&["--scope", "read", "--expires", "soon"], "not a duration");
     fails(&["--scope", "read", "--expires", "2020-01-01T00:00:00Z"], "in the past");
-    fails(&["--scope", "read", "--function", "f"], "only invoke tokens");
+    fails(&["--scope", "read", "--function", "f"], "only invoke and deploy tokens");
     // The API says the same to other clients.
     let admin = Cred::Bearer(server.token.clone());
     let (status, answer) = call(&server, &admin, "POST", "/v1/tokens", r#"{"scope":"write"}"#).await;
