@@ -4,24 +4,42 @@
 //! JSON names clients (the CLI, the dashboard, scripts) rely on: camelCase, except where a
 //! field's documented name says otherwise. Adding a field is compatible; renaming one is not.
 //!
-//! | method and path | request | response |
-//! |---|---|---|
-//! | `GET /v1/app` | – | [`AppInfo`] |
-//! | `POST /v1/deployments` | a tar of the app directory | 201 [`Deployed`], 400 [`ErrorBody`] with `errors` |
-//! | `GET /v1/deployments` | – | [`DeploymentSummary`]s, newest first |
-//! | `POST /v1/rollback` | [`RollbackRequest`] | [`Deployed`] |
-//! | `GET /v1/functions` | – | [`FunctionInfo`]s |
-//! | `GET /v1/functions/{name}/logs?after=&requestId=&limit=` | – | [`LogPage`] |
-//! | `GET /v1/invocations?function=&requestId=&limit=` | – | [`Invocation`]s, newest first |
-//! | `GET /v1/invocations?status=S&function=&limit=` | – | [`Event`]s |
-//! | `GET /v1/invocations/{id}` | – | an [`Event`] (async), else an [`Invocation`] |
-//! | `GET /v1/dlq`, `GET /v1/dlq/{id}` | – | [`Event`]s, an [`Event`] |
-//! | `POST /v1/dlq/redrive` | [`RedriveRequest`] | [`Redriven`] |
-//! | `POST /v1/dlq/purge` | [`PurgeRequest`] | [`Purged`] |
-//! | `GET /v1/queue` | – | [`QueueInfo`] |
-//! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] |
-//! | `GET /v1/stats?function=&window=&buckets=&until=` | – | [`StatsReport`] |
-//! | `GET /v1/info` | – | [`Info`] |
+//! | method and path | request | response | scope |
+//! |---|---|---|---|
+//! | `GET /v1/app` | – | [`AppInfo`] | read |
+//! | `POST /v1/deployments` | a tar of the app directory | 201 [`Deployed`], 400 [`ErrorBody`] with `errors` | deploy |
+//! | `GET /v1/deployments` | – | [`DeploymentSummary`]s, newest first | read |
+//! | `POST /v1/rollback` | [`RollbackRequest`] | [`Deployed`] | deploy |
+//! | `GET /v1/functions` | – | [`FunctionInfo`]s | read |
+//! | `GET /v1/functions/{name}/logs?after=&requestId=&limit=` | – | [`LogPage`] | read |
+//! | `GET /v1/invocations?function=&requestId=&limit=` | – | [`Invocation`]s, newest first | read |
+//! | `GET /v1/invocations?status=S&function=&limit=` | – | [`Event`]s | read |
+//! | `GET /v1/invocations/{id}` | – | an [`Event`] (async), else an [`Invocation`] | read |
+//! | `GET /v1/dlq`, `GET /v1/dlq/{id}` | – | [`Event`]s, an [`Event`] | read |
+//! | `POST /v1/dlq/redrive` | [`RedriveRequest`] | [`Redriven`] | admin |
+//! | `POST /v1/dlq/purge` | [`PurgeRequest`] | [`Purged`] | admin |
+//! | `GET /v1/queue` | – | [`QueueInfo`] | read |
+//! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] | read |
+//! | `GET /v1/stats?function=&window=&buckets=&until=` | – | [`StatsReport`] | read |
+//! | `GET /v1/info` | – | [`Info`] | read |
+//! | `POST /v1/tokens` | [`TokenRequest`] | 201 [`CreatedToken`] (the secret, this once) | admin |
+//! | `GET /v1/tokens` | – | [`TokenInfo`]s, oldest first (never a secret) | admin |
+//! | `DELETE /v1/tokens/{id}` | – | the revoked [`TokenInfo`] | admin |
+//! | `GET /v1/audit?since=&limit=&action=` | – | [`AuditEntry`]s, newest first | admin |
+//! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, beside /v1) | the event | Lambda's answer | invoke |
+//!
+//! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
+//! token from `POST /v1/tokens` — or the dashboard's session cookie (admin). Scopes: `admin`
+//! may do everything; `deploy` what `deploy` and `read` rows allow; `read` the `read` rows;
+//! `invoke` only the Invoke API (only the functions the token names, when it names any; a
+//! deploy token that names functions may deploy or roll back only changes to them). The
+//! Invoke API needs no credential when nimbus listens on loopback only (unless `nimbus up
+//! --invoke-auth token`). No credential, or an unknown, revoked or expired one, is a 401 (with
+//! no credential at all the Invoke API answers 403 `AccessDeniedException`, as Lambda does); a
+//! credential whose scope does not allow the call is a 403 whose `error` names the scope
+//! needed. The gateway's endpoint table
+//! (`nimbus-gateway/src/scopes.rs`) is the source of this column, and a test holds the two
+//! together.
 //!
 //! Every error is an [`ErrorBody`].
 
@@ -379,6 +397,80 @@ pub struct StatsBucket {
     pub max_ms: Option<f64>,
 }
 
+/// `POST /v1/tokens`: the new token's `scope` (admin, deploy, invoke or read), for an invoke
+/// token optionally the `functions` it may invoke and for a deploy token the `functions` its
+/// deploys and rollbacks may change (none: every function), when it expires
+/// (`expiresIn`, a duration like "30d", or `expires`, an RFC 3339 time; neither: never), and a
+/// `name` saying whose or what for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRequest {
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub functions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/tokens` → 201: the secret, shown this once (nimbus keeps only its SHA-256), the
+/// token as listed, and warnings (a function not deployed yet).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub secret: String,
+    pub token: TokenInfo,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A token as `GET /v1/tokens` lists it: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    /// `tok_…`: names the token in listings, revocations and the audit log; grants nothing.
+    pub id: String,
+    pub name: Option<String>,
+    /// admin | deploy | invoke | read
+    pub scope: String,
+    /// Invoke tokens: the functions it may invoke; deploy tokens: the functions a deploy or
+    /// rollback may change, nothing else changing (empty: no limit).
+    pub functions: Vec<String>,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub expired: bool,
+    pub revoked_ms: Option<u64>,
+    /// The last request it authenticated since the server started (kept in memory only).
+    pub last_used_ms: Option<u64>,
+}
+
+/// One entry of the audit log (`GET /v1/audit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub ts_ms: u64,
+    /// deploy | rollback | dlq.redrive | dlq.purge | token.create | token.revoke | login |
+    /// auth.failed | auth.denied
+    pub action: String,
+    /// What it was done to: "version 3", a token id, "POST /v1/deployments", "dashboard login".
+    pub target: String,
+    /// "ok" or "error".
+    pub outcome: String,
+    pub error: Option<String>,
+    /// `admin.token`, a token's name (or id), `dashboard session`, `nimbus up`, `anonymous`,
+    /// `unknown token`.
+    pub actor: String,
+    pub token_id: Option<String>,
+    /// The client's IP address (`local` for `nimbus up` itself).
+    pub source: String,
+    /// 1, or how many refused requests from one address this entry stands for (they are
+    /// coalesced per second).
+    pub count: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +512,43 @@ mod tests {
         assert_eq!(r.ids, ["a"]);
         let p: PurgeRequest = serde_json::from_str("{}").unwrap();
         assert_eq!(p.function, None);
+        let t: TokenRequest = serde_json::from_str(r#"{"scope":"invoke","expiresIn":"30d"}"#).unwrap();
+        assert_eq!((t.scope.as_str(), t.expires_in.as_deref(), t.functions.len()), ("invoke", Some("30d"), 0));
+    }
+
+    #[test]
+    fn token_and_audit_field_names() {
+        let t = TokenInfo {
+            id: "tok_1".into(),
+            name: None,
+            scope: "read".into(),
+            functions: vec![],
+            created_ms: 1,
+            expires_ms: None,
+            expired: false,
+            revoked_ms: None,
+            last_used_ms: Some(2),
+        };
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"id":"tok_1","name":null,"scope":"read","functions":[],"createdMs":1,"expiresMs":null,"expired":false,"revokedMs":null,"lastUsedMs":2}"#
+        );
+        let r = TokenRequest { scope: "read".into(), ..Default::default() };
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"scope":"read","functions":[]}"#);
+        let a = AuditEntry {
+            ts_ms: 1,
+            action: "deploy".into(),
+            target: "version 2".into(),
+            outcome: "ok".into(),
+            error: None,
+            actor: "ci".into(),
+            token_id: Some("tok_1".into()),
+            source: "127.0.0.1".into(),
+            count: 1,
+        };
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"tsMs":1,"action":"deploy","target":"version 2","outcome":"ok","error":null,"actor":"ci","tokenId":"tok_1","source":"127.0.0.1","count":1}"#
+        );
     }
 }

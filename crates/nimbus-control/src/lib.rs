@@ -2,8 +2,9 @@
 //! immutable deployment and the in-memory [`Snapshot`] the request path reads; rolls back by
 //! moving the `live` alias.
 //!
-//! It owns the stored deployment format ([`stored`]), the route table ([`router`]) and the rules
-//! an uploaded archive must keep ([`upload`]). It talks to storage only through the
+//! It owns the stored deployment format ([`stored`]), the route table ([`router`]), the rules
+//! an uploaded archive must keep ([`upload`]) and the in-memory set of API tokens the request
+//! path checks credentials against ([`tokens`]). It talks to storage only through the
 //! [`nimbus_core::Registry`] trait and to the instance pools only through
 //! [`nimbus_core::Pools`]; the HTTP layer talks to it through [`Control`]. It never names a
 //! concrete store, runtime or HTTP server.
@@ -12,8 +13,10 @@ mod plane;
 pub mod router;
 mod snapshot;
 pub mod stored;
+pub mod tokens;
 pub mod upload;
 
 pub use plane::{Control, ControlPlane, DeployError, Deployed};
 pub use router::{RouteMatch, Router};
 pub use snapshot::{DeploymentView, Snapshot, LIVE};
+pub use tokens::{CreatedToken, LiveToken, TokenError, TokenSpec};

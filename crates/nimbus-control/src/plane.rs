@@ -14,7 +14,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use nimbus_core::{FunctionPrepareError, FunctionVersion, NewDeployment, Pools, Registry, RegistryError};
+use nimbus_core::{
+    FunctionPrepareError, FunctionVersion, NewDeployment, Pools, Registry, RegistryError, TokenDigest, TokenRecord,
+};
 use nimbus_manifest::schedule::ScheduleSpec;
 use nimbus_manifest::{Diagnostics, Manifest, RouteSpec};
 use sha2::{Digest, Sha256};
@@ -23,6 +25,7 @@ use crate::router::Router;
 use crate::snapshot::{DeploymentView, Snapshot, LIVE};
 use crate::stored::{self, DeploymentContent, FormatError};
 use crate::upload::{self, UploadError};
+use crate::tokens::{CreatedToken, LiveToken, TokenError, TokenSet, TokenSpec};
 
 /// Meta key: digest of what `nimbus up` last deployed from its app directory.
 const UP_DIGEST: &str = "up_digest";
@@ -43,6 +46,10 @@ pub enum DeployError {
     NothingToRollBack,
     #[error("there is no deployment {0}; `nimbus ls` lists them")]
     NoSuchVersion(u64),
+    /// The caller may change only some functions (a deploy token limited to them), and this
+    /// deploy or rollback changes more; the message says what.
+    #[error("{0}")]
+    OutsideFunctions(String),
     #[error("cannot store the code of {function}: {source}")]
     Code {
         function: String,
@@ -76,7 +83,8 @@ impl DeployError {
             DeployError::Invalid(_)
             | DeployError::Upload(_)
             | DeployError::NothingToRollBack
-            | DeployError::NoSuchVersion(_) => true,
+            | DeployError::NoSuchVersion(_)
+            | DeployError::OutsideFunctions(_) => true,
             DeployError::Refused(e) => e.source.is_invalid(),
             _ => false,
         }
@@ -101,10 +109,21 @@ pub struct Deployed {
 pub trait Control: Send + Sync + 'static {
     /// The current snapshot: one atomic load, called on every request.
     fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>>;
-    /// Deploy an app uploaded as a tar archive (`POST /v1/deployments`).
-    async fn deploy_tar(&self, archive: Bytes) -> Result<Deployed, DeployError>;
-    /// Point `live` at `version`, or at the deployment before the live one.
-    async fn rollback(&self, version: Option<u64>) -> Result<Deployed, DeployError>;
+    /// Deploy an app uploaded as a tar archive (`POST /v1/deployments`). `only`: the functions
+    /// the caller may change (a deploy token limited to them), or `None` for any change.
+    async fn deploy_tar(&self, archive: Bytes, only: Option<&[String]>) -> Result<Deployed, DeployError>;
+    /// Point `live` at `version`, or at the deployment before the live one; `only` as for
+    /// [`Control::deploy_tar`].
+    async fn rollback(&self, version: Option<u64>, only: Option<&[String]>) -> Result<Deployed, DeployError>;
+    /// The unrevoked token whose secret has `digest` (an expired one too: the caller compares
+    /// the expiry with its clock). A lookup in memory, made on every authenticated request.
+    fn token(&self, digest: &TokenDigest) -> Option<Arc<LiveToken>>;
+    /// Every unrevoked token, oldest first, from memory.
+    fn tokens(&self) -> Vec<Arc<LiveToken>>;
+    /// Check and create a token: stored (its digest), then added to the in-memory set.
+    async fn create_token(&self, spec: TokenSpec) -> Result<CreatedToken, TokenError>;
+    /// Revoke a token: stored, then removed from the in-memory set, so it stops working at once.
+    async fn revoke_token(&self, id: &str) -> Result<TokenRecord, TokenError>;
 }
 
 pub struct ControlPlane {
@@ -114,6 +133,10 @@ pub struct ControlPlane {
     uploads: PathBuf,
     /// One deploy or rollback at a time.
     lock: tokio::sync::Mutex<()>,
+    /// The unrevoked API tokens, as the request path checks them.
+    tokens: ArcSwap<TokenSet>,
+    /// One token creation or revocation at a time (each replaces the whole set).
+    token_lock: tokio::sync::Mutex<()>,
 }
 
 impl ControlPlane {
@@ -134,6 +157,7 @@ impl ControlPlane {
             versions.insert(view.version, Arc::new(view));
         }
         let live = registry.alias(LIVE).await?.and_then(|v| versions.get(&v).cloned());
+        let tokens = TokenSet::from_records(registry.tokens().await?);
         if let Some(l) = &live {
             pools.deploy(&l.functions.values().cloned().collect::<Vec<_>>());
         }
@@ -143,6 +167,8 @@ impl ControlPlane {
             snapshot: ArcSwap::from_pointee(Snapshot { live, versions }),
             uploads,
             lock: tokio::sync::Mutex::new(()),
+            tokens: ArcSwap::from_pointee(tokens),
+            token_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -174,10 +200,16 @@ impl ControlPlane {
     /// a rollback or a `nimbus deploy` made since).
     pub async fn deploy_dir(&self, app_dir: &Path, from_up: bool) -> Result<Deployed, DeployError> {
         let shown = app_dir.join(nimbus_manifest::MANIFEST_FILE).display().to_string();
-        self.deploy(app_dir, shown, from_up).await
+        self.deploy(app_dir, shown, from_up, None).await
     }
 
-    async fn deploy(&self, app_dir: &Path, shown_as: String, from_up: bool) -> Result<Deployed, DeployError> {
+    async fn deploy(
+        &self,
+        app_dir: &Path,
+        shown_as: String,
+        from_up: bool,
+        only: Option<&[String]>,
+    ) -> Result<Deployed, DeployError> {
         let _guard = self.lock.lock().await;
         let dir = app_dir.to_owned();
         let (manifest, source) = tokio::task::spawn_blocking(move || load_manifest(&dir, &shown_as)).await??;
@@ -187,6 +219,10 @@ impl ControlPlane {
             if self.registry.meta(UP_DIGEST).await?.as_deref() == Some(digest.as_str()) {
                 return Ok(describe(&live, false));
             }
+        }
+        if let Some(only) = only {
+            let next = view(self.registry.as_ref(), 0, app.clone(), 0, content.clone());
+            within(self.snapshot.load().live.as_deref(), &next, only)?;
         }
         // Get every function ready before anything is recorded: a component that does not
         // compile refuses the whole deployment.
@@ -254,7 +290,7 @@ impl Control for ControlPlane {
         self.snapshot.load()
     }
 
-    async fn deploy_tar(&self, archive: Bytes) -> Result<Deployed, DeployError> {
+    async fn deploy_tar(&self, archive: Bytes, only: Option<&[String]>) -> Result<Deployed, DeployError> {
         let io = |context| move |source| DeployError::Io { context, source };
         std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
         let dir = tempfile::Builder::new()
@@ -263,10 +299,10 @@ impl Control for ControlPlane {
             .map_err(io("cannot create an upload directory"))?;
         let target = dir.path().to_owned();
         tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
-        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false).await
+        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only).await
     }
 
-    async fn rollback(&self, version: Option<u64>) -> Result<Deployed, DeployError> {
+    async fn rollback(&self, version: Option<u64>, only: Option<&[String]>) -> Result<Deployed, DeployError> {
         let _guard = self.lock.lock().await;
         let snap = self.snapshot.load_full();
         let current = snap.live.as_ref().map(|l| l.version);
@@ -281,9 +317,39 @@ impl Control for ControlPlane {
                 .ok_or(DeployError::NothingToRollBack)?,
         };
         let view = snap.versions.get(&target).cloned().ok_or(DeployError::NoSuchVersion(target))?;
+        if let Some(only) = only {
+            within(snap.live.as_deref(), &view, only)?;
+        }
         self.registry.set_alias(LIVE, target).await?;
         self.activate(view.clone(), None);
         Ok(describe(&view, Some(target) != current))
+    }
+
+    fn token(&self, digest: &TokenDigest) -> Option<Arc<LiveToken>> {
+        self.tokens.load().get(digest).cloned()
+    }
+
+    fn tokens(&self) -> Vec<Arc<LiveToken>> {
+        self.tokens.load().list()
+    }
+
+    async fn create_token(&self, spec: TokenSpec) -> Result<CreatedToken, TokenError> {
+        let _guard = self.token_lock.lock().await;
+        let snap = self.snapshot.load_full();
+        let (record, secret, warnings) =
+            crate::tokens::mint(spec, nimbus_core::ids::now_ms(), &|f| snap.knows_function(f))?;
+        self.registry.add_token(&record).await?;
+        let token = Arc::new(LiveToken::new(record));
+        self.tokens.store(Arc::new(self.tokens.load().with(token.clone())));
+        Ok(CreatedToken { token, secret, warnings })
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<TokenRecord, TokenError> {
+        let _guard = self.token_lock.lock().await;
+        let revoked = self.registry.revoke_token(id, nimbus_core::ids::now_ms()).await?;
+        let record = revoked.ok_or_else(|| TokenError::NoSuchToken(id.to_owned()))?;
+        self.tokens.store(Arc::new(self.tokens.load().without(id)));
+        Ok(record)
     }
 }
 
@@ -325,6 +391,37 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         router: Router::new(c.routes),
         schedules: c.schedules,
         pricing: c.pricing,
+    }
+}
+
+/// Refuse to make `next` live when it changes more than the functions in `only` (see
+/// [`DeploymentView::changes_outside`]), saying what else it changes.
+fn within(live: Option<&DeploymentView>, next: &DeploymentView, only: &[String]) -> Result<(), DeployError> {
+    let allowed = only.join(", ");
+    let Some(live) = live else {
+        return Err(DeployError::OutsideFunctions(format!(
+            "this token may change only {allowed}, and nothing is deployed yet: the first deployment needs a \
+             deploy token without functions (or an admin token)"
+        )));
+    };
+    let outside = live.changes_outside(next, only);
+    if outside.is_empty() {
+        return Ok(());
+    }
+    Err(DeployError::OutsideFunctions(format!(
+        "this token may change only {allowed}; {} would also change {}. Change those with a deploy token \
+         that may (or an admin token)",
+        next_name(next),
+        outside.join(", ")
+    )))
+}
+
+/// How a refusal names the deployment it refused: a new upload has no version yet.
+fn next_name(next: &DeploymentView) -> String {
+    if next.version == 0 {
+        "the upload".to_owned()
+    } else {
+        format!("rolling back to version {}", next.version)
     }
 }
 

@@ -31,6 +31,36 @@ impl DeploymentView {
         names.sort_unstable();
         names
     }
+
+    /// What `next` changes, compared with this deployment, beyond the functions in `only`:
+    /// "function g" for each other function added, removed or changed (code or settings),
+    /// then "the routes", "the schedules", "the pricing", "the app name". Empty when `next`
+    /// changes nothing but those functions. This is what holds a deploy token limited to
+    /// functions to them.
+    pub fn changes_outside(&self, next: &DeploymentView, only: &[String]) -> Vec<String> {
+        let same = |a: &FunctionVersion, b: &FunctionVersion| a.spec == b.spec && a.code_digest == b.code_digest;
+        let mut names: Vec<&str> = self.function_names();
+        names.extend(next.function_names());
+        names.sort_unstable();
+        names.dedup();
+        let mut out: Vec<String> = names
+            .into_iter()
+            .filter(|n| !only.iter().any(|o| o == n))
+            .filter(|n| match (self.functions.get(*n), next.functions.get(*n)) {
+                (Some(a), Some(b)) => !same(a, b),
+                _ => true,
+            })
+            .map(|n| format!("function {n}"))
+            .collect();
+        let rest = [
+            (self.router.routes() != next.router.routes(), "the routes"),
+            (self.schedules != next.schedules, "the schedules"),
+            (self.pricing != next.pricing, "the pricing"),
+            (self.app != next.app, "the app name"),
+        ];
+        out.extend(rest.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what.to_owned()));
+        out
+    }
 }
 
 /// Everything the request path needs, swapped atomically on deploy and rollback.
@@ -75,6 +105,64 @@ mod tests {
             schedules: Vec::new(),
             pricing: Pricing::default(),
         })
+    }
+
+    /// A deployment of `manifest` whose function `f`'s code has digest `f_code` (others: "c").
+    fn deployment(manifest: &str, f_code: &str) -> DeploymentView {
+        let m = nimbus_manifest::parse(manifest, "nimbus.toml").unwrap();
+        let functions = m
+            .functions
+            .into_iter()
+            .map(|(name, spec)| {
+                let code_digest = if name == "f" { f_code } else { "c" }.to_owned();
+                let version = FunctionVersion {
+                    spec,
+                    version: "1".into(),
+                    code_digest,
+                    code_path: "/code".into(),
+                    key_cache: Default::default(),
+                };
+                (name, Arc::new(version))
+            })
+            .collect();
+        DeploymentView {
+            version: 1,
+            app: m.name,
+            created_ms: 0,
+            functions,
+            router: Router::new(m.routes),
+            schedules: m.schedules,
+            pricing: m.pricing,
+        }
+    }
+
+    const F: &str = "[functions.f]\nruntime = \"python\"\nhandler = \"h.handler\"\n";
+    const G: &str = "[functions.g]\nruntime = \"python\"\nhandler = \"h.handler\"\n";
+    const ROUTE: &str = "[[routes]]\nmethod = \"GET\"\npath = \"/f\"\nfunction = \"f\"\n";
+
+    /// What a deploy token limited to functions may change: their code and settings, and
+    /// nothing else (another function, routes, the app's name).
+    #[test]
+    fn changes_outside_the_named_functions_are_listed() {
+        let app = |name: &str, parts: &[&str]| format!("name = \"{name}\"\n{}", parts.concat());
+        let live = deployment(&app("a", &[F, G, ROUTE]), "v1");
+        let only_f = ["f".to_owned()];
+        let outside = |next: &DeploymentView, only: &[String]| live.changes_outside(next, only);
+
+        assert!(outside(&live, &[]).is_empty(), "the same deployment changes nothing");
+        let new_code = deployment(&app("a", &[F, G, ROUTE]), "v2");
+        assert!(outside(&new_code, &only_f).is_empty());
+        assert_eq!(outside(&new_code, &["g".to_owned()]), ["function f"]);
+        let f_bigger = F.replace("h.handler\"\n", "h.handler\"\nmemory_mb = 512\n");
+        let new_setting = deployment(&app("a", &[&f_bigger, G, ROUTE]), "v1");
+        assert!(outside(&new_setting, &only_f).is_empty());
+        assert_eq!(outside(&new_setting, &[]), ["function f"], "a setting is a change");
+        let g_gone = deployment(&app("a", &[F, ROUTE]), "v1");
+        assert_eq!(outside(&g_gone, &only_f), ["function g"], "removing a function is a change");
+        let no_route = deployment(&app("a", &[F, G]), "v2");
+        assert_eq!(outside(&no_route, &only_f), ["the routes"]);
+        let renamed = deployment(&app("b", &[F, G, ROUTE]), "v1");
+        assert_eq!(outside(&renamed, &only_f), ["the app name"]);
     }
 
     #[test]

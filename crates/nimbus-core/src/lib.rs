@@ -2,6 +2,8 @@
 //! runtimes and stores all speak these types, and the binary wires concrete implementations
 //! together.
 
+pub mod audit;
+pub mod auth;
 pub mod error;
 pub mod function;
 pub mod history;
@@ -13,6 +15,8 @@ pub mod queue;
 pub mod registry;
 pub mod runtime;
 
+pub use audit::{AuditAction, AuditEntry, AuditError, AuditLog, AuditQuery};
+pub use auth::{Scope, TokenDigest, TokenRecord};
 pub use error::{DispatchError, ErrorSource};
 pub use function::{
     AsyncPolicy, Destination, FunctionSpec, FunctionVersion, Grants, RuntimeKind, WasmOptions, ACCOUNT_ID, REGION,

@@ -1,5 +1,5 @@
-//! The registry seam: deployments, aliases, small settings and code artifacts, as the control
-//! plane keeps them. The embedded backend is SQLite plus content-addressed directories
+//! The registry seam: deployments, aliases, small settings, code artifacts and API tokens, as
+//! the control plane keeps them. The embedded backend is SQLite plus content-addressed directories
 //! (nimbus-store-sqlite); a cluster backend (NATS JetStream KV and Object Store) implements the
 //! same trait, so the control plane and the HTTP layer never name a backend.
 //!
@@ -8,8 +8,11 @@
 //! when another node deploys); `add_deployment` and `set_alias` are called once per deploy or
 //! rollback, under the control plane's deploy lock; `put_artifact` once per function per deploy
 //! (cheap when the content is already stored); `artifact_path` whenever a function version is
-//! built from a record. None of them is ever called on the request path: the request path reads
-//! the control plane's in-memory snapshot.
+//! built from a record. `tokens` is read once at start; `add_token` and `revoke_token` once per
+//! `POST /v1/tokens` and `DELETE /v1/tokens/{id}`; `token_by_digest` answers a lookup the
+//! in-memory set cannot (a cluster node that has not yet seen another node's new token). None
+//! of them is ever called on the request path: the request path reads the control plane's
+//! in-memory snapshot and token set.
 //!
 //! The registry does not interpret a deployment's body: the control plane owns that format and
 //! says which version of it a body is in (`format_version`), so a backend is a versioned
@@ -18,6 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+
+use crate::auth::{TokenDigest, TokenRecord};
 
 /// Directories never part of a code artifact, at any depth: nimbus state, VCS metadata,
 /// bytecode caches. The manifest's checks skip them too.
@@ -67,6 +72,9 @@ pub enum RegistryError {
     /// An alias names a version that is not stored.
     #[error("there is no deployment {0}")]
     NoSuchVersion(u64),
+    /// A token id or digest that is already stored (a new token must be new).
+    #[error("a token with the same {0} exists")]
+    DuplicateToken(&'static str),
 }
 
 impl RegistryError {
@@ -101,4 +109,13 @@ pub trait Registry: Send + Sync + 'static {
     /// Where the code with `digest` can be read on this node (a local directory; a cluster
     /// backend fetches and verifies it first).
     fn artifact_path(&self, digest: &str) -> PathBuf;
+    /// Store a new token (its digest, never its secret).
+    async fn add_token(&self, token: &TokenRecord) -> Result<(), RegistryError>;
+    /// Every stored token, revoked ones included (with `revoked_ms`), oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, RegistryError>;
+    /// Mark a token revoked at `at_ms`; returns it as now stored, or `None` when no unrevoked
+    /// token has that id.
+    async fn revoke_token(&self, id: &str, at_ms: u64) -> Result<Option<TokenRecord>, RegistryError>;
+    /// The token whose secret has this digest, revoked or not.
+    async fn token_by_digest(&self, digest: &TokenDigest) -> Result<Option<TokenRecord>, RegistryError>;
 }

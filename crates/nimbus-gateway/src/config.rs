@@ -21,7 +21,8 @@ pub struct GatewayConfig {
     pub max_headers: usize,
     /// Most connections open at once; past it new connections are refused (see `server.rs`).
     pub max_connections: usize,
-    /// Whether the Invoke API works without a token (true when listening on loopback only).
+    /// Whether the Invoke API works without a token (`nimbus up` sets it when it listens on
+    /// loopback only, unless `--invoke-auth token`).
     pub invoke_open: bool,
     /// What `GET /v1/info` answers; its warnings also show on `/healthz`.
     pub info: nimbus_api::Info,

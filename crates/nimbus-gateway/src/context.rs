@@ -1,22 +1,25 @@
 //! What every handler shares: the [`Gateway`] (its collaborators, settings and credentials),
-//! the admin-token check, and bounded body reading. Handlers import from here; nothing here
-//! imports a handler.
+//! who a request is ([`Gateway::authenticate`]: the admin token, an API token or a dashboard
+//! session), what the audit log hears about it, and bounded body reading. Handlers import from
+//! here; nothing here imports a handler.
 
+use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::Request;
+use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use nimbus_control::Control;
-use nimbus_core::History;
+use nimbus_control::{Control, LiveToken};
+use nimbus_core::ids::now_ms;
+use nimbus_core::{AuditAction, AuditEntry, AuditLog, History, Scope, TokenDigest};
 use nimbus_scheduler::Scheduler;
-use sha2::{Digest, Sha256};
 
+use crate::audit::Audit;
 use crate::config::GatewayConfig;
 use crate::metrics::{Metrics, Refusal};
-use crate::session::Sessions;
+use crate::session::{session_cookie, Sessions};
 
 /// What `/metrics` reports besides what the gateway counts itself.
 pub struct Telemetry {
@@ -38,12 +41,112 @@ pub struct Gateway {
     pub(crate) records_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The async engine (durable queue, retries, dead letters, cron).
     pub(crate) queue: Arc<nimbus_queue::Engine>,
-    token_sha256: [u8; 32],
+    /// The digest of `DATA_DIR/admin.token`, the bootstrap credential (scope admin).
+    admin_digest: TokenDigest,
     /// Signed-in dashboard sessions.
     pub(crate) sessions: Sessions,
     /// Connections open now (`server.rs` holds it under `config.max_connections`).
     pub(crate) connections: AtomicUsize,
+    pub(crate) audit: Audit,
 }
+
+/// Who a request is, once its credential checked out.
+pub(crate) enum Credential {
+    /// `DATA_DIR/admin.token`.
+    AdminToken,
+    /// A signed-in dashboard session (admin).
+    Session,
+    /// A token from `POST /v1/tokens`.
+    Token(Arc<LiveToken>),
+}
+
+impl Credential {
+    pub(crate) fn scope(&self) -> Scope {
+        match self {
+            Credential::AdminToken | Credential::Session => Scope::Admin,
+            Credential::Token(t) => t.record.scope,
+        }
+    }
+
+    /// How the audit log names it.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Credential::AdminToken => "admin.token",
+            Credential::Session => "dashboard session",
+            Credential::Token(t) => t.record.label(),
+        }
+    }
+
+    pub(crate) fn token_id(&self) -> Option<&str> {
+        match self {
+            Credential::Token(t) => Some(&t.record.id),
+            _ => None,
+        }
+    }
+
+    /// How refusals name it: "token ci (tok_…)", "admin.token".
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Credential::Token(t) if t.record.name.is_some() => format!("token {} ({})", t.record.label(), t.record.id),
+            Credential::Token(t) => format!("token {}", t.record.id),
+            other => other.name().to_owned(),
+        }
+    }
+
+    /// Whether its function list lets it invoke `function` (only invoke tokens get that far).
+    pub(crate) fn may_invoke(&self, function: &str) -> bool {
+        match self {
+            Credential::Token(t) => t.record.may_invoke(function),
+            _ => true,
+        }
+    }
+
+    /// The functions it is limited to (empty: none named): what an invoke token may invoke, or
+    /// what a deploy token's deploys and rollbacks may change.
+    pub(crate) fn functions(&self) -> &[String] {
+        match self {
+            Credential::Token(t) => &t.record.functions,
+            _ => &[],
+        }
+    }
+}
+
+/// Why a request's credential was refused (a 401, or the Invoke API's 403).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Missing,
+    /// Not the admin token and no unrevoked token's secret.
+    Unknown,
+    Expired {
+        label: String,
+        id: String,
+    },
+    /// A session cookie that is not (or no longer) signed in.
+    SessionEnded,
+}
+
+impl Refused {
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Refused::Missing => "no credentials".to_owned(),
+            Refused::Unknown => "unknown or revoked token".to_owned(),
+            Refused::Expired { label, .. } => format!("token {label} has expired"),
+            Refused::SessionEnded => "the dashboard session has ended; sign in again".to_owned(),
+        }
+    }
+
+    fn actor(&self) -> &str {
+        match self {
+            Refused::Missing => "anonymous",
+            Refused::Unknown => "unknown token",
+            Refused::Expired { label, .. } => label,
+            Refused::SessionEnded => "dashboard session",
+        }
+    }
+}
+
+/// Longest target an audit entry keeps of a refused request (its path is the client's choice).
+const MAX_TARGET: usize = 200;
 
 /// Why a request body could not be read.
 #[derive(Debug)]
@@ -61,6 +164,7 @@ pub struct Parts {
     pub scheduler: Scheduler,
     pub queue: Arc<nimbus_queue::Engine>,
     pub telemetry: Telemetry,
+    pub audit: Arc<dyn AuditLog>,
 }
 
 impl Gateway {
@@ -73,28 +177,104 @@ impl Gateway {
             metrics: parts.telemetry.metrics,
             records_dropped: parts.telemetry.records_dropped,
             queue: parts.queue,
-            token_sha256: Sha256::digest(admin_token.as_bytes()).into(),
+            admin_digest: TokenDigest::of(admin_token),
             sessions: Sessions::default(),
             connections: AtomicUsize::new(0),
+            audit: Audit::new(parts.audit),
         })
     }
 
-    /// Whether the request carries the admin token as `Authorization: Bearer …`, or a dashboard
-    /// session cookie (see `session.rs`).
-    pub(crate) fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let bearer = req
-            .headers()
+    /// Who the request is: `Authorization: Bearer <secret>` when it has one, else a dashboard
+    /// session cookie (see `session.rs`). Reads memory only (the control plane's token set).
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Credential, Refused> {
+        let bearer = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        bearer.is_some_and(|t| self.token_matches(t)) || self.sessions.has_session(req.headers())
+        if let Some(secret) = bearer {
+            return self.check_secret(secret);
+        }
+        match session_cookie(headers) {
+            Some(id) if self.sessions.valid(id) => Ok(Credential::Session),
+            Some(_) => Err(Refused::SessionEnded),
+            None => Err(Refused::Missing),
+        }
     }
 
-    /// Whether `token` is the admin token. Compares digests, so the comparison time says
-    /// nothing about the token.
-    pub(crate) fn token_matches(&self, token: &str) -> bool {
-        let got: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        got.iter().zip(self.token_sha256.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    /// A presented secret: the admin token, or an unrevoked, unexpired token. Only digests are
+    /// compared, and in constant time (see [`TokenDigest`]).
+    pub(crate) fn check_secret(&self, secret: &str) -> Result<Credential, Refused> {
+        let digest = TokenDigest::of(secret);
+        if digest == self.admin_digest {
+            return Ok(Credential::AdminToken);
+        }
+        let token = self.control.token(&digest).ok_or(Refused::Unknown)?;
+        let now = now_ms();
+        if token.record.expired(now) {
+            return Err(Refused::Expired { label: token.record.label().to_owned(), id: token.record.id.clone() });
+        }
+        token.touch(now);
+        Ok(Credential::Token(token))
+    }
+
+    /// Note a refused credential in the audit log (coalesced: see `audit.rs`).
+    pub(crate) fn refused(&self, source: IpAddr, target: &str, why: &Refused) {
+        let token_id = match why {
+            Refused::Expired { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        self.audit.refused(AuditEntry {
+            ts_ms: now_ms(),
+            action: AuditAction::AuthFailed,
+            target: target.chars().take(MAX_TARGET).collect(),
+            error: Some(why.reason()),
+            actor: why.actor().to_owned(),
+            token_id,
+            source: source.to_string(),
+            count: 1,
+        });
+    }
+
+    /// Note a credential refused for its scope (or its function list), coalesced like
+    /// [`Gateway::refused`].
+    pub(crate) fn denied(&self, source: IpAddr, target: &str, who: &Credential, reason: String) {
+        self.audit.refused(AuditEntry {
+            ts_ms: now_ms(),
+            action: AuditAction::AuthDenied,
+            target: target.chars().take(MAX_TARGET).collect(),
+            error: Some(reason),
+            actor: who.name().to_owned(),
+            token_id: who.token_id().map(str::to_owned),
+            source: source.to_string(),
+            count: 1,
+        });
+    }
+
+    /// Append a management action to the audit log before its answer goes out.
+    pub(crate) async fn audit_action(
+        &self,
+        who: &Credential,
+        source: IpAddr,
+        action: AuditAction,
+        target: String,
+        outcome: Result<(), String>,
+    ) {
+        let entry = AuditEntry {
+            ts_ms: now_ms(),
+            action,
+            target,
+            error: outcome.err(),
+            actor: who.name().to_owned(),
+            token_id: who.token_id().map(str::to_owned),
+            source: source.to_string(),
+            count: 1,
+        };
+        self.audit.record(entry).await;
+    }
+
+    /// Write the refused credentials still gathered in memory (call once serving has stopped).
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
     }
 
     /// The body, up to the payload limit, within the body timeouts.

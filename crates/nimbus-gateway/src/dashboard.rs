@@ -4,12 +4,14 @@
 //! dependency-free script that draws its charts as SVG) compiled into the binary, so it works
 //! on machines without network access. Its data comes only from the management API.
 //!
-//! Sign-in: the login page takes the admin token; a match creates a session (32 random bytes,
-//! kept in memory as their SHA-256, for 12 hours or until logout or restart) sent back as the
-//! `nimbus_session` cookie (`HttpOnly`: scripts never see it; `SameSite=Strict`: no other site
-//! can make the browser send it, which is the dashboard's defence against cross-site request
-//! forgery; `Path=/` so the page's calls to `/v1` carry it). `Gateway::authorized` accepts that
-//! cookie as well as `Authorization: Bearer <token>`, for `/v1` and the dashboard alike.
+//! Sign-in: the login page takes the admin token (or a token of scope admin); a match creates a
+//! session (32 random bytes, kept in memory as their SHA-256, for 12 hours or until logout or
+//! restart) sent back as the `nimbus_session` cookie (`HttpOnly`: scripts never see it;
+//! `SameSite=Strict`: no other site can make the browser send it, which is the dashboard's
+//! defence against cross-site request forgery; `Path=/` so the page's calls to `/v1` carry it).
+//! `Gateway::authenticate` accepts that cookie as an admin credential, as well as
+//! `Authorization: Bearer <token>`, for `/v1` and the dashboard alike. Sign-ins, and refused
+//! ones, go to the audit log.
 //!
 //! | method and path | what |
 //! |---|---|
@@ -18,12 +20,15 @@
 //! | `POST /dashboard/logout` | end the session |
 //! | `GET /dashboard/assets/{app.js,app.css,favicon.svg}` | the bundled assets (no secrets; no sign-in needed) |
 
+use std::net::{IpAddr, SocketAddr};
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use nimbus_core::{AuditAction, Scope};
 
-use crate::context::Gateway;
+use crate::context::{Gateway, Refused};
 use crate::session::{session_cookie, COOKIE, SESSION_TTL};
 use crate::util::Resp;
 
@@ -100,8 +105,13 @@ fn form_value(body: &[u8], key: &str) -> Option<String> {
     })
 }
 
+/// Whether the request is signed in: a session, or an admin credential as `Bearer`.
+fn signed_in(gw: &Gateway, headers: &HeaderMap) -> bool {
+    gw.authenticate(headers).is_ok_and(|who| who.scope() == Scope::Admin)
+}
+
 /// Everything under `/dashboard`.
-pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
+pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> Resp {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let sub = path.strip_prefix("/dashboard").unwrap_or_default().trim_start_matches('/');
@@ -111,13 +121,13 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
         (Method::GET | Method::HEAD, "assets/favicon.svg") => asset("image/svg+xml", FAVICON),
         (_, s) if s.starts_with("assets/") => response(StatusCode::NOT_FOUND, "text/plain", "no such asset\n"),
         (Method::GET | Method::HEAD, "login") => {
-            if gw.authorized(&req) {
+            if signed_in(gw, req.headers()) {
                 redirect("/dashboard/")
             } else {
                 login_page(StatusCode::OK, None)
             }
         }
-        (Method::POST, "login") => login(gw, req).await,
+        (Method::POST, "login") => login(gw, req, remote.ip()).await,
         (Method::POST, "logout") => {
             if let Some(id) = session_cookie(req.headers()) {
                 gw.sessions.remove(id);
@@ -127,7 +137,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
             r
         }
         (Method::GET | Method::HEAD, _) => {
-            if gw.authorized(&req) {
+            if signed_in(gw, req.headers()) {
                 page(StatusCode::OK, INDEX_HTML.to_owned())
             } else {
                 redirect("/dashboard/login")
@@ -147,23 +157,35 @@ fn asset(content_type: &str, body: &'static str) -> Resp {
     r
 }
 
-async fn login(gw: &Gateway, req: Request<Incoming>) -> Resp {
+async fn login(gw: &Gateway, req: Request<Incoming>, source: IpAddr) -> Resp {
+    const TARGET: &str = "dashboard login";
     let headers = req.headers().clone();
     let Ok(body) = gw.read_body_up_to(req.into_body(), 64 * 1024).await else {
         return login_page(StatusCode::BAD_REQUEST, Some("The login form could not be read; try again."));
     };
     let token = form_value(&body, "token").unwrap_or_default();
     if token.trim().is_empty() {
+        gw.refused(source, TARGET, &Refused::Missing);
         return login_page(StatusCode::UNAUTHORIZED, Some("Paste the admin token to sign in."));
     }
-    if !gw.token_matches(&token) {
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            Some(
-                "That is not the admin token. It is in DATA_DIR/admin.token (by default APP_DIR/.nimbus/admin.token).",
-            ),
-        );
+    let who = match gw.check_secret(&token) {
+        Ok(who) => who,
+        Err(refused) => {
+            gw.refused(source, TARGET, &refused);
+            let message = match refused {
+                Refused::Expired { .. } => "That token has expired; `nimbus token create` makes a new one.".to_owned(),
+                _ => "That is not the admin token. It is in DATA_DIR/admin.token (by default APP_DIR/.nimbus/admin.token)."
+                    .to_owned(),
+            };
+            return login_page(StatusCode::UNAUTHORIZED, Some(&message));
+        }
+    };
+    if who.scope() != Scope::Admin {
+        let message = crate::scopes::needs("Signing in to the dashboard", Scope::Admin, &who.describe(), who.scope());
+        gw.denied(source, TARGET, &who, message.clone());
+        return login_page(StatusCode::FORBIDDEN, Some(&message));
     }
+    gw.audit_action(&who, source, AuditAction::Login, "dashboard".to_owned(), Ok(())).await;
     let id = gw.sessions.create();
     let mut r = redirect("/dashboard/");
     crate::util::set_header(&mut r, "set-cookie", &session_cookie_header(gw, &headers, &id, SESSION_TTL.as_secs()));

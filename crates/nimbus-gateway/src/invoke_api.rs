@@ -6,6 +6,9 @@
 //! | success | 200 | body = the function's response, `X-Amz-Executed-Version` |
 //! | function error / timeout / crash / init failure | 200 | `X-Amz-Function-Error: Unhandled` (or `Handled`), `{errorMessage, errorType, …}` |
 //! | `DryRun` | 204 | – |
+//! | no credential, when one is needed (beyond loopback, or `nimbus up --invoke-auth token`) | 403 | `AccessDeniedException` |
+//! | an unknown, revoked or expired token, when one is needed | 401 | `UnrecognizedClientException` |
+//! | a token without scope invoke, or not for this function | 403 | `AccessDeniedException` |
 //! | unknown function or qualifier | 404 | `ResourceNotFoundException` |
 //! | payload above the limit | 413 | `RequestTooLargeException` |
 //! | invalid JSON payload, bad header | 400 | `InvalidRequestContentException` |
@@ -25,7 +28,8 @@ use nimbus_core::queue::EventSource;
 use nimbus_core::{Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
 use serde_json::json;
 
-use crate::context::{BodyError, Gateway};
+use crate::context::{BodyError, Credential, Gateway, Refused};
+use crate::scopes::{self, Endpoint};
 use crate::util::{json, query_param, raw, set_header, tail, Resp};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -130,9 +134,9 @@ struct Call {
     idempotency_key: Option<String>,
 }
 
-pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
+pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: std::net::SocketAddr) -> Resp {
     let request_id = nimbus_core::ids::new_request_id();
-    let mut resp = invoke(gw, req, &request_id).await.unwrap_or_else(|e| e.into_response(&request_id));
+    let mut resp = invoke(gw, req, &request_id, remote.ip()).await.unwrap_or_else(|e| e.into_response(&request_id));
     // An async accept answers with the queued event's id (the earlier one for a duplicate).
     if !resp.headers().contains_key("x-amzn-requestid") {
         set_header(&mut resp, "x-amzn-requestid", &request_id);
@@ -140,19 +144,23 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
     resp
 }
 
-async fn invoke(gw: &Gateway, req: Request<Incoming>, request_id: &str) -> Result<Resp, AwsError> {
+async fn invoke(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    request_id: &str,
+    source: std::net::IpAddr,
+) -> Result<Resp, AwsError> {
     let raw_name = raw_function_name(req.uri().path())?;
     if req.method() != http::Method::POST {
         return Err(AwsError::new(StatusCode::METHOD_NOT_ALLOWED, "UnknownOperationException", "Invoke takes POST"));
     }
-    if !gw.config.invoke_open && !gw.authorized(&req) {
-        return Err(AwsError::new(
-            StatusCode::FORBIDDEN,
-            "AccessDeniedException",
-            "the Invoke API needs `Authorization: Bearer <token>` when nimbus listens beyond loopback",
-        ));
-    }
+    let who = if gw.config.invoke_open { None } else { Some(credential(gw, req.headers(), raw_name, source)?) };
     let call = parse_call(raw_name, req.uri().query(), req.headers())?;
+    if let Some(who) = who.as_ref().filter(|w| !w.may_invoke(&call.name)) {
+        let message = format!("{} may invoke only {}, not {}", who.describe(), who.functions().join(", "), call.name);
+        gw.denied(source, &format!("invoke {}", call.name), who, message.clone());
+        return Err(AwsError::new(StatusCode::FORBIDDEN, "AccessDeniedException", message));
+    }
     let function = resolve(gw, &call)?;
     if call.invocation_type == InvocationType::DryRun {
         return Ok(dry_run(&function));
@@ -258,6 +266,37 @@ async fn run(
         set_header(&mut resp, "x-amz-log-result", &B64.encode(tail(&log, LOG_TAIL)));
     }
     Ok(resp)
+}
+
+/// The caller's credential, which must grant the Invoke API's scope (beyond loopback). Refusals
+/// go to the audit log, coalesced.
+fn credential(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    raw_name: &str,
+    source: std::net::IpAddr,
+) -> Result<Credential, AwsError> {
+    let target = format!("invoke {raw_name}");
+    let who = gw.authenticate(headers).map_err(|refused| {
+        gw.refused(source, &target, &refused);
+        let message = format!(
+            "{}: this server's Invoke API needs `Authorization: Bearer <token>` with the admin token or a token \
+             of scope invoke (`nimbus token create --scope invoke`)",
+            refused.reason()
+        );
+        // No credential stays Lambda's 403; a credential that is not (or no longer) valid is a 401.
+        match refused {
+            Refused::Missing => AwsError::new(StatusCode::FORBIDDEN, "AccessDeniedException", message),
+            _ => AwsError::new(StatusCode::UNAUTHORIZED, "UnrecognizedClientException", message),
+        }
+    })?;
+    let needed = scopes::scope_of(Endpoint::Invoke);
+    if !who.scope().grants(needed) {
+        let message = scopes::needs("the Invoke API", needed, &who.describe(), who.scope());
+        gw.denied(source, &target, &who, message.clone());
+        return Err(AwsError::new(StatusCode::FORBIDDEN, "AccessDeniedException", message));
+    }
+    Ok(who)
 }
 
 /// The function name and qualifier from the path and query, and the `X-Amz-*` headers.

@@ -4,19 +4,25 @@
 //!
 //! Module order (every import points down this list): `server` (accept loop, first split by
 //! path) → the handlers, one per wire format (`http_route`, `invoke_api`, `mgmt`, `dashboard`)
-//! → their helpers (`event`, `usage`, `stats`, `metrics`) → `context` (the shared [`Gateway`])
-//! → `session`, `config`, `util`. `tls` (certificates and keys for HTTPS) stands apart: `nimbus
-//! up` builds the server configuration with it and hands it over in [`GatewayConfig`].
+//! → their helpers (`event`, `usage`, `stats`, `metrics`, `credentials`) → `context` (the
+//! shared [`Gateway`]: who a request is, and what the audit log hears) → `scopes` (which scope
+//! each endpoint needs), `audit`, `session`, `config`, `util`. `calls` answers functions' own
+//! calls (the Invoke API from inside an instance). `tls` (certificates and keys for HTTPS)
+//! stands apart: `nimbus up` builds the server configuration with it and hands it over in
+//! [`GatewayConfig`].
 
+mod audit;
 mod calls;
 mod config;
 mod context;
+mod credentials;
 mod dashboard;
 pub mod event;
 mod http_route;
 mod invoke_api;
 pub mod metrics;
 mod mgmt;
+mod scopes;
 mod server;
 mod session;
 mod stats;

@@ -1,18 +1,25 @@
-//! The management API under `/v1` (JSON, `Authorization: Bearer <admin token>` or a dashboard
+//! The management API under `/v1` (JSON; `Authorization: Bearer <token>` or a dashboard
 //! session). Its request and response bodies are the types of `nimbus-api` (which lists every
 //! endpoint); this module converts nimbus's domain types into them and maps failures to
-//! statuses in one place ([`ApiError`]).
+//! statuses in one place ([`ApiError`]). Every request is authenticated, then routed through
+//! the endpoint table (`scopes.rs`), whose row says the scope it needs; deploys, rollbacks,
+//! redrives, purges and token changes are written to the audit log before they are answered.
 
-use http::{Method, Request, StatusCode};
+use std::net::{IpAddr, SocketAddr};
+
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use nimbus_api as api;
-use nimbus_control::{DeployError, Deployed};
+use nimbus_control::{DeployError, Deployed, TokenError};
 use nimbus_core::history::{InvocationQuery, LogQuery};
+use nimbus_core::ids::now_ms;
 use nimbus_core::queue::{EventStatus, EventView, QueueError};
-use nimbus_core::{HistoryError, InvocationRecord};
+use nimbus_core::{AuditAction, AuditError, HistoryError, InvocationRecord, TokenRecord};
 use serde::de::DeserializeOwned;
 
-use crate::context::{BodyError, Gateway};
+use crate::context::{BodyError, Credential, Gateway};
+use crate::credentials;
+use crate::scopes::{self, Endpoint, Matched};
 use crate::util::{json, query_param, Resp};
 
 /// A failed management call: its status and the [`api::ErrorBody`] sent back.
@@ -58,6 +65,22 @@ impl From<QueueError> for ApiError {
     }
 }
 
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Invalid(m) => ApiError::bad_request(m),
+            e @ TokenError::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            TokenError::Registry(e) => ApiError::internal(&e),
+        }
+    }
+}
+
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         match e {
@@ -68,6 +91,7 @@ impl From<DeployError> for ApiError {
                     errors: Some(d.0.iter().map(ToString::to_string).collect()),
                 },
             },
+            e @ DeployError::OutsideFunctions(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
             e if e.is_client_error() => ApiError::bad_request(e.to_string()),
             e => ApiError::internal(&e),
         }
@@ -76,49 +100,93 @@ impl From<DeployError> for ApiError {
 
 type Answer = Result<Resp, ApiError>;
 
-pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
-    if !gw.authorized(&req) {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the management API needs `Authorization: Bearer <token>`; the token is in DATA_DIR/admin.token",
-        )
-        .into_response();
-    }
-    route(gw, req).await.unwrap_or_else(ApiError::into_response)
+/// Who made a management request, and from where: what the audit log records.
+struct Caller<'a> {
+    gw: &'a Gateway,
+    who: &'a Credential,
+    source: IpAddr,
 }
 
-async fn route(gw: &Gateway, req: Request<Incoming>) -> Answer {
+impl Caller<'_> {
+    /// The functions a deploy or rollback may change: a deploy token's list, when it has one.
+    fn limit(&self) -> Option<&[String]> {
+        Some(self.who.functions()).filter(|f| !f.is_empty())
+    }
+
+    /// Record an action and how it ended.
+    async fn audit<T>(&self, action: AuditAction, target: String, result: &Result<T, ApiError>) {
+        let outcome = result.as_ref().map(drop).map_err(|e| e.body.error.clone());
+        self.gw.audit_action(self.who, self.source, action, target, outcome).await;
+    }
+}
+
+pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let decoded: Vec<String> = path
-        .split('/')
-        .skip(2)
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
+    let what = format!("{} {path}", req.method());
+    let who = match gw.authenticate(req.headers()) {
+        Ok(who) => who,
+        Err(refused) => {
+            gw.refused(remote.ip(), &what, &refused);
+            let message = format!(
+                "{}: the management API needs `Authorization: Bearer <token>`, with the admin token \
+                 (DATA_DIR/admin.token) or one from `nimbus token create`",
+                refused.reason()
+            );
+            return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        }
+    };
+    let decoded: Vec<String> =
+        path.split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    let method = req.method().clone();
+    let Some(matched) = scopes::find(req.method().as_str(), &segments).filter(|m| m.endpoint != Endpoint::Invoke)
+    else {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("no management endpoint {what}")).into_response();
+    };
+    if !who.scope().grants(matched.scope) {
+        let message = scopes::needs(&what, matched.scope, &who.describe(), who.scope());
+        gw.denied(remote.ip(), &what, &who, message.clone());
+        return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
+    }
+    let caller = Caller { gw, who: &who, source: remote.ip() };
+    route(&caller, req, matched).await.unwrap_or_else(ApiError::into_response)
+}
+
+async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
+    let gw = c.gw;
     let q = |key: &str| query_param(req.uri().query(), key);
-    match (method, segments.as_slice()) {
-        (Method::GET, ["app"]) => Ok(json(StatusCode::OK, &app(gw))),
-        (Method::GET, ["deployments"]) => Ok(json(StatusCode::OK, &deployments(gw))),
-        (Method::POST, ["deployments"]) => deploy(gw, req).await,
-        (Method::POST, ["rollback"]) => rollback(gw, req).await,
-        (Method::GET, ["functions"]) => Ok(json(StatusCode::OK, &functions(gw))),
-        (Method::GET, ["stats"]) => stats(gw, req.uri().query()).await,
-        (Method::GET, ["functions", name, "logs"]) => logs(gw, name, &q).await,
-        (Method::GET, ["invocations"]) if q("status").is_some() => events(gw, None, &q).await,
-        (Method::GET, ["invocations"]) => invocations(gw, &q).await,
-        (Method::GET, ["invocations", id]) => invocation(gw, id).await,
-        (Method::GET, ["dlq"]) => events(gw, Some(EventStatus::DeadLettered), &q).await,
-        (Method::GET, ["dlq", id]) => dead_letter(gw, id).await,
-        (Method::POST, ["dlq", "redrive"]) => redrive(gw, req).await,
-        (Method::POST, ["dlq", "purge"]) => purge(gw, req).await,
-        (Method::GET, ["queue"]) => {
+    let param = m.param.as_deref().unwrap_or_default();
+    match m.endpoint {
+        Endpoint::App => Ok(json(StatusCode::OK, &app(gw))),
+        Endpoint::Deployments => Ok(json(StatusCode::OK, &deployments(gw))),
+        Endpoint::Deploy => deploy(c, req).await,
+        Endpoint::Rollback => rollback(c, req).await,
+        Endpoint::Functions => Ok(json(StatusCode::OK, &functions(gw))),
+        Endpoint::Stats => stats(gw, req.uri().query()).await,
+        Endpoint::Logs => logs(gw, param, &q).await,
+        Endpoint::Invocations if q("status").is_some() => events(gw, None, &q).await,
+        Endpoint::Invocations => invocations(gw, &q).await,
+        Endpoint::Invocation => invocation(gw, param).await,
+        Endpoint::Dlq => events(gw, Some(EventStatus::DeadLettered), &q).await,
+        Endpoint::DeadLetter => dead_letter(gw, param).await,
+        Endpoint::Redrive => redrive(c, req).await,
+        Endpoint::Purge => purge(c, req).await,
+        Endpoint::Queue => {
             let info = api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() };
             Ok(json(StatusCode::OK, &info))
         }
-        (Method::GET, ["usage"]) => usage(gw, &q).await,
-        (Method::GET, ["info"]) => Ok(json(StatusCode::OK, &gw.config.info)),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no management endpoint {} {path}", req.method()))),
+        Endpoint::Usage => usage(gw, &q).await,
+        Endpoint::Info => Ok(json(StatusCode::OK, &gw.config.info)),
+        Endpoint::CreateToken => create_token(c, req).await,
+        Endpoint::Tokens => {
+            let now = now_ms();
+            let list: Vec<api::TokenInfo> =
+                gw.control.tokens().iter().map(|t| credentials::live_token_info(t, now)).collect();
+            Ok(json(StatusCode::OK, &list))
+        }
+        Endpoint::RevokeToken => revoke_token(c, param).await,
+        Endpoint::Audit => audit(gw, &q).await,
+        // Not under /v1: `handle` never routes it here.
+        Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
     }
 }
 
@@ -188,7 +256,18 @@ fn deployed(d: Deployed) -> api::Deployed {
     api::Deployed { version: d.version, app: d.app, changed: d.changed, functions: d.functions, routes }
 }
 
-async fn deploy(gw: &Gateway, req: Request<Incoming>) -> Answer {
+async fn deploy(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
+    let result = deploy_archive(c.gw, req, c.limit()).await;
+    let target = match &result {
+        Ok(d) if d.changed => format!("version {} of {}", d.version, d.app),
+        Ok(d) => format!("version {} of {} (unchanged)", d.version, d.app),
+        Err(_) => "an uploaded app".to_owned(),
+    };
+    c.audit(AuditAction::Deploy, target, &result).await;
+    Ok(json(StatusCode::CREATED, &deployed(result?)))
+}
+
+async fn deploy_archive(gw: &Gateway, req: Request<Incoming>, only: Option<&[String]>) -> Result<Deployed, ApiError> {
     let archive = gw.read_body_up_to(req.into_body(), gw.config.max_upload).await.map_err(|e| match e {
         BodyError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -200,14 +279,23 @@ async fn deploy(gw: &Gateway, req: Request<Incoming>) -> Answer {
         BodyError::TimedOut => ApiError::timed_out(),
         BodyError::Broken => ApiError::bad_request("the app archive could not be read"),
     })?;
-    let d = gw.control.deploy_tar(archive).await?;
-    Ok(json(StatusCode::CREATED, &deployed(d)))
+    Ok(gw.control.deploy_tar(archive, only).await?)
 }
 
-async fn rollback(gw: &Gateway, req: Request<Incoming>) -> Answer {
-    let r: api::RollbackRequest = body(gw, req, "{\"version\": 3}").await?;
-    let d = gw.control.rollback(r.version).await?;
-    Ok(json(StatusCode::OK, &deployed(d)))
+async fn rollback(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
+    let r: Result<api::RollbackRequest, ApiError> = body(c.gw, req, "{\"version\": 3}").await;
+    let asked = r.as_ref().ok().and_then(|r| r.version);
+    let result = match r {
+        Ok(r) => c.gw.control.rollback(r.version, c.limit()).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let target = match (&result, asked) {
+        (Ok(d), _) => format!("version {} of {}", d.version, d.app),
+        (Err(_), Some(v)) => format!("version {v}"),
+        (Err(_), None) => "the version before live".to_owned(),
+    };
+    c.audit(AuditAction::Rollback, target, &result).await;
+    Ok(json(StatusCode::OK, &deployed(result?)))
 }
 
 fn functions(gw: &Gateway) -> Vec<api::FunctionInfo> {
@@ -376,20 +464,104 @@ async fn events(gw: &Gateway, status: Option<EventStatus>, q: &impl Fn(&str) -> 
     Ok(json(StatusCode::OK, &list.into_iter().map(event).collect::<Vec<_>>()))
 }
 
-async fn redrive(gw: &Gateway, req: Request<Incoming>) -> Answer {
-    let r: api::RedriveRequest = body(gw, req, "{\"ids\": [\"…\"]} or {\"all\": true}").await?;
-    if r.ids.is_empty() && !r.all {
-        return Err(ApiError::bad_request("name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}"));
+/// What a redrive or purge was asked to touch, as the audit log says it.
+fn dead_letters(ids: &[String], function: Option<&str>) -> String {
+    const SHOWN: usize = 10;
+    let of = function.map(|f| format!(" of {f}")).unwrap_or_default();
+    if ids.is_empty() {
+        return format!("all dead letters{of}");
     }
-    let n = gw.queue.store().redrive(&r.ids, r.function.as_deref(), nimbus_core::ids::now_ms()).await?;
-    gw.queue.queued(n);
-    Ok(json(StatusCode::OK, &api::Redriven { redriven: n }))
+    let mut listed = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        listed.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    format!("events {listed}{of}")
 }
 
-async fn purge(gw: &Gateway, req: Request<Incoming>) -> Answer {
-    let r: api::PurgeRequest = body(gw, req, "{\"function\": \"f\"}").await?;
-    let n = gw.queue.store().purge(r.function.as_deref()).await?;
-    Ok(json(StatusCode::OK, &api::Purged { purged: n }))
+async fn redrive(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
+    let r: Result<api::RedriveRequest, ApiError> = body(c.gw, req, "{\"ids\": [\"…\"]} or {\"all\": true}").await;
+    let (target, result) = match r {
+        Ok(r) if r.ids.is_empty() && !r.all => (
+            "nothing named".to_owned(),
+            Err(ApiError::bad_request("name the events to redrive: {\"ids\": [\"…\"]}, or {\"all\": true}")),
+        ),
+        Ok(r) => {
+            let n = c.gw.queue.store().redrive(&r.ids, r.function.as_deref(), now_ms()).await;
+            let n = n.map_err(ApiError::from).inspect(|n| c.gw.queue.queued(*n));
+            (dead_letters(&r.ids, r.function.as_deref()), n)
+        }
+        Err(e) => ("a request that could not be read".to_owned(), Err(e)),
+    };
+    let target = match &result {
+        Ok(n) => format!("{target} ({n} redriven)"),
+        Err(_) => target,
+    };
+    c.audit(AuditAction::DlqRedrive, target, &result).await;
+    Ok(json(StatusCode::OK, &api::Redriven { redriven: result? }))
+}
+
+async fn purge(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
+    let r: Result<api::PurgeRequest, ApiError> = body(c.gw, req, "{\"function\": \"f\"}").await;
+    let (target, result) = match r {
+        Ok(r) => {
+            let n = c.gw.queue.store().purge(r.function.as_deref()).await.map_err(ApiError::from);
+            (dead_letters(&[], r.function.as_deref()), n)
+        }
+        Err(e) => ("a request that could not be read".to_owned(), Err(e)),
+    };
+    let target = match &result {
+        Ok(n) => format!("{target} ({n} purged)"),
+        Err(_) => target,
+    };
+    c.audit(AuditAction::DlqPurge, target, &result).await;
+    Ok(json(StatusCode::OK, &api::Purged { purged: result? }))
+}
+
+/// A token as the audit log describes it (never its secret).
+fn token_target(t: &TokenRecord) -> String {
+    let mut s = format!("{} (scope {}", t.id, t.scope);
+    if let Some(n) = &t.name {
+        s.push_str(&format!(", name {n:?}"));
+    }
+    if !t.functions.is_empty() {
+        s.push_str(&format!(", functions {}", t.functions.join(", ")));
+    }
+    if let Some(e) = t.expires_ms {
+        let at = chrono::DateTime::from_timestamp_millis(i64::try_from(e).unwrap_or(i64::MAX)).unwrap_or_default();
+        s.push_str(&format!(", expires {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    }
+    s.push(')');
+    s
+}
+
+async fn create_token(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
+    let example = "{\"scope\": \"invoke\", \"functions\": [\"f\"], \"expiresIn\": \"30d\", \"name\": \"ci\"}";
+    let result = match body::<api::TokenRequest>(c.gw, req, example).await {
+        Ok(r) => match credentials::token_spec(r, now_ms()) {
+            Ok(spec) => c.gw.control.create_token(spec).await.map_err(ApiError::from),
+            Err(m) => Err(ApiError::bad_request(m)),
+        },
+        Err(e) => Err(e),
+    };
+    let target = result.as_ref().map_or_else(|_| "a new token".to_owned(), |t| token_target(&t.token.record));
+    c.audit(AuditAction::TokenCreate, target, &result).await;
+    let created = result?;
+    let token = credentials::live_token_info(&created.token, now_ms());
+    Ok(json(StatusCode::CREATED, &api::CreatedToken { secret: created.secret, token, warnings: created.warnings }))
+}
+
+async fn revoke_token(c: &Caller<'_>, id: &str) -> Answer {
+    let result = c.gw.control.revoke_token(id).await.map_err(ApiError::from);
+    let target = result.as_ref().map_or_else(|_| id.to_owned(), token_target);
+    c.audit(AuditAction::TokenRevoke, target, &result).await;
+    Ok(json(StatusCode::OK, &credentials::token_info(&result?, None, now_ms())))
+}
+
+async fn audit(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
+    let query = credentials::audit_query(q, now_ms()).map_err(ApiError::bad_request)?;
+    let entries: Vec<api::AuditEntry> =
+        gw.audit.entries(&query).await?.into_iter().map(credentials::audit_entry).collect();
+    Ok(json(StatusCode::OK, &entries))
 }
 
 async fn usage(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {

@@ -50,11 +50,11 @@ impl Gateway {
         } else if path == "/metrics" {
             ("metrics", self.metrics_page().await)
         } else if path.starts_with("/v1/") || path == "/v1" {
-            ("management", crate::mgmt::handle(&self, req).await)
+            ("management", crate::mgmt::handle(&self, req, remote).await)
         } else if path == "/dashboard" || path.starts_with("/dashboard/") {
-            ("dashboard", crate::dashboard::handle(&self, req).await)
+            ("dashboard", crate::dashboard::handle(&self, req, remote).await)
         } else if path.starts_with("/2015-03-31/functions/") {
-            ("invoke", crate::invoke_api::handle(&self, req).await)
+            ("invoke", crate::invoke_api::handle(&self, req, remote).await)
         } else {
             ("route", crate::http_route::handle(&self, req, remote).await)
         };

@@ -1,7 +1,7 @@
 //! Dashboard sign-in sessions: 32 random bytes per session, kept in memory as their SHA-256 for
 //! [`SESSION_TTL`] (or until logout or restart), carried by the `nimbus_session` cookie. The
-//! gateway accepts a live session wherever it accepts the admin token (see `dashboard.rs` for
-//! why a cookie and not the token).
+//! gateway accepts a live session as an admin credential, wherever it accepts the admin token
+//! (see `dashboard.rs` for why a cookie and not the token).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -39,7 +39,8 @@ impl Sessions {
         id
     }
 
-    fn valid(&self, id: &str) -> bool {
+    /// Whether `id` (a cookie's value) is a live session.
+    pub(crate) fn valid(&self, id: &str) -> bool {
         let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&key).is_some_and(|expires| *expires > now_ms())
@@ -48,11 +49,6 @@ impl Sessions {
     pub(crate) fn remove(&self, id: &str) {
         let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
         self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-    }
-
-    /// Whether the request carries a live session cookie.
-    pub(crate) fn has_session(&self, headers: &HeaderMap) -> bool {
-        session_cookie(headers).is_some_and(|id| self.valid(id))
     }
 }
 

@@ -1,20 +1,26 @@
-//! Embedded storage for one node: SQLite (bundled) for the registry, invocation records and
-//! logs, and content-addressed directories for code artifacts, all under the data dir.
+//! Embedded storage for one node: SQLite (bundled) for the registry (deployments, aliases,
+//! tokens), invocation records and logs, the audit log, and content-addressed directories for
+//! code artifacts, all under the data dir.
 //!
 //! Only the control plane and the background record writer touch SQLite; the request path
 //! reads an in-memory snapshot and hands records to the writer through a bounded channel.
 
 mod artifacts;
+mod audit;
 mod queue;
 mod records;
 mod stats;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, Stats, StatsQuery, UsageRow};
-use nimbus_core::{DeploymentRecord, History, HistoryError, InvocationRecord, NewDeployment, Registry, RegistryError};
+use nimbus_core::{
+    DeploymentRecord, History, HistoryError, InvocationRecord, NewDeployment, Registry, RegistryError, TokenDigest,
+    TokenRecord,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use artifacts::{digest_dir, ArtifactStore};
@@ -30,6 +36,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
+    /// A unique key (a token's id or digest) that is already stored.
+    #[error("a row with the same {0} exists")]
+    Duplicate(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -90,6 +99,28 @@ CREATE TABLE IF NOT EXISTS usage (
     mb_ms INTEGER NOT NULL,
     PRIMARY KEY (function, hour_ms)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    scope TEXT NOT NULL,
+    functions TEXT NOT NULL,
+    sha256 BLOB NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    error TEXT,
+    actor TEXT NOT NULL,
+    token_id TEXT,
+    source TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit(ts_ms);
 ";
 
 /// Columns added after a table's first release, added to older databases on open:
@@ -293,6 +324,28 @@ impl Registry for Store {
 
     fn artifact_path(&self, digest: &str) -> PathBuf {
         self.artifacts.path(digest)
+    }
+
+    async fn add_token(&self, token: &TokenRecord) -> std::result::Result<(), RegistryError> {
+        let token = token.clone();
+        self.blocking(move |s| s.add_token(&token)).await.map_err(|e| match e {
+            StoreError::Duplicate(what) => RegistryError::DuplicateToken(what),
+            e => RegistryError::backend("store a token", e),
+        })
+    }
+
+    async fn tokens(&self) -> std::result::Result<Vec<TokenRecord>, RegistryError> {
+        self.blocking(Store::tokens).await.map_err(registry_error("read the tokens"))
+    }
+
+    async fn revoke_token(&self, id: &str, at_ms: u64) -> std::result::Result<Option<TokenRecord>, RegistryError> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.revoke_token(&id, at_ms)).await.map_err(registry_error("revoke a token"))
+    }
+
+    async fn token_by_digest(&self, digest: &TokenDigest) -> std::result::Result<Option<TokenRecord>, RegistryError> {
+        let digest = *digest;
+        self.blocking(move |s| s.token_by_digest(&digest)).await.map_err(registry_error("look up a token"))
     }
 }
 

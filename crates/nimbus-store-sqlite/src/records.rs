@@ -113,7 +113,8 @@ fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: D
 /// Rows one pruning step looks at, from the oldest.
 const PRUNE_WINDOW: u32 = 10_000;
 
-/// Delete records and logs older than `retention`, and usage older than [`USAGE_RETENTION`].
+/// Delete records, logs and audit entries older than `retention`, and usage older than
+/// [`USAGE_RETENTION`].
 ///
 /// Rows are appended as invocations finish, so the oldest are at the front in rowid order: each
 /// step looks at the first `PRUNE_WINDOW` rows only and deletes those past retention, until a
@@ -133,7 +134,9 @@ fn prune(conn: &Connection, retention: Duration) {
         )
     };
     let mut r = Ok(());
-    for (table, time) in [("invocations", "start_ms"), ("logs", "ts_ms")] {
+    // The audit log is kept as long as the records: it is history of the same kind, and one
+    // retention setting is easier to reason about than two.
+    for (table, time) in [("invocations", "start_ms"), ("logs", "ts_ms"), ("audit", "ts_ms")] {
         // Bounded: at most 100 windows (a million rows) per prune; the rest waits for the next.
         for _ in 0..100 {
             match step(table, time) {
@@ -148,7 +151,7 @@ fn prune(conn: &Connection, retention: Duration) {
     }
     let r = r.and_then(|()| conn.execute("DELETE FROM usage WHERE hour_ms < ?1", [usage_cutoff]).map(drop));
     if let Err(e) = r {
-        tracing::error!("cannot delete invocation records older than the retention: {e}");
+        tracing::error!("cannot delete invocation records or audit entries older than the retention: {e}");
     }
 }
 

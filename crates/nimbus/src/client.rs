@@ -79,7 +79,7 @@ impl Client {
         })?;
         let token = remote.token.clone().or_else(|| read_trimmed(&data_dir.join(TOKEN_FILE))).ok_or_else(|| {
             anyhow!(
-                "no admin token: pass --token (or set NIMBUS_TOKEN); `nimbus up` writes it to DATA_DIR/{TOKEN_FILE}"
+                "no token: pass --token (or set NIMBUS_TOKEN); `nimbus up` writes the admin token to DATA_DIR/{TOKEN_FILE}"
             )
         })?;
         let dev_cert = Some(data_dir.join(crate::tls::CERT_FILE)).filter(|p| found && p.is_file());
@@ -113,6 +113,15 @@ impl Client {
     /// `GET path`, answered as the API type `T`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let r = self.call(Method::GET, path, Bytes::new(), &[]).await?;
+        if !r.status.is_success() {
+            bail!("{} ({})", r.error_text(), r.status);
+        }
+        r.parse()
+    }
+
+    /// `DELETE path`, answered as the API type `T`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let r = self.call(Method::DELETE, path, Bytes::new(), &[]).await?;
         if !r.status.is_success() {
             bail!("{} ({})", r.error_text(), r.status);
         }

@@ -333,7 +333,7 @@ pub async fn usage(args: crate::UsageArgs) -> Result<ExitCode> {
 
 /// `s` as a path segment or query value: everything but RFC 3986's unreserved characters
 /// percent-encoded.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     const UNRESERVED: &percent_encoding::AsciiSet =
         &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
     percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()

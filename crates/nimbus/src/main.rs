@@ -1,5 +1,6 @@
 //! The `nimbus` binary: the CLI, and the only place that names concrete runtimes and stores.
 
+mod access;
 mod client;
 mod commands;
 mod progress;
@@ -34,7 +35,7 @@ pub struct Remote {
     /// Server URL, e.g. http://127.0.0.1:8080 [default: from .nimbus/server.url]
     #[arg(long, env = "NIMBUS_SERVER", global = true)]
     server: Option<String>,
-    /// Admin token [default: from .nimbus/admin.token]
+    /// Token: the admin token or one from `nimbus token create` [default: from .nimbus/admin.token]
     #[arg(long, env = "NIMBUS_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// For an https server: trust only the CA certificates in this PEM file [default: the
@@ -126,6 +127,49 @@ enum Command {
     },
     /// Requests, GB-seconds and cost per function, and what always-on servers would cost.
     Usage(UsageArgs),
+    /// Create, list and revoke API tokens (needs an admin token).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Who deployed, rolled back, redrove, purged, created or revoked tokens, signed in, or was
+    /// refused, newest first (needs an admin token).
+    Audit(access::AuditArgs),
+}
+
+#[derive(Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print its secret (shown only this once; nimbus keeps only its hash).
+    Create {
+        /// admin: everything (tokens, audit, dead-letter redrive and purge too); deploy: deploy,
+        /// rollback and read; read: every GET
+        /// under /v1 but tokens and the audit log; invoke: the Invoke API only.
+        #[arg(long, value_parser = ["admin", "deploy", "invoke", "read"])]
+        scope: String,
+        /// With --scope invoke: a function the token may invoke; with --scope deploy: a function
+        /// its deploys and rollbacks may change, nothing else changing (repeat for more)
+        /// [default: all]
+        #[arg(long = "function", value_name = "NAME")]
+        functions: Vec<String>,
+        /// When it stops working: a duration ("30d", "12h") or an RFC 3339 time [default: never]
+        #[arg(long)]
+        expires: Option<String>,
+        /// A note saying whose it is or what for; the audit log names the token by it.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the API's JSON (the secret included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens: id, name, scope, functions, created, expires, last used (never a secret).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id: it stops working at once.
+    Revoke { id: String },
 }
 
 #[derive(clap::Args)]
@@ -206,6 +250,8 @@ fn main() -> std::process::ExitCode {
                 commands::logs(name, follow, request_id, json, remote).await
             }
             Command::Usage(args) => commands::usage(args).await,
+            Command::Token { action, remote } => access::token(action, remote).await,
+            Command::Audit(args) => access::audit(args).await,
             Command::Invocations { function, status, limit, json, remote } => {
                 commands::invocations(function, status, limit, json, remote).await
             }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nimbus_control::{ControlPlane, DeployError};
-use nimbus_core::{History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind};
+use nimbus_core::{
+    AuditAction, AuditEntry, AuditLog, History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind,
+};
 use nimbus_gateway::metrics::Metrics;
 use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES};
 use nimbus_runtime_process::{Limits, ProcessRuntime, Sandbox};
@@ -76,6 +78,26 @@ pub struct UpArgs {
     /// Retry-After and closed (over HTTPS: closed).
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
     max_connections: u32,
+    /// Who may call the Invoke API: `auto` lets anyone on loopback call it and needs a token
+    /// (admin, or scope invoke) beyond loopback; `token` needs one on loopback too (a machine
+    /// shared with other users).
+    #[arg(long, value_enum, default_value_t = InvokeAuth::Auto)]
+    invoke_auth: InvokeAuth,
+}
+
+/// Whether the Invoke API takes calls without a token: only on a loopback address (every
+/// local user can reach it, nobody else), and only when `--invoke-auth` allows it.
+fn invoke_open(mode: InvokeAuth, listening_on: std::net::IpAddr) -> bool {
+    mode == InvokeAuth::Auto && listening_on.is_loopback()
+}
+
+/// `nimbus up --invoke-auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum InvokeAuth {
+    /// Open on a loopback address, a token beyond it.
+    Auto,
+    /// A token on every address.
+    Token,
 }
 
 fn parse_header_bytes(s: &str) -> Result<usize, String> {
@@ -128,7 +150,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let tls = crate::tls::server(args.serving(), &data_dir)?;
 
     let mut node = Node::start(&data_dir, &args).await?;
-    if let Some(refused) = deploy_app(&node.control, &app_dir).await? {
+    if let Some(refused) = deploy_app(&node.control, &node.store, &app_dir).await? {
         return Ok(refused);
     }
     let engine = node.start_async().await?;
@@ -145,7 +167,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
     print_banner(&node.control, &url, &data_dir, &node.info);
-    nimbus_gateway::serve(listener, gateway, shutdown_signal(), args.drain).await;
+    nimbus_gateway::serve(listener, gateway.clone(), shutdown_signal(), args.drain).await;
+    gateway.flush_audit().await;
     node.stop(&engine).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");
@@ -163,7 +186,7 @@ impl UpArgs {
 
     fn gateway_config(&self, local: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> GatewayConfig {
         GatewayConfig {
-            invoke_open: local.ip().is_loopback(),
+            invoke_open: invoke_open(self.invoke_auth, local.ip()),
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             body_idle_timeout: self.body_idle_timeout,
@@ -235,9 +258,11 @@ impl Node {
 
     fn gateway_parts(&self, engine: Arc<nimbus_queue::Engine>) -> Parts {
         let history: Arc<dyn History> = Arc::new(self.store.clone());
+        let audit: Arc<dyn AuditLog> = Arc::new(self.store.clone());
         Parts {
             control: self.control.clone(),
             history,
+            audit,
             scheduler: self.scheduler.clone(),
             queue: engine,
             telemetry: Telemetry { metrics: self.metrics.clone(), records_dropped: self.records.dropped() },
@@ -360,14 +385,36 @@ fn info(sandbox: Option<&Sandbox>) -> nimbus_api::Info {
 }
 
 /// Deploy the app directory unless it is what the last `nimbus up` deployed. `Some(code)` when
-/// the manifest was refused: every problem is printed, and nimbus exits with that code.
-async fn deploy_app(control: &ControlPlane, app_dir: &Path) -> Result<Option<ExitCode>> {
+/// the manifest was refused: every problem is printed, and nimbus exits with that code. A
+/// deploy that happened, or was refused, is in the audit log (by `nimbus up`, from `local`).
+async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path) -> Result<Option<ExitCode>> {
     let progress = crate::progress::spinner(format!(
         "deploying {} (checking, storing code, compiling wasm components ahead of time)",
         app_dir.display()
     ));
     let deployed = control.deploy_dir(app_dir, true).await;
     progress.finish_and_clear();
+    let target = |d: &nimbus_control::Deployed| format!("version {} of {}", d.version, d.app);
+    let entry = match &deployed {
+        Ok(d) if d.changed => Some((target(d), None)),
+        Ok(_) => None,
+        Err(e) => Some((app_dir.display().to_string(), Some(e.to_string().trim_end().to_owned()))),
+    };
+    if let Some((target, error)) = entry {
+        let entry = AuditEntry {
+            ts_ms: nimbus_core::ids::now_ms(),
+            action: AuditAction::Deploy,
+            target,
+            error,
+            actor: "nimbus up".to_owned(),
+            token_id: None,
+            source: "local".to_owned(),
+            count: 1,
+        };
+        if let Err(e) = audit.append(&[entry]).await {
+            tracing::error!("{e}");
+        }
+    }
     match deployed {
         Ok(d) if d.changed => tracing::info!(app = %d.app, version = d.version, "deployed"),
         Ok(d) => {
@@ -482,4 +529,27 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Invoke API is open only on loopback addresses, and only in `auto` mode.
+    #[test]
+    fn the_invoke_api_is_open_only_on_loopback_in_auto_mode() {
+        let cases = [
+            ("127.0.0.1", InvokeAuth::Auto, true),
+            ("127.0.0.2", InvokeAuth::Auto, true),
+            ("::1", InvokeAuth::Auto, true),
+            ("0.0.0.0", InvokeAuth::Auto, false),
+            ("::", InvokeAuth::Auto, false),
+            ("10.0.0.5", InvokeAuth::Auto, false),
+            ("127.0.0.1", InvokeAuth::Token, false),
+            ("0.0.0.0", InvokeAuth::Token, false),
+        ];
+        for (ip, mode, open) in cases {
+            assert_eq!(invoke_open(mode, ip.parse().unwrap()), open, "{ip} {mode:?}");
+        }
+    }
 }

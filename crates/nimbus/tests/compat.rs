@@ -81,4 +81,14 @@ async fn a_data_dir_written_by_release_0_1_opens_and_serves() {
     let r = server.get("/greet/ada").await;
     assert_eq!(r.json::<Value>().await.unwrap()["message"], "Hi, ada!");
     assert_eq!(server.admin("/v1/app").await["live"], 3);
+
+    // The tables added since (tokens, the audit log) are created on open: a token made here
+    // works, and the audit log holds what this test did.
+    let out = server.cli(&["token", "create", "--scope", "read", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = serde_json::from_slice::<Value>(&out.stdout).unwrap()["secret"].as_str().unwrap().to_owned();
+    let r = server.client().get(format!("{}/v1/app", server.url)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let audit = server.admin("/v1/audit?action=deploy").await;
+    assert_eq!(audit.as_array().map(Vec::len), Some(1), "the deploy above: {audit:#}");
 }

@@ -517,10 +517,11 @@ async fn the_examples_run() {
 }
 
 #[tokio::test]
-async fn beyond_loopback_the_invoke_api_needs_credentials() {
+async fn with_invoke_auth_token_the_invoke_api_needs_credentials() {
     let app = App::new("exposed").conformance("python", "f", "").finish();
-    // Bound on all interfaces; the test still only talks to 127.0.0.1.
-    let server = Server::start_listening(app.path(), &app.path().join(".nimbus"), &[], "0.0.0.0:0");
+    // Tests listen on loopback only: `--invoke-auth token` closes the Invoke API there as
+    // listening beyond loopback does (`nimbus up`'s unit test holds that rule).
+    let server = Server::start_args(app.path(), &app.path().join(".nimbus"), &["--invoke-auth", "token"]);
     let anonymous = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(anonymous.status, 403);
     assert_eq!(anonymous.header("x-amzn-errortype"), Some("AccessDeniedException"));

@@ -377,14 +377,12 @@ impl Server {
 
     /// Run a CLI client command against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(nimbus_bin())
-            .args(args)
-            .arg("--server")
-            .arg(&self.url)
-            .arg("--token")
-            .arg(&self.token)
-            .output()
-            .unwrap()
+        self.cli_as(&self.token, args)
+    }
+
+    /// Run a CLI client command with `token` (a token from `nimbus token create`).
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(nimbus_bin()).args(args).arg("--server").arg(&self.url).arg("--token").arg(token).output().unwrap()
     }
 }
 
