@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 use crate::router::Router;
 use crate::snapshot::{DeploymentView, Snapshot, LIVE};
 use crate::stored::{self, DeploymentContent, FormatError};
-use crate::upload::{self, UploadError};
 use crate::tokens::{CreatedToken, LiveToken, TokenError, TokenSet, TokenSpec};
+use crate::upload::{self, UploadError};
 
 /// Meta key: digest of what `nimbus up` last deployed from its app directory.
 const UP_DIGEST: &str = "up_digest";

@@ -27,7 +27,7 @@
 //! nimbus's own unprivileged uid outside.
 //!
 //! # What it may not do
-//! A seccomp filter ([`seccomp`]) denies with EPERM what a function never needs: mounting,
+//! A seccomp filter (`seccomp.rs`) denies with EPERM what a function never needs: mounting,
 //! new namespaces, ptrace, kexec, bpf, keyrings, perf events, userfaultfd, module loading,
 //! io_uring, clock setting and the like. `clone3` answers ENOSYS so libc falls back to `clone`,
 //! whose flags the filter can inspect.
