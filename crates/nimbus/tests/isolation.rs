@@ -264,3 +264,33 @@ async fn info_says_how_functions_are_isolated() {
     assert_eq!(info["sandbox"]["mode"], expected_mode, "{info}");
     assert_ne!(info["sandbox"]["hostUid"], 0, "{info}");
 }
+
+/// `allowed_outbound_hosts` holds for a process function too: the egress proxy refuses any
+/// other origin, and the refusal is in the function's log with what to add.
+#[tokio::test]
+async fn allowed_outbound_hosts_narrow_a_process_functions_egress() {
+    let app = App::new("egress");
+    copy_dir(&fixture("hostile"), &app.path().join("functions/f"));
+    let app = app
+        .raw(
+            "[functions.f]\nruntime = \"python\"\nhandler = \"handler.handler\"\n\
+             allowed_outbound_hosts = [\"https://api.allowed.test\"]\n",
+        )
+        .finish();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(app.path(), data.path(), &[("NIMBUS_SANDBOX_SHARED_DIR", "")]);
+    let event = json!({"op": "proxy_connect", "target": "elsewhere.test:443"});
+    let r = server.invoke_with("f", &event, &[("x-amz-log-type", "Tail")]).await;
+    assert_eq!(r.body["contained"], true, "{}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("403"), "{}", r.body);
+    let log = r.log();
+    assert!(
+        log.contains("https://elsewhere.test") && log.contains("allowed_outbound_hosts"),
+        "the refusal does not say what to add:\n{log}"
+    );
+    // Another port of an allowed host is another origin.
+    let event = json!({"op": "proxy_connect", "target": "api.allowed.test:8443"});
+    let r = server.invoke_with("f", &event, &[("x-amz-log-type", "Tail")]).await;
+    assert_eq!(r.body["contained"], true, "{}", r.body);
+    assert!(r.log().contains("https://api.allowed.test:8443"), "{}", r.log());
+}
