@@ -218,14 +218,22 @@ impl Runtime for ProcessRuntime {
 /// Compile the Python bootstrap once for this interpreter. Python never caches the bytecode of
 /// the script it is asked to run, and compiling ours costs ~3.6 ms of every cold start (measured
 /// with the bootstrap's start-up benchmark). Compiled at every nimbus start, so a changed
-/// interpreter never meets a stale .pyc; on any failure the source is used.
+/// interpreter never meets a stale .pyc; on any failure the source is used. Tracebacks name the
+/// bootstrap by its path inside the sandbox (`/var/runtime/python/bootstrap.py`), never the
+/// host's data dir.
 fn precompile(python: &Path, dir: &Path) -> Option<PathBuf> {
     let src = dir.join("bootstrap.py");
     let out = dir.join("bootstrap.pyc");
+    let shown = format!("{}/python/bootstrap.py", sandbox::RUNTIME_DIR);
     let status = std::process::Command::new(python)
-        .args(["-S", "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"])
+        .args([
+            "-S",
+            "-c",
+            "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], dfile=sys.argv[3], doraise=True)",
+        ])
         .arg(&src)
         .arg(&out)
+        .arg(&shown)
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -103,8 +103,9 @@ fn table(function: &str) -> Vec<Case> {
                 ("/AWS_LAMBDA_FUNCTION_NAME", json!(function)),
                 ("/AWS_LAMBDA_FUNCTION_VERSION", json!("1")),
                 ("/AWS_LAMBDA_FUNCTION_MEMORY_SIZE", json!("128")),
-                ("/AWS_LAMBDA_RUNTIME_API", json!("$nonempty")),
-                ("/LAMBDA_TASK_ROOT", json!("$nonempty")),
+                ("/LAMBDA_TASK_ROOT", json!("/var/task")),
+                ("/LAMBDA_RUNTIME_DIR", json!("/var/runtime")),
+                ("/AWS_LAMBDA_RUNTIME_API", json!("127.0.0.1:9001")),
                 ("/AWS_LAMBDA_LOG_GROUP_NAME", json!(format!("/aws/lambda/{function}"))),
                 ("/AWS_LAMBDA_LOG_STREAM_NAME", json!("$nonempty")),
                 ("/AWS_REGION", json!("us-east-1")),
@@ -114,7 +115,7 @@ fn table(function: &str) -> Vec<Case> {
             ..Case::invoke(
                 "standard environment, manifest env, nothing inherited",
                 json!({"op": "env", "names": ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME", "AWS_REGION",
+                    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME", "AWS_REGION",
                     "GREETING", "NIMBUS_TEST_LEAK"]}),
             )
         },

@@ -294,3 +294,21 @@ async fn allowed_outbound_hosts_narrow_a_process_functions_egress() {
     assert_eq!(r.body["contained"], true, "{}", r.body);
     assert!(r.log().contains("https://api.allowed.test:8443"), "{}", r.log());
 }
+
+/// Stack traces show the function's own paths (`/var/task/…`, as on Lambda), never the host's.
+#[tokio::test]
+async fn stack_traces_show_var_task_not_the_host() {
+    let app = App::new("traces").conformance("node", "n", "").conformance("python", "p", "").finish();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(app.path(), data.path(), &[("NIMBUS_SANDBOX_SHARED_DIR", "")]);
+    for (function, file) in [("n", "/var/task/index.js"), ("p", "/var/task/handler.py")] {
+        let r = server
+            .invoke_with(function, &json!({"op": "error", "message": "kaboom"}), &[("x-amz-log-type", "Tail")])
+            .await;
+        assert_eq!(r.function_error(), Some("Unhandled"));
+        let seen = format!("{}\n{}", String::from_utf8_lossy(&r.raw), r.log());
+        assert!(seen.contains(file), "{function}: no {file} in the error or its log:\n{seen}");
+        let host = data.path().display().to_string();
+        assert!(!seen.contains(&host), "{function}: the host path {host} leaks:\n{seen}");
+    }
+}
