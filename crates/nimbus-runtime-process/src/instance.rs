@@ -603,6 +603,12 @@ fn environment(
     // The user's env comes before the platform's, so it can change PATH or LANG but never the
     // Runtime API contract (the manifest validator also rejects those names).
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if rt.sandbox.is_some() {
+        // nimbus's own bootstraps talk to the Runtime API on the socket itself, past the
+        // init's TCP forwarder (which stays for the official clients and the AWS SDKs).
+        let socket = format!("{}/{}", crate::sandbox::SOCKET_DIR, crate::sandbox::SOCKET_NAME);
+        env.push(("NIMBUS_RUNTIME_API_SOCKET".into(), socket));
+    }
     env.extend([
         ("AWS_LAMBDA_RUNTIME_API".into(), api.to_owned()),
         ("_HANDLER".into(), spec.handler.clone()),

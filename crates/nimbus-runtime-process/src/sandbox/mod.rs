@@ -57,7 +57,7 @@ pub const TASK_ROOT: &str = "/var/task";
 /// Where nimbus's bootstraps are, inside.
 pub const RUNTIME_DIR: &str = "/var/runtime";
 /// The directory holding the instance's endpoint socket, inside.
-const SOCKET_DIR: &str = "/run/nimbus";
+pub const SOCKET_DIR: &str = "/run/nimbus";
 /// The socket's file name.
 pub const SOCKET_NAME: &str = "api.sock";
 /// Where the init binary (nimbus itself) is, inside.
