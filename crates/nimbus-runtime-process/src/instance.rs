@@ -336,7 +336,8 @@ impl ProcessInstance {
         self.kill();
         log.push_str(&self.drain_log());
         log.push_str(&format!("{error_type}: {message}\n"));
-        let body = bytes::Bytes::from(serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string());
+        let body =
+            bytes::Bytes::from(serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string());
         let outcome = InvokeOutcome::FunctionError {
             kind: FunctionErrorKind::Unhandled,
             error_type: error_type.to_owned(),
@@ -529,8 +530,8 @@ fn spawn_runtime(
         .kill_on_drop(true);
     set_parent_death_signal(&mut cmd);
     // Without a memory cgroup, `memory_mb` is each process's RLIMIT_DATA.
-    let data_bytes = (!cgroup.is_some_and(InstanceCgroup::holds_memory))
-        .then(|| u64::from(function.spec.memory_mb) * 1024 * 1024);
+    let data_bytes =
+        (!cgroup.is_some_and(InstanceCgroup::holds_memory)).then(|| u64::from(function.spec.memory_mb) * 1024 * 1024);
     limits::pre_exec_hook(&mut cmd, cgroup, data_bytes);
     let spawned = cmd.spawn();
     // The Command holds the pipes' write ends; drop it so end-of-file reaches the reader.

@@ -108,7 +108,8 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
             if !v2 && fstype != "cgroup" {
                 return None;
             }
-            let controllers = opts.split(',').filter(|o| !v2 && V1_CONTROLLERS.contains(o)).map(str::to_owned).collect();
+            let controllers =
+                opts.split(',').filter(|o| !v2 && V1_CONTROLLERS.contains(o)).map(str::to_owned).collect();
             Some(Mount { point: PathBuf::from(point), root: root.to_owned(), v2, controllers })
         })
         .collect()
@@ -234,7 +235,8 @@ impl Resources {
             let (limit, swap) = if *v2 { ("memory.max", "memory.swap.max") } else { ("memory.limit_in_bytes", "") };
             write_file(&dir.join(limit), &bytes.to_string())?;
             // No swap past the limit: where swap is accounted, memory plus swap is the limit too.
-            let (swap, value) = if *v2 { (swap, "0".to_owned()) } else { ("memory.memsw.limit_in_bytes", bytes.to_string()) };
+            let (swap, value) =
+                if *v2 { (swap, "0".to_owned()) } else { ("memory.memsw.limit_in_bytes", bytes.to_string()) };
             if dir.join(swap).exists() {
                 write_file(&dir.join(swap), &value)?;
             }
@@ -429,7 +431,11 @@ impl Drop for InstanceCgroup {
 /// bwrap, the init and the runtime alike, and the init's privilege drop leaves no capability to
 /// raise them. `data_bytes`: `RLIMIT_DATA`, in rlimit mode.
 #[allow(unsafe_code)]
-pub(crate) fn pre_exec_hook(cmd: &mut tokio::process::Command, cgroup: Option<&InstanceCgroup>, data_bytes: Option<u64>) {
+pub(crate) fn pre_exec_hook(
+    cmd: &mut tokio::process::Command,
+    cgroup: Option<&InstanceCgroup>,
+    data_bytes: Option<u64>,
+) {
     let fds: Vec<i32> = cgroup.map(|c| c.procs.iter().map(AsRawFd::as_raw_fd).collect()).unwrap_or_default();
     // SAFETY: the closure runs between fork and exec; it only calls write(2) on descriptors that
     // stay open until the spawn returns (the instance holds them) and setrlimit(2), both

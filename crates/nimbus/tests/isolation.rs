@@ -34,9 +34,9 @@ fn hostile_app() -> App {
     copy_dir(&fixture("hostile"), &app.path().join("functions/greedy"));
     copy_dir(&fixture("conformance/node"), &app.path().join("functions/neighbour"));
     app.raw(
-        "[functions.hostile]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = 30\nmemory_mb = 1024\n\
+        "[functions.hostile]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\nmemory_mb = 1024\n\
          [functions.hostile.grants]\nfunctions = [\"friend\"]\n\
-         [functions.greedy]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = 30\n\
+         [functions.greedy]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\n\
          memory_mb = 128\ncpu_ms = 200\n",
     )
     .raw(&format!(
@@ -142,7 +142,7 @@ async fn contain(server: &Server) {
 /// memory cgroup, e.g. rootless) the allocation fails inside Python instead (MemoryError).
 async fn limits_hold(server: &Server) {
     let info = server.admin("/v1/info").await;
-    let mode = info["memoryLimits"].as_str().unwrap_or_default().to_owned();
+    let mode = info["memory_limits"].as_str().unwrap_or_default().to_owned();
     assert!(["cgroup-v2", "cgroup-v1", "rlimit"].contains(&mode.as_str()), "{info}");
     let tail = [("x-amz-log-type", "Tail")];
     let warm = server.invoke_with("greedy", &json!({"op": "whoami"}), &tail).await;
@@ -265,4 +265,72 @@ fn chown_tree(dir: &Path, uid: u32) {
             std::os::unix::fs::lchown(&path, Some(uid), Some(uid)).unwrap();
         }
     }
+}
+
+/// The host directories of the cgroups nimbus made for its instances (`…/nimbus-<pid>/<id>`),
+/// read from where the instances' processes are.
+async fn instance_cgroups(server: &Server) -> Vec<PathBuf> {
+    let marker = format!("/nimbus-{}/", server.pid());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount_of = |controllers: &str| {
+        mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            let mut r = right.split_whitespace();
+            let (fstype, opts) = (r.next()?, r.nth(1).unwrap_or(""));
+            let fits = if controllers.is_empty() {
+                fstype == "cgroup2"
+            } else {
+                fstype == "cgroup" && controllers.split(',').all(|c| opts.split(',').any(|o| o == c))
+            };
+            fits.then(|| PathBuf::from(point))
+        })
+    };
+    let mut dirs = Vec::new();
+    for pid in server.instance_pids().await {
+        for line in std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default().lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            if path.contains(&marker) {
+                dirs.push(mount_of(controllers).unwrap().join(path.trim_start_matches('/')));
+            }
+        }
+    }
+    dirs
+}
+
+/// Each instance is in a cgroup of its own under nimbus's `nimbus-<pid>`; a graceful stop removes
+/// them, and a killed nimbus's are removed when the next nimbus starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_cgroups_are_removed_at_stop_and_after_a_kill() {
+    let app = App::new("cgroups").conformance("python", "f", "").finish();
+    let data = tempfile::tempdir().unwrap();
+    let bases_of = |dirs: &[PathBuf]| -> Vec<PathBuf> { dirs.iter().map(|d| d.parent().unwrap().to_owned()).collect() };
+
+    let mut server = Server::start_with(app.path(), data.path(), &[]);
+    if server.admin("/v1/info").await["memory_limits"] == "rlimit" {
+        eprintln!("skipped: no writable cgroup hierarchy here (rlimit mode)");
+        return;
+    }
+    assert_eq!(server.invoke("f", &json!({"op": "echo"})).await.status, 200);
+    let dirs = instance_cgroups(&server).await;
+    assert!(!dirs.is_empty(), "the instance is in no cgroup of nimbus's");
+    assert!(dirs.iter().all(|d| d.is_dir()), "{dirs:?}");
+    let bases = bases_of(&dirs);
+    assert!(server.stop().success());
+    for b in &bases {
+        assert!(!b.exists(), "{} is left after a graceful stop", b.display());
+    }
+
+    let server = Server::start_with(app.path(), data.path(), &[]);
+    assert_eq!(server.invoke("f", &json!({"op": "echo"})).await.status, 200);
+    let bases = bases_of(&instance_cgroups(&server).await);
+    assert!(!bases.is_empty());
+    drop(server); // SIGKILL: nimbus cannot clean up
+    assert!(bases.iter().all(|b| b.is_dir()), "the killed nimbus's cgroups stay until the next start");
+    let mut next = Server::start_with(app.path(), data.path(), &[]);
+    for b in &bases {
+        assert!(!b.exists(), "{} of the killed nimbus is left after the next start", b.display());
+    }
+    assert!(next.stop().success());
 }
