@@ -293,15 +293,7 @@ fn function(
     let async_policy = async_policy(cx, &k, &mut refs.destinations);
     let env = env(cx, &k);
     let ephemeral_storage_mb = ephemeral_storage(cx, &k, runtime);
-    let allowed_outbound_hosts = match k.get("allowed_outbound_hosts") {
-        None => Some(None),
-        Some(hv) => wasm::allowed_outbound_hosts(cx, hv, &k.f("allowed_outbound_hosts")).map(Some),
-    };
-    let grants = k.get("grants").map_or(Some(Default::default()), |gv| {
-        let (grants, names) = grants::check(cx, gv, &k.f("grants"));
-        refs.grants.extend(names);
-        grants
-    });
+    let (allowed_outbound_hosts, grants) = access(cx, &k, refs);
 
     if cx.error_count() > before {
         return None;
@@ -329,6 +321,25 @@ fn function(
         grants: grants?,
     };
     Some((spec, loc))
+}
+
+/// What the function may reach: `allowed_outbound_hosts` (`None` inside: the runtime's default)
+/// and `grants` (the functions it names are checked once all are known).
+fn access(
+    cx: &mut Ctx<'_>,
+    k: &Keys<'_, '_>,
+    refs: &mut NameRefs,
+) -> (Option<Option<Vec<String>>>, Option<nimbus_core::Grants>) {
+    let allowed_outbound_hosts = match k.get("allowed_outbound_hosts") {
+        None => Some(None),
+        Some(hv) => wasm::allowed_outbound_hosts(cx, hv, &k.f("allowed_outbound_hosts")).map(Some),
+    };
+    let grants = k.get("grants").map_or(Some(Default::default()), |gv| {
+        let (grants, names) = grants::check(cx, gv, &k.f("grants"));
+        refs.grants.extend(names);
+        grants
+    });
+    (allowed_outbound_hosts, grants)
 }
 
 fn runtime(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<RuntimeKind> {
