@@ -297,7 +297,8 @@ impl From<&FunctionSpec> for StoredSpecV1 {
             max_queued: s.max_queued,
             queue_timeout: ms(s.queue_timeout),
             async_policy: Some((&s.async_policy).into()),
-            wasm: Some((&s.wasm).into()),
+            // `cpu_ms` keeps its stored place in the wasm options (written for every runtime).
+            wasm: Some(StoredWasmV1 { cpu_ms: s.cpu_ms, ..(&s.wasm).into() }),
         }
     }
 }
@@ -321,6 +322,7 @@ impl TryFrom<StoredSpecV1> for FunctionSpec {
             max_queued: s.max_queued,
             queue_timeout: Duration::from_millis(s.queue_timeout),
             async_policy: s.async_policy.map(Into::into).unwrap_or_default(),
+            cpu_ms: s.wasm.as_ref().and_then(|w| w.cpu_ms),
             wasm: s.wasm.map(Into::into).unwrap_or_default(),
             // Format 2 sets these from its own fields.
             allowed_outbound_hosts: None,
@@ -379,7 +381,7 @@ impl From<&WasmOptions> for StoredWasmV1 {
         StoredWasmV1 {
             component: w.component.clone(),
             instance_reuse: w.instance_reuse,
-            cpu_ms: w.cpu_ms,
+            cpu_ms: None,
             allowed_outbound_hosts: Vec::new(),
         }
     }
@@ -387,7 +389,7 @@ impl From<&WasmOptions> for StoredWasmV1 {
 
 impl From<StoredWasmV1> for WasmOptions {
     fn from(w: StoredWasmV1) -> Self {
-        WasmOptions { component: w.component, instance_reuse: w.instance_reuse, cpu_ms: w.cpu_ms }
+        WasmOptions { component: w.component, instance_reuse: w.instance_reuse }
     }
 }
 
@@ -519,7 +521,7 @@ mod tests {
         let spec = &c.functions[0].0;
         assert_eq!(spec.async_policy.on_success, Some(Destination::Function("audit".into())));
         assert_eq!(spec.async_policy.retry_backoff_max, Duration::from_millis(400));
-        assert_eq!(spec.wasm.cpu_ms, Some(50));
+        assert_eq!(spec.cpu_ms, Some(50));
         assert_eq!(spec.allowed_outbound_hosts, Some(vec!["https://*.example.com".to_owned()]));
         assert_eq!(c.routes[0].methods, Methods::Any);
         assert_eq!(c.schedules[0].when, When::Rate(Duration::from_secs(300)));

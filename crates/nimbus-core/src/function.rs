@@ -47,6 +47,9 @@ pub struct FunctionSpec {
     pub code: String,
     pub memory_mb: u32,
     pub timeout: Duration,
+    /// CPU time one invocation may use, in ms, for every runtime (wasm: time running guest code;
+    /// process runtimes: CPU time of the instance's processes); `None` = only `timeout` applies.
+    pub cpu_ms: Option<u32>,
     pub env: BTreeMap<String, String>,
     pub min_instances: u32,
     pub max_instances: u32,
@@ -94,9 +97,6 @@ pub struct WasmOptions {
     pub component: String,
     /// Keep an initialised instance for later requests instead of a fresh one per request.
     pub instance_reuse: bool,
-    /// CPU time a request may use (time spent running guest code), in the style of edge
-    /// platforms; `None` = only `timeout` applies.
-    pub cpu_ms: Option<u32>,
 }
 
 /// Where the outcome of an async invocation is sent.

@@ -40,7 +40,7 @@ const FUNCTION_KEYS: &[&str] = &[
     "grants",
 ];
 /// Keys only wasm functions take.
-const WASM_KEYS: &[&str] = &["component", "instance_reuse", "cpu_ms"];
+const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
 const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async"];
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Environment names the platform sets itself; a function may not override them.
@@ -299,7 +299,7 @@ fn function(
     if cx.error_count() > before {
         return None;
     }
-    let (memory_mb, timeout) = limits?;
+    let (memory_mb, timeout, cpu_ms) = limits?;
     let Scaling { min_instances, max_instances, keep_alive, max_queued, queue_timeout } = scaling?;
     let spec = FunctionSpec {
         name: name.to_owned(),
@@ -308,6 +308,7 @@ fn function(
         code: code?,
         memory_mb,
         timeout,
+        cpu_ms,
         env,
         min_instances,
         max_instances,
@@ -442,8 +443,8 @@ fn wasm_keys(
     Some(WasmOptions::default())
 }
 
-/// `memory_mb` and `timeout`: what one invocation may use.
-fn limits(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> Option<(u32, Duration)> {
+/// `memory_mb`, `timeout` and `cpu_ms` (every runtime): what one invocation may use.
+fn limits(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> Option<(u32, Duration, Option<u32>)> {
     // A wasm32 component cannot address more than 4 GiB; its memory can be as small as needed.
     let (min_memory, max_memory) = if runtime == Some(RuntimeKind::Wasm) { (1, 4096) } else { (64, 10_240) };
     let memory_mb = k
@@ -452,7 +453,8 @@ fn limits(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> O
     let timeout = k.get("timeout").map_or(Some(defaults::TIMEOUT), |tv| {
         cx.duration(tv, &k.f("timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
-    Some((memory_mb?, timeout?))
+    let cpu_ms = k.get("cpu_ms").map_or(Some(None), |cv| cx.u32(cv, &k.f("cpu_ms"), 1, 15 * 60 * 1000).map(Some));
+    Some((memory_mb?, timeout?, cpu_ms?))
 }
 
 /// The size of a process instance's `/tmp` (wasm functions have no file system to size).

@@ -115,11 +115,29 @@ allowed_outbound_hosts = ["https://api.example.com", "http://127.0.0.1:*"]
     let geo = &m.functions["geo"];
     assert_eq!(geo.runtime, nimbus_core::RuntimeKind::Wasm);
     assert_eq!(geo.memory_mb, 16);
-    assert_eq!(
-        geo.wasm,
-        nimbus_core::WasmOptions { component: "geo.wasm".into(), instance_reuse: true, cpu_ms: Some(50) }
-    );
+    assert_eq!(geo.wasm, nimbus_core::WasmOptions { component: "geo.wasm".into(), instance_reuse: true });
+    assert_eq!(geo.cpu_ms, Some(50));
     assert_eq!(geo.allowed_outbound_hosts, Some(vec!["https://api.example.com".into(), "http://127.0.0.1:*".into()]));
+}
+
+/// `cpu_ms` is a limit of every runtime; `instance_reuse` stays wasm's own.
+#[test]
+fn cpu_ms_is_valid_for_every_runtime() {
+    for runtime in ["node", "python", "provided"] {
+        let handler = if runtime == "provided" { "" } else { "handler = \"app.handler\"\n" };
+        let src = format!("name = \"a\"\n[functions.f]\nruntime = \"{runtime}\"\n{handler}cpu_ms = 200\n");
+        let m = parse(&src, "nimbus.toml").unwrap_or_else(|e| panic!("{runtime}: {e}"));
+        assert_eq!(m.functions["f"].cpu_ms, Some(200), "{runtime}");
+    }
+    let m = parse("name = \"a\"\n[functions.f]\nruntime = \"node\"\nhandler = \"app.handler\"\n", "nimbus.toml");
+    assert_eq!(m.unwrap().functions["f"].cpu_ms, None, "no CPU budget unless one is set");
+    let e = parse(
+        "name = \"a\"\n[functions.f]\nruntime = \"node\"\nhandler = \"app.handler\"\ninstance_reuse = true\n",
+        "nimbus.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`instance_reuse` is only for `runtime = \"wasm\"` functions"), "{e}");
 }
 
 #[test]

@@ -33,12 +33,6 @@ pub(crate) fn options(
             }
         }
     }
-    if let Some(cv) = t.get("cpu_ms") {
-        match cx.u32(cv, &f("cpu_ms"), 1, 15 * 60 * 1000) {
-            Some(n) => opts.cpu_ms = Some(n),
-            None => ok = false,
-        }
-    }
     ok.then_some(opts)
 }
 

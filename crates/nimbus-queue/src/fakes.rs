@@ -541,6 +541,7 @@ pub fn version(name: &str, max_instances: u32, policy: AsyncPolicy) -> Arc<Funct
         code: ".".into(),
         memory_mb: 128,
         timeout: Duration::from_secs(3),
+        cpu_ms: None,
         env: BTreeMap::new(),
         min_instances: 0,
         max_instances,

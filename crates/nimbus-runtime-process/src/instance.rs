@@ -8,6 +8,11 @@
 //!   `Timeout`, the instance is dead;
 //! - the process exits mid-invocation: the exit is observed at once through `wait()`, the caller
 //!   gets `Crashed`, the instance is dead;
+//! - the instance runs out of memory (`memory_mb`, see [`crate::limits`]): the kernel stops the
+//!   runtime, the caller gets the function error `Runtime.OutOfMemory` with Max Memory Used at
+//!   the limit, the instance is dead;
+//! - the invocation passes `cpu_ms` of CPU time: the instance is killed, the caller gets the
+//!   function error `Runtime.CpuLimitExceeded`, the instance is dead;
 //! - nimbus itself dies: PR_SET_PDEATHSIG kills the runtime (the spawning thread is a tokio
 //!   worker, which lives as long as the process).
 
@@ -30,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::api::{self, Completion, NextEvent, Pending, Shared};
+use crate::limits::{self, InstanceCgroup};
 use crate::logs::LogTap;
 use crate::{sandbox, ProcessRuntime};
 
@@ -54,6 +60,11 @@ pub struct ProcessInstance {
     /// `/proc/PID/status` of the runtime process, for the peak resident set (Max Memory Used);
     /// opened once the runtime is ready (inside a sandbox it is bwrap's grandchild).
     proc_status: Option<std::fs::File>,
+    /// The instance's cgroups (memory, pids, cpu accounting), when the machine has them.
+    cgroup: Option<InstanceCgroup>,
+    /// At the start of the invocation in progress: CPU time used (ns) and OOM kills so far.
+    cpu_at_start: Option<u64>,
+    oom_at_start: u64,
     dead: bool,
     stopped: bool,
 }
@@ -113,6 +124,8 @@ enum Ended {
     Done(Completion),
     Crashed(String),
     TimedOut,
+    /// It used more than `cpu_ms` of CPU time.
+    CpuExceeded(u32),
 }
 
 /// How init ended.
@@ -141,7 +154,11 @@ impl ProcessInstance {
             }
         };
         let mut guard = StartGuard { server: server.abort_handle(), scratch, group: None, armed: true };
-        let spawned = spawn_runtime(rt, &function, &id, &command, &endpoint.addr, &guard.scratch)?;
+        let cgroup = rt
+            .resources
+            .instance(&id, function.spec.memory_mb)
+            .map_err(platform("cannot make the instance's cgroup (see nimbus's start-up log for the limits mode)"))?;
+        let spawned = spawn_runtime(rt, &function, &id, &command, &endpoint.addr, &guard.scratch, cgroup.as_ref())?;
         let spawned_after = began.elapsed();
         let pid = spawned.child.id().unwrap_or(0);
         guard.group = Some(pid);
@@ -163,6 +180,9 @@ impl ProcessInstance {
             max_response: rt.limits.max_response_bytes,
             last_max_memory_mb: 0,
             proc_status: None,
+            cgroup,
+            cpu_at_start: None,
+            oom_at_start: 0,
             dead: false,
             stopped: false,
         };
@@ -235,6 +255,10 @@ impl ProcessInstance {
             trace_id: inv.trace_id.clone(),
             client_context: inv.client_context.clone(),
         };
+        if self.function.spec.cpu_ms.is_some() {
+            self.cpu_at_start = self.cpu_ns();
+        }
+        self.oom_at_start = self.cgroup.as_ref().map_or(0, InstanceCgroup::oom_kills);
         let started = Instant::now();
         self.shared.picked_up.store(false, std::sync::atomic::Ordering::Release);
         if self.next_tx.send(event).await.is_err() {
@@ -255,8 +279,72 @@ impl ProcessInstance {
                 Err(_) => Ended::Crashed("the invocation was abandoned".into()),
             },
             e = exit_rx.wait_for(Option::is_some) => Ended::Crashed(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
+            ms = self.cpu_exceeded() => Ended::CpuExceeded(ms),
             _ = tokio::time::sleep(timeout) => Ended::TimedOut,
         }
+    }
+
+    /// Resolves once the invocation has used more than `cpu_ms` of CPU time; never without
+    /// `cpu_ms`. Checked a few times per `cpu_ms` (5–50 ms apart); `wait_end`'s timeout bounds it.
+    async fn cpu_exceeded(&self) -> u32 {
+        let (Some(ms), Some(start)) = (self.function.spec.cpu_ms, self.cpu_at_start) else {
+            return std::future::pending().await;
+        };
+        let limit = u64::from(ms) * 1_000_000;
+        let mut tick = tokio::time::interval(Duration::from_millis(u64::from(ms / 4).clamp(5, 50)));
+        loop {
+            tick.tick().await;
+            if self.cpu_ns().is_some_and(|now| now.saturating_sub(start) > limit) {
+                return ms;
+            }
+        }
+    }
+
+    /// CPU time of the instance's processes so far: from its cgroup, else from `/proc`.
+    fn cpu_ns(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(InstanceCgroup::cpu_ns).or_else(|| limits::tree_cpu_ns(self.pid))
+    }
+
+    /// Whether the runtime's exit (`status`, with the output `log`) was running out of memory:
+    /// the cgroup's OOM killer fired during the invocation; in rlimit mode, the runtime died of
+    /// a failed allocation (killed, or its last words say so).
+    fn out_of_memory(&self, status: &str, log: &str) -> bool {
+        match &self.cgroup {
+            Some(cg) if cg.holds_memory() => cg.oom_kills() > self.oom_at_start,
+            _ => {
+                let tail = log.get(log.len().saturating_sub(4096)..).unwrap_or(log);
+                // Inside the sandbox the init reports a signal as 128 + its number.
+                ["SIGKILL", "SIGSEGV", "exit status 137", "exit status 139"].iter().any(|s| status.contains(s))
+                    || ["MemoryError", "out of memory", "Cannot allocate memory", "ENOMEM"]
+                        .iter()
+                        .any(|w| tail.contains(w))
+            }
+        }
+    }
+
+    /// The invocation went past a limit: the instance is stopped and the caller gets Lambda's
+    /// function error (`Unhandled`) of `error_type`, with a note in the log.
+    fn limit_exceeded(
+        &mut self,
+        (error_type, message): (&str, String),
+        mut log: String,
+        duration: Duration,
+        max_memory_mb: u32,
+    ) -> InvokeResult {
+        self.dead = true;
+        self.clear_pending();
+        self.kill();
+        log.push_str(&self.drain_log());
+        log.push_str(&format!("{error_type}: {message}\n"));
+        let body =
+            bytes::Bytes::from(serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string());
+        let outcome = InvokeOutcome::FunctionError {
+            kind: FunctionErrorKind::Unhandled,
+            error_type: error_type.to_owned(),
+            error_message: message,
+            body,
+        };
+        InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone(), http: None }
     }
 
     fn completed(
@@ -282,15 +370,22 @@ impl ProcessInstance {
 
     /// The process exited mid-invocation: before the runtime took the event the function never
     /// ran (`Lost`, safe to retry elsewhere), after it the invocation crashed.
-    fn crashed(&mut self, status: String) -> InstanceError {
+    fn crashed(&mut self, status: String, duration: Duration) -> Result<InvokeResult, InstanceError> {
         self.dead = true;
         self.clear_pending();
         self.kill();
         if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
-            return InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") };
+            return Err(InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") });
         }
         let log = self.drain_log();
-        InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log }
+        if self.out_of_memory(&status, &log) {
+            let mb = self.function.spec.memory_mb;
+            let message = format!(
+                "Runtime exited with error: {status}: the function used all of its memory_mb = {mb} MB; raise memory_mb or use less memory"
+            );
+            return Ok(self.limit_exceeded(("Runtime.OutOfMemory", message), log, duration, mb));
+        }
+        Err(InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log })
     }
 
     async fn timed_out(&mut self, timeout: Duration) -> InstanceError {
@@ -404,6 +499,7 @@ fn spawn_runtime(
     (program, args): &(PathBuf, Vec<String>),
     api: &str,
     scratch: &Path,
+    cgroup: Option<&InstanceCgroup>,
 ) -> Result<Spawned, StartError> {
     let (stdout, out_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
     let (stderr, err_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
@@ -433,6 +529,10 @@ fn spawn_runtime(
         .process_group(0)
         .kill_on_drop(true);
     set_parent_death_signal(&mut cmd);
+    // Without a memory cgroup, `memory_mb` is each process's RLIMIT_DATA.
+    let data_bytes =
+        (!cgroup.is_some_and(InstanceCgroup::holds_memory)).then(|| u64::from(function.spec.memory_mb) * 1024 * 1024);
+    limits::pre_exec_hook(&mut cmd, cgroup, data_bytes);
     let spawned = cmd.spawn();
     // The Command holds the pipes' write ends; drop it so end-of-file reaches the reader.
     drop(cmd);
@@ -515,8 +615,12 @@ impl Instance for ProcessInstance {
         let max_memory_mb = self.read_max_memory();
         match ended {
             Ended::Done(completion) => self.completed(completion, duration, max_memory_mb),
-            Ended::Crashed(status) => Err(self.crashed(status)),
+            Ended::Crashed(status) => self.crashed(status, duration),
             Ended::TimedOut => Err(self.timed_out(inv.timeout).await),
+            Ended::CpuExceeded(ms) => {
+                let message = format!("the invocation used more than {ms} ms of CPU time (cpu_ms = {ms})");
+                Ok(self.limit_exceeded(("Runtime.CpuLimitExceeded", message), String::new(), duration, max_memory_mb))
+            }
         }
     }
 
@@ -530,6 +634,9 @@ impl Instance for ProcessInstance {
         self.wait_exit(Duration::from_secs(2)).await;
         self.server.abort();
         let _ = std::fs::remove_dir_all(&self.scratch);
+        if let Some(cg) = &mut self.cgroup {
+            cg.remove().await;
+        }
         self.stopped = true;
     }
 }
@@ -690,6 +797,7 @@ mod tests {
             limits: Limits { init_timeout: Duration::from_secs(10), ..Limits::default() },
             sandbox: None,
             calls: Default::default(),
+            resources: Default::default(),
         }
     }
 
@@ -701,6 +809,7 @@ mod tests {
             code: ".".into(),
             memory_mb: 256,
             timeout: Duration::from_secs(3),
+            cpu_ms: None,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
             min_instances: 0,
             max_instances: 1,

@@ -11,6 +11,7 @@
 mod api;
 mod egress;
 mod instance;
+pub mod limits;
 mod logs;
 pub mod sandbox;
 mod services;
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use nimbus_core::{FunctionVersion, Instance, Runtime, RuntimeKind, StartError};
 
 pub use instance::ProcessInstance;
+pub use limits::{MemoryMode, Resources};
 pub use sandbox::{Sandbox, SandboxUnavailable};
 pub use services::CallsSlot;
 
@@ -68,6 +70,8 @@ pub struct ProcessRuntime {
     pub(crate) sandbox: Option<Arc<Sandbox>>,
     /// The gateway's answer to calls functions make (set once the gateway exists).
     pub(crate) calls: CallsSlot,
+    /// How `memory_mb`, `cpu_ms`, processes and open files are held (see [`limits`]).
+    pub(crate) resources: Arc<Resources>,
 }
 
 impl ProcessRuntime {
@@ -102,12 +106,18 @@ impl ProcessRuntime {
             limits,
             sandbox: None,
             calls: CallsSlot::default(),
+            resources: Arc::new(Resources::detect()),
         })
     }
 
     /// The sandbox instances run in (`None`: unsandboxed).
     pub fn sandbox(&self) -> Option<Arc<Sandbox>> {
         self.sandbox.clone()
+    }
+
+    /// How instances' limits are held (the memory mode, the pids and cpu controllers).
+    pub fn resources(&self) -> Arc<Resources> {
+        self.resources.clone()
     }
 
     /// Where to set the gateway's [`nimbus_core::FunctionCalls`] once it is built.

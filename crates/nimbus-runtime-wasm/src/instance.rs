@@ -199,7 +199,7 @@ impl Parts {
                 log: self.log.clone(),
             },
             cpu: Arc::new(CpuMeter::default()),
-            cpu_limit_ns: spec.wasm.cpu_ms.map(|ms| u64::from(ms) * 1_000_000),
+            cpu_limit_ns: spec.cpu_ms.map(|ms| u64::from(ms) * 1_000_000),
             cpu_exceeded: false,
         };
         let mut store = Store::new(&self.rt.engine, host);
@@ -280,7 +280,7 @@ impl Parts {
     /// Why the guest stopped: over its CPU time, out of memory, or a trap of its own.
     fn trapped(&self, h: &Host, e: &wasmtime::Error) -> Ended {
         if h.cpu_exceeded {
-            let ms = self.function.spec.wasm.cpu_ms.unwrap_or_default();
+            let ms = self.function.spec.cpu_ms.unwrap_or_default();
             self.log.note(&format!("CPU time limit exceeded: cpu_ms = {ms}"));
             return Ended::Failed {
                 error_type: "Runtime.CpuLimitExceeded",

@@ -39,6 +39,7 @@ pub(crate) fn function(name: &str, tweak: impl FnOnce(&mut FunctionSpec)) -> Arc
         code: ".".into(),
         memory_mb: 128,
         timeout: secs(30),
+        cpu_ms: None,
         env: BTreeMap::new(),
         min_instances: 0,
         max_instances: 4,

@@ -15,7 +15,7 @@ use nimbus_core::{
 };
 use nimbus_gateway::metrics::Metrics;
 use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES};
-use nimbus_runtime_process::{Limits, ProcessRuntime, Sandbox};
+use nimbus_runtime_process::{Limits, ProcessRuntime, Resources, Sandbox};
 use nimbus_runtime_wasm::WasmRuntime;
 use nimbus_scheduler::Scheduler;
 use nimbus_store_sqlite::{RecordWriter, Store};
@@ -210,6 +210,8 @@ struct Node {
     calls: nimbus_runtime_process::CallsSlot,
     /// What `GET /v1/info` says about this node.
     info: nimbus_api::Info,
+    /// The process instances' limits (their cgroups are removed at stop).
+    resources: Arc<Resources>,
 }
 
 impl Node {
@@ -220,7 +222,7 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let traces = crate::traces::Traces::start(args.otlp_endpoint.as_deref())?.map(Arc::new);
         let recorder = recorder(&metrics, traces.as_ref(), &records);
-        let Runtimes { by_kind, calls, sandbox } = runtimes(data_dir, args.insecure_no_sandbox)?;
+        let Runtimes { by_kind, calls, sandbox, resources } = runtimes(data_dir, args.insecure_no_sandbox)?;
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
@@ -230,8 +232,8 @@ impl Node {
             let control = control.clone();
             async move { control.warm().await }
         });
-        let info = info(sandbox.as_deref());
-        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls, info })
+        let info = info(sandbox.as_deref(), &resources);
+        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls, info, resources })
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -276,6 +278,8 @@ impl Node {
         // next start.
         engine.shutdown(Duration::from_secs(5)).await;
         self.scheduler.shutdown(Duration::from_secs(5)).await;
+        let resources = self.resources.clone();
+        let _ = tokio::task::spawn_blocking(move || resources.cleanup()).await;
         if let Some(q) = &self.queue {
             q.close();
         }
@@ -310,13 +314,15 @@ struct Runtimes {
     calls: nimbus_runtime_process::CallsSlot,
     /// The process instances' sandbox (`None`: unsandboxed).
     sandbox: Option<Arc<Sandbox>>,
+    resources: Arc<Resources>,
 }
 
 /// The runtimes by kind: one process runtime for node, python and provided; the wasm runtime.
 fn runtimes(data_dir: &Path, insecure_no_sandbox: bool) -> Result<Runtimes> {
     let process = ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?;
     let process = sandboxed(process, data_dir, insecure_no_sandbox)?;
-    let (calls, sandbox) = (process.calls_slot(), process.sandbox());
+    let (calls, sandbox, resources) = (process.calls_slot(), process.sandbox(), process.resources());
+    log_limits(&resources);
     let process: Arc<dyn Runtime> = Arc::new(process);
     // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
     let wasm_cache = std::env::var_os("NIMBUS_WASM_CACHE").map_or_else(|| data_dir.join("wasm-cache"), PathBuf::from);
@@ -331,7 +337,28 @@ fn runtimes(data_dir: &Path, insecure_no_sandbox: bool) -> Result<Runtimes> {
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
         .collect();
-    Ok(Runtimes { by_kind, calls, sandbox })
+    Ok(Runtimes { by_kind, calls, sandbox, resources })
+}
+
+/// Say at start how process functions' limits are held, and why a stronger mechanism is not.
+fn log_limits(r: &Resources) {
+    // The banner says the mode; the details are for debugging (stderr stays for problems).
+    for note in r.notes() {
+        tracing::debug!("limits: {note}");
+    }
+    let processes = if r.caps_processes() { "1024 per instance (pids cgroup)" } else { "not capped per instance" };
+    tracing::debug!(
+        memory = r.memory_mode().as_str(),
+        cpu_time = r.cpu_source(),
+        processes,
+        open_files = nimbus_runtime_process::limits::MAX_OPEN_FILES,
+        "process functions' limits"
+    );
+    if r.memory_mode() == nimbus_runtime_process::MemoryMode::Rlimit {
+        tracing::warn!(
+            "memory_mb of process functions is held by RLIMIT_DATA per process, not per instance: no writable cgroup memory controller was found (see above)"
+        );
+    }
 }
 
 /// Put process instances in a sandbox, or refuse to start when the machine cannot make one;
@@ -363,7 +390,7 @@ fn sandboxed(process: ProcessRuntime, data_dir: &Path, insecure: bool) -> Result
 }
 
 /// What `GET /v1/info` says: the version and how functions are isolated.
-fn info(sandbox: Option<&Sandbox>) -> nimbus_api::Info {
+fn info(sandbox: Option<&Sandbox>, resources: &Resources) -> nimbus_api::Info {
     let (sandbox, warnings) = match sandbox {
         Some(s) => (
             nimbus_api::SandboxInfo {
@@ -381,7 +408,8 @@ fn info(sandbox: Option<&Sandbox>) -> nimbus_api::Info {
             vec!["process functions run WITHOUT a sandbox (--insecure-no-sandbox): they can read the data dir and the host".into()],
         ),
     };
-    nimbus_api::Info { version: env!("CARGO_PKG_VERSION").into(), sandbox, memory_limits: "none".into(), warnings }
+    let memory_limits = resources.memory_mode().as_str().into();
+    nimbus_api::Info { version: env!("CARGO_PKG_VERSION").into(), sandbox, memory_limits, warnings }
 }
 
 /// Deploy the app directory unless it is what the last `nimbus up` deployed. `Some(code)` when
@@ -473,6 +501,7 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path, info: &nimbu
         ),
         _ => println!("  process functions run WITHOUT a sandbox (--insecure-no-sandbox)"),
     }
+    println!("  process functions' memory_mb is held by {}", info.memory_limits);
 }
 
 /// Reuse the token in DATA_DIR/admin.token, or create one (mode 0600).

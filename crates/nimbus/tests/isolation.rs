@@ -3,7 +3,10 @@
 //! nimbus, writing its own code, filling `/tmp`, reaching the management API or the host's
 //! loopback, invoking a function it was not granted, ptrace, mount, new namespaces, setuid —
 //! and each attempt must be contained: the call fails inside the function, the attempt shows in
-//! the function's own log, and nimbus and a neighbour keep serving.
+//! the function's own log, and nimbus and a neighbour keep serving. Then the limits: a fork
+//! flood and a file-descriptor flood fail inside the function; past `memory_mb` or `cpu_ms` the
+//! invocation ends with `Runtime.OutOfMemory` or `Runtime.CpuLimitExceeded` and a fresh
+//! instance serves the next one.
 //!
 //! The table runs against nimbus as it runs here (root in CI: bwrap privileged, the function
 //! drops to `nobody`) and, when the test runs as root, once more with nimbus running as an
@@ -22,14 +25,19 @@ const SECRET: &str = "neighbour-secret-7d41c9";
 /// The unprivileged user nimbus runs as in the rootless variant.
 const ROOTLESS_UID: u32 = 1000;
 
-/// hostile (granted `friend` only), neighbour (node, with a secret), friend, stranger.
+/// hostile (granted `friend` only), greedy (the hostile code at the limits), neighbour (node,
+/// with a secret), friend, stranger. hostile has memory for filling its 512 MB /tmp, since a
+/// cgroup counts the pages of /tmp (tmpfs) as the instance's memory.
 fn hostile_app() -> App {
     let app = App::new("tenants").conformance("python", "friend", "").conformance("python", "stranger", "");
     copy_dir(&fixture("hostile"), &app.path().join("functions/hostile"));
+    copy_dir(&fixture("hostile"), &app.path().join("functions/greedy"));
     copy_dir(&fixture("conformance/node"), &app.path().join("functions/neighbour"));
     app.raw(
-        "[functions.hostile]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\n\
-         [functions.hostile.grants]\nfunctions = [\"friend\"]\n",
+        "[functions.hostile]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\nmemory_mb = 1024\n\
+         [functions.hostile.grants]\nfunctions = [\"friend\"]\n\
+         [functions.greedy]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\n\
+         memory_mb = 128\ncpu_ms = 200\n",
     )
     .raw(&format!(
         "[functions.neighbour]\nruntime = \"node\"\nhandler = \"index.handler\"\nenv = {{ SECRET = \"{SECRET}\" }}\n"
@@ -68,6 +76,8 @@ fn attempts(data_dir: &Path, nimbus_pid: i32, port: u16) -> Vec<Attempt> {
         a("make a new user namespace", json!({"op": "unshare"})),
         a("become root", json!({"op": "setuid0"})),
         a("fill the disk through /tmp", json!({"op": "fill_tmp", "limit_mb": 512})),
+        a("fork more than 1,024 processes", json!({"op": "fork_flood", "n": 2000})),
+        a("open more than 1,024 files", json!({"op": "open_files", "n": 2000})),
     ]
 }
 
@@ -102,6 +112,8 @@ async fn contain(server: &Server) {
         assert!(process_alive(server.pid()), "{what}: nimbus died");
     }
 
+    limits_hold(server).await;
+
     // A granted call works, and the refused one was logged by nimbus in the caller's log.
     let r = server.invoke_with("hostile", &json!({"op": "invoke", "function": "friend"}), &[]).await;
     assert_eq!(r.body["contained"], false, "a granted invoke failed: {}", r.body["detail"]);
@@ -124,6 +136,42 @@ async fn contain(server: &Server) {
     for (pid, uid) in leaves {
         assert_ne!(uid, 0, "instance process {pid} runs as root on the host");
     }
+}
+
+/// Past `memory_mb` (128) and `cpu_ms` (200) the invocation ends with Lambda's error, the
+/// instance is replaced, and `GET /v1/info` says how memory is held. In rlimit mode (no writable
+/// memory cgroup, e.g. rootless) the allocation fails inside Python instead (MemoryError).
+async fn limits_hold(server: &Server) {
+    let info = server.admin("/v1/info").await;
+    let mode = info["memory_limits"].as_str().unwrap_or_default().to_owned();
+    assert!(["cgroup-v2", "cgroup-v1", "rlimit"].contains(&mode.as_str()), "{info}");
+    let tail = [("x-amz-log-type", "Tail")];
+    let warm = server.invoke_with("greedy", &json!({"op": "whoami"}), &tail).await;
+    assert_eq!(warm.status, 200, "{}", String::from_utf8_lossy(&warm.raw));
+
+    let r = server.invoke_with("greedy", &json!({"op": "allocate", "mb": 512}), &tail).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.raw));
+    assert_eq!(r.function_error(), Some("Unhandled"), "512 MB fit in memory_mb = 128: {:?}", r.body);
+    let error_type = r.body["errorType"].as_str().unwrap_or_default();
+    if mode == "rlimit" {
+        assert!(["Runtime.OutOfMemory", "MemoryError"].contains(&error_type), "{:?}", r.body);
+    } else {
+        assert_eq!(error_type, "Runtime.OutOfMemory", "{:?}", r.body);
+        assert!(r.log().contains("Max Memory Used: 128 MB"), "{}", r.log());
+        let next = server.invoke_with("greedy", &json!({"op": "whoami"}), &tail).await;
+        assert_eq!((next.status, next.function_error()), (200, None), "{:?}", next.body);
+        assert!(next.log().contains("Init Duration: "), "not a new instance:\n{}", next.log());
+    }
+
+    let r = server.invoke_with("greedy", &json!({"op": "spin", "ms": 2000}), &tail).await;
+    assert_eq!(r.function_error(), Some("Unhandled"), "a 2 s spin fit in cpu_ms = 200: {:?}", r.body);
+    assert_eq!(r.body["errorType"], "Runtime.CpuLimitExceeded", "{:?}", r.body);
+    assert!(r.elapsed < std::time::Duration::from_millis(1500), "stopped only after {:?}", r.elapsed);
+    assert!(r.log().contains("Runtime.CpuLimitExceeded"), "{}", r.log());
+    let next = server.invoke_with("greedy", &json!({"op": "spin", "ms": 10}), &tail).await;
+    assert_eq!((next.status, next.function_error()), (200, None), "{:?}", next.body);
+    assert!(next.log().contains("Init Duration: "), "not a new instance:\n{}", next.log());
+    assert!(process_alive(server.pid()), "nimbus died");
 }
 
 /// (pid, real uid on the host) of every process under `roots` that has no children: the
@@ -311,4 +359,72 @@ async fn stack_traces_show_var_task_not_the_host() {
         let host = data.path().display().to_string();
         assert!(!seen.contains(&host), "{function}: the host path {host} leaks:\n{seen}");
     }
+}
+
+/// The host directories of the cgroups nimbus made for its instances (`…/nimbus-<pid>/<id>`),
+/// read from where the instances' processes are.
+async fn instance_cgroups(server: &Server) -> Vec<PathBuf> {
+    let marker = format!("/nimbus-{}/", server.pid());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount_of = |controllers: &str| {
+        mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            let mut r = right.split_whitespace();
+            let (fstype, opts) = (r.next()?, r.nth(1).unwrap_or(""));
+            let fits = if controllers.is_empty() {
+                fstype == "cgroup2"
+            } else {
+                fstype == "cgroup" && controllers.split(',').all(|c| opts.split(',').any(|o| o == c))
+            };
+            fits.then(|| PathBuf::from(point))
+        })
+    };
+    let mut dirs = Vec::new();
+    for pid in server.instance_pids().await {
+        for line in std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default().lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            if path.contains(&marker) {
+                dirs.push(mount_of(controllers).unwrap().join(path.trim_start_matches('/')));
+            }
+        }
+    }
+    dirs
+}
+
+/// Each instance is in a cgroup of its own under nimbus's `nimbus-<pid>`; a graceful stop removes
+/// them, and a killed nimbus's are removed when the next nimbus starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_cgroups_are_removed_at_stop_and_after_a_kill() {
+    let app = App::new("cgroups").conformance("python", "f", "").finish();
+    let data = tempfile::tempdir().unwrap();
+    let bases_of = |dirs: &[PathBuf]| -> Vec<PathBuf> { dirs.iter().map(|d| d.parent().unwrap().to_owned()).collect() };
+
+    let mut server = Server::start_with(app.path(), data.path(), &[]);
+    if server.admin("/v1/info").await["memory_limits"] == "rlimit" {
+        eprintln!("skipped: no writable cgroup hierarchy here (rlimit mode)");
+        return;
+    }
+    assert_eq!(server.invoke("f", &json!({"op": "echo"})).await.status, 200);
+    let dirs = instance_cgroups(&server).await;
+    assert!(!dirs.is_empty(), "the instance is in no cgroup of nimbus's");
+    assert!(dirs.iter().all(|d| d.is_dir()), "{dirs:?}");
+    let bases = bases_of(&dirs);
+    assert!(server.stop().success());
+    for b in &bases {
+        assert!(!b.exists(), "{} is left after a graceful stop", b.display());
+    }
+
+    let server = Server::start_with(app.path(), data.path(), &[]);
+    assert_eq!(server.invoke("f", &json!({"op": "echo"})).await.status, 200);
+    let bases = bases_of(&instance_cgroups(&server).await);
+    assert!(!bases.is_empty());
+    drop(server); // SIGKILL: nimbus cannot clean up
+    assert!(bases.iter().all(|b| b.is_dir()), "the killed nimbus's cgroups stay until the next start");
+    let mut next = Server::start_with(app.path(), data.path(), &[]);
+    for b in &bases {
+        assert!(!b.exists(), "{} of the killed nimbus is left after the next start", b.display());
+    }
+    assert!(next.stop().success());
 }

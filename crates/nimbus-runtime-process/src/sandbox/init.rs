@@ -4,7 +4,10 @@
 //! 2. listen on `127.0.0.1:9001` inside the sandbox's network namespace and forward each
 //!    connection to the instance's endpoint socket (`/run/nimbus/api.sock`), byte for byte, so
 //!    TCP clients (the official runtime clients, AWS SDKs) reach nimbus and nothing else;
-//! 3. start the runtime with the environment it was given, wait for it, and exit as it did.
+//! 3. in a user namespace (rootless nimbus), cap the processes of the sandbox user with
+//!    `RLIMIT_NPROC` (see [`crate::limits`]: set here, inside the namespace, the kernel counts
+//!    it per namespace, so per instance);
+//! 4. start the runtime with the environment it was given, wait for it, and exit as it did.
 //!
 //! Plain threads and blocking I/O, no async runtime: it handles a few connections (the runtime's
 //! and the function's SDK calls) and must start in well under a millisecond.
@@ -26,6 +29,7 @@ enum Plan {
     Probe,
     Run {
         drop_to: Option<u32>,
+        nproc: Option<u64>,
         listen: String,
         socket: String,
         program: OsString,
@@ -35,7 +39,7 @@ enum Plan {
 
 fn parse(args: &[OsString]) -> Result<Plan, String> {
     let mut it = args.iter();
-    let (mut drop_to, mut listen, mut socket) = (None, None, None);
+    let (mut drop_to, mut nproc, mut listen, mut socket) = (None, None, None, None);
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
             it.next().and_then(|v| v.to_str()).map(str::to_owned).ok_or_else(|| format!("{name} needs a value"))
@@ -45,12 +49,16 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
             Some("--drop-to") => {
                 drop_to = Some(value("--drop-to")?.parse().map_err(|_| "--drop-to needs a uid".to_owned())?)
             }
+            Some("--nproc") => {
+                nproc = Some(value("--nproc")?.parse().map_err(|_| "--nproc needs a number of processes".to_owned())?)
+            }
             Some("--listen") => listen = Some(value("--listen")?),
             Some("--socket") => socket = Some(value("--socket")?),
             Some("--") => {
                 let program = it.next().cloned().ok_or("no program after --")?;
                 return Ok(Plan::Run {
                     drop_to,
+                    nproc,
                     listen: listen.ok_or("--listen is missing")?,
                     socket: socket.ok_or("--socket is missing")?,
                     program,
@@ -78,9 +86,13 @@ pub fn main(args: &[OsString]) -> ExitCode {
 fn run(plan: Plan) -> Result<ExitCode, String> {
     match plan {
         Plan::Probe => probe(),
-        Plan::Run { drop_to, listen, socket, program, args } => {
+        Plan::Run { drop_to, nproc, listen, socket, program, args } => {
             if let Some(id) = drop_to {
                 drop_privileges(id)?;
+            }
+            if let Some(n) = nproc {
+                use nix::sys::resource::{setrlimit, Resource};
+                setrlimit(Resource::RLIMIT_NPROC, n, n).map_err(|e| format!("cannot cap processes at {n}: {e}"))?;
             }
             let listener = TcpListener::bind(&listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             std::thread::Builder::new()
@@ -169,6 +181,7 @@ mod tests {
             plan,
             Ok(Plan::Run {
                 drop_to: Some(65534),
+                nproc: None,
                 listen: "127.0.0.1:9001".into(),
                 socket: "/s".into(),
                 program: "node".into(),
@@ -177,6 +190,9 @@ mod tests {
         );
         assert!(parse(&os(&["--listen", "x", "--", "p"])).unwrap_err().contains("--socket"));
         assert!(parse(&os(&["--drop-to", "x"])).unwrap_err().contains("uid"));
+        assert!(parse(&os(&["--nproc", "many"])).unwrap_err().contains("number of processes"));
+        let capped = parse(&os(&["--nproc", "1024", "--listen", "l", "--socket", "s", "--", "p"]));
+        assert!(matches!(capped, Ok(Plan::Run { nproc: Some(1024), .. })), "{capped:?}");
         assert!(parse(&os(&["--listen", "x", "--socket", "y"])).unwrap_err().contains("no program"));
     }
 

@@ -256,6 +256,10 @@ impl Sandbox {
         } else {
             if self.privileged {
                 a.flag("--drop-to").flag(&ROOT_MODE_ID.to_string());
+            } else {
+                // In the instance's own user namespace RLIMIT_NPROC counts that namespace's
+                // processes: a per-instance cap even without the pids cgroup controller.
+                a.flag("--nproc").flag(&crate::limits::MAX_PROCESSES.to_string());
             }
             a.flag("--listen").flag(INSIDE_API);
             a.flag("--socket").flag(&format!("{SOCKET_DIR}/{SOCKET_NAME}"));
