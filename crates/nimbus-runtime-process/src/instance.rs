@@ -674,6 +674,18 @@ fn function_error(header_type: Option<String>, body: bytes::Bytes) -> InvokeOutc
     InvokeOutcome::FunctionError { kind, error_type, error_message, body }
 }
 
+/// The sandbox's only way out is nimbus's egress proxy on the instance's endpoint.
+fn proxy_env(api: &str) -> Vec<(String, String)> {
+    let proxy = format!("http://{api}");
+    let mut env: Vec<(String, String)> = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+        .iter()
+        .map(|v| ((*v).into(), proxy.clone()))
+        .collect();
+    env.push(("NO_PROXY".into(), "127.0.0.1,localhost".into()));
+    env.push(("no_proxy".into(), "127.0.0.1,localhost".into()));
+    env
+}
+
 fn environment(
     rt: &ProcessRuntime,
     f: &FunctionVersion,
@@ -699,13 +711,7 @@ fn environment(
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
     ];
     if rt.sandbox.is_some() {
-        // The sandbox's only way out is nimbus's egress proxy on the instance's endpoint.
-        let proxy = format!("http://{api}");
-        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            env.push((var.into(), proxy.clone()));
-        }
-        env.push(("NO_PROXY".into(), "127.0.0.1,localhost".into()));
-        env.push(("no_proxy".into(), "127.0.0.1,localhost".into()));
+        env.extend(proxy_env(api));
     }
     // The user's env comes before the platform's, so it can change PATH or LANG but never the
     // Runtime API contract (the manifest validator also rejects those names).
