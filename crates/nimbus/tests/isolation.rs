@@ -411,7 +411,8 @@ async fn instance_cgroups_are_removed_at_stop_and_after_a_kill() {
     assert!(!dirs.is_empty(), "the instance is in no cgroup of nimbus's");
     assert!(dirs.iter().all(|d| d.is_dir()), "{dirs:?}");
     let bases = bases_of(&dirs);
-    assert!(server.stop().success());
+    let status = server.stop();
+    assert!(status.success(), "nimbus did not stop cleanly: {status:?}");
     for b in &bases {
         assert!(!b.exists(), "{} is left after a graceful stop", b.display());
     }
@@ -426,5 +427,6 @@ async fn instance_cgroups_are_removed_at_stop_and_after_a_kill() {
     for b in &bases {
         assert!(!b.exists(), "{} of the killed nimbus is left after the next start", b.display());
     }
-    assert!(next.stop().success());
+    let status = next.stop();
+    assert!(status.success(), "nimbus did not stop cleanly: {status:?}");
 }

@@ -69,7 +69,7 @@ const ROOT_MODE_ID: u32 = 65534;
 const USERNS_UID: u32 = 993;
 const USERNS_GID: u32 = 990;
 
-/// `/etc` entries a runtime may need, bound read-only when the host has them.
+/// `/etc` entries a runtime may need, copied into the sandbox's `/etc` when the host has them.
 const ETC: &[&str] = &[
     "ssl",
     "ca-certificates",
@@ -285,7 +285,7 @@ impl Sandbox {
         a.flag("--hostname").flag("sandbox").flag("--die-with-parent").flag("--new-session");
     }
 
-    /// The system part of the root: /usr and friends, the chosen /etc entries, interpreters.
+    /// The system part of the root: /usr and friends, the sandbox's /etc, interpreters.
     fn root(&self, a: &mut Args) {
         for e in &self.system {
             match e {
@@ -297,8 +297,8 @@ impl Sandbox {
                 }
             }
         }
-        a.dirs("/etc");
-        a.ro(self.etc_dir.join("passwd"), "/etc/passwd").ro(self.etc_dir.join("group"), "/etc/group");
+        a.ro(&self.etc_dir, "/etc");
+        a.1.insert(PathBuf::from("/etc"));
         for p in &self.extra {
             a.dirs(p).ro(p, p);
         }
@@ -358,7 +358,7 @@ fn find_bwrap() -> Option<PathBuf> {
     std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]).map(|d| d.join("bwrap")).find(|p| p.is_file())
 }
 
-/// `/usr`, the top-level system directories as the host has them, and the chosen `/etc` files.
+/// `/usr` and the top-level system directories as the host has them.
 fn system_entries() -> Vec<Entry> {
     let mut out = vec![Entry::Bind(PathBuf::from("/usr"))];
     for d in SYSTEM_DIRS {
@@ -369,20 +369,49 @@ fn system_entries() -> Vec<Entry> {
             Err(_) => {}
         }
     }
-    for e in ETC {
-        let path = Path::new("/etc").join(e);
-        if path.exists() {
-            out.push(Entry::Bind(path));
-        }
-    }
     out
 }
 
-/// `passwd` and `group` with the sandbox user only.
+/// The sandbox's `/etc`, made once at start and bound read-only as one directory (every bind
+/// costs bwrap a pass over the mount table, on every cold start): copies of the chosen host
+/// entries (links kept as links; what nimbus cannot read is left out, as the sandbox user could
+/// not read it either), and `passwd` and `group` with the sandbox user only.
 fn write_etc(dir: &Path, privileged: bool) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
     std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    for e in ETC {
+        copy_entry(&Path::new("/etc").join(e), &dir.join(e));
+    }
     let (uid, gid) = if privileged { (ROOT_MODE_ID, ROOT_MODE_ID) } else { (USERNS_UID, USERNS_GID) };
     std::fs::write(dir.join("passwd"), format!("sbx_user1051:x:{uid}:{gid}:sandbox:/tmp:/sbin/nologin\n"))?;
     std::fs::write(dir.join("group"), format!("sbx_user1051:x:{gid}:\n"))?;
     Ok(())
+}
+
+/// Copy `from` to `to` as `cp -a` would, best effort: a missing or unreadable entry is skipped,
+/// and so are private keys (`ssl/private`), which no function needs.
+fn copy_entry(from: &Path, to: &Path) {
+    if from.file_name().is_some_and(|n| n == "private") {
+        return;
+    }
+    let Ok(meta) = std::fs::symlink_metadata(from) else { return };
+    if meta.file_type().is_symlink() {
+        if let Ok(target) = std::fs::read_link(from) {
+            let _ = std::os::unix::fs::symlink(target, to);
+        }
+    } else if meta.is_dir() {
+        let Ok(entries) = std::fs::read_dir(from) else { return };
+        if std::fs::create_dir(to).is_err() {
+            return;
+        }
+        for e in entries.flatten() {
+            copy_entry(&e.path(), &to.join(e.file_name()));
+        }
+        let _ = std::fs::set_permissions(to, meta.permissions());
+    } else if meta.is_file() && std::fs::copy(from, to).is_ok() {
+        let _ = std::fs::set_permissions(to, meta.permissions());
+    }
 }
