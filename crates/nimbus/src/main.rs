@@ -3,6 +3,7 @@
 mod access;
 mod client;
 mod commands;
+mod files;
 mod progress;
 mod tls;
 mod traces;

@@ -56,8 +56,8 @@ fn dev_certificate(data_dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = cert.parent().ok_or_else(|| anyhow!("{} has no parent directory", cert.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (cert_pem, key_pem) = make_dev_certificate()?;
-    crate::up::write_private(&key, &key_pem)?;
-    crate::up::write_file(&cert, &cert_pem, 0o644)?;
+    crate::files::write_private(&key, &key_pem)?;
+    crate::files::write_file(&cert, &cert_pem, 0o644)?;
     Ok((cert, key))
 }
 

@@ -160,7 +160,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {addr}; is another server using it? pass --listen"))?;
     let local = listener.local_addr()?;
     let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
-    write_private(&data_dir.join(URL_FILE), &url)?;
+    crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
     let config = GatewayConfig { info: node.info.clone(), ..args.gateway_config(local, tls) };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
@@ -514,33 +514,8 @@ fn admin_token(data_dir: &Path) -> Result<String> {
         }
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
-    write_private(&path, &token)?;
+    crate::files::write_private(&path, &token)?;
     Ok(token)
-}
-
-/// Write a file only its owner can read (mode 0600), whole or not at all.
-pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
-    write_file(path, text, 0o600)
-}
-
-/// Write a file with `mode`, through a temporary file renamed into place.
-pub(crate) fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    // A leftover temporary file would keep its old mode.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 async fn shutdown_signal() {
