@@ -136,6 +136,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    let shutdown = shutdown_signal();
     let app_dir = args
         .app_dir
         .canonicalize()
@@ -167,7 +168,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
     print_banner(&node.control, &url, &data_dir, &node.info);
-    nimbus_gateway::serve(listener, gateway.clone(), shutdown_signal(), args.drain).await;
+    nimbus_gateway::serve(listener, gateway.clone(), shutdown, args.drain).await;
     gateway.flush_audit().await;
     node.stop(&engine).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
@@ -518,21 +519,27 @@ fn admin_token(data_dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-async fn shutdown_signal() {
+/// Listen for SIGTERM and SIGINT from the moment this is called (nimbus calls it first thing: a
+/// signal that arrives while it starts must stop it gracefully once serving, not kill it with
+/// its instances still running), and resolve when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let streams = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    async move {
+        match streams {
+            Ok((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        tracing::info!("shutting down: finishing in-flight requests");
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 #[cfg(test)]
