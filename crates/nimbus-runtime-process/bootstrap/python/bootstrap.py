@@ -115,23 +115,16 @@ class Connection:
 
     def _connect(self):
         if self.unix_path:
-            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            try:
-                s.connect(self.unix_path)
-            except BaseException:
-                s.close()
-                raise
-            self.sock = s
-            self.buf = b""
-            self.used = False
-            return
-        # bytes host: a str host would make getaddrinfo import the idna codec (and `re`)
-        family, socktype, proto, _, addr = _socket.getaddrinfo(
-            self.host.encode("ascii", "ignore"), self.port, 0, _socket.SOCK_STREAM
-        )[0]
-        s = _socket.socket(family, socktype, proto)
+            s, addr = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM), self.unix_path
+        else:
+            # bytes host: a str host would make getaddrinfo import the idna codec (and `re`)
+            family, socktype, proto, _, addr = _socket.getaddrinfo(
+                self.host.encode("ascii", "ignore"), self.port, 0, _socket.SOCK_STREAM
+            )[0]
+            s = _socket.socket(family, socktype, proto)
         try:
-            s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            if not self.unix_path:
+                s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             s.connect(addr)
         except BaseException:
             s.close()
