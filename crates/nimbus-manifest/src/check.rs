@@ -13,8 +13,8 @@ use crate::{
     defaults, grants, pricing, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing, RouteSpec,
 };
 
-const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
-const FUNCTION_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
+pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
     "handler",
     "code",
@@ -41,7 +41,7 @@ const FUNCTION_KEYS: &[&str] = &[
 ];
 /// Keys only wasm functions take.
 const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
-const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async"];
+pub(crate) const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async"];
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Environment names the platform sets itself; a function may not override them.
 const RESERVED_ENV: &[&str] = &[

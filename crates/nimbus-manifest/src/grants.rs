@@ -6,7 +6,7 @@ use toml::de::DeValue;
 
 use crate::ctx::{Ctx, Value};
 
-const KEYS: &[&str] = &["functions"];
+pub(crate) const KEYS: &[&str] = &["functions"];
 
 /// A function named in a grant, checked once every function has been read:
 /// (name, where it was written, its field path).

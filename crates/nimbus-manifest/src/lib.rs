@@ -24,6 +24,19 @@ pub use pricing::Pricing;
 /// The file name nimbus looks for in an app directory.
 pub const MANIFEST_FILE: &str = "nimbus.toml";
 
+/// Every key the manifest knows, in any table (top level, functions, grants, routes, schedules,
+/// pricing), each once: the validator's own lists, for tools and tests that write manifests.
+pub fn known_keys() -> Vec<&'static str> {
+    let lists = [check::TOP_KEYS, check::FUNCTION_KEYS, grants::KEYS, check::ROUTE_KEYS, schedule::KEYS, pricing::KEYS];
+    let mut keys: Vec<&'static str> = Vec::new();
+    for key in lists.into_iter().flatten() {
+        if !keys.contains(key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
 /// A validated app description.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {

@@ -33,7 +33,7 @@ impl Default for Pricing {
 
 impl Eq for Pricing {}
 
-const KEYS: &[&str] = &["currency", "per_million_requests", "per_gb_second", "server_per_hour", "servers"];
+pub(crate) const KEYS: &[&str] = &["currency", "per_million_requests", "per_gb_second", "server_per_hour", "servers"];
 
 pub(crate) fn check(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<Pricing> {
     let DeValue::Table(t) = v.get_ref() else {

@@ -106,7 +106,7 @@ fn next_cron(cron: &Cron, tz: Tz, after_ms: u64) -> Option<u64> {
     u64::try_from(next.timestamp_millis()).ok()
 }
 
-const KEYS: &[&str] = &["function", "cron", "rate", "timezone", "catch_up"];
+pub(crate) const KEYS: &[&str] = &["function", "cron", "rate", "timezone", "catch_up"];
 
 /// "5 minutes", "rate(5 minutes)", "1 hour", "30 seconds", "2 days".
 fn parse_rate(s: &str) -> Option<Duration> {

@@ -202,3 +202,15 @@ fn links_out_of_a_code_directory_are_refused() {
         }
     }
 }
+
+#[test]
+fn known_keys_are_every_table_s_keys_once() {
+    let keys = crate::known_keys();
+    for k in ["name", "ephemeral_storage_mb", "grants", "functions", "async", "catch_up", "servers"] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    let mut unique = keys.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), keys.len(), "{keys:?}");
+}
