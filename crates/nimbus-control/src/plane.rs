@@ -269,6 +269,8 @@ impl ControlPlane {
             routes: manifest.routes,
             schedules: manifest.schedules,
             pricing: manifest.pricing,
+            buckets: manifest.buckets,
+            kv: manifest.kv,
         };
         Ok((manifest.name, hex::encode(h.finalize()), content))
     }

@@ -18,10 +18,10 @@
 //! the shape is a new `StoredDeploymentVn` with a conversion from the one before, never an edit
 //! of an old one: older formats are read by converting them up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, RuntimeKind, WasmOptions};
+use nimbus_core::{Access, AsyncPolicy, Destination, FunctionSpec, Grants, RuntimeKind, WasmOptions};
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
 use nimbus_manifest::{Methods, Pricing, RouteSpec};
 use serde::{Deserialize, Serialize};
@@ -139,13 +139,20 @@ pub struct StoredPricingV1 {
     pub servers: u32,
 }
 
-/// A deployment as stored in format 2: format 1 with two more function keys.
+/// A deployment as stored in format 2: format 1 with two more function keys. The declared
+/// buckets and KV namespaces (and the grants on them) came later as optional fields, left out
+/// when empty, so a deployment without storage is stored exactly as before; a binary older than
+/// them reads such a body without its storage grants, which only takes access away.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredDeploymentV2 {
     pub functions: Vec<StoredFunctionV2>,
     pub routes: Vec<StoredRouteV1>,
     pub schedules: Vec<StoredScheduleV1>,
     pub pricing: StoredPricingV1,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kv: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -163,6 +170,34 @@ pub struct StoredFunctionV2 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredGrantsV2 {
     pub functions: Vec<String>,
+    /// Bucket name → "read" | "write" | "read-write".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, String>,
+    /// KV namespace → "read" | "write" | "read-write".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kv: BTreeMap<String, String>,
+}
+
+impl From<&Grants> for StoredGrantsV2 {
+    fn from(g: &Grants) -> Self {
+        let names = |m: &BTreeMap<String, Access>| m.iter().map(|(k, a)| (k.clone(), a.as_str().to_owned())).collect();
+        StoredGrantsV2 { functions: g.functions.clone(), buckets: names(&g.buckets), kv: names(&g.kv) }
+    }
+}
+
+impl TryFrom<StoredGrantsV2> for Grants {
+    type Error = FormatError;
+    fn try_from(g: StoredGrantsV2) -> Result<Self, FormatError> {
+        let accesses = |m: BTreeMap<String, String>| {
+            m.into_iter()
+                .map(|(k, a)| match Access::parse(&a) {
+                    Some(a) => Ok((k, a)),
+                    None => Err(FormatError::Value(format!("unknown access \"{a}\" granted on \"{k}\""))),
+                })
+                .collect::<Result<BTreeMap<_, _>, _>>()
+        };
+        Ok(Grants { functions: g.functions, buckets: accesses(g.buckets)?, kv: accesses(g.kv)? })
+    }
 }
 
 /// Format 1 read into format 2: the keys it lacks take their defaults.
@@ -185,6 +220,8 @@ impl From<StoredDeploymentV1> for StoredDeploymentV2 {
             routes: v.routes,
             schedules: v.schedules,
             pricing: v.pricing.unwrap_or_else(|| (&Pricing::default()).into()),
+            buckets: Vec::new(),
+            kv: Vec::new(),
         }
     }
 }
@@ -197,6 +234,9 @@ pub struct DeploymentContent {
     pub routes: Vec<RouteSpec>,
     pub schedules: Vec<ScheduleSpec>,
     pub pricing: Pricing,
+    /// The buckets and KV namespaces the manifest declares.
+    pub buckets: BTreeSet<String>,
+    pub kv: BTreeSet<String>,
 }
 
 /// Why a stored body cannot be read.
@@ -246,13 +286,15 @@ impl From<&DeploymentContent> for StoredDeploymentV2 {
                     spec: spec.into(),
                     allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
                     ephemeral_storage_mb: spec.ephemeral_storage_mb,
-                    grants: StoredGrantsV2 { functions: spec.grants.functions.clone() },
+                    grants: (&spec.grants).into(),
                     code_digest: digest.clone(),
                 })
                 .collect(),
             routes: c.routes.iter().map(Into::into).collect(),
             schedules: c.schedules.iter().map(Into::into).collect(),
             pricing: (&c.pricing).into(),
+            buckets: c.buckets.iter().cloned().collect(),
+            kv: c.kv.iter().cloned().collect(),
         }
     }
 }
@@ -267,7 +309,7 @@ impl TryFrom<StoredDeploymentV2> for DeploymentContent {
                 let mut spec = FunctionSpec::try_from(f.spec)?;
                 spec.allowed_outbound_hosts = f.allowed_outbound_hosts;
                 spec.ephemeral_storage_mb = f.ephemeral_storage_mb;
-                spec.grants = nimbus_core::Grants { functions: f.grants.functions };
+                spec.grants = Grants::try_from(f.grants)?;
                 Ok((spec, f.code_digest))
             })
             .collect::<Result<_, FormatError>>()?;
@@ -277,6 +319,8 @@ impl TryFrom<StoredDeploymentV2> for DeploymentContent {
             routes: v.routes.into_iter().map(Into::into).collect(),
             schedules,
             pricing: v.pricing.into(),
+            buckets: v.buckets.into_iter().collect(),
+            kv: v.kv.into_iter().collect(),
         })
     }
 }
@@ -545,6 +589,23 @@ mod tests {
             body.contains("\"ephemeral_storage_mb\":2048") && body.contains("\"grants\":{\"functions\":[\"audit\"]}")
         );
         assert_eq!(decode(2, &body).unwrap(), c);
+    }
+
+    #[test]
+    fn storage_declarations_and_grants_round_trip_and_stay_out_of_bodies_without_them() {
+        let mut c = decode(0, OLDEST).unwrap();
+        let plain = encode(&c).unwrap();
+        assert!(!plain.contains("buckets") && !plain.contains("\"kv\""), "{plain}");
+        c.buckets.insert("images".into());
+        c.kv.insert("sessions".into());
+        c.functions[0].0.grants.buckets.insert("images".into(), Access::Read);
+        c.functions[0].0.grants.kv.insert("sessions".into(), Access::ReadWrite);
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"buckets\":{\"images\":\"read\"}") && body.contains("\"buckets\":[\"images\"]"));
+        assert_eq!(decode(2, &body).unwrap(), c);
+        let bad = body.replace("\"read-write\"", "\"everything\"");
+        let e = decode(2, &bad).unwrap_err().to_string();
+        assert!(e.contains("unknown access \"everything\""), "{e}");
     }
 
     #[test]

@@ -76,17 +76,74 @@ pub struct FunctionSpec {
 pub const DEFAULT_EPHEMERAL_STORAGE_MB: u32 = 512;
 
 /// What a function may reach of nimbus (`[functions.F.grants]`); everything else is refused
-/// with `AccessDeniedException`.
+/// (`AccessDeniedException` on the Invoke API, `AccessDenied` on S3, an error from the KV client).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Grants {
     /// Functions it may invoke through the Invoke API, by name.
     pub functions: Vec<String>,
+    /// Buckets (`[buckets.NAME]`) and what it may do with their objects.
+    pub buckets: BTreeMap<String, Access>,
+    /// KV namespaces (`[kv.NAME]`) and what it may do with their keys.
+    pub kv: BTreeMap<String, Access>,
 }
 
 impl Grants {
     /// Whether the function may invoke `name`.
     pub fn may_invoke(&self, name: &str) -> bool {
         self.functions.iter().any(|f| f == name)
+    }
+
+    /// Whether the function may do `op` on the objects of `bucket`.
+    pub fn may_use_bucket(&self, bucket: &str, op: Op) -> bool {
+        self.buckets.get(bucket).is_some_and(|a| a.allows(op))
+    }
+
+    /// Whether the function may do `op` on the keys of KV namespace `ns`.
+    pub fn may_use_kv(&self, ns: &str, op: Op) -> bool {
+        self.kv.get(ns).is_some_and(|a| a.allows(op))
+    }
+}
+
+/// What a grant on a bucket or a KV namespace allows (the manifest's `"read"`, `"write"`,
+/// `"read-write"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// The two classes of storage operation a grant distinguishes: reads (get, head, list) and
+/// writes (put, delete, copy into, multipart, increment, compare-and-swap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Read,
+    Write,
+}
+
+impl Access {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read-write",
+        }
+    }
+
+    /// Read the manifest's spelling.
+    pub fn parse(s: &str) -> Option<Access> {
+        match s {
+            "read" => Some(Access::Read),
+            "write" => Some(Access::Write),
+            "read-write" => Some(Access::ReadWrite),
+            _ => None,
+        }
+    }
+
+    /// Whether this access allows `op`.
+    pub fn allows(self, op: Op) -> bool {
+        matches!((self, op), (Access::ReadWrite, _) | (Access::Read, Op::Read) | (Access::Write, Op::Write))
     }
 }
 

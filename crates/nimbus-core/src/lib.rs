@@ -9,6 +9,7 @@ pub mod function;
 pub mod history;
 pub mod ids;
 pub mod invoke;
+pub mod kv;
 pub mod outbound;
 pub mod policy;
 pub mod queue;
@@ -19,13 +20,15 @@ pub use audit::{AuditAction, AuditEntry, AuditError, AuditLog, AuditQuery};
 pub use auth::{Scope, TokenDigest, TokenRecord};
 pub use error::{DispatchError, ErrorSource};
 pub use function::{
-    AsyncPolicy, Destination, FunctionSpec, FunctionVersion, Grants, RuntimeKind, WasmOptions, ACCOUNT_ID, REGION,
+    Access, AsyncPolicy, Destination, FunctionSpec, FunctionVersion, Grants, Op, RuntimeKind, WasmOptions, ACCOUNT_ID,
+    REGION,
 };
 pub use history::{History, HistoryError};
 pub use invoke::{
     ColdStart, FunctionErrorKind, HttpRequestHead, HttpResponseHead, Invocation, InvocationRecord, InvocationStatus,
     InvokeOutcome, InvokeResult, Observed, Observer, Recorder, Trigger,
 };
+pub use kv::{KvError, KvStore};
 pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
 pub use runtime::{
     Dispatch, FunctionCalls, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError,

@@ -10,10 +10,11 @@ use toml::de::{DeTable, DeValue};
 use crate::ctx::{Ctx, FunctionLocations, Locations, Value};
 use crate::schedule::ScheduleSpec;
 use crate::{
-    defaults, grants, pricing, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing, RouteSpec,
+    defaults, grants, pricing, resources, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing,
+    RouteSpec,
 };
 
-pub(crate) const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing"];
+pub(crate) const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing", "buckets", "kv"];
 pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
     "handler",
@@ -87,7 +88,9 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     route_conflicts(&mut cx, &routes);
     let declared = |name: &str| is_declared(root, name);
     destinations_exist(&mut cx, functions.refs.destinations, &declared);
-    grants_exist(&mut cx, functions.refs.grants, &declared);
+    let buckets = resources::check(&mut cx, root, "buckets");
+    let kv = resources::check(&mut cx, root, "kv");
+    grants_exist(&mut cx, functions.refs.grants, &declared, &buckets, &kv);
     let schedules = schedules(&mut cx, root, &declared);
     let pricing = match root.get("pricing") {
         Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
@@ -103,6 +106,8 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         functions: functions.specs,
         routes: routes.into_iter().map(|(r, _)| r).collect(),
         schedules,
+        buckets: buckets.valid,
+        kv: kv.valid,
     };
     Ok((manifest, functions.locations))
 }
@@ -137,7 +142,7 @@ fn is_declared(root: &DeTable<'_>, name: &str) -> bool {
 #[derive(Default)]
 struct NameRefs {
     destinations: Vec<DestinationRef>,
-    grants: Vec<DestinationRef>,
+    grants: grants::GrantRefs,
 }
 
 /// The valid functions, where their keys were written, and the functions they name.
@@ -216,10 +221,26 @@ fn destinations_exist(cx: &mut Ctx<'_>, destinations: Vec<DestinationRef>, decla
 }
 
 /// A grant may name a function declared after the one that has it.
-fn grants_exist(cx: &mut Ctx<'_>, grants: Vec<DestinationRef>, declared: &dyn Fn(&str) -> bool) {
-    for (name, span, field) in grants {
+fn grants_exist(
+    cx: &mut Ctx<'_>,
+    refs: grants::GrantRefs,
+    declared: &dyn Fn(&str) -> bool,
+    buckets: &resources::Declared,
+    kv: &resources::Declared,
+) {
+    for (name, span, field) in refs.functions {
         if !declared(&name) {
             cx.err(span, &field, format!("no function named \"{name}\" to grant; declare it with [functions.{name}]"));
+        }
+    }
+    for (name, span, field) in refs.buckets {
+        if !buckets.written.contains(&name) {
+            cx.err(span, &field, format!("no bucket named \"{name}\" to grant; declare it with [buckets.{name}]"));
+        }
+    }
+    for (name, span, field) in refs.kv {
+        if !kv.written.contains(&name) {
+            cx.err(span, &field, format!("no KV namespace named \"{name}\" to grant; declare it with [kv.{name}]"));
         }
     }
 }
@@ -334,11 +355,7 @@ fn outbound_hosts(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Option<Vec<Strin
 
 /// `[functions.F.grants]`; the names it grants are checked against the app's functions later.
 fn grants_of(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, refs: &mut NameRefs) -> Option<Grants> {
-    k.get("grants").map_or(Some(Grants::default()), |gv| {
-        let (grants, names) = grants::check(cx, gv, &k.f("grants"));
-        refs.grants.extend(names);
-        grants
-    })
+    k.get("grants").map_or(Some(Grants::default()), |gv| grants::check(cx, gv, &k.f("grants"), &mut refs.grants))
 }
 
 fn runtime(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<RuntimeKind> {

@@ -64,11 +64,8 @@ impl<'s> Ctx<'s> {
             let k: &str = key.get_ref().as_ref();
             if !known.contains(&k) {
                 let hint = closest(k, known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
-                self.err(
-                    key.span(),
-                    &join(prefix, k),
-                    format!("unknown key `{k}`{hint}; {what} takes: {}", known.join(", ")),
-                );
+                let takes = if known.is_empty() { " no keys".to_owned() } else { format!(": {}", known.join(", ")) };
+                self.err(key.span(), &join(prefix, k), format!("unknown key `{k}`{hint}; {what} takes{takes}"));
             }
         }
     }

@@ -1,37 +1,56 @@
-//! `[functions.NAME.grants]`: what a function may use of nimbus beyond its own code. Today the
-//! functions it may invoke; storage and queues add their own keys to the same table.
+//! `[functions.NAME.grants]`: what a function may use of nimbus beyond its own code: the
+//! functions it may invoke, and the buckets and KV namespaces it may read or write. Queues add
+//! their own key to the same table.
 
-use nimbus_core::Grants;
+use nimbus_core::{Access, Grants};
 use toml::de::DeValue;
 
 use crate::ctx::{Ctx, Value};
 
-pub(crate) const KEYS: &[&str] = &["functions"];
+pub(crate) const KEYS: &[&str] = &["functions", "buckets", "kv"];
 
-/// A function named in a grant, checked once every function has been read:
+/// A name a grant refers to, checked once every function and resource has been read:
 /// (name, where it was written, its field path).
 pub(crate) type NameRef = (String, std::ops::Range<usize>, String);
 
+/// The names a grants table refers to, by kind.
+#[derive(Default)]
+pub(crate) struct GrantRefs {
+    pub functions: Vec<NameRef>,
+    pub buckets: Vec<NameRef>,
+    pub kv: Vec<NameRef>,
+}
+
 /// Read the table. The names it grants are returned (even when something else in the table
-/// is wrong) for the caller to check they exist once every function is read.
-pub(crate) fn check(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str) -> (Option<Grants>, Vec<NameRef>) {
-    let mut refs = Vec::new();
+/// is wrong) for the caller to check they exist once everything is read.
+pub(crate) fn check(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, refs: &mut GrantRefs) -> Option<Grants> {
     let DeValue::Table(t) = v.get_ref() else {
         cx.err(v.span(), field, format!("expected a table (`[{field}]`), found {}", v.get_ref().type_str()));
-        return (None, refs);
+        return None;
     };
     let before = cx.error_count();
     cx.unknown_keys(t, KEYS, field, "grants");
     let mut grants = Grants::default();
-    let Some(fv) = t.get("functions") else { return ((cx.error_count() == before).then_some(grants), refs) };
-    let ffield = format!("{field}.functions");
+    if let Some(fv) = t.get("functions") {
+        functions(cx, fv, &format!("{field}.functions"), &mut grants, &mut refs.functions);
+    }
+    if let Some(bv) = t.get("buckets") {
+        grants.buckets = accesses(cx, bv, &format!("{field}.buckets"), "images", &mut refs.buckets);
+    }
+    if let Some(kv) = t.get("kv") {
+        grants.kv = accesses(cx, kv, &format!("{field}.kv"), "sessions", &mut refs.kv);
+    }
+    (cx.error_count() == before).then_some(grants)
+}
+
+fn functions(cx: &mut Ctx<'_>, fv: &Value<'_>, ffield: &str, grants: &mut Grants, refs: &mut Vec<NameRef>) {
     let DeValue::Array(list) = fv.get_ref() else {
         cx.err(
             fv.span(),
-            &ffield,
+            ffield,
             format!("expected a list of function names like [\"audit\"], found {}", fv.get_ref().type_str()),
         );
-        return (None, refs);
+        return;
     };
     for (i, item) in list.iter().enumerate() {
         let item_field = format!("{ffield}[{i}]");
@@ -46,5 +65,40 @@ pub(crate) fn check(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str) -> (Option<Gra
             None => {}
         }
     }
-    ((cx.error_count() == before).then_some(grants), refs)
+}
+
+/// `{ NAME = "read" | "write" | "read-write", … }` (`example` names a resource in messages).
+fn accesses(
+    cx: &mut Ctx<'_>,
+    v: &Value<'_>,
+    field: &str,
+    example: &str,
+    refs: &mut Vec<NameRef>,
+) -> std::collections::BTreeMap<String, Access> {
+    let mut out = std::collections::BTreeMap::new();
+    let DeValue::Table(t) = v.get_ref() else {
+        cx.err(
+            v.span(),
+            field,
+            format!("expected a table like {{ {example} = \"read-write\" }}, found {}", v.get_ref().type_str()),
+        );
+        return out;
+    };
+    for (key, av) in t.iter() {
+        let name: &str = key.get_ref().as_ref();
+        let item_field = format!("{field}.{name}");
+        refs.push((name.to_owned(), key.span(), item_field.clone()));
+        let Some(s) = cx.string(av, &item_field) else { continue };
+        match Access::parse(&s) {
+            Some(a) => {
+                out.insert(name.to_owned(), a);
+            }
+            None => cx.err(
+                av.span(),
+                &item_field,
+                format!("unknown access \"{s}\"; use \"read\", \"write\" or \"read-write\""),
+            ),
+        }
+    }
+    out
 }

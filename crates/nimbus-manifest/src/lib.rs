@@ -10,10 +10,11 @@ mod diag;
 mod files;
 mod grants;
 mod pricing;
+pub mod resources;
 pub mod schedule;
 mod wasm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub use ctx::parse_duration;
@@ -27,7 +28,16 @@ pub const MANIFEST_FILE: &str = "nimbus.toml";
 /// Every key the manifest knows, in any table (top level, functions, grants, routes, schedules,
 /// pricing), each once: the validator's own lists, for tools and tests that write manifests.
 pub fn known_keys() -> Vec<&'static str> {
-    let lists = [check::TOP_KEYS, check::FUNCTION_KEYS, grants::KEYS, check::ROUTE_KEYS, schedule::KEYS, pricing::KEYS];
+    let lists = [
+        check::TOP_KEYS,
+        check::FUNCTION_KEYS,
+        grants::KEYS,
+        check::ROUTE_KEYS,
+        schedule::KEYS,
+        pricing::KEYS,
+        resources::BUCKET_KEYS,
+        resources::KV_KEYS,
+    ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
         if !keys.contains(key) {
@@ -46,6 +56,10 @@ pub struct Manifest {
     pub routes: Vec<RouteSpec>,
     pub schedules: Vec<schedule::ScheduleSpec>,
     pub pricing: Pricing,
+    /// Buckets the app declares (`[buckets.NAME]`); a deploy creates the missing ones.
+    pub buckets: BTreeSet<String>,
+    /// KV namespaces the app declares (`[kv.NAME]`); a deploy creates the missing ones.
+    pub kv: BTreeSet<String>,
 }
 
 /// Which HTTP methods a route accepts.
