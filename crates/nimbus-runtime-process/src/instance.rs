@@ -716,6 +716,10 @@ fn environment(
     // The user's env comes before the platform's, so it can change PATH or LANG but never the
     // Runtime API contract (the manifest validator also rejects those names).
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // `require("nimbus")` with nothing installed, as Lambda's NODE_PATH finds its runtime's
+    // modules; a NODE_PATH of the function's own comes first.
+    let node_lib = format!("{runtime_dir}/node/lib");
+    let node_path = spec.env.get("NODE_PATH").map_or(node_lib.clone(), |own| format!("{own}:{node_lib}"));
     if rt.sandbox.is_some() {
         // nimbus's own bootstraps talk to the Runtime API on the socket itself, past the
         // init's TCP forwarder (which stays for the official clients and the AWS SDKs).
@@ -727,6 +731,7 @@ fn environment(
         ("_HANDLER".into(), spec.handler.clone()),
         ("LAMBDA_TASK_ROOT".into(), task_root),
         ("LAMBDA_RUNTIME_DIR".into(), runtime_dir),
+        ("NODE_PATH".into(), node_path),
         ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
         ("AWS_LAMBDA_FUNCTION_VERSION".into(), f.version.clone()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), spec.memory_mb.to_string()),
@@ -879,6 +884,17 @@ mod tests {
         assert_eq!(get("TMPDIR"), Some("/tmp/scratch"));
         assert_eq!(get("GREETING"), Some("hi"));
         assert_eq!(get("PATH"), Some("/usr/local/bin:/usr/bin:/bin"));
+        let node_lib = format!("{}/node/lib", rt.runtime_dir.display());
+        assert_eq!(get("NODE_PATH"), Some(node_lib.as_str()), "require(\"nimbus\") resolves with nothing installed");
+        assert!(
+            rt.runtime_dir.join("node/lib/nimbus.js").is_file()
+                && rt.runtime_dir.join("python/lib/nimbus.py").is_file()
+        );
+        // A NODE_PATH of the function's own comes first.
+        let f = provided(data.path(), &[("NODE_PATH", "/var/task/mods")]);
+        let env: HashMap<String, String> =
+            environment(&rt, &f, "inst1", "127.0.0.1:9001", Path::new("/tmp/scratch")).into_iter().collect();
+        assert_eq!(env.get("NODE_PATH"), Some(&format!("/var/task/mods:{node_lib}")));
     }
 
     /// The bootstrap is `env` itself: it prints the environment it got and exits, which ends
