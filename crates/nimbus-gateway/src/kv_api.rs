@@ -166,7 +166,7 @@ pub(crate) async fn from_function(gw: &Gateway, caller: &FunctionVersion, req: h
     };
     let ns = decoded.first().map_or("", String::as_str);
     let key = decoded.get(1).map_or("", String::as_str);
-    if let Err(refusal) = check_grant(caller, call, ns, key) {
+    if let Some(refusal) = refusal(caller, call, ns, key) {
         gw.metrics.kv_error("AccessDenied");
         return refusal;
     }
@@ -178,11 +178,11 @@ pub(crate) async fn from_function(gw: &Gateway, caller: &FunctionVersion, req: h
     })
 }
 
-/// Whether the caller's grants allow `call` on `ns`; else the refusal to send.
-fn check_grant(caller: &FunctionVersion, call: Call, ns: &str, key: &str) -> Result<(), Resp> {
+/// The refusal to send when the caller's grants do not allow `call` on `ns` (`None`: allowed).
+fn refusal(caller: &FunctionVersion, call: Call, ns: &str, key: &str) -> Option<Resp> {
     let who = &caller.spec.name;
     let fix = match call.needs() {
-        Some(op) if caller.spec.grants.may_use_kv(ns, op) => return Ok(()),
+        Some(op) if caller.spec.grants.may_use_kv(ns, op) => return None,
         Some(Op::Read) => format!("grant it in nimbus.toml: [functions.{who}.grants] kv = {{ {ns} = \"read\" }}"),
         Some(Op::Write) => {
             format!("grant it in nimbus.toml: [functions.{who}.grants] kv = {{ {ns} = \"read-write\" }}")
@@ -198,7 +198,7 @@ fn check_grant(caller: &FunctionVersion, call: Call, ns: &str, key: &str) -> Res
     if let Ok(v) = HeaderValue::from_str(&format!("KV: {what}")) {
         r.headers_mut().insert("x-nimbus-denied", v);
     }
-    Err(r)
+    Some(r)
 }
 
 /// The label `/metrics` counts a call under.
