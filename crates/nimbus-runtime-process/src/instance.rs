@@ -686,6 +686,13 @@ fn proxy_env(api: &str) -> Vec<(String, String)> {
     env
 }
 
+/// `require("nimbus")` with nothing installed, as Lambda's NODE_PATH finds its runtime's
+/// modules; a NODE_PATH of the function's own comes first.
+fn node_path(spec: &nimbus_core::FunctionSpec, runtime_dir: &str) -> String {
+    let node_lib = format!("{runtime_dir}/node/lib");
+    spec.env.get("NODE_PATH").map_or(node_lib.clone(), |own| format!("{own}:{node_lib}"))
+}
+
 fn environment(
     rt: &ProcessRuntime,
     f: &FunctionVersion,
@@ -716,10 +723,6 @@ fn environment(
     // The user's env comes before the platform's, so it can change PATH or LANG but never the
     // Runtime API contract (the manifest validator also rejects those names).
     env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    // `require("nimbus")` with nothing installed, as Lambda's NODE_PATH finds its runtime's
-    // modules; a NODE_PATH of the function's own comes first.
-    let node_lib = format!("{runtime_dir}/node/lib");
-    let node_path = spec.env.get("NODE_PATH").map_or(node_lib.clone(), |own| format!("{own}:{node_lib}"));
     if rt.sandbox.is_some() {
         // nimbus's own bootstraps talk to the Runtime API on the socket itself, past the
         // init's TCP forwarder (which stays for the official clients and the AWS SDKs).
@@ -730,8 +733,8 @@ fn environment(
         ("AWS_LAMBDA_RUNTIME_API".into(), api.to_owned()),
         ("_HANDLER".into(), spec.handler.clone()),
         ("LAMBDA_TASK_ROOT".into(), task_root),
+        ("NODE_PATH".into(), node_path(spec, &runtime_dir)),
         ("LAMBDA_RUNTIME_DIR".into(), runtime_dir),
-        ("NODE_PATH".into(), node_path),
         ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
         ("AWS_LAMBDA_FUNCTION_VERSION".into(), f.version.clone()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), spec.memory_mb.to_string()),

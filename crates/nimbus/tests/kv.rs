@@ -1,9 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! The KV store end to end: Node and Python functions use their granted namespaces through the
 //! `nimbus` module shipped with the runtime (nothing installed) and are refused the others (the
 //! refusal is in their log); the management API and the CLI; TTL expiry; namespaces created at
 //! deploy and kept when a deploy drops them; acknowledged writes survive `kill -9`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod common;
 
 use std::time::{Duration, Instant};
