@@ -26,6 +26,13 @@
 //! | `GET /v1/tokens` | – | [`TokenInfo`]s, oldest first (never a secret) | admin |
 //! | `DELETE /v1/tokens/{id}` | – | the revoked [`TokenInfo`] | admin |
 //! | `GET /v1/audit?since=&limit=&action=` | – | [`AuditEntry`]s, newest first | admin |
+//! | `GET /v1/kv` | – | [`KvNamespace`]s, by name | read |
+//! | `GET /v1/kv/{name}?prefix=&cursor=&limit=` | – | [`KvKeys`] | read |
+//! | `DELETE /v1/kv/{name}` | – | [`KvDeleted`] (the namespace and every key in it) | admin |
+//! | `GET /v1/kv/{name}/{key}` | – | the raw value; `x-nimbus-kv-version`, `x-nimbus-kv-expires` (Unix ms) | read |
+//! | `PUT /v1/kv/{name}/{key}?ttl=&ifVersion=` | the raw value | [`KvWritten`]; 409 [`ErrorBody`] `VersionConflict` | deploy |
+//! | `POST /v1/kv/{name}/{key}?increment=&ttl=` | – | [`KvIncremented`] | deploy |
+//! | `DELETE /v1/kv/{name}/{key}` | – | [`KvDeleted`] | deploy |
 //! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, beside /v1) | the event | Lambda's answer | invoke |
 //!
 //! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
@@ -42,6 +49,12 @@
 //! together.
 //!
 //! Every error is an [`ErrorBody`].
+//!
+//! KV keys travel as one path segment, percent-encoded (a `/` in a key is `%2F`). `ttl` is whole
+//! seconds (at least 1); `ifVersion` makes the PUT a compare-and-swap (`0`: only if the key is
+//! absent); `increment` adds a whole number (default 1) to a decimal value. The same calls, with
+//! the same bodies, are what process functions reach at `/nimbus/v1/kv/…` on their instance
+//! endpoint (within their grants; see docs/kv.md).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -53,6 +66,10 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
+    /// What went wrong, for programs: set by the KV calls (`NoSuchKey`, `NoSuchNamespace`,
+    /// `VersionConflict`, `NotANumber`, `AccessDenied`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `GET /v1/app`.
@@ -84,6 +101,55 @@ pub struct Deployed {
     pub changed: bool,
     pub functions: Vec<String>,
     pub routes: Vec<Route>,
+    /// What the deployer should know (storage an earlier deployment declared and this one
+    /// dropped: kept, and how to delete it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A KV namespace (`GET /v1/kv`); `keys` and `bytes` count unexpired keys (key and value bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvNamespace {
+    pub name: String,
+    pub keys: u64,
+    pub bytes: u64,
+    pub created_ms: u64,
+}
+
+/// A page of keys (`GET /v1/kv/{name}`), in byte order; pass `cursor` back for the next page
+/// (`null`: no more).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvKeys {
+    pub keys: Vec<KvKey>,
+    pub cursor: Option<String>,
+}
+
+/// A key in a [`KvKeys`] page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvKey {
+    pub name: String,
+    /// When it expires (Unix ms), if it has a TTL.
+    pub expires_ms: Option<u64>,
+}
+
+/// A value written (`PUT /v1/kv/{name}/{key}`): its new version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvWritten {
+    pub version: u64,
+}
+
+/// A counter incremented (`POST /v1/kv/{name}/{key}?increment=`): its new value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvIncremented {
+    pub value: i64,
+}
+
+/// A key or namespace deleted: whether it existed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvDeleted {
+    pub deleted: bool,
 }
 
 /// A route of a deployment (its fields keep the names the manifest uses).
@@ -491,6 +557,7 @@ mod tests {
                 function: "a".into(),
                 is_async: false,
             }],
+            notes: vec![],
         };
         assert_eq!(
             serde_json::to_string(&d).unwrap(),
@@ -498,7 +565,7 @@ mod tests {
         );
         let q = QueueInfo { depth: 1, recovered_at_start: 2 };
         assert_eq!(serde_json::to_string(&q).unwrap(), r#"{"depth":1,"recoveredAtStart":2}"#);
-        let e = ErrorBody { error: "x".into(), errors: None };
+        let e = ErrorBody { error: "x".into(), errors: None, code: None };
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"error":"x"}"#);
         let i = InstanceInfo { id: "i".into(), pid: Some(7), state: InstanceState::Busy };
         assert_eq!(serde_json::to_string(&i).unwrap(), r#"{"id":"i","pid":7,"state":"busy"}"#);
@@ -550,5 +617,18 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"tsMs":1,"action":"deploy","target":"version 2","outcome":"ok","error":null,"actor":"ci","tokenId":"tok_1","source":"127.0.0.1","count":1}"#
         );
+    }
+
+    #[test]
+    fn kv_field_names() {
+        let k = KvKeys { keys: vec![KvKey { name: "a".into(), expires_ms: Some(5) }], cursor: None };
+        assert_eq!(serde_json::to_string(&k).unwrap(), r#"{"keys":[{"name":"a","expiresMs":5}],"cursor":null}"#);
+        let n = KvNamespace { name: "n".into(), keys: 1, bytes: 2, created_ms: 3 };
+        assert_eq!(serde_json::to_string(&n).unwrap(), r#"{"name":"n","keys":1,"bytes":2,"createdMs":3}"#);
+        let e = ErrorBody { error: "x".into(), errors: None, code: Some("NoSuchKey".into()) };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"error":"x","code":"NoSuchKey"}"#);
+        let d: Deployed =
+            serde_json::from_str(r#"{"version":1,"app":"a","changed":true,"functions":[],"routes":[]}"#).unwrap();
+        assert!(d.notes.is_empty(), "an answer without notes (an older server) reads");
     }
 }

@@ -7,7 +7,7 @@
 //! visible: artifacts are content-addressed and unreferenced ones are harmless. In-flight
 //! requests keep the `Arc`s of the version they started on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +15,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::{
-    FunctionPrepareError, FunctionVersion, NewDeployment, Pools, Registry, RegistryError, TokenDigest, TokenRecord,
+    FunctionPrepareError, FunctionVersion, KvError, KvStore, NewDeployment, Pools, Registry, RegistryError,
+    TokenDigest, TokenRecord,
 };
 use nimbus_manifest::schedule::ScheduleSpec;
 use nimbus_manifest::{Diagnostics, Manifest, RouteSpec};
@@ -74,6 +75,12 @@ pub enum DeployError {
     Encode(#[source] serde_json::Error),
     #[error("the deploy task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot create the KV namespace {name:?}: {source}")]
+    Kv {
+        name: String,
+        #[source]
+        source: KvError,
+    },
 }
 
 impl DeployError {
@@ -101,6 +108,9 @@ pub struct Deployed {
     /// Sorted.
     pub functions: Vec<String>,
     pub routes: Vec<RouteSpec>,
+    /// What the deployer should know: storage an earlier deployment declared and this one
+    /// dropped, which is kept (with how to delete it).
+    pub notes: Vec<String>,
 }
 
 /// What the HTTP layer asks of the control plane. Implemented by [`ControlPlane`]; the gateway
@@ -129,6 +139,8 @@ pub trait Control: Send + Sync + 'static {
 pub struct ControlPlane {
     registry: Arc<dyn Registry>,
     pools: Arc<dyn Pools>,
+    /// Where the namespaces a deployment declares are created.
+    kv: Arc<dyn KvStore>,
     snapshot: ArcSwap<Snapshot>,
     uploads: PathBuf,
     /// One deploy or rollback at a time.
@@ -141,10 +153,12 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Load every stored deployment and serve the `live` one. Uploads are unpacked under
-    /// `work_dir/uploads` (emptied here: what is left there is from a crash).
+    /// `work_dir/uploads` (emptied here: what is left there is from a crash). A deploy creates
+    /// the KV namespaces it declares in `kv`.
     pub async fn load(
         registry: Arc<dyn Registry>,
         pools: Arc<dyn Pools>,
+        kv: Arc<dyn KvStore>,
         work_dir: &Path,
     ) -> Result<Arc<ControlPlane>, DeployError> {
         let uploads = work_dir.join("uploads");
@@ -164,6 +178,7 @@ impl ControlPlane {
         Ok(Arc::new(ControlPlane {
             registry,
             pools,
+            kv,
             snapshot: ArcSwap::from_pointee(Snapshot { live, versions }),
             uploads,
             lock: tokio::sync::Mutex::new(()),
@@ -215,8 +230,11 @@ impl ControlPlane {
         let (manifest, source) = tokio::task::spawn_blocking(move || load_manifest(&dir, &shown_as)).await??;
         let (app, digest, content) = self.store_code(app_dir, manifest, &source).await?;
         let live = self.snapshot.load().live.clone();
-        if let Some(live) = live.filter(|_| from_up) {
+        if let Some(live) = live.clone().filter(|_| from_up) {
             if self.registry.meta(UP_DIGEST).await?.as_deref() == Some(digest.as_str()) {
+                // The namespaces were created when this was deployed; ensuring them again is
+                // cheap and brings back a KV database that was removed.
+                self.create_storage(&live.kv).await?;
                 return Ok(describe(&live, false));
             }
         }
@@ -232,6 +250,9 @@ impl ControlPlane {
             .map(|(spec, code_digest)| Arc::new(function_version(self.registry.as_ref(), spec, "", code_digest)))
             .collect();
         self.pools.prepare(&pending).await.map_err(DeployError::Refused)?;
+        // The declared storage exists before any function of this deployment can run.
+        self.create_storage(&content.kv).await?;
+        let notes = dropped_storage(live.as_deref(), &content.kv);
         let body = stored::encode(&content).map_err(DeployError::Encode)?;
         let new = NewDeployment { app: &app, digest: &digest, format_version: stored::FORMAT_VERSION, body: &body };
         let record = self.registry.add_deployment(new, LIVE).await?;
@@ -240,7 +261,15 @@ impl ControlPlane {
         }
         let view = Arc::new(view(self.registry.as_ref(), record.version, app, record.created_ms, content));
         self.activate(view.clone(), Some(view.clone()));
-        Ok(describe(&view, true))
+        Ok(Deployed { notes, ..describe(&view, true) })
+    }
+
+    /// Create the KV namespaces a deployment declares (those that exist are left as they are).
+    async fn create_storage(&self, kv: &BTreeSet<String>) -> Result<(), DeployError> {
+        for name in kv {
+            self.kv.create_namespace(name).await.map_err(|source| DeployError::Kv { name: name.clone(), source })?;
+        }
+        Ok(())
     }
 
     /// Store each function's code; returns the app name, the app's content digest (manifest
@@ -322,9 +351,11 @@ impl Control for ControlPlane {
         if let Some(only) = only {
             within(snap.live.as_deref(), &view, only)?;
         }
+        self.create_storage(&view.kv).await?;
         self.registry.set_alias(LIVE, target).await?;
         self.activate(view.clone(), None);
-        Ok(describe(&view, Some(target) != current))
+        let notes = dropped_storage(snap.live.as_deref(), &view.kv);
+        Ok(Deployed { notes, ..describe(&view, Some(target) != current) })
     }
 
     fn token(&self, digest: &TokenDigest) -> Option<Arc<LiveToken>> {
@@ -393,7 +424,23 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         router: Router::new(c.routes),
         schedules: c.schedules,
         pricing: c.pricing,
+        kv: c.kv,
     }
+}
+
+/// A note for each KV namespace the live deployment declares and `next_kv` does not: a deploy
+/// never deletes storage, so it is kept, and the note says how to delete it.
+fn dropped_storage(live: Option<&DeploymentView>, next_kv: &BTreeSet<String>) -> Vec<String> {
+    let Some(live) = live else { return Vec::new() };
+    live.kv
+        .difference(next_kv)
+        .map(|name| {
+            format!(
+                "KV namespace {name} is no longer declared; it is kept with its keys (delete it with \
+                 `nimbus kv rm-namespace {name}`)"
+            )
+        })
+        .collect()
 }
 
 /// Refuse to make `next` live when it changes more than the functions in `only` (see
@@ -434,5 +481,6 @@ fn describe(view: &DeploymentView, changed: bool) -> Deployed {
         changed,
         functions: view.function_names().into_iter().map(str::to_owned).collect(),
         routes: view.router.routes().to_vec(),
+        notes: Vec::new(),
     }
 }

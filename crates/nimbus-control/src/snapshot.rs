@@ -1,7 +1,7 @@
 //! What the request path reads: every deployment as an immutable view, and which one is live,
 //! swapped as a whole on deploy and rollback.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use nimbus_core::FunctionVersion;
@@ -22,6 +22,8 @@ pub struct DeploymentView {
     pub router: Router,
     pub schedules: Vec<ScheduleSpec>,
     pub pricing: Pricing,
+    /// The KV namespaces it declares.
+    pub kv: BTreeSet<String>,
 }
 
 impl DeploymentView {
@@ -34,7 +36,7 @@ impl DeploymentView {
 
     /// What `next` changes, compared with this deployment, beyond the functions in `only`:
     /// "function g" for each other function added, removed or changed (code or settings),
-    /// then "the routes", "the schedules", "the pricing", "the app name". Empty when `next`
+    /// then "the routes", "the schedules", "the pricing", "the KV namespaces", "the app name". Empty when `next`
     /// changes nothing but those functions. This is what holds a deploy token limited to
     /// functions to them.
     pub fn changes_outside(&self, next: &DeploymentView, only: &[String]) -> Vec<String> {
@@ -56,6 +58,7 @@ impl DeploymentView {
             (self.router.routes() != next.router.routes(), "the routes"),
             (self.schedules != next.schedules, "the schedules"),
             (self.pricing != next.pricing, "the pricing"),
+            (self.kv != next.kv, "the KV namespaces"),
             (self.app != next.app, "the app name"),
         ];
         out.extend(rest.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what.to_owned()));
@@ -104,6 +107,7 @@ mod tests {
             router: Router::new(Vec::new()),
             schedules: Vec::new(),
             pricing: Pricing::default(),
+            kv: BTreeSet::new(),
         })
     }
 
@@ -133,6 +137,7 @@ mod tests {
             router: Router::new(m.routes),
             schedules: m.schedules,
             pricing: m.pricing,
+            kv: m.kv,
         }
     }
 
@@ -141,7 +146,7 @@ mod tests {
     const ROUTE: &str = "[[routes]]\nmethod = \"GET\"\npath = \"/f\"\nfunction = \"f\"\n";
 
     /// What a deploy token limited to functions may change: their code and settings, and
-    /// nothing else (another function, routes, the app's name).
+    /// nothing else (another function, routes, KV namespaces, the app's name).
     #[test]
     fn changes_outside_the_named_functions_are_listed() {
         let app = |name: &str, parts: &[&str]| format!("name = \"{name}\"\n{}", parts.concat());
@@ -163,6 +168,8 @@ mod tests {
         assert_eq!(outside(&no_route, &only_f), ["the routes"]);
         let renamed = deployment(&app("b", &[F, G, ROUTE]), "v1");
         assert_eq!(outside(&renamed, &only_f), ["the app name"]);
+        let with_kv = deployment(&app("a", &[F, G, ROUTE, "[kv.cache]\n"]), "v1");
+        assert_eq!(outside(&with_kv, &only_f), ["the KV namespaces"], "declaring storage is a change");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The calls functions make to nimbus from inside their instances ([`nimbus_core::FunctionCalls`]):
-//! today the Invoke API, answered within the caller's grants. The process runtime hands them
+//! the Invoke API and the KV calls (`/nimbus/v1/kv/…`), answered within the caller's grants. The process runtime hands them
 //! over from each instance's own endpoint with the caller's identity.
 
 use std::sync::Arc;
@@ -18,8 +18,13 @@ pub struct Calls(pub Arc<Gateway>);
 #[async_trait]
 impl FunctionCalls for Calls {
     async fn call(&self, caller: Arc<FunctionVersion>, request: http::Request<Bytes>) -> http::Response<Bytes> {
-        let resp = if request.uri().path().starts_with("/2015-03-31/functions/") {
+        let path = request.uri().path();
+        let resp = if path.starts_with("/2015-03-31/functions/") {
             crate::invoke_api::from_function(&self.0, &caller, request).await
+        } else if path == crate::kv_api::FUNCTION_PREFIX
+            || path.strip_prefix(crate::kv_api::FUNCTION_PREFIX).is_some_and(|r| r.starts_with('/'))
+        {
+            crate::kv_api::from_function(&self.0, &caller, request).await
         } else {
             crate::util::json(
                 StatusCode::NOT_FOUND,

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use nimbus_control::{Control, LiveToken};
 use nimbus_core::ids::now_ms;
-use nimbus_core::{AuditAction, AuditEntry, AuditLog, History, Scope, TokenDigest};
+use nimbus_core::{AuditAction, AuditEntry, AuditLog, History, KvStore, Scope, TokenDigest};
 use nimbus_scheduler::Scheduler;
 
 use crate::audit::Audit;
@@ -41,6 +41,8 @@ pub struct Gateway {
     pub(crate) records_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The async engine (durable queue, retries, dead letters, cron).
     pub(crate) queue: Arc<nimbus_queue::Engine>,
+    /// The KV store (`/v1/kv` and functions' KV calls).
+    pub(crate) kv: Arc<dyn KvStore>,
     /// The digest of `DATA_DIR/admin.token`, the bootstrap credential (scope admin).
     admin_digest: TokenDigest,
     /// Signed-in dashboard sessions.
@@ -163,6 +165,7 @@ pub struct Parts {
     pub history: Arc<dyn History>,
     pub scheduler: Scheduler,
     pub queue: Arc<nimbus_queue::Engine>,
+    pub kv: Arc<dyn KvStore>,
     pub telemetry: Telemetry,
     pub audit: Arc<dyn AuditLog>,
 }
@@ -177,6 +180,7 @@ impl Gateway {
             metrics: parts.telemetry.metrics,
             records_dropped: parts.telemetry.records_dropped,
             queue: parts.queue,
+            kv: parts.kv,
             admin_digest: TokenDigest::of(admin_token),
             sessions: Sessions::default(),
             connections: AtomicUsize::new(0),

@@ -7,7 +7,8 @@
 //! → their helpers (`event`, `usage`, `stats`, `metrics`, `credentials`) → `context` (the
 //! shared [`Gateway`]: who a request is, and what the audit log hears) → `scopes` (which scope
 //! each endpoint needs), `audit`, `session`, `config`, `util`. `calls` answers functions' own
-//! calls (the Invoke API from inside an instance). `tls` (certificates and keys for HTTPS)
+//! calls (the Invoke API and the KV calls from inside an instance); `kv_api` serves the KV calls
+//! for both `mgmt` and `calls`. `tls` (certificates and keys for HTTPS)
 //! stands apart: `nimbus up` builds the server configuration with it and hands it over in
 //! [`GatewayConfig`].
 
@@ -20,6 +21,7 @@ mod dashboard;
 pub mod event;
 mod http_route;
 mod invoke_api;
+mod kv_api;
 pub mod metrics;
 mod mgmt;
 mod scopes;

@@ -57,6 +57,16 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KvOpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KvErrorLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     reason: &'static str,
 }
@@ -116,6 +126,8 @@ pub struct Metrics {
     queue_wait: Hist,
     requests: Family<RequestLabels, Counter>,
     refused: Family<RefusalLabels, Counter>,
+    kv_ops: Family<KvOpLabels, Counter>,
+    kv_errors: Family<KvErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,6 +141,8 @@ impl Default for Metrics {
             queue_wait: Family::new_with_constructor(duration_histogram),
             requests: Family::default(),
             refused: refused_family(),
+            kv_ops: Family::default(),
+            kv_errors: Family::default(),
         }
     }
 }
@@ -201,9 +215,33 @@ impl Metrics {
         self.refused.get_or_create(&RefusalLabels { reason: r.as_str() }).inc();
     }
 
+    /// Count a KV call (from a function or the management API), by operation.
+    pub(crate) fn kv_call(&self, op: &'static str) {
+        self.kv_ops.get_or_create(&KvOpLabels { op }).inc();
+    }
+
+    /// Count a refused or failed KV call, by its error code.
+    pub(crate) fn kv_error(&self, code: &'static str) {
+        self.kv_errors.get_or_create(&KvErrorLabels { code }).inc();
+    }
+
+    fn register_kv(&self, reg: &mut Registry) {
+        reg.register(
+            "kv_operations",
+            "KV calls by operation (get, put, delete, list, increment, namespaces, delete_namespace), from functions and the management API",
+            self.kv_ops.clone(),
+        );
+        reg.register(
+            "kv_errors",
+            "KV calls refused or failed, by error code (NoSuchKey, AccessDenied, VersionConflict, ...)",
+            self.kv_errors.clone(),
+        );
+    }
+
     /// The exposition text.
     pub fn render(&self, s: &Scrape<'_>) -> String {
         let mut reg = Registry::with_prefix("nimbus");
+        self.register_kv(&mut reg);
         reg.register(
             "invocations",
             "Finished invocations by function, status and trigger (sync, async, schedule; every retry)",

@@ -13,12 +13,14 @@ use nimbus_api as api;
 use nimbus_control::{DeployError, Deployed, TokenError};
 use nimbus_core::history::{InvocationQuery, LogQuery};
 use nimbus_core::ids::now_ms;
+use nimbus_core::kv::MAX_VALUE_BYTES;
 use nimbus_core::queue::{EventStatus, EventView, QueueError};
 use nimbus_core::{AuditAction, AuditError, HistoryError, InvocationRecord, TokenRecord};
 use serde::de::DeserializeOwned;
 
 use crate::context::{BodyError, Credential, Gateway};
 use crate::credentials;
+use crate::kv_api;
 use crate::scopes::{self, Endpoint, Matched};
 use crate::util::{json, query_param, Resp};
 
@@ -31,7 +33,7 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> Self {
-        ApiError { status, body: api::ErrorBody { error: error.into(), errors: None } }
+        ApiError { status, body: api::ErrorBody { error: error.into(), errors: None, code: None } }
     }
 
     fn bad_request(error: impl Into<String>) -> Self {
@@ -89,6 +91,7 @@ impl From<DeployError> for ApiError {
                 body: api::ErrorBody {
                     error: d.to_string().trim_end().to_owned(),
                     errors: Some(d.0.iter().map(ToString::to_string).collect()),
+                    code: None,
                 },
             },
             e @ DeployError::OutsideFunctions(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
@@ -185,9 +188,48 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         }
         Endpoint::RevokeToken => revoke_token(c, param).await,
         Endpoint::Audit => audit(gw, &q).await,
+        Endpoint::KvNamespaces
+        | Endpoint::KvKeys
+        | Endpoint::KvDeleteNamespace
+        | Endpoint::KvGet
+        | Endpoint::KvPut
+        | Endpoint::KvIncrement
+        | Endpoint::KvDelete => Ok(kv(c, req, m).await),
         // Not under /v1: `handle` never routes it here.
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
     }
+}
+
+/// A `/v1/kv` call: read the value (for a PUT), answer through `kv_api`, and audit a namespace
+/// deletion.
+async fn kv(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Resp {
+    let segments = usize::from(m.param.is_some()) + usize::from(m.key.is_some());
+    let Some(call) = kv_api::call_of(req.method(), segments) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "no such KV call").into_response();
+    };
+    let (ns, key) = (m.param.unwrap_or_default(), m.key.unwrap_or_default());
+    let query = req.uri().query().map(str::to_owned);
+    let body = if call == kv_api::Call::Put {
+        match c.gw.read_body_up_to(req.into_body(), MAX_VALUE_BYTES).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => return kv_api::KvFail::too_large().into_response(),
+            Err(BodyError::TimedOut) => return ApiError::timed_out().into_response(),
+            Err(BodyError::Broken) => return ApiError::bad_request("the value could not be read").into_response(),
+        }
+    } else {
+        bytes::Bytes::new()
+    };
+    c.gw.metrics.kv_call(kv_api::call_label(call));
+    let request = kv_api::KvRequest { call, ns: &ns, key: &key, query: query.as_deref(), body };
+    let result = kv_api::answer(c.gw, request).await;
+    if call == kv_api::Call::DeleteNamespace {
+        let outcome = result.as_ref().map(drop).map_err(|e| e.message.clone());
+        c.gw.audit_action(c.who, c.source, AuditAction::KvDeleteNamespace, format!("KV namespace {ns}"), outcome).await;
+    }
+    result.unwrap_or_else(|e| {
+        c.gw.metrics.kv_error(e.code);
+        e.into_response()
+    })
 }
 
 fn limit(q: &impl Fn(&str) -> Option<String>, default: u32) -> u32 {
@@ -253,7 +295,7 @@ fn deployed(d: Deployed) -> api::Deployed {
             is_async: r.is_async,
         })
         .collect();
-    api::Deployed { version: d.version, app: d.app, changed: d.changed, functions: d.functions, routes }
+    api::Deployed { version: d.version, app: d.app, changed: d.changed, functions: d.functions, routes, notes: d.notes }
 }
 
 async fn deploy(c: &Caller<'_>, req: Request<Incoming>) -> Answer {

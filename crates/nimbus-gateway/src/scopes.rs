@@ -4,10 +4,10 @@
 //! below holds the two together).
 //!
 //! The rule the rows follow: `read` for every `GET` under `/v1` but the tokens and the audit
-//! log; `deploy` for what changes the code that runs (deploy, rollback); `admin` for
-//! credentials, the audit log (it shows who did what, from where) and what re-runs or destroys
-//! events (dead-letter redrive and purge: operator decisions about data, not releases);
-//! `invoke` for the Invoke API.
+//! log; `deploy` for what changes the code that runs (deploy, rollback) and for writing KV keys;
+//! `admin` for credentials, the audit log (it shows who did what, from where) and what re-runs
+//! or destroys events or data wholesale (dead-letter redrive and purge, deleting a KV namespace:
+//! operator decisions about data, not releases); `invoke` for the Invoke API.
 
 use nimbus_core::Scope;
 
@@ -34,6 +34,13 @@ pub(crate) enum Endpoint {
     Tokens,
     RevokeToken,
     Audit,
+    KvNamespaces,
+    KvKeys,
+    KvDeleteNamespace,
+    KvGet,
+    KvPut,
+    KvIncrement,
+    KvDelete,
     Invoke,
 }
 
@@ -59,6 +66,13 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("GET", "/v1/tokens", Endpoint::Tokens, Scope::Admin),
     ("DELETE", "/v1/tokens/{id}", Endpoint::RevokeToken, Scope::Admin),
     ("GET", "/v1/audit", Endpoint::Audit, Scope::Admin),
+    ("GET", "/v1/kv", Endpoint::KvNamespaces, Scope::Read),
+    ("GET", "/v1/kv/{name}", Endpoint::KvKeys, Scope::Read),
+    ("DELETE", "/v1/kv/{name}", Endpoint::KvDeleteNamespace, Scope::Admin),
+    ("GET", "/v1/kv/{name}/{key}", Endpoint::KvGet, Scope::Read),
+    ("PUT", "/v1/kv/{name}/{key}", Endpoint::KvPut, Scope::Deploy),
+    ("POST", "/v1/kv/{name}/{key}", Endpoint::KvIncrement, Scope::Deploy),
+    ("DELETE", "/v1/kv/{name}/{key}", Endpoint::KvDelete, Scope::Deploy),
     ("POST", "/2015-03-31/functions/{name}/invocations", Endpoint::Invoke, Scope::Invoke),
 ];
 
@@ -67,8 +81,10 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
 pub(crate) struct Matched {
     pub endpoint: Endpoint,
     pub scope: Scope,
-    /// The `{…}` segment, when the path has one.
+    /// The first `{…}` segment, when the path has one.
     pub param: Option<String>,
+    /// The second `{…}` segment (a KV key), when the path has two.
+    pub key: Option<String>,
 }
 
 /// The row for `method` and a path already split into percent-decoded segments (the leading
@@ -79,15 +95,16 @@ pub(crate) fn find(method: &str, segments: &[&str]) -> Option<Matched> {
         if parts.len() != segments.len() {
             return None;
         }
-        let mut param = None;
+        let mut params = Vec::new();
         for (p, s) in parts.iter().zip(segments) {
             if p.starts_with('{') {
-                param = Some((*s).to_owned());
+                params.push((*s).to_owned());
             } else if p != s {
                 return None;
             }
         }
-        Some(Matched { endpoint: *endpoint, scope: *scope, param })
+        let mut params = params.into_iter();
+        Some(Matched { endpoint: *endpoint, scope: *scope, param: params.next(), key: params.next() })
     })
 }
 
@@ -126,6 +143,11 @@ mod tests {
             ("DELETE", "/v1/tokens/tok_1", Some((Endpoint::RevokeToken, Scope::Admin, Some("tok_1")))),
             ("GET", "/v1/audit", Some((Endpoint::Audit, Scope::Admin, None))),
             ("POST", "/2015-03-31/functions/f/invocations", Some((Endpoint::Invoke, Scope::Invoke, Some("f")))),
+            ("GET", "/v1/kv/cache", Some((Endpoint::KvKeys, Scope::Read, Some("cache")))),
+            ("DELETE", "/v1/kv/cache", Some((Endpoint::KvDeleteNamespace, Scope::Admin, Some("cache")))),
+            ("DELETE", "/v1/kv/cache/k", Some((Endpoint::KvDelete, Scope::Deploy, Some("cache")))),
+            ("PUT", "/v1/kv/cache/k", Some((Endpoint::KvPut, Scope::Deploy, Some("cache")))),
+            ("GET", "/v1/kv/cache/a/b", None),
             ("DELETE", "/v1/app", None),
             ("GET", "/v1/tokens/tok_1", None),
             ("GET", "/v1/nothing", None),
@@ -133,8 +155,13 @@ mod tests {
         ];
         for (method, path, want) in cases {
             let got = find(method, &split(path));
-            let want =
-                want.map(|(endpoint, scope, param)| Matched { endpoint, scope, param: param.map(str::to_owned) });
+            let key = path.strip_prefix("/v1/kv/cache/").map(str::to_owned);
+            let want = want.map(|(endpoint, scope, param)| Matched {
+                endpoint,
+                scope,
+                param: param.map(str::to_owned),
+                key: key.clone(),
+            });
             assert_eq!(got, want, "{method} {path}");
         }
     }
@@ -144,7 +171,8 @@ mod tests {
     fn the_table_follows_the_rule() {
         for (method, path, endpoint, scope) in ENDPOINTS {
             let admin_only = ["/v1/tokens", "/v1/audit", "/v1/dlq/redrive", "/v1/dlq/purge"];
-            let admin = admin_only.iter().any(|p| path.starts_with(p));
+            let admin =
+                admin_only.iter().any(|p| path.starts_with(p)) || (*method, *path) == ("DELETE", "/v1/kv/{name}");
             let want = match (*method, path.starts_with("/v1/")) {
                 (_, true) if admin => Scope::Admin,
                 ("GET", true) => Scope::Read,
@@ -157,7 +185,7 @@ mod tests {
         }
         // Each row is the first match for its own path: no earlier row shadows it.
         for (m, p, endpoint, _) in ENDPOINTS {
-            let example = p.replace("{name}", "x").replace("{id}", "x");
+            let example = p.replace("{name}", "x").replace("{id}", "x").replace("{key}", "x");
             assert_eq!(find(m, &split(&example)).map(|f| f.endpoint), Some(*endpoint), "{m} {p}");
         }
     }

@@ -136,7 +136,8 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         if req.uri().scheme().is_some() {
             return Ok(crate::services::forward(req, services).await);
         }
-        if req.uri().path().starts_with("/2015-03-31/") {
+        // The Invoke API and nimbus's own calls (the KV store), answered by the gateway.
+        if req.uri().path().starts_with("/2015-03-31/") || req.uri().path().starts_with("/nimbus/") {
             return Ok(crate::services::call(req, services).await);
         }
     }

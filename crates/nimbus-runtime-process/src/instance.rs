@@ -686,6 +686,13 @@ fn proxy_env(api: &str) -> Vec<(String, String)> {
     env
 }
 
+/// `require("nimbus")` with nothing installed, as Lambda's NODE_PATH finds its runtime's
+/// modules; a NODE_PATH of the function's own comes first.
+fn node_path(spec: &nimbus_core::FunctionSpec, runtime_dir: &str) -> String {
+    let node_lib = format!("{runtime_dir}/node/lib");
+    spec.env.get("NODE_PATH").map_or(node_lib.clone(), |own| format!("{own}:{node_lib}"))
+}
+
 fn environment(
     rt: &ProcessRuntime,
     f: &FunctionVersion,
@@ -726,6 +733,7 @@ fn environment(
         ("AWS_LAMBDA_RUNTIME_API".into(), api.to_owned()),
         ("_HANDLER".into(), spec.handler.clone()),
         ("LAMBDA_TASK_ROOT".into(), task_root),
+        ("NODE_PATH".into(), node_path(spec, &runtime_dir)),
         ("LAMBDA_RUNTIME_DIR".into(), runtime_dir),
         ("AWS_LAMBDA_FUNCTION_NAME".into(), spec.name.clone()),
         ("AWS_LAMBDA_FUNCTION_VERSION".into(), f.version.clone()),
@@ -879,6 +887,13 @@ mod tests {
         assert_eq!(get("TMPDIR"), Some("/tmp/scratch"));
         assert_eq!(get("GREETING"), Some("hi"));
         assert_eq!(get("PATH"), Some("/usr/local/bin:/usr/bin:/bin"));
+        let node_lib = format!("{}/node/lib", rt.runtime_dir.display());
+        assert_eq!(get("NODE_PATH"), Some(node_lib.as_str()), "require(\"nimbus\") resolves with nothing installed");
+        // A NODE_PATH of the function's own comes first.
+        let f = provided(data.path(), &[("NODE_PATH", "/var/task/mods")]);
+        let env: HashMap<String, String> =
+            environment(&rt, &f, "inst1", "127.0.0.1:9001", Path::new("/tmp/scratch")).into_iter().collect();
+        assert_eq!(env.get("NODE_PATH"), Some(&format!("/var/task/mods:{node_lib}")));
     }
 
     /// The bootstrap is `env` itself: it prints the environment it got and exits, which ends

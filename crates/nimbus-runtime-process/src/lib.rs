@@ -32,6 +32,11 @@ pub use services::CallsSlot;
 pub const NODE_BOOTSTRAP: &str = include_str!("../bootstrap/node/bootstrap.js");
 /// The Python bootstrap nimbus ships.
 pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstrap/python/bootstrap.py");
+/// The `nimbus` module Node functions `require` with nothing to install (on `NODE_PATH`).
+pub const NODE_CLIENT: &str = include_str!("../bootstrap/node/lib/nimbus.js");
+/// The `nimbus` module Python functions `import` with nothing to install (the bootstrap puts
+/// its directory on `sys.path`, after the function's own code).
+pub const PYTHON_CLIENT: &str = include_str!("../bootstrap/python/lib/nimbus.py");
 
 /// Limits every process instance runs under.
 #[derive(Clone, Debug)]
@@ -79,9 +84,12 @@ impl ProcessRuntime {
     /// (resolving pyenv/nvm shims once here, so instances start the interpreter directly).
     pub fn new(data_dir: &Path, limits: Limits) -> std::io::Result<Self> {
         let runtime_dir = data_dir.join("runtime");
-        for (sub, file, text) in
-            [("node", "bootstrap.js", NODE_BOOTSTRAP), ("python", "bootstrap.py", PYTHON_BOOTSTRAP)]
-        {
+        for (sub, file, text) in [
+            ("node", "bootstrap.js", NODE_BOOTSTRAP),
+            ("python", "bootstrap.py", PYTHON_BOOTSTRAP),
+            ("node/lib", "nimbus.js", NODE_CLIENT),
+            ("python/lib", "nimbus.py", PYTHON_CLIENT),
+        ] {
             let dir = runtime_dir.join(sub);
             std::fs::create_dir_all(&dir)?;
             let path = dir.join(file);

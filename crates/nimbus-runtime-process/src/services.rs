@@ -1,5 +1,5 @@
 //! What an instance's endpoint serves besides the Runtime API: the function's calls to nimbus
-//! (the Invoke API, answered by the gateway within the caller's grants through
+//! (the Invoke API and the KV calls, answered by the gateway within the caller's grants through
 //! [`nimbus_core::FunctionCalls`]) and the egress proxy of sandboxed instances ([`crate::egress`]).
 //! The caller is the instance the endpoint belongs to: nothing it sends can claim otherwise.
 
@@ -52,7 +52,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// A call to nimbus's API (`/2015-03-31/…`): handed to the gateway with the caller's identity.
+/// A call to nimbus's API (`/2015-03-31/…`, `/nimbus/v1/kv/…`): handed to the gateway with the
+/// caller's identity.
 pub(crate) async fn call(req: Request<Incoming>, services: &Services) -> Response<Full<Bytes>> {
     let Some(calls) = services.calls.get().cloned() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "nimbus is still starting; retry".into());

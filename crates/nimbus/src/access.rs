@@ -15,7 +15,7 @@ fn here() -> PathBuf {
 }
 
 /// Milliseconds since the epoch as `2026-11-30 14:05:09` (UTC).
-fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }

@@ -48,6 +48,9 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
             d.functions.len(),
             size / 1024
         );
+        for note in &d.notes {
+            println!("note: {note}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if let Ok(api::ErrorBody { errors: Some(errors), .. }) = r.parse::<api::ErrorBody>() {

@@ -4,6 +4,7 @@ mod access;
 mod client;
 mod commands;
 mod files;
+mod kv;
 mod progress;
 mod tls;
 mod traces;
@@ -138,6 +139,13 @@ enum Command {
     /// Who deployed, rolled back, redrove, purged, created or revoked tokens, signed in, or was
     /// refused, newest first (needs an admin token).
     Audit(access::AuditArgs),
+    /// The KV store: list namespaces and keys, read, write and delete keys, delete a namespace.
+    Kv {
+        #[command(subcommand)]
+        action: kv::KvAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +261,7 @@ fn main() -> std::process::ExitCode {
             Command::Usage(args) => commands::usage(args).await,
             Command::Token { action, remote } => access::token(action, remote).await,
             Command::Audit(args) => access::audit(args).await,
+            Command::Kv { action, remote } => kv::kv(action, remote).await,
             Command::Invocations { function, status, limit, json, remote } => {
                 commands::invocations(function, status, limit, json, remote).await
             }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nimbus_control::{ControlPlane, DeployError};
 use nimbus_core::{
-    AuditAction, AuditEntry, AuditLog, History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind,
+    AuditAction, AuditEntry, AuditLog, History, KvStore, Observed, Observer, Pools, Recorder, Registry, Runtime,
+    RuntimeKind,
 };
 use nimbus_gateway::metrics::Metrics;
 use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES};
@@ -207,6 +208,8 @@ struct Node {
     scheduler: Scheduler,
     control: Arc<ControlPlane>,
     queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
+    /// The KV store (`DATA_DIR/kv.db`).
+    kv: Arc<nimbus_store_sqlite::KvDb>,
     /// Where the gateway's answer to functions' own calls goes once the gateway exists.
     calls: nimbus_runtime_process::CallsSlot,
     /// What `GET /v1/info` says about this node.
@@ -227,14 +230,17 @@ impl Node {
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
-        let control = ControlPlane::load(registry, pools, data_dir).await.context("cannot load the deployments")?;
+        let kv = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
+        let kv_store: Arc<dyn KvStore> = kv.clone();
+        let control =
+            ControlPlane::load(registry, pools, kv_store, data_dir).await.context("cannot load the deployments")?;
         // The live deployment's components load in the background while the app is checked.
         tokio::spawn({
             let control = control.clone();
             async move { control.warm().await }
         });
         let info = info(sandbox.as_deref(), &resources);
-        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls, info, resources })
+        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, kv, calls, info, resources })
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -268,6 +274,7 @@ impl Node {
             audit,
             scheduler: self.scheduler.clone(),
             queue: engine,
+            kv: self.kv.clone(),
             telemetry: Telemetry { metrics: self.metrics.clone(), records_dropped: self.records.dropped() },
         }
     }
@@ -284,6 +291,7 @@ impl Node {
         if let Some(q) = &self.queue {
             q.close();
         }
+        self.kv.close();
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
@@ -445,7 +453,12 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
         }
     }
     match deployed {
-        Ok(d) if d.changed => tracing::info!(app = %d.app, version = d.version, "deployed"),
+        Ok(d) if d.changed => {
+            tracing::info!(app = %d.app, version = d.version, "deployed");
+            for note in &d.notes {
+                tracing::warn!("{note}");
+            }
+        }
         Ok(d) => {
             tracing::info!(app = %d.app, version = d.version, "app unchanged since the last start; serving the live deployment")
         }

@@ -481,7 +481,7 @@ async fn the_examples_run() {
     drop(hello);
 
     let data = tempfile::tempdir().unwrap();
-    let api = Server::start_with(&root.join("examples/api"), data.path(), &[]);
+    let mut api = Server::start_with(&root.join("examples/api"), data.path(), &[]);
     let c = api.client();
     let created = c
         .post(format!("{}/items", api.url))
@@ -494,6 +494,11 @@ async fn the_examples_run() {
     let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let got: Value = c.get(format!("{}/items/{id}", api.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(got["name"], "pen");
+    // The items are in the KV store: a restart keeps them, and new ids follow on.
+    api.stop();
+    let api = Server::start_with(&root.join("examples/api"), data.path(), &[]);
+    let got: Value = c.get(format!("{}/items/{id}", api.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["name"], "pen", "the item survived the restart");
     let put = c
         .put(format!("{}/items/{id}", api.url))
         .body(r#"{"name":"ink"}"#)

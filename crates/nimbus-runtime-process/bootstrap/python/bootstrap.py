@@ -414,6 +414,7 @@ def main():
     if sys.path and sys.path[0] and os.path.abspath(sys.path[0]) == here:
         del sys.path[0]  # don't let user modules be shadowed by (or shadow) the bootstrap dir
     sys.path.insert(0, task_root)
+    sys.path.append(os.path.join(here, "lib"))  # `import nimbus`, after the function's own modules
 
     conn = Connection(env.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"), env.get("NIMBUS_RUNTIME_API_SOCKET"))
     handler = load_handler(conn, env.get("_HANDLER", ""))
