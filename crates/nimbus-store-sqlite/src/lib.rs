@@ -7,6 +7,8 @@
 
 mod artifacts;
 mod audit;
+mod group;
+mod kv;
 mod queue;
 mod records;
 mod stats;
@@ -24,6 +26,7 @@ use nimbus_core::{
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use artifacts::{digest_dir, ArtifactStore};
+pub use kv::KvDb;
 pub use queue::QueueDb;
 pub use records::{RecordWriter, USAGE_RETENTION};
 pub use stats::percentile;
@@ -178,6 +181,12 @@ impl Store {
     /// contends for its lock.
     pub fn queue(&self, unsafe_ack: bool) -> Result<QueueDb> {
         QueueDb::open(&self.db_path.with_file_name("queue.db"), unsafe_ack)
+    }
+
+    /// Open the KV store. Like the queue, it lives in its own database file (`kv.db`), so its
+    /// fsyncs never wait behind other data.
+    pub fn kv(&self) -> Result<KvDb> {
+        KvDb::open(&self.db_path.with_file_name("kv.db"))
     }
 
     /// Start the background writer for invocation records and logs; it deletes records and

@@ -1,13 +1,12 @@
 //! The durable async queue on SQLite, with group commit.
 //!
-//! Every write goes to one writer thread. It takes the first operation, then everything else
-//! already waiting, applies them all in one transaction (a savepoint each, so one failing
-//! operation does not undo its neighbours), commits with `synchronous=FULL` (WAL + fsync), and
-//! only then replies. An accept is therefore acknowledged only once it is on stable storage,
+//! Every write goes to one writer thread (`group.rs`). It takes the first operation, then
+//! everything else already waiting, applies them all in one transaction (a savepoint each, so one
+//! failing operation does not undo its neighbours), commits with `synchronous=FULL` (WAL + fsync),
+//! and only then replies. An accept is therefore acknowledged only once it is on stable storage,
 //! and under load one fsync covers many accepts. Reads use their own connection.
 
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -19,6 +18,7 @@ use nimbus_core::queue::{
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 
+use crate::group::{in_savepoint, AckEarly, Answer, GroupWriter, Reply};
 use crate::open_connection;
 
 /// The `*_ms` columns hold Unix milliseconds, read and written as u64 (rusqlite's `fallible_uint`:
@@ -49,8 +49,6 @@ CREATE INDEX IF NOT EXISTS events_idem ON events(function, idempotency_key) WHER
 CREATE TABLE IF NOT EXISTS schedule_state (key TEXT PRIMARY KEY, last_slot_ms INTEGER NOT NULL);
 ";
 
-type Reply<T> = oneshot::Sender<Result<T, String>>;
-
 enum Op {
     Accept(NewEvent, u64, Reply<Accepted>),
     Claim(u64, u32, std::collections::HashMap<String, u32>, u32, Reply<Vec<ClaimedEvent>>),
@@ -65,9 +63,8 @@ enum Op {
 
 /// The embedded queue store.
 pub struct QueueDb {
-    tx: Mutex<Option<Sender<Op>>>,
+    writer: GroupWriter<Op>,
     read: Arc<Mutex<Connection>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl QueueDb {
@@ -78,28 +75,17 @@ impl QueueDb {
         let conn = open_connection(db)?;
         conn.execute_batch(SCHEMA)?;
         let read = open_connection(db)?;
-        let (tx, rx) = channel();
-        let thread =
-            std::thread::Builder::new().name("nimbus-queue".into()).spawn(move || write_loop(conn, rx, unsafe_ack))?;
-        Ok(QueueDb { tx: Mutex::new(Some(tx)), read: Arc::new(Mutex::new(read)), thread: Mutex::new(Some(thread)) })
+        let writer = GroupWriter::start("queue", conn, apply, unsafe_ack.then_some(ack_early as AckEarly<Op>))?;
+        Ok(QueueDb { writer, read: Arc::new(Mutex::new(read)) })
     }
 
     /// Commit what is pending and stop the writer.
     pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
-        }
+        self.writer.close();
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
-        let (reply, rx) = oneshot::channel();
-        {
-            let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = guard.as_ref().ok_or_else(|| QueueError::Storage("the queue is closed".into()))?;
-            tx.send(make(reply)).map_err(|_| QueueError::Storage("the queue writer stopped".into()))?;
-        }
-        rx.await.map_err(|_| QueueError::Storage("the queue writer stopped".into()))?.map_err(QueueError::Storage)
+        self.writer.call(make).await.map_err(QueueError::Storage)
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, QueueError> {
@@ -119,52 +105,9 @@ fn ack_early(op: Op) -> Op {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: Receiver<Op>, unsafe_ack: bool) {
-    while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
-        if unsafe_ack {
-            // Test-only: acknowledge now, commit seconds later, as a careless queue would.
-            ops = ops.into_iter().map(ack_early).collect();
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
-                match rx.recv_timeout(left) {
-                    Ok(op) => ops.push(ack_early(op)),
-                    Err(_) => break,
-                }
-            }
-        }
-        while ops.len() < 10_000 {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut replies: Vec<Box<dyn FnOnce(bool)>> = Vec::with_capacity(ops.len());
-        let result = (|| -> rusqlite::Result<()> {
-            // IMMEDIATE: take the write lock up front (waiting for it), so a read-then-write
-            // operation can never fail on a snapshot another connection made stale.
-            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for op in ops {
-                replies.push(apply(&mut tx, op));
-            }
-            tx.commit()
-        })();
-        let committed = match result {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("queue commit failed: {e}");
-                false
-            }
-        };
-        for reply in replies {
-            reply(committed);
-        }
-    }
-}
-
 /// Apply one operation inside the batch's transaction; returns how to answer once the batch's
 /// fate is known (an answer is only "ok" if the commit succeeded).
-fn apply(tx: &mut Transaction<'_>, op: Op) -> Box<dyn FnOnce(bool)> {
+fn apply(tx: &mut Transaction<'_>, op: Op) -> Answer {
     match op {
         Op::Accept(ev, window, reply) => in_savepoint(tx, reply, |tx| accept(tx, &ev, window)),
         Op::Claim(now, limit, shares, default_share, reply) => {
@@ -182,33 +125,6 @@ fn apply(tx: &mut Transaction<'_>, op: Op) -> Box<dyn FnOnce(bool)> {
         Op::Fire(key, slot, ev, reply) => in_savepoint(tx, reply, |tx| fire_slot(tx, &key, slot, &ev)),
         Op::Skip(key, slot, reply) => in_savepoint(tx, reply, |tx| remember_slot(tx, &key, slot)),
     }
-}
-
-/// Run `f` in its own savepoint, so that its failure undoes only its own writes, and answer
-/// `reply` once the batch's commit is known.
-fn in_savepoint<T: Send + 'static>(
-    tx: &mut Transaction<'_>,
-    reply: Reply<T>,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> Box<dyn FnOnce(bool)> {
-    let outcome = match tx.savepoint() {
-        Ok(mut sp) => match f(&sp) {
-            Ok(v) => sp.commit().map(|()| v),
-            Err(e) => {
-                let _ = sp.rollback();
-                Err(e)
-            }
-        },
-        Err(e) => Err(e),
-    };
-    Box::new(move |committed| {
-        let answer = match outcome {
-            Ok(v) if committed => Ok(v),
-            Ok(_) => Err("the queue could not commit".to_owned()),
-            Err(e) => Err(e.to_string()),
-        };
-        let _ = reply.send(answer);
-    })
 }
 
 fn release(tx: &Connection, id: &str, run_at: u64) -> rusqlite::Result<()> {
