@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nimbus_control::{ControlPlane, DeployError};
 use nimbus_core::{
-    AuditAction, AuditEntry, AuditLog, History, Observed, Observer, Pools, Recorder, Registry, Runtime, RuntimeKind,
+    AuditAction, AuditEntry, AuditLog, History, KvStore, Observed, Observer, Pools, Recorder, Registry, Runtime,
+    RuntimeKind,
 };
 use nimbus_gateway::metrics::Metrics;
 use nimbus_gateway::{Gateway, GatewayConfig, Parts, Telemetry, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES};
@@ -207,6 +208,8 @@ struct Node {
     scheduler: Scheduler,
     control: Arc<ControlPlane>,
     queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
+    /// The KV namespaces (`wasi:keyvalue` of wasm functions).
+    kv: Arc<nimbus_store_sqlite::KvDb>,
     /// Where the gateway's answer to functions' own calls goes once the gateway exists.
     calls: nimbus_runtime_process::CallsSlot,
     /// What `GET /v1/info` says about this node.
@@ -223,7 +226,13 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let traces = crate::traces::Traces::start(args.otlp_endpoint.as_deref())?.map(Arc::new);
         let recorder = recorder(&metrics, traces.as_ref(), &records);
-        let Runtimes { by_kind, calls, sandbox, resources } = runtimes(data_dir, args.insecure_no_sandbox)?;
+        // KV in its own SQLite file, so its fsyncs never queue behind other data.
+        let kv_path = data_dir.join("kv.db");
+        let kv = Arc::new(
+            nimbus_store_sqlite::KvDb::open(&kv_path)
+                .with_context(|| format!("cannot open the KV store {}", kv_path.display()))?,
+        );
+        let Runtimes { by_kind, calls, sandbox, resources } = runtimes(data_dir, args.insecure_no_sandbox, kv.clone())?;
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
@@ -234,7 +243,7 @@ impl Node {
             async move { control.warm().await }
         });
         let info = info(sandbox.as_deref(), &resources);
-        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls, info, resources })
+        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, kv, calls, info, resources })
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -284,6 +293,7 @@ impl Node {
         if let Some(q) = &self.queue {
             q.close();
         }
+        self.kv.close();
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
@@ -319,7 +329,7 @@ struct Runtimes {
 }
 
 /// The runtimes by kind: one process runtime for node, python and provided; the wasm runtime.
-fn runtimes(data_dir: &Path, insecure_no_sandbox: bool) -> Result<Runtimes> {
+fn runtimes(data_dir: &Path, insecure_no_sandbox: bool, kv: Arc<dyn KvStore>) -> Result<Runtimes> {
     let process = ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?;
     let process = sandboxed(process, data_dir, insecure_no_sandbox)?;
     let (calls, sandbox, resources) = (process.calls_slot(), process.sandbox(), process.resources());
@@ -333,7 +343,8 @@ fn runtimes(data_dir: &Path, insecure_no_sandbox: bool) -> Result<Runtimes> {
             format!("NIMBUS_WASM_INSTANCES={v:?} is not a number of wasm instances between 1 and 100000")
         })?;
     }
-    let wasm: Arc<dyn Runtime> = Arc::new(WasmRuntime::new(wasm_settings).context("cannot prepare the wasm runtime")?);
+    let wasm: Arc<dyn Runtime> =
+        Arc::new(WasmRuntime::new(wasm_settings, kv).context("cannot prepare the wasm runtime")?);
     let by_kind = RuntimeKind::ALL
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
