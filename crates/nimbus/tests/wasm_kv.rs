@@ -12,7 +12,7 @@ use common::{fixture, App, Server};
 use nimbus_core::KvStore;
 use nimbus_store_sqlite::KvDb;
 
-/// An app with the KV guest as `f` on `/kv-fn/*`, granted `counters` (declared) but not
+/// An app with the KV guest as `f` on its own paths (`/kv/*`, `/incr/*`, `/list`), granted `counters` (declared) but not
 /// `secret` (declared, granted to nobody).
 fn kv_app() -> App {
     let app = App::new("wasmkv");
@@ -23,12 +23,14 @@ fn kv_app() -> App {
         "[kv.counters]\n[kv.secret]\n\n[functions.f]\nruntime = \"wasm\"\n\n\
          [functions.f.grants]\nkv = { counters = \"read-write\" }\n",
     )
-    .route("*", "/kv-fn/*", "f")
+    .route("*", "/kv/*", "f")
+    .route("*", "/incr/*", "f")
+    .route("GET", "/list", "f")
     .finish()
 }
 
 async fn send(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
-    let url = format!("{}/kv-fn{path}", server.url);
+    let url = format!("{}{path}", server.url);
     let r = server.client().request(method.parse().unwrap(), url).body(body.to_owned()).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
@@ -59,7 +61,7 @@ async fn a_wasm_function_uses_its_granted_namespace_and_is_refused_another() {
     // Concurrent increments through the gateway and separate instances: none is lost.
     let mut calls = Vec::new();
     for _ in 0..40 {
-        let (client, url) = (server.client(), format!("{}/kv-fn/incr/hits", server.url));
+        let (client, url) = (server.client(), format!("{}/incr/hits", server.url));
         calls.push(tokio::spawn(async move { client.post(url).send().await.unwrap().status().as_u16() }));
     }
     for c in calls {
@@ -69,7 +71,7 @@ async fn a_wasm_function_uses_its_granted_namespace_and_is_refused_another() {
     assert_eq!(send(&server, "GET", "/list?prefix=h", "").await, (200, "hits".into()));
 
     // Declared, but not granted to this function.
-    let r = server.client().get(format!("{}/kv-fn/kv/greeting?ns=secret", server.url)).send().await.unwrap();
+    let r = server.client().get(format!("{}/kv/greeting?ns=secret", server.url)).send().await.unwrap();
     let id = r.headers()["x-nimbus-request-id"].to_str().unwrap().to_owned();
     assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (403, "access-denied".into()));
     // The log is stored with the record, moments after the response.
