@@ -1,9 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! `wasi:keyvalue` through the wasm runtime: the committed guest `tests/fixtures/wasm/kv.wasm`
 //! (source in `tests/fixtures/wasm/guest-kv`) runs on a `WasmRuntime` whose KV store is the
 //! in-memory one below, so every answer the guest gives and every value the store holds is
 //! what the host made of the guest's calls. Grants, refusals and their log lines, error texts,
 //! list-keys paging, batches, and increments from many instances at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
