@@ -2,6 +2,7 @@
 # Rebuild the WebAssembly components committed in the repo (wasi:http/proxy guests):
 #
 #   rust    tests/fixtures/wasm/conformance.wasm              tests/fixtures/wasm/guest-rust (wasip2 crate)
+#           tests/fixtures/wasm/kv.wasm                       tests/fixtures/wasm/guest-kv (wasip2, wit-bindgen: wasi:keyvalue)
 #           examples/wasm-hello/functions/hello/hello.wasm    examples/wasm-hello/hello-rs
 #   js      examples/wasm-edge-js/functions/geo/geo.wasm      componentize-js 0.23.0 (npm)
 #   python  examples/wasm-jwt-py/functions/auth/auth.wasm     componentize-py 0.25.1 (PyPI)
@@ -136,6 +137,7 @@ build_rust() {
   # crate dir, library name, destination
   for spec in \
     "tests/fixtures/wasm/guest-rust nimbus_wasm_guests tests/fixtures/wasm/conformance.wasm" \
+    "tests/fixtures/wasm/guest-kv nimbus_wasm_kv_guest tests/fixtures/wasm/kv.wasm" \
     "examples/wasm-hello/hello-rs wasm_hello examples/wasm-hello/functions/hello/hello.wasm"; do
     read -r crate lib dest <<<"$spec"
     start="$(now)"

@@ -1,5 +1,5 @@
 //! What a wasm store holds: WASI and WASI HTTP state, the invocation log, the memory limiter,
-//! the CPU meter and the outbound HTTP policy.
+//! the CPU meter, the outbound HTTP policy and the `wasi:keyvalue` state (`kv.rs`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +21,7 @@ pub(crate) struct Host {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub outbound: Outbound,
+    pub kv: crate::kv::KvCtx,
     pub limiter: Limiter,
     pub cpu: Arc<CpuMeter>,
     /// `cpu_ms` in nanoseconds.

@@ -22,6 +22,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use crate::host::{CpuMeter, Host, Limiter, LogPipe, Metered, Outbound};
+use crate::kv::KvCtx;
 use crate::{Inner, Loaded};
 
 type Response = hyper::Response<HyperOutgoingBody>;
@@ -191,6 +192,7 @@ impl Parts {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             outbound: Outbound { allowed: self.allowed.clone(), log: self.log.clone() },
+            kv: KvCtx::new(self.rt.kv.clone(), self.function.clone(), self.log.clone()),
             limiter: Limiter {
                 max_bytes: (spec.memory_mb as usize) << 20,
                 total: 0,

@@ -18,6 +18,7 @@
 mod error;
 mod host;
 mod instance;
+mod kv;
 
 pub use error::WasmError;
 
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nimbus_core::invoke::{MAX_LOG_BYTES, MAX_PAYLOAD_BYTES};
-use nimbus_core::{FunctionVersion, Instance, PrepareError, Runtime, StartError};
+use nimbus_core::{FunctionVersion, Instance, KvStore, PrepareError, Runtime, StartError};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -79,6 +80,8 @@ pub(crate) struct Inner {
     engine: Engine,
     linker: Linker<Host>,
     settings: Settings,
+    /// What `wasi:keyvalue` reads and writes.
+    kv: Arc<dyn KvStore>,
     /// Identifies the engine's compilation settings in cache file names.
     engine_key: String,
     /// Loaded components by `code digest/component file`.
@@ -94,7 +97,8 @@ pub(crate) struct Loaded {
 }
 
 impl WasmRuntime {
-    pub fn new(settings: Settings) -> Result<WasmRuntime, WasmError> {
+    /// A runtime whose components reach `kv` through `wasi:keyvalue`.
+    pub fn new(settings: Settings, kv: Arc<dyn KvStore>) -> Result<WasmRuntime, WasmError> {
         std::fs::create_dir_all(&settings.cache_dir)
             .map_err(|source| WasmError::CacheDir { dir: settings.cache_dir.clone(), source })?;
         let engine = match Engine::new(&config(Some(&settings))) {
@@ -114,6 +118,7 @@ impl WasmRuntime {
         let link = |what| move |e: wasmtime::Error| WasmError::Link { what, detail: format!("{e:#}") };
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link("WASI"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link("WASI HTTP"))?;
+        kv::add_to_linker(&mut linker).map_err(link("wasi:keyvalue"))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());
@@ -123,6 +128,7 @@ impl WasmRuntime {
                 engine,
                 linker,
                 settings,
+                kv,
                 engine_key,
                 loaded: Mutex::new(HashMap::new()),
                 compiling: tokio::sync::Mutex::new(()),

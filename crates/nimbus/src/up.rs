@@ -208,7 +208,7 @@ struct Node {
     scheduler: Scheduler,
     control: Arc<ControlPlane>,
     queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
-    /// The KV store (`DATA_DIR/kv.db`).
+    /// The KV store (`DATA_DIR/kv.db`): the management API, functions' calls and `wasi:keyvalue`.
     kv: Arc<nimbus_store_sqlite::KvDb>,
     /// Where the gateway's answer to functions' own calls goes once the gateway exists.
     calls: nimbus_runtime_process::CallsSlot,
@@ -226,11 +226,13 @@ impl Node {
         let metrics = Arc::new(Metrics::default());
         let traces = crate::traces::Traces::start(args.otlp_endpoint.as_deref())?.map(Arc::new);
         let recorder = recorder(&metrics, traces.as_ref(), &records);
-        let Runtimes { by_kind, calls, sandbox, resources } = runtimes(data_dir, args.insecure_no_sandbox)?;
+        // KV in its own SQLite file (kv.db), so its fsyncs never queue behind other data; one
+        // store for the management API, functions' calls and wasm's `wasi:keyvalue`.
+        let kv = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
+        let Runtimes { by_kind, calls, sandbox, resources } = runtimes(data_dir, args.insecure_no_sandbox, kv.clone())?;
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
-        let kv = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
         let kv_store: Arc<dyn KvStore> = kv.clone();
         let control =
             ControlPlane::load(registry, pools, kv_store, data_dir).await.context("cannot load the deployments")?;
@@ -327,7 +329,7 @@ struct Runtimes {
 }
 
 /// The runtimes by kind: one process runtime for node, python and provided; the wasm runtime.
-fn runtimes(data_dir: &Path, insecure_no_sandbox: bool) -> Result<Runtimes> {
+fn runtimes(data_dir: &Path, insecure_no_sandbox: bool, kv: Arc<dyn KvStore>) -> Result<Runtimes> {
     let process = ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?;
     let process = sandboxed(process, data_dir, insecure_no_sandbox)?;
     let (calls, sandbox, resources) = (process.calls_slot(), process.sandbox(), process.resources());
@@ -341,7 +343,8 @@ fn runtimes(data_dir: &Path, insecure_no_sandbox: bool) -> Result<Runtimes> {
             format!("NIMBUS_WASM_INSTANCES={v:?} is not a number of wasm instances between 1 and 100000")
         })?;
     }
-    let wasm: Arc<dyn Runtime> = Arc::new(WasmRuntime::new(wasm_settings).context("cannot prepare the wasm runtime")?);
+    let wasm: Arc<dyn Runtime> =
+        Arc::new(WasmRuntime::new(wasm_settings, kv).context("cannot prepare the wasm runtime")?);
     let by_kind = RuntimeKind::ALL
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
