@@ -7,6 +7,7 @@
 
 mod artifacts;
 mod audit;
+mod objects;
 mod queue;
 mod records;
 mod stats;
@@ -24,6 +25,7 @@ use nimbus_core::{
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use artifacts::{digest_dir, ArtifactStore};
+pub use objects::{multipart_etag, ObjectDb};
 pub use queue::QueueDb;
 pub use records::{RecordWriter, USAGE_RETENTION};
 pub use stats::percentile;
