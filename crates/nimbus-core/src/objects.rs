@@ -41,7 +41,7 @@ pub const MAX_PART_NUMBER: u32 = 10_000;
 pub const MAX_LIST_KEYS: usize = 1000;
 
 /// A body, as a stream of chunks. An `Err` item aborts the PUT it feeds (nothing is stored).
-pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync>>;
 
 /// A bucket and its size (the dashboard and `nimbus buckets ls` show them).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,8 +109,7 @@ impl std::fmt::Debug for Expected {
 }
 
 /// Content headers and user metadata kept with an object and returned on GET/HEAD.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectHeaders {
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,

@@ -325,14 +325,49 @@ fn meta_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectMeta> {
         size: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
         etag: r.get(2)?,
         last_modified_ms: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
-        headers: serde_json::from_str(&headers).unwrap_or_default(),
+        headers: headers_from_json(&headers),
         checksum,
         parts: r.get::<_, Option<i64>>(7)?.and_then(|n| u32::try_from(n).ok()),
     })
 }
 
+/// How `objects.headers` stores an object's headers (a JSON object).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+struct StoredHeaders {
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    cache_control: Option<String>,
+    expires: Option<String>,
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
 fn headers_json(h: &ObjectHeaders) -> String {
-    serde_json::to_string(h).unwrap_or_else(|_| "{}".into())
+    let stored = StoredHeaders {
+        content_type: h.content_type.clone(),
+        content_encoding: h.content_encoding.clone(),
+        content_disposition: h.content_disposition.clone(),
+        content_language: h.content_language.clone(),
+        cache_control: h.cache_control.clone(),
+        expires: h.expires.clone(),
+        metadata: h.metadata.clone(),
+    };
+    serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into())
+}
+
+fn headers_from_json(s: &str) -> ObjectHeaders {
+    let h: StoredHeaders = serde_json::from_str(s).unwrap_or_default();
+    ObjectHeaders {
+        content_type: h.content_type,
+        content_encoding: h.content_encoding,
+        content_disposition: h.content_disposition,
+        content_language: h.content_language,
+        cache_control: h.cache_control,
+        expires: h.expires,
+        metadata: h.metadata,
+    }
 }
 
 /// Insert or replace an object row; returns the file it replaced, if any.
@@ -640,7 +675,7 @@ impl ObjectStore for ObjectDb {
             size: w.size,
             etag: multipart_etag(&etags),
             last_modified_ms: now_ms(),
-            headers: serde_json::from_str(&headers).unwrap_or_default(),
+            headers: headers_from_json(&headers),
             checksum: None,
             parts: u32::try_from(chosen.len()).ok(),
         };
