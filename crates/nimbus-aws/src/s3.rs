@@ -128,9 +128,13 @@ struct HeaderInput {
 }
 
 fn object_headers(h: HeaderInput) -> ObjectHeaders {
+    // `aws-chunked` is how the body was sent, not how the object is encoded: S3 drops it.
+    let content_encoding = h.content_encoding.map(|e| {
+        e.split(',').map(str::trim).filter(|t| !t.eq_ignore_ascii_case("aws-chunked")).collect::<Vec<_>>().join(",")
+    });
     ObjectHeaders {
         content_type: h.content_type,
-        content_encoding: h.content_encoding,
+        content_encoding: content_encoding.filter(|e| !e.is_empty()),
         content_disposition: h.content_disposition,
         content_language: h.content_language,
         cache_control: h.cache_control,

@@ -35,7 +35,12 @@ pub const MAX_INVOKE_BODY: usize = 6 * 1024 * 1024;
 /// Serves a verified Invoke API request. `functions` is what the key may invoke (`None`: all).
 #[async_trait]
 pub trait InvokeApi: Send + Sync + 'static {
-    async fn invoke(&self, req: http::Request<Bytes>, functions: Option<Vec<String>>) -> http::Response<Bytes>;
+    async fn invoke(
+        &self,
+        key_id: &str,
+        functions: Option<Vec<String>>,
+        req: http::Request<Bytes>,
+    ) -> http::Response<Bytes>;
 }
 
 /// What the port serves.
@@ -112,7 +117,7 @@ impl AwsPort {
             Some(Principal::Grants(g)) => Some(g.functions),
             None => return sig_error(SigError::UnknownKey(key_id)),
         };
-        invoke.invoke(req, functions).await
+        invoke.invoke(&key_id, functions, req).await
     }
 }
 
@@ -178,5 +183,21 @@ pub async fn serve(listener: TcpListener, port: Arc<AwsPort>, shutdown: impl Fut
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => tracing::warn!("AWS port: drain time of {drain:?} passed with requests still open"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_hosts_name_the_bucket_and_other_hosts_are_path_style() {
+        let bucket = |h: &str| Hosts.parse_host_header(h).unwrap().bucket().map(str::to_owned);
+        assert_eq!(bucket("photos.s3.localhost:4566").as_deref(), Some("photos"));
+        assert_eq!(bucket("photos.s3.localhost").as_deref(), Some("photos"));
+        assert_eq!(bucket("s3.localhost:4566"), None);
+        assert_eq!(bucket("127.0.0.1:4566"), None);
+        assert_eq!(bucket("localhost"), None);
     }
 }

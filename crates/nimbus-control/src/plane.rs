@@ -74,6 +74,12 @@ pub enum DeployError {
     Encode(#[source] serde_json::Error),
     #[error("the deploy task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot create bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: nimbus_core::ObjectError,
+    },
 }
 
 impl DeployError {
@@ -137,6 +143,8 @@ pub struct ControlPlane {
     tokens: ArcSwap<TokenSet>,
     /// One token creation or revocation at a time (each replaces the whole set).
     token_lock: tokio::sync::Mutex<()>,
+    /// Where a deploy creates the buckets its manifest declares (set once at start).
+    objects: std::sync::OnceLock<Arc<dyn nimbus_core::ObjectStore>>,
 }
 
 impl ControlPlane {
@@ -169,7 +177,30 @@ impl ControlPlane {
             lock: tokio::sync::Mutex::new(()),
             tokens: ArcSwap::from_pointee(tokens),
             token_lock: tokio::sync::Mutex::new(()),
+            objects: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The object store deploys create declared buckets in (`[buckets.NAME]`). Without one, a
+    /// deploy records the buckets but creates none (tests of the control plane alone).
+    pub fn set_object_store(&self, store: Arc<dyn nimbus_core::ObjectStore>) {
+        let _ = self.objects.set(store);
+    }
+
+    /// Create the declared buckets that do not exist yet (idempotent; a deploy never deletes
+    /// one: data outlives the deployment that declared it).
+    async fn create_buckets(&self, buckets: &std::collections::BTreeSet<String>) -> Result<(), DeployError> {
+        let Some(store) = self.objects.get() else { return Ok(()) };
+        for bucket in buckets {
+            if store
+                .create_bucket(bucket)
+                .await
+                .map_err(|source| DeployError::Bucket { bucket: bucket.clone(), source })?
+            {
+                tracing::info!(bucket, "created the bucket the manifest declares");
+            }
+        }
+        Ok(())
     }
 
     /// Load what the live deployment needs (compiled wasm components) so that its first
@@ -232,6 +263,7 @@ impl ControlPlane {
             .map(|(spec, code_digest)| Arc::new(function_version(self.registry.as_ref(), spec, "", code_digest)))
             .collect();
         self.pools.prepare(&pending).await.map_err(DeployError::Refused)?;
+        self.create_buckets(&content.buckets).await?;
         let body = stored::encode(&content).map_err(DeployError::Encode)?;
         let new = NewDeployment { app: &app, digest: &digest, format_version: stored::FORMAT_VERSION, body: &body };
         let record = self.registry.add_deployment(new, LIVE).await?;

@@ -26,10 +26,12 @@ pub enum AuditAction {
     AuthFailed,
     /// A valid credential whose scope does not allow what it asked for.
     AuthDenied,
+    /// `nimbus buckets rm` (`DELETE /v1/buckets/{name}`).
+    DeleteBucket,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 9] = [
+    pub const ALL: [AuditAction; 10] = [
         AuditAction::Deploy,
         AuditAction::Rollback,
         AuditAction::DlqRedrive,
@@ -39,6 +41,7 @@ impl AuditAction {
         AuditAction::Login,
         AuditAction::AuthFailed,
         AuditAction::AuthDenied,
+        AuditAction::DeleteBucket,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl AuditAction {
             AuditAction::Login => "login",
             AuditAction::AuthFailed => "auth.failed",
             AuditAction::AuthDenied => "auth.denied",
+            AuditAction::DeleteBucket => "bucket.delete",
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Gateway {
     /// Connections open now (`server.rs` holds it under `config.max_connections`).
     pub(crate) connections: AtomicUsize,
     pub(crate) audit: Audit,
+    /// The object store (`/v1/buckets`).
+    pub(crate) objects: Arc<dyn nimbus_core::ObjectStore>,
 }
 
 /// Who a request is, once its credential checked out.
@@ -165,6 +167,8 @@ pub struct Parts {
     pub queue: Arc<nimbus_queue::Engine>,
     pub telemetry: Telemetry,
     pub audit: Arc<dyn AuditLog>,
+    /// The object store (`/v1/buckets`).
+    pub objects: Arc<dyn nimbus_core::ObjectStore>,
 }
 
 impl Gateway {
@@ -181,6 +185,7 @@ impl Gateway {
             sessions: Sessions::default(),
             connections: AtomicUsize::new(0),
             audit: Audit::new(parts.audit),
+            objects: parts.objects,
         })
     }
 

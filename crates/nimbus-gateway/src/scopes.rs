@@ -34,6 +34,8 @@ pub(crate) enum Endpoint {
     Tokens,
     RevokeToken,
     Audit,
+    Buckets,
+    DeleteBucket,
     Invoke,
 }
 
@@ -59,6 +61,8 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("GET", "/v1/tokens", Endpoint::Tokens, Scope::Admin),
     ("DELETE", "/v1/tokens/{id}", Endpoint::RevokeToken, Scope::Admin),
     ("GET", "/v1/audit", Endpoint::Audit, Scope::Admin),
+    ("GET", "/v1/buckets", Endpoint::Buckets, Scope::Read),
+    ("DELETE", "/v1/buckets/{name}", Endpoint::DeleteBucket, Scope::Admin),
     ("POST", "/2015-03-31/functions/{name}/invocations", Endpoint::Invoke, Scope::Invoke),
 ];
 

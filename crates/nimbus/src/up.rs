@@ -83,6 +83,12 @@ pub struct UpArgs {
     /// shared with other users).
     #[arg(long, value_enum, default_value_t = InvokeAuth::Auto)]
     invoke_auth: InvokeAuth,
+    /// The AWS-compatible port: S3 (path-style and BUCKET.s3.localhost) and the Lambda Invoke
+    /// API, SigV4-verified with the key pair in DATA_DIR/aws-credentials (profile nimbus); `off`
+    /// turns it off. When not given and 127.0.0.1:4566 is taken, the port stays off with a
+    /// warning [default: 127.0.0.1:4566]
+    #[arg(long, value_name = "ADDR")]
+    aws_listen: Option<String>,
 }
 
 /// Whether the Invoke API takes calls without a token: only on a loopback address (every
@@ -167,8 +173,26 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
+    let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.objects.clone(), gateway.clone()).await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
+    let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
+    let aws_task = aws.map(|bound| {
+        print_aws_banner(&bound);
+        let mut stopped = aws_stopped;
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tokio::spawn(nimbus_aws::server::serve(bound.listener, bound.port, stop, args.drain))
+    });
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_aws.send(true);
+    };
     nimbus_gateway::serve(listener, gateway.clone(), shutdown, args.drain).await;
+    if let Some(task) = aws_task {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(data_dir.join(crate::aws::URL_FILE));
     gateway.flush_audit().await;
     node.stop(&engine).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
@@ -213,6 +237,8 @@ struct Node {
     info: nimbus_api::Info,
     /// The process instances' limits (their cgroups are removed at stop).
     resources: Arc<Resources>,
+    /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
+    objects: Arc<dyn nimbus_core::ObjectStore>,
 }
 
 impl Node {
@@ -228,13 +254,16 @@ impl Node {
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
         let control = ControlPlane::load(registry, pools, data_dir).await.context("cannot load the deployments")?;
+        let objects: Arc<dyn nimbus_core::ObjectStore> =
+            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
+        control.set_object_store(objects.clone());
         // The live deployment's components load in the background while the app is checked.
         tokio::spawn({
             let control = control.clone();
             async move { control.warm().await }
         });
         let info = info(sandbox.as_deref(), &resources);
-        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls, info, resources })
+        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, calls, info, resources, objects })
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -269,6 +298,7 @@ impl Node {
             scheduler: self.scheduler.clone(),
             queue: engine,
             telemetry: Telemetry { metrics: self.metrics.clone(), records_dropped: self.records.dropped() },
+            objects: self.objects.clone(),
         }
     }
 
@@ -503,6 +533,19 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path, info: &nimbu
         _ => println!("  process functions run WITHOUT a sandbox (--insecure-no-sandbox)"),
     }
     println!("  process functions' memory_mb is held by {}", info.memory_limits);
+}
+
+fn print_aws_banner(bound: &crate::aws::Bound) {
+    println!(
+        "  S3 and the Invoke API (SigV4) on {}: key pair in {} (profile nimbus)",
+        bound.url,
+        bound.credentials.display()
+    );
+    println!(
+        "    AWS_SHARED_CREDENTIALS_FILE={} AWS_PROFILE=nimbus aws --endpoint-url {} s3 ls",
+        bound.credentials.display(),
+        bound.url
+    );
 }
 
 /// Reuse the token in DATA_DIR/admin.token, or create one (mode 0600).
