@@ -60,61 +60,61 @@ def code(fn):
     except botocore.exceptions.ClientError as e:
         return e.response["Error"]["Code"]
 out["buckets"] = [b["Name"] for b in s3.list_buckets()["Buckets"]]
-s3.create_bucket(Bucket="b1")
-out["create_again"] = code(lambda: s3.create_bucket(Bucket="b1"))
+s3.create_bucket(Bucket="bkt")
+out["create_again"] = code(lambda: s3.create_bucket(Bucket="bkt"))
 out["bad_name"] = code(lambda: s3.create_bucket(Bucket="Bad_Name"))
-r = s3.put_object(Bucket="b1", Key="hello.txt", Body=b"hello world", ContentType="text/plain", Metadata={"color": "blue"})
+r = s3.put_object(Bucket="bkt", Key="hello.txt", Body=b"hello world", ContentType="text/plain", Metadata={"color": "blue"})
 etag = r["ETag"]
 out["etag"] = etag
-g = s3.get_object(Bucket="b1", Key="hello.txt")
+g = s3.get_object(Bucket="bkt", Key="hello.txt")
 out["get"] = g["Body"].read().decode()
 out["content_type"] = g["ContentType"]
 out["metadata"] = g["Metadata"]
-out["head_length"] = s3.head_object(Bucket="b1", Key="hello.txt")["ContentLength"]
-out["range"] = s3.get_object(Bucket="b1", Key="hello.txt", Range="bytes=6-10")["Body"].read().decode()
-out["if_none_match"] = code(lambda: s3.get_object(Bucket="b1", Key="hello.txt", IfNoneMatch=etag))
-out["if_match_other"] = code(lambda: s3.get_object(Bucket="b1", Key="hello.txt", IfMatch='"0123"'))
-out["if_match_same"] = code(lambda: s3.get_object(Bucket="b1", Key="hello.txt", IfMatch=etag))
-out["put_if_none_match"] = code(lambda: s3.put_object(Bucket="b1", Key="hello.txt", Body=b"x", IfNoneMatch="*"))
-sha = s3.put_object(Bucket="b1", Key="sha", Body=b"abc", ChecksumAlgorithm="SHA256")
+out["head_length"] = s3.head_object(Bucket="bkt", Key="hello.txt")["ContentLength"]
+out["range"] = s3.get_object(Bucket="bkt", Key="hello.txt", Range="bytes=6-10")["Body"].read().decode()
+out["if_none_match"] = code(lambda: s3.get_object(Bucket="bkt", Key="hello.txt", IfNoneMatch=etag))
+out["if_match_other"] = code(lambda: s3.get_object(Bucket="bkt", Key="hello.txt", IfMatch='"0123"'))
+out["if_match_same"] = code(lambda: s3.get_object(Bucket="bkt", Key="hello.txt", IfMatch=etag))
+out["put_if_none_match"] = code(lambda: s3.put_object(Bucket="bkt", Key="hello.txt", Body=b"x", IfNoneMatch="*"))
+sha = s3.put_object(Bucket="bkt", Key="sha", Body=b"abc", ChecksumAlgorithm="SHA256")
 out["sha256_ok"] = sha.get("ChecksumSHA256") == __import__("base64").b64encode(hashlib.sha256(b"abc").digest()).decode()
-out["bad_md5"] = code(lambda: s3.put_object(Bucket="b1", Key="md5", Body=b"abc", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA=="))
+out["bad_md5"] = code(lambda: s3.put_object(Bucket="bkt", Key="md5", Body=b"abc", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA=="))
 for k in ["a/1", "a/2", "b", "c/x/1", "c/y", "d"]:
-    s3.put_object(Bucket="b1", Key="l/" + k, Body=b"x")
+    s3.put_object(Bucket="bkt", Key="l/" + k, Body=b"x")
 pages, token = [], None
 for _ in range(10):
     kw = {"ContinuationToken": token} if token else {}
-    p = s3.list_objects_v2(Bucket="b1", Prefix="l/", Delimiter="/", MaxKeys=2, **kw)
+    p = s3.list_objects_v2(Bucket="bkt", Prefix="l/", Delimiter="/", MaxKeys=2, **kw)
     pages.append([c["Prefix"] for c in p.get("CommonPrefixes", [])] + [o["Key"] for o in p.get("Contents", [])])
     if not p["IsTruncated"]:
         break
     token = p["NextContinuationToken"]
 out["pages"] = pages
-out["all"] = [o["Key"] for pg in s3.get_paginator("list_objects_v2").paginate(Bucket="b1", Prefix="l/", PaginationConfig={"PageSize": 4}) for o in pg.get("Contents", [])]
-out["start_after"] = [o["Key"] for o in s3.list_objects_v2(Bucket="b1", Prefix="l/", StartAfter="l/c/y")["Contents"]]
-s3.copy_object(Bucket="b1", Key="copy.txt", CopySource={"Bucket": "b1", "Key": "hello.txt"})
-c = s3.get_object(Bucket="b1", Key="copy.txt")
+out["all"] = [o["Key"] for pg in s3.get_paginator("list_objects_v2").paginate(Bucket="bkt", Prefix="l/", PaginationConfig={"PageSize": 4}) for o in pg.get("Contents", [])]
+out["start_after"] = [o["Key"] for o in s3.list_objects_v2(Bucket="bkt", Prefix="l/", StartAfter="l/c/y")["Contents"]]
+s3.copy_object(Bucket="bkt", Key="copy.txt", CopySource={"Bucket": "bkt", "Key": "hello.txt"})
+c = s3.get_object(Bucket="bkt", Key="copy.txt")
 out["copy"] = [c["Body"].read().decode(), c["Metadata"]]
-d = s3.delete_objects(Bucket="b1", Delete={"Objects": [{"Key": "l/a/1"}, {"Key": "l/a/2"}, {"Key": "never"}]})
+d = s3.delete_objects(Bucket="bkt", Delete={"Objects": [{"Key": "l/a/1"}, {"Key": "l/a/2"}, {"Key": "never"}]})
 out["deleted"] = sorted(x["Key"] for x in d.get("Deleted", []))
-s3.delete_object(Bucket="b1", Key="copy.txt")
-out["after_delete"] = code(lambda: s3.get_object(Bucket="b1", Key="copy.txt"))
+s3.delete_object(Bucket="bkt", Key="copy.txt")
+out["after_delete"] = code(lambda: s3.get_object(Bucket="bkt", Key="copy.txt"))
 out["no_bucket"] = code(lambda: s3.get_object(Bucket="nope", Key="x"))
 part = b"a" * (5 * 1024 * 1024)
-up = s3.create_multipart_upload(Bucket="b1", Key="big", ContentType="application/x-big")["UploadId"]
-e1 = s3.upload_part(Bucket="b1", Key="big", UploadId=up, PartNumber=1, Body=part)["ETag"]
-e2 = s3.upload_part(Bucket="b1", Key="big", UploadId=up, PartNumber=2, Body=b"tail")["ETag"]
-out["parts_listed"] = [p["PartNumber"] for p in s3.list_parts(Bucket="b1", Key="big", UploadId=up)["Parts"]]
-done = s3.complete_multipart_upload(Bucket="b1", Key="big", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+up = s3.create_multipart_upload(Bucket="bkt", Key="big", ContentType="application/x-big")["UploadId"]
+e1 = s3.upload_part(Bucket="bkt", Key="big", UploadId=up, PartNumber=1, Body=part)["ETag"]
+e2 = s3.upload_part(Bucket="bkt", Key="big", UploadId=up, PartNumber=2, Body=b"tail")["ETag"]
+out["parts_listed"] = [p["PartNumber"] for p in s3.list_parts(Bucket="bkt", Key="big", UploadId=up)["Parts"]]
+done = s3.complete_multipart_upload(Bucket="bkt", Key="big", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
 want = hashlib.md5(bytes.fromhex(e1.strip('"')) + bytes.fromhex(e2.strip('"'))).hexdigest() + "-2"
 out["multipart_etag_ok"] = done["ETag"].strip('"') == want
-big = s3.get_object(Bucket="b1", Key="big")
+big = s3.get_object(Bucket="bkt", Key="big")
 out["multipart"] = [big["ContentLength"], big["ContentType"], big["Body"].read()[-5:].decode()]
-up = s3.create_multipart_upload(Bucket="b1", Key="small")["UploadId"]
-p1 = s3.upload_part(Bucket="b1", Key="small", UploadId=up, PartNumber=1, Body=b"x")["ETag"]
-p2 = s3.upload_part(Bucket="b1", Key="small", UploadId=up, PartNumber=2, Body=b"y")["ETag"]
-out["too_small"] = code(lambda: s3.complete_multipart_upload(Bucket="b1", Key="small", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1}, {"PartNumber": 2, "ETag": p2}]}))
-s3.abort_multipart_upload(Bucket="b1", Key="small", UploadId=up)
+up = s3.create_multipart_upload(Bucket="bkt", Key="small")["UploadId"]
+p1 = s3.upload_part(Bucket="bkt", Key="small", UploadId=up, PartNumber=1, Body=b"x")["ETag"]
+p2 = s3.upload_part(Bucket="bkt", Key="small", UploadId=up, PartNumber=2, Body=b"y")["ETag"]
+out["too_small"] = code(lambda: s3.complete_multipart_upload(Bucket="bkt", Key="small", UploadId=up, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1}, {"PartNumber": 2, "ETag": p2}]}))
+s3.abort_multipart_upload(Bucket="bkt", Key="small", UploadId=up)
 def fetch(url, data=None, method="GET"):
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=10) as r:
@@ -122,13 +122,10 @@ def fetch(url, data=None, method="GET"):
     except urllib.error.HTTPError as e:
         body = e.read().decode()
         return [e.code, body[body.find("<Code>") + 6:body.find("</Code>")]]
-get_url = s3.generate_presigned_url("get_object", Params={"Bucket": "b1", "Key": "hello.txt"}, ExpiresIn=60)
+get_url = s3.generate_presigned_url("get_object", Params={"Bucket": "bkt", "Key": "hello.txt"}, ExpiresIn=60)
 out["presigned_get"] = fetch(get_url)
-put_url = s3.generate_presigned_url("put_object", Params={"Bucket": "b1", "Key": "presigned.txt"}, ExpiresIn=60)
-out["presigned_put"] = fetch(put_url, data=b"via presigned PUT", method="PUT")[0]
-out["presigned_put_read"] = s3.get_object(Bucket="b1", Key="presigned.txt")["Body"].read().decode()
 out["tampered"] = fetch(get_url.replace("hello.txt", "sha"))
-expiring = s3.generate_presigned_url("get_object", Params={"Bucket": "b1", "Key": "hello.txt"}, ExpiresIn=1)
+expiring = s3.generate_presigned_url("get_object", Params={"Bucket": "bkt", "Key": "hello.txt"}, ExpiresIn=1)
 time.sleep(2.2)  # the URL's own expiry is the condition under test
 out["expired"] = fetch(expiring)
 creds = boto3.Session().get_credentials()
@@ -136,7 +133,7 @@ wrong = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=creds.access
 out["wrong_secret"] = code(lambda: wrong.list_buckets())
 unknown = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="AKIAUNKNOWNKEY000000", aws_secret_access_key="x" * 40)
 out["unknown_key"] = code(lambda: unknown.list_buckets())
-out["bucket_not_empty"] = code(lambda: s3.delete_bucket(Bucket="b1"))
+out["bucket_not_empty"] = code(lambda: s3.delete_bucket(Bucket="bkt"))
 print(json.dumps(out))
 "#;
 
@@ -174,8 +171,6 @@ async fn boto3_speaks_s3_to_nimbus() {
     assert_eq!(out["multipart"], serde_json::json!([5 * 1024 * 1024 + 4, "application/x-big", "atail"]));
     assert_eq!(out["too_small"], "EntityTooSmall");
     assert_eq!(out["presigned_get"], serde_json::json!([200, "hello world"]));
-    assert_eq!(out["presigned_put"], 200);
-    assert_eq!(out["presigned_put_read"], "via presigned PUT");
     assert_eq!(out["tampered"], serde_json::json!([403, "SignatureDoesNotMatch"]));
     assert_eq!(out["expired"][0], 403);
     assert_eq!(out["wrong_secret"], "SignatureDoesNotMatch");
