@@ -76,3 +76,18 @@ pub async fn bind(
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
     Ok(Some(Bound { listener, url, port: AwsPort::new(objects, keys, Some(invoke)), credentials }))
 }
+
+/// Print how to use the port, and serve it until `stopped` turns true.
+pub fn spawn(
+    bound: Bound,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    drain: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let creds = bound.credentials.display();
+    println!("  S3 and the Invoke API (SigV4) on {}: key pair in {creds} (profile nimbus)", bound.url);
+    println!("    AWS_SHARED_CREDENTIALS_FILE={creds} AWS_PROFILE=nimbus aws --endpoint-url {} s3 ls", bound.url);
+    let stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(nimbus_aws::server::serve(bound.listener, bound.port, stop, drain))
+}

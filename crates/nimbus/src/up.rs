@@ -176,14 +176,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.objects.clone(), gateway.clone()).await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
     let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
-    let aws_task = aws.map(|bound| {
-        print_aws_banner(&bound);
-        let mut stopped = aws_stopped;
-        let stop = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        tokio::spawn(nimbus_aws::server::serve(bound.listener, bound.port, stop, args.drain))
-    });
+    let aws_task = aws.map(|bound| crate::aws::spawn(bound, aws_stopped, args.drain));
     let shutdown = async move {
         shutdown.await;
         let _ = stop_aws.send(true);
@@ -533,19 +526,6 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path, info: &nimbu
         _ => println!("  process functions run WITHOUT a sandbox (--insecure-no-sandbox)"),
     }
     println!("  process functions' memory_mb is held by {}", info.memory_limits);
-}
-
-fn print_aws_banner(bound: &crate::aws::Bound) {
-    println!(
-        "  S3 and the Invoke API (SigV4) on {}: key pair in {} (profile nimbus)",
-        bound.url,
-        bound.credentials.display()
-    );
-    println!(
-        "    AWS_SHARED_CREDENTIALS_FILE={} AWS_PROFILE=nimbus aws --endpoint-url {} s3 ls",
-        bound.credentials.display(),
-        bound.url
-    );
 }
 
 /// Reuse the token in DATA_DIR/admin.token, or create one (mode 0600).

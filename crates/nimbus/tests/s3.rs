@@ -1,8 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! The AWS port's S3, spoken by unmodified clients: boto3, the `aws` CLI and the AWS SDK for
 //! JavaScript v3 (scripts/test-deps.sh installs them), each given only
 //! `AWS_SHARED_CREDENTIALS_FILE=DATA_DIR/aws-credentials AWS_PROFILE=nimbus` and the endpoint.
 //! And durability: PUTs acknowledged before a `kill -9` are all there, whole, after a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
