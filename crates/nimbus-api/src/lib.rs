@@ -336,6 +336,17 @@ pub struct Purged {
     pub purged: u64,
 }
 
+/// One bucket of `GET /v1/buckets` (object storage; `DELETE /v1/buckets/{name}` answers with
+/// the bucket it deleted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketInfo {
+    pub name: String,
+    pub objects: u64,
+    pub bytes: u64,
+    pub created_ms: u64,
+}
+
 /// `GET /v1/queue`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -81,6 +81,12 @@ pub enum DeployError {
         #[source]
         source: KvError,
     },
+    #[error("cannot create bucket {bucket}: {source}")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: nimbus_core::ObjectError,
+    },
 }
 
 impl DeployError {
@@ -149,6 +155,8 @@ pub struct ControlPlane {
     tokens: ArcSwap<TokenSet>,
     /// One token creation or revocation at a time (each replaces the whole set).
     token_lock: tokio::sync::Mutex<()>,
+    /// Where a deploy creates the buckets its manifest declares (set once at start).
+    objects: std::sync::OnceLock<Arc<dyn nimbus_core::ObjectStore>>,
 }
 
 impl ControlPlane {
@@ -184,7 +192,30 @@ impl ControlPlane {
             lock: tokio::sync::Mutex::new(()),
             tokens: ArcSwap::from_pointee(tokens),
             token_lock: tokio::sync::Mutex::new(()),
+            objects: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The object store deploys create declared buckets in (`[buckets.NAME]`). Without one, a
+    /// deploy records the buckets but creates none (tests of the control plane alone).
+    pub fn set_object_store(&self, store: Arc<dyn nimbus_core::ObjectStore>) {
+        let _ = self.objects.set(store);
+    }
+
+    /// Create the declared buckets that do not exist yet (idempotent; a deploy never deletes
+    /// one: data outlives the deployment that declared it).
+    async fn create_buckets(&self, buckets: &std::collections::BTreeSet<String>) -> Result<(), DeployError> {
+        let Some(store) = self.objects.get() else { return Ok(()) };
+        for bucket in buckets {
+            if store
+                .create_bucket(bucket)
+                .await
+                .map_err(|source| DeployError::Bucket { bucket: bucket.clone(), source })?
+            {
+                tracing::info!(bucket, "created the bucket the manifest declares");
+            }
+        }
+        Ok(())
     }
 
     /// Load what the live deployment needs (compiled wasm components) so that its first
@@ -234,7 +265,7 @@ impl ControlPlane {
             if self.registry.meta(UP_DIGEST).await?.as_deref() == Some(digest.as_str()) {
                 // The namespaces were created when this was deployed; ensuring them again is
                 // cheap and brings back a KV database that was removed.
-                self.create_storage(&live.kv).await?;
+                self.create_storage(&Storage::from(&*live)).await?;
                 return Ok(describe(&live, false));
             }
         }
@@ -251,8 +282,8 @@ impl ControlPlane {
             .collect();
         self.pools.prepare(&pending).await.map_err(DeployError::Refused)?;
         // The declared storage exists before any function of this deployment can run.
-        self.create_storage(&content.kv).await?;
-        let notes = dropped_storage(live.as_deref(), &content.kv);
+        self.create_storage(&Storage { kv: &content.kv, buckets: &content.buckets }).await?;
+        let notes = dropped_storage(live.as_deref(), &content.kv, &content.buckets);
         let body = stored::encode(&content).map_err(DeployError::Encode)?;
         let new = NewDeployment { app: &app, digest: &digest, format_version: stored::FORMAT_VERSION, body: &body };
         let record = self.registry.add_deployment(new, LIVE).await?;
@@ -265,11 +296,11 @@ impl ControlPlane {
     }
 
     /// Create the KV namespaces a deployment declares (those that exist are left as they are).
-    async fn create_storage(&self, kv: &BTreeSet<String>) -> Result<(), DeployError> {
-        for name in kv {
+    async fn create_storage(&self, declared: &Storage<'_>) -> Result<(), DeployError> {
+        for name in declared.kv {
             self.kv.create_namespace(name).await.map_err(|source| DeployError::Kv { name: name.clone(), source })?;
         }
-        Ok(())
+        self.create_buckets(declared.buckets).await
     }
 
     /// Store each function's code; returns the app name, the app's content digest (manifest
@@ -351,10 +382,10 @@ impl Control for ControlPlane {
         if let Some(only) = only {
             within(snap.live.as_deref(), &view, only)?;
         }
-        self.create_storage(&view.kv).await?;
+        self.create_storage(&Storage::from(&*view)).await?;
         self.registry.set_alias(LIVE, target).await?;
         self.activate(view.clone(), None);
-        let notes = dropped_storage(snap.live.as_deref(), &view.kv);
+        let notes = dropped_storage(snap.live.as_deref(), &view.kv, &view.buckets);
         Ok(Deployed { notes, ..describe(&view, Some(target) != current) })
     }
 
@@ -425,22 +456,43 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         schedules: c.schedules,
         pricing: c.pricing,
         kv: c.kv,
+        buckets: c.buckets,
     }
 }
 
 /// A note for each KV namespace the live deployment declares and `next_kv` does not: a deploy
 /// never deletes storage, so it is kept, and the note says how to delete it.
-fn dropped_storage(live: Option<&DeploymentView>, next_kv: &BTreeSet<String>) -> Vec<String> {
+fn dropped_storage(
+    live: Option<&DeploymentView>,
+    next_kv: &BTreeSet<String>,
+    next_buckets: &BTreeSet<String>,
+) -> Vec<String> {
     let Some(live) = live else { return Vec::new() };
-    live.kv
-        .difference(next_kv)
-        .map(|name| {
-            format!(
-                "KV namespace {name} is no longer declared; it is kept with its keys (delete it with \
-                 `nimbus kv rm-namespace {name}`)"
-            )
-        })
-        .collect()
+    let kv = live.kv.difference(next_kv).map(|name| {
+        format!(
+            "KV namespace {name} is no longer declared; it is kept with its keys (delete it with \
+             `nimbus kv rm-namespace {name}`)"
+        )
+    });
+    let buckets = live.buckets.difference(next_buckets).map(|name| {
+        format!(
+            "bucket {name} is no longer declared; it is kept with its objects (delete it with \
+             `nimbus buckets rm {name} --force`)"
+        )
+    });
+    kv.chain(buckets).collect()
+}
+
+/// The storage a deployment declares, for [`ControlPlane::create_storage`].
+struct Storage<'a> {
+    kv: &'a BTreeSet<String>,
+    buckets: &'a BTreeSet<String>,
+}
+
+impl<'a> From<&'a DeploymentView> for Storage<'a> {
+    fn from(v: &'a DeploymentView) -> Self {
+        Storage { kv: &v.kv, buckets: &v.buckets }
+    }
 }
 
 /// Refuse to make `next` live when it changes more than the functions in `only` (see

@@ -24,6 +24,8 @@ pub struct DeploymentView {
     pub pricing: Pricing,
     /// The KV namespaces it declares.
     pub kv: BTreeSet<String>,
+    /// The buckets it declares.
+    pub buckets: BTreeSet<String>,
 }
 
 impl DeploymentView {
@@ -108,6 +110,7 @@ mod tests {
             schedules: Vec::new(),
             pricing: Pricing::default(),
             kv: BTreeSet::new(),
+            buckets: BTreeSet::new(),
         })
     }
 
@@ -138,6 +141,7 @@ mod tests {
             schedules: m.schedules,
             pricing: m.pricing,
             kv: m.kv,
+            buckets: m.buckets,
         }
     }
 

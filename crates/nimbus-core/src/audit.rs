@@ -28,10 +28,12 @@ pub enum AuditAction {
     AuthDenied,
     /// A KV namespace deleted with every key in it (`nimbus kv rm-namespace`).
     KvDeleteNamespace,
+    /// `nimbus buckets rm` (`DELETE /v1/buckets/{name}`).
+    DeleteBucket,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 11] = [
         AuditAction::Deploy,
         AuditAction::Rollback,
         AuditAction::DlqRedrive,
@@ -42,6 +44,7 @@ impl AuditAction {
         AuditAction::AuthFailed,
         AuditAction::AuthDenied,
         AuditAction::KvDeleteNamespace,
+        AuditAction::DeleteBucket,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl AuditAction {
             AuditAction::AuthFailed => "auth.failed",
             AuditAction::AuthDenied => "auth.denied",
             AuditAction::KvDeleteNamespace => "kv.delete-namespace",
+            AuditAction::DeleteBucket => "bucket.delete",
         }
     }
 

@@ -10,6 +10,7 @@ pub mod history;
 pub mod ids;
 pub mod invoke;
 pub mod kv;
+pub mod objects;
 pub mod outbound;
 pub mod policy;
 pub mod queue;
@@ -29,6 +30,7 @@ pub use invoke::{
     InvokeOutcome, InvokeResult, Observed, Observer, Recorder, Trigger,
 };
 pub use kv::{KvError, KvStore};
+pub use objects::{ObjectError, ObjectStore};
 pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
 pub use runtime::{
     Dispatch, FunctionCalls, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError,

@@ -15,6 +15,22 @@ use crate::context::Gateway;
 /// The gateway's answer to function calls; give it to the process runtime once built.
 pub struct Calls(pub Arc<Gateway>);
 
+impl Calls {
+    /// An Invoke API call from the AWS port, whose SigV4 signature the port verified; `functions`
+    /// is what the key may invoke (`None`: anything).
+    pub async fn signed_invoke(
+        &self,
+        key_id: &str,
+        functions: Option<&[String]>,
+        request: http::Request<Bytes>,
+    ) -> http::Response<Bytes> {
+        let resp = crate::invoke_api::signed(&self.0, key_id, functions, request).await;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        http::Response::from_parts(parts, body)
+    }
+}
+
 #[async_trait]
 impl FunctionCalls for Calls {
     async fn call(&self, caller: Arc<FunctionVersion>, request: http::Request<Bytes>) -> http::Response<Bytes> {

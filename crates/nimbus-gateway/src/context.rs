@@ -50,6 +50,8 @@ pub struct Gateway {
     /// Connections open now (`server.rs` holds it under `config.max_connections`).
     pub(crate) connections: AtomicUsize,
     pub(crate) audit: Audit,
+    /// The object store (`/v1/buckets`).
+    pub(crate) objects: Arc<dyn nimbus_core::ObjectStore>,
 }
 
 /// Who a request is, once its credential checked out.
@@ -168,6 +170,8 @@ pub struct Parts {
     pub kv: Arc<dyn KvStore>,
     pub telemetry: Telemetry,
     pub audit: Arc<dyn AuditLog>,
+    /// The object store (`/v1/buckets`).
+    pub objects: Arc<dyn nimbus_core::ObjectStore>,
 }
 
 impl Gateway {
@@ -185,6 +189,7 @@ impl Gateway {
             sessions: Sessions::default(),
             connections: AtomicUsize::new(0),
             audit: Audit::new(parts.audit),
+            objects: parts.objects,
         })
     }
 

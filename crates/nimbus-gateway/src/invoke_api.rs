@@ -173,6 +173,38 @@ async fn invoke(
 /// An Invoke API call a function made from inside its instance: the same contract, allowed only
 /// for the functions its grants name (`[functions.F.grants] functions = [...]`).
 pub(crate) async fn from_function(gw: &Gateway, caller: &FunctionVersion, req: http::Request<Bytes>) -> Resp {
+    let check = |name: &str| if caller.spec.grants.may_invoke(name) { Ok(()) } else { Err(not_granted(caller, name)) };
+    verified(gw, &check, req).await
+}
+
+/// An Invoke API call on the AWS port, whose SigV4 signature the port verified: `functions` is
+/// what the key may invoke (`None`: the admin key, anything).
+pub(crate) async fn signed(
+    gw: &Gateway,
+    key_id: &str,
+    functions: Option<&[String]>,
+    req: http::Request<Bytes>,
+) -> Resp {
+    let check = |name: &str| match functions {
+        Some(allowed) if !allowed.iter().any(|f| f == name) => {
+            tracing::warn!(key_id, target = name, "AWS port: refused an Invoke API call the key's grants do not allow");
+            Err(AwsError::new(
+                StatusCode::FORBIDDEN,
+                "AccessDeniedException",
+                format!("the access key {key_id} may not invoke {name}"),
+            ))
+        }
+        _ => Ok(()),
+    };
+    verified(gw, &check, req).await
+}
+
+/// An Invoke API call whose caller is known; `may_invoke` refuses what it may not call.
+async fn verified(
+    gw: &Gateway,
+    may_invoke: &(dyn Fn(&str) -> Result<(), AwsError> + Sync),
+    req: http::Request<Bytes>,
+) -> Resp {
     let request_id = nimbus_core::ids::new_request_id();
     let answer = async {
         let raw_name = raw_function_name(req.uri().path())?;
@@ -184,9 +216,7 @@ pub(crate) async fn from_function(gw: &Gateway, caller: &FunctionVersion, req: h
             ));
         }
         let call = parse_call(raw_name, req.uri().query(), req.headers())?;
-        if !caller.spec.grants.may_invoke(&call.name) {
-            return Err(not_granted(caller, &call.name));
-        }
+        may_invoke(&call.name)?;
         let function = resolve(gw, &call)?;
         if call.invocation_type == InvocationType::DryRun {
             return Ok(dry_run(&function));

@@ -195,6 +195,8 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         | Endpoint::KvPut
         | Endpoint::KvIncrement
         | Endpoint::KvDelete => Ok(kv(c, req, m).await),
+        Endpoint::Buckets => buckets(gw).await,
+        Endpoint::DeleteBucket => delete_bucket(c, param, q("force").is_some_and(|f| f == "true")).await,
         // Not under /v1: `handle` never routes it here.
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
     }
@@ -230,6 +232,38 @@ async fn kv(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Resp {
         c.gw.metrics.kv_error(e.code);
         e.into_response()
     })
+}
+
+fn bucket_info(b: nimbus_core::objects::BucketInfo) -> api::BucketInfo {
+    api::BucketInfo { name: b.name, objects: b.objects, bytes: b.bytes, created_ms: b.created_ms }
+}
+
+async fn buckets(gw: &Gateway) -> Answer {
+    let list =
+        gw.objects.list_buckets().await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(json(StatusCode::OK, &list.into_iter().map(bucket_info).collect::<Vec<_>>()))
+}
+
+/// Delete a bucket (with `force`, its objects too). Deploys never delete buckets; this does.
+async fn delete_bucket(c: &Caller<'_>, name: &str, force: bool) -> Answer {
+    use nimbus_core::ObjectError;
+    let result: Result<api::BucketInfo, ApiError> = async {
+        let info = c.gw.objects.head_bucket(name).await.ok().flatten();
+        match c.gw.objects.delete_bucket(name, force).await {
+            Ok(true) => {
+                info.map(bucket_info).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the bucket vanished"))
+            }
+            Ok(false) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("there is no bucket {name}; `nimbus buckets ls` lists them"),
+            )),
+            Err(e @ ObjectError::BucketNotEmpty(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+            Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    }
+    .await;
+    c.audit(AuditAction::DeleteBucket, name.to_owned(), &result).await;
+    Ok(json(StatusCode::OK, &result?))
 }
 
 fn limit(q: &impl Fn(&str) -> Option<String>, default: u32) -> u32 {

@@ -41,6 +41,8 @@ pub(crate) enum Endpoint {
     KvPut,
     KvIncrement,
     KvDelete,
+    Buckets,
+    DeleteBucket,
     Invoke,
 }
 
@@ -73,6 +75,8 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("PUT", "/v1/kv/{name}/{key}", Endpoint::KvPut, Scope::Deploy),
     ("POST", "/v1/kv/{name}/{key}", Endpoint::KvIncrement, Scope::Deploy),
     ("DELETE", "/v1/kv/{name}/{key}", Endpoint::KvDelete, Scope::Deploy),
+    ("GET", "/v1/buckets", Endpoint::Buckets, Scope::Read),
+    ("DELETE", "/v1/buckets/{name}", Endpoint::DeleteBucket, Scope::Admin),
     ("POST", "/2015-03-31/functions/{name}/invocations", Endpoint::Invoke, Scope::Invoke),
 ];
 

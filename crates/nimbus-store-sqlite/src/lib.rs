@@ -9,6 +9,7 @@ mod artifacts;
 mod audit;
 mod group;
 mod kv;
+mod objects;
 mod queue;
 mod records;
 mod stats;
@@ -27,6 +28,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub use artifacts::{digest_dir, ArtifactStore};
 pub use kv::KvDb;
+pub use objects::{multipart_etag, ObjectDb};
 pub use queue::QueueDb;
 pub use records::{RecordWriter, USAGE_RETENTION};
 pub use stats::percentile;

@@ -448,3 +448,29 @@ pub async fn dlq(action: crate::DlqAction, remote: Remote) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `nimbus buckets ls|rm`.
+pub async fn buckets(action: crate::BucketsAction, remote: Remote) -> Result<ExitCode> {
+    let client = Client::new(&remote, &here())?;
+    match action {
+        crate::BucketsAction::Ls { json } => {
+            let list: Vec<api::BucketInfo> = client.get("/v1/buckets").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no buckets; declare one as [buckets.NAME] in nimbus.toml and deploy");
+            } else {
+                println!("{:<40} {:>10} {:>14}", "BUCKET", "OBJECTS", "BYTES");
+                for b in &list {
+                    println!("{:<40} {:>10} {:>14}", b.name, b.objects, b.bytes);
+                }
+            }
+        }
+        crate::BucketsAction::Rm { name, force } => {
+            let path = format!("/v1/buckets/{}{}", enc(&name), if force { "?force=true" } else { "" });
+            let b: api::BucketInfo = client.delete(&path).await?;
+            println!("deleted bucket {} ({} objects, {} bytes)", b.name, b.objects, b.bytes);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

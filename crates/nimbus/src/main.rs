@@ -1,6 +1,7 @@
 //! The `nimbus` binary: the CLI, and the only place that names concrete runtimes and stores.
 
 mod access;
+mod aws;
 mod client;
 mod commands;
 mod files;
@@ -129,6 +130,13 @@ enum Command {
     },
     /// Requests, GB-seconds and cost per function, and what always-on servers would cost.
     Usage(UsageArgs),
+    /// List and delete buckets of the object storage (deploys create them, never delete them).
+    Buckets {
+        #[command(subcommand)]
+        action: BucketsAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Create, list and revoke API tokens (needs an admin token).
     Token {
         #[command(subcommand)]
@@ -145,6 +153,23 @@ enum Command {
         action: kv::KvAction,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BucketsAction {
+    /// Every bucket with its object count and size.
+    Ls {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a bucket (needs an admin token).
+    Rm {
+        name: String,
+        /// Delete its objects too (without it, a bucket that holds objects is refused).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -260,6 +285,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Usage(args) => commands::usage(args).await,
             Command::Token { action, remote } => access::token(action, remote).await,
+            Command::Buckets { action, remote } => commands::buckets(action, remote).await,
             Command::Audit(args) => access::audit(args).await,
             Command::Kv { action, remote } => kv::kv(action, remote).await,
             Command::Invocations { function, status, limit, json, remote } => {

@@ -84,6 +84,12 @@ pub struct UpArgs {
     /// shared with other users).
     #[arg(long, value_enum, default_value_t = InvokeAuth::Auto)]
     invoke_auth: InvokeAuth,
+    /// The AWS-compatible port: S3 (path-style and BUCKET.s3.localhost) and the Lambda Invoke
+    /// API, SigV4-verified with the key pair in DATA_DIR/aws-credentials (profile nimbus); `off`
+    /// turns it off. When not given and 127.0.0.1:4566 is taken, the port stays off with a
+    /// warning [default: 127.0.0.1:4566]
+    #[arg(long, value_name = "ADDR")]
+    aws_listen: Option<String>,
 }
 
 /// Whether the Invoke API takes calls without a token: only on a loopback address (every
@@ -168,8 +174,19 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
+    let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.objects.clone(), gateway.clone()).await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
+    let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
+    let aws_task = aws.map(|bound| crate::aws::spawn(bound, aws_stopped, args.drain));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_aws.send(true);
+    };
     nimbus_gateway::serve(listener, gateway.clone(), shutdown, args.drain).await;
+    if let Some(task) = aws_task {
+        let _ = task.await;
+    }
+    let _ = std::fs::remove_file(data_dir.join(crate::aws::URL_FILE));
     gateway.flush_audit().await;
     node.stop(&engine).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
@@ -216,6 +233,8 @@ struct Node {
     info: nimbus_api::Info,
     /// The process instances' limits (their cgroups are removed at stop).
     resources: Arc<Resources>,
+    /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
+    objects: Arc<dyn nimbus_core::ObjectStore>,
 }
 
 impl Node {
@@ -236,13 +255,29 @@ impl Node {
         let kv_store: Arc<dyn KvStore> = kv.clone();
         let control =
             ControlPlane::load(registry, pools, kv_store, data_dir).await.context("cannot load the deployments")?;
+        let objects: Arc<dyn nimbus_core::ObjectStore> =
+            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
+        control.set_object_store(objects.clone());
         // The live deployment's components load in the background while the app is checked.
         tokio::spawn({
             let control = control.clone();
             async move { control.warm().await }
         });
         let info = info(sandbox.as_deref(), &resources);
-        Ok(Node { store, records, metrics, traces, scheduler, control, queue: None, kv, calls, info, resources })
+        Ok(Node {
+            store,
+            records,
+            metrics,
+            traces,
+            scheduler,
+            control,
+            queue: None,
+            kv,
+            calls,
+            info,
+            resources,
+            objects,
+        })
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -278,6 +313,7 @@ impl Node {
             queue: engine,
             kv: self.kv.clone(),
             telemetry: Telemetry { metrics: self.metrics.clone(), records_dropped: self.records.dropped() },
+            objects: self.objects.clone(),
         }
     }
 

@@ -1,0 +1,157 @@
+//! Access keys and what each may touch. Every key maps to a principal: the admin (every bucket,
+//! bucket creation and deletion) or a set of bucket grants (`nimbus_core::Grants`' buckets). The
+//! S3 layer asks [`KeyRing::check`] before every operation; a refusal is S3's `AccessDenied` and
+//! is logged with the key id, the bucket and the operation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use nimbus_core::{Grants, Op};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::{s3_error, S3Result};
+
+/// Who a key acts for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// Everything.
+    Admin,
+    /// Only what these grants allow (their buckets, and the functions the Invoke API may call).
+    Grants(Grants),
+}
+
+impl Principal {
+    /// Whether the principal may do `op` on the objects of `bucket`.
+    pub fn may(&self, bucket: &str, op: Op) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::Grants(g) => g.may_use_bucket(bucket, op),
+        }
+    }
+
+    /// Whether a bucket shows in this principal's ListBuckets.
+    pub fn sees(&self, bucket: &str) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::Grants(g) => g.buckets.contains_key(bucket),
+        }
+    }
+}
+
+struct Key {
+    secret: String,
+    principal: Principal,
+}
+
+/// The keys the AWS port accepts (shared: the runtime adds per-instance keys while it runs).
+#[derive(Clone, Default)]
+pub struct KeyRing {
+    keys: Arc<RwLock<HashMap<String, Key>>>,
+}
+
+impl KeyRing {
+    pub fn new() -> Self {
+        KeyRing::default()
+    }
+
+    /// Accept a key (replacing one with the same id).
+    pub fn insert(&self, id: &str, secret: &str, principal: Principal) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        keys.insert(id.to_owned(), Key { secret: secret.to_owned(), principal });
+    }
+
+    /// Stop accepting a key; whether it was there.
+    pub fn remove(&self, id: &str) -> bool {
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).remove(id).is_some()
+    }
+
+    /// A key's secret, if the key is known.
+    pub fn secret(&self, id: &str) -> Option<String> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(id).map(|k| k.secret.clone())
+    }
+
+    /// A key's principal, if the key is known.
+    pub fn principal(&self, id: &str) -> Option<Principal> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(id).map(|k| k.principal.clone())
+    }
+
+    /// Refuse (and log) an operation the key's principal may not do. `bucket` is `None` for
+    /// operations on the account (ListBuckets); `op` is `None` for operations only the admin
+    /// may do (creating and deleting buckets, bucket configuration).
+    pub fn check(&self, key_id: &str, bucket: Option<&str>, op: Option<Op>, operation: &str) -> S3Result<()> {
+        let allowed = match self.principal(key_id) {
+            None => false,
+            Some(Principal::Admin) => true,
+            Some(p) => match (bucket, op) {
+                (None, Some(Op::Read)) => true,
+                (Some(b), Some(op)) => p.may(b, op),
+                _ => false,
+            },
+        };
+        if allowed {
+            return Ok(());
+        }
+        let bucket = bucket.unwrap_or("");
+        tracing::warn!(key_id, bucket, operation, "AWS port: access denied (the key has no grant for it)");
+        Err(s3_error!(AccessDenied, "the access key {key_id} may not {operation} on bucket \"{bucket}\""))
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for KeyRing {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.secret(access_key) {
+            Some(s) => Ok(SecretKey::from(s)),
+            None => Err(s3_error!(InvalidAccessKeyId, "the access key {access_key} is not one nimbus issued")),
+        }
+    }
+}
+
+/// A fresh key pair in AWS's shapes: a 20-character id starting with `prefix` and a 40-character
+/// secret.
+pub fn generate(prefix: &str) -> (String, String) {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    // Both sets have a power-of-two size, so a byte modulo the size is uniform.
+    let pick = |set: &[u8], n: usize| -> String {
+        let bytes: [u8; 40] = rand::random();
+        bytes.iter().take(n).map(|b| set.get(usize::from(*b) % set.len()).map_or('A', |c| char::from(*c))).collect()
+    };
+    let id = format!("{prefix}{}", pick(UPPER, 20usize.saturating_sub(prefix.len())));
+    let secret = pick(SECRET, 40);
+    (id, secret)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use nimbus_core::Access;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn grants_allow_exactly_what_they_say() {
+        let ring = KeyRing::new();
+        ring.insert("ADMIN", "s", Principal::Admin);
+        let buckets = BTreeMap::from([("r".to_owned(), Access::Read), ("w".to_owned(), Access::Write)]);
+        ring.insert("FN", "s", Principal::Grants(Grants { buckets, ..Grants::default() }));
+        assert!(ring.check("ADMIN", Some("any"), None, "CreateBucket").is_ok());
+        assert!(ring.check("FN", Some("r"), Some(Op::Read), "GetObject").is_ok());
+        assert!(ring.check("FN", Some("r"), Some(Op::Write), "PutObject").is_err());
+        assert!(ring.check("FN", Some("w"), Some(Op::Write), "PutObject").is_ok());
+        assert!(ring.check("FN", Some("other"), Some(Op::Read), "GetObject").is_err());
+        assert!(ring.check("FN", Some("r"), None, "DeleteBucket").is_err());
+        assert!(ring.check("FN", None, Some(Op::Read), "ListBuckets").is_ok());
+        assert!(ring.check("NOPE", Some("r"), Some(Op::Read), "GetObject").is_err());
+        assert!(ring.remove("FN"));
+        assert!(ring.check("FN", Some("r"), Some(Op::Read), "GetObject").is_err());
+    }
+
+    #[test]
+    fn generated_keys_have_aws_shapes() {
+        let (id, secret) = generate("NIMB");
+        assert_eq!(id.len(), 20);
+        assert!(id.starts_with("NIMB"));
+        assert_eq!(secret.len(), 40);
+        assert_ne!(generate("NIMB"), (id, secret));
+    }
+}

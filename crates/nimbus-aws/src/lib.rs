@@ -1,0 +1,17 @@
+//! The AWS-compatible port (`nimbus up --aws-listen`, default `127.0.0.1:4566`): S3 over the
+//! [`nimbus_core::ObjectStore`] seam, and the Lambda Invoke API again, so `AWS_ENDPOINT_URL`
+//! alone points every SDK client at nimbus, as LocalStack and fakecloud do.
+//!
+//! The S3 protocol (routing, XML bodies and errors, SigV4 in header and presigned forms,
+//! `aws-chunked` streaming bodies with their chunk signatures and trailers) is the `s3s` crate's:
+//! hand-writing it would re-derive years of SDK quirks. This crate supplies the operations
+//! ([`s3::S3Api`]), the keys and what each may touch ([`keys`]), and the listener ([`server`]).
+
+pub mod credentials;
+pub mod keys;
+pub mod s3;
+pub mod server;
+pub mod sigv4;
+
+pub use keys::{KeyRing, Principal};
+pub use s3::S3Api;

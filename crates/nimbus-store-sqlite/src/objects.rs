@@ -1,0 +1,1215 @@
+//! The embedded object store: bytes in files under `DATA_DIR/objects/data/`, metadata in
+//! `DATA_DIR/objects.db` (its own SQLite file, WAL, `synchronous=FULL`, so its fsyncs never
+//! queue behind the registry's or the queue's).
+//!
+//! Durability order of every PUT (put, copy, complete multipart, upload part): the body goes to
+//! `objects/tmp/ID`, is fsynced, renamed to `objects/data/ID`, the directory is fsynced, and only
+//! then is the metadata row committed; the PUT is acknowledged after the commit. So an
+//! acknowledged PUT survives `kill -9` (its row and its file are on disk), and a PUT cut short
+//! is never visible (no row points at its file). Files are never rewritten: an overwrite writes a
+//! new file and commits the row that points at it, then unlinks the old one, so readers holding
+//! the old file keep reading it. At start, `tmp/` is emptied and files in `data/` that no row
+//! names (a crash between rename and commit, or between commit and unlink) are deleted.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use nimbus_core::objects::{
+    check_key, BucketInfo, ByteRange, ByteStream, Checksum, ChecksumAlgorithm, Expected, ListPage, ListQuery,
+    ObjectBody, ObjectError, ObjectHeaders, ObjectMeta, ObjectStore, PartInfo, PutOptions, UploadInfo, MAX_LIST_KEYS,
+    MAX_PART_NUMBER, MIN_PART_BYTES,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::open_connection;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    file TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    modified_ms INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    checksum_alg TEXT,
+    checksum TEXT,
+    parts INTEGER,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    headers TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    modified_ms INTEGER NOT NULL,
+    checksum_alg TEXT,
+    checksum TEXT,
+    PRIMARY KEY (upload_id, number)
+) WITHOUT ROWID;
+";
+
+const OBJECT_COLUMNS: &str = "key, size, etag, modified_ms, headers, checksum_alg, checksum, parts";
+
+/// The embedded object store (see the module documentation).
+#[derive(Clone)]
+pub struct ObjectDb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    data: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A body written to `tmp/` and checked, not yet installed.
+struct Written {
+    id: String,
+    size: u64,
+    md5: [u8; 16],
+    checksum: Option<Checksum>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn sql(action: &'static str) -> impl Fn(rusqlite::Error) -> ObjectError {
+    move |e| ObjectError::backend(action, e)
+}
+
+fn io(action: &'static str) -> impl Fn(std::io::Error) -> ObjectError {
+    move |e| ObjectError::backend(action, e)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl ObjectDb {
+    /// Open (or create) the store under `data_dir`, and clean what a crash left behind.
+    pub fn open(data_dir: &Path) -> crate::Result<ObjectDb> {
+        let root = data_dir.join("objects");
+        let data = root.join("data");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(&tmp)?;
+        let conn = open_connection(&data_dir.join("objects.db"))?;
+        conn.execute_batch(SCHEMA)?;
+        let db = ObjectDb { inner: Arc::new(Inner { conn: Mutex::new(conn), data, tmp }) };
+        db.sweep()?;
+        Ok(db)
+    }
+
+    /// Delete temp files and data files no row names.
+    fn sweep(&self) -> crate::Result<usize> {
+        for entry in std::fs::read_dir(&self.inner.tmp)? {
+            std::fs::remove_file(entry?.path())?;
+        }
+        let referenced: HashSet<String> = {
+            let conn = self.inner.conn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stmt = conn.prepare("SELECT file FROM objects UNION ALL SELECT file FROM parts")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.inner.data)? {
+            let entry = entry?;
+            if !referenced.contains(entry.file_name().to_string_lossy().as_ref()) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "object store: deleted files a crash left unreferenced");
+        }
+        Ok(removed)
+    }
+
+    /// Run `f` on the connection off the async threads.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, ObjectError> + Send + 'static,
+    ) -> Result<T, ObjectError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| ObjectError::backend("run a database task", e))?
+    }
+
+    fn data_path(&self, id: &str) -> PathBuf {
+        self.inner.data.join(id)
+    }
+
+    /// Write a body to `tmp/`, fsync it and check it against what the client declared.
+    async fn write_body(&self, mut body: ByteStream, opts: &PutOptions) -> Result<Written, ObjectError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let path = self.inner.tmp.join(&id);
+        let result = self.write_file(&path, &mut body, opts).await;
+        match result {
+            Ok((size, md5, checksum)) => Ok(Written { id, size, md5, checksum }),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_file(
+        &self,
+        path: &Path,
+        body: &mut ByteStream,
+        opts: &PutOptions,
+    ) -> Result<(u64, [u8; 16], Option<Checksum>), ObjectError> {
+        let mut file = tokio::fs::File::create(path).await.map_err(io("create a temp file"))?;
+        let mut hasher = Hasher::new(opts.checksum.as_ref().map(|(a, _)| *a));
+        let mut size = 0u64;
+        while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+            let chunk = chunk.map_err(ObjectError::Body)?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io("write an object"))?;
+        }
+        file.sync_all().await.map_err(io("fsync an object"))?;
+        if let Some(declared) = opts.content_length {
+            if declared != size {
+                return Err(ObjectError::IncompleteBody { declared, actual: size });
+            }
+        }
+        let (md5, checksum) = hasher.finish();
+        if let Some(want) = &opts.content_md5 {
+            if *want != base64::engine::general_purpose::STANDARD.encode(md5) {
+                return Err(ObjectError::BadDigest("Content-MD5"));
+            }
+        }
+        check_expected(opts, checksum.as_ref())?;
+        Ok((size, md5, checksum))
+    }
+
+    /// Move a written body into `data/` and make the rename durable.
+    async fn install(&self, w: &Written) -> Result<(), ObjectError> {
+        let from = self.inner.tmp.join(&w.id);
+        let to = self.data_path(&w.id);
+        tokio::fs::rename(&from, &to).await.map_err(io("install an object"))?;
+        let dir = self.inner.data.clone();
+        tokio::task::spawn_blocking(move || fsync_dir(&dir))
+            .await
+            .map_err(|e| ObjectError::backend("fsync the object directory", e))?
+            .map_err(io("fsync the object directory"))
+    }
+
+    /// Unlink files no row names any more (best effort: the start-up sweep catches the rest).
+    async fn unlink(&self, files: Vec<String>) {
+        for f in files {
+            if let Err(e) = tokio::fs::remove_file(self.data_path(&f)).await {
+                tracing::warn!(file = %f, error = %e, "object store: could not delete a replaced file");
+            }
+        }
+    }
+
+    /// Install a written body and commit `commit` (which returns the files it replaced); on a
+    /// failed commit the new file goes.
+    async fn install_and_commit<T: Send + 'static>(
+        &self,
+        w: &Written,
+        commit: impl FnOnce(&mut Connection) -> Result<(T, Vec<String>), ObjectError> + Send + 'static,
+    ) -> Result<T, ObjectError> {
+        if let Err(e) = self.install(w).await {
+            let _ = tokio::fs::remove_file(self.inner.tmp.join(&w.id)).await;
+            return Err(e);
+        }
+        match self.db(commit).await {
+            Ok((value, replaced)) => {
+                self.unlink(replaced).await;
+                Ok(value)
+            }
+            Err(e) => {
+                self.unlink(vec![w.id.clone()]).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Open an object's file at `start` (retrying when an overwrite unlinked it in between).
+    async fn open_object(&self, bucket: &str, key: &str) -> Result<(ObjectMeta, tokio::fs::File), ObjectError> {
+        for _ in 0..3 {
+            let (meta, file) = self.object_row(bucket, key).await?;
+            match tokio::fs::File::open(self.data_path(&file)).await {
+                Ok(f) => return Ok((meta, f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ObjectError::backend("open an object", e)),
+            }
+        }
+        Err(ObjectError::backend("open an object", std::io::Error::other("it was replaced three times while opening")))
+    }
+
+    async fn object_row(&self, bucket: &str, key: &str) -> Result<(ObjectMeta, String), ObjectError> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        self.db(move |c| {
+            bucket_must_exist(c, &b)?;
+            let sql_text = format!("SELECT {OBJECT_COLUMNS}, file FROM objects WHERE bucket = ?1 AND key = ?2");
+            c.query_row(&sql_text, params![b, k], |r| Ok((meta_from_row(r)?, r.get::<_, String>(8)?)))
+                .optional()
+                .map_err(sql("read an object"))?
+                .ok_or_else(|| ObjectError::NoSuchKey(b.clone(), k.clone()))
+        })
+        .await
+    }
+
+    fn upload_must_exist(c: &Connection, bucket: &str, key: &str, upload_id: &str) -> Result<String, ObjectError> {
+        c.query_row(
+            "SELECT headers FROM uploads WHERE id = ?1 AND bucket = ?2 AND key = ?3",
+            params![upload_id, bucket, key],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(sql("read an upload"))?
+        .ok_or_else(|| ObjectError::NoSuchUpload(upload_id.to_owned()))
+    }
+}
+
+fn check_expected(opts: &PutOptions, got: Option<&Checksum>) -> Result<(), ObjectError> {
+    let Some((alg, Some(expected))) = &opts.checksum else { return Ok(()) };
+    let want = match expected {
+        Expected::Value(v) => Some(v.clone()),
+        Expected::AfterBody(f) => f(),
+    };
+    match (want, got) {
+        (Some(w), Some(g)) if w != g.value => Err(ObjectError::BadDigest(alg.as_str())),
+        _ => Ok(()),
+    }
+}
+
+fn bucket_must_exist(c: &Connection, bucket: &str) -> Result<(), ObjectError> {
+    let found: Option<i64> = c
+        .query_row("SELECT 1 FROM buckets WHERE name = ?1", [bucket], |r| r.get(0))
+        .optional()
+        .map_err(sql("read a bucket"))?;
+    found.map(|_| ()).ok_or_else(|| ObjectError::NoSuchBucket(bucket.to_owned()))
+}
+
+fn meta_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectMeta> {
+    let headers: String = r.get(4)?;
+    let alg: Option<String> = r.get(5)?;
+    let value: Option<String> = r.get(6)?;
+    let checksum = match (alg.as_deref().and_then(ChecksumAlgorithm::parse), value) {
+        (Some(algorithm), Some(value)) => Some(Checksum { algorithm, value }),
+        _ => None,
+    };
+    Ok(ObjectMeta {
+        key: r.get(0)?,
+        size: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+        etag: r.get(2)?,
+        last_modified_ms: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
+        headers: headers_from_json(&headers),
+        checksum,
+        parts: r.get::<_, Option<i64>>(7)?.and_then(|n| u32::try_from(n).ok()),
+    })
+}
+
+/// How `objects.headers` stores an object's headers (a JSON object).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+struct StoredHeaders {
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    cache_control: Option<String>,
+    expires: Option<String>,
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+fn headers_json(h: &ObjectHeaders) -> String {
+    let stored = StoredHeaders {
+        content_type: h.content_type.clone(),
+        content_encoding: h.content_encoding.clone(),
+        content_disposition: h.content_disposition.clone(),
+        content_language: h.content_language.clone(),
+        cache_control: h.cache_control.clone(),
+        expires: h.expires.clone(),
+        metadata: h.metadata.clone(),
+    };
+    serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into())
+}
+
+fn headers_from_json(s: &str) -> ObjectHeaders {
+    let h: StoredHeaders = serde_json::from_str(s).unwrap_or_default();
+    ObjectHeaders {
+        content_type: h.content_type,
+        content_encoding: h.content_encoding,
+        content_disposition: h.content_disposition,
+        content_language: h.content_language,
+        cache_control: h.cache_control,
+        expires: h.expires,
+        metadata: h.metadata,
+    }
+}
+
+/// Insert or replace an object row; returns the file it replaced, if any.
+fn upsert_object(
+    tx: &rusqlite::Transaction<'_>,
+    bucket: &str,
+    meta: &ObjectMeta,
+    file: &str,
+) -> Result<Vec<String>, ObjectError> {
+    bucket_must_exist(tx, bucket)?;
+    let old: Option<String> = tx
+        .query_row("SELECT file FROM objects WHERE bucket = ?1 AND key = ?2", params![bucket, meta.key], |r| r.get(0))
+        .optional()
+        .map_err(sql("read an object"))?;
+    tx.execute(
+        "INSERT OR REPLACE INTO objects (bucket, key, file, size, etag, modified_ms, headers, checksum_alg, checksum, parts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            bucket,
+            meta.key,
+            file,
+            to_i64(meta.size),
+            meta.etag,
+            to_i64(meta.last_modified_ms),
+            headers_json(&meta.headers),
+            meta.checksum.as_ref().map(|c| c.algorithm.as_str()),
+            meta.checksum.as_ref().map(|c| c.value.clone()),
+            meta.parts,
+        ],
+    )
+    .map_err(sql("store an object"))?;
+    Ok(old.into_iter().collect())
+}
+
+/// MD5 always, and the checksum the client asked for.
+struct Hasher {
+    md5: md5::Md5,
+    extra: Option<Extra>,
+}
+
+enum Extra {
+    Crc(ChecksumAlgorithm, crc_fast::Digest),
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    fn new(alg: Option<ChecksumAlgorithm>) -> Self {
+        use sha2::Digest as _;
+        let extra = alg.map(|a| match a {
+            ChecksumAlgorithm::Crc32 => Extra::Crc(a, crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc)),
+            ChecksumAlgorithm::Crc32c => Extra::Crc(a, crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi)),
+            ChecksumAlgorithm::Sha256 => Extra::Sha256(sha2::Sha256::new()),
+        });
+        Hasher { md5: <md5::Md5 as md5::Digest>::new(), extra }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        md5::Digest::update(&mut self.md5, data);
+        match &mut self.extra {
+            Some(Extra::Crc(_, d)) => d.update(data),
+            Some(Extra::Sha256(d)) => d.update(data),
+            None => {}
+        }
+    }
+
+    fn finish(self) -> ([u8; 16], Option<Checksum>) {
+        use sha2::Digest as _;
+        let md5: [u8; 16] = md5::Digest::finalize(self.md5).into();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let checksum = self.extra.map(|e| match e {
+            Extra::Crc(algorithm, d) => {
+                let v = u32::try_from(d.finalize() & 0xffff_ffff).unwrap_or(0);
+                Checksum { algorithm, value: b64.encode(v.to_be_bytes()) }
+            }
+            Extra::Sha256(d) => Checksum { algorithm: ChecksumAlgorithm::Sha256, value: b64.encode(d.finalize()) },
+        });
+        (md5, checksum)
+    }
+}
+
+/// The ETag of a multipart object: the MD5 of the parts' binary MD5s, then `-N`.
+pub fn multipart_etag(part_etags: &[String]) -> String {
+    let mut h = <md5::Md5 as md5::Digest>::new();
+    for e in part_etags {
+        let raw = hex::decode(e.trim_matches('"')).unwrap_or_default();
+        md5::Digest::update(&mut h, &raw);
+    }
+    let digest: [u8; 16] = md5::Digest::finalize(h).into();
+    format!("{}-{}", hex::encode(digest), part_etags.len())
+}
+
+#[async_trait]
+impl ObjectStore for ObjectDb {
+    async fn create_bucket(&self, bucket: &str) -> Result<bool, ObjectError> {
+        let b = bucket.to_owned();
+        self.db(move |c| {
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO buckets (name, created_ms) VALUES (?1, ?2)",
+                    params![b, to_i64(now_ms())],
+                )
+                .map_err(sql("create a bucket"))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_bucket(&self, bucket: &str, force: bool) -> Result<bool, ObjectError> {
+        let b = bucket.to_owned();
+        let files = self.db(move |c| delete_bucket_rows(c, &b, force)).await?;
+        let Some(files) = files else { return Ok(false) };
+        self.unlink(files).await;
+        Ok(true)
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> Result<Option<BucketInfo>, ObjectError> {
+        let b = bucket.to_owned();
+        self.db(move |c| {
+            let mut all = bucket_infos(c, Some(&b))?;
+            Ok(all.pop())
+        })
+        .await
+    }
+
+    async fn list_buckets(&self) -> Result<Vec<BucketInfo>, ObjectError> {
+        self.db(|c| bucket_infos(c, None)).await
+    }
+
+    async fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta, ObjectError> {
+        check_key(key)?;
+        // Refuse early for a missing bucket, before reading a body nobody will keep.
+        let b = bucket.to_owned();
+        self.db(move |c| bucket_must_exist(c, &b)).await?;
+        let w = self.write_body(body, &opts).await?;
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size: w.size,
+            etag: hex::encode(w.md5),
+            last_modified_ms: now_ms(),
+            headers: opts.headers,
+            checksum: w.checksum.clone(),
+            parts: None,
+        };
+        self.commit_object(bucket, meta, &w).await
+    }
+
+    async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
+        let (meta, mut file) = self.open_object(bucket, key).await?;
+        let (start, end) = match range {
+            None => (0, meta.size),
+            Some(r) => r.resolve(meta.size).ok_or(ObjectError::InvalidRange(meta.size))?,
+        };
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await.map_err(io("seek in an object"))?;
+        }
+        let body: ByteStream =
+            Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024));
+        Ok(ObjectBody { meta, start, end, body })
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, ObjectError> {
+        Ok(self.object_row(bucket, key).await?.0)
+    }
+
+    async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let old = self
+            .db(move |c| {
+                bucket_must_exist(c, &b)?;
+                c.query_row("DELETE FROM objects WHERE bucket = ?1 AND key = ?2 RETURNING file", params![b, k], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()
+                .map_err(sql("delete an object"))
+            })
+            .await?;
+        let existed = old.is_some();
+        self.unlink(old.into_iter().collect()).await;
+        Ok(existed)
+    }
+
+    async fn copy_object(
+        &self,
+        src_bucket: &str,
+        src_key: &str,
+        dst_bucket: &str,
+        dst_key: &str,
+        headers: Option<ObjectHeaders>,
+    ) -> Result<ObjectMeta, ObjectError> {
+        check_key(dst_key)?;
+        let src = self.get_object(src_bucket, src_key, None).await?;
+        let opts =
+            PutOptions { checksum: src.meta.checksum.as_ref().map(|c| (c.algorithm, None)), ..PutOptions::default() };
+        let w = self.write_body(src.body, &opts).await?;
+        let meta = ObjectMeta {
+            key: dst_key.to_owned(),
+            size: w.size,
+            etag: hex::encode(w.md5),
+            last_modified_ms: now_ms(),
+            headers: headers.unwrap_or(src.meta.headers),
+            checksum: w.checksum.clone(),
+            parts: None,
+        };
+        self.commit_object(dst_bucket, meta, &w).await
+    }
+
+    async fn list_objects(&self, bucket: &str, query: &ListQuery) -> Result<ListPage, ObjectError> {
+        let (b, q) = (bucket.to_owned(), query.clone());
+        self.db(move |c| {
+            bucket_must_exist(c, &b)?;
+            list_page(c, &b, &q)
+        })
+        .await
+    }
+
+    async fn create_upload(&self, bucket: &str, key: &str, opts: PutOptions) -> Result<UploadInfo, ObjectError> {
+        check_key(key)?;
+        let info = UploadInfo {
+            upload_id: uuid::Uuid::new_v4().simple().to_string(),
+            key: key.to_owned(),
+            initiated_ms: now_ms(),
+        };
+        let (b, i, h) = (bucket.to_owned(), info.clone(), headers_json(&opts.headers));
+        self.db(move |c| {
+            bucket_must_exist(c, &b)?;
+            c.execute(
+                "INSERT INTO uploads (id, bucket, key, created_ms, headers) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![i.upload_id, b, i.key, to_i64(i.initiated_ms), h],
+            )
+            .map_err(sql("create an upload"))
+        })
+        .await?;
+        Ok(info)
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<PartInfo, ObjectError> {
+        if part_number == 0 || part_number > MAX_PART_NUMBER {
+            return Err(ObjectError::InvalidPartNumber(part_number));
+        }
+        let (b, k, u) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        self.db(move |c| Self::upload_must_exist(c, &b, &k, &u).map(|_| ())).await?;
+        let w = self.write_body(body, &opts).await?;
+        let part = PartInfo {
+            part_number,
+            size: w.size,
+            etag: hex::encode(w.md5),
+            last_modified_ms: now_ms(),
+            checksum: w.checksum.clone(),
+        };
+        let (b, k, u, p, file) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned(), part.clone(), w.id.clone());
+        self.install_and_commit(&w, move |c| {
+            let tx = c.transaction().map_err(sql("store a part"))?;
+            Self::upload_must_exist(&tx, &b, &k, &u)?;
+            let old = insert_part(&tx, &u, &p, &file)?;
+            tx.commit().map_err(sql("store a part"))?;
+            Ok(((), old))
+        })
+        .await?;
+        Ok(part)
+    }
+
+    async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<PartInfo>, ObjectError> {
+        let (b, k, u) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        self.db(move |c| {
+            Self::upload_must_exist(c, &b, &k, &u)?;
+            Ok(parts_of(c, &u)?.into_iter().map(|(p, _)| p).collect())
+        })
+        .await
+    }
+
+    async fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<ObjectMeta, ObjectError> {
+        let (b, k, u) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        let (headers, stored) = self
+            .db(move |c| {
+                let headers = Self::upload_must_exist(c, &b, &k, &u)?;
+                Ok((headers, parts_of(c, &u)?))
+            })
+            .await?;
+        let chosen = choose_parts(parts, &stored)?;
+        let w = self.concat_parts(&chosen).await?;
+        let etags: Vec<String> = chosen.iter().map(|(p, _)| p.etag.clone()).collect();
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size: w.size,
+            etag: multipart_etag(&etags),
+            last_modified_ms: now_ms(),
+            headers: headers_from_json(&headers),
+            checksum: None,
+            parts: u32::try_from(chosen.len()).ok(),
+        };
+        let (b, u, file, m) = (bucket.to_owned(), upload_id.to_owned(), w.id.clone(), meta.clone());
+        self.install_and_commit(&w, move |c| {
+            let tx = c.transaction().map_err(sql("complete an upload"))?;
+            let mut replaced = drop_upload(&tx, &u)?;
+            replaced.extend(upsert_object(&tx, &b, &m, &file)?);
+            tx.commit().map_err(sql("complete an upload"))?;
+            Ok(((), replaced))
+        })
+        .await?;
+        Ok(meta)
+    }
+
+    async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), ObjectError> {
+        let (b, k, u) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        let files = self
+            .db(move |c| {
+                let tx = c.transaction().map_err(sql("abort an upload"))?;
+                Self::upload_must_exist(&tx, &b, &k, &u)?;
+                let files = drop_upload(&tx, &u)?;
+                tx.commit().map_err(sql("abort an upload"))?;
+                Ok(files)
+            })
+            .await?;
+        self.unlink(files).await;
+        Ok(())
+    }
+
+    async fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<UploadInfo>, ObjectError> {
+        let (b, p) = (bucket.to_owned(), prefix.to_owned());
+        self.db(move |c| {
+            bucket_must_exist(c, &b)?;
+            let mut stmt = c
+                .prepare(
+                    "SELECT id, key, created_ms FROM uploads WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2
+                     ORDER BY key, created_ms",
+                )
+                .map_err(sql("list uploads"))?;
+            let rows = stmt
+                .query_map(params![b, p], |r| {
+                    Ok(UploadInfo {
+                        upload_id: r.get(0)?,
+                        key: r.get(1)?,
+                        initiated_ms: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                    })
+                })
+                .map_err(sql("list uploads"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list uploads"))
+        })
+        .await
+    }
+}
+
+impl ObjectDb {
+    async fn commit_object(&self, bucket: &str, meta: ObjectMeta, w: &Written) -> Result<ObjectMeta, ObjectError> {
+        let (b, m, file) = (bucket.to_owned(), meta.clone(), w.id.clone());
+        self.install_and_commit(w, move |c| {
+            let tx = c.transaction().map_err(sql("store an object"))?;
+            let replaced = upsert_object(&tx, &b, &m, &file)?;
+            tx.commit().map_err(sql("store an object"))?;
+            Ok(((), replaced))
+        })
+        .await?;
+        Ok(meta)
+    }
+
+    /// Join part files into one new written body.
+    async fn concat_parts(&self, parts: &[(PartInfo, String)]) -> Result<Written, ObjectError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let path = self.inner.tmp.join(&id);
+        let result = async {
+            let mut out = tokio::fs::File::create(&path).await.map_err(io("create a temp file"))?;
+            let mut size = 0u64;
+            for (_, file) in parts {
+                let mut f = tokio::fs::File::open(self.data_path(file)).await.map_err(io("open a part"))?;
+                size += tokio::io::copy(&mut f, &mut out).await.map_err(io("join parts"))?;
+            }
+            out.sync_all().await.map_err(io("fsync an object"))?;
+            Ok(size)
+        }
+        .await;
+        match result {
+            Ok(size) => Ok(Written { id, size, md5: [0; 16], checksum: None }),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Match the parts the client lists against the stored ones, checking order, ETags and sizes.
+fn choose_parts(
+    listed: &[(u32, String)],
+    stored: &[(PartInfo, String)],
+) -> Result<Vec<(PartInfo, String)>, ObjectError> {
+    if listed.is_empty() {
+        return Err(ObjectError::InvalidPart(0));
+    }
+    let mut chosen = Vec::with_capacity(listed.len());
+    let mut last = 0u32;
+    for (number, etag) in listed {
+        if *number <= last {
+            return Err(ObjectError::InvalidPartOrder);
+        }
+        last = *number;
+        let found = stored
+            .iter()
+            .find(|(p, _)| p.part_number == *number && p.etag == etag.trim_matches('"'))
+            .ok_or(ObjectError::InvalidPart(*number))?;
+        chosen.push(found.clone());
+    }
+    let count = chosen.len();
+    for (i, (p, _)) in chosen.iter().enumerate() {
+        if i + 1 < count && p.size < MIN_PART_BYTES {
+            return Err(ObjectError::EntityTooSmall(p.part_number, p.size));
+        }
+    }
+    Ok(chosen)
+}
+
+fn insert_part(
+    tx: &rusqlite::Transaction<'_>,
+    upload_id: &str,
+    p: &PartInfo,
+    file: &str,
+) -> Result<Vec<String>, ObjectError> {
+    let old: Option<String> = tx
+        .query_row(
+            "SELECT file FROM parts WHERE upload_id = ?1 AND number = ?2",
+            params![upload_id, p.part_number],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql("read a part"))?;
+    tx.execute(
+        "INSERT OR REPLACE INTO parts (upload_id, number, file, size, etag, modified_ms, checksum_alg, checksum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            upload_id,
+            p.part_number,
+            file,
+            to_i64(p.size),
+            p.etag,
+            to_i64(p.last_modified_ms),
+            p.checksum.as_ref().map(|c| c.algorithm.as_str()),
+            p.checksum.as_ref().map(|c| c.value.clone()),
+        ],
+    )
+    .map_err(sql("store a part"))?;
+    Ok(old.into_iter().collect())
+}
+
+/// The stored parts of an upload with their files, by number.
+fn parts_of(c: &Connection, upload_id: &str) -> Result<Vec<(PartInfo, String)>, ObjectError> {
+    let mut stmt = c
+        .prepare(
+            "SELECT number, size, etag, modified_ms, checksum_alg, checksum, file FROM parts
+             WHERE upload_id = ?1 ORDER BY number",
+        )
+        .map_err(sql("list parts"))?;
+    let rows = stmt
+        .query_map([upload_id], |r| {
+            let alg: Option<String> = r.get(4)?;
+            let value: Option<String> = r.get(5)?;
+            let checksum = match (alg.as_deref().and_then(ChecksumAlgorithm::parse), value) {
+                (Some(algorithm), Some(value)) => Some(Checksum { algorithm, value }),
+                _ => None,
+            };
+            let part = PartInfo {
+                part_number: r.get(0)?,
+                size: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                etag: r.get(2)?,
+                last_modified_ms: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
+                checksum,
+            };
+            Ok((part, r.get::<_, String>(6)?))
+        })
+        .map_err(sql("list parts"))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list parts"))
+}
+
+/// Delete an upload's rows; returns its part files.
+fn drop_upload(tx: &rusqlite::Transaction<'_>, upload_id: &str) -> Result<Vec<String>, ObjectError> {
+    let files = parts_of(tx, upload_id)?.into_iter().map(|(_, f)| f).collect();
+    tx.execute("DELETE FROM parts WHERE upload_id = ?1", [upload_id]).map_err(sql("drop an upload"))?;
+    tx.execute("DELETE FROM uploads WHERE id = ?1", [upload_id]).map_err(sql("drop an upload"))?;
+    Ok(files)
+}
+
+/// Delete a bucket's rows; `None` when it did not exist, else the files to unlink.
+fn delete_bucket_rows(c: &mut Connection, bucket: &str, force: bool) -> Result<Option<Vec<String>>, ObjectError> {
+    let tx = c.transaction().map_err(sql("delete a bucket"))?;
+    if bucket_must_exist(&tx, bucket).is_err() {
+        return Ok(None);
+    }
+    let used: i64 = tx
+        .query_row(
+            "SELECT (SELECT count(*) FROM objects WHERE bucket = ?1) + (SELECT count(*) FROM uploads WHERE bucket = ?1)",
+            [bucket],
+            |r| r.get(0),
+        )
+        .map_err(sql("delete a bucket"))?;
+    if used > 0 && !force {
+        return Err(ObjectError::BucketNotEmpty(bucket.to_owned()));
+    }
+    let mut files: Vec<String> = {
+        let mut stmt = tx
+            .prepare("SELECT file FROM objects WHERE bucket = ?1 UNION ALL SELECT p.file FROM parts p JOIN uploads u ON u.id = p.upload_id WHERE u.bucket = ?1")
+            .map_err(sql("delete a bucket"))?;
+        let rows = stmt.query_map([bucket], |r| r.get::<_, String>(0)).map_err(sql("delete a bucket"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql("delete a bucket"))?
+    };
+    files.sort();
+    tx.execute("DELETE FROM parts WHERE upload_id IN (SELECT id FROM uploads WHERE bucket = ?1)", [bucket])
+        .map_err(sql("delete a bucket"))?;
+    tx.execute("DELETE FROM uploads WHERE bucket = ?1", [bucket]).map_err(sql("delete a bucket"))?;
+    tx.execute("DELETE FROM objects WHERE bucket = ?1", [bucket]).map_err(sql("delete a bucket"))?;
+    tx.execute("DELETE FROM buckets WHERE name = ?1", [bucket]).map_err(sql("delete a bucket"))?;
+    tx.commit().map_err(sql("delete a bucket"))?;
+    Ok(Some(files))
+}
+
+fn bucket_infos(c: &Connection, only: Option<&str>) -> Result<Vec<BucketInfo>, ObjectError> {
+    let mut stmt = c
+        .prepare(
+            "SELECT b.name, b.created_ms, count(o.key), coalesce(sum(o.size), 0)
+             FROM buckets b LEFT JOIN objects o ON o.bucket = b.name
+             WHERE ?1 IS NULL OR b.name = ?1 GROUP BY b.name ORDER BY b.name",
+        )
+        .map_err(sql("list buckets"))?;
+    let rows = stmt
+        .query_map([only], |r| {
+            Ok(BucketInfo {
+                name: r.get(0)?,
+                created_ms: r.get::<_, i64>(1)?.try_into().unwrap_or(0),
+                objects: r.get::<_, i64>(2)?.try_into().unwrap_or(0),
+                bytes: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
+            })
+        })
+        .map_err(sql("list buckets"))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list buckets"))
+}
+
+/// The smallest string greater than every string that starts with `prefix` (for skipping a
+/// common prefix): keys are UTF-8, and no UTF-8 sequence sorts after U+10FFFF's.
+fn past_prefix(prefix: &str) -> String {
+    format!("{prefix}{}", char::MAX)
+}
+
+/// Where a delimiter rolls `key` up: the common prefix it belongs to, if any.
+fn common_prefix<'k>(key: &'k str, prefix: &str, delimiter: Option<&str>) -> Option<&'k str> {
+    let d = delimiter.filter(|d| !d.is_empty())?;
+    let rest = key.get(prefix.len()..)?;
+    let at = rest.find(d)?;
+    key.get(..prefix.len() + at + d.len())
+}
+
+/// One page of a listing: walks keys in order from the cursor, rolling up common prefixes and
+/// jumping past each one, so a page costs at most `max_keys` queries.
+fn list_page(c: &Connection, bucket: &str, q: &ListQuery) -> Result<ListPage, ObjectError> {
+    let max = q.max_keys.clamp(1, MAX_LIST_KEYS);
+    let delimiter = q.delimiter.as_deref();
+    // A cursor inside a common prefix means that prefix was already returned: skip past it.
+    let mut cursor = match q.after.as_deref() {
+        Some(a) => match common_prefix(a, &q.prefix, delimiter) {
+            Some(cp) if a.starts_with(q.prefix.as_str()) => past_prefix(cp),
+            _ => a.to_owned(),
+        },
+        None => String::new(),
+    };
+    let mut page = ListPage::default();
+    let sql_text = format!(
+        "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND key > ?2 AND key >= ?3
+         AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4"
+    );
+    let mut stmt = c.prepare_cached(&sql_text).map_err(sql("list objects"))?;
+    for _ in 0..=max {
+        let batch = i64::try_from(max + 1).unwrap_or(1001);
+        let rows = stmt
+            .query_map(params![bucket, cursor, q.prefix, batch], meta_from_row)
+            .map_err(sql("list objects"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("list objects"))?;
+        let exhausted = rows.len() <= max;
+        let mut jumped = false;
+        for meta in rows {
+            if page.objects.len() + page.common_prefixes.len() == max {
+                page.next = Some(last_entry(&page));
+                return Ok(page);
+            }
+            if let Some(cp) = common_prefix(&meta.key, &q.prefix, delimiter) {
+                page.common_prefixes.push(cp.to_owned());
+                cursor = past_prefix(cp);
+                jumped = true;
+                break;
+            }
+            cursor.clone_from(&meta.key);
+            page.objects.push(meta);
+        }
+        if !jumped && exhausted {
+            return Ok(page);
+        }
+    }
+    page.next = Some(last_entry(&page));
+    Ok(page)
+}
+
+/// The last key or common prefix of a page (what its continuation resumes after).
+fn last_entry(page: &ListPage) -> String {
+    let obj = page.objects.last().map(|m| m.key.as_str()).unwrap_or("");
+    let cp = page.common_prefixes.last().map(String::as_str).unwrap_or("");
+    obj.max(cp).to_owned()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn body(parts: Vec<&'static [u8]>) -> ByteStream {
+        let items: Vec<Result<Bytes, std::io::Error>> = parts.into_iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(Iter(items.into_iter()))
+    }
+
+    /// A stream over a vector (nimbus-store-sqlite does not depend on `futures`).
+    struct Iter(std::vec::IntoIter<Result<Bytes, std::io::Error>>);
+    impl futures_core::Stream for Iter {
+        type Item = Result<Bytes, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+
+    use bytes::Bytes;
+
+    async fn read_all(mut b: ByteStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(chunk) = std::future::poll_fn(|cx| b.as_mut().poll_next(cx)).await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    async fn store() -> (tempfile::TempDir, ObjectDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ObjectDb::open(dir.path()).unwrap();
+        assert!(db.create_bucket("b").await.unwrap());
+        assert!(!db.create_bucket("b").await.unwrap());
+        (dir, db)
+    }
+
+    async fn put(db: &ObjectDb, key: &str, data: &'static [u8]) -> ObjectMeta {
+        db.put_object("b", key, body(vec![data]), PutOptions::default()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_get_range_head_delete() {
+        let (_d, db) = store().await;
+        let mut opts = PutOptions::default();
+        opts.headers.content_type = Some("text/plain".into());
+        opts.headers.metadata.insert("color".into(), "blue".into());
+        let meta = db.put_object("b", "k", body(vec![b"hello ", b"world"]), opts).await.unwrap();
+        assert_eq!(meta.etag, "5eb63bbbe01eeed093cb22bb8f5acdc3"); // md5("hello world")
+        let got = db.get_object("b", "k", None).await.unwrap();
+        assert_eq!(read_all(got.body).await, b"hello world");
+        let r = db.get_object("b", "k", Some(ByteRange::From(6, Some(7)))).await.unwrap();
+        assert_eq!((r.start, r.end), (6, 8));
+        assert_eq!(read_all(r.body).await, b"wo");
+        let r = db.get_object("b", "k", Some(ByteRange::Suffix(3))).await.unwrap();
+        assert_eq!(read_all(r.body).await, b"rld");
+        assert!(matches!(
+            db.get_object("b", "k", Some(ByteRange::From(11, None))).await,
+            Err(ObjectError::InvalidRange(11))
+        ));
+        let head = db.head_object("b", "k").await.unwrap();
+        assert_eq!(head.headers.metadata.get("color").map(String::as_str), Some("blue"));
+        assert_eq!(head.headers.content_type.as_deref(), Some("text/plain"));
+        let info = db.head_bucket("b").await.unwrap().unwrap();
+        assert_eq!((info.objects, info.bytes), (1, 11));
+        assert!(db.delete_object("b", "k").await.unwrap());
+        assert!(!db.delete_object("b", "k").await.unwrap());
+        assert!(matches!(db.head_object("b", "k").await, Err(ObjectError::NoSuchKey(..))));
+        assert!(matches!(db.head_object("nope", "k").await, Err(ObjectError::NoSuchBucket(_))));
+    }
+
+    #[tokio::test]
+    async fn a_reader_keeps_the_version_it_opened() {
+        let (_d, db) = store().await;
+        put(&db, "k", b"old").await;
+        let reading = db.get_object("b", "k", None).await.unwrap();
+        put(&db, "k", b"new").await;
+        assert_eq!(read_all(reading.body).await, b"old");
+        assert_eq!(read_all(db.get_object("b", "k", None).await.unwrap().body).await, b"new");
+        // The replaced file is gone from disk: one data file remains.
+        assert_eq!(std::fs::read_dir(&db.inner.data).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_body_or_bad_digest_stores_nothing() {
+        let (_d, db) = store().await;
+        let broken: ByteStream = Box::pin(Iter(
+            vec![Ok(Bytes::from_static(b"part")), Err(std::io::Error::other("client went away"))].into_iter(),
+        ));
+        assert!(matches!(db.put_object("b", "k", broken, PutOptions::default()).await, Err(ObjectError::Body(_))));
+        let opts = PutOptions {
+            checksum: Some((ChecksumAlgorithm::Crc32, Some(Expected::Value("AAAAAA==".into())))),
+            ..PutOptions::default()
+        };
+        assert!(matches!(db.put_object("b", "k", body(vec![b"x"]), opts).await, Err(ObjectError::BadDigest("CRC32"))));
+        let opts = PutOptions { content_length: Some(5), ..PutOptions::default() };
+        assert!(matches!(
+            db.put_object("b", "k", body(vec![b"x"]), opts).await,
+            Err(ObjectError::IncompleteBody { declared: 5, actual: 1 })
+        ));
+        assert!(matches!(db.head_object("b", "k").await, Err(ObjectError::NoSuchKey(..))));
+        assert_eq!(std::fs::read_dir(&db.inner.data).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&db.inner.tmp).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn checksums_are_s3s() {
+        let (_d, db) = store().await;
+        // Known values for "hello world".
+        for (alg, want) in [
+            (ChecksumAlgorithm::Crc32, "DUoRhQ=="),
+            (ChecksumAlgorithm::Crc32c, "yZRlqg=="),
+            (ChecksumAlgorithm::Sha256, "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek="),
+        ] {
+            let opts =
+                PutOptions { checksum: Some((alg, Some(Expected::Value(want.into())))), ..PutOptions::default() };
+            let meta = db.put_object("b", "k", body(vec![b"hello world"]), opts).await.unwrap();
+            assert_eq!(meta.checksum, Some(Checksum { algorithm: alg, value: want.into() }));
+        }
+    }
+
+    #[tokio::test]
+    async fn list_with_prefix_delimiter_and_continuation() {
+        let (_d, db) = store().await;
+        for k in ["a/1", "a/2", "b", "c/x/1", "c/y", "d"] {
+            put(&db, k, b"x").await;
+        }
+        let all = db.list_objects("b", &ListQuery { max_keys: 1000, ..ListQuery::default() }).await.unwrap();
+        assert_eq!(all.objects.len(), 6);
+        assert_eq!(all.next, None);
+        let q = ListQuery { delimiter: Some("/".into()), max_keys: 2, ..ListQuery::default() };
+        let p1 = db.list_objects("b", &q).await.unwrap();
+        assert_eq!(p1.common_prefixes, vec!["a/"]);
+        assert_eq!(p1.objects.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(p1.next.as_deref(), Some("b"));
+        let p2 = db.list_objects("b", &ListQuery { after: p1.next, ..q.clone() }).await.unwrap();
+        assert_eq!(p2.common_prefixes, vec!["c/"]);
+        assert_eq!(p2.objects.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), vec!["d"]);
+        assert_eq!(p2.next, None, "the last page says there is no more");
+        // A continuation from a common prefix skips all of it.
+        let after_a =
+            db.list_objects("b", &ListQuery { after: Some("a/".into()), max_keys: 10, ..q.clone() }).await.unwrap();
+        assert_eq!(after_a.objects.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), vec!["b", "d"]);
+        let cq = ListQuery { prefix: "c/".into(), delimiter: Some("/".into()), max_keys: 10, ..ListQuery::default() };
+        let c = db.list_objects("b", &cq).await.unwrap();
+        assert_eq!(c.common_prefixes, vec!["c/x/"]);
+        assert_eq!(c.objects.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), vec!["c/y"]);
+    }
+
+    #[tokio::test]
+    async fn multipart_etag_order_and_small_parts() {
+        let (_d, db) = store().await;
+        let big: &'static [u8] = Box::leak(vec![7u8; MIN_PART_BYTES as usize].into_boxed_slice());
+        let up = db.create_upload("b", "m", PutOptions::default()).await.unwrap();
+        let p2 = db.upload_part("b", "m", &up.upload_id, 2, body(vec![b"tail"]), PutOptions::default()).await.unwrap();
+        let p1 = db.upload_part("b", "m", &up.upload_id, 1, body(vec![big]), PutOptions::default()).await.unwrap();
+        assert_eq!(db.list_parts("b", "m", &up.upload_id).await.unwrap().len(), 2);
+        let wrong_order = [(2, p2.etag.clone()), (1, p1.etag.clone())];
+        assert!(matches!(
+            db.complete_upload("b", "m", &up.upload_id, &wrong_order).await,
+            Err(ObjectError::InvalidPartOrder)
+        ));
+        let parts = [(1, format!("\"{}\"", p1.etag)), (2, p2.etag.clone())];
+        let meta = db.complete_upload("b", "m", &up.upload_id, &parts).await.unwrap();
+        assert_eq!(meta.etag, multipart_etag(&[p1.etag.clone(), p2.etag.clone()]));
+        assert!(meta.etag.ends_with("-2"));
+        assert_eq!(meta.size, MIN_PART_BYTES + 4);
+        let tail = db.get_object("b", "m", Some(ByteRange::Suffix(5))).await.unwrap();
+        assert_eq!(read_all(tail.body).await, b"\x07tail");
+        assert!(matches!(db.list_parts("b", "m", &up.upload_id).await, Err(ObjectError::NoSuchUpload(_))));
+        // A small part that is not the last.
+        let up = db.create_upload("b", "s", PutOptions::default()).await.unwrap();
+        let a = db.upload_part("b", "s", &up.upload_id, 1, body(vec![b"aa"]), PutOptions::default()).await.unwrap();
+        let z = db.upload_part("b", "s", &up.upload_id, 2, body(vec![b"zz"]), PutOptions::default()).await.unwrap();
+        assert!(matches!(
+            db.complete_upload("b", "s", &up.upload_id, &[(1, a.etag), (2, z.etag)]).await,
+            Err(ObjectError::EntityTooSmall(1, 2))
+        ));
+        db.abort_upload("b", "s", &up.upload_id).await.unwrap();
+        // Only the completed object's file is left.
+        assert_eq!(std::fs::read_dir(&db.inner.data).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn copy_and_delete_bucket() {
+        let (_d, db) = store().await;
+        put(&db, "src", b"data").await;
+        db.create_bucket("c").await.unwrap();
+        let mut h = ObjectHeaders::default();
+        h.metadata.insert("new".into(), "1".into());
+        let m = db.copy_object("b", "src", "c", "dst", Some(h.clone())).await.unwrap();
+        assert_eq!(m.etag, hex::encode(<md5::Md5 as md5::Digest>::digest(b"data")));
+        assert_eq!(db.head_object("c", "dst").await.unwrap().headers, h);
+        assert!(matches!(db.delete_bucket("c", false).await, Err(ObjectError::BucketNotEmpty(_))));
+        assert!(db.delete_bucket("c", true).await.unwrap());
+        assert!(!db.delete_bucket("c", true).await.unwrap());
+        assert_eq!(db.list_buckets().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn start_up_removes_what_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = ObjectDb::open(dir.path()).unwrap();
+            db.create_bucket("b").await.unwrap();
+            put(&db, "kept", b"whole").await;
+        }
+        // A crash mid-PUT (a temp file) and between rename and commit (an unnamed data file).
+        let root = dir.path().join("objects");
+        std::fs::write(root.join("tmp/half"), b"hal").unwrap();
+        std::fs::write(root.join("data/orphan"), b"orphan").unwrap();
+        let db = ObjectDb::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(root.join("data")).unwrap().count(), 1);
+        assert_eq!(read_all(db.get_object("b", "kept", None).await.unwrap().body).await, b"whole");
+    }
+}

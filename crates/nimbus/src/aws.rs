@@ -1,0 +1,93 @@
+//! `nimbus up`'s AWS port (`--aws-listen`): S3 over the embedded object store and the Lambda
+//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use nimbus_aws::server::{AwsPort, InvokeApi};
+use nimbus_aws::{KeyRing, Principal};
+use nimbus_core::ObjectStore;
+
+/// The address the AWS port takes when `--aws-listen` is not given.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:4566";
+/// Where `nimbus up` writes the AWS port's URL (as `server.url` for the gateway).
+pub const URL_FILE: &str = "aws.url";
+
+/// The Invoke API on the AWS port is the gateway's.
+struct GatewayInvoke(nimbus_gateway::Calls);
+
+#[async_trait]
+impl InvokeApi for GatewayInvoke {
+    async fn invoke(
+        &self,
+        key_id: &str,
+        functions: Option<Vec<String>>,
+        req: http::Request<Bytes>,
+    ) -> http::Response<Bytes> {
+        self.0.signed_invoke(key_id, functions.as_deref(), req).await
+    }
+}
+
+/// A bound AWS port, ready to serve.
+pub struct Bound {
+    pub listener: tokio::net::TcpListener,
+    pub url: String,
+    pub port: Arc<AwsPort>,
+    pub credentials: std::path::PathBuf,
+}
+
+/// Bind the AWS port as `--aws-listen` says: `None` is the default address, where a port in use
+/// only turns the AWS port off (with a warning); `off` turns it off; an address given that
+/// cannot be bound stops nimbus.
+pub async fn bind(
+    flag: Option<&str>,
+    data_dir: &Path,
+    objects: Arc<dyn ObjectStore>,
+    gateway: Arc<nimbus_gateway::Gateway>,
+) -> Result<Option<Bound>> {
+    let _ = std::fs::remove_file(data_dir.join(URL_FILE));
+    if flag == Some("off") {
+        return Ok(None);
+    }
+    let text = flag.unwrap_or(DEFAULT_ADDR);
+    let addr: SocketAddr =
+        text.parse().with_context(|| format!("--aws-listen {text:?} is not an address like 127.0.0.1:4566 or off"))?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if flag.is_none() => {
+            tracing::warn!(
+                "the AWS port {addr} is not available ({e}); S3 is off. Pass --aws-listen ADDR to use another"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on --aws-listen {addr}")),
+    };
+    let credentials = data_dir.join(nimbus_aws::credentials::FILE_NAME);
+    let (id, secret) = nimbus_aws::credentials::load_or_create(&credentials)
+        .with_context(|| format!("cannot write {}", credentials.display()))?;
+    let keys = KeyRing::new();
+    keys.insert(&id, &secret, Principal::Admin);
+    let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
+    let url = format!("http://{}", listener.local_addr()?);
+    crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
+    Ok(Some(Bound { listener, url, port: AwsPort::new(objects, keys, Some(invoke)), credentials }))
+}
+
+/// Print how to use the port, and serve it until `stopped` turns true.
+pub fn spawn(
+    bound: Bound,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    drain: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let creds = bound.credentials.display();
+    println!("  S3 and the Invoke API (SigV4) on {}: key pair in {creds} (profile nimbus)", bound.url);
+    println!("    AWS_SHARED_CREDENTIALS_FILE={creds} AWS_PROFILE=nimbus aws --endpoint-url {} s3 ls", bound.url);
+    let stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(nimbus_aws::server::serve(bound.listener, bound.port, stop, drain))
+}
