@@ -120,7 +120,7 @@ impl KvDb {
         self.writer.close();
     }
 
-    /// Delete up to [`SWEEP_BATCH`] keys expired by now, as the sweep thread does; returns how
+    /// Delete up to `SWEEP_BATCH` keys expired by now, as the sweep thread does; returns how
     /// many.
     pub async fn sweep(&self) -> Result<u64, KvError> {
         let now = (self.clock)();
