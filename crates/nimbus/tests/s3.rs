@@ -321,14 +321,14 @@ import json, sys
 import boto3, botocore
 endpoint, secret_override = sys.argv[1], sys.argv[2]
 out = {}
-lam = boto3.client("lambda", endpoint_url=endpoint)
+lam = boto3.client("lambda", endpoint_url=endpoint, region_name="us-east-1")
 r = lam.invoke(FunctionName="hello", Payload=json.dumps({"ping": 1}).encode())
 out["status"] = r["StatusCode"]
 out["error"] = r.get("FunctionError")
 out["payload_is_json"] = isinstance(json.loads(r["Payload"].read()), (dict, list, str, int, float, bool, type(None)))
 s = boto3.session.Session()
 creds = s.get_credentials()
-bad = boto3.client("lambda", endpoint_url=endpoint, aws_access_key_id=creds.access_key, aws_secret_access_key=secret_override,
+bad = boto3.client("lambda", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=creds.access_key, aws_secret_access_key=secret_override,
                    config=botocore.config.Config(retries={"max_attempts": 1}))
 try:
     bad.invoke(FunctionName="hello", Payload=b"{}")
