@@ -26,6 +26,8 @@
 //! | `GET /v1/tokens` | – | [`TokenInfo`]s, oldest first (never a secret) | admin |
 //! | `DELETE /v1/tokens/{id}` | – | the revoked [`TokenInfo`] | admin |
 //! | `GET /v1/audit?since=&limit=&action=` | – | [`AuditEntry`]s, newest first | admin |
+//! | `GET /v1/buckets` | – | [`BucketInfo`]s, by name | read |
+//! | `DELETE /v1/buckets/{name}?force=true` | – | the deleted [`BucketInfo`] (`force`: with its objects) | admin |
 //! | `GET /v1/kv` | – | [`KvNamespace`]s, by name | read |
 //! | `GET /v1/kv/{name}?prefix=&cursor=&limit=` | – | [`KvKeys`] | read |
 //! | `DELETE /v1/kv/{name}` | – | [`KvDeleted`] (the namespace and every key in it) | admin |

@@ -6,8 +6,8 @@
 //! The rule the rows follow: `read` for every `GET` under `/v1` but the tokens and the audit
 //! log; `deploy` for what changes the code that runs (deploy, rollback) and for writing KV keys;
 //! `admin` for credentials, the audit log (it shows who did what, from where) and what re-runs
-//! or destroys events or data wholesale (dead-letter redrive and purge, deleting a KV namespace:
-//! operator decisions about data, not releases); `invoke` for the Invoke API.
+//! or destroys events or data wholesale (dead-letter redrive and purge, deleting a KV namespace or
+//! a bucket: operator decisions about data, not releases); `invoke` for the Invoke API.
 
 use nimbus_core::Scope;
 
@@ -175,8 +175,8 @@ mod tests {
     fn the_table_follows_the_rule() {
         for (method, path, endpoint, scope) in ENDPOINTS {
             let admin_only = ["/v1/tokens", "/v1/audit", "/v1/dlq/redrive", "/v1/dlq/purge"];
-            let admin =
-                admin_only.iter().any(|p| path.starts_with(p)) || (*method, *path) == ("DELETE", "/v1/kv/{name}");
+            let admin = admin_only.iter().any(|p| path.starts_with(p))
+                || [("DELETE", "/v1/kv/{name}"), ("DELETE", "/v1/buckets/{name}")].contains(&(*method, *path));
             let want = match (*method, path.starts_with("/v1/")) {
                 (_, true) if admin => Scope::Admin,
                 ("GET", true) => Scope::Read,
