@@ -35,22 +35,10 @@ async fn send(server: &Server, method: &str, path: &str, body: &str) -> (u16, St
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// The namespaces the manifest declares. A deploy creates them once the control plane does;
-/// until then the test creates them in the data dir's KV store before nimbus starts.
-async fn declare(data_dir: &std::path::Path) {
-    std::fs::create_dir_all(data_dir).unwrap();
-    let kv = KvDb::open(&data_dir.join("kv.db")).unwrap();
-    for ns in ["counters", "secret"] {
-        kv.create_namespace(ns).await.unwrap();
-    }
-    kv.close();
-}
-
 #[tokio::test]
 async fn a_wasm_function_uses_its_granted_namespace_and_is_refused_another() {
     let app = kv_app();
     let data = app.path().join(".nimbus");
-    declare(&data).await;
     let mut server = Server::start(app.path());
 
     assert_eq!(send(&server, "PUT", "/kv/greeting", "hello from wasm").await, (200, "stored".into()));
