@@ -7,7 +7,7 @@ use std::time::Duration;
 use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, Grants, RuntimeKind, WasmOptions};
 use toml::de::{DeTable, DeValue};
 
-use crate::ctx::{Ctx, FunctionLocations, Locations, Value};
+use crate::ctx::{valid_name, Ctx, FunctionLocations, Locations, Value};
 use crate::schedule::ScheduleSpec;
 use crate::{
     defaults, grants, pricing, resources, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing,
@@ -843,10 +843,6 @@ fn check_path(p: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn valid_env_name(s: &str) -> bool {

@@ -166,3 +166,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     row.last().copied().unwrap_or(0)
 }
+
+/// Whether `s` is a valid name for an app, a function or a KV namespace: 1-64 letters, digits,
+/// '-' or '_'.
+pub(crate) fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}

@@ -40,7 +40,7 @@ pub fn bucket_name_problem(name: &str) -> Option<&'static str> {
 
 /// Whether `name` is a valid KV namespace name (as function names: 1-64 letters, digits, '-', '_').
 pub fn valid_namespace(name: &str) -> bool {
-    crate::check::valid_name(name)
+    crate::ctx::valid_name(name)
 }
 
 /// The names declared in `[buckets]` (`kind` = "buckets") or `[kv]` ("kv"), valid or not, and
