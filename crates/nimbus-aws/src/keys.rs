@@ -40,6 +40,9 @@ impl Principal {
 struct Key {
     secret: String,
     principal: Principal,
+    /// The session token requests signed with this key must carry (`x-amz-security-token`):
+    /// set for the keys issued to instances, as AWS's temporary credentials have one.
+    session_token: Option<String>,
 }
 
 /// The keys the AWS port accepts (shared: the runtime adds per-instance keys while it runs).
@@ -56,7 +59,32 @@ impl KeyRing {
     /// Accept a key (replacing one with the same id).
     pub fn insert(&self, id: &str, secret: &str, principal: Principal) {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        keys.insert(id.to_owned(), Key { secret: secret.to_owned(), principal });
+        keys.insert(id.to_owned(), Key { secret: secret.to_owned(), principal, session_token: None });
+    }
+
+    /// Accept a key whose requests must carry `session_token` (see [`KeyRing::check_token`]).
+    pub fn insert_session(&self, id: &str, secret: &str, session_token: &str, principal: Principal) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let key = Key { secret: secret.to_owned(), principal, session_token: Some(session_token.to_owned()) };
+        keys.insert(id.to_owned(), key);
+    }
+
+    /// Refuse a request signed with `key_id` whose session token (`presented`) is not the one
+    /// the key was issued with: a key with a token is only valid together with it, and a token
+    /// never makes another key valid. Keys without a token ignore one.
+    pub fn check_token(&self, key_id: &str, presented: Option<&str>) -> S3Result<()> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let Some(expected) = keys.get(key_id).and_then(|k| k.session_token.as_deref()) else {
+            return Ok(());
+        };
+        if presented == Some(expected) {
+            return Ok(());
+        }
+        tracing::warn!(key_id, "AWS port: a request with a session token that is not its key's was refused");
+        Err(s3_error!(
+            InvalidToken,
+            "the session token is missing or is not the one issued with access key {key_id}; sign with the AWS_SESSION_TOKEN given with the key"
+        ))
     }
 
     /// Stop accepting a key; whether it was there.
@@ -144,6 +172,20 @@ mod tests {
         assert!(ring.check("NOPE", Some("r"), Some(Op::Read), "GetObject").is_err());
         assert!(ring.remove("FN"));
         assert!(ring.check("FN", Some("r"), Some(Op::Read), "GetObject").is_err());
+    }
+
+    #[test]
+    fn a_session_key_needs_its_own_token() {
+        let ring = KeyRing::new();
+        ring.insert("ADMIN", "s", Principal::Admin);
+        ring.insert_session("TEMP", "s", "tok", Principal::Admin);
+        assert!(ring.check_token("ADMIN", None).is_ok());
+        assert!(ring.check_token("ADMIN", Some("anything")).is_ok());
+        assert!(ring.check_token("TEMP", Some("tok")).is_ok());
+        for presented in [None, Some("other"), Some("")] {
+            let e = ring.check_token("TEMP", presented).unwrap_err();
+            assert_eq!(e.code(), &s3s::S3ErrorCode::InvalidToken, "{presented:?}");
+        }
     }
 
     #[test]

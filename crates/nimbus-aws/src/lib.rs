@@ -5,9 +5,11 @@
 //! The S3 protocol (routing, XML bodies and errors, SigV4 in header and presigned forms,
 //! `aws-chunked` streaming bodies with their chunk signatures and trailers) is the `s3s` crate's:
 //! hand-writing it would re-derive years of SDK quirks. This crate supplies the operations
-//! ([`s3::S3Api`]), the keys and what each may touch ([`keys`]), and the listener ([`server`]).
+//! ([`s3::S3Api`]), the keys and what each may touch ([`keys`]), the listener ([`server`]) and
+//! the same service for function instances, with a key per instance ([`instances`]).
 
 pub mod credentials;
+pub mod instances;
 pub mod keys;
 pub mod s3;
 pub mod server;

@@ -68,6 +68,7 @@ impl AwsPort {
         let mut builder = S3ServiceBuilder::new(S3Api::new(store, keys.clone()));
         builder.set_auth(keys.clone());
         builder.set_host(Hosts);
+        builder.set_access(crate::instances::SessionTokens(keys.clone()));
         Arc::new(AwsPort { s3: builder.build(), keys, invoke })
     }
 
@@ -78,7 +79,17 @@ impl AwsPort {
             let (parts, body) = resp.into_parts();
             return http::Response::from_parts(parts, s3s::Body::from(body));
         }
-        match self.s3.call(req.map(s3s::Body::from)).await {
+        self.s3(req.map(s3s::Body::from)).await
+    }
+
+    /// The keys this port accepts (the binary adds and drops keys while it runs).
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Answer one S3 request, its body streamed in and the answer's streamed out.
+    pub async fn s3(&self, req: http::Request<s3s::Body>) -> http::Response<s3s::Body> {
+        match self.s3.call(req).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("S3 request failed: {:?}", s3s::StdError::from(e));
@@ -112,6 +123,11 @@ impl AwsPort {
             Ok(k) => k,
             Err(e) => return sig_error(e),
         };
+        let token = req.headers().get("x-amz-security-token").and_then(|v| v.to_str().ok());
+        if let Err(e) = self.keys.check_token(&key_id, token) {
+            let message = e.message().unwrap_or("the session token is not the key's").to_owned();
+            return lambda_error(http::StatusCode::FORBIDDEN, "UnrecognizedClientException", &message);
+        }
         let functions = match self.keys.principal(&key_id) {
             Some(Principal::Admin) => None,
             Some(Principal::Grants(g)) => Some(g.functions),

@@ -33,6 +33,6 @@ pub use kv::{KvError, KvStore};
 pub use objects::{ObjectError, ObjectStore};
 pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
 pub use runtime::{
-    Dispatch, FunctionCalls, FunctionPrepareError, Instance, InstanceError, InstanceState, Pools, PrepareError,
-    Runtime, StartError,
+    BoxError, Dispatch, FunctionAws, FunctionCalls, FunctionPrepareError, Instance, InstanceCredentials, InstanceError,
+    InstanceState, Pools, PrepareError, Runtime, StartError, StreamBody,
 };

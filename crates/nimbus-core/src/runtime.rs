@@ -162,6 +162,45 @@ pub trait FunctionCalls: Send + Sync + 'static {
     ) -> http::Response<bytes::Bytes>;
 }
 
+/// A body streamed across a seam (neither side buffers it): S3 objects to and from functions.
+pub type StreamBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+/// The error of a [`StreamBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The AWS credential one instance runs with (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`): it allows exactly the function's grants, and only while the instance
+/// lives.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InstanceCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+}
+
+impl std::fmt::Debug for InstanceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceCredentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+/// The AWS-compatible APIs as functions reach them from inside their instances (S3 today).
+/// Implemented by the AWS side (`nimbus-aws`), set once it exists; the process runtime knows
+/// only this trait. Lifecycle: `issue_credentials` when an instance starts (before its process
+/// is spawned: they go into its environment), `revoke_credentials` exactly once when the
+/// instance is gone (or its start failed); in between, every request the instance sends to its
+/// endpoint that is neither the Runtime API nor one of nimbus's own calls goes to `serve`,
+/// streamed both ways, signed as the instance's SDK signed it. Keys live in memory only, so
+/// none survives a restart of nimbus.
+#[async_trait]
+pub trait FunctionAws: Send + Sync + 'static {
+    /// A fresh credential allowing exactly `caller`'s grants.
+    fn issue_credentials(&self, caller: &FunctionVersion) -> InstanceCredentials;
+    /// Stop accepting a credential `issue_credentials` returned.
+    fn revoke_credentials(&self, access_key_id: &str);
+    /// Answer one AWS API request (SigV4-verified here: the key decides what it may do).
+    async fn serve(&self, request: http::Request<StreamBody>) -> http::Response<StreamBody>;
+}
+
 /// What the gateway and (later) triggers call to run a function version.
 #[async_trait]
 pub trait Dispatch: Send + Sync + 'static {
