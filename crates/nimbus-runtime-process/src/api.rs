@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use nimbus_core::StreamBody;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
@@ -128,35 +129,44 @@ where
     });
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<StreamBody>, Infallible> {
+    use crate::services::{self, boxed};
     if let Some(services) = &shared.services {
         if req.method() == Method::CONNECT {
-            return Ok(crate::services::connect(req, services).await);
+            return Ok(boxed(services::connect(req, services).await));
         }
         if req.uri().scheme().is_some() {
-            return Ok(crate::services::forward(req, services).await);
+            return Ok(boxed(services::forward(req, services).await));
         }
         // The Invoke API and nimbus's own calls (the KV store), answered by the gateway.
         if req.uri().path().starts_with("/2015-03-31/") || req.uri().path().starts_with("/nimbus/") {
-            return Ok(crate::services::call(req, services).await);
+            return Ok(boxed(services::call(req, services).await));
+        }
+        // Anything else but the Runtime API is the AWS APIs (S3), streamed.
+        if !req.uri().path().starts_with(PREFIX) {
+            return Ok(services::aws(req, services).await);
         }
     }
+    Ok(boxed(runtime_api(req, &shared).await))
+}
+
+async fn runtime_api(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let Some(rest) = path.strip_prefix(PREFIX) else {
-        return Ok(json(StatusCode::NOT_FOUND, "UnknownAPI", &format!("unknown Runtime API path {path}")));
+        return json(StatusCode::NOT_FOUND, "UnknownAPI", &format!("unknown Runtime API path {path}"));
     };
     let method = req.method().clone();
-    let resp = match (method, rest) {
-        (Method::GET, "invocation/next") => next(&shared).await,
-        (Method::POST, "init/error") => init_error(req, &shared).await,
+    match (method, rest) {
+        (Method::GET, "invocation/next") => next(shared).await,
+        (Method::POST, "init/error") => init_error(req, shared).await,
         (Method::POST, rest) => match rest.strip_prefix("invocation/").and_then(|r| r.rsplit_once('/')) {
             Some((id, "response")) => {
                 let id = id.to_owned();
-                response(req, &shared, id).await
+                response(req, shared, id).await
             }
             Some((id, "error")) => {
                 let id = id.to_owned();
-                error(req, &shared, id).await
+                error(req, shared, id).await
             }
             _ => json(StatusCode::NOT_FOUND, "UnknownAPI", &format!("unknown Runtime API path {path}")),
         },
@@ -165,8 +175,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             "MethodNotAllowed",
             &format!("{} is not allowed on {path}", req_method_name(&path)),
         ),
-    };
-    Ok(resp)
+    }
 }
 
 fn req_method_name(path: &str) -> &'static str {

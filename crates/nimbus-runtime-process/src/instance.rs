@@ -62,6 +62,8 @@ pub struct ProcessInstance {
     proc_status: Option<std::fs::File>,
     /// The instance's cgroups (memory, pids, cpu accounting), when the machine has them.
     cgroup: Option<InstanceCgroup>,
+    /// The instance's AWS key, revoked when the instance is dropped (after shutdown).
+    _credentials: Option<crate::services::Lease>,
     /// At the start of the invocation in progress: CPU time used (ns) and OOM kills so far.
     cpu_at_start: Option<u64>,
     oom_at_start: u64,
@@ -110,6 +112,8 @@ struct Endpoint {
     addr: String,
     shared: Arc<Shared>,
     next_tx: mpsc::Sender<NextEvent>,
+    /// The AWS key the instance's environment carries (`None`: no AWS side is set).
+    credentials: Option<crate::services::Lease>,
 }
 
 /// The runtime process just spawned, with the read ends of its stdout and stderr.
@@ -158,7 +162,7 @@ impl ProcessInstance {
             .resources
             .instance(&id, function.spec.memory_mb)
             .map_err(platform("cannot make the instance's cgroup (see nimbus's start-up log for the limits mode)"))?;
-        let spawned = spawn_runtime(rt, &function, &id, &command, &endpoint.addr, &guard.scratch, cgroup.as_ref())?;
+        let spawned = spawn_runtime(rt, &function, &id, &command, &endpoint, &guard.scratch, cgroup.as_ref())?;
         let spawned_after = began.elapsed();
         let pid = spawned.child.id().unwrap_or(0);
         guard.group = Some(pid);
@@ -181,6 +185,7 @@ impl ProcessInstance {
             last_max_memory_mb: 0,
             proc_status: None,
             cgroup,
+            _credentials: endpoint.credentials,
             cpu_at_start: None,
             oom_at_start: 0,
             dead: false,
@@ -469,6 +474,7 @@ async fn serve_api(
         crate::services::Services {
             caller: function.clone(),
             calls: rt.calls.clone(),
+            aws: rt.aws.clone(),
             egress: rt.sandbox.is_some().then(|| {
                 function.spec.allowed_outbound_hosts.as_ref().map(|list| {
                     list.iter().filter_map(|p| nimbus_core::outbound::OutboundPattern::parse(p).ok()).collect()
@@ -478,7 +484,8 @@ async fn serve_api(
         };
     let (shared, next_tx) = Shared::new(rt.limits.max_response_bytes, Some(services));
     let server = tokio::spawn(api::serve(listener, shared.clone()));
-    Ok((Endpoint { addr, shared, next_tx }, server))
+    let credentials = crate::services::Lease::issue(&rt.aws, function);
+    Ok((Endpoint { addr, shared, next_tx, credentials }, server))
 }
 
 /// The runtime's pid inside a sandbox: bwrap (`pid`) → the sandbox's PID 1 → nimbus's init →
@@ -497,7 +504,7 @@ fn spawn_runtime(
     function: &FunctionVersion,
     id: &str,
     (program, args): &(PathBuf, Vec<String>),
-    api: &str,
+    endpoint: &Endpoint,
     scratch: &Path,
     cgroup: Option<&InstanceCgroup>,
 ) -> Result<Spawned, StartError> {
@@ -522,7 +529,7 @@ fn spawn_runtime(
         }
     };
     cmd.env_clear()
-        .envs(environment(rt, function, id, api, scratch))
+        .envs(environment(rt, function, id, (&endpoint.addr, endpoint.credentials.as_ref()), scratch))
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
@@ -693,11 +700,36 @@ fn node_path(spec: &nimbus_core::FunctionSpec, runtime_dir: &str) -> String {
     spec.env.get("NODE_PATH").map_or(node_lib.clone(), |own| format!("{own}:{node_lib}"))
 }
 
+/// The AWS SDKs' configuration: the instance's endpoint and key. The SDKs reach nimbus through
+/// the endpoint (S3 with this key, within the function's grants; the Invoke API, which knows the
+/// caller from the connection). Path-style S3 needs no setting: the SDKs use it for an endpoint
+/// whose host is an IP address. Without an AWS side (the runtime's own tests) the keys are
+/// placeholders nothing accepts: the SDKs insist on something to sign with.
+fn aws_env(api: &str, id: &str, lease: Option<&crate::services::Lease>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("AWS_REGION".into(), REGION.into()),
+        ("AWS_DEFAULT_REGION".into(), REGION.into()),
+        ("AWS_ENDPOINT_URL".into(), format!("http://{api}")),
+    ];
+    match lease.map(|l| &l.credentials) {
+        Some(c) => env.extend([
+            ("AWS_ACCESS_KEY_ID".into(), c.access_key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), c.secret_access_key.clone()),
+            ("AWS_SESSION_TOKEN".into(), c.session_token.clone()),
+        ]),
+        None => env.extend([
+            ("AWS_ACCESS_KEY_ID".into(), format!("NIMBUS{}", id.to_ascii_uppercase())),
+            ("AWS_SECRET_ACCESS_KEY".into(), id.to_owned()),
+        ]),
+    }
+    env
+}
+
 fn environment(
     rt: &ProcessRuntime,
     f: &FunctionVersion,
     id: &str,
-    api: &str,
+    (api, lease): (&str, Option<&crate::services::Lease>),
     scratch: &std::path::Path,
 ) -> Vec<(String, String)> {
     let spec = &f.spec;
@@ -742,15 +774,8 @@ fn environment(
         ("AWS_LAMBDA_LOG_STREAM_NAME".into(), format!("{date}/[{}]{id}", f.version)),
         ("AWS_LAMBDA_INITIALIZATION_TYPE".into(), "on-demand".into()),
         ("AWS_EXECUTION_ENV".into(), format!("nimbus_{}", spec.runtime.as_str())),
-        ("AWS_REGION".into(), REGION.into()),
-        ("AWS_DEFAULT_REGION".into(), REGION.into()),
-        // The SDKs reach nimbus (the Invoke API, within the function's grants) through the
-        // instance's own endpoint, which knows the caller from the connection. They insist on
-        // credentials to sign with; these are the instance's own and name nothing else.
-        ("AWS_ENDPOINT_URL".into(), format!("http://{api}")),
-        ("AWS_ACCESS_KEY_ID".into(), format!("NIMBUS{}", id.to_ascii_uppercase())),
-        ("AWS_SECRET_ACCESS_KEY".into(), id.to_owned()),
     ]);
+    env.extend(aws_env(api, id, lease));
     env
 }
 
@@ -811,6 +836,7 @@ mod tests {
             limits: Limits { init_timeout: Duration::from_secs(10), ..Limits::default() },
             sandbox: None,
             calls: Default::default(),
+            aws: Default::default(),
             resources: Default::default(),
         }
     }
@@ -871,7 +897,7 @@ mod tests {
         let rt = runtime(data.path());
         // A user value for a platform name loses: the platform's entry comes later and wins.
         let f = provided(data.path(), &[("GREETING", "hi"), ("AWS_LAMBDA_RUNTIME_API", "evil:1")]);
-        let list = environment(&rt, &f, "inst1", "127.0.0.1:9001", Path::new("/tmp/scratch"));
+        let list = environment(&rt, &f, "inst1", ("127.0.0.1:9001", None), Path::new("/tmp/scratch"));
         let env: HashMap<String, String> = list.into_iter().collect();
         let get = |k: &str| env.get(k).map(String::as_str);
         assert_eq!(get("AWS_LAMBDA_RUNTIME_API"), Some("127.0.0.1:9001"));
@@ -892,7 +918,7 @@ mod tests {
         // A NODE_PATH of the function's own comes first.
         let f = provided(data.path(), &[("NODE_PATH", "/var/task/mods")]);
         let env: HashMap<String, String> =
-            environment(&rt, &f, "inst1", "127.0.0.1:9001", Path::new("/tmp/scratch")).into_iter().collect();
+            environment(&rt, &f, "inst1", ("127.0.0.1:9001", None), Path::new("/tmp/scratch")).into_iter().collect();
         assert_eq!(env.get("NODE_PATH"), Some(&format!("/var/task/mods:{node_lib}")));
     }
 
@@ -912,7 +938,7 @@ mod tests {
         };
         assert_eq!(error_type, "Runtime.ExitError");
         let seen: HashSet<&str> = log.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
-        let given = environment(&rt, &f, "i1", "127.0.0.1:1", Path::new("/"));
+        let given = environment(&rt, &f, "i1", ("127.0.0.1:1", None), Path::new("/"));
         let given: HashSet<&str> = given.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(seen, given, "exactly the variables nimbus sets: {log}");
         assert_eq!(scratch_entries(&rt), 0, "the failed start removed its temp dir");

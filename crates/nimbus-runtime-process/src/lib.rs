@@ -26,7 +26,7 @@ use nimbus_core::{FunctionVersion, Instance, Runtime, RuntimeKind, StartError};
 pub use instance::ProcessInstance;
 pub use limits::{MemoryMode, Resources};
 pub use sandbox::{Sandbox, SandboxUnavailable};
-pub use services::CallsSlot;
+pub use services::{AwsSlot, CallsSlot};
 
 /// The Node.js bootstrap nimbus ships (Runtime API client + handler loader).
 pub const NODE_BOOTSTRAP: &str = include_str!("../bootstrap/node/bootstrap.js");
@@ -75,6 +75,8 @@ pub struct ProcessRuntime {
     pub(crate) sandbox: Option<Arc<Sandbox>>,
     /// The gateway's answer to calls functions make (set once the gateway exists).
     pub(crate) calls: CallsSlot,
+    /// The AWS APIs functions reach with their instance's key (set once the AWS side exists).
+    pub(crate) aws: AwsSlot,
     /// How `memory_mb`, `cpu_ms`, processes and open files are held (see [`limits`]).
     pub(crate) resources: Arc<Resources>,
 }
@@ -114,6 +116,7 @@ impl ProcessRuntime {
             limits,
             sandbox: None,
             calls: CallsSlot::default(),
+            aws: AwsSlot::default(),
             resources: Arc::new(Resources::detect()),
         })
     }
@@ -131,6 +134,12 @@ impl ProcessRuntime {
     /// Where to set the gateway's [`nimbus_core::FunctionCalls`] once it is built.
     pub fn calls_slot(&self) -> CallsSlot {
         self.calls.clone()
+    }
+
+    /// Where to set the AWS side's [`nimbus_core::FunctionAws`] (instances started before it is
+    /// set get placeholder keys that nothing accepts).
+    pub fn aws_slot(&self) -> AwsSlot {
+        self.aws.clone()
     }
 
     /// Run every instance in `sandbox` (see [`sandbox`]).

@@ -1,7 +1,10 @@
 //! What an instance's endpoint serves besides the Runtime API: the function's calls to nimbus
 //! (the Invoke API and the KV calls, answered by the gateway within the caller's grants through
-//! [`nimbus_core::FunctionCalls`]) and the egress proxy of sandboxed instances ([`crate::egress`]).
-//! The caller is the instance the endpoint belongs to: nothing it sends can claim otherwise.
+//! [`nimbus_core::FunctionCalls`]), the AWS APIs (S3, streamed to [`nimbus_core::FunctionAws`],
+//! signed with the instance's own key) and the egress proxy of sandboxed instances
+//! ([`crate::egress`]). For nimbus's calls the caller is the instance the endpoint belongs to:
+//! nothing it sends can claim otherwise; for the AWS APIs it is the key the request is signed
+//! with, as on the AWS port.
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,13 +14,21 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nimbus_core::outbound::OutboundPattern;
-use nimbus_core::{FunctionCalls, FunctionVersion};
+use nimbus_core::{BoxError, FunctionAws, FunctionCalls, FunctionVersion, InstanceCredentials, StreamBody};
 
 use crate::egress;
 
 /// Where the gateway's answer to function calls is set once it exists (it is built after the
 /// runtimes it calls into).
 pub type CallsSlot = Arc<OnceLock<Arc<dyn FunctionCalls>>>;
+
+/// Where the AWS side's [`FunctionAws`] is set once it exists. Unset (the runtime's own tests),
+/// instances get placeholder keys and their AWS API requests are refused with 503.
+pub type AwsSlot = Arc<OnceLock<Arc<dyn FunctionAws>>>;
+
+/// Largest error body of an AWS API refusal read for the invocation's log (S3's XML errors are
+/// a few hundred bytes).
+const MAX_REFUSAL_BODY: usize = 64 * 1024;
 
 /// Largest request body a function may send to nimbus (the Invoke API's payload limit).
 const MAX_CALL_BODY: usize = nimbus_core::invoke::MAX_PAYLOAD_BYTES;
@@ -28,6 +39,7 @@ const MAX_PROXIED_RESPONSE: usize = 64 * 1024 * 1024;
 pub(crate) struct Services {
     pub caller: Arc<FunctionVersion>,
     pub calls: CallsSlot,
+    pub aws: AwsSlot,
     /// `Some` when egress goes through this endpoint (sandboxed instances); the allow-list is
     /// `allowed_outbound_hosts`, parsed (`None` inside: any public host).
     pub egress: Option<Option<Vec<OutboundPattern>>>,
@@ -69,6 +81,93 @@ pub(crate) async fn call(req: Request<Incoming>, services: &Services) -> Respons
         services.note(format!("{target} refused: AccessDeniedException"));
     }
     answer.map(Full::new)
+}
+
+/// An instance's AWS credential; dropping it (the instance is gone, or its start failed)
+/// revokes it.
+pub(crate) struct Lease {
+    aws: Arc<dyn FunctionAws>,
+    pub credentials: InstanceCredentials,
+}
+
+impl Lease {
+    /// A fresh credential for an instance of `caller`; `None` while no AWS side is set.
+    pub(crate) fn issue(slot: &AwsSlot, caller: &FunctionVersion) -> Option<Lease> {
+        let aws = slot.get()?.clone();
+        let credentials = aws.issue_credentials(caller);
+        Some(Lease { aws, credentials })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.aws.revoke_credentials(&self.credentials.access_key_id);
+    }
+}
+
+/// A whole (small) answer as a [`StreamBody`] response.
+pub(crate) fn boxed(r: Response<Full<Bytes>>) -> Response<StreamBody> {
+    r.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// An AWS API request (S3): streamed to the AWS side as the SDK sent it, the answer streamed
+/// back. A refusal (403: `AccessDenied`, an unknown key, a bad signature) goes into the
+/// invocation's log and nimbus's.
+pub(crate) async fn aws(req: Request<Incoming>, services: &Services) -> Response<StreamBody> {
+    let Some(aws) = services.aws.get().cloned() else {
+        let message = "the AWS APIs are not available in this nimbus (still starting?); retry".to_owned();
+        return boxed(text(StatusCode::SERVICE_UNAVAILABLE, message));
+    };
+    let what = format!("S3 {} {}", req.method(), req.uri().path());
+    let answer = aws.serve(req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())).await;
+    if answer.status() != StatusCode::FORBIDDEN {
+        return answer;
+    }
+    let (parts, body) = answer.into_parts();
+    let body = refusal_body(body).await;
+    let name = &services.caller.spec.name;
+    services.note(format!(
+        "{what} refused: {} (a function's buckets are its [functions.{name}.grants] buckets)",
+        refusal(&body)
+    ));
+    boxed(Response::from_parts(parts, Full::new(body)))
+}
+
+/// The (small) body of a refusal, up to [`MAX_REFUSAL_BODY`] bytes. Read frame by frame: the
+/// body combinators over a `BoxError` body trip rustc's higher-ranked lifetime check of the
+/// `Send` future.
+async fn refusal_body(mut body: StreamBody) -> Bytes {
+    let mut out = Vec::new();
+    while out.len() < MAX_REFUSAL_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    out.extend_from_slice(data);
+                }
+            }
+            _ => break,
+        }
+    }
+    out.truncate(MAX_REFUSAL_BODY);
+    Bytes::from(out)
+}
+
+/// `Code: Message` of an S3 XML error body (`403` when there is none, as for HEAD).
+fn refusal(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let element = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let len = text.get(start..)?.find(&format!("</{name}>"))?;
+        let raw = text.get(start..start + len)?;
+        // XML's five predefined entities, `&amp;` last so it is not unescaped twice.
+        let pairs = [("&quot;", "\""), ("&apos;", "'"), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&")];
+        Some(pairs.iter().fold(raw.to_owned(), |s, (from, to)| s.replace(from, to)))
+    };
+    match (element("Code"), element("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => "403 Forbidden".to_owned(),
+    }
 }
 
 /// `CONNECT host:port`: check the policy, connect, answer 200 and splice the two connections.
@@ -135,4 +234,17 @@ async fn send(upstream: tokio::net::TcpStream, req: Request<Incoming>) -> Result
     let (parts, body) = resp.into_parts();
     let body = Limited::new(body, MAX_PROXIED_RESPONSE).collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_described_by_its_code_and_message() {
+        let xml = b"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>no &quot;b&quot; &amp;amp;</Message></Error>";
+        assert_eq!(refusal(xml), "AccessDenied: no \"b\" &amp;");
+        assert_eq!(refusal(b"<Error><Code>InvalidAccessKeyId</Code></Error>"), "InvalidAccessKeyId");
+        assert_eq!(refusal(b""), "403 Forbidden");
+    }
 }

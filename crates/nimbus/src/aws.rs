@@ -1,5 +1,7 @@
 //! `nimbus up`'s AWS port (`--aws-listen`): S3 over the embedded object store and the Lambda
-//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials`.
+//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials`; and the
+//! same S3 for functions, in-process through their instances' endpoints, with a key per
+//! instance ([`for_functions`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -32,6 +34,12 @@ impl InvokeApi for GatewayInvoke {
     }
 }
 
+/// What process instances reach as the AWS APIs: S3 over `objects`, in-process, each instance
+/// with a key of its own in `keys` (the ring the AWS port accepts too).
+pub fn for_functions(objects: Arc<dyn ObjectStore>, keys: KeyRing) -> Arc<dyn nimbus_core::FunctionAws> {
+    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::new(objects, keys, None)))
+}
+
 /// A bound AWS port, ready to serve.
 pub struct Bound {
     pub listener: tokio::net::TcpListener,
@@ -46,7 +54,7 @@ pub struct Bound {
 pub async fn bind(
     flag: Option<&str>,
     data_dir: &Path,
-    objects: Arc<dyn ObjectStore>,
+    (objects, keys): (Arc<dyn ObjectStore>, KeyRing),
     gateway: Arc<nimbus_gateway::Gateway>,
 ) -> Result<Option<Bound>> {
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
@@ -69,7 +77,6 @@ pub async fn bind(
     let credentials = data_dir.join(nimbus_aws::credentials::FILE_NAME);
     let (id, secret) = nimbus_aws::credentials::load_or_create(&credentials)
         .with_context(|| format!("cannot write {}", credentials.display()))?;
-    let keys = KeyRing::new();
     keys.insert(&id, &secret, Principal::Admin);
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);

@@ -174,7 +174,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
-    let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.objects.clone(), gateway.clone()).await?;
+    let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.aws_parts(), gateway.clone()).await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
     let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
     let aws_task = aws.map(|bound| crate::aws::spawn(bound, aws_stopped, args.drain));
@@ -235,6 +235,8 @@ struct Node {
     resources: Arc<Resources>,
     /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
     objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
+    keys: nimbus_aws::KeyRing,
 }
 
 impl Node {
@@ -248,15 +250,19 @@ impl Node {
         // KV in its own SQLite file (kv.db), so its fsyncs never queue behind other data; one
         // store for the management API, functions' calls and wasm's `wasi:keyvalue`.
         let kv = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
-        let Runtimes { by_kind, calls, sandbox, resources } = runtimes(data_dir, args.insecure_no_sandbox, kv.clone())?;
+        let Runtimes { by_kind, calls, aws, sandbox, resources } =
+            runtimes(data_dir, args.insecure_no_sandbox, kv.clone())?;
+        let objects: Arc<dyn nimbus_core::ObjectStore> =
+            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
+        // Instances get their AWS keys from their first start on (even with --aws-listen off).
+        let keys = nimbus_aws::KeyRing::new();
+        let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
         let kv_store: Arc<dyn KvStore> = kv.clone();
         let control =
             ControlPlane::load(registry, pools, kv_store, data_dir).await.context("cannot load the deployments")?;
-        let objects: Arc<dyn nimbus_core::ObjectStore> =
-            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
         control.set_object_store(objects.clone());
         // The live deployment's components load in the background while the app is checked.
         tokio::spawn({
@@ -277,7 +283,13 @@ impl Node {
             info,
             resources,
             objects,
+            keys,
         })
+    }
+
+    /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
+    fn aws_parts(&self) -> (Arc<dyn nimbus_core::ObjectStore>, nimbus_aws::KeyRing) {
+        (self.objects.clone(), self.keys.clone())
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -359,6 +371,8 @@ struct Runtimes {
     by_kind: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     /// Where the gateway's answer to functions' calls goes once the gateway exists.
     calls: nimbus_runtime_process::CallsSlot,
+    /// Where the AWS side functions reach goes.
+    aws: nimbus_runtime_process::AwsSlot,
     /// The process instances' sandbox (`None`: unsandboxed).
     sandbox: Option<Arc<Sandbox>>,
     resources: Arc<Resources>,
@@ -368,7 +382,8 @@ struct Runtimes {
 fn runtimes(data_dir: &Path, insecure_no_sandbox: bool, kv: Arc<dyn KvStore>) -> Result<Runtimes> {
     let process = ProcessRuntime::new(data_dir, Limits::default()).context("cannot prepare the process runtimes")?;
     let process = sandboxed(process, data_dir, insecure_no_sandbox)?;
-    let (calls, sandbox, resources) = (process.calls_slot(), process.sandbox(), process.resources());
+    let (calls, aws, sandbox, resources) =
+        (process.calls_slot(), process.aws_slot(), process.sandbox(), process.resources());
     log_limits(&resources);
     let process: Arc<dyn Runtime> = Arc::new(process);
     // Compiled components are cached per data dir, or in one shared place (NIMBUS_WASM_CACHE).
@@ -385,7 +400,7 @@ fn runtimes(data_dir: &Path, insecure_no_sandbox: bool, kv: Arc<dyn KvStore>) ->
         .into_iter()
         .map(|k| (k, if k == RuntimeKind::Wasm { wasm.clone() } else { process.clone() }))
         .collect();
-    Ok(Runtimes { by_kind, calls, sandbox, resources })
+    Ok(Runtimes { by_kind, calls, aws, sandbox, resources })
 }
 
 /// Say at start how process functions' limits are held, and why a stronger mechanism is not.
