@@ -891,6 +891,58 @@ mod tests {
         assert_eq!(tasks(), before, "a task the failed start spawned is still alive");
     }
 
+    /// An AWS side that hands out numbered keys and records which were revoked.
+    #[derive(Default)]
+    struct FakeAws {
+        issued: std::sync::atomic::AtomicUsize,
+        revoked: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl nimbus_core::FunctionAws for FakeAws {
+        fn issue_credentials(&self, caller: &FunctionVersion) -> nimbus_core::InstanceCredentials {
+            let n = self.issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            nimbus_core::InstanceCredentials {
+                access_key_id: format!("ASIA{n}"),
+                secret_access_key: format!("secret-of-{}", caller.spec.name),
+                session_token: format!("token{n}"),
+            }
+        }
+        fn revoke_credentials(&self, access_key_id: &str) {
+            self.revoked.lock().unwrap().push(access_key_id.to_owned());
+        }
+        async fn serve(&self, _: http::Request<nimbus_core::StreamBody>) -> http::Response<nimbus_core::StreamBody> {
+            unreachable!("no request is sent in these tests")
+        }
+    }
+
+    #[test]
+    fn an_instance_gets_its_own_aws_key_until_the_lease_is_dropped() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let f = provided(data.path(), &[("AWS_SESSION_TOKEN", "user's"), ("AWS_ACCESS_KEY_ID", "user's")]);
+        // No AWS side: placeholders, and no session token.
+        let env: HashMap<String, String> =
+            environment(&rt, &f, "inst1", ("127.0.0.1:9001", None), Path::new("/t")).into_iter().collect();
+        assert_eq!(env.get("AWS_ACCESS_KEY_ID").map(String::as_str), Some("NIMBUSINST1"));
+        assert_eq!(env.get("AWS_ENDPOINT_URL").map(String::as_str), Some("http://127.0.0.1:9001"));
+
+        let fake = Arc::new(FakeAws::default());
+        let aws: Arc<dyn nimbus_core::FunctionAws> = fake.clone();
+        let _ = rt.aws.set(aws);
+        let lease = crate::services::Lease::issue(&rt.aws, &f).unwrap();
+        let env: HashMap<String, String> =
+            environment(&rt, &f, "inst1", ("127.0.0.1:9001", Some(&lease)), Path::new("/t")).into_iter().collect();
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("AWS_ACCESS_KEY_ID"), Some("ASIA0"), "the issued key wins over the user's env");
+        assert_eq!(get("AWS_SECRET_ACCESS_KEY"), Some("secret-of-fn"));
+        assert_eq!(get("AWS_SESSION_TOKEN"), Some("token0"));
+        assert_eq!(get("AWS_REGION"), Some(REGION));
+        assert!(fake.revoked.lock().unwrap().is_empty());
+        drop(lease);
+        assert_eq!(*fake.revoked.lock().unwrap(), vec!["ASIA0".to_owned()], "dropping the lease revokes the key");
+    }
+
     #[test]
     fn environment_has_the_lambda_contract_and_the_users_variables() {
         let data = tempfile::tempdir().unwrap();

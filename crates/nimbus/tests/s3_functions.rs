@@ -259,9 +259,18 @@ async fn a_python_function_uses_its_bundled_boto3_within_its_grants() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_function_uses_its_bundled_sdk_v3_even_with_the_aws_port_off() {
+    node_function_within_its_grants(&["--aws-listen", "off"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsandboxed_instances_get_the_same_key_and_endpoint() {
+    node_function_within_its_grants(&["--aws-listen", "127.0.0.1:0", "--insecure-no-sandbox"]).await;
+}
+
+async fn node_function_within_its_grants(args: &[&str]) {
     let app = app("node");
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start_args(app.path(), data.path(), &["--aws-listen", "off"]);
+    let server = Server::start_args(app.path(), data.path(), args);
     let r = server.invoke("f", &json!({})).await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.raw));
     let expected = json!({
