@@ -39,6 +39,7 @@ const MAX_PROXIED_RESPONSE: usize = 64 * 1024 * 1024;
 pub(crate) struct Services {
     pub caller: Arc<FunctionVersion>,
     pub calls: CallsSlot,
+    /// Where the instance's S3 requests go (verified there against the instance's key).
     pub aws: AwsSlot,
     /// `Some` when egress goes through this endpoint (sandboxed instances); the allow-list is
     /// `allowed_outbound_hosts`, parsed (`None` inside: any public host).
@@ -138,7 +139,11 @@ pub(crate) async fn aws(req: Request<Incoming>, services: &Services) -> Response
 /// `Send` future.
 async fn refusal_body(mut body: StreamBody) -> Bytes {
     let mut out = Vec::new();
-    while out.len() < MAX_REFUSAL_BODY {
+    // Bounded in bytes and in frames (a body of empty frames ends too).
+    for _ in 0..1024 {
+        if out.len() >= MAX_REFUSAL_BODY {
+            break;
+        }
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
