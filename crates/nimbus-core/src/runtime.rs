@@ -33,6 +33,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// Start a new instance of `function` and wait until it is ready or failed.
     async fn start(&self, function: Arc<FunctionVersion>, instance_id: String)
         -> Result<Box<dyn Instance>, StartError>;
+
+    /// `function` is live (deployed): the runtime may make ahead of demand what its starts need
+    /// (the process runtime prepares a sandbox). Must return at once; the work runs in the
+    /// background.
+    fn live(&self, _function: &Arc<FunctionVersion>) {}
+
+    /// `function` is no longer live: drop what was made ahead for it.
+    fn retire(&self, _function: &FunctionVersion) {}
+
+    /// nimbus is stopping: release everything made ahead of demand, and wait until it is.
+    async fn shutdown(&self) {}
 }
 
 /// Why a function version cannot be got ready (see [`Runtime::prepare`]).

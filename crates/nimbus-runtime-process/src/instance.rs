@@ -63,7 +63,7 @@ pub struct ProcessInstance {
     /// The instance's cgroups (memory, pids, cpu accounting), when the machine has them.
     cgroup: Option<InstanceCgroup>,
     /// The instance's AWS key, revoked when the instance is dropped (after shutdown).
-    _credentials: Option<crate::services::Lease>,
+    credentials: Option<crate::services::Lease>,
     /// At the start of the invocation in progress: CPU time used (ns) and OOM kills so far.
     cpu_at_start: Option<u64>,
     oom_at_start: u64,
@@ -121,6 +121,19 @@ struct Spawned {
     child: tokio::process::Child,
     stdout: std::io::PipeReader,
     stderr: std::io::PipeReader,
+    /// A held sandbox's input, where the runtime's environment goes when it is claimed.
+    go: Option<std::io::PipeWriter>,
+}
+
+/// Where a new process is served from and how it starts.
+struct Spawn<'a> {
+    api: &'a str,
+    /// The instance's AWS key, for its environment.
+    lease: Option<&'a crate::services::Lease>,
+    scratch: &'a Path,
+    cgroup: Option<&'a InstanceCgroup>,
+    /// Prepare the sandbox and wait (see [`Shell`]).
+    hold: bool,
 }
 
 /// How an invocation ended.
@@ -147,6 +160,20 @@ impl ProcessInstance {
         id: String,
     ) -> Result<Self, StartError> {
         let began = Instant::now();
+        let (instance, _) = Self::spawn(rt, function, id, false).await?;
+        instance.finish_init(began, rt.limits.init_timeout).await
+    }
+
+    /// Everything of a start up to the running process: the temp dir, the endpoint, the cgroup,
+    /// the process and its log pipes. With `hold` (a prepared sandbox) the init waits for the
+    /// runtime's environment on the returned pipe.
+    async fn spawn(
+        rt: &ProcessRuntime,
+        function: Arc<FunctionVersion>,
+        id: String,
+        hold: bool,
+    ) -> Result<(Self, Option<std::io::PipeWriter>), StartError> {
+        let began = Instant::now();
         let command = rt.command_for(&function)?;
         let scratch = rt.scratch_dir.join(&id);
         std::fs::create_dir_all(&scratch).map_err(platform("cannot create the instance temp dir"))?;
@@ -162,7 +189,14 @@ impl ProcessInstance {
             .resources
             .instance(&id, function.spec.memory_mb)
             .map_err(platform("cannot make the instance's cgroup (see nimbus's start-up log for the limits mode)"))?;
-        let spawned = spawn_runtime(rt, &function, &id, &command, &endpoint, &guard.scratch, cgroup.as_ref())?;
+        let how = Spawn {
+            api: &endpoint.addr,
+            lease: endpoint.credentials.as_ref(),
+            scratch: &guard.scratch,
+            cgroup: cgroup.as_ref(),
+            hold,
+        };
+        let spawned = spawn_runtime(rt, &function, &id, &command, &how)?;
         let spawned_after = began.elapsed();
         let pid = spawned.child.id().unwrap_or(0);
         guard.group = Some(pid);
@@ -185,14 +219,14 @@ impl ProcessInstance {
             last_max_memory_mb: 0,
             proc_status: None,
             cgroup,
-            _credentials: endpoint.credentials,
+            credentials: endpoint.credentials,
             cpu_at_start: None,
             oom_at_start: 0,
             dead: false,
             stopped: false,
         };
         guard.disarm();
-        instance.finish_init(began, rt.limits.init_timeout).await
+        Ok((instance, spawned.go))
     }
 
     /// Wait for the runtime's first `/next`; on any other outcome stop it and report why.
@@ -498,15 +532,14 @@ fn runtime_pid(pid: u32) -> Option<u32> {
     first_child(pid).and_then(first_child).and_then(first_child)
 }
 
-/// Spawn the runtime: cleared environment, its own process group, output on two pipes.
+/// Spawn the runtime: cleared environment, its own process group, output on two pipes. A held
+/// sandbox gets no environment yet and a pipe as its input instead.
 fn spawn_runtime(
     rt: &ProcessRuntime,
     function: &FunctionVersion,
     id: &str,
     (program, args): &(PathBuf, Vec<String>),
-    endpoint: &Endpoint,
-    scratch: &Path,
-    cgroup: Option<&InstanceCgroup>,
+    how: &Spawn<'_>,
 ) -> Result<Spawned, StartError> {
     let (stdout, out_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
     let (stderr, err_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
@@ -515,10 +548,11 @@ fn spawn_runtime(
             let spec = sandbox::InstanceSpec {
                 code: &function.code_path,
                 runtime_dir: &rt.runtime_dir,
-                socket_dir: scratch,
+                socket_dir: how.scratch,
                 tmp_mb: function.spec.ephemeral_storage_mb,
                 program: &program.display().to_string(),
                 args,
+                hold: how.hold,
             };
             sandbox.command(&spec).map_err(platform("cannot prepare the sandbox"))?
         }
@@ -528,23 +562,96 @@ fn spawn_runtime(
             cmd
         }
     };
-    cmd.env_clear()
-        .envs(environment(rt, function, id, (&endpoint.addr, endpoint.credentials.as_ref()), scratch))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.env_clear();
+    let go = if how.hold {
+        let (input, go) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
+        cmd.stdin(Stdio::from(input));
+        Some(go)
+    } else {
+        cmd.envs(environment(rt, function, id, (how.api, how.lease), how.scratch)).stdin(Stdio::null());
+        None
+    };
+    cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w)).process_group(0).kill_on_drop(true);
     set_parent_death_signal(&mut cmd);
     // Without a memory cgroup, `memory_mb` is each process's RLIMIT_DATA.
-    let data_bytes =
-        (!cgroup.is_some_and(InstanceCgroup::holds_memory)).then(|| u64::from(function.spec.memory_mb) * 1024 * 1024);
-    limits::pre_exec_hook(&mut cmd, cgroup, data_bytes);
+    let data_bytes = (!how.cgroup.is_some_and(InstanceCgroup::holds_memory))
+        .then(|| u64::from(function.spec.memory_mb) * 1024 * 1024);
+    limits::pre_exec_hook(&mut cmd, how.cgroup, data_bytes);
     let spawned = cmd.spawn();
-    // The Command holds the pipes' write ends; drop it so end-of-file reaches the reader.
+    // The Command holds the pipes' ends; drop it so end-of-file reaches the readers.
     drop(cmd);
     let child = spawned.map_err(|e| spawn_error(function, program, e))?;
-    Ok(Spawned { child, stdout, stderr })
+    Ok(Spawned { child, stdout, stderr, go })
+}
+
+/// A sandboxed instance made ahead of demand: temp dir, endpoint, cgroup, namespaces, mounts and
+/// the init ready, the init waiting for the runtime's environment. Claiming it sends the
+/// environment and the runtime starts: a cold start then pays only for the runtime itself (see
+/// `crate::shells`). Dropped unclaimed, its input closes and the init exits.
+pub(crate) struct Shell {
+    instance: ProcessInstance,
+    go: std::io::PipeWriter,
+}
+
+impl Shell {
+    /// Prepare a sandbox for `function` (the runtime must be sandboxed).
+    pub(crate) async fn prepare(rt: &ProcessRuntime, function: Arc<FunctionVersion>) -> Result<Shell, StartError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = format!("spare-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (instance, go) = ProcessInstance::spawn(rt, function, id, true).await?;
+        match go {
+            Some(go) => Ok(Shell { instance, go }),
+            None => Err(StartError::Platform("a prepared sandbox has no input".into())),
+        }
+    }
+
+    /// The version the sandbox was made for.
+    pub(crate) fn function(&self) -> &Arc<FunctionVersion> {
+        &self.instance.function
+    }
+
+    /// Whether the sandbox is still waiting (its init has not exited).
+    pub(crate) fn alive(&self) -> bool {
+        !self.instance.exited()
+    }
+
+    /// Start the runtime in it as instance `id` of `function` (a version with the same pool key
+    /// as the one it was made for) and wait until it is ready or failed.
+    pub(crate) async fn claim(
+        self,
+        rt: &ProcessRuntime,
+        function: Arc<FunctionVersion>,
+        id: String,
+    ) -> Result<ProcessInstance, StartError> {
+        let began = Instant::now();
+        let Shell { mut instance, go } = self;
+        let lease = instance.credentials.as_ref();
+        let env = environment(rt, &function, &id, (sandbox::INSIDE_API, lease), &instance.scratch);
+        let mut bytes = Vec::new();
+        for (k, v) in env {
+            bytes.extend_from_slice(k.as_bytes());
+            bytes.push(b'=');
+            bytes.extend_from_slice(v.as_bytes());
+            bytes.push(0);
+        }
+        let sent = async {
+            let mut tx = pipe::Sender::from_owned_fd(OwnedFd::from(go))?;
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &bytes).await
+        };
+        if let Err(e) = sent.await {
+            return Err(StartError::Platform(format!("cannot start the runtime in its prepared sandbox: {e}")));
+        }
+        instance.id = id;
+        instance.function = function;
+        instance.cold_start.instance_start = began.elapsed();
+        instance.finish_init(began, rt.limits.init_timeout).await
+    }
+
+    /// Stop the sandbox and remove what it holds.
+    pub(crate) async fn discard(self) {
+        drop(self.go);
+        Box::new(self.instance).shutdown().await;
+    }
 }
 
 /// A `provided` bootstrap that cannot be executed is the function's fault (Lambda's
@@ -838,6 +945,7 @@ mod tests {
             calls: Default::default(),
             aws: Default::default(),
             resources: Default::default(),
+            spares: Default::default(),
         }
     }
 

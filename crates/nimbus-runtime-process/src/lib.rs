@@ -15,6 +15,7 @@ pub mod limits;
 mod logs;
 pub mod sandbox;
 mod services;
+mod shells;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use instance::ProcessInstance;
 pub use limits::{MemoryMode, Resources};
 pub use sandbox::{Sandbox, SandboxUnavailable};
 pub use services::{AwsSlot, CallsSlot};
+pub use shells::MAX_SPARES;
 
 /// The Node.js bootstrap nimbus ships (Runtime API client + handler loader).
 pub const NODE_BOOTSTRAP: &str = include_str!("../bootstrap/node/bootstrap.js");
@@ -62,7 +64,9 @@ impl Default for Limits {
     }
 }
 
-/// Makes process instances.
+/// Makes process instances. Cheap to clone (paths and shared handles): the background task
+/// that prepares sandboxes ahead of demand holds a clone.
+#[derive(Clone)]
 pub struct ProcessRuntime {
     pub(crate) node: Option<PathBuf>,
     pub(crate) python: Option<PathBuf>,
@@ -79,6 +83,8 @@ pub struct ProcessRuntime {
     pub(crate) aws: AwsSlot,
     /// How `memory_mb`, `cpu_ms`, processes and open files are held (see [`limits`]).
     pub(crate) resources: Arc<Resources>,
+    /// Sandboxes prepared ahead of demand (see [`shells`]).
+    pub(crate) spares: Arc<shells::Spares>,
 }
 
 impl ProcessRuntime {
@@ -118,6 +124,7 @@ impl ProcessRuntime {
             calls: CallsSlot::default(),
             aws: AwsSlot::default(),
             resources: Arc::new(Resources::detect()),
+            spares: Arc::default(),
         })
     }
 
@@ -237,8 +244,25 @@ impl Runtime for ProcessRuntime {
         function: Arc<FunctionVersion>,
         instance_id: String,
     ) -> Result<Box<dyn Instance>, StartError> {
-        let instance = ProcessInstance::start(self, function, instance_id).await?;
-        Ok(Box::new(instance))
+        let started = match self.spares.take(&function) {
+            Some(shell) => shell.claim(self, function.clone(), instance_id).await,
+            None => ProcessInstance::start(self, function.clone(), instance_id).await,
+        };
+        // The next cold start of this version finds a sandbox ready again.
+        self.spares.replenish(self, &function);
+        Ok(Box::new(started?))
+    }
+
+    fn live(&self, function: &Arc<FunctionVersion>) {
+        self.spares.replenish(self, function);
+    }
+
+    fn retire(&self, function: &FunctionVersion) {
+        self.spares.retire(function);
+    }
+
+    async fn shutdown(&self) {
+        self.spares.shutdown().await;
     }
 }
 

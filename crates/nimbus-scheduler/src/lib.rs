@@ -170,8 +170,9 @@ impl Inner {
     pub fn deploy(&self, functions: &[Arc<FunctionVersion>]) {
         let keep: HashSet<&str> = functions.iter().map(|f| f.pool_key()).collect();
         for f in functions {
-            if let Err(e) = self.pool(f) {
-                tracing::error!(function = %f.spec.name, "cannot create pool: {e}");
+            match self.pool(f) {
+                Ok(pool) => pool.live(),
+                Err(e) => tracing::error!(function = %f.spec.name, "cannot create pool: {e}"),
             }
         }
         let retired: Vec<Arc<Pool>> = {
@@ -210,6 +211,9 @@ impl Inner {
         let deadline = Instant::now() + within;
         for p in &pools {
             p.wait_empty(deadline).await;
+        }
+        for runtime in self.runtimes.values() {
+            runtime.shutdown().await;
         }
     }
 

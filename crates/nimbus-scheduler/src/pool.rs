@@ -307,8 +307,14 @@ impl Pool {
         }
     }
 
+    /// The pool's version is (still) deployed: let the runtime prepare ahead for it.
+    pub(crate) fn live(&self) {
+        self.runtime.live(&self.function);
+    }
+
     /// Stop taking work: idle instances stop now, busy ones when released.
     pub(crate) fn retire(self: &Arc<Self>) {
+        self.runtime.retire(&self.function);
         let mut st = self.lock();
         st.retired = true;
         for i in std::mem::take(&mut st.idle) {

@@ -9,6 +9,11 @@
 //!    it per namespace, so per instance);
 //! 4. start the runtime with the environment it was given, wait for it, and exit as it did.
 //!
+//! With `--hold` (a prepared sandbox, see `crate::shells`) the init does 1–3, then waits: it reads
+//! the runtime's environment from its standard input (`KEY=VALUE` entries, each ended by a NUL)
+//! until end-of-file, and only then starts the runtime with exactly that environment. Closing
+//! the input with nothing written means the sandbox is not needed: the init exits quietly.
+//!
 //! Plain threads and blocking I/O, no async runtime: it handles a few connections (the runtime's
 //! and the function's SDK calls) and must start in well under a millisecond.
 
@@ -30,6 +35,8 @@ enum Plan {
     Run {
         drop_to: Option<u32>,
         nproc: Option<u64>,
+        /// Wait for the runtime's environment on stdin before starting it.
+        hold: bool,
         listen: String,
         socket: String,
         program: OsString,
@@ -40,12 +47,14 @@ enum Plan {
 fn parse(args: &[OsString]) -> Result<Plan, String> {
     let mut it = args.iter();
     let (mut drop_to, mut nproc, mut listen, mut socket) = (None, None, None, None);
+    let mut hold = false;
     while let Some(a) = it.next() {
         let mut value = |name: &str| {
             it.next().and_then(|v| v.to_str()).map(str::to_owned).ok_or_else(|| format!("{name} needs a value"))
         };
         match a.to_str() {
             Some("--probe") => return Ok(Plan::Probe),
+            Some("--hold") => hold = true,
             Some("--drop-to") => {
                 drop_to = Some(value("--drop-to")?.parse().map_err(|_| "--drop-to needs a uid".to_owned())?)
             }
@@ -59,6 +68,7 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
                 return Ok(Plan::Run {
                     drop_to,
                     nproc,
+                    hold,
                     listen: listen.ok_or("--listen is missing")?,
                     socket: socket.ok_or("--socket is missing")?,
                     program,
@@ -86,7 +96,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
 fn run(plan: Plan) -> Result<ExitCode, String> {
     match plan {
         Plan::Probe => probe(),
-        Plan::Run { drop_to, nproc, listen, socket, program, args } => {
+        Plan::Run { drop_to, nproc, hold, listen, socket, program, args } => {
             if let Some(id) = drop_to {
                 drop_privileges(id)?;
             }
@@ -99,13 +109,36 @@ fn run(plan: Plan) -> Result<ExitCode, String> {
                 .name("forward".into())
                 .spawn(move || forward(&listener, &socket))
                 .map_err(|e| format!("cannot start the forwarder: {e}"))?;
-            let status = std::process::Command::new(&program)
-                .args(&args)
-                .status()
-                .map_err(|e| format!("cannot execute {}: {e}", program.to_string_lossy()))?;
+            let mut command = std::process::Command::new(&program);
+            command.args(&args);
+            if hold {
+                let Some(env) = read_environment(std::io::stdin().lock())? else {
+                    return Ok(ExitCode::SUCCESS);
+                };
+                command.env_clear().envs(env).stdin(std::process::Stdio::null());
+            }
+            let status = command.status().map_err(|e| format!("cannot execute {}: {e}", program.to_string_lossy()))?;
             Ok(exit_code(status))
         }
     }
+}
+
+/// A held sandbox's runtime environment: NUL-ended `KEY=VALUE` entries up to end-of-file.
+/// `None` when nothing came (the sandbox was dropped unused).
+fn read_environment(mut input: impl std::io::Read) -> Result<Option<Vec<(OsString, OsString)>>, String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut bytes = Vec::new();
+    input.read_to_end(&mut bytes).map_err(|e| format!("cannot read the runtime's environment: {e}"))?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let mut env = Vec::new();
+    for entry in bytes.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+        let at = entry.iter().position(|b| *b == b'=').ok_or("an environment entry without '='")?;
+        let (key, value) = entry.split_at(at);
+        env.push((OsString::from_vec(key.to_vec()), OsString::from_vec(value.get(1..).unwrap_or_default().to_vec())));
+    }
+    Ok(Some(env))
 }
 
 /// The sandbox works when the init runs in it; as root it must be able to stop being root.
@@ -182,6 +215,7 @@ mod tests {
             Ok(Plan::Run {
                 drop_to: Some(65534),
                 nproc: None,
+                hold: false,
                 listen: "127.0.0.1:9001".into(),
                 socket: "/s".into(),
                 program: "node".into(),
@@ -194,6 +228,21 @@ mod tests {
         let capped = parse(&os(&["--nproc", "1024", "--listen", "l", "--socket", "s", "--", "p"]));
         assert!(matches!(capped, Ok(Plan::Run { nproc: Some(1024), .. })), "{capped:?}");
         assert!(parse(&os(&["--listen", "x", "--socket", "y"])).unwrap_err().contains("no program"));
+        let held = parse(&os(&["--hold", "--listen", "l", "--socket", "s", "--", "p"]));
+        assert!(matches!(held, Ok(Plan::Run { hold: true, .. })), "{held:?}");
+    }
+
+    #[test]
+    fn a_held_environment_is_read_whole_or_not_at_all() {
+        assert_eq!(read_environment(&b""[..]), Ok(None));
+        let env = read_environment(&b"A=1\0EMPTY=\0URL=http://x/?a=b\0"[..]).unwrap().unwrap();
+        let pairs: Vec<(String, String)> =
+            env.into_iter().map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap())).collect();
+        assert_eq!(
+            pairs,
+            [("A", "1"), ("EMPTY", ""), ("URL", "http://x/?a=b")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert!(read_environment(&b"NOEQUALS\0"[..]).unwrap_err().contains("'='"));
     }
 
     /// Bytes go both ways through the forwarder, and the half-close of each side reaches the

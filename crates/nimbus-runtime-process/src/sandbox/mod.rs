@@ -153,6 +153,8 @@ pub(crate) struct InstanceSpec<'a> {
     /// The runtime's program and arguments, as paths inside the sandbox.
     pub program: &'a str,
     pub args: &'a [String],
+    /// A prepared sandbox: the init waits for the runtime's environment on stdin.
+    pub hold: bool,
 }
 
 impl Sandbox {
@@ -206,6 +208,7 @@ impl Sandbox {
             tmp_mb: 1,
             program: "--probe",
             args: &[],
+            hold: false,
         };
         let (args, fd) = self.args(&spec).map_err(|e| SandboxUnavailable::Setup(e.to_string()))?;
         let mut cmd = std::process::Command::new(&self.bwrap);
@@ -262,6 +265,9 @@ impl Sandbox {
                 // In the instance's own user namespace RLIMIT_NPROC counts that namespace's
                 // processes: a per-instance cap even without the pids cgroup controller.
                 a.flag("--nproc").flag(&crate::limits::MAX_PROCESSES.to_string());
+            }
+            if spec.hold {
+                a.flag("--hold");
             }
             a.flag("--listen").flag(INSIDE_API);
             a.flag("--socket").flag(&format!("{SOCKET_DIR}/{SOCKET_NAME}"));

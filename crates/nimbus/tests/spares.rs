@@ -1,0 +1,90 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+//! Sandboxes prepared ahead of demand: a live function has a sandbox waiting (bwrap with the
+//! init held), a cold start runs the function in it as an instance of its own, the next one
+//! finds another, and a version that is replaced loses its spare.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// nimbus's children whose init is held (`--hold`): the prepared sandboxes.
+fn held_sandboxes(nimbus: i32) -> Vec<i32> {
+    let mut held = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{nimbus}/task")).unwrap();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).any(|a| a == b"--hold") && process_alive(pid) {
+                held.push(pid);
+            }
+        }
+    }
+    held.sort_unstable();
+    held
+}
+
+/// Wait (bounded) until exactly one held sandbox is there that is not in `besides`.
+async fn spare_besides(nimbus: i32, besides: &[i32]) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fresh: Vec<i32> = held_sandboxes(nimbus).into_iter().filter(|p| !besides.contains(p)).collect();
+        if let [one] = fresh[..] {
+            return one;
+        }
+        assert!(Instant::now() < deadline, "no new prepared sandbox appeared (held now: {fresh:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const ENV: &[&str] =
+    &["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_LOG_STREAM_NAME", "LAMBDA_TASK_ROOT", "AWS_LAMBDA_RUNTIME_API"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_starts_claim_the_prepared_sandbox_and_get_their_own_environment() {
+    let app = App::new("spares").conformance("python", "f", "").finish();
+    let server = Server::start(app.path());
+    let spare = spare_besides(server.pid(), &[]).await;
+
+    let first = server.invoke("f", &json!({"op": "env", "names": ENV})).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(server.instance_pids().await, vec![spare], "the cold start did not run in the prepared sandbox");
+    let functions = server.admin("/v1/functions").await;
+    let id = functions[0]["pools"][0]["instances"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(first.body["AWS_LAMBDA_FUNCTION_NAME"], "f");
+    assert_eq!(first.body["LAMBDA_TASK_ROOT"], "/var/task");
+    assert_eq!(first.body["AWS_LAMBDA_RUNTIME_API"], "127.0.0.1:9001");
+    let stream = first.body["AWS_LAMBDA_LOG_STREAM_NAME"].as_str().unwrap();
+    assert!(stream.ends_with(&id), "the log stream {stream} does not name instance {id}");
+
+    // The start asked for the next spare; a crash ends the instance; the next cold start
+    // takes that spare, as another instance with its own environment.
+    let next = spare_besides(server.pid(), &[spare]).await;
+    let crashed = server.invoke("f", &json!({"op": "crash"})).await;
+    assert_eq!(crashed.status, 200);
+    assert!(crashed.function_error().is_some(), "{:?}", crashed.body);
+    wait_gone(&[spare], Duration::from_secs(10)).await;
+    let second = server.invoke("f", &json!({"op": "env", "names": ENV})).await;
+    assert_eq!(second.status, 200, "{:?}", second.body);
+    assert_eq!(server.instance_pids().await, vec![next]);
+    assert_ne!(second.body["AWS_LAMBDA_LOG_STREAM_NAME"], first.body["AWS_LAMBDA_LOG_STREAM_NAME"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_version_loses_its_spare_and_the_new_one_gets_one() {
+    let app = App::new("spares-redeploy").conformance("python", "f", "").finish();
+    let server = Server::start(app.path());
+    let old = spare_besides(server.pid(), &[]).await;
+
+    std::fs::write(app.path().join("functions/f/changed.txt"), "a new version").unwrap();
+    let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_gone(&[old], Duration::from_secs(10)).await;
+    let new = spare_besides(server.pid(), &[old]).await;
+    let done = server.invoke("f", &json!({"op": "echo"})).await;
+    assert_eq!(done.status, 200, "{:?}", done.body);
+    assert_eq!(server.instance_pids().await, vec![new]);
+}
