@@ -9,6 +9,7 @@
 
 pub mod credentials;
 pub mod keys;
+pub mod metered;
 pub mod s3;
 pub mod server;
 pub mod sigv4;

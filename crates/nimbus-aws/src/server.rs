@@ -24,8 +24,10 @@ use s3s::S3Result;
 use tokio::net::TcpListener;
 
 use crate::keys::{KeyRing, Principal};
+use crate::metered::{self, Counting};
 use crate::s3::S3Api;
 use crate::sigv4::{self, SigError};
+use nimbus_core::meter::StorageMeter;
 
 /// The base domain of virtual-host style requests (`BUCKET.s3.localhost`).
 pub const VIRTUAL_HOST_DOMAIN: &str = "s3.localhost";
@@ -46,6 +48,7 @@ pub trait InvokeApi: Send + Sync + 'static {
 /// What the port serves.
 pub struct AwsPort {
     s3: S3Service,
+    meter: Arc<StorageMeter>,
     keys: KeyRing,
     invoke: Option<Arc<dyn InvokeApi>>,
 }
@@ -65,10 +68,21 @@ impl S3Host for Hosts {
 
 impl AwsPort {
     pub fn new(store: Arc<dyn ObjectStore>, keys: KeyRing, invoke: Option<Arc<dyn InvokeApi>>) -> Arc<AwsPort> {
-        let mut builder = S3ServiceBuilder::new(S3Api::new(store, keys.clone()));
+        AwsPort::metered(store, keys, invoke, Arc::default())
+    }
+
+    /// As [`AwsPort::new`], counting operations, errors and bytes into `meter`.
+    pub fn metered(
+        store: Arc<dyn ObjectStore>,
+        keys: KeyRing,
+        invoke: Option<Arc<dyn InvokeApi>>,
+        meter: Arc<StorageMeter>,
+    ) -> Arc<AwsPort> {
+        let mut builder = S3ServiceBuilder::new(S3Api::new(store, keys.clone()).with_meter(meter.clone()));
         builder.set_auth(keys.clone());
+        builder.set_access(Counting(meter.clone()));
         builder.set_host(Hosts);
-        Arc::new(AwsPort { s3: builder.build(), keys, invoke })
+        Arc::new(AwsPort { s3: builder.build(), meter, keys, invoke })
     }
 
     /// Answer one request.
@@ -79,7 +93,13 @@ impl AwsPort {
             return http::Response::from_parts(parts, s3s::Body::from(body));
         }
         match self.s3.call(req.map(s3s::Body::from)).await {
-            Ok(r) => r,
+            Ok(r) => {
+                if r.status().is_client_error() || r.status().is_server_error() {
+                    let body = r.body().bytes().unwrap_or_default();
+                    self.meter.s3_error(metered::error_code(&body).unwrap_or("Unknown"));
+                }
+                r
+            }
             Err(e) => {
                 tracing::error!("S3 request failed: {:?}", s3s::StdError::from(e));
                 lambda_error(http::StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "the S3 service failed")

@@ -207,11 +207,8 @@ impl StorageMeter {
         let mut out = Vec::new();
         for kind in [StorageKind::Bucket, StorageKind::Kv] {
             let mut cells = self.map(kind).write().unwrap_or_else(|e| e.into_inner());
-            let mut got: Vec<_> = cells
-                .iter()
-                .map(|(n, c)| (kind, n.clone(), c.read(take)))
-                .filter(|(_, _, c)| !c.is_zero())
-                .collect();
+            let mut got: Vec<_> =
+                cells.iter().map(|(n, c)| (kind, n.clone(), c.read(take))).filter(|(_, _, c)| !c.is_zero()).collect();
             if take {
                 // Nobody else holds a cell with a count of 1, and none can get one while the
                 // lock is held: removing it loses no count.
@@ -227,7 +224,13 @@ impl StorageMeter {
     pub fn s3_totals(&self) -> S3Totals {
         S3Totals {
             operations: self.s3_ops.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (*k, *v)).collect(),
-            errors: self.s3_errors.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            errors: self
+                .s3_errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             bytes_in: self.s3_bytes_in.load(Ordering::Relaxed),
             bytes_out: self.s3_bytes_out.load(Ordering::Relaxed),
         }
