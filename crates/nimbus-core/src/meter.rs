@@ -15,12 +15,18 @@
 //!   a month 730 hours). The first sample after a start has nothing before it: the time nimbus
 //!   was down is not billed.
 //!
-//! The S3 layer also reports totals for `/metrics` here (operations by name, errors by code,
+//! KV calls are counted by [`MeteredKv`], a wrapper around the store. The S3 layer also reports totals for `/metrics` here (operations by name, errors by code,
 //! bytes by direction), so the gateway can render them without depending on the AWS crate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::kv::{CasOutcome, KvEntry, KvError, KvNamespace, KvPage, KvStore};
 
 /// One hour in milliseconds.
 pub const HOUR_MS: u64 = 3_600_000;
@@ -234,6 +240,83 @@ impl StorageMeter {
             bytes_in: self.s3_bytes_in.load(Ordering::Relaxed),
             bytes_out: self.s3_bytes_out.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A [`KvStore`] that counts every call on the store it wraps, as Cloudflare KV bills them:
+/// `get` a read (value bytes out), `put`, `increment` and `compare_and_swap` writes (value bytes
+/// in), `delete` a delete, `list` a list. Namespace calls are not counted. The composition root
+/// wraps the KV store once, so the management API, process functions and `wasi:keyvalue` are
+/// all counted the same way.
+pub struct MeteredKv {
+    inner: Arc<dyn KvStore>,
+    meter: Arc<StorageMeter>,
+}
+
+impl MeteredKv {
+    pub fn new(inner: Arc<dyn KvStore>, meter: Arc<StorageMeter>) -> Self {
+        MeteredKv { inner, meter }
+    }
+
+    fn count(&self, ns: &str, class: OpClass, bytes_in: u64, bytes_out: u64) {
+        self.meter.request(StorageKind::Kv, ns, class);
+        if bytes_in + bytes_out > 0 {
+            self.meter.bytes(StorageKind::Kv, ns, bytes_in, bytes_out);
+        }
+    }
+}
+
+#[async_trait]
+impl KvStore for MeteredKv {
+    async fn create_namespace(&self, ns: &str) -> Result<bool, KvError> {
+        self.inner.create_namespace(ns).await
+    }
+
+    async fn delete_namespace(&self, ns: &str) -> Result<bool, KvError> {
+        self.inner.delete_namespace(ns).await
+    }
+
+    async fn namespaces(&self) -> Result<Vec<KvNamespace>, KvError> {
+        self.inner.namespaces().await
+    }
+
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<KvEntry>, KvError> {
+        let got = self.inner.get(ns, key).await;
+        let out = got.as_ref().ok().and_then(Option::as_ref).map_or(0, |e| e.value.len() as u64);
+        self.count(ns, OpClass::Read, 0, out);
+        got
+    }
+
+    async fn put(&self, ns: &str, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<u64, KvError> {
+        self.count(ns, OpClass::Write, value.len() as u64, 0);
+        self.inner.put(ns, key, value, ttl).await
+    }
+
+    async fn delete(&self, ns: &str, key: &str) -> Result<bool, KvError> {
+        self.count(ns, OpClass::Delete, 0, 0);
+        self.inner.delete(ns, key).await
+    }
+
+    async fn list(&self, ns: &str, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<KvPage, KvError> {
+        self.count(ns, OpClass::List, 0, 0);
+        self.inner.list(ns, prefix, cursor, limit).await
+    }
+
+    async fn increment(&self, ns: &str, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        self.count(ns, OpClass::Write, 0, 0);
+        self.inner.increment(ns, key, by, ttl).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<u64>,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<CasOutcome, KvError> {
+        self.count(ns, OpClass::Write, value.len() as u64, 0);
+        self.inner.compare_and_swap(ns, key, expected, value, ttl).await
     }
 }
 
