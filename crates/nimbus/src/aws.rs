@@ -71,15 +71,11 @@ pub async fn bind(
         .with_context(|| format!("cannot write {}", credentials.display()))?;
     let keys = KeyRing::new();
     keys.insert(&id, &secret, Principal::Admin);
+    let meter = gateway.storage_meter();
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    Ok(Some(Bound {
-        listener,
-        url,
-        port: AwsPort::metered(objects, keys, Some(invoke), gateway.storage_meter()),
-        credentials,
-    }))
+    Ok(Some(Bound { listener, url, port: AwsPort::metered(objects, keys, Some(invoke), meter), credentials }))
 }
 
 /// Print how to use the port, and serve it until `stopped` turns true.
