@@ -15,34 +15,34 @@ use s3s::access::{S3Access, S3AccessContext};
 use s3s::path::S3Path;
 use s3s::{s3_error, S3Result};
 
-/// S3 operations by name, with how S3 bills them (`None`: not billed, like deletes). The names
+/// S3 operations by name, with how S3 bills them (deletes are counted but free). The names
 /// are a fixed set, so `/metrics` labels stay bounded; anything else counts as "Other".
-const OPERATIONS: &[(&str, Option<OpClass>)] = &[
-    ("AbortMultipartUpload", None),
-    ("CompleteMultipartUpload", Some(OpClass::Write)),
-    ("CopyObject", Some(OpClass::Write)),
-    ("CreateBucket", Some(OpClass::Write)),
-    ("CreateMultipartUpload", Some(OpClass::Write)),
-    ("DeleteBucket", None),
-    ("DeleteObject", None),
-    ("DeleteObjects", Some(OpClass::Write)),
-    ("GetBucketLocation", Some(OpClass::Read)),
-    ("GetObject", Some(OpClass::Read)),
-    ("HeadBucket", Some(OpClass::Read)),
-    ("HeadObject", Some(OpClass::Read)),
-    ("ListBuckets", Some(OpClass::List)),
-    ("ListMultipartUploads", Some(OpClass::List)),
-    ("ListObjects", Some(OpClass::List)),
-    ("ListObjectsV2", Some(OpClass::List)),
-    ("ListParts", Some(OpClass::List)),
-    ("PutObject", Some(OpClass::Write)),
-    ("UploadPart", Some(OpClass::Write)),
-    ("UploadPartCopy", Some(OpClass::Write)),
+const OPERATIONS: &[(&str, OpClass)] = &[
+    ("AbortMultipartUpload", OpClass::Delete),
+    ("CompleteMultipartUpload", OpClass::Write),
+    ("CopyObject", OpClass::Write),
+    ("CreateBucket", OpClass::Write),
+    ("CreateMultipartUpload", OpClass::Write),
+    ("DeleteBucket", OpClass::Delete),
+    ("DeleteObject", OpClass::Delete),
+    ("DeleteObjects", OpClass::Delete),
+    ("GetBucketLocation", OpClass::Read),
+    ("GetObject", OpClass::Read),
+    ("HeadBucket", OpClass::Read),
+    ("HeadObject", OpClass::Read),
+    ("ListBuckets", OpClass::List),
+    ("ListMultipartUploads", OpClass::List),
+    ("ListObjects", OpClass::List),
+    ("ListObjectsV2", OpClass::List),
+    ("ListParts", OpClass::List),
+    ("PutObject", OpClass::Write),
+    ("UploadPart", OpClass::Write),
+    ("UploadPartCopy", OpClass::Write),
 ];
 
 /// The operation's label and billing class.
-pub fn classify(name: &str) -> (&'static str, Option<OpClass>) {
-    OPERATIONS.iter().find(|(n, _)| *n == name).map_or(("Other", Some(OpClass::Read)), |(n, c)| (*n, *c))
+pub fn classify(name: &str) -> (&'static str, OpClass) {
+    OPERATIONS.iter().find(|(n, _)| *n == name).map_or(("Other", OpClass::Read), |(n, c)| (*n, *c))
 }
 
 /// s3s's access hook: refuses unsigned requests (what s3s does without a hook) and counts the
@@ -61,7 +61,7 @@ impl S3Access for Counting {
             S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket),
             S3Path::Root => None,
         };
-        if let (Some(bucket), Some(class)) = (bucket, class) {
+        if let Some(bucket) = bucket {
             self.0.request(StorageKind::Bucket, bucket, class);
         }
         Ok(())
@@ -129,10 +129,10 @@ mod tests {
 
     #[test]
     fn operations_are_classed_as_s3_bills_them() {
-        assert_eq!(classify("PutObject"), ("PutObject", Some(OpClass::Write)));
-        assert_eq!(classify("GetObject"), ("GetObject", Some(OpClass::Read)));
-        assert_eq!(classify("ListObjectsV2"), ("ListObjectsV2", Some(OpClass::List)));
-        assert_eq!(classify("DeleteObject"), ("DeleteObject", None));
+        assert_eq!(classify("PutObject"), ("PutObject", OpClass::Write));
+        assert_eq!(classify("GetObject"), ("GetObject", OpClass::Read));
+        assert_eq!(classify("ListObjectsV2"), ("ListObjectsV2", OpClass::List));
+        assert_eq!(classify("DeleteObject"), ("DeleteObject", OpClass::Delete));
         assert_eq!(classify("GetBucketAcl").0, "Other");
         let mut names: Vec<_> = OPERATIONS.iter().map(|o| o.0).collect();
         names.sort_unstable();
