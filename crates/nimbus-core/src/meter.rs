@@ -329,16 +329,20 @@ pub struct StoredSpan {
     pub byte_seconds: u64,
 }
 
+/// Sizes seen at one sample: (kind, name, bytes).
+pub type Sizes = Vec<(StorageKind, String, u64)>;
+
 /// Integrates sampled sizes over time (see the module docs for the method).
 #[derive(Default)]
 pub struct Integrator {
-    last: Option<(u64, Vec<(StorageKind, String, u64)>)>,
+    /// The previous sample: when, and what it saw.
+    last: Option<(u64, Sizes)>,
 }
 
 impl Integrator {
     /// Record the sizes seen at `now_ms`; returns the byte-seconds of the sizes seen at the
     /// previous sample over the time since it, per hour. A clock that went back gives nothing.
-    pub fn sample(&mut self, now_ms: u64, sizes: Vec<(StorageKind, String, u64)>) -> Vec<StoredSpan> {
+    pub fn sample(&mut self, now_ms: u64, sizes: Sizes) -> Vec<StoredSpan> {
         let mut out = Vec::new();
         if let Some((from, prev)) = self.last.take() {
             let mut t = from;
