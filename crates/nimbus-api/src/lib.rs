@@ -19,7 +19,7 @@
 //! | `POST /v1/dlq/redrive` | [`RedriveRequest`] | [`Redriven`] | admin |
 //! | `POST /v1/dlq/purge` | [`PurgeRequest`] | [`Purged`] | admin |
 //! | `GET /v1/queue` | – | [`QueueInfo`] | read |
-//! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] | read |
+//! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] (functions, and storage per bucket and KV namespace) | read |
 //! | `GET /v1/stats?function=&window=&buckets=&until=` | – | [`StatsReport`] | read |
 //! | `GET /v1/info` | – | [`Info`] | read |
 //! | `POST /v1/tokens` | [`TokenRequest`] | 201 [`CreatedToken`] (the secret, this once) | admin |
