@@ -138,7 +138,7 @@ pub struct S3Totals {
 pub struct StorageMeter {
     buckets: RwLock<HashMap<String, Arc<Cell>>>,
     namespaces: RwLock<HashMap<String, Arc<Cell>>>,
-    s3_ops: Mutex<BTreeMap<&'static str, u64>>,
+    s3_ops: RwLock<BTreeMap<&'static str, AtomicU64>>,
     s3_errors: Mutex<BTreeMap<String, u64>>,
     s3_bytes_in: AtomicU64,
     s3_bytes_out: AtomicU64,
@@ -184,7 +184,12 @@ impl StorageMeter {
 
     /// Count one S3 operation (by its S3 name, from a fixed set) for `/metrics`.
     pub fn s3_operation(&self, operation: &'static str) {
-        *self.s3_ops.lock().unwrap_or_else(|e| e.into_inner()).entry(operation).or_default() += 1;
+        if let Some(n) = self.s3_ops.read().unwrap_or_else(|e| e.into_inner()).get(operation) {
+            n.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut ops = self.s3_ops.write().unwrap_or_else(|e| e.into_inner());
+        ops.entry(operation).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count one S3 error response, by its code.
@@ -229,7 +234,13 @@ impl StorageMeter {
     /// S3 totals since start.
     pub fn s3_totals(&self) -> S3Totals {
         S3Totals {
-            operations: self.s3_ops.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (*k, *v)).collect(),
+            operations: self
+                .s3_ops
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (*k, v.load(Ordering::Relaxed)))
+                .collect(),
             errors: self
                 .s3_errors
                 .lock()

@@ -131,4 +131,31 @@ mod tests {
         assert_eq!(prune(&conn, 7_200_000).unwrap(), 1);
         assert_eq!(query(&conn, 0).unwrap().len(), 1);
     }
+
+    #[tokio::test]
+    async fn metered_kv_calls_are_classed_as_cloudflare_kv_bills_them() {
+        use std::sync::Arc;
+
+        use bytes::Bytes;
+        use nimbus_core::meter::{MeteredKv, StorageMeter};
+        use nimbus_core::KvStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(crate::KvDb::open(&dir.path().join("kv.db")).unwrap());
+        let meter = Arc::new(StorageMeter::default());
+        let kv = MeteredKv::new(db.clone(), meter.clone());
+        kv.create_namespace("n").await.unwrap();
+        kv.put("n", "k", Bytes::from_static(b"hello"), None).await.unwrap();
+        kv.increment("n", "c", 1, None).await.unwrap();
+        kv.compare_and_swap("n", "k", Some(1), Bytes::from_static(b"hi"), None).await.unwrap();
+        assert_eq!(kv.get("n", "k").await.unwrap().unwrap().value.as_ref(), b"hi");
+        assert!(kv.get("n", "missing").await.unwrap().is_none());
+        kv.list("n", "", None, 10).await.unwrap();
+        kv.delete("n", "k").await.unwrap();
+        kv.namespaces().await.unwrap();
+        let got = meter.take();
+        let want = StorageCounts { reads: 2, writes: 3, deletes: 1, lists: 1, bytes_in: 7, bytes_out: 2 };
+        assert_eq!(got, vec![(StorageKind::Kv, "n".to_owned(), want)]);
+        db.close();
+    }
 }
