@@ -17,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use nimbus_core::meter::StorageMeter;
 use nimbus_core::ObjectStore;
 use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -27,7 +28,6 @@ use crate::keys::{KeyRing, Principal};
 use crate::metered::{self, Counting};
 use crate::s3::S3Api;
 use crate::sigv4::{self, SigError};
-use nimbus_core::meter::StorageMeter;
 
 /// The base domain of virtual-host style requests (`BUCKET.s3.localhost`).
 pub const VIRTUAL_HOST_DOMAIN: &str = "s3.localhost";
