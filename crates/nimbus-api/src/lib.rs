@@ -19,7 +19,7 @@
 //! | `POST /v1/dlq/redrive` | [`RedriveRequest`] | [`Redriven`] | admin |
 //! | `POST /v1/dlq/purge` | [`PurgeRequest`] | [`Purged`] | admin |
 //! | `GET /v1/queue` | – | [`QueueInfo`] | read |
-//! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] | read |
+//! | `GET /v1/usage?since=&granularity=&servers=&serverPerHour=` | – | [`UsageReport`] (functions, and storage per bucket and KV namespace) | read |
 //! | `GET /v1/stats?function=&window=&buckets=&until=` | – | [`StatsReport`] | read |
 //! | `GET /v1/info` | – | [`Info`] | read |
 //! | `POST /v1/tokens` | [`TokenRequest`] | 201 [`CreatedToken`] (the secret, this once) | admin |
@@ -370,8 +370,57 @@ pub struct UsageReport {
     pub prices: Prices,
     pub functions: Vec<FunctionUsage>,
     pub buckets: Vec<UsageBucket>,
+    /// Functions only (requests and compute); storage has its own total.
     pub total: UsageTotal,
     pub always_on: AlwaysOn,
+    /// Object storage buckets and KV namespaces: requests, bytes and GB-months in the window,
+    /// priced, with what each holds now. Absent from older servers.
+    #[serde(default)]
+    pub storage: Vec<StorageUsage>,
+    #[serde(default)]
+    pub storage_total: StorageTotal,
+}
+
+/// One bucket's or KV namespace's use over the report's window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageUsage {
+    /// "bucket" | "kv"
+    pub kind: String,
+    pub name: String,
+    /// Objects (or keys) stored now.
+    pub objects: u64,
+    /// Bytes stored now.
+    pub bytes: u64,
+    /// Bytes stored × time in the window: GB (10⁹ bytes) held for a month (730 h).
+    pub gb_months: f64,
+    /// Buckets: S3 class A requests (PUT, COPY, POST, LIST, multipart). KV: 0.
+    pub class_a: u64,
+    /// Buckets: S3 class B requests (GET, HEAD). KV: 0.
+    pub class_b: u64,
+    /// Reads, writes, deletes and lists as counted (deletes are free on S3).
+    pub reads: u64,
+    pub writes: u64,
+    pub deletes: u64,
+    pub lists: u64,
+    /// Object or value bytes received and sent.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub storage_cost: f64,
+    pub request_cost: f64,
+    pub transfer_cost: f64,
+    pub cost: f64,
+}
+
+/// The storage sums.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageTotal {
+    pub gb_months: f64,
+    pub requests: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub cost: f64,
 }
 
 /// What usage is priced at (the live deployment's `[pricing]`).
@@ -383,6 +432,21 @@ pub struct Prices {
     pub per_gb_second: f64,
     pub server_per_hour: f64,
     pub servers: u32,
+    /// The storage prices (`[pricing]`); 0 from older servers.
+    #[serde(default)]
+    pub per_gb_month_stored: f64,
+    #[serde(default)]
+    pub per_million_class_a: f64,
+    #[serde(default)]
+    pub per_million_class_b: f64,
+    #[serde(default)]
+    pub per_gb_transfer_out: f64,
+    #[serde(default)]
+    pub per_million_kv_reads: f64,
+    #[serde(default)]
+    pub per_million_kv_writes: f64,
+    #[serde(default)]
+    pub per_gb_month_kv: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

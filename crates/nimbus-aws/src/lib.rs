@@ -11,6 +11,7 @@
 pub mod credentials;
 pub mod instances;
 pub mod keys;
+pub mod metered;
 pub mod s3;
 pub mod server;
 pub mod sigv4;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
+use nimbus_core::meter::StorageMeter;
 use nimbus_core::objects::{
     ByteRange, ByteStream, ChecksumAlgorithm as Alg, Expected, ListQuery, ObjectError, ObjectHeaders, ObjectMeta,
     ObjectStore, PutOptions,
@@ -15,16 +16,28 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
 use crate::keys::KeyRing;
+use crate::metered::{CountedStream, Direction};
 
 /// The S3 service over an object store.
 pub struct S3Api {
     store: Arc<dyn ObjectStore>,
     keys: KeyRing,
+    meter: Arc<StorageMeter>,
 }
 
 impl S3Api {
     pub fn new(store: Arc<dyn ObjectStore>, keys: KeyRing) -> Self {
-        S3Api { store, keys }
+        S3Api { store, keys, meter: Arc::default() }
+    }
+
+    /// Count object bytes in and out into `meter` (see [`crate::metered`]).
+    pub fn with_meter(self, meter: Arc<StorageMeter>) -> Self {
+        S3Api { meter, ..self }
+    }
+
+    /// The object bytes of a request body, counted in as they arrive.
+    fn body_in(&self, bucket: &str, blob: StreamingBlob) -> ByteStream {
+        Box::pin(CountedStream::new(body_stream(blob), self.meter.clone(), bucket, Direction::In))
     }
 
     /// Refuse what the request's key may not do (`op` `None`: admin only).
@@ -290,7 +303,8 @@ impl S3 for S3Api {
             content_md5: input.content_md5,
             checksum,
         };
-        let meta = self.store.put_object(&input.bucket, &input.key, body_stream(body), opts).await.map_err(s3_err)?;
+        let body = self.body_in(&input.bucket, body);
+        let meta = self.store.put_object(&input.bucket, &input.key, body, opts).await.map_err(s3_err)?;
         let [crc32, crc32c, sha256] = checksum_fields(meta.checksum.as_ref());
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(quoted(&meta.etag)),
@@ -333,7 +347,12 @@ impl S3 for S3Api {
             checksum_crc32: crc32,
             checksum_crc32c: crc32c,
             checksum_sha256: sha256,
-            body: Some(StreamingBlob::wrap(got.body)),
+            body: Some(StreamingBlob::wrap(CountedStream::new(
+                got.body,
+                self.meter.clone(),
+                &i.bucket,
+                Direction::Out,
+            ))),
             ..Default::default()
         };
         Ok(S3Response::new(output))
@@ -550,7 +569,7 @@ impl S3 for S3Api {
         };
         let part = self
             .store
-            .upload_part(&i.bucket, &i.key, &i.upload_id, number, body_stream(body), opts)
+            .upload_part(&i.bucket, &i.key, &i.upload_id, number, self.body_in(&i.bucket, body), opts)
             .await
             .map_err(s3_err)?;
         let [crc32, crc32c, sha256] = checksum_fields(part.checksum.as_ref());

@@ -17,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use nimbus_core::meter::StorageMeter;
 use nimbus_core::ObjectStore;
 use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -24,6 +25,7 @@ use s3s::S3Result;
 use tokio::net::TcpListener;
 
 use crate::keys::{KeyRing, Principal};
+use crate::metered::{self, Counting};
 use crate::s3::S3Api;
 use crate::sigv4::{self, SigError};
 
@@ -46,8 +48,21 @@ pub trait InvokeApi: Send + Sync + 'static {
 /// What the port serves.
 pub struct AwsPort {
     s3: S3Service,
+    meter: Arc<StorageMeter>,
     keys: KeyRing,
     invoke: Option<Arc<dyn InvokeApi>>,
+}
+
+/// s3s takes one access hook: count the operation (S3 bills refused requests too), then hold
+/// an instance key to its session token.
+struct PortAccess(Counting, crate::instances::SessionTokens);
+
+#[async_trait]
+impl s3s::access::S3Access for PortAccess {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        self.0.check(cx).await?;
+        self.1.check(cx).await
+    }
 }
 
 /// Path-style by default; `BUCKET.s3.localhost` names the bucket in the host.
@@ -65,11 +80,21 @@ impl S3Host for Hosts {
 
 impl AwsPort {
     pub fn new(store: Arc<dyn ObjectStore>, keys: KeyRing, invoke: Option<Arc<dyn InvokeApi>>) -> Arc<AwsPort> {
-        let mut builder = S3ServiceBuilder::new(S3Api::new(store, keys.clone()));
+        AwsPort::metered(store, keys, invoke, Arc::default())
+    }
+
+    /// As [`AwsPort::new`], counting operations, errors and bytes into `meter`.
+    pub fn metered(
+        store: Arc<dyn ObjectStore>,
+        keys: KeyRing,
+        invoke: Option<Arc<dyn InvokeApi>>,
+        meter: Arc<StorageMeter>,
+    ) -> Arc<AwsPort> {
+        let mut builder = S3ServiceBuilder::new(S3Api::new(store, keys.clone()).with_meter(meter.clone()));
         builder.set_auth(keys.clone());
+        builder.set_access(PortAccess(Counting(meter.clone()), crate::instances::SessionTokens(keys.clone())));
         builder.set_host(Hosts);
-        builder.set_access(crate::instances::SessionTokens(keys.clone()));
-        Arc::new(AwsPort { s3: builder.build(), keys, invoke })
+        Arc::new(AwsPort { s3: builder.build(), meter, keys, invoke })
     }
 
     /// Answer one request.
@@ -90,7 +115,13 @@ impl AwsPort {
     /// Answer one S3 request, its body streamed in and the answer's streamed out.
     pub async fn s3(&self, req: http::Request<s3s::Body>) -> http::Response<s3s::Body> {
         match self.s3.call(req).await {
-            Ok(r) => r,
+            Ok(r) => {
+                if r.status().is_client_error() || r.status().is_server_error() {
+                    let body = r.body().bytes().unwrap_or_default();
+                    self.meter.s3_error(metered::error_code(&body).unwrap_or("Unknown"));
+                }
+                r
+            }
             Err(e) => {
                 tracing::error!("S3 request failed: {:?}", s3s::StdError::from(e));
                 lambda_error(http::StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "the S3 service failed")

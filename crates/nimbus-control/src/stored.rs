@@ -137,6 +137,23 @@ pub struct StoredPricingV1 {
     pub per_gb_second: f64,
     pub server_per_hour: f64,
     pub servers: u32,
+    /// The storage prices came later: absent in older bodies (read as the defaults) and left
+    /// out when they are the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StoredStoragePricesV1>,
+}
+
+/// `[pricing]`'s storage keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredStoragePricesV1 {
+    pub per_gb_month_stored: f64,
+    pub per_million_class_a: f64,
+    pub per_million_class_b: f64,
+    pub per_gb_transfer_out: f64,
+    pub per_million_kv_reads: f64,
+    pub per_million_kv_writes: f64,
+    pub per_gb_month_kv: f64,
 }
 
 /// A deployment as stored in format 2: format 1 with two more function keys. The declared
@@ -518,18 +535,47 @@ impl From<&Pricing> for StoredPricingV1 {
             per_gb_second: p.per_gb_second,
             server_per_hour: p.server_per_hour,
             servers: p.servers,
+            storage: storage_prices(p),
+        }
+    }
+}
+
+/// The storage prices to store: none when they are the defaults.
+fn storage_prices(p: &Pricing) -> Option<StoredStoragePricesV1> {
+    let s = StoredStoragePricesV1::from(p);
+    (s != StoredStoragePricesV1::from(&Pricing::default())).then_some(s)
+}
+
+impl From<&Pricing> for StoredStoragePricesV1 {
+    fn from(p: &Pricing) -> Self {
+        StoredStoragePricesV1 {
+            per_gb_month_stored: p.per_gb_month_stored,
+            per_million_class_a: p.per_million_class_a,
+            per_million_class_b: p.per_million_class_b,
+            per_gb_transfer_out: p.per_gb_transfer_out,
+            per_million_kv_reads: p.per_million_kv_reads,
+            per_million_kv_writes: p.per_million_kv_writes,
+            per_gb_month_kv: p.per_gb_month_kv,
         }
     }
 }
 
 impl From<StoredPricingV1> for Pricing {
     fn from(p: StoredPricingV1) -> Self {
+        let s = p.storage.unwrap_or_else(|| (&Pricing::default()).into());
         Pricing {
             currency: p.currency,
             per_million_requests: p.per_million_requests,
             per_gb_second: p.per_gb_second,
             server_per_hour: p.server_per_hour,
             servers: p.servers,
+            per_gb_month_stored: s.per_gb_month_stored,
+            per_million_class_a: s.per_million_class_a,
+            per_million_class_b: s.per_million_class_b,
+            per_gb_transfer_out: s.per_gb_transfer_out,
+            per_million_kv_reads: s.per_million_kv_reads,
+            per_million_kv_writes: s.per_million_kv_writes,
+            per_gb_month_kv: s.per_gb_month_kv,
         }
     }
 }
@@ -617,5 +663,15 @@ mod tests {
         let bad = OLDEST.replace("\"node\"", "\"cobol\"");
         let e = decode(1, &bad).unwrap_err().to_string();
         assert!(e.contains("unknown runtime \"cobol\""), "{e}");
+    }
+
+    #[test]
+    fn storage_prices_are_stored_only_when_set_and_read_back_as_set() {
+        let default = serde_json::to_string(&StoredPricingV1::from(&Pricing::default())).unwrap();
+        assert!(!default.contains("storage"), "a body without storage prices is as before: {default}");
+        let p = Pricing { per_million_class_a: 4.5, per_gb_transfer_out: 0.09, ..Pricing::default() };
+        let body = serde_json::to_string(&StoredPricingV1::from(&p)).unwrap();
+        let back: StoredPricingV1 = serde_json::from_str(&body).unwrap();
+        assert_eq!(Pricing::from(back), p);
     }
 }

@@ -50,6 +50,17 @@ pub struct UsageRow {
     pub mb_ms: u64,
 }
 
+/// Storage use of one bucket or KV namespace in one hour (see [`crate::meter`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageUsageRow {
+    pub kind: crate::meter::StorageKind,
+    pub name: String,
+    pub hour_ms: u64,
+    pub counts: crate::meter::StorageCounts,
+    /// Bytes stored × seconds; GB-months = byte_seconds / (10⁹ × 730 × 3600).
+    pub byte_seconds: u64,
+}
+
 /// What to aggregate: records that started in `[since_ms, since_ms + buckets × bucket_ms)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatsQuery {
@@ -114,6 +125,11 @@ pub trait History: Send + Sync + 'static {
     async fn logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, HistoryError>;
     /// Requests and memory time per function per hour, from the hour holding `since_ms`.
     async fn usage(&self, since_ms: u64) -> Result<Vec<UsageRow>, HistoryError>;
+    /// Storage requests, bytes and byte-seconds per bucket or namespace per hour, from the hour
+    /// holding `since_ms`. Histories without storage have none.
+    async fn storage_usage(&self, _since_ms: u64) -> Result<Vec<StorageUsageRow>, HistoryError> {
+        Ok(Vec::new())
+    }
     /// Counts and percentiles per time bucket.
     async fn stats(&self, query: &StatsQuery) -> Result<Stats, HistoryError>;
 }

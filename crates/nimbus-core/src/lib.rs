@@ -10,6 +10,7 @@ pub mod history;
 pub mod ids;
 pub mod invoke;
 pub mod kv;
+pub mod meter;
 pub mod objects;
 pub mod outbound;
 pub mod policy;

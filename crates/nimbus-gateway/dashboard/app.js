@@ -590,8 +590,65 @@
             h('td', { class: 'num' }, fmtMoney(f.requestCost, cur)), h('td', { class: 'num' }, fmtMoney(f.computeCost, cur)),
             h('td', { class: 'num' }, fmtMoney(f.cost, cur))))))
           : h('div', { class: 'empty' }, 'No usage in this period')),
+      storageUsage(u, cur),
       u.prices ? h('p', { class: 'muted' }, `Prices: ${fmtMoney(u.prices.perMillionRequests, cur)} per million requests, ${fmtMoney(u.prices.perGbSecond, cur)} per GB-second.`) : null,
     ];
+  }
+
+  // Bytes in SI units, as storage is billed (a GB is 10^9 bytes).
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return '–';
+    const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+    let v = Number(n);
+    let i = 0;
+    while (v >= 1000 && i < units.length - 1) { v /= 1000; i += 1; }
+    return i === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${units[i]}`;
+  }
+
+  // Buckets (object storage) and KV namespaces: what each holds now.
+  async function pageStorage() {
+    const [buckets, namespaces] = await Promise.all([api('/buckets'), api('/kv')]);
+    const table = (id, attr, first, rows) => h('table', { id },
+      h('thead', {}, h('tr', {}, [first, first === 'Bucket' ? 'Objects' : 'Keys', 'Size', 'Created'].map((c, i) => h('th', { class: i === 1 || i === 2 ? 'num' : null }, c)))),
+      h('tbody', {}, rows.map((r) => h('tr', { [attr]: r.name },
+        h('td', { class: 'mono' }, r.name), h('td', { class: 'num', 'data-count': r.objects === undefined ? r.keys : r.objects }, fmtInt(r.objects === undefined ? r.keys : r.objects)),
+        h('td', { class: 'num', 'data-bytes': r.bytes }, fmtBytes(r.bytes)), h('td', {}, fmtTime(r.createdMs))))));
+    const sum = (list, k) => list.reduce((a, r) => a + (r[k] || 0), 0);
+    return [
+      head('Storage'),
+      h('div', { class: 'tiles' },
+        tile('Buckets', fmtInt(buckets.length), '', 'tile-buckets'),
+        tile('Objects', fmtInt(sum(buckets, 'objects'))),
+        tile('Stored in buckets', fmtBytes(sum(buckets, 'bytes'))),
+        tile('KV namespaces', fmtInt(namespaces.length), '', 'tile-namespaces'),
+        tile('KV keys', fmtInt(sum(namespaces, 'keys')))),
+      h('div', { class: 'card' }, h('h2', {}, 'Buckets'),
+        buckets.length ? table('buckets', 'data-bucket', 'Bucket', buckets)
+          : h('div', { class: 'empty' }, 'No buckets. Declare one in nimbus.toml ([buckets.NAME]) or create it with an S3 client.')),
+      h('div', { class: 'card' }, h('h2', {}, 'KV namespaces'),
+        namespaces.length ? table('namespaces', 'data-namespace', 'Namespace', namespaces)
+          : h('div', { class: 'empty' }, 'No KV namespaces. Declare one in nimbus.toml ([kv.NAME]).')),
+      h('p', { class: 'muted' }, 'Sizes count object bytes, and key plus value bytes of unexpired KV keys. Usage & cost prices them.'),
+    ];
+  }
+
+  // The storage part of the usage report (absent from servers older than it).
+  function storageUsage(u, cur) {
+    const list = u.storage || [];
+    if (!list.length) return null;
+    const t = u.storageTotal || {};
+    return h('div', { class: 'card', id: 'usage-storage' }, h('h2', {}, `Storage: ${fmtMoney(t.cost, cur)}`),
+      h('table', {},
+        h('thead', {}, h('tr', {}, ['Kind', 'Name', 'Stored now', 'GB-months', 'Writes (class A)', 'Reads (class B)', 'Out', 'Cost'].map((c, i) => h('th', { class: i > 1 ? 'num' : null }, c)))),
+        h('tbody', {}, list.map((s) => {
+          const bucket = s.kind === 'bucket';
+          return h('tr', { 'data-storage': `${s.kind}/${s.name}` },
+            h('td', {}, bucket ? 'bucket' : 'KV'), h('td', { class: 'mono' }, s.name),
+            h('td', { class: 'num' }, fmtBytes(s.bytes)), h('td', { class: 'num' }, Number(s.gbMonths).toFixed(6)),
+            h('td', { class: 'num' }, fmtInt(bucket ? s.classA : s.writes + s.deletes + s.lists)),
+            h('td', { class: 'num' }, fmtInt(bucket ? s.classB : s.reads)),
+            h('td', { class: 'num' }, fmtBytes(s.bytesOut)), h('td', { class: 'num' }, fmtMoney(s.cost, cur)));
+        }))));
   }
 
   // ---------- router ----------
@@ -607,6 +664,7 @@
     if (parts[0] === 'invocations' && parts.length === 2) return ['invocations', () => pageInvocation(parts[1])];
     if (parts[0] === 'async') return ['async', () => pageAsync(params)];
     if (parts[0] === 'usage') return ['usage', () => pageUsage(params)];
+    if (parts[0] === 'storage') return ['storage', () => pageStorage()];
     return [null, async () => [head('Not found'), h('div', { class: 'note' }, 'There is no dashboard page here. ', link('/', 'Go to the deployments.'))]];
   }
 

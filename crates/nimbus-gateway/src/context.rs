@@ -27,6 +27,8 @@ pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     /// The record writer's count of records it had to drop.
     pub records_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Object storage and KV use (shared with the S3 port and the wasm runtime).
+    pub storage: Arc<nimbus_core::meter::StorageMeter>,
 }
 
 /// The HTTP layer's view of the rest of nimbus. It holds its collaborators as trait objects
@@ -52,6 +54,8 @@ pub struct Gateway {
     pub(crate) audit: Audit,
     /// The object store (`/v1/buckets`).
     pub(crate) objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// Object storage and KV use: counted by KV calls, read by `/metrics` and `/v1/usage`.
+    pub(crate) storage: Arc<nimbus_core::meter::StorageMeter>,
 }
 
 /// Who a request is, once its credential checked out.
@@ -190,7 +194,13 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             audit: Audit::new(parts.audit),
             objects: parts.objects,
+            storage: parts.telemetry.storage,
         })
+    }
+
+    /// The storage meter (the S3 port counts into it too).
+    pub fn storage_meter(&self) -> Arc<nimbus_core::meter::StorageMeter> {
+        self.storage.clone()
     }
 
     /// Who the request is: `Authorization: Bearer <secret>` when it has one, else a dashboard

@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use nimbus_core::meter::S3Totals;
 use nimbus_core::queue::QueueStats;
 use nimbus_core::{InvocationRecord, InvocationStatus, Observer};
 use nimbus_scheduler::PoolStatus;
@@ -64,6 +65,31 @@ struct KvOpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KvErrorLabels {
     code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct S3OpLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct S3ErrorLabels {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BucketLabels {
+    bucket: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +192,12 @@ pub struct Scrape<'a> {
     pub now_ms: u64,
     /// Connections the gateway has open.
     pub connections: u64,
+    /// The S3 port's operations, errors and bytes since start.
+    pub s3: &'a S3Totals,
+    /// Buckets: (name, objects, bytes) now.
+    pub buckets: &'a [(String, u64, u64)],
+    /// KV namespaces: (name, keys, bytes) now.
+    pub namespaces: &'a [(String, u64, u64)],
 }
 
 impl Observer for Metrics {
@@ -238,10 +270,65 @@ impl Metrics {
         );
     }
 
+    /// The S3 port's counters and the stored objects and KV keys (read at scrape time).
+    fn register_storage(reg: &mut Registry, s: &Scrape<'_>) {
+        let ops = Family::<S3OpLabels, Counter>::default();
+        for (operation, n) in &s.s3.operations {
+            ops.get_or_create(&S3OpLabels { operation }).inc_by(*n);
+        }
+        reg.register("s3_operations", "S3 requests by operation (signed requests the S3 port routed)", ops);
+        let errors = Family::<S3ErrorLabels, Counter>::default();
+        for (code, n) in &s.s3.errors {
+            errors.get_or_create(&S3ErrorLabels { code: code.clone() }).inc_by(*n);
+        }
+        reg.register(
+            "s3_errors",
+            "S3 error responses by code (NoSuchKey, AccessDenied, SignatureDoesNotMatch, ...)",
+            errors,
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        bytes.get_or_create(&DirectionLabels { direction: "in" }).inc_by(s.s3.bytes_in);
+        bytes.get_or_create(&DirectionLabels { direction: "out" }).inc_by(s.s3.bytes_out);
+        reg.register_with_unit(
+            "s3",
+            "Object bytes received (PUT, upload part) and sent (GET) by the S3 port",
+            prometheus_client::registry::Unit::Bytes,
+            bytes,
+        );
+        let (objects, stored) = (Family::<BucketLabels, Gauge>::default(), Family::<BucketLabels, Gauge>::default());
+        for (bucket, n, b) in s.buckets {
+            let l = BucketLabels { bucket: bucket.clone() };
+            objects.get_or_create(&l).set(i64::try_from(*n).unwrap_or(i64::MAX));
+            stored.get_or_create(&l).set(i64::try_from(*b).unwrap_or(i64::MAX));
+        }
+        reg.register("bucket_objects", "Objects stored per bucket", objects);
+        reg.register_with_unit(
+            "bucket_stored",
+            "Bytes stored per bucket",
+            prometheus_client::registry::Unit::Bytes,
+            stored,
+        );
+        let (keys, kv_stored) =
+            (Family::<NamespaceLabels, Gauge>::default(), Family::<NamespaceLabels, Gauge>::default());
+        for (namespace, n, b) in s.namespaces {
+            let l = NamespaceLabels { namespace: namespace.clone() };
+            keys.get_or_create(&l).set(i64::try_from(*n).unwrap_or(i64::MAX));
+            kv_stored.get_or_create(&l).set(i64::try_from(*b).unwrap_or(i64::MAX));
+        }
+        reg.register("kv_keys", "Unexpired keys per KV namespace", keys);
+        reg.register_with_unit(
+            "kv_stored",
+            "Key and value bytes of unexpired keys per KV namespace",
+            prometheus_client::registry::Unit::Bytes,
+            kv_stored,
+        );
+    }
+
     /// The exposition text.
     pub fn render(&self, s: &Scrape<'_>) -> String {
         let mut reg = Registry::with_prefix("nimbus");
         self.register_kv(&mut reg);
+        Self::register_storage(&mut reg, s);
         reg.register(
             "invocations",
             "Finished invocations by function, status and trigger (sync, async, schedule; every retry)",

@@ -14,6 +14,7 @@ use nimbus_control::{DeployError, Deployed, TokenError};
 use nimbus_core::history::{InvocationQuery, LogQuery};
 use nimbus_core::ids::now_ms;
 use nimbus_core::kv::MAX_VALUE_BYTES;
+use nimbus_core::meter::StorageKind;
 use nimbus_core::queue::{EventStatus, EventView, QueueError};
 use nimbus_core::{AuditAction, AuditError, HistoryError, InvocationRecord, TokenRecord};
 use serde::de::DeserializeOwned;
@@ -644,7 +645,29 @@ async fn usage(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
     let pricing = gw.control.snapshot().live.as_ref().map(|l| l.pricing.clone()).unwrap_or_default();
     let query = crate::usage::parse_query(q, nimbus_core::ids::now_ms(), pricing).map_err(ApiError::bad_request)?;
     let rows = gw.history.usage(query.since_ms).await?;
-    Ok(json(StatusCode::OK, &crate::usage::report(&query, &rows)))
+    let mut report = crate::usage::report(&query, &rows);
+    let storage = crate::usage::StorageInput {
+        rows: gw.history.storage_usage(query.since_ms).await?,
+        pending: gw.storage.pending(),
+        now: stored_now(gw).await,
+    };
+    crate::usage::add_storage(&query, storage, &mut report);
+    Ok(json(StatusCode::OK, &report))
+}
+
+/// Every bucket and KV namespace with what it holds now (a store that cannot be read is
+/// logged and left out).
+async fn stored_now(gw: &Gateway) -> Vec<(StorageKind, String, u64, u64)> {
+    let mut out = Vec::new();
+    match gw.objects.list_buckets().await {
+        Ok(b) => out.extend(b.into_iter().map(|b| (StorageKind::Bucket, b.name, b.objects, b.bytes))),
+        Err(e) => tracing::warn!("usage: cannot read the buckets: {e}"),
+    }
+    match gw.kv.namespaces().await {
+        Ok(n) => out.extend(n.into_iter().map(|n| (StorageKind::Kv, n.name, n.keys, n.bytes))),
+        Err(e) => tracing::warn!("usage: cannot read the KV namespaces: {e}"),
+    }
+    out
 }
 
 async fn stats(gw: &Gateway, query: Option<&str>) -> Answer {

@@ -62,6 +62,26 @@ impl Gateway {
         resp
     }
 
+    /// Buckets and KV namespaces with (name, objects or keys, bytes), read from their stores
+    /// for `/metrics` (a failed read is logged and leaves the gauges out).
+    async fn stored(&self) -> (Vec<(String, u64, u64)>, Vec<(String, u64, u64)>) {
+        let buckets = match self.objects.list_buckets().await {
+            Ok(b) => b.into_iter().map(|b| (b.name, b.objects, b.bytes)).collect(),
+            Err(e) => {
+                tracing::warn!("/metrics: cannot read the buckets: {e}");
+                Vec::new()
+            }
+        };
+        let namespaces = match self.kv.namespaces().await {
+            Ok(n) => n.into_iter().map(|n| (n.name, n.keys, n.bytes)).collect(),
+            Err(e) => {
+                tracing::warn!("/metrics: cannot read the KV namespaces: {e}");
+                Vec::new()
+            }
+        };
+        (buckets, namespaces)
+    }
+
     async fn metrics_page(&self) -> Resp {
         let queue = match self.queue.store().stats().await {
             Ok(q) => q,
@@ -70,6 +90,7 @@ impl Gateway {
                 Vec::new()
             }
         };
+        let (buckets, namespaces) = self.stored().await;
         let text = self.metrics.render(&crate::metrics::Scrape {
             pools: &self.scheduler.status(),
             queue: &queue,
@@ -77,6 +98,9 @@ impl Gateway {
             records_dropped: self.records_dropped.load(std::sync::atomic::Ordering::Relaxed),
             now_ms: nimbus_core::ids::now_ms(),
             connections: self.connections.load(Ordering::Relaxed) as u64,
+            s3: &self.storage.s3_totals(),
+            buckets: &buckets,
+            namespaces: &namespaces,
         });
         let mut r = raw(StatusCode::OK, text.into());
         crate::util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);

@@ -1,8 +1,9 @@
 //! `GET /v1/usage`: requests and GB-seconds per function per hour (or day), priced with the live
 //! deployment's `[pricing]`, beside what always-on servers would have cost over the same period.
 
-use nimbus_api::{AlwaysOn, FunctionUsage, Prices, UsageBucket, UsageReport, UsageTotal};
-use nimbus_core::history::UsageRow;
+use nimbus_api::{AlwaysOn, FunctionUsage, Prices, StorageTotal, StorageUsage, UsageBucket, UsageReport, UsageTotal};
+use nimbus_core::history::{StorageUsageRow, UsageRow};
+use nimbus_core::meter::{gb_months, StorageCounts, StorageKind};
 use nimbus_manifest::Pricing;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,13 @@ fn prices(p: &Pricing) -> Prices {
         per_gb_second: p.per_gb_second,
         server_per_hour: p.server_per_hour,
         servers: p.servers,
+        per_gb_month_stored: p.per_gb_month_stored,
+        per_million_class_a: p.per_million_class_a,
+        per_million_class_b: p.per_million_class_b,
+        per_gb_transfer_out: p.per_gb_transfer_out,
+        per_million_kv_reads: p.per_million_kv_reads,
+        per_million_kv_writes: p.per_million_kv_writes,
+        per_gb_month_kv: p.per_gb_month_kv,
     }
 }
 
@@ -142,7 +150,89 @@ pub(crate) fn report(q: &UsageQuery, rows: &[UsageRow]) -> UsageReport {
             hours,
             cost: f64::from(p.servers) * p.server_per_hour * hours,
         },
+        storage: Vec::new(),
+        storage_total: StorageTotal::default(),
     }
+}
+
+/// What the storage part of the report is made of.
+pub(crate) struct StorageInput {
+    /// Hourly rows written by the flusher.
+    pub rows: Vec<StorageUsageRow>,
+    /// Counts not yet flushed (this hour's).
+    pub pending: Vec<(StorageKind, String, StorageCounts)>,
+    /// What each bucket and namespace holds now: (kind, name, objects or keys, bytes).
+    pub now: Vec<(StorageKind, String, u64, u64)>,
+}
+
+/// One bucket's or namespace's figures priced.
+fn priced(p: &Pricing, kind: StorageKind, name: &str, c: &StorageCounts, byte_seconds: u64) -> StorageUsage {
+    let gbm = gb_months(byte_seconds);
+    let m = |n: u64| n as f64 / 1e6;
+    let (class_a, class_b, storage_cost, request_cost, transfer_cost) = match kind {
+        StorageKind::Bucket => {
+            let (a, b) = (c.writes + c.lists, c.reads);
+            let transfer = c.bytes_out as f64 / 1e9 * p.per_gb_transfer_out;
+            (a, b, gbm * p.per_gb_month_stored, m(a) * p.per_million_class_a + m(b) * p.per_million_class_b, transfer)
+        }
+        StorageKind::Kv => {
+            let requests =
+                m(c.reads) * p.per_million_kv_reads + m(c.writes + c.deletes + c.lists) * p.per_million_kv_writes;
+            (0, 0, gbm * p.per_gb_month_kv, requests, 0.0)
+        }
+    };
+    StorageUsage {
+        kind: kind.as_str().to_owned(),
+        name: name.to_owned(),
+        gb_months: gbm,
+        class_a,
+        class_b,
+        reads: c.reads,
+        writes: c.writes,
+        deletes: c.deletes,
+        lists: c.lists,
+        bytes_in: c.bytes_in,
+        bytes_out: c.bytes_out,
+        storage_cost,
+        request_cost,
+        transfer_cost,
+        cost: storage_cost + request_cost + transfer_cost,
+        ..StorageUsage::default()
+    }
+}
+
+/// Add the storage use in the window to `report`: every bucket and namespace that exists now or
+/// was used in the window.
+pub(crate) fn add_storage(q: &UsageQuery, input: StorageInput, report: &mut UsageReport) {
+    let mut sums: BTreeMap<(StorageKind, String), (StorageCounts, u64)> = BTreeMap::new();
+    for r in input.rows.into_iter().filter(|r| r.hour_ms + HOUR_MS > q.since_ms && r.hour_ms <= q.until_ms) {
+        let e = sums.entry((r.kind, r.name)).or_default();
+        e.0.add(&r.counts);
+        e.1 += r.byte_seconds;
+    }
+    for (kind, name, c) in input.pending {
+        sums.entry((kind, name)).or_default().0.add(&c);
+    }
+    let mut held: BTreeMap<(StorageKind, String), (u64, u64)> = BTreeMap::new();
+    for (kind, name, objects, bytes) in input.now {
+        sums.entry((kind, name.clone())).or_default();
+        held.insert((kind, name), (objects, bytes));
+    }
+    let storage: Vec<StorageUsage> = sums
+        .iter()
+        .map(|((kind, name), (c, byte_seconds))| {
+            let (objects, bytes) = held.get(&(*kind, name.clone())).copied().unwrap_or_default();
+            StorageUsage { objects, bytes, ..priced(&q.pricing, *kind, name, c, *byte_seconds) }
+        })
+        .collect();
+    report.storage_total = StorageTotal {
+        gb_months: storage.iter().map(|s| s.gb_months).sum(),
+        requests: storage.iter().map(|s| s.reads + s.writes + s.deletes + s.lists).sum(),
+        bytes_in: storage.iter().map(|s| s.bytes_in).sum(),
+        bytes_out: storage.iter().map(|s| s.bytes_out).sum(),
+        cost: storage.iter().map(|s| s.cost).sum(),
+    };
+    report.storage = storage;
 }
 
 #[cfg(test)]
@@ -168,6 +258,58 @@ mod tests {
         // 2 servers × $0.0416 × 48 h
         assert!((v.always_on.cost - 3.9936).abs() < 1e-9);
         assert_eq!(v.functions.len(), 1, "rows before `since` are left out");
+    }
+
+    #[test]
+    fn storage_is_priced_by_class_and_gb_month_and_lists_what_exists_now() {
+        let now = 10 * DAY_MS;
+        let q = parse_query(|_| None, now, Pricing::default()).unwrap();
+        let counts = |reads, writes, lists| StorageCounts {
+            reads,
+            writes,
+            lists,
+            bytes_out: 2_000_000_000,
+            ..Default::default()
+        };
+        let input = StorageInput {
+            rows: vec![
+                // 1 GB held 730 h is one GB-month (and a row before the window is left out).
+                StorageUsageRow {
+                    kind: StorageKind::Bucket,
+                    name: "b".into(),
+                    hour_ms: now - HOUR_MS,
+                    counts: counts(1_000_000, 1_000_000, 0),
+                    byte_seconds: 1_000_000_000 * 730 * 3600,
+                },
+                StorageUsageRow {
+                    kind: StorageKind::Bucket,
+                    name: "b".into(),
+                    hour_ms: now - 3 * DAY_MS,
+                    counts: counts(5, 5, 5),
+                    byte_seconds: 5,
+                },
+            ],
+            pending: vec![(
+                StorageKind::Kv,
+                "n".into(),
+                StorageCounts { reads: 2_000_000, deletes: 1_000_000, ..Default::default() },
+            )],
+            now: vec![(StorageKind::Bucket, "b".into(), 3, 30), (StorageKind::Bucket, "idle".into(), 0, 0)],
+        };
+        let mut v = report(&q, &[]);
+        add_storage(&q, input, &mut v);
+        let names: Vec<_> = v.storage.iter().map(|s| (s.kind.as_str(), s.name.as_str())).collect();
+        assert_eq!(names, [("bucket", "b"), ("bucket", "idle"), ("kv", "n")]);
+        let b = &v.storage[0];
+        assert_eq!((b.class_a, b.class_b, b.objects, b.bytes), (1_000_000, 1_000_000, 3, 30));
+        assert!((b.gb_months - 1.0).abs() < 1e-9);
+        assert!((b.storage_cost - 0.023).abs() < 1e-9);
+        assert!((b.request_cost - 5.4).abs() < 1e-9, "class A $5/M + class B $0.40/M");
+        assert_eq!(b.transfer_cost, 0.0, "transfer out is free by default");
+        let kv = &v.storage[2];
+        assert!((kv.request_cost - (1.0 + 5.0)).abs() < 1e-9, "reads $0.50/M, deletes priced as writes $5/M");
+        assert!((v.storage_total.cost - (0.023 + 5.4 + 6.0)).abs() < 1e-9);
+        assert_eq!(v.total.cost, 0.0, "the functions' total leaves storage out");
     }
 
     #[test]

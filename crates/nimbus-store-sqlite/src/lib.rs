@@ -13,13 +13,14 @@ mod objects;
 mod queue;
 mod records;
 mod stats;
+mod storage_usage;
 mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, Stats, StatsQuery, UsageRow};
+use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, Stats, StatsQuery, StorageUsageRow, UsageRow};
 use nimbus_core::{
     DeploymentRecord, History, HistoryError, InvocationRecord, NewDeployment, Registry, RegistryError, TokenDigest,
     TokenRecord,
@@ -166,6 +167,7 @@ impl Store {
         let db_path = data_dir.join("nimbus.db");
         let conn = open_connection(&db_path)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(storage_usage::SCHEMA)?;
         migrate(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -195,6 +197,15 @@ impl Store {
     /// logs older than `retention` (hourly usage is kept for [`USAGE_RETENTION`]).
     pub fn record_writer(&self, retention: std::time::Duration) -> Result<RecordWriter> {
         RecordWriter::start(&self.db_path, retention)
+    }
+
+    /// Add hourly storage usage (summed with rows of the same bucket or namespace and hour).
+    /// Called by the node's storage flusher once a period, never on a request path.
+    pub async fn add_storage_usage(&self, rows: Vec<StorageUsageRow>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |s| storage_usage::add(&mut s.conn(), &rows)).await
     }
 
     /// Run `f` on a clone of the store on tokio's blocking pool: SQLite calls block.
@@ -378,6 +389,12 @@ impl History for Store {
         self.blocking(move |s| records::query_usage(&s.conn(), since_ms))
             .await
             .map_err(|e| HistoryError::new("usage", e))
+    }
+
+    async fn storage_usage(&self, since_ms: u64) -> std::result::Result<Vec<StorageUsageRow>, HistoryError> {
+        self.blocking(move |s| storage_usage::query(&s.conn(), since_ms))
+            .await
+            .map_err(|e| HistoryError::new("storage usage", e))
     }
 
     async fn stats(&self, q: &StatsQuery) -> std::result::Result<Stats, HistoryError> {

@@ -150,6 +150,7 @@ fn prune(conn: &Connection, retention: Duration) {
         }
     }
     let r = r.and_then(|()| conn.execute("DELETE FROM usage WHERE hour_ms < ?1", [usage_cutoff]).map(drop));
+    let r = r.and_then(|()| crate::storage_usage::prune(conn, usage_cutoff).map(drop));
     if let Err(e) = r {
         tracing::error!("cannot delete invocation records or audit entries older than the retention: {e}");
     }

@@ -35,9 +35,14 @@ impl InvokeApi for GatewayInvoke {
 }
 
 /// What process instances reach as the AWS APIs: S3 over `objects`, in-process, each instance
-/// with a key of its own in `keys` (the ring the AWS port accepts too).
-pub fn for_functions(objects: Arc<dyn ObjectStore>, keys: KeyRing) -> Arc<dyn nimbus_core::FunctionAws> {
-    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::new(objects, keys, None)))
+/// with a key of its own in `keys` (the ring the AWS port accepts too), counted into `meter`
+/// like the port's own traffic.
+pub fn for_functions(
+    objects: Arc<dyn ObjectStore>,
+    keys: KeyRing,
+    meter: Arc<nimbus_core::meter::StorageMeter>,
+) -> Arc<dyn nimbus_core::FunctionAws> {
+    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::metered(objects, keys, None, meter)))
 }
 
 /// A bound AWS port, ready to serve.
@@ -78,10 +83,11 @@ pub async fn bind(
     let (id, secret) = nimbus_aws::credentials::load_or_create(&credentials)
         .with_context(|| format!("cannot write {}", credentials.display()))?;
     keys.insert(&id, &secret, Principal::Admin);
+    let meter = gateway.storage_meter();
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    Ok(Some(Bound { listener, url, port: AwsPort::new(objects, keys, Some(invoke)), credentials }))
+    Ok(Some(Bound { listener, url, port: AwsPort::metered(objects, keys, Some(invoke), meter), credentials }))
 }
 
 /// Print how to use the port, and serve it until `stopped` turns true.

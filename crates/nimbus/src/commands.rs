@@ -378,6 +378,58 @@ fn usage_table(v: &api::UsageReport) -> String {
         money(a.cost)
     );
     let _ = writeln!(out, "{}", verdict(cur, t.cost, a.cost));
+    if !v.storage.is_empty() {
+        out.push('\n');
+        out.push_str(&storage_table(v));
+    }
+    out
+}
+
+/// Buckets and KV namespaces: what each holds now, its requests (S3 class A / B; KV reads /
+/// writes, deletes and lists), bytes in and out, GB-months and cost over the window.
+fn storage_table(v: &api::UsageReport) -> String {
+    use std::fmt::Write as _;
+    let cur = &v.prices.currency;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<6} {:<24} {:>9} {:>12} {:>10} {:>10} {:>12} {:>12} {:>12} {:>14}",
+        "KIND",
+        "NAME",
+        "OBJECTS",
+        "STORED",
+        "WRITES",
+        "READS",
+        "BYTES IN",
+        "BYTES OUT",
+        "GB-MONTHS",
+        format!("COST ({cur})")
+    );
+    for s in &v.storage {
+        // Buckets: class A / class B. KV: writes, deletes and lists (priced as writes) / reads.
+        let (writes, reads) =
+            if s.kind == "bucket" { (s.class_a, s.class_b) } else { (s.writes + s.deletes + s.lists, s.reads) };
+        let _ = writeln!(
+            out,
+            "{:<6} {:<24} {:>9} {:>12} {:>10} {:>10} {:>12} {:>12} {:>12.6} {:>14.6}",
+            s.kind, s.name, s.objects, s.bytes, writes, reads, s.bytes_in, s.bytes_out, s.gb_months, s.cost
+        );
+    }
+    let t = &v.storage_total;
+    let _ = writeln!(out, "storage total: {:.6} GB-months, {} requests, {cur} {:.6}", t.gb_months, t.requests, t.cost);
+    let p = &v.prices;
+    let _ = writeln!(
+        out,
+        "priced at {cur} {}/GB-month stored, {} per million class A (writes, lists) and {} per million class B (reads), \
+         {}/GB out; KV {} per million reads, {} per million writes, {}/GB-month ([pricing] in nimbus.toml)",
+        json_number(p.per_gb_month_stored),
+        json_number(p.per_million_class_a),
+        json_number(p.per_million_class_b),
+        json_number(p.per_gb_transfer_out),
+        json_number(p.per_million_kv_reads),
+        json_number(p.per_million_kv_writes),
+        json_number(p.per_gb_month_kv)
+    );
     out
 }
 

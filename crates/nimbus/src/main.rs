@@ -7,6 +7,7 @@ mod commands;
 mod files;
 mod kv;
 mod progress;
+mod storage_usage;
 mod tls;
 mod traces;
 mod up;

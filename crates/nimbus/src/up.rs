@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nimbus_control::{ControlPlane, DeployError};
+use nimbus_core::meter::{MeteredKv, StorageMeter};
 use nimbus_core::{
     AuditAction, AuditEntry, AuditLog, History, KvStore, Observed, Observer, Pools, Recorder, Registry, Runtime,
     RuntimeKind,
@@ -227,6 +228,12 @@ struct Node {
     queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
     /// The KV store (`DATA_DIR/kv.db`): the management API, functions' calls and `wasi:keyvalue`.
     kv: Arc<nimbus_store_sqlite::KvDb>,
+    /// The same store, counting every call into `storage` (what everything but `stop` uses).
+    kv_metered: Arc<dyn KvStore>,
+    /// Object storage and KV use; drained into hourly rows by the storage flusher.
+    storage: Arc<StorageMeter>,
+    /// Stops the storage flusher (which flushes once more).
+    storage_flusher: Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
     /// Where the gateway's answer to functions' own calls goes once the gateway exists.
     calls: nimbus_runtime_process::CallsSlot,
     /// What `GET /v1/info` says about this node.
@@ -250,19 +257,21 @@ impl Node {
         // KV in its own SQLite file (kv.db), so its fsyncs never queue behind other data; one
         // store for the management API, functions' calls and wasm's `wasi:keyvalue`.
         let kv = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
+        let storage = Arc::new(StorageMeter::default());
+        let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
-            runtimes(data_dir, args.insecure_no_sandbox, kv.clone())?;
+            runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
         let objects: Arc<dyn nimbus_core::ObjectStore> =
             Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
-        let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone()));
+        let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone(), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
-        let kv_store: Arc<dyn KvStore> = kv.clone();
-        let control =
-            ControlPlane::load(registry, pools, kv_store, data_dir).await.context("cannot load the deployments")?;
+        let control = ControlPlane::load(registry, pools, kv_metered.clone(), data_dir)
+            .await
+            .context("cannot load the deployments")?;
         control.set_object_store(objects.clone());
         // The live deployment's components load in the background while the app is checked.
         tokio::spawn({
@@ -270,6 +279,14 @@ impl Node {
             async move { control.warm().await }
         });
         let info = info(sandbox.as_deref(), &resources);
+        let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
+        let flusher = crate::storage_usage::spawn(
+            store.clone(),
+            objects.clone(),
+            kv_metered.clone(),
+            storage.clone(),
+            flusher_stopped,
+        );
         Ok(Node {
             store,
             records,
@@ -279,6 +296,9 @@ impl Node {
             control,
             queue: None,
             kv,
+            kv_metered,
+            storage,
+            storage_flusher: Some((stop_flusher, flusher)),
             calls,
             info,
             resources,
@@ -323,14 +343,18 @@ impl Node {
             audit,
             scheduler: self.scheduler.clone(),
             queue: engine,
-            kv: self.kv.clone(),
-            telemetry: Telemetry { metrics: self.metrics.clone(), records_dropped: self.records.dropped() },
+            kv: self.kv_metered.clone(),
+            telemetry: Telemetry {
+                metrics: self.metrics.clone(),
+                records_dropped: self.records.dropped(),
+                storage: self.storage.clone(),
+            },
             objects: self.objects.clone(),
         }
     }
 
     /// Stop async work and instances, then flush and close storage.
-    async fn stop(self, engine: &nimbus_queue::Engine) {
+    async fn stop(mut self, engine: &nimbus_queue::Engine) {
         tracing::info!("stopping async work and instances");
         // Running async events get a moment to finish; any still running are queued again at the
         // next start.
@@ -340,6 +364,10 @@ impl Node {
         let _ = tokio::task::spawn_blocking(move || resources.cleanup()).await;
         if let Some(q) = &self.queue {
             q.close();
+        }
+        if let Some((stop, task)) = self.storage_flusher.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         self.kv.close();
         self.records.close();

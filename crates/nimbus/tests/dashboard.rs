@@ -222,7 +222,11 @@ async fn the_dashboard_shows_real_traffic_in_a_real_browser() {
         "buckets": [{"startMs": 0, "function": "work", "requests": 1000, "gbSeconds": 5.0, "cost": 0.0003},
                     {"startMs": 3_600_000, "function": "work", "requests": 234, "gbSeconds": 0.5, "cost": 0.0000385}],
         "total": {"requests": 1234, "gbSeconds": 5.5, "cost": 0.0003385},
-        "alwaysOn": {"servers": 2, "serverPerHour": 0.05, "hours": 24, "cost": 2.4}
+        "alwaysOn": {"servers": 2, "serverPerHour": 0.05, "hours": 24, "cost": 2.4},
+        "storage": [{"kind": "bucket", "name": "photos", "objects": 2, "bytes": 3000, "gbMonths": 0.5, "classA": 7, "classB": 9,
+                     "reads": 9, "writes": 6, "deletes": 0, "lists": 1, "bytesIn": 3000, "bytesOut": 1500,
+                     "storageCost": 0.0115, "requestCost": 0.0000386, "transferCost": 0.0, "cost": 0.0115386}],
+        "storageTotal": {"gbMonths": 0.5, "requests": 16, "bytesIn": 3000, "bytesOut": 1500, "cost": 0.0115386}
     });
     let stub = format!(
         "(() => {{ const real = window.fetch; window.fetch = (url, o) => String(url).startsWith('/v1/usage') \
@@ -235,6 +239,8 @@ async fn the_dashboard_shows_real_traffic_in_a_real_browser() {
     wait_true(&tab, "document.querySelector('#tile-requests') !== null", "the usage tiles");
     assert_eq!(eval(&tab, "document.querySelector('#tile-requests .v').textContent"), json!("1,234"));
     assert_eq!(eval(&tab, "document.querySelector('#tile-cost .v').textContent"), json!("$0.000339"));
+    let storage = eval(&tab, "[...document.querySelectorAll('#usage-storage tr[data-storage=\"bucket/photos\"] td')].map(e => e.textContent)");
+    assert_eq!(storage, json!(["bucket", "photos", "3.0 kB", "0.500000", "7", "9", "1.5 kB", "$0.01"]));
     let always = eval(&tab, "document.querySelector('#always-on').textContent");
     assert!(always.as_str().unwrap().contains("$2.40"), "{always}");
     assert!(
@@ -251,6 +257,59 @@ async fn the_dashboard_shows_real_traffic_in_a_real_browser() {
     tab.find_element("#logout").unwrap().click().unwrap();
     wait_true(&tab, "document.querySelector('#login-form') !== null", "the login page after logout");
     assert_eq!(eval(&tab, "fetch('/v1/app').then(r => r.status)"), json!(401));
+}
+
+/// The Storage page lists the buckets (objects, size) and KV namespaces (keys, size) the server
+/// holds, read through the session from `GET /v1/buckets` and `GET /v1/kv`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_page_shows_buckets_and_namespaces() {
+    let app = App::new("dash-storage").conformance("node", "work", "").raw("[buckets.photos]\n[kv.sessions]").finish();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_args(app.path(), data.path(), &["--aws-listen", "127.0.0.1:0"]);
+    let url = std::fs::read_to_string(data.path().join("aws.url")).unwrap().trim().to_owned();
+    let put = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import boto3, sys; s3 = boto3.client('s3', endpoint_url=sys.argv[1]); [s3.put_object(Bucket='photos', Key=k, Body=b'x' * 1500) for k in ('a', 'b')]")
+        .arg(&url)
+        .env("PYTHONPATH", common::test_pythonpath())
+        .env("AWS_SHARED_CREDENTIALS_FILE", data.path().join("aws-credentials"))
+        .env("AWS_PROFILE", "nimbus")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "boto3: {}", String::from_utf8_lossy(&put.stderr));
+    let r = server
+        .client()
+        .put(format!("{}/v1/kv/sessions/user1", server.url))
+        .bearer_auth(&server.token)
+        .body("signed-in")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let browser = browser();
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(Duration::from_secs(30));
+    tab.navigate_to(&format!("{}/dashboard/storage", server.url)).unwrap();
+    tab.wait_until_navigated().unwrap();
+    sign_in(&tab, &server.token);
+    wait_true(&tab, "document.querySelector('#deployments') !== null", "the sign-in");
+    open(&tab, &server, "/storage");
+    let row = |table: &str, attr: &str, name: &str| {
+        eval(
+            &tab,
+            &format!(
+                "(r => r && [r.children[1].dataset.count, r.children[2].dataset.bytes, r.children[2].textContent])\
+                 (document.querySelector('#{table} tr[{attr}=\"{name}\"]'))"
+            ),
+        )
+    };
+    assert_eq!(row("buckets", "data-bucket", "photos"), json!(["2", "3000", "3.0 kB"]));
+    // "user1" and "signed-in": 5 + 9 bytes.
+    assert_eq!(row("namespaces", "data-namespace", "sessions"), json!(["1", "14", "14 B"]));
+    assert_eq!(eval(&tab, "document.querySelector('a[data-nav=\"storage\"].active') !== null"), Value::Bool(true));
 }
 
 /// A client that shows redirects instead of following them.

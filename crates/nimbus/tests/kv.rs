@@ -122,6 +122,12 @@ async fn functions_use_granted_namespaces_and_are_refused_others() {
     let metrics = server.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("nimbus_kv_operations_total{op=\"increment\"}"), "{metrics}");
     assert!(metrics.contains("nimbus_kv_errors_total{code=\"AccessDenied\"}"), "{metrics}");
+    // Functions' KV calls are metered for usage, refusals not (they never reach the store).
+    let usage = server.admin("/v1/usage").await;
+    let data = usage["storage"].as_array().unwrap().iter().find(|s| s["kind"] == "kv" && s["name"] == "data").unwrap();
+    assert!(data["writes"].as_u64().unwrap() > 0 && data["reads"].as_u64().unwrap() > 0, "{data:#}");
+    let secret = usage["storage"].as_array().unwrap().iter().find(|s| s["name"] == "secret").unwrap();
+    assert_eq!(secret["reads"], 0, "{secret:#}");
 }
 
 /// Unsandboxed, the clients reach nimbus over TCP (`AWS_LAMBDA_RUNTIME_API`).

@@ -58,6 +58,18 @@ async fn a_wasm_function_uses_its_granted_namespace_and_is_refused_another() {
     assert_eq!(send(&server, "GET", "/kv/hits", "").await, (200, "40".into()), "the value is its decimal string");
     assert_eq!(send(&server, "GET", "/list?prefix=h", "").await, (200, "hits".into()));
 
+    // wasi:keyvalue calls are metered like every KV call: 2 sets and 40 increments are writes,
+    // the value bytes are what was set.
+    let usage = server.admin("/v1/usage").await;
+    let ns =
+        usage["storage"].as_array().unwrap().iter().find(|s| s["kind"] == "kv" && s["name"] == "counters").unwrap();
+    assert_eq!(
+        (ns["writes"].as_u64(), ns["lists"].as_u64(), ns["bytesIn"].as_u64()),
+        (Some(42), Some(1), Some(16)),
+        "{ns:#}"
+    );
+    assert!(ns["reads"].as_u64().unwrap() >= 3 && ns["deletes"].as_u64().unwrap() >= 1, "{ns:#}");
+
     // Declared, but not granted to this function.
     let r = server.client().get(format!("{}/kv/greeting?ns=secret", server.url)).send().await.unwrap();
     let id = r.headers()["x-nimbus-request-id"].to_str().unwrap().to_owned();
