@@ -1,5 +1,6 @@
 //! `nimbus up`'s AWS port (`--aws-listen`): S3 over the embedded object store and the Lambda
-//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials`.
+//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials` and the
+//! managed keys of `nimbus keys` (looked up in the control plane's set).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_aws::server::{AwsPort, InvokeApi};
 use nimbus_aws::{KeyRing, Principal};
-use nimbus_core::ObjectStore;
+use nimbus_core::{AccessKeySource, ObjectStore};
 
 /// The address the AWS port takes when `--aws-listen` is not given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:4566";
@@ -48,6 +49,7 @@ pub async fn bind(
     data_dir: &Path,
     objects: Arc<dyn ObjectStore>,
     gateway: Arc<nimbus_gateway::Gateway>,
+    managed: Arc<dyn AccessKeySource>,
 ) -> Result<Option<Bound>> {
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     if flag == Some("off") {
@@ -71,6 +73,7 @@ pub async fn bind(
         .with_context(|| format!("cannot write {}", credentials.display()))?;
     let keys = KeyRing::new();
     keys.insert(&id, &secret, Principal::Admin);
+    keys.set_managed(managed);
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
