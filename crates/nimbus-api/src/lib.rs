@@ -25,6 +25,9 @@
 //! | `POST /v1/tokens` | [`TokenRequest`] | 201 [`CreatedToken`] (the secret, this once) | admin |
 //! | `GET /v1/tokens` | – | [`TokenInfo`]s, oldest first (never a secret) | admin |
 //! | `DELETE /v1/tokens/{id}` | – | the revoked [`TokenInfo`] | admin |
+//! | `POST /v1/keys` | [`AccessKeyRequest`] | 201 [`CreatedAccessKey`] (the secret, this once) | admin |
+//! | `GET /v1/keys` | – | [`AccessKeyInfo`]s, oldest first, revoked ones too (never a secret) | admin |
+//! | `DELETE /v1/keys/{id}` | – | the revoked [`AccessKeyInfo`] | admin |
 //! | `GET /v1/audit?since=&limit=&action=` | – | [`AuditEntry`]s, newest first | admin |
 //! | `GET /v1/buckets` | – | [`BucketInfo`]s, by name | read |
 //! | `DELETE /v1/buckets/{name}?force=true` | – | the deleted [`BucketInfo`] (`force`: with its objects) | admin |
@@ -57,6 +60,8 @@
 //! absent); `increment` adds a whole number (default 1) to a decimal value. The same calls, with
 //! the same bodies, are what process functions reach at `/nimbus/v1/kv/…` on their instance
 //! endpoint (within their grants; see docs/kv.md).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -590,13 +595,67 @@ pub struct TokenInfo {
     pub last_used_ms: Option<u64>,
 }
 
+/// `POST /v1/keys`: a managed AWS access key for the AWS port. `name` (required) says whose or
+/// what for; `buckets` and `kv` map names to `"read"`, `"write"` or `"read-write"` (as the
+/// manifest's grants do), `functions` are what the key may call through the Invoke API; at least
+/// one grant. `expiresIn` (a duration like "30d") or `expires` (an RFC 3339 time), not both;
+/// neither: never.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyRequest {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub buckets: BTreeMap<String, String>,
+    #[serde(default)]
+    pub kv: BTreeMap<String, String>,
+    #[serde(default)]
+    pub functions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// `POST /v1/keys` → 201: the key pair, the secret shown this once (`GET /v1/keys` never shows
+/// it), the key as listed, and warnings (a bucket or function no deployment declares yet).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedAccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub key: AccessKeyInfo,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A managed access key as `GET /v1/keys` lists it: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyInfo {
+    /// `NIMK…`: the access key id clients send.
+    pub id: String,
+    pub name: String,
+    /// Bucket → "read" | "write" | "read-write".
+    pub buckets: BTreeMap<String, String>,
+    /// KV namespace → "read" | "write" | "read-write".
+    pub kv: BTreeMap<String, String>,
+    /// Functions it may call through the Invoke API on the AWS port.
+    pub functions: Vec<String>,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+    /// "active", "expired" or "revoked".
+    pub state: String,
+}
+
 /// One entry of the audit log (`GET /v1/audit`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     pub ts_ms: u64,
-    /// deploy | rollback | dlq.redrive | dlq.purge | token.create | token.revoke | login |
-    /// auth.failed | auth.denied
+    /// deploy | rollback | dlq.redrive | dlq.purge | token.create | token.revoke | key.create |
+    /// key.revoke | login | auth.failed | auth.denied | kv.delete-namespace | bucket.delete
     pub action: String,
     /// What it was done to: "version 3", a token id, "POST /v1/deployments", "dashboard login".
     pub target: String,
@@ -694,6 +753,32 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"tsMs":1,"action":"deploy","target":"version 2","outcome":"ok","error":null,"actor":"ci","tokenId":"tok_1","source":"127.0.0.1","count":1}"#
         );
+    }
+
+    #[test]
+    fn access_key_field_names() {
+        let k = AccessKeyInfo {
+            id: "NIMK1".into(),
+            name: "ci".into(),
+            buckets: BTreeMap::from([("photos".into(), "read".into())]),
+            kv: BTreeMap::new(),
+            functions: vec!["f".into()],
+            created_ms: 1,
+            expires_ms: None,
+            revoked_ms: None,
+            state: "active".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&k).unwrap(),
+            r#"{"id":"NIMK1","name":"ci","buckets":{"photos":"read"},"kv":{},"functions":["f"],"createdMs":1,"expiresMs":null,"revokedMs":null,"state":"active"}"#
+        );
+        let c =
+            CreatedAccessKey { access_key_id: "NIMK1".into(), secret_access_key: "s".into(), key: k, warnings: vec![] };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.starts_with(r#"{"accessKeyId":"NIMK1","secretAccessKey":"s","key":{"#), "{json}");
+        let r: AccessKeyRequest =
+            serde_json::from_str(r#"{"name":"ci","buckets":{"b":"read"},"expiresIn":"1d"}"#).unwrap();
+        assert_eq!((r.name.as_str(), r.buckets.len(), r.kv.len(), r.expires_in.as_deref()), ("ci", 1, 0, Some("1d")));
     }
 
     #[test]

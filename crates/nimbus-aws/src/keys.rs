@@ -2,11 +2,16 @@
 //! bucket creation and deletion) or a set of bucket grants (`nimbus_core::Grants`' buckets). The
 //! S3 layer asks [`KeyRing::check`] before every operation; a refusal is S3's `AccessDenied` and
 //! is logged with the key id, the bucket and the operation.
+//!
+//! The ring holds the keys nimbus hands out itself (the admin pair, per-instance keys); keys
+//! managed with `nimbus keys` are looked up on a miss in an [`AccessKeySource`] (the control
+//! plane's in-memory set), checked for revocation and expiry against the clock on every
+//! lookup, and act for [`Principal::Grants`] exactly like an instance's key.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use nimbus_core::{Grants, Op};
+use nimbus_core::{AccessKeyRecord, AccessKeySource, Grants, Op};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{s3_error, S3Result};
 
@@ -49,6 +54,8 @@ struct Key {
 #[derive(Clone, Default)]
 pub struct KeyRing {
     keys: Arc<RwLock<HashMap<String, Key>>>,
+    /// Managed keys (`nimbus keys`), asked when `keys` does not have the id.
+    managed: Arc<OnceLock<Arc<dyn AccessKeySource>>>,
 }
 
 impl KeyRing {
@@ -92,14 +99,28 @@ impl KeyRing {
         self.keys.write().unwrap_or_else(|e| e.into_inner()).remove(id).is_some()
     }
 
-    /// A key's secret, if the key is known.
-    pub fn secret(&self, id: &str) -> Option<String> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(id).map(|k| k.secret.clone())
+    /// Look up managed keys in `source` from now on (every clone of this ring does). Set once;
+    /// a second source is refused (returns false).
+    pub fn set_managed(&self, source: Arc<dyn AccessKeySource>) -> bool {
+        self.managed.set(source).is_ok()
     }
 
-    /// A key's principal, if the key is known.
+    /// A managed key that is usable now (not revoked, not expired).
+    fn managed(&self, id: &str) -> Option<Arc<AccessKeyRecord>> {
+        let key = self.managed.get()?.access_key(id)?;
+        key.usable(nimbus_core::ids::now_ms()).then_some(key)
+    }
+
+    /// A key's secret, if the key is known (and, for a managed key, usable now).
+    pub fn secret(&self, id: &str) -> Option<String> {
+        let held = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(id).map(|k| k.secret.clone());
+        held.or_else(|| self.managed(id).map(|k| k.secret.clone()))
+    }
+
+    /// A key's principal, if the key is known (and, for a managed key, usable now).
     pub fn principal(&self, id: &str) -> Option<Principal> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(id).map(|k| k.principal.clone())
+        let held = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(id).map(|k| k.principal.clone());
+        held.or_else(|| self.managed(id).map(|k| Principal::Grants(k.grants.clone())))
     }
 
     /// Refuse (and log) an operation the key's principal may not do. `bucket` is `None` for
@@ -172,6 +193,48 @@ mod tests {
         assert!(ring.check("NOPE", Some("r"), Some(Op::Read), "GetObject").is_err());
         assert!(ring.remove("FN"));
         assert!(ring.check("FN", Some("r"), Some(Op::Read), "GetObject").is_err());
+    }
+
+    struct Managed(Vec<AccessKeyRecord>);
+
+    impl AccessKeySource for Managed {
+        fn access_key(&self, id: &str) -> Option<Arc<AccessKeyRecord>> {
+            self.0.iter().find(|k| k.id == id).cloned().map(Arc::new)
+        }
+    }
+
+    #[test]
+    fn managed_keys_are_found_on_a_miss_and_refused_once_revoked_or_expired() {
+        let record = |id: &str, expires_ms: Option<u64>, revoked_ms: Option<u64>| AccessKeyRecord {
+            id: id.into(),
+            secret: format!("secret-{id}"),
+            name: "ci".into(),
+            grants: Grants { buckets: BTreeMap::from([("r".to_owned(), Access::Read)]), ..Grants::default() },
+            created_ms: 0,
+            expires_ms,
+            revoked_ms,
+        };
+        let ring = KeyRing::new();
+        let clone = ring.clone();
+        assert!(ring.set_managed(Arc::new(Managed(vec![
+            record("LIVE", None, None),
+            record("LATER", Some(u64::MAX), None),
+            record("GONE", None, Some(1)),
+            record("OLD", Some(1), None),
+        ]))));
+        assert!(!ring.set_managed(Arc::new(Managed(vec![]))), "set once");
+        assert_eq!(clone.secret("LIVE").as_deref(), Some("secret-LIVE"), "clones share the source");
+        assert_eq!(ring.secret("LATER").as_deref(), Some("secret-LATER"));
+        assert!(ring.check("LIVE", Some("r"), Some(Op::Read), "GetObject").is_ok());
+        assert!(ring.check("LIVE", Some("r"), Some(Op::Write), "PutObject").is_err());
+        assert!(ring.check("LIVE", Some("x"), Some(Op::Read), "GetObject").is_err());
+        assert!(ring.check("LIVE", Some("r"), None, "CreateBucket").is_err());
+        for gone in ["GONE", "OLD", "NONE"] {
+            assert_eq!(ring.secret(gone), None, "{gone}");
+            assert_eq!(ring.principal(gone), None, "{gone}");
+        }
+        ring.insert("LIVE", "held", Principal::Admin);
+        assert_eq!(ring.secret("LIVE").as_deref(), Some("held"), "keys held by the ring come first");
     }
 
     #[test]

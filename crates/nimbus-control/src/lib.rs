@@ -4,11 +4,13 @@
 //!
 //! It owns the stored deployment format ([`stored`]), the route table ([`router`]), the rules
 //! an uploaded archive must keep ([`upload`]) and the in-memory set of API tokens the request
-//! path checks credentials against ([`tokens`]). It talks to storage only through the
+//! path checks credentials against ([`tokens`]), and the managed AWS access keys the AWS port
+//! checks signatures with ([`access_keys`]). It talks to storage only through the
 //! [`nimbus_core::Registry`] trait and to the instance pools only through
 //! [`nimbus_core::Pools`]; the HTTP layer talks to it through [`Control`]. It never names a
 //! concrete store, runtime or HTTP server.
 
+pub mod access_keys;
 mod plane;
 pub mod router;
 mod snapshot;
@@ -16,6 +18,7 @@ pub mod stored;
 pub mod tokens;
 pub mod upload;
 
+pub use access_keys::{AccessKeyError, AccessKeySpec, CreatedAccessKey};
 pub use plane::{Control, ControlPlane, DeployError, Deployed};
 pub use router::{RouteMatch, Router};
 pub use snapshot::{DeploymentView, Snapshot, LIVE};

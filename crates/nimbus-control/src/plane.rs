@@ -15,13 +15,14 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::{
-    FunctionPrepareError, FunctionVersion, KvError, KvStore, NewDeployment, Pools, Registry, RegistryError,
-    TokenDigest, TokenRecord,
+    AccessKeyRecord, AccessKeySource, FunctionPrepareError, FunctionVersion, KvError, KvStore, NewDeployment, Pools,
+    Registry, RegistryError, TokenDigest, TokenRecord,
 };
 use nimbus_manifest::schedule::ScheduleSpec;
 use nimbus_manifest::{Diagnostics, Manifest, RouteSpec};
 use sha2::{Digest, Sha256};
 
+use crate::access_keys::{AccessKeyError, AccessKeySpec, CreatedAccessKey, KeySet, Known};
 use crate::router::Router;
 use crate::snapshot::{DeploymentView, Snapshot, LIVE};
 use crate::stored::{self, DeploymentContent, FormatError};
@@ -140,6 +141,14 @@ pub trait Control: Send + Sync + 'static {
     async fn create_token(&self, spec: TokenSpec) -> Result<CreatedToken, TokenError>;
     /// Revoke a token: stored, then removed from the in-memory set, so it stops working at once.
     async fn revoke_token(&self, id: &str) -> Result<TokenRecord, TokenError>;
+    /// Every managed AWS access key, revoked ones included, oldest first, from memory.
+    fn access_keys(&self) -> Vec<Arc<AccessKeyRecord>>;
+    /// Check and create an access key: stored, then added to the in-memory set, so the AWS port
+    /// accepts it from the next request.
+    async fn create_access_key(&self, spec: AccessKeySpec) -> Result<CreatedAccessKey, AccessKeyError>;
+    /// Revoke an access key: stored, then swapped into the in-memory set, so the AWS port
+    /// refuses it from the next request.
+    async fn revoke_access_key(&self, id: &str) -> Result<Arc<AccessKeyRecord>, AccessKeyError>;
 }
 
 pub struct ControlPlane {
@@ -155,6 +164,10 @@ pub struct ControlPlane {
     tokens: ArcSwap<TokenSet>,
     /// One token creation or revocation at a time (each replaces the whole set).
     token_lock: tokio::sync::Mutex<()>,
+    /// Every managed AWS access key, as the AWS port checks them ([`AccessKeySource`]).
+    access_keys: ArcSwap<KeySet>,
+    /// One key creation or revocation at a time.
+    key_lock: tokio::sync::Mutex<()>,
     /// Where a deploy creates the buckets its manifest declares (set once at start).
     objects: std::sync::OnceLock<Arc<dyn nimbus_core::ObjectStore>>,
 }
@@ -180,6 +193,7 @@ impl ControlPlane {
         }
         let live = registry.alias(LIVE).await?.and_then(|v| versions.get(&v).cloned());
         let tokens = TokenSet::from_records(registry.tokens().await?);
+        let access_keys = KeySet::from_records(registry.access_keys().await?);
         if let Some(l) = &live {
             pools.deploy(&l.functions.values().cloned().collect::<Vec<_>>());
         }
@@ -192,6 +206,8 @@ impl ControlPlane {
             lock: tokio::sync::Mutex::new(()),
             tokens: ArcSwap::from_pointee(tokens),
             token_lock: tokio::sync::Mutex::new(()),
+            access_keys: ArcSwap::from_pointee(access_keys),
+            key_lock: tokio::sync::Mutex::new(()),
             objects: std::sync::OnceLock::new(),
         }))
     }
@@ -414,6 +430,43 @@ impl Control for ControlPlane {
         let record = revoked.ok_or_else(|| TokenError::NoSuchToken(id.to_owned()))?;
         self.tokens.store(Arc::new(self.tokens.load().without(id)));
         Ok(record)
+    }
+
+    fn access_keys(&self) -> Vec<Arc<AccessKeyRecord>> {
+        self.access_keys.load().list()
+    }
+
+    async fn create_access_key(&self, spec: AccessKeySpec) -> Result<CreatedAccessKey, AccessKeyError> {
+        let _guard = self.key_lock.lock().await;
+        let (record, warnings) = {
+            let snap = self.snapshot.load_full();
+            let declares = |f: &dyn Fn(&DeploymentView) -> bool| snap.versions.values().any(|v| f(v));
+            let known = Known {
+                function: &|f| snap.knows_function(f),
+                bucket: &|b| declares(&|v| v.buckets.contains(b)),
+                namespace: &|n| declares(&|v| v.kv.contains(n)),
+            };
+            crate::access_keys::mint(spec, nimbus_core::ids::now_ms(), &known)?
+        };
+        self.registry.add_access_key(&record).await?;
+        let key = Arc::new(record);
+        self.access_keys.store(Arc::new(self.access_keys.load().with(key.clone())));
+        Ok(CreatedAccessKey { key, warnings })
+    }
+
+    async fn revoke_access_key(&self, id: &str) -> Result<Arc<AccessKeyRecord>, AccessKeyError> {
+        let _guard = self.key_lock.lock().await;
+        let revoked = self.registry.revoke_access_key(id, nimbus_core::ids::now_ms()).await?;
+        let key = Arc::new(revoked.ok_or_else(|| AccessKeyError::NoSuchKey(id.to_owned()))?);
+        self.access_keys.store(Arc::new(self.access_keys.load().with(key.clone())));
+        Ok(key)
+    }
+}
+
+/// The AWS port's view of the managed keys: one atomic load and a map lookup per request.
+impl AccessKeySource for ControlPlane {
+    fn access_key(&self, id: &str) -> Option<Arc<AccessKeyRecord>> {
+        self.access_keys.load().get(id).cloned()
     }
 }
 

@@ -20,6 +20,10 @@ pub enum AuditAction {
     DlqPurge,
     TokenCreate,
     TokenRevoke,
+    /// A managed AWS access key created (`POST /v1/keys`).
+    KeyCreate,
+    /// A managed AWS access key revoked (`DELETE /v1/keys/{id}`).
+    KeyRevoke,
     /// A dashboard sign-in that succeeded.
     Login,
     /// A request with no credential, an unknown, revoked or expired one, or a refused sign-in.
@@ -33,13 +37,15 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 11] = [
+    pub const ALL: [AuditAction; 13] = [
         AuditAction::Deploy,
         AuditAction::Rollback,
         AuditAction::DlqRedrive,
         AuditAction::DlqPurge,
         AuditAction::TokenCreate,
         AuditAction::TokenRevoke,
+        AuditAction::KeyCreate,
+        AuditAction::KeyRevoke,
         AuditAction::Login,
         AuditAction::AuthFailed,
         AuditAction::AuthDenied,
@@ -55,6 +61,8 @@ impl AuditAction {
             AuditAction::DlqPurge => "dlq.purge",
             AuditAction::TokenCreate => "token.create",
             AuditAction::TokenRevoke => "token.revoke",
+            AuditAction::KeyCreate => "key.create",
+            AuditAction::KeyRevoke => "key.revoke",
             AuditAction::Login => "login",
             AuditAction::AuthFailed => "auth.failed",
             AuditAction::AuthDenied => "auth.denied",

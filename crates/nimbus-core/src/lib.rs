@@ -2,6 +2,7 @@
 //! runtimes and stores all speak these types, and the binary wires concrete implementations
 //! together.
 
+pub mod access_keys;
 pub mod audit;
 pub mod auth;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod queue;
 pub mod registry;
 pub mod runtime;
 
+pub use access_keys::{AccessKeyRecord, AccessKeySource};
 pub use audit::{AuditAction, AuditEntry, AuditError, AuditLog, AuditQuery};
 pub use auth::{Scope, TokenDigest, TokenRecord};
 pub use error::{DispatchError, ErrorSource};

@@ -10,7 +10,9 @@
 //! (cheap when the content is already stored); `artifact_path` whenever a function version is
 //! built from a record. `tokens` is read once at start; `add_token` and `revoke_token` once per
 //! `POST /v1/tokens` and `DELETE /v1/tokens/{id}`; `token_by_digest` answers a lookup the
-//! in-memory set cannot (a cluster node that has not yet seen another node's new token). None
+//! in-memory set cannot (a cluster node that has not yet seen another node's new token).
+//! Managed AWS access keys follow tokens: `access_keys` at start, `add_access_key` and
+//! `revoke_access_key` once per `POST /v1/keys` and `DELETE /v1/keys/{id}`. None
 //! of them is ever called on the request path: the request path reads the control plane's
 //! in-memory snapshot and token set.
 //!
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+use crate::access_keys::AccessKeyRecord;
 use crate::auth::{TokenDigest, TokenRecord};
 
 /// Directories never part of a code artifact, at any depth: nimbus state, VCS metadata,
@@ -75,6 +78,9 @@ pub enum RegistryError {
     /// A token id or digest that is already stored (a new token must be new).
     #[error("a token with the same {0} exists")]
     DuplicateToken(&'static str),
+    /// An access key id that is already stored (a new key must be new).
+    #[error("an access key with the id {0} exists")]
+    DuplicateAccessKey(String),
 }
 
 impl RegistryError {
@@ -118,4 +124,11 @@ pub trait Registry: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str, at_ms: u64) -> Result<Option<TokenRecord>, RegistryError>;
     /// The token whose secret has this digest, revoked or not.
     async fn token_by_digest(&self, digest: &TokenDigest) -> Result<Option<TokenRecord>, RegistryError>;
+    /// Store a new managed AWS access key (its secret too: SigV4 needs it to verify).
+    async fn add_access_key(&self, key: &AccessKeyRecord) -> Result<(), RegistryError>;
+    /// Every stored access key, revoked ones included, oldest first.
+    async fn access_keys(&self) -> Result<Vec<AccessKeyRecord>, RegistryError>;
+    /// Mark an access key revoked at `at_ms`; returns it as now stored, or `None` when no
+    /// unrevoked key has that id.
+    async fn revoke_access_key(&self, id: &str, at_ms: u64) -> Result<Option<AccessKeyRecord>, RegistryError>;
 }

@@ -1,10 +1,11 @@
-//! The wire side of tokens and the audit log: `POST /v1/tokens` bodies into token specs,
-//! tokens and audit entries into `nimbus-api` types, and the `GET /v1/audit` query. Pure
-//! functions; the handlers are in `mgmt.rs`.
+//! The wire side of tokens, managed access keys and the audit log: `POST /v1/tokens` and
+//! `POST /v1/keys` bodies into specs, tokens, keys and audit entries into `nimbus-api` types,
+//! and the `GET /v1/audit` query. Pure functions; the handlers are in `mgmt.rs`.
 
 use nimbus_api as api;
-use nimbus_control::{LiveToken, TokenSpec};
-use nimbus_core::{AuditAction, AuditEntry, AuditQuery, Scope, TokenRecord};
+use nimbus_control::access_keys::parse_access;
+use nimbus_control::{AccessKeySpec, LiveToken, TokenSpec};
+use nimbus_core::{AccessKeyRecord, AuditAction, AuditEntry, AuditQuery, Grants, Scope, TokenRecord};
 
 /// A `POST /v1/tokens` body as a spec, with every problem said plainly. `expiresIn` counts from
 /// `now_ms`.
@@ -14,13 +15,47 @@ pub(crate) fn token_spec(req: api::TokenRequest, now_ms: u64) -> Result<TokenSpe
         "" => return Err(format!("name the token's scope: one of {all}")),
         s => Scope::parse(s).ok_or_else(|| format!("scope {s:?} is not one of {all}"))?,
     };
-    let expires_ms = match (req.expires_in, req.expires) {
-        (Some(_), Some(_)) => return Err("give expiresIn or expires, not both".to_owned()),
-        (Some(d), None) => Some(now_ms.saturating_add(expires_in(&d)?)),
-        (None, Some(t)) => Some(time_ms(&t)?),
-        (None, None) => None,
-    };
+    let expires_ms = expiry(req.expires_in, req.expires, now_ms)?;
     Ok(TokenSpec { name: req.name, scope, functions: req.functions, expires_ms })
+}
+
+/// `expiresIn` (from `now_ms`) or `expires`, not both; neither is no expiry.
+fn expiry(expires_in_: Option<String>, expires: Option<String>, now_ms: u64) -> Result<Option<u64>, String> {
+    match (expires_in_, expires) {
+        (Some(_), Some(_)) => Err("give expiresIn or expires, not both".to_owned()),
+        (Some(d), None) => Ok(Some(now_ms.saturating_add(expires_in(&d)?))),
+        (None, Some(t)) => Ok(Some(time_ms(&t)?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A `POST /v1/keys` body as a spec: access words and the expiry read here, names checked by
+/// the control plane.
+pub(crate) fn access_key_spec(req: api::AccessKeyRequest, now_ms: u64) -> Result<AccessKeySpec, String> {
+    let expires_ms = expiry(req.expires_in, req.expires, now_ms)?;
+    let grants = Grants {
+        functions: req.functions,
+        buckets: parse_access("bucket", req.buckets)?,
+        kv: parse_access("KV namespace", req.kv)?,
+    };
+    Ok(AccessKeySpec { name: req.name, grants, expires_ms })
+}
+
+pub(crate) fn access_key_info(k: &AccessKeyRecord, now_ms: u64) -> api::AccessKeyInfo {
+    let words = |m: &std::collections::BTreeMap<String, nimbus_core::Access>| {
+        m.iter().map(|(n, a)| (n.clone(), a.as_str().to_owned())).collect()
+    };
+    api::AccessKeyInfo {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        buckets: words(&k.grants.buckets),
+        kv: words(&k.grants.kv),
+        functions: k.grants.functions.clone(),
+        created_ms: k.created_ms,
+        expires_ms: k.expires_ms,
+        revoked_ms: k.revoked_ms,
+        state: k.state(now_ms).to_owned(),
+    }
 }
 
 /// A positive duration ("30d", "12h", "90s"), in milliseconds.
@@ -135,6 +170,43 @@ mod tests {
         assert!(err(both).contains("not both"));
         let date_only = api::TokenRequest { expires: Some("2027-01-31".into()), ..req("read") };
         assert!(err(date_only).contains("RFC 3339"));
+    }
+
+    #[test]
+    fn access_key_requests_parse_or_say_what_is_wrong() {
+        use std::collections::BTreeMap;
+        let now = 1_000;
+        let req = |buckets: &[(&str, &str)]| api::AccessKeyRequest {
+            name: "ci".into(),
+            buckets: buckets.iter().map(|(b, a)| ((*b).to_owned(), (*a).to_owned())).collect(),
+            ..Default::default()
+        };
+        let spec = access_key_spec(
+            api::AccessKeyRequest {
+                kv: BTreeMap::from([("cache".into(), "read-write".into())]),
+                functions: vec!["f".into()],
+                expires_in: Some("1h".into()),
+                ..req(&[("photos", "read"), ("logs", "write")])
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(spec.grants.buckets.get("photos"), Some(&nimbus_core::Access::Read));
+        assert_eq!(spec.grants.kv.get("cache"), Some(&nimbus_core::Access::ReadWrite));
+        assert_eq!(
+            (spec.grants.functions.as_slice(), spec.expires_ms),
+            (["f".to_owned()].as_slice(), Some(now + 3_600_000))
+        );
+        let e = access_key_spec(req(&[("photos", "admin")]), now).unwrap_err();
+        assert!(e.contains("bucket \"photos\" is \"admin\"") && e.contains("read-write"), "{e}");
+        let both = api::AccessKeyRequest {
+            expires_in: Some("1d".into()),
+            expires: Some("2027-01-01T00:00:00Z".into()),
+            ..req(&[("photos", "read")])
+        };
+        assert!(access_key_spec(both, now).unwrap_err().contains("not both"));
+        let soon = api::AccessKeyRequest { expires_in: Some("soon".into()), ..req(&[("photos", "read")]) };
+        assert!(access_key_spec(soon, now).unwrap_err().contains("not a duration"));
     }
 
     #[test]

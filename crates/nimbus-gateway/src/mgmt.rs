@@ -3,20 +3,20 @@
 //! endpoint); this module converts nimbus's domain types into them and maps failures to
 //! statuses in one place ([`ApiError`]). Every request is authenticated, then routed through
 //! the endpoint table (`scopes.rs`), whose row says the scope it needs; deploys, rollbacks,
-//! redrives, purges and token changes are written to the audit log before they are answered.
+//! redrives, purges, token and access key changes are written to the audit log before they are answered.
 
 use std::net::{IpAddr, SocketAddr};
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use nimbus_api as api;
-use nimbus_control::{DeployError, Deployed, TokenError};
+use nimbus_control::{AccessKeyError, DeployError, Deployed, TokenError};
 use nimbus_core::history::{InvocationQuery, LogQuery};
 use nimbus_core::ids::now_ms;
 use nimbus_core::kv::MAX_VALUE_BYTES;
 use nimbus_core::meter::StorageKind;
 use nimbus_core::queue::{EventStatus, EventView, QueueError};
-use nimbus_core::{AuditAction, AuditError, HistoryError, InvocationRecord, TokenRecord};
+use nimbus_core::{AccessKeyRecord, AuditAction, AuditError, HistoryError, InvocationRecord, TokenRecord};
 use serde::de::DeserializeOwned;
 
 use crate::context::{BodyError, Credential, Gateway};
@@ -80,6 +80,16 @@ impl From<TokenError> for ApiError {
             TokenError::Invalid(m) => ApiError::bad_request(m),
             e @ TokenError::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             TokenError::Registry(e) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<AccessKeyError> for ApiError {
+    fn from(e: AccessKeyError) -> Self {
+        match e {
+            AccessKeyError::Invalid(m) => ApiError::bad_request(m),
+            e @ AccessKeyError::NoSuchKey(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            AccessKeyError::Registry(e) => ApiError::internal(&e),
         }
     }
 }
@@ -188,6 +198,14 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
             Ok(json(StatusCode::OK, &list))
         }
         Endpoint::RevokeToken => revoke_token(c, param).await,
+        Endpoint::CreateKey => create_key(c, req).await,
+        Endpoint::Keys => {
+            let now = now_ms();
+            let list: Vec<api::AccessKeyInfo> =
+                gw.control.access_keys().iter().map(|k| credentials::access_key_info(k, now)).collect();
+            Ok(json(StatusCode::OK, &list))
+        }
+        Endpoint::RevokeKey => revoke_key(c, param).await,
         Endpoint::Audit => audit(gw, &q).await,
         Endpoint::KvNamespaces
         | Endpoint::KvKeys
@@ -632,6 +650,50 @@ async fn revoke_token(c: &Caller<'_>, id: &str) -> Answer {
     let target = result.as_ref().map_or_else(|_| id.to_owned(), token_target);
     c.audit(AuditAction::TokenRevoke, target, &result).await;
     Ok(json(StatusCode::OK, &credentials::token_info(&result?, None, now_ms())))
+}
+
+/// A managed access key as the audit log describes it (never its secret).
+fn key_target(k: &AccessKeyRecord) -> String {
+    let info = credentials::access_key_info(k, now_ms());
+    let mut grants: Vec<String> = info.buckets.iter().map(|(b, a)| format!("bucket {b}={a}")).collect();
+    grants.extend(info.kv.iter().map(|(n, a)| format!("kv {n}={a}")));
+    grants.extend(info.functions.iter().map(|f| format!("function {f}")));
+    let mut s = format!("{} (name {:?}, {}", k.id, k.name, grants.join(", "));
+    if let Some(e) = k.expires_ms {
+        let at = chrono::DateTime::from_timestamp_millis(i64::try_from(e).unwrap_or(i64::MAX)).unwrap_or_default();
+        s.push_str(&format!(", expires {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    }
+    s.push(')');
+    s
+}
+
+async fn create_key(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
+    let example = "{\"name\": \"ci\", \"buckets\": {\"photos\": \"read\"}, \"expiresIn\": \"30d\"}";
+    let result = match body::<api::AccessKeyRequest>(c.gw, req, example).await {
+        Ok(r) => match credentials::access_key_spec(r, now_ms()) {
+            Ok(spec) => c.gw.control.create_access_key(spec).await.map_err(ApiError::from),
+            Err(m) => Err(ApiError::bad_request(m)),
+        },
+        Err(e) => Err(e),
+    };
+    let target = result.as_ref().map_or_else(|_| "a new access key".to_owned(), |k| key_target(&k.key));
+    c.audit(AuditAction::KeyCreate, target, &result).await;
+    let created = result?;
+    let key = credentials::access_key_info(&created.key, now_ms());
+    let body = api::CreatedAccessKey {
+        access_key_id: created.key.id.clone(),
+        secret_access_key: created.key.secret.clone(),
+        key,
+        warnings: created.warnings,
+    };
+    Ok(json(StatusCode::CREATED, &body))
+}
+
+async fn revoke_key(c: &Caller<'_>, id: &str) -> Answer {
+    let result = c.gw.control.revoke_access_key(id).await.map_err(ApiError::from);
+    let target = result.as_ref().map_or_else(|_| id.to_owned(), |k| key_target(k));
+    c.audit(AuditAction::KeyRevoke, target, &result).await;
+    Ok(json(StatusCode::OK, &credentials::access_key_info(&*result?, now_ms())))
 }
 
 async fn audit(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {

@@ -3,8 +3,8 @@
 //! exist), the Invoke API reads its row, and `nimbus-api`'s endpoint table documents it (a test
 //! below holds the two together).
 //!
-//! The rule the rows follow: `read` for every `GET` under `/v1` but the tokens and the audit
-//! log; `deploy` for what changes the code that runs (deploy, rollback) and for writing KV keys;
+//! The rule the rows follow: `read` for every `GET` under `/v1` but the tokens, the access
+//! keys and the audit log; `deploy` for what changes the code that runs (deploy, rollback) and for writing KV keys;
 //! `admin` for credentials, the audit log (it shows who did what, from where) and what re-runs
 //! or destroys events or data wholesale (dead-letter redrive and purge, deleting a KV namespace or
 //! a bucket: operator decisions about data, not releases); `invoke` for the Invoke API.
@@ -33,6 +33,9 @@ pub(crate) enum Endpoint {
     CreateToken,
     Tokens,
     RevokeToken,
+    CreateKey,
+    Keys,
+    RevokeKey,
     Audit,
     KvNamespaces,
     KvKeys,
@@ -67,6 +70,9 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("POST", "/v1/tokens", Endpoint::CreateToken, Scope::Admin),
     ("GET", "/v1/tokens", Endpoint::Tokens, Scope::Admin),
     ("DELETE", "/v1/tokens/{id}", Endpoint::RevokeToken, Scope::Admin),
+    ("POST", "/v1/keys", Endpoint::CreateKey, Scope::Admin),
+    ("GET", "/v1/keys", Endpoint::Keys, Scope::Admin),
+    ("DELETE", "/v1/keys/{id}", Endpoint::RevokeKey, Scope::Admin),
     ("GET", "/v1/audit", Endpoint::Audit, Scope::Admin),
     ("GET", "/v1/kv", Endpoint::KvNamespaces, Scope::Read),
     ("GET", "/v1/kv/{name}", Endpoint::KvKeys, Scope::Read),
@@ -146,6 +152,10 @@ mod tests {
             ("GET", "/v1/tokens", Some((Endpoint::Tokens, Scope::Admin, None))),
             ("DELETE", "/v1/tokens/tok_1", Some((Endpoint::RevokeToken, Scope::Admin, Some("tok_1")))),
             ("GET", "/v1/audit", Some((Endpoint::Audit, Scope::Admin, None))),
+            ("POST", "/v1/keys", Some((Endpoint::CreateKey, Scope::Admin, None))),
+            ("GET", "/v1/keys", Some((Endpoint::Keys, Scope::Admin, None))),
+            ("DELETE", "/v1/keys/NIMK1", Some((Endpoint::RevokeKey, Scope::Admin, Some("NIMK1")))),
+            ("GET", "/v1/keys/NIMK1", None),
             ("POST", "/2015-03-31/functions/f/invocations", Some((Endpoint::Invoke, Scope::Invoke, Some("f")))),
             ("GET", "/v1/kv/cache", Some((Endpoint::KvKeys, Scope::Read, Some("cache")))),
             ("DELETE", "/v1/kv/cache", Some((Endpoint::KvDeleteNamespace, Scope::Admin, Some("cache")))),
@@ -174,7 +184,7 @@ mod tests {
     #[test]
     fn the_table_follows_the_rule() {
         for (method, path, endpoint, scope) in ENDPOINTS {
-            let admin_only = ["/v1/tokens", "/v1/audit", "/v1/dlq/redrive", "/v1/dlq/purge"];
+            let admin_only = ["/v1/tokens", "/v1/keys", "/v1/audit", "/v1/dlq/redrive", "/v1/dlq/purge"];
             let admin = admin_only.iter().any(|p| path.starts_with(p))
                 || [("DELETE", "/v1/kv/{name}"), ("DELETE", "/v1/buckets/{name}")].contains(&(*method, *path));
             let want = match (*method, path.starts_with("/v1/")) {

@@ -1,10 +1,11 @@
 //! Embedded storage for one node: SQLite (bundled) for the registry (deployments, aliases,
-//! tokens), invocation records and logs, the audit log, and content-addressed directories for
-//! code artifacts, all under the data dir.
+//! tokens, managed access keys), invocation records and logs, the audit log, and
+//! content-addressed directories for code artifacts, all under the data dir.
 //!
 //! Only the control plane and the background record writer touch SQLite; the request path
 //! reads an in-memory snapshot and hands records to the writer through a bounded channel.
 
+mod access_keys;
 mod artifacts;
 mod audit;
 mod group;
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, Stats, StatsQuery, StorageUsageRow, UsageRow};
 use nimbus_core::{
-    DeploymentRecord, History, HistoryError, InvocationRecord, NewDeployment, Registry, RegistryError, TokenDigest,
-    TokenRecord,
+    AccessKeyRecord, DeploymentRecord, History, HistoryError, InvocationRecord, NewDeployment, Registry, RegistryError,
+    TokenDigest, TokenRecord,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -115,6 +116,15 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_ms INTEGER,
     revoked_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS access_keys (
+    id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    name TEXT NOT NULL,
+    grants TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -151,6 +161,26 @@ fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Make the registry database and its WAL files readable by nimbus's user only (0600, like
+/// `admin.token`): they hold managed access keys' secrets.
+fn make_private(db_path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db_path.as_os_str().to_owned();
+            name.push(suffix);
+            match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db_path;
+    Ok(())
+}
+
 pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -166,6 +196,7 @@ impl Store {
         std::fs::create_dir_all(data_dir)?;
         let db_path = data_dir.join("nimbus.db");
         let conn = open_connection(&db_path)?;
+        make_private(&db_path)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(storage_usage::SCHEMA)?;
         migrate(&conn)?;
@@ -368,6 +399,28 @@ impl Registry for Store {
     async fn token_by_digest(&self, digest: &TokenDigest) -> std::result::Result<Option<TokenRecord>, RegistryError> {
         let digest = *digest;
         self.blocking(move |s| s.token_by_digest(&digest)).await.map_err(registry_error("look up a token"))
+    }
+
+    async fn add_access_key(&self, key: &AccessKeyRecord) -> std::result::Result<(), RegistryError> {
+        let key = key.clone();
+        let id = key.id.clone();
+        self.blocking(move |s| s.add_access_key(&key)).await.map_err(|e| match e {
+            StoreError::Duplicate(_) => RegistryError::DuplicateAccessKey(id),
+            e => RegistryError::backend("store an access key", e),
+        })
+    }
+
+    async fn access_keys(&self) -> std::result::Result<Vec<AccessKeyRecord>, RegistryError> {
+        self.blocking(Store::access_keys).await.map_err(registry_error("read the access keys"))
+    }
+
+    async fn revoke_access_key(
+        &self,
+        id: &str,
+        at_ms: u64,
+    ) -> std::result::Result<Option<AccessKeyRecord>, RegistryError> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.revoke_access_key(&id, at_ms)).await.map_err(registry_error("revoke an access key"))
     }
 }
 

@@ -117,7 +117,8 @@ pub struct AuditArgs {
     #[arg(long, default_value_t = 100)]
     limit: u32,
     /// Only this action: deploy, rollback, dlq.redrive, dlq.purge, token.create, token.revoke,
-    /// login, auth.failed or auth.denied.
+    /// key.create, key.revoke, login, auth.failed, auth.denied, kv.delete-namespace or
+    /// bucket.delete.
     #[arg(long)]
     action: Option<String>,
     /// Print the API's JSON.

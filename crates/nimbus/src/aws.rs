@@ -1,7 +1,8 @@
 //! `nimbus up`'s AWS port (`--aws-listen`): S3 over the embedded object store and the Lambda
-//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials`; and the
-//! same S3 for functions, in-process through their instances' endpoints, with a key per
-//! instance ([`for_functions`]).
+//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials` and the
+//! managed keys of `nimbus keys` (looked up in the control plane's set); and the same S3 for
+//! functions, in-process through their instances' endpoints, with a key per instance
+//! ([`for_functions`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_aws::server::{AwsPort, InvokeApi};
 use nimbus_aws::{KeyRing, Principal};
-use nimbus_core::ObjectStore;
+use nimbus_core::{AccessKeySource, ObjectStore};
 
 /// The address the AWS port takes when `--aws-listen` is not given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:4566";
@@ -61,6 +62,7 @@ pub async fn bind(
     data_dir: &Path,
     (objects, keys): (Arc<dyn ObjectStore>, KeyRing),
     gateway: Arc<nimbus_gateway::Gateway>,
+    managed: Arc<dyn AccessKeySource>,
 ) -> Result<Option<Bound>> {
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     if flag == Some("off") {
@@ -83,6 +85,7 @@ pub async fn bind(
     let (id, secret) = nimbus_aws::credentials::load_or_create(&credentials)
         .with_context(|| format!("cannot write {}", credentials.display()))?;
     keys.insert(&id, &secret, Principal::Admin);
+    keys.set_managed(managed);
     let meter = gateway.storage_meter();
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);

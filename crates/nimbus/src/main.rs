@@ -5,6 +5,7 @@ mod aws;
 mod client;
 mod commands;
 mod files;
+mod keys;
 mod kv;
 mod progress;
 mod storage_usage;
@@ -142,6 +143,14 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Create, list and revoke AWS access keys for the AWS port, each limited to its grants
+    /// (needs an admin token).
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysAction,
         #[command(flatten)]
         remote: Remote,
     },
@@ -286,6 +295,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Usage(args) => commands::usage(args).await,
             Command::Token { action, remote } => access::token(action, remote).await,
+            Command::Keys { action, remote } => keys::keys(action, remote).await,
             Command::Buckets { action, remote } => commands::buckets(action, remote).await,
             Command::Audit(args) => access::audit(args).await,
             Command::Kv { action, remote } => kv::kv(action, remote).await,

@@ -175,7 +175,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
 
-    let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.aws_parts(), gateway.clone()).await?;
+    let managed_keys = node.control.clone();
+    let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.aws_parts(), gateway.clone(), managed_keys)
+        .await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
     let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
     let aws_task = aws.map(|bound| crate::aws::spawn(bound, aws_stopped, args.drain));
