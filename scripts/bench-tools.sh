@@ -14,6 +14,8 @@
 #   the hello function cargo-lambda serves (crates/nimbus-bench/peers/lambda-hello), built once
 #                         into lambda-target/ so that `cargo lambda watch` starts without compiling
 #   nginx-light, wrk      apt-get (system packages; nginx is never started as a service by the bench)
+#   moto[server] 5.2.5    PyPI, pip --target -> moto/ (`python3 -m moto.server`, the S3 mock that
+#                         `nimbus-bench storage` compares the object store with)
 #
 # wasmtime is pinned to 48.0.8: 49.x needs rustc 1.96 and 50.x needs 1.97, while this toolchain
 # is 1.95 (rust-version in Cargo.toml), and the bench compares it with the wasmtime 48 that nimbus
@@ -25,6 +27,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${NIMBUS_BENCH_TOOLS:-$HOME/.cache/nimbus/bench-tools}"
 WASMTIME_VERSION=48.0.8
 CARGO_LAMBDA_VERSION=1.9.2
+MOTO_VERSION=5.2.5
 peers="$root/crates/nimbus-bench/peers"
 check_only=false
 [[ "${1:-}" == "--check" ]] && check_only=true
@@ -101,6 +104,21 @@ elif [[ -x "$pip_dir/bin/cargo-lambda" ]]; then
   log "lambda-hello: building into $TOOLS/lambda-target (~2 min the first time)"
   CARGO_TARGET_DIR="$TOOLS/lambda-target" cargo build --locked --quiet \
     --manifest-path "$peers/lambda-hello/Cargo.toml" >&2
+fi
+
+# --- moto (nimbus-bench storage) -----------------------------------------------------
+moto_dir="$TOOLS/moto"
+if [[ -d "$moto_dir/moto-$MOTO_VERSION.dist-info" && -f "$moto_dir/moto/server.py" ]]; then
+  log "moto $MOTO_VERSION: installed ($moto_dir)"
+elif $check_only; then
+  missing+=(moto)
+else
+  log "moto[server] $MOTO_VERSION: installing into $moto_dir (pip --target)"
+  rm -rf "$moto_dir.partial"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+    --no-warn-script-location --target "$moto_dir.partial" "moto[server]==$MOTO_VERSION" >&2
+  rm -rf "$moto_dir"
+  mv "$moto_dir.partial" "$moto_dir"
 fi
 
 # --- apt: nginx-light, wrk -------------------------------------------------------------

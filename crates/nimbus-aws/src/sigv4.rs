@@ -1,4 +1,5 @@
-//! SigV4 verification for the requests of the AWS port that are not S3 (the Lambda Invoke API).
+//! SigV4 verification for the requests of the AWS port that are not S3 (the Lambda Invoke API),
+//! and the matching header-form signer for nimbus's own clients (`nimbus-bench storage`).
 //!
 //! Why not s3s: its verifier is private to its S3 dispatch and refuses any credential scope
 //! whose service is not `s3` or `sts` (Lambda clients sign for `lambda`); and the `aws-sigv4`
@@ -129,8 +130,27 @@ pub fn verify(
         Some(h) => h.to_owned(),
         None => hex::encode(Sha256::digest(req.body())),
     };
+    let expected = signature(req, &auth.signed_headers, &payload_hash, amz_date, auth.scope, &secret);
+    if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+        return Err(SigError::Invalid(
+            "the request signature does not match; check the secret access key and how the request is signed".into(),
+        ));
+    }
+    Ok(auth.key_id.to_owned())
+}
+
+/// The hex signature of `req` (method, path, query and `signed_headers` as they are in it) for
+/// `scope` (`DATE/REGION/SERVICE/aws4_request`), shared by [`verify`] and [`sign`].
+fn signature<B>(
+    req: &http::Request<B>,
+    signed_headers: &[&str],
+    payload_hash: &str,
+    amz_date: &str,
+    scope: &str,
+    secret: &str,
+) -> String {
     let mut canonical_headers = String::new();
-    for name in &auth.signed_headers {
+    for name in signed_headers {
         let values: Vec<String> = req
             .headers()
             .get_all(*name)
@@ -145,22 +165,50 @@ pub fn verify(
         uri_encode(req.uri().path(), true),
         canonical_query(req.uri().query()),
         canonical_headers,
-        auth.signed_headers.join(";"),
+        signed_headers.join(";"),
         payload_hash
     );
     let string_to_sign =
-        format!("AWS4-HMAC-SHA256\n{amz_date}\n{}\n{}", auth.scope, hex::encode(Sha256::digest(canonical.as_bytes())));
+        format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
     let mut key = format!("AWS4{secret}").into_bytes();
-    for part in auth.scope.split('/') {
+    for part in scope.split('/') {
         key = hmac(&key, part.as_bytes()).to_vec();
     }
-    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
-    if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
-        return Err(SigError::Invalid(
-            "the request signature does not match; check the secret access key and how the request is signed".into(),
-        ));
+    hex::encode(hmac(&key, string_to_sign.as_bytes()))
+}
+
+/// Sign `req` in the header form, as an SDK does: sets `host` (from the URI), `x-amz-date`,
+/// `x-amz-content-sha256` (`payload_hash`: the body's hex SHA-256, or `UNSIGNED-PAYLOAD`) and
+/// `authorization`, signing every header the request then has. For clients of nimbus that are
+/// not SDKs (`nimbus-bench storage`); `verify` checks what this produces.
+pub fn sign<B>(
+    req: &mut http::Request<B>,
+    key_id: &str,
+    secret: &str,
+    region: &str,
+    service: &str,
+    payload_hash: &str,
+    now: SystemTime,
+) -> Result<(), http::header::InvalidHeaderValue> {
+    use http::header::{HeaderValue, AUTHORIZATION, HOST};
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let amz_date = time::OffsetDateTime::from(now).format(&format).unwrap_or_default();
+    let scope = format!("{}/{region}/{service}/aws4_request", amz_date.get(..8).unwrap_or_default());
+    if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) {
+        req.headers_mut().insert(HOST, HeaderValue::from_str(&authority)?);
     }
-    Ok(auth.key_id.to_owned())
+    req.headers_mut().insert("x-amz-date", HeaderValue::from_str(&amz_date)?);
+    req.headers_mut().insert("x-amz-content-sha256", HeaderValue::from_str(payload_hash)?);
+    req.headers_mut().remove(AUTHORIZATION);
+    let mut names: Vec<String> = req.headers().keys().map(|k| k.as_str().to_owned()).collect();
+    names.sort();
+    names.dedup();
+    let signed: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sig = signature(req, &signed, payload_hash, &amz_date, &scope, secret);
+    let value =
+        format!("AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={}, Signature={sig}", signed.join(";"));
+    req.headers_mut().insert(AUTHORIZATION, HeaderValue::from_str(&value)?);
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -209,6 +257,27 @@ mod tests {
         assert!(matches!(verify(&req, |_| None, at), Err(SigError::UnknownKey(_))));
         let late = at + Duration::from_secs(3600);
         assert!(matches!(verify(&req, secret, late), Err(SigError::Invalid(_))));
+    }
+
+    #[test]
+    fn what_sign_signs_verify_accepts() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        let mut req = http::Request::builder()
+            .method("PUT")
+            .uri("http://127.0.0.1:4566/bucket/a%20key?x-id=PutObject")
+            .header("content-type", "application/octet-stream")
+            .body(bytes::Bytes::from_static(b"body"))
+            .unwrap();
+        let hash = hex::encode(Sha256::digest(b"body"));
+        sign(&mut req, "AKID", "secret", "us-east-1", "s3", &hash, at).unwrap();
+        let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/s3/aws4_request, SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date, Signature="), "{auth}");
+        let secret = |k: &str| (k == "AKID").then(|| "secret".to_owned());
+        assert_eq!(verify(&req, secret, at), Ok("AKID".to_owned()));
+        assert!(matches!(verify(&req, |_| Some("other".to_owned()), at), Err(SigError::Invalid(_))));
+        // Changing a signed header after signing breaks the signature.
+        req.headers_mut().insert("content-type", http::HeaderValue::from_static("text/plain"));
+        assert!(matches!(verify(&req, secret, at), Err(SigError::Invalid(_))));
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! serve` and a bare hyper server: cold first request, platform overhead, throughput, RSS.
 //! `nimbus-bench all` runs nimbus, its peers (wasmtime serve, workerd, serverless-offline,
 //! cargo-lambda) and the limit (bare hyper, nginx) side by side and writes the BENCHMARKS.md
-//! section and plots; `nimbus-bench burst` is its burst scenario alone.
+//! section and plots; `nimbus-bench burst` is its burst scenario alone. `nimbus-bench storage`
+//! covers the object store (S3 PUT/GET against moto and the disk) and KV.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
-//   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper
+//   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage
+//   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  process → report
 //   allreport, plots, burst → model (the data of `all` and `burst`)
 //   all of them → common, output, servers, procs, load, fixture, tree, progress
@@ -32,7 +34,10 @@ mod process;
 mod procs;
 mod progress;
 mod report;
+mod s3client;
 mod servers;
+mod storage;
+mod storagereport;
 mod tree;
 mod wasm;
 
@@ -71,6 +76,10 @@ enum Command {
     /// What recording costs: the wasm hello through nimbus as shipped (records, logs, metrics)
     /// and with NIMBUS_RECORDING=off, interleaved, same load.
     Observe(observe::ObserveArgs),
+    /// Storage: S3 PUT/GET of 4 KiB and 1 MiB objects at c=1 and c=32 against nimbus and
+    /// `moto_server` (from scripts/bench-tools.sh; reported as not installed when missing), the
+    /// disk's sequential write speed (the limit), and KV get/put/increment at c=32.
+    Storage(storage::StorageArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -100,6 +109,7 @@ fn run() -> Result<()> {
         Command::All(args) => rt.block_on(all::run(args)),
         Command::Burst(args) => rt.block_on(burst::run(args)),
         Command::Observe(args) => rt.block_on(observe::run(args)),
+        Command::Storage(args) => rt.block_on(storage::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

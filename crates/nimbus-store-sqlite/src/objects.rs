@@ -10,6 +10,12 @@
 //! new file and commits the row that points at it, then unlinks the old one, so readers holding
 //! the old file keep reading it. At start, `tmp/` is emptied and files in `data/` that no row
 //! names (a crash between rename and commit, or between commit and unlink) are deleted.
+//!
+//! Under concurrent PUTs the fsyncs are shared, never skipped: the metadata rows go through the
+//! group-commit writer (`group.rs`: every row waiting is committed in one transaction, one WAL
+//! fsync), and a directory fsync that starts after a rename covers it (`DirSync`), so one
+//! directory fsync serves every PUT renamed before it began. Each PUT still fsyncs its own file.
+//! Reads and the other writes use their own connection.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -25,7 +31,15 @@ use nimbus_core::objects::{
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::group::{Answer, GroupWriter};
 use crate::open_connection;
+
+/// A metadata write the group writer applies inside its batch's transaction.
+type Op = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Answer + Send>;
+
+fn apply(tx: &mut rusqlite::Transaction<'_>, op: Op) -> Answer {
+    op(tx)
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS buckets (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
@@ -71,9 +85,44 @@ pub struct ObjectDb {
 }
 
 struct Inner {
+    /// Reads, and the writes that are not PUTs (buckets, deletes, uploads).
     conn: Mutex<Connection>,
+    /// The rows of PUTs (objects, parts, completed uploads), group-committed.
+    writer: GroupWriter<Op>,
     data: PathBuf,
     tmp: PathBuf,
+    dir_sync: DirSync,
+}
+
+/// Directory fsyncs shared between concurrent renames: a caller takes a ticket after its
+/// rename; an fsync that starts after the ticket was taken covers it. Whoever holds the lock
+/// fsyncs for every ticket issued so far, so under load one fsync serves many PUTs.
+struct DirSync {
+    dir: PathBuf,
+    /// Tickets issued (each after its caller's rename).
+    issued: std::sync::atomic::AtomicU64,
+    /// The highest ticket a finished fsync covers.
+    done: tokio::sync::Mutex<u64>,
+}
+
+impl DirSync {
+    async fn sync(&self) -> Result<(), ObjectError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mine = self.issued.fetch_add(1, SeqCst) + 1;
+        let mut done = self.done.lock().await;
+        if *done >= mine {
+            return Ok(());
+        }
+        // Every ticket issued by now belongs to a rename that happened before this fsync starts.
+        let covers = self.issued.load(SeqCst);
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || fsync_dir(&dir))
+            .await
+            .map_err(|e| ObjectError::backend("fsync the object directory", e))?
+            .map_err(io("fsync the object directory"))?;
+        *done = covers;
+        Ok(())
+    }
 }
 
 /// A body written to `tmp/` and checked, not yet installed.
@@ -117,7 +166,13 @@ impl ObjectDb {
         std::fs::create_dir_all(&tmp)?;
         let conn = open_connection(&data_dir.join("objects.db"))?;
         conn.execute_batch(SCHEMA)?;
-        let db = ObjectDb { inner: Arc::new(Inner { conn: Mutex::new(conn), data, tmp }) };
+        let writer = GroupWriter::start("object store", open_connection(&data_dir.join("objects.db"))?, apply, None)?;
+        let dir_sync = DirSync {
+            dir: data.clone(),
+            issued: std::sync::atomic::AtomicU64::new(0),
+            done: tokio::sync::Mutex::new(0),
+        };
+        let db = ObjectDb { inner: Arc::new(Inner { conn: Mutex::new(conn), writer, data, tmp, dir_sync }) };
         db.sweep()?;
         Ok(db)
     }
@@ -215,11 +270,41 @@ impl ObjectDb {
         let from = self.inner.tmp.join(&w.id);
         let to = self.data_path(&w.id);
         tokio::fs::rename(&from, &to).await.map_err(io("install an object"))?;
-        let dir = self.inner.data.clone();
-        tokio::task::spawn_blocking(move || fsync_dir(&dir))
-            .await
-            .map_err(|e| ObjectError::backend("fsync the object directory", e))?
-            .map_err(io("fsync the object directory"))
+        self.inner.dir_sync.sync().await
+    }
+
+    /// Run `f` in its own savepoint of the group writer's next transaction (undone alone if it
+    /// fails) and answer once that transaction committed.
+    async fn commit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, ObjectError> + Send + 'static,
+    ) -> Result<T, ObjectError> {
+        let (reply, rx) = tokio::sync::oneshot::channel::<Result<T, ObjectError>>();
+        let op: Op = Box::new(move |tx| {
+            let outcome = match tx.savepoint() {
+                Ok(mut sp) => match f(&sp) {
+                    Ok(v) => sp.commit().map(|()| v).map_err(sql("commit object metadata")),
+                    Err(e) => {
+                        let _ = sp.rollback();
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(ObjectError::backend("begin object metadata", e)),
+            };
+            Box::new(move |committed| {
+                let answer = match outcome {
+                    Ok(_) if !committed => Err(ObjectError::backend(
+                        "commit object metadata",
+                        std::io::Error::other("the transaction could not commit"),
+                    )),
+                    other => other,
+                };
+                let _ = reply.send(answer);
+            })
+        });
+        let stopped = |e: String| ObjectError::backend("store object metadata", std::io::Error::other(e));
+        self.inner.writer.send(op).map_err(stopped)?;
+        rx.await.map_err(|_| stopped("the object store writer stopped".into()))?
     }
 
     /// Unlink files no row names any more (best effort: the start-up sweep catches the rest).
@@ -236,13 +321,13 @@ impl ObjectDb {
     async fn install_and_commit<T: Send + 'static>(
         &self,
         w: &Written,
-        commit: impl FnOnce(&mut Connection) -> Result<(T, Vec<String>), ObjectError> + Send + 'static,
+        commit: impl FnOnce(&Connection) -> Result<(T, Vec<String>), ObjectError> + Send + 'static,
     ) -> Result<T, ObjectError> {
         if let Err(e) = self.install(w).await {
             let _ = tokio::fs::remove_file(self.inner.tmp.join(&w.id)).await;
             return Err(e);
         }
-        match self.db(commit).await {
+        match self.commit(commit).await {
             Ok((value, replaced)) => {
                 self.unlink(replaced).await;
                 Ok(value)
@@ -371,12 +456,7 @@ fn headers_from_json(s: &str) -> ObjectHeaders {
 }
 
 /// Insert or replace an object row; returns the file it replaced, if any.
-fn upsert_object(
-    tx: &rusqlite::Transaction<'_>,
-    bucket: &str,
-    meta: &ObjectMeta,
-    file: &str,
-) -> Result<Vec<String>, ObjectError> {
+fn upsert_object(tx: &Connection, bucket: &str, meta: &ObjectMeta, file: &str) -> Result<Vec<String>, ObjectError> {
     bucket_must_exist(tx, bucket)?;
     let old: Option<String> = tx
         .query_row("SELECT file FROM objects WHERE bucket = ?1 AND key = ?2", params![bucket, meta.key], |r| r.get(0))
@@ -634,10 +714,8 @@ impl ObjectStore for ObjectDb {
         };
         let (b, k, u, p, file) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned(), part.clone(), w.id.clone());
         self.install_and_commit(&w, move |c| {
-            let tx = c.transaction().map_err(sql("store a part"))?;
-            Self::upload_must_exist(&tx, &b, &k, &u)?;
-            let old = insert_part(&tx, &u, &p, &file)?;
-            tx.commit().map_err(sql("store a part"))?;
+            Self::upload_must_exist(c, &b, &k, &u)?;
+            let old = insert_part(c, &u, &p, &file)?;
             Ok(((), old))
         })
         .await?;
@@ -681,10 +759,8 @@ impl ObjectStore for ObjectDb {
         };
         let (b, u, file, m) = (bucket.to_owned(), upload_id.to_owned(), w.id.clone(), meta.clone());
         self.install_and_commit(&w, move |c| {
-            let tx = c.transaction().map_err(sql("complete an upload"))?;
-            let mut replaced = drop_upload(&tx, &u)?;
-            replaced.extend(upsert_object(&tx, &b, &m, &file)?);
-            tx.commit().map_err(sql("complete an upload"))?;
+            let mut replaced = drop_upload(c, &u)?;
+            replaced.extend(upsert_object(c, &b, &m, &file)?);
             Ok(((), replaced))
         })
         .await?;
@@ -735,9 +811,7 @@ impl ObjectDb {
     async fn commit_object(&self, bucket: &str, meta: ObjectMeta, w: &Written) -> Result<ObjectMeta, ObjectError> {
         let (b, m, file) = (bucket.to_owned(), meta.clone(), w.id.clone());
         self.install_and_commit(w, move |c| {
-            let tx = c.transaction().map_err(sql("store an object"))?;
-            let replaced = upsert_object(&tx, &b, &m, &file)?;
-            tx.commit().map_err(sql("store an object"))?;
+            let replaced = upsert_object(c, &b, &m, &file)?;
             Ok(((), replaced))
         })
         .await?;
@@ -799,12 +873,7 @@ fn choose_parts(
     Ok(chosen)
 }
 
-fn insert_part(
-    tx: &rusqlite::Transaction<'_>,
-    upload_id: &str,
-    p: &PartInfo,
-    file: &str,
-) -> Result<Vec<String>, ObjectError> {
+fn insert_part(tx: &Connection, upload_id: &str, p: &PartInfo, file: &str) -> Result<Vec<String>, ObjectError> {
     let old: Option<String> = tx
         .query_row(
             "SELECT file FROM parts WHERE upload_id = ?1 AND number = ?2",
@@ -861,7 +930,7 @@ fn parts_of(c: &Connection, upload_id: &str) -> Result<Vec<(PartInfo, String)>, 
 }
 
 /// Delete an upload's rows; returns its part files.
-fn drop_upload(tx: &rusqlite::Transaction<'_>, upload_id: &str) -> Result<Vec<String>, ObjectError> {
+fn drop_upload(tx: &Connection, upload_id: &str) -> Result<Vec<String>, ObjectError> {
     let files = parts_of(tx, upload_id)?.into_iter().map(|(_, f)| f).collect();
     tx.execute("DELETE FROM parts WHERE upload_id = ?1", [upload_id]).map_err(sql("drop an upload"))?;
     tx.execute("DELETE FROM uploads WHERE id = ?1", [upload_id]).map_err(sql("drop an upload"))?;
@@ -1035,6 +1104,42 @@ mod tests {
 
     async fn put(db: &ObjectDb, key: &str, data: &'static [u8]) -> ObjectMeta {
         db.put_object("b", key, body(vec![data]), PutOptions::default()).await.unwrap()
+    }
+
+    /// Concurrent PUTs share commits and directory fsyncs: every one is acknowledged and
+    /// readable, and one metadata write failing in a batch undoes only itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_puts_commit_together_and_fail_alone() {
+        let (_dir, db) = store().await;
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                let data: &'static [u8] = if i % 2 == 0 { b"even" } else { b"odd" };
+                if i % 16 == 0 {
+                    let m = ObjectMeta { key: format!("k{i}"), ..put(&db, "seed", b"x").await };
+                    return db.commit(move |c| upsert_object(c, "missing", &m, "nofile")).await.map(|_| ());
+                }
+                db.put_object("b", &format!("k{i}"), body(vec![data]), PutOptions::default()).await.map(|_| ())
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let outcome = t.await.unwrap();
+            if i % 16 == 0 {
+                assert!(matches!(outcome, Err(ObjectError::NoSuchBucket(ref b)) if b == "missing"), "{outcome:?}");
+            } else {
+                outcome.unwrap();
+            }
+        }
+        for i in (0..64u32).filter(|i| i % 16 != 0) {
+            let got = read_all(db.get_object("b", &format!("k{i}"), None).await.unwrap().body).await;
+            assert_eq!(got, if i % 2 == 0 { &b"even"[..] } else { &b"odd"[..] });
+        }
+        assert!(matches!(db.head_object("b", "k16").await, Err(ObjectError::NoSuchKey(..))));
+        assert_eq!(
+            *db.inner.dir_sync.done.lock().await,
+            db.inner.dir_sync.issued.load(std::sync::atomic::Ordering::SeqCst)
+        );
     }
 
     #[tokio::test]
