@@ -35,7 +35,7 @@ use crate::storagereport::{self, Disk, Phase, RunResult, Settings};
 pub struct StorageArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Where moto[server] is installed (a `pip --target` dir; default:
+    /// Where `moto[server]` is installed (a `pip --target` dir; default:
     /// $NIMBUS_BENCH_TOOLS/moto, else ~/.cache/nimbus/bench-tools/moto).
     #[arg(long)]
     pub moto: Option<PathBuf>,
