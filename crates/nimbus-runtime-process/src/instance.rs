@@ -176,14 +176,7 @@ impl ProcessInstance {
         let began = Instant::now();
         let command = rt.command_for(&function)?;
         let scratch = rt.scratch_dir.join(&id);
-        std::fs::create_dir_all(&scratch).map_err(platform("cannot create the instance temp dir"))?;
-        let (endpoint, server) = match serve_api(rt, &function, &scratch).await {
-            Ok(served) => served,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&scratch);
-                return Err(e);
-            }
-        };
+        let (endpoint, server) = serve_in(rt, &function, &scratch).await?;
         let mut guard = StartGuard { server: server.abort_handle(), scratch, group: None, armed: true };
         let cgroup = rt
             .resources
@@ -482,6 +475,18 @@ fn reported_init_error(shared: &Shared) -> (String, String) {
     let error_type = parsed.get("errorType").and_then(|v| v.as_str()).map_or(err.error_type.clone(), str::to_owned);
     let message = parsed.get("errorMessage").and_then(|v| v.as_str()).unwrap_or("init failed").to_owned();
     (error_type, message)
+}
+
+/// Make the instance's temp dir and serve its endpoint; a failure leaves neither behind.
+async fn serve_in(
+    rt: &ProcessRuntime,
+    function: &Arc<FunctionVersion>,
+    scratch: &Path,
+) -> Result<(Endpoint, JoinHandle<()>), StartError> {
+    std::fs::create_dir_all(scratch).map_err(platform("cannot create the instance temp dir"))?;
+    serve_api(rt, function, scratch).await.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(scratch);
+    })
 }
 
 /// Serve the instance's endpoint: on a fresh loopback port, or, sandboxed, on a Unix socket in

@@ -1,7 +1,7 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! Sandboxes prepared ahead of demand: a live function has a sandbox waiting (bwrap with the
 //! init held), a cold start runs the function in it as an instance of its own, the next one
 //! finds another, and a version that is replaced loses its spare.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
