@@ -13,10 +13,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http_body_util::BodyExt as _;
 use nimbus_core::{FunctionAws, FunctionVersion, InstanceCredentials, StreamBody};
-use s3s::access::{S3Access, S3AccessContext};
-use s3s::{s3_error, S3Result};
 
-use crate::keys::{self, KeyRing, Principal};
+use crate::keys::{self, Principal};
 use crate::server::AwsPort;
 
 /// Where an access key id of an instance starts (AWS's temporary keys start so too).
@@ -59,33 +57,5 @@ impl FunctionAws for InstanceAws {
     async fn serve(&self, request: http::Request<StreamBody>) -> http::Response<StreamBody> {
         let resp = self.port.s3(request.map(s3s::Body::http_body_unsync)).await;
         resp.map(|b| b.boxed_unsync())
-    }
-}
-
-/// The session token a request carries: the `x-amz-security-token` header, or the
-/// `X-Amz-Security-Token` query parameter of a presigned URL.
-fn presented_token(cx: &S3AccessContext<'_>) -> Option<String> {
-    if let Some(v) = cx.headers().get("x-amz-security-token") {
-        return v.to_str().ok().map(str::to_owned);
-    }
-    cx.uri().query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        k.eq_ignore_ascii_case("X-Amz-Security-Token")
-            .then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
-    })
-}
-
-/// s3s's access hook, run after the signature is verified and before any operation: the
-/// request must be signed, and a key issued with a session token needs that token.
-pub(crate) struct SessionTokens(pub(crate) KeyRing);
-
-#[async_trait]
-impl S3Access for SessionTokens {
-    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        let Some(creds) = cx.credentials() else {
-            return Err(s3_error!(AccessDenied, "the request is not signed; sign it with a nimbus access key"));
-        };
-        let key = creds.access_key.clone();
-        self.0.check_token(&key, presented_token(cx).as_deref())
     }
 }

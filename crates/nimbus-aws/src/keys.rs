@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
+use async_trait::async_trait;
 use nimbus_core::{AccessKeyRecord, AccessKeySource, Grants, Op};
+use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{s3_error, S3Result};
 
@@ -145,13 +147,41 @@ impl KeyRing {
     }
 }
 
-#[async_trait::async_trait]
+#[async_trait]
 impl S3Auth for KeyRing {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match self.secret(access_key) {
             Some(s) => Ok(SecretKey::from(s)),
             None => Err(s3_error!(InvalidAccessKeyId, "the access key {access_key} is not one nimbus issued")),
         }
+    }
+}
+
+/// The session token a request carries: the `x-amz-security-token` header, or the
+/// `X-Amz-Security-Token` query parameter of a presigned URL.
+fn presented_token(cx: &S3AccessContext<'_>) -> Option<String> {
+    if let Some(v) = cx.headers().get("x-amz-security-token") {
+        return v.to_str().ok().map(str::to_owned);
+    }
+    cx.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.eq_ignore_ascii_case("X-Amz-Security-Token")
+            .then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+/// s3s's access hook, run after the signature is verified and before any operation: the
+/// request must be signed, and a key issued with a session token needs that token.
+pub(crate) struct SessionTokens(pub(crate) KeyRing);
+
+#[async_trait]
+impl S3Access for SessionTokens {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let Some(creds) = cx.credentials() else {
+            return Err(s3_error!(AccessDenied, "the request is not signed; sign it with a nimbus access key"));
+        };
+        let key = creds.access_key.clone();
+        self.0.check_token(&key, presented_token(cx).as_deref())
     }
 }
 

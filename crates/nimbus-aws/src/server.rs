@@ -55,7 +55,7 @@ pub struct AwsPort {
 
 /// s3s takes one access hook: count the operation (S3 bills refused requests too), then hold
 /// an instance key to its session token.
-struct PortAccess(Counting, crate::instances::SessionTokens);
+struct PortAccess(Counting, crate::keys::SessionTokens);
 
 #[async_trait]
 impl s3s::access::S3Access for PortAccess {
@@ -92,7 +92,7 @@ impl AwsPort {
     ) -> Arc<AwsPort> {
         let mut builder = S3ServiceBuilder::new(S3Api::new(store, keys.clone()).with_meter(meter.clone()));
         builder.set_auth(keys.clone());
-        builder.set_access(PortAccess(Counting(meter.clone()), crate::instances::SessionTokens(keys.clone())));
+        builder.set_access(PortAccess(Counting(meter.clone()), crate::keys::SessionTokens(keys.clone())));
         builder.set_host(Hosts);
         Arc::new(AwsPort { s3: builder.build(), meter, keys, invoke })
     }

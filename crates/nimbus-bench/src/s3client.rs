@@ -18,12 +18,10 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest as _, Sha256};
 
 use crate::load::{self, Throughput, REQUEST_TIMEOUT};
-use crate::storagereport::Settings;
+use crate::storagereport::{Settings, KV_VALUE_BYTES};
 
 type BodyClient = Client<HttpConnector, Full<Bytes>>;
 
-/// The KV values' size (put, and the keys get reads).
-pub const KV_VALUE_BYTES: u64 = 100;
 /// How many distinct keys PUT phases overwrite in turn (bounds the data dir).
 const PUT_RING: u64 = 64;
 const REGION: &str = "us-east-1";

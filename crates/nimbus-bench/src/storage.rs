@@ -203,7 +203,7 @@ async fn kv_phases(s: &Settings, kv: &Kv, pid: Option<u32>) -> Result<Vec<Phase>
     for op in ["get", "put", "increment"] {
         eprintln!("  nimbus kv {op} c={}", s.kv_concurrency);
         let tput: Throughput = kv.throughput(op, s, pid).await.with_context(|| format!("KV {op}"))?;
-        out.push(Phase { store: "kv", system: "nimbus", op, size: s3client::KV_VALUE_BYTES, tput });
+        out.push(Phase { store: "kv", system: "nimbus", op, size: crate::storagereport::KV_VALUE_BYTES, tput });
     }
     kv.check_counters(s.kv_keys).await.context("checking the counters after the increments")?;
     Ok(out)

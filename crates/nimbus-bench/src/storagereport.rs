@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 use crate::load::{stats, Throughput};
 use crate::output::tput_json;
 
+/// The KV values' size (put, and the keys get reads).
+pub const KV_VALUE_BYTES: u64 = 100;
+
 /// Targets (issue 13, BENCHMARKS.md § Storage).
 pub const MOTO_RATIO_TARGET: f64 = 10.0;
 pub const DISK_SHARE_TARGET: f64 = 0.5;
@@ -176,7 +179,7 @@ fn intro(o: &mut String, s: &Settings, root: &Path, moto_note: Option<&str>) {
     let _ = writeln!(
         o,
         "  KV: /v1/kv (management API, admin token; functions' calls reach the same code), {}-byte values over {} keys, c={}; increment = POST ?increment=1",
-        crate::s3client::KV_VALUE_BYTES,
+        KV_VALUE_BYTES,
         s.kv_keys,
         s.kv_concurrency
     );
