@@ -1,7 +1,7 @@
 //! The AWS APIs as function instances reach them ([`nimbus_core::FunctionAws`]): each instance
 //! gets a key of its own (`ASIA…`, as AWS's temporary keys look, with a session token) that
 //! allows exactly its function's grants and is dropped when the instance ends. Keys live in the
-//! [`KeyRing`] only, in memory, so none is valid after nimbus restarts.
+//! [`KeyRing`](crate::KeyRing) only, in memory, so none is valid after nimbus restarts.
 //!
 //! The instance's requests come in through the process runtime's endpoint and are answered here
 //! in-process by the same S3 service as the AWS port's, bodies streamed both ways: no loopback
