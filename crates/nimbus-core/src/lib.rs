@@ -6,6 +6,7 @@ pub mod access_keys;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod function;
 pub mod history;
 pub mod ids;
