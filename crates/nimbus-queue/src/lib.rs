@@ -595,25 +595,17 @@ impl Engine {
 
     async fn fire(&self, s: &ScheduleSpec, key: &str, slot: u64) -> Result<(), QueueError> {
         let id = slot_id(key, slot);
-        let time = ScheduleSpec::slot_time(slot);
-        // The EventBridge scheduled-event shape, as Lambda handlers expect it.
-        let payload = json!({
-            "version": "0",
-            "id": id,
-            "detail-type": "Scheduled Event",
-            "source": "aws.events",
-            "account": nimbus_core::ACCOUNT_ID,
-            "time": time,
-            "region": nimbus_core::REGION,
-            "resources": [format!("arn:aws:events:{}:{}:rule/{key}", nimbus_core::REGION, nimbus_core::ACCOUNT_ID)],
-            "detail": {},
-        });
+        // The EventBridge scheduled-event shape, as Lambda handlers expect it (one definition,
+        // in nimbus-core, shared with `nimbus events generate schedule`).
+        let payload = nimbus_core::events::ScheduledEvent::new(&id, key, slot);
+        let payload = serde_json::to_vec(&payload)
+            .map_err(|e| QueueError::Storage(format!("encoding the scheduled event: {e}")))?;
         let now = self.now();
         let event = NewEvent {
             id,
             function: s.function.clone(),
             qualifier: None,
-            payload: Bytes::from(payload.to_string()),
+            payload: Bytes::from(payload),
             source: EventSource::Schedule,
             idempotency_key: None,
             now_ms: now,
