@@ -4,6 +4,7 @@ mod access;
 mod aws;
 mod client;
 mod commands;
+mod events;
 mod files;
 mod keys;
 mod kv;
@@ -92,6 +93,12 @@ enum Command {
         idempotency_key: Option<String>,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Sample events in the shapes nimbus delivers (S3, SQS, HTTP, schedule), for `nimbus
+    /// invoke F --file -`; needs no server.
+    Events {
+        #[command(subcommand)]
+        action: events::EventsAction,
     },
     /// Print a function's invocation logs.
     Logs {
@@ -289,6 +296,7 @@ fn main() -> std::process::ExitCode {
             Command::Invoke { name, data, file, qualifier, is_async, idempotency_key, remote } => {
                 commands::invoke(name, data, file, qualifier, is_async, idempotency_key, remote).await
             }
+            Command::Events { action } => events::events(action),
             Command::Dlq { action, remote } => commands::dlq(action, remote).await,
             Command::Logs { name, follow, request_id, json, remote } => {
                 commands::logs(name, follow, request_id, json, remote).await
