@@ -10,9 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use nimbus_core::events::{
-    md5_hex, S3Change, S3Event, S3EventName, ScheduledEvent, SqsDelivery, SqsEvent, SqsMessage,
-};
+use nimbus_core::events::{md5_hex, S3Change, S3Event, S3EventName, ScheduledEvent, SqsDelivery, SqsEvent, SqsMessage};
 use nimbus_core::ids::{new_request_id, now_ms};
 use nimbus_gateway::event::{build_event, HttpRequest};
 use nimbus_manifest::{Methods, RouteSpec};
