@@ -1,6 +1,6 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 //! `nimbus events generate`: every kind prints JSON with its key fields, without a server, and
 //! the printed events go through `nimbus invoke --file` into a function unchanged.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
