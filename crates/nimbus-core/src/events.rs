@@ -695,27 +695,23 @@ mod tests {
 
     #[test]
     fn attribute_digest_follows_sqs_encoding() {
-        // Computed by hand from SQS's documented encoding: name, type, transport byte 1, value,
-        // each string length-prefixed (4 bytes, big-endian).
-        let mut buf = Vec::new();
-        for part in [&b"myAttribute"[..], b"String"] {
-            buf.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            buf.extend_from_slice(part);
-        }
-        buf.push(1);
-        buf.extend_from_slice(&7u32.to_be_bytes());
-        buf.extend_from_slice(b"myValue");
-        let attrs = sample_delivery().attributes;
-        assert_eq!(md5_of_message_attributes(&attrs), Some(md5_hex(&buf)));
-        let bin = BTreeMap::from([(
-            "b".to_owned(),
-            SqsMessageAttribute {
-                binary_value: Some("not base64!".into()),
-                data_type: "Binary".into(),
-                ..Default::default()
-            },
-        )]);
-        assert_eq!(md5_of_message_attributes(&bin), None);
+        // Vectors computed outside this code, with Python's hashlib and SQS's documented encoding
+        // (as moto's `Message.attribute_md5` implements it): per attribute sorted by name, the
+        // length-prefixed name and type, transport byte 1 (String/Number) or 2 (Binary), then
+        // the length-prefixed value.
+        let mut attrs = sample_delivery().attributes;
+        assert_eq!(md5_of_message_attributes(&attrs).as_deref(), Some("7c0ce6358e063c1ed17ed00520448716"));
+        let bin =
+            SqsMessageAttribute { binary_value: Some("AAEC".into()), data_type: "Binary".into(), ..Default::default() };
+        attrs.insert("bin".into(), bin);
+        assert_eq!(md5_of_message_attributes(&attrs).as_deref(), Some("4a0112bf7d4a65fc6d1ab68c8be6d376"));
+        let bad = SqsMessageAttribute {
+            binary_value: Some("not base64!".into()),
+            data_type: "Binary".into(),
+            ..Default::default()
+        };
+        assert_eq!(md5_of_message_attributes(&BTreeMap::from([("b".to_owned(), bad)])), None);
+        assert_eq!(md5_of_message_attributes(&BTreeMap::new()), None);
     }
 
     #[test]
