@@ -347,6 +347,8 @@ impl ControlPlane {
             pricing: manifest.pricing,
             buckets: manifest.buckets,
             kv: manifest.kv,
+            queues: manifest.queues,
+            triggers: manifest.triggers,
         };
         Ok((manifest.name, hex::encode(h.finalize()), content))
     }
