@@ -512,6 +512,8 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         pricing: c.pricing,
         kv: c.kv,
         buckets: c.buckets,
+        queues: c.queues,
+        triggers: c.triggers,
     }
 }
 
