@@ -94,8 +94,9 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     let queues = queues::check(&mut cx, root);
     grants_exist(&mut cx, functions.refs.grants, &declared, (&buckets, &kv, &queues));
     let schedules = schedules(&mut cx, root, &declared);
-    let triggers =
-        triggers::check(&mut cx, root, &triggers::Names { functions: &declared, buckets: &buckets, queues: &queues });
+    let timeout = |f: &str| functions.specs.get(f).map(|s| s.timeout);
+    let names = triggers::Names { functions: &declared, timeout: &timeout, buckets: &buckets, queues: &queues };
+    let triggers = triggers::check(&mut cx, root, &names);
     let pricing = match root.get("pricing") {
         Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
         None => Pricing::default(),

@@ -31,9 +31,11 @@ pub(crate) const KEYS: &[&str] = &[
     "report_batch_item_failures",
 ];
 
-/// What a trigger may name: functions (written, valid or not), buckets and queues.
+/// What a trigger may name: functions (written, valid or not), buckets and queues; and the
+/// timeout of each valid function.
 pub(crate) struct Names<'a> {
     pub functions: &'a dyn Fn(&str) -> bool,
+    pub timeout: &'a dyn Fn(&str) -> Option<Duration>,
     pub buckets: &'a resources::Declared,
     pub queues: &'a queues::Declared,
 }
@@ -87,6 +89,9 @@ fn trigger(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, names: &Names<'_>) -> O
             queue(cx, t, qv, field, names).map(TriggerSource::Queue)
         }
     };
+    if let (Some(f), Some(TriggerSource::Queue(q)), Some(qv)) = (&function, &source, t.get("queue")) {
+        visibility_covers_timeout(cx, f, q, qv, field, names);
+    }
     if cx.error_count() > before {
         return None;
     }
@@ -239,6 +244,34 @@ fn queue(cx: &mut Ctx<'_>, t: &DeTable<'_>, qv: &Value<'_>, field: &str, names: 
         max_concurrency: max_concurrency.map_or(Some(None), |m| m.map(Some))?,
         report_batch_item_failures: report?,
     })
+}
+
+/// A queue's visibility timeout must be at least the triggered function's timeout, or a message
+/// would be received again while the function still works on it (Lambda refuses such a
+/// mapping too).
+fn visibility_covers_timeout(
+    cx: &mut Ctx<'_>,
+    function: &str,
+    q: &QueueTrigger,
+    qv: &Value<'_>,
+    field: &str,
+    names: &Names<'_>,
+) {
+    let (Some(timeout), Some(spec)) = ((names.timeout)(function), names.queues.valid.get(&q.queue)) else { return };
+    if spec.visibility_timeout < timeout {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        cx.err(
+            qv.span(),
+            &format!("{field}.queue"),
+            format!(
+                "the visibility_timeout of \"{}\" ({}) is shorter than the timeout of function \"{function}\" ({}), so a message could be received again while it is processed; raise the queue's visibility_timeout to at least \"{}\"",
+                q.queue,
+                d(spec.visibility_timeout),
+                d(timeout),
+                d(timeout)
+            ),
+        );
+    }
 }
 
 /// Add to each triggered function the read grant its trigger needs: read on the bucket,
