@@ -347,6 +347,8 @@ impl ControlPlane {
             pricing: manifest.pricing,
             buckets: manifest.buckets,
             kv: manifest.kv,
+            queues: manifest.queues,
+            triggers: manifest.triggers,
         };
         Ok((manifest.name, hex::encode(h.finalize()), content))
     }
@@ -510,6 +512,8 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         pricing: c.pricing,
         kv: c.kv,
         buckets: c.buckets,
+        queues: c.queues,
+        triggers: c.triggers,
     }
 }
 

@@ -1,10 +1,10 @@
 //! What the request path reads: every deployment as an immutable view, and which one is live,
 //! swapped as a whole on deploy and rollback.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use nimbus_core::FunctionVersion;
+use nimbus_core::{FunctionVersion, QueueSpec, TriggerSpec};
 use nimbus_manifest::schedule::ScheduleSpec;
 use nimbus_manifest::Pricing;
 
@@ -26,6 +26,9 @@ pub struct DeploymentView {
     pub kv: BTreeSet<String>,
     /// The buckets it declares.
     pub buckets: BTreeSet<String>,
+    /// The queues it declares, by name, and its triggers (what the queue engine delivers by).
+    pub queues: BTreeMap<String, QueueSpec>,
+    pub triggers: Vec<TriggerSpec>,
 }
 
 impl DeploymentView {
@@ -38,7 +41,8 @@ impl DeploymentView {
 
     /// What `next` changes, compared with this deployment, beyond the functions in `only`:
     /// "function g" for each other function added, removed or changed (code or settings),
-    /// then "the routes", "the schedules", "the pricing", "the KV namespaces", "the app name". Empty when `next`
+    /// then "the routes", "the schedules", "the pricing", "the KV namespaces", "the buckets",
+    /// "the queues", "the triggers", "the app name". Empty when `next`
     /// changes nothing but those functions. This is what holds a deploy token limited to
     /// functions to them.
     pub fn changes_outside(&self, next: &DeploymentView, only: &[String]) -> Vec<String> {
@@ -61,6 +65,9 @@ impl DeploymentView {
             (self.schedules != next.schedules, "the schedules"),
             (self.pricing != next.pricing, "the pricing"),
             (self.kv != next.kv, "the KV namespaces"),
+            (self.buckets != next.buckets, "the buckets"),
+            (self.queues != next.queues, "the queues"),
+            (self.triggers != next.triggers, "the triggers"),
             (self.app != next.app, "the app name"),
         ];
         out.extend(rest.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what.to_owned()));
@@ -111,6 +118,8 @@ mod tests {
             pricing: Pricing::default(),
             kv: BTreeSet::new(),
             buckets: BTreeSet::new(),
+            queues: BTreeMap::new(),
+            triggers: Vec::new(),
         })
     }
 
@@ -142,6 +151,8 @@ mod tests {
             pricing: m.pricing,
             kv: m.kv,
             buckets: m.buckets,
+            queues: m.queues,
+            triggers: m.triggers,
         }
     }
 
@@ -150,7 +161,7 @@ mod tests {
     const ROUTE: &str = "[[routes]]\nmethod = \"GET\"\npath = \"/f\"\nfunction = \"f\"\n";
 
     /// What a deploy token limited to functions may change: their code and settings, and
-    /// nothing else (another function, routes, KV namespaces, the app's name).
+    /// nothing else (another function, routes, storage, queues, triggers, the app's name).
     #[test]
     fn changes_outside_the_named_functions_are_listed() {
         let app = |name: &str, parts: &[&str]| format!("name = \"{name}\"\n{}", parts.concat());
@@ -174,6 +185,16 @@ mod tests {
         assert_eq!(outside(&renamed, &only_f), ["the app name"]);
         let with_kv = deployment(&app("a", &[F, G, ROUTE, "[kv.cache]\n"]), "v1");
         assert_eq!(outside(&with_kv, &only_f), ["the KV namespaces"], "declaring storage is a change");
+        let with_bucket = deployment(&app("a", &[F, G, ROUTE, "[buckets.images]\n"]), "v1");
+        assert_eq!(outside(&with_bucket, &only_f), ["the buckets"]);
+        let with_queue = deployment(&app("a", &[F, G, ROUTE, "[queues.jobs]\n"]), "v1");
+        assert_eq!(outside(&with_queue, &only_f), ["the queues"]);
+        let longer = deployment(&app("a", &[F, G, ROUTE, "[queues.jobs]\nvisibility_timeout = \"1m\"\n"]), "v1");
+        assert_eq!(with_queue.changes_outside(&longer, &only_f), ["the queues"], "a queue's setting is a change");
+        // A trigger on a named function is still a change of its own (it also adds a grant to f).
+        let trigger = "[[triggers]]\nfunction = \"f\"\nqueue = \"jobs\"\n";
+        let triggered = deployment(&app("a", &[F, G, ROUTE, "[queues.jobs]\n", trigger]), "v1");
+        assert_eq!(with_queue.changes_outside(&triggered, &only_f), ["the triggers"]);
     }
 
     #[test]

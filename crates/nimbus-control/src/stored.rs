@@ -21,7 +21,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use nimbus_core::{Access, AsyncPolicy, Destination, FunctionSpec, Grants, RuntimeKind, WasmOptions};
+use nimbus_core::{
+    Access, AsyncPolicy, BucketTrigger, Destination, FunctionSpec, Grants, QueueAccess, QueueSpec, QueueTrigger,
+    Redrive, RuntimeKind, TriggerSource, TriggerSpec, WasmOptions,
+};
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
 use nimbus_manifest::{Methods, Pricing, RouteSpec};
 use serde::{Deserialize, Serialize};
@@ -159,7 +162,9 @@ pub struct StoredStoragePricesV1 {
 /// A deployment as stored in format 2: format 1 with two more function keys. The declared
 /// buckets and KV namespaces (and the grants on them) came later as optional fields, left out
 /// when empty, so a deployment without storage is stored exactly as before; a binary older than
-/// them reads such a body without its storage grants, which only takes access away.
+/// them reads such a body without its storage grants, which only takes access away. Queues,
+/// triggers and queue grants came later still, the same way: absent in older bodies (read as
+/// none) and left out when there are none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredDeploymentV2 {
     pub functions: Vec<StoredFunctionV2>,
@@ -170,6 +175,54 @@ pub struct StoredDeploymentV2 {
     pub buckets: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kv: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, StoredQueueV2>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<StoredTriggerV2>,
+}
+
+/// `[queues.NAME]`; durations are integer milliseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredQueueV2 {
+    pub visibility_timeout: u64,
+    pub retention: u64,
+    pub delay: u64,
+    pub fifo: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<StoredRedriveV2>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRedriveV2 {
+    pub dead_letter_queue: String,
+    pub max_receive_count: u32,
+}
+
+/// `[[triggers]]`: `{"function": F, "bucket": {...}}` or `{"function": F, "queue": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredTriggerV2 {
+    pub function: String,
+    #[serde(flatten)]
+    pub source: StoredTriggerSourceV2,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredTriggerSourceV2 {
+    Bucket {
+        bucket: String,
+        events: Vec<String>,
+        prefix: Option<String>,
+        suffix: Option<String>,
+    },
+    /// `batch_window` in milliseconds.
+    Queue {
+        queue: String,
+        batch_size: u32,
+        batch_window: u64,
+        max_concurrency: Option<u32>,
+        report_batch_item_failures: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,12 +246,20 @@ pub struct StoredGrantsV2 {
     /// KV namespace → "read" | "write" | "read-write".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kv: BTreeMap<String, String>,
+    /// Queue → "send" | "receive" | "send-receive".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, String>,
 }
 
 impl From<&Grants> for StoredGrantsV2 {
     fn from(g: &Grants) -> Self {
         let names = |m: &BTreeMap<String, Access>| m.iter().map(|(k, a)| (k.clone(), a.as_str().to_owned())).collect();
-        StoredGrantsV2 { functions: g.functions.clone(), buckets: names(&g.buckets), kv: names(&g.kv) }
+        StoredGrantsV2 {
+            functions: g.functions.clone(),
+            buckets: names(&g.buckets),
+            kv: names(&g.kv),
+            queues: g.queues.iter().map(|(k, a)| (k.clone(), a.as_str().to_owned())).collect(),
+        }
     }
 }
 
@@ -213,7 +274,15 @@ impl TryFrom<StoredGrantsV2> for Grants {
                 })
                 .collect::<Result<BTreeMap<_, _>, _>>()
         };
-        Ok(Grants { functions: g.functions, buckets: accesses(g.buckets)?, kv: accesses(g.kv)? })
+        let queues = g
+            .queues
+            .into_iter()
+            .map(|(k, a)| match QueueAccess::parse(&a) {
+                Some(a) => Ok((k, a)),
+                None => Err(FormatError::Value(format!("unknown queue access \"{a}\" granted on \"{k}\""))),
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        Ok(Grants { functions: g.functions, buckets: accesses(g.buckets)?, kv: accesses(g.kv)?, queues })
     }
 }
 
@@ -239,6 +308,8 @@ impl From<StoredDeploymentV1> for StoredDeploymentV2 {
             pricing: v.pricing.unwrap_or_else(|| (&Pricing::default()).into()),
             buckets: Vec::new(),
             kv: Vec::new(),
+            queues: BTreeMap::new(),
+            triggers: Vec::new(),
         }
     }
 }
@@ -254,6 +325,9 @@ pub struct DeploymentContent {
     /// The buckets and KV namespaces the manifest declares.
     pub buckets: BTreeSet<String>,
     pub kv: BTreeSet<String>,
+    /// The queues the manifest declares, and its triggers.
+    pub queues: BTreeMap<String, QueueSpec>,
+    pub triggers: Vec<TriggerSpec>,
 }
 
 /// Why a stored body cannot be read.
@@ -312,6 +386,8 @@ impl From<&DeploymentContent> for StoredDeploymentV2 {
             pricing: (&c.pricing).into(),
             buckets: c.buckets.iter().cloned().collect(),
             kv: c.kv.iter().cloned().collect(),
+            queues: c.queues.iter().map(|(k, q)| (k.clone(), q.into())).collect(),
+            triggers: c.triggers.iter().map(Into::into).collect(),
         }
     }
 }
@@ -338,7 +414,83 @@ impl TryFrom<StoredDeploymentV2> for DeploymentContent {
             pricing: v.pricing.into(),
             buckets: v.buckets.into_iter().collect(),
             kv: v.kv.into_iter().collect(),
+            queues: v.queues.into_iter().map(|(k, q)| (k, q.into())).collect(),
+            triggers: v.triggers.into_iter().map(Into::into).collect(),
         })
+    }
+}
+
+impl From<&QueueSpec> for StoredQueueV2 {
+    fn from(q: &QueueSpec) -> Self {
+        StoredQueueV2 {
+            visibility_timeout: ms(q.visibility_timeout),
+            retention: ms(q.retention),
+            delay: ms(q.delay),
+            fifo: q.fifo,
+            redrive: q.redrive.as_ref().map(|r| StoredRedriveV2 {
+                dead_letter_queue: r.dead_letter_queue.clone(),
+                max_receive_count: r.max_receive_count,
+            }),
+        }
+    }
+}
+
+impl From<StoredQueueV2> for QueueSpec {
+    fn from(q: StoredQueueV2) -> Self {
+        QueueSpec {
+            visibility_timeout: Duration::from_millis(q.visibility_timeout),
+            retention: Duration::from_millis(q.retention),
+            delay: Duration::from_millis(q.delay),
+            fifo: q.fifo,
+            redrive: q
+                .redrive
+                .map(|r| Redrive { dead_letter_queue: r.dead_letter_queue, max_receive_count: r.max_receive_count }),
+        }
+    }
+}
+
+impl From<&TriggerSpec> for StoredTriggerV2 {
+    fn from(t: &TriggerSpec) -> Self {
+        let source = match &t.source {
+            TriggerSource::Bucket(b) => StoredTriggerSourceV2::Bucket {
+                bucket: b.bucket.clone(),
+                events: b.events.clone(),
+                prefix: b.prefix.clone(),
+                suffix: b.suffix.clone(),
+            },
+            TriggerSource::Queue(q) => StoredTriggerSourceV2::Queue {
+                queue: q.queue.clone(),
+                batch_size: q.batch_size,
+                batch_window: ms(q.batch_window),
+                max_concurrency: q.max_concurrency,
+                report_batch_item_failures: q.report_batch_item_failures,
+            },
+        };
+        StoredTriggerV2 { function: t.function.clone(), source }
+    }
+}
+
+impl From<StoredTriggerV2> for TriggerSpec {
+    fn from(t: StoredTriggerV2) -> Self {
+        let source = match t.source {
+            StoredTriggerSourceV2::Bucket { bucket, events, prefix, suffix } => {
+                TriggerSource::Bucket(BucketTrigger { bucket, events, prefix, suffix })
+            }
+            StoredTriggerSourceV2::Queue {
+                queue,
+                batch_size,
+                batch_window,
+                max_concurrency,
+                report_batch_item_failures,
+            } => TriggerSource::Queue(QueueTrigger {
+                queue,
+                batch_size,
+                batch_window: Duration::from_millis(batch_window),
+                max_concurrency,
+                report_batch_item_failures,
+            }),
+        };
+        TriggerSpec { function: t.function, source }
     }
 }
 
@@ -652,6 +804,47 @@ mod tests {
         let bad = body.replace("\"read-write\"", "\"everything\"");
         let e = decode(2, &bad).unwrap_err().to_string();
         assert!(e.contains("unknown access \"everything\""), "{e}");
+    }
+
+    #[test]
+    fn queues_triggers_and_queue_grants_round_trip_and_older_bodies_read_without_them() {
+        let mut c = decode(0, OLDEST).unwrap();
+        let plain = encode(&c).unwrap();
+        assert!(!plain.contains("queues") && !plain.contains("triggers"), "{plain}");
+        // A format-2 body from before queues (the storage test's shape) reads as no queues.
+        let before = decode(2, &plain).unwrap();
+        assert!(before.queues.is_empty() && before.triggers.is_empty());
+        let redrive = Redrive { dead_letter_queue: "dead".into(), max_receive_count: 5 };
+        let orders = QueueSpec { delay: Duration::from_secs(3), redrive: Some(redrive), ..QueueSpec::default() };
+        c.queues.insert("orders".into(), orders);
+        c.queues.insert("dead".into(), QueueSpec::default());
+        c.triggers.push(TriggerSpec {
+            function: "hello".into(),
+            source: TriggerSource::Queue(QueueTrigger {
+                queue: "orders".into(),
+                batch_size: 100,
+                batch_window: Duration::from_millis(1500),
+                max_concurrency: Some(4),
+                report_batch_item_failures: true,
+            }),
+        });
+        c.triggers.push(TriggerSpec {
+            function: "hello".into(),
+            source: TriggerSource::Bucket(BucketTrigger {
+                bucket: "images".into(),
+                events: vec!["s3:ObjectCreated:*".into()],
+                prefix: Some("in/".into()),
+                suffix: None,
+            }),
+        });
+        c.functions[0].0.grants.queues.insert("orders".into(), QueueAccess::SendReceive);
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"queues\":{\"orders\":\"send-receive\"}"), "{body}");
+        assert!(body.contains("\"function\":\"hello\",\"queue\":{\"queue\":\"orders\""), "{body}");
+        assert_eq!(decode(2, &body).unwrap(), c);
+        let bad = body.replace("\"send-receive\"", "\"everything\"");
+        let e = decode(2, &bad).unwrap_err().to_string();
+        assert!(e.contains("unknown queue access \"everything\""), "{e}");
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Grants {
     pub buckets: BTreeMap<String, Access>,
     /// KV namespaces (`[kv.NAME]`) and what it may do with their keys.
     pub kv: BTreeMap<String, Access>,
+    /// Queues (`[queues.NAME]`) and whether it may send to them, receive from them, or both.
+    /// A queue trigger adds the receive it needs (docs/manifest.md, Triggers).
+    pub queues: BTreeMap<String, crate::event_sources::QueueAccess>,
 }
 
 impl Grants {
@@ -101,6 +104,11 @@ impl Grants {
     /// Whether the function may do `op` on the keys of KV namespace `ns`.
     pub fn may_use_kv(&self, ns: &str, op: Op) -> bool {
         self.kv.get(ns).is_some_and(|a| a.allows(op))
+    }
+
+    /// Whether the function may do `op` on queue `queue`.
+    pub fn may_use_queue(&self, queue: &str, op: crate::event_sources::QueueOp) -> bool {
+        self.queues.get(queue).is_some_and(|a| a.allows(op))
     }
 }
 

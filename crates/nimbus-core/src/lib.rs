@@ -6,6 +6,7 @@ pub mod access_keys;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod event_sources;
 pub mod events;
 pub mod function;
 pub mod history;
@@ -24,6 +25,9 @@ pub use access_keys::{AccessKeyRecord, AccessKeySource};
 pub use audit::{AuditAction, AuditEntry, AuditError, AuditLog, AuditQuery};
 pub use auth::{Scope, TokenDigest, TokenRecord};
 pub use error::{DispatchError, ErrorSource};
+pub use event_sources::{
+    BucketTrigger, QueueAccess, QueueOp, QueueSpec, QueueTrigger, Redrive, TriggerSource, TriggerSpec, S3_EVENTS,
+};
 pub use function::{
     Access, AsyncPolicy, Destination, FunctionSpec, FunctionVersion, Grants, Op, RuntimeKind, WasmOptions, ACCOUNT_ID,
     REGION,

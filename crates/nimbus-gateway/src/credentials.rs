@@ -37,6 +37,7 @@ pub(crate) fn access_key_spec(req: api::AccessKeyRequest, now_ms: u64) -> Result
         functions: req.functions,
         buckets: parse_access("bucket", req.buckets)?,
         kv: parse_access("KV namespace", req.kv)?,
+        ..Grants::default()
     };
     Ok(AccessKeySpec { name: req.name, grants, expires_ms })
 }

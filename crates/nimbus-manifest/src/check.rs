@@ -10,11 +10,12 @@ use toml::de::{DeTable, DeValue};
 use crate::ctx::{valid_name, Ctx, FunctionLocations, Locations, Value};
 use crate::schedule::ScheduleSpec;
 use crate::{
-    defaults, grants, pricing, resources, schedule, wasm, Diagnostic, Diagnostics, Manifest, Methods, Pricing,
-    RouteSpec,
+    defaults, grants, pricing, queues, resources, schedule, triggers, wasm, Diagnostic, Diagnostics, Manifest, Methods,
+    Pricing, RouteSpec,
 };
 
-pub(crate) const TOP_KEYS: &[&str] = &["name", "functions", "routes", "schedules", "pricing", "buckets", "kv"];
+pub(crate) const TOP_KEYS: &[&str] =
+    &["name", "functions", "routes", "schedules", "pricing", "buckets", "kv", "queues", "triggers"];
 pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
     "handler",
@@ -90,8 +91,12 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     destinations_exist(&mut cx, functions.refs.destinations, &declared);
     let buckets = resources::check(&mut cx, root, "buckets");
     let kv = resources::check(&mut cx, root, "kv");
-    grants_exist(&mut cx, functions.refs.grants, &declared, &buckets, &kv);
+    let queues = queues::check(&mut cx, root);
+    grants_exist(&mut cx, functions.refs.grants, &declared, (&buckets, &kv, &queues));
     let schedules = schedules(&mut cx, root, &declared);
+    let timeout = |f: &str| functions.specs.get(f).map(|s| s.timeout);
+    let names = triggers::Names { functions: &declared, timeout: &timeout, buckets: &buckets, queues: &queues };
+    let triggers = triggers::check(&mut cx, root, &names);
     let pricing = match root.get("pricing") {
         Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
         None => Pricing::default(),
@@ -100,14 +105,18 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     if cx.error_count() > 0 {
         return Err(Diagnostics::new(cx.into_errors()));
     }
+    let mut specs = functions.specs;
+    triggers::implied_grants(&triggers, &mut specs);
     let manifest = Manifest {
         pricing,
         name: name.unwrap_or_default(),
-        functions: functions.specs,
+        functions: specs,
         routes: routes.into_iter().map(|(r, _)| r).collect(),
         schedules,
         buckets: buckets.valid,
         kv: kv.valid,
+        queues: queues.valid,
+        triggers,
     };
     Ok((manifest, functions.locations))
 }
@@ -225,8 +234,7 @@ fn grants_exist(
     cx: &mut Ctx<'_>,
     refs: grants::GrantRefs,
     declared: &dyn Fn(&str) -> bool,
-    buckets: &resources::Declared,
-    kv: &resources::Declared,
+    (buckets, kv, queues): (&resources::Declared, &resources::Declared, &queues::Declared),
 ) {
     for (name, span, field) in refs.functions {
         if !declared(&name) {
@@ -241,6 +249,11 @@ fn grants_exist(
     for (name, span, field) in refs.kv {
         if !kv.written.contains(&name) {
             cx.err(span, &field, format!("no KV namespace named \"{name}\" to grant; declare it with [kv.{name}]"));
+        }
+    }
+    for (name, span, field) in refs.queues {
+        if !queues.written.contains(&name) {
+            cx.err(span, &field, format!("no queue named \"{name}\" to grant; declare it with [queues.{name}]"));
         }
     }
 }

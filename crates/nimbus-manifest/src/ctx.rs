@@ -80,6 +80,16 @@ impl<'s> Ctx<'s> {
         }
     }
 
+    pub(crate) fn boolean(&mut self, v: &Value<'_>, field: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.err(v.span(), field, format!("expected true or false, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
     fn int(&mut self, v: &Value<'_>, field: &str, lo: i64, hi: i64) -> Option<i64> {
         let parsed = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),

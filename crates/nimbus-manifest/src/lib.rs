@@ -10,8 +10,10 @@ mod diag;
 mod files;
 mod grants;
 mod pricing;
+pub mod queues;
 pub mod resources;
 pub mod schedule;
+mod triggers;
 mod wasm;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,14 +21,14 @@ use std::path::Path;
 
 pub use ctx::parse_duration;
 pub use diag::{Diagnostic, Diagnostics};
-use nimbus_core::FunctionSpec;
+use nimbus_core::{FunctionSpec, QueueSpec, TriggerSpec};
 pub use pricing::Pricing;
 
 /// The file name nimbus looks for in an app directory.
 pub const MANIFEST_FILE: &str = "nimbus.toml";
 
 /// Every key the manifest knows, in any table (top level, functions, grants, routes, schedules,
-/// pricing), each once: the validator's own lists, for tools and tests that write manifests.
+/// pricing, storage, queues, triggers), each once: the validator's own lists, for tools and tests that write manifests.
 pub fn known_keys() -> Vec<&'static str> {
     let lists = [
         check::TOP_KEYS,
@@ -37,6 +39,8 @@ pub fn known_keys() -> Vec<&'static str> {
         pricing::KEYS,
         resources::BUCKET_KEYS,
         resources::KV_KEYS,
+        queues::KEYS,
+        triggers::KEYS,
     ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
@@ -60,6 +64,11 @@ pub struct Manifest {
     pub buckets: BTreeSet<String>,
     /// KV namespaces the app declares (`[kv.NAME]`); a deploy creates the missing ones.
     pub kv: BTreeSet<String>,
+    /// Queues the app declares (`[queues.NAME]`), by name.
+    pub queues: BTreeMap<String, QueueSpec>,
+    /// `[[triggers]]`, in the order written. Each triggered function's grants already hold the
+    /// read (bucket) or receive (queue) its trigger needs.
+    pub triggers: Vec<TriggerSpec>,
 }
 
 /// Which HTTP methods a route accepts.

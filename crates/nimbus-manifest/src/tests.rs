@@ -206,11 +206,118 @@ fn links_out_of_a_code_directory_are_refused() {
 #[test]
 fn known_keys_are_every_table_s_keys_once() {
     let keys = crate::known_keys();
-    for k in ["name", "ephemeral_storage_mb", "grants", "functions", "async", "catch_up", "servers"] {
+    for k in ["name", "ephemeral_storage_mb", "grants", "functions", "async", "catch_up", "servers", "queues"] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    for k in ["dead_letter_queue", "triggers", "batch_window", "report_batch_item_failures", "suffix"] {
         assert!(keys.contains(&k), "{k} missing from {keys:?}");
     }
     let mut unique = keys.clone();
     unique.sort_unstable();
     unique.dedup();
     assert_eq!(unique.len(), keys.len(), "{keys:?}");
+}
+
+const QUEUES: &str = r#"
+name = "pipeline"
+
+[buckets.uploads]
+[buckets.thumbs]
+
+[queues.orders]
+delay = "2s"
+max_receive_count = 5
+dead_letter_queue = "orders-dlq"
+
+[queues.orders-dlq]
+
+[queues."jobs.fifo"]
+fifo = true
+
+[functions.thumbs]
+runtime = "node"
+handler = "index.handler"
+grants = { buckets = { thumbs = "write", uploads = "write" }, queues = { orders = "send" } }
+
+[functions.worker]
+runtime = "node"
+handler = "index.handler"
+
+[[triggers]]
+function = "thumbs"
+bucket = "uploads"
+events = ["s3:ObjectCreated:*"]
+prefix = "images/"
+
+[[triggers]]
+function = "worker"
+queue = "orders"
+
+[[triggers]]
+function = "thumbs"
+queue = "orders"
+batch_size = 50
+batch_window = "2s"
+max_concurrency = 3
+report_batch_item_failures = true
+"#;
+
+#[test]
+fn queues_resolve_with_sqs_defaults_and_their_redrive() {
+    use nimbus_core::{QueueSpec, Redrive};
+    let m = parse(QUEUES, "nimbus.toml").unwrap();
+    let orders = &m.queues["orders"];
+    assert_eq!(orders.visibility_timeout, Duration::from_secs(30));
+    assert_eq!(orders.retention, Duration::from_secs(4 * 24 * 3600));
+    assert_eq!(orders.delay, Duration::from_secs(2));
+    assert!(!orders.fifo);
+    assert_eq!(orders.redrive, Some(Redrive { dead_letter_queue: "orders-dlq".into(), max_receive_count: 5 }));
+    assert_eq!(m.queues["orders-dlq"], QueueSpec::default());
+    assert!(m.queues["jobs.fifo"].fifo);
+}
+
+#[test]
+fn triggers_resolve_with_lambda_defaults() {
+    use nimbus_core::{TriggerSource, S3_EVENTS};
+    let m = parse(QUEUES, "nimbus.toml").unwrap();
+    assert_eq!(m.triggers.len(), 3);
+    let TriggerSource::Bucket(b) = &m.triggers[0].source else { panic!("{:?}", m.triggers[0]) };
+    assert_eq!((b.bucket.as_str(), b.prefix.as_deref(), b.suffix.as_deref()), ("uploads", Some("images/"), None));
+    assert_eq!(b.events, vec![S3_EVENTS[0].to_owned()]);
+    let TriggerSource::Queue(q) = &m.triggers[1].source else { panic!("{:?}", m.triggers[1]) };
+    assert_eq!((m.triggers[1].function.as_str(), q.queue.as_str()), ("worker", "orders"));
+    assert_eq!(
+        (q.batch_size, q.batch_window, q.max_concurrency, q.report_batch_item_failures),
+        (10, Duration::ZERO, None, false)
+    );
+    let TriggerSource::Queue(q) = &m.triggers[2].source else { panic!("{:?}", m.triggers[2]) };
+    assert_eq!(
+        (q.batch_size, q.batch_window, q.max_concurrency, q.report_batch_item_failures),
+        (50, Duration::from_secs(2), Some(3), true)
+    );
+}
+
+#[test]
+fn a_trigger_adds_the_read_grant_its_function_needs() {
+    use nimbus_core::{Access, Op, QueueAccess, QueueOp};
+    let m = parse(QUEUES, "nimbus.toml").unwrap();
+    let thumbs = &m.functions["thumbs"].grants;
+    // Its own write on the bucket it is triggered by becomes read-write; the other stays write.
+    assert_eq!(thumbs.buckets["uploads"], Access::ReadWrite);
+    assert_eq!(thumbs.buckets["thumbs"], Access::Write);
+    assert!(thumbs.may_use_bucket("uploads", Op::Read) && !thumbs.may_use_bucket("thumbs", Op::Read));
+    // Its own send on the queue it is triggered by becomes send-receive.
+    assert_eq!(thumbs.queues["orders"], QueueAccess::SendReceive);
+    // A function with no grants gets only receive on its queue.
+    let worker = &m.functions["worker"].grants;
+    assert!(worker.may_use_queue("orders", QueueOp::Receive) && !worker.may_use_queue("orders", QueueOp::Send));
+    assert!(!worker.may_use_queue("jobs.fifo", QueueOp::Receive));
+    assert!(worker.buckets.is_empty());
+}
+
+#[test]
+fn a_manifest_without_queues_or_triggers_has_none() {
+    let m = parse(GOOD, "nimbus.toml").unwrap();
+    assert!(m.queues.is_empty() && m.triggers.is_empty());
+    assert!(m.functions.values().all(|f| f.grants.queues.is_empty()));
 }

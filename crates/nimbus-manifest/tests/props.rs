@@ -43,7 +43,19 @@ fn seeds() -> Vec<String> {
 }
 
 /// How many of [`seeds`] are valid.
-const VALID_SEEDS: usize = 3;
+const VALID_SEEDS: usize = 4;
+
+#[test]
+fn valid_seeds_counts_the_valid_cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
+    let valid_cases = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "err"))
+        .filter(|p| std::fs::read_to_string(p).unwrap().starts_with("valid"))
+        .count();
+    assert_eq!(valid_cases + 1, VALID_SEEDS, "the valid UI cases and FULL; update VALID_SEEDS");
+}
 
 /// A seed index: half the time one of the valid seeds.
 fn seed() -> impl Strategy<Value = usize> {

@@ -43,7 +43,12 @@ fn grants_of(json: &str) -> std::result::Result<Grants, String> {
             })
             .collect::<std::result::Result<BTreeMap<_, _>, String>>()
     };
-    Ok(Grants { functions: stored.functions, buckets: access(stored.buckets)?, kv: access(stored.kv)? })
+    Ok(Grants {
+        functions: stored.functions,
+        buckets: access(stored.buckets)?,
+        kv: access(stored.kv)?,
+        ..Grants::default()
+    })
 }
 
 impl Store {
@@ -113,6 +118,7 @@ mod tests {
                 functions: vec!["f".into()],
                 buckets: BTreeMap::from([("photos".into(), Access::Read), ("logs".into(), Access::ReadWrite)]),
                 kv: BTreeMap::from([("cache".into(), Access::Write)]),
+                ..Grants::default()
             },
             created_ms: 5,
             expires_ms: Some(99),

@@ -255,6 +255,39 @@ async fn deploy_tokens_are_held_to_their_functions() {
     assert!(has(&entries, "deploy", "f-team", "error", "an uploaded app"), "{entries:#?}");
 }
 
+/// Queues and triggers are the app's, not a function's: a deploy token limited to `f` may not
+/// add, change or drop them. They are stored with the deployment, so after a restart the
+/// same app deploys as "no change".
+#[tokio::test]
+async fn deploy_tokens_may_not_change_queues_or_triggers() {
+    const QUEUE: &str = "[queues.jobs]\nvisibility_timeout = \"1m\"";
+    const TRIGGER: &str = "[[triggers]]\nfunction = \"f\"\nqueue = \"jobs\"\nbatch_size = 5";
+    let with = |parts: &[&str]| {
+        parts
+            .iter()
+            .fold(App::new("events").conformance("python", "f", "").conformance("python", "g", ""), |a, p| a.raw(p))
+    };
+    let app = with(&[QUEUE, TRIGGER]).finish();
+    let mut first = start_exposed(&app);
+    let (f_team, _, _) = create(&first, &["--scope", "deploy", "--function", "f", "--name", "f-team"]);
+    first.stop();
+    let server = start_exposed(&app);
+    let deploy = |app: &App| server.cli_as(&f_team, &["deploy", app.path().to_str().unwrap()]);
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let out = deploy(&app);
+    assert!(out.status.success(), "the stored queues and triggers equal the manifest's: {}", stderr(&out));
+    let longer = with(&[&QUEUE.replace("1m", "2m"), TRIGGER]).finish();
+    let said = stderr(&deploy(&longer));
+    assert!(said.contains("would also change the queues"), "{said}");
+    let bigger_batch = with(&[QUEUE, &TRIGGER.replace("= 5", "= 6")]).finish();
+    let said = stderr(&deploy(&bigger_batch));
+    assert!(said.contains("would also change the triggers"), "{said}");
+    let neither = with(&[]).finish();
+    let said = stderr(&deploy(&neither));
+    assert!(said.contains("the queues") && said.contains("the triggers"), "{said}");
+}
+
 #[tokio::test]
 async fn expired_tokens_stop_working_without_a_restart() {
     let app = app("expiry");
