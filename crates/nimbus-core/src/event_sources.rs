@@ -168,6 +168,16 @@ pub mod trigger_defaults {
 mod tests {
     use super::*;
 
+    /// Every name a trigger may subscribe to selects at least one event nimbus sends, so the
+    /// manifest never accepts a subscription that can never fire.
+    #[test]
+    fn every_accepted_s3_event_name_selects_an_event() {
+        for name in S3_EVENTS {
+            let fires = crate::events::S3EventName::ALL.iter().any(|e| e.matches(name));
+            assert!(fires, "{name} selects no event");
+        }
+    }
+
     #[test]
     fn queue_accesses_allow_what_they_name() {
         for a in [QueueAccess::Send, QueueAccess::Receive, QueueAccess::SendReceive] {
