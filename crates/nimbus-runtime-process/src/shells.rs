@@ -38,6 +38,8 @@ pub(crate) struct Spares {
     queue: OnceLock<mpsc::UnboundedSender<Arc<FunctionVersion>>>,
     /// Spares being stopped (retired versions), awaited at shutdown.
     stopping: Mutex<Vec<JoinHandle<()>>>,
+    /// Held by the background task while it prepares one, so shutdown waits for it.
+    preparing: tokio::sync::Mutex<()>,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -92,6 +94,8 @@ impl Spares {
     /// Make no more spares and stop every one there is.
     pub(crate) async fn shutdown(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        // A spare being prepared now is kept or stopped before this lock is free.
+        let _idle = self.preparing.lock().await;
         let shells: Vec<Shell> = self.lock().drain().map(|(_, s)| s).collect();
         for shell in shells {
             shell.discard().await;
@@ -131,6 +135,7 @@ impl Spares {
 /// Prepare spares one at a time, as asked.
 async fn prepare_loop(rt: ProcessRuntime, mut queue: mpsc::UnboundedReceiver<Arc<FunctionVersion>>) {
     while let Some(function) = queue.recv().await {
+        let _busy = rt.spares.preparing.lock().await;
         if !rt.spares.wants(&function) {
             continue;
         }
