@@ -254,7 +254,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn live(&self, function: &Arc<FunctionVersion>) {
-        self.spares.replenish(self, function);
+        self.spares.live(self, function);
     }
 
     fn retire(&self, function: &FunctionVersion) {

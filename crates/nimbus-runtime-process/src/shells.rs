@@ -34,6 +34,9 @@ pub const MAX_SPARES: usize = 128;
 #[derive(Default)]
 pub(crate) struct Spares {
     ready: Mutex<HashMap<String, Shell>>,
+    /// The pool keys of the live versions: only they get spares (a version retired while its
+    /// spare was queued gets none).
+    live: Mutex<std::collections::HashSet<String>>,
     /// The background task's queue of versions to prepare for (started on first use).
     queue: OnceLock<mpsc::UnboundedSender<Arc<FunctionVersion>>>,
     /// Spares being stopped (retired versions), awaited at shutdown.
@@ -74,8 +77,15 @@ impl Spares {
         let _ = queue.send(function.clone());
     }
 
+    /// `function` is live: it gets a spare now and after each start.
+    pub(crate) fn live(&self, rt: &ProcessRuntime, function: &Arc<FunctionVersion>) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(function.pool_key().to_owned());
+        self.replenish(rt, function);
+    }
+
     /// Stop the spare of a version that is no longer live.
     pub(crate) fn retire(&self, function: &FunctionVersion) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(function.pool_key());
         let shell = self.lock().remove(function.pool_key());
         if let Some(shell) = shell {
             self.stop(shell);
@@ -106,10 +116,11 @@ impl Spares {
         }
     }
 
-    /// Whether `function` needs a spare: none yet, room left, still open.
+    /// Whether `function` needs a spare: live, none yet, room left, still open.
     fn wants(&self, function: &FunctionVersion) -> bool {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).contains(function.pool_key());
         let ready = self.lock();
-        !self.closed.load(std::sync::atomic::Ordering::Relaxed)
+        live && !self.closed.load(std::sync::atomic::Ordering::Relaxed)
             && !ready.contains_key(function.pool_key())
             && ready.len() < MAX_SPARES
     }
@@ -119,7 +130,8 @@ impl Spares {
         let key = shell.function().pool_key().to_owned();
         let extra = {
             let mut ready = self.lock();
-            if self.closed.load(std::sync::atomic::Ordering::Relaxed) || ready.contains_key(&key) {
+            let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).contains(&key);
+            if !live || self.closed.load(std::sync::atomic::Ordering::Relaxed) || ready.contains_key(&key) {
                 Some(shell)
             } else {
                 ready.insert(key, shell);
