@@ -216,6 +216,10 @@ pub struct Pool {
     pub waiting: u32,
     pub max_instances: u32,
     pub cold_starts: u64,
+    /// A sandbox is prepared for the next cold start (process functions; absent from older
+    /// servers, read as false).
+    #[serde(default)]
+    pub prepared_sandbox: bool,
     pub instances: Vec<InstanceInfo>,
 }
 

@@ -42,6 +42,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// `function` is no longer live: drop what was made ahead for it.
     fn retire(&self, _function: &FunctionVersion) {}
 
+    /// Whether something made ahead for `function` is ready for its next start (the process
+    /// runtime's prepared sandbox), for the management API.
+    fn prepared(&self, _function: &FunctionVersion) -> bool {
+        false
+    }
+
     /// nimbus is stopping: release everything made ahead of demand, and wait until it is.
     async fn shutdown(&self) {}
 }

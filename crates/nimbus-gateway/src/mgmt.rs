@@ -430,6 +430,7 @@ fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
         waiting: p.waiting,
         max_instances: p.max_instances,
         cold_starts: p.cold_starts,
+        prepared_sandbox: p.prepared,
         instances: p
             .instances
             .iter()

@@ -261,6 +261,10 @@ impl Runtime for ProcessRuntime {
         self.spares.retire(function);
     }
 
+    fn prepared(&self, function: &FunctionVersion) -> bool {
+        self.spares.ready(function)
+    }
+
     async fn shutdown(&self) {
         self.spares.shutdown().await;
     }

@@ -61,6 +61,11 @@ impl Spares {
         None
     }
 
+    /// Whether a spare for `function` is ready to be claimed.
+    pub(crate) fn ready(&self, function: &FunctionVersion) -> bool {
+        self.lock().contains_key(function.pool_key())
+    }
+
     /// Ask the background task for a spare for `function` (if it has none).
     pub(crate) fn replenish(&self, rt: &ProcessRuntime, function: &Arc<FunctionVersion>) {
         if rt.sandbox.is_none() || self.closed.load(std::sync::atomic::Ordering::Relaxed) {

@@ -112,6 +112,8 @@ pub struct PoolStatus {
     /// The function's `max_instances` (its concurrency limit).
     pub max_instances: u32,
     pub cold_starts: u64,
+    /// The runtime has something made ahead for the next start (a prepared sandbox).
+    pub prepared: bool,
     pub instances: Vec<InstanceInfo>,
 }
 
@@ -389,6 +391,7 @@ impl Pool {
             waiting: c.waiting,
             max_instances: self.function.spec.max_instances,
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
+            prepared: self.runtime.prepared(&self.function),
             instances,
         }
     }

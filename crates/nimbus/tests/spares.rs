@@ -27,8 +27,18 @@ fn held_sandboxes(nimbus: i32) -> Vec<i32> {
     held
 }
 
-/// Wait (bounded) until exactly one held sandbox is there that is not in `besides`.
-async fn spare_besides(nimbus: i32, besides: &[i32]) -> i32 {
+/// Wait (bounded) until the management API says a sandbox is prepared for the function's next
+/// cold start, and exactly one held sandbox is there that is not in `besides`: its pid.
+async fn spare_besides(server: &Server, besides: &[i32]) -> i32 {
+    server
+        .wait_for("a prepared sandbox", Duration::from_secs(20), |fns| {
+            fns.as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["pools"].as_array().into_iter().flatten().any(|p| p["preparedSandbox"] == true))
+        })
+        .await;
+    let nimbus = server.pid();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let fresh: Vec<i32> = held_sandboxes(nimbus).into_iter().filter(|p| !besides.contains(p)).collect();
@@ -47,7 +57,7 @@ const ENV: &[&str] =
 async fn cold_starts_claim_the_prepared_sandbox_and_get_their_own_environment() {
     let app = App::new("spares").conformance("python", "f", "").finish();
     let server = Server::start(app.path());
-    let spare = spare_besides(server.pid(), &[]).await;
+    let spare = spare_besides(&server, &[]).await;
 
     let first = server.invoke("f", &json!({"op": "env", "names": ENV})).await;
     assert_eq!(first.status, 200, "{:?}", first.body);
@@ -62,7 +72,7 @@ async fn cold_starts_claim_the_prepared_sandbox_and_get_their_own_environment() 
 
     // The start asked for the next spare; a crash ends the instance; the next cold start
     // takes that spare, as another instance with its own environment.
-    let next = spare_besides(server.pid(), &[spare]).await;
+    let next = spare_besides(&server, &[spare]).await;
     let crashed = server.invoke("f", &json!({"op": "crash"})).await;
     assert_eq!(crashed.status, 200);
     assert!(crashed.function_error().is_some(), "{:?}", crashed.body);
@@ -77,13 +87,13 @@ async fn cold_starts_claim_the_prepared_sandbox_and_get_their_own_environment() 
 async fn a_replaced_version_loses_its_spare_and_the_new_one_gets_one() {
     let app = App::new("spares-redeploy").conformance("python", "f", "").finish();
     let server = Server::start(app.path());
-    let old = spare_besides(server.pid(), &[]).await;
+    let old = spare_besides(&server, &[]).await;
 
     std::fs::write(app.path().join("functions/f/changed.txt"), "a new version").unwrap();
     let out = server.cli(&["deploy", app.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_gone(&[old], Duration::from_secs(10)).await;
-    let new = spare_besides(server.pid(), &[old]).await;
+    let new = spare_besides(&server, &[old]).await;
     let done = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(done.status, 200, "{:?}", done.body);
     assert_eq!(server.instance_pids().await, vec![new]);
