@@ -93,6 +93,23 @@ fn body_stream(blob: StreamingBlob) -> ByteStream {
     Box::pin(blob.map(|r| r.map_err(std::io::Error::other)))
 }
 
+/// [`checksum_request`] of a PutObject or UploadPart request: s3s gives the two inputs distinct
+/// types whose checksum fields are named alike.
+macro_rules! requested_checksum {
+    ($req:expr) => {
+        checksum_request(
+            $req.input.checksum_algorithm.as_ref(),
+            [
+                (Alg::Crc32, $req.input.checksum_crc32.as_ref()),
+                (Alg::Crc32c, $req.input.checksum_crc32c.as_ref()),
+                (Alg::Sha256, $req.input.checksum_sha256.as_ref()),
+            ],
+            &$req.headers,
+            $req.trailing_headers.clone(),
+        )
+    };
+}
+
 /// The checksum the client asked for: a value in a header, or an algorithm whose value comes
 /// in the `aws-chunked` trailer.
 fn checksum_request(
@@ -276,16 +293,7 @@ impl S3 for S3Api {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         self.allow(&req, Some(&req.input.bucket), Some(Op::Write), "PutObject")?;
-        let checksum = checksum_request(
-            req.input.checksum_algorithm.as_ref(),
-            [
-                (Alg::Crc32, req.input.checksum_crc32.as_ref()),
-                (Alg::Crc32c, req.input.checksum_crc32c.as_ref()),
-                (Alg::Sha256, req.input.checksum_sha256.as_ref()),
-            ],
-            &req.headers,
-            req.trailing_headers.clone(),
-        );
+        let checksum = requested_checksum!(req);
         let input = req.input;
         self.put_preconditions(&input.bucket, &input.key, input.if_match.as_ref(), input.if_none_match.as_ref())
             .await?;
@@ -547,16 +555,7 @@ impl S3 for S3Api {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         self.allow(&req, Some(&req.input.bucket), Some(Op::Write), "UploadPart")?;
-        let checksum = checksum_request(
-            req.input.checksum_algorithm.as_ref(),
-            [
-                (Alg::Crc32, req.input.checksum_crc32.as_ref()),
-                (Alg::Crc32c, req.input.checksum_crc32c.as_ref()),
-                (Alg::Sha256, req.input.checksum_sha256.as_ref()),
-            ],
-            &req.headers,
-            req.trailing_headers.clone(),
-        );
+        let checksum = requested_checksum!(req);
         let i = req.input;
         let number =
             u32::try_from(i.part_number).map_err(|_| s3_error!(InvalidArgument, "part numbers are 1 to 10000"))?;
