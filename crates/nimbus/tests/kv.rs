@@ -29,24 +29,6 @@ fn app() -> App {
     .finish()
 }
 
-async fn api(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    body: &str,
-) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let r = server
-        .client()
-        .request(method, format!("{}{path}", server.url))
-        .bearer_auth(&server.token)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    (status, headers, r.bytes().await.unwrap().to_vec())
-}
-
 fn json_of(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
 }
@@ -93,7 +75,7 @@ fn check_scenario(runtime: &str, out: &Value, prefix: &str) {
 async fn functions_use_granted_namespaces_and_are_refused_others() {
     let app = app();
     let server = Server::start(app.path());
-    let (status, _, body) = api(&server, reqwest::Method::PUT, "/v1/kv/readonly/k", "seeded").await;
+    let (status, _, body) = server.admin_request(reqwest::Method::PUT, "/v1/kv/readonly/k", "seeded").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     for (function, runtime) in [("js", "node"), ("py", "python")] {
         let prefix = format!("{runtime}-");
@@ -108,10 +90,12 @@ async fn functions_use_granted_namespaces_and_are_refused_others() {
         );
         assert!(log.contains("KV: write key \"k\" of KV namespace readonly refused"), "{runtime}:\n{log}");
         // The outside reads what the function wrote.
-        let (status, headers, value) = api(&server, reqwest::Method::GET, &format!("/v1/kv/data/{prefix}a"), "").await;
+        let (status, headers, value) =
+            server.admin_request(reqwest::Method::GET, &format!("/v1/kv/data/{prefix}a"), "").await;
         assert_eq!((status, value.as_slice()), (200, b"swapped".as_slice()));
         assert_eq!(headers["x-nimbus-kv-version"].to_str().unwrap(), r.body["casOk"].to_string());
-        let (_, headers, value) = api(&server, reqwest::Method::GET, &format!("/v1/kv/data/{prefix}c"), "").await;
+        let (_, headers, value) =
+            server.admin_request(reqwest::Method::GET, &format!("/v1/kv/data/{prefix}c"), "").await;
         assert_eq!(value, b"3");
         let expires: u64 = headers["x-nimbus-kv-expires"].to_str().unwrap().parse().unwrap();
         let now = nimbus_core::ids::now_ms();
@@ -152,10 +136,10 @@ async fn keys_expire_after_their_ttl() {
     let r = server.invoke("py", &json!({"op": "put", "ns": "data", "key": "short", "value": "v", "ttl": 1})).await;
     assert!(r.body["version"].as_u64().is_some(), "{}", String::from_utf8_lossy(&r.raw));
     let written = Instant::now();
-    let (status, headers, _) = api(&server, reqwest::Method::GET, "/v1/kv/data/short", "").await;
+    let (status, headers, _) = server.admin_request(reqwest::Method::GET, "/v1/kv/data/short", "").await;
     assert_eq!(status, 200);
     let expires: u64 = headers["x-nimbus-kv-expires"].to_str().unwrap().parse().unwrap();
-    let (status, _, _) = api(&server, reqwest::Method::PUT, "/v1/kv/data/api-short?ttl=1", "v").await;
+    let (status, _, _) = server.admin_request(reqwest::Method::PUT, "/v1/kv/data/api-short?ttl=1", "v").await;
     assert_eq!(status, 200);
     // Exact expiry: wait until the expiry time has passed on this clock, then it is gone.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -165,13 +149,13 @@ async fn keys_expire_after_their_ttl() {
     }
     assert!(written.elapsed() >= Duration::from_secs(1));
     for key in ["short", "api-short"] {
-        let (status, _, body) = api(&server, reqwest::Method::GET, &format!("/v1/kv/data/{key}"), "").await;
+        let (status, _, body) = server.admin_request(reqwest::Method::GET, &format!("/v1/kv/data/{key}"), "").await;
         assert_eq!(status, 404, "{key} outlived its TTL");
         assert_eq!(json_of(&body)["code"], "NoSuchKey");
     }
     let got = server.invoke("js", &json!({"op": "get", "ns": "data", "key": "short"})).await;
     assert_eq!(got.body["value"], Value::Null, "{}", String::from_utf8_lossy(&got.raw));
-    let (_, _, body) = api(&server, reqwest::Method::GET, "/v1/kv/data", "").await;
+    let (_, _, body) = server.admin_request(reqwest::Method::GET, "/v1/kv/data", "").await;
     assert_eq!(json_of(&body)["keys"], json!([]), "expired keys are not listed");
 }
 
@@ -182,7 +166,7 @@ async fn the_management_api_answers_and_refuses_clearly() {
     use reqwest::Method;
     let app = app();
     let server = Server::start(app.path());
-    let (status, _, body) = api(&server, Method::GET, "/v1/kv", "").await;
+    let (status, _, body) = server.admin_request(Method::GET, "/v1/kv", "").await;
     assert_eq!(status, 200);
     let list = json_of(&body);
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
@@ -206,7 +190,7 @@ async fn the_management_api_answers_and_refuses_clearly() {
         (Method::DELETE, "/v1/kv/nope", "", 404, "NoSuchNamespace", "[kv.nope]"),
     ];
     for (method, path, body, want, code, text) in cases {
-        let (status, _, answer) = api(&server, method.clone(), path, body).await;
+        let (status, _, answer) = server.admin_request(method.clone(), path, body).await;
         let shown = String::from_utf8_lossy(&answer);
         assert_eq!(status, *want, "{method} {path}: {shown}");
         if !code.is_empty() {
@@ -215,9 +199,9 @@ async fn the_management_api_answers_and_refuses_clearly() {
             assert!(v["error"].as_str().unwrap().contains(text), "{method} {path}: {shown}");
         }
     }
-    let (status, _, body) = api(&server, Method::PUT, "/v1/kv/data/big", &"x".repeat(1024 * 1024)).await;
+    let (status, _, body) = server.admin_request(Method::PUT, "/v1/kv/data/big", &"x".repeat(1024 * 1024)).await;
     assert_eq!(status, 200, "exactly 1 MiB is allowed: {}", String::from_utf8_lossy(&body));
-    let (_, _, body) = api(&server, Method::POST, "/v1/kv/data/n?increment=5&ttl=60", "").await;
+    let (_, _, body) = server.admin_request(Method::POST, "/v1/kv/data/n?increment=5&ttl=60", "").await;
     assert_eq!(json_of(&body)["value"], 5);
 
     // Scopes: read may read, deploy may write, only admin may delete a namespace.
@@ -236,7 +220,7 @@ async fn the_management_api_answers_and_refuses_clearly() {
     assert_eq!(as_(&deploy, Method::PUT, "/v1/kv/data/n").await, 200);
     assert_eq!(as_(&deploy, Method::DELETE, "/v1/kv/data/n").await, 200);
     assert_eq!(as_(&deploy, Method::DELETE, "/v1/kv/secret").await, 403);
-    let (status, _, _) = api(&server, Method::DELETE, "/v1/kv/secret", "").await;
+    let (status, _, _) = server.admin_request(Method::DELETE, "/v1/kv/secret", "").await;
     assert_eq!(status, 200);
     let audit = server.cli(&["audit", "--action", "kv.delete-namespace"]);
     let text = String::from_utf8_lossy(&audit.stdout);
@@ -285,7 +269,7 @@ async fn the_cli_reads_and_writes_keys() {
 async fn a_deploy_that_drops_a_namespace_keeps_it_and_says_so() {
     let app = app();
     let server = Server::start(app.path());
-    let (status, _, _) = api(&server, reqwest::Method::PUT, "/v1/kv/secret/k", "kept").await;
+    let (status, _, _) = server.admin_request(reqwest::Method::PUT, "/v1/kv/secret/k", "kept").await;
     assert_eq!(status, 200);
     let toml = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
     std::fs::write(app.path().join("nimbus.toml"), toml.replace("[kv.secret]\n", "[kv.fresh]\n")).unwrap();
@@ -294,9 +278,9 @@ async fn a_deploy_that_drops_a_namespace_keeps_it_and_says_so() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("KV namespace secret is no longer declared; it is kept"), "{text}");
     assert!(text.contains("nimbus kv rm-namespace secret"), "{text}");
-    let (status, _, value) = api(&server, reqwest::Method::GET, "/v1/kv/secret/k", "").await;
+    let (status, _, value) = server.admin_request(reqwest::Method::GET, "/v1/kv/secret/k", "").await;
     assert_eq!((status, value.as_slice()), (200, b"kept".as_slice()));
-    let (status, _, _) = api(&server, reqwest::Method::PUT, "/v1/kv/fresh/k", "new").await;
+    let (status, _, _) = server.admin_request(reqwest::Method::PUT, "/v1/kv/fresh/k", "new").await;
     assert_eq!(status, 200, "the new deploy created its namespace");
 }
 
@@ -334,7 +318,7 @@ async fn acknowledged_writes_survive_kill_9() {
     // Kill once a good number of writes were acknowledged (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, _, body) = api(&server, reqwest::Method::GET, "/v1/kv", "").await;
+        let (_, _, body) = server.admin_request(reqwest::Method::GET, "/v1/kv", "").await;
         let keys = json_of(&body)[0]["keys"].as_u64().unwrap_or(0);
         if keys >= 500 {
             break;
@@ -352,7 +336,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let server = Server::start_with(app.path(), &data_dir, &[]);
     let mut lost = Vec::new();
     for key in &acked {
-        let (status, _, value) = api(&server, reqwest::Method::GET, &format!("/v1/kv/data/{key}"), "").await;
+        let (status, _, value) = server.admin_request(reqwest::Method::GET, &format!("/v1/kv/data/{key}"), "").await;
         if status != 200 || value != format!("value-{key}").as_bytes() {
             lost.push(key.clone());
         }
@@ -399,7 +383,7 @@ async fn the_ratelimit_example_lets_exactly_limit_through() {
         let limited = counts.get(&(id.clone(), 429)).copied().unwrap_or(0);
         assert_eq!((ok, limited), (LIMIT, EACH - LIMIT), "{id}: every status: {counts:?}");
         let (status, headers, value) =
-            api(&server, reqwest::Method::GET, &format!("/v1/kv/ratelimit/client:{id}"), "").await;
+            server.admin_request(reqwest::Method::GET, &format!("/v1/kv/ratelimit/client:{id}"), "").await;
         assert_eq!(status, 200);
         assert_eq!(String::from_utf8(value).unwrap(), EACH.to_string(), "{id}: the counter lost increments");
         let expires: u64 = headers["x-nimbus-kv-expires"].to_str().unwrap().parse().unwrap();

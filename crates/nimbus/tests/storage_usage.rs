@@ -59,15 +59,7 @@ fn boto3(data: &Path) -> Value {
 }
 
 async fn kv(server: &Server, method: reqwest::Method, path: &str, body: &str) -> u16 {
-    let r = server
-        .client()
-        .request(method, format!("{}{path}", server.url))
-        .bearer_auth(&server.token)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    r.status().as_u16()
+    server.admin_request(method, path, body).await.0
 }
 
 fn entry<'a>(usage: &'a Value, kind: &str, name: &str) -> &'a Value {

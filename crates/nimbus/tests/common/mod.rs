@@ -331,6 +331,25 @@ impl Server {
         r.json().await.unwrap()
     }
 
+    /// Any method on the management API with the admin token: status, headers and body.
+    pub async fn admin_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let r = self
+            .client()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        (status, headers, r.bytes().await.unwrap().to_vec())
+    }
+
     /// The pids of every instance the server reports.
     pub async fn instance_pids(&self) -> Vec<i32> {
         let fns = self.admin("/v1/functions").await;
