@@ -21,6 +21,10 @@ pub enum Trigger {
     Event,
     /// A `[[schedules]]` fire.
     Schedule,
+    /// An S3 event notification from a bucket trigger (`[[triggers]] bucket = …`).
+    Bucket,
+    /// A batch of messages from a queue trigger (`[[triggers]] queue = …`).
+    Queue,
 }
 
 impl Trigger {
@@ -30,11 +34,15 @@ impl Trigger {
             Trigger::Invoke => "invoke",
             Trigger::Event => "event",
             Trigger::Schedule => "schedule",
+            Trigger::Bucket => "bucket",
+            Trigger::Queue => "queue",
         }
     }
 
     pub fn parse(s: &str) -> Option<Trigger> {
-        [Trigger::Http, Trigger::Invoke, Trigger::Event, Trigger::Schedule].into_iter().find(|t| t.as_str() == s)
+        [Trigger::Http, Trigger::Invoke, Trigger::Event, Trigger::Schedule, Trigger::Bucket, Trigger::Queue]
+            .into_iter()
+            .find(|t| t.as_str() == s)
     }
 }
 

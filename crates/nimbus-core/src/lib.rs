@@ -13,6 +13,7 @@ pub mod history;
 pub mod ids;
 pub mod invoke;
 pub mod kv;
+pub mod messages;
 pub mod meter;
 pub mod objects;
 pub mod outbound;

@@ -30,11 +30,13 @@ pub enum EventSource {
     Schedule,
     /// The outcome envelope of another event (`on_success` / `on_failure`).
     Destination,
+    /// An S3 event notification of a bucket trigger (its payload is the notification).
+    Bucket,
 }
 
 impl EventSource {
-    pub const ALL: [EventSource; 4] =
-        [EventSource::Invoke, EventSource::Http, EventSource::Schedule, EventSource::Destination];
+    pub const ALL: [EventSource; 5] =
+        [EventSource::Invoke, EventSource::Http, EventSource::Schedule, EventSource::Destination, EventSource::Bucket];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,6 +44,7 @@ impl EventSource {
             EventSource::Http => "http",
             EventSource::Schedule => "schedule",
             EventSource::Destination => "destination",
+            EventSource::Bucket => "bucket",
         }
     }
 
@@ -54,6 +57,7 @@ impl EventSource {
     pub fn trigger(self) -> Trigger {
         match self {
             EventSource::Schedule => Trigger::Schedule,
+            EventSource::Bucket => Trigger::Bucket,
             EventSource::Invoke | EventSource::Http | EventSource::Destination => Trigger::Event,
         }
     }

@@ -91,6 +91,9 @@ impl Observer for Traces {
             Trigger::Invoke => (SpanKind::Server, "other"),
             Trigger::Event => (SpanKind::Consumer, "pubsub"),
             Trigger::Schedule => (SpanKind::Consumer, "timer"),
+            // OpenTelemetry's names: an object write is a data-source operation.
+            Trigger::Bucket => (SpanKind::Consumer, "datasource"),
+            Trigger::Queue => (SpanKind::Consumer, "pubsub"),
         };
         let mut attrs = vec![
             KeyValue::new("faas.invocation_id", r.request_id.clone()),
