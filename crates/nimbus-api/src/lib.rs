@@ -31,6 +31,11 @@
 //! | `GET /v1/audit?since=&limit=&action=` | – | [`AuditEntry`]s, newest first | admin |
 //! | `GET /v1/buckets` | – | [`BucketInfo`]s, by name | read |
 //! | `DELETE /v1/buckets/{name}?force=true` | – | the deleted [`BucketInfo`] (`force`: with its objects) | admin |
+//! | `GET /v1/queues` | – | [`MessageQueueInfo`]s, by name | read |
+//! | `GET /v1/queues/{name}` | – | its [`MessageQueueInfo`] | read |
+//! | `GET /v1/queues/{name}/messages?limit=` | – | [`QueuedMessage`]s, oldest first (read without receiving) | read |
+//! | `POST /v1/queues/{name}/purge` | – | [`QueuePurged`] | admin |
+//! | `POST /v1/queues/{name}/redrive?to=` | – | [`QueueRedriven`] (from a dead-letter queue back to the source queues, or to `to`) | admin |
 //! | `GET /v1/kv` | – | [`KvNamespace`]s, by name | read |
 //! | `GET /v1/kv/{name}?prefix=&cursor=&limit=` | – | [`KvKeys`] | read |
 //! | `DELETE /v1/kv/{name}` | – | [`KvDeleted`] (the namespace and every key in it) | admin |
@@ -368,6 +373,67 @@ pub struct QueueInfo {
     pub recovered_at_start: u64,
 }
 
+/// A message queue (`GET /v1/queues`): its settings and what it holds now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageQueueInfo {
+    pub name: String,
+    pub arn: String,
+    pub fifo: bool,
+    pub visibility_timeout_ms: u64,
+    pub retention_ms: u64,
+    pub delay_ms: u64,
+    /// Where messages go after `maxReceiveCount` receives, when the queue has a redrive policy.
+    pub dead_letter_queue: Option<String>,
+    pub max_receive_count: Option<u32>,
+    /// Receivable now.
+    pub visible: u64,
+    /// Received and not yet deleted.
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed.
+    pub delayed: u64,
+    /// Age of the oldest message, in milliseconds (`null`: empty).
+    pub oldest_age_ms: Option<u64>,
+    /// Since nimbus started: sent, received (each delivery), deleted, moved to the dead-letter
+    /// queue.
+    pub sent: u64,
+    pub received: u64,
+    pub deleted: u64,
+    pub dead_lettered: u64,
+    pub created_ms: u64,
+}
+
+/// A message as `GET /v1/queues/{name}/messages` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedMessage {
+    pub message_id: String,
+    pub body: String,
+    pub sent_ms: u64,
+    pub receive_count: u32,
+    /// Received and hidden until its visibility timeout passes.
+    pub in_flight: bool,
+    pub group_id: Option<String>,
+    /// In a dead-letter queue: the queue the message came from.
+    pub source_queue: Option<String>,
+}
+
+/// `POST /v1/queues/{name}/purge`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuePurged {
+    pub queue: String,
+    pub purged: u64,
+}
+
+/// `POST /v1/queues/{name}/redrive`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueRedriven {
+    pub queue: String,
+    pub moved: u64,
+}
+
 /// `GET /v1/usage`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -659,7 +725,8 @@ pub struct AccessKeyInfo {
 pub struct AuditEntry {
     pub ts_ms: u64,
     /// deploy | rollback | dlq.redrive | dlq.purge | token.create | token.revoke | key.create |
-    /// key.revoke | login | auth.failed | auth.denied | kv.delete-namespace | bucket.delete
+    /// key.revoke | login | auth.failed | auth.denied | kv.delete-namespace | bucket.delete |
+    /// queue.purge | queue.redrive
     pub action: String,
     /// What it was done to: "version 3", a token id, "POST /v1/deployments", "dashboard login".
     pub target: String,

@@ -34,10 +34,14 @@ pub enum AuditAction {
     KvDeleteNamespace,
     /// `nimbus buckets rm` (`DELETE /v1/buckets/{name}`).
     DeleteBucket,
+    /// `nimbus queues purge` (`POST /v1/queues/{name}/purge`).
+    QueuePurge,
+    /// `nimbus queues redrive` (`POST /v1/queues/{name}/redrive`).
+    QueueRedrive,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 15] = [
         AuditAction::Deploy,
         AuditAction::Rollback,
         AuditAction::DlqRedrive,
@@ -51,6 +55,8 @@ impl AuditAction {
         AuditAction::AuthDenied,
         AuditAction::KvDeleteNamespace,
         AuditAction::DeleteBucket,
+        AuditAction::QueuePurge,
+        AuditAction::QueueRedrive,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +74,8 @@ impl AuditAction {
             AuditAction::AuthDenied => "auth.denied",
             AuditAction::KvDeleteNamespace => "kv.delete-namespace",
             AuditAction::DeleteBucket => "bucket.delete",
+            AuditAction::QueuePurge => "queue.purge",
+            AuditAction::QueueRedrive => "queue.redrive",
         }
     }
 

@@ -632,6 +632,34 @@
     ];
   }
 
+  // Message queues (SQS): depth by state, the oldest message's age, and counters since start.
+  async function pageQueues() {
+    const queues = await api('/queues');
+    const sum = (k) => queues.reduce((a, q) => a + (q[k] || 0), 0);
+    const cols = ['Queue', 'Visible', 'In flight', 'Delayed', 'Oldest', 'Sent', 'Received', 'Deleted', 'Dead-lettered', 'Dead-letter queue'];
+    const num = (v, key) => h('td', { class: 'num', [`data-${key}`]: v }, fmtInt(v));
+    const dlq = (q) => (q.deadLetterQueue ? `${q.deadLetterQueue} (after ${q.maxReceiveCount})` : '–');
+    return [
+      head('Queues'),
+      h('div', { class: 'tiles' },
+        tile('Queues', fmtInt(queues.length), '', 'tile-queues'),
+        tile('Visible', fmtInt(sum('visible'))),
+        tile('In flight', fmtInt(sum('inFlight'))),
+        tile('Oldest message', fmtMs(Math.max(0, ...queues.map((q) => q.oldestAgeMs || 0))))),
+      h('div', { class: 'card' }, h('h2', {}, 'Queues'),
+        queues.length ? h('table', { id: 'queues' },
+          h('thead', {}, h('tr', {}, cols.map((c, i) => h('th', { class: i > 0 && i < 9 ? 'num' : null }, c)))),
+          h('tbody', {}, queues.map((q) => h('tr', { 'data-queue': q.name },
+            h('td', { class: 'mono' }, q.name + (q.fifo ? ' (FIFO)' : '')),
+            num(q.visible, 'visible'), num(q.inFlight, 'in-flight'), num(q.delayed, 'delayed'),
+            h('td', { class: 'num', 'data-oldest': q.oldestAgeMs === null ? '' : q.oldestAgeMs }, fmtMs(q.oldestAgeMs)),
+            num(q.sent, 'sent'), num(q.received, 'received'), num(q.deleted, 'deleted'), num(q.deadLettered, 'dead-lettered'),
+            h('td', { class: 'mono' }, dlq(q))))))
+          : h('div', { class: 'empty' }, 'No queues. Declare one in nimbus.toml ([queues.NAME]) or create it with an SQS client.')),
+      h('p', { class: 'muted' }, 'Sent, received, deleted and dead-lettered count since nimbus started. `nimbus queues peek NAME` shows messages without receiving them.'),
+    ];
+  }
+
   // The storage part of the usage report (absent from servers older than it).
   function storageUsage(u, cur) {
     const list = u.storage || [];
@@ -665,6 +693,7 @@
     if (parts[0] === 'async') return ['async', () => pageAsync(params)];
     if (parts[0] === 'usage') return ['usage', () => pageUsage(params)];
     if (parts[0] === 'storage') return ['storage', () => pageStorage()];
+    if (parts[0] === 'queues') return ['queues', () => pageQueues()];
     return [null, async () => [head('Not found'), h('div', { class: 'note' }, 'There is no dashboard page here. ', link('/', 'Go to the deployments.'))]];
   }
 

@@ -54,6 +54,8 @@ pub struct Gateway {
     pub(crate) audit: Audit,
     /// The object store (`/v1/buckets`).
     pub(crate) objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// The message queues (`/v1/queues`).
+    pub(crate) messages: Arc<dyn nimbus_core::messages::MessageQueues>,
     /// Object storage and KV use: counted by KV calls, read by `/metrics` and `/v1/usage`.
     pub(crate) storage: Arc<nimbus_core::meter::StorageMeter>,
 }
@@ -176,6 +178,8 @@ pub struct Parts {
     pub audit: Arc<dyn AuditLog>,
     /// The object store (`/v1/buckets`).
     pub objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// The message queues (`/v1/queues`, their metrics and the dashboard).
+    pub messages: Arc<dyn nimbus_core::messages::MessageQueues>,
 }
 
 impl Gateway {
@@ -194,6 +198,7 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             audit: Audit::new(parts.audit),
             objects: parts.objects,
+            messages: parts.messages,
             storage: parts.telemetry.storage,
         })
     }

@@ -24,6 +24,7 @@ mod invoke_api;
 mod kv_api;
 pub mod metrics;
 mod mgmt;
+mod queues_api;
 mod scopes;
 mod server;
 mod session;

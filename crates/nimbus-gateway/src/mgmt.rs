@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::context::{BodyError, Credential, Gateway};
 use crate::credentials;
 use crate::kv_api;
+use crate::queues_api;
 use crate::scopes::{self, Endpoint, Matched};
 use crate::util::{json, query_param, Resp};
 
@@ -216,6 +217,23 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         | Endpoint::KvDelete => Ok(kv(c, req, m).await),
         Endpoint::Buckets => buckets(gw).await,
         Endpoint::DeleteBucket => delete_bucket(c, param, q("force").is_some_and(|f| f == "true")).await,
+        Endpoint::Queues => Ok(json(StatusCode::OK, &queues_api::list(gw).await?)),
+        Endpoint::MessageQueue => Ok(json(StatusCode::OK, &queues_api::one(gw, param).await?)),
+        Endpoint::QueueMessages => {
+            let limit = usize::try_from(limit(&q, 10)).unwrap_or(queues_api::MAX_PEEK);
+            Ok(json(StatusCode::OK, &queues_api::peek(gw, param, limit).await?))
+        }
+        Endpoint::PurgeQueue => {
+            let result = queues_api::purge(gw, param).await;
+            c.audit(AuditAction::QueuePurge, format!("queue {param}"), &result).await;
+            Ok(json(StatusCode::OK, &result?))
+        }
+        Endpoint::RedriveQueue => {
+            let to = q("to");
+            let result = queues_api::redrive(gw, param, to.as_deref()).await;
+            c.audit(AuditAction::QueueRedrive, format!("queue {param}"), &result).await;
+            Ok(json(StatusCode::OK, &result?))
+        }
         // Not under /v1: `handle` never routes it here.
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
     }

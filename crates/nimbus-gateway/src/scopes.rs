@@ -6,8 +6,8 @@
 //! The rule the rows follow: `read` for every `GET` under `/v1` but the tokens, the access
 //! keys and the audit log; `deploy` for what changes the code that runs (deploy, rollback) and for writing KV keys;
 //! `admin` for credentials, the audit log (it shows who did what, from where) and what re-runs
-//! or destroys events or data wholesale (dead-letter redrive and purge, deleting a KV namespace or
-//! a bucket: operator decisions about data, not releases); `invoke` for the Invoke API.
+//! or destroys events or data wholesale (dead-letter redrive and purge, a message queue's purge and redrive, deleting a
+//! KV namespace or a bucket: operator decisions about data, not releases); `invoke` for the Invoke API.
 
 use nimbus_core::Scope;
 
@@ -46,6 +46,11 @@ pub(crate) enum Endpoint {
     KvDelete,
     Buckets,
     DeleteBucket,
+    Queues,
+    MessageQueue,
+    QueueMessages,
+    PurgeQueue,
+    RedriveQueue,
     Invoke,
 }
 
@@ -83,6 +88,11 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("DELETE", "/v1/kv/{name}/{key}", Endpoint::KvDelete, Scope::Deploy),
     ("GET", "/v1/buckets", Endpoint::Buckets, Scope::Read),
     ("DELETE", "/v1/buckets/{name}", Endpoint::DeleteBucket, Scope::Admin),
+    ("GET", "/v1/queues", Endpoint::Queues, Scope::Read),
+    ("GET", "/v1/queues/{name}", Endpoint::MessageQueue, Scope::Read),
+    ("GET", "/v1/queues/{name}/messages", Endpoint::QueueMessages, Scope::Read),
+    ("POST", "/v1/queues/{name}/purge", Endpoint::PurgeQueue, Scope::Admin),
+    ("POST", "/v1/queues/{name}/redrive", Endpoint::RedriveQueue, Scope::Admin),
     ("POST", "/2015-03-31/functions/{name}/invocations", Endpoint::Invoke, Scope::Invoke),
 ];
 
@@ -186,7 +196,8 @@ mod tests {
         for (method, path, endpoint, scope) in ENDPOINTS {
             let admin_only = ["/v1/tokens", "/v1/keys", "/v1/audit", "/v1/dlq/redrive", "/v1/dlq/purge"];
             let admin = admin_only.iter().any(|p| path.starts_with(p))
-                || [("DELETE", "/v1/kv/{name}"), ("DELETE", "/v1/buckets/{name}")].contains(&(*method, *path));
+                || [("DELETE", "/v1/kv/{name}"), ("DELETE", "/v1/buckets/{name}")].contains(&(*method, *path))
+                || (path.starts_with("/v1/queues/") && *method == "POST");
             let want = match (*method, path.starts_with("/v1/")) {
                 (_, true) if admin => Scope::Admin,
                 ("GET", true) => Scope::Read,

@@ -82,6 +82,25 @@ impl Gateway {
         (buckets, namespaces)
     }
 
+    /// Every message queue with its counts (a queue store that cannot be read is logged).
+    async fn message_queues(&self) -> Vec<(String, nimbus_core::messages::QueueStats)> {
+        let queues = match self.messages.list_queues("").await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!("/metrics: cannot read the message queues: {e}");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(queues.len());
+        for q in queues {
+            match self.messages.stats(&q.name).await {
+                Ok(s) => out.push((q.name, s)),
+                Err(e) => tracing::debug!("/metrics: no counts for queue {}: {e}", q.name),
+            }
+        }
+        out
+    }
+
     async fn metrics_page(&self) -> Resp {
         let queue = match self.queue.store().stats().await {
             Ok(q) => q,
@@ -91,6 +110,7 @@ impl Gateway {
             }
         };
         let (buckets, namespaces) = self.stored().await;
+        let messages = self.message_queues().await;
         let text = self.metrics.render(&crate::metrics::Scrape {
             pools: &self.scheduler.status(),
             queue: &queue,
@@ -101,6 +121,7 @@ impl Gateway {
             s3: &self.storage.s3_totals(),
             buckets: &buckets,
             namespaces: &namespaces,
+            messages: &messages,
         });
         let mut r = raw(StatusCode::OK, text.into());
         crate::util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);

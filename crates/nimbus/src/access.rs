@@ -117,8 +117,8 @@ pub struct AuditArgs {
     #[arg(long, default_value_t = 100)]
     limit: u32,
     /// Only this action: deploy, rollback, dlq.redrive, dlq.purge, token.create, token.revoke,
-    /// key.create, key.revoke, login, auth.failed, auth.denied, kv.delete-namespace or
-    /// bucket.delete.
+    /// key.create, key.revoke, login, auth.failed, auth.denied, kv.delete-namespace,
+    /// bucket.delete, queue.purge or queue.redrive.
     #[arg(long)]
     action: Option<String>,
     /// Print the API's JSON.

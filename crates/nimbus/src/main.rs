@@ -9,6 +9,7 @@ mod files;
 mod keys;
 mod kv;
 mod progress;
+mod queues;
 mod storage_usage;
 mod tls;
 mod traces;
@@ -171,6 +172,14 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The message queues: depth and oldest age, messages read without receiving them, purge,
+    /// dead-letter redrive.
+    Queues {
+        #[command(subcommand)]
+        action: queues::QueuesAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +316,7 @@ fn main() -> std::process::ExitCode {
             Command::Buckets { action, remote } => commands::buckets(action, remote).await,
             Command::Audit(args) => access::audit(args).await,
             Command::Kv { action, remote } => kv::kv(action, remote).await,
+            Command::Queues { action, remote } => queues::queues(action, remote).await,
             Command::Invocations { function, status, limit, json, remote } => {
                 commands::invocations(function, status, limit, json, remote).await
             }

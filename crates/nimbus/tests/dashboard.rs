@@ -312,6 +312,50 @@ async fn the_storage_page_shows_buckets_and_namespaces() {
     assert_eq!(eval(&tab, "document.querySelector('a[data-nav=\"storage\"].active') !== null"), Value::Bool(true));
 }
 
+/// The queues page shows each queue's depth by state, from the same counts as `/v1/queues`.
+#[tokio::test]
+async fn the_queues_page_shows_depth() {
+    let manifest = "[queues.orders]\nmax_receive_count = 3\ndead_letter_queue = \"orders-dlq\"\n[queues.orders-dlq]";
+    let app = App::new("dash-queues").conformance("node", "work", "").raw(manifest).finish();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_args(app.path(), data.path(), &["--aws-listen", "127.0.0.1:0"]);
+    let url = std::fs::read_to_string(data.path().join("aws.url")).unwrap().trim().to_owned();
+    let send = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import boto3, sys; sqs = boto3.client('sqs', endpoint_url=sys.argv[1]); \
+             q = sqs.get_queue_url(QueueName='orders')['QueueUrl']; \
+             [sqs.send_message(QueueUrl=q, MessageBody=b) for b in ('a', 'b', 'c')]; \
+             sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=1)",
+        )
+        .arg(&url)
+        .env("PYTHONPATH", common::test_pythonpath())
+        .env("AWS_SHARED_CREDENTIALS_FILE", data.path().join("aws-credentials"))
+        .env("AWS_PROFILE", "nimbus")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(send.status.success(), "boto3: {}", String::from_utf8_lossy(&send.stderr));
+
+    let browser = browser();
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(Duration::from_secs(30));
+    tab.navigate_to(&format!("{}/dashboard/queues", server.url)).unwrap();
+    tab.wait_until_navigated().unwrap();
+    sign_in(&tab, &server.token);
+    wait_true(&tab, "document.querySelector('#deployments') !== null", "the sign-in");
+    open(&tab, &server, "/queues");
+    let row = eval(
+        &tab,
+        "(r => r && [r.querySelector('[data-visible]').dataset.visible, r.querySelector('[data-in-flight]').dataset.inFlight, \
+         r.querySelector('[data-sent]').dataset.sent, r.lastElementChild.textContent])\
+         (document.querySelector('#queues tr[data-queue=\"orders\"]'))",
+    );
+    assert_eq!(row, json!(["2", "1", "3", "orders-dlq (after 3)"]));
+    assert_eq!(eval(&tab, "document.querySelector('a[data-nav=\"queues\"].active') !== null"), Value::Bool(true));
+}
+
 /// A client that shows redirects instead of following them.
 fn raw_client() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
