@@ -244,6 +244,10 @@ struct Node {
     resources: Arc<Resources>,
     /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
     objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// The SQS-compatible message queues (`DATA_DIR/messages.db`): the AWS port's SQS, queue
+    /// triggers, and deploys (which create the declared queues). [`Node::message_queues`] gives
+    /// it as the trait everything but `stop` uses.
+    messages: Arc<nimbus_store_sqlite::MessageDb>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
 }
@@ -275,6 +279,9 @@ impl Node {
             .await
             .context("cannot load the deployments")?;
         control.set_object_store(objects.clone());
+        // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
+        let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
+        control.set_messages(messages.clone());
         // The live deployment's components load in the background while the app is checked.
         tokio::spawn({
             let control = control.clone();
@@ -305,8 +312,15 @@ impl Node {
             info,
             resources,
             objects,
+            messages,
             keys,
         })
+    }
+
+    /// The message queues, as the AWS port, the triggers and the management API use them.
+    #[allow(dead_code)] // The SQS protocols and queue triggers take it (issue 14).
+    fn message_queues(&self) -> Arc<dyn nimbus_core::messages::MessageQueues> {
+        self.messages.clone()
     }
 
     /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
@@ -372,6 +386,7 @@ impl Node {
             let _ = task.await;
         }
         self.kv.close();
+        self.messages.close();
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
