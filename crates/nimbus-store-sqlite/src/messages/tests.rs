@@ -151,9 +151,11 @@ async fn dead_letter_after_max_receives_and_redrive_back() {
         let got = t.db.receive("work", &ReceiveRequest { visibility: Some(Duration::ZERO), ..req(1) }).await;
         assert_eq!(got.unwrap()[0].receive_count, n);
     }
-    assert!(t.db.receive("work", &req(1)).await.unwrap().is_empty(), "the third receive moves it instead");
+    send_ok(&t.db, "work", vec![msg("next")]).await;
+    assert_eq!(bodies(&t.db, "work", 1).await, ["next"], "the third receive moves it and takes the next");
     assert_eq!(t.db.stats("work").await.unwrap().dead_lettered_total, 1);
     assert_eq!(t.db.stats("work").await.unwrap().visible, 0);
+    assert_eq!(t.db.stats("work").await.unwrap().in_flight, 1);
 
     let peeked = t.db.peek("work-dlq", 10).await.unwrap();
     assert_eq!(peeked.len(), 1);
@@ -165,6 +167,23 @@ async fn dead_letter_after_max_receives_and_redrive_back() {
     let back = t.db.receive("work", &req(1)).await.unwrap();
     assert_eq!((back[0].message_id.as_str(), back[0].receive_count), (sent[0].message_id.as_str(), 1));
     assert!(matches!(t.db.redrive("nope", None).await, Err(MqError::NoSuchQueue(_))));
+}
+
+/// A FIFO receive that moves its group's head to the dead-letter queue delivers the next
+/// message of the group in the same receive.
+#[tokio::test]
+async fn a_fifo_receive_dead_letters_the_head_and_delivers_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = store(&dir);
+    t.db.create_queue("dlq.fifo", &fifo()).await.unwrap();
+    t.db.create_queue("q.fifo", &with_dlq("dlq.fifo", 1, fifo())).await.unwrap();
+    send_ok(&t.db, "q.fifo", vec![in_group("x", "g")]).await;
+    let once = ReceiveRequest { visibility: Some(Duration::ZERO), ..req(1) };
+    assert_eq!(t.db.receive("q.fifo", &once).await.unwrap()[0].body, "x");
+    send_ok(&t.db, "q.fifo", vec![in_group("y", "g")]).await;
+    assert_eq!(bodies(&t.db, "q.fifo", 1).await, ["y"]);
+    let dead = t.db.peek("dlq.fifo", 10).await.unwrap();
+    assert_eq!((dead[0].body.as_str(), dead[0].group_id.as_deref()), ("x", Some("g")));
 }
 
 #[tokio::test]
