@@ -244,8 +244,20 @@ struct Node {
     resources: Arc<Resources>,
     /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
     objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// The message queues (SQS on the AWS port).
+    messages: Arc<nimbus_store_sqlite::MessageDb>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
+}
+
+/// The object store and the message queues, each in its own database file.
+fn open_stores(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<nimbus_store_sqlite::MessageDb>)> {
+    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
+    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
+    Ok((Arc::new(objects), Arc::new(messages)))
 }
 
 impl Node {
@@ -263,11 +275,10 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let objects: Arc<dyn nimbus_core::ObjectStore> =
-            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
+        let (objects, messages) = open_stores(&store, data_dir)?;
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
-        let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone(), storage.clone()));
+        let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
@@ -305,13 +316,15 @@ impl Node {
             info,
             resources,
             objects,
+            messages,
             keys,
         })
     }
 
-    /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
-    fn aws_parts(&self) -> (Arc<dyn nimbus_core::ObjectStore>, nimbus_aws::KeyRing) {
-        (self.objects.clone(), self.keys.clone())
+    /// What the AWS port serves: the object store, the message queues, and the key ring the
+    /// instances' keys are in.
+    fn aws_parts(&self) -> crate::aws::Parts {
+        (self.objects.clone(), self.messages.clone(), self.keys.clone())
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -367,6 +380,7 @@ impl Node {
         if let Some(q) = &self.queue {
             q.close();
         }
+        self.messages.close();
         if let Some((stop, task)) = self.storage_flusher.take() {
             let _ = stop.send(true);
             let _ = task.await;
