@@ -244,20 +244,12 @@ struct Node {
     resources: Arc<Resources>,
     /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
     objects: Arc<dyn nimbus_core::ObjectStore>,
-    /// The message queues (SQS on the AWS port).
+    /// The SQS-compatible message queues (`DATA_DIR/messages.db`): the AWS port's SQS, queue
+    /// triggers, and deploys (which create the declared queues). [`Node::message_queues`] gives
+    /// it as the trait everything but `stop` uses.
     messages: Arc<nimbus_store_sqlite::MessageDb>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
-}
-
-/// The object store and the message queues, each in its own database file.
-fn open_stores(
-    store: &Store,
-    data_dir: &Path,
-) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<nimbus_store_sqlite::MessageDb>)> {
-    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
-    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
-    Ok((Arc::new(objects), Arc::new(messages)))
 }
 
 impl Node {
@@ -275,22 +267,17 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let (objects, messages) = open_stores(&store, data_dir)?;
+        let objects: Arc<dyn nimbus_core::ObjectStore> =
+            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
+        // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
+        let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
-        let registry: Arc<dyn Registry> = Arc::new(store.clone());
-        let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
-        let control = ControlPlane::load(registry, pools, kv_metered.clone(), data_dir)
-            .await
-            .context("cannot load the deployments")?;
-        control.set_object_store(objects.clone());
-        // The live deployment's components load in the background while the app is checked.
-        tokio::spawn({
-            let control = control.clone();
-            async move { control.warm().await }
-        });
+        let storage_sets =
+            DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
+        let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
         let info = info(sandbox.as_deref(), &resources);
         let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
         let flusher = crate::storage_usage::spawn(
@@ -321,10 +308,15 @@ impl Node {
         })
     }
 
+    /// The message queues, as the AWS port, the triggers and the management API use them.
+    fn message_queues(&self) -> Arc<dyn nimbus_core::messages::MessageQueues> {
+        self.messages.clone()
+    }
+
     /// What the AWS port serves: the object store, the message queues, and the key ring the
     /// instances' keys are in.
     fn aws_parts(&self) -> crate::aws::Parts {
-        (self.objects.clone(), self.messages.clone(), self.keys.clone())
+        (self.objects.clone(), self.message_queues(), self.keys.clone())
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -380,17 +372,45 @@ impl Node {
         if let Some(q) = &self.queue {
             q.close();
         }
-        self.messages.close();
         if let Some((stop, task)) = self.storage_flusher.take() {
             let _ = stop.send(true);
             let _ = task.await;
         }
         self.kv.close();
+        self.messages.close();
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
     }
+}
+
+/// Where deploys create the storage a manifest declares.
+struct DeclaredStorage {
+    kv: Arc<dyn KvStore>,
+    objects: Arc<dyn nimbus_core::ObjectStore>,
+    messages: Arc<nimbus_store_sqlite::MessageDb>,
+}
+
+/// Load the deployments into the control plane, which creates declared storage in `storage`;
+/// the live deployment's components load in the background while the app is checked.
+async fn control_plane(
+    store: &Store,
+    scheduler: &Scheduler,
+    storage: DeclaredStorage,
+    data_dir: &Path,
+) -> Result<Arc<ControlPlane>> {
+    let registry: Arc<dyn Registry> = Arc::new(store.clone());
+    let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
+    let control =
+        ControlPlane::load(registry, pools, storage.kv, data_dir).await.context("cannot load the deployments")?;
+    control.set_object_store(storage.objects);
+    control.set_messages(storage.messages);
+    tokio::spawn({
+        let control = control.clone();
+        async move { control.warm().await }
+    });
+    Ok(control)
 }
 
 /// What every finished invocation goes through: the observers (metrics, traces), then the store.
