@@ -271,10 +271,10 @@ impl Node {
             Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
-        let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone(), storage.clone()));
-        let scheduler = Scheduler::new(by_kind, recorder);
         // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
         let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
+        let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
+        let scheduler = Scheduler::new(by_kind, recorder);
         let storage_sets =
             DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
         let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
@@ -309,14 +309,14 @@ impl Node {
     }
 
     /// The message queues, as the AWS port, the triggers and the management API use them.
-    #[allow(dead_code)] // The SQS protocols and queue triggers take it (issue 14).
     fn message_queues(&self) -> Arc<dyn nimbus_core::messages::MessageQueues> {
         self.messages.clone()
     }
 
-    /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
-    fn aws_parts(&self) -> (Arc<dyn nimbus_core::ObjectStore>, nimbus_aws::KeyRing) {
-        (self.objects.clone(), self.keys.clone())
+    /// What the AWS port serves: the object store, the message queues, and the key ring the
+    /// instances' keys are in.
+    fn aws_parts(&self) -> crate::aws::Parts {
+        (self.objects.clone(), self.message_queues(), self.keys.clone())
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
