@@ -82,6 +82,18 @@ impl Gateway {
         (buckets, namespaces)
     }
 
+    /// Each message queue's counts and the queue triggers' (none before the triggers start).
+    async fn message_queues(
+        &self,
+    ) -> (Vec<(String, nimbus_core::messages::QueueStats)>, Vec<nimbus_queue::triggers::TriggerStats>) {
+        let Some(triggers) = self.queue.triggers() else { return (Vec::new(), Vec::new()) };
+        let queues = triggers.queue_stats().await.unwrap_or_else(|e| {
+            tracing::warn!("/metrics: cannot read the message queues: {e}");
+            Vec::new()
+        });
+        (queues, triggers.stats())
+    }
+
     async fn metrics_page(&self) -> Resp {
         let queue = match self.queue.store().stats().await {
             Ok(q) => q,
@@ -91,6 +103,7 @@ impl Gateway {
             }
         };
         let (buckets, namespaces) = self.stored().await;
+        let (message_queues, triggers) = self.message_queues().await;
         let text = self.metrics.render(&crate::metrics::Scrape {
             pools: &self.scheduler.status(),
             queue: &queue,
@@ -101,6 +114,8 @@ impl Gateway {
             s3: &self.storage.s3_totals(),
             buckets: &buckets,
             namespaces: &namespaces,
+            message_queues: &message_queues,
+            triggers: &triggers,
         });
         let mut r = raw(StatusCode::OK, text.into());
         crate::util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);
