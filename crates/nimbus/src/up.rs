@@ -244,6 +244,10 @@ struct Node {
     resources: Arc<Resources>,
     /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
     objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// The SQS-compatible message queues (`DATA_DIR/messages.db`): the AWS port's SQS, queue
+    /// triggers, and deploys (which create the declared queues). [`Node::message_queues`] gives
+    /// it as the trait everything but `stop` uses.
+    messages: Arc<nimbus_store_sqlite::MessageDb>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
 }
@@ -275,6 +279,8 @@ impl Node {
             .await
             .context("cannot load the deployments")?;
         control.set_object_store(objects.clone());
+        // Queues in their own SQLite file (messages.db), like KV.
+        let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
         // The live deployment's components load in the background while the app is checked.
         tokio::spawn({
             let control = control.clone();
@@ -305,8 +311,14 @@ impl Node {
             info,
             resources,
             objects,
+            messages,
             keys,
         })
+    }
+
+    /// The message queues, as the AWS port, the triggers and the management API use them.
+    fn message_queues(&self) -> Arc<dyn nimbus_core::messages::MessageQueues> {
+        self.messages.clone()
     }
 
     /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
@@ -314,7 +326,8 @@ impl Node {
         (self.objects.clone(), self.keys.clone())
     }
 
-    /// Open the durable queue and start the async engine (workers and cron).
+    /// Open the durable queue and start the async engine (workers and cron) and the queue
+    /// triggers' pollers.
     async fn start_async(&mut self) -> Result<Arc<nimbus_queue::Engine>> {
         // NIMBUS_UNSAFE_ASYNC_ACK is for the fault test only: it proves the test detects lost events.
         let unsafe_ack = std::env::var("NIMBUS_UNSAFE_ASYNC_ACK").is_ok_and(|v| v == "1");
@@ -331,9 +344,11 @@ impl Node {
         }
         self.queue = Some(queue.clone());
         let resolver = Arc::new(Resolver(self.control.clone()));
-        nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
+        let engine = nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
             .await
-            .context("cannot start the async engine")
+            .context("cannot start the async engine")?;
+        engine.start_triggers(self.message_queues());
+        Ok(engine)
     }
 
     fn gateway_parts(&self, engine: Arc<nimbus_queue::Engine>) -> Parts {
@@ -372,6 +387,7 @@ impl Node {
             let _ = task.await;
         }
         self.kv.close();
+        self.messages.close();
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
