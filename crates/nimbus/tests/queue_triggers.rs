@@ -151,3 +151,46 @@ async fn a_worker_drains_the_queue_in_batches_and_the_poison_message_ends_in_the
     assert!(db.peek("jobs", 10).await.unwrap().is_empty());
     db.close();
 }
+
+/// utime + stime of `pid` in clock ticks (USER_HZ, 100 a second on Linux).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name (which may hold spaces): utime is field 14, stime 15.
+    let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn ten_idle_triggers_cost_next_to_no_cpu() {
+    let shared = common::shared_tempdir();
+    let mut app = App::new("idle");
+    app.write_file("functions/worker/app.py", WORKER);
+    app = app.raw(&format!(
+        "[functions.worker]\nruntime = \"python\"\nhandler = \"app.handler\"\nenv = {{ RUN_LOG = \"{}\" }}\n",
+        shared.path().join("runs.jsonl").display()
+    ));
+    for i in 0..10 {
+        app = app.raw(&format!("[queues.q{i}]\n\n[[triggers]]\nfunction = \"worker\"\nqueue = \"q{i}\"\n"));
+    }
+    let app = app.finish();
+    let mut server = Server::start(app.path());
+    // Every trigger polls (one poller each, waiting in a long poll).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = server.get("/metrics").await.text().await.unwrap();
+        let polling = (0..10)
+            .filter(|i| sample(&text, "nimbus_trigger_pollers", &format!("function=\"worker\",queue=\"q{i}\"")) == 1.0);
+        if polling.count() == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the 10 triggers did not start polling:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = cpu_ticks(server.pid());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let used = cpu_ticks(server.pid()) - before;
+    // 6 s is 600 ticks of one core; a busy loop would use most of them.
+    assert!(used <= 30, "nimbus used {used} ticks (1/100 s) of CPU in 6 idle seconds with 10 triggers");
+    assert!(runs(&shared.path().join("runs.jsonl")).is_empty());
+    server.stop();
+}
