@@ -89,6 +89,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Most rounds of one long poll (each waits for a send or a visibility time), a bound far
 /// above what a 20 s wait needs.
 const MAX_POLL_ROUNDS: u32 = 100_000;
+/// Most long polls one operation wakes one by one (more messages wake this many).
+const MAX_WAKE: u64 = 10_000;
 
 type MqReply<T> = Reply<Result<T, MqError>>;
 
@@ -215,10 +217,23 @@ impl MessageDb {
         Arc::clone(wake.entry(queue.to_owned()).or_default())
     }
 
+    /// Wake every long poll of `queue` (something may have changed for all of them).
     fn wake(&self, queue: &str) {
         let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = wake.get(queue) {
             n.notify_waiters();
+        }
+    }
+
+    /// Wake up to `n` long polls of `queue`, one per new message: 32 idle pollers and one send
+    /// make one receive attempt, not 32. (A woken poll whose attempt finds the message taken
+    /// waits again; a notified poll that returns passes its wake-up on.)
+    fn wake_some(&self, queue: &str, n: u64) {
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(notify) = wake.get(queue) {
+            for _ in 0..n.min(MAX_WAKE) {
+                notify.notify_one();
+            }
         }
     }
 
@@ -236,7 +251,7 @@ impl MessageDb {
             c.dead_lettered += got.dead_lettered;
         });
         if let (Some(dlq), true) = (&got.dead_letter_queue, got.dead_lettered > 0) {
-            self.wake(dlq);
+            self.wake_some(dlq, got.dead_lettered);
         }
         Ok(got)
     }
@@ -393,7 +408,7 @@ impl MessageQueues for MessageDb {
         let (results, stored) = self.call(|r| Op::Send(q, messages, now, r)).await?;
         if stored > 0 {
             self.count(queue, |c| c.sent += stored);
-            self.wake(queue);
+            self.wake_some(queue, stored);
         }
         Ok(results)
     }

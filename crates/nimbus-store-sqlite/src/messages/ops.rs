@@ -374,7 +374,6 @@ fn check_handle(c: &Connection, queue: &str, h: &str) -> rusqlite::Result<Result
     match row {
         None => Ok(Ok(None)),
         Some((q, n, t)) if q == queue && n == count && t.as_deref() == Some(token.as_str()) => Ok(Ok(Some(seq))),
-        Some((q, ..)) if q != queue => Ok(Ok(None)),
         Some(_) => Ok(Err(invalid())),
     }
 }
