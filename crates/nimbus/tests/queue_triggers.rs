@@ -100,6 +100,24 @@ fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
     metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// The reference parser (`prometheus_client.openmetrics.parser`) reads `text`, and the batch
+/// sizes are a histogram.
+fn assert_valid_openmetrics(text: &str) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let types = common::run_python_json(
+        r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+print(json.dumps({f.name: f.type for f in text_string_to_metric_families(open(sys.argv[1]).read())}))
+"#,
+        &[file.path().to_str().unwrap()],
+    );
+    assert_eq!(types["nimbus_trigger_batch_size"], "histogram", "{types:#}");
+    assert_eq!(types["nimbus_trigger_messages"], "counter", "{types:#}");
+    assert_eq!(types["nimbus_queue_depth"], "gauge", "{types:#}");
+}
+
 #[tokio::test]
 async fn a_worker_drains_the_queue_in_batches_and_the_poison_message_ends_in_the_dlq() {
     let shared = common::shared_tempdir();
@@ -125,6 +143,8 @@ async fn a_worker_drains_the_queue_in_batches_and_the_poison_message_ends_in_the
     assert_eq!(sample(&metrics, "nimbus_trigger_messages_total", &format!("{labels},kind=\"returned\"")), 2.0);
     assert_eq!(sample(&metrics, "nimbus_queue_depth", r#"queue="jobs",state="visible""#), 0.0);
     assert_eq!(sample(&metrics, "nimbus_queue_messages_total", r#"queue="jobs",event="dead_lettered""#), 1.0);
+
+    assert_valid_openmetrics(&metrics);
 
     let runs = runs(&log);
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
