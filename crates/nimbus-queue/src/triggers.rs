@@ -28,7 +28,7 @@
 //! Shutdown stops polling (a receive waiting is dropped: what it may have taken becomes visible
 //! again after its visibility timeout) and waits, bounded, for the batches being delivered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -421,17 +421,17 @@ impl Triggers {
     /// After a successful invocation: delete the batch, but for its reported item failures.
     async fn settle(&self, live: &Live, batch: Vec<Received>, body: &[u8]) -> Delivered {
         let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
-        let keep: Vec<String> = if live.trigger.report_batch_item_failures {
+        let keep: HashSet<String> = if live.trigger.report_batch_item_failures {
             match parse_batch_response(body, &ids) {
-                BatchOutcome::AllSucceeded => Vec::new(),
-                BatchOutcome::Failed(ids) => ids,
+                BatchOutcome::AllSucceeded => HashSet::new(),
+                BatchOutcome::Failed(ids) => ids.into_iter().collect(),
                 BatchOutcome::AllFailed(reason) => {
                     tracing::warn!(function = %live.function, queue = %live.trigger.queue, "the whole batch returns to the queue: {reason}");
                     ids.iter().map(|id| (*id).to_owned()).collect()
                 }
             }
         } else {
-            Vec::new()
+            HashSet::new()
         };
         Counters::add(&live.counters.returned, keep.len());
         if keep.len() >= batch.len() {

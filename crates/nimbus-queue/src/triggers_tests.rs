@@ -300,3 +300,14 @@ async fn fifo_batches_carry_the_group_attributes() {
     assert_eq!(batches(&h.calls()), [["1", "2", "3"]]);
     assert_eq!(event["Records"][0]["attributes"]["MessageGroupId"], "g");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_queue_is_retried_with_a_growing_backoff_not_in_a_loop() {
+    let queues = FakeQueues::new();
+    let h = start(queues, queue_trigger("gone", |_| {}), Script::always(Step::Succeed("null")), 4);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    // 1 + 2 + 4 + … + 32 s, then every 60 s: about 15 attempts in 10 minutes.
+    let errors = h.triggers.stats()[0].receive_errors;
+    assert!((10..=20).contains(&errors), "{errors} failed receives in 10 minutes");
+    assert!(h.calls().is_empty());
+}
