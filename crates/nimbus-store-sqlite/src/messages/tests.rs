@@ -99,6 +99,8 @@ async fn send_receive_delete() {
     assert!(matches!(db.send("nope", vec![msg("x")]).await, Err(MqError::NoSuchQueue(_))));
     assert!(db.delete_queue("jobs").await.unwrap());
     assert!(matches!(db.receive("jobs", &req(1)).await, Err(MqError::NoSuchQueue(_))));
+    assert!(matches!(db.receive("never", &req(1)).await, Err(MqError::NoSuchQueue(_))));
+    assert!(db.wake.lock().unwrap().is_empty(), "no wake-up entries for names that are not queues");
 }
 
 #[tokio::test]
@@ -187,8 +189,13 @@ async fn fifo_keeps_group_order_blocks_a_group_in_flight_and_dedups() {
     // Group a is in flight: only b's messages, in order.
     assert_eq!(bodies(&t.db, "orders.fifo", 10).await, ["b1", "b2"]);
     assert!(bodies(&t.db, "orders.fifo", 10).await.is_empty());
-    t.db.delete("orders.fifo", &[first[0].receipt_handle.clone()]).await.unwrap();
-    assert_eq!(bodies(&t.db, "orders.fifo", 10).await, ["a2"]);
+    // When a1's visibility passes it comes back, still ahead of a2.
+    t.advance(Duration::from_secs(30));
+    let again = t.db.receive("orders.fifo", &req(1)).await.unwrap();
+    assert_eq!((again[0].body.as_str(), again[0].receive_count), ("a1", 2));
+    t.db.delete("orders.fifo", &[again[0].receipt_handle.clone()]).await.unwrap();
+    // b1 and b2 (never deleted) are back too; everything comes in send order.
+    assert_eq!(bodies(&t.db, "orders.fifo", 10).await, ["b1", "a2", "b2"]);
 
     // Deduplication: same id within five minutes is a no-op returning the first message's id.
     let again = send_ok(&t.db, "orders.fifo", vec![in_group("a1", "a")]).await;
@@ -297,6 +304,12 @@ async fn a_send_wakes_a_long_poll_at_once_and_an_idle_one_returns_empty_after_it
     let start = Instant::now();
     let got = db.receive("q", &ReceiveRequest { max: 1, visibility: None, wait: Some(idle) }).await.unwrap();
     assert!(got.is_empty());
+    assert!(start.elapsed() >= idle && start.elapsed() < idle * 10, "{:?}", start.elapsed());
+
+    // Without a wait of its own, a receive waits the queue's ReceiveMessageWaitTimeSeconds.
+    db.set_settings("q", &QueueSettings { receive_wait: idle, ..standard() }).await.unwrap();
+    let start = Instant::now();
+    assert!(db.receive("q", &ReceiveRequest { max: 1, visibility: None, wait: None }).await.unwrap().is_empty());
     assert!(start.elapsed() >= idle && start.elapsed() < idle * 10, "{:?}", start.elapsed());
     db.close();
 }
