@@ -8,7 +8,10 @@
 //! - read at scrape time from their owners: instances by state, concurrency in use and its limit,
 //!   requests waiting for an instance, instances started (from the pools); the async queue's
 //!   depth, oldest age and dead-letter store (from the queue store); retries and dead-letters
-//!   (from the async engine); the connections open now (from the gateway).
+//!   (from the async engine); the connections open now (from the gateway); the message
+//!   queues' and queue triggers' counts ([`queues`]).
+
+mod queues;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -85,17 +88,6 @@ struct DirectionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BucketLabels {
     bucket: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MessageQueueLabels {
-    queue: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MessageStateLabels {
-    queue: String,
-    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,8 +201,10 @@ pub struct Scrape<'a> {
     pub buckets: &'a [(String, u64, u64)],
     /// KV namespaces: (name, keys, bytes) now.
     pub namespaces: &'a [(String, u64, u64)],
-    /// Message queues (SQS) by name, with their counts now.
-    pub messages: &'a [(String, nimbus_core::messages::QueueStats)],
+    /// Message queues: (name, counts) now.
+    pub message_queues: &'a [(String, nimbus_core::messages::QueueStats)],
+    /// The queue triggers seen since start.
+    pub triggers: &'a [nimbus_queue::triggers::TriggerStats],
 }
 
 impl Observer for Metrics {
@@ -337,52 +331,13 @@ impl Metrics {
         );
     }
 
-    /// The message queues' depth by state, oldest age, and counters since start (read at scrape
-    /// time from the queue store).
-    fn register_messages(reg: &mut Registry, s: &Scrape<'_>) {
-        let depth = Family::<MessageStateLabels, Gauge>::default();
-        let oldest = Family::<MessageQueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        let counters: [(&str, &str, Family<MessageQueueLabels, Counter>); 4] = [
-            ("sqs_messages_sent", "Messages sent to each queue since nimbus started", Family::default()),
-            ("sqs_messages_received", "Deliveries from each queue (each receive of a message counts)", Family::default()),
-            ("sqs_messages_deleted", "Messages deleted (done with) from each queue", Family::default()),
-            (
-                "sqs_messages_dead_lettered",
-                "Messages moved to the dead-letter queue after max_receive_count receives",
-                Family::default(),
-            ),
-        ];
-        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        for (queue, st) in s.messages {
-            let l = MessageQueueLabels { queue: queue.clone() };
-            for (state, n) in [("visible", st.visible), ("in_flight", st.in_flight), ("delayed", st.delayed)] {
-                depth.get_or_create(&MessageStateLabels { queue: queue.clone(), state }).set(gauge(n));
-            }
-            let age_ms = st.oldest_sent_ms.map_or(0, |t| s.now_ms.saturating_sub(t));
-            oldest.get_or_create(&l).set(age_ms as f64 / 1000.0);
-            let totals = [st.sent_total, st.received_total, st.deleted_total, st.dead_lettered_total];
-            for ((_, _, family), n) in counters.iter().zip(totals) {
-                family.get_or_create(&l).inc_by(n);
-            }
-        }
-        reg.register("sqs_messages", "Messages in each queue by state: visible, in_flight, delayed", depth);
-        reg.register_with_unit(
-            "sqs_oldest_message_age",
-            "Age of the oldest message in each queue (0 when empty)",
-            prometheus_client::registry::Unit::Seconds,
-            oldest,
-        );
-        for (name, help, family) in counters {
-            reg.register(name, help, family);
-        }
-    }
-
     /// The exposition text.
     pub fn render(&self, s: &Scrape<'_>) -> String {
         let mut reg = Registry::with_prefix("nimbus");
         self.register_kv(&mut reg);
         Self::register_storage(&mut reg, s);
-        Self::register_messages(&mut reg, s);
+        queues::register_queues(&mut reg, s.message_queues, s.now_ms);
+        queues::register_triggers(&mut reg, s.triggers);
         reg.register(
             "invocations",
             "Finished invocations by function, status and trigger (sync, async, schedule; every retry)",

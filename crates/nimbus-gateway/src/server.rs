@@ -82,13 +82,17 @@ impl Gateway {
         (buckets, namespaces)
     }
 
-    /// Every message queue with its counts (a queue store that cannot be read is logged).
-    async fn message_queues(&self) -> Vec<(String, nimbus_core::messages::QueueStats)> {
+    /// Each message queue's counts (from the store: queues exist without triggers) and the queue
+    /// triggers' (none before the triggers start). A store that cannot be read is logged.
+    async fn message_queues(
+        &self,
+    ) -> (Vec<(String, nimbus_core::messages::QueueStats)>, Vec<nimbus_queue::triggers::TriggerStats>) {
+        let triggers = self.queue.triggers().map(|t| t.stats()).unwrap_or_default();
         let queues = match self.messages.list_queues("").await {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!("/metrics: cannot read the message queues: {e}");
-                return Vec::new();
+                return (Vec::new(), triggers);
             }
         };
         let mut out = Vec::with_capacity(queues.len());
@@ -98,7 +102,7 @@ impl Gateway {
                 Err(e) => tracing::debug!("/metrics: no counts for queue {}: {e}", q.name),
             }
         }
-        out
+        (out, triggers)
     }
 
     async fn metrics_page(&self) -> Resp {
@@ -110,7 +114,7 @@ impl Gateway {
             }
         };
         let (buckets, namespaces) = self.stored().await;
-        let messages = self.message_queues().await;
+        let (message_queues, triggers) = self.message_queues().await;
         let text = self.metrics.render(&crate::metrics::Scrape {
             pools: &self.scheduler.status(),
             queue: &queue,
@@ -121,7 +125,8 @@ impl Gateway {
             s3: &self.storage.s3_totals(),
             buckets: &buckets,
             namespaces: &namespaces,
-            messages: &messages,
+            message_queues: &message_queues,
+            triggers: &triggers,
         });
         let mut r = raw(StatusCode::OK, text.into());
         crate::util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);

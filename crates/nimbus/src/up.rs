@@ -319,7 +319,8 @@ impl Node {
         (self.objects.clone(), self.message_queues(), self.keys.clone())
     }
 
-    /// Open the durable queue and start the async engine (workers and cron).
+    /// Open the durable queue and start the async engine (workers and cron) and the queue
+    /// triggers' pollers.
     async fn start_async(&mut self) -> Result<Arc<nimbus_queue::Engine>> {
         // NIMBUS_UNSAFE_ASYNC_ACK is for the fault test only: it proves the test detects lost events.
         let unsafe_ack = std::env::var("NIMBUS_UNSAFE_ASYNC_ACK").is_ok_and(|v| v == "1");
@@ -336,9 +337,11 @@ impl Node {
         }
         self.queue = Some(queue.clone());
         let resolver = Arc::new(Resolver(self.control.clone()));
-        nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
+        let engine = nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
             .await
-            .context("cannot start the async engine")
+            .context("cannot start the async engine")?;
+        engine.start_triggers(self.message_queues());
+        Ok(engine)
     }
 
     fn gateway_parts(&self, engine: Arc<nimbus_queue::Engine>) -> Parts {
@@ -590,7 +593,7 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
     Ok(None)
 }
 
-/// The async engine finds functions and schedules in the control plane's snapshot.
+/// The async engine finds functions, schedules and triggers in the control plane's snapshot.
 struct Resolver(Arc<ControlPlane>);
 
 impl nimbus_queue::Resolver for Resolver {
@@ -600,6 +603,10 @@ impl nimbus_queue::Resolver for Resolver {
 
     fn schedules(&self) -> Vec<nimbus_manifest::schedule::ScheduleSpec> {
         self.0.schedules()
+    }
+
+    fn triggers(&self) -> Vec<nimbus_core::event_sources::TriggerSpec> {
+        self.0.triggers()
     }
 }
 
@@ -623,6 +630,11 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path, info: &nimbu
             nimbus_manifest::schedule::When::Rate(d) => format!("every {}", humantime::format_duration(*d)),
         };
         println!("  cron    {when} ({}) -> {}", sched.timezone, sched.function);
+    }
+    for t in &live.triggers {
+        if let nimbus_core::event_sources::TriggerSource::Queue(q) = &t.source {
+            println!("  queue   {} (batches of up to {}) -> {}", q.queue, q.batch_size, t.function);
+        }
     }
     println!("  admin token in {}", data_dir.join(TOKEN_FILE).display());
     let sandbox = &info.sandbox;

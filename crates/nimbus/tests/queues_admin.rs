@@ -105,10 +105,10 @@ async fn operators_see_depth_peek_purge_and_redrive() {
     // The metrics say the same.
     let metrics = server.get("/metrics").await.text().await.unwrap();
     for line in [
-        r#"nimbus_sqs_messages{queue="jobs",state="in_flight"} 2"#,
-        r#"nimbus_sqs_messages{queue="jobs-dlq",state="visible"} 1"#,
-        r#"nimbus_sqs_messages_sent_total{queue="jobs"} 3"#,
-        r#"nimbus_sqs_messages_dead_lettered_total{queue="jobs"} 1"#,
+        r#"nimbus_queue_depth{queue="jobs",state="in_flight"} 2"#,
+        r#"nimbus_queue_depth{queue="jobs-dlq",state="visible"} 1"#,
+        r#"nimbus_queue_messages_total{queue="jobs",event="sent"} 3"#,
+        r#"nimbus_queue_messages_total{queue="jobs",event="dead_lettered"} 1"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in /metrics:\n{metrics}");
     }
