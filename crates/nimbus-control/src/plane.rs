@@ -236,11 +236,6 @@ impl ControlPlane {
         store.watch_buckets(watched);
     }
 
-    /// The live deployment's triggers, in manifest order.
-    pub fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
-        self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
-    }
-
     /// Create the declared buckets that do not exist yet (idempotent; a deploy never deletes
     /// one: data outlives the deployment that declared it).
     async fn create_buckets(&self, buckets: &std::collections::BTreeSet<String>) -> Result<(), DeployError> {
@@ -277,6 +272,11 @@ impl ControlPlane {
     /// The live deployment's schedules.
     pub fn schedules(&self) -> Vec<ScheduleSpec> {
         self.snapshot.load().live.as_ref().map(|l| l.schedules.clone()).unwrap_or_default()
+    }
+
+    /// The live deployment's `[[triggers]]` (the queue triggers' pollers follow them).
+    pub fn triggers(&self) -> Vec<nimbus_core::event_sources::TriggerSpec> {
+        self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
     }
 
     /// Deploy the app in `app_dir`. `from_up` is the deploy `nimbus up` does at start: when the
