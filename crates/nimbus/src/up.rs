@@ -250,6 +250,8 @@ struct Node {
     messages: Arc<nimbus_store_sqlite::MessageDb>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
+    /// Forwards the object store's outbox to the async engine (bucket triggers).
+    forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -305,6 +307,7 @@ impl Node {
             objects,
             messages,
             keys,
+            forwarder: None,
         })
     }
 
@@ -341,6 +344,9 @@ impl Node {
             .await
             .context("cannot start the async engine")?;
         engine.start_triggers(self.message_queues());
+        // Bucket events left in the outbox by a crash are forwarded now, new ones as they commit.
+        let triggers = Arc::new(Triggers(self.control.clone()));
+        self.forwarder = Some(nimbus_queue::buckets::spawn(self.objects.clone(), engine.clone(), triggers));
         Ok(engine)
     }
 
@@ -366,6 +372,10 @@ impl Node {
     /// Stop async work and instances, then flush and close storage.
     async fn stop(mut self, engine: &nimbus_queue::Engine) {
         tracing::info!("stopping async work and instances");
+        // Stopping the forwarder anywhere loses nothing: an unforwarded row stays in the outbox.
+        if let Some(f) = self.forwarder.take() {
+            f.abort();
+        }
         // Running async events get a moment to finish; any still running are queued again at the
         // next start.
         engine.shutdown(Duration::from_secs(5)).await;
@@ -591,6 +601,15 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
         Err(e) => bail!("deploy failed: {e}"),
     }
     Ok(None)
+}
+
+/// The bucket-trigger forwarder finds the live triggers in the control plane's snapshot.
+struct Triggers(Arc<ControlPlane>);
+
+impl nimbus_queue::buckets::LiveTriggers for Triggers {
+    fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
+        self.0.triggers()
+    }
 }
 
 /// The async engine finds functions, schedules and triggers in the control plane's snapshot.
