@@ -1,5 +1,5 @@
 //! SQS-compatible message queues as the engine sees them. Backends implement [`MessageQueues`]:
-//! the embedded one (SQLite, group commit, in `queue.db` beside the async queue) now, a NATS
+//! the embedded one (SQLite, group commit, in its own `messages.db`) now, a NATS
 //! JetStream one for clusters later. The AWS port's SQS protocols, the queue triggers and the
 //! management API all speak this trait; none of them knows the backend.
 //!

@@ -10,6 +10,7 @@ mod artifacts;
 mod audit;
 mod group;
 mod kv;
+mod messages;
 mod objects;
 mod queue;
 mod records;
@@ -30,6 +31,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub use artifacts::{digest_dir, ArtifactStore};
 pub use kv::KvDb;
+pub use messages::MessageDb;
 pub use objects::{multipart_etag, ObjectDb};
 pub use queue::QueueDb;
 pub use records::{RecordWriter, USAGE_RETENTION};
@@ -222,6 +224,13 @@ impl Store {
     /// fsyncs never wait behind other data.
     pub fn kv(&self) -> Result<KvDb> {
         KvDb::open(&self.db_path.with_file_name("kv.db"))
+    }
+
+    /// Open the message queues (SQS-compatible, [`MessageDb`]). Like the async queue and KV,
+    /// they live in their own database file (`messages.db`), so their fsyncs never wait behind
+    /// other data.
+    pub fn messages(&self) -> Result<MessageDb> {
+        MessageDb::open(&self.db_path.with_file_name("messages.db"))
     }
 
     /// Start the background writer for invocation records and logs; it deletes records and
