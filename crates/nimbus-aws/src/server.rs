@@ -1,7 +1,9 @@
 //! The AWS port's listener: plain HTTP/1.1 on its own address. Requests for the Lambda Invoke
 //! API (`/2015-03-31/…`) are verified here ([`crate::sigv4`]) and handed to an [`InvokeApi`]
-//! (the gateway's handler, wired in by the binary); everything else is S3 (`s3s`, with the
-//! key ring as its SigV4 key source). Virtual-host style: `BUCKET.s3.localhost[:port]`.
+//! (the gateway's handler, wired in by the binary); SQS requests (an `X-Amz-Target` of
+//! `AmazonSQS.…`, or a form POST naming an SQS `Action`) go to [`crate::sqs`] when the port has
+//! a [`MessageQueues`]; everything else is S3 (`s3s`, with the key ring as its SigV4 key
+//! source). Virtual-host style: `BUCKET.s3.localhost[:port]`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use nimbus_core::messages::MessageQueues;
 use nimbus_core::meter::StorageMeter;
 use nimbus_core::ObjectStore;
 use s3s::host::{S3Host, VirtualHost};
@@ -28,6 +31,7 @@ use crate::keys::{KeyRing, Principal};
 use crate::metered::{self, Counting};
 use crate::s3::S3Api;
 use crate::sigv4::{self, SigError};
+use crate::sqs::{self, Sqs};
 
 /// The base domain of virtual-host style requests (`BUCKET.s3.localhost`).
 pub const VIRTUAL_HOST_DOMAIN: &str = "s3.localhost";
@@ -51,6 +55,7 @@ pub struct AwsPort {
     meter: Arc<StorageMeter>,
     keys: KeyRing,
     invoke: Option<Arc<dyn InvokeApi>>,
+    sqs: Option<Sqs>,
 }
 
 /// s3s takes one access hook: count the operation (S3 bills refused requests too), then hold
@@ -79,13 +84,20 @@ impl S3Host for Hosts {
 }
 
 impl AwsPort {
-    pub fn new(store: Arc<dyn ObjectStore>, keys: KeyRing, invoke: Option<Arc<dyn InvokeApi>>) -> Arc<AwsPort> {
-        AwsPort::metered(store, keys, invoke, Arc::default())
+    /// The port over `store` (S3) and `queues` (SQS; `None`: SQS requests are refused).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        queues: Option<Arc<dyn MessageQueues>>,
+        keys: KeyRing,
+        invoke: Option<Arc<dyn InvokeApi>>,
+    ) -> Arc<AwsPort> {
+        AwsPort::metered(store, queues, keys, invoke, Arc::default())
     }
 
-    /// As [`AwsPort::new`], counting operations, errors and bytes into `meter`.
+    /// As [`AwsPort::new`], counting S3 operations, errors and bytes into `meter`.
     pub fn metered(
         store: Arc<dyn ObjectStore>,
+        queues: Option<Arc<dyn MessageQueues>>,
         keys: KeyRing,
         invoke: Option<Arc<dyn InvokeApi>>,
         meter: Arc<StorageMeter>,
@@ -94,7 +106,8 @@ impl AwsPort {
         builder.set_auth(keys.clone());
         builder.set_access(PortAccess(Counting(meter.clone()), crate::keys::SessionTokens(keys.clone())));
         builder.set_host(Hosts);
-        Arc::new(AwsPort { s3: builder.build(), meter, keys, invoke })
+        let sqs = queues.map(|q| Sqs::new(q, keys.clone()));
+        Arc::new(AwsPort { s3: builder.build(), meter, keys, invoke, sqs })
     }
 
     /// Answer one request.
@@ -104,7 +117,44 @@ impl AwsPort {
             let (parts, body) = resp.into_parts();
             return http::Response::from_parts(parts, s3s::Body::from(body));
         }
-        self.s3(req.map(s3s::Body::from)).await
+        self.serve(req.map(s3s::Body::from)).await
+    }
+
+    /// Answer one SQS or S3 request (the port's, or a function instance's).
+    pub async fn serve(&self, req: http::Request<s3s::Body>) -> http::Response<s3s::Body> {
+        let Some(protocol) = sqs::protocol_of(&req) else {
+            return self.s3(req).await;
+        };
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, sqs::MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                let e = sqs::SqsError::invalid(format!("the request body is over {} bytes", sqs::MAX_BODY));
+                let r =
+                    if protocol == sqs::Protocol::Json { sqs::json::error(&e, "") } else { sqs::query::error(&e, "") };
+                return r.map(s3s::Body::from);
+            }
+        };
+        if protocol == sqs::Protocol::Query && !sqs::is_query_body(&body) {
+            return self.s3(http::Request::from_parts(parts, s3s::Body::from(body))).await;
+        }
+        let req = http::Request::from_parts(parts, body);
+        let resp = match &self.sqs {
+            Some(sqs) => sqs.handle(protocol, req).await,
+            None => {
+                let e = sqs::SqsError::new(
+                    "UnsupportedOperation",
+                    "AWS.SimpleQueueService.UnsupportedOperation",
+                    "SQS is not served by this nimbus (it has no queue store)",
+                );
+                if protocol == sqs::Protocol::Json {
+                    sqs::json::error(&e, "")
+                } else {
+                    sqs::query::error(&e, "")
+                }
+            }
+        };
+        resp.map(s3s::Body::from)
     }
 
     /// The keys this port accepts (the binary adds and drops keys while it runs).

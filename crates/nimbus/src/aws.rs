@@ -43,7 +43,7 @@ pub fn for_functions(
     keys: KeyRing,
     meter: Arc<nimbus_core::meter::StorageMeter>,
 ) -> Arc<dyn nimbus_core::FunctionAws> {
-    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::metered(objects, keys, None, meter)))
+    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::metered(objects, None, keys, None, meter)))
 }
 
 /// A bound AWS port, ready to serve.
@@ -90,7 +90,7 @@ pub async fn bind(
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    Ok(Some(Bound { listener, url, port: AwsPort::metered(objects, keys, Some(invoke), meter), credentials }))
+    Ok(Some(Bound { listener, url, port: AwsPort::metered(objects, None, keys, Some(invoke), meter), credentials }))
 }
 
 /// Print how to use the port, and serve it until `stopped` turns true.
