@@ -256,6 +256,11 @@ impl ControlPlane {
         self.snapshot.load().live.as_ref().map(|l| l.schedules.clone()).unwrap_or_default()
     }
 
+    /// The live deployment's `[[triggers]]` (the queue triggers' pollers follow them).
+    pub fn triggers(&self) -> Vec<nimbus_core::event_sources::TriggerSpec> {
+        self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
+    }
+
     /// Deploy the app in `app_dir`. `from_up` is the deploy `nimbus up` does at start: when the
     /// directory holds exactly what the previous `nimbus up` deployed, nothing is deployed and
     /// the live deployment is served as it is (so a restart neither creates a version nor undoes

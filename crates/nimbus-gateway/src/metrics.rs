@@ -8,7 +8,10 @@
 //! - read at scrape time from their owners: instances by state, concurrency in use and its limit,
 //!   requests waiting for an instance, instances started (from the pools); the async queue's
 //!   depth, oldest age and dead-letter store (from the queue store); retries and dead-letters
-//!   (from the async engine); the connections open now (from the gateway).
+//!   (from the async engine); the connections open now (from the gateway); the message
+//!   queues' and queue triggers' counts ([`queues`]).
+
+mod queues;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -211,6 +214,8 @@ pub struct Scrape<'a> {
     pub namespaces: &'a [(String, u64, u64)],
     /// Message queues (SQS) by name, with their counts now.
     pub messages: &'a [(String, nimbus_core::messages::QueueStats)],
+    /// The queue triggers seen since start.
+    pub triggers: &'a [nimbus_queue::triggers::TriggerStats],
 }
 
 impl Observer for Metrics {
@@ -383,6 +388,8 @@ impl Metrics {
         self.register_kv(&mut reg);
         Self::register_storage(&mut reg, s);
         Self::register_messages(&mut reg, s);
+        queues::register_queues(&mut reg, s.messages, s.now_ms);
+        queues::register_triggers(&mut reg, s.triggers);
         reg.register(
             "invocations",
             "Finished invocations by function, status and trigger (sync, async, schedule; every retry)",

@@ -111,6 +111,7 @@ impl Gateway {
         };
         let (buckets, namespaces) = self.stored().await;
         let messages = self.message_queues().await;
+        let triggers = self.queue.triggers().map(|t| t.stats()).unwrap_or_default();
         let text = self.metrics.render(&crate::metrics::Scrape {
             pools: &self.scheduler.status(),
             queue: &queue,
@@ -122,6 +123,7 @@ impl Gateway {
             buckets: &buckets,
             namespaces: &namespaces,
             messages: &messages,
+            triggers: &triggers,
         });
         let mut r = raw(StatusCode::OK, text.into());
         crate::util::set_header(&mut r, "content-type", crate::metrics::CONTENT_TYPE);

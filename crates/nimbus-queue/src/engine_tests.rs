@@ -33,6 +33,7 @@ async fn start(store: Arc<FakeStore>, functions: Vec<(Arc<FunctionVersion>, Scri
     let resolver = FakeResolver {
         functions: functions.into_iter().map(|(f, _)| (f.spec.name.clone(), f)).collect(),
         schedules: Vec::new(),
+        triggers: Default::default(),
     };
     let engine = Engine::start_with_clock(
         store.clone(),
@@ -176,7 +177,7 @@ async fn a_retry_runs_after_its_backoff_and_not_before() {
 async fn throttled_attempts_are_requeued_and_do_not_count_as_failures() {
     let mut steps = vec![Step::Throttle; 5];
     steps.push(Step::Succeed("null"));
-    let script = Script { steps, delay: Duration::ZERO };
+    let script = Script { steps, delay: Duration::ZERO, per_call: false };
     let busy = version("busy", 1, AsyncPolicy::default());
     let h = start(FakeStore::new(), vec![(busy, script)]).await;
     let id = h.accept("busy", json!({})).await;

@@ -1,7 +1,10 @@
 //! In-memory stand-ins for the engine's seams, for its unit tests: a [`QueueStore`] that keeps
 //! events in a map and follows the SQLite store's contract (claim window and shares, attempt
-//! counting, idempotency window, slots), a [`Dispatch`] that plays a script per function, and a
-//! [`Resolver`] with fixed function versions.
+//! counting, idempotency window, slots), a [`Dispatch`] that plays a script per function, a
+//! [`Resolver`] with fixed function versions and changeable triggers, and a [`MessageQueues`]
+//! (in [`queues`]) that keeps SQS's semantics on tokio's clock.
+
+pub mod queues;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use nimbus_core::event_sources::TriggerSpec;
 use nimbus_core::policy::AttemptFailure;
 use nimbus_core::queue::{
     Accepted, AttemptRecord, ClaimedEvent, EventStatus, EventView, Finish, NewEvent, QueueError, QueueStats, QueueStore,
@@ -419,19 +423,28 @@ pub enum Step {
     PlatformError,
     /// Every instance busy at `max_instances`.
     Throttle,
+    /// Succeed with the body this makes of the payload.
+    Answer(fn(&[u8]) -> String),
 }
 
 /// What a function does on each attempt of an event: the n-th attempt plays `steps[n - 1]`, and
-/// the last step repeats. Each attempt takes `delay`.
+/// the last step repeats (with `per_call`: the n-th call of the function, whatever its event,
+/// as for queue batches, each a new request). Each attempt takes `delay`.
 #[derive(Clone, Debug)]
 pub struct Script {
     pub steps: Vec<Step>,
     pub delay: Duration,
+    pub per_call: bool,
 }
 
 impl Script {
     pub fn always(step: Step) -> Script {
-        Script { steps: vec![step], delay: Duration::ZERO }
+        Script { steps: vec![step], delay: Duration::ZERO, per_call: false }
+    }
+
+    /// These steps, one per call of the function.
+    pub fn calls(steps: Vec<Step>) -> Script {
+        Script { steps, delay: Duration::ZERO, per_call: true }
     }
 
     pub fn taking(self, delay: Duration) -> Script {
@@ -455,11 +468,22 @@ const MAX_ATTEMPTS: usize = 1000;
 pub struct FakeDispatch {
     scripts: HashMap<String, Script>,
     calls: Mutex<Vec<Call>>,
+    /// Invocations running now, and the most that ever ran at once.
+    running: Mutex<(usize, usize)>,
 }
 
 impl FakeDispatch {
     pub fn new(scripts: impl IntoIterator<Item = (String, Script)>) -> FakeDispatch {
-        FakeDispatch { scripts: scripts.into_iter().collect(), calls: Mutex::new(Vec::new()) }
+        FakeDispatch {
+            scripts: scripts.into_iter().collect(),
+            calls: Mutex::new(Vec::new()),
+            running: Mutex::default(),
+        }
+    }
+
+    /// The most invocations that ran at once.
+    pub fn peak(&self) -> usize {
+        self.running.lock().unwrap().1
     }
 
     pub fn calls(&self, function: &str) -> Vec<Call> {
@@ -477,21 +501,31 @@ impl Dispatch for FakeDispatch {
         let name = function.spec.name.clone();
         let script = self.scripts.get(&name).unwrap_or_else(|| panic!("no script for {name}"));
         let id = invocation.request_id;
-        let earlier = {
+        let payload = invocation.payload;
+        let (earlier, before) = {
             let mut calls = self.calls.lock().unwrap();
             let earlier = calls.iter().filter(|c| c.request_id == id).count();
-            let (function, payload, at) = (name.clone(), invocation.payload, Instant::now());
+            let before = calls.iter().filter(|c| c.function == name).count();
+            let (function, payload, at) = (name.clone(), payload.clone(), Instant::now());
             calls.push(Call { function, request_id: id.clone(), payload, at });
-            earlier
+            (earlier, before)
         };
         // An engine that retries without waiting never lets paused time advance, so a test
         // waiting for a state would hang instead of failing: stop such an event here (the panic
         // ends the engine's task for it, the event stays running, and the test's wait times out).
         assert!(earlier < MAX_ATTEMPTS, "event {id} was attempted {MAX_ATTEMPTS} times");
+        {
+            let mut running = self.running.lock().unwrap();
+            running.0 += 1;
+            running.1 = running.1.max(running.0);
+        }
         tokio::time::sleep(script.delay).await;
-        let step = script.steps.get(earlier).or(script.steps.last()).copied().unwrap_or(Step::Succeed("null"));
+        self.running.lock().unwrap().0 -= 1;
+        let n = if script.per_call { before } else { earlier };
+        let step = script.steps.get(n).or(script.steps.last()).copied().unwrap_or(Step::Succeed("null"));
         let outcome = match step {
             Step::Succeed(body) => InvokeOutcome::Success(Bytes::from_static(body.as_bytes())),
+            Step::Answer(f) => InvokeOutcome::Success(Bytes::from(f(&payload))),
             Step::FunctionError => InvokeOutcome::FunctionError {
                 kind: FunctionErrorKind::Unhandled,
                 error_type: "Error".into(),
@@ -515,10 +549,12 @@ impl Dispatch for FakeDispatch {
     }
 }
 
-/// A [`Resolver`] with fixed function versions and schedules.
+/// A [`Resolver`] with fixed function versions and schedules, and triggers a test may change
+/// (a redeploy).
 pub struct FakeResolver {
     pub functions: HashMap<String, Arc<FunctionVersion>>,
     pub schedules: Vec<ScheduleSpec>,
+    pub triggers: Mutex<Vec<TriggerSpec>>,
 }
 
 impl Resolver for FakeResolver {
@@ -528,6 +564,10 @@ impl Resolver for FakeResolver {
 
     fn schedules(&self) -> Vec<ScheduleSpec> {
         self.schedules.clone()
+    }
+
+    fn triggers(&self) -> Vec<TriggerSpec> {
+        self.triggers.lock().unwrap().clone()
     }
 }
 

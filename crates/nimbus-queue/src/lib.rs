@@ -1,4 +1,4 @@
-//! Async invocations and cron triggers.
+//! Async invocations, cron triggers and queue triggers ([`triggers`]).
 //!
 //! # The engine
 //! `accept` puts an event on the durable [`QueueStore`] and returns only once it is stored
@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use nimbus_core::event_sources::TriggerSpec;
 use nimbus_core::ids::{new_request_id, now_ms};
+use nimbus_core::messages::MessageQueues;
 use nimbus_core::policy::{self, AttemptFailure, Condition, GiveUp, RetryDecision};
 use nimbus_core::queue::{
     Accepted, AttemptOutcome, AttemptRecord, ClaimedEvent, EventSource, Finish, NewEvent, QueueError, QueueStore,
@@ -39,11 +41,17 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
 
-/// What the engine needs from the control plane: the live functions and schedules.
+pub mod triggers;
+
+/// What the engine needs from the control plane: the live functions, schedules and triggers.
 pub trait Resolver: Send + Sync + 'static {
     /// The function version to run: `qualifier` pins a deployment version, None is live.
     fn function(&self, name: &str, qualifier: Option<&str>) -> Option<Arc<FunctionVersion>>;
     fn schedules(&self) -> Vec<ScheduleSpec>;
+    /// The live deployment's `[[triggers]]` (the queue triggers' pollers follow them).
+    fn triggers(&self) -> Vec<TriggerSpec> {
+        Vec::new()
+    }
 }
 
 /// Engine settings.
@@ -107,6 +115,8 @@ pub struct Engine {
     /// Per function and outcome ("retried", "dead_lettered", "sent_on_failure"): how many
     /// events took it since start, for `/metrics`.
     outcomes: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+    /// The queue triggers' pollers, once [`Engine::start_triggers`] started them.
+    triggers: std::sync::OnceLock<Arc<triggers::Triggers>>,
 }
 
 /// A function's share of the in-flight budget is twice its `max_instances`, but at least this:
@@ -226,6 +236,7 @@ impl Engine {
             clock,
             running: std::sync::Mutex::new(std::collections::HashMap::new()),
             outcomes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            triggers: std::sync::OnceLock::new(),
         });
         tokio::spawn(engine.clone().work());
         tokio::spawn(engine.clone().cron());
@@ -254,6 +265,20 @@ impl Engine {
     fn count(&self, function: &str, outcome: &'static str) {
         let mut m = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((function.to_owned(), outcome)).or_default() += 1;
+    }
+
+    /// Start polling the live deployment's queue triggers from `queues`, invoking through the
+    /// engine's dispatcher; [`Engine::shutdown`] stops them too. Once per engine: a second call
+    /// returns the first's pollers.
+    pub fn start_triggers(&self, queues: Arc<dyn MessageQueues>) -> Arc<triggers::Triggers> {
+        self.triggers
+            .get_or_init(|| triggers::Triggers::start(queues, self.dispatch.clone(), self.resolver.clone()))
+            .clone()
+    }
+
+    /// The queue triggers, when started.
+    pub fn triggers(&self) -> Option<&Arc<triggers::Triggers>> {
+        self.triggers.get()
     }
 
     /// Unfinished events (approximate between restarts; exact at start).
@@ -296,12 +321,19 @@ impl Engine {
         self.wake.notify_one();
     }
 
-    /// Stop claiming and wait (bounded) for running events to finish.
+    /// Stop claiming and polling, and wait (bounded) for running events and queue batches to
+    /// finish.
     pub async fn shutdown(&self, within: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
         let all = self.config.max_in_flight as u32;
-        let _ = tokio::time::timeout(within, self.in_flight.acquire_many(all)).await;
+        let triggers = async {
+            if let Some(t) = self.triggers.get() {
+                t.shutdown(within).await;
+            }
+        };
+        let events = tokio::time::timeout(within, self.in_flight.acquire_many(all));
+        let _ = tokio::join!(events, triggers);
         self.stopped.notify_waiters();
     }
 
@@ -623,6 +655,8 @@ impl Engine {
 mod engine_tests;
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod triggers_tests;
 
 #[cfg(test)]
 mod tests {

@@ -556,7 +556,7 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
     Ok(None)
 }
 
-/// The async engine finds functions and schedules in the control plane's snapshot.
+/// The async engine finds functions, schedules and triggers in the control plane's snapshot.
 struct Resolver(Arc<ControlPlane>);
 
 impl nimbus_queue::Resolver for Resolver {
@@ -566,6 +566,10 @@ impl nimbus_queue::Resolver for Resolver {
 
     fn schedules(&self) -> Vec<nimbus_manifest::schedule::ScheduleSpec> {
         self.0.schedules()
+    }
+
+    fn triggers(&self) -> Vec<nimbus_core::event_sources::TriggerSpec> {
+        self.0.triggers()
     }
 }
 
