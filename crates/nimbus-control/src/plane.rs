@@ -216,6 +216,29 @@ impl ControlPlane {
     /// deploy records the buckets but creates none (tests of the control plane alone).
     pub fn set_object_store(&self, store: Arc<dyn nimbus_core::ObjectStore>) {
         let _ = self.objects.set(store);
+        if let Some(live) = self.snapshot.load().live.clone() {
+            self.watch_buckets(&live);
+        }
+    }
+
+    /// Tell the object store which buckets `live`'s triggers watch: their changes go to its
+    /// outbox (the bucket-trigger forwarder reads it), other buckets' do not.
+    fn watch_buckets(&self, live: &DeploymentView) {
+        let Some(store) = self.objects.get() else { return };
+        let watched = live
+            .triggers
+            .iter()
+            .filter_map(|t| match &t.source {
+                nimbus_core::TriggerSource::Bucket(b) => Some(b.bucket.clone()),
+                nimbus_core::TriggerSource::Queue(_) => None,
+            })
+            .collect();
+        store.watch_buckets(watched);
+    }
+
+    /// The live deployment's triggers, in manifest order.
+    pub fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
+        self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
     }
 
     /// Create the declared buckets that do not exist yet (idempotent; a deploy never deletes
@@ -365,7 +388,9 @@ impl ControlPlane {
         if let Some(v) = new_version {
             versions.insert(v.version, v);
         }
-        self.snapshot.store(Arc::new(Snapshot { live: Some(live), versions }));
+        self.snapshot.store(Arc::new(Snapshot { live: Some(live.clone()), versions }));
+        // After the swap: a change recorded from now on finds the new triggers live.
+        self.watch_buckets(&live);
     }
 }
 

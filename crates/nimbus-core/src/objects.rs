@@ -22,6 +22,15 @@
 //! - Checksums: the backend always computes the MD5; when the caller names an algorithm it
 //!   computes that one too, and refuses the PUT ([`ObjectError::BadDigest`]) if an expected
 //!   value was given and differs. The value is stored and returned by `head`/`get`.
+//!
+//! The outbox (what bucket triggers fire from): the caller names the buckets some live trigger
+//! watches ([`ObjectStore::watch_buckets`]). Every acknowledged change of an object in such a
+//! bucket — a put, copy or completed multipart upload, a delete of a key that existed — leaves
+//! an [`ObjectChange`] in the outbox, written in the same transaction as the change: when the
+//! change is acknowledged its row is on stable storage too, and a change that did not happen
+//! leaves none. Rows stay until [`ObjectStore::outbox_done`] deletes them (a crash in between
+//! gives them to the next reader again). Ids are never reused and grow with every change, so a
+//! consumer can derive an idempotency key from one. Changes of unwatched buckets leave no row.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -274,6 +283,21 @@ impl ObjectError {
     }
 }
 
+/// One acknowledged change of an object in a watched bucket, as the outbox keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectChange {
+    /// Grows with every change the store records, never reused (also the S3 sequencer).
+    pub id: u64,
+    pub event: crate::events::S3EventName,
+    pub bucket: String,
+    /// As stored (not encoded).
+    pub key: String,
+    /// Size and ETag (without quotes) of a created object; `None` for a removal.
+    pub size: Option<u64>,
+    pub etag: Option<String>,
+    pub time_ms: u64,
+}
+
 /// Check a key against the limits every backend shares.
 pub fn check_key(key: &str) -> Result<(), ObjectError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
@@ -355,4 +379,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), ObjectError>;
     /// Uploads in progress in a bucket.
     async fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<UploadInfo>, ObjectError>;
+
+    /// The buckets whose changes go to the outbox from now on (replacing the previous set):
+    /// the buckets the live deployment's triggers watch. The default keeps no outbox.
+    fn watch_buckets(&self, buckets: std::collections::BTreeSet<String>) {
+        let _ = buckets;
+    }
+    /// Up to `limit` outbox rows, oldest first. Long-polls: when there are none it waits up to
+    /// `wait` for one to be written and returns as soon as one is (no polling interval). A
+    /// backend without an outbox (the default) answers an error saying so.
+    async fn outbox(&self, limit: usize, wait: std::time::Duration) -> Result<Vec<ObjectChange>, ObjectError> {
+        let _ = (limit, wait);
+        Err(ObjectError::backend("read the outbox", std::io::Error::other("this object store keeps no outbox")))
+    }
+    /// Delete outbox rows once what they caused is stored elsewhere.
+    async fn outbox_done(&self, ids: &[u64]) -> Result<(), ObjectError> {
+        let _ = ids;
+        Ok(())
+    }
 }

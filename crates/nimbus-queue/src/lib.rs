@@ -22,6 +22,9 @@
 //! the slot, inserted only if absent, and the schedule's latest slot is stored with it in one
 //! transaction: a restart never fires a slot twice. A schedule seen for the first time starts
 //! from now; slots missed while nimbus was down fire once (the latest) unless `catch_up = "none"`.
+//!
+//! # Bucket triggers
+//! [`buckets`] forwards the object store's outbox to [`Engine::accept_once`]: see there.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore};
 
+pub mod buckets;
 pub mod triggers;
 
 /// What the engine needs from the control plane: the live functions, schedules and triggers.
@@ -288,6 +292,18 @@ impl Engine {
 
     /// Store an event durably; Ok means it is on stable storage.
     pub async fn accept(&self, req: AcceptRequest) -> Result<Accepted, AcceptError> {
+        let window = u64::try_from(self.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
+        self.accept_within(req, window).await
+    }
+
+    /// [`Engine::accept`], but the idempotency key dedupes against every earlier event of the
+    /// function, however old: for keys derived from something that never repeats (a bucket
+    /// trigger's outbox row), where a late retry must still be recognised.
+    pub async fn accept_once(&self, req: AcceptRequest) -> Result<Accepted, AcceptError> {
+        self.accept_within(req, u64::MAX).await
+    }
+
+    async fn accept_within(&self, req: AcceptRequest, window: u64) -> Result<Accepted, AcceptError> {
         if req.payload.len() > self.config.max_payload {
             return Err(AcceptError::TooLarge { size: req.payload.len(), limit: self.config.max_payload });
         }
@@ -306,7 +322,6 @@ impl Engine {
             now_ms: now,
             run_at_ms: now,
         };
-        let window = u64::try_from(self.config.idempotency_window.as_millis()).unwrap_or(u64::MAX);
         let accepted = self.store.accept(event, window).await.map_err(|e| AcceptError::Storage(e.to_string()))?;
         if !accepted.duplicate {
             self.depth.fetch_add(1, Ordering::Relaxed);

@@ -16,17 +16,28 @@
 //! fsync), and a directory fsync that starts after a rename covers it (`DirSync`), so one
 //! directory fsync serves every PUT renamed before it began. Each PUT still fsyncs its own file.
 //! Reads and the other writes use their own connection.
+//!
+//! The outbox (bucket triggers): the binary tells the store which buckets the live deployment's
+//! triggers watch ([`ObjectStore::watch_buckets`], on every deploy and at start; kept in memory
+//! only, since the live deployment is the truth). A put, copy, completed upload or delete of an
+//! existing key in a watched bucket inserts its `outbox` row inside the savepoint or transaction
+//! that changes `objects`, so the row commits with the change or not at all, and the commit that
+//! acknowledges the change made the row durable. The set is read when the change is about to
+//! commit: a change acknowledged after `watch_buckets` returned has its row. Row ids are
+//! `AUTOINCREMENT` (never reused, even after every row was deleted), because the forwarder
+//! derives idempotency keys from them. A committed row wakes the reader at once (a `Notify`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use nimbus_core::events::S3EventName;
 use nimbus_core::objects::{
     check_key, BucketInfo, ByteRange, ByteStream, Checksum, ChecksumAlgorithm, Expected, ListPage, ListQuery,
-    ObjectBody, ObjectError, ObjectHeaders, ObjectMeta, ObjectStore, PartInfo, PutOptions, UploadInfo, MAX_LIST_KEYS,
-    MAX_PART_NUMBER, MIN_PART_BYTES,
+    ObjectBody, ObjectChange, ObjectError, ObjectHeaders, ObjectMeta, ObjectStore, PartInfo, PutOptions, UploadInfo,
+    MAX_LIST_KEYS, MAX_PART_NUMBER, MIN_PART_BYTES,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -74,6 +85,15 @@ CREATE TABLE IF NOT EXISTS parts (
     checksum TEXT,
     PRIMARY KEY (upload_id, number)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER,
+    etag TEXT,
+    time_ms INTEGER NOT NULL
+);
 ";
 
 const OBJECT_COLUMNS: &str = "key, size, etag, modified_ms, headers, checksum_alg, checksum, parts";
@@ -92,6 +112,10 @@ struct Inner {
     data: PathBuf,
     tmp: PathBuf,
     dir_sync: DirSync,
+    /// The buckets whose changes go to the outbox.
+    watched: std::sync::RwLock<BTreeSet<String>>,
+    /// Woken when an outbox row commits.
+    outbox_written: tokio::sync::Notify,
 }
 
 /// Directory fsyncs shared between concurrent renames: a caller takes a ticket after its
@@ -172,7 +196,16 @@ impl ObjectDb {
             issued: std::sync::atomic::AtomicU64::new(0),
             done: tokio::sync::Mutex::new(0),
         };
-        let db = ObjectDb { inner: Arc::new(Inner { conn: Mutex::new(conn), writer, data, tmp, dir_sync }) };
+        let inner = Inner {
+            conn: Mutex::new(conn),
+            writer,
+            data,
+            tmp,
+            dir_sync,
+            watched: std::sync::RwLock::new(BTreeSet::new()),
+            outbox_written: tokio::sync::Notify::new(),
+        };
+        let db = ObjectDb { inner: Arc::new(inner) };
         db.sweep()?;
         Ok(db)
     }
@@ -598,7 +631,7 @@ impl ObjectStore for ObjectDb {
             checksum: w.checksum.clone(),
             parts: None,
         };
-        self.commit_object(bucket, meta, &w).await
+        self.commit_object(bucket, meta, &w, S3EventName::Put).await
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
@@ -621,17 +654,28 @@ impl ObjectStore for ObjectDb {
 
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
+        let watched = self.watches(bucket);
         let old = self
             .db(move |c| {
-                bucket_must_exist(c, &b)?;
-                c.query_row("DELETE FROM objects WHERE bucket = ?1 AND key = ?2 RETURNING file", params![b, k], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()
-                .map_err(sql("delete an object"))
+                let tx = c.transaction().map_err(sql("delete an object"))?;
+                bucket_must_exist(&tx, &b)?;
+                let old = tx
+                    .query_row(
+                        "DELETE FROM objects WHERE bucket = ?1 AND key = ?2 RETURNING file",
+                        params![b, k],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .optional()
+                    .map_err(sql("delete an object"))?;
+                if old.is_some() && watched {
+                    record_change(&tx, S3EventName::Delete, &b, &k, None)?;
+                }
+                tx.commit().map_err(sql("delete an object"))?;
+                Ok(old)
             })
             .await?;
         let existed = old.is_some();
+        self.changed(existed && watched);
         self.unlink(old.into_iter().collect()).await;
         Ok(existed)
     }
@@ -658,7 +702,7 @@ impl ObjectStore for ObjectDb {
             checksum: w.checksum.clone(),
             parts: None,
         };
-        self.commit_object(dst_bucket, meta, &w).await
+        self.commit_object(dst_bucket, meta, &w, S3EventName::Copy).await
     }
 
     async fn list_objects(&self, bucket: &str, query: &ListQuery) -> Result<ListPage, ObjectError> {
@@ -758,12 +802,17 @@ impl ObjectStore for ObjectDb {
             parts: u32::try_from(chosen.len()).ok(),
         };
         let (b, u, file, m) = (bucket.to_owned(), upload_id.to_owned(), w.id.clone(), meta.clone());
+        let watched = self.watches(bucket);
         self.install_and_commit(&w, move |c| {
             let mut replaced = drop_upload(c, &u)?;
             replaced.extend(upsert_object(c, &b, &m, &file)?);
+            if watched {
+                record_change(c, S3EventName::CompleteMultipartUpload, &b, &m.key, Some(&m))?;
+            }
             Ok(((), replaced))
         })
         .await?;
+        self.changed(watched);
         Ok(meta)
     }
 
@@ -780,6 +829,39 @@ impl ObjectStore for ObjectDb {
             .await?;
         self.unlink(files).await;
         Ok(())
+    }
+
+    fn watch_buckets(&self, buckets: BTreeSet<String>) {
+        *self.inner.watched.write().unwrap_or_else(|e| e.into_inner()) = buckets;
+    }
+
+    async fn outbox(&self, limit: usize, wait: std::time::Duration) -> Result<Vec<ObjectChange>, ObjectError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let rows = self.db(move |c| read_outbox(c, limit)).await?;
+            // A row committed after the read stored a wake-up: the wait below returns at once.
+            if !rows.is_empty()
+                || tokio::time::timeout_at(deadline, self.inner.outbox_written.notified()).await.is_err()
+            {
+                return Ok(rows);
+            }
+        }
+    }
+
+    async fn outbox_done(&self, ids: &[u64]) -> Result<(), ObjectError> {
+        let ids = ids.to_vec();
+        self.db(move |c| {
+            let tx = c.transaction().map_err(sql("delete outbox rows"))?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("DELETE FROM outbox WHERE id = ?1").map_err(sql("delete outbox rows"))?;
+                for id in ids {
+                    stmt.execute([to_i64(id)]).map_err(sql("delete outbox rows"))?;
+                }
+            }
+            tx.commit().map_err(sql("delete outbox rows"))
+        })
+        .await
     }
 
     async fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<UploadInfo>, ObjectError> {
@@ -808,14 +890,37 @@ impl ObjectStore for ObjectDb {
 }
 
 impl ObjectDb {
-    async fn commit_object(&self, bucket: &str, meta: ObjectMeta, w: &Written) -> Result<ObjectMeta, ObjectError> {
+    async fn commit_object(
+        &self,
+        bucket: &str,
+        meta: ObjectMeta,
+        w: &Written,
+        event: S3EventName,
+    ) -> Result<ObjectMeta, ObjectError> {
         let (b, m, file) = (bucket.to_owned(), meta.clone(), w.id.clone());
+        let watched = self.watches(bucket);
         self.install_and_commit(w, move |c| {
             let replaced = upsert_object(c, &b, &m, &file)?;
+            if watched {
+                record_change(c, event, &b, &m.key, Some(&m))?;
+            }
             Ok(((), replaced))
         })
         .await?;
+        self.changed(watched);
         Ok(meta)
+    }
+
+    /// Whether changes of `bucket` go to the outbox (read just before a change commits).
+    fn watches(&self, bucket: &str) -> bool {
+        self.inner.watched.read().unwrap_or_else(|e| e.into_inner()).contains(bucket)
+    }
+
+    /// Wake the outbox reader after a change that wrote a row committed.
+    fn changed(&self, wrote_row: bool) {
+        if wrote_row {
+            self.inner.outbox_written.notify_one();
+        }
     }
 
     /// Join part files into one new written body.
@@ -841,6 +946,67 @@ impl ObjectDb {
             }
         }
     }
+}
+
+/// Insert the outbox row of a change (in the transaction of the change itself); `meta` is the
+/// created object, `None` for a removal.
+fn record_change(
+    tx: &Connection,
+    event: S3EventName,
+    bucket: &str,
+    key: &str,
+    meta: Option<&ObjectMeta>,
+) -> Result<(), ObjectError> {
+    let time = meta.map_or_else(now_ms, |m| m.last_modified_ms);
+    tx.prepare_cached("INSERT INTO outbox (event, bucket, key, size, etag, time_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                event.as_str(),
+                bucket,
+                key,
+                meta.map(|m| to_i64(m.size)),
+                meta.map(|m| m.etag.as_str()),
+                to_i64(time)
+            ])
+        })
+        .map_err(sql("record an object change"))?;
+    Ok(())
+}
+
+/// The oldest `limit` outbox rows. A row naming an event this version does not know (written
+/// by a newer one) is skipped with a warning, never delivered as something else.
+fn read_outbox(c: &Connection, limit: usize) -> Result<Vec<ObjectChange>, ObjectError> {
+    let mut stmt = c
+        .prepare_cached("SELECT id, event, bucket, key, size, etag, time_ms FROM outbox ORDER BY id LIMIT ?1")
+        .map_err(sql("read the outbox"))?;
+    let rows =
+        stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], outbox_row).map_err(sql("read the outbox"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        match row.map_err(sql("read the outbox"))? {
+            Ok(change) => out.push(change),
+            Err((id, name)) => {
+                tracing::warn!(id, event = %name, "object store: skipping an outbox row with an unknown event")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One outbox row, or its id and event name when the event is unknown.
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ObjectChange, (i64, String)>> {
+    let id: i64 = r.get(0)?;
+    let name: String = r.get(1)?;
+    let Some(event) = S3EventName::ALL.into_iter().find(|e| e.as_str() == name) else { return Ok(Err((id, name))) };
+    Ok(Ok(ObjectChange {
+        id: u64::try_from(id).unwrap_or(0),
+        event,
+        bucket: r.get(2)?,
+        key: r.get(3)?,
+        size: r.get::<_, Option<i64>>(4)?.and_then(|s| u64::try_from(s).ok()),
+        etag: r.get(5)?,
+        time_ms: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+    }))
 }
 
 /// Match the parts the client lists against the stored ones, checking order, ETags and sizes.
@@ -1316,5 +1482,128 @@ mod tests {
         assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(root.join("data")).unwrap().count(), 1);
         assert_eq!(read_all(db.get_object("b", "kept", None).await.unwrap().body).await, b"whole");
+    }
+
+    fn events(rows: &[ObjectChange]) -> Vec<(S3EventName, &str, &str)> {
+        rows.iter().map(|c| (c.event, c.bucket.as_str(), c.key.as_str())).collect()
+    }
+
+    /// Every acknowledged change of a watched bucket has its row once acknowledged, with the
+    /// object's size and ETag; unwatched buckets, deletes of absent keys and refused PUTs leave
+    /// none.
+    #[tokio::test]
+    async fn watched_changes_write_outbox_rows_and_nothing_else_does() {
+        let (_d, db) = store().await;
+        db.create_bucket("quiet").await.unwrap();
+        db.watch_buckets(BTreeSet::from(["b".to_owned()]));
+        let meta = put(&db, "a b.txt", b"hello").await;
+        db.put_object("quiet", "q", body(vec![b"x"]), PutOptions::default()).await.unwrap();
+        db.copy_object("b", "a b.txt", "b", "copy", None).await.unwrap();
+        db.copy_object("b", "a b.txt", "quiet", "copy", None).await.unwrap();
+        let up = db.create_upload("b", "multi", PutOptions::default()).await.unwrap();
+        let p1 =
+            db.upload_part("b", "multi", &up.upload_id, 1, body(vec![b"part"]), PutOptions::default()).await.unwrap();
+        db.complete_upload("b", "multi", &up.upload_id, &[(1, p1.etag)]).await.unwrap();
+        assert!(db.delete_object("b", "copy").await.unwrap());
+        assert!(!db.delete_object("b", "never-there").await.unwrap());
+        assert!(db.delete_object("quiet", "q").await.unwrap());
+        let opts = PutOptions { content_length: Some(9), ..PutOptions::default() };
+        assert!(db.put_object("b", "refused", body(vec![b"x"]), opts).await.is_err());
+        let rows = db.outbox(100, std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(
+            events(&rows),
+            [
+                (S3EventName::Put, "b", "a b.txt"),
+                (S3EventName::Copy, "b", "copy"),
+                (S3EventName::CompleteMultipartUpload, "b", "multi"),
+                (S3EventName::Delete, "b", "copy"),
+            ]
+        );
+        assert_eq!((rows[0].size, rows[0].etag.as_deref()), (Some(5), Some(meta.etag.as_str())));
+        assert_eq!(rows[0].time_ms, meta.last_modified_ms);
+        assert!(rows[2].etag.as_deref().unwrap().ends_with("-1"));
+        assert_eq!((rows[3].size, rows[3].etag.as_deref()), (None, None));
+        assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids grow: {rows:?}");
+        // Unwatching stops the rows; done rows are gone.
+        db.watch_buckets(BTreeSet::new());
+        put(&db, "later", b"x").await;
+        db.outbox_done(&rows.iter().map(|c| c.id).collect::<Vec<_>>()).await.unwrap();
+        assert!(db.outbox(100, std::time::Duration::ZERO).await.unwrap().is_empty());
+    }
+
+    /// The row is part of the change's transaction: a change whose commit fails leaves no row,
+    /// while its neighbours in the same group commit keep theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failed_change_leaves_no_row() {
+        let (_d, db) = store().await;
+        db.watch_buckets(BTreeSet::from(["b".to_owned()]));
+        let seed = put(&db, "seed", b"x").await;
+        let mut tasks = Vec::new();
+        for i in 0..16u32 {
+            let (db, m) = (db.clone(), ObjectMeta { key: format!("k{i}"), ..seed.clone() });
+            tasks.push(tokio::spawn(async move {
+                db.commit(move |c| {
+                    record_change(c, S3EventName::Put, "b", &m.key, Some(&m))?;
+                    let bucket = if i % 4 == 0 { "missing" } else { "b" };
+                    upsert_object(c, bucket, &m, "nofile")
+                })
+                .await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().is_ok(), i % 4 != 0);
+        }
+        let rows = db.outbox(100, std::time::Duration::ZERO).await.unwrap();
+        let mut keys: Vec<&str> = rows.iter().map(|c| c.key.as_str()).filter(|k| *k != "seed").collect();
+        keys.sort_unstable();
+        let mut want: Vec<String> = (0..16).filter(|i| i % 4 != 0).map(|i| format!("k{i}")).collect();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+    }
+
+    /// Rows survive a restart (they were committed with the change), and ids are never reused
+    /// even after every row was deleted, so keys derived from them stay unique.
+    #[tokio::test]
+    async fn outbox_rows_survive_reopen_and_ids_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let db = ObjectDb::open(dir.path()).unwrap();
+            db.create_bucket("b").await.unwrap();
+            db.watch_buckets(BTreeSet::from(["b".to_owned()]));
+            put(&db, "k", b"v").await;
+            db.outbox(10, std::time::Duration::ZERO).await.unwrap()
+        };
+        assert_eq!(first.len(), 1);
+        let db = ObjectDb::open(dir.path()).unwrap();
+        let again = db.outbox(10, std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(again, first, "the row outlives the process that wrote it");
+        db.outbox_done(&[first[0].id]).await.unwrap();
+        drop(db);
+        let db = ObjectDb::open(dir.path()).unwrap();
+        db.watch_buckets(BTreeSet::from(["b".to_owned()]));
+        put(&db, "k", b"w").await;
+        let next = db.outbox(10, std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert!(next[0].id > first[0].id, "{next:?} reuses an id of {first:?}");
+    }
+
+    /// A reader waiting on an empty outbox wakes as soon as a change commits, and one with
+    /// nothing to read returns once its wait passed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outbox_reader_wakes_on_the_commit() {
+        let (_d, db) = store().await;
+        db.watch_buckets(BTreeSet::from(["b".to_owned()]));
+        let started = std::time::Instant::now();
+        assert!(db.outbox(10, std::time::Duration::from_millis(50)).await.unwrap().is_empty());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        let reader = tokio::spawn({
+            let db = db.clone();
+            async move { db.outbox(10, std::time::Duration::from_secs(30)).await.unwrap() }
+        });
+        let started = std::time::Instant::now();
+        put(&db, "k", b"v").await;
+        let rows = tokio::time::timeout(std::time::Duration::from_secs(10), reader).await.unwrap().unwrap();
+        assert_eq!(events(&rows), [(S3EventName::Put, "b", "k")]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 }

@@ -246,6 +246,8 @@ struct Node {
     objects: Arc<dyn nimbus_core::ObjectStore>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
+    /// Forwards the object store's outbox to the async engine (bucket triggers).
+    forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -306,6 +308,7 @@ impl Node {
             resources,
             objects,
             keys,
+            forwarder: None,
         })
     }
 
@@ -331,9 +334,13 @@ impl Node {
         }
         self.queue = Some(queue.clone());
         let resolver = Arc::new(Resolver(self.control.clone()));
-        nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
+        let engine = nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
             .await
-            .context("cannot start the async engine")
+            .context("cannot start the async engine")?;
+        // Bucket events left in the outbox by a crash are forwarded now, new ones as they commit.
+        let triggers = Arc::new(Triggers(self.control.clone()));
+        self.forwarder = Some(nimbus_queue::buckets::spawn(self.objects.clone(), engine.clone(), triggers));
+        Ok(engine)
     }
 
     fn gateway_parts(&self, engine: Arc<nimbus_queue::Engine>) -> Parts {
@@ -360,6 +367,10 @@ impl Node {
         tracing::info!("stopping async work and instances");
         // Running async events get a moment to finish; any still running are queued again at the
         // next start.
+        // Stopping the forwarder anywhere loses nothing: an unforwarded row stays in the outbox.
+        if let Some(f) = self.forwarder.take() {
+            f.abort();
+        }
         engine.shutdown(Duration::from_secs(5)).await;
         self.scheduler.shutdown(Duration::from_secs(5)).await;
         let resources = self.resources.clone();
@@ -554,6 +565,15 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
         Err(e) => bail!("deploy failed: {e}"),
     }
     Ok(None)
+}
+
+/// The bucket-trigger forwarder finds the live triggers in the control plane's snapshot.
+struct Triggers(Arc<ControlPlane>);
+
+impl nimbus_queue::buckets::LiveTriggers for Triggers {
+    fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
+        self.0.triggers()
+    }
 }
 
 /// The async engine finds functions, schedules and triggers in the control plane's snapshot.
