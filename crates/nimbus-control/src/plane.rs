@@ -236,6 +236,12 @@ impl ControlPlane {
         store.watch_buckets(watched);
     }
 
+    /// The live deployment's queues (`[queues.NAME]`), by name.
+    pub fn queues(&self) -> Vec<(String, nimbus_core::QueueSpec)> {
+        let live = self.snapshot.load().live.clone();
+        live.map(|l| l.queues.iter().map(|(n, q)| (n.clone(), q.clone())).collect()).unwrap_or_default()
+    }
+
     /// The live deployment's triggers, in manifest order.
     pub fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
         self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
@@ -277,11 +283,6 @@ impl ControlPlane {
     /// The live deployment's schedules.
     pub fn schedules(&self) -> Vec<ScheduleSpec> {
         self.snapshot.load().live.as_ref().map(|l| l.schedules.clone()).unwrap_or_default()
-    }
-
-    /// The live deployment's `[[triggers]]` (the queue triggers' pollers follow them).
-    pub fn triggers(&self) -> Vec<nimbus_core::event_sources::TriggerSpec> {
-        self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
     }
 
     /// Deploy the app in `app_dir`. `from_up` is the deploy `nimbus up` does at start: when the

@@ -34,11 +34,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         ApiError { status, body: api::ErrorBody { error: error.into(), errors: None, code: None } }
     }
 
-    fn bad_request(error: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(error: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, error)
     }
 
