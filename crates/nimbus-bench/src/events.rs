@@ -265,6 +265,7 @@ async fn trigger(s: &Settings, sqs: &sqsclient::Sqs, nimbus: &Nimbus) -> Result<
         send_secs,
         total_secs: t0.elapsed().as_secs_f64(),
         batch_size: s.trigger_batch_size,
+        batch_window_secs: s.trigger_batch_window_secs,
         max_concurrency: s.trigger_max_concurrency,
     })
 }
@@ -396,8 +397,8 @@ fn manifest(s: &Settings) -> String {
     m.push_str(&function(STARTED_FN, "started", 1));
     m.push_str(&function(IDLE_FN, "noop", 1));
     m.push_str(&format!(
-        "[[triggers]]\nfunction = \"{DRAIN_FN}\"\nqueue = \"{TRIGGER_QUEUE}\"\nbatch_size = {}\nmax_concurrency = {}\n\n",
-        s.trigger_batch_size, s.trigger_max_concurrency
+        "[[triggers]]\nfunction = \"{DRAIN_FN}\"\nqueue = \"{TRIGGER_QUEUE}\"\nbatch_size = {}\nbatch_window = \"{}s\"\nmax_concurrency = {}\n\n",
+        s.trigger_batch_size, s.trigger_batch_window_secs, s.trigger_max_concurrency
     ));
     m.push_str(&format!(
         "[[triggers]]\nfunction = \"{STARTED_FN}\"\nbucket = \"{BUCKET}\"\nevents = [\"s3:ObjectCreated:*\"]\n\n"
@@ -426,7 +427,7 @@ mod tests {
     fn the_manifest_has_every_trigger() {
         let m = manifest(&Settings::new(true, 1));
         assert_eq!(m.matches("[[triggers]]").count(), 12, "{m}");
-        assert!(m.contains("batch_size = 1000\nmax_concurrency = 4"), "{m}");
+        assert!(m.contains("batch_size = 1000\nbatch_window = \"1s\"\nmax_concurrency = 4"), "{m}");
         assert!(m.contains("queue = \"idle-9\""), "{m}");
     }
 }

@@ -29,11 +29,15 @@ pub struct Settings {
     pub duration: Duration,
     /// Cycles (or accepts) per phase at most.
     pub max: u64,
-    /// WaitTimeSeconds of the cycles' ReceiveMessage.
+    /// WaitTimeSeconds of the cycles' ReceiveMessage: 0, because moto's long poll waits until
+    /// it has MaxNumberOfMessages (SQS answers as soon as it has any), which would measure
+    /// moto's wait rather than its work.
     pub receive_wait_secs: u64,
     /// Messages sent through the queue trigger, its batch size and max_concurrency.
     pub trigger_messages: u64,
     pub trigger_batch_size: u32,
+    /// The trigger's batch_window (nimbus, like Lambda, wants one of at least 1 s above 10).
+    pub trigger_batch_window_secs: u32,
     pub trigger_max_concurrency: u32,
     /// From the first send until the trigger's queue must be empty.
     pub drain_timeout: Duration,
@@ -59,9 +63,10 @@ impl Settings {
             warmup,
             duration,
             max,
-            receive_wait_secs: 1,
+            receive_wait_secs: 0,
             trigger_messages,
             trigger_batch_size: 1000,
+            trigger_batch_window_secs: 1,
             trigger_max_concurrency: 4,
             drain_timeout: if quick { Duration::from_secs(60) } else { Duration::from_secs(300) },
             puts,
@@ -77,6 +82,7 @@ impl Settings {
             "warmupSecs": self.warmup.as_secs_f64(), "phaseSecs": self.duration.as_secs_f64(),
             "phaseMaxOps": self.max, "receiveWaitSecs": self.receive_wait_secs,
             "triggerMessages": self.trigger_messages, "triggerBatchSize": self.trigger_batch_size,
+            "triggerBatchWindowSecs": self.trigger_batch_window_secs,
             "triggerMaxConcurrency": self.trigger_max_concurrency, "drainTimeoutSecs": self.drain_timeout.as_secs_f64(),
             "latencyPuts": self.puts, "startTimeoutSecs": self.start_timeout.as_secs_f64(),
             "idleTriggers": self.idle_triggers, "idleSecs": self.idle.as_secs_f64(),
@@ -152,6 +158,7 @@ pub struct Trigger {
     /// First send → the queue seen empty with every message counted sent.
     pub total_secs: f64,
     pub batch_size: u32,
+    pub batch_window_secs: u32,
     pub max_concurrency: u32,
 }
 
@@ -316,13 +323,14 @@ fn pipeline_lines(o: &mut String, runs: &[RunResult]) {
     for r in runs {
         let line = match &r.trigger {
             Outcome::Measured(t) => format!(
-                "{} messages in {:.2} s = {:.0} msgs/s (sent in {:.2} s = {:.0}/s; batch_size {}, max_concurrency {})",
+                "{} messages in {:.2} s = {:.0} msgs/s (sent in {:.2} s = {:.0}/s; batch_size {}, batch_window {} s, max_concurrency {})",
                 t.messages,
                 t.total_secs,
                 t.messages_per_sec(),
                 t.send_secs,
                 t.messages as f64 / t.send_secs,
                 t.batch_size,
+                t.batch_window_secs,
                 t.max_concurrency
             ),
             other => other.note().unwrap_or_default(),
@@ -453,7 +461,7 @@ pub fn run_json(r: &RunResult) -> Value {
         "asyncAccepts": r.accepts.json(tput_json),
         "trigger": r.trigger.json(|t| json!({
             "messages": t.messages, "sendSecs": t.send_secs, "totalSecs": t.total_secs,
-            "messagesPerSec": t.messages_per_sec(), "batchSize": t.batch_size, "maxConcurrency": t.max_concurrency,
+            "messagesPerSec": t.messages_per_sec(), "batchSize": t.batch_size, "batchWindowSecs": t.batch_window_secs, "maxConcurrency": t.max_concurrency,
             "targetMet": t.messages_per_sec() >= TRIGGER_TARGET})),
         "putToStart": r.latency.json(latency),
         "idle": r.idle.json(|i| json!({
@@ -510,6 +518,7 @@ mod tests {
                     send_secs: 0.8,
                     total_secs: 1.6,
                     batch_size: 1000,
+                    batch_window_secs: 1,
                     max_concurrency: 4,
                 }),
                 latency: Outcome::Measured(latency(2.0)),

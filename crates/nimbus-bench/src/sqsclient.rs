@@ -155,8 +155,8 @@ fn batch_ok(action: &str, v: &Value, n: usize) -> Result<()> {
 }
 
 /// One cycle of a worker: send one message (or a batch of `BATCH`), receive up to as many
-/// (long-polling up to `wait_secs`: the queue is shared, so another worker may have taken this
-/// worker's message), delete what was received. `deleted` counts the messages deleted.
+/// (waiting up to `wait_secs`; the queue is shared, so another worker may have taken this
+/// worker's message and the receive may be empty), delete what was received. `deleted` counts the messages deleted.
 async fn cycle(sqs: &Sqs, url: &str, batched: bool, i: u64, wait_secs: u64, deleted: &AtomicU64) -> Result<()> {
     if batched {
         let bodies: Vec<String> = (0..BATCH).map(|k| format!("bench message {i}.{k}")).collect();

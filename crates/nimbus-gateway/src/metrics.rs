@@ -349,7 +349,11 @@ impl Metrics {
         let oldest = Family::<MessageQueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let counters: [(&str, &str, Family<MessageQueueLabels, Counter>); 4] = [
             ("sqs_messages_sent", "Messages sent to each queue since nimbus started", Family::default()),
-            ("sqs_messages_received", "Deliveries from each queue (each receive of a message counts)", Family::default()),
+            (
+                "sqs_messages_received",
+                "Deliveries from each queue (each receive of a message counts)",
+                Family::default(),
+            ),
             ("sqs_messages_deleted", "Messages deleted (done with) from each queue", Family::default()),
             (
                 "sqs_messages_dead_lettered",

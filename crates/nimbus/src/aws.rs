@@ -92,7 +92,12 @@ pub async fn bind(
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    Ok(Some(Bound { listener, url, port: AwsPort::metered(objects, Some(queues), keys, Some(invoke), meter), credentials }))
+    Ok(Some(Bound {
+        listener,
+        url,
+        port: AwsPort::metered(objects, Some(queues), keys, Some(invoke), meter),
+        credentials,
+    }))
 }
 
 /// Print how to use the port, and serve it until `stopped` turns true.

@@ -124,7 +124,10 @@ async fn operators_see_depth_peek_purge_and_redrive() {
     let out = cli_text(&server, &["queues", "purge", "jobs"]);
     assert!(out.contains("purged 3 messages from jobs"), "{out}");
     let list = cli_json(&server, &["queues", "ls", "--json"]);
-    assert_eq!((queue(&list, "jobs")["visible"].clone(), queue(&list, "jobs")["inFlight"].clone()), (json!(0), json!(0)));
+    assert_eq!(
+        (queue(&list, "jobs")["visible"].clone(), queue(&list, "jobs")["inFlight"].clone()),
+        (json!(0), json!(0))
+    );
     let audit = server.admin("/v1/audit?limit=50").await;
     let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"queue.purge") && actions.contains(&"queue.redrive"), "{actions:?}");

@@ -367,7 +367,8 @@ async fn the_aws_cli_sends_receives_and_reads_attributes() {
     let q = created["QueueUrl"].as_str().unwrap().to_owned();
     let sent = awscli(data.path(), &url, &["sqs", "send-message", "--queue-url", &q, "--message-body", "from the cli"]);
     assert_eq!(sent["MD5OfMessageBody"], md5_hex(b"from the cli"));
-    let attrs = awscli(data.path(), &url, &["sqs", "get-queue-attributes", "--queue-url", &q, "--attribute-names", "All"]);
+    let attrs =
+        awscli(data.path(), &url, &["sqs", "get-queue-attributes", "--queue-url", &q, "--attribute-names", "All"]);
     assert_eq!(attrs["Attributes"]["ApproximateNumberOfMessages"], "1", "{attrs}");
     let got = awscli(
         data.path(),
@@ -378,7 +379,8 @@ async fn the_aws_cli_sends_receives_and_reads_attributes() {
     assert_eq!(got["Messages"][0]["Attributes"]["ApproximateReceiveCount"], "1");
     let handle = got["Messages"][0]["ReceiptHandle"].as_str().unwrap();
     awscli(data.path(), &url, &["sqs", "delete-message", "--queue-url", &q, "--receipt-handle", handle]);
-    let attrs = awscli(data.path(), &url, &["sqs", "get-queue-attributes", "--queue-url", &q, "--attribute-names", "All"]);
+    let attrs =
+        awscli(data.path(), &url, &["sqs", "get-queue-attributes", "--queue-url", &q, "--attribute-names", "All"]);
     assert_eq!(attrs["Attributes"]["ApproximateNumberOfMessages"], "0");
     assert_eq!(attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"], "0");
 }
@@ -484,5 +486,8 @@ out["unknown"] = code(boto3.client("sqs", endpoint_url=sys.argv[1], aws_access_k
 print(json.dumps(out))
 "#;
     let out = python(script, &url, data.path());
-    assert_eq!(out, json!({"unsigned": "MissingAuthenticationToken", "wrong": "SignatureDoesNotMatch", "unknown": "InvalidClientTokenId"}));
+    assert_eq!(
+        out,
+        json!({"unsigned": "MissingAuthenticationToken", "wrong": "SignatureDoesNotMatch", "unknown": "InvalidClientTokenId"})
+    );
 }
