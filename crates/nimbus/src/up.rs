@@ -268,10 +268,7 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let objects: Arc<dyn nimbus_core::ObjectStore> =
-            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
-        let messages: Arc<dyn nimbus_core::messages::MessageQueues> =
-            Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
+        let (objects, messages) = open_stores(&store, data_dir)?;
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
         let _ = aws.set(crate::aws::for_functions(objects.clone(), messages.clone(), keys.clone(), storage.clone()));
@@ -588,6 +585,16 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
         Err(e) => bail!("deploy failed: {e}"),
     }
     Ok(None)
+}
+
+/// The object store (objects.db and its files) and the message queues (messages.db).
+fn open_stores(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<dyn nimbus_core::messages::MessageQueues>)> {
+    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
+    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
+    Ok((Arc::new(objects), Arc::new(messages)))
 }
 
 /// The bucket-trigger forwarder finds the live triggers in the control plane's snapshot.
