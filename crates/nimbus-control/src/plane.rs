@@ -236,12 +236,6 @@ impl ControlPlane {
         store.watch_buckets(watched);
     }
 
-    /// The live deployment's queues (`[queues.NAME]`), by name.
-    pub fn queues(&self) -> Vec<(String, nimbus_core::QueueSpec)> {
-        let live = self.snapshot.load().live.clone();
-        live.map(|l| l.queues.iter().map(|(n, q)| (n.clone(), q.clone())).collect()).unwrap_or_default()
-    }
-
     /// The live deployment's triggers, in manifest order.
     pub fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
         self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_aws::server::{AwsPort, InvokeApi};
 use nimbus_aws::{KeyRing, Principal};
-use nimbus_core::messages::MessageQueues;
 use nimbus_core::{AccessKeySource, ObjectStore};
 
 /// The address the AWS port takes when `--aws-listen` is not given.
@@ -41,11 +40,10 @@ impl InvokeApi for GatewayInvoke {
 /// like the port's own traffic.
 pub fn for_functions(
     objects: Arc<dyn ObjectStore>,
-    queues: Arc<dyn MessageQueues>,
     keys: KeyRing,
     meter: Arc<nimbus_core::meter::StorageMeter>,
 ) -> Arc<dyn nimbus_core::FunctionAws> {
-    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::metered(objects, Some(queues), keys, None, meter)))
+    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::metered(objects, None, keys, None, meter)))
 }
 
 /// A bound AWS port, ready to serve.
@@ -62,7 +60,7 @@ pub struct Bound {
 pub async fn bind(
     flag: Option<&str>,
     data_dir: &Path,
-    (objects, queues, keys): (Arc<dyn ObjectStore>, Arc<dyn MessageQueues>, KeyRing),
+    (objects, keys): (Arc<dyn ObjectStore>, KeyRing),
     gateway: Arc<nimbus_gateway::Gateway>,
     managed: Arc<dyn AccessKeySource>,
 ) -> Result<Option<Bound>> {
@@ -92,12 +90,7 @@ pub async fn bind(
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    Ok(Some(Bound {
-        listener,
-        url,
-        port: AwsPort::metered(objects, Some(queues), keys, Some(invoke), meter),
-        credentials,
-    }))
+    Ok(Some(Bound { listener, url, port: AwsPort::metered(objects, None, keys, Some(invoke), meter), credentials }))
 }
 
 /// Print how to use the port, and serve it until `stopped` turns true.

@@ -162,7 +162,6 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     if let Some(refused) = deploy_app(&node.control, &node.store, &app_dir).await? {
         return Ok(refused);
     }
-    node.ensure_queues().await?;
     let engine = node.start_async().await?;
     let token = admin_token(&data_dir)?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -249,8 +248,6 @@ struct Node {
     keys: nimbus_aws::KeyRing,
     /// Forwards the object store's outbox to the async engine (bucket triggers).
     forwarder: Option<tokio::task::JoinHandle<()>>,
-    /// The message queues (SQS on the AWS port, queue triggers, `/v1/queues`), in messages.db.
-    messages: Arc<dyn nimbus_core::messages::MessageQueues>,
 }
 
 impl Node {
@@ -268,10 +265,11 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let (objects, messages) = open_stores(&store, data_dir)?;
+        let objects: Arc<dyn nimbus_core::ObjectStore> =
+            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
-        let _ = aws.set(crate::aws::for_functions(objects.clone(), messages.clone(), keys.clone(), storage.clone()));
+        let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone(), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let registry: Arc<dyn Registry> = Arc::new(store.clone());
         let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
@@ -311,28 +309,12 @@ impl Node {
             objects,
             keys,
             forwarder: None,
-            messages,
         })
     }
 
-    /// What the AWS port serves: the object store, the message queues, and the key ring the
-    /// instances' keys are in.
-    fn aws_parts(
-        &self,
-    ) -> (Arc<dyn nimbus_core::ObjectStore>, Arc<dyn nimbus_core::messages::MessageQueues>, nimbus_aws::KeyRing) {
-        (self.objects.clone(), self.messages.clone(), self.keys.clone())
-    }
-
-    /// Create the live deployment's declared queues that do not exist yet, with its settings.
-    async fn ensure_queues(&self) -> Result<()> {
-        for (name, spec) in self.control.queues() {
-            let settings = nimbus_core::messages::QueueSettings::from(spec);
-            self.messages
-                .ensure_queue(&name, &settings)
-                .await
-                .with_context(|| format!("cannot create the queue {name} the manifest declares"))?;
-        }
-        Ok(())
+    /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
+    fn aws_parts(&self) -> (Arc<dyn nimbus_core::ObjectStore>, nimbus_aws::KeyRing) {
+        (self.objects.clone(), self.keys.clone())
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -355,7 +337,6 @@ impl Node {
         let engine = nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
             .await
             .context("cannot start the async engine")?;
-        engine.start_triggers(self.messages.clone());
         // Bucket events left in the outbox by a crash are forwarded now, new ones as they commit.
         let triggers = Arc::new(Triggers(self.control.clone()));
         self.forwarder = Some(nimbus_queue::buckets::spawn(self.objects.clone(), engine.clone(), triggers));
@@ -378,7 +359,6 @@ impl Node {
                 storage: self.storage.clone(),
             },
             objects: self.objects.clone(),
-            messages: self.messages.clone(),
         }
     }
 
@@ -585,16 +565,6 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
         Err(e) => bail!("deploy failed: {e}"),
     }
     Ok(None)
-}
-
-/// The object store (objects.db and its files) and the message queues (messages.db).
-fn open_stores(
-    store: &Store,
-    data_dir: &Path,
-) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<dyn nimbus_core::messages::MessageQueues>)> {
-    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
-    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
-    Ok((Arc::new(objects), Arc::new(messages)))
 }
 
 /// The bucket-trigger forwarder finds the live triggers in the control plane's snapshot.
