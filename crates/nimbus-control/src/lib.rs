@@ -12,6 +12,7 @@
 
 pub mod access_keys;
 mod plane;
+mod queues;
 pub mod router;
 mod snapshot;
 pub mod stored;

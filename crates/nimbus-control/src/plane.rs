@@ -7,7 +7,7 @@
 //! visible: artifacts are content-addressed and unreferenced ones are harmless. In-flight
 //! requests keep the `Arc`s of the version they started on.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -88,6 +88,12 @@ pub enum DeployError {
         #[source]
         source: nimbus_core::ObjectError,
     },
+    #[error("cannot create or update queue {queue}: {source}")]
+    Queue {
+        queue: String,
+        #[source]
+        source: nimbus_core::messages::MqError,
+    },
 }
 
 impl DeployError {
@@ -100,6 +106,7 @@ impl DeployError {
             | DeployError::NoSuchVersion(_)
             | DeployError::OutsideFunctions(_) => true,
             DeployError::Refused(e) => e.source.is_invalid(),
+            DeployError::Queue { source, .. } => source.is_caller_fault(),
             _ => false,
         }
     }
@@ -170,6 +177,8 @@ pub struct ControlPlane {
     key_lock: tokio::sync::Mutex<()>,
     /// Where a deploy creates the buckets its manifest declares (set once at start).
     objects: std::sync::OnceLock<Arc<dyn nimbus_core::ObjectStore>>,
+    /// Where a deploy creates or updates the queues its manifest declares (set once at start).
+    messages: std::sync::OnceLock<Arc<dyn nimbus_core::messages::MessageQueues>>,
 }
 
 impl ControlPlane {
@@ -209,6 +218,7 @@ impl ControlPlane {
             access_keys: ArcSwap::from_pointee(access_keys),
             key_lock: tokio::sync::Mutex::new(()),
             objects: std::sync::OnceLock::new(),
+            messages: std::sync::OnceLock::new(),
         }))
     }
 
@@ -239,6 +249,21 @@ impl ControlPlane {
     /// The live deployment's triggers, in manifest order.
     pub fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
         self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
+    }
+
+    /// The message queues deploys create or update declared queues in (`[queues.NAME]`).
+    /// Without them, a deploy records the queues but creates none (tests of the control plane
+    /// alone).
+    pub fn set_messages(&self, messages: Arc<dyn nimbus_core::messages::MessageQueues>) {
+        let _ = self.messages.set(messages);
+    }
+
+    /// Create the declared queues, or update their settings ([`crate::queues::ensure`]).
+    async fn ensure_queues(&self, queues: &BTreeMap<String, nimbus_core::QueueSpec>) -> Result<(), DeployError> {
+        let Some(messages) = self.messages.get() else { return Ok(()) };
+        crate::queues::ensure(messages.as_ref(), queues)
+            .await
+            .map_err(|(queue, source)| DeployError::Queue { queue, source })
     }
 
     /// Create the declared buckets that do not exist yet (idempotent; a deploy never deletes
@@ -321,8 +346,9 @@ impl ControlPlane {
             .collect();
         self.pools.prepare(&pending).await.map_err(DeployError::Refused)?;
         // The declared storage exists before any function of this deployment can run.
-        self.create_storage(&Storage { kv: &content.kv, buckets: &content.buckets }).await?;
-        let notes = dropped_storage(live.as_deref(), &content.kv, &content.buckets);
+        let declared = Storage { kv: &content.kv, buckets: &content.buckets, queues: &content.queues };
+        self.create_storage(&declared).await?;
+        let notes = dropped_storage(live.as_deref(), &declared);
         let body = stored::encode(&content).map_err(DeployError::Encode)?;
         let new = NewDeployment { app: &app, digest: &digest, format_version: stored::FORMAT_VERSION, body: &body };
         let record = self.registry.add_deployment(new, LIVE).await?;
@@ -339,7 +365,8 @@ impl ControlPlane {
         for name in declared.kv {
             self.kv.create_namespace(name).await.map_err(|source| DeployError::Kv { name: name.clone(), source })?;
         }
-        self.create_buckets(declared.buckets).await
+        self.create_buckets(declared.buckets).await?;
+        self.ensure_queues(declared.queues).await
     }
 
     /// Store each function's code; returns the app name, the app's content digest (manifest
@@ -428,7 +455,7 @@ impl Control for ControlPlane {
         self.create_storage(&Storage::from(&*view)).await?;
         self.registry.set_alias(LIVE, target).await?;
         self.activate(view.clone(), None);
-        let notes = dropped_storage(snap.live.as_deref(), &view.kv, &view.buckets);
+        let notes = dropped_storage(snap.live.as_deref(), &Storage::from(&*view));
         Ok(Deployed { notes, ..describe(&view, Some(target) != current) })
     }
 
@@ -542,38 +569,35 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
     }
 }
 
-/// A note for each KV namespace the live deployment declares and `next_kv` does not: a deploy
-/// never deletes storage, so it is kept, and the note says how to delete it.
-fn dropped_storage(
-    live: Option<&DeploymentView>,
-    next_kv: &BTreeSet<String>,
-    next_buckets: &BTreeSet<String>,
-) -> Vec<String> {
+/// A note for each KV namespace, bucket and queue the live deployment declares and `next` does
+/// not: a deploy never deletes storage, so it is kept, and the note says how to delete it.
+fn dropped_storage(live: Option<&DeploymentView>, next: &Storage<'_>) -> Vec<String> {
     let Some(live) = live else { return Vec::new() };
-    let kv = live.kv.difference(next_kv).map(|name| {
+    let kv = live.kv.difference(next.kv).map(|name| {
         format!(
             "KV namespace {name} is no longer declared; it is kept with its keys (delete it with \
              `nimbus kv rm-namespace {name}`)"
         )
     });
-    let buckets = live.buckets.difference(next_buckets).map(|name| {
+    let buckets = live.buckets.difference(next.buckets).map(|name| {
         format!(
             "bucket {name} is no longer declared; it is kept with its objects (delete it with \
              `nimbus buckets rm {name} --force`)"
         )
     });
-    kv.chain(buckets).collect()
+    kv.chain(buckets).chain(crate::queues::dropped(&live.queues, next.queues)).collect()
 }
 
 /// The storage a deployment declares, for [`ControlPlane::create_storage`].
 struct Storage<'a> {
     kv: &'a BTreeSet<String>,
     buckets: &'a BTreeSet<String>,
+    queues: &'a BTreeMap<String, nimbus_core::QueueSpec>,
 }
 
 impl<'a> From<&'a DeploymentView> for Storage<'a> {
     fn from(v: &'a DeploymentView) -> Self {
-        Storage { kv: &v.kv, buckets: &v.buckets }
+        Storage { kv: &v.kv, buckets: &v.buckets, queues: &v.queues }
     }
 }
 

@@ -244,6 +244,10 @@ struct Node {
     resources: Arc<Resources>,
     /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
     objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// The SQS-compatible message queues (`DATA_DIR/messages.db`): the AWS port's SQS, queue
+    /// triggers, and deploys (which create the declared queues). [`Node::message_queues`] gives
+    /// it as the trait everything but `stop` uses.
+    messages: Arc<nimbus_store_sqlite::MessageDb>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
     /// Forwards the object store's outbox to the async engine (bucket triggers).
@@ -271,17 +275,11 @@ impl Node {
         let keys = nimbus_aws::KeyRing::new();
         let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone(), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
-        let registry: Arc<dyn Registry> = Arc::new(store.clone());
-        let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
-        let control = ControlPlane::load(registry, pools, kv_metered.clone(), data_dir)
-            .await
-            .context("cannot load the deployments")?;
-        control.set_object_store(objects.clone());
-        // The live deployment's components load in the background while the app is checked.
-        tokio::spawn({
-            let control = control.clone();
-            async move { control.warm().await }
-        });
+        // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
+        let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
+        let storage_sets =
+            DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
+        let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
         let info = info(sandbox.as_deref(), &resources);
         let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
         let flusher = crate::storage_usage::spawn(
@@ -307,9 +305,16 @@ impl Node {
             info,
             resources,
             objects,
+            messages,
             keys,
             forwarder: None,
         })
+    }
+
+    /// The message queues, as the AWS port, the triggers and the management API use them.
+    #[allow(dead_code)] // The SQS protocols and queue triggers take it (issue 14).
+    fn message_queues(&self) -> Arc<dyn nimbus_core::messages::MessageQueues> {
+        self.messages.clone()
     }
 
     /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
@@ -383,11 +388,40 @@ impl Node {
             let _ = task.await;
         }
         self.kv.close();
+        self.messages.close();
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
     }
+}
+
+/// Where deploys create the storage a manifest declares.
+struct DeclaredStorage {
+    kv: Arc<dyn KvStore>,
+    objects: Arc<dyn nimbus_core::ObjectStore>,
+    messages: Arc<nimbus_store_sqlite::MessageDb>,
+}
+
+/// Load the deployments into the control plane, which creates declared storage in `storage`;
+/// the live deployment's components load in the background while the app is checked.
+async fn control_plane(
+    store: &Store,
+    scheduler: &Scheduler,
+    storage: DeclaredStorage,
+    data_dir: &Path,
+) -> Result<Arc<ControlPlane>> {
+    let registry: Arc<dyn Registry> = Arc::new(store.clone());
+    let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
+    let control =
+        ControlPlane::load(registry, pools, storage.kv, data_dir).await.context("cannot load the deployments")?;
+    control.set_object_store(storage.objects);
+    control.set_messages(storage.messages);
+    tokio::spawn({
+        let control = control.clone();
+        async move { control.warm().await }
+    });
+    Ok(control)
 }
 
 /// What every finished invocation goes through: the observers (metrics, traces), then the store.

@@ -99,6 +99,8 @@ async fn send_receive_delete() {
     assert!(matches!(db.send("nope", vec![msg("x")]).await, Err(MqError::NoSuchQueue(_))));
     assert!(db.delete_queue("jobs").await.unwrap());
     assert!(matches!(db.receive("jobs", &req(1)).await, Err(MqError::NoSuchQueue(_))));
+    assert!(matches!(db.receive("never", &req(1)).await, Err(MqError::NoSuchQueue(_))));
+    assert!(db.wake.lock().unwrap().is_empty(), "no wake-up entries for names that are not queues");
 }
 
 #[tokio::test]
@@ -120,6 +122,11 @@ async fn a_passed_visibility_timeout_returns_the_message_and_old_receipts_go_sta
     assert!(matches!(stale[0], Err(MqError::InvalidReceiptHandle(_))), "{stale:?}");
     let stale = t.db.change_visibility("q", &[(first.receipt_handle, Duration::ZERO)]).await.unwrap();
     assert!(matches!(stale[0], Err(MqError::InvalidReceiptHandle(_))));
+
+    // A handle is only good on the queue that gave it.
+    t.db.create_queue("other", &standard()).await.unwrap();
+    let elsewhere = t.db.delete("other", std::slice::from_ref(&second.receipt_handle)).await.unwrap();
+    assert!(matches!(elsewhere[0], Err(MqError::InvalidReceiptHandle(_))));
 
     // The latest handle works: visible again at once, then deleted.
     let ok = t.db.change_visibility("q", &[(second.receipt_handle, Duration::ZERO)]).await.unwrap();
@@ -345,4 +352,108 @@ async fn ensure_updates_settings_and_refuses_a_type_change() {
     let fifo_q = QueueSettings { spec: QueueSpec { fifo: true, ..QueueSpec::default() }, ..standard() };
     assert!(t.db.ensure_queue("q", &fifo_q).await.is_err());
     assert!(t.db.list_queues("x").await.unwrap().is_empty());
+}
+
+/// Waiting polls are woken one per new message: three polls and a batch of three messages
+/// give each poll one message, long before their wait ends.
+#[tokio::test]
+async fn a_batch_send_wakes_as_many_polls_as_it_has_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(MessageDb::open(&dir.path().join("messages.db")).unwrap());
+    db.create_queue("q", &standard()).await.unwrap();
+    let wait = Duration::from_secs(10);
+    let polls: Vec<_> = (0..3)
+        .map(|_| {
+            let db = Arc::clone(&db);
+            tokio::spawn(async move {
+                db.receive("q", &ReceiveRequest { max: 1, visibility: None, wait: Some(wait) }).await.unwrap()
+            })
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(5);
+    while db.waiting_polls() < 3 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(db.waiting_polls(), 3);
+    let start = Instant::now();
+    send_ok(&db, "q", vec![msg("a"), msg("b"), msg("c")]).await;
+    let mut got = Vec::new();
+    for p in polls {
+        let mut one = p.await.unwrap();
+        assert_eq!(one.len(), 1);
+        got.push(one.remove(0).body);
+    }
+    assert!(start.elapsed() < wait / 2, "{:?}", start.elapsed());
+    got.sort();
+    assert_eq!(got, ["a", "b", "c"]);
+    db.close();
+}
+
+/// Waiting polls are woken one per new message: three polls and a batch of three messages
+/// give each poll one message, long before their wait ends.
+#[tokio::test]
+async fn a_batch_send_wakes_as_many_polls_as_it_has_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(MessageDb::open(&dir.path().join("messages.db")).unwrap());
+    db.create_queue("q", &standard()).await.unwrap();
+    let wait = Duration::from_secs(10);
+    let polls: Vec<_> = (0..3)
+        .map(|_| {
+            let db = Arc::clone(&db);
+            tokio::spawn(async move {
+                db.receive("q", &ReceiveRequest { max: 1, visibility: None, wait: Some(wait) }).await.unwrap()
+            })
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(5);
+    while db.waiting_polls() < 3 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(db.waiting_polls(), 3);
+    let start = Instant::now();
+    send_ok(&db, "q", vec![msg("a"), msg("b"), msg("c")]).await;
+    let mut got = Vec::new();
+    for p in polls {
+        let mut one = p.await.unwrap();
+        assert_eq!(one.len(), 1);
+        got.push(one.remove(0).body);
+    }
+    assert!(start.elapsed() < wait / 2, "{:?}", start.elapsed());
+    got.sort();
+    assert_eq!(got, ["a", "b", "c"]);
+    db.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn scratch_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(MessageDb::open(&dir.path().join("messages.db")).unwrap());
+    db.create_queue("q", &standard()).await.unwrap();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let db = Arc::clone(&db);
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while start.elapsed() < Duration::from_secs(3) {
+                    let batch: Vec<NewMessage> = (0..10).map(|i| msg(&format!("m{i}"))).collect();
+                    db.send("q", batch).await.unwrap();
+                    let got = db
+                        .receive("q", &ReceiveRequest { max: 10, visibility: None, wait: Some(Duration::from_secs(1)) })
+                        .await
+                        .unwrap();
+                    let handles: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+                    db.delete("q", &handles).await.unwrap();
+                    n += got.len() as u64;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    eprintln!("{} messages/s", total as f64 / start.elapsed().as_secs_f64());
 }
