@@ -111,7 +111,7 @@ pub(crate) fn boxed(r: Response<Full<Bytes>>) -> Response<StreamBody> {
     r.map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
-/// An AWS API request (S3): streamed to the AWS side as the SDK sent it, the answer streamed
+/// An AWS API request (S3, SQS): streamed to the AWS side as the SDK sent it, the answer streamed
 /// back. A refusal (403: `AccessDenied`, an unknown key, a bad signature) goes into the
 /// invocation's log and nimbus's.
 pub(crate) async fn aws(req: Request<Incoming>, services: &Services) -> Response<StreamBody> {
@@ -119,7 +119,10 @@ pub(crate) async fn aws(req: Request<Incoming>, services: &Services) -> Response
         let message = "the AWS APIs are not available in this nimbus (still starting?); retry".to_owned();
         return boxed(text(StatusCode::SERVICE_UNAVAILABLE, message));
     };
-    let what = format!("S3 {} {}", req.method(), req.uri().path());
+    let what = match req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        Some(target) => target.replacen("AmazonSQS.", "SQS ", 1),
+        None => format!("S3 {} {}", req.method(), req.uri().path()),
+    };
     let answer = aws.serve(req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())).await;
     if answer.status() != StatusCode::FORBIDDEN {
         return answer;
@@ -128,7 +131,7 @@ pub(crate) async fn aws(req: Request<Incoming>, services: &Services) -> Response
     let body = refusal_body(body).await;
     let name = &services.caller.spec.name;
     services.note(format!(
-        "{what} refused: {} (a function's buckets are its [functions.{name}.grants] buckets)",
+        "{what} refused: {} (a function's buckets and queues are its [functions.{name}.grants])",
         refusal(&body)
     ));
     boxed(Response::from_parts(parts, Full::new(body)))
@@ -157,8 +160,16 @@ async fn refusal_body(mut body: StreamBody) -> Bytes {
     Bytes::from(out)
 }
 
-/// `Code: Message` of an S3 XML error body (`403` when there is none, as for HEAD).
+/// `Code: Message` of an XML error body (S3, SQS's query protocol) or a JSON one (SQS's JSON
+/// protocol: `__type`, `message`); `403` when there is none, as for HEAD.
 fn refusal(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let kind = v.get("__type").and_then(|t| t.as_str()).map(|t| t.rsplit('#').next().unwrap_or(t));
+        let message = v.get("message").and_then(|m| m.as_str()).unwrap_or("");
+        if let Some(kind) = kind {
+            return format!("{kind}: {message}");
+        }
+    }
     let text = String::from_utf8_lossy(body);
     let element = |name: &str| {
         let start = text.find(&format!("<{name}>"))? + name.len() + 2;
@@ -251,5 +262,7 @@ mod tests {
         assert_eq!(refusal(xml), "AccessDenied: no \"b\" &amp;");
         assert_eq!(refusal(b"<Error><Code>InvalidAccessKeyId</Code></Error>"), "InvalidAccessKeyId");
         assert_eq!(refusal(b""), "403 Forbidden");
+        let json = br#"{"__type":"com.amazonaws.sqs#AccessDenied","message":"may not SendMessage"}"#;
+        assert_eq!(refusal(json), "AccessDenied: may not SendMessage");
     }
 }

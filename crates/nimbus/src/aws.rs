@@ -1,6 +1,6 @@
-//! `nimbus up`'s AWS port (`--aws-listen`): S3 over the embedded object store and the Lambda
-//! Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials` and the
-//! managed keys of `nimbus keys` (looked up in the control plane's set); and the same S3 for
+//! `nimbus up`'s AWS port (`--aws-listen`): S3 over the embedded object store, SQS over the
+//! embedded message queues, and the Lambda Invoke API, SigV4-verified with the admin key pair of `DATA_DIR/aws-credentials` and the
+//! managed keys of `nimbus keys` (looked up in the control plane's set); and the same S3 and SQS for
 //! functions, in-process through their instances' endpoints, with a key per instance
 //! ([`for_functions`]).
 
@@ -13,12 +13,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_aws::server::{AwsPort, InvokeApi};
 use nimbus_aws::{KeyRing, Principal};
+use nimbus_core::messages::MessageQueues;
 use nimbus_core::{AccessKeySource, ObjectStore};
 
 /// The address the AWS port takes when `--aws-listen` is not given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:4566";
 /// Where `nimbus up` writes the AWS port's URL (as `server.url` for the gateway).
 pub const URL_FILE: &str = "aws.url";
+
+/// What the port serves: objects, message queues, and the keys it accepts.
+pub type Parts = (Arc<dyn ObjectStore>, Arc<dyn MessageQueues>, KeyRing);
 
 /// The Invoke API on the AWS port is the gateway's.
 struct GatewayInvoke(nimbus_gateway::Calls);
@@ -35,15 +39,14 @@ impl InvokeApi for GatewayInvoke {
     }
 }
 
-/// What process instances reach as the AWS APIs: S3 over `objects`, in-process, each instance
-/// with a key of its own in `keys` (the ring the AWS port accepts too), counted into `meter`
-/// like the port's own traffic.
+/// What process instances reach as the AWS APIs: S3 over `objects` and SQS over `queues`,
+/// in-process, each instance with a key of its own in `keys` (the ring the AWS port accepts
+/// too), counted into `meter` like the port's own traffic.
 pub fn for_functions(
-    objects: Arc<dyn ObjectStore>,
-    keys: KeyRing,
+    (objects, queues, keys): Parts,
     meter: Arc<nimbus_core::meter::StorageMeter>,
 ) -> Arc<dyn nimbus_core::FunctionAws> {
-    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::metered(objects, None, keys, None, meter)))
+    Arc::new(nimbus_aws::instances::InstanceAws::new(AwsPort::metered(objects, Some(queues), keys, None, meter)))
 }
 
 /// A bound AWS port, ready to serve.
@@ -60,7 +63,7 @@ pub struct Bound {
 pub async fn bind(
     flag: Option<&str>,
     data_dir: &Path,
-    (objects, keys): (Arc<dyn ObjectStore>, KeyRing),
+    (objects, queues, keys): Parts,
     gateway: Arc<nimbus_gateway::Gateway>,
     managed: Arc<dyn AccessKeySource>,
 ) -> Result<Option<Bound>> {
@@ -90,7 +93,12 @@ pub async fn bind(
     let invoke: Arc<dyn InvokeApi> = Arc::new(GatewayInvoke(nimbus_gateway::Calls(gateway)));
     let url = format!("http://{}", listener.local_addr()?);
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    Ok(Some(Bound { listener, url, port: AwsPort::metered(objects, None, keys, Some(invoke), meter), credentials }))
+    Ok(Some(Bound {
+        listener,
+        url,
+        port: AwsPort::metered(objects, Some(queues), keys, Some(invoke), meter),
+        credentials,
+    }))
 }
 
 /// Print how to use the port, and serve it until `stopped` turns true.

@@ -254,6 +254,16 @@ struct Node {
     forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The object store and the message queues, each in its own database file.
+fn open_stores(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<nimbus_store_sqlite::MessageDb>)> {
+    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
+    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
+    Ok((Arc::new(objects), Arc::new(messages)))
+}
+
 impl Node {
     /// Open the store, start the record writer and the runtimes, load the deployments.
     async fn start(data_dir: &Path, args: &UpArgs) -> Result<Node> {
@@ -269,14 +279,13 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let objects: Arc<dyn nimbus_core::ObjectStore> =
-            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
+        let (objects, messages) = open_stores(&store, data_dir)?;
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
-        let _ = aws.set(crate::aws::for_functions(objects.clone(), keys.clone(), storage.clone()));
+        let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
-        // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
-        let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
+        // Queues in their own SQLite file (messages.db, opened by open_stores), like KV; deploys
+        // create declared ones.
         let storage_sets =
             DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
         let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
@@ -311,15 +320,15 @@ impl Node {
         })
     }
 
-    /// The message queues, as the AWS port, the triggers and the management API use them.
-    #[allow(dead_code)] // The SQS protocols and queue triggers take it (issue 14).
+    /// The message queues, as the triggers and the management API use them.
     fn message_queues(&self) -> Arc<dyn nimbus_core::messages::MessageQueues> {
         self.messages.clone()
     }
 
-    /// What the AWS port serves: the object store, and the key ring the instances' keys are in.
-    fn aws_parts(&self) -> (Arc<dyn nimbus_core::ObjectStore>, nimbus_aws::KeyRing) {
-        (self.objects.clone(), self.keys.clone())
+    /// What the AWS port serves: the object store, the message queues, and the key ring the
+    /// instances' keys are in.
+    fn aws_parts(&self) -> crate::aws::Parts {
+        (self.objects.clone(), self.messages.clone(), self.keys.clone())
     }
 
     /// Open the durable queue and start the async engine (workers and cron).
@@ -364,6 +373,7 @@ impl Node {
                 storage: self.storage.clone(),
             },
             objects: self.objects.clone(),
+            messages: self.message_queues(),
         }
     }
 
@@ -383,12 +393,12 @@ impl Node {
         if let Some(q) = &self.queue {
             q.close();
         }
+        self.messages.close();
         if let Some((stop, task)) = self.storage_flusher.take() {
             let _ = stop.send(true);
             let _ = task.await;
         }
         self.kv.close();
-        self.messages.close();
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;

@@ -27,6 +27,7 @@ fn aws_env(cmd: &mut Command, data_dir: &Path) {
     cmd.env("AWS_SHARED_CREDENTIALS_FILE", data_dir.join("aws-credentials"))
         .env("AWS_PROFILE", "nimbus")
         .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -490,4 +491,86 @@ print(json.dumps(out))
         out,
         json!({"unsigned": "MissingAuthenticationToken", "wrong": "SignatureDoesNotMatch", "unknown": "InvalidClientTokenId"})
     );
+}
+
+/// A Python function with the boto3 it bundles, granted `send` on `outbox` only.
+const PY_SENDER: &str = r#"
+import boto3, botocore
+
+def code(fn):
+    try:
+        fn()
+        return "ok"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+
+def handler(event, context):
+    sqs = boto3.client("sqs")
+    base = sqs.get_queue_url(QueueName="outbox")["QueueUrl"].rsplit("/", 1)[0]
+    out = {}
+    out["send"] = code(lambda: sqs.send_message(QueueUrl=base + "/outbox", MessageBody="from the function"))
+    out["batch"] = code(lambda: sqs.send_message_batch(QueueUrl=base + "/outbox", Entries=[{"Id": "a", "MessageBody": "b"}]))
+    out["send_other"] = code(lambda: sqs.send_message(QueueUrl=base + "/private", MessageBody="x"))
+    out["receive"] = code(lambda: sqs.receive_message(QueueUrl=base + "/outbox"))
+    out["create"] = code(lambda: sqs.create_queue(QueueName="mine"))
+    out["purge"] = code(lambda: sqs.purge_queue(QueueUrl=base + "/outbox"))
+    out["listed"] = [u.rsplit("/", 1)[1] for u in sqs.list_queues().get("QueueUrls", [])]
+    return out
+"#;
+
+const DRAIN: &str = r#"
+import json, sys, boto3
+sqs = boto3.client("sqs", endpoint_url=sys.argv[1])
+url = sqs.get_queue_url(QueueName="outbox")["QueueUrl"]
+got = []
+for _ in range(10):
+    ms = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["SenderId"]).get("Messages", [])
+    if not ms:
+        break
+    got += [[m["Body"], m["Attributes"]["SenderId"][:4]] for m in ms]
+print(json.dumps(sorted(got)))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_sends_to_the_queues_it_is_granted_and_no_others() {
+    let app = App::new("sqsfn").raw("[queues.outbox]\n[queues.private]");
+    let code = app.path().join("functions/f");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("handler.py"), PY_SENDER).unwrap();
+    common::vendor_python(&code, &["boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3"]);
+    let app = app
+        .raw(
+            "[functions.f]\nruntime = \"python\"\nhandler = \"handler.handler\"\nmemory_mb = 512\ntimeout = \"60s\"\n\
+             [functions.f.grants]\nqueues = { outbox = \"send\" }",
+        )
+        .finish();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_args(app.path(), data.path(), &["--aws-listen", "127.0.0.1:0"]);
+    let url = std::fs::read_to_string(data.path().join("aws.url")).unwrap().trim().to_owned();
+    // The declared queues, made with the admin key (a deploy may already have made them: then
+    // CreateQueue finds them).
+    let create = r#"
+import json, sys, boto3
+sqs = boto3.client("sqs", endpoint_url=sys.argv[1])
+print(json.dumps([sqs.create_queue(QueueName=n)["QueueUrl"].rsplit("/", 1)[1] for n in ("outbox", "private")]))
+"#;
+    assert_eq!(python(create, &url, data.path()), json!(["outbox", "private"]));
+
+    let r = server.invoke("f", &json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.raw));
+    assert_eq!(
+        r.body,
+        json!({"send": "ok", "batch": "ok", "send_other": "AccessDenied", "receive": "AccessDenied",
+               "create": "AccessDenied", "purge": "AccessDenied", "listed": ["outbox"]}),
+        "a send grant allows sending to that queue only"
+    );
+    server.records("f", 1).await;
+    let id = r.header("x-amzn-requestid").unwrap();
+    let log = String::from_utf8_lossy(&server.cli(&["logs", "f", "--request-id", id]).stdout).into_owned();
+    assert!(
+        log.contains("SQS SendMessage refused: AccessDenied") && log.contains("on queue \"private\""),
+        "the refusal is in the invocation's log: {log}"
+    );
+    let sent = python(DRAIN, &url, data.path());
+    assert_eq!(sent, json!([["b", "ASIA"], ["from the function", "ASIA"]]), "sent with the instance's key");
 }

@@ -6,18 +6,14 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{SqsError, ACTIONS, TARGET_PREFIX};
+use super::{unsupported, SqsError, ACTIONS, TARGET_PREFIX};
 
 /// The action and input of a JSON-protocol request.
 pub fn decode(req: &http::Request<Bytes>) -> Result<(String, Value), SqsError> {
     let target = req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let action = target.strip_prefix(TARGET_PREFIX).unwrap_or(target);
     if !ACTIONS.contains(&action) {
-        return Err(SqsError::new(
-            "UnsupportedOperation",
-            "AWS.SimpleQueueService.UnsupportedOperation",
-            format!("{action} is not an SQS action nimbus serves (it serves {})", ACTIONS.join(", ")),
-        ));
+        return Err(unsupported(action));
     }
     let body = req.body();
     let input = if body.iter().all(u8::is_ascii_whitespace) {
@@ -84,6 +80,7 @@ mod tests {
         assert_eq!(input["MessageBody"], "b");
         assert_eq!(decode(&req("AmazonSQS.ListQueues", "")).unwrap().1, serde_json::json!({}));
         assert_eq!(decode(&req("AmazonSQS.TagQueue", "{}")).unwrap_err().kind, "UnsupportedOperation");
+        assert_eq!(decode(&req("AmazonSQS.Nope", "{}")).unwrap_err().kind, "InvalidAction");
         assert_eq!(decode(&req("AmazonSQS.SendMessage", "[1]")).unwrap_err().kind, "SerializationException");
         assert_eq!(decode(&req("AmazonSQS.SendMessage", "{")).unwrap_err().kind, "SerializationException");
     }

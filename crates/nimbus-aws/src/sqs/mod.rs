@@ -54,6 +54,35 @@ pub const ACTIONS: [&str; 15] = [
     "ListQueueTags",
 ];
 
+/// Actions of SQS's API that nimbus does not serve (answered `UnsupportedOperation`).
+pub const UNSERVED: [&str; 8] = [
+    "AddPermission",
+    "RemovePermission",
+    "TagQueue",
+    "UntagQueue",
+    "ListDeadLetterSourceQueues",
+    "StartMessageMoveTask",
+    "CancelMessageMoveTask",
+    "ListMessageMoveTasks",
+];
+
+/// The error for an action that is not served: SQS's but not here (`UnsupportedOperation`), or
+/// not SQS's at all (`InvalidAction`).
+pub fn unsupported(action: &str) -> SqsError {
+    if UNSERVED.contains(&action) {
+        return SqsError::new(
+            "UnsupportedOperation",
+            "AWS.SimpleQueueService.UnsupportedOperation",
+            format!("nimbus does not serve the SQS action {action}; it serves {}", ACTIONS.join(", ")),
+        );
+    }
+    SqsError::new(
+        "InvalidAction",
+        "InvalidAction",
+        format!("{action:?} is not an SQS action; nimbus serves {}", ACTIONS.join(", ")),
+    )
+}
+
 /// An SQS error: `kind` is the JSON protocol's `__type` (the service model's shape name),
 /// `code` the query protocol's `Code` (also sent as `x-amzn-query-error` so JSON clients map
 /// it as they would the query one).
@@ -137,7 +166,8 @@ pub fn protocol_of<B>(req: &http::Request<B>) -> Option<Protocol> {
 
 /// Whether a form body names an SQS action (`Action=SendMessage`…).
 pub fn is_query_body(body: &[u8]) -> bool {
-    form_urlencoded::parse(body).any(|(k, v)| k == "Action" && ACTIONS.contains(&v.as_ref()))
+    form_urlencoded::parse(body)
+        .any(|(k, v)| k == "Action" && (ACTIONS.contains(&v.as_ref()) || UNSERVED.contains(&v.as_ref())))
 }
 
 /// The SQS service of the port.
@@ -285,6 +315,7 @@ mod tests {
         assert_eq!(protocol_of(&req("PUT", "/b/k", ("content-type", "application/x-www-form-urlencoded"))), None);
         assert_eq!(protocol_of(&req("POST", "/b", ("content-type", "multipart/form-data"))), None);
         assert!(is_query_body(b"Action=SendMessage&QueueUrl=x"));
+        assert!(is_query_body(b"Action=TagQueue"), "answered by SQS as unsupported");
         assert!(!is_query_body(b"Action=PutObject"));
         assert!(!is_query_body(b"key=a"));
     }

@@ -120,11 +120,7 @@ pub async fn run(q: &dyn MessageQueues, caller: &Caller, action: &str, input: &V
             q.queue(&name).await?.ok_or_else(|| SqsError::no_queue(&name))?;
             Ok(json!({}))
         }
-        other => Err(SqsError::new(
-            "UnsupportedOperation",
-            "AWS.SimpleQueueService.UnsupportedOperation",
-            format!("{other} is not an SQS action nimbus serves"),
-        )),
+        other => Err(super::unsupported(other)),
     }
 }
 

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{SqsError, XMLNS};
+use super::{unsupported, SqsError, ACTIONS, XMLNS};
 
 /// The action and input of a query-protocol request. A request without `QueueUrl` sent to a
 /// queue's URL (`POST /ACCOUNT/NAME`) is for that queue, as the old SDKs send it.
@@ -22,6 +22,9 @@ pub fn decode(req: &http::Request<Bytes>) -> Result<(String, Value), SqsError> {
         }
     }
     let action = action.ok_or_else(|| SqsError::missing("Action"))?;
+    if !ACTIONS.contains(&action.as_str()) {
+        return Err(unsupported(&action));
+    }
     let mut input = shape(Value::Object(tree));
     let path = req.uri().path().trim_matches('/');
     if let Value::Object(o) = &mut input {
@@ -172,10 +175,13 @@ fn members(out: &mut String, obj: &Map<String, Value>, action: &str) {
     }
 }
 
-fn xml(status: http::StatusCode, body: String) -> http::Response<Bytes> {
+fn xml(status: http::StatusCode, body: String, request_id: &str) -> http::Response<Bytes> {
     let mut r = http::Response::new(Bytes::from(body));
     *r.status_mut() = status;
     r.headers_mut().insert("content-type", http::HeaderValue::from_static("text/xml"));
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        r.headers_mut().insert("x-amzn-requestid", v);
+    }
     r
 }
 
@@ -191,7 +197,7 @@ pub fn ok(action: &str, output: &Value, request_id: &str) -> http::Response<Byte
         "<ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>",
         escape(request_id)
     ));
-    xml(http::StatusCode::OK, body)
+    xml(http::StatusCode::OK, body, request_id)
 }
 
 /// An error answer (`<ErrorResponse><Error><Type>Sender</Type><Code>…`).
@@ -203,7 +209,7 @@ pub fn error(e: &SqsError, request_id: &str) -> http::Response<Bytes> {
         escape(&e.message),
         escape(request_id)
     );
-    xml(e.status, body)
+    xml(e.status, body, request_id)
 }
 
 #[cfg(test)]
@@ -247,6 +253,7 @@ mod tests {
                    "MessageAttributeNames": ["foo.*"], "MaxNumberOfMessages": "3"})
         );
         assert_eq!(decode(&form("/", "QueueName=q")).unwrap_err().code, "MissingParameter");
+        assert_eq!(decode(&form("/", "Action=TagQueue")).unwrap_err().kind, "UnsupportedOperation");
     }
 
     #[test]
