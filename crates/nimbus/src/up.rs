@@ -320,7 +320,7 @@ impl Node {
         })
     }
 
-    /// The message queues, as the triggers and the management API use them.
+    /// The message queues, as the AWS port, the triggers and the management API use them.
     fn message_queues(&self) -> Arc<dyn nimbus_core::messages::MessageQueues> {
         self.messages.clone()
     }
@@ -331,7 +331,8 @@ impl Node {
         (self.objects.clone(), self.messages.clone(), self.keys.clone())
     }
 
-    /// Open the durable queue and start the async engine (workers and cron).
+    /// Open the durable queue and start the async engine (workers and cron) and the queue
+    /// triggers' pollers.
     async fn start_async(&mut self) -> Result<Arc<nimbus_queue::Engine>> {
         // NIMBUS_UNSAFE_ASYNC_ACK is for the fault test only: it proves the test detects lost events.
         let unsafe_ack = std::env::var("NIMBUS_UNSAFE_ASYNC_ACK").is_ok_and(|v| v == "1");
@@ -351,6 +352,7 @@ impl Node {
         let engine = nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
             .await
             .context("cannot start the async engine")?;
+        engine.start_triggers(self.message_queues());
         // Bucket events left in the outbox by a crash are forwarded now, new ones as they commit.
         let triggers = Arc::new(Triggers(self.control.clone()));
         self.forwarder = Some(nimbus_queue::buckets::spawn(self.objects.clone(), engine.clone(), triggers));
