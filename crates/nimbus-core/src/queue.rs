@@ -327,8 +327,13 @@ mod tests {
         use AttemptOutcome as O;
         use EventSource as S;
         use EventStatus as T;
-        let sources =
-            [(S::Invoke, "invoke"), (S::Http, "http"), (S::Schedule, "schedule"), (S::Destination, "destination")];
+        let sources = [
+            (S::Invoke, "invoke"),
+            (S::Http, "http"),
+            (S::Schedule, "schedule"),
+            (S::Destination, "destination"),
+            (S::Bucket, "bucket"),
+        ];
         check(&sources, S::as_str, S::parse);
         assert_eq!(sources.len(), S::ALL.len());
         let statuses = [

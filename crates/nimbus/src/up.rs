@@ -382,12 +382,12 @@ impl Node {
     /// Stop async work and instances, then flush and close storage.
     async fn stop(mut self, engine: &nimbus_queue::Engine) {
         tracing::info!("stopping async work and instances");
-        // Running async events get a moment to finish; any still running are queued again at the
-        // next start.
         // Stopping the forwarder anywhere loses nothing: an unforwarded row stays in the outbox.
         if let Some(f) = self.forwarder.take() {
             f.abort();
         }
+        // Running async events get a moment to finish; any still running are queued again at the
+        // next start.
         engine.shutdown(Duration::from_secs(5)).await;
         self.scheduler.shutdown(Duration::from_secs(5)).await;
         let resources = self.resources.clone();
