@@ -389,41 +389,6 @@ async fn a_batch_send_wakes_as_many_polls_as_it_has_messages() {
     db.close();
 }
 
-/// Waiting polls are woken one per new message: three polls and a batch of three messages
-/// give each poll one message, long before their wait ends.
-#[tokio::test]
-async fn a_batch_send_wakes_as_many_polls_as_it_has_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(MessageDb::open(&dir.path().join("messages.db")).unwrap());
-    db.create_queue("q", &standard()).await.unwrap();
-    let wait = Duration::from_secs(10);
-    let polls: Vec<_> = (0..3)
-        .map(|_| {
-            let db = Arc::clone(&db);
-            tokio::spawn(async move {
-                db.receive("q", &ReceiveRequest { max: 1, visibility: None, wait: Some(wait) }).await.unwrap()
-            })
-        })
-        .collect();
-    let until = Instant::now() + Duration::from_secs(5);
-    while db.waiting_polls() < 3 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(db.waiting_polls(), 3);
-    let start = Instant::now();
-    send_ok(&db, "q", vec![msg("a"), msg("b"), msg("c")]).await;
-    let mut got = Vec::new();
-    for p in polls {
-        let mut one = p.await.unwrap();
-        assert_eq!(one.len(), 1);
-        got.push(one.remove(0).body);
-    }
-    assert!(start.elapsed() < wait / 2, "{:?}", start.elapsed());
-    got.sort();
-    assert_eq!(got, ["a", "b", "c"]);
-    db.close();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn scratch_throughput() {
