@@ -53,8 +53,10 @@ bench_out="$CARGO_TARGET_DIR/bench-smoke"
 mkdir -p "$bench_out"
 # `all` measures two configurations and the burst; the peers are listed (as not installed when
 # they are missing) but not run; the block and the plots go to the smoke dir, not the repo.
-# `storage` compares with moto only where scripts/bench-tools.sh installed it (about 2 s more).
-for bench in process wasm all observe storage; do
+# `storage` compares with moto only where scripts/bench-tools.sh installed it (about 2 s more);
+# so does `events` (SQS; about 15 s more: moto is slow with batches at c=32), which also runs a
+# queue trigger, bucket-triggered starts and the idle-CPU window (about 30 s in all).
+for bench in process wasm all observe storage events; do
   extra=()
   if [[ "$bench" == all ]]; then
     extra=(--only bare-hyper,nimbus-wasm --markdown "$bench_out/all.md" --plots "$bench_out/plots")

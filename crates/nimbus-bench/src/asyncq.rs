@@ -181,7 +181,7 @@ fn post_client() -> PostClient {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Event,
     Sync,
 }
@@ -229,7 +229,7 @@ async fn invoke(client: &PostClient, uri: &Uri, kind: Kind, n: u64) -> Result<Op
 }
 
 /// Throughput of `kind` invocations at `concurrency` (see `load::throughput_of`).
-async fn invocations(
+pub async fn invocations(
     uri: &Uri,
     kind: Kind,
     pid: Option<u32>,

@@ -7,12 +7,15 @@
 //! `nimbus-bench all` runs nimbus, its peers (wasmtime serve, workerd, serverless-offline,
 //! cargo-lambda) and the limit (bare hyper, nginx) side by side and writes the BENCHMARKS.md
 //! section and plots; `nimbus-bench burst` is its burst scenario alone. `nimbus-bench storage`
-//! covers the object store (S3 PUT/GET against moto and the disk) and KV.
+//! covers the object store (S3 PUT/GET against moto and the disk) and KV. `nimbus-bench events`
+//! covers queues and triggers (SQS against moto, async accepts, a queue trigger, PutObject →
+//! function start, idle CPU).
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
-//   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage
+//   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
+//   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  process → report
 //   allreport, plots, burst → model (the data of `all` and `burst`)
 //   all of them → common, output, servers, procs, load, fixture, tree, progress
@@ -22,6 +25,8 @@ mod asyncq;
 mod bare_hyper;
 mod burst;
 mod common;
+mod events;
+mod eventsreport;
 mod fixture;
 #[cfg(test)]
 mod golden;
@@ -36,6 +41,7 @@ mod progress;
 mod report;
 mod s3client;
 mod servers;
+mod sqsclient;
 mod storage;
 mod storagereport;
 mod tree;
@@ -80,6 +86,11 @@ enum Command {
     /// `moto_server` (from scripts/bench-tools.sh; reported as not installed when missing), the
     /// disk's sequential write speed (the limit), and KV get/put/increment at c=32.
     Storage(storage::StorageArgs),
+    /// Queues and triggers: SQS send+receive+delete messages/s at c=32 against nimbus and
+    /// `moto_server` (reported as not installed when missing), async accepts for reference,
+    /// messages/s through a queue trigger, PutObject → function start p50/p99, and nimbus's idle
+    /// CPU with 10 idle queue triggers.
+    Events(events::EventsArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -110,6 +121,7 @@ fn run() -> Result<()> {
         Command::Burst(args) => rt.block_on(burst::run(args)),
         Command::Observe(args) => rt.block_on(observe::run(args)),
         Command::Storage(args) => rt.block_on(storage::run(args)),
+        Command::Events(args) => rt.block_on(events::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

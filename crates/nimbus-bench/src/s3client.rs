@@ -44,10 +44,24 @@ async fn send(client: &BodyClient, req: hyper::Request<Full<Bytes>>) -> Result<(
 }
 
 /// An object body of `size` bytes (a pattern, not zeros) and its hex SHA-256.
-fn body_of(size: u64) -> (Bytes, String) {
+pub fn body_of(size: u64) -> (Bytes, String) {
     let body: Bytes = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>().into();
     let hash = hex::encode(Sha256::digest(&body));
     (body, hash)
+}
+
+/// The admin key pair nimbus writes to `data/aws-credentials`: (key id, secret).
+pub fn admin_keys(data: &Path) -> Result<(String, String)> {
+    let path = data.join("aws-credentials");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let field = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+            .with_context(|| format!("{} has no {name}", path.display()))
+    };
+    Ok((field("aws_access_key_id")?, field("aws_secret_access_key")?))
 }
 
 /// An S3 endpoint and the key pair to sign with.
@@ -62,21 +76,8 @@ pub struct S3 {
 impl S3 {
     /// nimbus's AWS port at `base`, signed with the admin pair of `data/aws-credentials`.
     pub fn nimbus(base: &str, data: &Path) -> Result<S3> {
-        let path = data.join("aws-credentials");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let field = |name: &str| {
-            text.lines()
-                .filter_map(|l| l.split_once('='))
-                .find(|(k, _)| k.trim() == name)
-                .map(|(_, v)| v.trim().to_owned())
-                .with_context(|| format!("{} has no {name}", path.display()))
-        };
-        Ok(S3 {
-            client: client(),
-            base: base.to_owned(),
-            key_id: field("aws_access_key_id")?,
-            secret: field("aws_secret_access_key")?,
-        })
+        let (key_id, secret) = admin_keys(data)?;
+        Ok(S3 { client: client(), base: base.to_owned(), key_id, secret })
     }
 
     /// moto_server at `base` (it accepts any key pair).
@@ -101,7 +102,7 @@ impl S3 {
         Ok(())
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: &Bytes, hash: &str) -> Result<()> {
+    pub async fn put(&self, bucket: &str, key: &str, body: &Bytes, hash: &str) -> Result<()> {
         let (status, answer) = self.call(Method::PUT, &format!("/{bucket}/{key}"), body.clone(), hash).await?;
         if status != StatusCode::OK {
             bail!("PUT {bucket}/{key} answered {status} {:?}", String::from_utf8_lossy(&answer));

@@ -51,13 +51,14 @@ pub struct StorageArgs {
 pub const BUCKET: &str = "bench-objects";
 pub const NAMESPACE: &str = "bench";
 
-/// The moto install to use, or why there is none.
-fn moto_dir(args: &StorageArgs) -> Result<PathBuf, String> {
-    if args.without_moto {
+/// The moto install to use (`--moto`, else the one scripts/bench-tools.sh installs), or why
+/// there is none.
+pub fn moto_dir(explicit: Option<&Path>, without: bool) -> Result<PathBuf, String> {
+    if without {
         return Err("left out (--without-moto)".into());
     }
-    let dir = match &args.moto {
-        Some(d) => d.clone(),
+    let dir = match explicit {
+        Some(d) => d.to_owned(),
         None => match std::env::var_os("NIMBUS_BENCH_TOOLS") {
             Some(t) => PathBuf::from(t).join("moto"),
             None => std::env::var_os("HOME")
@@ -67,7 +68,7 @@ fn moto_dir(args: &StorageArgs) -> Result<PathBuf, String> {
     };
     if dir.join("moto/server.py").is_file() {
         Ok(dir)
-    } else if args.moto.is_some() {
+    } else if explicit.is_some() {
         Err(format!("--moto {}: no moto package there (install with scripts/bench-tools.sh)", dir.display()))
     } else {
         Err(format!("not installed in {} (scripts/bench-tools.sh installs it)", dir.display()))
@@ -78,7 +79,7 @@ pub async fn run(args: StorageArgs) -> Result<()> {
     let s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
     let nimbus_bin = procs::locate_nimbus(args.common.nimbus.clone())?;
     let python = procs::python()?;
-    let moto = moto_dir(&args);
+    let moto = moto_dir(args.moto.as_deref(), args.without_moto);
     if let (Err(why), Some(_)) = (&moto, &args.moto) {
         bail!("{why}");
     }
@@ -150,8 +151,9 @@ async fn one_run(
     Ok(RunResult { run, disk, s3, kv })
 }
 
-/// moto_server on a free port with a fresh (in-memory) state, measured, stopped.
-async fn moto_phases(s: &Settings, run: usize, root: &Path, python: &Path, dir: &Path) -> Result<Vec<Phase>> {
+/// moto_server (installed in `dir`) on a free port with a fresh (in-memory) state, its output
+/// in `log`.
+pub async fn start_moto(python: &Path, dir: &Path, log: PathBuf) -> Result<servers::Server> {
     let port = servers::free_port()?;
     let mut cmd = tokio::process::Command::new(python);
     cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]).env("PYTHONPATH", dir);
@@ -160,12 +162,18 @@ async fn moto_phases(s: &Settings, run: usize, root: &Path, python: &Path, dir: 
         ready: Ready::Port(port),
         path: "/moto-api/".into(),
         expect: None,
-        log: root.join(format!("moto-{run}.log")),
+        log,
         timeout: Duration::from_secs(60),
         graceful: None,
     })
     .await?;
     eprintln!("  moto up in {:.0} ms", server.start_ms);
+    Ok(server)
+}
+
+/// moto_server with a fresh state, measured, stopped.
+async fn moto_phases(s: &Settings, run: usize, root: &Path, python: &Path, dir: &Path) -> Result<Vec<Phase>> {
+    let server = start_moto(python, dir, root.join(format!("moto-{run}.log"))).await?;
     let s3 = S3::moto(&server.base);
     let out = async {
         s3.create_bucket(BUCKET).await?;

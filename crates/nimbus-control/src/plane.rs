@@ -246,6 +246,11 @@ impl ControlPlane {
         store.watch_buckets(watched);
     }
 
+    /// The live deployment's triggers, in manifest order.
+    pub fn triggers(&self) -> Vec<nimbus_core::TriggerSpec> {
+        self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
+    }
+
     /// The message queues deploys create or update declared queues in (`[queues.NAME]`).
     /// Without them, a deploy records the queues but creates none (tests of the control plane
     /// alone).
@@ -297,11 +302,6 @@ impl ControlPlane {
     /// The live deployment's schedules.
     pub fn schedules(&self) -> Vec<ScheduleSpec> {
         self.snapshot.load().live.as_ref().map(|l| l.schedules.clone()).unwrap_or_default()
-    }
-
-    /// The live deployment's `[[triggers]]` (the queue triggers' pollers follow them).
-    pub fn triggers(&self) -> Vec<nimbus_core::event_sources::TriggerSpec> {
-        self.snapshot.load().live.as_ref().map(|l| l.triggers.clone()).unwrap_or_default()
     }
 
     /// Deploy the app in `app_dir`. `from_up` is the deploy `nimbus up` does at start: when the

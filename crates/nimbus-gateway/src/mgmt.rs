@@ -34,11 +34,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         ApiError { status, body: api::ErrorBody { error: error.into(), errors: None, code: None } }
     }
 
-    fn bad_request(error: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(error: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, error)
     }
 
@@ -217,10 +217,24 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         | Endpoint::KvDelete => Ok(kv(c, req, m).await),
         Endpoint::Buckets => buckets(gw).await,
         Endpoint::DeleteBucket => delete_bucket(c, param, q("force").is_some_and(|f| f == "true")).await,
+        Endpoint::Queues
+        | Endpoint::MessageQueue
+        | Endpoint::QueueMessages
+        | Endpoint::PurgeQueue
+        | Endpoint::RedriveQueue => message_queues(c, m.endpoint, param, &q).await,
+        // Not under /v1: `handle` never routes it here.
+        Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
+    }
+}
+
+/// `/v1/queues…`: the message queues for operators (purge and redrive audited).
+async fn message_queues(c: &Caller<'_>, e: Endpoint, param: &str, q: &impl Fn(&str) -> Option<String>) -> Answer {
+    let gw = c.gw;
+    match e {
         Endpoint::Queues => Ok(json(StatusCode::OK, &queues_api::list(gw).await?)),
         Endpoint::MessageQueue => Ok(json(StatusCode::OK, &queues_api::one(gw, param).await?)),
         Endpoint::QueueMessages => {
-            let limit = usize::try_from(limit(&q, 10)).unwrap_or(queues_api::MAX_PEEK);
+            let limit = usize::try_from(limit(q, 10)).unwrap_or(queues_api::MAX_PEEK);
             Ok(json(StatusCode::OK, &queues_api::peek(gw, param, limit).await?))
         }
         Endpoint::PurgeQueue => {
@@ -234,8 +248,7 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
             c.audit(AuditAction::QueueRedrive, format!("queue {param}"), &result).await;
             Ok(json(StatusCode::OK, &result?))
         }
-        // Not under /v1: `handle` never routes it here.
-        Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not a message queue endpoint")),
     }
 }
 

@@ -19,7 +19,9 @@ fn api_error(e: MqError) -> ApiError {
     match e {
         MqError::NoSuchQueue(name) => ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("there is no queue {name}; `nimbus queues ls` lists them, `[queues.{name}]` in nimbus.toml declares it"),
+            format!(
+                "there is no queue {name}; `nimbus queues ls` lists them, `[queues.{name}]` in nimbus.toml declares it"
+            ),
         ),
         e if e.is_caller_fault() => ApiError::bad_request(e.to_string()),
         e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -69,7 +71,12 @@ pub(crate) async fn list(gw: &Gateway) -> Result<Vec<api::MessageQueueInfo>, Api
 
 /// One queue with its counts.
 pub(crate) async fn one(gw: &Gateway, name: &str) -> Result<api::MessageQueueInfo, ApiError> {
-    let q = gw.messages.queue(name).await.map_err(api_error)?.ok_or_else(|| api_error(MqError::NoSuchQueue(name.into())))?;
+    let q = gw
+        .messages
+        .queue(name)
+        .await
+        .map_err(api_error)?
+        .ok_or_else(|| api_error(MqError::NoSuchQueue(name.into())))?;
     let s = gw.messages.stats(name).await.map_err(api_error)?;
     Ok(queue_info(&q, &s, now_ms()))
 }

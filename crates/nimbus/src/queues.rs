@@ -97,7 +97,9 @@ async fn ls(client: &Client, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if list.is_empty() {
-        println!("no queues; declare one as [queues.NAME] in nimbus.toml and deploy, or create one with SQS CreateQueue");
+        println!(
+            "no queues; declare one as [queues.NAME] in nimbus.toml and deploy, or create one with SQS CreateQueue"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!("{:<32} {:>9} {:>9} {:>8} {:>7}  DEAD-LETTER QUEUE", "QUEUE", "VISIBLE", "IN FLIGHT", "DELAYED", "OLDEST");

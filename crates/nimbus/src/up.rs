@@ -254,6 +254,17 @@ struct Node {
     forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The object store and the message queues, each in its own database file.
+fn open_stores(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<nimbus_store_sqlite::MessageDb>)> {
+    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
+    // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
+    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
+    Ok((Arc::new(objects), Arc::new(messages)))
+}
+
 impl Node {
     /// Open the store, start the record writer and the runtimes, load the deployments.
     async fn start(data_dir: &Path, args: &UpArgs) -> Result<Node> {
@@ -269,12 +280,9 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let objects: Arc<dyn nimbus_core::ObjectStore> =
-            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
+        let (objects, messages) = open_stores(&store, data_dir)?;
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
-        // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
-        let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let storage_sets =
@@ -366,6 +374,7 @@ impl Node {
                 storage: self.storage.clone(),
             },
             objects: self.objects.clone(),
+            messages: self.message_queues(),
         }
     }
 

@@ -44,6 +44,7 @@ fn boto3(script: &str, data: &Path, url: &str) -> Value {
         .env("AWS_SHARED_CREDENTIALS_FILE", data.join("aws-credentials"))
         .env("AWS_PROFILE", "nimbus")
         .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .output()
         .unwrap();
@@ -124,7 +125,10 @@ async fn operators_see_depth_peek_purge_and_redrive() {
     let out = cli_text(&server, &["queues", "purge", "jobs"]);
     assert!(out.contains("purged 3 messages from jobs"), "{out}");
     let list = cli_json(&server, &["queues", "ls", "--json"]);
-    assert_eq!((queue(&list, "jobs")["visible"].clone(), queue(&list, "jobs")["inFlight"].clone()), (json!(0), json!(0)));
+    assert_eq!(
+        (queue(&list, "jobs")["visible"].clone(), queue(&list, "jobs")["inFlight"].clone()),
+        (json!(0), json!(0))
+    );
     let audit = server.admin("/v1/audit?limit=50").await;
     let actions: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"queue.purge") && actions.contains(&"queue.redrive"), "{actions:?}");
