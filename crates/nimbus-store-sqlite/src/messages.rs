@@ -217,6 +217,15 @@ impl MessageDb {
         Arc::clone(wake.entry(queue.to_owned()).or_default())
     }
 
+    /// Drop the wake-up entry of `queue` unless a long poll holds it (clones are only taken
+    /// under the lock, so none can appear meanwhile): names that are not queues keep none.
+    fn forget(&self, queue: &str) {
+        let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if wake.get(queue).is_some_and(|n| Arc::strong_count(n) == 1) {
+            wake.remove(queue);
+        }
+    }
+
     /// Wake every long poll of `queue` (something may have changed for all of them).
     fn wake(&self, queue: &str) {
         let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,6 +249,40 @@ impl MessageDb {
     fn count(&self, queue: &str, f: impl FnOnce(&mut Counters)) {
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         f(counters.entry(queue.to_owned()).or_default());
+    }
+
+    /// Receive, waiting on `notify` or the next visible time until the wait ends.
+    async fn long_poll(&self, queue: &str, req: &ReceiveRequest, notify: &Notify) -> Result<Vec<Received>, MqError> {
+        let start = Instant::now();
+        for _ in 0..MAX_POLL_ROUNDS {
+            // Registered before the attempt, so a send committed after it still wakes this poll.
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let got = self.receive_once(queue, req).await?;
+            if !got.messages.is_empty() {
+                return Ok(got.messages);
+            }
+            if got.dead_lettered > 0 {
+                // It moved what it found to the dead-letter queue: look again at once (each such
+                // round moves at least one message, so this ends).
+                continue;
+            }
+            let deadline = start + req.wait.unwrap_or(got.receive_wait).min(MAX_RECEIVE_WAIT);
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let until = got.next_visible_ms.map_or(deadline, |next| {
+                deadline.min(now + Duration::from_millis(next.saturating_sub((self.clock)())))
+            });
+            let _waiting = Waiting::new(&self.waiting);
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// One receive attempt, counted.
@@ -370,6 +413,7 @@ impl MessageQueues for MessageDb {
         self.counters.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         // Waiting receivers wake to find the queue gone.
         self.wake(name);
+        self.forget(name);
         Ok(deleted)
     }
 
@@ -416,31 +460,12 @@ impl MessageQueues for MessageDb {
     async fn receive(&self, queue: &str, req: &ReceiveRequest) -> Result<Vec<Received>, MqError> {
         settings::check_receive(req)?;
         let notify = self.notify(queue);
-        let start = Instant::now();
-        for _ in 0..MAX_POLL_ROUNDS {
-            // Registered before the attempt, so a send committed after it still wakes this poll.
-            let woken = notify.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let got = self.receive_once(queue, req).await?;
-            if !got.messages.is_empty() {
-                return Ok(got.messages);
-            }
-            let deadline = start + req.wait.unwrap_or(got.receive_wait).min(MAX_RECEIVE_WAIT);
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let until = got.next_visible_ms.map_or(deadline, |next| {
-                deadline.min(now + Duration::from_millis(next.saturating_sub((self.clock)())))
-            });
-            let _waiting = Waiting::new(&self.waiting);
-            tokio::select! {
-                () = &mut woken => {}
-                () = tokio::time::sleep_until(until.into()) => {}
-            }
+        let got = self.long_poll(queue, req, &notify).await;
+        drop(notify);
+        if matches!(got, Err(MqError::NoSuchQueue(_))) {
+            self.forget(queue);
         }
-        Ok(Vec::new())
+        got
     }
 
     async fn delete(&self, queue: &str, receipt_handles: &[String]) -> Result<BatchResults<()>, MqError> {

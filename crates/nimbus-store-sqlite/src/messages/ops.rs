@@ -164,7 +164,8 @@ fn insert(
     now: u64,
     visible_at: u64,
 ) -> rusqlite::Result<(String, i64)> {
-    let id = uuid::Uuid::new_v4().to_string();
+    // A v7 UUID from the thread-local generator: no system call per message.
+    let id = nimbus_core::ids::new_request_id();
     let attributes = serde_json::to_string(&m.attributes).unwrap_or_else(|_| "{}".into());
     c.prepare_cached(
         "INSERT INTO messages(queue, id, body, attributes, md5_body, md5_attrs, sender, sent_ms, visible_at_ms,
@@ -221,7 +222,6 @@ pub(crate) fn receive(
         dead_lettered: 0,
         dead_letter_queue: redrive.as_ref().map(|r| r.0.clone()),
     };
-    let picked = if s.spec.fifo { fifo_candidates(c, queue, max, now)? } else { Vec::new() };
     let apply = |seq: i64, count: u32, out: &mut Receipt| -> rusqlite::Result<()> {
         match &redrive {
             Some((dlq, limit)) if count >= *limit => {
@@ -232,21 +232,20 @@ pub(crate) fn receive(
         }
         Ok(())
     };
-    if s.spec.fifo {
-        for (seq, count) in picked {
+    // Each round delivers or moves every row it selects, so the next selects new ones; a round
+    // that moved nothing to the dead-letter queue took all there was.
+    for _ in 0..=max {
+        let need = max.saturating_sub(out.messages.len());
+        let rows = if s.spec.fifo { fifo_candidates(c, queue, need, now)? } else { visible_rows(c, queue, need, now)? };
+        if need == 0 || rows.is_empty() {
+            break;
+        }
+        let moved = out.dead_lettered;
+        for (seq, count) in rows {
             apply(seq, count, &mut out)?;
         }
-    } else {
-        // Each round delivers or moves every row it selects, so the next selects new ones.
-        for _ in 0..=max {
-            let need = max.saturating_sub(out.messages.len());
-            let rows = visible_rows(c, queue, need, now)?;
-            if need == 0 || rows.is_empty() {
-                break;
-            }
-            for (seq, count) in rows {
-                apply(seq, count, &mut out)?;
-            }
+        if out.dead_lettered == moved {
+            break;
         }
     }
     out.next_visible_ms = c
@@ -308,7 +307,7 @@ fn parse_handle(h: &str) -> Option<(i64, u32, String)> {
 }
 
 fn deliver(c: &Connection, seq: i64, now: u64, hide_until: u64, fifo: bool) -> rusqlite::Result<Received> {
-    let token = uuid::Uuid::new_v4().simple().to_string();
+    let token = nimbus_core::ids::new_request_id().replace('-', "");
     c.prepare_cached(
         "UPDATE messages SET receive_count = receive_count + 1, first_receive_ms = coalesce(first_receive_ms, ?2),
                 visible_at_ms = ?3, receipt = ?4
