@@ -1,6 +1,8 @@
 //! Embedded storage for one node: SQLite (bundled) for the registry (deployments, aliases,
-//! tokens, managed access keys), invocation records and logs, the audit log, and
-//! content-addressed directories for code artifacts, all under the data dir.
+//! tokens, managed access keys), invocation records and logs, the audit log, the async queue,
+//! KV, object metadata and the SQS-compatible message queues (each of the last four in its
+//! own database file), and content-addressed directories for code artifacts, all under the
+//! data dir.
 //!
 //! Only the control plane and the background record writer touch SQLite; the request path
 //! reads an in-memory snapshot and hands records to the writer through a bounded channel.

@@ -263,6 +263,11 @@ impl MessageDb {
             if !got.messages.is_empty() {
                 return Ok(got.messages);
             }
+            if got.dead_lettered > 0 {
+                // It moved what it found to the dead-letter queue: look again at once (each such
+                // round moves at least one message, so this ends).
+                continue;
+            }
             let deadline = start + req.wait.unwrap_or(got.receive_wait).min(MAX_RECEIVE_WAIT);
             let now = Instant::now();
             if now >= deadline {

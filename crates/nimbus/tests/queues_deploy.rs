@@ -15,11 +15,13 @@ use nimbus_core::messages::{MessageQueues, NewMessage, QueueSettings};
 use nimbus_store_sqlite::MessageDb;
 
 /// `jobs` sorts before its dead-letter queue `jobs-dlq`, so creating in name order alone would
-/// name a queue that does not exist yet.
+/// name a queue that does not exist yet; `ping` and `pong` are each other's dead-letter queue.
 const QUEUES: &str = "[queues.jobs]\nvisibility_timeout = \"45s\"\nmax_receive_count = 3\n\
                       dead_letter_queue = \"jobs-dlq\"\n\
                       [queues.jobs-dlq]\nretention = \"14d\"\n\
-                      [queues.extra]\n";
+                      [queues.extra]\n\
+                      [queues.ping]\nmax_receive_count = 1\ndead_letter_queue = \"pong\"\n\
+                      [queues.pong]\nmax_receive_count = 1\ndead_letter_queue = \"ping\"\n";
 
 fn app() -> App {
     App::new("queued").conformance("python", "worker", "").raw(QUEUES).finish()
@@ -42,7 +44,9 @@ async fn up_creates_declared_queues_and_a_redeploy_updates_them_and_keeps_droppe
 
     let db = open(&data_dir);
     let names: Vec<String> = db.list_queues("").await.unwrap().into_iter().map(|q| q.name).collect();
-    assert_eq!(names, ["extra", "jobs", "jobs-dlq"]);
+    assert_eq!(names, ["extra", "jobs", "jobs-dlq", "ping", "pong"]);
+    assert_eq!(settings(&db, "ping").await.spec.redrive.unwrap().dead_letter_queue, "pong");
+    assert_eq!(settings(&db, "pong").await.spec.redrive.unwrap().dead_letter_queue, "ping");
     let jobs = settings(&db, "jobs").await;
     assert_eq!(jobs.spec.visibility_timeout, Duration::from_secs(45));
     let redrive = jobs.spec.redrive.unwrap();

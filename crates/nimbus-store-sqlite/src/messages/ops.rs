@@ -222,7 +222,6 @@ pub(crate) fn receive(
         dead_lettered: 0,
         dead_letter_queue: redrive.as_ref().map(|r| r.0.clone()),
     };
-    let picked = if s.spec.fifo { fifo_candidates(c, queue, max, now)? } else { Vec::new() };
     let apply = |seq: i64, count: u32, out: &mut Receipt| -> rusqlite::Result<()> {
         match &redrive {
             Some((dlq, limit)) if count >= *limit => {
@@ -233,21 +232,20 @@ pub(crate) fn receive(
         }
         Ok(())
     };
-    if s.spec.fifo {
-        for (seq, count) in picked {
+    // Each round delivers or moves every row it selects, so the next selects new ones; a round
+    // that moved nothing to the dead-letter queue took all there was.
+    for _ in 0..=max {
+        let need = max.saturating_sub(out.messages.len());
+        let rows = if s.spec.fifo { fifo_candidates(c, queue, need, now)? } else { visible_rows(c, queue, need, now)? };
+        if need == 0 || rows.is_empty() {
+            break;
+        }
+        let moved = out.dead_lettered;
+        for (seq, count) in rows {
             apply(seq, count, &mut out)?;
         }
-    } else {
-        // Each round delivers or moves every row it selects, so the next selects new ones.
-        for _ in 0..=max {
-            let need = max.saturating_sub(out.messages.len());
-            let rows = visible_rows(c, queue, need, now)?;
-            if need == 0 || rows.is_empty() {
-                break;
-            }
-            for (seq, count) in rows {
-                apply(seq, count, &mut out)?;
-            }
+        if out.dead_lettered == moved {
+            break;
         }
     }
     out.next_visible_ms = c

@@ -151,9 +151,11 @@ async fn dead_letter_after_max_receives_and_redrive_back() {
         let got = t.db.receive("work", &ReceiveRequest { visibility: Some(Duration::ZERO), ..req(1) }).await;
         assert_eq!(got.unwrap()[0].receive_count, n);
     }
-    assert!(t.db.receive("work", &req(1)).await.unwrap().is_empty(), "the third receive moves it instead");
+    send_ok(&t.db, "work", vec![msg("next")]).await;
+    assert_eq!(bodies(&t.db, "work", 1).await, ["next"], "the third receive moves it and takes the next");
     assert_eq!(t.db.stats("work").await.unwrap().dead_lettered_total, 1);
     assert_eq!(t.db.stats("work").await.unwrap().visible, 0);
+    assert_eq!(t.db.stats("work").await.unwrap().in_flight, 1);
 
     let peeked = t.db.peek("work-dlq", 10).await.unwrap();
     assert_eq!(peeked.len(), 1);
@@ -165,6 +167,23 @@ async fn dead_letter_after_max_receives_and_redrive_back() {
     let back = t.db.receive("work", &req(1)).await.unwrap();
     assert_eq!((back[0].message_id.as_str(), back[0].receive_count), (sent[0].message_id.as_str(), 1));
     assert!(matches!(t.db.redrive("nope", None).await, Err(MqError::NoSuchQueue(_))));
+}
+
+/// A FIFO receive that moves its group's head to the dead-letter queue delivers the next
+/// message of the group in the same receive.
+#[tokio::test]
+async fn a_fifo_receive_dead_letters_the_head_and_delivers_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = store(&dir);
+    t.db.create_queue("dlq.fifo", &fifo()).await.unwrap();
+    t.db.create_queue("q.fifo", &with_dlq("dlq.fifo", 1, fifo())).await.unwrap();
+    send_ok(&t.db, "q.fifo", vec![in_group("x", "g")]).await;
+    let once = ReceiveRequest { visibility: Some(Duration::ZERO), ..req(1) };
+    assert_eq!(t.db.receive("q.fifo", &once).await.unwrap()[0].body, "x");
+    send_ok(&t.db, "q.fifo", vec![in_group("y", "g")]).await;
+    assert_eq!(bodies(&t.db, "q.fifo", 1).await, ["y"]);
+    let dead = t.db.peek("dlq.fifo", 10).await.unwrap();
+    assert_eq!((dead[0].body.as_str(), dead[0].group_id.as_deref()), ("x", Some("g")));
 }
 
 #[tokio::test]
@@ -189,8 +208,13 @@ async fn fifo_keeps_group_order_blocks_a_group_in_flight_and_dedups() {
     // Group a is in flight: only b's messages, in order.
     assert_eq!(bodies(&t.db, "orders.fifo", 10).await, ["b1", "b2"]);
     assert!(bodies(&t.db, "orders.fifo", 10).await.is_empty());
-    t.db.delete("orders.fifo", &[first[0].receipt_handle.clone()]).await.unwrap();
-    assert_eq!(bodies(&t.db, "orders.fifo", 10).await, ["a2"]);
+    // When a1's visibility passes it comes back, still ahead of a2.
+    t.advance(Duration::from_secs(30));
+    let again = t.db.receive("orders.fifo", &req(1)).await.unwrap();
+    assert_eq!((again[0].body.as_str(), again[0].receive_count), ("a1", 2));
+    t.db.delete("orders.fifo", &[again[0].receipt_handle.clone()]).await.unwrap();
+    // b1 and b2 (never deleted) are back too; everything comes in send order.
+    assert_eq!(bodies(&t.db, "orders.fifo", 10).await, ["b1", "a2", "b2"]);
 
     // Deduplication: same id within five minutes is a no-op returning the first message's id.
     let again = send_ok(&t.db, "orders.fifo", vec![in_group("a1", "a")]).await;
@@ -300,6 +324,12 @@ async fn a_send_wakes_a_long_poll_at_once_and_an_idle_one_returns_empty_after_it
     let got = db.receive("q", &ReceiveRequest { max: 1, visibility: None, wait: Some(idle) }).await.unwrap();
     assert!(got.is_empty());
     assert!(start.elapsed() >= idle && start.elapsed() < idle * 10, "{:?}", start.elapsed());
+
+    // Without a wait of its own, a receive waits the queue's ReceiveMessageWaitTimeSeconds.
+    db.set_settings("q", &QueueSettings { receive_wait: idle, ..standard() }).await.unwrap();
+    let start = Instant::now();
+    assert!(db.receive("q", &ReceiveRequest { max: 1, visibility: None, wait: None }).await.unwrap().is_empty());
+    assert!(start.elapsed() >= idle && start.elapsed() < idle * 10, "{:?}", start.elapsed());
     db.close();
 }
 
@@ -387,38 +417,4 @@ async fn a_batch_send_wakes_as_many_polls_as_it_has_messages() {
     got.sort();
     assert_eq!(got, ["a", "b", "c"]);
     db.close();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn scratch_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(MessageDb::open(&dir.path().join("messages.db")).unwrap());
-    db.create_queue("q", &standard()).await.unwrap();
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let db = Arc::clone(&db);
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while start.elapsed() < Duration::from_secs(3) {
-                    let batch: Vec<NewMessage> = (0..10).map(|i| msg(&format!("m{i}"))).collect();
-                    db.send("q", batch).await.unwrap();
-                    let got = db
-                        .receive("q", &ReceiveRequest { max: 10, visibility: None, wait: Some(Duration::from_secs(1)) })
-                        .await
-                        .unwrap();
-                    let handles: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
-                    db.delete("q", &handles).await.unwrap();
-                    n += got.len() as u64;
-                }
-                n
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
-    eprintln!("{} messages/s", total as f64 / start.elapsed().as_secs_f64());
 }
