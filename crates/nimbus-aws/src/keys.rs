@@ -1,7 +1,8 @@
-//! Access keys and what each may touch. Every key maps to a principal: the admin (every bucket,
-//! bucket creation and deletion) or a set of bucket grants (`nimbus_core::Grants`' buckets). The
-//! S3 layer asks [`KeyRing::check`] before every operation; a refusal is S3's `AccessDenied` and
-//! is logged with the key id, the bucket and the operation.
+//! Access keys and what each may touch. Every key maps to a principal: the admin (every bucket
+//! and queue, their creation and deletion) or a set of grants (`nimbus_core::Grants`' buckets
+//! and queues). The S3 layer asks [`KeyRing::check`] before every operation (SQS checks queue
+//! grants itself, [`crate::sqs`]); a refusal is `AccessDenied` and is logged with the key id,
+//! the bucket or queue, and the operation.
 //!
 //! The ring holds the keys nimbus hands out itself (the admin pair, per-instance keys); keys
 //! managed with `nimbus keys` are looked up on a miss in an [`AccessKeySource`] (the control

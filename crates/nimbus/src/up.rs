@@ -254,16 +254,6 @@ struct Node {
     forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The object store and the message queues, each in its own database file.
-fn open_stores(
-    store: &Store,
-    data_dir: &Path,
-) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<nimbus_store_sqlite::MessageDb>)> {
-    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
-    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
-    Ok((Arc::new(objects), Arc::new(messages)))
-}
-
 impl Node {
     /// Open the store, start the record writer and the runtimes, load the deployments.
     async fn start(data_dir: &Path, args: &UpArgs) -> Result<Node> {
@@ -279,13 +269,14 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let (objects, messages) = open_stores(&store, data_dir)?;
+        let objects: Arc<dyn nimbus_core::ObjectStore> =
+            Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
+        // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
+        let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
-        // Queues in their own SQLite file (messages.db, opened by open_stores), like KV; deploys
-        // create declared ones.
         let storage_sets =
             DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
         let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
@@ -328,7 +319,7 @@ impl Node {
     /// What the AWS port serves: the object store, the message queues, and the key ring the
     /// instances' keys are in.
     fn aws_parts(&self) -> crate::aws::Parts {
-        (self.objects.clone(), self.messages.clone(), self.keys.clone())
+        (self.objects.clone(), self.message_queues(), self.keys.clone())
     }
 
     /// Open the durable queue and start the async engine (workers and cron) and the queue
@@ -395,7 +386,6 @@ impl Node {
         if let Some(q) = &self.queue {
             q.close();
         }
-        self.messages.close();
         if let Some((stop, task)) = self.storage_flusher.take() {
             let _ = stop.send(true);
             let _ = task.await;
