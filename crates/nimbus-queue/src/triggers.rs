@@ -7,8 +7,9 @@
 //!
 //! A poller long-polls the queue ([`MAX_RECEIVE_WAIT`]; an idle trigger is a parked future that
 //! the store wakes on a send, never a busy loop), gathers up to `batch_size` messages for at most
-//! `batch_window`, and invokes the function once through [`Dispatch`] with the SQS batch event
-//! ([`SqsEvent`], trigger `queue`). Then:
+//! `batch_window`, and invokes the function through [`Dispatch`] with the SQS batch event
+//! ([`SqsEvent`], trigger `queue`): one invocation, or several in turn when the event would be
+//! over the 6 MB invoke payload limit ([`sqs_events`]). Then, for each:
 //! - success: the batch is deleted; with `report_batch_item_failures`, a
 //!   `{"batchItemFailures": [...]}` answer ([`parse_batch_response`]) deletes all but those, and
 //!   an answer that names no message of the batch (or is not JSON) keeps the whole batch, as
@@ -28,7 +29,7 @@
 //! Shutdown stops polling (a receive waiting is dropped: what it may have taken becomes visible
 //! again after its visibility timeout) and waits, bounded, for the batches being delivered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -37,8 +38,9 @@ use bytes::Bytes;
 use nimbus_core::event_sources::{QueueTrigger, TriggerSource, TriggerSpec};
 use nimbus_core::events::{parse_batch_response, BatchOutcome, FifoAttributes, SqsDelivery, SqsEvent, SqsMessage};
 use nimbus_core::ids::new_request_id;
+use nimbus_core::invoke::MAX_PAYLOAD_BYTES;
 use nimbus_core::messages::{MessageQueues, MqError, QueueStats, ReceiveRequest, Received, MAX_RECEIVE_WAIT};
-use nimbus_core::{Dispatch, DispatchError, Invocation, InvokeOutcome, Trigger};
+use nimbus_core::{Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -377,25 +379,41 @@ impl Triggers {
         Ok(Some(batch))
     }
 
-    /// Invoke the function with the batch and delete what it processed.
+    /// Invoke the function with the batch (in as many invocations as Lambda's 6 MB payload
+    /// limit needs) and delete what it processed.
     async fn deliver(&self, live: &Live, batch: Vec<Received>) -> Delivered {
-        live.counters.batch(batch.len());
-        let returned = |n: usize| Counters::add(&live.counters.returned, n);
         let Some(function) = self.resolver.function(&live.function, None) else {
             // Removed by a deploy: the supervisor stops this trigger at its next look.
-            returned(batch.len());
+            Counters::add(&live.counters.returned, batch.len());
             return Delivered::Throttled(batch.into_iter().map(|m| m.receipt_handle).collect());
         };
-        let payload = match serde_json::to_vec(&sqs_event(&live.trigger.queue, &batch)) {
-            Ok(p) => Bytes::from(p),
-            Err(e) => {
-                tracing::error!(queue = %live.trigger.queue, "cannot encode an SQS batch event: {e}");
-                returned(batch.len());
-                return Delivered::Failed;
+        let (mut failed, mut hide) = (false, Vec::new());
+        for (payload, part) in sqs_events(&live.trigger.queue, batch, MAX_PAYLOAD_BYTES) {
+            match self.invoke(live, &function, payload, part).await {
+                Delivered::Done => {}
+                Delivered::Failed => failed = true,
+                Delivered::Throttled(handles) => hide.extend(handles),
             }
-        };
+        }
+        match (hide.is_empty(), failed) {
+            (false, _) => Delivered::Throttled(hide),
+            (true, true) => Delivered::Failed,
+            (true, false) => Delivered::Done,
+        }
+    }
+
+    /// One invocation with `payload`, the SQS event of `batch`.
+    async fn invoke(
+        &self,
+        live: &Live,
+        function: &Arc<FunctionVersion>,
+        payload: Bytes,
+        batch: Vec<Received>,
+    ) -> Delivered {
+        live.counters.batch(batch.len());
+        let returned = |n: usize| Counters::add(&live.counters.returned, n);
         let invocation = Invocation::new(new_request_id(), payload, Trigger::Queue, function.spec.timeout);
-        match self.dispatch.invoke(function, invocation).await {
+        match self.dispatch.invoke(function.clone(), invocation).await {
             Ok(r) => match r.outcome {
                 InvokeOutcome::Success(body) => self.settle(live, batch, &body).await,
                 InvokeOutcome::FunctionError { .. } => {
@@ -421,17 +439,17 @@ impl Triggers {
     /// After a successful invocation: delete the batch, but for its reported item failures.
     async fn settle(&self, live: &Live, batch: Vec<Received>, body: &[u8]) -> Delivered {
         let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
-        let keep: Vec<String> = if live.trigger.report_batch_item_failures {
+        let keep: HashSet<String> = if live.trigger.report_batch_item_failures {
             match parse_batch_response(body, &ids) {
-                BatchOutcome::AllSucceeded => Vec::new(),
-                BatchOutcome::Failed(ids) => ids,
+                BatchOutcome::AllSucceeded => HashSet::new(),
+                BatchOutcome::Failed(ids) => ids.into_iter().collect(),
                 BatchOutcome::AllFailed(reason) => {
                     tracing::warn!(function = %live.function, queue = %live.trigger.queue, "the whole batch returns to the queue: {reason}");
                     ids.iter().map(|id| (*id).to_owned()).collect()
                 }
             }
         } else {
-            Vec::new()
+            HashSet::new()
         };
         Counters::add(&live.counters.returned, keep.len());
         if keep.len() >= batch.len() {
@@ -512,26 +530,59 @@ impl Triggers {
 
 /// The SQS batch event of `batch`, received from `queue`.
 pub fn sqs_event(queue: &str, batch: &[Received]) -> SqsEvent {
-    let records = batch
-        .iter()
-        .map(|m| {
-            SqsMessage::new(SqsDelivery {
-                queue,
-                message_id: &m.message_id,
-                receipt_handle: &m.receipt_handle,
-                body: &m.body,
-                receive_count: m.receive_count,
-                sent_ms: m.sent_ms,
-                first_receive_ms: m.first_receive_ms,
-                sender_id: &m.sender_id,
-                fifo: m.group_id.as_deref().map(|group_id| FifoAttributes {
-                    group_id,
-                    deduplication_id: m.dedup_id.as_deref().unwrap_or_default(),
-                    sequence_number: m.sequence_number.as_deref().unwrap_or_default(),
-                }),
-                attributes: m.attributes.clone(),
-            })
-        })
-        .collect();
-    SqsEvent { records }
+    SqsEvent { records: batch.iter().map(|m| record(queue, m)).collect() }
+}
+
+/// The record of one message received from `queue`.
+fn record(queue: &str, m: &Received) -> SqsMessage {
+    SqsMessage::new(SqsDelivery {
+        queue,
+        message_id: &m.message_id,
+        receipt_handle: &m.receipt_handle,
+        body: &m.body,
+        receive_count: m.receive_count,
+        sent_ms: m.sent_ms,
+        first_receive_ms: m.first_receive_ms,
+        sender_id: &m.sender_id,
+        fifo: m.group_id.as_deref().map(|group_id| FifoAttributes {
+            group_id,
+            deduplication_id: m.dedup_id.as_deref().unwrap_or_default(),
+            sequence_number: m.sequence_number.as_deref().unwrap_or_default(),
+        }),
+        attributes: m.attributes.clone(),
+    })
+}
+
+/// The SQS events of `batch`, each with the messages it holds, split so that no payload is
+/// over `limit` bytes (a single message never is: messages are at most 256 KiB). A record that
+/// cannot be encoded is left out, and its message returns to the queue after its visibility
+/// timeout.
+pub fn sqs_events(queue: &str, batch: Vec<Received>, limit: usize) -> Vec<(Bytes, Vec<Received>)> {
+    const HEAD: &[u8] = b"{\"Records\":[";
+    const TAIL: &[u8] = b"]}";
+    let mut out = Vec::new();
+    let (mut payload, mut part) = (HEAD.to_vec(), Vec::new());
+    for m in batch {
+        let record = match serde_json::to_vec(&record(queue, &m)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(queue, message = %m.message_id, "cannot encode an SQS record: {e}");
+                continue;
+            }
+        };
+        if !part.is_empty() && payload.len() + 1 + record.len() + TAIL.len() > limit {
+            payload.extend_from_slice(TAIL);
+            out.push((Bytes::from(std::mem::replace(&mut payload, HEAD.to_vec())), std::mem::take(&mut part)));
+        }
+        if !part.is_empty() {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(&record);
+        part.push(m);
+    }
+    if !part.is_empty() {
+        payload.extend_from_slice(TAIL);
+        out.push((Bytes::from(payload), part));
+    }
+    out
 }

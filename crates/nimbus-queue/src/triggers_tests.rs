@@ -300,3 +300,65 @@ async fn fifo_batches_carry_the_group_attributes() {
     assert_eq!(batches(&h.calls()), [["1", "2", "3"]]);
     assert_eq!(event["Records"][0]["attributes"]["MessageGroupId"], "g");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_queue_is_retried_with_a_growing_backoff_not_in_a_loop() {
+    let queues = FakeQueues::new();
+    let h = start(queues, queue_trigger("gone", |_| {}), Script::always(Step::Succeed("null")), 4);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    // 1 + 2 + 4 + … + 32 s, then every 60 s: about 15 attempts in 10 minutes.
+    let errors = h.triggers.stats()[0].receive_errors;
+    assert!((10..=20).contains(&errors), "{errors} failed receives in 10 minutes");
+    assert!(h.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_over_the_6_mb_payload_limit_goes_in_several_invocations() {
+    let queues = FakeQueues::new();
+    queues.declare("jobs", QueueSettings::default());
+    let body = "x".repeat(250 * 1024);
+    queues.send_bodies("jobs", &vec![body.as_str(); 30], None).await;
+    let trigger = queue_trigger("jobs", |t| (t.batch_size, t.batch_window) = (100, Duration::from_secs(1)));
+    let h = start(queues, trigger, Script::always(Step::Succeed("null")), 4);
+    h.until_deleted("jobs", 30).await;
+    let calls = h.calls();
+    assert_eq!(calls.len(), 2, "30 × 250 KiB is two payloads of at most 6 MiB");
+    assert!(calls.iter().all(|c| c.payload.len() <= nimbus_core::invoke::MAX_PAYLOAD_BYTES));
+    assert_eq!(batches(&calls).iter().map(Vec::len).sum::<usize>(), 30);
+    assert_eq!(h.triggers.stats()[0].batches, 2);
+}
+
+#[test]
+fn split_events_are_the_same_json_as_one_event() {
+    let queues_batch: Vec<nimbus_core::messages::Received> = (0..5)
+        .map(|i| nimbus_core::messages::Received {
+            message_id: format!("m{i}"),
+            receipt_handle: format!("h{i}"),
+            body: format!("body {i} \"quoted\""),
+            attributes: Default::default(),
+            md5_of_body: String::new(),
+            md5_of_attributes: None,
+            sender_id: "s".into(),
+            sent_ms: 1,
+            first_receive_ms: 2,
+            receive_count: 1,
+            group_id: None,
+            dedup_id: None,
+            sequence_number: None,
+        })
+        .collect();
+    let whole = crate::triggers::sqs_event("q", &queues_batch);
+    let one = crate::triggers::sqs_events("q", queues_batch.clone(), usize::MAX);
+    assert_eq!(one.len(), 1);
+    assert_eq!(serde_json::from_slice::<Value>(&one[0].0).unwrap(), serde_json::to_value(&whole).unwrap());
+    // A limit that fits two records at most splits 5 into 3 payloads, in order.
+    let two = one[0].0.len() * 2 / 5 + 20;
+    let parts = crate::triggers::sqs_events("q", queues_batch, two);
+    let ids: Vec<Vec<String>> = parts.iter().map(|(_, p)| p.iter().map(|m| m.message_id.clone()).collect()).collect();
+    assert_eq!(ids, [vec!["m0", "m1"], vec!["m2", "m3"], vec!["m4"]]);
+    for (payload, part) in &parts {
+        assert!(payload.len() <= two);
+        let event: Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(event["Records"].as_array().unwrap().len(), part.len());
+    }
+}

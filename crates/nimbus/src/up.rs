@@ -650,6 +650,11 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path, info: &nimbu
         };
         println!("  cron    {when} ({}) -> {}", sched.timezone, sched.function);
     }
+    for t in &live.triggers {
+        if let nimbus_core::event_sources::TriggerSource::Queue(q) = &t.source {
+            println!("  queue   {} (batches of up to {}) -> {}", q.queue, q.batch_size, t.function);
+        }
+    }
     println!("  admin token in {}", data_dir.join(TOKEN_FILE).display());
     let sandbox = &info.sandbox;
     match sandbox.host_uid {
