@@ -236,8 +236,11 @@ pub(crate) fn receive(
     // that moved nothing to the dead-letter queue took all there was.
     for _ in 0..=max {
         let need = max.saturating_sub(out.messages.len());
+        if need == 0 {
+            break;
+        }
         let rows = if s.spec.fifo { fifo_candidates(c, queue, need, now)? } else { visible_rows(c, queue, need, now)? };
-        if need == 0 || rows.is_empty() {
+        if rows.is_empty() {
             break;
         }
         let moved = out.dead_lettered;
