@@ -49,6 +49,13 @@ pub struct EventsArgs {
     /// The directory the data dirs go in (default: the temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// The queue trigger's batch_size (1–10,000; above 10 it gets batch_window = "1s", which
+    /// nimbus requires there, as Lambda does).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub trigger_batch_size: u32,
+    /// The queue trigger's max_concurrency (2–1000).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub trigger_max_concurrency: u32,
 }
 
 /// The queue of the SQS cycles, the trigger's queue, the bucket with a trigger.
@@ -77,7 +84,10 @@ exports.handler = async (event) => {
 "#;
 
 pub async fn run(args: EventsArgs) -> Result<()> {
-    let s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
+    let mut s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
+    s.trigger_batch_size = args.trigger_batch_size;
+    s.trigger_batch_window_secs = u32::from(args.trigger_batch_size > 10);
+    s.trigger_max_concurrency = args.trigger_max_concurrency;
     let nimbus_bin = procs::locate_nimbus(args.common.nimbus.clone())?;
     let python = procs::python()?;
     let moto = storage::moto_dir(args.moto.as_deref(), args.without_moto);

@@ -333,6 +333,7 @@ async fn the_queues_page_shows_depth() {
         .env("AWS_SHARED_CREDENTIALS_FILE", data.path().join("aws-credentials"))
         .env("AWS_PROFILE", "nimbus")
         .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .output()
         .unwrap();
