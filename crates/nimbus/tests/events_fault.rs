@@ -88,6 +88,7 @@ fn load(data: &Path, url: &str) {
         .env("AWS_SHARED_CREDENTIALS_FILE", data.join("aws-credentials"))
         .env("AWS_PROFILE", "nimbus")
         .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .output()
         .unwrap();

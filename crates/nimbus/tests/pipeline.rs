@@ -48,6 +48,7 @@ fn boto3(script: &str, data: &Path, args: &[&str]) -> Value {
         .env("AWS_SHARED_CREDENTIALS_FILE", data.join("aws-credentials"))
         .env("AWS_PROFILE", "nimbus")
         .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .output()
         .unwrap();
@@ -88,7 +89,8 @@ async fn the_pipeline_example_runs_end_to_end() {
     let url = std::fs::read_to_string(data.join("aws.url")).unwrap().trim().to_owned();
 
     let thumbs = boto3(UPLOAD, &data, &[&url, code.to_str().unwrap()]);
-    let want = serde_json::json!({"photos/wide one.png": [64, 38], "photos/small.png": [30, 30], "photos/big.png": [64, 48]});
+    let want =
+        serde_json::json!({"photos/wide one.png": [64, 38], "photos/small.png": [30, 30], "photos/big.png": [64, 48]});
     assert_eq!(thumbs, want);
     let meta: Value = serde_json::from_str(&kv_value(&server, "images", "photos/wide one.png").await).unwrap();
     assert_eq!((meta["width"].clone(), meta["thumbWidth"].clone()), (200.into(), 64.into()), "{meta:#}");
