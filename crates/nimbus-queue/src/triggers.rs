@@ -39,7 +39,7 @@ use nimbus_core::event_sources::{QueueTrigger, TriggerSource, TriggerSpec};
 use nimbus_core::events::{parse_batch_response, BatchOutcome, FifoAttributes, SqsDelivery, SqsEvent, SqsMessage};
 use nimbus_core::ids::new_request_id;
 use nimbus_core::invoke::MAX_PAYLOAD_BYTES;
-use nimbus_core::messages::{MessageQueues, MqError, QueueStats, ReceiveRequest, Received, MAX_RECEIVE_WAIT};
+use nimbus_core::messages::{MessageQueues, MqError, ReceiveRequest, Received, MAX_RECEIVE_WAIT};
 use nimbus_core::{Dispatch, DispatchError, FunctionVersion, Invocation, InvokeOutcome, Trigger};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -513,18 +513,6 @@ impl Triggers {
                 }
             })
             .collect()
-    }
-
-    /// Every queue's counts (for `/metrics`), by name; a queue that cannot be read is left out.
-    pub async fn queue_stats(&self) -> Result<Vec<(String, QueueStats)>, MqError> {
-        let mut out = Vec::new();
-        for q in self.queues.list_queues("").await? {
-            match self.queues.stats(&q.name).await {
-                Ok(s) => out.push((q.name, s)),
-                Err(e) => tracing::warn!(queue = %q.name, "cannot read the queue's counts: {e}"),
-            }
-        }
-        Ok(out)
     }
 }
 
