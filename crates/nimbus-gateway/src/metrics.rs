@@ -9,7 +9,7 @@
 //!   requests waiting for an instance, instances started (from the pools); the async queue's
 //!   depth, oldest age and dead-letter store (from the queue store); retries and dead-letters
 //!   (from the async engine); the connections open now (from the gateway); the message
-//!   queues' and queue triggers' counts ([`queues`]).
+//!   queues' and queue triggers' counts (`metrics/queues.rs`).
 
 mod queues;
 
