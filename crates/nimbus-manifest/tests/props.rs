@@ -14,6 +14,12 @@ use nimbus_manifest::{load_as, parse, Diagnostics, MANIFEST_FILE};
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, RngSeed};
 
+/// This package's directory: the test runner's `CARGO_MANIFEST_DIR` (this checkout), else the
+/// one compiled in (a shared target dir may hold a binary built in another checkout).
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 /// Explicit case counts and a fixed seed: the same cases on every run, in CI and locally.
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -27,7 +33,7 @@ fn config(cases: u32) -> ProptestConfig {
 /// The UI cases, the corpus the mutations start from, plus a full valid manifest; the valid
 /// ones (their `.err` says so) first, so that half the picks can start from an accepted app.
 fn seeds() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
+    let dir = Path::new(&manifest_dir()).join("tests/ui");
     let mut cases: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -47,7 +53,7 @@ const VALID_SEEDS: usize = 4;
 
 #[test]
 fn valid_seeds_counts_the_valid_cases() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
+    let dir = Path::new(&manifest_dir()).join("tests/ui");
     let valid_cases = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

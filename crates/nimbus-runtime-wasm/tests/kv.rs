@@ -17,6 +17,12 @@ use nimbus_core::kv::{CasOutcome, KvEntry, KvError, KvKey, KvNamespace, KvPage, 
 use nimbus_core::{FunctionVersion, Instance, Invocation, InvokeOutcome, Runtime, RuntimeKind, Trigger};
 use nimbus_runtime_wasm::{Settings, WasmRuntime};
 
+/// This package's directory: the test runner's `CARGO_MANIFEST_DIR` (this checkout), else the
+/// one compiled in (a shared target dir may hold a binary built in another checkout).
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 /// A KV store in memory. Every call yields to the scheduler before it takes the lock, so a host
 /// that built `increment` from a `get` and a `set` would lose updates under concurrency.
 #[derive(Default)]
@@ -113,7 +119,7 @@ impl KvStore for MemKv {
 }
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wasm")
+    PathBuf::from(manifest_dir()).join("../../tests/fixtures/wasm")
 }
 
 struct Setup {

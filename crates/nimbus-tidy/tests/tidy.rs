@@ -10,8 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// This package's directory: the test runner's `CARGO_MANIFEST_DIR` (this checkout), else the
+/// one compiled in (a shared target dir may hold a binary built in another checkout).
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(&manifest_dir()).join("../..").canonicalize().unwrap()
 }
 
 fn read(path: &Path) -> String {

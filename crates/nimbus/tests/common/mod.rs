@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// This package's directory: the test runner's `CARGO_MANIFEST_DIR` (this checkout), else the
+/// one compiled in (a shared target dir may hold a binary built in another checkout).
+pub fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}
+
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(&manifest_dir()).join("../..").canonicalize().unwrap()
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
