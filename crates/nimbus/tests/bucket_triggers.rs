@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{test_pythonpath, App, Server};
+use common::{boto3, run_json, App, Server};
 use serde_json::Value;
 
 /// Appends one line per run to $RUN_LOG: when it started, its request id (kept across retries)
@@ -69,31 +69,6 @@ fn start(app: &App, data: &Path) -> (Server, String) {
     let server = Server::start_args(app.path(), data, &["--aws-listen", "127.0.0.1:0"]);
     let url = std::fs::read_to_string(data.join("aws.url")).expect("DATA_DIR/aws.url").trim().to_owned();
     (server, url)
-}
-
-/// A Python command with boto3, given only the credentials file nimbus writes, as a user would.
-fn python(script: &str, args: &[&str], data_dir: &Path) -> Command {
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(script).args(args).env("PYTHONPATH", test_pythonpath());
-    cmd.env("AWS_SHARED_CREDENTIALS_FILE", data_dir.join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_ENDPOINT_URL");
-    cmd
-}
-
-fn run_json(mut cmd: Command) -> Value {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "client failed (scripts/test-deps.sh installs boto3):\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The function's runs so far (a line being written is skipped).
@@ -208,7 +183,7 @@ async fn object_changes_run_the_triggered_function_with_s3_events() {
     let app = app(&log);
     let data = tempfile::tempdir().unwrap();
     let (server, url) = start(&app, data.path());
-    let out = run_json(python(WRITES, &[&url, log.to_str().unwrap()], data.path()));
+    let out = run_json(boto3(WRITES, &[&url, log.to_str().unwrap()], data.path()));
     let runs = settle(&server, &log, "the copy and the delete", |r| {
         let c = counted(r);
         c.contains_key(&("ObjectCreated:Copy".into(), "in/copy.jpg".into()))
@@ -270,7 +245,7 @@ async fn an_acknowledged_put_fires_once_across_kill_9() {
     let app = app(&log);
     let data = tempfile::tempdir().unwrap();
     let (mut server, url) = start(&app, data.path());
-    let mut writer = python(PUT_STREAM, &[&url], data.path())
+    let mut writer = boto3(PUT_STREAM, &[&url], data.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -336,15 +311,15 @@ async fn an_outbox_row_forwarded_again_does_not_fire_twice() {
     let app = app(&log);
     let data = tempfile::tempdir().unwrap();
     let (mut server, url) = start(&app, data.path());
-    run_json(python(PUT_ONE, &[&url, "in/once.jpg"], data.path()));
+    run_json(boto3(PUT_ONE, &[&url, "in/once.jpg"], data.path()));
     let first = settle(&server, &log, "the first event", |r| r.len() == 1).await;
     assert!(server.stop().success());
     let (seq, etag) = (first[0]["sequencer"].as_str().unwrap(), first[0]["etag"].as_str().unwrap());
     let db = data.path().join("objects.db");
-    run_json(python(REINSERT, &[db.to_str().unwrap(), seq, etag], data.path()));
+    run_json(boto3(REINSERT, &[db.to_str().unwrap(), seq, etag], data.path()));
     let (server, url) = start(&app, data.path());
     // A later change: once its event ran, the re-inserted row (older) was forwarded too.
-    run_json(python(PUT_ONE, &[&url, "in/after.jpg"], data.path()));
+    run_json(boto3(PUT_ONE, &[&url, "in/after.jpg"], data.path()));
     let runs = settle(&server, &log, "the later event", |r| r.iter().any(|e| e["key"] == "in/after.jpg")).await;
     let once: Vec<&Value> = runs.iter().filter(|r| r["key"] == "in/once.jpg").collect();
     assert_eq!(once.len(), 1, "the event ran again: {runs:#?}");

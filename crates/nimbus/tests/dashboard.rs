@@ -267,18 +267,9 @@ async fn the_storage_page_shows_buckets_and_namespaces() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start_args(app.path(), data.path(), &["--aws-listen", "127.0.0.1:0"]);
     let url = std::fs::read_to_string(data.path().join("aws.url")).unwrap().trim().to_owned();
-    let put = std::process::Command::new("python3")
-        .arg("-c")
-        .arg("import boto3, sys; s3 = boto3.client('s3', endpoint_url=sys.argv[1]); [s3.put_object(Bucket='photos', Key=k, Body=b'x' * 1500) for k in ('a', 'b')]")
-        .arg(&url)
-        .env("PYTHONPATH", common::test_pythonpath())
-        .env("AWS_SHARED_CREDENTIALS_FILE", data.path().join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(put.status.success(), "boto3: {}", String::from_utf8_lossy(&put.stderr));
+    let script = "import boto3, sys; s3 = boto3.client('s3', endpoint_url=sys.argv[1]); \
+                  [s3.put_object(Bucket='photos', Key=k, Body=b'x' * 1500) for k in ('a', 'b')]; print('{}')";
+    common::run_json(common::boto3(script, &[&url], data.path()));
     let r = server
         .client()
         .put(format!("{}/v1/kv/sessions/user1", server.url))
@@ -320,24 +311,11 @@ async fn the_queues_page_shows_depth() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start_args(app.path(), data.path(), &["--aws-listen", "127.0.0.1:0"]);
     let url = std::fs::read_to_string(data.path().join("aws.url")).unwrap().trim().to_owned();
-    let send = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import boto3, sys; sqs = boto3.client('sqs', endpoint_url=sys.argv[1]); \
-             q = sqs.get_queue_url(QueueName='orders')['QueueUrl']; \
-             [sqs.send_message(QueueUrl=q, MessageBody=b) for b in ('a', 'b', 'c')]; \
-             sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=1)",
-        )
-        .arg(&url)
-        .env("PYTHONPATH", common::test_pythonpath())
-        .env("AWS_SHARED_CREDENTIALS_FILE", data.path().join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(send.status.success(), "boto3: {}", String::from_utf8_lossy(&send.stderr));
+    let script = "import boto3, sys; sqs = boto3.client('sqs', endpoint_url=sys.argv[1]); \
+                  q = sqs.get_queue_url(QueueName='orders')['QueueUrl']; \
+                  [sqs.send_message(QueueUrl=q, MessageBody=b) for b in ('a', 'b', 'c')]; \
+                  sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=1); print('{}')";
+    common::run_json(common::boto3(script, &[&url], data.path()));
 
     let browser = browser();
     let tab = browser.new_tab().unwrap();

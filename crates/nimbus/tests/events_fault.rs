@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{test_pythonpath, unsafe_kill, App, Server};
+use common::{boto3, run_json, unsafe_kill, App, Server};
 use serde_json::Value;
 
 const MESSAGES: usize = 1000;
@@ -80,19 +80,8 @@ print(json.dumps({"acknowledged": True}))
 "#;
 
 fn load(data: &Path, url: &str) {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(LOAD)
-        .args([url, &MESSAGES.to_string(), &OBJECTS.to_string()])
-        .env("PYTHONPATH", test_pythonpath())
-        .env("AWS_SHARED_CREDENTIALS_FILE", data.join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+    let acked = run_json(boto3(LOAD, &[url, &MESSAGES.to_string(), &OBJECTS.to_string()], data));
+    assert_eq!(acked["acknowledged"], true);
 }
 
 /// Every `seen` key with its count.

@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, repo_root, test_pythonpath, vendor_python, Server};
+use common::{boto3, copy_dir, repo_root, run_json, vendor_python, Server};
 use serde_json::Value;
 
 /// Uploads three PNGs of different sizes (made with the example's own codec) and one file that
@@ -38,23 +37,6 @@ for key in keys:
     out[key] = [w, h]
 print(json.dumps(out))
 "#;
-
-fn boto3(script: &str, data: &Path, args: &[&str]) -> Value {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .env("PYTHONPATH", test_pythonpath())
-        .env("AWS_SHARED_CREDENTIALS_FILE", data.join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// A KV value as stored, through `/v1/kv` (the key percent-encoded as one segment).
 async fn kv_value(server: &Server, ns: &str, key: &str) -> String {
@@ -88,7 +70,7 @@ async fn the_pipeline_example_runs_end_to_end() {
     let server = Server::start_args(&app, &data, &["--aws-listen", "127.0.0.1:0"]);
     let url = std::fs::read_to_string(data.join("aws.url")).unwrap().trim().to_owned();
 
-    let thumbs = boto3(UPLOAD, &data, &[&url, code.to_str().unwrap()]);
+    let thumbs = run_json(boto3(UPLOAD, &[&url, code.to_str().unwrap()], &data));
     let want =
         serde_json::json!({"photos/wide one.png": [64, 38], "photos/small.png": [30, 30], "photos/big.png": [64, 48]});
     assert_eq!(thumbs, want);

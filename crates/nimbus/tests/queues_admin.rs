@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{test_pythonpath, App, Server};
+use common::{boto3, run_json, App, Server};
 use serde_json::{json, Value};
 
 const MANIFEST: &str = r#"
@@ -32,25 +30,6 @@ sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"
 again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=30).get("Messages", [])
 print(json.dumps({"poisoned": got[0]["Body"], "then": sorted(m["Body"] for m in again)}))
 "#;
-
-/// Run `script` with boto3, the `nimbus` profile of `data`'s credentials file and `url` as its
-/// argument; its stdout parsed as JSON.
-fn boto3(script: &str, data: &Path, url: &str) -> Value {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(url)
-        .env("PYTHONPATH", test_pythonpath())
-        .env("AWS_SHARED_CREDENTIALS_FILE", data.join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn cli_json(server: &Server, args: &[&str]) -> Value {
     let out = server.cli(args);
@@ -81,7 +60,7 @@ async fn operators_see_depth_peek_purge_and_redrive() {
     assert_eq!(jobs["maxReceiveCount"], 1);
     assert_eq!(jobs["arn"], "arn:aws:sqs:us-east-1:000000000000:jobs");
 
-    let moved = boto3(SQS_SCRIPT, data.path(), &url);
+    let moved = run_json(boto3(SQS_SCRIPT, &[&url], data.path()));
     let poisoned = moved["poisoned"].as_str().unwrap().to_owned();
     assert_eq!(moved["then"].as_array().unwrap().len(), 2, "the poisoned message is not delivered again: {moved}");
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{test_pythonpath, App, Server};
+use common::{aws_env, run_json, test_pythonpath, App, Server};
 
 /// An app with one function and a declared bucket, served with the AWS port on a free port.
 fn start() -> (App, tempfile::TempDir, Server, String) {
@@ -23,28 +23,6 @@ fn start() -> (App, tempfile::TempDir, Server, String) {
 
 fn aws_url(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("aws.url")).expect("nimbus up writes DATA_DIR/aws.url").trim().to_owned()
-}
-
-/// A command with the credentials file and profile set, as a user would.
-fn aws_env(cmd: &mut Command, data_dir: &Path) {
-    cmd.env("AWS_SHARED_CREDENTIALS_FILE", data_dir.join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_ENDPOINT_URL");
-}
-
-fn run_json(mut cmd: Command) -> serde_json::Value {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "client failed (scripts/test-deps.sh installs the clients):\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 const BOTO3: &str = r#"

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{test_pythonpath, App, Server};
+use common::{aws_env, boto3, run_json, test_pythonpath, App, Server};
 use serde_json::json;
 
 /// An app with one function, served with the AWS port on a free port.
@@ -22,34 +22,8 @@ fn start() -> (App, tempfile::TempDir, Server, String) {
     (app, data, server, url)
 }
 
-/// A command with the credentials file and profile set, as a user would.
-fn aws_env(cmd: &mut Command, data_dir: &Path) {
-    cmd.env("AWS_SHARED_CREDENTIALS_FILE", data_dir.join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_ENDPOINT_URL");
-}
-
-fn run_json(mut cmd: Command) -> serde_json::Value {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "client failed (scripts/test-deps.sh installs the clients):\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 fn python(script: &str, url: &str, data_dir: &Path) -> serde_json::Value {
-    let mut cmd = Command::new("python3");
-    cmd.arg("-c").arg(script).arg(url).env("PYTHONPATH", test_pythonpath());
-    aws_env(&mut cmd, data_dir);
-    run_json(cmd)
+    run_json(boto3(script, &[url], data_dir))
 }
 
 const BOTO3_QUEUES: &str = r#"

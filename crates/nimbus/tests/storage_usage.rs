@@ -7,9 +7,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{test_pythonpath, App, Server};
+use common::{App, Server};
 use serde_json::Value;
 
 const TRAFFIC: &str = r#"
@@ -34,28 +33,9 @@ fn start(app: &Path, data: &Path) -> Server {
     Server::start_args(app, data, &["--aws-listen", "127.0.0.1:0"])
 }
 
-fn boto3(data: &Path) -> Value {
+fn traffic(data: &Path) -> Value {
     let url = std::fs::read_to_string(data.join("aws.url")).unwrap().trim().to_owned();
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(TRAFFIC)
-        .arg(&url)
-        .env("PYTHONPATH", test_pythonpath())
-        .env("AWS_SHARED_CREDENTIALS_FILE", data.join("aws-credentials"))
-        .env("AWS_PROFILE", "nimbus")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_ENDPOINT_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3 failed (scripts/test-deps.sh installs it):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::run_json(common::boto3(TRAFFIC, &[&url], data))
 }
 
 async fn kv(server: &Server, method: reqwest::Method, path: &str, body: &str) -> u16 {
@@ -104,7 +84,7 @@ async fn s3_and_kv_traffic_is_counted_priced_exported_and_kept() {
         .finish();
     let data = tempfile::tempdir().unwrap();
     let mut server = start(app.path(), data.path());
-    let out = boto3(data.path());
+    let out = traffic(data.path());
     assert_eq!(out, serde_json::json!({"got": [2000, 2000], "missing": "NoSuchKey"}));
     use reqwest::Method;
     assert_eq!(kv(&server, Method::PUT, "/v1/kv/cache/a", "hello").await, 200);

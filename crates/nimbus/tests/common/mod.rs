@@ -439,6 +439,41 @@ pub fn unsafe_kill(pid: i32, sig: i32) {
     }
 }
 
+/// Give `cmd` the `nimbus` profile of `data_dir`'s credentials file and none of the caller's own
+/// AWS settings, as a user points a client at nimbus (boto3 reads `AWS_DEFAULT_REGION`, the CLI
+/// and the JS SDK `AWS_REGION`).
+pub fn aws_env<'a>(cmd: &'a mut Command, data_dir: &Path) -> &'a mut Command {
+    cmd.env("AWS_SHARED_CREDENTIALS_FILE", data_dir.join("aws-credentials"))
+        .env("AWS_PROFILE", "nimbus")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL")
+}
+
+/// `python3 -c script args…` with boto3 on its path and the credentials of [`aws_env`].
+pub fn boto3(script: &str, args: &[&str], data_dir: &Path) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args).env("PYTHONPATH", test_pythonpath());
+    aws_env(&mut cmd, data_dir);
+    cmd
+}
+
+/// Run a client command that must succeed; its stdout parsed as JSON.
+pub fn run_json(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "client failed (scripts/test-deps.sh installs the clients):\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// Run a Python script (with boto3 and awslambdaric on its path) with `args`; returns its stdout
 /// parsed as JSON.
 pub fn run_python_json(script: &str, args: &[&str]) -> serde_json::Value {
