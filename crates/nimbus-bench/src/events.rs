@@ -39,16 +39,8 @@ use crate::storage;
 pub struct EventsArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Where `moto[server]` is installed (a `pip --target` dir; default:
-    /// $NIMBUS_BENCH_TOOLS/moto, else ~/.cache/nimbus/bench-tools/moto).
-    #[arg(long)]
-    pub moto: Option<PathBuf>,
-    /// Leave moto out even when it is installed.
-    #[arg(long)]
-    pub without_moto: bool,
-    /// The directory the data dirs go in (default: the temp dir).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub place: storage::MotoAndDir,
     /// The queue trigger's batch_size (1–10,000; above 10 it gets batch_window = "1s", which
     /// nimbus requires there, as Lambda does).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -90,12 +82,12 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     s.trigger_max_concurrency = args.trigger_max_concurrency;
     let nimbus_bin = procs::locate_nimbus(args.common.nimbus.clone())?;
     let python = procs::python()?;
-    let moto = storage::moto_dir(args.moto.as_deref(), args.without_moto);
-    if let (Err(why), Some(_)) = (&moto, &args.moto) {
+    let moto = storage::moto_dir(args.place.moto.as_deref(), args.place.without_moto);
+    if let (Err(why), Some(_)) = (&moto, &args.place.moto) {
         bail!("{why}");
     }
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
-    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let parent = args.place.dir.clone().unwrap_or_else(std::env::temp_dir);
     let root = parent.join(format!("nimbus-bench-events-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let app = write_app(&root, &s)?;

@@ -35,6 +35,13 @@ use crate::storagereport::{self, Disk, Phase, RunResult, Settings};
 pub struct StorageArgs {
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub place: MotoAndDir,
+}
+
+/// The options the benches against moto share (`storage`, `events`).
+#[derive(Args)]
+pub struct MotoAndDir {
     /// Where `moto[server]` is installed (a `pip --target` dir; default:
     /// $NIMBUS_BENCH_TOOLS/moto, else ~/.cache/nimbus/bench-tools/moto).
     #[arg(long)]
@@ -42,7 +49,8 @@ pub struct StorageArgs {
     /// Leave moto out even when it is installed.
     #[arg(long)]
     pub without_moto: bool,
-    /// The directory the data dirs (and the disk measurement) go in (default: the temp dir).
+    /// The directory the data dirs (and `storage`'s disk measurement) go in (default: the temp
+    /// dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
@@ -79,12 +87,12 @@ pub async fn run(args: StorageArgs) -> Result<()> {
     let s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
     let nimbus_bin = procs::locate_nimbus(args.common.nimbus.clone())?;
     let python = procs::python()?;
-    let moto = moto_dir(args.moto.as_deref(), args.without_moto);
-    if let (Err(why), Some(_)) = (&moto, &args.moto) {
+    let moto = moto_dir(args.place.moto.as_deref(), args.place.without_moto);
+    if let (Err(why), Some(_)) = (&moto, &args.place.moto) {
         bail!("{why}");
     }
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
-    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let parent = args.place.dir.clone().unwrap_or_else(std::env::temp_dir);
     let root = parent.join(format!("nimbus-bench-storage-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let app = write_app(&root)?;
