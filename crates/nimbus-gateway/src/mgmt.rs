@@ -25,6 +25,7 @@ use crate::kv_api;
 use crate::queues_api;
 use crate::scopes::{self, Endpoint, Matched};
 use crate::util::{json, query_param, Resp};
+use nimbus_core::messages::MqError;
 
 /// A failed management call: its status and the [`api::ErrorBody`] sent back.
 #[derive(Debug)]
@@ -34,11 +35,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
         ApiError { status, body: api::ErrorBody { error: error.into(), errors: None, code: None } }
     }
 
-    pub(crate) fn bad_request(error: impl Into<String>) -> Self {
+    fn bad_request(error: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, error)
     }
 
@@ -54,6 +55,21 @@ impl ApiError {
 
     pub(crate) fn into_response(self) -> Resp {
         json(self.status, &self.body)
+    }
+}
+
+impl From<MqError> for ApiError {
+    fn from(e: MqError) -> Self {
+        match e {
+            MqError::NoSuchQueue(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "there is no queue {name}; `nimbus queues ls` lists them, `[queues.{name}]` in nimbus.toml declares it"
+                ),
+            ),
+            e if e.is_caller_fault() => ApiError::bad_request(e.to_string()),
+            e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
     }
 }
 
@@ -238,13 +254,13 @@ async fn message_queues(c: &Caller<'_>, e: Endpoint, param: &str, q: &impl Fn(&s
             Ok(json(StatusCode::OK, &queues_api::peek(gw, param, limit).await?))
         }
         Endpoint::PurgeQueue => {
-            let result = queues_api::purge(gw, param).await;
+            let result = queues_api::purge(gw, param).await.map_err(ApiError::from);
             c.audit(AuditAction::QueuePurge, format!("queue {param}"), &result).await;
             Ok(json(StatusCode::OK, &result?))
         }
         Endpoint::RedriveQueue => {
             let to = q("to");
-            let result = queues_api::redrive(gw, param, to.as_deref()).await;
+            let result = queues_api::redrive(gw, param, to.as_deref()).await.map_err(ApiError::from);
             c.audit(AuditAction::QueueRedrive, format!("queue {param}"), &result).await;
             Ok(json(StatusCode::OK, &result?))
         }
