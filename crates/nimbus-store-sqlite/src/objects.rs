@@ -1426,8 +1426,8 @@ mod tests {
         db.put_object("b", key, body(vec![data]), PutOptions::default()).await.unwrap()
     }
 
-    /// Concurrent PUTs share commits and directory fsyncs: every one is acknowledged and
-    /// readable, and one metadata write failing in a batch undoes only itself.
+    /// Concurrent PUTs share commits and directory fsyncs: every one (inline or file) is
+    /// acknowledged and readable, and one metadata write failing in a batch undoes only itself.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_puts_commit_together_and_fail_alone() {
         let (_dir, db) = store().await;
@@ -1435,7 +1435,7 @@ mod tests {
         for i in 0..64u32 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
-                let data: &'static [u8] = if i % 2 == 0 { b"even" } else { b"odd" };
+                let data: &'static [u8] = if i % 2 == 0 { b"even" } else { big(7) };
                 if i % 16 == 0 {
                     let m = ObjectMeta { key: format!("k{i}"), ..put(&db, "seed", b"x").await };
                     return db
@@ -1456,9 +1456,10 @@ mod tests {
         }
         for i in (0..64u32).filter(|i| i % 16 != 0) {
             let got = read_all(db.get_object("b", &format!("k{i}"), None).await.unwrap().body).await;
-            assert_eq!(got, if i % 2 == 0 { &b"even"[..] } else { &b"odd"[..] });
+            assert_eq!(got, if i % 2 == 0 { &b"even"[..] } else { big(7) });
         }
         assert!(matches!(db.head_object("b", "k16").await, Err(ObjectError::NoSuchKey(..))));
+        assert_eq!(data_files(&db), 32, "one file per large body, none per small one");
         assert_eq!(
             *db.inner.dir_sync.done.lock().await,
             db.inner.dir_sync.issued.load(std::sync::atomic::Ordering::SeqCst)
