@@ -621,7 +621,7 @@ fn headers_from_json(s: &str) -> ObjectHeaders {
     }
 }
 
-/// Insert or replace an object row; returns the file it replaced, if any (empty when it replaced
+/// Insert or replace an object row; returns the file it replaced, if any (none when it replaced
 /// an inline body, which goes with its row).
 fn upsert_object(
     tx: &Connection,
@@ -652,7 +652,7 @@ fn upsert_object(
         ],
     )
     .map_err(sql("store an object"))?;
-    Ok(old.into_iter().collect())
+    Ok(old.into_iter().filter(|f| !f.is_empty()).collect())
 }
 
 /// MD5 always, and the checksum the client asked for.
@@ -1535,7 +1535,9 @@ mod tests {
         let limit: &'static [u8] = Box::leak(vec![3u8; INLINE_MAX as usize].into_boxed_slice());
         put(&db, "small", b"tiny").await;
         put(&db, "limit", limit).await;
-        assert!(is_inline(&db, "small") && is_inline(&db, "limit"));
+        put(&db, "empty", b"").await;
+        assert!(is_inline(&db, "small") && is_inline(&db, "limit") && is_inline(&db, "empty"));
+        assert!(read_all(db.get_object("b", "empty", None).await.unwrap().body).await.is_empty());
         assert_eq!(data_files(&db), 0, "no file for an inline body");
         let half: &'static [u8] = Box::leak(vec![5u8; INLINE_MAX as usize / 2 + 1].into_boxed_slice());
         let meta = db.put_object("b", "streamed", body(vec![half, half]), PutOptions::default()).await.unwrap();
