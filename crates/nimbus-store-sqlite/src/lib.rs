@@ -34,7 +34,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub use artifacts::{digest_dir, ArtifactStore};
 pub use kv::KvDb;
 pub use messages::MessageDb;
-pub use objects::{multipart_etag, ObjectDb};
+pub use objects::{multipart_etag, ObjectDb, INLINE_MAX};
 pub use queue::QueueDb;
 pub use records::{RecordWriter, USAGE_RETENTION};
 pub use stats::percentile;
@@ -153,7 +153,12 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
-    for (table, name, ty) in ADDED_COLUMNS {
+    add_columns(conn, ADDED_COLUMNS)
+}
+
+/// Add the `(table, column, type)` columns a table lacks (an older database).
+pub(crate) fn add_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> Result<()> {
+    for (table, name, ty) in columns {
         let have: Vec<String> = conn
             .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
             .query_map([], |r| r.get(0))?

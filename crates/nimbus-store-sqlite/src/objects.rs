@@ -1,8 +1,16 @@
-//! The embedded object store: bytes in files under `DATA_DIR/objects/data/`, metadata in
-//! `DATA_DIR/objects.db` (its own SQLite file, WAL, `synchronous=FULL`, so its fsyncs never
-//! queue behind the registry's or the queue's).
+//! The embedded object store: metadata in `DATA_DIR/objects.db` (its own SQLite file, WAL,
+//! `synchronous=FULL`, so its fsyncs never queue behind the registry's or the queue's); bodies
+//! of at most [`INLINE_MAX`] bytes in their metadata row (`objects.body`), larger ones in files
+//! under `DATA_DIR/objects/data/`.
 //!
-//! Durability order of every PUT (put, copy, complete multipart, upload part): the body goes to
+//! A small PUT (put or copy) is received into memory and its row, body included, committed
+//! through the group-commit writer: one WAL fsync makes it durable, shared with concurrent
+//! writers. A body that outgrows [`INLINE_MAX`] while arriving (or declares a larger
+//! `Content-Length`) continues into a temp file, never read twice. Parts are always files, and so
+//! is a completed multipart object. An inline row has `file = ''` and `body` set; a file row
+//! has `body` NULL (older databases get the column on open).
+//!
+//! Durability order of every file PUT (put, copy, complete multipart, upload part): the body goes to
 //! `objects/tmp/ID`, is fsynced, renamed to `objects/data/ID`, the directory is fsynced, and only
 //! then is the metadata row committed; the PUT is acknowledged after the commit. So an
 //! acknowledged PUT survives `kill -9` (its row and its file are on disk), and a PUT cut short
@@ -65,6 +73,7 @@ CREATE TABLE IF NOT EXISTS objects (
     checksum_alg TEXT,
     checksum TEXT,
     parts INTEGER,
+    body BLOB,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uploads (
@@ -95,6 +104,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     time_ms INTEGER NOT NULL
 );
 ";
+
+/// Columns added after a table's first release, added to older databases on open.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The body of a small object, stored in its row (NULL: the body is the row's file).
+    ("objects", "body", "BLOB"),
+];
+
+/// Bodies up to this many bytes are stored in their object's row, not in a file (ARCHITECTURE.md,
+/// Object storage, says why 64 KiB).
+pub const INLINE_MAX: u64 = 64 * 1024;
 
 const OBJECT_COLUMNS: &str = "key, size, etag, modified_ms, headers, checksum_alg, checksum, parts";
 
@@ -149,9 +168,87 @@ impl DirSync {
     }
 }
 
-/// A body written to `tmp/` and checked, not yet installed.
+/// Where a received body is: in memory (to be stored in its row) or in `tmp/ID` (to be installed
+/// into `data/ID`).
+enum Stored {
+    Inline(Vec<u8>),
+    File(String),
+}
+
+impl Stored {
+    /// The `file` column of the row (empty for an inline body).
+    fn file(&self) -> &str {
+        match self {
+            Stored::Inline(_) => "",
+            Stored::File(id) => id,
+        }
+    }
+
+    /// The `body` column of the row (NULL for a file).
+    fn inline(&self) -> Option<&[u8]> {
+        match self {
+            Stored::Inline(b) => Some(b),
+            Stored::File(_) => None,
+        }
+    }
+}
+
+/// What a GET reads: the row's body, or its file.
+enum Source {
+    Inline(bytes::Bytes),
+    File(tokio::fs::File),
+}
+
+/// A body being received: kept in memory until it outgrows [`INLINE_MAX`] (or from the start,
+/// when it may not be inline), then written on to a temp file.
+struct Sink {
+    tmp: PathBuf,
+    buf: Vec<u8>,
+    file: Option<(String, tokio::fs::File)>,
+}
+
+impl Sink {
+    /// Move to a temp file: what is in memory goes first.
+    async fn spill(&mut self) -> Result<(), ObjectError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let file = tokio::fs::File::create(self.tmp.join(&id)).await.map_err(io("create a temp file"))?;
+        let (_, file) = self.file.insert((id, file));
+        file.write_all(&self.buf).await.map_err(io("write an object"))?;
+        self.buf = Vec::new();
+        Ok(())
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), ObjectError> {
+        if self.file.is_none() && (self.buf.len() + chunk.len()) as u64 > INLINE_MAX {
+            self.spill().await?;
+        }
+        match &mut self.file {
+            Some((_, f)) => f.write_all(chunk).await.map_err(io("write an object")),
+            None => {
+                self.buf.extend_from_slice(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    async fn sync(&mut self) -> Result<(), ObjectError> {
+        match &mut self.file {
+            Some((_, f)) => f.sync_all().await.map_err(io("fsync an object")),
+            None => Ok(()),
+        }
+    }
+
+    fn into_stored(self) -> Stored {
+        match self.file {
+            Some((id, _)) => Stored::File(id),
+            None => Stored::Inline(self.buf),
+        }
+    }
+}
+
+/// A body received and checked: inline, or written to `tmp/` and not yet installed.
 struct Written {
-    id: String,
+    stored: Stored,
     size: u64,
     md5: [u8; 16],
     checksum: Option<Checksum>,
@@ -190,6 +287,7 @@ impl ObjectDb {
         std::fs::create_dir_all(&tmp)?;
         let conn = open_connection(&data_dir.join("objects.db"))?;
         conn.execute_batch(SCHEMA)?;
+        crate::add_columns(&conn, ADDED_COLUMNS)?;
         let writer = GroupWriter::start("object store", open_connection(&data_dir.join("objects.db"))?, apply, None)?;
         let dir_sync = DirSync {
             dir: data.clone(),
@@ -253,55 +351,39 @@ impl ObjectDb {
         self.inner.data.join(id)
     }
 
-    /// Write a body to `tmp/`, fsync it and check it against what the client declared.
-    async fn write_body(&self, mut body: ByteStream, opts: &PutOptions) -> Result<Written, ObjectError> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let path = self.inner.tmp.join(&id);
-        let result = self.write_file(&path, &mut body, opts).await;
+    /// Receive a body (into memory, or a fsynced temp file when it is larger than
+    /// [`INLINE_MAX`] or `may_inline` is false) and check it against what the client declared.
+    async fn write_body(
+        &self,
+        mut body: ByteStream,
+        opts: &PutOptions,
+        may_inline: bool,
+    ) -> Result<Written, ObjectError> {
+        let declared = opts.content_length.unwrap_or(0);
+        let capacity = usize::try_from(declared.min(INLINE_MAX)).unwrap_or(0);
+        let mut sink = Sink { tmp: self.inner.tmp.clone(), buf: Vec::with_capacity(capacity), file: None };
+        let result = async {
+            if !may_inline || declared > INLINE_MAX {
+                sink.spill().await?;
+            }
+            receive(&mut sink, &mut body, opts).await
+        }
+        .await;
         match result {
-            Ok((size, md5, checksum)) => Ok(Written { id, size, md5, checksum }),
+            Ok((size, md5, checksum)) => Ok(Written { stored: sink.into_stored(), size, md5, checksum }),
             Err(e) => {
-                let _ = tokio::fs::remove_file(&path).await;
+                if let Some((id, _)) = sink.file.take() {
+                    let _ = tokio::fs::remove_file(self.inner.tmp.join(id)).await;
+                }
                 Err(e)
             }
         }
     }
 
-    async fn write_file(
-        &self,
-        path: &Path,
-        body: &mut ByteStream,
-        opts: &PutOptions,
-    ) -> Result<(u64, [u8; 16], Option<Checksum>), ObjectError> {
-        let mut file = tokio::fs::File::create(path).await.map_err(io("create a temp file"))?;
-        let mut hasher = Hasher::new(opts.checksum.as_ref().map(|(a, _)| *a));
-        let mut size = 0u64;
-        while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
-            let chunk = chunk.map_err(ObjectError::Body)?;
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            file.write_all(&chunk).await.map_err(io("write an object"))?;
-        }
-        file.sync_all().await.map_err(io("fsync an object"))?;
-        if let Some(declared) = opts.content_length {
-            if declared != size {
-                return Err(ObjectError::IncompleteBody { declared, actual: size });
-            }
-        }
-        let (md5, checksum) = hasher.finish();
-        if let Some(want) = &opts.content_md5 {
-            if *want != base64::engine::general_purpose::STANDARD.encode(md5) {
-                return Err(ObjectError::BadDigest("Content-MD5"));
-            }
-        }
-        check_expected(opts, checksum.as_ref())?;
-        Ok((size, md5, checksum))
-    }
-
     /// Move a written body into `data/` and make the rename durable.
-    async fn install(&self, w: &Written) -> Result<(), ObjectError> {
-        let from = self.inner.tmp.join(&w.id);
-        let to = self.data_path(&w.id);
+    async fn install(&self, id: &str) -> Result<(), ObjectError> {
+        let from = self.inner.tmp.join(id);
+        let to = self.data_path(id);
         tokio::fs::rename(&from, &to).await.map_err(io("install an object"))?;
         self.inner.dir_sync.sync().await
     }
@@ -341,43 +423,56 @@ impl ObjectDb {
     }
 
     /// Unlink files no row names any more (best effort: the start-up sweep catches the rest).
+    /// Inline bodies had none (their `file` is empty) and are skipped.
     async fn unlink(&self, files: Vec<String>) {
-        for f in files {
+        for f in files.into_iter().filter(|f| !f.is_empty()) {
             if let Err(e) = tokio::fs::remove_file(self.data_path(&f)).await {
                 tracing::warn!(file = %f, error = %e, "object store: could not delete a replaced file");
             }
         }
     }
 
-    /// Install a written body and commit `commit` (which returns the files it replaced); on a
-    /// failed commit the new file goes.
+    /// Install a written body (a file; an inline body has nothing to install) and commit
+    /// `commit` (given where the body is; it returns the files it replaced); on a failed commit
+    /// the new file goes.
     async fn install_and_commit<T: Send + 'static>(
         &self,
-        w: &Written,
-        commit: impl FnOnce(&Connection) -> Result<(T, Vec<String>), ObjectError> + Send + 'static,
+        w: Written,
+        commit: impl FnOnce(&Connection, &Stored) -> Result<(T, Vec<String>), ObjectError> + Send + 'static,
     ) -> Result<T, ObjectError> {
-        if let Err(e) = self.install(w).await {
-            let _ = tokio::fs::remove_file(self.inner.tmp.join(&w.id)).await;
-            return Err(e);
+        let file = match &w.stored {
+            Stored::File(id) => Some(id.clone()),
+            Stored::Inline(_) => None,
+        };
+        if let Some(id) = &file {
+            if let Err(e) = self.install(id).await {
+                let _ = tokio::fs::remove_file(self.inner.tmp.join(id)).await;
+                return Err(e);
+            }
         }
-        match self.commit(commit).await {
+        let stored = w.stored;
+        match self.commit(move |c| commit(c, &stored)).await {
             Ok((value, replaced)) => {
                 self.unlink(replaced).await;
                 Ok(value)
             }
             Err(e) => {
-                self.unlink(vec![w.id.clone()]).await;
+                self.unlink(file.into_iter().collect()).await;
                 Err(e)
             }
         }
     }
 
-    /// Open an object's file at `start` (retrying when an overwrite unlinked it in between).
-    async fn open_object(&self, bucket: &str, key: &str) -> Result<(ObjectMeta, tokio::fs::File), ObjectError> {
+    /// Open an object's body: its row's, or its file at the start (retrying when an overwrite
+    /// unlinked the file in between).
+    async fn open_object(&self, bucket: &str, key: &str) -> Result<(ObjectMeta, Source), ObjectError> {
         for _ in 0..3 {
-            let (meta, file) = self.object_row(bucket, key).await?;
+            let (meta, file, inline) = self.object_row(bucket, key, true).await?;
+            if let Some(body) = inline {
+                return Ok((meta, Source::Inline(body.into())));
+            }
             match tokio::fs::File::open(self.data_path(&file)).await {
-                Ok(f) => return Ok((meta, f)),
+                Ok(f) => return Ok((meta, Source::File(f))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(ObjectError::backend("open an object", e)),
             }
@@ -385,12 +480,19 @@ impl ObjectDb {
         Err(ObjectError::backend("open an object", std::io::Error::other("it was replaced three times while opening")))
     }
 
-    async fn object_row(&self, bucket: &str, key: &str) -> Result<(ObjectMeta, String), ObjectError> {
+    /// An object's row: its metadata, its file and (when `with_body`) its inline body.
+    async fn object_row(
+        &self,
+        bucket: &str,
+        key: &str,
+        with_body: bool,
+    ) -> Result<(ObjectMeta, String, Option<Vec<u8>>), ObjectError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
+        let body = if with_body { "body" } else { "NULL" };
         self.db(move |c| {
             bucket_must_exist(c, &b)?;
-            let sql_text = format!("SELECT {OBJECT_COLUMNS}, file FROM objects WHERE bucket = ?1 AND key = ?2");
-            c.query_row(&sql_text, params![b, k], |r| Ok((meta_from_row(r)?, r.get::<_, String>(8)?)))
+            let sql_text = format!("SELECT {OBJECT_COLUMNS}, file, {body} FROM objects WHERE bucket = ?1 AND key = ?2");
+            c.query_row(&sql_text, params![b, k], |r| Ok((meta_from_row(r)?, r.get::<_, String>(8)?, r.get(9)?)))
                 .optional()
                 .map_err(sql("read an object"))?
                 .ok_or_else(|| ObjectError::NoSuchKey(b.clone(), k.clone()))
@@ -408,6 +510,37 @@ impl ObjectDb {
         .map_err(sql("read an upload"))?
         .ok_or_else(|| ObjectError::NoSuchUpload(upload_id.to_owned()))
     }
+}
+
+/// Stream a body into `sink` while hashing it, make it durable, and check it against what the
+/// client declared (length, Content-MD5, checksum).
+async fn receive(
+    sink: &mut Sink,
+    body: &mut ByteStream,
+    opts: &PutOptions,
+) -> Result<(u64, [u8; 16], Option<Checksum>), ObjectError> {
+    let mut hasher = Hasher::new(opts.checksum.as_ref().map(|(a, _)| *a));
+    let mut size = 0u64;
+    while let Some(chunk) = std::future::poll_fn(|cx| body.as_mut().poll_next(cx)).await {
+        let chunk = chunk.map_err(ObjectError::Body)?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        sink.write(&chunk).await?;
+    }
+    if let Some(declared) = opts.content_length {
+        if declared != size {
+            return Err(ObjectError::IncompleteBody { declared, actual: size });
+        }
+    }
+    let (md5, checksum) = hasher.finish();
+    if let Some(want) = &opts.content_md5 {
+        if *want != base64::engine::general_purpose::STANDARD.encode(md5) {
+            return Err(ObjectError::BadDigest("Content-MD5"));
+        }
+    }
+    check_expected(opts, checksum.as_ref())?;
+    sink.sync().await?;
+    Ok((size, md5, checksum))
 }
 
 fn check_expected(opts: &PutOptions, got: Option<&Checksum>) -> Result<(), ObjectError> {
@@ -488,20 +621,26 @@ fn headers_from_json(s: &str) -> ObjectHeaders {
     }
 }
 
-/// Insert or replace an object row; returns the file it replaced, if any.
-fn upsert_object(tx: &Connection, bucket: &str, meta: &ObjectMeta, file: &str) -> Result<Vec<String>, ObjectError> {
+/// Insert or replace an object row; returns the file it replaced, if any (none when it replaced
+/// an inline body, which goes with its row).
+fn upsert_object(
+    tx: &Connection,
+    bucket: &str,
+    meta: &ObjectMeta,
+    stored: &Stored,
+) -> Result<Vec<String>, ObjectError> {
     bucket_must_exist(tx, bucket)?;
     let old: Option<String> = tx
         .query_row("SELECT file FROM objects WHERE bucket = ?1 AND key = ?2", params![bucket, meta.key], |r| r.get(0))
         .optional()
         .map_err(sql("read an object"))?;
     tx.execute(
-        "INSERT OR REPLACE INTO objects (bucket, key, file, size, etag, modified_ms, headers, checksum_alg, checksum, parts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT OR REPLACE INTO objects (bucket, key, file, size, etag, modified_ms, headers, checksum_alg, checksum, parts, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             bucket,
             meta.key,
-            file,
+            stored.file(),
             to_i64(meta.size),
             meta.etag,
             to_i64(meta.last_modified_ms),
@@ -509,10 +648,11 @@ fn upsert_object(tx: &Connection, bucket: &str, meta: &ObjectMeta, file: &str) -
             meta.checksum.as_ref().map(|c| c.algorithm.as_str()),
             meta.checksum.as_ref().map(|c| c.value.clone()),
             meta.parts,
+            stored.inline(),
         ],
     )
     .map_err(sql("store an object"))?;
-    Ok(old.into_iter().collect())
+    Ok(old.into_iter().filter(|f| !f.is_empty()).collect())
 }
 
 /// MD5 always, and the checksum the client asked for.
@@ -621,7 +761,7 @@ impl ObjectStore for ObjectDb {
         // Refuse early for a missing bucket, before reading a body nobody will keep.
         let b = bucket.to_owned();
         self.db(move |c| bucket_must_exist(c, &b)).await?;
-        let w = self.write_body(body, &opts).await?;
+        let w = self.write_body(body, &opts, true).await?;
         let meta = ObjectMeta {
             key: key.to_owned(),
             size: w.size,
@@ -631,25 +771,38 @@ impl ObjectStore for ObjectDb {
             checksum: w.checksum.clone(),
             parts: None,
         };
-        self.commit_object(bucket, meta, &w, S3EventName::Put).await
+        self.commit_object(bucket, meta, w, S3EventName::Put).await
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
-        let (meta, mut file) = self.open_object(bucket, key).await?;
+        let (meta, source) = self.open_object(bucket, key).await?;
         let (start, end) = match range {
             None => (0, meta.size),
             Some(r) => r.resolve(meta.size).ok_or(ObjectError::InvalidRange(meta.size))?,
         };
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start)).await.map_err(io("seek in an object"))?;
-        }
-        let body: ByteStream =
-            Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024));
+        let body: ByteStream = match source {
+            Source::Inline(all) => {
+                let (s, e) = (usize::try_from(start).unwrap_or(usize::MAX), usize::try_from(end).unwrap_or(usize::MAX));
+                if s > e || e > all.len() {
+                    let why = format!("its stored body has {} bytes, its row says {}", all.len(), meta.size);
+                    return Err(ObjectError::backend("read an object", std::io::Error::other(why)));
+                }
+                let part = all.slice(s..e);
+                let capacity = part.len().max(1);
+                Box::pin(tokio_util::io::ReaderStream::with_capacity(std::io::Cursor::new(part), capacity))
+            }
+            Source::File(mut file) => {
+                if start > 0 {
+                    file.seek(std::io::SeekFrom::Start(start)).await.map_err(io("seek in an object"))?;
+                }
+                Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024))
+            }
+        };
         Ok(ObjectBody { meta, start, end, body })
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, ObjectError> {
-        Ok(self.object_row(bucket, key).await?.0)
+        Ok(self.object_row(bucket, key, false).await?.0)
     }
 
     async fn delete_object(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
@@ -692,7 +845,8 @@ impl ObjectStore for ObjectDb {
         let src = self.get_object(src_bucket, src_key, None).await?;
         let opts =
             PutOptions { checksum: src.meta.checksum.as_ref().map(|c| (c.algorithm, None)), ..PutOptions::default() };
-        let w = self.write_body(src.body, &opts).await?;
+        let opts = PutOptions { content_length: Some(src.end - src.start), ..opts };
+        let w = self.write_body(src.body, &opts, true).await?;
         let meta = ObjectMeta {
             key: dst_key.to_owned(),
             size: w.size,
@@ -702,7 +856,7 @@ impl ObjectStore for ObjectDb {
             checksum: w.checksum.clone(),
             parts: None,
         };
-        self.commit_object(dst_bucket, meta, &w, S3EventName::Copy).await
+        self.commit_object(dst_bucket, meta, w, S3EventName::Copy).await
     }
 
     async fn list_objects(&self, bucket: &str, query: &ListQuery) -> Result<ListPage, ObjectError> {
@@ -748,7 +902,7 @@ impl ObjectStore for ObjectDb {
         }
         let (b, k, u) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
         self.db(move |c| Self::upload_must_exist(c, &b, &k, &u).map(|_| ())).await?;
-        let w = self.write_body(body, &opts).await?;
+        let w = self.write_body(body, &opts, false).await?;
         let part = PartInfo {
             part_number,
             size: w.size,
@@ -756,10 +910,10 @@ impl ObjectStore for ObjectDb {
             last_modified_ms: now_ms(),
             checksum: w.checksum.clone(),
         };
-        let (b, k, u, p, file) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned(), part.clone(), w.id.clone());
-        self.install_and_commit(&w, move |c| {
+        let (b, k, u, p) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned(), part.clone());
+        self.install_and_commit(w, move |c, stored| {
             Self::upload_must_exist(c, &b, &k, &u)?;
-            let old = insert_part(c, &u, &p, &file)?;
+            let old = insert_part(c, &u, &p, stored.file())?;
             Ok(((), old))
         })
         .await?;
@@ -801,11 +955,11 @@ impl ObjectStore for ObjectDb {
             checksum: None,
             parts: u32::try_from(chosen.len()).ok(),
         };
-        let (b, u, file, m) = (bucket.to_owned(), upload_id.to_owned(), w.id.clone(), meta.clone());
+        let (b, u, m) = (bucket.to_owned(), upload_id.to_owned(), meta.clone());
         let watched = self.watches(bucket);
-        self.install_and_commit(&w, move |c| {
+        self.install_and_commit(w, move |c, stored| {
             let mut replaced = drop_upload(c, &u)?;
-            replaced.extend(upsert_object(c, &b, &m, &file)?);
+            replaced.extend(upsert_object(c, &b, &m, stored)?);
             if watched {
                 record_change(c, S3EventName::CompleteMultipartUpload, &b, &m.key, Some(&m))?;
             }
@@ -894,13 +1048,13 @@ impl ObjectDb {
         &self,
         bucket: &str,
         meta: ObjectMeta,
-        w: &Written,
+        w: Written,
         event: S3EventName,
     ) -> Result<ObjectMeta, ObjectError> {
-        let (b, m, file) = (bucket.to_owned(), meta.clone(), w.id.clone());
+        let (b, m) = (bucket.to_owned(), meta.clone());
         let watched = self.watches(bucket);
-        self.install_and_commit(w, move |c| {
-            let replaced = upsert_object(c, &b, &m, &file)?;
+        self.install_and_commit(w, move |c, stored| {
+            let replaced = upsert_object(c, &b, &m, stored)?;
             if watched {
                 record_change(c, event, &b, &m.key, Some(&m))?;
             }
@@ -939,7 +1093,7 @@ impl ObjectDb {
         }
         .await;
         match result {
-            Ok(size) => Ok(Written { id, size, md5: [0; 16], checksum: None }),
+            Ok(size) => Ok(Written { stored: Stored::File(id), size, md5: [0; 16], checksum: None }),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&path).await;
                 Err(e)
@@ -1272,8 +1426,8 @@ mod tests {
         db.put_object("b", key, body(vec![data]), PutOptions::default()).await.unwrap()
     }
 
-    /// Concurrent PUTs share commits and directory fsyncs: every one is acknowledged and
-    /// readable, and one metadata write failing in a batch undoes only itself.
+    /// Concurrent PUTs share commits and directory fsyncs: every one (inline or file) is
+    /// acknowledged and readable, and one metadata write failing in a batch undoes only itself.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_puts_commit_together_and_fail_alone() {
         let (_dir, db) = store().await;
@@ -1281,10 +1435,13 @@ mod tests {
         for i in 0..64u32 {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
-                let data: &'static [u8] = if i % 2 == 0 { b"even" } else { b"odd" };
+                let data: &'static [u8] = if i % 2 == 0 { b"even" } else { big(7) };
                 if i % 16 == 0 {
                     let m = ObjectMeta { key: format!("k{i}"), ..put(&db, "seed", b"x").await };
-                    return db.commit(move |c| upsert_object(c, "missing", &m, "nofile")).await.map(|_| ());
+                    return db
+                        .commit(move |c| upsert_object(c, "missing", &m, &Stored::File("nofile".into())))
+                        .await
+                        .map(|_| ());
                 }
                 db.put_object("b", &format!("k{i}"), body(vec![data]), PutOptions::default()).await.map(|_| ())
             }));
@@ -1299,9 +1456,10 @@ mod tests {
         }
         for i in (0..64u32).filter(|i| i % 16 != 0) {
             let got = read_all(db.get_object("b", &format!("k{i}"), None).await.unwrap().body).await;
-            assert_eq!(got, if i % 2 == 0 { &b"even"[..] } else { &b"odd"[..] });
+            assert_eq!(got, if i % 2 == 0 { &b"even"[..] } else { big(7) });
         }
         assert!(matches!(db.head_object("b", "k16").await, Err(ObjectError::NoSuchKey(..))));
+        assert_eq!(data_files(&db), 32, "one file per large body, none per small one");
         assert_eq!(
             *db.inner.dir_sync.done.lock().await,
             db.inner.dir_sync.issued.load(std::sync::atomic::Ordering::SeqCst)
@@ -1332,22 +1490,156 @@ mod tests {
         assert_eq!(head.headers.content_type.as_deref(), Some("text/plain"));
         let info = db.head_bucket("b").await.unwrap().unwrap();
         assert_eq!((info.objects, info.bytes), (1, 11));
+        assert_eq!(data_files(&db), 0, "an inline body, ranges read from the row");
         assert!(db.delete_object("b", "k").await.unwrap());
         assert!(!db.delete_object("b", "k").await.unwrap());
         assert!(matches!(db.head_object("b", "k").await, Err(ObjectError::NoSuchKey(..))));
         assert!(matches!(db.head_object("nope", "k").await, Err(ObjectError::NoSuchBucket(_))));
     }
 
+    /// A body one byte past the inline limit (stored as a file), filled with `fill`.
+    fn big(fill: u8) -> &'static [u8] {
+        Box::leak(vec![fill; INLINE_MAX as usize + 1].into_boxed_slice())
+    }
+
+    fn data_files(db: &ObjectDb) -> usize {
+        std::fs::read_dir(&db.inner.data).unwrap().count()
+    }
+
+    /// Whether the row of `key` holds its body.
+    fn is_inline(db: &ObjectDb, key: &str) -> bool {
+        let conn = db.inner.conn.lock().unwrap();
+        conn.query_row("SELECT body IS NOT NULL AND file = '' FROM objects WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_reader_keeps_the_version_it_opened() {
         let (_d, db) = store().await;
-        put(&db, "k", b"old").await;
-        let reading = db.get_object("b", "k", None).await.unwrap();
-        put(&db, "k", b"new").await;
-        assert_eq!(read_all(reading.body).await, b"old");
-        assert_eq!(read_all(db.get_object("b", "k", None).await.unwrap().body).await, b"new");
-        // The replaced file is gone from disk: one data file remains.
-        assert_eq!(std::fs::read_dir(&db.inner.data).unwrap().count(), 1);
+        for (old, new) in [(&b"old"[..], &b"new"[..]), (big(1), big(2))] {
+            db.put_object("b", "k", body(vec![old]), PutOptions::default()).await.unwrap();
+            let reading = db.get_object("b", "k", None).await.unwrap();
+            db.put_object("b", "k", body(vec![new]), PutOptions::default()).await.unwrap();
+            assert_eq!(read_all(reading.body).await, old);
+            assert_eq!(read_all(db.get_object("b", "k", None).await.unwrap().body).await, new);
+        }
+        // The replaced file is gone from disk: the last body's file remains.
+        assert_eq!(data_files(&db), 1);
+    }
+
+    /// Bodies up to the limit go in the row (no file, one commit); past it, declared or not, a
+    /// file; a body that crosses the limit while streaming continues into its file whole.
+    #[tokio::test]
+    async fn small_puts_are_inline_and_large_ones_files() {
+        let (_d, db) = store().await;
+        let limit: &'static [u8] = Box::leak(vec![3u8; INLINE_MAX as usize].into_boxed_slice());
+        put(&db, "small", b"tiny").await;
+        put(&db, "limit", limit).await;
+        put(&db, "empty", b"").await;
+        assert!(is_inline(&db, "small") && is_inline(&db, "limit") && is_inline(&db, "empty"));
+        assert!(read_all(db.get_object("b", "empty", None).await.unwrap().body).await.is_empty());
+        assert_eq!(data_files(&db), 0, "no file for an inline body");
+        let half: &'static [u8] = Box::leak(vec![5u8; INLINE_MAX as usize / 2 + 1].into_boxed_slice());
+        let meta = db.put_object("b", "streamed", body(vec![half, half]), PutOptions::default()).await.unwrap();
+        assert!(!is_inline(&db, "streamed"));
+        assert_eq!(meta.etag, hex::encode(<md5::Md5 as md5::Digest>::digest([half, half].concat())));
+        assert_eq!(read_all(db.get_object("b", "streamed", None).await.unwrap().body).await, [half, half].concat());
+        let opts = PutOptions { content_length: Some(INLINE_MAX + 1), ..PutOptions::default() };
+        db.put_object("b", "declared", body(vec![big(4)]), opts).await.unwrap();
+        assert!(!is_inline(&db, "declared"));
+        assert_eq!(data_files(&db), 2);
+        assert_eq!(std::fs::read_dir(&db.inner.tmp).unwrap().count(), 0);
+        let info = db.head_bucket("b").await.unwrap().unwrap();
+        assert_eq!(info.bytes, 4 + 2 * INLINE_MAX + 2 * (INLINE_MAX / 2 + 1) + 1, "usage counts both kinds");
+    }
+
+    /// Overwrites and deletes in either direction leave neither an orphan file nor a stale body.
+    #[tokio::test]
+    async fn overwrites_between_inline_and_file_leave_no_orphans() {
+        let (_d, db) = store().await;
+        put(&db, "k", big(1)).await;
+        assert_eq!(data_files(&db), 1);
+        put(&db, "k", b"small").await;
+        assert_eq!(data_files(&db), 0, "the replaced file is unlinked");
+        assert!(is_inline(&db, "k"));
+        assert_eq!(read_all(db.get_object("b", "k", None).await.unwrap().body).await, b"small");
+        put(&db, "k", big(2)).await;
+        assert!(!is_inline(&db, "k"));
+        assert_eq!(data_files(&db), 1);
+        assert_eq!(read_all(db.get_object("b", "k", None).await.unwrap().body).await, big(2));
+        assert!(db.delete_object("b", "k").await.unwrap());
+        assert_eq!(data_files(&db), 0);
+        put(&db, "k", b"again").await;
+        assert!(db.delete_object("b", "k").await.unwrap());
+        assert!(matches!(db.get_object("b", "k", None).await, Err(ObjectError::NoSuchKey(..))));
+        let rows: i64 =
+            db.inner.conn.lock().unwrap().query_row("SELECT count(*) FROM objects", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+    }
+
+    /// Copies go inline or to a file by the copied size, whatever the source was.
+    #[tokio::test]
+    async fn copies_between_inline_and_file() {
+        let (_d, db) = store().await;
+        put(&db, "small", b"data").await;
+        put(&db, "large", big(9)).await;
+        let m = db.copy_object("b", "small", "b", "a", None).await.unwrap();
+        assert_eq!(m.etag, hex::encode(<md5::Md5 as md5::Digest>::digest(b"data")));
+        db.copy_object("b", "large", "b", "z", None).await.unwrap();
+        assert!(is_inline(&db, "a") && !is_inline(&db, "z"));
+        assert_eq!(data_files(&db), 2);
+        // Swap them: each copy replaces the other kind.
+        db.copy_object("b", "large", "b", "a", None).await.unwrap();
+        db.copy_object("b", "small", "b", "z", None).await.unwrap();
+        assert!(!is_inline(&db, "a") && is_inline(&db, "z"));
+        assert_eq!(data_files(&db), 2);
+        assert_eq!(read_all(db.get_object("b", "a", None).await.unwrap().body).await, big(9));
+        assert_eq!(read_all(db.get_object("b", "z", None).await.unwrap().body).await, b"data");
+    }
+
+    /// An acknowledged inline PUT is durable on its own: it reads back after a reopen.
+    #[tokio::test]
+    async fn inline_bodies_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = {
+            let db = ObjectDb::open(dir.path()).unwrap();
+            db.create_bucket("b").await.unwrap();
+            put(&db, "k", b"kept in the row").await
+        };
+        let db = ObjectDb::open(dir.path()).unwrap();
+        assert_eq!(db.head_object("b", "k").await.unwrap(), meta);
+        let r = db.get_object("b", "k", Some(ByteRange::From(8, Some(10)))).await.unwrap();
+        assert_eq!(read_all(r.body).await, b"the");
+        assert_eq!(data_files(&db), 0);
+    }
+
+    /// An `objects.db` written before inline bodies (no `body` column, every body a file) opens,
+    /// reads, and its files are replaced by inline bodies cleanly.
+    #[tokio::test]
+    async fn a_database_from_before_inline_bodies_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("objects/data")).unwrap();
+        std::fs::write(dir.path().join("objects/data/f1"), b"from a file").unwrap();
+        {
+            let c = Connection::open(dir.path().join("objects.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE buckets (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+                 CREATE TABLE objects (bucket TEXT NOT NULL, key TEXT NOT NULL, file TEXT NOT NULL,
+                    size INTEGER NOT NULL, etag TEXT NOT NULL, modified_ms INTEGER NOT NULL,
+                    headers TEXT NOT NULL, checksum_alg TEXT, checksum TEXT, parts INTEGER,
+                    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+                 INSERT INTO buckets VALUES ('b', 1);
+                 INSERT INTO objects VALUES ('b', 'old', 'f1', 11, 'e', 2, '{}', NULL, NULL, NULL);",
+            )
+            .unwrap();
+        }
+        let db = ObjectDb::open(dir.path()).unwrap();
+        assert_eq!(data_files(&db), 1, "the sweep keeps a file an old row names");
+        let r = db.get_object("b", "old", Some(ByteRange::Suffix(4))).await.unwrap();
+        assert_eq!(read_all(r.body).await, b"file");
+        put(&db, "old", b"now inline").await;
+        assert_eq!(data_files(&db), 0);
+        assert_eq!(read_all(db.get_object("b", "old", None).await.unwrap().body).await, b"now inline");
     }
 
     #[tokio::test]
@@ -1472,7 +1764,7 @@ mod tests {
         {
             let db = ObjectDb::open(dir.path()).unwrap();
             db.create_bucket("b").await.unwrap();
-            put(&db, "kept", b"whole").await;
+            put(&db, "kept", big(1)).await;
         }
         // A crash mid-PUT (a temp file) and between rename and commit (an unnamed data file).
         let root = dir.path().join("objects");
@@ -1481,7 +1773,7 @@ mod tests {
         let db = ObjectDb::open(dir.path()).unwrap();
         assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(root.join("data")).unwrap().count(), 1);
-        assert_eq!(read_all(db.get_object("b", "kept", None).await.unwrap().body).await, b"whole");
+        assert_eq!(read_all(db.get_object("b", "kept", None).await.unwrap().body).await, big(1));
     }
 
     fn events(rows: &[ObjectChange]) -> Vec<(S3EventName, &str, &str)> {
@@ -1545,7 +1837,7 @@ mod tests {
                 db.commit(move |c| {
                     record_change(c, S3EventName::Put, "b", &m.key, Some(&m))?;
                     let bucket = if i % 4 == 0 { "missing" } else { "b" };
-                    upsert_object(c, bucket, &m, "nofile")
+                    upsert_object(c, bucket, &m, &Stored::Inline(b"x".to_vec()))
                 })
                 .await
             }));
