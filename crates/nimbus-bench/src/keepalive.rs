@@ -45,10 +45,18 @@ pub enum Policy {
 impl Policy {
     fn name(&self) -> String {
         match self {
-            Policy::Fixed(d) if d.as_secs() % 60 == 0 => format!("fixed {} min", d.as_secs() / 60),
-            Policy::Fixed(d) => format!("fixed {} s", d.as_secs()),
-            Policy::Adaptive(_) => "adaptive (hybrid histogram)".to_owned(),
+            Policy::Fixed(d) => format!("fixed {}", span(*d)),
+            Policy::Adaptive(c) => format!("adaptive, fallback {}", span(c.fallback_keep_alive)),
         }
+    }
+}
+
+/// "4 h", "10 min" or "90 s".
+fn span(d: Duration) -> String {
+    match d.as_secs() {
+        s if s > 0 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
     }
 }
 
@@ -238,25 +246,33 @@ pub fn replay(traces: &[Vec<f64>], horizon: f64, policy: &Policy) -> PolicyResul
     }
 }
 
-/// The three policies compared, the baseline (fixed 10 min) first.
-pub fn policies() -> [Policy; 3] {
+/// The policies compared, the baseline (fixed 10 min) first: the adaptive one with the paper's
+/// fallback (keep-alive for the 4 h range) and with the fixed 10 min one.
+pub fn policies() -> [Policy; 4] {
+    let ten_min = Duration::from_secs(600);
     [
-        Policy::Fixed(Duration::from_secs(600)),
+        Policy::Fixed(ten_min),
         Policy::Fixed(Duration::from_secs(60)),
         Policy::Adaptive(AdaptiveConfig::default()),
+        Policy::Adaptive(AdaptiveConfig { fallback_keep_alive: ten_min, ..AdaptiveConfig::default() }),
     ]
 }
 
-/// The results as a markdown table, idle time normalized to the first (baseline) row.
-pub fn table(results: &[PolicyResult]) -> String {
+/// The results as a markdown table, idle time normalized to the first (baseline) row; `label`
+/// (e.g. the class of function) fills a first column when given.
+pub fn table(label: Option<&str>, results: &[PolicyResult]) -> String {
     let baseline = results.first().map(|r| r.idle_secs).unwrap_or(0.0);
-    let mut out = String::from(
-        "| policy | cold starts (% of calls) | cold starts, p75 over functions (%) | idle instance-hours | idle vs fixed 10 min |\n|---|---|---|---|---|\n",
+    let (head, rule, cell) = match label {
+        Some(l) => ("| functions ", "|---", format!("| {l} ")),
+        None => ("", "", String::new()),
+    };
+    let mut out = format!(
+        "{head}| policy | cold starts (% of calls) | cold starts, p75 over functions (%) | idle instance-hours | idle vs fixed 10 min |\n{rule}|---|---|---|---|---|\n",
     );
     for r in results {
         let ratio = if baseline > 0.0 { r.idle_secs / baseline } else { 0.0 };
         out.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
+            "{cell}| {} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
             r.policy,
             r.cold_pct(),
             r.p75_function_cold_pct,
@@ -275,25 +291,44 @@ fn result_json(r: &PolicyResult, baseline: f64) -> Value {
     })
 }
 
+/// Every policy replayed against `traces`, as results and as JSON.
+fn compare(traces: &[Vec<f64>], horizon: f64) -> (Vec<PolicyResult>, Value) {
+    let results: Vec<PolicyResult> = policies().iter().map(|p| replay(traces, horizon, p)).collect();
+    let baseline = results.first().map(|r| r.idle_secs).unwrap_or(0.0);
+    let doc = results.iter().map(|r| result_json(r, baseline)).collect();
+    (results, doc)
+}
+
 pub fn run(args: KeepaliveArgs) -> Result<()> {
     let horizon = args.days as f64 * 86_400.0;
-    let traces: Vec<Vec<f64>> = (0..args.functions)
-        .map(|i| trace(Class::of(i), args.seed.wrapping_mul(1_000_003).wrapping_add(i), horizon))
+    let traces: Vec<(Class, Vec<f64>)> = (0..args.functions)
+        .map(|i| (Class::of(i), trace(Class::of(i), args.seed.wrapping_mul(1_000_003).wrapping_add(i), horizon)))
         .collect();
-    let calls: usize = traces.iter().map(Vec::len).sum();
+    let calls: usize = traces.iter().map(|(_, t)| t.len()).sum();
     eprintln!(
         "nimbus-bench keepalive: {} functions, {} days, seed {}, {calls} calls (simulated)",
         args.functions, args.days, args.seed
     );
-    let results: Vec<PolicyResult> = policies().iter().map(|p| replay(&traces, horizon, p)).collect();
+    let all: Vec<Vec<f64>> = traces.iter().map(|(_, t)| t.clone()).collect();
+    let (results, all_json) = compare(&all, horizon);
     println!("\n## Keep-alive policies (simulated)\n");
-    print!("{}", table(&results));
-    let baseline = results.first().map(|r| r.idle_secs).unwrap_or(0.0);
+    print!("{}", table(None, &results));
+    println!("\n### By class of function\n");
+    let mut by_class = serde_json::Map::new();
+    for (n, class) in [Class::Periodic, Class::Bursty, Class::Rare].into_iter().enumerate() {
+        let of_class: Vec<Vec<f64>> = traces.iter().filter(|(c, _)| *c == class).map(|(_, t)| t.clone()).collect();
+        let (results, doc) = compare(&of_class, horizon);
+        let text = table(Some(&format!("{class:?} ({})", of_class.len())), &results);
+        // One table: the header once.
+        print!("{}", text.lines().skip(if n == 0 { 0 } else { 2 }).map(|l| format!("{l}\n")).collect::<String>());
+        by_class.insert(format!("{class:?}").to_lowercase(), doc);
+    }
     let doc = json!({
         "benchmark": "keepalive",
         "settings": {"functions": args.functions, "days": args.days, "seed": args.seed, "calls": calls,
             "model": "calls take no time; one instance per function; 40 % periodic, 30 % bursty, 30 % rare"},
-        "policies": results.iter().map(|r| result_json(r, baseline)).collect::<Vec<_>>(),
+        "policies": all_json,
+        "byClass": by_class,
     });
     let out = args.out.unwrap_or_else(|| PathBuf::from("target/bench/keepalive.json"));
     crate::output::write_json(&out, &doc)
@@ -365,8 +400,10 @@ mod tests {
         let r = replay(&traces, 6000.0, &MIN10);
         assert_eq!((r.calls, r.cold), (9, 5));
         assert_eq!(r.p75_function_cold_pct, 50.0);
-        let table = table(&[r.clone(), PolicyResult { idle_secs: r.idle_secs / 2.0, ..r }]);
-        assert!(table.contains("| fixed 10 min | 55.56 | 50.00 |"), "{table}");
-        assert!(table.ends_with("| 0.50 |\n"), "{table}");
+        let text = table(None, &[r.clone(), PolicyResult { idle_secs: r.idle_secs / 2.0, ..r.clone() }]);
+        assert!(text.contains("\n| fixed 10 min | 55.56 | 50.00 |"), "{text}");
+        assert!(text.ends_with("| 0.50 |\n"), "{text}");
+        let text = table(Some("rare (4)"), &[r]);
+        assert!(text.starts_with("| functions | policy |") && text.contains("\n| rare (4) | fixed 10 min |"), "{text}");
     }
 }
