@@ -106,7 +106,7 @@ pub fn simulate(arrivals: &[f64], horizon: f64, policy: &Policy) -> Outcome {
                 out.cold += u64::from(!warm);
                 out.idle_secs += idle;
                 if let Some((h, _)) = histogram.as_mut() {
-                    h.record(Duration::from_secs_f64(gap));
+                    h.record(Duration::try_from_secs_f64(gap).unwrap_or(Duration::MAX));
                 }
             }
         }
