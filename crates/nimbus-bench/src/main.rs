@@ -9,11 +9,13 @@
 //! section and plots; `nimbus-bench burst` is its burst scenario alone. `nimbus-bench storage`
 //! covers the object store (S3 PUT/GET against moto and the disk) and KV. `nimbus-bench events`
 //! covers queues and triggers (SQS against moto, async accepts, a queue trigger, PutObject →
-//! function start, idle CPU).
+//! function start, idle CPU). `nimbus-bench keepalive` replays synthetic traces against
+//! keep-alive policies (fixed and adaptive) in simulation: cold starts and idle instance time.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
-//   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events
+//   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
+//     keepalive
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  process → report
@@ -30,6 +32,7 @@ mod eventsreport;
 mod fixture;
 #[cfg(test)]
 mod golden;
+mod keepalive;
 mod load;
 mod model;
 mod observe;
@@ -91,6 +94,10 @@ enum Command {
     /// messages/s through a queue trigger, PutObject → function start p50/p99, and nimbus's idle
     /// CPU with 10 idle queue triggers.
     Events(events::EventsArgs),
+    /// Keep-alive policies in simulation (no server): synthetic periodic, bursty and rare
+    /// traces replayed against fixed 10 min, fixed 1 min and the adaptive hybrid histogram
+    /// policy: cold starts (overall and p75 per function) and idle instance time.
+    Keepalive(keepalive::KeepaliveArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -122,6 +129,7 @@ fn run() -> Result<()> {
         Command::Observe(args) => rt.block_on(observe::run(args)),
         Command::Storage(args) => rt.block_on(storage::run(args)),
         Command::Events(args) => rt.block_on(events::run(args)),
+        Command::Keepalive(args) => keepalive::run(args),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

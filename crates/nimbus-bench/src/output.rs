@@ -41,6 +41,17 @@ pub fn tput_json(t: &Throughput) -> Value {
 
 /// Write the JSON results to `out` and remove the temp dir `root` unless `keep`.
 pub fn save(out: &Path, doc: &Value, root: &Path, keep: bool) -> Result<()> {
+    write_json(out, doc)?;
+    if keep {
+        println!("temp dir kept: {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(root);
+    }
+    Ok(())
+}
+
+/// Write the JSON results to `out` (creating its directory), for a benchmark without a temp dir.
+pub fn write_json(out: &Path, doc: &Value) -> Result<()> {
     if let Some(dir) = out.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -49,10 +60,5 @@ pub fn save(out: &Path, doc: &Value, root: &Path, keep: bool) -> Result<()> {
     std::fs::write(out, serde_json::to_string_pretty(doc)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("\nresults written to {}", out.display());
-    if keep {
-        println!("temp dir kept: {}", root.display());
-    } else {
-        let _ = std::fs::remove_dir_all(root);
-    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Scaling policies as pure functions from observed pool state to a decision. The pool does the
-//! I/O; these are unit-tested with tables and can be replaced (e.g. by an adaptive keep-alive).
+//! I/O; these are unit-tested with tables and can be replaced (e.g. by the adaptive keep-alive,
+//! `adaptive_windows` over an `IdleHistogram`, which nothing uses yet).
 
 use std::time::Duration;
 
@@ -173,6 +174,162 @@ pub fn retry(
     RetryDecision::RetryAfter(delay)
 }
 
+/// The settings of the adaptive (hybrid histogram) keep-alive policy of "Serverless in the
+/// Wild" (Shahrad et al., USENIX ATC 2020). `Default` is the paper's: 1-minute bins up to 4 h,
+/// 5th and 99th percentiles, 10 % margins, CV threshold 2.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaptiveConfig {
+    /// The width of one histogram bin.
+    pub bin: Duration,
+    /// Idle times at or beyond this are out of range (counted, not binned).
+    pub range: Duration,
+    /// The head percentile (0–100): the pre-warm window starts there.
+    pub head_percentile: f64,
+    /// The tail percentile (0–100): the keep-alive window runs to there.
+    pub tail_percentile: f64,
+    /// The margin taken off the head and added to the tail (0.1 = 10 %).
+    pub margin: f64,
+    /// Fewer recorded idle times than this: not representative.
+    pub min_samples: u64,
+    /// The coefficient of variation of the bin counts must exceed this to be representative
+    /// (a flat histogram says nothing about when the next call comes).
+    pub cv_threshold: f64,
+    /// A larger share of out-of-range idle times than this: not representative.
+    pub max_out_of_range: f64,
+    /// The windows when the histogram is not representative: no pre-warm, keep warm this long.
+    /// (The paper forecasts out-of-range-heavy functions with a time series instead.)
+    pub fallback_keep_alive: Duration,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> AdaptiveConfig {
+        AdaptiveConfig {
+            bin: Duration::from_secs(60),
+            range: Duration::from_secs(4 * 3600),
+            head_percentile: 5.0,
+            tail_percentile: 99.0,
+            margin: 0.1,
+            min_samples: 10,
+            cv_threshold: 2.0,
+            max_out_of_range: 0.5,
+            fallback_keep_alive: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// The most bins a histogram keeps, whatever `range / bin` asks for: memory stays bounded.
+pub const MAX_BINS: usize = 1440;
+
+/// One function's idle times (the gaps between the end of a call and the next arrival), in
+/// fixed bins: its memory is fixed at creation, however many gaps are recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdleHistogram {
+    bin: Duration,
+    bins: Vec<u32>,
+    out_of_range: u64,
+    total: u64,
+}
+
+impl IdleHistogram {
+    /// Bins of `config.bin` up to `config.range` (at most [`MAX_BINS`]; a zero bin counts as 1 s).
+    pub fn new(config: &AdaptiveConfig) -> IdleHistogram {
+        let bin = config.bin.max(Duration::from_secs(1));
+        let wanted = config.range.as_nanos().div_ceil(bin.as_nanos());
+        let n = usize::try_from(wanted).unwrap_or(MAX_BINS).clamp(1, MAX_BINS);
+        IdleHistogram { bin, bins: vec![0; n], out_of_range: 0, total: 0 }
+    }
+
+    /// Record one idle time.
+    pub fn record(&mut self, idle: Duration) {
+        self.total = self.total.saturating_add(1);
+        let index = usize::try_from(idle.as_nanos() / self.bin.as_nanos()).unwrap_or(usize::MAX);
+        match self.bins.get_mut(index) {
+            Some(count) => *count = count.saturating_add(1),
+            None => self.out_of_range = self.out_of_range.saturating_add(1),
+        }
+    }
+
+    /// How many idle times were recorded, in range or not.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// How many recorded idle times were beyond the range.
+    pub fn out_of_range(&self) -> u64 {
+        self.out_of_range
+    }
+
+    /// How many bins the histogram keeps (its memory).
+    pub fn bin_count(&self) -> usize {
+        self.bins.len()
+    }
+
+    /// The index of the bin holding the `percentile`th in-range idle time (`None` if empty).
+    fn percentile_bin(&self, percentile: f64) -> Option<usize> {
+        let in_range: u64 = self.bins.iter().map(|&c| u64::from(c)).sum();
+        if in_range == 0 {
+            return None;
+        }
+        let rank = (percentile.clamp(0.0, 100.0) / 100.0 * in_range as f64).ceil().max(1.0);
+        let mut seen = 0u64;
+        self.bins.iter().position(|&c| {
+            seen += u64::from(c);
+            seen as f64 >= rank
+        })
+    }
+
+    /// The coefficient of variation (standard deviation / mean) of the bin counts.
+    fn bin_cv(&self) -> f64 {
+        let n = self.bins.len() as f64;
+        let mean = self.bins.iter().map(|&c| f64::from(c)).sum::<f64>() / n;
+        if mean == 0.0 {
+            return 0.0;
+        }
+        let var = self.bins.iter().map(|&c| (f64::from(c) - mean).powi(2)).sum::<f64>() / n;
+        var.sqrt() / mean
+    }
+}
+
+/// When to have a function's instance warm after a call ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Windows {
+    /// Unload the instance when the call ends and load it again this long after; zero means
+    /// keep it loaded from the end of the call.
+    pub prewarm: Duration,
+    /// Unload the instance this long after the call ended (counted from the end of the call,
+    /// not from the pre-warm).
+    pub keep_alive: Duration,
+    /// Whether the windows come from the histogram (false: the fallback keep-alive).
+    pub representative: bool,
+}
+
+/// The hybrid histogram policy: from a representative histogram, pre-warm at the head
+/// percentile less the margin and keep alive to the tail percentile plus the margin (bin edges:
+/// the head bin's lower, the tail bin's upper); otherwise no pre-warm and the fallback
+/// keep-alive.
+pub fn adaptive_windows(histogram: &IdleHistogram, config: &AdaptiveConfig) -> Windows {
+    let fallback = Windows { prewarm: Duration::ZERO, keep_alive: config.fallback_keep_alive, representative: false };
+    if histogram.total < config.min_samples.max(1) {
+        return fallback;
+    }
+    if histogram.out_of_range as f64 > config.max_out_of_range * histogram.total as f64 {
+        return fallback;
+    }
+    if histogram.bin_cv() <= config.cv_threshold {
+        return fallback;
+    }
+    let (Some(head), Some(tail)) =
+        (histogram.percentile_bin(config.head_percentile), histogram.percentile_bin(config.tail_percentile))
+    else {
+        return fallback;
+    };
+    let margin = config.margin.clamp(0.0, 1.0);
+    let bin_edge = |i: usize| histogram.bin.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+    let prewarm = bin_edge(head).mul_f64(1.0 - margin);
+    let keep_alive = bin_edge(tail.saturating_add(1)).mul_f64(1.0 + margin);
+    Windows { prewarm, keep_alive, representative: true }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +451,89 @@ mod tests {
         for (counts, ages, min, want) in table {
             assert_eq!(keep_alive(counts, &ages, s(10), min), want, "{counts:?} {ages:?} min={min}");
         }
+    }
+    fn histogram_of(gaps: impl IntoIterator<Item = Duration>) -> IdleHistogram {
+        let mut h = IdleHistogram::new(&AdaptiveConfig::default());
+        for gap in gaps {
+            h.record(gap);
+        }
+        h
+    }
+
+    #[test]
+    fn periodic_arrivals_prewarm_before_and_keep_alive_past_the_period() {
+        // Every 10 minutes, up to 20 s late.
+        let gaps = (0..100u64).map(|i| Duration::from_secs(600 + (i * 7) % 21));
+        let w = adaptive_windows(&histogram_of(gaps), &AdaptiveConfig::default());
+        assert!(w.representative, "{w:?}");
+        assert_eq!(w.prewarm, Duration::from_secs(9 * 60), "{w:?}");
+        assert!(w.keep_alive > Duration::from_secs(600) && w.keep_alive <= Duration::from_secs(13 * 60), "{w:?}");
+    }
+
+    #[test]
+    fn periodic_arrivals_with_jitter_across_bins_still_cover_the_spread() {
+        // 9:30 to 10:30: two bins.
+        let gaps = (0..200u64).map(|i| Duration::from_secs(570 + (i * 13) % 61));
+        let w = adaptive_windows(&histogram_of(gaps), &AdaptiveConfig::default());
+        assert!(w.representative, "{w:?}");
+        assert!(w.prewarm <= Duration::from_secs(570) && w.prewarm >= Duration::from_secs(7 * 60), "{w:?}");
+        assert!(w.keep_alive >= Duration::from_secs(630), "{w:?}");
+    }
+
+    #[test]
+    fn rare_arrivals_fall_back_to_the_fixed_keep_alive() {
+        // Mostly beyond the 4 h range.
+        let gaps = (0..50u64).map(|i| Duration::from_secs(3600 * (3 + i % 5)));
+        let h = histogram_of(gaps);
+        assert!(h.out_of_range() > h.total() / 2);
+        let config = AdaptiveConfig { fallback_keep_alive: Duration::from_secs(1234), ..AdaptiveConfig::default() };
+        let w = adaptive_windows(&h, &config);
+        assert_eq!(
+            w,
+            Windows { prewarm: Duration::ZERO, keep_alive: Duration::from_secs(1234), representative: false }
+        );
+    }
+
+    #[test]
+    fn too_few_samples_fall_back() {
+        let config = AdaptiveConfig::default();
+        let h = histogram_of((0..9).map(|_| Duration::from_secs(600)));
+        assert!(!adaptive_windows(&h, &config).representative);
+        let h = histogram_of((0..10).map(|_| Duration::from_secs(600)));
+        assert!(adaptive_windows(&h, &config).representative);
+        assert!(!adaptive_windows(&IdleHistogram::new(&config), &config).representative);
+    }
+
+    #[test]
+    fn a_flat_histogram_is_not_representative() {
+        // One idle time in every bin: CV 0.
+        let config = AdaptiveConfig::default();
+        let h = histogram_of((0..240u64).map(|m| Duration::from_secs(m * 60 + 1)));
+        assert_eq!(h.out_of_range(), 0);
+        assert!(!adaptive_windows(&h, &config).representative);
+    }
+
+    #[test]
+    fn calls_back_to_back_keep_the_instance_loaded() {
+        // Head in the first bin: no pre-warm, the instance stays loaded.
+        let gaps = (0..100u64).map(|i| Duration::from_secs(if i % 10 == 0 { 300 } else { 2 }));
+        let w = adaptive_windows(&histogram_of(gaps), &AdaptiveConfig::default());
+        assert!(w.representative, "{w:?}");
+        assert_eq!(w.prewarm, Duration::ZERO);
+        assert_eq!(w.keep_alive, Duration::from_secs(6 * 60).mul_f64(1.1));
+    }
+
+    #[test]
+    fn histogram_memory_is_bounded() {
+        let config = AdaptiveConfig::default();
+        let mut h = IdleHistogram::new(&config);
+        assert_eq!(h.bin_count(), 240);
+        for i in 0..1_000_000u64 {
+            h.record(Duration::from_secs(i % 20_000));
+        }
+        assert_eq!(h.bin_count(), 240);
+        assert_eq!(h.total(), 1_000_000);
+        let huge = AdaptiveConfig { bin: Duration::ZERO, range: Duration::from_secs(u64::MAX), ..config };
+        assert_eq!(IdleHistogram::new(&huge).bin_count(), MAX_BINS);
     }
 }
