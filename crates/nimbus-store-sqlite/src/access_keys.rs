@@ -151,12 +151,14 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn the_database_holding_secrets_is_private() {
+    fn every_database_is_private() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         s.add_access_key(&key("NIMK1")).unwrap();
-        for name in ["nimbus.db", "nimbus.db-wal"] {
+        let (_kv, _messages, _queue) = (s.kv().unwrap(), s.messages().unwrap(), s.queue(false).unwrap());
+        let _objects = crate::ObjectDb::open(dir.path()).unwrap();
+        for name in ["nimbus.db", "nimbus.db-wal", "kv.db", "messages.db", "queue.db", "objects.db"] {
             let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{name}");
         }

@@ -170,8 +170,9 @@ pub(crate) fn add_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> 
     Ok(())
 }
 
-/// Make the registry database and its WAL files readable by nimbus's user only (0600, like
-/// `admin.token`): they hold managed access keys' secrets.
+/// Make a database and its WAL files readable by nimbus's user only (0600, like `admin.token`):
+/// the registry holds managed access keys' secrets, the others users' data (objects, KV values,
+/// messages, events, logs). SQLite gives a WAL file the mode of its database.
 fn make_private(db_path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
@@ -192,6 +193,7 @@ fn make_private(db_path: &Path) -> Result<()> {
 
 pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
+    make_private(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -205,7 +207,6 @@ impl Store {
         std::fs::create_dir_all(data_dir)?;
         let db_path = data_dir.join("nimbus.db");
         let conn = open_connection(&db_path)?;
-        make_private(&db_path)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(storage_usage::SCHEMA)?;
         migrate(&conn)?;
