@@ -19,7 +19,7 @@
 //! `eventsreport`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -82,22 +82,9 @@ pub async fn run(args: EventsArgs) -> Result<()> {
     s.trigger_max_concurrency = args.trigger_max_concurrency;
     let nimbus_bin = procs::locate_nimbus(args.common.nimbus.clone())?;
     let python = procs::python()?;
-    let moto = storage::moto_dir(args.place.moto.as_deref(), args.place.without_moto);
-    if let (Err(why), Some(_)) = (&moto, &args.place.moto) {
-        bail!("{why}");
-    }
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
-    let parent = args.place.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let root = parent.join(format!("nimbus-bench-events-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let storage::MotoRun { moto, root } = args.place.start("events", s.quick, &nimbus_bin)?;
     let app = write_app(&root, &s)?;
     let machine_before = output::machine();
-    eprintln!("nimbus-bench events: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
-    eprintln!(
-        "  nimbus {}\n  moto   {}",
-        nimbus_bin.display(),
-        moto.as_ref().map_or_else(|w| w.clone(), |d| d.display().to_string())
-    );
     let mut runs = Vec::new();
     for run in 1..=s.runs {
         eprintln!("run {run}/{}", s.runs);

@@ -61,7 +61,7 @@ pub const NAMESPACE: &str = "bench";
 
 /// The moto install to use (`--moto`, else the one scripts/bench-tools.sh installs), or why
 /// there is none.
-pub fn moto_dir(explicit: Option<&Path>, without: bool) -> Result<PathBuf, String> {
+fn moto_dir(explicit: Option<&Path>, without: bool) -> Result<PathBuf, String> {
     if without {
         return Err("left out (--without-moto)".into());
     }
@@ -83,26 +83,42 @@ pub fn moto_dir(explicit: Option<&Path>, without: bool) -> Result<PathBuf, Strin
     }
 }
 
+/// What a bench against moto starts from: where moto is installed (or why it is left out) and
+/// the run's fresh temp dir.
+pub struct MotoRun {
+    pub moto: Result<PathBuf, String>,
+    pub root: PathBuf,
+}
+
+impl MotoAndDir {
+    /// Find moto (a `--moto` without moto in it is an error), create the temp dir of bench
+    /// `bench` under `--dir`, and say both on stderr.
+    pub fn start(&self, bench: &str, quick: bool, nimbus: &Path) -> Result<MotoRun> {
+        let moto = moto_dir(self.moto.as_deref(), self.without_moto);
+        if let (Err(why), Some(_)) = (&moto, &self.moto) {
+            bail!("{why}");
+        }
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+        let parent = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let root = parent.join(format!("nimbus-bench-{bench}-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+        eprintln!("nimbus-bench {bench}: {} in {}", if quick { "quick run" } else { "full run" }, root.display());
+        eprintln!(
+            "  nimbus {}\n  moto   {}",
+            nimbus.display(),
+            moto.as_ref().map_or_else(|w| w.clone(), |d| d.display().to_string())
+        );
+        Ok(MotoRun { moto, root })
+    }
+}
+
 pub async fn run(args: StorageArgs) -> Result<()> {
     let s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
     let nimbus_bin = procs::locate_nimbus(args.common.nimbus.clone())?;
     let python = procs::python()?;
-    let moto = moto_dir(args.place.moto.as_deref(), args.place.without_moto);
-    if let (Err(why), Some(_)) = (&moto, &args.place.moto) {
-        bail!("{why}");
-    }
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
-    let parent = args.place.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let root = parent.join(format!("nimbus-bench-storage-{}-{stamp}", std::process::id()));
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let MotoRun { moto, root } = args.place.start("storage", s.quick, &nimbus_bin)?;
     let app = write_app(&root)?;
     let machine_before = output::machine();
-    eprintln!("nimbus-bench storage: {} in {}", if s.quick { "quick run" } else { "full run" }, root.display());
-    eprintln!(
-        "  nimbus {}\n  moto   {}",
-        nimbus_bin.display(),
-        moto.as_ref().map_or_else(|w| w.clone(), |d| d.display().to_string())
-    );
     let mut runs = Vec::new();
     for run in 1..=s.runs {
         eprintln!("run {run}/{}", s.runs);
