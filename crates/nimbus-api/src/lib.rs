@@ -226,6 +226,23 @@ pub struct Pool {
     #[serde(default)]
     pub prepared_sandbox: bool,
     pub instances: Vec<InstanceInfo>,
+    /// The adaptive keep-alive's current windows (`keep_alive = "adaptive"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_keep_alive: Option<AdaptiveKeepAlive>,
+}
+
+/// The windows the adaptive keep-alive applies now to one function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdaptiveKeepAlive {
+    /// Idle instances stop this long after the function's last call.
+    pub keep_alive_ms: u64,
+    /// An instance is started this long after the last call (0: the instance stays loaded).
+    pub prewarm_ms: u64,
+    /// Whether the windows come from the idle-time histogram (false: the fixed fallback).
+    pub representative: bool,
+    /// Idle gaps recorded so far.
+    pub samples: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -69,6 +69,9 @@ pub struct StoredSpecV1 {
     pub async_policy: Option<StoredAsyncPolicyV1>,
     #[serde(default)]
     pub wasm: Option<StoredWasmV1>,
+    /// `"adaptive"`, or absent for the fixed `keep_alive` (older rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_policy: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -512,6 +515,7 @@ impl From<&FunctionSpec> for StoredSpecV1 {
             async_policy: Some((&s.async_policy).into()),
             // `cpu_ms` keeps its stored place in the wasm options (written for every runtime).
             wasm: Some(StoredWasmV1 { cpu_ms: s.cpu_ms, ..(&s.wasm).into() }),
+            keep_alive_policy: s.keep_alive_policy.as_str().map(str::to_owned),
         }
     }
 }
@@ -521,6 +525,13 @@ impl TryFrom<StoredSpecV1> for FunctionSpec {
     fn try_from(s: StoredSpecV1) -> Result<Self, FormatError> {
         let runtime = RuntimeKind::parse(&s.runtime)
             .ok_or_else(|| FormatError::Value(format!("function {} has an unknown runtime {:?}", s.name, s.runtime)))?;
+        let keep_alive_policy = match s.keep_alive_policy.as_deref() {
+            None => nimbus_core::KeepAlivePolicy::Fixed,
+            Some("adaptive") => nimbus_core::KeepAlivePolicy::Adaptive,
+            Some(other) => {
+                return Err(FormatError::Value(format!("function {} has an unknown keep-alive policy {other:?}", s.name)))
+            }
+        };
         Ok(FunctionSpec {
             name: s.name,
             runtime,
@@ -541,6 +552,7 @@ impl TryFrom<StoredSpecV1> for FunctionSpec {
             allowed_outbound_hosts: None,
             ephemeral_storage_mb: nimbus_core::function::DEFAULT_EPHEMERAL_STORAGE_MB,
             grants: nimbus_core::Grants::default(),
+            keep_alive_policy,
         })
     }
 }
@@ -845,6 +857,19 @@ mod tests {
         let bad = body.replace("\"send-receive\"", "\"everything\"");
         let e = decode(2, &bad).unwrap_err().to_string();
         assert!(e.contains("unknown queue access \"everything\""), "{e}");
+    }
+
+    #[test]
+    fn an_adaptive_keep_alive_round_trips_and_older_rows_read_as_fixed() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert_eq!(c.functions[0].0.keep_alive_policy, nimbus_core::KeepAlivePolicy::Fixed);
+        assert!(!encode(&c).unwrap().contains("keep_alive_policy"), "fixed is the absent key");
+        c.functions[0].0.keep_alive_policy = nimbus_core::KeepAlivePolicy::Adaptive;
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"keep_alive_policy\":\"adaptive\""), "{body}");
+        assert_eq!(decode(2, &body).unwrap(), c);
+        let e = decode(2, &body.replace("\"adaptive\"", "\"psychic\"")).unwrap_err().to_string();
+        assert!(e.contains("unknown keep-alive policy \"psychic\""), "{e}");
     }
 
     #[test]

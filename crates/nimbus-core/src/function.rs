@@ -70,6 +70,32 @@ pub struct FunctionSpec {
     pub ephemeral_storage_mb: u32,
     /// What the function may use of nimbus beyond its own code.
     pub grants: Grants,
+    /// How `keep_alive` is applied: the fixed duration, or adaptive windows learnt from the
+    /// function's idle times (with `keep_alive` as the fallback).
+    pub keep_alive_policy: KeepAlivePolicy,
+}
+
+/// How long a function's idle instances are kept (the manifest's `keep_alive`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KeepAlivePolicy {
+    /// `keep_alive = "10m"`: every idle instance lives `FunctionSpec::keep_alive`.
+    #[default]
+    Fixed,
+    /// `keep_alive = "adaptive"`: the hybrid histogram policy (`policy::adaptive_windows`)
+    /// over the function's idle times decides the keep-alive and pre-warm windows;
+    /// `FunctionSpec::keep_alive` (the default) applies while the histogram is not
+    /// representative.
+    Adaptive,
+}
+
+impl KeepAlivePolicy {
+    /// The manifest's spelling, or `None` for a fixed duration.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            KeepAlivePolicy::Fixed => None,
+            KeepAlivePolicy::Adaptive => Some("adaptive"),
+        }
+    }
 }
 
 /// The default `ephemeral_storage_mb` (Lambda's).

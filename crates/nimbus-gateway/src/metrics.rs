@@ -398,6 +398,7 @@ impl Metrics {
         reg.register("queued_requests", "Requests waiting for an instance", waiting);
         reg.register("concurrency", "Invocations running now (busy instances)", concurrency);
         reg.register("concurrency_limit", "max_instances of the live version", limit);
+        register_keepalive(&mut reg, s.pools);
 
         let depth = Family::<FunctionLabels, Gauge>::default();
         let oldest = Family::<FunctionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -444,4 +445,28 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `nimbus_keepalive_seconds{function,kind}`: the adaptive keep-alive's windows now, per
+/// function (`keep_alive = "adaptive"` only; `kind` is `keep_alive` or `prewarm`).
+fn register_keepalive(reg: &mut prometheus_client::registry::Registry, pools: &[nimbus_scheduler::PoolStatus]) {
+    let windows = Family::<KindLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for p in pools {
+        let Some(w) = p.adaptive else { continue };
+        for (kind, d) in [("keep_alive", w.keep_alive), ("prewarm", w.prewarm)] {
+            windows.get_or_create(&KindLabels { function: p.function.clone(), kind }).set(d.as_secs_f64());
+        }
+    }
+    reg.register_with_unit(
+        "keepalive",
+        "The adaptive keep-alive's windows per function: keep_alive (idle instances stop this long after the last call) and prewarm (an instance starts this long after it)",
+        prometheus_client::registry::Unit::Seconds,
+        windows,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    function: String,
+    kind: &'static str,
 }

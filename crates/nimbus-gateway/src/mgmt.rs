@@ -490,6 +490,15 @@ fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
                 },
             })
             .collect(),
+        adaptive_keep_alive: p.adaptive.map(|w| {
+            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            api::AdaptiveKeepAlive {
+                keep_alive_ms: ms(w.keep_alive),
+                prewarm_ms: ms(w.prewarm),
+                representative: w.representative,
+                samples: w.samples,
+            }
+        }),
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
-use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, Grants, RuntimeKind, WasmOptions};
+use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, Grants, KeepAlivePolicy, RuntimeKind, WasmOptions};
 use toml::de::{DeTable, DeValue};
 
 use crate::ctx::{valid_name, Ctx, FunctionLocations, Locations, Value};
@@ -334,7 +334,7 @@ fn function(
         return None;
     }
     let (memory_mb, timeout, cpu_ms) = limits?;
-    let Scaling { min_instances, max_instances, keep_alive, max_queued, queue_timeout } = scaling?;
+    let Scaling { min_instances, max_instances, keep_alive, max_queued, queue_timeout, keep_alive_policy } = scaling?;
     let spec = FunctionSpec {
         name: name.to_owned(),
         runtime: runtime?,
@@ -354,6 +354,7 @@ fn function(
         allowed_outbound_hosts: allowed_outbound_hosts?,
         ephemeral_storage_mb: ephemeral_storage_mb?,
         grants: grants?,
+        keep_alive_policy,
     };
     Some((spec, loc))
 }
@@ -510,6 +511,28 @@ struct Scaling {
     keep_alive: Duration,
     max_queued: u32,
     queue_timeout: Duration,
+    keep_alive_policy: KeepAlivePolicy,
+}
+
+/// `keep_alive`: a duration, or `"adaptive"` (windows learnt from the function's idle times,
+/// the default duration while they are not representative).
+fn keep_alive(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<(Duration, KeepAlivePolicy)> {
+    let Some(kv) = k.get("keep_alive") else { return Some((defaults::KEEP_ALIVE, KeepAlivePolicy::Fixed)) };
+    if let DeValue::String(s) = kv.get_ref() {
+        if s.trim().eq_ignore_ascii_case("adaptive") {
+            return Some((defaults::KEEP_ALIVE, KeepAlivePolicy::Adaptive));
+        }
+        if crate::ctx::parse_duration(s).is_none() {
+            cx.err(
+                kv.span(),
+                &k.f("keep_alive"),
+                format!("\"{s}\" is neither a duration nor \"adaptive\"; write it like \"30s\", \"10m\" or \"1h\", or \"adaptive\" to learn it from the function's idle times"),
+            );
+            return None;
+        }
+    }
+    let d = cx.duration(kv, &k.f("keep_alive"), Duration::from_millis(100), Duration::from_secs(24 * 3600))?;
+    Some((d, KeepAlivePolicy::Fixed))
 }
 
 fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Scaling> {
@@ -526,9 +549,7 @@ fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Scaling> {
             );
         }
     }
-    let keep_alive = k.get("keep_alive").map_or(Some(defaults::KEEP_ALIVE), |kv| {
-        cx.duration(kv, &k.f("keep_alive"), Duration::from_millis(100), Duration::from_secs(24 * 3600))
-    });
+    let keep_alive = keep_alive(cx, k);
     let max_queued =
         k.get("max_queued").map_or(Some(defaults::MAX_QUEUED), |mv| cx.u32(mv, &k.f("max_queued"), 0, 100_000));
     let queue_timeout = k.get("queue_timeout").map_or(Some(defaults::QUEUE_TIMEOUT), |qv| {
@@ -537,9 +558,10 @@ fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Scaling> {
     Some(Scaling {
         min_instances: min_instances?,
         max_instances: max_instances?,
-        keep_alive: keep_alive?,
+        keep_alive: keep_alive?.0,
         max_queued: max_queued?,
         queue_timeout: queue_timeout?,
+        keep_alive_policy: keep_alive?.1,
     })
 }
 

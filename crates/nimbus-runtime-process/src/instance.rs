@@ -974,6 +974,7 @@ mod tests {
             allowed_outbound_hosts: None,
             ephemeral_storage_mb: 512,
             grants: Default::default(),
+            keep_alive_policy: Default::default(),
         };
         Arc::new(FunctionVersion {
             spec,

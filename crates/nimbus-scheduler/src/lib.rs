@@ -26,6 +26,7 @@
 //! Deliberately not done here: per-instance concurrency above 1 (process runtimes are one
 //! invocation at a time, as in Lambda), cross-node placement.
 
+mod adaptive;
 #[cfg(test)]
 mod fake;
 mod pool;
@@ -46,6 +47,7 @@ use nimbus_core::{
     InvocationStatus, InvokeOutcome, InvokeResult, Pools, PrepareError, Recorder, Runtime, RuntimeKind,
 };
 
+pub use adaptive::AdaptiveStatus;
 pub use pool::{InstanceInfo, InstanceStatus, Pool, PoolStatus};
 
 /// Runtimes registered by kind; pools by function-version key. Cheap to clone (shared).
@@ -60,6 +62,9 @@ pub struct Inner {
     retired: Mutex<Vec<Weak<Pool>>>,
     /// Set by `shutdown`: no pool is created after it, so nothing starts that nobody will stop.
     stopped: AtomicBool,
+    /// The histories of the functions with an adaptive keep-alive, by function name: a
+    /// redeploy's new pool keeps learning where the old one left off.
+    activity: Mutex<HashMap<String, Arc<adaptive::Activity>>>,
     recorder: Arc<dyn Recorder>,
 }
 
@@ -77,6 +82,7 @@ impl Scheduler {
             pools: Mutex::new(HashMap::new()),
             retired: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            activity: Mutex::new(HashMap::new()),
             recorder,
         }))
     }
@@ -148,8 +154,18 @@ impl Inner {
         if self.stopped.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown { name: function.spec.name.clone() });
         }
-        let pool = pools.entry(key.to_owned()).or_insert_with(|| Pool::new(function.clone(), runtime)).clone();
+        let adaptive = self.activity_of(function);
+        let pool = pools.entry(key.to_owned()).or_insert_with(|| Pool::new(function.clone(), runtime, adaptive)).clone();
         Ok(pool)
+    }
+
+    /// The shared history of `function` when its keep-alive is adaptive.
+    fn activity_of(&self, function: &FunctionVersion) -> Option<Arc<adaptive::Activity>> {
+        if function.spec.keep_alive_policy != nimbus_core::KeepAlivePolicy::Adaptive {
+            return None;
+        }
+        let mut all = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        Some(all.entry(function.spec.name.clone()).or_insert_with(adaptive::Activity::new).clone())
     }
 
     /// Get every function of a deployment ready to start before it goes live (wasm components
@@ -219,6 +235,7 @@ impl Inner {
 
     async fn run(self: Arc<Inner>, a: Attempt, inv: Invocation) -> Result<InvokeResult, DispatchError> {
         let pool = self.pool(&a.function).map_err(|e| self.failed(&a, a.queued.elapsed(), e, None))?;
+        let _call = pool.begin_call();
         let mut lease = self.lease(&pool, &a).await?;
         let mut queue_wait = a.queued.elapsed();
         let (mut cold, mut init_log) = lease.begin();

@@ -82,6 +82,8 @@ pub struct Pool {
     cold_starts: AtomicU64,
     /// Signalled whenever the pool may have become empty (for shutdown).
     changed: Notify,
+    /// The function's history, when its keep-alive is adaptive (`crate::adaptive`).
+    adaptive: Option<Arc<crate::adaptive::Activity>>,
 }
 
 /// One instance as the management API shows it.
@@ -115,10 +117,16 @@ pub struct PoolStatus {
     /// The runtime has something made ahead for the next start (a prepared sandbox).
     pub prepared: bool,
     pub instances: Vec<InstanceInfo>,
+    /// The adaptive keep-alive's windows now (`keep_alive = "adaptive"` only).
+    pub adaptive: Option<crate::adaptive::AdaptiveStatus>,
 }
 
 impl Pool {
-    pub(crate) fn new(function: Arc<FunctionVersion>, runtime: Arc<dyn Runtime>) -> Arc<Pool> {
+    pub(crate) fn new(
+        function: Arc<FunctionVersion>,
+        runtime: Arc<dyn Runtime>,
+        adaptive: Option<Arc<crate::adaptive::Activity>>,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             function,
             runtime,
@@ -126,6 +134,7 @@ impl Pool {
             next_id: AtomicU64::new(1),
             cold_starts: AtomicU64::new(0),
             changed: Notify::new(),
+            adaptive,
         });
         pool.housekeep();
         tokio::spawn(housekeeping(Arc::downgrade(&pool)));
@@ -287,7 +296,7 @@ impl Pool {
         self.purge_dead(&mut st);
         let now = Instant::now();
         let ages: Vec<Duration> = st.idle.iter().map(|i| now.duration_since(i.since)).collect();
-        match policy::keep_alive(st.counts(), &ages, spec.keep_alive, spec.min_instances) {
+        match self.scale_decision(st.counts(), &ages) {
             ScaleDecision::Hold => {}
             ScaleDecision::StartWarm(n) => {
                 if st.start_failed_at.is_some_and(|t| now.duration_since(t) < WARM_RETRY_AFTER_FAILURE) {
@@ -307,6 +316,21 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// The keep-alive decision: fixed, or adaptive from the function's history.
+    fn scale_decision(&self, counts: PoolCounts, ages: &[Duration]) -> ScaleDecision {
+        let spec = &self.function.spec;
+        match &self.adaptive {
+            None => policy::keep_alive(counts, ages, spec.keep_alive, spec.min_instances),
+            Some(a) => a.decide(counts, ages, spec.keep_alive, spec.min_instances),
+        }
+    }
+
+    /// An invocation of this pool's function begins (it ends when the result is dropped): the
+    /// adaptive keep-alive learns the idle gaps from these.
+    pub(crate) fn begin_call(&self) -> Option<crate::adaptive::Call> {
+        self.adaptive.as_ref().map(|a| a.begin())
     }
 
     /// The pool's version is (still) deployed: let the runtime prepare ahead for it.
@@ -393,6 +417,7 @@ impl Pool {
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
             prepared: self.runtime.prepared(&self.function),
             instances,
+            adaptive: self.adaptive.as_ref().map(|a| a.status(self.function.spec.keep_alive)),
         }
     }
 }
@@ -469,7 +494,7 @@ mod tests {
 
     fn pool(fake: Fake) -> (Arc<Pool>, Arc<crate::fake::Counters>) {
         let (runtime, counters) = fake.runtime();
-        (Pool::new(function("race", |s| s.max_instances = 1), runtime), counters)
+        (Pool::new(function("race", |s| s.max_instances = 1), runtime, None), counters)
     }
 
     fn queue(pool: &Arc<Pool>) -> (oneshot::Receiver<Grant>, u64) {

@@ -350,3 +350,87 @@ async fn shutdown_waits_for_idle_instances_to_finish_stopping() {
     assert_eq!(h.counters.shutdowns(), 1);
     assert_eq!(began.elapsed(), ms(500));
 }
+
+/// `keep_alive = "adaptive"` with a fixed fallback of 30 s (so the learning calls are cold).
+fn adaptive(name: &str) -> Arc<FunctionVersion> {
+    function(name, |s| {
+        s.keep_alive_policy = nimbus_core::KeepAlivePolicy::Adaptive;
+        s.keep_alive = secs(30);
+    })
+}
+
+/// Calls `f` every `period` from `t0`, `n` times; returns whether each was a cold start.
+async fn periodic(h: &Harness, f: &Arc<FunctionVersion>, t0: Instant, period: u64, n: u64) -> Vec<bool> {
+    let mut cold = Vec::new();
+    for i in 0..n {
+        tokio::time::sleep_until(t0 + secs(period * i)).await;
+        let r = h.call(f, &format!("p{i}"), "ok").await.unwrap().expect("served");
+        cold.push(r.cold.is_some());
+    }
+    cold
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_keep_alive_learns_a_period_unloads_and_prewarms_before_the_next_call() {
+    let h = harness(Fake { start_delay: ms(100), ..Fake::default() });
+    let f = adaptive("periodic");
+    let t0 = Instant::now();
+    // Every 10 minutes: with the 30 s fallback each learning call finds no instance.
+    let cold = periodic(&h, &f, t0, 600, 11).await;
+    assert_eq!(cold, vec![true; 11]);
+    let w = h.status().adaptive.expect("an adaptive pool shows its windows");
+    assert!(w.representative && w.samples == 10, "{w:?}");
+    // 9–10 min bin, 10 % margins: pre-warm at 8.1 min, keep until 11 min after the call.
+    assert_eq!((w.prewarm, w.keep_alive), (secs(486), secs(660)));
+    let last = t0 + secs(6000);
+    // Unloaded once the call ended: nothing is kept through the predictable gap.
+    tokio::time::sleep_until(last + secs(60)).await;
+    assert_eq!(h.status().idle, 0);
+    tokio::time::sleep_until(last + secs(480)).await;
+    assert_eq!((h.status().idle, h.status().starting), (0, 0), "not pre-warmed before the window");
+    tokio::time::sleep_until(last + secs(490)).await;
+    assert_eq!(h.status().idle, 1, "pre-warmed at 8.1 min");
+    // The next arrival is warm.
+    let next = periodic(&h, &f, last + secs(600), 600, 1).await;
+    assert_eq!(next, vec![false]);
+    let ready = h.counters.ready();
+    // No call comes: pre-warmed again, then stopped at the end of the keep-alive window.
+    let after = last + secs(600);
+    tokio::time::sleep_until(after + secs(600)).await;
+    assert_eq!((h.status().idle, h.counters.ready()), (1, ready + 1));
+    tokio::time::sleep_until(after + secs(662)).await;
+    assert_eq!(h.status().idle, 0, "stopped keep_alive after the last call");
+    h.counters.wait_shutdowns(13).await;
+    assert_eq!(h.counters.live(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_keep_alive_without_a_representative_history_keeps_the_fixed_fallback() {
+    let h = harness(Fake::default());
+    let f = adaptive("sparse");
+    // Too few gaps to learn from.
+    let cold = periodic(&h, &f, Instant::now(), 20, 4).await;
+    assert_eq!(cold, vec![true, false, false, false], "kept warm 30 s: every call after the first is warm");
+    let w = h.status().adaptive.expect("adaptive");
+    assert!(!w.representative, "{w:?}");
+    assert_eq!((w.prewarm, w.keep_alive, w.samples), (secs(0), secs(30), 3));
+    tokio::time::sleep(secs(29)).await;
+    assert_eq!(h.status().idle, 1, "kept through the fallback keep-alive");
+    tokio::time::sleep(secs(2)).await;
+    assert_eq!(h.status().idle, 0);
+    // A fixed pool shows no adaptive windows.
+    let fixed = harness(Fake::default());
+    fixed.call(&function("fixed", |_| {}), "r", "ok").await.unwrap().expect("served");
+    assert_eq!(fixed.status().adaptive, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redeploy_keeps_the_functions_idle_history() {
+    let h = harness(Fake::default());
+    let v1 = adaptive("history");
+    periodic(&h, &v1, Instant::now(), 5, 3).await;
+    let v2 = Arc::new(FunctionVersion { code_digest: "new-code".into(), key_cache: Default::default(), ..(*v1).clone() });
+    h.scheduler.deploy(std::slice::from_ref(&v2));
+    let status = h.status();
+    assert_eq!(status.adaptive.map(|w| w.samples), Some(2), "the new version's pool learnt from the old one's calls");
+}

@@ -70,7 +70,7 @@ async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -
 async fn metrics_parse_as_openmetrics_and_count_every_trigger_outcome_and_state() {
     let app = App::new("metrics")
         .conformance("node", "f", "max_retry_attempts = 1\nretry_backoff = \"10ms\"")
-        .conformance("python", "capped", "max_instances = 1\nmax_queued = 0\ntimeout = \"10s\"")
+        .conformance("python", "capped", "max_instances = 1\nmax_queued = 0\ntimeout = \"10s\"\nkeep_alive = \"adaptive\"")
         .route("GET", "/f", "f")
         .finish();
     let server = Server::start(app.path());
@@ -107,6 +107,7 @@ async fn metrics_parse_as_openmetrics_and_count_every_trigger_outcome_and_state(
         ("nimbus_async_outcomes", "counter"),
         ("nimbus_gateway_requests", "counter"),
         ("nimbus_records_dropped", "counter"),
+        ("nimbus_keepalive_seconds", "gauge"),
     ] {
         assert_eq!(types.get(family).map(String::as_str), Some(ty), "family {family}: {types:?}");
     }
@@ -138,6 +139,14 @@ async fn metrics_parse_as_openmetrics_and_count_every_trigger_outcome_and_state(
     assert_eq!(sample(&s, "nimbus_instances", &[("function", "f"), ("state", "busy")]), 0.0);
     assert_eq!(sample(&s, "nimbus_concurrency", &[("function", "f")]), 0.0);
     assert_eq!(sample(&s, "nimbus_concurrency_limit", &[("function", "capped")]), 1.0);
+    // The adaptive keep-alive's windows: too few idle gaps yet, so the fixed fallback (10 min).
+    let window = |kind: &str| sample(&s, "nimbus_keepalive_seconds", &[("function", "capped"), ("kind", kind)]);
+    assert_eq!((window("keep_alive"), window("prewarm")), (600.0, 0.0));
+    let functions = server.admin("/v1/functions").await;
+    let capped = functions.as_array().unwrap().iter().find(|f| f["name"] == "capped").unwrap();
+    let adaptive = &capped["pools"][0]["adaptiveKeepAlive"];
+    assert_eq!(adaptive["keepAliveMs"], 600_000, "{capped}");
+    assert_eq!(adaptive["representative"], false, "{capped}");
     assert_eq!(sample(&s, "nimbus_dlq_events", &[("function", "f")]), 1.0);
     assert_eq!(sample(&s, "nimbus_async_queue_depth", &[("function", "f")]), 0.0);
     assert_eq!(sample(&s, "nimbus_async_outcomes_total", &[("function", "f"), ("outcome", "retried")]), 1.0);
