@@ -546,18 +546,22 @@ fn spawn_runtime(
     (program, args): &(PathBuf, Vec<String>),
     how: &Spawn<'_>,
 ) -> Result<Spawned, StartError> {
+    let zygote = how.hold && rt.sandbox.is_some() && crate::zygote::fits(function);
+    let zygote_args = if zygote { crate::zygote::args(args) } else { args.clone() };
     let (stdout, out_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
     let (stderr, err_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
     let mut cmd = match &rt.sandbox {
         Some(sandbox) => {
+            let pyc = crate::pycache::cached(rt.data_dir(), function);
             let spec = sandbox::InstanceSpec {
                 code: &function.code_path,
                 runtime_dir: &rt.runtime_dir,
                 socket_dir: how.scratch,
                 tmp_mb: function.spec.ephemeral_storage_mb,
                 program: &program.display().to_string(),
-                args,
-                hold: how.hold,
+                args: &zygote_args,
+                hold: how.hold && !zygote,
+                pyc: pyc.as_deref(),
             };
             sandbox.command(&spec).map_err(platform("cannot prepare the sandbox"))?
         }
@@ -569,9 +573,7 @@ fn spawn_runtime(
     };
     cmd.env_clear();
     let go = if how.hold {
-        let (input, go) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
-        cmd.stdin(Stdio::from(input));
-        Some(go)
+        Some(crate::zygote::hold_input(rt, &mut cmd, zygote)?)
     } else {
         cmd.envs(environment(rt, function, id, (how.api, how.lease), how.scratch)).stdin(Stdio::null());
         None
@@ -861,6 +863,7 @@ fn environment(
         ("PYTHONUNBUFFERED".into(), "1".into()),
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
     ];
+    env.extend(crate::pycache::prefix_env(rt, f));
     if rt.sandbox.is_some() {
         env.extend(proxy_env(api));
     }

@@ -13,9 +13,11 @@ mod egress;
 mod instance;
 pub mod limits;
 mod logs;
+mod pycache;
 pub mod sandbox;
 mod services;
 mod shells;
+mod zygote;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -221,6 +223,11 @@ impl ProcessRuntime {
         }
     }
 
+    /// The data dir (`runtime_dir` is `DATA_DIR/runtime`).
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.runtime_dir.parent().unwrap_or(&self.runtime_dir)
+    }
+
     /// PATH for instances: the resolved interpreters first, then the system directories.
     pub(crate) fn instance_path(&self) -> String {
         let mut dirs: Vec<String> = Vec::new();
@@ -239,6 +246,15 @@ impl ProcessRuntime {
 
 #[async_trait]
 impl Runtime for ProcessRuntime {
+    /// Python functions: compile their modules once per artifact (see [`pycache`]).
+    async fn prepare(&self, function: &FunctionVersion) -> Result<(), nimbus_core::PrepareError> {
+        if let Some(python) = &self.python {
+            let seen = if self.sandbox.is_some() { Path::new(sandbox::TASK_ROOT) } else { &function.code_path };
+            pycache::prepare(python, self.data_dir(), function, seen).await;
+        }
+        Ok(())
+    }
+
     async fn start(
         &self,
         function: Arc<FunctionVersion>,

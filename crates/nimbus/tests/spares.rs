@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// nimbus's children whose init is held (`--hold`): the prepared sandboxes.
+/// nimbus's children whose init is held (`--hold`) or whose runtime is a Python zygote
+/// (`--zygote`): the prepared sandboxes.
 fn held_sandboxes(nimbus: i32) -> Vec<i32> {
     let mut held = Vec::new();
     let tasks = std::fs::read_dir(format!("/proc/{nimbus}/task")).unwrap();
@@ -18,7 +19,7 @@ fn held_sandboxes(nimbus: i32) -> Vec<i32> {
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.split(|b| *b == 0).any(|a| a == b"--hold") && process_alive(pid) {
+            if cmdline.split(|b| *b == 0).any(|a| a == b"--hold" || a == b"--zygote") && process_alive(pid) {
                 held.push(pid);
             }
         }
@@ -97,4 +98,63 @@ async fn a_replaced_version_loses_its_spare_and_the_new_one_gets_one() {
     let done = server.invoke("f", &json!({"op": "echo"})).await;
     assert_eq!(done.status, 200, "{:?}", done.body);
     assert_eq!(server.instance_pids().await, vec![new]);
+}
+
+/// A Python function for the zygote: what its module saw when it was imported, and whether its
+/// own modules' bytecode came from the per-artifact cache.
+const ZYGOTE_HANDLER: &str = r#"
+import os, sys
+seen_at_import = {
+    "preloaded": "typing" in sys.modules,
+    "greeting": os.environ.get("GREETING"),
+    "key": os.environ.get("AWS_ACCESS_KEY_ID"),
+    "stream": os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
+}
+import helper
+
+def handler(event, context):
+    try:
+        open(os.path.join(sys.pycache_prefix, "poison.pyc"), "wb").close()
+        wrote = "written"
+    except OSError as e:
+        wrote = type(e).__name__
+    return {
+        **seen_at_import,
+        "argv": sys.argv,
+        "helper": helper.where(),
+        "prefix": sys.pycache_prefix,
+        "cached": os.path.exists(helper.__cached__),
+        "cache_writable": wrote,
+        "pid_env_now": os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
+    }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_zygote_applies_the_instance_environment_before_user_code_and_reads_compiled_modules() {
+    let app = App::new("zygote").raw(
+        "[functions.z]\nruntime = \"python\"\nhandler = \"handler.handler\"\nenv = { GREETING = \"hi\", PYTHONPATH = \"/var/task/vendor\" }",
+    );
+    app.write_file("functions/z/handler.py", ZYGOTE_HANDLER);
+    app.write_file("functions/z/vendor/helper.py", "def where():\n    return __file__\n");
+    let app = app.finish();
+    let server = Server::start(app.path());
+    let spare = spare_besides(&server, &[]).await;
+    let cmdline = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
+    assert!(cmdline.split(|b| *b == 0).any(|a| a == b"--zygote"), "the spare is a zygote: {cmdline:?}");
+
+    let r = server.invoke("z", &json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
+    let b = &r.body;
+    assert_eq!(b["preloaded"], true, "standard modules were imported before the claim: {b}");
+    // The instance's environment, not the zygote's, was there before the module ran.
+    assert_eq!(b["greeting"], "hi", "{b}");
+    assert!(b["key"].as_str().is_some_and(|k| !k.is_empty()), "{b}");
+    let id = server.admin("/v1/functions").await[0]["pools"][0]["instances"][0]["id"].as_str().unwrap().to_owned();
+    assert!(b["stream"].as_str().unwrap().ends_with(&id), "{b}");
+    assert_eq!(b["helper"], "/var/task/vendor/helper.py", "PYTHONPATH applied: {b}");
+    // Bytecode compiled at deploy, shown read-only: used, never writable by an instance.
+    assert_eq!(b["prefix"], "/var/cache/nimbus-pyc", "{b}");
+    assert_eq!(b["cached"], true, "{b}");
+    assert_eq!(b["cache_writable"], "OSError", "{b}");
 }

@@ -1,7 +1,8 @@
 """nimbus bootstrap for runtime = "python" (Python 3.11+, standard library only).
 
 Run by nimbus as ``python3 -S bootstrap.pyc`` (compiled from this file once per nimbus start;
-the source is the fallback) with PYTHONUNBUFFERED=1.
+the source is the fallback) with PYTHONUNBUFFERED=1; with ``--zygote`` (a prepared sandbox) it
+imports first and waits for the instance's environment on stdin (see ``_zygote``).
 
 Speaks the AWS Lambda Runtime API (2018-06-01) to nimbus over one keep-alive
 HTTP/1.1 connection on loopback: import the handler named by _HANDLER once, then
@@ -467,8 +468,55 @@ def main():
         conn.request("POST", base + "/response", payload, json_headers)
 
 
+# ---------------------------------------------------------------------------
+# Zygote (a prepared sandbox; see nimbus's crates/nimbus-runtime-process/src/zygote.rs)
+
+# Standard modules handlers commonly import, loaded while the zygote waits (off the request
+# path). Nothing of a function runs before the instance's environment is applied.
+_ZYGOTE_MODULES = ("json", "base64", "datetime", "collections", "functools", "typing", "traceback")
+
+
+def _zygote():
+    """Wait, imported, for the instance's environment on stdin (NUL-ended KEY=VALUE entries up
+    to end-of-file); apply it as the interpreter would have at start-up, then start normally.
+    Nothing on stdin: the prepared sandbox was not needed, exit quietly."""
+    for name in _ZYGOTE_MODULES:
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    chunks = []
+    while True:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        os._exit(0)
+    env = {}
+    for entry in data.split(b"\0"):
+        if entry:
+            key, eq, value = entry.partition(b"=")
+            if not eq:
+                raise RuntimeError("an environment entry without '='")
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    os.environ.clear()
+    os.environ.update(env)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # stdin as a normal start has it
+    os.close(null)
+    time.tzset()
+    sys.pycache_prefix = env.get("PYTHONPYCACHEPREFIX") or None
+    sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
+    # After the script's directory, before the standard library: where Python puts PYTHONPATH.
+    sys.path[1:1] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
 if __name__ == "__main__":
     try:
+        if "--zygote" in sys.argv[1:]:
+            _zygote()
         main()
     except KeyboardInterrupt:
         _flush()

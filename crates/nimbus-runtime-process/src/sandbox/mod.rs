@@ -155,6 +155,8 @@ pub(crate) struct InstanceSpec<'a> {
     pub args: &'a [String],
     /// A prepared sandbox: the init waits for the runtime's environment on stdin.
     pub hold: bool,
+    /// The function's compiled Python modules (→ `crate::pycache::INSIDE`, read-only).
+    pub pyc: Option<&'a Path>,
 }
 
 impl Sandbox {
@@ -209,6 +211,7 @@ impl Sandbox {
             program: "--probe",
             args: &[],
             hold: false,
+            pyc: None,
         };
         let (args, fd) = self.args(&spec).map_err(|e| SandboxUnavailable::Setup(e.to_string()))?;
         let mut cmd = std::process::Command::new(&self.bwrap);
@@ -245,6 +248,9 @@ impl Sandbox {
         a.dirs(RUNTIME_DIR).ro(spec.runtime_dir, RUNTIME_DIR);
         a.dirs(SOCKET_DIR).flag("--bind").path(spec.socket_dir).path(SOCKET_DIR);
         a.dirs("/opt/nimbus").ro(&self.init, INIT_PATH);
+        if let Some(pyc) = spec.pyc {
+            a.dirs(crate::pycache::INSIDE).ro(pyc, crate::pycache::INSIDE);
+        }
         let tmp_bytes = u64::from(spec.tmp_mb.max(1)) * 1024 * 1024;
         a.flag("--perms").flag("1777").flag("--size").flag(&tmp_bytes.to_string()).flag("--tmpfs").flag("/tmp");
         a.1.insert(PathBuf::from("/tmp"));
