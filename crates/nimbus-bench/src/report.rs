@@ -267,9 +267,27 @@ fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     }
 }
 
+/// Issue 15's zygote target: a sandboxed Python cold start (the zygote claimed, the handler
+/// imported, the request served) below the bare interpreter's own `python3 -S -c pass`, as a
+/// ratio per run. `-S` is what nimbus runs Python with, and the faster of the two references.
+fn zygote_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
+    for (run, d) in runs.iter().filter_map(|r| Derived::of(r, Lang::Python, s).map(|d| (r.run, d))) {
+        let ratio = d.cold_nimbus / d.startup;
+        let _ = writeln!(
+            o,
+            "  run {run} python  cold start with the zygote / `{}`: {:.1} ms / {:.1} ms = {ratio:.2}x (target < 1): {}",
+            startup_cmd(Lang::Python),
+            d.cold_nimbus,
+            d.startup,
+            verdict(ratio < 1.0)
+        );
+    }
+}
+
 /// Cold start and warm overhead against their targets, per language and run.
 fn target_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o, "\ntargets (BENCHMARKS.md § Targets)");
+    zygote_lines(o, s, runs);
     for lang in Lang::ALL {
         for d in runs.iter().filter_map(|r| Derived::of(r, lang, s).map(|d| (r.run, d))) {
             let (run, d) = d;

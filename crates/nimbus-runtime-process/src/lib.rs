@@ -13,6 +13,7 @@ mod egress;
 mod instance;
 pub mod limits;
 mod logs;
+pub mod nodecache;
 mod pycache;
 pub mod sandbox;
 mod services;

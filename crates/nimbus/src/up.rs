@@ -674,6 +674,11 @@ fn print_banner(control: &ControlPlane, url: &str, data_dir: &Path, info: &nimbu
         _ => println!("  process functions run WITHOUT a sandbox (--insecure-no-sandbox)"),
     }
     println!("  process functions' memory_mb is held by {}", info.memory_limits);
+    if live.functions.values().any(|f| f.spec.runtime == nimbus_core::RuntimeKind::Node) {
+        if let Some(line) = nimbus_runtime_process::nodecache::banner_line() {
+            println!("  {line}");
+        }
+    }
 }
 
 /// Reuse the token in DATA_DIR/admin.token, or create one (mode 0600).
