@@ -529,7 +529,10 @@ impl TryFrom<StoredSpecV1> for FunctionSpec {
             None => nimbus_core::KeepAlivePolicy::Fixed,
             Some("adaptive") => nimbus_core::KeepAlivePolicy::Adaptive,
             Some(other) => {
-                return Err(FormatError::Value(format!("function {} has an unknown keep-alive policy {other:?}", s.name)))
+                return Err(FormatError::Value(format!(
+                    "function {} has an unknown keep-alive policy {other:?}",
+                    s.name
+                )))
             }
         };
         Ok(FunctionSpec {

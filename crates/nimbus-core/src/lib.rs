@@ -30,8 +30,8 @@ pub use event_sources::{
     BucketTrigger, QueueAccess, QueueOp, QueueSpec, QueueTrigger, Redrive, TriggerSource, TriggerSpec, S3_EVENTS,
 };
 pub use function::{
-    Access, AsyncPolicy, Destination, FunctionSpec, FunctionVersion, Grants, KeepAlivePolicy, Op, RuntimeKind, WasmOptions, ACCOUNT_ID,
-    REGION,
+    Access, AsyncPolicy, Destination, FunctionSpec, FunctionVersion, Grants, KeepAlivePolicy, Op, RuntimeKind,
+    WasmOptions, ACCOUNT_ID, REGION,
 };
 pub use history::{History, HistoryError};
 pub use invoke::{

@@ -66,8 +66,7 @@ pub(crate) fn hold_input(
     cmd: &mut tokio::process::Command,
     zygote: bool,
 ) -> Result<std::io::PipeWriter, StartError> {
-    let (input, go) =
-        std::io::pipe().map_err(|e| StartError::Platform(format!("cannot create a pipe: {e}")))?;
+    let (input, go) = std::io::pipe().map_err(|e| StartError::Platform(format!("cannot create a pipe: {e}")))?;
     cmd.stdin(Stdio::from(input));
     if zygote {
         cmd.envs(environment(rt));

@@ -155,7 +155,8 @@ impl Inner {
             return Err(DispatchError::ShuttingDown { name: function.spec.name.clone() });
         }
         let adaptive = self.activity_of(function);
-        let pool = pools.entry(key.to_owned()).or_insert_with(|| Pool::new(function.clone(), runtime, adaptive)).clone();
+        let pool =
+            pools.entry(key.to_owned()).or_insert_with(|| Pool::new(function.clone(), runtime, adaptive)).clone();
         Ok(pool)
     }
 

@@ -429,7 +429,8 @@ async fn a_redeploy_keeps_the_functions_idle_history() {
     let h = harness(Fake::default());
     let v1 = adaptive("history");
     periodic(&h, &v1, Instant::now(), 5, 3).await;
-    let v2 = Arc::new(FunctionVersion { code_digest: "new-code".into(), key_cache: Default::default(), ..(*v1).clone() });
+    let v2 =
+        Arc::new(FunctionVersion { code_digest: "new-code".into(), key_cache: Default::default(), ..(*v1).clone() });
     h.scheduler.deploy(std::slice::from_ref(&v2));
     let status = h.status();
     assert_eq!(status.adaptive.map(|w| w.samples), Some(2), "the new version's pool learnt from the old one's calls");

@@ -70,7 +70,11 @@ async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -
 async fn metrics_parse_as_openmetrics_and_count_every_trigger_outcome_and_state() {
     let app = App::new("metrics")
         .conformance("node", "f", "max_retry_attempts = 1\nretry_backoff = \"10ms\"")
-        .conformance("python", "capped", "max_instances = 1\nmax_queued = 0\ntimeout = \"10s\"\nkeep_alive = \"adaptive\"")
+        .conformance(
+            "python",
+            "capped",
+            "max_instances = 1\nmax_queued = 0\ntimeout = \"10s\"\nkeep_alive = \"adaptive\"",
+        )
         .route("GET", "/f", "f")
         .finish();
     let server = Server::start(app.path());
