@@ -43,6 +43,9 @@ pub const NODE_CLIENT: &str = include_str!("../bootstrap/node/lib/nimbus.js");
 /// its directory on `sys.path`, after the function's own code).
 pub const PYTHON_CLIENT: &str = include_str!("../bootstrap/python/lib/nimbus.py");
 
+/// How long after a start the spare for the next one is made (see `Runtime::start`).
+const REPLENISH_AFTER: Duration = Duration::from_millis(100);
+
 /// Limits every process instance runs under.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -265,8 +268,14 @@ impl Runtime for ProcessRuntime {
             Some(shell) => shell.claim(self, function.clone(), instance_id).await,
             None => ProcessInstance::start(self, function.clone(), instance_id).await,
         };
-        // The next cold start of this version finds a sandbox ready again.
-        self.spares.replenish(self, &function);
+        // The next cold start of this version finds a sandbox ready again, made a moment later:
+        // making it (bwrap, and a Python zygote's interpreter start) takes tens of ms of CPU,
+        // which would otherwise compete with the request this start was for.
+        let (rt, f) = (self.clone(), function.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(REPLENISH_AFTER).await;
+            rt.spares.replenish(&rt, &f);
+        });
         Ok(Box::new(started?))
     }
 
