@@ -21,7 +21,9 @@
 //! client that disconnects does not abandon an instance half-way through an invocation.
 //!
 //! Housekeeping runs per pool on a timer and applies [`nimbus_core::policy::keep_alive`]:
-//! reclaim instances idle past `keep_alive`, keep `min_instances` started.
+//! reclaim instances idle past `keep_alive`, keep `min_instances` started. With
+//! `keep_alive = "adaptive"` it applies the windows `adaptive.rs` learns per function instead
+//! (unload, pre-warm, keep-alive from the idle-gap histogram).
 //!
 //! Deliberately not done here: per-instance concurrency above 1 (process runtimes are one
 //! invocation at a time, as in Lambda), cross-node placement.
