@@ -376,7 +376,16 @@ impl ProcessInstance {
             error_message: message,
             body,
         };
-        InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone(), http: None }
+        InvokeResult {
+            outcome,
+            duration,
+            cold: None,
+            max_memory_mb,
+            log,
+            instance_id: self.id.clone(),
+            http: None,
+            stream: None,
+        }
     }
 
     fn completed(
@@ -397,7 +406,16 @@ impl ProcessInstance {
                 return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
             }
         };
-        Ok(InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone(), http: None })
+        Ok(InvokeResult {
+            outcome,
+            duration,
+            cold: None,
+            max_memory_mb,
+            log,
+            instance_id: self.id.clone(),
+            http: None,
+            stream: None,
+        })
     }
 
     /// The process exited mid-invocation: before the runtime took the event the function never
@@ -974,6 +992,8 @@ mod tests {
             allowed_outbound_hosts: None,
             ephemeral_storage_mb: 512,
             grants: Default::default(),
+            response_mode: Default::default(),
+            max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
         };
         Arc::new(FunctionVersion {
             spec,
