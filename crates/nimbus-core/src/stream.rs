@@ -15,8 +15,9 @@
 //! 3. pushes body chunks with [`BodySender::send`] as the function writes them, and ends the
 //!    body by dropping the sender (clean end) or with [`BodySender::fail`] (an error or a
 //!    timeout mid-stream: the receiver sees it as the last item). Over the cap `send` ends the
-//!    body itself with [`StreamError::too_large`] and returns `Err`: the runtime stops
-//!    forwarding (the function may go on; what it writes is dropped);
+//!    body itself with [`StreamError::too_large`] and returns `Err(SendError::TooLarge)`: the
+//!    runtime stops the invocation (Lambda fails it) and completes it with
+//!    `Err(InstanceError::ResponseTooLarge)`;
 //! 4. keeps running the invocation after the body ended if the function does (`waitUntil`,
 //!    a wasm guest still inside its handler), until it really ends or its `timeout` does;
 //! 5. then sends exactly one [`Completion`] (dropping the sender unsent reads as a crash).
