@@ -383,7 +383,7 @@ pub(crate) async fn read_payload(gw: &Gateway, body: Incoming) -> Result<Bytes, 
 }
 
 /// A payload must be a JSON document; an empty (or blank) one is `{}`.
-fn json_payload(payload: Bytes) -> Result<Bytes, AwsError> {
+pub(crate) fn json_payload(payload: Bytes) -> Result<Bytes, AwsError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }

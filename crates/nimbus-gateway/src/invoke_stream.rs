@@ -72,6 +72,48 @@ async fn invoke(
         return Err(AwsError::new(StatusCode::FORBIDDEN, "AccessDeniedException", message));
     }
     let function = invoke_api::resolve(gw, &call)?;
+    let payload = match call.invocation_type {
+        InvocationType::RequestResponse => invoke_api::read_payload(gw, req.into_body()).await?,
+        _ => Bytes::new(),
+    };
+    run(gw, function, call, payload, request_id).await
+}
+
+/// `InvokeWithResponseStream` on the AWS port, whose SigV4 signature the port verified:
+/// `functions` is what the key may invoke (`None`: anything). The port answers with a whole
+/// body, so there the event stream arrives at once when the invocation's response ends.
+pub(crate) async fn signed(gw: &Gateway, key_id: &str, functions: Option<&[String]>, req: Request<Bytes>) -> GwResp {
+    let request_id = nimbus_core::ids::new_request_id();
+    let answer = async {
+        let path = req.uri().path();
+        let raw_name = path.strip_prefix(PREFIX).and_then(|r| r.strip_suffix(SUFFIX)).ok_or_else(|| {
+            AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
+        })?;
+        let call = invoke_api::parse_call(raw_name, req.uri().query(), req.headers())?;
+        if functions.is_some_and(|allowed| !allowed.iter().any(|f| *f == call.name)) {
+            let message = format!("the access key {key_id} may not invoke {}", call.name);
+            return Err(AwsError::new(StatusCode::FORBIDDEN, "AccessDeniedException", message));
+        }
+        let function = invoke_api::resolve(gw, &call)?;
+        let payload = invoke_api::json_payload(req.into_body())?;
+        run(gw, function, call, payload, &request_id).await
+    }
+    .await;
+    let mut resp = answer.unwrap_or_else(|e| whole(e.into_response(&request_id)));
+    if !resp.headers().contains_key("x-amzn-requestid") {
+        set_header(&mut resp, "x-amzn-requestid", &request_id);
+    }
+    resp
+}
+
+/// Invoke and answer with the event stream (or `DryRun`'s 204, or a refusal).
+async fn run(
+    gw: &Gateway,
+    function: std::sync::Arc<FunctionVersion>,
+    call: invoke_api::Call,
+    payload: Bytes,
+    request_id: &str,
+) -> Result<GwResp, AwsError> {
     match call.invocation_type {
         InvocationType::DryRun => return Ok(whole(invoke_api::dry_run(&function))),
         InvocationType::Event => {
@@ -82,7 +124,6 @@ async fn invoke(
         InvocationType::RequestResponse => {}
     }
     let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Invoke, function.spec.timeout);
-    let payload = invoke_api::read_payload(gw, req.into_body()).await?;
     let invocation = Invocation { payload, client_context: call.client_context, ..received };
     let log_tail = call.log_tail;
     let frames = match gw.scheduler.invoke(function.clone(), invocation).await {

@@ -189,3 +189,19 @@ fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boto3_invoke_with_response_stream_works_on_the_aws_port_too() {
+    let app = streaming_app("aws-stream", "");
+    let data = tempfile::tempdir().unwrap();
+    let _server = Server::start_args(app.path(), data.path(), &["--aws-listen", "127.0.0.1:0"]);
+    let url = std::fs::read_to_string(data.path().join("aws.url")).unwrap().trim().to_owned();
+    // SigV4 with the port's own key (DATA_DIR/aws-credentials), not the loopback-open gateway.
+    let script = BOTO3_STREAM.replace(", aws_access_key_id=\"x\", aws_secret_access_key=\"x\"", "");
+    let payload = json!({"op": "stream", "n": 2}).to_string();
+    let v = common::run_json(common::boto3(&script, &[&url, "f", &payload], data.path()));
+    assert_eq!(v["status"], 200, "{v:#}");
+    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(body, "data: event 1\n\ndata: event 2\n\n", "{v:#}");
+    assert!(v["complete"].is_object(), "{v:#}");
+}
