@@ -70,6 +70,12 @@ pub struct FunctionSpec {
     pub ephemeral_storage_mb: u32,
     /// What the function may use of nimbus beyond its own code.
     pub grants: Grants,
+    /// Whether responses are buffered (default) or streamed as the function writes them
+    /// (`response_mode`; the contract is in [`crate::stream`]).
+    pub response_mode: crate::stream::ResponseMode,
+    /// Largest streamed response body, in bytes (`max_stream_bytes`, default 20 MB); past it the
+    /// stream ends as Lambda's does (`Function.ResponseSizeTooLarge`).
+    pub max_stream_bytes: u64,
 }
 
 /// The default `ephemeral_storage_mb` (Lambda's).

@@ -526,6 +526,7 @@ impl Instance for WasmInstance {
             log: self.parts.log.drain(),
             instance_id: self.id.clone(),
             http,
+            stream: None,
         })
     }
 
