@@ -1352,6 +1352,121 @@ while True:
         assert_eq!(scratch_entries(&rt), 0, "shutdown removed both temp dirs");
     }
 
+    /// A `provided` runtime (Python's standard library) speaking the streaming and waitUntil
+    /// extensions by hand: "stream" sends two chunks with the second after the marker file
+    /// appears; "wait" answers at once with `Nimbus-Wait-Until: 1`, prints after the marker and
+    /// posts /done; "hang" answers the same way and never finishes.
+    const STREAM_RUNTIME: &str = r#"#!/usr/bin/python3 -S
+import http.client, os, sys, time, urllib.request
+host = os.environ["AWS_LAMBDA_RUNTIME_API"]
+base = "/2018-06-01/runtime/invocation/"
+mark = os.environ["MARK"]
+def wait_mark():
+    for _ in range(1000):
+        if os.path.exists(mark):
+            return
+        time.sleep(0.01)
+while True:
+    with urllib.request.urlopen("http://" + host + base + "next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = r.read().decode()
+    print("handling " + event, flush=True)
+    c = http.client.HTTPConnection(host)
+    if event == "stream":
+        c.putrequest("POST", base + rid + "/response")
+        c.putheader("Lambda-Runtime-Function-Response-Mode", "streaming")
+        c.putheader("Transfer-Encoding", "chunked")
+        c.endheaders()
+        c.send(b"1\r\na\r\n")
+        wait_mark()
+        c.send(b"1\r\nb\r\n0\r\n\r\n")
+        c.getresponse().read()
+        continue
+    c.request("POST", base + rid + "/response", body=b"early", headers={"Nimbus-Wait-Until": "1"})
+    c.getresponse().read()
+    if event == "hang":
+        time.sleep(30)
+    wait_mark()
+    print("background done", flush=True)
+    c.request("POST", base + rid + "/done", body=b"")
+    c.getresponse().read()
+"#;
+
+    async fn stream_instance(rt: &ProcessRuntime, code: &Path, mark: &Path) -> ProcessInstance {
+        std::fs::write(code.join("bootstrap"), STREAM_RUNTIME).unwrap();
+        std::fs::set_permissions(code.join("bootstrap"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut f = (*provided(code, &[("MARK", mark.to_str().unwrap())])).clone();
+        f.spec.response_mode = nimbus_core::ResponseMode::Streaming;
+        match ProcessInstance::start(rt, Arc::new(f), "s1".into()).await {
+            Ok(i) => i,
+            Err(e) => panic!("the streaming runtime must start: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_response_returns_at_its_head_and_completes_when_the_body_ends() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let mark = data.path().join("go");
+        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let r = i.invoke(event("stream", Duration::from_secs(10))).await.unwrap();
+        let handle = r.stream.expect("a streamed result");
+        let mut body = handle.take_body().unwrap();
+        let mut completion = handle.take_completion().unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap().as_ref(), b"a", "the first chunk before the handler ends");
+        assert!(completion.try_recv().is_err(), "the invocation is still running");
+        std::fs::write(&mark, "go").unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap().as_ref(), b"b");
+        assert!(body.next().await.is_none());
+        let done = completion.await.unwrap();
+        assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
+        assert_eq!(done.log, "handling stream\n");
+        assert_eq!(i.state(), InstanceState::Ready);
+        Box::new(i).shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn wait_until_work_ends_the_invocation_after_the_response_and_its_log_belongs_to_it() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let mark = data.path().join("go");
+        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
+        assert!(matches!(&r.outcome, InvokeOutcome::Success(b) if b.as_ref() == b"early"), "the response at once");
+        let handle = r.stream.expect("an early result");
+        let mut body = handle.take_body().unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap().as_ref(), b"early");
+        assert!(body.next().await.is_none(), "the body is whole before the work ends");
+        let mut completion = handle.take_completion().unwrap();
+        assert!(completion.try_recv().is_err(), "the background work is still waiting");
+        std::fs::write(&mark, "go").unwrap();
+        let done = completion.await.unwrap();
+        assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
+        assert_eq!(done.log, "handling wait\nbackground done\n");
+        assert!(done.response < done.duration, "{:?} vs {:?}", done.response, done.duration);
+        // The instance serves the next invocation.
+        let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
+        let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
+        assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
+        Box::new(i).shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_timeout_stops_wait_until_work_and_the_instance() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let mark = data.path().join("go");
+        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let r = i.invoke(event("hang", Duration::from_millis(500))).await.unwrap();
+        let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
+        match done.outcome {
+            Err(InstanceError::Timeout { log, .. }) => assert_eq!(log, "handling hang\n"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
+        Box::new(i).shutdown().await;
+    }
+
     #[test]
     fn exits_are_described_by_code_or_signal() {
         let status = |raw| std::process::ExitStatus::from_raw(raw);

@@ -111,7 +111,8 @@ exports.handler = awslambda.streamifyResponse(async (event, responseStream, cont
 }});
 "
     );
-    let app = app("node", "index.handler", ("index.js", &code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
+    let app =
+        app("node", "index.handler", ("index.js", &code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
     let server = Server::start(app.path());
     let mut resp = server.get("/f").await;
     assert_eq!(resp.status(), 201, "the prelude's status");
@@ -140,7 +141,13 @@ def handler(event, context):
     yield b\"second\"
 "
     );
-    let app = app("python", "handler.handler", ("handler.py", &code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
+    let app = app(
+        "python",
+        "handler.handler",
+        ("handler.py", &code),
+        "response_mode = \"streaming\"\ntimeout = \"20s\"",
+        &mark,
+    );
     let server = Server::start(app.path());
     let mut resp = server.get("/f").await;
     assert_eq!(resp.status(), 200);
@@ -162,7 +169,8 @@ async fn an_error_mid_stream_ends_the_stream_and_is_recorded_as_the_functions_er
   const e = new Error('broke mid-stream'); e.name = 'MidStreamError'; throw e;
 });
 ";
-    let app = app("node", "index.handler", ("index.js", code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
+    let app =
+        app("node", "index.handler", ("index.js", code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
     let server = Server::start(app.path());
     let mut resp = server.get("/f").await;
     assert_eq!(resp.status(), 200);
@@ -216,7 +224,11 @@ async fn the_timeout_ends_a_stream_and_kills_the_instance() {
     assert!(began.elapsed() < Duration::from_secs(10), "ended by the 1 s timeout, not the handler");
     let record = last_record(&server).await;
     assert_eq!(record["status"], "timeout", "{record:#}");
-    server.wait_for("the timed-out instance to go", Duration::from_secs(10), |v| v.to_string().matches("\"pid\"").count() == 0).await;
+    server
+        .wait_for("the timed-out instance to go", Duration::from_secs(10), |v| {
+            v.to_string().matches("\"pid\"").count() == 0
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -301,5 +313,9 @@ async fn the_timeout_stops_wait_until_work() {
     assert_eq!(resp.text().await.unwrap(), "answered", "the caller has its answer");
     let record = last_record(&server).await;
     assert_eq!(record["status"], "timeout", "{record:#}");
-    server.wait_for("the timed-out instance to go", Duration::from_secs(10), |v| v.to_string().matches("\"pid\"").count() == 0).await;
+    server
+        .wait_for("the timed-out instance to go", Duration::from_secs(10), |v| {
+            v.to_string().matches("\"pid\"").count() == 0
+        })
+        .await;
 }
