@@ -89,6 +89,13 @@ fn touch(p: &Path) {
     std::fs::write(p, b"go").unwrap();
 }
 
+/// The log text of invocation `id` of `f`.
+async fn log_of(server: &Server, id: &str) -> String {
+    let logs = server.admin("/v1/functions/f/logs").await;
+    let entries = logs["entries"].as_array().cloned().unwrap_or_default();
+    entries.iter().filter(|e| e["requestId"] == id).map(|e| e["text"].as_str().unwrap_or_default().to_owned()).collect()
+}
+
 /// The last record of `f`.
 async fn last_record(server: &Server) -> Value {
     server.records("f", 1).await.into_iter().next().unwrap()
@@ -179,7 +186,7 @@ async fn an_error_mid_stream_ends_the_stream_and_is_recorded_as_the_functions_er
     assert!(!clean, "an error mid-stream does not end the body cleanly");
     let record = last_record(&server).await;
     assert_eq!(record["status"], "function_error", "{record:#}");
-    assert_eq!(record["error_type"], "MidStreamError", "{record:#}");
+    assert_eq!(record["errorType"], "MidStreamError", "{record:#}");
 }
 
 #[tokio::test]
@@ -260,11 +267,10 @@ exports.handler = async (event, context) => {{
     touch(&mark);
     let record = last_record(&server).await;
     assert_eq!(record["status"], "success", "{record:#}");
-    let log = server.admin(&format!("/v1/invocations/{}", record["request_id"].as_str().unwrap())).await;
-    let log = log.to_string();
+    let log = log_of(&server, record["requestId"].as_str().unwrap()).await;
     assert!(log.contains("background one done") && log.contains("background two done"), "{log}");
-    let total = record["duration_ms"].as_f64().unwrap();
-    let response = record["response_ms"].as_f64().expect("the record has the response time apart");
+    let total = record["durationMs"].as_f64().unwrap();
+    let response = record["responseMs"].as_f64().expect("the record has the response time apart");
     assert!(response < total, "response {response} ms, total {total} ms");
 }
 
@@ -294,7 +300,7 @@ def handler(event, context):
     touch(&mark);
     let record = last_record(&server).await;
     assert_eq!(record["status"], "success", "{record:#}");
-    let log = server.admin(&format!("/v1/invocations/{}", record["request_id"].as_str().unwrap())).await.to_string();
+    let log = log_of(&server, record["requestId"].as_str().unwrap()).await;
     assert!(log.contains("python background done") && log.contains("python async background done"), "{log}");
 }
 
