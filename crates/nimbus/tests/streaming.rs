@@ -325,3 +325,43 @@ async fn the_timeout_stops_wait_until_work() {
         })
         .await;
 }
+
+/// boto3's `invoke_with_response_stream`, unmodified: the chunks and the `InvokeComplete` event.
+const BOTO3_STREAM: &str = r#"
+import json, sys, boto3
+c = boto3.client("lambda", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+r = c.invoke_with_response_stream(FunctionName=sys.argv[2], Payload=sys.argv[3])
+chunks, complete = [], None
+for ev in r["EventStream"]:
+    if "PayloadChunk" in ev:
+        chunks.append(ev["PayloadChunk"]["Payload"].decode("latin-1"))
+    if "InvokeComplete" in ev:
+        complete = ev["InvokeComplete"]
+print(json.dumps({"status": r["StatusCode"], "chunks": chunks, "complete": complete}))
+"#;
+
+#[tokio::test]
+async fn boto3_invoke_with_response_stream_reads_a_node_stream_and_its_error() {
+    let shared = common::shared_tempdir();
+    let mark = shared.path().join("go");
+    let code = "exports.handler = awslambda.streamifyResponse(async (event, stream) => {
+  for (let i = 1; i <= 3; i++) {
+    await new Promise((r) => stream.write(`chunk ${i};`, r));
+  }
+  if (event.fail) { const e = new Error('failed after three'); e.name = 'LateError'; throw e; }
+  stream.end();
+});
+";
+    let app = app("node", "index.handler", ("index.js", code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
+    let server = Server::start(app.path());
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", "{}"]);
+    assert_eq!(v["status"], 200, "{v:#}");
+    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
+    assert!(v["complete"].get("ErrorCode").is_none_or(Value::is_null), "{v:#}");
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", r#"{"fail":true}"#]);
+    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
+    assert_eq!(v["complete"]["ErrorCode"], "LateError", "{v:#}");
+    assert_eq!(v["complete"]["ErrorDetails"], "failed after three", "{v:#}");
+}
