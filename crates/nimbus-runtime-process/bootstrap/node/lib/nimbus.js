@@ -10,7 +10,7 @@
 // sandboxed, else AWS_LAMBDA_RUNTIME_API over TCP), which knows which function is calling: the
 // function's grants decide, and a refusal is a KvError with code "AccessDenied". The wire
 // format is nimbus's `/nimbus/v1/kv` API (docs/kv.md). `waitUntil(promise)` runs work after the
-// response (docs/streaming.md).
+// response (docs/manifest.md, "Streaming responses").
 
 const http = require("http");
 
