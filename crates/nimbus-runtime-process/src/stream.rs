@@ -10,7 +10,8 @@
 //!   with a JSON prelude (`statusCode`, `headers`, `cookies`) and 8 NUL bytes: the prelude
 //!   becomes the response head, the rest is the body;
 //! - an error after the first byte comes as the trailers `Lambda-Runtime-Function-Error-Type`
-//!   and `Lambda-Runtime-Function-Error-Body` (base64 of the usual error document): the stream
+//!   and `Lambda-Runtime-Function-Error-Body` (base64 of the usual error document), or, from
+//!   the `lambda_runtime` crate, as a last chunk holding exactly those two lines: the stream
 //!   ends with that error and the invocation is a function error;
 //! - past the function's streaming cap the stream ends with `Function.ResponseSizeTooLarge`,
 //!   the runtime gets 413 and the instance is retired; the invocation's timeout ends the stream
@@ -157,6 +158,9 @@ async fn forward(
         };
         match frame.into_data() {
             Ok(data) => {
+                if let Some(e) = trailer_in_body(&data) {
+                    return End::Failed(e);
+                }
                 if let Err(limit) = send(tx, data).await {
                     return End::TooLarge { limit };
                 }
@@ -181,9 +185,28 @@ fn trailer_error(trailers: &HeaderMap) -> Option<StreamError> {
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok())
         .unwrap_or_default();
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let message = doc.get("errorMessage").and_then(|m| m.as_str()).unwrap_or_default().to_owned();
+    let message = match doc.get("errorMessage").and_then(|m| m.as_str()) {
+        Some(m) => m.to_owned(),
+        None => String::from_utf8_lossy(&body).into_owned(),
+    };
     let error_type = doc.get("errorType").and_then(|t| t.as_str()).map_or(error_type, str::to_owned);
     Some(StreamError::new(error_type, message))
+}
+
+/// The error trailers written as the body's last chunk, which is how the `lambda_runtime` crate
+/// (1.x) reports an error mid-stream: a chunk that is exactly the two trailer lines.
+fn trailer_in_body(data: &[u8]) -> Option<StreamError> {
+    let text = std::str::from_utf8(data).ok()?;
+    let rest = text.strip_prefix("Lambda-Runtime-Function-Error-Type: ")?;
+    let (error_type, rest) = rest.split_once("\r\n")?;
+    let body = rest.strip_prefix("Lambda-Runtime-Function-Error-Body: ")?.strip_suffix("\r\n")?;
+    if body.contains(['\r', '\n']) {
+        return None;
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("lambda-runtime-function-error-type", HeaderValue::from_str(error_type).ok()?);
+    trailers.insert("lambda-runtime-function-error-body", HeaderValue::from_str(body).ok()?);
+    trailer_error(&trailers)
 }
 
 /// Read the JSON prelude and its 8 NUL bytes: the head, and what followed it in the last chunk.
@@ -253,6 +276,7 @@ async fn collect(req: Request<Incoming>, shared: &Shared, id: String) -> Respons
             break;
         };
         match frame.into_data() {
+            Ok(data) if trailer_in_body(&data).is_some() => error = trailer_in_body(&data),
             Ok(data) if buf.len() + data.len() > shared.max_response => too_large = true,
             Ok(data) => buf.extend_from_slice(&data),
             Err(frame) => {
@@ -285,4 +309,33 @@ async fn collect(req: Request<Incoming>, shared: &Shared, id: String) -> Respons
         );
     }
     api::accepted()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[test]
+    fn the_lambda_runtime_crates_error_chunk_is_read_as_its_trailers() {
+        let chunk = b"Lambda-Runtime-Function-Error-Type: Runtime.StreamError\r\nLambda-Runtime-Function-Error-Body: dXNlciBib2R5IHdyaXRlIGFib3J0ZWQ=\r\n";
+        let e = trailer_in_body(chunk).unwrap();
+        assert_eq!((e.error_code.as_str(), e.details.as_str()), ("Runtime.StreamError", "user body write aborted"));
+        assert!(trailer_in_body(b"Lambda-Runtime-Function-Error-Type: X\r\n").is_none(), "one line is data");
+        assert!(trailer_in_body(b"data: Lambda-Runtime-Function-Error-Type: X\r\n").is_none());
+    }
+
+    #[test]
+    fn a_prelude_gives_status_headers_and_cookies_and_bad_ones_say_why() {
+        let head =
+            parse_prelude(br#"{"statusCode":404,"headers":{"x-a":"1","x-n":2},"cookies":["c=1","d=2"]}"#).unwrap();
+        assert_eq!(head.status, StatusCode::NOT_FOUND);
+        assert_eq!(head.headers["x-a"], "1");
+        assert_eq!(head.headers["x-n"], "2");
+        assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(parse_prelude(b"{}").unwrap().status, StatusCode::OK, "statusCode defaults to 200");
+        assert!(parse_prelude(b"not json").unwrap_err().contains("not JSON"));
+        assert!(parse_prelude(br#"{"statusCode":99}"#).unwrap_err().contains("statusCode 99"));
+    }
 }

@@ -352,7 +352,8 @@ async fn boto3_invoke_with_response_stream_reads_a_node_stream_and_its_error() {
   stream.end();
 });
 ";
-    let app = app("node", "index.handler", ("index.js", code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
+    let app =
+        app("node", "index.handler", ("index.js", code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
     let server = Server::start(app.path());
     let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", "{}"]);
     assert_eq!(v["status"], 200, "{v:#}");
@@ -364,4 +365,23 @@ async fn boto3_invoke_with_response_stream_reads_a_node_stream_and_its_error() {
     assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
     assert_eq!(v["complete"]["ErrorCode"], "LateError", "{v:#}");
     assert_eq!(v["complete"]["ErrorDetails"], "failed after three", "{v:#}");
+}
+
+/// The official `lambda_runtime` crate's streaming response, unmodified (the conformance fixture's
+/// `stream` and `stream-error` ops), read with boto3.
+#[tokio::test]
+async fn the_lambda_runtime_crates_streaming_response_works_unmodified() {
+    let app =
+        App::new("rust-stream").conformance("rust", "f", "response_mode = \"streaming\"\ntimeout = \"20s\"").finish();
+    let server = Server::start(app.path());
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", r#"{"op":"stream"}"#]);
+    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "the body after the crate's prelude: {v:#}");
+    assert!(v["complete"].get("ErrorCode").is_none_or(Value::is_null), "{v:#}");
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", r#"{"op":"stream-error"}"#]);
+    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
+    assert!(v["complete"]["ErrorCode"].as_str().is_some_and(|c| !c.is_empty()), "the crate's error trailer: {v:#}");
+    let record = last_record(&server).await;
+    assert_eq!(record["status"], "function_error", "{record:#}");
 }
