@@ -274,7 +274,7 @@ async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invo
     let request_id = invocation.request_id.clone();
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
     let mut resp = match result {
-        Ok(r) => match r.stream.as_ref().and_then(|s| s.take_body()) {
+        Ok(r) => match r.stream.as_ref().and_then(|s| s.take_body()).filter(|_| passes_through(function, &r)) {
             Some(body) => Ok(streamed_response(r.http, body)),
             None => outcome_response(function, &request_id, r.outcome, r.http).map(whole),
         },
@@ -283,6 +283,14 @@ async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invo
     .unwrap_or_else(|e| whole(e.into_response(&request_id)));
     set_header(&mut resp, "x-nimbus-version", &function.version);
     resp
+}
+
+/// Whether a result's body goes to the client as it arrives: a streaming function's, or one
+/// that answered in HTTP terms (wasm). A buffered process function's early result (its
+/// response went out before its `waitUntil` work ended) carries the whole API Gateway document
+/// in its outcome, which is mapped as usual.
+fn passes_through(function: &FunctionVersion, r: &nimbus_core::InvokeResult) -> bool {
+    function.spec.response_mode == nimbus_core::ResponseMode::Streaming || r.http.is_some()
 }
 
 /// A streamed response: the head the function gave (200 `application/octet-stream` when it

@@ -10,12 +10,14 @@
 
 mod api;
 mod egress;
+mod follow;
 mod instance;
 pub mod limits;
 mod logs;
 pub mod sandbox;
 mod services;
 mod shells;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
