@@ -303,6 +303,10 @@ pub struct Invocation {
     pub error_type: Option<String>,
     pub error_message: Option<String>,
     pub instance_id: Option<String>,
+    /// Streamed responses: time to the end of the response; `durationMs` is then the whole
+    /// invocation, work after the response (`waitUntil`) included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_ms: Option<f64>,
 }
 
 /// An async event: where it is in its lifecycle, and every attempt.

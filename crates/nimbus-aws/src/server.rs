@@ -112,7 +112,8 @@ impl AwsPort {
 
     /// Answer one request.
     pub async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> http::Response<s3s::Body> {
-        if req.uri().path().starts_with("/2015-03-31/") {
+        // The Invoke API, and InvokeWithResponseStream (its event stream arrives whole here).
+        if req.uri().path().starts_with("/2015-03-31/") || req.uri().path().starts_with("/2021-11-15/") {
             let resp = self.invoke(req).await;
             let (parts, body) = resp.into_parts();
             return http::Response::from_parts(parts, s3s::Body::from(body));

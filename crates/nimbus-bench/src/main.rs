@@ -11,14 +11,16 @@
 //! covers queues and triggers (SQS against moto, async accepts, a queue trigger, PutObject →
 //! function start, idle CPU). `nimbus-bench keepalive` replays synthetic traces against
 //! keep-alive policies (fixed and adaptive) in simulation: cold starts and idle instance time.
+//! `nimbus-bench stream` measures server-sent events: function write → client, beside `wasmtime
+//! serve`.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive
+//     keepalive, stream
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
-//   all → allreport, plots, burst, wasm;  observe → wasm;  process → report
+//   all → allreport, plots, burst, wasm;  observe → wasm;  stream → wasm;  process → report
 //   allreport, plots, burst → model (the data of `all` and `burst`)
 //   all of them → common, output, servers, procs, load, fixture, tree, progress
 mod all;
@@ -47,6 +49,7 @@ mod servers;
 mod sqsclient;
 mod storage;
 mod storagereport;
+mod stream;
 mod tree;
 mod wasm;
 
@@ -98,6 +101,9 @@ enum Command {
     /// traces replayed against fixed 10 min, fixed 1 min and the adaptive hybrid histogram
     /// policy: cold starts (overall and p75 per function) and idle instance time.
     Keepalive(keepalive::KeepaliveArgs),
+    /// Server-sent events: the time from the function writing an event to the client holding
+    /// it, nimbus (a streaming wasm function) beside `wasmtime serve` on the same component.
+    Stream(stream::StreamArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -130,6 +136,7 @@ fn run() -> Result<()> {
         Command::Storage(args) => rt.block_on(storage::run(args)),
         Command::Events(args) => rt.block_on(events::run(args)),
         Command::Keepalive(args) => keepalive::run(args),
+        Command::Stream(args) => rt.block_on(stream::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

@@ -227,9 +227,9 @@ fn p99_ms(run: &RunResult, c: Config, concurrency: usize) -> Option<f64> {
 }
 
 /// A child server process listening on `url`.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     start_ms: f64,
 }
 
@@ -312,7 +312,13 @@ pub(crate) fn wasmtime_version(bin: &Path) -> Result<String> {
 
 /// `wasmtime serve -S cli [reuse flags] --addr 127.0.0.1:0 COMPONENT`, once it prints
 /// `Serving HTTP on URL`.
-async fn start_wasmtime(bin: &Path, component: &Path, reuse: bool, root: &Path, run: usize) -> Result<Server> {
+pub(crate) async fn start_wasmtime(
+    bin: &Path,
+    component: &Path,
+    reuse: bool,
+    root: &Path,
+    run: usize,
+) -> Result<Server> {
     let name = if reuse { "wasmtime-reuse" } else { "wasmtime" };
     let log = root.join(format!("{name}-{run}.log"));
     let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;

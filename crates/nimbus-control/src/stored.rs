@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use nimbus_core::{
     Access, AsyncPolicy, BucketTrigger, Destination, FunctionSpec, Grants, QueueAccess, QueueSpec, QueueTrigger,
-    Redrive, RuntimeKind, TriggerSource, TriggerSpec, WasmOptions,
+    Redrive, ResponseMode, RuntimeKind, TriggerSource, TriggerSpec, WasmOptions, DEFAULT_MAX_STREAM_BYTES,
 };
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
 use nimbus_manifest::{Methods, Pricing, RouteSpec};
@@ -238,6 +238,12 @@ pub struct StoredFunctionV2 {
     pub ephemeral_storage_mb: u32,
     pub grants: StoredGrantsV2,
     pub code_digest: String,
+    /// "streaming" when the function streams its responses; absent (older rows too) = buffered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_mode: Option<String>,
+    /// The streamed-response cap in bytes; absent = the default (20 MB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -304,6 +310,8 @@ impl From<StoredDeploymentV1> for StoredDeploymentV2 {
                     ephemeral_storage_mb: nimbus_core::function::DEFAULT_EPHEMERAL_STORAGE_MB,
                     grants: StoredGrantsV2::default(),
                     code_digest: f.code_digest,
+                    response_mode: None,
+                    max_stream_bytes: None,
                 })
                 .collect(),
             routes: v.routes,
@@ -366,6 +374,17 @@ pub fn decode(format_version: u32, body: &str) -> Result<DeploymentContent, Form
     DeploymentContent::try_from(v2)
 }
 
+/// A stored function's response keys (absent: buffered, the default cap).
+fn stored_response(mode: Option<String>, cap: Option<u64>) -> Result<(ResponseMode, u64), FormatError> {
+    let mode = match mode {
+        None => ResponseMode::Buffered,
+        Some(m) => {
+            ResponseMode::parse(&m).ok_or_else(|| FormatError::Value(format!("unknown response mode \"{m}\"")))?
+        }
+    };
+    Ok((mode, cap.unwrap_or(DEFAULT_MAX_STREAM_BYTES)))
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -382,6 +401,10 @@ impl From<&DeploymentContent> for StoredDeploymentV2 {
                     ephemeral_storage_mb: spec.ephemeral_storage_mb,
                     grants: (&spec.grants).into(),
                     code_digest: digest.clone(),
+                    response_mode: (spec.response_mode != ResponseMode::Buffered)
+                        .then(|| spec.response_mode.as_str().to_owned()),
+                    max_stream_bytes: (spec.max_stream_bytes != DEFAULT_MAX_STREAM_BYTES)
+                        .then_some(spec.max_stream_bytes),
                 })
                 .collect(),
             routes: c.routes.iter().map(Into::into).collect(),
@@ -406,6 +429,7 @@ impl TryFrom<StoredDeploymentV2> for DeploymentContent {
                 spec.allowed_outbound_hosts = f.allowed_outbound_hosts;
                 spec.ephemeral_storage_mb = f.ephemeral_storage_mb;
                 spec.grants = Grants::try_from(f.grants)?;
+                (spec.response_mode, spec.max_stream_bytes) = stored_response(f.response_mode, f.max_stream_bytes)?;
                 Ok((spec, f.code_digest))
             })
             .collect::<Result<_, FormatError>>()?;
@@ -556,6 +580,8 @@ impl TryFrom<StoredSpecV1> for FunctionSpec {
             ephemeral_storage_mb: nimbus_core::function::DEFAULT_EPHEMERAL_STORAGE_MB,
             grants: nimbus_core::Grants::default(),
             keep_alive_policy,
+            response_mode: Default::default(),
+            max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
         })
     }
 }
@@ -790,6 +816,20 @@ mod tests {
         assert_eq!(decode(FORMAT_VERSION, &body).unwrap(), c);
         // Format 1 is format 0's JSON: a format-1 row is read the same way.
         assert_eq!(decode(1, FULL).unwrap(), c);
+    }
+
+    #[test]
+    fn response_keys_round_trip_and_stay_out_of_buffered_bodies() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert_eq!(c.functions[0].0.response_mode, ResponseMode::Buffered, "older rows are buffered");
+        assert!(!encode(&c).unwrap().contains("response_mode"), "buffered bodies stay as they were");
+        c.functions[0].0.response_mode = ResponseMode::Streaming;
+        c.functions[0].0.max_stream_bytes = 1 << 20;
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"response_mode\":\"streaming\"") && body.contains("\"max_stream_bytes\":1048576"));
+        assert_eq!(decode(FORMAT_VERSION, &body).unwrap(), c);
+        let bad = body.replace("\"streaming\"", "\"chunked\"");
+        assert!(decode(FORMAT_VERSION, &bad).unwrap_err().to_string().contains("unknown response mode \"chunked\""));
     }
 
     #[test]

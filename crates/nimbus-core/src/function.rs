@@ -73,6 +73,12 @@ pub struct FunctionSpec {
     /// How `keep_alive` is applied: the fixed duration, or adaptive windows learnt from the
     /// function's idle times (with `keep_alive` as the fallback).
     pub keep_alive_policy: KeepAlivePolicy,
+    /// Whether responses are buffered (default) or streamed as the function writes them
+    /// (`response_mode`; the contract is in [`crate::stream`]).
+    pub response_mode: crate::stream::ResponseMode,
+    /// Largest streamed response body, in bytes (`max_stream_bytes`, default 20 MB); past it the
+    /// stream ends as Lambda's does (`Function.ResponseSizeTooLarge`).
+    pub max_stream_bytes: u64,
 }
 
 /// How long a function's idle instances are kept (the manifest's `keep_alive`).

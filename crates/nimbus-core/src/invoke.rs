@@ -159,6 +159,9 @@ pub struct InvokeResult {
     pub instance_id: String,
     /// Set when the runtime answered in HTTP terms (wasm components).
     pub http: Option<HttpResponseHead>,
+    /// Set when the body is streamed and the invocation may still be running (`response_mode =
+    /// "streaming"`): the contract is in [`crate::stream`]. `None` for buffered results.
+    pub stream: Option<crate::stream::StreamHandle>,
 }
 
 /// How an invocation ended, as recorded and counted.
@@ -228,6 +231,10 @@ pub struct InvocationRecord {
     pub instance_id: Option<String>,
     #[serde(skip)]
     pub log: String,
+    /// Streamed responses: event handed out → response body ended (`duration_ms` is the whole
+    /// invocation, work after the response included). `None` for buffered responses.
+    #[serde(default)]
+    pub response_ms: Option<f64>,
 }
 
 /// Where finished invocations go (the store's background writer). Called on the hot path, so

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
+pub mod stream;
 
 pub use access_keys::{AccessKeyRecord, AccessKeySource};
 pub use audit::{AuditAction, AuditEntry, AuditError, AuditLog, AuditQuery};
@@ -44,4 +45,8 @@ pub use registry::{DeploymentRecord, NewDeployment, Registry, RegistryError};
 pub use runtime::{
     BoxError, Dispatch, FunctionAws, FunctionCalls, FunctionPrepareError, Instance, InstanceCredentials, InstanceError,
     InstanceState, Pools, PrepareError, Runtime, StartError, StreamBody,
+};
+pub use stream::{
+    response_stream, BodyReceiver, BodySender, Completion, ResponseMode, SendError, StreamError, StreamHandle,
+    StreamSummary, DEFAULT_MAX_STREAM_BYTES,
 };

@@ -24,6 +24,13 @@ impl Calls {
         functions: Option<&[String]>,
         request: http::Request<Bytes>,
     ) -> http::Response<Bytes> {
+        if request.uri().path().starts_with(crate::invoke_stream::PREFIX) {
+            // The event stream, collected: the port answers with whole bodies.
+            let resp = crate::invoke_stream::signed(&self.0, key_id, functions, request).await;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return http::Response::from_parts(parts, body);
+        }
         let resp = crate::invoke_api::signed(&self.0, key_id, functions, request).await;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();

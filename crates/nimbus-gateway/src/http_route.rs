@@ -31,6 +31,7 @@ use nimbus_core::{
 use nimbus_manifest::RouteSpec;
 use serde_json::json;
 
+use crate::body::{whole, GwBody, GwResp};
 use crate::context::{BodyError, Gateway};
 use crate::event::{build_event, build_response, HttpRequest};
 use crate::util::{json, set_header, Resp};
@@ -134,16 +135,21 @@ impl From<nimbus_queue::AcceptError> for RouteError {
     }
 }
 
-pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
     let request_id = nimbus_core::ids::new_request_id();
-    let mut resp = route(gw, req, remote, &request_id).await.unwrap_or_else(|e| e.into_response(&request_id));
+    let mut resp = route(gw, req, remote, &request_id).await.unwrap_or_else(|e| whole(e.into_response(&request_id)));
     if !resp.headers().contains_key("x-nimbus-request-id") {
         set_header(&mut resp, "x-nimbus-request-id", &request_id);
     }
     resp
 }
 
-async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request_id: &str) -> Result<Resp, RouteError> {
+async fn route(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    request_id: &str,
+) -> Result<GwResp, RouteError> {
     let live = gw.control.snapshot().live.clone().ok_or(RouteError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorSource::Platform,
@@ -172,7 +178,7 @@ async fn route(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr, request
     }
     let payload = event_payload(gw, &parts, &body, remote, request_id, &route, &params)?;
     if route.is_async {
-        return accept_async(gw, &function, &parts, payload).await;
+        return accept_async(gw, &function, &parts, payload).await.map(whole);
     }
     Ok(respond(gw, &function, Invocation { payload, ..received }).await)
 }
@@ -264,15 +270,44 @@ async fn accept_async(
 }
 
 /// Run the function synchronously and map the outcome to HTTP (the table at the top).
-async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invocation) -> Resp {
+async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invocation) -> GwResp {
     let request_id = invocation.request_id.clone();
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
     let mut resp = match result {
-        Ok(r) => outcome_response(function, &request_id, r.outcome, r.http),
+        Ok(r) => match r.stream.as_ref().and_then(|s| s.take_body()).filter(|_| passes_through(function, &r)) {
+            Some(body) => Ok(streamed_response(r.http, body)),
+            None => outcome_response(function, &request_id, r.outcome, r.http).map(whole),
+        },
         Err(e) => Err(RouteError::from(&e)),
     }
-    .unwrap_or_else(|e| e.into_response(&request_id));
+    .unwrap_or_else(|e| whole(e.into_response(&request_id)));
     set_header(&mut resp, "x-nimbus-version", &function.version);
+    resp
+}
+
+/// Whether a result's body goes to the client as it arrives: a streaming function's, or one
+/// that answered in HTTP terms (wasm). A buffered process function's early result (its
+/// response went out before its `waitUntil` work ended) carries the whole API Gateway document
+/// in its outcome, which is mapped as usual.
+fn passes_through(function: &FunctionVersion, r: &nimbus_core::InvokeResult) -> bool {
+    function.spec.response_mode == nimbus_core::ResponseMode::Streaming || r.http.is_some()
+}
+
+/// A streamed response: the head the function gave (200 `application/octet-stream` when it
+/// gave none, as a Lambda function URL), then the body as it arrives, cut on a mid-stream
+/// error or timeout.
+fn streamed_response(head: Option<nimbus_core::HttpResponseHead>, body: nimbus_core::BodyReceiver) -> GwResp {
+    let mut resp = Response::new(GwBody::Cut(body));
+    match head {
+        Some(head) => {
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = head.headers;
+        }
+        None => {
+            resp.headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+        }
+    }
     resp
 }
 

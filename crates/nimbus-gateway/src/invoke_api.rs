@@ -32,9 +32,9 @@ use crate::context::{BodyError, Credential, Gateway, Refused};
 use crate::scopes::{self, Endpoint};
 use crate::util::{json, query_param, raw, set_header, tail, Resp};
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// `X-Amz-Log-Result` carries the last 4 KB of the invocation's log.
-const LOG_TAIL: usize = 4096;
+pub(crate) const LOG_TAIL: usize = 4096;
 
 /// A request the Invoke API refuses, in Lambda's terms.
 #[derive(Debug)]
@@ -49,11 +49,11 @@ pub(crate) struct AwsError {
 }
 
 impl AwsError {
-    fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
         AwsError { status, error_type, message: message.into(), retry_after: None, denied: None }
     }
 
-    fn invalid_parameter(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_parameter(message: impl Into<String>) -> Self {
         AwsError::new(StatusCode::BAD_REQUEST, "InvalidParameterValueException", message)
     }
 
@@ -61,7 +61,7 @@ impl AwsError {
         AwsError::new(StatusCode::BAD_REQUEST, "InvalidRequestContentException", message)
     }
 
-    fn into_response(self, request_id: &str) -> Resp {
+    pub(crate) fn into_response(self, request_id: &str) -> Resp {
         let mut r = json(self.status, &json!({"__type": self.error_type, "message": self.message, "Type": "User"}));
         set_header(&mut r, "x-amzn-errortype", self.error_type);
         set_header(&mut r, "x-amzn-requestid", request_id);
@@ -118,19 +118,19 @@ impl From<nimbus_queue::AcceptError> for AwsError {
 
 /// `X-Amz-Invocation-Type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InvocationType {
+pub(crate) enum InvocationType {
     RequestResponse,
     Event,
     DryRun,
 }
 
 /// What the caller asked for, read from the path, query and headers.
-struct Call {
-    name: String,
+pub(crate) struct Call {
+    pub(crate) name: String,
     qualifier: Option<String>,
-    invocation_type: InvocationType,
-    log_tail: bool,
-    client_context: Option<String>,
+    pub(crate) invocation_type: InvocationType,
+    pub(crate) log_tail: bool,
+    pub(crate) client_context: Option<String>,
     idempotency_key: Option<String>,
 }
 
@@ -257,7 +257,7 @@ fn raw_function_name(path: &str) -> Result<&str, AwsError> {
 }
 
 /// The function version the call names.
-fn resolve(gw: &Gateway, call: &Call) -> Result<Arc<FunctionVersion>, AwsError> {
+pub(crate) fn resolve(gw: &Gateway, call: &Call) -> Result<Arc<FunctionVersion>, AwsError> {
     gw.control.snapshot().function(&call.name, call.qualifier.as_deref()).ok_or_else(|| {
         AwsError::new(
             StatusCode::NOT_FOUND,
@@ -267,7 +267,7 @@ fn resolve(gw: &Gateway, call: &Call) -> Result<Arc<FunctionVersion>, AwsError> 
     })
 }
 
-fn dry_run(function: &FunctionVersion) -> Resp {
+pub(crate) fn dry_run(function: &FunctionVersion) -> Resp {
     let mut r = raw(StatusCode::NO_CONTENT, Bytes::new());
     set_header(&mut r, "x-amz-executed-version", &function.version);
     r
@@ -288,7 +288,11 @@ async fn run(
     let log_tail = call.log_tail;
     let invocation = Invocation { payload, client_context: call.client_context, ..received };
     let (mut resp, log) = match gw.scheduler.invoke(function.clone(), invocation).await {
-        Ok(r) => (function_response(&r.outcome), r.log),
+        Ok(r) => {
+            // A streaming function called through the buffered Invoke API answers whole.
+            let r = nimbus_core::stream::collect(r).await;
+            (function_response(&r.outcome), r.log)
+        }
         Err(e) => (dispatch_failure(&e, &request_id)?, e.log().to_owned()),
     };
     set_header(&mut resp, "x-amz-executed-version", &function.version);
@@ -300,7 +304,7 @@ async fn run(
 
 /// The caller's credential, which must grant the Invoke API's scope (beyond loopback). Refusals
 /// go to the audit log, coalesced.
-fn credential(
+pub(crate) fn credential(
     gw: &Gateway,
     headers: &HeaderMap,
     raw_name: &str,
@@ -330,7 +334,7 @@ fn credential(
 }
 
 /// The function name and qualifier from the path and query, and the `X-Amz-*` headers.
-fn parse_call(raw_name: &str, query: Option<&str>, headers: &HeaderMap) -> Result<Call, AwsError> {
+pub(crate) fn parse_call(raw_name: &str, query: Option<&str>, headers: &HeaderMap) -> Result<Call, AwsError> {
     let (name, name_qualifier) = parse_function_name(raw_name)
         .ok_or_else(|| AwsError::invalid_parameter(format!("{raw_name:?} is not a function name or ARN")))?;
     let qualifier = match (name_qualifier, query_param(query, "Qualifier")) {
@@ -374,12 +378,12 @@ fn decode_client_context(b64: &str) -> Result<String, AwsError> {
 }
 
 /// The JSON payload (`{}` when empty).
-async fn read_payload(gw: &Gateway, body: Incoming) -> Result<Bytes, AwsError> {
+pub(crate) async fn read_payload(gw: &Gateway, body: Incoming) -> Result<Bytes, AwsError> {
     json_payload(gw.read_body(body).await.map_err(|e| AwsError::body(e, gw.config.max_payload))?)
 }
 
 /// A payload must be a JSON document; an empty (or blank) one is `{}`.
-fn json_payload(payload: Bytes) -> Result<Bytes, AwsError> {
+pub(crate) fn json_payload(payload: Bytes) -> Result<Bytes, AwsError> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Bytes::from_static(b"{}"));
     }
@@ -451,7 +455,7 @@ fn function_response(outcome: &InvokeOutcome) -> Resp {
 /// A dispatch that produced no function outcome: the function's own failures (timeout, crash,
 /// init error, oversized response) are answered as Lambda answers them, 200 with
 /// `X-Amz-Function-Error: Unhandled`; the rest are refusals.
-fn dispatch_failure(e: &DispatchError, request_id: &str) -> Result<Resp, AwsError> {
+pub(crate) fn dispatch_failure(e: &DispatchError, request_id: &str) -> Result<Resp, AwsError> {
     let (error_type, message) = match e {
         DispatchError::Timeout { timeout, .. } => {
             (e.lambda_error_type(), format!("{request_id} Task timed out after {:.2} seconds", timeout.as_secs_f64()))
@@ -468,7 +472,7 @@ fn dispatch_failure(e: &DispatchError, request_id: &str) -> Result<Resp, AwsErro
     Ok(r)
 }
 
-fn refusal(e: &DispatchError) -> AwsError {
+pub(crate) fn refusal(e: &DispatchError) -> AwsError {
     match e {
         DispatchError::Throttled { retry_after, .. } => AwsError {
             retry_after: Some(retry_after.as_secs().max(1)),

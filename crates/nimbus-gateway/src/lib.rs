@@ -3,24 +3,28 @@
 //! plane's snapshot and never a store.
 //!
 //! Module order (every import points down this list): `server` (accept loop, first split by
-//! path) → the handlers, one per wire format (`http_route`, `invoke_api`, `mgmt`, `dashboard`)
-//! → their helpers (`event`, `usage`, `stats`, `metrics`, `credentials`) → `context` (the
+//! path) → the handlers, one per wire format (`http_route`, `invoke_api`, `invoke_stream`, `mgmt`,
+//! `dashboard`) → their helpers (`event`, `eventstream`, `usage`, `stats`, `metrics`, `credentials`) → `context` (the
 //! shared [`Gateway`]: who a request is, and what the audit log hears) → `scopes` (which scope
 //! each endpoint needs), `audit`, `session`, `config`, `util`. `calls` answers functions' own
 //! calls (the Invoke API and the KV calls from inside an instance); `kv_api` serves the KV calls
-//! for both `mgmt` and `calls`. `tls` (certificates and keys for HTTPS)
+//! for both `mgmt` and `calls`. `body` is the response body of every handler
+//! (whole, or a function's streamed body). `tls` (certificates and keys for HTTPS)
 //! stands apart: `nimbus up` builds the server configuration with it and hands it over in
 //! [`GatewayConfig`].
 
 mod audit;
+mod body;
 mod calls;
 mod config;
 mod context;
 mod credentials;
 mod dashboard;
 pub mod event;
+mod eventstream;
 mod http_route;
 mod invoke_api;
+mod invoke_stream;
 mod kv_api;
 pub mod metrics;
 mod mgmt;

@@ -537,6 +537,7 @@ fn invocation_view(r: InvocationRecord) -> api::Invocation {
         error_type: r.error_type,
         error_message: r.error_message,
         instance_id: r.instance_id,
+        response_ms: r.response_ms,
     }
 }
 

@@ -28,33 +28,36 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::{whole, GwResp};
 use crate::config::GatewayConfig;
 use crate::context::Gateway;
 use crate::metrics::Refusal;
 use crate::util::{json, raw, Resp};
 
 impl Gateway {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
         // HTTP/1.1 heads over the field limit never get here (hyper answers 431); HTTP/2 has no
         // field count of its own.
         if req.version() == http::Version::HTTP_2 && req.headers().len() > self.config.max_headers {
             self.metrics.refused(Refusal::Headers);
-            return json(
+            return whole(json(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 &json!({"message": format!("more than {} header fields", self.config.max_headers)}),
-            );
+            ));
         }
         let path = req.uri().path();
         let (kind, resp) = if path == "/healthz" {
-            ("health", self.health())
+            ("health", whole(self.health()))
         } else if path == "/metrics" {
-            ("metrics", self.metrics_page().await)
+            ("metrics", whole(self.metrics_page().await))
         } else if path.starts_with("/v1/") || path == "/v1" {
-            ("management", crate::mgmt::handle(&self, req, remote).await)
+            ("management", whole(crate::mgmt::handle(&self, req, remote).await))
         } else if path == "/dashboard" || path.starts_with("/dashboard/") {
-            ("dashboard", crate::dashboard::handle(&self, req, remote).await)
+            ("dashboard", whole(crate::dashboard::handle(&self, req, remote).await))
         } else if path.starts_with("/2015-03-31/functions/") {
-            ("invoke", crate::invoke_api::handle(&self, req, remote).await)
+            ("invoke", whole(crate::invoke_api::handle(&self, req, remote).await))
+        } else if path.starts_with(crate::invoke_stream::PREFIX) {
+            ("invoke", crate::invoke_stream::handle(&self, req, remote).await)
         } else {
             ("route", crate::http_route::handle(&self, req, remote).await)
         };
@@ -223,7 +226,7 @@ impl Protocols {
 fn service(
     gateway: &Arc<Gateway>,
     remote: SocketAddr,
-) -> impl hyper::service::Service<Request<Incoming>, Response = Resp, Error = Infallible, Future: Send> + Clone {
+) -> impl hyper::service::Service<Request<Incoming>, Response = GwResp, Error = Infallible, Future: Send> + Clone {
     let gw = gateway.clone();
     service_fn(move |req| {
         let gw = gw.clone();

@@ -29,7 +29,7 @@ pub fn raw(status: StatusCode, body: Bytes) -> Resp {
     r
 }
 
-pub fn set_header(r: &mut Resp, name: &'static str, value: &str) {
+pub fn set_header<B>(r: &mut Response<B>, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         r.headers_mut().insert(name, v);
     }

@@ -40,6 +40,8 @@ pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "allowed_outbound_hosts",
     "ephemeral_storage_mb",
     "grants",
+    "response_mode",
+    "max_stream_bytes",
 ];
 /// Keys only wasm functions take.
 const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
@@ -329,6 +331,7 @@ fn function(
     let ephemeral_storage_mb = ephemeral_storage(cx, &k, runtime);
     let allowed_outbound_hosts = outbound_hosts(cx, &k);
     let grants = grants_of(cx, &k, refs);
+    let response = crate::response::response_keys(cx, k.get("response_mode"), k.get("max_stream_bytes"), field);
 
     if cx.error_count() > before {
         return None;
@@ -355,6 +358,8 @@ fn function(
         ephemeral_storage_mb: ephemeral_storage_mb?,
         grants: grants?,
         keep_alive_policy,
+        response_mode: response?.0,
+        max_stream_bytes: response?.1,
     };
     Some((spec, loc))
 }

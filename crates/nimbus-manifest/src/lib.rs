@@ -12,6 +12,7 @@ mod grants;
 mod pricing;
 pub mod queues;
 pub mod resources;
+mod response;
 pub mod schedule;
 mod triggers;
 mod wasm;

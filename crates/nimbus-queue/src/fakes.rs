@@ -545,6 +545,7 @@ impl Dispatch for FakeDispatch {
             log: String::new(),
             instance_id: "fake".into(),
             http: None,
+            stream: None,
         })
     }
 }
@@ -594,6 +595,8 @@ pub fn version(name: &str, max_instances: u32, policy: AsyncPolicy) -> Arc<Funct
         ephemeral_storage_mb: 512,
         grants: Default::default(),
         keep_alive_policy: Default::default(),
+        response_mode: Default::default(),
+        max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
     };
     Arc::new(FunctionVersion {
         spec,

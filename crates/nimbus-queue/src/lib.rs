@@ -448,7 +448,13 @@ impl Engine {
         let Some(function) = self.resolver.function(&ev.function, ev.qualifier.as_deref()) else {
             return self.not_found(&ev, started).await;
         };
-        let ran = Ran::from(self.dispatch.invoke(function.clone(), invocation(&ev, &function)).await);
+        // A streamed response is collected: an async caller gets the whole result.
+        let result = self.dispatch.invoke(function.clone(), invocation(&ev, &function)).await;
+        let result = match result {
+            Ok(r) => Ok(nimbus_core::stream::collect(r).await),
+            Err(e) => Err(e),
+        };
+        let ran = Ran::from(result);
         let attempt = ran.record(ev.attempts, started, self.now().saturating_sub(started) as f64);
         match ran {
             Ran::Succeeded { response } => self.succeeded(&ev, &function, attempt, response).await,

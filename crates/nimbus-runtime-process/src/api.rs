@@ -33,11 +33,46 @@ pub(crate) struct NextEvent {
     pub client_context: Option<String>,
 }
 
-/// How the runtime finished an invocation.
+/// How the runtime finished an invocation (or, for [`Completion::Early`] and
+/// [`Completion::Stream`], began to answer it; the rest arrives on the invocation's [`Tail`]).
 pub(crate) enum Completion {
     Response(Bytes),
-    Error { error_type: Option<String>, body: Bytes },
-    TooLarge { size: usize },
+    Error {
+        error_type: Option<String>,
+        body: Bytes,
+    },
+    TooLarge {
+        size: usize,
+    },
+    /// A buffered response with background work still running (`waitUntil`): the caller gets
+    /// it now, the invocation ends when the runtime posts `/done`.
+    Early(Bytes),
+    /// A streamed response (`Lambda-Runtime-Function-Response-Mode: streaming`): the head now,
+    /// the body as the runtime writes it.
+    Stream(crate::stream::Streamed),
+}
+
+/// How the part of an invocation after its response began ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// The response ended (at `response_end`) and any background work settled.
+    Done { response_end: std::time::Instant },
+    /// The runtime reported an error mid-stream (Lambda's error trailers), or the stream broke.
+    Failed { error: nimbus_core::StreamError, response_end: std::time::Instant },
+    /// The stream went past the streaming cap.
+    TooLarge { limit: u64 },
+}
+
+/// What an instance's Runtime API accepts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ApiLimits {
+    /// Largest buffered response.
+    pub max_response: usize,
+    /// Largest streamed response.
+    pub max_stream: u64,
+    /// The function's `response_mode` is streaming: streamed bodies are forwarded as they
+    /// arrive (else collected, up to `max_response`).
+    pub streaming: bool,
 }
 
 /// What the runtime reported on `/init/error`.
@@ -50,18 +85,36 @@ pub(crate) struct InitError {
 pub(crate) struct Pending {
     pub request_id: String,
     pub reply: oneshot::Sender<Completion>,
+    /// Where the end of a streamed or early response goes.
+    pub tail: oneshot::Sender<Tail>,
+}
+
+/// An invocation whose response went out while background work runs: `/done` ends it.
+pub(crate) struct Finishing {
+    pub request_id: String,
+    pub tail: oneshot::Sender<Tail>,
+    pub response_end: std::time::Instant,
 }
 
 /// State shared between the instance and its Runtime API server.
 pub(crate) struct Shared {
     pub next_rx: Mutex<mpsc::Receiver<NextEvent>>,
     pub pending: StdMutex<Option<Pending>>,
+    /// The invocation waiting for its background work (`waitUntil`), if any.
+    pub finishing: StdMutex<Option<Finishing>>,
     /// Set once the runtime first asks for work: init is over.
     pub ready: watch::Sender<bool>,
     pub init_error: watch::Sender<Option<InitError>>,
     /// Set when the runtime takes the current event from `/next`.
     pub picked_up: std::sync::atomic::AtomicBool,
     pub max_response: usize,
+    /// Largest streamed response.
+    pub max_stream: u64,
+    /// See [`ApiLimits::streaming`].
+    pub streaming: bool,
+    /// Set by the instance to end the response stream in progress (its timeout); reset at
+    /// each hand-over.
+    pub abort: watch::Sender<Option<nimbus_core::StreamError>>,
     /// Function calls and egress; `None` in tests of the Runtime API alone.
     pub services: Option<crate::services::Services>,
 }
@@ -69,17 +122,21 @@ pub(crate) struct Shared {
 impl Shared {
     /// The state of a fresh instance, and the sender that hands it events.
     pub(crate) fn new(
-        max_response: usize,
+        limits: ApiLimits,
         services: Option<crate::services::Services>,
     ) -> (Arc<Shared>, mpsc::Sender<NextEvent>) {
         let (next_tx, next_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             next_rx: Mutex::new(next_rx),
             pending: StdMutex::new(None),
+            finishing: StdMutex::new(None),
             ready: watch::channel(false).0,
             init_error: watch::channel(None).0,
             picked_up: std::sync::atomic::AtomicBool::new(false),
-            max_response,
+            max_response: limits.max_response,
+            max_stream: limits.max_stream,
+            streaming: limits.streaming,
+            abort: watch::channel(None).0,
             services,
         });
         (shared, next_tx)
@@ -168,6 +225,7 @@ async fn runtime_api(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<F
                 let id = id.to_owned();
                 error(req, shared, id).await
             }
+            Some((id, "done")) => done(shared, id.to_owned()),
             _ => json(StatusCode::NOT_FOUND, "UnknownAPI", &format!("unknown Runtime API path {path}")),
         },
         _ => json(
@@ -211,13 +269,43 @@ async fn next(shared: &Shared) -> Response<Full<Bytes>> {
     resp
 }
 
-fn take_pending(shared: &Shared, id: &str) -> Option<oneshot::Sender<Completion>> {
+pub(crate) fn take_pending(shared: &Shared, id: &str) -> Option<Pending> {
     let mut slot = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
     if slot.as_ref().is_some_and(|p| p.request_id == id) {
-        slot.take().map(|p| p.reply)
+        slot.take()
     } else {
         None
     }
+}
+
+/// The nimbus-only header (or trailer) a runtime sets on its response when background work
+/// (`waitUntil`) follows; it then posts `/invocation/{id}/done` once the work settled. Official
+/// clients never set it, so for them the response ends the invocation as on Lambda.
+pub(crate) const WAIT_UNTIL: &str = "nimbus-wait-until";
+
+pub(crate) fn wants_wait(headers: &http::HeaderMap) -> bool {
+    headers.get(WAIT_UNTIL).is_some_and(|v| v.as_bytes() == b"1")
+}
+
+/// Park the invocation until its `/done`.
+pub(crate) fn park(shared: &Shared, request_id: String, tail: oneshot::Sender<Tail>, response_end: std::time::Instant) {
+    *shared.finishing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finishing { request_id, tail, response_end });
+}
+
+/// `POST /invocation/{id}/done` (nimbus-only): the background work of `id` settled.
+fn done(shared: &Shared, id: String) -> Response<Full<Bytes>> {
+    let mut slot = shared.finishing.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.as_ref().is_none_or(|f| f.request_id != id) {
+        return json(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestID",
+            &format!("request id {id} has no background work in progress (post /done once, after a response with {WAIT_UNTIL}: 1)"),
+        );
+    }
+    if let Some(f) = slot.take() {
+        let _ = f.tail.send(Tail::Done { response_end: f.response_end });
+    }
+    accepted()
 }
 
 fn is_pending(shared: &Shared, id: &str) -> bool {
@@ -228,16 +316,24 @@ async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Respon
     if !is_pending(shared, &id) {
         return invalid_id(&id);
     }
+    if crate::stream::is_streaming(req.headers()) {
+        return crate::stream::respond(req, shared, id).await;
+    }
+    let background = wants_wait(req.headers());
     let declared =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let body = Limited::new(req.into_body(), shared.max_response).collect().await;
     let completion = match body {
+        Ok(b) if background => Completion::Early(b.to_bytes()),
         Ok(b) => Completion::Response(b.to_bytes()),
         Err(_) => Completion::TooLarge { size: declared.unwrap_or(shared.max_response + 1) },
     };
     let too_large = matches!(completion, Completion::TooLarge { .. });
-    let Some(reply) = take_pending(shared, &id) else { return invalid_id(&id) };
-    let _ = reply.send(completion);
+    let Some(pending) = take_pending(shared, &id) else { return invalid_id(&id) };
+    if background && !too_large {
+        park(shared, id, pending.tail, std::time::Instant::now());
+    }
+    let _ = pending.reply.send(completion);
     if too_large {
         json(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", "the response is above the payload limit")
     } else {
@@ -251,8 +347,8 @@ async fn error(req: Request<Incoming>, shared: &Shared, id: String) -> Response<
     }
     let error_type = header(&req, "lambda-runtime-function-error-type");
     let body = Limited::new(req.into_body(), MAX_ERROR_BODY).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let Some(reply) = take_pending(shared, &id) else { return invalid_id(&id) };
-    let _ = reply.send(Completion::Error { error_type, body });
+    let Some(pending) = take_pending(shared, &id) else { return invalid_id(&id) };
+    let _ = pending.reply.send(Completion::Error { error_type, body });
     accepted()
 }
 
@@ -263,22 +359,22 @@ async fn init_error(req: Request<Incoming>, shared: &Shared) -> Response<Full<By
     accepted()
 }
 
-fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
+pub(crate) fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-fn accepted() -> Response<Full<Bytes>> {
+pub(crate) fn accepted() -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(b"{\"status\":\"OK\"}")));
     *r.status_mut() = StatusCode::ACCEPTED;
     r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
     r
 }
 
-fn invalid_id(id: &str) -> Response<Full<Bytes>> {
+pub(crate) fn invalid_id(id: &str) -> Response<Full<Bytes>> {
     json(StatusCode::BAD_REQUEST, "InvalidRequestID", &format!("request id {id} is not the invocation in progress"))
 }
 
-fn json(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, error_type: &str, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "errorType": error_type, "errorMessage": message }).to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -311,7 +407,8 @@ mod tests {
     async fn api(max_response: usize) -> Api {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (shared, next_tx) = Shared::new(max_response, None);
+        let limits = ApiLimits { max_response, max_stream: 64, streaming: true };
+        let (shared, next_tx) = Shared::new(limits, None);
         let server = tokio::spawn(serve(Listener::Tcp(listener), shared.clone()));
         Api { addr, shared, next_tx, server }
     }
@@ -339,9 +436,15 @@ mod tests {
 
         /// Make `id` the invocation in progress; the receiver gets its completion.
         fn pending(&self, id: &str) -> oneshot::Receiver<Completion> {
+            self.pending_with_tail(id).0
+        }
+
+        /// Make `id` the invocation in progress; the receivers get its completion and its tail.
+        fn pending_with_tail(&self, id: &str) -> (oneshot::Receiver<Completion>, oneshot::Receiver<Tail>) {
             let (reply, rx) = oneshot::channel();
-            *self.shared.pending.lock().unwrap() = Some(Pending { request_id: id.into(), reply });
-            rx
+            let (tail, tail_rx) = oneshot::channel();
+            *self.shared.pending.lock().unwrap() = Some(Pending { request_id: id.into(), reply, tail });
+            (rx, tail_rx)
         }
     }
 
@@ -428,6 +531,165 @@ mod tests {
         let reported = api.shared.init_error.borrow().clone().unwrap();
         assert_eq!(reported.error_type, "Runtime.ImportModuleError");
         assert_eq!(reported.body.as_ref(), b"{}");
+    }
+
+    /// A raw HTTP/1.1 connection to the API, for chunked bodies with trailers as the official
+    /// clients send them.
+    struct Raw(tokio::net::TcpStream);
+
+    impl Raw {
+        async fn open(api: &Api, id: &str, headers: &str) -> Raw {
+            use tokio::io::AsyncWriteExt;
+            let mut s = tokio::net::TcpStream::connect(&api.addr).await.unwrap();
+            let head = format!(
+                "POST {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nLambda-Runtime-Function-Response-Mode: streaming\r\n{headers}\r\n",
+                path(&format!("invocation/{id}/response"))
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            Raw(s)
+        }
+
+        async fn chunk(&mut self, data: &[u8]) {
+            use tokio::io::AsyncWriteExt;
+            let mut bytes = format!("{:x}\r\n", data.len()).into_bytes();
+            bytes.extend_from_slice(data);
+            bytes.extend_from_slice(b"\r\n");
+            self.0.write_all(&bytes).await.unwrap();
+        }
+
+        /// The last chunk with `trailers`; the status line of the answer.
+        async fn end(mut self, trailers: &str) -> String {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            self.0.write_all(format!("0\r\n{trailers}\r\n").as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.0.read(&mut buf)).await.unwrap().unwrap();
+            String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned()
+        }
+    }
+
+    async fn streamed(rx: oneshot::Receiver<Completion>) -> crate::stream::Streamed {
+        match rx.await.unwrap() {
+            Completion::Stream(s) => s,
+            _ => panic!("expected a streamed completion"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_response_is_forwarded_chunk_by_chunk_before_it_ends() {
+        let api = api(1024).await;
+        let (rx, tail) = api.pending_with_tail("r1");
+        let mut raw = Raw::open(&api, "r1", "").await;
+        raw.chunk(b"first").await;
+        let mut s = streamed(rx).await;
+        assert!(s.head.is_none());
+        // The first chunk is readable while the runtime has not finished its body.
+        assert_eq!(s.body.next().await.unwrap().unwrap().as_ref(), b"first");
+        raw.chunk(b"second").await;
+        assert_eq!(s.body.next().await.unwrap().unwrap().as_ref(), b"second");
+        let status = raw.end("").await;
+        assert!(status.contains("202"), "{status}");
+        assert!(s.body.next().await.is_none(), "a clean end");
+        assert!(matches!(tail.await.unwrap(), Tail::Done { .. }));
+    }
+
+    #[tokio::test]
+    async fn lambdas_error_trailers_end_the_stream_with_the_functions_error() {
+        let api = api(1024).await;
+        let (rx, tail) = api.pending_with_tail("r1");
+        let mut raw = Raw::open(
+            &api,
+            "r1",
+            "Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body\r\n",
+        )
+        .await;
+        raw.chunk(b"partial").await;
+        let mut s = streamed(rx).await;
+        use base64::Engine as _;
+        let doc =
+            base64::engine::general_purpose::STANDARD.encode(r#"{"errorType":"Boom","errorMessage":"mid-stream"}"#);
+        let trailers =
+            format!("Lambda-Runtime-Function-Error-Type: Boom\r\nLambda-Runtime-Function-Error-Body: {doc}\r\n");
+        let status = raw.end(&trailers).await;
+        assert!(status.contains("202"), "{status}");
+        assert_eq!(s.body.next().await.unwrap().unwrap().as_ref(), b"partial");
+        let err = s.body.next().await.unwrap().unwrap_err();
+        assert_eq!((err.error_code.as_str(), err.details.as_str()), ("Boom", "mid-stream"));
+        assert!(matches!(tail.await.unwrap(), Tail::Failed { error, .. } if error.error_code == "Boom"));
+    }
+
+    #[tokio::test]
+    async fn an_http_prelude_becomes_the_response_head() {
+        let api = api(1024).await;
+        let (rx, tail) = api.pending_with_tail("r1");
+        let mut raw =
+            Raw::open(&api, "r1", "Content-Type: application/vnd.awslambda.http-integration-response\r\n").await;
+        let prelude = br#"{"statusCode":201,"headers":{"content-type":"text/event-stream"},"cookies":["a=1"]}"#;
+        raw.chunk(prelude).await;
+        let mut rest = vec![0u8; 8];
+        rest.extend_from_slice(b"data: 1\n\n");
+        raw.chunk(&rest).await;
+        let mut s = streamed(rx).await;
+        let head = s.head.take().unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.headers.get("content-type").unwrap(), "text/event-stream");
+        assert_eq!(head.headers.get("set-cookie").unwrap(), "a=1");
+        assert_eq!(s.body.next().await.unwrap().unwrap().as_ref(), b"data: 1\n\n");
+        raw.end("").await;
+        assert!(matches!(tail.await.unwrap(), Tail::Done { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_the_cap_ends_too_large_and_the_runtime_gets_413() {
+        let api = api(1024).await; // the streaming cap is 64 bytes
+        let (rx, tail) = api.pending_with_tail("r1");
+        let mut raw = Raw::open(&api, "r1", "").await;
+        raw.chunk(&[b'x'; 40]).await;
+        let mut s = streamed(rx).await;
+        assert_eq!(s.body.next().await.unwrap().unwrap().len(), 40);
+        raw.chunk(&[b'y'; 40]).await;
+        let err = s.body.next().await.unwrap().unwrap_err();
+        assert_eq!(err.error_code, "Function.ResponseSizeTooLarge");
+        assert_eq!(tail.await.unwrap(), Tail::TooLarge { limit: 64 });
+        let status = raw.end("").await;
+        assert!(status.contains("413"), "{status}");
+    }
+
+    #[tokio::test]
+    async fn background_work_keeps_the_invocation_open_until_done() {
+        let api = api(1024).await;
+        let (rx, mut tail) = api.pending_with_tail("r1");
+        let wait = [("nimbus-wait-until", "1")];
+        let (status, _, _) = api.send(Method::POST, &path("invocation/r1/response"), &wait, "42").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(
+            matches!(rx.await.unwrap(), Completion::Early(b) if b.as_ref() == b"42"),
+            "the response goes out at once"
+        );
+        assert!(tail.try_recv().is_err(), "the invocation is still running");
+        let (status, _, body) = api.send(Method::POST, &path("invocation/other/done"), &[], "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, _, _) = api.send(Method::POST, &path("invocation/r1/done"), &[], "").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(matches!(tail.await.unwrap(), Tail::Done { .. }));
+        let (status, _, _) = api.send(Method::POST, &path("invocation/r1/done"), &[], "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "one /done per invocation");
+    }
+
+    #[tokio::test]
+    async fn a_buffered_function_that_streams_gets_its_body_collected() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (shared, next_tx) = Shared::new(ApiLimits { max_response: 1024, max_stream: 64, streaming: false }, None);
+        let server = tokio::spawn(serve(Listener::Tcp(listener), shared.clone()));
+        let api = Api { addr, shared, next_tx, server };
+        let rx = api.pending("r1");
+        let mut raw = Raw::open(&api, "r1", "").await;
+        raw.chunk(b"one ").await;
+        raw.chunk(b"two").await;
+        let status = raw.end("").await;
+        assert!(status.contains("202"), "{status}");
+        assert!(matches!(rx.await.unwrap(), Completion::Response(b) if b.as_ref() == b"one two"));
     }
 
     #[tokio::test]

@@ -51,7 +51,7 @@ pub struct ProcessInstance {
     next_tx: mpsc::Sender<NextEvent>,
     shared: Arc<Shared>,
     exit_rx: watch::Receiver<Option<String>>,
-    logs: LogTap,
+    logs: Arc<LogTap>,
     server: AbortHandle,
     scratch: PathBuf,
     stop_grace: Duration,
@@ -69,6 +69,9 @@ pub struct ProcessInstance {
     oom_at_start: u64,
     dead: bool,
     stopped: bool,
+    /// Set by the task that follows an invocation past its response when it stopped the
+    /// instance (see [`crate::follow`]).
+    tail_dead: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn platform(context: &str) -> impl Fn(std::io::Error) -> StartError + '_ {
@@ -135,6 +138,9 @@ struct Spawn<'a> {
     /// Prepare the sandbox and wait (see [`Shell`]).
     hold: bool,
 }
+
+/// Where an invocation's completion arrives, and the end of its streamed or early response.
+type Replies = (oneshot::Receiver<Completion>, oneshot::Receiver<api::Tail>);
 
 /// How an invocation ended.
 enum Ended {
@@ -204,7 +210,7 @@ impl ProcessInstance {
             next_tx: endpoint.next_tx,
             shared: endpoint.shared,
             exit_rx: watch_exit(spawned.child),
-            logs,
+            logs: Arc::new(logs),
             server: guard.server.clone(),
             scratch: guard.scratch.clone(),
             stop_grace: rt.limits.stop_grace,
@@ -217,6 +223,7 @@ impl ProcessInstance {
             oom_at_start: 0,
             dead: false,
             stopped: false,
+            tail_dead: Arc::default(),
         };
         guard.disarm();
         Ok((instance, spawned.go))
@@ -273,11 +280,14 @@ impl ProcessInstance {
     }
 
     /// Make `inv` the pending invocation and queue its event for the runtime's `/next`.
-    /// Returns where the completion will arrive, and when the handler's time started.
-    async fn hand_over(&mut self, inv: &Invocation) -> Result<(oneshot::Receiver<Completion>, Instant), InstanceError> {
+    /// Returns where the completion (and the end of a streamed or early response) will
+    /// arrive, and when the handler's time started.
+    async fn hand_over(&mut self, inv: &Invocation) -> Result<(Replies, Instant), InstanceError> {
         let (reply_tx, reply_rx) = oneshot::channel();
+        let (tail_tx, tail_rx) = oneshot::channel();
+        self.shared.abort.send_replace(None);
         *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx });
+            Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx, tail: tail_tx });
         let timeout_ms = u64::try_from(inv.timeout.as_millis()).unwrap_or(u64::MAX);
         let event = NextEvent {
             request_id: inv.request_id.clone(),
@@ -298,7 +308,7 @@ impl ProcessInstance {
             self.clear_pending();
             return Err(InstanceError::Platform("the instance's Runtime API is gone".into()));
         }
-        Ok((reply_rx, started))
+        Ok(((reply_rx, tail_rx), started))
     }
 
     /// Whichever comes first: the runtime's answer, the process's exit, or the timeout.
@@ -376,7 +386,16 @@ impl ProcessInstance {
             error_message: message,
             body,
         };
-        InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone(), http: None }
+        InvokeResult {
+            outcome,
+            duration,
+            cold: None,
+            max_memory_mb,
+            log,
+            instance_id: self.id.clone(),
+            http: None,
+            stream: None,
+        }
     }
 
     fn completed(
@@ -387,7 +406,10 @@ impl ProcessInstance {
     ) -> Result<InvokeResult, InstanceError> {
         let log = self.drain_log();
         let outcome = match completion {
-            Completion::Response(body) => InvokeOutcome::Success(body),
+            Completion::Response(body) | Completion::Early(body) => InvokeOutcome::Success(body),
+            Completion::Stream(_) => {
+                return Err(InstanceError::Platform("a streamed response reached the buffered path".into()))
+            }
             Completion::Error { error_type, body } => function_error(error_type, body),
             Completion::TooLarge { size } => {
                 // The runtime's state after a refused response is unknown (awslambdaric
@@ -397,7 +419,16 @@ impl ProcessInstance {
                 return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
             }
         };
-        Ok(InvokeResult { outcome, duration, cold: None, max_memory_mb, log, instance_id: self.id.clone(), http: None })
+        Ok(InvokeResult {
+            outcome,
+            duration,
+            cold: None,
+            max_memory_mb,
+            log,
+            instance_id: self.id.clone(),
+            http: None,
+            stream: None,
+        })
     }
 
     /// The process exited mid-invocation: before the runtime took the event the function never
@@ -456,6 +487,47 @@ impl ProcessInstance {
         log
     }
 
+    /// The response went out (streamed, or early with background work): hand the caller the
+    /// head and the body now, and follow the rest of the invocation in a task that sends its
+    /// completion (see [`crate::follow`]). `buffered`: the whole body, when it is known.
+    fn follow(
+        &self,
+        (head, body, buffered): (
+            Option<nimbus_core::HttpResponseHead>,
+            nimbus_core::BodyReceiver,
+            Option<bytes::Bytes>,
+        ),
+        tail: oneshot::Receiver<api::Tail>,
+        (started, timeout): (Instant, Duration),
+        max_memory_mb: u32,
+    ) -> InvokeResult {
+        let (done, completion) = oneshot::channel();
+        let task = crate::follow::Follow {
+            tail,
+            exit_rx: self.exit_rx.clone(),
+            shared: self.shared.clone(),
+            logs: self.logs.clone(),
+            pid: self.pid,
+            dead: self.tail_dead.clone(),
+            proc_status: self.proc_status.as_ref().and_then(|f| f.try_clone().ok()),
+            max_memory_mb,
+            started,
+            timeout,
+            done,
+        };
+        tokio::spawn(task.run());
+        InvokeResult {
+            outcome: InvokeOutcome::Success(buffered.unwrap_or_default()),
+            duration: started.elapsed(),
+            cold: None,
+            max_memory_mb,
+            log: String::new(),
+            instance_id: self.id.clone(),
+            http: head,
+            stream: Some(nimbus_core::StreamHandle::new(body, completion)),
+        }
+    }
+
     fn clear_pending(&self) {
         *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -475,6 +547,16 @@ fn reported_init_error(shared: &Shared) -> (String, String) {
     let error_type = parsed.get("errorType").and_then(|v| v.as_str()).map_or(err.error_type.clone(), str::to_owned);
     let message = parsed.get("errorMessage").and_then(|v| v.as_str()).unwrap_or("init failed").to_owned();
     (error_type, message)
+}
+
+/// What the instance's Runtime API accepts: the buffered limit, and the function's streaming
+/// mode and cap.
+fn api_limits(rt: &ProcessRuntime, function: &FunctionVersion) -> api::ApiLimits {
+    api::ApiLimits {
+        max_response: rt.limits.max_response_bytes,
+        max_stream: function.spec.max_stream_bytes,
+        streaming: function.spec.response_mode == nimbus_core::ResponseMode::Streaming,
+    }
 }
 
 /// Make the instance's temp dir and serve its endpoint; a failure leaves neither behind.
@@ -521,7 +603,7 @@ async fn serve_api(
             }),
             notes: Default::default(),
         };
-    let (shared, next_tx) = Shared::new(rt.limits.max_response_bytes, Some(services));
+    let (shared, next_tx) = Shared::new(api_limits(rt, function), Some(services));
     let server = tokio::spawn(api::serve(listener, shared.clone()));
     let credentials = crate::services::Lease::issue(&rt.aws, function);
     Ok((Endpoint { addr, shared, next_tx, credentials }, server))
@@ -719,7 +801,7 @@ impl Instance for ProcessInstance {
     }
 
     fn state(&self) -> InstanceState {
-        if self.dead || self.exited() {
+        if self.dead || self.exited() || self.tail_dead.load(std::sync::atomic::Ordering::Acquire) {
             InstanceState::Dead
         } else {
             InstanceState::Ready
@@ -730,11 +812,21 @@ impl Instance for ProcessInstance {
         if self.state() == InstanceState::Dead {
             return Err(InstanceError::Platform("the instance is no longer running".into()));
         }
-        let (reply_rx, started) = self.hand_over(&inv).await?;
+        let ((reply_rx, tail_rx), started) = self.hand_over(&inv).await?;
         let ended = self.wait_end(reply_rx, inv.timeout).await;
         let duration = started.elapsed();
         let max_memory_mb = self.read_max_memory();
         match ended {
+            Ended::Done(Completion::Stream(s)) => {
+                Ok(self.follow((s.head, s.body, None), tail_rx, (started, inv.timeout), max_memory_mb))
+            }
+            Ended::Done(Completion::Early(body)) => {
+                let (mut tx, rx) = nimbus_core::response_stream(u64::MAX);
+                // One chunk into an empty channel: never waits.
+                let _ = tx.send(body.clone()).await;
+                drop(tx);
+                Ok(self.follow((None, rx, Some(body)), tail_rx, (started, inv.timeout), max_memory_mb))
+            }
             Ended::Done(completion) => self.completed(completion, duration, max_memory_mb),
             Ended::Crashed(status) => self.crashed(status, duration),
             Ended::TimedOut => Err(self.timed_out(inv.timeout).await),
@@ -908,7 +1000,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 /// Peak resident set of a process in MB (`VmHWM`), the figure Lambda reports as Max Memory Used.
 /// `status` is `/proc/PID/status`, kept open: procfs regenerates the file on every read at
 /// offset 0, and reusing the descriptor saves open, statx and close on every invocation.
-fn peak_rss_mb(status: &std::fs::File) -> Option<u32> {
+pub(crate) fn peak_rss_mb(status: &std::fs::File) -> Option<u32> {
     use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 4096];
     let n = status.read_at(&mut buf, 0).ok()?;
@@ -978,6 +1070,8 @@ mod tests {
             ephemeral_storage_mb: 512,
             grants: Default::default(),
             keep_alive_policy: Default::default(),
+            response_mode: Default::default(),
+            max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
         };
         Arc::new(FunctionVersion {
             spec,
@@ -1260,6 +1354,121 @@ while True:
         assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
         Box::new(i).shutdown().await;
         assert_eq!(scratch_entries(&rt), 0, "shutdown removed both temp dirs");
+    }
+
+    /// A `provided` runtime (Python's standard library) speaking the streaming and waitUntil
+    /// extensions by hand: "stream" sends two chunks with the second after the marker file
+    /// appears; "wait" answers at once with `Nimbus-Wait-Until: 1`, prints after the marker and
+    /// posts /done; "hang" answers the same way and never finishes.
+    const STREAM_RUNTIME: &str = r#"#!/usr/bin/python3 -S
+import http.client, os, sys, time, urllib.request
+host = os.environ["AWS_LAMBDA_RUNTIME_API"]
+base = "/2018-06-01/runtime/invocation/"
+mark = os.environ["MARK"]
+def wait_mark():
+    for _ in range(1000):
+        if os.path.exists(mark):
+            return
+        time.sleep(0.01)
+while True:
+    with urllib.request.urlopen("http://" + host + base + "next") as r:
+        rid = r.headers["Lambda-Runtime-Aws-Request-Id"]
+        event = r.read().decode()
+    print("handling " + event, flush=True)
+    c = http.client.HTTPConnection(host)
+    if event == "stream":
+        c.putrequest("POST", base + rid + "/response")
+        c.putheader("Lambda-Runtime-Function-Response-Mode", "streaming")
+        c.putheader("Transfer-Encoding", "chunked")
+        c.endheaders()
+        c.send(b"1\r\na\r\n")
+        wait_mark()
+        c.send(b"1\r\nb\r\n0\r\n\r\n")
+        c.getresponse().read()
+        continue
+    c.request("POST", base + rid + "/response", body=b"early", headers={"Nimbus-Wait-Until": "1"})
+    c.getresponse().read()
+    if event == "hang":
+        time.sleep(30)
+    wait_mark()
+    print("background done", flush=True)
+    c.request("POST", base + rid + "/done", body=b"")
+    c.getresponse().read()
+"#;
+
+    async fn stream_instance(rt: &ProcessRuntime, code: &Path, mark: &Path) -> ProcessInstance {
+        std::fs::write(code.join("bootstrap"), STREAM_RUNTIME).unwrap();
+        std::fs::set_permissions(code.join("bootstrap"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut f = (*provided(code, &[("MARK", mark.to_str().unwrap())])).clone();
+        f.spec.response_mode = nimbus_core::ResponseMode::Streaming;
+        match ProcessInstance::start(rt, Arc::new(f), "s1".into()).await {
+            Ok(i) => i,
+            Err(e) => panic!("the streaming runtime must start: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_response_returns_at_its_head_and_completes_when_the_body_ends() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let mark = data.path().join("go");
+        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let r = i.invoke(event("stream", Duration::from_secs(10))).await.unwrap();
+        let handle = r.stream.expect("a streamed result");
+        let mut body = handle.take_body().unwrap();
+        let mut completion = handle.take_completion().unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap().as_ref(), b"a", "the first chunk before the handler ends");
+        assert!(completion.try_recv().is_err(), "the invocation is still running");
+        std::fs::write(&mark, "go").unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap().as_ref(), b"b");
+        assert!(body.next().await.is_none());
+        let done = completion.await.unwrap();
+        assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
+        assert_eq!(done.log, "handling stream\n");
+        assert_eq!(i.state(), InstanceState::Ready);
+        Box::new(i).shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn wait_until_work_ends_the_invocation_after_the_response_and_its_log_belongs_to_it() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let mark = data.path().join("go");
+        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
+        assert!(matches!(&r.outcome, InvokeOutcome::Success(b) if b.as_ref() == b"early"), "the response at once");
+        let handle = r.stream.expect("an early result");
+        let mut body = handle.take_body().unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap().as_ref(), b"early");
+        assert!(body.next().await.is_none(), "the body is whole before the work ends");
+        let mut completion = handle.take_completion().unwrap();
+        assert!(completion.try_recv().is_err(), "the background work is still waiting");
+        std::fs::write(&mark, "go").unwrap();
+        let done = completion.await.unwrap();
+        assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
+        assert_eq!(done.log, "handling wait\nbackground done\n");
+        assert!(done.response < done.duration, "{:?} vs {:?}", done.response, done.duration);
+        // The instance serves the next invocation.
+        let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
+        let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
+        assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
+        Box::new(i).shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_timeout_stops_wait_until_work_and_the_instance() {
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(data.path());
+        let mark = data.path().join("go");
+        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let r = i.invoke(event("hang", Duration::from_millis(500))).await.unwrap();
+        let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
+        match done.outcome {
+            Err(InstanceError::Timeout { log, .. }) => assert_eq!(log, "handling hang\n"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
+        Box::new(i).shutdown().await;
     }
 
     #[test]

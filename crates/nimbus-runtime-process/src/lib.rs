@@ -10,6 +10,7 @@
 
 mod api;
 mod egress;
+mod follow;
 mod instance;
 pub mod limits;
 mod logs;
@@ -19,6 +20,7 @@ pub mod sandbox;
 mod services;
 mod shells;
 mod zygote;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -28,34 +28,45 @@ use crate::{Inner, Loaded};
 type Response = hyper::Response<HyperOutgoingBody>;
 
 pub(crate) struct WasmInstance {
-    parts: Parts,
-    id: String,
+    pub(crate) parts: Parts,
+    pub(crate) id: String,
     cold_start: ColdStart,
     /// The instance kept for the next request (`instance_reuse`), or the one made at start.
-    ready: Option<(Store<Host>, Proxy)>,
+    pub(crate) ready: Option<(Store<Host>, Proxy)>,
     dead: bool,
+    /// What a streamed invocation's task hands back (`crate::stream`).
+    pub(crate) shared: crate::stream::Shared,
 }
 
 /// What every request of the instance shares (all `Sync`, unlike a `Store`).
-struct Parts {
-    rt: Arc<Inner>,
+#[derive(Clone)]
+pub(crate) struct Parts {
+    pub(crate) rt: Arc<Inner>,
     loaded: Arc<Loaded>,
-    function: Arc<FunctionVersion>,
-    log: LogPipe,
+    pub(crate) function: Arc<FunctionVersion>,
+    pub(crate) log: LogPipe,
     env: Arc<Vec<(String, String)>>,
     allowed: Arc<Vec<OutboundPattern>>,
 }
 
 /// Why no wasm instance could be made.
-enum Instantiate {
+pub(crate) enum Instantiate {
     /// Every slot of the pooling allocator is taken: nimbus's capacity, not the function's fault.
     NoSlot(String),
     /// The component's own start failed (too little memory, a trap in its start function).
     Failed(String),
 }
 
+impl Instantiate {
+    pub(crate) fn message(self) -> String {
+        match self {
+            Instantiate::NoSlot(m) | Instantiate::Failed(m) => m,
+        }
+    }
+}
+
 /// How a request ended, before it becomes an `InvokeResult`.
-enum Ended {
+pub(crate) enum Ended {
     Response {
         head: HttpResponseHead,
         body: Bytes,
@@ -120,7 +131,7 @@ impl WasmInstance {
         // (componentize-js/py run theirs at build time), so it all counts as instance start.
         let took = started.elapsed();
         let cold_start = ColdStart { init: took, instance_start: took };
-        Ok(WasmInstance { parts, id, cold_start, ready: Some(ready), dead: false })
+        Ok(WasmInstance { parts, id, cold_start, ready: Some(ready), dead: false, shared: Default::default() })
     }
 
     /// A kept instance (`instance_reuse`) whose request did not end normally cannot serve
@@ -221,7 +232,7 @@ impl Parts {
         store
     }
 
-    async fn instantiate(&self) -> Result<(Store<Host>, Proxy), Instantiate> {
+    pub(crate) async fn instantiate(&self) -> Result<(Store<Host>, Proxy), Instantiate> {
         let mut store = self.new_store();
         store.set_epoch_deadline(1);
         match self.loaded.pre.instantiate_async(&mut store).await {
@@ -264,7 +275,12 @@ impl Parts {
         let handler = proxy.wasi_http_incoming_handler();
         let call = Metered { inner: Box::pin(handler.call_handle(&mut *store, req, out)), meter: &cpu };
         let ended = drive(call, rx, self.rt.settings.max_response_bytes).await;
-        Ok(match ended {
+        Ok(self.ended(ended, store.data()))
+    }
+
+    /// How a request ended, from how the guest's run did.
+    pub(crate) fn ended(&self, driven: Driven, h: &Host) -> Ended {
+        match driven {
             Driven::Response(head, body) => Ended::Response { head, body },
             Driven::TooLarge(size) => Ended::TooLarge { size },
             Driven::ErrorCode(code) => Ended::Failed {
@@ -275,8 +291,8 @@ impl Parts {
                 error_type: "Runtime.NoResponse",
                 message: "the component returned without setting a response (response-outparam.set)".into(),
             },
-            Driven::Trap(e) => self.trapped(store.data(), &e),
-        })
+            Driven::Trap(e) => self.trapped(h, &e),
+        }
     }
 
     /// Why the guest stopped: over its CPU time, out of memory, or a trap of its own.
@@ -334,7 +350,9 @@ fn trap_message(e: &wasmtime::Error) -> String {
 
 /// The request the component sees: the HTTP request as the client sent it, or, for an event
 /// (Invoke API, async queue, schedule), `POST /` with the payload as a JSON body.
-fn to_http(inv: &Invocation) -> hyper::Request<http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>> {
+pub(crate) fn to_http(
+    inv: &Invocation,
+) -> hyper::Request<http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>> {
     let body = Full::new(inv.payload.clone()).map_err(|never| match never {}).boxed_unsync();
     let mut req = hyper::Request::new(body);
     match &inv.http {
@@ -356,7 +374,7 @@ fn to_http(inv: &Invocation) -> hyper::Request<http_body_util::combinators::Unsy
     req
 }
 
-enum Driven {
+pub(crate) enum Driven {
     Response(HttpResponseHead, Bytes),
     TooLarge(usize),
     ErrorCode(ErrorCode),
@@ -379,7 +397,7 @@ where
 
 /// Run the guest until it sets its response; also says whether `handle` has returned by then.
 /// Without a response: how the call ended instead.
-async fn first_response<F>(
+pub(crate) async fn first_response<F>(
     mut call: Pin<&mut F>,
     mut rx: tokio::sync::oneshot::Receiver<Result<Response, ErrorCode>>,
 ) -> Result<(Response, bool), Driven>
@@ -470,7 +488,7 @@ async fn collect(mut body: HyperOutgoingBody, limit: usize) -> Result<Bytes, Col
     Ok(buf.freeze())
 }
 
-fn error_body(error_type: &str, message: &str) -> Bytes {
+pub(crate) fn error_body(error_type: &str, message: &str) -> Bytes {
     Bytes::from(json!({"errorMessage": message, "errorType": error_type, "stackTrace": []}).to_string())
 }
 
@@ -493,7 +511,7 @@ impl Instance for WasmInstance {
     }
 
     fn state(&self) -> InstanceState {
-        if self.dead {
+        if self.dead || self.shared.dead.load(std::sync::atomic::Ordering::SeqCst) {
             InstanceState::Dead
         } else {
             InstanceState::Ready
@@ -501,6 +519,9 @@ impl Instance for WasmInstance {
     }
 
     async fn invoke(&mut self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
+        if self.parts.function.spec.response_mode == nimbus_core::ResponseMode::Streaming {
+            return self.invoke_streaming(inv).await;
+        }
         let rt = self.parts.rt.clone();
         let _running = rt.ticker.running();
         let started = Instant::now();
@@ -526,6 +547,7 @@ impl Instance for WasmInstance {
             log: self.parts.log.drain(),
             instance_id: self.id.clone(),
             http,
+            stream: None,
         })
     }
 

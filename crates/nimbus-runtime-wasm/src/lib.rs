@@ -19,6 +19,7 @@ mod error;
 mod host;
 mod instance;
 mod kv;
+mod stream;
 
 pub use error::WasmError;
 

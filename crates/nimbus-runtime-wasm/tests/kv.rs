@@ -163,6 +163,8 @@ fn function(grants: &[(&str, Access)]) -> Arc<FunctionVersion> {
         ephemeral_storage_mb: 512,
         grants: Default::default(),
         keep_alive_policy: Default::default(),
+        response_mode: Default::default(),
+        max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
     };
     spec.wasm.component = "kv.wasm".into();
     spec.grants.kv = grants.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect();

@@ -52,6 +52,8 @@ pub(crate) fn function(name: &str, tweak: impl FnOnce(&mut FunctionSpec)) -> Arc
         ephemeral_storage_mb: 512,
         grants: Default::default(),
         keep_alive_policy: Default::default(),
+        response_mode: Default::default(),
+        max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
     };
     tweak(&mut spec);
     Arc::new(FunctionVersion {
@@ -327,6 +329,7 @@ impl FakeInstance {
             log: String::new(),
             instance_id: self.id.clone(),
             http: None,
+            stream: None,
         }
     }
 }

@@ -33,6 +33,7 @@ mod adaptive;
 mod fake;
 mod pool;
 mod report;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -243,6 +244,11 @@ impl Inner {
         let mut queue_wait = a.queued.elapsed();
         let (mut cold, mut init_log) = lease.begin();
         let mut result = lease.instance().invoke(inv.clone()).await;
+        if let Ok(r) = &mut result {
+            if r.stream.is_some() {
+                return Ok(self.streamed(stream::Held { a, lease, queue_wait, cold, init_log }, r));
+            }
+        }
         drop(lease);
         if let Err(nimbus_core::InstanceError::Lost { detail }) = &result {
             // The function never ran: one more try on another instance is safe.
@@ -251,6 +257,11 @@ impl Inner {
             queue_wait = a.queued.elapsed();
             (cold, init_log) = again.begin();
             result = again.instance().invoke(inv).await;
+            if let Ok(r) = &mut result {
+                if r.stream.is_some() {
+                    return Ok(self.streamed(stream::Held { a, lease: again, queue_wait, cold, init_log }, r));
+                }
+            }
         }
         let f = &a.function;
         match result {

@@ -148,6 +148,8 @@ CREATE INDEX IF NOT EXISTS audit_by_time ON audit(ts_ms);
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("invocations", "instance_start_ms", "REAL"),
     ("invocations", "runtime_init_ms", "REAL"),
+    // Streamed responses: time to the end of the response (`duration_ms` is the whole run).
+    ("invocations", "response_ms", "REAL"),
     // Rows written before deployment bodies were versioned are format 0.
     ("deployments", "format_version", "INTEGER NOT NULL DEFAULT 0"),
 ];

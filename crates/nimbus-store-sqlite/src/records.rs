@@ -168,8 +168,8 @@ fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::R
         let mut ins = tx.prepare_cached(
             "INSERT INTO invocations(request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb,
              max_memory_mb, cold, init_ms, queue_ms, status, error_type, error_message, instance_id,
-             instance_start_ms, runtime_init_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+             instance_start_ms, runtime_init_ms, response_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         )?;
         let mut usage = tx.prepare_cached(
             "INSERT INTO usage(function, hour_ms, requests, mb_ms) VALUES (?1, ?2, ?3, ?4)
@@ -199,6 +199,7 @@ fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::R
                 r.instance_id,
                 r.instance_start_ms,
                 r.runtime_init_ms,
+                r.response_ms,
             ])?;
             if billable(r.status) {
                 let h = hours.entry((r.function.as_str(), r.start_ms - r.start_ms % HOUR_MS)).or_default();
@@ -221,7 +222,8 @@ fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::R
 pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
     let mut stmt = conn.prepare(
         "SELECT request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb, max_memory_mb, cold,
-                init_ms, queue_ms, status, error_type, error_message, instance_id, instance_start_ms, runtime_init_ms
+                init_ms, queue_ms, status, error_type, error_message, instance_id, instance_start_ms, runtime_init_ms,
+                response_ms
          FROM invocations
          WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR request_id = ?2)
          ORDER BY start_ms DESC, rowid DESC LIMIT ?3",
@@ -248,6 +250,7 @@ pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Resul
                 instance_start_ms: r.get(16)?,
                 runtime_init_ms: r.get(17)?,
                 log: String::new(),
+                response_ms: r.get(18)?,
             })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;

@@ -291,14 +291,14 @@ fn invocations_table(records: &[api::Invocation]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9} {:>9} {:>9}",
-        "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "QUEUE", "START", "INIT"
+        "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9}",
+        "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "QUEUE", "START", "INIT", "RESPONSE"
     );
     let ms = |v: Option<f64>| v.map(|i| format!("{i:.1}ms")).unwrap_or_default();
     for r in records {
         let _ = writeln!(
             out,
-            "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>8.2}ms {:>5} {:>9} {:>9} {:>9}",
+            "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>8.2}ms {:>5} {:>9} {:>9} {:>9} {:>9}",
             r.request_id,
             r.function,
             r.version,
@@ -309,6 +309,7 @@ fn invocations_table(records: &[api::Invocation]) -> String {
             ms(Some(r.queue_ms)),
             ms(r.instance_start_ms),
             ms(r.runtime_init_ms),
+            ms(r.response_ms),
         );
     }
     out

@@ -5,6 +5,11 @@
 // HTTP/1.1 connection on loopback:
 //   load the handler named by _HANDLER once (CommonJS or ES module), then loop:
 //   GET /runtime/invocation/next -> run the handler -> POST .../response or .../error.
+// A handler wrapped in `awslambda.streamifyResponse` streams: one chunked POST .../response
+// with `Lambda-Runtime-Function-Response-Mode: streaming`, a chunk per write, errors after the
+// first write as Lambda's error trailers. `context.waitUntil(promise)` (nimbus): the response
+// carries `Nimbus-Wait-Until: 1` (a header, or a trailer when streamed), the work settles, then
+// POST .../invocation/{id}/done ends the invocation (nimbus-only; official clients never send it).
 // Handler output (console.log etc.) goes to stdout/stderr unmodified; on Linux
 // writes to pipes and files are synchronous, so everything the handler printed
 // is in the pipe before the result is posted.
@@ -141,11 +146,45 @@ function request(method, urlPath, body, headers) {
   });
 }
 
-function post(urlPath, body, errorType) {
-  const headers = { 'Content-Type': 'application/json' };
+function post(urlPath, body, errorType, extra) {
+  const headers = { 'Content-Type': 'application/json', ...extra };
   if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
   return request('POST', urlPath, body, headers);
 }
+
+// A POST whose body is sent as the handler writes it (chunked), for Lambda's response
+// streaming: `write` sends one chunk (resolves once it is handed to the socket), `end` sends
+// the last chunk with the trailers and resolves with the server's answer.
+function openStream(urlPath, headers) {
+  if (!sock) connect();
+  const s = sock;
+  let head = `POST ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nTransfer-Encoding: chunked\r\n`;
+  head += 'Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body, Nimbus-Wait-Until\r\n';
+  for (const k in headers) head += `${k}: ${headers[k]}\r\n`;
+  const answer = new Promise((resolve, reject) => {
+    waiting = { resolve, reject, retry: null };
+  });
+  answer.catch(() => {}); // read by `end`; a refusal mid-stream is not an unhandled rejection
+  s.write(head + '\r\n');
+  const put = (data) =>
+    new Promise((resolve) => {
+      if (s.destroyed) return resolve();
+      s.write(data, () => resolve());
+    });
+  return {
+    write(chunk) {
+      if (!chunk.length) return Promise.resolve();
+      return put(Buffer.concat([Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'), chunk, CRLF]));
+    },
+    end(trailers) {
+      let t = '0\r\n';
+      for (const k in trailers) t += `${k}: ${trailers[k]}\r\n`;
+      put(t + '\r\n');
+      return answer;
+    },
+  };
+}
+const CRLF = Buffer.from('\r\n', 'latin1');
 
 function headerSafe(s) {
   return String(s).replace(/[^\x20-\x7e]/g, '') || 'Unhandled';
@@ -280,6 +319,134 @@ async function loadHandler() {
 }
 
 // ---------------------------------------------------------------------------
+// Response streaming (Lambda's `awslambda` global) and waitUntil
+
+const STREAMING = Symbol.for('aws.lambda.runtime.handler.streaming');
+const HTTP_INTEGRATION = 'application/vnd.awslambda.http-integration-response';
+
+global.awslambda = {
+  // Mark a handler `(event, responseStream, context)` as streaming, as on Lambda.
+  streamifyResponse(handler) {
+    handler[STREAMING] = 'response';
+    return handler;
+  },
+  HttpResponseStream: class HttpResponseStream {
+    // The HTTP status and headers go first, as a JSON prelude and 8 NUL bytes.
+    static from(stream, prelude) {
+      stream.setContentType(HTTP_INTEGRATION);
+      stream._prelude = JSON.stringify(prelude || {});
+      return stream;
+    }
+  },
+};
+
+// The writable a streaming handler gets: the POST opens at the first write (or at the end),
+// so `setContentType` and `HttpResponseStream.from` can still change the head before it.
+function responseStream(urlPath) {
+  const { Writable } = require('stream');
+  let contentType = 'application/octet-stream';
+  let conn = null;
+  const open = () => {
+    if (conn) return;
+    conn = openStream(urlPath, { 'Lambda-Runtime-Function-Response-Mode': 'streaming', 'Content-Type': contentType });
+    if (w._prelude !== undefined) {
+      conn.write(Buffer.from(w._prelude, 'utf8'));
+      conn.write(Buffer.alloc(8));
+    }
+  };
+  const w = new Writable({
+    write(chunk, enc, cb) {
+      open();
+      conn.write(typeof chunk === 'string' ? Buffer.from(chunk, enc) : chunk).then(() => cb(), cb);
+    },
+  });
+  w.setContentType = (ct) => {
+    contentType = headerSafe(ct);
+  };
+  w.opened = () => conn !== null;
+  w.finish = (trailers) => {
+    open();
+    return conn.end(trailers);
+  };
+  return w;
+}
+
+// Background work of the invocation whose response went out (`waitUntil`): a rejection is
+// logged, never fatal; the invocation ends once all of it (and what it adds) settled.
+function addWait(inv, p) {
+  inv.waits.push(
+    Promise.resolve(p).then(
+      () => undefined,
+      (e) => printError('waitUntil: a background task failed: ', e),
+    ),
+  );
+}
+
+let background = null; // the invocation still settling its waitUntil work
+global[Symbol.for('nimbus.waitUntil')] = (p) => {
+  const inv = current || background;
+  if (!inv) throw new Error('waitUntil() works only while a nimbus invocation is running');
+  addWait(inv, p);
+};
+
+async function settle(inv) {
+  background = inv;
+  for (let round = 0; round < 1000 && inv.waits.length; round++) {
+    await Promise.all(inv.waits.splice(0));
+  }
+  background = null;
+}
+
+function streamErrorBody(e) {
+  const p = errorPayload(e);
+  return Buffer.from(JSON.stringify({ errorType: p.errorType, errorMessage: p.errorMessage, trace: p.stackTrace }), 'utf8').toString('base64');
+}
+
+// A streaming handler: chunks go out as it writes; an error after the first write ends the
+// stream with Lambda's error trailers, before it a plain /error.
+async function invokeStreaming(fn, event, ctx, inv, base) {
+  const stream = responseStream(base + '/response');
+  let failed = null;
+  try {
+    await fn(event, stream, ctx);
+    if (!stream.writableEnded) stream.end();
+    await new Promise((resolve, reject) => {
+      if (stream.writableFinished) return resolve();
+      stream.once('finish', resolve);
+      stream.once('error', reject);
+    });
+  } catch (e) {
+    failed = e;
+  }
+  if (inv.done) return;
+  inv.done = true;
+  current = null;
+  if (failed !== null && !stream.opened()) {
+    printError('', failed);
+    await settleAndDone(inv, base, () => post(base + '/error', errorBody(errorPayload(failed)), 'Unhandled'));
+    return;
+  }
+  const trailers = {};
+  if (failed !== null) {
+    printError('', failed);
+    trailers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorPayload(failed).errorType);
+    trailers['Lambda-Runtime-Function-Error-Body'] = streamErrorBody(failed);
+  }
+  if (inv.waits.length) trailers['Nimbus-Wait-Until'] = '1';
+  await stream.finish(trailers);
+  if (trailers['Nimbus-Wait-Until']) {
+    await settle(inv);
+    await post(base + '/done', '');
+  }
+}
+
+// Errors wait for background work first (the error answer has no background mode).
+async function settleAndDone(inv, base, answer) {
+  await settle(inv);
+  await answer();
+}
+
+// ---------------------------------------------------------------------------
 // Invocations
 
 let current = null; // { id, done }
@@ -350,7 +517,7 @@ function runHandler(fn, event, ctx) {
 async function invoke(fn, next) {
   const h = next.headers;
   const id = h['lambda-runtime-aws-request-id'];
-  const inv = { id, done: false };
+  const inv = { id, done: false, waits: [] };
   current = inv;
   const trace = h['lambda-runtime-trace-id'];
   if (trace) env._X_AMZN_TRACE_ID = trace;
@@ -368,6 +535,8 @@ async function invoke(fn, next) {
     clientContext: parseJsonHeader(h['lambda-runtime-client-context']),
     identity: parseJsonHeader(h['lambda-runtime-cognito-identity']),
     callbackWaitsForEmptyEventLoop: true, // accepted but not honoured: nimbus responds on callback
+    // nimbus: run `promise` after the response; the invocation ends when it settles.
+    waitUntil: (promise) => addWait(inv, promise),
   };
   const base = BASE + '/invocation/' + id;
 
@@ -380,6 +549,7 @@ async function invoke(fn, next) {
     kind = 'Unhandled';
     value = e;
   }
+  if (kind === undefined && fn[STREAMING]) return invokeStreaming(fn, event, ctx, inv, base);
   if (kind === undefined) [kind, value] = await runHandler(fn, event, ctx);
   if (inv.done) return; // an uncaught exception already answered this request
   let body;
@@ -400,8 +570,12 @@ async function invoke(fn, next) {
   }
   inv.done = true;
   current = null;
-  if (kind === 'ok') await post(base + '/response', body);
-  else await post(base + '/error', body, kind);
+  if (kind !== 'ok') return settleAndDone(inv, base, () => post(base + '/error', body, kind));
+  if (!inv.waits.length) return void (await post(base + '/response', body));
+  // The response goes out now; nimbus keeps the invocation open until /done.
+  await post(base + '/response', body, undefined, { 'Nimbus-Wait-Until': '1' });
+  await settle(inv);
+  await post(base + '/done', '');
 }
 
 async function main() {

@@ -7,6 +7,12 @@ imports first and waits for the instance's environment on stdin (see ``_zygote``
 Speaks the AWS Lambda Runtime API (2018-06-01) to nimbus over one keep-alive
 HTTP/1.1 connection on loopback: import the handler named by _HANDLER once, then
 loop GET /runtime/invocation/next -> call handler -> POST .../response or .../error.
+A handler that returns a generator (or an async generator) streams: one chunked POST
+.../response with `Lambda-Runtime-Function-Response-Mode: streaming`, a chunk per yield (a dict
+yielded first is the HTTP prelude), an exception after the first chunk as Lambda's error
+trailers. ``context.wait_until(work)`` (nimbus): the response carries `Nimbus-Wait-Until: 1`
+(header, or trailer when streamed), the work runs, then POST .../invocation/{id}/done
+(nimbus-only; official clients never send it).
 
 Cold start matters, so this file deliberately avoids heavy imports:
   * HTTP is spoken over the C ``_socket`` module directly (``http.client`` pulls
@@ -157,6 +163,30 @@ class Connection:
                     continue
                 raise
 
+    def open_stream(self, path, headers):
+        """Start a POST whose body follows in chunks (`send_chunk`, then `finish`)."""
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nTransfer-Encoding: chunked\r\n"
+        head += "Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body, Nimbus-Wait-Until\r\n"
+        for k, v in headers.items():
+            head += f"{k}: {v}\r\n"
+        if self.sock is None:
+            self._connect()
+        self.sock.sendall(head.encode("latin-1") + b"\r\n")
+
+    def send_chunk(self, data):
+        if data:
+            self.sock.sendall(b"%x\r\n" % len(data) + data + b"\r\n")
+
+    def finish(self, trailers):
+        """Send the last chunk with `trailers`; the server's answer."""
+        t = "0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in trailers.items()) + "\r\n"
+        try:
+            self.sock.sendall(t.encode("latin-1"))
+            return self._read_response()
+        except (OSError, RuntimeApiError):
+            self.close()
+            raise
+
     def _fill(self):
         chunk = self.sock.recv(65536)
         if not chunk:
@@ -287,10 +317,18 @@ class LambdaContext:
         self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME")
         self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME")
         self._deadline_ms = deadline_ms
+        self._waits = []
         cc = _parse_json_header(client_context)
         self.client_context = ClientContext(cc) if cc is not None else None
         ident = _parse_json_header(identity)
         self.identity = CognitoIdentity(ident) if ident is not None else CognitoIdentity({})
+
+    def wait_until(self, work):
+        """nimbus: run `work` (a callable, or an awaitable such as a coroutine) after the
+        response; the invocation ends once it returns (or the function's timeout ends it)."""
+        if not (callable(work) or hasattr(work, "__await__")):
+            raise TypeError(f"wait_until takes a callable or an awaitable, not {type(work).__name__}")
+        self._waits.append(work)
 
     def get_remaining_time_in_millis(self):
         return max(0, self._deadline_ms - time.time_ns() // 1_000_000)
@@ -405,6 +443,145 @@ def load_handler(conn, spec):
 
 
 # ---------------------------------------------------------------------------
+# waitUntil and response streaming
+
+HTTP_INTEGRATION = "application/vnd.awslambda.http-integration-response"
+
+
+def _settle(ctx):
+    """Run the invocation's background work in order (what it adds runs too), in this thread
+    after the response went out; a failure is logged, never fatal."""
+    for _ in range(1000):
+        if not ctx._waits:
+            break
+        work = ctx._waits.pop(0)
+        try:
+            if hasattr(work, "__await__"):
+                import asyncio
+
+                asyncio.run(_awaited(work))
+            else:
+                result = work()
+                if hasattr(result, "__await__"):
+                    import asyncio
+
+                    asyncio.run(_awaited(result))
+        except Exception as e:
+            _print_exception("wait_until: a background task failed: ", e)
+    _flush()
+
+
+async def _awaited(aw):
+    return await aw
+
+
+def _is_stream(result):
+    return hasattr(result, "__anext__") or (hasattr(result, "__next__") and hasattr(result, "send"))
+
+
+def _chunk(item):
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    raise TypeError(f"a streaming handler yields str or bytes, not {type(item).__name__}")
+
+
+def _items(result):
+    """The chunks of a generator or an async generator (driven by one asyncio loop)."""
+    if not hasattr(result, "__anext__"):
+        yield from result
+        return
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(result.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()
+
+
+def _stream(conn, base, result, ctx):
+    """Stream a generator handler's chunks as one chunked POST. A dict first yielded is the
+    HTTP prelude (statusCode, headers, cookies), as Lambda's HttpResponseStream.from."""
+    opened = False
+    failure = None
+    try:
+        for item in _items(result):
+            if not opened:
+                opened = True
+                prelude = isinstance(item, dict)
+                ctype = HTTP_INTEGRATION if prelude else "application/octet-stream"
+                mode = {"Lambda-Runtime-Function-Response-Mode": "streaming", "Content-Type": ctype}
+                conn.open_stream(base + "/response", mode)
+                if prelude:
+                    conn.send_chunk(json_dumps(item).encode("utf-8") + b"\0" * 8)
+                    continue
+            _flush()
+            conn.send_chunk(_chunk(item))
+    except Exception as e:
+        failure = e
+    _flush()
+    if failure is not None and not opened:
+        return _error(conn, base, ctx, failure)
+    if not opened:
+        conn.open_stream(base + "/response", {"Lambda-Runtime-Function-Response-Mode": "streaming"})
+    trailers = {}
+    if failure is not None:
+        _print_exception("", failure)
+        import base64
+
+        doc = _error_body(type(failure).__name__, _safe_str(failure), _stack_lines(failure.__traceback__))
+        trailers["Lambda-Runtime-Function-Error-Type"] = _header_safe(type(failure).__name__)
+        trailers["Lambda-Runtime-Function-Error-Body"] = base64.b64encode(doc).decode("ascii")
+    if ctx._waits:
+        trailers["Nimbus-Wait-Until"] = "1"
+    conn.finish(trailers)
+    if ctx._waits:
+        _settle(ctx)
+        conn.request("POST", base + "/done")
+
+
+def _error(conn, base, ctx, e, error_type=None, message=None):
+    err = _error_body(error_type or type(e).__name__, message or _safe_str(e), _stack_lines(e.__traceback__))
+    _settle(ctx)  # the error answer has no background mode: the work runs first
+    conn.request("POST", base + "/error", err, ERR_HEADERS)
+
+
+ERR_HEADERS = {"Content-Type": "application/json", "Lambda-Runtime-Function-Error-Type": "Unhandled"}
+JSON_HEADERS = {"Content-Type": "application/json"}
+WAIT_HEADERS = {"Content-Type": "application/json", "Nimbus-Wait-Until": "1"}
+
+
+def invoke(conn, handler, base, body, ctx):
+    try:
+        event = json_loads(body.decode("utf-8")) if body else None
+        result = handler(event, ctx)
+    except Exception as e:
+        _flush()
+        return _error(conn, base, ctx, e)
+    if _is_stream(result):
+        return _stream(conn, base, result, ctx)
+    try:
+        payload = json_dumps(result).encode("utf-8")
+    except Exception as e:
+        _flush()
+        return _error(conn, base, ctx, e, "Runtime.ResponseSerializationError", f"Unable to marshal response: {_safe_str(e)}")
+    _flush()
+    if not ctx._waits:
+        conn.request("POST", base + "/response", payload, JSON_HEADERS)
+        return
+    # The response goes out now; nimbus keeps the invocation open until /done.
+    conn.request("POST", base + "/response", payload, WAIT_HEADERS)
+    _settle(ctx)
+    conn.request("POST", base + "/done")
+
+
+# ---------------------------------------------------------------------------
 # Main loop
 
 
@@ -419,9 +596,6 @@ def main():
 
     conn = Connection(env.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"), env.get("NIMBUS_RUNTIME_API_SOCKET"))
     handler = load_handler(conn, env.get("_HANDLER", ""))
-
-    json_headers = {"Content-Type": "application/json"}
-    err_headers = {"Content-Type": "application/json", "Lambda-Runtime-Function-Error-Type": "Unhandled"}
 
     while True:
         status, h, body = conn.request("GET", BASE + "/invocation/next")
@@ -444,28 +618,7 @@ def main():
             h.get("lambda-runtime-client-context"),
             h.get("lambda-runtime-cognito-identity"),
         )
-        base = BASE + "/invocation/" + rid
-        try:
-            event = json_loads(body.decode("utf-8")) if body else None
-            result = handler(event, ctx)
-        except Exception as e:
-            err = _error_body(type(e).__name__, _safe_str(e), _stack_lines(e.__traceback__))
-            _flush()
-            conn.request("POST", base + "/error", err, err_headers)
-            continue
-        try:
-            payload = json_dumps(result).encode("utf-8")
-        except Exception as e:
-            err = _error_body(
-                "Runtime.ResponseSerializationError",
-                f"Unable to marshal response: {_safe_str(e)}",
-                _stack_lines(e.__traceback__),
-            )
-            _flush()
-            conn.request("POST", base + "/error", err, err_headers)
-            continue
-        _flush()
-        conn.request("POST", base + "/response", payload, json_headers)
+        invoke(conn, handler, BASE + "/invocation/" + rid, body, ctx)
 
 
 # ---------------------------------------------------------------------------

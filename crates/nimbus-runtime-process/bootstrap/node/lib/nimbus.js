@@ -9,7 +9,8 @@
 // Calls go to the instance's own endpoint (the Unix socket in NIMBUS_RUNTIME_API_SOCKET when
 // sandboxed, else AWS_LAMBDA_RUNTIME_API over TCP), which knows which function is calling: the
 // function's grants decide, and a refusal is a KvError with code "AccessDenied". The wire
-// format is nimbus's `/nimbus/v1/kv` API (docs/kv.md).
+// format is nimbus's `/nimbus/v1/kv` API (docs/kv.md). `waitUntil(promise)` runs work after the
+// response (docs/manifest.md, "Streaming responses").
 
 const http = require("http");
 
@@ -163,4 +164,15 @@ function kv(name) {
   return new Namespace(name);
 }
 
-module.exports = { kv, KvError };
+/**
+ * Run `promise` after the response (the shape of `@vercel/functions`' waitUntil): the caller
+ * gets the response at once, the invocation (and its instance) stays busy until the promise
+ * settles or the function's timeout ends it. Same as `context.waitUntil(promise)`.
+ */
+function waitUntil(promise) {
+  const hook = globalThis[Symbol.for("nimbus.waitUntil")];
+  if (typeof hook !== "function") throw new Error("waitUntil() works only inside a nimbus function (runtime = \"node\")");
+  hook(promise);
+}
+
+module.exports = { kv, KvError, waitUntil };
