@@ -90,7 +90,7 @@ pub(crate) async fn signed(gw: &Gateway, key_id: &str, functions: Option<&[Strin
             AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
         })?;
         let call = invoke_api::parse_call(raw_name, req.uri().query(), req.headers())?;
-        if functions.is_some_and(|allowed| !allowed.iter().any(|f| *f == call.name)) {
+        if functions.is_some_and(|allowed| !allowed.contains(&call.name)) {
             let message = format!("the access key {key_id} may not invoke {}", call.name);
             return Err(AwsError::new(StatusCode::FORBIDDEN, "AccessDeniedException", message));
         }
