@@ -11,11 +11,14 @@
 //! covers queues and triggers (SQS against moto, async accepts, a queue trigger, PutObject →
 //! function start, idle CPU). `nimbus-bench keepalive` replays synthetic traces against
 //! keep-alive policies (fixed and adaptive) in simulation: cold starts and idle instance time.
+//! `nimbus-bench density` deploys 10,000 wasm functions and holds 1,000 warm instances: RSS, and
+//! bytes per function and per instance.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive
+//     keepalive, density
+//   density → wasm (the component), bare_hyper (its greeting)
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  process → report
@@ -27,6 +30,7 @@ mod asyncq;
 mod bare_hyper;
 mod burst;
 mod common;
+mod density;
 mod events;
 mod eventsreport;
 mod fixture;
@@ -98,6 +102,10 @@ enum Command {
     /// traces replayed against fixed 10 min, fixed 1 min and the adaptive hybrid histogram
     /// policy: cold starts (overall and p75 per function) and idle instance time.
     Keepalive(keepalive::KeepaliveArgs),
+    /// Density: 10,000 deployed wasm functions (one small component shared) and 1,000 warm
+    /// instances in one `nimbus up`: RSS, bytes per function and per instance, against a
+    /// one-function baseline.
+    Density(density::DensityArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -130,6 +138,7 @@ fn run() -> Result<()> {
         Command::Storage(args) => rt.block_on(storage::run(args)),
         Command::Events(args) => rt.block_on(events::run(args)),
         Command::Keepalive(args) => keepalive::run(args),
+        Command::Density(args) => rt.block_on(density::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }
