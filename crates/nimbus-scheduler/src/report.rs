@@ -128,6 +128,7 @@ fn base(f: &FunctionVersion, id: &str, trigger: Trigger, start_ms: u64, queue: D
         error_message: None,
         instance_id: None,
         log: String::new(),
+        log_frame: None,
     }
 }
 

@@ -38,8 +38,9 @@ pub(crate) const LOG_SEQ_BASE: u64 = 1 << 40;
 /// Records one row holds at most (the writer's batches are at most 1,000 records).
 pub(crate) const MAX_ROW: usize = 1 << IDX_BITS;
 
-/// A record as stored in a row: the record and its log (which `InvocationRecord` skips).
-type Stored = (InvocationRecord, String);
+/// A record as stored in a row: the record, its log and where the log's frame goes (both of
+/// which `InvocationRecord` skips from its JSON).
+type Stored = (InvocationRecord, String, Option<usize>);
 
 fn log_seq(batch: i64, idx: usize) -> u64 {
     LOG_SEQ_BASE + ((batch.max(0) as u64) << IDX_BITS | idx as u64)
@@ -59,7 +60,8 @@ pub(crate) fn write(tx: &Transaction<'_>, batch: &[InvocationRecord]) -> rusqlit
     )?;
     for (function, records) in by_function {
         for chunk in records.chunks(MAX_ROW) {
-            let rows: Vec<(&InvocationRecord, &str)> = chunk.iter().map(|r| (*r, r.log.as_str())).collect();
+            let rows: Vec<(&InvocationRecord, &str, Option<usize>)> =
+                chunk.iter().map(|r| (*r, r.log.as_str(), r.log_frame)).collect();
             let data = serde_json::to_vec(&rows).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
             let min = chunk.iter().map(|r| r.start_ms).min().unwrap_or(0);
             let max = chunk.iter().map(|r| r.start_ms).max().unwrap_or(0);
@@ -114,7 +116,7 @@ pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Resul
             break;
         }
         let data: Vec<u8> = row.get(2)?;
-        for (idx, (mut rec, _log)) in decode(&data)?.into_iter().enumerate() {
+        for (idx, (mut rec, ..)) in decode(&data)?.into_iter().enumerate() {
             if q.request_id.as_ref().is_some_and(|want| *want != rec.request_id) {
                 continue;
             }
@@ -159,12 +161,15 @@ pub(crate) fn query_logs(conn: &Connection, q: &LogQuery, limit: usize) -> Resul
     let mut rows = stmt.query(params![q.function, first])?;
     while let Some(row) = rows.next()? {
         let (id, data): (i64, Vec<u8>) = (row.get(0)?, row.get(1)?);
-        for (idx, (rec, log)) in decode(&data)?.into_iter().enumerate() {
+        for (idx, (mut rec, log, frame)) in decode(&data)?.into_iter().enumerate() {
             let seq = log_seq(id, idx);
-            if seq <= q.after || log.is_empty() || q.request_id.as_ref().is_some_and(|w| *w != rec.request_id) {
+            let skip = frame.is_none() && log.is_empty();
+            if seq <= q.after || skip || q.request_id.as_ref().is_some_and(|w| *w != rec.request_id) {
                 continue;
             }
-            out.push(LogEntry { seq, request_id: rec.request_id, ts_ms: rec.start_ms, text: log });
+            (rec.log, rec.log_frame) = (log, frame);
+            let text = rec.full_log().into_owned();
+            out.push(LogEntry { seq, request_id: rec.request_id, ts_ms: rec.start_ms, text });
             if out.len() >= limit {
                 return Ok(out);
             }
@@ -191,7 +196,7 @@ pub(crate) fn for_each_in_range(
     let mut rows = stmt.query(params![function, since_ms, until_ms])?;
     while let Some(row) = rows.next()? {
         let data: Vec<u8> = row.get(0)?;
-        for (rec, _) in decode(&data)? {
+        for (rec, ..) in decode(&data)? {
             if rec.start_ms >= since_ms && rec.start_ms < until_ms {
                 each(&rec);
             }
@@ -229,6 +234,7 @@ mod tests {
             error_message: None,
             instance_id: Some("i".into()),
             log: format!("START {id}\nEND {id}\n"),
+            log_frame: None,
         }
     }
 
@@ -315,6 +321,22 @@ mod tests {
         assert_eq!(rest, ["b", "c"]);
         let q = LogQuery { function: "f".into(), after: 0, request_id: Some("c".into()), limit: 10 };
         assert_eq!(crate::records::query_logs(&store.conn(), &q).unwrap().len(), 1);
+    }
+
+    /// A success stored as parts (no START / END / REPORT) reads back with its frame rendered.
+    #[test]
+    fn a_log_stored_as_parts_reads_back_framed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = rec("f", "p", 10);
+        (r.log, r.log_frame) = ("init\nout\n".into(), Some(5));
+        let want = r.full_log().into_owned();
+        write_batch(&store, &[r]);
+        let q = LogQuery { function: "f".into(), after: 0, request_id: None, limit: 10 };
+        let got = crate::records::query_logs(&store.conn(), &q).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].text, want);
+        assert!(got[0].text.starts_with("init\nSTART RequestId: p Version: 1\nout\nEND RequestId: p\nREPORT"));
     }
 
     #[test]

@@ -228,6 +228,7 @@ fn legacy_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<Invo
                 instance_start_ms: r.get(16)?,
                 runtime_init_ms: r.get(17)?,
                 log: String::new(),
+                log_frame: None,
             })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
