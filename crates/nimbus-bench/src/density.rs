@@ -89,7 +89,8 @@ async fn warm(nimbus: &Nimbus, count: usize) -> Result<()> {
     let mut next = 0;
     while next < count {
         let mut set = tokio::task::JoinSet::new();
-        for i in next..count.min(next + 16) {
+        let end = count.min(next + 16);
+        for i in next..end {
             let (client, path) = (client.clone(), format!("/hello/d{i}"));
             let uri = load::uri(&format!("{}{path}", nimbus.url))?;
             set.spawn(async move {
@@ -97,8 +98,8 @@ async fn warm(nimbus: &Nimbus, count: usize) -> Result<()> {
                     Expect { body: crate::bare_hyper::greeting(&path).into(), content_type: Some("application/json") };
                 load::fetch(&client, &uri, &want).await
             });
-            next += 1;
         }
+        next = end;
         while let Some(r) = set.join_next().await {
             r.context("a warming request failed")??;
         }

@@ -123,7 +123,7 @@ pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Resul
             rec.log = String::new();
             found.push(((rec.start_ms, id, idx), rec));
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
         found.truncate(limit);
     }
     Ok(found.into_iter().map(|(_, r)| r).collect())
@@ -145,7 +145,7 @@ pub(crate) fn merge_newest(
         .map(|(i, r)| (r.start_ms, 0, usize::MAX - i, r))
         .chain(new.into_iter().enumerate().map(|(i, r)| (r.start_ms, 1, usize::MAX - i, r)))
         .collect();
-    all.sort_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+    all.sort_by_key(|a| std::cmp::Reverse((a.0, a.1, a.2)));
     all.into_iter().take(limit.max(1) as usize).map(|(.., r)| r).collect()
 }
 
