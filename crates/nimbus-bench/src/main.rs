@@ -13,11 +13,14 @@
 //! keep-alive policies (fixed and adaptive) in simulation: cold starts and idle instance time.
 //! `nimbus-bench stream` measures server-sent events: function write → client, beside `wasmtime
 //! serve`.
+//! `nimbus-bench density` deploys 10,000 wasm functions and holds 1,000 warm instances: RSS, and
+//! bytes per function and per instance.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive, stream
+//     keepalive, stream, density
+//   density → wasm (the component), bare_hyper (its greeting)
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  stream → wasm;  process → report
@@ -29,6 +32,7 @@ mod asyncq;
 mod bare_hyper;
 mod burst;
 mod common;
+mod density;
 mod events;
 mod eventsreport;
 mod fixture;
@@ -104,6 +108,10 @@ enum Command {
     /// Server-sent events: the time from the function writing an event to the client holding
     /// it, nimbus (a streaming wasm function) beside `wasmtime serve` on the same component.
     Stream(stream::StreamArgs),
+    /// Density: 10,000 deployed wasm functions (one small component shared) and 1,000 warm
+    /// instances in one `nimbus up`: RSS, bytes per function and per instance, against a
+    /// one-function baseline.
+    Density(density::DensityArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -137,6 +145,7 @@ fn run() -> Result<()> {
         Command::Events(args) => rt.block_on(events::run(args)),
         Command::Keepalive(args) => keepalive::run(args),
         Command::Stream(args) => rt.block_on(stream::run(args)),
+        Command::Density(args) => rt.block_on(density::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }
