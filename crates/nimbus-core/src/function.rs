@@ -70,6 +70,9 @@ pub struct FunctionSpec {
     pub ephemeral_storage_mb: u32,
     /// What the function may use of nimbus beyond its own code.
     pub grants: Grants,
+    /// How many invocations one instance runs at once (1..=1000; 1 for wasm). Above 1 the
+    /// instance is billed per busy instance-second instead of per invocation.
+    pub concurrency: u32,
 }
 
 /// The default `ephemeral_storage_mb` (Lambda's).

@@ -40,6 +40,7 @@ pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "allowed_outbound_hosts",
     "ephemeral_storage_mb",
     "grants",
+    "concurrency",
 ];
 /// Keys only wasm functions take.
 const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
@@ -329,6 +330,7 @@ fn function(
     let ephemeral_storage_mb = ephemeral_storage(cx, &k, runtime);
     let allowed_outbound_hosts = outbound_hosts(cx, &k);
     let grants = grants_of(cx, &k, refs);
+    let concurrency = concurrency(cx, &k, runtime);
 
     if cx.error_count() > before {
         return None;
@@ -354,6 +356,7 @@ fn function(
         allowed_outbound_hosts: allowed_outbound_hosts?,
         ephemeral_storage_mb: ephemeral_storage_mb?,
         grants: grants?,
+        concurrency: concurrency?,
     };
     Some((spec, loc))
 }
@@ -501,6 +504,24 @@ fn ephemeral_storage(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<Runtime
         return None;
     }
     cx.u32(ev, &k.f("ephemeral_storage_mb"), 512, 10_240)
+}
+
+/// `concurrency`: invocations one instance runs at once (1–1000). A wasm function takes a fresh
+/// store per request, which is cheap, so it has no use for more than 1.
+fn concurrency(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> Option<u32> {
+    let Some(cv) = k.get("concurrency") else { return Some(1) };
+    let n = cx.u32(cv, &k.f("concurrency"), 1, 1000)?;
+    if n > 1 && runtime == Some(RuntimeKind::Wasm) {
+        cx.err(
+            cv.span(),
+            &k.f("concurrency"),
+            format!(
+                "a wasm function runs each request in its own store, so concurrency = {n} buys nothing; remove the key (raise max_instances for more requests at once)"
+            ),
+        );
+        return None;
+    }
+    Some(n)
 }
 
 /// How many instances a function may have, how long idle ones live, and how requests wait.

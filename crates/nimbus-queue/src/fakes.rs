@@ -593,6 +593,7 @@ pub fn version(name: &str, max_instances: u32, policy: AsyncPolicy) -> Arc<Funct
         allowed_outbound_hosts: None,
         ephemeral_storage_mb: 512,
         grants: Default::default(),
+        concurrency: 1,
     };
     Arc::new(FunctionVersion {
         spec,

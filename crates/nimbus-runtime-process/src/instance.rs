@@ -974,6 +974,7 @@ mod tests {
             allowed_outbound_hosts: None,
             ephemeral_storage_mb: 512,
             grants: Default::default(),
+            concurrency: 1,
         };
         Arc::new(FunctionVersion {
             spec,

@@ -162,6 +162,7 @@ fn function(grants: &[(&str, Access)]) -> Arc<FunctionVersion> {
         allowed_outbound_hosts: None,
         ephemeral_storage_mb: 512,
         grants: Default::default(),
+        concurrency: 1,
     };
     spec.wasm.component = "kv.wasm".into();
     spec.grants.kv = grants.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect();

@@ -51,6 +51,7 @@ pub(crate) fn function(name: &str, tweak: impl FnOnce(&mut FunctionSpec)) -> Arc
         allowed_outbound_hosts: None,
         ephemeral_storage_mb: 512,
         grants: Default::default(),
+        concurrency: 1,
     };
     tweak(&mut spec);
     Arc::new(FunctionVersion {
