@@ -488,8 +488,11 @@ fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
                     nimbus_scheduler::InstanceStatus::Busy => api::InstanceState::Busy,
                     nimbus_scheduler::InstanceStatus::Idle => api::InstanceState::Idle,
                 },
+                in_flight: i.in_flight,
             })
             .collect(),
+        in_flight: p.in_flight,
+        concurrency: p.concurrency,
     }
 }
 

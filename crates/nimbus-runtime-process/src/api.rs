@@ -3,8 +3,12 @@
 //! One endpoint per instance: a listener on `127.0.0.1:0`, or, in the sandbox, a Unix socket
 //! the sandbox's init forwards `127.0.0.1:9001` to. The runtime long-polls `/invocation/next`; the
 //! instance hands events in through a channel and gets completions back through the pending
-//! slot. Request ids are checked, so a late response to an abandoned invocation is refused.
+//! invocations, by request id. With `concurrency > 1` several `/next` may wait at once (each
+//! takes the next event in turn) and several invocations are pending; a completion is matched
+//! by its request id. Request ids are checked, so a late response to an abandoned invocation is
+//! refused.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -47,42 +51,65 @@ pub(crate) struct InitError {
     pub body: Bytes,
 }
 
+/// An invocation handed to the instance and not completed yet.
 pub(crate) struct Pending {
-    pub request_id: String,
     pub reply: oneshot::Sender<Completion>,
+    /// Set when the runtime takes its event from `/next`.
+    pub picked_up: bool,
 }
 
 /// State shared between the instance and its Runtime API server.
 pub(crate) struct Shared {
     pub next_rx: Mutex<mpsc::Receiver<NextEvent>>,
-    pub pending: StdMutex<Option<Pending>>,
+    /// The invocations in progress, by request id.
+    pub pending: StdMutex<HashMap<String, Pending>>,
     /// Set once the runtime first asks for work: init is over.
     pub ready: watch::Sender<bool>,
     pub init_error: watch::Sender<Option<InitError>>,
-    /// Set when the runtime takes the current event from `/next`.
-    pub picked_up: std::sync::atomic::AtomicBool,
     pub max_response: usize,
     /// Function calls and egress; `None` in tests of the Runtime API alone.
     pub services: Option<crate::services::Services>,
 }
 
 impl Shared {
-    /// The state of a fresh instance, and the sender that hands it events.
+    /// The state of a fresh instance running up to `concurrency` invocations at once, and the
+    /// sender that hands it events.
     pub(crate) fn new(
         max_response: usize,
+        concurrency: u32,
         services: Option<crate::services::Services>,
     ) -> (Arc<Shared>, mpsc::Sender<NextEvent>) {
-        let (next_tx, next_rx) = mpsc::channel(1);
+        let (next_tx, next_rx) = mpsc::channel(usize::try_from(concurrency.max(1)).unwrap_or(1));
         let shared = Arc::new(Shared {
             next_rx: Mutex::new(next_rx),
-            pending: StdMutex::new(None),
+            pending: StdMutex::new(HashMap::new()),
             ready: watch::channel(false).0,
             init_error: watch::channel(None).0,
-            picked_up: std::sync::atomic::AtomicBool::new(false),
             max_response,
             services,
         });
         (shared, next_tx)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make `request_id` pending; its completion comes through the receiver.
+    pub(crate) fn add_pending(&self, request_id: &str) -> oneshot::Receiver<Completion> {
+        let (reply, rx) = oneshot::channel();
+        self.pending().insert(request_id.to_owned(), Pending { reply, picked_up: false });
+        rx
+    }
+
+    /// Forget `request_id` (it ended without a completion): a late one is refused.
+    pub(crate) fn remove_pending(&self, request_id: &str) {
+        self.pending().remove(request_id);
+    }
+
+    /// Whether the runtime has taken `request_id`'s event from `/next`.
+    pub(crate) fn picked_up(&self, request_id: &str) -> bool {
+        self.pending().get(request_id).is_some_and(|p| p.picked_up)
     }
 }
 
@@ -188,11 +215,18 @@ fn req_method_name(path: &str) -> &'static str {
 
 async fn next(shared: &Shared) -> Response<Full<Bytes>> {
     shared.ready.send_replace(true);
-    let mut rx = shared.next_rx.lock().await;
-    let Some(ev) = rx.recv().await else {
+    // Several `/next` may wait at once (concurrency > 1): they take the lock, and so the
+    // events, in turn.
+    let ev = {
+        let mut rx = shared.next_rx.lock().await;
+        rx.recv().await
+    };
+    let Some(ev) = ev else {
         return json(StatusCode::GONE, "InstanceStopping", "this instance is being stopped");
     };
-    shared.picked_up.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(p) = shared.pending().get_mut(&ev.request_id) {
+        p.picked_up = true;
+    }
     let mut resp = Response::new(Full::new(ev.payload));
     let h = resp.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/json"));
@@ -212,16 +246,11 @@ async fn next(shared: &Shared) -> Response<Full<Bytes>> {
 }
 
 fn take_pending(shared: &Shared, id: &str) -> Option<oneshot::Sender<Completion>> {
-    let mut slot = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.as_ref().is_some_and(|p| p.request_id == id) {
-        slot.take().map(|p| p.reply)
-    } else {
-        None
-    }
+    shared.pending().remove(id).map(|p| p.reply)
 }
 
 fn is_pending(shared: &Shared, id: &str) -> bool {
-    shared.pending.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|p| p.request_id == id)
+    shared.pending().contains_key(id)
 }
 
 async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Response<Full<Bytes>> {
@@ -311,7 +340,7 @@ mod tests {
     async fn api(max_response: usize) -> Api {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (shared, next_tx) = Shared::new(max_response, None);
+        let (shared, next_tx) = Shared::new(max_response, 4, None);
         let server = tokio::spawn(serve(Listener::Tcp(listener), shared.clone()));
         Api { addr, shared, next_tx, server }
     }
@@ -337,11 +366,9 @@ mod tests {
             (parts.status, parts.headers, body)
         }
 
-        /// Make `id` the invocation in progress; the receiver gets its completion.
+        /// Make `id` an invocation in progress; the receiver gets its completion.
         fn pending(&self, id: &str) -> oneshot::Receiver<Completion> {
-            let (reply, rx) = oneshot::channel();
-            *self.shared.pending.lock().unwrap() = Some(Pending { request_id: id.into(), reply });
-            rx
+            self.shared.add_pending(id)
         }
     }
 
@@ -352,6 +379,7 @@ mod tests {
     #[tokio::test]
     async fn next_hands_out_the_event_with_the_lambda_headers_and_marks_init_over() {
         let api = api(1024).await;
+        let _rx = api.pending("r1");
         api.next_tx
             .send(NextEvent {
                 request_id: "r1".into(),
@@ -373,7 +401,52 @@ mod tests {
         assert_eq!(h("lambda-runtime-trace-id"), Some("Root=1-abc"));
         assert_eq!(h("lambda-runtime-client-context"), Some("ctx"));
         assert!(*api.shared.ready.borrow(), "the first /next ends init");
-        assert!(api.shared.picked_up.load(std::sync::atomic::Ordering::Acquire));
+        assert!(api.shared.picked_up("r1"));
+    }
+
+    fn event(id: &str) -> NextEvent {
+        NextEvent {
+            request_id: id.into(),
+            payload: Bytes::from(id.to_owned()),
+            deadline_ms: 1,
+            arn: "arn".into(),
+            trace_id: String::new(),
+            client_context: None,
+        }
+    }
+
+    /// Concurrency > 1: several `/next` wait at once, each gets its own event, and completions
+    /// in any order reach their own invocation.
+    #[tokio::test]
+    async fn concurrent_pollers_each_get_an_event_and_replies_are_matched_by_request_id() {
+        let api = Arc::new(api(1024).await);
+        let pollers: Vec<_> = (0..3)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move { api.send(Method::GET, &path("invocation/next"), &[], "").await })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for id in ["a", "b", "c"] {
+            replies.push((id, api.pending(id)));
+            api.next_tx.send(event(id)).await.unwrap();
+        }
+        let mut got = Vec::new();
+        for p in pollers {
+            let (status, headers, body) = p.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(headers.get("lambda-runtime-aws-request-id").unwrap().to_str().unwrap(), body);
+            got.push(body);
+        }
+        got.sort();
+        assert_eq!(got, ["a", "b", "c"], "every poller got a different event");
+        for id in ["c", "a", "b"] {
+            let (status, _, _) = api.send(Method::POST, &path(&format!("invocation/{id}/response")), &[], id).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+        }
+        for (id, rx) in replies {
+            assert!(matches!(rx.await.unwrap(), Completion::Response(b) if b.as_ref() == id.as_bytes()));
+        }
     }
 
     #[tokio::test]
