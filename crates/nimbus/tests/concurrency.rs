@@ -184,3 +184,27 @@ async fn a_full_instance_at_max_instances_throttles_and_usage_bills_instance_tim
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("PER-INVOCATION"), "{text}");
 }
+
+/// The fixture's `lambda_runtime` calls `run`, which polls `/next` one event at a time (its
+/// `run_concurrent`, behind the `concurrency-tokio` feature, is what reads
+/// AWS_LAMBDA_MAX_CONCURRENCY): with `concurrency > 1` it still serves every invocation, one
+/// after the other on its one instance.
+#[tokio::test]
+async fn an_official_client_that_polls_one_at_a_time_still_serves_every_invocation() {
+    let app = App::new("fluid").conformance("rust", "f", "concurrency = 4\nmax_instances = 1").finish();
+    let server = Server::start(app.path());
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, client) = (server.url.clone(), server.client());
+            tokio::spawn(async move {
+                let body = json!({"op": "echo", "i": i}).to_string();
+                let resp = client.post(format!("{url}/2015-03-31/functions/f/invocations")).body(body).send().await;
+                Invoked::from(resp.unwrap(), Instant::now()).await
+            })
+        })
+        .collect();
+    answers(calls).await;
+    let records = server.records("f", 4).await;
+    let instances: HashSet<&str> = records.iter().map(|r| r["instanceId"].as_str().unwrap()).collect();
+    assert_eq!(instances.len(), 1, "{records:#?}");
+}
