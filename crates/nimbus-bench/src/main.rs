@@ -11,11 +11,13 @@
 //! covers queues and triggers (SQS against moto, async accepts, a queue trigger, PutObject →
 //! function start, idle CPU). `nimbus-bench keepalive` replays synthetic traces against
 //! keep-alive policies (fixed and adaptive) in simulation: cold starts and idle instance time.
+//! `nimbus-bench fluid` measures in-instance concurrency: an I/O-bound function at a fixed rate
+//! with `concurrency = 100` vs `1` (instances and GB-seconds billed).
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive
+//     keepalive, fluid
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  process → report
@@ -30,6 +32,7 @@ mod common;
 mod events;
 mod eventsreport;
 mod fixture;
+mod fluid;
 #[cfg(test)]
 mod golden;
 mod keepalive;
@@ -98,6 +101,9 @@ enum Command {
     /// traces replayed against fixed 10 min, fixed 1 min and the adaptive hybrid histogram
     /// policy: cold starts (overall and p75 per function) and idle instance time.
     Keepalive(keepalive::KeepaliveArgs),
+    /// In-instance concurrency: an I/O-bound Node function (awaits a 100 ms upstream) at 500
+    /// req/s, `concurrency = 100` vs `concurrency = 1`: instances used and GB-seconds billed.
+    Fluid(fluid::FluidArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -130,6 +136,7 @@ fn run() -> Result<()> {
         Command::Storage(args) => rt.block_on(storage::run(args)),
         Command::Events(args) => rt.block_on(events::run(args)),
         Command::Keepalive(args) => keepalive::run(args),
+        Command::Fluid(args) => rt.block_on(fluid::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }
