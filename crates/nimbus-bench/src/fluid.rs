@@ -140,11 +140,15 @@ async fn usage(base: &str, token: &str, function: &str, n: usize) -> Result<(f64
     let t0 = Instant::now();
     loop {
         let v = load::get_json(&client, &uri, token).await?;
-        let f = v["functions"].as_array().and_then(|a| a.iter().find(|f| f["function"] == function)).cloned();
-        let requests = f.as_ref().and_then(|f| f["requests"].as_u64()).unwrap_or(0);
+        let f = v
+            .get("functions")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|f| f.get("function").and_then(Value::as_str) == Some(function)))
+            .cloned()
+            .unwrap_or_default();
+        let num = |k: &str| f.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let requests = f.get("requests").and_then(Value::as_u64).unwrap_or(0);
         if requests >= n as u64 || t0.elapsed() > Duration::from_secs(20) {
-            let f = f.unwrap_or_default();
-            let num = |k: &str| f[k].as_f64().unwrap_or(0.0);
             return Ok((num("gbSeconds"), num("invocationGbSeconds")));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
