@@ -13,11 +13,13 @@
 //! keep-alive policies (fixed and adaptive) in simulation: cold starts and idle instance time.
 //! `nimbus-bench stream` measures server-sent events: function write → client, beside `wasmtime
 //! serve`.
+//! `nimbus-bench fluid` measures in-instance concurrency: an I/O-bound function at a fixed rate
+//! with `concurrency = 100` vs `1` (instances and GB-seconds billed).
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive, stream
+//     keepalive, stream, fluid
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  stream → wasm;  process → report
@@ -32,6 +34,7 @@ mod common;
 mod events;
 mod eventsreport;
 mod fixture;
+mod fluid;
 #[cfg(test)]
 mod golden;
 mod keepalive;
@@ -104,6 +107,9 @@ enum Command {
     /// Server-sent events: the time from the function writing an event to the client holding
     /// it, nimbus (a streaming wasm function) beside `wasmtime serve` on the same component.
     Stream(stream::StreamArgs),
+    /// In-instance concurrency: an I/O-bound Node function (awaits a 100 ms upstream) at 500
+    /// req/s, `concurrency = 100` vs `concurrency = 1`: instances used and GB-seconds billed.
+    Fluid(fluid::FluidArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -137,6 +143,7 @@ fn run() -> Result<()> {
         Command::Events(args) => rt.block_on(events::run(args)),
         Command::Keepalive(args) => keepalive::run(args),
         Command::Stream(args) => rt.block_on(stream::run(args)),
+        Command::Fluid(args) => rt.block_on(fluid::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

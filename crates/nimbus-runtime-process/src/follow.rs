@@ -115,7 +115,7 @@ impl Follow {
 
     fn stop(&self) {
         self.dead.store(true, Ordering::Release);
-        *self.shared.finishing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.finishing.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if self.pid > 0 {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
