@@ -76,7 +76,7 @@ pub struct ProcessInstance {
     /// Invocations it runs at once (the function's `concurrency`).
     concurrency: u32,
     /// With `concurrency > 1`: the invocations in flight and the output attributed to each.
-    attribution: Mutex<Attribution>,
+    attribution: Arc<Mutex<Attribution>>,
     /// Why the instance was stopped while invocations were in flight (one's timeout or limit),
     /// for the others' errors.
     stopped_by: Mutex<Option<String>>,
@@ -241,7 +241,7 @@ impl ProcessInstance {
             cgroup,
             credentials: endpoint.credentials,
             concurrency,
-            attribution: Mutex::new(Attribution::default()),
+            attribution: Arc::default(),
             stopped_by: Mutex::new(None),
             dead: AtomicBool::new(false),
             stopped: false,
@@ -520,6 +520,7 @@ impl ProcessInstance {
     /// completion (see [`crate::follow`]). `buffered`: the whole body, when it is known.
     fn follow(
         &self,
+        id: &str,
         (head, body, buffered): (
             Option<nimbus_core::HttpResponseHead>,
             nimbus_core::BodyReceiver,
@@ -535,6 +536,7 @@ impl ProcessInstance {
             exit_rx: self.exit_rx.clone(),
             shared: self.shared.clone(),
             logs: self.logs.clone(),
+            attribution: (self.concurrency > 1).then(|| (self.attribution.clone(), id.to_owned())),
             pid: self.pid,
             dead: self.tail_dead.clone(),
             proc_status: self.proc_status.as_ref().and_then(|f| f.try_clone().ok()),
@@ -870,14 +872,14 @@ impl Instance for ProcessInstance {
         let max_memory_mb = self.read_max_memory();
         match ended {
             Ended::Done(Completion::Stream(s)) => {
-                Ok(self.follow((s.head, s.body, None), tail_rx, (started, inv.timeout), max_memory_mb))
+                Ok(self.follow(id, (s.head, s.body, None), tail_rx, (started, inv.timeout), max_memory_mb))
             }
             Ended::Done(Completion::Early(body)) => {
                 let (mut tx, rx) = nimbus_core::response_stream(u64::MAX);
                 // One chunk into an empty channel: never waits.
                 let _ = tx.send(body.clone()).await;
                 drop(tx);
-                Ok(self.follow((None, rx, Some(body)), tail_rx, (started, inv.timeout), max_memory_mb))
+                Ok(self.follow(id, (None, rx, Some(body)), tail_rx, (started, inv.timeout), max_memory_mb))
             }
             Ended::Done(completion) => self.completed(id, completion, duration, max_memory_mb),
             Ended::Crashed(status) => self.crashed(id, status, duration, base),

@@ -5,19 +5,15 @@
 // HTTP/1.1 connection on loopback:
 //   load the handler named by _HANDLER once (CommonJS or ES module), then loop:
 //   GET /runtime/invocation/next -> run the handler -> POST .../response or .../error.
-<<<<<<< HEAD
 // A handler wrapped in `awslambda.streamifyResponse` streams: one chunked POST .../response
 // with `Lambda-Runtime-Function-Response-Mode: streaming`, a chunk per write, errors after the
 // first write as Lambda's error trailers. `context.waitUntil(promise)` (nimbus): the response
 // carries `Nimbus-Wait-Until: 1` (a header, or a trailer when streamed), the work settles, then
 // POST .../invocation/{id}/done ends the invocation (nimbus-only; official clients never send it).
-// Handler output (console.log etc.) goes to stdout/stderr unmodified; on Linux
-=======
 // With AWS_LAMBDA_MAX_CONCURRENCY = N > 1 (the function's `concurrency`), N pollers each
 // take invocations on their own connection and their handlers run concurrently.
 // Handler output (console.log etc.) goes to stdout/stderr unmodified (tagged with the
 // request id when N > 1); on Linux
->>>>>>> i15-conc
 // writes to pipes and files are synchronous, so everything the handler printed
 // is in the pipe before the result is posted.
 //
@@ -156,56 +152,50 @@ class Conn {
       send(() => send(null));
     });
   }
-}
 
-<<<<<<< HEAD
-function post(urlPath, body, errorType, extra) {
-  const headers = { 'Content-Type': 'application/json', ...extra };
-=======
+  // A POST whose body is sent as the handler writes it (chunked), for Lambda's response
+  // streaming: `write` sends one chunk (resolves once it is handed to the socket), `end` sends
+  // the last chunk with the trailers and resolves with the server's answer.
+  openStream(urlPath, headers) {
+    if (!this.sock) this.connect();
+    const s = this.sock;
+    let head = `POST ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nTransfer-Encoding: chunked\r\n`;
+    head += 'Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body, Nimbus-Wait-Until\r\n';
+    for (const k in headers) head += `${k}: ${headers[k]}\r\n`;
+    const answer = new Promise((resolve, reject) => {
+      this.waiting = { resolve, reject, retry: null };
+    });
+    answer.catch(() => {}); // read by `end`; a refusal mid-stream is not an unhandled rejection
+    s.write(head + '\r\n');
+    const put = (data) =>
+      new Promise((resolve) => {
+        if (s.destroyed) return resolve();
+        s.write(data, () => resolve());
+      });
+    return {
+      write(chunk) {
+        if (!chunk.length) return Promise.resolve();
+        return put(Buffer.concat([Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'), chunk, CRLF]));
+      },
+      end(trailers) {
+        let t = '0\r\n';
+        for (const k in trailers) t += `${k}: ${trailers[k]}\r\n`;
+        put(t + '\r\n');
+        return answer;
+      },
+    };
+  }
+}
+const CRLF = Buffer.from('\r\n', 'latin1');
+
 // The connection of init and of the first poller.
 const mainConn = new Conn();
 
-
-function post(urlPath, body, errorType, conn) {
-  const headers = { 'Content-Type': 'application/json' };
->>>>>>> i15-conc
+function post(urlPath, body, errorType, conn, extra) {
+  const headers = { 'Content-Type': 'application/json', ...extra };
   if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
   return (conn || mainConn).request('POST', urlPath, body, headers);
 }
-
-// A POST whose body is sent as the handler writes it (chunked), for Lambda's response
-// streaming: `write` sends one chunk (resolves once it is handed to the socket), `end` sends
-// the last chunk with the trailers and resolves with the server's answer.
-function openStream(urlPath, headers) {
-  if (!sock) connect();
-  const s = sock;
-  let head = `POST ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nTransfer-Encoding: chunked\r\n`;
-  head += 'Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body, Nimbus-Wait-Until\r\n';
-  for (const k in headers) head += `${k}: ${headers[k]}\r\n`;
-  const answer = new Promise((resolve, reject) => {
-    waiting = { resolve, reject, retry: null };
-  });
-  answer.catch(() => {}); // read by `end`; a refusal mid-stream is not an unhandled rejection
-  s.write(head + '\r\n');
-  const put = (data) =>
-    new Promise((resolve) => {
-      if (s.destroyed) return resolve();
-      s.write(data, () => resolve());
-    });
-  return {
-    write(chunk) {
-      if (!chunk.length) return Promise.resolve();
-      return put(Buffer.concat([Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'), chunk, CRLF]));
-    },
-    end(trailers) {
-      let t = '0\r\n';
-      for (const k in trailers) t += `${k}: ${trailers[k]}\r\n`;
-      put(t + '\r\n');
-      return answer;
-    },
-  };
-}
-const CRLF = Buffer.from('\r\n', 'latin1');
 
 function headerSafe(s) {
   return String(s).replace(/[^\x20-\x7e]/g, '') || 'Unhandled';
@@ -363,13 +353,13 @@ global.awslambda = {
 
 // The writable a streaming handler gets: the POST opens at the first write (or at the end),
 // so `setContentType` and `HttpResponseStream.from` can still change the head before it.
-function responseStream(urlPath) {
+function responseStream(urlPath, http) {
   const { Writable } = require('stream');
   let contentType = 'application/octet-stream';
   let conn = null;
   const open = () => {
     if (conn) return;
-    conn = openStream(urlPath, { 'Lambda-Runtime-Function-Response-Mode': 'streaming', 'Content-Type': contentType });
+    conn = http.openStream(urlPath, { 'Lambda-Runtime-Function-Response-Mode': 'streaming', 'Content-Type': contentType });
     if (w._prelude !== undefined) {
       conn.write(Buffer.from(w._prelude, 'utf8'));
       conn.write(Buffer.alloc(8));
@@ -403,15 +393,17 @@ function addWait(inv, p) {
   );
 }
 
-let background = null; // the invocation still settling its waitUntil work
+let background = null; // with one invocation at a time: the one still settling its waitUntil work
 global[Symbol.for('nimbus.waitUntil')] = (p) => {
-  const inv = current || background;
+  // With several invocations at once, the one whose code calls it (AsyncLocalStorage).
+  const id = logContext ? logContext.getStore() : undefined;
+  const inv = id !== undefined ? inFlight.get(id) : current || background;
   if (!inv) throw new Error('waitUntil() works only while a nimbus invocation is running');
   addWait(inv, p);
 };
 
 async function settle(inv) {
-  background = inv;
+  if (MAX_CONCURRENCY === 1) background = inv;
   for (let round = 0; round < 1000 && inv.waits.length; round++) {
     await Promise.all(inv.waits.splice(0));
   }
@@ -425,11 +417,11 @@ function streamErrorBody(e) {
 
 // A streaming handler: chunks go out as it writes; an error after the first write ends the
 // stream with Lambda's error trailers, before it a plain /error.
-async function invokeStreaming(fn, event, ctx, inv, base) {
-  const stream = responseStream(base + '/response');
+async function invokeStreaming(fn, event, ctx, inv, base, conn) {
+  const stream = responseStream(base + '/response', conn);
   let failed = null;
   try {
-    await fn(event, stream, ctx);
+    await (logContext ? logContext.run(inv.id, () => fn(event, stream, ctx)) : fn(event, stream, ctx));
     if (!stream.writableEnded) stream.end();
     await new Promise((resolve, reject) => {
       if (stream.writableFinished) return resolve();
@@ -444,7 +436,7 @@ async function invokeStreaming(fn, event, ctx, inv, base) {
   current = null;
   if (failed !== null && !stream.opened()) {
     printError('', failed);
-    await settleAndDone(inv, base, () => post(base + '/error', errorBody(errorPayload(failed)), 'Unhandled'));
+    await settleAndDone(inv, base, () => post(base + '/error', errorBody(errorPayload(failed)), 'Unhandled', conn));
     return;
   }
   const trailers = {};
@@ -457,7 +449,7 @@ async function invokeStreaming(fn, event, ctx, inv, base) {
   await stream.finish(trailers);
   if (trailers['Nimbus-Wait-Until']) {
     await settle(inv);
-    await post(base + '/done', '');
+    await post(base + '/done', '', undefined, conn);
   }
 }
 
@@ -471,7 +463,8 @@ async function settleAndDone(inv, base, answer) {
 // Invocations
 
 const MAX_CONCURRENCY = Math.max(1, Math.floor(Number(env.AWS_LAMBDA_MAX_CONCURRENCY) || 1));
-const inFlight = new Map(); // request id -> { id, done }
+const inFlight = new Map(); // request id -> { id, done, waits }: until its waitUntil work settled
+let current = null; // with one invocation at a time: the one whose handler runs
 let dying = false;
 
 // An uncaught exception ends the process: every invocation in flight gets it as its error
@@ -536,15 +529,20 @@ function runHandler(fn, event, ctx) {
 }
 
 async function invoke(fn, next, conn) {
-  const h = next.headers;
-  const id = h['lambda-runtime-aws-request-id'];
-<<<<<<< HEAD
+  const id = next.headers['lambda-runtime-aws-request-id'];
   const inv = { id, done: false, waits: [] };
-  current = inv;
-=======
-  const inv = { id, done: false };
   inFlight.set(id, inv);
->>>>>>> i15-conc
+  if (MAX_CONCURRENCY === 1) current = inv;
+  try {
+    await run(fn, next, conn, inv);
+  } finally {
+    inFlight.delete(id);
+  }
+}
+
+async function run(fn, next, conn, inv) {
+  const h = next.headers;
+  const id = inv.id;
   const trace = h['lambda-runtime-trace-id'];
   if (MAX_CONCURRENCY > 1) {
     // Several invocations share the process: the trace id is the context's, not the env's.
@@ -563,12 +561,9 @@ async function invoke(fn, next, conn) {
     clientContext: parseJsonHeader(h['lambda-runtime-client-context']),
     identity: parseJsonHeader(h['lambda-runtime-cognito-identity']),
     callbackWaitsForEmptyEventLoop: true, // accepted but not honoured: nimbus responds on callback
-<<<<<<< HEAD
+    xRayTraceId: trace,
     // nimbus: run `promise` after the response; the invocation ends when it settles.
     waitUntil: (promise) => addWait(inv, promise),
-=======
-    xRayTraceId: trace,
->>>>>>> i15-conc
   };
   const base = BASE + '/invocation/' + id;
 
@@ -581,14 +576,10 @@ async function invoke(fn, next, conn) {
     kind = 'Unhandled';
     value = e;
   }
-<<<<<<< HEAD
-  if (kind === undefined && fn[STREAMING]) return invokeStreaming(fn, event, ctx, inv, base);
-  if (kind === undefined) [kind, value] = await runHandler(fn, event, ctx);
-=======
+  if (kind === undefined && fn[STREAMING]) return invokeStreaming(fn, event, ctx, inv, base, conn);
   if (kind === undefined) {
     [kind, value] = logContext ? await logContext.run(id, () => runHandler(fn, event, ctx)) : await runHandler(fn, event, ctx);
   }
->>>>>>> i15-conc
   if (inv.done) return; // an uncaught exception already answered this request
   let body;
   if (kind === 'ok') {
@@ -607,19 +598,13 @@ async function invoke(fn, next, conn) {
     body = errorBody(errorPayload(value));
   }
   inv.done = true;
-<<<<<<< HEAD
   current = null;
-  if (kind !== 'ok') return settleAndDone(inv, base, () => post(base + '/error', body, kind));
-  if (!inv.waits.length) return void (await post(base + '/response', body));
+  if (kind !== 'ok') return settleAndDone(inv, base, () => post(base + '/error', body, kind, conn));
+  if (!inv.waits.length) return void (await post(base + '/response', body, undefined, conn));
   // The response goes out now; nimbus keeps the invocation open until /done.
-  await post(base + '/response', body, undefined, { 'Nimbus-Wait-Until': '1' });
+  await post(base + '/response', body, undefined, conn, { 'Nimbus-Wait-Until': '1' });
   await settle(inv);
-  await post(base + '/done', '');
-=======
-  inFlight.delete(id);
-  if (kind === 'ok') await post(base + '/response', body, undefined, conn);
-  else await post(base + '/error', body, kind, conn);
->>>>>>> i15-conc
+  await post(base + '/done', '', undefined, conn);
 }
 
 // ---------------------------------------------------------------------------

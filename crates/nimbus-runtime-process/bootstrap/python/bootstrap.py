@@ -450,7 +450,6 @@ def load_handler(conn, spec):
 
 
 # ---------------------------------------------------------------------------
-<<<<<<< HEAD
 # waitUntil and response streaming
 
 HTTP_INTEGRATION = "application/vnd.awslambda.http-integration-response"
@@ -587,7 +586,6 @@ def invoke(conn, handler, base, body, ctx):
     conn.request("POST", base + "/response", payload, WAIT_HEADERS)
     _settle(ctx)
     conn.request("POST", base + "/done")
-=======
 # Concurrency (AWS_LAMBDA_MAX_CONCURRENCY > 1)
 
 # The request id of the invocation this process runs now (tagged output), or None.
@@ -685,7 +683,6 @@ def _watch_workers(children):
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
->>>>>>> i15-conc
 
 
 # ---------------------------------------------------------------------------
