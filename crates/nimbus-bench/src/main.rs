@@ -15,11 +15,14 @@
 //! serve`.
 //! `nimbus-bench fluid` measures in-instance concurrency: an I/O-bound function at a fixed rate
 //! with `concurrency = 100` vs `1` (instances and GB-seconds billed).
+//! `nimbus-bench density` deploys 10,000 wasm functions and holds 1,000 warm instances: RSS, and
+//! bytes per function and per instance.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive, stream, fluid
+//     keepalive, stream, fluid, density
+//   density → wasm (the component), bare_hyper (its greeting)
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
 //   all → allreport, plots, burst, wasm;  observe → wasm;  stream → wasm;  process → report
@@ -31,6 +34,7 @@ mod asyncq;
 mod bare_hyper;
 mod burst;
 mod common;
+mod density;
 mod events;
 mod eventsreport;
 mod fixture;
@@ -110,6 +114,10 @@ enum Command {
     /// In-instance concurrency: an I/O-bound Node function (awaits a 100 ms upstream) at 500
     /// req/s, `concurrency = 100` vs `concurrency = 1`: instances used and GB-seconds billed.
     Fluid(fluid::FluidArgs),
+    /// Density: 10,000 deployed wasm functions (one small component shared) and 1,000 warm
+    /// instances in one `nimbus up`: RSS, bytes per function and per instance, against a
+    /// one-function baseline.
+    Density(density::DensityArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -144,6 +152,7 @@ fn run() -> Result<()> {
         Command::Keepalive(args) => keepalive::run(args),
         Command::Stream(args) => rt.block_on(stream::run(args)),
         Command::Fluid(args) => rt.block_on(fluid::run(args)),
+        Command::Density(args) => rt.block_on(density::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

@@ -235,6 +235,50 @@ pub struct InvocationRecord {
     /// invocation, work after the response included). `None` for buffered responses.
     #[serde(default)]
     pub response_ms: Option<f64>,
+    /// When set, `log` holds only the init log (its first `n` bytes) and the function's own
+    /// output: the START / END / REPORT lines are rendered from the record when the log is read
+    /// ([`InvocationRecord::framed_log`]), so recording does not format or store them.
+    #[serde(skip)]
+    pub log_frame: Option<usize>,
+}
+
+impl InvocationRecord {
+    /// The log of a successful invocation as Lambda writes it: the init log, `START`, the
+    /// function's output (ending in a newline), `END` and `REPORT` (with `Init Duration` on a
+    /// cold start), every figure taken from the record.
+    pub fn framed_log(&self, init_log: &str, body: &str) -> String {
+        use std::fmt::Write as _;
+        let id = &self.request_id;
+        let mut log = String::with_capacity(init_log.len() + body.len() + 256);
+        log.push_str(init_log);
+        let _ = writeln!(log, "START RequestId: {id} Version: {}", self.version);
+        log.push_str(body);
+        if !body.is_empty() && !body.ends_with('\n') {
+            log.push('\n');
+        }
+        let _ = writeln!(log, "END RequestId: {id}");
+        let _ = write!(
+            log,
+            "REPORT RequestId: {id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
+            self.duration_ms, self.billed_ms, self.memory_mb, self.max_memory_mb
+        );
+        if let (true, Some(init)) = (self.cold, self.init_ms) {
+            let _ = write!(log, "\tInit Duration: {init:.2} ms");
+        }
+        log.push('\n');
+        log
+    }
+
+    /// The stored log as readers see it: rendered with its frame when it was stored without.
+    pub fn full_log(&self) -> std::borrow::Cow<'_, str> {
+        match self.log_frame {
+            Some(n) => {
+                let (init, body) = self.log.split_at_checked(n).unwrap_or((&self.log, ""));
+                std::borrow::Cow::Owned(self.framed_log(init, body))
+            }
+            None => std::borrow::Cow::Borrowed(&self.log),
+        }
+    }
 }
 
 /// Where finished invocations go (the store's background writer). Called on the hot path, so
@@ -281,5 +325,50 @@ impl Recorder for Observed {
 
     fn instance_busy(&self, busy: InstanceBusy) {
         self.store.instance_busy(busy);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+    use super::*;
+
+    fn record(log: &str, frame: Option<usize>) -> InvocationRecord {
+        InvocationRecord {
+            request_id: "r1".into(),
+            function: "f".into(),
+            version: "3".into(),
+            trigger: Trigger::Http,
+            start_ms: 1,
+            duration_ms: 1.234,
+            billed_ms: 2,
+            memory_mb: 128,
+            max_memory_mb: 17,
+            cold: true,
+            init_ms: Some(40.5),
+            instance_start_ms: Some(1.0),
+            runtime_init_ms: Some(39.5),
+            queue_ms: 0.0,
+            status: InvocationStatus::Success,
+            error_type: None,
+            error_message: None,
+            instance_id: None,
+            log: log.into(),
+            log_frame: frame,
+        }
+    }
+
+    #[test]
+    fn a_framed_log_is_rendered_around_its_init_log_and_output() {
+        let r = record("booting\nhello", Some(8));
+        assert_eq!(
+            r.full_log(),
+            "booting\nSTART RequestId: r1 Version: 3\nhello\nEND RequestId: r1\nREPORT RequestId: r1\tDuration: 1.23 ms\t\
+             Billed Duration: 2 ms\tMemory Size: 128 MB\tMax Memory Used: 17 MB\tInit Duration: 40.50 ms\n"
+        );
+        // A log stored whole is read as it is.
+        assert_eq!(record("as it was\n", None).full_log(), "as it was\n");
+        // An offset past the text (a corrupt row) renders the whole text as the init log.
+        assert!(record("x", Some(5)).full_log().starts_with("xSTART RequestId: r1"));
     }
 }

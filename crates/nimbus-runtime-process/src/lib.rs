@@ -20,8 +20,8 @@ mod pycache;
 pub mod sandbox;
 mod services;
 mod shells;
-mod zygote;
 mod stream;
+mod zygote;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -345,6 +345,11 @@ impl FakeInstance {
                 error_message: "boom".into(),
                 body: Bytes::from_static(b"{}"),
             })),
+            "talk" => {
+                let mut r = self.result(InvokeOutcome::Success(inv.payload));
+                r.log = "line 1\nline 2 without a newline".into();
+                Ok(r)
+            }
             _ => {
                 self.work(self.invoke_time).await;
                 Ok(self.result(InvokeOutcome::Success(inv.payload)))

@@ -279,9 +279,17 @@ impl Inner {
         match result {
             Ok(mut r) => {
                 r.cold = cold;
-                r.log = report::invocation_log(f, &a.request_id, &init_log, &r);
                 let mut rec = report::record_for_result(f, &a.request_id, a.trigger, a.start_ms, queue_wait, &r);
-                rec.log = r.log.clone();
+                if matches!(r.outcome, nimbus_core::InvokeOutcome::Success(_)) {
+                    // The record keeps the parts; its START / END / REPORT are rendered when read.
+                    let body = std::mem::take(&mut r.log);
+                    r.log = rec.framed_log(&init_log, &body);
+                    rec.log_frame = Some(init_log.len());
+                    rec.log = if init_log.is_empty() { body } else { init_log + &body };
+                } else {
+                    r.log = report::invocation_log(f, &a.request_id, &init_log, &r);
+                    rec.log = r.log.clone();
+                }
                 self.recorder.record(rec);
                 Ok(r)
             }

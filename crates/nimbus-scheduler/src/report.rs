@@ -129,6 +129,7 @@ fn base(f: &FunctionVersion, id: &str, trigger: Trigger, start_ms: u64, queue: D
         instance_id: None,
         log: String::new(),
         response_ms: None,
+        log_frame: None,
     }
 }
 

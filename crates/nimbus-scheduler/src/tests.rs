@@ -227,6 +227,29 @@ async fn every_invocation_outcome_is_recorded_exactly_once() {
     }
 }
 
+/// A success is recorded without its START / END / REPORT lines (the store renders them when the
+/// log is read), and renders to exactly the log the caller got, which is the text the platform
+/// has always formatted.
+#[tokio::test(start_paused = true)]
+async fn a_success_is_recorded_without_its_frame_and_renders_as_the_callers_log() {
+    let h = harness(Fake { invoke_time: ms(2), ..Fake::default() });
+    let f = function("f", |_| {});
+    for (id, payload) in [("cold", "talk"), ("warm", "talk"), ("quiet", "ok")] {
+        let r = h.call(&f, id, payload).await.unwrap().unwrap();
+        let rec = h.records.of(id).remove(0);
+        let n = rec.log_frame.expect("a success keeps its log's parts");
+        assert!(!rec.log.contains("REPORT") && !rec.log.contains("START"), "{id}: {:?}", rec.log);
+        assert_eq!(rec.full_log(), r.log, "{id}");
+        let mut parts = r.clone();
+        parts.log = rec.log[n..].to_owned();
+        assert_eq!(crate::report::invocation_log(&f, id, &rec.log[..n], &parts), r.log, "{id}");
+    }
+    let cold = h.records.of("cold").remove(0).full_log().into_owned();
+    assert!(cold.contains("\tInit Duration: "), "{cold}");
+    assert!(cold.contains("line 2 without a newline\nEND RequestId: cold\n"), "{cold}");
+    assert!(!h.records.of("warm").remove(0).full_log().contains("Init Duration"));
+}
+
 /// The failures to get an instance at all are recorded once too.
 #[tokio::test(start_paused = true)]
 async fn every_failure_to_get_an_instance_is_recorded_exactly_once() {

@@ -15,6 +15,7 @@ mod kv;
 mod messages;
 mod objects;
 mod queue;
+mod record_batches;
 mod records;
 mod stats;
 mod storage_usage;
@@ -213,6 +214,7 @@ impl Store {
         let conn = open_connection(&db_path)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(storage_usage::SCHEMA)?;
+        conn.execute_batch(record_batches::SCHEMA)?;
         migrate(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),

@@ -188,7 +188,9 @@ fn prune(conn: &Connection, retention: Duration) {
     let mut r = Ok(());
     // The audit log is kept as long as the records: it is history of the same kind, and one
     // retention setting is easier to reason about than two.
-    for (table, time) in [("invocations", "start_ms"), ("logs", "ts_ms"), ("audit", "ts_ms")] {
+    for (table, time) in
+        [("record_batches", "max_start_ms"), ("invocations", "start_ms"), ("logs", "ts_ms"), ("audit", "ts_ms")]
+    {
         // Bounded: at most 100 windows (a million rows) per prune; the rest waits for the next.
         for _ in 0..100 {
             match step(table, time) {
@@ -217,49 +219,18 @@ fn billable(status: InvocationStatus) -> bool {
 fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut ins = tx.prepare_cached(
-            "INSERT INTO invocations(request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb,
-             max_memory_mb, cold, init_ms, queue_ms, status, error_type, error_message, instance_id,
-             instance_start_ms, runtime_init_ms, response_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-        )?;
         let mut usage = tx.prepare_cached(
             "INSERT INTO usage(function, hour_ms, requests, mb_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(function, hour_ms) DO UPDATE SET requests = requests + excluded.requests,
              mb_ms = mb_ms + excluded.mb_ms",
         )?;
         let mut hours: std::collections::BTreeMap<(&str, u64), (u64, u64)> = std::collections::BTreeMap::new();
-        let mut log =
-            tx.prepare_cached("INSERT INTO logs(function, request_id, ts_ms, text) VALUES (?1, ?2, ?3, ?4)")?;
+        crate::record_batches::write(&tx, batch)?;
         for r in batch {
-            ins.execute(params![
-                r.request_id,
-                r.function,
-                r.version,
-                r.trigger.as_str(),
-                r.start_ms,
-                r.duration_ms,
-                r.billed_ms,
-                r.memory_mb,
-                r.max_memory_mb,
-                r.cold,
-                r.init_ms,
-                r.queue_ms,
-                r.status.as_str(),
-                r.error_type,
-                r.error_message,
-                r.instance_id,
-                r.instance_start_ms,
-                r.runtime_init_ms,
-                r.response_ms,
-            ])?;
             if billable(r.status) {
                 let h = hours.entry((r.function.as_str(), r.start_ms - r.start_ms % HOUR_MS)).or_default();
                 h.0 += 1;
                 h.1 += r.billed_ms * u64::from(r.memory_mb);
-            }
-            if !r.log.is_empty() {
-                log.execute(params![r.function, r.request_id, r.start_ms, r.log])?;
             }
         }
         for ((function, hour), (requests, mb_ms)) in hours {
@@ -269,10 +240,18 @@ fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::R
     tx.commit()
 }
 
-/// Invocation records, newest first. A trigger or status this release does not know (a newer
-/// nimbus wrote it) is an error naming it, not a guess.
+/// Invocation records, newest first: the batch rows, and the one-row-per-record table older
+/// releases wrote (until retention empties it).
 pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
-    let mut stmt = conn.prepare(
+    let new = crate::record_batches::query_invocations(conn, q)?;
+    let old = legacy_invocations(conn, q)?;
+    Ok(crate::record_batches::merge_newest(old, new, q.limit))
+}
+
+/// Rows of the older `invocations` table, newest first. A trigger or status this release does
+/// not know (a newer nimbus wrote it) is an error naming it, not a guess.
+fn legacy_invocations(conn: &Connection, q: &InvocationQuery) -> Result<Vec<InvocationRecord>> {
+    let mut stmt = conn.prepare_cached(
         "SELECT request_id, function, version, trigger, start_ms, duration_ms, billed_ms, memory_mb, max_memory_mb, cold,
                 init_ms, queue_ms, status, error_type, error_message, instance_id, instance_start_ms, runtime_init_ms,
                 response_ms
@@ -303,6 +282,7 @@ pub(crate) fn query_invocations(conn: &Connection, q: &InvocationQuery) -> Resul
                 runtime_init_ms: r.get(17)?,
                 log: String::new(),
                 response_ms: r.get(18)?,
+                log_frame: None,
             })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -340,8 +320,17 @@ pub(crate) fn query_usage(conn: &Connection, since_ms: u64) -> Result<Vec<UsageR
     Ok(rows)
 }
 
+/// Log entries in sequence order: the older `logs` table's first (their sequence numbers are all
+/// below the batch rows'), then the batch rows'.
 pub(crate) fn query_logs(conn: &Connection, q: &LogQuery) -> Result<Vec<LogEntry>> {
-    let mut stmt = conn.prepare(
+    let mut out = if q.after < crate::record_batches::LOG_SEQ_BASE { legacy_logs(conn, q)? } else { Vec::new() };
+    let left = (q.limit.max(1) as usize).saturating_sub(out.len());
+    out.extend(crate::record_batches::query_logs(conn, q, left)?);
+    Ok(out)
+}
+
+fn legacy_logs(conn: &Connection, q: &LogQuery) -> Result<Vec<LogEntry>> {
+    let mut stmt = conn.prepare_cached(
         "SELECT seq, request_id, ts_ms, text FROM logs
          WHERE function = ?1 AND seq > ?2 AND (?3 IS NULL OR request_id = ?3)
          ORDER BY seq LIMIT ?4",

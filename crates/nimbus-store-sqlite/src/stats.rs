@@ -88,6 +88,13 @@ impl Store {
                 }
                 total.add(duration, &status, cold);
             }
+            crate::record_batches::for_each_in_range(&conn, q.function.as_deref(), q.since_ms, until_ms, |r| {
+                let i = (r.start_ms.saturating_sub(q.since_ms) / bucket_ms) as usize;
+                if let Some(acc) = accs.get_mut(i) {
+                    acc.add(r.duration_ms, r.status.as_str(), r.cold);
+                }
+                total.add(r.duration_ms, r.status.as_str(), r.cold);
+            })?;
         }
         let buckets = accs
             .into_iter()
