@@ -150,7 +150,7 @@ impl WasmInstance {
     }
 
     /// The kept instance (or the one made at start), taken for one request.
-    fn take_ready(&self) -> Option<(Store<Host>, Proxy)> {
+    pub(crate) fn take_ready(&self) -> Option<(Store<Host>, Proxy)> {
         self.ready.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
