@@ -355,6 +355,7 @@ mod tests {
             instance_id: None,
             log: log.into(),
             log_frame: frame,
+            response_ms: None,
         }
     }
 

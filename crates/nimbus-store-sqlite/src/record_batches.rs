@@ -235,6 +235,7 @@ mod tests {
             instance_id: Some("i".into()),
             log: format!("START {id}\nEND {id}\n"),
             log_frame: None,
+            response_ms: None,
         }
     }
 
