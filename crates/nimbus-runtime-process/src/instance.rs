@@ -1488,7 +1488,7 @@ while True:
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(data.path());
         let mark = data.path().join("go");
-        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let i = stream_instance(&rt, data.path(), &mark).await;
         let r = i.invoke(event("stream", Duration::from_secs(10))).await.unwrap();
         let handle = r.stream.expect("a streamed result");
         let mut body = handle.take_body().unwrap();
@@ -1502,7 +1502,7 @@ while True:
         assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
         assert_eq!(done.log, "handling stream\n");
         assert_eq!(i.state(), InstanceState::Ready);
-        Box::new(i).shutdown().await;
+        Arc::new(i).shutdown().await;
     }
 
     #[tokio::test]
@@ -1510,7 +1510,7 @@ while True:
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(data.path());
         let mark = data.path().join("go");
-        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let i = stream_instance(&rt, data.path(), &mark).await;
         let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
         assert!(matches!(&r.outcome, InvokeOutcome::Success(b) if b.as_ref() == b"early"), "the response at once");
         let handle = r.stream.expect("an early result");
@@ -1528,7 +1528,7 @@ while True:
         let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
         let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
         assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
-        Box::new(i).shutdown().await;
+        Arc::new(i).shutdown().await;
     }
 
     #[tokio::test]
@@ -1536,7 +1536,7 @@ while True:
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(data.path());
         let mark = data.path().join("go");
-        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let i = stream_instance(&rt, data.path(), &mark).await;
         let r = i.invoke(event("hang", Duration::from_millis(500))).await.unwrap();
         let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
         match done.outcome {
@@ -1544,7 +1544,7 @@ while True:
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
-        Box::new(i).shutdown().await;
+        Arc::new(i).shutdown().await;
     }
 
     #[test]
