@@ -7,7 +7,7 @@
 //! result carries the whole body in `InvokeOutcome::Success` and `InvokeResult::stream` is
 //! `None`; no channel or task is made. For a streamed response the runtime:
 //! 1. makes a channel with [`response_stream`] (its cap is the function's `max_stream_bytes`),
-//!    and a [`oneshot`](tokio::sync::oneshot) for the [`Completion`];
+//!    and a `tokio::sync::oneshot` for the [`Completion`];
 //! 2. returns `Ok(InvokeResult)` with `outcome = Success(Bytes::new())` (a placeholder: the
 //!    body is in the stream), `http` set to the head when the function gave one (status and
 //!    headers: a wasm response, a Node `HttpResponseStream.from(…)` prelude), `duration` = time

@@ -253,7 +253,7 @@ impl ProcessRuntime {
 
 #[async_trait]
 impl Runtime for ProcessRuntime {
-    /// Python functions: compile their modules once per artifact (see [`pycache`]).
+    /// Python functions: compile their modules once per artifact (see the `pycache` module).
     async fn prepare(&self, function: &FunctionVersion) -> Result<(), nimbus_core::PrepareError> {
         if let Some(python) = &self.python {
             let seen = if self.sandbox.is_some() { Path::new(sandbox::TASK_ROOT) } else { &function.code_path };
