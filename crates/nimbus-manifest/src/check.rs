@@ -528,7 +528,8 @@ fn concurrency(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>)
         );
         return None;
     }
-    let streaming = k.get("response_mode").is_some_and(|m| matches!(m.get_ref(), DeValue::String(s) if s == "streaming"));
+    let streaming =
+        k.get("response_mode").is_some_and(|m| matches!(m.get_ref(), DeValue::String(s) if s == "streaming"));
     if n > 1 && streaming {
         cx.err(
             cv.span(),

@@ -749,7 +749,8 @@ mod tests {
     async fn a_buffered_function_that_streams_gets_its_body_collected() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (shared, next_tx) = Shared::new(ApiLimits { max_response: 1024, max_stream: 64, streaming: false, concurrency: 1 }, None);
+        let (shared, next_tx) =
+            Shared::new(ApiLimits { max_response: 1024, max_stream: 64, streaming: false, concurrency: 1 }, None);
         let server = tokio::spawn(serve(Listener::Tcp(listener), shared.clone()));
         let api = Api { addr, shared, next_tx, server };
         let rx = api.pending("r1");

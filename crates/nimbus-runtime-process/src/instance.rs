@@ -303,10 +303,7 @@ impl ProcessInstance {
 
     /// Make `inv` pending and queue its event for the runtime's `/next`. Returns where the
     /// completion will arrive, when the handler's time started, and the limits' baseline.
-    async fn hand_over(
-        &self,
-        inv: &Invocation,
-    ) -> Result<(Replies, Instant, Baseline), InstanceError> {
+    async fn hand_over(&self, inv: &Invocation) -> Result<(Replies, Instant, Baseline), InstanceError> {
         self.shared.abort.send_replace(None);
         let replies = self.shared.add_pending(&inv.request_id);
         let timeout_ms = u64::try_from(inv.timeout.as_millis()).unwrap_or(u64::MAX);
@@ -557,7 +554,6 @@ impl ProcessInstance {
             stream: Some(nimbus_core::StreamHandle::new(body, completion)),
         }
     }
-
 
     fn exited(&self) -> bool {
         self.exit_rx.borrow().is_some()

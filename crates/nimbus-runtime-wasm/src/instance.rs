@@ -523,7 +523,9 @@ impl Instance for WasmInstance {
     }
 
     fn state(&self) -> InstanceState {
-        if self.dead.load(std::sync::atomic::Ordering::Acquire) || self.shared.dead.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.dead.load(std::sync::atomic::Ordering::Acquire)
+            || self.shared.dead.load(std::sync::atomic::Ordering::SeqCst)
+        {
             InstanceState::Dead
         } else {
             InstanceState::Ready
