@@ -229,6 +229,12 @@ pub struct Pool {
     /// The adaptive keep-alive's current windows (`keep_alive = "adaptive"` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive_keep_alive: Option<AdaptiveKeepAlive>,
+    /// Invocations running now over all instances (absent from older servers: read as 0).
+    #[serde(default)]
+    pub in_flight: u32,
+    /// The function's `concurrency`: invocations one instance runs at once (older servers: 1).
+    #[serde(default = "one")]
+    pub concurrency: u32,
 }
 
 /// The windows the adaptive keep-alive applies now to one function.
@@ -245,11 +251,18 @@ pub struct AdaptiveKeepAlive {
     pub samples: u64,
 }
 
+fn one() -> u32 {
+    1
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
     pub id: String,
     pub pid: Option<u32>,
     pub state: InstanceState,
+    /// Invocations running on it now (absent from older servers: read as 0).
+    #[serde(default, rename = "inFlight")]
+    pub in_flight: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -550,10 +563,16 @@ pub struct Prices {
 pub struct FunctionUsage {
     pub function: String,
     pub requests: u64,
+    /// GB-seconds billed: per invocation, or for a function with `concurrency > 1` per
+    /// instance-second busy (any invocation running).
     pub gb_seconds: f64,
     pub request_cost: f64,
     pub compute_cost: f64,
     pub cost: f64,
+    /// GB-seconds summed per invocation (what one instance per invocation would bill); above
+    /// `gb_seconds` when invocations shared instances. Older servers: absent, read as 0.
+    #[serde(default)]
+    pub invocation_gb_seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -572,6 +591,9 @@ pub struct UsageTotal {
     pub requests: u64,
     pub gb_seconds: f64,
     pub cost: f64,
+    /// GB-seconds summed per invocation (see [`FunctionUsage::invocation_gb_seconds`]).
+    #[serde(default)]
+    pub invocation_gb_seconds: f64,
 }
 
 /// What always-on servers would have cost over the same period.
@@ -795,8 +817,10 @@ mod tests {
         assert_eq!(serde_json::to_string(&q).unwrap(), r#"{"depth":1,"recoveredAtStart":2}"#);
         let e = ErrorBody { error: "x".into(), errors: None, code: None };
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"error":"x"}"#);
-        let i = InstanceInfo { id: "i".into(), pid: Some(7), state: InstanceState::Busy };
-        assert_eq!(serde_json::to_string(&i).unwrap(), r#"{"id":"i","pid":7,"state":"busy"}"#);
+        let i = InstanceInfo { id: "i".into(), pid: Some(7), state: InstanceState::Busy, in_flight: 3 };
+        assert_eq!(serde_json::to_string(&i).unwrap(), r#"{"id":"i","pid":7,"state":"busy","inFlight":3}"#);
+        let old: InstanceInfo = serde_json::from_str(r#"{"id":"i","pid":7,"state":"busy"}"#).unwrap();
+        assert_eq!(old.in_flight, 0, "an older server's answer still reads");
     }
 
     #[test]

@@ -13,13 +13,15 @@
 //! keep-alive policies (fixed and adaptive) in simulation: cold starts and idle instance time.
 //! `nimbus-bench stream` measures server-sent events: function write → client, beside `wasmtime
 //! serve`.
+//! `nimbus-bench fluid` measures in-instance concurrency: an I/O-bound function at a fixed rate
+//! with `concurrency = 100` vs `1` (instances and GB-seconds billed).
 //! `nimbus-bench density` deploys 10,000 wasm functions and holds 1,000 warm instances: RSS, and
 //! bytes per function and per instance.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive, stream, density
+//     keepalive, stream, fluid, density
 //   density → wasm (the component), bare_hyper (its greeting)
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
@@ -36,6 +38,7 @@ mod density;
 mod events;
 mod eventsreport;
 mod fixture;
+mod fluid;
 #[cfg(test)]
 mod golden;
 mod keepalive;
@@ -108,6 +111,9 @@ enum Command {
     /// Server-sent events: the time from the function writing an event to the client holding
     /// it, nimbus (a streaming wasm function) beside `wasmtime serve` on the same component.
     Stream(stream::StreamArgs),
+    /// In-instance concurrency: an I/O-bound Node function (awaits a 100 ms upstream) at 500
+    /// req/s, `concurrency = 100` vs `concurrency = 1`: instances used and GB-seconds billed.
+    Fluid(fluid::FluidArgs),
     /// Density: 10,000 deployed wasm functions (one small component shared) and 1,000 warm
     /// instances in one `nimbus up`: RSS, bytes per function and per instance, against a
     /// one-function baseline.
@@ -145,6 +151,7 @@ fn run() -> Result<()> {
         Command::Events(args) => rt.block_on(events::run(args)),
         Command::Keepalive(args) => keepalive::run(args),
         Command::Stream(args) => rt.block_on(stream::run(args)),
+        Command::Fluid(args) => rt.block_on(fluid::run(args)),
         Command::Density(args) => rt.block_on(density::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),

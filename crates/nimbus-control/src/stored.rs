@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | 0 | nimbus 0.1 before formats were numbered | the same JSON as format 1 |
 //! | 1 | nimbus since the registry seam | [`StoredDeploymentV1`] |
-//! | 2 | nimbus since the sandbox | [`StoredDeploymentV2`]: V1 plus each function's `ephemeral_storage_mb` and `grants` |
+//! | 2 | nimbus since the sandbox | [`StoredDeploymentV2`]: V1 plus each function's `ephemeral_storage_mb` and `grants` (and `concurrency`, added later with a default of 1, so it needs no new format) |
 //!
 //! Format 1 was defined as exactly the JSON that release 0.1 wrote (serialized domain types),
 //! so rows written before the numbering (format 0) read through the same structs. A change to
@@ -244,6 +244,17 @@ pub struct StoredFunctionV2 {
     /// The streamed-response cap in bytes; absent = the default (20 MB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_stream_bytes: Option<u64>,
+    /// Invocations one instance runs at once; rows written before the key existed read as 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub concurrency: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -312,6 +323,7 @@ impl From<StoredDeploymentV1> for StoredDeploymentV2 {
                     code_digest: f.code_digest,
                     response_mode: None,
                     max_stream_bytes: None,
+                    concurrency: 1,
                 })
                 .collect(),
             routes: v.routes,
@@ -405,6 +417,7 @@ impl From<&DeploymentContent> for StoredDeploymentV2 {
                         .then(|| spec.response_mode.as_str().to_owned()),
                     max_stream_bytes: (spec.max_stream_bytes != DEFAULT_MAX_STREAM_BYTES)
                         .then_some(spec.max_stream_bytes),
+                    concurrency: spec.concurrency,
                 })
                 .collect(),
             routes: c.routes.iter().map(Into::into).collect(),
@@ -430,6 +443,7 @@ impl TryFrom<StoredDeploymentV2> for DeploymentContent {
                 spec.ephemeral_storage_mb = f.ephemeral_storage_mb;
                 spec.grants = Grants::try_from(f.grants)?;
                 (spec.response_mode, spec.max_stream_bytes) = stored_response(f.response_mode, f.max_stream_bytes)?;
+                spec.concurrency = f.concurrency;
                 Ok((spec, f.code_digest))
             })
             .collect::<Result<_, FormatError>>()?;
@@ -582,6 +596,7 @@ impl TryFrom<StoredSpecV1> for FunctionSpec {
             keep_alive_policy,
             response_mode: Default::default(),
             max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
+            concurrency: 1,
         })
     }
 }
@@ -841,6 +856,18 @@ mod tests {
         assert!(
             body.contains("\"ephemeral_storage_mb\":2048") && body.contains("\"grants\":{\"functions\":[\"audit\"]}")
         );
+        assert_eq!(decode(2, &body).unwrap(), c);
+    }
+
+    #[test]
+    fn concurrency_round_trips_and_rows_without_it_read_as_one() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert_eq!(c.functions[0].0.concurrency, 1, "rows written before the key read as 1");
+        let plain = encode(&c).unwrap();
+        assert!(!plain.contains("concurrency"), "the default is not written: {plain}");
+        c.functions[0].0.concurrency = 100;
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"concurrency\":100"), "{body}");
         assert_eq!(decode(2, &body).unwrap(), c);
     }
 

@@ -79,6 +79,9 @@ pub struct FunctionSpec {
     /// Largest streamed response body, in bytes (`max_stream_bytes`, default 20 MB); past it the
     /// stream ends as Lambda's does (`Function.ResponseSizeTooLarge`).
     pub max_stream_bytes: u64,
+    /// How many invocations one instance runs at once (1..=1000; 1 for wasm). Above 1 the
+    /// instance is billed per busy instance-second instead of per invocation.
+    pub concurrency: u32,
 }
 
 /// How long a function's idle instances are kept (the manifest's `keep_alive`).

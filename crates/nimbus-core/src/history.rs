@@ -48,6 +48,21 @@ pub struct UsageRow {
     pub requests: u64,
     /// MB × billed milliseconds; GB-seconds = mb_ms / 1024 / 1000.
     pub mb_ms: u64,
+    /// MB × milliseconds its instances were busy, for functions with `concurrency > 1` (0 for
+    /// the others): such a function is billed this instead of `mb_ms`.
+    pub instance_mb_ms: u64,
+}
+
+impl UsageRow {
+    /// What the hour is billed in MB × ms: instance time when the function ran invocations side
+    /// by side on its instances (`concurrency > 1`), else per invocation.
+    pub fn billed_mb_ms(&self) -> u64 {
+        if self.instance_mb_ms > 0 {
+            self.instance_mb_ms
+        } else {
+            self.mb_ms
+        }
+    }
 }
 
 /// Storage use of one bucket or KV namespace in one hour (see [`crate::meter`]).

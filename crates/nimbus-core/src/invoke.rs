@@ -285,6 +285,22 @@ impl InvocationRecord {
 /// implementations must not block: queue the record and return.
 pub trait Recorder: Send + Sync + 'static {
     fn record(&self, record: InvocationRecord);
+
+    /// An instance of a function with `concurrency > 1` was busy (one invocation or more
+    /// running) for one period, which is how such a function is billed: per instance-second
+    /// busy, not per invocation. Reported by the pool when the instance goes back to no
+    /// invocation (or stops); the store adds it to the hour's usage.
+    fn instance_busy(&self, _busy: InstanceBusy) {}
+}
+
+/// One busy period of an instance (see [`Recorder::instance_busy`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceBusy {
+    pub function: String,
+    pub memory_mb: u32,
+    /// When the period ended (Unix ms); it counts in that hour.
+    pub end_ms: u64,
+    pub busy: std::time::Duration,
 }
 
 /// Something that looks at every finished invocation before it is stored (metrics, traces).
@@ -305,6 +321,10 @@ impl Recorder for Observed {
             o.observe(&record);
         }
         self.store.record(record);
+    }
+
+    fn instance_busy(&self, busy: InstanceBusy) {
+        self.store.instance_busy(busy);
     }
 }
 

@@ -36,8 +36,8 @@ pub use function::{
 };
 pub use history::{History, HistoryError};
 pub use invoke::{
-    ColdStart, FunctionErrorKind, HttpRequestHead, HttpResponseHead, Invocation, InvocationRecord, InvocationStatus,
-    InvokeOutcome, InvokeResult, Observed, Observer, Recorder, Trigger,
+    ColdStart, FunctionErrorKind, HttpRequestHead, HttpResponseHead, InstanceBusy, Invocation, InvocationRecord,
+    InvocationStatus, InvokeOutcome, InvokeResult, Observed, Observer, Recorder, Trigger,
 };
 pub use kv::{KvError, KvStore};
 pub use objects::{ObjectError, ObjectStore};

@@ -25,7 +25,7 @@ impl PoolCounts {
 /// What to do with a request that wants an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// Take an idle (warm) instance now.
+    /// Take a warm instance now: an idle one, or (`concurrency > 1`) one with a free slot.
     UseIdle,
     /// Queue, and start one more instance: fewer are starting than are waiting, and the cap allows it.
     StartAndWait,
@@ -35,16 +35,35 @@ pub enum Admission {
     Throttle,
 }
 
-/// Decide how to serve one more request. Coalescing lives here: a new instance is started only
-/// when the instances already starting are fewer than the requests that will want them.
+/// Decide how to serve one more request when each instance runs one invocation at a time.
+/// Coalescing lives here: a new instance is started only when the instances already starting
+/// are fewer than the requests that will want them.
 pub fn admit(counts: PoolCounts, max_instances: u32, max_queued: u32) -> Admission {
-    if counts.idle > 0 {
+    admit_slots(counts, Slots { free: counts.idle, concurrency: 1 }, max_instances, max_queued)
+}
+
+/// The invocation slots of a pool's running instances (`concurrency` per instance).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slots {
+    /// Slots free on instances that are running (idle, or busy below `concurrency`).
+    pub free: u32,
+    /// Invocations one instance runs at once (the function's `concurrency`, at least 1).
+    pub concurrency: u32,
+}
+
+/// Decide how to serve one more request with `concurrency` invocations per instance: onto an
+/// instance with a free slot (`UseIdle`) before another instance is started; an instance
+/// starting will take `concurrency` of the waiting requests, so one more starts only when those
+/// starting cannot take them all. With `concurrency = 1` this is [`admit`].
+pub fn admit_slots(counts: PoolCounts, slots: Slots, max_instances: u32, max_queued: u32) -> Admission {
+    if slots.free > 0 {
         return Admission::UseIdle;
     }
-    if counts.starting <= counts.waiting && counts.instances() < max_instances {
+    let coming = counts.starting.saturating_mul(slots.concurrency.max(1));
+    if coming <= counts.waiting && counts.instances() < max_instances {
         return Admission::StartAndWait;
     }
-    if counts.waiting >= max_queued.saturating_add(counts.starting) {
+    if counts.waiting >= max_queued.saturating_add(coming) {
         return Admission::Throttle;
     }
     Admission::Wait
@@ -361,6 +380,52 @@ mod tests {
         for (counts, max, queued, want) in table {
             assert_eq!(admit(counts, max, queued), want, "{counts:?} max={max} queued={queued}");
         }
+    }
+
+    #[test]
+    fn slots_are_filled_before_another_instance_starts() {
+        let s = |free, concurrency| Slots { free, concurrency };
+        let table = [
+            // A busy instance with a free slot takes the request: no new instance.
+            (c(0, 1, 0, 0), s(3, 4), 10, 100, Admission::UseIdle),
+            // Every slot taken, nothing starting: start one.
+            (c(0, 2, 0, 0), s(0, 4), 10, 100, Admission::StartAndWait),
+            // One starting will take 4 waiters: the first 4 wait for it …
+            (c(0, 2, 1, 3), s(0, 4), 10, 100, Admission::Wait),
+            // … and the fifth starts another.
+            (c(0, 2, 1, 4), s(0, 4), 10, 100, Admission::StartAndWait),
+            // At max_instances with every slot busy: queue, then throttle past max_queued.
+            (c(0, 2, 0, 5), s(0, 100), 2, 10, Admission::Wait),
+            (c(0, 2, 0, 10), s(0, 100), 2, 10, Admission::Throttle),
+            // Slots starting count towards the queue's room.
+            (c(0, 1, 1, 12), s(0, 4), 2, 10, Admission::Wait),
+            (c(0, 1, 1, 14), s(0, 4), 2, 10, Admission::Throttle),
+        ];
+        for (counts, slots, max, queued, want) in table {
+            assert_eq!(admit_slots(counts, slots, max, queued), want, "{counts:?} {slots:?} max={max} queued={queued}");
+        }
+        // Concurrency 1 is `admit` exactly.
+        for counts in [c(0, 0, 0, 0), c(1, 0, 0, 0), c(0, 3, 1, 0), c(0, 3, 1, 1), c(0, 4, 0, 7), c(0, 4, 0, 8)] {
+            assert_eq!(admit_slots(counts, s(counts.idle, 1), 4, 8), admit(counts, 4, 8), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn a_burst_onto_a_cold_pool_with_concurrency_starts_one_instance_per_concurrency_requests() {
+        let mut counts = PoolCounts::default();
+        let mut started = 0;
+        for _ in 0..250 {
+            match admit_slots(counts, Slots { free: 0, concurrency: 100 }, 10, 1000) {
+                Admission::StartAndWait => {
+                    started += 1;
+                    counts.starting += 1;
+                    counts.waiting += 1;
+                }
+                Admission::Wait => counts.waiting += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(started, 3, "250 requests at 100 per instance need 3 instances");
     }
 
     #[test]

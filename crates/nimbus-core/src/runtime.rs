@@ -5,11 +5,14 @@
 //!    waiting and no instance is idle, or `min_instances` is not met). It returns once the
 //!    instance is ready for its first invocation (for process runtimes: the runtime has asked
 //!    for its first event), or with the init failure.
-//! 2. `Instance::invoke` is called once per invocation, never concurrently on one instance
-//!    (the pool hands an instance to one request at a time). It returns the outcome or an
-//!    `InstanceError`; after an error `state()` tells whether the instance can be reused.
+//! 2. `Instance::invoke` is called once per invocation, on as many invocations at once as the
+//!    function's `concurrency` (1: one at a time, as in Lambda; above 1 the pool hands one
+//!    instance to several requests, as Lambda Managed Instances and Vercel's Fluid compute do).
+//!    It returns the outcome or an `InstanceError`; after an error `state()` tells whether the
+//!    instance can be reused. An instance that dies fails every invocation it was running.
 //! 3. `Instance::shutdown` is called exactly once when the pool reclaims the instance (idle
-//!    past keep-alive, a newer deployment, server shutdown) or after it died. It must leave no
+//!    past keep-alive, a newer deployment, server shutdown) or after it died, with no
+//!    invocation running on it. It must leave no
 //!    process, file descriptor or temp file behind.
 
 use std::sync::Arc;
@@ -122,7 +125,7 @@ pub enum InstanceState {
 
 /// A running copy of one function version.
 #[async_trait]
-pub trait Instance: Send + 'static {
+pub trait Instance: Send + Sync + 'static {
     fn id(&self) -> &str;
     /// The OS process id, for process runtimes.
     fn pid(&self) -> Option<u32>;
@@ -130,12 +133,14 @@ pub trait Instance: Send + 'static {
     /// first invocation).
     fn cold_start(&self) -> ColdStart;
     /// Output the instance wrote while initialising (prepended to the first invocation's log).
-    fn take_init_log(&mut self) -> String;
+    fn take_init_log(&self) -> String;
     fn state(&self) -> InstanceState;
-    /// Run one invocation to completion. `InvokeResult::cold` is left `None`: the pool fills it.
-    async fn invoke(&mut self, invocation: Invocation) -> Result<InvokeResult, InstanceError>;
-    /// Stop the instance and release everything it holds.
-    async fn shutdown(self: Box<Self>);
+    /// Run one invocation to completion, possibly beside others on the same instance (up to the
+    /// function's `concurrency`). `InvokeResult::cold` is left `None`: the pool fills it.
+    async fn invoke(&self, invocation: Invocation) -> Result<InvokeResult, InstanceError>;
+    /// Stop the instance and release everything it holds. Called once, after the last
+    /// invocation on it ended; the pool's handle is the last one left.
+    async fn shutdown(self: Arc<Self>);
 }
 
 /// Why an instance could not be started.

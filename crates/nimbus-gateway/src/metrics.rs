@@ -390,13 +390,17 @@ impl Metrics {
             }
             waiting.get_or_create(&v).set(i64::from(p.waiting));
             let f = FunctionLabels { function: p.function.clone() };
-            concurrency.get_or_create(&f).inc_by(i64::from(p.busy));
+            concurrency.get_or_create(&f).inc_by(i64::from(p.in_flight));
             limit.get_or_create(&f).set(i64::from(p.max_instances));
         }
         reg.register("cold_starts", "Instances started (cold starts), by function version", cold_starts);
         reg.register("instances", "Instances by function version and state", instances);
         reg.register("queued_requests", "Requests waiting for an instance", waiting);
-        reg.register("concurrency", "Invocations running now (busy instances)", concurrency);
+        reg.register(
+            "concurrency",
+            "Invocations running now (on busy instances, several per instance with concurrency > 1)",
+            concurrency,
+        );
         reg.register("concurrency_limit", "max_instances of the live version", limit);
         register_keepalive(&mut reg, s.pools);
 

@@ -488,6 +488,7 @@ fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
                     nimbus_scheduler::InstanceStatus::Busy => api::InstanceState::Busy,
                     nimbus_scheduler::InstanceStatus::Idle => api::InstanceState::Idle,
                 },
+                in_flight: i.in_flight,
             })
             .collect(),
         adaptive_keep_alive: p.adaptive.map(|w| {
@@ -499,6 +500,8 @@ fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
                 samples: w.samples,
             }
         }),
+        in_flight: p.in_flight,
+        concurrency: p.concurrency,
     }
 }
 

@@ -92,19 +92,21 @@ fn prices(p: &Pricing) -> Prices {
     }
 }
 
-/// Sum `rows` in the window per function and per (bucket, function).
-type Sums<'a> = (BTreeMap<&'a str, (u64, u64)>, BTreeMap<(u64, &'a str), (u64, u64)>);
+/// Sum `rows` in the window per function (requests, billed MB-ms, per-invocation MB-ms) and
+/// per (bucket, function) (requests, billed MB-ms).
+type Sums<'a> = (BTreeMap<&'a str, (u64, u64, u64)>, BTreeMap<(u64, &'a str), (u64, u64)>);
 
 fn sums<'a>(q: &UsageQuery, rows: &'a [UsageRow]) -> Sums<'a> {
-    let mut per_fn: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut per_fn: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     let mut buckets: BTreeMap<(u64, &str), (u64, u64)> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.hour_ms + HOUR_MS > q.since_ms && r.hour_ms <= q.until_ms) {
         let f = per_fn.entry(&r.function).or_default();
         f.0 += r.requests;
-        f.1 += r.mb_ms;
+        f.1 += r.billed_mb_ms();
+        f.2 += r.mb_ms;
         let b = buckets.entry((r.hour_ms - r.hour_ms % q.bucket_ms, &r.function)).or_default();
         b.0 += r.requests;
-        b.1 += r.mb_ms;
+        b.1 += r.billed_mb_ms();
     }
     (per_fn, buckets)
 }
@@ -115,17 +117,20 @@ pub(crate) fn report(q: &UsageQuery, rows: &[UsageRow]) -> UsageReport {
     let (per_fn, buckets) = sums(q, rows);
     let functions: Vec<FunctionUsage> = per_fn
         .iter()
-        .map(|(name, &(requests, mb_ms))| {
+        .map(|(name, &(requests, mb_ms, invocation_mb_ms))| {
             let gb_seconds = gb_seconds(mb_ms);
             let (request_cost, compute_cost) = cost(p, requests, gb_seconds);
             let cost = request_cost + compute_cost;
-            FunctionUsage { function: (*name).to_owned(), requests, gb_seconds, request_cost, compute_cost, cost }
+            let invocation_gb_seconds = self::gb_seconds(invocation_mb_ms);
+            let function = (*name).to_owned();
+            FunctionUsage { function, requests, gb_seconds, request_cost, compute_cost, cost, invocation_gb_seconds }
         })
         .collect();
     let total = UsageTotal {
         requests: functions.iter().map(|f| f.requests).sum(),
         gb_seconds: functions.iter().map(|f| f.gb_seconds).sum(),
         cost: functions.iter().map(|f| f.cost).sum(),
+        invocation_gb_seconds: functions.iter().map(|f| f.invocation_gb_seconds).sum(),
     };
     let buckets = buckets
         .iter()
@@ -240,7 +245,7 @@ mod tests {
     use super::*;
 
     fn row(function: &str, hour_ms: u64, requests: u64, mb_ms: u64) -> UsageRow {
-        UsageRow { function: function.into(), hour_ms, requests, mb_ms }
+        UsageRow { function: function.into(), hour_ms, requests, mb_ms, instance_mb_ms: 0 }
     }
 
     #[test]
@@ -258,6 +263,23 @@ mod tests {
         // 2 servers × $0.0416 × 48 h
         assert!((v.always_on.cost - 3.9936).abs() < 1e-9);
         assert_eq!(v.functions.len(), 1, "rows before `since` are left out");
+    }
+
+    #[test]
+    fn a_function_with_busy_instance_time_is_billed_by_it_and_shows_both() {
+        let now = 10 * DAY_MS;
+        let q = parse_query(|_| None, now, Pricing::default()).unwrap();
+        // 1,000 invocations of 1024 MB × 100 ms side by side on an instance busy 10 s in all.
+        let fluid = UsageRow { instance_mb_ms: 1024 * 10_000, ..row("fluid", now - HOUR_MS, 1000, 1024 * 100 * 1000) };
+        let plain = row("plain", now - HOUR_MS, 10, 1024 * 1000);
+        let v = report(&q, &[fluid, plain]);
+        let (f, p) = (&v.functions[0], &v.functions[1]);
+        assert_eq!((f.function.as_str(), p.function.as_str()), ("fluid", "plain"));
+        assert!((f.gb_seconds - 10.0).abs() < 1e-9, "billed per instance-second: {}", f.gb_seconds);
+        assert!((f.invocation_gb_seconds - 100.0).abs() < 1e-9, "{}", f.invocation_gb_seconds);
+        assert!((f.compute_cost - 10.0 * Pricing::default().per_gb_second).abs() < 1e-12);
+        assert!((p.gb_seconds - 1.0).abs() < 1e-9 && (p.invocation_gb_seconds - 1.0).abs() < 1e-9);
+        assert!((v.total.gb_seconds - 11.0).abs() < 1e-9 && (v.total.invocation_gb_seconds - 101.0).abs() < 1e-9);
     }
 
     #[test]

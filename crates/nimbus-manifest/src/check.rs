@@ -42,6 +42,7 @@ pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "grants",
     "response_mode",
     "max_stream_bytes",
+    "concurrency",
 ];
 /// Keys only wasm functions take.
 const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
@@ -60,6 +61,7 @@ const RESERVED_ENV: &[&str] = &[
     "AWS_LAMBDA_LOG_STREAM_NAME",
     "AWS_LAMBDA_INITIALIZATION_TYPE",
     "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_MAX_CONCURRENCY",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
 ];
@@ -332,6 +334,7 @@ fn function(
     let allowed_outbound_hosts = outbound_hosts(cx, &k);
     let grants = grants_of(cx, &k, refs);
     let response = crate::response::response_keys(cx, k.get("response_mode"), k.get("max_stream_bytes"), field);
+    let concurrency = concurrency(cx, &k, runtime);
 
     if cx.error_count() > before {
         return None;
@@ -360,6 +363,7 @@ fn function(
         keep_alive_policy,
         response_mode: response?.0,
         max_stream_bytes: response?.1,
+        concurrency: concurrency?,
     };
     Some((spec, loc))
 }
@@ -507,6 +511,36 @@ fn ephemeral_storage(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<Runtime
         return None;
     }
     cx.u32(ev, &k.f("ephemeral_storage_mb"), 512, 10_240)
+}
+
+/// `concurrency`: invocations one instance runs at once (1–1000). A wasm function takes a fresh
+/// store per request, which is cheap, so it has no use for more than 1.
+fn concurrency(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> Option<u32> {
+    let Some(cv) = k.get("concurrency") else { return Some(1) };
+    let n = cx.u32(cv, &k.f("concurrency"), 1, 1000)?;
+    if n > 1 && runtime == Some(RuntimeKind::Wasm) {
+        cx.err(
+            cv.span(),
+            &k.f("concurrency"),
+            format!(
+                "a wasm function runs each request in its own store, so concurrency = {n} buys nothing; remove the key (raise max_instances for more requests at once)"
+            ),
+        );
+        return None;
+    }
+    let streaming =
+        k.get("response_mode").is_some_and(|m| matches!(m.get_ref(), DeValue::String(s) if s == "streaming"));
+    if n > 1 && streaming {
+        cx.err(
+            cv.span(),
+            &k.f("concurrency"),
+            format!(
+                "response_mode = \"streaming\" runs one invocation per instance for now, so concurrency = {n} cannot apply; remove concurrency (or use response_mode = \"buffered\")"
+            ),
+        );
+        return None;
+    }
+    Some(n)
 }
 
 /// How many instances a function may have, how long idle ones live, and how requests wait.

@@ -17,6 +17,7 @@ env = { GREETING = "hi", N = 3 }
 min_instances = 1
 max_instances = 4
 keep_alive = "5m"
+concurrency = 64
 
 [functions.py]
 runtime = "python"
@@ -47,6 +48,7 @@ fn a_good_manifest_resolves_with_defaults() {
     let py = &m.functions["py"];
     assert_eq!(py.timeout, defaults::TIMEOUT);
     assert_eq!(py.max_instances, defaults::MAX_INSTANCES);
+    assert_eq!((hello.concurrency, py.concurrency), (64, 1), "concurrency defaults to 1");
     assert_eq!(m.routes[0].methods, Methods::List(vec!["GET".into(), "POST".into()]));
     assert_eq!(m.routes[1].host.as_deref(), Some("api.example.com"));
     assert_eq!(m.routes[1].matcher_path(), "/static/{*proxy}");

@@ -597,6 +597,7 @@ pub fn version(name: &str, max_instances: u32, policy: AsyncPolicy) -> Arc<Funct
         keep_alive_policy: Default::default(),
         response_mode: Default::default(),
         max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
+        concurrency: 1,
     };
     Arc::new(FunctionVersion {
         spec,

@@ -5,6 +5,7 @@
 //! instance hands events in through a channel and gets completions back through the pending
 //! slot. Request ids are checked, so a late response to an abandoned invocation is refused.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -73,6 +74,8 @@ pub(crate) struct ApiLimits {
     /// The function's `response_mode` is streaming: streamed bodies are forwarded as they
     /// arrive (else collected, up to `max_response`).
     pub streaming: bool,
+    /// The function's `concurrency`: invocations in flight at once (several `/next` may wait).
+    pub concurrency: u32,
 }
 
 /// What the runtime reported on `/init/error`.
@@ -82,16 +85,17 @@ pub(crate) struct InitError {
     pub body: Bytes,
 }
 
+/// An invocation handed to the instance and not completed yet.
 pub(crate) struct Pending {
-    pub request_id: String,
     pub reply: oneshot::Sender<Completion>,
     /// Where the end of a streamed or early response goes.
     pub tail: oneshot::Sender<Tail>,
+    /// Set when the runtime takes its event from `/next`.
+    pub picked_up: bool,
 }
 
 /// An invocation whose response went out while background work runs: `/done` ends it.
 pub(crate) struct Finishing {
-    pub request_id: String,
     pub tail: oneshot::Sender<Tail>,
     pub response_end: std::time::Instant,
 }
@@ -99,14 +103,13 @@ pub(crate) struct Finishing {
 /// State shared between the instance and its Runtime API server.
 pub(crate) struct Shared {
     pub next_rx: Mutex<mpsc::Receiver<NextEvent>>,
-    pub pending: StdMutex<Option<Pending>>,
-    /// The invocation waiting for its background work (`waitUntil`), if any.
-    pub finishing: StdMutex<Option<Finishing>>,
+    /// The invocations in progress, by request id.
+    pub pending: StdMutex<HashMap<String, Pending>>,
+    /// The invocations waiting for their background work (`waitUntil`), by request id.
+    pub finishing: StdMutex<HashMap<String, Finishing>>,
     /// Set once the runtime first asks for work: init is over.
     pub ready: watch::Sender<bool>,
     pub init_error: watch::Sender<Option<InitError>>,
-    /// Set when the runtime takes the current event from `/next`.
-    pub picked_up: std::sync::atomic::AtomicBool,
     pub max_response: usize,
     /// Largest streamed response.
     pub max_stream: u64,
@@ -120,19 +123,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The state of a fresh instance, and the sender that hands it events.
+    /// The state of a fresh instance running up to `limits.concurrency` invocations at once,
+    /// and the sender that hands it events.
     pub(crate) fn new(
         limits: ApiLimits,
         services: Option<crate::services::Services>,
     ) -> (Arc<Shared>, mpsc::Sender<NextEvent>) {
-        let (next_tx, next_rx) = mpsc::channel(1);
+        let (next_tx, next_rx) = mpsc::channel(usize::try_from(limits.concurrency.max(1)).unwrap_or(1));
         let shared = Arc::new(Shared {
             next_rx: Mutex::new(next_rx),
-            pending: StdMutex::new(None),
-            finishing: StdMutex::new(None),
+            pending: StdMutex::new(HashMap::new()),
+            finishing: StdMutex::new(HashMap::new()),
             ready: watch::channel(false).0,
             init_error: watch::channel(None).0,
-            picked_up: std::sync::atomic::AtomicBool::new(false),
             max_response: limits.max_response,
             max_stream: limits.max_stream,
             streaming: limits.streaming,
@@ -140,6 +143,29 @@ impl Shared {
             services,
         });
         (shared, next_tx)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make `request_id` pending; its completion, and the end of a streamed or early
+    /// response, come through the receivers.
+    pub(crate) fn add_pending(&self, request_id: &str) -> (oneshot::Receiver<Completion>, oneshot::Receiver<Tail>) {
+        let (reply, rx) = oneshot::channel();
+        let (tail, tail_rx) = oneshot::channel();
+        self.pending().insert(request_id.to_owned(), Pending { reply, tail, picked_up: false });
+        (rx, tail_rx)
+    }
+
+    /// Forget `request_id` (it ended without a completion): a late one is refused.
+    pub(crate) fn remove_pending(&self, request_id: &str) {
+        self.pending().remove(request_id);
+    }
+
+    /// Whether the runtime has taken `request_id`'s event from `/next`.
+    pub(crate) fn picked_up(&self, request_id: &str) -> bool {
+        self.pending().get(request_id).is_some_and(|p| p.picked_up)
     }
 }
 
@@ -246,11 +272,18 @@ fn req_method_name(path: &str) -> &'static str {
 
 async fn next(shared: &Shared) -> Response<Full<Bytes>> {
     shared.ready.send_replace(true);
-    let mut rx = shared.next_rx.lock().await;
-    let Some(ev) = rx.recv().await else {
+    // Several `/next` may wait at once (concurrency > 1): they take the lock, and so the
+    // events, in turn.
+    let ev = {
+        let mut rx = shared.next_rx.lock().await;
+        rx.recv().await
+    };
+    let Some(ev) = ev else {
         return json(StatusCode::GONE, "InstanceStopping", "this instance is being stopped");
     };
-    shared.picked_up.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(p) = shared.pending().get_mut(&ev.request_id) {
+        p.picked_up = true;
+    }
     let mut resp = Response::new(Full::new(ev.payload));
     let h = resp.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/json"));
@@ -270,12 +303,7 @@ async fn next(shared: &Shared) -> Response<Full<Bytes>> {
 }
 
 pub(crate) fn take_pending(shared: &Shared, id: &str) -> Option<Pending> {
-    let mut slot = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.as_ref().is_some_and(|p| p.request_id == id) {
-        slot.take()
-    } else {
-        None
-    }
+    shared.pending().remove(id)
 }
 
 /// The nimbus-only header (or trailer) a runtime sets on its response when background work
@@ -289,27 +317,25 @@ pub(crate) fn wants_wait(headers: &http::HeaderMap) -> bool {
 
 /// Park the invocation until its `/done`.
 pub(crate) fn park(shared: &Shared, request_id: String, tail: oneshot::Sender<Tail>, response_end: std::time::Instant) {
-    *shared.finishing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finishing { request_id, tail, response_end });
+    let finishing = Finishing { tail, response_end };
+    shared.finishing.lock().unwrap_or_else(|e| e.into_inner()).insert(request_id, finishing);
 }
 
 /// `POST /invocation/{id}/done` (nimbus-only): the background work of `id` settled.
 fn done(shared: &Shared, id: String) -> Response<Full<Bytes>> {
-    let mut slot = shared.finishing.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.as_ref().is_none_or(|f| f.request_id != id) {
+    let Some(f) = shared.finishing.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) else {
         return json(
             StatusCode::BAD_REQUEST,
             "InvalidRequestID",
             &format!("request id {id} has no background work in progress (post /done once, after a response with {WAIT_UNTIL}: 1)"),
         );
-    }
-    if let Some(f) = slot.take() {
-        let _ = f.tail.send(Tail::Done { response_end: f.response_end });
-    }
+    };
+    let _ = f.tail.send(Tail::Done { response_end: f.response_end });
     accepted()
 }
 
 fn is_pending(shared: &Shared, id: &str) -> bool {
-    shared.pending.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|p| p.request_id == id)
+    shared.pending().contains_key(id)
 }
 
 async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Response<Full<Bytes>> {
@@ -407,7 +433,7 @@ mod tests {
     async fn api(max_response: usize) -> Api {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let limits = ApiLimits { max_response, max_stream: 64, streaming: true };
+        let limits = ApiLimits { max_response, max_stream: 64, streaming: true, concurrency: 4 };
         let (shared, next_tx) = Shared::new(limits, None);
         let server = tokio::spawn(serve(Listener::Tcp(listener), shared.clone()));
         Api { addr, shared, next_tx, server }
@@ -441,10 +467,7 @@ mod tests {
 
         /// Make `id` the invocation in progress; the receivers get its completion and its tail.
         fn pending_with_tail(&self, id: &str) -> (oneshot::Receiver<Completion>, oneshot::Receiver<Tail>) {
-            let (reply, rx) = oneshot::channel();
-            let (tail, tail_rx) = oneshot::channel();
-            *self.shared.pending.lock().unwrap() = Some(Pending { request_id: id.into(), reply, tail });
-            (rx, tail_rx)
+            self.shared.add_pending(id)
         }
     }
 
@@ -455,6 +478,7 @@ mod tests {
     #[tokio::test]
     async fn next_hands_out_the_event_with_the_lambda_headers_and_marks_init_over() {
         let api = api(1024).await;
+        let _rx = api.pending("r1");
         api.next_tx
             .send(NextEvent {
                 request_id: "r1".into(),
@@ -476,7 +500,52 @@ mod tests {
         assert_eq!(h("lambda-runtime-trace-id"), Some("Root=1-abc"));
         assert_eq!(h("lambda-runtime-client-context"), Some("ctx"));
         assert!(*api.shared.ready.borrow(), "the first /next ends init");
-        assert!(api.shared.picked_up.load(std::sync::atomic::Ordering::Acquire));
+        assert!(api.shared.picked_up("r1"));
+    }
+
+    fn event(id: &str) -> NextEvent {
+        NextEvent {
+            request_id: id.into(),
+            payload: Bytes::from(id.to_owned()),
+            deadline_ms: 1,
+            arn: "arn".into(),
+            trace_id: String::new(),
+            client_context: None,
+        }
+    }
+
+    /// Concurrency > 1: several `/next` wait at once, each gets its own event, and completions
+    /// in any order reach their own invocation.
+    #[tokio::test]
+    async fn concurrent_pollers_each_get_an_event_and_replies_are_matched_by_request_id() {
+        let api = Arc::new(api(1024).await);
+        let pollers: Vec<_> = (0..3)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move { api.send(Method::GET, &path("invocation/next"), &[], "").await })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for id in ["a", "b", "c"] {
+            replies.push((id, api.pending(id)));
+            api.next_tx.send(event(id)).await.unwrap();
+        }
+        let mut got = Vec::new();
+        for p in pollers {
+            let (status, headers, body) = p.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(headers.get("lambda-runtime-aws-request-id").unwrap().to_str().unwrap(), body);
+            got.push(body);
+        }
+        got.sort();
+        assert_eq!(got, ["a", "b", "c"], "every poller got a different event");
+        for id in ["c", "a", "b"] {
+            let (status, _, _) = api.send(Method::POST, &path(&format!("invocation/{id}/response")), &[], id).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+        }
+        for (id, rx) in replies {
+            assert!(matches!(rx.await.unwrap(), Completion::Response(b) if b.as_ref() == id.as_bytes()));
+        }
     }
 
     #[tokio::test]
@@ -680,7 +749,8 @@ mod tests {
     async fn a_buffered_function_that_streams_gets_its_body_collected() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let (shared, next_tx) = Shared::new(ApiLimits { max_response: 1024, max_stream: 64, streaming: false }, None);
+        let (shared, next_tx) =
+            Shared::new(ApiLimits { max_response: 1024, max_stream: 64, streaming: false, concurrency: 1 }, None);
         let server = tokio::spawn(serve(Listener::Tcp(listener), shared.clone()));
         let api = Api { addr, shared, next_tx, server };
         let rx = api.pending("r1");

@@ -29,6 +29,8 @@ pub(crate) struct Follow {
     pub exit_rx: watch::Receiver<Option<String>>,
     pub shared: Arc<Shared>,
     pub logs: Arc<LogTap>,
+    /// With `concurrency > 1`: who splits the instance's output, and this invocation's id.
+    pub attribution: Option<Attribution>,
     /// The process group to kill when the invocation has to be stopped.
     pub pid: u32,
     /// Set when the task stopped the instance.
@@ -99,7 +101,7 @@ impl Follow {
     }
 
     fn finish(self, outcome: Result<InvokeOutcome, InstanceError>, response: Option<Instant>) {
-        let log = drain(&self.logs, &self.shared);
+        let log = drain(&self.logs, &self.shared, self.attribution.as_ref());
         let outcome = outcome.map_err(|e| with_log(e, log.clone()));
         let duration = self.started.elapsed();
         let max_memory_mb =
@@ -115,21 +117,27 @@ impl Follow {
 
     fn stop(&self) {
         self.dead.store(true, Ordering::Release);
-        *self.shared.finishing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.finishing.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if self.pid > 0 {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
     }
 }
 
-/// The runtime's output since the last drain, then nimbus's notes (as `ProcessInstance`'s).
-pub(crate) fn drain(logs: &LogTap, shared: &Shared) -> String {
-    let mut log = logs.drain();
+/// The invocation's output since the last drain, then nimbus's notes (as `ProcessInstance`'s):
+/// with several invocations in flight, the lines the attribution gives it.
+type Attribution = (Arc<std::sync::Mutex<crate::attribution::Attribution>>, String);
+
+pub(crate) fn drain(logs: &LogTap, shared: &Shared, attribution: Option<&Attribution>) -> String {
+    let mut log = if attribution.is_some() { logs.drain_lines() } else { logs.drain() };
     for note in shared.services.as_ref().map(|s| s.take_notes()).unwrap_or_default() {
         log.push_str(&note);
         log.push('\n');
     }
-    log
+    match attribution {
+        Some((split, id)) => split.lock().unwrap_or_else(|e| e.into_inner()).end(id, &log),
+        None => log,
+    }
 }
 
 fn with_log(e: InstanceError, log: String) -> InstanceError {

@@ -15,11 +15,19 @@
 //!   function error `Runtime.CpuLimitExceeded`, the instance is dead;
 //! - nimbus itself dies: PR_SET_PDEATHSIG kills the runtime (the spawning thread is a tokio
 //!   worker, which lives as long as the process).
+//!
+//! With `concurrency > 1` several invocations run at once on the instance (`invoke` takes
+//! `&self`): each has its own pending entry, matched by request id, and its own timeout. Limits
+//! are the instance's: a timeout, `cpu_ms` (the instance's CPU time during the invocation, the
+//! other invocations' included) or running out of memory kills the instance, and a dead
+//! instance fails every invocation in flight (they get `Crashed`, saying which invocation's
+//! limit stopped it). Output is split among them by [`crate::attribution`].
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -34,7 +42,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::api::{self, Completion, NextEvent, Pending, Shared};
+use crate::api::{self, Completion, NextEvent, Shared};
+use crate::attribution::Attribution;
 use crate::limits::{self, InstanceCgroup};
 use crate::logs::LogTap;
 use crate::{sandbox, ProcessRuntime};
@@ -47,7 +56,7 @@ pub struct ProcessInstance {
     pid: u32,
     sandboxed: bool,
     cold_start: ColdStart,
-    init_log: String,
+    init_log: Mutex<String>,
     next_tx: mpsc::Sender<NextEvent>,
     shared: Arc<Shared>,
     exit_rx: watch::Receiver<Option<String>>,
@@ -56,7 +65,7 @@ pub struct ProcessInstance {
     scratch: PathBuf,
     stop_grace: Duration,
     max_response: usize,
-    last_max_memory_mb: u32,
+    last_max_memory_mb: AtomicU32,
     /// `/proc/PID/status` of the runtime process, for the peak resident set (Max Memory Used);
     /// opened once the runtime is ready (inside a sandbox it is bwrap's grandchild).
     proc_status: Option<std::fs::File>,
@@ -64,14 +73,25 @@ pub struct ProcessInstance {
     cgroup: Option<InstanceCgroup>,
     /// The instance's AWS key, revoked when the instance is dropped (after shutdown).
     credentials: Option<crate::services::Lease>,
-    /// At the start of the invocation in progress: CPU time used (ns) and OOM kills so far.
-    cpu_at_start: Option<u64>,
-    oom_at_start: u64,
-    dead: bool,
+    /// Invocations it runs at once (the function's `concurrency`).
+    concurrency: u32,
+    /// With `concurrency > 1`: the invocations in flight and the output attributed to each.
+    attribution: Arc<Mutex<Attribution>>,
+    /// Why the instance was stopped while invocations were in flight (one's timeout or limit),
+    /// for the others' errors.
+    stopped_by: Mutex<Option<String>>,
+    dead: AtomicBool,
     stopped: bool,
     /// Set by the task that follows an invocation past its response when it stopped the
     /// instance (see [`crate::follow`]).
     tail_dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// At the start of one invocation: CPU time used so far (ns) and OOM kills so far.
+#[derive(Clone, Copy)]
+struct Baseline {
+    cpu_ns: Option<u64>,
+    oom_kills: u64,
 }
 
 fn platform(context: &str) -> impl Fn(std::io::Error) -> StartError + '_ {
@@ -200,13 +220,14 @@ impl ProcessInstance {
         let pid = spawned.child.id().unwrap_or(0);
         guard.group = Some(pid);
         let logs = tap_logs(spawned.stdout, spawned.stderr, rt.limits.max_log_bytes)?;
+        let concurrency = function.spec.concurrency.max(1);
         let instance = ProcessInstance {
             id,
             function,
             pid,
             sandboxed: rt.sandbox.is_some(),
             cold_start: ColdStart { init: Duration::ZERO, instance_start: spawned_after },
-            init_log: String::new(),
+            init_log: Mutex::new(String::new()),
             next_tx: endpoint.next_tx,
             shared: endpoint.shared,
             exit_rx: watch_exit(spawned.child),
@@ -215,13 +236,14 @@ impl ProcessInstance {
             scratch: guard.scratch.clone(),
             stop_grace: rt.limits.stop_grace,
             max_response: rt.limits.max_response_bytes,
-            last_max_memory_mb: 0,
+            last_max_memory_mb: AtomicU32::new(0),
             proc_status: None,
             cgroup,
             credentials: endpoint.credentials,
-            cpu_at_start: None,
-            oom_at_start: 0,
-            dead: false,
+            concurrency,
+            attribution: Arc::default(),
+            stopped_by: Mutex::new(None),
+            dead: AtomicBool::new(false),
             stopped: false,
             tail_dead: Arc::default(),
         };
@@ -234,16 +256,16 @@ impl ProcessInstance {
         let init = self.wait_init(timeout).await;
         self.cold_start.init = began.elapsed();
         let Some((error_type, message)) = self.init_failure(init, timeout) else {
-            self.init_log = self.drain_log();
+            self.init_log = Mutex::new(self.logs.drain());
             let runtime = if self.sandboxed { runtime_pid(self.pid) } else { Some(self.pid) };
             self.proc_status = runtime.and_then(|p| std::fs::File::open(format!("/proc/{p}/status")).ok());
             return Ok(self);
         };
         self.kill();
         self.wait_exit(Duration::from_secs(1)).await;
-        let log = self.drain_log();
-        self.dead = true;
-        Box::new(self).shutdown().await;
+        let log = self.logs.drain();
+        self.dead.store(true, Ordering::Release);
+        self.stop().await;
         Err(StartError::InitFailed { error_type, message, log })
     }
 
@@ -279,15 +301,11 @@ impl ProcessInstance {
         }
     }
 
-    /// Make `inv` the pending invocation and queue its event for the runtime's `/next`.
-    /// Returns where the completion (and the end of a streamed or early response) will
-    /// arrive, and when the handler's time started.
-    async fn hand_over(&mut self, inv: &Invocation) -> Result<(Replies, Instant), InstanceError> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let (tail_tx, tail_rx) = oneshot::channel();
+    /// Make `inv` pending and queue its event for the runtime's `/next`. Returns where the
+    /// completion will arrive, when the handler's time started, and the limits' baseline.
+    async fn hand_over(&self, inv: &Invocation) -> Result<(Replies, Instant, Baseline), InstanceError> {
         self.shared.abort.send_replace(None);
-        *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Pending { request_id: inv.request_id.clone(), reply: reply_tx, tail: tail_tx });
+        let replies = self.shared.add_pending(&inv.request_id);
         let timeout_ms = u64::try_from(inv.timeout.as_millis()).unwrap_or(u64::MAX);
         let event = NextEvent {
             request_id: inv.request_id.clone(),
@@ -297,22 +315,30 @@ impl ProcessInstance {
             trace_id: inv.trace_id.clone(),
             client_context: inv.client_context.clone(),
         };
-        if self.function.spec.cpu_ms.is_some() {
-            self.cpu_at_start = self.cpu_ns();
+        let baseline = Baseline {
+            cpu_ns: if self.function.spec.cpu_ms.is_some() { self.cpu_ns() } else { None },
+            oom_kills: self.cgroup.as_ref().map_or(0, InstanceCgroup::oom_kills),
+        };
+        if self.concurrency > 1 {
+            self.attribution.lock().unwrap_or_else(|e| e.into_inner()).begin(&inv.request_id);
         }
-        self.oom_at_start = self.cgroup.as_ref().map_or(0, InstanceCgroup::oom_kills);
         let started = Instant::now();
-        self.shared.picked_up.store(false, std::sync::atomic::Ordering::Release);
         if self.next_tx.send(event).await.is_err() {
-            self.dead = true;
-            self.clear_pending();
+            self.dead.store(true, Ordering::Release);
+            self.shared.remove_pending(&inv.request_id);
+            let _ = self.drain_log(&inv.request_id);
             return Err(InstanceError::Platform("the instance's Runtime API is gone".into()));
         }
-        Ok(((reply_rx, tail_rx), started))
+        Ok((replies, started, baseline))
     }
 
     /// Whichever comes first: the runtime's answer, the process's exit, or the timeout.
-    async fn wait_end(&self, reply_rx: oneshot::Receiver<Completion>, timeout: Duration) -> Ended {
+    async fn wait_end(
+        &self,
+        reply_rx: oneshot::Receiver<Completion>,
+        timeout: Duration,
+        cpu_at_start: Option<u64>,
+    ) -> Ended {
         let mut exit_rx = self.exit_rx.clone();
         tokio::select! {
             biased;
@@ -321,15 +347,15 @@ impl ProcessInstance {
                 Err(_) => Ended::Crashed("the invocation was abandoned".into()),
             },
             e = exit_rx.wait_for(Option::is_some) => Ended::Crashed(e.map(|s| s.clone().unwrap_or_default()).unwrap_or_default()),
-            ms = self.cpu_exceeded() => Ended::CpuExceeded(ms),
+            ms = self.cpu_exceeded(cpu_at_start) => Ended::CpuExceeded(ms),
             _ = tokio::time::sleep(timeout) => Ended::TimedOut,
         }
     }
 
     /// Resolves once the invocation has used more than `cpu_ms` of CPU time; never without
     /// `cpu_ms`. Checked a few times per `cpu_ms` (5–50 ms apart); `wait_end`'s timeout bounds it.
-    async fn cpu_exceeded(&self) -> u32 {
-        let (Some(ms), Some(start)) = (self.function.spec.cpu_ms, self.cpu_at_start) else {
+    async fn cpu_exceeded(&self, cpu_at_start: Option<u64>) -> u32 {
+        let (Some(ms), Some(start)) = (self.function.spec.cpu_ms, cpu_at_start) else {
             return std::future::pending().await;
         };
         let limit = u64::from(ms) * 1_000_000;
@@ -350,9 +376,9 @@ impl ProcessInstance {
     /// Whether the runtime's exit (`status`, with the output `log`) was running out of memory:
     /// the cgroup's OOM killer fired during the invocation; in rlimit mode, the runtime died of
     /// a failed allocation (killed, or its last words say so).
-    fn out_of_memory(&self, status: &str, log: &str) -> bool {
+    fn out_of_memory(&self, status: &str, log: &str, oom_at_start: u64) -> bool {
         match &self.cgroup {
-            Some(cg) if cg.holds_memory() => cg.oom_kills() > self.oom_at_start,
+            Some(cg) if cg.holds_memory() => cg.oom_kills() > oom_at_start,
             _ => {
                 let tail = log.get(log.len().saturating_sub(4096)..).unwrap_or(log);
                 // Inside the sandbox the init reports a signal as 128 + its number.
@@ -367,16 +393,15 @@ impl ProcessInstance {
     /// The invocation went past a limit: the instance is stopped and the caller gets Lambda's
     /// function error (`Unhandled`) of `error_type`, with a note in the log.
     fn limit_exceeded(
-        &mut self,
+        &self,
+        id: &str,
         (error_type, message): (&str, String),
         mut log: String,
         duration: Duration,
         max_memory_mb: u32,
     ) -> InvokeResult {
-        self.dead = true;
-        self.clear_pending();
-        self.kill();
-        log.push_str(&self.drain_log());
+        self.stop_for(id, error_type);
+        log.push_str(&self.drain_log(id));
         log.push_str(&format!("{error_type}: {message}\n"));
         let body =
             bytes::Bytes::from(serde_json::json!({"errorType": error_type, "errorMessage": message}).to_string());
@@ -399,12 +424,13 @@ impl ProcessInstance {
     }
 
     fn completed(
-        &mut self,
+        &self,
+        id: &str,
         completion: Completion,
         duration: Duration,
         max_memory_mb: u32,
     ) -> Result<InvokeResult, InstanceError> {
-        let log = self.drain_log();
+        let log = self.drain_log(id);
         let outcome = match completion {
             Completion::Response(body) | Completion::Early(body) => InvokeOutcome::Success(body),
             Completion::Stream(_) => {
@@ -414,8 +440,7 @@ impl ProcessInstance {
             Completion::TooLarge { size } => {
                 // The runtime's state after a refused response is unknown (awslambdaric
                 // exits): retire the instance rather than hand it to the next caller.
-                self.dead = true;
-                self.kill();
+                self.stop_for(id, "a response above the payload limit");
                 return Err(InstanceError::ResponseTooLarge { size, limit: self.max_response, log });
             }
         };
@@ -433,31 +458,53 @@ impl ProcessInstance {
 
     /// The process exited mid-invocation: before the runtime took the event the function never
     /// ran (`Lost`, safe to retry elsewhere), after it the invocation crashed.
-    fn crashed(&mut self, status: String, duration: Duration) -> Result<InvokeResult, InstanceError> {
-        self.dead = true;
-        self.clear_pending();
+    fn crashed(
+        &self,
+        id: &str,
+        status: String,
+        duration: Duration,
+        base: Baseline,
+    ) -> Result<InvokeResult, InstanceError> {
+        let picked_up = self.shared.picked_up(id);
+        self.dead.store(true, Ordering::Release);
+        self.shared.remove_pending(id);
         self.kill();
-        if !self.shared.picked_up.load(std::sync::atomic::Ordering::Acquire) {
+        let log = self.drain_log(id);
+        if !picked_up {
             return Err(InstanceError::Lost { detail: format!("the runtime exited while idle ({status})") });
         }
-        let log = self.drain_log();
-        if self.out_of_memory(&status, &log) {
+        if let Some(why) = self.stopped_by.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            // Another invocation on the instance went past a limit and the instance was stopped.
+            return Err(InstanceError::Crashed { detail: format!("the instance was stopped: {why}"), log });
+        }
+        if self.out_of_memory(&status, &log, base.oom_kills) {
             let mb = self.function.spec.memory_mb;
             let message = format!(
                 "Runtime exited with error: {status}: the function used all of its memory_mb = {mb} MB; raise memory_mb or use less memory"
             );
-            return Ok(self.limit_exceeded(("Runtime.OutOfMemory", message), log, duration, mb));
+            return Ok(self.limit_exceeded(id, ("Runtime.OutOfMemory", message), log, duration, mb));
         }
         Err(InstanceError::Crashed { detail: format!("Runtime exited with error: {status}"), log })
     }
 
-    async fn timed_out(&mut self, timeout: Duration) -> InstanceError {
-        self.dead = true;
-        self.clear_pending();
-        self.kill();
+    async fn timed_out(&self, id: &str, timeout: Duration) -> InstanceError {
+        self.stop_for(id, "timed out");
         self.wait_exit(Duration::from_secs(1)).await;
-        let log = self.drain_log();
+        let log = self.drain_log(id);
         InstanceError::Timeout { timeout, log }
+    }
+
+    /// Invocation `id` went past a limit (`what`): kill the instance. The other invocations in
+    /// flight (concurrency > 1) then fail saying why.
+    fn stop_for(&self, id: &str, what: &str) {
+        self.dead.store(true, Ordering::Release);
+        self.shared.remove_pending(id);
+        let mut by = self.stopped_by.lock().unwrap_or_else(|e| e.into_inner());
+        if by.is_none() && self.concurrency > 1 {
+            *by = Some(format!("invocation {id} on it {what}"));
+        }
+        drop(by);
+        self.kill();
     }
 
     fn kill(&self) {
@@ -465,33 +512,12 @@ impl ProcessInstance {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
     }
-
-    fn exited(&self) -> bool {
-        self.exit_rx.borrow().is_some()
-    }
-
-    async fn wait_exit(&self, within: Duration) -> bool {
-        let mut rx = self.exit_rx.clone();
-        let exited = tokio::time::timeout(within, rx.wait_for(Option::is_some)).await.is_ok();
-        exited
-    }
-
-    /// The runtime's output since the last drain, then nimbus's own notes about it (calls it
-    /// was refused), so they read in the invocation's log.
-    fn drain_log(&self) -> String {
-        let mut log = self.logs.drain();
-        for note in self.shared.services.as_ref().map(|s| s.take_notes()).unwrap_or_default() {
-            log.push_str(&note);
-            log.push('\n');
-        }
-        log
-    }
-
     /// The response went out (streamed, or early with background work): hand the caller the
     /// head and the body now, and follow the rest of the invocation in a task that sends its
     /// completion (see [`crate::follow`]). `buffered`: the whole body, when it is known.
     fn follow(
         &self,
+        id: &str,
         (head, body, buffered): (
             Option<nimbus_core::HttpResponseHead>,
             nimbus_core::BodyReceiver,
@@ -507,6 +533,7 @@ impl ProcessInstance {
             exit_rx: self.exit_rx.clone(),
             shared: self.shared.clone(),
             logs: self.logs.clone(),
+            attribution: (self.concurrency > 1).then(|| (self.attribution.clone(), id.to_owned())),
             pid: self.pid,
             dead: self.tail_dead.clone(),
             proc_status: self.proc_status.as_ref().and_then(|f| f.try_clone().ok()),
@@ -528,15 +555,36 @@ impl ProcessInstance {
         }
     }
 
-    fn clear_pending(&self) {
-        *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    fn exited(&self) -> bool {
+        self.exit_rx.borrow().is_some()
     }
 
-    fn read_max_memory(&mut self) -> u32 {
-        if let Some(mb) = self.proc_status.as_ref().and_then(peak_rss_mb) {
-            self.last_max_memory_mb = mb;
+    async fn wait_exit(&self, within: Duration) -> bool {
+        let mut rx = self.exit_rx.clone();
+        let exited = tokio::time::timeout(within, rx.wait_for(Option::is_some)).await.is_ok();
+        exited
+    }
+
+    /// Invocation `id`'s output since the last drain, then nimbus's own notes (calls it was
+    /// refused), so they read in the invocation's log. With one invocation at a time that is
+    /// everything written; with several, the lines [`crate::attribution`] gives it.
+    fn drain_log(&self, id: &str) -> String {
+        let mut log = if self.concurrency > 1 { self.logs.drain_lines() } else { self.logs.drain() };
+        for note in self.shared.services.as_ref().map(|s| s.take_notes()).unwrap_or_default() {
+            log.push_str(&note);
+            log.push('\n');
         }
-        self.last_max_memory_mb
+        if self.concurrency > 1 {
+            return self.attribution.lock().unwrap_or_else(|e| e.into_inner()).end(id, &log);
+        }
+        log
+    }
+
+    fn read_max_memory(&self) -> u32 {
+        if let Some(mb) = self.proc_status.as_ref().and_then(peak_rss_mb) {
+            self.last_max_memory_mb.store(mb, Ordering::Relaxed);
+        }
+        self.last_max_memory_mb.load(Ordering::Relaxed)
     }
 }
 
@@ -556,6 +604,7 @@ fn api_limits(rt: &ProcessRuntime, function: &FunctionVersion) -> api::ApiLimits
         max_response: rt.limits.max_response_bytes,
         max_stream: function.spec.max_stream_bytes,
         streaming: function.spec.response_mode == nimbus_core::ResponseMode::Streaming,
+        concurrency: function.spec.concurrency,
     }
 }
 
@@ -739,7 +788,7 @@ impl Shell {
     /// Stop the sandbox and remove what it holds.
     pub(crate) async fn discard(self) {
         drop(self.go);
-        Box::new(self.instance).shutdown().await;
+        self.instance.stop().await;
     }
 }
 
@@ -796,48 +845,65 @@ impl Instance for ProcessInstance {
         self.cold_start
     }
 
-    fn take_init_log(&mut self) -> String {
-        std::mem::take(&mut self.init_log)
+    fn take_init_log(&self) -> String {
+        std::mem::take(&mut *self.init_log.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn state(&self) -> InstanceState {
-        if self.dead || self.exited() || self.tail_dead.load(std::sync::atomic::Ordering::Acquire) {
+        if self.dead.load(Ordering::Acquire) || self.exited() || self.tail_dead.load(Ordering::Acquire) {
             InstanceState::Dead
         } else {
             InstanceState::Ready
         }
     }
 
-    async fn invoke(&mut self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
+    async fn invoke(&self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
         if self.state() == InstanceState::Dead {
             return Err(InstanceError::Platform("the instance is no longer running".into()));
         }
-        let ((reply_rx, tail_rx), started) = self.hand_over(&inv).await?;
-        let ended = self.wait_end(reply_rx, inv.timeout).await;
+        let id = inv.request_id.as_str();
+        let ((reply_rx, tail_rx), started, base) = self.hand_over(&inv).await?;
+        let ended = self.wait_end(reply_rx, inv.timeout, base.cpu_ns).await;
         let duration = started.elapsed();
         let max_memory_mb = self.read_max_memory();
         match ended {
             Ended::Done(Completion::Stream(s)) => {
-                Ok(self.follow((s.head, s.body, None), tail_rx, (started, inv.timeout), max_memory_mb))
+                Ok(self.follow(id, (s.head, s.body, None), tail_rx, (started, inv.timeout), max_memory_mb))
             }
             Ended::Done(Completion::Early(body)) => {
                 let (mut tx, rx) = nimbus_core::response_stream(u64::MAX);
                 // One chunk into an empty channel: never waits.
                 let _ = tx.send(body.clone()).await;
                 drop(tx);
-                Ok(self.follow((None, rx, Some(body)), tail_rx, (started, inv.timeout), max_memory_mb))
+                Ok(self.follow(id, (None, rx, Some(body)), tail_rx, (started, inv.timeout), max_memory_mb))
             }
-            Ended::Done(completion) => self.completed(completion, duration, max_memory_mb),
-            Ended::Crashed(status) => self.crashed(status, duration),
-            Ended::TimedOut => Err(self.timed_out(inv.timeout).await),
+            Ended::Done(completion) => self.completed(id, completion, duration, max_memory_mb),
+            Ended::Crashed(status) => self.crashed(id, status, duration, base),
+            Ended::TimedOut => Err(self.timed_out(id, inv.timeout).await),
             Ended::CpuExceeded(ms) => {
                 let message = format!("the invocation used more than {ms} ms of CPU time (cpu_ms = {ms})");
-                Ok(self.limit_exceeded(("Runtime.CpuLimitExceeded", message), String::new(), duration, max_memory_mb))
+                let limit = ("Runtime.CpuLimitExceeded", message);
+                Ok(self.limit_exceeded(id, limit, String::new(), duration, max_memory_mb))
             }
         }
     }
 
-    async fn shutdown(mut self: Box<Self>) {
+    async fn shutdown(self: Arc<Self>) {
+        match Arc::try_unwrap(self) {
+            Ok(instance) => instance.stop().await,
+            // Not the last handle (the pool stops an instance only once nothing runs on it, so
+            // this is not expected): kill it now; dropping the last handle removes the rest.
+            Err(shared) => {
+                shared.kill();
+                shared.server.abort();
+            }
+        }
+    }
+}
+
+impl ProcessInstance {
+    /// Stop the runtime (SIGTERM, then SIGKILL after the grace) and remove what it holds.
+    async fn stop(mut self) {
         if !self.exited() && self.pid > 0 {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
             self.wait_exit(self.stop_grace).await;
@@ -982,6 +1048,11 @@ fn environment(
         ("AWS_LAMBDA_INITIALIZATION_TYPE".into(), "on-demand".into()),
         ("AWS_EXECUTION_ENV".into(), format!("nimbus_{}", spec.runtime.as_str())),
     ]);
+    if spec.concurrency > 1 {
+        // As Lambda Managed Instances: how many invocations the runtime may take at once (its
+        // bootstraps run that many pollers; `lambda_runtime` reads it too).
+        env.push(("AWS_LAMBDA_MAX_CONCURRENCY".into(), spec.concurrency.to_string()));
+    }
     env.extend(aws_env(api, id, lease));
     env
 }
@@ -1072,6 +1143,7 @@ mod tests {
             keep_alive_policy: Default::default(),
             response_mode: Default::default(),
             max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
+            concurrency: 1,
         };
         Arc::new(FunctionVersion {
             spec,
@@ -1331,7 +1403,7 @@ while True:
         std::fs::write(&bootstrap, ECHO_RUNTIME).unwrap();
         std::fs::set_permissions(&bootstrap, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let secs = Duration::from_secs;
-        let mut i = echo_instance(&rt, data.path(), "e1").await;
+        let i = echo_instance(&rt, data.path(), "e1").await;
         let r = i.invoke(event("a", secs(10))).await.unwrap();
         assert!(matches!(&r.outcome, InvokeOutcome::Success(b) if b.as_ref() == b"echo:a"));
         assert_eq!(r.log, "handling a\n", "the invocation's own output");
@@ -1345,14 +1417,14 @@ while True:
             other => panic!("expected a crash, got {:?}", other.map(|r| r.outcome)),
         }
         assert_eq!(i.state(), InstanceState::Dead);
-        Box::new(i).shutdown().await;
-        let mut i = echo_instance(&rt, data.path(), "e2").await;
+        Arc::new(i).shutdown().await;
+        let i = echo_instance(&rt, data.path(), "e2").await;
         match i.invoke(event("sleep", Duration::from_millis(300))).await {
             Err(InstanceError::Timeout { log, .. }) => assert_eq!(log, "handling sleep\n"),
             other => panic!("expected a timeout, got {:?}", other.map(|r| r.outcome)),
         }
         assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
-        Box::new(i).shutdown().await;
+        Arc::new(i).shutdown().await;
         assert_eq!(scratch_entries(&rt), 0, "shutdown removed both temp dirs");
     }
 
@@ -1412,7 +1484,7 @@ while True:
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(data.path());
         let mark = data.path().join("go");
-        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let i = stream_instance(&rt, data.path(), &mark).await;
         let r = i.invoke(event("stream", Duration::from_secs(10))).await.unwrap();
         let handle = r.stream.expect("a streamed result");
         let mut body = handle.take_body().unwrap();
@@ -1426,7 +1498,7 @@ while True:
         assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
         assert_eq!(done.log, "handling stream\n");
         assert_eq!(i.state(), InstanceState::Ready);
-        Box::new(i).shutdown().await;
+        Arc::new(i).shutdown().await;
     }
 
     #[tokio::test]
@@ -1434,7 +1506,7 @@ while True:
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(data.path());
         let mark = data.path().join("go");
-        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let i = stream_instance(&rt, data.path(), &mark).await;
         let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
         assert!(matches!(&r.outcome, InvokeOutcome::Success(b) if b.as_ref() == b"early"), "the response at once");
         let handle = r.stream.expect("an early result");
@@ -1452,7 +1524,7 @@ while True:
         let r = i.invoke(event("wait", Duration::from_secs(10))).await.unwrap();
         let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
         assert!(matches!(done.outcome, Ok(InvokeOutcome::Success(_))));
-        Box::new(i).shutdown().await;
+        Arc::new(i).shutdown().await;
     }
 
     #[tokio::test]
@@ -1460,7 +1532,7 @@ while True:
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(data.path());
         let mark = data.path().join("go");
-        let mut i = stream_instance(&rt, data.path(), &mark).await;
+        let i = stream_instance(&rt, data.path(), &mark).await;
         let r = i.invoke(event("hang", Duration::from_millis(500))).await.unwrap();
         let done = r.stream.unwrap().take_completion().unwrap().await.unwrap();
         match done.outcome {
@@ -1468,7 +1540,7 @@ while True:
             other => panic!("expected a timeout, got {other:?}"),
         }
         assert_eq!(i.state(), InstanceState::Dead, "a timed-out instance is killed");
-        Box::new(i).shutdown().await;
+        Arc::new(i).shutdown().await;
     }
 
     #[test]

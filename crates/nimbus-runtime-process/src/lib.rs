@@ -9,6 +9,7 @@
 //! with PR_SET_PDEATHSIG so it dies with nimbus even on `kill -9`.
 
 mod api;
+mod attribution;
 mod egress;
 mod follow;
 mod instance;

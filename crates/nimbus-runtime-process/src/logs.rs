@@ -57,6 +57,16 @@ impl LogTap {
         }
         st.collected.take()
     }
+
+    /// Like [`LogTap::drain`], but only complete lines: a partial line stays for a later drain
+    /// (with several invocations in flight, another may still be writing it).
+    pub(crate) fn drain_lines(&self) -> String {
+        let mut st = self.inner.lock();
+        for stream in 0..2 {
+            self.inner.read_available(&mut st, stream);
+        }
+        st.collected.take_lines()
+    }
 }
 
 impl Drop for LogTap {
@@ -154,6 +164,10 @@ impl Collected {
 
     fn take(&mut self) -> String {
         self.flush_partials();
+        self.take_lines()
+    }
+
+    fn take_lines(&mut self) -> String {
         let mut text = std::mem::take(&mut self.text);
         if self.dropped > 0 {
             if !text.ends_with('\n') && !text.is_empty() {

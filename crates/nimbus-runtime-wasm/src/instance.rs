@@ -32,8 +32,8 @@ pub(crate) struct WasmInstance {
     pub(crate) id: String,
     cold_start: ColdStart,
     /// The instance kept for the next request (`instance_reuse`), or the one made at start.
-    pub(crate) ready: Option<(Store<Host>, Proxy)>,
-    dead: bool,
+    ready: std::sync::Mutex<Option<(Store<Host>, Proxy)>>,
+    dead: std::sync::atomic::AtomicBool,
     /// What a streamed invocation's task hands back (`crate::stream`).
     pub(crate) shared: crate::stream::Shared,
 }
@@ -131,21 +131,33 @@ impl WasmInstance {
         // (componentize-js/py run theirs at build time), so it all counts as instance start.
         let took = started.elapsed();
         let cold_start = ColdStart { init: took, instance_start: took };
-        Ok(WasmInstance { parts, id, cold_start, ready: Some(ready), dead: false, shared: Default::default() })
+        Ok(WasmInstance {
+            parts,
+            id,
+            cold_start,
+            ready: std::sync::Mutex::new(Some(ready)),
+            dead: std::sync::atomic::AtomicBool::new(false),
+            shared: Default::default(),
+        })
     }
 
     /// A kept instance (`instance_reuse`) whose request did not end normally cannot serve
     /// another: a trapped or interrupted instance cannot be entered again.
-    fn retire_if_reused(&mut self) {
+    fn retire_if_reused(&self) {
         if self.parts.function.spec.wasm.instance_reuse {
-            self.dead = true;
+            self.dead.store(true, std::sync::atomic::Ordering::Release);
         }
+    }
+
+    /// The kept instance (or the one made at start), taken for one request.
+    pub(crate) fn take_ready(&self) -> Option<(Store<Host>, Proxy)> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// What the caller gets for how the request ended. The instance is kept for the next
     /// request (`instance_reuse`) only after a normal answer.
     fn outcome(
-        &mut self,
+        &self,
         ended: Ended,
         is_event: bool,
         kept: (Store<Host>, Proxy),
@@ -153,7 +165,7 @@ impl WasmInstance {
         match ended {
             Ended::Response { head, body } => {
                 if self.parts.function.spec.wasm.instance_reuse {
-                    self.ready = Some(kept);
+                    *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
                 }
                 Ok(response_outcome(head, body, is_event))
             }
@@ -506,19 +518,21 @@ impl Instance for WasmInstance {
         self.cold_start
     }
 
-    fn take_init_log(&mut self) -> String {
+    fn take_init_log(&self) -> String {
         self.parts.log.drain()
     }
 
     fn state(&self) -> InstanceState {
-        if self.dead || self.shared.dead.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.dead.load(std::sync::atomic::Ordering::Acquire)
+            || self.shared.dead.load(std::sync::atomic::Ordering::SeqCst)
+        {
             InstanceState::Dead
         } else {
             InstanceState::Ready
         }
     }
 
-    async fn invoke(&mut self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
+    async fn invoke(&self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
         if self.parts.function.spec.response_mode == nimbus_core::ResponseMode::Streaming {
             return self.invoke_streaming(inv).await;
         }
@@ -526,7 +540,7 @@ impl Instance for WasmInstance {
         let _running = rt.ticker.running();
         let started = Instant::now();
         let timeout = inv.timeout;
-        let ready = self.ready.take();
+        let ready = self.take_ready();
         let (ended, peak, kept) = match tokio::time::timeout(timeout, self.parts.serve(ready, &inv)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(e),
@@ -551,7 +565,7 @@ impl Instance for WasmInstance {
         })
     }
 
-    async fn shutdown(self: Box<Self>) {
+    async fn shutdown(self: Arc<Self>) {
         // Dropping the store returns its slot to the pool; nothing else is held.
     }
 }

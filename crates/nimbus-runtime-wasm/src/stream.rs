@@ -64,8 +64,8 @@ enum Finished {
 
 impl WasmInstance {
     /// `invoke` for a streaming function: returns at the response head.
-    pub(crate) async fn invoke_streaming(&mut self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
-        let ready = self.ready.take().or_else(|| self.shared.take());
+    pub(crate) async fn invoke_streaming(&self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
+        let ready = self.take_ready().or_else(|| self.shared.take());
         let (head_tx, head_rx) = oneshot::channel();
         let run = Run {
             parts: self.parts.clone(),

@@ -165,6 +165,7 @@ fn function(grants: &[(&str, Access)]) -> Arc<FunctionVersion> {
         keep_alive_policy: Default::default(),
         response_mode: Default::default(),
         max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
+        concurrency: 1,
     };
     spec.wasm.component = "kv.wasm".into();
     spec.grants.kv = grants.iter().map(|(n, a)| ((*n).to_owned(), *a)).collect();

@@ -10,15 +10,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use nimbus_core::{
-    ColdStart, FunctionErrorKind, FunctionSpec, FunctionVersion, Instance, InstanceError, InstanceState, Invocation,
-    InvocationRecord, InvokeOutcome, InvokeResult, Recorder, Runtime, RuntimeKind, StartError, Trigger,
+    ColdStart, FunctionErrorKind, FunctionSpec, FunctionVersion, Instance, InstanceBusy, InstanceError, InstanceState,
+    Invocation, InvocationRecord, InvokeOutcome, InvokeResult, Recorder, Runtime, RuntimeKind, StartError, Trigger,
 };
 use tokio::sync::watch;
 
@@ -54,6 +54,7 @@ pub(crate) fn function(name: &str, tweak: impl FnOnce(&mut FunctionSpec)) -> Arc
         keep_alive_policy: Default::default(),
         response_mode: Default::default(),
         max_stream_bytes: nimbus_core::DEFAULT_MAX_STREAM_BYTES,
+        concurrency: 1,
     };
     tweak(&mut spec);
     Arc::new(FunctionVersion {
@@ -80,11 +81,15 @@ pub(crate) fn invocation(request_id: &str, payload: &'static str) -> Invocation 
     }
 }
 
-/// Keeps every record, for tests that check what was recorded.
+/// Keeps every record (and busy period), for tests that check what was recorded.
 #[derive(Default)]
-pub(crate) struct Records(Mutex<Vec<InvocationRecord>>);
+pub(crate) struct Records(Mutex<Vec<InvocationRecord>>, Mutex<Vec<InstanceBusy>>);
 
 impl Records {
+    pub(crate) fn busy_periods(&self) -> Vec<InstanceBusy> {
+        self.1.lock().unwrap().clone()
+    }
+
     pub(crate) fn all(&self) -> Vec<InvocationRecord> {
         self.0.lock().unwrap().clone()
     }
@@ -97,6 +102,10 @@ impl Records {
 impl Recorder for Records {
     fn record(&self, record: InvocationRecord) {
         self.0.lock().unwrap().push(record);
+    }
+
+    fn instance_busy(&self, busy: InstanceBusy) {
+        self.1.lock().unwrap().push(busy);
     }
 }
 
@@ -137,6 +146,8 @@ pub(crate) struct Counters {
     kill_switches: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Set once a `lost-once` invocation was lost: the next one succeeds.
     lost_once: AtomicBool,
+    /// The most invocations one instance ran at once.
+    peak_in_flight: AtomicU32,
 }
 
 impl Counters {
@@ -163,6 +174,10 @@ impl Counters {
     /// Instances started and not shut down.
     pub(crate) fn live(&self) -> u32 {
         self.ready() - self.shutdowns()
+    }
+
+    pub(crate) fn peak_in_flight(&self) -> u32 {
+        self.peak_in_flight.load(Ordering::SeqCst)
     }
 
     pub(crate) fn ids(&self) -> Vec<String> {
@@ -216,7 +231,8 @@ impl Runtime for FakeRuntime {
             invoke_time: self.fake.invoke_time,
             shutdown_time: self.fake.shutdown_time,
             counters: self.counters.clone(),
-            stopped: false,
+            stopped: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
         }))
     }
 }
@@ -227,7 +243,8 @@ struct FakeInstance {
     invoke_time: Duration,
     shutdown_time: Duration,
     counters: Arc<Counters>,
-    stopped: bool,
+    stopped: AtomicBool,
+    in_flight: AtomicU32,
 }
 
 impl FakeInstance {
@@ -256,7 +273,7 @@ impl Instance for FakeInstance {
         ColdStart { init: ms(100), instance_start: ms(10) }
     }
 
-    fn take_init_log(&mut self) -> String {
+    fn take_init_log(&self) -> String {
         String::new()
     }
 
@@ -268,8 +285,32 @@ impl Instance for FakeInstance {
         }
     }
 
-    async fn invoke(&mut self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
+    async fn invoke(&self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
         assert_eq!(self.state(), InstanceState::Ready, "the pool handed out a dead instance");
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.counters.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        // Counted down on every path, a panic included.
+        struct Out<'a>(&'a AtomicU32);
+        impl Drop for Out<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _out = Out(&self.in_flight);
+        self.run(inv).await
+    }
+
+    async fn shutdown(self: Arc<Self>) {
+        assert_eq!(self.in_flight.load(Ordering::SeqCst), 0, "an instance stopped with invocations running");
+        self.stopped.store(true, Ordering::SeqCst);
+        self.work(self.shutdown_time).await;
+        *self.counters.shutdowns_by_id.lock().unwrap().entry(self.id.clone()).or_default() += 1;
+        self.counters.shutdowns.send_modify(|n| *n += 1);
+    }
+}
+
+impl FakeInstance {
+    async fn run(&self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
         match std::str::from_utf8(&inv.payload).unwrap() {
             "crash" => {
                 self.work(self.invoke_time).await;
@@ -315,13 +356,6 @@ impl Instance for FakeInstance {
             }
         }
     }
-
-    async fn shutdown(mut self: Box<Self>) {
-        self.stopped = true;
-        self.work(self.shutdown_time).await;
-        *self.counters.shutdowns_by_id.lock().unwrap().entry(self.id.clone()).or_default() += 1;
-        self.counters.shutdowns.send_modify(|n| *n += 1);
-    }
 }
 
 impl FakeInstance {
@@ -341,7 +375,7 @@ impl FakeInstance {
 
 impl Drop for FakeInstance {
     fn drop(&mut self) {
-        if !self.stopped {
+        if !self.stopped.load(Ordering::SeqCst) {
             self.counters.dropped_unstopped.send_modify(|n| *n += 1);
         }
     }

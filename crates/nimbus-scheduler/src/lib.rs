@@ -25,8 +25,18 @@
 //! `keep_alive = "adaptive"` it applies the windows `adaptive.rs` learns per function instead
 //! (unload, pre-warm, keep-alive from the idle-gap histogram).
 //!
-//! Deliberately not done here: per-instance concurrency above 1 (process runtimes are one
-//! invocation at a time, as in Lambda), cross-node placement.
+//! # Concurrency
+//! A function with `concurrency = N > 1` runs up to N invocations on one instance at once (as
+//! Lambda Managed Instances and Vercel's Fluid compute do). The pool counts the invocations in
+//! flight per instance, and admission ([`nimbus_core::policy::admit_slots`]) puts a request on
+//! the busiest running instance with a free slot before it starts another; a started instance
+//! takes up to N waiters at once; `max_instances` still caps instances. An instance counts as
+//! idle (and ages towards keep-alive) only with no invocation in flight. Each busy period of
+//! such an instance (first invocation in until the last one out) goes to the recorder
+//! (`Recorder::instance_busy`): it is how the function is billed. With `concurrency = 1`
+//! everything is as it was: one invocation per instance.
+//!
+//! Deliberately not done here: cross-node placement.
 
 mod adaptive;
 #[cfg(test)]
@@ -158,8 +168,10 @@ impl Inner {
             return Err(DispatchError::ShuttingDown { name: function.spec.name.clone() });
         }
         let adaptive = self.activity_of(function);
-        let pool =
-            pools.entry(key.to_owned()).or_insert_with(|| Pool::new(function.clone(), runtime, adaptive)).clone();
+        let pool = pools
+            .entry(key.to_owned())
+            .or_insert_with(|| Pool::new(function.clone(), runtime, adaptive, self.recorder.clone()))
+            .clone();
         Ok(pool)
     }
 

@@ -5,23 +5,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nimbus_core::policy::{self, Admission, PoolCounts, ScaleDecision};
-use nimbus_core::{ColdStart, DispatchError, FunctionVersion, Instance, InstanceState, Runtime, StartError};
+use nimbus_core::policy::{self, Admission, PoolCounts, ScaleDecision, Slots};
+use nimbus_core::{
+    ColdStart, DispatchError, FunctionVersion, Instance, InstanceBusy, InstanceState, Recorder, Runtime, StartError,
+};
 use tokio::sync::{oneshot, Notify};
 // tokio's clock, not std's: the same in production, and tests can pause and advance it to
 // check keep-alive and queue timeouts deterministically.
 use tokio::time::Instant;
 
-/// An instance, and whether its next invocation is a cold start: true only while it goes
-/// straight from start to the request that waited for it. An instance parked idle first
+/// One invocation's hold on an instance, and whether it is a cold start: true only for the
+/// first request that waited for the instance to start. An instance parked idle first
 /// (pre-warmed for `min_instances`, or its requester gave up) serves warm.
 struct Slot {
-    instance: Box<dyn Instance>,
+    instance: Arc<dyn Instance>,
     cold: bool,
 }
 
 struct Idle {
-    slot: Slot,
+    instance: Arc<dyn Instance>,
+    since: Instant,
+}
+
+/// An instance running at least one invocation (`concurrency` at most).
+struct Busy {
+    instance: Arc<dyn Instance>,
+    in_flight: u32,
+    /// When it went from no invocation to one: the start of its busy period (billing).
     since: Instant,
 }
 
@@ -45,7 +55,7 @@ enum Admitted {
 #[derive(Default)]
 struct State {
     idle: Vec<Idle>,
-    busy: HashMap<String, Option<u32>>,
+    busy: HashMap<String, Busy>,
     starting: u32,
     /// Instances handed to `shutdown` that have not finished it: server shutdown waits for
     /// these too, or a runtime's stop (a process's SIGTERM grace) would be cut short.
@@ -66,6 +76,23 @@ impl State {
             waiting: self.waiters.len() as u32,
         }
     }
+
+    /// Free invocation slots on running instances (a dead one has none).
+    fn slots(&self, concurrency: u32) -> Slots {
+        let mut free = (self.idle.len() as u32).saturating_mul(concurrency);
+        if concurrency > 1 {
+            for b in self.busy.values() {
+                if b.instance.state() == InstanceState::Ready {
+                    free = free.saturating_add(concurrency.saturating_sub(b.in_flight));
+                }
+            }
+        }
+        Slots { free, concurrency }
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.busy.values().map(|b| b.in_flight).sum()
+    }
 }
 
 /// Why no instance could be had.
@@ -77,6 +104,8 @@ pub(crate) enum AcquireError {
 pub struct Pool {
     function: Arc<FunctionVersion>,
     runtime: Arc<dyn Runtime>,
+    /// Where busy periods of instances go (functions with `concurrency > 1` are billed by them).
+    recorder: Arc<dyn Recorder>,
     state: Mutex<State>,
     next_id: AtomicU64,
     cold_starts: AtomicU64,
@@ -92,6 +121,8 @@ pub struct InstanceInfo {
     pub id: String,
     pub pid: Option<u32>,
     pub state: InstanceStatus,
+    /// Invocations running on it now (up to the function's `concurrency`).
+    pub in_flight: u32,
 }
 
 /// Whether an instance is waiting for work or running an invocation. Serialised in lowercase
@@ -119,6 +150,10 @@ pub struct PoolStatus {
     pub instances: Vec<InstanceInfo>,
     /// The adaptive keep-alive's windows now (`keep_alive = "adaptive"` only).
     pub adaptive: Option<crate::adaptive::AdaptiveStatus>,
+    /// Invocations running now, over all instances.
+    pub in_flight: u32,
+    /// The function's `concurrency` (invocations per instance).
+    pub concurrency: u32,
 }
 
 impl Pool {
@@ -126,10 +161,12 @@ impl Pool {
         function: Arc<FunctionVersion>,
         runtime: Arc<dyn Runtime>,
         adaptive: Option<Arc<crate::adaptive::Activity>>,
+        recorder: Arc<dyn Recorder>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             function,
             runtime,
+            recorder,
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             cold_starts: AtomicU64::new(0),
@@ -168,11 +205,11 @@ impl Pool {
             return Err(AcquireError::Dispatch(DispatchError::ShuttingDown { name: spec.name.clone() }));
         }
         self.purge_dead(&mut st);
-        match policy::admit(st.counts(), spec.max_instances, spec.max_queued) {
+        let slots = st.slots(self.concurrency());
+        match policy::admit_slots(st.counts(), slots, spec.max_instances, spec.max_queued) {
             Admission::UseIdle => {
-                if let Some(idle) = st.idle.pop() {
-                    st.busy.insert(idle.slot.instance.id().to_owned(), idle.slot.instance.pid());
-                    return Ok(Admitted::Now(Lease { pool: self.clone(), slot: Some(idle.slot) }));
+                if let Some(slot) = self.take_slot(&mut st) {
+                    return Ok(Admitted::Now(Lease { pool: self.clone(), slot: Some(slot) }));
                 }
                 return Err(AcquireError::Dispatch(DispatchError::Platform("idle instance vanished".into())));
             }
@@ -184,6 +221,44 @@ impl Pool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         st.waiters.push_back(Waiter { id, tx });
         Ok(Admitted::Queued(rx, id))
+    }
+
+    /// Invocations one instance runs at once.
+    fn concurrency(&self) -> u32 {
+        self.function.spec.concurrency.max(1)
+    }
+
+    /// A free slot for one invocation: on the busiest running instance that has one (so the
+    /// others go idle and age out), else on the most recently idle instance.
+    fn take_slot(&self, st: &mut State) -> Option<Slot> {
+        let c = self.concurrency();
+        if c > 1 {
+            let fullest = st
+                .busy
+                .values_mut()
+                .filter(|b| b.in_flight < c && b.instance.state() == InstanceState::Ready)
+                .max_by_key(|b| b.in_flight);
+            if let Some(b) = fullest {
+                b.in_flight += 1;
+                return Some(Slot { instance: b.instance.clone(), cold: false });
+            }
+        }
+        let idle = st.idle.pop()?;
+        let busy = Busy { instance: idle.instance.clone(), in_flight: 1, since: Instant::now() };
+        st.busy.insert(idle.instance.id().to_owned(), busy);
+        Some(Slot { instance: idle.instance, cold: false })
+    }
+
+    /// `busy` has no invocation left: bill its busy period (functions with `concurrency > 1`).
+    fn busy_ended(&self, busy: &Busy) {
+        if self.concurrency() > 1 {
+            self.recorder.instance_busy(InstanceBusy {
+                function: self.function.spec.name.clone(),
+                memory_mb: self.function.spec.memory_mb,
+                end_ms: nimbus_core::ids::now_ms(),
+                busy: busy.since.elapsed(),
+            });
+        }
     }
 
     /// Wait in the queue for a grant, at most `queue_timeout`.
@@ -228,7 +303,7 @@ impl Pool {
             let mut st = pool.lock();
             st.starting = st.starting.saturating_sub(1);
             match result {
-                Ok(instance) => pool.offer(&mut st, Slot { instance, cold: true }),
+                Ok(instance) => pool.offer(&mut st, Arc::from(instance)),
                 Err(e) => {
                     st.start_failed_at = Some(Instant::now());
                     tracing::warn!(function = %pool.function.spec.name, "instance failed to start: {e}");
@@ -247,42 +322,61 @@ impl Pool {
         });
     }
 
-    /// Hand a ready instance to the first live waiter, or park it idle.
-    fn offer(self: &Arc<Self>, st: &mut State, mut slot: Slot) {
-        while let Some(w) = st.waiters.pop_front() {
-            let id = slot.instance.id().to_owned();
-            let pid = slot.instance.pid();
-            st.busy.insert(id.clone(), pid);
-            match w.tx.send(Grant::Instance(slot)) {
-                Ok(()) => return,
-                Err(Grant::Instance(back)) => {
-                    st.busy.remove(&id);
-                    slot = back;
-                }
-                Err(Grant::InitFailed(_)) => return,
+    /// Hand a just-started instance to the first live waiters (up to `concurrency` of them; the
+    /// first is its cold start), or park it idle.
+    fn offer(self: &Arc<Self>, st: &mut State, instance: Arc<dyn Instance>) {
+        let mut given = 0;
+        while given < self.concurrency() {
+            let Some(w) = st.waiters.pop_front() else { break };
+            if w.tx.send(Grant::Instance(Slot { instance: instance.clone(), cold: given == 0 })).is_ok() {
+                given += 1;
             }
         }
-        if st.retired {
-            self.stop(st, slot.instance);
+        if given > 0 {
+            let busy = Busy { instance: instance.clone(), in_flight: given, since: Instant::now() };
+            st.busy.insert(instance.id().to_owned(), busy);
+        } else if st.retired {
+            self.stop(st, instance);
         } else {
-            slot.cold = false;
-            st.idle.push(Idle { slot, since: Instant::now() });
+            st.idle.push(Idle { instance, since: Instant::now() });
         }
     }
 
+    /// One invocation on `slot`'s instance ended: its slot goes to the first live waiter, and
+    /// an instance left with no invocation goes idle (or stops, when dead or retired).
     fn release(self: &Arc<Self>, slot: Slot) {
         let mut st = self.lock();
-        st.busy.remove(slot.instance.id());
-        if slot.instance.state() == InstanceState::Dead {
-            self.stop(&mut st, slot.instance);
+        let id = slot.instance.id().to_owned();
+        let dead = slot.instance.state() == InstanceState::Dead;
+        drop(slot);
+        let State { busy, waiters, .. } = &mut *st;
+        let Some(b) = busy.get_mut(&id) else { return };
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if !dead {
+            while let Some(w) = waiters.pop_front() {
+                if w.tx.send(Grant::Instance(Slot { instance: b.instance.clone(), cold: false })).is_ok() {
+                    b.in_flight += 1;
+                    return;
+                }
+            }
+        }
+        if b.in_flight > 0 {
+            return;
+        }
+        let Some(b) = st.busy.remove(&id) else { return };
+        self.busy_ended(&b);
+        if dead {
+            self.stop(&mut st, b.instance);
             // Requests queued behind the dead instance need a replacement.
             let spec = &self.function.spec;
             if !st.retired && st.starting < st.waiters.len() as u32 && st.counts().instances() < spec.max_instances {
                 self.start_one(&mut st);
             }
             self.changed.notify_waiters();
+        } else if st.retired {
+            self.stop(&mut st, b.instance);
         } else {
-            self.offer(&mut st, slot);
+            st.idle.push(Idle { instance: b.instance, since: Instant::now() });
         }
     }
 
@@ -311,8 +405,8 @@ impl Pool {
                 let n = (n as usize).min(st.idle.len());
                 let reclaimed: Vec<Idle> = st.idle.drain(..n).collect();
                 for idle in reclaimed {
-                    tracing::debug!(function = %spec.name, instance = idle.slot.instance.id(), "reclaiming idle instance");
-                    self.stop(&mut st, idle.slot.instance);
+                    tracing::debug!(function = %spec.name, instance = idle.instance.id(), "reclaiming idle instance");
+                    self.stop(&mut st, idle.instance);
                 }
             }
         }
@@ -344,13 +438,13 @@ impl Pool {
         let mut st = self.lock();
         st.retired = true;
         for i in std::mem::take(&mut st.idle) {
-            self.stop(&mut st, i.slot.instance);
+            self.stop(&mut st, i.instance);
         }
         self.changed.notify_waiters();
     }
 
     /// Shut `instance` down in the background, counted in `stopping` until it has finished.
-    fn stop(self: &Arc<Self>, st: &mut State, instance: Box<dyn Instance>) {
+    fn stop(self: &Arc<Self>, st: &mut State, instance: Arc<dyn Instance>) {
         st.stopping += 1;
         let pool = self.clone();
         tokio::spawn(async move {
@@ -363,14 +457,14 @@ impl Pool {
 
     /// Remove instances that died while idle, so nobody is handed one.
     fn purge_dead(self: &Arc<Self>, st: &mut State) {
-        if st.idle.iter().all(|i| i.slot.instance.state() == InstanceState::Ready) {
+        if st.idle.iter().all(|i| i.instance.state() == InstanceState::Ready) {
             return;
         }
         let (alive, dead): (Vec<Idle>, Vec<Idle>) =
-            std::mem::take(&mut st.idle).into_iter().partition(|i| i.slot.instance.state() == InstanceState::Ready);
+            std::mem::take(&mut st.idle).into_iter().partition(|i| i.instance.state() == InstanceState::Ready);
         st.idle = alive;
         for d in dead {
-            self.stop(st, d.slot.instance);
+            self.stop(st, d.instance);
         }
     }
 
@@ -396,15 +490,17 @@ impl Pool {
             .idle
             .iter()
             .map(|i| InstanceInfo {
-                id: i.slot.instance.id().to_owned(),
-                pid: i.slot.instance.pid(),
+                id: i.instance.id().to_owned(),
+                pid: i.instance.pid(),
                 state: InstanceStatus::Idle,
+                in_flight: 0,
             })
             .collect();
-        instances.extend(st.busy.iter().map(|(id, pid)| InstanceInfo {
+        instances.extend(st.busy.iter().map(|(id, b)| InstanceInfo {
             id: id.clone(),
-            pid: *pid,
+            pid: b.instance.pid(),
             state: InstanceStatus::Busy,
+            in_flight: b.in_flight,
         }));
         PoolStatus {
             function: self.function.spec.name.clone(),
@@ -418,6 +514,8 @@ impl Pool {
             prepared: self.runtime.prepared(&self.function),
             instances,
             adaptive: self.adaptive.as_ref().map(|a| a.status(self.function.spec.keep_alive)),
+            in_flight: st.in_flight(),
+            concurrency: self.concurrency(),
         }
     }
 }
@@ -441,7 +539,7 @@ async fn housekeeping(pool: std::sync::Weak<Pool>) {
     }
 }
 
-/// An instance on loan to one invocation; dropping it gives the instance back.
+/// A slot of an instance on loan to one invocation; dropping it gives the slot back.
 pub(crate) struct Lease {
     pool: Arc<Pool>,
     slot: Option<Slot>,
@@ -456,9 +554,9 @@ impl Lease {
         (cold, slot.instance.take_init_log())
     }
 
-    pub(crate) fn instance(&mut self) -> &mut dyn Instance {
-        match self.slot.as_mut() {
-            Some(s) => s.instance.as_mut(),
+    pub(crate) fn instance(&self) -> &dyn Instance {
+        match self.slot.as_ref() {
+            Some(s) => s.instance.as_ref(),
             None => unreachable_instance(),
         }
     }
@@ -494,7 +592,7 @@ mod tests {
 
     fn pool(fake: Fake) -> (Arc<Pool>, Arc<crate::fake::Counters>) {
         let (runtime, counters) = fake.runtime();
-        (Pool::new(function("race", |s| s.max_instances = 1), runtime, None), counters)
+        (Pool::new(function("race", |s| s.max_instances = 1), runtime, None, Arc::new(crate::NullRecorder)), counters)
     }
 
     fn queue(pool: &Arc<Pool>) -> (oneshot::Receiver<Grant>, u64) {

@@ -458,3 +458,75 @@ async fn a_redeploy_keeps_the_functions_idle_history() {
     let status = h.status();
     assert_eq!(status.adaptive.map(|w| w.samples), Some(2), "the new version's pool learnt from the old one's calls");
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_concurrency_an_instance_takes_several_invocations_before_another_starts() {
+    let h = harness(Fake { start_delay: ms(200), invoke_time: ms(100), ..Fake::default() });
+    let f = function("fluid", |s| {
+        s.concurrency = 4;
+        s.max_instances = 2;
+    });
+    // Ten overlapping requests: 4 + 4 on two instances (the cap), 2 wait for a free slot.
+    let calls: Vec<_> = (0..10).map(|i| h.call(&f, &format!("r{i}"), "ok")).collect();
+    h.counters.wait_ready(2).await;
+    let mut used = std::collections::HashSet::new();
+    for c in calls {
+        used.insert(c.await.unwrap().expect("every request is served").instance_id);
+    }
+    assert_eq!(h.counters.starts(), 2, "max_instances still caps instances");
+    assert_eq!(used.len(), 2);
+    assert_eq!(h.counters.peak_in_flight(), 4, "an instance runs up to `concurrency` invocations, never more");
+    // One cold start per instance: the first request that waited for it.
+    assert_eq!(h.records.all().iter().filter(|r| r.cold).count(), 2);
+    let st = h.status();
+    assert_eq!((st.idle, st.busy, st.in_flight, st.concurrency), (2, 0, 0, 4), "idle only at 0 in flight");
+    // Each instance was busy once, from its first invocation in to its last out: the two that
+    // waited took the first slots freed, both on the instance that finished first (200 ms); the
+    // other was busy 100 ms.
+    let mut busy: Vec<u128> = h.records.busy_periods().iter().map(|b| b.busy.as_millis()).collect();
+    busy.sort();
+    assert_eq!(busy, vec![100, 200]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_concurrency_a_warm_instance_with_a_free_slot_is_used_instead_of_starting_one() {
+    let h = harness(Fake { start_delay: ms(200), invoke_time: ms(100), ..Fake::default() });
+    let f = function("fluid", |s| s.concurrency = 3);
+    h.call(&f, "warm", "ok").await.unwrap().unwrap();
+    let calls: Vec<_> = (0..3).map(|i| h.call(&f, &format!("r{i}"), "ok")).collect();
+    for c in calls {
+        let r = c.await.unwrap().unwrap();
+        assert!(r.cold.is_none(), "served by the warm instance");
+    }
+    assert_eq!(h.counters.starts(), 1);
+    assert_eq!(h.counters.peak_in_flight(), 3);
+    let fourth: Vec<_> = (0..4).map(|i| h.call(&f, &format!("s{i}"), "ok")).collect();
+    for c in fourth {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(h.counters.starts(), 2, "a fourth overlapping request needs a second instance");
+    assert!(h.records.busy_periods().iter().all(|b| b.function == "fluid" && b.memory_mb == 128));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_concurrency_a_crash_retires_the_instance_once_its_last_invocation_ends() {
+    let h = harness(Fake { start_delay: ms(10), invoke_time: ms(100), ..Fake::default() });
+    let f = function("fluid", |s| s.concurrency = 2);
+    let ok = h.call(&f, "a", "ok");
+    let crash = h.call(&f, "b", "crash");
+    assert!(crash.await.unwrap().is_err());
+    ok.await.unwrap().unwrap();
+    h.counters.wait_shutdowns(1).await;
+    assert_eq!(h.counters.leaked(), 0);
+    assert_eq!(h.status().instances.len(), 0, "the dead instance is gone");
+    h.call(&f, "c", "ok").await.unwrap().unwrap();
+    assert_eq!(h.counters.starts(), 2, "a fresh instance serves the next request");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_concurrency_one_no_busy_period_is_reported() {
+    let h = harness(Fake { invoke_time: ms(10), ..Fake::default() });
+    let f = function("plain", |_| {});
+    h.call(&f, "a", "ok").await.unwrap().unwrap();
+    assert!(h.records.busy_periods().is_empty(), "concurrency 1 is billed per invocation, as before");
+}

@@ -153,6 +153,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("invocations", "response_ms", "REAL"),
     // Rows written before deployment bodies were versioned are format 0.
     ("deployments", "format_version", "INTEGER NOT NULL DEFAULT 0"),
+    // MB × ms of instances busy (functions with concurrency > 1: how they are billed).
+    ("usage", "instance_mb_ms", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, UsageRow};
-use nimbus_core::{InvocationRecord, InvocationStatus, Recorder, Trigger};
+use nimbus_core::{InstanceBusy, InvocationRecord, InvocationStatus, Recorder, Trigger};
 use rusqlite::{params, Connection};
 
 use crate::{open_connection, Result};
@@ -29,6 +29,25 @@ pub struct RecordWriter {
     tx: Mutex<Option<SyncSender<InvocationRecord>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dropped: Arc<AtomicU64>,
+    busy: Arc<BusyTime>,
+}
+
+/// Instance busy time (MB × ms) per function and hour, summed in memory until the writer adds
+/// it to the hour's usage with its next batch (a busy period ends before the records of its
+/// invocations are sent, so it is written with them at the latest).
+#[derive(Default)]
+struct BusyTime(Mutex<std::collections::BTreeMap<(String, u64), u64>>);
+
+impl BusyTime {
+    fn add(&self, b: InstanceBusy) {
+        let ms = u64::try_from(b.busy.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+        let mut sums = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *sums.entry((b.function, b.end_ms - b.end_ms % HOUR_MS)).or_default() += ms * u64::from(b.memory_mb);
+    }
+
+    fn take(&self) -> std::collections::BTreeMap<(String, u64), u64> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl RecordWriter {
@@ -38,12 +57,16 @@ impl RecordWriter {
         // and only risks the last transactions on power loss.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (tx, rx) = sync_channel(QUEUE);
-        let thread =
-            std::thread::Builder::new().name("nimbus-records".into()).spawn(move || write_loop(conn, rx, retention))?;
+        let busy = Arc::new(BusyTime::default());
+        let sums = busy.clone();
+        let thread = std::thread::Builder::new()
+            .name("nimbus-records".into())
+            .spawn(move || write_loop(conn, rx, retention, &sums))?;
         Ok(RecordWriter {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             dropped: Arc::new(AtomicU64::new(0)),
+            busy,
         })
     }
 
@@ -71,13 +94,38 @@ impl Recorder for RecordWriter {
             }
         }
     }
+
+    fn instance_busy(&self, busy: InstanceBusy) {
+        self.busy.add(busy);
+    }
+}
+
+/// Add the busy time summed since the last call to the hourly usage.
+fn write_busy(conn: &Connection, busy: &BusyTime) {
+    let sums = busy.take();
+    if sums.is_empty() {
+        return;
+    }
+    let written = (|| -> rusqlite::Result<()> {
+        let mut up = conn.prepare_cached(
+            "INSERT INTO usage(function, hour_ms, requests, mb_ms, instance_mb_ms) VALUES (?1, ?2, 0, 0, ?3)
+             ON CONFLICT(function, hour_ms) DO UPDATE SET instance_mb_ms = instance_mb_ms + excluded.instance_mb_ms",
+        )?;
+        for ((function, hour), mb_ms) in &sums {
+            up.execute(params![function, hour, mb_ms])?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        tracing::error!("cannot write the instances' busy time: {e}");
+    }
 }
 
 /// Hourly usage outlives the records it sums: it is what `nimbus usage` reads.
 pub const USAGE_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
 const HOUR_MS: u64 = 3_600_000;
 
-fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: Duration) {
+fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: Duration, busy: &BusyTime) {
     // Prune at start, then every minute (more often for short retentions, so they hold).
     let every = (retention / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
     let mut pruned = Instant::now();
@@ -86,13 +134,16 @@ fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: D
         let first = match rx.recv_timeout(every.saturating_sub(pruned.elapsed())) {
             Ok(r) => Some(r),
             Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return write_busy(&conn, busy),
         };
         if pruned.elapsed() >= every {
             prune(&conn, retention);
             pruned = Instant::now();
         }
-        let Some(first) = first else { continue };
+        let Some(first) = first else {
+            write_busy(&conn, busy);
+            continue;
+        };
         // Sleep through the window instead of waiting on the channel: a sender only pays for a
         // wake-up (a futex call) when the writer is parked in `recv`, so this is one wake-up per
         // batch rather than one per record.
@@ -107,6 +158,7 @@ fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: D
         if let Err(e) = write_batch(&mut conn, &batch) {
             tracing::error!("cannot write {} invocation records: {e}", batch.len());
         }
+        write_busy(&conn, busy);
     }
 }
 
@@ -251,11 +303,18 @@ fn parsed<T>(r: &rusqlite::Row<'_>, i: usize, parse: fn(&str) -> Option<T>) -> r
 
 pub(crate) fn query_usage(conn: &Connection, since_ms: u64) -> Result<Vec<UsageRow>> {
     let mut stmt = conn.prepare(
-        "SELECT function, hour_ms, requests, mb_ms FROM usage WHERE hour_ms >= ?1 ORDER BY hour_ms, function",
+        "SELECT function, hour_ms, requests, mb_ms, instance_mb_ms FROM usage WHERE hour_ms >= ?1
+         ORDER BY hour_ms, function",
     )?;
     let rows = stmt
         .query_map([since_ms - since_ms % HOUR_MS], |r| {
-            Ok(UsageRow { function: r.get(0)?, hour_ms: r.get(1)?, requests: r.get(2)?, mb_ms: r.get(3)? })
+            Ok(UsageRow {
+                function: r.get(0)?,
+                hour_ms: r.get(1)?,
+                requests: r.get(2)?,
+                mb_ms: r.get(3)?,
+                instance_mb_ms: r.get(4)?,
+            })
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(rows)

@@ -356,12 +356,18 @@ fn usage_table(v: &api::UsageReport) -> String {
         time(v.until_ms).format("%Y-%m-%d %H:%M"),
         v.always_on.hours
     );
-    let _ = writeln!(out, "{:<24} {:>12} {:>14} {:>14}", "FUNCTION", "REQUESTS", "GB-SECONDS", format!("COST ({cur})"));
+    // GB-SECONDS is what is billed; PER-INVOCATION differs only for functions with
+    // concurrency > 1, billed per instance-second busy (the Fluid saving).
+    let head = ("FUNCTION", "REQUESTS", "GB-SECONDS", "PER-INVOCATION", format!("COST ({cur})"));
+    let _ = writeln!(out, "{:<24} {:>12} {:>14} {:>14} {:>14}", head.0, head.1, head.2, head.3, head.4);
     for f in &v.functions {
-        let _ = writeln!(out, "{:<24} {:>12} {:>14.3} {:>14}", f.function, f.requests, f.gb_seconds, money(f.cost));
+        let (gbs, per_inv) = (f.gb_seconds, f.invocation_gb_seconds);
+        let _ =
+            writeln!(out, "{:<24} {:>12} {gbs:>14.3} {per_inv:>14.3} {:>14}", f.function, f.requests, money(f.cost));
     }
     let t = &v.total;
-    let _ = writeln!(out, "{:<24} {:>12} {:>14.3} {:>14}\n", "total", t.requests, t.gb_seconds, money(t.cost));
+    let (gbs, per_inv) = (t.gb_seconds, t.invocation_gb_seconds);
+    let _ = writeln!(out, "{:<24} {:>12} {gbs:>14.3} {per_inv:>14.3} {:>14}\n", "total", t.requests, money(t.cost));
     let p = &v.prices;
     let _ = writeln!(
         out,

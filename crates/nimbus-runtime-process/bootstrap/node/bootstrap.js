@@ -10,7 +10,10 @@
 // first write as Lambda's error trailers. `context.waitUntil(promise)` (nimbus): the response
 // carries `Nimbus-Wait-Until: 1` (a header, or a trailer when streamed), the work settles, then
 // POST .../invocation/{id}/done ends the invocation (nimbus-only; official clients never send it).
-// Handler output (console.log etc.) goes to stdout/stderr unmodified; on Linux
+// With AWS_LAMBDA_MAX_CONCURRENCY = N > 1 (the function's `concurrency`), N pollers each
+// take invocations on their own connection and their handlers run concurrently.
+// Handler output (console.log etc.) goes to stdout/stderr unmodified (tagged with the
+// request id when N > 1); on Linux
 // writes to pipes and files are synchronous, so everything the handler printed
 // is in the pipe before the result is posted.
 //
@@ -43,148 +46,156 @@ let apiPort;
 //
 // A minimal HTTP/1.1 client on one keep-alive socket, written by hand because Node's `http`
 // client costs ~5 ms to load and ~200 µs of CPU per request (nimbus-bench), a third of a warm
-// invocation. It only has to talk to nimbus's own Runtime API: one request at a time, bodies
-// with Content-Length (chunked is accepted too).
+// invocation. It only has to talk to nimbus's own Runtime API: one request at a time per
+// connection, bodies with Content-Length (chunked is accepted too). With
+// AWS_LAMBDA_MAX_CONCURRENCY > 1 every poller has a connection of its own.
 
 const EMPTY = Buffer.alloc(0);
-let sock = null;
-let sockUsed = false; // the socket has carried a complete response: an early close may be stale
-let inbox = EMPTY;
-let waiting = null; // { resolve, reject, retry }
 
 // In the sandbox the Runtime API is also the instance's own socket: talking to it directly
 // saves the hop through the sandbox's TCP forwarder on every request.
 const API_SOCKET = env.NIMBUS_RUNTIME_API_SOCKET;
 
-function connect() {
-  if (API_SOCKET) {
-    sock = net.createConnection({ path: API_SOCKET });
-  } else {
-    sock = net.createConnection({ host: apiHost, port: apiPort });
-    sock.setNoDelay(true);
+class Conn {
+  constructor() {
+    this.sock = null;
+    this.used = false; // the socket has carried a complete response: an early close may be stale
+    this.inbox = EMPTY;
+    this.waiting = null; // { resolve, reject, retry }
   }
-  sockUsed = false;
-  inbox = EMPTY;
-  const mine = sock;
-  sock.on('data', (chunk) => {
-    inbox = inbox.length ? Buffer.concat([inbox, chunk]) : chunk;
-    parse();
-  });
-  const gone = (err) => {
-    if (sock !== mine) return;
-    const reused = sockUsed;
-    sock = null;
-    const w = waiting;
-    waiting = null;
-    if (w) {
-      if (reused && w.retry) w.retry();
-      else w.reject(err || new Error('the Runtime API closed the connection'));
-    }
-  };
-  sock.on('error', gone);
-  sock.on('close', () => gone(null));
-}
 
-function parse() {
-  if (!waiting) return;
-  const end = inbox.indexOf('\r\n\r\n');
-  if (end < 0) return;
-  const head = inbox.toString('latin1', 0, end).split('\r\n');
-  const status = Number(head[0].split(' ')[1]);
-  const headers = {};
-  for (let i = 1; i < head.length; i++) {
-    const c = head[i].indexOf(':');
-    if (c > 0) headers[head[i].slice(0, c).trim().toLowerCase()] = head[i].slice(c + 1).trim();
-  }
-  let body;
-  let rest;
-  const start = end + 4;
-  if (/chunked/i.test(headers['transfer-encoding'] || '')) {
-    const parts = [];
-    let at = start;
-    for (;;) {
-      const eol = inbox.indexOf('\r\n', at);
-      if (eol < 0) return;
-      const size = parseInt(inbox.toString('latin1', at, eol), 16);
-      if (inbox.length < eol + 2 + size + 2) return;
-      if (size === 0) {
-        rest = eol + 4;
-        break;
-      }
-      parts.push(inbox.subarray(eol + 2, eol + 2 + size));
-      at = eol + 2 + size + 2;
-    }
-    body = Buffer.concat(parts);
-  } else {
-    const len = Number(headers['content-length'] || 0);
-    if (inbox.length < start + len) return;
-    body = inbox.subarray(start, start + len);
-    rest = start + len;
-  }
-  inbox = rest < inbox.length ? inbox.subarray(rest) : EMPTY;
-  sockUsed = true;
-  const w = waiting;
-  waiting = null;
-  w.resolve({ status, headers, body: body.toString('utf8') });
-}
-
-function request(method, urlPath, body, headers) {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? EMPTY : Buffer.from(body, 'utf8');
-    let head = `${method} ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nContent-Length: ${payload.length}\r\n`;
-    for (const k in headers || {}) {
-      if (k.toLowerCase() !== 'content-length') head += `${k}: ${headers[k]}\r\n`;
-    }
-    head += '\r\n';
-    const send = (retry) => {
-      if (!sock) connect();
-      waiting = { resolve, reject, retry };
-      sock.write(payload.length ? Buffer.concat([Buffer.from(head, 'latin1'), payload]) : head);
-    };
-    // The server may have closed an idle keep-alive socket: retry once on a fresh one.
-    send(() => send(null));
-  });
-}
-
-function post(urlPath, body, errorType, extra) {
-  const headers = { 'Content-Type': 'application/json', ...extra };
-  if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
-  return request('POST', urlPath, body, headers);
-}
-
-// A POST whose body is sent as the handler writes it (chunked), for Lambda's response
-// streaming: `write` sends one chunk (resolves once it is handed to the socket), `end` sends
-// the last chunk with the trailers and resolves with the server's answer.
-function openStream(urlPath, headers) {
-  if (!sock) connect();
-  const s = sock;
-  let head = `POST ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nTransfer-Encoding: chunked\r\n`;
-  head += 'Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body, Nimbus-Wait-Until\r\n';
-  for (const k in headers) head += `${k}: ${headers[k]}\r\n`;
-  const answer = new Promise((resolve, reject) => {
-    waiting = { resolve, reject, retry: null };
-  });
-  answer.catch(() => {}); // read by `end`; a refusal mid-stream is not an unhandled rejection
-  s.write(head + '\r\n');
-  const put = (data) =>
-    new Promise((resolve) => {
-      if (s.destroyed) return resolve();
-      s.write(data, () => resolve());
+  connect() {
+    const sock = API_SOCKET
+      ? net.createConnection({ path: API_SOCKET })
+      : net.createConnection({ host: apiHost, port: apiPort });
+    if (!API_SOCKET) sock.setNoDelay(true);
+    this.sock = sock;
+    this.used = false;
+    this.inbox = EMPTY;
+    sock.on('data', (chunk) => {
+      this.inbox = this.inbox.length ? Buffer.concat([this.inbox, chunk]) : chunk;
+      this.parse();
     });
-  return {
-    write(chunk) {
-      if (!chunk.length) return Promise.resolve();
-      return put(Buffer.concat([Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'), chunk, CRLF]));
-    },
-    end(trailers) {
-      let t = '0\r\n';
-      for (const k in trailers) t += `${k}: ${trailers[k]}\r\n`;
-      put(t + '\r\n');
-      return answer;
-    },
-  };
+    const gone = (err) => {
+      if (this.sock !== sock) return;
+      const reused = this.used;
+      this.sock = null;
+      const w = this.waiting;
+      this.waiting = null;
+      if (w) {
+        if (reused && w.retry) w.retry();
+        else w.reject(err || new Error('the Runtime API closed the connection'));
+      }
+    };
+    sock.on('error', gone);
+    sock.on('close', () => gone(null));
+  }
+
+  parse() {
+    if (!this.waiting) return;
+    const inbox = this.inbox;
+    const end = inbox.indexOf('\r\n\r\n');
+    if (end < 0) return;
+    const head = inbox.toString('latin1', 0, end).split('\r\n');
+    const status = Number(head[0].split(' ')[1]);
+    const headers = {};
+    for (let i = 1; i < head.length; i++) {
+      const c = head[i].indexOf(':');
+      if (c > 0) headers[head[i].slice(0, c).trim().toLowerCase()] = head[i].slice(c + 1).trim();
+    }
+    let body;
+    let rest;
+    const start = end + 4;
+    if (/chunked/i.test(headers['transfer-encoding'] || '')) {
+      const parts = [];
+      let at = start;
+      for (;;) {
+        const eol = inbox.indexOf('\r\n', at);
+        if (eol < 0) return;
+        const size = parseInt(inbox.toString('latin1', at, eol), 16);
+        if (inbox.length < eol + 2 + size + 2) return;
+        if (size === 0) {
+          rest = eol + 4;
+          break;
+        }
+        parts.push(inbox.subarray(eol + 2, eol + 2 + size));
+        at = eol + 2 + size + 2;
+      }
+      body = Buffer.concat(parts);
+    } else {
+      const len = Number(headers['content-length'] || 0);
+      if (inbox.length < start + len) return;
+      body = inbox.subarray(start, start + len);
+      rest = start + len;
+    }
+    this.inbox = rest < inbox.length ? inbox.subarray(rest) : EMPTY;
+    this.used = true;
+    const w = this.waiting;
+    this.waiting = null;
+    w.resolve({ status, headers, body: body.toString('utf8') });
+  }
+
+  request(method, urlPath, body, headers) {
+    return new Promise((resolve, reject) => {
+      const payload = body === undefined ? EMPTY : Buffer.from(body, 'utf8');
+      let head = `${method} ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nContent-Length: ${payload.length}\r\n`;
+      for (const k in headers || {}) {
+        if (k.toLowerCase() !== 'content-length') head += `${k}: ${headers[k]}\r\n`;
+      }
+      head += '\r\n';
+      const send = (retry) => {
+        if (!this.sock) this.connect();
+        this.waiting = { resolve, reject, retry };
+        this.sock.write(payload.length ? Buffer.concat([Buffer.from(head, 'latin1'), payload]) : head);
+      };
+      // The server may have closed an idle keep-alive socket: retry once on a fresh one.
+      send(() => send(null));
+    });
+  }
+
+  // A POST whose body is sent as the handler writes it (chunked), for Lambda's response
+  // streaming: `write` sends one chunk (resolves once it is handed to the socket), `end` sends
+  // the last chunk with the trailers and resolves with the server's answer.
+  openStream(urlPath, headers) {
+    if (!this.sock) this.connect();
+    const s = this.sock;
+    let head = `POST ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nTransfer-Encoding: chunked\r\n`;
+    head += 'Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body, Nimbus-Wait-Until\r\n';
+    for (const k in headers) head += `${k}: ${headers[k]}\r\n`;
+    const answer = new Promise((resolve, reject) => {
+      this.waiting = { resolve, reject, retry: null };
+    });
+    answer.catch(() => {}); // read by `end`; a refusal mid-stream is not an unhandled rejection
+    s.write(head + '\r\n');
+    const put = (data) =>
+      new Promise((resolve) => {
+        if (s.destroyed) return resolve();
+        s.write(data, () => resolve());
+      });
+    return {
+      write(chunk) {
+        if (!chunk.length) return Promise.resolve();
+        return put(Buffer.concat([Buffer.from(chunk.length.toString(16) + '\r\n', 'latin1'), chunk, CRLF]));
+      },
+      end(trailers) {
+        let t = '0\r\n';
+        for (const k in trailers) t += `${k}: ${trailers[k]}\r\n`;
+        put(t + '\r\n');
+        return answer;
+      },
+    };
+  }
 }
 const CRLF = Buffer.from('\r\n', 'latin1');
+
+// The connection of init and of the first poller.
+const mainConn = new Conn();
+
+function post(urlPath, body, errorType, conn, extra) {
+  const headers = { 'Content-Type': 'application/json', ...extra };
+  if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
+  return (conn || mainConn).request('POST', urlPath, body, headers);
+}
 
 function headerSafe(s) {
   return String(s).replace(/[^\x20-\x7e]/g, '') || 'Unhandled';
@@ -342,13 +353,13 @@ global.awslambda = {
 
 // The writable a streaming handler gets: the POST opens at the first write (or at the end),
 // so `setContentType` and `HttpResponseStream.from` can still change the head before it.
-function responseStream(urlPath) {
+function responseStream(urlPath, http) {
   const { Writable } = require('stream');
   let contentType = 'application/octet-stream';
   let conn = null;
   const open = () => {
     if (conn) return;
-    conn = openStream(urlPath, { 'Lambda-Runtime-Function-Response-Mode': 'streaming', 'Content-Type': contentType });
+    conn = http.openStream(urlPath, { 'Lambda-Runtime-Function-Response-Mode': 'streaming', 'Content-Type': contentType });
     if (w._prelude !== undefined) {
       conn.write(Buffer.from(w._prelude, 'utf8'));
       conn.write(Buffer.alloc(8));
@@ -382,15 +393,17 @@ function addWait(inv, p) {
   );
 }
 
-let background = null; // the invocation still settling its waitUntil work
+let background = null; // with one invocation at a time: the one still settling its waitUntil work
 global[Symbol.for('nimbus.waitUntil')] = (p) => {
-  const inv = current || background;
+  // With several invocations at once, the one whose code calls it (AsyncLocalStorage).
+  const id = logContext ? logContext.getStore() : undefined;
+  const inv = id !== undefined ? inFlight.get(id) : current || background;
   if (!inv) throw new Error('waitUntil() works only while a nimbus invocation is running');
   addWait(inv, p);
 };
 
 async function settle(inv) {
-  background = inv;
+  if (MAX_CONCURRENCY === 1) background = inv;
   for (let round = 0; round < 1000 && inv.waits.length; round++) {
     await Promise.all(inv.waits.splice(0));
   }
@@ -404,11 +417,11 @@ function streamErrorBody(e) {
 
 // A streaming handler: chunks go out as it writes; an error after the first write ends the
 // stream with Lambda's error trailers, before it a plain /error.
-async function invokeStreaming(fn, event, ctx, inv, base) {
-  const stream = responseStream(base + '/response');
+async function invokeStreaming(fn, event, ctx, inv, base, conn) {
+  const stream = responseStream(base + '/response', conn);
   let failed = null;
   try {
-    await fn(event, stream, ctx);
+    await (logContext ? logContext.run(inv.id, () => fn(event, stream, ctx)) : fn(event, stream, ctx));
     if (!stream.writableEnded) stream.end();
     await new Promise((resolve, reject) => {
       if (stream.writableFinished) return resolve();
@@ -423,7 +436,7 @@ async function invokeStreaming(fn, event, ctx, inv, base) {
   current = null;
   if (failed !== null && !stream.opened()) {
     printError('', failed);
-    await settleAndDone(inv, base, () => post(base + '/error', errorBody(errorPayload(failed)), 'Unhandled'));
+    await settleAndDone(inv, base, () => post(base + '/error', errorBody(errorPayload(failed)), 'Unhandled', conn));
     return;
   }
   const trailers = {};
@@ -436,7 +449,7 @@ async function invokeStreaming(fn, event, ctx, inv, base) {
   await stream.finish(trailers);
   if (trailers['Nimbus-Wait-Until']) {
     await settle(inv);
-    await post(base + '/done', '');
+    await post(base + '/done', '', undefined, conn);
   }
 }
 
@@ -449,23 +462,24 @@ async function settleAndDone(inv, base, answer) {
 // ---------------------------------------------------------------------------
 // Invocations
 
-let current = null; // { id, done }
+const MAX_CONCURRENCY = Math.max(1, Math.floor(Number(env.AWS_LAMBDA_MAX_CONCURRENCY) || 1));
+const inFlight = new Map(); // request id -> { id, done, waits }: until its waitUntil work settled
+let current = null; // with one invocation at a time: the one whose handler runs
 let dying = false;
 
+// An uncaught exception ends the process: every invocation in flight gets it as its error
+// (with concurrency > 1 it cannot be told which one threw).
 function onFatal(e) {
   if (dying) return;
   dying = true;
   printError('Uncaught exception: ', e);
-  const inv = current;
-  if (inv && !inv.done) {
+  const open = [...inFlight.values()].filter((inv) => !inv.done);
+  if (open.length === 0) process.exit(1);
+  const posts = open.map((inv) => {
     inv.done = true;
-    post(BASE + '/invocation/' + inv.id + '/error', errorBody(errorPayload(e)), 'Unhandled').then(
-      () => process.exit(1),
-      () => process.exit(1),
-    );
-  } else {
-    process.exit(1);
-  }
+    return post(BASE + '/invocation/' + inv.id + '/error', errorBody(errorPayload(e)), 'Unhandled', new Conn());
+  });
+  Promise.allSettled(posts).then(() => process.exit(1));
 }
 process.on('uncaughtException', onFatal);
 process.on('unhandledRejection', onFatal);
@@ -514,13 +528,25 @@ function runHandler(fn, event, ctx) {
   });
 }
 
-async function invoke(fn, next) {
-  const h = next.headers;
-  const id = h['lambda-runtime-aws-request-id'];
+async function invoke(fn, next, conn) {
+  const id = next.headers['lambda-runtime-aws-request-id'];
   const inv = { id, done: false, waits: [] };
-  current = inv;
+  inFlight.set(id, inv);
+  if (MAX_CONCURRENCY === 1) current = inv;
+  try {
+    await run(fn, next, conn, inv);
+  } finally {
+    inFlight.delete(id);
+  }
+}
+
+async function run(fn, next, conn, inv) {
+  const h = next.headers;
+  const id = inv.id;
   const trace = h['lambda-runtime-trace-id'];
-  if (trace) env._X_AMZN_TRACE_ID = trace;
+  if (MAX_CONCURRENCY > 1) {
+    // Several invocations share the process: the trace id is the context's, not the env's.
+  } else if (trace) env._X_AMZN_TRACE_ID = trace;
   else delete env._X_AMZN_TRACE_ID;
   const deadline = Number(h['lambda-runtime-deadline-ms']) || 0;
   const ctx = {
@@ -535,6 +561,7 @@ async function invoke(fn, next) {
     clientContext: parseJsonHeader(h['lambda-runtime-client-context']),
     identity: parseJsonHeader(h['lambda-runtime-cognito-identity']),
     callbackWaitsForEmptyEventLoop: true, // accepted but not honoured: nimbus responds on callback
+    xRayTraceId: trace,
     // nimbus: run `promise` after the response; the invocation ends when it settles.
     waitUntil: (promise) => addWait(inv, promise),
   };
@@ -549,8 +576,10 @@ async function invoke(fn, next) {
     kind = 'Unhandled';
     value = e;
   }
-  if (kind === undefined && fn[STREAMING]) return invokeStreaming(fn, event, ctx, inv, base);
-  if (kind === undefined) [kind, value] = await runHandler(fn, event, ctx);
+  if (kind === undefined && fn[STREAMING]) return invokeStreaming(fn, event, ctx, inv, base, conn);
+  if (kind === undefined) {
+    [kind, value] = logContext ? await logContext.run(id, () => runHandler(fn, event, ctx)) : await runHandler(fn, event, ctx);
+  }
   if (inv.done) return; // an uncaught exception already answered this request
   let body;
   if (kind === 'ok') {
@@ -570,23 +599,68 @@ async function invoke(fn, next) {
   }
   inv.done = true;
   current = null;
-  if (kind !== 'ok') return settleAndDone(inv, base, () => post(base + '/error', body, kind));
-  if (!inv.waits.length) return void (await post(base + '/response', body));
+  if (kind !== 'ok') return settleAndDone(inv, base, () => post(base + '/error', body, kind, conn));
+  if (!inv.waits.length) return void (await post(base + '/response', body, undefined, conn));
   // The response goes out now; nimbus keeps the invocation open until /done.
-  await post(base + '/response', body, undefined, { 'Nimbus-Wait-Until': '1' });
+  await post(base + '/response', body, undefined, conn, { 'Nimbus-Wait-Until': '1' });
   await settle(inv);
-  await post(base + '/done', '');
+  await post(base + '/done', '', undefined, conn);
 }
 
-async function main() {
-  const fn = await loadHandler();
+// ---------------------------------------------------------------------------
+// Log lines of concurrent invocations
+//
+// With AWS_LAMBDA_MAX_CONCURRENCY > 1 several invocations write to the same stdout and stderr:
+// console.* write each line in Lambda's shape, `timestamp\trequestId\tLEVEL\tmessage`, with
+// the id of the invocation that logged it (AsyncLocalStorage follows it through awaits), so
+// nimbus can give every line to its invocation. With one invocation at a time output is left
+// as the handler wrote it.
+
+let logContext = null;
+
+function tagConsole() {
+  const { AsyncLocalStorage } = require('async_hooks');
+  const util = require('util');
+  logContext = new AsyncLocalStorage();
+  const write = (stream, level) =>
+    function (...args) {
+      const id = logContext.getStore();
+      const text = util.format(...args);
+      if (id === undefined) {
+        stream.write(text + '\n');
+        return;
+      }
+      const stamp = new Date().toISOString();
+      let out = '';
+      for (const line of text.split('\n')) out += `${stamp}\t${id}\t${level}\t${line}\n`;
+      stream.write(out);
+    };
+  console.log = write(process.stdout, 'INFO');
+  console.info = write(process.stdout, 'INFO');
+  console.debug = write(process.stdout, 'DEBUG');
+  console.trace = write(process.stdout, 'TRACE');
+  console.warn = write(process.stderr, 'WARN');
+  console.error = write(process.stderr, 'ERROR');
+}
+
+async function poll(fn, conn) {
   for (;;) {
-    const next = await request('GET', BASE + '/invocation/next');
+    const next = await conn.request('GET', BASE + '/invocation/next');
     if (next.status !== 200) {
       throw new Error(`GET /runtime/invocation/next answered ${next.status}: ${next.body}`);
     }
-    await invoke(fn, next);
+    await invoke(fn, next, conn);
   }
+}
+
+async function main() {
+  if (MAX_CONCURRENCY > 1) tagConsole();
+  const fn = await loadHandler();
+  // One poller per invocation the instance may run at once, each on its own connection; the
+  // handlers of their invocations run concurrently on the event loop, sharing module state.
+  const pollers = [poll(fn, mainConn)];
+  for (let i = 1; i < MAX_CONCURRENCY; i++) pollers.push(poll(fn, new Conn()));
+  await Promise.all(pollers);
 }
 
 main().catch(fatal);

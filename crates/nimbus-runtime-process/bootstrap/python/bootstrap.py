@@ -14,6 +14,13 @@ trailers. ``context.wait_until(work)`` (nimbus): the response carries `Nimbus-Wa
 (header, or trailer when streamed), the work runs, then POST .../invocation/{id}/done
 (nimbus-only; official clients never send it).
 
+With AWS_LAMBDA_MAX_CONCURRENCY = N > 1 (the function's `concurrency`), as Lambda Managed
+Instances do for Python: once the handler module is imported, the process forks N - 1
+workers; each process (the parent too) polls /next on its own connection and runs one
+invocation at a time. They share the instance's process group and cgroup (its memory limit);
+a worker dies with the parent (PR_SET_PDEATHSIG), and the parent exits when a worker dies, so
+nimbus sees one instance that crashed. Their output lines carry the request id.
+
 Cold start matters, so this file deliberately avoids heavy imports:
   * HTTP is spoken over the C ``_socket`` module directly (``http.client`` pulls
     in email, ssl, urllib, re, ... and costs tens of milliseconds);
@@ -579,6 +586,103 @@ def invoke(conn, handler, base, body, ctx):
     conn.request("POST", base + "/response", payload, WAIT_HEADERS)
     _settle(ctx)
     conn.request("POST", base + "/done")
+# Concurrency (AWS_LAMBDA_MAX_CONCURRENCY > 1)
+
+# The request id of the invocation this process runs now (tagged output), or None.
+_current = [None]
+
+
+def _stamp():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)
+
+
+class _Tagged:
+    """A stdout/stderr whose lines, during an invocation, are written in Lambda's shape
+    (timestamp, request id, level, message) so nimbus gives them to their invocation."""
+
+    def __init__(self, stream, level):
+        self._stream = stream
+        self._level = level
+        self._partial = ""
+
+    def write(self, text):
+        rid = _current[0]
+        if rid is None:
+            return self._stream.write(text)
+        self._partial += text
+        if "\n" in self._partial:
+            *lines, self._partial = self._partial.split("\n")
+            stamp = _stamp()
+            self._stream.write("".join(f"{stamp}\t{rid}\t{self._level}\t{line}\n" for line in lines))
+        return len(text)
+
+    def flush(self):
+        if self._partial and _current[0] is not None:
+            self._stream.write(f"{_stamp()}\t{_current[0]}\t{self._level}\t{self._partial}\n")
+            self._partial = ""
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _tag_output():
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tagged(out, "INFO"), _Tagged(err, "ERROR")
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        # Handlers the module set up at import hold the untagged streams.
+        for h in logging.getLogger().handlers:
+            stream = getattr(h, "stream", None)
+            if stream is out or stream is err:
+                h.setStream(sys.stdout if stream is out else sys.stderr)
+
+
+def _fork_workers(n):
+    """Fork `n` workers from this initialised process. Returns True in the parent."""
+    parent = os.getpid()
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except Exception:
+        prctl = None
+    children = []
+    for _ in range(n):
+        _flush()
+        pid = os.fork()
+        if pid == 0:
+            if prctl is not None:
+                prctl(1, 9)  # PR_SET_PDEATHSIG = SIGKILL: die with the parent
+            if os.getppid() != parent:
+                os._exit(1)
+            return False
+        children.append(pid)
+    _watch_workers(children)
+    return True
+
+
+def _watch_workers(children):
+    """Exit the parent (and so the instance) when a worker dies: nimbus then fails every
+    invocation in flight and starts a fresh instance, as for any crash."""
+    try:
+        fds = {os.pidfd_open(pid): pid for pid in children}
+    except (AttributeError, OSError):
+        return  # no pidfd (old kernel): a dead worker is noticed at its invocation's timeout
+    import select
+    import threading
+
+    def watch():
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        fd = poller.poll()[0][0]
+        sys.__stderr__.write(f"nimbus bootstrap: worker process {fds[fd]} exited; stopping the instance\n")
+        sys.__stderr__.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 # ---------------------------------------------------------------------------
@@ -596,12 +700,23 @@ def main():
 
     conn = Connection(env.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"), env.get("NIMBUS_RUNTIME_API_SOCKET"))
     handler = load_handler(conn, env.get("_HANDLER", ""))
+    try:
+        workers = int(env.get("AWS_LAMBDA_MAX_CONCURRENCY") or 1)
+    except ValueError:
+        workers = 1
+    if workers > 1:
+        _fork_workers(workers - 1)
+        # Every process polls on a connection of its own.
+        conn = Connection(env.get("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"), env.get("NIMBUS_RUNTIME_API_SOCKET"))
+        _tag_output()
 
     while True:
         status, h, body = conn.request("GET", BASE + "/invocation/next")
         if status != 200:
             raise RuntimeApiError(f"GET /runtime/invocation/next answered {status}: {body[:200]!r}")
         rid = h.get("lambda-runtime-aws-request-id", "")
+        if workers > 1:
+            _current[0] = rid
         trace = h.get("lambda-runtime-trace-id")
         if trace:
             env["_X_AMZN_TRACE_ID"] = trace

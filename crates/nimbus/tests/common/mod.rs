@@ -518,7 +518,7 @@ pub struct Invoked {
 }
 
 impl Invoked {
-    async fn from(resp: reqwest::Response, started: Instant) -> Invoked {
+    pub async fn from(resp: reqwest::Response, started: Instant) -> Invoked {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let raw = resp.bytes().await.unwrap().to_vec();
