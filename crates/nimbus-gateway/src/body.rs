@@ -18,8 +18,9 @@ pub type GwResp = http::Response<GwBody>;
 pub enum GwBody {
     Full(Full<Bytes>),
     /// A function's body as it arrives; an error mid-way cuts it (the connection is reset, so
-    /// the client sees an incomplete body), as a Lambda function URL does.
-    Cut(BodyReceiver),
+    /// the client sees an incomplete body), as a Lambda function URL does. The error is held
+    /// for one poll (see `poll_frame`).
+    Cut(BodyReceiver, Option<StreamError>),
     /// Frames made by a task (the Invoke API's event stream).
     Frames(mpsc::Receiver<Bytes>),
 }
@@ -42,7 +43,22 @@ impl Body for GwBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         match self.get_mut() {
             GwBody::Full(f) => Pin::new(f).poll_frame(cx).map(|o| o.map(|r| r.map_err(|never| match never {}))),
-            GwBody::Cut(rx) => rx.poll_next(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            GwBody::Cut(rx, held) => {
+                if let Some(e) = held.take() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                match rx.poll_next(cx) {
+                    // hyper drops what it has not written when a body fails, and it writes (the
+                    // head, earlier chunks) when the body is pending: so the cut comes one poll
+                    // later, or a client of a function that failed quickly would get no head.
+                    Poll::Ready(Some(Err(e))) => {
+                        *held = Some(e);
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    other => other.map(|o| o.map(|r| r.map(Frame::data))),
+                }
+            }
             GwBody::Frames(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
         }
     }

@@ -297,7 +297,7 @@ fn passes_through(function: &FunctionVersion, r: &nimbus_core::InvokeResult) -> 
 /// gave none, as a Lambda function URL), then the body as it arrives, cut on a mid-stream
 /// error or timeout.
 fn streamed_response(head: Option<nimbus_core::HttpResponseHead>, body: nimbus_core::BodyReceiver) -> GwResp {
-    let mut resp = Response::new(GwBody::Cut(body));
+    let mut resp = Response::new(GwBody::Cut(body, None));
     match head {
         Some(head) => {
             *resp.status_mut() = head.status;

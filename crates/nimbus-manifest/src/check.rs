@@ -327,20 +327,18 @@ fn function(
     let code = code(cx, &k, name, &mut loc);
     let wasm = wasm_keys(cx, &k, runtime, &mut loc);
     let limits = limits(cx, &k, runtime);
-    let scaling = scaling(cx, &k);
+    let scaling = scaling(cx, &k, runtime);
     let async_policy = async_policy(cx, &k, &mut refs.destinations);
     let env = env(cx, &k);
     let ephemeral_storage_mb = ephemeral_storage(cx, &k, runtime);
     let allowed_outbound_hosts = outbound_hosts(cx, &k);
     let grants = grants_of(cx, &k, refs);
     let response = crate::response::response_keys(cx, k.get("response_mode"), k.get("max_stream_bytes"), field);
-    let concurrency = concurrency(cx, &k, runtime);
-
     if cx.error_count() > before {
         return None;
     }
     let (memory_mb, timeout, cpu_ms) = limits?;
-    let Scaling { min_instances, max_instances, keep_alive, max_queued, queue_timeout, keep_alive_policy } = scaling?;
+    let s = scaling?;
     let spec = FunctionSpec {
         name: name.to_owned(),
         runtime: runtime?,
@@ -350,20 +348,20 @@ fn function(
         timeout,
         cpu_ms,
         env,
-        min_instances,
-        max_instances,
-        keep_alive,
-        max_queued,
-        queue_timeout,
+        min_instances: s.min_instances,
+        max_instances: s.max_instances,
+        keep_alive: s.keep_alive,
+        max_queued: s.max_queued,
+        queue_timeout: s.queue_timeout,
         async_policy,
         wasm: wasm?,
         allowed_outbound_hosts: allowed_outbound_hosts?,
         ephemeral_storage_mb: ephemeral_storage_mb?,
         grants: grants?,
-        keep_alive_policy,
+        keep_alive_policy: s.keep_alive_policy,
         response_mode: response?.0,
         max_stream_bytes: response?.1,
-        concurrency: concurrency?,
+        concurrency: s.concurrency,
     };
     Some((spec, loc))
 }
@@ -551,6 +549,7 @@ struct Scaling {
     max_queued: u32,
     queue_timeout: Duration,
     keep_alive_policy: KeepAlivePolicy,
+    concurrency: u32,
 }
 
 /// `keep_alive`: a duration, or `"adaptive"` (windows learnt from the function's idle times,
@@ -574,7 +573,7 @@ fn keep_alive(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<(Duration, KeepAlive
     Some((d, KeepAlivePolicy::Fixed))
 }
 
-fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Scaling> {
+fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>) -> Option<Scaling> {
     let min_instances = k.get("min_instances").map_or(Some(0), |mv| cx.u32(mv, &k.f("min_instances"), 0, 1000));
     let max_instances =
         k.get("max_instances").map_or(Some(defaults::MAX_INSTANCES), |mv| cx.u32(mv, &k.f("max_instances"), 1, 1000));
@@ -594,6 +593,7 @@ fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Scaling> {
     let queue_timeout = k.get("queue_timeout").map_or(Some(defaults::QUEUE_TIMEOUT), |qv| {
         cx.duration(qv, &k.f("queue_timeout"), Duration::from_millis(1), Duration::from_secs(15 * 60))
     });
+    let concurrency = concurrency(cx, k, runtime);
     Some(Scaling {
         min_instances: min_instances?,
         max_instances: max_instances?,
@@ -601,6 +601,7 @@ fn scaling(cx: &mut Ctx<'_>, k: &Keys<'_, '_>) -> Option<Scaling> {
         max_queued: max_queued?,
         queue_timeout: queue_timeout?,
         keep_alive_policy: keep_alive?.1,
+        concurrency: concurrency?,
     })
 }
 
