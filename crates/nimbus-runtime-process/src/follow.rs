@@ -105,7 +105,7 @@ impl Follow {
         let outcome = outcome.map_err(|e| with_log(e, log.clone()));
         let duration = self.started.elapsed();
         let max_memory_mb =
-            self.proc_status.as_ref().and_then(crate::instance::peak_rss_mb).unwrap_or(self.max_memory_mb);
+            self.proc_status.as_ref().and_then(crate::limits::peak_rss_mb).unwrap_or(self.max_memory_mb);
         let _ = self.done.send(Completion {
             outcome,
             response: response.map_or(duration, |r| r.saturating_duration_since(self.started)),

@@ -581,7 +581,7 @@ impl ProcessInstance {
     }
 
     fn read_max_memory(&self) -> u32 {
-        if let Some(mb) = self.proc_status.as_ref().and_then(peak_rss_mb) {
+        if let Some(mb) = self.proc_status.as_ref().and_then(limits::peak_rss_mb) {
             self.last_max_memory_mb.store(mb, Ordering::Relaxed);
         }
         self.last_max_memory_mb.load(Ordering::Relaxed)
@@ -1066,19 +1066,6 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         }
         _ => status.to_string(),
     }
-}
-
-/// Peak resident set of a process in MB (`VmHWM`), the figure Lambda reports as Max Memory Used.
-/// `status` is `/proc/PID/status`, kept open: procfs regenerates the file on every read at
-/// offset 0, and reusing the descriptor saves open, statx and close on every invocation.
-pub(crate) fn peak_rss_mb(status: &std::fs::File) -> Option<u32> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = [0u8; 4096];
-    let n = status.read_at(&mut buf, 0).ok()?;
-    let text = std::str::from_utf8(buf.get(..n)?).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    u32::try_from(kb.div_ceil(1024)).ok()
 }
 
 /// Ask the kernel to SIGKILL the runtime when nimbus dies, so `kill -9 nimbus` leaves no orphans.

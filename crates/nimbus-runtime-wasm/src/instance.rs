@@ -27,6 +27,40 @@ use crate::{Inner, Loaded};
 
 type Response = hyper::Response<HyperOutgoingBody>;
 
+/// Ready `store` for one request: its CPU meter and limit flags reset, the epoch deadline armed
+/// (the ticker then makes the guest yield every tick). Returns the meter to run the call under.
+pub(crate) fn arm(store: &mut Store<Host>) -> Arc<CpuMeter> {
+    let cpu = store.data().cpu.clone();
+    cpu.reset();
+    let h = store.data_mut();
+    h.limiter.refused = None;
+    h.cpu_exceeded = false;
+    store.set_epoch_deadline(1);
+    cpu
+}
+
+/// A store and its instance, handed back by a streamed invocation for the next one.
+pub(crate) type Kept = (Store<Host>, Proxy);
+
+/// What a streaming instance shares with the task running its current invocation.
+#[derive(Clone, Default)]
+pub(crate) struct Shared {
+    /// The instance kept for the next request (`instance_reuse`), put back at the end.
+    kept: std::sync::Arc<std::sync::Mutex<Option<Kept>>>,
+    /// Set when the instance cannot serve again (a kept instance that trapped or timed out).
+    pub(crate) dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shared {
+    pub(crate) fn take(&self) -> Option<Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub(crate) fn put(&self, kept: Kept) {
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+    }
+}
+
 pub(crate) struct WasmInstance {
     pub(crate) parts: Parts,
     pub(crate) id: String,
@@ -35,7 +69,7 @@ pub(crate) struct WasmInstance {
     ready: std::sync::Mutex<Option<(Store<Host>, Proxy)>>,
     dead: std::sync::atomic::AtomicBool,
     /// What a streamed invocation's task hands back (`crate::stream`).
-    pub(crate) shared: crate::stream::Shared,
+    pub(crate) shared: Shared,
 }
 
 /// What every request of the instance shares (all `Sync`, unlike a `Store`).
@@ -276,14 +310,7 @@ impl Parts {
             let out = view.new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;
             (req, out)
         };
-        let cpu = store.data().cpu.clone();
-        cpu.reset();
-        {
-            let h = store.data_mut();
-            h.limiter.refused = None;
-            h.cpu_exceeded = false;
-        }
-        store.set_epoch_deadline(1);
+        let cpu = arm(store);
         let handler = proxy.wasi_http_incoming_handler();
         let call = Metered { inner: Box::pin(handler.call_handle(&mut *store, req, out)), meter: &cpu };
         let ended = drive(call, rx, self.rt.settings.max_response_bytes).await;

@@ -22,29 +22,7 @@ use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::host::{Host, Metered};
-use crate::instance::{error_body, first_response, to_http, Driven, Ended, Parts, WasmInstance};
-
-/// A store and its instance, handed back by a streamed invocation for the next one.
-pub(crate) type Kept = (Store<Host>, Proxy);
-
-/// What a streaming instance shares with the task running its current invocation.
-#[derive(Clone, Default)]
-pub(crate) struct Shared {
-    /// The instance kept for the next request (`instance_reuse`), put back at the end.
-    kept: Arc<Mutex<Option<Kept>>>,
-    /// Set when the instance cannot serve again (a kept instance that trapped or timed out).
-    pub(crate) dead: Arc<AtomicBool>,
-}
-
-impl Shared {
-    pub(crate) fn take(&self) -> Option<Kept> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    fn put(&self, kept: Kept) {
-        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
-    }
-}
+use crate::instance::{error_body, first_response, to_http, Driven, Ended, Kept, Parts, Shared, WasmInstance};
 
 /// What the task tells `invoke` first.
 enum Head {
@@ -203,14 +181,7 @@ impl Run {
             let out = view.new_response_outparam(tx).map_err(platform)?;
             (req, out)
         };
-        let cpu = store.data().cpu.clone();
-        cpu.reset();
-        {
-            let h = store.data_mut();
-            h.limiter.refused = None;
-            h.cpu_exceeded = false;
-        }
-        store.set_epoch_deadline(1);
+        let cpu = crate::instance::arm(&mut store);
         let handler = proxy.wasi_http_incoming_handler();
         let driven = {
             let call = Metered { inner: Box::pin(handler.call_handle(&mut store, req, out)), meter: &cpu };
