@@ -5,8 +5,7 @@
 //! or the timeout ends it; then the completion is sent. A kept instance (`instance_reuse`)
 //! comes back through a shared slot before the completion, so the next invocation finds it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,12 +15,10 @@ use nimbus_core::{
     Invocation, InvokeOutcome, InvokeResult, SendError, StreamError, StreamHandle,
 };
 use tokio::sync::oneshot;
-use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::WasiHttpView;
 
-use crate::host::{Host, Metered};
+use crate::host::Metered;
 use crate::instance::{error_body, first_response, to_http, Driven, Ended, Kept, Parts, Shared, WasmInstance};
 
 /// What the task tells `invoke` first.
