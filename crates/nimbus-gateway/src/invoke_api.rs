@@ -137,10 +137,7 @@ pub(crate) struct Call {
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: std::net::SocketAddr) -> Resp {
     let request_id = nimbus_core::ids::new_request_id();
     let mut resp = invoke(gw, req, &request_id, remote.ip()).await.unwrap_or_else(|e| e.into_response(&request_id));
-    // An async accept answers with the queued event's id (the earlier one for a duplicate).
-    if !resp.headers().contains_key("x-amzn-requestid") {
-        set_header(&mut resp, "x-amzn-requestid", &request_id);
-    }
+    stamp_request_id(&mut resp, &request_id);
     resp
 }
 
@@ -227,9 +224,7 @@ async fn verified(
     }
     .await;
     let mut resp = answer.unwrap_or_else(|e| e.into_response(&request_id));
-    if !resp.headers().contains_key("x-amzn-requestid") {
-        set_header(&mut resp, "x-amzn-requestid", &request_id);
-    }
+    stamp_request_id(&mut resp, &request_id);
     resp
 }
 
@@ -246,6 +241,14 @@ fn not_granted(caller: &FunctionVersion, target: &str) -> AwsError {
                 "function {who} may not invoke {target}; grant it in nimbus.toml: [functions.{who}.grants] functions = [\"{target}\"]"
             ),
         )
+    }
+}
+
+/// Give an answer its `x-amzn-requestid`, unless it has one (an async accept answers with the
+/// queued event's id, the earlier one for a duplicate).
+pub(crate) fn stamp_request_id<B>(resp: &mut http::Response<B>, request_id: &str) {
+    if !resp.headers().contains_key("x-amzn-requestid") {
+        set_header(resp, "x-amzn-requestid", request_id);
     }
 }
 

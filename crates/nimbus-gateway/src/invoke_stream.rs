@@ -40,9 +40,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: std::ne
         Ok(r) => r,
         Err(e) => whole(e.into_response(&request_id)),
     };
-    if !resp.headers().contains_key("x-amzn-requestid") {
-        set_header(&mut resp, "x-amzn-requestid", &request_id);
-    }
+    invoke_api::stamp_request_id(&mut resp, &request_id);
     resp
 }
 
@@ -52,10 +50,7 @@ async fn invoke(
     request_id: &str,
     source: std::net::IpAddr,
 ) -> Result<GwResp, AwsError> {
-    let path = req.uri().path();
-    let raw_name = path.strip_prefix(PREFIX).and_then(|r| r.strip_suffix(SUFFIX)).ok_or_else(|| {
-        AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
-    })?;
+    let raw_name = function_name(req.uri().path())?;
     if req.method() != http::Method::POST {
         return Err(AwsError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -85,10 +80,7 @@ async fn invoke(
 pub(crate) async fn signed(gw: &Gateway, key_id: &str, functions: Option<&[String]>, req: Request<Bytes>) -> GwResp {
     let request_id = nimbus_core::ids::new_request_id();
     let answer = async {
-        let path = req.uri().path();
-        let raw_name = path.strip_prefix(PREFIX).and_then(|r| r.strip_suffix(SUFFIX)).ok_or_else(|| {
-            AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
-        })?;
+        let raw_name = function_name(req.uri().path())?;
         let call = invoke_api::parse_call(raw_name, req.uri().query(), req.headers())?;
         if functions.is_some_and(|allowed| !allowed.contains(&call.name)) {
             let message = format!("the access key {key_id} may not invoke {}", call.name);
@@ -100,10 +92,15 @@ pub(crate) async fn signed(gw: &Gateway, key_id: &str, functions: Option<&[Strin
     }
     .await;
     let mut resp = answer.unwrap_or_else(|e| whole(e.into_response(&request_id)));
-    if !resp.headers().contains_key("x-amzn-requestid") {
-        set_header(&mut resp, "x-amzn-requestid", &request_id);
-    }
+    invoke_api::stamp_request_id(&mut resp, &request_id);
     resp
+}
+
+/// `NAME` from `/2021-11-15/functions/NAME/response-streaming-invocations`.
+fn function_name(path: &str) -> Result<&str, AwsError> {
+    path.strip_prefix(PREFIX).and_then(|r| r.strip_suffix(SUFFIX)).ok_or_else(|| {
+        AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("unknown operation {path}"))
+    })
 }
 
 /// Invoke and answer with the event stream (or `DryRun`'s 204, or a refusal).
