@@ -39,19 +39,27 @@ pub(crate) fn arm(store: &mut Store<Host>) -> Arc<CpuMeter> {
     cpu
 }
 
-/// A store and its instance, handed back by a streamed invocation for the next one.
+/// A store and its instance, kept for the next request.
 pub(crate) type Kept = (Store<Host>, Proxy);
 
-/// What a streaming instance shares with the task running its current invocation.
+/// The instance's kept store and whether it can serve again, shared with the task a streamed
+/// invocation runs in (`crate::stream`), which hands them back from there.
 #[derive(Clone, Default)]
 pub(crate) struct Shared {
-    /// The instance kept for the next request (`instance_reuse`), put back at the end.
+    /// The instance kept for the next request (`instance_reuse`), or the one made at start.
     kept: std::sync::Arc<std::sync::Mutex<Option<Kept>>>,
     /// Set when the instance cannot serve again (a kept instance that trapped or timed out).
     pub(crate) dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
+    fn holding(kept: Kept) -> Shared {
+        let shared = Shared::default();
+        shared.put(kept);
+        shared
+    }
+
+    /// The kept store (or the one made at start), taken for one request.
     pub(crate) fn take(&self) -> Option<Kept> {
         self.kept.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -65,10 +73,7 @@ pub(crate) struct WasmInstance {
     pub(crate) parts: Parts,
     pub(crate) id: String,
     cold_start: ColdStart,
-    /// The instance kept for the next request (`instance_reuse`), or the one made at start.
-    ready: std::sync::Mutex<Option<(Store<Host>, Proxy)>>,
-    dead: std::sync::atomic::AtomicBool,
-    /// What a streamed invocation's task hands back (`crate::stream`).
+    /// The kept store and whether the instance is dead.
     pub(crate) shared: Shared,
 }
 
@@ -165,27 +170,15 @@ impl WasmInstance {
         // (componentize-js/py run theirs at build time), so it all counts as instance start.
         let took = started.elapsed();
         let cold_start = ColdStart { init: took, instance_start: took };
-        Ok(WasmInstance {
-            parts,
-            id,
-            cold_start,
-            ready: std::sync::Mutex::new(Some(ready)),
-            dead: std::sync::atomic::AtomicBool::new(false),
-            shared: Default::default(),
-        })
+        Ok(WasmInstance { parts, id, cold_start, shared: Shared::holding(ready) })
     }
 
     /// A kept instance (`instance_reuse`) whose request did not end normally cannot serve
     /// another: a trapped or interrupted instance cannot be entered again.
     fn retire_if_reused(&self) {
         if self.parts.function.spec.wasm.instance_reuse {
-            self.dead.store(true, std::sync::atomic::Ordering::Release);
+            self.shared.dead.store(true, std::sync::atomic::Ordering::Release);
         }
-    }
-
-    /// The kept instance (or the one made at start), taken for one request.
-    pub(crate) fn take_ready(&self) -> Option<(Store<Host>, Proxy)> {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// What the caller gets for how the request ended. The instance is kept for the next
@@ -199,7 +192,7 @@ impl WasmInstance {
         match ended {
             Ended::Response { head, body } => {
                 if self.parts.function.spec.wasm.instance_reuse {
-                    *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+                    self.shared.put(kept);
                 }
                 Ok(response_outcome(head, body, is_event))
             }
@@ -550,9 +543,7 @@ impl Instance for WasmInstance {
     }
 
     fn state(&self) -> InstanceState {
-        if self.dead.load(std::sync::atomic::Ordering::Acquire)
-            || self.shared.dead.load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.shared.dead.load(std::sync::atomic::Ordering::Acquire) {
             InstanceState::Dead
         } else {
             InstanceState::Ready
@@ -567,7 +558,7 @@ impl Instance for WasmInstance {
         let _running = rt.ticker.running();
         let started = Instant::now();
         let timeout = inv.timeout;
-        let ready = self.take_ready();
+        let ready = self.shared.take();
         let (ended, peak, kept) = match tokio::time::timeout(timeout, self.parts.serve(ready, &inv)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(e),

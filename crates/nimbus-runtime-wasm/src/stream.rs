@@ -40,7 +40,7 @@ enum Finished {
 impl WasmInstance {
     /// `invoke` for a streaming function: returns at the response head.
     pub(crate) async fn invoke_streaming(&self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
-        let ready = self.take_ready().or_else(|| self.shared.take());
+        let ready = self.shared.take();
         let (head_tx, head_rx) = oneshot::channel();
         let run = Run {
             parts: self.parts.clone(),
@@ -130,7 +130,7 @@ impl Run {
 
     fn retire(&self) {
         if self.parts.function.spec.wasm.instance_reuse {
-            self.shared.dead.store(true, Ordering::SeqCst);
+            self.shared.dead.store(true, Ordering::Release);
         }
     }
 
