@@ -340,7 +340,7 @@ fn outcome_response(
 
 /// Tell the component who called (it sees the request as it arrived, plus these).
 fn forwarded(headers: &mut http::HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
+    let ip = crate::edge::client::client_ip(headers, remote).to_string();
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {ip}"),
         None => ip,

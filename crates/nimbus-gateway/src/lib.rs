@@ -20,6 +20,7 @@ mod config;
 mod context;
 mod credentials;
 mod dashboard;
+mod edge;
 pub mod event;
 mod eventstream;
 mod http_route;
