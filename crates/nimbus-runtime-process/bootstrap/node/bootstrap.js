@@ -49,6 +49,10 @@ let apiPort;
 // invocation. It only has to talk to nimbus's own Runtime API: one request at a time per
 // connection, bodies with Content-Length (chunked is accepted too). With
 // AWS_LAMBDA_MAX_CONCURRENCY > 1 every poller has a connection of its own.
+//
+// An invocation's answer and the poller's next `GET /next` go out in one write (HTTP/1.1
+// pipelining, `answerAndPoll`): nimbus reads both at once, so each invocation costs one write
+// here and one read and one wake-up less there than answer, wait for 202, then poll.
 
 const EMPTY = Buffer.alloc(0);
 
@@ -61,7 +65,8 @@ class Conn {
     this.sock = null;
     this.used = false; // the socket has carried a complete response: an early close may be stale
     this.inbox = EMPTY;
-    this.waiting = null; // { resolve, reject, retry }
+    this.waiting = []; // { resolve, reject, retry }, one per request sent, answered in order
+    this.polled = null; // the answer to a `GET /next` already sent (see `answerAndPoll`)
   }
 
   connect() {
@@ -80,9 +85,9 @@ class Conn {
       if (this.sock !== sock) return;
       const reused = this.used;
       this.sock = null;
-      const w = this.waiting;
-      this.waiting = null;
-      if (w) {
+      const waiting = this.waiting;
+      this.waiting = [];
+      for (const w of waiting) {
         if (reused && w.retry) w.retry();
         else w.reject(err || new Error('the Runtime API closed the connection'));
       }
@@ -92,10 +97,14 @@ class Conn {
   }
 
   parse() {
-    if (!this.waiting) return;
+    while (this.waiting.length && this.parseOne());
+  }
+
+  // One whole response in the inbox: answer the oldest request; false when more must arrive.
+  parseOne() {
     const inbox = this.inbox;
     const end = inbox.indexOf('\r\n\r\n');
-    if (end < 0) return;
+    if (end < 0) return false;
     const head = inbox.toString('latin1', 0, end).split('\r\n');
     const status = Number(head[0].split(' ')[1]);
     const headers = {};
@@ -111,9 +120,9 @@ class Conn {
       let at = start;
       for (;;) {
         const eol = inbox.indexOf('\r\n', at);
-        if (eol < 0) return;
+        if (eol < 0) return false;
         const size = parseInt(inbox.toString('latin1', at, eol), 16);
-        if (inbox.length < eol + 2 + size + 2) return;
+        if (inbox.length < eol + 2 + size + 2) return false;
         if (size === 0) {
           rest = eol + 4;
           break;
@@ -124,33 +133,36 @@ class Conn {
       body = Buffer.concat(parts);
     } else {
       const len = Number(headers['content-length'] || 0);
-      if (inbox.length < start + len) return;
+      if (inbox.length < start + len) return false;
       body = inbox.subarray(start, start + len);
       rest = start + len;
     }
     this.inbox = rest < inbox.length ? inbox.subarray(rest) : EMPTY;
     this.used = true;
-    const w = this.waiting;
-    this.waiting = null;
-    w.resolve({ status, headers, body: body.toString('utf8') });
+    this.waiting.shift().resolve({ status, headers, body: body.toString('utf8') });
+    return true;
   }
 
   request(method, urlPath, body, headers) {
-    return new Promise((resolve, reject) => {
-      const payload = body === undefined ? EMPTY : Buffer.from(body, 'utf8');
-      let head = `${method} ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nContent-Length: ${payload.length}\r\n`;
-      for (const k in headers || {}) {
-        if (k.toLowerCase() !== 'content-length') head += `${k}: ${headers[k]}\r\n`;
-      }
-      head += '\r\n';
-      const send = (retry) => {
-        if (!this.sock) this.connect();
-        this.waiting = { resolve, reject, retry };
-        this.sock.write(payload.length ? Buffer.concat([Buffer.from(head, 'latin1'), payload]) : head);
-      };
-      // The server may have closed an idle keep-alive socket: retry once on a fresh one.
-      send(() => send(null));
-    });
+    return this.requests([[method, urlPath, body, headers]])[0];
+  }
+
+  // Send `list` ([method, path, body, headers] each) in one write; a promise of each answer.
+  requests(list) {
+    const data = Buffer.concat(list.map(([method, urlPath, body, headers]) => encode(method, urlPath, body, headers)));
+    return list.map(
+      (_, i) =>
+        new Promise((resolve, reject) => {
+          const send = (retry) => {
+            if (!this.sock) this.connect();
+            this.waiting.push({ resolve, reject, retry });
+            // Resent alone after a stale socket closed (each request retries itself, in order).
+            if (i === 0 || retry === null) this.sock.write(retry === null ? encode(...list[i]) : data);
+          };
+          // The server may have closed an idle keep-alive socket: retry once on a fresh one.
+          send(() => send(null));
+        }),
+    );
   }
 
   // A POST whose body is sent as the handler writes it (chunked), for Lambda's response
@@ -163,7 +175,7 @@ class Conn {
     head += 'Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body, Nimbus-Wait-Until\r\n';
     for (const k in headers) head += `${k}: ${headers[k]}\r\n`;
     const answer = new Promise((resolve, reject) => {
-      this.waiting = { resolve, reject, retry: null };
+      this.waiting.push({ resolve, reject, retry: null });
     });
     answer.catch(() => {}); // read by `end`; a refusal mid-stream is not an unhandled rejection
     s.write(head + '\r\n');
@@ -188,6 +200,15 @@ class Conn {
 }
 const CRLF = Buffer.from('\r\n', 'latin1');
 
+function encode(method, urlPath, body, headers) {
+  const payload = body === undefined ? EMPTY : Buffer.from(body, 'utf8');
+  let head = `${method} ${urlPath} HTTP/1.1\r\nHost: ${API}\r\nContent-Length: ${payload.length}\r\n`;
+  for (const k in headers || {}) {
+    if (k.toLowerCase() !== 'content-length') head += `${k}: ${headers[k]}\r\n`;
+  }
+  return Buffer.concat([Buffer.from(head + '\r\n', 'latin1'), payload]);
+}
+
 // The connection of init and of the first poller.
 const mainConn = new Conn();
 
@@ -195,6 +216,19 @@ function post(urlPath, body, errorType, conn, extra) {
   const headers = { 'Content-Type': 'application/json', ...extra };
   if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
   return (conn || mainConn).request('POST', urlPath, body, headers);
+}
+
+// Answer an invocation and ask for the next in one write; the poller takes the second answer.
+function answerAndPoll(conn, urlPath, body, errorType) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
+  const [answer, next] = conn.requests([
+    ['POST', urlPath, body, headers],
+    ['GET', BASE + '/invocation/next'],
+  ]);
+  next.catch(() => {}); // read by `poll`
+  conn.polled = next;
+  return answer;
 }
 
 function headerSafe(s) {
@@ -599,8 +633,8 @@ async function run(fn, next, conn, inv) {
   }
   inv.done = true;
   current = null;
-  if (kind !== 'ok') return settleAndDone(inv, base, () => post(base + '/error', body, kind, conn));
-  if (!inv.waits.length) return void (await post(base + '/response', body, undefined, conn));
+  if (kind !== 'ok') return settleAndDone(inv, base, () => answerAndPoll(conn, base + '/error', body, kind));
+  if (!inv.waits.length) return void (await answerAndPoll(conn, base + '/response', body));
   // The response goes out now; nimbus keeps the invocation open until /done.
   await post(base + '/response', body, undefined, conn, { 'Nimbus-Wait-Until': '1' });
   await settle(inv);
@@ -645,7 +679,8 @@ function tagConsole() {
 
 async function poll(fn, conn) {
   for (;;) {
-    const next = await conn.request('GET', BASE + '/invocation/next');
+    const next = await (conn.polled || conn.request('GET', BASE + '/invocation/next'));
+    conn.polled = null;
     if (next.status !== 200) {
       throw new Error(`GET /runtime/invocation/next answered ${next.status}: ${next.body}`);
     }
