@@ -45,11 +45,37 @@ def handler(event, context):
     return {"pid": os.getpid(), "ppid": os.getppid()}
 "#;
 
+/// Reads its trace id from the environment before and after the others started, and from
+/// `awslambda.InvokeStore`, as the X-Ray and AWS SDKs do.
+const NODE_TRACE: &str = r#"
+const fs = require("fs");
+exports.handler = async (event, context) => {
+  const before = process.env._X_AMZN_TRACE_ID;
+  fs.writeFileSync(`${event.release}.${event.i}`, "");
+  const until = Date.now() + 20000;
+  while (!fs.existsSync(event.release) && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const store = awslambda.InvokeStore;
+  return {
+    before,
+    after: process.env._X_AMZN_TRACE_ID,
+    inEnv: "_X_AMZN_TRACE_ID" in process.env,
+    store: store.getXRayTraceId(),
+    storeId: store.getRequestId(),
+    context: context.xRayTraceId,
+    id: context.awsRequestId,
+  };
+};
+"#;
+
 fn app(runtime: &str, extra: &str) -> App {
     let (file, text, handler) = match runtime {
         "node" => ("functions/f/index.js", NODE, "index.handler"),
+        "node-trace" => ("functions/f/index.js", NODE_TRACE, "index.handler"),
         _ => ("functions/f/app.py", PYTHON, "app.handler"),
     };
+    let runtime = runtime.trim_end_matches("-trace");
     let app =
         App::new("fluid").raw(&format!("[functions.f]\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}"));
     app.write_file(file, text);
@@ -128,6 +154,32 @@ async fn node_runs_overlapping_invocations_in_one_process_with_shared_module_sta
             "{log}"
         );
     }
+}
+
+/// With several invocations in flight in one Node process, each handler reads its own trace id
+/// from `_X_AMZN_TRACE_ID` (and from `awslambda.InvokeStore`), across its awaits.
+#[tokio::test]
+async fn node_handlers_in_flight_together_each_see_their_own_trace_id() {
+    let app = app("node-trace", "concurrency = 4\nmax_instances = 1");
+    let server = Server::start(app.path());
+    let dir = shared_tempdir();
+    let release = dir.path().join("release");
+    let calls = hold(&server, 4, &release).await;
+    std::fs::write(&release, "go").unwrap();
+    let answers = answers(calls).await;
+    let mut traces = HashSet::new();
+    for r in &answers {
+        let b = &r.body;
+        let trace = b["context"].as_str().unwrap_or_else(|| panic!("no trace id in the context: {b}"));
+        assert!(trace.starts_with("Root=1-"), "{b}");
+        for key in ["before", "after", "store"] {
+            assert_eq!(b[key].as_str(), Some(trace), "{key}: {b}");
+        }
+        assert_eq!(b["inEnv"], true, "{b}");
+        assert_eq!(b["storeId"], b["id"], "{b}");
+        traces.insert(trace.to_owned());
+    }
+    assert_eq!(traces.len(), 4, "every invocation has its own trace id: {traces:?}");
 }
 
 #[tokio::test]

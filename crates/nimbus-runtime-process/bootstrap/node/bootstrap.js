@@ -430,8 +430,8 @@ function addWait(inv, p) {
 let background = null; // with one invocation at a time: the one still settling its waitUntil work
 global[Symbol.for('nimbus.waitUntil')] = (p) => {
   // With several invocations at once, the one whose code calls it (AsyncLocalStorage).
-  const id = logContext ? logContext.getStore() : undefined;
-  const inv = id !== undefined ? inFlight.get(id) : current || background;
+  const mine = logContext ? logContext.getStore() : undefined;
+  const inv = mine !== undefined ? inFlight.get(mine.id) : current || background;
   if (!inv) throw new Error('waitUntil() works only while a nimbus invocation is running');
   addWait(inv, p);
 };
@@ -455,7 +455,7 @@ async function invokeStreaming(fn, event, ctx, inv, base, conn) {
   const stream = responseStream(base + '/response', conn);
   let failed = null;
   try {
-    await (logContext ? logContext.run(inv.id, () => fn(event, stream, ctx)) : fn(event, stream, ctx));
+    await (logContext ? logContext.run(inv, () => fn(event, stream, ctx)) : fn(event, stream, ctx));
     if (!stream.writableEnded) stream.end();
     await new Promise((resolve, reject) => {
       if (stream.writableFinished) return resolve();
@@ -564,7 +564,7 @@ function runHandler(fn, event, ctx) {
 
 async function invoke(fn, next, conn) {
   const id = next.headers['lambda-runtime-aws-request-id'];
-  const inv = { id, done: false, waits: [] };
+  const inv = { id, trace: next.headers['lambda-runtime-trace-id'], done: false, waits: [] };
   inFlight.set(id, inv);
   if (MAX_CONCURRENCY === 1) current = inv;
   try {
@@ -577,9 +577,10 @@ async function invoke(fn, next, conn) {
 async function run(fn, next, conn, inv) {
   const h = next.headers;
   const id = inv.id;
-  const trace = h['lambda-runtime-trace-id'];
+  const trace = inv.trace;
   if (MAX_CONCURRENCY > 1) {
-    // Several invocations share the process: the trace id is the context's, not the env's.
+    // Several invocations share the process: `_X_AMZN_TRACE_ID` reads the invocation's own
+    // (see `perInvocationEnv`).
   } else if (trace) env._X_AMZN_TRACE_ID = trace;
   else delete env._X_AMZN_TRACE_ID;
   const deadline = Number(h['lambda-runtime-deadline-ms']) || 0;
@@ -612,7 +613,7 @@ async function run(fn, next, conn, inv) {
   }
   if (kind === undefined && fn[STREAMING]) return invokeStreaming(fn, event, ctx, inv, base, conn);
   if (kind === undefined) {
-    [kind, value] = logContext ? await logContext.run(id, () => runHandler(fn, event, ctx)) : await runHandler(fn, event, ctx);
+    [kind, value] = logContext ? await logContext.run(inv, () => runHandler(fn, event, ctx)) : await runHandler(fn, event, ctx);
   }
   if (inv.done) return; // an uncaught exception already answered this request
   let body;
@@ -650,15 +651,18 @@ async function run(fn, next, conn, inv) {
 // nimbus can give every line to its invocation. With one invocation at a time output is left
 // as the handler wrote it.
 
+// The invocation (`{ id, trace, ... }`) whose code runs, through awaits and callbacks; only
+// with AWS_LAMBDA_MAX_CONCURRENCY > 1.
 let logContext = null;
 
 function tagConsole() {
   const { AsyncLocalStorage } = require('async_hooks');
   const util = require('util');
   logContext = new AsyncLocalStorage();
+  perInvocationEnv();
   const write = (stream, level) =>
     function (...args) {
-      const id = logContext.getStore();
+      const id = logContext.getStore()?.id;
       const text = util.format(...args);
       if (id === undefined) {
         stream.write(text + '\n');
@@ -676,6 +680,57 @@ function tagConsole() {
   console.warn = write(process.stderr, 'WARN');
   console.error = write(process.stderr, 'ERROR');
 }
+
+// With several invocations in flight, `process.env._X_AMZN_TRACE_ID` is the trace id of the
+// invocation whose code reads it (the X-Ray SDK and the AWS SDK's recursion detection read the
+// variable); outside any invocation it is the process's own value. Child processes inherit
+// the process's environment, not the invocation's: pass the id on explicitly.
+function perInvocationEnv() {
+  const TRACE = '_X_AMZN_TRACE_ID';
+  const own = (k) => (k === TRACE ? logContext.getStore()?.trace : undefined);
+  process.env = new Proxy(process.env, {
+    get: (target, k) => own(k) ?? Reflect.get(target, k),
+    has: (target, k) => own(k) !== undefined || Reflect.has(target, k),
+  });
+}
+
+// `awslambda.InvokeStore`, as the AWS runtime exposes it (the `@aws/lambda-invoke-store`
+// package finds it there): the request id and trace id of the invocation whose code runs.
+function invokeStore() {
+  const KEYS = {
+    REQUEST_ID: Symbol.for('_AWS_LAMBDA_REQUEST_ID'),
+    X_RAY_TRACE_ID: Symbol.for('_AWS_LAMBDA_X_RAY_TRACE_ID'),
+    TENANT_ID: Symbol.for('_AWS_LAMBDA_TENANT_ID'),
+  };
+  const contexts = new WeakMap(); // invocation -> its store
+  const running = () => (logContext ? logContext.getStore() : current || background);
+  const context = () => {
+    const inv = running();
+    if (!inv) return undefined;
+    let c = contexts.get(inv);
+    if (!c) {
+      c = { [KEYS.REQUEST_ID]: inv.id, [KEYS.X_RAY_TRACE_ID]: inv.trace };
+      contexts.set(inv, c);
+    }
+    return c;
+  };
+  const isProtected = (k) => Object.values(KEYS).includes(k);
+  return {
+    PROTECTED_KEYS: KEYS,
+    getContext: context,
+    hasContext: () => context() !== undefined,
+    get: (k) => context()?.[k],
+    set(k, v) {
+      if (isProtected(k)) throw new Error(`Cannot modify protected Lambda context field: ${String(k)}`);
+      const c = context();
+      if (c) c[k] = v;
+    },
+    getRequestId: () => context()?.[KEYS.REQUEST_ID] ?? '-',
+    getXRayTraceId: () => context()?.[KEYS.X_RAY_TRACE_ID],
+    getTenantId: () => context()?.[KEYS.TENANT_ID],
+  };
+}
+global.awslambda.InvokeStore = invokeStore();
 
 async function poll(fn, conn) {
   for (;;) {
