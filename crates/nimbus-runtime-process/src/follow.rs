@@ -20,7 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch};
 
-use crate::api::{Shared, Tail};
+use crate::exchange::{Shared, Tail};
 use crate::logs::LogTap;
 
 /// What the task needs of its instance (shared handles; the instance stays leased meanwhile).

@@ -42,8 +42,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use crate::api::{self, Completion, NextEvent, Shared};
+use crate::api;
 use crate::attribution::Attribution;
+use crate::exchange::{self, Completion, NextEvent, Shared};
 use crate::limits::{self, InstanceCgroup};
 use crate::logs::LogTap;
 use crate::{sandbox, ProcessRuntime};
@@ -160,7 +161,7 @@ struct Spawn<'a> {
 }
 
 /// Where an invocation's completion arrives, and the end of its streamed or early response.
-type Replies = (oneshot::Receiver<Completion>, oneshot::Receiver<api::Tail>);
+type Replies = (oneshot::Receiver<Completion>, oneshot::Receiver<exchange::Tail>);
 
 /// How an invocation ended.
 enum Ended {
@@ -523,7 +524,7 @@ impl ProcessInstance {
             nimbus_core::BodyReceiver,
             Option<bytes::Bytes>,
         ),
-        tail: oneshot::Receiver<api::Tail>,
+        tail: oneshot::Receiver<exchange::Tail>,
         (started, timeout): (Instant, Duration),
         max_memory_mb: u32,
     ) -> InvokeResult {
@@ -599,8 +600,8 @@ fn reported_init_error(shared: &Shared) -> (String, String) {
 
 /// What the instance's Runtime API accepts: the buffered limit, and the function's streaming
 /// mode and cap.
-fn api_limits(rt: &ProcessRuntime, function: &FunctionVersion) -> api::ApiLimits {
-    api::ApiLimits {
+fn api_limits(rt: &ProcessRuntime, function: &FunctionVersion) -> exchange::ApiLimits {
+    exchange::ApiLimits {
         max_response: rt.limits.max_response_bytes,
         max_stream: function.spec.max_stream_bytes,
         streaming: function.spec.response_mode == nimbus_core::ResponseMode::Streaming,

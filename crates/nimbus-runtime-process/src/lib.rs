@@ -11,6 +11,7 @@
 mod api;
 mod attribution;
 mod egress;
+mod exchange;
 mod follow;
 mod instance;
 pub mod limits;

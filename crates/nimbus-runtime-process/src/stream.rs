@@ -15,7 +15,7 @@
 //!   ends with that error and the invocation is a function error;
 //! - past the function's streaming cap the stream ends with `Function.ResponseSizeTooLarge`,
 //!   the runtime gets 413 and the instance is retired; the invocation's timeout ends the stream
-//!   with `Sandbox.Timedout` (the instance sets [`Shared::abort`] before it kills the process).
+//!   with `Sandbox.Timedout` (the instance sets [`Shared::abort`](crate::exchange::Shared::abort) before it kills the process).
 //!
 //! A function whose `response_mode` is buffered may still stream (a Node handler wrapped in
 //! `streamifyResponse`): the body is then collected, up to the buffered limit, as Lambda does
@@ -28,23 +28,16 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use nimbus_core::stream::{response_stream, BodyReceiver, BodySender, SendError, StreamError};
+use nimbus_core::stream::{response_stream, BodySender, SendError, StreamError};
 use nimbus_core::HttpResponseHead;
 
-use crate::api::{self, Completion, Shared, Tail};
+use crate::exchange::{self, Completion, Shared, Streamed, Tail};
 
 /// The content type of a body that starts with the HTTP prelude.
 pub(crate) const HTTP_INTEGRATION: &str = "application/vnd.awslambda.http-integration-response";
 /// The prelude is a small JSON document; bound it.
 const MAX_PRELUDE: usize = 64 * 1024;
 const DELIMITER: [u8; 8] = [0; 8];
-
-/// A streamed response's beginning, handed to the instance.
-pub(crate) struct Streamed {
-    /// The head from the prelude, when the runtime sent one.
-    pub head: Option<HttpResponseHead>,
-    pub body: BodyReceiver,
-}
 
 /// Whether a `/response` is in streaming mode.
 pub(crate) fn is_streaming(headers: &HeaderMap) -> bool {
@@ -72,9 +65,9 @@ pub(crate) async fn respond(req: Request<Incoming>, shared: &Shared, id: String)
     if !shared.streaming {
         return collect(req, shared, id).await;
     }
-    let Some(pending) = api::take_pending(shared, &id) else { return api::invalid_id(&id) };
-    let wait_header = api::wants_wait(req.headers());
-    let with_prelude = api::header(&req, "content-type").is_some_and(|c| c.starts_with(HTTP_INTEGRATION));
+    let Some(pending) = exchange::take_pending(shared, &id) else { return exchange::invalid_id(&id) };
+    let wait_header = exchange::wants_wait(req.headers());
+    let with_prelude = exchange::header(&req, "content-type").is_some_and(|c| c.starts_with(HTTP_INTEGRATION));
     let mut body = req.into_body();
     let (head, rest) = if with_prelude {
         match read_prelude(&mut body).await {
@@ -83,7 +76,7 @@ pub(crate) async fn respond(req: Request<Incoming>, shared: &Shared, id: String)
                 let _ = pending
                     .reply
                     .send(Completion::Error { error_type: Some(e.error_code.clone()), body: error_doc(&e) });
-                return api::json(StatusCode::BAD_REQUEST, &e.error_code, &e.details);
+                return exchange::json(StatusCode::BAD_REQUEST, &e.error_code, &e.details);
             }
         }
     } else {
@@ -101,25 +94,25 @@ pub(crate) async fn respond(req: Request<Incoming>, shared: &Shared, id: String)
         End::Complete { wait } => {
             drop(tx);
             if wait || wait_header {
-                api::park(shared, id, pending.tail, ended);
+                exchange::park(shared, id, pending.tail, ended);
             } else {
                 let _ = pending.tail.send(Tail::Done { response_end: ended });
             }
-            api::accepted()
+            exchange::accepted()
         }
         End::Failed(e) => {
             tx.fail(e.clone()).await;
             let _ = pending.tail.send(Tail::Failed { error: e, response_end: ended });
-            api::accepted()
+            exchange::accepted()
         }
         End::TooLarge { limit } => {
             let _ = pending.tail.send(Tail::TooLarge { limit });
             let message = format!("the streamed response passed the {limit}-byte limit");
-            api::json(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", &message)
+            exchange::json(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", &message)
         }
         End::Aborted(e) => {
             tx.fail(e).await;
-            api::accepted()
+            exchange::accepted()
         }
     }
 }
@@ -169,7 +162,7 @@ async fn forward(
                 if let Ok(trailers) = frame.into_trailers() {
                     return match trailer_error(&trailers) {
                         Some(e) => End::Failed(e),
-                        None => End::Complete { wait: api::wants_wait(&trailers) },
+                        None => End::Complete { wait: exchange::wants_wait(&trailers) },
                     };
                 }
             }
@@ -264,7 +257,7 @@ fn error_doc(e: &StreamError) -> Bytes {
 /// A buffered function's streamed response: collected up to the buffered limit, an error
 /// trailer makes it a function error.
 async fn collect(req: Request<Incoming>, shared: &Shared, id: String) -> Response<Full<Bytes>> {
-    let wait_header = api::wants_wait(req.headers());
+    let wait_header = exchange::wants_wait(req.headers());
     let mut body = req.into_body();
     let mut buf = BytesMut::new();
     let mut wait = wait_header;
@@ -282,7 +275,7 @@ async fn collect(req: Request<Incoming>, shared: &Shared, id: String) -> Respons
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
                     error = trailer_error(&t);
-                    wait |= api::wants_wait(&t);
+                    wait |= exchange::wants_wait(&t);
                 }
             }
         }
@@ -290,7 +283,7 @@ async fn collect(req: Request<Incoming>, shared: &Shared, id: String) -> Respons
             break;
         }
     }
-    let Some(pending) = api::take_pending(shared, &id) else { return api::invalid_id(&id) };
+    let Some(pending) = exchange::take_pending(shared, &id) else { return exchange::invalid_id(&id) };
     let completion = match (too_large, error) {
         (true, _) => Completion::TooLarge { size: shared.max_response + 1 },
         (false, Some(e)) => Completion::Error { error_type: Some(e.error_code.clone()), body: error_doc(&e) },
@@ -298,17 +291,17 @@ async fn collect(req: Request<Incoming>, shared: &Shared, id: String) -> Respons
         (false, None) => Completion::Response(buf.freeze()),
     };
     if matches!(completion, Completion::Early(_)) {
-        api::park(shared, id, pending.tail, Instant::now());
+        exchange::park(shared, id, pending.tail, Instant::now());
     }
     let _ = pending.reply.send(completion);
     if too_large {
-        return api::json(
+        return exchange::json(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestEntityTooLarge",
             "the response is above the payload limit",
         );
     }
-    api::accepted()
+    exchange::accepted()
 }
 
 #[cfg(test)]
