@@ -69,13 +69,39 @@ exports.handler = async (event, context) => {
 };
 "#;
 
+/// An `async def` handler: holds until released while awaiting, and says which process and
+/// event loop ran it and the trace id it read before and after its awaits.
+const PYTHON_ASYNC: &str = r#"
+import asyncio, os
+
+async def handler(event, context):
+    before = os.environ.get("_X_AMZN_TRACE_ID")
+    print(f"holding {event['i']}")
+    loop = asyncio.get_running_loop()
+    if "release" in event:
+        open(f"{event['release']}.{event['i']}", "w").close()
+        until = loop.time() + 20
+        while not os.path.exists(event["release"]) and loop.time() < until:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    print(f"released {event['i']}")
+    return {
+        "pid": os.getpid(),
+        "loop": id(loop),
+        "before": before,
+        "after": os.environ.get("_X_AMZN_TRACE_ID"),
+        "id": context.aws_request_id,
+    }
+"#;
+
 fn app(runtime: &str, extra: &str) -> App {
     let (file, text, handler) = match runtime {
         "node" => ("functions/f/index.js", NODE, "index.handler"),
         "node-trace" => ("functions/f/index.js", NODE_TRACE, "index.handler"),
+        "python-async" => ("functions/f/app.py", PYTHON_ASYNC, "app.handler"),
         _ => ("functions/f/app.py", PYTHON, "app.handler"),
     };
-    let runtime = runtime.trim_end_matches("-trace");
+    let runtime = runtime.trim_end_matches("-trace").trim_end_matches("-async");
     let app =
         App::new("fluid").raw(&format!("[functions.f]\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}"));
     app.write_file(file, text);
@@ -203,6 +229,50 @@ async fn python_forks_workers_from_one_instance_and_max_instances_holds() {
     let records = server.records("f", 3).await;
     let instances: HashSet<&str> = records.iter().map(|r| r["instanceId"].as_str().unwrap()).collect();
     assert_eq!(instances.len(), 1, "one instance: {records:#?}");
+}
+
+/// One invocation at a time: an `async def` handler runs, on the same event loop every time.
+#[tokio::test]
+async fn a_python_async_handler_runs_on_a_loop_kept_for_the_instance() {
+    let app = app("python-async", "");
+    let server = Server::start(app.path());
+    let mut loops = HashSet::new();
+    for i in 0..3 {
+        let r = server.invoke("f", &json!({"i": i})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(r.function_error().is_none(), "{:?}", r.body);
+        assert!(r.body["before"].as_str().is_some_and(|t| t.starts_with("Root=1-")), "{:?}", r.body);
+        loops.insert((r.body["pid"].as_i64().unwrap(), r.body["loop"].as_i64().unwrap()));
+    }
+    assert_eq!(loops.len(), 1, "one process and one loop for the three: {loops:?}");
+}
+
+/// `concurrency > 1` with an `async def` handler: one process (no forked workers) runs the
+/// invocations at once on its loop; each keeps its own trace id and log lines across awaits.
+#[tokio::test]
+async fn python_async_handlers_run_concurrently_on_one_loop_each_with_its_own_trace_id() {
+    let app = app("python-async", "concurrency = 3\nmax_instances = 1");
+    let server = Server::start(app.path());
+    let dir = shared_tempdir();
+    let release = dir.path().join("release");
+    let calls = hold(&server, 3, &release).await;
+    std::fs::write(&release, "go").unwrap();
+    let answers = answers(calls).await;
+    let loops: HashSet<(i64, i64)> =
+        answers.iter().map(|r| (r.body["pid"].as_i64().unwrap(), r.body["loop"].as_i64().unwrap())).collect();
+    assert_eq!(loops.len(), 1, "one process, one loop: {loops:?}");
+    let mut traces = HashSet::new();
+    for r in &answers {
+        let b = &r.body;
+        let trace = b["before"].as_str().unwrap_or_else(|| panic!("no trace id: {b}"));
+        assert!(trace.starts_with("Root=1-"), "{b}");
+        assert_eq!(b["after"].as_str(), Some(trace), "the same after the others ran: {b}");
+        traces.insert(trace.to_owned());
+        let log = r.log();
+        assert_eq!(log.matches("holding ").count(), 1, "only its own print: {log}");
+        assert_eq!(log.matches("released ").count(), 1, "only its own print: {log}");
+    }
+    assert_eq!(traces.len(), 3, "{traces:?}");
 }
 
 #[tokio::test]

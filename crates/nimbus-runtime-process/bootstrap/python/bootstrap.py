@@ -14,12 +14,17 @@ trailers. ``context.wait_until(work)`` (nimbus): the response carries `Nimbus-Wa
 (header, or trailer when streamed), the work runs, then POST .../invocation/{id}/done
 (nimbus-only; official clients never send it).
 
+An ``async def`` handler runs on an event loop kept for the instance (made at its first
+invocation), so clients and sessions it keeps between invocations stay on one loop.
+
 With AWS_LAMBDA_MAX_CONCURRENCY = N > 1 (the function's `concurrency`), as Lambda Managed
 Instances do for Python: once the handler module is imported, the process forks N - 1
 workers; each process (the parent too) polls /next on its own connection and runs one
 invocation at a time. They share the instance's process group and cgroup (its memory limit);
 a worker dies with the parent (PR_SET_PDEATHSIG), and the parent exits when a worker dies, so
 nimbus sees one instance that crashed. Their output lines carry the request id.
+An ``async def`` handler with N > 1 is not forked: one process runs up to N invocations at
+once on its loop (`_serve_concurrently`), each poller waiting for its event in a thread.
 
 Cold start matters, so this file deliberately avoids heavy imports:
   * HTTP is spoken over the C ``_socket`` module directly (``http.client`` pulls
@@ -113,6 +118,7 @@ class Connection:
                 host, port = port, "80"
         self.host = host
         self.port = int(port)
+        self.address = address
         self.sock = None
         self.buf = b""
         self.used = False
@@ -358,6 +364,7 @@ class LambdaContext:
         self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME")
         self._deadline_ms = deadline_ms
         self._waits = []
+        self._trace_id = None  # set by `_next`
         cc = _parse_json_header(client_context)
         self.client_context = ClientContext(cc) if cc is not None else None
         ident = _parse_json_header(identity)
@@ -497,15 +504,11 @@ def _settle(ctx):
         work = ctx._waits.pop(0)
         try:
             if hasattr(work, "__await__"):
-                import asyncio
-
-                asyncio.run(_awaited(work))
+                _run(work)
             else:
                 result = work()
                 if hasattr(result, "__await__"):
-                    import asyncio
-
-                    asyncio.run(_awaited(result))
+                    _run(result)
         except Exception as e:
             _print_exception("wait_until: a background task failed: ", e)
     _flush()
@@ -513,6 +516,27 @@ def _settle(ctx):
 
 async def _awaited(aw):
     return await aw
+
+
+# The instance's event loop (see `_instance_loop`).
+_loop = [None]
+
+
+def _instance_loop():
+    """The event loop of this process, made at the first async handler, wait_until awaitable
+    or async generator and kept: what a handler keeps between invocations (an aiohttp session,
+    an async database pool) is bound to the loop it was made on."""
+    if _loop[0] is None:
+        import asyncio
+
+        _loop[0] = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop[0])
+    return _loop[0]
+
+
+def _run(aw):
+    """Run the awaitable `aw` to its end on the instance's loop."""
+    return _instance_loop().run_until_complete(_awaited(aw))
 
 
 def _is_stream(result):
@@ -532,17 +556,12 @@ def _items(result):
     if not hasattr(result, "__anext__"):
         yield from result
         return
-    import asyncio
-
-    loop = asyncio.new_event_loop()
-    try:
-        while True:
-            try:
-                yield loop.run_until_complete(result.__anext__())
-            except StopAsyncIteration:
-                return
-    finally:
-        loop.close()
+    loop = _instance_loop()
+    while True:
+        try:
+            yield loop.run_until_complete(result.__anext__())
+        except StopAsyncIteration:
+            return
 
 
 def _stream(conn, base, result, ctx):
@@ -587,8 +606,12 @@ def _stream(conn, base, result, ctx):
 
 
 def _error(conn, base, ctx, e, error_type=None, message=None):
-    err = _error_body(error_type or type(e).__name__, message or _safe_str(e), _stack_lines(e.__traceback__))
     _settle(ctx)  # the error answer has no background mode: the work runs first
+    _answer_error(conn, base, e, error_type, message)
+
+
+def _answer_error(conn, base, e, error_type=None, message=None):
+    err = _error_body(error_type or type(e).__name__, message or _safe_str(e), _stack_lines(e.__traceback__))
     conn.answer_and_poll(base + "/error", err, ERR_HEADERS)
 
 
@@ -602,6 +625,8 @@ def invoke(conn, handler, base, body, ctx):
     try:
         event = json_loads(body.decode("utf-8")) if body else None
         result = handler(event, ctx)
+        if hasattr(result, "__await__"):
+            result = _run(result)
     except Exception as e:
         _flush()
         return _error(conn, base, ctx, e)
@@ -622,8 +647,13 @@ def invoke(conn, handler, base, body, ctx):
     conn.request("POST", base + "/done")
 # Concurrency (AWS_LAMBDA_MAX_CONCURRENCY > 1)
 
-# The request id of the invocation this process runs now (tagged output), or None.
-_current = [None]
+# The request id of the invocation whose code runs (tagged output), or None: a context
+# variable, so each of the invocations running at once on the loop has its own.
+import contextvars  # noqa: E402 (a C module, no start-up cost)
+
+_current = contextvars.ContextVar("nimbus_request_id", default=None)
+# The trace id of the invocation whose code runs, when several run at once (`_TraceEnviron`).
+_trace = contextvars.ContextVar("nimbus_trace_id", default=None)
 
 
 def _stamp():
@@ -641,7 +671,7 @@ class _Tagged:
         self._partial = ""
 
     def write(self, text):
-        rid = _current[0]
+        rid = _current.get()
         if rid is None:
             return self._stream.write(text)
         self._partial += text
@@ -652,8 +682,9 @@ class _Tagged:
         return len(text)
 
     def flush(self):
-        if self._partial and _current[0] is not None:
-            self._stream.write(f"{_stamp()}\t{_current[0]}\t{self._level}\t{self._partial}\n")
+        rid = _current.get()
+        if self._partial and rid is not None:
+            self._stream.write(f"{_stamp()}\t{rid}\t{self._level}\t{self._partial}\n")
             self._partial = ""
         self._stream.flush()
 
@@ -738,6 +769,10 @@ def main():
         workers = int(env.get("AWS_LAMBDA_MAX_CONCURRENCY") or 1)
     except ValueError:
         workers = 1
+    if workers > 1 and _is_async(handler):
+        _tag_output()
+        conn.close()
+        return _serve_concurrently(handler, workers, lambda: Connection(conn.address, conn.unix_path))
     if workers > 1:
         _fork_workers(workers - 1)
         # Every process polls on a connection of its own.
@@ -745,29 +780,131 @@ def main():
         _tag_output()
 
     while True:
-        status, h, body = conn.next_event()
-        if status != 200:
-            raise RuntimeApiError(f"GET /runtime/invocation/next answered {status}: {body[:200]!r}")
-        rid = h.get("lambda-runtime-aws-request-id", "")
+        rid, body, ctx = _next(conn)
         if workers > 1:
-            _current[0] = rid
-        trace = h.get("lambda-runtime-trace-id")
+            _current.set(rid)
+        trace = ctx._trace_id
         if trace:
             env["_X_AMZN_TRACE_ID"] = trace
         else:
             env.pop("_X_AMZN_TRACE_ID", None)
-        try:
-            deadline = int(h.get("lambda-runtime-deadline-ms") or 0)
-        except ValueError:
-            deadline = 0
-        ctx = LambdaContext(
-            rid,
-            deadline,
-            h.get("lambda-runtime-invoked-function-arn"),
-            h.get("lambda-runtime-client-context"),
-            h.get("lambda-runtime-cognito-identity"),
-        )
         invoke(conn, handler, BASE + "/invocation/" + rid, body, ctx)
+
+
+def _next(conn):
+    """The next event on `conn`: its request id, body and context."""
+    status, h, body = conn.next_event()
+    if status != 200:
+        raise RuntimeApiError(f"GET /runtime/invocation/next answered {status}: {body[:200]!r}")
+    rid = h.get("lambda-runtime-aws-request-id", "")
+    try:
+        deadline = int(h.get("lambda-runtime-deadline-ms") or 0)
+    except ValueError:
+        deadline = 0
+    ctx = LambdaContext(
+        rid,
+        deadline,
+        h.get("lambda-runtime-invoked-function-arn"),
+        h.get("lambda-runtime-client-context"),
+        h.get("lambda-runtime-cognito-identity"),
+    )
+    ctx._trace_id = h.get("lambda-runtime-trace-id")
+    return rid, body, ctx
+
+
+def _is_async(handler):
+    """Whether `handler` is an `async def` function (CO_COROUTINE; not an async generator,
+    which streams)."""
+    return bool(getattr(getattr(handler, "__code__", None), "co_flags", 0) & 0x80)
+
+
+# ---------------------------------------------------------------------------
+# Async handlers with concurrency > 1: one process, several invocations at once on its loop
+
+
+def _serve_concurrently(handler, n, connect):
+    """Run `n` pollers as tasks on the instance's loop, each on its own connection (`connect`).
+    The blocking Runtime API exchanges run in a thread per poller, so the loop only runs
+    handlers; each task has its own context, so output tagging and `_X_AMZN_TRACE_ID` follow
+    its invocation across awaits."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = _instance_loop()
+    pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nimbus-poll")
+    os.environ = _TraceEnviron(os.environ)
+
+    async def poller():
+        conn = connect()
+        while True:
+            rid, body, ctx = await loop.run_in_executor(pool, _next, conn)
+            _current.set(rid)
+            _trace.set(ctx._trace_id or "")
+            await _invoke_async(conn, handler, BASE + "/invocation/" + rid, body, ctx, pool)
+
+    async def pollers():
+        await asyncio.gather(*(poller() for _ in range(n)))
+
+    loop.run_until_complete(pollers())
+
+
+async def _invoke_async(conn, handler, base, body, ctx, pool):
+    """`invoke` for an async handler running beside others: the handler and its wait_until
+    work run on the loop, the answers go out from the pool's threads."""
+    loop = _loop[0]
+
+    async def fail(e, error_type=None, message=None):
+        _flush()
+        await _settle_async(ctx)  # the error answer has no background mode: the work runs first
+        await loop.run_in_executor(pool, _answer_error, conn, base, e, error_type, message)
+
+    try:
+        event = json_loads(body.decode("utf-8")) if body else None
+        result = await handler(event, ctx)
+    except Exception as e:
+        return await fail(e)
+    try:
+        payload = json_dumps(result).encode("utf-8")
+    except Exception as e:
+        return await fail(e, "Runtime.ResponseSerializationError", f"Unable to marshal response: {_safe_str(e)}")
+    _flush()
+    if not ctx._waits:
+        return await loop.run_in_executor(pool, conn.answer_and_poll, base + "/response", payload, JSON_HEADERS)
+    await loop.run_in_executor(pool, conn.request, "POST", base + "/response", payload, WAIT_HEADERS)
+    await _settle_async(ctx)
+    await loop.run_in_executor(pool, conn.request, "POST", base + "/done")
+
+
+async def _settle_async(ctx):
+    """`_settle` on the running loop."""
+    for _ in range(1000):
+        if not ctx._waits:
+            break
+        work = ctx._waits.pop(0)
+        try:
+            result = work if hasattr(work, "__await__") else work()
+            if hasattr(result, "__await__"):
+                await result
+        except Exception as e:
+            _print_exception("wait_until: a background task failed: ", e)
+    _flush()
+
+
+class _TraceEnviron(type(os.environ)):
+    """`os.environ` while several invocations run at once in this process:
+    `_X_AMZN_TRACE_ID` reads the trace id of the invocation whose code runs (the X-Ray SDK reads
+    the variable); everything else is the process's environment. Child processes get the
+    process's environment: pass the id on explicitly."""
+
+    def __init__(self, environ):
+        super().__init__(environ._data, environ.encodekey, environ.decodekey, environ.encodevalue, environ.decodevalue)
+
+    def __getitem__(self, key):
+        if key == "_X_AMZN_TRACE_ID":
+            trace = _trace.get()
+            if trace:
+                return trace
+        return super().__getitem__(key)
 
 
 # ---------------------------------------------------------------------------
