@@ -526,18 +526,6 @@ fn concurrency(cx: &mut Ctx<'_>, k: &Keys<'_, '_>, runtime: Option<RuntimeKind>)
         );
         return None;
     }
-    let streaming =
-        k.get("response_mode").is_some_and(|m| matches!(m.get_ref(), DeValue::String(s) if s == "streaming"));
-    if n > 1 && streaming {
-        cx.err(
-            cv.span(),
-            &k.f("concurrency"),
-            format!(
-                "response_mode = \"streaming\" runs one invocation per instance for now, so concurrency = {n} cannot apply; remove concurrency (or use response_mode = \"buffered\")"
-            ),
-        );
-        return None;
-    }
     Some(n)
 }
 

@@ -106,11 +106,32 @@ pub(crate) struct Shared {
     pub max_stream: u64,
     /// See [`ApiLimits::streaming`].
     pub streaming: bool,
-    /// Set by the instance to end the response stream in progress (its timeout); reset at
-    /// each hand-over.
-    pub abort: watch::Sender<Option<nimbus_core::StreamError>>,
+    /// Set once, by the task that follows a streamed invocation past its timeout, just before
+    /// it kills the instance: every response stream in flight on the instance ends (one
+    /// watch per instance, each stream told apart by its request id).
+    pub abort: watch::Sender<Option<Abort>>,
     /// Function calls and egress; `None` in tests of the Runtime API alone.
     pub services: Option<crate::services::Services>,
+}
+
+/// Why the instance ended the response streams in flight: invocation `request_id` went past
+/// its timeout and the instance is being stopped.
+#[derive(Clone, Debug)]
+pub(crate) struct Abort {
+    pub request_id: String,
+    pub error: nimbus_core::StreamError,
+}
+
+impl Abort {
+    /// How the stream of invocation `id` ends: with the timeout when it is the one that timed
+    /// out, else saying the instance was stopped for another invocation.
+    pub(crate) fn error_for(&self, id: &str) -> nimbus_core::StreamError {
+        if id == self.request_id {
+            return self.error.clone();
+        }
+        let details = format!("the instance was stopped: invocation {} on it timed out", self.request_id);
+        nimbus_core::StreamError::new("Runtime.ExitError", details)
+    }
 }
 
 impl Shared {

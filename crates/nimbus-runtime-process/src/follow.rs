@@ -20,7 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch};
 
-use crate::exchange::{Shared, Tail};
+use crate::exchange::{Abort, Shared, Tail};
 use crate::logs::LogTap;
 
 /// What the task needs of its instance (shared handles; the instance stays leased meanwhile).
@@ -41,6 +41,8 @@ pub(crate) struct Follow {
     pub started: Instant,
     pub timeout: Duration,
     pub done: oneshot::Sender<Completion>,
+    /// The invocation's request id (its stream is told apart by it when the instance aborts).
+    pub request_id: String,
 }
 
 /// How the watched part ended.
@@ -84,13 +86,18 @@ impl Follow {
             }
             End::Exited(status) => {
                 self.stop();
-                Err(InstanceError::Crashed {
-                    detail: format!("Runtime exited with error: {status}"),
-                    log: String::new(),
-                })
+                // Stopped for another invocation's timeout (concurrency > 1): say so.
+                match self.shared.abort.borrow().as_ref().map(|a| a.error_for(&self.request_id)) {
+                    Some(error) => Ok(function_error(&error)),
+                    None => Err(InstanceError::Crashed {
+                        detail: format!("Runtime exited with error: {status}"),
+                        log: String::new(),
+                    }),
+                }
             }
             End::TimedOut => {
-                self.shared.abort.send_replace(Some(StreamError::timed_out(self.timeout)));
+                let error = StreamError::timed_out(self.timeout);
+                self.shared.abort.send_replace(Some(Abort { request_id: self.request_id.clone(), error }));
                 self.stop();
                 let mut rx = self.exit_rx.clone();
                 let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(Option::is_some)).await;

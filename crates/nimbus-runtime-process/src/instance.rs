@@ -305,7 +305,6 @@ impl ProcessInstance {
     /// Make `inv` pending and queue its event for the runtime's `/next`. Returns where the
     /// completion will arrive, when the handler's time started, and the limits' baseline.
     async fn hand_over(&self, inv: &Invocation) -> Result<(Replies, Instant, Baseline), InstanceError> {
-        self.shared.abort.send_replace(None);
         let replies = self.shared.add_pending(&inv.request_id);
         let timeout_ms = u64::try_from(inv.timeout.as_millis()).unwrap_or(u64::MAX);
         let event = NextEvent {
@@ -542,6 +541,7 @@ impl ProcessInstance {
             started,
             timeout,
             done,
+            request_id: id.to_owned(),
         };
         tokio::spawn(task.run());
         InvokeResult {

@@ -15,7 +15,9 @@
 //!   ends with that error and the invocation is a function error;
 //! - past the function's streaming cap the stream ends with `Function.ResponseSizeTooLarge`,
 //!   the runtime gets 413 and the instance is retired; the invocation's timeout ends the stream
-//!   with `Sandbox.Timedout` (the instance sets [`Shared::abort`](crate::exchange::Shared::abort) before it kills the process).
+//!   with `Sandbox.Timedout` (the task following the invocation sets
+//!   [`Shared::abort`](crate::exchange::Shared::abort) before it kills the process); with
+//!   `concurrency > 1` the other streams in flight on the instance end too, saying why.
 //!
 //! A function whose `response_mode` is buffered may still stream (a Node handler wrapped in
 //! `streamifyResponse`): the body is then collected, up to the buffered limit, as Lambda does
@@ -87,7 +89,7 @@ pub(crate) async fn respond(req: Request<Incoming>, shared: &Shared, id: String)
     let mut abort = shared.abort.subscribe();
     let end = match send(&mut tx, rest).await {
         Err(limit) => End::TooLarge { limit },
-        Ok(()) => forward(&mut body, &mut tx, &mut abort).await,
+        Ok(()) => forward(&mut body, &mut tx, (&mut abort, &id)).await,
     };
     let ended = Instant::now();
     match end {
@@ -111,7 +113,10 @@ pub(crate) async fn respond(req: Request<Incoming>, shared: &Shared, id: String)
             exchange::json(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", &message)
         }
         End::Aborted(e) => {
-            tx.fail(e).await;
+            // For the invocation that timed out its follower has already ended it; for the
+            // others on the instance (concurrency > 1) this is how they end.
+            tx.fail(e.clone()).await;
+            let _ = pending.tail.send(Tail::Failed { error: e, response_end: ended });
             exchange::accepted()
         }
     }
@@ -130,13 +135,13 @@ async fn send(tx: &mut BodySender, chunk: Bytes) -> Result<(), u64> {
 async fn forward(
     body: &mut Incoming,
     tx: &mut BodySender,
-    abort: &mut tokio::sync::watch::Receiver<Option<StreamError>>,
+    (abort, id): (&mut tokio::sync::watch::Receiver<Option<exchange::Abort>>, &str),
 ) -> End {
     loop {
         let frame = tokio::select! {
             biased;
             a = abort.wait_for(Option::is_some) => {
-                let e = a.ok().and_then(|v| v.clone()).unwrap_or_else(|| StreamError::new("Runtime.Unknown", "the stream was ended"));
+                let e = a.ok().and_then(|v| v.as_ref().map(|a| a.error_for(id))).unwrap_or_else(|| StreamError::new("Runtime.Unknown", "the stream was ended"));
                 return End::Aborted(e);
             }
             f = body.frame() => f,

@@ -238,6 +238,74 @@ async fn the_timeout_ends_a_stream_and_kills_the_instance() {
         .await;
 }
 
+/// `concurrency > 1` with streaming: two streams in flight at once from one Node process, each
+/// to its own client, both complete.
+#[tokio::test]
+async fn streams_of_invocations_in_flight_together_come_from_one_instance() {
+    let shared = common::shared_tempdir();
+    let mark = shared.path().join("go");
+    let code = format!(
+        "{NODE_WAIT}
+exports.handler = awslambda.streamifyResponse(async (event, stream, context) => {{
+  stream.write(`start ${{process.pid}} ${{context.awsRequestId}}\n`);
+  await waitFile(process.env.MARK);
+  stream.write(`end ${{context.awsRequestId}}`);
+  stream.end();
+}});
+"
+    );
+    let extra = "response_mode = \"streaming\"\nconcurrency = 2\nmax_instances = 1\ntimeout = \"20s\"";
+    let app = app("node", "index.handler", ("index.js", &code), extra, &mark);
+    let server = Server::start(app.path());
+    let mut first = server.get("/f").await;
+    let mut second = server.get("/f").await;
+    let a = String::from_utf8(read_until(&mut first, b"\n").await).unwrap();
+    let b = String::from_utf8(read_until(&mut second, b"\n").await).unwrap();
+    let (pid_a, id_a) = a.trim().strip_prefix("start ").unwrap().split_once(' ').unwrap();
+    let (pid_b, id_b) = b.trim().strip_prefix("start ").unwrap().split_once(' ').unwrap();
+    assert_eq!(pid_a, pid_b, "one process streams both: {a} / {b}");
+    assert_ne!(id_a, id_b);
+    touch(&mark);
+    for (resp, id) in [(&mut first, id_a), (&mut second, id_b)] {
+        let (tail, clean) = rest(resp).await;
+        assert_eq!(String::from_utf8(tail).unwrap(), format!("end {id}"), "each stream gets its own end");
+        assert!(clean);
+    }
+    for r in server.records("f", 2).await {
+        assert_eq!(r["status"], "success", "{r:#}");
+    }
+}
+
+/// With `concurrency > 1` one stream's timeout stops the instance: its stream ends with the
+/// timeout, the other stream in flight ends saying why.
+#[tokio::test]
+async fn a_timeout_ends_every_stream_on_the_instance_each_saying_why() {
+    let shared = common::shared_tempdir();
+    let mark = shared.path().join("go");
+    let code = "exports.handler = awslambda.streamifyResponse(async (event, stream) => {
+  stream.write('tick');
+  await new Promise((r) => setTimeout(r, 60000));
+});
+";
+    let extra = "response_mode = \"streaming\"\nconcurrency = 2\nmax_instances = 1\ntimeout = \"2s\"";
+    let app = app("node", "index.handler", ("index.js", code), extra, &mark);
+    let server = Server::start(app.path());
+    let began = Instant::now();
+    let mut first = server.get("/f").await;
+    let mut second = server.get("/f").await;
+    for resp in [&mut first, &mut second] {
+        let (body, clean) = rest(resp).await;
+        assert_eq!(body, b"tick");
+        assert!(!clean, "cut off, not ended");
+    }
+    assert!(began.elapsed() < Duration::from_secs(10), "ended by the 2 s timeout, not the handler");
+    let records = server.records("f", 2).await;
+    let statuses: Vec<&str> = records.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert!(statuses.contains(&"timeout"), "{records:#?}");
+    let other = records.iter().find(|r| r["status"] != "timeout").unwrap();
+    assert!(other.to_string().contains("the instance was stopped"), "{other:#}");
+}
+
 #[tokio::test]
 async fn wait_until_work_runs_after_the_response_and_belongs_to_the_invocation() {
     let shared = common::shared_tempdir();
