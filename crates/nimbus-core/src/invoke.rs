@@ -5,6 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::outcome::{FunctionErrorKind, InvokeOutcome};
+
 /// Largest request or response payload, for every runtime (Lambda's synchronous limit).
 pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
 
@@ -99,33 +101,6 @@ pub struct HttpRequestHead {
 pub struct HttpResponseHead {
     pub status: http::StatusCode,
     pub headers: http::HeaderMap,
-}
-
-/// How a function error was raised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FunctionErrorKind {
-    /// The runtime reported the error as handled (Node `callback(err)`).
-    Handled,
-    /// An exception, crash, or timeout.
-    Unhandled,
-}
-
-impl FunctionErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FunctionErrorKind::Handled => "Handled",
-            FunctionErrorKind::Unhandled => "Unhandled",
-        }
-    }
-}
-
-/// What the function produced.
-#[derive(Clone, Debug)]
-pub enum InvokeOutcome {
-    /// The response payload the runtime posted.
-    Success(Bytes),
-    /// The runtime posted an error: `body` is the `{errorMessage, errorType, stackTrace}` JSON.
-    FunctionError { kind: FunctionErrorKind, error_type: String, error_message: String, body: Bytes },
 }
 
 /// The cold-start breakdown of an invocation that had to start its instance.
@@ -326,6 +301,47 @@ impl Recorder for Observed {
     fn instance_busy(&self, busy: InstanceBusy) {
         self.store.instance_busy(busy);
     }
+}
+
+/// A result as callers that want it whole see it (async events, triggers, the buffered Invoke
+/// API): a streamed body is read to its end (at most the function's cap, which the sender
+/// enforces) and the invocation's summary awaited; an error mid-stream becomes an unhandled
+/// function error. A buffered result comes back as it was, at no cost.
+pub async fn collect(mut r: InvokeResult) -> InvokeResult {
+    let Some(handle) = r.stream.take() else { return r };
+    let mut buf = bytes::BytesMut::new();
+    let mut error = None;
+    if let Some(mut body) = handle.take_body() {
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    let summary = match handle.take_summary() {
+        Some(rx) => rx.await.ok(),
+        None => None,
+    };
+    if let Some(s) = &summary {
+        r.log.clone_from(&s.log);
+    }
+    r.outcome = match error.or_else(|| summary.and_then(|s| s.error)) {
+        None => InvokeOutcome::Success(buf.freeze()),
+        Some(e) => {
+            let body = serde_json::json!({"errorMessage": e.details, "errorType": e.error_code}).to_string();
+            InvokeOutcome::FunctionError {
+                kind: FunctionErrorKind::Unhandled,
+                error_type: e.error_code,
+                error_message: e.details,
+                body: Bytes::from(body),
+            }
+        }
+    };
+    r
 }
 
 #[cfg(test)]
