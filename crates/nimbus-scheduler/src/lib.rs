@@ -255,14 +255,18 @@ impl Inner {
         let mut lease = self.lease(&pool, &a).await?;
         let mut queue_wait = a.queued.elapsed();
         let (mut cold, mut init_log) = lease.begin();
-        let mut result = lease.instance().invoke(inv.clone()).await;
+        // Kept for one retry after `Lost` (the function never ran). Only the process runtimes
+        // lose an invocation so, and theirs carry no HTTP head; an HTTP invocation (wasm) goes to
+        // the instance whole, so that it can move the head into the guest's request.
+        let retry = inv.http.is_none().then(|| inv.clone());
+        let mut result = lease.instance().invoke(inv).await;
         if let Ok(r) = &mut result {
             if r.stream.is_some() {
                 return Ok(self.streamed(stream::Held { a, lease, queue_wait, cold, init_log }, r));
             }
         }
         drop(lease);
-        if let Err(nimbus_core::InstanceError::Lost { detail }) = &result {
+        if let (Err(nimbus_core::InstanceError::Lost { detail }), Some(inv)) = (&result, retry) {
             // The function never ran: one more try on another instance is safe.
             tracing::debug!(function = %a.function.spec.name, "retrying an invocation whose instance was lost: {detail}");
             let mut again = self.lease(&pool, &a).await?;
