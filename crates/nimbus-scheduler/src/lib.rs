@@ -218,6 +218,18 @@ impl Inner {
             p.retire();
             old.push(Arc::downgrade(&p));
         }
+        self.forget_activity(functions);
+    }
+
+    /// Drop the adaptive history of every function no longer live with an adaptive keep-alive
+    /// (a retired pool still draining keeps its own handle on it until it is gone).
+    fn forget_activity(&self, live: &[Arc<FunctionVersion>]) {
+        let adaptive: HashSet<&str> = live
+            .iter()
+            .filter(|f| f.spec.keep_alive_policy == nimbus_core::KeepAlivePolicy::Adaptive)
+            .map(|f| f.spec.name.as_str())
+            .collect();
+        self.activity.lock().unwrap_or_else(|e| e.into_inner()).retain(|name, _| adaptive.contains(name.as_str()));
     }
 
     /// Status of every pool, for the management API.
