@@ -339,14 +339,23 @@ async fn the_queues_page_shows_depth() {
 /// now out of how many it may, and the functions page counts them beside the busy instances.
 #[tokio::test]
 async fn the_function_page_shows_each_instance_in_flight_invocations() {
-    let app = App::new("dash-fluid").conformance("node", "work", "concurrency = 4\nmax_instances = 1").finish();
+    let extra = "concurrency = 4\nmax_instances = 1\ntimeout = \"60s\"";
+    let app = App::new("dash-fluid").conformance("node", "work", extra).finish();
     let server = Server::start(app.path());
+    let browser = browser();
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(Duration::from_secs(30));
+    tab.navigate_to(&format!("{}/dashboard/functions", server.url)).unwrap();
+    tab.wait_until_navigated().unwrap();
+    sign_in(&tab, &server.token);
+    wait_true(&tab, "document.querySelector('#deployments') !== null", "the sign-in");
+
     // Three overlapping calls that sleep (bounded: the server stops with the test).
     let calls: Vec<_> = (0..3)
         .map(|_| {
             let (url, client) = (server.url.clone(), server.client());
             tokio::spawn(async move {
-                let body = json!({"op": "sleep", "ms": 15_000}).to_string();
+                let body = json!({"op": "sleep", "ms": 45_000}).to_string();
                 client.post(format!("{url}/2015-03-31/functions/work/invocations")).body(body).send().await
             })
         })
@@ -357,14 +366,6 @@ async fn the_function_page_shows_each_instance_in_flight_invocations() {
             pools.and_then(|p| p[0]["inFlight"].as_u64()) == Some(3)
         })
         .await;
-
-    let browser = browser();
-    let tab = browser.new_tab().unwrap();
-    tab.set_default_timeout(Duration::from_secs(30));
-    tab.navigate_to(&format!("{}/dashboard/functions", server.url)).unwrap();
-    tab.wait_until_navigated().unwrap();
-    sign_in(&tab, &server.token);
-    wait_true(&tab, "document.querySelector('#deployments') !== null", "the sign-in");
     open(&tab, &server, "/functions");
     let listed = eval(&tab, "document.querySelector('#functions tr[data-function=\"work\"]').children[3].textContent");
     assert_eq!(listed, json!("1 busy (3 in flight) · 0 idle"));
@@ -374,7 +375,9 @@ async fn the_function_page_shows_each_instance_in_flight_invocations() {
         "[...document.querySelectorAll('#instances tbody tr')].map(r => [r.children[2].textContent, r.lastElementChild.textContent])",
     );
     assert_eq!(rows, json!([["busy", "3 / 4"]]));
-    drop(calls);
+    for c in calls {
+        c.abort();
+    }
 }
 
 /// A client that shows redirects instead of following them.
