@@ -141,7 +141,8 @@ pub struct InvokeResult {
     pub duration: Duration,
     pub cold: Option<ColdStart>,
     pub max_memory_mb: u32,
-    /// This invocation's log (START … REPORT), bounded.
+    /// This invocation's log (START … REPORT), bounded. Left empty by the scheduler for a
+    /// successful HTTP route invocation, whose caller never sees its log (the record keeps it).
     pub log: String,
     pub instance_id: String,
     /// Set when the runtime answered in HTTP terms (wasm components).

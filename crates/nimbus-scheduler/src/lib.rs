@@ -299,7 +299,11 @@ impl Inner {
                 if matches!(r.outcome, nimbus_core::InvokeOutcome::Success(_)) {
                     // The record keeps the parts; its START / END / REPORT are rendered when read.
                     let body = std::mem::take(&mut r.log);
-                    r.log = rec.framed_log(&init_log, &body);
+                    // An HTTP route never hands the log to its caller (the Invoke API's `Tail`
+                    // and the async engine do): rendering it cost ~2.5k instructions a request.
+                    if a.trigger != nimbus_core::Trigger::Http {
+                        r.log = rec.framed_log(&init_log, &body);
+                    }
                     rec.log_frame = Some(init_log.len());
                     rec.log = if init_log.is_empty() { body } else { init_log + &body };
                 } else {
