@@ -17,6 +17,7 @@ pub mod messages;
 pub mod meter;
 pub mod objects;
 pub mod outbound;
+pub mod outcome;
 pub mod policy;
 pub mod queue;
 pub mod registry;

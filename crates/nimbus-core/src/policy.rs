@@ -283,6 +283,17 @@ impl IdleHistogram {
         self.bins.len()
     }
 
+    /// Halve every count (rounding down), so the history recorded so far weighs half as much
+    /// as before against what comes next: a bounded history that follows a function whose
+    /// pattern changes. The shape stays, so the windows stay about the same.
+    pub fn halve(&mut self) {
+        for c in &mut self.bins {
+            *c /= 2;
+        }
+        self.out_of_range /= 2;
+        self.total = self.bins.iter().map(|&c| u64::from(c)).sum::<u64>() + self.out_of_range;
+    }
+
     /// The index of the bin holding the `percentile`th in-range idle time (`None` if empty).
     fn percentile_bin(&self, percentile: f64) -> Option<usize> {
         let in_range: u64 = self.bins.iter().map(|&c| u64::from(c)).sum();
@@ -600,5 +611,22 @@ mod tests {
         assert_eq!(h.total(), 1_000_000);
         let huge = AdaptiveConfig { bin: Duration::ZERO, range: Duration::from_secs(u64::MAX), ..config };
         assert_eq!(IdleHistogram::new(&huge).bin_count(), MAX_BINS);
+    }
+
+    #[test]
+    fn halving_a_histogram_keeps_its_shape_and_bounds_its_counts() {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        let mut h = histogram_of((0..100).map(|_| m(5)).chain((0..10).map(|_| m(30))));
+        h.record(Duration::from_secs(100 * 24 * 3600));
+        h.record(Duration::from_secs(100 * 24 * 3600));
+        let config = AdaptiveConfig::default();
+        let before = adaptive_windows(&h, &config);
+        h.halve();
+        assert_eq!((h.total(), h.out_of_range()), (50 + 5 + 1, 1));
+        assert_eq!(adaptive_windows(&h, &config), before);
+        for _ in 0..10 {
+            h.halve();
+        }
+        assert_eq!(h.total(), 0);
     }
 }

@@ -16,12 +16,12 @@
 //!    process, file descriptor or temp file behind.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::function::FunctionVersion;
 use crate::invoke::{ColdStart, Invocation, InvokeResult};
+pub use crate::outcome::InstanceError;
 use crate::DispatchError;
 
 /// Makes instances of one runtime kind.
@@ -150,23 +150,6 @@ pub enum StartError {
     #[error("{error_type}: {message}")]
     InitFailed { error_type: String, message: String, log: String },
     /// nimbus could not start it (spawn failed, no interpreter, …).
-    #[error("{0}")]
-    Platform(String),
-}
-
-/// Why an invocation on an instance failed without a function outcome.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum InstanceError {
-    #[error("timed out after {timeout:?}")]
-    Timeout { timeout: Duration, log: String },
-    #[error("runtime exited: {detail}")]
-    Crashed { detail: String, log: String },
-    /// The instance died before the runtime picked the event up: the function never ran, so
-    /// the invocation may be retried on another instance.
-    #[error("the instance stopped before the invocation started: {detail}")]
-    Lost { detail: String },
-    #[error("response of {size} bytes above the {limit}-byte limit")]
-    ResponseTooLarge { size: usize, limit: usize, log: String },
     #[error("{0}")]
     Platform(String),
 }

@@ -36,8 +36,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::invoke::InvokeOutcome;
-use crate::runtime::InstanceError;
+use crate::outcome::{InstanceError, InvokeOutcome};
 
 /// Default cap on a streamed response body (Lambda's 20 MB for streamed responses).
 pub const DEFAULT_MAX_STREAM_BYTES: u64 = 20 * 1024 * 1024;
@@ -248,45 +247,4 @@ pub struct StreamSummary {
     pub error: Option<StreamError>,
     /// The whole log (START … REPORT), bounded.
     pub log: String,
-}
-
-/// A result as callers that want it whole see it (async events, triggers, the buffered Invoke
-/// API): a streamed body is read to its end (at most the function's cap, which the sender
-/// enforces) and the invocation's summary awaited; an error mid-stream becomes an unhandled
-/// function error. A buffered result comes back as it was, at no cost.
-pub async fn collect(mut r: crate::invoke::InvokeResult) -> crate::invoke::InvokeResult {
-    let Some(handle) = r.stream.take() else { return r };
-    let mut buf = bytes::BytesMut::new();
-    let mut error = None;
-    if let Some(mut body) = handle.take_body() {
-        while let Some(item) = body.next().await {
-            match item {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
-    }
-    let summary = match handle.take_summary() {
-        Some(rx) => rx.await.ok(),
-        None => None,
-    };
-    if let Some(s) = &summary {
-        r.log.clone_from(&s.log);
-    }
-    r.outcome = match error.or_else(|| summary.and_then(|s| s.error)) {
-        None => InvokeOutcome::Success(buf.freeze()),
-        Some(e) => {
-            let body = serde_json::json!({"errorMessage": e.details, "errorType": e.error_code}).to_string();
-            InvokeOutcome::FunctionError {
-                kind: crate::invoke::FunctionErrorKind::Unhandled,
-                error_type: e.error_code,
-                error_message: e.details,
-                body: Bytes::from(body),
-            }
-        }
-    };
-    r
 }

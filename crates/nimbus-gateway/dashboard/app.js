@@ -287,12 +287,34 @@
   }
 
   function poolSummary(f) {
-    let idle = 0, busy = 0, starting = 0, cold = 0;
+    let idle = 0, busy = 0, starting = 0, cold = 0, inFlight = 0, shared = false;
     for (const p of f.pools || []) {
       idle += p.idle || 0; busy += p.busy || 0; starting += p.starting || 0;
       cold += p.coldStarts || p.cold_starts || 0;
+      inFlight += p.inFlight || 0;
+      shared = shared || (p.concurrency || 1) > 1;
     }
-    return { idle, busy, starting, cold };
+    return { idle, busy, starting, cold, inFlight, shared };
+  }
+
+  // "2 busy · 1 idle", with the invocations in flight when an instance runs several at once.
+  function instancesText(p) {
+    return `${p.busy} busy${p.shared ? ` (${p.inFlight} in flight)` : ''} · ${p.idle} idle${p.starting ? ` · ${p.starting} starting` : ''}`;
+  }
+
+  // Every instance of the function's pools: its state and, with concurrency > 1, how many
+  // invocations it runs now out of how many it may.
+  function instanceTable(f) {
+    const rows = (f.pools || []).flatMap((p) => (p.instances || []).map((i) => ({ ...i, version: p.version, concurrency: p.concurrency || 1 })));
+    if (!rows.length) return h('div', { class: 'empty' }, 'No instance running');
+    return h('table', { id: 'instances' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'Instance'), h('th', {}, 'Version'), h('th', {}, 'State'), h('th', { class: 'num' }, 'PID'),
+        h('th', { class: 'num' }, 'In flight'))),
+      h('tbody', {}, rows.map((i) => h('tr', { 'data-instance': i.id },
+        h('td', { class: 'mono' }, i.id), h('td', {}, i.version), h('td', {}, i.state),
+        h('td', { class: 'num' }, i.pid == null ? '–' : String(i.pid)),
+        h('td', { class: 'num', 'data-in-flight': String(i.inFlight || 0) },
+          i.concurrency > 1 ? `${i.inFlight || 0} / ${i.concurrency}` : String(i.inFlight || 0))))));
   }
 
   async function pageFunctions() {
@@ -304,7 +326,7 @@
       return h('tr', { class: 'clickable', 'data-function': f.name, onclick: () => go(`/functions/${encodeURIComponent(f.name)}`) },
         h('td', {}, link(`/functions/${encodeURIComponent(f.name)}`, f.name)),
         h('td', {}, f.runtime), h('td', { class: 'num' }, `${f.memoryMb} MB`),
-        h('td', { class: 'num' }, `${p.busy} busy · ${p.idle} idle${p.starting ? ` · ${p.starting} starting` : ''}`),
+        h('td', { class: 'num' }, instancesText(p)),
         h('td', { class: 'num' }, fmtInt(t.invocations)),
         h('td', { class: 'num' }, t.errors ? h('span', { class: 'badge bad' }, fmtInt(t.errors)) : '0'),
         h('td', { class: 'num' }, fmtMs(t.p50Ms)), h('td', { class: 'num' }, fmtMs(t.p99Ms)),
@@ -350,6 +372,7 @@
       functionCharts(stats),
       h('div', { class: 'split' }, config,
         h('div', { class: 'card' }, h('h2', {}, 'Recent invocations'), invocationTable(recent, false))),
+      f ? h('div', { class: 'card' }, h('h2', {}, 'Instances'), instanceTable(f)) : null,
     ];
   }
 

@@ -293,7 +293,7 @@ async fn run(
     let (mut resp, log) = match gw.scheduler.invoke(function.clone(), invocation).await {
         Ok(r) => {
             // A streaming function called through the buffered Invoke API answers whole.
-            let r = nimbus_core::stream::collect(r).await;
+            let r = nimbus_core::invoke::collect(r).await;
             (function_response(&r.outcome), r.log)
         }
         Err(e) => (dispatch_failure(&e, &request_id)?, e.log().to_owned()),

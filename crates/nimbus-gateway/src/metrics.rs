@@ -157,6 +157,20 @@ pub struct Metrics {
     refused: Family<RefusalLabels, Counter>,
     kv_ops: Family<KvOpLabels, Counter>,
     kv_errors: Family<KvErrorLabels, Counter>,
+    /// Per function, the metrics each (status, trigger) of its invocations updates.
+    handles: std::sync::RwLock<HandleMap>,
+}
+
+/// The metrics one kind of invocation (function, status, trigger) updates, looked up in their
+/// families once and kept (they share their values with the families): an observation is then
+/// one map lookup by the function's name, not four label-set lookups with a `String` clone each.
+#[derive(Clone)]
+struct Handles {
+    status: InvocationStatus,
+    trigger: nimbus_core::Trigger,
+    invocations: Counter,
+    /// Duration and queue wait; `None` for statuses whose invocations did not run.
+    timing: Option<(Histogram, Histogram)>,
 }
 
 impl Default for Metrics {
@@ -172,6 +186,7 @@ impl Default for Metrics {
             refused: refused_family(),
             kv_ops: Family::default(),
             kv_errors: Family::default(),
+            handles: std::sync::RwLock::default(),
         }
     }
 }
@@ -212,26 +227,58 @@ impl Observer for Metrics {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
-        let f = FunctionLabels { function: r.function.clone() };
-        self.invocations
-            .get_or_create(&InvocationLabels {
-                function: r.function.clone(),
-                status: r.status.as_str(),
-                trigger: r.trigger.as_str(),
-            })
-            .inc();
-        match r.status {
-            InvocationStatus::Throttled => {
-                self.throttles.get_or_create(&f).inc();
-            }
-            InvocationStatus::PlatformError => {}
-            _ => {
-                self.duration.get_or_create(&f).observe(r.duration_ms / 1000.0);
-                self.queue_wait.get_or_create(&f).observe(r.queue_ms / 1000.0);
-            }
+        self.count(r);
+        if r.status == InvocationStatus::Throttled {
+            self.throttles.get_or_create(&FunctionLabels { function: r.function.clone() }).inc();
         }
         if let Some(init) = r.init_ms {
-            self.init.get_or_create(&f).observe(init / 1000.0);
+            self.init.get_or_create(&FunctionLabels { function: r.function.clone() }).observe(init / 1000.0);
+        }
+    }
+}
+
+type HandleMap = std::collections::HashMap<String, Vec<Handles>>;
+
+impl Metrics {
+    /// Count `r` and observe its times (not for throttled or platform-failed invocations, which
+    /// did not run) through the kept metrics of its function, status and trigger, made on their
+    /// first observation.
+    fn count(&self, r: &InvocationRecord) {
+        let find = |map: &HandleMap| -> Option<Handles> {
+            map.get(&r.function)?.iter().find(|h| h.status == r.status && h.trigger == r.trigger).cloned()
+        };
+        let found = find(&self.handles.read().unwrap_or_else(|e| e.into_inner()));
+        let h = match found {
+            Some(h) => h,
+            None => {
+                let mut map = self.handles.write().unwrap_or_else(|e| e.into_inner());
+                match find(&map) {
+                    Some(h) => h,
+                    None => {
+                        let h = self.new_handles(r);
+                        map.entry(r.function.clone()).or_default().push(h.clone());
+                        h
+                    }
+                }
+            }
+        };
+        h.invocations.inc();
+        if let Some((duration, queue_wait)) = &h.timing {
+            duration.observe(r.duration_ms / 1000.0);
+            queue_wait.observe(r.queue_ms / 1000.0);
+        }
+    }
+
+    fn new_handles(&self, r: &InvocationRecord) -> Handles {
+        let labels =
+            InvocationLabels { function: r.function.clone(), status: r.status.as_str(), trigger: r.trigger.as_str() };
+        let f = FunctionLabels { function: r.function.clone() };
+        let ran = !matches!(r.status, InvocationStatus::Throttled | InvocationStatus::PlatformError);
+        Handles {
+            status: r.status,
+            trigger: r.trigger,
+            invocations: self.invocations.get_or_create(&labels).clone(),
+            timing: ran.then(|| (self.duration.get_or_create(&f).clone(), self.queue_wait.get_or_create(&f).clone())),
         }
     }
 }

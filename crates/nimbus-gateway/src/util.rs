@@ -7,6 +7,11 @@ use serde::Serialize;
 
 pub type Resp = Response<Full<Bytes>>;
 
+/// Header names set on every routed request, made once (a `&'static str` name is parsed again
+/// on every insert).
+pub const X_NIMBUS_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-nimbus-request-id");
+pub const X_NIMBUS_VERSION: http::HeaderName = http::HeaderName::from_static("x-nimbus-version");
+
 /// A JSON response. A value that cannot be serialized (never for the API's own types) becomes
 /// a 500 that says so rather than a panic.
 pub fn json(status: StatusCode, body: &impl Serialize) -> Resp {
@@ -29,7 +34,7 @@ pub fn raw(status: StatusCode, body: Bytes) -> Resp {
     r
 }
 
-pub fn set_header<B>(r: &mut Response<B>, name: &'static str, value: &str) {
+pub fn set_header<B>(r: &mut Response<B>, name: impl http::header::IntoHeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         r.headers_mut().insert(name, v);
     }

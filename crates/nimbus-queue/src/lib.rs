@@ -451,7 +451,7 @@ impl Engine {
         // A streamed response is collected: an async caller gets the whole result.
         let result = self.dispatch.invoke(function.clone(), invocation(&ev, &function)).await;
         let result = match result {
-            Ok(r) => Ok(nimbus_core::stream::collect(r).await),
+            Ok(r) => Ok(nimbus_core::invoke::collect(r).await),
             Err(e) => Err(e),
         };
         let ran = Ran::from(result);

@@ -414,7 +414,7 @@ impl Triggers {
         let returned = |n: usize| Counters::add(&live.counters.returned, n);
         let invocation = Invocation::new(new_request_id(), payload, Trigger::Queue, function.spec.timeout);
         match self.dispatch.invoke(function.clone(), invocation).await {
-            Ok(r) => match nimbus_core::stream::collect(r).await.outcome {
+            Ok(r) => match nimbus_core::invoke::collect(r).await.outcome {
                 InvokeOutcome::Success(body) => self.settle(live, batch, &body).await,
                 InvokeOutcome::FunctionError { .. } => {
                     live.counters.function_errors.fetch_add(1, Ordering::Relaxed);

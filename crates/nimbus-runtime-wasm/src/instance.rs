@@ -294,8 +294,7 @@ impl Parts {
     }
 
     /// Run one request on `store` until the response body is complete.
-    async fn run(&self, store: &mut Store<Host>, proxy: &Proxy, inv: &Invocation) -> Result<Ended, String> {
-        let request = to_http(inv);
+    async fn run(&self, store: &mut Store<Host>, proxy: &Proxy, request: Request) -> Result<Ended, String> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (req, out) = {
             let mut view = store.data_mut().http();
@@ -352,12 +351,12 @@ impl Parts {
         }
     }
 
-    /// Run `inv` on the kept instance, or on a new one, and take the instance back with the
+    /// Run `request` on the kept instance, or on a new one, and take the instance back with the
     /// result (for `instance_reuse`) and the memory peak.
     async fn serve(
         &self,
         ready: Option<(Store<Host>, Proxy)>,
-        inv: &Invocation,
+        request: Request,
     ) -> Result<(Ended, usize, (Store<Host>, Proxy)), InstanceError> {
         let (mut store, proxy) = match ready {
             Some(r) => r,
@@ -365,7 +364,7 @@ impl Parts {
                 Instantiate::NoSlot(m) | Instantiate::Failed(m) => InstanceError::Platform(m),
             })?,
         };
-        let ended = self.run(&mut store, &proxy, inv).await.map_err(InstanceError::Platform)?;
+        let ended = self.run(&mut store, &proxy, request).await.map_err(InstanceError::Platform)?;
         let peak = store.data().limiter.peak;
         Ok((ended, peak, (store, proxy)))
     }
@@ -380,19 +379,26 @@ fn trap_message(e: &wasmtime::Error) -> String {
     }
 }
 
+/// The request a component is handed.
+pub(crate) type Request = hyper::Request<http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>>;
+
+/// The header that tells the component its invocation's request id.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-nimbus-request-id");
+
 /// The request the component sees: the HTTP request as the client sent it, or, for an event
-/// (Invoke API, async queue, schedule), `POST /` with the payload as a JSON body.
-pub(crate) fn to_http(
-    inv: &Invocation,
-) -> hyper::Request<http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>> {
+/// (Invoke API, async queue, schedule), `POST /` with the payload as a JSON body. The head is
+/// taken out of `inv`: when the invocation holds the only reference to it (the gateway's, as
+/// the scheduler keeps no copy of an HTTP invocation), its URI and headers move into the
+/// request instead of being copied and re-parsed.
+pub(crate) fn to_http(inv: &mut Invocation) -> Request {
     let body = Full::new(inv.payload.clone()).map_err(|never| match never {}).boxed_unsync();
     let mut req = hyper::Request::new(body);
-    match &inv.http {
+    match inv.http.take() {
         Some(h) => {
-            *req.method_mut() = h.method.clone();
-            let uri = format!("http://{}{}", h.authority, h.uri.path_and_query().map_or("/", |p| p.as_str()));
-            *req.uri_mut() = uri.parse().unwrap_or_else(|_| h.uri.clone());
-            *req.headers_mut() = h.headers.clone();
+            let h = Arc::try_unwrap(h).unwrap_or_else(|shared| (*shared).clone());
+            *req.method_mut() = h.method;
+            *req.uri_mut() = absolute(h.uri, h.authority);
+            *req.headers_mut() = h.headers;
         }
         None => {
             *req.method_mut() = http::Method::POST;
@@ -401,9 +407,22 @@ pub(crate) fn to_http(
         }
     }
     if let Ok(v) = http::HeaderValue::from_str(&inv.request_id) {
-        req.headers_mut().insert("x-nimbus-request-id", v);
+        req.headers_mut().insert(REQUEST_ID, v);
     }
     req
+}
+
+/// `http://authority/path?query` from the request's own URI (kept as it is when `authority` is
+/// not a valid one), without formatting and parsing the whole URI again.
+fn absolute(uri: http::Uri, authority: String) -> http::Uri {
+    let Ok(authority) = http::uri::Authority::from_maybe_shared(Bytes::from(authority)) else { return uri };
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    http::Uri::from_parts(parts).unwrap_or_else(|_| http::Uri::from_static("http://localhost/"))
 }
 
 pub(crate) enum Driven {
@@ -550,7 +569,7 @@ impl Instance for WasmInstance {
         }
     }
 
-    async fn invoke(&self, inv: Invocation) -> Result<InvokeResult, InstanceError> {
+    async fn invoke(&self, mut inv: Invocation) -> Result<InvokeResult, InstanceError> {
         if self.parts.function.spec.response_mode == nimbus_core::ResponseMode::Streaming {
             return self.invoke_streaming(inv).await;
         }
@@ -558,8 +577,10 @@ impl Instance for WasmInstance {
         let _running = rt.ticker.running();
         let started = Instant::now();
         let timeout = inv.timeout;
+        let is_event = inv.http.is_none();
+        let request = to_http(&mut inv);
         let ready = self.shared.take();
-        let (ended, peak, kept) = match tokio::time::timeout(timeout, self.parts.serve(ready, &inv)).await {
+        let (ended, peak, kept) = match tokio::time::timeout(timeout, self.parts.serve(ready, request)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(e),
             Err(_) => {
@@ -570,7 +591,7 @@ impl Instance for WasmInstance {
         };
         let duration = started.elapsed();
         let max_memory_mb = u32::try_from(peak.div_ceil(1 << 20)).unwrap_or(u32::MAX);
-        let (outcome, http) = self.outcome(ended, inv.http.is_none(), kept)?;
+        let (outcome, http) = self.outcome(ended, is_event, kept)?;
         Ok(InvokeResult {
             outcome,
             duration,

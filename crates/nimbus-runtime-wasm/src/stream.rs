@@ -87,11 +87,11 @@ struct Run {
 }
 
 impl Run {
-    async fn run(mut self, inv: Invocation, ready: Option<Kept>) {
+    async fn run(mut self, mut inv: Invocation, ready: Option<Kept>) {
         let rt = self.parts.rt.clone();
         let _running = rt.ticker.running();
         let timeout = inv.timeout;
-        let ended = tokio::time::timeout(timeout, self.guest(&inv, ready)).await;
+        let ended = tokio::time::timeout(timeout, self.guest(&mut inv, ready)).await;
         let outcome = match ended {
             Ok(Ok(Finished::Done(kept))) => {
                 if self.parts.function.spec.wasm.instance_reuse {
@@ -166,7 +166,7 @@ impl Run {
     }
 
     /// Run the guest until its response is finished and its `handle` returned.
-    async fn guest(&mut self, inv: &Invocation, ready: Option<Kept>) -> Result<Finished, InstanceError> {
+    async fn guest(&mut self, inv: &mut Invocation, ready: Option<Kept>) -> Result<Finished, InstanceError> {
         let (mut store, proxy) = match ready {
             Some(r) => r,
             None => self.parts.instantiate().await.map_err(|e| InstanceError::Platform(e.message()))?,

@@ -14,12 +14,20 @@
 //!   it went idle itself, while other calls still run), a pre-warmed one included.
 //!
 //! `min_instances` is honoured as with the fixed policy.
+//!
+//! The history is bounded twice: a function's histogram is halved whenever it holds
+//! [`HISTORY_CAP`] gaps (old behaviour fades, so the windows follow a function whose pattern
+//! changes, and the counts stay small), and the scheduler drops the history of a function that is
+//! no longer deployed with an adaptive keep-alive (`Inner::deploy`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nimbus_core::policy::{self, AdaptiveConfig, IdleHistogram, PoolCounts, ScaleDecision, Windows};
 use tokio::time::Instant;
+
+/// Idle gaps a function's histogram holds before it is halved.
+pub(crate) const HISTORY_CAP: u64 = 4096;
 
 /// One function's invocation history, as the adaptive keep-alive sees it.
 pub(crate) struct Activity {
@@ -45,7 +53,8 @@ pub struct AdaptiveStatus {
     pub prewarm: Duration,
     /// Whether the windows come from the histogram (false: the fixed fallback).
     pub representative: bool,
-    /// Idle gaps recorded so far.
+    /// Idle gaps in the history (recent ones count whole, older ones halved; see
+    /// the module docs).
     pub samples: u64,
 }
 
@@ -83,6 +92,9 @@ impl Activity {
         let mut st = self.lock();
         if st.in_flight == 0 {
             if let Some(since) = st.idle_since.take() {
+                if st.histogram.total() >= HISTORY_CAP {
+                    st.histogram.halve();
+                }
                 st.histogram.record(Instant::now().duration_since(since));
             }
         }
@@ -165,6 +177,16 @@ mod tests {
 
     fn idle(n: u32) -> PoolCounts {
         PoolCounts { idle: n, ..PoolCounts::default() }
+    }
+
+    #[test]
+    fn a_function_history_is_bounded() {
+        let a = Activity::new();
+        for _ in 0..3 * HISTORY_CAP {
+            drop(a.begin());
+        }
+        let samples = a.status(Duration::from_secs(600)).samples;
+        assert!((HISTORY_CAP / 2..=HISTORY_CAP).contains(&samples), "{samples} gaps kept");
     }
 
     #[test]

@@ -218,6 +218,18 @@ impl Inner {
             p.retire();
             old.push(Arc::downgrade(&p));
         }
+        self.forget_activity(functions);
+    }
+
+    /// Drop the adaptive history of every function no longer live with an adaptive keep-alive
+    /// (a retired pool still draining keeps its own handle on it until it is gone).
+    fn forget_activity(&self, live: &[Arc<FunctionVersion>]) {
+        let adaptive: HashSet<&str> = live
+            .iter()
+            .filter(|f| f.spec.keep_alive_policy == nimbus_core::KeepAlivePolicy::Adaptive)
+            .map(|f| f.spec.name.as_str())
+            .collect();
+        self.activity.lock().unwrap_or_else(|e| e.into_inner()).retain(|name, _| adaptive.contains(name.as_str()));
     }
 
     /// Status of every pool, for the management API.
@@ -255,14 +267,18 @@ impl Inner {
         let mut lease = self.lease(&pool, &a).await?;
         let mut queue_wait = a.queued.elapsed();
         let (mut cold, mut init_log) = lease.begin();
-        let mut result = lease.instance().invoke(inv.clone()).await;
+        // Kept for one retry after `Lost` (the function never ran). Only the process runtimes
+        // lose an invocation so, and theirs carry no HTTP head; an HTTP invocation (wasm) goes to
+        // the instance whole, so that it can move the head into the guest's request.
+        let retry = inv.http.is_none().then(|| inv.clone());
+        let mut result = lease.instance().invoke(inv).await;
         if let Ok(r) = &mut result {
             if r.stream.is_some() {
                 return Ok(self.streamed(stream::Held { a, lease, queue_wait, cold, init_log }, r));
             }
         }
         drop(lease);
-        if let Err(nimbus_core::InstanceError::Lost { detail }) = &result {
+        if let (Err(nimbus_core::InstanceError::Lost { detail }), Some(inv)) = (&result, retry) {
             // The function never ran: one more try on another instance is safe.
             tracing::debug!(function = %a.function.spec.name, "retrying an invocation whose instance was lost: {detail}");
             let mut again = self.lease(&pool, &a).await?;
@@ -283,7 +299,11 @@ impl Inner {
                 if matches!(r.outcome, nimbus_core::InvokeOutcome::Success(_)) {
                     // The record keeps the parts; its START / END / REPORT are rendered when read.
                     let body = std::mem::take(&mut r.log);
-                    r.log = rec.framed_log(&init_log, &body);
+                    // An HTTP route never hands the log to its caller (the Invoke API's `Tail`
+                    // and the async engine do): rendering it cost ~2.5k instructions a request.
+                    if a.trigger != nimbus_core::Trigger::Http {
+                        r.log = rec.framed_log(&init_log, &body);
+                    }
                     rec.log_frame = Some(init_log.len());
                     rec.log = if init_log.is_empty() { body } else { init_log + &body };
                 } else {

@@ -530,3 +530,24 @@ async fn with_concurrency_one_no_busy_period_is_reported() {
     h.call(&f, "a", "ok").await.unwrap().unwrap();
     assert!(h.records.busy_periods().is_empty(), "concurrency 1 is billed per invocation, as before");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_history_of_a_function_no_longer_deployed_is_dropped() {
+    let h = harness(Fake::default());
+    let (f, g) = (adaptive("f"), adaptive("g"));
+    h.scheduler.deploy(&[f.clone(), g.clone()]);
+    h.call(&f, "r1", "ok").await.unwrap().expect("served");
+    h.call(&g, "r2", "ok").await.unwrap().expect("served");
+    let kept = |h: &Harness| {
+        let mut names: Vec<String> = h.scheduler.activity.lock().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(kept(&h), ["f", "g"]);
+    // g is gone and f is no longer adaptive: neither history is kept.
+    h.scheduler.deploy(&[function("f", |s| s.keep_alive = secs(30))]);
+    assert!(kept(&h).is_empty(), "{:?}", kept(&h));
+    // A later deployment making f adaptive again starts it afresh.
+    h.scheduler.deploy(&[adaptive("f")]);
+    assert_eq!(kept(&h), ["f"]);
+}

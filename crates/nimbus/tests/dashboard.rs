@@ -335,6 +335,51 @@ async fn the_queues_page_shows_depth() {
     assert_eq!(eval(&tab, "document.querySelector('a[data-nav=\"queues\"].active') !== null"), Value::Bool(true));
 }
 
+/// With `concurrency > 1` the function page lists each instance with the invocations it runs
+/// now out of how many it may, and the functions page counts them beside the busy instances.
+#[tokio::test]
+async fn the_function_page_shows_each_instance_in_flight_invocations() {
+    let extra = "concurrency = 4\nmax_instances = 1\ntimeout = \"60s\"";
+    let app = App::new("dash-fluid").conformance("node", "work", extra).finish();
+    let server = Server::start(app.path());
+    let browser = browser();
+    let tab = browser.new_tab().unwrap();
+    tab.set_default_timeout(Duration::from_secs(30));
+    tab.navigate_to(&format!("{}/dashboard/functions", server.url)).unwrap();
+    tab.wait_until_navigated().unwrap();
+    sign_in(&tab, &server.token);
+    wait_true(&tab, "document.querySelector('#deployments') !== null", "the sign-in");
+
+    // Three overlapping calls that sleep (bounded: the server stops with the test).
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, client) = (server.url.clone(), server.client());
+            tokio::spawn(async move {
+                let body = json!({"op": "sleep", "ms": 45_000}).to_string();
+                client.post(format!("{url}/2015-03-31/functions/work/invocations")).body(body).send().await
+            })
+        })
+        .collect();
+    server
+        .wait_for("3 invocations in flight", Duration::from_secs(20), |v| {
+            let pools = v.as_array().and_then(|a| a.iter().find(|f| f["name"] == "work")).map(|f| &f["pools"]);
+            pools.and_then(|p| p[0]["inFlight"].as_u64()) == Some(3)
+        })
+        .await;
+    open(&tab, &server, "/functions");
+    let listed = eval(&tab, "document.querySelector('#functions tr[data-function=\"work\"]').children[3].textContent");
+    assert_eq!(listed, json!("1 busy (3 in flight) · 0 idle"));
+    open(&tab, &server, "/functions/work");
+    let rows = eval(
+        &tab,
+        "[...document.querySelectorAll('#instances tbody tr')].map(r => [r.children[2].textContent, r.lastElementChild.textContent])",
+    );
+    assert_eq!(rows, json!([["busy", "3 / 4"]]));
+    for c in calls {
+        c.abort();
+    }
+}
+
 /// A client that shows redirects instead of following them.
 fn raw_client() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
