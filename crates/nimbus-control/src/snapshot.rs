@@ -29,6 +29,8 @@ pub struct DeploymentView {
     /// The queues it declares, by name, and its triggers (what the queue engine delivers by).
     pub queues: BTreeMap<String, QueueSpec>,
     pub triggers: Vec<TriggerSpec>,
+    /// The edge policies and rules the gateway applies to this deployment's requests.
+    pub edge: Arc<nimbus_manifest::edge::EdgeSpec>,
 }
 
 impl DeploymentView {
@@ -68,6 +70,7 @@ impl DeploymentView {
             (self.buckets != next.buckets, "the buckets"),
             (self.queues != next.queues, "the queues"),
             (self.triggers != next.triggers, "the triggers"),
+            (self.edge != next.edge, "the edge policies"),
             (self.app != next.app, "the app name"),
         ];
         out.extend(rest.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what.to_owned()));
@@ -120,6 +123,7 @@ mod tests {
             buckets: BTreeSet::new(),
             queues: BTreeMap::new(),
             triggers: Vec::new(),
+            edge: Default::default(),
         })
     }
 
@@ -153,6 +157,7 @@ mod tests {
             buckets: m.buckets,
             queues: m.queues,
             triggers: m.triggers,
+            edge: Arc::new(m.edge),
         }
     }
 
