@@ -322,7 +322,7 @@ fn auth(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str) -> Option<AuthPolicy> {
     for (key, _) in t.iter() {
         let k: &str = key.get_ref().as_ref();
         if other.contains(&k) {
-            cx.err(key.span(), &format!("{field}.{k}"), format!("`{k}` does not apply to a {kind} policy; remove it"));
+            cx.err(key.span(), &format!("{field}.{k}"), format!("`{k}` does not apply to {} policy; remove it", if kind == "jwt" { "a jwt" } else { "an api-key" }));
         }
     }
     let policy = if kind == "jwt" {

@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn patterns_match_as_route_paths_do() {
-        let table: &[(&str, &str, Option<(&[(&str, &str)], Option<&str>)>)] = &[
+        /// (pattern, path, what it captures: the params and the rest, or no match)
+        type Case<'a> = (&'a str, &'a str, Option<(&'a [(&'a str, &'a str)], Option<&'a str>)>);
+        let table: &[Case<'_>] = &[
             ("/a", "/a", Some((&[], None))),
             ("/a", "/a/", None),
             ("/a", "/b", None),
@@ -139,7 +141,7 @@ mod tests {
         ];
         for (pattern, path, want) in table {
             let got = matches(pattern, path);
-            let want = want.map(|(p, r)| Captures { params: p.to_vec(), rest: *r });
+            let want = want.map(|(p, r)| Captures { params: p.to_vec(), rest: r });
             assert_eq!(got, want, "{pattern} against {path}");
         }
     }
