@@ -138,7 +138,9 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         triggers,
         edge,
     };
-    Ok((manifest, functions.locations))
+    let mut locations = functions.locations;
+    locations.jwks_files = edge::jwks_file_offsets(root);
+    Ok((manifest, locations))
 }
 
 fn app_name(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Option<String> {

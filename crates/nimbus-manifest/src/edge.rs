@@ -228,7 +228,12 @@ pub(crate) fn route_refs(
 
 /// Replace each `jwks_file` by the JWK set it holds, so that the deployment carries its keys
 /// (public keys; an HMAC secret belongs in `secret_env`). One problem per unreadable file.
-pub(crate) fn read_jwks_files(edge: &mut EdgeSpec, app_dir: &std::path::Path, file: &str) -> Vec<crate::Diagnostic> {
+pub(crate) fn read_jwks_files(
+    edge: &mut EdgeSpec,
+    app_dir: &std::path::Path,
+    (file, source): (&str, &str),
+    offsets: &std::collections::HashMap<String, usize>,
+) -> Vec<crate::Diagnostic> {
     let mut problems = Vec::new();
     for (name, policy) in edge.auth.iter_mut() {
         let AuthPolicy::Jwt(j) = policy else { continue };
@@ -242,13 +247,27 @@ pub(crate) fn read_jwks_files(edge: &mut EdgeSpec, app_dir: &std::path::Path, fi
         });
         match text {
             Ok(t) => j.keys = JwtKeys::Jwks(t),
-            Err(e) => problems.push(crate::Diagnostic::file(
+            Err(e) => problems.push(crate::Diagnostic::at(
                 file,
-                format!("auth.{name}.jwks_file: cannot read the JWK set {path} ({e}); put a JSON Web Key Set there"),
+                source,
+                offsets.get(name).copied().unwrap_or(0),
+                &format!("auth.{name}.jwks_file"),
+                format!("cannot read the JWK set {path} ({e}); put a JSON Web Key Set there"),
             )),
         }
     }
     problems
+}
+
+/// Where each `[auth.NAME]` wrote its `jwks_file`, for the problems found when reading it.
+pub(crate) fn jwks_file_offsets(root: &DeTable<'_>) -> std::collections::HashMap<String, usize> {
+    let Some(DeValue::Table(t)) = root.get("auth").map(|v| v.get_ref()) else { return Default::default() };
+    t.iter()
+        .filter_map(|(k, v)| {
+            let at = v.get_ref().as_table()?.get("jwks_file")?.span().start;
+            Some((k.get_ref().to_string(), at))
+        })
+        .collect()
 }
 
 /// The entries of `[kind.NAME]` tables with valid names.
@@ -322,7 +341,14 @@ fn auth(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str) -> Option<AuthPolicy> {
     for (key, _) in t.iter() {
         let k: &str = key.get_ref().as_ref();
         if other.contains(&k) {
-            cx.err(key.span(), &format!("{field}.{k}"), format!("`{k}` does not apply to {} policy; remove it", if kind == "jwt" { "a jwt" } else { "an api-key" }));
+            cx.err(
+                key.span(),
+                &format!("{field}.{k}"),
+                format!(
+                    "`{k}` does not apply to {} policy; remove it",
+                    if kind == "jwt" { "a jwt" } else { "an api-key" }
+                ),
+            );
         }
     }
     let policy = if kind == "jwt" {

@@ -174,7 +174,7 @@ pub fn load_as(app_dir: &Path, file: &str) -> Result<Manifest, Diagnostics> {
     })?;
     let (mut manifest, locations) = check::manifest_with_locations(&source, file)?;
     let mut problems = files::check(&mut manifest, &locations, app_dir, &source, file);
-    problems.extend(edge::read_jwks_files(&mut manifest.edge, app_dir, file));
+    problems.extend(edge::read_jwks_files(&mut manifest.edge, app_dir, (file, &source), &locations.jwks_files));
     if problems.is_empty() {
         Ok(manifest)
     } else {
