@@ -160,8 +160,12 @@ async fn route(
         "No deployment is live yet",
     ))?;
     let plan = gw.edge.plan(&live);
-    out.path = req.uri().path().to_owned();
-    out.origin = req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    if plan.rules.has_headers() {
+        out.path = req.uri().path().to_owned();
+    }
+    if !plan.cors.is_empty() {
+        out.origin = req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    }
     out.plan = Some(plan.clone());
     if let Some((status, location)) = crate::edge::rules(&plan, &mut req) {
         return Ok(whole(redirect(status, &location)));

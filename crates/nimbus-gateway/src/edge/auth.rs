@@ -52,7 +52,8 @@ pub(crate) enum Verifier {
 
 pub(crate) struct Jwt {
     policy: JwtPolicy,
-    algorithms: Vec<Algorithm>,
+    /// The accepted algorithms, each with its validation settings (built once, not per request).
+    algorithms: Vec<(Algorithm, Validation)>,
     keys: Keys,
 }
 
@@ -120,7 +121,12 @@ fn api_key(k: &ApiKeyPolicy) -> Verifier {
 
 impl Jwt {
     fn new(policy: &JwtPolicy, remote: &dyn Fn(&str) -> Arc<Remote>) -> Jwt {
-        let algorithms = policy.algorithms.iter().filter_map(|a| a.parse::<Algorithm>().ok()).collect();
+        let algorithms = policy
+            .algorithms
+            .iter()
+            .filter_map(|a| a.parse::<Algorithm>().ok())
+            .map(|a| (a, validation(policy, a)))
+            .collect();
         let keys = match &policy.keys {
             JwtKeys::JwksUrl(url) => Keys::Remote(remote(url)),
             JwtKeys::Jwks(json) => match KeySet::parse(json.as_bytes()) {
@@ -145,40 +151,23 @@ impl Jwt {
         let token = bearer(headers)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Denied::invalid("the token's header is not valid or names an unsupported algorithm"))?;
-        if !self.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.algorithms.iter().find(|(a, _)| *a == header.alg) else {
             return Err(Denied::invalid(format!("the algorithm {:?} is not accepted", header.alg)));
-        }
+        };
         let candidates = match &self.keys {
             Keys::Fixed(set) => set.candidates(header.kid.as_deref()),
             Keys::Remote(r) => r.candidates(header.kid.as_deref()).await,
             Keys::Broken(_) => Vec::new(),
         };
         let usable = candidates.into_iter().filter(|k| k.alg.is_none_or(|a| a == header.alg));
-        let validation = self.validation(header.alg);
         let mut last = Denied::invalid("no key verifies the token");
         for key in usable {
-            match self.verify(token, &key, &validation) {
+            match self.verify(token, &key, validation) {
                 Ok(claims) => return Ok(claims),
                 Err(d) => last = d,
             }
         }
         Err(last)
-    }
-
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = self.policy.leeway_s;
-        v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
-        if let Some(iss) = &self.policy.issuer {
-            v.set_issuer(&[iss]);
-        }
-        if self.policy.audience.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&self.policy.audience);
-        }
-        v
     }
 
     fn verify(&self, token: &str, key: &Key, validation: &Validation) -> Result<Claims, Denied> {
@@ -200,6 +189,23 @@ impl Jwt {
         }
         Ok(Claims(data.claims))
     }
+}
+
+/// What `jsonwebtoken` checks of a token of `alg` under `policy`.
+fn validation(policy: &JwtPolicy, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = policy.leeway_s;
+    v.validate_nbf = true;
+    v.set_required_spec_claims(&["exp"]);
+    if let Some(iss) = &policy.issuer {
+        v.set_issuer(&[iss]);
+    }
+    if policy.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&policy.audience);
+    }
+    v
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, Denied> {
