@@ -411,3 +411,39 @@ async fn api_keys_cors_and_path_rules() {
     admitted += 1;
     exactly(&server, admitted).await;
 }
+
+/// A wasm route takes the request itself: it gets the forwarded claims as headers too (the
+/// forged one replaced), and a refused request never reaches the component.
+#[tokio::test]
+async fn wasm_routes_get_the_forwarded_claims_and_refusals_never_reach_them() {
+    let issuer = Issuer::start();
+    let app = App::new("edge")
+        .conformance("wasm", "g", "")
+        .raw(
+            r#"[auth.hs]
+type = "jwt"
+secret_env = "NIMBUS_EDGE_TEST_SECRET"
+forward_claims = { sub = "x-user-id", roles = "x-user-roles" }
+
+[[routes]]
+path = "/w/*"
+function = "g"
+auth = "hs"
+"#,
+        )
+        .finish();
+    let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[("NIMBUS_EDGE_TEST_SECRET", HS_SECRET)]);
+    let token = issuer.token("HS256", "", json!({"sub": "w-1", "roles": ["a", "b"], "exp": now() + 60})).await;
+    let resp = with_token(&server, "/w/whoami", &token).await;
+    assert_eq!(resp.status(), 200);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-user-id"], "w-1", "{echo:#}");
+    assert_eq!(echo["headers"]["x-user-roles"], "[\"a\",\"b\"]", "non-string claims arrive as JSON");
+    let resp = get(&server, "/w/whoami", &[("x-user-id", "forged")]).await;
+    assert_eq!(resp.status(), 401);
+    let expired = issuer.token("HS256", "", json!({"sub": "w-1", "exp": now() - 120})).await;
+    assert_eq!(with_token(&server, "/w/whoami", &expired).await.status(), 401);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = server.records("g", 1).await;
+    assert_eq!(rows.len(), 1, "the component ran for a refused request: {rows:#?}");
+}
