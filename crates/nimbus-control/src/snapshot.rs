@@ -44,7 +44,7 @@ impl DeploymentView {
     /// What `next` changes, compared with this deployment, beyond the functions in `only`:
     /// "function g" for each other function added, removed or changed (code or settings),
     /// then "the routes", "the schedules", "the pricing", "the KV namespaces", "the buckets",
-    /// "the queues", "the triggers", "the app name". Empty when `next`
+    /// "the queues", "the triggers", "the edge policies", "the app name". Empty when `next`
     /// changes nothing but those functions. This is what holds a deploy token limited to
     /// functions to them.
     pub fn changes_outside(&self, next: &DeploymentView, only: &[String]) -> Vec<String> {

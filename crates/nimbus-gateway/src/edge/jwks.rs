@@ -1,7 +1,8 @@
 //! JSON Web Key sets: decoded once into verification keys, and for a `jwks_url` fetched by the
 //! gateway and kept. A remote set is fetched again when it expires (the response's
-//! `Cache-Control: max-age`, else [`DEFAULT_TTL`]) and when a token names a `kid` the set does
-//! not have, so a key rotation at the issuer works without a restart. Refetches are at least
+//! `Cache-Control: max-age`, else [`DEFAULT_TTL`]; in the background, the expired keys serving
+//! meanwhile) and at once when a token names a `kid` the set does not have (the request waits
+//! for it), so a key rotation at the issuer works without a restart. Refetches are at least
 //! [`REFRESH_FLOOR`] apart, whatever tokens arrive (random `kid`s cannot turn the gateway
 //! into a load generator against the issuer), and concurrent ones are coalesced into one. A
 //! failed fetch keeps the keys it had.
@@ -78,7 +79,7 @@ pub(crate) struct Remote {
     url: String,
     current: RwLock<Fetched>,
     /// Held while fetching, so that concurrent refreshes make one request.
-    fetching: tokio::sync::Mutex<()>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Fetched {
@@ -91,15 +92,24 @@ struct Fetched {
 impl Remote {
     pub(crate) fn new(url: String) -> Remote {
         let current = Fetched { keys: Arc::new(KeySet::default()), tried: None, fresh_until: None };
-        Remote { url, current: RwLock::new(current), fetching: tokio::sync::Mutex::new(()) }
+        Remote { url, current: RwLock::new(current), fetching: Arc::new(tokio::sync::Mutex::new(())) }
     }
 
-    /// The keys to try for `kid`: from the kept set when it is fresh and has them, else after
-    /// a refetch (if the floor allows one).
-    pub(crate) async fn candidates(&self, kid: Option<&str>) -> Vec<Arc<Key>> {
+    /// The keys to try for `kid`: from the kept set when it has them (an expired set is
+    /// refetched in the background meanwhile), else after a refetch (if the floor allows one).
+    pub(crate) async fn candidates(self: &Arc<Self>, kid: Option<&str>) -> Vec<Arc<Key>> {
         let (keys, stale) = self.snapshot();
         let found = keys.candidates(kid);
-        if !found.is_empty() && !stale {
+        if !found.is_empty() {
+            if stale && self.may_fetch() {
+                if let Ok(one) = self.fetching.clone().try_lock_owned() {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let _one = one;
+                        this.fetch().await;
+                    });
+                }
+            }
             return found;
         }
         let _one = self.fetching.lock().await;
