@@ -172,3 +172,31 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
     let cc = headers.get(http::header::CACHE_CONTROL)?.to_str().ok()?;
     cc.split(',').find_map(|d| d.trim().strip_prefix("max-age=")?.parse().ok()).map(Duration::from_secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_is_indexed_by_kid_and_keeps_each_keys_alg() {
+        let json = br#"{"keys":[
+            {"kty":"oct","kid":"h1","alg":"HS256","k":"czNjcmV0"},
+            {"kty":"oct","k":"b3RoZXI"},
+            {"kty":"OKP","crv":"Ed25519","kid":"d1","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+        ]}"#;
+        let set = KeySet::parse(json).unwrap();
+        assert_eq!(set.candidates(Some("h1")).len(), 1);
+        assert_eq!(set.candidates(Some("h1"))[0].alg, Some(Algorithm::HS256));
+        assert!(set.candidates(Some("unknown")).is_empty());
+        assert_eq!(set.candidates(None).len(), 3, "a token without kid tries every key");
+        assert!(KeySet::parse(b"{\"no\":1}").is_err());
+    }
+
+    #[test]
+    fn max_age_comes_from_cache_control() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(max_age(&h), None);
+        h.insert(http::header::CACHE_CONTROL, "public, max-age=600, must-revalidate".parse().unwrap());
+        assert_eq!(max_age(&h), Some(Duration::from_secs(600)));
+    }
+}
