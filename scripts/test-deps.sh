@@ -27,6 +27,13 @@ if ! PYTHONPATH="$py" python3 -c "import awslambdaric, boto3, prometheus_client"
     "awslambdaric>=2.0" "boto3>=1.34" "prometheus_client>=0.20"
 fi
 
+# PyJWT with `cryptography` (RS256, ES256 and EdDSA keys): the edge auth tests make their
+# tokens and JWK sets with it.
+if ! PYTHONPATH="$py" python3 -c "import jwt, cryptography" >/dev/null 2>&1; then
+  echo "test-deps: installing pyjwt and cryptography into $py" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --target "$py" "pyjwt[crypto]>=2.8"
+fi
+
 # The aws CLI (v1, from PyPI) pins its own botocore: it gets a directory of its own, so the
 # boto3 above keeps its version. The S3 tests run it as `python3 -m awscli`.
 awscli="$cache/awscli"

@@ -399,6 +399,7 @@ impl ControlPlane {
             kv: manifest.kv,
             queues: manifest.queues,
             triggers: manifest.triggers,
+            edge: manifest.edge,
         };
         Ok((manifest.name, hex::encode(h.finalize()), content))
     }
@@ -566,6 +567,7 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         buckets: c.buckets,
         queues: c.queues,
         triggers: c.triggers,
+        edge: Arc::new(c.edge),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct DeploymentView {
     /// The queues it declares, by name, and its triggers (what the queue engine delivers by).
     pub queues: BTreeMap<String, QueueSpec>,
     pub triggers: Vec<TriggerSpec>,
+    /// The edge policies and rules the gateway applies to this deployment's requests.
+    pub edge: Arc<nimbus_manifest::edge::EdgeSpec>,
 }
 
 impl DeploymentView {
@@ -42,7 +44,7 @@ impl DeploymentView {
     /// What `next` changes, compared with this deployment, beyond the functions in `only`:
     /// "function g" for each other function added, removed or changed (code or settings),
     /// then "the routes", "the schedules", "the pricing", "the KV namespaces", "the buckets",
-    /// "the queues", "the triggers", "the app name". Empty when `next`
+    /// "the queues", "the triggers", "the edge policies", "the app name". Empty when `next`
     /// changes nothing but those functions. This is what holds a deploy token limited to
     /// functions to them.
     pub fn changes_outside(&self, next: &DeploymentView, only: &[String]) -> Vec<String> {
@@ -68,6 +70,7 @@ impl DeploymentView {
             (self.buckets != next.buckets, "the buckets"),
             (self.queues != next.queues, "the queues"),
             (self.triggers != next.triggers, "the triggers"),
+            (self.edge != next.edge, "the edge policies"),
             (self.app != next.app, "the app name"),
         ];
         out.extend(rest.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what.to_owned()));
@@ -120,6 +123,7 @@ mod tests {
             buckets: BTreeSet::new(),
             queues: BTreeMap::new(),
             triggers: Vec::new(),
+            edge: Default::default(),
         })
     }
 
@@ -153,6 +157,7 @@ mod tests {
             buckets: m.buckets,
             queues: m.queues,
             triggers: m.triggers,
+            edge: Arc::new(m.edge),
         }
     }
 

@@ -25,6 +25,7 @@ use nimbus_core::{
     Access, AsyncPolicy, BucketTrigger, Destination, FunctionSpec, Grants, QueueAccess, QueueSpec, QueueTrigger,
     Redrive, ResponseMode, RuntimeKind, TriggerSource, TriggerSpec, WasmOptions, DEFAULT_MAX_STREAM_BYTES,
 };
+use nimbus_manifest::edge::EdgeSpec;
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
 use nimbus_manifest::{Methods, Pricing, RouteSpec};
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,11 @@ pub struct StoredRouteV1 {
     pub function: String,
     #[serde(default)]
     pub is_async: bool,
+    /// The route's auth and CORS policies (the edge layer, added later: absent means none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<String>,
 }
 
 /// `"any"` or `{"list": ["GET", …]}`.
@@ -182,6 +188,11 @@ pub struct StoredDeploymentV2 {
     pub queues: BTreeMap<String, StoredQueueV2>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<StoredTriggerV2>,
+    /// The edge policies and rules (`[auth]`, `[cors]`, `[[redirects]]`, `[[rewrites]]`,
+    /// `[[headers]]`), added later: absent means none. Stored as the manifest's own
+    /// serialisation of [`EdgeSpec`], whose shape `edge_format_is_frozen` pins.
+    #[serde(default, skip_serializing_if = "EdgeSpec::is_empty")]
+    pub edge: EdgeSpec,
 }
 
 /// `[queues.NAME]`; durations are integer milliseconds.
@@ -333,6 +344,7 @@ impl From<StoredDeploymentV1> for StoredDeploymentV2 {
             kv: Vec::new(),
             queues: BTreeMap::new(),
             triggers: Vec::new(),
+            edge: EdgeSpec::default(),
         }
     }
 }
@@ -351,6 +363,8 @@ pub struct DeploymentContent {
     /// The queues the manifest declares, and its triggers.
     pub queues: BTreeMap<String, QueueSpec>,
     pub triggers: Vec<TriggerSpec>,
+    /// The edge policies and rules.
+    pub edge: EdgeSpec,
 }
 
 /// Why a stored body cannot be read.
@@ -427,6 +441,7 @@ impl From<&DeploymentContent> for StoredDeploymentV2 {
             kv: c.kv.iter().cloned().collect(),
             queues: c.queues.iter().map(|(k, q)| (k.clone(), q.into())).collect(),
             triggers: c.triggers.iter().map(Into::into).collect(),
+            edge: c.edge.clone(),
         }
     }
 }
@@ -457,6 +472,7 @@ impl TryFrom<StoredDeploymentV2> for DeploymentContent {
             kv: v.kv.into_iter().collect(),
             queues: v.queues.into_iter().map(|(k, q)| (k, q.into())).collect(),
             triggers: v.triggers.into_iter().map(Into::into).collect(),
+            edge: v.edge,
         })
     }
 }
@@ -673,6 +689,8 @@ impl From<&RouteSpec> for StoredRouteV1 {
             host: r.host.clone(),
             function: r.function.clone(),
             is_async: r.is_async,
+            auth: r.auth.clone(),
+            cors: r.cors.clone(),
         }
     }
 }
@@ -688,6 +706,8 @@ impl From<StoredRouteV1> for RouteSpec {
             host: r.host,
             function: r.function,
             is_async: r.is_async,
+            auth: r.auth,
+            cors: r.cors,
         }
     }
 }
@@ -845,6 +865,25 @@ mod tests {
         assert_eq!(decode(FORMAT_VERSION, &body).unwrap(), c);
         let bad = body.replace("\"streaming\"", "\"chunked\"");
         assert!(decode(FORMAT_VERSION, &bad).unwrap_err().to_string().contains("unknown response mode \"chunked\""));
+    }
+
+    /// The edge policies are stored as the manifest's serialisation of `EdgeSpec`: this body,
+    /// written once, must keep reading the same (a change to those types that breaks it
+    /// needs a new format instead).
+    const EDGE: &str = r#"{"auth":{"keys":{"type":"api-key","header":"x-api-key","keys_sha256":["ab"],"keys_env":null},"users":{"type":"jwt","keys":{"jwks_url":"http://127.0.0.1:1/jwks"},"issuer":"https://issuer","audience":["api"],"leeway_s":5,"required_claims":["sub"],"algorithms":["RS256"],"forward_claims":{"sub":"x-user-id"}}},"cors":{"web":{"origins":["*"],"methods":["GET"],"headers":[],"expose":[],"credentials":false,"max_age_s":600}},"redirects":[{"source":"/a","destination":"/b","status":308}],"rewrites":[{"source":"/r/*","destination":"/s/*"}],"headers":[{"source":"/*","headers":[["x-frame-options","DENY"]]}]}"#;
+
+    #[test]
+    fn edge_format_is_frozen_and_route_policies_round_trip() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert!(c.edge.is_empty(), "rows written before the edge layer have none");
+        assert!(!encode(&c).unwrap().contains("edge"), "an app without policies is stored as before");
+        c.edge = serde_json::from_str(EDGE).unwrap();
+        c.routes[0].auth = Some("users".into());
+        c.routes[0].cors = Some("routes[0]".into());
+        let body = encode(&c).unwrap();
+        assert!(body.contains(&format!("\"edge\":{EDGE}")), "{body}");
+        assert!(body.contains("\"auth\":\"users\",\"cors\":\"routes[0]\""), "{body}");
+        assert_eq!(decode(2, &body).unwrap(), c);
     }
 
     #[test]

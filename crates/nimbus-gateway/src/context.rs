@@ -58,6 +58,8 @@ pub struct Gateway {
     pub(crate) messages: Arc<dyn nimbus_core::messages::MessageQueues>,
     /// Object storage and KV use: counted by KV calls, read by `/metrics` and `/v1/usage`.
     pub(crate) storage: Arc<nimbus_core::meter::StorageMeter>,
+    /// The edge layer's compiled plans and fetched JWK sets.
+    pub(crate) edge: crate::edge::EdgeState,
 }
 
 /// Who a request is, once its credential checked out.
@@ -200,6 +202,7 @@ impl Gateway {
             objects: parts.objects,
             messages: parts.messages,
             storage: parts.telemetry.storage,
+            edge: Default::default(),
         })
     }
 

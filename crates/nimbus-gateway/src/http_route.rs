@@ -137,7 +137,10 @@ impl From<nimbus_queue::AcceptError> for RouteError {
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
     let request_id = nimbus_core::ids::new_request_id();
-    let mut resp = route(gw, req, remote, &request_id).await.unwrap_or_else(|e| whole(e.into_response(&request_id)));
+    let mut out = crate::edge::Outgoing::default();
+    let mut resp =
+        route(gw, req, remote, &request_id, &mut out).await.unwrap_or_else(|e| whole(e.into_response(&request_id)));
+    out.apply(resp.headers_mut());
     if !resp.headers().contains_key(X_NIMBUS_REQUEST_ID) {
         set_header(&mut resp, X_NIMBUS_REQUEST_ID, &request_id);
     }
@@ -146,22 +149,43 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
 
 async fn route(
     gw: &Gateway,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     remote: SocketAddr,
     request_id: &str,
+    out: &mut crate::edge::Outgoing,
 ) -> Result<GwResp, RouteError> {
     let live = gw.control.snapshot().live.clone().ok_or(RouteError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorSource::Platform,
         "No deployment is live yet",
     ))?;
+    let plan = gw.edge.plan(&live);
+    if plan.rules.has_headers() {
+        out.path = req.uri().path().to_owned();
+    }
+    if !plan.cors.is_empty() {
+        out.origin = req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    }
+    out.plan = Some(plan.clone());
+    if let Some((status, location)) = crate::edge::rules(&plan, &mut req) {
+        return Ok(whole(redirect(status, &location)));
+    }
     let host = req
         .headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().host().map(str::to_owned));
+    let (head, body) = req.into_parts();
+    if let Some(answer) = crate::edge::preflight(&plan, &live, host.as_deref(), &head) {
+        return Ok(whole(preflight_response(answer, request_id)));
+    }
+    let mut req = Request::from_parts(head, body);
     let (route, params) = find(&live, host.as_deref(), req.method().as_str(), req.uri().path())?;
+    out.cors = route.cors.clone();
+    let claims = crate::edge::authorize(&plan, route, req.headers_mut())
+        .await
+        .map_err(|(denied, bearer)| unauthorized(&denied, bearer, &live.app))?;
     let function = live.functions.get(&route.function).cloned().ok_or(RouteError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         ErrorSource::Platform,
@@ -179,7 +203,7 @@ async fn route(
         let invocation = Invocation { payload: body, http: Some(Arc::new(head)), ..received };
         return Ok(respond(gw, &function, invocation).await);
     }
-    let payload = event_payload(gw, &parts, &body, remote, request_id, route, &params)?;
+    let payload = event_payload(gw, &parts, &body, remote, request_id, (route, &params), claims.as_ref())?;
     if route.is_async {
         return accept_async(gw, &function, &parts, payload).await.map(whole);
     }
@@ -207,6 +231,37 @@ fn find<'a>(
     }
 }
 
+/// A redirect rule's answer (edge step 3).
+fn redirect(status: StatusCode, location: &str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    set_header(&mut r, "location", location);
+    r
+}
+
+/// A CORS preflight's answer (edge step 4): 204 with the allowed origin, methods and headers,
+/// or 403 when the origin, method or a header is not allowed.
+fn preflight_response(allowed: Result<Vec<(&'static str, String)>, ()>, request_id: &str) -> Resp {
+    match allowed {
+        Ok(headers) => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            for (name, value) in headers {
+                set_header(&mut r, name, &value);
+            }
+            r
+        }
+        Err(()) => RouteError::new(StatusCode::FORBIDDEN, ErrorSource::Client, "CORS request not allowed")
+            .into_response(request_id),
+    }
+}
+
+/// 401 for a request the route's auth policy refused (edge step 5), with its challenge.
+fn unauthorized(denied: &crate::edge::auth::Denied, bearer: bool, app: &str) -> RouteError {
+    RouteError::new(StatusCode::UNAUTHORIZED, ErrorSource::Client, "Unauthorized")
+        .with("www-authenticate", denied.challenge(bearer, app))
+}
+
 /// The request head as a wasm component sees it: as it arrived, plus `x-forwarded-*`.
 fn native_head(parts: Parts, host: Option<String>, remote: SocketAddr) -> HttpRequestHead {
     let mut headers = parts.headers;
@@ -226,8 +281,8 @@ fn event_payload(
     body: &Bytes,
     remote: SocketAddr,
     request_id: &str,
-    route: &RouteSpec,
-    params: &[(String, String)],
+    (route, params): (&RouteSpec, &[(String, String)]),
+    claims: Option<&crate::edge::Claims>,
 ) -> Result<Bytes, RouteError> {
     let now = chrono::Utc::now();
     let time = now.format("%d/%b/%Y:%H:%M:%S %z").to_string();
@@ -245,6 +300,14 @@ fn event_payload(
         now_ms: now.timestamp_millis(),
         time: &time,
     });
+    let mut event = event;
+    if let (Some(claims), Some(ctx)) =
+        (claims.filter(|c| !c.0.contains_key("apiKeyId")), event.get_mut("requestContext"))
+    {
+        if let Some(ctx) = ctx.as_object_mut() {
+            ctx.insert("authorizer".into(), crate::edge::auth::authorizer(claims));
+        }
+    }
     let payload = Bytes::from(event.to_string());
     if payload.len() > gw.config.max_payload {
         return Err(RouteError::new(

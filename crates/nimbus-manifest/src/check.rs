@@ -10,12 +10,26 @@ use toml::de::{DeTable, DeValue};
 use crate::ctx::{valid_name, Ctx, FunctionLocations, Locations, Value};
 use crate::schedule::ScheduleSpec;
 use crate::{
-    defaults, grants, pricing, queues, resources, schedule, triggers, wasm, Diagnostic, Diagnostics, Manifest, Methods,
-    Pricing, RouteSpec,
+    defaults, edge, grants, pricing, queues, resources, schedule, triggers, wasm, Diagnostic, Diagnostics, Manifest,
+    Methods, Pricing, RouteSpec,
 };
 
-pub(crate) const TOP_KEYS: &[&str] =
-    &["name", "functions", "routes", "schedules", "pricing", "buckets", "kv", "queues", "triggers"];
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "name",
+    "functions",
+    "routes",
+    "schedules",
+    "pricing",
+    "buckets",
+    "kv",
+    "queues",
+    "triggers",
+    "auth",
+    "cors",
+    "redirects",
+    "rewrites",
+    "headers",
+];
 pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
     "handler",
@@ -46,8 +60,8 @@ pub(crate) const FUNCTION_KEYS: &[&str] = &[
 ];
 /// Keys only wasm functions take.
 const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
-pub(crate) const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async"];
-const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+pub(crate) const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async", "auth", "cors"];
+pub(crate) const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Environment names the platform sets itself; a function may not override them.
 const RESERVED_ENV: &[&str] = &[
     "_HANDLER",
@@ -101,6 +115,7 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     let timeout = |f: &str| functions.specs.get(f).map(|s| s.timeout);
     let names = triggers::Names { functions: &declared, timeout: &timeout, buckets: &buckets, queues: &queues };
     let triggers = triggers::check(&mut cx, root, &names);
+    let edge = edge::check(&mut cx, root);
     let pricing = match root.get("pricing") {
         Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
         None => Pricing::default(),
@@ -121,8 +136,11 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         kv: kv.valid,
         queues: queues.valid,
         triggers,
+        edge,
     };
-    Ok((manifest, functions.locations))
+    let mut locations = functions.locations;
+    locations.jwks_files = edge::jwks_file_offsets(root);
+    Ok((manifest, locations))
 }
 
 fn app_name(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Option<String> {
@@ -205,7 +223,7 @@ fn routes(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Vec<(RouteSpec, Range<usize>)
     match v.get_ref() {
         DeValue::Array(list) => {
             for (i, rv) in list.iter().enumerate() {
-                if let Some(r) = route(cx, rv, &format!("routes[{i}]"), root.get("functions")) {
+                if let Some(r) = route(cx, rv, &format!("routes[{i}]"), root) {
                     routes.push((r, rv.span()));
                 }
             }
@@ -701,7 +719,7 @@ fn env_value(cx: &mut Ctx<'_>, val: &Value<'_>, field: &str) -> Option<String> {
     }
 }
 
-fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<'_>>) -> Option<RouteSpec> {
+fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, root: &DeTable<'_>) -> Option<RouteSpec> {
     let DeValue::Table(t) = v.get_ref() else {
         cx.err(v.span(), field, format!("expected a table (`[[routes]]`), found {}", v.get_ref().type_str()));
         return None;
@@ -714,13 +732,14 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, functions: Option<&Value<
     let methods = methods(cx, &k);
     let path = path(cx, &k);
     let host = host(cx, &k);
-    let function = function_ref(cx, &k, functions);
+    let function = function_ref(cx, &k, root.get("functions"));
     let is_async = is_async(cx, &k);
+    let (auth, cors) = edge::route_refs(cx, root, t, field);
 
     if cx.error_count() > before {
         return None;
     }
-    Some(RouteSpec { methods: methods?, path: path?, host, function: function?, is_async })
+    Some(RouteSpec { methods: methods?, path: path?, host, function: function?, is_async, auth, cors })
 }
 
 /// `method`: one method, a list, or "*"/"ANY" (also the default). Methods are upper-cased and
@@ -865,7 +884,7 @@ fn line_of(src: &str, offset: usize) -> (usize, usize) {
     (d.line, d.column)
 }
 
-fn check_path(p: &str) -> Result<(), String> {
+pub(crate) fn check_path(p: &str) -> Result<(), String> {
     if !p.starts_with('/') {
         return Err(format!("\"{p}\" must start with '/'"));
     }

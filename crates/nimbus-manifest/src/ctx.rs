@@ -18,6 +18,8 @@ pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 #[derive(Default)]
 pub(crate) struct Locations {
     pub functions: HashMap<String, FunctionLocations>,
+    /// Where each `[auth.NAME]`'s `jwks_file` was written, by policy name.
+    pub jwks_files: HashMap<String, usize>,
 }
 
 #[derive(Default, Clone)]

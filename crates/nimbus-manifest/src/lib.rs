@@ -7,6 +7,7 @@
 mod check;
 mod ctx;
 mod diag;
+pub mod edge;
 mod files;
 mod grants;
 mod pricing;
@@ -42,6 +43,10 @@ pub fn known_keys() -> Vec<&'static str> {
         resources::KV_KEYS,
         queues::KEYS,
         triggers::KEYS,
+        edge::AUTH_KEYS,
+        edge::CORS_KEYS,
+        edge::REDIRECT_KEYS,
+        edge::HEADER_RULE_KEYS,
     ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
@@ -70,6 +75,8 @@ pub struct Manifest {
     /// `[[triggers]]`, in the order written. Each triggered function's grants already hold the
     /// read (bucket) or receive (queue) its trigger needs.
     pub triggers: Vec<TriggerSpec>,
+    /// Auth and CORS policies, redirects, rewrites and response headers (`edge.rs`).
+    pub edge: edge::EdgeSpec,
 }
 
 /// Which HTTP methods a route accepts.
@@ -108,6 +115,10 @@ pub struct RouteSpec {
     pub function: String,
     /// Answer 202 at once and run the function through the durable queue.
     pub is_async: bool,
+    /// The `[auth.NAME]` policy requests must pass before the function runs.
+    pub auth: Option<String>,
+    /// The CORS policy: a `[cors.NAME]`, or the route's inline one (named `routes[i]`).
+    pub cors: Option<String>,
 }
 
 impl RouteSpec {
@@ -162,7 +173,8 @@ pub fn load_as(app_dir: &Path, file: &str) -> Result<Manifest, Diagnostics> {
         ))
     })?;
     let (mut manifest, locations) = check::manifest_with_locations(&source, file)?;
-    let problems = files::check(&mut manifest, &locations, app_dir, &source, file);
+    let mut problems = files::check(&mut manifest, &locations, app_dir, &source, file);
+    problems.extend(edge::read_jwks_files(&mut manifest.edge, app_dir, (file, &source), &locations.jwks_files));
     if problems.is_empty() {
         Ok(manifest)
     } else {

@@ -171,6 +171,8 @@ fn apigw(a: &GenerateArgs) -> anyhow::Result<Value> {
         host: None,
         function: String::new(),
         is_async: false,
+        auth: None,
+        cors: None,
     };
     let now = chrono::Utc::now();
     let request_id = new_request_id();
