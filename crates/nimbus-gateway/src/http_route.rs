@@ -48,8 +48,13 @@ pub(crate) struct RouteError {
 }
 
 impl RouteError {
-    fn new(status: StatusCode, source: ErrorSource, message: &'static str) -> Self {
+    pub(crate) fn new(status: StatusCode, source: ErrorSource, message: &'static str) -> Self {
         RouteError { status, source, message, header: None }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
     }
 
     fn with(mut self, name: &'static str, value: String) -> Self {
@@ -137,10 +142,20 @@ impl From<nimbus_queue::AcceptError> for RouteError {
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
     let request_id = nimbus_core::ids::new_request_id();
-    let mut resp = route(gw, req, remote, &request_id).await.unwrap_or_else(|e| whole(e.into_response(&request_id)));
+    let started = std::time::Instant::now();
+    let chosen = crate::edge::traffic::choose_for(gw, &req);
+    let version = chosen.as_ref().ok().map(|c| c.view.version);
+    let mut resp = match chosen {
+        Ok(chosen) => {
+            crate::edge::traffic::answer(route(gw, req, remote, &request_id, chosen.view).await, chosen.set_cookie)
+        }
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| whole(e.into_response(&request_id)));
     if !resp.headers().contains_key("x-nimbus-request-id") {
         set_header(&mut resp, "x-nimbus-request-id", &request_id);
     }
+    crate::edge::traffic::finish(gw, &mut resp, version, started);
     resp
 }
 
@@ -149,12 +164,8 @@ async fn route(
     req: Request<Incoming>,
     remote: SocketAddr,
     request_id: &str,
+    live: Arc<DeploymentView>,
 ) -> Result<GwResp, RouteError> {
-    let live = gw.control.snapshot().live.clone().ok_or(RouteError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorSource::Platform,
-        "No deployment is live yet",
-    ))?;
     let host = req
         .headers()
         .get(http::header::HOST)

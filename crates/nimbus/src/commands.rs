@@ -20,7 +20,7 @@ fn here() -> PathBuf {
     PathBuf::from(".")
 }
 
-pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
+pub async fn deploy(app_dir: PathBuf, remote: Remote, canary: crate::traffic::CanaryArgs) -> Result<ExitCode> {
     if !app_dir.join(nimbus_manifest::MANIFEST_FILE).is_file() {
         bail!("{} has no nimbus.toml; pass the app directory", app_dir.display());
     }
@@ -35,8 +35,8 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
     // The server answers once the deployment is checked, stored and its wasm components are
     // compiled ahead of time; the upload itself is the first part of that wait.
     progress.set_message(format!("uploading {} KiB, then checking, storing and compiling ahead of time", size / 1024));
-    let r =
-        client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await;
+    let path = format!("/v1/deployments{}", canary.query());
+    let r = client.call(Method::POST, &path, archive, &[("content-type", "application/x-tar".into())]).await;
     progress.finish_and_clear();
     let r = r?;
     if r.status.is_success() {
@@ -50,6 +50,12 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
         );
         for note in &d.notes {
             println!("note: {note}");
+        }
+        if let Some(percent) = canary.canary {
+            println!("canary: version {} has {percent}% of the traffic; `nimbus traffic show` follows it", d.version);
+        }
+        if let Some(domain) = &d.preview_domain {
+            println!("preview: {}", client.preview_url(d.version, domain));
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -3,7 +3,7 @@
 //!
 //! The order a request goes through (each step may answer by itself):
 //!
-//! 1. `traffic`: which deployment serves the request (a preview host, a weighted alias with
+//! 1. [`traffic`]: which deployment serves the request (a preview host, a weighted alias with
 //!    its sticky cookie, or the live one).
 //! 2. [`client`]: who is calling (the client address, believing `X-Forwarded-For` only from
 //!    trusted proxies) and where from (geo).
@@ -17,6 +17,7 @@
 //! 8. On the way out: the response headers rules, CORS headers, `x-nimbus-version`.
 
 pub(crate) mod client;
+pub(crate) mod traffic;
 
 /// The verified claims of a JWT (or the key's name for an API key), as the auth step left
 /// them for the steps after it (a rate limit keyed by a claim, the event's
