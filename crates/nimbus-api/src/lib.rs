@@ -861,6 +861,7 @@ mod tests {
                 is_async: false,
             }],
             notes: vec![],
+            preview_domain: None,
         };
         assert_eq!(
             serde_json::to_string(&d).unwrap(),

@@ -203,10 +203,7 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         Endpoint::DeadLetter => dead_letter(gw, param).await,
         Endpoint::Redrive => redrive(c, req).await,
         Endpoint::Purge => purge(c, req).await,
-        Endpoint::Queue => {
-            let info = api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() };
-            Ok(json(StatusCode::OK, &info))
-        }
+        Endpoint::Queue => Ok(json(StatusCode::OK, &queue_info(gw))),
         Endpoint::Usage => usage(gw, &q).await,
         Endpoint::Info => Ok(json(StatusCode::OK, &gw.config.info)),
         Endpoint::CreateToken => create_token(c, req).await,
@@ -242,9 +239,12 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         | Endpoint::RedriveQueue => message_queues(c, m.endpoint, param, &q).await,
         // Not under /v1: `handle` never routes it here.
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
-        Endpoint::Traffic => traffic::show(c, param),
-        Endpoint::SetTraffic => traffic::set(c, req, param).await,
+        Endpoint::Traffic | Endpoint::SetTraffic => traffic::route(c, req, m.endpoint, param).await,
     }
+}
+
+fn queue_info(gw: &Gateway) -> api::QueueInfo {
+    api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() }
 }
 
 /// `/v1/queues…`: the message queues for operators (purge and redrive audited).

@@ -10,6 +10,7 @@ use nimbus_control::{CanarySpec, TrafficError, TrafficStatus};
 use nimbus_core::AuditAction;
 
 use super::{body, deploy_archive, deployed, Answer, ApiError, Caller};
+use crate::scopes::Endpoint;
 use crate::util::{json, query_param};
 
 impl From<TrafficError> for ApiError {
@@ -45,13 +46,21 @@ fn info(alias: &str, t: TrafficStatus) -> api::TrafficInfo {
     }
 }
 
+/// `GET` or `PUT /v1/aliases/{name}/traffic`.
+pub(super) async fn route(c: &Caller<'_>, req: Request<Incoming>, endpoint: Endpoint, alias: &str) -> Answer {
+    match endpoint {
+        Endpoint::SetTraffic => set(c, req, alias).await,
+        _ => show(c, alias),
+    }
+}
+
 /// `GET /v1/aliases/{name}/traffic`.
-pub(super) fn show(c: &Caller<'_>, alias: &str) -> Answer {
+fn show(c: &Caller<'_>, alias: &str) -> Answer {
     Ok(json(StatusCode::OK, &info(alias, c.gw.control.traffic(alias)?)))
 }
 
 /// `PUT /v1/aliases/{name}/traffic`: checked whole, audited.
-pub(super) async fn set(c: &Caller<'_>, req: Request<Incoming>, alias: &str) -> Answer {
+async fn set(c: &Caller<'_>, req: Request<Incoming>, alias: &str) -> Answer {
     let r: Result<api::TrafficRequest, ApiError> = body(c.gw, req, "{\"weights\": {\"7\": 90, \"8\": 10}}").await;
     let result = match r.and_then(|r| weights(&r.weights)) {
         Ok(w) => c.gw.control.set_traffic(alias, &w).await.map_err(ApiError::from),
