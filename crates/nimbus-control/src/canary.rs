@@ -120,16 +120,19 @@ impl ControlPlane {
 
     /// Stop a running canary (a deploy, rollback or split replaced it), noting why.
     pub(crate) async fn end_canary(&self, why: &str) {
-        if let Some(run) = self.canary.swap(None) {
+        if let Some(run) = self.canary.load_full() {
             let state = run.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
             self.finish(&state, false, format!("stopped: {why}")).await;
+            self.canary.store(None);
         }
     }
 
-    /// Clear the stored canary and keep its outcome.
+    /// Clear the stored canary and keep its outcome (in memory first: a reader that sees the
+    /// canary gone, which the caller does after this, sees how it ended).
     async fn finish(&self, state: &CanaryState, promoted: bool, reason: String) {
         let outcome =
             CanaryOutcome { old: state.old, new: state.new, promoted, reason, at_ms: nimbus_core::ids::now_ms() };
+        *self.last_canary.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
         let stored = async {
             self.registry.set_meta(CANARY_META, "").await?;
             let text = serde_json::to_string(&outcome).unwrap_or_default();
@@ -141,7 +144,6 @@ impl ControlPlane {
         let verb = if promoted { "promoted" } else { "rolled back" };
         let error = (!promoted).then(|| outcome.reason.clone());
         self.write_audit(format!("version {} {verb} (old version {})", state.new, state.old), error).await;
-        *self.last_canary.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
     }
 
     /// At start: a canary a restart interrupted rolls back to its old version (its health
@@ -226,8 +228,8 @@ impl ControlPlane {
             self.write_audit(format!("version {} at {percent}%", state.new), None).await;
             return true;
         };
-        self.canary.store(None);
         self.finish(&state, promoted, why).await;
+        self.canary.store(None);
         false
     }
 }

@@ -56,6 +56,13 @@ fn deploy(server: &Server, app: &Path, extra: &[&str]) -> String {
     cli_ok(server, &args)
 }
 
+/// A new token's secret (`nimbus token create ARGS --json`).
+fn token(server: &Server, args: &[&str]) -> String {
+    let out = cli_ok(server, &[&["token", "create", "--json"][..], args].concat());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["secret"].as_str().unwrap().to_owned()
+}
+
 async fn traffic(server: &Server) -> Value {
     server.admin("/v1/aliases/live/traffic").await
 }
@@ -247,6 +254,14 @@ async fn splits_survive_a_restart_bad_input_changes_nothing_and_a_cut_canary_rol
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(want), "{args:?}: {stderr}");
     }
+    // A deploy token limited to some functions may not split traffic; a read token may look.
+    let limited = token(&server, &["--scope", "deploy", "--function", "f"]);
+    let out = server.cli_as(&limited, &["traffic", "set", "live", "v2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("this token may change only f"), "{out:?}");
+    let reader = token(&server, &["--scope", "read"]);
+    let out = server.cli_as(&reader, &["traffic", "set", "live", "v2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token with scope deploy"), "{out:?}");
+    assert!(server.cli_as(&reader, &["traffic", "show"]).status.success());
     let out = server.cli(&["traffic", "set", "canary", "v1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("only the live alias exists"));
     let (status, _, body) =

@@ -62,6 +62,17 @@ fn show(c: &Caller<'_>, alias: &str) -> Answer {
 /// `PUT /v1/aliases/{name}/traffic`: checked whole, audited.
 async fn set(c: &Caller<'_>, req: Request<Incoming>, alias: &str) -> Answer {
     let r: Result<api::TrafficRequest, ApiError> = body(c.gw, req, "{\"weights\": {\"7\": 90, \"8\": 10}}").await;
+    // A token limited to some functions may not send traffic to versions that change others.
+    let r = match c.limit() {
+        Some(only) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this token may change only {}; splitting traffic needs a deploy token without functions (or an admin token)",
+                only.join(", ")
+            ),
+        )),
+        None => r,
+    };
     let result = match r.and_then(|r| weights(&r.weights)) {
         Ok(w) => c.gw.control.set_traffic(alias, &w).await.map_err(ApiError::from),
         Err(e) => Err(e),
