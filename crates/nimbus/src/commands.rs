@@ -109,6 +109,11 @@ pub async fn ls(remote: Remote) -> Result<ExitCode> {
     let app: api::AppInfo = client.get("/v1/app").await?;
     let functions: Vec<api::FunctionInfo> = client.get("/v1/functions").await?;
     print!("{}", ls_text(&app, &functions));
+    // A split or a running canary is part of what is live (an older server has no such endpoint).
+    let traffic: Option<api::TrafficInfo> = client.get("/v1/aliases/live/traffic").await.ok();
+    if let Some(t) = traffic.filter(|t| t.weights.len() > 1 || t.canary.is_some()) {
+        print!("\nTRAFFIC\n  {}", crate::traffic::show_text(&t).replace('\n', "\n  ").trim_end_matches(' '));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -118,6 +118,8 @@ async fn a_weighted_split_holds_its_shares_over_10000_requests() {
     deploy(&server, v2.path(), &[]);
     let shown = cli_ok(&server, &["traffic", "set", "live", "v1=90", "v2=10"]);
     assert_eq!(shown.lines().next(), Some("live  v1=90% v2=10%"), "{shown}");
+    let ls = cli_ok(&server, &["ls"]);
+    assert!(ls.contains("TRAFFIC\n  live  v1=90% v2=10%"), "{ls}");
     let (seen, failed) = spread(&server, "/w/hello", 10_000, 16, Duration::from_secs(240)).await;
     let total: usize = seen.values().sum();
     assert_eq!((total, failed), (10_000, 0), "{seen:?}");
