@@ -206,11 +206,7 @@ impl ControlPlane {
         let health = run.health.summary(state.spec.judge_window());
         let (split, outcome) = match (state.spec.judge(&health), state.spec.share_at(run.started.elapsed())) {
             (Some(why), _) => (vec![(state.old, 100)], Some((false, why))),
-            (None, None) => {
-                let why =
-                    format!("healthy through its window ({} requests in the last judged window)", health.requests);
-                (vec![(state.new, 100)], Some((true, why)))
-            }
+            (None, None) => (vec![(state.new, 100)], Some((true, promoted_because(health.requests)))),
             (None, Some(p)) if p == state.percent => return true,
             (None, Some(p)) => (vec![(state.old, 100 - p), (state.new, p)], None),
         };
@@ -231,6 +227,19 @@ impl ControlPlane {
         self.finish(&state, promoted, why).await;
         self.canary.store(None);
         false
+    }
+}
+
+/// Why a canary that reached the end of its window was promoted (saying so when too few
+/// requests came to judge it: the window, not the evidence, decided).
+fn promoted_because(requests: usize) -> String {
+    if requests < crate::traffic::MIN_REQUESTS {
+        format!(
+            "its window ended with only {requests} requests in the last judged window (fewer than {} are not judged)",
+            crate::traffic::MIN_REQUESTS
+        )
+    } else {
+        format!("healthy through its window ({requests} requests in the last judged window)")
     }
 }
 

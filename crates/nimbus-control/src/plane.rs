@@ -451,6 +451,24 @@ impl ControlPlane {
         Ok((manifest.name, hex::encode(h.finalize()), content))
     }
 
+    /// Unpack an uploaded archive under `uploads` and deploy it (as a canary when asked).
+    async fn deploy_upload(
+        &self,
+        archive: Bytes,
+        only: Option<&[String]>,
+        canary: Option<CanarySpec>,
+    ) -> Result<Deployed, DeployError> {
+        let io = |context| move |source| DeployError::Io { context, source };
+        std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(&self.uploads)
+            .map_err(io("cannot create an upload directory"))?;
+        let target = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
+        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only, canary).await
+    }
+
     fn activate(&self, live: Arc<DeploymentView>, new_version: Option<Arc<DeploymentView>>) {
         self.activate_split(live, new_version, Vec::new());
     }
@@ -482,15 +500,7 @@ impl Control for ControlPlane {
     }
 
     async fn deploy_tar(&self, archive: Bytes, only: Option<&[String]>) -> Result<Deployed, DeployError> {
-        let io = |context| move |source| DeployError::Io { context, source };
-        std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("upload-")
-            .tempdir_in(&self.uploads)
-            .map_err(io("cannot create an upload directory"))?;
-        let target = dir.path().to_owned();
-        tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
-        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only, None).await
+        self.deploy_upload(archive, only, None).await
     }
 
     async fn rollback(&self, version: Option<u64>, only: Option<&[String]>) -> Result<Deployed, DeployError> {
@@ -602,15 +612,7 @@ impl Control for ControlPlane {
         canary: CanarySpec,
     ) -> Result<Deployed, DeployError> {
         let canary = canary.check().map_err(|e| DeployError::Canary(e.to_string()))?;
-        let io = |context| move |source| DeployError::Io { context, source };
-        std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("upload-")
-            .tempdir_in(&self.uploads)
-            .map_err(io("cannot create an upload directory"))?;
-        let target = dir.path().to_owned();
-        tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
-        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only, Some(canary)).await
+        self.deploy_upload(archive, only, Some(canary)).await
     }
 
     fn observe(&self, version: u64, failed: bool, elapsed: std::time::Duration) {
