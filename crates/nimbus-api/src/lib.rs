@@ -7,7 +7,7 @@
 //! | method and path | request | response | scope |
 //! |---|---|---|---|
 //! | `GET /v1/app` | – | [`AppInfo`] | read |
-//! | `POST /v1/deployments` | a tar of the app directory | 201 [`Deployed`], 400 [`ErrorBody`] with `errors` | deploy |
+//! | `POST /v1/deployments?canary=&for=&maxErrorRate=&maxP99=` | a tar of the app directory | 201 [`Deployed`], 400 [`ErrorBody`] with `errors` | deploy |
 //! | `GET /v1/deployments` | – | [`DeploymentSummary`]s, newest first | read |
 //! | `POST /v1/rollback` | [`RollbackRequest`] | [`Deployed`] | deploy |
 //! | `GET /v1/functions` | – | [`FunctionInfo`]s | read |
@@ -43,6 +43,8 @@
 //! | `PUT /v1/kv/{name}/{key}?ttl=&ifVersion=` | the raw value | [`KvWritten`]; 409 [`ErrorBody`] `VersionConflict` | deploy |
 //! | `POST /v1/kv/{name}/{key}?increment=&ttl=` | – | [`KvIncremented`] | deploy |
 //! | `DELETE /v1/kv/{name}/{key}` | – | [`KvDeleted`] | deploy |
+//! | `GET /v1/aliases/{name}/traffic` | – | [`TrafficInfo`] | read |
+//! | `PUT /v1/aliases/{name}/traffic` | [`TrafficRequest`] | [`TrafficInfo`] | deploy |
 //! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, beside /v1) | the event | Lambda's answer | invoke |
 //!
 //! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
@@ -117,6 +119,57 @@ pub struct Deployed {
     /// dropped: kept, and how to delete it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The domain preview hosts are under (`nimbus up --preview-domain`): deployment N is
+    /// served at `vN.DOMAIN`.
+    #[serde(default, rename = "previewDomain", skip_serializing_if = "Option::is_none")]
+    pub preview_domain: Option<String>,
+}
+
+/// `PUT /v1/aliases/{name}/traffic`: each version's share in percent, summing to 100
+/// (`{"weights": {"7": 90, "8": 10}}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficRequest {
+    pub weights: std::collections::BTreeMap<String, u32>,
+}
+
+/// How an alias splits its traffic (`GET`/`PUT /v1/aliases/{name}/traffic`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficInfo {
+    pub alias: String,
+    /// Version (as text) → percent, summing to 100.
+    pub weights: std::collections::BTreeMap<String, u32>,
+    /// The running canary, when there is one.
+    pub canary: Option<CanaryInfo>,
+    /// How the last canary ended.
+    pub last_canary: Option<CanaryEnd>,
+}
+
+/// A running canary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryInfo {
+    pub old_version: u64,
+    pub new_version: u64,
+    /// The new version's share now, in percent.
+    pub percent: u32,
+    pub started_ms: u64,
+    pub window_ms: u64,
+    /// 0 to 1.
+    pub max_error_rate: f64,
+    pub max_p99_ms: Option<u64>,
+}
+
+/// How a canary ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryEnd {
+    pub old_version: u64,
+    pub new_version: u64,
+    /// True: the new version got all the traffic; false: rolled back to the old one.
+    pub promoted: bool,
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 /// A KV namespace (`GET /v1/kv`); `keys` and `bytes` count unexpired keys (key and value bytes).
@@ -769,7 +822,7 @@ pub struct AuditEntry {
     pub ts_ms: u64,
     /// deploy | rollback | dlq.redrive | dlq.purge | token.create | token.revoke | key.create |
     /// key.revoke | login | auth.failed | auth.denied | kv.delete-namespace | bucket.delete |
-    /// queue.purge | queue.redrive
+    /// queue.purge | queue.redrive | traffic | canary
     pub action: String,
     /// What it was done to: "version 3", a token id, "POST /v1/deployments", "dashboard login".
     pub target: String,
@@ -808,6 +861,7 @@ mod tests {
                 is_async: false,
             }],
             notes: vec![],
+            preview_domain: None,
         };
         assert_eq!(
             serde_json::to_string(&d).unwrap(),

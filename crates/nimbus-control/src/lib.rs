@@ -1,6 +1,7 @@
 //! The control plane: turns an app directory (or an uploaded archive of one) into a recorded,
 //! immutable deployment and the in-memory [`Snapshot`] the request path reads; rolls back by
-//! moving the `live` alias.
+//! moving the `live` alias; splits the alias's traffic between versions and drives canaries
+//! ([`traffic`]).
 //!
 //! It owns the stored deployment format ([`stored`]), the route table ([`router`]), the rules
 //! an uploaded archive must keep ([`upload`]) and the in-memory set of API tokens the request
@@ -11,12 +12,14 @@
 //! concrete store, runtime or HTTP server.
 
 pub mod access_keys;
+mod canary;
 mod plane;
 mod queues;
 pub mod router;
 mod snapshot;
 pub mod stored;
 pub mod tokens;
+pub mod traffic;
 pub mod upload;
 
 pub use access_keys::{AccessKeyError, AccessKeySpec, CreatedAccessKey};
@@ -24,3 +27,4 @@ pub use plane::{Control, ControlPlane, DeployError, Deployed};
 pub use router::{RouteMatch, Router};
 pub use snapshot::{DeploymentView, Snapshot, LIVE};
 pub use tokens::{CreatedToken, LiveToken, TokenError, TokenSpec};
+pub use traffic::{CanaryOutcome, CanarySpec, CanaryState, TrafficError, TrafficStatus};

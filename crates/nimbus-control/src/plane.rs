@@ -27,6 +27,7 @@ use crate::router::Router;
 use crate::snapshot::{DeploymentView, Snapshot, LIVE};
 use crate::stored::{self, DeploymentContent, FormatError};
 use crate::tokens::{CreatedToken, LiveToken, TokenError, TokenSet, TokenSpec};
+use crate::traffic::{CanarySpec, TrafficError, TrafficStatus};
 use crate::upload::{self, UploadError};
 
 /// Meta key: digest of what `nimbus up` last deployed from its app directory.
@@ -94,6 +95,9 @@ pub enum DeployError {
         #[source]
         source: nimbus_core::messages::MqError,
     },
+    /// A canary deploy that cannot start (bad flags, nothing live to compare with).
+    #[error("{0}")]
+    Canary(String),
 }
 
 impl DeployError {
@@ -104,7 +108,8 @@ impl DeployError {
             | DeployError::Upload(_)
             | DeployError::NothingToRollBack
             | DeployError::NoSuchVersion(_)
-            | DeployError::OutsideFunctions(_) => true,
+            | DeployError::OutsideFunctions(_)
+            | DeployError::Canary(_) => true,
             DeployError::Refused(e) => e.source.is_invalid(),
             DeployError::Queue { source, .. } => source.is_caller_fault(),
             _ => false,
@@ -156,17 +161,33 @@ pub trait Control: Send + Sync + 'static {
     /// Revoke an access key: stored, then swapped into the in-memory set, so the AWS port
     /// refuses it from the next request.
     async fn revoke_access_key(&self, id: &str) -> Result<Arc<AccessKeyRecord>, AccessKeyError>;
+    /// How `alias` splits its traffic, and its canary (running, or how the last one ended).
+    fn traffic(&self, alias: &str) -> Result<TrafficStatus, TrafficError>;
+    /// Split `alias`'s traffic (version, percent): checked whole, stored with the alias in one
+    /// registry write, then swapped into the snapshot. Ends a running canary.
+    async fn set_traffic(&self, alias: &str, weights: &[(u64, u32)]) -> Result<TrafficStatus, TrafficError>;
+    /// Deploy an uploaded app as a canary: stored as a new version with `canary.percent` of
+    /// the live alias's traffic, then driven by the server ([`crate::traffic`]).
+    async fn deploy_canary(
+        &self,
+        archive: Bytes,
+        only: Option<&[String]>,
+        canary: CanarySpec,
+    ) -> Result<Deployed, DeployError>;
+    /// One request answered by `version`: whether it failed (5xx) and how long it took. Called
+    /// on every routed request; costs one atomic load unless `version` is a running canary's.
+    fn observe(&self, version: u64, failed: bool, elapsed: std::time::Duration);
 }
 
 pub struct ControlPlane {
-    registry: Arc<dyn Registry>,
+    pub(crate) registry: Arc<dyn Registry>,
     pools: Arc<dyn Pools>,
     /// Where the namespaces a deployment declares are created.
     kv: Arc<dyn KvStore>,
-    snapshot: ArcSwap<Snapshot>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
     uploads: PathBuf,
     /// One deploy or rollback at a time.
-    lock: tokio::sync::Mutex<()>,
+    pub(crate) lock: tokio::sync::Mutex<()>,
     /// The unrevoked API tokens, as the request path checks them.
     tokens: ArcSwap<TokenSet>,
     /// One token creation or revocation at a time (each replaces the whole set).
@@ -179,6 +200,15 @@ pub struct ControlPlane {
     objects: std::sync::OnceLock<Arc<dyn nimbus_core::ObjectStore>>,
     /// Where a deploy creates or updates the queues its manifest declares (set once at start).
     messages: std::sync::OnceLock<Arc<dyn nimbus_core::messages::MessageQueues>>,
+    /// The running canary, when there is one (the gateway feeds its health).
+    pub(crate) canary: arc_swap::ArcSwapOption<crate::canary::CanaryRun>,
+    /// How the last canary ended.
+    pub(crate) last_canary: std::sync::Mutex<Option<crate::traffic::CanaryOutcome>>,
+    /// Where canary decisions are written (set once at start); entries made before wait here.
+    pub(crate) audit: std::sync::OnceLock<Arc<dyn nimbus_core::AuditLog>>,
+    pub(crate) pending_audit: std::sync::Mutex<Vec<nimbus_core::AuditEntry>>,
+    /// This plane, for the task a canary runs in.
+    pub(crate) me: std::sync::Weak<ControlPlane>,
 }
 
 impl ControlPlane {
@@ -200,17 +230,15 @@ impl ControlPlane {
             let view = view(registry.as_ref(), record.version, record.app, record.created_ms, content);
             versions.insert(view.version, Arc::new(view));
         }
-        let live = registry.alias(LIVE).await?.and_then(|v| versions.get(&v).cloned());
+        let (live, traffic, interrupted) = crate::canary::load_traffic(registry.as_ref(), &versions).await?;
         let tokens = TokenSet::from_records(registry.tokens().await?);
         let access_keys = KeySet::from_records(registry.access_keys().await?);
-        if let Some(l) = &live {
-            pools.deploy(&l.functions.values().cloned().collect::<Vec<_>>());
-        }
-        Ok(Arc::new(ControlPlane {
+        pools.deploy(&crate::canary::serving(live.as_ref(), &traffic));
+        let plane = Arc::new_cyclic(|me| ControlPlane {
             registry,
             pools,
             kv,
-            snapshot: ArcSwap::from_pointee(Snapshot { live, versions }),
+            snapshot: ArcSwap::from_pointee(Snapshot { live, versions, traffic }),
             uploads,
             lock: tokio::sync::Mutex::new(()),
             tokens: ArcSwap::from_pointee(tokens),
@@ -219,7 +247,14 @@ impl ControlPlane {
             key_lock: tokio::sync::Mutex::new(()),
             objects: std::sync::OnceLock::new(),
             messages: std::sync::OnceLock::new(),
-        }))
+            canary: arc_swap::ArcSwapOption::empty(),
+            last_canary: std::sync::Mutex::new(None),
+            audit: std::sync::OnceLock::new(),
+            pending_audit: std::sync::Mutex::new(Vec::new()),
+            me: me.clone(),
+        });
+        plane.settle_interrupted(interrupted).await?;
+        Ok(plane)
     }
 
     /// The object store deploys create declared buckets in (`[buckets.NAME]`). Without one, a
@@ -310,7 +345,7 @@ impl ControlPlane {
     /// a rollback or a `nimbus deploy` made since).
     pub async fn deploy_dir(&self, app_dir: &Path, from_up: bool) -> Result<Deployed, DeployError> {
         let shown = app_dir.join(nimbus_manifest::MANIFEST_FILE).display().to_string();
-        self.deploy(app_dir, shown, from_up, None).await
+        self.deploy(app_dir, shown, from_up, None, None).await
     }
 
     async fn deploy(
@@ -319,8 +354,14 @@ impl ControlPlane {
         shown_as: String,
         from_up: bool,
         only: Option<&[String]>,
+        canary: Option<CanarySpec>,
     ) -> Result<Deployed, DeployError> {
         let _guard = self.lock.lock().await;
+        if canary.is_some() && self.snapshot.load().live.is_none() {
+            return Err(DeployError::Canary(
+                "a canary needs a live version to compare with; deploy once without --canary".to_owned(),
+            ));
+        }
         let dir = app_dir.to_owned();
         let (manifest, source) = tokio::task::spawn_blocking(move || load_manifest(&dir, &shown_as)).await??;
         let (app, digest, content) = self.store_code(app_dir, manifest, &source).await?;
@@ -351,11 +392,18 @@ impl ControlPlane {
         let notes = dropped_storage(live.as_deref(), &declared);
         let body = stored::encode(&content).map_err(DeployError::Encode)?;
         let new = NewDeployment { app: &app, digest: &digest, format_version: stored::FORMAT_VERSION, body: &body };
+        if let (Some(spec), Some(live)) = (canary, live) {
+            let name = app.clone();
+            return self
+                .record_canary(new, live, spec, |v, ms| view(self.registry.as_ref(), v, name, ms, content))
+                .await;
+        }
         let record = self.registry.add_deployment(new, LIVE).await?;
         if from_up {
             self.registry.set_meta(UP_DIGEST, &digest).await?;
         }
         let view = Arc::new(view(self.registry.as_ref(), record.version, app, record.created_ms, content));
+        self.end_canary("a deploy replaced it").await;
         self.activate(view.clone(), Some(view.clone()));
         Ok(Deployed { notes, ..describe(&view, true) })
     }
@@ -404,14 +452,43 @@ impl ControlPlane {
         Ok((manifest.name, hex::encode(h.finalize()), content))
     }
 
+    /// Unpack an uploaded archive under `uploads` and deploy it (as a canary when asked).
+    async fn deploy_upload(
+        &self,
+        archive: Bytes,
+        only: Option<&[String]>,
+        canary: Option<CanarySpec>,
+    ) -> Result<Deployed, DeployError> {
+        let io = |context| move |source| DeployError::Io { context, source };
+        std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(&self.uploads)
+            .map_err(io("cannot create an upload directory"))?;
+        let target = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
+        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only, canary).await
+    }
+
     fn activate(&self, live: Arc<DeploymentView>, new_version: Option<Arc<DeploymentView>>) {
-        self.pools.deploy(&live.functions.values().cloned().collect::<Vec<_>>());
+        self.activate_split(live, new_version, Vec::new());
+    }
+
+    /// Serve `live` (the alias's primary version) with the traffic split `traffic` (empty:
+    /// all of it to `live`), adding `new_version` to the stored ones.
+    pub(crate) fn activate_split(
+        &self,
+        live: Arc<DeploymentView>,
+        new_version: Option<Arc<DeploymentView>>,
+        traffic: Vec<(Arc<DeploymentView>, u32)>,
+    ) {
+        self.pools.deploy(&crate::canary::serving(Some(&live), &traffic));
         let old = self.snapshot.load_full();
         let mut versions = old.versions.clone();
         if let Some(v) = new_version {
             versions.insert(v.version, v);
         }
-        self.snapshot.store(Arc::new(Snapshot { live: Some(live.clone()), versions }));
+        self.snapshot.store(Arc::new(Snapshot { live: Some(live.clone()), versions, traffic }));
         // After the swap: a change recorded from now on finds the new triggers live.
         self.watch_buckets(&live);
     }
@@ -424,15 +501,7 @@ impl Control for ControlPlane {
     }
 
     async fn deploy_tar(&self, archive: Bytes, only: Option<&[String]>) -> Result<Deployed, DeployError> {
-        let io = |context| move |source| DeployError::Io { context, source };
-        std::fs::create_dir_all(&self.uploads).map_err(io("cannot create the uploads directory"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("upload-")
-            .tempdir_in(&self.uploads)
-            .map_err(io("cannot create an upload directory"))?;
-        let target = dir.path().to_owned();
-        tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
-        self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only).await
+        self.deploy_upload(archive, only, None).await
     }
 
     async fn rollback(&self, version: Option<u64>, only: Option<&[String]>) -> Result<Deployed, DeployError> {
@@ -455,6 +524,7 @@ impl Control for ControlPlane {
         }
         self.create_storage(&Storage::from(&*view)).await?;
         self.registry.set_alias(LIVE, target).await?;
+        self.end_canary("a rollback replaced it").await;
         self.activate(view.clone(), None);
         let notes = dropped_storage(snap.live.as_deref(), &Storage::from(&*view));
         Ok(Deployed { notes, ..describe(&view, Some(target) != current) })
@@ -515,6 +585,41 @@ impl Control for ControlPlane {
         let key = Arc::new(revoked.ok_or_else(|| AccessKeyError::NoSuchKey(id.to_owned()))?);
         self.access_keys.store(Arc::new(self.access_keys.load().with(key.clone())));
         Ok(key)
+    }
+
+    fn traffic(&self, alias: &str) -> Result<TrafficStatus, TrafficError> {
+        if alias != LIVE {
+            return Err(TrafficError::NoSuchAlias(alias.to_owned()));
+        }
+        Ok(self.traffic_status())
+    }
+
+    async fn set_traffic(&self, alias: &str, weights: &[(u64, u32)]) -> Result<TrafficStatus, TrafficError> {
+        if alias != LIVE {
+            return Err(TrafficError::NoSuchAlias(alias.to_owned()));
+        }
+        let _guard = self.lock.lock().await;
+        let snap = self.snapshot.load_full();
+        let split = crate::traffic::check_split(weights, |v| snap.versions.contains_key(&v))?;
+        self.end_canary("`nimbus traffic set` replaced it").await;
+        self.apply_split(&split).await?;
+        Ok(self.traffic_status())
+    }
+
+    async fn deploy_canary(
+        &self,
+        archive: Bytes,
+        only: Option<&[String]>,
+        canary: CanarySpec,
+    ) -> Result<Deployed, DeployError> {
+        let canary = canary.check().map_err(|e| DeployError::Canary(e.to_string()))?;
+        self.deploy_upload(archive, only, Some(canary)).await
+    }
+
+    fn observe(&self, version: u64, failed: bool, elapsed: std::time::Duration) {
+        if let Some(run) = self.canary.load().as_ref().filter(|r| r.new == version) {
+            run.health.record(failed, elapsed);
+        }
     }
 }
 
@@ -634,7 +739,7 @@ fn next_name(next: &DeploymentView) -> String {
     }
 }
 
-fn describe(view: &DeploymentView, changed: bool) -> Deployed {
+pub(crate) fn describe(view: &DeploymentView, changed: bool) -> Deployed {
     Deployed {
         version: view.version,
         app: view.app.clone(),

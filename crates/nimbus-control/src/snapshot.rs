@@ -81,8 +81,12 @@ impl DeploymentView {
 /// Everything the request path needs, swapped atomically on deploy and rollback.
 #[derive(Default)]
 pub struct Snapshot {
+    /// The version the live alias points at (with a split: the one with the largest share).
     pub live: Option<Arc<DeploymentView>>,
     pub versions: HashMap<u64, Arc<DeploymentView>>,
+    /// How the live alias splits its traffic, by version, in percent summing to 100, sorted by
+    /// version; empty when `live` has all of it. The gateway picks one per request.
+    pub traffic: Vec<(Arc<DeploymentView>, u32)>,
 }
 
 impl Snapshot {
@@ -204,7 +208,8 @@ mod tests {
 
     #[test]
     fn qualifiers_resolve_like_lambda() {
-        let snap = Snapshot { live: Some(view(2)), versions: [(1, view(1)), (2, view(2))].into_iter().collect() };
+        let versions = [(1, view(1)), (2, view(2))].into_iter().collect();
+        let snap = Snapshot { live: Some(view(2)), versions, traffic: Vec::new() };
         let version = |q: Option<&str>| snap.resolve(q).map(|v| v.version);
         assert_eq!(version(None), Some(2));
         assert_eq!(version(Some("$LATEST")), Some(2));

@@ -38,10 +38,14 @@ pub enum AuditAction {
     QueuePurge,
     /// `nimbus queues redrive` (`POST /v1/queues/{name}/redrive`).
     QueueRedrive,
+    /// `nimbus traffic set` (`PUT /v1/aliases/{name}/traffic`).
+    Traffic,
+    /// A canary's step, promotion or rollback, decided by the server.
+    Canary,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 15] = [
+    pub const ALL: [AuditAction; 17] = [
         AuditAction::Deploy,
         AuditAction::Rollback,
         AuditAction::DlqRedrive,
@@ -57,6 +61,8 @@ impl AuditAction {
         AuditAction::DeleteBucket,
         AuditAction::QueuePurge,
         AuditAction::QueueRedrive,
+        AuditAction::Traffic,
+        AuditAction::Canary,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +82,8 @@ impl AuditAction {
             AuditAction::DeleteBucket => "bucket.delete",
             AuditAction::QueuePurge => "queue.purge",
             AuditAction::QueueRedrive => "queue.redrive",
+            AuditAction::Traffic => "traffic",
+            AuditAction::Canary => "canary",
         }
     }
 

@@ -12,7 +12,8 @@
 //! `POST /v1/tokens` and `DELETE /v1/tokens/{id}`; `token_by_digest` answers a lookup the
 //! in-memory set cannot (a cluster node that has not yet seen another node's new token).
 //! Managed AWS access keys follow tokens: `access_keys` at start, `add_access_key` and
-//! `revoke_access_key` once per `POST /v1/keys` and `DELETE /v1/keys/{id}`. None
+//! `revoke_access_key` once per `POST /v1/keys` and `DELETE /v1/keys/{id}`. `traffic` is read
+//! once at start; `set_traffic` once per `nimbus traffic set` and per canary step. None
 //! of them is ever called on the request path: the request path reads the control plane's
 //! in-memory snapshot and token set.
 //!
@@ -131,4 +132,12 @@ pub trait Registry: Send + Sync + 'static {
     /// Mark an access key revoked at `at_ms`; returns it as now stored, or `None` when no
     /// unrevoked key has that id.
     async fn revoke_access_key(&self, id: &str, at_ms: u64) -> Result<Option<AccessKeyRecord>, RegistryError>;
+    /// How an alias's traffic is split: (version, percent) pairs summing to 100, or empty when
+    /// the alias sends all of it to the version it points at. [`Registry::add_deployment`] and
+    /// [`Registry::set_alias`] empty it (a plain deploy or rollback is 100 % of one version).
+    async fn traffic(&self, alias: &str) -> Result<Vec<(u64, u32)>, RegistryError>;
+    /// Point `alias` at `primary` and split its traffic as `weights` (empty: all to
+    /// `primary`), atomically: after a crash either both happened or neither. Every version
+    /// must be stored ([`RegistryError::NoSuchVersion`] otherwise, and nothing changes).
+    async fn set_traffic(&self, alias: &str, primary: u64, weights: &[(u64, u32)]) -> Result<(), RegistryError>;
 }

@@ -240,8 +240,9 @@
   }
 
   async function pageDeployments() {
-    const [app, stats, queue, dlq] = await Promise.all([
+    const [app, stats, queue, dlq, traffic] = await Promise.all([
       api('/app'), api('/stats?window=1h&buckets=1'), api('/queue'), api('/dlq?limit=1000'),
+      api('/aliases/live/traffic'),
     ]);
     const t = stats.total;
     const tiles = h('div', { class: 'tiles' },
@@ -267,11 +268,28 @@
     return [
       head(app.app || 'No deployment yet', h('span', { class: 'muted' }, 'app')),
       tiles,
+      trafficCard(traffic),
       h('div', { class: 'card' }, h('h2', {}, 'Deployments'),
         h('table', { id: 'deployments' },
           h('thead', {}, h('tr', {}, h('th', {}, 'Version'), h('th', {}, ''), h('th', {}, 'Created'), h('th', {}, 'Functions'), h('th', {}, ''))),
           h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'No deployments yet'))))),
     ];
+  }
+
+  // The live alias's split and its canary: running, or how the last one ended.
+  function trafficCard(t) {
+    const split = Object.entries(t.weights).map(([v, p]) => `v${v} ${p}%`).join(' · ');
+    const lines = [h('p', { id: 'traffic-split' }, split || '–')];
+    if (t.canary) {
+      const c = t.canary;
+      lines.push(h('p', { id: 'canary' }, `Canary: v${c.newVersion} at ${c.percent}% (from v${c.oldVersion}), started ${fmtAgo(c.startedMs)}`));
+    }
+    if (t.lastCanary) {
+      const e = t.lastCanary;
+      const verb = e.promoted ? 'promoted' : 'rolled back';
+      lines.push(h('p', { id: 'last-canary', class: e.promoted ? '' : 'bad' }, `Last canary: v${e.newVersion} ${verb} ${fmtAgo(e.atMs)}: ${e.reason}`));
+    }
+    return h('div', { class: 'card' }, h('h2', {}, 'Traffic'), ...lines);
   }
 
   async function rollback(button, version) {

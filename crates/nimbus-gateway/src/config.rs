@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate, or plain HTTP/1.1 when `None`
     /// (see [`crate::tls`]).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Preview hosts: `v<N>.DOMAIN` is served by deployment N (`nimbus up --preview-domain`).
+    pub preview_domain: Option<String>,
 }
 
 /// The request head limits' defaults: 64 KiB (the gateway's read buffer before the limit had a
@@ -57,6 +59,7 @@ impl Default for GatewayConfig {
                 warnings: Vec::new(),
             },
             tls: None,
+            preview_domain: None,
         }
     }
 }

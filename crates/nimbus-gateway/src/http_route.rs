@@ -48,8 +48,13 @@ pub(crate) struct RouteError {
 }
 
 impl RouteError {
-    fn new(status: StatusCode, source: ErrorSource, message: &'static str) -> Self {
+    pub(crate) fn new(status: StatusCode, source: ErrorSource, message: &'static str) -> Self {
         RouteError { status, source, message, header: None }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
     }
 
     fn with(mut self, name: &'static str, value: String) -> Self {
@@ -137,13 +142,23 @@ impl From<nimbus_queue::AcceptError> for RouteError {
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
     let request_id = nimbus_core::ids::new_request_id();
+    let started = std::time::Instant::now();
+    let chosen = crate::edge::traffic::choose_for(gw, &req);
+    let version = chosen.as_ref().ok().map(|c| c.view.version);
     let mut out = crate::edge::Outgoing::default();
-    let mut resp =
-        route(gw, req, remote, &request_id, &mut out).await.unwrap_or_else(|e| whole(e.into_response(&request_id)));
+    let mut resp = match chosen {
+        Ok(chosen) => crate::edge::traffic::answer(
+            route(gw, req, remote, &request_id, &mut out, chosen.view).await,
+            chosen.set_cookie,
+        ),
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(|e| whole(e.into_response(&request_id)));
     out.apply(resp.headers_mut());
     if !resp.headers().contains_key(X_NIMBUS_REQUEST_ID) {
         set_header(&mut resp, X_NIMBUS_REQUEST_ID, &request_id);
     }
+    crate::edge::traffic::finish(gw, &mut resp, version, started);
     resp
 }
 
@@ -153,12 +168,8 @@ async fn route(
     remote: SocketAddr,
     request_id: &str,
     out: &mut crate::edge::Outgoing,
+    live: Arc<DeploymentView>,
 ) -> Result<GwResp, RouteError> {
-    let live = gw.control.snapshot().live.clone().ok_or(RouteError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorSource::Platform,
-        "No deployment is live yet",
-    ))?;
     let plan = gw.edge.plan(&live);
     if plan.rules.has_headers() {
         out.path = req.uri().path().to_owned();

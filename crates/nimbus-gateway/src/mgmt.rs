@@ -27,6 +27,8 @@ use crate::scopes::{self, Endpoint, Matched};
 use crate::util::{json, query_param, Resp};
 use nimbus_core::messages::MqError;
 
+mod traffic;
+
 /// A failed management call: its status and the [`api::ErrorBody`] sent back.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -201,10 +203,7 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         Endpoint::DeadLetter => dead_letter(gw, param).await,
         Endpoint::Redrive => redrive(c, req).await,
         Endpoint::Purge => purge(c, req).await,
-        Endpoint::Queue => {
-            let info = api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() };
-            Ok(json(StatusCode::OK, &info))
-        }
+        Endpoint::Queue => Ok(json(StatusCode::OK, &queue_info(gw))),
         Endpoint::Usage => usage(gw, &q).await,
         Endpoint::Info => Ok(json(StatusCode::OK, &gw.config.info)),
         Endpoint::CreateToken => create_token(c, req).await,
@@ -240,7 +239,12 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         | Endpoint::RedriveQueue => message_queues(c, m.endpoint, param, &q).await,
         // Not under /v1: `handle` never routes it here.
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
+        Endpoint::Traffic | Endpoint::SetTraffic => traffic::route(c, req, m.endpoint, param).await,
     }
+}
+
+fn queue_info(gw: &Gateway) -> api::QueueInfo {
+    api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() }
 }
 
 /// `/v1/queues…`: the message queues for operators (purge and redrive audited).
@@ -380,7 +384,7 @@ fn app(gw: &Gateway) -> api::AppInfo {
     }
 }
 
-fn deployed(d: Deployed) -> api::Deployed {
+fn deployed(gw: &Gateway, d: Deployed) -> api::Deployed {
     let routes = d
         .routes
         .into_iter()
@@ -395,21 +399,37 @@ fn deployed(d: Deployed) -> api::Deployed {
             is_async: r.is_async,
         })
         .collect();
-    api::Deployed { version: d.version, app: d.app, changed: d.changed, functions: d.functions, routes, notes: d.notes }
+    api::Deployed {
+        version: d.version,
+        app: d.app,
+        changed: d.changed,
+        functions: d.functions,
+        routes,
+        notes: d.notes,
+        preview_domain: gw.config.preview_domain.clone(),
+    }
 }
 
 async fn deploy(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
-    let result = deploy_archive(c.gw, req, c.limit()).await;
+    if let Some(spec) = traffic::canary(req.uri().query())? {
+        return traffic::deploy_canary(c, req, spec).await;
+    }
+    let result = deploy_archive(c.gw, req, c.limit(), None).await;
     let target = match &result {
         Ok(d) if d.changed => format!("version {} of {}", d.version, d.app),
         Ok(d) => format!("version {} of {} (unchanged)", d.version, d.app),
         Err(_) => "an uploaded app".to_owned(),
     };
     c.audit(AuditAction::Deploy, target, &result).await;
-    Ok(json(StatusCode::CREATED, &deployed(result?)))
+    Ok(json(StatusCode::CREATED, &deployed(c.gw, result?)))
 }
 
-async fn deploy_archive(gw: &Gateway, req: Request<Incoming>, only: Option<&[String]>) -> Result<Deployed, ApiError> {
+async fn deploy_archive(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    only: Option<&[String]>,
+    canary: Option<nimbus_control::CanarySpec>,
+) -> Result<Deployed, ApiError> {
     let archive = gw.read_body_up_to(req.into_body(), gw.config.max_upload).await.map_err(|e| match e {
         BodyError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -421,7 +441,10 @@ async fn deploy_archive(gw: &Gateway, req: Request<Incoming>, only: Option<&[Str
         BodyError::TimedOut => ApiError::timed_out(),
         BodyError::Broken => ApiError::bad_request("the app archive could not be read"),
     })?;
-    Ok(gw.control.deploy_tar(archive, only).await?)
+    Ok(match canary {
+        Some(spec) => gw.control.deploy_canary(archive, only, spec).await?,
+        None => gw.control.deploy_tar(archive, only).await?,
+    })
 }
 
 async fn rollback(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
@@ -437,7 +460,7 @@ async fn rollback(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
         (Err(_), None) => "the version before live".to_owned(),
     };
     c.audit(AuditAction::Rollback, target, &result).await;
-    Ok(json(StatusCode::OK, &deployed(result?)))
+    Ok(json(StatusCode::OK, &deployed(c.gw, result?)))
 }
 
 fn functions(gw: &Gateway) -> Vec<api::FunctionInfo> {

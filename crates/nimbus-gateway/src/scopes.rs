@@ -4,7 +4,7 @@
 //! below holds the two together).
 //!
 //! The rule the rows follow: `read` for every `GET` under `/v1` but the tokens, the access
-//! keys and the audit log; `deploy` for what changes the code that runs (deploy, rollback) and for writing KV keys;
+//! keys and the audit log; `deploy` for what changes the code that runs (deploy, rollback, traffic splits) and for writing KV keys;
 //! `admin` for credentials, the audit log (it shows who did what, from where) and what re-runs
 //! or destroys events or data wholesale (dead-letter redrive and purge, a message queue's purge and redrive, deleting a
 //! KV namespace or a bucket: operator decisions about data, not releases); `invoke` for the Invoke API.
@@ -52,6 +52,8 @@ pub(crate) enum Endpoint {
     PurgeQueue,
     RedriveQueue,
     Invoke,
+    Traffic,
+    SetTraffic,
 }
 
 /// (method, path with `{…}` for one segment, endpoint, scope needed).
@@ -94,6 +96,8 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("POST", "/v1/queues/{name}/purge", Endpoint::PurgeQueue, Scope::Admin),
     ("POST", "/v1/queues/{name}/redrive", Endpoint::RedriveQueue, Scope::Admin),
     ("POST", "/2015-03-31/functions/{name}/invocations", Endpoint::Invoke, Scope::Invoke),
+    ("GET", "/v1/aliases/{name}/traffic", Endpoint::Traffic, Scope::Read),
+    ("PUT", "/v1/aliases/{name}/traffic", Endpoint::SetTraffic, Scope::Deploy),
 ];
 
 /// A request matched to its row.

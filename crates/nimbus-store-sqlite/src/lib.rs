@@ -142,6 +142,12 @@ CREATE TABLE IF NOT EXISTS audit (
     count INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit(ts_ms);
+CREATE TABLE IF NOT EXISTS alias_traffic (
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL REFERENCES deployments(version),
+    percent INTEGER NOT NULL,
+    PRIMARY KEY (alias, version)
+) WITHOUT ROWID;
 ";
 
 /// Columns added after a table's first release, added to older databases on open:
@@ -299,6 +305,7 @@ impl Store {
             "INSERT INTO aliases(name, version) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET version = excluded.version",
             params![alias, version],
         )?;
+        tx.execute("DELETE FROM alias_traffic WHERE alias = ?1", [alias])?;
         tx.commit()?;
         Ok(DeploymentRecord {
             version,
@@ -332,12 +339,36 @@ impl Store {
         Ok(self.conn().query_row("SELECT version FROM aliases WHERE name = ?1", [name], |r| r.get(0)).optional()?)
     }
 
-    /// Point an alias at a stored version (the foreign key refuses a version that is not).
+    /// Point an alias at a stored version (the foreign key refuses a version that is not),
+    /// with all of its traffic.
     pub fn set_alias(&self, name: &str, version: u64) -> Result<()> {
-        self.conn().execute(
+        self.set_traffic(name, version, &[])
+    }
+
+    /// An alias's traffic split, by version.
+    pub fn traffic(&self, alias: &str) -> Result<Vec<(u64, u32)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT version, percent FROM alias_traffic WHERE alias = ?1 ORDER BY version")?;
+        let rows = stmt.query_map([alias], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Point an alias at `primary` and replace its split with `weights`, in one transaction.
+    pub fn set_traffic(&self, alias: &str, primary: u64, weights: &[(u64, u32)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "INSERT INTO aliases(name, version) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET version = excluded.version",
-            params![name, version],
+            params![alias, primary],
         )?;
+        tx.execute("DELETE FROM alias_traffic WHERE alias = ?1", [alias])?;
+        for (version, percent) in weights {
+            tx.execute(
+                "INSERT INTO alias_traffic(alias, version, percent) VALUES (?1, ?2, ?3)",
+                params![alias, version, percent],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 }
@@ -445,6 +476,32 @@ impl Registry for Store {
         let id = id.to_owned();
         self.blocking(move |s| s.revoke_access_key(&id, at_ms)).await.map_err(registry_error("revoke an access key"))
     }
+
+    async fn traffic(&self, alias: &str) -> std::result::Result<Vec<(u64, u32)>, RegistryError> {
+        let alias = alias.to_owned();
+        self.blocking(move |s| s.traffic(&alias)).await.map_err(registry_error("read an alias's traffic"))
+    }
+
+    async fn set_traffic(
+        &self,
+        alias: &str,
+        primary: u64,
+        weights: &[(u64, u32)],
+    ) -> std::result::Result<(), RegistryError> {
+        for version in std::iter::once(primary).chain(weights.iter().map(|(v, _)| *v)) {
+            if !self
+                .blocking(move |s| s.deployment_exists(version))
+                .await
+                .map_err(registry_error("read a deployment"))?
+            {
+                return Err(RegistryError::NoSuchVersion(version));
+            }
+        }
+        let (alias, weights) = (alias.to_owned(), weights.to_vec());
+        self.blocking(move |s| s.set_traffic(&alias, primary, &weights))
+            .await
+            .map_err(registry_error("split an alias's traffic"))
+    }
 }
 
 #[async_trait]
@@ -515,6 +572,29 @@ mod tests {
         let all = Registry::deployments(&s).await.unwrap();
         assert_eq!(all.iter().map(|d| d.version).collect::<Vec<_>>(), [1, 2], "oldest first");
         assert_eq!((all[1].body.as_str(), all[1].format_version), ("{\"x\":1}", 1));
+    }
+
+    /// A split is stored with its alias, survives a reopen, is refused whole when it names a
+    /// version that is not stored, and a plain deploy or rollback ends it.
+    #[tokio::test]
+    async fn traffic_splits_are_atomic_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            Registry::add_deployment(&s, new("d1", "{}"), "live").await.unwrap();
+            Registry::add_deployment(&s, new("d2", "{}"), "live").await.unwrap();
+            Registry::set_traffic(&s, "live", 1, &[(1, 90), (2, 10)]).await.unwrap();
+            let e = Registry::set_traffic(&s, "live", 2, &[(2, 50), (7, 50)]).await.unwrap_err();
+            assert!(matches!(e, RegistryError::NoSuchVersion(7)), "{e}");
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(Registry::traffic(&s, "live").await.unwrap(), [(1, 90), (2, 10)], "nothing half-applied");
+        assert_eq!(Registry::alias(&s, "live").await.unwrap(), Some(1));
+        Registry::set_alias(&s, "live", 2).await.unwrap();
+        assert!(Registry::traffic(&s, "live").await.unwrap().is_empty(), "a rollback is 100 % of one version");
+        Registry::set_traffic(&s, "live", 1, &[(1, 50), (2, 50)]).await.unwrap();
+        Registry::add_deployment(&s, new("d3", "{}"), "live").await.unwrap();
+        assert!(Registry::traffic(&s, "live").await.unwrap().is_empty(), "a deploy is 100 % of one version");
     }
 
     /// A registry made before deployment bodies were versioned gains the column on open, and

@@ -110,6 +110,16 @@ impl Client {
         Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
 
+    /// Where deployment `version` is previewed: `vN.DOMAIN`, on this server's scheme and port.
+    pub fn preview_url(&self, version: u64, domain: &str) -> String {
+        let (scheme, rest) = self.base.split_once("://").unwrap_or(("http", &self.base));
+        let port = rest.rsplit_once(':').map(|(_, p)| p).filter(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        match port {
+            Some(port) => format!("{scheme}://v{version}.{domain}:{port}/"),
+            None => format!("{scheme}://v{version}.{domain}/"),
+        }
+    }
+
     /// `GET path`, answered as the API type `T`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let r = self.call(Method::GET, path, Bytes::new(), &[]).await?;

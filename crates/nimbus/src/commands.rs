@@ -20,7 +20,7 @@ fn here() -> PathBuf {
     PathBuf::from(".")
 }
 
-pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
+pub async fn deploy(app_dir: PathBuf, remote: Remote, canary: crate::traffic::CanaryArgs) -> Result<ExitCode> {
     if !app_dir.join(nimbus_manifest::MANIFEST_FILE).is_file() {
         bail!("{} has no nimbus.toml; pass the app directory", app_dir.display());
     }
@@ -35,8 +35,8 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
     // The server answers once the deployment is checked, stored and its wasm components are
     // compiled ahead of time; the upload itself is the first part of that wait.
     progress.set_message(format!("uploading {} KiB, then checking, storing and compiling ahead of time", size / 1024));
-    let r =
-        client.call(Method::POST, "/v1/deployments", archive, &[("content-type", "application/x-tar".into())]).await;
+    let path = format!("/v1/deployments{}", canary.query());
+    let r = client.call(Method::POST, &path, archive, &[("content-type", "application/x-tar".into())]).await;
     progress.finish_and_clear();
     let r = r?;
     if r.status.is_success() {
@@ -50,6 +50,12 @@ pub async fn deploy(app_dir: PathBuf, remote: Remote) -> Result<ExitCode> {
         );
         for note in &d.notes {
             println!("note: {note}");
+        }
+        if let Some(percent) = canary.canary {
+            println!("canary: version {} has {percent}% of the traffic; `nimbus traffic show` follows it", d.version);
+        }
+        if let Some(domain) = &d.preview_domain {
+            println!("preview: {}", client.preview_url(d.version, domain));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -103,6 +109,11 @@ pub async fn ls(remote: Remote) -> Result<ExitCode> {
     let app: api::AppInfo = client.get("/v1/app").await?;
     let functions: Vec<api::FunctionInfo> = client.get("/v1/functions").await?;
     print!("{}", ls_text(&app, &functions));
+    // A split or a running canary is part of what is live (an older server has no such endpoint).
+    let traffic: Option<api::TrafficInfo> = client.get("/v1/aliases/live/traffic").await.ok();
+    if let Some(t) = traffic.filter(|t| t.weights.len() > 1 || t.canary.is_some()) {
+        print!("\nTRAFFIC\n  {}", crate::traffic::show_text(&t).replace('\n', "\n  ").trim_end_matches(' '));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

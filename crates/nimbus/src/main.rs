@@ -13,6 +13,7 @@ mod queues;
 mod storage_usage;
 mod tls;
 mod traces;
+mod traffic;
 mod up;
 
 // mimalloc instead of glibc malloc: the request path allocates many small, short-lived buffers
@@ -61,6 +62,8 @@ enum Command {
         app_dir: PathBuf,
         #[command(flatten)]
         remote: Remote,
+        #[command(flatten)]
+        canary: traffic::CanaryArgs,
     },
     /// Move the live alias back to the previous deployment (or to --to VERSION).
     Rollback {
@@ -177,6 +180,13 @@ enum Command {
     Queues {
         #[command(subcommand)]
         action: queues::QueuesAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Split the live alias's traffic between versions, and see its canary.
+    Traffic {
+        #[command(subcommand)]
+        action: traffic::TrafficAction,
         #[command(flatten)]
         remote: Remote,
     },
@@ -299,7 +309,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
-            Command::Deploy { app_dir, remote } => commands::deploy(app_dir, remote).await,
+            Command::Deploy { app_dir, remote, canary } => commands::deploy(app_dir, remote, canary).await,
             Command::Rollback { to, remote } => commands::rollback(to, remote).await,
             Command::Ls { remote } => commands::ls(remote).await,
             Command::Invoke { name, data, file, qualifier, is_async, idempotency_key, remote } => {
@@ -320,6 +330,7 @@ fn main() -> std::process::ExitCode {
             Command::Invocations { function, status, limit, json, remote } => {
                 commands::invocations(function, status, limit, json, remote).await
             }
+            Command::Traffic { action, remote } => traffic::traffic(action, remote).await,
         }
     });
     match result {

@@ -91,6 +91,21 @@ pub struct UpArgs {
     /// warning [default: 127.0.0.1:4566]
     #[arg(long, value_name = "ADDR")]
     aws_listen: Option<String>,
+    /// Preview hosts: a request for `v<N>.DOMAIN` (e.g. v8.preview.localhost) is served by
+    /// deployment N, any stored one, whatever the live alias's traffic.
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_preview_domain)]
+    preview_domain: Option<String>,
+}
+
+fn parse_preview_domain(s: &str) -> Result<String, String> {
+    let d = s.trim().trim_start_matches('.').to_ascii_lowercase();
+    let valid = !d.is_empty()
+        && d.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if valid {
+        Ok(d)
+    } else {
+        Err("write a domain name like preview.localhost (deployment N is then served at vN.preview.localhost)".into())
+    }
 }
 
 /// Whether the Invoke API takes calls without a token: only on a loopback address (every
@@ -159,6 +174,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let tls = crate::tls::server(args.serving(), &data_dir)?;
 
     let mut node = Node::start(&data_dir, &args).await?;
+    // Canary decisions (a restart rolls back a running canary: see nimbus-control's traffic).
+    node.control.set_audit_log(Arc::new(node.store.clone())).await;
     if let Some(refused) = deploy_app(&node.control, &node.store, &app_dir).await? {
         return Ok(refused);
     }
@@ -214,6 +231,7 @@ impl UpArgs {
             body_idle_timeout: self.body_idle_timeout,
             max_connections: self.max_connections as usize,
             tls,
+            preview_domain: self.preview_domain.clone(),
             ..GatewayConfig::default()
         }
     }

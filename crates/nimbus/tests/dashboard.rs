@@ -162,6 +162,8 @@ async fn the_dashboard_shows_real_traffic_in_a_real_browser() {
     tab.find_element("button[data-rollback=\"1\"]").unwrap().click().unwrap();
     wait_true(&tab, "document.querySelector('#deployments tr[data-version=\"1\"] .badge.live') !== null", "v1 live");
     assert_eq!(server.admin("/v1/app").await["live"], 1);
+    // The traffic card shows the live alias's split (a rollback: all of it to v1).
+    wait_true(&tab, "document.querySelector('#traffic-split').textContent === 'v1 100%'", "the traffic split");
 
     // The function page: the charts have points, the tiles count what was sent.
     open(&tab, &server, "/functions/work?window=15m");

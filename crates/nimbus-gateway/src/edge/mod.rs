@@ -3,7 +3,7 @@
 //!
 //! The order a request goes through (each step may answer by itself):
 //!
-//! 1. `traffic`: which deployment serves the request (a preview host, a weighted alias with
+//! 1. [`traffic`]: which deployment serves the request (a preview host, a weighted alias with
 //!    its sticky cookie, or the live one).
 //! 2. [`client`]: who is calling (the client address, believing `X-Forwarded-For` only from
 //!    trusted proxies) and where from (geo).
@@ -21,6 +21,7 @@ pub(crate) mod client;
 pub(crate) mod cors;
 mod jwks;
 pub(crate) mod rules;
+pub(crate) mod traffic;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
