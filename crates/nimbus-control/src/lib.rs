@@ -11,6 +11,7 @@
 //! concrete store, runtime or HTTP server.
 
 pub mod access_keys;
+pub mod assets;
 mod plane;
 mod queues;
 pub mod router;

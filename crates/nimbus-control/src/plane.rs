@@ -399,8 +399,34 @@ impl ControlPlane {
             kv: manifest.kv,
             queues: manifest.queues,
             triggers: manifest.triggers,
+            assets: match &manifest.assets {
+                Some(spec) => Some(self.store_assets(app_dir, spec, &mut h).await?),
+                None => None,
+            },
         };
         Ok((manifest.name, hex::encode(h.finalize()), content))
+    }
+
+    /// Store each file of `[static] dir` (see `assets.rs`); each path and digest goes into the
+    /// app's content digest `h`.
+    async fn store_assets(
+        &self,
+        app_dir: &Path,
+        spec: &nimbus_manifest::assets::StaticSpec,
+        h: &mut Sha256,
+    ) -> Result<crate::assets::AssetManifest, DeployError> {
+        let io = |source| DeployError::Io { context: "cannot store the static files", source };
+        let dir = app_dir.join(&spec.dir);
+        let listed = tokio::task::spawn_blocking(move || crate::assets::walk(&dir)).await?.map_err(io)?;
+        let mut files = Vec::with_capacity(listed.len());
+        for (rel, path) in listed {
+            let file = crate::assets::store(self.registry.as_ref(), rel, &path).await.map_err(io)?;
+            h.update(file.path.as_bytes());
+            h.update([0]);
+            h.update(file.digest.as_bytes());
+            files.push(file);
+        }
+        Ok(crate::assets::AssetManifest { spa_fallback: spec.spa_fallback.clone(), files })
     }
 
     fn activate(&self, live: Arc<DeploymentView>, new_version: Option<Arc<DeploymentView>>) {
@@ -566,6 +592,7 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         buckets: c.buckets,
         queues: c.queues,
         triggers: c.triggers,
+        assets: c.assets.as_ref().map(|m| Arc::new(crate::assets::Assets::new(registry, m))),
     }
 }
 

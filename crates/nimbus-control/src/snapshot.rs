@@ -29,6 +29,8 @@ pub struct DeploymentView {
     /// The queues it declares, by name, and its triggers (what the queue engine delivers by).
     pub queues: BTreeMap<String, QueueSpec>,
     pub triggers: Vec<TriggerSpec>,
+    /// Its static files (`[static]`), if it has any.
+    pub assets: Option<Arc<crate::assets::Assets>>,
 }
 
 impl DeploymentView {
@@ -42,7 +44,7 @@ impl DeploymentView {
     /// What `next` changes, compared with this deployment, beyond the functions in `only`:
     /// "function g" for each other function added, removed or changed (code or settings),
     /// then "the routes", "the schedules", "the pricing", "the KV namespaces", "the buckets",
-    /// "the queues", "the triggers", "the app name". Empty when `next`
+    /// "the queues", "the triggers", "the app name", "the static files". Empty when `next`
     /// changes nothing but those functions. This is what holds a deploy token limited to
     /// functions to them.
     pub fn changes_outside(&self, next: &DeploymentView, only: &[String]) -> Vec<String> {
@@ -69,6 +71,10 @@ impl DeploymentView {
             (self.queues != next.queues, "the queues"),
             (self.triggers != next.triggers, "the triggers"),
             (self.app != next.app, "the app name"),
+            (
+                self.assets.as_ref().map(|a| &a.manifest) != next.assets.as_ref().map(|a| &a.manifest),
+                "the static files",
+            ),
         ];
         out.extend(rest.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what.to_owned()));
         out
@@ -120,6 +126,7 @@ mod tests {
             buckets: BTreeSet::new(),
             queues: BTreeMap::new(),
             triggers: Vec::new(),
+            assets: None,
         })
     }
 
@@ -153,6 +160,7 @@ mod tests {
             buckets: m.buckets,
             queues: m.queues,
             triggers: m.triggers,
+            assets: None,
         }
     }
 

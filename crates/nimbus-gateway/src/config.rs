@@ -29,6 +29,11 @@ pub struct GatewayConfig {
     /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate, or plain HTTP/1.1 when `None`
     /// (see [`crate::tls`]).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Proxies whose `X-Forwarded-For` is believed (`nimbus up --trust-proxy`); see
+    /// `edge/client.rs`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The MaxMind DB requests are located with (`nimbus up --geoip`); see `edge/geo.rs`.
+    pub geoip: Option<Arc<crate::GeoIp>>,
 }
 
 /// The request head limits' defaults: 64 KiB (the gateway's read buffer before the limit had a
@@ -57,6 +62,8 @@ impl Default for GatewayConfig {
                 warnings: Vec::new(),
             },
             tls: None,
+            trusted_proxies: Vec::new(),
+            geoip: None,
         }
     }
 }

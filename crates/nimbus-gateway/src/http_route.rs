@@ -146,10 +146,12 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
 
 async fn route(
     gw: &Gateway,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     remote: SocketAddr,
     request_id: &str,
 ) -> Result<GwResp, RouteError> {
+    let client = crate::edge::client::client_ip(req.headers(), remote);
+    crate::edge::geo::annotate(gw.config.geoip.as_deref(), req.headers_mut(), client);
     let live = gw.control.snapshot().live.clone().ok_or(RouteError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorSource::Platform,
@@ -161,7 +163,13 @@ async fn route(
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().host().map(str::to_owned));
-    let (route, params) = find(&live, host.as_deref(), req.method().as_str(), req.uri().path())?;
+    let (route, params) = match find(&live, host.as_deref(), req.method().as_str(), req.uri().path()) {
+        Ok(found) => found,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return crate::edge::assets::for_request(&live, &req).await.ok_or(e)
+        }
+        Err(e) => return Err(e),
+    };
     let function = live.functions.get(&route.function).cloned().ok_or(RouteError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         ErrorSource::Platform,

@@ -15,7 +15,7 @@ use crate::{
 };
 
 pub(crate) const TOP_KEYS: &[&str] =
-    &["name", "functions", "routes", "schedules", "pricing", "buckets", "kv", "queues", "triggers"];
+    &["name", "functions", "routes", "schedules", "pricing", "buckets", "kv", "queues", "triggers", "static"];
 pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
     "handler",
@@ -101,6 +101,7 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     let timeout = |f: &str| functions.specs.get(f).map(|s| s.timeout);
     let names = triggers::Names { functions: &declared, timeout: &timeout, buckets: &buckets, queues: &queues };
     let triggers = triggers::check(&mut cx, root, &names);
+    let assets = crate::assets::check(&mut cx, root);
     let pricing = match root.get("pricing") {
         Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
         None => Pricing::default(),
@@ -121,8 +122,11 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         kv: kv.valid,
         queues: queues.valid,
         triggers,
+        assets: assets.as_ref().map(|(spec, _)| spec.clone()),
     };
-    Ok((manifest, functions.locations))
+    let mut locations = functions.locations;
+    locations.assets = assets.map(|(_, at)| at);
+    Ok((manifest, locations))
 }
 
 fn app_name(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Option<String> {

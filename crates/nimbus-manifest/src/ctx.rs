@@ -18,6 +18,7 @@ pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 #[derive(Default)]
 pub(crate) struct Locations {
     pub functions: HashMap<String, FunctionLocations>,
+    pub assets: Option<crate::assets::AssetLocations>,
 }
 
 #[derive(Default, Clone)]

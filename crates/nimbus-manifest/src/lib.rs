@@ -4,6 +4,7 @@
 //! serde stops at the first problem while a user wants every problem at once, each with its
 //! line, column and field path (`nimbus.toml:7:11: functions.hello.timeout: …`).
 
+pub mod assets;
 mod check;
 mod ctx;
 mod diag;
@@ -42,6 +43,7 @@ pub fn known_keys() -> Vec<&'static str> {
         resources::KV_KEYS,
         queues::KEYS,
         triggers::KEYS,
+        assets::KEYS,
     ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
@@ -70,6 +72,8 @@ pub struct Manifest {
     /// `[[triggers]]`, in the order written. Each triggered function's grants already hold the
     /// read (bucket) or receive (queue) its trigger needs.
     pub triggers: Vec<TriggerSpec>,
+    /// `[static]`: the files the gateway serves where no route matches, if any.
+    pub assets: Option<assets::StaticSpec>,
 }
 
 /// Which HTTP methods a route accepts.
