@@ -55,7 +55,12 @@ fn static_files(
         return problem(loc.dir, "dir", message);
     }
     if let Some(message) = link_out_of(&dir, &spec.dir) {
-        return problem(loc.dir, "dir", message.replacen("code directory", "static directory", 1));
+        let message = message.replacen("code directory", "static directory", 1).replacen(
+            "a function's code directory",
+            "the static directory",
+            1,
+        );
+        return problem(loc.dir, "dir", message);
     }
     let fallback = spec.spa_fallback.as_deref().filter(|f| !dir.join(f).is_file())?;
     let message = format!(
