@@ -14,9 +14,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::UNIX_EPOCH;
 
+use bytes::Bytes;
 use nimbus_core::Registry;
+
+/// Files up to this size are kept in memory once read ([`ServedFile::cached`])…
+pub const CACHED_FILE_MAX: u64 = 1 << 20;
+/// …while a deployment's kept files total at most this much; larger files and those past the
+/// budget are read from the artifact store each time.
+pub const CACHE_BUDGET: u64 = 32 << 20;
 
 /// The one file inside an asset's artifact directory.
 pub const BLOB: &str = "blob";
@@ -54,6 +63,8 @@ pub struct ServedFile {
     pub etag: String,
     /// A content-hashed name (`app.3f9a1c2b.js`): cached for a year, `immutable`.
     pub immutable: bool,
+    /// The bytes, once read, when the file is small and the deployment's budget allows.
+    pub cached: OnceLock<Bytes>,
 }
 
 /// The static files of one deployment, by path relative to the static directory.
@@ -63,6 +74,8 @@ pub struct Assets {
     pub spa_fallback: Option<String>,
     /// What the deployment recorded (to tell two deployments' files apart).
     pub manifest: AssetManifest,
+    /// What is left of [`CACHE_BUDGET`].
+    budget: AtomicU64,
 }
 
 impl Assets {
@@ -78,11 +91,20 @@ impl Assets {
                     content_type: f.content_type.clone(),
                     etag: format!("\"{}\"", f.digest.get(..32).unwrap_or(&f.digest)),
                     immutable: content_hashed(&f.path),
+                    cached: OnceLock::new(),
                 };
                 (f.path.clone(), served)
             })
             .collect();
-        Assets { files, spa_fallback: m.spa_fallback.clone(), manifest: m.clone() }
+        let budget = AtomicU64::new(CACHE_BUDGET);
+        Assets { files, spa_fallback: m.spa_fallback.clone(), manifest: m.clone(), budget }
+    }
+
+    /// Take `size` bytes of the memory budget for a file to keep, if it is small and the budget
+    /// has room.
+    pub fn reserve(&self, size: u64) -> bool {
+        size <= CACHED_FILE_MAX
+            && self.budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(size)).is_ok()
     }
 }
 

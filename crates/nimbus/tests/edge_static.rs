@@ -28,6 +28,9 @@ fn app(extra: &str) -> App {
     app.write_file("public/app.3f9a1c2b.js", "console.log('plain');");
     app.write_file("public/app.3f9a1c2b.js.br", "BROTLI-BYTES");
     app.write_file("public/app.3f9a1c2b.js.gz", "GZIP-BYTES");
+    // Past the size kept in memory: read from the artifact store each time.
+    let big: String = (0..(3 << 20) / 10).map(|i| format!("{i:09}\n")).collect();
+    app.write_file("public/big.txt", &big);
     // A file where a route is: the route answers.
     app.write_file("public/api", "the file, not the route");
     app.raw("[functions.f]\nruntime = \"node\"\nhandler = \"index.handler\"")
@@ -95,6 +98,16 @@ async fn static_files_answer_with_validators_ranges_codings_and_the_spa_fallback
     let several = get(&server, "/data.txt", &[("range", "bytes=0-1,5-6")]).await;
     assert_eq!(several.status(), 200, "several ranges answer with the whole file");
     assert_eq!(several.text().await.unwrap(), DATA);
+
+    // A large file (not kept in memory), whole and in part.
+    let whole = get(&server, "/big.txt", &[]).await;
+    assert_eq!(header(&whole, "content-length"), "3145720");
+    assert_eq!(whole.bytes().await.unwrap().len(), 3_145_720);
+    for _ in 0..2 {
+        let part = get(&server, "/big.txt", &[("range", "bytes=1000000-1000019")]).await;
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.text().await.unwrap(), "000100000\n000100001\n");
+    }
 
     // HEAD: the headers of a GET, no body.
     let head = request(&server, reqwest::Method::HEAD, "/data.txt", &[]).await;

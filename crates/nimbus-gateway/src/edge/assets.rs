@@ -15,8 +15,9 @@
 //! for content-hashed names (`app.3f9a1c2b.js`), `no-cache` (revalidate each time, cheap with
 //! the ETag) for the rest and for the SPA fallback.
 //!
-//! Everything but the bytes was decided at deploy (`nimbus_control::assets`); the bytes are read
-//! from the artifact store (the page cache keeps hot files in memory).
+//! Everything but the bytes was decided at deploy (`nimbus_control::assets`). The bytes of a
+//! small file are kept in memory after its first read (per deployment, within a budget); other
+//! files are read from the artifact store each time (the page cache keeps hot ones in memory).
 
 use std::io::SeekFrom;
 use std::time::{Duration, UNIX_EPOCH};
@@ -101,7 +102,7 @@ pub(crate) async fn serve(
     if method == Method::HEAD {
         return Some(respond(status, head, Bytes::new(), Some(len)));
     }
-    match read(file, start, len).await {
+    match read(assets, file, start, len).await {
         Ok(body) => Some(respond(status, head, body, None)),
         Err(e) => {
             tracing::error!(path = %file.path.display(), "cannot read a static file: {e}");
@@ -216,7 +217,23 @@ fn range(headers: &HeaderMap, file: &ServedFile) -> Range {
     }
 }
 
-async fn read(file: &ServedFile, start: u64, len: u64) -> std::io::Result<Bytes> {
+/// The bytes `start..start + len` of `file`: from memory once a small file was read (see
+/// `nimbus_control::assets::CACHE_BUDGET`), else from the artifact store.
+async fn read(assets: &Assets, file: &ServedFile, start: u64, len: u64) -> std::io::Result<Bytes> {
+    let part = |all: &Bytes| {
+        let from = usize::try_from(start).unwrap_or(usize::MAX).min(all.len());
+        let to = usize::try_from(start.saturating_add(len)).unwrap_or(usize::MAX).min(all.len());
+        all.slice(from..to)
+    };
+    if let Some(all) = file.cached.get() {
+        return Ok(part(all));
+    }
+    if assets.reserve(file.size) {
+        let all = Bytes::from(tokio::fs::read(&file.path).await?);
+        // Another request may have filled it first; the budget then counts the file twice,
+        // which only makes it stricter.
+        return Ok(part(file.cached.get_or_init(|| all)));
+    }
     let mut f = tokio::fs::File::open(&file.path).await?;
     if start > 0 {
         f.seek(SeekFrom::Start(start)).await?;
@@ -240,6 +257,7 @@ mod tests {
             content_type: "text/plain".into(),
             etag: "\"abc\"".into(),
             immutable: false,
+            cached: Default::default(),
         }
     }
 
