@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the test suite needs, idempotently, into a cache outside the clone:
 #   - awslambdaric and boto3 (PyPI) for the official-runtime-client and AWS SDK tests, and
-#     prometheus_client, whose OpenMetrics parser reads /metrics in the tests;
+#     prometheus_client, whose OpenMetrics parser reads /metrics in the tests, and mmdb-writer,
+#     which writes the small MaxMind DBs of the geo tests;
 #   - awscli (PyPI, in a directory of its own), @aws-sdk/client-s3 and @aws-sdk/client-sqs (npm)
 #     for the S3 and SQS tests;
 #   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
@@ -21,10 +22,10 @@ need python3 "install Python 3 (apt-get install python3)"
 need node "install Node.js 18 or newer (apt-get install nodejs)"
 need cargo "install Rust with rustup"
 
-if ! PYTHONPATH="$py" python3 -c "import awslambdaric, boto3, prometheus_client" >/dev/null 2>&1; then
-  echo "test-deps: installing awslambdaric, boto3 and prometheus_client into $py" >&2
+if ! PYTHONPATH="$py" python3 -c "import awslambdaric, boto3, prometheus_client, mmdb_writer" >/dev/null 2>&1; then
+  echo "test-deps: installing awslambdaric, boto3, prometheus_client and mmdb-writer into $py" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$py" \
-    "awslambdaric>=2.0" "boto3>=1.34" "prometheus_client>=0.20"
+    "awslambdaric>=2.0" "boto3>=1.34" "prometheus_client>=0.20" "mmdb-writer>=0.2.7"
 fi
 
 # PyJWT with `cryptography` (RS256, ES256 and EdDSA keys): the edge auth tests make their

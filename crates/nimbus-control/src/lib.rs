@@ -12,6 +12,7 @@
 //! concrete store, runtime or HTTP server.
 
 pub mod access_keys;
+pub mod assets;
 mod canary;
 mod plane;
 mod queues;

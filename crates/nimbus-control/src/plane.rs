@@ -448,6 +448,10 @@ impl ControlPlane {
             queues: manifest.queues,
             triggers: manifest.triggers,
             edge: manifest.edge,
+            assets: match &manifest.assets {
+                Some(spec) => Some(self.store_assets(app_dir, spec, &mut h).await?),
+                None => None,
+            },
         };
         Ok((manifest.name, hex::encode(h.finalize()), content))
     }
@@ -468,6 +472,28 @@ impl ControlPlane {
         let target = dir.path().to_owned();
         tokio::task::spawn_blocking(move || upload::unpack(&archive, &target)).await??;
         self.deploy(dir.path(), nimbus_manifest::MANIFEST_FILE.to_owned(), false, only, canary).await
+    }
+
+    /// Store each file of `[static] dir` (see `assets.rs`); each path and digest goes into the
+    /// app's content digest `h`.
+    async fn store_assets(
+        &self,
+        app_dir: &Path,
+        spec: &nimbus_manifest::assets::StaticSpec,
+        h: &mut Sha256,
+    ) -> Result<crate::assets::AssetManifest, DeployError> {
+        let io = |source| DeployError::Io { context: "cannot store the static files", source };
+        let dir = app_dir.join(&spec.dir);
+        let listed = tokio::task::spawn_blocking(move || crate::assets::walk(&dir)).await?.map_err(io)?;
+        let mut files = Vec::with_capacity(listed.len());
+        for (rel, path) in listed {
+            let file = crate::assets::store(self.registry.as_ref(), rel, &path).await.map_err(io)?;
+            h.update(file.path.as_bytes());
+            h.update([0]);
+            h.update(file.digest.as_bytes());
+            files.push(file);
+        }
+        Ok(crate::assets::AssetManifest { spa_fallback: spec.spa_fallback.clone(), files })
     }
 
     fn activate(&self, live: Arc<DeploymentView>, new_version: Option<Arc<DeploymentView>>) {
@@ -673,6 +699,7 @@ fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: 
         queues: c.queues,
         triggers: c.triggers,
         edge: Arc::new(c.edge),
+        assets: c.assets.as_ref().map(|m| Arc::new(crate::assets::Assets::new(registry, m))),
     }
 }
 

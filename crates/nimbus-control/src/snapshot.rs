@@ -31,6 +31,8 @@ pub struct DeploymentView {
     pub triggers: Vec<TriggerSpec>,
     /// The edge policies and rules the gateway applies to this deployment's requests.
     pub edge: Arc<nimbus_manifest::edge::EdgeSpec>,
+    /// Its static files (`[static]`), if it has any.
+    pub assets: Option<Arc<crate::assets::Assets>>,
 }
 
 impl DeploymentView {
@@ -44,7 +46,8 @@ impl DeploymentView {
     /// What `next` changes, compared with this deployment, beyond the functions in `only`:
     /// "function g" for each other function added, removed or changed (code or settings),
     /// then "the routes", "the schedules", "the pricing", "the KV namespaces", "the buckets",
-    /// "the queues", "the triggers", "the edge policies", "the app name". Empty when `next`
+    /// "the queues", "the triggers", "the edge policies", "the app name", "the static files".
+    /// Empty when `next`
     /// changes nothing but those functions. This is what holds a deploy token limited to
     /// functions to them.
     pub fn changes_outside(&self, next: &DeploymentView, only: &[String]) -> Vec<String> {
@@ -72,6 +75,10 @@ impl DeploymentView {
             (self.triggers != next.triggers, "the triggers"),
             (self.edge != next.edge, "the edge policies"),
             (self.app != next.app, "the app name"),
+            (
+                self.assets.as_ref().map(|a| &a.manifest) != next.assets.as_ref().map(|a| &a.manifest),
+                "the static files",
+            ),
         ];
         out.extend(rest.into_iter().filter(|(changed, _)| *changed).map(|(_, what)| what.to_owned()));
         out
@@ -128,6 +135,7 @@ mod tests {
             queues: BTreeMap::new(),
             triggers: Vec::new(),
             edge: Default::default(),
+            assets: None,
         })
     }
 
@@ -162,6 +170,7 @@ mod tests {
             queues: m.queues,
             triggers: m.triggers,
             edge: Arc::new(m.edge),
+            assets: None,
         }
     }
 

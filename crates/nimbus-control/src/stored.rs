@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::assets::{AssetFile, AssetManifest};
 use nimbus_core::{
     Access, AsyncPolicy, BucketTrigger, Destination, FunctionSpec, Grants, QueueAccess, QueueSpec, QueueTrigger,
     Redrive, ResponseMode, RuntimeKind, TriggerSource, TriggerSpec, WasmOptions, DEFAULT_MAX_STREAM_BYTES,
@@ -193,6 +194,62 @@ pub struct StoredDeploymentV2 {
     /// serialisation of [`EdgeSpec`], whose shape `edge_format_is_frozen` pins.
     #[serde(default, skip_serializing_if = "EdgeSpec::is_empty")]
     pub edge: EdgeSpec,
+    /// `[static]`: absent in older bodies and when the app has no static files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assets: Option<StoredAssetsV2>,
+}
+
+/// The static files of a deployment: the fallback, and each file's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredAssetsV2 {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spa_fallback: Option<String>,
+    pub files: Vec<StoredAssetFileV2>,
+}
+
+/// One static file: its path under the static directory, its artifact, size, modification
+/// time (seconds since the epoch) and content type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredAssetFileV2 {
+    pub path: String,
+    pub digest: String,
+    pub size: u64,
+    pub mtime: u64,
+    pub content_type: String,
+}
+
+impl From<&AssetManifest> for StoredAssetsV2 {
+    fn from(m: &AssetManifest) -> Self {
+        let files = m
+            .files
+            .iter()
+            .map(|f| StoredAssetFileV2 {
+                path: f.path.clone(),
+                digest: f.digest.clone(),
+                size: f.size,
+                mtime: f.mtime,
+                content_type: f.content_type.clone(),
+            })
+            .collect();
+        StoredAssetsV2 { spa_fallback: m.spa_fallback.clone(), files }
+    }
+}
+
+impl From<StoredAssetsV2> for AssetManifest {
+    fn from(m: StoredAssetsV2) -> Self {
+        let files = m
+            .files
+            .into_iter()
+            .map(|f| AssetFile {
+                path: f.path,
+                digest: f.digest,
+                size: f.size,
+                mtime: f.mtime,
+                content_type: f.content_type,
+            })
+            .collect();
+        AssetManifest { spa_fallback: m.spa_fallback, files }
+    }
 }
 
 /// `[queues.NAME]`; durations are integer milliseconds.
@@ -345,6 +402,7 @@ impl From<StoredDeploymentV1> for StoredDeploymentV2 {
             queues: BTreeMap::new(),
             triggers: Vec::new(),
             edge: EdgeSpec::default(),
+            assets: None,
         }
     }
 }
@@ -365,6 +423,8 @@ pub struct DeploymentContent {
     pub triggers: Vec<TriggerSpec>,
     /// The edge policies and rules.
     pub edge: EdgeSpec,
+    /// The static files (`[static]`), if any.
+    pub assets: Option<AssetManifest>,
 }
 
 /// Why a stored body cannot be read.
@@ -442,6 +502,7 @@ impl From<&DeploymentContent> for StoredDeploymentV2 {
             queues: c.queues.iter().map(|(k, q)| (k.clone(), q.into())).collect(),
             triggers: c.triggers.iter().map(Into::into).collect(),
             edge: c.edge.clone(),
+            assets: c.assets.as_ref().map(Into::into),
         }
     }
 }
@@ -473,6 +534,7 @@ impl TryFrom<StoredDeploymentV2> for DeploymentContent {
             queues: v.queues.into_iter().map(|(k, q)| (k, q.into())).collect(),
             triggers: v.triggers.into_iter().map(Into::into).collect(),
             edge: v.edge,
+            assets: v.assets.map(Into::into),
         })
     }
 }
@@ -895,6 +957,27 @@ mod tests {
         assert!(
             body.contains("\"ephemeral_storage_mb\":2048") && body.contains("\"grants\":{\"functions\":[\"audit\"]}")
         );
+        assert_eq!(decode(2, &body).unwrap(), c);
+    }
+
+    #[test]
+    fn static_files_round_trip_and_rows_without_them_read_as_none() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert_eq!(c.assets, None, "rows written before [static] read as none");
+        assert!(!encode(&c).unwrap().contains("assets"));
+        let file = |path: &str| AssetFile {
+            path: path.into(),
+            digest: "ab".repeat(32),
+            size: 12,
+            mtime: 1_700_000_000,
+            content_type: "text/html; charset=utf-8".into(),
+        };
+        c.assets = Some(AssetManifest {
+            spa_fallback: Some("index.html".into()),
+            files: vec![file("index.html"), file("a/b.js")],
+        });
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"spa_fallback\":\"index.html\""), "{body}");
         assert_eq!(decode(2, &body).unwrap(), c);
     }
 

@@ -31,6 +31,11 @@ pub struct GatewayConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Preview hosts: `v<N>.DOMAIN` is served by deployment N (`nimbus up --preview-domain`).
     pub preview_domain: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (`nimbus up --trust-proxy`); see
+    /// `edge/client.rs`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The MaxMind DB requests are located with (`nimbus up --geoip`); see `edge/geo.rs`.
+    pub geoip: Option<Arc<crate::GeoIp>>,
 }
 
 /// The request head limits' defaults: 64 KiB (the gateway's read buffer before the limit had a
@@ -60,6 +65,8 @@ impl Default for GatewayConfig {
             },
             tls: None,
             preview_domain: None,
+            trusted_proxies: Vec::new(),
+            geoip: None,
         }
     }
 }

@@ -186,6 +186,7 @@ pub struct Parts {
 
 impl Gateway {
     pub fn new(parts: Parts, config: GatewayConfig, admin_token: &str) -> Arc<Gateway> {
+        crate::edge::client::trust(&config.trusted_proxies);
         Arc::new(Gateway {
             control: parts.control,
             history: parts.history,

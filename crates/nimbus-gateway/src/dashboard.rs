@@ -127,7 +127,10 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
                 login_page(StatusCode::OK, None)
             }
         }
-        (Method::POST, "login") => login(gw, req, remote.ip()).await,
+        (Method::POST, "login") => {
+            let source = crate::edge::client::client_ip(req.headers(), remote);
+            login(gw, req, source).await
+        }
         (Method::POST, "logout") => {
             if let Some(id) = session_cookie(req.headers()) {
                 gw.sessions.remove(id);

@@ -122,7 +122,7 @@ fn request_context(r: &HttpRequest<'_>, host: &str) -> Value {
         http::Version::HTTP_2 => "HTTP/2.0",
         _ => "HTTP/1.1",
     };
-    json!({
+    let mut context = json!({
         "accountId": nimbus_core::ACCOUNT_ID,
         "apiId": "nimbus",
         "domainName": host,
@@ -131,7 +131,7 @@ fn request_context(r: &HttpRequest<'_>, host: &str) -> Value {
             "method": r.method,
             "path": r.path,
             "protocol": protocol,
-            "sourceIp": r.remote.ip().to_string(),
+            "sourceIp": crate::edge::client::client_ip(r.headers, r.remote).to_string(),
             "userAgent": r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
         },
         "requestId": r.request_id,
@@ -139,7 +139,34 @@ fn request_context(r: &HttpRequest<'_>, host: &str) -> Value {
         "stage": "$default",
         "time": r.time,
         "timeEpoch": r.now_ms,
-    })
+    });
+    if let (Some(obj), Some(geo)) = (context.as_object_mut(), geo(r.headers)) {
+        obj.insert("geo".into(), geo);
+    }
+    context
+}
+
+/// `requestContext.geo`: the gateway's geo headers (see `edge/geo.rs`; a client's own were
+/// removed), as `{country, region, city, latitude, longitude}` with what is known; absent when
+/// nothing is.
+fn geo(headers: &HeaderMap) -> Option<Value> {
+    use crate::edge::geo::{CITY, COUNTRY, LATITUDE, LONGITUDE, REGION};
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut geo = Map::new();
+    for (key, name) in [("country", COUNTRY), ("region", REGION)] {
+        if let Some(v) = text(name) {
+            geo.insert(key.into(), json!(v));
+        }
+    }
+    if let Some(city) = text(CITY) {
+        geo.insert("city".into(), json!(percent_decode(city)));
+    }
+    for (key, name) in [("latitude", LATITUDE), ("longitude", LONGITUDE)] {
+        if let Some(n) = text(name).and_then(|v| v.parse::<f64>().ok()) {
+            geo.insert(key.into(), json!(n));
+        }
+    }
+    (!geo.is_empty()).then_some(Value::Object(geo))
 }
 
 fn percent_decode(s: &str) -> String {

@@ -170,6 +170,8 @@ async fn route(
     out: &mut crate::edge::Outgoing,
     live: Arc<DeploymentView>,
 ) -> Result<GwResp, RouteError> {
+    let client = crate::edge::client::client_ip(req.headers(), remote);
+    crate::edge::geo::annotate(gw.config.geoip.as_deref(), req.headers_mut(), client);
     let plan = gw.edge.plan(&live);
     if plan.rules.has_headers() {
         out.path = req.uri().path().to_owned();
@@ -192,7 +194,13 @@ async fn route(
         return Ok(whole(preflight_response(answer, request_id)));
     }
     let mut req = Request::from_parts(head, body);
-    let (route, params) = find(&live, host.as_deref(), req.method().as_str(), req.uri().path())?;
+    let (route, params) = match find(&live, host.as_deref(), req.method().as_str(), req.uri().path()) {
+        Ok(found) => found,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            return crate::edge::assets::for_request(&live, &req).await.ok_or(e)
+        }
+        Err(e) => return Err(e),
+    };
     out.cors = route.cors.clone();
     let claims = crate::edge::authorize(&plan, route, req.headers_mut())
         .await

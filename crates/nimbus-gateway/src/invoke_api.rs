@@ -136,7 +136,8 @@ pub(crate) struct Call {
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: std::net::SocketAddr) -> Resp {
     let request_id = nimbus_core::ids::new_request_id();
-    let mut resp = invoke(gw, req, &request_id, remote.ip()).await.unwrap_or_else(|e| e.into_response(&request_id));
+    let source = crate::edge::client::client_ip(req.headers(), remote);
+    let mut resp = invoke(gw, req, &request_id, source).await.unwrap_or_else(|e| e.into_response(&request_id));
     stamp_request_id(&mut resp, &request_id);
     resp
 }

@@ -36,7 +36,8 @@ const FRAMES_IN_FLIGHT: usize = 16;
 
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: std::net::SocketAddr) -> GwResp {
     let request_id = nimbus_core::ids::new_request_id();
-    let mut resp = match invoke(gw, req, &request_id, remote.ip()).await {
+    let source = crate::edge::client::client_ip(req.headers(), remote);
+    let mut resp = match invoke(gw, req, &request_id, source).await {
         Ok(r) => r,
         Err(e) => whole(e.into_response(&request_id)),
     };

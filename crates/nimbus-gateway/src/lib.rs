@@ -41,4 +41,7 @@ mod util;
 pub use calls::Calls;
 pub use config::{GatewayConfig, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES};
 pub use context::{Gateway, Parts, Telemetry};
+pub use edge::client::parse_trusted_proxy;
+pub use edge::geo::GeoIp;
+pub use ipnet::IpNet;
 pub use server::serve;

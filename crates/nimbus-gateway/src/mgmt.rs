@@ -156,10 +156,11 @@ impl Caller<'_> {
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let what = format!("{} {path}", req.method());
+    let source = crate::edge::client::client_ip(req.headers(), remote);
     let who = match gw.authenticate(req.headers()) {
         Ok(who) => who,
         Err(refused) => {
-            gw.refused(remote.ip(), &what, &refused);
+            gw.refused(source, &what, &refused);
             let message = format!(
                 "{}: the management API needs `Authorization: Bearer <token>`, with the admin token \
                  (DATA_DIR/admin.token) or one from `nimbus token create`",
@@ -177,10 +178,10 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
     };
     if !who.scope().grants(matched.scope) {
         let message = scopes::needs(&what, matched.scope, &who.describe(), who.scope());
-        gw.denied(remote.ip(), &what, &who, message.clone());
+        gw.denied(source, &what, &who, message.clone());
         return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
     }
-    let caller = Caller { gw, who: &who, source: remote.ip() };
+    let caller = Caller { gw, who: &who, source };
     route(&caller, req, matched).await.unwrap_or_else(ApiError::into_response)
 }
 

@@ -29,6 +29,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "redirects",
     "rewrites",
     "headers",
+    "static",
 ];
 pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
@@ -116,6 +117,7 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
     let names = triggers::Names { functions: &declared, timeout: &timeout, buckets: &buckets, queues: &queues };
     let triggers = triggers::check(&mut cx, root, &names);
     let edge = edge::check(&mut cx, root);
+    let assets = crate::assets::check(&mut cx, root);
     let pricing = match root.get("pricing") {
         Some(v) => pricing::check(&mut cx, v).unwrap_or_default(),
         None => Pricing::default(),
@@ -137,9 +139,11 @@ pub(crate) fn manifest_with_locations(src: &str, file: &str) -> Result<(Manifest
         queues: queues.valid,
         triggers,
         edge,
+        assets: assets.as_ref().map(|(spec, _)| spec.clone()),
     };
     let mut locations = functions.locations;
     locations.jwks_files = edge::jwks_file_offsets(root);
+    locations.assets = assets.map(|(_, at)| at);
     Ok((manifest, locations))
 }
 

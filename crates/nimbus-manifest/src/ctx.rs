@@ -20,6 +20,7 @@ pub(crate) struct Locations {
     pub functions: HashMap<String, FunctionLocations>,
     /// Where each `[auth.NAME]`'s `jwks_file` was written, by policy name.
     pub jwks_files: HashMap<String, usize>,
+    pub assets: Option<crate::assets::AssetLocations>,
 }
 
 #[derive(Default, Clone)]

@@ -22,7 +22,52 @@ pub(crate) fn check(
             out.push(Diagnostic::at(file, src, p.at, &format!("functions.{name}.{}", p.key), p.message));
         }
     }
+    if let (Some(spec), Some(loc)) = (&manifest.assets, &locations.assets) {
+        if let Some(p) = static_files(spec, loc, app_dir) {
+            out.push(Diagnostic::at(file, src, p.at, &format!("static.{}", p.key), p.message));
+        }
+    }
     out
+}
+
+/// `[static]`: the directory exists inside the app directory (a link may not lead out of it),
+/// and so does the fallback file.
+fn static_files(
+    spec: &crate::assets::StaticSpec,
+    loc: &crate::assets::AssetLocations,
+    app_dir: &Path,
+) -> Option<Problem> {
+    let dir = app_dir.join(&spec.dir);
+    let problem = |at, key, message| Some(Problem { at, key, message });
+    if !dir.is_dir() {
+        let message = format!(
+            "static directory \"{}\" does not exist; create it or point `dir` at the app's public files",
+            spec.dir
+        );
+        return problem(loc.dir, "dir", message);
+    }
+    let root = app_dir.canonicalize().unwrap_or_else(|_| app_dir.to_owned());
+    if !dir.canonicalize().is_ok_and(|real| real.starts_with(&root)) {
+        let message = format!(
+            "static directory \"{}\" leads outside the app directory (through a link); nimbus stores only what is inside the app, so copy the files in",
+            spec.dir
+        );
+        return problem(loc.dir, "dir", message);
+    }
+    if let Some(message) = link_out_of(&dir, &spec.dir) {
+        let message = message.replacen("code directory", "static directory", 1).replacen(
+            "a function's code directory",
+            "the static directory",
+            1,
+        );
+        return problem(loc.dir, "dir", message);
+    }
+    let fallback = spec.spa_fallback.as_deref().filter(|f| !dir.join(f).is_file())?;
+    let message = format!(
+        "spa_fallback \"{fallback}\" is not a file in \"{}\"; add it (usually index.html) or remove `spa_fallback`",
+        spec.dir
+    );
+    problem(loc.spa_fallback.unwrap_or(loc.dir), "spa_fallback", message)
 }
 
 /// A missing or unfit file: where to point, which key of the function to name, and what to do.

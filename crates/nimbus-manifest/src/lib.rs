@@ -4,6 +4,7 @@
 //! serde stops at the first problem while a user wants every problem at once, each with its
 //! line, column and field path (`nimbus.toml:7:11: functions.hello.timeout: …`).
 
+pub mod assets;
 mod check;
 mod ctx;
 mod diag;
@@ -47,6 +48,7 @@ pub fn known_keys() -> Vec<&'static str> {
         edge::CORS_KEYS,
         edge::REDIRECT_KEYS,
         edge::HEADER_RULE_KEYS,
+        assets::KEYS,
     ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
@@ -77,6 +79,8 @@ pub struct Manifest {
     pub triggers: Vec<TriggerSpec>,
     /// Auth and CORS policies, redirects, rewrites and response headers (`edge.rs`).
     pub edge: edge::EdgeSpec,
+    /// `[static]`: the files the gateway serves where no route matches, if any.
+    pub assets: Option<assets::StaticSpec>,
 }
 
 /// Which HTTP methods a route accepts.

@@ -323,3 +323,35 @@ fn a_manifest_without_queues_or_triggers_has_none() {
     assert!(m.queues.is_empty() && m.triggers.is_empty());
     assert!(m.functions.values().all(|f| f.grants.queues.is_empty()));
 }
+
+/// `[static] dir` may not be a link out of the app, nor hold one; links inside it are fine.
+#[test]
+fn links_out_of_the_static_directory_are_refused() {
+    use std::os::unix::fs::symlink;
+    let src =
+        "name = \"app\"\n[functions.f]\nruntime = \"node\"\nhandler = \"index.handler\"\n[static]\ndir = \"public\"\n";
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("public/alias.html", "index.html", None),
+        ("public", "/etc", Some("static.dir: static directory \"public\" leads outside the app directory")),
+        ("public/passwd", "/etc/passwd", Some("the static directory, so copy what it needs in")),
+    ];
+    for (link, target, want) in cases {
+        let app = tempfile::tempdir().unwrap();
+        std::fs::write(app.path().join(MANIFEST_FILE), src).unwrap();
+        std::fs::create_dir_all(app.path().join("functions/f")).unwrap();
+        std::fs::write(app.path().join("functions/f/index.js"), "").unwrap();
+        if *link != "public" {
+            std::fs::create_dir_all(app.path().join("public")).unwrap();
+            std::fs::write(app.path().join("public/index.html"), "").unwrap();
+        }
+        symlink(target, app.path().join(link)).unwrap();
+        let got = load_as(app.path(), MANIFEST_FILE).map(|_| ()).map_err(|d| d.to_string());
+        match want {
+            None => assert_eq!(got, Ok(()), "{link} -> {target}"),
+            Some(w) => {
+                let e = got.unwrap_err();
+                assert!(e.contains("nimbus.toml:6:7: static.dir:") && e.contains(w), "{e}");
+            }
+        }
+    }
+}

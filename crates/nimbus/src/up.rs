@@ -91,9 +91,19 @@ pub struct UpArgs {
     /// warning [default: 127.0.0.1:4566]
     #[arg(long, value_name = "ADDR")]
     aws_listen: Option<String>,
+    /// Believe X-Forwarded-For from these proxies (a CIDR or an address; repeat the flag or
+    /// separate with commas): the client is the rightmost address in it that is not a trusted
+    /// proxy. Without it the peer's address is the client.
+    #[arg(long, value_name = "CIDR", env = "NIMBUS_TRUST_PROXY", value_delimiter = ',', value_parser = nimbus_gateway::parse_trusted_proxy, help_heading = "Edge")]
+    trust_proxy: Vec<nimbus_gateway::IpNet>,
+    /// Locate each request's client in this MaxMind DB (GeoLite2/GeoIP2 City or Country):
+    /// routes get x-nimbus-country, -region, -city, -latitude, -longitude and the event's
+    /// requestContext.geo.
+    #[arg(long, value_name = "PATH", env = "NIMBUS_GEOIP", help_heading = "Edge")]
+    geoip: Option<PathBuf>,
     /// Preview hosts: a request for `v<N>.DOMAIN` (e.g. v8.preview.localhost) is served by
     /// deployment N, any stored one, whatever the live alias's traffic.
-    #[arg(long, value_name = "DOMAIN", value_parser = parse_preview_domain)]
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_preview_domain, help_heading = "Edge")]
     preview_domain: Option<String>,
 }
 
@@ -172,6 +182,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     // Before anything starts: a certificate that cannot serve stops nimbus here.
     let tls = crate::tls::server(args.serving(), &data_dir)?;
+    let geoip = args.geoip.as_deref().map(nimbus_gateway::GeoIp::open).transpose().map_err(anyhow::Error::msg)?;
 
     let mut node = Node::start(&data_dir, &args).await?;
     // Canary decisions (a restart rolls back a running canary: see nimbus-control's traffic).
@@ -187,7 +198,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    let config = GatewayConfig { info: node.info.clone(), ..args.gateway_config(local, tls) };
+    let config =
+        GatewayConfig { info: node.info.clone(), geoip: geoip.map(Arc::new), ..args.gateway_config(local, tls) };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
@@ -232,6 +244,7 @@ impl UpArgs {
             max_connections: self.max_connections as usize,
             tls,
             preview_domain: self.preview_domain.clone(),
+            trusted_proxies: self.trust_proxy.clone(),
             ..GatewayConfig::default()
         }
     }

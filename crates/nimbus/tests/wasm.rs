@@ -274,18 +274,45 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test]
 async fn the_javascript_edge_example_personalises_by_country() {
     let app = example_copy("wasm-edge-js", |t| t);
+    // A Country DB (mmdb-writer) that places this machine's loopback address in Germany.
+    let db = app.path().join("GeoLite2-Country.mmdb");
+    let script = r#"
+import sys
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-Country", languages=["en"], description="test")
+w.insert_network(IPSet(["127.0.0.1/32"]), {"country": {"iso_code": "DE"}})
+w.to_db_file(sys.argv[1])
+print("{}")
+"#;
+    run_python_json(script, &[db.to_str().unwrap()]);
     let (k, v) = shared_cache();
-    let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[(k, &v)]);
+    let args = ["--geoip", db.to_str().unwrap(), "--trust-proxy", "127.0.0.1"];
+    let server = Server::launch(app.path(), &app.path().join(".nimbus"), &[(k, &v)], "127.0.0.1:0", &args);
     let client = server.client();
-    let de: Value =
-        client.get(format!("{}/", server.url)).header("x-country", "DE").send().await.unwrap().json().await.unwrap();
+    // The country is nimbus's geo lookup; a client's own x-nimbus-country never arrives.
+    let de: Value = client
+        .get(format!("{}/", server.url))
+        .header("x-nimbus-country", "JP")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
-        (&de["country"], &de["currency"]["code"], &de["greeting"]),
-        (&json!("DE"), &json!("EUR"), &json!("Hallo!")),
+        (&de["country"], &de["source"], &de["currency"]["code"], &de["greeting"]),
+        (&json!("DE"), &json!("geo"), &json!("EUR"), &json!("Hallo!")),
         "{de:#}"
     );
-    let jp =
-        client.get(format!("{}/shop", server.url)).header("accept-language", "ja-JP,ja;q=0.9").send().await.unwrap();
+    // From an address the DB does not know (through a trusted proxy): accept-language decides.
+    let jp = client
+        .get(format!("{}/shop", server.url))
+        .header("x-forwarded-for", "192.0.2.1")
+        .header("accept-language", "ja-JP,ja;q=0.9")
+        .send()
+        .await
+        .unwrap();
     assert!(jp.headers()["vary"].to_str().unwrap().contains("accept-language"));
     let jp: Value = jp.json().await.unwrap();
     assert_eq!(

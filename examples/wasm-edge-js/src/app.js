@@ -1,8 +1,9 @@
 // Geo-personalised content at the edge, in the Cloudflare Workers style.
 //
-// The country comes from the CDN or load balancer in front of nimbus: `x-country`
-// first, then Cloudflare's `cf-ipcountry`, then the first region in
-// `accept-language` (`de-CH` → CH), then the DEFAULT_COUNTRY env var (or US).
+// The country comes from nimbus's own geo lookup (`nimbus up --geoip DB` sets
+// `x-nimbus-country` from the client's address; a client cannot send its own), then
+// the first region in `accept-language` (`de-CH` → CH), then the DEFAULT_COUNTRY
+// env var (or US).
 // The answer is JSON, or HTML for `accept: text/html`, and says `vary` on every
 // header it looked at so a cache in front keeps one copy per variant.
 
@@ -34,7 +35,7 @@ const LOCALES = {
 // A country we have no copy for still gets an answer, in English and dollars.
 const FALLBACK = { language: 'en', greeting: 'Hello', currency: 'USD', symbol: '$' };
 
-const VARY = 'x-country, cf-ipcountry, accept-language, accept';
+const VARY = 'x-nimbus-country, accept-language, accept';
 
 // ISO 3166-1 alpha-2. Cloudflare sends XX for "unknown" and T1 for Tor exits.
 function countryCode(value) {
@@ -65,10 +66,8 @@ function regionFromAcceptLanguage(header) {
 }
 
 function resolveCountry(headers) {
-  const fromHeader = countryCode(headers.get('x-country'));
-  if (fromHeader) return { country: fromHeader, source: 'x-country' };
-  const fromCdn = countryCode(headers.get('cf-ipcountry'));
-  if (fromCdn) return { country: fromCdn, source: 'cf-ipcountry' };
+  const fromGeo = countryCode(headers.get('x-nimbus-country'));
+  if (fromGeo) return { country: fromGeo, source: 'geo' };
   const fromLanguage = countryCode(regionFromAcceptLanguage(headers.get('accept-language')));
   if (fromLanguage) return { country: fromLanguage, source: 'accept-language' };
   return { country: countryCode(env().DEFAULT_COUNTRY) ?? 'US', source: 'default' };

@@ -8,7 +8,7 @@
 //! 2. [`client`]: who is calling (the client address, believing `X-Forwarded-For` only from
 //!    trusted proxies) and where from (geo).
 //! 3. `rules`: redirects answer, rewrites change the path; then the route is matched, and a
-//!    path no route matches falls to the static assets.
+//!    path no route matches falls to the static assets ([`assets`]).
 //! 4. `cors`: a preflight is answered here.
 //! 5. `auth`: JWT or API key, 401 before any instance starts; the claims go on as [`Claims`].
 //! 6. `limits`: the token bucket per key, shared through KV, 429 when empty.
@@ -16,9 +16,11 @@
 //!    of the function.
 //! 8. On the way out: the response headers rules, CORS headers, `x-nimbus-version`.
 
+pub(crate) mod assets;
 pub(crate) mod auth;
 pub(crate) mod client;
 pub(crate) mod cors;
+pub(crate) mod geo;
 mod jwks;
 pub(crate) mod rules;
 pub(crate) mod traffic;

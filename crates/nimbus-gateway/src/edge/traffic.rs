@@ -146,6 +146,7 @@ mod tests {
             queues: Default::default(),
             triggers: Vec::new(),
             edge: Default::default(),
+            assets: None,
         })
     }
 
