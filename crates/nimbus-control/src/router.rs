@@ -85,6 +85,8 @@ mod tests {
             host: host.map(Into::into),
             function: function.into(),
             is_async: false,
+            rate_limit: None,
+            cache: false,
         }
     }
 

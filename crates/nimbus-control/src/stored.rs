@@ -26,7 +26,7 @@ use nimbus_core::{
     Redrive, ResponseMode, RuntimeKind, TriggerSource, TriggerSpec, WasmOptions, DEFAULT_MAX_STREAM_BYTES,
 };
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
-use nimbus_manifest::{Methods, Pricing, RouteSpec};
+use nimbus_manifest::{LimitKey, Methods, Pricing, RateLimitSpec, RouteSpec};
 use serde::{Deserialize, Serialize};
 
 /// The format this release writes.
@@ -108,6 +108,22 @@ pub struct StoredRouteV1 {
     pub function: String,
     #[serde(default)]
     pub is_async: bool,
+    /// `rate_limit = "NAME"`, resolved (came after format 2; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<StoredRateLimitV2>,
+    /// `cache = true` (came after format 2; absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+}
+
+/// A route's rate limit: `per` in whole seconds, `key` as written (`ip`, `header:NAME`,
+/// `claim:NAME`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRateLimitV2 {
+    pub name: String,
+    pub requests: u32,
+    pub per: u64,
+    pub key: String,
 }
 
 /// `"any"` or `{"list": ["GET", …]}`.
@@ -673,6 +689,13 @@ impl From<&RouteSpec> for StoredRouteV1 {
             host: r.host.clone(),
             function: r.function.clone(),
             is_async: r.is_async,
+            rate_limit: r.rate_limit.as_ref().map(|l| StoredRateLimitV2 {
+                name: l.name.clone(),
+                requests: l.requests,
+                per: l.per.as_secs(),
+                key: l.key.describe(),
+            }),
+            cache: r.cache,
         }
     }
 }
@@ -688,6 +711,16 @@ impl From<StoredRouteV1> for RouteSpec {
             host: r.host,
             function: r.function,
             is_async: r.is_async,
+            // A key this binary cannot read drops the limit rather than the deployment.
+            rate_limit: r.rate_limit.and_then(|l| {
+                Some(RateLimitSpec {
+                    key: LimitKey::parse(&l.key)?,
+                    name: l.name,
+                    requests: l.requests,
+                    per: Duration::from_secs(l.per),
+                })
+            }),
+            cache: r.cache,
         }
     }
 }

@@ -29,7 +29,13 @@ pub struct GatewayConfig {
     /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate, or plain HTTP/1.1 when `None`
     /// (see [`crate::tls`]).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The response cache's memory budget, in bytes (entries are evicted least recently used
+    /// first past it).
+    pub cache_memory_bytes: usize,
 }
+
+/// The response cache's default memory budget: 64 MiB.
+pub const DEFAULT_CACHE_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The request head limits' defaults: 64 KiB (the gateway's read buffer before the limit had a
 /// name) and 100 fields (Apache's `LimitRequestFields`, hyper's default).
@@ -57,6 +63,7 @@ impl Default for GatewayConfig {
                 warnings: Vec::new(),
             },
             tls: None,
+            cache_memory_bytes: DEFAULT_CACHE_MEMORY_BYTES,
         }
     }
 }

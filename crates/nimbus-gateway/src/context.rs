@@ -58,6 +58,12 @@ pub struct Gateway {
     pub(crate) messages: Arc<dyn nimbus_core::messages::MessageQueues>,
     /// Object storage and KV use: counted by KV calls, read by `/metrics` and `/v1/usage`.
     pub(crate) storage: Arc<nimbus_core::meter::StorageMeter>,
+    /// The rate limits' counters (`edge::limits`).
+    pub(crate) limiter: crate::edge::limits::Limiter,
+    /// The response cache (`edge::cache`).
+    pub(crate) cache: Arc<crate::edge::cache::Cache>,
+    /// The gateway itself, for work that outlives a request (a cache's background refresh).
+    pub(crate) me: std::sync::Weak<Gateway>,
 }
 
 /// Who a request is, once its credential checked out.
@@ -184,7 +190,10 @@ pub struct Parts {
 
 impl Gateway {
     pub fn new(parts: Parts, config: GatewayConfig, admin_token: &str) -> Arc<Gateway> {
-        Arc::new(Gateway {
+        Arc::new_cyclic(|me| Gateway {
+            limiter: crate::edge::limits::Limiter::new(parts.kv.clone()),
+            cache: Arc::new(crate::edge::cache::Cache::new(config.cache_memory_bytes)),
+            me: me.clone(),
             control: parts.control,
             history: parts.history,
             scheduler: parts.scheduler,

@@ -57,7 +57,7 @@ impl RouteError {
         self
     }
 
-    fn into_response(self, request_id: &str) -> Resp {
+    pub(crate) fn into_response(self, request_id: &str) -> Resp {
         let mut r = json(self.status, &json!({"message": self.message, "requestId": request_id}));
         set_header(&mut r, "x-nimbus-error", self.source.as_str());
         if let Some((name, value)) = &self.header {
@@ -167,20 +167,58 @@ async fn route(
         ErrorSource::Platform,
         "Route points at a missing function",
     ))?;
-    let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
+    let limited = match crate::edge::limits::step(gw, &route, req.headers(), req.extensions(), remote).await {
+        Ok(limited) => limited,
+        Err(refused) => return Ok(whole(refused)),
+    };
     let (parts, body) = req.into_parts();
     let body = gw.read_body(body).await?;
-    // A wasm component takes the request itself (wasi:http); other runtimes take an event.
-    if function.spec.runtime == RuntimeKind::Wasm && !route.is_async {
-        let head = native_head(parts, host, remote);
-        let invocation = Invocation { payload: body, http: Some(Arc::new(head)), ..received };
-        return Ok(respond(gw, &function, invocation).await);
+    let call = Call { function, route, params, parts, host, body, remote, request_id: request_id.to_owned() };
+    let mut resp = match crate::edge::cache::admit(gw, call, live.version) {
+        Ok((lookup, origin)) => crate::edge::cache::serve(&gw.cache, lookup, origin).await,
+        Err(call) => call.run(gw, &http::HeaderMap::new()).await?,
+    };
+    for (name, value) in limited.iter().flatten() {
+        set_header(&mut resp, name, value);
     }
-    let payload = event_payload(gw, &parts, &body, remote, request_id, &route, &params)?;
-    if route.is_async {
-        return accept_async(gw, &function, &parts, payload).await.map(whole);
+    Ok(resp)
+}
+
+/// One request to a function route, matched and admitted: what calling the function takes
+/// (kept whole, so the response cache can call again to revalidate).
+pub(crate) struct Call {
+    pub function: Arc<FunctionVersion>,
+    pub route: RouteSpec,
+    pub params: Vec<(String, String)>,
+    pub parts: Parts,
+    pub host: Option<String>,
+    pub body: Bytes,
+    pub remote: SocketAddr,
+    pub request_id: String,
+}
+
+impl Call {
+    /// Call the function, with `extra` request headers (a revalidation's conditional ones).
+    pub(crate) async fn run(&self, gw: &Gateway, extra: &http::HeaderMap) -> Result<GwResp, RouteError> {
+        let (function, route, request_id) = (&self.function, &self.route, self.request_id.as_str());
+        let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
+        let mut parts = Request::new(()).into_parts().0;
+        (parts.method, parts.uri, parts.version) =
+            (self.parts.method.clone(), self.parts.uri.clone(), self.parts.version);
+        parts.headers = self.parts.headers.clone();
+        parts.headers.extend(extra.clone());
+        // A wasm component takes the request itself (wasi:http); other runtimes take an event.
+        if function.spec.runtime == RuntimeKind::Wasm && !route.is_async {
+            let head = native_head(parts, self.host.clone(), self.remote);
+            let invocation = Invocation { payload: self.body.clone(), http: Some(Arc::new(head)), ..received };
+            return Ok(respond(gw, function, invocation).await);
+        }
+        let payload = event_payload(gw, &parts, &self.body, self.remote, request_id, route, &self.params)?;
+        if route.is_async {
+            return accept_async(gw, function, &parts, payload).await.map(whole);
+        }
+        Ok(respond(gw, function, Invocation { payload, ..received }).await)
     }
-    Ok(respond(gw, &function, Invocation { payload, ..received }).await)
 }
 
 fn find(

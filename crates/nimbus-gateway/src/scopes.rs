@@ -52,6 +52,7 @@ pub(crate) enum Endpoint {
     PurgeQueue,
     RedriveQueue,
     Invoke,
+    CachePurge,
 }
 
 /// (method, path with `{…}` for one segment, endpoint, scope needed).
@@ -94,6 +95,7 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("POST", "/v1/queues/{name}/purge", Endpoint::PurgeQueue, Scope::Admin),
     ("POST", "/v1/queues/{name}/redrive", Endpoint::RedriveQueue, Scope::Admin),
     ("POST", "/2015-03-31/functions/{name}/invocations", Endpoint::Invoke, Scope::Invoke),
+    ("POST", "/v1/cache/purge", Endpoint::CachePurge, Scope::Deploy),
 ];
 
 /// A request matched to its row.

@@ -9,6 +9,7 @@ mod ctx;
 mod diag;
 mod files;
 mod grants;
+mod limits;
 mod pricing;
 pub mod queues;
 pub mod resources;
@@ -22,6 +23,7 @@ use std::path::Path;
 
 pub use ctx::parse_duration;
 pub use diag::{Diagnostic, Diagnostics};
+pub use limits::{LimitKey, RateLimitSpec};
 use nimbus_core::{FunctionSpec, QueueSpec, TriggerSpec};
 pub use pricing::Pricing;
 
@@ -42,6 +44,7 @@ pub fn known_keys() -> Vec<&'static str> {
         resources::KV_KEYS,
         queues::KEYS,
         triggers::KEYS,
+        limits::KEYS,
     ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
@@ -108,6 +111,10 @@ pub struct RouteSpec {
     pub function: String,
     /// Answer 202 at once and run the function through the durable queue.
     pub is_async: bool,
+    /// `rate_limit = "NAME"`: the limit the route draws on, resolved from `[rate_limits.NAME]`.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// `cache = true`: the gateway's response cache may answer (RFC 9111, shared cache).
+    pub cache: bool,
 }
 
 impl RouteSpec {

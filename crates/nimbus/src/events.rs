@@ -171,6 +171,8 @@ fn apigw(a: &GenerateArgs) -> anyhow::Result<Value> {
         host: None,
         function: String::new(),
         is_async: false,
+        rate_limit: None,
+        cache: false,
     };
     let now = chrono::Utc::now();
     let request_id = new_request_id();

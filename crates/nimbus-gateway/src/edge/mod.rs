@@ -16,7 +16,10 @@
 //!    of the function.
 //! 8. On the way out: the response headers rules, CORS headers, `x-nimbus-version`.
 
+pub(crate) mod cache;
 pub(crate) mod client;
+pub(crate) mod freshness;
+pub(crate) mod limits;
 
 /// The verified claims of a JWT (or the key's name for an API key), as the auth step left
 /// them for the steps after it (a rate limit keyed by a claim, the event's
