@@ -173,10 +173,10 @@ async fn route(
     };
     let (parts, body) = req.into_parts();
     let body = gw.read_body(body).await?;
-    let call = Call { function, route, params, parts, host, body, remote, request_id: request_id.to_owned() };
-    let mut resp = match crate::edge::cache::admit(gw, call, live.version) {
-        Ok((lookup, origin)) => crate::edge::cache::serve(&gw.cache, lookup, origin).await,
-        Err(call) => call.run(gw, &http::HeaderMap::new()).await?,
+    let call = Arc::new(Call { function, route, params, parts, host, body, remote, request_id: request_id.to_owned() });
+    let mut resp = match crate::edge::cache::admit(gw, &call, live.version) {
+        Some((lookup, origin)) => crate::edge::cache::serve(&gw.cache, lookup, origin).await,
+        None => call.run(gw, &http::HeaderMap::new()).await?,
     };
     for (name, value) in limited.iter().flatten() {
         set_header(&mut resp, name, value);

@@ -201,10 +201,7 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         Endpoint::DeadLetter => dead_letter(gw, param).await,
         Endpoint::Redrive => redrive(c, req).await,
         Endpoint::Purge => purge(c, req).await,
-        Endpoint::Queue => {
-            let info = api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() };
-            Ok(json(StatusCode::OK, &info))
-        }
+        Endpoint::Queue => Ok(json(StatusCode::OK, &queue_info(gw))),
         Endpoint::Usage => usage(gw, &q).await,
         Endpoint::Info => Ok(json(StatusCode::OK, &gw.config.info)),
         Endpoint::CreateToken => create_token(c, req).await,
@@ -242,6 +239,10 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
         Endpoint::CachePurge => cache_purge(c, req).await,
     }
+}
+
+fn queue_info(gw: &Gateway) -> api::QueueInfo {
+    api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() }
 }
 
 /// `POST /v1/cache/purge`: drop the response cache's entries by path prefix or cache tag.

@@ -1,7 +1,7 @@
 //! Rate limits end to end (`[rate_limits.NAME]`, `rate_limit = "NAME"` on a route): exact under
 //! concurrency across instances (1,000 concurrent clients, 100 per minute per key, 4 instances:
 //! exactly 100 pass per key), the 429's `Retry-After` and `RateLimit-Policy` / `RateLimit`
-//! headers, answered before any instance starts, and the counters out of the apps' reach.
+//! headers, answered before any instance starts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
@@ -87,7 +87,4 @@ async fn a_refusal_says_when_to_come_back() {
     assert_eq!(h["x-nimbus-error"], "client");
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["message"], "Too Many Requests");
-    // The counters live in a namespace no app can declare or reach through /v1/kv writes by name.
-    let (status, _, _) = server.admin_request(reqwest::Method::GET, "/v1/kv/nimbus:rate-limits", "").await;
-    assert_ne!(status, 500);
 }

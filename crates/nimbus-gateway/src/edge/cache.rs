@@ -208,10 +208,10 @@ fn secondary(primary: &str, names: &[String], headers: &HeaderMap) -> String {
 }
 
 /// The cache step of a route: the lookup and the function call behind it when the route
-/// caches and the request is a GET or HEAD; the call back otherwise.
-pub(crate) fn admit(gw: &Gateway, call: Call, version: u64) -> Result<(Lookup, Origin), Call> {
+/// caches and the request is a GET or HEAD; `None` otherwise.
+pub(crate) fn admit(gw: &Gateway, call: &Arc<Call>, version: u64) -> Option<(Lookup, Origin)> {
     let cacheable = call.route.cache && !call.route.is_async && matches!(call.parts.method, Method::GET | Method::HEAD);
-    let Some(me) = gw.me.upgrade().filter(|_| cacheable) else { return Err(call) };
+    let me = gw.me.upgrade().filter(|_| cacheable)?;
     gw.cache.follow(version);
     let uri = &call.parts.uri;
     let lookup = Lookup {
@@ -221,7 +221,7 @@ pub(crate) fn admit(gw: &Gateway, call: Call, version: u64) -> Result<(Lookup, O
         path: uri.path().to_owned(),
         headers: call.parts.headers.clone(),
     };
-    let call = Arc::new(call);
+    let call = call.clone();
     let origin: Origin = Arc::new(move |extra| {
         let (gw, call) = (me.clone(), call.clone());
         Box::pin(async move {
@@ -231,7 +231,7 @@ pub(crate) fn admit(gw: &Gateway, call: Call, version: u64) -> Result<(Lookup, O
             }
         })
     });
-    Ok((lookup, origin))
+    Some((lookup, origin))
 }
 
 fn now_s() -> u64 {

@@ -188,6 +188,9 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
 mod tests {
     use super::*;
 
+    /// Header fields as a table row writes them.
+    type Fields = &'static [(&'static str, &'static str)];
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -198,15 +201,14 @@ mod tests {
 
     #[test]
     fn lifetime_table() {
-        let date = "Mon, 30 Nov 2026 10:00:00 GMT";
-        let cases: &[(&[(&'static str, &str)], Option<u64>)] = &[
+        let cases: &[(Fields, Option<u64>)] = &[
             (&[("cache-control", "max-age=60")], Some(60)),
             (&[("cache-control", "max-age=60, s-maxage=10")], Some(10)),
             (&[("cache-control", "S-MAXAGE=\"5\"")], Some(5)),
             (&[("cache-control", "public"), ("cache-control", "max-age=7")], Some(7)),
             (&[("cache-control", "no-cache, max-age=60")], Some(0)),
-            (&[("date", date), ("expires", "Mon, 30 Nov 2026 10:02:00 GMT")], Some(120)),
-            (&[("date", date), ("expires", "0")], Some(0)),
+            (&[("date", "Mon, 30 Nov 2026 10:00:00 GMT"), ("expires", "Mon, 30 Nov 2026 10:02:00 GMT")], Some(120)),
+            (&[("date", "Mon, 30 Nov 2026 10:00:00 GMT"), ("expires", "0")], Some(0)),
             (&[("cache-control", "max-age=30"), ("expires", "Mon, 30 Nov 2026 10:02:00 GMT")], Some(30)),
             (&[("cache-control", "max-age=abc")], None),
             (&[], None),
@@ -220,7 +222,7 @@ mod tests {
     fn storable_table() {
         let get = Method::GET;
         let ok = StatusCode::OK;
-        let cases: &[(&Method, &[(&'static str, &str)], u16, &[(&'static str, &str)], Option<&str>)] = &[
+        let cases: &[(&Method, Fields, u16, Fields, Option<&str>)] = &[
             (&get, &[], 200, &[("cache-control", "max-age=60")], None),
             (&Method::POST, &[], 200, &[("cache-control", "max-age=60")], Some("only GET responses are stored")),
             (&get, &[], 500, &[("cache-control", "max-age=60")], Some("status not cacheable")),
@@ -271,7 +273,7 @@ mod tests {
     #[test]
     fn conditional_table() {
         let stored = headers(&[("etag", "W/\"v1\""), ("last-modified", "Mon, 30 Nov 2026 10:00:00 GMT")]);
-        let cases: &[(&[(&'static str, &str)], bool)] = &[
+        let cases: &[(Fields, bool)] = &[
             (&[("if-none-match", "\"v1\"")], true),
             (&[("if-none-match", "\"v0\", W/\"v1\"")], true),
             (&[("if-none-match", "*")], true),
