@@ -893,6 +893,28 @@ mod tests {
     }
 
     #[test]
+    fn route_policies_round_trip_and_stay_out_of_bodies_without_them() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert_eq!((c.routes[0].rate_limit.clone(), c.routes[0].cache), (None, false), "older rows have none");
+        let plain = encode(&c).unwrap();
+        assert!(!plain.contains("rate_limit") && !plain.contains("\"cache\""), "{plain}");
+        c.routes[0].rate_limit = Some(RateLimitSpec {
+            name: "api".into(),
+            requests: 100,
+            per: Duration::from_secs(60),
+            key: LimitKey::Claim("sub".into()),
+        });
+        c.routes[0].cache = true;
+        let body = encode(&c).unwrap();
+        assert!(
+            body.contains("\"rate_limit\":{\"name\":\"api\",\"requests\":100,\"per\":60,\"key\":\"claim:sub\"}"),
+            "{body}"
+        );
+        assert!(body.contains("\"cache\":true"), "{body}");
+        assert_eq!(decode(2, &body).unwrap(), c);
+    }
+
+    #[test]
     fn concurrency_round_trips_and_rows_without_it_read_as_one() {
         let mut c = decode(0, OLDEST).unwrap();
         assert_eq!(c.functions[0].0.concurrency, 1, "rows written before the key read as 1");
