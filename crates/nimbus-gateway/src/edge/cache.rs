@@ -32,6 +32,9 @@ use crate::body::{GwBody, GwResp};
 use crate::context::Gateway;
 use crate::http_route::Call;
 
+/// Most primary keys whose `Vary` names are remembered.
+const MAX_VARY_KEYS: usize = 100_000;
+
 /// A call of the function for this request, with extra request headers (the conditional ones
 /// of a revalidation). Called more than once for one request only by a background refresh.
 pub(crate) type Origin = Arc<dyn Fn(HeaderMap) -> Pin<Box<dyn Future<Output = GwResp> + Send>> + Send + Sync>;
@@ -186,6 +189,11 @@ impl Cache {
         let names = freshness::vary(&entry.headers);
         let key = secondary(primary, &names, headers);
         if let Ok(mut s) = self.store.lock() {
+            // Primary keys outlive their entries here; past the bound the map starts over (a
+            // lookup without the names misses, and the refetch writes them again).
+            if s.vary.len() >= MAX_VARY_KEYS {
+                s.vary.clear();
+            }
             s.vary.insert(primary.to_owned(), names);
             s.insert(key, entry, self.budget);
         }
@@ -368,7 +376,7 @@ fn store(cache: &Cache, req: &Lookup, primary: &str, parts: &http::response::Par
         .collect();
     let entry = Entry {
         status: parts.status,
-        lifetime: freshness::lifetime(&headers).unwrap_or(0),
+        lifetime: freshness::lifetime(&headers, now_s()).unwrap_or(0),
         initial_age: freshness::initial_age(&headers),
         directives: Directives::of(&headers),
         stored_at: now_s(),
@@ -434,7 +442,7 @@ fn refreshed(entry: &Entry, update: &HeaderMap) -> Entry {
     }
     Entry {
         status: entry.status,
-        lifetime: freshness::lifetime(&headers).unwrap_or(0),
+        lifetime: freshness::lifetime(&headers, now_s()).unwrap_or(0),
         initial_age: freshness::initial_age(update),
         directives: Directives::of(&headers),
         stored_at: now_s(),

@@ -86,7 +86,7 @@ pub(crate) fn not_storable(
         Some("Vary: *")
     } else if response.contains_key(http::header::SET_COOKIE) {
         Some("Set-Cookie")
-    } else if lifetime(response).is_none() && !d.no_cache {
+    } else if lifetime(response, 0).is_none() && !d.no_cache {
         Some("no explicit freshness")
     } else {
         None
@@ -94,8 +94,9 @@ pub(crate) fn not_storable(
 }
 
 /// The freshness lifetime in seconds: `s-maxage`, else `max-age`, else `Expires` − `Date`
-/// (RFC 9111 §4.2.1); `None` without any. `no-cache` makes it 0 (store, always revalidate).
-pub(crate) fn lifetime(response: &HeaderMap) -> Option<u64> {
+/// (RFC 9111 §4.2.1; without `Date`, the time the response arrived: `now`); `None` without
+/// any. `no-cache` makes it 0 (store, always revalidate).
+pub(crate) fn lifetime(response: &HeaderMap, now: u64) -> Option<u64> {
     let d = Directives::of(response);
     if d.no_cache {
         return Some(0);
@@ -106,7 +107,7 @@ pub(crate) fn lifetime(response: &HeaderMap) -> Option<u64> {
     let expires = response.get(http::header::EXPIRES)?;
     // An invalid Expires (e.g. "0") means already expired.
     let Some(expires) = date(Some(expires)) else { return Some(0) };
-    let date = date(response.get(http::header::DATE)).unwrap_or(expires);
+    let date = date(response.get(http::header::DATE)).unwrap_or(now);
     Some(expires.saturating_sub(date))
 }
 
@@ -209,12 +210,15 @@ mod tests {
             (&[("cache-control", "no-cache, max-age=60")], Some(0)),
             (&[("date", "Mon, 30 Nov 2026 10:00:00 GMT"), ("expires", "Mon, 30 Nov 2026 10:02:00 GMT")], Some(120)),
             (&[("date", "Mon, 30 Nov 2026 10:00:00 GMT"), ("expires", "0")], Some(0)),
+            (&[("expires", "Mon, 30 Nov 2026 10:01:00 GMT")], Some(60)),
+            (&[("expires", "Mon, 30 Nov 2026 09:00:00 GMT")], Some(0)),
             (&[("cache-control", "max-age=30"), ("expires", "Mon, 30 Nov 2026 10:02:00 GMT")], Some(30)),
             (&[("cache-control", "max-age=abc")], None),
             (&[], None),
         ];
         for (h, want) in cases {
-            assert_eq!(lifetime(&headers(h)), *want, "{h:?}");
+            // `now` is the Date of the rows that have one.
+            assert_eq!(lifetime(&headers(h), 1_796_032_800), *want, "{h:?}");
         }
     }
 
