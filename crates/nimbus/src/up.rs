@@ -91,6 +91,10 @@ pub struct UpArgs {
     /// warning [default: 127.0.0.1:4566]
     #[arg(long, value_name = "ADDR")]
     aws_listen: Option<String>,
+    /// The response cache's memory (routes with `cache = true`), in MiB; least recently used
+    /// entries go first past it, and one response may take an eighth of it at most.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536), help_heading = "Limits")]
+    cache_memory_mb: u32,
 }
 
 /// Whether the Invoke API takes calls without a token: only on a loopback address (every
@@ -214,6 +218,7 @@ impl UpArgs {
             body_idle_timeout: self.body_idle_timeout,
             max_connections: self.max_connections as usize,
             tls,
+            cache_memory_bytes: self.cache_memory_mb as usize * 1024 * 1024,
             ..GatewayConfig::default()
         }
     }
