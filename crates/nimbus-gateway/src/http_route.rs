@@ -176,7 +176,7 @@ async fn route(
     let call = Arc::new(Call { function, route, params, parts, host, body, remote, request_id: request_id.to_owned() });
     let mut resp = match crate::edge::cache::admit(gw, &call, live.version) {
         Some((lookup, origin)) => crate::edge::cache::serve(&gw.cache, lookup, origin).await,
-        None => call.run(gw, &http::HeaderMap::new()).await?,
+        None => Call::run_once(call, gw).await?,
     };
     for (name, value) in limited.iter().flatten() {
         set_header(&mut resp, name, value);
@@ -200,13 +200,29 @@ pub(crate) struct Call {
 impl Call {
     /// Call the function, with `extra` request headers (a revalidation's conditional ones).
     pub(crate) async fn run(&self, gw: &Gateway, extra: &http::HeaderMap) -> Result<GwResp, RouteError> {
-        let (function, route, request_id) = (&self.function, &self.route, self.request_id.as_str());
-        let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
         let mut parts = Request::new(()).into_parts().0;
         (parts.method, parts.uri, parts.version) =
             (self.parts.method.clone(), self.parts.uri.clone(), self.parts.version);
         parts.headers = self.parts.headers.clone();
         parts.headers.extend(extra.clone());
+        self.dispatch(gw, parts).await
+    }
+
+    /// Call the function once, moving the request head when nothing else holds the call (the
+    /// common case: no cache), so an uncached route copies nothing.
+    async fn run_once(call: Arc<Call>, gw: &Gateway) -> Result<GwResp, RouteError> {
+        match Arc::try_unwrap(call) {
+            Ok(mut call) => {
+                let parts = std::mem::replace(&mut call.parts, Request::new(()).into_parts().0);
+                call.dispatch(gw, parts).await
+            }
+            Err(shared) => shared.run(gw, &http::HeaderMap::new()).await,
+        }
+    }
+
+    async fn dispatch(&self, gw: &Gateway, parts: Parts) -> Result<GwResp, RouteError> {
+        let (function, route, request_id) = (&self.function, &self.route, self.request_id.as_str());
+        let received = Invocation::new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
         // A wasm component takes the request itself (wasi:http); other runtimes take an event.
         if function.spec.runtime == RuntimeKind::Wasm && !route.is_async {
             let head = native_head(parts, self.host.clone(), self.remote);
