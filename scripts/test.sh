@@ -56,7 +56,9 @@ mkdir -p "$bench_out"
 # `storage` compares with moto only where scripts/bench-tools.sh installed it (about 2 s more);
 # so does `events` (SQS; about 15 s more: moto is slow with batches at c=32), which also runs a
 # queue trigger, bucket-triggered starts and the idle-CPU window (about 30 s in all).
-for bench in process wasm all observe storage events; do
+# `edge` runs its nginx row only where nginx is installed (nginx-light, scripts/bench-tools.sh) and
+# says so otherwise.
+for bench in process wasm all observe storage events edge; do
   extra=()
   if [[ "$bench" == all ]]; then
     extra=(--only bare-hyper,nimbus-wasm --markdown "$bench_out/all.md" --plots "$bench_out/plots")

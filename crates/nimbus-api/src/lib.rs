@@ -46,6 +46,7 @@
 //! | `GET /v1/aliases/{name}/traffic` | – | [`TrafficInfo`] | read |
 //! | `PUT /v1/aliases/{name}/traffic` | [`TrafficRequest`] | [`TrafficInfo`] | deploy |
 //! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, beside /v1) | the event | Lambda's answer | invoke |
+//! | `POST /v1/cache/purge` | [`CachePurgeRequest`] | [`CachePurged`] | deploy |
 //!
 //! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
 //! token from `POST /v1/tokens` — or the dashboard's session cookie (admin). Scopes: `admin`
@@ -436,6 +437,21 @@ pub struct PurgeRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purged {
+    pub purged: u64,
+}
+
+/// `POST /v1/cache/purge`: the response cache's entries whose path starts with `prefix`, or
+/// whose `Cache-Tag` lists `tag` (both given: either; at least one is needed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePurgeRequest {
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePurged {
     pub purged: u64,
 }
 

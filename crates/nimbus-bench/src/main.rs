@@ -17,11 +17,14 @@
 //! with `concurrency = 100` vs `1` (instances and GB-seconds billed).
 //! `nimbus-bench density` deploys 10,000 wasm functions and holds 1,000 warm instances: RSS, and
 //! bytes per function and per instance.
+//! `nimbus-bench edge` measures the edge layer: a cached response beside nginx serving the same
+//! file, and a wasm route with a rate limit beside the same route without policies.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive, stream, fluid, density
+//     keepalive, stream, fluid, density, edge
+//   edge → wasm (the component and its greeting)
 //   density → wasm (the component), bare_hyper (its greeting)
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
@@ -35,6 +38,7 @@ mod bare_hyper;
 mod burst;
 mod common;
 mod density;
+mod edge;
 mod events;
 mod eventsreport;
 mod fixture;
@@ -118,6 +122,9 @@ enum Command {
     /// instances in one `nimbus up`: RSS, bytes per function and per instance, against a
     /// one-function baseline.
     Density(density::DensityArgs),
+    /// The edge layer: a cached response (`cache = true`) vs nginx serving the same bytes as a
+    /// file, and a wasm route with a rate limit vs the same route without policies.
+    Edge(edge::EdgeArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -153,6 +160,7 @@ fn run() -> Result<()> {
         Command::Stream(args) => rt.block_on(stream::run(args)),
         Command::Fluid(args) => rt.block_on(fluid::run(args)),
         Command::Density(args) => rt.block_on(density::run(args)),
+        Command::Edge(args) => rt.block_on(edge::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

@@ -87,6 +87,8 @@ mod tests {
             is_async: false,
             auth: None,
             cors: None,
+            rate_limit: None,
+            cache: false,
         }
     }
 

@@ -28,7 +28,7 @@ use nimbus_core::{
 };
 use nimbus_manifest::edge::EdgeSpec;
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
-use nimbus_manifest::{Methods, Pricing, RouteSpec};
+use nimbus_manifest::{LimitKey, Methods, Pricing, RateLimitSpec, RouteSpec};
 use serde::{Deserialize, Serialize};
 
 /// The format this release writes.
@@ -115,6 +115,22 @@ pub struct StoredRouteV1 {
     pub auth: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<String>,
+    /// `rate_limit = "NAME"`, resolved (came after format 2; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<StoredRateLimitV2>,
+    /// `cache = true` (came after format 2; absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+}
+
+/// A route's rate limit: `per` in whole seconds, `key` as written (`ip`, `header:NAME`,
+/// `claim:NAME`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRateLimitV2 {
+    pub name: String,
+    pub requests: u32,
+    pub per: u64,
+    pub key: String,
 }
 
 /// `"any"` or `{"list": ["GET", …]}`.
@@ -753,6 +769,13 @@ impl From<&RouteSpec> for StoredRouteV1 {
             is_async: r.is_async,
             auth: r.auth.clone(),
             cors: r.cors.clone(),
+            rate_limit: r.rate_limit.as_ref().map(|l| StoredRateLimitV2 {
+                name: l.name.clone(),
+                requests: l.requests,
+                per: l.per.as_secs(),
+                key: l.key.describe(),
+            }),
+            cache: r.cache,
         }
     }
 }
@@ -770,6 +793,16 @@ impl From<StoredRouteV1> for RouteSpec {
             is_async: r.is_async,
             auth: r.auth,
             cors: r.cors,
+            // A key this binary cannot read drops the limit rather than the deployment.
+            rate_limit: r.rate_limit.and_then(|l| {
+                Some(RateLimitSpec {
+                    key: LimitKey::parse(&l.key)?,
+                    name: l.name,
+                    requests: l.requests,
+                    per: Duration::from_secs(l.per),
+                })
+            }),
+            cache: r.cache,
         }
     }
 }
@@ -978,6 +1011,28 @@ mod tests {
         });
         let body = encode(&c).unwrap();
         assert!(body.contains("\"spa_fallback\":\"index.html\""), "{body}");
+        assert_eq!(decode(2, &body).unwrap(), c);
+    }
+
+    #[test]
+    fn route_policies_round_trip_and_stay_out_of_bodies_without_them() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert_eq!((c.routes[0].rate_limit.clone(), c.routes[0].cache), (None, false), "older rows have none");
+        let plain = encode(&c).unwrap();
+        assert!(!plain.contains("rate_limit") && !plain.contains("\"cache\""), "{plain}");
+        c.routes[0].rate_limit = Some(RateLimitSpec {
+            name: "api".into(),
+            requests: 100,
+            per: Duration::from_secs(60),
+            key: LimitKey::Claim("sub".into()),
+        });
+        c.routes[0].cache = true;
+        let body = encode(&c).unwrap();
+        assert!(
+            body.contains("\"rate_limit\":{\"name\":\"api\",\"requests\":100,\"per\":60,\"key\":\"claim:sub\"}"),
+            "{body}"
+        );
+        assert!(body.contains("\"cache\":true"), "{body}");
         assert_eq!(decode(2, &body).unwrap(), c);
     }
 

@@ -36,7 +36,13 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The MaxMind DB requests are located with (`nimbus up --geoip`); see `edge/geo.rs`.
     pub geoip: Option<Arc<crate::GeoIp>>,
+    /// The response cache's memory budget, in bytes (entries are evicted least recently used
+    /// first past it).
+    pub cache_memory_bytes: usize,
 }
+
+/// The response cache's default memory budget: 64 MiB.
+pub const DEFAULT_CACHE_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The request head limits' defaults: 64 KiB (the gateway's read buffer before the limit had a
 /// name) and 100 fields (Apache's `LimitRequestFields`, hyper's default).
@@ -67,6 +73,7 @@ impl Default for GatewayConfig {
             preview_domain: None,
             trusted_proxies: Vec::new(),
             geoip: None,
+            cache_memory_bytes: DEFAULT_CACHE_MEMORY_BYTES,
         }
     }
 }

@@ -60,6 +60,12 @@ pub struct Gateway {
     pub(crate) storage: Arc<nimbus_core::meter::StorageMeter>,
     /// The edge layer's compiled plans and fetched JWK sets.
     pub(crate) edge: crate::edge::EdgeState,
+    /// The rate limits' counters (`edge::limits`).
+    pub(crate) limiter: crate::edge::limits::Limiter,
+    /// The response cache (`edge::cache`).
+    pub(crate) cache: Arc<crate::edge::cache::Cache>,
+    /// The gateway itself, for work that outlives a request (a cache's background refresh).
+    pub(crate) me: std::sync::Weak<Gateway>,
 }
 
 /// Who a request is, once its credential checked out.
@@ -187,7 +193,10 @@ pub struct Parts {
 impl Gateway {
     pub fn new(parts: Parts, config: GatewayConfig, admin_token: &str) -> Arc<Gateway> {
         crate::edge::client::trust(&config.trusted_proxies);
-        Arc::new(Gateway {
+        Arc::new_cyclic(|me| Gateway {
+            limiter: crate::edge::limits::Limiter::new(parts.kv.clone()),
+            cache: Arc::new(crate::edge::cache::Cache::new(config.cache_memory_bytes)),
+            me: me.clone(),
             control: parts.control,
             history: parts.history,
             scheduler: parts.scheduler,

@@ -62,7 +62,7 @@ impl RouteError {
         self
     }
 
-    fn into_response(self, request_id: &str) -> Resp {
+    pub(crate) fn into_response(self, request_id: &str) -> Resp {
         let mut r = json(self.status, &json!({"message": self.message, "requestId": request_id}));
         set_header(&mut r, "x-nimbus-error", self.source.as_str());
         if let Some((name, value)) = &self.header {
@@ -170,19 +170,10 @@ async fn route(
     out: &mut crate::edge::Outgoing,
     live: Arc<DeploymentView>,
 ) -> Result<GwResp, RouteError> {
-    let client = crate::edge::client::client_ip(req.headers(), remote);
-    crate::edge::geo::annotate(gw.config.geoip.as_deref(), req.headers_mut(), client);
-    let plan = gw.edge.plan(&live);
-    if plan.rules.has_headers() {
-        out.path = req.uri().path().to_owned();
-    }
-    if !plan.cors.is_empty() {
-        out.origin = req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
-    }
-    out.plan = Some(plan.clone());
-    if let Some((status, location)) = crate::edge::rules(&plan, &mut req) {
-        return Ok(whole(redirect(status, &location)));
-    }
+    let plan = match before_route(gw, &mut req, remote, out, &live) {
+        Ok(plan) => plan,
+        Err((status, location)) => return Ok(whole(redirect(status, &location))),
+    };
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -210,23 +201,118 @@ async fn route(
         ErrorSource::Platform,
         "Route points at a missing function",
     ))?;
-    // A wasm component takes the request itself (wasi:http, no trace id); other runtimes take
-    // an event.
-    let native = function.spec.runtime == RuntimeKind::Wasm && !route.is_async;
-    let new = if native { Invocation::untraced } else { Invocation::new };
-    let received = new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
+    if let Some(claims) = &claims {
+        req.extensions_mut().insert(claims.clone());
+    }
+    let limited = match crate::edge::limits::step(gw, route, req.headers(), req.extensions(), remote).await {
+        Ok(limited) => limited,
+        Err(refused) => return Ok(whole(refused)),
+    };
     let (parts, body) = req.into_parts();
     let body = gw.read_body(body).await?;
-    if native {
-        let head = native_head(parts, host, remote);
-        let invocation = Invocation { payload: body, http: Some(Arc::new(head)), ..received };
-        return Ok(respond(gw, &function, invocation).await);
+    let route = route.clone();
+    let (remote, request_id) = (remote, request_id.to_owned());
+    let call = Arc::new(Call { function, route, params, parts, host, body, remote, request_id, claims });
+    let mut resp = match crate::edge::cache::admit(gw, &call, live.version) {
+        Some((lookup, origin)) => crate::edge::cache::serve(&gw.cache, lookup, origin).await,
+        None => Call::run_once(call, gw).await?,
+    };
+    for (name, value) in limited.iter().flatten() {
+        set_header(&mut resp, *name, value);
     }
-    let payload = event_payload(gw, &parts, &body, remote, request_id, (route, &params), claims.as_ref())?;
-    if route.is_async {
-        return accept_async(gw, &function, &parts, payload).await.map(whole);
+    Ok(resp)
+}
+
+/// Edge steps 2 and 3 before the route: who the client is and where from, what the way out
+/// needs to know, then redirects (the `Err`: status and location) and rewrites (which change
+/// the path).
+fn before_route(
+    gw: &Gateway,
+    req: &mut Request<Incoming>,
+    remote: SocketAddr,
+    out: &mut crate::edge::Outgoing,
+    live: &DeploymentView,
+) -> Result<Arc<crate::edge::Plan>, (StatusCode, String)> {
+    let client = crate::edge::client::client_ip(req.headers(), remote);
+    crate::edge::geo::annotate(gw.config.geoip.as_deref(), req.headers_mut(), client);
+    let plan = gw.edge.plan(live);
+    if plan.rules.has_headers() {
+        out.path = req.uri().path().to_owned();
     }
-    Ok(respond(gw, &function, Invocation { payload, ..received }).await)
+    if !plan.cors.is_empty() {
+        out.origin = req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
+    }
+    out.plan = Some(plan.clone());
+    match crate::edge::rules(&plan, req) {
+        Some(redirect) => Err(redirect),
+        None => Ok(plan),
+    }
+}
+
+/// One request to a function route, matched and admitted: what calling the function takes
+/// (kept whole, so the response cache can call again to revalidate).
+pub(crate) struct Call {
+    pub function: Arc<FunctionVersion>,
+    pub route: RouteSpec,
+    pub params: Vec<(String, String)>,
+    pub parts: Parts,
+    pub host: Option<String>,
+    pub body: Bytes,
+    pub remote: SocketAddr,
+    pub request_id: String,
+    /// What the route's auth step verified (for the event's `requestContext.authorizer`).
+    pub claims: Option<crate::edge::Claims>,
+}
+
+impl Call {
+    /// Call the function, with `extra` request headers (a revalidation's conditional ones).
+    pub(crate) async fn run(&self, gw: &Gateway, extra: &http::HeaderMap) -> Result<GwResp, RouteError> {
+        let mut parts = Request::new(()).into_parts().0;
+        (parts.method, parts.uri, parts.version) =
+            (self.parts.method.clone(), self.parts.uri.clone(), self.parts.version);
+        parts.headers = self.parts.headers.clone();
+        parts.headers.extend(extra.clone());
+        self.dispatch(gw, parts).await
+    }
+
+    /// Call the function once, moving the request head when nothing else holds the call (the
+    /// common case: no cache), so an uncached route copies nothing.
+    async fn run_once(call: Arc<Call>, gw: &Gateway) -> Result<GwResp, RouteError> {
+        match Arc::try_unwrap(call) {
+            Ok(mut call) => {
+                let parts = std::mem::replace(&mut call.parts, Request::new(()).into_parts().0);
+                call.dispatch(gw, parts).await
+            }
+            Err(shared) => shared.run(gw, &http::HeaderMap::new()).await,
+        }
+    }
+
+    async fn dispatch(&self, gw: &Gateway, parts: Parts) -> Result<GwResp, RouteError> {
+        let (function, route, request_id) = (&self.function, &self.route, self.request_id.as_str());
+        // A wasm component takes the request itself (wasi:http, no trace id); other runtimes
+        // take an event.
+        let native = function.spec.runtime == RuntimeKind::Wasm && !route.is_async;
+        let new = if native { Invocation::untraced } else { Invocation::new };
+        let received = new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
+        if native {
+            let head = native_head(parts, self.host.clone(), self.remote);
+            let invocation = Invocation { payload: self.body.clone(), http: Some(Arc::new(head)), ..received };
+            return Ok(respond(gw, function, invocation).await);
+        }
+        let payload = event_payload(
+            gw,
+            &parts,
+            &self.body,
+            self.remote,
+            request_id,
+            (route, &self.params),
+            self.claims.as_ref(),
+        )?;
+        if route.is_async {
+            return accept_async(gw, function, &parts, payload).await.map(whole);
+        }
+        Ok(respond(gw, function, Invocation { payload, ..received }).await)
+    }
 }
 
 /// A matched route's path parameters, in order.

@@ -241,11 +241,26 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         // Not under /v1: `handle` never routes it here.
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
         Endpoint::Traffic | Endpoint::SetTraffic => traffic::route(c, req, m.endpoint, param).await,
+        Endpoint::CachePurge => cache_purge(c, req).await,
     }
 }
 
 fn queue_info(gw: &Gateway) -> api::QueueInfo {
     api::QueueInfo { depth: gw.queue.depth(), recovered_at_start: gw.queue.recovered() }
+}
+
+/// `POST /v1/cache/purge`: drop the response cache's entries by path prefix or cache tag.
+async fn cache_purge(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
+    let r: api::CachePurgeRequest = body(c.gw, req, "{\"prefix\": \"/blog/\"}").await?;
+    if r.prefix.is_none() && r.tag.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "say what to purge: \"prefix\" (\"/\" for everything) or \"tag\"",
+        ));
+    }
+    let purge = crate::edge::cache::Purge { prefix: r.prefix, tag: r.tag };
+    let purged = u64::try_from(c.gw.cache.purge(&purge)).unwrap_or(u64::MAX);
+    Ok(json(StatusCode::OK, &api::CachePurged { purged }))
 }
 
 /// `/v1/queues…`: the message queues for operators (purge and redrive audited).

@@ -54,6 +54,7 @@ pub(crate) enum Endpoint {
     Invoke,
     Traffic,
     SetTraffic,
+    CachePurge,
 }
 
 /// (method, path with `{…}` for one segment, endpoint, scope needed).
@@ -98,6 +99,7 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("POST", "/2015-03-31/functions/{name}/invocations", Endpoint::Invoke, Scope::Invoke),
     ("GET", "/v1/aliases/{name}/traffic", Endpoint::Traffic, Scope::Read),
     ("PUT", "/v1/aliases/{name}/traffic", Endpoint::SetTraffic, Scope::Deploy),
+    ("POST", "/v1/cache/purge", Endpoint::CachePurge, Scope::Deploy),
 ];
 
 /// A request matched to its row.

@@ -10,8 +10,8 @@ use toml::de::{DeTable, DeValue};
 use crate::ctx::{valid_name, Ctx, FunctionLocations, Locations, Value};
 use crate::schedule::ScheduleSpec;
 use crate::{
-    defaults, edge, grants, pricing, queues, resources, schedule, triggers, wasm, Diagnostic, Diagnostics, Manifest,
-    Methods, Pricing, RouteSpec,
+    defaults, edge, grants, limits, pricing, queues, resources, schedule, triggers, wasm, Diagnostic, Diagnostics,
+    Manifest, Methods, Pricing, RouteSpec,
 };
 
 pub(crate) const TOP_KEYS: &[&str] = &[
@@ -30,6 +30,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "rewrites",
     "headers",
     "static",
+    "rate_limits",
 ];
 pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
@@ -61,7 +62,8 @@ pub(crate) const FUNCTION_KEYS: &[&str] = &[
 ];
 /// Keys only wasm functions take.
 const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
-pub(crate) const ROUTE_KEYS: &[&str] = &["method", "path", "host", "function", "async", "auth", "cors"];
+pub(crate) const ROUTE_KEYS: &[&str] =
+    &["method", "path", "host", "function", "async", "auth", "cors", "rate_limit", "cache"];
 pub(crate) const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Environment names the platform sets itself; a function may not override them.
 const RESERVED_ENV: &[&str] = &[
@@ -223,11 +225,12 @@ fn functions(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Functions {
 /// The valid routes, each with its span so conflicts can point at it.
 fn routes(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Vec<(RouteSpec, Range<usize>)> {
     let mut routes = Vec::new();
+    let limits = limits::check(cx, root);
     let Some(v) = root.get("routes") else { return routes };
     match v.get_ref() {
         DeValue::Array(list) => {
             for (i, rv) in list.iter().enumerate() {
-                if let Some(r) = route(cx, rv, &format!("routes[{i}]"), root) {
+                if let Some(r) = route(cx, rv, &format!("routes[{i}]"), root, &limits) {
                     routes.push((r, rv.span()));
                 }
             }
@@ -723,7 +726,13 @@ fn env_value(cx: &mut Ctx<'_>, val: &Value<'_>, field: &str) -> Option<String> {
     }
 }
 
-fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, root: &DeTable<'_>) -> Option<RouteSpec> {
+fn route(
+    cx: &mut Ctx<'_>,
+    v: &Value<'_>,
+    field: &str,
+    root: &DeTable<'_>,
+    limits: &limits::Limits,
+) -> Option<RouteSpec> {
     let DeValue::Table(t) = v.get_ref() else {
         cx.err(v.span(), field, format!("expected a table (`[[routes]]`), found {}", v.get_ref().type_str()));
         return None;
@@ -739,11 +748,23 @@ fn route(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str, root: &DeTable<'_>) -> Op
     let function = function_ref(cx, &k, root.get("functions"));
     let is_async = is_async(cx, &k);
     let (auth, cors) = edge::route_refs(cx, root, t, field);
+    let rate_limit = limits::route_limit(cx, t, &k.f("rate_limit"), limits);
+    let cache = limits::route_cache(cx, t, &k.f("cache"));
 
     if cx.error_count() > before {
         return None;
     }
-    Some(RouteSpec { methods: methods?, path: path?, host, function: function?, is_async, auth, cors })
+    Some(RouteSpec {
+        methods: methods?,
+        path: path?,
+        host,
+        function: function?,
+        is_async,
+        rate_limit: rate_limit.ok()?,
+        cache: cache.ok()?,
+        auth,
+        cors,
+    })
 }
 
 /// `method`: one method, a list, or "*"/"ANY" (also the default). Methods are upper-cased and

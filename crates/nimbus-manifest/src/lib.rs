@@ -11,6 +11,7 @@ mod diag;
 pub mod edge;
 mod files;
 mod grants;
+mod limits;
 mod pricing;
 pub mod queues;
 pub mod resources;
@@ -24,6 +25,7 @@ use std::path::Path;
 
 pub use ctx::parse_duration;
 pub use diag::{Diagnostic, Diagnostics};
+pub use limits::{LimitKey, RateLimitSpec};
 use nimbus_core::{FunctionSpec, QueueSpec, TriggerSpec};
 pub use pricing::Pricing;
 
@@ -49,6 +51,7 @@ pub fn known_keys() -> Vec<&'static str> {
         edge::REDIRECT_KEYS,
         edge::HEADER_RULE_KEYS,
         assets::KEYS,
+        limits::KEYS,
     ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
@@ -123,6 +126,10 @@ pub struct RouteSpec {
     pub auth: Option<String>,
     /// The CORS policy: a `[cors.NAME]`, or the route's inline one (named `routes[i]`).
     pub cors: Option<String>,
+    /// `rate_limit = "NAME"`: the limit the route draws on, resolved from `[rate_limits.NAME]`.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// `cache = true`: the gateway's response cache may answer (RFC 9111, shared cache).
+    pub cache: bool,
 }
 
 impl RouteSpec {

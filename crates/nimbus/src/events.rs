@@ -173,6 +173,8 @@ fn apigw(a: &GenerateArgs) -> anyhow::Result<Value> {
         is_async: false,
         auth: None,
         cors: None,
+        rate_limit: None,
+        cache: false,
     };
     let now = chrono::Utc::now();
     let request_id = new_request_id();

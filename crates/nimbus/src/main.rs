@@ -2,6 +2,7 @@
 
 mod access;
 mod aws;
+mod cache;
 mod client;
 mod commands;
 mod events;
@@ -190,6 +191,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The gateway's response cache (routes with `cache = true`): purge entries.
+    Cache {
+        #[command(subcommand)]
+        action: cache::CacheAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +335,7 @@ fn main() -> std::process::ExitCode {
             Command::Audit(args) => access::audit(args).await,
             Command::Kv { action, remote } => kv::kv(action, remote).await,
             Command::Queues { action, remote } => queues::queues(action, remote).await,
+            Command::Cache { action, remote } => cache::cache(action, remote).await,
             Command::Invocations { function, status, limit, json, remote } => {
                 commands::invocations(function, status, limit, json, remote).await
             }

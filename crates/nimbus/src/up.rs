@@ -105,6 +105,10 @@ pub struct UpArgs {
     /// deployment N, any stored one, whatever the live alias's traffic.
     #[arg(long, value_name = "DOMAIN", value_parser = parse_preview_domain, help_heading = "Edge")]
     preview_domain: Option<String>,
+    /// The response cache's memory (routes with `cache = true`), in MiB; least recently used
+    /// entries go first past it, and one response may take an eighth of it at most.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536), help_heading = "Limits")]
+    cache_memory_mb: u32,
 }
 
 fn parse_preview_domain(s: &str) -> Result<String, String> {
@@ -164,11 +168,16 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-pub async fn run(args: UpArgs) -> Result<ExitCode> {
+/// Log to stderr, filtered by `NIMBUS_LOG` (default `info`).
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+pub async fn run(args: UpArgs) -> Result<ExitCode> {
+    init_logging();
     let shutdown = shutdown_signal();
     let app_dir = args
         .app_dir
@@ -245,6 +254,7 @@ impl UpArgs {
             tls,
             preview_domain: self.preview_domain.clone(),
             trusted_proxies: self.trust_proxy.clone(),
+            cache_memory_bytes: self.cache_memory_mb as usize * 1024 * 1024,
             ..GatewayConfig::default()
         }
     }

@@ -18,10 +18,13 @@
 
 pub(crate) mod assets;
 pub(crate) mod auth;
+pub(crate) mod cache;
 pub(crate) mod client;
 pub(crate) mod cors;
+pub(crate) mod freshness;
 pub(crate) mod geo;
 mod jwks;
+pub(crate) mod limits;
 pub(crate) mod rules;
 pub(crate) mod traffic;
 

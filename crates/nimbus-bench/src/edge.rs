@@ -1,0 +1,418 @@
+//! `nimbus-bench edge`: what the edge layer costs and how close its cache comes to a static
+//! file server. Each row is one nimbus route beside its reference, in one run, same load:
+//!
+//! - a cached response (`cache = true`, served from the gateway's cache) beside nginx serving
+//!   the same bytes as a file (target ≥ 0.8× nginx's throughput);
+//! - a wasm route with a rate limit beside the same route without policies: the per-request
+//!   cost of the policy (the issue's target: JWT + rate limit + CORS ≤ 20 µs at p50 over the
+//!   bare route).
+//!
+//! A row is a [`Probe`] in [`PROBES`]: adding one (a JWT route, static assets) is a route in
+//! [`write_app`] and a line in the table. nginx missing is reported as such, not fatal.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hyper::body::Bytes;
+use serde_json::{json, Value};
+
+use crate::common::{Common, Settings};
+use crate::load::{self, stats, Expect};
+use crate::procs::{self, Nimbus};
+use crate::servers::{self, Launch, Ready};
+
+/// BENCHMARKS.md § Targets: a cached response ≥ 0.8× nginx serving the same file.
+pub const CACHE_TARGET_RATIO: f64 = 0.8;
+/// The issue's budget for JWT + rate limit + CORS over a bare wasm route, p50.
+pub const POLICY_BUDGET_US: f64 = 20.0;
+/// The cached body (and nginx's file).
+const BODY: &str = "cached by the edge: the same bytes nginx serves from a file\n";
+const CONCURRENCY: usize = 32;
+
+#[derive(Args)]
+pub struct EdgeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// nginx (default: `nginx` on PATH or /usr/sbin/nginx; missing: the cache row has no reference).
+    #[arg(long)]
+    pub nginx: Option<PathBuf>,
+}
+
+/// What a row's reference is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    /// nginx serving [`BODY`] from a file.
+    Nginx,
+    /// Another nimbus route (the same function without the policy).
+    Route(&'static str),
+}
+
+/// One row: a nimbus route and what it is compared with.
+pub struct Probe {
+    pub name: &'static str,
+    pub path: &'static str,
+    pub reference: Reference,
+    /// How the row is judged: a throughput ratio (cache) or a p50 budget (policies).
+    pub judge: Judge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Judge {
+    MinRatio(f64),
+    MaxExtraP50Us(f64),
+}
+
+/// The rows, in the order they are measured and shown.
+pub const PROBES: &[Probe] = &[
+    Probe {
+        name: "cached response",
+        path: "/cached",
+        reference: Reference::Nginx,
+        judge: Judge::MinRatio(CACHE_TARGET_RATIO),
+    },
+    Probe {
+        name: "wasm + rate limit",
+        path: "/limited/bench",
+        reference: Reference::Route("/hello/bench"),
+        judge: Judge::MaxExtraP50Us(POLICY_BUDGET_US),
+    },
+];
+
+/// One side of a row, measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Side {
+    pub label: String,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Sequential (c=1) p50.
+    pub seq_p50_us: f64,
+}
+
+/// A measured row: nimbus, and its reference or why there is none.
+pub struct Row {
+    pub name: &'static str,
+    pub judge: Judge,
+    pub ours: Side,
+    pub reference: std::result::Result<Side, String>,
+}
+
+/// The app: the Node origin answering `BODY` with a day of freshness on `/cached` (cache =
+/// true), the wasm hello bare on `/hello/*` and with a rate limit no load reaches on
+/// `/limited/*`.
+fn write_app(root: &Path) -> Result<PathBuf> {
+    let app = root.join("app");
+    let origin = app.join("functions/origin");
+    let hello = app.join("functions/hello");
+    std::fs::create_dir_all(&origin)?;
+    std::fs::create_dir_all(&hello)?;
+    let js = format!(
+        "exports.handler = async () => ({{ statusCode: 200, headers: {{ 'content-type': 'text/plain', 'cache-control': 'public, max-age=86400' }}, body: {BODY:?} }});\n"
+    );
+    std::fs::write(origin.join("index.js"), js)?;
+    let component = crate::wasm::default_component();
+    std::fs::copy(&component, hello.join("hello.wasm"))
+        .with_context(|| format!("cannot copy {} into the app", component.display()))?;
+    let manifest = r#"# Written by nimbus-bench edge; deleted when the run ends.
+name = "bench-edge"
+[functions.origin]
+runtime = "node"
+handler = "index.handler"
+[functions.hello]
+runtime = "wasm"
+component = "hello.wasm"
+memory_mb = 32
+max_instances = 64
+[rate_limits.wide]
+requests = 1000000
+per = "1s"
+[[routes]]
+method = "GET"
+path = "/cached"
+function = "origin"
+cache = true
+[[routes]]
+method = "GET"
+path = "/hello/*"
+function = "hello"
+[[routes]]
+method = "GET"
+path = "/limited/*"
+function = "hello"
+rate_limit = "wide"
+"#;
+    std::fs::write(app.join("nimbus.toml"), manifest).context("cannot write the app manifest")?;
+    Ok(app)
+}
+
+/// The answer a path must get.
+fn expect(path: &str) -> Expect {
+    if path == "/cached" {
+        Expect { body: Bytes::from_static(BODY.as_bytes()), content_type: Some("text/plain") }
+    } else {
+        crate::wasm::expect(path)
+    }
+}
+
+/// Sequential p50, then throughput at c=32, of `url` answering `want`.
+async fn measure(s: &Settings, label: &str, url: &str, want: &Expect, pid: Option<u32>) -> Result<Side> {
+    let uri = load::uri(url)?;
+    let client = load::client();
+    let mut seq = Vec::with_capacity(s.warm);
+    for i in 0..s.warmup + s.warm {
+        let us = load::timed(&client, &uri, want).await?;
+        if i >= s.warmup {
+            seq.push(us);
+        }
+    }
+    let t = load::throughput_expect(&uri, want, pid, CONCURRENCY, s.tput_warmup, s.tput_duration, s.tput_max).await?;
+    if t.errors > 0 {
+        bail!("{label}: {} errors, first: {:?}", t.errors, t.first_error);
+    }
+    let lat = stats(&t.latencies_us);
+    Ok(Side { label: label.to_owned(), rps: t.rps(), p50_us: lat.p50, p99_us: lat.p99, seq_p50_us: stats(&seq).p50 })
+}
+
+/// nginx's config: [`BODY`] as a file under `dir/www`, everything else in `dir`.
+fn nginx_conf(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        "# nimbus-bench edge: nginx serving the cached body as a file (written by the bench, deleted after the run).
+daemon off;
+master_process on;
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{port};
+    root {d}/www;
+    location / {{ default_type text/plain; }}
+  }}
+}}
+"
+    )
+}
+
+fn find_nginx(explicit: Option<PathBuf>) -> std::result::Result<PathBuf, String> {
+    explicit
+        .or_else(|| {
+            std::env::var_os("PATH")
+                .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).find(|b| b.is_file()))
+        })
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
+        .ok_or_else(|| "nginx not installed (apt-get install nginx-light, or scripts/bench-tools.sh)".to_owned())
+}
+
+/// nginx serving `BODY` at `/cached`, started and answering.
+async fn start_nginx(bin: &Path, root: &Path) -> Result<servers::Server> {
+    let dir = root.join("nginx");
+    for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join("tmp").join(t))?;
+    }
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::write(dir.join("www/cached"), BODY)?;
+    let port = servers::free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir, port))?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("-p").arg(&dir).arg("-c").arg(&conf).arg("-e").arg(dir.join("error.log"));
+    servers::start(Launch {
+        cmd,
+        ready: Ready::Port(port),
+        path: "/cached".into(),
+        expect: Some(expect("/cached")),
+        log: dir.join("nginx.log"),
+        timeout: std::time::Duration::from_secs(20),
+        graceful: None,
+    })
+    .await
+}
+
+/// One run: every probe against nimbus, and the nginx reference.
+async fn run_once(
+    s: &Settings,
+    bin: &Path,
+    app: &Path,
+    root: &Path,
+    nginx: &std::result::Result<PathBuf, String>,
+    run: usize,
+) -> Result<Vec<Row>> {
+    let data = root.join(format!("data-{run}"));
+    let log = root.join(format!("nimbus-{run}.log"));
+    let interps = procs::Interpreters::resolve()?;
+    let env = [("NIMBUS_NODE", interps.node.as_path())];
+    let nimbus = Nimbus::launch(bin, app, &data, &log, &env).await?;
+    let mut rows = Vec::new();
+    for p in PROBES {
+        let ours = measure(s, "nimbus", &format!("{}{}", nimbus.url, p.path), &expect(p.path), nimbus.pid()).await?;
+        let reference = match p.reference {
+            Reference::Route(path) => {
+                let url = format!("{}{path}", nimbus.url);
+                Ok(measure(s, "nimbus, no policy", &url, &expect(path), nimbus.pid()).await?)
+            }
+            Reference::Nginx => match nginx {
+                Ok(bin) => {
+                    let server = start_nginx(bin, root).await?;
+                    let side = measure(
+                        s,
+                        "nginx (file)",
+                        &format!("{}/cached", server.base),
+                        &expect("/cached"),
+                        server.pid(),
+                    )
+                    .await;
+                    server.stop().await;
+                    Ok(side?)
+                }
+                Err(why) => Err(why.clone()),
+            },
+        };
+        rows.push(Row { name: p.name, judge: p.judge, ours, reference });
+    }
+    nimbus.stop().await?;
+    Ok(rows)
+}
+
+/// Whether a row meets its target, and how it is said.
+fn verdict(r: &Row) -> String {
+    let Ok(reference) = &r.reference else { return "no reference".to_owned() };
+    match r.judge {
+        Judge::MinRatio(min) => {
+            let ratio = r.ours.rps / reference.rps;
+            format!("{ratio:.2}× (target ≥ {min}×: {})", if ratio >= min { "met" } else { "missed" })
+        }
+        Judge::MaxExtraP50Us(max) => {
+            let extra = r.ours.seq_p50_us - reference.seq_p50_us;
+            format!("{extra:+.1} µs p50 (budget ≤ {max} µs: {})", if extra <= max { "met" } else { "missed" })
+        }
+    }
+}
+
+fn side_cells(s: &Side) -> String {
+    format!("{} | {:.0} | {:.0} | {:.0} | {:.0}", s.label, s.rps, s.p50_us, s.p99_us, s.seq_p50_us)
+}
+
+/// The markdown table of all runs' rows.
+pub fn table(runs: &[(usize, Vec<Row>)]) -> String {
+    let mut t =
+        String::from("| run | row | side | req/s c=32 | p50 c=32 (µs) | p99 c=32 (µs) | p50 c=1 (µs) | result |\n");
+    t.push_str("|---|---|---|---|---|---|---|---|\n");
+    for (run, rows) in runs {
+        for r in rows {
+            let _ = writeln!(t, "| {run} | {} | {} | {} |", r.name, side_cells(&r.ours), verdict(r));
+            match &r.reference {
+                Ok(s) => {
+                    let _ = writeln!(t, "| {run} | {} | {} | |", r.name, side_cells(s));
+                }
+                Err(why) => {
+                    let _ = writeln!(t, "| {run} | {} | reference: {why} | | | | | |", r.name);
+                }
+            }
+        }
+    }
+    t
+}
+
+fn side_json(s: &Side) -> Value {
+    json!({"label": s.label, "rps": s.rps, "p50Us": s.p50_us, "p99Us": s.p99_us, "sequentialP50Us": s.seq_p50_us})
+}
+
+pub fn runs_json(runs: &[(usize, Vec<Row>)]) -> Value {
+    let rows: Vec<Value> = runs
+        .iter()
+        .flat_map(|(run, rows)| rows.iter().map(move |r| (run, r)))
+        .map(|(run, r)| {
+            let reference = match &r.reference {
+                Ok(s) => side_json(s),
+                Err(why) => json!({"missing": why}),
+            };
+            json!({"run": run, "row": r.name, "nimbus": side_json(&r.ours), "reference": reference, "result": verdict(r)})
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+pub async fn run(args: EdgeArgs) -> Result<()> {
+    let s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
+    let bin = procs::locate_nimbus(args.common.nimbus.clone())?;
+    let nginx = find_nginx(args.nginx.clone());
+    if let Err(why) = &nginx {
+        eprintln!("nimbus-bench edge: {why}; the cache row runs without its reference");
+    }
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let root = std::env::temp_dir().join(format!("nimbus-bench-edge-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let app = write_app(&root)?;
+    eprintln!("nimbus-bench edge: {} run(s) in {}", s.runs, root.display());
+    let mut runs = Vec::new();
+    for run in 1..=s.runs {
+        eprintln!("run {run}/{}", s.runs);
+        runs.push((run, run_once(&s, &bin, &app, &root, &nginx, run).await?));
+    }
+    println!("\n## Edge layer: the response cache beside nginx, and the cost of policies\n");
+    print!("{}", table(&runs));
+    let doc = json!({
+        "benchmark": "edge",
+        "settings": {"quick": s.quick, "runs": s.runs, "warm": s.warm, "concurrency": CONCURRENCY,
+                     "throughputSecs": s.tput_duration.as_secs_f64()},
+        "machine": crate::output::machine(),
+        "rows": runs_json(&runs),
+        "cacheTargetRatio": CACHE_TARGET_RATIO,
+        "policyBudgetUs": POLICY_BUDGET_US,
+    });
+    crate::output::save(&args.common.out("edge"), &doc, &root, args.common.keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::golden;
+
+    fn side(label: &str, rps: f64, p50: f64) -> Side {
+        Side { label: label.into(), rps, p50_us: p50 * 10.0, p99_us: p50 * 40.0, seq_p50_us: p50 }
+    }
+
+    fn runs() -> Vec<(usize, Vec<Row>)> {
+        let cache = |reference| Row {
+            name: "cached response",
+            judge: Judge::MinRatio(0.8),
+            ours: side("nimbus", 90_000.0, 30.0),
+            reference,
+        };
+        let policy = Row {
+            name: "wasm + rate limit",
+            judge: Judge::MaxExtraP50Us(20.0),
+            ours: side("nimbus", 30_000.0, 118.5),
+            reference: Ok(side("nimbus, no policy", 31_000.0, 110.0)),
+        };
+        let missing = Row {
+            name: "cached response",
+            judge: Judge::MinRatio(0.8),
+            ours: side("nimbus", 60_000.0, 31.0),
+            reference: Err("nginx not installed".into()),
+        };
+        vec![
+            (1, vec![cache(Ok(side("nginx (file)", 100_000.0, 25.0))), policy]),
+            (2, vec![missing, cache(Ok(side("nginx (file)", 150_000.0, 20.0)))]),
+        ]
+    }
+
+    #[test]
+    fn the_table_and_json_are_stable() {
+        golden::check("edge-table.txt", &table(&runs()));
+        golden::check("edge-runs.json", &serde_json::to_string_pretty(&runs_json(&runs())).unwrap());
+    }
+}

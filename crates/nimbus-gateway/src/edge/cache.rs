@@ -1,0 +1,516 @@
+//! `cache = true`: the response cache, a shared cache in RFC 9111's terms, in memory with a
+//! byte budget (least recently used entries go first). The rules (what is stored, for how long,
+//! what a stale entry may do) are in [`super::freshness`]; this file keeps the entries and runs
+//! a request through them.
+//!
+//! - Keys: host, path and query (HEAD reads GET's entries), plus the values of the request
+//!   headers the stored response's `Vary` names (the secondary key).
+//! - Misses for one key are coalesced: the first asks the function, the others wait for it and
+//!   then read what it stored (N concurrent misses, one origin call).
+//! - A stale entry with `stale-while-revalidate` is served (`STALE`) while one background call
+//!   refreshes it; past that the origin is asked conditionally (`If-None-Match` /
+//!   `If-Modified-Since`), a 304 refreshes the entry, and with `stale-if-error` a failing
+//!   origin (5xx) gets the stale entry served instead.
+//! - Every entry belongs to the deployment that answered it (part of its key, so the two
+//!   versions of a weighted split keep their own entries), and when the live alias's version
+//!   changes (a deploy or a rollback) the cache is emptied.
+//! - `x-nimbus-cache`: `HIT`, `MISS`, `STALE` or `BYPASS` (not cacheable: the request said
+//!   `no-store`, or the response was streamed); `Age` on what the cache served.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::watch;
+
+use super::freshness::{self, Directives, Use};
+use crate::body::{GwBody, GwResp};
+use crate::context::Gateway;
+use crate::http_route::Call;
+
+/// Most primary keys whose `Vary` names are remembered.
+const MAX_VARY_KEYS: usize = 100_000;
+
+/// A call of the function for this request, with extra request headers (the conditional ones
+/// of a revalidation). Called more than once for one request only by a background refresh.
+pub(crate) type Origin = Arc<dyn Fn(HeaderMap) -> Pin<Box<dyn Future<Output = GwResp> + Send>> + Send + Sync>;
+
+/// The request as the cache sees it.
+pub(crate) struct Lookup {
+    pub method: Method,
+    /// The deployment that answers (with a weighted split, two are live at once).
+    pub version: u64,
+    pub host: String,
+    /// Path and query.
+    pub target: String,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+struct Entry {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    /// When it was stored or last revalidated (Unix seconds), and its age then.
+    stored_at: u64,
+    initial_age: u64,
+    lifetime: u64,
+    directives: Directives,
+    path: String,
+    tags: Vec<String>,
+}
+
+impl Entry {
+    fn size(&self) -> usize {
+        self.body.len()
+            + self.path.len()
+            + self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum::<usize>()
+    }
+
+    fn age(&self, now: u64) -> u64 {
+        self.initial_age + now.saturating_sub(self.stored_at)
+    }
+}
+
+#[derive(Default)]
+struct Store {
+    /// Full key (primary + secondary) → entry and its last use.
+    entries: HashMap<String, (Arc<Entry>, u64)>,
+    /// Last use → full key, oldest first.
+    order: BTreeMap<u64, String>,
+    /// Primary key → the request headers its responses vary on.
+    vary: HashMap<String, Vec<String>>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl Store {
+    fn get(&mut self, key: &str) -> Option<Arc<Entry>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (entry, used) = self.entries.get_mut(key)?;
+        self.order.remove(used);
+        *used = tick;
+        self.order.insert(tick, key.to_owned());
+        Some(entry.clone())
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        let Some((entry, used)) = self.entries.remove(key) else { return false };
+        self.order.remove(&used);
+        self.bytes = self.bytes.saturating_sub(entry.size());
+        true
+    }
+
+    fn insert(&mut self, key: String, entry: Entry, budget: usize) {
+        let size = entry.size();
+        self.remove(&key);
+        if size > budget / 8 {
+            return; // one entry may take an eighth of the budget at most
+        }
+        while self.bytes + size > budget {
+            let Some((_, oldest)) = self.order.pop_first() else { break };
+            self.remove(&oldest);
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, key.clone());
+        self.entries.insert(key, (Arc::new(entry), self.tick));
+        self.bytes += size;
+    }
+}
+
+/// The response cache. See the module doc.
+pub(crate) struct Cache {
+    budget: usize,
+    store: Mutex<Store>,
+    /// Primary keys being fetched now → a receiver that wakes when the fetch ends.
+    inflight: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// Full keys being refreshed in the background.
+    refreshing: Mutex<HashSet<String>>,
+    /// The live deployment the entries belong to.
+    version: AtomicU64,
+}
+
+/// What a purge removes: entries whose path starts with `prefix`, or whose `Cache-Tag` lists
+/// `tag` (both given: either).
+#[derive(Debug, Default)]
+pub(crate) struct Purge {
+    pub prefix: Option<String>,
+    pub tag: Option<String>,
+}
+
+impl Cache {
+    pub(crate) fn new(budget: usize) -> Self {
+        Cache {
+            budget,
+            store: Mutex::new(Store::default()),
+            inflight: Mutex::new(HashMap::new()),
+            refreshing: Mutex::new(HashSet::new()),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// Empty the cache when the live deployment is not the one its entries came from.
+    pub(crate) fn follow(&self, version: u64) {
+        if self.version.swap(version, Ordering::AcqRel) != version {
+            self.clear();
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut s) = self.store.lock() {
+            *s = Store::default();
+        }
+    }
+
+    /// Remove what `purge` names; how many entries went.
+    pub(crate) fn purge(&self, purge: &Purge) -> usize {
+        let Ok(mut s) = self.store.lock() else { return 0 };
+        let matches = |e: &Entry| {
+            purge.prefix.as_deref().is_some_and(|p| e.path.starts_with(p))
+                || purge.tag.as_deref().is_some_and(|t| e.tags.iter().any(|x| x == t))
+        };
+        let doomed: Vec<String> = s.entries.iter().filter(|(_, (e, _))| matches(e)).map(|(k, _)| k.clone()).collect();
+        doomed.iter().filter(|k| s.remove(k)).count()
+    }
+
+    fn full_key(&self, primary: &str, headers: &HeaderMap) -> String {
+        let names = self.store.lock().ok().and_then(|s| s.vary.get(primary).cloned()).unwrap_or_default();
+        secondary(primary, &names, headers)
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.store.lock().ok()?.get(key)
+    }
+
+    fn put(&self, primary: &str, headers: &HeaderMap, entry: Entry) {
+        let names = freshness::vary(&entry.headers);
+        let key = secondary(primary, &names, headers);
+        if let Ok(mut s) = self.store.lock() {
+            // Primary keys outlive their entries here; past the bound the map starts over (a
+            // lookup without the names misses, and the refetch writes them again).
+            if s.vary.len() >= MAX_VARY_KEYS {
+                s.vary.clear();
+            }
+            s.vary.insert(primary.to_owned(), names);
+            s.insert(key, entry, self.budget);
+        }
+    }
+}
+
+/// The full key: the primary key and the values of the `Vary` headers.
+fn secondary(primary: &str, names: &[String], headers: &HeaderMap) -> String {
+    let mut key = primary.to_owned();
+    for name in names {
+        key.push('\0');
+        key.push_str(name);
+        key.push('=');
+        for v in headers.get_all(name.as_str()) {
+            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            key.push(',');
+        }
+    }
+    key
+}
+
+/// The cache step of a route: the lookup and the function call behind it when the route
+/// caches and the request is a GET or HEAD; `None` otherwise.
+pub(crate) fn admit(gw: &Gateway, call: &Arc<Call>, version: u64) -> Option<(Lookup, Origin)> {
+    let cacheable = call.route.cache && !call.route.is_async && matches!(call.parts.method, Method::GET | Method::HEAD);
+    let me = gw.me.upgrade().filter(|_| cacheable)?;
+    // The live alias's version, not the answering one: a weighted split answers from two
+    // versions without emptying the cache; the answering version is part of the key.
+    if let Some(live) = gw.control.snapshot().live.as_ref() {
+        gw.cache.follow(live.version);
+    }
+    let uri = &call.parts.uri;
+    let lookup = Lookup {
+        method: call.parts.method.clone(),
+        version,
+        host: call.host.clone().unwrap_or_default(),
+        target: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+        path: uri.path().to_owned(),
+        headers: call.parts.headers.clone(),
+    };
+    let call = call.clone();
+    let origin: Origin = Arc::new(move |extra| {
+        let (gw, call) = (me.clone(), call.clone());
+        Box::pin(async move {
+            match call.run(&gw, &extra).await {
+                Ok(resp) => resp,
+                Err(e) => crate::body::whole(e.into_response(&call.request_id)),
+            }
+        })
+    });
+    Some((lookup, origin))
+}
+
+fn now_s() -> u64 {
+    nimbus_core::ids::now_ms() / 1000
+}
+
+/// Answer a cacheable route's request: from the cache, or by `origin` (storing what it may).
+pub(crate) async fn serve(cache: &Arc<Cache>, req: Lookup, origin: Origin) -> GwResp {
+    let asked = Directives::of(&req.headers);
+    if asked.no_store {
+        return mark(origin(HeaderMap::new()).await, "BYPASS");
+    }
+    let primary = format!("{}|{}|{}", req.version, req.host, req.target);
+    let mut waited = false;
+    loop {
+        let key = cache.full_key(&primary, &req.headers);
+        if let Some(entry) = cache.get(&key) {
+            return use_entry(cache, &req, &primary, &key, entry, &asked, origin).await;
+        }
+        if req.method == Method::HEAD || waited {
+            return fetch(cache, &req, &primary, origin).await;
+        }
+        match lead(cache, &primary) {
+            Some(guard) => {
+                let resp = fetch(cache, &req, &primary, origin).await;
+                drop(guard);
+                return resp;
+            }
+            None => {
+                wait(cache, &primary).await;
+                waited = true;
+            }
+        }
+    }
+}
+
+/// Serve a stored entry as its age and the request allow.
+async fn use_entry(
+    cache: &Arc<Cache>,
+    req: &Lookup,
+    primary: &str,
+    key: &str,
+    entry: Arc<Entry>,
+    asked: &Directives,
+    origin: Origin,
+) -> GwResp {
+    let now = now_s();
+    match freshness::usable(entry.age(now), entry.lifetime, &entry.directives, asked) {
+        Use::Fresh => stored(&entry, req, now, "HIT"),
+        Use::StaleRevalidate => {
+            refresh_in_background(cache, req, primary, key, &entry, origin);
+            stored(&entry, req, now, "STALE")
+        }
+        Use::StaleIfError => revalidate(cache, req, primary, entry, origin, true).await,
+        Use::Revalidate => revalidate(cache, req, primary, entry, origin, false).await,
+    }
+}
+
+/// Become the one fetching `primary` (`None`: another request already is).
+fn lead<'a>(cache: &'a Cache, primary: &str) -> Option<Leader<'a>> {
+    let mut inflight = cache.inflight.lock().ok()?;
+    if inflight.contains_key(primary) {
+        return None;
+    }
+    let (tx, rx) = watch::channel(());
+    inflight.insert(primary.to_owned(), rx);
+    Some(Leader { cache, primary: primary.to_owned(), _tx: tx })
+}
+
+/// Wait for the request fetching `primary` to finish (or give up).
+async fn wait(cache: &Cache, primary: &str) {
+    let rx = cache.inflight.lock().ok().and_then(|m| m.get(primary).cloned());
+    if let Some(mut rx) = rx {
+        // Err: the leader finished (its sender dropped) before or while we waited.
+        let _ = rx.changed().await;
+    }
+}
+
+/// The fetching request's hold on its key; dropping it (done, or the client went away) lets
+/// the waiting requests go on.
+struct Leader<'a> {
+    cache: &'a Cache,
+    primary: String,
+    _tx: watch::Sender<()>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.cache.inflight.lock() {
+            m.remove(&self.primary);
+        }
+    }
+}
+
+/// The body of a whole response (`None`: it is streamed, so the cache passes it by).
+async fn whole_body(resp: GwResp) -> Result<(http::response::Parts, Bytes), GwResp> {
+    let (parts, body) = resp.into_parts();
+    match body {
+        GwBody::Full(full) => match full.collect().await {
+            Ok(c) => Ok((parts, c.to_bytes())),
+            Err(never) => match never {},
+        },
+        other => Err(Response::from_parts(parts, other)),
+    }
+}
+
+/// Ask the origin and store what it answers when that may be stored.
+async fn fetch(cache: &Arc<Cache>, req: &Lookup, primary: &str, origin: Origin) -> GwResp {
+    let resp = origin(HeaderMap::new()).await;
+    let (parts, body) = match whole_body(resp).await {
+        Ok(x) => x,
+        Err(streamed) => return mark(streamed, "BYPASS"),
+    };
+    store(cache, req, primary, &parts, &body);
+    mark(Response::from_parts(parts, GwBody::Full(Full::new(body))), "MISS")
+}
+
+/// Store a response the origin gave, if RFC 9111 lets a shared cache store it.
+fn store(cache: &Cache, req: &Lookup, primary: &str, parts: &http::response::Parts, body: &Bytes) {
+    if freshness::not_storable(&req.method, &req.headers, parts.status, &parts.headers).is_some() {
+        return;
+    }
+    let mut headers = parts.headers.clone();
+    for name in ["x-nimbus-request-id", "x-nimbus-cache", "connection", "transfer-encoding"] {
+        headers.remove(name);
+    }
+    let tags = headers
+        .get_all("cache-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let entry = Entry {
+        status: parts.status,
+        lifetime: freshness::lifetime(&headers, now_s()).unwrap_or(0),
+        initial_age: freshness::initial_age(&headers),
+        directives: Directives::of(&headers),
+        stored_at: now_s(),
+        body: body.clone(),
+        path: req.path.clone(),
+        tags,
+        headers,
+    };
+    cache.put(primary, &req.headers, entry);
+}
+
+/// The validators of a stored response, as the conditional request headers that ask for it.
+fn conditional(entry: &Entry) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(etag) = entry.headers.get(http::header::ETAG) {
+        h.insert(http::header::IF_NONE_MATCH, etag.clone());
+    } else if let Some(lm) = entry.headers.get(http::header::LAST_MODIFIED) {
+        h.insert(http::header::IF_MODIFIED_SINCE, lm.clone());
+    }
+    h
+}
+
+/// Ask the origin about a stale (or `no-cache`) entry: a 304 refreshes it; with
+/// `if_error`, a 5xx serves it stale; anything else replaces it.
+async fn revalidate(
+    cache: &Arc<Cache>,
+    req: &Lookup,
+    primary: &str,
+    entry: Arc<Entry>,
+    origin: Origin,
+    if_error: bool,
+) -> GwResp {
+    let resp = origin(conditional(&entry)).await;
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        let fresh = refreshed(&entry, resp.headers());
+        let now = fresh.stored_at;
+        let out = stored(&fresh, req, now, "HIT");
+        cache.put(primary, &req.headers, fresh);
+        return out;
+    }
+    if if_error && resp.status().is_server_error() {
+        return stored(&entry, req, now_s(), "STALE");
+    }
+    let (parts, body) = match whole_body(resp).await {
+        Ok(x) => x,
+        Err(streamed) => return mark(streamed, "BYPASS"),
+    };
+    store(cache, req, primary, &parts, &body);
+    mark(Response::from_parts(parts, GwBody::Full(Full::new(body))), "MISS")
+}
+
+/// A stored entry updated by a 304's headers (RFC 9111 §4.3.4), fresh from now.
+fn refreshed(entry: &Entry, update: &HeaderMap) -> Entry {
+    let mut headers = entry.headers.clone();
+    for name in update.keys() {
+        if matches!(name.as_str(), "content-length" | "x-nimbus-request-id" | "x-nimbus-cache") {
+            continue;
+        }
+        headers.remove(name);
+        for v in update.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    Entry {
+        status: entry.status,
+        lifetime: freshness::lifetime(&headers, now_s()).unwrap_or(0),
+        initial_age: freshness::initial_age(update),
+        directives: Directives::of(&headers),
+        stored_at: now_s(),
+        body: entry.body.clone(),
+        path: entry.path.clone(),
+        tags: entry.tags.clone(),
+        headers,
+    }
+}
+
+/// `stale-while-revalidate`: one background revalidation per entry at a time.
+fn refresh_in_background(
+    cache: &Arc<Cache>,
+    req: &Lookup,
+    primary: &str,
+    key: &str,
+    entry: &Arc<Entry>,
+    origin: Origin,
+) {
+    let Ok(mut busy) = cache.refreshing.lock() else { return };
+    if !busy.insert(key.to_owned()) {
+        return;
+    }
+    drop(busy);
+    let (cache, entry, key) = (cache.clone(), entry.clone(), key.to_owned());
+    let req = Lookup {
+        method: Method::GET,
+        version: req.version,
+        host: req.host.clone(),
+        target: req.target.clone(),
+        path: req.path.clone(),
+        headers: req.headers.clone(),
+    };
+    let primary = primary.to_owned();
+    tokio::spawn(async move {
+        let _ = revalidate(&cache, &req, &primary, entry, origin, false).await;
+        if let Ok(mut busy) = cache.refreshing.lock() {
+            busy.remove(&key);
+        }
+    });
+}
+
+/// A response from a stored entry: 304 when the client's conditional request matches it, the
+/// head alone for HEAD, with `Age` and `x-nimbus-cache`.
+fn stored(entry: &Entry, req: &Lookup, now: u64, how: &'static str) -> GwResp {
+    let not_modified = entry.status == StatusCode::OK && freshness::not_modified(&req.headers, &entry.headers);
+    let body = if not_modified || req.method == Method::HEAD { Bytes::new() } else { entry.body.clone() };
+    let mut resp = Response::new(GwBody::Full(Full::new(body)));
+    *resp.headers_mut() = entry.headers.clone();
+    if not_modified {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+    } else {
+        *resp.status_mut() = entry.status;
+    }
+    resp.headers_mut().insert(http::header::AGE, HeaderValue::from(entry.age(now)));
+    mark(resp, how)
+}
+
+fn mark(mut resp: GwResp, how: &'static str) -> GwResp {
+    resp.headers_mut().insert("x-nimbus-cache", HeaderValue::from_static(how));
+    resp
+}

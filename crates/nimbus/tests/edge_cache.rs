@@ -1,0 +1,265 @@
+//! The response cache end to end (`cache = true` on a route; RFC 9111 for a shared cache): a
+//! conformance table over a Node origin whose answers the query string shapes, request
+//! coalescing, purge by prefix and tag (API and CLI), and a deploy emptying the cache.
+//!
+//! The origin keeps a counter per path and query and puts it in the body (`calls=N`) and in
+//! `x-calls`: what the cache served and how often the origin was really called. One instance
+//! (`max_instances = 1`), so the counter is the origin's only count.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{App, Server};
+
+const ORIGIN: &str = r#"
+const calls = {};
+exports.handler = async (event) => {
+  const q = event.queryStringParameters || {};
+  const h = event.headers || {};
+  const key = event.rawPath + '?' + event.rawQueryString;
+  calls[key] = (calls[key] || 0) + 1;
+  const n = calls[key];
+  if (q.sleep) await new Promise((r) => setTimeout(r, Number(q.sleep)));
+  const headers = { 'content-type': 'text/plain', 'x-calls': String(n) };
+  if (q.cc) headers['cache-control'] = q.cc;
+  if (q.vary) headers['vary'] = q.vary;
+  if (q.tag) headers['cache-tag'] = q.tag;
+  if (q.etag) {
+    headers['etag'] = q.etag;
+    if (h['if-none-match'] === q.etag) return { statusCode: 304, headers };
+  }
+  if (q.fail_after && n > Number(q.fail_after)) return { statusCode: 500, headers, body: 'down' };
+  return { statusCode: Number(q.status || 200), headers, body: `calls=${n} lang=${h['x-lang'] || ''}` };
+};
+"#;
+
+fn app(extra_env: &str) -> App {
+    let app = App::new("edgecache");
+    app.write_file("functions/o/index.js", ORIGIN);
+    app.raw(&format!(
+        "[functions.o]\nruntime = \"node\"\nhandler = \"index.handler\"\nmax_instances = 1\nenv = {{ V = \"{extra_env}\" }}\n"
+    ))
+    .raw("[[routes]]\nmethod = \"GET\"\npath = \"/c/*\"\nfunction = \"o\"\ncache = true")
+    .raw("[[routes]]\nmethod = \"GET\"\npath = \"/nc\"\nfunction = \"o\"")
+    .finish()
+}
+
+/// One answer: status, `x-nimbus-cache`, `Age`, `x-calls`, body.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    cache: String,
+    age: Option<u64>,
+    calls: String,
+    body: String,
+}
+
+async fn get(server: &Server, path: &str, headers: &[(&str, &str)]) -> Got {
+    get_as(server, reqwest::Method::GET, path, headers).await
+}
+
+async fn get_as(server: &Server, method: reqwest::Method, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut req = server.client().request(method, format!("{}{path}", server.url));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let h = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+    let (status, cache, age, calls) =
+        (resp.status().as_u16(), h("x-nimbus-cache").unwrap_or_default(), h("age"), h("x-calls").unwrap_or_default());
+    Got { status, cache, age: age.map(|a| a.parse().unwrap()), calls, body: resp.text().await.unwrap() }
+}
+
+/// (status, x-nimbus-cache, body) of each answer, for compact assertions.
+fn brief(g: &Got) -> (u16, &str, &str) {
+    (g.status, g.cache.as_str(), g.body.as_str())
+}
+
+/// Wait until a stored response with `max-age=1` is stale (ages count whole seconds).
+async fn let_it_go_stale() {
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+}
+
+#[tokio::test]
+async fn rfc9111_conformance_table() {
+    let app = app("1");
+    let server = Server::start(app.path());
+    let none: &[(&str, &str)] = &[];
+
+    // Freshness: max-age, and s-maxage winning over it for a shared cache.
+    let p = "/c/fresh?cc=max-age%3D60";
+    assert_eq!(brief(&get(&server, p, none).await), (200, "MISS", "calls=1 lang="));
+    let hit = get(&server, p, none).await;
+    assert_eq!(brief(&hit), (200, "HIT", "calls=1 lang="));
+    assert!(hit.age.is_some_and(|a| a < 60), "{hit:?}");
+    let p = "/c/smax?cc=max-age%3D0%2C%20s-maxage%3D60";
+    get(&server, p, none).await;
+    assert_eq!(brief(&get(&server, p, none).await), (200, "HIT", "calls=1 lang="), "s-maxage over max-age");
+
+    // Not stored: private, no-store, a 500, no freshness at all; a route without cache = true.
+    for p in [
+        "/c/private?cc=private%2C%20max-age%3D60",
+        "/c/nostore?cc=no-store",
+        "/c/err?status=500&cc=max-age%3D60",
+        "/c/plain",
+    ] {
+        let first = get(&server, p, none).await;
+        let second = get(&server, p, none).await;
+        assert_eq!((first.cache.as_str(), second.cache.as_str(), second.calls.as_str()), ("MISS", "MISS", "2"), "{p}");
+    }
+    let nc = get(&server, "/nc?cc=max-age%3D60", none).await;
+    assert_eq!((nc.cache.as_str(), get(&server, "/nc?cc=max-age%3D60", none).await.calls.as_str()), ("", "2"));
+
+    // A request that says no-store is passed by.
+    let p = "/c/reqnostore?cc=max-age%3D60";
+    get(&server, p, none).await;
+    assert_eq!(get(&server, p, &[("cache-control", "no-store")]).await.cache, "BYPASS");
+
+    // Expiry without a validator: fetched again.
+    let p = "/c/expire?cc=max-age%3D1";
+    get(&server, p, none).await;
+    let_it_go_stale().await;
+    assert_eq!(brief(&get(&server, p, none).await), (200, "MISS", "calls=2 lang="));
+
+    // Revalidation with ETag: the origin answers 304, the stored body is served with the
+    // 304's headers, fresh again.
+    let p = "/c/etag?cc=max-age%3D1&etag=%22v1%22";
+    get(&server, p, none).await;
+    let_it_go_stale().await;
+    let revalidated = get(&server, p, none).await;
+    assert_eq!((brief(&revalidated), revalidated.calls.as_str()), ((200, "HIT", "calls=1 lang="), "2"));
+
+    // A conditional client request gets 304 from the cache, without the origin.
+    let p = "/c/cond?cc=max-age%3D60&etag=%22c1%22";
+    get(&server, p, none).await;
+    let cond = get(&server, p, &[("if-none-match", "\"c1\"")]).await;
+    assert_eq!((cond.status, cond.cache.as_str(), cond.body.as_str(), cond.calls.as_str()), (304, "HIT", "", "1"));
+
+    // A request's no-cache revalidates a fresh entry (origin called, answers 304).
+    let rv = get(&server, p, &[("cache-control", "no-cache")]).await;
+    assert_eq!((rv.status, rv.cache.as_str(), rv.calls.as_str()), (200, "HIT", "2"));
+
+    // Vary: one entry per value of the named header.
+    let p = "/c/vary?cc=max-age%3D60&vary=x-lang";
+    assert_eq!(get(&server, p, &[("x-lang", "en")]).await.cache, "MISS");
+    assert_eq!(get(&server, p, &[("x-lang", "fr")]).await.cache, "MISS");
+    assert_eq!(brief(&get(&server, p, &[("x-lang", "en")]).await), (200, "HIT", "calls=1 lang=en"));
+    assert_eq!(brief(&get(&server, p, &[("x-lang", "fr")]).await), (200, "HIT", "calls=2 lang=fr"));
+
+    // HEAD reads GET's entry.
+    let head = get_as(&server, reqwest::Method::HEAD, "/c/fresh?cc=max-age%3D60", none).await;
+    assert_eq!(brief(&head), (200, "HIT", ""));
+
+    // stale-if-error: the origin fails, the stale entry is served.
+    let p = "/c/sie?cc=max-age%3D1%2C%20stale-if-error%3D60&fail_after=1";
+    get(&server, p, none).await;
+    let_it_go_stale().await;
+    assert_eq!(brief(&get(&server, p, none).await), (200, "STALE", "calls=1 lang="));
+    server_stops_cleanly(server);
+}
+
+fn server_stops_cleanly(mut server: Server) {
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_refreshes_once_in_the_background() {
+    let app = app("1");
+    let server = Server::start(app.path());
+    let p = "/c/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D60&sleep=300";
+    assert_eq!(get(&server, p, &[]).await.cache, "MISS");
+    let_it_go_stale().await;
+    // Five stale requests at once: all served stale at once, one refresh behind them.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (client, url) = (server.client(), format!("{}{p}", server.url));
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.headers()["x-nimbus-cache"].to_str().unwrap().to_owned(), r.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), ("STALE".to_owned(), "calls=1 lang=".to_owned()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refreshed = loop {
+        let g = get(&server, p, &[]).await;
+        if g.cache == "HIT" || Instant::now() > deadline {
+            break g;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(brief(&refreshed), (200, "HIT", "calls=2 lang="), "one background call refreshed the entry");
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_make_one_origin_call() {
+    let app = app("1");
+    let server = Server::start(app.path());
+    let p = "/c/coalesce?cc=max-age%3D60&sleep=500";
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (client, url) = (server.client(), format!("{}{p}", server.url));
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.headers()["x-nimbus-cache"].to_str().unwrap().to_owned(), r.text().await.unwrap())
+        }));
+    }
+    let mut misses = 0;
+    for t in tasks {
+        let (how, body) = t.await.unwrap();
+        assert_eq!(body, "calls=1 lang=", "every answer is the one origin call's");
+        misses += usize::from(how == "MISS");
+    }
+    assert_eq!(misses, 1, "one request asked the origin, the rest waited for it");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records = server.records("o", 1).await;
+    assert_eq!(records.len(), 1, "one invocation recorded: {records:#?}");
+}
+
+#[tokio::test]
+async fn purge_by_prefix_and_tag_and_a_deploy_empties_the_cache() {
+    let app = app("1");
+    let server = Server::start(app.path());
+    let paths =
+        ["/c/p/a?cc=max-age%3D60&tag=t1", "/c/p/b?cc=max-age%3D60&tag=t2", "/c/q/c?cc=max-age%3D60&tag=t1%2Ct3"];
+    let cached = |server: &Server| {
+        let server_url = server.url.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let mut out = Vec::new();
+            for p in paths {
+                let r = client.get(format!("{server_url}{p}")).send().await.unwrap();
+                out.push(r.headers()["x-nimbus-cache"].to_str().unwrap() == "HIT");
+            }
+            out
+        }
+    };
+    for p in paths {
+        get(&server, p, &[]).await;
+    }
+    assert_eq!(cached(&server).await, [true, true, true]);
+
+    let (status, _, body) =
+        server.admin_request(reqwest::Method::POST, "/v1/cache/purge", r#"{"prefix":"/c/p/a"}"#).await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, body["purged"].as_u64()), (200, Some(1)));
+    assert_eq!(cached(&server).await, [false, true, true], "the prefix went (and came back on the miss)");
+
+    let out = server.cli(&["cache", "purge", "--tag", "t1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2 cached response(s) purged");
+    assert_eq!(cached(&server).await, [false, true, false], "both entries tagged t1 went");
+
+    let (status, _, body) = server.admin_request(reqwest::Method::POST, "/v1/cache/purge", "{}").await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+
+    // A new deployment starts with an empty cache.
+    assert_eq!(cached(&server).await, [true, true, true]);
+    let next = self::app("2");
+    let out = server.cli(&["deploy", next.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(cached(&server).await, [false, false, false]);
+}
