@@ -145,6 +145,13 @@ pub trait KvStore: Send + Sync + 'static {
     /// sets the expiry when the key is created by this call and leaves an existing expiry alone
     /// (a fixed window, as the rate-limit pattern needs).
     async fn increment(&self, ns: &str, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, KvError>;
+    /// [`increment`](KvStore::increment) for a counter that need not survive a restart (the
+    /// gateway's rate limits): as exact and as shared as the backend's other operations, but
+    /// answered before it is durable, so it costs no fsync. Such counters are not listed or
+    /// read by the other operations. The default is the durable `increment`.
+    async fn increment_volatile(&self, ns: &str, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        self.increment(ns, key, by, ttl).await
+    }
     /// Write `value` only if the key's current version is `expected` (`None`: only if absent).
     async fn compare_and_swap(
         &self,

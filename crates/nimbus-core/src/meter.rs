@@ -318,6 +318,11 @@ impl KvStore for MeteredKv {
         self.inner.increment(ns, key, by, ttl).await
     }
 
+    /// The platform's own counters (rate limits): not an app's usage, so not metered.
+    async fn increment_volatile(&self, ns: &str, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        self.inner.increment_volatile(ns, key, by, ttl).await
+    }
+
     async fn compare_and_swap(
         &self,
         ns: &str,

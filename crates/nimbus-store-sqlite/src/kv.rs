@@ -14,6 +14,7 @@
 //! never reuses a version. Expiry is exact: every read filters `expires_ms > now`; a sweep thread
 //! deletes expired rows every [`SWEEP_EVERY`], at most [`SWEEP_BATCH`] per transaction.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 const SWEEP_BATCH: u64 = 1000;
 /// Most sweep transactions in one round, so a huge backlog never starves other writes.
 const SWEEP_ROUNDS: u32 = 100;
+/// Most live `increment_volatile` counters; past it expired ones are dropped, and if none is,
+/// the call fails (a rate limit then lets the request pass, logged).
+const MAX_VOLATILE: usize = 1_000_000;
 
 /// Which key an operation is about, and the time it runs at.
 struct Target {
@@ -81,6 +85,10 @@ pub struct KvDb {
     /// Dropping it stops the sweep thread.
     stop_sweep: Mutex<Option<Sender<()>>>,
     sweeper: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `increment_volatile`'s counters (`namespace NUL key` → value and expiry in Unix ms),
+    /// in memory: the embedded store serves one node, whose gateway sees every request, so one
+    /// map under one lock is exact and shared by every instance.
+    volatile: Mutex<HashMap<String, (i64, Option<u64>)>>,
 }
 
 impl KvDb {
@@ -108,6 +116,7 @@ impl KvDb {
             clock,
             stop_sweep: Mutex::new(Some(stop_sweep)),
             sweeper: Mutex::new(Some(sweeper)),
+            volatile: Mutex::new(HashMap::new()),
         })
     }
 
@@ -416,6 +425,25 @@ impl KvStore for KvDb {
         self.call_kv("increment a key", |r| Op::Increment(t, by, ttl_ms, r)).await
     }
 
+    async fn increment_volatile(&self, ns: &str, key: &str, by: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        check_key(key)?;
+        let now = (self.clock)();
+        let mut counters = self.volatile.lock().unwrap_or_else(|e| e.into_inner());
+        if counters.len() >= MAX_VOLATILE {
+            counters.retain(|_, (_, expires)| expires.is_none_or(|e| e > now));
+        }
+        if counters.len() >= MAX_VOLATILE {
+            let full = std::io::Error::other(format!("{MAX_VOLATILE} counters are live"));
+            return Err(KvError::backend("count in memory", full));
+        }
+        let slot = counters.entry(format!("{ns}\0{key}")).or_insert((0, self.expiry(now, ttl)));
+        if slot.1.is_some_and(|e| e <= now) {
+            *slot = (0, self.expiry(now, ttl));
+        }
+        slot.0 = slot.0.checked_add(by).ok_or_else(|| KvError::Overflow(key.to_owned()))?;
+        Ok(slot.0)
+    }
+
     async fn compare_and_swap(
         &self,
         ns: &str,
@@ -572,6 +600,36 @@ mod tests {
         now.store(T0 + 3000, Ordering::SeqCst);
         assert_eq!(db.sweep().await.unwrap(), 1);
         assert_eq!(rows(&dir), 2, "the sweep reclaimed the expired row");
+    }
+
+    #[tokio::test]
+    async fn volatile_counters_count_exactly_expire_and_never_reach_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicU64::new(T0));
+        let n = Arc::clone(&now);
+        let clock: Clock = Arc::new(move || n.load(Ordering::SeqCst));
+        let db = Arc::new(KvDb::open_with(&dir.path().join("kv.db"), clock, Duration::from_secs(60)).unwrap());
+        let ttl = Some(Duration::from_secs(1));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let db = Arc::clone(&db);
+                tokio::spawn(async move { db.increment_volatile("ns", "w", 1, ttl).await.unwrap() })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.push(t.await.unwrap());
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=200).collect::<Vec<i64>>(), "each increment saw its own sum");
+        assert_eq!(db.increment_volatile("other", "w", 5, ttl).await.unwrap(), 5, "namespaces apart");
+        now.store(T0 + 999, Ordering::SeqCst);
+        assert_eq!(db.increment_volatile("ns", "w", 1, ttl).await.unwrap(), 201, "the first expiry stays");
+        now.store(T0 + 1000, Ordering::SeqCst);
+        assert_eq!(db.increment_volatile("ns", "w", 1, ttl).await.unwrap(), 1, "expired: a new window");
+        assert_eq!(rows(&dir), 0, "nothing was written to the database");
+        assert_eq!(db.increment_volatile("ns", "m", i64::MAX, None).await.unwrap(), i64::MAX);
+        assert!(matches!(db.increment_volatile("ns", "m", 1, None).await, Err(KvError::Overflow(_))));
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //!
 //! Each key gets `requests` tokens per window of `per`; windows are aligned to multiples of
 //! `per` since the Unix epoch, so every gateway agrees on them without talking. Taking a token
-//! is one atomic `increment` of the window's counter (created with a TTL of the window); the
+//! is one atomic `increment_volatile` of the window's counter (created with a TTL of the
+//! window; answered before it is durable: a restart may forget a window's count); the
 //! request passes when the sum is at most `requests`. That is the only synchronisation, so the
 //! count is exact under any concurrency: N requests in a window pass exactly
 //! `min(N, requests)`. Once a counter is seen past the limit, this gateway refuses the key
@@ -106,7 +107,7 @@ impl Limiter {
 
     async fn increment(&self, key: &str, ttl: Duration) -> Result<i64, nimbus_core::KvError> {
         self.namespace.get_or_try_init(|| async { self.kv.create_namespace(NAMESPACE).await.map(|_| ()) }).await?;
-        self.kv.increment(NAMESPACE, key, 1, Some(ttl)).await
+        self.kv.increment_volatile(NAMESPACE, key, 1, Some(ttl)).await
     }
 
     fn is_exhausted(&self, key: &str, window: u64) -> bool {
