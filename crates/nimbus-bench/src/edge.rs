@@ -3,12 +3,13 @@
 //!
 //! - a cached response (`cache = true`, served from the gateway's cache) beside nginx serving
 //!   the same bytes as a file (target ≥ 0.8× nginx's throughput);
-//! - a wasm route with a rate limit beside the same route without policies: the per-request
-//!   cost of the policy (the issue's target: JWT + rate limit + CORS ≤ 20 µs at p50 over the
-//!   bare route).
+//! - a static file (`[static]`) beside nginx serving the same file (target ≥ 0.8×);
+//! - a wasm route with a rate limit, and one with JWT + rate limit + CORS, beside the same
+//!   route without policies: the per-request cost of the policies (the issue's target: JWT +
+//!   rate limit + CORS ≤ 20 µs at p50 over the bare route).
 //!
-//! A row is a [`Probe`] in [`PROBES`]: adding one (a JWT route, static assets) is a route in
-//! [`write_app`] and a line in the table. nginx missing is reported as such, not fatal.
+//! A row is a [`Probe`] in [`PROBES`]: adding one is a route in [`write_app`] and a line in
+//! the table. nginx missing is reported as such, not fatal.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,9 +29,18 @@ use crate::servers::{self, Launch, Ready};
 pub const CACHE_TARGET_RATIO: f64 = 0.8;
 /// The issue's budget for JWT + rate limit + CORS over a bare wasm route, p50.
 pub const POLICY_BUDGET_US: f64 = 20.0;
-/// The cached body (and nginx's file).
+/// The cached body (and nginx's file, and the static file).
 const BODY: &str = "cached by the edge: the same bytes nginx serves from a file\n";
+/// The HS256 secret of the JWT row's policy (given to `nimbus up` in its environment).
+const JWT_SECRET: &str = "nimbus-bench-edge-secret-of-32-bytes";
+/// A token for [`JWT_SECRET`]: `{"sub": "bench", "exp": 4102444800}` (2100-01-01), made once
+/// with PyJWT (`jwt.encode(claims, JWT_SECRET, algorithm="HS256")`).
+const JWT: &str = "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCIsImV4cCI6NDEwMjQ0NDgwMH0.LPlLhCfy_j0tYgalP7Rbx19NTETf9ngN80g5T6vnzYc";
+/// The origin the JWT row's CORS policy allows.
+const ORIGIN: &str = "https://app.example";
 const CONCURRENCY: usize = 32;
+/// A probe's request headers.
+type Headers = &'static [(&'static str, &'static str)];
 
 #[derive(Args)]
 pub struct EdgeArgs {
@@ -57,6 +67,8 @@ pub struct Probe {
     pub reference: Reference,
     /// How the row is judged: a throughput ratio (cache) or a p50 budget (policies).
     pub judge: Judge,
+    /// Request headers the route needs (a token, an origin).
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,12 +84,28 @@ pub const PROBES: &[Probe] = &[
         path: "/cached",
         reference: Reference::Nginx,
         judge: Judge::MinRatio(CACHE_TARGET_RATIO),
+        headers: &[],
+    },
+    Probe {
+        name: "static file",
+        path: "/body.txt",
+        reference: Reference::Nginx,
+        judge: Judge::MinRatio(CACHE_TARGET_RATIO),
+        headers: &[],
     },
     Probe {
         name: "wasm + rate limit",
         path: "/limited/bench",
         reference: Reference::Route("/hello/bench"),
         judge: Judge::MaxExtraP50Us(POLICY_BUDGET_US),
+        headers: &[],
+    },
+    Probe {
+        name: "wasm + JWT + rate limit + CORS",
+        path: "/policies/bench",
+        reference: Reference::Route("/hello/bench"),
+        judge: Judge::MaxExtraP50Us(POLICY_BUDGET_US),
+        headers: &[("authorization", JWT), ("origin", ORIGIN)],
     },
 ];
 
@@ -101,14 +129,17 @@ pub struct Row {
 }
 
 /// The app: the Node origin answering `BODY` with a day of freshness on `/cached` (cache =
-/// true), the wasm hello bare on `/hello/*` and with a rate limit no load reaches on
-/// `/limited/*`.
+/// true), `BODY` as the static file `/body.txt`, the wasm hello bare on `/hello/*`, with a
+/// rate limit no load reaches on `/limited/*`, and with that limit, an HS256 JWT policy and a
+/// CORS policy on `/policies/*`.
 fn write_app(root: &Path) -> Result<PathBuf> {
     let app = root.join("app");
     let origin = app.join("functions/origin");
     let hello = app.join("functions/hello");
     std::fs::create_dir_all(&origin)?;
     std::fs::create_dir_all(&hello)?;
+    std::fs::create_dir_all(app.join("public"))?;
+    std::fs::write(app.join("public/body.txt"), BODY)?;
     let js = format!(
         "exports.handler = async () => ({{ statusCode: 200, headers: {{ 'content-type': 'text/plain', 'cache-control': 'public, max-age=86400' }}, body: {BODY:?} }});\n"
     );
@@ -126,9 +157,16 @@ runtime = "wasm"
 component = "hello.wasm"
 memory_mb = 32
 max_instances = 64
+[static]
+dir = "public"
 [rate_limits.wide]
 requests = 1000000
 per = "1s"
+[auth.bench]
+type = "jwt"
+secret_env = "NIMBUS_BENCH_JWT_SECRET"
+[cors.bench]
+origins = ["https://app.example"]
 [[routes]]
 method = "GET"
 path = "/cached"
@@ -143,6 +181,13 @@ method = "GET"
 path = "/limited/*"
 function = "hello"
 rate_limit = "wide"
+[[routes]]
+method = "GET"
+path = "/policies/*"
+function = "hello"
+rate_limit = "wide"
+auth = "bench"
+cors = "bench"
 "#;
     std::fs::write(app.join("nimbus.toml"), manifest).context("cannot write the app manifest")?;
     Ok(app)
@@ -150,7 +195,7 @@ rate_limit = "wide"
 
 /// The answer a path must get.
 fn expect(path: &str) -> Expect {
-    if path == "/cached" {
+    if path == "/cached" || path == "/body.txt" {
         Expect { body: Bytes::from_static(BODY.as_bytes()), content_type: Some("text/plain") }
     } else {
         crate::wasm::expect(path)
@@ -158,17 +203,30 @@ fn expect(path: &str) -> Expect {
 }
 
 /// Sequential p50, then throughput at c=32, of `url` answering `want`.
-async fn measure(s: &Settings, label: &str, url: &str, want: &Expect, pid: Option<u32>) -> Result<Side> {
+async fn measure(
+    s: &Settings,
+    label: &str,
+    url: &str,
+    want: &Expect,
+    pid: Option<u32>,
+    headers: Headers,
+) -> Result<Side> {
     let uri = load::uri(url)?;
     let client = load::client();
     let mut seq = Vec::with_capacity(s.warm);
     for i in 0..s.warmup + s.warm {
-        let us = load::timed(&client, &uri, want).await?;
+        let t = std::time::Instant::now();
+        load::fetch_with(&client, &uri, want, headers).await?;
         if i >= s.warmup {
-            seq.push(us);
+            seq.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    let t = load::throughput_expect(&uri, want, pid, CONCURRENCY, s.tput_warmup, s.tput_duration, s.tput_max).await?;
+    let (uri, want) = (uri.clone(), std::sync::Arc::new(want.clone()));
+    let op = move |_| {
+        let (client, uri, want) = (client.clone(), uri.clone(), want.clone());
+        async move { load::fetch_with(&client, &uri, &want, headers).await }
+    };
+    let t = load::throughput_of(op, pid, CONCURRENCY, s.tput_warmup, s.tput_duration, s.tput_max).await?;
     if t.errors > 0 {
         bail!("{label}: {} errors, first: {:?}", t.errors, t.first_error);
     }
@@ -253,15 +311,16 @@ async fn run_once(
     let data = root.join(format!("data-{run}"));
     let log = root.join(format!("nimbus-{run}.log"));
     let interps = procs::Interpreters::resolve()?;
-    let env = [("NIMBUS_NODE", interps.node.as_path())];
+    let env = [("NIMBUS_NODE", interps.node.as_path()), ("NIMBUS_BENCH_JWT_SECRET", Path::new(JWT_SECRET))];
     let nimbus = Nimbus::launch(bin, app, &data, &log, &env).await?;
     let mut rows = Vec::new();
     for p in PROBES {
-        let ours = measure(s, "nimbus", &format!("{}{}", nimbus.url, p.path), &expect(p.path), nimbus.pid()).await?;
+        let url = format!("{}{}", nimbus.url, p.path);
+        let ours = measure(s, "nimbus", &url, &expect(p.path), nimbus.pid(), p.headers).await?;
         let reference = match p.reference {
             Reference::Route(path) => {
                 let url = format!("{}{path}", nimbus.url);
-                Ok(measure(s, "nimbus, no policy", &url, &expect(path), nimbus.pid()).await?)
+                Ok(measure(s, "nimbus, no policy", &url, &expect(path), nimbus.pid(), &[]).await?)
             }
             Reference::Nginx => match nginx {
                 Ok(bin) => {
@@ -272,6 +331,7 @@ async fn run_once(
                         &format!("{}/cached", server.base),
                         &expect("/cached"),
                         server.pid(),
+                        &[],
                     )
                     .await;
                     server.stop().await;

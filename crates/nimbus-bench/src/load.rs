@@ -53,7 +53,25 @@ pub async fn get(client: &HttpClient, uri: &Uri, bearer: Option<&str>) -> Result
     if let Some(t) = bearer {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let req = req.body(Empty::new())?;
+    send(client, uri, req.body(Empty::new())?).await
+}
+
+/// `GET uri` with these request headers, checked against `expect`.
+pub async fn fetch_with(client: &HttpClient, uri: &Uri, expect: &Expect, headers: &[(&str, &str)]) -> Result<()> {
+    let mut req = hyper::Request::get(uri.clone());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let (status, content_type, body) = send(client, uri, req.body(Empty::new())?).await?;
+    check(uri, expect, status, content_type.as_deref(), &body)
+}
+
+/// Send a request; its status, content type and whole body, within [`REQUEST_TIMEOUT`].
+async fn send(
+    client: &HttpClient,
+    uri: &Uri,
+    req: hyper::Request<Empty<Bytes>>,
+) -> Result<(StatusCode, Option<String>, Bytes)> {
     let fut = async {
         let resp = client.request(req).await?;
         let status = resp.status();
