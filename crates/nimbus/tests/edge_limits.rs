@@ -88,3 +88,50 @@ async fn a_refusal_says_when_to_come_back() {
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["message"], "Too Many Requests");
 }
+
+/// HS256 tokens made by PyJWT for `subs`, each valid for ten minutes.
+fn tokens(secret: &str, subs: &[&str]) -> Vec<String> {
+    let script = format!(
+        "import jwt, time\nfor s in {subs:?}:\n    print(jwt.encode({{'sub': s, 'exp': int(time.time()) + 600}}, {secret:?}, algorithm='HS256'))\n"
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", common::test_pythonpath())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// `key = "claim:sub"` behind a JWT policy: each verified subject draws on its own count (the
+/// auth step hands its claims to the limit), and a refused token never reaches the limit.
+#[tokio::test]
+async fn a_limit_by_claim_counts_each_verified_subject_apart() {
+    const SECRET: &str = "edge-limits-test-secret-of-32-bytes!";
+    let app = App::new("edgelimitsclaim");
+    app.write_file("functions/f/index.js", ECHO);
+    let app = app
+        .raw("[functions.f]\nruntime = \"node\"\nhandler = \"index.handler\"\n")
+        .raw("[auth.users]\ntype = \"jwt\"\nsecret_env = \"NIMBUS_EDGE_LIMITS_SECRET\"\n")
+        .raw("[rate_limits.per_user]\nrequests = 3\nper = \"1h\"\nkey = \"claim:sub\"\n")
+        .raw("[[routes]]\nmethod = \"GET\"\npath = \"/me\"\nfunction = \"f\"\nauth = \"users\"\nrate_limit = \"per_user\"")
+        .finish();
+    let server = Server::start_with(app.path(), &app.path().join(".nimbus"), &[("NIMBUS_EDGE_LIMITS_SECRET", SECRET)]);
+    clear_of_the_boundary(3600, 10).await;
+    let toks = tokens(SECRET, &["alice", "bob"]);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let get = |token: String| {
+        let (client, url) = (client.clone(), format!("{}/me", server.url));
+        async move { client.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    let mut alice = Vec::new();
+    for _ in 0..4 {
+        alice.push(get(toks[0].clone()).await);
+    }
+    assert_eq!(alice, [200, 200, 200, 429], "alice has 3 an hour");
+    assert_eq!(get(toks[1].clone()).await, 200, "bob has his own count");
+    assert_eq!(get("not-a-token".into()).await, 401, "auth answers before the limit");
+    let records = server.records("f", 4).await;
+    assert_eq!(records.len(), 4, "only the admitted requests ran");
+}
