@@ -1,7 +1,7 @@
 //! Rate limits end to end (`[rate_limits.NAME]`, `rate_limit = "NAME"` on a route): exact under
 //! concurrency across instances (1,000 concurrent clients, 100 per minute per key, 4 instances:
 //! exactly 100 pass per key), the 429's `Retry-After` and `RateLimit-Policy` / `RateLimit`
-//! headers, answered before any instance starts.
+//! headers, answered before any instance starts, and a limit keyed by a verified JWT claim.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
