@@ -6,9 +6,14 @@
 //! policy's set verifies its signature with that algorithm and of the key's own type (an RSA key
 //! never checks an HMAC signature), `exp` is in the future and `nbf` in the past (within the
 //! leeway), `iss` and `aud` are what the policy says, and every required claim is present.
+//!
+//! A token that passed is remembered (as Envoy's `jwt_authn` cache does): the same token again
+//! skips the signature and the claims and only has its time window checked, for as long as the
+//! key set it was verified against is the current one (a refreshed or stale JWK set, and so a
+//! rotated-out key, sends it through the whole check again).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, Validation};
@@ -55,7 +60,22 @@ pub(crate) struct Jwt {
     /// The accepted algorithms, each with its validation settings (built once, not per request).
     algorithms: Vec<(Algorithm, Validation)>,
     keys: Keys,
+    /// Tokens that passed lately, by their text.
+    verified: Mutex<HashMap<String, Verified>>,
 }
+
+/// A token that passed: its claims, the Unix seconds it stays acceptable within (leeway
+/// included), and the JWK set it was verified against (`None`: a fixed key set).
+struct Verified {
+    claims: Claims,
+    from: u64,
+    until: u64,
+    keys: Option<Arc<KeySet>>,
+}
+
+/// Most tokens remembered per policy (past it the memory is emptied), and the longest one.
+const MAX_VERIFIED: usize = 4096;
+const MAX_VERIFIED_LEN: usize = 4096;
 
 enum Keys {
     Fixed(KeySet),
@@ -144,11 +164,53 @@ impl Jwt {
         if let Keys::Broken(why) = &keys {
             tracing::warn!("a JWT policy refuses every token: {why}");
         }
-        Jwt { policy: policy.clone(), algorithms, keys }
+        Jwt { policy: policy.clone(), algorithms, keys, verified: Mutex::new(HashMap::new()) }
     }
 
     async fn check(&self, headers: &HeaderMap) -> Result<Claims, Denied> {
         let token = bearer(headers)?;
+        if let Some(claims) = self.remembered(token, jsonwebtoken::get_current_timestamp()) {
+            return Ok(claims);
+        }
+        let keys = match &self.keys {
+            Keys::Remote(r) => Some(r.snapshot().0),
+            _ => None,
+        };
+        let claims = self.check_whole(token).await?;
+        self.remember(token, &claims, keys);
+        Ok(claims)
+    }
+
+    /// The claims of `token` if it passed lately, is within its time window at `now` (Unix
+    /// seconds) and was verified against the current, fresh key set.
+    fn remembered(&self, token: &str, now: u64) -> Option<Claims> {
+        let map = self.verified.lock().ok()?;
+        let v = map.get(token).filter(|v| v.from <= now && now <= v.until)?;
+        if let (Keys::Remote(r), Some(set)) = (&self.keys, &v.keys) {
+            let (current, stale) = r.snapshot();
+            if stale || !Arc::ptr_eq(&current, set) {
+                return None;
+            }
+        }
+        Some(v.claims.clone())
+    }
+
+    fn remember(&self, token: &str, claims: &Claims, keys: Option<Arc<KeySet>>) {
+        let seconds = |name: &str| claims.0.get(name).and_then(Value::as_u64);
+        let (Some(exp), true) = (seconds("exp"), token.len() <= MAX_VERIFIED_LEN) else { return };
+        let leeway = self.policy.leeway_s;
+        let from = seconds("nbf").map_or(0, |nbf| nbf.saturating_sub(leeway));
+        let entry = Verified { claims: claims.clone(), from, until: exp.saturating_add(leeway), keys };
+        if let Ok(mut map) = self.verified.lock() {
+            if map.len() >= MAX_VERIFIED {
+                map.clear();
+            }
+            map.insert(token.to_owned(), entry);
+        }
+    }
+
+    /// The whole check: header, algorithm, keys, signature, claims.
+    async fn check_whole(&self, token: &str) -> Result<Claims, Denied> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Denied::invalid("the token's header is not valid or names an unsupported algorithm"))?;
         let Some((_, validation)) = self.algorithms.iter().find(|(a, _)| *a == header.alg) else {
@@ -291,6 +353,24 @@ mod tests {
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", token(good).split('.').nth(1).unwrap());
         assert!(v.check(&headers(&none)).await.is_err(), "alg none is refused");
         assert_eq!(v.check(&HeaderMap::new()).await.unwrap_err().error, None);
+    }
+
+    #[tokio::test]
+    async fn a_token_that_passed_is_remembered_within_its_time_window_only() {
+        let Verifier::Jwt(jwt) = Verifier::new(&AuthPolicy::Jwt(policy()), &|u| Arc::new(Remote::new(u.into()))) else {
+            panic!("a JWT policy")
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let good = token(serde_json::json!({"sub": "u1", "iss": "iss", "aud": "api", "nbf": now - 5, "exp": now + 60}));
+        assert!(jwt.remembered(&good, now).is_none(), "not before it passed");
+        let claims = jwt.check(&headers(&good)).await.unwrap();
+        assert_eq!(jwt.remembered(&good, now), Some(claims.clone()));
+        assert_eq!(jwt.check(&headers(&good)).await.unwrap(), claims, "the same token passes again");
+        assert!(jwt.remembered(&good, now + 61).is_none(), "past exp it is checked again (and refused)");
+        assert!(jwt.remembered(&good, now - 6).is_none(), "before nbf likewise");
+        let refused = token(serde_json::json!({"iss": "iss", "aud": "api", "exp": now + 60}));
+        assert!(jwt.check(&headers(&refused)).await.is_err());
+        assert!(jwt.remembered(&refused, now).is_none(), "a refused token is not remembered");
     }
 
     #[tokio::test]

@@ -119,7 +119,8 @@ impl Remote {
         self.snapshot().0.candidates(kid)
     }
 
-    fn snapshot(&self) -> (Arc<KeySet>, bool) {
+    /// The kept key set, and whether it is stale (its freshness ended, or never fetched).
+    pub(crate) fn snapshot(&self) -> (Arc<KeySet>, bool) {
         match self.current.read() {
             Ok(c) => (c.keys.clone(), c.fresh_until.is_none_or(|t| Instant::now() >= t)),
             Err(_) => (Arc::new(KeySet::default()), true),

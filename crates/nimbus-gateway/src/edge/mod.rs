@@ -37,7 +37,6 @@ use nimbus_manifest::edge::CorsPolicy;
 /// The verified claims of a JWT (or the key's name for an API key), as the auth step left
 /// them for the steps after it (a rate limit keyed by a claim, the event's
 /// `requestContext.authorizer.jwt`).
-#[allow(dead_code)] // filled by the auth step, read by limits and the event
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Claims(pub serde_json::Map<String, serde_json::Value>);
 

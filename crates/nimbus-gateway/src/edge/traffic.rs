@@ -74,7 +74,11 @@ pub(crate) fn choose(
             )),
         };
     }
-    if let Some(kept) = sticky(headers).and_then(|v| snap.traffic.iter().find(|(view, _)| view.version == v)) {
+    // The cookie is read only while the alias is split.
+    let split = !snap.traffic.is_empty();
+    if let Some(kept) =
+        split.then(|| sticky(headers)).flatten().and_then(|v| snap.traffic.iter().find(|(view, _)| view.version == v))
+    {
         return Ok(Chosen { view: kept.0.clone(), set_cookie: None });
     }
     if let Some(view) = pick(&snap.traffic, rand::random_range(0..100)) {
