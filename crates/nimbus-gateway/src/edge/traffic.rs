@@ -20,6 +20,7 @@ use nimbus_core::ErrorSource;
 use crate::body::GwResp;
 use crate::context::Gateway;
 use crate::http_route::RouteError;
+use crate::util::X_NIMBUS_VERSION;
 
 /// The cookie that keeps a client on the version it was given.
 pub(crate) const COOKIE: &str = "nimbus-version";
@@ -51,8 +52,8 @@ pub(crate) fn answer(resp: Result<GwResp, RouteError>, set_cookie: Option<Header
 /// control plane sees how it went (a running canary judges its new version by it).
 pub(crate) fn finish(gw: &Gateway, resp: &mut GwResp, version: Option<u64>, started: std::time::Instant) {
     let Some(version) = version else { return };
-    if !resp.headers().contains_key("x-nimbus-version") {
-        resp.headers_mut().insert("x-nimbus-version", HeaderValue::from(version));
+    if !resp.headers().contains_key(X_NIMBUS_VERSION) {
+        resp.headers_mut().insert(X_NIMBUS_VERSION, HeaderValue::from(version));
     }
     gw.control.observe(version, resp.status().is_server_error(), started.elapsed());
 }
