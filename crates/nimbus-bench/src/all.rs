@@ -257,34 +257,8 @@ plugins:
 "#;
 
 fn nginx_conf(dir: &Path, port: u16) -> String {
-    let d = dir.display();
-    format!(
-        "# nimbus-bench all: nginx answering the fixed body (written by the bench, deleted after the run).
-daemon off;
-master_process on;
-worker_processes auto;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp/body;
-  proxy_temp_path {d}/tmp/proxy;
-  fastcgi_temp_path {d}/tmp/fastcgi;
-  uwsgi_temp_path {d}/tmp/uwsgi;
-  scgi_temp_path {d}/tmp/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      default_type {CONTENT_TYPE};
-      return 200 '{BODY}';
-    }}
-  }}
-}}
-"
-    )
+    let body = format!("    location / {{\n      default_type {CONTENT_TYPE};\n      return 200 '{BODY}';\n    }}");
+    servers::nginx_conf("nginx answering the fixed body", dir, port, &body)
 }
 
 /// The nimbus app of one configuration: `hello` on /hello/bench and `cold` never-run functions

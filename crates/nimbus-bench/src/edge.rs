@@ -236,32 +236,8 @@ async fn measure(
 
 /// nginx's config: [`BODY`] as a file under `dir/www`, everything else in `dir`.
 fn nginx_conf(dir: &Path, port: u16) -> String {
-    let d = dir.display();
-    format!(
-        "# nimbus-bench edge: nginx serving the cached body as a file (written by the bench, deleted after the run).
-daemon off;
-master_process on;
-worker_processes auto;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp/body;
-  proxy_temp_path {d}/tmp/proxy;
-  fastcgi_temp_path {d}/tmp/fastcgi;
-  uwsgi_temp_path {d}/tmp/uwsgi;
-  scgi_temp_path {d}/tmp/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  server {{
-    listen 127.0.0.1:{port};
-    root {d}/www;
-    location / {{ default_type text/plain; }}
-  }}
-}}
-"
-    )
+    let body = format!("    root {}/www;\n    location / {{ default_type text/plain; }}", dir.display());
+    servers::nginx_conf("nginx serving the cached body as a file", dir, port, &body)
 }
 
 fn find_nginx(explicit: Option<PathBuf>) -> std::result::Result<PathBuf, String> {

@@ -214,3 +214,33 @@ async fn answered(l: &Launch, child: &mut Child, program: &str, url: &str, deadl
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+/// An nginx configuration for a bench: one server on 127.0.0.1:`port` whose `server` block
+/// ends with `body` (its root and locations), everything nginx writes kept under `dir`.
+pub fn nginx_conf(what: &str, dir: &Path, port: u16, body: &str) -> String {
+    let d = dir.display();
+    format!(
+        "# nimbus-bench: {what} (written by the bench, deleted after the run).
+daemon off;
+master_process on;
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{port};
+{body}
+  }}
+}}
+"
+    )
+}

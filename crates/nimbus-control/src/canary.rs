@@ -175,16 +175,7 @@ impl ControlPlane {
     }
 
     async fn write_audit(&self, target: String, error: Option<String>) {
-        let entry = AuditEntry {
-            ts_ms: nimbus_core::ids::now_ms(),
-            action: AuditAction::Canary,
-            target,
-            error,
-            actor: "nimbus up".to_owned(),
-            token_id: None,
-            source: "local".to_owned(),
-            count: 1,
-        };
+        let entry = AuditEntry::local(AuditAction::Canary, target, error);
         match self.audit.get() {
             Some(audit) => {
                 if let Err(e) = audit.append(&[entry]).await {

@@ -113,6 +113,22 @@ pub struct AuditEntry {
     pub count: u32,
 }
 
+impl AuditEntry {
+    /// Something `nimbus up` itself did (a deploy at start, a canary's decision), now.
+    pub fn local(action: AuditAction, target: String, error: Option<String>) -> AuditEntry {
+        AuditEntry {
+            ts_ms: crate::ids::now_ms(),
+            action,
+            target,
+            error,
+            actor: "nimbus up".to_owned(),
+            token_id: None,
+            source: "local".to_owned(),
+            count: 1,
+        }
+    }
+}
+
 /// Filters for reading the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditQuery {

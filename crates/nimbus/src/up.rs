@@ -619,16 +619,7 @@ async fn deploy_app(control: &ControlPlane, audit: &dyn AuditLog, app_dir: &Path
         Err(e) => Some((app_dir.display().to_string(), Some(e.to_string().trim_end().to_owned()))),
     };
     if let Some((target, error)) = entry {
-        let entry = AuditEntry {
-            ts_ms: nimbus_core::ids::now_ms(),
-            action: AuditAction::Deploy,
-            target,
-            error,
-            actor: "nimbus up".to_owned(),
-            token_id: None,
-            source: "local".to_owned(),
-            count: 1,
-        };
+        let entry = AuditEntry::local(AuditAction::Deploy, target, error);
         if let Err(e) = audit.append(&[entry]).await {
             tracing::error!("{e}");
         }
