@@ -8,7 +8,7 @@ use std::path::{Component, Path};
 
 use toml::de::{DeTable, DeValue};
 
-use crate::ctx::Ctx;
+use crate::ctx::{AssetLocations, Ctx};
 
 /// Keys of `[static]`.
 pub(crate) const KEYS: &[&str] = &["dir", "spa_fallback"];
@@ -21,13 +21,6 @@ pub struct StaticSpec {
     /// A file under `dir` (`index.html`) that answers a GET for a path no file and no route
     /// matches, when the client accepts HTML: the entry point of a single-page app.
     pub spa_fallback: Option<String>,
-}
-
-/// Where `[static]`'s keys were written, for the file checks.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct AssetLocations {
-    pub dir: usize,
-    pub spa_fallback: Option<usize>,
 }
 
 pub(crate) fn check(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Option<(StaticSpec, AssetLocations)> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nimbus_core::{AsyncPolicy, Destination, FunctionSpec, Grants, KeepAlivePolicy, RuntimeKind, WasmOptions};
 use toml::de::{DeTable, DeValue};
 
-use crate::ctx::{valid_name, Ctx, FunctionLocations, Locations, Value};
+use crate::ctx::{check_path, valid_name, Ctx, FunctionLocations, Locations, Value, METHODS};
 use crate::schedule::ScheduleSpec;
 use crate::{
     defaults, edge, grants, limits, pricing, queues, resources, schedule, triggers, wasm, Diagnostic, Diagnostics,
@@ -64,7 +64,6 @@ pub(crate) const FUNCTION_KEYS: &[&str] = &[
 const WASM_KEYS: &[&str] = &["component", "instance_reuse"];
 pub(crate) const ROUTE_KEYS: &[&str] =
     &["method", "path", "host", "function", "async", "auth", "cors", "rate_limit", "cache"];
-pub(crate) const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 /// Environment names the platform sets itself; a function may not override them.
 const RESERVED_ENV: &[&str] = &[
     "_HANDLER",
@@ -907,49 +906,6 @@ fn route_conflicts(cx: &mut Ctx<'_>, routes: &[(RouteSpec, Range<usize>)]) {
 fn line_of(src: &str, offset: usize) -> (usize, usize) {
     let d = Diagnostic::at("", src, offset, "", String::new());
     (d.line, d.column)
-}
-
-pub(crate) fn check_path(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') {
-        return Err(format!("\"{p}\" must start with '/'"));
-    }
-    if p.contains(['?', '#', ' ']) {
-        return Err(format!("\"{p}\" must be a plain path without query, fragment or spaces"));
-    }
-    let segments: Vec<&str> = p.split('/').skip(1).collect();
-    let mut params = Vec::new();
-    let last = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
-        if seg.is_empty() && i != last {
-            return Err(format!("\"{p}\" has an empty segment ('//'); remove it"));
-        }
-        if *seg == "*" {
-            if i != last {
-                return Err(format!("\"{p}\": '*' is only allowed as the last segment (\"/static/*\")"));
-            }
-            continue;
-        }
-        if let Some(inner) = seg.strip_prefix('{') {
-            let Some(name) = inner.strip_suffix('}') else {
-                return Err(format!("\"{p}\": segment \"{seg}\" must be a whole {{param}}"));
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("\"{p}\": parameter \"{name}\" must be letters, digits or '_'"));
-            }
-            if name == "proxy" {
-                return Err(format!(
-                    "\"{p}\": \"proxy\" is the name of the trailing wildcard; choose another parameter name"
-                ));
-            }
-            if params.contains(&name) {
-                return Err(format!("\"{p}\": parameter \"{name}\" appears twice"));
-            }
-            params.push(name);
-        } else if seg.contains(['{', '}', '*']) {
-            return Err(format!("\"{p}\": segment \"{seg}\" mixes text with '{{', '}}' or '*'; parameters and wildcards take a whole segment"));
-        }
-    }
-    Ok(())
 }
 
 fn valid_env_name(s: &str) -> bool {

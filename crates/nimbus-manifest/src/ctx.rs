@@ -20,7 +20,7 @@ pub(crate) struct Locations {
     pub functions: HashMap<String, FunctionLocations>,
     /// Where each `[auth.NAME]`'s `jwks_file` was written, by policy name.
     pub jwks_files: HashMap<String, usize>,
-    pub assets: Option<crate::assets::AssetLocations>,
+    pub assets: Option<AssetLocations>,
 }
 
 #[derive(Default, Clone)]
@@ -184,4 +184,59 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// '-' or '_'.
 pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Where `[static]`'s keys were written, for the file checks.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct AssetLocations {
+    pub dir: usize,
+    pub spa_fallback: Option<usize>,
+}
+
+/// The HTTP methods a route (or a CORS policy) may name.
+pub(crate) const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// A route path (or a redirect's, rewrite's or headers rule's source): literal segments,
+/// whole-segment `{name}` parameters, an optional trailing `*`.
+pub(crate) fn check_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("\"{p}\" must start with '/'"));
+    }
+    if p.contains(['?', '#', ' ']) {
+        return Err(format!("\"{p}\" must be a plain path without query, fragment or spaces"));
+    }
+    let segments: Vec<&str> = p.split('/').skip(1).collect();
+    let mut params = Vec::new();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() && i != last {
+            return Err(format!("\"{p}\" has an empty segment ('//'); remove it"));
+        }
+        if *seg == "*" {
+            if i != last {
+                return Err(format!("\"{p}\": '*' is only allowed as the last segment (\"/static/*\")"));
+            }
+            continue;
+        }
+        if let Some(inner) = seg.strip_prefix('{') {
+            let Some(name) = inner.strip_suffix('}') else {
+                return Err(format!("\"{p}\": segment \"{seg}\" must be a whole {{param}}"));
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("\"{p}\": parameter \"{name}\" must be letters, digits or '_'"));
+            }
+            if name == "proxy" {
+                return Err(format!(
+                    "\"{p}\": \"proxy\" is the name of the trailing wildcard; choose another parameter name"
+                ));
+            }
+            if params.contains(&name) {
+                return Err(format!("\"{p}\": parameter \"{name}\" appears twice"));
+            }
+            params.push(name);
+        } else if seg.contains(['{', '}', '*']) {
+            return Err(format!("\"{p}\": segment \"{seg}\" mixes text with '{{', '}}' or '*'; parameters and wildcards take a whole segment"));
+        }
+    }
+    Ok(())
 }

@@ -492,7 +492,7 @@ fn cors(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str) -> Option<CorsPolicy> {
             .then(|| format!("\"{o}\" is not an origin; write it like \"https://app.example.com\" (no path), or \"*\""))
     });
     let methods = list(cx, "methods", &|m| {
-        (!crate::check::METHODS.contains(&m.to_ascii_uppercase().as_str()))
+        (!crate::ctx::METHODS.contains(&m.to_ascii_uppercase().as_str()))
             .then(|| format!("\"{m}\" is not an HTTP method"))
     });
     let headers =
@@ -631,7 +631,7 @@ fn pattern(cx: &mut Ctx<'_>, t: &DeTable<'_>, v: &Value<'_>, field: &str, key: &
         cx.err(v.span(), &f, format!("missing; add `{key} = \"/old/{{slug}}\"`"));
         return None;
     };
-    cx.string(sv, &f).filter(|p| match crate::check::check_path(p) {
+    cx.string(sv, &f).filter(|p| match crate::ctx::check_path(p) {
         Ok(()) => true,
         Err(msg) => {
             cx.err(sv.span(), &f, msg);

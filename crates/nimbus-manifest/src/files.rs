@@ -32,11 +32,7 @@ pub(crate) fn check(
 
 /// `[static]`: the directory exists inside the app directory (a link may not lead out of it),
 /// and so does the fallback file.
-fn static_files(
-    spec: &crate::assets::StaticSpec,
-    loc: &crate::assets::AssetLocations,
-    app_dir: &Path,
-) -> Option<Problem> {
+fn static_files(spec: &crate::assets::StaticSpec, loc: &crate::ctx::AssetLocations, app_dir: &Path) -> Option<Problem> {
     let dir = app_dir.join(&spec.dir);
     let problem = |at, key, message| Some(Problem { at, key, message });
     if !dir.is_dir() {
