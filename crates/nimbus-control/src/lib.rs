@@ -18,6 +18,7 @@ mod plane;
 mod queues;
 pub mod router;
 mod snapshot;
+mod split;
 pub mod stored;
 pub mod tokens;
 pub mod traffic;

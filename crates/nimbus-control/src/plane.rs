@@ -201,7 +201,7 @@ pub struct ControlPlane {
     /// Where a deploy creates or updates the queues its manifest declares (set once at start).
     messages: std::sync::OnceLock<Arc<dyn nimbus_core::messages::MessageQueues>>,
     /// The running canary, when there is one (the gateway feeds its health).
-    pub(crate) canary: arc_swap::ArcSwapOption<crate::canary::CanaryRun>,
+    pub(crate) canary: arc_swap::ArcSwapOption<crate::split::CanaryRun>,
     /// How the last canary ended.
     pub(crate) last_canary: std::sync::Mutex<Option<crate::traffic::CanaryOutcome>>,
     /// Where canary decisions are written (set once at start); entries made before wait here.
@@ -230,10 +230,10 @@ impl ControlPlane {
             let view = view(registry.as_ref(), record.version, record.app, record.created_ms, content);
             versions.insert(view.version, Arc::new(view));
         }
-        let (live, traffic, interrupted) = crate::canary::load_traffic(registry.as_ref(), &versions).await?;
+        let (live, traffic, interrupted) = crate::split::load_traffic(registry.as_ref(), &versions).await?;
         let tokens = TokenSet::from_records(registry.tokens().await?);
         let access_keys = KeySet::from_records(registry.access_keys().await?);
-        pools.deploy(&crate::canary::serving(live.as_ref(), &traffic));
+        pools.deploy(&crate::split::serving(live.as_ref(), &traffic));
         let plane = Arc::new_cyclic(|me| ControlPlane {
             registry,
             pools,
@@ -508,7 +508,7 @@ impl ControlPlane {
         new_version: Option<Arc<DeploymentView>>,
         traffic: Vec<(Arc<DeploymentView>, u32)>,
     ) {
-        self.pools.deploy(&crate::canary::serving(Some(&live), &traffic));
+        self.pools.deploy(&crate::split::serving(Some(&live), &traffic));
         let old = self.snapshot.load_full();
         let mut versions = old.versions.clone();
         if let Some(v) = new_version {
