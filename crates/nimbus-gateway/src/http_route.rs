@@ -242,7 +242,9 @@ fn before_route(
     if !plan.cors.is_empty() {
         out.origin = req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
     }
-    out.plan = Some(plan.clone());
+    if plan.decorates() {
+        out.plan = Some(plan.clone());
+    }
     match crate::edge::rules(&plan, req) {
         Some(redirect) => Err(redirect),
         None => Ok(plan),

@@ -47,6 +47,8 @@ pub(crate) struct Claims(pub serde_json::Map<String, serde_json::Value>);
 pub(crate) struct EdgeState {
     plans: Mutex<HashMap<u64, Arc<Plan>>>,
     jwks: Mutex<HashMap<String, Arc<jwks::Remote>>>,
+    /// The plan of every deployment that declares no edge policy or rule: no lock, no lookup.
+    empty: Arc<Plan>,
 }
 
 /// Plans kept at most; older versions are dropped (and recompiled if they serve again).
@@ -55,6 +57,9 @@ const MAX_PLANS: usize = 16;
 impl EdgeState {
     /// The plan of a deployment, compiled on its first request.
     pub(crate) fn plan(&self, d: &DeploymentView) -> Arc<Plan> {
+        if d.edge.is_empty() {
+            return self.empty.clone();
+        }
         if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(&d.version).cloned()) {
             return p;
         }
@@ -81,10 +86,18 @@ impl EdgeState {
 }
 
 /// One deployment's edge layer, ready for requests.
+#[derive(Default)]
 pub(crate) struct Plan {
     pub(crate) auth: HashMap<String, Arc<auth::Verifier>>,
     pub(crate) cors: HashMap<String, CorsPolicy>,
     pub(crate) rules: rules::Rules,
+}
+
+impl Plan {
+    /// Whether the way out has anything to add (response headers rules or CORS).
+    pub(crate) fn decorates(&self) -> bool {
+        self.rules.has_headers() || !self.cors.is_empty()
+    }
 }
 
 /// What the steps on the way out need to know about the request (step 8).
