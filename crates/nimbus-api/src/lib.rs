@@ -838,7 +838,7 @@ pub struct AuditEntry {
     pub ts_ms: u64,
     /// deploy | rollback | dlq.redrive | dlq.purge | token.create | token.revoke | key.create |
     /// key.revoke | login | auth.failed | auth.denied | kv.delete-namespace | bucket.delete |
-    /// queue.purge | queue.redrive | traffic | canary
+    /// queue.purge | queue.redrive | traffic | canary | cache.purge
     pub action: String,
     /// What it was done to: "version 3", a token id, "POST /v1/deployments", "dashboard login".
     pub target: String,

@@ -42,10 +42,12 @@ pub enum AuditAction {
     Traffic,
     /// A canary's step, promotion or rollback, decided by the server.
     Canary,
+    /// `nimbus cache purge` (`POST /v1/cache/purge`).
+    CachePurge,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 18] = [
         AuditAction::Deploy,
         AuditAction::Rollback,
         AuditAction::DlqRedrive,
@@ -63,6 +65,7 @@ impl AuditAction {
         AuditAction::QueueRedrive,
         AuditAction::Traffic,
         AuditAction::Canary,
+        AuditAction::CachePurge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +87,7 @@ impl AuditAction {
             AuditAction::QueueRedrive => "queue.redrive",
             AuditAction::Traffic => "traffic",
             AuditAction::Canary => "canary",
+            AuditAction::CachePurge => "cache.purge",
         }
     }
 

@@ -258,8 +258,15 @@ async fn cache_purge(c: &Caller<'_>, req: Request<Incoming>) -> Answer {
             "say what to purge: \"prefix\" (\"/\" for everything) or \"tag\"",
         ));
     }
+    let target = match (&r.prefix, &r.tag) {
+        (Some(prefix), Some(tag)) => format!("prefix {prefix}, tag {tag}"),
+        (Some(prefix), None) => format!("prefix {prefix}"),
+        (None, tag) => format!("tag {}", tag.as_deref().unwrap_or_default()),
+    };
     let purge = crate::edge::cache::Purge { prefix: r.prefix, tag: r.tag };
     let purged = u64::try_from(c.gw.cache.purge(&purge)).unwrap_or(u64::MAX);
+    let result: Result<u64, ApiError> = Ok(purged);
+    c.audit(AuditAction::CachePurge, target, &result).await;
     Ok(json(StatusCode::OK, &api::CachePurged { purged }))
 }
 

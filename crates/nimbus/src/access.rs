@@ -118,7 +118,7 @@ pub struct AuditArgs {
     limit: u32,
     /// Only this action: deploy, rollback, dlq.redrive, dlq.purge, token.create, token.revoke,
     /// key.create, key.revoke, login, auth.failed, auth.denied, kv.delete-namespace,
-    /// bucket.delete, queue.purge, queue.redrive, traffic or canary.
+    /// bucket.delete, queue.purge, queue.redrive, traffic, canary or cache.purge.
     #[arg(long)]
     action: Option<String>,
     /// Print the API's JSON.

@@ -255,6 +255,10 @@ async fn purge_by_prefix_and_tag_and_a_deploy_empties_the_cache() {
 
     let (status, _, body) = server.admin_request(reqwest::Method::POST, "/v1/cache/purge", "{}").await;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let audit = server.admin("/v1/audit?action=cache.purge").await;
+    let targets: Vec<&str> = audit.as_array().unwrap().iter().filter_map(|e| e["target"].as_str()).collect();
+    assert_eq!(targets.len(), 2, "both purges are in the audit log: {audit}");
+    assert!(targets.contains(&"prefix /c/p/a") && targets.contains(&"tag t1"), "{targets:?}");
 
     // A new deployment starts with an empty cache.
     assert_eq!(cached(&server).await, [true, true, true]);
