@@ -39,6 +39,17 @@ pub(crate) struct Ctx<'s> {
 }
 
 impl<'s> Ctx<'s> {
+    /// An error at each key of `t` that belongs to another kind of table (`other`), saying
+    /// `message(key)`.
+    pub(crate) fn misplaced(&mut self, t: &DeTable<'_>, field: &str, other: &[&str], message: impl Fn(&str) -> String) {
+        for (key, _) in t.iter() {
+            let k: &str = key.get_ref().as_ref();
+            if other.contains(&k) {
+                self.err(key.span(), &format!("{field}.{k}"), message(k));
+            }
+        }
+    }
+
     /// `file` is the name messages show; `src` is the manifest text spans point into.
     pub(crate) fn new(file: &'s str, src: &'s str) -> Self {
         Ctx { file, src, errors: Vec::new() }

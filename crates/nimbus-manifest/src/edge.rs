@@ -337,20 +337,8 @@ fn auth(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str) -> Option<AuthPolicy> {
             None
         }
     }?;
-    let other = if kind == "jwt" { API_KEY_KEYS } else { JWT_KEYS };
-    for (key, _) in t.iter() {
-        let k: &str = key.get_ref().as_ref();
-        if other.contains(&k) {
-            cx.err(
-                key.span(),
-                &format!("{field}.{k}"),
-                format!(
-                    "`{k}` does not apply to {} policy; remove it",
-                    if kind == "jwt" { "a jwt" } else { "an api-key" }
-                ),
-            );
-        }
-    }
+    let (other, what) = if kind == "jwt" { (API_KEY_KEYS, "a jwt") } else { (JWT_KEYS, "an api-key") };
+    cx.misplaced(t, field, other, |k| format!("`{k}` does not apply to {what} policy; remove it"));
     let policy = if kind == "jwt" {
         jwt(cx, t, v, field).map(AuthPolicy::Jwt)
     } else {

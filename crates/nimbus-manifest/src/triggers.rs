@@ -118,16 +118,7 @@ fn function(cx: &mut Ctx<'_>, t: &DeTable<'_>, v: &Value<'_>, field: &str, names
 
 /// Keys of the other kind of trigger (`batch_size` on a bucket trigger, `events` on a queue's).
 fn misplaced(cx: &mut Ctx<'_>, t: &DeTable<'_>, field: &str, other: &[&str], what: &str, takes: &[&str]) {
-    for (key, _) in t.iter() {
-        let k: &str = key.get_ref().as_ref();
-        if other.contains(&k) {
-            cx.err(
-                key.span(),
-                &format!("{field}.{k}"),
-                format!("{what} takes no `{k}`; it takes {}", takes.join(", ")),
-            );
-        }
-    }
+    cx.misplaced(t, field, other, |k| format!("{what} takes no `{k}`; it takes {}", takes.join(", ")));
 }
 
 fn bucket(
