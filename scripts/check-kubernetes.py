@@ -4,8 +4,9 @@
   scripts/check-kubernetes.py manifests
       every manifest against the Kubernetes API schemas (kubernetes-validate, --strict: an
       unknown field fails) for each version in KUBERNETES_VERSIONS; kustomization.yaml lists
-      every manifest and nothing else; the NATS ConfigMap's nats.conf passes `nats-server -t`
-      (when scripts/test-deps.sh installed nats-server). Needs no build.
+      every manifest and nothing else, and what it renders validates too (when kubectl is
+      installed); the NATS ConfigMap's nats.conf passes `nats-server -t` (when
+      scripts/test-deps.sh installed nats-server). Needs no build.
 
   scripts/check-kubernetes.py flags NIMBUS
       every flag the nimbus Deployment passes to `nimbus up` is in `NIMBUS up --help` (or is
@@ -19,6 +20,7 @@ installs it into $NIMBUS_CACHE/kubernetes-validate, where PyYAML (its dependency
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,14 +88,13 @@ def find(kind, name):
     fail([f"no {kind} named {name} in {MANIFESTS}"])
 
 
-def validate_schemas():
-    files = [str(p) for p in manifest_files()]
+def validate_schemas(files, what):
     env = dict(os.environ, PYTHONPATH=str(VALIDATE))
     for version in KUBERNETES_VERSIONS:
         cmd = [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", "-k", version, *files]
         if subprocess.run(cmd, env=env).returncode != 0:
-            fail([f"the manifests do not validate against Kubernetes {version} (above)"])
-    print(f"kubernetes manifests: {len(files)} files valid (strict) for Kubernetes {', '.join(KUBERNETES_VERSIONS)}")
+            fail([f"{what} do not validate against Kubernetes {version} (above)"])
+    print(f"kubernetes manifests: {what} valid (strict) for Kubernetes {', '.join(KUBERNETES_VERSIONS)}")
 
 
 def check_kustomization():
@@ -104,6 +105,22 @@ def check_kustomization():
     problems += [f"kustomization.yaml lists {name}, which does not exist" for name in sorted(listed - present)]
     if problems:
         fail(problems)
+
+
+def check_kustomize_build():
+    """Render the kustomization when kubectl is installed (it embeds kustomize) and validate
+    what it renders: the namespace and image it sets are part of what gets applied."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        print("kubernetes manifests: kustomization not rendered (no kubectl on PATH)")
+        return
+    out = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        fail([f"`kubectl kustomize {MANIFESTS}` failed: {out.stderr.strip()}"])
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rendered:
+        rendered.write(out.stdout)
+        rendered.flush()
+        validate_schemas([rendered.name], "the output of `kubectl kustomize`")
 
 
 def check_nats_conf():
@@ -230,8 +247,9 @@ def check_app(nimbus):
 def main():
     match sys.argv[1:]:
         case ["manifests"]:
-            validate_schemas()
+            validate_schemas([str(p) for p in manifest_files()], f"the {len(manifest_files())} manifests")
             check_kustomization()
+            check_kustomize_build()
             check_nats_conf()
         case ["flags", nimbus]:
             check_flags(nimbus)
