@@ -29,7 +29,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:trixie-slim
 # tini as PID 1 passes SIGTERM on to nimbus (which drains, then stops its instances) and
-# reaps any process that outlives its parent.
+# reaps any process that outlives its parent. The Debian release is pinned (trixie), the
+# packages are not: a rebuild picks up that release's security updates.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap ca-certificates nodejs python3 tini tzdata \
     && rm -rf /var/lib/apt/lists/*
