@@ -252,6 +252,8 @@ def main():
             check_kustomize_build()
             check_nats_conf()
         case ["flags", nimbus]:
+            if not os.access(nimbus, os.X_OK):
+                fail([f"{nimbus} is not an executable nimbus; build it first (cargo build -p nimbus)"])
             check_flags(nimbus)
             check_app(nimbus)
         case _:
