@@ -218,29 +218,38 @@ def first_route(app_dir):
     return re.sub(r"\{[^}]+\}", "k8s", path.group(1)).rstrip("*") if path else None
 
 
+def serve_and_get(cmd, data_dir, route, log):
+    """Run `cmd` (a `nimbus up`) until it answers /healthz, GET `route`, stop it with SIGTERM;
+    (the server URL or None, the route's status)."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = wait_healthy(data_dir, proc, time.monotonic() + 60)
+        return url, get(url + route) if url else None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def check_app(nimbus):
     deployment, container = nimbus_container()
     with tempfile.TemporaryDirectory() as tmp:
         app_dir, data_dir = Path(tmp) / "app", Path(tmp) / "data"
         mount = lay_out_app(deployment, container, app_dir)
+        route = first_route(app_dir)
+        if route is None:
+            fail(["the nimbus.toml of nimbus-app.yaml has no [[routes]] path to check it with"])
         cmd = [nimbus, *local_args(container["args"], mount, app_dir, data_dir)]
-        log = open(Path(tmp) / "nimbus.log", "w+")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = wait_healthy(data_dir, proc, time.monotonic() + 60)
-            route = first_route(app_dir)
-            status = get(url + route) if url and route else None
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if url is None or (route and status != 200):
-            log.seek(0)
-            print(log.read(), file=sys.stderr)
-            what = "did not answer /healthz" if url is None else f"answered {status} on {route}"
-            fail([f"the app of nimbus-app.yaml, served as `{' '.join(cmd)}`, {what} (its log is above)"])
+        with open(Path(tmp) / "nimbus.log", "w+") as log:
+            url, status = serve_and_get(cmd, data_dir, route, log)
+            if status != 200:
+                log.seek(0)
+                print(log.read(), file=sys.stderr)
+                what = "did not answer /healthz" if url is None else f"answered {status} on {route}"
+                fail([f"the app of nimbus-app.yaml, served as `{' '.join(cmd)}`, {what} (its log is above)"])
     print(f"kubernetes manifests: the app ConfigMap deploys and serves ({route} answered 200)")
 
 
