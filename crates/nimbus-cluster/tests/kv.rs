@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use nimbus_cluster::testing::NatsServers;
 use nimbus_cluster::{Cluster, ClusterOptions, NatsKv};
-use nimbus_core::kv::{CasOutcome, KvError, KvPage, KvStore, MAX_KEY_BYTES, MAX_LIST_LIMIT};
+use nimbus_core::kv::{KvError, KvPage, KvStore, MAX_KEY_BYTES, MAX_LIST_LIMIT};
+use nimbus_core::kv_conformance;
 
 /// How long any one test may run.
 const TEST_BOUND: Duration = Duration::from_secs(120);
@@ -40,153 +41,6 @@ fn names(p: KvPage) -> Vec<String> {
     p.keys.into_iter().map(|k| k.name).collect()
 }
 
-/// One step of the semantics table.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Put(&'static str, &'static str, Option<u64>),
-    Get(&'static str),
-    Del(&'static str),
-    Inc(&'static str, i64, Option<u64>),
-    /// Compare-and-swap over the key's last version the table saw.
-    CasLast(&'static str, &'static str),
-    /// Compare-and-swap expecting the key absent.
-    CasAbsent(&'static str, &'static str),
-    /// Compare-and-swap over a version the key never had.
-    CasStale(&'static str, &'static str),
-    /// Keys with this prefix.
-    List(&'static str),
-    /// Move the store's clock on (ms); the servers' clocks do not move.
-    Advance(u64),
-}
-
-/// What a step must give.
-#[derive(Debug, Clone, Copy)]
-enum Want {
-    /// A new version, greater than every earlier one of the key.
-    NewVersion,
-    Value(Option<&'static str>),
-    Deleted(bool),
-    Sum(i64),
-    /// The key's last version the table saw (`false`: absent).
-    Conflict(bool),
-    Keys(&'static [&'static str]),
-    /// An error whose message contains this.
-    Error(&'static str),
-    Done,
-}
-
-const I64_MAX: &str = "9223372036854775807";
-
-#[rustfmt::skip]
-const CASES: &[(Op, Want)] = &[
-    (Op::Get("k"), Want::Value(None)),
-    (Op::Put("k", "one", None), Want::NewVersion),
-    (Op::Put("k", "two", None), Want::NewVersion),
-    (Op::Get("k"), Want::Value(Some("two"))),
-    (Op::CasAbsent("k", "x"), Want::Conflict(true)),
-    (Op::CasStale("k", "x"), Want::Conflict(true)),
-    (Op::CasLast("k", "three"), Want::NewVersion),
-    (Op::Get("k"), Want::Value(Some("three"))),
-    (Op::Del("k"), Want::Deleted(true)),
-    (Op::Del("k"), Want::Deleted(false)),
-    (Op::Get("k"), Want::Value(None)),
-    (Op::CasLast("k", "x"), Want::Conflict(false)),
-    (Op::CasAbsent("k", "again"), Want::NewVersion),
-    (Op::Put("empty", "", None), Want::NewVersion),
-    (Op::Get("empty"), Want::Value(Some(""))),
-    // increment: absent counts from 0, the value stays decimal text, negative steps.
-    (Op::Inc("c", 1, None), Want::Sum(1)),
-    (Op::Inc("c", 41, None), Want::Sum(42)),
-    (Op::Get("c"), Want::Value(Some("42"))),
-    (Op::Inc("c", -50, None), Want::Sum(-8)),
-    (Op::Get("c"), Want::Value(Some("-8"))),
-    (Op::Put("n", "40", None), Want::NewVersion),
-    (Op::Inc("n", 2, None), Want::Sum(42)),
-    (Op::Put("s", "three", None), Want::NewVersion),
-    (Op::Inc("s", 1, None), Want::Error("is not a decimal integer")),
-    (Op::Put("max", I64_MAX, None), Want::NewVersion),
-    (Op::Inc("max", 1, None), Want::Error("overflow")),
-    (Op::Get("max"), Want::Value(Some(I64_MAX))),
-    // TTL: exact on the store's clock, whatever the servers still hold.
-    (Op::Put("t", "v", Some(10)), Want::NewVersion),
-    (Op::Advance(9_999), Want::Done),
-    (Op::Get("t"), Want::Value(Some("v"))),
-    (Op::List("t"), Want::Keys(&["t"])),
-    (Op::Advance(1), Want::Done),
-    (Op::Get("t"), Want::Value(None)),
-    (Op::List("t"), Want::Keys(&[])),
-    (Op::CasLast("t", "x"), Want::Conflict(false)),
-    (Op::Del("t"), Want::Deleted(false)),
-    (Op::Inc("t", 1, None), Want::Sum(1)),
-    (Op::CasAbsent("gone", "x"), Want::NewVersion),
-    (Op::Put("gone", "x", Some(1)), Want::NewVersion),
-    (Op::Advance(1_000), Want::Done),
-    (Op::CasAbsent("gone", "back"), Want::NewVersion),
-    (Op::Get("gone"), Want::Value(Some("back"))),
-    // A fixed window: the TTL is set when increment creates the key, not moved after.
-    (Op::Inc("w", 1, Some(10)), Want::Sum(1)),
-    (Op::Advance(5_000), Want::Done),
-    (Op::Inc("w", 1, Some(10)), Want::Sum(2)),
-    (Op::Advance(5_000), Want::Done),
-    (Op::Inc("w", 1, Some(10)), Want::Sum(1)),
-    (Op::List(""), Want::Keys(&["c", "empty", "gone", "k", "max", "n", "s", "t", "w"])),
-];
-
-/// The table's state: the store, its clock and each key's last version.
-struct Table {
-    kv: NatsKv,
-    now: Arc<AtomicU64>,
-    versions: HashMap<&'static str, u64>,
-}
-
-impl Table {
-    async fn step(&mut self, op: Op, want: Want) {
-        let kv = &self.kv;
-        let secs = |t: Option<u64>| t.map(Duration::from_secs);
-        let last = |k: &str| self.versions.get(k).copied();
-        let got: Result<String, KvError> = match op {
-            Op::Put(k, v, t) => kv.put("ns", k, b(v), secs(t)).await.map(|v| v.to_string()),
-            Op::Get(k) => kv.get("ns", k).await.map(|e| format!("{:?}", e.map(|e| e.value))),
-            Op::Del(k) => kv.delete("ns", k).await.map(|d| d.to_string()),
-            Op::Inc(k, by, t) => kv.increment("ns", k, by, secs(t)).await.map(|s| s.to_string()),
-            Op::CasLast(k, v) => cas(kv, k, last(k), v).await,
-            Op::CasAbsent(k, v) => cas(kv, k, None, v).await,
-            Op::CasStale(k, v) => cas(kv, k, Some(last(k).unwrap_or(0) + 1_000_000), v).await,
-            Op::List(p) => kv.list("ns", p, None, 100).await.map(|p| format!("{:?}", names(p))),
-            Op::Advance(ms) => Ok(self.now.fetch_add(ms, Ordering::SeqCst).to_string()),
-        };
-        let key = match op {
-            Op::Put(k, ..) | Op::CasLast(k, _) | Op::CasAbsent(k, _) | Op::CasStale(k, _) => k,
-            _ => "",
-        };
-        match (want, got) {
-            (Want::NewVersion, Ok(v)) => {
-                let v: u64 = v.trim_start_matches("swapped ").parse().unwrap_or_else(|_| panic!("{op:?}: got {v}"));
-                assert!(v > last(key).unwrap_or(0), "{op:?}: version {v} after {:?}", last(key));
-                self.versions.insert(key, v);
-            }
-            (Want::Value(v), Ok(got)) => assert_eq!(got, format!("{:?}", v.map(b)), "{op:?}"),
-            (Want::Deleted(d), Ok(got)) => assert_eq!(got, d.to_string(), "{op:?}"),
-            (Want::Sum(s), Ok(got)) => assert_eq!(got, s.to_string(), "{op:?}"),
-            (Want::Conflict(present), Ok(got)) => {
-                let with = if present { last(key) } else { None };
-                assert_eq!(got, format!("conflict {with:?}"), "{op:?}");
-            }
-            (Want::Keys(keys), Ok(got)) => assert_eq!(got, format!("{keys:?}"), "{op:?}"),
-            (Want::Error(text), Err(e)) => assert!(e.to_string().contains(text), "{op:?}: {e}"),
-            (Want::Done, Ok(_)) => {}
-            (want, got) => panic!("{op:?}: wanted {want:?}, got {got:?}"),
-        }
-    }
-}
-
-async fn cas(kv: &NatsKv, k: &str, expected: Option<u64>, v: &str) -> Result<String, KvError> {
-    kv.compare_and_swap("ns", k, expected, b(v), None).await.map(|o| match o {
-        CasOutcome::Swapped(v) => format!("swapped {v}"),
-        CasOutcome::Conflict(c) => format!("conflict {c:?}"),
-    })
-}
-
 /// A store on node 0 with a clock the test moves.
 async fn store_with_clock(cluster: &Cluster) -> (NatsKv, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(nimbus_core::ids::now_ms()));
@@ -202,10 +56,10 @@ async fn kv_semantics_hold_on_a_three_server_cluster() {
         let nodes = nodes(&servers).await;
         let (kv, now) = store_with_clock(&nodes[0]).await;
         assert!(kv.create_namespace("ns").await.unwrap());
-        let mut table = Table { kv, now, versions: HashMap::new() };
-        for &(op, want) in CASES {
-            table.step(op, want).await;
-        }
+        let advance = move |ms| {
+            now.fetch_add(ms, Ordering::SeqCst);
+        };
+        kv_conformance::semantics_table(&kv, &advance).await.unwrap();
         // Another node reads what this one wrote, from its own server.
         let other = NatsKv::open(&nodes[2]).await.unwrap();
         assert_eq!(other.get("ns", "n").await.unwrap().unwrap().value, b("42"));
