@@ -15,9 +15,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, object_store, stream};
+use async_nats::jetstream::{self, object_store, stream};
 
+pub mod kv;
 pub mod testing;
+
+pub use kv::NatsKv;
 
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.
@@ -162,7 +165,7 @@ impl Cluster {
 
     /// The KV bucket `config.bucket`, created with `config` (and this cluster's replicas) when
     /// absent. Two nodes creating it at once both get the one bucket.
-    pub async fn key_value(&self, mut config: kv::Config) -> Result<kv::Store, ClusterError> {
+    pub async fn key_value(&self, mut config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
         config.num_replicas = self.replicas;
         if let Ok(store) = self.js.get_key_value(config.bucket.clone()).await {
             return Ok(store);

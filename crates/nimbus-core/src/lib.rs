@@ -13,6 +13,7 @@ pub mod history;
 pub mod ids;
 pub mod invoke;
 pub mod kv;
+pub mod kv_conformance;
 pub mod messages;
 pub mod meter;
 pub mod objects;

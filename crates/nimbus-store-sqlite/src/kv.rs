@@ -511,6 +511,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_shared_semantics_table_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, now) = with_ns(&dir).await;
+        let advance = move |ms| {
+            now.fetch_add(ms, Ordering::SeqCst);
+        };
+        nimbus_core::kv_conformance::semantics_table(&db, &advance).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn every_operation_on_an_unknown_namespace_names_the_manifest_fix() {
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = with_ns(&dir).await;
