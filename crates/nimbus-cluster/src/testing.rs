@@ -1,6 +1,7 @@
 //! Real nats-server processes for tests: one server, or a cluster of several on loopback, each
 //! with JetStream on and `sync_interval: always` (what production runs; JetStream's default
-//! fsync policy can lose acknowledged writes on power loss). Servers can be killed (`SIGKILL`)
+//! fsync policy can lose acknowledged writes on power loss) and `max_payload: 2MB` (a 1 MiB KV
+//! value with its headers is more than the default 1 MiB). Servers can be killed (`SIGKILL`)
 //! and restarted with the same ports and storage, for the tests that lose a server mid-run.
 //!
 //! The binary is `NIMBUS_NATS_SERVER` when set, else the one `scripts/test-deps.sh` installs
@@ -171,7 +172,7 @@ async fn ready(url: &str) -> Result<(), String> {
 fn config(i: usize, port: u16, cluster: Option<(u16, &[u16])>, dir: &Path) -> String {
     let store = dir.join(format!("n{i}-store"));
     let mut c = format!(
-        "server_name: \"n{i}\"\nlisten: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: \"always\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n",
+        "server_name: \"n{i}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 2MB\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: \"always\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n",
         store.display()
     );
     if let Some((cluster_port, routes)) = cluster {
