@@ -1,19 +1,23 @@
 //! `cache = true`: the response cache, a shared cache in RFC 9111's terms, in memory with a
-//! byte budget (least recently used entries go first). The rules (what is stored, for how long,
-//! what a stale entry may do) are in [`super::freshness`]; this file keeps the entries and runs
-//! a request through them.
+//! byte budget (least recently used entries go first) over a disk tier ([`disk`]) that takes
+//! what memory evicts or cannot hold. The rules (what is stored, for how long, what a stale
+//! entry may do) are in [`super::freshness`]; this file keeps the entries and runs a request
+//! through them.
 //!
 //! - Keys: host, path and query (HEAD reads GET's entries), plus the values of the request
 //!   headers the stored response's `Vary` names (the secondary key).
 //! - Misses for one key are coalesced: the first asks the function, the others wait for it and
-//!   then read what it stored (N concurrent misses, one origin call).
+//!   then read what it stored (N concurrent misses, one origin call). So are revalidations of
+//!   a stale entry (one conditional call; the others serve what it stored).
+//! - A memory miss reads the disk tier; an entry found there moves back to memory when it
+//!   fits (one entry may take an eighth of the memory budget), else is served from disk.
 //! - A stale entry with `stale-while-revalidate` is served (`STALE`) while one background call
 //!   refreshes it; past that the origin is asked conditionally (`If-None-Match` /
 //!   `If-Modified-Since`), a 304 refreshes the entry, and with `stale-if-error` a failing
 //!   origin (5xx) gets the stale entry served instead.
 //! - Every entry belongs to the deployment that answered it (part of its key, so the two
 //!   versions of a weighted split keep their own entries), and when the live alias's version
-//!   changes (a deploy or a rollback) the cache is emptied.
+//!   changes (a deploy or a rollback) the cache is emptied, disk included.
 //! - `x-nimbus-cache`: `HIT`, `MISS`, `STALE` or `BYPASS` (not cacheable: the request said
 //!   `no-store`, or the response was streamed); `Age` on what the cache served.
 
@@ -27,6 +31,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::watch;
+
+mod disk;
+
+pub(crate) use disk::Disk;
 
 use super::freshness::{self, Directives, Use};
 use crate::body::{GwBody, GwResp};
@@ -100,27 +108,31 @@ impl Store {
         Some(entry.clone())
     }
 
-    fn remove(&mut self, key: &str) -> bool {
-        let Some((entry, used)) = self.entries.remove(key) else { return false };
+    fn remove(&mut self, key: &str) -> Option<Arc<Entry>> {
+        let (entry, used) = self.entries.remove(key)?;
         self.order.remove(&used);
         self.bytes = self.bytes.saturating_sub(entry.size());
-        true
+        Some(entry)
     }
 
-    fn insert(&mut self, key: String, entry: Entry, budget: usize) {
+    /// Keep `entry`; what went out for it (least recently used first, or the entry itself
+    /// when it is larger than an eighth of the budget), for the disk tier.
+    fn insert(&mut self, key: String, entry: Arc<Entry>, budget: usize) -> Vec<(String, Arc<Entry>)> {
         let size = entry.size();
         self.remove(&key);
         if size > budget / 8 {
-            return; // one entry may take an eighth of the budget at most
+            return vec![(key, entry)];
         }
+        let mut evicted = Vec::new();
         while self.bytes + size > budget {
             let Some((_, oldest)) = self.order.pop_first() else { break };
-            self.remove(&oldest);
+            evicted.extend(self.remove(&oldest).map(|e| (oldest, e)));
         }
         self.tick += 1;
         self.order.insert(self.tick, key.clone());
-        self.entries.insert(key, (Arc::new(entry), self.tick));
+        self.entries.insert(key, (entry, self.tick));
         self.bytes += size;
+        evicted
     }
 }
 
@@ -134,6 +146,8 @@ pub(crate) struct Cache {
     refreshing: Mutex<HashSet<String>>,
     /// The live deployment the entries belong to.
     version: AtomicU64,
+    /// The disk tier (`None`: off).
+    disk: Option<Arc<Disk>>,
 }
 
 /// What a purge removes: entries whose path starts with `prefix`, or whose `Cache-Tag` lists
@@ -145,13 +159,14 @@ pub(crate) struct Purge {
 }
 
 impl Cache {
-    pub(crate) fn new(budget: usize) -> Self {
+    pub(crate) fn new(budget: usize, disk: Option<Disk>) -> Self {
         Cache {
             budget,
             store: Mutex::new(Store::default()),
             inflight: Mutex::new(HashMap::new()),
             refreshing: Mutex::new(HashSet::new()),
             version: AtomicU64::new(0),
+            disk: disk.map(Arc::new),
         }
     }
 
@@ -166,17 +181,22 @@ impl Cache {
         if let Ok(mut s) = self.store.lock() {
             *s = Store::default();
         }
+        if let Some(disk) = &self.disk {
+            disk.clear();
+        }
     }
 
-    /// Remove what `purge` names; how many entries went.
+    /// Remove what `purge` names, in memory and on disk; how many entries went.
     pub(crate) fn purge(&self, purge: &Purge) -> usize {
-        let Ok(mut s) = self.store.lock() else { return 0 };
-        let matches = |e: &Entry| {
-            purge.prefix.as_deref().is_some_and(|p| e.path.starts_with(p))
-                || purge.tag.as_deref().is_some_and(|t| e.tags.iter().any(|x| x == t))
+        let matches = |path: &str, tags: &[String]| {
+            purge.prefix.as_deref().is_some_and(|p| path.starts_with(p))
+                || purge.tag.as_deref().is_some_and(|t| tags.iter().any(|x| x == t))
         };
-        let doomed: Vec<String> = s.entries.iter().filter(|(_, (e, _))| matches(e)).map(|(k, _)| k.clone()).collect();
-        doomed.iter().filter(|k| s.remove(k)).count()
+        let on_disk = self.disk.as_ref().map_or(0, |d| d.purge(matches));
+        let Ok(mut s) = self.store.lock() else { return on_disk };
+        let doomed: Vec<String> =
+            s.entries.iter().filter(|(_, (e, _))| matches(&e.path, &e.tags)).map(|(k, _)| k.clone()).collect();
+        on_disk + doomed.iter().filter(|k| s.remove(k).is_some()).count()
     }
 
     fn full_key(&self, primary: &str, headers: &HeaderMap) -> String {
@@ -188,18 +208,51 @@ impl Cache {
         self.store.lock().ok()?.get(key)
     }
 
+    /// A memory miss's second chance: the entry on disk, moved back to memory when it fits
+    /// there.
+    async fn on_disk(&self, key: &str) -> Option<Arc<Entry>> {
+        let disk = self.disk.as_ref()?;
+        let entry = Arc::new(disk.load(key).await?);
+        if entry.size() <= self.budget / 8 {
+            disk.remove(key);
+            self.keep(key.to_owned(), entry.clone());
+        }
+        Some(entry)
+    }
+
+    /// Keep an entry in memory under its full key; what memory evicts for it goes to disk.
+    fn keep(&self, key: String, entry: Arc<Entry>) {
+        let evicted = match self.store.lock() {
+            Ok(mut s) => s.insert(key, entry, self.budget),
+            Err(_) => return,
+        };
+        self.spill(evicted);
+    }
+
+    fn spill(&self, evicted: Vec<(String, Arc<Entry>)>) {
+        if let Some(disk) = &self.disk {
+            for (key, entry) in evicted {
+                disk.save(key, entry);
+            }
+        }
+    }
+
     fn put(&self, primary: &str, headers: &HeaderMap, entry: Entry) {
         let names = freshness::vary(&entry.headers);
         let key = secondary(primary, &names, headers);
-        if let Ok(mut s) = self.store.lock() {
-            // Primary keys outlive their entries here; past the bound the map starts over (a
-            // lookup without the names misses, and the refetch writes them again).
-            if s.vary.len() >= MAX_VARY_KEYS {
-                s.vary.clear();
+        let evicted = match self.store.lock() {
+            Ok(mut s) => {
+                // Primary keys outlive their entries here; past the bound the map starts over
+                // (a lookup without the names misses, and the refetch writes them again).
+                if s.vary.len() >= MAX_VARY_KEYS {
+                    s.vary.clear();
+                }
+                s.vary.insert(primary.to_owned(), names);
+                s.insert(key, Arc::new(entry), self.budget)
             }
-            s.vary.insert(primary.to_owned(), names);
-            s.insert(key, entry, self.budget);
-        }
+            Err(_) => return,
+        };
+        self.spill(evicted);
     }
 }
 
@@ -264,7 +317,11 @@ pub(crate) async fn serve(cache: &Arc<Cache>, req: Lookup, origin: Origin) -> Gw
     let mut waited = false;
     loop {
         let key = cache.full_key(&primary, &req.headers);
-        if let Some(entry) = cache.get(&key) {
+        let found = match cache.get(&key) {
+            Some(entry) => Some(entry),
+            None => cache.on_disk(&key).await,
+        };
+        if let Some(entry) = found {
             return use_entry(cache, &req, &primary, &key, entry, &asked, origin).await;
         }
         if req.method == Method::HEAD || waited {
@@ -301,8 +358,32 @@ async fn use_entry(
             refresh_in_background(cache, req, primary, key, &entry, origin);
             stored(&entry, req, now, "STALE")
         }
-        Use::StaleIfError => revalidate(cache, req, primary, entry, origin, true).await,
-        Use::Revalidate => revalidate(cache, req, primary, entry, origin, false).await,
+        Use::StaleIfError => coalesced_revalidation(cache, req, primary, entry, origin, true).await,
+        Use::Revalidate => coalesced_revalidation(cache, req, primary, entry, origin, false).await,
+    }
+}
+
+/// Revalidate a stale entry once for all the requests that find it stale together: the first
+/// asks the origin, the others wait and serve what it stored (or, when it stored nothing,
+/// ask for themselves).
+async fn coalesced_revalidation(
+    cache: &Arc<Cache>,
+    req: &Lookup,
+    primary: &str,
+    entry: Arc<Entry>,
+    origin: Origin,
+    if_error: bool,
+) -> GwResp {
+    if let Some(guard) = lead(cache, primary) {
+        let resp = revalidate(cache, req, primary, entry, origin, if_error).await;
+        drop(guard);
+        return resp;
+    }
+    wait(cache, primary).await;
+    let replaced = cache.get(&cache.full_key(primary, &req.headers)).filter(|e| !Arc::ptr_eq(e, &entry));
+    match replaced {
+        Some(fresh) => stored(&fresh, req, now_s(), "HIT"),
+        None => revalidate(cache, req, primary, entry, origin, if_error).await,
     }
 }
 
