@@ -212,12 +212,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    let config = GatewayConfig {
-        info: node.info.clone(),
-        geoip: geoip.map(Arc::new),
-        cache_dir: Some(data_dir.join("cache").join("http")),
-        ..args.gateway_config(local, tls)
-    };
+    let (geoip, cache_dir) = (geoip.map(Arc::new), Some(data_dir.join("cache").join("http")));
+    let config = GatewayConfig { info: node.info.clone(), geoip, cache_dir, ..args.gateway_config(local, tls) };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));

@@ -1,7 +1,8 @@
 //! The response cache end to end (`cache = true` on a route; RFC 9111 for a shared cache): a
 //! conformance table over a Node origin whose answers the query string shapes, request
 //! coalescing (of misses and of revalidations), purge by prefix and tag (API and CLI), a
-//! deploy emptying the cache, and the disk tier under a 1 MiB memory budget.
+//! deploy emptying the cache, the disk tier under a 1 MiB memory budget, and named
+//! `[cache.NAME]` profiles.
 //!
 //! The origin keeps a counter per path and query and puts it in the body (`calls=N`) and in
 //! `x-calls`: what the cache served and how often the origin was really called. One instance
@@ -48,6 +49,10 @@ fn app(extra_env: &str) -> App {
     ))
     .raw("[[routes]]\nmethod = \"GET\"\npath = \"/c/*\"\nfunction = \"o\"\ncache = true")
     .raw("[[routes]]\nmethod = \"GET\"\npath = \"/nc\"\nfunction = \"o\"")
+    .raw("[[routes]]\nmethod = \"GET\"\npath = \"/p/*\"\nfunction = \"o\"\ncache = \"pages\"")
+    .raw("[[routes]]\nmethod = \"GET\"\npath = \"/s/*\"\nfunction = \"o\"\ncache = \"short\"")
+    .raw("[cache.pages]\nttl = \"60s\"\nvary = [\"X-Lang\"]\nquery_keys = [\"page\"]\ntags = [\"pages\"]")
+    .raw("[cache.short]\nttl = \"1s\"\nstale_while_revalidate = \"60s\"\nignore_query = true")
     .finish()
 }
 
@@ -420,4 +425,41 @@ async fn the_disk_tier_holds_what_one_mebibyte_of_memory_cannot() {
     assert_eq!(get(&server, &small(5), &[]).await.cache, "MISS");
     disk_files(&dir, 0).await;
     assert_eq!(get(&server, big, &[]).await.cache, "MISS");
+}
+
+#[tokio::test]
+async fn a_named_profile_gives_freshness_keys_and_tags() {
+    let app = app("1");
+    let server = Server::start(app.path());
+    // No Cache-Control at all: under `cache = true` never stored (the conformance table's
+    // /c/plain), under the profile fresh for its ttl.
+    assert_eq!(get(&server, "/p/plain", &[]).await.cache, "MISS");
+    let hit = get(&server, "/p/plain", &[]).await;
+    assert_eq!((hit.cache.as_str(), hit.calls.as_str()), ("HIT", "1"));
+    assert!(hit.age.is_some_and(|a| a < 60), "{hit:?}");
+    // The response's own word wins over the profile.
+    get(&server, "/p/own?cc=no-store", &[]).await;
+    assert_eq!(get(&server, "/p/own?cc=no-store", &[]).await.cache, "MISS");
+
+    // query_keys = ["page"]: other keys and their order do not split entries; page does.
+    assert_eq!(get(&server, "/p/q?page=2&utm=a", &[]).await.cache, "MISS");
+    assert_eq!(get(&server, "/p/q?utm=b&page=2", &[]).await.cache, "HIT");
+    assert_eq!(get(&server, "/p/q?page=3", &[]).await.cache, "MISS");
+
+    // vary = ["X-Lang"]: the response names no Vary, the profile keys on the header anyway.
+    assert_eq!(get(&server, "/p/v", &[("x-lang", "en")]).await.cache, "MISS");
+    assert_eq!(get(&server, "/p/v", &[("x-lang", "fr")]).await.cache, "MISS");
+    assert_eq!(brief(&get(&server, "/p/v", &[("x-lang", "en")]).await), (200, "HIT", "calls=1 lang=en"));
+    assert_eq!(brief(&get(&server, "/p/v", &[("x-lang", "fr")]).await), (200, "HIT", "calls=2 lang=fr"));
+
+    // tags = ["pages"]: every entry of the route carries it.
+    let out = server.cli(&["cache", "purge", "--tag", "pages"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5 cached response(s) purged");
+    assert_eq!(get(&server, "/p/plain", &[]).await.cache, "MISS");
+
+    // The profile's stale-while-revalidate, and ignore_query: any query reads one entry.
+    assert_eq!(get(&server, "/s/x?a=1", &[]).await.cache, "MISS");
+    let_it_go_stale().await;
+    assert_eq!(get(&server, "/s/x?b=2", &[]).await.cache, "STALE");
 }

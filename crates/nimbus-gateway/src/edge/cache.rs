@@ -6,6 +6,9 @@
 //!
 //! - Keys: host, path and query (HEAD reads GET's entries), plus the values of the request
 //!   headers the stored response's `Vary` names (the secondary key).
+//! - A route's `[cache.NAME]` profile ([`CacheProfile`]) gives a freshness and `stale-*`
+//!   windows to responses that give none, adds request headers to `Vary` and static tags, and
+//!   says which part of the query keys the cache.
 //! - Misses for one key are coalesced: the first asks the function, the others wait for it and
 //!   then read what it stored (N concurrent misses, one origin call). So are revalidations of
 //!   a stale entry (one conditional call; the others serve what it stored).
@@ -30,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use nimbus_manifest::{CacheProfile, CacheQuery};
 use tokio::sync::watch;
 
 mod disk;
@@ -58,6 +62,14 @@ pub(crate) struct Lookup {
     pub target: String,
     pub path: String,
     pub headers: HeaderMap,
+    /// The call behind the request (its route's cache profile).
+    pub call: Arc<Call>,
+}
+
+impl Lookup {
+    fn profile(&self) -> Option<&CacheProfile> {
+        self.call.route.cache_profile.as_ref()
+    }
 }
 
 struct Entry {
@@ -237,8 +249,10 @@ impl Cache {
         }
     }
 
-    fn put(&self, primary: &str, headers: &HeaderMap, entry: Entry) {
-        let names = freshness::vary(&entry.headers);
+    /// Store `entry`, keyed by the request headers its `Vary` and `extra_vary` name.
+    fn put(&self, primary: &str, headers: &HeaderMap, entry: Entry, extra_vary: &[String]) {
+        let mut names = freshness::vary(&entry.headers);
+        names.extend(extra_vary.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
         let key = secondary(primary, &names, headers);
         let evicted = match self.store.lock() {
             Ok(mut s) => {
@@ -282,13 +296,15 @@ pub(crate) fn admit(gw: &Gateway, call: &Arc<Call>, version: u64) -> Option<(Loo
         gw.cache.follow(live.version);
     }
     let uri = &call.parts.uri;
+    let query = call.route.cache_profile.as_ref().map_or(&CacheQuery::All, |p| &p.query);
     let lookup = Lookup {
         method: call.parts.method.clone(),
         version,
         host: call.host.clone().unwrap_or_default(),
-        target: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+        target: keyed_target(uri.path(), uri.query(), query),
         path: uri.path().to_owned(),
         headers: call.parts.headers.clone(),
+        call: call.clone(),
     };
     let call = call.clone();
     let origin: Origin = Arc::new(move |extra| {
@@ -301,6 +317,41 @@ pub(crate) fn admit(gw: &Gateway, call: &Arc<Call>, version: u64) -> Option<(Loo
         })
     });
     Some((lookup, origin))
+}
+
+/// The path and the part of the query that keys the cache: all of it (as sent), none, or the
+/// named keys' pairs, in the profile's order (so `?b=2&a=1` and `?a=1&b=2` share an entry).
+fn keyed_target(path: &str, query: Option<&str>, keep: &CacheQuery) -> String {
+    let Some(query) = query else { return path.to_owned() };
+    let kept = match keep {
+        CacheQuery::All => return format!("{path}?{query}"),
+        CacheQuery::Ignore => return path.to_owned(),
+        CacheQuery::Only(keys) => keys
+            .iter()
+            .flat_map(|k| query.split('&').filter(move |pair| pair.split('=').next() == Some(k.as_str())))
+            .collect::<Vec<_>>()
+            .join("&"),
+    };
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{kept}")
+    }
+}
+
+/// A stored response's directives, with the profile's `stale-*` windows where it gives none.
+fn directives_with(headers: &HeaderMap, profile: Option<&CacheProfile>) -> Directives {
+    let mut d = Directives::of(headers);
+    if let Some(p) = profile {
+        d.stale_while_revalidate = d.stale_while_revalidate.or(p.stale_while_revalidate.map(|s| s.as_secs()));
+        d.stale_if_error = d.stale_if_error.or(p.stale_if_error.map(|s| s.as_secs()));
+    }
+    d
+}
+
+/// A stored response's freshness lifetime: its own, else the profile's `ttl`, else 0.
+fn lifetime_with(headers: &HeaderMap, profile: Option<&CacheProfile>) -> u64 {
+    freshness::lifetime(headers, now_s()).or(profile.and_then(|p| p.ttl).map(|t| t.as_secs())).unwrap_or(0)
 }
 
 fn now_s() -> u64 {
@@ -448,14 +499,16 @@ async fn fetch(cache: &Arc<Cache>, req: &Lookup, primary: &str, origin: Origin) 
 
 /// Store a response the origin gave, if RFC 9111 lets a shared cache store it.
 fn store(cache: &Cache, req: &Lookup, primary: &str, parts: &http::response::Parts, body: &Bytes) {
-    if freshness::not_storable(&req.method, &req.headers, parts.status, &parts.headers).is_some() {
+    let profile = req.profile();
+    let default_ttl = profile.is_some_and(|p| p.ttl.is_some());
+    if freshness::not_storable(&req.method, &req.headers, parts.status, &parts.headers, default_ttl).is_some() {
         return;
     }
     let mut headers = parts.headers.clone();
     for name in ["x-nimbus-request-id", "x-nimbus-cache", "connection", "transfer-encoding"] {
         headers.remove(name);
     }
-    let tags = headers
+    let mut tags: Vec<String> = headers
         .get_all("cache-tag")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -463,18 +516,19 @@ fn store(cache: &Cache, req: &Lookup, primary: &str, parts: &http::response::Par
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
         .collect();
+    tags.extend(profile.iter().flat_map(|p| p.tags.iter().cloned()));
     let entry = Entry {
         status: parts.status,
-        lifetime: freshness::lifetime(&headers, now_s()).unwrap_or(0),
+        lifetime: lifetime_with(&headers, profile),
         initial_age: freshness::initial_age(&headers),
-        directives: Directives::of(&headers),
+        directives: directives_with(&headers, profile),
         stored_at: now_s(),
         body: body.clone(),
         path: req.path.clone(),
         tags,
         headers,
     };
-    cache.put(primary, &req.headers, entry);
+    cache.put(primary, &req.headers, entry, profile.map_or(&[], |p| &p.vary[..]));
 }
 
 /// The validators of a stored response, as the conditional request headers that ask for it.
@@ -500,10 +554,10 @@ async fn revalidate(
 ) -> GwResp {
     let resp = origin(conditional(&entry)).await;
     if resp.status() == StatusCode::NOT_MODIFIED {
-        let fresh = refreshed(&entry, resp.headers());
+        let fresh = refreshed(&entry, resp.headers(), req.profile());
         let now = fresh.stored_at;
         let out = stored(&fresh, req, now, "HIT");
-        cache.put(primary, &req.headers, fresh);
+        cache.put(primary, &req.headers, fresh, req.profile().map_or(&[], |p| &p.vary[..]));
         return out;
     }
     if if_error && resp.status().is_server_error() {
@@ -518,7 +572,7 @@ async fn revalidate(
 }
 
 /// A stored entry updated by a 304's headers (RFC 9111 §4.3.4), fresh from now.
-fn refreshed(entry: &Entry, update: &HeaderMap) -> Entry {
+fn refreshed(entry: &Entry, update: &HeaderMap, profile: Option<&CacheProfile>) -> Entry {
     let mut headers = entry.headers.clone();
     for name in update.keys() {
         if matches!(name.as_str(), "content-length" | "x-nimbus-request-id" | "x-nimbus-cache") {
@@ -531,9 +585,9 @@ fn refreshed(entry: &Entry, update: &HeaderMap) -> Entry {
     }
     Entry {
         status: entry.status,
-        lifetime: freshness::lifetime(&headers, now_s()).unwrap_or(0),
+        lifetime: lifetime_with(&headers, profile),
         initial_age: freshness::initial_age(update),
-        directives: Directives::of(&headers),
+        directives: directives_with(&headers, profile),
         stored_at: now_s(),
         body: entry.body.clone(),
         path: entry.path.clone(),
@@ -564,6 +618,7 @@ fn refresh_in_background(
         target: req.target.clone(),
         path: req.path.clone(),
         headers: req.headers.clone(),
+        call: req.call.clone(),
     };
     let primary = primary.to_owned();
     tokio::spawn(async move {
@@ -594,4 +649,42 @@ fn stored(entry: &Entry, req: &Lookup, now: u64, how: &'static str) -> GwResp {
 fn mark(mut resp: GwResp, how: &'static str) -> GwResp {
     resp.headers_mut().insert("x-nimbus-cache", HeaderValue::from_static(how));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_says_which_part_of_the_query_keys_the_cache() {
+        let only = |keys: &[&str]| CacheQuery::Only(keys.iter().map(|k| k.to_string()).collect());
+        let cases: &[(Option<&str>, CacheQuery, &str)] = &[
+            (None, CacheQuery::All, "/p"),
+            (Some("b=2&a=1"), CacheQuery::All, "/p?b=2&a=1"),
+            (Some("b=2&a=1"), CacheQuery::Ignore, "/p"),
+            (Some("b=2&utm=x&a=1"), only(&["a", "b"]), "/p?a=1&b=2"),
+            (Some("utm=x"), only(&["a"]), "/p"),
+            (Some("a&ab=1&a=2"), only(&["a"]), "/p?a&a=2"),
+            (None, only(&["a"]), "/p"),
+        ];
+        for (query, keep, want) in cases {
+            assert_eq!(keyed_target("/p", *query, keep), *want, "{query:?} {keep:?}");
+        }
+    }
+
+    #[test]
+    fn a_profile_fills_in_what_the_response_leaves_out() {
+        let profile = CacheProfile {
+            ttl: Some(std::time::Duration::from_secs(300)),
+            stale_while_revalidate: Some(std::time::Duration::from_secs(30)),
+            ..CacheProfile::default()
+        };
+        let mut own = HeaderMap::new();
+        own.insert("cache-control", HeaderValue::from_static("max-age=5, stale-while-revalidate=1"));
+        let none = HeaderMap::new();
+        assert_eq!((lifetime_with(&none, Some(&profile)), lifetime_with(&own, Some(&profile))), (300, 5));
+        assert_eq!(lifetime_with(&none, None), 0);
+        let swr = |h: &HeaderMap| directives_with(h, Some(&profile)).stale_while_revalidate;
+        assert_eq!((swr(&none), swr(&own)), (Some(30), Some(1)), "the response's own window wins");
+    }
 }
