@@ -42,8 +42,6 @@ pub(crate) use disk::Disk;
 
 use super::freshness::{self, Directives, Use};
 use crate::body::{GwBody, GwResp};
-use crate::context::Gateway;
-use crate::http_route::Call;
 
 /// Most primary keys whose `Vary` names are remembered.
 const MAX_VARY_KEYS: usize = 100_000;
@@ -51,6 +49,12 @@ const MAX_VARY_KEYS: usize = 100_000;
 /// A call of the function for this request, with extra request headers (the conditional ones
 /// of a revalidation). Called more than once for one request only by a background refresh.
 pub(crate) type Origin = Arc<dyn Fn(HeaderMap) -> Pin<Box<dyn Future<Output = GwResp> + Send>> + Send + Sync>;
+
+/// What holds the route of a request the cache serves (the request's call, which the origin
+/// keeps alive too), so the cache reads its profile without a copy.
+pub(crate) trait Profiled: Send + Sync {
+    fn cache_profile(&self) -> Option<&CacheProfile>;
+}
 
 /// The request as the cache sees it.
 pub(crate) struct Lookup {
@@ -62,13 +66,33 @@ pub(crate) struct Lookup {
     pub target: String,
     pub path: String,
     pub headers: HeaderMap,
-    /// The call behind the request (its route's cache profile).
-    pub call: Arc<Call>,
+    /// The route behind the request (its cache profile).
+    pub route: Arc<dyn Profiled>,
 }
 
 impl Lookup {
+    /// The lookup of a request (`parts`) answered by deployment `version`.
+    pub(crate) fn new(
+        parts: &http::request::Parts,
+        host: Option<&str>,
+        version: u64,
+        route: Arc<dyn Profiled>,
+    ) -> Lookup {
+        let uri = &parts.uri;
+        let query = route.cache_profile().map_or(&CacheQuery::All, |p| &p.query);
+        Lookup {
+            method: parts.method.clone(),
+            version,
+            host: host.unwrap_or_default().to_owned(),
+            target: keyed_target(uri.path(), uri.query(), query),
+            path: uri.path().to_owned(),
+            headers: parts.headers.clone(),
+            route,
+        }
+    }
+
     fn profile(&self) -> Option<&CacheProfile> {
-        self.call.route.cache_profile.as_ref()
+        self.route.cache_profile()
     }
 }
 
@@ -285,38 +309,10 @@ fn secondary(primary: &str, names: &[String], headers: &HeaderMap) -> String {
     key
 }
 
-/// The cache step of a route: the lookup and the function call behind it when the route
-/// caches and the request is a GET or HEAD; `None` otherwise.
-pub(crate) fn admit(gw: &Gateway, call: &Arc<Call>, version: u64) -> Option<(Lookup, Origin)> {
-    let cacheable = call.route.cache && !call.route.is_async && matches!(call.parts.method, Method::GET | Method::HEAD);
-    let me = gw.me.upgrade().filter(|_| cacheable)?;
-    // The live alias's version, not the answering one: a weighted split answers from two
-    // versions without emptying the cache; the answering version is part of the key.
-    if let Some(live) = gw.control.snapshot().live.as_ref() {
-        gw.cache.follow(live.version);
-    }
-    let uri = &call.parts.uri;
-    let query = call.route.cache_profile.as_ref().map_or(&CacheQuery::All, |p| &p.query);
-    let lookup = Lookup {
-        method: call.parts.method.clone(),
-        version,
-        host: call.host.clone().unwrap_or_default(),
-        target: keyed_target(uri.path(), uri.query(), query),
-        path: uri.path().to_owned(),
-        headers: call.parts.headers.clone(),
-        call: call.clone(),
-    };
-    let call = call.clone();
-    let origin: Origin = Arc::new(move |extra| {
-        let (gw, call) = (me.clone(), call.clone());
-        Box::pin(async move {
-            match call.run(&gw, &extra).await {
-                Ok(resp) => resp,
-                Err(e) => crate::body::whole(e.into_response(&call.request_id)),
-            }
-        })
-    });
-    Some((lookup, origin))
+/// Whether the cache step applies: a route that caches, a GET or HEAD, not answered at once
+/// (async).
+pub(crate) fn cacheable(route: &nimbus_manifest::RouteSpec, method: &Method) -> bool {
+    route.cache && !route.is_async && matches!(*method, Method::GET | Method::HEAD)
 }
 
 /// The path and the part of the query that keys the cache: all of it (as sent), none, or the
@@ -618,7 +614,7 @@ fn refresh_in_background(
         target: req.target.clone(),
         path: req.path.clone(),
         headers: req.headers.clone(),
-        call: req.call.clone(),
+        route: req.route.clone(),
     };
     let primary = primary.to_owned();
     tokio::spawn(async move {
