@@ -266,7 +266,10 @@ fn before_route(
 /// Edge step 7, the cache: the lookup and the function call behind it when the route caches
 /// and the request is a GET or HEAD; `None` otherwise.
 fn cache_step(gw: &Gateway, call: &Arc<Call>, version: u64) -> Option<(Lookup, Origin)> {
-    let me = gw.me.upgrade().filter(|_| crate::edge::cache::cacheable(&call.route, &call.parts.method))?;
+    if !crate::edge::cache::cacheable(&call.route, &call.parts.method) {
+        return None;
+    }
+    let me = gw.me.upgrade()?;
     // The live alias's version, not the answering one: a weighted split answers from two
     // versions without emptying the cache; the answering version is part of the key.
     if let Some(live) = gw.control.snapshot().live.as_ref() {

@@ -367,6 +367,16 @@ async fn the_disk_tier_holds_what_one_mebibyte_of_memory_cannot() {
     std::fs::write(dir.join("0123.entry"), b"left by an earlier run").unwrap();
     let server = Server::start_args(app.path(), &data, &["--cache-memory-mb", "1"]);
     assert!(!dir.join("0123.entry").exists(), "the directory is emptied at start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let moved_away = || {
+        std::fs::read_dir(data.join("cache"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("http.old-"))
+    };
+    while moved_away() {
+        assert!(Instant::now() < deadline, "the old entries are deleted in the background");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // 200 KiB: more than an eighth of the memory, so straight to disk. Twelve of 100 KiB:
     // memory holds ten, the two oldest go to disk.

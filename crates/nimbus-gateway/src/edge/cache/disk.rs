@@ -102,10 +102,11 @@ impl Disk {
     /// there (`None`, with a warning, when the directory cannot be made).
     pub(crate) fn open(dir: &Path, budget: u64) -> Option<Disk> {
         if dir.exists() {
-            // A rename is quick; the old entries are deleted off the start-up path.
+            // A rename is quick; the old entries are deleted off the start-up path, with any a
+            // run stopped before it finished deleting.
             let old = dir.with_extension(format!("old-{}", std::process::id()));
             match std::fs::rename(dir, &old) {
-                Ok(()) => drop(std::thread::spawn(move || std::fs::remove_dir_all(old))),
+                Ok(()) => drop(std::thread::spawn(move || remove_old(&old))),
                 Err(e) => tracing::warn!("cannot move the old response cache {} away: {e}", dir.display()),
             }
         }
@@ -246,6 +247,18 @@ impl Disk {
             old.files.into_values().map(|m| m.name).collect()
         };
         self.delete_later(names);
+    }
+}
+
+/// Delete `old` and its siblings of the same kind (`http.old-<pid>`) that earlier runs left.
+fn remove_old(old: &Path) {
+    let (Some(parent), Some(name)) = (old.parent(), old.file_name().and_then(|n| n.to_str())) else { return };
+    let Some((stem, _)) = name.split_once(".old-") else { return };
+    let prefix = format!("{stem}.old-");
+    for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
