@@ -276,7 +276,11 @@ impl Cache {
     /// Store `entry`, keyed by the request headers its `Vary` and `extra_vary` name.
     fn put(&self, primary: &str, headers: &HeaderMap, entry: Entry, extra_vary: &[String]) {
         let mut names = freshness::vary(&entry.headers);
-        names.extend(extra_vary.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
+        for name in extra_vary {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
         let key = secondary(primary, &names, headers);
         let evicted = match self.store.lock() {
             Ok(mut s) => {
