@@ -417,6 +417,59 @@ mod tests {
         assert!(decode("k", &longer).is_none());
     }
 
+    /// A fresh directory under the system's temporary one.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nimbus-cache-disk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn files(dir: &Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn entries_are_written_read_purged_and_emptied() {
+        let dir = scratch("cycle");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stale.entry"), b"from an earlier run").unwrap();
+        let disk = Arc::new(Disk::open(&dir, 1 << 20).unwrap());
+        assert_eq!(files(&dir), 0, "emptied at start");
+        disk.write("k1".into(), &entry(), 0);
+        disk.write("k2".into(), &Entry { path: "/other".into(), tags: Vec::new(), ..entry() }, 0);
+        assert_eq!(files(&dir), 2);
+        assert_eq!(disk.load("k1").await.unwrap().body, "hello");
+        assert!(disk.load("k3").await.is_none());
+        assert_eq!(disk.purge(|_, tags| tags.iter().any(|t| t == "t2")), 1, "k1 carries t2");
+        assert!(disk.load("k1").await.is_none());
+        disk.clear();
+        assert!(disk.load("k2").await.is_none());
+        // A write begun before the emptying does not come back, and leaves no file.
+        disk.write("k4".into(), &entry(), 0);
+        assert!(disk.load("k4").await.is_none());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while files(&dir) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(files(&dir), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_is_a_miss_and_goes() {
+        let dir = scratch("damaged");
+        let disk = Arc::new(Disk::open(&dir, 1 << 20).unwrap());
+        disk.write("k".into(), &entry(), 0);
+        let file = dir.join(file_name("k"));
+        let mut data = std::fs::read(&file).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        std::fs::write(&file, data).unwrap();
+        assert!(disk.load("k").await.is_none());
+        assert!(!file.exists() && disk.index().files.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_index_evicts_least_recently_used_past_its_budget() {
         let meta = |n: &str| Meta { name: n.into(), size: 40, used: 0, path: "/".into(), tags: Vec::new() };
