@@ -89,6 +89,7 @@ mod tests {
             cors: None,
             rate_limit: None,
             cache: false,
+            cache_profile: None,
         }
     }
 

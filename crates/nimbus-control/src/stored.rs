@@ -28,7 +28,7 @@ use nimbus_core::{
 };
 use nimbus_manifest::edge::EdgeSpec;
 use nimbus_manifest::schedule::{CatchUp, ScheduleSpec, When};
-use nimbus_manifest::{LimitKey, Methods, Pricing, RateLimitSpec, RouteSpec};
+use nimbus_manifest::{CacheProfile, CacheQuery, LimitKey, Methods, Pricing, RateLimitSpec, RouteSpec};
 use serde::{Deserialize, Serialize};
 
 /// The format this release writes.
@@ -121,6 +121,68 @@ pub struct StoredRouteV1 {
     /// `cache = true` (came after format 2; absent: false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
+    /// `cache = "NAME"`, the profile resolved (came after format 2; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_profile: Option<StoredCacheProfileV2>,
+}
+
+/// A route's cache profile: durations in whole seconds; `query_keys` present only when the
+/// profile keys on some query keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredCacheProfileV2 {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vary: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_query: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_keys: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl From<&CacheProfile> for StoredCacheProfileV2 {
+    fn from(p: &CacheProfile) -> Self {
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        StoredCacheProfileV2 {
+            name: p.name.clone(),
+            ttl: secs(p.ttl),
+            stale_while_revalidate: secs(p.stale_while_revalidate),
+            stale_if_error: secs(p.stale_if_error),
+            vary: p.vary.clone(),
+            ignore_query: p.query == CacheQuery::Ignore,
+            query_keys: match &p.query {
+                CacheQuery::Only(keys) => Some(keys.clone()),
+                _ => None,
+            },
+            tags: p.tags.clone(),
+        }
+    }
+}
+
+impl From<StoredCacheProfileV2> for CacheProfile {
+    fn from(p: StoredCacheProfileV2) -> Self {
+        let query = match (p.query_keys, p.ignore_query) {
+            (Some(keys), _) => CacheQuery::Only(keys),
+            (None, true) => CacheQuery::Ignore,
+            (None, false) => CacheQuery::All,
+        };
+        CacheProfile {
+            name: p.name,
+            ttl: p.ttl.map(Duration::from_secs),
+            stale_while_revalidate: p.stale_while_revalidate.map(Duration::from_secs),
+            stale_if_error: p.stale_if_error.map(Duration::from_secs),
+            vary: p.vary,
+            query,
+            tags: p.tags,
+        }
+    }
 }
 
 /// A route's rate limit: `per` in whole seconds, `key` as written (`ip`, `header:NAME`,
@@ -776,6 +838,7 @@ impl From<&RouteSpec> for StoredRouteV1 {
                 key: l.key.describe(),
             }),
             cache: r.cache,
+            cache_profile: r.cache_profile.as_ref().map(StoredCacheProfileV2::from),
         }
     }
 }
@@ -803,6 +866,7 @@ impl From<StoredRouteV1> for RouteSpec {
                 })
             }),
             cache: r.cache,
+            cache_profile: r.cache_profile.map(CacheProfile::from),
         }
     }
 }
@@ -1033,6 +1097,33 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("\"cache\":true"), "{body}");
+        assert!(!body.contains("cache_profile"), "{body}");
+        assert_eq!(decode(2, &body).unwrap(), c);
+    }
+
+    #[test]
+    fn cache_profiles_round_trip_and_older_rows_have_none() {
+        let mut c = decode(0, OLDEST).unwrap();
+        assert_eq!(c.routes[0].cache_profile, None, "older rows have none");
+        let profile = |query| CacheProfile {
+            name: "pages".into(),
+            ttl: Some(Duration::from_secs(300)),
+            stale_while_revalidate: Some(Duration::from_secs(60)),
+            stale_if_error: None,
+            vary: vec!["accept-language".into()],
+            query,
+            tags: vec!["pages".into()],
+        };
+        c.routes[0].cache = true;
+        for query in [CacheQuery::All, CacheQuery::Ignore, CacheQuery::Only(vec!["page".into(), "q".into()])] {
+            c.routes[0].cache_profile = Some(profile(query));
+            let body = encode(&c).unwrap();
+            assert!(body.contains("\"cache_profile\":{\"name\":\"pages\",\"ttl\":300"), "{body}");
+            assert_eq!(decode(2, &body).unwrap(), c);
+        }
+        c.routes[0].cache_profile = Some(CacheProfile { name: "bare".into(), ..CacheProfile::default() });
+        let body = encode(&c).unwrap();
+        assert!(body.contains("\"cache_profile\":{\"name\":\"bare\"}"), "only what is set is written: {body}");
         assert_eq!(decode(2, &body).unwrap(), c);
     }
 

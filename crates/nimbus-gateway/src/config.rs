@@ -39,6 +39,10 @@ pub struct GatewayConfig {
     /// The response cache's memory budget, in bytes (entries are evicted least recently used
     /// first past it).
     pub cache_memory_bytes: usize,
+    /// The response cache's disk tier: its byte budget (0: off) and its directory (`None`:
+    /// off; `nimbus up` uses `DATA_DIR/cache/http`, emptied at start).
+    pub cache_disk_bytes: u64,
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// The response cache's default memory budget: 64 MiB.
@@ -74,6 +78,8 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             geoip: None,
             cache_memory_bytes: DEFAULT_CACHE_MEMORY_BYTES,
+            cache_disk_bytes: 0,
+            cache_dir: None,
         }
     }
 }

@@ -195,7 +195,14 @@ impl Gateway {
         crate::edge::client::trust(&config.trusted_proxies);
         Arc::new_cyclic(|me| Gateway {
             limiter: crate::edge::limits::Limiter::new(parts.kv.clone()),
-            cache: Arc::new(crate::edge::cache::Cache::new(config.cache_memory_bytes)),
+            cache: Arc::new(crate::edge::cache::Cache::new(
+                config.cache_memory_bytes,
+                config
+                    .cache_dir
+                    .as_deref()
+                    .filter(|_| config.cache_disk_bytes > 0)
+                    .and_then(|dir| crate::edge::cache::Disk::open(dir, config.cache_disk_bytes)),
+            )),
             me: me.clone(),
             control: parts.control,
             history: parts.history,

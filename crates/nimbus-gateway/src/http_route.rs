@@ -33,6 +33,7 @@ use serde_json::json;
 
 use crate::body::{whole, GwBody, GwResp};
 use crate::context::{BodyError, Gateway};
+use crate::edge::cache::{Lookup, Origin, Profiled};
 use crate::event::{build_event, build_response, HttpRequest};
 use crate::util::{json, set_header, Resp, X_NIMBUS_REQUEST_ID, X_NIMBUS_VERSION};
 
@@ -50,11 +51,6 @@ pub(crate) struct RouteError {
 impl RouteError {
     pub(crate) fn new(status: StatusCode, source: ErrorSource, message: &'static str) -> Self {
         RouteError { status, source, message, header: None }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn status(&self) -> StatusCode {
-        self.status
     }
 
     fn with(mut self, name: &'static str, value: String) -> Self {
@@ -116,6 +112,22 @@ impl From<&DispatchError> for RouteError {
     }
 }
 
+impl From<crate::edge::traffic::Unserved> for RouteError {
+    fn from(e: crate::edge::traffic::Unserved) -> Self {
+        use crate::edge::traffic::Unserved;
+        match e {
+            Unserved::UnknownPreview => RouteError::new(
+                StatusCode::NOT_FOUND,
+                ErrorSource::Client,
+                "No deployment has this preview host's version; `nimbus ls` lists them",
+            ),
+            Unserved::NothingLive => {
+                RouteError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorSource::Platform, "No deployment is live yet")
+            }
+        }
+    }
+}
+
 impl From<nimbus_queue::AcceptError> for RouteError {
     fn from(e: nimbus_queue::AcceptError) -> Self {
         match e {
@@ -143,7 +155,7 @@ impl From<nimbus_queue::AcceptError> for RouteError {
 pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
     let request_id = nimbus_core::ids::new_request_id();
     let started = std::time::Instant::now();
-    let chosen = crate::edge::traffic::choose_for(gw, &req);
+    let chosen = crate::edge::traffic::choose_for(&gw.control.snapshot(), gw.config.preview_domain.as_deref(), &req);
     let version = chosen.as_ref().ok().map(|c| c.view.version);
     let mut out = crate::edge::Outgoing::default();
     let mut resp = match chosen {
@@ -151,14 +163,14 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
             route(gw, req, remote, &request_id, &mut out, chosen.view).await,
             chosen.set_cookie,
         ),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
     .unwrap_or_else(|e| whole(e.into_response(&request_id)));
     out.apply(resp.headers_mut());
     if !resp.headers().contains_key(X_NIMBUS_REQUEST_ID) {
         set_header(&mut resp, X_NIMBUS_REQUEST_ID, &request_id);
     }
-    crate::edge::traffic::finish(gw, &mut resp, version, started);
+    crate::edge::traffic::finish(&*gw.control, &mut resp, version, started);
     resp
 }
 
@@ -204,7 +216,7 @@ async fn route(
     if let Some(claims) = &claims {
         req.extensions_mut().insert(claims.clone());
     }
-    let limited = match crate::edge::limits::step(gw, route, req.headers(), req.extensions(), remote).await {
+    let limited = match crate::edge::limits::step(&gw.limiter, route, req.headers(), req.extensions(), remote).await {
         Ok(limited) => limited,
         Err(refused) => return Ok(whole(refused)),
     };
@@ -213,7 +225,7 @@ async fn route(
     let route = route.clone();
     let (remote, request_id) = (remote, request_id.to_owned());
     let call = Arc::new(Call { function, route, params, parts, host, body, remote, request_id, claims });
-    let mut resp = match crate::edge::cache::admit(gw, &call, live.version) {
+    let mut resp = match cache_step(gw, &call, live.version) {
         Some((lookup, origin)) => crate::edge::cache::serve(&gw.cache, lookup, origin).await,
         None => Call::run_once(call, gw).await?,
     };
@@ -248,6 +260,38 @@ fn before_route(
     match crate::edge::rules(&plan, req) {
         Some(redirect) => Err(redirect),
         None => Ok(plan),
+    }
+}
+
+/// Edge step 7, the cache: the lookup and the function call behind it when the route caches
+/// and the request is a GET or HEAD; `None` otherwise.
+fn cache_step(gw: &Gateway, call: &Arc<Call>, version: u64) -> Option<(Lookup, Origin)> {
+    if !crate::edge::cache::cacheable(&call.route, &call.parts.method) {
+        return None;
+    }
+    let me = gw.me.upgrade()?;
+    // The live alias's version, not the answering one: a weighted split answers from two
+    // versions without emptying the cache; the answering version is part of the key.
+    if let Some(live) = gw.control.snapshot().live.as_ref() {
+        gw.cache.follow(live.version);
+    }
+    let lookup = Lookup::new(&call.parts, call.host.as_deref(), version, call.clone());
+    let call = call.clone();
+    let origin: Origin = Arc::new(move |extra| {
+        let (gw, call) = (me.clone(), call.clone());
+        Box::pin(async move {
+            match call.run(&gw, &extra).await {
+                Ok(resp) => resp,
+                Err(e) => whole(e.into_response(&call.request_id)),
+            }
+        })
+    });
+    Some((lookup, origin))
+}
+
+impl Profiled for Call {
+    fn cache_profile(&self) -> Option<&nimbus_manifest::CacheProfile> {
+        self.route.cache_profile.as_ref()
     }
 }
 

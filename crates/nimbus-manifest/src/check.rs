@@ -31,6 +31,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "headers",
     "static",
     "rate_limits",
+    "cache",
 ];
 pub(crate) const FUNCTION_KEYS: &[&str] = &[
     "runtime",
@@ -225,11 +226,12 @@ fn functions(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Functions {
 fn routes(cx: &mut Ctx<'_>, root: &DeTable<'_>) -> Vec<(RouteSpec, Range<usize>)> {
     let mut routes = Vec::new();
     let limits = limits::check(cx, root);
+    let profiles = crate::cache::check(cx, root);
     let Some(v) = root.get("routes") else { return routes };
     match v.get_ref() {
         DeValue::Array(list) => {
             for (i, rv) in list.iter().enumerate() {
-                if let Some(r) = route(cx, rv, &format!("routes[{i}]"), root, &limits) {
+                if let Some(r) = route(cx, rv, &format!("routes[{i}]"), root, (&limits, &profiles)) {
                     routes.push((r, rv.span()));
                 }
             }
@@ -730,7 +732,7 @@ fn route(
     v: &Value<'_>,
     field: &str,
     root: &DeTable<'_>,
-    limits: &limits::Limits,
+    (limits, profiles): (&limits::Limits, &crate::cache::Profiles),
 ) -> Option<RouteSpec> {
     let DeValue::Table(t) = v.get_ref() else {
         cx.err(v.span(), field, format!("expected a table (`[[routes]]`), found {}", v.get_ref().type_str()));
@@ -748,7 +750,7 @@ fn route(
     let is_async = is_async(cx, &k);
     let (auth, cors) = edge::route_refs(cx, root, t, field);
     let rate_limit = limits::route_limit(cx, t, &k.f("rate_limit"), limits);
-    let cache = limits::route_cache(cx, t, &k.f("cache"));
+    let cache = crate::cache::route_cache(cx, t, &k.f("cache"), profiles);
 
     if cx.error_count() > before {
         return None;
@@ -760,9 +762,10 @@ fn route(
         function: function?,
         is_async,
         rate_limit: rate_limit.ok()?,
-        cache: cache.ok()?,
+        cache: cache.as_ref().ok()?.0,
         auth,
         cors,
+        cache_profile: cache.ok()?.1,
     })
 }
 

@@ -628,7 +628,7 @@ fn pattern(cx: &mut Ctx<'_>, t: &DeTable<'_>, v: &Value<'_>, field: &str, key: &
     })
 }
 
-fn strings(
+pub(crate) fn strings(
     cx: &mut Ctx<'_>,
     v: &Value<'_>,
     field: &str,
@@ -660,7 +660,7 @@ fn string_or_list(cx: &mut Ctx<'_>, v: &Value<'_>, field: &str) -> Option<Vec<St
 }
 
 /// Whether `s` is a header name (an RFC 9110 token).
-fn http_token(s: &str) -> bool {
+pub(crate) fn http_token(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 

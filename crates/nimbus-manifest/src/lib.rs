@@ -5,6 +5,7 @@
 //! line, column and field path (`nimbus.toml:7:11: functions.hello.timeout: …`).
 
 pub mod assets;
+mod cache;
 mod check;
 mod ctx;
 mod diag;
@@ -23,6 +24,7 @@ mod wasm;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+pub use cache::{CacheProfile, CacheQuery};
 pub use ctx::parse_duration;
 pub use diag::{Diagnostic, Diagnostics};
 pub use limits::{LimitKey, RateLimitSpec};
@@ -52,6 +54,7 @@ pub fn known_keys() -> Vec<&'static str> {
         edge::HEADER_RULE_KEYS,
         assets::KEYS,
         limits::KEYS,
+        cache::KEYS,
     ];
     let mut keys: Vec<&'static str> = Vec::new();
     for key in lists.into_iter().flatten() {
@@ -130,6 +133,8 @@ pub struct RouteSpec {
     pub rate_limit: Option<RateLimitSpec>,
     /// `cache = true`: the gateway's response cache may answer (RFC 9111, shared cache).
     pub cache: bool,
+    /// `cache = "NAME"`: the `[cache.NAME]` profile, resolved (`cache` is then true).
+    pub cache_profile: Option<CacheProfile>,
 }
 
 impl RouteSpec {

@@ -1,6 +1,5 @@
-//! `[rate_limits.NAME]` and the route keys of the edge layer this crate checks: `rate_limit =
-//! "NAME"` (a route draws on a named limit) and `cache = true` (the gateway's response cache
-//! may answer for the route).
+//! `[rate_limits.NAME]` and the route key `rate_limit = "NAME"` (a route draws on a named
+//! limit). The route's `cache` key is in `cache.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -164,12 +163,4 @@ pub(crate) fn route_limit(
         );
     }
     Err(())
-}
-
-/// A route's `cache`: whether the response cache may answer for it (default: no).
-pub(crate) fn route_cache(cx: &mut Ctx<'_>, t: &DeTable<'_>, field: &str) -> Result<bool, ()> {
-    match t.get("cache") {
-        None => Ok(false),
-        Some(x) => cx.boolean(x, field).ok_or(()),
-    }
 }

@@ -175,6 +175,7 @@ fn apigw(a: &GenerateArgs) -> anyhow::Result<Value> {
         cors: None,
         rate_limit: None,
         cache: false,
+        cache_profile: None,
     };
     let now = chrono::Utc::now();
     let request_id = new_request_id();

@@ -109,6 +109,11 @@ pub struct UpArgs {
     /// entries go first past it, and one response may take an eighth of it at most.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536), help_heading = "Limits")]
     cache_memory_mb: u32,
+    /// The response cache's disk tier (DATA_DIR/cache/http, emptied at start), in MiB: what
+    /// memory evicts or cannot hold goes there, least recently used first past it; 0 turns it
+    /// off.
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=1_048_576), help_heading = "Limits")]
+    cache_disk_mb: u32,
 }
 
 fn parse_preview_domain(s: &str) -> Result<String, String> {
@@ -207,8 +212,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    let config =
-        GatewayConfig { info: node.info.clone(), geoip: geoip.map(Arc::new), ..args.gateway_config(local, tls) };
+    let (geoip, cache_dir) = (geoip.map(Arc::new), Some(data_dir.join("cache").join("http")));
+    let config = GatewayConfig { info: node.info.clone(), geoip, cache_dir, ..args.gateway_config(local, tls) };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
     // Functions' calls to nimbus (the Invoke API from inside an instance) go to the gateway.
     let _ = node.calls.set(Arc::new(nimbus_gateway::Calls(gateway.clone())));
@@ -255,6 +260,7 @@ impl UpArgs {
             preview_domain: self.preview_domain.clone(),
             trusted_proxies: self.trust_proxy.clone(),
             cache_memory_bytes: self.cache_memory_mb as usize * 1024 * 1024,
+            cache_disk_bytes: u64::from(self.cache_disk_mb) * 1024 * 1024,
             ..GatewayConfig::default()
         }
     }

@@ -61,13 +61,14 @@ impl Directives {
 const CACHEABLE: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// Why a response is not stored, or `None` when it may be (RFC 9111 §3 for a shared cache,
-/// plus this cache's own rules: explicit freshness or a validator is required, `Vary: *` and
-/// `Set-Cookie` are never stored).
+/// plus this cache's own rules: explicit freshness, a route's default `ttl` or a validator
+/// with `no-cache` is required, `Vary: *` and `Set-Cookie` are never stored).
 pub(crate) fn not_storable(
     method: &Method,
     request: &HeaderMap,
     status: StatusCode,
     response: &HeaderMap,
+    default_ttl: bool,
 ) -> Option<&'static str> {
     let d = Directives::of(response);
     let vary_star = vary(response).iter().any(|v| v == "*");
@@ -86,7 +87,7 @@ pub(crate) fn not_storable(
         Some("Vary: *")
     } else if response.contains_key(http::header::SET_COOKIE) {
         Some("Set-Cookie")
-    } else if lifetime(response, 0).is_none() && !d.no_cache {
+    } else if lifetime(response, 0).is_none() && !d.no_cache && !default_ttl {
         Some("no explicit freshness")
     } else {
         None
@@ -249,8 +250,19 @@ mod tests {
         ];
         for (m, req, status, resp, want) in cases {
             let status = StatusCode::from_u16(*status).unwrap_or(ok);
-            assert_eq!(not_storable(m, &headers(req), status, &headers(resp)), *want, "{m} {req:?} {status} {resp:?}");
+            assert_eq!(
+                not_storable(m, &headers(req), status, &headers(resp), false),
+                *want,
+                "{m} {req:?} {status} {resp:?}"
+            );
         }
+        // A route's default ttl stands in for explicit freshness, and only for that.
+        let plain = headers(&[("content-type", "text/plain")]);
+        assert_eq!(not_storable(&get, &headers(&[]), ok, &plain, true), None);
+        let private = headers(&[("cache-control", "private")]);
+        assert_eq!(not_storable(&get, &headers(&[]), ok, &private, true), Some("private"));
+        let error = StatusCode::INTERNAL_SERVER_ERROR;
+        assert_eq!(not_storable(&get, &headers(&[]), error, &plain, true), Some("status not cacheable"));
     }
 
     #[test]

@@ -156,7 +156,7 @@ pub(crate) fn who(key: &LimitKey, headers: &HeaderMap, client: IpAddr, claims: O
 /// The limits step of a route: `Ok(None)` without a limit, `Ok(Some(..))` with the headers to
 /// put on the response, `Err` the 429 to answer with.
 pub(crate) async fn step(
-    gw: &crate::context::Gateway,
+    limiter: &Limiter,
     route: &nimbus_manifest::RouteSpec,
     headers: &HeaderMap,
     extensions: &http::Extensions,
@@ -166,7 +166,7 @@ pub(crate) async fn step(
     let client = super::client::client_ip(headers, remote);
     // The auth step leaves the verified claims in the request's extensions.
     let who = who(&spec.key, headers, client, extensions.get::<Claims>());
-    let standing = gw.limiter.take(spec, &who, nimbus_core::ids::now_ms() / 1000).await;
+    let standing = limiter.take(spec, &who, nimbus_core::ids::now_ms() / 1000).await;
     let out = standing.headers(spec.per);
     if standing.passed {
         return Ok(Some(out));

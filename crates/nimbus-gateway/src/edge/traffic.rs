@@ -9,17 +9,16 @@
 //! 3. Otherwise the live deployment.
 //!
 //! The choice reads the snapshot the caller already loaded: no lock, and no allocation but
-//! the `Set-Cookie` value when one is set.
+//! the `Set-Cookie` value when one is set. It takes the parts of the gateway it reads (the
+//! snapshot, the preview domain, the control plane) and answers a refusal as [`Unserved`],
+//! which `http_route.rs` maps to HTTP.
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
-use nimbus_control::{DeploymentView, Snapshot};
-use nimbus_core::ErrorSource;
+use http::{HeaderMap, HeaderValue};
+use nimbus_control::{Control, DeploymentView, Snapshot};
 
 use crate::body::GwResp;
-use crate::context::Gateway;
-use crate::http_route::RouteError;
 use crate::util::X_NIMBUS_VERSION;
 
 /// The cookie that keeps a client on the version it was given.
@@ -32,14 +31,28 @@ pub(crate) struct Chosen {
     pub set_cookie: Option<HeaderValue>,
 }
 
-/// Choose the deployment for a request as it arrived at `gw`.
-pub(crate) fn choose_for<B>(gw: &Gateway, req: &http::Request<B>) -> Result<Chosen, RouteError> {
+/// Why no deployment serves a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Unserved {
+    /// A preview host whose version is not stored (or a name under the preview domain that
+    /// names none).
+    UnknownPreview,
+    /// Nothing is deployed yet.
+    NothingLive,
+}
+
+/// Choose the deployment for a request as it arrived, from the snapshot of the deployments.
+pub(crate) fn choose_for<B>(
+    snap: &Snapshot,
+    preview_domain: Option<&str>,
+    req: &http::Request<B>,
+) -> Result<Chosen, Unserved> {
     let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host());
-    choose(&gw.control.snapshot(), req.headers(), host, gw.config.preview_domain.as_deref())
+    choose(snap, req.headers(), host, preview_domain)
 }
 
 /// The answer with the sticky cookie, when one was chosen.
-pub(crate) fn answer(resp: Result<GwResp, RouteError>, set_cookie: Option<HeaderValue>) -> Result<GwResp, RouteError> {
+pub(crate) fn answer<E>(resp: Result<GwResp, E>, set_cookie: Option<HeaderValue>) -> Result<GwResp, E> {
     resp.map(|mut r| {
         if let Some(cookie) = set_cookie {
             r.headers_mut().append(http::header::SET_COOKIE, cookie);
@@ -50,12 +63,12 @@ pub(crate) fn answer(resp: Result<GwResp, RouteError>, set_cookie: Option<Header
 
 /// On the way out: every answer of a chosen version says which (`x-nimbus-version`), and the
 /// control plane sees how it went (a running canary judges its new version by it).
-pub(crate) fn finish(gw: &Gateway, resp: &mut GwResp, version: Option<u64>, started: std::time::Instant) {
+pub(crate) fn finish(control: &dyn Control, resp: &mut GwResp, version: Option<u64>, started: std::time::Instant) {
     let Some(version) = version else { return };
     if !resp.headers().contains_key(X_NIMBUS_VERSION) {
         resp.headers_mut().insert(X_NIMBUS_VERSION, HeaderValue::from(version));
     }
-    gw.control.observe(version, resp.status().is_server_error(), started.elapsed());
+    control.observe(version, resp.status().is_server_error(), started.elapsed());
 }
 
 /// Choose the deployment for a request (see the module docs).
@@ -64,15 +77,11 @@ pub(crate) fn choose(
     headers: &HeaderMap,
     host: Option<&str>,
     preview_domain: Option<&str>,
-) -> Result<Chosen, RouteError> {
+) -> Result<Chosen, Unserved> {
     if let Some(version) = preview_domain.and_then(|d| preview_version(host?, d)) {
         return match version.and_then(|v| snap.versions.get(&v)) {
             Some(view) => Ok(Chosen { view: view.clone(), set_cookie: None }),
-            None => Err(RouteError::new(
-                StatusCode::NOT_FOUND,
-                ErrorSource::Client,
-                "No deployment has this preview host's version; `nimbus ls` lists them",
-            )),
+            None => Err(Unserved::UnknownPreview),
         };
     }
     // The cookie is read only while the alias is split.
@@ -86,11 +95,7 @@ pub(crate) fn choose(
         let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax", view.version);
         return Ok(Chosen { view: view.clone(), set_cookie: HeaderValue::from_str(&cookie).ok() });
     }
-    let live = snap.live.clone().ok_or(RouteError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorSource::Platform,
-        "No deployment is live yet",
-    ))?;
+    let live = snap.live.clone().ok_or(Unserved::NothingLive)?;
     Ok(Chosen { view: live, set_cookie: None })
 }
 
@@ -195,8 +200,8 @@ mod tests {
         assert_eq!(host("v1.preview.localhost:8080").unwrap().view.version, 1);
         assert_eq!(host("V1.Preview.LOCALHOST").unwrap().view.version, 1, "host names ignore case");
         assert!(host("v1.preview.localhost").unwrap().set_cookie.is_none());
-        assert_eq!(host("v9.preview.localhost").err().unwrap().status(), StatusCode::NOT_FOUND);
-        assert_eq!(host("www.preview.localhost").err().unwrap().status(), StatusCode::NOT_FOUND);
+        assert_eq!(host("v9.preview.localhost").err(), Some(Unserved::UnknownPreview));
+        assert_eq!(host("www.preview.localhost").err(), Some(Unserved::UnknownPreview));
         assert!([7, 8].contains(&host("example.com").unwrap().view.version), "other hosts split as usual");
     }
 }

@@ -109,7 +109,7 @@ proptest! {
         body in body(),
         params in prop::collection::vec(("[a-z]{1,5}", "(%[0-9a-fA-F]{2}|[a-z~])*"), 0..3),
     ) {
-        let route = RouteSpec { methods: Methods::Any, path: "/{*proxy}".into(), host: None, function: "f".into(), is_async: false, auth: None, cors: None, rate_limit: None, cache: false };
+        let route = RouteSpec { methods: Methods::Any, path: "/{*proxy}".into(), host: None, function: "f".into(), is_async: false, auth: None, cors: None, rate_limit: None, cache: false, cache_profile: None };
         let body = Bytes::from(body);
         let r = HttpRequest {
             method: &method,
