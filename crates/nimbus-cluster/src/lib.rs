@@ -18,6 +18,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, object_store, stream};
 
 pub mod testing;
+pub mod registry;
+
+pub use registry::NatsRegistry;
 
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.
