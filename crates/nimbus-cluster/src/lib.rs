@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store, stream};
 
-pub mod testing;
 pub mod registry;
+pub mod testing;
 
 pub use registry::NatsRegistry;
 

@@ -14,7 +14,7 @@
 //!   listed or served. Bodies are immutable, so each node keeps the ones it has read in memory.
 //! - `meta.<name>`, `token.<id>`, `token-digest.<sha256 hex>` (the id of the token whose
 //!   secret has that digest), `access-key.<id>`: one JSON value each (this module owns the
-//!   format; see [`StoredToken`] and [`StoredKey`]).
+//!   format: `StoredToken` and `StoredKey` below).
 //!
 //! Artifacts are content-addressed: the object named by a code directory's digest (the
 //! embedded store's [`nimbus_store_sqlite::digest_dir`]) is a tar of the directory. The node
@@ -117,7 +117,8 @@ impl From<&TokenRecord> for StoredToken {
 
 impl StoredToken {
     fn record(self) -> Result<TokenRecord, String> {
-        let scope = Scope::parse(&self.scope).ok_or_else(|| format!("token {}: unknown scope {:?}", self.id, self.scope))?;
+        let scope =
+            Scope::parse(&self.scope).ok_or_else(|| format!("token {}: unknown scope {:?}", self.id, self.scope))?;
         let mut digest = [0u8; 32];
         hex::decode_to_slice(&self.digest, &mut digest).map_err(|e| format!("token {}: bad digest: {e}", self.id))?;
         Ok(TokenRecord {
@@ -259,7 +260,10 @@ impl NatsRegistry {
             .await?;
         let cache = data_dir.join("artifacts");
         let artifacts = ArtifactStore::open(&cache).map_err(|e| {
-            ClusterError::Options(format!("cannot open the artifact cache {}: {e}; check the data dir", cache.display()))
+            ClusterError::Options(format!(
+                "cannot open the artifact cache {}: {e}; check the data dir",
+                cache.display()
+            ))
         })?;
         // The first watch is open before this returns: nothing written after it is missed.
         let first = kv.watch_all().await.map_err(|e| ClusterError::jetstream("watch the registry", e))?;
@@ -274,7 +278,8 @@ impl NatsRegistry {
         match entry.filter(|e| e.operation == kv::Operation::Put) {
             None => Ok((Head::default(), None)),
             Some(e) => {
-                let head = serde_json::from_slice(&e.value).map_err(|e| RegistryError::backend("read the registry head", e))?;
+                let head = serde_json::from_slice(&e.value)
+                    .map_err(|e| RegistryError::backend("read the registry head", e))?;
                 Ok((head, Some(e.revision)))
             }
         }
@@ -314,6 +319,22 @@ impl NatsRegistry {
         }
     }
 
+    /// Write `value` under `key`, retrying a failed write (a server lost mid-write) until
+    /// [`HEAD_DEADLINE`]. For keys written once with one value, where a repeat is harmless.
+    async fn put_retried(&self, action: &'static str, key: &str, value: Bytes) -> Result<(), RegistryError> {
+        let deadline = Instant::now() + HEAD_DEADLINE;
+        let mut attempt = 0;
+        loop {
+            match self.kv.put(key, value.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(RegistryError::backend(action, e)),
+                Err(_) => {}
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
     /// The body under `key`, from memory or the bucket.
     async fn body(&self, version: u64, key: &str) -> Result<Arc<StoredDeployment>, RegistryError> {
         if let Some(b) = self.bodies.lock().ok().and_then(|m| m.get(key).cloned()) {
@@ -323,7 +344,9 @@ impl NatsRegistry {
         let value = value.ok_or_else(|| {
             RegistryError::backend(
                 "read a deployment",
-                std::io::Error::other(format!("deployment {version} is in the registry head but its body {key} is missing")),
+                std::io::Error::other(format!(
+                    "deployment {version} is in the registry head but its body {key} is missing"
+                )),
             )
         })?;
         let body: StoredDeployment =
@@ -468,7 +491,9 @@ fn pack(dir: &Path, to: &Path) -> std::io::Result<()> {
 /// A short pause before retrying a contended write: grows with the attempt, with jitter so
 /// that nodes racing for `head` do not retry in step.
 fn backoff(attempt: u64) -> Duration {
-    let jitter = u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % 7);
+    let jitter = u64::from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % 7,
+    );
     Duration::from_millis((attempt.min(20) * 5) + jitter)
 }
 
@@ -525,7 +550,7 @@ impl Registry for NatsRegistry {
         };
         let key = format!("deployment.{}", uuid::Uuid::new_v4().simple());
         let value = serde_json::to_vec(&stored).map_err(|e| RegistryError::backend("record the deployment", e))?;
-        self.kv.put(&key, value.into()).await.map_err(|e| RegistryError::backend("record the deployment", e))?;
+        self.put_retried("record the deployment", &key, Bytes::from(value)).await?;
         let version = self
             .change_head("record the deployment", |head| {
                 // A retry after a write that landed finds the body already named.
@@ -582,10 +607,13 @@ impl Registry for NatsRegistry {
     }
 
     async fn put_artifact(&self, dir: &Path) -> Result<String, RegistryError> {
-        let fail = |e: Box<dyn std::error::Error + Send + Sync>| RegistryError::Artifact { dir: dir.to_owned(), source: e };
+        let fail =
+            |e: Box<dyn std::error::Error + Send + Sync>| RegistryError::Artifact { dir: dir.to_owned(), source: e };
         let (store, owned) = (self.artifacts.clone(), dir.to_owned());
-        let (digest, path) =
-            tokio::task::spawn_blocking(move || store.put_dir(&owned)).await.map_err(|e| fail(Box::new(e)))?.map_err(|e| fail(Box::new(e)))?;
+        let (digest, path) = tokio::task::spawn_blocking(move || store.put_dir(&owned))
+            .await
+            .map_err(|e| fail(Box::new(e)))?
+            .map_err(|e| fail(Box::new(e)))?;
         if self.objects.info(&digest).await.is_ok() {
             return Ok(digest);
         }
@@ -594,7 +622,9 @@ impl Registry for NatsRegistry {
         let packed = tokio::task::spawn_blocking(move || pack(&path, &to)).await.map_err(|e| fail(Box::new(e)))?;
         let put = match packed {
             Ok(()) => match tokio::fs::File::open(&tar).await {
-                Ok(mut file) => self.objects.put(digest.as_str(), &mut file).await.map(drop).map_err(|e| fail(Box::new(e))),
+                Ok(mut file) => {
+                    self.objects.put(digest.as_str(), &mut file).await.map(drop).map_err(|e| fail(Box::new(e)))
+                }
                 Err(e) => Err(fail(Box::new(e))),
             },
             Err(e) => Err(fail(Box::new(e))),

@@ -79,12 +79,14 @@ impl ControlPlane {
         let live = live_version.and_then(|v| versions.get(&v).cloned());
         let traffic: Vec<_> =
             split.into_iter().filter_map(|(v, p)| versions.get(&v).map(|view| (view.clone(), p))).collect();
-        let moved = version_of(live.as_ref()) != version_of(old.live.as_ref()) || split_of(&traffic) != split_of(&old.traffic);
+        let moved =
+            version_of(live.as_ref()) != version_of(old.live.as_ref()) || split_of(&traffic) != split_of(&old.traffic);
         if added.is_empty() && !moved {
             return Ok(());
         }
         let serving = crate::split::serving(live.as_ref(), &traffic);
-        let fresh: Vec<_> = serving.iter().filter(|f| added.iter().any(|v| f.version == v.to_string())).cloned().collect();
+        let fresh: Vec<_> =
+            serving.iter().filter(|f| added.iter().any(|v| f.version == v.to_string())).cloned().collect();
         if !fresh.is_empty() {
             // Compiled before the swap, as a deploy does; a failure is retried by the first request.
             if let Err(e) = self.pools.prepare(&fresh).await {

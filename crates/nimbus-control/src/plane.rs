@@ -681,7 +681,13 @@ fn function_version(
     }
 }
 
-pub(crate) fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: DeploymentContent) -> DeploymentView {
+pub(crate) fn view(
+    registry: &dyn Registry,
+    version: u64,
+    app: String,
+    created_ms: u64,
+    c: DeploymentContent,
+) -> DeploymentView {
     let version_text = version.to_string();
     let functions = c
         .functions
