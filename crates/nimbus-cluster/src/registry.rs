@@ -1,6 +1,13 @@
-//! The registry on JetStream: deployments, aliases, traffic splits, settings, API tokens and
-//! managed access keys in the KV bucket `nimbus-registry`, code artifacts in the object store
-//! `nimbus-artifacts`, so that every node serves the same deployments.
+//! The registry on JetStream: aliases, traffic splits, settings, API tokens and managed access
+//! keys in the KV bucket `nimbus-registry`, deployment bodies in the KV bucket
+//! `nimbus-deployments`, code artifacts in the object store `nimbus-artifacts`, so that every
+//! node serves the same deployments.
+//!
+//! - `nimbus-deployments` holds each deployment's body under a fresh uuid, written (once, never
+//!   changed) before `head` names it. A crash between the two leaves a body that `head` never
+//!   names: it is never listed or served. Bodies are immutable, so each node keeps the ones it
+//!   has read in memory. They have a bucket of their own so that listing tokens or keys, and
+//!   watching the registry, never wade through them.
 //!
 //! Keys of `nimbus-registry` (KV keys allow only `[-/_=.a-zA-Z0-9]`; names from outside are
 //! encoded by [`key_part`]):
@@ -9,9 +16,6 @@
 //!   each alias's split. Every change is a compare-and-swap on its revision, retried after a
 //!   conflict, so concurrent deploys from several nodes get distinct, dense versions and none
 //!   is lost, and a node sees the old state or the new one, never a mix.
-//! - `deployment.<uuid>`: a deployment's body, written (once, never changed) before `head`
-//!   names it. A crash between the two leaves a body that `head` never names: it is never
-//!   listed or served. Bodies are immutable, so each node keeps the ones it has read in memory.
 //! - `meta.<name>`, `token.<id>`, `token-digest.<sha256 hex>` (the id of the token whose
 //!   secret has that digest), `access-key.<id>`: one JSON value each (this module owns the
 //!   format: `StoredToken` and `StoredKey` below).
@@ -47,6 +51,8 @@ use crate::{Cluster, ClusterError};
 
 /// The KV bucket of the registry.
 pub const REGISTRY_BUCKET: &str = "nimbus-registry";
+/// The KV bucket of the deployment bodies.
+pub const DEPLOYMENTS_BUCKET: &str = "nimbus-deployments";
 /// The object store of the code artifacts.
 pub const ARTIFACTS_BUCKET: &str = "nimbus-artifacts";
 /// The key every deploy, rollback and traffic change swaps.
@@ -228,6 +234,8 @@ impl Drop for Watcher {
 /// The registry of a cluster node. See the module docs for the layout.
 pub struct NatsRegistry {
     kv: kv::Store,
+    /// `nimbus-deployments`: the bodies, by uuid.
+    deployments: kv::Store,
     objects: object_store::ObjectStore,
     /// The local copies of artifacts (stored here, or fetched and verified).
     artifacts: ArtifactStore,
@@ -241,23 +249,26 @@ impl NatsRegistry {
     /// Open (creating when absent) the bucket and the object store, the local artifact cache
     /// under `data_dir/artifacts`, and the watch that reports other nodes' changes.
     pub async fn open(cluster: &Cluster, data_dir: &Path) -> Result<NatsRegistry, ClusterError> {
-        let kv = cluster
-            .key_value(kv::Config {
-                bucket: REGISTRY_BUCKET.into(),
-                description: "nimbus: deployments, aliases, tokens and access keys".into(),
-                history: 1,
-                storage: StorageType::File,
-                ..Default::default()
-            })
-            .await?;
-        let objects = cluster
-            .object_store(object_store::Config {
+        let bucket = |bucket: &str, description: &str| kv::Config {
+            bucket: bucket.into(),
+            description: description.into(),
+            history: 1,
+            storage: StorageType::File,
+            ..Default::default()
+        };
+        let registry = bucket(REGISTRY_BUCKET, "nimbus: aliases, traffic, settings, tokens and access keys");
+        let kv = patiently(|| cluster.key_value(registry.clone())).await?;
+        let bodies = bucket(DEPLOYMENTS_BUCKET, "nimbus: deployment bodies, named by the registry head");
+        let deployments = patiently(|| cluster.key_value(bodies.clone())).await?;
+        let objects = patiently(|| {
+            cluster.object_store(object_store::Config {
                 bucket: ARTIFACTS_BUCKET.into(),
                 description: Some("nimbus: code artifacts, by content digest".into()),
                 storage: StorageType::File,
                 ..Default::default()
             })
-            .await?;
+        })
+        .await?;
         let cache = data_dir.join("artifacts");
         let artifacts = ArtifactStore::open(&cache).map_err(|e| {
             ClusterError::Options(format!(
@@ -269,7 +280,8 @@ impl NatsRegistry {
         let first = kv.watch_all().await.map_err(|e| ClusterError::jetstream("watch the registry", e))?;
         let (tx, changes) = watch::channel(0);
         let watcher = Watcher(tokio::spawn(follow(kv.clone(), first, tx)));
-        Ok(NatsRegistry { kv, objects, artifacts, bodies: Mutex::new(HashMap::new()), changes, _watcher: watcher })
+        let bodies = Mutex::new(HashMap::new());
+        Ok(NatsRegistry { kv, deployments, objects, artifacts, bodies, changes, _watcher: watcher })
     }
 
     /// `head` and its revision (`None`: not written yet).
@@ -319,13 +331,13 @@ impl NatsRegistry {
         }
     }
 
-    /// Write `value` under `key`, retrying a failed write (a server lost mid-write) until
-    /// [`HEAD_DEADLINE`]. For keys written once with one value, where a repeat is harmless.
+    /// Write a body under `key`, retrying a failed write (a server lost mid-write) until
+    /// [`HEAD_DEADLINE`]: a body is written once with one value, so a repeat is harmless.
     async fn put_retried(&self, action: &'static str, key: &str, value: Bytes) -> Result<(), RegistryError> {
         let deadline = Instant::now() + HEAD_DEADLINE;
         let mut attempt = 0;
         loop {
-            match self.kv.put(key, value.clone()).await {
+            match self.deployments.put(key, value.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(RegistryError::backend(action, e)),
                 Err(_) => {}
@@ -340,7 +352,7 @@ impl NatsRegistry {
         if let Some(b) = self.bodies.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(b);
         }
-        let value = self.kv.get(key).await.map_err(|e| RegistryError::backend("read a deployment", e))?;
+        let value = self.deployments.get(key).await.map_err(|e| RegistryError::backend("read a deployment", e))?;
         let value = value.ok_or_else(|| {
             RegistryError::backend(
                 "read a deployment",
@@ -396,21 +408,25 @@ impl NatsRegistry {
         }
     }
 
-    /// Rewrite the JSON record under `key` with `revoke` applied, compare-and-swap on its
-    /// revision; `None` when there is no record or `revoke` declines (already revoked).
+    /// Mark the JSON record under `key` revoked at `at_ms` (its `revoked_ms` field, which
+    /// `revoked_at` picks), compare-and-swap on its revision; `None` when there is no record or
+    /// it is revoked already.
     async fn revoke<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         action: &'static str,
         key: &str,
-        revoke: impl Fn(&mut T) -> bool,
+        at_ms: u64,
+        revoked_at: impl Fn(&mut T) -> &mut Option<u64>,
     ) -> Result<Option<T>, RegistryError> {
         let deadline = Instant::now() + HEAD_DEADLINE;
         let mut attempt = 0;
         loop {
             let Some((mut record, revision)) = self.get_json::<T>(action, key).await? else { return Ok(None) };
-            if !revoke(&mut record) {
+            let slot = revoked_at(&mut record);
+            if slot.is_some() {
                 return Ok(None);
             }
+            *slot = Some(at_ms);
             let value = serde_json::to_vec(&record).map_err(|e| RegistryError::backend(action, e))?;
             match self.kv.update(key, value.into(), revision).await {
                 Ok(_) => return Ok(Some(record)),
@@ -447,6 +463,29 @@ impl NatsRegistry {
             .await
             .map_err(|e| fail(Box::new(e)))?;
         unpacked.map_err(|e| fail(e.into()))
+    }
+}
+
+/// How long opening the buckets keeps retrying: a NATS cluster that is still forming answers
+/// "no suitable peers for placement" to a replicated bucket until its servers know each other.
+const OPEN_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Run `open` until it succeeds or [`OPEN_DEADLINE`] passes (then its last error).
+async fn patiently<T, F, Fut>(mut open: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = Instant::now() + OPEN_DEADLINE;
+    let mut attempt = 0;
+    loop {
+        match open().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => tracing::debug!("opening the registry, retrying: {e}"),
+        }
+        attempt += 1;
+        tokio::time::sleep(backoff(attempt) * 10).await;
     }
 }
 
@@ -548,7 +587,7 @@ impl Registry for NatsRegistry {
             format_version: d.format_version,
             body: d.body.to_owned(),
         };
-        let key = format!("deployment.{}", uuid::Uuid::new_v4().simple());
+        let key = uuid::Uuid::new_v4().simple().to_string();
         let value = serde_json::to_vec(&stored).map_err(|e| RegistryError::backend("record the deployment", e))?;
         self.put_retried("record the deployment", &key, Bytes::from(value)).await?;
         let version = self
@@ -667,12 +706,7 @@ impl Registry for NatsRegistry {
     async fn revoke_token(&self, id: &str, at_ms: u64) -> Result<Option<TokenRecord>, RegistryError> {
         let action = "revoke a token";
         let revoked = self
-            .revoke::<StoredToken>(action, &format!("token.{}", key_part(id)), |t| {
-                t.revoked_ms.is_none() && {
-                    t.revoked_ms = Some(at_ms);
-                    true
-                }
-            })
+            .revoke::<StoredToken>(action, &format!("token.{}", key_part(id)), at_ms, |t| &mut t.revoked_ms)
             .await?;
         revoked.map(|t| t.record().map_err(|e| RegistryError::backend(action, std::io::Error::other(e)))).transpose()
     }
@@ -712,12 +746,7 @@ impl Registry for NatsRegistry {
     async fn revoke_access_key(&self, id: &str, at_ms: u64) -> Result<Option<AccessKeyRecord>, RegistryError> {
         let action = "revoke an access key";
         let revoked = self
-            .revoke::<StoredKey>(action, &format!("access-key.{}", key_part(id)), |k| {
-                k.revoked_ms.is_none() && {
-                    k.revoked_ms = Some(at_ms);
-                    true
-                }
-            })
+            .revoke::<StoredKey>(action, &format!("access-key.{}", key_part(id)), at_ms, |k| &mut k.revoked_ms)
             .await?;
         revoked.map(|k| k.record().map_err(|e| RegistryError::backend(action, std::io::Error::other(e)))).transpose()
     }

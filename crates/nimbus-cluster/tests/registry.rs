@@ -77,6 +77,16 @@ async fn a_deploy_on_one_node_is_seen_by_another() {
     let seen = b.deployments().await.unwrap();
     assert_eq!(seen, vec![record.clone()], "B reads what A stored, version and body");
 
+    // A body written by a node that crashed before it moved `head` is never listed, and the
+    // next deploy still gets the next version.
+    let js = async_nats::jetstream::new(n[0].cluster.client().clone());
+    let bodies = js.get_key_value(nimbus_cluster::registry::DEPLOYMENTS_BUCKET).await.unwrap();
+    bodies.put("0123456789abcdef0123456789abcdef", "{\"app\":\"orphan\"}".into()).await.unwrap();
+    let second = b.add_deployment(deployment("shop", "{\"v\":2}"), "live").await.unwrap();
+    assert_eq!(second.version, 2);
+    let listed = a.deployments().await.unwrap();
+    assert_eq!(listed.iter().map(|d| (d.version, d.app.as_str())).collect::<Vec<_>>(), [(1, "shop"), (2, "shop")]);
+
     // Settings are shared too, whatever their names.
     a.set_meta("canary.live", "{\"x\":1}").await.unwrap();
     assert_eq!(b.meta("canary.live").await.unwrap().as_deref(), Some("{\"x\":1}"));
