@@ -21,6 +21,9 @@ pub mod kv;
 pub mod testing;
 
 pub use kv::NatsKv;
+pub mod registry;
+
+pub use registry::NatsRegistry;
 
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.

@@ -14,6 +14,7 @@
 pub mod access_keys;
 pub mod assets;
 mod canary;
+mod follow;
 mod plane;
 mod queues;
 pub mod router;

@@ -181,7 +181,7 @@ pub trait Control: Send + Sync + 'static {
 
 pub struct ControlPlane {
     pub(crate) registry: Arc<dyn Registry>,
-    pools: Arc<dyn Pools>,
+    pub(crate) pools: Arc<dyn Pools>,
     /// Where the namespaces a deployment declares are created.
     kv: Arc<dyn KvStore>,
     pub(crate) snapshot: ArcSwap<Snapshot>,
@@ -189,13 +189,13 @@ pub struct ControlPlane {
     /// One deploy or rollback at a time.
     pub(crate) lock: tokio::sync::Mutex<()>,
     /// The unrevoked API tokens, as the request path checks them.
-    tokens: ArcSwap<TokenSet>,
+    pub(crate) tokens: ArcSwap<TokenSet>,
     /// One token creation or revocation at a time (each replaces the whole set).
-    token_lock: tokio::sync::Mutex<()>,
+    pub(crate) token_lock: tokio::sync::Mutex<()>,
     /// Every managed AWS access key, as the AWS port checks them ([`AccessKeySource`]).
-    access_keys: ArcSwap<KeySet>,
+    pub(crate) access_keys: ArcSwap<KeySet>,
     /// One key creation or revocation at a time.
-    key_lock: tokio::sync::Mutex<()>,
+    pub(crate) key_lock: tokio::sync::Mutex<()>,
     /// Where a deploy creates the buckets its manifest declares (set once at start).
     objects: std::sync::OnceLock<Arc<dyn nimbus_core::ObjectStore>>,
     /// Where a deploy creates or updates the queues its manifest declares (set once at start).
@@ -227,6 +227,8 @@ impl ControlPlane {
         for record in registry.deployments().await? {
             let content = stored::decode(record.format_version, &record.body)
                 .map_err(|source| DeployError::Unreadable { version: record.version, source })?;
+            // In a cluster, code another node stored is fetched before anything reads it.
+            registry.fetch_artifacts(&crate::follow::artifact_digests(&content)).await?;
             let view = view(registry.as_ref(), record.version, record.app, record.created_ms, content);
             versions.insert(view.version, Arc::new(view));
         }
@@ -268,7 +270,7 @@ impl ControlPlane {
 
     /// Tell the object store which buckets `live`'s triggers watch: their changes go to its
     /// outbox (the bucket-trigger forwarder reads it), other buckets' do not.
-    fn watch_buckets(&self, live: &DeploymentView) {
+    pub(crate) fn watch_buckets(&self, live: &DeploymentView) {
         let Some(store) = self.objects.get() else { return };
         let watched = live
             .triggers
@@ -679,7 +681,13 @@ fn function_version(
     }
 }
 
-fn view(registry: &dyn Registry, version: u64, app: String, created_ms: u64, c: DeploymentContent) -> DeploymentView {
+pub(crate) fn view(
+    registry: &dyn Registry,
+    version: u64,
+    app: String,
+    created_ms: u64,
+    c: DeploymentContent,
+) -> DeploymentView {
     let version_text = version.to_string();
     let functions = c
         .functions

@@ -79,6 +79,20 @@ impl TokenSet {
         TokenSet { by_digest }
     }
 
+    /// The set of the unrevoked `records` (re-read from the registry), keeping this set's
+    /// entry (and so its last-use time) for each token whose record is unchanged.
+    pub fn refreshed(&self, records: Vec<TokenRecord>) -> TokenSet {
+        let by_digest = records
+            .into_iter()
+            .filter(|r| r.revoked_ms.is_none())
+            .map(|r| match self.by_digest.get(&r.digest).filter(|t| t.record == r) {
+                Some(kept) => (r.digest, kept.clone()),
+                None => (r.digest, Arc::new(LiveToken::new(r))),
+            })
+            .collect();
+        TokenSet { by_digest }
+    }
+
     /// This set without the token with `id`.
     pub fn without(&self, id: &str) -> TokenSet {
         let mut by_digest = self.by_digest.clone();

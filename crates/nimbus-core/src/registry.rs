@@ -13,7 +13,10 @@
 //! in-memory set cannot (a cluster node that has not yet seen another node's new token).
 //! Managed AWS access keys follow tokens: `access_keys` at start, `add_access_key` and
 //! `revoke_access_key` once per `POST /v1/keys` and `DELETE /v1/keys/{id}`. `traffic` is read
-//! once at start; `set_traffic` once per `nimbus traffic set` and per canary step. None
+//! once at start; `set_traffic` once per `nimbus traffic set` and per canary step.
+//! In a cluster, `changes` is taken once when the control plane starts following the
+//! registry; after each change it re-reads deployments, aliases, traffic, tokens and keys, and
+//! calls `fetch_artifacts` for the deployments it had not seen before building them. None
 //! of them is ever called on the request path: the request path reads the control plane's
 //! in-memory snapshot and token set.
 //!
@@ -140,4 +143,22 @@ pub trait Registry: Send + Sync + 'static {
     /// `primary`), atomically: after a crash either both happened or neither. Every version
     /// must be stored ([`RegistryError::NoSuchVersion`] otherwise, and nothing changes).
     async fn set_traffic(&self, alias: &str, primary: u64, weights: &[(u64, u32)]) -> Result<(), RegistryError>;
+    /// Make the artifacts with these digests readable at [`Registry::artifact_path`] on this
+    /// node. The control plane calls it for a deployment another node stored, before it builds
+    /// the deployment's function versions (which read `artifact_path`). A cluster backend
+    /// fetches what this node lacks and verifies its digest; the default does nothing, as an
+    /// embedded store already holds every artifact it stored.
+    async fn fetch_artifacts(&self, digests: &[String]) -> Result<(), RegistryError> {
+        let _ = digests;
+        Ok(())
+    }
+    /// Changes to the registry, above all those made by someone other than this node's control
+    /// plane (another node of a cluster): the receiver's value moves on after each change (its
+    /// own ones may be included; re-reading them changes nothing), so a follower that awaits
+    /// `changed()` and then re-reads the registry misses none. Called once, when
+    /// the control plane starts following the registry. `None` (the default): the registry
+    /// never changes behind the control plane's back (the embedded store).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
