@@ -15,6 +15,7 @@ pub mod invoke;
 pub mod kv;
 pub mod messages;
 pub mod meter;
+pub mod nodes;
 pub mod objects;
 pub mod outbound;
 pub mod outcome;
