@@ -9,8 +9,9 @@
 //!
 //! [`LiveNodes`] carries how many nodes are alive and where this one ranks among them (by
 //! name) from the membership to the scheduler, which caps each function at [`node_share`] of
-//! its `max_instances`: the shares of all live nodes add up to `max_instances` (when it is at
-//! least the number of nodes) and follow membership as nodes come and go.
+//! its `max_instances` and keeps [`node_portion`] of its `min_instances` warm: the shares of
+//! all live nodes add up to `max_instances` (when it is at least the number of nodes), the
+//! portions to `min_instances`, and both follow membership as nodes come and go.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,25 +92,35 @@ impl LiveNodes {
         ((v >> 32) as u32, v as u32)
     }
 
-    /// This node's share of `total` (a function's `max_instances` or `min_instances`).
+    /// This node's cap of a function's `max_instances` ([`node_share`]).
     pub fn share(&self, total: u32) -> u32 {
         let (live, rank) = self.get();
         node_share(total, live, rank)
     }
+
+    /// This node's part of a function's `min_instances` ([`node_portion`]).
+    pub fn portion(&self, total: u32) -> u32 {
+        let (live, rank) = self.get();
+        node_portion(total, live, rank)
+    }
 }
 
 /// The node at `rank` of `live` nodes gets `total / live`, plus one of the remainder when its
-/// rank is below it, so the shares add up to `total`; but never 0 when `total` is not: a node
-/// that could not start an instance of a function would refuse all its requests (nimbus does
-/// not forward requests between nodes), so with fewer instances allowed than nodes alive each
-/// node keeps one and the cluster may run up to `live` of them.
-pub fn node_share(total: u32, live: u32, rank: u32) -> u32 {
+/// rank is below it, so the portions of all live nodes add up to `total` (some may be 0).
+/// What each node keeps warm of a function's `min_instances`.
+pub fn node_portion(total: u32, live: u32, rank: u32) -> u32 {
     let live = live.max(1);
-    let base = total / live;
-    let extra = u32::from(rank < total % live);
-    let share = base + extra;
+    total / live + u32::from(rank < total % live)
+}
+
+/// This node's cap on a function's instances: its [`node_portion`] of `max_instances`, but
+/// never 0 when `total` is not: a node that could not start an instance of a function would
+/// refuse all its requests (nimbus does not forward requests between nodes), so with fewer
+/// instances allowed than nodes alive each node keeps one and the cluster may run up to `live`.
+pub fn node_share(total: u32, live: u32, rank: u32) -> u32 {
+    let portion = node_portion(total, live, rank);
     if total > 0 {
-        share.max(1)
+        portion.max(1)
     } else {
         0
     }
@@ -141,6 +152,10 @@ mod tests {
         }
         // No nodes known yet is one node: this one.
         assert_eq!(node_share(10, 0, 0), 10);
+        // Warm instances are shared exactly: one of three nodes keeps min_instances = 1.
+        let portions: Vec<u32> = (0..3).map(|rank| node_portion(1, 3, rank)).collect();
+        assert_eq!(portions, [1, 0, 0]);
+        assert_eq!((0..3).map(|rank| node_portion(10, 3, rank)).collect::<Vec<_>>(), [4, 3, 3]);
     }
 
     #[test]
