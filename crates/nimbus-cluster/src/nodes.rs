@@ -87,20 +87,20 @@ struct Shared {
     name: String,
     describe: Mutex<Describe>,
     heard: Mutex<BTreeMap<String, (NodeInfo, Instant)>>,
-    live: LiveNodes,
+    live: Mutex<LiveNodes>,
 }
 
 /// This node's place in the cluster's membership. Dropping it stops the heartbeats (the entry
 /// then expires); [`Membership::leave`] also deletes it at once.
 pub struct Membership {
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Membership {
     /// Claim this node's name (refusing a name a live node holds), then heartbeat `describe`
-    /// every second and keep `live` current until dropped.
-    pub async fn join(cluster: &Cluster, describe: Describe, live: LiveNodes) -> Result<Membership, ClusterError> {
+    /// every second and count the live nodes until dropped.
+    pub async fn join(cluster: &Cluster, describe: Describe) -> Result<Membership, ClusterError> {
         let config = kv::Config {
             bucket: BUCKET.into(),
             description: "nimbus nodes' heartbeats".into(),
@@ -112,10 +112,26 @@ impl Membership {
         let kv = cluster.key_value(config).await?;
         let name = cluster.node().to_owned();
         claim(&kv, &name, &describe()).await?;
-        let shared =
-            Arc::new(Shared { kv, name, describe: Mutex::new(describe), heard: Mutex::new(BTreeMap::new()), live });
+        let shared = Arc::new(Shared {
+            kv,
+            name,
+            describe: Mutex::new(describe),
+            heard: Mutex::new(BTreeMap::new()),
+            live: Mutex::new(LiveNodes::default()),
+        });
         let tasks = vec![tokio::spawn(heartbeats(shared.clone())), tokio::spawn(watch(shared.clone()))];
-        Ok(Membership { shared, tasks })
+        Ok(Membership { shared, tasks: Mutex::new(tasks) })
+    }
+
+    /// Keep `live` (the scheduler's) current from now on, starting now.
+    pub fn share_with(&self, live: LiveNodes) {
+        *self.shared.live.lock().unwrap_or_else(PoisonError::into_inner) = live;
+        self.shared.sweep();
+    }
+
+    /// The live nodes' count and this node's rank, as last counted.
+    pub fn live(&self) -> LiveNodes {
+        self.shared.live.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Describe this node with `describe` from now on (`nimbus up` swaps in the full
@@ -125,21 +141,25 @@ impl Membership {
     }
 
     /// Stop the heartbeats and delete this node's entry: the others drop it at once.
-    pub async fn leave(mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
+    pub async fn leave(&self) {
+        self.stop();
         if let Err(e) = self.shared.kv.delete(&self.shared.name).await {
             tracing::warn!("cannot remove this node from {BUCKET} (it expires within {NODE_TTL:?}): {e}");
         }
     }
 }
 
-impl Drop for Membership {
-    fn drop(&mut self) {
-        for t in &self.tasks {
+impl Membership {
+    fn stop(&self) {
+        for t in self.tasks.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
             t.abort();
         }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -178,8 +198,10 @@ impl Shared {
         let me = self.name.as_str();
         let others = heard.keys().filter(|n| n.as_str() != me);
         let rank = others.clone().filter(|n| n.as_str() < me).count();
-        let live = others.count() + 1;
-        self.live.set(u32::try_from(live).unwrap_or(u32::MAX), u32::try_from(rank).unwrap_or(u32::MAX));
+        let live = u32::try_from(others.count() + 1).unwrap_or(u32::MAX);
+        let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+        drop(heard);
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).set(live, rank);
     }
 
     fn heard(&self, entry: &kv::Entry) {

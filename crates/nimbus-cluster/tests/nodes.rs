@@ -27,8 +27,10 @@ async fn join(servers: &NatsServers, name: &str) -> Result<(Membership, LiveNode
     let mut opts = ClusterOptions::new(&servers.url(), name).unwrap();
     opts.replicas = servers.len();
     let cluster = Cluster::connect(&opts).await.unwrap();
+    let m = Membership::join(&cluster, describe(name)).await.map_err(|e| e.to_string())?;
+    // As `nimbus up` does: the scheduler's live nodes follow the membership.
     let live = LiveNodes::default();
-    let m = Membership::join(&cluster, describe(name), live.clone()).await.map_err(|e| e.to_string())?;
+    m.share_with(live.clone());
     Ok((m, live))
 }
 

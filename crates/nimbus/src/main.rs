@@ -4,11 +4,13 @@ mod access;
 mod aws;
 mod cache;
 mod client;
+mod cluster;
 mod commands;
 mod events;
 mod files;
 mod keys;
 mod kv;
+mod nodes;
 mod progress;
 mod queues;
 mod storage_usage;
@@ -198,6 +200,15 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The live nodes: name, address, version, load, warm instances, last heartbeat (one
+    /// alone without `nimbus up --cluster`).
+    Nodes {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,6 +351,7 @@ fn main() -> std::process::ExitCode {
                 commands::invocations(function, status, limit, json, remote).await
             }
             Command::Traffic { action, remote } => traffic::traffic(action, remote).await,
+            Command::Nodes { json, remote } => nodes::nodes(json, remote).await,
         }
     });
     match result {

@@ -109,6 +109,9 @@ pub struct UpArgs {
     /// entries go first past it, and one response may take an eighth of it at most.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536), help_heading = "Limits")]
     cache_memory_mb: u32,
+    /// `--cluster` and its companions (`crate::cluster`).
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
 }
 
 fn parse_preview_domain(s: &str) -> Result<String, String> {
@@ -187,13 +190,16 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .listen
         .parse()
         .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:8080", args.listen))?;
+    // With --cluster, before anything is opened: a cluster that cannot be reached, or a node
+    // name a live node holds, stops nimbus here.
+    let (me, joined) = crate::cluster::join(&args.cluster, addr).await?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| app_dir.join(".nimbus"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     // Before anything starts: a certificate that cannot serve stops nimbus here.
     let tls = crate::tls::server(args.serving(), &data_dir)?;
     let geoip = args.geoip.as_deref().map(nimbus_gateway::GeoIp::open).transpose().map_err(anyhow::Error::msg)?;
 
-    let mut node = Node::start(&data_dir, &args).await?;
+    let mut node = Node::start(&data_dir, &args, &me, joined.as_ref()).await?;
     // Canary decisions (a restart rolls back a running canary: see nimbus-control's traffic).
     node.control.set_audit_log(Arc::new(node.store.clone())).await;
     if let Some(refused) = deploy_app(&node.control, &node.store, &app_dir).await? {
@@ -207,6 +213,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
+    let _ = me.url.set(url.clone());
     let config =
         GatewayConfig { info: node.info.clone(), geoip: geoip.map(Arc::new), ..args.gateway_config(local, tls) };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
@@ -217,6 +224,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.aws_parts(), gateway.clone(), managed_keys)
         .await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
+    if let Some(j) = &joined {
+        println!("  cluster node {} of {} (`nimbus nodes` lists the live ones)", me.name, j.servers);
+    }
     let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
     let aws_task = aws.map(|bound| crate::aws::spawn(bound, aws_stopped, args.drain));
     let shutdown = async move {
@@ -229,6 +239,10 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_file(data_dir.join(crate::aws::URL_FILE));
     gateway.flush_audit().await;
+    if let Some(j) = &joined {
+        // The others stop counting this node at once (and take over its share).
+        j.membership.leave().await;
+    }
     node.stop(&engine).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");
@@ -293,6 +307,8 @@ struct Node {
     keys: nimbus_aws::KeyRing,
     /// Forwards the object store's outbox to the async engine (bucket triggers).
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// The live nodes (`GET /v1/nodes`): this one alone, or the cluster's membership.
+    nodes: Arc<dyn nimbus_core::nodes::Nodes>,
 }
 
 /// The object store and the message queues, each in its own database file.
@@ -308,7 +324,15 @@ fn open_stores(
 
 impl Node {
     /// Open the store, start the record writer and the runtimes, load the deployments.
-    async fn start(data_dir: &Path, args: &UpArgs) -> Result<Node> {
+    async fn start(
+        data_dir: &Path,
+        args: &UpArgs,
+        me: &crate::cluster::Me,
+        joined: Option<&crate::cluster::Joined>,
+    ) -> Result<Node> {
+        // With --cluster, the storage seams' JetStream backends, used in place of the embedded
+        // ones opened below where they exist (`crate::cluster::Backends`).
+        let _shared = crate::cluster::Backends::open(joined, data_dir).await?;
         let store = Store::open(data_dir).context("cannot open the embedded store")?;
         let records = Arc::new(store.record_writer(args.retention).context("cannot start the record writer")?);
         let metrics = Arc::new(Metrics::default());
@@ -326,6 +350,7 @@ impl Node {
         let keys = nimbus_aws::KeyRing::new();
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
+        let nodes = crate::cluster::nodes(me, joined, &scheduler);
         let storage_sets =
             DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
         let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
@@ -357,6 +382,7 @@ impl Node {
             messages,
             keys,
             forwarder: None,
+            nodes,
         })
     }
 
@@ -416,6 +442,7 @@ impl Node {
             },
             objects: self.objects.clone(),
             messages: self.message_queues(),
+            nodes: self.nodes.clone(),
         }
     }
 
