@@ -109,7 +109,17 @@ impl Membership {
             storage: async_nats::jetstream::stream::StorageType::Memory,
             ..Default::default()
         };
-        let kv = cluster.key_value(config).await?;
+        // A cluster that has just started may not place a replicated bucket yet ("no suitable
+        // peers"): try again for a few seconds before giving up.
+        let mut tries = 0;
+        let kv = loop {
+            match cluster.key_value(config.clone()).await {
+                Ok(kv) => break kv,
+                Err(e) if tries >= 20 => return Err(e),
+                Err(_) => tries += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         let name = cluster.node().to_owned();
         claim(&kv, &name, &describe()).await?;
         let shared = Arc::new(Shared {
