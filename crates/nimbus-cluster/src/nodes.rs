@@ -121,7 +121,19 @@ impl Membership {
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
         let name = cluster.node().to_owned();
-        claim(&kv, &name, &describe()).await?;
+        // Nodes starting together race to create the bucket: a JetStream error is retried.
+        let mut tries = 0;
+        loop {
+            match claim(&kv, &name, &describe()).await {
+                Ok(()) => break,
+                Err(e @ ClusterError::JetStream { .. }) if tries < 20 => {
+                    tracing::debug!("claiming the node name: {e}; trying again");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let shared = Arc::new(Shared {
             kv,
             name,

@@ -2,6 +2,8 @@
 //! silent node is forgotten within 5 s, a graceful leave is seen at once, a live node's name
 //! cannot be taken while a dead one's can, and each node's share of `max_instances` follows.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

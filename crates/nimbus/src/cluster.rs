@@ -152,6 +152,23 @@ pub async fn join(args: &ClusterArgs, listen: SocketAddr) -> Result<(Me, Option<
     Ok((me, Some(Joined { cluster, membership: Arc::new(membership), servers })))
 }
 
+/// With `--cluster`, before anything is opened: a cluster that cannot be reached, or a node
+/// name a live node holds, stops `nimbus up` here (see [`join`]). Once the gateway listens:
+/// heartbeats carry its URL from now on, and the banner says which cluster this node is in.
+pub fn announce(me: &Me, joined: Option<&Joined>, url: &str) {
+    let _ = me.url.set(url.to_owned());
+    if let Some(j) = joined {
+        println!("  cluster node {} of {} (`nimbus nodes` lists the live ones)", me.name, j.servers);
+    }
+}
+
+/// At shutdown: the others stop counting this node at once (and take over its share).
+pub async fn leave(joined: Option<&Joined>) {
+    if let Some(j) = joined {
+        j.membership.leave().await;
+    }
+}
+
 /// The live nodes as `GET /v1/nodes` lists them: the membership's in a cluster, else this
 /// node alone. From here on heartbeats carry the scheduler's counts, and the scheduler caps
 /// each function at this node's share of its `max_instances`.

@@ -58,7 +58,7 @@ pub struct Remote {
 #[derive(Subcommand)]
 enum Command {
     /// Serve an app with embedded storage (deploys APP_DIR first unless it is unchanged).
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Deploy an app to a running server as a new immutable version.
     Deploy {
         #[arg(default_value = ".")]
@@ -327,7 +327,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::run(*args).await,
             Command::Deploy { app_dir, remote, canary } => commands::deploy(app_dir, remote, canary).await,
             Command::Rollback { to, remote } => commands::rollback(to, remote).await,
             Command::Ls { remote } => commands::ls(remote).await,

@@ -58,8 +58,8 @@ mod tests {
         let list = [node("node-1", "http://127.0.0.1:8081", 9_200), node("node-2", "", 10_000)];
         let want = "\
 NODE                     ADDRESS                      VERSION    IN FLIGHT   LOAD  WARM LAST SEEN
-node-1                   http://127.0.0.1:8081        0.1.0              3   0.50     7 0.8s ago
-node-2                   (starting)                   0.1.0              3   0.50     7 0.0s ago
+node-1                   http://127.0.0.1:8081        0.1.0              3   0.50     7  0.8s ago
+node-2                   (starting)                   0.1.0              3   0.50     7  0.0s ago
 ";
         assert_eq!(table(&list, 10_000), want);
     }

@@ -190,8 +190,6 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .listen
         .parse()
         .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:8080", args.listen))?;
-    // With --cluster, before anything is opened: a cluster that cannot be reached, or a node
-    // name a live node holds, stops nimbus here.
     let (me, joined) = crate::cluster::join(&args.cluster, addr).await?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| app_dir.join(".nimbus"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
@@ -213,7 +211,6 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
     crate::files::write_private(&data_dir.join(URL_FILE), &url)?;
-    let _ = me.url.set(url.clone());
     let config =
         GatewayConfig { info: node.info.clone(), geoip: geoip.map(Arc::new), ..args.gateway_config(local, tls) };
     let gateway = Gateway::new(node.gateway_parts(engine.clone()), config, &token);
@@ -224,9 +221,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.aws_parts(), gateway.clone(), managed_keys)
         .await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
-    if let Some(j) = &joined {
-        println!("  cluster node {} of {} (`nimbus nodes` lists the live ones)", me.name, j.servers);
-    }
+    crate::cluster::announce(&me, joined.as_ref(), &url);
     let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
     let aws_task = aws.map(|bound| crate::aws::spawn(bound, aws_stopped, args.drain));
     let shutdown = async move {
@@ -239,11 +234,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_file(data_dir.join(crate::aws::URL_FILE));
     gateway.flush_audit().await;
-    if let Some(j) = &joined {
-        // The others stop counting this node at once (and take over its share).
-        j.membership.leave().await;
-    }
-    node.stop(&engine).await;
+    node.stop(&engine, joined.as_ref()).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -330,8 +321,7 @@ impl Node {
         me: &crate::cluster::Me,
         joined: Option<&crate::cluster::Joined>,
     ) -> Result<Node> {
-        // With --cluster, the storage seams' JetStream backends, used in place of the embedded
-        // ones opened below where they exist (`crate::cluster::Backends`).
+        // With --cluster: the JetStream backends, in place of the embedded ones where they exist.
         let _shared = crate::cluster::Backends::open(joined, data_dir).await?;
         let store = Store::open(data_dir).context("cannot open the embedded store")?;
         let records = Arc::new(store.record_writer(args.retention).context("cannot start the record writer")?);
@@ -446,8 +436,9 @@ impl Node {
         }
     }
 
-    /// Stop async work and instances, then flush and close storage.
-    async fn stop(mut self, engine: &nimbus_queue::Engine) {
+    /// Leave the cluster, stop async work and instances, then flush and close storage.
+    async fn stop(mut self, engine: &nimbus_queue::Engine, joined: Option<&crate::cluster::Joined>) {
+        crate::cluster::leave(joined).await;
         tracing::info!("stopping async work and instances");
         // Stopping the forwarder anywhere loses nothing: an unforwarded row stays in the outbox.
         if let Some(f) = self.forwarder.take() {
