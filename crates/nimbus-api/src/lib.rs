@@ -47,6 +47,7 @@
 //! | `PUT /v1/aliases/{name}/traffic` | [`TrafficRequest`] | [`TrafficInfo`] | deploy |
 //! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, beside /v1) | the event | Lambda's answer | invoke |
 //! | `POST /v1/cache/purge` | [`CachePurgeRequest`] | [`CachePurged`] | deploy |
+//! | `GET /v1/nodes` | – | [`NodeInfo`]s, by name (one alone without `--cluster`) | read |
 //!
 //! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
 //! token from `POST /v1/tokens` — or the dashboard's session cookie (admin). Scopes: `admin`
@@ -474,6 +475,28 @@ pub struct QueueInfo {
     pub depth: u64,
     /// Events that were running when nimbus last stopped, queued again at start.
     pub recovered_at_start: u64,
+}
+
+/// A live node (`GET /v1/nodes`): each node of a cluster, or the one node without `--cluster`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Unique in the cluster (`nimbus up --node-name`).
+    pub name: String,
+    /// Its gateway's URL (empty while it starts).
+    pub url: String,
+    /// The nimbus version it runs.
+    pub version: String,
+    /// When it started (Unix ms).
+    pub started_ms: u64,
+    /// Invocations running on it now.
+    pub in_flight: u32,
+    /// Its host's one-minute load average, where the OS tells.
+    pub load_average: Option<f64>,
+    /// Instances started and not reclaimed (idle or busy), over every function.
+    pub warm_instances: u32,
+    /// When the answering node last heard from it (Unix ms).
+    pub last_seen_ms: u64,
 }
 
 /// A message queue (`GET /v1/queues`): its settings and what it holds now.

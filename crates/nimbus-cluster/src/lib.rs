@@ -24,6 +24,8 @@ pub use kv::NatsKv;
 pub mod registry;
 
 pub use registry::NatsRegistry;
+pub mod nodes;
+pub use nodes::Membership;
 
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.

@@ -16,6 +16,7 @@ pub mod kv;
 pub mod kv_conformance;
 pub mod messages;
 pub mod meter;
+pub mod nodes;
 pub mod objects;
 pub mod outbound;
 pub mod outcome;

@@ -66,6 +66,8 @@ pub struct Gateway {
     pub(crate) cache: Arc<crate::edge::cache::Cache>,
     /// The gateway itself, for work that outlives a request (a cache's background refresh).
     pub(crate) me: std::sync::Weak<Gateway>,
+    /// The live nodes (`/v1/nodes`): this one alone, or the cluster's membership.
+    pub(crate) nodes: Arc<dyn nimbus_core::nodes::Nodes>,
 }
 
 /// Who a request is, once its credential checked out.
@@ -188,6 +190,8 @@ pub struct Parts {
     pub objects: Arc<dyn nimbus_core::ObjectStore>,
     /// The message queues (`/v1/queues`, their metrics and the dashboard).
     pub messages: Arc<dyn nimbus_core::messages::MessageQueues>,
+    /// The live nodes (`/v1/nodes`).
+    pub nodes: Arc<dyn nimbus_core::nodes::Nodes>,
 }
 
 impl Gateway {
@@ -220,6 +224,7 @@ impl Gateway {
             messages: parts.messages,
             storage: parts.telemetry.storage,
             edge: Default::default(),
+            nodes: parts.nodes,
         })
     }
 

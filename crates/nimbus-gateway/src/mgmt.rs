@@ -242,7 +242,27 @@ async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
         Endpoint::Invoke => Err(ApiError::new(StatusCode::NOT_FOUND, "the Invoke API is not under /v1")),
         Endpoint::Traffic | Endpoint::SetTraffic => traffic::route(c, req, m.endpoint, param).await,
         Endpoint::CachePurge => cache_purge(c, req).await,
+        Endpoint::Nodes => nodes(gw).await,
     }
+}
+
+/// `GET /v1/nodes`: the live nodes, by name.
+async fn nodes(gw: &Gateway) -> Answer {
+    let list = gw.nodes.nodes().await.map_err(|e| ApiError::internal(&e))?;
+    let list: Vec<api::NodeInfo> = list
+        .into_iter()
+        .map(|n| api::NodeInfo {
+            name: n.name,
+            url: n.url,
+            version: n.version,
+            started_ms: n.started_ms,
+            in_flight: n.in_flight,
+            load_average: n.load_average,
+            warm_instances: n.warm_instances,
+            last_seen_ms: n.last_seen_ms,
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &list))
 }
 
 fn queue_info(gw: &Gateway) -> api::QueueInfo {

@@ -55,6 +55,7 @@ pub(crate) enum Endpoint {
     Traffic,
     SetTraffic,
     CachePurge,
+    Nodes,
 }
 
 /// (method, path with `{…}` for one segment, endpoint, scope needed).
@@ -100,6 +101,7 @@ pub(crate) const ENDPOINTS: &[(&str, &str, Endpoint, Scope)] = &[
     ("GET", "/v1/aliases/{name}/traffic", Endpoint::Traffic, Scope::Read),
     ("PUT", "/v1/aliases/{name}/traffic", Endpoint::SetTraffic, Scope::Deploy),
     ("POST", "/v1/cache/purge", Endpoint::CachePurge, Scope::Deploy),
+    ("GET", "/v1/nodes", Endpoint::Nodes, Scope::Read),
 ];
 
 /// A request matched to its row.

@@ -36,7 +36,12 @@
 //! (`Recorder::instance_busy`): it is how the function is billed. With `concurrency = 1`
 //! everything is as it was: one invocation per instance.
 //!
-//! Deliberately not done here: cross-node placement.
+//! # Clusters
+//! In a cluster each node caps a function at its share of `max_instances` (and keeps its
+//! portion of `min_instances` warm), from the live nodes the membership reports
+//! ([`Scheduler::live_nodes`], `nimbus_core::nodes::node_share`); the share is read at every
+//! decision, so it follows nodes joining and leaving. Deliberately not done here: cross-node
+//! placement (a node serves what reaches it, or throttles).
 
 mod adaptive;
 #[cfg(test)]
@@ -79,6 +84,8 @@ pub struct Inner {
     /// redeploy's new pool keeps learning where the old one left off.
     activity: Mutex<HashMap<String, Arc<adaptive::Activity>>>,
     recorder: Arc<dyn Recorder>,
+    /// The live nodes, from which each pool takes this node's share of `max_instances`.
+    live: nimbus_core::nodes::LiveNodes,
 }
 
 impl std::ops::Deref for Scheduler {
@@ -97,7 +104,14 @@ impl Scheduler {
             stopped: AtomicBool::new(false),
             activity: Mutex::new(HashMap::new()),
             recorder,
+            live: nimbus_core::nodes::LiveNodes::default(),
         }))
+    }
+
+    /// The live nodes every pool caps its function by: a cluster's membership keeps them
+    /// current (one node alone until then: each function gets all of its `max_instances`).
+    pub fn live_nodes(&self) -> nimbus_core::nodes::LiveNodes {
+        self.live.clone()
     }
 }
 
@@ -170,7 +184,7 @@ impl Inner {
         let adaptive = self.activity_of(function);
         let pool = pools
             .entry(key.to_owned())
-            .or_insert_with(|| Pool::new(function.clone(), runtime, adaptive, self.recorder.clone()))
+            .or_insert_with(|| Pool::new(function.clone(), runtime, adaptive, self.recorder.clone(), self.live.clone()))
             .clone();
         Ok(pool)
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use nimbus_core::nodes::LiveNodes;
 use nimbus_core::policy::{self, Admission, PoolCounts, ScaleDecision, Slots};
 use nimbus_core::{
     ColdStart, DispatchError, FunctionVersion, Instance, InstanceBusy, InstanceState, Recorder, Runtime, StartError,
@@ -113,6 +114,8 @@ pub struct Pool {
     changed: Notify,
     /// The function's history, when its keep-alive is adaptive (`crate::adaptive`).
     adaptive: Option<Arc<crate::adaptive::Activity>>,
+    /// The live nodes: this node's share of `max_instances` and `min_instances` follows them.
+    live: LiveNodes,
 }
 
 /// One instance as the management API shows it.
@@ -142,7 +145,8 @@ pub struct PoolStatus {
     pub busy: u32,
     pub starting: u32,
     pub waiting: u32,
-    /// The function's `max_instances` (its concurrency limit).
+    /// The function's `max_instances` (its concurrency limit); in a cluster, this node's share
+    /// of it.
     pub max_instances: u32,
     pub cold_starts: u64,
     /// The runtime has something made ahead for the next start (a prepared sandbox).
@@ -162,6 +166,7 @@ impl Pool {
         runtime: Arc<dyn Runtime>,
         adaptive: Option<Arc<crate::adaptive::Activity>>,
         recorder: Arc<dyn Recorder>,
+        live: LiveNodes,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             function,
@@ -172,6 +177,7 @@ impl Pool {
             cold_starts: AtomicU64::new(0),
             changed: Notify::new(),
             adaptive,
+            live,
         });
         pool.housekeep();
         tokio::spawn(housekeeping(Arc::downgrade(&pool)));
@@ -206,7 +212,7 @@ impl Pool {
         }
         self.purge_dead(&mut st);
         let slots = st.slots(self.concurrency());
-        match policy::admit_slots(st.counts(), slots, spec.max_instances, spec.max_queued) {
+        match policy::admit_slots(st.counts(), slots, self.max_instances(), spec.max_queued) {
             Admission::UseIdle => {
                 if let Some(slot) = self.take_slot(&mut st) {
                     return Ok(Admitted::Now(Lease { pool: self.clone(), slot: Some(slot) }));
@@ -221,6 +227,17 @@ impl Pool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         st.waiters.push_back(Waiter { id, tx });
         Ok(Admitted::Queued(rx, id))
+    }
+
+    /// This node's cap on the function's instances: all of `max_instances` alone, its share
+    /// in a cluster (`nimbus_core::nodes::node_share`), read afresh at every decision.
+    fn max_instances(&self) -> u32 {
+        self.live.share(self.function.spec.max_instances)
+    }
+
+    /// What this node keeps warm of `min_instances` (its portion in a cluster), within its cap.
+    fn min_instances(&self) -> u32 {
+        self.live.portion(self.function.spec.min_instances).min(self.max_instances())
     }
 
     /// Invocations one instance runs at once.
@@ -287,7 +304,7 @@ impl Pool {
         let spec = &self.function.spec;
         DispatchError::Throttled {
             name: spec.name.clone(),
-            max_instances: spec.max_instances,
+            max_instances: self.max_instances(),
             retry_after: Duration::from_secs(1),
         }
     }
@@ -368,8 +385,7 @@ impl Pool {
         if dead {
             self.stop(&mut st, b.instance);
             // Requests queued behind the dead instance need a replacement.
-            let spec = &self.function.spec;
-            if !st.retired && st.starting < st.waiters.len() as u32 && st.counts().instances() < spec.max_instances {
+            if !st.retired && st.starting < st.waiters.len() as u32 && st.counts().instances() < self.max_instances() {
                 self.start_one(&mut st);
             }
             self.changed.notify_waiters();
@@ -416,8 +432,8 @@ impl Pool {
     fn scale_decision(&self, counts: PoolCounts, ages: &[Duration]) -> ScaleDecision {
         let spec = &self.function.spec;
         match &self.adaptive {
-            None => policy::keep_alive(counts, ages, spec.keep_alive, spec.min_instances),
-            Some(a) => a.decide(counts, ages, spec.keep_alive, spec.min_instances),
+            None => policy::keep_alive(counts, ages, spec.keep_alive, self.min_instances()),
+            Some(a) => a.decide(counts, ages, spec.keep_alive, self.min_instances()),
         }
     }
 
@@ -509,7 +525,7 @@ impl Pool {
             busy: c.busy,
             starting: c.starting,
             waiting: c.waiting,
-            max_instances: self.function.spec.max_instances,
+            max_instances: self.max_instances(),
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
             prepared: self.runtime.prepared(&self.function),
             instances,
@@ -592,7 +608,16 @@ mod tests {
 
     fn pool(fake: Fake) -> (Arc<Pool>, Arc<crate::fake::Counters>) {
         let (runtime, counters) = fake.runtime();
-        (Pool::new(function("race", |s| s.max_instances = 1), runtime, None, Arc::new(crate::NullRecorder)), counters)
+        (
+            Pool::new(
+                function("race", |s| s.max_instances = 1),
+                runtime,
+                None,
+                Arc::new(crate::NullRecorder),
+                LiveNodes::default(),
+            ),
+            counters,
+        )
     }
 
     fn queue(pool: &Arc<Pool>) -> (oneshot::Receiver<Grant>, u64) {

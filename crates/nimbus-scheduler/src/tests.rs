@@ -71,6 +71,28 @@ async fn a_burst_to_a_cold_function_starts_max_instances_and_serves_every_reques
     assert_eq!(st.cold_starts, 4);
 }
 
+/// In a cluster a node caps a function at its share of `max_instances`, and the share follows
+/// the live nodes: 3 of 10 for the last of three nodes, all 10 again once it is alone.
+#[tokio::test(start_paused = true)]
+async fn a_cluster_node_starts_its_share_of_max_instances() {
+    let h = harness(Fake { start_delay: ms(200), invoke_time: ms(50), ..Fake::default() });
+    let live = h.scheduler.live_nodes();
+    live.set(3, 2);
+    let f = function("shared", |s| s.max_instances = 10);
+    let calls: Vec<_> = (0..100).map(|i| h.call(&f, &format!("r{i}"), "ok")).collect();
+    for c in calls {
+        c.await.unwrap().expect("every request is served by the node's share");
+    }
+    assert_eq!(h.counters.starts(), 3);
+    assert_eq!(h.status().max_instances, 3);
+    live.set(1, 0);
+    let calls: Vec<_> = (0..100).map(|i| h.call(&f, &format!("s{i}"), "ok")).collect();
+    for c in calls {
+        c.await.unwrap().expect("served");
+    }
+    assert_eq!(h.counters.starts(), 10, "alone again, the node may start all of max_instances");
+}
+
 /// The queue timeout of a waiting request falls 1 ms before, exactly at, or 1 ms after the
 /// instance it waits for is released. Before: it is throttled and the instance goes idle.
 /// After: it is served. At the same instant either may happen, but never both and never

@@ -4,11 +4,13 @@ mod access;
 mod aws;
 mod cache;
 mod client;
+mod cluster;
 mod commands;
 mod events;
 mod files;
 mod keys;
 mod kv;
+mod nodes;
 mod progress;
 mod queues;
 mod storage_usage;
@@ -56,7 +58,7 @@ pub struct Remote {
 #[derive(Subcommand)]
 enum Command {
     /// Serve an app with embedded storage (deploys APP_DIR first unless it is unchanged).
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Deploy an app to a running server as a new immutable version.
     Deploy {
         #[arg(default_value = ".")]
@@ -198,6 +200,15 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The live nodes: name, address, version, load, warm instances, last heartbeat (one
+    /// alone without `nimbus up --cluster`).
+    Nodes {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,7 +327,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::run(*args).await,
             Command::Deploy { app_dir, remote, canary } => commands::deploy(app_dir, remote, canary).await,
             Command::Rollback { to, remote } => commands::rollback(to, remote).await,
             Command::Ls { remote } => commands::ls(remote).await,
@@ -340,6 +351,7 @@ fn main() -> std::process::ExitCode {
                 commands::invocations(function, status, limit, json, remote).await
             }
             Command::Traffic { action, remote } => traffic::traffic(action, remote).await,
+            Command::Nodes { json, remote } => nodes::nodes(json, remote).await,
         }
     });
     match result {

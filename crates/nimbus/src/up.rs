@@ -114,6 +114,9 @@ pub struct UpArgs {
     /// off.
     #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..=1_048_576), help_heading = "Limits")]
     cache_disk_mb: u32,
+    /// `--cluster` and its companions (`crate::cluster`).
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
 }
 
 fn parse_preview_domain(s: &str) -> Result<String, String> {
@@ -192,13 +195,14 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         .listen
         .parse()
         .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:8080", args.listen))?;
+    let (me, joined) = crate::cluster::join(&args.cluster, addr).await?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| app_dir.join(".nimbus"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     // Before anything starts: a certificate that cannot serve stops nimbus here.
     let tls = crate::tls::server(args.serving(), &data_dir)?;
     let geoip = args.geoip.as_deref().map(nimbus_gateway::GeoIp::open).transpose().map_err(anyhow::Error::msg)?;
 
-    let mut node = Node::start(&data_dir, &args).await?;
+    let mut node = Node::start(&data_dir, &args, &me, joined.as_ref()).await?;
     // Canary decisions (a restart rolls back a running canary: see nimbus-control's traffic).
     node.control.set_audit_log(Arc::new(node.store.clone())).await;
     if let Some(refused) = deploy_app(&node.control, &node.store, &app_dir).await? {
@@ -222,6 +226,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let aws = crate::aws::bind(args.aws_listen.as_deref(), &data_dir, node.aws_parts(), gateway.clone(), managed_keys)
         .await?;
     print_banner(&node.control, &url, &data_dir, &node.info);
+    crate::cluster::announce(&me, joined.as_ref(), &url);
     let (stop_aws, aws_stopped) = tokio::sync::watch::channel(false);
     let aws_task = aws.map(|bound| crate::aws::spawn(bound, aws_stopped, args.drain));
     let shutdown = async move {
@@ -234,7 +239,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_file(data_dir.join(crate::aws::URL_FILE));
     gateway.flush_audit().await;
-    node.stop(&engine).await;
+    node.stop(&engine, joined.as_ref()).await;
     let _ = std::fs::remove_file(data_dir.join(URL_FILE));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -299,6 +304,8 @@ struct Node {
     keys: nimbus_aws::KeyRing,
     /// Forwards the object store's outbox to the async engine (bucket triggers).
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// The live nodes (`GET /v1/nodes`): this one alone, or the cluster's membership.
+    nodes: Arc<dyn nimbus_core::nodes::Nodes>,
 }
 
 /// The object store and the message queues, each in its own database file.
@@ -314,7 +321,14 @@ fn open_stores(
 
 impl Node {
     /// Open the store, start the record writer and the runtimes, load the deployments.
-    async fn start(data_dir: &Path, args: &UpArgs) -> Result<Node> {
+    async fn start(
+        data_dir: &Path,
+        args: &UpArgs,
+        me: &crate::cluster::Me,
+        joined: Option<&crate::cluster::Joined>,
+    ) -> Result<Node> {
+        // With --cluster: the JetStream backends, in place of the embedded ones where they exist.
+        let _shared = crate::cluster::Backends::open(joined, data_dir).await?;
         let store = Store::open(data_dir).context("cannot open the embedded store")?;
         let records = Arc::new(store.record_writer(args.retention).context("cannot start the record writer")?);
         let metrics = Arc::new(Metrics::default());
@@ -332,6 +346,7 @@ impl Node {
         let keys = nimbus_aws::KeyRing::new();
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
+        let nodes = crate::cluster::nodes(me, joined, &scheduler);
         let storage_sets =
             DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
         let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
@@ -363,6 +378,7 @@ impl Node {
             messages,
             keys,
             forwarder: None,
+            nodes,
         })
     }
 
@@ -422,11 +438,13 @@ impl Node {
             },
             objects: self.objects.clone(),
             messages: self.message_queues(),
+            nodes: self.nodes.clone(),
         }
     }
 
-    /// Stop async work and instances, then flush and close storage.
-    async fn stop(mut self, engine: &nimbus_queue::Engine) {
+    /// Leave the cluster, stop async work and instances, then flush and close storage.
+    async fn stop(mut self, engine: &nimbus_queue::Engine, joined: Option<&crate::cluster::Joined>) {
+        crate::cluster::leave(joined).await;
         tracing::info!("stopping async work and instances");
         // Stopping the forwarder anywhere loses nothing: an unforwarded row stays in the outbox.
         if let Some(f) = self.forwarder.take() {
