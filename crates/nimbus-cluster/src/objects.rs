@@ -32,27 +32,39 @@
 //! without `allow_direct`, whose replica reads may be stale), so an object written via one node
 //! is read via any other at once.
 //!
+//! The outbox (bucket triggers): a change of a bucket that [`ObjectStore::watch_buckets`] named
+//! publishes an [`ObjectChange`] to the stream `NIMBUS_S3_OUTBOX` (work-queue retention,
+//! replicated like the buckets) right after its commit and before the change is answered, so
+//! every acknowledged change has its message; its id is the message's stream sequence (grows,
+//! never reused). JetStream has no transaction across two streams, so a node that dies between
+//! the commit and that publication leaves a change that happened (but was never acknowledged to
+//! its client) without a message. Every node reads through one durable consumer (`forwarder`):
+//! a message goes to one node, which keeps handing it out until `outbox_done` acknowledges it
+//! (then JetStream deletes it); a node that dies first leaves it to another after
+//! `OUTBOX_ACK_WAIT` (60 s).
+//!
 //! Costs, deliberately: listing, bucket sizes and upload listings scan the metadata messages of
 //! the bucket (one per key, deleted keys included) and keep only the page being built (at most
 //! `max_keys + 1` entries), so a page costs O(keys in the bucket); a ranged GET reads (and drops)
-//! the bytes before its start. The bucket-trigger outbox is not kept here (the trait's default:
-//! `outbox` says so).
+//! the bytes before its start.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::object_store::{self as os, ObjectInfo, ObjectOptions};
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
+use nimbus_core::events::S3EventName;
 use nimbus_core::objects::{
     check_key, BucketInfo, ByteRange, ByteStream, Checksum, ChecksumAlgorithm, Expected, ListPage, ListQuery,
-    ObjectBody, ObjectError, ObjectHeaders, ObjectMeta, ObjectStore, PartInfo, PutOptions, UploadInfo, MAX_LIST_KEYS,
-    MAX_PART_NUMBER, MIN_PART_BYTES,
+    ObjectBody, ObjectChange, ObjectError, ObjectHeaders, ObjectMeta, ObjectStore, PartInfo, PutOptions, UploadInfo,
+    MAX_LIST_KEYS, MAX_PART_NUMBER, MIN_PART_BYTES,
 };
 
 use crate::{Cluster, ClusterError};
@@ -83,6 +95,12 @@ struct Inner {
     /// on every call).
     stores: Mutex<HashMap<String, os::ObjectStore>>,
     parts: Store,
+    /// The buckets whose changes go to the outbox.
+    watched: std::sync::RwLock<BTreeSet<String>>,
+    /// The outbox's work-queue consumer, shared by every node.
+    outbox: PullConsumer,
+    /// Outbox messages handed out by [`ObjectStore::outbox`] and not yet done, by id.
+    pending: Mutex<BTreeMap<u64, (ObjectChange, jetstream::Message)>>,
 }
 
 /// One object store: its name, its stream (purges) and the Object Store handle (reads).
@@ -192,7 +210,16 @@ impl NatsObjects {
             .await
             .map_err(|e| ClusterError::jetstream(format!("open the object store {PARTS}"), e))?;
         let parts = Store { name: PARTS.into(), stream, store };
-        let inner = Inner { js, replicas: cluster.replicas(), stores: Mutex::new(HashMap::new()), parts };
+        let outbox = outbox_consumer(cluster).await?;
+        let inner = Inner {
+            js,
+            replicas: cluster.replicas(),
+            stores: Mutex::new(HashMap::new()),
+            parts,
+            watched: std::sync::RwLock::new(BTreeSet::new()),
+            outbox,
+            pending: Mutex::new(BTreeMap::new()),
+        };
         Ok(NatsObjects { inner: Arc::new(inner) })
     }
 
@@ -862,6 +889,135 @@ impl NatsObjects {
     }
 }
 
+/// The stream of object changes (a work queue: a message goes when a node marks it done).
+const OUTBOX: &str = "NIMBUS_S3_OUTBOX";
+const OUTBOX_SUBJECT: &str = "nimbus.s3.outbox";
+/// How long a node may hold outbox rows before they are handed to another (it died, say).
+const OUTBOX_ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// The outbox stream and its one durable consumer, created when absent.
+async fn outbox_consumer(cluster: &Cluster) -> Result<PullConsumer, ClusterError> {
+    let stream = cluster
+        .stream(stream::Config {
+            name: OUTBOX.into(),
+            description: Some("nimbus: changes of objects in buckets that triggers watch".into()),
+            subjects: vec![OUTBOX_SUBJECT.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let config = pull::Config {
+        durable_name: Some("forwarder".into()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: OUTBOX_ACK_WAIT,
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer("forwarder", config)
+        .await
+        .map_err(|e| ClusterError::jetstream(format!("create the consumer of {OUTBOX}"), e))
+}
+
+/// An outbox message as stored (the id is its stream sequence, given on reading).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChangeRecord {
+    event: String,
+    bucket: String,
+    key: String,
+    size: Option<u64>,
+    etag: Option<String>,
+    time_ms: u64,
+}
+
+impl NatsObjects {
+    /// After an acknowledged change of a watched bucket, store its outbox message (before the
+    /// change is answered, so an answered change always has one).
+    async fn record(
+        &self,
+        event: S3EventName,
+        bucket: &str,
+        key: &str,
+        meta: Option<&ObjectMeta>,
+    ) -> Result<(), ObjectError> {
+        if !self.inner.watched.read().unwrap_or_else(|e| e.into_inner()).contains(bucket) {
+            return Ok(());
+        }
+        let record = ChangeRecord {
+            event: event.as_str().to_owned(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size: meta.map(|m| m.size),
+            etag: meta.map(|m| m.etag.clone()),
+            time_ms: meta.map_or_else(now_ms, |m| m.last_modified_ms),
+        };
+        let payload = serde_json::to_vec(&record).map_err(|e| ObjectError::backend("record an object change", e))?;
+        self.inner
+            .js
+            .publish(OUTBOX_SUBJECT, payload.into())
+            .await
+            .map_err(|e| ObjectError::backend("record an object change", e))?
+            .await
+            .map_err(|e| ObjectError::backend("record an object change", e))?;
+        Ok(())
+    }
+
+    /// Rows this node holds and has not marked done, oldest first.
+    fn pending_rows(&self, limit: usize) -> Vec<ObjectChange> {
+        let pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.values().take(limit).map(|(c, _)| c.clone()).collect()
+    }
+
+    /// Up to `limit` new outbox messages, waiting up to `wait` for the first (zero: none).
+    async fn fetch_outbox(&self, limit: usize, wait: Duration) -> Result<Vec<ObjectChange>, ObjectError> {
+        let fail = |e: &dyn std::fmt::Display| ObjectError::backend("read the outbox", text(e));
+        let mut batch = if wait.is_zero() {
+            self.inner.outbox.fetch().max_messages(limit).messages().await.map_err(|e| fail(&e))?
+        } else {
+            self.inner.outbox.batch().max_messages(limit).expires(wait).messages().await.map_err(|e| fail(&e))?
+        };
+        let mut rows = Vec::new();
+        while let Some(msg) = std::future::poll_fn(|cx| Pin::new(&mut batch).poll_next(cx)).await {
+            let msg = msg.map_err(|e| fail(&e))?;
+            let id = msg.info().map_err(|e| fail(&e))?.stream_sequence;
+            match change_of(id, &msg.payload) {
+                Some(change) => {
+                    rows.push(change.clone());
+                    self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (change, msg));
+                }
+                None => {
+                    tracing::warn!(id, "object store: dropping an outbox message this version cannot read");
+                    let _ = msg.ack().await;
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// An outbox message's change; `None` for one this version cannot read (an unknown event).
+fn change_of(id: u64, payload: &[u8]) -> Option<ObjectChange> {
+    let r: ChangeRecord = serde_json::from_slice(payload).ok()?;
+    let event = S3EventName::ALL.into_iter().find(|e| e.as_str() == r.event)?;
+    Some(ObjectChange { id, event, bucket: r.bucket, key: r.key, size: r.size, etag: r.etag, time_ms: r.time_ms })
+}
+
+/// Any displayable error, as a source error.
+#[derive(Debug)]
+struct ErrorText(String);
+
+impl std::fmt::Display for ErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ErrorText {}
+
+fn text(e: impl std::fmt::Display) -> ErrorText {
+    ErrorText(e.to_string())
+}
+
 async fn purge(store: &Store, subject: String) -> Result<(), ObjectError> {
     store.stream.purge().filter(subject).await.map_err(|e| ObjectError::backend("purge a part", e))?;
     Ok(())
@@ -946,7 +1102,9 @@ impl ObjectStore for NatsObjects {
         let w = self.write_body(&store, body, &opts).await?;
         let s3 = s3_meta(&opts.headers, hex::encode(w.md5), w.checksum.as_ref(), None);
         self.commit(&store, key, &w, &s3).await?;
-        Ok(meta_of(&object_info(&store.name, key, &w, &s3)?).0)
+        let meta = meta_of(&object_info(&store.name, key, &w, &s3)?).0;
+        self.record(S3EventName::Put, bucket, key, Some(&meta)).await?;
+        Ok(meta)
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
@@ -978,6 +1136,7 @@ impl ObjectStore for NatsObjects {
         info.chunks = 0;
         publish_meta(&self.inner.js, &store.name, key, &info).await?;
         self.purge_later(&store, chunk_subject(&store.name, &old));
+        self.record(S3EventName::Delete, bucket, key, None).await?;
         Ok(true)
     }
 
@@ -1001,7 +1160,9 @@ impl ObjectStore for NatsObjects {
         let headers = headers.unwrap_or(src.meta.headers);
         let s3 = s3_meta(&headers, hex::encode(w.md5), w.checksum.as_ref(), None);
         self.commit(&dst, dst_key, &w, &s3).await?;
-        Ok(meta_of(&object_info(&dst.name, dst_key, &w, &s3)?).0)
+        let meta = meta_of(&object_info(&dst.name, dst_key, &w, &s3)?).0;
+        self.record(S3EventName::Copy, dst_bucket, dst_key, Some(&meta)).await?;
+        Ok(meta)
     }
 
     async fn list_objects(&self, bucket: &str, query: &ListQuery) -> Result<ListPage, ObjectError> {
@@ -1076,8 +1237,10 @@ impl ObjectStore for NatsObjects {
         let etags: Vec<String> = chosen.iter().map(|p| p.etag.clone()).collect();
         let s3 = s3_meta(&headers_of(&record), multipart_etag(&etags), None, u32::try_from(chosen.len()).ok());
         self.commit(&store, key, &w, &s3).await?;
+        let meta = meta_of(&object_info(&store.name, key, &w, &s3)?).0;
+        self.record(S3EventName::CompleteMultipartUpload, bucket, key, Some(&meta)).await?;
         self.drop_upload(upload_id).await?;
-        Ok(meta_of(&object_info(&store.name, key, &w, &s3)?).0)
+        Ok(meta)
     }
 
     async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), ObjectError> {
@@ -1089,6 +1252,35 @@ impl ObjectStore for NatsObjects {
     async fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<UploadInfo>, ObjectError> {
         self.bucket(bucket).await?;
         self.uploads_of(bucket, prefix).await
+    }
+
+    fn watch_buckets(&self, buckets: BTreeSet<String>) {
+        *self.inner.watched.write().unwrap_or_else(|e| e.into_inner()) = buckets;
+    }
+
+    async fn outbox(&self, limit: usize, wait: Duration) -> Result<Vec<ObjectChange>, ObjectError> {
+        let limit = limit.max(1);
+        let mut rows = self.pending_rows(limit);
+        if rows.len() < limit {
+            rows.extend(self.fetch_outbox(limit - rows.len(), Duration::ZERO).await?);
+        }
+        if rows.is_empty() && !wait.is_zero() {
+            rows = self.fetch_outbox(1, wait).await?;
+            if !rows.is_empty() && limit > 1 {
+                rows.extend(self.fetch_outbox(limit - 1, Duration::ZERO).await?);
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn outbox_done(&self, ids: &[u64]) -> Result<(), ObjectError> {
+        for id in ids {
+            let taken = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            if let Some((_, msg)) = taken {
+                msg.double_ack().await.map_err(|e| ObjectError::backend("delete outbox rows", text(e)))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -435,3 +435,73 @@ async fn stream_leader(servers: &NatsServers, stream: &str) -> Option<usize> {
     let info = s.info().await.ok()?;
     info.cluster.as_ref()?.leader.as_deref()?.strip_prefix('n')?.parse().ok()
 }
+
+/// Changes of watched buckets reach the outbox shared by every node: acknowledged changes once
+/// each, with their size and ETag; unwatched buckets, deletes of nothing and refused PUTs none.
+/// Rows stay with the node that read them until it marks them done, and a waiting reader wakes
+/// as soon as a change is acknowledged.
+#[tokio::test]
+async fn watched_changes_reach_the_shared_outbox() {
+    use nimbus_core::events::S3EventName;
+    let (_servers, a, c) = two_nodes().await;
+    for b in ["b", "quiet"] {
+        a.create_bucket(b).await.unwrap();
+    }
+    let watched = std::collections::BTreeSet::from(["b".to_owned()]);
+    a.watch_buckets(watched.clone());
+    c.watch_buckets(watched);
+    let meta = a.put_object("b", "a b.txt", one(b"hello"), PutOptions::default()).await.unwrap();
+    c.put_object("quiet", "q", one(b"x"), PutOptions::default()).await.unwrap();
+    c.copy_object("b", "a b.txt", "b", "copy", None).await.unwrap();
+    let up = a.create_upload("b", "multi", PutOptions::default()).await.unwrap();
+    let p1 = a.upload_part("b", "multi", &up.upload_id, 1, one(b"part"), PutOptions::default()).await.unwrap();
+    a.complete_upload("b", "multi", &up.upload_id, &[(1, p1.etag)]).await.unwrap();
+    assert!(c.delete_object("b", "copy").await.unwrap());
+    assert!(!c.delete_object("b", "never-there").await.unwrap());
+    let refused = PutOptions { content_length: Some(9), ..PutOptions::default() };
+    assert!(a.put_object("b", "refused", one(b"x"), refused).await.is_err());
+
+    // Read via node C: everything node A and C did, in order.
+    let rows = c.outbox(100, Duration::ZERO).await.unwrap();
+    let events: Vec<(S3EventName, &str, &str)> =
+        rows.iter().map(|r| (r.event, r.bucket.as_str(), r.key.as_str())).collect();
+    assert_eq!(
+        events,
+        [
+            (S3EventName::Put, "b", "a b.txt"),
+            (S3EventName::Copy, "b", "copy"),
+            (S3EventName::CompleteMultipartUpload, "b", "multi"),
+            (S3EventName::Delete, "b", "copy"),
+        ]
+    );
+    assert_eq!(
+        (rows[0].size, rows[0].etag.as_deref(), rows[0].time_ms),
+        (Some(5), Some(meta.etag.as_str()), meta.last_modified_ms)
+    );
+    assert!(rows[2].etag.as_deref().unwrap().ends_with("-1"));
+    assert_eq!((rows[3].size, rows[3].etag.as_deref()), (None, None));
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids grow: {rows:?}");
+    // Node A gets none of them (C holds them); C gets them again until it marks them done.
+    assert!(a.outbox(100, Duration::ZERO).await.unwrap().is_empty());
+    assert_eq!(c.outbox(100, Duration::ZERO).await.unwrap(), rows);
+    c.outbox_done(&rows.iter().map(|r| r.id).collect::<Vec<_>>()).await.unwrap();
+    assert!(c.outbox(100, Duration::ZERO).await.unwrap().is_empty());
+
+    // A reader waiting on C wakes when A's PUT is acknowledged.
+    let reader = tokio::spawn({
+        let c = c.clone();
+        async move { c.outbox(10, Duration::from_secs(30)).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    a.put_object("b", "later", one(b"x"), PutOptions::default()).await.unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+    assert_eq!(woke.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["later"]);
+    assert!(woke[0].id > rows[3].id, "ids are never reused");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Unwatched, nothing more.
+    a.watch_buckets(std::collections::BTreeSet::new());
+    c.outbox_done(&[woke[0].id]).await.unwrap();
+    a.put_object("b", "unwatched", one(b"x"), PutOptions::default()).await.unwrap();
+    assert!(c.outbox(10, Duration::from_millis(300)).await.unwrap().is_empty());
+}
