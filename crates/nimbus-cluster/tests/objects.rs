@@ -67,7 +67,7 @@ async fn two_nodes() -> (NatsServers, NatsObjects, NatsObjects) {
 
 #[tokio::test]
 async fn an_object_written_via_node_a_is_read_via_node_c() {
-    let (_servers, a, c) = two_nodes().await;
+    let (servers, a, c) = two_nodes().await;
     assert!(a.create_bucket("photos.example").await.unwrap());
     assert!(!c.create_bucket("photos.example").await.unwrap(), "node C sees the bucket node A made");
     let mut opts = PutOptions::default();
@@ -82,6 +82,17 @@ async fn an_object_written_via_node_a_is_read_via_node_c() {
         c.head_object("photos.example", "2026/cat 1.png").await.unwrap().headers.content_type.as_deref(),
         Some("image/png")
     );
+    // The Object Store's own format: a plain NATS client reads the object (and checks its SHA-256).
+    let client = async_nats::connect(servers.urls()[1].as_str()).await.unwrap();
+    let store = async_nats::jetstream::new(client).get_object_store("nimbus-s3-photos_example").await.unwrap();
+    let mut plain = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut store.get("2026/cat 1.png").await.unwrap(), &mut plain).await.unwrap();
+    assert_eq!(plain, b"meow");
+    // The longest key S3 allows, any bytes.
+    let long = "ключ/".repeat(1024 / "ключ/".len()) + &"k".repeat(1024 % "ключ/".len());
+    assert_eq!(long.len(), 1024);
+    a.put_object("photos.example", &long, one(b"long"), PutOptions::default()).await.unwrap();
+    assert_eq!(read_all(c.get_object("photos.example", &long, None).await.unwrap().body).await, b"long");
     // And back: a delete via C is seen by A at once.
     assert!(c.delete_object("photos.example", "2026/cat 1.png").await.unwrap());
     assert!(matches!(a.head_object("photos.example", "2026/cat 1.png").await, Err(ObjectError::NoSuchKey(..))));
