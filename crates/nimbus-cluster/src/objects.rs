@@ -45,8 +45,8 @@
 //!
 //! Costs, deliberately: listing, bucket sizes and upload listings scan the metadata messages of
 //! the bucket (one per key, deleted keys included) and keep only the page being built (at most
-//! `max_keys + 1` entries), so a page costs O(keys in the bucket); a ranged GET reads (and drops)
-//! the bytes before its start.
+//! `max_keys + 1` entries), so a page costs O(keys in the bucket); a ranged GET starts at the
+//! last chunk of the object's seek index (every [`STRIDE`]th chunk's sequence) before its range.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
@@ -79,6 +79,9 @@ pub const CHUNK: usize = 128 * 1024;
 pub const WINDOW: usize = 8;
 /// How long replaced chunks stay readable for readers that opened them.
 pub const GRACE: Duration = Duration::from_secs(120);
+/// Every this-many chunks, a PUT notes the chunk's stream sequence (the object's seek index), so
+/// a ranged GET starts at most this many chunks before its range.
+pub const STRIDE: usize = 16;
 /// The metadata entry holding what S3 adds to an object.
 const META_KEY: &str = "nimbus";
 
@@ -130,6 +133,10 @@ struct S3Meta {
     /// Upload records only: the bucket and key the upload completes into.
     bucket: Option<String>,
     key: Option<String>,
+    /// The stream sequence of chunks 0, [`STRIDE`], 2 × [`STRIDE`], … (every chunk but the last
+    /// is exactly the object's chunk size).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    seek: Vec<u64>,
 }
 
 /// The JetStream object store of S3 bucket `bucket` (see the module documentation).
@@ -344,7 +351,8 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
 
 /// The metadata message of an object written as `w`.
 fn object_info(store: &str, key: &str, w: &Written, meta: &S3Meta) -> Result<ObjectInfo, ObjectError> {
-    let json = serde_json::to_string(meta).map_err(|e| ObjectError::backend("encode object metadata", e))?;
+    let meta = S3Meta { seek: w.seek.clone(), ..meta.clone() };
+    let json = serde_json::to_string(&meta).map_err(|e| ObjectError::backend("encode object metadata", e))?;
     let nanos = i128::from(meta.modified_ms) * 1_000_000;
     Ok(ObjectInfo {
         name: key.to_owned(),
@@ -424,6 +432,7 @@ fn s3_meta(headers: &ObjectHeaders, etag: String, checksum: Option<&Checksum>, p
         user: headers.metadata.clone(),
         bucket: None,
         key: None,
+        seek: Vec::new(),
     }
 }
 
@@ -435,6 +444,8 @@ struct Written {
     sha256: [u8; 32],
     md5: [u8; 16],
     checksum: Option<Checksum>,
+    /// See [`S3Meta::seek`].
+    seek: Vec<u64>,
 }
 
 /// Publishes a body as chunk messages, [`WINDOW`] acknowledgements outstanding, hashing it.
@@ -443,7 +454,9 @@ struct ChunkWriter {
     nuid: String,
     subject: String,
     buf: BytesMut,
-    acks: VecDeque<PublishAckFuture>,
+    /// Chunk numbers and their acknowledgements, oldest first.
+    acks: VecDeque<(usize, PublishAckFuture)>,
+    seek: Vec<u64>,
     chunks: usize,
     size: u64,
     sha256: sha2::Sha256,
@@ -460,6 +473,7 @@ impl ChunkWriter {
             nuid,
             buf: BytesMut::with_capacity(CHUNK),
             acks: VecDeque::with_capacity(WINDOW),
+            seek: Vec::new(),
             chunks: 0,
             size: 0,
             sha256: <sha2::Sha256 as sha2::Digest>::new(),
@@ -489,13 +503,14 @@ impl ChunkWriter {
 
     async fn publish(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
         sha2::Digest::update(&mut self.sha256, &chunk);
+        let number = self.chunks;
         self.chunks += 1;
         let ack = self
             .js
             .publish(self.subject.clone(), chunk)
             .await
             .map_err(|e| ObjectError::backend("store an object chunk", e))?;
-        self.acks.push_back(ack);
+        self.acks.push_back((number, ack));
         if self.acks.len() >= WINDOW {
             self.await_oldest().await?;
         }
@@ -503,8 +518,11 @@ impl ChunkWriter {
     }
 
     async fn await_oldest(&mut self) -> Result<(), ObjectError> {
-        if let Some(ack) = self.acks.pop_front() {
-            ack.await.map_err(|e| ObjectError::backend("store an object chunk", e))?;
+        if let Some((number, ack)) = self.acks.pop_front() {
+            let ack = ack.await.map_err(|e| ObjectError::backend("store an object chunk", e))?;
+            if number % STRIDE == 0 {
+                self.seek.push(ack.sequence);
+            }
         }
         Ok(())
     }
@@ -526,7 +544,7 @@ impl ChunkWriter {
     fn written(self) -> Written {
         let (md5, checksum) = self.result.unwrap_or(([0; 16], None));
         let sha256: [u8; 32] = sha2::Digest::finalize(self.sha256).into();
-        Written { nuid: self.nuid, size: self.size, chunks: self.chunks, sha256, md5, checksum }
+        Written { nuid: self.nuid, size: self.size, chunks: self.chunks, sha256, md5, checksum, seek: self.seek }
     }
 }
 
@@ -624,23 +642,40 @@ fn read_chunks(stream: stream::Stream, info: &ObjectInfo, start: u64, end: u64) 
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     let subject = chunk_subject(&info.bucket, &info.nuid);
     let digest = (start == 0 && end == info.size as u64).then(|| info.digest.clone()).flatten();
+    let from = seek_point(info, start);
     tokio::spawn(async move {
-        if let Err(e) = send_chunks(&stream, &subject, start, end, digest, &tx).await {
+        if let Err(e) = send_chunks(&stream, &subject, from, start, end, digest, &tx).await {
             let _ = tx.send(Err(e)).await;
         }
     });
     Box::pin(Received(rx))
 }
 
+/// Where to start reading for a range starting at `start`: the byte offset and stream sequence
+/// of the last indexed chunk at or before it (the object's start when it has no index).
+fn seek_point(info: &ObjectInfo, start: u64) -> (u64, u64) {
+    let (_, s3) = meta_of(info);
+    let chunk = info.options.as_ref().and_then(|o| o.max_chunk_size).unwrap_or(CHUNK) as u64;
+    let stride = chunk * STRIDE as u64;
+    if stride == 0 {
+        return (0, 1);
+    }
+    let i = start / stride;
+    match usize::try_from(i).ok().and_then(|i| s3.seek.get(i)) {
+        Some(&seq) => (i * stride, seq),
+        None => (0, 1),
+    }
+}
+
 async fn send_chunks(
     stream: &stream::Stream,
     subject: &str,
+    (mut at, mut seq): (u64, u64),
     start: u64,
     end: u64,
     digest: Option<String>,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), std::io::Error> {
-    let (mut at, mut seq) = (0u64, 1u64);
     let mut sha = <sha2::Sha256 as sha2::Digest>::new();
     while at < end {
         let msg = stream

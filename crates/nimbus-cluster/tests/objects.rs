@@ -298,7 +298,7 @@ async fn listings_and_bucket_rules() {
 
 #[tokio::test]
 async fn multipart_uploads_complete_with_s3s_etag() {
-    let (_servers, a, c) = two_nodes().await;
+    let (servers, a, c) = two_nodes().await;
     a.create_bucket("b").await.unwrap();
     let first: Vec<u8> = (0..MIN_PART_BYTES as u32).map(|i| (i % 253) as u8).collect();
     let mut opts = PutOptions::default();
@@ -362,6 +362,27 @@ async fn multipart_uploads_complete_with_s3s_etag() {
         (whole.len() as u64, &whole[..first.len()] == first.as_slice(), &whole[first.len()..]),
         (MIN_PART_BYTES + 4, true, &b"tail"[..])
     );
+    // Ranges of a 41-chunk object start from its seek index (every 16th chunk: 0, 16, 32),
+    // around and across the indexed chunks, and at the very end.
+    let client = async_nats::connect(servers.urls()[0].as_str()).await.unwrap();
+    let store = async_nats::jetstream::new(client).get_object_store("nimbus-s3-b").await.unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_str(&store.info("m.zip").await.unwrap().metadata["nimbus"]).unwrap();
+    assert_eq!(stored["seek"].as_array().map(Vec::len), Some(3), "{stored}");
+    let chunk = nimbus_cluster::objects::CHUNK as u64;
+    let stride = chunk * nimbus_cluster::objects::STRIDE as u64;
+    for range in [
+        ByteRange::From(0, Some(3)),
+        ByteRange::From(stride - 1, Some(stride + 1)),
+        ByteRange::From(stride, Some(2 * stride + 7)),
+        ByteRange::From(2 * stride + 5, None),
+        ByteRange::From(MIN_PART_BYTES - 2, Some(MIN_PART_BYTES + 1)),
+        ByteRange::Suffix(10),
+    ] {
+        let got = a.get_object("b", "m.zip", Some(range)).await.unwrap();
+        let (s, e) = (got.start as usize, got.end as usize);
+        assert_eq!(read_all(got.body).await, &whole[s..e], "{range:?}");
+    }
     assert!(
         matches!(c.list_parts("b", "m.zip", &up.upload_id).await, Err(ObjectError::NoSuchUpload(_))),
         "completed uploads are gone"
