@@ -26,6 +26,8 @@ pub mod registry;
 pub use registry::NatsRegistry;
 pub mod nodes;
 pub use nodes::Membership;
+pub mod objects;
+pub use objects::NatsObjects;
 
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.
