@@ -19,6 +19,9 @@ use async_nats::jetstream::{self, kv, object_store, stream};
 
 pub mod testing;
 
+pub mod queue;
+pub use queue::{NatsQueue, QueueOptions};
+
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.
 pub const DEFAULT_REPLICAS: usize = 3;

@@ -381,6 +381,7 @@ impl Engine {
                 };
                 tokio::select! {
                     _ = self.wake.notified() => {}
+                    _ = self.store.changed() => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.stopped.notified() => return,
                 }
@@ -551,7 +552,8 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(50 << tries)).await;
         }
         if terminal {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
+            // Saturating: in a cluster an event accepted on another node may finish here.
+            let _ = self.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
         }
     }
 
