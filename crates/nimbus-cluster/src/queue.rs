@@ -128,6 +128,10 @@ struct Held {
     /// The state as the claim wrote it, and that write's revision.
     record: Record,
     revision: u64,
+    /// Writing the outcome failed: the engine retries `finish` for a moment, and the next
+    /// progress tick lets go of the claim, so that the ack wait hands the event to another
+    /// node instead of it staying `running` here for good.
+    finish_failed: bool,
 }
 
 /// An event's state in the KV bucket.
@@ -323,16 +327,7 @@ impl NatsQueue {
     /// [`NatsQueue::open`] with settings (tests shorten the ack wait). The consumer keeps the
     /// ack wait of whichever node created it.
     pub async fn open_with(cluster: &Cluster, options: QueueOptions) -> Result<NatsQueue, ClusterError> {
-        let stream = cluster
-            .stream(stream::Config {
-                name: STREAM.into(),
-                subjects: vec![format!("{SUBJECTS}.>")],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await?;
+        let stream = open_stream(cluster).await?;
         let config = pull::Config {
             durable_name: Some(CONSUMER.into()),
             description: Some("nimbus async invocations: every node pulls from it".into()),
@@ -374,6 +369,31 @@ impl NatsQueue {
     }
 }
 
+/// The stream of events, created when absent. Right after the servers start, the cluster may
+/// not know enough peers for the replicas yet ("no suitable peers for placement"): asked
+/// again for a while.
+async fn open_stream(cluster: &Cluster) -> Result<stream::Stream, ClusterError> {
+    let config = stream::Config {
+        name: STREAM.into(),
+        subjects: vec![format!("{SUBJECTS}.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match cluster.stream(config.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("the stream {STREAM} cannot be created yet: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Drop for NatsQueue {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -407,7 +427,11 @@ async fn progress(inner: std::sync::Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(me) = inner.upgrade() else { return };
-        let ackers: Vec<Arc<Acker>> = me.held().values().map(|h| h.acker.clone()).collect();
+        let ackers: Vec<Arc<Acker>> = {
+            let mut held = me.held();
+            held.retain(|_, h| !h.finish_failed);
+            held.values().map(|h| h.acker.clone()).collect()
+        };
         drop(me);
         for a in ackers {
             if let Err(e) = a.ack_with(AckKind::Progress).await {
@@ -442,19 +466,26 @@ impl Inner {
     }
 
     /// Create `key` unless present: true when this call created it. A create racing another
-    /// node's can fail with "wrong last sequence" (10164) rather than "already exists": the
-    /// key is read back to tell.
+    /// node's can fail with "wrong last sequence" (10164, the other write still in process)
+    /// rather than "already exists": it is tried again until the answer is clear.
     async fn create(&self, key: &str, value: Bytes, what: &str) -> Result<bool, QueueError> {
-        let err = match self.kv.create(key, value).await {
-            Ok(_) => return Ok(true),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => e,
-        };
-        let entry = self.kv.entry(key).await.map_err(|e| storage(what, e))?;
-        if entry.is_some_and(|e| e.operation == Operation::Put) {
-            return Ok(false);
+        let mut tries = 0;
+        loop {
+            let err = match self.kv.create(key, value.clone()).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => e,
+            };
+            let entry = self.kv.entry(key).await.map_err(|e| storage(what, e))?;
+            if entry.is_some_and(|e| e.operation == Operation::Put) {
+                return Ok(false);
+            }
+            tries += 1;
+            if tries >= CAS_TRIES * 4 {
+                return Err(storage(what, err));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Err(storage(what, err))
     }
 
     /// Write `record` if its state is still at `revision`; Ok(None) when it moved on.
@@ -520,6 +551,17 @@ impl Inner {
         )))
     }
 
+    /// Let go of an idempotency key that names `ev` (its accept failed), so that the client's
+    /// retry is a new event rather than a duplicate of nothing.
+    async fn forget_key(&self, ev: &NewEvent, key: &str) {
+        let ik = hashed_key("i", &[&ev.function, key]);
+        let Ok(Some(entry)) = self.kv.entry(&ik).await else { return };
+        let names_ev = serde_json::from_slice::<IdemRecord>(&entry.value).is_ok_and(|r| r.id == ev.id);
+        if names_ev && entry.operation == Operation::Put {
+            let _ = self.kv.purge_expect_revision(&ik, Some(entry.revision)).await;
+        }
+    }
+
     /// One fetched message: claim its event, or put the message where it belongs.
     async fn take(
         &self,
@@ -567,7 +609,7 @@ impl Inner {
         };
         *left -= 1;
         let claimed = record.claimed();
-        self.held().insert(id.to_owned(), Held { acker: Arc::new(acker), record, revision });
+        self.held().insert(id.to_owned(), Held { acker: Arc::new(acker), record, revision, finish_failed: false });
         Ok(Take::Claimed(claimed))
     }
 
@@ -683,8 +725,17 @@ impl QueueStore for NatsQueue {
             }
         }
         let record = Record::new(&event);
-        me.kv.create(event_key(&event.id), record.encode()?).await.map_err(|e| storage("store an event", e))?;
-        me.publish(&record).await?;
+        let key = event_key(&event.id);
+        let revision = me.kv.create(&key, record.encode()?).await.map_err(|e| storage("store an event", e))?;
+        if let Err(e) = me.publish(&record).await {
+            // Not accepted (no 202): take the state back, so that it does not show as queued
+            // for good. Were the message stored after all, `claim` finds no state and drops it.
+            let _ = me.kv.purge_expect_revision(&key, Some(revision)).await;
+            if let Some(k) = &event.idempotency_key {
+                me.forget_key(&event, k).await;
+            }
+            return Err(e);
+        }
         Ok(Accepted { id: event.id, duplicate: false })
     }
 
@@ -738,13 +789,14 @@ impl QueueStore for NatsQueue {
 
     async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: u64) -> Result<(), QueueError> {
         let me = &self.inner;
-        let Some(held) = me.held().remove(id) else {
+        let Some(mut held) = me.held().remove(id) else {
             tracing::warn!(id, "finishing an async event this node does not hold; its outcome is dropped");
             return Ok(());
         };
         let settled = match me.settle(id, &held, attempt.clone(), &finish, now_ms).await {
             Ok(s) => s,
             Err(e) => {
+                held.finish_failed = true;
                 me.held().insert(id.to_owned(), held);
                 return Err(e);
             }
