@@ -760,7 +760,15 @@ impl QueueStore for NatsQueue {
         let mut quota: HashMap<String, u32> = HashMap::new();
         let mut out = Vec::new();
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| storage(&format!("fetch events from {CONSUMER}"), e))?;
+            let msg = match msg {
+                Ok(m) => m,
+                // Events claimed before the error are held here: they must reach the engine.
+                Err(e) if !out.is_empty() => {
+                    tracing::warn!("fetching events from {CONSUMER} stopped early: {e}");
+                    break;
+                }
+                Err(e) => return Err(storage(&format!("fetch events from {CONSUMER}"), e)),
+            };
             match me.take(msg, now_ms, (shares, default_share), &mut quota).await {
                 Ok(Take::Claimed(ev)) => out.push(ev),
                 Ok(Take::Skipped) => {}
@@ -958,5 +966,70 @@ impl QueueStore for NatsQueue {
 
     async fn skip_to(&self, schedule_key: &str, slot_ms: u64) -> Result<(), QueueError> {
         self.inner.remember_slot(schedule_key, slot_ms).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nimbus_core::policy::AttemptFailure;
+    use nimbus_core::queue::AttemptOutcome;
+
+    use super::*;
+
+    #[test]
+    fn names_become_keys_and_subject_tokens_without_collisions() {
+        assert_eq!(token("hello_world-2"), "hello_world-2");
+        assert_eq!(event_key("6c34a4df-6947-83f8-b997-c8ffe1c5280e"), "e.6c34a4df-6947-83f8-b997-c8ffe1c5280e");
+        // Dots, wildcards and spaces would change a subject's meaning: spelled in hex.
+        assert_eq!(subject("a.b"), "nimbus.async.=612e62");
+        assert_eq!(token("*"), "=2a");
+        assert_eq!(token(""), "=");
+        assert_ne!(token("=2a"), token("*"));
+        assert_ne!(hashed_key("i", &["ab", "c"]), hashed_key("i", &["a", "bc"]));
+    }
+
+    #[test]
+    fn an_event_state_moves_as_the_embedded_queue_moves_it() {
+        let ev = NewEvent {
+            id: "x".into(),
+            function: "f".into(),
+            qualifier: Some("3".into()),
+            payload: Bytes::from_static(b"\xff\x00not json"),
+            source: EventSource::Bucket,
+            idempotency_key: None,
+            now_ms: 10,
+            run_at_ms: 10,
+        };
+        let mut r = Record::new(&ev);
+        r.attempts = 1;
+        let failed = AttemptRecord {
+            n: 1,
+            started_ms: 11,
+            duration_ms: 1.0,
+            outcome: AttemptOutcome::Throttled,
+            error_type: Some("TooManyRequestsException".into()),
+            error_message: Some("busy".into()),
+        };
+        r.finish(failed, &Finish::Retry { run_at_ms: 500, failure: AttemptFailure::Throttled }, 12);
+        assert_eq!((r.status, r.next_run_ms, r.function_errors, r.platform_failures), (EventStatus::Queued, 500, 0, 1));
+        let ok = AttemptRecord {
+            n: 2,
+            outcome: AttemptOutcome::Success,
+            error_type: None,
+            error_message: None,
+            ..r.history[0].clone()
+        };
+        r.finish(ok, &Finish::Succeeded { response: Bytes::from_static(b"{\"a\":1}") }, 600);
+        let back = Record::decode(&r.encode().unwrap()).unwrap();
+        let view = back.view();
+        assert_eq!((view.status, view.next_run_ms, view.updated_ms), (EventStatus::Succeeded, None, 600));
+        assert_eq!(view.last_error_type.as_deref(), Some("TooManyRequestsException"), "a success keeps the last error");
+        assert_eq!(view.result, Some(serde_json::json!({"a": 1})));
+        assert_eq!(view.payload, serde_json::json!("\u{fffd}\u{0}not json"));
+        assert_eq!(back.claimed().payload, ev.payload);
+        assert_eq!((view.source, view.qualifier.as_deref(), view.history.len()), (EventSource::Bucket, Some("3"), 2));
+        let big = Bytes::from(vec![b'x'; MAX_RESULT + 1]);
+        r.finish(back.history[1].clone(), &Finish::Succeeded { response: big }, 700);
+        assert!(r.view().result.unwrap().as_str().unwrap().contains("not kept in cluster mode"));
     }
 }

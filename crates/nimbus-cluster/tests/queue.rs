@@ -290,7 +290,12 @@ async fn a_killed_server_loses_no_accepted_event() {
     let accepted = std::mem::take(&mut *accepted.lock().unwrap());
     assert!(accepted.len() >= total, "only {} accepted ({refused} refused)", accepted.len());
     let lost: Vec<&String> = accepted.iter().filter(|id| !seen.finished.contains_key(*id)).collect();
-    assert!(lost.is_empty(), "{} accepted events never finished: {lost:?}", lost.len());
+    let mut states = Vec::new();
+    for id in &lost {
+        let v = nodes[1].get(id).await.unwrap().map(|v| (v.status, v.attempts));
+        states.push((id, v, nodes[0].held(), nodes[1].held()));
+    }
+    assert!(lost.is_empty(), "{} accepted events never finished: {states:?}", lost.len());
     let duplicates: u32 = seen.finished.values().map(|n| n - 1).sum();
     // Each node claims at most 32 at a time: a duplicate is a claim lost in flight.
     assert!(duplicates <= 64, "{duplicates} duplicate runs");
