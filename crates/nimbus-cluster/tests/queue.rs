@@ -270,7 +270,12 @@ async fn a_killed_server_loses_no_accepted_event() {
         match nodes[n % 2].accept(event("f", n), 60_000).await {
             Ok(a) => accepted.lock().unwrap().push(a.id),
             // Not acknowledged: the client would retry; nothing was promised.
-            Err(_) => refused += 1,
+            Err(e) => {
+                refused += 1;
+                if refused <= 3 || refused % 100 == 0 {
+                    eprintln!("accept {n} refused on node {}: {e}", n % 2);
+                }
+            }
         }
         let done = accepted.lock().unwrap().len();
         if done == total / 4 && !killed {
