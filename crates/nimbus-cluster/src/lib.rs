@@ -28,6 +28,8 @@ pub mod nodes;
 pub use nodes::Membership;
 pub mod objects;
 pub use objects::NatsObjects;
+pub mod queue;
+pub use queue::{NatsQueue, QueueOptions};
 
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.

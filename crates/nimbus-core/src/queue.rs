@@ -279,6 +279,13 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn finish(&self, id: &str, attempt: AttemptRecord, finish: Finish, now_ms: u64) -> Result<(), QueueError>;
     /// The earliest `next_run_ms` among queued events.
     async fn next_due(&self) -> Result<Option<u64>, QueueError>;
+    /// Resolves when events may have been queued behind the engine's back (accepted or NAKed
+    /// by another node of a cluster): the idle engine waits on it besides its own wake-ups and
+    /// [`QueueStore::next_due`]. The embedded store sees every accept through its engine, so by
+    /// default this never resolves.
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
     /// Put events that were `running` when the process died back in the queue; returns how many.
     async fn recover(&self) -> Result<u64, QueueError>;
     /// Events not yet finished (queued or running).

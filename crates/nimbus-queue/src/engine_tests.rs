@@ -315,3 +315,41 @@ async fn a_repeated_idempotency_key_runs_once() {
     assert_eq!(h.dispatch.calls("f").len(), 1);
     assert_eq!(h.engine.depth(), 0);
 }
+
+/// In a cluster another node queues events this engine never saw accepted: the store's
+/// `changed` wakes the idle engine at once instead of at its next poll (a second later).
+#[tokio::test(start_paused = true)]
+async fn an_event_queued_elsewhere_runs_when_the_store_says_so() {
+    let store = FakeStore::new();
+    let h = start(store, vec![(version("f", 1, AsyncPolicy::default()), Script::always(Step::Succeed("null")))]).await;
+    // Let the engine find nothing and go idle.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let now = paused_clock()();
+    let event = NewEvent {
+        id: "from-another-node".into(),
+        function: "f".into(),
+        qualifier: None,
+        payload: Bytes::from_static(b"{}"),
+        source: EventSource::Invoke,
+        idempotency_key: None,
+        now_ms: now,
+        run_at_ms: now,
+    };
+    h.store.seed(event, EventStatus::Queued, 0);
+    let queued = Instant::now();
+    h.store.elsewhere.notify_one();
+    h.settled().await;
+    assert!(queued.elapsed() < Duration::from_millis(100), "ran only after {:?}", queued.elapsed());
+    assert_eq!(h.dispatch.calls("f").len(), 1);
+    // It was never counted here: finishing it leaves the count at 0, not below.
+    assert_eq!(h.engine.depth(), 0);
+    // Another node's running event: the count follows the store within seconds.
+    let running = NewEvent {
+        id: "running-elsewhere".into(),
+        function: "g".into(),
+        ..h.store.events().get("from-another-node").event.clone()
+    };
+    h.store.seed(running, EventStatus::Running, 1);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(h.engine.depth(), 1);
+}

@@ -177,11 +177,17 @@ impl Events {
 pub struct FakeStore {
     events: Mutex<Events>,
     changed: watch::Sender<()>,
+    /// What [`QueueStore::changed`] waits on: another node of a cluster queued something.
+    pub elsewhere: tokio::sync::Notify,
 }
 
 impl FakeStore {
     pub fn new() -> Arc<FakeStore> {
-        Arc::new(FakeStore { events: Mutex::new(Events::default()), changed: watch::Sender::new(()) })
+        Arc::new(FakeStore {
+            events: Mutex::new(Events::default()),
+            changed: watch::Sender::new(()),
+            elsewhere: tokio::sync::Notify::new(),
+        })
     }
 
     pub fn events(&self) -> MutexGuard<'_, Events> {
@@ -290,6 +296,10 @@ impl QueueStore for FakeStore {
             }
             Ok(())
         })
+    }
+
+    async fn changed(&self) {
+        self.elsewhere.notified().await;
     }
 
     async fn next_due(&self) -> Result<Option<u64>, QueueError> {

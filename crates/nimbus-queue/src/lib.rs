@@ -130,6 +130,8 @@ pub struct Engine {
 /// (~10,000 accepts/s at c=64); 64 measured 12,233 / 14,913 accepts/s and 5,059 / 4,820
 /// events/s end to end, and is a quarter of the budget, so a backlog still cannot starve others.
 const MIN_SHARE: u32 = 64;
+/// How often the unfinished-event count is read from the store again (ms).
+const DEPTH_SYNC_MS: u64 = 5_000;
 /// How many events of a function with none running one claim may take.
 const DEFAULT_SHARE: u32 = MIN_SHARE;
 
@@ -285,7 +287,8 @@ impl Engine {
         self.triggers.get()
     }
 
-    /// Unfinished events (approximate between restarts; exact at start).
+    /// Unfinished events (exact at start, read from the store again every 5 s, approximate
+    /// in between).
     pub fn depth(&self) -> u64 {
         self.depth.load(Ordering::Relaxed)
     }
@@ -381,6 +384,7 @@ impl Engine {
                 };
                 tokio::select! {
                     _ = self.wake.notified() => {}
+                    _ = self.store.changed() => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.stopped.notified() => return,
                 }
@@ -551,7 +555,8 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(50 << tries)).await;
         }
         if terminal {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
+            // Saturating: in a cluster an event accepted on another node may finish here.
+            let _ = self.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
         }
     }
 
@@ -605,11 +610,20 @@ impl Engine {
     }
 
     async fn cron(self: Arc<Self>) {
+        let mut synced = self.now();
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
             let now = self.now();
+            if now.saturating_sub(synced) >= DEPTH_SYNC_MS {
+                // In a cluster, events accepted here finish on other nodes and the other way
+                // round: the count kept in memory drifts, so it is read from the store again.
+                synced = now;
+                if let Ok(depth) = self.store.depth().await {
+                    self.depth.store(depth, Ordering::Relaxed);
+                }
+            }
             let mut next_wake = now.saturating_add(1000);
             for s in self.resolver.schedules() {
                 match self.tick(&s, now).await {
