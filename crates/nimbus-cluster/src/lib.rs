@@ -18,18 +18,17 @@ use std::time::Duration;
 use async_nats::jetstream::{self, object_store, stream};
 
 pub mod kv;
+pub mod nodes;
+pub mod objects;
+pub mod queue;
+pub mod registry;
 pub mod testing;
 
 pub use kv::NatsKv;
-pub mod registry;
-
-pub use registry::NatsRegistry;
-pub mod nodes;
 pub use nodes::Membership;
-pub mod objects;
 pub use objects::NatsObjects;
-pub mod queue;
 pub use queue::{NatsQueue, QueueOptions};
+pub use registry::NatsRegistry;
 
 /// Replicas of every stream and bucket unless `--cluster-replicas` says otherwise: three
 /// servers keep every acknowledged write through the loss of one.
