@@ -9,8 +9,7 @@
       scripts/test-deps.sh installed nats-server). Needs no build.
 
   scripts/check-kubernetes.py flags NIMBUS
-      every flag the nimbus Deployment passes to `nimbus up` is in `NIMBUS up --help` (or is
-      listed in PENDING below), and the app ConfigMap, laid out as the Deployment mounts it,
+      every flag the nimbus Deployment passes to `nimbus up` is in `NIMBUS up --help`, and the app ConfigMap, laid out as the Deployment mounts it,
       deploys and serves with the Deployment's flags (those that need the NATS servers left
       out): /healthz and one of its routes answer 200.
 
@@ -51,10 +50,6 @@ CLUSTER_FLAGS = {
     "--cluster-replicas",
 }
 
-# Flags the manifests use that `nimbus up` does not have yet: the cluster flags of issue 17,
-# added on another branch. Once they are merged, `flags` fails naming each one that now
-# exists: delete it here, so that from then on its absence fails the check.
-PENDING = {"--cluster", "--node-name"}
 
 sys.path.insert(0, str(VALIDATE))
 try:
@@ -155,18 +150,14 @@ def check_flags(nimbus):
         fail([f"nimbus-deployment.yaml: the nimbus container's args must start with `up`, not {args[:1]}"])
     help_text = subprocess.run([nimbus, "up", "--help"], capture_output=True, text=True, check=True).stdout
     known = set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", help_text, re.MULTILINE))
-    problems, pending = [], []
-    for flag in sorted({flag_name(a) for a in args if a.startswith("--")}):
-        if flag in PENDING and flag in known:
-            problems.append(f"{flag} is in `nimbus up --help` now: delete it from PENDING in {Path(__file__).name}")
-        elif flag in PENDING:
-            pending.append(flag)
-        elif flag not in known:
-            problems.append(f"nimbus-deployment.yaml passes {flag}, which `nimbus up --help` does not list")
+    problems = [
+        f"nimbus-deployment.yaml passes {flag}, which `nimbus up --help` does not list"
+        for flag in sorted({flag_name(a) for a in args if a.startswith("--")})
+        if flag not in known
+    ]
     if problems:
         fail(problems)
-    note = f" ({', '.join(pending)} pending: not in `nimbus up` yet)" if pending else ""
-    print(f"kubernetes manifests: the Deployment's nimbus flags exist{note}")
+    print("kubernetes manifests: the Deployment's nimbus flags exist")
 
 
 def lay_out_app(deployment, container, into):

@@ -175,6 +175,10 @@ impl Cluster {
     /// absent. Two nodes creating it at once both get the one bucket.
     pub async fn key_value(&self, mut config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
         config.num_replicas = self.replicas;
+        patiently(|| self.key_value_once(config.clone())).await
+    }
+
+    async fn key_value_once(&self, config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
         if let Ok(store) = self.js.get_key_value(config.bucket.clone()).await {
             return Ok(store);
         }
@@ -192,11 +196,14 @@ impl Cluster {
     /// The stream `config.name`, created with `config` (and this cluster's replicas) when absent.
     pub async fn stream(&self, mut config: stream::Config) -> Result<stream::Stream, ClusterError> {
         config.num_replicas = self.replicas;
-        let name = config.name.clone();
-        self.js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("create the stream {name}"), e))
+        let name = &config.name;
+        patiently(|| async {
+            self.js
+                .get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("create the stream {name}"), e))
+        })
+        .await
     }
 
     /// The object store `config.bucket`, created with `config` (and this cluster's replicas)
@@ -206,6 +213,10 @@ impl Cluster {
         mut config: object_store::Config,
     ) -> Result<object_store::ObjectStore, ClusterError> {
         config.num_replicas = self.replicas;
+        patiently(|| self.object_store_once(config.clone())).await
+    }
+
+    async fn object_store_once(&self, config: object_store::Config) -> Result<object_store::ObjectStore, ClusterError> {
         if let Ok(store) = self.js.get_object_store(&config.bucket).await {
             return Ok(store);
         }
@@ -218,6 +229,31 @@ impl Cluster {
                 .await
                 .map_err(|_| ClusterError::jetstream(format!("create the object store {bucket}"), e)),
         }
+    }
+}
+
+/// How long creating a stream or bucket keeps retrying: a NATS cluster that is still forming
+/// (servers just started, or one restarting) answers "no suitable peers for placement" to a
+/// replicated stream until its servers know each other again.
+const OPEN_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Run `open` until it succeeds or [`OPEN_DEADLINE`] passes (then its last error), pausing a
+/// little longer after each failure.
+async fn patiently<T, F, Fut>(mut open: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match open().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => tracing::debug!("not ready yet, retrying: {e}"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 

@@ -369,29 +369,18 @@ impl NatsQueue {
     }
 }
 
-/// The stream of events, created when absent. Right after the servers start, the cluster may
-/// not know enough peers for the replicas yet ("no suitable peers for placement"): asked
-/// again for a while.
+/// The stream of events, created when absent.
 async fn open_stream(cluster: &Cluster) -> Result<stream::Stream, ClusterError> {
-    let config = stream::Config {
-        name: STREAM.into(),
-        subjects: vec![format!("{SUBJECTS}.>")],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match cluster.stream(config.clone()).await {
-            Ok(s) => return Ok(s),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!("the stream {STREAM} cannot be created yet: {e}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    cluster
+        .stream(stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{SUBJECTS}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
 }
 
 impl Drop for NatsQueue {

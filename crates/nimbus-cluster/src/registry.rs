@@ -257,18 +257,17 @@ impl NatsRegistry {
             ..Default::default()
         };
         let registry = bucket(REGISTRY_BUCKET, "nimbus: aliases, traffic, settings, tokens and access keys");
-        let kv = patiently(|| cluster.key_value(registry.clone())).await?;
+        let kv = cluster.key_value(registry).await?;
         let bodies = bucket(DEPLOYMENTS_BUCKET, "nimbus: deployment bodies, named by the registry head");
-        let deployments = patiently(|| cluster.key_value(bodies.clone())).await?;
-        let objects = patiently(|| {
-            cluster.object_store(object_store::Config {
+        let deployments = cluster.key_value(bodies).await?;
+        let objects = cluster
+            .object_store(object_store::Config {
                 bucket: ARTIFACTS_BUCKET.into(),
                 description: Some("nimbus: code artifacts, by content digest".into()),
                 storage: StorageType::File,
                 ..Default::default()
             })
-        })
-        .await?;
+            .await?;
         let cache = data_dir.join("artifacts");
         let artifacts = ArtifactStore::open(&cache).map_err(|e| {
             ClusterError::Options(format!(
@@ -463,29 +462,6 @@ impl NatsRegistry {
             .await
             .map_err(|e| fail(Box::new(e)))?;
         unpacked.map_err(|e| fail(e.into()))
-    }
-}
-
-/// How long opening the buckets keeps retrying: a NATS cluster that is still forming answers
-/// "no suitable peers for placement" to a replicated bucket until its servers know each other.
-const OPEN_DEADLINE: Duration = Duration::from_secs(15);
-
-/// Run `open` until it succeeds or [`OPEN_DEADLINE`] passes (then its last error).
-async fn patiently<T, F, Fut>(mut open: F) -> Result<T, ClusterError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClusterError>>,
-{
-    let deadline = Instant::now() + OPEN_DEADLINE;
-    let mut attempt = 0;
-    loop {
-        match open().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(e) => tracing::debug!("opening the registry, retrying: {e}"),
-        }
-        attempt += 1;
-        tokio::time::sleep(backoff(attempt) * 10).await;
     }
 }
 
