@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Result};
-use nimbus_cluster::{Cluster, ClusterOptions, Membership};
+use nimbus_cluster::{Cluster, ClusterOptions, Membership, NatsKv, NatsObjects, NatsQueue, NatsRegistry};
 use nimbus_core::nodes::{Describe, LocalNode, NodeInfo, Nodes};
 use nimbus_scheduler::Scheduler;
 
@@ -184,20 +184,32 @@ pub fn nodes(me: &Me, joined: Option<&Joined>, scheduler: &Scheduler) -> Arc<dyn
     }
 }
 
-/// The storage seams' JetStream backends, opened on this node's connection. `Node::start`
-/// opens them first with `--cluster` and uses each one in place of its embedded (SQLite)
-/// counterpart; a seam without a JetStream backend yet stays embedded. They are added here as
-/// they land: the registry (`NatsRegistry::open(&cluster, data_dir)`), the async queue
-/// (`NatsQueue::open`), KV (`NatsKv::open`) and objects (`NatsObjects::open`).
-#[derive(Default)]
-pub struct Backends {}
+/// The storage seams' JetStream backends, opened on this node's connection before anything
+/// else: `Node::start` uses each one in place of its embedded (SQLite) counterpart. The SQS
+/// message queues, records, logs, usage and the audit log stay on each node's embedded store.
+pub struct Backends {
+    /// Deployments, aliases, traffic, tokens and access keys; artifacts in the object store.
+    pub registry: Arc<NatsRegistry>,
+    /// Async invocations, dead letters and cron slots.
+    pub queue: Arc<NatsQueue>,
+    /// KV namespaces (and the edge's rate-limit counters).
+    pub kv: Arc<NatsKv>,
+    /// Buckets and their event outbox.
+    pub objects: Arc<NatsObjects>,
+}
 
 impl Backends {
-    pub async fn open(joined: Option<&Joined>, _data_dir: &Path) -> Result<Backends> {
-        let Some(_cluster) = joined.map(|j| &j.cluster) else {
-            return Ok(Backends::default());
+    /// `None` without `--cluster`.
+    pub async fn open(joined: Option<&Joined>, data_dir: &Path) -> Result<Option<Backends>> {
+        let Some(cluster) = joined.map(|j| &j.cluster) else {
+            return Ok(None);
         };
-        Ok(Backends {})
+        Ok(Some(Backends {
+            registry: Arc::new(NatsRegistry::open(cluster, data_dir).await?),
+            queue: Arc::new(NatsQueue::open(cluster).await?),
+            kv: Arc::new(NatsKv::open(cluster).await?),
+            objects: Arc::new(NatsObjects::open(cluster).await?),
+        }))
     }
 }
 

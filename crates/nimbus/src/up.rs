@@ -279,9 +279,12 @@ struct Node {
     traces: Option<Arc<crate::traces::Traces>>,
     scheduler: Scheduler,
     control: Arc<ControlPlane>,
+    /// The embedded async queue (closed at stop); `None` before it opens and in a cluster.
     queue: Option<Arc<nimbus_store_sqlite::QueueDb>>,
-    /// The KV store (`DATA_DIR/kv.db`): the management API, functions' calls and `wasi:keyvalue`.
-    kv: Arc<nimbus_store_sqlite::KvDb>,
+    /// The embedded KV store (`DATA_DIR/kv.db`, closed at stop); `None` in a cluster.
+    kv: Option<Arc<nimbus_store_sqlite::KvDb>>,
+    /// With `--cluster`: the JetStream backends in use in place of the embedded ones.
+    shared: Option<crate::cluster::Backends>,
     /// The same store, counting every call into `storage` (what everything but `stop` uses).
     kv_metered: Arc<dyn KvStore>,
     /// Object storage and KV use; drained into hourly rows by the storage flusher.
@@ -308,15 +311,29 @@ struct Node {
     nodes: Arc<dyn nimbus_core::nodes::Nodes>,
 }
 
-/// The object store and the message queues, each in its own database file.
-fn open_stores(
-    store: &Store,
-    data_dir: &Path,
-) -> Result<(Arc<dyn nimbus_core::ObjectStore>, Arc<nimbus_store_sqlite::MessageDb>)> {
-    let objects = nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?;
-    // Queues in their own SQLite file (messages.db), like KV; deploys create declared ones.
-    let messages = store.messages().context("cannot open the message queues (messages.db)")?;
-    Ok((Arc::new(objects), Arc::new(messages)))
+/// The stores a node serves from: the cluster's JetStream backends where `shared` has them,
+/// else the embedded ones, each in its own database file (so KV's fsyncs never queue behind
+/// other data).
+struct Stores {
+    registry: Arc<dyn Registry>,
+    /// The embedded KV store, to close at stop (`None` in a cluster).
+    kv_db: Option<Arc<nimbus_store_sqlite::KvDb>>,
+    kv: Arc<dyn KvStore>,
+    objects: Arc<dyn nimbus_core::ObjectStore>,
+    /// SQS queues stay embedded (messages.db) in a cluster too; deploys create declared ones.
+    messages: Arc<nimbus_store_sqlite::MessageDb>,
+}
+
+fn open_stores(store: &Store, data_dir: &Path, shared: Option<&crate::cluster::Backends>) -> Result<Stores> {
+    let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
+    if let Some(b) = shared {
+        let (registry, kv, objects) = (b.registry.clone(), b.kv.clone(), b.objects.clone());
+        return Ok(Stores { registry, kv_db: None, kv, objects, messages });
+    }
+    let kv_db = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
+    let objects = Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
+    let registry = Arc::new(store.clone());
+    Ok(Stores { registry, kv_db: Some(kv_db.clone()), kv: kv_db, objects, messages })
 }
 
 impl Node {
@@ -328,20 +345,19 @@ impl Node {
         joined: Option<&crate::cluster::Joined>,
     ) -> Result<Node> {
         // With --cluster: the JetStream backends, in place of the embedded ones where they exist.
-        let _shared = crate::cluster::Backends::open(joined, data_dir).await?;
+        let shared = crate::cluster::Backends::open(joined, data_dir).await?;
         let store = Store::open(data_dir).context("cannot open the embedded store")?;
+        let stores = open_stores(&store, data_dir, shared.as_ref())?;
         let records = Arc::new(store.record_writer(args.retention).context("cannot start the record writer")?);
         let metrics = Arc::new(Metrics::default());
         let traces = crate::traces::Traces::start(args.otlp_endpoint.as_deref())?.map(Arc::new);
         let recorder = recorder(&metrics, traces.as_ref(), &records);
-        // KV in its own SQLite file (kv.db), so its fsyncs never queue behind other data; one
-        // store for the management API, functions' calls and wasm's `wasi:keyvalue`.
-        let kv = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
+        // One KV store for the management API, functions' calls and wasm's `wasi:keyvalue`.
         let storage = Arc::new(StorageMeter::default());
-        let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(kv.clone(), storage.clone()));
+        let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(stores.kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let (objects, messages) = open_stores(&store, data_dir)?;
+        let Stores { registry, kv_db, objects, messages, .. } = stores;
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
@@ -349,7 +365,7 @@ impl Node {
         let nodes = crate::cluster::nodes(me, joined, &scheduler);
         let storage_sets =
             DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
-        let control = control_plane(&store, &scheduler, storage_sets, data_dir).await?;
+        let control = control_plane(registry, &scheduler, storage_sets, data_dir).await?;
         let info = info(sandbox.as_deref(), &resources);
         let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
         let flusher = crate::storage_usage::spawn(
@@ -367,7 +383,8 @@ impl Node {
             scheduler,
             control,
             queue: None,
-            kv,
+            kv: kv_db,
+            shared,
             kv_metered,
             storage,
             storage_flusher: Some((stop_flusher, flusher)),
@@ -403,13 +420,19 @@ impl Node {
                 "NIMBUS_UNSAFE_ASYNC_ACK=1: async events are acknowledged before they are stored and CAN BE LOST"
             );
         }
-        let queue = Arc::new(self.store.queue(unsafe_ack).context("cannot open the async queue")?);
+        let queue: Arc<dyn nimbus_core::queue::QueueStore> = match &self.shared {
+            Some(shared) => shared.queue.clone(),
+            None => {
+                let queue = Arc::new(self.store.queue(unsafe_ack).context("cannot open the async queue")?);
+                self.queue = Some(queue.clone());
+                queue
+            }
+        };
         let mut config = nimbus_queue::AsyncConfig::default();
         if let Ok(v) = std::env::var("NIMBUS_ASYNC_MAX_DEPTH") {
             config.max_depth =
                 v.parse().with_context(|| format!("NIMBUS_ASYNC_MAX_DEPTH={v:?} is not a number of events"))?;
         }
-        self.queue = Some(queue.clone());
         let resolver = Arc::new(Resolver(self.control.clone()));
         let engine = nimbus_queue::Engine::start(queue, Arc::new(self.scheduler.clone()), resolver, config)
             .await
@@ -463,7 +486,9 @@ impl Node {
             let _ = stop.send(true);
             let _ = task.await;
         }
-        self.kv.close();
+        if let Some(kv) = &self.kv {
+            kv.close();
+        }
         self.messages.close();
         self.records.close();
         if let Some(t) = self.traces {
@@ -482,17 +507,18 @@ struct DeclaredStorage {
 /// Load the deployments into the control plane, which creates declared storage in `storage`;
 /// the live deployment's components load in the background while the app is checked.
 async fn control_plane(
-    store: &Store,
+    registry: Arc<dyn Registry>,
     scheduler: &Scheduler,
     storage: DeclaredStorage,
     data_dir: &Path,
 ) -> Result<Arc<ControlPlane>> {
-    let registry: Arc<dyn Registry> = Arc::new(store.clone());
     let pools: Arc<dyn Pools> = Arc::new(scheduler.clone());
     let control =
         ControlPlane::load(registry, pools, storage.kv, data_dir).await.context("cannot load the deployments")?;
     control.set_object_store(storage.objects);
     control.set_messages(storage.messages);
+    // In a cluster: other nodes' deploys, rollbacks and tokens are served within a second.
+    let _ = control.follow_registry();
     tokio::spawn({
         let control = control.clone();
         async move { control.warm().await }

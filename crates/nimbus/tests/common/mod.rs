@@ -540,3 +540,41 @@ impl Invoked {
         String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
     }
 }
+
+/// A function that appends what it ran (`n`, request id, schedule time, whole event) to
+/// $RUN_LOG before answering, so a test can count executions, duplicates and losses.
+pub const APPENDER: &str = r#"
+import json, os
+def handler(event, context):
+    line = json.dumps({"n": event.get("n"), "id": context.aws_request_id, "event": event})
+    fd = os.open(os.environ["RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, (line + "\n").encode())
+    os.close(fd)
+    if event.get("sleep"):
+        import time
+        time.sleep(event["sleep"])
+    if event.get("fail"):
+        raise ValueError("asked to fail")
+    return {"n": event.get("n")}
+"#;
+
+pub fn appender(app: App, name: &str, log: &Path, extra: &str) -> App {
+    app.write_file(&format!("functions/{name}/app.py"), APPENDER);
+    app.raw(&format!(
+        "[functions.{name}]\nruntime = \"python\"\nhandler = \"app.handler\"\ntimeout = \"5s\"\nenv = {{ RUN_LOG = \"{}\" }}\n{extra}\n",
+        log.display()
+    ))
+}
+
+pub fn runs(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Poll `check` until it holds (bounded).
+pub async fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,228 @@
+//! The cluster end to end: three `nimbus up --cluster` nodes on a three-server NATS JetStream
+//! cluster share one registry, one async queue, one KV and one object store. A deploy on one
+//! node is live on the others within moments and a rollback on another follows; async events
+//! accepted by any node survive `kill -9` of a nimbus node and of a NATS server; a cron slot
+//! fires once in the whole cluster, also while a node dies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{appender, runs, unsafe_kill, wait_until, App, Server};
+use nimbus_cluster::testing::NatsServers;
+use serde_json::{json, Value};
+
+/// Node `name` of the cluster on `servers`, serving `app` from its own data dir.
+fn node(app: &Path, servers: &NatsServers, name: &str) -> Server {
+    let data = app.join(format!(".nimbus-{name}"));
+    Server::start_args(
+        app,
+        &data,
+        &["--cluster", &servers.url(), "--node-name", name, "--aws-listen", "off", "--insecure-no-sandbox"],
+    )
+}
+
+/// The version `s` serves as live.
+async fn live_version(s: &Server) -> Option<u64> {
+    let list = s.admin("/v1/deployments").await;
+    list.as_array().unwrap().iter().find(|d| d["live"] == true).and_then(|d| d["version"].as_u64())
+}
+
+/// Poll `s` until it serves `version` as live; how long that took.
+async fn until_live(s: &Server, version: u64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if live_version(s).await == Some(version) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} still serves {:?}, not version {version}",
+            s.url,
+            live_version(s).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What function `f` (the conformance function) says GREETING is.
+async fn greeting(s: &Server) -> String {
+    let r = s.invoke("f", &json!({"op": "env", "names": ["GREETING"]})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.raw));
+    r.body["GREETING"].as_str().unwrap().to_owned()
+}
+
+fn deploy(s: &Server, app: &Path) -> u64 {
+    let out = s.cli(&["deploy", app.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let at = text.find("version ").unwrap_or_else(|| panic!("no version in {text}")) + "version ".len();
+    text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_on_one_node_is_served_by_all_and_so_is_a_rollback() {
+    let servers = NatsServers::start(3).await.unwrap();
+    let app = App::new("shared").conformance("node", "f", "").raw("[kv.notes]").finish();
+    let a = node(app.path(), &servers, "node-a");
+    let b = node(app.path(), &servers, "node-b");
+    let c = node(app.path(), &servers, "node-c");
+    // B and C found the app A deployed already: one version for the three of them.
+    let first = live_version(&a).await.unwrap();
+    for s in [&a, &b, &c] {
+        assert_eq!(live_version(s).await, Some(first));
+        assert_eq!(greeting(s).await, "hi");
+    }
+
+    // A new version, deployed through A only.
+    let toml = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
+    std::fs::write(app.path().join("nimbus.toml"), toml.replace("GREETING = \"hi\"", "GREETING = \"v2\"")).unwrap();
+    let second = deploy(&a, app.path());
+    assert!(second > first);
+    for s in [&b, &c] {
+        let took = until_live(s, second, Duration::from_secs(2)).await;
+        eprintln!("version {second} live on {} {took:?} after the deploy on A returned", s.url);
+        assert_eq!(greeting(s).await, "v2");
+    }
+
+    // A rollback through C: A and B follow.
+    let out = c.cli(&["rollback"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for s in [&a, &b] {
+        until_live(s, first, Duration::from_secs(2)).await;
+        assert_eq!(greeting(s).await, "hi");
+    }
+
+    // One KV for the cluster: written through A, read through C.
+    let (status, _, _) = a.admin_request(reqwest::Method::PUT, "/v1/kv/notes/greeting", "shared").await;
+    assert_eq!(status, 200);
+    let (status, _, body) = c.admin_request(reqwest::Method::GET, "/v1/kv/notes/greeting", "").await;
+    assert_eq!((status, body.as_slice()), (200, b"shared".as_slice()));
+}
+
+/// Accept `events` through the nodes in turn, `at_once` at a time, as a client that retries
+/// does: an event refused or dropped (its node or a NATS server being killed) is sent again,
+/// to the next node, up to 30 times. The (n, request id) of each 202.
+async fn accept_round_robin(nodes: &[&Server], events: &[Value], at_once: usize) -> Vec<(u64, String)> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut accepted = Vec::new();
+    let mut pending: Vec<Value> = events.to_vec();
+    for attempt in 0..30 {
+        let mut refused = Vec::new();
+        for (round, chunk) in pending.chunks(at_once).enumerate() {
+            let calls: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, event)| {
+                    let s = nodes[(attempt + round + i) % nodes.len()];
+                    let url = format!("{}/2015-03-31/functions/f/invocations", s.url);
+                    let request = client.post(url).header("x-amz-invocation-type", "Event").body(event.to_string());
+                    tokio::spawn(async move {
+                        let r = request.send().await.ok()?;
+                        let id = r.headers().get("x-amzn-requestid")?.to_str().ok()?.to_owned();
+                        (r.status() == 202).then_some(id)
+                    })
+                })
+                .collect();
+            for (call, event) in calls.into_iter().zip(chunk) {
+                match call.await.unwrap() {
+                    Some(id) => accepted.push((event["n"].as_u64().unwrap(), id)),
+                    None => refused.push(event.clone()),
+                }
+            }
+        }
+        if refused.is_empty() {
+            return accepted;
+        }
+        eprintln!("attempt {attempt}: {} refused; sending them again", refused.len());
+        pending = refused;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{} events still refused after 30 attempts", pending.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_events_survive_a_killed_node_and_a_killed_server() {
+    let mut servers = NatsServers::start(3).await.unwrap();
+    let dir = common::shared_tempdir();
+    let log = dir.path().join("runs.log");
+    let app = appender(App::new("events"), "f", &log, "max_instances = 4").finish();
+    let a = node(app.path(), &servers, "node-a");
+    let mut b = node(app.path(), &servers, "node-b");
+    let c = node(app.path(), &servers, "node-c");
+    let total = 600;
+    let events: Vec<Value> = (0..total).map(|n| json!({"n": n})).collect();
+    let (first, rest) = events.split_at(total / 3);
+    let mut accepted = accept_round_robin(&[&a, &b, &c], first, 30).await;
+    assert_eq!(accepted.len(), first.len(), "every node accepts while all are up");
+    // Mid-run: a nimbus node and a NATS server die; accepting goes on through the others.
+    wait_until("some events to run", Duration::from_secs(30), || runs(&log).len() >= 20).await;
+    unsafe_kill(b.pid(), libc::SIGKILL);
+    common::wait_child(&mut b.child, Duration::from_secs(10));
+    servers.kill(2);
+    accepted.extend(accept_round_robin(&[&a, &c], rest, 30).await);
+    servers.restart(2).await.unwrap();
+    // B's name stays taken until its heartbeats expire: it comes back under a new one.
+    let _b = node(app.path(), &servers, "node-b2");
+
+    // Every accepted event runs; those B held when it died run again elsewhere.
+    let want: HashSet<u64> = accepted.iter().map(|(n, _)| *n).collect();
+    wait_until("every accepted event to run", Duration::from_secs(120), || {
+        let ran: HashSet<u64> = runs(&log).iter().filter_map(|r| r["n"].as_u64()).collect();
+        want.is_subset(&ran)
+    })
+    .await;
+    let mut times: HashMap<u64, u32> = HashMap::new();
+    for r in runs(&log) {
+        *times.entry(r["n"].as_u64().unwrap()).or_default() += 1;
+    }
+    let duplicates: u32 = times.values().map(|t| t - 1).sum();
+    // At most what B was running or had claimed when it died (its share of max_instances,
+    // and the claims it fetched ahead), and resent events whose 202 the kill swallowed.
+    assert!(duplicates <= 64, "{duplicates} duplicate runs");
+    assert_eq!(want.len(), total);
+    eprintln!("{total} accepted with a node and a server killed; {duplicates} duplicate runs");
+    // Each one's state, as any node reports it, ends succeeded.
+    for (_, id) in accepted.iter().step_by(25) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = c.admin(&format!("/v1/invocations/{id}")).await;
+            if v["status"] == "succeeded" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cron_slot_fires_once_in_the_cluster() {
+    let servers = NatsServers::start(3).await.unwrap();
+    let dir = common::shared_tempdir();
+    let log = dir.path().join("runs.log");
+    let app = appender(App::new("cron"), "tick", &log, "")
+        .raw("[[schedules]]\nfunction = \"tick\"\ncron = \"* * * * * *\"")
+        .finish();
+    let mut nodes = vec![
+        node(app.path(), &servers, "node-a"),
+        node(app.path(), &servers, "node-b"),
+        node(app.path(), &servers, "node-c"),
+    ];
+    wait_until("five fires", Duration::from_secs(15), || runs(&log).len() >= 5).await;
+    // One node dies mid-way; the other two go on firing each slot once.
+    let mut b = nodes.remove(1);
+    unsafe_kill(b.pid(), libc::SIGKILL);
+    common::wait_child(&mut b.child, Duration::from_secs(10));
+    let at_kill = runs(&log).len();
+    wait_until("five more fires", Duration::from_secs(15), || runs(&log).len() >= at_kill + 5).await;
+    drop(nodes);
+    let fired = runs(&log);
+    let times: Vec<&str> = fired.iter().map(|r| r["event"]["time"].as_str().unwrap()).collect();
+    let unique: HashSet<&str> = times.iter().copied().collect();
+    assert_eq!(unique.len(), times.len(), "a slot fired more than once: {times:?}");
+    assert!(times.len() >= 10, "{times:?}");
+}
