@@ -1007,7 +1007,10 @@ impl NatsObjects {
     async fn fetch_outbox(&self, limit: usize, wait: Duration) -> Result<Vec<ObjectChange>, ObjectError> {
         let fail = |e: &dyn std::fmt::Display| ObjectError::backend("read the outbox", text(e));
         let mut batch = if wait.is_zero() {
-            self.inner.outbox.fetch().max_messages(limit).messages().await.map_err(|e| fail(&e))?
+            // `expires` arms the client's own timer too: a pull request lost with a killed
+            // server must not leave the forwarder waiting for good.
+            let fetch = self.inner.outbox.fetch().max_messages(limit).expires(Duration::from_millis(500));
+            fetch.messages().await.map_err(|e| fail(&e))?
         } else {
             self.inner.outbox.batch().max_messages(limit).expires(wait).messages().await.map_err(|e| fail(&e))?
         };

@@ -74,6 +74,10 @@ pub const BUCKET: &str = "nimbus-events";
 const SHARE_WAIT: Duration = Duration::from_millis(100);
 /// A state the revision of which moved between read and write is looked at again this often.
 const CAS_TRIES: usize = 5;
+
+/// How long one `claim`'s pull request may wait on the server (it answers at once when the
+/// consumer has nothing ready).
+const FETCH_EXPIRES: Duration = Duration::from_millis(500);
 /// An idempotency key whose event is not stored yet is another accept in progress for this
 /// long; after that its accept is taken to have died, and the key is taken over.
 const ACCEPT_IN_PROGRESS_MS: u64 = 5_000;
@@ -739,10 +743,13 @@ impl QueueStore for NatsQueue {
             return Ok(Vec::new());
         }
         let me = &self.inner;
+        // `expires` also arms the client's own timer (expires + 5 s): without it a pull request
+        // lost with a killed server leaves the batch waiting for an answer that never comes.
         let mut batch = me
             .consumer
             .fetch()
             .max_messages(limit as usize)
+            .expires(FETCH_EXPIRES)
             .messages()
             .await
             .map_err(|e| storage(&format!("fetch events from {CONSUMER}"), e))?;
