@@ -180,14 +180,18 @@ impl Table<'_> {
         let new = second.first().ok_or_else(|| err("receive after the visibility timeout", &second))?;
         ensure(new.receive_count == 2 && new.message_id == old.message_id, || err("the second receive", new))?;
         ensure(new.first_receive_ms == old.first_receive_ms, || err("first receive time kept", new))?;
-        let stale = self.mq.delete(&q, std::slice::from_ref(&old.receipt_handle)).await.map_err(|e| err("delete", e))?;
+        let stale =
+            self.mq.delete(&q, std::slice::from_ref(&old.receipt_handle)).await.map_err(|e| err("delete", e))?;
         ensure(matches!(stale.first(), Some(Err(MqError::InvalidReceiptHandle(_)))), || err("stale delete", &stale))?;
         let moved = self.mq.change_visibility(&q, &[(old.receipt_handle.clone(), Duration::ZERO)]).await;
         let refused = moved.map_err(|e| err("change visibility", e))?;
-        ensure(matches!(refused.first(), Some(Err(MqError::InvalidReceiptHandle(_)))), || err("stale change", &refused))?;
+        ensure(matches!(refused.first(), Some(Err(MqError::InvalidReceiptHandle(_)))), || {
+            err("stale change", &refused)
+        })?;
         let junk = self.mq.delete(&q, &["not-a-handle".into()]).await.map_err(|e| err("delete", e))?;
         ensure(matches!(junk.first(), Some(Err(MqError::InvalidReceiptHandle(_)))), || err("junk handle", &junk))?;
-        let fresh = self.mq.delete(&q, std::slice::from_ref(&new.receipt_handle)).await.map_err(|e| err("delete", e))?;
+        let fresh =
+            self.mq.delete(&q, std::slice::from_ref(&new.receipt_handle)).await.map_err(|e| err("delete", e))?;
         ensure(matches!(fresh.first(), Some(Ok(()))), || err("delete with the latest handle", &fresh))?;
         let peeked = self.mq.peek(&q, 10).await.map_err(|e| err("peek", e))?;
         ensure(peeked.is_empty(), || err("peek after delete", &peeked))
@@ -279,8 +283,7 @@ impl Table<'_> {
 
     async fn fifo(&self) -> Check {
         let q = self.queue("order.fifo", &fifo_settings(true)).await?;
-        let sent =
-            self.send(&q, vec![in_group("a1", "g1"), in_group("a2", "g1"), in_group("b1", "g2")]).await?;
+        let sent = self.send(&q, vec![in_group("a1", "g1"), in_group("a2", "g1"), in_group("b1", "g2")]).await?;
         let seqs: Vec<u128> =
             sent.iter().filter_map(|s| s.sequence_number.as_deref().and_then(|n| n.parse().ok())).collect();
         ensure(seqs.len() == 3 && seqs.windows(2).all(|w| w.first() < w.get(1)), || err("sequence numbers", &sent))?;
@@ -320,10 +323,8 @@ impl Table<'_> {
         ensure(matches!(zero, Err(MqError::InvalidParameter(_))), || err("MaxNumberOfMessages 0", &zero))?;
         let big = "x".repeat(crate::messages::MAX_MESSAGE_BYTES as usize + 1);
         let results = self.mq.send(&q, vec![msg(""), msg(&big), msg("fine")]).await.map_err(|e| err("send", e))?;
-        let shape = matches!(
-            results.as_slice(),
-            [Err(MqError::InvalidParameter(_)), Err(MqError::MessageTooLong(..)), Ok(_)]
-        );
+        let shape =
+            matches!(results.as_slice(), [Err(MqError::InvalidParameter(_)), Err(MqError::MessageTooLong(..)), Ok(_)]);
         ensure(shape, || err("per-message refusals in a batch", &results))
     }
 }

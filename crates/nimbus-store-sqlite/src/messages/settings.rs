@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use nimbus_core::event_sources::Redrive;
-pub(crate) use nimbus_core::messages_rules::{check_message, check_receive, check_settings, ms, MAX_VISIBILITY};
 use nimbus_core::messages::{QueueSettings, QueueSpec};
+pub(crate) use nimbus_core::messages_rules::{check_message, check_receive, check_settings, ms, MAX_VISIBILITY};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
