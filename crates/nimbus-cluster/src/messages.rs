@@ -76,7 +76,7 @@ pub const BUCKET: &str = "nimbus-sqs";
 /// The subjects long polls wait on: `nimbus.sqs.wake.<queue>`.
 const WAKE: &str = "nimbus.sqs.wake";
 /// A long poll looks again at least this often (a wake-up lost with a reconnect).
-pub const POLL_EVERY: Duration = Duration::from_secs(1);
+pub const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Compare-and-swap attempts before an operation gives up as contended.
 const CAS_TRIES: usize = 64;
 /// Longest a scan of one queue's entries may take.

@@ -368,9 +368,8 @@ impl Node {
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let nodes = crate::cluster::nodes(me, joined, &scheduler);
-        let storage_sets =
-            DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
-        let control = control_plane(registry, &scheduler, storage_sets, data_dir).await?;
+        let declared = DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
+        let control = control_plane(registry, &scheduler, declared, data_dir).await?;
         let info = info(sandbox.as_deref(), &resources);
         let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
         let flusher = crate::storage_usage::spawn(
