@@ -316,8 +316,9 @@ impl NatsMessages {
             bucket: BUCKET.into(),
             description: "nimbus SQS queues: settings, messages, FIFO counters and deduplication ids".into(),
             history: 1,
-            // A message of 256 KiB, JSON-escaped, with its attributes.
-            max_value_size: 2 * 1024 * 1024 - 64 * 1024,
+            // No limit of the bucket's own: a message of 256 KiB, JSON-escaped, with its
+            // attributes, is bounded by the servers' `max_payload` (2 MB, docs/cluster.md).
+            max_value_size: -1,
             // Per-key TTLs, for the FIFO deduplication ids.
             limit_markers: Some(Duration::from_secs(1)),
             ..Default::default()
