@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, object_store, stream};
 
 pub mod kv;
+pub mod messages;
 pub mod nodes;
 pub mod objects;
 pub mod queue;
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod testing;
 
 pub use kv::NatsKv;
+pub use messages::NatsMessages;
 pub use nodes::Membership;
 pub use objects::NatsObjects;
 pub use queue::{NatsQueue, QueueOptions};

@@ -15,6 +15,8 @@ pub mod invoke;
 pub mod kv;
 pub mod kv_conformance;
 pub mod messages;
+pub mod messages_conformance;
+pub mod messages_rules;
 pub mod meter;
 pub mod nodes;
 pub mod objects;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Result};
-use nimbus_cluster::{Cluster, ClusterOptions, Membership, NatsKv, NatsObjects, NatsQueue, NatsRegistry};
+use nimbus_cluster::{Cluster, ClusterOptions, Membership, NatsKv, NatsMessages, NatsObjects, NatsQueue, NatsRegistry};
 use nimbus_core::nodes::{Describe, LocalNode, NodeInfo, Nodes};
 use nimbus_scheduler::Scheduler;
 
@@ -196,6 +196,8 @@ pub struct Backends {
     pub kv: Arc<NatsKv>,
     /// Buckets and their event outbox.
     pub objects: Arc<NatsObjects>,
+    /// SQS queues and their messages.
+    pub messages: Arc<NatsMessages>,
 }
 
 impl Backends {
@@ -209,6 +211,7 @@ impl Backends {
             queue: Arc::new(NatsQueue::open(cluster).await?),
             kv: Arc::new(NatsKv::open(cluster).await?),
             objects: Arc::new(NatsObjects::open(cluster).await?),
+            messages: NatsMessages::open(cluster).await?,
         }))
     }
 }

@@ -299,16 +299,17 @@ struct Node {
     resources: Arc<Resources>,
     /// The embedded object store (S3 on the AWS port; deploys create declared buckets in it).
     objects: Arc<dyn nimbus_core::ObjectStore>,
-    /// The SQS-compatible message queues (`DATA_DIR/messages.db`): the AWS port's SQS, queue
-    /// triggers, and deploys (which create the declared queues). [`Node::message_queues`] gives
-    /// it as the trait everything but `stop` uses.
-    messages: Arc<nimbus_store_sqlite::MessageDb>,
+    /// The SQS-compatible message queues (`DATA_DIR/messages.db`, or JetStream in a cluster):
+    /// the AWS port's SQS, queue triggers, and deploys (which create the declared queues).
+    messages: Arc<dyn nimbus_core::messages::MessageQueues>,
     /// The AWS keys: the admin's (on the AWS port) and each process instance's own.
     keys: nimbus_aws::KeyRing,
     /// Forwards the object store's outbox to the async engine (bucket triggers).
     forwarder: Option<tokio::task::JoinHandle<()>>,
     /// The live nodes (`GET /v1/nodes`): this one alone, or the cluster's membership.
     nodes: Arc<dyn nimbus_core::nodes::Nodes>,
+    /// The embedded message store, to close at stop (`None` in a cluster).
+    messages_db: Option<Arc<nimbus_store_sqlite::MessageDb>>,
 }
 
 /// The stores a node serves from: the cluster's JetStream backends where `shared` has them,
@@ -320,20 +321,24 @@ struct Stores {
     kv_db: Option<Arc<nimbus_store_sqlite::KvDb>>,
     kv: Arc<dyn KvStore>,
     objects: Arc<dyn nimbus_core::ObjectStore>,
-    /// SQS queues stay embedded (messages.db) in a cluster too; deploys create declared ones.
-    messages: Arc<nimbus_store_sqlite::MessageDb>,
+    /// SQS queues; deploys create declared ones.
+    messages: Arc<dyn nimbus_core::messages::MessageQueues>,
+    /// The embedded message store, to close at stop (`None` in a cluster).
+    messages_db: Option<Arc<nimbus_store_sqlite::MessageDb>>,
 }
 
 fn open_stores(store: &Store, data_dir: &Path, shared: Option<&crate::cluster::Backends>) -> Result<Stores> {
-    let messages = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
     if let Some(b) = shared {
         let (registry, kv, objects) = (b.registry.clone(), b.kv.clone(), b.objects.clone());
-        return Ok(Stores { registry, kv_db: None, kv, objects, messages });
+        let messages = b.messages.clone();
+        return Ok(Stores { registry, kv_db: None, kv, objects, messages, messages_db: None });
     }
+    let messages_db = Arc::new(store.messages().context("cannot open the message queues (messages.db)")?);
     let kv_db = Arc::new(store.kv().context("cannot open the KV store (kv.db)")?);
     let objects = Arc::new(nimbus_store_sqlite::ObjectDb::open(data_dir).context("cannot open the object store")?);
     let registry = Arc::new(store.clone());
-    Ok(Stores { registry, kv_db: Some(kv_db.clone()), kv: kv_db, objects, messages })
+    let messages = messages_db.clone();
+    Ok(Stores { registry, kv_db: Some(kv_db.clone()), kv: kv_db, objects, messages, messages_db: Some(messages_db) })
 }
 
 impl Node {
@@ -357,15 +362,14 @@ impl Node {
         let kv_metered: Arc<dyn KvStore> = Arc::new(MeteredKv::new(stores.kv.clone(), storage.clone()));
         let Runtimes { by_kind, calls, aws, sandbox, resources } =
             runtimes(data_dir, args.insecure_no_sandbox, kv_metered.clone())?;
-        let Stores { registry, kv_db, objects, messages, .. } = stores;
+        let Stores { registry, kv_db, objects, messages, messages_db, .. } = stores;
         // Instances get their AWS keys from their first start on (even with --aws-listen off).
         let keys = nimbus_aws::KeyRing::new();
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let nodes = crate::cluster::nodes(me, joined, &scheduler);
-        let storage_sets =
-            DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
-        let control = control_plane(registry, &scheduler, storage_sets, data_dir).await?;
+        let declared = DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
+        let control = control_plane(registry, &scheduler, declared, data_dir).await?;
         let info = info(sandbox.as_deref(), &resources);
         let (stop_flusher, flusher_stopped) = tokio::sync::watch::channel(false);
         let flusher = crate::storage_usage::spawn(
@@ -396,6 +400,7 @@ impl Node {
             keys,
             forwarder: None,
             nodes,
+            messages_db,
         })
     }
 
@@ -489,7 +494,9 @@ impl Node {
         if let Some(kv) = &self.kv {
             kv.close();
         }
-        self.messages.close();
+        if let Some(m) = &self.messages_db {
+            m.close();
+        }
         self.records.close();
         if let Some(t) = self.traces {
             let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
@@ -501,7 +508,7 @@ impl Node {
 struct DeclaredStorage {
     kv: Arc<dyn KvStore>,
     objects: Arc<dyn nimbus_core::ObjectStore>,
-    messages: Arc<nimbus_store_sqlite::MessageDb>,
+    messages: Arc<dyn nimbus_core::messages::MessageQueues>,
 }
 
 /// Load the deployments into the control plane, which creates declared storage in `storage`;

@@ -226,3 +226,52 @@ async fn each_cron_slot_fires_once_in_the_cluster() {
     assert_eq!(unique.len(), times.len(), "a slot fired more than once: {times:?}");
     assert!(times.len() >= 10, "{times:?}");
 }
+
+/// SQS is shared by the cluster: boto3 creates a queue and sends a message through node A's
+/// AWS port, and receives and deletes it through node C's (each node with its own data dir and
+/// admin key); A then sees the queue empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_message_sent_through_one_node_is_received_through_another() {
+    let servers = NatsServers::start(3).await.unwrap();
+    let app = App::new("sqs-shared").conformance("node", "f", "").finish();
+    let with_aws = |name: &str| {
+        let data = app.path().join(format!(".nimbus-{name}"));
+        let args = ["--cluster", &servers.url(), "--node-name", name, "--aws-listen", "127.0.0.1:0"];
+        let server = Server::start_args(app.path(), &data, &[&args[..], &["--insecure-no-sandbox"]].concat());
+        let url = std::fs::read_to_string(data.join("aws.url")).expect("DATA_DIR/aws.url").trim().to_owned();
+        (server, data, url)
+    };
+    let (_a, a_data, a_url) = with_aws("node-a");
+    let (_c, c_data, c_url) = with_aws("node-c");
+    const SEND: &str = r#"
+import json, sys, boto3
+sqs = boto3.client("sqs", endpoint_url=sys.argv[1])
+url = sqs.create_queue(QueueName="handoff", Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
+r = sqs.send_message(QueueUrl=url, MessageBody="from A", MessageAttributes={"k": {"DataType": "String", "StringValue": "v"}})
+print(json.dumps({"id": r["MessageId"]}))
+"#;
+    const RECEIVE: &str = r#"
+import json, sys, boto3
+sqs = boto3.client("sqs", endpoint_url=sys.argv[1])
+url = sqs.get_queue_url(QueueName="handoff")["QueueUrl"]
+got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, MessageAttributeNames=["All"]).get("Messages", [])
+again = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", [])
+for m in got:
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+out = [{"id": m["MessageId"], "body": m["Body"], "k": m["MessageAttributes"]["k"]["StringValue"]} for m in got]
+print(json.dumps({"got": out, "again": len(again)}))
+"#;
+    const COUNT: &str = r#"
+import json, sys, boto3
+sqs = boto3.client("sqs", endpoint_url=sys.argv[1])
+url = sqs.get_queue_url(QueueName="handoff")["QueueUrl"]
+a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+print(json.dumps([a["ApproximateNumberOfMessages"], a["ApproximateNumberOfMessagesNotVisible"]]))
+"#;
+    let sent = common::run_json(common::boto3(SEND, &[&a_url], &a_data));
+    let got = common::run_json(common::boto3(RECEIVE, &[&c_url], &c_data));
+    assert_eq!(got["got"], json!([{"id": sent["id"], "body": "from A", "k": "v"}]), "{got}");
+    assert_eq!(got["again"], 0, "a received message stays hidden on every node");
+    let counts = common::run_json(common::boto3(COUNT, &[&a_url], &a_data));
+    assert_eq!(counts, json!(["0", "0"]), "deleted through C, gone on A");
+}

@@ -418,3 +418,11 @@ async fn a_batch_send_wakes_as_many_polls_as_it_has_messages() {
     assert_eq!(got, ["a", "b", "c"]);
     db.close();
 }
+
+#[tokio::test]
+async fn the_shared_semantics_table_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = MessageDb::open(&dir.path().join("messages.db")).unwrap();
+    nimbus_core::messages_conformance::semantics_table(&db, "conf").await.unwrap();
+    db.close();
+}
