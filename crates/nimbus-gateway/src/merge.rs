@@ -265,3 +265,144 @@ fn totals(r: &mut api::UsageReport) {
         cost: s.iter().map(|s| s.cost).sum(),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, start_ms: u64) -> api::Invocation {
+        serde_json::from_value(serde_json::json!({
+            "requestId": id, "function": "f", "version": "1", "trigger": "invoke", "startMs": start_ms,
+            "durationMs": 1.0, "billedMs": 1, "memoryMb": 128, "maxMemoryMb": 0, "cold": false,
+            "initMs": null, "instanceStartMs": null, "runtimeInitMs": null, "queueMs": 0.0, "handlerMs": 1.0,
+            "status": "success", "errorType": null, "errorMessage": null, "instanceId": null
+        }))
+        .unwrap()
+    }
+
+    fn entry(seq: u64, ts_ms: u64) -> api::LogEntry {
+        api::LogEntry { seq, request_id: format!("r{seq}"), ts_ms, text: String::new(), node: None }
+    }
+
+    fn page(entries: Vec<api::LogEntry>) -> api::LogPage {
+        api::LogPage { next: 0, entries, cursor: None, missing_nodes: Vec::new() }
+    }
+
+    #[test]
+    fn records_are_newest_first_over_all_nodes_and_the_limit_comes_after() {
+        let mine = vec![record("a2", 20), record("a1", 5)];
+        let others = vec![("b".to_owned(), vec![record("b1", 30), record("b0", 1)]), ("c".to_owned(), vec![])];
+        let merged = invocations("a", mine, others, 3);
+        let got: Vec<(&str, Option<&str>)> =
+            merged.iter().map(|r| (r.request_id.as_str(), r.node.as_deref())).collect();
+        assert_eq!(got, [("b1", Some("b")), ("a2", Some("a")), ("a1", Some("a"))]);
+    }
+
+    #[test]
+    fn log_pages_carry_a_cursor_per_node_and_lose_no_entry() {
+        // a: seqs 1 (t=10), 2 (t=40); b: seqs 7 (t=20), 8 (t=30); c did not answer.
+        let others = Gathered {
+            answers: vec![("b".to_owned(), page(vec![entry(7, 20), entry(8, 30)]))],
+            missing: vec!["c".to_owned()],
+        };
+        let first = logs("a", vec![entry(1, 10), entry(2, 40)], others, &Cursor::default(), 0, 2);
+        let got: Vec<(u64, Option<&str>)> = first.entries.iter().map(|e| (e.seq, e.node.as_deref())).collect();
+        assert_eq!(got, [(1, Some("a")), (7, Some("b"))]);
+        assert_eq!(first.cursor.as_deref(), Some("a:1,b:7,c:0"));
+        assert_eq!(first.missing_nodes, ["c"]);
+        assert_eq!(first.next, 1);
+        // The next page starts each node where the cursor says.
+        let cursor = Cursor::parse(first.cursor.as_deref().unwrap()).unwrap();
+        assert_eq!((cursor.after("a", 0), cursor.after("b", 0), cursor.after("new", 5)), (1, 7, 5));
+        let others = Gathered { answers: vec![("b".to_owned(), page(vec![entry(8, 30)]))], missing: vec![] };
+        let second = logs("a", vec![entry(2, 40)], others, &cursor, 0, 2);
+        let got: Vec<u64> = second.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(got, [8, 2]);
+        assert_eq!(second.cursor.as_deref(), Some("a:2,b:8,c:0"));
+        assert!(Cursor::parse("a:1,b").is_err());
+        assert!(Cursor::parse("a:x").is_err());
+        assert_eq!(Cursor::parse("").unwrap(), Cursor::default());
+    }
+
+    fn bucket(start_ms: u64, invocations: u64, cold: u64, p50: f64, p99: f64) -> api::StatsBucket {
+        let n = invocations > 0;
+        api::StatsBucket {
+            start_ms,
+            invocations,
+            cold,
+            cold_rate: n.then(|| cold as f64 / invocations as f64),
+            p50_ms: n.then_some(p50),
+            p99_ms: n.then_some(p99),
+            avg_ms: n.then_some(p50),
+            max_ms: n.then_some(p99),
+            ..Default::default()
+        }
+    }
+
+    fn stats_of(buckets: Vec<api::StatsBucket>, total: api::StatsBucket) -> api::StatsReport {
+        api::StatsReport {
+            function: None,
+            since_ms: 0,
+            until_ms: 20,
+            bucket_ms: 10,
+            buckets,
+            total,
+            window: "1h".into(),
+            missing_nodes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn stats_add_counts_weigh_averages_and_keep_the_worst_p99() {
+        let mine = stats_of(vec![bucket(0, 1, 1, 10.0, 10.0), bucket(10, 0, 0, 0.0, 0.0)], bucket(0, 1, 1, 10.0, 10.0));
+        let theirs =
+            stats_of(vec![bucket(0, 3, 0, 30.0, 50.0), bucket(10, 2, 0, 5.0, 6.0)], bucket(0, 5, 0, 20.0, 50.0));
+        let merged = stats(mine, Gathered { answers: vec![("b".into(), theirs)], missing: vec!["c".into()] });
+        let b0 = &merged.buckets[0];
+        assert_eq!((b0.invocations, b0.cold, b0.cold_rate), (4, 1, Some(0.25)));
+        assert_eq!((b0.p50_ms, b0.avg_ms, b0.p99_ms, b0.max_ms), (Some(25.0), Some(25.0), Some(50.0), Some(50.0)));
+        let b1 = &merged.buckets[1];
+        assert_eq!(
+            (b1.invocations, b1.p50_ms, b1.p99_ms),
+            (2, Some(5.0), Some(6.0)),
+            "an empty bucket takes the other's"
+        );
+        assert_eq!(merged.total.invocations, 6);
+        assert_eq!(merged.missing_nodes, ["c"]);
+    }
+
+    fn usage_of(requests: u64, bytes: u64, reads: u64) -> api::UsageReport {
+        serde_json::from_value(serde_json::json!({
+            "sinceMs": 0, "untilMs": 1, "granularity": "hour",
+            "prices": {"currency": "USD", "perMillionRequests": 0.2, "perGbSecond": 0.0, "serverPerHour": 0.0,
+                       "servers": 1, "perGbMonthStored": 0.0, "perMillionClassA": 0.0, "perMillionClassB": 0.0,
+                       "perGbTransferOut": 0.0, "perMillionKvReads": 0.0, "perMillionKvWrites": 0.0, "perGbMonthKv": 0.0},
+            "functions": [{"function": "f", "requests": requests, "gbSeconds": 1.0, "requestCost": 1.0,
+                           "computeCost": 1.0, "cost": 2.0, "invocationGbSeconds": 1.0}],
+            "buckets": [{"startMs": 0, "function": "f", "requests": requests, "gbSeconds": 1.0, "cost": 2.0}],
+            "total": {"requests": requests, "gbSeconds": 1.0, "cost": 2.0, "invocationGbSeconds": 1.0},
+            "alwaysOn": {"servers": 1, "serverPerHour": 0.0, "hours": 1.0, "cost": 0.0},
+            "storage": [{"kind": "bucket", "name": "b", "objects": 1, "bytes": bytes, "gbMonths": 1.0,
+                         "classA": 0, "classB": reads, "reads": reads, "writes": 0, "deletes": 0, "lists": 0,
+                         "bytesIn": 0, "bytesOut": 0, "storageCost": 1.0, "requestCost": 1.0,
+                         "transferCost": 0.0, "cost": 2.0}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn usage_sums_functions_and_requests_but_not_the_shared_store() {
+        let others = Gathered {
+            answers: vec![("b".into(), usage_of(2, 100, 5)), ("c".into(), usage_of(3, 100, 5))],
+            missing: vec![],
+        };
+        let u = usage(usage_of(1, 100, 5), others);
+        assert_eq!((u.functions.len(), u.functions[0].requests, u.total.requests), (1, 6, 6));
+        assert!((u.total.cost - 6.0).abs() < 1e-9 && (u.total.gb_seconds - 3.0).abs() < 1e-9);
+        assert_eq!((u.buckets.len(), u.buckets[0].requests), (1, 6));
+        let s = &u.storage[0];
+        assert_eq!((s.bytes, s.reads, s.class_b), (100, 15, 15), "held once, requests summed");
+        assert!((s.gb_months - 1.0).abs() < 1e-9 && (s.cost - 4.0).abs() < 1e-9, "{s:?}");
+        assert!((u.storage_total.cost - 4.0).abs() < 1e-9);
+    }
+}

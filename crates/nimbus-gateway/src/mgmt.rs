@@ -193,8 +193,7 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
 async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
     let gw = c.gw;
     let q = |key: &str| query_param(req.uri().query(), key);
-    let param = m.param.as_deref().unwrap_or_default();
-    let peers = gw.peers.as_deref();
+    let (param, peers) = (m.param.as_deref().unwrap_or_default(), gw.peers.as_deref());
     match m.endpoint {
         Endpoint::App => Ok(json(StatusCode::OK, &app(gw))),
         Endpoint::Deployments => Ok(json(StatusCode::OK, &deployments(gw))),

@@ -49,13 +49,13 @@ pub struct ClusterPeers {
 
 impl ClusterPeers {
     /// Read (or create) the cluster's peer credential.
-    pub async fn open(me: String, nodes: Arc<dyn Nodes>, registry: Arc<dyn Registry>) -> Result<ClusterPeers> {
+    pub async fn open(me: &str, nodes: Arc<dyn Nodes>, registry: Arc<dyn Registry>) -> Result<ClusterPeers> {
         let secret = shared_secret(registry.as_ref()).await?;
         let tls = crate::tls::client_config(None, None)?;
         let connector =
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
-        Ok(ClusterPeers { me, nodes, registry, secret: Mutex::new((secret, Instant::now())), http })
+        Ok(ClusterPeers { me: me.to_owned(), nodes, registry, secret: Mutex::new((secret, Instant::now())), http })
     }
 
     fn current(&self) -> String {
@@ -110,6 +110,13 @@ async fn shared_secret(registry: &dyn Registry) -> Result<String> {
     Ok(read().await?.unwrap_or(fresh))
 }
 
+/// Whether `url` names an unspecified address (`--listen 0.0.0.0:8080`): it means "this
+/// machine" to whoever dials it.
+fn unreachable(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url).split('/').next().unwrap_or_default();
+    host.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
+}
+
 #[async_trait::async_trait]
 impl Peers for ClusterPeers {
     fn me(&self) -> &str {
@@ -136,6 +143,12 @@ impl Peers for ClusterPeers {
         let calls = others.map(|n| async move {
             let body = if n.url.is_empty() {
                 Err("it has not announced its URL yet (starting)".to_owned())
+            } else if unreachable(&n.url) {
+                // Asking 0.0.0.0 would reach this node itself and pass its records off as the other's.
+                Err(format!(
+                    "it announced {}, which no other node can reach; start it with --listen ADDRESS:PORT",
+                    n.url
+                ))
             } else {
                 let url = format!("{}{}", n.url.trim_end_matches('/'), path(&n.name));
                 match tokio::time::timeout(PEER_TIMEOUT, self.get(&url)).await {
@@ -146,5 +159,19 @@ impl Peers for ClusterPeers {
             PeerAnswer { node: n.name, body }
         });
         futures_util::future::join_all(calls).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_are_not_dialled() {
+        assert!(unreachable("http://0.0.0.0:8080"));
+        assert!(unreachable("https://[::]:8443"));
+        assert!(!unreachable("http://127.0.0.1:8080"));
+        assert!(!unreachable("http://10.0.0.7:8080/"));
+        assert!(!unreachable("http://node-a.example:8080"));
     }
 }

@@ -309,8 +309,6 @@ struct Node {
     forwarder: Option<tokio::task::JoinHandle<()>>,
     /// The live nodes (`GET /v1/nodes`): this one alone, or the cluster's membership.
     nodes: Arc<dyn nimbus_core::nodes::Nodes>,
-    /// In a cluster: the other nodes, asked for their records, logs and usage.
-    peers: Option<Arc<dyn nimbus_core::peers::Peers>>,
 }
 
 /// The stores a node serves from: the cluster's JetStream backends where `shared` has them,
@@ -365,12 +363,6 @@ impl Node {
         let _ = aws.set(crate::aws::for_functions((objects.clone(), messages.clone(), keys.clone()), storage.clone()));
         let scheduler = Scheduler::new(by_kind, recorder);
         let nodes = crate::cluster::nodes(me, joined, &scheduler);
-        let peers: Option<Arc<dyn nimbus_core::peers::Peers>> = match &shared {
-            Some(b) => Some(Arc::new(
-                crate::peers::ClusterPeers::open(me.name.clone(), nodes.clone(), b.registry.clone()).await?,
-            )),
-            None => None,
-        };
         let storage_sets =
             DeclaredStorage { kv: kv_metered.clone(), objects: objects.clone(), messages: messages.clone() };
         let control = control_plane(registry, &scheduler, storage_sets, data_dir).await?;
@@ -404,7 +396,6 @@ impl Node {
             keys,
             forwarder: None,
             nodes,
-            peers,
         })
     }
 
@@ -471,7 +462,7 @@ impl Node {
             objects: self.objects.clone(),
             messages: self.message_queues(),
             nodes: self.nodes.clone(),
-            peers: self.peers.clone(),
+            peers: self.shared.as_ref().map(|b| b.peers.clone() as Arc<dyn nimbus_core::peers::Peers>),
         }
     }
 
