@@ -11,7 +11,7 @@
 //! | `GET /v1/deployments` | – | [`DeploymentSummary`]s, newest first | read |
 //! | `POST /v1/rollback` | [`RollbackRequest`] | [`Deployed`] | deploy |
 //! | `GET /v1/functions` | – | [`FunctionInfo`]s | read |
-//! | `GET /v1/functions/{name}/logs?after=&requestId=&limit=` | – | [`LogPage`] | read |
+//! | `GET /v1/functions/{name}/logs?after=&cursor=&requestId=&limit=` | – | [`LogPage`] | read |
 //! | `GET /v1/invocations?function=&requestId=&limit=` | – | [`Invocation`]s, newest first | read |
 //! | `GET /v1/invocations?status=S&function=&limit=` | – | [`Event`]s | read |
 //! | `GET /v1/invocations/{id}` | – | an [`Event`] (async), else an [`Invocation`] | read |
@@ -48,6 +48,13 @@
 //! | `POST /2015-03-31/functions/{name}/invocations` (the Invoke API, beside /v1) | the event | Lambda's answer | invoke |
 //! | `POST /v1/cache/purge` | [`CachePurgeRequest`] | [`CachePurged`] | deploy |
 //! | `GET /v1/nodes` | – | [`NodeInfo`]s, by name (one alone without `--cluster`) | read |
+//!
+//! In a cluster (`nimbus up --cluster`) the invocation records, logs, usage and stats rows
+//! (`/v1/invocations`, `…/logs`, `/v1/usage`, `/v1/stats`) are asked of every live node and
+//! merged: each record and log entry says its `node`, limits apply after the merge, and the
+//! nodes that did not answer in time are listed in the `x-nimbus-missing-nodes` header (and
+//! in `missingNodes` of a [`LogPage`], [`UsageReport`] or [`StatsReport`]) — a partial answer,
+//! not an error.
 //!
 //! Credentials: `Authorization: Bearer <token>` — `DATA_DIR/admin.token` (scope admin) or a
 //! token from `POST /v1/tokens` — or the dashboard's session cookie (admin). Scopes: `admin`
@@ -332,6 +339,13 @@ pub enum InstanceState {
 pub struct LogPage {
     pub entries: Vec<LogEntry>,
     pub next: u64,
+    /// In a cluster: where each node's entries continue (`NODE:SEQ,…`); pass it back as
+    /// `cursor` for the next page (it replaces `after`, which is one node's sequence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// In a cluster: the nodes that did not answer in time (their entries are missing).
+    #[serde(default, rename = "missingNodes", skip_serializing_if = "Vec::is_empty")]
+    pub missing_nodes: Vec<String>,
 }
 
 /// One invocation's log text (START … REPORT).
@@ -342,6 +356,9 @@ pub struct LogEntry {
     pub request_id: String,
     pub ts_ms: u64,
     pub text: String,
+    /// In a cluster: the node that ran the invocation (and holds its log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One invocation record.
@@ -375,6 +392,9 @@ pub struct Invocation {
     /// invocation, work after the response (`waitUntil`) included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_ms: Option<f64>,
+    /// In a cluster: the node that ran the invocation (and holds its record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// An async event: where it is in its lifecycle, and every attempt.
@@ -580,6 +600,9 @@ pub struct UsageReport {
     pub storage: Vec<StorageUsage>,
     #[serde(default)]
     pub storage_total: StorageTotal,
+    /// In a cluster: the nodes that did not answer in time (their use is missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_nodes: Vec<String>,
 }
 
 /// One bucket's or KV namespace's use over the report's window.
@@ -733,6 +756,9 @@ pub struct StatsReport {
     pub total: StatsBucket,
     /// The window as asked for ("1h").
     pub window: String,
+    /// In a cluster: the nodes that did not answer in time (their invocations are missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_nodes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ pub mod nodes;
 pub mod objects;
 pub mod outbound;
 pub mod outcome;
+pub mod peers;
 pub mod policy;
 pub mod queue;
 pub mod registry;

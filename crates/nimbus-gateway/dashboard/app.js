@@ -400,9 +400,12 @@
 
   function invocationTable(rows, withFunction) {
     if (!rows.length) return h('div', { class: 'empty' }, 'No invocations yet');
+    // In a cluster every record says the node that ran it.
+    const nodes = rows.some((r) => r.node);
     return h('table', { class: 'invocations' },
       h('thead', {}, h('tr', {}, h('th', {}, 'Started'), withFunction ? h('th', {}, 'Function') : null, h('th', {}, 'Status'),
-        h('th', { class: 'num' }, 'Duration'), h('th', {}, ''), h('th', {}, 'Trigger'), h('th', {}, 'Request id'))),
+        h('th', { class: 'num' }, 'Duration'), h('th', {}, ''), h('th', {}, 'Trigger'), h('th', {}, 'Request id'),
+        nodes ? h('th', {}, 'Node') : null)),
       h('tbody', {}, rows.map((r) => h('tr', { class: 'clickable', 'data-request-id': r.requestId, onclick: () => go(`/invocations/${encodeURIComponent(r.requestId)}`) },
         h('td', { class: 'nowrap', title: fmtTime(r.startMs) }, withFunction ? fmtTime(r.startMs) : fmtTime(r.startMs).slice(11)),
         withFunction ? h('td', {}, r.function) : null,
@@ -410,7 +413,8 @@
         h('td', { class: 'num' }, fmtMs(r.durationMs)),
         h('td', {}, r.cold ? h('span', { class: 'badge cold' }, 'cold') : null),
         h('td', {}, r.trigger),
-        h('td', { class: 'mono' }, link(`/invocations/${encodeURIComponent(r.requestId)}`, r.requestId))))));
+        h('td', { class: 'mono' }, link(`/invocations/${encodeURIComponent(r.requestId)}`, r.requestId)),
+        nodes ? h('td', { class: 'node' }, r.node || '') : null))));
   }
 
   async function pageInvocations(params) {

@@ -68,6 +68,8 @@ pub struct Gateway {
     pub(crate) me: std::sync::Weak<Gateway>,
     /// The live nodes (`/v1/nodes`): this one alone, or the cluster's membership.
     pub(crate) nodes: Arc<dyn nimbus_core::nodes::Nodes>,
+    /// The other nodes, asked for their records, logs and usage (`merge.rs`); `None` alone.
+    pub(crate) peers: Option<Arc<dyn nimbus_core::peers::Peers>>,
 }
 
 /// Who a request is, once its credential checked out.
@@ -192,6 +194,8 @@ pub struct Parts {
     pub messages: Arc<dyn nimbus_core::messages::MessageQueues>,
     /// The live nodes (`/v1/nodes`).
     pub nodes: Arc<dyn nimbus_core::nodes::Nodes>,
+    /// In a cluster: the other nodes, whose records, logs and usage the management API merges.
+    pub peers: Option<Arc<dyn nimbus_core::peers::Peers>>,
 }
 
 impl Gateway {
@@ -225,6 +229,7 @@ impl Gateway {
             storage: parts.telemetry.storage,
             edge: Default::default(),
             nodes: parts.nodes,
+            peers: parts.peers,
         })
     }
 

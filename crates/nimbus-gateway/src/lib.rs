@@ -27,6 +27,7 @@ mod http_route;
 mod invoke_api;
 mod invoke_stream;
 mod kv_api;
+mod merge;
 pub mod metrics;
 mod mgmt;
 mod queues_api;

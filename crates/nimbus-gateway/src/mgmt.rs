@@ -22,10 +22,12 @@ use serde::de::DeserializeOwned;
 use crate::context::{BodyError, Credential, Gateway};
 use crate::credentials;
 use crate::kv_api;
+use crate::merge;
 use crate::queues_api;
 use crate::scopes::{self, Endpoint, Matched};
 use crate::util::{json, query_param, Resp};
 use nimbus_core::messages::MqError;
+use nimbus_core::peers::{Peers, PEER_HEADER};
 
 mod traffic;
 
@@ -157,6 +159,9 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let what = format!("{} {path}", req.method());
     let source = crate::edge::client::client_ip(req.headers(), remote);
+    if req.headers().contains_key(PEER_HEADER) {
+        return peer_call(gw, req, &path).await;
+    }
     let who = match gw.authenticate(req.headers()) {
         Ok(who) => who,
         Err(refused) => {
@@ -188,24 +193,24 @@ pub(crate) async fn handle(gw: &Gateway, req: Request<Incoming>, remote: SocketA
 async fn route(c: &Caller<'_>, req: Request<Incoming>, m: Matched) -> Answer {
     let gw = c.gw;
     let q = |key: &str| query_param(req.uri().query(), key);
-    let param = m.param.as_deref().unwrap_or_default();
+    let (param, peers) = (m.param.as_deref().unwrap_or_default(), gw.peers.as_deref());
     match m.endpoint {
         Endpoint::App => Ok(json(StatusCode::OK, &app(gw))),
         Endpoint::Deployments => Ok(json(StatusCode::OK, &deployments(gw))),
         Endpoint::Deploy => deploy(c, req).await,
         Endpoint::Rollback => rollback(c, req).await,
         Endpoint::Functions => Ok(json(StatusCode::OK, &functions(gw))),
-        Endpoint::Stats => stats(gw, req.uri().query()).await,
-        Endpoint::Logs => logs(gw, param, &q).await,
+        Endpoint::Stats => stats(gw, req.uri().query(), peers).await,
+        Endpoint::Logs => logs(gw, param, &q, peers).await,
         Endpoint::Invocations if q("status").is_some() => events(gw, None, &q).await,
-        Endpoint::Invocations => invocations(gw, &q).await,
-        Endpoint::Invocation => invocation(gw, param).await,
+        Endpoint::Invocations => invocations(gw, &q, peers).await,
+        Endpoint::Invocation => invocation(gw, param, peers).await,
         Endpoint::Dlq => events(gw, Some(EventStatus::DeadLettered), &q).await,
         Endpoint::DeadLetter => dead_letter(gw, param).await,
         Endpoint::Redrive => redrive(c, req).await,
         Endpoint::Purge => purge(c, req).await,
         Endpoint::Queue => Ok(json(StatusCode::OK, &queue_info(gw))),
-        Endpoint::Usage => usage(gw, &q).await,
+        Endpoint::Usage => usage(gw, req.uri().query(), peers).await,
         Endpoint::Info => Ok(json(StatusCode::OK, &gw.config.info)),
         Endpoint::CreateToken => create_token(c, req).await,
         Endpoint::Tokens => {
@@ -571,18 +576,35 @@ fn pool(p: &nimbus_scheduler::PoolStatus) -> api::Pool {
     }
 }
 
-async fn logs(gw: &Gateway, name: &str, q: &impl Fn(&str) -> Option<String>) -> Answer {
+/// A function's log entries: this node's, and in a cluster every live node's, merged.
+async fn logs(gw: &Gateway, name: &str, q: &impl Fn(&str) -> Option<String>, peers: Option<&dyn Peers>) -> Answer {
     let after = q("after").and_then(|a| a.parse().ok()).unwrap_or(0);
-    let query = LogQuery { function: name.to_owned(), after, request_id: q("requestId"), limit: limit(q, 1000) };
+    let cursor = q("cursor").map(|c| merge::Cursor::parse(&c)).transpose().map_err(ApiError::bad_request)?;
+    let cursor = cursor.unwrap_or_default();
+    let (request_id, limit) = (q("requestId"), limit(q, 1000));
+    let local_after = peers.map_or(after, |p| cursor.after(p.me(), after));
+    let query = LogQuery { function: name.to_owned(), after: local_after, request_id: request_id.clone(), limit };
     let entries: Vec<api::LogEntry> = gw
         .history
         .logs(&query)
         .await?
         .into_iter()
-        .map(|e| api::LogEntry { seq: e.seq, request_id: e.request_id, ts_ms: e.ts_ms, text: e.text })
+        .map(|e| api::LogEntry { seq: e.seq, request_id: e.request_id, ts_ms: e.ts_ms, text: e.text, node: None })
         .collect();
-    let next = entries.last().map_or(after, |e| e.seq);
-    Ok(json(StatusCode::OK, &api::LogPage { entries, next }))
+    let Some(peers) = peers else {
+        let next = entries.last().map_or(after, |e| e.seq);
+        return Ok(json(StatusCode::OK, &api::LogPage { entries, next, cursor: None, missing_nodes: Vec::new() }));
+    };
+    let rid = request_id.map(|r| format!("&requestId={}", merge::enc(&r))).unwrap_or_default();
+    let path = |node: &str| {
+        let a = cursor.after(node, after);
+        format!("/v1/functions/{}/logs?after={a}&limit={limit}{rid}", merge::enc(name))
+    };
+    let others = merge::gather::<api::LogPage>(peers, &path).await;
+    let page = merge::logs(peers.me(), entries, others, &cursor, after, usize::try_from(limit).unwrap_or(usize::MAX));
+    let mut resp = json(StatusCode::OK, &page);
+    merge::mark_missing(&mut resp, &page.missing_nodes);
+    Ok(resp)
 }
 
 fn invocation_view(r: InvocationRecord) -> api::Invocation {
@@ -607,23 +629,53 @@ fn invocation_view(r: InvocationRecord) -> api::Invocation {
         error_message: r.error_message,
         instance_id: r.instance_id,
         response_ms: r.response_ms,
+        node: None,
     }
 }
 
-async fn invocations(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
+/// Invocation records, newest first: this node's, and in a cluster every live node's, merged.
+async fn invocations(gw: &Gateway, q: &impl Fn(&str) -> Option<String>, peers: Option<&dyn Peers>) -> Answer {
     let query = InvocationQuery { function: q("function"), request_id: q("requestId"), limit: limit(q, 100) };
-    let rows: Vec<api::Invocation> = gw.history.invocations(&query).await?.into_iter().map(invocation_view).collect();
-    Ok(json(StatusCode::OK, &rows))
+    let (rows, missing) = records(gw, query, peers).await?;
+    let mut resp = json(StatusCode::OK, &rows);
+    merge::mark_missing(&mut resp, &missing);
+    Ok(resp)
 }
 
-/// An async event by id, else the invocation record with that request id.
-async fn invocation(gw: &Gateway, id: &str) -> Answer {
+/// The records `query` selects, and the nodes that did not answer (none without a cluster).
+async fn records(
+    gw: &Gateway,
+    query: InvocationQuery,
+    peers: Option<&dyn Peers>,
+) -> Result<(Vec<api::Invocation>, Vec<String>), ApiError> {
+    let rows: Vec<api::Invocation> = gw.history.invocations(&query).await?.into_iter().map(invocation_view).collect();
+    let Some(peers) = peers else { return Ok((rows, Vec::new())) };
+    let mut path = format!("/v1/invocations?limit={}", query.limit);
+    if let Some(f) = &query.function {
+        path.push_str(&format!("&function={}", merge::enc(f)));
+    }
+    if let Some(r) = &query.request_id {
+        path.push_str(&format!("&requestId={}", merge::enc(r)));
+    }
+    let others = merge::gather::<Vec<api::Invocation>>(peers, &|_| path.clone()).await;
+    let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+    Ok((merge::invocations(peers.me(), rows, others.answers, limit), others.missing))
+}
+
+/// An async event by id, else the invocation record with that request id (in a cluster,
+/// wherever it ran).
+async fn invocation(gw: &Gateway, id: &str, peers: Option<&dyn Peers>) -> Answer {
     if let Some(ev) = gw.queue.store().get(id).await? {
         return Ok(json(StatusCode::OK, &event(ev)));
     }
     let query = InvocationQuery { function: None, request_id: Some(id.to_owned()), limit: 1 };
-    match gw.history.invocations(&query).await?.into_iter().next() {
-        Some(r) => Ok(json(StatusCode::OK, &invocation_view(r))),
+    let (rows, missing) = records(gw, query, peers).await?;
+    match rows.into_iter().next() {
+        Some(r) => Ok(json(StatusCode::OK, &r)),
+        None if !missing.is_empty() => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no invocation with that id on the nodes that answered ({} did not)", missing.join(", ")),
+        )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no invocation with that id (records are written within a moment of the invocation ending)",
@@ -830,7 +882,18 @@ async fn audit(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
     Ok(json(StatusCode::OK, &entries))
 }
 
-async fn usage(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
+/// Usage: this node's, and in a cluster every live node's, summed.
+async fn usage(gw: &Gateway, query: Option<&str>, peers: Option<&dyn Peers>) -> Answer {
+    let report = local_usage(gw, &|key: &str| query_param(query, key)).await?;
+    let Some(peers) = peers else { return Ok(json(StatusCode::OK, &report)) };
+    let path = format!("/v1/usage?{}", query.unwrap_or_default());
+    let report = merge::usage(report, merge::gather(peers, &|_| path.clone()).await);
+    let mut resp = json(StatusCode::OK, &report);
+    merge::mark_missing(&mut resp, &report.missing_nodes);
+    Ok(resp)
+}
+
+async fn local_usage(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Result<api::UsageReport, ApiError> {
     let pricing = gw.control.snapshot().live.as_ref().map(|l| l.pricing.clone()).unwrap_or_default();
     let query = crate::usage::parse_query(q, nimbus_core::ids::now_ms(), pricing).map_err(ApiError::bad_request)?;
     let rows = gw.history.usage(query.since_ms).await?;
@@ -841,7 +904,7 @@ async fn usage(gw: &Gateway, q: &impl Fn(&str) -> Option<String>) -> Answer {
         now: stored_now(gw).await,
     };
     crate::usage::add_storage(&query, storage, &mut report);
-    Ok(json(StatusCode::OK, &report))
+    Ok(report)
 }
 
 /// Every bucket and KV namespace with what it holds now (a store that cannot be read is
@@ -859,11 +922,67 @@ async fn stored_now(gw: &Gateway) -> Vec<(StorageKind, String, u64, u64)> {
     out
 }
 
-async fn stats(gw: &Gateway, query: Option<&str>) -> Answer {
+/// Stats: this node's, and in a cluster every live node's, combined. Every node is asked for
+/// the same `until` (this node's now, unless given), so all have the same buckets.
+async fn stats(gw: &Gateway, query: Option<&str>, peers: Option<&dyn Peers>) -> Answer {
+    let query = match query_param(query, "until") {
+        None if peers.is_some() => Some(format!("{}{}until={}", query.unwrap_or_default(), and(query), now_ms())),
+        _ => query.map(str::to_owned),
+    };
     let (q, window) = {
         let snapshot = gw.control.snapshot();
-        crate::stats::stats_query(query, &|f| snapshot.knows_function(f)).map_err(ApiError::bad_request)?
+        crate::stats::stats_query(query.as_deref(), &|f| snapshot.knows_function(f)).map_err(ApiError::bad_request)?
     };
-    let stats = gw.history.stats(&q).await?;
-    Ok(json(StatusCode::OK, &crate::stats::report(stats, window)))
+    let report = crate::stats::report(gw.history.stats(&q).await?, window);
+    let Some(peers) = peers else { return Ok(json(StatusCode::OK, &report)) };
+    let path = format!("/v1/stats?{}", query.unwrap_or_default());
+    let report = merge::stats(report, merge::gather(peers, &|_| path.clone()).await);
+    let mut resp = json(StatusCode::OK, &report);
+    merge::mark_missing(&mut resp, &report.missing_nodes);
+    Ok(resp)
+}
+
+/// "&" after a query that has parameters already.
+fn and(query: Option<&str>) -> &'static str {
+    if query.is_some_and(|q| !q.is_empty()) {
+        "&"
+    } else {
+        ""
+    }
+}
+
+/// A call from another node of the cluster merging a read (see `merge.rs`): it carries the
+/// cluster's peer credential instead of a token, may only read records, logs, usage and
+/// stats, and is answered from this node's own store (never asked of the others again).
+async fn peer_call(gw: &Gateway, req: Request<Incoming>, path: &str) -> Resp {
+    let secret = req.headers().get(PEER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let accepted = match &gw.peers {
+        Some(p) => p.accepts(secret).await,
+        None => false,
+    };
+    if !accepted {
+        let message = "peer call refused: this node is not in a cluster, or the x-nimbus-peer credential is not this \
+                       cluster's (nodes of one cluster share it through the registry)";
+        return ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    }
+    let segments: Vec<String> =
+        path.split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let query = req.uri().query();
+    let q = |key: &str| query_param(query, key);
+    let answer = match scopes::find(req.method().as_str(), &segments) {
+        Some(Matched { endpoint: Endpoint::Logs, param, .. }) => {
+            logs(gw, param.as_deref().unwrap_or_default(), &q, None).await
+        }
+        Some(Matched { endpoint: Endpoint::Invocations, .. }) if q("status").is_none() => {
+            invocations(gw, &q, None).await
+        }
+        Some(Matched { endpoint: Endpoint::Usage, .. }) => usage(gw, query, None).await,
+        Some(Matched { endpoint: Endpoint::Stats, .. }) => stats(gw, query, None).await,
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("a peer call may only read invocations, logs, usage and stats, not {} {path}", req.method()),
+        )),
+    };
+    answer.unwrap_or_else(ApiError::into_response)
 }

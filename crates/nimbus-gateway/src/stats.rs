@@ -105,6 +105,7 @@ pub(crate) fn report(s: Stats, window: String) -> nimbus_api::StatsReport {
         buckets: s.buckets.into_iter().map(bucket).collect(),
         total: bucket(s.total),
         window,
+        missing_nodes: Vec::new(),
     }
 }
 

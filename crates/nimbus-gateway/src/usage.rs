@@ -157,6 +157,7 @@ pub(crate) fn report(q: &UsageQuery, rows: &[UsageRow]) -> UsageReport {
         },
         storage: Vec::new(),
         storage_total: StorageTotal::default(),
+        missing_nodes: Vec::new(),
     }
 }
 

@@ -129,6 +129,24 @@ impl Client {
         r.parse()
     }
 
+    /// `GET path` of a read a cluster merges (records, logs, usage), answered as `T`, and the
+    /// nodes the answer lacks (`x-nimbus-missing-nodes`), each said on stderr: a partial
+    /// answer is still an answer.
+    pub async fn get_merged<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let r = self.call(Method::GET, path, Bytes::new(), &[]).await?;
+        if !r.status.is_success() {
+            bail!("{} ({})", r.error_text(), r.status);
+        }
+        let missing = r.headers.get(nimbus_core::peers::MISSING_NODES_HEADER).and_then(|v| v.to_str().ok());
+        if let Some(nodes) = missing.filter(|m| !m.is_empty()) {
+            eprintln!(
+                "partial answer: node(s) {} did not answer in time; what they hold is missing (`nimbus nodes` lists the live nodes)",
+                nodes.replace(',', ", ")
+            );
+        }
+        r.parse()
+    }
+
     /// `DELETE path`, answered as the API type `T`.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let r = self.call(Method::DELETE, path, Bytes::new(), &[]).await?;

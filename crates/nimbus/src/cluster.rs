@@ -185,8 +185,9 @@ pub fn nodes(me: &Me, joined: Option<&Joined>, scheduler: &Scheduler) -> Arc<dyn
 }
 
 /// The storage seams' JetStream backends, opened on this node's connection before anything
-/// else: `Node::start` uses each one in place of its embedded (SQLite) counterpart. The SQS
-/// message queues, records, logs, usage and the audit log stay on each node's embedded store.
+/// else: `Node::start` uses each one in place of its embedded (SQLite) counterpart. Records,
+/// logs, usage and the audit log stay on each node's embedded store (`peers`: the management
+/// API asks every node for records, logs and usage, and merges).
 pub struct Backends {
     /// Deployments, aliases, traffic, tokens and access keys; artifacts in the object store.
     pub registry: Arc<NatsRegistry>,
@@ -198,20 +199,25 @@ pub struct Backends {
     pub objects: Arc<NatsObjects>,
     /// SQS queues and their messages.
     pub messages: Arc<NatsMessages>,
+    /// The other nodes, asked for the records, logs and usage they hold (`peers.rs`).
+    pub peers: Arc<crate::peers::ClusterPeers>,
 }
 
 impl Backends {
     /// `None` without `--cluster`.
     pub async fn open(joined: Option<&Joined>, data_dir: &Path) -> Result<Option<Backends>> {
-        let Some(cluster) = joined.map(|j| &j.cluster) else {
+        let Some(Joined { cluster, membership, .. }) = joined else {
             return Ok(None);
         };
+        let registry = Arc::new(NatsRegistry::open(cluster, data_dir).await?);
+        let peers = crate::peers::ClusterPeers::open(cluster.node(), membership.clone(), registry.clone()).await?;
         Ok(Some(Backends {
-            registry: Arc::new(NatsRegistry::open(cluster, data_dir).await?),
+            registry,
             queue: Arc::new(NatsQueue::open(cluster).await?),
             kv: Arc::new(NatsKv::open(cluster).await?),
             objects: Arc::new(NatsObjects::open(cluster).await?),
             messages: NatsMessages::open(cluster).await?,
+            peers: Arc::new(peers),
         }))
     }
 }

@@ -219,17 +219,27 @@ pub async fn logs(
 ) -> Result<ExitCode> {
     let client = Client::new(&remote, &here())?;
     let mut after = 0u64;
+    // In a cluster: where each node's entries continue (see `LogPage::cursor`).
+    let mut cursor: Option<String> = None;
     loop {
         let mut path = format!("/v1/functions/{}/logs?after={after}", enc(&name));
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={}", enc(c)));
+        }
         if let Some(id) = &request_id {
             path.push_str(&format!("&requestId={}", enc(id)));
         }
-        let page: api::LogPage = client.get(&path).await?;
+        let page: api::LogPage = client.get_merged(&path).await?;
         let mut out = std::io::stdout().lock();
         for e in &page.entries {
             if json {
                 for line in e.text.lines() {
                     writeln!(out, "{}", log_line_json(&name, e, line))?;
+                }
+            } else if let Some(node) = &e.node {
+                // Several nodes' logs interleave: each line says where it ran.
+                for line in e.text.lines() {
+                    writeln!(out, "{node} | {line}")?;
                 }
             } else {
                 out.write_all(e.text.as_bytes())?;
@@ -238,6 +248,7 @@ pub async fn logs(
         out.flush()?;
         drop(out);
         after = page.next;
+        cursor = page.cursor;
         if !follow {
             return Ok(ExitCode::SUCCESS);
         }
@@ -268,6 +279,9 @@ fn log_line_json(function: &str, entry: &api::LogEntry, line: &str) -> Value {
     ] {
         obj.entry(k).or_insert(v);
     }
+    if let Some(node) = &entry.node {
+        obj.entry("node").or_insert(Value::String(node.clone()));
+    }
     Value::Object(obj)
 }
 
@@ -288,7 +302,7 @@ pub async fn invocations(
         print!("{}", events_table(&client.get::<Vec<api::Event>>(&path).await?));
         return Ok(ExitCode::SUCCESS);
     }
-    let records: Vec<api::Invocation> = client.get(&path).await?;
+    let records: Vec<api::Invocation> = client.get_merged(&path).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
@@ -300,14 +314,17 @@ pub async fn invocations(
 fn invocations_table(records: &[api::Invocation]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(
+    // In a cluster each record says the node that ran it: a last column then.
+    let nodes = records.iter().any(|r| r.node.is_some());
+    let _ = write!(
         out,
         "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>10} {:>5} {:>9} {:>9} {:>9} {:>9}",
         "REQUEST ID", "FUNCTION", "VER", "TRIGGER", "STATUS", "DURATION", "COLD", "QUEUE", "START", "INIT", "RESPONSE"
     );
+    let _ = writeln!(out, "{}", if nodes { "  NODE" } else { "" });
     let ms = |v: Option<f64>| v.map(|i| format!("{i:.1}ms")).unwrap_or_default();
     for r in records {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<36}  {:<16} {:>4} {:<8} {:<15} {:>8.2}ms {:>5} {:>9} {:>9} {:>9} {:>9}",
             r.request_id,
@@ -322,6 +339,8 @@ fn invocations_table(records: &[api::Invocation]) -> String {
             ms(r.runtime_init_ms),
             ms(r.response_ms),
         );
+        let node = r.node.as_deref().filter(|_| nodes).map(|n| format!("  {n}")).unwrap_or_default();
+        let _ = writeln!(out, "{node}");
     }
     out
 }
@@ -337,7 +356,7 @@ pub async fn usage(args: crate::UsageArgs) -> Result<ExitCode> {
     if let Some(p) = args.server_price {
         path.push_str(&format!("&serverPerHour={p}"));
     }
-    let report: api::UsageReport = client.get(&path).await?;
+    let report: api::UsageReport = client.get_merged(&path).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);

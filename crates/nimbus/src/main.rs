@@ -11,6 +11,7 @@ mod files;
 mod keys;
 mod kv;
 mod nodes;
+mod peers;
 mod progress;
 mod queues;
 mod storage_usage;

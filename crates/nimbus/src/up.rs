@@ -467,6 +467,7 @@ impl Node {
             objects: self.objects.clone(),
             messages: self.message_queues(),
             nodes: self.nodes.clone(),
+            peers: self.shared.as_ref().map(|b| b.peers.clone() as Arc<dyn nimbus_core::peers::Peers>),
         }
     }
 
