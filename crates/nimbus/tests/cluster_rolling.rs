@@ -41,14 +41,14 @@ struct Tally {
     served: BTreeMap<String, u32>,
     /// Every failed request: where it went, what it was, what came back.
     failed: Vec<String>,
-    /// The `n` of every event that was answered 202.
-    accepted: Vec<u64>,
+    /// The `n` and request id of every event that was answered 202.
+    accepted: Vec<(u64, String)>,
 }
 
 /// One request to `base`: every fifth an async event to `log-it` carrying `n` (every fiftieth
 /// runs for a second, so that some are running on a node when it is stopped), else a
-/// synchronous echo through `f`. `Ok` with the event's `n` if one was accepted.
-async fn one(client: &reqwest::Client, base: &str, n: u64) -> Result<Option<u64>, String> {
+/// synchronous echo through `f`. `Ok` with the event's `n` and id if one was accepted.
+async fn one(client: &reqwest::Client, base: &str, n: u64) -> Result<Option<(u64, String)>, String> {
     let event = n % 5 == 0;
     let function = if event { "log-it" } else { "f" };
     let sleep = if n % 50 == 0 { 1 } else { 0 };
@@ -59,12 +59,13 @@ async fn one(client: &reqwest::Client, base: &str, n: u64) -> Result<Option<u64>
     }
     let r = request.send().await.map_err(|e| format!("{function} #{n}: {e}"))?;
     let (status, error) = (r.status().as_u16(), r.headers().get("x-amz-function-error").cloned());
+    let id = r.headers().get("x-amzn-requestid").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let body = r.bytes().await.map_err(|e| format!("{function} #{n}: reading the body: {e}"))?;
     let want = if event { 202 } else { 200 };
     if status != want || error.is_some() {
         return Err(format!("{function} #{n}: {status} {error:?} {}", String::from_utf8_lossy(&body)));
     }
-    Ok(event.then_some(n))
+    Ok(event.then_some((n, id)))
 }
 
 /// Send about 50 requests a second, round robin over `pool`, until `stop` (or 3,000 requests,
@@ -190,13 +191,75 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         assert!(t.served.get(&s.url).is_some_and(|n| *n >= 20), "{} served too little: {:?}", s.url, t.served);
     }
     // Every accepted event ran, wherever it ended up.
-    let want: HashSet<u64> = t.accepted.iter().copied().collect();
+    let accepted = t.accepted.clone();
     drop(t);
     let load_ended = Instant::now();
-    wait_until("every accepted event to run", Duration::from_secs(60), || {
+    let missing = || {
         let ran: HashSet<u64> = runs(&log).iter().filter_map(|r| r["n"].as_u64()).collect();
-        want.is_subset(&ran)
-    })
-    .await;
-    eprintln!("{} accepted events all ran, the last {:?} after the load ended", want.len(), load_ended.elapsed());
+        accepted.iter().filter(|(n, _)| !ran.contains(n)).cloned().collect::<Vec<_>>()
+    };
+    while !missing().is_empty() && load_ended.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut states = vec![];
+    for (n, id) in missing() {
+        states.push(format!("#{n}: {:#}", nodes[0].admin(&format!("/v1/invocations/{id}")).await));
+    }
+    assert!(states.is_empty(), "accepted events that never ran:\n{}", states.join("\n"));
+    let want = accepted.len();
+    eprintln!("{want} accepted events all ran, the last {:?} after the load ended", load_ended.elapsed());
+}
+
+/// Accept one event for `function` through `s`; its request id.
+async fn accept(s: &Server, function: &str, event: &serde_json::Value) -> String {
+    let r = s.invoke_with(function, event, &[("x-amz-invocation-type", "Event")]).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.raw));
+    r.header("x-amzn-requestid").unwrap().to_owned()
+}
+
+/// Milliseconds since the Unix epoch, as event states count them.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_event_cut_short_by_a_stop_runs_again_elsewhere_uncounted() {
+    let servers = NatsServers::start(3).await.unwrap();
+    let dir = common::shared_tempdir();
+    let log = dir.path().join("runs.log");
+    // No retries: an event the stop cut short must not count as a failed attempt.
+    let app = App::new("handback");
+    app.write_file("functions/slow/app.py", common::APPENDER);
+    let app = app
+        .raw(&format!(
+            "[functions.slow]\nruntime = \"python\"\nhandler = \"app.handler\"\ntimeout = \"20s\"\nmax_retry_attempts = 0\nenv = {{ RUN_LOG = \"{}\" }}",
+            log.display()
+        ))
+        .finish();
+    let mut a = start(app.path(), &servers, "node-a", "127.0.0.1:0");
+    // A runs it alone; it outlasts what a stopping node gives running events (5 s, and 5 s
+    // more for its instances to finish).
+    let id = accept(&a, "slow", &json!({"n": 1, "sleep": 14})).await;
+    wait_until("the event to start on A", Duration::from_secs(20), || !runs(&log).is_empty()).await;
+    let b = start(app.path(), &servers, "node-b", "127.0.0.1:0");
+    let stopped_ms = now_ms();
+    let status = a.stop();
+    assert!(status.success(), "A exited with {status}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let v = b.admin(&format!("/v1/invocations/{id}")).await;
+        if v["status"] == "succeeded" {
+            break v;
+        }
+        assert!(v["status"] != "failed" && v["status"] != "dead-lettered", "{v:#}");
+        assert!(Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // One attempt counted (B's), and B began it once A let go, not after the ack wait (30 s)
+    // that a node that dies leaves its events to.
+    assert_eq!((done["attempts"].as_u64(), done["history"].as_array().unwrap().len()), (Some(1), 1), "{done:#}");
+    let began = done["history"][0]["startedMs"].as_u64().unwrap();
+    assert!(began < stopped_ms + 20_000, "B began it {} ms after A was told to stop", began - stopped_ms);
+    eprintln!("B began the event {} ms after A was told to stop", began.saturating_sub(stopped_ms));
+    assert_eq!(runs(&log).len(), 2, "{:?}", runs(&log));
 }
