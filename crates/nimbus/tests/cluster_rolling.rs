@@ -49,9 +49,9 @@ struct Tally {
 /// runs for a second, so that some are running on a node when it is stopped), else a
 /// synchronous echo through `f`. `Ok` with the event's `n` and id if one was accepted.
 async fn one(client: &reqwest::Client, base: &str, n: u64) -> Result<Option<(u64, String)>, String> {
-    let event = n % 5 == 0;
+    let event = n.is_multiple_of(5);
     let function = if event { "log-it" } else { "f" };
-    let sleep = if n % 50 == 0 { 1 } else { 0 };
+    let sleep = if n.is_multiple_of(50) { 1 } else { 0 };
     let body = json!({"op": "echo", "n": n, "sleep": sleep}).to_string();
     let mut request = client.post(format!("{base}/2015-03-31/functions/{function}/invocations")).body(body);
     if event {
@@ -176,7 +176,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
 
-    let t = tally.lock().unwrap();
+    let t = std::mem::take(&mut *tally.lock().unwrap());
     let total: u32 = t.served.values().sum();
     eprintln!("{total} requests answered during the rolling restart: {:?}", t.served);
     let failed = t.failed.len();
@@ -194,9 +194,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         let after = t.served.get(&s.url).copied().unwrap_or(0) - before;
         assert!(after >= 20, "{} served only {after} requests after its restart", s.url);
     }
-    let accepted = t.accepted.clone();
-    drop(t);
-    all_ran(&log, &accepted, &nodes[0]).await;
+    all_ran(&log, &t.accepted, &nodes[0]).await;
 }
 
 /// Every accepted event ran, wherever it ended up; else what each missing one's state is.
