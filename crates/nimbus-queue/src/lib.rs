@@ -355,6 +355,13 @@ impl Engine {
         self.stopped.notify_waiters();
     }
 
+    /// After [`Engine::shutdown`] and the instances' stop: wait (bounded) until the events the
+    /// stop cut short are handed back to the queue, before the queue closes.
+    pub async fn settle(&self, within: Duration) {
+        let all = self.config.max_in_flight as u32;
+        let _ = tokio::time::timeout(within, self.in_flight.acquire_many(all)).await;
+    }
+
     async fn work(self: Arc<Self>) {
         loop {
             if self.stopping.load(Ordering::SeqCst) {
@@ -454,6 +461,15 @@ impl Engine {
         };
         // A streamed response is collected: an async caller gets the whole result.
         let result = self.dispatch.invoke(function.clone(), invocation(&ev, &function)).await;
+        if self.stopping.load(Ordering::SeqCst) && matches!(result, Err(DispatchError::ShuttingDown { .. })) {
+            // This node stopped under the event (a restart, a scale-down): not an attempt that
+            // failed. Back to the queue, uncounted, where another node (or this one once it is
+            // back) takes it at once.
+            if let Err(e) = self.store.release(&ev.id, self.now()).await {
+                tracing::error!(id = %ev.id, "cannot hand an async event back to the queue at shutdown: {e}");
+            }
+            return;
+        }
         let result = match result {
             Ok(r) => Ok(nimbus_core::invoke::collect(r).await),
             Err(e) => Err(e),

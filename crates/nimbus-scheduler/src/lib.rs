@@ -327,11 +327,30 @@ impl Inner {
                 self.recorder.record(rec);
                 Ok(r)
             }
-            Err(e) => {
-                let err = report::instance_error(f, &a.request_id, &init_log, cold, e);
-                Err(self.failed(&a, queue_wait, err, cold))
-            }
+            Err(e) => Err(self.instance_failed(&a, queue_wait, &init_log, cold, e)),
         }
+    }
+
+    /// What an invocation whose instance failed under it reports. An instance that exits while
+    /// the node is shutting down was (most likely) stopped by the shutdown, not by the
+    /// function: that is `ShuttingDown`, a platform failure the caller may retry elsewhere
+    /// (the async engine hands such an event back, uncounted), not the function's crash.
+    fn instance_failed(
+        &self,
+        a: &Attempt,
+        queue_wait: Duration,
+        init_log: &str,
+        cold: Option<ColdStart>,
+        e: nimbus_core::InstanceError,
+    ) -> DispatchError {
+        let stopped_under_it = self.stopped.load(Ordering::Relaxed)
+            && matches!(e, nimbus_core::InstanceError::Crashed { .. } | nimbus_core::InstanceError::Lost { .. });
+        let err = if stopped_under_it {
+            DispatchError::ShuttingDown { name: a.function.spec.name.clone() }
+        } else {
+            report::instance_error(&a.function, &a.request_id, init_log, cold, e)
+        };
+        self.failed(a, queue_wait, err, cold)
     }
 }
 

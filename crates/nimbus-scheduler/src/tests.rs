@@ -573,3 +573,22 @@ async fn the_adaptive_history_of_a_function_no_longer_deployed_is_dropped() {
     h.scheduler.deploy(&[adaptive("f")]);
     assert_eq!(kept(&h), ["f"]);
 }
+
+/// An instance that exits under an invocation while the node shuts down was stopped by the
+/// shutdown: the caller hears `ShuttingDown` (a platform failure: the async engine hands the
+/// event back uncounted), not the function's crash.
+#[tokio::test(start_paused = true)]
+async fn an_invocation_whose_instance_exits_during_shutdown_is_shutting_down_not_a_crash() {
+    let h = harness(Fake { invoke_time: secs(2), ..Fake::default() });
+    let f = function("f", |_| {});
+    let cut = h.call(&f, "cut", "crash");
+    h.counters.wait_ready(1).await;
+    let scheduler = h.scheduler.clone();
+    let shutdown = tokio::spawn(async move { scheduler.shutdown(secs(5)).await });
+    assert!(matches!(cut.await.unwrap(), Err(DispatchError::ShuttingDown { .. })));
+    assert_eq!(
+        h.records.of("cut").iter().map(|r| r.status).collect::<Vec<_>>(),
+        [nimbus_core::InvocationStatus::PlatformError]
+    );
+    shutdown.await.unwrap();
+}

@@ -479,10 +479,13 @@ impl Node {
         if let Some(f) = self.forwarder.take() {
             f.abort();
         }
-        // Running async events get a moment to finish; any still running are queued again at the
-        // next start.
+        // Running async events get a moment to finish (and the instances as long again); any
+        // still running when the instances stop go back to the queue uncounted (below), for
+        // another node to run at once (or this one at its next start).
         engine.shutdown(Duration::from_secs(5)).await;
         self.scheduler.shutdown(Duration::from_secs(5)).await;
+        // Events still running when the instances stopped go back to the queue, uncounted.
+        engine.settle(Duration::from_secs(2)).await;
         let resources = self.resources.clone();
         let _ = tokio::task::spawn_blocking(move || resources.cleanup()).await;
         if let Some(q) = &self.queue {
