@@ -261,8 +261,8 @@ impl Target {
 
 /// The index of the `k`-th side to go in turn `turn`: forward in even turns, backward in odd
 /// ones (A B, B A, …), so neither side always follows the other.
-fn in_turn(turn: usize, k: usize, sides: usize) -> usize {
-    if turn % 2 == 0 {
+pub(crate) fn in_turn(turn: usize, k: usize, sides: usize) -> usize {
+    if turn.is_multiple_of(2) {
         k
     } else {
         sides.saturating_sub(k + 1)
