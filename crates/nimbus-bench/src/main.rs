@@ -18,13 +18,15 @@
 //! `nimbus-bench density` deploys 10,000 wasm functions and holds 1,000 warm instances: RSS, and
 //! bytes per function and per instance.
 //! `nimbus-bench edge` measures the edge layer: a cached response beside nginx serving the same
-//! file, and a wasm route with a rate limit beside the same route without policies.
+//! file, and a wasm route with a rate limit beside the same route without policies, each pair
+//! measured in alternation; `edge --instructions N` counts the policies' instructions per
+//! request under callgrind instead.
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive, stream, fluid, density, edge
-//   edge → wasm (the component and its greeting)
+//     keepalive, stream, fluid, density, edge, edge_instr
+//   edge → wasm (the component and its greeting);  edge_instr → edge (its app and routes)
 //   density → wasm (the component), bare_hyper (its greeting)
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
 //   events → eventsreport, sqsclient, s3client, asyncq (its Invoke client), storage (moto)
@@ -39,6 +41,7 @@ mod burst;
 mod common;
 mod density;
 mod edge;
+mod edge_instr;
 mod events;
 mod eventsreport;
 mod fixture;
@@ -160,7 +163,10 @@ fn run() -> Result<()> {
         Command::Stream(args) => rt.block_on(stream::run(args)),
         Command::Fluid(args) => rt.block_on(fluid::run(args)),
         Command::Density(args) => rt.block_on(density::run(args)),
-        Command::Edge(args) => rt.block_on(edge::run(args)),
+        Command::Edge(args) => match args.instructions {
+            Some(n) => rt.block_on(edge_instr::run(&args, n.max(1))),
+            None => rt.block_on(edge::run(args)),
+        },
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

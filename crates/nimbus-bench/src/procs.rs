@@ -167,9 +167,33 @@ impl Nimbus {
         env: &[(&str, &Path)],
         args: &[&str],
     ) -> Result<Nimbus> {
+        Nimbus::launch_under(&[], bin, app, data, log, env, args).await
+    }
+
+    /// [`Nimbus::launch_with`] under a wrapper: `wrapper` (a program and its arguments, e.g.
+    /// `valgrind --tool=callgrind …`) runs the nimbus binary. A wrapped nimbus may take ten
+    /// minutes to listen (a wrapper may be an emulator), a bare one a minute.
+    pub async fn launch_under(
+        wrapper: &[&str],
+        bin: &Path,
+        app: &Path,
+        data: &Path,
+        log: &Path,
+        env: &[(&str, &Path)],
+        args: &[&str],
+    ) -> Result<Nimbus> {
         let log = log.to_owned();
         let log_file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let ready = Duration::from_secs(if wrapper.is_empty() { 60 } else { 600 });
+        let mut child = cmd
             .arg("up")
             .arg(app)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -194,11 +218,11 @@ impl Nimbus {
             }
             Ok(None)
         };
-        let url = match tokio::time::timeout(Duration::from_secs(60), wait).await {
+        let url = match tokio::time::timeout(ready, wait).await {
             Ok(Ok(Some(url))) => url,
             Ok(Ok(None)) => bail!("nimbus up exited before listening; see {}:\n{}", log.display(), tail(&log)),
             Ok(Err(e)) => return Err(e).context("cannot read nimbus up's stdout"),
-            Err(_) => bail!("nimbus up did not print `listening on` within 60 s; see {}", log.display()),
+            Err(_) => bail!("nimbus up did not print `listening on` within {ready:?}; see {}", log.display()),
         };
         // Keep draining stdout so nimbus never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
