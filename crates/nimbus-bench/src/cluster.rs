@@ -378,15 +378,16 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     let mut runs = Vec::new();
     for run in 1..=s.runs {
         eprintln!("run {run}/{}: embedded", s.runs);
-        let embedded = embedded(&s, &ctx, run).await;
-        eprintln!("run {run}/{}: cluster", s.runs);
-        let cluster = match embedded {
-            Ok(_) => cluster(&s, &ctx, run).await,
-            Err(_) => Err(anyhow::anyhow!("not measured")),
+        let measured = match embedded(&s, &ctx, run).await {
+            Ok(embedded) => {
+                eprintln!("run {run}/{}: cluster", s.runs);
+                cluster(&s, &ctx, run).await.map(|cluster| RunResult { run, embedded, cluster })
+            }
+            Err(e) => Err(e),
         };
-        match (embedded, cluster) {
-            (Ok(embedded), Ok(cluster)) => runs.push(RunResult { run, embedded, cluster }),
-            (Err(e), _) | (_, Err(e)) => {
+        match measured {
+            Ok(r) => runs.push(r),
+            Err(e) => {
                 eprintln!("temp dir kept: {}", ctx.root.display());
                 return Err(e.context(format!("run {run}")));
             }
