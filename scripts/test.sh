@@ -64,7 +64,9 @@ mkdir -p "$bench_out"
 # queue trigger, bucket-triggered starts and the idle-CPU window (about 30 s in all).
 # `edge` runs its nginx row only where nginx is installed (nginx-light, scripts/bench-tools.sh) and
 # says so otherwise.
-for bench in process wasm all observe storage events edge; do
+# `cluster` starts one `nimbus up`, then three NATS servers (from scripts/test-deps.sh) and three
+# `nimbus up --cluster` nodes: accepts and two deploys on each side (about 25 s).
+for bench in process wasm all observe storage events edge cluster; do
   extra=()
   if [[ "$bench" == all ]]; then
     extra=(--only bare-hyper,nimbus-wasm --markdown "$bench_out/all.md" --plots "$bench_out/plots")

@@ -172,9 +172,9 @@ impl Dd {
     }
 }
 
-type PostClient = Client<HttpConnector, Full<Bytes>>;
+pub type PostClient = Client<HttpConnector, Full<Bytes>>;
 
-fn post_client() -> PostClient {
+pub fn post_client() -> PostClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build(conn)
@@ -187,7 +187,7 @@ pub enum Kind {
 }
 
 /// One Invoke API call with body `{"n": n}`; an Event call returns the event id.
-async fn invoke(client: &PostClient, uri: &Uri, kind: Kind, n: u64) -> Result<Option<String>> {
+pub async fn invoke(client: &PostClient, uri: &Uri, kind: Kind, n: u64) -> Result<Option<String>> {
     let req = hyper::Request::post(uri.clone())
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(
@@ -254,22 +254,23 @@ struct Endpoints {
     functions: Uri,
 }
 
-async fn depth(client: &load::HttpClient, ep: &Endpoints, token: &str) -> Result<u64> {
-    let v = load::get_json(client, &ep.queue, token).await?;
+async fn depth(client: &load::HttpClient, queue: &Uri, token: &str) -> Result<u64> {
+    let v = load::get_json(client, queue, token).await?;
     v.get("depth").and_then(Value::as_u64).with_context(|| format!("GET /v1/queue answered {v} without a depth"))
 }
 
-/// Poll `/v1/queue` every 50 ms until depth 0: (depth at the first poll, seconds until 0).
-async fn drain(client: &load::HttpClient, ep: &Endpoints, token: &str, timeout: Duration) -> Result<(u64, f64)> {
+/// Poll `queue` (a `/v1/queue` URL) every 50 ms until depth 0: (depth at the first poll,
+/// seconds until 0).
+pub async fn drain(client: &load::HttpClient, queue: &Uri, token: &str, timeout: Duration) -> Result<(u64, f64)> {
     let t0 = Instant::now();
-    let first = depth(client, ep, token).await?;
+    let first = depth(client, queue, token).await?;
     let mut d = first;
     while d > 0 {
         if t0.elapsed() > timeout {
             bail!("the queue still holds {d} events {timeout:?} after the accepts ({first} then)");
         }
         tokio::time::sleep(POLL).await;
-        d = depth(client, ep, token).await?;
+        d = depth(client, queue, token).await?;
     }
     Ok((first, t0.elapsed().as_secs_f64()))
 }
@@ -277,7 +278,7 @@ async fn drain(client: &load::HttpClient, ep: &Endpoints, token: &str, timeout: 
 /// Accept `n` events at `E2E_CONCURRENCY` as fast as possible, then wait for depth 0.
 async fn end_to_end(s: &AsyncSettings, nimbus: &Nimbus, ep: &Endpoints) -> Result<EndToEnd> {
     let mgmt = load::client();
-    let before = depth(&mgmt, ep, &nimbus.token).await?;
+    let before = depth(&mgmt, &ep.queue, &nimbus.token).await?;
     if before != 0 {
         bail!("the queue holds {before} events before the end-to-end phase; expected an empty queue");
     }
@@ -310,7 +311,7 @@ async fn end_to_end(s: &AsyncSettings, nimbus: &Nimbus, ep: &Endpoints) -> Resul
     if ids.len() as u64 != n {
         bail!("{n} accepts returned {} distinct event ids", ids.len());
     }
-    drain(&mgmt, ep, &nimbus.token, s.drain_timeout).await?;
+    drain(&mgmt, &ep.queue, &nimbus.token, s.drain_timeout).await?;
     let total_secs = t0.elapsed().as_secs_f64();
     let list = load::get_json(&mgmt, &ep.succeeded, &nimbus.token).await?;
     let succeeded = list
@@ -355,7 +356,7 @@ async fn measure_run(s: &AsyncSettings, nimbus: &Nimbus, run: usize) -> Result<R
     for c in ACCEPT_CONCURRENCY {
         eprintln!("  accept c={c}");
         let tput = invocations(&ep.invoke, Kind::Event, pid, c, s.warmup, s.duration, s.max).await?;
-        let (depth_after, drain_secs) = drain(&mgmt, &ep, &nimbus.token, s.drain_timeout)
+        let (depth_after, drain_secs) = drain(&mgmt, &ep.queue, &nimbus.token, s.drain_timeout)
             .await
             .with_context(|| format!("draining after the accepts at c={c}"))?;
         accepts.push(Accepts { tput, depth_after, drain_secs });

@@ -21,11 +21,14 @@
 //! file, and a wasm route with a rate limit beside the same route without policies, each pair
 //! measured in alternation; `edge --instructions N` counts the policies' instructions per
 //! request under callgrind instead.
+//! `nimbus-bench cluster` measures what replication costs: durable accepts and deploys on the
+//! embedded backend beside a three-node cluster on NATS JetStream (replicas 3, fsync always).
 
 // Imports point one way, from the commands down to what they share (no module imports one that
 // imports it, directly or through others):
 //   main → the commands: process, asyncq, wasm, all, burst, observe, bare_hyper, storage, events,
-//     keepalive, stream, fluid, density, edge, edge_instr
+//     keepalive, stream, fluid, density, edge, edge_instr, cluster
+//   cluster → asyncq (its Invoke client, load loop and queue drain)
 //   edge → wasm (the component and its greeting);  edge_instr → edge (its app and routes)
 //   density → wasm (the component), bare_hyper (its greeting)
 //   storage → s3client, storagereport;  s3client → storagereport (its settings)
@@ -38,6 +41,7 @@ mod allreport;
 mod asyncq;
 mod bare_hyper;
 mod burst;
+mod cluster;
 mod common;
 mod density;
 mod edge;
@@ -128,6 +132,11 @@ enum Command {
     /// The edge layer: a cached response (`cache = true`) vs nginx serving the same bytes as a
     /// file, and a wasm route with a rate limit vs the same route without policies.
     Edge(edge::EdgeArgs),
+    /// What replication costs: durable async accepts/s and p99 accept latency at c=32 on the
+    /// embedded backend (one `nimbus up`) vs three `nimbus up --cluster` nodes on a three-server
+    /// NATS JetStream cluster (replicas 3, `sync_interval: always`), and deploy propagation (a
+    /// deploy through node A until B and C list it live). Needs nats-server (scripts/test-deps.sh).
+    Cluster(cluster::ClusterArgs),
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
@@ -167,6 +176,7 @@ fn run() -> Result<()> {
             Some(n) => rt.block_on(edge_instr::run(&args, n.max(1))),
             None => rt.block_on(edge::run(args)),
         },
+        Command::Cluster(args) => rt.block_on(cluster::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
     }

@@ -36,7 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{kv, object_store, stream::StorageType};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, StorageType};
+use async_nats::jetstream::{kv, object_store};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -283,17 +284,26 @@ impl NatsRegistry {
         Ok(NatsRegistry { kv, deployments, objects, artifacts, bodies, changes, _watcher: watcher })
     }
 
-    /// `head` and its revision (`None`: not written yet).
+    /// `head` and its revision (`None`: not written yet), read from the bucket's stream leader.
+    /// Not `kv.entry`: KV buckets allow direct gets, which any replica answers, and a replica
+    /// may not have applied the last write yet. Two reads of one sync (the alias, then the
+    /// versions) then disagreed: a node following a deploy read the new live alias and the old
+    /// version list, and served no live deployment until the next change (`nimbus-bench
+    /// cluster` found it); a read after the watch fired could also miss the change for good.
     async fn head(&self) -> Result<(Head, Option<u64>), RegistryError> {
-        let entry = self.kv.entry(HEAD).await.map_err(|e| RegistryError::backend("read the registry head", e))?;
-        match entry.filter(|e| e.operation == kv::Operation::Put) {
-            None => Ok((Head::default(), None)),
-            Some(e) => {
-                let head = serde_json::from_slice(&e.value)
-                    .map_err(|e| RegistryError::backend("read the registry head", e))?;
-                Ok((head, Some(e.revision)))
-            }
+        let subject = format!("{}{HEAD}", self.kv.prefix);
+        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok((Head::default(), None)),
+            Err(e) => return Err(RegistryError::backend("read the registry head", e)),
+        };
+        // A delete or purge of the key leaves a marker with this header; a put has none (or PUT).
+        if message.headers.get("KV-Operation").is_some_and(|op| op.as_str() != "PUT") {
+            return Ok((Head::default(), None));
         }
+        let head = serde_json::from_slice(&message.payload)
+            .map_err(|e| RegistryError::backend("read the registry head", e))?;
+        Ok((head, Some(message.sequence)))
     }
 
     /// Apply `change` to `head` with compare-and-swap, re-reading and retrying after a conflict
