@@ -67,6 +67,9 @@ use nimbus_core::objects::{
     MAX_LIST_KEYS, MAX_PART_NUMBER, MIN_PART_BYTES,
 };
 
+pub use nimbus_store_sqlite::multipart_etag;
+use nimbus_store_sqlite::ObjectHasher as Hasher;
+
 use crate::{Cluster, ClusterError};
 
 /// Prefix of every S3 bucket's object store.
@@ -570,64 +573,6 @@ fn check_body(w: &ChunkWriter, opts: &PutOptions) -> Result<(), ObjectError> {
         (Some(w), Some(g)) if w != g.value => Err(ObjectError::BadDigest(alg.as_str())),
         _ => Ok(()),
     }
-}
-
-/// MD5 always, and the checksum the client asked for (as the embedded store computes them).
-struct Hasher {
-    md5: md5::Md5,
-    extra: Option<Extra>,
-}
-
-enum Extra {
-    Crc(ChecksumAlgorithm, crc_fast::Digest),
-    Sha256(sha2::Sha256),
-}
-
-impl Hasher {
-    fn new(alg: Option<ChecksumAlgorithm>) -> Self {
-        use sha2::Digest as _;
-        let extra = alg.map(|a| match a {
-            ChecksumAlgorithm::Crc32 => Extra::Crc(a, crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc)),
-            ChecksumAlgorithm::Crc32c => Extra::Crc(a, crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi)),
-            ChecksumAlgorithm::Sha256 => Extra::Sha256(sha2::Sha256::new()),
-        });
-        Hasher { md5: <md5::Md5 as md5::Digest>::new(), extra }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        use sha2::Digest as _;
-        md5::Digest::update(&mut self.md5, data);
-        match &mut self.extra {
-            Some(Extra::Crc(_, d)) => d.update(data),
-            Some(Extra::Sha256(d)) => d.update(data),
-            None => {}
-        }
-    }
-
-    fn finish(self) -> ([u8; 16], Option<Checksum>) {
-        use sha2::Digest as _;
-        let md5: [u8; 16] = md5::Digest::finalize(self.md5).into();
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let checksum = self.extra.map(|e| match e {
-            Extra::Crc(algorithm, d) => {
-                let v = u32::try_from(d.finalize() & 0xffff_ffff).unwrap_or(0);
-                Checksum { algorithm, value: b64.encode(v.to_be_bytes()) }
-            }
-            Extra::Sha256(d) => Checksum { algorithm: ChecksumAlgorithm::Sha256, value: b64.encode(d.finalize()) },
-        });
-        (md5, checksum)
-    }
-}
-
-/// The ETag of a multipart object: the MD5 of the parts' binary MD5s, then `-N`.
-pub fn multipart_etag(part_etags: &[String]) -> String {
-    let mut h = <md5::Md5 as md5::Digest>::new();
-    for e in part_etags {
-        let raw = hex::decode(e.trim_matches('"')).unwrap_or_default();
-        md5::Digest::update(&mut h, &raw);
-    }
-    let digest: [u8; 16] = md5::Digest::finalize(h).into();
-    format!("{}-{}", hex::encode(digest), part_etags.len())
 }
 
 /// Chunk messages a reader fetches ahead of its consumer (memory: this many chunks).

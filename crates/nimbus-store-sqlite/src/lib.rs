@@ -35,7 +35,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub use artifacts::{digest_dir, ArtifactStore};
 pub use kv::KvDb;
 pub use messages::MessageDb;
-pub use objects::{multipart_etag, ObjectDb, INLINE_MAX};
+pub use objects::{multipart_etag, Hasher as ObjectHasher, ObjectDb, INLINE_MAX};
 pub use queue::QueueDb;
 pub use records::{RecordWriter, USAGE_RETENTION};
 pub use stats::percentile;

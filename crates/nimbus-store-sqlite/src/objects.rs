@@ -655,19 +655,21 @@ fn upsert_object(
     Ok(old.into_iter().filter(|f| !f.is_empty()).collect())
 }
 
-/// MD5 always, and the checksum the client asked for.
-struct Hasher {
+/// MD5 always, and the checksum the client asked for, as S3 computes them for a PUT (the
+/// cluster's object store hashes with it too, so both stores answer alike).
+pub struct Hasher {
     md5: md5::Md5,
     extra: Option<Extra>,
 }
 
+/// The asked-for checksum's running state.
 enum Extra {
     Crc(ChecksumAlgorithm, crc_fast::Digest),
     Sha256(sha2::Sha256),
 }
 
 impl Hasher {
-    fn new(alg: Option<ChecksumAlgorithm>) -> Self {
+    pub fn new(alg: Option<ChecksumAlgorithm>) -> Self {
         use sha2::Digest as _;
         let extra = alg.map(|a| match a {
             ChecksumAlgorithm::Crc32 => Extra::Crc(a, crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc)),
@@ -677,7 +679,7 @@ impl Hasher {
         Hasher { md5: <md5::Md5 as md5::Digest>::new(), extra }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         use sha2::Digest as _;
         md5::Digest::update(&mut self.md5, data);
         match &mut self.extra {
@@ -687,7 +689,8 @@ impl Hasher {
         }
     }
 
-    fn finish(self) -> ([u8; 16], Option<Checksum>) {
+    /// The binary MD5 and the asked-for checksum.
+    pub fn finish(self) -> ([u8; 16], Option<Checksum>) {
         use sha2::Digest as _;
         let md5: [u8; 16] = md5::Digest::finalize(self.md5).into();
         let b64 = base64::engine::general_purpose::STANDARD;
