@@ -264,7 +264,10 @@ async fn a_killed_server_loses_no_accepted_event() {
     let workers: Vec<_> =
         nodes.iter().map(|q| tokio::spawn(work(q.clone(), seen.clone(), deadline, finished_all.clone()))).collect();
     let (mut refused, mut killed_at, mut restarted) = (0, None::<Instant>, false);
-    for n in 0..total * 2 {
+    // Bounded by the deadline, not by a count: a refusal comes back at once, and a client that
+    // retries (as this one does, after a pause) must not run out of tries before the victim
+    // is back.
+    for n in 0.. {
         if accepted.lock().unwrap().len() >= total || Instant::now() > deadline {
             break;
         }
@@ -277,6 +280,7 @@ async fn a_killed_server_loses_no_accepted_event() {
                 if refused <= 3 || refused % 100 == 0 {
                     eprintln!("accept {n} refused on node {}: {e}", n % 2);
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         let done = accepted.lock().unwrap().len();
