@@ -25,20 +25,10 @@ use tokio::sync::watch;
 use crate::access_keys::KeySet;
 use crate::plane::{view, ControlPlane, DeployError};
 use crate::snapshot::{DeploymentView, Snapshot, LIVE};
-use crate::stored::{self, DeploymentContent};
+use crate::stored;
 
 /// How long a failed re-read waits before the next try.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// Every artifact a deployment reads: its functions' code and its static files.
-pub(crate) fn artifact_digests(content: &DeploymentContent) -> Vec<String> {
-    let code = content.functions.iter().map(|(_, digest)| digest.clone());
-    let files = content.assets.iter().flat_map(|a| a.files.iter().map(|f| f.digest.clone()));
-    let mut all: Vec<String> = code.chain(files).collect();
-    all.sort_unstable();
-    all.dedup();
-    all
-}
 
 impl ControlPlane {
     /// Follow the registry's changes made by other nodes (see the module docs); `None` when the
@@ -71,7 +61,7 @@ impl ControlPlane {
         for record in records.into_iter().filter(|r| !old.versions.contains_key(&r.version)) {
             let content = stored::decode(record.format_version, &record.body)
                 .map_err(|source| DeployError::Unreadable { version: record.version, source })?;
-            self.registry.fetch_artifacts(&artifact_digests(&content)).await?;
+            self.registry.fetch_artifacts(&content.artifact_digests()).await?;
             let built = Arc::new(view(self.registry.as_ref(), record.version, record.app, record.created_ms, content));
             versions.insert(built.version, built.clone());
             added.push(built.version);

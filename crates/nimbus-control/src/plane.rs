@@ -228,7 +228,7 @@ impl ControlPlane {
             let content = stored::decode(record.format_version, &record.body)
                 .map_err(|source| DeployError::Unreadable { version: record.version, source })?;
             // In a cluster, code another node stored is fetched before anything reads it.
-            registry.fetch_artifacts(&crate::follow::artifact_digests(&content)).await?;
+            registry.fetch_artifacts(&content.artifact_digests()).await?;
             let view = view(registry.as_ref(), record.version, record.app, record.created_ms, content);
             versions.insert(view.version, Arc::new(view));
         }

@@ -505,6 +505,19 @@ pub struct DeploymentContent {
     pub assets: Option<AssetManifest>,
 }
 
+impl DeploymentContent {
+    /// Every artifact the deployment reads: its functions' code and its static files, sorted,
+    /// each once.
+    pub fn artifact_digests(&self) -> Vec<String> {
+        let code = self.functions.iter().map(|(_, digest)| digest.clone());
+        let files = self.assets.iter().flat_map(|a| a.files.iter().map(|f| f.digest.clone()));
+        let mut all: Vec<String> = code.chain(files).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
 /// Why a stored body cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
