@@ -234,6 +234,17 @@ impl Cluster {
     }
 }
 
+/// A KV key or subject token for `name`: itself when made of letters, digits, `-` and `_`,
+/// else `=` and its hex spelling (`=` is allowed in both and never in a name left as it is).
+pub(crate) fn token(name: &str) -> String {
+    let safe = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if safe {
+        name.to_owned()
+    } else {
+        format!("={}", hex::encode(name))
+    }
+}
+
 /// How long creating a stream or bucket keeps retrying: a NATS cluster that is still forming
 /// (servers just started, or one restarting) answers "no suitable peers for placement" to a
 /// replicated stream until its servers know each other again.

@@ -69,7 +69,7 @@ use nimbus_core::messages_rules::{self as rules, ms};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{Cluster, ClusterError};
+use crate::{token, Cluster, ClusterError};
 
 /// The bucket of queues, messages, counters and deduplication ids.
 pub const BUCKET: &str = "nimbus-sqs";
@@ -88,16 +88,6 @@ const MAX_POLL_ROUNDS: usize = 10_000;
 
 fn backend(what: &str, e: impl std::fmt::Display) -> MqError {
     MqError::Backend(format!("NATS JetStream failed to {what}: {e}"))
-}
-
-/// A KV key or subject token for `name` (see the module documentation).
-fn token(name: &str) -> String {
-    let safe = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if safe {
-        name.to_owned()
-    } else {
-        format!("={}", hex::encode(name))
-    }
 }
 
 fn queue_key(queue: &str) -> String {

@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::{Cluster, ClusterError};
+use crate::{token, Cluster, ClusterError};
 
 /// The stream of events waiting or running.
 pub const STREAM: &str = "NIMBUS_ASYNC";
@@ -184,17 +184,6 @@ fn b64(bytes: &[u8]) -> String {
 
 fn unb64(text: &str) -> Bytes {
     Bytes::from(base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_default())
-}
-
-/// A KV key or subject token for `name`: itself when made of letters, digits, `-` and `_`,
-/// else `=` and its hex spelling (`=` is allowed in both and never in a name left as it is).
-fn token(name: &str) -> String {
-    let safe = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if safe {
-        name.to_owned()
-    } else {
-        format!("={}", hex::encode(name))
-    }
 }
 
 fn event_key(id: &str) -> String {
