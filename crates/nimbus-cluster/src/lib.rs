@@ -182,17 +182,39 @@ impl Cluster {
 
     async fn key_value_once(&self, config: jetstream::kv::Config) -> Result<jetstream::kv::Store, ClusterError> {
         if let Ok(store) = self.js.get_key_value(config.bucket.clone()).await {
-            return Ok(store);
+            return self.leader_reads(store).await;
         }
         let bucket = config.bucket.clone();
-        match self.js.create_key_value(config).await {
-            Ok(store) => Ok(store),
+        let store = match self.js.create_key_value(config).await {
+            Ok(store) => store,
             Err(e) => self
                 .js
                 .get_key_value(bucket.clone())
                 .await
-                .map_err(|_| ClusterError::jetstream(format!("create the KV bucket {bucket}"), e)),
+                .map_err(|_| ClusterError::jetstream(format!("create the KV bucket {bucket}"), e))?,
+        };
+        self.leader_reads(store).await
+    }
+
+    /// `store`, with direct gets turned off so that every read goes to the bucket stream's
+    /// leader. JetStream creates KV buckets with direct gets, which any replica answers, and a
+    /// replica that lags behind returns the value from before an acknowledged write: a node
+    /// reading right after another node wrote saw the old value.
+    async fn leader_reads(&self, store: jetstream::kv::Store) -> Result<jetstream::kv::Store, ClusterError> {
+        let mut config = store.stream.cached_info().config.clone();
+        if !config.allow_direct {
+            return Ok(store);
         }
+        config.allow_direct = false;
+        let bucket = store.name.clone();
+        self.js
+            .update_stream(config)
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("turn off replica reads of the KV bucket {bucket}"), e))?;
+        self.js
+            .get_key_value(bucket.clone())
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("open the KV bucket {bucket}"), e))
     }
 
     /// The stream `config.name`, created with `config` (and this cluster's replicas) when absent.

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 /// Node `name` of the cluster on `servers`, serving `app` from its own data dir.
 fn node(app: &Path, servers: &NatsServers, name: &str) -> Server {
-    let data = app.join(format!(".nimbus-{name}"));
+    let data = app.join(".nimbus").join(name);
     Server::start_args(
         app,
         &data,
@@ -235,7 +235,7 @@ async fn an_sqs_message_sent_through_one_node_is_received_through_another() {
     let servers = NatsServers::start(3).await.unwrap();
     let app = App::new("sqs-shared").conformance("node", "f", "").finish();
     let with_aws = |name: &str| {
-        let data = app.path().join(format!(".nimbus-{name}"));
+        let data = app.path().join(".nimbus").join(name);
         let args = ["--cluster", &servers.url(), "--node-name", name, "--aws-listen", "127.0.0.1:0"];
         let server = Server::start_args(app.path(), &data, &[&args[..], &["--insecure-no-sandbox"]].concat());
         let url = std::fs::read_to_string(data.join("aws.url")).expect("DATA_DIR/aws.url").trim().to_owned();

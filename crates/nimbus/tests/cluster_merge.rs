@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 /// Node `name` of the cluster on `servers`, serving `app` from its own data dir (so with its
 /// own admin token and its own records).
 fn node(app: &Path, servers: &NatsServers, name: &str) -> Server {
-    let data = app.join(format!(".nimbus-{name}"));
+    let data = app.join(".nimbus").join(name);
     Server::start_args(
         app,
         &data,

@@ -17,7 +17,7 @@ fn app() -> App {
 }
 
 fn node(app: &App, servers: &NatsServers, name: &str) -> Server {
-    let data = app.path().join(format!(".nimbus-{name}"));
+    let data = app.path().join(".nimbus").join(name);
     Server::start_args(
         app.path(),
         &data,
@@ -75,7 +75,7 @@ async fn three_nodes_list_each_other_and_forget_a_killed_one() {
         .arg(app.path())
         .args(["--listen", "127.0.0.1:0", "--aws-listen", "off", "--insecure-no-sandbox"])
         .arg("--data-dir")
-        .arg(app.path().join(".nimbus-dup"))
+        .arg(app.path().join(".nimbus").join("dup"))
         .args(["--cluster", &servers.url(), "--node-name", "node-2"])
         .output()
         .unwrap();

@@ -26,7 +26,7 @@ fn flags<'a>(servers: &'a str, name: &'a str) -> [&'a str; 7] {
 
 /// Start node `name` on `listen` (`127.0.0.1:0` the first time, its old address after).
 fn start(app: &Path, servers: &NatsServers, name: &str, listen: &str) -> Server {
-    let data = app.join(format!(".nimbus-{name}"));
+    let data = app.join(".nimbus").join(name);
     let url = servers.url();
     Server::launch(app, &data, &[], listen, &flags(&url, name))
 }
