@@ -48,6 +48,7 @@ CLUSTER_FLAGS = {
     "--nats-tls-cert",
     "--nats-tls-key",
     "--cluster-replicas",
+    "--advertise-url",
 }
 
 

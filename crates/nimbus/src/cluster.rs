@@ -41,6 +41,11 @@ pub struct ClusterArgs {
     /// acknowledged write through the loss of one server).
     #[arg(long, value_name = "N", default_value_t = nimbus_cluster::DEFAULT_REPLICAS, help_heading = "Cluster")]
     pub cluster_replicas: usize,
+    /// The URL the other nodes reach this node's gateway at (http://HOST:PORT), when that is not
+    /// the --listen address: in a container or a pod (its IP), behind NAT, or with --listen
+    /// 0.0.0.0:PORT, which no other node can dial. [default: the --listen address]
+    #[arg(long, value_name = "URL", env = "NIMBUS_ADVERTISE_URL", help_heading = "Cluster")]
+    pub advertise_url: Option<String>,
 }
 
 impl ClusterArgs {
@@ -54,6 +59,7 @@ impl ClusterArgs {
                 (self.nats_tls_ca.is_some(), "--nats-tls-ca"),
                 (self.nats_tls_cert.is_some(), "--nats-tls-cert"),
                 (self.nats_tls_key.is_some(), "--nats-tls-key"),
+                (self.advertise_url.is_some(), "--advertise-url"),
             ];
             if let Some((_, flag)) = stray.iter().find(|(given, _)| *given) {
                 bail!("{flag} is for cluster nodes: add --cluster nats://HOST:PORT (or set NIMBUS_CLUSTER), or drop {flag}");
@@ -69,6 +75,27 @@ impl ClusterArgs {
         opts.replicas = self.cluster_replicas;
         Ok(Some(opts))
     }
+}
+
+/// `--advertise-url`, checked before anything connects: an http(s) URL with a host the other
+/// nodes can dial and nothing after the port (they add the API paths), as `SCHEME://HOST:PORT`.
+fn advertise_url(raw: &str) -> Result<String> {
+    const WANT: &str = "give the URL the other nodes reach this node's gateway at, http://HOST:PORT";
+    let uri: http::Uri = raw.trim().parse().map_err(|e| anyhow::anyhow!("--advertise-url {raw:?} is not a URL ({e}): {WANT}"))?;
+    let (Some(scheme @ ("http" | "https")), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        bail!("--advertise-url {raw:?} is not an http:// or https:// URL: {WANT}");
+    };
+    if authority.as_str().contains('@') {
+        bail!("--advertise-url {raw:?} holds a user name, which would be sent to every node: {WANT}");
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        bail!("--advertise-url {raw:?}: {host} means every address of this machine, which no other node can dial; {WANT} with this node's own address");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        bail!("--advertise-url {raw:?} has a path; the other nodes add the API paths themselves: {WANT}");
+    }
+    Ok(format!("{scheme}://{authority}"))
 }
 
 /// The host name and the listen port (the process id when the port is picked at bind), so
@@ -95,6 +122,9 @@ pub struct Joined {
     pub membership: Arc<Membership>,
     /// The comma-separated server list, for the banner.
     pub servers: String,
+    /// `--advertise-url`: what the heartbeats give as this node's URL, in place of the
+    /// gateway's listen address.
+    pub advertise: Option<String>,
 }
 
 /// What describes this node: its name, when it started, and (once they exist) the scheduler
@@ -144,21 +174,27 @@ pub async fn join(args: &ClusterArgs, listen: SocketAddr) -> Result<(Me, Option<
     let Some(opts) = args.options(listen)? else {
         return Ok((Me::new(default_node_name(listen)), None));
     };
+    let advertise = args.advertise_url.as_deref().map(advertise_url).transpose()?;
     let cluster = Cluster::connect(&opts).await?;
     let me = Me::new(opts.node_name.clone());
     let membership = Membership::join(&cluster, me.describe(None)).await?;
     tracing::info!(node = %me.name, servers = %opts.servers.join(","), "joined the cluster");
     let servers = opts.servers.join(",");
-    Ok((me, Some(Joined { cluster, membership: Arc::new(membership), servers })))
+    Ok((me, Some(Joined { cluster, membership: Arc::new(membership), servers, advertise })))
 }
 
 /// With `--cluster`, before anything is opened: a cluster that cannot be reached, or a node
 /// name a live node holds, stops `nimbus up` here (see [`join`]). Once the gateway listens:
-/// heartbeats carry its URL from now on, and the banner says which cluster this node is in.
+/// heartbeats carry its URL (`--advertise-url` when given) from now on, and the banner says
+/// which cluster this node is in.
 pub fn announce(me: &Me, joined: Option<&Joined>, url: &str) {
-    let _ = me.url.set(url.to_owned());
+    let advertised = joined.and_then(|j| j.advertise.as_deref());
+    let _ = me.url.set(advertised.unwrap_or(url).to_owned());
     if let Some(j) = joined {
         println!("  cluster node {} of {} (`nimbus nodes` lists the live ones)", me.name, j.servers);
+        if let Some(a) = advertised {
+            println!("  the other nodes reach this one at {a}");
+        }
     }
 }
 
@@ -267,6 +303,28 @@ mod tests {
         assert!(err.contains("--node-name is for cluster nodes: add --cluster"), "{err}");
         let err = options(&["--cluster", "http://[::1"]).unwrap_err().to_string();
         assert!(err.contains("--cluster") && err.contains("nats://127.0.0.1:4222"), "{err}");
+    }
+
+    #[test]
+    fn an_advertised_url_is_one_other_nodes_can_dial() {
+        assert_eq!(advertise_url("http://10.1.2.3:8080").unwrap(), "http://10.1.2.3:8080");
+        assert_eq!(advertise_url("https://web1.internal:8443/").unwrap(), "https://web1.internal:8443");
+        assert_eq!(advertise_url("http://[fd00::7]:8080").unwrap(), "http://[fd00::7]:8080");
+        for (bad, says) in [
+            ("10.1.2.3:8080", "not an http:// or https:// URL"),
+            ("nats://10.1.2.3:4222", "not an http:// or https:// URL"),
+            ("http://0.0.0.0:8080", "no other node can dial"),
+            ("http://[::]:8080", "no other node can dial"),
+            ("http://10.1.2.3:8080/v1", "has a path"),
+            ("http://admin:pw@10.1.2.3:8080", "user name"),
+            ("http://10.1.2.3:80 80", "is not a URL"),
+        ] {
+            let err = advertise_url(bad).unwrap_err().to_string();
+            assert!(err.contains("--advertise-url") && err.contains(says), "{bad}: {err}");
+            assert!(err.contains("http://HOST:PORT"), "{bad}: {err}");
+        }
+        let err = options(&["--advertise-url", "http://10.1.2.3:8080"]).unwrap_err().to_string();
+        assert!(err.contains("--advertise-url is for cluster nodes"), "{err}");
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl Peers for ClusterPeers {
             } else if unreachable(&n.url) {
                 // Asking 0.0.0.0 would reach this node itself and pass its records off as the other's.
                 Err(format!(
-                    "it announced {}, which no other node can reach; start it with --listen ADDRESS:PORT",
+                    "it announced {}, which no other node can reach; start it with --advertise-url http://ADDRESS:PORT (or --listen ADDRESS:PORT)",
                     n.url
                 ))
             } else {
