@@ -74,6 +74,11 @@ pub const BUCKET: &str = "nimbus-events";
 const SHARE_WAIT: Duration = Duration::from_millis(100);
 /// A state the revision of which moved between read and write is looked at again this often.
 const CAS_TRIES: usize = 5;
+/// How long an accept keeps retrying a write that failed for a reason that passes: when a NATS
+/// server dies its clients reconnect to another and its streams elect new leaders, and for a
+/// few seconds writes time out or find no responder. A retried write cannot double: the
+/// event's state is created under its fresh id, and its message carries a de-duplication id.
+const ACCEPT_PATIENCE: Duration = Duration::from_secs(8);
 /// How many fetched events one node claims at once (each claim is two round trips to the
 /// event bucket's leader).
 const CLAIMS_AT_ONCE: usize = 64;
@@ -513,12 +518,42 @@ impl Inner {
         }
     }
 
+    /// Store a new event's state under `key`, retrying through a server's death (see
+    /// [`ACCEPT_PATIENCE`]); its revision.
+    async fn create_event(&self, key: &str, value: Bytes) -> Result<u64, QueueError> {
+        let mut patience = Patience::new(ACCEPT_PATIENCE);
+        let mut retried = false;
+        loop {
+            let e = match self.kv.create(key, value.clone()).await {
+                Ok(revision) => return Ok(revision),
+                Err(e) => e,
+            };
+            match e.kind() {
+                // The try before stored it, and its answer was lost: the key is the event's own.
+                CreateErrorKind::AlreadyExists if retried => {
+                    let entry = self.kv.entry(key).await.map_err(|e| storage("read an event back", e))?;
+                    if let Some(entry) = entry.filter(|entry| entry.value == value) {
+                        return Ok(entry.revision);
+                    }
+                }
+                CreateErrorKind::Publish | CreateErrorKind::Ack | CreateErrorKind::Other if patience.wait().await => {
+                    tracing::debug!("storing an event failed ({e}); trying again");
+                    retried = true;
+                    continue;
+                }
+                _ => {}
+            }
+            return Err(storage("store an event", e));
+        }
+    }
+
     /// Publish the event's message and wait for the stream's acknowledgement; false when the
     /// stream already had this generation of the event (de-duplicated).
     async fn publish(&self, record: &Record) -> Result<bool, QueueError> {
         let body = format!("{}:{}", record.generation, record.id);
         let msg_id = format!("{}.{}", record.id, record.generation);
         let mut tries = 0;
+        let mut patience = Patience::new(ACCEPT_PATIENCE);
         loop {
             let msg = PublishMessage::build().payload(body.clone().into()).message_id(msg_id.clone());
             let ack = async { self.js.send_publish(subject(&record.function), msg).await?.await }.await;
@@ -529,6 +564,9 @@ impl Inner {
                 Err(e) if in_process(&e) && tries < CAS_TRIES * 4 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(e) if passing(&e) && patience.wait().await => {
+                    tracing::debug!("queueing an event failed ({e}); trying again");
                 }
                 Err(e) => return Err(storage(&format!("queue an event on {STREAM}"), e)),
             }
@@ -724,6 +762,43 @@ impl Inner {
 }
 
 /// JetStream's "duplicate message id is in process" (409, 10158).
+/// Whether a publish failed for a reason that passes while servers come and go: no answer in
+/// time, a lost connection, no responder (the stream's leader is being elected), or the
+/// server's 503 ("JetStream system temporarily unavailable").
+fn passing(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::BrokenPipe | Kind::StreamNotFound => true,
+        Kind::Other => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|j| j.code() == 503),
+        _ => false,
+    }
+}
+
+/// Pauses between the tries of a write that failed for a passing reason, growing from 50 ms
+/// to 500 ms, for as long as `within` allows.
+struct Patience {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Patience {
+    fn new(within: Duration) -> Patience {
+        Patience { deadline: tokio::time::Instant::now() + within, pause: Duration::from_millis(50) }
+    }
+
+    /// Wait before the next try; false (at once) when it would end past the deadline.
+    async fn wait(&mut self) -> bool {
+        if tokio::time::Instant::now() + self.pause > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(500));
+        true
+    }
+}
+
 fn in_process(e: &async_nats::jetstream::context::PublishError) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
@@ -748,7 +823,7 @@ impl QueueStore for NatsQueue {
         }
         let record = Record::new(&event);
         let key = event_key(&event.id);
-        let revision = me.kv.create(&key, record.encode()?).await.map_err(|e| storage("store an event", e))?;
+        let revision = me.create_event(&key, record.encode()?).await?;
         if let Err(e) = me.publish(&record).await {
             // Not accepted (no 202): take the state back, so that it does not show as queued
             // for good. Were the message stored after all, `claim` finds no state and drops it.

@@ -81,7 +81,8 @@ impl ClusterArgs {
 /// nodes can dial and nothing after the port (they add the API paths), as `SCHEME://HOST:PORT`.
 fn advertise_url(raw: &str) -> Result<String> {
     const WANT: &str = "give the URL the other nodes reach this node's gateway at, http://HOST:PORT";
-    let uri: http::Uri = raw.trim().parse().map_err(|e| anyhow::anyhow!("--advertise-url {raw:?} is not a URL ({e}): {WANT}"))?;
+    let uri: http::Uri =
+        raw.trim().parse().map_err(|e| anyhow::anyhow!("--advertise-url {raw:?} is not a URL ({e}): {WANT}"))?;
     let (Some(scheme @ ("http" | "https")), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         bail!("--advertise-url {raw:?} is not an http:// or https:// URL: {WANT}");
     };

@@ -104,7 +104,8 @@ async fn the_others_are_told_the_advertised_url() {
     let flags = |name: &'static str| ["--cluster", &url, "--node-name", name, "--cluster-replicas", "1"];
     let mut pod_args = flags("pod").to_vec();
     pod_args.extend(["--advertise-url", &advertised, "--aws-listen", "off", "--insecure-no-sandbox"]);
-    let pod = Server::launch(app.path(), &app.path().join(".nimbus").join("pod"), &[], &format!("0.0.0.0:{port}"), &pod_args);
+    let pod =
+        Server::launch(app.path(), &app.path().join(".nimbus").join("pod"), &[], &format!("0.0.0.0:{port}"), &pod_args);
     let mut other_args = flags("other").to_vec();
     other_args.extend(["--aws-listen", "off", "--insecure-no-sandbox"]);
     let other = Server::start_args(app.path(), &app.path().join(".nimbus").join("other"), &other_args);
