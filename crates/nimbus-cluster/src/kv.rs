@@ -65,6 +65,9 @@ const EXPIRES_HEADER: &str = "Nimbus-Expires";
 const KV_OPERATION_HEADER: &str = "KV-Operation";
 /// Most compare-and-swap rounds one write tries before giving up (each round one writer wins).
 const MAX_ATTEMPTS: usize = 200;
+/// How long a write waits out a stream that answers with no responder (just created, or
+/// electing a leader) before it reports the failure.
+const NO_RESPONDER_PATIENCE: Duration = Duration::from_secs(5);
 /// Longest wait for the next key while `list` scans a namespace.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Past this many remembered counters, idle ones are forgotten.
@@ -287,16 +290,29 @@ impl Inner {
         if let Some(seq) = expected {
             headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, seq.to_string().as_str());
         }
-        let ack = match self.js.publish_with_headers(loc.subject.clone(), headers, value).await {
-            Ok(future) => future.await,
-            Err(e) => Err(e),
+        let mut patience = crate::Patience::new(NO_RESPONDER_PATIENCE);
+        let ack = loop {
+            let ack = match self.js.publish_with_headers(loc.subject.clone(), headers.clone(), value.clone()).await {
+                Ok(future) => future.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                // No server listened on the subject, so nothing was stored: a stream just
+                // created (its servers not subscribed yet) or electing a leader. Try again;
+                // any other failure might have stored the write, and a retried
+                // compare-and-swap would then count it twice.
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                    let err = self.missing_or(loc, KvError::backend("write a key", e)).await;
+                    if matches!(err, KvError::NoSuchNamespace(_)) || !patience.wait().await {
+                        return Err(err);
+                    }
+                }
+                ack => break ack,
+            }
         };
         match ack {
             Ok(ack) => Ok(Ok(ack.sequence)),
             Err(e) if is_wrong_last_sequence(&e) => Ok(Err(Conflict)),
-            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                Err(self.missing_or(loc, KvError::backend("write a key", e)).await)
-            }
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 let why = format!("{e}: the value and its headers exceed the NATS servers' max_payload (1 MiB unless configured); set max_payload: 2MB in every nats-server's configuration");
                 Err(KvError::backend("write a key", std::io::Error::other(why)))

@@ -272,9 +272,32 @@ pub(crate) fn token(name: &str) -> String {
 /// replicated stream until its servers know each other again.
 const OPEN_DEADLINE: Duration = Duration::from_secs(15);
 
+/// Pauses between the tries of a write that failed for a passing reason, growing from 50 ms
+/// to 500 ms, for as long as `within` allows.
+pub(crate) struct Patience {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Patience {
+    pub(crate) fn new(within: Duration) -> Patience {
+        Patience { deadline: tokio::time::Instant::now() + within, pause: Duration::from_millis(50) }
+    }
+
+    /// Wait before the next try; false (at once) when it would end past the deadline.
+    pub(crate) async fn wait(&mut self) -> bool {
+        if tokio::time::Instant::now() + self.pause > self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(500));
+        true
+    }
+}
+
 /// Run `open` until it succeeds or [`OPEN_DEADLINE`] passes (then its last error), pausing a
 /// little longer after each failure.
-async fn patiently<T, F, Fut>(mut open: F) -> Result<T, ClusterError>
+pub(crate) async fn patiently<T, F, Fut>(mut open: F) -> Result<T, ClusterError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClusterError>>,

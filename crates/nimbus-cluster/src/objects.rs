@@ -893,10 +893,13 @@ async fn outbox_consumer(cluster: &Cluster) -> Result<PullConsumer, ClusterError
         ack_wait: OUTBOX_ACK_WAIT,
         ..Default::default()
     };
-    stream
-        .get_or_create_consumer("forwarder", config)
-        .await
-        .map_err(|e| ClusterError::jetstream(format!("create the consumer of {OUTBOX}"), e))
+    crate::patiently(|| async {
+        stream
+            .get_or_create_consumer("forwarder", config.clone())
+            .await
+            .map_err(|e| ClusterError::jetstream(format!("create the consumer of {OUTBOX}"), e))
+    })
+    .await
 }
 
 /// An outbox message as stored (the id is its stream sequence, given on reading).

@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::{token, Cluster, ClusterError};
+use crate::{patiently, token, Cluster, ClusterError, Patience};
 
 /// The stream of events waiting or running.
 pub const STREAM: &str = "NIMBUS_ASYNC";
@@ -358,10 +358,14 @@ impl NatsQueue {
             max_ack_pending: -1,
             ..Default::default()
         };
-        let consumer = stream
-            .get_or_create_consumer(CONSUMER, config)
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("create the consumer {CONSUMER} on {STREAM}"), e))?;
+        // Patiently: a node started while a server rejoins waits out the consumer's new leader.
+        let consumer = patiently(|| async {
+            stream
+                .get_or_create_consumer(CONSUMER, config.clone())
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("create the consumer {CONSUMER} on {STREAM}"), e))
+        })
+        .await?;
         let kv = cluster.key_value(kv::Config { bucket: BUCKET.into(), history: 1, ..Default::default() }).await?;
         let kv_stream = cluster
             .jetstream()
@@ -773,29 +777,6 @@ fn passing(e: &async_nats::jetstream::context::PublishError) -> bool {
             .and_then(|s| s.downcast_ref::<jetstream::Error>())
             .is_some_and(|j| j.code() == 503),
         _ => false,
-    }
-}
-
-/// Pauses between the tries of a write that failed for a passing reason, growing from 50 ms
-/// to 500 ms, for as long as `within` allows.
-struct Patience {
-    deadline: tokio::time::Instant,
-    pause: Duration,
-}
-
-impl Patience {
-    fn new(within: Duration) -> Patience {
-        Patience { deadline: tokio::time::Instant::now() + within, pause: Duration::from_millis(50) }
-    }
-
-    /// Wait before the next try; false (at once) when it would end past the deadline.
-    async fn wait(&mut self) -> bool {
-        if tokio::time::Instant::now() + self.pause > self.deadline {
-            return false;
-        }
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(500));
-        true
     }
 }
 
