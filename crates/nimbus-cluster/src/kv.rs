@@ -150,10 +150,14 @@ impl NatsKv {
             clock: Arc::new(nimbus_core::ids::now_ms),
             slots: Mutex::new(HashMap::new()),
         };
-        inner
-            .ensure_stream(COUNTERS_BUCKET, StorageType::Memory)
-            .await
-            .map_err(|e| ClusterError::jetstream(format!("create the KV bucket {COUNTERS_BUCKET}"), e))?;
+        // Patiently, as the cluster's own buckets: servers still forming refuse placement.
+        crate::patiently(|| async {
+            inner
+                .ensure_stream(COUNTERS_BUCKET, StorageType::Memory)
+                .await
+                .map_err(|e| ClusterError::jetstream(format!("create the KV bucket {COUNTERS_BUCKET}"), e))
+        })
+        .await?;
         Ok(NatsKv { inner: Arc::new(inner) })
     }
 

@@ -135,14 +135,20 @@ impl Follow {
 /// with several invocations in flight, the lines the attribution gives it.
 type Attribution = (Arc<std::sync::Mutex<crate::attribution::Attribution>>, String);
 
+///
+/// The attribution stays locked from reading the pipes until the lines are handed out.
+/// Otherwise two invocations ending at once could lose lines: one takes the other's lines off
+/// the pipes, the other ends before they are attributed (taking nothing), and then they find
+/// no invocation in flight to belong to.
 pub(crate) fn drain(logs: &LogTap, shared: &Shared, attribution: Option<&Attribution>) -> String {
-    let mut log = if attribution.is_some() { logs.drain_lines() } else { logs.drain() };
+    let split = attribution.map(|(split, id)| (split.lock().unwrap_or_else(|e| e.into_inner()), id));
+    let mut log = if split.is_some() { logs.drain_lines() } else { logs.drain() };
     for note in shared.services.as_ref().map(|s| s.take_notes()).unwrap_or_default() {
         log.push_str(&note);
         log.push('\n');
     }
-    match attribution {
-        Some((split, id)) => split.lock().unwrap_or_else(|e| e.into_inner()).end(id, &log),
+    match split {
+        Some((mut split, id)) => split.end(id, &log),
         None => log,
     }
 }

@@ -570,15 +570,8 @@ impl ProcessInstance {
     /// refused), so they read in the invocation's log. With one invocation at a time that is
     /// everything written; with several, the lines [`crate::attribution`] gives it.
     fn drain_log(&self, id: &str) -> String {
-        let mut log = if self.concurrency > 1 { self.logs.drain_lines() } else { self.logs.drain() };
-        for note in self.shared.services.as_ref().map(|s| s.take_notes()).unwrap_or_default() {
-            log.push_str(&note);
-            log.push('\n');
-        }
-        if self.concurrency > 1 {
-            return self.attribution.lock().unwrap_or_else(|e| e.into_inner()).end(id, &log);
-        }
-        log
+        let attribution = (self.concurrency > 1).then(|| (self.attribution.clone(), id.to_owned()));
+        crate::follow::drain(&self.logs, &self.shared, attribution.as_ref())
     }
 
     fn read_max_memory(&self) -> u32 {
