@@ -765,7 +765,6 @@ impl Inner {
     }
 }
 
-/// JetStream's "duplicate message id is in process" (409, 10158).
 /// Whether a publish failed for a reason that passes while servers come and go: no answer in
 /// time, a lost connection, no responder (the stream's leader is being elected), or the
 /// server's 503 ("JetStream system temporarily unavailable").
@@ -780,6 +779,7 @@ fn passing(e: &async_nats::jetstream::context::PublishError) -> bool {
     }
 }
 
+/// JetStream's "duplicate message id is in process" (409, 10158).
 fn in_process(e: &async_nats::jetstream::context::PublishError) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
