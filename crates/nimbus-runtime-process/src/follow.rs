@@ -131,10 +131,11 @@ impl Follow {
     }
 }
 
-/// The invocation's output since the last drain, then nimbus's notes (as `ProcessInstance`'s):
-/// with several invocations in flight, the lines the attribution gives it.
+/// An instance's attribution of output to its invocations in flight, and the invocation's id.
 type Attribution = (Arc<std::sync::Mutex<crate::attribution::Attribution>>, String);
 
+/// The invocation's output since the last drain, then nimbus's notes (as `ProcessInstance`'s):
+/// with several invocations in flight, the lines the attribution gives it.
 ///
 /// The attribution stays locked from reading the pipes until the lines are handed out.
 /// Otherwise two invocations ending at once could lose lines: one takes the other's lines off

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{appender, runs, unsafe_kill, wait_until, App, Server};
+use common::{appender, runs, unsafe_kill, wait_every, wait_until, App, Server};
 use nimbus_cluster::testing::NatsServers;
 use serde_json::{json, Value};
 
@@ -153,14 +153,8 @@ fn times_run(log: &Path) -> HashMap<u64, u32> {
     times
 }
 
-/// Poll `check` every 250 ms (the run log grows to thousands of lines) until it holds.
-async fn every_quarter_second_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// The run log grows to thousands of lines: read it four times a second.
+const LOG_POLL: Duration = Duration::from_millis(250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_async_events_survive_a_killed_node_and_a_killed_server() {
@@ -179,7 +173,7 @@ async fn ten_thousand_async_events_survive_a_killed_node_and_a_killed_server() {
     assert_eq!(accepted.len(), first.len(), "every node accepts while all are up");
     let first_accepts = started.elapsed();
     // Mid-run: a nimbus node and a NATS server die; accepting goes on through the others.
-    every_quarter_second_until("some events to run", Duration::from_secs(60), || runs(&log).len() >= 20).await;
+    wait_every(LOG_POLL, "some events to run", Duration::from_secs(60), || runs(&log).len() >= 20).await;
     let ran_before_kill = runs(&log).len();
     unsafe_kill(b.pid(), libc::SIGKILL);
     common::wait_child(&mut b.child, Duration::from_secs(10));
@@ -193,7 +187,7 @@ async fn ten_thousand_async_events_survive_a_killed_node_and_a_killed_server() {
 
     // Every accepted event runs; those B held when it died run again elsewhere.
     let want: HashSet<u64> = accepted.iter().map(|(n, _)| *n).collect();
-    every_quarter_second_until("every accepted event to run", Duration::from_secs(300), || {
+    wait_every(LOG_POLL, "every accepted event to run", Duration::from_secs(300), || {
         let ran = times_run(&log);
         want.iter().all(|n| ran.contains_key(n))
     })

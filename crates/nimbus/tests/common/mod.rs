@@ -571,10 +571,15 @@ pub fn runs(log: &Path) -> Vec<Value> {
 }
 
 /// Poll `check` until it holds (bounded).
-pub async fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, within: Duration, check: impl FnMut() -> bool) {
+    wait_every(Duration::from_millis(20), what, within, check).await;
+}
+
+/// [`wait_until`], polling every `every` (for checks that cost more, such as a long log).
+pub async fn wait_every(every: Duration, what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(every).await;
     }
 }
