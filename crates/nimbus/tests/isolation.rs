@@ -25,19 +25,23 @@ const SECRET: &str = "neighbour-secret-7d41c9";
 /// The unprivileged user nimbus runs as in the rootless variant.
 const ROOTLESS_UID: u32 = 1000;
 
-/// hostile (granted `friend` only), greedy (the hostile code at the limits), neighbour (node,
+/// hostile (granted `friend` only), greedy and spinner (the hostile code at `memory_mb` and at
+/// `cpu_ms`: one limit each, since at its memory limit the kernel reclaims before it kills, and
+/// that reclaim burns CPU time, so with both limits either may end it first), neighbour (node,
 /// with a secret), friend, stranger. hostile has memory for filling its 512 MB /tmp, since a
 /// cgroup counts the pages of /tmp (tmpfs) as the instance's memory.
 fn hostile_app() -> App {
     let app = App::new("tenants").conformance("python", "friend", "").conformance("python", "stranger", "");
     copy_dir(&fixture("hostile"), &app.path().join("functions/hostile"));
     copy_dir(&fixture("hostile"), &app.path().join("functions/greedy"));
+    copy_dir(&fixture("hostile"), &app.path().join("functions/spinner"));
     copy_dir(&fixture("conformance/node"), &app.path().join("functions/neighbour"));
     app.raw(
         "[functions.hostile]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\nmemory_mb = 1024\n\
          [functions.hostile.grants]\nfunctions = [\"friend\"]\n\
          [functions.greedy]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\n\
-         memory_mb = 128\ncpu_ms = 200\n",
+         memory_mb = 128\n\
+         [functions.spinner]\nruntime = \"python\"\nhandler = \"handler.handler\"\ntimeout = \"30s\"\ncpu_ms = 200\n",
     )
     .raw(&format!(
         "[functions.neighbour]\nruntime = \"node\"\nhandler = \"index.handler\"\nenv = {{ SECRET = \"{SECRET}\" }}\n"
@@ -163,12 +167,12 @@ async fn limits_hold(server: &Server) {
         assert!(next.log().contains("Init Duration: "), "not a new instance:\n{}", next.log());
     }
 
-    let r = server.invoke_with("greedy", &json!({"op": "spin", "ms": 2000}), &tail).await;
+    let r = server.invoke_with("spinner", &json!({"op": "spin", "ms": 2000}), &tail).await;
     assert_eq!(r.function_error(), Some("Unhandled"), "a 2 s spin fit in cpu_ms = 200: {:?}", r.body);
     assert_eq!(r.body["errorType"], "Runtime.CpuLimitExceeded", "{:?}", r.body);
     assert!(r.elapsed < std::time::Duration::from_millis(1500), "stopped only after {:?}", r.elapsed);
     assert!(r.log().contains("Runtime.CpuLimitExceeded"), "{}", r.log());
-    let next = server.invoke_with("greedy", &json!({"op": "spin", "ms": 10}), &tail).await;
+    let next = server.invoke_with("spinner", &json!({"op": "spin", "ms": 10}), &tail).await;
     assert_eq!((next.status, next.function_error()), (200, None), "{:?}", next.body);
     assert!(next.log().contains("Init Duration: "), "not a new instance:\n{}", next.log());
     assert!(process_alive(server.pid()), "nimbus died");
