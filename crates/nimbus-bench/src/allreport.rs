@@ -758,7 +758,7 @@ mod tests {
 
     #[test]
     fn a_rerun_on_benchmarks_md_keeps_everything_around_the_block() {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md")).unwrap();
+        let text = std::fs::read_to_string(golden::manifest_dir().join("../../BENCHMARKS.md")).unwrap();
         let (b, e) = (text.find(BEGIN).unwrap(), text.find(END).unwrap() + END.len());
         assert!(text[..b].contains("\n## Targets\n"), "BENCHMARKS.md has its Targets above the generated block");
         let path = std::env::temp_dir().join(format!("nimbus-bench-md-repo-{}.md", std::process::id()));

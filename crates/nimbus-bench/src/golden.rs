@@ -10,9 +10,16 @@ use serde_json::json;
 use crate::load::{CpuSplit, Throughput};
 use crate::model::{AllResults, AllSettings, BurstResult, Cfg, Measured, Outcome, RunAll};
 
+/// This crate's directory: the one the test runner names (cargo and nextest set
+/// `CARGO_MANIFEST_DIR` for the test process), else where it was compiled. A test binary reused
+/// from a build cache made in another checkout must read this checkout's files.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 /// Compare `actual` with `testdata/NAME` (or write it, when blessing).
 pub fn check(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    let path = manifest_dir().join("testdata").join(name);
     if std::env::var_os("NIMBUS_BENCH_BLESS").is_some() {
         std::fs::write(&path, actual).unwrap();
         return;
