@@ -492,8 +492,11 @@ impl ObjectDb {
         self.db(move |c| {
             bucket_must_exist(c, &b)?;
             let sql_text = format!("SELECT {OBJECT_COLUMNS}, file, {body} FROM objects WHERE bucket = ?1 AND key = ?2");
-            c.query_row(&sql_text, params![b, k], |r| Ok((meta_from_row(r)?, r.get::<_, String>(8)?, r.get(9)?)))
-                .optional()
+            c.prepare_cached(&sql_text)
+                .and_then(|mut s| {
+                    s.query_row(params![b, k], |r| Ok((meta_from_row(r)?, r.get::<_, String>(8)?, r.get(9)?)))
+                        .optional()
+                })
                 .map_err(sql("read an object"))?
                 .ok_or_else(|| ObjectError::NoSuchKey(b.clone(), k.clone()))
         })
@@ -557,8 +560,8 @@ fn check_expected(opts: &PutOptions, got: Option<&Checksum>) -> Result<(), Objec
 
 fn bucket_must_exist(c: &Connection, bucket: &str) -> Result<(), ObjectError> {
     let found: Option<i64> = c
-        .query_row("SELECT 1 FROM buckets WHERE name = ?1", [bucket], |r| r.get(0))
-        .optional()
+        .prepare_cached("SELECT 1 FROM buckets WHERE name = ?1")
+        .and_then(|mut s| s.query_row([bucket], |r| r.get(0)).optional())
         .map_err(sql("read a bucket"))?;
     found.map(|_| ()).ok_or_else(|| ObjectError::NoSuchBucket(bucket.to_owned()))
 }
@@ -631,13 +634,15 @@ fn upsert_object(
 ) -> Result<Vec<String>, ObjectError> {
     bucket_must_exist(tx, bucket)?;
     let old: Option<String> = tx
-        .query_row("SELECT file FROM objects WHERE bucket = ?1 AND key = ?2", params![bucket, meta.key], |r| r.get(0))
-        .optional()
+        .prepare_cached("SELECT file FROM objects WHERE bucket = ?1 AND key = ?2")
+        .and_then(|mut s| s.query_row(params![bucket, meta.key], |r| r.get(0)).optional())
         .map_err(sql("read an object"))?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO objects (bucket, key, file, size, etag, modified_ms, headers, checksum_alg, checksum, parts, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
+    )
+    .and_then(|mut s| {
+        s.execute(params![
             bucket,
             meta.key,
             stored.file(),
@@ -649,8 +654,8 @@ fn upsert_object(
             meta.checksum.as_ref().map(|c| c.value.clone()),
             meta.parts,
             stored.inline(),
-        ],
-    )
+        ])
+    })
     .map_err(sql("store an object"))?;
     Ok(old.into_iter().filter(|f| !f.is_empty()).collect())
 }
@@ -761,9 +766,13 @@ impl ObjectStore for ObjectDb {
         opts: PutOptions,
     ) -> Result<ObjectMeta, ObjectError> {
         check_key(key)?;
-        // Refuse early for a missing bucket, before reading a body nobody will keep.
-        let b = bucket.to_owned();
-        self.db(move |c| bucket_must_exist(c, &b)).await?;
+        // Refuse early for a missing bucket, before reading (and fsyncing) a large body nobody
+        // will keep. A small one is read anyway: the commit checks the bucket again, and the
+        // early check would cost a small PUT a round trip through the blocking pool.
+        if opts.content_length.is_none_or(|n| n > INLINE_MAX) {
+            let b = bucket.to_owned();
+            self.db(move |c| bucket_must_exist(c, &b)).await?;
+        }
         let w = self.write_body(body, &opts, true).await?;
         let meta = ObjectMeta {
             key: key.to_owned(),
@@ -1665,6 +1674,25 @@ mod tests {
         assert!(matches!(db.head_object("b", "k").await, Err(ObjectError::NoSuchKey(..))));
         assert_eq!(std::fs::read_dir(&db.inner.data).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(&db.inner.tmp).unwrap().count(), 0);
+    }
+
+    /// A PUT into a missing bucket is refused whatever its body: a large one (or one of unknown
+    /// length) before the body is read, a small one at the commit. Nothing is left behind.
+    #[tokio::test]
+    async fn a_put_into_a_missing_bucket_is_refused_at_any_size() {
+        let (_d, db) = store().await;
+        let large = u64::try_from(big(1).len()).unwrap();
+        for (data, declared) in [(&b"small"[..], Some(5)), (big(1), Some(large)), (&b"unknown"[..], None)] {
+            let opts = PutOptions { content_length: declared, ..PutOptions::default() };
+            let outcome = db.put_object("missing", "k", body(vec![data]), opts).await;
+            assert!(
+                matches!(outcome, Err(ObjectError::NoSuchBucket(ref b)) if b == "missing"),
+                "{declared:?}: {outcome:?}"
+            );
+        }
+        assert_eq!(std::fs::read_dir(&db.inner.data).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&db.inner.tmp).unwrap().count(), 0);
+        assert!(matches!(db.head_object("missing", "k").await, Err(ObjectError::NoSuchBucket(_))));
     }
 
     #[tokio::test]
