@@ -113,7 +113,7 @@ impl Cfg {
             Cfg::NimbusWasmReuse => "the same component with `instance_reuse = true`",
             Cfg::NimbusWasmJs => "JS component (componentize-js, guests/hello-js), `instance_reuse = true`",
             Cfg::NimbusWasmPy => "Python component (componentize-py, guests/hello-py), `instance_reuse = true`",
-            Cfg::NimbusNode => "Node handler over the Lambda Runtime API, max_instances = 2",
+            Cfg::NimbusNode => "Node handler over the Lambda Runtime API, max_instances = 2, concurrency = 32",
             Cfg::NimbusPython => "Python handler over the Lambda Runtime API, max_instances = 2",
             Cfg::WasmtimeServe => {
                 "`wasmtime serve -S cli` 48.0.8 on the Rust component: a fresh instance per request (compiles the component at every start)"
