@@ -74,10 +74,17 @@ async fn at_the_cap_with_a_full_queue_callers_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_queued_request_waits_at_most_queue_timeout() {
+    // The instance is started ahead (min_instances): a cold start counts against queue_timeout
+    // (docs/manifest.md), and 300 ms is shorter than a cold start on a busy machine.
     let app = App::new("queue")
-        .conformance("python", "f", "max_instances = 1\nqueue_timeout = \"300ms\"\ntimeout = \"10s\"")
+        .conformance(
+            "python",
+            "f",
+            "max_instances = 1\nmin_instances = 1\nqueue_timeout = \"300ms\"\ntimeout = \"10s\"",
+        )
         .finish();
     let server = Server::start(app.path());
+    server.wait_for("the instance to be warm", Duration::from_secs(30), |f| count(f, "f", "idle") == 1).await;
     let marker = app.path().join("started");
     let slow = server.start_sleeping("f", 2000, &marker).await;
     let queued = server.invoke("f", &json!({"op": "echo"})).await;

@@ -310,6 +310,10 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         while !marker.exists() {
+            if handle.is_finished() {
+                let answer = handle.await.unwrap();
+                panic!("{function} answered before it started sleeping: {} {:?}", answer.status, answer.body);
+            }
             assert!(Instant::now() < deadline, "{} never appeared: the function did not start", marker.display());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
