@@ -479,7 +479,13 @@ async fn traces_export_a_span_per_invocation_with_its_cold_start_phases_over_otl
         assert_eq!(w[0].end_time_unix_nano, w[1].start_time_unix_nano, "{} then {}", w[0].name, w[1].name);
     }
     assert_eq!(phases[3].end_time_unix_nano, c.end_time_unix_nano);
-    assert!(phases[2].end_time_unix_nano - phases[2].start_time_unix_nano > 1_000_000, "python's init takes over 1 ms");
+    // The runtime's init as measured, not a placeholder. Not a fixed floor: forked from the
+    // zygote, a python runtime may be ready in under a millisecond.
+    let records = server.records("f", 2).await;
+    let record = records.iter().find(|r| r["requestId"] == ids[0].as_str()).unwrap();
+    let runtime_init_ms = record["runtimeInitMs"].as_f64().unwrap();
+    let span_ms = (phases[2].end_time_unix_nano - phases[2].start_time_unix_nano) as f64 / 1e6;
+    assert!(runtime_init_ms > 0.0 && (span_ms - runtime_init_ms).abs() < 0.01, "{span_ms} ms vs {record:#}");
 
     let w = root(&ids[1]);
     assert_eq!(attr(w, "faas.coldstart").as_deref(), Some("false"));
