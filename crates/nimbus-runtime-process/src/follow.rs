@@ -108,7 +108,8 @@ impl Follow {
     }
 
     fn finish(self, outcome: Result<InvokeOutcome, InstanceError>, response: Option<Instant>) {
-        let log = drain(&self.logs, &self.shared, self.attribution.as_ref());
+        let attribution = self.attribution.as_ref().map(|(split, id)| (&**split, id.as_str()));
+        let log = drain(&self.logs, &self.shared, attribution);
         let outcome = outcome.map_err(|e| with_log(e, log.clone()));
         let duration = self.started.elapsed();
         let max_memory_mb =
@@ -134,6 +135,9 @@ impl Follow {
 /// An instance's attribution of output to its invocations in flight, and the invocation's id.
 type Attribution = (Arc<std::sync::Mutex<crate::attribution::Attribution>>, String);
 
+/// [`Attribution`] borrowed, as [`drain`] takes it.
+pub(crate) type AttributionRef<'a> = (&'a std::sync::Mutex<crate::attribution::Attribution>, &'a str);
+
 /// The invocation's output since the last drain, then nimbus's notes (as `ProcessInstance`'s):
 /// with several invocations in flight, the lines the attribution gives it.
 ///
@@ -141,7 +145,7 @@ type Attribution = (Arc<std::sync::Mutex<crate::attribution::Attribution>>, Stri
 /// Otherwise two invocations ending at once could lose lines: one takes the other's lines off
 /// the pipes, the other ends before they are attributed (taking nothing), and then they find
 /// no invocation in flight to belong to.
-pub(crate) fn drain(logs: &LogTap, shared: &Shared, attribution: Option<&Attribution>) -> String {
+pub(crate) fn drain(logs: &LogTap, shared: &Shared, attribution: Option<AttributionRef<'_>>) -> String {
     let split = attribution.map(|(split, id)| (split.lock().unwrap_or_else(|e| e.into_inner()), id));
     let mut log = if split.is_some() { logs.drain_lines() } else { logs.drain() };
     for note in shared.services.as_ref().map(|s| s.take_notes()).unwrap_or_default() {

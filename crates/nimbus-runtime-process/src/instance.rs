@@ -570,8 +570,8 @@ impl ProcessInstance {
     /// refused), so they read in the invocation's log. With one invocation at a time that is
     /// everything written; with several, the lines [`crate::attribution`] gives it.
     fn drain_log(&self, id: &str) -> String {
-        let attribution = (self.concurrency > 1).then(|| (self.attribution.clone(), id.to_owned()));
-        crate::follow::drain(&self.logs, &self.shared, attribution.as_ref())
+        let attribution = (self.concurrency > 1).then_some((&*self.attribution, id));
+        crate::follow::drain(&self.logs, &self.shared, attribution)
     }
 
     fn read_max_memory(&self) -> u32 {
