@@ -195,9 +195,17 @@ impl Stored {
 
 /// What a GET reads: the row's body, or its file.
 enum Source {
-    Inline(bytes::Bytes),
+    /// The whole range, in memory: an inline body's slice, or a file range read in one go.
+    Bytes(bytes::Bytes),
+    /// A file positioned at the range's start, for ranges over [`READ_WHOLE_MAX`].
     File(tokio::fs::File),
 }
+
+/// A file range up to this size is read with one blocking-pool task (open, seek, one read into
+/// a buffer of its exact size) and sent as one chunk. Through `tokio::fs::File` the same 1 MiB
+/// took a pool hop per step and per 256 KiB chunk, and a copy from tokio's buffer into each
+/// chunk. Larger ranges stream, so a GET never holds more than this in memory.
+const READ_WHOLE_MAX: u64 = 8 << 20;
 
 /// A body being received: kept in memory until it outgrows [`INLINE_MAX`] (or from the start,
 /// when it may not be inline), then written on to a temp file.
@@ -465,16 +473,37 @@ impl ObjectDb {
 
     /// Open an object's body: its row's, or its file at the start (retrying when an overwrite
     /// unlinked the file in between).
-    async fn open_object(&self, bucket: &str, key: &str) -> Result<(ObjectMeta, Source), ObjectError> {
+    /// An object's metadata, the byte range `range` resolves to, and that range's body.
+    async fn open_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(ObjectMeta, u64, u64, Source), ObjectError> {
         for _ in 0..3 {
             let (meta, file, inline) = self.object_row(bucket, key, true).await?;
+            let (start, end) = match range {
+                None => (0, meta.size),
+                Some(r) => r.resolve(meta.size).ok_or(ObjectError::InvalidRange(meta.size))?,
+            };
             if let Some(body) = inline {
-                return Ok((meta, Source::Inline(body.into())));
+                let part = slice_inline(body, start, end, meta.size)?;
+                return Ok((meta, start, end, Source::Bytes(part)));
             }
-            match tokio::fs::File::open(self.data_path(&file)).await {
-                Ok(f) => return Ok((meta, Source::File(f))),
+            let path = self.data_path(&file);
+            let opened = if end - start <= READ_WHOLE_MAX {
+                tokio::task::spawn_blocking(move || read_range(&path, start, end))
+                    .await
+                    .map_err(|e| ObjectError::backend("read an object", e))?
+                    .map(Source::Bytes)
+            } else {
+                open_at(&path, start).await.map(Source::File)
+            };
+            match opened {
+                Ok(source) => return Ok((meta, start, end, source)),
+                // Replaced (and its old file unlinked) between the row and the open: read the new row.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ObjectError::backend("open an object", e)),
+                Err(e) => return Err(ObjectError::backend("read an object", e)),
             }
         }
         Err(ObjectError::backend("open an object", std::io::Error::other("it was replaced three times while opening")))
@@ -787,26 +816,10 @@ impl ObjectStore for ObjectDb {
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
-        let (meta, source) = self.open_object(bucket, key).await?;
-        let (start, end) = match range {
-            None => (0, meta.size),
-            Some(r) => r.resolve(meta.size).ok_or(ObjectError::InvalidRange(meta.size))?,
-        };
+        let (meta, start, end, source) = self.open_object(bucket, key, range).await?;
         let body: ByteStream = match source {
-            Source::Inline(all) => {
-                let (s, e) = (usize::try_from(start).unwrap_or(usize::MAX), usize::try_from(end).unwrap_or(usize::MAX));
-                if s > e || e > all.len() {
-                    let why = format!("its stored body has {} bytes, its row says {}", all.len(), meta.size);
-                    return Err(ObjectError::backend("read an object", std::io::Error::other(why)));
-                }
-                let part = all.slice(s..e);
-                let capacity = part.len().max(1);
-                Box::pin(tokio_util::io::ReaderStream::with_capacity(std::io::Cursor::new(part), capacity))
-            }
-            Source::File(mut file) => {
-                if start > 0 {
-                    file.seek(std::io::SeekFrom::Start(start)).await.map_err(io("seek in an object"))?;
-                }
+            Source::Bytes(all) => Box::pin(futures_util::stream::iter(std::iter::once(Ok(all)))),
+            Source::File(file) => {
                 Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024))
             }
         };
@@ -1392,6 +1405,43 @@ fn last_entry(page: &ListPage) -> String {
     let obj = page.objects.last().map(|m| m.key.as_str()).unwrap_or("");
     let cp = page.common_prefixes.last().map(String::as_str).unwrap_or("");
     obj.max(cp).to_owned()
+}
+
+/// `start..end` of an inline body, checked against the size its row gives.
+fn slice_inline(body: Vec<u8>, start: u64, end: u64, size: u64) -> Result<bytes::Bytes, ObjectError> {
+    let all = bytes::Bytes::from(body);
+    let (s, e) = (usize::try_from(start).unwrap_or(usize::MAX), usize::try_from(end).unwrap_or(usize::MAX));
+    if s > e || e > all.len() {
+        let why = format!("its stored body has {} bytes, its row says {size}", all.len());
+        return Err(ObjectError::backend("read an object", std::io::Error::other(why)));
+    }
+    Ok(all.slice(s..e))
+}
+
+/// Bytes `start..end` of the file at `path`, read into one buffer of their size (blocking).
+fn read_range(path: &Path, start: u64, end: u64) -> std::io::Result<bytes::Bytes> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start))?;
+    }
+    let len = usize::try_from(end - start).map_err(std::io::Error::other)?;
+    let mut buf = Vec::with_capacity(len);
+    file.take(end - start).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        let why = format!("its file ended after {} of the {len} bytes its row names", buf.len());
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why));
+    }
+    Ok(buf.into())
+}
+
+/// The file at `path`, positioned at `start`.
+async fn open_at(path: &Path, start: u64) -> std::io::Result<tokio::fs::File> {
+    let mut file = tokio::fs::File::open(path).await?;
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
