@@ -3,18 +3,25 @@
 //! (same JSON body, same content-type). The bench runs it as a child process by re-executing
 //! itself as `nimbus-bench bare-hyper --port-file FILE`, so it is measured like every other
 //! server: its own process, its own CPU and RSS.
+//!
+//! `nimbus-bench bare-objects` is the same server keeping PUT bodies in memory and answering
+//! GETs with them: the storage bench's limit for an HTTP object server on this machine and with
+//! this client (no signature check, no hash, no disk).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 #[derive(Args)]
@@ -41,8 +48,56 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     Ok(resp)
 }
 
-/// Serve on 127.0.0.1:0 until killed (or `max_secs`), after writing the port to `port_file`.
+/// The hello server: serve on 127.0.0.1:0 until killed (or `max_secs`).
 pub fn serve(args: BareHyperArgs) -> Result<()> {
+    serve_with(args, handle)
+}
+
+/// Objects by path (`/BUCKET/KEY`), in memory.
+type Objects = Arc<Mutex<HashMap<String, Bytes>>>;
+
+/// The in-memory object server: serve on 127.0.0.1:0 until killed (or `max_secs`).
+pub fn serve_objects(args: BareHyperArgs) -> Result<()> {
+    let objects = Objects::default();
+    serve_with(args, move |req| {
+        let objects = objects.clone();
+        async move { Ok::<_, Infallible>(object_answer(&objects, req).await) }
+    })
+}
+
+/// PUT `/BUCKET/KEY` keeps the body, GET answers it (404 when absent); anything on a bucket or
+/// the root (create bucket, the bench's readiness probe) is a 200 with no body.
+async fn object_answer(objects: &Objects, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let is_object = path.trim_start_matches('/').contains('/');
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    if !is_object {
+        return resp;
+    }
+    let objects = || objects.lock().unwrap_or_else(|e| e.into_inner());
+    match *req.method() {
+        Method::PUT => match req.into_body().collect().await {
+            Ok(body) => {
+                objects().insert(path, body.to_bytes());
+            }
+            Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
+        },
+        Method::GET => match objects().get(&path).cloned() {
+            Some(body) => *resp.body_mut() = Full::new(body),
+            None => *resp.status_mut() = StatusCode::NOT_FOUND,
+        },
+        _ => *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED,
+    }
+    resp
+}
+
+/// Serve `answer` on 127.0.0.1:0 until killed (or `max_secs`), after writing the port to
+/// `port_file`.
+fn serve_with<F, Fut>(args: BareHyperArgs, answer: F) -> Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let rt =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?;
     rt.block_on(async move {
@@ -64,9 +119,10 @@ pub fn serve(args: BareHyperArgs) -> Result<()> {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .serve_connection(TokioIo::new(stream), service_fn(answer))
                         .await;
                 });
             }

@@ -140,6 +140,10 @@ enum Command {
     /// The bare hyper reference server of `wasm` (run by the bench itself).
     #[command(hide = true)]
     BareHyper(bare_hyper::BareHyperArgs),
+    /// The in-memory object server of `storage`, the limit its S3 rows are set against (run by
+    /// the bench itself).
+    #[command(hide = true)]
+    BareObjects(bare_hyper::BareHyperArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -179,5 +183,6 @@ fn run() -> Result<()> {
         Command::Cluster(args) => rt.block_on(cluster::run(args)),
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
+        Command::BareObjects(args) => bare_hyper::serve_objects(args),
     }
 }

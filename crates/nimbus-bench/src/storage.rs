@@ -6,6 +6,10 @@
 //!   by the bench (nimbus-aws's signer, the admin pair from DATA_DIR/aws-credentials), with the
 //!   body's SHA-256 as the payload hash, as boto3 does over plain HTTP. PUTs overwrite a ring of
 //!   keys, so the data dir stays small; GETs read objects written before the phase.
+//! - **the limit for S3 over HTTP**: the same PUTs and GETs against `nimbus-bench bare-objects`,
+//!   a hyper server keeping bodies in memory and checking nothing (no signature, no hash, no
+//!   disk). No object server can beat it on this machine with this client, so where it is
+//!   itself under 10× moto, that target is out of reach here, whatever nimbus does.
 //! - **the disk**: its sequential write speed in the data dir's filesystem, N MiB written in 1 MiB
 //!   chunks and then fsynced, which is what a nimbus PUT must do before it answers (it fsyncs the
 //!   file, the directory and the metadata commit).
@@ -169,6 +173,7 @@ async fn one_run(
     }
     nimbus.stop().await?;
     let (mut s3, kv) = measured?;
+    s3.extend(bare_phases(s, run, root).await.context("the bare object server")?);
     if let Some(dir) = moto {
         s3.extend(moto_phases(s, run, root, python, dir).await.context("moto")?);
     }
@@ -204,6 +209,31 @@ async fn moto_phases(s: &Settings, run: usize, root: &Path, python: &Path, dir: 
         s3_phases(s, &s3, server.pid(), "moto").await
     }
     .await;
+    server.stop().await;
+    out
+}
+
+/// The in-memory object server (this executable as `nimbus-bench bare-objects`), measured,
+/// stopped.
+async fn bare_phases(s: &Settings, run: usize, root: &Path) -> Result<Vec<Phase>> {
+    let dir = root.join(format!("bare-{run}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
+    let port_file = dir.join("port");
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("bare-objects").arg("--port-file").arg(&port_file);
+    let server = servers::start(Launch {
+        cmd,
+        ready: Ready::PortFile(port_file),
+        path: "/".into(),
+        expect: None,
+        log: dir.join("log"),
+        timeout: Duration::from_secs(30),
+        graceful: None,
+    })
+    .await?;
+    // Signed like moto's requests; the bare server checks no signature.
+    let out = s3_phases(s, &S3::moto(&server.base), server.pid(), "bare").await;
     server.stop().await;
     out
 }

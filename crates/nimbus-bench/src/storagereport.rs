@@ -1,7 +1,9 @@
 //! The settings, results and report of `nimbus-bench storage`: a line per phase (S3 PUT/GET per
 //! system, size and concurrency; KV get/put/increment; the disk), then the ratios the issue's
 //! targets are stated in: nimbus/moto ops/s (≥ 10×), 1 MiB PUT MB/s over the disk's sequential
-//! write MB/s (≥ 50 %), KV increments/s (≥ 20,000).
+//! write MB/s (≥ 50 %), KV increments/s (≥ 20,000). Beside each moto ratio: nimbus over the bare
+//! in-memory object server, and that server over moto (when it is under 10×, no server reaches
+//! the target on this machine).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -175,6 +177,7 @@ fn intro(o: &mut String, s: &Settings, root: &Path, moto_note: Option<&str>) {
         s.warmup.as_secs_f64()
     );
     let _ = writeln!(o, "  a nimbus PUT is acknowledged after fsyncing the body, its directory and the metadata commit (SQLite WAL, synchronous=FULL); moto keeps objects in memory and never fsyncs");
+    let _ = writeln!(o, "  bare: `nimbus-bench bare-objects`, hyper keeping bodies in memory, checking no signature and hashing nothing: the limit for any object server on this machine with this client");
     let _ = writeln!(o, "  disk: {} MiB written in 1 MiB chunks, then one fsync, in {}", s.disk_mib, root.display());
     let _ = writeln!(
         o,
@@ -234,7 +237,13 @@ fn targets(o: &mut String, s: &Settings, runs: &[RunResult], moto_missing: bool)
                         _ if moto_missing => "- (moto not measured)".to_owned(),
                         _ => "- (no moto figure in this run)".to_owned(),
                     };
-                    let _ = writeln!(o, "  run {}: {op} {} c={c}: nimbus/moto ops/s {line}", r.run, size_label(size));
+                    let limit = limit_note(r, op, size, c).unwrap_or_default();
+                    let _ = writeln!(
+                        o,
+                        "  run {}: {op} {} c={c}: nimbus/moto ops/s {line}{limit}",
+                        r.run,
+                        size_label(size)
+                    );
                 }
             }
         }
@@ -250,6 +259,24 @@ fn targets(o: &mut String, s: &Settings, runs: &[RunResult], moto_missing: bool)
             );
         }
     }
+}
+
+/// `ops/s` of `system` over `other`'s for one row, when both were measured.
+fn ratio(r: &RunResult, system: &str, other: &str, op: &str, size: u64, c: usize) -> Option<f64> {
+    let (a, b) = (r.s3(system, op, size, c)?, r.s3(other, op, size, c)?);
+    (b.tput.rps() > 0.0).then(|| a.tput.rps() / b.tput.rps())
+}
+
+/// "; nimbus/bare 0.61x, bare/moto 8.1x (...)" for a row the bare server was measured on.
+fn limit_note(r: &RunResult, op: &str, size: u64, c: usize) -> Option<String> {
+    let mut note = format!("; nimbus/bare {:.2}x", ratio(r, "nimbus", "bare", op, size, c)?);
+    if let Some(reach) = ratio(r, "bare", "moto", op, size, c) {
+        let _ = write!(note, ", bare/moto {reach:.1}x");
+        if reach < MOTO_RATIO_TARGET {
+            note.push_str(" (the bare in-memory server is under the target itself)");
+        }
+    }
+    Some(note)
 }
 
 /// The best 1 MiB PUT MB/s of a run over the disk's MB/s.
@@ -296,6 +323,16 @@ pub fn run_json(s: &Settings, r: &RunResult) -> Value {
                         "nimbusOverMoto": n.tput.rps() / m.tput.rps()}))
             })
             .collect();
+    let limits: Vec<Value> =
+        r.s3.iter()
+            .filter(|p| p.system == "bare")
+            .map(|b| {
+                let (op, size, c) = (b.op, b.size, b.tput.concurrency);
+                json!({"op": op, "bytes": size, "concurrency": c,
+                        "nimbusOverBare": ratio(r, "nimbus", "bare", op, size, c),
+                        "bareOverMoto": ratio(r, "bare", "moto", op, size, c)})
+            })
+            .collect();
     let best = best_large_put(s, r);
     json!({
         "run": r.run,
@@ -303,6 +340,7 @@ pub fn run_json(s: &Settings, r: &RunResult) -> Value {
         "s3": r.s3.iter().map(phase_json).collect::<Vec<_>>(),
         "kv": r.kv.iter().map(phase_json).collect::<Vec<_>>(),
         "nimbusOverMoto": ratios,
+        "bare": limits,
         "largePutOverDisk": best.map(|(c, share)| json!({"concurrency": c, "share": share})),
     })
 }
@@ -313,6 +351,7 @@ pub fn json(s: &Settings, runs: &[RunResult], moto_note: Option<&str>, machine: 
         "notes": [
             "S3: path-style PUT/GET signed with SigV4 (payload SHA-256); PUTs overwrite a ring of 64 keys",
             "a nimbus PUT fsyncs the body, its directory and the metadata commit before it answers; moto keeps objects in memory",
+            "bare: nimbus-bench bare-objects, hyper keeping bodies in memory and checking nothing; the limit for any object server here",
             "disk: N MiB in 1 MiB chunks then one fsync, in the data dir's filesystem",
             "KV: /v1/kv with the admin token; increments checked afterwards (the counters add up to the acknowledged increments)",
         ],
@@ -329,16 +368,21 @@ mod tests {
     use super::*;
     use crate::golden::{self, throughput};
 
-    /// Two runs: the first with moto (nimbus ahead on small objects, behind on 1 MiB PUTs), the
-    /// second without it (moto not installed) and with a failed call.
+    /// Two runs: the first with the bare server and moto (nimbus ahead of moto on small objects,
+    /// behind on 1 MiB PUTs; the bare server under 10x moto on 1 MiB), the second without either
+    /// (moto not installed) and with a failed call.
     fn runs() -> Vec<RunResult> {
         let s = Settings::new(false, 2);
         (1..=2)
             .map(|run| {
                 let mut s3 = Vec::new();
-                let systems: &[&'static str] = if run == 1 { &["nimbus", "moto"] } else { &["nimbus"] };
+                let systems: &[&'static str] = if run == 1 { &["nimbus", "bare", "moto"] } else { &["nimbus"] };
                 for &system in systems {
-                    let k = if system == "nimbus" { 12 } else { 1 };
+                    let k = match system {
+                        "nimbus" => 12,
+                        "bare" => 20,
+                        _ => 1,
+                    };
                     for size in s.sizes {
                         for c in s.concurrency {
                             for op in ["put", "get"] {
