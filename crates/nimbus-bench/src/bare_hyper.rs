@@ -7,6 +7,11 @@
 //! `nimbus-bench bare-objects` is the same server keeping PUT bodies in memory and answering
 //! GETs with them: the storage bench's limit for an HTTP object server on this machine and with
 //! this client (no signature check, no hash, no disk).
+//!
+//! `nimbus-bench bare-relay --upstream URL` is the same server passing every request on to
+//! URL over a keep-alive hyper client and answering what comes back: one process hop and
+//! nothing else, the least any platform that runs the handler in another process adds (the
+//! process bench puts it in front of the bare node and python servers).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +37,15 @@ pub struct BareHyperArgs {
     /// Exit after this many seconds even if nobody stops it (the bench kills it long before).
     #[arg(long, default_value_t = 3600)]
     pub max_secs: u64,
+}
+
+#[derive(Args)]
+pub struct BareRelayArgs {
+    #[command(flatten)]
+    pub server: BareHyperArgs,
+    /// Where every request is passed on to (`http://127.0.0.1:PORT`).
+    #[arg(long)]
+    pub upstream: String,
 }
 
 /// The body the hello component (examples/wasm-hello/hello-rs) answers for `path`.
@@ -88,6 +102,44 @@ async fn object_answer(objects: &Objects, req: Request<Incoming>) -> Response<Fu
         },
         _ => *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED,
     }
+    resp
+}
+
+/// The relay: serve on 127.0.0.1:0 until killed (or `max_secs`), passing requests on.
+pub fn serve_relay(args: BareRelayArgs) -> Result<()> {
+    let upstream = args.upstream.trim_end_matches('/').to_owned();
+    upstream.parse::<hyper::Uri>().with_context(|| format!("--upstream {upstream:?} is not a URL"))?;
+    let client = crate::load::client();
+    serve_with(args.server, move |req| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move { Ok::<_, Infallible>(relay(&client, &upstream, req).await) }
+    })
+}
+
+/// `req` (its method and path; a GET hello needs nothing else) sent on to `upstream`, and its
+/// answer; a 502 when the upstream fails.
+async fn relay(client: &crate::load::HttpClient, upstream: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let sent = Request::builder()
+        .method(req.method().clone())
+        .uri(format!("{upstream}{path}"))
+        .body(http_body_util::Empty::new())
+        .map(|r| client.request(r));
+    let answer = match sent {
+        Ok(pending) => pending.await.ok(),
+        Err(_) => None,
+    };
+    let Some(answer) = answer else { return bad_gateway() };
+    let (parts, body) = answer.into_parts();
+    match body.collect().await {
+        Ok(body) => Response::from_parts(parts, Full::new(body.to_bytes())),
+        Err(_) => bad_gateway(),
+    }
+}
+
+fn bad_gateway() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"the upstream failed")));
+    *resp.status_mut() = StatusCode::BAD_GATEWAY;
     resp
 }
 

@@ -144,6 +144,9 @@ enum Command {
     /// the bench itself).
     #[command(hide = true)]
     BareObjects(bare_hyper::BareHyperArgs),
+    /// The one-hop relay of `process`, in front of its bare servers (run by the bench itself).
+    #[command(hide = true)]
+    BareRelay(bare_hyper::BareRelayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -184,5 +187,6 @@ fn run() -> Result<()> {
         // The reference server builds its own multi-thread runtime; this one stays idle.
         Command::BareHyper(args) => bare_hyper::serve(args),
         Command::BareObjects(args) => bare_hyper::serve_objects(args),
+        Command::BareRelay(args) => bare_hyper::serve_relay(args),
     }
 }

@@ -1,7 +1,9 @@
 //! `nimbus-bench process`: the process runtimes (node, python) through nimbus against bare
 //! `node`/`python3` HTTP servers calling the same handler: cold start, warm latency and
 //! throughput; and nimbus sandboxed against nimbus `--insecure-no-sandbox` (what the sandbox
-//! costs). The results and their report are in `report`.
+//! costs). Beside them, the bare server behind `nimbus-bench bare-relay`: one process hop and
+//! nothing else, the floor under nimbus's warm overhead. The results and their report are in
+//! `report`.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +17,7 @@ use crate::load::{self, HttpClient};
 use crate::output;
 use crate::procs::{self, Bare, Interpreters, Nimbus};
 use crate::report::{self, ConfigResult, RunResult, System};
+use crate::servers::{self, Launch, Ready};
 
 #[derive(Args)]
 pub struct ProcessArgs {
@@ -100,6 +103,12 @@ async fn measure_runs(
                     .await
                     .with_context(|| format!("bare {} (run {})", lang.as_str(), run + 1))?,
             );
+            eprintln!("  relay {}", lang.as_str());
+            configs.push(
+                measure_relay(s, fx, interps, lang)
+                    .await
+                    .with_context(|| format!("relay {} (run {})", lang.as_str(), run + 1))?,
+            );
         }
         runs.push(RunResult { run: run + 1, startup_ms, configs });
     }
@@ -165,6 +174,46 @@ async fn all_prepared(client: &HttpClient, mgmt: &hyper::Uri, token: &str) -> Re
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// The bare server behind the one-hop relay (this executable as `nimbus-bench bare-relay`): warm
+/// latency and throughput (no cold start: the relay adds none worth measuring).
+async fn measure_relay(s: &Settings, fx: &Fixture, interps: &Interpreters, lang: Lang) -> Result<ConfigResult> {
+    let server = Bare::start(lang, fx, interps).await?;
+    let measured = async {
+        let dir = fx.root.join(format!("relay-{}", lang.as_str()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
+        let port_file = dir.join("port");
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("bare-relay").arg("--port-file").arg(&port_file).arg("--upstream").arg(&server.url);
+        let relay = servers::start(Launch {
+            cmd,
+            ready: Ready::PortFile(port_file),
+            path: "/".into(),
+            expect: None,
+            log: dir.join("log"),
+            timeout: std::time::Duration::from_secs(30),
+            graceful: None,
+        })
+        .await?;
+        let u = load::uri(&relay.url)?;
+        let out = async {
+            let warm_us = load::sequential(&u, s.warmup, s.warm).await?;
+            let mut tput = Vec::new();
+            for c in s.concurrency {
+                tput.push(load::throughput(&u, relay.pid(), c, s.tput_warmup, s.tput_duration, s.tput_max).await?);
+            }
+            Ok::<_, anyhow::Error>((warm_us, tput))
+        }
+        .await;
+        relay.stop().await;
+        out
+    }
+    .await;
+    server.stop().await?;
+    let (warm_us, tput) = measured?;
+    Ok(ConfigResult { system: System::Relay, lang, cold_ms: Vec::new(), warm_us, tput })
 }
 
 async fn measure_bare(s: &Settings, fx: &Fixture, interps: &Interpreters, lang: Lang) -> Result<ConfigResult> {

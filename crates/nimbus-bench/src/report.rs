@@ -21,6 +21,8 @@ pub enum System {
     /// nimbus with `--insecure-no-sandbox`: what the sandbox costs.
     Unsandboxed,
     Bare,
+    /// `nimbus-bench bare-relay` in front of the bare server: one process hop and nothing else.
+    Relay,
 }
 
 impl System {
@@ -29,6 +31,7 @@ impl System {
             System::Nimbus => "nimbus",
             System::Unsandboxed => "nimbus-nosbx",
             System::Bare => "bare",
+            System::Relay => "relay",
         }
     }
 }
@@ -84,6 +87,8 @@ struct Derived {
     startup: f64,
     warm_nimbus: f64,
     warm_bare: f64,
+    /// The bare server behind the one-hop relay, when it was measured.
+    warm_relay: Option<f64>,
     rps: Vec<(usize, f64, f64)>,
 }
 
@@ -102,6 +107,7 @@ impl Derived {
             startup: startup(run, lang),
             warm_nimbus: stats(&n.warm_us).p50,
             warm_bare: stats(&b.warm_us).p50,
+            warm_relay: config(run, System::Relay, lang).map(|r| stats(&r.warm_us).p50),
             rps,
         })
     }
@@ -110,6 +116,10 @@ impl Derived {
     }
     fn overhead(&self) -> f64 {
         self.warm_nimbus - self.warm_bare
+    }
+    /// What one process hop alone adds to the bare server: the floor under [`Self::overhead`].
+    fn hop(&self) -> Option<f64> {
+        self.warm_relay.map(|r| r - self.warm_bare)
     }
 }
 
@@ -147,6 +157,10 @@ fn table_intro(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(
         o,
         "  bare:   ONE process: node http.createServer / python3 -S (_socket + epoll), calling the same handler file"
+    );
+    let _ = writeln!(
+        o,
+        "  relay:  `nimbus-bench bare-relay` (hyper server + keep-alive hyper client) in front of bare: one process hop and nothing else"
     );
     let _ = writeln!(
         o,
@@ -193,11 +207,16 @@ fn measurements(o: &mut String, s: &Settings, runs: &[RunResult]) {
 fn measurement(s: &Settings, run: usize, c: &ConfigResult) -> String {
     let cold = stats(&c.cold_ms);
     let warm = stats(&c.warm_us);
+    let cold = if c.cold_ms.is_empty() {
+        "-".to_owned()
+    } else {
+        format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max)
+    };
     let mut line = format!(
         "{:<4}{:<20}{:>26}{:>12.0}{:>12.0}",
         run,
         format!("{} {}", c.system.as_str(), c.lang.as_str()),
-        format!("{:.1} [{:.1}-{:.1}]", cold.p50, cold.min, cold.max),
+        cold,
         warm.p50,
         warm.p99
     );
@@ -310,6 +329,14 @@ fn target_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
                 d.overhead(),
                 verdict(d.overhead() <= OVERHEAD_TARGET_US)
             );
+            if let (Some(relay), Some(hop)) = (d.warm_relay, d.hop()) {
+                let _ = writeln!(
+                    o,
+                    "  run {run} {:<7} one process hop alone: relay p50 {relay:.0} µs - bare p50 {:.0} µs = {hop:.0} µs (the floor under the warm overhead here)",
+                    lang.as_str(),
+                    d.warm_bare,
+                );
+            }
         }
     }
 }
@@ -479,6 +506,7 @@ fn comparison_json(d: &Derived) -> Value {
                 "nimbusP50Us": d.warm_nimbus, "bareP50Us": d.warm_bare,
                 "overheadUs": d.overhead(), "targetUs": OVERHEAD_TARGET_US,
                 "met": d.overhead() <= OVERHEAD_TARGET_US,
+                "relayP50Us": d.warm_relay, "oneHopUs": d.hop(),
             },
         },
     })
@@ -510,6 +538,8 @@ mod tests {
                     config(System::Bare, Lang::Node, 28.0, 110.0, 50_000),
                     config(System::Nimbus, Lang::Python, 14.0 * k, 250.0, 7_000),
                     config(System::Bare, Lang::Python, 11.0, 100.0, 90_000),
+                    // Run 1 only (run 2 is cut to its first three).
+                    ConfigResult { cold_ms: Vec::new(), ..config(System::Relay, Lang::Node, 0.0, 190.0, 30_000) },
                 ];
                 if let Some(t) = configs.get_mut(2).and_then(|c| c.tput.last_mut()) {
                     t.cpu_split = None;
