@@ -471,9 +471,9 @@ impl ObjectDb {
         }
     }
 
-    /// Open an object's body: its row's, or its file at the start (retrying when an overwrite
-    /// unlinked the file in between).
-    /// An object's metadata, the byte range `range` resolves to, and that range's body.
+    /// An object's metadata, the byte range `range` resolves to, and that range's body: from its
+    /// row, read from its file, or its file positioned to stream (reading the row again when an
+    /// overwrite unlinked the file in between).
     async fn open_object(
         &self,
         bucket: &str,
@@ -818,7 +818,8 @@ impl ObjectStore for ObjectDb {
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
         let (meta, start, end, source) = self.open_object(bucket, key, range).await?;
         let body: ByteStream = match source {
-            Source::Bytes(all) => Box::pin(futures_util::stream::iter(std::iter::once(Ok(all)))),
+            // No chunk at all for an empty body, as a reader of an empty file gives.
+            Source::Bytes(all) => Box::pin(futures_util::stream::iter((!all.is_empty()).then_some(Ok(all)))),
             Source::File(file) => {
                 Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024))
             }
@@ -1573,6 +1574,45 @@ mod tests {
         let conn = db.inner.conn.lock().unwrap();
         conn.query_row("SELECT body IS NOT NULL AND file = '' FROM objects WHERE key = ?1", [key], |r| r.get(0))
             .unwrap()
+    }
+
+    /// The length of every chunk of a body, in order.
+    async fn chunk_lengths(mut b: ByteStream) -> Vec<usize> {
+        let mut out = Vec::new();
+        while let Some(chunk) = std::future::poll_fn(|cx| b.as_mut().poll_next(cx)).await {
+            out.push(chunk.unwrap().len());
+        }
+        out
+    }
+
+    /// A file range up to `READ_WHOLE_MAX` is one chunk, a larger one streams in several; an
+    /// empty body has no chunk; a file shorter than its row is an error, never a short body.
+    #[tokio::test]
+    async fn file_ranges_are_read_whole_or_streamed_and_a_short_file_is_an_error() {
+        let (_d, db) = store().await;
+        let small = big(7);
+        put(&db, "f", small).await;
+        assert_eq!(chunk_lengths(db.get_object("b", "f", None).await.unwrap().body).await, [small.len()]);
+        let tail = db.get_object("b", "f", Some(ByteRange::Suffix(5))).await.unwrap();
+        assert_eq!(read_all(tail.body).await, vec![7u8; 5]);
+
+        put(&db, "empty", b"").await;
+        assert!(chunk_lengths(db.get_object("b", "empty", None).await.unwrap().body).await.is_empty());
+
+        let large: &'static [u8] = Box::leak(vec![9u8; READ_WHOLE_MAX as usize + 1].into_boxed_slice());
+        put(&db, "large", large).await;
+        let lengths = chunk_lengths(db.get_object("b", "large", None).await.unwrap().body).await;
+        assert!(lengths.len() > 1, "{lengths:?}");
+        assert_eq!(lengths.iter().sum::<usize>(), large.len());
+
+        let file: String = {
+            let conn = db.inner.conn.lock().unwrap();
+            conn.query_row("SELECT file FROM objects WHERE key = 'f'", [], |r| r.get(0)).unwrap()
+        };
+        std::fs::OpenOptions::new().write(true).open(db.data_path(&file)).unwrap().set_len(10).unwrap();
+        let err = db.get_object("b", "f", None).await.err().expect("a short file must not be served");
+        assert!(!err.is_caller_fault(), "{err}");
+        assert!(format!("{err:#}").contains("read an object"), "{err:#}");
     }
 
     #[tokio::test]
