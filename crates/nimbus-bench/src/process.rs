@@ -13,11 +13,11 @@ use clap::Args;
 
 use crate::common::{pool_counts, Common, Settings};
 use crate::fixture::{self, Fixture, Lang};
-use crate::load::{self, HttpClient};
+use crate::load::{self, HttpClient, Throughput};
 use crate::output;
 use crate::procs::{self, Bare, Interpreters, Nimbus};
 use crate::report::{self, ConfigResult, RunResult, System};
-use crate::servers::{self, Launch, Ready};
+use crate::servers;
 
 #[derive(Args)]
 pub struct ProcessArgs {
@@ -182,31 +182,8 @@ async fn measure_relay(s: &Settings, fx: &Fixture, interps: &Interpreters, lang:
     let server = Bare::start(lang, fx, interps).await?;
     let measured = async {
         let dir = fx.root.join(format!("relay-{}", lang.as_str()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
-        let port_file = dir.join("port");
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("bare-relay").arg("--port-file").arg(&port_file).arg("--upstream").arg(&server.url);
-        let relay = servers::start(Launch {
-            cmd,
-            ready: Ready::PortFile(port_file),
-            path: "/".into(),
-            expect: None,
-            log: dir.join("log"),
-            timeout: std::time::Duration::from_secs(30),
-            graceful: None,
-        })
-        .await?;
-        let u = load::uri(&relay.url)?;
-        let out = async {
-            let warm_us = load::sequential(&u, s.warmup, s.warm).await?;
-            let mut tput = Vec::new();
-            for c in s.concurrency {
-                tput.push(load::throughput(&u, relay.pid(), c, s.tput_warmup, s.tput_duration, s.tput_max).await?);
-            }
-            Ok::<_, anyhow::Error>((warm_us, tput))
-        }
-        .await;
+        let relay = servers::start_own(&dir, "bare-relay", &["--upstream", &server.url]).await?;
+        let out = warm_and_tput(s, &relay.url, relay.pid()).await;
         relay.stop().await;
         out
     }
@@ -214,6 +191,17 @@ async fn measure_relay(s: &Settings, fx: &Fixture, interps: &Interpreters, lang:
     server.stop().await?;
     let (warm_us, tput) = measured?;
     Ok(ConfigResult { system: System::Relay, lang, cold_ms: Vec::new(), warm_us, tput })
+}
+
+/// Sequential warm latencies, then throughput at each concurrency, of the server at `url`.
+async fn warm_and_tput(s: &Settings, url: &str, pid: Option<u32>) -> Result<(Vec<f64>, Vec<Throughput>)> {
+    let u = load::uri(url)?;
+    let warm_us = load::sequential(&u, s.warmup, s.warm).await?;
+    let mut tput = Vec::new();
+    for c in s.concurrency {
+        tput.push(load::throughput(&u, pid, c, s.tput_warmup, s.tput_duration, s.tput_max).await?);
+    }
+    Ok((warm_us, tput))
 }
 
 async fn measure_bare(s: &Settings, fx: &Fixture, interps: &Interpreters, lang: Lang) -> Result<ConfigResult> {
@@ -224,16 +212,7 @@ async fn measure_bare(s: &Settings, fx: &Fixture, interps: &Interpreters, lang: 
         server.stop().await?;
     }
     let server = Bare::start(lang, fx, interps).await?;
-    let u = load::uri(&server.url)?;
-    let measured = async {
-        let warm_us = load::sequential(&u, s.warmup, s.warm).await?;
-        let mut tput = Vec::new();
-        for c in s.concurrency {
-            tput.push(load::throughput(&u, server.pid(), c, s.tput_warmup, s.tput_duration, s.tput_max).await?);
-        }
-        Ok::<_, anyhow::Error>((warm_us, tput))
-    }
-    .await;
+    let measured = warm_and_tput(s, &server.url, server.pid()).await;
     server.stop().await?;
     let (warm_us, tput) = measured?;
     Ok(ConfigResult { system: System::Bare, lang, cold_ms, warm_us, tput })

@@ -122,6 +122,26 @@ where
     Ok(found)
 }
 
+/// This executable as one of its own reference servers (`subcommand` and its `args`, e.g.
+/// `bare-objects`), writing its port into `dir/port` and its output into `dir/log`.
+pub async fn start_own(dir: &Path, subcommand: &str, args: &[&str]) -> Result<Server> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
+    let port_file = dir.join("port");
+    let mut cmd = Command::new(exe);
+    cmd.arg(subcommand).arg("--port-file").arg(&port_file).args(args);
+    start(Launch {
+        cmd,
+        ready: Ready::PortFile(port_file),
+        path: "/".into(),
+        expect: None,
+        log: dir.join("log"),
+        timeout: Duration::from_secs(30),
+        graceful: None,
+    })
+    .await
+}
+
 /// Spawn `l` and wait for its first good answer.
 pub async fn start(mut l: Launch) -> Result<Server> {
     let log_file = std::fs::File::create(&l.log).with_context(|| format!("cannot create {}", l.log.display()))?;

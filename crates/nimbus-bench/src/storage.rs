@@ -216,22 +216,7 @@ async fn moto_phases(s: &Settings, run: usize, root: &Path, python: &Path, dir: 
 /// The in-memory object server (this executable as `nimbus-bench bare-objects`), measured,
 /// stopped.
 async fn bare_phases(s: &Settings, run: usize, root: &Path) -> Result<Vec<Phase>> {
-    let dir = root.join(format!("bare-{run}"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
-    let port_file = dir.join("port");
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("bare-objects").arg("--port-file").arg(&port_file);
-    let server = servers::start(Launch {
-        cmd,
-        ready: Ready::PortFile(port_file),
-        path: "/".into(),
-        expect: None,
-        log: dir.join("log"),
-        timeout: Duration::from_secs(30),
-        graceful: None,
-    })
-    .await?;
+    let server = servers::start_own(&root.join(format!("bare-{run}")), "bare-objects", &[]).await?;
     // Signed like moto's requests; the bare server checks no signature.
     let out = s3_phases(s, &S3::moto(&server.base), server.pid(), "bare").await;
     server.stop().await;
