@@ -342,7 +342,7 @@ fn launch(x: &Ctx<'_>, cfg: Cfg, n: &str) -> Result<Launch> {
     let mut graceful = None;
     let mut timeout = START_TIMEOUT;
     let (cmd, ready) = match cfg {
-        Cfg::BareHyper => bare_hyper_cmd(&dir)?,
+        Cfg::BareHyper => servers::own_command(&dir, "bare-hyper")?,
         Cfg::Nginx => nginx_cmd(x, &dir)?,
         Cfg::WasmtimeServe | Cfg::WasmtimeServeReuse => wasmtime_cmd(x, cfg)?,
         Cfg::Workerd => workerd_cmd(x, &dir)?,
@@ -364,15 +364,6 @@ fn launch(x: &Ctx<'_>, cfg: Cfg, n: &str) -> Result<Launch> {
 /// A peer's binary, or why it is not installed.
 fn tool(t: &std::result::Result<PathBuf, String>) -> Result<&PathBuf> {
     t.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// This executable as `nimbus-bench bare-hyper`, which writes its port into DIR/port.
-fn bare_hyper_cmd(dir: &Path) -> Result<(Command, Ready)> {
-    let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
-    let port_file = dir.join("port");
-    let mut c = Command::new(exe);
-    c.arg("bare-hyper").arg("--port-file").arg(&port_file);
-    Ok((c, Ready::PortFile(port_file)))
 }
 
 /// nginx in the foreground with its config, temp dirs and logs in `dir`.

@@ -88,15 +88,15 @@ async fn object_answer(objects: &Objects, req: Request<Incoming>) -> Response<Fu
     if !is_object {
         return resp;
     }
-    let objects = || objects.lock().unwrap_or_else(|e| e.into_inner());
+    let locked = || objects.lock().unwrap_or_else(|e| e.into_inner());
     match *req.method() {
         Method::PUT => match req.into_body().collect().await {
             Ok(body) => {
-                objects().insert(path, body.to_bytes());
+                locked().insert(path, body.to_bytes());
             }
             Err(_) => *resp.status_mut() = StatusCode::BAD_REQUEST,
         },
-        Method::GET => match objects().get(&path).cloned() {
+        Method::GET => match locked().get(&path).cloned() {
             Some(body) => *resp.body_mut() = Full::new(body),
             None => *resp.status_mut() = StatusCode::NOT_FOUND,
         },
@@ -120,16 +120,9 @@ pub fn serve_relay(args: BareRelayArgs) -> Result<()> {
 /// answer; a 502 when the upstream fails.
 async fn relay(client: &crate::load::HttpClient, upstream: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let sent = Request::builder()
-        .method(req.method().clone())
-        .uri(format!("{upstream}{path}"))
-        .body(http_body_util::Empty::new())
-        .map(|r| client.request(r));
-    let answer = match sent {
-        Ok(pending) => pending.await.ok(),
-        Err(_) => None,
-    };
-    let Some(answer) = answer else { return bad_gateway() };
+    let on = Request::builder().method(req.method().clone()).uri(format!("{upstream}{path}"));
+    let Ok(on) = on.body(http_body_util::Empty::new()) else { return bad_gateway() };
+    let Ok(answer) = client.request(on).await else { return bad_gateway() };
     let (parts, body) = answer.into_parts();
     match body.collect().await {
         Ok(body) => Response::from_parts(parts, Full::new(body.to_bytes())),

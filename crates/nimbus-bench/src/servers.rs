@@ -126,13 +126,11 @@ where
 /// `bare-objects`), writing its port into `dir/port` and its output into `dir/log`.
 pub async fn start_own(dir: &Path, subcommand: &str, args: &[&str]) -> Result<Server> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
-    let port_file = dir.join("port");
-    let mut cmd = Command::new(exe);
-    cmd.arg(subcommand).arg("--port-file").arg(&port_file).args(args);
+    let (mut cmd, ready) = own_command(dir, subcommand)?;
+    cmd.args(args);
     start(Launch {
         cmd,
-        ready: Ready::PortFile(port_file),
+        ready,
         path: "/".into(),
         expect: None,
         log: dir.join("log"),
@@ -140,6 +138,15 @@ pub async fn start_own(dir: &Path, subcommand: &str, args: &[&str]) -> Result<Se
         graceful: None,
     })
     .await
+}
+
+/// This executable as `nimbus-bench SUBCOMMAND --port-file DIR/port`, and how to tell it is up.
+pub fn own_command(dir: &Path, subcommand: &str) -> Result<(Command, Ready)> {
+    let exe = std::env::current_exe().context("cannot find the nimbus-bench executable's path")?;
+    let port_file = dir.join("port");
+    let mut cmd = Command::new(exe);
+    cmd.arg(subcommand).arg("--port-file").arg(&port_file);
+    Ok((cmd, Ready::PortFile(port_file)))
 }
 
 /// Spawn `l` and wait for its first good answer.

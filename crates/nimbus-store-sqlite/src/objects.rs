@@ -193,14 +193,6 @@ impl Stored {
     }
 }
 
-/// What a GET reads: the row's body, or its file.
-enum Source {
-    /// The whole range, in memory: an inline body's slice, or a file range read in one go.
-    Bytes(bytes::Bytes),
-    /// A file positioned at the range's start, for ranges over [`READ_WHOLE_MAX`].
-    File(tokio::fs::File),
-}
-
 /// A file range up to this size is read with one blocking-pool task (open, seek, one read into
 /// a buffer of its exact size) and sent as one chunk. Through `tokio::fs::File` the same 1 MiB
 /// took a pool hop per step and per 256 KiB chunk, and a copy from tokio's buffer into each
@@ -472,14 +464,9 @@ impl ObjectDb {
     }
 
     /// An object's metadata, the byte range `range` resolves to, and that range's body: from its
-    /// row, read from its file, or its file positioned to stream (reading the row again when an
+    /// row, read whole from its file, or streamed from it (reading the row again when an
     /// overwrite unlinked the file in between).
-    async fn open_object(
-        &self,
-        bucket: &str,
-        key: &str,
-        range: Option<ByteRange>,
-    ) -> Result<(ObjectMeta, u64, u64, Source), ObjectError> {
+    async fn open_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
         for _ in 0..3 {
             let (meta, file, inline) = self.object_row(bucket, key, true).await?;
             let (start, end) = match range {
@@ -487,20 +474,22 @@ impl ObjectDb {
                 Some(r) => r.resolve(meta.size).ok_or(ObjectError::InvalidRange(meta.size))?,
             };
             if let Some(body) = inline {
-                let part = slice_inline(body, start, end, meta.size)?;
-                return Ok((meta, start, end, Source::Bytes(part)));
+                let body = one_chunk(slice_inline(body, start, end, meta.size)?);
+                return Ok(ObjectBody { meta, start, end, body });
             }
             let path = self.data_path(&file);
             let opened = if end - start <= READ_WHOLE_MAX {
                 tokio::task::spawn_blocking(move || read_range(&path, start, end))
                     .await
                     .map_err(|e| ObjectError::backend("read an object", e))?
-                    .map(Source::Bytes)
+                    .map(one_chunk)
             } else {
-                open_at(&path, start).await.map(Source::File)
+                open_at(&path, start).await.map(|file| -> ByteStream {
+                    Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024))
+                })
             };
             match opened {
-                Ok(source) => return Ok((meta, start, end, source)),
+                Ok(body) => return Ok(ObjectBody { meta, start, end, body }),
                 // Replaced (and its old file unlinked) between the row and the open: read the new row.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(ObjectError::backend("read an object", e)),
@@ -816,15 +805,7 @@ impl ObjectStore for ObjectDb {
     }
 
     async fn get_object(&self, bucket: &str, key: &str, range: Option<ByteRange>) -> Result<ObjectBody, ObjectError> {
-        let (meta, start, end, source) = self.open_object(bucket, key, range).await?;
-        let body: ByteStream = match source {
-            // No chunk at all for an empty body, as a reader of an empty file gives.
-            Source::Bytes(all) => Box::pin(futures_util::stream::iter((!all.is_empty()).then_some(Ok(all)))),
-            Source::File(file) => {
-                Box::pin(tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024))
-            }
-        };
-        Ok(ObjectBody { meta, start, end, body })
+        self.open_object(bucket, key, range).await
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, ObjectError> {
@@ -1406,6 +1387,12 @@ fn last_entry(page: &ListPage) -> String {
     let obj = page.objects.last().map(|m| m.key.as_str()).unwrap_or("");
     let cp = page.common_prefixes.last().map(String::as_str).unwrap_or("");
     obj.max(cp).to_owned()
+}
+
+/// A body already in memory, as one chunk; no chunk at all when empty, as a reader of an empty
+/// file gives.
+fn one_chunk(all: bytes::Bytes) -> ByteStream {
+    Box::pin(futures_util::stream::iter((!all.is_empty()).then_some(Ok(all))))
 }
 
 /// `start..end` of an inline body, checked against the size its row gives.
