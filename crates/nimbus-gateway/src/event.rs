@@ -1,6 +1,7 @@
 //! The API Gateway HTTP API v2 / Lambda function URL wire format: an HTTP request becomes the
 //! event JSON, and the function's result becomes the HTTP response. This module owns the format.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -8,6 +9,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use nimbus_manifest::RouteSpec;
@@ -38,53 +40,141 @@ fn is_text(content_type: Option<&str>) -> bool {
         || ["json", "xml", "javascript", "x-www-form-urlencoded", "graphql", "yaml"].iter().any(|t| ct.contains(t))
 }
 
-/// The API Gateway HTTP API v2 event (function URL payload) for a request.
-pub fn build_event(r: &HttpRequest<'_>) -> Value {
-    let (headers, cookies) = headers_and_cookies(r.headers);
-    let query = joined(form_urlencoded(r.raw_query));
-    let (body, is_b64) = event_body(r);
-    let mut event = json!({
-        "version": "2.0",
-        "routeKey": r.route.route_key(),
-        "rawPath": r.path,
-        "rawQueryString": r.raw_query,
-        "requestContext": request_context(r, headers.get("host").map(String::as_str).unwrap_or_default()),
-        "headers": headers,
-        "isBase64Encoded": is_b64,
-    });
-    if let Some(obj) = event.as_object_mut() {
-        if !cookies.is_empty() {
-            obj.insert("cookies".into(), json!(cookies));
-        }
-        if !query.is_empty() {
-            obj.insert("queryStringParameters".into(), json!(query));
-        }
-        if !r.params.is_empty() {
-            let params: Map<String, Value> =
-                r.params.iter().map(|(k, v)| (k.clone(), Value::String(percent_decode(v)))).collect();
-            obj.insert("pathParameters".into(), Value::Object(params));
-        }
-        if !body.is_null() {
-            obj.insert("body".into(), body);
-        }
+/// The API Gateway HTTP API v2 event (function URL payload) of one request, serialised
+/// straight from what the request holds (`serde_json::to_vec`): no `Value` tree is built on the
+/// request path. Fields are declared in alphabetical order, the order a `Value` would print.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cookies: Vec<Cow<'a, str>>,
+    headers: BTreeMap<&'a str, Cow<'a, str>>,
+    is_base64_encoded: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    path_parameters: BTreeMap<&'a str, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    query_string_parameters: BTreeMap<String, String>,
+    raw_path: &'a str,
+    raw_query_string: &'a str,
+    request_context: RequestContext<'a>,
+    route_key: String,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestContext<'a> {
+    account_id: &'static str,
+    api_id: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorizer: Option<Value>,
+    domain_name: String,
+    domain_prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geo: Option<Value>,
+    http: HttpContext<'a>,
+    request_id: &'a str,
+    route_key: String,
+    stage: &'static str,
+    time: &'a str,
+    time_epoch: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpContext<'a> {
+    method: &'a str,
+    path: &'a str,
+    protocol: &'static str,
+    source_ip: String,
+    user_agent: &'a str,
+}
+
+impl Event<'_> {
+    /// `requestContext.authorizer`: what a verified token said (the edge layer's JWT claims).
+    pub fn set_authorizer(&mut self, authorizer: Value) {
+        self.request_context.authorizer = Some(authorizer);
     }
-    event
+}
+
+/// The API Gateway HTTP API v2 event (function URL payload) for a request.
+pub fn build_event<'a>(r: &HttpRequest<'a>) -> Event<'a> {
+    let (headers, cookies) = headers_and_cookies(r.headers);
+    let (body, is_base64_encoded) = event_body(r);
+    let route_key = r.route.route_key();
+    let host = headers.get("host").map(|h| h.as_ref()).unwrap_or_default();
+    let request_context = RequestContext {
+        account_id: nimbus_core::ACCOUNT_ID,
+        api_id: "nimbus",
+        authorizer: None,
+        domain_name: host.to_owned(),
+        domain_prefix: host.split('.').next().unwrap_or_default().to_owned(),
+        geo: geo(r.headers),
+        http: HttpContext {
+            method: r.method,
+            path: r.path,
+            protocol: match r.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            },
+            source_ip: crate::edge::client::client_ip(r.headers, r.remote).to_string(),
+            user_agent: r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
+        },
+        request_id: r.request_id,
+        route_key: route_key.clone(),
+        stage: "$default",
+        time: r.time,
+        time_epoch: r.now_ms,
+    };
+    Event {
+        body,
+        cookies,
+        headers,
+        is_base64_encoded,
+        path_parameters: r.params.iter().map(|(k, v)| (k.as_str(), percent_decode(v))).collect(),
+        query_string_parameters: joined(form_urlencoded(r.raw_query)),
+        raw_path: r.path,
+        raw_query_string: r.raw_query,
+        request_context,
+        route_key,
+        version: "2.0",
+    }
 }
 
 /// Headers by lower-case name (repeated ones joined with commas, as API Gateway does), and the
 /// cookies split out of `Cookie`.
-fn headers_and_cookies(map: &HeaderMap) -> (BTreeMap<String, String>, Vec<String>) {
-    let mut cookies: Vec<String> = Vec::new();
-    let mut pairs = Vec::new();
+fn headers_and_cookies(map: &HeaderMap) -> (BTreeMap<&str, Cow<'_, str>>, Vec<Cow<'_, str>>) {
+    let mut cookies = Vec::new();
+    let mut headers: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
     for (name, value) in map {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let value = String::from_utf8_lossy(value.as_bytes());
         if name == http::header::COOKIE {
-            cookies.extend(value.split(';').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()));
-        } else {
-            pairs.push((name.as_str().to_owned(), value));
+            match value {
+                Cow::Borrowed(v) => cookies.extend(cookie_parts(v).map(Cow::Borrowed)),
+                Cow::Owned(v) => cookies.extend(cookie_parts(&v).map(|c| Cow::Owned(c.to_owned()))),
+            }
+            continue;
+        }
+        match headers.entry(name.as_str()) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                let joined = e.get_mut().to_mut();
+                joined.push(',');
+                joined.push_str(&value);
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(value);
+            }
         }
     }
-    (joined(pairs), cookies)
+    (headers, cookies)
+}
+
+/// The cookies of one `Cookie` header.
+fn cookie_parts(header: &str) -> impl Iterator<Item = &str> {
+    header.split(';').map(str::trim).filter(|c| !c.is_empty())
 }
 
 /// Pairs by key, values of a repeated key joined with commas.
@@ -101,49 +191,20 @@ fn joined(pairs: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String,
     out
 }
 
-/// The body as text, or base64 for binary content; `Null` when empty.
-fn event_body(r: &HttpRequest<'_>) -> (Value, bool) {
+/// The body as text, or base64 for binary content; `None` when empty.
+fn event_body<'a>(r: &HttpRequest<'a>) -> (Option<Cow<'a, str>>, bool) {
     let content_type = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    if r.body.is_empty() {
-        (Value::Null, false)
+    let body: &'a Bytes = r.body;
+    if body.is_empty() {
+        (None, false)
     } else if is_text(content_type) {
-        match std::str::from_utf8(r.body) {
-            Ok(s) => (Value::String(s.to_owned()), false),
-            Err(_) => (Value::String(B64.encode(r.body)), true),
+        match std::str::from_utf8(body) {
+            Ok(s) => (Some(Cow::Borrowed(s)), false),
+            Err(_) => (Some(Cow::Owned(B64.encode(body))), true),
         }
     } else {
-        (Value::String(B64.encode(r.body)), true)
+        (Some(Cow::Owned(B64.encode(body))), true)
     }
-}
-
-fn request_context(r: &HttpRequest<'_>, host: &str) -> Value {
-    let protocol = match r.version {
-        http::Version::HTTP_10 => "HTTP/1.0",
-        http::Version::HTTP_2 => "HTTP/2.0",
-        _ => "HTTP/1.1",
-    };
-    let mut context = json!({
-        "accountId": nimbus_core::ACCOUNT_ID,
-        "apiId": "nimbus",
-        "domainName": host,
-        "domainPrefix": host.split('.').next().unwrap_or_default(),
-        "http": {
-            "method": r.method,
-            "path": r.path,
-            "protocol": protocol,
-            "sourceIp": crate::edge::client::client_ip(r.headers, r.remote).to_string(),
-            "userAgent": r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default(),
-        },
-        "requestId": r.request_id,
-        "routeKey": r.route.route_key(),
-        "stage": "$default",
-        "time": r.time,
-        "timeEpoch": r.now_ms,
-    });
-    if let (Some(obj), Some(geo)) = (context.as_object_mut(), geo(r.headers)) {
-        obj.insert("geo".into(), geo);
-    }
-    context
 }
 
 /// `requestContext.geo`: the gateway's geo headers (see `edge/geo.rs`; a client's own were

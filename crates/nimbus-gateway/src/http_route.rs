@@ -452,14 +452,17 @@ fn event_payload(
         time: &time,
     });
     let mut event = event;
-    if let (Some(claims), Some(ctx)) =
-        (claims.filter(|c| !c.0.contains_key("apiKeyId")), event.get_mut("requestContext"))
-    {
-        if let Some(ctx) = ctx.as_object_mut() {
-            ctx.insert("authorizer".into(), crate::edge::auth::authorizer(claims));
-        }
+    if let Some(claims) = claims.filter(|c| !c.0.contains_key("apiKeyId")) {
+        event.set_authorizer(crate::edge::auth::authorizer(claims));
     }
-    let payload = Bytes::from(event.to_string());
+    // Text keys and JSON values only: encoding cannot fail, but a failure would be nimbus's.
+    let payload = Bytes::from(serde_json::to_vec(&event).map_err(|_| {
+        RouteError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorSource::Platform,
+            "The request could not be encoded as an event",
+        )
+    })?);
     if payload.len() > gw.config.max_payload {
         return Err(RouteError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -180,7 +180,7 @@ fn apigw(a: &GenerateArgs) -> anyhow::Result<Value> {
     let now = chrono::Utc::now();
     let request_id = new_request_id();
     let time = now.format("%d/%b/%Y:%H:%M:%S %z").to_string();
-    Ok(build_event(&HttpRequest {
+    let event = build_event(&HttpRequest {
         method: &method,
         path,
         raw_query,
@@ -193,5 +193,6 @@ fn apigw(a: &GenerateArgs) -> anyhow::Result<Value> {
         params: &[],
         now_ms: now.timestamp_millis(),
         time: &time,
-    }))
+    });
+    serde_json::to_value(event).context("the event did not encode as JSON")
 }
