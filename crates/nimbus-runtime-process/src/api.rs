@@ -22,6 +22,8 @@ use crate::exchange::{
 };
 
 const PREFIX: &str = "/2018-06-01/runtime/";
+/// See [`wants_next`].
+const NIMBUS_NEXT: &str = "nimbus-next";
 /// Error bodies and init errors are small JSON documents; bound what we accept.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
@@ -183,6 +185,7 @@ async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Respon
         return crate::stream::respond(req, shared, id).await;
     }
     let background = wants_wait(req.headers());
+    let next_follows = wants_next(req.headers());
     let declared =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let body = Limited::new(req.into_body(), shared.max_response).collect().await;
@@ -199,9 +202,20 @@ async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Respon
     let _ = pending.reply.send(completion);
     if too_large {
         json(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", "the response is above the payload limit")
+    } else if next_follows && !background {
+        next(shared).await
     } else {
         accepted()
     }
+}
+
+/// `Nimbus-Next: 1` on an invocation's answer (nimbus's own bootstraps; official clients never
+/// send it): once the answer is taken, the reply is the next event, as `GET /next` would give
+/// it, instead of a `202`. One request, one reply and one wake-up of the runtime less per
+/// invocation than answer, `202`, then poll. A refused answer is refused as usual; the runtime
+/// then polls.
+fn wants_next(headers: &http::HeaderMap) -> bool {
+    headers.get(NIMBUS_NEXT).is_some_and(|v| v.as_bytes() == b"1")
 }
 
 async fn error(req: Request<Incoming>, shared: &Shared, id: String) -> Response<Full<Bytes>> {
@@ -209,10 +223,15 @@ async fn error(req: Request<Incoming>, shared: &Shared, id: String) -> Response<
         return invalid_id(&id);
     }
     let error_type = header(&req, "lambda-runtime-function-error-type");
+    let next_follows = wants_next(req.headers());
     let body = Limited::new(req.into_body(), MAX_ERROR_BODY).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let Some(pending) = take_pending(shared, &id) else { return invalid_id(&id) };
     let _ = pending.reply.send(Completion::Error { error_type, body });
-    accepted()
+    if next_follows {
+        next(shared).await
+    } else {
+        accepted()
+    }
 }
 
 async fn init_error(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
@@ -362,6 +381,46 @@ mod tests {
         for (id, rx) in replies {
             assert!(matches!(rx.await.unwrap(), Completion::Response(b) if b.as_ref() == id.as_bytes()));
         }
+    }
+
+    /// nimbus's bootstraps: an answer with `Nimbus-Next: 1` completes its invocation at once
+    /// and is answered with the next event; a refused one is refused as usual.
+    #[tokio::test]
+    async fn an_answer_with_nimbus_next_completes_at_once_and_gets_the_next_event() {
+        let api = Arc::new(api(1024).await);
+        let next = [("nimbus-next", "1")];
+        let a = api.pending("a");
+        let answer = {
+            let api = api.clone();
+            tokio::spawn(async move { api.send(Method::POST, &path("invocation/a/response"), &next, "ra").await })
+        };
+        assert!(matches!(a.await.unwrap(), Completion::Response(b) if b.as_ref() == b"ra"), "before any next event");
+        let b = api.pending("b");
+        api.next_tx.send(event("b")).await.unwrap();
+        let (status, headers, body) = answer.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers.get("lambda-runtime-aws-request-id").unwrap(), "b");
+        assert_eq!(body, "b");
+        assert!(api.shared.picked_up("b"));
+
+        let error_type = ("lambda-runtime-function-error-type", "Unhandled");
+        let answer = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                api.send(Method::POST, &path("invocation/b/error"), &[next[0], error_type], "{}").await
+            })
+        };
+        assert!(matches!(b.await.unwrap(), Completion::Error { .. }));
+        let _c = api.pending("c");
+        api.next_tx.send(event("c")).await.unwrap();
+        let (status, headers, _) = answer.await.unwrap();
+        assert_eq!(
+            (status, headers.get("lambda-runtime-aws-request-id").unwrap().to_str().unwrap()),
+            (StatusCode::OK, "c")
+        );
+
+        let (status, _, body) = api.send(Method::POST, &path("invocation/gone/response"), &next, "late").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "a refusal is not turned into a poll: {body}");
     }
 
     #[tokio::test]

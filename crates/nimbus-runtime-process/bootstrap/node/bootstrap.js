@@ -4,7 +4,8 @@
 // Speaks the AWS Lambda Runtime API (2018-06-01) to nimbus over a keep-alive
 // HTTP/1.1 connection on loopback:
 //   load the handler named by _HANDLER once (CommonJS or ES module), then loop:
-//   GET /runtime/invocation/next -> run the handler -> POST .../response or .../error.
+//   GET /runtime/invocation/next -> run the handler -> POST .../response or .../error
+//   (with `Nimbus-Next: 1`, a nimbus-only header: the reply is the next event).
 // A handler wrapped in `awslambda.streamifyResponse` streams: one chunked POST .../response
 // with `Lambda-Runtime-Function-Response-Mode: streaming`, a chunk per write, errors after the
 // first write as Lambda's error trailers. `context.waitUntil(promise)` (nimbus): the response
@@ -50,9 +51,9 @@ let apiPort;
 // connection, bodies with Content-Length (chunked is accepted too). With
 // AWS_LAMBDA_MAX_CONCURRENCY > 1 every poller has a connection of its own.
 //
-// An invocation's answer and the poller's next `GET /next` go out in one write (HTTP/1.1
-// pipelining, `answerAndPoll`): nimbus reads both at once, so each invocation costs one write
-// here and one read and one wake-up less there than answer, wait for 202, then poll.
+// An invocation's answer also asks for the next event (`Nimbus-Next: 1`, `answerAndPoll`):
+// nimbus replies with the event instead of a 202, so each invocation costs one request, one
+// reply and one wake-up here, against answer, 202, then `GET /next`.
 
 const EMPTY = Buffer.alloc(0);
 
@@ -144,25 +145,16 @@ class Conn {
   }
 
   request(method, urlPath, body, headers) {
-    return this.requests([[method, urlPath, body, headers]])[0];
-  }
-
-  // Send `list` ([method, path, body, headers] each) in one write; a promise of each answer.
-  requests(list) {
-    const data = Buffer.concat(list.map(([method, urlPath, body, headers]) => encode(method, urlPath, body, headers)));
-    return list.map(
-      (_, i) =>
-        new Promise((resolve, reject) => {
-          const send = (retry) => {
-            if (!this.sock) this.connect();
-            this.waiting.push({ resolve, reject, retry });
-            // Resent alone after a stale socket closed (each request retries itself, in order).
-            if (i === 0 || retry === null) this.sock.write(retry === null ? encode(...list[i]) : data);
-          };
-          // The server may have closed an idle keep-alive socket: retry once on a fresh one.
-          send(() => send(null));
-        }),
-    );
+    const data = encode(method, urlPath, body, headers);
+    return new Promise((resolve, reject) => {
+      const send = (retry) => {
+        if (!this.sock) this.connect();
+        this.waiting.push({ resolve, reject, retry });
+        this.sock.write(data);
+      };
+      // The server may have closed an idle keep-alive socket: retry once on a fresh one.
+      send(() => send(null));
+    });
   }
 
   // A POST whose body is sent as the handler writes it (chunked), for Lambda's response
@@ -218,17 +210,22 @@ function post(urlPath, body, errorType, conn, extra) {
   return (conn || mainConn).request('POST', urlPath, body, headers);
 }
 
-// Answer an invocation and ask for the next in one write; the poller takes the second answer.
+// Answer an invocation and ask for the next in one request: with `Nimbus-Next: 1` nimbus
+// takes the answer and replies with the next event (as `GET /next` would), or refuses the
+// answer as usual, and then the poller asks. The poller reads the event from `conn.polled`.
 function answerAndPoll(conn, urlPath, body, errorType) {
-  const headers = { 'Content-Type': 'application/json' };
+  const headers = { 'Content-Type': 'application/json', 'Nimbus-Next': '1' };
   if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
-  const [answer, next] = conn.requests([
-    ['POST', urlPath, body, headers],
-    ['GET', BASE + '/invocation/next'],
-  ]);
+  const next = conn
+    .request('POST', urlPath, body, headers)
+    .then((res) => (isNextReply(res) ? res : conn.request('GET', BASE + '/invocation/next')));
   next.catch(() => {}); // read by `poll`
   conn.polled = next;
-  return answer;
+}
+
+// The reply to `GET /next`: an event, or the instance stopping (410).
+function isNextReply(res) {
+  return (res.status === 200 && res.headers['lambda-runtime-aws-request-id'] !== undefined) || res.status === 410;
 }
 
 function headerSafe(s) {
@@ -635,7 +632,7 @@ async function run(fn, next, conn, inv) {
   inv.done = true;
   current = null;
   if (kind !== 'ok') return settleAndDone(inv, base, () => answerAndPoll(conn, base + '/error', body, kind));
-  if (!inv.waits.length) return void (await answerAndPoll(conn, base + '/response', body));
+  if (!inv.waits.length) return answerAndPoll(conn, base + '/response', body);
   // The response goes out now; nimbus keeps the invocation open until /done.
   await post(base + '/response', body, undefined, conn, { 'Nimbus-Wait-Until': '1' });
   await settle(inv);
