@@ -24,6 +24,8 @@ use crate::exchange::{
 const PREFIX: &str = "/2018-06-01/runtime/";
 /// See [`wants_next`].
 const NIMBUS_NEXT: &str = "nimbus-next";
+/// See [`crate::exchange::Shared::reported_peak_kb`].
+const NIMBUS_PEAK_RSS: &str = "nimbus-peak-rss-kb";
 /// Error bodies and init errors are small JSON documents; bound what we accept.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
 
@@ -186,6 +188,7 @@ async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Respon
     }
     let background = wants_wait(req.headers());
     let next_follows = wants_next(req.headers());
+    note_peak(shared, req.headers());
     let declared =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let body = Limited::new(req.into_body(), shared.max_response).collect().await;
@@ -218,12 +221,22 @@ fn wants_next(headers: &http::HeaderMap) -> bool {
     headers.get(NIMBUS_NEXT).is_some_and(|v| v.as_bytes() == b"1")
 }
 
+/// Keep the peak resident set an answer reports (`Nimbus-Peak-Rss-Kb`); anything but a number
+/// is ignored, and Max Memory Used then comes from `/proc`.
+fn note_peak(shared: &Shared, headers: &http::HeaderMap) {
+    let kb = headers.get(NIMBUS_PEAK_RSS).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(kb) = kb {
+        shared.reported_peak_kb.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn error(req: Request<Incoming>, shared: &Shared, id: String) -> Response<Full<Bytes>> {
     if !is_pending(shared, &id) {
         return invalid_id(&id);
     }
     let error_type = header(&req, "lambda-runtime-function-error-type");
     let next_follows = wants_next(req.headers());
+    note_peak(shared, req.headers());
     let body = Limited::new(req.into_body(), MAX_ERROR_BODY).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let Some(pending) = take_pending(shared, &id) else { return invalid_id(&id) };
     let _ = pending.reply.send(Completion::Error { error_type, body });
@@ -384,11 +397,12 @@ mod tests {
     }
 
     /// nimbus's bootstraps: an answer with `Nimbus-Next: 1` completes its invocation at once
-    /// and is answered with the next event; a refused one is refused as usual.
+    /// and is answered with the next event; a refused one is refused as usual. The peak
+    /// resident set an answer reports is kept.
     #[tokio::test]
-    async fn an_answer_with_nimbus_next_completes_at_once_and_gets_the_next_event() {
+    async fn an_answer_with_nimbus_next_gets_the_next_event_and_its_peak_is_kept() {
         let api = Arc::new(api(1024).await);
-        let next = [("nimbus-next", "1")];
+        let next = [("nimbus-next", "1"), ("nimbus-peak-rss-kb", "51200")];
         let a = api.pending("a");
         let answer = {
             let api = api.clone();
@@ -407,7 +421,8 @@ mod tests {
         let answer = {
             let api = api.clone();
             tokio::spawn(async move {
-                api.send(Method::POST, &path("invocation/b/error"), &[next[0], error_type], "{}").await
+                let peak = ("nimbus-peak-rss-kb", "not a number");
+                api.send(Method::POST, &path("invocation/b/error"), &[next[0], peak, error_type], "{}").await
             })
         };
         assert!(matches!(b.await.unwrap(), Completion::Error { .. }));
@@ -418,6 +433,8 @@ mod tests {
             (status, headers.get("lambda-runtime-aws-request-id").unwrap().to_str().unwrap()),
             (StatusCode::OK, "c")
         );
+        let peak = api.shared.reported_peak_kb.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(peak, 51200, "the reported peak is kept; a malformed one is ignored");
 
         let (status, _, body) = api.send(Method::POST, &path("invocation/gone/response"), &next, "late").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "a refusal is not turned into a poll: {body}");

@@ -112,6 +112,11 @@ pub(crate) struct Shared {
     pub abort: watch::Sender<Option<Abort>>,
     /// Function calls and egress; `None` in tests of the Runtime API alone.
     pub services: Option<crate::services::Services>,
+    /// The highest peak resident set (KB) the runtime's processes reported with their answers
+    /// (`Nimbus-Peak-Rss-Kb`, nimbus's bootstraps: `getrusage`'s `ru_maxrss`, the figure
+    /// `/proc/PID/status` gives as `VmHWM`); 0 while none did. It spares nimbus a procfs read
+    /// per invocation.
+    pub reported_peak_kb: std::sync::atomic::AtomicU64,
 }
 
 /// Why the instance ended the response streams in flight: invocation `request_id` went past
@@ -153,6 +158,7 @@ impl Shared {
             streaming: limits.streaming,
             abort: watch::channel(None).0,
             services,
+            reported_peak_kb: std::sync::atomic::AtomicU64::new(0),
         });
         (shared, next_tx)
     }

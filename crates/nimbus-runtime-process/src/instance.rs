@@ -26,7 +26,7 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,10 +66,7 @@ pub struct ProcessInstance {
     scratch: PathBuf,
     stop_grace: Duration,
     max_response: usize,
-    /// The last Max Memory Used read, and when (µs after `born`); see [`Self::read_max_memory`].
     last_max_memory_mb: AtomicU32,
-    last_max_memory_at_us: AtomicU64,
-    born: Instant,
     /// `/proc/PID/status` of the runtime process, for the peak resident set (Max Memory Used);
     /// opened once the runtime is ready (inside a sandbox it is bwrap's grandchild).
     proc_status: Option<std::fs::File>,
@@ -90,10 +87,6 @@ pub struct ProcessInstance {
     /// instance (see [`crate::follow`]).
     tail_dead: Arc<std::sync::atomic::AtomicBool>,
 }
-
-/// How long a Max Memory Used reading serves the instance's other invocations when several
-/// run at once.
-const PEAK_REUSE: Duration = Duration::from_millis(1);
 
 /// At the start of one invocation: CPU time used so far (ns) and OOM kills so far.
 #[derive(Clone, Copy)]
@@ -245,8 +238,6 @@ impl ProcessInstance {
             stop_grace: rt.limits.stop_grace,
             max_response: rt.limits.max_response_bytes,
             last_max_memory_mb: AtomicU32::new(0),
-            last_max_memory_at_us: AtomicU64::new(0),
-            born: Instant::now(),
             proc_status: None,
             cgroup,
             credentials: endpoint.credentials,
@@ -583,21 +574,19 @@ impl ProcessInstance {
         crate::follow::drain(&self.logs, &self.shared, attribution)
     }
 
-    /// Max Memory Used when an invocation ends: the runtime's peak resident set (`VmHWM`).
-    /// procfs renders the whole status file for every read (~5 µs); with several invocations in
-    /// flight (`concurrency > 1`) the peak is the instance's, shared by all of them, so a reading
-    /// younger than [`PEAK_REUSE`] is reused. At thousands of invocations per second the reads
-    /// were 7 % of nimbus's CPU (BENCHMARKS.md, "Fewer reads per Node invocation").
+    /// Max Memory Used when an invocation ends: the runtime's peak resident set. nimbus's
+    /// bootstraps report theirs with each answer (see [`exchange::Shared::reported_peak_kb`]);
+    /// for other runtimes it is read from `/proc/PID/status` (`VmHWM`), which procfs renders
+    /// whole for every read (~5 µs, 6-7 % of nimbus's CPU per warm invocation in `perf`).
     fn read_max_memory(&self) -> u32 {
-        let now_us = u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let cached = self.last_max_memory_mb.load(Ordering::Relaxed);
-        let age = now_us.saturating_sub(self.last_max_memory_at_us.load(Ordering::Relaxed));
-        if self.concurrency > 1 && cached > 0 && u128::from(age) < PEAK_REUSE.as_micros() {
-            return cached;
+        let reported = self.shared.reported_peak_kb.load(Ordering::Relaxed);
+        if reported > 0 {
+            let mb = u32::try_from(reported.div_ceil(1024)).unwrap_or(u32::MAX);
+            // The runtime's own word: never past the limit it runs under.
+            return mb.min(self.function.spec.memory_mb);
         }
         if let Some(mb) = self.proc_status.as_ref().and_then(limits::peak_rss_mb) {
             self.last_max_memory_mb.store(mb, Ordering::Relaxed);
-            self.last_max_memory_at_us.store(now_us, Ordering::Relaxed);
         }
         self.last_max_memory_mb.load(Ordering::Relaxed)
     }

@@ -150,6 +150,14 @@ async fn limits_hold(server: &Server) {
     let mode = info["memory_limits"].as_str().unwrap_or_default().to_owned();
     assert!(["cgroup-v2", "cgroup-v1", "rlimit"].contains(&mode.as_str()), "{info}");
     let tail = [("x-amz-log-type", "Tail")];
+    // Max Memory Used is the peak, not what is left: 48 MB allocated and freed again within
+    // the invocation still count (whether the runtime reports it or nimbus reads /proc).
+    let r = server.invoke_with("hostile", &json!({"op": "allocate", "mb": 48}), &tail).await;
+    assert_eq!(r.body["allocated_mb"], 48, "{:?}", r.body);
+    let log = r.log();
+    let used =
+        log.split("Max Memory Used: ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse::<u32>().ok());
+    assert!(used.is_some_and(|mb| (48..=1024).contains(&mb)), "Max Memory Used {used:?} in:\n{log}");
     let warm = server.invoke_with("greedy", &json!({"op": "whoami"}), &tail).await;
     assert_eq!(warm.status, 200, "{}", String::from_utf8_lossy(&warm.raw));
 

@@ -214,7 +214,8 @@ function post(urlPath, body, errorType, conn, extra) {
 // takes the answer and replies with the next event (as `GET /next` would), or refuses the
 // answer as usual, and then the poller asks. The poller reads the event from `conn.polled`.
 function answerAndPoll(conn, urlPath, body, errorType) {
-  const headers = { 'Content-Type': 'application/json', 'Nimbus-Next': '1' };
+  // With the peak resident set (KB; the `VmHWM` nimbus would otherwise read from /proc).
+  const headers = { 'Content-Type': 'application/json', 'Nimbus-Next': '1', 'Nimbus-Peak-Rss-Kb': process.resourceUsage().maxRSS };
   if (errorType) headers['Lambda-Runtime-Function-Error-Type'] = headerSafe(errorType);
   const next = conn
     .request('POST', urlPath, body, headers)
