@@ -197,7 +197,7 @@ struct Ctx<'a> {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    crate::common::manifest_dir().join("../..")
 }
 
 fn put(path: &Path, text: &str) -> Result<()> {

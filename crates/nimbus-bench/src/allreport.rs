@@ -181,7 +181,7 @@ fn loadavg(m: &Value) -> String {
 fn nimbus_version(nimbus: &Path) -> String {
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(crate::common::manifest_dir())
         .output()
         .ok()
         .filter(|o| o.status.success())

@@ -6,6 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+/// This crate's directory: the one cargo names when it runs the bench or its tests (`cargo run`
+/// and test runners set `CARGO_MANIFEST_DIR` for the process), else where it was compiled. A
+/// binary reused from a build cache that another checkout made must read this checkout's files.
+pub(crate) fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
 use clap::Args;
 use serde_json::Value;
 

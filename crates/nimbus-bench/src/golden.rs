@@ -10,12 +10,7 @@ use serde_json::json;
 use crate::load::{CpuSplit, Throughput};
 use crate::model::{AllResults, AllSettings, BurstResult, Cfg, Measured, Outcome, RunAll};
 
-/// This crate's directory: the one the test runner names (cargo and nextest set
-/// `CARGO_MANIFEST_DIR` for the test process), else where it was compiled. A test binary reused
-/// from a build cache made in another checkout must read this checkout's files.
-pub fn manifest_dir() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-}
+pub(crate) use crate::common::manifest_dir;
 
 /// Compare `actual` with `testdata/NAME` (or write it, when blessing).
 pub fn check(name: &str, actual: &str) {

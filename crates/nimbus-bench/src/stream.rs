@@ -37,7 +37,7 @@ pub struct StreamArgs {
 
 /// The conformance guest: its `stream` op is the SSE handler.
 fn component() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wasm/conformance.wasm")
+    crate::common::manifest_dir().join("../../tests/fixtures/wasm/conformance.wasm")
 }
 
 /// A gate: each request waits for a release; the instant of each answer is sent back.

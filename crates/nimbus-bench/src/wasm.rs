@@ -586,7 +586,7 @@ async fn measure_run(x: &Setup<'_>, run: usize) -> Result<RunResult> {
 }
 
 pub(crate) fn default_component() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/wasm-hello/functions/hello/hello.wasm")
+    crate::common::manifest_dir().join("../../examples/wasm-hello/functions/hello/hello.wasm")
 }
 
 pub async fn run(args: WasmArgs) -> Result<()> {
