@@ -437,7 +437,7 @@ fn event_payload(
 ) -> Result<Bytes, RouteError> {
     let now = chrono::Utc::now();
     let time = now.format("%d/%b/%Y:%H:%M:%S %z").to_string();
-    let event = build_event(&HttpRequest {
+    let mut event = build_event(&HttpRequest {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         raw_query: parts.uri.query().unwrap_or_default(),
@@ -451,7 +451,6 @@ fn event_payload(
         now_ms: now.timestamp_millis(),
         time: &time,
     });
-    let mut event = event;
     if let Some(claims) = claims.filter(|c| !c.0.contains_key("apiKeyId")) {
         event.set_authorizer(crate::edge::auth::authorizer(claims));
     }

@@ -22,7 +22,7 @@ use crate::exchange::{
 };
 
 const PREFIX: &str = "/2018-06-01/runtime/";
-/// See [`wants_next`].
+/// See [`read_answer_headers`].
 const NIMBUS_NEXT: &str = "nimbus-next";
 /// See [`crate::exchange::Shared::reported_peak_kb`].
 const NIMBUS_PEAK_RSS: &str = "nimbus-peak-rss-kb";
@@ -187,8 +187,8 @@ async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Respon
         return crate::stream::respond(req, shared, id).await;
     }
     let background = wants_wait(req.headers());
-    let next_follows = wants_next(req.headers());
-    note_peak(shared, req.headers());
+    // Background work ends with `/done`: no next event before it.
+    let next_follows = read_answer_headers(shared, req.headers()) && !background;
     let declared =
         req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     let body = Limited::new(req.into_body(), shared.max_response).collect().await;
@@ -205,28 +205,32 @@ async fn response(req: Request<Incoming>, shared: &Shared, id: String) -> Respon
     let _ = pending.reply.send(completion);
     if too_large {
         json(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", "the response is above the payload limit")
-    } else if next_follows && !background {
-        next(shared).await
     } else {
-        accepted()
+        taken(shared, next_follows).await
     }
 }
 
-/// `Nimbus-Next: 1` on an invocation's answer (nimbus's own bootstraps; official clients never
-/// send it): once the answer is taken, the reply is the next event, as `GET /next` would give
-/// it, instead of a `202`. One request, one reply and one wake-up of the runtime less per
-/// invocation than answer, `202`, then poll. A refused answer is refused as usual; the runtime
-/// then polls.
-fn wants_next(headers: &http::HeaderMap) -> bool {
-    headers.get(NIMBUS_NEXT).is_some_and(|v| v.as_bytes() == b"1")
-}
-
-/// Keep the peak resident set an answer reports (`Nimbus-Peak-Rss-Kb`); anything but a number
-/// is ignored, and Max Memory Used then comes from `/proc`.
-fn note_peak(shared: &Shared, headers: &http::HeaderMap) {
+/// The headers nimbus's own bootstraps add to an invocation's answer (official clients send
+/// neither). `Nimbus-Peak-Rss-Kb`: the peak resident set, kept for Max Memory Used (anything
+/// but a number is ignored, and it then comes from `/proc`). `Nimbus-Next: 1`, returned: once
+/// the answer is taken the reply is the next event, as `GET /next` would give it, instead of a
+/// `202` (see [`taken`]).
+fn read_answer_headers(shared: &Shared, headers: &http::HeaderMap) -> bool {
     let kb = headers.get(NIMBUS_PEAK_RSS).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if let Some(kb) = kb {
         shared.reported_peak_kb.fetch_max(kb, std::sync::atomic::Ordering::Relaxed);
+    }
+    headers.get(NIMBUS_NEXT).is_some_and(|v| v.as_bytes() == b"1")
+}
+
+/// The reply to an answer that was taken: `202`, or with `Nimbus-Next: 1` the next event. One
+/// request, one reply and one wake-up of the runtime less per invocation than answer, `202`,
+/// then poll. A refused answer is refused as usual; the runtime then polls.
+async fn taken(shared: &Shared, next_follows: bool) -> Response<Full<Bytes>> {
+    if next_follows {
+        next(shared).await
+    } else {
+        accepted()
     }
 }
 
@@ -235,16 +239,11 @@ async fn error(req: Request<Incoming>, shared: &Shared, id: String) -> Response<
         return invalid_id(&id);
     }
     let error_type = header(&req, "lambda-runtime-function-error-type");
-    let next_follows = wants_next(req.headers());
-    note_peak(shared, req.headers());
+    let next_follows = read_answer_headers(shared, req.headers());
     let body = Limited::new(req.into_body(), MAX_ERROR_BODY).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let Some(pending) = take_pending(shared, &id) else { return invalid_id(&id) };
     let _ = pending.reply.send(Completion::Error { error_type, body });
-    if next_follows {
-        next(shared).await
-    } else {
-        accepted()
-    }
+    taken(shared, next_follows).await
 }
 
 async fn init_error(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
