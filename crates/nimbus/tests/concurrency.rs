@@ -70,7 +70,8 @@ exports.handler = async (event, context) => {
 "#;
 
 /// An `async def` handler: holds until released while awaiting, and says which process and
-/// event loop ran it and the trace id it read before and after its awaits.
+/// event loop ran it, how many threads its process has, and the trace id it read before and
+/// after its awaits.
 const PYTHON_ASYNC: &str = r#"
 import asyncio, os
 
@@ -85,9 +86,12 @@ async def handler(event, context):
             await asyncio.sleep(0.01)
     await asyncio.sleep(0)
     print(f"released {event['i']}")
+    with open("/proc/self/status") as f:
+        threads = int(next(l for l in f if l.startswith("Threads:")).split()[1])
     return {
         "pid": os.getpid(),
         "loop": id(loop),
+        "threads": threads,
         "before": before,
         "after": os.environ.get("_X_AMZN_TRACE_ID"),
         "id": context.aws_request_id,
@@ -248,7 +252,8 @@ async fn a_python_async_handler_runs_on_a_loop_kept_for_the_instance() {
 }
 
 /// `concurrency > 1` with an `async def` handler: one process (no forked workers) runs the
-/// invocations at once on its loop; each keeps its own trace id and log lines across awaits.
+/// invocations at once on its loop, with no thread per invocation (a `concurrency` of 1,000
+/// would otherwise be 1,000 threads); each keeps its own trace id and log lines across awaits.
 #[tokio::test]
 async fn python_async_handlers_run_concurrently_on_one_loop_each_with_its_own_trace_id() {
     let app = app("python-async", "concurrency = 3\nmax_instances = 1");
@@ -261,6 +266,9 @@ async fn python_async_handlers_run_concurrently_on_one_loop_each_with_its_own_tr
     let loops: HashSet<(i64, i64)> =
         answers.iter().map(|r| (r.body["pid"].as_i64().unwrap(), r.body["loop"].as_i64().unwrap())).collect();
     assert_eq!(loops.len(), 1, "one process, one loop: {loops:?}");
+    for r in &answers {
+        assert_eq!(r.body["threads"], 1, "the invocations wait on the loop, not in threads: {:?}", r.body);
+    }
     let mut traces = HashSet::new();
     for r in &answers {
         let b = &r.body;

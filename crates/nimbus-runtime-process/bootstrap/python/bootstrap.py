@@ -24,7 +24,7 @@ invocation at a time. They share the instance's process group and cgroup (its me
 a worker dies with the parent (PR_SET_PDEATHSIG), and the parent exits when a worker dies, so
 nimbus sees one instance that crashed. Their output lines carry the request id.
 An ``async def`` handler with N > 1 is not forked: one process runs up to N invocations at
-once on its loop (`_serve_concurrently`), each poller waiting for its event in a thread.
+once on its loop (`_serve_concurrently`), each poller on a non-blocking connection of its own.
 
 Cold start matters, so this file deliberately avoids heavy imports:
   * HTTP is spoken over the C ``_socket`` module directly (``http.client`` pulls
@@ -144,50 +144,17 @@ class Connection:
         self.polled = None
 
     def _connect(self):
-        if self.unix_path:
-            s, addr = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM), self.unix_path
-        else:
-            # bytes host: a str host would make getaddrinfo import the idna codec (and `re`)
-            family, socktype, proto, _, addr = _socket.getaddrinfo(
-                self.host.encode("ascii", "ignore"), self.port, 0, _socket.SOCK_STREAM
-            )[0]
-            s = _socket.socket(family, socktype, proto)
-        try:
-            if not self.unix_path:
-                s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            s.connect(addr)
-        except BaseException:
-            s.close()
-            raise
-        self.sock = s
+        self.sock = _open(self.host, self.port, self.unix_path)
         self.buf = b""
         self.used = False
 
-    def _encode(self, method, path, body, headers):
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-        if headers:
-            for k, v in headers.items():
-                head += f"{k}: {v}\r\n"
-        if method != "GET" or body:
-            head += f"Content-Length: {len(body)}\r\n"
-        return head.encode("latin-1") + b"\r\n" + body
-
     def answer_and_poll(self, path, body, headers):
-        """POST an invocation's answer that also asks for the next event (`Nimbus-Next: 1`, a
-        nimbus-only header): nimbus replies with the event, as `GET /next` would, instead of a
-        202, so each invocation costs one request, one reply and one wake-up here. A refused
-        answer is refused as usual; `next_event` then polls."""
-        headers = {**headers, "Nimbus-Next": "1"}
-        # The peak resident set (the `VmHWM` nimbus would otherwise read from /proc). Importing
-        # `resource` costs ~0.6 ms: the zygote has it already; otherwise it is imported while
-        # the first answer waits for its reply (nimbus reads /proc for that one).
-        res = sys.modules.get("resource")
-        if res is not None:
-            headers["Nimbus-Peak-Rss-Kb"] = str(res.getrusage(res.RUSAGE_SELF).ru_maxrss)
-        reply = self.request("POST", path, body, headers, None if res is not None else _import_resource)
-        status, h, _ = reply
-        if (status == 200 and "lambda-runtime-aws-request-id" in h) or status == 410:
-            self.polled = reply
+        """POST an invocation's answer that also asks for the next event (`_answer_headers`):
+        nimbus replies with the event, as `GET /next` would, instead of a 202, so each
+        invocation costs one request, one reply and one wake-up here. A refused answer is
+        refused as usual; `next_event` then polls."""
+        headers, while_waiting = _answer_headers(headers)
+        self.polled = _polled(self.request("POST", path, body, headers, while_waiting))
 
     def next_event(self):
         """The next event: the last answer's reply, or `GET /next` now."""
@@ -196,7 +163,7 @@ class Connection:
 
     def request(self, method, path, body=b"", headers=None, while_waiting=None):
         """Send a request and read its reply; `while_waiting` runs in between."""
-        data = self._encode(method, path, body, headers)
+        data = _encode(self.host, method, path, body, headers)
         for attempt in (0, 1):
             if self.sock is None:
                 self._connect()
@@ -242,74 +209,235 @@ class Connection:
     def _fill(self):
         chunk = self.sock.recv(65536)
         if not chunk:
-            err = RuntimeApiError("connection closed by the Runtime API")
-            err.got_nothing = not self.buf and not getattr(self, "_in_response", False)
-            raise err
+            raise _closed(self.buf)
         self.buf += chunk
 
     def _read_response(self):
-        self._in_response = False
         while True:
-            i = self.buf.find(b"\r\n\r\n")
-            if i >= 0:
+            reply = _parse_reply(self.buf, False)
+            if reply is not None:
                 break
-            self._fill()
-            self._in_response = True
-        self._in_response = True
-        head = self.buf[:i].decode("latin-1")
-        self.buf = self.buf[i + 4 :]
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ", 2)
-        status = int(parts[1])
-        version = parts[0]
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        if status in (204, 304) or 100 <= status < 200:
-            body = b""
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            body = self._read_chunked()
-        elif "content-length" in headers:
-            n = int(headers["content-length"])
-            while len(self.buf) < n:
+            try:
                 self._fill()
-            body, self.buf = self.buf[:n], self.buf[n:]
-        else:
-            while True:
-                try:
-                    self._fill()
-                except RuntimeApiError:
-                    break
-            body = self.buf
-            self.close()
-            return status, headers, body
-        conn_hdr = headers.get("connection", "").lower()
-        if conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive"):
-            self.close()
-        else:
+            except RuntimeApiError:
+                # a reply without a length ends where the connection does
+                reply = _parse_reply(self.buf, True)
+                if reply is None:
+                    raise
+                break
+        status, headers, body, keep_alive, self.buf = reply
+        if keep_alive:
             self.used = True
+        else:
+            self.close()
         return status, headers, body
 
-    def _read_chunked(self):
-        out = []
-        while True:
-            while b"\r\n" not in self.buf:
-                self._fill()
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            size = int(line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                # trailers
-                while True:
-                    while b"\r\n" not in self.buf:
-                        self._fill()
-                    line, self.buf = self.buf.split(b"\r\n", 1)
-                    if not line:
-                        return b"".join(out)
-            while len(self.buf) < size + 2:
-                self._fill()
-            out.append(self.buf[:size])
-            self.buf = self.buf[size + 2 :]
+
+class AsyncConnection:
+    """`Connection` on the instance's event loop (an asyncio protocol): each poller of
+    `_serve_concurrently` has one, so N invocations in flight are N sockets on one loop, which
+    reads every reply that is ready in one wake-up, and no threads."""
+
+    def __init__(self, conn):
+        self.host, self.port, self.unix_path = conn.host, conn.port, conn.unix_path
+        self.transport = None
+        self.buf = b""
+        self.used = False
+        self.polled = None
+        self.waiter = None  # the future of the reply being awaited
+
+    # -- the protocol's side: asyncio calls these
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buf += data
+        self._deliver(False)
+
+    def eof_received(self):
+        self._deliver(True)
+
+    def connection_lost(self, exc):
+        self.transport = None
+        self._deliver(True)
+        w, self.waiter = self.waiter, None
+        if w is not None and not w.done():
+            w.set_exception(_closed(self.buf))
+        self.buf = b""
+
+    def pause_writing(self):  # answers are bounded (nimbus caps them): let the buffer take them
+        pass
+
+    def resume_writing(self):
+        pass
+
+    def _deliver(self, eof):
+        w = self.waiter
+        if w is None or w.done():
+            return
+        reply = _parse_reply(self.buf, eof)
+        if reply is not None:
+            self.waiter = None
+            self.buf = reply[4]
+            w.set_result(reply)
+
+    # -- the poller's side
+    async def answer_and_poll(self, path, body, headers):
+        """`Connection.answer_and_poll`."""
+        headers, while_waiting = _answer_headers(headers)
+        self.polled = _polled(await self.request("POST", path, body, headers, while_waiting))
+
+    async def next_event(self):
+        """`Connection.next_event`."""
+        reply, self.polled = self.polled, None
+        return reply if reply is not None else await self.request("GET", NEXT)
+
+    async def request(self, method, path, body=b"", headers=None, while_waiting=None):
+        """`Connection.request`, awaiting the reply on the loop."""
+        data = _encode(self.host, method, path, body, headers)
+        loop = _loop[0]
+        for attempt in (0, 1):
+            if self.transport is None:
+                sock = _open(self.host, self.port, self.unix_path)
+                sock.setblocking(False)
+                if self.unix_path:
+                    await loop.create_unix_connection(lambda: self, sock=sock)
+                else:
+                    await loop.create_connection(lambda: self, sock=sock)
+                self.buf, self.used = b"", False
+            reused = self.used
+            self.waiter = loop.create_future()
+            self.transport.write(data)
+            if while_waiting is not None:
+                while_waiting()
+                while_waiting = None
+            try:
+                status, h, body_in, keep_alive, _ = await self.waiter
+            except (OSError, RuntimeApiError) as e:
+                self.close()
+                # a reused keep-alive socket the server had closed: retry once
+                if attempt == 0 and reused and getattr(e, "got_nothing", True):
+                    continue
+                raise
+            if keep_alive:
+                self.used = True
+            else:
+                self.close()
+            return status, h, body_in
+
+    def close(self):
+        t, self.transport = self.transport, None
+        if t is not None:
+            t.abort()
+        self.buf, self.used, self.polled, self.waiter = b"", False, None, None
+
+
+def _open(host, port, unix_path):
+    """A connected blocking socket to the Runtime API: its Unix socket when there is one."""
+    if unix_path:
+        s, addr = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM), unix_path
+    else:
+        # bytes host: a str host would make getaddrinfo import the idna codec (and `re`)
+        family, socktype, proto, _, addr = _socket.getaddrinfo(host.encode("ascii", "ignore"), port, 0, _socket.SOCK_STREAM)[0]
+        s = _socket.socket(family, socktype, proto)
+    try:
+        if not unix_path:
+            s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        s.connect(addr)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _closed(buf):
+    """The error for a connection the Runtime API closed; `got_nothing` when no byte of the
+    reply had come (a reused keep-alive connection the server had closed: worth one retry)."""
+    err = RuntimeApiError("connection closed by the Runtime API")
+    err.got_nothing = not buf
+    return err
+
+
+def _encode(host, method, path, body, headers):
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    if headers:
+        for k, v in headers.items():
+            head += f"{k}: {v}\r\n"
+    if method != "GET" or body:
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def _answer_headers(headers):
+    """The headers of an answer that asks for the next event (`Nimbus-Next: 1`, nimbus-only),
+    and what to run while its reply is awaited. The peak resident set goes with it (the `VmHWM`
+    nimbus would otherwise read from /proc). Importing `resource` costs ~0.6 ms: the zygote has
+    it already; otherwise it is imported while the first answer waits (nimbus reads /proc for
+    that one)."""
+    headers = {**headers, "Nimbus-Next": "1"}
+    res = sys.modules.get("resource")
+    if res is None:
+        return headers, _import_resource
+    headers["Nimbus-Peak-Rss-Kb"] = str(res.getrusage(res.RUSAGE_SELF).ru_maxrss)
+    return headers, None
+
+
+def _polled(reply):
+    """The reply to an answer when it is the next event (or the 410 of a stopping instance)."""
+    status, h, _ = reply
+    return reply if (status == 200 and "lambda-runtime-aws-request-id" in h) or status == 410 else None
+
+
+def _parse_reply(buf, eof):
+    """The HTTP/1.1 reply at the start of `buf` as (status, headers, body, keep_alive, rest),
+    or None while it is incomplete; `eof`: the peer has closed (a reply without a length ends
+    there)."""
+    i = buf.find(b"\r\n\r\n")
+    if i < 0:
+        return None
+    lines = buf[:i].decode("latin-1").split("\r\n")
+    version, status, _ = (lines[0] + "  ").split(" ", 2)
+    status = int(status)
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    rest = buf[i + 4 :]
+    conn_hdr = headers.get("connection", "").lower()
+    keep_alive = conn_hdr != "close" and (version != "HTTP/1.0" or conn_hdr == "keep-alive")
+    if status in (204, 304) or 100 <= status < 200:
+        return status, headers, b"", keep_alive, rest
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        done = _dechunk(rest)
+        return None if done is None else (status, headers, done[0], keep_alive, done[1])
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        return None if len(rest) < n else (status, headers, rest[:n], keep_alive, rest[n:])
+    return (status, headers, rest, False, b"") if eof else None
+
+
+def _dechunk(buf):
+    """A whole chunked body at the start of `buf` (trailers skipped) and what follows it, or
+    None while it is incomplete."""
+    out, pos = [], 0
+    while True:
+        j = buf.find(b"\r\n", pos)
+        if j < 0:
+            return None
+        size = int(buf[pos:j].split(b";", 1)[0].strip(), 16)
+        pos = j + 2
+        if size == 0:
+            while True:  # trailers, up to an empty line
+                j = buf.find(b"\r\n", pos)
+                if j < 0:
+                    return None
+                line, pos = buf[pos:j], j + 2
+                if not line:
+                    return b"".join(out), buf[pos:]
+        if len(buf) < pos + size + 2:
+            return None
+        out.append(buf[pos : pos + size])
+        pos += size + 2
 
 
 # ---------------------------------------------------------------------------
@@ -617,8 +745,12 @@ def _error(conn, base, ctx, e, error_type=None, message=None):
 
 
 def _answer_error(conn, base, e, error_type=None, message=None):
-    err = _error_body(error_type or type(e).__name__, message or _safe_str(e), _stack_lines(e.__traceback__))
-    conn.answer_and_poll(base + "/error", err, ERR_HEADERS)
+    conn.answer_and_poll(base + "/error", _error_of(e, error_type, message), ERR_HEADERS)
+
+
+def _error_of(e, error_type=None, message=None):
+    """The body of an error answer for the exception `e`."""
+    return _error_body(error_type or type(e).__name__, message or _safe_str(e), _stack_lines(e.__traceback__))
 
 
 NEXT = BASE + "/invocation/next"
@@ -778,7 +910,7 @@ def main():
     if workers > 1 and _is_async(handler):
         _tag_output()
         conn.close()
-        return _serve_concurrently(handler, workers, lambda: Connection(conn.address, conn.unix_path))
+        return _serve_concurrently(handler, workers, conn)
     if workers > 1:
         _fork_workers(workers - 1)
         # Every process polls on a connection of its own.
@@ -799,7 +931,12 @@ def main():
 
 def _next(conn):
     """The next event on `conn`: its request id, body and context."""
-    status, h, body = conn.next_event()
+    return _event(conn.next_event())
+
+
+def _event(reply):
+    """The request id, body and context of the reply to `GET /next`."""
+    status, h, body = reply
     if status != 200:
         raise RuntimeApiError(f"GET /runtime/invocation/next answered {status}: {body[:200]!r}")
     rid = h.get("lambda-runtime-aws-request-id", "")
@@ -828,25 +965,22 @@ def _is_async(handler):
 # Async handlers with concurrency > 1: one process, several invocations at once on its loop
 
 
-def _serve_concurrently(handler, n, connect):
-    """Run `n` pollers as tasks on the instance's loop, each on its own connection (`connect`).
-    The blocking Runtime API exchanges run in a thread per poller, so the loop only runs
-    handlers; each task has its own context, so output tagging and `_X_AMZN_TRACE_ID` follow
-    its invocation across awaits."""
+def _serve_concurrently(handler, n, conn):
+    """Run `n` pollers as tasks on the instance's loop, each on a connection of its own (an
+    `AsyncConnection` to where `conn` goes). Each task has its own context, so output tagging
+    and `_X_AMZN_TRACE_ID` follow its invocation across awaits."""
     import asyncio
-    from concurrent.futures import ThreadPoolExecutor
 
     loop = _instance_loop()
-    pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nimbus-poll")
     os.environ = _TraceEnviron(os.environ)
 
     async def poller():
-        conn = connect()
+        aconn = AsyncConnection(conn)
         while True:
-            rid, body, ctx = await loop.run_in_executor(pool, _next, conn)
+            rid, body, ctx = _event(await aconn.next_event())
             _current.set(rid)
             _trace.set(ctx._trace_id or "")
-            await _invoke_async(conn, handler, BASE + "/invocation/" + rid, body, ctx, pool)
+            await _invoke_async(aconn, handler, BASE + "/invocation/" + rid, body, ctx)
 
     async def pollers():
         await asyncio.gather(*(poller() for _ in range(n)))
@@ -854,15 +988,13 @@ def _serve_concurrently(handler, n, connect):
     loop.run_until_complete(pollers())
 
 
-async def _invoke_async(conn, handler, base, body, ctx, pool):
-    """`invoke` for an async handler running beside others: the handler and its wait_until
-    work run on the loop, the answers go out from the pool's threads."""
-    loop = _loop[0]
+async def _invoke_async(conn, handler, base, body, ctx):
+    """`invoke` for an async handler running beside others on the loop."""
 
     async def fail(e, error_type=None, message=None):
         _flush()
         await _settle_async(ctx)  # the error answer has no background mode: the work runs first
-        await loop.run_in_executor(pool, _answer_error, conn, base, e, error_type, message)
+        await conn.answer_and_poll(base + "/error", _error_of(e, error_type, message), ERR_HEADERS)
 
     try:
         event = json_loads(body.decode("utf-8")) if body else None
@@ -875,10 +1007,10 @@ async def _invoke_async(conn, handler, base, body, ctx, pool):
         return await fail(e, "Runtime.ResponseSerializationError", f"Unable to marshal response: {_safe_str(e)}")
     _flush()
     if not ctx._waits:
-        return await loop.run_in_executor(pool, conn.answer_and_poll, base + "/response", payload, JSON_HEADERS)
-    await loop.run_in_executor(pool, conn.request, "POST", base + "/response", payload, WAIT_HEADERS)
+        return await conn.answer_and_poll(base + "/response", payload, JSON_HEADERS)
+    await conn.request("POST", base + "/response", payload, WAIT_HEADERS)
     await _settle_async(ctx)
-    await loop.run_in_executor(pool, conn.request, "POST", base + "/done")
+    await conn.request("POST", base + "/done")
 
 
 async def _settle_async(ctx):
