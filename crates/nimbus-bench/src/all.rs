@@ -38,12 +38,12 @@ use crate::servers::{self, Launch, Ready, Server};
 const WASM_MAX_INSTANCES: u32 = 64;
 /// nimbus node/python: one instance per core, as in `nimbus-bench process`.
 const PROCESS_MAX_INSTANCES: u32 = 2;
-/// nimbus node: invocations one instance runs at once (`concurrency`), as the target allows
-/// ("with `concurrency` > 1 where it helps"). Node's handlers await in one event loop, so one
-/// instance takes a c=32 phase whole and answers several invocations per wake-up. Python stays
-/// at 1: its `concurrency` forks a worker process per slot, which a CPU-bound hello on two
-/// cores only pays for (BENCHMARKS.md § In-instance concurrency).
-const NODE_CONCURRENCY: u32 = 32;
+/// nimbus node and python-async: invocations one instance runs at once (`concurrency`), as the
+/// target allows ("with `concurrency` > 1"). Their handlers await in one event loop, so one
+/// instance takes a c=32 phase whole and answers several invocations per wake-up. nimbus-python
+/// (a sync `def`) stays at 1: its `concurrency` forks a worker process per slot, which a
+/// CPU-bound hello on two cores only pays for (BENCHMARKS.md § In-instance concurrency).
+const EVENT_LOOP_CONCURRENCY: u32 = 32;
 /// Spawn → first good answer, for every server but the first cargo-lambda start (which may compile).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const CARGO_LAMBDA_PREPARE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -221,6 +221,18 @@ def handler(event, context):
     return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": BODY}
 "#;
 
+/// The same hello as an `async def`, the shape of the Node hello: with `concurrency` > 1 one
+/// process runs its invocations together on its event loop (a sync handler forks a process per
+/// slot instead).
+const PYTHON_ASYNC_HANDLER: &str = r#""""nimbus-bench all: the Python hello, async."""
+
+BODY = '{"message":"Hello, bench!","runtime":"wasm"}'
+
+
+async def handler(event, context):
+    return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": BODY}
+"#;
+
 const WORKER_JS: &str = r#"// nimbus-bench all: the workerd hello, an ES-module Worker.
 const BODY = '{"message":"Hello, bench!","runtime":"wasm"}';
 export default {
@@ -272,7 +284,8 @@ fn nginx_conf(dir: &Path, port: u16) -> String {
 fn write_nimbus_app(x: &Ctx<'_>, cfg: Cfg) -> Result<PathBuf> {
     let app = x.root.join(format!("app-{}", cfg.key()));
     let code = app.join("functions/hello");
-    let node_extra = format!("handler = \"index.handler\"\nconcurrency = {NODE_CONCURRENCY}\n");
+    let node_extra = format!("handler = \"index.handler\"\nconcurrency = {EVENT_LOOP_CONCURRENCY}\n");
+    let python_async_extra = format!("handler = \"handler.handler\"\nconcurrency = {EVENT_LOOP_CONCURRENCY}\n");
     let (runtime, extra, max) = match cfg {
         Cfg::NimbusWasm => ("wasm", "component = \"hello.wasm\"\nmemory_mb = 32\n", WASM_MAX_INSTANCES),
         Cfg::NimbusWasmReuse => {
@@ -283,6 +296,7 @@ fn write_nimbus_app(x: &Ctx<'_>, cfg: Cfg) -> Result<PathBuf> {
         }
         Cfg::NimbusNode => ("node", node_extra.as_str(), PROCESS_MAX_INSTANCES),
         Cfg::NimbusPython => ("python", "handler = \"handler.handler\"\n", PROCESS_MAX_INSTANCES),
+        Cfg::NimbusPythonAsync => ("python", python_async_extra.as_str(), PROCESS_MAX_INSTANCES),
         other => bail!("{} is not a nimbus configuration", other.key()),
     };
     std::fs::create_dir_all(&code).with_context(|| format!("cannot create {}", code.display()))?;
@@ -299,6 +313,7 @@ fn write_nimbus_app(x: &Ctx<'_>, cfg: Cfg) -> Result<PathBuf> {
     match cfg {
         Cfg::NimbusNode => put(&code.join("index.js"), NODE_HANDLER)?,
         Cfg::NimbusPython => put(&code.join("handler.py"), PYTHON_HANDLER)?,
+        Cfg::NimbusPythonAsync => put(&code.join("handler.py"), PYTHON_ASYNC_HANDLER)?,
         _ => {}
     }
     let mut m = format!("# Written by nimbus-bench all; deleted when the run ends.\nname = \"bench-{}\"\n", cfg.key());
@@ -647,7 +662,9 @@ fn unavailable(x: &Ctx<'_>, chosen: &[Cfg]) -> Vec<(Cfg, Outcome)> {
         } else if let Some(m) = x.tools.missing(cfg) {
             eprintln!("  {}: {m}", cfg.key());
             skip.push((cfg, Outcome::Missing(m)));
-        } else if matches!(cfg, Cfg::NimbusNode | Cfg::NimbusPython | Cfg::ServerlessOffline) && x.interps.is_none() {
+        } else if matches!(cfg, Cfg::NimbusNode | Cfg::NimbusPython | Cfg::NimbusPythonAsync | Cfg::ServerlessOffline)
+            && x.interps.is_none()
+        {
             skip.push((cfg, Outcome::Missing("node or python3 is not installed".into())));
         }
     }

@@ -444,7 +444,7 @@ fn cold_added_ms(runs: &[RunAll], c1: usize) -> Option<f64> {
 /// nimbus node and python against the process peers.
 fn process_targets(o: &mut String, r: &AllResults) {
     let (_, ctop) = concurrencies(r);
-    for cfg in [Cfg::NimbusNode, Cfg::NimbusPython] {
+    for cfg in [Cfg::NimbusNode, Cfg::NimbusPython, Cfg::NimbusPythonAsync] {
         for (peer, target) in [
             (Cfg::CargoLambda, PROCESS_VS_CARGO_LAMBDA_TARGET),
             (Cfg::ServerlessOffline, PROCESS_VS_SERVERLESS_OFFLINE_TARGET),

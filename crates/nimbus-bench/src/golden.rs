@@ -83,6 +83,7 @@ fn run_all(run: usize) -> RunAll {
             (Cfg::NimbusWasmPy, Outcome::Missing("not selected (--only)".into())),
             (Cfg::NimbusNode, measured(6_000, 500.0, true)),
             (Cfg::NimbusPython, Outcome::Measured(wrong)),
+            (Cfg::NimbusPythonAsync, measured(13_000, 300.0, true)),
             (Cfg::WasmtimeServe, measured(7_000, 400.0, false)),
             (Cfg::WasmtimeServeReuse, measured(33_000, 150.0, false)),
             (Cfg::Workerd, Outcome::Failed("did not start\nsecond line".into())),

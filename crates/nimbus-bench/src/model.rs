@@ -50,6 +50,7 @@ pub enum Cfg {
     NimbusWasmPy,
     NimbusNode,
     NimbusPython,
+    NimbusPythonAsync,
     WasmtimeServe,
     WasmtimeServeReuse,
     Workerd,
@@ -58,7 +59,7 @@ pub enum Cfg {
 }
 
 impl Cfg {
-    pub const ALL: [Cfg; 13] = [
+    pub const ALL: [Cfg; 14] = [
         Cfg::BareHyper,
         Cfg::Nginx,
         Cfg::NimbusWasm,
@@ -67,6 +68,7 @@ impl Cfg {
         Cfg::NimbusWasmPy,
         Cfg::NimbusNode,
         Cfg::NimbusPython,
+        Cfg::NimbusPythonAsync,
         Cfg::WasmtimeServe,
         Cfg::WasmtimeServeReuse,
         Cfg::Workerd,
@@ -84,6 +86,7 @@ impl Cfg {
             Cfg::NimbusWasmPy => "nimbus-wasm-py",
             Cfg::NimbusNode => "nimbus-node",
             Cfg::NimbusPython => "nimbus-python",
+            Cfg::NimbusPythonAsync => "nimbus-python-async",
             Cfg::WasmtimeServe => "wasmtime-serve",
             Cfg::WasmtimeServeReuse => "wasmtime-serve-reuse",
             Cfg::Workerd => "workerd",
@@ -100,7 +103,8 @@ impl Cfg {
             | Cfg::NimbusWasmJs
             | Cfg::NimbusWasmPy
             | Cfg::NimbusNode
-            | Cfg::NimbusPython => Kind::Nimbus,
+            | Cfg::NimbusPython
+            | Cfg::NimbusPythonAsync => Kind::Nimbus,
             _ => Kind::Peer,
         }
     }
@@ -115,6 +119,9 @@ impl Cfg {
             Cfg::NimbusWasmPy => "Python component (componentize-py, guests/hello-py), `instance_reuse = true`",
             Cfg::NimbusNode => "Node handler over the Lambda Runtime API, max_instances = 2, concurrency = 32",
             Cfg::NimbusPython => "Python handler over the Lambda Runtime API, max_instances = 2",
+            Cfg::NimbusPythonAsync => {
+                "the Python hello as `async def`, max_instances = 2, concurrency = 32 (one process runs them on its event loop)"
+            }
             Cfg::WasmtimeServe => {
                 "`wasmtime serve -S cli` 48.0.8 on the Rust component: a fresh instance per request (compiles the component at every start)"
             }
