@@ -100,12 +100,30 @@ async fn a_replaced_version_loses_its_spare_and_the_new_one_gets_one() {
     assert_eq!(server.instance_pids().await, vec![new]);
 }
 
+/// A function with `concurrency` > 1 (where async handlers run many at once on asyncio) gets
+/// asyncio imported in its zygote, off the first invocation's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_zygote_of_a_concurrent_function_has_asyncio_imported() {
+    let app =
+        App::new("zygote").raw("[functions.z]\nruntime = \"python\"\nhandler = \"handler.handler\"\nconcurrency = 4");
+    app.write_file("functions/z/handler.py", ZYGOTE_HANDLER);
+    app.write_file("functions/z/helper.py", "def where():\n    return __file__\n");
+    let app = app.finish();
+    let server = Server::start(app.path());
+    let spare = spare_besides(&server, &[]).await;
+    let r = server.invoke("z", &json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
+    assert_eq!(r.body["asyncio"], true, "asyncio was imported before the claim: {}", r.body);
+}
+
 /// A Python function for the zygote: what its module saw when it was imported, and whether its
 /// own modules' bytecode came from the per-artifact cache.
 const ZYGOTE_HANDLER: &str = r#"
 import os, sys
 seen_at_import = {
     "preloaded": "typing" in sys.modules,
+    "asyncio": "asyncio" in sys.modules,
     "greeting": os.environ.get("GREETING"),
     "key": os.environ.get("AWS_ACCESS_KEY_ID"),
     "stream": os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME"),
@@ -147,6 +165,7 @@ async fn a_python_zygote_applies_the_instance_environment_before_user_code_and_r
     assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
     let b = &r.body;
     assert_eq!(b["preloaded"], true, "standard modules were imported before the claim: {b}");
+    assert_eq!(b["asyncio"], false, "asyncio only for functions with concurrency > 1: {b}");
     // The instance's environment, not the zygote's, was there before the module ran.
     assert_eq!(b["greeting"], "hi", "{b}");
     assert!(b["key"].as_str().is_some_and(|k| !k.is_empty()), "{b}");

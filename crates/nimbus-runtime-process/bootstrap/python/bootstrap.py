@@ -1057,7 +1057,10 @@ def _zygote():
     """Wait, imported, for the instance's environment on stdin (NUL-ended KEY=VALUE entries up
     to end-of-file); apply it as the interpreter would have at start-up, then start normally.
     Nothing on stdin: the prepared sandbox was not needed, exit quietly."""
-    for name in _ZYGOTE_MODULES:
+    # asyncio (~75 ms: it pulls in ssl) only for functions with concurrency > 1, where async
+    # handlers run many at once on an event loop (nimbus passes the flag).
+    preload = ("asyncio",) if "--preload-asyncio" in sys.argv else ()
+    for name in _ZYGOTE_MODULES + preload:
         try:
             __import__(name)
         except Exception:
