@@ -90,6 +90,13 @@ fn table(function: &str) -> Vec<Case> {
             ..Case::invoke("echo, cold", json!({"op": "echo"}))
         },
         Case {
+            json: vec![("/event/pad", json!("x".repeat(3_000_000)))],
+            ..Case::invoke(
+                "a 3 MB event arrives whole and goes back",
+                json!({"op": "echo", "pad": "x".repeat(3_000_000)}),
+            )
+        },
+        Case {
             json: vec![("/count", json!(1))],
             log_lacks: &["Init Duration"],
             ..Case::invoke("counter on the warm instance", json!({"op": "counter"}))

@@ -402,24 +402,24 @@ def _parse_reply(buf, eof):
     for line in lines[1:]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
-    rest = buf[i + 4 :]
+    start = i + 4  # the body: sliced only once it is whole (a 6 MB event comes in many reads)
     conn_hdr = headers.get("connection", "").lower()
     keep_alive = conn_hdr != "close" and (version != "HTTP/1.0" or conn_hdr == "keep-alive")
     if status in (204, 304) or 100 <= status < 200:
-        return status, headers, b"", keep_alive, rest
+        return status, headers, b"", keep_alive, buf[start:]
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        done = _dechunk(rest)
+        done = _dechunk(buf, start)
         return None if done is None else (status, headers, done[0], keep_alive, done[1])
     if "content-length" in headers:
-        n = int(headers["content-length"])
-        return None if len(rest) < n else (status, headers, rest[:n], keep_alive, rest[n:])
-    return (status, headers, rest, False, b"") if eof else None
+        end = start + int(headers["content-length"])
+        return None if len(buf) < end else (status, headers, buf[start:end], keep_alive, buf[end:])
+    return (status, headers, buf[start:], False, b"") if eof else None
 
 
-def _dechunk(buf):
-    """A whole chunked body at the start of `buf` (trailers skipped) and what follows it, or
+def _dechunk(buf, pos):
+    """A whole chunked body in `buf` from `pos` (trailers skipped) and what follows it, or
     None while it is incomplete."""
-    out, pos = [], 0
+    out = []
     while True:
         j = buf.find(b"\r\n", pos)
         if j < 0:
