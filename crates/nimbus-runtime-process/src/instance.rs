@@ -682,7 +682,7 @@ fn spawn_runtime(
     how: &Spawn<'_>,
 ) -> Result<Spawned, StartError> {
     let zygote = how.hold && rt.sandbox.is_some() && crate::zygote::fits(function);
-    let zygote_args = if zygote { crate::zygote::args(args, function.spec.concurrency) } else { args.clone() };
+    let zygote_args = if zygote { crate::zygote::args(args, function) } else { args.clone() };
     let (stdout, out_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
     let (stderr, err_w) = std::io::pipe().map_err(platform("cannot create a pipe"))?;
     let mut cmd = match &rt.sandbox {

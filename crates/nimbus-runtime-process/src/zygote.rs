@@ -1,23 +1,26 @@
-//! The Python zygote: a prepared sandbox (`crate::shells`) of a Python function holds an
+//! The zygote: a prepared sandbox (`crate::shells`) of a Python or Node function holds an
 //! interpreter that has already started, with nimbus's bootstrap and the standard modules it
-//! and most handlers need imported, instead of an init waiting to exec one.
+//! and most handlers need loaded, instead of an init waiting to exec one.
 //!
-//! The sandbox's init starts `python3 -S bootstrap.pyc --zygote` at once, with a fixed platform
-//! environment (no instance identity: no credentials, ids, Runtime API or user variables). The
-//! bootstrap imports what it needs and blocks reading its standard input. Claiming the spare
-//! writes the instance's environment there (NUL-ended `KEY=VALUE` entries, the same bytes a held
-//! init reads) and closes it; the bootstrap replaces `os.environ` with it, applies what Python
-//! reads from the environment only at start-up (`PYTHONPATH` into `sys.path`,
-//! `PYTHONPYCACHEPREFIX`, `PYTHONDONTWRITEBYTECODE`, `TZ`), and only then imports the handler:
-//! user code never runs before the instance's environment is in place. Closed with nothing
-//! written, the zygote exits quietly (the spare was not needed).
+//! The sandbox's init starts `python3 -S bootstrap.pyc --zygote` (or `node bootstrap.js
+//! --zygote`) at once, with a fixed platform environment (no instance identity: no credentials,
+//! ids, Runtime API or user variables). The bootstrap loads what it needs and blocks reading its
+//! standard input. Claiming the spare writes the instance's environment there (NUL-ended
+//! `KEY=VALUE` entries, the same bytes a held init reads) and closes it; the bootstrap replaces
+//! its environment with it, applies what the interpreter reads from the environment only at
+//! start-up (Python: `PYTHONPATH` into `sys.path`, `PYTHONPYCACHEPREFIX`,
+//! `PYTHONDONTWRITEBYTECODE`, `TZ`; Node: `NODE_PATH`'s module paths), and only then loads the
+//! handler: user code never runs before the instance's environment is in place. Closed with
+//! nothing written, the zygote exits quietly (the spare was not needed).
 //!
 //! One zygote per prepared sandbox, so per instance: no interpreter state is shared between
 //! instances or functions (no fork from a common parent), and everything the sandbox guarantees
 //! holds for the zygote from its first instruction.
 //!
-//! A function whose `env` sets what Python reads only at start-up and the zygote cannot apply
-//! afterwards (`PYTHON*` other than `PYTHONPATH`, `LANG`, `LC_*`) gets the held init instead.
+//! A function whose `env` sets what the interpreter reads only at start-up and the zygote
+//! cannot apply afterwards gets the held init instead: Python's `PYTHON*` other than
+//! `PYTHONPATH`; Node's `NODE_*` other than `NODE_PATH` and `NODE_ENV` (`NODE_OPTIONS`,
+//! `NODE_EXTRA_CA_CERTS`, ...), `UV_*` and `OPENSSL_*`; for both `LANG` and `LC_*`.
 //! Without the sandbox (`--insecure-no-sandbox`) there are no prepared spares and no zygote.
 
 use std::process::Stdio;
@@ -40,15 +43,28 @@ pub(crate) fn fits(function: &FunctionVersion) -> bool {
 }
 
 fn fits_with<'a>(runtime: RuntimeKind, mut env: impl Iterator<Item = &'a String>) -> bool {
-    runtime == RuntimeKind::Python
-        && !env.any(|k| (k.starts_with("PYTHON") && k != "PYTHONPATH") || k == "LANG" || k.starts_with("LC_"))
+    let locale = |k: &str| k == "LANG" || k.starts_with("LC_");
+    match runtime {
+        RuntimeKind::Python => !env.any(|k| (k.starts_with("PYTHON") && k != "PYTHONPATH") || locale(k)),
+        RuntimeKind::Node => !env.any(|k| {
+            (k.starts_with("NODE_") && k != "NODE_PATH" && k != "NODE_ENV")
+                || k.starts_with("UV_")
+                || k.starts_with("OPENSSL_")
+                || locale(k)
+        }),
+        RuntimeKind::Provided | RuntimeKind::Wasm => false,
+    }
 }
 
-/// The runtime's arguments for a zygote of a function with `concurrency`.
-pub(crate) fn args(args: &[String], concurrency: u32) -> Vec<String> {
+/// The runtime's arguments for a zygote of `function`.
+pub(crate) fn args(args: &[String], function: &FunctionVersion) -> Vec<String> {
+    args_with(args, function.spec.runtime, function.spec.concurrency)
+}
+
+fn args_with(args: &[String], runtime: RuntimeKind, concurrency: u32) -> Vec<String> {
     let mut args = args.to_vec();
     args.push(FLAG.to_owned());
-    if concurrency > 1 {
+    if runtime == RuntimeKind::Python && concurrency > 1 {
         args.push(ASYNCIO_FLAG.to_owned());
     }
     args
@@ -89,17 +105,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_python_functions_without_start_up_settings_get_a_zygote() {
+    fn python_and_node_functions_without_start_up_settings_get_a_zygote() {
         let fits = |runtime: RuntimeKind, env: &[&str]| {
             let env: Vec<String> = env.iter().map(|k| (*k).to_owned()).collect();
             fits_with(runtime, env.iter())
         };
         assert!(fits(RuntimeKind::Python, &[]));
         assert!(fits(RuntimeKind::Python, &["PYTHONPATH", "GREETING"]));
-        assert!(!fits(RuntimeKind::Node, &[]));
         assert!(!fits(RuntimeKind::Python, &["PYTHONHASHSEED"]));
         assert!(!fits(RuntimeKind::Python, &["LC_ALL"]));
-        assert_eq!(args(&["-S".into(), "b.pyc".into()], 1), ["-S", "b.pyc", FLAG]);
-        assert_eq!(args(&["b.pyc".into()], 2), ["b.pyc", FLAG, ASYNCIO_FLAG]);
+        assert!(fits(RuntimeKind::Node, &[]));
+        assert!(fits(RuntimeKind::Node, &["NODE_PATH", "NODE_ENV", "GREETING"]));
+        assert!(!fits(RuntimeKind::Node, &["NODE_OPTIONS"]));
+        assert!(!fits(RuntimeKind::Node, &["NODE_EXTRA_CA_CERTS"]));
+        assert!(!fits(RuntimeKind::Node, &["UV_THREADPOOL_SIZE"]));
+        assert!(!fits(RuntimeKind::Node, &["LANG"]));
+        assert!(!fits(RuntimeKind::Provided, &[]));
+        let py = |c| args_with(&["-S".into(), "b.pyc".into()], RuntimeKind::Python, c);
+        assert_eq!(py(1), ["-S", "b.pyc", FLAG]);
+        assert_eq!(py(2), ["-S", "b.pyc", FLAG, ASYNCIO_FLAG]);
+        assert_eq!(args_with(&["b.js".into()], RuntimeKind::Node, 2), ["b.js", FLAG]);
     }
 }

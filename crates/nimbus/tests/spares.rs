@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// nimbus's children whose init is held (`--hold`) or whose runtime is a Python zygote
-/// (`--zygote`): the prepared sandboxes.
+/// nimbus's children whose init is held (`--hold`) or whose runtime is a zygote (`--zygote`):
+/// the prepared sandboxes.
 fn held_sandboxes(nimbus: i32) -> Vec<i32> {
     let mut held = Vec::new();
     let tasks = std::fs::read_dir(format!("/proc/{nimbus}/task")).unwrap();
@@ -176,4 +176,72 @@ async fn a_python_zygote_applies_the_instance_environment_before_user_code_and_r
     assert_eq!(b["prefix"], "/var/cache/nimbus-pyc", "{b}");
     assert_eq!(b["cached"], true, "{b}");
     assert_eq!(b["cache_writable"], "OSError", "{b}");
+}
+
+/// A Node function for the zygote: what its module saw when it was loaded.
+const NODE_ZYGOTE_HANDLER: &str = r#"
+const seen = {
+  preloaded: process.moduleLoadList.includes('NativeModule https'),
+  greeting: process.env.GREETING,
+  key: process.env.AWS_ACCESS_KEY_ID,
+  stream: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
+};
+const helper = require('helper');
+exports.handler = async () => ({
+  ...seen,
+  argv: process.argv,
+  helper: helper.where(),
+  nimbus: typeof require('nimbus').waitUntil,
+});
+"#;
+
+/// A Node function's spare is a zygote too: Node has started and loaded the bootstrap before
+/// the claim, and the instance's environment (NODE_PATH's module paths included) is in place
+/// before the handler's module is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_zygote_applies_the_instance_environment_before_user_code() {
+    let app = App::new("zygote").raw(
+        "[functions.z]\nruntime = \"node\"\nhandler = \"index.handler\"\nenv = { GREETING = \"hi\", NODE_PATH = \"/var/task/mods\" }",
+    );
+    app.write_file("functions/z/index.js", NODE_ZYGOTE_HANDLER);
+    app.write_file("functions/z/mods/helper.js", "exports.where = () => __filename;\n");
+    let app = app.finish();
+    let server = Server::start(app.path());
+    let spare = spare_besides(&server, &[]).await;
+    let cmdline = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
+    assert!(cmdline.split(|b| *b == 0).any(|a| a == b"--zygote"), "the spare is a zygote: {cmdline:?}");
+
+    let r = server.invoke("z", &json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
+    let b = &r.body;
+    assert_eq!(b["preloaded"], true, "modules were loaded before the claim: {b}");
+    assert_eq!(b["greeting"], "hi", "{b}");
+    assert!(b["key"].as_str().is_some_and(|k| !k.is_empty()), "{b}");
+    let id = server.admin("/v1/functions").await[0]["pools"][0]["instances"][0]["id"].as_str().unwrap().to_owned();
+    assert!(b["stream"].as_str().unwrap().ends_with(&id), "{b}");
+    assert_eq!(b["helper"], "/var/task/mods/helper.js", "NODE_PATH applied: {b}");
+    assert_eq!(b["nimbus"], "function", "nimbus's own module path too: {b}");
+    assert!(!b["argv"].to_string().contains("--zygote"), "argv as a normal start has it: {b}");
+}
+
+/// A Node function that sets what Node reads only at start-up gets a held init, not a zygote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_function_with_node_options_gets_a_held_init() {
+    let app = App::new("zygote").raw(
+        "[functions.z]\nruntime = \"node\"\nhandler = \"index.handler\"\nenv = { NODE_OPTIONS = \"--max-old-space-size=100\" }",
+    );
+    app.write_file(
+        "functions/z/index.js",
+        "exports.handler = async () => require('v8').getHeapStatistics().heap_size_limit;\n",
+    );
+    let app = app.finish();
+    let server = Server::start(app.path());
+    let spare = spare_besides(&server, &[]).await;
+    let cmdline = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
+    assert!(cmdline.split(|b| *b == 0).any(|a| a == b"--hold"), "a held init: {cmdline:?}");
+    let r = server.invoke("z", &json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let limit = r.body.as_u64().unwrap();
+    assert!(limit < 200 * 1024 * 1024, "NODE_OPTIONS applied at start-up: {limit}");
 }
