@@ -273,7 +273,7 @@ impl Runtime for ProcessRuntime {
             None => ProcessInstance::start(self, function.clone(), instance_id).await,
         };
         // The next cold start of this version finds a sandbox ready again, made a moment later:
-        // making it (bwrap, and a Python zygote's interpreter start) takes tens of ms of CPU,
+        // making it (bwrap, and a zygote's interpreter start) takes tens of ms of CPU,
         // which would otherwise compete with the request this start was for.
         let (rt, f) = (self.clone(), function.clone());
         tokio::spawn(async move {

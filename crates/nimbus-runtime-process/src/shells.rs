@@ -13,7 +13,8 @@
 //!
 //! Bounds: one spare per live version and at most [`MAX_SPARES`] in all (each is two bwrap
 //! processes and the init: about 0.9 MB proportional set size, 6 MB resident counting shared
-//! pages, measured on Debian 12; plus an empty temp dir and cgroup); they are made one at a time by a
+//! pages, measured on Debian 12; plus an empty temp dir and cgroup; a Python or Node spare also
+//! holds its zygote, 5–7 MB of private memory); they are made one at a time by a
 //! single background task, so a deploy of many functions never starts a burst of sandboxes; a
 //! retired version's spare is stopped, and `shutdown` stops all of them before nimbus exits.
 

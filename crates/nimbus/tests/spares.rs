@@ -100,21 +100,37 @@ async fn a_replaced_version_loses_its_spare_and_the_new_one_gets_one() {
     assert_eq!(server.instance_pids().await, vec![new]);
 }
 
+/// The first invocation of function `z`, cold-started in its prepared sandbox, which must be a
+/// zygote: the answer, after checking that the instance's environment (a `greeting`, its own
+/// key and log stream) was in place when the function's module was loaded.
+async fn invoke_in_the_zygote(server: &Server) -> serde_json::Value {
+    let spare = spare_besides(server, &[]).await;
+    let cmdline = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
+    assert!(cmdline.split(|b| *b == 0).any(|a| a == b"--zygote"), "the spare is a zygote: {cmdline:?}");
+    let r = server.invoke("z", &json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
+    let b = r.body;
+    assert_eq!(b["greeting"], "hi", "{b}");
+    assert!(b["key"].as_str().is_some_and(|k| !k.is_empty()), "{b}");
+    let id = server.admin("/v1/functions").await[0]["pools"][0]["instances"][0]["id"].as_str().unwrap().to_owned();
+    assert!(b["stream"].as_str().unwrap().ends_with(&id), "{b}");
+    b
+}
+
 /// A function with `concurrency` > 1 (where async handlers run many at once on asyncio) gets
 /// asyncio imported in its zygote, off the first invocation's path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_zygote_of_a_concurrent_function_has_asyncio_imported() {
-    let app =
-        App::new("zygote").raw("[functions.z]\nruntime = \"python\"\nhandler = \"handler.handler\"\nconcurrency = 4");
+    let app = App::new("zygote").raw(
+        "[functions.z]\nruntime = \"python\"\nhandler = \"handler.handler\"\nconcurrency = 4\nenv = { GREETING = \"hi\" }",
+    );
     app.write_file("functions/z/handler.py", ZYGOTE_HANDLER);
     app.write_file("functions/z/helper.py", "def where():\n    return __file__\n");
     let app = app.finish();
     let server = Server::start(app.path());
-    let spare = spare_besides(&server, &[]).await;
-    let r = server.invoke("z", &json!({})).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
-    assert_eq!(r.body["asyncio"], true, "asyncio was imported before the claim: {}", r.body);
+    let b = invoke_in_the_zygote(&server).await;
+    assert_eq!(b["asyncio"], true, "asyncio was imported before the claim: {b}");
 }
 
 /// A Python function for the zygote: what its module saw when it was imported, and whether its
@@ -156,21 +172,10 @@ async fn a_python_zygote_applies_the_instance_environment_before_user_code_and_r
     app.write_file("functions/z/vendor/helper.py", "def where():\n    return __file__\n");
     let app = app.finish();
     let server = Server::start(app.path());
-    let spare = spare_besides(&server, &[]).await;
-    let cmdline = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
-    assert!(cmdline.split(|b| *b == 0).any(|a| a == b"--zygote"), "the spare is a zygote: {cmdline:?}");
-
-    let r = server.invoke("z", &json!({})).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
-    let b = &r.body;
+    // The instance's environment, not the zygote's, was there before the module ran.
+    let b = invoke_in_the_zygote(&server).await;
     assert_eq!(b["preloaded"], true, "standard modules were imported before the claim: {b}");
     assert_eq!(b["asyncio"], false, "asyncio only for functions with concurrency > 1: {b}");
-    // The instance's environment, not the zygote's, was there before the module ran.
-    assert_eq!(b["greeting"], "hi", "{b}");
-    assert!(b["key"].as_str().is_some_and(|k| !k.is_empty()), "{b}");
-    let id = server.admin("/v1/functions").await[0]["pools"][0]["instances"][0]["id"].as_str().unwrap().to_owned();
-    assert!(b["stream"].as_str().unwrap().ends_with(&id), "{b}");
     assert_eq!(b["helper"], "/var/task/vendor/helper.py", "PYTHONPATH applied: {b}");
     // Bytecode compiled at deploy, shown read-only: used, never writable by an instance.
     assert_eq!(b["prefix"], "/var/cache/nimbus-pyc", "{b}");
@@ -207,19 +212,8 @@ async fn a_node_zygote_applies_the_instance_environment_before_user_code() {
     app.write_file("functions/z/mods/helper.js", "exports.where = () => __filename;\n");
     let app = app.finish();
     let server = Server::start(app.path());
-    let spare = spare_besides(&server, &[]).await;
-    let cmdline = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
-    assert!(cmdline.split(|b| *b == 0).any(|a| a == b"--zygote"), "the spare is a zygote: {cmdline:?}");
-
-    let r = server.invoke("z", &json!({})).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(server.instance_pids().await, vec![spare], "the cold start ran in the zygote");
-    let b = &r.body;
+    let b = invoke_in_the_zygote(&server).await;
     assert_eq!(b["preloaded"], true, "modules were loaded before the claim: {b}");
-    assert_eq!(b["greeting"], "hi", "{b}");
-    assert!(b["key"].as_str().is_some_and(|k| !k.is_empty()), "{b}");
-    let id = server.admin("/v1/functions").await[0]["pools"][0]["instances"][0]["id"].as_str().unwrap().to_owned();
-    assert!(b["stream"].as_str().unwrap().ends_with(&id), "{b}");
     assert_eq!(b["helper"], "/var/task/mods/helper.js", "NODE_PATH applied: {b}");
     assert_eq!(b["nimbus"], "function", "nimbus's own module path too: {b}");
     assert!(!b["argv"].to_string().contains("--zygote"), "argv as a normal start has it: {b}");
