@@ -186,13 +186,39 @@ fn config(i: usize, port: u16, cluster: Option<(u16, &[u16])>, dir: &Path) -> St
     c
 }
 
-/// `n` ports free on 127.0.0.1 (all held until every one is picked, so they differ).
+/// `n` distinct ports free on 127.0.0.1, below the kernel's ephemeral port range. A server that
+/// is killed and restarted (`restart`) must find its port still free, and a port from the
+/// ephemeral range can meanwhile go to any `bind(0)` or outgoing connection on the machine (a
+/// restart failed with "address already in use" under the full test suite). Picked from a
+/// random offset in [16384, the range's start), so test processes running side by side rarely
+/// try the same ports; all are held until every one is picked, so they differ.
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
+    const LOW: u32 = 16_384;
+    let high = ephemeral_start().min(65_536);
+    let span = high.saturating_sub(LOW);
+    let offset = u32::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(span.max(1))).unwrap_or(0);
+    let mut held = Vec::with_capacity(n);
+    for k in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let Ok(port) = u16::try_from(LOW + (offset + k) % span) else { continue };
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() < n {
+        return Err(format!("only {} of {n} ports free on 127.0.0.1 between {LOW} and {high}", held.len()));
+    }
+    held.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())).collect()
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when it cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The last lines of a server's log, for a failure message.
