@@ -125,7 +125,6 @@ class Connection:
                 host, port = port, "80"
         self.host = host
         self.port = int(port)
-        self.address = address
         self.sock = None
         self.buf = b""
         self.used = False
