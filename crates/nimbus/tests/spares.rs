@@ -100,6 +100,18 @@ async fn a_replaced_version_loses_its_spare_and_the_new_one_gets_one() {
     assert_eq!(server.instance_pids().await, vec![new]);
 }
 
+/// `nimbus up` on an app whose one function `z` is declared by `function` (the lines after
+/// `[functions.z]`), with `files` written under `functions/z/`. The app lives as long as the server.
+fn one_function_app(function: &str, files: &[(&str, &str)]) -> (App, Server) {
+    let app = App::new("zygote").raw(&format!("[functions.z]\n{function}"));
+    for (rel, text) in files {
+        app.write_file(&format!("functions/z/{rel}"), text);
+    }
+    let app = app.finish();
+    let server = Server::start(app.path());
+    (app, server)
+}
+
 /// The first invocation of function `z`, cold-started in its prepared sandbox, which must be a
 /// zygote: the answer, after checking that the instance's environment (a `greeting`, its own
 /// key and log stream) was in place when the function's module was loaded.
@@ -122,13 +134,10 @@ async fn invoke_in_the_zygote(server: &Server) -> serde_json::Value {
 /// asyncio imported in its zygote, off the first invocation's path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_zygote_of_a_concurrent_function_has_asyncio_imported() {
-    let app = App::new("zygote").raw(
-        "[functions.z]\nruntime = \"python\"\nhandler = \"handler.handler\"\nconcurrency = 4\nenv = { GREETING = \"hi\" }",
+    let (_app, server) = one_function_app(
+        "runtime = \"python\"\nhandler = \"handler.handler\"\nconcurrency = 4\nenv = { GREETING = \"hi\" }",
+        &[("handler.py", ZYGOTE_HANDLER), ("helper.py", "def where():\n    return __file__\n")],
     );
-    app.write_file("functions/z/handler.py", ZYGOTE_HANDLER);
-    app.write_file("functions/z/helper.py", "def where():\n    return __file__\n");
-    let app = app.finish();
-    let server = Server::start(app.path());
     let b = invoke_in_the_zygote(&server).await;
     assert_eq!(b["asyncio"], true, "asyncio was imported before the claim: {b}");
 }
@@ -165,13 +174,10 @@ def handler(event, context):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_zygote_applies_the_instance_environment_before_user_code_and_reads_compiled_modules() {
-    let app = App::new("zygote").raw(
-        "[functions.z]\nruntime = \"python\"\nhandler = \"handler.handler\"\nenv = { GREETING = \"hi\", PYTHONPATH = \"/var/task/vendor\" }",
+    let (_app, server) = one_function_app(
+        "runtime = \"python\"\nhandler = \"handler.handler\"\nenv = { GREETING = \"hi\", PYTHONPATH = \"/var/task/vendor\" }",
+        &[("handler.py", ZYGOTE_HANDLER), ("vendor/helper.py", "def where():\n    return __file__\n")],
     );
-    app.write_file("functions/z/handler.py", ZYGOTE_HANDLER);
-    app.write_file("functions/z/vendor/helper.py", "def where():\n    return __file__\n");
-    let app = app.finish();
-    let server = Server::start(app.path());
     // The instance's environment, not the zygote's, was there before the module ran.
     let b = invoke_in_the_zygote(&server).await;
     assert_eq!(b["preloaded"], true, "standard modules were imported before the claim: {b}");
@@ -205,13 +211,10 @@ exports.handler = async () => ({
 /// before the handler's module is loaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_zygote_applies_the_instance_environment_before_user_code() {
-    let app = App::new("zygote").raw(
-        "[functions.z]\nruntime = \"node\"\nhandler = \"index.handler\"\nenv = { GREETING = \"hi\", NODE_PATH = \"/var/task/mods\" }",
+    let (_app, server) = one_function_app(
+        "runtime = \"node\"\nhandler = \"index.handler\"\nenv = { GREETING = \"hi\", NODE_PATH = \"/var/task/mods\" }",
+        &[("index.js", NODE_ZYGOTE_HANDLER), ("mods/helper.js", "exports.where = () => __filename;\n")],
     );
-    app.write_file("functions/z/index.js", NODE_ZYGOTE_HANDLER);
-    app.write_file("functions/z/mods/helper.js", "exports.where = () => __filename;\n");
-    let app = app.finish();
-    let server = Server::start(app.path());
     let b = invoke_in_the_zygote(&server).await;
     assert_eq!(b["preloaded"], true, "modules were loaded before the claim: {b}");
     assert_eq!(b["helper"], "/var/task/mods/helper.js", "NODE_PATH applied: {b}");
@@ -222,15 +225,10 @@ async fn a_node_zygote_applies_the_instance_environment_before_user_code() {
 /// A Node function that sets what Node reads only at start-up gets a held init, not a zygote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_function_with_node_options_gets_a_held_init() {
-    let app = App::new("zygote").raw(
-        "[functions.z]\nruntime = \"node\"\nhandler = \"index.handler\"\nenv = { NODE_OPTIONS = \"--max-old-space-size=100\" }",
+    let (_app, server) = one_function_app(
+        "runtime = \"node\"\nhandler = \"index.handler\"\nenv = { NODE_OPTIONS = \"--max-old-space-size=100\" }",
+        &[("index.js", "exports.handler = async () => require('v8').getHeapStatistics().heap_size_limit;\n")],
     );
-    app.write_file(
-        "functions/z/index.js",
-        "exports.handler = async () => require('v8').getHeapStatistics().heap_size_limit;\n",
-    );
-    let app = app.finish();
-    let server = Server::start(app.path());
     let spare = spare_besides(&server, &[]).await;
     let cmdline = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
     assert!(cmdline.split(|b| *b == 0).any(|a| a == b"--hold"), "a held init: {cmdline:?}");
