@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use nimbus_core::messages::MessageQueues;
 use nimbus_core::meter::StorageMeter;
-use nimbus_core::poll_again::PollAgain;
 use nimbus_core::ObjectStore;
 use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -268,8 +267,7 @@ pub async fn serve(listener: TcpListener, port: Arc<AwsPort>, shutdown: impl Fut
                     let fut: BoxFuture<'static, Result<_, Infallible>> = Box::pin(async move { Ok(port.handle(req).await) });
                     fut
                 });
-                // `PollAgain`: reading a request body wakes the connection's own task.
-                let conn = PollAgain::new(graceful.watch(h1.serve_connection(TokioIo::new(stream), svc)));
+                let conn = graceful.watch(h1.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!("AWS port connection: {e}");
