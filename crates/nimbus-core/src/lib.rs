@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod event_sources;
 pub mod events;
+pub mod expect;
 pub mod function;
 pub mod history;
 pub mod ids;

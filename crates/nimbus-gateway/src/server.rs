@@ -24,6 +24,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use nimbus_core::expect::{close_if_unanswered, expects_continue};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -230,7 +231,12 @@ fn service(
     let gw = gateway.clone();
     service_fn(move |req| {
         let gw = gw.clone();
-        async move { Ok::<_, Infallible>(gw.handle(req, remote).await) }
+        async move {
+            let expected = expects_continue(&req);
+            let mut answer = gw.handle(req, remote).await;
+            close_if_unanswered(expected, &mut answer);
+            Ok::<_, Infallible>(answer)
+        }
     })
 }
 

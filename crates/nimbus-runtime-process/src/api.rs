@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use nimbus_core::expect::{close_if_unanswered, expects_continue};
 use nimbus_core::StreamBody;
 use tokio::net::TcpListener;
 
@@ -73,24 +74,31 @@ where
 }
 
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<StreamBody>, Infallible> {
+    let expected = expects_continue(&req);
+    let mut answer = answer(req, shared).await;
+    close_if_unanswered(expected, &mut answer);
+    Ok(answer)
+}
+
+async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Response<StreamBody> {
     use crate::services::{self, boxed};
     if let Some(services) = &shared.services {
         if req.method() == Method::CONNECT {
-            return Ok(boxed(services::connect(req, services).await));
+            return boxed(services::connect(req, services).await);
         }
         if req.uri().scheme().is_some() {
-            return Ok(boxed(services::forward(req, services).await));
+            return boxed(services::forward(req, services).await);
         }
         // The Invoke API and nimbus's own calls (the KV store), answered by the gateway.
         if req.uri().path().starts_with("/2015-03-31/") || req.uri().path().starts_with("/nimbus/") {
-            return Ok(boxed(services::call(req, services).await));
+            return boxed(services::call(req, services).await);
         }
         // Anything else but the Runtime API is the AWS APIs (S3), streamed.
         if !req.uri().path().starts_with(PREFIX) {
-            return Ok(services::aws(req, services).await);
+            return services::aws(req, services).await;
         }
     }
-    Ok(boxed(runtime_api(req, &shared).await))
+    boxed(runtime_api(req, &shared).await)
 }
 
 async fn runtime_api(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<Bytes>> {

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{nimbus_bin, wait_child, App, Server};
+use common::{nimbus_bin, wait_child, App, Raw, Server};
 
 /// An app with one Node function `f` behind `ANY /f`.
 fn app(name: &str) -> App {
@@ -42,60 +41,6 @@ fn metric(text: &str, sample: &str) -> f64 {
 
 fn refused(text: &str, reason: &str) -> f64 {
     metric(text, &format!("nimbus_gateway_refused_total{{reason=\"{reason}\"}}"))
-}
-
-/// A raw HTTP/1.1 connection: sends what reqwest will not (oversized heads, stalled bodies),
-/// sees the connection close, and holds a connection open.
-struct Raw(TcpStream);
-
-impl Raw {
-    fn connect(url: &str) -> Raw {
-        let addr = url.trim_start_matches("http://").trim_start_matches("https://");
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(s)
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.0.write_all(bytes).unwrap();
-    }
-
-    /// One response: (status, head, body), the body read by its Content-Length.
-    fn response(&mut self) -> (u16, String, Vec<u8>) {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while !buf.ends_with(b"\r\n\r\n") {
-            let n = self.0.read(&mut byte).unwrap_or_else(|e| panic!("no response head ({e}); got {buf:?}"));
-            assert_eq!(n, 1, "connection closed before a full response head: {:?}", String::from_utf8_lossy(&buf));
-            buf.push(byte[0]);
-        }
-        let head = String::from_utf8(buf).unwrap();
-        let status = head[9..12].parse().unwrap();
-        let len = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body).unwrap();
-        (status, head, body)
-    }
-
-    /// A GET on this connection (kept alive).
-    fn get(&mut self, path: &str) -> (u16, String, Vec<u8>) {
-        self.send(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes());
-        self.response()
-    }
-
-    /// Whether the server closes the connection (EOF or reset) within the read timeout.
-    fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        match self.0.read(&mut buf) {
-            Ok(0) => true,
-            Ok(n) => panic!("unexpected bytes after the response: {:?}", String::from_utf8_lossy(&buf[..n])),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
-            Err(e) => panic!("the connection stayed open ({e})"),
-        }
-    }
 }
 
 /// `/metrics` as text, through a fresh connection.
@@ -375,6 +320,31 @@ async fn a_stalled_body_gets_408_within_the_idle_timeout_and_a_slow_steady_one_i
     let text = metrics(&server).await;
     assert_eq!(refused(&text, "body_idle"), 2.0, "{text}");
     assert_eq!(refused(&text, "body_timeout"), 0.0, "{text}");
+}
+
+/// A request that asks for `100 Continue` and is refused before its body is read closes its
+/// connection (the client never sends the body); one that is served keeps it.
+#[tokio::test]
+async fn a_refused_request_that_expected_100_continue_closes_its_connection() {
+    let app = app("expect");
+    let server = Server::start(app.path());
+    let post =
+        |path: &str| format!("POST {path} HTTP/1.1\r\nhost: test\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n");
+    let mut refused = Raw::connect(&server.url);
+    refused.send(post("/no-such-route").as_bytes());
+    let (status, head, _) = refused.response();
+    assert_eq!(status, 404, "{head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert!(refused.closed());
+
+    let mut served = Raw::connect(&server.url);
+    served.send(post("/f").as_bytes());
+    let (status, head, _) = served.response();
+    assert_eq!(status, 100, "the gateway reads the body of a route's request: {head}");
+    served.send(b"{}");
+    let (status, head, _) = served.response();
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(served.get("/f").0, 200, "the connection is kept");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{aws_env, run_json, test_pythonpath, App, Server};
+use common::{aws_env, run_json, test_pythonpath, App, Raw, Server};
 
 /// An app with one function and a declared bucket, served with the AWS port on a free port.
 fn start() -> (App, tempfile::TempDir, Server, String) {
@@ -343,4 +343,27 @@ async fn the_invoke_api_answers_on_the_aws_port_with_sigv4_verified() {
     assert_eq!(out["payload"]["event"]["ping"], 1, "the function's answer comes back: {out}");
     assert_eq!(out["bad_secret"], "InvalidSignatureException", "{out}");
     assert_eq!(out["unknown"], "ResourceNotFoundException", "{out}");
+}
+
+/// An upload that asks for `100 Continue` (boto3's all do) and is refused before its body is
+/// read gets `Connection: close`: the client never sends that body, so a server keeping the
+/// connection would take the start of the client's next request for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_upload_that_expected_100_continue_closes_its_connection() {
+    let (_app, _data, _server, url) = start();
+    let put = "PUT /declared/k HTTP/1.1\r\nhost: test\r\ncontent-length: 1\r\n";
+    let mut expecting = Raw::connect(&url);
+    expecting.send(format!("{put}expect: 100-continue\r\n\r\n").as_bytes());
+    let (status, head, _) = expecting.response();
+    assert_eq!(status, 403, "an unsigned PUT is refused: {head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert!(expecting.closed());
+
+    // Without the expectation the body comes with the request and the connection stays.
+    let mut plain = Raw::connect(&url);
+    plain.send(format!("{put}\r\nx").as_bytes());
+    let (status, head, _) = plain.response();
+    assert_eq!(status, 403, "{head}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert_eq!(plain.get("/declared/k").0, 403, "the next request on the connection is read whole");
 }

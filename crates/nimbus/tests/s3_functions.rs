@@ -51,6 +51,21 @@ def handler(event, context):
         out["write_other"] = code(lambda: s3.put_object(Bucket="other", Key="x", Body=b"x"))
         out["create"] = code(lambda: s3.create_bucket(Bucket="mine2"))
         return out
+    if op == "expect":
+        # An upload that asks for 100 Continue and is refused, by hand: the answer must close
+        # the connection (the body was never sent; see nimbus_core::expect).
+        import socket, urllib.parse
+        u = urllib.parse.urlparse(os.environ["AWS_ENDPOINT_URL"])
+        s = socket.create_connection((u.hostname, u.port), timeout=5)
+        s.sendall(b"PUT /other/x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
+        got, closed = b"", False
+        try:
+            while not closed:
+                chunk = s.recv(65536)
+                got, closed = got + chunk, not chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return {"answer": got.decode(errors="replace"), "closed": closed}
     if op == "big":
         # Written to /tmp first, then one PutObject streamed from the file; read back in chunks.
         path, wrote = "/tmp/big", hashlib.sha256()
@@ -219,6 +234,11 @@ async fn a_python_function_uses_its_bundled_boto3_within_its_grants() {
             && log.contains("[functions.f.grants]"),
         "the refusals are in the invocation's log: {log}"
     );
+
+    let expect = server.invoke("f", &json!({"op": "expect"})).await.body;
+    let answer = expect["answer"].as_str().unwrap().to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 403") && answer.contains("connection: close"), "{answer}");
+    assert_eq!(expect["closed"], true, "the refused upload's connection closes: {answer}");
 
     // 50 MB in and out of the function: streamed, so nimbus's peak memory barely moves.
     let peak_before = peak_rss_kb(server.pid());

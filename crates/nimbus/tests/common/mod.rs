@@ -2,7 +2,7 @@
 //! `nimbus` binary on 127.0.0.1:0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -585,5 +585,59 @@ pub async fn wait_every(every: Duration, what: &str, within: Duration, mut check
     while !check() {
         assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         tokio::time::sleep(every).await;
+    }
+}
+
+/// A raw HTTP/1.1 connection: sends what reqwest will not (oversized heads, stalled bodies),
+/// sees the connection close, and holds a connection open.
+pub struct Raw(pub std::net::TcpStream);
+
+impl Raw {
+    pub fn connect(url: &str) -> Raw {
+        let addr = url.trim_start_matches("http://").trim_start_matches("https://");
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).unwrap();
+    }
+
+    /// One response: (status, head, body), the body read by its Content-Length.
+    pub fn response(&mut self) -> (u16, String, Vec<u8>) {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            let n = self.0.read(&mut byte).unwrap_or_else(|e| panic!("no response head ({e}); got {buf:?}"));
+            assert_eq!(n, 1, "connection closed before a full response head: {:?}", String::from_utf8_lossy(&buf));
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8(buf).unwrap();
+        let status = head[9..12].parse().unwrap();
+        let len = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+        (status, head, body)
+    }
+
+    /// A GET on this connection (kept alive).
+    pub fn get(&mut self, path: &str) -> (u16, String, Vec<u8>) {
+        self.send(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes());
+        self.response()
+    }
+
+    /// Whether the server closes the connection (EOF or reset) within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        match self.0.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => panic!("unexpected bytes after the response: {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+            Err(e) => panic!("the connection stayed open ({e})"),
+        }
     }
 }
