@@ -22,6 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use nimbus_core::expect::{close_if_unanswered, expects_continue};
 use nimbus_core::messages::MessageQueues;
 use nimbus_core::meter::StorageMeter;
+use nimbus_core::poll_again::PollAgain;
 use nimbus_core::ObjectStore;
 use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -273,7 +274,8 @@ pub async fn serve(listener: TcpListener, port: Arc<AwsPort>, shutdown: impl Fut
                     });
                     fut
                 });
-                let conn = graceful.watch(h1.serve_connection(TokioIo::new(stream), svc));
+                // `PollAgain`: reading a request body wakes the connection's own task.
+                let conn = PollAgain::new(graceful.watch(h1.serve_connection(TokioIo::new(stream), svc)));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!("AWS port connection: {e}");

@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod outcome;
 pub mod peers;
 pub mod policy;
+pub mod poll_again;
 pub mod queue;
 pub mod registry;
 pub mod runtime;

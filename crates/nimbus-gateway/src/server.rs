@@ -25,6 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use nimbus_core::expect::{close_if_unanswered, expects_continue};
+use nimbus_core::poll_again::PollAgain;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -183,7 +184,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
                 match &tls {
                     None => {
                         let conn = protocols.h1.serve_connection(TokioIo::new(stream), service(&gateway, remote));
-                        let watched = graceful.watch(conn);
+                        // `PollAgain`: reading a request body wakes the connection's own task.
+                        let watched = PollAgain::new(graceful.watch(conn));
                         tokio::spawn(async move { slot.ended(watched.await) });
                     }
                     Some(acceptor) => {
@@ -261,7 +263,7 @@ async fn serve_tls(
     let ended = if h2 {
         watcher.watch(protocols.h2.serve_connection(io, svc)).await
     } else {
-        watcher.watch(protocols.h1.serve_connection(io, svc)).await
+        PollAgain::new(watcher.watch(protocols.h1.serve_connection(io, svc))).await
     };
     slot.ended(ended);
 }

@@ -64,12 +64,11 @@ where
 {
     tokio::spawn(async move {
         let svc = service_fn(move |req| handle(req, shared.clone()));
-        // Upgrades: the egress proxy's CONNECT takes the connection over.
-        let _ = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades()
-            .await;
+        // Upgrades: the egress proxy's CONNECT takes the connection over. `PollAgain`: taking
+        // an answer's body wakes this very task, which would otherwise unpark another worker
+        // on every invocation.
+        let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(io), svc);
+        let _ = nimbus_core::poll_again::PollAgain::new(conn.with_upgrades()).await;
     });
 }
 
