@@ -17,8 +17,9 @@
 //! Waiting is bounded by `queue_timeout`, then the request gets `Throttled` (429).
 //!
 //! An instance is handed out in a `Lease`; dropping the lease returns the instance, so no
-//! path (error, panic, cancelled request) can leak one. Invocations run in their own task, so a
-//! client that disconnects does not abandon an instance half-way through an invocation.
+//! path (error, panic, cancelled request) can leak one. An invocation that does not finish in its
+//! first poll (on the caller's task) runs on in a task of its own, so a client that disconnects
+//! does not abandon an instance half-way through an invocation.
 //!
 //! Housekeeping runs per pool on a timer and applies [`nimbus_core::policy::keep_alive`]:
 //! reclaim instances idle past `keep_alive`, keep `min_instances` started. With
@@ -53,8 +54,11 @@ mod stream;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future as _;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -361,16 +365,29 @@ impl Dispatch for Scheduler {
         function: Arc<FunctionVersion>,
         invocation: Invocation,
     ) -> Result<InvokeResult, DispatchError> {
-        // Its own task: a caller that goes away does not cancel an invocation half-way, and a
-        // panic inside one invocation becomes a platform error instead of taking others down.
-        // A panicking task records nothing itself, so its record is made here.
+        // A caller that goes away must not cancel an invocation half-way, and a panic inside
+        // one invocation becomes a platform error instead of taking others down (a panicking
+        // invocation records nothing itself, so its record is made here). The first poll runs
+        // here, on the caller's task: an invocation that finishes in it (a warm wasm instance
+        // usually does) had nothing to cancel, and saves a task, its scheduling and the wake of
+        // the caller. One that waits moves, already boxed, into a task of its own.
         let attempt = Attempt::new(function, &invocation);
-        match tokio::spawn(self.0.clone().run(attempt.clone(), invocation)).await {
-            Ok(r) => r,
-            Err(e) => {
-                let err = DispatchError::Platform(format!("the invocation task failed: {e}"));
-                Err(self.failed(&attempt, attempt.queued.elapsed(), err, None))
-            }
+        let mut run = Box::pin(self.0.clone().run(attempt.clone(), invocation));
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))))
+        })
+        .await;
+        let failed = |why: String| {
+            let err = DispatchError::Platform(format!("the invocation task failed: {why}"));
+            Err(self.failed(&attempt, attempt.queued.elapsed(), err, None))
+        };
+        match first {
+            Ok(Poll::Ready(r)) => r,
+            Ok(Poll::Pending) => match tokio::spawn(run).await {
+                Ok(r) => r,
+                Err(e) => failed(e.to_string()),
+            },
+            Err(panic) => failed(panic_message(&*panic)),
         }
     }
 }
@@ -385,6 +402,13 @@ impl Pools for Scheduler {
     fn deploy(&self, live: &[Arc<FunctionVersion>]) {
         Inner::deploy(self, live);
     }
+}
+
+/// What a caught panic said (`panic!` makes its payload a `&str` or a `String`), in the words
+/// of tokio's `JoinError`.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let said = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    format!("panicked with message {:?}", said.unwrap_or("(none)"))
 }
 
 /// Status a finished invocation is recorded with.

@@ -249,6 +249,44 @@ async fn every_invocation_outcome_is_recorded_exactly_once() {
     }
 }
 
+/// A panic in an invocation's first poll (a warm instance: nothing to wait for, so it runs on
+/// the caller's task) is caught there: a platform error for the caller and in the history, once,
+/// and the function goes on serving.
+#[tokio::test(start_paused = true)]
+async fn a_panic_on_a_warm_instance_is_a_platform_error_recorded_once() {
+    use nimbus_core::InvocationStatus::*;
+    let h = harness(Fake::default());
+    let f = function("f", |_| {});
+    assert_eq!(crate::status_of(&h.call(&f, "warm", "ok").await.unwrap()), Success);
+    let result = h.call(&f, "p", "panic").await.unwrap();
+    let Err(DispatchError::Platform(message)) = &result else { panic!("{result:?}") };
+    assert!(message.contains("the fake instance panicked"), "{message}");
+    let records = h.records.of("p");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].status, PlatformError);
+    assert_eq!(crate::status_of(&h.call(&f, "after", "ok").await.unwrap()), Success);
+}
+
+/// A caller that goes away while its invocation runs does not cancel it: the invocation (moved
+/// to a task of its own when its first poll did not finish it) runs to its end, is recorded and
+/// gives its instance back. On the paused clock the sleeps are exact points in the fake's time.
+#[tokio::test(start_paused = true)]
+async fn an_invocation_outlives_a_caller_that_goes_away() {
+    let h = harness(Fake { invoke_time: ms(50), ..Fake::default() });
+    let f = function("f", |_| {});
+    h.call(&f, "warm", "ok").await.unwrap().unwrap();
+    let call = h.call(&f, "left", "ok");
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(h.status().busy, 1, "the invocation is under way");
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(ms(100)).await;
+    let records = h.records.of("left");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].status, nimbus_core::InvocationStatus::Success);
+    assert_eq!((h.status().busy, h.status().idle), (0, 1), "the instance is back");
+}
+
 /// A success is recorded without its START / END / REPORT lines (the store renders them when the
 /// log is read), and renders to exactly the log the caller got, which is the text the platform
 /// has always formatted.
