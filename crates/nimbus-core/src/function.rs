@@ -31,6 +31,12 @@ impl RuntimeKind {
         }
     }
 
+    /// Whether an invocation runs inside nimbus's own process (on the invoking task) rather
+    /// than in another process it waits for.
+    pub fn runs_in_nimbus(self) -> bool {
+        self == RuntimeKind::Wasm
+    }
+
     pub fn parse(s: &str) -> Option<RuntimeKind> {
         RuntimeKind::ALL.into_iter().find(|k| k.as_str() == s)
     }

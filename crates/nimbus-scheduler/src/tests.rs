@@ -19,9 +19,17 @@ struct Harness {
 }
 
 fn harness(fake: Fake) -> Harness {
+    harness_for(fake, &[RuntimeKind::Provided])
+}
+
+/// The fake as the runtime of each of `kinds`: it stands in for a runtime in another process
+/// (`provided`, the default of `fake::function`) and for one in nimbus's own (wasm, whose
+/// invocations get their first poll on the caller's task).
+fn harness_for(fake: Fake, kinds: &[RuntimeKind]) -> Harness {
     let (runtime, counters) = fake.runtime();
     let records = Arc::new(Records::default());
-    let runtimes = HashMap::from([(RuntimeKind::Provided, runtime as Arc<dyn Runtime>)]);
+    let runtime = runtime as Arc<dyn Runtime>;
+    let runtimes = kinds.iter().map(|k| (*k, runtime.clone())).collect::<HashMap<_, _>>();
     Harness { scheduler: Scheduler::new(runtimes, records.clone()), counters, records }
 }
 
@@ -249,14 +257,14 @@ async fn every_invocation_outcome_is_recorded_exactly_once() {
     }
 }
 
-/// A panic in an invocation's first poll (a warm instance: nothing to wait for, so it runs on
-/// the caller's task) is caught there: a platform error for the caller and in the history, once,
+/// A panic in a wasm invocation's first poll (a warm instance: nothing to wait for, so it runs
+/// on the caller's task) is caught there: a platform error for the caller and in the history, once,
 /// and the function goes on serving.
 #[tokio::test(start_paused = true)]
 async fn a_panic_on_a_warm_instance_is_a_platform_error_recorded_once() {
     use nimbus_core::InvocationStatus::*;
-    let h = harness(Fake::default());
-    let f = function("f", |_| {});
+    let h = harness_for(Fake::default(), &[RuntimeKind::Wasm]);
+    let f = function("f", |s| s.runtime = RuntimeKind::Wasm);
     assert_eq!(crate::status_of(&h.call(&f, "warm", "ok").await.unwrap()), Success);
     let result = h.call(&f, "p", "panic").await.unwrap();
     let Err(DispatchError::Platform(message)) = &result else { panic!("{result:?}") };
@@ -272,19 +280,25 @@ async fn a_panic_on_a_warm_instance_is_a_platform_error_recorded_once() {
 /// gives its instance back. On the paused clock the sleeps are exact points in the fake's time.
 #[tokio::test(start_paused = true)]
 async fn an_invocation_outlives_a_caller_that_goes_away() {
-    let h = harness(Fake { invoke_time: ms(50), ..Fake::default() });
-    let f = function("f", |_| {});
+    for kind in [RuntimeKind::Provided, RuntimeKind::Wasm] {
+        outlives_its_caller(kind).await;
+    }
+}
+
+async fn outlives_its_caller(kind: RuntimeKind) {
+    let h = harness_for(Fake { invoke_time: ms(50), ..Fake::default() }, &[kind]);
+    let f = function("f", |s| s.runtime = kind);
     h.call(&f, "warm", "ok").await.unwrap().unwrap();
     let call = h.call(&f, "left", "ok");
     tokio::time::sleep(ms(10)).await;
-    assert_eq!(h.status().busy, 1, "the invocation is under way");
+    assert_eq!(h.status().busy, 1, "{kind:?}: the invocation is under way");
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     tokio::time::sleep(ms(100)).await;
     let records = h.records.of("left");
-    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records.len(), 1, "{kind:?}: {records:?}");
     assert_eq!(records[0].status, nimbus_core::InvocationStatus::Success);
-    assert_eq!((h.status().busy, h.status().idle), (0, 1), "the instance is back");
+    assert_eq!((h.status().busy, h.status().idle), (0, 1), "{kind:?}: the instance is back");
 }
 
 /// A success is recorded without its START / END / REPORT lines (the store renders them when the
