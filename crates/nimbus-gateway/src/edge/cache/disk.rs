@@ -154,11 +154,12 @@ impl Disk {
         let name = file_name(&key);
         let data = encode(&key, entry);
         let tmp = self.dir.join(format!("{name}.{}.tmp", rand::random::<u32>()));
-        let done = std::fs::write(&tmp, &data).and_then(|()| std::fs::rename(&tmp, self.dir.join(&name)));
-        if let Err(e) = done {
+        let failed = |e: std::io::Error| {
             tracing::debug!("response cache: cannot write {}: {e}", tmp.display());
             let _ = std::fs::remove_file(&tmp);
-            return;
+        };
+        if let Err(e) = std::fs::write(&tmp, &data) {
+            return failed(e);
         }
         let meta = Meta {
             name: name.clone(),
@@ -167,13 +168,19 @@ impl Disk {
             path: entry.path.clone(),
             tags: entry.tags.clone(),
         };
+        // Renamed under the index's lock: the file appears exactly when the index has it, so a
+        // reader that sees the file finds the entry (and an emptying in between discards it).
         let doomed = {
             let mut index = self.index();
             if index.generation != generation {
-                vec![name]
-            } else {
-                index.add(key, meta, self.budget)
+                drop(index);
+                return failed(std::io::Error::other("the cache was emptied meanwhile"));
             }
+            if let Err(e) = std::fs::rename(&tmp, self.dir.join(&name)) {
+                drop(index);
+                return failed(e);
+            }
+            index.add(key, meta, self.budget)
         };
         self.delete(doomed);
     }
