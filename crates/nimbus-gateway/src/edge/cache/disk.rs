@@ -73,12 +73,16 @@ impl Index {
         Some(meta.name)
     }
 
-    /// Add a written file; the files to delete (a replaced one, the evicted ones).
+    /// Add a written file (it replaces the key's earlier one: a key has one file name); the
+    /// keys evicted to stay within `budget`, whose files are to be deleted.
     fn add(&mut self, key: String, mut meta: Meta, budget: u64) -> Vec<String> {
-        let mut doomed: Vec<String> = self.remove(&key).into_iter().filter(|n| *n != meta.name).collect();
+        self.remove(&key);
+        let mut doomed = Vec::new();
         while self.bytes + meta.size > budget {
             let Some((_, oldest)) = self.order.pop_first() else { break };
-            doomed.extend(self.remove(&oldest));
+            if self.remove(&oldest).is_some() {
+                doomed.push(oldest);
+            }
         }
         self.tick += 1;
         meta.used = self.tick;
@@ -185,20 +189,26 @@ impl Disk {
         self.delete(doomed);
     }
 
-    fn delete(&self, names: Vec<String>) {
-        for name in names {
-            let _ = std::fs::remove_file(self.dir.join(name));
+    /// Delete the files of `keys` the index no longer has. Each under the index's lock, as
+    /// writes rename under it: a delete that runs late never takes the file a newer write of
+    /// the same key put there.
+    fn delete(&self, keys: Vec<String>) {
+        for key in keys {
+            let index = self.index();
+            if !index.files.contains_key(&key) {
+                let _ = std::fs::remove_file(self.dir.join(file_name(&key)));
+            }
         }
     }
 
-    /// Delete files on the blocking pool.
-    fn delete_later(self: &Arc<Self>, names: Vec<String>) {
-        if names.is_empty() {
+    /// [`Disk::delete`] on the blocking pool.
+    fn delete_later(self: &Arc<Self>, keys: Vec<String>) {
+        if keys.is_empty() {
             return;
         }
         let me = self.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || me.delete(names));
+            rt.spawn_blocking(move || me.delete(keys));
         }
     }
 
@@ -227,33 +237,34 @@ impl Disk {
 
     /// Drop `key` (its file is deleted in the background).
     pub(crate) fn remove(self: &Arc<Self>, key: &str) {
-        let name = self.index().remove(key);
-        self.delete_later(name.into_iter().collect());
+        if self.index().remove(key).is_some() {
+            self.delete_later(vec![key.to_owned()]);
+        }
     }
 
     /// Drop every entry `matches` (by path and tags); how many went.
     pub(crate) fn purge(self: &Arc<Self>, matches: impl Fn(&str, &[String]) -> bool) -> usize {
-        let names: Vec<String> = {
+        let keys: Vec<String> = {
             let mut index = self.index();
             let doomed: Vec<String> =
                 index.files.iter().filter(|(_, m)| matches(&m.path, &m.tags)).map(|(k, _)| k.clone()).collect();
-            doomed.iter().filter_map(|k| index.remove(k)).collect()
+            doomed.into_iter().filter(|k| index.remove(k).is_some()).collect()
         };
-        let n = names.len();
-        self.delete_later(names);
+        let n = keys.len();
+        self.delete_later(keys);
         n
     }
 
     /// Drop every entry, and any write under way.
     pub(crate) fn clear(self: &Arc<Self>) {
-        let names: Vec<String> = {
+        let keys: Vec<String> = {
             let mut index = self.index();
             let generation = index.generation + 1;
             let old = std::mem::take(&mut *index);
             index.generation = generation;
-            old.files.into_values().map(|m| m.name).collect()
+            old.files.into_keys().collect()
         };
-        self.delete_later(names);
+        self.delete_later(keys);
     }
 }
 
@@ -477,6 +488,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A key moved back to memory and then written again: the first file's delete, run late
+    /// on the blocking pool, leaves the newer file alone.
+    #[tokio::test]
+    async fn a_late_delete_leaves_a_newer_file_of_the_same_key() {
+        let dir = scratch("late");
+        let disk = Arc::new(Disk::open(&dir, 1 << 20).unwrap());
+        disk.write("k".into(), &entry(), 0);
+        assert!(disk.index().remove("k").is_some(), "moved back to memory");
+        disk.write("k".into(), &Entry { body: Bytes::from_static(b"newer"), ..entry() }, 0);
+        disk.delete(vec!["k".into()]);
+        assert_eq!(disk.load("k").await.map(|e| e.body), Some(Bytes::from_static(b"newer")));
+        disk.index().remove("k");
+        disk.delete(vec!["k".into()]);
+        assert_eq!(files(&dir), 0, "a key the index no longer has loses its file");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_index_evicts_least_recently_used_past_its_budget() {
         let meta = |n: &str| Meta { name: n.into(), size: 40, used: 0, path: "/".into(), tags: Vec::new() };
@@ -484,7 +512,7 @@ mod tests {
         assert!(i.add("a".into(), meta("fa"), 100).is_empty());
         assert!(i.add("b".into(), meta("fb"), 100).is_empty());
         assert_eq!(i.touch("a").as_deref(), Some("fa"));
-        assert_eq!(i.add("c".into(), meta("fc"), 100), ["fb"], "b was used least recently");
+        assert_eq!(i.add("c".into(), meta("fc"), 100), ["b"], "b was used least recently");
         assert_eq!(i.add("a".into(), meta("fa"), 100), Vec::<String>::new(), "same file replaced in place");
         assert_eq!((i.bytes, i.files.len()), (80, 2));
     }
