@@ -376,23 +376,22 @@ impl Dispatch for Scheduler {
         // slot and wake another worker to take it (3.3 instead of 2.2 context switches of the
         // workers per Node invocation at c=1). So it gets its own task at once.
         let attempt = Attempt::new(function, &invocation);
-        let mut run = Box::pin(self.0.clone().run(attempt.clone(), invocation));
-        let first = if attempt.function.spec.runtime.runs_in_nimbus() {
-            std::future::poll_fn(|cx| Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)))))
-                .await
-        } else {
-            Ok(Poll::Pending)
-        };
         let failed = |why: String| {
             let err = DispatchError::Platform(format!("the invocation task failed: {why}"));
             Err(self.failed(&attempt, attempt.queued.elapsed(), err, None))
         };
+        let run = self.0.clone().run(attempt.clone(), invocation);
+        if !attempt.function.spec.runtime.runs_in_nimbus() {
+            return tokio::spawn(run).await.unwrap_or_else(|e| failed(e.to_string()));
+        }
+        let mut run = Box::pin(run);
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))))
+        })
+        .await;
         match first {
             Ok(Poll::Ready(r)) => r,
-            Ok(Poll::Pending) => match tokio::spawn(run).await {
-                Ok(r) => r,
-                Err(e) => failed(e.to_string()),
-            },
+            Ok(Poll::Pending) => tokio::spawn(run).await.unwrap_or_else(|e| failed(e.to_string())),
             Err(panic) => failed(panic_message(&*panic)),
         }
     }
