@@ -19,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use nimbus_core::expect::{close_if_unanswered, expects_continue};
+use nimbus_core::expect::serve_closing_unanswered;
 use nimbus_core::messages::MessageQueues;
 use nimbus_core::meter::StorageMeter;
 use nimbus_core::poll_again::PollAgain;
@@ -266,12 +266,8 @@ pub async fn serve(listener: TcpListener, port: Arc<AwsPort>, shutdown: impl Fut
                 let port = port.clone();
                 let svc = service_fn(move |req| {
                     let port = port.clone();
-                    let fut: BoxFuture<'static, Result<_, Infallible>> = Box::pin(async move {
-                        let expected = expects_continue(&req);
-                        let mut answer = port.handle(req).await;
-                        close_if_unanswered(expected, &mut answer);
-                        Ok(answer)
-                    });
+                    let fut: BoxFuture<'static, Result<_, Infallible>> =
+                        Box::pin(async move { Ok(serve_closing_unanswered(req, |req| port.handle(req)).await) });
                     fut
                 });
                 // `PollAgain`: reading a request body wakes the connection's own task.

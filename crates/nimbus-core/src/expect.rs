@@ -15,19 +15,34 @@
 //! any answer that is not a success, which is where a body can go unread. A success after an
 //! unread body would need it too; nimbus's handlers read the whole body before they succeed.
 
+use std::future::Future;
+
 use http::header::{CONNECTION, EXPECT};
 use http::{HeaderValue, Request, Response, Version};
 
+/// Answer `request` with `serve`, closing the connection after the answer when it asked for
+/// `100 Continue` and the answer is not a success. What every HTTP/1 service of nimbus wraps
+/// its handler in.
+pub async fn serve_closing_unanswered<B, R, F>(request: Request<B>, serve: impl FnOnce(Request<B>) -> F) -> Response<R>
+where
+    F: Future<Output = Response<R>>,
+{
+    let expected = expects_continue(&request);
+    let mut response = serve(request).await;
+    close_if_unanswered(expected, &mut response);
+    response
+}
+
 /// Whether `request` asked for `100 Continue` (HTTP/1.1 only: HTTP/1.0 ignores it, and HTTP/2
 /// does not need the connection closed).
-pub fn expects_continue<B>(request: &Request<B>) -> bool {
+fn expects_continue<B>(request: &Request<B>) -> bool {
     request.version() == Version::HTTP_11
         && request.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Close the connection after `response` when the request asked for `100 Continue` and the
 /// answer is not a success (its body may be unread; see the module's documentation).
-pub fn close_if_unanswered<B>(expected_continue: bool, response: &mut Response<B>) {
+fn close_if_unanswered<B>(expected_continue: bool, response: &mut Response<B>) {
     if expected_continue && !response.status().is_success() {
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     }

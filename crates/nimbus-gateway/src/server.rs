@@ -24,7 +24,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use nimbus_core::expect::{close_if_unanswered, expects_continue};
+use nimbus_core::expect::serve_closing_unanswered;
 use nimbus_core::poll_again::PollAgain;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -233,12 +233,7 @@ fn service(
     let gw = gateway.clone();
     service_fn(move |req| {
         let gw = gw.clone();
-        async move {
-            let expected = expects_continue(&req);
-            let mut answer = gw.handle(req, remote).await;
-            close_if_unanswered(expected, &mut answer);
-            Ok::<_, Infallible>(answer)
-        }
+        async move { Ok::<_, Infallible>(serve_closing_unanswered(req, |req| gw.handle(req, remote)).await) }
     })
 }
 

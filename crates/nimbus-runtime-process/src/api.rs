@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use nimbus_core::expect::{close_if_unanswered, expects_continue};
+use nimbus_core::expect::serve_closing_unanswered;
 use nimbus_core::StreamBody;
 use tokio::net::TcpListener;
 
@@ -73,10 +73,7 @@ where
 }
 
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<StreamBody>, Infallible> {
-    let expected = expects_continue(&req);
-    let mut answer = answer(req, shared).await;
-    close_if_unanswered(expected, &mut answer);
-    Ok(answer)
+    Ok(serve_closing_unanswered(req, |req| answer(req, shared)).await)
 }
 
 async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Response<StreamBody> {
