@@ -104,7 +104,7 @@ enum Command {
     /// cold starts (must be ≤ 8), errors (must be 0), latency.
     Burst(burst::BurstArgs),
     /// What recording costs: the wasm hello through nimbus as shipped (records, logs, metrics)
-    /// and with NIMBUS_RECORDING=off, interleaved, same load.
+    /// and with NIMBUS_RECORDING=off side by side, load phases alternating A B B A, same load.
     Observe(observe::ObserveArgs),
     /// Storage: S3 PUT/GET of 4 KiB and 1 MiB objects at c=1 and c=32 against nimbus and
     /// `moto_server` (from scripts/bench-tools.sh; reported as not installed when missing), the

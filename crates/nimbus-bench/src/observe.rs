@@ -1,11 +1,12 @@
 //! `nimbus-bench observe`: what recording costs on the warm path. The same app (the Rust wasm
 //! hello, fresh instances and `instance_reuse`: the cheapest requests nimbus serves, so the
-//! recording's share is the largest) through two `nimbus up` servers, one as shipped (records,
-//! logs, metrics) and one with `NIMBUS_RECORDING=off`, started one after the other and
-//! interleaved (on, off, then off, on in the next run), with identical load settings.
+//! recording's share is the largest) through two `nimbus up` servers running side by side, one
+//! as shipped (records, logs, metrics) and one with `NIMBUS_RECORDING=off`. Their load phases
+//! alternate A B B A on each route (and B A A B in the next run), so a drift of the machine over
+//! the seconds of a run falls on both sides alike.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -19,6 +20,9 @@ use crate::wasm::{expect, write_app, HELLO_PATH, REUSE_PATH};
 /// BENCHMARKS.md § Targets: recording (records, logs, metrics) costs ≤ 3 % of peak throughput
 /// at c=32.
 pub const OVERHEAD_TARGET_PCT: f64 = 3.0;
+
+/// Load phases per side and route: each side gets its throughput duration in halves, A B B A.
+const PHASES_PER_SIDE: u32 = 2;
 
 #[derive(Args)]
 pub struct ObserveArgs {
@@ -35,24 +39,38 @@ struct Sample {
     seq_p50_us: f64,
 }
 
-async fn measure(
-    s: &Settings,
-    bin: &Path,
-    app: &Path,
-    root: &Path,
-    run: usize,
+/// One server of the pair and what its phases on the current route added up to.
+struct Side {
     recording: bool,
-) -> Result<Vec<Sample>> {
-    let tag = if recording { "on" } else { "off" };
-    let data = root.join(format!("data-{run}-{tag}"));
-    let log = root.join(format!("nimbus-{run}-{tag}.log"));
-    let env: Vec<(&str, &Path)> = if recording { vec![] } else { vec![("NIMBUS_RECORDING", Path::new("off"))] };
-    let nimbus = Nimbus::launch(bin, app, &data, &log, &env).await?;
-    let mut out = Vec::new();
-    for path in [HELLO_PATH, REUSE_PATH] {
-        let uri = load::uri(&format!("{}{path}", nimbus.url))?;
-        let want = expect(path);
-        let client = load::client();
+    nimbus: Nimbus,
+    ok: u64,
+    secs: f64,
+    latencies_us: Vec<f64>,
+    seq_p50_us: f64,
+}
+
+impl Side {
+    async fn launch(bin: &Path, app: &Path, root: &Path, run: usize, recording: bool) -> Result<Side> {
+        let tag = if recording { "on" } else { "off" };
+        let data = root.join(format!("data-{run}-{tag}"));
+        let log = root.join(format!("nimbus-{run}-{tag}.log"));
+        let env: Vec<(&str, &Path)> = if recording { vec![] } else { vec![("NIMBUS_RECORDING", Path::new("off"))] };
+        let nimbus = Nimbus::launch(bin, app, &data, &log, &env).await?;
+        Ok(Side { recording, nimbus, ok: 0, secs: 0.0, latencies_us: Vec::new(), seq_p50_us: 0.0 })
+    }
+
+    fn tag(&self) -> &'static str {
+        if self.recording {
+            "on"
+        } else {
+            "off"
+        }
+    }
+
+    /// The c=1 latency on `path`, and a fresh start of its c=32 totals.
+    async fn sequential(&mut self, s: &Settings, path: &str) -> Result<()> {
+        let uri = load::uri(&format!("{}{path}", self.nimbus.url))?;
+        let (want, client) = (expect(path), load::client());
         let mut seq = Vec::with_capacity(s.warm);
         for i in 0..s.warmup + s.warm {
             let us = load::timed(&client, &uri, &want).await?;
@@ -60,22 +78,54 @@ async fn measure(
                 seq.push(us);
             }
         }
-        let t =
-            load::throughput_expect(&uri, &want, nimbus.pid(), 32, s.tput_warmup, s.tput_duration, s.tput_max).await?;
-        if t.errors > 0 {
-            bail!("{path} with recording {tag}: {} errors, first: {:?}", t.errors, t.first_error);
-        }
-        let lat = stats(&t.latencies_us);
-        out.push(Sample {
-            recording,
-            path,
-            rps: t.rps(),
-            p50_us: lat.p50,
-            p99_us: lat.p99,
-            seq_p50_us: stats(&seq).p50,
-        });
+        (self.ok, self.secs, self.seq_p50_us) = (0, 0.0, stats(&seq).p50);
+        self.latencies_us.clear();
+        Ok(())
     }
-    nimbus.stop().await?;
+
+    /// One c=32 phase of `dur` on `path` (after its own warm-up), added to the totals.
+    async fn phase(&mut self, s: &Settings, path: &str, dur: Duration) -> Result<()> {
+        let uri = load::uri(&format!("{}{path}", self.nimbus.url))?;
+        let want = expect(path);
+        let t = load::throughput_expect(&uri, &want, self.nimbus.pid(), 32, s.tput_warmup, dur, s.tput_max).await?;
+        if t.errors > 0 {
+            bail!("{path} with recording {}: {} errors, first: {:?}", self.tag(), t.errors, t.first_error);
+        }
+        self.ok += t.ok;
+        self.secs += t.secs;
+        self.latencies_us.extend(t.latencies_us);
+        Ok(())
+    }
+
+    fn sample(&self, path: &'static str) -> Sample {
+        let lat = stats(&self.latencies_us);
+        let rps = if self.secs > 0.0 { self.ok as f64 / self.secs } else { 0.0 };
+        Sample { recording: self.recording, path, rps, p50_us: lat.p50, p99_us: lat.p99, seq_p50_us: self.seq_p50_us }
+    }
+}
+
+/// One run: both servers up, then on each route the c=1 latencies and the c=32 phases
+/// alternating A B B A, where A is recording on in odd runs and off in even ones.
+async fn measure(s: &Settings, bin: &Path, app: &Path, root: &Path, run: usize) -> Result<Vec<Sample>> {
+    let first = run % 2 == 1;
+    let mut sides = [Side::launch(bin, app, root, run, first).await?, Side::launch(bin, app, root, run, !first).await?];
+    let dur = s.tput_duration / PHASES_PER_SIDE;
+    let mut out = Vec::new();
+    for path in [HELLO_PATH, REUSE_PATH] {
+        for side in &mut sides {
+            side.sequential(s, path).await?;
+        }
+        for i in 0..2 * PHASES_PER_SIDE {
+            // A B B A B A A B ... (the Thue–Morse sequence): a linear drift cancels out.
+            let which = usize::from(i.count_ones() % 2 == 1);
+            let Some(side) = sides.get_mut(which) else { bail!("no side {which}") };
+            side.phase(s, path, dur).await?;
+        }
+        out.extend(sides.iter().map(|side| side.sample(path)));
+    }
+    for side in sides {
+        side.nimbus.stop().await?;
+    }
     Ok(out)
 }
 
@@ -90,13 +140,9 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     eprintln!("nimbus-bench observe: recording on vs NIMBUS_RECORDING=off, {} run(s) in {}", s.runs, root.display());
     let mut samples = Vec::new();
     for run in 1..=s.runs {
-        // Alternate which side goes first, so a drift in the machine does not favour one.
-        let order = if run % 2 == 1 { [true, false] } else { [false, true] };
-        for recording in order {
-            eprintln!("run {run}/{}: recording {}", s.runs, if recording { "on" } else { "off" });
-            for x in measure(&s, &bin, &app, &root, run, recording).await? {
-                samples.push((run, x));
-            }
+        eprintln!("run {run}/{}", s.runs);
+        for x in measure(&s, &bin, &app, &root, run).await? {
+            samples.push((run, x));
         }
     }
 
