@@ -21,8 +21,9 @@ use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-use crate::host::{CpuMeter, Host, Limiter, LogPipe, Metered, Outbound};
+use crate::host::{CpuMeter, Host, Limiter, Metered, Outbound};
 use crate::kv::KvCtx;
+use crate::log::LogPipe;
 use crate::{Inner, Loaded};
 
 type Response = hyper::Response<HyperOutgoingBody>;

@@ -19,9 +19,9 @@ use bytes::Bytes;
 use nimbus_core::function::{Access, Op};
 use nimbus_core::kv::{check_key, check_value, KvError, KvStore, MAX_LIST_LIMIT};
 use nimbus_core::FunctionVersion;
-use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::host::{Host, LogPipe};
+use crate::log::LogPipe;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -129,12 +129,30 @@ impl KvCtx {
     }
 }
 
-/// Link `wasi:keyvalue` (store, atomics, batch) into the runtime's linker.
-pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
-    bindings::Imports::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)
+/// What the bindings work on: the store's resource table (open buckets live there) and its KV
+/// state, borrowed from whatever the store holds, as `wasmtime_wasi`'s `WasiCtxView` is.
+pub(crate) struct KvView<'a> {
+    pub table: &'a mut ResourceTable,
+    pub kv: &'a mut KvCtx,
 }
 
-impl Host {
+/// The bindings' [`HasData`]: a store's data lends them a [`KvView`].
+struct KvData;
+
+impl HasData for KvData {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Link `wasi:keyvalue` (store, atomics, batch) into `linker`; `view` lends the calls their
+/// [`KvView`] of the store's data.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KvView<'_>,
+) -> wasmtime::Result<()> {
+    bindings::Imports::add_to_linker::<T, KvData>(linker, view)
+}
+
+impl KvView<'_> {
     /// The namespace of `bucket` if its grant allows `op`; else the refusal.
     fn granted(&self, bucket: &Resource<Bucket>, op: Op, call: &str) -> Outcome<String> {
         let b = self.table.get(bucket)?;
@@ -156,7 +174,7 @@ macro_rules! check {
     };
 }
 
-impl store::Host for Host {
+impl store::Host for KvView<'_> {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
         let Some(access) = self.kv.function.spec.grants.kv.get(&identifier).copied() else {
             // Whether or not the namespace exists: a function learns nothing about ungranted ones.
@@ -166,7 +184,7 @@ impl store::Host for Host {
     }
 }
 
-impl store::HostBucket for Host {
+impl store::HostBucket for KvView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
         let ns = check!(self.granted(&bucket, Op::Read, "get")?);
         check!(check_key(&key).map_err(|e| self.kv.failed("get", e)));
@@ -217,7 +235,7 @@ impl store::HostBucket for Host {
     }
 }
 
-impl atomics::Host for Host {
+impl atomics::Host for KvView<'_> {
     async fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: u64) -> Outcome<u64> {
         let ns = check!(self.granted(&bucket, Op::Write, "increment")?);
         check!(check_key(&key).map_err(|e| self.kv.failed("increment", e)));
@@ -242,7 +260,7 @@ fn check_batch(call: &str, n: usize) -> Result<(), Error> {
     Ok(())
 }
 
-impl batch::Host for Host {
+impl batch::Host for KvView<'_> {
     async fn get_many(
         &mut self,
         bucket: Resource<Bucket>,

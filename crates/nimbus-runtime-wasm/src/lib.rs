@@ -19,6 +19,7 @@ mod error;
 mod host;
 mod instance;
 mod kv;
+mod log;
 mod stream;
 
 pub use error::WasmError;
@@ -119,7 +120,8 @@ impl WasmRuntime {
         let link = |what| move |e: wasmtime::Error| WasmError::Link { what, detail: format!("{e:#}") };
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link("WASI"))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link("WASI HTTP"))?;
-        kv::add_to_linker(&mut linker).map_err(link("wasi:keyvalue"))?;
+        kv::add_to_linker(&mut linker, |h: &mut Host| kv::KvView { table: &mut h.table, kv: &mut h.kv })
+            .map_err(link("wasi:keyvalue"))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());
