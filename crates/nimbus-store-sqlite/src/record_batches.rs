@@ -221,14 +221,14 @@ pub(crate) fn for_each_in_range(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
     use super::*;
     use crate::Store;
     use nimbus_core::history::StatsQuery;
     use nimbus_core::{InvocationStatus, Trigger};
 
-    fn rec(function: &str, id: &str, start_ms: u64) -> InvocationRecord {
+    pub(crate) fn rec(function: &str, id: &str, start_ms: u64) -> InvocationRecord {
         InvocationRecord {
             request_id: id.into(),
             function: function.into(),

@@ -3,8 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,16 +19,85 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 1_000;
 /// How long the writer gathers records before committing them in one transaction. One commit
 /// per invocation cost a quarter of nimbus's CPU at 2,600 invocations/s (perf); records become
-/// visible within this window. The channel holds 65,536 records: enough for a window at
-/// 3 million invocations/s.
+/// visible within this window. [`QUEUE`] records are enough for a window at 3 million
+/// invocations/s.
 const WINDOW: Duration = Duration::from_millis(20);
+/// A hand-over buffer grown past this by a burst is shrunk back once written.
+const KEPT_CAPACITY: usize = 8 * BATCH;
 
 /// The `Recorder` backed by SQLite. Dropping the last clone flushes and stops the thread.
 pub struct RecordWriter {
-    tx: Mutex<Option<SyncSender<InvocationRecord>>>,
+    pending: Arc<Pending>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dropped: Arc<AtomicU64>,
     busy: Arc<BusyTime>,
+}
+
+/// Records handed from the request path to the writer: pushed onto a vector the writer swaps
+/// for its empty one once per window, so memory follows the records actually waiting. A
+/// bounded channel of [`QUEUE`] records did the same, but std's array channel initialises every
+/// slot up front: 21 MB resident from the start (see ARCHITECTURE.md, "Invocation records").
+#[derive(Default)]
+struct Pending {
+    state: Mutex<PendingState>,
+    /// Signalled for the first record while the writer waits for one, and at close.
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct PendingState {
+    records: Vec<InvocationRecord>,
+    /// The writer waits on `ready` for a first record (only then is a notify needed).
+    parked: bool,
+    closed: bool,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, PendingState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue `record`; `false` when the queue is full and it was dropped. After `close` records
+    /// are ignored: the writer has stopped, with everything queued before written.
+    fn push(&self, record: InvocationRecord) -> bool {
+        let mut s = self.lock();
+        if s.closed {
+            return true;
+        }
+        if s.records.len() >= QUEUE {
+            return false;
+        }
+        s.records.push(record);
+        if s.parked {
+            s.parked = false;
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// Wait up to `timeout` for a record; `None` once closed and empty.
+    fn wait(&self, timeout: Duration) -> Option<bool> {
+        let mut s = self.lock();
+        if s.records.is_empty() && !s.closed {
+            s.parked = true;
+            s = self.ready.wait_timeout(s, timeout).unwrap_or_else(|e| e.into_inner()).0;
+            s.parked = false;
+        }
+        match (s.records.is_empty(), s.closed) {
+            (true, true) => None,
+            (empty, _) => Some(!empty),
+        }
+    }
+
+    /// Everything queued, swapped for `empty` (whose capacity the request path reuses).
+    fn take(&self, empty: &mut Vec<InvocationRecord>) {
+        std::mem::swap(&mut self.lock().records, empty);
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
 }
 
 /// Instance busy time (MB × ms) per function and hour, summed in memory until the writer adds
@@ -56,18 +124,13 @@ impl RecordWriter {
         // Records are history, not acknowledged work: NORMAL is durable across process crashes
         // and only risks the last transactions on power loss.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let (tx, rx) = sync_channel(QUEUE);
+        let pending = Arc::new(Pending::default());
         let busy = Arc::new(BusyTime::default());
-        let sums = busy.clone();
+        let (from, sums) = (pending.clone(), busy.clone());
         let thread = std::thread::Builder::new()
             .name("nimbus-records".into())
-            .spawn(move || write_loop(conn, rx, retention, &sums))?;
-        Ok(RecordWriter {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-            dropped: Arc::new(AtomicU64::new(0)),
-            busy,
-        })
+            .spawn(move || write_loop(conn, &from, retention, &sums))?;
+        Ok(RecordWriter { pending, thread: Mutex::new(Some(thread)), dropped: Arc::new(AtomicU64::new(0)), busy })
     }
 
     /// Records dropped because the writer fell behind (a live counter).
@@ -77,7 +140,7 @@ impl RecordWriter {
 
     /// Write everything queued and stop the writer.
     pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.pending.close();
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
@@ -86,12 +149,8 @@ impl RecordWriter {
 
 impl Recorder for RecordWriter {
     fn record(&self, record: InvocationRecord) {
-        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = guard.as_ref() else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(record) {
-            if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
-                tracing::warn!("invocation record writer is behind; dropping records");
-            }
+        if !self.pending.push(record) && self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+            tracing::warn!("invocation record writer is behind; dropping records");
         }
     }
 
@@ -125,39 +184,36 @@ fn write_busy(conn: &Connection, busy: &BusyTime) {
 pub const USAGE_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
 const HOUR_MS: u64 = 3_600_000;
 
-fn write_loop(mut conn: Connection, rx: Receiver<InvocationRecord>, retention: Duration, busy: &BusyTime) {
+fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy: &BusyTime) {
     // Prune at start, then every minute (more often for short retentions, so they hold).
     let every = (retention / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
     let mut pruned = Instant::now();
     prune(&conn, retention);
+    let mut batch = Vec::new();
     loop {
-        let first = match rx.recv_timeout(every.saturating_sub(pruned.elapsed())) {
-            Ok(r) => Some(r),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return write_busy(&conn, busy),
+        let Some(waiting) = pending.wait(every.saturating_sub(pruned.elapsed())) else {
+            return write_busy(&conn, busy);
         };
         if pruned.elapsed() >= every {
             prune(&conn, retention);
             pruned = Instant::now();
         }
-        let Some(first) = first else {
+        if !waiting {
             write_busy(&conn, busy);
             continue;
-        };
-        // Sleep through the window instead of waiting on the channel: a sender only pays for a
-        // wake-up (a futex call) when the writer is parked in `recv`, so this is one wake-up per
-        // batch rather than one per record.
+        }
+        // Sleep through the window instead of waiting for each record: a sender only pays for a
+        // wake-up (a futex call) when the writer is parked, so this is one wake-up per batch
+        // rather than one per record.
         std::thread::sleep(WINDOW);
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        pending.take(&mut batch);
+        for chunk in batch.chunks(BATCH) {
+            if let Err(e) = write_batch(&mut conn, chunk) {
+                tracing::error!("cannot write {} invocation records: {e}", chunk.len());
             }
         }
-        if let Err(e) = write_batch(&mut conn, &batch) {
-            tracing::error!("cannot write {} invocation records: {e}", batch.len());
-        }
+        batch.clear();
+        batch.shrink_to(KEPT_CAPACITY);
         write_busy(&conn, busy);
     }
 }
@@ -341,4 +397,55 @@ fn legacy_logs(conn: &Connection, q: &LogQuery) -> Result<Vec<LogEntry>> {
         })?
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nimbus_core::history::InvocationQuery;
+    use nimbus_core::Recorder;
+
+    use super::{Pending, QUEUE};
+    use crate::record_batches::tests::rec;
+    use crate::Store;
+
+    #[test]
+    fn a_full_queue_drops_records_until_the_writer_takes_them() {
+        let pending = Pending::default();
+        for i in 0..QUEUE {
+            assert!(pending.push(rec("f", &i.to_string(), 1)), "record {i} fits");
+        }
+        assert!(!pending.push(rec("f", "one too many", 1)), "the queue is full");
+        let mut batch = Vec::new();
+        pending.take(&mut batch);
+        assert_eq!(batch.len(), QUEUE);
+        assert!(pending.push(rec("f", "after", 1)), "taking them made room");
+        assert_eq!(pending.wait(Duration::ZERO), Some(true), "a record waits");
+        pending.close();
+        assert!(pending.push(rec("f", "closed", 1)), "after close a record is ignored, not counted as dropped");
+        let mut rest = Vec::new();
+        pending.take(&mut rest);
+        assert_eq!(rest.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["after"]);
+        assert_eq!(pending.wait(Duration::ZERO), None, "closed and empty: the writer stops");
+    }
+
+    #[tokio::test]
+    async fn every_record_queued_before_close_is_written_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let writer = s.record_writer(Duration::from_secs(3600)).unwrap();
+        let now = nimbus_core::ids::now_ms();
+        // More than two transactions' worth, queued faster than one window.
+        for i in 0..2_500 {
+            writer.record(rec("f", &format!("r{i}"), now));
+        }
+        writer.close();
+        assert_eq!(writer.dropped().load(std::sync::atomic::Ordering::Relaxed), 0);
+        let q = InvocationQuery { function: Some("f".into()), request_id: None, limit: 10_000 };
+        let written = super::query_invocations(&s.conn(), &q).unwrap();
+        assert_eq!(written.len(), 2_500);
+        let usage = super::query_usage(&s.conn(), 0).unwrap();
+        assert_eq!(usage.iter().map(|u| u.requests).sum::<u64>(), 2_500, "each record billed once");
+    }
 }
