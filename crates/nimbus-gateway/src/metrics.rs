@@ -159,6 +159,9 @@ pub struct Metrics {
     kv_errors: Family<KvErrorLabels, Counter>,
     /// Per function, the metrics each (status, trigger) of its invocations updates.
     handles: std::sync::RwLock<HandleMap>,
+    /// The `requests` counter of each (kind, status code) seen, kept like `handles`: a handful
+    /// of pairs, so a scan beats hashing the label set on every request.
+    request_handles: std::sync::RwLock<Vec<(&'static str, u16, Counter)>>,
 }
 
 /// The metrics one kind of invocation (function, status, trigger) updates, looked up in their
@@ -187,6 +190,7 @@ impl Default for Metrics {
             kv_ops: Family::default(),
             kv_errors: Family::default(),
             handles: std::sync::RwLock::default(),
+            request_handles: std::sync::RwLock::default(),
         }
     }
 }
@@ -244,28 +248,29 @@ impl Metrics {
     /// did not run) through the kept metrics of its function, status and trigger, made on their
     /// first observation.
     fn count(&self, r: &InvocationRecord) {
-        let find = |map: &HandleMap| -> Option<Handles> {
-            map.get(&r.function)?.iter().find(|h| h.status == r.status && h.trigger == r.trigger).cloned()
-        };
-        let found = find(&self.handles.read().unwrap_or_else(|e| e.into_inner()));
-        let h = match found {
-            Some(h) => h,
-            None => {
-                let mut map = self.handles.write().unwrap_or_else(|e| e.into_inner());
-                match find(&map) {
-                    Some(h) => h,
-                    None => {
-                        let h = self.new_handles(r);
-                        map.entry(r.function.clone()).or_default().push(h.clone());
-                        h
-                    }
-                }
+        // Updated under the read lock, without cloning the handles (three reference counts).
+        let counted = |map: &HandleMap| {
+            let Some(h) =
+                map.get(&r.function).and_then(|hs| hs.iter().find(|h| h.status == r.status && h.trigger == r.trigger))
+            else {
+                return false;
+            };
+            h.invocations.inc();
+            if let Some((duration, queue_wait)) = &h.timing {
+                duration.observe(r.duration_ms / 1000.0);
+                queue_wait.observe(r.queue_ms / 1000.0);
             }
+            true
         };
-        h.invocations.inc();
-        if let Some((duration, queue_wait)) = &h.timing {
-            duration.observe(r.duration_ms / 1000.0);
-            queue_wait.observe(r.queue_ms / 1000.0);
+        if counted(&self.handles.read().unwrap_or_else(|e| e.into_inner())) {
+            return;
+        }
+        let mut map = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        if !counted(&map) {
+            let h = self.new_handles(r);
+            map.entry(r.function.clone()).or_default().push(h);
+            // Now found: counted through the handles just kept.
+            counted(&map);
         }
     }
 
@@ -290,8 +295,20 @@ impl Metrics {
     }
 
     pub(crate) fn request(&self, kind: &'static str, code: u16) {
-        if self.enabled.load(Ordering::Relaxed) {
-            self.requests.get_or_create(&RequestLabels { kind, code }).inc();
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let counted = |kept: &[(&'static str, u16, Counter)]| {
+            kept.iter().find(|(k, c, _)| *c == code && *k == kind).map(|(_, _, counter)| counter.inc()).is_some()
+        };
+        if counted(&self.request_handles.read().unwrap_or_else(|e| e.into_inner())) {
+            return;
+        }
+        let mut kept = self.request_handles.write().unwrap_or_else(|e| e.into_inner());
+        if !counted(&kept) {
+            let counter = self.requests.get_or_create(&RequestLabels { kind, code }).clone();
+            counter.inc();
+            kept.push((kind, code, counter));
         }
     }
 
