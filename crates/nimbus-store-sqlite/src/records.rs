@@ -147,6 +147,14 @@ impl RecordWriter {
     }
 }
 
+/// Dropping the writer lets its thread write what is queued and stop, as `close` does, without
+/// waiting for it.
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        self.pending.close();
+    }
+}
+
 impl Recorder for RecordWriter {
     fn record(&self, record: InvocationRecord) {
         if !self.pending.push(record) && self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
@@ -428,6 +436,22 @@ mod tests {
         pending.take(&mut rest);
         assert_eq!(rest.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["after"]);
         assert_eq!(pending.wait(Duration::ZERO), None, "closed and empty: the writer stops");
+    }
+
+    #[test]
+    fn dropping_the_writer_writes_what_is_queued_and_stops_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let writer = s.record_writer(Duration::from_secs(3600)).unwrap();
+        let thread = writer.thread.lock().unwrap().take().unwrap();
+        writer.record(rec("f", "r1", nimbus_core::ids::now_ms()));
+        drop(writer);
+        // Joined on a helper thread, so a writer that never stops fails the test, not hangs it.
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(thread.join().is_ok()));
+        assert_eq!(stopped.recv_timeout(Duration::from_secs(30)), Ok(true), "the writer thread stopped");
+        let q = InvocationQuery { function: Some("f".into()), request_id: None, limit: 10 };
+        assert_eq!(super::query_invocations(&s.conn(), &q).unwrap().len(), 1);
     }
 
     #[tokio::test]
