@@ -55,7 +55,8 @@ impl Side {
         let data = root.join(format!("data-{run}-{tag}"));
         let log = root.join(format!("nimbus-{run}-{tag}.log"));
         let env: Vec<(&str, &Path)> = if recording { vec![] } else { vec![("NIMBUS_RECORDING", Path::new("off"))] };
-        let nimbus = Nimbus::launch(bin, app, &data, &log, &env).await?;
+        // Two servers at once: neither takes the AWS port, so both run the same services.
+        let nimbus = Nimbus::launch_with(bin, app, &data, &log, &env, &["--aws-listen", "off"]).await?;
         Ok(Side { recording, nimbus, ok: 0, secs: 0.0, latencies_us: Vec::new(), seq_p50_us: 0.0 })
     }
 
