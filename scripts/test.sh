@@ -20,6 +20,12 @@ fi
 
 # wasmtime and friends are heavy: keep build artefacts outside the clone so later runs reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nimbus/target}"
+# That directory outlives runs, and cargo does not delete incremental state it has stopped
+# using: 40 GB had piled up there and filled the disk. State no build touched for three days
+# goes (losing it only makes the next build of that crate a full one).
+if [[ -d "$CARGO_TARGET_DIR/debug/incremental" ]]; then
+  find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -mtime +3 -exec rm -rf {} +
+fi
 cache="${NIMBUS_CACHE:-$HOME/.cache/nimbus}"
 export NIMBUS_TEST_PYTHONPATH="${NIMBUS_TEST_PYTHONPATH:-$cache/py}"
 export PATH="$cache/tools/bin:$PATH"
