@@ -167,7 +167,6 @@ pub struct Metrics {
 /// The metrics one kind of invocation (function, status, trigger) updates, looked up in their
 /// families once and kept (they share their values with the families): an observation is then
 /// one map lookup by the function's name, not four label-set lookups with a `String` clone each.
-#[derive(Clone)]
 struct Handles {
     status: InvocationStatus,
     trigger: nimbus_core::Trigger,
@@ -243,6 +242,17 @@ impl Observer for Metrics {
 
 type HandleMap = std::collections::HashMap<String, Vec<Handles>>;
 
+impl Handles {
+    /// Count `r` and observe its times (only for statuses that ran).
+    fn observe(&self, r: &InvocationRecord) {
+        self.invocations.inc();
+        if let Some((duration, queue_wait)) = &self.timing {
+            duration.observe(r.duration_ms / 1000.0);
+            queue_wait.observe(r.queue_ms / 1000.0);
+        }
+    }
+}
+
 impl Metrics {
     /// Count `r` and observe its times (not for throttled or platform-failed invocations, which
     /// did not run) through the kept metrics of its function, status and trigger, made on their
@@ -250,17 +260,10 @@ impl Metrics {
     fn count(&self, r: &InvocationRecord) {
         // Updated under the read lock, without cloning the handles (three reference counts).
         let counted = |map: &HandleMap| {
-            let Some(h) =
-                map.get(&r.function).and_then(|hs| hs.iter().find(|h| h.status == r.status && h.trigger == r.trigger))
-            else {
-                return false;
-            };
-            h.invocations.inc();
-            if let Some((duration, queue_wait)) = &h.timing {
-                duration.observe(r.duration_ms / 1000.0);
-                queue_wait.observe(r.queue_ms / 1000.0);
-            }
-            true
+            map.get(&r.function)
+                .and_then(|hs| hs.iter().find(|h| h.status == r.status && h.trigger == r.trigger))
+                .map(|h| h.observe(r))
+                .is_some()
         };
         if counted(&self.handles.read().unwrap_or_else(|e| e.into_inner())) {
             return;
@@ -268,9 +271,8 @@ impl Metrics {
         let mut map = self.handles.write().unwrap_or_else(|e| e.into_inner());
         if !counted(&map) {
             let h = self.new_handles(r);
+            h.observe(r);
             map.entry(r.function.clone()).or_default().push(h);
-            // Now found: counted through the handles just kept.
-            counted(&map);
         }
     }
 

@@ -44,6 +44,15 @@ struct Pending {
     ready: Condvar,
 }
 
+/// What [`Pending::wait`] saw.
+#[derive(Debug, PartialEq)]
+enum Waited {
+    Records,
+    TimedOut,
+    /// Closed with nothing left: the writer stops.
+    Closed,
+}
+
 #[derive(Default)]
 struct PendingState {
     records: Vec<InvocationRecord>,
@@ -75,8 +84,8 @@ impl Pending {
         true
     }
 
-    /// Wait up to `timeout` for a record; `None` once closed and empty.
-    fn wait(&self, timeout: Duration) -> Option<bool> {
+    /// Wait up to `timeout` for a record.
+    fn wait(&self, timeout: Duration) -> Waited {
         let mut s = self.lock();
         if s.records.is_empty() && !s.closed {
             s.parked = true;
@@ -84,8 +93,9 @@ impl Pending {
             s.parked = false;
         }
         match (s.records.is_empty(), s.closed) {
-            (true, true) => None,
-            (empty, _) => Some(!empty),
+            (false, _) => Waited::Records,
+            (true, false) => Waited::TimedOut,
+            (true, true) => Waited::Closed,
         }
     }
 
@@ -199,14 +209,15 @@ fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy
     prune(&conn, retention);
     let mut batch = Vec::new();
     loop {
-        let Some(waiting) = pending.wait(every.saturating_sub(pruned.elapsed())) else {
+        let waited = pending.wait(every.saturating_sub(pruned.elapsed()));
+        if waited == Waited::Closed {
             return write_busy(&conn, busy);
-        };
+        }
         if pruned.elapsed() >= every {
             prune(&conn, retention);
             pruned = Instant::now();
         }
-        if !waiting {
+        if waited == Waited::TimedOut {
             write_busy(&conn, busy);
             continue;
         }
@@ -414,7 +425,7 @@ mod tests {
     use nimbus_core::history::InvocationQuery;
     use nimbus_core::Recorder;
 
-    use super::{Pending, QUEUE};
+    use super::{Pending, Waited, QUEUE};
     use crate::record_batches::tests::rec;
     use crate::Store;
 
@@ -429,13 +440,13 @@ mod tests {
         pending.take(&mut batch);
         assert_eq!(batch.len(), QUEUE);
         assert!(pending.push(rec("f", "after", 1)), "taking them made room");
-        assert_eq!(pending.wait(Duration::ZERO), Some(true), "a record waits");
+        assert_eq!(pending.wait(Duration::ZERO), Waited::Records, "a record waits");
         pending.close();
         assert!(pending.push(rec("f", "closed", 1)), "after close a record is ignored, not counted as dropped");
         let mut rest = Vec::new();
         pending.take(&mut rest);
         assert_eq!(rest.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["after"]);
-        assert_eq!(pending.wait(Duration::ZERO), None, "closed and empty: the writer stops");
+        assert_eq!(pending.wait(Duration::ZERO), Waited::Closed, "closed and empty: the writer stops");
     }
 
     #[test]
