@@ -714,7 +714,7 @@ fn spawn_runtime(
         None
     };
     cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w)).process_group(0).kill_on_drop(true);
-    set_parent_death_signal(&mut cmd);
+    set_child_flags(&mut cmd);
     // Without a memory cgroup, `memory_mb` is each process's RLIMIT_DATA.
     let data_bytes = (!how.cgroup.is_some_and(InstanceCgroup::holds_memory))
         .then(|| u64::from(function.spec.memory_mb) * 1024 * 1024);
@@ -1072,14 +1072,19 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Ask the kernel to SIGKILL the runtime when nimbus dies, so `kill -9 nimbus` leaves no orphans.
+/// Ask the kernel to SIGKILL the runtime when nimbus dies, so `kill -9 nimbus` leaves no
+/// orphans; and give the runtime transparent huge pages back (the `nimbus` binary turns them off
+/// for itself, and the flag is inherited across fork and exec), so a function's memory behaves
+/// as the host's default says.
 #[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut tokio::process::Command) {
+fn set_child_flags(cmd: &mut tokio::process::Command) {
     // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
     // async-signal-safe; it touches no memory shared with the parent.
     unsafe {
         cmd.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // Best effort, as in `nimbus`'s `main`: a kernel without the flag has nothing to undo.
+            let _ = nix::sys::prctl::set_thp_disable(false);
             Ok(())
         });
     }

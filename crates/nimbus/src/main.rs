@@ -22,7 +22,8 @@ mod up;
 
 // mimalloc instead of glibc malloc: the request path allocates many small, short-lived buffers
 // (headers, log lines, records), and glibc's free/consolidate showed as ~8 % of nimbus's CPU
-// under load (perf, BENCHMARKS.md).
+// under load (perf, BENCHMARKS.md). `main` turns transparent huge pages off for the process,
+// which mimalloc would otherwise ask for (see `no_huge_pages`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -311,6 +312,21 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write durations like \"250ms\", \"10s\" or \"5m\""))
 }
 
+/// Turn transparent huge pages off for this process. mimalloc `madvise`s its arenas for them,
+/// so each 2 MiB the heap grows by is faulted in, and zeroed, at once by whichever allocation
+/// touches it first; on a VM that backs guest memory lazily that took 10–30 ms, a stall of the
+/// request that allocated (a reused JS component's p99.9 at c=1: 30 ms with them, 5 ms
+/// without), and nimbus idled at twice the RSS (BENCHMARKS.md, "Huge pages"). The kernel
+/// checks the flag at every fault, so the arenas mimalloc set up before `main` are covered.
+/// Children inherit it: process functions get it back before their exec
+/// (nimbus-runtime-process), so they run as they would without nimbus. Best effort: a kernel
+/// without the flag keeps its default.
+fn no_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("warning: cannot turn transparent huge pages off ({e}); latency may spike when the heap grows");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     // Inside a process instance's sandbox this binary is the init (see nimbus-runtime-process's
     // `sandbox` module): no CLI parsing, no async runtime, no logging set-up.
@@ -318,6 +334,7 @@ fn main() -> std::process::ExitCode {
     if args.get(1).is_some_and(|a| a == nimbus_runtime_process::sandbox::init::SUBCOMMAND) {
         return nimbus_runtime_process::sandbox::init::main(args.get(2..).unwrap_or_default());
     }
+    no_huge_pages();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

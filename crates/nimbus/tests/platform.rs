@@ -646,3 +646,49 @@ async fn uploads_cannot_link_host_files_into_a_function() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(greeting(&server, None).await.1, "2");
 }
+
+/// nimbus runs with transparent huge pages off (mimalloc asks for them, and a heap growing by
+/// a 2 MiB page at a time stalled requests for 10–30 ms on a VM), and every process of a
+/// function's instance gets them back: the function's memory behaves as the host's default
+/// says, not as nimbus's choice for itself.
+#[tokio::test]
+async fn huge_pages_are_off_for_nimbus_and_back_on_for_function_processes() {
+    if thp_enabled(std::process::id() as i32).is_none() {
+        eprintln!("skipped: this kernel's /proc/PID/status has no THP_enabled line");
+        return;
+    }
+    let app = App::new("thp").conformance("python", "f", "").finish();
+    let server = Server::start(app.path());
+    assert_eq!(thp_enabled(server.pid()), Some(false), "nimbus itself still allows huge pages");
+    assert_eq!(server.invoke("f", &json!({"op": "echo"})).await.status, 200);
+    let tree = process_tree(&server.instance_pids().await);
+    assert!(tree.len() >= 2, "the instance's processes were not found: {tree:?}");
+    for pid in tree {
+        assert_eq!(thp_enabled(pid), Some(true), "process {pid} of the instance inherited nimbus's choice");
+    }
+}
+
+/// Whether the kernel lets `pid` have transparent huge pages (`THP_enabled` in its status).
+fn thp_enabled(pid: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("THP_enabled:"))?;
+    Some(line.trim() == "1")
+}
+
+/// `roots` and every process below them.
+fn process_tree(roots: &[i32]) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let ppid = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse::<i32>().unwrap();
+        parent_of.push((pid, ppid));
+    }
+    let mut tree = roots.to_vec();
+    let mut i = 0;
+    while let Some(&p) = tree.get(i) {
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
