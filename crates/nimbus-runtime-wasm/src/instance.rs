@@ -43,6 +43,14 @@ pub(crate) fn arm(store: &mut Store<Host>) -> Arc<CpuMeter> {
 /// A store and its instance, kept for the next request.
 pub(crate) type Kept = (Store<Host>, Proxy);
 
+/// The most resources a kept instance may hold between requests. A component that leaves a
+/// request's resources undropped (componentize-js's guests leave the incoming request to a
+/// garbage collector that never drops it) grows nimbus's memory with every request it serves:
+/// about 9.5 KB a request for the JS hello of `nimbus-bench all`, without end. Past this many
+/// the instance retires and a fresh one serves the next request. A well-behaved guest holds
+/// none between requests, or a few (a stream to stdout, a key-value bucket).
+pub(crate) const MAX_HELD_RESOURCES: usize = 1_000;
+
 /// The instance's kept store and whether it can serve again, shared with the task a streamed
 /// invocation runs in (`crate::stream`), which hands them back from there.
 #[derive(Clone, Default)]
@@ -67,6 +75,24 @@ impl Shared {
 
     pub(crate) fn put(&self, kept: Kept) {
         *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+    }
+
+    /// Keep `kept` for the next request (`instance_reuse`), unless its guest now holds more
+    /// than [`MAX_HELD_RESOURCES`] resources: then the instance retires, and `log` (the
+    /// request's) says why.
+    pub(crate) fn keep(&self, mut kept: Kept, log: &LogPipe) {
+        let held = kept.0.data_mut().table.iter_mut().count();
+        if held <= MAX_HELD_RESOURCES {
+            self.put(kept);
+            return;
+        }
+        log.note(&format!(
+            "instance retired: the component holds {held} resources it never dropped (more than \
+             {MAX_HELD_RESOURCES}), and each request it served left more behind; a fresh instance \
+             serves the next request. Drop every resource a request hands the component (the \
+             incoming-request, its fields and body) before the handler returns."
+        ));
+        self.dead.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -193,7 +219,7 @@ impl WasmInstance {
         match ended {
             Ended::Response { head, body } => {
                 if self.parts.function.spec.wasm.instance_reuse {
-                    self.shared.put(kept);
+                    self.shared.keep(kept, &self.parts.log);
                 }
                 Ok(response_outcome(head, body, is_event))
             }

@@ -95,7 +95,7 @@ impl Run {
         let outcome = match ended {
             Ok(Ok(Finished::Done(kept))) => {
                 if self.parts.function.spec.wasm.instance_reuse {
-                    self.shared.put(kept);
+                    self.shared.keep(kept, &self.parts.log);
                 }
                 Ok(InvokeOutcome::Success(Bytes::new()))
             }

@@ -36,6 +36,29 @@ async fn instance_reuse_keeps_state_and_a_trap_replaces_the_instance() {
     assert_eq!(cold, 2, "one cold start, then one after the trap: {rows:#?}");
 }
 
+/// A kept instance whose guest leaves resources undropped would grow nimbus's memory with every
+/// request: past 1,000 held resources it is retired, the request that crossed the line says why
+/// in its log, and the next request runs on a fresh instance.
+#[tokio::test]
+async fn a_kept_instance_that_leaks_resources_is_retired() {
+    let app = guest_app("leaky", "instance_reuse = true");
+    let server = Server::start(app.path());
+    assert_eq!(get_text(&server, "/fn/count").await, (200, "1".to_owned()));
+    // Each call leaves 400 header fields and its request behind: 802 held after two calls.
+    for _ in 0..2 {
+        assert_eq!(get_text(&server, "/fn/leak?n=400").await.0, 200);
+    }
+    assert_eq!(get_text(&server, "/fn/count").await, (200, "2".to_owned()), "the instance was kept");
+    let third = server.get("/fn/leak?n=400").await;
+    assert_eq!(third.status(), 200, "the request that crossed the line is still answered");
+    let id = third.headers()["x-nimbus-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(get_text(&server, "/fn/count").await, (200, "1".to_owned()), "the leaking instance served again");
+    server.records("f", 6).await;
+    let log = server.cli(&["logs", "f", "--request-id", &id]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains("instance retired: the component holds 1203 resources it never dropped"), "{log}");
+}
+
 #[tokio::test]
 async fn cpu_ms_limits_cpu_time_not_waiting() {
     let app = guest_app("cpu", "cpu_ms = 50\ntimeout = \"5s\"");
