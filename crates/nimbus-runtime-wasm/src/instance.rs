@@ -44,11 +44,11 @@ pub(crate) fn arm(store: &mut Store<Host>) -> Arc<CpuMeter> {
 pub(crate) type Kept = (Store<Host>, Proxy);
 
 /// The most resources a kept instance may hold between requests. A component that leaves a
-/// request's resources undropped (componentize-js's guests leave the incoming request to a
-/// garbage collector that never drops it) grows nimbus's memory with every request it serves:
-/// about 9.5 KB a request for the JS hello of `nimbus-bench all`, without end. Past this many
-/// the instance retires and a fresh one serves the next request. A well-behaved guest holds
-/// none between requests, or a few (a stream to stdout, a key-value bucket).
+/// request's resources undropped grows nimbus's memory with every request it serves, without
+/// end: the JS hello of `nimbus-bench all` (componentize-js) never touches the request it is
+/// handed, nothing drops it, and each request left one resource and about 9.5 KB behind. Past
+/// this many the instance retires and a fresh one serves the next request. A well-behaved
+/// guest holds none between requests, or a few (a stream to stdout, a key-value bucket).
 pub(crate) const MAX_HELD_RESOURCES: usize = 1_000;
 
 /// The instance's kept store and whether it can serve again, shared with the task a streamed

@@ -314,7 +314,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// Turn transparent huge pages off for this process. mimalloc `madvise`s its arenas for them,
 /// so each 2 MiB the heap grows by is faulted in, and zeroed, at once by whichever allocation
-/// touches it first; on a VM that backs guest memory lazily that took 10–30 ms, a stall of the
+/// touches it first; on the 2-vCPU VM of BENCHMARKS.md that took 10–30 ms, a stall of the
 /// request that allocated (a reused JS component's p99.9 at c=1: 30 ms with them, 5 ms
 /// without), and nimbus idled at twice the RSS (BENCHMARKS.md, "Huge pages"). The kernel
 /// checks the flag at every fault, so the arenas mimalloc set up before `main` are covered.
