@@ -189,13 +189,7 @@ async fn limits_hold(server: &Server) {
 /// (pid, real uid on the host) of every process under `roots` that has no children: the
 /// runtimes themselves, below bwrap and the sandbox's init.
 fn leaf_processes(roots: &[i32]) -> Vec<(i32, u32)> {
-    let mut parent_of = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let ppid = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse::<i32>().unwrap();
-        parent_of.push((pid, ppid));
-    }
+    let parent_of = process_parents();
     let under = |mut p: i32| loop {
         if roots.contains(&p) {
             return true;

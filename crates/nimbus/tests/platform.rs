@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{process_alive, wait_gone, App, Server};
+use common::{process_alive, process_parents, wait_gone, App, Server};
 use serde_json::{json, Value};
 
 fn pools_of<'a>(functions: &'a Value, name: &str) -> Vec<&'a Value> {
@@ -677,13 +677,7 @@ fn thp_enabled(pid: i32) -> Option<bool> {
 
 /// `roots` and every process below them.
 fn process_tree(roots: &[i32]) -> Vec<i32> {
-    let mut parent_of = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let ppid = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse::<i32>().unwrap();
-        parent_of.push((pid, ppid));
-    }
+    let parent_of = process_parents();
     let mut tree = roots.to_vec();
     let mut i = 0;
     while let Some(&p) = tree.get(i) {

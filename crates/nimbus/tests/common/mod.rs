@@ -499,6 +499,18 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// Every process on the host, as (pid, parent pid), from `/proc`.
+pub fn process_parents() -> Vec<(i32, i32)> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let ppid = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse::<i32>().unwrap();
+        parent_of.push((pid, ppid));
+    }
+    parent_of
+}
+
 /// Wait (bounded) until none of `pids` is alive.
 pub async fn wait_gone(pids: &[i32], within: Duration) {
     let deadline = Instant::now() + within;
