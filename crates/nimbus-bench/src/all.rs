@@ -7,8 +7,10 @@
 //! - **cold start**: spawn → first correct answer, `starts` times per run (nimbus: `nimbus up` with
 //!   a fresh data dir, so it includes deploying the app and compiling the component); for nimbus
 //!   also the first request to each of `cold` deployed, never-invoked functions;
-//! - **RSS** of the whole process tree (VmRSS summed over the server and its descendants) idle,
-//!   after one request, and the peak sampled every 100 ms during the c=32 phase;
+//! - **memory** of the whole process tree: PSS summed over the server and its descendants idle
+//!   (after one request) and right after the c=32 phase; and VmRSS summed the same way idle and
+//!   the peak sampled every 100 ms during the c=32 phase (an upper bound: a page shared by
+//!   several processes of the tree counts once for each);
 //! - **throughput and latency** at concurrency 1 and 32 for a fixed duration (bounded in count),
 //!   after a warm-up at the same concurrency: req/s, p50/p99/p999, CPU per request of the server
 //!   tree and of the load generator.
@@ -519,6 +521,7 @@ async fn measure_started(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize) -> 
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(250)).await;
     let rss_idle_kib = pid.and_then(crate::tree::tree_rss_kib);
+    let pss_idle_kib = pid.and_then(crate::tree::tree_pss_kib);
     let procs_idle = pid.map_or(0, |p| crate::tree::with_descendants(p).len());
     let cold_first_ms =
         if cfg.kind() == Kind::Nimbus { cold_first_requests(x, cfg, server, run).await? } else { Vec::new() };
@@ -526,6 +529,7 @@ async fn measure_started(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize) -> 
     let exp = expect();
     let mut tput = Vec::new();
     let mut rss_load_kib = None;
+    let mut pss_load_kib = None;
     let mut procs_load = 0;
     let top = x.s.top();
     for c in x.s.concurrency {
@@ -560,10 +564,21 @@ async fn measure_started(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize) -> 
         if c == top {
             rss_load_kib = peak;
             procs_load = procs;
+            pss_load_kib = pid.and_then(crate::tree::tree_pss_kib);
         }
         tput.push(t?);
     }
-    Ok(Measured { start_ms: Vec::new(), cold_first_ms, rss_idle_kib, procs_idle, rss_load_kib, procs_load, tput })
+    Ok(Measured {
+        start_ms: Vec::new(),
+        cold_first_ms,
+        rss_idle_kib,
+        procs_idle,
+        rss_load_kib,
+        procs_load,
+        pss_idle_kib,
+        pss_load_kib,
+        tput,
+    })
 }
 
 /// `starts` cold starts of `cfg`; the last server stays up for the load phases.

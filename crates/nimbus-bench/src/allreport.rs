@@ -239,8 +239,11 @@ fn intro(o: &mut String, r: &AllResults) {
          {:.2} s at concurrency {c1} and then {ctop} after a {:.2} s warm-up at the same concurrency (at most {} \
          requests a phase). Cold start: spawn → first correct answer, {} time(s) per run (nimbus: `nimbus up` \
          with a fresh data dir, so deploying the app and compiling the component are included); for nimbus also the \
-         first request to {} deployed, never-invoked functions per run. RSS: VmRSS summed over the process tree, \
-         idle (after one request) and the peak sampled every 100 ms at c={ctop}. CPU: µs per request of the server \
+         first request to {} deployed, never-invoked functions per run. Memory of the whole process tree: PSS \
+         (each shared page divided among the processes mapping it) idle (after one request) and right after the \
+         c={ctop} phase; in brackets VmRSS summed over the tree, idle and the peak sampled every 100 ms at c={ctop} \
+         (an upper bound: pages shared between processes, such as a zygote's with its children, count once per \
+         process). CPU: µs per request of the server \
          tree + of the load generator at c={ctop}.",
         BODY.len(),
         s.duration.as_secs_f64(),
@@ -260,7 +263,7 @@ fn results(o: &mut String, r: &AllResults) {
     let _ = writeln!(o, "\n### Results (median over runs; c={ctop} req/s of each run in brackets)\n");
     let _ = writeln!(
         o,
-        "| config | what | c={c1} req/s | c={c1} p50 / p99 / p999 ms | c={ctop} req/s [per run] | c={ctop} p50 / p99 / p999 ms | cold start ms p50 [min–max] | first request to a never-run function ms p50 | RSS MiB idle / load | CPU µs/req server + client |"
+        "| config | what | c={c1} req/s | c={c1} p50 / p99 / p999 ms | c={ctop} req/s [per run] | c={ctop} p50 / p99 / p999 ms | cold start ms p50 [min–max] | first request to a never-run function ms p50 | PSS MiB idle / load [RSS] | CPU µs/req server + client |"
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
     for cfg in Cfg::ALL {
@@ -296,12 +299,15 @@ fn result_row(runs: &[RunAll], cfg: Cfg, st: &str, c1: usize, ctop: usize) -> St
     let cold = all_samples(runs, cfg, |m| &m.cold_first_ms);
     let rss_idle = median(&per_run(runs, cfg, |m| m.rss_idle_kib.map(|k| k as f64)));
     let rss_load = median(&per_run(runs, cfg, |m| m.rss_load_kib.map(|k| k as f64)));
+    let pss_idle = median(&per_run(runs, cfg, |m| m.pss_idle_kib.map(|k| k as f64)));
+    let pss_load = median(&per_run(runs, cfg, |m| m.pss_load_kib.map(|k| k as f64)));
+    let kib = |v: f64| mib(v.is_finite().then_some(v as u64));
     let cpu = |f: fn(&crate::load::CpuSplit) -> f64| {
         median(&per_run(runs, cfg, |m| m.tput(ctop).and_then(|t| t.cpu_split).map(|x| f(&x))))
     };
     let note = if st == "measured" { String::new() } else { format!(" ({st})") };
     format!(
-        "| **{}**{note} | {} | {} | {} | {} [{each}] | {} | {} [{}–{}] | {} | {} / {} | {} + {} |",
+        "| **{}**{note} | {} | {} | {} | {} [{each}] | {} | {} [{}–{}] | {} | {} / {} [{} / {}] | {} + {} |",
         cfg.key(),
         cfg.describe(),
         num(median_rps(runs, cfg, c1).unwrap_or(f64::NAN)),
@@ -312,8 +318,10 @@ fn result_row(runs: &[RunAll], cfg: Cfg, st: &str, c1: usize, ctop: usize) -> St
         ms(starts.min),
         ms(starts.max),
         if cold.is_empty() { "–".into() } else { ms(stats(&cold).p50) },
-        mib(rss_idle.is_finite().then_some(rss_idle as u64)),
-        mib(rss_load.is_finite().then_some(rss_load as u64)),
+        kib(pss_idle),
+        kib(pss_load),
+        kib(rss_idle),
+        kib(rss_load),
         num(cpu(|x| x.server_us + x.children_us)),
         num(cpu(|x| x.client_us)),
     )
@@ -572,6 +580,7 @@ fn measured_json(m: &Measured) -> Value {
         "startMs": {"stats": stats(&m.start_ms).json(), "samples": m.start_ms},
         "coldFirstRequestMs": (!m.cold_first_ms.is_empty()).then(|| json!({"stats": stats(&m.cold_first_ms).json(), "samples": m.cold_first_ms})),
         "rssKiB": {"idle": m.rss_idle_kib, "loadPeak": m.rss_load_kib, "processesIdle": m.procs_idle, "processesLoad": m.procs_load},
+        "pssKiB": {"idle": m.pss_idle_kib, "afterLoad": m.pss_load_kib},
         "throughput": m.tput.iter().map(|t| {
             let mut v = crate::output::tput_json(t);
             if let Some(obj) = v.as_object_mut() {

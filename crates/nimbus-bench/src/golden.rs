@@ -58,6 +58,8 @@ fn run_all(run: usize) -> RunAll {
             procs_idle: 1,
             rss_load_kib: Some(30_720 + 1024 * run as u64),
             procs_load: 2,
+            pss_idle_kib: Some(15_360),
+            pss_load_kib: Some(25_600 + 1024 * run as u64),
             tput: vec![
                 throughput(1, rps / 4, p50_us, 40.0),
                 throughput(32, rps + 1000 * run as u64, p50_us * 8.0, 20.0),

@@ -210,6 +210,9 @@ pub struct Measured {
     /// Peak tree RSS sampled during the highest-concurrency phase, KiB.
     pub rss_load_kib: Option<u64>,
     pub procs_load: usize,
+    /// Tree PSS when `rss_idle_kib` was read, and right after the highest-concurrency phase, KiB.
+    pub pss_idle_kib: Option<u64>,
+    pub pss_load_kib: Option<u64>,
     pub tput: Vec<Throughput>,
 }
 
