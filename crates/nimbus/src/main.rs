@@ -317,7 +317,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 /// touches it first; on the 2-vCPU VM of BENCHMARKS.md that took 10–30 ms, a stall of the
 /// request that allocated (a reused JS component's p99.9 at c=1: 30 ms with them, 5 ms
 /// without), and nimbus idled at twice the RSS (BENCHMARKS.md, "Huge pages"). The kernel
-/// checks the flag at every fault, so the arenas mimalloc set up before `main` are covered.
+/// checks the flag at every fault, so the arenas mimalloc set up before `main` grow by small
+/// pages too (the huge pages faulted before `main`, 4 MiB, stay).
 /// Children inherit it: process functions get it back before their exec
 /// (nimbus-runtime-process), so they run as they would without nimbus. Best effort: a kernel
 /// without the flag keeps its default.
