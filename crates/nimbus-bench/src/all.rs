@@ -515,7 +515,7 @@ async fn cold_first_requests(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize)
     Ok(out)
 }
 
-/// The load phases on a started server: idle RSS, (nimbus) cold first requests, then
+/// The load phases on a started server: idle memory, (nimbus) cold first requests, then
 /// throughput at every concurrency, sampling the tree's RSS during the last one.
 async fn measure_started(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize) -> Result<Measured> {
     let pid = server.pid();
@@ -534,27 +534,7 @@ async fn measure_started(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize) -> 
     let top = x.s.top();
     for c in x.s.concurrency {
         let done = Arc::new(AtomicBool::new(false));
-        let sampler = {
-            let done = done.clone();
-            async move {
-                let mut peak: Option<u64> = None;
-                let mut procs = 0;
-                // Bounded: the phase itself is bounded in time.
-                for _ in 0..100_000 {
-                    if done.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Some(p) = pid {
-                        if let Some(r) = crate::tree::tree_rss_kib(p) {
-                            peak = Some(peak.map_or(r, |q| q.max(r)));
-                        }
-                        procs = procs.max(crate::tree::with_descendants(p).len());
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                (peak, procs)
-            }
-        };
+        let sampler = sample_tree(pid, done.clone());
         let phase = async {
             let r = load::throughput_expect(&uri, &exp, pid, c, x.s.warmup, x.s.duration, x.s.max_requests).await;
             done.store(true, Ordering::Relaxed);
@@ -579,6 +559,26 @@ async fn measure_started(x: &Ctx<'_>, cfg: Cfg, server: &Server, run: usize) -> 
         pss_load_kib,
         tput,
     })
+}
+
+/// The peak RSS of `pid`'s tree (KiB) and its most processes, sampled every 100 ms until `done`.
+async fn sample_tree(pid: Option<u32>, done: Arc<AtomicBool>) -> (Option<u64>, usize) {
+    let mut peak: Option<u64> = None;
+    let mut procs = 0;
+    // Bounded: the phase itself is bounded in time.
+    for _ in 0..100_000 {
+        if done.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(p) = pid {
+            if let Some(r) = crate::tree::tree_rss_kib(p) {
+                peak = Some(peak.map_or(r, |q| q.max(r)));
+            }
+            procs = procs.max(crate::tree::with_descendants(p).len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (peak, procs)
 }
 
 /// `starts` cold starts of `cfg`; the last server stays up for the load phases.
