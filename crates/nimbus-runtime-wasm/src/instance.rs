@@ -87,10 +87,11 @@ impl Shared {
             return;
         }
         log.note(&format!(
-            "instance retired: the component holds {held} resources it never dropped (more than \
-             {MAX_HELD_RESOURCES}), and each request it served left more behind; a fresh instance \
-             serves the next request. Drop every resource a request hands the component (the \
-             incoming-request, its fields and body) before the handler returns."
+            "instance retired: after this request the component still holds {held} resources (more \
+             than {MAX_HELD_RESOURCES} are kept by no well-behaved guest), and its memory would grow \
+             with every request; a fresh instance serves the next request. With instance_reuse, drop \
+             every resource a request hands the component (the incoming-request, its fields and \
+             body) before the handler returns."
         ));
         self.dead.store(true, std::sync::atomic::Ordering::Release);
     }
