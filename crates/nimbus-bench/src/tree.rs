@@ -52,32 +52,40 @@ pub fn ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The KiB figure on the `key` line of a `/proc/PID/` file (`VmRSS:` in `status`, `Pss:` in
+/// `smaps_rollup`).
+fn kib_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|r| r.split_whitespace().next())?.parse().ok()
+}
+
+/// `per` of `pid` plus `per` of each of its descendants that still answers, KiB.
+fn tree_sum(pid: u32, per: fn(u32) -> Option<u64>) -> Option<u64> {
+    Some(per(pid)? + descendants(pid).into_iter().filter_map(per).sum::<u64>())
+}
+
 /// VmRSS of one process, KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|r| r.split_whitespace().next())?.parse().ok()
+    kib_field(pid, "status", "VmRSS:")
 }
 
 /// The summed VmRSS of `pid` and all its descendants, KiB (pages shared between them, such as
 /// the interpreter's text, count once per process: an upper bound of what the tree holds).
 pub fn tree_rss_kib(pid: u32) -> Option<u64> {
-    let own = rss_kib(pid)?;
-    Some(own + descendants(pid).into_iter().filter_map(rss_kib).sum::<u64>())
+    tree_sum(pid, rss_kib)
 }
 
 /// PSS (proportional set size: each shared page divided among the processes mapping it) of
 /// one process, KiB, from `smaps_rollup`. Dearer to read than `VmRSS` (the kernel walks the
 /// page tables: 0.4 ms for nimbus), so it is read at rest, not sampled under load.
 pub fn pss_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|r| r.split_whitespace().next())?.parse().ok()
+    kib_field(pid, "smaps_rollup", "Pss:")
 }
 
 /// The summed PSS of `pid` and all its descendants, KiB: what the tree holds, each page once
 /// (a zygote's children share most of its pages, which summed `VmRSS` counts once per child).
 pub fn tree_pss_kib(pid: u32) -> Option<u64> {
-    let own = pss_kib(pid)?;
-    Some(own + descendants(pid).into_iter().filter_map(pss_kib).sum::<u64>())
+    tree_sum(pid, pss_kib)
 }
 
 /// SIGKILL `pid`, every descendant, and every process group among them (servers are started in
