@@ -57,8 +57,9 @@ pub(crate) const MAX_HELD_RESOURCES: usize = 1_000;
 pub(crate) struct Shared {
     /// The instance kept for the next request (`instance_reuse`), or the one made at start.
     kept: std::sync::Arc<std::sync::Mutex<Option<Kept>>>,
-    /// Set when the instance cannot serve again (a kept instance that trapped or timed out).
-    pub(crate) dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the instance cannot serve again (a kept instance that trapped, timed out or
+    /// hoards resources).
+    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -93,7 +94,16 @@ impl Shared {
              every resource a request hands the component (the incoming-request, its fields and \
              body) before the handler returns."
         ));
+        self.retire();
+    }
+
+    /// The instance cannot serve again: the pool replaces it.
+    pub(crate) fn retire(&self) {
         self.dead.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -205,7 +215,7 @@ impl WasmInstance {
     /// another: a trapped or interrupted instance cannot be entered again.
     fn retire_if_reused(&self) {
         if self.parts.function.spec.wasm.instance_reuse {
-            self.shared.dead.store(true, std::sync::atomic::Ordering::Release);
+            self.shared.retire();
         }
     }
 
@@ -590,7 +600,7 @@ impl Instance for WasmInstance {
     }
 
     fn state(&self) -> InstanceState {
-        if self.shared.dead.load(std::sync::atomic::Ordering::Acquire) {
+        if self.shared.is_dead() {
             InstanceState::Dead
         } else {
             InstanceState::Ready

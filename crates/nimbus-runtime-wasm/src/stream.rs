@@ -5,7 +5,6 @@
 //! or the timeout ends it; then the completion is sent. A kept instance (`instance_reuse`)
 //! comes back through a shared slot before the completion, so the next invocation finds it.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -130,7 +129,7 @@ impl Run {
 
     fn retire(&self) {
         if self.parts.function.spec.wasm.instance_reuse {
-            self.shared.dead.store(true, Ordering::Release);
+            self.shared.retire();
         }
     }
 
