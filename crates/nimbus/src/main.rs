@@ -324,7 +324,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 /// without the flag keeps its default.
 fn no_huge_pages() {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        eprintln!("warning: cannot turn transparent huge pages off ({e}); latency may spike when the heap grows");
+        eprintln!(
+            "warning: cannot turn transparent huge pages off for nimbus ({e}): requests may stall while its heap \
+             grows; Linux 3.15 or later has the switch, or set /sys/kernel/mm/transparent_hugepage/enabled to never"
+        );
     }
 }
 
