@@ -406,29 +406,19 @@ impl Inner {
             Ok(c) => c,
             Err(e) => return Err(self.missing_or(loc, KvError::backend("list keys", e)).await),
         };
-        let mut keys = Vec::new();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(keys);
-        }
-        let mut messages = Box::pin(consumer.messages().await.map_err(|e| KvError::backend("list keys", e))?);
+        let latest = crate::scan::latest_per_subject(consumer, SCAN_TIMEOUT, None)
+            .await
+            .map_err(|e| KvError::backend("list keys", e))?;
         let prefix = format!("$KV.{}.", loc.stream.trim_start_matches("KV_"));
-        loop {
-            let next = tokio::time::timeout(SCAN_TIMEOUT, poll_fn(|cx| messages.as_mut().poll_next(cx))).await;
-            let message = match next {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(KvError::backend("list keys", e)),
-                Ok(None) => return Ok(keys),
-                Err(e) => return Err(KvError::backend("list keys", e)),
-            };
+        let mut keys = Vec::with_capacity(latest.len());
+        for message in latest {
             let headers = message.headers.clone().unwrap_or_default();
             let deleted = headers.get(KV_OPERATION_HEADER).is_some_and(|op| op.as_str() != "PUT");
             if let Some(hex_key) = message.subject.strip_prefix(&prefix).filter(|_| !deleted) {
                 keys.push((hex_key.to_owned(), expires_header(&headers)));
             }
-            if message.info().map(|i| i.pending == 0).unwrap_or(true) {
-                return Ok(keys);
-            }
         }
+        Ok(keys)
     }
 }
 

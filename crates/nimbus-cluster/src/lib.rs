@@ -23,6 +23,7 @@ pub mod nodes;
 pub mod objects;
 pub mod queue;
 pub mod registry;
+mod scan;
 pub mod testing;
 
 pub use kv::NatsKv;

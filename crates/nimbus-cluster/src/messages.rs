@@ -81,6 +81,9 @@ pub const POLL_EVERY: Duration = Duration::from_secs(5);
 const CAS_TRIES: usize = 64;
 /// Longest a scan of one queue's entries may take.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The last token of the key a fresh scan writes under its prefix (`q.=scan`, `m.<queue>.=scan`):
+/// never a queue's token (`token` spells with `=` only hex digits) nor a message's (digits).
+const BARRIER: &str = "=scan";
 /// How long the marker a deleted message leaves is kept (the shortest per-key TTL).
 const MARKER_TTL: Duration = Duration::from_secs(1);
 /// Most long-poll rounds of one receive (each waits, or moved messages to a dead-letter queue).
@@ -363,8 +366,20 @@ impl NatsMessages {
     }
 
     /// The latest value and revision of every key under `prefix` (`m.<queue>.>`, `q.>`),
-    /// through an ordered consumer on the bucket's stream.
-    async fn scan(&self, prefix: &str) -> Result<Vec<(Bytes, u64)>, MqError> {
+    /// through an ordered consumer on the bucket's stream. `fresh`: holding every write
+    /// acknowledged before the call (a barrier key under `prefix` is written first; see
+    /// `crate::scan`), for listings and counts that a caller checks right after a change.
+    async fn scan(&self, prefix: &str, fresh: bool) -> Result<Vec<(Bytes, u64)>, MqError> {
+        let what = "read a queue's messages";
+        let under = prefix.trim_end_matches('>');
+        let barrier_key = format!("{under}{BARRIER}");
+        let barrier = match fresh {
+            true => {
+                let seq = self.kv.put(&barrier_key, Bytes::new()).await.map_err(|e| backend(what, e))?;
+                Some(crate::scan::Barrier { subject: subject(&barrier_key), seq })
+            }
+            false => None,
+        };
         let config = async_nats::jetstream::consumer::push::OrderedConfig {
             deliver_subject: self.client.new_inbox(),
             filter_subject: subject(prefix),
@@ -372,38 +387,23 @@ impl NatsMessages {
             replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
             ..Default::default()
         };
-        let what = "read a queue's messages";
         let consumer = self.stream.create_consumer(config).await.map_err(|e| backend(what, e))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(Vec::new());
-        }
-        let mut messages = consumer.messages().await.map_err(|e| backend(what, e))?;
-        let mut out = Vec::new();
-        let read = async {
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| backend(what, e))?;
-                let info = m.info().map_err(|e| backend(what, e))?;
-                let (pending, seq) = (info.pending, info.stream_sequence);
-                let op = m.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_some();
-                if !op {
-                    out.push((m.payload.clone(), seq));
-                }
-                if pending == 0 {
-                    break;
-                }
-            }
-            Ok::<(), MqError>(())
-        };
-        tokio::time::timeout(SCAN_TIMEOUT, read)
-            .await
-            .map_err(|_| MqError::Backend(format!("reading a queue's messages took over {SCAN_TIMEOUT:?}")))??;
-        Ok(out)
+        let latest =
+            crate::scan::latest_per_subject(consumer, SCAN_TIMEOUT, barrier).await.map_err(|e| backend(what, e))?;
+        // A barrier another scan left (its own subject is already left out) is no record either.
+        let barrier_subject = subject(&barrier_key);
+        let live = latest.into_iter().filter(|m| {
+            m.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_none() && m.subject.as_str() != barrier_subject
+        });
+        live.map(|m| m.info().map(|i| i.stream_sequence).map(|seq| (m.payload.clone(), seq)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| backend(what, e))
     }
 
-    /// Every message of `queue`, in queue order, with its revision.
-    async fn messages(&self, queue: &str) -> Result<Vec<(Msg, u64)>, MqError> {
+    /// Every message of `queue`, in queue order, with its revision; `fresh` as for `scan`.
+    async fn messages(&self, queue: &str, fresh: bool) -> Result<Vec<(Msg, u64)>, MqError> {
         let mut out = Vec::new();
-        for (bytes, rev) in self.scan(&format!("m.{}.>", token(queue))).await? {
+        for (bytes, rev) in self.scan(&format!("m.{}.>", token(queue)), fresh).await? {
             let m: Msg = serde_json::from_slice(&bytes).map_err(|e| backend("decode a message", e))?;
             out.push((m, rev));
         }

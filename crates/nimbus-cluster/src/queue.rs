@@ -714,31 +714,15 @@ impl Inner {
             replay_policy: ReplayPolicy::Instant,
             ..Default::default()
         };
-        let consumer =
-            self.kv_stream.create_consumer(config).await.map_err(|e| storage("read the events' states", e))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(Vec::new());
-        }
-        let mut messages = consumer.messages().await.map_err(|e| storage("read the events' states", e))?;
-        let mut out = Vec::new();
-        let read = async {
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| storage("read the events' states", e))?;
-                let pending = m.info().map_err(|e| storage("read the events' states", e))?.pending;
-                let op = m.headers.as_ref().and_then(|h| h.get("KV-Operation")).map(|v| v.as_str().to_owned());
-                if op.is_none() {
-                    out.push(Record::decode(&m.payload)?);
-                }
-                if pending == 0 {
-                    break;
-                }
-            }
-            Ok::<(), QueueError>(())
-        };
-        tokio::time::timeout(SCAN_TIMEOUT, read)
-            .await
-            .map_err(|_| QueueError::Storage(format!("reading every event's state took over {SCAN_TIMEOUT:?}")))??;
-        Ok(out)
+        let what = "read the events' states";
+        let consumer = self.kv_stream.create_consumer(config).await.map_err(|e| storage(what, e))?;
+        let latest =
+            crate::scan::latest_per_subject(consumer, SCAN_TIMEOUT, None).await.map_err(|e| storage(what, e))?;
+        latest
+            .iter()
+            .filter(|m| m.headers.as_ref().and_then(|h| h.get("KV-Operation")).is_none())
+            .map(|m| Record::decode(&m.payload))
+            .collect()
     }
 
     /// Record `slot` as the schedule's latest unless a later one is recorded.

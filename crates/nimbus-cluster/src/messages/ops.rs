@@ -253,7 +253,7 @@ impl NatsMessages {
         let q = self.must_load(queue).await?;
         let now = now_ms();
         let mut live = Vec::new();
-        for (m, rev) in self.messages(queue).await? {
+        for (m, rev) in self.messages(queue, false).await? {
             if m.expired(&q, now) {
                 self.remove(&message_key(queue, m.seq), rev).await;
             } else {
@@ -401,7 +401,7 @@ impl NatsMessages {
         }
         let mut targets: HashMap<String, Option<QueueRecord>> = HashMap::new();
         let (mut moved, mut went) = (0, BTreeSet::new());
-        for (m, rev) in self.messages(dlq).await? {
+        for (m, rev) in self.messages(dlq, true).await? {
             let Some(target) = to.map(str::to_owned).or_else(|| m.source_queue.clone()) else { continue };
             if !targets.contains_key(&target) {
                 let record = self.load(&target).await?.map(|(r, _)| r);
@@ -449,7 +449,7 @@ impl MessageQueues for NatsMessages {
 
     async fn list_queues(&self, prefix: &str) -> Result<Vec<QueueInfo>, MqError> {
         let mut out = Vec::new();
-        for (bytes, _) in self.scan("q.>").await? {
+        for (bytes, _) in self.scan("q.>", true).await? {
             let q: QueueRecord = serde_json::from_slice(&bytes).map_err(|e| backend("decode a queue's settings", e))?;
             if q.name.starts_with(prefix) {
                 out.push(q.info());
@@ -463,7 +463,7 @@ impl MessageQueues for NatsMessages {
         let q = self.must_load(name).await?;
         let now = now_ms();
         let mut s = QueueStats::default();
-        for (m, _) in self.messages(name).await? {
+        for (m, _) in self.messages(name, true).await? {
             if m.expired(&q, now) {
                 continue;
             }
@@ -519,7 +519,7 @@ impl MessageQueues for NatsMessages {
     async fn purge(&self, queue: &str) -> Result<u64, MqError> {
         self.must_load(queue).await?;
         // What is there now; the purge's own count would include the markers of deletes.
-        let live = self.messages(queue).await?.len() as u64;
+        let live = self.messages(queue, true).await?.len() as u64;
         self.remove_all(&format!("m.{}.>", token(queue))).await?;
         Ok(live)
     }
@@ -527,7 +527,7 @@ impl MessageQueues for NatsMessages {
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<Peeked>, MqError> {
         let q = self.must_load(queue).await?;
         let now = now_ms();
-        let all = self.messages(queue).await?;
+        let all = self.messages(queue, true).await?;
         Ok(all.iter().filter(|(m, _)| !m.expired(&q, now)).take(limit).map(|(m, _)| m.peeked(now)).collect())
     }
 
