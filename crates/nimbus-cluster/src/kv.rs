@@ -69,6 +69,12 @@ const MAX_ATTEMPTS: usize = 200;
 /// electing a leader) before it reports the failure.
 const NO_RESPONDER_PATIENCE: Duration = Duration::from_secs(5);
 /// Longest wait for the next key while `list` scans a namespace.
+/// How the key a listing writes first begins (`$KV.BUCKET.=scan-UUID`, one per listing, purged
+/// after it, with a 1 s TTL): never a key's (keys are spelled in lowercase hex). See
+/// `crate::scan`.
+const BARRIER: &str = "=scan";
+/// How long a listing's barrier key stays.
+const BARRIER_TTL_MS: u64 = 1_000;
 const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Past this many remembered counters, idle ones are forgotten.
 const MAX_SLOTS: usize = 10_000;
@@ -391,7 +397,13 @@ impl Inner {
 
     /// Read a namespace's keys (hex) and deadlines: one ordered consumer over the bucket,
     /// delivering each key's last message, headers only.
+    ///
+    /// A barrier key is written first, so the keys hold every write acknowledged before the
+    /// call even when the consumer's server is a moment behind (`crate::scan`); it is purged
+    /// after the read, so namespace key counts do not include it.
     async fn scan(&self, loc: &Loc, filter: &str) -> Result<Vec<(String, Option<u64>)>, KvError> {
+        let barrier = self.write_barrier(loc).await?;
+        let barrier_subject = barrier.subject.clone();
         let stream = self.js.get_stream_no_info(&loc.stream).await.map_err(|e| KvError::backend("list keys", e))?;
         let config = OrderedConfig {
             deliver_subject: self.js.client().new_inbox(),
@@ -406,19 +418,36 @@ impl Inner {
             Ok(c) => c,
             Err(e) => return Err(self.missing_or(loc, KvError::backend("list keys", e)).await),
         };
-        let latest = crate::scan::latest_per_subject(consumer, SCAN_TIMEOUT, None)
-            .await
-            .map_err(|e| KvError::backend("list keys", e))?;
+        let latest = crate::scan::latest_per_subject(consumer, SCAN_TIMEOUT, Some(barrier)).await;
+        // Its TTL removes a barrier whose purge fails.
+        let _ = stream.purge().filter(barrier_subject).await;
+        let latest = latest.map_err(|e| KvError::backend("list keys", e))?;
         let prefix = format!("$KV.{}.", loc.stream.trim_start_matches("KV_"));
         let mut keys = Vec::with_capacity(latest.len());
         for message in latest {
             let headers = message.headers.clone().unwrap_or_default();
             let deleted = headers.get(KV_OPERATION_HEADER).is_some_and(|op| op.as_str() != "PUT");
-            if let Some(hex_key) = message.subject.strip_prefix(&prefix).filter(|_| !deleted) {
+            // Another listing's barrier (`=scan-…`) is no key.
+            let key = message.subject.strip_prefix(&prefix).filter(|k| !deleted && !k.starts_with(BARRIER));
+            if let Some(hex_key) = key {
                 keys.push((hex_key.to_owned(), expires_header(&headers)));
             }
         }
         Ok(keys)
+    }
+
+    /// Write a listing's own barrier key under `loc`'s bucket, with a short TTL.
+    async fn write_barrier(&self, loc: &Loc) -> Result<crate::scan::Barrier, KvError> {
+        let bucket = loc.stream.trim_start_matches("KV_");
+        let subject = format!("$KV.{bucket}.{BARRIER}-{}", nimbus_core::ids::new_request_id());
+        let at = Loc { subject: subject.clone(), ..loc.clone() };
+        match self.write(&at, Bytes::new(), Some(self.now() + BARRIER_TTL_MS), None).await? {
+            Ok(seq) => Ok(crate::scan::Barrier { subject, seq }),
+            Err(Conflict) => {
+                let refused = std::io::Error::other("the listing's barrier key was refused");
+                Err(KvError::backend("list keys", refused))
+            }
+        }
     }
 }
 
