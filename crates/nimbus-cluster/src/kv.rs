@@ -68,14 +68,14 @@ const MAX_ATTEMPTS: usize = 200;
 /// How long a write waits out a stream that answers with no responder (just created, or
 /// electing a leader) before it reports the failure.
 const NO_RESPONDER_PATIENCE: Duration = Duration::from_secs(5);
-/// Longest wait for the next key while `list` scans a namespace.
 /// How the key a listing writes first begins (`$KV.BUCKET.=scan-UUID`, one per listing, purged
 /// after it, with a 1 s TTL): never a key's (keys are spelled in lowercase hex). See
 /// `crate::scan`.
 const BARRIER: &str = "=scan";
-/// How long a listing's barrier key stays.
+/// How long a listing's barrier key stays if its purge fails.
 const BARRIER_TTL_MS: u64 = 1_000;
-const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a listing's read of a namespace may take (the whole read, as the queues' scans).
+const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Past this many remembered counters, idle ones are forgotten.
 const MAX_SLOTS: usize = 10_000;
 
