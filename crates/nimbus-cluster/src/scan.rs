@@ -76,19 +76,15 @@ pub(crate) async fn latest_per_subject(
             let info = m.info().map_err(|e| ScanError::Read(e.to_string()))?;
             let (pending, seq) = (info.pending, info.stream_sequence);
             delivered += 1;
-            if let Some(b) = barrier.as_ref().filter(|b| b.subject == m.subject.as_str()) {
-                passed |= seq >= b.seq;
-                if delivered >= counted && pending == 0 && passed {
-                    return Ok(());
-                }
-                continue;
-            }
-            match at.get(m.subject.as_str()).and_then(|&i| out.get_mut(i)) {
-                Some(earlier) => *earlier = m,
-                None => {
-                    at.insert(m.subject.to_string(), out.len());
-                    out.push(m);
-                }
+            match barrier.as_ref().filter(|b| b.subject == m.subject.as_str()) {
+                Some(b) => passed |= seq >= b.seq,
+                None => match at.get(m.subject.as_str()).and_then(|&i| out.get_mut(i)) {
+                    Some(earlier) => *earlier = m,
+                    None => {
+                        at.insert(m.subject.to_string(), out.len());
+                        out.push(m);
+                    }
+                },
             }
             if delivered >= counted && pending == 0 && passed {
                 return Ok(());
