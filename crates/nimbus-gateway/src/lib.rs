@@ -16,6 +16,7 @@
 mod audit;
 mod body;
 mod calls;
+mod coalesce;
 mod config;
 mod context;
 mod credentials;

@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{whole, GwResp};
+use crate::coalesce::Coalesced;
 use crate::config::GatewayConfig;
 use crate::context::Gateway;
 use crate::metrics::Refusal;
@@ -183,7 +184,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
                 let _ = stream.set_nodelay(true);
                 match &tls {
                     None => {
-                        let conn = protocols.h1.serve_connection(TokioIo::new(stream), service(&gateway, remote));
+                        let io = TokioIo::new(Coalesced::new(stream));
+                        let conn = protocols.h1.serve_connection(io, service(&gateway, remote));
                         // `PollAgain`: reading a request body wakes the connection's own task.
                         let watched = PollAgain::new(graceful.watch(conn));
                         tokio::spawn(async move { slot.ended(watched.await) });
