@@ -24,6 +24,7 @@ mod dashboard;
 mod edge;
 pub mod event;
 mod eventstream;
+mod head_timer;
 mod http_route;
 mod invoke_api;
 mod invoke_stream;

@@ -34,6 +34,7 @@ use crate::body::{whole, GwResp};
 use crate::coalesce::Coalesced;
 use crate::config::GatewayConfig;
 use crate::context::Gateway;
+use crate::head_timer::HeadTimer;
 use crate::metrics::Refusal;
 use crate::util::{json, raw, Resp};
 
@@ -185,7 +186,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
                 match &tls {
                     None => {
                         let io = TokioIo::new(Coalesced::new(stream));
-                        let conn = protocols.h1.serve_connection(io, service(&gateway, remote));
+                        let conn = protocols.h1().serve_connection(io, service(&gateway, remote));
                         // `PollAgain`: reading a request body wakes the connection's own task.
                         let watched = PollAgain::new(graceful.watch(conn));
                         tokio::spawn(async move { slot.ended(watched.await) });
@@ -208,6 +209,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl 
 
 /// How connections are served: HTTP/1.1 (plain, or TLS without `h2`) and HTTP/2 (TLS with `h2`).
 struct Protocols {
+    /// HTTP/1.1 without its timer: [`Protocols::h1`] gives each connection one of its own.
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
@@ -215,8 +217,7 @@ struct Protocols {
 impl Protocols {
     fn new(config: &GatewayConfig) -> Protocols {
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(config.header_timeout)
+        h1.header_read_timeout(config.header_timeout)
             .keep_alive(true)
             // The read buffer stays 64 KiB unless the head limit needs more (hyper's minimum is 8 KiB).
             .max_buf_size(config.max_header_bytes.max(64 * 1024))
@@ -225,6 +226,13 @@ impl Protocols {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         Protocols { h1, h2 }
+    }
+
+    /// HTTP/1.1 for one connection, with the timer of its header read timeout.
+    fn h1(&self) -> http1::Builder {
+        let mut h1 = self.h1.clone();
+        h1.timer(HeadTimer::default());
+        h1
     }
 }
 
@@ -260,7 +268,7 @@ async fn serve_tls(
     let ended = if h2 {
         watcher.watch(protocols.h2.serve_connection(io, svc)).await
     } else {
-        PollAgain::new(watcher.watch(protocols.h1.serve_connection(io, svc))).await
+        PollAgain::new(watcher.watch(protocols.h1().serve_connection(io, svc))).await
     };
     slot.ended(ended);
 }
