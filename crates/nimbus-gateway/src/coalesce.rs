@@ -7,7 +7,8 @@
 //! buffer: 2–3 % more throughput for a small answer (a wasm hello at c=32), 12 % less for a
 //! 1 MiB static file and 25 % less for a 64 KiB one. This wrapper keeps the queue and `writev`
 //! for large writes and copies the buffers of a small one (at most [`SMALL`] bytes in all) into
-//! one, sent with one `send`: +1.3 to +2.3 % for the hello, the large files unchanged (BENCHMARKS.md).
+//! one, sent with one `send`: +1.2 % on a warm hello, +2.8 % on fresh instances, the large
+//! files unchanged (BENCHMARKS.md).
 //! No crate does this split: tokio's `BufWriter` buffers every write, large ones included.
 
 use std::io::IoSlice;
