@@ -373,12 +373,11 @@ impl NatsMessages {
         let what = "read a queue's messages";
         let under = prefix.trim_end_matches('>');
         let barrier_key = format!("{under}{BARRIER}");
-        let barrier = match fresh {
-            true => {
-                let seq = self.kv.put(&barrier_key, Bytes::new()).await.map_err(|e| backend(what, e))?;
-                Some(crate::scan::Barrier { subject: subject(&barrier_key), seq })
-            }
-            false => None,
+        let barrier = if fresh {
+            let seq = self.kv.put(&barrier_key, Bytes::new()).await.map_err(|e| backend(what, e))?;
+            Some(crate::scan::Barrier { subject: subject(&barrier_key), seq })
+        } else {
+            None
         };
         let config = async_nats::jetstream::consumer::push::OrderedConfig {
             deliver_subject: self.client.new_inbox(),

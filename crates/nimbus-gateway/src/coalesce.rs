@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most bytes a vectored write may hold to be copied into one buffer.
-pub(crate) const SMALL: usize = 8 * 1024;
+const SMALL: usize = 8 * 1024;
 
 /// A connection and the buffer its small writes are copied into (grown to the largest small
 /// write seen, so a connection that only sends short answers keeps a short buffer).

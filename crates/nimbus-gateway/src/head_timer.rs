@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use hyper::rt::{Sleep, Timer};
 
 /// The timer of one connection (its `http1::Builder` gets a new one per connection).
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct HeadTimer {
     /// The one tokio sleep of the connection, made on its first wait for a head.
     sleep: Arc<Mutex<Option<Pin<Box<tokio::time::Sleep>>>>>,
