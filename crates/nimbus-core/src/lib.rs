@@ -29,6 +29,7 @@ pub mod poll_again;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
+pub mod shards;
 pub mod stream;
 
 pub use access_keys::{AccessKeyRecord, AccessKeySource};

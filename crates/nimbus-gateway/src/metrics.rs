@@ -12,6 +12,7 @@
 //!   queues' and queue triggers' counts (`metrics/queues.rs`).
 
 mod queues;
+mod tally;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -135,12 +136,6 @@ struct OutcomeLabels {
 
 type Hist = Family<FunctionLabels, Histogram, fn() -> Histogram>;
 
-fn duration_histogram() -> Histogram {
-    Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-    ])
-}
-
 fn init_histogram() -> Histogram {
     Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
 }
@@ -148,50 +143,37 @@ fn init_histogram() -> Histogram {
 /// Everything `/metrics` reports. Cheap to share: the families are reference-counted.
 pub struct Metrics {
     enabled: AtomicBool,
-    invocations: Family<InvocationLabels, Counter>,
+    /// Invocations, their durations and queue waits, gateway requests: per thread
+    /// (`metrics/tally.rs`), summed at scrape time.
+    tallies: tally::Tallies,
     throttles: Family<FunctionLabels, Counter>,
-    duration: Hist,
     init: Hist,
-    queue_wait: Hist,
-    requests: Family<RequestLabels, Counter>,
     refused: Family<RefusalLabels, Counter>,
     kv_ops: Family<KvOpLabels, Counter>,
     kv_errors: Family<KvErrorLabels, Counter>,
-    /// Per function, the metrics each (status, trigger) of its invocations updates.
-    handles: std::sync::RwLock<HandleMap>,
-    /// The `requests` counter of each (kind, status code) seen, kept like `handles`: a handful
-    /// of pairs, so a scan beats hashing the label set on every request.
-    request_handles: std::sync::RwLock<Vec<(&'static str, u16, Counter)>>,
-}
-
-/// The metrics one kind of invocation (function, status, trigger) updates, looked up in their
-/// families once and kept (they share their values with the families): an observation is then
-/// one map lookup by the function's name, not four label-set lookups with a `String` clone each.
-struct Handles {
-    status: InvocationStatus,
-    trigger: nimbus_core::Trigger,
-    invocations: Counter,
-    /// Duration and queue wait; `None` for statuses whose invocations did not run.
-    timing: Option<(Histogram, Histogram)>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             enabled: AtomicBool::new(true),
-            invocations: Family::default(),
+            tallies: tally::Tallies::default(),
             throttles: Family::default(),
-            duration: Family::new_with_constructor(duration_histogram),
             init: Family::new_with_constructor(init_histogram),
-            queue_wait: Family::new_with_constructor(duration_histogram),
-            requests: Family::default(),
             refused: refused_family(),
             kv_ops: Family::default(),
             kv_errors: Family::default(),
-            handles: std::sync::RwLock::default(),
-            request_handles: std::sync::RwLock::default(),
         }
     }
+}
+
+/// The figures counted per thread, as families to register.
+#[derive(Default)]
+struct Tallied {
+    invocations: Family<InvocationLabels, Counter>,
+    duration: Family<FunctionLabels, tally::SummedHistogram>,
+    queue_wait: Family<FunctionLabels, tally::SummedHistogram>,
+    requests: Family<RequestLabels, Counter>,
 }
 
 /// Every reason has a row from the start, zero until something is refused.
@@ -230,62 +212,12 @@ impl Observer for Metrics {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
-        self.count(r);
+        self.tallies.invocation(r);
         if r.status == InvocationStatus::Throttled {
             self.throttles.get_or_create(&FunctionLabels { function: r.function.clone() }).inc();
         }
         if let Some(init) = r.init_ms {
             self.init.get_or_create(&FunctionLabels { function: r.function.clone() }).observe(init / 1000.0);
-        }
-    }
-}
-
-type HandleMap = std::collections::HashMap<String, Vec<Handles>>;
-
-impl Handles {
-    /// Count `r` and observe its times (only for statuses that ran).
-    fn observe(&self, r: &InvocationRecord) {
-        self.invocations.inc();
-        if let Some((duration, queue_wait)) = &self.timing {
-            duration.observe(r.duration_ms / 1000.0);
-            queue_wait.observe(r.queue_ms / 1000.0);
-        }
-    }
-}
-
-impl Metrics {
-    /// Count `r` and observe its times (not for throttled or platform-failed invocations, which
-    /// did not run) through the kept metrics of its function, status and trigger, made on their
-    /// first observation.
-    fn count(&self, r: &InvocationRecord) {
-        // Updated under the read lock, without cloning the handles (three reference counts).
-        let counted = |map: &HandleMap| {
-            map.get(&r.function)
-                .and_then(|hs| hs.iter().find(|h| h.status == r.status && h.trigger == r.trigger))
-                .map(|h| h.observe(r))
-                .is_some()
-        };
-        if counted(&self.handles.read().unwrap_or_else(|e| e.into_inner())) {
-            return;
-        }
-        let mut map = self.handles.write().unwrap_or_else(|e| e.into_inner());
-        if !counted(&map) {
-            let h = self.new_handles(r);
-            h.observe(r);
-            map.entry(r.function.clone()).or_default().push(h);
-        }
-    }
-
-    fn new_handles(&self, r: &InvocationRecord) -> Handles {
-        let labels =
-            InvocationLabels { function: r.function.clone(), status: r.status.as_str(), trigger: r.trigger.as_str() };
-        let f = FunctionLabels { function: r.function.clone() };
-        let ran = !matches!(r.status, InvocationStatus::Throttled | InvocationStatus::PlatformError);
-        Handles {
-            status: r.status,
-            trigger: r.trigger,
-            invocations: self.invocations.get_or_create(&labels).clone(),
-            timing: ran.then(|| (self.duration.get_or_create(&f).clone(), self.queue_wait.get_or_create(&f).clone())),
         }
     }
 }
@@ -300,18 +232,7 @@ impl Metrics {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
-        let counted = |kept: &[(&'static str, u16, Counter)]| {
-            kept.iter().find(|(k, c, _)| *c == code && *k == kind).map(|(_, _, counter)| counter.inc()).is_some()
-        };
-        if counted(&self.request_handles.read().unwrap_or_else(|e| e.into_inner())) {
-            return;
-        }
-        let mut kept = self.request_handles.write().unwrap_or_else(|e| e.into_inner());
-        if !counted(&kept) {
-            let counter = self.requests.get_or_create(&RequestLabels { kind, code }).clone();
-            counter.inc();
-            kept.push((kind, code, counter));
-        }
+        self.tallies.request(kind, code);
     }
 
     /// Count a refusal. Always counted, even with recording off: refusals are rare and are what
@@ -397,6 +318,24 @@ impl Metrics {
         );
     }
 
+    /// The per-thread counts summed into their families.
+    fn tallied(&self) -> Tallied {
+        let totals = self.tallies.totals();
+        let t = Tallied::default();
+        for ((function, status, trigger), n) in totals.invocations {
+            t.invocations.get_or_create(&InvocationLabels { function, status, trigger }).inc_by(n);
+        }
+        for (function, (duration, queue_wait)) in totals.timing {
+            let f = FunctionLabels { function };
+            t.duration.get_or_create(&f).set(duration);
+            t.queue_wait.get_or_create(&f).set(queue_wait);
+        }
+        for ((kind, code), n) in totals.requests {
+            t.requests.get_or_create(&RequestLabels { kind, code }).inc_by(n);
+        }
+        t
+    }
+
     /// The exposition text.
     pub fn render(&self, s: &Scrape<'_>) -> String {
         let mut reg = Registry::with_prefix("nimbus");
@@ -404,10 +343,11 @@ impl Metrics {
         Self::register_storage(&mut reg, s);
         queues::register_queues(&mut reg, s.message_queues, s.now_ms);
         queues::register_triggers(&mut reg, s.triggers);
+        let t = self.tallied();
         reg.register(
             "invocations",
             "Finished invocations by function, status and trigger (sync, async, schedule; every retry)",
-            self.invocations.clone(),
+            t.invocations,
         );
         reg.register(
             "throttles",
@@ -418,7 +358,7 @@ impl Metrics {
             "invocation_duration",
             "Handler duration of invocations that ran",
             prometheus_client::registry::Unit::Seconds,
-            self.duration.clone(),
+            t.duration,
         );
         reg.register_with_unit(
             "init_duration",
@@ -430,9 +370,9 @@ impl Metrics {
             "queue_wait",
             "Time invocations waited for an instance, not counting the start of their own instance",
             prometheus_client::registry::Unit::Seconds,
-            self.queue_wait.clone(),
+            t.queue_wait,
         );
-        reg.register("gateway_requests", "HTTP requests by kind and status code", self.requests.clone());
+        reg.register("gateway_requests", "HTTP requests by kind and status code", t.requests);
         reg.register(
             "gateway_refused",
             "Connections and requests refused at a gateway limit, by reason (connections: 503 or closed; headers: 431; body_idle, body_timeout: 408)",

@@ -2,27 +2,30 @@
 //! management API.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery, UsageRow};
+use nimbus_core::shards::Shards;
 use nimbus_core::{InstanceBusy, InvocationRecord, InvocationStatus, Recorder, Trigger};
 use rusqlite::{params, Connection};
 
 use crate::{open_connection, Result};
 
-/// Records waiting for the writer; beyond this the request path drops records (counted) rather
-/// than block or grow without bound.
+/// Records waiting for the writer, at least; beyond this the request path drops records
+/// (counted) rather than block or grow without bound. Split over the per-thread queues, each of
+/// which holds at least [`MIN_PER_THREAD`].
 const QUEUE: usize = 65_536;
+const MIN_PER_THREAD: usize = 8_192;
 const BATCH: usize = 1_000;
 /// How long the writer gathers records before committing them in one transaction. One commit
 /// per invocation cost a quarter of nimbus's CPU at 2,600 invocations/s (perf); records become
 /// visible within this window. [`QUEUE`] records are enough for a window at 3 million
 /// invocations/s.
 const WINDOW: Duration = Duration::from_millis(20);
-/// A hand-over buffer grown past this by a burst is shrunk back once written.
+/// A queue grown past this by a burst is shrunk back once taken.
 const KEPT_CAPACITY: usize = 8 * BATCH;
 
 /// The `Recorder` backed by SQLite. Dropping the last clone flushes and stops the thread.
@@ -33,14 +36,23 @@ pub struct RecordWriter {
     busy: Arc<BusyTime>,
 }
 
-/// Records handed from the request path to the writer: pushed onto a vector the writer swaps
-/// for its empty one once per window, so memory follows the records actually waiting. A
-/// bounded channel of [`QUEUE`] records did the same, but std's array channel initialises every
-/// slot up front: 21 MB resident from the start (see ARCHITECTURE.md, "Invocation records").
-#[derive(Default)]
+/// Records handed from the request path to the writer: each thread pushes onto a vector of its
+/// own ([`Shards`]); the writer takes them all once per window, so memory follows the records
+/// actually waiting. One vector behind one mutex had every tokio worker wait for its cache line
+/// on every request (`perf`: its unlock was most of the push). A bounded channel of [`QUEUE`]
+/// records did the same, and std's array channel initialises every slot up front: 21 MB resident
+/// from the start (see ARCHITECTURE.md, "Invocation records").
 struct Pending {
-    state: Mutex<PendingState>,
-    /// Signalled for the first record while the writer waits for one, and at close.
+    queues: Shards<Vec<InvocationRecord>>,
+    /// Records one thread's queue holds at most.
+    per_thread: usize,
+    /// The writer waits on `ready` for a first record; a sender notifies only when it is set.
+    parked: AtomicBool,
+    /// Set under `state` and read by senders under their queue's lock: after `close` returns, no
+    /// record is added, so the writer's last look at the queues sees everything queued before.
+    closed: AtomicBool,
+    /// Held by the writer from announcing `parked` until it waits, so a notify is not missed.
+    state: Mutex<()>,
     ready: Condvar,
 }
 
@@ -53,59 +65,85 @@ enum Waited {
     Closed,
 }
 
-#[derive(Default)]
-struct PendingState {
-    records: Vec<InvocationRecord>,
-    /// The writer waits on `ready` for a first record (only then is a notify needed).
-    parked: bool,
-    closed: bool,
+impl Default for Pending {
+    fn default() -> Self {
+        let queues = Shards::<Vec<InvocationRecord>>::default();
+        let per_thread = (QUEUE / queues.len().max(1)).max(MIN_PER_THREAD);
+        Pending {
+            queues,
+            per_thread,
+            parked: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            state: Mutex::new(()),
+            ready: Condvar::new(),
+        }
+    }
 }
 
 impl Pending {
-    fn lock(&self) -> MutexGuard<'_, PendingState> {
+    fn lock(&self) -> MutexGuard<'_, ()> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queue `record`; `false` when the queue is full and it was dropped. After `close` records
-    /// are ignored: the writer has stopped, with everything queued before written.
+    /// Queue `record`; `false` when this thread's queue is full and it was dropped. After `close`
+    /// records are ignored: the writer has stopped, with everything queued before written.
     fn push(&self, record: InvocationRecord) -> bool {
-        let mut s = self.lock();
-        if s.closed {
-            return true;
-        }
-        if s.records.len() >= QUEUE {
-            return false;
-        }
-        s.records.push(record);
-        if s.parked {
-            s.parked = false;
+        let queued = self.queues.with(|q| {
+            if self.closed.load(Ordering::Acquire) {
+                return true;
+            }
+            if q.len() >= self.per_thread {
+                return false;
+            }
+            q.push(record);
+            true
+        });
+        // The writer announces `parked` before its last look at the queues: either it saw this
+        // record there, or this sees `parked` (the queue's lock orders the two).
+        // A plain load first: the flag's cache line stays shared while the writer is busy.
+        if self.parked.load(Ordering::Acquire) && self.parked.swap(false, Ordering::AcqRel) {
+            let _writer_waits = self.lock();
             self.ready.notify_one();
         }
-        true
+        queued.unwrap_or(false)
+    }
+
+    fn is_empty(&self) -> bool {
+        let mut empty = true;
+        self.queues.each(|q| empty &= q.is_empty());
+        empty
     }
 
     /// Wait up to `timeout` for a record.
     fn wait(&self, timeout: Duration) -> Waited {
-        let mut s = self.lock();
-        if s.records.is_empty() && !s.closed {
-            s.parked = true;
-            s = self.ready.wait_timeout(s, timeout).unwrap_or_else(|e| e.into_inner()).0;
-            s.parked = false;
+        let s = self.lock();
+        let closed = || self.closed.load(Ordering::Acquire);
+        if !closed() {
+            self.parked.store(true, Ordering::Release);
+            if self.is_empty() {
+                drop(self.ready.wait_timeout(s, timeout).unwrap_or_else(|e| e.into_inner()));
+            }
+            self.parked.store(false, Ordering::Release);
         }
-        match (s.records.is_empty(), s.closed) {
+        match (self.is_empty(), closed()) {
             (false, _) => Waited::Records,
             (true, false) => Waited::TimedOut,
             (true, true) => Waited::Closed,
         }
     }
 
-    /// Everything queued, swapped for `empty` (whose capacity the request path reuses).
-    fn take(&self, empty: &mut Vec<InvocationRecord>) {
-        std::mem::swap(&mut self.lock().records, empty);
+    /// Everything queued, appended to `batch` (each queue keeps its capacity for its thread, up
+    /// to [`KEPT_CAPACITY`]).
+    fn take(&self, batch: &mut Vec<InvocationRecord>) {
+        self.queues.each(|q| {
+            batch.append(q);
+            q.shrink_to(KEPT_CAPACITY);
+        });
     }
 
     fn close(&self) {
-        self.lock().closed = true;
+        let _s = self.lock();
+        self.closed.store(true, Ordering::Release);
         self.ready.notify_one();
     }
 }
@@ -425,20 +463,21 @@ mod tests {
     use nimbus_core::history::InvocationQuery;
     use nimbus_core::Recorder;
 
-    use super::{Pending, Waited, QUEUE};
+    use super::{Pending, Waited, MIN_PER_THREAD, QUEUE};
     use crate::record_batches::tests::rec;
     use crate::Store;
 
     #[test]
     fn a_full_queue_drops_records_until_the_writer_takes_them() {
         let pending = Pending::default();
-        for i in 0..QUEUE {
+        assert!(pending.per_thread >= MIN_PER_THREAD && pending.per_thread * pending.queues.len() >= QUEUE);
+        for i in 0..pending.per_thread {
             assert!(pending.push(rec("f", &i.to_string(), 1)), "record {i} fits");
         }
-        assert!(!pending.push(rec("f", "one too many", 1)), "the queue is full");
+        assert!(!pending.push(rec("f", "one too many", 1)), "this thread's queue is full");
         let mut batch = Vec::new();
         pending.take(&mut batch);
-        assert_eq!(batch.len(), QUEUE);
+        assert_eq!(batch.len(), pending.per_thread);
         assert!(pending.push(rec("f", "after", 1)), "taking them made room");
         assert_eq!(pending.wait(Duration::ZERO), Waited::Records, "a record waits");
         pending.close();
@@ -447,6 +486,41 @@ mod tests {
         pending.take(&mut rest);
         assert_eq!(rest.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["after"]);
         assert_eq!(pending.wait(Duration::ZERO), Waited::Closed, "closed and empty: the writer stops");
+    }
+
+    #[test]
+    fn a_record_from_another_thread_wakes_the_parked_writer() {
+        let pending = std::sync::Arc::new(Pending::default());
+        let sender = {
+            let p = pending.clone();
+            std::thread::spawn(move || {
+                while !p.parked.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                p.push(rec("f", "r1", 1))
+            })
+        };
+        // Without the notify this would time out (a minute) and say TimedOut.
+        assert_eq!(pending.wait(Duration::from_secs(60)), Waited::Records);
+        assert!(sender.join().unwrap());
+    }
+
+    #[test]
+    fn records_from_every_thread_are_taken() {
+        let pending = std::sync::Arc::new(Pending::default());
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let p = pending.clone();
+                s.spawn(move || (0..1000).all(|i| p.push(rec("f", &format!("{t}-{i}"), 1))));
+            }
+        });
+        let mut batch = Vec::new();
+        pending.take(&mut batch);
+        let mut ids: Vec<String> = batch.into_iter().map(|r| r.request_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 4000);
+        assert_eq!(pending.wait(Duration::ZERO), Waited::TimedOut, "nothing left");
     }
 
     #[test]
