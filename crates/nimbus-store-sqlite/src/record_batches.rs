@@ -57,9 +57,9 @@ fn log_seq(batch: i64, idx: usize) -> u64 {
 }
 
 /// Write `batch` as one row per function (records keep their order within a function).
-pub(crate) fn write(tx: &Transaction<'_>, batch: &[InvocationRecord]) -> rusqlite::Result<()> {
+pub(crate) fn write(tx: &Transaction<'_>, batch: &[&InvocationRecord]) -> rusqlite::Result<()> {
     let mut by_function: Vec<(&str, Vec<&InvocationRecord>)> = Vec::new();
-    for r in batch {
+    for &r in batch {
         match by_function.iter_mut().find(|(f, _)| *f == r.function) {
             Some((_, list)) => list.push(r),
             None => by_function.push((&r.function, vec![r])),
@@ -257,7 +257,7 @@ pub(crate) mod tests {
     fn write_batch(store: &Store, batch: &[InvocationRecord]) {
         let mut conn = store.conn();
         let tx = conn.transaction().unwrap();
-        write(&tx, batch).unwrap();
+        write(&tx, &batch.iter().collect::<Vec<_>>()).unwrap();
         tx.commit().unwrap();
     }
 

@@ -43,7 +43,7 @@ pub struct RecordWriter {
 /// records did the same, and std's array channel initialises every slot up front: 21 MB resident
 /// from the start (see ARCHITECTURE.md, "Invocation records").
 struct Pending {
-    queues: Shards<Vec<InvocationRecord>>,
+    queues: Shards<Vec<Stamped>>,
     /// Records one thread's queue holds at most.
     per_thread: usize,
     /// The writer waits on `ready` for a first record; a sender notifies only when it is set.
@@ -56,6 +56,10 @@ struct Pending {
     ready: Condvar,
 }
 
+/// A record and when it was queued: the writer puts a window's records from every thread in
+/// that order, the order one shared queue kept (logs are read back in write order).
+type Stamped = (Instant, InvocationRecord);
+
 /// What [`Pending::wait`] saw.
 #[derive(Debug, PartialEq)]
 enum Waited {
@@ -67,7 +71,7 @@ enum Waited {
 
 impl Default for Pending {
     fn default() -> Self {
-        let queues = Shards::<Vec<InvocationRecord>>::default();
+        let queues = Shards::<Vec<Stamped>>::default();
         let per_thread = (QUEUE / queues.len().max(1)).max(MIN_PER_THREAD);
         Pending {
             queues,
@@ -88,6 +92,7 @@ impl Pending {
     /// Queue `record`; `false` when this thread's queue is full and it was dropped. After `close`
     /// records are ignored: the writer has stopped, with everything queued before written.
     fn push(&self, record: InvocationRecord) -> bool {
+        let now = Instant::now();
         let queued = self.queues.with(|q| {
             if self.closed.load(Ordering::Acquire) {
                 return true;
@@ -95,7 +100,7 @@ impl Pending {
             if q.len() >= self.per_thread {
                 return false;
             }
-            q.push(record);
+            q.push((now, record));
             true
         });
         // The writer announces `parked` before its last look at the queues: either it saw this
@@ -132,13 +137,15 @@ impl Pending {
         }
     }
 
-    /// Everything queued, appended to `batch` (each queue keeps its capacity for its thread, up
-    /// to [`KEPT_CAPACITY`]).
-    fn take(&self, batch: &mut Vec<InvocationRecord>) {
+    /// Everything queued, appended to `batch` in the order it was queued (each queue keeps its
+    /// capacity for its thread, up to [`KEPT_CAPACITY`]).
+    fn take(&self, batch: &mut Vec<Stamped>) {
         self.queues.each(|q| {
             batch.append(q);
             q.shrink_to(KEPT_CAPACITY);
         });
+        // Stable: records queued at the same instant by one thread keep their order.
+        batch.sort_by_key(|(queued, _)| *queued);
     }
 
     fn close(&self) {
@@ -265,7 +272,8 @@ fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy
         std::thread::sleep(WINDOW);
         pending.take(&mut batch);
         for chunk in batch.chunks(BATCH) {
-            if let Err(e) = write_batch(&mut conn, chunk) {
+            let records: Vec<&InvocationRecord> = chunk.iter().map(|(_, r)| r).collect();
+            if let Err(e) = write_batch(&mut conn, &records) {
                 tracing::error!("cannot write {} invocation records: {e}", chunk.len());
             }
         }
@@ -329,7 +337,7 @@ fn billable(status: InvocationStatus) -> bool {
     !matches!(status, InvocationStatus::Throttled | InvocationStatus::PlatformError)
 }
 
-fn write_batch(conn: &mut Connection, batch: &[InvocationRecord]) -> rusqlite::Result<()> {
+fn write_batch(conn: &mut Connection, batch: &[&InvocationRecord]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut usage = tx.prepare_cached(
@@ -484,7 +492,7 @@ mod tests {
         assert!(pending.push(rec("f", "closed", 1)), "after close a record is ignored, not counted as dropped");
         let mut rest = Vec::new();
         pending.take(&mut rest);
-        assert_eq!(rest.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), ["after"]);
+        assert_eq!(rest.iter().map(|(_, r)| r.request_id.as_str()).collect::<Vec<_>>(), ["after"]);
         assert_eq!(pending.wait(Duration::ZERO), Waited::Closed, "closed and empty: the writer stops");
     }
 
@@ -516,11 +524,38 @@ mod tests {
         });
         let mut batch = Vec::new();
         pending.take(&mut batch);
-        let mut ids: Vec<String> = batch.into_iter().map(|r| r.request_id).collect();
+        let mut ids: Vec<String> = batch.into_iter().map(|(_, r)| r.request_id).collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 4000);
         assert_eq!(pending.wait(Duration::ZERO), Waited::TimedOut, "nothing left");
+    }
+
+    #[test]
+    fn a_window_is_taken_in_the_order_records_were_queued_across_threads() {
+        let pending = std::sync::Arc::new(Pending::default());
+        let (to_b, b_gets) = std::sync::mpsc::channel::<()>();
+        let (to_a, a_gets) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let p = pending.clone();
+            s.spawn(move || {
+                assert!(p.push(rec("f", "1", 1)));
+                to_b.send(()).unwrap();
+                a_gets.recv().unwrap();
+                assert!(p.push(rec("f", "3", 1)));
+            });
+            let p = pending.clone();
+            s.spawn(move || {
+                b_gets.recv().unwrap();
+                assert!(p.push(rec("f", "2", 1)));
+                to_a.send(()).unwrap();
+            });
+        });
+        let mut batch = Vec::new();
+        pending.take(&mut batch);
+        // The two threads have shards of their own: taken shard by shard this is 1 3 2 or 2 1 3.
+        let ids: Vec<&str> = batch.iter().map(|(_, r)| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["1", "2", "3"]);
     }
 
     #[test]
