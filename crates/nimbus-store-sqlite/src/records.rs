@@ -60,6 +60,15 @@ struct Pending {
 /// that order, the order one shared queue kept (logs are read back in write order).
 type Stamped = (Instant, InvocationRecord);
 
+/// The records of `batch` in the order they were queued. References are sorted, not the
+/// records: moving a window's records through a merge sort cost more than recording saved.
+fn in_queued_order(batch: &[Stamped]) -> Vec<&InvocationRecord> {
+    let mut refs: Vec<&Stamped> = batch.iter().collect();
+    // Stable: records queued at the same instant by one thread keep their order.
+    refs.sort_by_key(|(queued, _)| *queued);
+    refs.into_iter().map(|(_, r)| r).collect()
+}
+
 /// What [`Pending::wait`] saw.
 #[derive(Debug, PartialEq)]
 enum Waited {
@@ -137,15 +146,13 @@ impl Pending {
         }
     }
 
-    /// Everything queued, appended to `batch` in the order it was queued (each queue keeps its
-    /// capacity for its thread, up to [`KEPT_CAPACITY`]).
+    /// Everything queued, appended to `batch` thread by thread (each queue keeps its capacity
+    /// for its thread, up to [`KEPT_CAPACITY`]); [`in_queued_order`] orders them.
     fn take(&self, batch: &mut Vec<Stamped>) {
         self.queues.each(|q| {
             batch.append(q);
             q.shrink_to(KEPT_CAPACITY);
         });
-        // Stable: records queued at the same instant by one thread keep their order.
-        batch.sort_by_key(|(queued, _)| *queued);
     }
 
     fn close(&self) {
@@ -271,9 +278,8 @@ fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy
         // rather than one per record.
         std::thread::sleep(WINDOW);
         pending.take(&mut batch);
-        for chunk in batch.chunks(BATCH) {
-            let records: Vec<&InvocationRecord> = chunk.iter().map(|(_, r)| r).collect();
-            if let Err(e) = write_batch(&mut conn, &records) {
+        for chunk in in_queued_order(&batch).chunks(BATCH) {
+            if let Err(e) = write_batch(&mut conn, chunk) {
                 tracing::error!("cannot write {} invocation records: {e}", chunk.len());
             }
         }
@@ -554,7 +560,7 @@ mod tests {
         let mut batch = Vec::new();
         pending.take(&mut batch);
         // The two threads have shards of their own: taken shard by shard this is 1 3 2 or 2 1 3.
-        let ids: Vec<&str> = batch.iter().map(|(_, r)| r.request_id.as_str()).collect();
+        let ids: Vec<&str> = super::in_queued_order(&batch).iter().map(|r| r.request_id.as_str()).collect();
         assert_eq!(ids, ["1", "2", "3"]);
     }
 
