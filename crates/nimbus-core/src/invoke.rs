@@ -191,6 +191,12 @@ impl InvocationStatus {
     pub fn parse(s: &str) -> Option<InvocationStatus> {
         InvocationStatus::ALL.into_iter().find(|t| t.as_str() == s)
     }
+
+    /// Whether the invocation reached the function (errors and timeouts included): it has a
+    /// duration and a queue wait, and Lambda bills it. Not throttles or nimbus's own errors.
+    pub fn reached_function(self) -> bool {
+        !matches!(self, InvocationStatus::Throttled | InvocationStatus::PlatformError)
+    }
 }
 
 /// One row of the invocation history (and its log).

@@ -337,12 +337,6 @@ fn prune(conn: &Connection, retention: Duration) {
     }
 }
 
-/// Whether an invocation counts as a billable request: everything that reached the function
-/// (errors and timeouts included, as Lambda bills them); not throttles or nimbus's own errors.
-fn billable(status: InvocationStatus) -> bool {
-    !matches!(status, InvocationStatus::Throttled | InvocationStatus::PlatformError)
-}
-
 fn write_batch(conn: &mut Connection, batch: &[&InvocationRecord]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -354,7 +348,7 @@ fn write_batch(conn: &mut Connection, batch: &[&InvocationRecord]) -> rusqlite::
         let mut hours: std::collections::BTreeMap<(&str, u64), (u64, u64)> = std::collections::BTreeMap::new();
         crate::record_batches::write(&tx, batch)?;
         for r in batch {
-            if billable(r.status) {
+            if r.status.reached_function() {
                 let h = hours.entry((r.function.as_str(), r.start_ms - r.start_ms % HOUR_MS)).or_default();
                 h.0 += 1;
                 h.1 += r.billed_ms * u64::from(r.memory_mb);

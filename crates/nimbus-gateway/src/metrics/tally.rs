@@ -17,7 +17,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// Upper bounds (seconds) of the duration and queue-wait histograms' buckets; `+Inf` follows.
-pub(super) const DURATION_BOUNDS: [f64; 18] =
+const DURATION_BOUNDS: [f64; 18] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
 
 /// Per-thread shards of the counts.
@@ -68,11 +68,6 @@ impl Buckets {
             *c += n;
         }
     }
-}
-
-/// Whether invocations with this status ran (and so have a duration and a queue wait).
-fn ran(status: InvocationStatus) -> bool {
-    !matches!(status, InvocationStatus::Throttled | InvocationStatus::PlatformError)
 }
 
 /// Everything counted, summed over the shards.
@@ -129,7 +124,7 @@ fn count(shard: &mut Shard, r: &InvocationRecord) {
         None => shard.invocations.entry(r.function.clone()).or_default(),
     };
     if !tallies.iter().any(|t| t.status == r.status && t.trigger == r.trigger) {
-        let timing = ran(r.status).then(Box::default);
+        let timing = r.status.reached_function().then(Box::default);
         tallies.push(Tally { status: r.status, trigger: r.trigger, count: 0, timing });
     }
     let Some(t) = tallies.iter_mut().find(|t| t.status == r.status && t.trigger == r.trigger) else { return };
