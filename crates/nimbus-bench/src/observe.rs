@@ -37,6 +37,35 @@ struct Sample {
     p50_us: f64,
     p99_us: f64,
     seq_p50_us: f64,
+    cpu: Cpu,
+}
+
+/// CPU per successful request over a side's c=32 phases, in µs: the whole machine's busy time,
+/// the server process's, and this load generator's. Throughput on two shared cores is the
+/// machine's CPU divided by these, so they say whose CPU a difference in req/s went to.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    machine_us: f64,
+    server_us: f64,
+    client_us: f64,
+}
+
+impl Cpu {
+    /// Add one phase's per-request figures, weighted by its `ok` requests (divided out in
+    /// [`Side::sample`]).
+    fn add(&mut self, t: &load::Throughput) {
+        let ok = t.ok as f64;
+        self.machine_us += t.machine_cpu_us_per_req.unwrap_or(0.0) * ok;
+        if let Some(split) = t.cpu_split {
+            self.server_us += split.server_us * ok;
+            self.client_us += split.client_us * ok;
+        }
+    }
+
+    fn per(self, ok: u64) -> Cpu {
+        let n = ok.max(1) as f64;
+        Cpu { machine_us: self.machine_us / n, server_us: self.server_us / n, client_us: self.client_us / n }
+    }
 }
 
 /// One server of the pair and what its phases on the current route added up to.
@@ -47,6 +76,7 @@ struct Side {
     secs: f64,
     latencies_us: Vec<f64>,
     seq_p50_us: f64,
+    cpu: Cpu,
 }
 
 impl Side {
@@ -57,7 +87,7 @@ impl Side {
         let env: Vec<(&str, &Path)> = if recording { vec![] } else { vec![("NIMBUS_RECORDING", Path::new("off"))] };
         // Two servers at once: neither takes the AWS port, so both run the same services.
         let nimbus = Nimbus::launch_with(bin, app, &data, &log, &env, &["--aws-listen", "off"]).await?;
-        Ok(Side { recording, nimbus, ok: 0, secs: 0.0, latencies_us: Vec::new(), seq_p50_us: 0.0 })
+        Ok(Side { recording, nimbus, ok: 0, secs: 0.0, latencies_us: Vec::new(), seq_p50_us: 0.0, cpu: Cpu::default() })
     }
 
     fn tag(&self) -> &'static str {
@@ -79,7 +109,7 @@ impl Side {
                 seq.push(us);
             }
         }
-        (self.ok, self.secs, self.seq_p50_us) = (0, 0.0, stats(&seq).p50);
+        (self.ok, self.secs, self.seq_p50_us, self.cpu) = (0, 0.0, stats(&seq).p50, Cpu::default());
         self.latencies_us.clear();
         Ok(())
     }
@@ -92,6 +122,7 @@ impl Side {
         if t.errors > 0 {
             bail!("{path} with recording {}: {} errors, first: {:?}", self.tag(), t.errors, t.first_error);
         }
+        self.cpu.add(&t);
         self.ok += t.ok;
         self.secs += t.secs;
         self.latencies_us.extend(t.latencies_us);
@@ -101,7 +132,16 @@ impl Side {
     fn sample(&self, path: &'static str) -> Sample {
         let lat = stats(&self.latencies_us);
         let rps = if self.secs > 0.0 { self.ok as f64 / self.secs } else { 0.0 };
-        Sample { recording: self.recording, path, rps, p50_us: lat.p50, p99_us: lat.p99, seq_p50_us: self.seq_p50_us }
+        let cpu = self.cpu.per(self.ok);
+        Sample {
+            recording: self.recording,
+            path,
+            rps,
+            p50_us: lat.p50,
+            p99_us: lat.p99,
+            seq_p50_us: self.seq_p50_us,
+            cpu,
+        }
     }
 }
 
@@ -130,6 +170,11 @@ async fn measure(s: &Settings, bin: &Path, app: &Path, root: &Path, run: usize) 
     Ok(out)
 }
 
+fn side_json(x: &Sample) -> Value {
+    json!({"rps": x.rps, "p50Us": x.p50_us, "p99Us": x.p99_us, "sequentialP50Us": x.seq_p50_us,
+           "cpuUsPerReq": {"machine": x.cpu.machine_us, "server": x.cpu.server_us, "client": x.cpu.client_us}})
+}
+
 pub async fn run(args: ObserveArgs) -> Result<()> {
     let s = Settings::new(args.common.quick, usize::try_from(args.common.runs)?);
     let bin = procs::locate_nimbus(args.common.nimbus.clone())?;
@@ -148,8 +193,8 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     }
 
     println!("\n## Recording overhead (records, logs, metrics on vs NIMBUS_RECORDING=off)\n");
-    println!("| run | route | req/s on | req/s off | throughput cost | p50 c=32 on / off (µs) | p99 c=32 on / off (µs) | c=1 p50 on / off (µs) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| run | route | req/s on | req/s off | throughput cost | p50 c=32 on / off (µs) | p99 c=32 on / off (µs) | c=1 p50 on / off (µs) | CPU µs/req machine on / off | server on / off | client on / off |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for (run, on) in samples.iter().filter(|(_, x)| x.recording) {
         let Some((_, off)) = samples.iter().find(|(r, x)| r == run && !x.recording && x.path == on.path) else {
@@ -158,13 +203,26 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         let cost = (off.rps - on.rps) / off.rps * 100.0;
         let name = if on.path == REUSE_PATH { "wasm reuse" } else { "wasm fresh" };
         println!(
-            "| {run} | {name} | {:.0} | {:.0} | {cost:+.1} % | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} |",
-            on.rps, off.rps, on.p50_us, off.p50_us, on.p99_us, off.p99_us, on.seq_p50_us, off.seq_p50_us
+            "| {run} | {name} | {:.0} | {:.0} | {cost:+.1} % | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            on.rps,
+            off.rps,
+            on.p50_us,
+            off.p50_us,
+            on.p99_us,
+            off.p99_us,
+            on.seq_p50_us,
+            off.seq_p50_us,
+            on.cpu.machine_us,
+            off.cpu.machine_us,
+            on.cpu.server_us,
+            off.cpu.server_us,
+            on.cpu.client_us,
+            off.cpu.client_us,
         );
         rows.push(json!({
             "run": run, "route": name,
-            "on": {"rps": on.rps, "p50Us": on.p50_us, "p99Us": on.p99_us, "sequentialP50Us": on.seq_p50_us},
-            "off": {"rps": off.rps, "p50Us": off.p50_us, "p99Us": off.p99_us, "sequentialP50Us": off.seq_p50_us},
+            "on": side_json(on),
+            "off": side_json(off),
             "throughputCostPct": cost,
         }));
     }
