@@ -15,6 +15,7 @@ mod kv;
 mod messages;
 mod objects;
 mod queue;
+mod queued;
 mod record_batches;
 mod records;
 mod stats;

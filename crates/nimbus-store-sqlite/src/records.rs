@@ -12,6 +12,7 @@ use nimbus_core::shards::Shards;
 use nimbus_core::{InstanceBusy, InvocationRecord, InvocationStatus, Recorder, Trigger};
 use rusqlite::{params, Connection};
 
+use crate::queued::Queue;
 use crate::{open_connection, Result};
 
 /// Records waiting for the writer, at least; beyond this the request path drops records
@@ -43,7 +44,7 @@ pub struct RecordWriter {
 /// records did the same, and std's array channel initialises every slot up front: 21 MB resident
 /// from the start (see ARCHITECTURE.md, "Invocation records").
 struct Pending {
-    queues: Shards<Vec<Stamped>>,
+    queues: Shards<Queue>,
     /// Records one thread's queue holds at most.
     per_thread: usize,
     /// The writer waits on `ready` for a first record; a sender notifies only when it is set.
@@ -80,7 +81,7 @@ enum Waited {
 
 impl Default for Pending {
     fn default() -> Self {
-        let queues = Shards::<Vec<Stamped>>::default();
+        let queues = Shards::<Queue>::default();
         let per_thread = (QUEUE / queues.len().max(1)).max(MIN_PER_THREAD);
         Pending {
             queues,
@@ -109,7 +110,7 @@ impl Pending {
             if q.len() >= self.per_thread {
                 return false;
             }
-            q.push((now, record));
+            q.push(now, record);
             true
         });
         // The writer announces `parked` before its last look at the queues: either it saw this
@@ -147,12 +148,14 @@ impl Pending {
     }
 
     /// Everything queued, appended to `batch` thread by thread (each queue keeps its capacity
-    /// for its thread, up to [`KEPT_CAPACITY`]); [`in_queued_order`] orders them.
+    /// for its thread, up to [`KEPT_CAPACITY`]); [`in_queued_order`] orders them. The records
+    /// are rebuilt after each queue's lock is let go, so a sender never waits for that.
     fn take(&self, batch: &mut Vec<Stamped>) {
-        self.queues.each(|q| {
-            batch.append(q);
-            q.shrink_to(KEPT_CAPACITY);
-        });
+        let mut taken = Vec::with_capacity(self.queues.len());
+        self.queues.each(|q| taken.push(q.take(KEPT_CAPACITY)));
+        for t in taken {
+            t.into_records(batch);
+        }
     }
 
     fn close(&self) {
