@@ -170,6 +170,27 @@ async fn measure(s: &Settings, bin: &Path, app: &Path, root: &Path, run: usize) 
     Ok(out)
 }
 
+/// One run's route as a row of the printed table.
+fn table_row(run: usize, name: &str, cost: f64, on: &Sample, off: &Sample) -> String {
+    format!(
+        "| {run} | {name} | {:.0} | {:.0} | {cost:+.1} % | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+        on.rps,
+        off.rps,
+        on.p50_us,
+        off.p50_us,
+        on.p99_us,
+        off.p99_us,
+        on.seq_p50_us,
+        off.seq_p50_us,
+        on.cpu.machine_us,
+        off.cpu.machine_us,
+        on.cpu.server_us,
+        off.cpu.server_us,
+        on.cpu.client_us,
+        off.cpu.client_us,
+    )
+}
+
 fn side_json(x: &Sample) -> Value {
     json!({"rps": x.rps, "p50Us": x.p50_us, "p99Us": x.p99_us, "sequentialP50Us": x.seq_p50_us,
            "cpuUsPerReq": {"machine": x.cpu.machine_us, "server": x.cpu.server_us, "client": x.cpu.client_us}})
@@ -202,23 +223,7 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         };
         let cost = (off.rps - on.rps) / off.rps * 100.0;
         let name = if on.path == REUSE_PATH { "wasm reuse" } else { "wasm fresh" };
-        println!(
-            "| {run} | {name} | {:.0} | {:.0} | {cost:+.1} % | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
-            on.rps,
-            off.rps,
-            on.p50_us,
-            off.p50_us,
-            on.p99_us,
-            off.p99_us,
-            on.seq_p50_us,
-            off.seq_p50_us,
-            on.cpu.machine_us,
-            off.cpu.machine_us,
-            on.cpu.server_us,
-            off.cpu.server_us,
-            on.cpu.client_us,
-            off.cpu.client_us,
-        );
+        println!("{}", table_row(*run, name, cost, on, off));
         rows.push(json!({
             "run": run, "route": name,
             "on": side_json(on),
