@@ -1,20 +1,20 @@
 //! A record as it waits in its thread's queue for the writer: no heap string of its own on the
-//! common path.
+//! common path, and encoded into its row from there.
 //!
-//! An `InvocationRecord` is ~350 bytes and four heap strings (request id, function, version,
+//! An `InvocationRecord` is 296 bytes and four heap strings (request id, function, version,
 //! instance id), allocated by a tokio worker and freed by the writer thread. Each such string
 //! came back to the worker's allocator in cache lines the writer's core had written last, and
-//! the record's own lines went the same way: `nimbus-bench observe` measured the hand-over at
-//! about 1.3 µs of nimbus's CPU per request on the warm wasm route, more than the writer's own
-//! work (see BENCHMARKS.md, "Recording's hand-over"). Here the ids are kept in place, the
-//! function and version once per queue and window, and the rare fields behind one box, so a
-//! queued record is ~200 bytes that the worker writes and the writer reads, and nothing else
-//! crosses.
+//! the record's own lines went the same way: with recording on, nimbus spent 1.2–1.8 µs more
+//! CPU per warm wasm request than with it off (`nimbus-bench observe`; see BENCHMARKS.md,
+//! "Recording's hand-over in a compact form"). Here the ids are kept in place, the function and
+//! version once per queue and window, and the rare fields behind one box, so a queued record
+//! is 232 bytes that the worker writes and the writer reads, and nothing else crosses.
 
 use std::time::Instant;
 
 use arrayvec::ArrayString;
 use nimbus_core::{InvocationRecord, InvocationStatus, Trigger};
+use serde::Serialize;
 
 /// A request id (36 bytes) or an instance id (16) in place; anything longer on the heap.
 #[derive(Debug)]
@@ -31,9 +31,9 @@ impl Short {
         }
     }
 
-    fn into_string(self) -> String {
+    fn as_str(&self) -> &str {
         match self {
-            Short::Inline(s) => s.as_str().to_owned(),
+            Short::Inline(s) => s.as_str(),
             Short::Heap(s) => s,
         }
     }
@@ -47,7 +47,7 @@ pub(crate) struct Names {
 }
 
 /// The fields most records do not have: a cold start's breakdown, an error.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Rare {
     init_ms: Option<f64>,
     instance_start_ms: Option<f64>,
@@ -166,62 +166,129 @@ impl Queue {
 }
 
 impl Taken {
-    /// The records again, with when each was queued (built on the writer's thread, which also
-    /// frees them).
-    pub(crate) fn into_records(self, out: &mut Vec<(Instant, InvocationRecord)>) {
-        let names = self.names;
-        out.extend(self.records.into_iter().map(|q| {
-            let (function, version) =
-                names.get(q.names).map_or_else(Default::default, |n| (n.function.clone(), n.version.clone()));
-            let rare = q.rare.map_or_else(Rare::default, |r| *r);
-            let record = InvocationRecord {
-                request_id: q.request_id.into_string(),
-                function,
-                version,
-                trigger: q.trigger,
-                start_ms: q.start_ms,
-                duration_ms: q.duration_ms,
-                billed_ms: q.billed_ms,
-                memory_mb: q.memory_mb,
-                max_memory_mb: q.max_memory_mb,
-                cold: q.cold,
-                init_ms: rare.init_ms,
-                instance_start_ms: rare.instance_start_ms,
-                runtime_init_ms: rare.runtime_init_ms,
-                queue_ms: q.queue_ms,
-                status: q.status,
-                error_type: rare.error_type,
-                error_message: rare.error_message,
-                instance_id: q.instance_id.map(Short::into_string),
-                log: q.log,
-                response_ms: q.response_ms,
-                log_frame: q.log_frame,
-            };
-            (q.at, record)
-        }));
+    /// The records as the writer reads them, in the order their thread queued them.
+    pub(crate) fn views(&self) -> impl Iterator<Item = View<'_>> {
+        self.records.iter().filter_map(|q| Some(View { q, names: self.names.get(q.names)? }))
+    }
+}
+
+/// A taken record with its names: what the writer stores, read in place. Nothing of it is
+/// rebuilt into an `InvocationRecord` on the way to the row (rebuilding was about a quarter of
+/// the writer's `perf` samples: copies, four strings allocated and freed per record).
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    q: &'a Queued,
+    names: &'a Names,
+}
+
+/// An `InvocationRecord` as it is encoded in a row, borrowing from a [`View`]: the same fields
+/// in the same order with the same types (postcard is positional), so rows decode as
+/// `InvocationRecord` (a test compares the bytes of both encodings).
+#[derive(Serialize)]
+pub(crate) struct RecordRef<'a> {
+    request_id: &'a str,
+    function: &'a str,
+    version: &'a str,
+    trigger: Trigger,
+    start_ms: u64,
+    duration_ms: f64,
+    billed_ms: u64,
+    memory_mb: u32,
+    max_memory_mb: u32,
+    cold: bool,
+    init_ms: Option<f64>,
+    instance_start_ms: Option<f64>,
+    runtime_init_ms: Option<f64>,
+    queue_ms: f64,
+    status: InvocationStatus,
+    error_type: Option<&'a str>,
+    error_message: Option<&'a str>,
+    instance_id: Option<&'a str>,
+    response_ms: Option<f64>,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn at(&self) -> Instant {
+        self.q.at
+    }
+
+    #[cfg(test)]
+    pub(crate) fn request_id(&self) -> &'a str {
+        self.q.request_id.as_str()
+    }
+
+    pub(crate) fn function(&self) -> &'a str {
+        &self.names.function
+    }
+
+    pub(crate) fn start_ms(&self) -> u64 {
+        self.q.start_ms
+    }
+
+    pub(crate) fn status(&self) -> InvocationStatus {
+        self.q.status
+    }
+
+    pub(crate) fn billed_ms(&self) -> u64 {
+        self.q.billed_ms
+    }
+
+    pub(crate) fn memory_mb(&self) -> u32 {
+        self.q.memory_mb
+    }
+
+    pub(crate) fn log(&self) -> &'a str {
+        &self.q.log
+    }
+
+    pub(crate) fn log_frame(&self) -> Option<usize> {
+        self.q.log_frame
+    }
+
+    pub(crate) fn record(&self) -> RecordRef<'a> {
+        let (q, rare) = (self.q, self.q.rare.as_deref());
+        RecordRef {
+            request_id: q.request_id.as_str(),
+            function: &self.names.function,
+            version: &self.names.version,
+            trigger: q.trigger,
+            start_ms: q.start_ms,
+            duration_ms: q.duration_ms,
+            billed_ms: q.billed_ms,
+            memory_mb: q.memory_mb,
+            max_memory_mb: q.max_memory_mb,
+            cold: q.cold,
+            init_ms: rare.and_then(|r| r.init_ms),
+            instance_start_ms: rare.and_then(|r| r.instance_start_ms),
+            runtime_init_ms: rare.and_then(|r| r.runtime_init_ms),
+            queue_ms: q.queue_ms,
+            status: q.status,
+            error_type: rare.and_then(|r| r.error_type.as_deref()),
+            error_message: rare.and_then(|r| r.error_message.as_deref()),
+            instance_id: q.instance_id.as_ref().map(Short::as_str),
+            response_ms: q.response_ms,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::record_batches::tests::rec;
 
-    fn through_a_queue(records: Vec<InvocationRecord>) -> Vec<InvocationRecord> {
+    fn queued(records: Vec<InvocationRecord>) -> Taken {
         let mut q = Queue::default();
         let now = Instant::now();
         for r in records {
             q.push(now, r);
         }
-        let mut out = Vec::new();
-        q.take(0).into_records(&mut out);
+        let taken = q.take(0);
         assert!(q.is_empty());
-        out.into_iter().map(|(_, r)| r).collect()
+        taken
     }
 
-    #[test]
-    fn a_record_keeps_every_field_through_a_queue() {
-        let plain = rec("f", "0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f5a6b", 10);
+    fn full() -> InvocationRecord {
         let mut full = rec("g", &"a request id longer than thirty-six bytes".repeat(2), 20);
         full.version = "7".into();
         full.trigger = Trigger::Queue;
@@ -231,13 +298,23 @@ mod tests {
         full.error_type = Some("Error".into());
         full.error_message = Some("boom".into());
         full.instance_id = Some("0123456789abcdef".into());
-        full.log = "init\nline\n".into();
-        full.log_frame = Some(5);
-        full.response_ms = Some(1.5);
-        let (max_memory_mb, billed_ms, queue_ms) = (77, 2, 0.25);
-        (full.max_memory_mb, full.billed_ms, full.queue_ms) = (max_memory_mb, billed_ms, queue_ms);
-        let want: Vec<String> = [&plain, &full].iter().map(|r| format!("{r:?}")).collect();
-        let got: Vec<String> = through_a_queue(vec![plain, full]).iter().map(|r| format!("{r:?}")).collect();
+        (full.log, full.log_frame) = ("init\nline\n".into(), Some(5));
+        (full.max_memory_mb, full.billed_ms, full.queue_ms, full.response_ms) = (77, 2, 0.25, Some(1.5));
+        full
+    }
+
+    /// What a row stores of a record read in place is byte for byte what `InvocationRecord`
+    /// encodes to, so rows decode as records; a field added to one and not the other fails here.
+    #[test]
+    fn a_queued_record_encodes_as_the_record_it_was() {
+        let mut plain = rec("f", "0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f5a6b", 10);
+        plain.instance_id = None;
+        let records = vec![plain, full()];
+        let want: Vec<Vec<u8>> =
+            records.iter().map(|r| postcard::to_allocvec(&(r, r.log.as_str(), r.log_frame)).unwrap()).collect();
+        let taken = queued(records);
+        let got: Vec<Vec<u8>> =
+            taken.views().map(|v| postcard::to_allocvec(&(v.record(), v.log(), v.log_frame())).unwrap()).collect();
         assert_eq!(got, want);
     }
 
@@ -252,8 +329,14 @@ mod tests {
         }
         let want: Vec<(String, String, String)> =
             records.iter().map(|r| (r.request_id.clone(), r.function.clone(), r.version.clone())).collect();
-        let got: Vec<(String, String, String)> =
-            through_a_queue(records).into_iter().map(|r| (r.request_id, r.function, r.version)).collect();
+        let taken = queued(records);
+        let got: Vec<(String, String, String)> = taken
+            .views()
+            .map(|v| {
+                let r = v.record();
+                (r.request_id.to_owned(), r.function.to_owned(), r.version.to_owned())
+            })
+            .collect();
         assert_eq!(got, want);
     }
 }

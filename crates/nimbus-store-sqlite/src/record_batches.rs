@@ -21,6 +21,7 @@ use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery};
 use nimbus_core::InvocationRecord;
 use rusqlite::{params, Connection, Transaction};
 
+use crate::queued::{RecordRef, View};
 use crate::Result;
 
 pub(crate) const SCHEMA: &str = "
@@ -57,12 +58,12 @@ fn log_seq(batch: i64, idx: usize) -> u64 {
 }
 
 /// Write `batch` as one row per function (records keep their order within a function).
-pub(crate) fn write(tx: &Transaction<'_>, batch: &[&InvocationRecord]) -> rusqlite::Result<()> {
-    let mut by_function: Vec<(&str, Vec<&InvocationRecord>)> = Vec::new();
+pub(crate) fn write(tx: &Transaction<'_>, batch: &[View<'_>]) -> rusqlite::Result<()> {
+    let mut by_function: Vec<(&str, Vec<View<'_>>)> = Vec::new();
     for &r in batch {
-        match by_function.iter_mut().find(|(f, _)| *f == r.function) {
+        match by_function.iter_mut().find(|(f, _)| *f == r.function()) {
             Some((_, list)) => list.push(r),
-            None => by_function.push((&r.function, vec![r])),
+            None => by_function.push((r.function(), vec![r])),
         }
     }
     let mut ins = tx.prepare_cached(
@@ -70,12 +71,12 @@ pub(crate) fn write(tx: &Transaction<'_>, batch: &[&InvocationRecord]) -> rusqli
     )?;
     for (function, records) in by_function {
         for chunk in records.chunks(MAX_ROW) {
-            let rows: Vec<(&InvocationRecord, &str, Option<usize>)> =
-                chunk.iter().map(|r| (*r, r.log.as_str(), r.log_frame)).collect();
+            let rows: Vec<(RecordRef<'_>, &str, Option<usize>)> =
+                chunk.iter().map(|r| (r.record(), r.log(), r.log_frame())).collect();
             let data = postcard::to_extend(&rows, vec![POSTCARD_V1])
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
-            let min = chunk.iter().map(|r| r.start_ms).min().unwrap_or(0);
-            let max = chunk.iter().map(|r| r.start_ms).max().unwrap_or(0);
+            let min = chunk.iter().map(View::start_ms).min().unwrap_or(0);
+            let max = chunk.iter().map(View::start_ms).max().unwrap_or(0);
             ins.execute(params![function, min, max, chunk.len(), data])?;
         }
     }
@@ -254,10 +255,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// Write `batch` as the writer does: through a thread's queue.
     fn write_batch(store: &Store, batch: &[InvocationRecord]) {
+        let mut queue = crate::queued::Queue::default();
+        for r in batch {
+            queue.push(std::time::Instant::now(), r.clone());
+        }
+        let taken = queue.take(0);
         let mut conn = store.conn();
         let tx = conn.transaction().unwrap();
-        write(&tx, &batch.iter().collect::<Vec<_>>()).unwrap();
+        write(&tx, &taken.views().collect::<Vec<_>>()).unwrap();
         tx.commit().unwrap();
     }
 

@@ -12,7 +12,7 @@ use nimbus_core::shards::Shards;
 use nimbus_core::{InstanceBusy, InvocationRecord, InvocationStatus, Recorder, Trigger};
 use rusqlite::{params, Connection};
 
-use crate::queued::Queue;
+use crate::queued::{Queue, Taken, View};
 use crate::{open_connection, Result};
 
 /// Records waiting for the writer, at least; beyond this the request path drops records
@@ -57,17 +57,15 @@ struct Pending {
     ready: Condvar,
 }
 
-/// A record and when it was queued: the writer puts a window's records from every thread in
-/// that order, the order one shared queue kept (logs are read back in write order).
-type Stamped = (Instant, InvocationRecord);
-
-/// The records of `batch` in the order they were queued. References are sorted, not the
-/// records: moving a window's records through a merge sort cost more than recording saved.
-fn in_queued_order(batch: &[Stamped]) -> Vec<&InvocationRecord> {
-    let mut refs: Vec<&Stamped> = batch.iter().collect();
+/// A window's records in the order they were queued across threads (each thread's queue keeps
+/// its own order): the order one shared queue kept, and logs are read back in write order.
+/// References are sorted, not the records: moving a window's records through a merge sort cost
+/// more than recording saved.
+fn in_queued_order(taken: &[Taken]) -> Vec<View<'_>> {
+    let mut views: Vec<View<'_>> = taken.iter().flat_map(Taken::views).collect();
     // Stable: records queued at the same instant by one thread keep their order.
-    refs.sort_by_key(|(queued, _)| *queued);
-    refs.into_iter().map(|(_, r)| r).collect()
+    views.sort_by_key(View::at);
+    views
 }
 
 /// What [`Pending::wait`] saw.
@@ -147,15 +145,10 @@ impl Pending {
         }
     }
 
-    /// Everything queued, appended to `batch` thread by thread (each queue keeps its capacity
-    /// for its thread, up to [`KEPT_CAPACITY`]); [`in_queued_order`] orders them. The records
-    /// are rebuilt after each queue's lock is let go, so a sender never waits for that.
-    fn take(&self, batch: &mut Vec<Stamped>) {
-        let mut taken = Vec::with_capacity(self.queues.len());
+    /// Everything queued, thread by thread (each queue keeps its capacity for its thread, up to
+    /// [`KEPT_CAPACITY`]); [`in_queued_order`] orders them.
+    fn take(&self, taken: &mut Vec<Taken>) {
         self.queues.each(|q| taken.push(q.take(KEPT_CAPACITY)));
-        for t in taken {
-            t.into_records(batch);
-        }
     }
 
     fn close(&self) {
@@ -262,7 +255,7 @@ fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy
     let every = (retention / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
     let mut pruned = Instant::now();
     prune(&conn, retention);
-    let mut batch = Vec::new();
+    let mut taken = Vec::new();
     loop {
         let waited = pending.wait(every.saturating_sub(pruned.elapsed()));
         if waited == Waited::Closed {
@@ -280,14 +273,13 @@ fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy
         // wake-up (a futex call) when the writer is parked, so this is one wake-up per batch
         // rather than one per record.
         std::thread::sleep(WINDOW);
-        pending.take(&mut batch);
-        for chunk in in_queued_order(&batch).chunks(BATCH) {
+        pending.take(&mut taken);
+        for chunk in in_queued_order(&taken).chunks(BATCH) {
             if let Err(e) = write_batch(&mut conn, chunk) {
                 tracing::error!("cannot write {} invocation records: {e}", chunk.len());
             }
         }
-        batch.clear();
-        batch.shrink_to(KEPT_CAPACITY);
+        taken.clear();
         write_busy(&conn, busy);
     }
 }
@@ -340,7 +332,7 @@ fn prune(conn: &Connection, retention: Duration) {
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[&InvocationRecord]) -> rusqlite::Result<()> {
+fn write_batch(conn: &mut Connection, batch: &[View<'_>]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut usage = tx.prepare_cached(
@@ -351,10 +343,10 @@ fn write_batch(conn: &mut Connection, batch: &[&InvocationRecord]) -> rusqlite::
         let mut hours: std::collections::BTreeMap<(&str, u64), (u64, u64)> = std::collections::BTreeMap::new();
         crate::record_batches::write(&tx, batch)?;
         for r in batch {
-            if r.status.reached_function() {
-                let h = hours.entry((r.function.as_str(), r.start_ms - r.start_ms % HOUR_MS)).or_default();
+            if r.status().reached_function() {
+                let h = hours.entry((r.function(), r.start_ms() - r.start_ms() % HOUR_MS)).or_default();
                 h.0 += 1;
-                h.1 += r.billed_ms * u64::from(r.memory_mb);
+                h.1 += r.billed_ms() * u64::from(r.memory_mb());
             }
         }
         for ((function, hour), (requests, mb_ms)) in hours {
@@ -488,14 +480,14 @@ mod tests {
         assert!(!pending.push(rec("f", "one too many", 1)), "this thread's queue is full");
         let mut batch = Vec::new();
         pending.take(&mut batch);
-        assert_eq!(batch.len(), pending.per_thread);
+        assert_eq!(super::in_queued_order(&batch).len(), pending.per_thread);
         assert!(pending.push(rec("f", "after", 1)), "taking them made room");
         assert_eq!(pending.wait(Duration::ZERO), Waited::Records, "a record waits");
         pending.close();
         assert!(pending.push(rec("f", "closed", 1)), "after close a record is ignored, not counted as dropped");
         let mut rest = Vec::new();
         pending.take(&mut rest);
-        assert_eq!(rest.iter().map(|(_, r)| r.request_id.as_str()).collect::<Vec<_>>(), ["after"]);
+        assert_eq!(super::in_queued_order(&rest).iter().map(|r| r.request_id()).collect::<Vec<_>>(), ["after"]);
         assert_eq!(pending.wait(Duration::ZERO), Waited::Closed, "closed and empty: the writer stops");
     }
 
@@ -527,7 +519,7 @@ mod tests {
         });
         let mut batch = Vec::new();
         pending.take(&mut batch);
-        let mut ids: Vec<String> = batch.into_iter().map(|(_, r)| r.request_id).collect();
+        let mut ids: Vec<&str> = super::in_queued_order(&batch).iter().map(|r| r.request_id()).collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 4000);
@@ -557,7 +549,7 @@ mod tests {
         let mut batch = Vec::new();
         pending.take(&mut batch);
         // The two threads have shards of their own: taken shard by shard this is 1 3 2 or 2 1 3.
-        let ids: Vec<&str> = super::in_queued_order(&batch).iter().map(|r| r.request_id.as_str()).collect();
+        let ids: Vec<&str> = super::in_queued_order(&batch).iter().map(|r| r.request_id()).collect();
         assert_eq!(ids, ["1", "2", "3"]);
     }
 
