@@ -170,6 +170,41 @@ async fn measure(s: &Settings, bin: &Path, app: &Path, root: &Path, run: usize) 
     Ok(out)
 }
 
+/// The mean throughput cost against the target, and per route the server's extra CPU per
+/// request, each with its standard error; returns the mean cost and its standard error.
+fn print_summary(rows: &[Value]) -> (f64, f64) {
+    let (mean, std_err) =
+        mean_and_std_err(&rows.iter().filter_map(|r| r["throughputCostPct"].as_f64()).collect::<Vec<_>>());
+    println!(
+        "\nmean throughput cost {mean:+.1} % (± {std_err:.1}, the standard error over {} rows; target <= {OVERHEAD_TARGET_PCT} %: {})",
+        rows.len(),
+        if mean <= OVERHEAD_TARGET_PCT { "met" } else { "missed" }
+    );
+    for route in ["wasm reuse", "wasm fresh"] {
+        let server = |r: &Value, side: &str| r.pointer(&format!("/{side}/cpuUsPerReq/server")).and_then(Value::as_f64);
+        let extra: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.get("route").and_then(Value::as_str) == Some(route))
+            .filter_map(|r| Some(server(r, "on")? - server(r, "off")?))
+            .collect();
+        let (mean, std_err) = mean_and_std_err(&extra);
+        println!("{route}: the server's CPU per request with recording on minus off: {mean:+.2} µs (± {std_err:.2})");
+    }
+    (mean, std_err)
+}
+
+/// The mean of `xs` and its standard error (the sample standard deviation over √n; 0 for
+/// fewer than two values).
+fn mean_and_std_err(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n.max(1.0);
+    if xs.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
 /// One run's route as a row of the printed table.
 fn table_row(run: usize, name: &str, cost: f64, on: &Sample, off: &Sample) -> String {
     format!(
@@ -231,12 +266,7 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
             "throughputCostPct": cost,
         }));
     }
-    let costs: Vec<f64> = rows.iter().filter_map(|r| r["throughputCostPct"].as_f64()).collect();
-    let mean = costs.iter().sum::<f64>() / costs.len().max(1) as f64;
-    println!(
-        "\nmean throughput cost {mean:+.1} % (target <= {OVERHEAD_TARGET_PCT} %: {})",
-        if mean <= OVERHEAD_TARGET_PCT { "met" } else { "missed" }
-    );
+    let (mean, std_err) = print_summary(&rows);
     let doc: Value = json!({
         "benchmark": "observe",
         "settings": {"quick": s.quick, "runs": s.runs, "warm": s.warm, "concurrency": 32,
@@ -244,7 +274,20 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
         "machine": crate::output::machine(),
         "rows": rows,
         "meanThroughputCostPct": mean,
+        "stdErrPct": std_err,
         "targetPct": OVERHEAD_TARGET_PCT,
     });
     crate::output::save(&args.common.out("observe"), &doc, &root, args.common.keep)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_standard_error_is_the_sample_deviation_over_the_root_of_n() {
+        let (mean, se) = super::mean_and_std_err(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(mean, 2.5);
+        // Sample variance 5/3; over n = 4: 5/12.
+        assert!((se - (5.0_f64 / 12.0).sqrt()).abs() < 1e-12);
+        assert_eq!(super::mean_and_std_err(&[7.0]), (7.0, 0.0));
+    }
 }
