@@ -4,7 +4,7 @@
 //! An `InvocationRecord` is 296 bytes and four heap strings (request id, function, version,
 //! instance id), allocated by a tokio worker and freed by the writer thread. Each such string
 //! came back to the worker's allocator in cache lines the writer's core had written last, and
-//! the record's own lines went the same way: with recording on, nimbus spent 1.2–1.8 µs more
+//! the record's own lines went the same way: with recording on, nimbus spent 1.0–1.8 µs more
 //! CPU per warm wasm request than with it off (`nimbus-bench observe`; see BENCHMARKS.md,
 //! "Recording's hand-over in a compact form"). Here the ids are kept in place, the function and
 //! version once per queue and window, and the rare fields behind one box, so a queued record
