@@ -26,6 +26,17 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/nimbus/target}"
 if [[ -d "$CARGO_TARGET_DIR/debug/incremental" ]]; then
   find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -mtime +3 -exec rm -rf {} +
 fi
+# Machines of this kind have been seen with a few hundred MB free, and a full disk fails tests
+# far from the cause (SQLite's "database or disk is full"). Short of space, all incremental
+# state goes (builds of nimbus's own crates then start from scratch; dependencies stay built),
+# and the run says how much is free either way.
+mkdir -p "$CARGO_TARGET_DIR"
+free_mb() { df -Pm "$CARGO_TARGET_DIR" | awk 'NR == 2 { print $4 }'; }
+if (($(free_mb) < ${NIMBUS_MIN_FREE_MB:-10240})); then
+  echo "scripts/test.sh: only $(free_mb) MB free; dropping $CARGO_TARGET_DIR/debug/incremental" >&2
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental" "$CARGO_TARGET_DIR/bench-smoke"
+fi
+echo "scripts/test.sh: $(free_mb) MB free for the build and the tests ($CARGO_TARGET_DIR)"
 cache="${NIMBUS_CACHE:-$HOME/.cache/nimbus}"
 export NIMBUS_TEST_PYTHONPATH="${NIMBUS_TEST_PYTHONPATH:-$cache/py}"
 export PATH="$cache/tools/bin:$PATH"

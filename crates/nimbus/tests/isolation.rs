@@ -236,11 +236,15 @@ async fn a_hostile_tenant_is_contained_when_nimbus_is_not_root() {
     }
     let app = hostile_app();
     let home = tempfile::tempdir().unwrap();
-    // The user's own copy of nimbus and the interpreters under /usr: root's home (where the
-    // build and pyenv live) is not readable by other users.
-    let bin = home.path().join("nimbus");
-    std::fs::copy(nimbus_bin(), &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // nimbus at a path the user can reach and the interpreters under /usr: root's home (where
+    // the build and pyenv live) is not traversable by other users. A hard link, not a copy: the
+    // debug binary is hundreds of MB and CI's disk may be nearly full. Not under `home`, which
+    // is chowned to the user: that would reach the build's own file through the link.
+    let bins = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bins.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bins.path().join("nimbus");
+    link_or_copy(&nimbus_bin(), &bin);
+    assert_ne!(std::fs::metadata(&bin).unwrap().permissions().mode() & 0o005, 0, "others cannot run {}", bin.display());
     let data = home.path().join("data");
     std::fs::create_dir(&data).unwrap();
     for dir in [home.path(), app.path()] {

@@ -44,6 +44,15 @@ pub fn rust_fixture_binary() -> PathBuf {
     bin
 }
 
+/// Puts a build output (a binary of tens to hundreds of MB) at `to` without a second copy on
+/// disk: a hard link, or a copy where the two paths are on different filesystems. Callers only
+/// read and run it; a test that writes to `to` must copy instead.
+pub fn link_or_copy(from: &Path, to: &Path) {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -100,7 +109,7 @@ impl App {
             }
             "rust" => {
                 std::fs::create_dir_all(&code).unwrap();
-                std::fs::copy(rust_fixture_binary(), code.join("bootstrap")).unwrap();
+                link_or_copy(&rust_fixture_binary(), &code.join("bootstrap"));
                 ("provided", "")
             }
             "wasm" => {
