@@ -33,8 +33,11 @@ fi
 mkdir -p "$CARGO_TARGET_DIR"
 free_mb() { df -Pm "$CARGO_TARGET_DIR" | awk 'NR == 2 { print $4 }'; }
 if (($(free_mb) < ${NIMBUS_MIN_FREE_MB:-10240})); then
-  echo "scripts/test.sh: only $(free_mb) MB free; dropping $CARGO_TARGET_DIR/debug/incremental" >&2
+  echo "scripts/test.sh: only $(free_mb) MB free; dropping the incremental state and smoke outputs under $CARGO_TARGET_DIR" >&2
   rm -rf "$CARGO_TARGET_DIR/debug/incremental" "$CARGO_TARGET_DIR/bench-smoke"
+  if (($(free_mb) < 2048)); then
+    echo "scripts/test.sh: still only $(free_mb) MB free: the build and tests need several GB; free some, or point CARGO_TARGET_DIR at a larger disk" >&2
+  fi
 fi
 echo "scripts/test.sh: $(free_mb) MB free for the build and the tests ($CARGO_TARGET_DIR)"
 cache="${NIMBUS_CACHE:-$HOME/.cache/nimbus}"
