@@ -780,7 +780,7 @@ pub(crate) fn describe(view: &DeploymentView, changed: bool) -> Deployed {
         app: view.app.clone(),
         changed,
         functions: view.function_names().into_iter().map(str::to_owned).collect(),
-        routes: view.router.routes().to_vec(),
+        routes: view.router.routes().iter().map(|r| RouteSpec::clone(r)).collect(),
         notes: Vec::new(),
     }
 }

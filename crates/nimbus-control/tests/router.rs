@@ -209,7 +209,7 @@ proptest! {
         };
         match router.find(host.as_deref(), &method, &path) {
             RouteMatch::Found { route: found, params } => {
-                if found == route {
+                if **found == *route {
                     prop_assert_eq!(params, want, "{} {}", method, path);
                 } else {
                     prop_assert!(covers(found, &path), "{} {} found {:?}, which does not cover it", method, path, found);

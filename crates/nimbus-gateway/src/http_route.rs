@@ -222,7 +222,7 @@ async fn route(
     };
     let (parts, body) = req.into_parts();
     let body = gw.read_body(body).await?;
-    let route = route.clone();
+    let route = Arc::clone(route);
     let (remote, request_id) = (remote, request_id.to_owned());
     let call = Arc::new(Call { function, route, params, parts, host, body, remote, request_id, claims });
     let mut resp = match cache_step(gw, &call, live.version) {
@@ -299,7 +299,7 @@ impl Profiled for Call {
 /// (kept whole, so the response cache can call again to revalidate).
 pub(crate) struct Call {
     pub function: Arc<FunctionVersion>,
-    pub route: RouteSpec,
+    pub route: Arc<RouteSpec>,
     pub params: Vec<(String, String)>,
     pub parts: Parts,
     pub host: Option<String>,
@@ -318,7 +318,7 @@ impl Call {
             (self.parts.method.clone(), self.parts.uri.clone(), self.parts.version);
         parts.headers = self.parts.headers.clone();
         parts.headers.extend(extra.clone());
-        self.dispatch(gw, parts).await
+        self.dispatch(gw, parts, self.host.clone()).await
     }
 
     /// Call the function once, moving the request head when nothing else holds the call (the
@@ -327,13 +327,15 @@ impl Call {
         match Arc::try_unwrap(call) {
             Ok(mut call) => {
                 let parts = std::mem::replace(&mut call.parts, Request::new(()).into_parts().0);
-                call.dispatch(gw, parts).await
+                let host = call.host.take();
+                call.dispatch(gw, parts, host).await
             }
             Err(shared) => shared.run(gw, &http::HeaderMap::new()).await,
         }
     }
 
-    async fn dispatch(&self, gw: &Gateway, parts: Parts) -> Result<GwResp, RouteError> {
+    /// `host` is the request's (moved here, as `parts` is, when nothing else holds the call).
+    async fn dispatch(&self, gw: &Gateway, parts: Parts, host: Option<String>) -> Result<GwResp, RouteError> {
         let (function, route, request_id) = (&self.function, &self.route, self.request_id.as_str());
         // A wasm component takes the request itself (wasi:http, no trace id); other runtimes
         // take an event.
@@ -341,9 +343,9 @@ impl Call {
         let new = if native { Invocation::untraced } else { Invocation::new };
         let received = new(request_id.to_owned(), Bytes::new(), Trigger::Http, function.spec.timeout);
         if native {
-            let head = native_head(parts, self.host.clone(), self.remote);
+            let head = native_head(parts, host, self.remote);
             let invocation = Invocation { payload: self.body.clone(), http: Some(Arc::new(head)), ..received };
-            return Ok(respond(gw, function, invocation).await);
+            return Ok(respond(gw, function, invocation, request_id).await);
         }
         let payload = event_payload(
             gw,
@@ -357,21 +359,20 @@ impl Call {
         if route.is_async {
             return accept_async(gw, function, &parts, payload).await.map(whole);
         }
-        Ok(respond(gw, function, Invocation { payload, ..received }).await)
+        Ok(respond(gw, function, Invocation { payload, ..received }, request_id).await)
     }
 }
 
 /// A matched route's path parameters, in order.
 type Params = Vec<(String, String)>;
 
-/// The route a request takes, borrowed from the live deployment (a `RouteSpec` clone cost
-/// about 450 instructions a request).
+/// The route a request takes, shared with the live deployment.
 fn find<'a>(
     live: &'a DeploymentView,
     host: Option<&str>,
     method: &str,
     path: &str,
-) -> Result<(&'a RouteSpec, Params), RouteError> {
+) -> Result<(&'a Arc<RouteSpec>, Params), RouteError> {
     match live.router.find(host, method, path) {
         RouteMatch::Found { route, params } => Ok((route, params)),
         RouteMatch::MethodNotAllowed { allow } => {
@@ -494,17 +495,16 @@ async fn accept_async(
 }
 
 /// Run the function synchronously and map the outcome to HTTP (the table at the top).
-async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invocation) -> GwResp {
-    let request_id = invocation.request_id.clone();
+async fn respond(gw: &Gateway, function: &Arc<FunctionVersion>, invocation: Invocation, request_id: &str) -> GwResp {
     let result = gw.scheduler.invoke(function.clone(), invocation).await;
     let mut resp = match result {
         Ok(r) => match r.stream.as_ref().and_then(|s| s.take_body()).filter(|_| passes_through(function, &r)) {
             Some(body) => Ok(streamed_response(r.http, body)),
-            None => outcome_response(function, &request_id, r.outcome, r.http).map(whole),
+            None => outcome_response(function, request_id, r.outcome, r.http).map(whole),
         },
         Err(e) => Err(RouteError::from(&e)),
     }
-    .unwrap_or_else(|e| whole(e.into_response(&request_id)));
+    .unwrap_or_else(|e| whole(e.into_response(request_id)));
     set_header(&mut resp, X_NIMBUS_VERSION, &function.version);
     resp
 }

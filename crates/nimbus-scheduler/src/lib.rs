@@ -123,7 +123,8 @@ impl Scheduler {
 #[derive(Clone)]
 struct Attempt {
     function: Arc<FunctionVersion>,
-    request_id: String,
+    /// Shared: the attempt is cloned once per invocation (for its failure paths).
+    request_id: Arc<str>,
     trigger: nimbus_core::Trigger,
     start_ms: u64,
     queued: Instant,
@@ -133,7 +134,7 @@ impl Attempt {
     fn new(function: Arc<FunctionVersion>, inv: &Invocation) -> Attempt {
         Attempt {
             function,
-            request_id: inv.request_id.clone(),
+            request_id: Arc::from(inv.request_id.as_str()),
             trigger: inv.trigger,
             start_ms: nimbus_core::ids::now_ms(),
             queued: Instant::now(),
