@@ -21,7 +21,7 @@ use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery};
 use nimbus_core::InvocationRecord;
 use rusqlite::{params, Connection, Transaction};
 
-use crate::queued::{RecordRef, View};
+use crate::queued::View;
 use crate::Result;
 
 pub(crate) const SCHEMA: &str = "
@@ -71,10 +71,9 @@ pub(crate) fn write(tx: &Transaction<'_>, batch: &[View<'_>]) -> rusqlite::Resul
     )?;
     for (function, records) in by_function {
         for chunk in records.chunks(MAX_ROW) {
-            let rows: Vec<(RecordRef<'_>, &str, Option<usize>)> =
-                chunk.iter().map(|r| (r.record(), r.log(), r.log_frame())).collect();
-            let data = postcard::to_extend(&rows, vec![POSTCARD_V1])
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+            let mut data = Vec::with_capacity(1 + chunk.len() * ROW_BYTES);
+            data.push(POSTCARD_V1);
+            View::encode_all(chunk, &mut data);
             let min = chunk.iter().map(View::start_ms).min().unwrap_or(0);
             let max = chunk.iter().map(View::start_ms).max().unwrap_or(0);
             ins.execute(params![function, min, max, chunk.len(), data])?;
@@ -82,6 +81,10 @@ pub(crate) fn write(tx: &Transaction<'_>, batch: &[View<'_>]) -> rusqlite::Resul
     }
     Ok(())
 }
+
+/// What a warm record with a short log takes in a row (about 130 bytes), so a row's buffer is
+/// reserved once.
+const ROW_BYTES: usize = 160;
 
 fn decode(data: &[u8]) -> rusqlite::Result<Vec<Stored>> {
     let decoded = match data.split_first() {
