@@ -78,7 +78,7 @@ pub struct Scheduler(Arc<Inner>);
 
 pub struct Inner {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
-    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    pools: Mutex<foldhash::HashMap<String, Arc<Pool>>>,
     /// Pools a redeploy retired. Whatever still runs in one (an invocation, an instance starting
     /// or stopping) holds it, so the live ones are those server shutdown must still wait for.
     retired: Mutex<Vec<Weak<Pool>>>,
@@ -86,7 +86,7 @@ pub struct Inner {
     stopped: AtomicBool,
     /// The histories of the functions with an adaptive keep-alive, by function name: a
     /// redeploy's new pool keeps learning where the old one left off.
-    activity: Mutex<HashMap<String, Arc<adaptive::Activity>>>,
+    activity: Mutex<foldhash::HashMap<String, Arc<adaptive::Activity>>>,
     recorder: Arc<dyn Recorder>,
     /// The live nodes, from which each pool takes this node's share of `max_instances`.
     live: nimbus_core::nodes::LiveNodes,
@@ -103,10 +103,10 @@ impl Scheduler {
     pub fn new(runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>, recorder: Arc<dyn Recorder>) -> Self {
         Scheduler(Arc::new(Inner {
             runtimes,
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::default(),
             retired: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
-            activity: Mutex::new(HashMap::new()),
+            activity: Mutex::default(),
             recorder,
             live: nimbus_core::nodes::LiveNodes::default(),
         }))
@@ -168,7 +168,7 @@ impl Inner {
         };
         Err(self.failed(a, a.queued.elapsed(), err, None))
     }
-    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Pool>>> {
+    fn pools(&self) -> std::sync::MutexGuard<'_, foldhash::HashMap<String, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 

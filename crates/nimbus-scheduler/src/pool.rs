@@ -1,6 +1,6 @@
 //! One function version's instances. See the crate docs for the design.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,7 +56,7 @@ enum Admitted {
 #[derive(Default)]
 struct State {
     idle: Vec<Idle>,
-    busy: HashMap<String, Busy>,
+    busy: foldhash::HashMap<String, Busy>,
     starting: u32,
     /// Instances handed to `shutdown` that have not finished it: server shutdown waits for
     /// these too, or a runtime's stop (a process's SIGTERM grace) would be cut short.

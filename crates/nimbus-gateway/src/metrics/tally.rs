@@ -8,7 +8,9 @@
 //! `perf` samples, most of it waiting on those lines). Here each thread counts into its own
 //! shard ([`Shards`]): a mutex that only the scrape takes besides, over plain numbers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::Mutex;
 
 use nimbus_core::shards::Shards;
