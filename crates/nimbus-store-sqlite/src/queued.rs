@@ -201,6 +201,10 @@ impl Postcard<'_> {
         self.0.extend_from_slice(s.as_bytes());
     }
 
+    fn bool(&mut self, b: bool) {
+        self.0.push(u8::from(b));
+    }
+
     fn f64(&mut self, x: f64) {
         self.0.extend_from_slice(&x.to_le_bytes());
     }
@@ -261,7 +265,7 @@ impl<'a> View<'a> {
         p.varint(q.billed_ms);
         p.varint(q.memory_mb.into());
         p.varint(q.max_memory_mb.into());
-        p.0.push(u8::from(q.cold));
+        p.bool(q.cold);
         p.option(rare.and_then(|r| r.init_ms), Postcard::f64);
         p.option(rare.and_then(|r| r.instance_start_ms), Postcard::f64);
         p.option(rare.and_then(|r| r.runtime_init_ms), Postcard::f64);
