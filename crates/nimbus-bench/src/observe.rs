@@ -2,8 +2,9 @@
 //! hello, fresh instances and `instance_reuse`: the cheapest requests nimbus serves, so the
 //! recording's share is the largest) through two `nimbus up` servers running side by side, one
 //! as shipped (records, logs, metrics) and one with `NIMBUS_RECORDING=off`. Their load phases
-//! alternate A B B A on each route (and B A A B in the next run), so a drift of the machine over
-//! the seconds of a run falls on both sides alike.
+//! alternate in short slices on each route (A B B A B A A B ..., and B A A B ... in the next
+//! run), so the machine's drift and its neighbours' bursts over the seconds of a run fall on
+//! both sides alike.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,8 +22,15 @@ use crate::wasm::{expect, write_app, HELLO_PATH, REUSE_PATH};
 /// at c=32.
 pub const OVERHEAD_TARGET_PCT: f64 = 3.0;
 
-/// Load phases per side and route: each side gets its throughput duration in halves, A B B A.
-const PHASES_PER_SIDE: u32 = 2;
+/// Load phases per side and route: each side gets its throughput duration in this many slices,
+/// interleaved with the other side's. On a shared host the throughput of one server moves by
+/// a quarter between neighbouring 2.5 s phases; with two phases per side a run's cost read
+/// anywhere from −14 % to +22 %. Slices of a fraction of a second put both sides under the same
+/// neighbours many times over.
+const PHASES_PER_SIDE: u32 = 8;
+/// A slice's own warm-up (connections are kept by the client; this lets the server's caches
+/// and the machine settle after the switch from the other server).
+const SLICE_WARMUP: Duration = Duration::from_millis(100);
 
 #[derive(Args)]
 pub struct ObserveArgs {
@@ -118,7 +126,8 @@ impl Side {
     async fn phase(&mut self, s: &Settings, path: &str, dur: Duration) -> Result<()> {
         let uri = load::uri(&format!("{}{path}", self.nimbus.url))?;
         let want = expect(path);
-        let t = load::throughput_expect(&uri, &want, self.nimbus.pid(), 32, s.tput_warmup, dur, s.tput_max).await?;
+        let warmup = s.tput_warmup.min(SLICE_WARMUP);
+        let t = load::throughput_expect(&uri, &want, self.nimbus.pid(), 32, warmup, dur, s.tput_max).await?;
         if t.errors > 0 {
             bail!("{path} with recording {}: {} errors, first: {:?}", self.tag(), t.errors, t.first_error);
         }
@@ -145,8 +154,8 @@ impl Side {
     }
 }
 
-/// One run: both servers up, then on each route the c=1 latencies and the c=32 phases
-/// alternating A B B A, where A is recording on in odd runs and off in even ones.
+/// One run: both servers up, then on each route the c=1 latencies and the c=32 slices
+/// alternating A B B A B A A B ..., where A is recording on in odd runs and off in even ones.
 async fn measure(s: &Settings, bin: &Path, app: &Path, root: &Path, run: usize) -> Result<Vec<Sample>> {
     let first = run % 2 == 1;
     let mut sides = [Side::launch(bin, app, root, run, first).await?, Side::launch(bin, app, root, run, !first).await?];
