@@ -279,9 +279,15 @@ impl<'a> View<'a> {
         p.option(q.log_frame, |p, n| p.varint(n as u64));
     }
 
-    /// Append a row's records: their count, then each record ([`View::encode`]).
+    /// Append a row's head: how many records follow it, each as [`View::encode`] writes it.
+    pub(crate) fn encode_count(n: usize, out: &mut Vec<u8>) {
+        Postcard(out).varint(n as u64);
+    }
+
+    /// Append a row's records: their count, then each record.
+    #[cfg(test)]
     pub(crate) fn encode_all(views: &[View<'_>], out: &mut Vec<u8>) {
-        Postcard(out).varint(views.len() as u64);
+        View::encode_count(views.len(), out);
         for v in views {
             v.encode(out);
         }

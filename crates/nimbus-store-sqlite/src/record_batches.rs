@@ -1,11 +1,12 @@
-//! Invocation records and their logs stored as wide rows: one row per function per writer
-//! batch, the records (each with its log) encoded together in one blob.
+//! Invocation records and their logs stored as wide rows: per function per writer batch, rows
+//! of up to 32 KiB of records (each with its log) encoded together in one blob.
 //!
 //! One row per record and one per log, each with its indexes, cost the writer about 8 µs of CPU
 //! per invocation: 12–21 % of peak throughput on two cores (`nimbus-bench observe`). A batch
-//! row costs one insert for hundreds of records, so recording stays off the request path's CPU
-//! budget. Reads decode the rows they need: by function (newest first, stopping as soon as no
-//! older row can hold a newer record), by time range (statistics), by log sequence.
+//! row costs one insert for a couple of hundred warm records, so recording stays off the
+//! request path's CPU budget. Reads decode the rows they need: by function (newest first,
+//! stopping as soon as no older row can hold a newer record), by time range (statistics), by
+//! log sequence.
 //!
 //! A row's records are encoded with postcard (positional and binary, after a format byte):
 //! JSON, with every field name written out and every string escaped, was 6k of the ~84k
@@ -57,8 +58,53 @@ fn log_seq(batch: i64, idx: usize) -> u64 {
     LOG_SEQ_BASE + ((batch.max(0) as u64) << IDX_BITS | idx as u64)
 }
 
-/// Write `batch` as one row per function (records keep their order within a function).
-pub(crate) fn write(tx: &Transaction<'_>, batch: &[View<'_>]) -> rusqlite::Result<()> {
+/// Encoded records a row stops at (or at [`MAX_ROW`] records). SQLite copies a row's blob into
+/// buffers of its own while it inserts it, from glibc's malloc: at ~160 KB (a window of 1,000
+/// warm records in one row) those came from fresh pages and went back with `madvise` every
+/// window, page faults on the writer and a TLB shootdown on every core (`perf`: a tenth of the
+/// writer thread). Below glibc's trim threshold (128 KiB) the same memory is used again.
+const ROW_TARGET_BYTES: usize = 32 << 10;
+
+/// The writer's buffers for encoding rows, kept across batches.
+#[derive(Default)]
+pub(crate) struct RowBuffers {
+    records: Vec<u8>,
+    row: Vec<u8>,
+}
+
+impl RowBuffers {
+    /// Encode the first of `views` as one row into `self.row`: at least one record, at most
+    /// [`MAX_ROW`], and none after the one that takes the row to [`ROW_TARGET_BYTES`]. Returns
+    /// how many.
+    fn encode_row(&mut self, views: &[View<'_>]) -> usize {
+        self.records.clear();
+        let mut n = 0;
+        for v in views.iter().take(MAX_ROW) {
+            v.encode(&mut self.records);
+            n += 1;
+            if self.records.len() >= ROW_TARGET_BYTES {
+                break;
+            }
+        }
+        self.row.clear();
+        self.row.push(POSTCARD_V1);
+        View::encode_count(n, &mut self.row);
+        self.row.extend_from_slice(&self.records);
+        n
+    }
+
+    /// Give back what a row of long logs grew the buffers to.
+    fn shrink(&mut self) {
+        for b in [&mut self.records, &mut self.row] {
+            b.clear();
+            b.shrink_to(2 * ROW_TARGET_BYTES);
+        }
+    }
+}
+
+/// Write `batch` as rows per function (records keep their order within a function), encoded
+/// in `bufs`.
+pub(crate) fn write(tx: &Transaction<'_>, batch: &[View<'_>], bufs: &mut RowBuffers) -> rusqlite::Result<()> {
     let mut by_function: Vec<(&str, Vec<View<'_>>)> = Vec::new();
     for &r in batch {
         match by_function.iter_mut().find(|(f, _)| *f == r.function()) {
@@ -70,21 +116,19 @@ pub(crate) fn write(tx: &Transaction<'_>, batch: &[View<'_>]) -> rusqlite::Resul
         "INSERT INTO record_batches(function, min_start_ms, max_start_ms, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for (function, records) in by_function {
-        for chunk in records.chunks(MAX_ROW) {
-            let mut data = Vec::with_capacity(1 + chunk.len() * ROW_BYTES);
-            data.push(POSTCARD_V1);
-            View::encode_all(chunk, &mut data);
-            let min = chunk.iter().map(View::start_ms).min().unwrap_or(0);
-            let max = chunk.iter().map(View::start_ms).max().unwrap_or(0);
-            ins.execute(params![function, min, max, chunk.len(), data])?;
+        let mut rest = records.as_slice();
+        while !rest.is_empty() {
+            let n = bufs.encode_row(rest);
+            let (row, tail) = rest.split_at_checked(n).unwrap_or((rest, &[]));
+            let min = row.iter().map(View::start_ms).min().unwrap_or(0);
+            let max = row.iter().map(View::start_ms).max().unwrap_or(0);
+            ins.execute(params![function, min, max, row.len(), bufs.row.as_slice()])?;
+            rest = tail;
         }
     }
+    bufs.shrink();
     Ok(())
 }
-
-/// What a warm record with a short log takes in a row (about 130 bytes), so a row's buffer is
-/// reserved once.
-const ROW_BYTES: usize = 160;
 
 fn decode(data: &[u8]) -> rusqlite::Result<Vec<Stored>> {
     let decoded = match data.split_first() {
@@ -267,7 +311,7 @@ pub(crate) mod tests {
         let taken = queue.take(0);
         let mut conn = store.conn();
         let tx = conn.transaction().unwrap();
-        write(&tx, &taken.views().collect::<Vec<_>>()).unwrap();
+        write(&tx, &taken.views().collect::<Vec<_>>(), &mut RowBuffers::default()).unwrap();
         tx.commit().unwrap();
     }
 
@@ -347,6 +391,40 @@ pub(crate) mod tests {
         assert_eq!(rest, ["b", "c"]);
         let q = LogQuery { function: "f".into(), after: 0, request_id: Some("c".into()), limit: 10 };
         assert_eq!(crate::records::query_logs(&store.conn(), &q).unwrap().len(), 1);
+    }
+
+    /// A window of warm records is stored as rows of about [`ROW_TARGET_BYTES`], not one row
+    /// of everything (SQLite's copies of a large row came from fresh pages each window), and
+    /// reads back whole, in order, logs included.
+    #[test]
+    fn a_large_window_is_split_into_rows_of_bounded_size_and_reads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..1_000).map(|i| format!("0190a5b2-7c3d-7e8f-9a0b-{i:012}")).collect();
+        let batch: Vec<InvocationRecord> = ids.iter().enumerate().map(|(i, id)| rec("f", id, i as u64)).collect();
+        write_batch(&store, &batch);
+        let rows: Vec<(usize, usize)> = store
+            .conn()
+            .prepare("SELECT count, length(data) FROM record_batches ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(rows.len() > 1, "one row of every record: {rows:?}");
+        assert_eq!(rows.iter().map(|r| r.0).sum::<usize>(), 1_000);
+        assert!(rows.iter().all(|r| r.1 < ROW_TARGET_BYTES + 512), "rows past the target: {rows:?}");
+        let q = InvocationQuery { function: Some("f".into()), request_id: None, limit: 2_000 };
+        let got = crate::records::query_invocations(&store.conn(), &q).unwrap();
+        let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+        assert_eq!(got.iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(), newest_first);
+        let logs = crate::records::query_logs(
+            &store.conn(),
+            &LogQuery { function: "f".into(), after: 0, request_id: None, limit: 2_000 },
+        )
+        .unwrap();
+        assert_eq!(logs.len(), 1_000);
+        assert!(logs.windows(2).all(|w| w[0].seq < w[1].seq && w[0].ts_ms <= w[1].ts_ms));
     }
 
     /// A success stored as parts (no START / END / REPORT) reads back with its frame rendered.

@@ -13,6 +13,7 @@ use nimbus_core::{InstanceBusy, InvocationRecord, InvocationStatus, Recorder, Tr
 use rusqlite::{params, Connection};
 
 use crate::queued::{Queue, Taken, View};
+use crate::record_batches::RowBuffers;
 use crate::{open_connection, Result};
 
 /// Records waiting for the writer, at least; beyond this the request path drops records
@@ -23,9 +24,12 @@ const MIN_PER_THREAD: usize = 8_192;
 const BATCH: usize = 1_000;
 /// How long the writer gathers records before committing them in one transaction. One commit
 /// per invocation cost a quarter of nimbus's CPU at 2,600 invocations/s (perf); records become
-/// visible within this window. [`QUEUE`] records are enough for a window at 3 million
-/// invocations/s.
-const WINDOW: Duration = Duration::from_millis(20);
+/// visible within this window. A commit rewrites the pages every insert touches (the table's
+/// and its indexes' last leaves, the usage row, the id sequence) in the WAL and again at the
+/// checkpoint: 50 ms rather than 20 took a fifth off the writer thread's CPU per record at
+/// ~30k warm requests/s (BENCHMARKS.md). [`QUEUE`] records are enough for a window at 1.3
+/// million invocations/s.
+const WINDOW: Duration = Duration::from_millis(50);
 /// A queue grown past this by a burst is shrunk back once taken.
 const KEPT_CAPACITY: usize = 8 * BATCH;
 
@@ -255,7 +259,7 @@ fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy
     let every = (retention / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
     let mut pruned = Instant::now();
     prune(&conn, retention);
-    let mut taken = Vec::new();
+    let (mut taken, mut rows) = (Vec::new(), RowBuffers::default());
     loop {
         let waited = pending.wait(every.saturating_sub(pruned.elapsed()));
         if waited == Waited::Closed {
@@ -275,7 +279,7 @@ fn write_loop(mut conn: Connection, pending: &Pending, retention: Duration, busy
         std::thread::sleep(WINDOW);
         pending.take(&mut taken);
         for chunk in in_queued_order(&taken).chunks(BATCH) {
-            if let Err(e) = write_batch(&mut conn, chunk) {
+            if let Err(e) = write_batch(&mut conn, chunk, &mut rows) {
                 tracing::error!("cannot write {} invocation records: {e}", chunk.len());
             }
         }
@@ -332,7 +336,8 @@ fn prune(conn: &Connection, retention: Duration) {
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[View<'_>]) -> rusqlite::Result<()> {
+/// Write `batch` in one transaction, encoding its rows in `rows` (kept across batches).
+fn write_batch(conn: &mut Connection, batch: &[View<'_>], rows: &mut RowBuffers) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut usage = tx.prepare_cached(
@@ -341,7 +346,7 @@ fn write_batch(conn: &mut Connection, batch: &[View<'_>]) -> rusqlite::Result<()
              mb_ms = mb_ms + excluded.mb_ms",
         )?;
         let mut hours: std::collections::BTreeMap<(&str, u64), (u64, u64)> = std::collections::BTreeMap::new();
-        crate::record_batches::write(&tx, batch)?;
+        crate::record_batches::write(&tx, batch, rows)?;
         for r in batch {
             if r.status().reached_function() {
                 let h = hours.entry((r.function(), r.start_ms() - r.start_ms() % HOUR_MS)).or_default();
