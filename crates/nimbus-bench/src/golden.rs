@@ -44,6 +44,7 @@ pub fn throughput(concurrency: usize, rps: u64, p50_us: f64, cpu_us: f64) -> Thr
         latencies_us,
         machine_cpu_us_per_req: Some(cpu_us * 1.5),
         cpu_split: Some(CpuSplit { server_us: cpu_us * 0.6, children_us: cpu_us * 0.3, client_us: cpu_us * 0.1 }),
+        server_threads_ns: std::collections::BTreeMap::new(),
     }
 }
 

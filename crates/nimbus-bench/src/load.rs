@@ -161,6 +161,9 @@ pub struct Throughput {
     /// CPU per request of the server process, of its descendants (nimbus's instances) and
     /// of this load generator, from /proc/PID/stat.
     pub cpu_split: Option<CpuSplit>,
+    /// The server's CPU over the phase by thread name, in nanoseconds ([`crate::tree::thread_ns`];
+    /// empty without a server pid).
+    pub server_threads_ns: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -287,9 +290,14 @@ where
     }
     let cpu0 = busy_jiffies();
     let split0 = server_pid.and_then(process_ticks);
+    let threads0 = server_pid.map(crate::tree::thread_ns).unwrap_or_default();
     let (workers, secs) = phase(&op, concurrency, dur, max).await?;
     let cpu1 = busy_jiffies();
     let split1 = server_pid.and_then(process_ticks);
+    let mut server_threads_ns = server_pid.map(crate::tree::thread_ns).unwrap_or_default();
+    for (name, ns) in &mut server_threads_ns {
+        *ns = ns.saturating_sub(threads0.get(name).copied().unwrap_or(0));
+    }
     let mut t = Throughput {
         concurrency,
         ok: 0,
@@ -299,6 +307,7 @@ where
         latencies_us: Vec::new(),
         machine_cpu_us_per_req: None,
         cpu_split: None,
+        server_threads_ns,
     };
     for w in workers {
         t.ok += w.ok;

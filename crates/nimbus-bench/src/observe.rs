@@ -4,8 +4,11 @@
 //! as shipped (records, logs, metrics) and one with `NIMBUS_RECORDING=off`. Their load phases
 //! alternate in short slices on each route (A B B A B A A B ..., and B A A B ... in the next
 //! run), so the machine's drift and its neighbours' bursts over the seconds of a run fall on
-//! both sides alike.
+//! both sides alike. Besides throughput it reports the server's CPU per request by thread from
+//! the threads' nanosecond clocks: the record writer's own thread, and the tokio workers on
+//! against off, which a noisy host blurs less than requests per second.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,7 +49,13 @@ struct Sample {
     p99_us: f64,
     seq_p50_us: f64,
     cpu: Cpu,
+    /// The server's CPU per request by thread name, µs (from the threads' nanosecond clocks).
+    threads_us: BTreeMap<String, f64>,
 }
+
+/// The record writer's thread, and the threads that serve requests.
+const WRITER_THREAD: &str = "nimbus-records";
+const WORKER_THREAD: &str = "tokio-rt-worker";
 
 /// CPU per successful request over a side's c=32 phases, in µs: the whole machine's busy time,
 /// the server process's, and this load generator's. Throughput on two shared cores is the
@@ -85,6 +94,7 @@ struct Side {
     latencies_us: Vec<f64>,
     seq_p50_us: f64,
     cpu: Cpu,
+    threads_ns: BTreeMap<String, u64>,
 }
 
 impl Side {
@@ -95,7 +105,16 @@ impl Side {
         let env: Vec<(&str, &Path)> = if recording { vec![] } else { vec![("NIMBUS_RECORDING", Path::new("off"))] };
         // Two servers at once: neither takes the AWS port, so both run the same services.
         let nimbus = Nimbus::launch_with(bin, app, &data, &log, &env, &["--aws-listen", "off"]).await?;
-        Ok(Side { recording, nimbus, ok: 0, secs: 0.0, latencies_us: Vec::new(), seq_p50_us: 0.0, cpu: Cpu::default() })
+        Ok(Side {
+            recording,
+            nimbus,
+            ok: 0,
+            secs: 0.0,
+            latencies_us: Vec::new(),
+            seq_p50_us: 0.0,
+            cpu: Cpu::default(),
+            threads_ns: BTreeMap::new(),
+        })
     }
 
     fn tag(&self) -> &'static str {
@@ -119,6 +138,7 @@ impl Side {
         }
         (self.ok, self.secs, self.seq_p50_us, self.cpu) = (0, 0.0, stats(&seq).p50, Cpu::default());
         self.latencies_us.clear();
+        self.threads_ns.clear();
         Ok(())
     }
 
@@ -132,6 +152,9 @@ impl Side {
             bail!("{path} with recording {}: {} errors, first: {:?}", self.tag(), t.errors, t.first_error);
         }
         self.cpu.add(&t);
+        for (name, ns) in &t.server_threads_ns {
+            *self.threads_ns.entry(name.clone()).or_default() += ns;
+        }
         self.ok += t.ok;
         self.secs += t.secs;
         self.latencies_us.extend(t.latencies_us);
@@ -142,6 +165,8 @@ impl Side {
         let lat = stats(&self.latencies_us);
         let rps = if self.secs > 0.0 { self.ok as f64 / self.secs } else { 0.0 };
         let cpu = self.cpu.per(self.ok);
+        let n = self.ok.max(1) as f64;
+        let threads_us = self.threads_ns.iter().map(|(name, ns)| (name.clone(), *ns as f64 / 1000.0 / n)).collect();
         Sample {
             recording: self.recording,
             path,
@@ -150,6 +175,7 @@ impl Side {
             p99_us: lat.p99,
             seq_p50_us: self.seq_p50_us,
             cpu,
+            threads_us,
         }
     }
 }
@@ -189,15 +215,21 @@ fn print_summary(rows: &[Value]) -> (f64, f64) {
         rows.len(),
         if mean <= OVERHEAD_TARGET_PCT { "met" } else { "missed" }
     );
+    let at = |r: &Value, side: &str, what: &str| r.pointer(&format!("/{side}/{what}")).and_then(Value::as_f64);
+    let worker = format!("threadsUsPerReq/{WORKER_THREAD}");
+    let writer = format!("threadsUsPerReq/{WRITER_THREAD}");
     for route in ["wasm reuse", "wasm fresh"] {
-        let server = |r: &Value, side: &str| r.pointer(&format!("/{side}/cpuUsPerReq/server")).and_then(Value::as_f64);
-        let extra: Vec<f64> = rows
-            .iter()
-            .filter(|r| r.get("route").and_then(Value::as_str) == Some(route))
-            .filter_map(|r| Some(server(r, "on")? - server(r, "off")?))
-            .collect();
-        let (mean, std_err) = mean_and_std_err(&extra);
-        println!("{route}: the server's CPU per request with recording on minus off: {mean:+.2} µs (± {std_err:.2})");
+        let of_route = |f: &dyn Fn(&Value) -> Option<f64>| {
+            let xs: Vec<f64> =
+                rows.iter().filter(|r| r.get("route").and_then(Value::as_str) == Some(route)).filter_map(f).collect();
+            mean_and_std_err(&xs)
+        };
+        let (m, se) = of_route(&|r| Some(at(r, "on", "cpuUsPerReq/server")? - at(r, "off", "cpuUsPerReq/server")?));
+        println!("{route}: the server's CPU per request with recording on minus off: {m:+.2} µs (± {se:.2})");
+        let (m, se) = of_route(&|r| Some(at(r, "on", &writer).unwrap_or(0.0)));
+        println!("{route}: the record writer's thread per request: {m:.2} µs (± {se:.2})");
+        let (m, se) = of_route(&|r| Some(at(r, "on", &worker)? - at(r, "off", &worker)?));
+        println!("{route}: the tokio workers per request with recording on minus off: {m:+.2} µs (± {se:.2})");
     }
     (mean, std_err)
 }
@@ -217,7 +249,7 @@ fn mean_and_std_err(xs: &[f64]) -> (f64, f64) {
 /// One run's route as a row of the printed table.
 fn table_row(run: usize, name: &str, cost: f64, on: &Sample, off: &Sample) -> String {
     format!(
-        "| {run} | {name} | {:.0} | {:.0} | {cost:+.1} % | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+        "| {run} | {name} | {:.0} | {:.0} | {cost:+.1} % | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.2} / {:.2} | {:.1} / {:.1} |",
         on.rps,
         off.rps,
         on.p50_us,
@@ -230,6 +262,9 @@ fn table_row(run: usize, name: &str, cost: f64, on: &Sample, off: &Sample) -> St
         off.cpu.machine_us,
         on.cpu.server_us,
         off.cpu.server_us,
+        on.threads_us.get(WRITER_THREAD).copied().unwrap_or(0.0),
+        on.threads_us.get(WORKER_THREAD).copied().unwrap_or(0.0),
+        off.threads_us.get(WORKER_THREAD).copied().unwrap_or(0.0),
         on.cpu.client_us,
         off.cpu.client_us,
     )
@@ -237,7 +272,8 @@ fn table_row(run: usize, name: &str, cost: f64, on: &Sample, off: &Sample) -> St
 
 fn side_json(x: &Sample) -> Value {
     json!({"rps": x.rps, "p50Us": x.p50_us, "p99Us": x.p99_us, "sequentialP50Us": x.seq_p50_us,
-           "cpuUsPerReq": {"machine": x.cpu.machine_us, "server": x.cpu.server_us, "client": x.cpu.client_us}})
+           "cpuUsPerReq": {"machine": x.cpu.machine_us, "server": x.cpu.server_us, "client": x.cpu.client_us},
+           "threadsUsPerReq": x.threads_us})
 }
 
 pub async fn run(args: ObserveArgs) -> Result<()> {
@@ -258,8 +294,8 @@ pub async fn run(args: ObserveArgs) -> Result<()> {
     }
 
     println!("\n## Recording overhead (records, logs, metrics on vs NIMBUS_RECORDING=off)\n");
-    println!("| run | route | req/s on | req/s off | throughput cost | p50 c=32 on / off (µs) | p99 c=32 on / off (µs) | c=1 p50 on / off (µs) | CPU µs/req machine on / off | server on / off | client on / off |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| run | route | req/s on | req/s off | throughput cost | p50 c=32 on / off (µs) | p99 c=32 on / off (µs) | c=1 p50 on / off (µs) | CPU µs/req machine on / off | server on / off | writer thread on | workers on / off | client on / off |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for (run, on) in samples.iter().filter(|(_, x)| x.recording) {
         let Some((_, off)) = samples.iter().find(|(r, x)| r == run && !x.recording && x.path == on.path) else {
