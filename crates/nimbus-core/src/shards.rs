@@ -9,7 +9,7 @@
 //! for whoever reads everything ([`Shards::each`]). Threads beyond the shard count share shards:
 //! still correct, only no longer free of contention.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crossbeam_utils::CachePadded;
@@ -26,11 +26,9 @@ pub struct Shards<T> {
 }
 
 impl<T: Default> Default for Shards<T> {
-    /// Twice as many shards as cores: the tokio workers (one per core) each get one of their own,
-    /// with room for the threads that start before them.
+    /// One shard per [`shard_count`].
     fn default() -> Self {
-        let n = std::thread::available_parallelism().map_or(4, |n| n.get() * 2).clamp(2, 128);
-        Shards { shards: (0..n).map(|_| CachePadded::new(Mutex::default())).collect() }
+        Shards { shards: (0..shard_count()).map(|_| CachePadded::new(Mutex::default())).collect() }
     }
 }
 
@@ -47,8 +45,7 @@ impl<T> Shards<T> {
     /// `f` on this thread's shard; `None` only for a `Shards` without any (which `Default` does
     /// not make).
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
-        let i = THREAD.with(|t| *t) % self.shards.len().max(1);
-        let shard = self.shards.get(i)?;
+        let shard = self.shards.get(index(self.shards.len()))?;
         Some(f(&mut shard.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
@@ -58,6 +55,49 @@ impl<T> Shards<T> {
             f(&mut shard.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }
+}
+
+/// A count that every request moves (up when something starts, down when it ends), kept as one
+/// atomic per shard: a thread adds to its own shard's cache line, and only [`Counter::sum`]
+/// reads them all. Something counted up on one thread may be counted down on another (a task
+/// that moved between workers), so a shard may go below zero; the sum is what counts.
+pub struct Counter {
+    shards: Box<[CachePadded<AtomicIsize>]>,
+}
+
+impl Default for Counter {
+    /// As many shards as [`Shards`] has, taken by thread the same way.
+    fn default() -> Self {
+        Counter { shards: (0..shard_count()).map(|_| CachePadded::new(AtomicIsize::new(0))).collect() }
+    }
+}
+
+impl Counter {
+    /// Add `n` (negative: subtract) on this thread's shard. `SeqCst`, so that a reader who
+    /// announced something before reading [`Counter::sum`] either sees this or is seen by the
+    /// adder's next `SeqCst` load.
+    pub fn add(&self, n: isize) {
+        if let Some(shard) = self.shards.get(index(self.shards.len())) {
+            shard.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
+    /// The shards added up.
+    pub fn sum(&self) -> isize {
+        self.shards.iter().fold(0isize, |sum, s| sum.wrapping_add(s.load(Ordering::SeqCst)))
+    }
+}
+
+/// Twice as many shards as cores, rounded up to a power of two: the tokio workers (one per
+/// core) each get one of their own, with room for the threads that start before them.
+fn shard_count() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 2).clamp(2, 128).next_power_of_two()
+}
+
+/// This thread's shard among `len` (a power of two): a mask, where a remainder was a division
+/// on every update.
+fn index(len: usize) -> usize {
+    THREAD.with(|t| *t) & len.saturating_sub(1)
 }
 
 #[cfg(test)]
@@ -89,5 +129,25 @@ mod tests {
         all.sort_unstable();
         let want: Vec<usize> = (0..6).flat_map(|t| (0..100).map(move |i| t * 1000 + i)).collect();
         assert_eq!(all, want);
+    }
+
+    #[test]
+    fn a_count_moved_up_on_one_thread_and_down_on_another_sums_to_what_is_left() {
+        let c: std::sync::Arc<Counter> = std::sync::Arc::default();
+        std::thread::scope(|scope| {
+            for _ in 0..6 {
+                let c = c.clone();
+                scope.spawn(move || (0..100).for_each(|_| c.add(1)));
+            }
+        });
+        assert_eq!(c.sum(), 600);
+        // Everything counted down elsewhere, one short: threads' shards go below zero.
+        std::thread::scope(|scope| {
+            for t in 0..3 {
+                let c = c.clone();
+                scope.spawn(move || (0..if t == 0 { 199 } else { 200 }).for_each(|_| c.add(-1)));
+            }
+        });
+        assert_eq!(c.sum(), 1);
     }
 }

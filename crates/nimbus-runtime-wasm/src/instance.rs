@@ -611,8 +611,9 @@ impl Instance for WasmInstance {
         if self.parts.function.spec.response_mode == nimbus_core::ResponseMode::Streaming {
             return self.invoke_streaming(inv).await;
         }
-        let rt = self.parts.rt.clone();
-        let _running = rt.ticker.running();
+        // Borrowed, not cloned: a clone of the runtime's `Arc` is two writes to a count every
+        // worker shares.
+        let _running = self.parts.rt.ticker.running();
         let started = Instant::now();
         let timeout = inv.timeout;
         let is_event = inv.http.is_none();
