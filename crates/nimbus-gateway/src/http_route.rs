@@ -238,13 +238,13 @@ async fn route(
 /// Edge steps 2 and 3 before the route: who the client is and where from, what the way out
 /// needs to know, then redirects (the `Err`: status and location) and rewrites (which change
 /// the path).
-fn before_route(
-    gw: &Gateway,
+fn before_route<'g>(
+    gw: &'g Gateway,
     req: &mut Request<Incoming>,
     remote: SocketAddr,
     out: &mut crate::edge::Outgoing,
     live: &DeploymentView,
-) -> Result<Arc<crate::edge::Plan>, (StatusCode, String)> {
+) -> Result<crate::edge::PlanRef<'g>, (StatusCode, String)> {
     let client = crate::edge::client::client_ip(req.headers(), remote);
     crate::edge::geo::annotate(gw.config.geoip.as_deref(), req.headers_mut(), client);
     let plan = gw.edge.plan(live);
@@ -255,7 +255,7 @@ fn before_route(
         out.origin = req.headers().get(http::header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_owned);
     }
     if plan.decorates() {
-        out.plan = Some(plan.clone());
+        out.plan = plan.for_way_out();
     }
     match crate::edge::rules(&plan, req) {
         Some(redirect) => Err(redirect),

@@ -39,7 +39,7 @@ use crate::metrics::Refusal;
 use crate::util::{json, raw, Resp};
 
 impl Gateway {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> GwResp {
         // HTTP/1.1 heads over the field limit never get here (hyper answers 431); HTTP/2 has no
         // field count of its own.
         if req.version() == http::Version::HTTP_2 && req.headers().len() > self.config.max_headers {
@@ -55,15 +55,15 @@ impl Gateway {
         } else if path == "/metrics" {
             ("metrics", whole(self.metrics_page().await))
         } else if path.starts_with("/v1/") || path == "/v1" {
-            ("management", whole(crate::mgmt::handle(&self, req, remote).await))
+            ("management", whole(crate::mgmt::handle(self, req, remote).await))
         } else if path == "/dashboard" || path.starts_with("/dashboard/") {
-            ("dashboard", whole(crate::dashboard::handle(&self, req, remote).await))
+            ("dashboard", whole(crate::dashboard::handle(self, req, remote).await))
         } else if path.starts_with("/2015-03-31/functions/") {
-            ("invoke", whole(crate::invoke_api::handle(&self, req, remote).await))
+            ("invoke", whole(crate::invoke_api::handle(self, req, remote).await))
         } else if path.starts_with(crate::invoke_stream::PREFIX) {
-            ("invoke", crate::invoke_stream::handle(&self, req, remote).await)
+            ("invoke", crate::invoke_stream::handle(self, req, remote).await)
         } else {
-            ("route", crate::http_route::handle(&self, req, remote).await)
+            ("route", crate::http_route::handle(self, req, remote).await)
         };
         self.metrics.request(kind, resp.status().as_u16());
         resp
@@ -240,7 +240,11 @@ fn service(
     gateway: &Arc<Gateway>,
     remote: SocketAddr,
 ) -> impl hyper::service::Service<Request<Incoming>, Response = GwResp, Error = Infallible, Future: Send> + Clone {
-    let gw = gateway.clone();
+    // Each request's future holds the gateway, and so needs a clone of an `Arc` to it: a clone
+    // of this connection's own, whose count stays with the core serving the connection. Cloning
+    // the one `Arc<Gateway>` every connection shares wrote its count from every core on every
+    // request (`perf`: about 0.1 µs a warm request).
+    let gw = Arc::new(gateway.clone());
     service_fn(move |req| {
         let gw = gw.clone();
         async move { Ok::<_, Infallible>(serve_closing_unanswered(req, |req| gw.handle(req, remote)).await) }

@@ -48,7 +48,37 @@ pub(crate) struct EdgeState {
     plans: Mutex<HashMap<u64, Arc<Plan>>>,
     jwks: Mutex<HashMap<String, Arc<jwks::Remote>>>,
     /// The plan of every deployment that declares no edge policy or rule: no lock, no lookup.
-    empty: Arc<Plan>,
+    empty: Plan,
+}
+
+/// A deployment's plan as a request holds it: the empty one borrowed, a compiled one shared.
+/// Handing out a clone of one `Arc` for every request wrote its count from every core on every
+/// request (`perf`: about 0.13 µs a warm request), for the plan most deployments have.
+pub(crate) enum PlanRef<'a> {
+    Empty(&'a Plan),
+    Compiled(Arc<Plan>),
+}
+
+impl std::ops::Deref for PlanRef<'_> {
+    type Target = Plan;
+
+    fn deref(&self) -> &Plan {
+        match self {
+            PlanRef::Empty(p) => p,
+            PlanRef::Compiled(p) => p,
+        }
+    }
+}
+
+impl PlanRef<'_> {
+    /// The plan for the way out ([`Outgoing::plan`]): `None` for the empty plan, which adds
+    /// nothing there.
+    pub(crate) fn for_way_out(&self) -> Option<Arc<Plan>> {
+        match self {
+            PlanRef::Empty(_) => None,
+            PlanRef::Compiled(p) => Some(p.clone()),
+        }
+    }
 }
 
 /// Plans kept at most; older versions are dropped (and recompiled if they serve again).
@@ -56,12 +86,12 @@ const MAX_PLANS: usize = 16;
 
 impl EdgeState {
     /// The plan of a deployment, compiled on its first request.
-    pub(crate) fn plan(&self, d: &DeploymentView) -> Arc<Plan> {
+    pub(crate) fn plan(&self, d: &DeploymentView) -> PlanRef<'_> {
         if d.edge.is_empty() {
-            return self.empty.clone();
+            return PlanRef::Empty(&self.empty);
         }
         if let Some(p) = self.plans.lock().ok().and_then(|m| m.get(&d.version).cloned()) {
-            return p;
+            return PlanRef::Compiled(p);
         }
         let remote = |url: &str| -> Arc<jwks::Remote> {
             let mut m = match self.jwks.lock() {
@@ -81,7 +111,7 @@ impl EdgeState {
             }
             m.insert(d.version, plan.clone());
         }
-        plan
+        PlanRef::Compiled(plan)
     }
 }
 
