@@ -97,7 +97,13 @@ fn shard_count() -> usize {
 /// This thread's shard among `len` (a power of two): a mask, where a remainder was a division
 /// on every update.
 fn index(len: usize) -> usize {
-    THREAD.with(|t| *t) & len.saturating_sub(1)
+    thread() & len.saturating_sub(1)
+}
+
+/// This thread's number: taken on its first use of any `Shards` (or of this) and kept, the
+/// same for no two threads. What the pools use to hand a thread an instance it ran last.
+pub fn thread() -> usize {
+    THREAD.with(|t| *t)
 }
 
 #[cfg(test)]

@@ -26,7 +26,30 @@ struct Slot {
 struct Idle {
     instance: Arc<dyn Instance>,
     since: Instant,
+    /// The thread that parked it ([`nimbus_core::shards::thread`]): its caches hold the
+    /// instance's state (a wasm instance's store and memory) until another thread takes it.
+    thread: usize,
 }
+
+/// Which idle instance to take: the most recently parked of the last [`AFFINE_SEARCH`] that
+/// this thread parked, else the most recent. An instance moving between cores brings its state
+/// along line by line: its store, its guest's stack and heap, its host-side tables.
+fn affine(idle: &[Idle]) -> Option<usize> {
+    let me = nimbus_core::shards::thread();
+    let recent = idle.len().saturating_sub(AFFINE_SEARCH);
+    let mine = idle.iter().skip(recent).rposition(|i| i.thread == me).map(|i| recent + i);
+    mine.or(idle.len().checked_sub(1))
+}
+
+impl Idle {
+    fn new(instance: Arc<dyn Instance>) -> Idle {
+        Idle { instance, since: Instant::now(), thread: nimbus_core::shards::thread() }
+    }
+}
+
+/// How many of the most recently idle instances a thread looks through for one it parked
+/// itself before it takes the most recent one.
+const AFFINE_SEARCH: usize = 8;
 
 /// An instance running at least one invocation (`concurrency` at most).
 struct Busy {
@@ -246,7 +269,8 @@ impl Pool {
     }
 
     /// A free slot for one invocation: on the busiest running instance that has one (so the
-    /// others go idle and age out), else on the most recently idle instance.
+    /// others go idle and age out), else on a recently idle instance, this thread's if one is
+    /// among the most recent ([`affine`]).
     fn take_slot(&self, st: &mut State) -> Option<Slot> {
         let c = self.concurrency();
         if c > 1 {
@@ -260,7 +284,7 @@ impl Pool {
                 return Some(Slot { instance: b.instance.clone(), cold: false });
             }
         }
-        let idle = st.idle.pop()?;
+        let idle = st.idle.remove(affine(&st.idle)?);
         let busy = Busy { instance: idle.instance.clone(), in_flight: 1, since: Instant::now() };
         st.busy.insert(idle.instance.id().to_owned(), busy);
         Some(Slot { instance: idle.instance, cold: false })
@@ -355,7 +379,7 @@ impl Pool {
         } else if st.retired {
             self.stop(st, instance);
         } else {
-            st.idle.push(Idle { instance, since: Instant::now() });
+            st.idle.push(Idle::new(instance));
         }
     }
 
@@ -392,7 +416,7 @@ impl Pool {
         } else if st.retired {
             self.stop(&mut st, b.instance);
         } else {
-            st.idle.push(Idle { instance: b.instance, since: Instant::now() });
+            st.idle.push(Idle::new(b.instance));
         }
     }
 
@@ -661,6 +685,50 @@ mod tests {
         drop(busy);
         let st = pool.status();
         assert_eq!((st.idle, st.busy, st.waiting), (1, 0, 0));
+        assert_eq!(counters.leaked(), 0);
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    /// A thread that asks for an instance again gets back the one it parked, not the one
+    /// another thread parked after it: the instance's state is still in its core's caches.
+    #[test]
+    fn a_thread_gets_back_the_instance_it_parked_rather_than_the_latest() {
+        let (runtime, counters) = Fake::default().runtime();
+        let rt = current_thread();
+        let _in_rt = rt.enter();
+        let pool = Pool::new(
+            function("affine", |s| s.max_instances = 2),
+            runtime,
+            None,
+            Arc::new(crate::NullRecorder),
+            LiveNodes::default(),
+        );
+        let mine = rt.block_on(lease(&pool));
+        let my_id = mine.instance().id().to_owned();
+        let (got_tx, got) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let pool = &pool;
+            s.spawn(move || {
+                let rt = current_thread();
+                let other = rt.block_on(lease(pool));
+                got_tx.send(other.instance().id().to_owned()).unwrap();
+                release_rx.recv().unwrap();
+                drop(other);
+            });
+            let other_id = got.recv().unwrap();
+            assert_ne!(other_id, my_id, "two instances run at once");
+            drop(mine);
+            release.send(()).unwrap();
+        });
+        // Idle: this thread's instance, then the other thread's, the most recent.
+        assert_eq!(pool.status().idle, 2);
+        let again = rt.block_on(lease(&pool));
+        assert_eq!(again.instance().id(), my_id);
+        drop(again);
         assert_eq!(counters.leaked(), 0);
     }
 }
