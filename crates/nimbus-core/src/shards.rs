@@ -26,7 +26,7 @@ pub struct Shards<T> {
 }
 
 impl<T: Default> Default for Shards<T> {
-    /// One shard per [`shard_count`].
+    /// Twice as many shards as cores, rounded up to a power of two.
     fn default() -> Self {
         Shards { shards: (0..shard_count()).map(|_| CachePadded::new(Mutex::default())).collect() }
     }
