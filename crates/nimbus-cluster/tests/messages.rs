@@ -121,7 +121,10 @@ async fn queues_and_handles_are_shared_by_every_node() {
         let names: Vec<String> = b.list_queues("").await.unwrap().into_iter().map(|q| q.name).collect();
         assert_eq!(names, ["shared"]);
         a.send("shared", vec![msg("one"), msg("two")]).await.unwrap();
-        let got = b.receive("shared", &hidden_for(1, Duration::from_millis(300))).await.unwrap();
+        // A long poll: a short one may come back empty while the message is on its way to
+        // the server B reads from (SQS's short polls may too); this one returns as it arrives.
+        let first = ReceiveRequest { wait: Some(Duration::from_secs(5)), ..hidden_for(1, Duration::from_millis(300)) };
+        let got = b.receive("shared", &first).await.unwrap();
         assert_eq!(got.len(), 1);
         tokio::time::sleep(Duration::from_millis(600)).await;
         let again = a.receive("shared", &hidden_for(2, Duration::from_secs(30))).await.unwrap();
