@@ -41,6 +41,11 @@ fn affine(idle: &[Idle]) -> Option<usize> {
     mine.or(idle.len().checked_sub(1))
 }
 
+/// A busy instance's key: its address, unique while the busy map holds the instance.
+fn key(instance: &Arc<dyn Instance>) -> usize {
+    Arc::as_ptr(instance).cast::<()>().addr()
+}
+
 impl Idle {
     fn new(instance: Arc<dyn Instance>) -> Idle {
         Idle { instance, since: Instant::now(), thread: nimbus_core::shards::thread() }
@@ -79,7 +84,9 @@ enum Admitted {
 #[derive(Default)]
 struct State {
     idle: Vec<Idle>,
-    busy: foldhash::HashMap<String, Busy>,
+    /// By [`key`]: the instance's address, not its id, which would be a string allocated,
+    /// hashed and freed twice an invocation.
+    busy: foldhash::HashMap<usize, Busy>,
     starting: u32,
     /// Instances handed to `shutdown` that have not finished it: server shutdown waits for
     /// these too, or a runtime's stop (a process's SIGTERM grace) would be cut short.
@@ -286,7 +293,7 @@ impl Pool {
         }
         let idle = st.idle.remove(affine(&st.idle)?);
         let busy = Busy { instance: idle.instance.clone(), in_flight: 1, since: Instant::now() };
-        st.busy.insert(idle.instance.id().to_owned(), busy);
+        st.busy.insert(key(&idle.instance), busy);
         Some(Slot { instance: idle.instance, cold: false })
     }
 
@@ -375,7 +382,7 @@ impl Pool {
         }
         if given > 0 {
             let busy = Busy { instance: instance.clone(), in_flight: given, since: Instant::now() };
-            st.busy.insert(instance.id().to_owned(), busy);
+            st.busy.insert(key(&instance), busy);
         } else if st.retired {
             self.stop(st, instance);
         } else {
@@ -387,7 +394,7 @@ impl Pool {
     /// an instance left with no invocation goes idle (or stops, when dead or retired).
     fn release(self: &Arc<Self>, slot: Slot) {
         let mut st = self.lock();
-        let id = slot.instance.id().to_owned();
+        let id = key(&slot.instance);
         let dead = slot.instance.state() == InstanceState::Dead;
         drop(slot);
         let State { busy, waiters, .. } = &mut *st;
@@ -536,8 +543,8 @@ impl Pool {
                 in_flight: 0,
             })
             .collect();
-        instances.extend(st.busy.iter().map(|(id, b)| InstanceInfo {
-            id: id.clone(),
+        instances.extend(st.busy.values().map(|b| InstanceInfo {
+            id: b.instance.id().to_owned(),
             pid: b.instance.pid(),
             state: InstanceStatus::Busy,
             in_flight: b.in_flight,
