@@ -868,7 +868,7 @@ fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
     let _ = writeln!(o, "\nratios of req/s (one column per run)");
     let mut head = format!("{:<16}", "config");
     for c in s.concurrency {
-        let _ = write!(head, "{:>22}{:>22}", format!("c={c} / bare hyper"), format!("c={c} / wasmtime serve"));
+        let _ = write!(head, "  {:>22}  {:>22}", format!("c={c} / bare hyper"), format!("c={c} / wasmtime serve"));
     }
     let _ = writeln!(o, "{head}");
     for cfg in Config::ALL {
@@ -879,7 +879,8 @@ fn ratio_lines(o: &mut String, s: &Settings, runs: &[RunResult]) {
         for c in s.concurrency {
             let col =
                 |base: Config| runs.iter().map(|r| opt(ratio(r, cfg, base, c), 2)).collect::<Vec<_>>().join(" | ");
-            let _ = write!(line, "{:>22}{:>22}", col(Config::BareHyper), col(Config::WasmtimeFresh));
+            // Separated, not only padded: with more runs a column is wider than its pad.
+            let _ = write!(line, "  {:>22}  {:>22}", col(Config::BareHyper), col(Config::WasmtimeFresh));
         }
         let _ = writeln!(o, "{line}");
     }
