@@ -319,7 +319,9 @@ impl Ticker {
                     } else if last_busy.elapsed() > TICK_LINGER {
                         // Announce the park, then look again: a request that starts in between
                         // either sees `parked` and unparks (the token makes `park` return), or
-                        // is seen here.
+                        // is seen here. The sum reads the shards one after another, so it may
+                        // miss a request's count up (and see its count down elsewhere); a count
+                        // it missed was made after it announced the park, so that request unparks.
                         s.flags.parked.store(true, Ordering::SeqCst);
                         if s.active.sum() <= 0 && !s.flags.stop.load(Ordering::SeqCst) {
                             std::thread::park();

@@ -31,6 +31,16 @@ struct Idle {
     thread: usize,
 }
 
+impl Idle {
+    fn new(instance: Arc<dyn Instance>) -> Idle {
+        Idle { instance, since: Instant::now(), thread: nimbus_core::shards::thread() }
+    }
+}
+
+/// How many of the most recently idle instances a thread looks through for one it parked
+/// itself before it takes the most recent one.
+const AFFINE_SEARCH: usize = 8;
+
 /// Which idle instance to take: the most recently parked of the last [`AFFINE_SEARCH`] that
 /// this thread parked, else the most recent. An instance moving between cores brings its state
 /// along line by line: its store, its guest's stack and heap, its host-side tables.
@@ -45,16 +55,6 @@ fn affine(idle: &[Idle]) -> Option<usize> {
 fn key(instance: &Arc<dyn Instance>) -> usize {
     Arc::as_ptr(instance).cast::<()>().addr()
 }
-
-impl Idle {
-    fn new(instance: Arc<dyn Instance>) -> Idle {
-        Idle { instance, since: Instant::now(), thread: nimbus_core::shards::thread() }
-    }
-}
-
-/// How many of the most recently idle instances a thread looks through for one it parked
-/// itself before it takes the most recent one.
-const AFFINE_SEARCH: usize = 8;
 
 /// An instance running at least one invocation (`concurrency` at most).
 struct Busy {
@@ -394,11 +394,11 @@ impl Pool {
     /// an instance left with no invocation goes idle (or stops, when dead or retired).
     fn release(self: &Arc<Self>, slot: Slot) {
         let mut st = self.lock();
-        let id = key(&slot.instance);
+        let at = key(&slot.instance);
         let dead = slot.instance.state() == InstanceState::Dead;
         drop(slot);
         let State { busy, waiters, .. } = &mut *st;
-        let Some(b) = busy.get_mut(&id) else { return };
+        let Some(b) = busy.get_mut(&at) else { return };
         b.in_flight = b.in_flight.saturating_sub(1);
         if !dead {
             while let Some(w) = waiters.pop_front() {
@@ -411,7 +411,7 @@ impl Pool {
         if b.in_flight > 0 {
             return;
         }
-        let Some(b) = st.busy.remove(&id) else { return };
+        let Some(b) = st.busy.remove(&at) else { return };
         self.busy_ended(&b);
         if dead {
             self.stop(&mut st, b.instance);
