@@ -10,8 +10,10 @@ use nimbus_core::{
 
 use crate::pool::AcquireError;
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// `d` in ms, to the nanosecond: the record store keeps such a value in 3 to 5 bytes, where
+/// `as_secs_f64() * 1000.0` (off from it in the last bit as often as not) takes 9.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e6
 }
 
 /// Billed duration: rounded up to the next millisecond, as Lambda bills today.

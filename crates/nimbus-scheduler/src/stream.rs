@@ -53,7 +53,7 @@ impl Inner {
         drop(lease);
         let done = done.unwrap_or_else(|| lost_completion(started.elapsed()));
         let f = &a.function;
-        let response_ms = Some(done.response.as_secs_f64() * 1000.0);
+        let response_ms = Some(crate::report::ms(done.response));
         let (error, log) = match done.outcome {
             Ok(outcome) => {
                 let error = match &outcome {

@@ -10,6 +10,8 @@
 //! version once per queue and window, and the rare fields behind one box, so a queued record
 //! is 232 bytes that the worker writes and the writer reads, and nothing else crosses.
 
+pub(crate) mod row;
+
 use std::time::Instant;
 
 use arrayvec::ArrayString;
@@ -180,46 +182,6 @@ pub(crate) struct View<'a> {
     names: &'a Names,
 }
 
-/// postcard's encoding (the format of the `postcard` crate, which reads the rows back), written
-/// by hand for the one shape the writer stores: through serde, postcard spent ~40 instructions
-/// a field, about 750 of the writer's ~1,400 per record (callgrind, 1,000-record batches); this
-/// is a push or a copy per field. A test compares its bytes with serde's for every field.
-struct Postcard<'b>(&'b mut Vec<u8>);
-
-impl Postcard<'_> {
-    /// An unsigned integer (any width) or an enum's variant index: LEB128.
-    fn varint(&mut self, mut n: u64) {
-        while n >= 0x80 {
-            self.0.push((n & 0x7F) as u8 | 0x80);
-            n >>= 7;
-        }
-        self.0.push(n as u8);
-    }
-
-    fn str(&mut self, s: &str) {
-        self.varint(s.len() as u64);
-        self.0.extend_from_slice(s.as_bytes());
-    }
-
-    fn bool(&mut self, b: bool) {
-        self.0.push(u8::from(b));
-    }
-
-    fn f64(&mut self, x: f64) {
-        self.0.extend_from_slice(&x.to_le_bytes());
-    }
-
-    fn option<T>(&mut self, v: Option<T>, some: impl FnOnce(&mut Self, T)) {
-        match v {
-            None => self.0.push(0),
-            Some(x) => {
-                self.0.push(1);
-                some(self, x);
-            }
-        }
-    }
-}
-
 impl<'a> View<'a> {
     pub(crate) fn at(&self) -> Instant {
         self.q.at
@@ -250,53 +212,32 @@ impl<'a> View<'a> {
         self.q.memory_mb
     }
 
-    /// Append this record as a row stores it: `(InvocationRecord, log, log frame)` in
-    /// postcard's encoding, field by field in `InvocationRecord`'s order (postcard is
-    /// positional; its enums are their variant's position, pinned by a test).
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        let (q, rare) = (self.q, self.q.rare.as_deref());
-        let mut p = Postcard(out);
-        p.str(q.request_id.as_str());
-        p.str(&self.names.function);
-        p.str(&self.names.version);
-        p.varint(q.trigger as u64);
-        p.varint(q.start_ms);
-        p.f64(q.duration_ms);
-        p.varint(q.billed_ms);
-        p.varint(q.memory_mb.into());
-        p.varint(q.max_memory_mb.into());
-        p.bool(q.cold);
-        p.option(rare.and_then(|r| r.init_ms), Postcard::f64);
-        p.option(rare.and_then(|r| r.instance_start_ms), Postcard::f64);
-        p.option(rare.and_then(|r| r.runtime_init_ms), Postcard::f64);
-        p.f64(q.queue_ms);
-        p.varint(q.status as u64);
-        p.option(rare.and_then(|r| r.error_type.as_deref()), Postcard::str);
-        p.option(rare.and_then(|r| r.error_message.as_deref()), Postcard::str);
-        p.option(q.instance_id.as_ref().map(Short::as_str), Postcard::str);
-        p.option(q.response_ms, Postcard::f64);
-        p.str(&q.log);
-        p.option(q.log_frame, |p, n| p.varint(n as u64));
+    /// Append this record to a row whose first record started at `first_start`, in the row
+    /// format of [`row`].
+    pub(crate) fn encode(&self, first_start: u64, out: &mut Vec<u8>) {
+        row::encode(self, first_start, out);
     }
 
-    /// Append a row's head: how many records follow it, each as [`View::encode`] writes it.
-    pub(crate) fn encode_count(n: usize, out: &mut Vec<u8>) {
-        Postcard(out).varint(n as u64);
+    /// Append a row's head: its format, how many records follow it (each as [`View::encode`]
+    /// writes it), their function and the first one's start.
+    pub(crate) fn encode_head(count: usize, function: &str, first_start: u64, out: &mut Vec<u8>) {
+        row::encode_head(count, function, first_start, out);
     }
 
-    /// Append a row's records: their count, then each record.
+    /// A row of `views` (all of one function).
     #[cfg(test)]
     pub(crate) fn encode_all(views: &[View<'_>], out: &mut Vec<u8>) {
-        View::encode_count(views.len(), out);
+        let first = views.first().map_or(0, View::start_ms);
+        View::encode_head(views.len(), views.first().map_or("", View::function), first, out);
         for v in views {
-            v.encode(out);
+            v.encode(first, out);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use crate::record_batches::tests::rec;
 
@@ -326,24 +267,53 @@ mod tests {
         full
     }
 
-    /// What a row stores of a record read in place is byte for byte what serde and postcard
-    /// make of the `InvocationRecord` it was, so rows decode as records; a field added to one and
-    /// not the other fails here.
+    fn decode_row(row: &[u8]) -> Vec<InvocationRecord> {
+        let (&format, rest) = row.split_first().unwrap();
+        assert_eq!(format, row::FORMAT);
+        let stored = row::decode(rest).unwrap();
+        stored.into_iter().map(|(r, log, log_frame)| InvocationRecord { log, log_frame, ..r }).collect()
+    }
+
+    /// Every field of a record read in place reads back from its row exactly as it was
+    /// recorded, whether it was kept in its compact form or as it was.
     #[test]
-    fn a_queued_record_encodes_as_the_record_it_was() {
-        let mut plain = rec("f", "0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f5a6b", 10);
+    fn a_queued_record_reads_back_from_its_row_as_it_was() {
+        let mut plain = rec("g", "0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f5a6b", 10);
         plain.instance_id = None;
+        (plain.duration_ms, plain.queue_ms) = (12_345.0 / 1e6, 1.0 / 3.0);
         let mut wide = full();
         (wide.start_ms, wide.billed_ms, wide.memory_mb, wide.max_memory_mb) = (u64::MAX, 300, 10_240, 70_000);
-        wide.log = "x".repeat(200);
-        wide.log_frame = Some(150);
-        let records = vec![plain, full(), wide];
-        let want = postcard::to_allocvec(&records.iter().map(|r| (r, r.log.as_str(), r.log_frame)).collect::<Vec<_>>())
-            .unwrap();
-        let taken = queued(records);
-        let mut got = Vec::new();
-        View::encode_all(&taken.views().collect::<Vec<_>>(), &mut got);
-        assert_eq!(got, want);
+        (wide.log, wide.log_frame) = ("x".repeat(200), Some(150));
+        (wide.request_id, wide.instance_id) = ("0190A5B2-7C3D-7E8F-9A0B-1C2D3E4F5A6B".into(), Some("i-é".into()));
+        let mut early = rec("g", "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz", 0);
+        (early.log, early.duration_ms, early.response_ms) = (String::new(), f64::INFINITY, Some(-0.0));
+        let records = vec![plain, full(), wide, early];
+        let taken = queued(records.clone());
+        let mut row = Vec::new();
+        View::encode_all(&taken.views().collect::<Vec<_>>(), &mut row);
+        let back = decode_row(&row);
+        assert_eq!(back.len(), records.len());
+        // `Debug` shows every field, floats to the last bit (-0, infinity included).
+        for (got, want) in back.iter().zip(&records) {
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+    }
+
+    /// A warm record (a time-ordered request id, an instance id from the pool, measured
+    /// durations) takes less than half of format 1's bytes.
+    #[test]
+    fn a_warm_record_takes_under_half_of_format_one() {
+        let mut r = rec("hello", &nimbus_core::ids::new_request_id(), nimbus_core::ids::now_ms());
+        (r.instance_id, r.log, r.response_ms) = (Some("00ff0123456789ab".into()), String::new(), Some(0.017_211));
+        (r.duration_ms, r.queue_ms) = (0.019_873, 0.000_412);
+        let v1 = postcard::to_allocvec(&(&r, r.log.as_str(), r.log_frame)).unwrap();
+        let taken = queued(vec![r.clone(), r]);
+        let views: Vec<View<'_>> = taken.views().collect();
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        View::encode_all(&views[..1], &mut one);
+        View::encode_all(&views, &mut two);
+        let per_record = two.len() - one.len();
+        assert!(per_record * 2 < v1.len(), "{per_record} bytes a record against {} in format 1", v1.len());
     }
 
     #[test]
@@ -363,8 +333,7 @@ mod tests {
             .map(|v| {
                 let mut row = Vec::new();
                 View::encode_all(&[v], &mut row);
-                let (r, ..): (InvocationRecord, String, Option<usize>) =
-                    postcard::from_bytes::<Vec<_>>(&row).unwrap().remove(0);
+                let r = decode_row(&row).remove(0);
                 (r.request_id, r.function, r.version)
             })
             .collect();

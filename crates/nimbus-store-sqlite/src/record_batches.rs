@@ -9,10 +9,11 @@
 //! stopping as soon as no older row can hold a newer record), by time range (statistics), by
 //! log sequence.
 //!
-//! A row's records are encoded with postcard (positional and binary, after a format byte):
-//! JSON, with every field name written out and every string escaped, was 6k of the ~84k
-//! instructions a warm wasm request cost nimbus, and three times the bytes. Rows written as JSON
-//! by earlier versions (their first byte is `[`) still decode. Postcard writes an enum variant
+//! A row's records are binary, after a format byte: JSON, with every field name written out and
+//! every string escaped, was 6k of the ~84k instructions a warm wasm request cost nimbus, and
+//! three times the bytes of postcard (format 1). Format 2 ([`crate::queued::row`]) keeps ids
+//! and durations in their compact forms, about half of format 1's bytes. Rows in JSON (their
+//! first byte is `[`) and in format 1 still decode. Both binary formats write an enum variant
 //! as its position: `Trigger` and `InvocationStatus` only ever get new variants at their end
 //! (a test pins the positions).
 //!
@@ -23,6 +24,7 @@ use nimbus_core::history::{InvocationQuery, LogEntry, LogQuery};
 use nimbus_core::InvocationRecord;
 use rusqlite::{params, Connection, Transaction};
 
+use crate::queued::row::Stored;
 use crate::queued::View;
 use crate::Result;
 
@@ -45,15 +47,12 @@ CREATE INDEX IF NOT EXISTS record_batches_by_time ON record_batches(max_start_ms
 /// table, so a reader paging with `after` goes from the old rows to the new ones without a gap.
 const IDX_BITS: u32 = 10;
 pub(crate) const LOG_SEQ_BASE: u64 = 1 << 40;
-/// The first byte of a row's `data` encoded with postcard; JSON rows start with `[`.
+/// The first byte of a row's `data` encoded with postcard (format 1, written until format 2,
+/// [`crate::queued::row`], replaced it); JSON rows start with `[`.
 const POSTCARD_V1: u8 = 1;
 
 /// Records one row holds at most (the writer's batches are at most 1,000 records).
 pub(crate) const MAX_ROW: usize = 1 << IDX_BITS;
-
-/// A record as stored in a row: the record, its log and where the log's frame goes (both of
-/// which `InvocationRecord` skips from its JSON).
-type Stored = (InvocationRecord, String, Option<usize>);
 
 fn log_seq(batch: i64, idx: usize) -> u64 {
     LOG_SEQ_BASE + ((batch.max(0) as u64) << IDX_BITS | idx as u64)
@@ -79,17 +78,17 @@ impl RowBuffers {
     /// how many.
     fn encode_row(&mut self, views: &[View<'_>]) -> usize {
         self.records.clear();
+        let (function, first_start) = views.first().map_or(("", 0), |v| (v.function(), v.start_ms()));
         let mut n = 0;
         for v in views.iter().take(MAX_ROW) {
-            v.encode(&mut self.records);
+            v.encode(first_start, &mut self.records);
             n += 1;
             if self.records.len() >= ROW_TARGET_BYTES {
                 break;
             }
         }
         self.row.clear();
-        self.row.push(POSTCARD_V1);
-        View::encode_count(n, &mut self.row);
+        View::encode_head(n, function, first_start, &mut self.row);
         self.row.extend_from_slice(&self.records);
         n
     }
@@ -133,6 +132,7 @@ pub(crate) fn write(tx: &Transaction<'_>, batch: &[View<'_>], bufs: &mut RowBuff
 
 fn decode(data: &[u8]) -> rusqlite::Result<Vec<Stored>> {
     let decoded = match data.split_first() {
+        Some((&crate::queued::row::FORMAT, rest)) => crate::queued::row::decode(rest),
         Some((&POSTCARD_V1, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
         _ => serde_json::from_slice(data).map_err(|e| e.to_string()),
     };
@@ -496,9 +496,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// Every field survives the binary row, the skipped ones (log, frame) through the row's own.
+    /// Every field survives a row in format 1 (postcard), which earlier versions wrote, the
+    /// skipped ones (log, frame) through the row's own.
     #[test]
-    fn a_record_round_trips_through_a_row_with_every_field() {
+    fn a_record_round_trips_through_a_format_one_row_with_every_field() {
         let mut r = rec("f", "full", 7);
         r.trigger = Trigger::Queue;
         r.status = InvocationStatus::Timeout;
