@@ -72,13 +72,21 @@ use nimbus_core::{
 pub use adaptive::AdaptiveStatus;
 pub use pool::{InstanceInfo, InstanceStatus, Pool, PoolStatus};
 
+/// Pools by function-version key.
+type PoolMap = foldhash::HashMap<String, Arc<Pool>>;
+
 /// Runtimes registered by kind; pools by function-version key. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct Scheduler(Arc<Inner>);
 
 pub struct Inner {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
-    pools: Mutex<foldhash::HashMap<String, Arc<Pool>>>,
+    /// Read on every invocation, changed by deploys: readers load it without a lock or a shared
+    /// write (a mutex here was a cache line both tokio workers wrote on every request); changes
+    /// copy the map under `pools_change`.
+    pools: arc_swap::ArcSwap<PoolMap>,
+    /// Held by whatever changes `pools`, so no change is lost and none follows `shutdown`.
+    pools_change: Mutex<()>,
     /// Pools a redeploy retired. Whatever still runs in one (an invocation, an instance starting
     /// or stopping) holds it, so the live ones are those server shutdown must still wait for.
     retired: Mutex<Vec<Weak<Pool>>>,
@@ -103,7 +111,8 @@ impl Scheduler {
     pub fn new(runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>, recorder: Arc<dyn Recorder>) -> Self {
         Scheduler(Arc::new(Inner {
             runtimes,
-            pools: Mutex::default(),
+            pools: arc_swap::ArcSwap::default(),
+            pools_change: Mutex::new(()),
             retired: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
             activity: Mutex::default(),
@@ -168,29 +177,37 @@ impl Inner {
         };
         Err(self.failed(a, a.queued.elapsed(), err, None))
     }
-    fn pools(&self) -> std::sync::MutexGuard<'_, foldhash::HashMap<String, Arc<Pool>>> {
-        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    /// Change the pools map with `f` (on a copy, stored when `f` returns): one change at a time.
+    fn change_pools<R>(&self, f: impl FnOnce(&mut PoolMap) -> R) -> R {
+        let _one = self.pools_change.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = PoolMap::clone(&self.pools.load());
+        let r = f(&mut pools);
+        self.pools.store(Arc::new(pools));
+        r
     }
 
-    /// The pool for `function`, created (and its `min_instances` started) on first use.
     pub fn pool(&self, function: &Arc<FunctionVersion>) -> Result<Arc<Pool>, DispatchError> {
-        let key = function.pool_key();
-        if let Some(p) = self.pools().get(key) {
+        if let Some(p) = self.pools.load().get(function.pool_key()) {
+            return Ok(p.clone());
+        }
+        self.change_pools(|pools| self.pool_in(pools, function))
+    }
+
+    /// The pool of `function` in `pools`, created if it is not there yet.
+    fn pool_in(&self, pools: &mut PoolMap, function: &Arc<FunctionVersion>) -> Result<Arc<Pool>, DispatchError> {
+        if let Some(p) = pools.get(function.pool_key()) {
             return Ok(p.clone());
         }
         let runtime = self.runtimes.get(&function.spec.runtime).cloned().ok_or_else(|| {
             DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str()))
         })?;
-        let mut pools = self.pools();
         // Checked under the lock `shutdown` drains the pools with: no pool is created after it.
         if self.stopped.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown { name: function.spec.name.clone() });
         }
         let adaptive = self.activity_of(function);
-        let pool = pools
-            .entry(key.to_owned())
-            .or_insert_with(|| Pool::new(function.clone(), runtime, adaptive, self.recorder.clone(), self.live.clone()))
-            .clone();
+        let pool = Pool::new(function.clone(), runtime, adaptive, self.recorder.clone(), self.live.clone());
+        pools.insert(function.pool_key().to_owned(), pool.clone());
         Ok(pool)
     }
 
@@ -220,17 +237,23 @@ impl Inner {
     /// when their invocation ends (in-flight requests finish on the version they started on).
     pub fn deploy(&self, functions: &[Arc<FunctionVersion>]) {
         let keep: HashSet<&str> = functions.iter().map(|f| f.pool_key()).collect();
-        for f in functions {
-            match self.pool(f) {
-                Ok(pool) => pool.live(),
-                Err(e) => tracing::error!(function = %f.spec.name, "cannot create pool: {e}"),
-            }
-        }
-        let retired: Vec<Arc<Pool>> = {
-            let mut pools = self.pools();
+        // One change for the whole deployment: the map is copied once, not once per function.
+        let (live, retired) = self.change_pools(|pools| {
+            let live: Vec<Arc<Pool>> = functions
+                .iter()
+                .filter_map(|f| {
+                    self.pool_in(pools, f)
+                        .map_err(|e| tracing::error!(function = %f.spec.name, "cannot create pool: {e}"))
+                        .ok()
+                })
+                .collect();
             let gone: Vec<String> = pools.keys().filter(|k| !keep.contains(k.as_str())).cloned().collect();
-            gone.into_iter().filter_map(|k| pools.remove(&k)).collect()
-        };
+            let retired: Vec<Arc<Pool>> = gone.into_iter().filter_map(|k| pools.remove(&k)).collect();
+            (live, retired)
+        });
+        for pool in live {
+            pool.live();
+        }
         let mut old = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         old.retain(|w| w.strong_count() > 0);
         for p in retired {
@@ -253,7 +276,7 @@ impl Inner {
 
     /// Status of every pool, for the management API.
     pub fn status(&self) -> Vec<PoolStatus> {
-        let mut list: Vec<PoolStatus> = self.pools().values().map(|p| p.status()).collect();
+        let mut list: Vec<PoolStatus> = self.pools.load().values().map(|p| p.status()).collect();
         list.sort_by(|a, b| (&a.function, &a.version).cmp(&(&b.function, &b.version)));
         list
     }
@@ -261,11 +284,10 @@ impl Inner {
     /// Stop everything: retire all pools and wait (bounded) for their instances to stop, those
     /// of pools retired by earlier deploys included. Invocations after it get `ShuttingDown`.
     pub async fn shutdown(&self, within: Duration) {
-        let mut pools: Vec<Arc<Pool>> = {
-            let mut map = self.pools();
+        let mut pools: Vec<Arc<Pool>> = self.change_pools(|map| {
             self.stopped.store(true, Ordering::Relaxed);
             map.drain().map(|(_, p)| p).collect()
-        };
+        });
         for p in &pools {
             p.retire();
         }
