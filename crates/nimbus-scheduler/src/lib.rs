@@ -177,6 +177,7 @@ impl Inner {
         };
         Err(self.failed(a, a.queued.elapsed(), err, None))
     }
+
     /// Change the pools map with `f` (on a copy, stored when `f` returns): one change at a time.
     fn change_pools<R>(&self, f: impl FnOnce(&mut PoolMap) -> R) -> R {
         let _one = self.pools_change.lock().unwrap_or_else(|e| e.into_inner());
@@ -186,6 +187,7 @@ impl Inner {
         r
     }
 
+    /// The pool for `function`, created (and its `min_instances` started) on first use.
     pub fn pool(&self, function: &Arc<FunctionVersion>) -> Result<Arc<Pool>, DispatchError> {
         if let Some(p) = self.pools.load().get(function.pool_key()) {
             return Ok(p.clone());
