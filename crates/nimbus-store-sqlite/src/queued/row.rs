@@ -1,12 +1,12 @@
-//! A row of records in format 2: what the record writer stores of a window's records, in about
+//! A row of records in format 2: what the record writer stores of a window's records, in under
 //! half the bytes of format 1 (postcard), every field read back exactly as it was recorded.
 //!
 //! SQLite's share of the writer's CPU follows the pages a row fills: each is written to the WAL,
-//! copied into the database at the checkpoint and synced there. A warm record took ~110 bytes
+//! copied into the database at the checkpoint and synced there. A warm record took ~100 bytes
 //! in format 1, most of them on the request id as 36 characters of text, the instance id as
-//! 16, the durations as 8-byte floats and the function's name in every record. Format 2 keeps
-//! each of these in a compact form when that form converts back to exactly the same value, and
-//! as it was otherwise.
+//! 16, the durations as 8-byte floats and the function's name in every record; it takes ~39
+//! here. Format 2 keeps each of these in a compact form when that form converts back to
+//! exactly the same value, and as it was otherwise.
 //!
 //! A row: its format byte ([`FORMAT`]), the number of records (varint), the function's name,
 //! the first record's start (varint), then each record:
