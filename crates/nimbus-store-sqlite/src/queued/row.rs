@@ -31,7 +31,7 @@
 use nimbus_core::{InvocationRecord, InvocationStatus, Trigger};
 use serde::de::DeserializeOwned;
 
-use super::{Short, View};
+use super::View;
 
 /// The first byte of a row in this format.
 pub(crate) const FORMAT: u8 = 2;
@@ -85,8 +85,8 @@ fn hex(b: u8) -> u8 {
 /// The 16 bytes of `s` if it is a UUID in lowercase hyphenated form (which [`uuid_text`] gives
 /// back byte for byte). A table, not `uuid`'s parser: that one takes uppercase and other forms
 /// too, and this runs for every record the writer stores.
-fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
-    let s: &[u8; 36] = s.as_bytes().try_into().ok()?;
+fn uuid_bytes(s: &[u8]) -> Option<[u8; 16]> {
+    let s: &[u8; 36] = s.try_into().ok()?;
     if HYPHENS.iter().any(|&i| s.get(i) != Some(&b'-')) {
         return None;
     }
@@ -112,8 +112,8 @@ fn uuid_text(bytes: &[u8; 16]) -> String {
 }
 
 /// An instance id of 16 lowercase hex digits (how the pool names instances) as its number.
-fn hex_u64(s: &str) -> Option<u64> {
-    let s: &[u8; 16] = s.as_bytes().try_into().ok()?;
+fn hex_u64(s: &[u8]) -> Option<u64> {
+    let s: &[u8; 16] = s.try_into().ok()?;
     let (n, bad) = s.iter().fold((0u64, 0u8), |(n, bad), &b| {
         let d = hex(b);
         (n << 4 | u64::from(d & 0xF), bad | d)
@@ -182,9 +182,9 @@ pub(super) fn encode_head(count: usize, function: &str, first_start: u64, out: &
 /// Append `v` to a row whose first record started at `first_start`.
 pub(super) fn encode(v: &View<'_>, first_start: u64, out: &mut Vec<u8>) {
     let (q, rare) = (v.q, v.q.rare.as_deref());
-    let uuid = uuid_bytes(q.request_id.as_str());
-    let instance = q.instance_id.as_ref().map(Short::as_str);
-    let hex_instance = instance.and_then(hex_u64);
+    let uuid = uuid_bytes(q.request_id.as_bytes());
+    let instance = q.instance_id.as_ref();
+    let hex_instance = instance.and_then(|i| hex_u64(i.as_bytes()));
     let flag = |on: bool, bit: u8| if on { bit } else { 0 };
     let flags = flag(q.cold, COLD)
         | flag(uuid.is_some(), UUID)
@@ -212,7 +212,7 @@ pub(super) fn encode(v: &View<'_>, first_start: u64, out: &mut Vec<u8>) {
     w.varint(q.max_memory_mb.into());
     match (hex_instance, instance) {
         (Some(n), _) => w.0.extend_from_slice(&n.to_be_bytes()),
-        (None, Some(s)) => w.str(s),
+        (None, Some(s)) => w.str(s.as_str()),
         (None, None) => {}
     }
     if let Some(r) = q.response_ms {
@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn compact_forms_are_taken_only_when_they_convert_back_exactly() {
         let id = "0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f5a6b";
-        assert_eq!(uuid_text(&uuid_bytes(id).unwrap()), id);
+        assert_eq!(uuid_text(&uuid_bytes(id.as_bytes()).unwrap()), id);
         for other in [
             "0190A5B2-7C3D-7E8F-9A0B-1C2D3E4F5A6B",
             "0190a5b27c3d7e8f9a0b1c2d3e4f5a6b",
@@ -378,11 +378,11 @@ mod tests {
             "0190a5b2_7c3d-7e8f-9a0b-1c2d3e4f5a6b",
             "0190a5b2-7c3d-7e8f-9a0b-1c2d3e4f5a6g",
         ] {
-            assert_eq!(uuid_bytes(other), None, "{other}");
+            assert_eq!(uuid_bytes(other.as_bytes()), None, "{other}");
         }
-        assert_eq!(hex_u64("00ff0123456789ab"), Some(0x00ff_0123_4567_89ab));
+        assert_eq!(hex_u64(b"00ff0123456789ab"), Some(0x00ff_0123_4567_89ab));
         for other in ["00FF0123456789AB", "ff0123456789ab", "i", "00ff0123456789abc"] {
-            assert_eq!(hex_u64(other), None, "{other}");
+            assert_eq!(hex_u64(other.as_bytes()), None, "{other}");
         }
     }
 
