@@ -12,7 +12,7 @@
 //! A row's records are binary, after a format byte: JSON, with every field name written out and
 //! every string escaped, was 6k of the ~84k instructions a warm wasm request cost nimbus, and
 //! three times the bytes of postcard (format 1). Format 2 ([`crate::queued::row`]) keeps ids
-//! and durations in their compact forms, about half of format 1's bytes. Rows in JSON (their
+//! and durations in their compact forms, under half of format 1's bytes. Rows in JSON (their
 //! first byte is `[`) and in format 1 still decode. Both binary formats write an enum variant
 //! as its position: `Trigger` and `InvocationStatus` only ever get new variants at their end
 //! (a test pins the positions).
