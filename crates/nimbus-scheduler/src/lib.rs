@@ -192,7 +192,15 @@ impl Inner {
         if let Some(p) = self.pools.load().get(function.pool_key()) {
             return Ok(p.clone());
         }
+        // Refused before the map is copied: a function nothing can run may be tried again and again.
+        self.runtime_of(function)?;
         self.change_pools(|pools| self.pool_in(pools, function))
+    }
+
+    fn runtime_of(&self, function: &FunctionVersion) -> Result<Arc<dyn Runtime>, DispatchError> {
+        self.runtimes.get(&function.spec.runtime).cloned().ok_or_else(|| {
+            DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str()))
+        })
     }
 
     /// The pool of `function` in `pools`, created if it is not there yet.
@@ -200,9 +208,7 @@ impl Inner {
         if let Some(p) = pools.get(function.pool_key()) {
             return Ok(p.clone());
         }
-        let runtime = self.runtimes.get(&function.spec.runtime).cloned().ok_or_else(|| {
-            DispatchError::Platform(format!("no runtime registered for {}", function.spec.runtime.as_str()))
-        })?;
+        let runtime = self.runtime_of(function)?;
         // Checked under the lock `shutdown` drains the pools with: no pool is created after it.
         if self.stopped.load(Ordering::Relaxed) {
             return Err(DispatchError::ShuttingDown { name: function.spec.name.clone() });
