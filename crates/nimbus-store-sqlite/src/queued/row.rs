@@ -101,14 +101,7 @@ fn uuid_bytes(s: &[u8]) -> Option<[u8; 16]> {
 }
 
 fn uuid_text(bytes: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        push_hex(&mut s, *b);
-    }
-    s
+    uuid::Uuid::from_bytes(*bytes).hyphenated().to_string()
 }
 
 /// An instance id of 16 lowercase hex digits (how the pool names instances) as its number.
@@ -119,13 +112,6 @@ fn hex_u64(s: &[u8]) -> Option<u64> {
         (n << 4 | u64::from(d & 0xF), bad | d)
     });
     (bad < 16).then_some(n)
-}
-
-fn push_hex(s: &mut String, b: u8) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for n in [b >> 4, b & 0xF] {
-        s.push(char::from(DIGITS.get(usize::from(n)).copied().unwrap_or(b'0')));
-    }
 }
 
 /// Bytes appended to a row.
@@ -291,9 +277,11 @@ impl<'b> Reader<'b> {
 
     /// An enum's variant from its position, as postcard numbers them.
     fn variant<T: DeserializeOwned>(&mut self) -> Result<T, String> {
-        let mut bytes = Vec::with_capacity(2);
-        Writer(&mut bytes).varint(self.varint()?);
-        postcard::from_bytes(&bytes).map_err(|e| format!("an unknown trigger or status in the row ({e})"))
+        let unknown = |e: &dyn std::fmt::Display| format!("an unknown trigger or status in the row ({e})");
+        // Positions below 128 are their own one-byte varint; the enums have a handful.
+        let position = u8::try_from(self.varint()?).ok().filter(|n| *n < 0x80);
+        let position = position.ok_or_else(|| unknown(&"position out of range"))?;
+        postcard::from_bytes(&[position]).map_err(|e| unknown(&e))
     }
 }
 
