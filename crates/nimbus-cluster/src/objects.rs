@@ -61,10 +61,11 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use nimbus_core::events::S3EventName;
+use nimbus_core::ids::now_ms;
 use nimbus_core::objects::{
-    check_key, BucketInfo, ByteRange, ByteStream, Checksum, ChecksumAlgorithm, Expected, ListPage, ListQuery,
-    ObjectBody, ObjectChange, ObjectError, ObjectHeaders, ObjectMeta, ObjectStore, PartInfo, PutOptions, UploadInfo,
-    MAX_LIST_KEYS, MAX_PART_NUMBER, MIN_PART_BYTES,
+    check_key, choose_parts, common_prefix, past_prefix, BucketInfo, ByteRange, ByteStream, Checksum,
+    ChecksumAlgorithm, Expected, ListPage, ListQuery, ObjectBody, ObjectChange, ObjectError, ObjectHeaders, ObjectMeta,
+    ObjectStore, PartInfo, PutOptions, UploadInfo, MAX_LIST_KEYS, MAX_PART_NUMBER,
 };
 
 pub use nimbus_store_sqlite::multipart_etag;
@@ -172,13 +173,6 @@ pub fn bucket_name(store: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn datetime_ms(info: &ObjectInfo) -> u64 {
@@ -661,19 +655,6 @@ impl Stream for Received {
     }
 }
 
-/// The smallest string after every string that starts with `prefix`.
-fn past_prefix(prefix: &str) -> String {
-    format!("{prefix}{}", char::MAX)
-}
-
-/// Where a delimiter rolls `key` up: the common prefix it belongs to, if any.
-fn common_prefix<'k>(key: &'k str, prefix: &str, delimiter: Option<&str>) -> Option<&'k str> {
-    let d = delimiter.filter(|d| !d.is_empty())?;
-    let rest = key.get(prefix.len()..)?;
-    let at = rest.find(d)?;
-    key.get(..prefix.len() + at + d.len())
-}
-
 /// Builds one page of a listing from keys seen in any order: keeps the `max_keys + 1` smallest
 /// entries (objects, and common prefixes rolled up) after the cursor, so memory is bounded by
 /// the page, not the bucket.
@@ -731,33 +712,6 @@ impl PageBuilder {
         page.next = if more { last } else { None };
         page
     }
-}
-
-/// Match the parts the client lists against the stored ones, checking order, ETags and sizes.
-fn choose_parts(listed: &[(u32, String)], stored: &[PartInfo]) -> Result<Vec<PartInfo>, ObjectError> {
-    if listed.is_empty() {
-        return Err(ObjectError::InvalidPart(0));
-    }
-    let mut chosen = Vec::with_capacity(listed.len());
-    let mut last = 0u32;
-    for (number, etag) in listed {
-        if *number <= last {
-            return Err(ObjectError::InvalidPartOrder);
-        }
-        last = *number;
-        let found = stored
-            .iter()
-            .find(|p| p.part_number == *number && p.etag == etag.trim_matches('"'))
-            .ok_or(ObjectError::InvalidPart(*number))?;
-        chosen.push(found.clone());
-    }
-    let count = chosen.len();
-    for (i, p) in chosen.iter().enumerate() {
-        if i + 1 < count && p.size < MIN_PART_BYTES {
-            return Err(ObjectError::EntityTooSmall(p.part_number, p.size));
-        }
-    }
-    Ok(chosen)
 }
 
 /// The name of a part object in the uploads store.
@@ -1218,7 +1172,7 @@ impl ObjectStore for NatsObjects {
     ) -> Result<ObjectMeta, ObjectError> {
         let store = self.bucket(bucket).await?;
         let (_, record) = self.upload(bucket, key, upload_id).await?;
-        let chosen = choose_parts(parts, &self.parts_of(upload_id).await?)?;
+        let chosen = choose_parts(parts, &self.parts_of(upload_id).await?, |p| p)?;
         let w = self.concat_parts(&store, upload_id, &chosen).await?;
         let etags: Vec<String> = chosen.iter().map(|p| p.etag.clone()).collect();
         let s3 = s3_meta(&headers_of(&record), multipart_etag(&etags), None, u32::try_from(chosen.len()).ok());

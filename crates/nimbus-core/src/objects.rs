@@ -306,6 +306,53 @@ pub fn check_key(key: &str) -> Result<(), ObjectError> {
     Ok(())
 }
 
+/// The smallest string greater than every string that starts with `prefix` (for skipping a
+/// common prefix in a listing): keys are UTF-8, and no UTF-8 sequence sorts after U+10FFFF's.
+pub fn past_prefix(prefix: &str) -> String {
+    format!("{prefix}{}", char::MAX)
+}
+
+/// Where a listing's delimiter rolls `key` up: the common prefix it belongs to, if any.
+pub fn common_prefix<'k>(key: &'k str, prefix: &str, delimiter: Option<&str>) -> Option<&'k str> {
+    let d = delimiter.filter(|d| !d.is_empty())?;
+    let rest = key.get(prefix.len()..)?;
+    let at = rest.find(d)?;
+    key.get(..prefix.len() + at + d.len())
+}
+
+/// The stored parts a completion names, in its order, by S3's rules: at least one part, part
+/// numbers strictly ascending, each ETag (quotes or not) that of the stored part of that
+/// number, and every part but the last at least [`MIN_PART_BYTES`]. `part` reads a stored
+/// item's [`PartInfo`] (a backend may keep more beside it, such as where its bytes are).
+pub fn choose_parts<T: Clone>(
+    listed: &[(u32, String)],
+    stored: &[T],
+    part: impl Fn(&T) -> &PartInfo,
+) -> Result<Vec<T>, ObjectError> {
+    if listed.is_empty() {
+        return Err(ObjectError::InvalidPart(0));
+    }
+    let mut chosen = Vec::with_capacity(listed.len());
+    let mut last = 0u32;
+    for (number, etag) in listed {
+        if *number <= last {
+            return Err(ObjectError::InvalidPartOrder);
+        }
+        last = *number;
+        let found = stored
+            .iter()
+            .find(|s| part(s).part_number == *number && part(s).etag == etag.trim_matches('"'))
+            .ok_or(ObjectError::InvalidPart(*number))?;
+        chosen.push(found.clone());
+    }
+    if let Some((_, all_but_last)) = chosen.split_last() {
+        if let Some(small) = all_but_last.iter().map(&part).find(|p| p.size < MIN_PART_BYTES) {
+            return Err(ObjectError::EntityTooSmall(small.part_number, small.size));
+        }
+    }
+    Ok(chosen)
+}
+
 /// An object backend. See the module documentation for the semantics every backend keeps.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
@@ -396,5 +443,50 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn outbox_done(&self, ids: &[u64]) -> Result<(), ObjectError> {
         let _ = ids;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(part_number: u32, etag: &str, size: u64) -> PartInfo {
+        PartInfo { part_number, etag: etag.into(), size, last_modified_ms: 0, checksum: None }
+    }
+
+    fn listed(parts: &[(u32, &str)]) -> Vec<(u32, String)> {
+        parts.iter().map(|&(n, e)| (n, e.to_owned())).collect()
+    }
+
+    #[test]
+    fn a_completion_takes_the_listed_parts_in_order_by_s3s_rules() {
+        let stored = [part(2, "b", 1), part(1, "a", MIN_PART_BYTES), part(3, "c", MIN_PART_BYTES)];
+        let chosen = choose_parts(&listed(&[(1, "\"a\""), (2, "b")]), &stored, |p| p).unwrap();
+        assert_eq!(
+            chosen.iter().map(|p| p.part_number).collect::<Vec<_>>(),
+            [1, 2],
+            "quotes or not, the last may be small"
+        );
+
+        let refused = |l: &[(u32, &str)]| choose_parts(&listed(l), &stored, |p| p).unwrap_err();
+        assert!(matches!(refused(&[]), ObjectError::InvalidPart(0)));
+        assert!(matches!(refused(&[(3, "c"), (1, "a")]), ObjectError::InvalidPartOrder));
+        assert!(matches!(refused(&[(1, "a"), (1, "a")]), ObjectError::InvalidPartOrder));
+        assert!(matches!(refused(&[(1, "x")]), ObjectError::InvalidPart(1)));
+        assert!(matches!(refused(&[(4, "d")]), ObjectError::InvalidPart(4)));
+        assert!(matches!(refused(&[(2, "b"), (3, "c")]), ObjectError::EntityTooSmall(2, 1)));
+    }
+
+    #[test]
+    fn a_delimiter_rolls_keys_up_into_common_prefixes() {
+        assert_eq!(common_prefix("photos/2026/a.jpg", "photos/", Some("/")), Some("photos/2026/"));
+        assert_eq!(common_prefix("photos/a.jpg", "photos/", Some("/")), None);
+        assert_eq!(common_prefix("photos/2026/a.jpg", "photos/", None), None);
+        assert_eq!(common_prefix("photos/2026/a.jpg", "photos/", Some("")), None);
+        let past = past_prefix("photos/2026/");
+        for under in ["photos/2026/", "photos/2026/zzz", "photos/2026/\u{FFFF}\u{FFFF}"] {
+            assert!(past.as_str() > under, "{under:?}");
+        }
+        assert!(past.as_str() < "photos/2027");
     }
 }

@@ -42,10 +42,11 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use base64::Engine as _;
 use nimbus_core::events::S3EventName;
+use nimbus_core::ids::now_ms;
 use nimbus_core::objects::{
-    check_key, BucketInfo, ByteRange, ByteStream, Checksum, ChecksumAlgorithm, Expected, ListPage, ListQuery,
-    ObjectBody, ObjectChange, ObjectError, ObjectHeaders, ObjectMeta, ObjectStore, PartInfo, PutOptions, UploadInfo,
-    MAX_LIST_KEYS, MAX_PART_NUMBER, MIN_PART_BYTES,
+    check_key, choose_parts, common_prefix, past_prefix, BucketInfo, ByteRange, ByteStream, Checksum,
+    ChecksumAlgorithm, Expected, ListPage, ListQuery, ObjectBody, ObjectChange, ObjectError, ObjectHeaders, ObjectMeta,
+    ObjectStore, PartInfo, PutOptions, UploadInfo, MAX_LIST_KEYS, MAX_PART_NUMBER,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -252,13 +253,6 @@ struct Written {
     size: u64,
     md5: [u8; 16],
     checksum: Option<Checksum>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn sql(action: &'static str) -> impl Fn(rusqlite::Error) -> ObjectError {
@@ -950,7 +944,7 @@ impl ObjectStore for ObjectDb {
                 Ok((headers, parts_of(c, &u)?))
             })
             .await?;
-        let chosen = choose_parts(parts, &stored)?;
+        let chosen = choose_parts(parts, &stored, |(p, _)| p)?;
         let w = self.concat_parts(&chosen).await?;
         let etags: Vec<String> = chosen.iter().map(|(p, _)| p.etag.clone()).collect();
         let meta = ObjectMeta {
@@ -1170,36 +1164,6 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ObjectChange, (i
     }))
 }
 
-/// Match the parts the client lists against the stored ones, checking order, ETags and sizes.
-fn choose_parts(
-    listed: &[(u32, String)],
-    stored: &[(PartInfo, String)],
-) -> Result<Vec<(PartInfo, String)>, ObjectError> {
-    if listed.is_empty() {
-        return Err(ObjectError::InvalidPart(0));
-    }
-    let mut chosen = Vec::with_capacity(listed.len());
-    let mut last = 0u32;
-    for (number, etag) in listed {
-        if *number <= last {
-            return Err(ObjectError::InvalidPartOrder);
-        }
-        last = *number;
-        let found = stored
-            .iter()
-            .find(|(p, _)| p.part_number == *number && p.etag == etag.trim_matches('"'))
-            .ok_or(ObjectError::InvalidPart(*number))?;
-        chosen.push(found.clone());
-    }
-    let count = chosen.len();
-    for (i, (p, _)) in chosen.iter().enumerate() {
-        if i + 1 < count && p.size < MIN_PART_BYTES {
-            return Err(ObjectError::EntityTooSmall(p.part_number, p.size));
-        }
-    }
-    Ok(chosen)
-}
-
 fn insert_part(tx: &Connection, upload_id: &str, p: &PartInfo, file: &str) -> Result<Vec<String>, ObjectError> {
     let old: Option<String> = tx
         .query_row(
@@ -1318,20 +1282,6 @@ fn bucket_infos(c: &Connection, only: Option<&str>) -> Result<Vec<BucketInfo>, O
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("list buckets"))
 }
 
-/// The smallest string greater than every string that starts with `prefix` (for skipping a
-/// common prefix): keys are UTF-8, and no UTF-8 sequence sorts after U+10FFFF's.
-fn past_prefix(prefix: &str) -> String {
-    format!("{prefix}{}", char::MAX)
-}
-
-/// Where a delimiter rolls `key` up: the common prefix it belongs to, if any.
-fn common_prefix<'k>(key: &'k str, prefix: &str, delimiter: Option<&str>) -> Option<&'k str> {
-    let d = delimiter.filter(|d| !d.is_empty())?;
-    let rest = key.get(prefix.len()..)?;
-    let at = rest.find(d)?;
-    key.get(..prefix.len() + at + d.len())
-}
-
 /// One page of a listing: walks keys in order from the cursor, rolling up common prefixes and
 /// jumping past each one, so a page costs at most `max_keys` queries.
 fn list_page(c: &Connection, bucket: &str, q: &ListQuery) -> Result<ListPage, ObjectError> {
@@ -1436,6 +1386,7 @@ async fn open_at(path: &Path, start: u64) -> std::io::Result<tokio::fs::File> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use nimbus_core::objects::MIN_PART_BYTES;
 
     fn body(parts: Vec<&'static [u8]>) -> ByteStream {
         let items: Vec<Result<Bytes, std::io::Error>> = parts.into_iter().map(|p| Ok(Bytes::from_static(p))).collect();
