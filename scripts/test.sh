@@ -86,7 +86,9 @@ mkdir -p "$bench_out"
 # says so otherwise.
 # `cluster` starts one `nimbus up`, then three NATS servers (from scripts/test-deps.sh) and three
 # `nimbus up --cluster` nodes: accepts and two deploys on each side (about 25 s).
-for bench in process wasm all observe storage events edge cluster; do
+# `stream` streams server-sent events from a wasm, a Node and a Python function (and from
+# `wasmtime serve` where scripts/bench-tools.sh installed it; about 10 s).
+for bench in process wasm all observe storage events edge cluster stream; do
   extra=()
   if [[ "$bench" == all ]]; then
     extra=(--only bare-hyper,nimbus-wasm --markdown "$bench_out/all.md" --plots "$bench_out/plots")
