@@ -1,7 +1,9 @@
 //! Response streaming and `waitUntil` on the process runtimes, end to end: a Node handler
 //! wrapped in `awslambda.streamifyResponse`, a Python generator handler, errors, the cap and
-//! the timeout mid-stream, and background work after the response (Node `context.waitUntil` /
-//! `require("nimbus").waitUntil`, Python `context.wait_until`).
+//! the timeout mid-stream, boto3's `invoke_with_response_stream` on Node, Python and the
+//! `lambda_runtime` crate (wasm's is in `streaming_wasm.rs`), and background work after the
+//! response (Node `context.waitUntil` / `require("nimbus").waitUntil`, Python
+//! `context.wait_until`).
 //!
 //! Synchronisation is by real signals: a handler blocks on a marker file the test creates only
 //! after it has seen what must come first (the first chunk, the response), polling for it at
@@ -433,6 +435,42 @@ async fn boto3_invoke_with_response_stream_reads_a_node_stream_and_its_error() {
     assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
     assert_eq!(v["complete"]["ErrorCode"], "LateError", "{v:#}");
     assert_eq!(v["complete"]["ErrorDetails"], "failed after three", "{v:#}");
+}
+
+#[tokio::test]
+async fn boto3_invoke_with_response_stream_reads_a_python_generator_and_its_error() {
+    let shared = common::shared_tempdir();
+    let mark = shared.path().join("go");
+    let code = "class LateError(Exception):
+    pass
+
+
+def handler(event, context):
+    for i in range(1, 4):
+        yield f\"chunk {i};\"
+    if event.get(\"fail\"):
+        raise LateError(\"failed after three\")
+";
+    let app = app(
+        "python",
+        "handler.handler",
+        ("handler.py", code),
+        "response_mode = \"streaming\"\ntimeout = \"20s\"",
+        &mark,
+    );
+    let server = Server::start(app.path());
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", "{}"]);
+    assert_eq!(v["status"], 200, "{v:#}");
+    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
+    assert!(v["complete"].get("ErrorCode").is_none_or(Value::is_null), "{v:#}");
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", r#"{"fail":true}"#]);
+    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
+    assert_eq!(v["complete"]["ErrorCode"], "LateError", "{v:#}");
+    assert_eq!(v["complete"]["ErrorDetails"], "failed after three", "{v:#}");
+    let record = last_record(&server).await;
+    assert_eq!(record["status"], "function_error", "{record:#}");
 }
 
 /// The official `lambda_runtime` crate's streaming response, unmodified (the conformance fixture's
