@@ -410,6 +410,20 @@ for ev in r["EventStream"]:
 print(json.dumps({"status": r["StatusCode"], "chunks": chunks, "complete": complete}))
 "#;
 
+/// boto3's `invoke_with_response_stream` on `f` reads three chunks and a clean end, then, for
+/// `{"fail": true}`, the same chunks and the `LateError: failed after three` trailer.
+fn three_chunks_then_a_late_error(server: &Server) {
+    let body = |v: &Value| -> String { v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect() };
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", "{}"]);
+    assert_eq!(v["status"], 200, "{v:#}");
+    assert_eq!(body(&v), "chunk 1;chunk 2;chunk 3;", "{v:#}");
+    assert!(v["complete"].get("ErrorCode").is_none_or(Value::is_null), "{v:#}");
+    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", r#"{"fail":true}"#]);
+    assert_eq!(body(&v), "chunk 1;chunk 2;chunk 3;", "{v:#}");
+    assert_eq!(v["complete"]["ErrorCode"], "LateError", "{v:#}");
+    assert_eq!(v["complete"]["ErrorDetails"], "failed after three", "{v:#}");
+}
+
 #[tokio::test]
 async fn boto3_invoke_with_response_stream_reads_a_node_stream_and_its_error() {
     let shared = common::shared_tempdir();
@@ -425,16 +439,7 @@ async fn boto3_invoke_with_response_stream_reads_a_node_stream_and_its_error() {
     let app =
         app("node", "index.handler", ("index.js", code), "response_mode = \"streaming\"\ntimeout = \"20s\"", &mark);
     let server = Server::start(app.path());
-    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", "{}"]);
-    assert_eq!(v["status"], 200, "{v:#}");
-    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
-    assert!(v["complete"].get("ErrorCode").is_none_or(Value::is_null), "{v:#}");
-    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", r#"{"fail":true}"#]);
-    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
-    assert_eq!(v["complete"]["ErrorCode"], "LateError", "{v:#}");
-    assert_eq!(v["complete"]["ErrorDetails"], "failed after three", "{v:#}");
+    three_chunks_then_a_late_error(&server);
 }
 
 #[tokio::test]
@@ -459,16 +464,7 @@ def handler(event, context):
         &mark,
     );
     let server = Server::start(app.path());
-    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", "{}"]);
-    assert_eq!(v["status"], 200, "{v:#}");
-    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
-    assert!(v["complete"].get("ErrorCode").is_none_or(Value::is_null), "{v:#}");
-    let v = common::run_python_json(BOTO3_STREAM, &[&server.url, "f", r#"{"fail":true}"#]);
-    let body: String = v["chunks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
-    assert_eq!(body, "chunk 1;chunk 2;chunk 3;", "{v:#}");
-    assert_eq!(v["complete"]["ErrorCode"], "LateError", "{v:#}");
-    assert_eq!(v["complete"]["ErrorDetails"], "failed after three", "{v:#}");
+    three_chunks_then_a_late_error(&server);
     let record = last_record(&server).await;
     assert_eq!(record["status"], "function_error", "{record:#}");
 }
